@@ -1,0 +1,54 @@
+//! Maps command failures onto problem+json answers.
+
+use axum::http::StatusCode;
+use events::http::Problem;
+
+use crate::store::CommandError;
+use crate::tenants::aggregate::TenantError;
+
+/// A domain error that knows its HTTP answer.
+pub trait DomainProblem: std::error::Error {
+    /// The problem to answer with.
+    fn problem(&self) -> Problem;
+}
+
+impl DomainProblem for TenantError {
+    fn problem(&self) -> Problem {
+        use TenantError as E;
+        let detail = self.to_string();
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::SlugTaken => Problem::new(StatusCode::CONFLICT, "slug_taken", detail),
+            E::InvalidName => Problem::unprocessable("invalid_name", detail),
+            E::InvalidSlug => Problem::unprocessable("invalid_slug", detail),
+            E::InvalidEmail => Problem::unprocessable("invalid_email", detail),
+            E::AlreadyApproved => Problem::unprocessable("already_approved", detail),
+            E::NotPending => Problem::unprocessable("not_pending", detail),
+            E::Suspended => Problem::unprocessable("tenant_suspended", detail),
+            E::NotSuspended => Problem::unprocessable("not_suspended", detail),
+            E::NotActive => Problem::unprocessable("not_active", detail),
+            E::Rejected => Problem::unprocessable("tenant_rejected", detail),
+            E::PreferencesNotObject => Problem::unprocessable("preferences_not_object", detail),
+            E::PreferencesTooLarge => Problem::unprocessable("preferences_too_large", detail),
+            E::InvalidReason => Problem::unprocessable("invalid_reason", detail),
+            E::InvalidLogo => Problem::unprocessable("invalid_logo", detail),
+            E::Unavailable(cause) => Problem::unavailable(cause),
+        }
+    }
+}
+
+impl<E: DomainProblem> From<CommandError<E>> for Problem {
+    fn from(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Rejected(e) => e.problem(),
+            CommandError::VersionConflict { .. } => {
+                Problem::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
+            }
+            CommandError::Contention => {
+                Problem::new(StatusCode::CONFLICT, "contention", e.to_string())
+            }
+            CommandError::Store(cause) => Problem::unavailable(&cause),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The HTTP surface of command-api.
+
+/// Command failures as problem+json.
+pub mod error;
+/// `Idempotency-Key` handling.
+pub mod idempotency;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Router};
+use events::http::{problem, request, Problem};
+
+use crate::AppState;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json");
+
+/// Every route, with the shared middleware.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(crate::tenants::routes::router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(problem::route_not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            request::track,
+        ))
+        .with_state(state)
+}
+
+async fn live() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Ready when PostgreSQL answers and the NATS connection is up.
+async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .map_err(|_| Problem::unavailable(&"PostgreSQL did not answer in 2 s"))?
+    .map_err(|e| Problem::unavailable(&e))?;
+    if state.nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(Problem::unavailable(&"NATS is not connected"));
+    }
+    Ok(
+        axum::Json(serde_json::json!({"status": "ready", "postgres": "up", "nats": "up"}))
+            .into_response(),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.as_ref().into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}

@@ -1,0 +1,192 @@
+//! command-api: the write side of the platform.
+//!
+//! # Layout
+//! - [`config`]: every setting (flags and environment).
+//! - [`http`]: the router, health, metrics, OpenAPI, error mapping, `Idempotency-Key`.
+//! - [`store`]: runs a command on an aggregate and commits its events (`If-Match`, retries).
+//! - [`relay`]: publishes committed events to NATS JetStream in commit order.
+//! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
+//!
+//! [`Application::build`] binds from config, so tests run on port 0 with their own
+//! database and stream.
+
+/// Settings.
+pub mod config;
+/// HTTP surface.
+pub mod http;
+/// Events → NATS.
+pub mod relay;
+/// Command execution.
+pub mod store;
+/// Tenants bounded context.
+pub mod tenants;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use events::access::TokenKeys;
+use events::http::Metrics;
+use object_store::ObjectStore;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::store::CommandBus;
+use crate::tenants::aggregate::Tenant;
+use crate::tenants::services::{PgSlugRegistry, TenantServices};
+
+/// The migrations of the whole platform (event store, command side, read models).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Event store and command-side tables.
+    pub pool: PgPool,
+    /// NATS connection (readiness).
+    pub nats: async_nats::Client,
+    /// Bearer-token verification.
+    pub tokens: TokenKeys,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tenant commands.
+    pub tenants: Arc<CommandBus<Tenant>>,
+    /// Blob store (logos).
+    pub blobs: Arc<dyn ObjectStore>,
+}
+
+impl FromRef<AppState> for TokenKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is missing.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// PostgreSQL is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// NATS is unreachable or refused the stream.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The listener could not bind, or the blob folder could not be made.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The blob store could not be opened.
+    #[error("blob store: {0}")]
+    Blobs(#[from] object_store::Error),
+}
+
+/// A built, bound, not yet serving command-api.
+pub struct Application {
+    /// Bound listener.
+    listener: tokio::net::TcpListener,
+    /// The router.
+    router: axum::Router,
+    /// The relay, if this process runs one.
+    relay: Option<(relay::Relay, Arc<Notify>)>,
+}
+
+impl Application {
+    /// Connects, migrates, ensures the stream and binds.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_max_connections)
+            .connect(config.database_url()?)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let nats = async_nats::connect(&config.nats_url)
+            .await
+            .map_err(|e| StartError::Nats(e.to_string()))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        relay::ensure_stream(&js, &config.nats_stream, &config.nats_subject_prefix)
+            .await
+            .map_err(|e| StartError::Nats(e.to_string()))?;
+        std::fs::create_dir_all(&config.blob_dir)?;
+        let blobs: Arc<dyn ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)?,
+        );
+        let metrics = Arc::new(Metrics::default());
+        let committed = Arc::new(Notify::new());
+        let tenants = Arc::new(CommandBus::new(
+            pool.clone(),
+            TenantServices {
+                slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
+            },
+            config.snapshot_every,
+            committed.clone(),
+        ));
+        let state = AppState {
+            pool: pool.clone(),
+            nats,
+            tokens: TokenKeys::new(config.auth_secret()?),
+            metrics: metrics.clone(),
+            tenants,
+            blobs,
+        };
+        let relay = config.relay_enabled.then(|| {
+            (
+                relay::Relay::new(
+                    pool.clone(),
+                    js,
+                    config.nats_stream.clone(),
+                    config.nats_subject_prefix.clone(),
+                    config.relay_batch,
+                    metrics,
+                ),
+                committed,
+            )
+        });
+        tokio::spawn(expire_idempotency_keys(pool));
+        let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+        Ok(Self {
+            listener,
+            router: http::router(state, config.max_body_bytes),
+            relay,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes; the relay stops with it.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let relay = self
+            .relay
+            .map(|(relay, wake)| tokio::spawn(relay.run(wake)));
+        let outcome = events::http::serve(self.listener, self.router, shutdown).await;
+        if let Some(relay) = relay {
+            relay.abort();
+        }
+        outcome
+    }
+}
+
+/// Replay records are kept a day, like the providers whose retries they absorb.
+async fn expire_idempotency_keys(pool: PgPool) {
+    loop {
+        if let Err(e) = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+        )
+        .execute(&pool)
+        .await
+        {
+            tracing::warn!(error = %e, "could not expire idempotency keys");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}

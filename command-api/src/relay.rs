@@ -1,0 +1,390 @@
+//! The relay: publishes every committed event to JetStream, in commit order, exactly as
+//! ARCHITECTURE.md invariant 3 requires.
+//!
+//! - It reads only below the *commit horizon*: rows whose `transaction_id` is older than
+//!   every transaction still in flight (`pg_snapshot_xmin(pg_current_snapshot())`). A row
+//!   of a slower transaction that holds a lower `global_position` is therefore never
+//!   skipped: the horizon cannot pass it until it commits (or aborts).
+//! - Its checkpoint is the pair `(transaction_id, global_position)` of the last event whose
+//!   PubAck arrived, and each read resumes strictly after that pair.
+//! - Every message carries `Nats-Msg-Id = {aggregate_type}:{aggregate_id}:{sequence}`, so a
+//!   re-publish after a crash (published, checkpoint not yet written) is dropped by
+//!   JetStream's de-duplication window, and projectors skip it by sequence anyway.
+//! - One relay is active across instances: the one holding a session advisory lock on its
+//!   dedicated connection. If that connection drops, so does the lock, and so does this
+//!   relay's right to publish.
+//! - It is woken right after each commit, in-process by the command bus and across
+//!   processes by `LISTEN events_appended`, and polls briefly in case the horizon was held
+//!   back by another transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use events::http::Metrics;
+use events::Envelope;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::sync::Notify;
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Longest wait between reads when nothing wakes the relay.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// A point in commit order: the last event published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Checkpoint {
+    /// Writing transaction of the event.
+    pub transaction_id: u64,
+    /// Its global position.
+    pub global_position: i64,
+}
+
+/// Why a relay step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Publishing failed or its PubAck never came.
+    #[error("publish: {0}")]
+    Publish(String),
+    /// A stored event could not be read back.
+    #[error("stored event {0} is unreadable: {1}")]
+    Corrupt(i64, String),
+}
+
+/// Creates or updates the stream that holds every event. Idempotent: running it at every
+/// start-up, from any number of instances, converges on the same configuration.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+) -> Result<(), async_nats::Error> {
+    let config = stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        // The store is the history; the stream is a transport that keeps a generous tail.
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    };
+    match js.get_stream(name).await {
+        Ok(_) => {
+            js.update_stream(config).await?;
+        }
+        Err(_) => {
+            js.get_or_create_stream(config).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One relay publishing to one stream.
+pub struct Relay {
+    /// Pool the dedicated connection is opened from (its options are reused).
+    pool: PgPool,
+    /// JetStream publisher.
+    js: jetstream::Context,
+    /// Stream name; also the checkpoint's key.
+    stream: String,
+    /// Subject prefix.
+    prefix: String,
+    /// Events per read.
+    batch: i64,
+    /// Where metrics go.
+    metrics: Arc<Metrics>,
+}
+
+/// The relay while it holds the lock: a dedicated connection and the checkpoint.
+pub struct Leader {
+    /// Holds the advisory lock; reads and checkpoint writes go through it.
+    conn: PgConnection,
+    /// Last published event.
+    checkpoint: Checkpoint,
+}
+
+impl Relay {
+    /// A relay for `stream`.
+    pub fn new(
+        pool: PgPool,
+        js: jetstream::Context,
+        stream: String,
+        prefix: String,
+        batch: i64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pool,
+            js,
+            stream,
+            prefix,
+            batch: batch.max(1),
+            metrics,
+        }
+    }
+
+    fn connect_options(&self) -> PgConnectOptions {
+        (*self.pool.connect_options())
+            .clone()
+            .application_name("relay")
+    }
+
+    /// Tries to become the active relay. `Ok(None)` while another instance is.
+    pub async fn try_lead(&self) -> Result<Option<Leader>, RelayError> {
+        let mut conn = self.connect_options().connect().await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('relay:' || $1))")
+                .bind(&self.stream)
+                .fetch_one(&mut conn)
+                .await?;
+        if !locked {
+            return Ok(None);
+        }
+        // A lost checkpoint write only means re-publishing a few events, which JetStream
+        // and the projectors de-duplicate; it is not worth an fsync per batch.
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut conn)
+            .await?;
+        let row = sqlx::query(
+            "SELECT transaction_id::text AS txid, global_position FROM relay_checkpoints WHERE stream = $1",
+        )
+        .bind(&self.stream)
+        .fetch_optional(&mut conn)
+        .await?;
+        let checkpoint = match row {
+            Some(row) => Checkpoint {
+                transaction_id: parse_xid(&row.try_get::<String, _>("txid")?)?,
+                global_position: row.try_get("global_position")?,
+            },
+            None => Checkpoint::default(),
+        };
+        self.metrics.gauge(
+            "relay_leader",
+            "1 while this process is the active relay.",
+            &[("stream", &self.stream)],
+            1.0,
+        );
+        tracing::info!(stream = %self.stream, ?checkpoint, "relay is active");
+        Ok(Some(Leader { conn, checkpoint }))
+    }
+
+    /// Reads the next committed events after the checkpoint, below the horizon.
+    pub async fn read_batch(
+        &self,
+        leader: &mut Leader,
+    ) -> Result<Vec<(Checkpoint, Envelope)>, RelayError> {
+        let rows = sqlx::query(
+            "SELECT global_position, transaction_id::text AS txid, aggregate_type, aggregate_id,
+                    sequence, event_type, event_version, payload, metadata, recorded_at
+               FROM events
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id, global_position
+              LIMIT $3",
+        )
+        .bind(leader.checkpoint.transaction_id.to_string())
+        .bind(leader.checkpoint.global_position)
+        .bind(self.batch)
+        .fetch_all(&mut leader.conn)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let position: i64 = row.try_get("global_position")?;
+                let checkpoint = Checkpoint {
+                    transaction_id: parse_xid(&row.try_get::<String, _>("txid")?)?,
+                    global_position: position,
+                };
+                let metadata: serde_json::Value = row.try_get("metadata")?;
+                let metadata = serde_json::from_value(metadata)
+                    .map_err(|e| RelayError::Corrupt(position, e.to_string()))?;
+                let sequence: i64 = row.try_get("sequence")?;
+                Ok((
+                    checkpoint,
+                    Envelope {
+                        global_position: position,
+                        aggregate_type: row.try_get("aggregate_type")?,
+                        aggregate_id: row.try_get("aggregate_id")?,
+                        sequence: sequence as u64,
+                        event_type: row.try_get("event_type")?,
+                        event_version: row.try_get("event_version")?,
+                        payload: row.try_get("payload")?,
+                        metadata,
+                        recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Publishes `batch` in order, pipelined, and returns the checkpoint of the last event
+    /// whose PubAck arrived (events after a failed one are left for the next round).
+    pub async fn publish(
+        &self,
+        batch: &[(Checkpoint, Envelope)],
+    ) -> (Option<Checkpoint>, Result<(), RelayError>) {
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for (checkpoint, envelope) in batch {
+            match self.send(envelope).await {
+                Ok(ack) => pending.push((*checkpoint, ack)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut acked = None;
+        for (checkpoint, ack) in pending {
+            match ack.await {
+                Ok(_) => acked = Some(checkpoint),
+                Err(e) => {
+                    failure.get_or_insert(RelayError::Publish(e.to_string()));
+                    break;
+                }
+            }
+        }
+        (acked, failure.map_or(Ok(()), Err))
+    }
+
+    async fn send(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<jetstream::context::PublishAckFuture, RelayError> {
+        let subject = events::subject::event_subject(
+            &self.prefix,
+            envelope.tenant_id(),
+            &envelope.aggregate_type,
+            &envelope.event_type,
+        );
+        let body = serde_json::to_vec(envelope).map_err(|e| RelayError::Publish(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        let meta = |k: &str| envelope.metadata.get(k).cloned().unwrap_or_default();
+        headers.insert(
+            "Correlation-Id",
+            meta(events::envelope::keys::CORRELATION_ID).as_str(),
+        );
+        headers.insert("Tenant-Id", envelope.tenant_id());
+        let message = PublishMessage::build()
+            .payload(Bytes::from(body))
+            .headers(headers)
+            .message_id(envelope.event_id());
+        self.js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| RelayError::Publish(e.to_string()))
+    }
+
+    /// Stores the checkpoint (never moving it backwards).
+    pub async fn save_checkpoint(
+        &self,
+        leader: &mut Leader,
+        checkpoint: Checkpoint,
+    ) -> Result<(), RelayError> {
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (stream, transaction_id, global_position)
+             VALUES ($1, $2::text::xid8, $3)
+             ON CONFLICT (stream) DO UPDATE
+                SET transaction_id = EXCLUDED.transaction_id,
+                    global_position = EXCLUDED.global_position,
+                    updated_at = now()
+              WHERE (relay_checkpoints.transaction_id, relay_checkpoints.global_position)
+                  < (EXCLUDED.transaction_id, EXCLUDED.global_position)",
+        )
+        .bind(&self.stream)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.global_position)
+        .execute(&mut leader.conn)
+        .await?;
+        leader.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    /// One round: read, publish, advance. Returns how many events were published.
+    pub async fn step(&self, leader: &mut Leader) -> Result<usize, RelayError> {
+        let batch = self.read_batch(leader).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let (acked, outcome) = self.publish(&batch).await;
+        if let Some(checkpoint) = acked {
+            self.save_checkpoint(leader, checkpoint).await?;
+            let published = batch.iter().take_while(|(c, _)| *c <= checkpoint).count();
+            if let Some((_, last)) = batch.get(published.saturating_sub(1)) {
+                let lag = (Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1e3;
+                self.metrics.gauge(
+                    "relay_lag_seconds",
+                    "Age of the last event published when it was acknowledged.",
+                    &[("stream", &self.stream)],
+                    lag,
+                );
+            }
+            self.metrics.count(
+                "relay_events_published_total",
+                "Events published and acknowledged by JetStream.",
+                &[("stream", &self.stream)],
+                published as f64,
+            );
+            outcome?;
+            return Ok(published);
+        }
+        outcome.map(|()| 0)
+    }
+
+    /// Runs forever: stands by until it holds the lock, then publishes as events commit.
+    pub async fn run(self, wake: Arc<Notify>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.lead(&wake).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %self.stream, "relay interrupted; retrying");
+                    self.metrics.gauge(
+                        "relay_leader",
+                        "1 while this process is the active relay.",
+                        &[("stream", &self.stream)],
+                        0.0,
+                    );
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Returns `Ok(())` when another instance holds the lock (stand by), `Err` when the
+    /// active relay failed.
+    async fn lead(&self, wake: &Notify) -> Result<(), RelayError> {
+        let Some(mut leader) = self.try_lead().await? else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        };
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("events_appended").await?;
+        loop {
+            let published = self.step(&mut leader).await?;
+            if published as i64 >= self.batch {
+                continue;
+            }
+            // Check the lock connection is alive at least once per idle period.
+            tokio::select! {
+                () = wake.notified() => {}
+                n = listener.try_recv() => { n?; }
+                () = tokio::time::sleep(IDLE_POLL) => {
+                    leader.conn.ping().await?;
+                }
+            }
+        }
+    }
+}
+
+fn parse_xid(text: &str) -> Result<u64, RelayError> {
+    text.parse()
+        .map_err(|_| RelayError::Corrupt(-1, format!("transaction id {text:?}")))
+}

@@ -1,0 +1,155 @@
+//! Executes commands against the event store and says which version they produced.
+//!
+//! `CqrsFramework::execute_with_metadata` answers `()` and cannot check an expected version,
+//! so this drives `PersistedEventStore` directly: load → (check `If-Match`) → handle →
+//! commit, which returns the committed envelopes and so the new version.
+
+use std::sync::Arc;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventStore};
+use events::Metadata;
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// How often a command is retried when another writer appended to the same aggregate first
+/// (only when the client did not pin a version with `If-Match`).
+const MAX_ATTEMPTS: usize = 5;
+
+/// The outcome of a command that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate the command was for.
+    pub aggregate_id: String,
+    /// Its version (last sequence) after the command; unchanged if it appended nothing.
+    pub version: u64,
+    /// How many events the command appended.
+    pub appended: usize,
+}
+
+/// Why a command was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused it.
+    #[error(transparent)]
+    Rejected(E),
+    /// `If-Match` named another version than the current one.
+    #[error("expected version {expected}, but the aggregate has moved on")]
+    VersionConflict {
+        /// What the client expected.
+        expected: u64,
+        /// What the store holds (`None` when another writer won the race mid-command).
+        actual: Option<u64>,
+    },
+    /// Other writers kept winning the race for this aggregate.
+    #[error("the aggregate is too busy; retry")]
+    Contention,
+    /// The store failed.
+    #[error("event store: {0}")]
+    Store(String),
+}
+
+/// Executes commands of one aggregate type.
+pub struct CommandBus<A: Aggregate> {
+    /// postgres-es store with snapshots.
+    store: PersistedEventStore<PostgresEventRepository, A>,
+    /// What the aggregate's `handle` may call.
+    services: A::Services,
+    /// Woken after every commit so the relay publishes at once.
+    committed: Arc<Notify>,
+}
+
+impl<A> CommandBus<A>
+where
+    A: Aggregate + Clone + 'static,
+    A::Command: Clone,
+{
+    /// A bus over `pool`, snapshotting every `snapshot_every` events.
+    pub fn new(
+        pool: PgPool,
+        services: A::Services,
+        snapshot_every: usize,
+        committed: Arc<Notify>,
+    ) -> Self {
+        let repo = PostgresEventRepository::new(pool);
+        Self {
+            store: PersistedEventStore::new_snapshot_store(repo, snapshot_every.max(1)),
+            services,
+            committed,
+        }
+    }
+
+    /// Runs `command` on aggregate `id`; with `expected`, only if the aggregate is at that
+    /// version.
+    pub async fn execute(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let context = self.store.load_aggregate(id).await.map_err(store_error)?;
+            let current = context.current_sequence as u64;
+            if let Some(expected) = expected.filter(|e| *e != current) {
+                return Err(CommandError::VersionConflict {
+                    expected,
+                    actual: Some(current),
+                });
+            }
+            // Handle on a copy: `EventSink::write` applies each event to the aggregate it is
+            // given, and `commit` applies them again to the context's aggregate when it
+            // takes a snapshot. Handling on the context's own aggregate would apply every
+            // event twice in the snapshot.
+            let mut scratch = context.aggregate.clone();
+            let sink = EventSink::default();
+            scratch
+                .handle(command.clone(), &self.services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let new_events = sink.collect().await;
+            if new_events.is_empty() {
+                return Ok(Committed {
+                    aggregate_id: id.to_owned(),
+                    version: current,
+                    appended: 0,
+                });
+            }
+            match self
+                .store
+                .commit(new_events, context, metadata.to_map())
+                .await
+            {
+                Ok(envelopes) => {
+                    self.committed.notify_one();
+                    return Ok(Committed {
+                        aggregate_id: id.to_owned(),
+                        version: envelopes.last().map_or(current, |e| e.sequence as u64),
+                        appended: envelopes.len(),
+                    });
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    if let Some(expected) = expected {
+                        return Err(CommandError::VersionConflict {
+                            expected,
+                            actual: None,
+                        });
+                    }
+                    tracing::debug!(aggregate_id = id, "concurrent append; retrying");
+                }
+                Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
+                Err(e) => return Err(CommandError::Store(e.to_string())),
+            }
+        }
+        Err(CommandError::Contention)
+    }
+}
+
+fn store_error<E: std::error::Error>(e: AggregateError<E>) -> CommandError<E> {
+    match e {
+        AggregateError::UserError(e) => CommandError::Rejected(e),
+        other => CommandError::Store(other.to_string()),
+    }
+}

@@ -1,0 +1,411 @@
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use events::access::Principal;
+use events::envelope::ActorKind;
+use events::http::{AuthUser, Json, MaybeAuthUser, Problem, RequestIds};
+use events::Metadata;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::commands::TenantCommand;
+use super::values;
+use crate::store::Committed;
+use crate::AppState;
+
+/// Largest logo request (the image plus multipart framing).
+const LOGO_BODY_LIMIT: usize = values::MAX_LOGO_BYTES as usize + 64 * 1024;
+
+/// The routes of the tenants context.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", post(create))
+        .route("/v1/tenants/signup", post(request_signup))
+        .route("/v1/tenants/{id}/approve", post(approve))
+        .route("/v1/tenants/{id}/reject", post(reject))
+        .route("/v1/tenants/{id}/rename", post(rename))
+        .route("/v1/tenants/{id}/preferences", post(update_preferences))
+        .route("/v1/tenants/{id}/suspend", post(suspend))
+        .route("/v1/tenants/{id}/reactivate", post(reactivate))
+        .route(
+            "/v1/tenants/{id}/logo",
+            post(upload_logo).layer(DefaultBodyLimit::max(LOGO_BODY_LIMIT)),
+        )
+}
+
+/// What a command answers: the aggregate and its version, so the client can ask the query
+/// API to wait for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Aggregate id.
+    pub id: String,
+    /// Version after the command.
+    pub version: u64,
+}
+
+fn accepted(status: StatusCode, c: Committed) -> Response {
+    let etag = format!("\"{}\"", c.version);
+    let mut response = (
+        status,
+        Json(Accepted {
+            id: c.aggregate_id.clone(),
+            version: c.version,
+        }),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/tenants/{}", c.aggregate_id)) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    response
+}
+
+/// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` or absence means any.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            Problem::bad_request(
+                "invalid_if_match",
+                "If-Match must be a version, e.g. \"3\".",
+            )
+        })
+}
+
+/// Tenant ids are UUIDs; anything else names no tenant.
+fn tenant_id(raw: &str) -> Result<String, Problem> {
+    Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found("tenant not found"))
+}
+
+fn metadata(tenant_id: &str, who: Option<&Principal>, ids: &RequestIds) -> Metadata {
+    let (actor_id, actor_kind) = match who {
+        Some(p @ Principal::Admin { .. }) => (p.user_id().to_owned(), ActorKind::Admin),
+        Some(p @ Principal::Phone { .. }) => (p.user_id().to_owned(), ActorKind::Phone),
+        None => ("anonymous".to_owned(), ActorKind::Anonymous),
+    };
+    Metadata {
+        tenant_id: tenant_id.to_owned(),
+        actor_id,
+        actor_kind,
+        correlation_id: ids.correlation_id.clone(),
+        causation_id: ids.request_id.clone(),
+        request_id: ids.request_id.clone(),
+    }
+}
+
+fn require_super_admin(who: &Principal) -> Result<(), Problem> {
+    if who.is_super_admin() {
+        Ok(())
+    } else {
+        Err(Problem::forbidden("Only a super admin may do this."))
+    }
+}
+
+fn require_admin_of(who: &Principal, tenant: &str) -> Result<(), Problem> {
+    if who.administers(tenant) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(
+            "Only a super admin or this tenant's admin may do this.",
+        ))
+    }
+}
+
+/// Body of a signup request or a direct creation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenTenant {
+    /// Optional client-chosen id (a UUID), so a blind retry cannot open two tenants.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// Display name.
+    pub name: String,
+    /// Slug.
+    pub slug: String,
+    /// Contact e-mail.
+    pub contact_email: String,
+}
+
+async fn request_signup(
+    State(state): State<AppState>,
+    MaybeAuthUser(who): MaybeAuthUser,
+    ids: RequestIds,
+    Json(body): Json<OpenTenant>,
+) -> Result<Response, Problem> {
+    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let command = TenantCommand::RequestSignup {
+        tenant_id: id.clone(),
+        name: body.name,
+        slug: body.slug,
+        contact_email: body.contact_email,
+    };
+    let c = state
+        .tenants
+        .execute(&id, Some(0), command, &metadata(&id, who.as_ref(), &ids))
+        .await
+        .map_err(new_tenant_conflict)?;
+    Ok(accepted(StatusCode::CREATED, c))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<OpenTenant>,
+) -> Result<Response, Problem> {
+    require_super_admin(&who)?;
+    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let command = TenantCommand::Create {
+        tenant_id: id.clone(),
+        name: body.name,
+        slug: body.slug,
+        contact_email: body.contact_email,
+    };
+    let c = state
+        .tenants
+        .execute(&id, Some(0), command, &metadata(&id, Some(&who), &ids))
+        .await
+        .map_err(new_tenant_conflict)?;
+    Ok(accepted(StatusCode::CREATED, c))
+}
+
+/// Opening a tenant expects version 0; finding another version means the id is taken.
+fn new_tenant_conflict(e: crate::store::CommandError<super::aggregate::TenantError>) -> Problem {
+    match e {
+        crate::store::CommandError::VersionConflict { .. } => {
+            super::aggregate::TenantError::AlreadyExists.into_problem()
+        }
+        other => other.into(),
+    }
+}
+
+impl super::aggregate::TenantError {
+    fn into_problem(self) -> Problem {
+        crate::http::error::DomainProblem::problem(&self)
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    who: &Principal,
+    ids: &RequestIds,
+    headers: &HeaderMap,
+    id: &str,
+    command: TenantCommand,
+) -> Result<Response, Problem> {
+    let expected = if_match(headers)?;
+    let c = state
+        .tenants
+        .execute(id, expected, command, &metadata(id, Some(who), ids))
+        .await?;
+    Ok(accepted(StatusCode::OK, c))
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    require_super_admin(&who)?;
+    let id = tenant_id(&id)?;
+    execute(&state, &who, &ids, &headers, &id, TenantCommand::Approve).await
+}
+
+/// A body with a reason.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Result<Response, Problem> {
+    require_super_admin(&who)?;
+    let id = tenant_id(&id)?;
+    let command = TenantCommand::Reject {
+        reason: body.reason,
+    };
+    execute(&state, &who, &ids, &headers, &id, command).await
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Result<Response, Problem> {
+    require_super_admin(&who)?;
+    let id = tenant_id(&id)?;
+    let command = TenantCommand::Suspend {
+        reason: body.reason,
+    };
+    execute(&state, &who, &ids, &headers, &id, command).await
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    require_super_admin(&who)?;
+    let id = tenant_id(&id)?;
+    execute(&state, &who, &ids, &headers, &id, TenantCommand::Reactivate).await
+}
+
+/// Body of a rename.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    /// The new display name.
+    pub name: String,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Rename>,
+) -> Result<Response, Problem> {
+    let id = tenant_id(&id)?;
+    require_admin_of(&who, &id)?;
+    execute(
+        &state,
+        &who,
+        &ids,
+        &headers,
+        &id,
+        TenantCommand::Rename { name: body.name },
+    )
+    .await
+}
+
+async fn update_preferences(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(preferences): Json<serde_json::Value>,
+) -> Result<Response, Problem> {
+    let id = tenant_id(&id)?;
+    require_admin_of(&who, &id)?;
+    let command = TenantCommand::UpdatePreferences { preferences };
+    execute(&state, &who, &ids, &headers, &id, command).await
+}
+
+async fn upload_logo(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, Problem> {
+    let id = tenant_id(&id)?;
+    require_admin_of(&who, &id)?;
+    let mut multipart = multipart.map_err(|e| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.body_text(),
+        )
+    })?;
+    let mut image = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| events::http::extract::status_problem(e.status(), e.body_text()))?
+    {
+        if field.name() == Some("file") {
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| events::http::extract::status_problem(e.status(), e.body_text()))?;
+            image = Some(bytes);
+            break;
+        }
+    }
+    let image = image.ok_or_else(|| {
+        Problem::bad_request(
+            "missing_file",
+            "Send the image as a multipart field named `file`.",
+        )
+    })?;
+    if image.len() as u64 > values::MAX_LOGO_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The logo must not exceed 2 MiB.",
+        ));
+    }
+    let content_type = values::sniff_image(&image).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image",
+            "The logo must be a PNG, JPEG or WebP image.",
+        )
+    })?;
+    let sha256 = hex(&Sha256::digest(&image));
+    let extension = content_type.trim_start_matches("image/");
+    let object_key = format!("tenants/{id}/logo/{sha256}.{extension}");
+    let size_bytes = image.len() as u64;
+    state
+        .blobs
+        .put(
+            &object_store::path::Path::from(object_key.as_str()),
+            image.into(),
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let command = TenantCommand::RecordLogo {
+        object_key,
+        content_type: content_type.to_owned(),
+        size_bytes,
+        sha256,
+    };
+    execute(&state, &who, &ids, &headers, &id, command).await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,70 @@
+//! What the tenant aggregate needs from outside its own stream.
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+
+/// Slugs are unique across all tenants, which no single aggregate can see, so the aggregate
+/// asks this registry to reserve one before it decides.
+#[async_trait]
+pub trait SlugRegistry: Send + Sync {
+    /// Reserves `slug` for `tenant_id`. `Ok(true)` if it is now (or already was) theirs,
+    /// `Ok(false)` if another tenant holds it.
+    async fn reserve(&self, slug: &str, tenant_id: &str) -> Result<bool, String>;
+}
+
+/// The services of the tenant aggregate.
+#[derive(Clone)]
+pub struct TenantServices {
+    /// Cross-tenant slug uniqueness.
+    pub slugs: std::sync::Arc<dyn SlugRegistry>,
+}
+
+/// Reservations in the `tenant_slugs` table.
+///
+/// A reservation is made just before the tenant's first event is appended. If that append
+/// then fails, the reservation would block the slug forever, so a reservation whose tenant
+/// still has no events after five minutes may be taken over.
+pub struct PgSlugRegistry {
+    /// The command-side pool.
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl SlugRegistry for PgSlugRegistry {
+    async fn reserve(&self, slug: &str, tenant_id: &str) -> Result<bool, String> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO tenant_slugs (slug, tenant_id) VALUES ($1, $2)
+             ON CONFLICT (slug) DO UPDATE
+                SET tenant_id = EXCLUDED.tenant_id, reserved_at = now()
+              WHERE tenant_slugs.tenant_id = EXCLUDED.tenant_id
+                 OR (tenant_slugs.reserved_at < now() - interval '5 minutes'
+                     AND NOT EXISTS (SELECT 1 FROM events e
+                                      WHERE e.aggregate_type = 'tenant'
+                                        AND e.aggregate_id = tenant_slugs.tenant_id))
+             RETURNING tenant_id",
+        )
+        .bind(slug)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(row.is_some())
+    }
+}
+
+/// An in-memory registry for aggregate tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemorySlugRegistry(pub std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+#[cfg(test)]
+#[async_trait]
+impl SlugRegistry for MemorySlugRegistry {
+    async fn reserve(&self, slug: &str, tenant_id: &str) -> Result<bool, String> {
+        let mut map = self.0.lock().map_err(|e| e.to_string())?;
+        let owner = map
+            .entry(slug.to_owned())
+            .or_insert_with(|| tenant_id.to_owned());
+        Ok(owner == tenant_id)
+    }
+}

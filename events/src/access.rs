@@ -1,0 +1,257 @@
+//! Bearer tokens: HS256 JWTs signed with `NEST_AUTH_SECRET` (fallback `NEXTAUTH_SECRET`).
+//! Claims `sub`, `tenant_id`, `role` (admins) or `kind = "phone"` (chatbot users), `iat`,
+//! `exp`, `jti`. Verification is pure CPU so both APIs share it.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What an admin may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Operates the platform: every tenant.
+    SuperAdmin,
+    /// Administers one tenant.
+    TenantAdmin,
+    /// Works the inbox of one tenant.
+    Agent,
+}
+
+/// The claims of a token, as signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The tenant the user belongs to (absent for a super admin of the platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Admin role; absent on phone tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `phone` for chatbot users; absent on admin tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Issued at (seconds since the epoch).
+    #[serde(default)]
+    pub iat: i64,
+    /// Expires at (seconds since the epoch).
+    pub exp: i64,
+    /// Token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A signed-in admin.
+    Admin {
+        /// User id.
+        user_id: String,
+        /// Home tenant, if any.
+        tenant_id: Option<String>,
+        /// Role.
+        role: Role,
+    },
+    /// A chatbot user signed in by phone.
+    Phone {
+        /// User id.
+        user_id: String,
+        /// The tenant whose chatbot they use.
+        tenant_id: String,
+    },
+}
+
+impl Principal {
+    /// The user id.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Principal::Admin { user_id, .. } | Principal::Phone { user_id, .. } => user_id,
+        }
+    }
+
+    /// True for a super admin.
+    pub fn is_super_admin(&self) -> bool {
+        matches!(
+            self,
+            Principal::Admin {
+                role: Role::SuperAdmin,
+                ..
+            }
+        )
+    }
+
+    /// True when this principal may act as staff (any admin role) of `tenant_id`.
+    pub fn is_staff_of(&self, tenant_id: &str) -> bool {
+        match self {
+            Principal::Admin {
+                role: Role::SuperAdmin,
+                ..
+            } => true,
+            Principal::Admin {
+                tenant_id: Some(home),
+                ..
+            } => home == tenant_id,
+            _ => false,
+        }
+    }
+
+    /// True when this principal administers `tenant_id` (super admin, or its tenant admin).
+    pub fn administers(&self, tenant_id: &str) -> bool {
+        match self {
+            Principal::Admin {
+                role: Role::SuperAdmin,
+                ..
+            } => true,
+            Principal::Admin {
+                role: Role::TenantAdmin,
+                tenant_id: Some(home),
+                ..
+            } => home == tenant_id,
+            _ => false,
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No bearer token was sent.
+    #[error("a bearer token is required")]
+    Missing,
+    /// The token has expired.
+    #[error("the token has expired")]
+    Expired,
+    /// Bad signature, bad shape, wrong algorithm or incoherent claims.
+    #[error("the token is not valid")]
+    Invalid,
+}
+
+/// Verifies (and, for tests and the identity service, issues) tokens.
+#[derive(Clone)]
+pub struct TokenKeys {
+    /// Key for verification.
+    decoding: DecodingKey,
+    /// Key for signing.
+    encoding: EncodingKey,
+    /// HS256 only, `exp` required, no leeway beyond a few seconds of clock skew.
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+impl TokenKeys {
+    /// Keys from the shared secret.
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Verifies a token and says who it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let c = data.claims;
+        match (c.role, c.kind.as_deref()) {
+            (Some(role), None) => Ok(Principal::Admin {
+                user_id: c.sub,
+                tenant_id: c.tenant_id,
+                role,
+            }),
+            (None, Some("phone")) => Ok(Principal::Phone {
+                user_id: c.sub,
+                tenant_id: c.tenant_id.ok_or(TokenError::Invalid)?,
+            }),
+            _ => Err(TokenError::Invalid),
+        }
+    }
+
+    /// Signs claims (HS256).
+    pub fn sign(&self, claims: &Claims) -> String {
+        // Encoding HS256 over serializable claims cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .unwrap_or_default()
+    }
+
+    /// An admin token valid for `ttl_secs`, as the identity service (and tests) issue it.
+    pub fn admin_token(
+        &self,
+        user_id: &str,
+        tenant_id: Option<&str>,
+        role: Role,
+        ttl_secs: i64,
+    ) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.sign(&Claims {
+            sub: user_id.to_owned(),
+            tenant_id: tenant_id.map(str::to_owned),
+            role: Some(role),
+            kind: None,
+            iat: now,
+            exp: now + ttl_secs,
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_admin_token_verifies() {
+        let keys = TokenKeys::new("secret");
+        let t = keys.admin_token("u1", Some("t1"), Role::TenantAdmin, 60);
+        let p = keys.verify(&t).expect("valid");
+        assert!(p.administers("t1"));
+        assert!(!p.administers("t2"));
+        assert!(!p.is_super_admin());
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_is_invalid() {
+        let t = TokenKeys::new("other").admin_token("u1", None, Role::SuperAdmin, 60);
+        assert_eq!(
+            TokenKeys::new("secret").verify(&t),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_expired() {
+        let keys = TokenKeys::new("secret");
+        let t = keys.admin_token("u1", None, Role::SuperAdmin, -60);
+        assert_eq!(keys.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        assert_eq!(
+            TokenKeys::new("s").verify("a.b.c"),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn agents_are_staff_but_do_not_administer() {
+        let keys = TokenKeys::new("secret");
+        let p = keys
+            .verify(&keys.admin_token("u", Some("t1"), Role::Agent, 60))
+            .expect("valid");
+        assert!(p.is_staff_of("t1"));
+        assert!(!p.administers("t1"));
+    }
+}

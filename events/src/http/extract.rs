@@ -1,0 +1,147 @@
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::Problem;
+use crate::access::{Principal, TokenError, TokenKeys};
+
+/// A request whose bearer token verified. Rejects with 401 otherwise.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub Principal);
+
+/// A request that may carry a bearer token; a token that is sent must verify.
+#[derive(Debug, Clone)]
+pub struct MaybeAuthUser(pub Option<Principal>);
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, TokenError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| TokenError::Invalid)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(TokenError::Invalid),
+    }
+}
+
+fn unauthorized(e: TokenError) -> Problem {
+    let code = match e {
+        TokenError::Missing => "unauthenticated",
+        TokenError::Expired => "token_expired",
+        TokenError::Invalid => "token_invalid",
+    };
+    Problem::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+}
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    TokenKeys: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)
+            .map_err(unauthorized)?
+            .ok_or(unauthorized(TokenError::Missing))?;
+        TokenKeys::from_ref(state)
+            .verify(token)
+            .map(AuthUser)
+            .map_err(unauthorized)
+    }
+}
+
+impl<S> FromRequestParts<S> for MaybeAuthUser
+where
+    TokenKeys: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match bearer(parts).map_err(unauthorized)? {
+            None => Ok(MaybeAuthUser(None)),
+            Some(token) => TokenKeys::from_ref(state)
+                .verify(token)
+                .map(|p| MaybeAuthUser(Some(p)))
+                .map_err(unauthorized),
+        }
+    }
+}
+
+/// A JSON body whose every rejection is a problem: 400 `malformed_json` for bad syntax,
+/// 400 `invalid_body` for unknown fields, wrong types or missing fields, 413
+/// `payload_too_large`, 415 `unsupported_media_type`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_problem(rejection: &JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::JsonDataError(e) => Problem::bad_request("invalid_body", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => Problem::bad_request("malformed_json", e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Expected a body with Content-Type: application/json.",
+        ),
+        other => status_problem(other.status(), other.body_text()),
+    }
+}
+
+/// A problem for a rejection known only by its status (body limits, unreadable bodies).
+pub fn status_problem(status: StatusCode, detail: String) -> Problem {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(status, "payload_too_large", detail),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Problem::new(status, "unsupported_media_type", detail)
+        }
+        s if s.is_client_error() => Problem::new(s, "bad_request", detail),
+        _ => Problem::internal(&detail),
+    }
+}
+
+/// A query string whose rejection is a 400 `invalid_query` problem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(Problem::bad_request("invalid_query", e.body_text()))
+            }
+            Err(other) => Err(status_problem(other.status(), other.body_text())),
+        }
+    }
+}

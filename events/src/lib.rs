@@ -1,0 +1,26 @@
+//! The event contract of the platform: what every process agrees on.
+//!
+//! # Layout
+//! - [`envelope`]: the wire form of a committed event (what the relay publishes to NATS and
+//!   what projectors read back from the event store), and the metadata every event carries.
+//! - [`subject`]: NATS subject and message-id naming.
+//! - [`tenant`]: the events of the tenants bounded context.
+//! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
+//! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
+//!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
+//!
+//! Nothing here performs I/O except the optional `http` module's response types.
+
+/// Bearer-token claims and roles.
+pub mod access;
+/// The committed-event envelope and its metadata keys.
+pub mod envelope;
+/// HTTP plumbing shared by command-api and query-api.
+#[cfg(feature = "http")]
+pub mod http;
+/// NATS subject and `Nats-Msg-Id` naming.
+pub mod subject;
+/// Events of the tenants bounded context.
+pub mod tenant;
+
+pub use envelope::{Envelope, Metadata};

@@ -1,0 +1,196 @@
+//! projector: builds read models from the event stream.
+//!
+//! # Layout
+//! - [`projection`]: the `Projection` trait and `apply_in_order`, which makes every read
+//!   model apply each aggregate's events exactly once and in sequence order.
+//! - [`worker`]: a durable JetStream pull consumer per projection, with a testable `step`,
+//!   retries with back-off and dead letters.
+//! - [`rebuild`]: rebuilds a read model from the event store and swaps it in.
+//! - [`tenants`]: the tenants read model.
+
+/// Projection contract and exactly-once application.
+pub mod projection;
+/// Rebuild from the event store.
+pub mod rebuild;
+/// The tenants read model.
+pub mod tenants;
+/// Durable consumers.
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::projection::Projection;
+
+/// The migrations of the whole platform (shared with the other services).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Settings of the projector.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "projector",
+    version,
+    about = "Builds read models from the event stream."
+)]
+pub struct Config {
+    /// PostgreSQL connection string (event store and read models).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Fallback name for the connection string.
+    #[arg(long, env = "NEON_PG_CONN", global = true, hide_env_values = true)]
+    pub neon_pg_conn: Option<String>,
+    /// Maximum PostgreSQL connections of this process.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", global = true, default_value_t = 8)]
+    pub db_max_connections: u32,
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        global = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// JetStream stream holding every committed event.
+    #[arg(long, env = "NATS_STREAM", global = true, default_value = events::subject::DEFAULT_STREAM)]
+    pub nats_stream: String,
+    /// First token of every event subject.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", global = true, default_value = events::subject::DEFAULT_PREFIX)]
+    pub nats_subject_prefix: String,
+    /// Attempts before a message that keeps failing goes to dead letters.
+    #[arg(
+        long,
+        env = "PROJECTOR_MAX_DELIVER",
+        global = true,
+        default_value_t = 5
+    )]
+    pub max_deliver: i64,
+    /// Most messages applied in one transaction.
+    #[arg(long, env = "PROJECTOR_BATCH", global = true, default_value_t = 256)]
+    pub batch: usize,
+    /// What to do (default: run every projection).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume the stream and keep every read model current.
+    Run,
+    /// Rebuild a read model from the event store into fresh tables and swap it in.
+    Rebuild {
+        /// The projection to rebuild (e.g. `tenants`).
+        projection: String,
+    },
+    /// List the projections.
+    List,
+}
+
+/// Every projection this process knows.
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(tenants::TenantsProjection)]
+}
+
+/// Why the projector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or wrong.
+    #[error("{0}")]
+    Config(String),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A projection failed.
+    #[error(transparent)]
+    Projection(#[from] projection::ProjectionError),
+    /// NATS failed.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+impl Config {
+    /// Connects and migrates.
+    pub async fn pool(&self) -> Result<PgPool, Error> {
+        let url = self
+            .database_url
+            .as_deref()
+            .or(self.neon_pg_conn.as_deref())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::Config("set DATABASE_URL (or NEON_PG_CONN)".into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.db_max_connections)
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(pool)
+    }
+}
+
+/// Runs every projection's worker until one fails for good or `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let pool = config.pool().await?;
+    let client = async_nats::connect(&config.nats_url)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let js = async_nats::jetstream::new(client);
+    let mut tasks = tokio::task::JoinSet::new();
+    for projection in projections() {
+        let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
+        tasks.spawn(async move { supervise(pool, js, config, projection).await });
+    }
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some(_) = tasks.join_next() => {}
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Keeps one projection's worker running, reconnecting with back-off (the stream may not
+/// exist yet when the projector starts before command-api).
+async fn supervise(
+    pool: PgPool,
+    js: async_nats::jetstream::Context,
+    config: Config,
+    projection: Arc<dyn Projection>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let outcome = async {
+            let consumer = worker::durable_consumer(
+                &js,
+                &config.nats_stream,
+                &config.nats_subject_prefix,
+                projection.as_ref(),
+            )
+            .await?;
+            tracing::info!(projection = projection.name(), "consuming");
+            worker::Worker::new(
+                pool.clone(),
+                projection.clone(),
+                consumer,
+                config.max_deliver,
+                config.batch,
+            )
+            .run()
+            .await
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(projection = projection.name(), error = %e, "worker stopped; restarting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

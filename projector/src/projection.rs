@@ -1,0 +1,204 @@
+//! The projection contract and the one place that makes application exactly-once and
+//! in order (ARCHITECTURE.md invariant 4).
+
+use async_trait::async_trait;
+use events::Envelope;
+use sqlx::{PgConnection, Row};
+
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// PostgreSQL failed (retried).
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event does not decode as the projection expects (dead-lettered after retries).
+    #[error("undecodable event {event_id}: {reason}")]
+    Undecodable {
+        /// Which event.
+        event_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store lacks an event the sequence says must exist.
+    #[error("missing events {from}..{to} of {aggregate} in the store")]
+    Missing {
+        /// `{type}:{id}`.
+        aggregate: String,
+        /// First missing sequence.
+        from: u64,
+        /// Last missing sequence.
+        to: u64,
+    },
+}
+
+/// Which physical tables a projection writes: the live ones, or a rebuild's fresh copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Appended to every table name and to the checkpoint's projection name.
+    suffix: &'static str,
+}
+
+impl Target {
+    /// The tables queries read.
+    pub const LIVE: Target = Target { suffix: "" };
+    /// The fresh tables a rebuild fills before swapping them in.
+    pub const REBUILD: Target = Target {
+        suffix: "__rebuild",
+    };
+
+    /// The physical name of `table`.
+    pub fn table(&self, table: &str) -> String {
+        format!("{table}{}", self.suffix)
+    }
+
+    /// The checkpoint key of `projection` for this target.
+    pub fn checkpoint(&self, projection: &str) -> String {
+        format!("{projection}{}", self.suffix)
+    }
+}
+
+/// A read model built from events.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Durable consumer name and checkpoint key.
+    fn name(&self) -> &'static str;
+    /// The aggregate types whose events it reads.
+    fn aggregate_types(&self) -> &'static [&'static str];
+    /// The tables it owns (rebuilt and swapped together).
+    fn tables(&self) -> &'static [&'static str];
+    /// Changes the read model for one event, inside the caller's transaction.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        event: &Envelope,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied, after filling `filled` missing earlier events from the store.
+    Applied {
+        /// Events of the same aggregate read from the store to close a gap.
+        filled: usize,
+    },
+    /// Already applied; skipped.
+    Duplicate,
+}
+
+/// Applies `event` exactly once and in sequence order, inside the caller's transaction:
+/// locks the aggregate's checkpoint row, skips what is at or below it, fills a gap from the
+/// event store, and moves the checkpoint in the same transaction as the read-model change.
+pub async fn apply_in_order(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    event: &Envelope,
+) -> Result<Applied, ProjectionError> {
+    let checkpoint = target.checkpoint(projection.name());
+    // Creates the row if needed and locks it either way, so two projector instances cannot
+    // both apply the first event of an aggregate.
+    let last: i64 = sqlx::query_scalar(
+        "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+         VALUES ($1, $2, $3, 0)
+         ON CONFLICT (projection, aggregate_type, aggregate_id)
+         DO UPDATE SET sequence = projection_checkpoints.sequence
+         RETURNING sequence",
+    )
+    .bind(&checkpoint)
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let last = last as u64;
+    if event.sequence <= last {
+        return Ok(Applied::Duplicate);
+    }
+    let mut filled = 0;
+    if event.sequence > last + 1 {
+        let missing = load_stream(
+            conn,
+            &event.aggregate_type,
+            &event.aggregate_id,
+            last,
+            event.sequence,
+        )
+        .await?;
+        let expected = event.sequence - last - 1;
+        if missing.len() as u64 != expected
+            || missing.iter().zip(last + 1..).any(|(e, s)| e.sequence != s)
+        {
+            return Err(ProjectionError::Missing {
+                aggregate: format!("{}:{}", event.aggregate_type, event.aggregate_id),
+                from: last + 1,
+                to: event.sequence - 1,
+            });
+        }
+        for earlier in &missing {
+            projection.apply(conn, target, earlier).await?;
+        }
+        filled = missing.len();
+    }
+    projection.apply(conn, target, event).await?;
+    sqlx::query(
+        "UPDATE projection_checkpoints SET sequence = $4
+          WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+    )
+    .bind(&checkpoint)
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .bind(event.sequence as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Applied::Applied { filled })
+}
+
+/// The columns of an envelope, in the order [`envelope_from_row`] reads them.
+pub const ENVELOPE_COLUMNS: &str =
+    "global_position, aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload, metadata, recorded_at";
+
+/// Reads an envelope from a row selected with [`ENVELOPE_COLUMNS`].
+pub fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, ProjectionError> {
+    let position: i64 = row.try_get("global_position")?;
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let metadata = serde_json::from_value(metadata).map_err(|e| ProjectionError::Undecodable {
+        event_id: position.to_string(),
+        reason: e.to_string(),
+    })?;
+    let sequence: i64 = row.try_get("sequence")?;
+    Ok(Envelope {
+        global_position: position,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: sequence as u64,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// Events of one aggregate with `after < sequence < before`, from the store.
+async fn load_stream(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after: u64,
+    before: u64,
+) -> Result<Vec<Envelope>, ProjectionError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND sequence < $4
+          ORDER BY sequence"
+    ))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(after as i64)
+    .bind(before as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(envelope_from_row).collect()
+}

@@ -1,0 +1,152 @@
+//! `projector rebuild <projection>`: rebuilds a read model from the event store (not from
+//! NATS) into fresh tables, then swaps them in. The old tables keep serving until the swap,
+//! which is one short transaction.
+//!
+//! Events are read in commit order below the commit horizon, like the relay, in batches of
+//! their own transactions (a long writing transaction would hold back the relay's horizon
+//! for the whole cluster). The swap locks the checkpoints and the live tables, applies what
+//! was committed since, and renames. Anything the live projector applied to the old tables
+//! had been published, so was below the horizon, so is included by that last catch-up.
+
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+use crate::projection::{
+    apply_in_order, envelope_from_row, Projection, ProjectionError, Target, ENVELOPE_COLUMNS,
+};
+
+/// Events read and applied per transaction.
+const BATCH: i64 = 5_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RebuildReport {
+    /// Events applied to the fresh tables.
+    pub events: usize,
+    /// Of which applied during the swap.
+    pub caught_up: usize,
+}
+
+/// Rebuilds `projection` and swaps the result in.
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<RebuildReport, ProjectionError> {
+    let mut conn = pool.acquire().await?;
+    let name = projection.name();
+    let fresh = Target::REBUILD;
+    let mut tx = conn.begin().await?;
+    for table in projection.tables() {
+        let copy = fresh.table(table);
+        sqlx::query(&format!("DROP TABLE IF EXISTS {copy}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(fresh.checkpoint(name))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let types: Vec<String> = projection
+        .aggregate_types()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut after = ("0".to_owned(), 0_i64);
+    let mut report = RebuildReport::default();
+    loop {
+        let mut tx = conn.begin().await?;
+        let n = apply_batch(&mut tx, projection, &types, &mut after).await?;
+        tx.commit().await?;
+        report.events += n;
+        if n == 0 {
+            break;
+        }
+        tracing::info!(projection = name, events = report.events, "rebuilding");
+    }
+
+    let mut tx = conn.begin().await?;
+    // Lock order: checkpoints, then tables — the order the live projector takes them in
+    // (checkpoint row, then read-model row), so the swap cannot deadlock with it.
+    sqlx::query("LOCK TABLE projection_checkpoints IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    for table in projection.tables() {
+        sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    loop {
+        let n = apply_batch(&mut tx, projection, &types, &mut after).await?;
+        report.caught_up += n;
+        if n == 0 {
+            break;
+        }
+    }
+    report.events += report.caught_up;
+    for table in projection.tables() {
+        let old = format!("{table}__old");
+        sqlx::query(&format!("ALTER TABLE {table} RENAME TO {old}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "ALTER TABLE {} RENAME TO {table}",
+            fresh.table(table)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!("DROP TABLE {old}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE projection_checkpoints SET projection = $1 WHERE projection = $2")
+        .bind(name)
+        .bind(fresh.checkpoint(name))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        projection = name,
+        events = report.events,
+        caught_up = report.caught_up,
+        "rebuilt and swapped in"
+    );
+    Ok(report)
+}
+
+/// Applies the next batch after `after` (a `(transaction_id, global_position)` pair) to the
+/// fresh tables and moves `after` on.
+async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    types: &[String],
+    after: &mut (String, i64),
+) -> Result<usize, ProjectionError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ENVELOPE_COLUMNS}, transaction_id::text AS txid FROM events
+          WHERE aggregate_type = ANY($1)
+            AND (transaction_id, global_position) > ($2::text::xid8, $3)
+            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY transaction_id, global_position
+          LIMIT $4"
+    ))
+    .bind(types)
+    .bind(&after.0)
+    .bind(after.1)
+    .bind(BATCH)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let envelope = envelope_from_row(row)?;
+        apply_in_order(conn, projection, &Target::REBUILD, &envelope).await?;
+        *after = (row.try_get("txid")?, envelope.global_position);
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,58 @@
+//! Every setting, from flags or the environment (`query-api --help` lists them).
+
+use std::net::IpAddr;
+
+use clap::Parser;
+
+/// Settings of query-api.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "query-api",
+    version,
+    about = "Serves read models and the audit trail."
+)]
+pub struct Config {
+    /// PostgreSQL connection string (read models and the event store, read only).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Fallback name for the connection string.
+    #[arg(long, env = "NEON_PG_CONN", hide_env_values = true)]
+    pub neon_pg_conn: Option<String>,
+    /// Maximum PostgreSQL connections of this process.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// HS256 secret of bearer tokens.
+    #[arg(long, env = "NEST_AUTH_SECRET", hide_env_values = true)]
+    pub nest_auth_secret: Option<String>,
+    /// Fallback name for the token secret.
+    #[arg(long, env = "NEXTAUTH_SECRET", hide_env_values = true)]
+    pub nextauth_secret: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "QUERY_PORT", default_value_t = 3002)]
+    pub port: u16,
+    /// Longest a read waits for a projection to reach a requested version, in milliseconds.
+    #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000)]
+    pub read_wait_ms: u64,
+}
+
+impl Config {
+    /// The connection string, from `DATABASE_URL` or its fallback.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url
+            .as_deref()
+            .or(self.neon_pg_conn.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The token secret, from `NEST_AUTH_SECRET` or its fallback.
+    pub fn auth_secret(&self) -> Option<&str> {
+        self.nest_auth_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(self.nextauth_secret.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+}

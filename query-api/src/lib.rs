@@ -1,0 +1,165 @@
+//! query-api: the read side of the platform.
+//!
+//! # Layout
+//! - [`config`]: every setting (flags and environment).
+//! - [`tenants`]: tenant list (cursor, filters) and detail (with read-your-writes).
+//! - [`audit`]: an aggregate's event history for auditors.
+//!
+//! It only reads: read models written by the projector, and the event store for audits.
+
+/// Event history for auditors.
+pub mod audit;
+/// Settings.
+pub mod config;
+/// Tenant list and detail.
+pub mod tenants;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Router};
+use events::access::TokenKeys;
+use events::http::{problem, request, Metrics, Problem};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::config::Config;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/query-api.json");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Read models and the event store.
+    pub pool: PgPool,
+    /// Bearer-token verification.
+    pub tokens: TokenKeys,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Longest wait for read-your-writes.
+    pub read_wait: Duration,
+}
+
+impl FromRef<AppState> for TokenKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is missing.
+    #[error("{0}")]
+    Config(&'static str),
+    /// PostgreSQL is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The listener could not bind.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Every route, with the shared middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(tenants::router())
+        .merge(audit::router())
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(problem::route_not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            request::track,
+        ))
+        .with_state(state)
+}
+
+/// A built, bound, not yet serving query-api.
+pub struct Application {
+    /// Bound listener.
+    listener: tokio::net::TcpListener,
+    /// The router.
+    router: Router,
+}
+
+impl Application {
+    /// Connects and binds. Migrations belong to the writers; this waits for none.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let url = config
+            .database_url()
+            .ok_or(StartError::Config("set DATABASE_URL (or NEON_PG_CONN)"))?;
+        let secret = config.auth_secret().ok_or(StartError::Config(
+            "set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
+        ))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_max_connections)
+            .connect(url)
+            .await?;
+        let state = AppState {
+            pool,
+            tokens: TokenKeys::new(secret),
+            metrics: Arc::new(Metrics::default()),
+            read_wait: Duration::from_millis(config.read_wait_ms),
+        };
+        let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+        Ok(Self {
+            listener,
+            router: router(state),
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        events::http::serve(self.listener, self.router, shutdown).await
+    }
+}
+
+async fn live() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Ready when PostgreSQL answers. query-api depends on nothing else: it reads read models
+/// and the store, and keeps serving (possibly stale) reads while NATS is down.
+async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    .map_err(|_| Problem::unavailable(&"PostgreSQL did not answer in 2 s"))?
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(axum::Json(serde_json::json!({"status": "ready", "postgres": "up"})).into_response())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.as_ref().into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
