@@ -14,9 +14,10 @@ use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-/// How often a command is retried when another writer appended to the same aggregate first
-/// (only when the client did not pin a version with `If-Match`).
-const MAX_ATTEMPTS: usize = 5;
+/// How often a command is tried when other writers keep appending to the same aggregate
+/// first (only when the client did not pin a version with `If-Match`). Between tries it
+/// backs off for a random time that doubles, so colliding writers spread out.
+const MAX_ATTEMPTS: u32 = 10;
 
 /// The outcome of a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +91,10 @@ where
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Committed, CommandError<A::Error>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
             let context = self.store.load_aggregate(id).await.map_err(store_error)?;
             let current = context.current_sequence as u64;
             if let Some(expected) = expected.filter(|e| *e != current) {
@@ -145,6 +149,13 @@ where
         }
         Err(CommandError::Contention)
     }
+}
+
+/// A random pause in `[0, 2^attempt)` milliseconds, at most 256 ms (full jitter).
+fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling = 1u64 << attempt.min(8);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    std::time::Duration::from_micros(random % (ceiling * 1000))
 }
 
 fn store_error<E: std::error::Error>(e: AggregateError<E>) -> CommandError<E> {

@@ -1,0 +1,570 @@
+//! command-api over HTTP: commands append events with full metadata; bad input is a
+//! problem+json 4xx that appends nothing; concurrency and retries lose nothing.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::support::{create_tenant, expect_problem, tenant_body, TestEnv};
+
+#[tokio::test]
+async fn commands_append_events_carrying_tenant_actor_and_correlation() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let signup = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .header("x-correlation-id", "corr-42")
+        .json(&tenant_body("acme"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(signup.status(), 201);
+    let request_id = signup.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body: Value = signup.json().await.expect("json");
+    let id = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(body["version"], 1);
+
+    let approve = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{id}/approve")))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(approve.status(), 200);
+    assert_eq!(approve.headers()["etag"], "\"2\"");
+    let body: Value = approve.json().await.expect("json");
+    assert_eq!(body, json!({"id": id, "version": 2}));
+
+    let rows: Vec<(i64, String, Value)> =
+        sqlx::query_as("SELECT sequence, event_type, metadata FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(&id)
+            .fetch_all(&env.pool)
+            .await
+            .expect("events");
+    assert_eq!(rows.len(), 2);
+    let (_, first_type, first) = &rows[0];
+    assert_eq!(first_type, "SignupRequested");
+    assert_eq!(first["tenant_id"], id.as_str());
+    assert_eq!(first["actor_kind"], "anonymous");
+    assert_eq!(first["correlation_id"], "corr-42");
+    assert_eq!(first["request_id"], request_id.as_str());
+    assert_eq!(first["causation_id"], request_id.as_str());
+    let (_, second_type, second) = &rows[1];
+    assert_eq!(second_type, "Approved");
+    assert_eq!(second["actor_id"], "root-admin");
+    assert_eq!(second["actor_kind"], "admin");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_appends_nothing_and_the_service_keeps_serving() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = create_tenant(&env, &api, "steady").await;
+    let before = env.event_count().await;
+    let admin = env.super_admin();
+    let http = &env.http;
+    let rename = api.url(&format!("/v1/tenants/{id}/rename"));
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body("{\"name\": "),
+            400,
+            "malformed_json",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .json(&json!({"name": "Fine", "extra": 1})),
+            400,
+            "invalid_body",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .json(&json!({"name": 42})),
+            400,
+            "invalid_body",
+        ),
+        (
+            http.post(&rename).bearer_auth(&admin).json(&json!({})),
+            400,
+            "invalid_body",
+        ),
+        (
+            http.post(&rename).bearer_auth(&admin).body("name=x"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .json(&json!({"name": "x".repeat(70 * 1024)})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .json(&json!({"name": "x"})),
+            422,
+            "invalid_name",
+        ),
+        (
+            http.post(api.url("/v1/tenants"))
+                .bearer_auth(&admin)
+                .json(&tenant_body("Bad Slug")),
+            422,
+            "invalid_slug",
+        ),
+        (
+            http.post(api.url("/v1/tenants"))
+                .bearer_auth(&admin)
+                .json(&tenant_body("steady")),
+            409,
+            "slug_taken",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{}/rename", uuid::Uuid::new_v4())))
+                .bearer_auth(&admin)
+                .json(&json!({"name": "Ghost"})),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(api.url("/v1/tenants/not-a-uuid/rename"))
+                .bearer_auth(&admin)
+                .json(&json!({"name": "Ghost"})),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(&rename).json(&json!({"name": "Anon"})),
+            401,
+            "unauthenticated",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(env.keys.admin_token(
+                    "u",
+                    None,
+                    events::access::Role::SuperAdmin,
+                    -600,
+                ))
+                .json(&json!({"name": "Late"})),
+            401,
+            "token_expired",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(events::access::TokenKeys::new("forged").admin_token(
+                    "u",
+                    None,
+                    events::access::Role::SuperAdmin,
+                    600,
+                ))
+                .json(&json!({"name": "Forged"})),
+            401,
+            "token_invalid",
+        ),
+        (
+            http.post(&rename)
+                .header("authorization", "Basic abc")
+                .json(&json!({"name": "Basic"})),
+            401,
+            "token_invalid",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(env.agent_of(&id))
+                .json(&json!({"name": "Agent"})),
+            403,
+            "forbidden",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(env.admin_of("another-tenant"))
+                .json(&json!({"name": "Other"})),
+            403,
+            "forbidden",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/approve")))
+                .bearer_auth(env.admin_of(&id)),
+            403,
+            "forbidden",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .header("if-match", "soon")
+                .json(&json!({"name": "Versioned"})),
+            400,
+            "invalid_if_match",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/approve")))
+                .bearer_auth(&admin),
+            422,
+            "already_approved",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/preferences")))
+                .bearer_auth(&admin)
+                .json(&json!([1])),
+            422,
+            "preferences_not_object",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/preferences")))
+                .bearer_auth(&admin)
+                .json(&json!({"x": "y".repeat(17 * 1024)})),
+            422,
+            "preferences_too_large",
+        ),
+        (http.get(&rename), 405, "method_not_allowed"),
+        (http.get(api.url("/v1/nowhere")), 404, "not_found"),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.expect("sent");
+        expect_problem(response, status, code).await;
+    }
+    assert_eq!(
+        env.event_count().await,
+        before,
+        "bad input appended nothing"
+    );
+    let ready = http
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200, "still serving");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_with_a_stale_version_is_a_409_and_appends_nothing() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, version) = create_tenant(&env, &api, "versioned").await;
+    let rename = api.url(&format!("/v1/tenants/{id}/rename"));
+    let first = env
+        .http
+        .post(&rename)
+        .bearer_auth(env.super_admin())
+        .header("if-match", format!("\"{version}\""))
+        .json(&json!({"name": "First Writer"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(first.status(), 200);
+    let second = env
+        .http
+        .post(&rename)
+        .bearer_auth(env.super_admin())
+        .header("if-match", format!("\"{version}\""))
+        .json(&json!({"name": "Second Writer"}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(second, 409, "version_conflict").await;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->'Renamed'->>'name' FROM events WHERE event_type = 'Renamed'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(names, vec!["First Writer".to_owned()]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_to_one_aggregate_lose_no_write() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = create_tenant(&env, &api, "busy").await;
+    let writers = 12;
+    let requests = (0..writers).map(|i| {
+        env.http
+            .post(api.url(&format!("/v1/tenants/{id}/preferences")))
+            .bearer_auth(env.super_admin())
+            .json(&json!({"writer": i}))
+            .send()
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut versions = BTreeSet::new();
+    for r in responses {
+        let r = r.expect("sent");
+        assert_eq!(r.status(), 200, "every writer succeeds (bounded retry)");
+        let body: Value = r.json().await.expect("json");
+        versions.insert(body["version"].as_u64().expect("version"));
+    }
+    assert_eq!(
+        versions,
+        (2..=writers + 1).collect(),
+        "each write got its own version"
+    );
+    let writers_seen: BTreeSet<i64> =
+        sqlx::query_scalar("SELECT (payload->'PreferencesUpdated'->'preferences'->>'writer')::bigint FROM events WHERE event_type = 'PreferencesUpdated'")
+            .fetch_all(&env.pool)
+            .await
+            .expect("events")
+            .into_iter()
+            .collect();
+    assert_eq!(writers_seen, (0..writers as i64).collect());
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer_and_appends_once() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let send = |body: Value, key: &str| {
+        env.http
+            .post(api.url("/v1/tenants"))
+            .bearer_auth(env.super_admin())
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send(tenant_body("once"), "key-1").await.expect("sent");
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let first_body: Value = first.json().await.expect("json");
+    let again = send(tenant_body("once"), "key-1").await.expect("sent");
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    let again_body: Value = again.json().await.expect("json");
+    assert_eq!(again_body, first_body);
+    assert_eq!(env.event_count().await, 1, "appended once");
+
+    let reused = send(tenant_body("other"), "key-1").await.expect("sent");
+    expect_problem(reused, 422, "idempotency_key_reused").await;
+    // The same key from another caller is another request.
+    let other_caller = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .header("idempotency-key", "key-1")
+        .json(&tenant_body("second"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(other_caller.status(), 201);
+    // A failed first attempt is replayed as the same failure: the answer, not the outcome
+    // of a new try, is what the key stands for.
+    let bad = send(tenant_body("B"), "key-2").await.expect("sent");
+    expect_problem(bad, 422, "invalid_slug").await;
+    let bad_again = send(tenant_body("B"), "key-2").await.expect("sent");
+    assert_eq!(bad_again.headers()["idempotent-replayed"], "true");
+    expect_problem(bad_again, 422, "invalid_slug").await;
+    assert_eq!(env.event_count().await, 2);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn events_cannot_be_updated_or_deleted() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    create_tenant(&env, &api, "immutable").await;
+    for sql in [
+        "UPDATE events SET payload = '{}'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::query(sql).execute(&env.pool).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(env.event_count().await, 1);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn logo_upload_stores_the_image_and_refuses_other_files() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = create_tenant(&env, &api, "pictured").await;
+    let url = api.url(&format!("/v1/tenants/{id}/logo"));
+    let upload = |bytes: Vec<u8>| {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("logo"),
+        );
+        env.http
+            .post(&url)
+            .bearer_auth(env.admin_of(&id))
+            .multipart(form)
+            .send()
+    };
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&[7; 100]);
+    let ok = upload(png.clone()).await.expect("sent");
+    assert_eq!(ok.status(), 200);
+    let key: String = sqlx::query_scalar("SELECT payload->'LogoUploaded'->>'object_key' FROM events WHERE event_type = 'LogoUploaded'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("logo event");
+    assert!(
+        key.starts_with(&format!("tenants/{id}/logo/")) && key.ends_with(".png"),
+        "{key}"
+    );
+    assert_eq!(std::fs::read(env.blob_dir.join(&key)).expect("stored"), png);
+
+    expect_problem(
+        upload(b"GIF89a-not-allowed".to_vec()).await.expect("sent"),
+        415,
+        "unsupported_image",
+    )
+    .await;
+    let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
+    huge.resize(2 * 1024 * 1024 + 1, 0);
+    expect_problem(upload(huge).await.expect("sent"), 413, "payload_too_large").await;
+    let not_multipart = env
+        .http
+        .post(&url)
+        .bearer_auth(env.admin_of(&id))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(not_multipart, 415, "unsupported_media_type").await;
+    assert_eq!(env.event_count().await, 2);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn long_streams_are_snapshotted_and_still_decide_correctly() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.snapshot_every = 3;
+    let api = env.spawn_command_api(config).await;
+    let (id, _) = create_tenant(&env, &api, "snapshotted").await;
+    for i in 0..7 {
+        let r = env
+            .http
+            .post(api.url(&format!("/v1/tenants/{id}/rename")))
+            .bearer_auth(env.super_admin())
+            .json(&json!({"name": format!("Name {i}")}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 200);
+    }
+    let (last_sequence, payload): (i64, Value) =
+        sqlx::query_as("SELECT last_sequence, payload FROM snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&env.pool)
+            .await
+            .expect("a snapshot exists");
+    assert!(last_sequence >= 6, "snapshot at {last_sequence}");
+    assert_eq!(payload["status"], "Active");
+    // The snapshot-loaded aggregate still knows its name (a rename to it appends nothing)
+    // and its status (suspending twice is refused).
+    let same = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{id}/rename")))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"name": "Name 6"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(same.status(), 200);
+    assert_eq!(env.event_count().await, 8);
+    let suspend = |reason: &str| {
+        env.http
+            .post(api.url(&format!("/v1/tenants/{id}/suspend")))
+            .bearer_auth(env.super_admin())
+            .json(&json!({"reason": reason}))
+            .send()
+    };
+    assert_eq!(suspend("unpaid").await.expect("sent").status(), 200);
+    expect_problem(
+        suspend("again").await.expect("sent"),
+        422,
+        "tenant_suspended",
+    )
+    .await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi_are_served() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    assert_eq!(
+        env.http
+            .get(api.url("/health/live"))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    let ready: Value = env
+        .http
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "postgres": "up", "nats": "up"})
+    );
+    create_tenant(&env, &api, "measured").await;
+    let metrics = env
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "http_requests_total{method=\"POST\",route=\"/v1/tenants\",status=\"201\"} 1"
+        ),
+        "{metrics}"
+    );
+    let doc: Value = env
+        .http
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/v1/tenants",
+        "/v1/tenants/signup",
+        "/v1/tenants/{id}/approve",
+        "/v1/tenants/{id}/reject",
+        "/v1/tenants/{id}/rename",
+        "/v1/tenants/{id}/preferences",
+        "/v1/tenants/{id}/suspend",
+        "/v1/tenants/{id}/reactivate",
+        "/v1/tenants/{id}/logo",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path]["post"].is_object() || doc["paths"][path]["get"].is_object(),
+            "{path} documented"
+        );
+    }
+    api.stop().await;
+}

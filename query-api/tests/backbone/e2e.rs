@@ -1,0 +1,234 @@
+//! The three services as real processes: a tenant posted to command-api is visible through
+//! query-api, audited, and on NATS with the agreed subject and `Nats-Msg-Id`; and a
+//! command-api that dies after committing and before publishing loses nothing.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, nats_url, tenant_body, TestEnv, SECRET};
+
+/// The workspace's built binaries sit beside this test's own directory.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> Process {
+    let mut command = Command::new(binary(name));
+    command
+        .env_clear()
+        .env("DATABASE_URL", &env.database_url)
+        .env("NATS_URL", nats_url())
+        .env("NATS_STREAM", &env.stream)
+        .env("NATS_SUBJECT_PREFIX", &env.prefix)
+        .env("NEST_AUTH_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("BLOB_DIR", &env.blob_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    Process(
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}")),
+    )
+}
+
+async fn wait_ready(env: &TestEnv, url: &str) {
+    eventually(Duration::from_secs(30), url, || async {
+        let r = env.http.get(url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_posted_to_command_api_is_queried_audited_and_on_nats() {
+    let env = TestEnv::new().await;
+    let (command_port, query_port) = (free_port(), free_port());
+    let _command = spawn(&env, "command-api", &[("PORT", command_port.to_string())]);
+    let _projector = spawn(&env, "projector", &[]);
+    let _query = spawn(&env, "query-api", &[("QUERY_PORT", query_port.to_string())]);
+    let command_url = format!("http://127.0.0.1:{command_port}");
+    let query_url = format!("http://127.0.0.1:{query_port}");
+    wait_ready(&env, &format!("{command_url}/health/ready")).await;
+    wait_ready(&env, &format!("{query_url}/health/ready")).await;
+
+    let created = env
+        .http
+        .post(format!("{command_url}/v1/tenants"))
+        .bearer_auth(env.super_admin())
+        .json(&tenant_body("end-to-end"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let version = created["version"].as_u64().expect("version");
+
+    let detail = env
+        .http
+        .get(format!("{query_url}/v1/tenants/{id}?min_version={version}"))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(detail.status(), 200);
+    assert!(
+        detail.headers().get("x-read-stale").is_none(),
+        "caught up within the wait"
+    );
+    let detail: Value = detail.json().await.expect("json");
+    assert_eq!(
+        (detail["slug"].clone(), detail["status"].clone()),
+        (json!("end-to-end"), json!("active"))
+    );
+
+    let audit: Value = env
+        .http
+        .get(format!("{query_url}/v1/audit/tenant/{id}"))
+        .bearer_auth(env.admin_of(&id))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(audit["events"][0]["event_type"], "Created");
+    assert_eq!(audit["events"][0]["metadata"]["actor_id"], "root-admin");
+
+    let stream = env.js.get_stream(&env.stream).await.expect("stream");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .expect("fetch");
+    let message = messages.next().await.expect("a message").expect("ok");
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{}.{id}.tenant.Created", env.prefix)
+    );
+    let headers = message.headers.clone().expect("headers");
+    assert_eq!(
+        headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+        Some(format!("tenant:{id}:1"))
+    );
+    assert_eq!(
+        headers.get("Tenant-Id").map(|v| v.to_string()),
+        Some(id.clone())
+    );
+    let envelope: events::Envelope = serde_json::from_slice(&message.payload).expect("an envelope");
+    assert_eq!(
+        (envelope.aggregate_id.as_str(), envelope.sequence),
+        (id.as_str(), 1)
+    );
+}
+
+#[tokio::test]
+async fn an_event_committed_by_a_command_api_that_dies_before_publishing_arrives_once() {
+    let env = TestEnv::new().await;
+    let port = free_port();
+    let command_url = format!("http://127.0.0.1:{port}");
+    // This instance commits but never publishes (its relay is off), then is killed.
+    let mut silent = spawn(
+        &env,
+        "command-api",
+        &[
+            ("PORT", port.to_string()),
+            ("RELAY_ENABLED", "false".into()),
+        ],
+    );
+    wait_ready(&env, &format!("{command_url}/health/ready")).await;
+    let _projector = spawn(&env, "projector", &[]);
+    let created = env
+        .http
+        .post(format!("{command_url}/v1/tenants"))
+        .bearer_auth(env.super_admin())
+        .json(&tenant_body("survivor"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    silent.0.kill().expect("killed");
+    let _ = silent.0.wait();
+    assert_eq!(env.event_count().await, 1, "committed");
+    let stream = env.js.get_stream(&env.stream).await.expect("stream");
+    assert_eq!(
+        stream.get_info().await.expect("info").state.messages,
+        0,
+        "never published"
+    );
+
+    let _restarted = spawn(&env, "command-api", &[("PORT", free_port().to_string())]);
+    let version = eventually(
+        Duration::from_secs(30),
+        "the event in the read model",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT version FROM tenants WHERE id = $1::uuid")
+                .bind(&id)
+                .fetch_optional(&env.pool)
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    assert_eq!(version, 1);
+    let checkpoint: i64 = sqlx::query_scalar("SELECT sequence FROM projection_checkpoints WHERE projection = 'tenants' AND aggregate_id = $1")
+        .bind(&id)
+        .fetch_one(&env.pool)
+        .await
+        .expect("checkpoint");
+    assert_eq!(checkpoint, 1, "applied once");
+    assert_eq!(
+        stream.get_info().await.expect("info").state.messages,
+        1,
+        "published once"
+    );
+}

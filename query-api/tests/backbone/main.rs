@@ -1,0 +1,12 @@
+//! System tests of the event backbone, against the real PostgreSQL and NATS.
+//!
+//! They live in one test binary (one link, not one per file) in the crate that depends on
+//! all three services. Each test makes its own database, stream and subject prefix, so the
+//! tests run in parallel and repeat cleanly.
+
+mod commands;
+mod e2e;
+mod projector;
+mod queries;
+mod relay;
+mod support;

@@ -1,0 +1,437 @@
+//! query-api: tenant list and detail from the read model, the audit trail from the store,
+//! tenant isolation, read-your-writes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{create_tenant, eventually, expect_problem, TestEnv};
+
+#[tokio::test]
+async fn list_pages_by_cursor_filters_by_status_and_searches_names() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(create_tenant(&env, &api, &format!("listed-{i}")).await.0);
+    }
+    let pending = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .json(&json!({"name": "Waiting Room", "slug": "waiting", "contact_email": "w@w.io"}))
+        .send()
+        .await
+        .expect("sent");
+    let pending: Value = pending.json().await.expect("json");
+    let token = env.super_admin();
+    eventually(Duration::from_secs(20), "six rows", || async {
+        let page: Value = env
+            .http
+            .get(query.url("/v1/tenants?limit=200"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (page["items"].as_array()?.len() == 6).then_some(())
+    })
+    .await;
+
+    let mut seen = Vec::new();
+    let mut url = query.url("/v1/tenants?limit=2");
+    loop {
+        let page: Value = env
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => url = query.url(&format!("/v1/tenants?limit=2&cursor={cursor}")),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = created.clone();
+    expected.push(pending["id"].as_str().expect("id").to_owned());
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, every tenant once");
+
+    let only_pending: Value = env
+        .http
+        .get(query.url("/v1/tenants?status=pending"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(only_pending["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(only_pending["items"][0]["name"], "Waiting Room");
+    let search: Value = env
+        .http
+        .get(query.url("/v1/tenants?q=LISTED-3"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(search["items"].as_array().map(Vec::len), Some(1));
+    let wildcard: Value = env
+        .http
+        .get(query.url("/v1/tenants?q=%25"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        wildcard["items"].as_array().map(Vec::len),
+        Some(0),
+        "% is searched literally"
+    );
+
+    for (url, code) in [
+        ("/v1/tenants?limit=0", "invalid_query"),
+        ("/v1/tenants?limit=many", "invalid_query"),
+        ("/v1/tenants?status=sleeping", "invalid_query"),
+        ("/v1/tenants?cursor=garbage", "invalid_cursor"),
+        ("/v1/tenants?color=blue", "invalid_query"),
+    ] {
+        expect_problem(
+            env.http
+                .get(query.url(url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("sent"),
+            400,
+            code,
+        )
+        .await;
+    }
+    expect_problem(
+        env.http
+            .get(query.url("/v1/tenants"))
+            .send()
+            .await
+            .expect("sent"),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_staff_see_only_their_own_tenant() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (mine, v) = create_tenant(&env, &api, "mine").await;
+    let (theirs, _) = create_tenant(&env, &api, "theirs").await;
+    let admin = env.admin_of(&mine);
+    let detail = env
+        .http
+        .get(query.url(&format!("/v1/tenants/{mine}?min_version={v}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(detail.status(), 200);
+    eventually(
+        Duration::from_secs(20),
+        "the other tenant's row",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT version FROM tenants WHERE id = $1::uuid")
+                .bind(&theirs)
+                .fetch_optional(&env.pool)
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    let list: Value = env
+        .http
+        .get(query.url("/v1/tenants"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![mine.as_str()]);
+    let other = env
+        .http
+        .get(query.url(&format!("/v1/tenants/{theirs}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(other, 404, "not_found").await;
+    let audit = env
+        .http
+        .get(query.url(&format!("/v1/audit/tenant/{theirs}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(audit, 404, "not_found").await;
+    let agent_audit = env
+        .http
+        .get(query.url(&format!("/v1/audit/tenant/{mine}")))
+        .bearer_auth(env.agent_of(&mine))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(agent_audit, 404, "not_found").await;
+    let own_audit = env
+        .http
+        .get(query.url(&format!("/v1/audit/tenant/{mine}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(own_audit.status(), 200);
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn audit_shows_the_ordered_history_with_metadata() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (id, _) = create_tenant(&env, &api, "audited").await;
+    for name in ["Second Name", "Third Name"] {
+        let r = env
+            .http
+            .post(api.url(&format!("/v1/tenants/{id}/rename")))
+            .bearer_auth(env.admin_of(&id))
+            .header("x-correlation-id", "audit-trail")
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 200);
+    }
+    let history: Value = env
+        .http
+        .get(query.url(&format!("/v1/audit/tenant/{id}?limit=2")))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(history["tenant_id"], id.as_str());
+    let events = history["events"].as_array().expect("events");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["sequence"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(1), json!(2)]
+    );
+    assert_eq!(events[0]["event_type"], "Created");
+    assert_eq!(
+        events[1]["payload"],
+        json!({"Renamed": {"name": "Second Name"}})
+    );
+    assert_eq!(events[1]["metadata"]["actor_id"], format!("admin-of-{id}"));
+    assert_eq!(events[1]["metadata"]["correlation_id"], "audit-trail");
+    assert_eq!(history["next_after"], 2);
+    let rest: Value = env
+        .http
+        .get(query.url(&format!("/v1/audit/tenant/{id}?after=2")))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(rest["events"][0]["sequence"], 3);
+    assert_eq!(rest["next_after"], Value::Null);
+    let none = env
+        .http
+        .get(query.url("/v1/audit/tenant/nobody"))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(none, 404, "not_found").await;
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_waits_for_the_requested_version_and_says_when_it_is_stale() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let mut config = env.query_config();
+    config.read_wait_ms = 300;
+    let query = env.spawn_query_api(config).await;
+    let (id, version) = create_tenant(&env, &api, "patient").await;
+    let token = env.super_admin();
+    // No projector yet: the read waits its bound and answers 404, flagged stale.
+    let stale = env
+        .http
+        .get(query.url(&format!("/v1/tenants/{id}")))
+        .bearer_auth(&token)
+        .header("x-min-version", version.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stale.status(), 404);
+    assert_eq!(stale.headers()["x-read-stale"], "true");
+    // With the projector started while the read waits, the read answers fresh.
+    let projector_config = env.projector_config();
+    let starter = {
+        let env_projector = env.spawn_projector(projector_config);
+        env_projector
+    };
+    let mut config = env.query_config();
+    config.read_wait_ms = 15_000;
+    let patient = env.spawn_query_api(config).await;
+    let fresh = env
+        .http
+        .get(patient.url(&format!("/v1/tenants/{id}?min_version={version}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(fresh.status(), 200);
+    assert!(fresh.headers().get("x-read-stale").is_none());
+    assert_eq!(
+        fresh.headers()["x-read-version"],
+        version.to_string().as_str()
+    );
+    let body: Value = fresh.json().await.expect("json");
+    assert_eq!(body["slug"], "patient");
+    // Asking for a version that will never come answers the current row, flagged stale.
+    let ahead = env
+        .http
+        .get(query.url(&format!("/v1/tenants/{id}?min_version={}", version + 5)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ahead.status(), 200);
+    assert_eq!(ahead.headers()["x-read-stale"], "true");
+    let bad = env
+        .http
+        .get(query.url(&format!("/v1/tenants/{id}")))
+        .bearer_auth(&token)
+        .header("x-min-version", "latest")
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(bad, 400, "invalid_min_version").await;
+    starter.abort();
+    patient.stop().await;
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn query_api_serves_health_metrics_and_openapi() {
+    let env = TestEnv::new().await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let ready: Value = env
+        .http
+        .get(query.url("/health/ready"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["status"], "ready");
+    let doc: Value = env
+        .http
+        .get(query.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/v1/tenants",
+        "/v1/tenants/{id}",
+        "/v1/audit/{aggregate_type}/{aggregate_id}",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+    }
+    let metrics = env
+        .http
+        .get(query.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("route=\"/health/ready\""), "{metrics}");
+    query.stop().await;
+}
+
+#[test]
+fn help_lists_every_setting() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_query-api"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for setting in [
+        "DATABASE_URL",
+        "NEON_PG_CONN",
+        "DB_MAX_CONNECTIONS",
+        "NEST_AUTH_SECRET",
+        "NEXTAUTH_SECRET",
+        "HOST",
+        "QUERY_PORT",
+        "READ_WAIT_MS",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {setting}")),
+            "{setting} missing from:\n{help}"
+        );
+    }
+}

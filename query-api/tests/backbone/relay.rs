@@ -1,0 +1,252 @@
+//! The relay: every committed event reaches JetStream, in commit order, once, with the
+//! agreed subject and `Nats-Msg-Id` — also with concurrent writers and after a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy};
+use command_api::relay::{ensure_stream, Relay};
+use events::http::Metrics;
+use futures::StreamExt;
+use sqlx::Connection;
+
+use crate::support::{eventually, TestEnv};
+
+fn relay(env: &TestEnv) -> Relay {
+    Relay::new(
+        env.pool.clone(),
+        env.js.clone(),
+        env.stream.clone(),
+        env.prefix.clone(),
+        512,
+        Arc::new(Metrics::default()),
+    )
+}
+
+/// Every message in the test's stream: `(subject, Nats-Msg-Id)`.
+async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
+    let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let pending = consumer.cached_info().num_pending as usize;
+    if pending == 0 {
+        return Vec::new();
+    }
+    let mut messages = consumer
+        .fetch()
+        .max_messages(pending)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m.expect("message");
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        out.push((m.subject.to_string(), id));
+    }
+    out
+}
+
+/// Steps until `expected` events are published. Any transaction in flight anywhere in the
+/// cluster (other tests run in parallel) holds the horizon back for a moment.
+async fn publish_all(relay: &Relay, leader: &mut command_api::relay::Leader, expected: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut published = 0;
+    loop {
+        published += relay.step(leader).await.expect("step");
+        if published >= expected || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(published, expected, "published exactly the expected events");
+}
+
+/// Leads as soon as the previous leader's session (and so its lock) is gone.
+async fn take_over(relay: &Relay) -> command_api::relay::Leader {
+    eventually(
+        Duration::from_secs(10),
+        "the lock to be released",
+        || async { relay.try_lead().await.expect("db") },
+    )
+    .await
+}
+
+/// Appends one tenant event the way postgres-es does, inside `tx`.
+async fn append(tx: &mut sqlx::PgConnection, tenant: &str, sequence: i64) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('tenant', $1, $2, 'Renamed', '1.0', '{\"Renamed\": {\"name\": \"x\"}}', jsonb_build_object('tenant_id', $1::text))",
+    )
+    .bind(tenant)
+    .bind(sequence)
+    .execute(tx)
+    .await
+    .expect("append");
+}
+
+#[tokio::test]
+async fn published_events_carry_subject_and_message_id() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let relay = relay(&env);
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "tenant-a", 1).await;
+    append(&mut conn, "tenant-a", 2).await;
+    drop(conn);
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+    publish_all(&relay, &mut leader, 2).await;
+    assert_eq!(
+        relay.step(&mut leader).await.expect("step"),
+        0,
+        "nothing twice"
+    );
+    let p = &env.prefix;
+    assert_eq!(
+        stream_messages(&env).await,
+        vec![
+            (
+                format!("{p}.tenant-a.tenant.Renamed"),
+                "tenant:tenant-a:1".to_owned()
+            ),
+            (
+                format!("{p}.tenant-a.tenant.Renamed"),
+                "tenant:tenant-a:2".to_owned()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_slower_transaction_with_a_lower_position_is_not_skipped() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let relay = relay(&env);
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+
+    // A takes the lower global position, then B commits first.
+    let mut a = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("conn a");
+    let mut b = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("conn b");
+    let mut tx_a = a.begin().await.expect("begin a");
+    append(&mut tx_a, "slow", 1).await;
+    let mut tx_b = b.begin().await.expect("begin b");
+    append(&mut tx_b, "fast", 1).await;
+    tx_b.commit().await.expect("commit b");
+
+    // While A is in flight, B is above the horizon: publishing it now and moving the
+    // checkpoint past A's position is exactly how A would be lost.
+    assert_eq!(relay.step(&mut leader).await.expect("step"), 0);
+    tx_a.commit().await.expect("commit a");
+    publish_all(&relay, &mut leader, 2).await;
+
+    let ids: Vec<String> = stream_messages(&env)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["tenant:slow:1".to_owned(), "tenant:fast:1".to_owned()]
+    );
+    let positions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate_id, global_position FROM events ORDER BY global_position")
+            .fetch_all(&env.pool)
+            .await
+            .expect("positions");
+    assert_eq!(
+        positions[0].0, "slow",
+        "the slow one holds the lower position"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "crashy", 1).await;
+    drop(conn);
+    {
+        let first = relay(&env);
+        let mut leader = first.try_lead().await.expect("db").expect("leads");
+        let batch = first.read_batch(&mut leader).await.expect("read");
+        let (acked, outcome) = first.publish(&batch).await;
+        outcome.expect("published");
+        assert!(acked.is_some());
+        // Dies here: the checkpoint is never written, and the lock goes with the connection.
+    }
+    let second = relay(&env);
+    let mut leader = take_over(&second).await;
+    publish_all(&second, &mut leader, 1).await;
+    assert_eq!(
+        stream_messages(&env).await.len(),
+        1,
+        "JetStream dropped the duplicate"
+    );
+}
+
+#[tokio::test]
+async fn only_one_relay_is_active_and_its_checkpoint_never_goes_back() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let one = relay(&env);
+    let two = relay(&env);
+    let mut leader = one.try_lead().await.expect("db").expect("first leads");
+    assert!(
+        two.try_lead().await.expect("db").is_none(),
+        "second stands by"
+    );
+
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "steady", 1).await;
+    drop(conn);
+    publish_all(&one, &mut leader, 1).await;
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT global_position FROM relay_checkpoints WHERE stream = $1",
+        )
+        .bind(&env.stream)
+        .fetch_one(&env.pool)
+        .await
+        .expect("checkpoint")
+    };
+    let position = stored().await;
+    one.save_checkpoint(&mut leader, Default::default())
+        .await
+        .expect("save");
+    assert_eq!(
+        stored().await,
+        position,
+        "an older checkpoint does not overwrite a newer one"
+    );
+    drop(leader);
+    let mut next = take_over(&two).await;
+    assert_eq!(
+        two.step(&mut next).await.expect("step"),
+        0,
+        "resumes after the checkpoint"
+    );
+}

@@ -1,0 +1,335 @@
+//! The test environment: a fresh database and stream per test, services spawned in-process
+//! on port 0 (or as real processes for the end-to-end tests), tokens minted with the secret.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use events::access::{Role, TokenKeys};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-of-the-backbone";
+
+/// The server the tests use, with a database name to replace.
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
+    format!("{base}/{db}")
+}
+
+/// One test's world.
+pub struct TestEnv {
+    pub database_url: String,
+    pub db_name: String,
+    pub pool: PgPool,
+    pub stream: String,
+    pub prefix: String,
+    pub blob_dir: PathBuf,
+    pub keys: TokenKeys,
+    pub http: reqwest::Client,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        events::http::telemetry::init_for_tests();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("test_{id}");
+        let mut admin = PgConnection::connect(&server_url())
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let database_url = with_database(&server_url(), &db_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&database_url)
+            .await
+            .expect("connect to test database");
+        command_api::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrations run");
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS is reachable");
+        let blob_dir = std::env::temp_dir().join(format!("backbone-blobs-{id}"));
+        Self {
+            database_url,
+            db_name,
+            pool,
+            stream: format!("TEST_{id}"),
+            prefix: format!("t{id}"),
+            blob_dir,
+            keys: TokenKeys::new(SECRET),
+            http: reqwest::Client::new(),
+            js: async_nats::jetstream::new(client),
+        }
+    }
+
+    pub fn super_admin(&self) -> String {
+        self.keys
+            .admin_token("root-admin", None, Role::SuperAdmin, 600)
+    }
+
+    pub fn admin_of(&self, tenant: &str) -> String {
+        self.keys.admin_token(
+            &format!("admin-of-{tenant}"),
+            Some(tenant),
+            Role::TenantAdmin,
+            600,
+        )
+    }
+
+    pub fn agent_of(&self, tenant: &str) -> String {
+        self.keys.admin_token(
+            &format!("agent-of-{tenant}"),
+            Some(tenant),
+            Role::Agent,
+            600,
+        )
+    }
+
+    pub fn command_config(&self) -> command_api::config::Config {
+        command_api::config::Config {
+            database_url: Some(self.database_url.clone()),
+            neon_pg_conn: None,
+            db_max_connections: 8,
+            nats_url: nats_url(),
+            nats_stream: self.stream.clone(),
+            nats_subject_prefix: self.prefix.clone(),
+            nest_auth_secret: None,
+            nextauth_secret: Some(SECRET.to_owned()),
+            host: [127, 0, 0, 1].into(),
+            port: 0,
+            relay_enabled: true,
+            relay_batch: 512,
+            snapshot_every: 100,
+            blob_dir: self.blob_dir.clone(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+
+    pub fn query_config(&self) -> query_api::config::Config {
+        query_api::config::Config {
+            database_url: Some(self.database_url.clone()),
+            neon_pg_conn: None,
+            db_max_connections: 8,
+            nest_auth_secret: Some(SECRET.to_owned()),
+            nextauth_secret: None,
+            host: [127, 0, 0, 1].into(),
+            port: 0,
+            read_wait_ms: 2000,
+        }
+    }
+
+    pub fn projector_config(&self) -> projector::Config {
+        projector::Config {
+            database_url: Some(self.database_url.clone()),
+            neon_pg_conn: None,
+            db_max_connections: 4,
+            nats_url: nats_url(),
+            nats_stream: self.stream.clone(),
+            nats_subject_prefix: self.prefix.clone(),
+            max_deliver: 5,
+            batch: 256,
+            command: None,
+        }
+    }
+
+    pub async fn spawn_command_api(&self, config: command_api::config::Config) -> Service {
+        let app = command_api::Application::build(config)
+            .await
+            .expect("command-api starts");
+        let addr = app.local_addr().expect("bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Service {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn spawn_query_api(&self, config: query_api::config::Config) -> Service {
+        let app = query_api::Application::build(config)
+            .await
+            .expect("query-api starts");
+        let addr = app.local_addr().expect("bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Service {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn spawn_projector(&self, config: projector::Config) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let _ = projector::run(config, std::future::pending()).await;
+        })
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+}
+
+impl Drop for TestEnv {
+    /// Drops the database and the stream, even when the test failed.
+    fn drop(&mut self) {
+        let (db, stream, blob_dir) = (
+            self.db_name.clone(),
+            self.stream.clone(),
+            self.blob_dir.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                // A client of its own: the test's client runs on the runtime this blocks.
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                }
+                if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+            let _ = std::fs::remove_dir_all(blob_dir);
+        })
+        .join();
+    }
+}
+
+/// A service running in this process.
+pub struct Service {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops it and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Asserts a problem+json answer with `status` and `code`, and returns the body.
+pub async fn expect_problem(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let got = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    assert_eq!(got, status, "status of {body}");
+    assert_eq!(
+        content_type, "application/problem+json",
+        "content type of {body}"
+    );
+    assert_eq!(body["code"], code, "code of {body}");
+    assert_eq!(body["status"], status, "status field of {body}");
+    body
+}
+
+/// A tenant-opening body.
+pub fn tenant_body(slug: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("Tenant {slug}"),
+        "slug": slug,
+        "contact_email": format!("ops@{slug}.example"),
+    })
+}
+
+/// Creates an active tenant through the API and returns `(id, version)`.
+pub async fn create_tenant(env: &TestEnv, api: &Service, slug: &str) -> (String, u64) {
+    let response = env
+        .http
+        .post(api.url("/v1/tenants"))
+        .bearer_auth(env.super_admin())
+        .json(&tenant_body(slug))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 201, "create tenant");
+    let body: serde_json::Value = response.json().await.expect("json");
+    (
+        body["id"].as_str().unwrap_or_default().to_owned(),
+        body["version"].as_u64().unwrap_or_default(),
+    )
+}
