@@ -120,6 +120,17 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     Response::from_parts(parts, Body::from(body))
 }
 
+/// A stored key: its request's hash, and the answer once there is one.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    request_hash: Vec<u8>,
+    status: Option<i16>,
+    headers: Option<serde_json::Value>,
+    body: Option<Vec<u8>>,
+    /// Claimed over a minute ago and still unanswered: its process died.
+    abandoned: bool,
+}
+
 enum Claim {
     Claimed,
     Replay(Response),
@@ -144,21 +155,22 @@ async fn claim(
     if inserted == 1 {
         return Ok(Claim::Claimed);
     }
-    let row: Option<(
-        Vec<u8>,
-        Option<i16>,
-        Option<serde_json::Value>,
-        Option<Vec<u8>>,
-        bool,
-    )> = sqlx::query_as(
-        "SELECT request_hash, status, headers, body, created_at < now() - interval '1 minute'
+    let row: Option<Stored> = sqlx::query_as(
+        "SELECT request_hash, status, headers, body, created_at < now() - interval '1 minute' AS abandoned
            FROM idempotency_keys WHERE scope = $1 AND key = $2",
     )
     .bind(scope)
     .bind(key)
     .fetch_optional(&state.pool)
     .await?;
-    let Some((stored_hash, status, headers, body, abandoned)) = row else {
+    let Some(Stored {
+        request_hash: stored_hash,
+        status,
+        headers,
+        body,
+        abandoned,
+    }) = row
+    else {
         // Released between our insert and select (the first request failed): claim again.
         return Box::pin(claim(state, scope, key, hash)).await;
     };

@@ -317,11 +317,7 @@ async fn a_read_waits_for_the_requested_version_and_says_when_it_is_stale() {
     assert_eq!(stale.status(), 404);
     assert_eq!(stale.headers()["x-read-stale"], "true");
     // With the projector started while the read waits, the read answers fresh.
-    let projector_config = env.projector_config();
-    let starter = {
-        let env_projector = env.spawn_projector(projector_config);
-        env_projector
-    };
+    let starter = env.spawn_projector(env.projector_config());
     let mut config = env.query_config();
     config.read_wait_ms = 15_000;
     let patient = env.spawn_query_api(config).await;

@@ -190,7 +190,15 @@ async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates()
     {
         let first = relay(&env);
         let mut leader = first.try_lead().await.expect("db").expect("leads");
-        let batch = first.read_batch(&mut leader).await.expect("read");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let batch = loop {
+            let batch = first.read_batch(&mut leader).await.expect("read");
+            if !batch.is_empty() || std::time::Instant::now() > deadline {
+                break batch;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(batch.len(), 1, "the event passed the horizon");
         let (acked, outcome) = first.publish(&batch).await;
         outcome.expect("published");
         assert!(acked.is_some());

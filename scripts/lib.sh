@@ -1,0 +1,94 @@
+# Shared by scripts/up and scripts/test: find or bring up PostgreSQL and NATS (JetStream).
+#
+# Order of preference, for each of the two:
+#   1. what DATABASE_URL / NATS_URL point at, when it answers;
+#   2. docker compose (services `postgres` and `nats` of docker-compose.yml), when a Docker
+#      engine runs;
+#   3. Debian's `postgresql` and `nats-server` packages, installed and started, when root.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="$ROOT/data"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# host and port of a URL such as postgres://u:p@host:5432/db or nats://host:4222
+url_host() { sed -E 's#^[a-z]+://([^@/]*@)?([^:/?]+).*#\2#' <<<"$1"; }
+url_port() {
+  local p
+  p=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/?]+:([0-9]+).*#\2#p' <<<"$1")
+  echo "${p:-$2}"
+}
+answers() { timeout 2 bash -c "</dev/tcp/$1/$2" 2>/dev/null; }
+wait_for() { # host port what
+  for _ in $(seq 1 60); do answers "$1" "$2" && return 0; sleep 1; done
+  die "$3 did not come up on $1:$2"
+}
+docker_runs() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+# Sets DATABASE_URL (the platform database) and PG_SERVER_URL (its server's `postgres`
+# database, used to create databases), starting PostgreSQL if needed.
+ensure_postgres() {
+  local url="${DATABASE_URL:-${NEON_PG_CONN:-}}"
+  if [ -n "$url" ] && answers "$(url_host "$url")" "$(url_port "$url" 5432)"; then
+    say "PostgreSQL: using DATABASE_URL"
+  elif [ -z "$url" ] && answers 127.0.0.1 5432; then
+    url="postgres://$(id -un)@127.0.0.1:5432/platform"
+    say "PostgreSQL: using the server on 127.0.0.1:5432"
+  elif docker_runs; then
+    say "PostgreSQL: starting it with docker compose"
+    (cd "$ROOT" && docker compose up -d postgres)
+    url="postgres://platform:platform@127.0.0.1:5432/platform"
+    wait_for 127.0.0.1 5432 PostgreSQL
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "PostgreSQL: installing and starting Debian's postgresql"
+    command -v pg_ctlcluster >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+    local version; version=$(ls /etc/postgresql | sort -V | tail -n1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || true
+    wait_for 127.0.0.1 5432 PostgreSQL
+    su postgres -c "psql -qc \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'platform') THEN CREATE ROLE platform SUPERUSER LOGIN PASSWORD 'platform'; END IF; END \\\$\\\$\"" >/dev/null
+    url="postgres://platform:platform@127.0.0.1:5432/platform"
+  else
+    die "no PostgreSQL at DATABASE_URL or 127.0.0.1:5432, no Docker engine, and not root to install one"
+  fi
+  export DATABASE_URL="$url"
+  export PG_SERVER_URL="${url%/*}/postgres"
+}
+
+# Creates the database of DATABASE_URL if it does not exist (needs psql or docker).
+ensure_database() {
+  local db="${DATABASE_URL##*/}"; db="${db%%\?*}"
+  if command -v psql >/dev/null; then
+    psql "$PG_SERVER_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+      || psql "$PG_SERVER_URL" -qc "CREATE DATABASE \"$db\"" >/dev/null
+  elif docker_runs; then
+    (cd "$ROOT" && docker compose exec -T postgres psql -U platform -d postgres -Atqc \
+      "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1) \
+      || (cd "$ROOT" && docker compose exec -T postgres psql -U platform -d postgres -qc "CREATE DATABASE \"$db\"")
+  else
+    say "psql not found: assuming database $db exists"
+  fi
+}
+
+# Sets NATS_URL, starting a JetStream-enabled nats-server if needed.
+ensure_nats() {
+  local url="${NATS_URL:-nats://127.0.0.1:4222}"
+  if answers "$(url_host "$url")" "$(url_port "$url" 4222)"; then
+    say "NATS: using $url"
+  elif docker_runs; then
+    say "NATS: starting it with docker compose"
+    (cd "$ROOT" && docker compose up -d nats)
+    url="nats://127.0.0.1:4222"
+    wait_for 127.0.0.1 4222 NATS
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "NATS: installing and starting Debian's nats-server (JetStream on)"
+    command -v nats-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
+    mkdir -p "$DATA/nats"
+    (cd "$ROOT" && nohup nats-server -c nats/nats-server.conf >"$DATA/nats/server.log" 2>&1 &)
+    url="nats://127.0.0.1:4222"
+    wait_for 127.0.0.1 4222 NATS
+  else
+    die "no NATS at $url, no Docker engine, and not root to install one"
+  fi
+  export NATS_URL="$url"
+}
