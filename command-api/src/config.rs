@@ -49,6 +49,9 @@ pub struct Config {
     /// Events the relay reads and publishes per round trip.
     #[arg(long, env = "RELAY_BATCH", default_value_t = 512)]
     pub relay_batch: i64,
+    /// Longest wait (ms) between relay reads when no commit wakes it.
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 100)]
+    pub relay_poll_ms: u64,
     /// Take an aggregate snapshot every this many events.
     #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
     pub snapshot_every: usize,

@@ -142,7 +142,8 @@ impl Application {
                     config.nats_subject_prefix.clone(),
                     config.relay_batch,
                     metrics,
-                ),
+                )
+                .with_idle_poll(std::time::Duration::from_millis(config.relay_poll_ms)),
                 committed,
             )
         });

@@ -32,8 +32,6 @@ use tokio::sync::Notify;
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Longest wait between reads when nothing wakes the relay.
-const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// A point in commit order: the last event published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -100,6 +98,9 @@ pub struct Relay {
     batch: i64,
     /// Where metrics go.
     metrics: Arc<Metrics>,
+    /// Longest wait between reads when nothing wakes the relay (covers a horizon held back
+    /// by another transaction).
+    idle_poll: Duration,
 }
 
 /// The relay while it holds the lock: a dedicated connection and the checkpoint.
@@ -127,7 +128,14 @@ impl Relay {
             prefix,
             batch: batch.max(1),
             metrics,
+            idle_poll: Duration::from_millis(100),
         }
+    }
+
+    /// Sets the longest wait between reads when nothing wakes the relay.
+    pub fn with_idle_poll(mut self, idle_poll: Duration) -> Self {
+        self.idle_poll = idle_poll.max(Duration::from_millis(1));
+        self
     }
 
     fn connect_options(&self) -> PgConnectOptions {
@@ -376,7 +384,7 @@ impl Relay {
             tokio::select! {
                 () = wake.notified() => {}
                 n = listener.try_recv() => { n?; }
-                () = tokio::time::sleep(IDLE_POLL) => {
+                () = tokio::time::sleep(self.idle_poll) => {
                     leader.conn.ping().await?;
                 }
             }

@@ -568,3 +568,122 @@ async fn health_metrics_and_openapi_are_served() {
     }
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_lives_through_signup_rejection_suspension_and_reactivation() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let admin = env.super_admin();
+    let post = |path: String, body: Value| {
+        env.http
+            .post(api.url(&path))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+
+    let rejected: Value = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .json(&tenant_body("turned-down"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let rejected = rejected["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        post(
+            format!("/v1/tenants/{rejected}/reject"),
+            json!({"reason": "not a business"})
+        )
+        .await
+        .expect("sent")
+        .status(),
+        200
+    );
+    expect_problem(
+        post(format!("/v1/tenants/{rejected}/approve"), json!({}))
+            .await
+            .expect("sent"),
+        422,
+        "not_pending",
+    )
+    .await;
+    expect_problem(
+        post(
+            format!("/v1/tenants/{rejected}/rename"),
+            json!({"name": "Still Here"}),
+        )
+        .await
+        .expect("sent"),
+        422,
+        "tenant_rejected",
+    )
+    .await;
+
+    let (id, _) = create_tenant(&env, &api, "up-and-down").await;
+    assert_eq!(
+        post(
+            format!("/v1/tenants/{id}/suspend"),
+            json!({"reason": "unpaid"})
+        )
+        .await
+        .expect("sent")
+        .status(),
+        200
+    );
+    expect_problem(
+        post(
+            format!("/v1/tenants/{id}/rename"),
+            json!({"name": "Sneaky"}),
+        )
+        .await
+        .expect("sent"),
+        422,
+        "tenant_suspended",
+    )
+    .await;
+    expect_problem(
+        post(format!("/v1/tenants/{id}/preferences"), json!({"a": 1}))
+            .await
+            .expect("sent"),
+        422,
+        "tenant_suspended",
+    )
+    .await;
+    assert_eq!(
+        post(format!("/v1/tenants/{id}/reactivate"), json!({}))
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    expect_problem(
+        post(format!("/v1/tenants/{id}/reactivate"), json!({}))
+            .await
+            .expect("sent"),
+        422,
+        "not_suspended",
+    )
+    .await;
+    let renamed = post(
+        format!("/v1/tenants/{id}/rename"),
+        json!({"name": "Back In Business"}),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(renamed.status(), 200);
+    assert_eq!(renamed.json::<Value>().await.expect("json")["version"], 4);
+
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(types, ["Created", "Suspended", "Reactivated", "Renamed"]);
+    api.stop().await;
+}

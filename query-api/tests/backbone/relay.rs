@@ -258,3 +258,87 @@ async fn only_one_relay_is_active_and_its_checkpoint_never_goes_back() {
         "resumes after the checkpoint"
     );
 }
+
+#[tokio::test]
+async fn the_stream_is_created_and_updated_idempotently() {
+    let env = TestEnv::new().await;
+    // Someone made the stream by hand with another de-duplication window.
+    env.js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: env.stream.clone(),
+            subjects: vec![format!("{}.>", env.prefix)],
+            duplicate_window: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .expect("created by hand");
+    for _ in 0..2 {
+        ensure_stream(&env.js, &env.stream, &env.prefix)
+            .await
+            .expect("ensured");
+    }
+    let mut stream = env.js.get_stream(&env.stream).await.expect("stream");
+    let config = stream.info().await.expect("info").config.clone();
+    assert_eq!(config.subjects, vec![format!("{}.>", env.prefix)]);
+    assert_eq!(
+        config.duplicate_window,
+        command_api::relay::DUPLICATE_WINDOW
+    );
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+}
+
+#[tokio::test]
+async fn a_commit_in_another_process_wakes_the_relay() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let metrics = Arc::new(Metrics::default());
+    // Polling once an hour: only a wake-up can publish within the test's patience.
+    let relay = Relay::new(
+        env.pool.clone(),
+        env.js.clone(),
+        env.stream.clone(),
+        env.prefix.clone(),
+        512,
+        metrics.clone(),
+    )
+    .with_idle_poll(Duration::from_secs(3600));
+    let task = tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new())));
+    eventually(
+        Duration::from_secs(10),
+        "the relay to lead and listen",
+        || async {
+            let leading = metrics
+                .render()
+                .contains(&format!("relay_leader{{stream=\"{}\"}} 1", env.stream));
+            // Leading comes just before LISTEN; give it a moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            leading.then_some(())
+        },
+    )
+    .await;
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "elsewhere", 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "the event on the stream",
+        || async {
+            if !stream_messages(&env).await.is_empty() {
+                return Some(());
+            }
+            // Another test's transaction may have held the horizon at the first wake-up; later
+            // commits elsewhere wake the relay again, as they would in production.
+            sqlx::query("SELECT pg_notify('events_appended', '')")
+                .execute(&env.pool)
+                .await
+                .expect("notify");
+            None
+        },
+    )
+    .await;
+    task.abort();
+}

@@ -117,6 +117,7 @@ impl TestEnv {
             port: 0,
             relay_enabled: true,
             relay_batch: 512,
+            relay_poll_ms: 100,
             snapshot_every: 100,
             blob_dir: self.blob_dir.clone(),
             max_body_bytes: 64 * 1024,
