@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use events::http::Metrics;
 use events::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener};
@@ -51,9 +51,9 @@ pub enum RelayError {
     /// Publishing failed or its PubAck never came.
     #[error("publish: {0}")]
     Publish(String),
-    /// A stored event could not be read back.
-    #[error("stored event {0} is unreadable: {1}")]
-    Corrupt(i64, String),
+    /// A stored event could not be read back (named by its transaction id).
+    #[error("a stored event of transaction {0} is unreadable: {1}")]
+    Corrupt(String, String),
 }
 
 /// Creates or updates the stream that holds every event. Idempotent: running it at every
@@ -188,45 +188,28 @@ impl Relay {
         &self,
         leader: &mut Leader,
     ) -> Result<Vec<(Checkpoint, Envelope)>, RelayError> {
-        let rows = sqlx::query(
-            "SELECT global_position, transaction_id::text AS txid, aggregate_type, aggregate_id,
-                    sequence, event_type, event_version, payload, metadata, recorded_at
-               FROM events
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
+            "SELECT transaction_id::text, {} FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
               ORDER BY transaction_id, global_position
               LIMIT $3",
-        )
+            events::envelope::ENVELOPE_SQL
+        ))
         .bind(leader.checkpoint.transaction_id.to_string())
         .bind(leader.checkpoint.global_position)
         .bind(self.batch)
         .fetch_all(&mut leader.conn)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                let position: i64 = row.try_get("global_position")?;
+            .map(|(txid, json)| {
+                let envelope: Envelope = serde_json::from_value(json)
+                    .map_err(|e| RelayError::Corrupt(txid.clone(), e.to_string()))?;
                 let checkpoint = Checkpoint {
-                    transaction_id: parse_xid(&row.try_get::<String, _>("txid")?)?,
-                    global_position: position,
+                    transaction_id: parse_xid(&txid)?,
+                    global_position: envelope.global_position,
                 };
-                let metadata: serde_json::Value = row.try_get("metadata")?;
-                let metadata = serde_json::from_value(metadata)
-                    .map_err(|e| RelayError::Corrupt(position, e.to_string()))?;
-                let sequence: i64 = row.try_get("sequence")?;
-                Ok((
-                    checkpoint,
-                    Envelope {
-                        global_position: position,
-                        aggregate_type: row.try_get("aggregate_type")?,
-                        aggregate_id: row.try_get("aggregate_id")?,
-                        sequence: sequence as u64,
-                        event_type: row.try_get("event_type")?,
-                        event_version: row.try_get("event_version")?,
-                        payload: row.try_get("payload")?,
-                        metadata,
-                        recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
-                    },
-                ))
+                Ok((checkpoint, envelope))
             })
             .collect()
     }
@@ -394,5 +377,5 @@ impl Relay {
 
 fn parse_xid(text: &str) -> Result<u64, RelayError> {
     text.parse()
-        .map_err(|_| RelayError::Corrupt(-1, format!("transaction id {text:?}")))
+        .map_err(|_| RelayError::Corrupt(text.to_owned(), "not a transaction id".into()))
 }

@@ -123,6 +123,15 @@ impl Envelope {
     }
 }
 
+/// SQL that builds an [`Envelope`] as `jsonb` from a row of `events`, so every reader of the
+/// store (the relay, gap filling, rebuilds) decodes rows the same way:
+/// `SELECT {ENVELOPE_SQL} AS envelope FROM events …`, then `serde_json::from_value`.
+pub const ENVELOPE_SQL: &str = "jsonb_build_object(\
+     'global_position', global_position, 'aggregate_type', aggregate_type, \
+     'aggregate_id', aggregate_id, 'sequence', sequence, 'event_type', event_type, \
+     'event_version', event_version, 'payload', payload, 'metadata', metadata, \
+     'recorded_at', recorded_at)";
+
 /// A fresh request or correlation id.
 pub fn new_id() -> String {
     Uuid::now_v7().to_string()

@@ -18,6 +18,26 @@ pub use metrics::Metrics;
 pub use problem::Problem;
 pub use request::RequestIds;
 
+/// `GET /health/live`: the process serves HTTP.
+pub async fn live() -> axum::response::Response {
+    axum::response::IntoResponse::into_response(axum::Json(serde_json::json!({"status": "ok"})))
+}
+
+/// `GET /openapi.json`: serves a static OpenAPI document.
+pub fn openapi<S: Clone + Send + Sync + 'static>(
+    document: &'static str,
+) -> axum::routing::MethodRouter<S> {
+    axum::routing::get(move || async move {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            document,
+        )
+    })
+}
+
 /// Serves `router` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -154,30 +154,12 @@ pub async fn apply_in_order(
     Ok(Applied::Applied { filled })
 }
 
-/// The columns of an envelope, in the order [`envelope_from_row`] reads them.
-pub const ENVELOPE_COLUMNS: &str =
-    "global_position, aggregate_type, aggregate_id, sequence, event_type, \
-     event_version, payload, metadata, recorded_at";
-
-/// Reads an envelope from a row selected with [`ENVELOPE_COLUMNS`].
+/// Decodes the `envelope` column of a row selected with [`events::envelope::ENVELOPE_SQL`].
 pub fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, ProjectionError> {
-    let position: i64 = row.try_get("global_position")?;
-    let metadata: serde_json::Value = row.try_get("metadata")?;
-    let metadata = serde_json::from_value(metadata).map_err(|e| ProjectionError::Undecodable {
-        event_id: position.to_string(),
+    let json: serde_json::Value = row.try_get("envelope")?;
+    serde_json::from_value(json).map_err(|e| ProjectionError::Undecodable {
+        event_id: "(stored event)".into(),
         reason: e.to_string(),
-    })?;
-    let sequence: i64 = row.try_get("sequence")?;
-    Ok(Envelope {
-        global_position: position,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: sequence as u64,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata,
-        recorded_at: row.try_get("recorded_at")?,
     })
 }
 
@@ -190,9 +172,10 @@ async fn load_stream(
     before: u64,
 ) -> Result<Vec<Envelope>, ProjectionError> {
     let rows = sqlx::query(&format!(
-        "SELECT {ENVELOPE_COLUMNS} FROM events
+        "SELECT {} AS envelope FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND sequence < $4
-          ORDER BY sequence"
+          ORDER BY sequence",
+        events::envelope::ENVELOPE_SQL
     ))
     .bind(aggregate_type)
     .bind(aggregate_id)

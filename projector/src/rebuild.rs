@@ -10,9 +10,7 @@
 
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
-use crate::projection::{
-    apply_in_order, envelope_from_row, Projection, ProjectionError, Target, ENVELOPE_COLUMNS,
-};
+use crate::projection::{apply_in_order, envelope_from_row, Projection, ProjectionError, Target};
 
 /// Events read and applied per transaction.
 const BATCH: i64 = 5_000;
@@ -130,12 +128,13 @@ async fn apply_batch(
     after: &mut (String, i64),
 ) -> Result<usize, ProjectionError> {
     let rows = sqlx::query(&format!(
-        "SELECT {ENVELOPE_COLUMNS}, transaction_id::text AS txid FROM events
+        "SELECT {} AS envelope, transaction_id::text AS txid FROM events
           WHERE aggregate_type = ANY($1)
             AND (transaction_id, global_position) > ($2::text::xid8, $3)
             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
           ORDER BY transaction_id, global_position
-          LIMIT $4"
+          LIMIT $4",
+        events::envelope::ENVELOPE_SQL
     ))
     .bind(types)
     .bind(&after.0)

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, State};
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
@@ -71,10 +70,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tenants::router())
         .merge(audit::router())
-        .route("/health/live", get(live))
+        .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", events::http::openapi(OPENAPI))
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -132,10 +131,6 @@ impl Application {
     }
 }
 
-async fn live() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
-}
-
 /// Ready when PostgreSQL answers. query-api depends on nothing else: it reads read models
 /// and the store, and keeps serving (possibly stale) reads while NATS is down.
 async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
@@ -151,15 +146,4 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.as_ref().into_response()
-}
-
-async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
 }

@@ -8,7 +8,6 @@ pub mod idempotency;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
@@ -28,10 +27,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             idempotency::idempotency,
         ))
-        .route("/health/live", get(live))
+        .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", events::http::openapi(OPENAPI))
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -39,10 +38,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             request::track,
         ))
         .with_state(state)
-}
-
-async fn live() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 /// Ready when PostgreSQL answers and the NATS connection is up.
@@ -65,15 +60,4 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.as_ref().into_response()
-}
-
-async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
 }
