@@ -27,7 +27,7 @@ use chrono::Utc;
 use events::http::Metrics;
 use events::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
@@ -56,29 +56,37 @@ pub enum RelayError {
     Corrupt(String, String),
 }
 
-/// Creates or updates the stream that holds every event. Idempotent: running it at every
-/// start-up, from any number of instances, converges on the same configuration.
+/// Creates the stream that holds every event, or brings the fields this code owns (its
+/// subjects and de-duplication window) back to what it needs. Every other setting of an
+/// existing stream (replicas, limits, placement) is the operator's and is left alone.
+/// Idempotent: any number of instances may run it at every start-up.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     name: &str,
     prefix: &str,
 ) -> Result<(), async_nats::Error> {
-    let config = stream::Config {
-        name: name.to_owned(),
-        subjects: vec![format!("{prefix}.>")],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW,
-        // The store is the history; the stream is a transport that keeps a generous tail.
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    };
+    let subjects = vec![format!("{prefix}.>")];
     match js.get_stream(name).await {
-        Ok(_) => {
-            js.update_stream(config).await?;
+        Ok(mut stream) => {
+            let mut config = stream.info().await?.config.clone();
+            if config.subjects != subjects || config.duplicate_window != DUPLICATE_WINDOW {
+                config.subjects = subjects;
+                config.duplicate_window = DUPLICATE_WINDOW;
+                js.update_stream(config).await?;
+            }
         }
         Err(_) => {
-            js.get_or_create_stream(config).await?;
+            js.get_or_create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects,
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                // The store is the history; the stream is a transport that keeps a tail.
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await?;
         }
     }
     Ok(())
@@ -328,11 +336,42 @@ impl Relay {
         outcome.map(|()| 0)
     }
 
+    fn set_lag(&self, seconds: f64) {
+        self.metrics.gauge(
+            "relay_lag_seconds",
+            "Age of the oldest committed event not yet published (0 when caught up).",
+            &[("stream", &self.stream)],
+            seconds,
+        );
+    }
+
+    /// Measures the lag once caught up with the horizon: the age of the oldest committed
+    /// event after the checkpoint. Non-zero means a transaction somewhere in the cluster is
+    /// holding the horizon back. Only run when idle, when that set is small.
+    async fn measure_lag(&self, leader: &mut Leader) -> Result<(), RelayError> {
+        let seconds: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8
+               FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+        )
+        .bind(leader.checkpoint.transaction_id.to_string())
+        .bind(leader.checkpoint.global_position)
+        .fetch_one(&mut leader.conn)
+        .await?;
+        self.set_lag(seconds);
+        Ok(())
+    }
+
     /// Runs forever: stands by until it holds the lock, then publishes as events commit.
     pub async fn run(self, wake: Arc<Notify>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.lead(&wake).await {
+            let started = std::time::Instant::now();
+            let outcome = self.lead(&wake).await;
+            // A failure after a long stint as leader is a fresh failure, not a repeated one.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            match outcome {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, stream = %self.stream, "relay interrupted; retrying");
@@ -363,13 +402,13 @@ impl Relay {
             if published as i64 >= self.batch {
                 continue;
             }
-            // Check the lock connection is alive at least once per idle period.
+            // Caught up with the horizon: measure what is still waiting (this also proves
+            // the lock's connection alive), then sleep until woken or the poll is due.
+            self.measure_lag(&mut leader).await?;
             tokio::select! {
                 () = wake.notified() => {}
                 n = listener.try_recv() => { n?; }
-                () = tokio::time::sleep(self.idle_poll) => {
-                    leader.conn.ping().await?;
-                }
+                () = tokio::time::sleep(self.idle_poll) => {}
             }
         }
     }

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 /// How often a command is tried when other writers keep appending to the same aggregate
 /// first (only when the client did not pin a version with `If-Match`). Between tries it
 /// backs off for a random time that doubles, so colliding writers spread out.
-const MAX_ATTEMPTS: u32 = 10;
+const MAX_ATTEMPTS: u32 = 12;
 
 /// The outcome of a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub enum CommandError<E: std::error::Error> {
 
 /// Executes commands of one aggregate type.
 pub struct CommandBus<A: Aggregate> {
+    /// The event store's pool, to tell a real conflict from a committed write.
+    pool: PgPool,
     /// postgres-es store with snapshots.
     store: PersistedEventStore<PostgresEventRepository, A>,
     /// What the aggregate's `handle` may call.
@@ -74,8 +76,9 @@ where
         snapshot_every: usize,
         committed: Arc<Notify>,
     ) -> Self {
-        let repo = PostgresEventRepository::new(pool);
+        let repo = PostgresEventRepository::new(pool.clone());
         Self {
+            pool,
             store: PersistedEventStore::new_snapshot_store(repo, snapshot_every.max(1)),
             services,
             committed,
@@ -135,6 +138,13 @@ where
                     });
                 }
                 Err(AggregateError::AggregateConflict) => {
+                    // postgres-es commits the events before it checks the snapshot row, so a
+                    // "conflict" may come back for a write that landed. The request id in the
+                    // metadata tells: if our events are there, the command is done.
+                    if let Some(committed) = self.landed(id, current, metadata).await? {
+                        self.committed.notify_one();
+                        return Ok(committed);
+                    }
                     if let Some(expected) = expected {
                         return Err(CommandError::VersionConflict {
                             expected,
@@ -148,6 +158,34 @@ where
             }
         }
         Err(CommandError::Contention)
+    }
+}
+
+impl<A: Aggregate> CommandBus<A> {
+    /// The events this request appended to `id` after version `after`, if any.
+    async fn landed(
+        &self,
+        id: &str,
+        after: u64,
+        metadata: &Metadata,
+    ) -> Result<Option<Committed>, CommandError<A::Error>> {
+        let (count, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), max(sequence) FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                AND metadata->>'request_id' = $4",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .bind(after as i64)
+        .bind(&metadata.request_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| CommandError::Store(e.to_string()))?;
+        Ok(last.map(|version| Committed {
+            aggregate_id: id.to_owned(),
+            version: version as u64,
+            appended: count as usize,
+        }))
     }
 }
 

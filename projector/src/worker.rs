@@ -2,8 +2,10 @@
 //!
 //! A batch of whatever messages are ready is applied in one transaction and acknowledged
 //! after it commits. If the batch fails, each message is retried alone, so one bad message
-//! cannot hold back the others; a message that keeps failing is nak'ed with back-off and,
-//! after `max_deliver` attempts, written to `dead_letters` and acknowledged.
+//! cannot hold back the others. A message that cannot be applied (undecodable, or its
+//! earlier events missing from the store) is nak'ed with back-off and, after `max_deliver`
+//! attempts, written to `dead_letters` and acknowledged; a database error is retried with
+//! back-off for as long as it lasts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,7 +207,11 @@ impl Worker {
             }
             Err(e) => {
                 let n = deliveries(message);
-                if n >= self.max_deliver {
+                // A database error (a timeout, a restart) says nothing about the message:
+                // retry it, however often. Only a message that cannot be applied as it is
+                // counts towards dead-lettering.
+                let permanent = !matches!(e, ProjectionError::Database(_));
+                if permanent && n >= self.max_deliver {
                     self.dead_letter(message, Some(envelope), &e.to_string(), n)
                         .await;
                     report.dead_lettered += 1;

@@ -31,6 +31,7 @@ impl DomainProblem for TenantError {
             E::Rejected => Problem::unprocessable("tenant_rejected", detail),
             E::PreferencesNotObject => Problem::unprocessable("preferences_not_object", detail),
             E::PreferencesTooLarge => Problem::unprocessable("preferences_too_large", detail),
+            E::PreferencesInvalid => Problem::unprocessable("preferences_invalid", detail),
             E::InvalidReason => Problem::unprocessable("invalid_reason", detail),
             E::InvalidLogo => Problem::unprocessable("invalid_logo", detail),
             E::Unavailable(cause) => Problem::unavailable(cause),

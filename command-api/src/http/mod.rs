@@ -18,6 +18,14 @@ use crate::AppState;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json");
 
+/// Where a client reads an aggregate that a command opened (the `Location` of a 201).
+pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
+    match aggregate_type {
+        events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
+        _ => None,
+    }
+}
+
 /// Every route, with the shared middleware.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()

@@ -22,8 +22,10 @@ pub enum Status {
     Suspended,
 }
 
-/// The state the rules need (also the snapshot form).
+/// The state the rules need (also the snapshot form). `serde(default)` lets a snapshot taken
+/// before a field was added still load.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tenant {
     /// `None` until the first event.
     status: Option<Status>,
@@ -78,8 +80,11 @@ pub enum TenantError {
     /// 422: the preferences exceed 16 KiB.
     #[error("preferences must not exceed 16 KiB")]
     PreferencesTooLarge,
-    /// 422: the reason is empty or over 500 characters.
-    #[error("the reason must be 1 to 500 characters")]
+    /// 422: the preferences hold a NUL character.
+    #[error("preferences must not contain NUL characters")]
+    PreferencesInvalid,
+    /// 422: the reason is empty, over 500 characters, or holds control characters.
+    #[error("the reason must be 1 to 500 characters without control characters")]
     InvalidReason,
     /// 422: the logo is not PNG, JPEG or WebP of at most 2 MiB.
     #[error("the logo must be a PNG, JPEG or WebP image of at most 2 MiB")]
@@ -206,6 +211,7 @@ impl Aggregate for Tenant {
                 values::check_preferences(&preferences).map_err(|e| match e {
                     PreferencesError::NotAnObject => TenantError::PreferencesNotObject,
                     PreferencesError::TooLarge => TenantError::PreferencesTooLarge,
+                    PreferencesError::NulCharacter => TenantError::PreferencesInvalid,
                 })?;
                 TenantEvent::PreferencesUpdated { preferences }
             }

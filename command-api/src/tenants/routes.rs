@@ -61,7 +61,8 @@ fn accepted(status: StatusCode, c: Committed) -> Response {
         response.headers_mut().insert(header::ETAG, v);
     }
     if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/tenants/{}", c.aggregate_id)) {
+        let location = crate::http::location(events::tenant::AGGREGATE_TYPE, &c.aggregate_id);
+        if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
             response.headers_mut().insert(header::LOCATION, v);
         }
     }

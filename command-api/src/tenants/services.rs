@@ -22,8 +22,10 @@ pub struct TenantServices {
 /// Reservations in the `tenant_slugs` table.
 ///
 /// A reservation is made just before the tenant's first event is appended. If that append
-/// then fails, the reservation would block the slug forever, so a reservation whose tenant
-/// still has no events after five minutes may be taken over.
+/// then fails (a store error, or another request opened the same tenant id first with
+/// another slug), the reservation would block the slug forever; so a reservation more than
+/// five minutes old whose tenant was not opened with that slug may be taken over. A rejected
+/// or suspended tenant keeps its slug: the history stays unambiguous.
 pub struct PgSlugRegistry {
     /// The command-side pool.
     pub pool: PgPool,
@@ -40,7 +42,11 @@ impl SlugRegistry for PgSlugRegistry {
                  OR (tenant_slugs.reserved_at < now() - interval '5 minutes'
                      AND NOT EXISTS (SELECT 1 FROM events e
                                       WHERE e.aggregate_type = 'tenant'
-                                        AND e.aggregate_id = tenant_slugs.tenant_id))
+                                        AND e.aggregate_id = tenant_slugs.tenant_id
+                                        AND e.sequence = 1
+                                        AND coalesce(e.payload->'Created'->>'slug',
+                                                     e.payload->'SignupRequested'->>'slug')
+                                            = tenant_slugs.slug))
              RETURNING tenant_id",
         )
         .bind(slug)

@@ -81,6 +81,18 @@ pub enum PreferencesError {
     NotAnObject,
     /// Over [`MAX_PREFERENCES_BYTES`] once serialized.
     TooLarge,
+    /// A key or string holds a NUL character, which PostgreSQL's `jsonb` cannot store.
+    NulCharacter,
+}
+
+/// True if any key or string in `value` holds a NUL character.
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Checks a preferences document.
@@ -94,13 +106,20 @@ pub fn check_preferences(value: &serde_json::Value) -> Result<(), PreferencesErr
     if size > MAX_PREFERENCES_BYTES {
         return Err(PreferencesError::TooLarge);
     }
+    if has_nul(value) {
+        return Err(PreferencesError::NulCharacter);
+    }
     Ok(())
 }
 
-/// A free-text reason (rejection, suspension): trimmed, 1–500 characters.
+/// A free-text reason (rejection, suspension): trimmed, 1–500 characters, no control
+/// characters but line breaks and tabs.
 pub fn parse_reason(raw: &str) -> Option<String> {
     let r = raw.trim();
-    (1..=500).contains(&r.chars().count()).then(|| r.to_owned())
+    let clean = !r
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+    ((1..=500).contains(&r.chars().count()) && clean).then(|| r.to_owned())
 }
 
 /// Logo media types accepted.
@@ -186,6 +205,26 @@ mod tests {
             Some(MAX_PREFERENCES_BYTES)
         );
         assert_eq!(check_preferences(&edge), Ok(()));
+        assert_eq!(
+            check_preferences(&serde_json::json!({"a": ["ok", "b\u{0}"]})),
+            Err(PreferencesError::NulCharacter)
+        );
+        assert_eq!(
+            check_preferences(&serde_json::json!({"k\u{0}": 1})),
+            Err(PreferencesError::NulCharacter)
+        );
+    }
+
+    #[test]
+    fn reasons_are_bounded_text_with_line_breaks_at_most() {
+        assert_eq!(
+            parse_reason(" late\npayment "),
+            Some("late\npayment".into())
+        );
+        assert_eq!(parse_reason("   "), None);
+        assert_eq!(parse_reason("a\u{0}b"), None);
+        assert_eq!(parse_reason("bell\u{7}"), None);
+        assert!(parse_reason(&"x".repeat(501)).is_none());
     }
 
     #[test]

@@ -64,6 +64,10 @@ async fn history(
         ));
     }
     let not_found = || Problem::not_found("no history for this aggregate");
+    // PostgreSQL text cannot hold NUL, so such an id names nothing.
+    if aggregate_type.contains('\0') || aggregate_id.contains('\0') {
+        return Err(not_found());
+    }
     // The tenant is that of the stream's first event; every event of a stream carries it.
     let tenant: Option<String> = sqlx::query_scalar(
         "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",

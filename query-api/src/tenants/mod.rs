@@ -130,6 +130,16 @@ async fn list(
             Problem::bad_request("invalid_cursor", "The cursor is not one this API issued.")
         })?),
     };
+    if params
+        .q
+        .as_deref()
+        .is_some_and(|q| q.chars().any(char::is_control))
+    {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "q must not contain control characters.",
+        ));
+    }
     let pattern = params.q.as_deref().filter(|q| !q.is_empty()).map(|q| {
         let escaped = q
             .replace('\\', "\\\\")

@@ -230,6 +230,35 @@ async fn bad_input_gets_a_problem_appends_nothing_and_the_service_keeps_serving(
             422,
             "preferences_too_large",
         ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/suspend")))
+                .bearer_auth(&admin)
+                .json(&json!({"reason": "nul\u{0}byte"})),
+            422,
+            "invalid_reason",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/preferences")))
+                .bearer_auth(&admin)
+                .json(&json!({"motto": "nul\u{0}byte"})),
+            422,
+            "preferences_invalid",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .json(&json!({"name": "Nul\u{0}Name"})),
+            422,
+            "invalid_name",
+        ),
+        (
+            http.post(&rename)
+                .bearer_auth(&admin)
+                .header("idempotency-key", "spaces are not allowed")
+                .json(&json!({"name": "Keyed"})),
+            400,
+            "invalid_idempotency_key",
+        ),
         (http.get(&rename), 405, "method_not_allowed"),
         (http.get(api.url("/v1/nowhere")), 404, "not_found"),
     ];
@@ -350,16 +379,21 @@ async fn idempotency_key_replays_the_first_answer_and_appends_once() {
 
     let reused = send(tenant_body("other"), "key-1").await.expect("sent");
     expect_problem(reused, 422, "idempotency_key_reused").await;
-    // The same key from another caller is another request.
+    // The same key from another caller on the same route is another request.
+    let other_admin =
+        env.keys
+            .admin_token("second-admin", None, events::access::Role::SuperAdmin, 600);
     let other_caller = env
         .http
-        .post(api.url("/v1/tenants/signup"))
+        .post(api.url("/v1/tenants"))
+        .bearer_auth(other_admin)
         .header("idempotency-key", "key-1")
         .json(&tenant_body("second"))
         .send()
         .await
         .expect("sent");
     assert_eq!(other_caller.status(), 201);
+    assert!(other_caller.headers().get("idempotent-replayed").is_none());
     // A failed first attempt is replayed as the same failure: the answer, not the outcome
     // of a new try, is what the key stands for.
     let bad = send(tenant_body("B"), "key-2").await.expect("sent");
@@ -685,5 +719,44 @@ async fn a_tenant_lives_through_signup_rejection_suspension_and_reactivation() {
     .await
     .expect("events");
     assert_eq!(types, ["Created", "Suspended", "Reactivated", "Renamed"]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_recovered_from_the_store_not_run_again() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let send = |key: &'static str| {
+        env.http
+            .post(api.url("/v1/tenants"))
+            .bearer_auth(env.super_admin())
+            .header("idempotency-key", key)
+            .json(&tenant_body(key))
+            .send()
+    };
+    for (key, lost) in [
+        // The attempt answered 5xx after its commit: the claim was released.
+        ("released", "released = true"),
+        // The process died after its commit: the claim was left unanswered.
+        ("abandoned", "created_at = now() - interval '2 minutes'"),
+    ] {
+        let first = send(key).await.expect("sent");
+        assert_eq!(first.status(), 201);
+        let first: Value = first.json().await.expect("json");
+        sqlx::query(&format!("UPDATE idempotency_keys SET status = NULL, headers = NULL, body = NULL, {lost} WHERE key = $1"))
+            .bind(key)
+            .execute(&env.pool)
+            .await
+            .expect("lose the answer");
+        let retry = send(key).await.expect("sent");
+        assert_eq!(retry.status(), 201, "{key}");
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            retry.headers()["location"],
+            format!("/v1/tenants/{}", first["id"].as_str().unwrap_or_default()).as_str()
+        );
+        assert_eq!(retry.json::<Value>().await.expect("json"), first, "{key}");
+    }
+    assert_eq!(env.event_count().await, 2, "each command appended once");
     api.stop().await;
 }

@@ -81,7 +81,15 @@ async fn a_tenant_posted_to_command_api_is_queried_audited_and_on_nats() {
     let (command_port, query_port) = (free_port(), free_port());
     let _command = spawn(&env, "command-api", &[("PORT", command_port.to_string())]);
     let _projector = spawn(&env, "projector", &[]);
-    let _query = spawn(&env, "query-api", &[("QUERY_PORT", query_port.to_string())]);
+    // Generous: parallel tests hold the cluster-wide commit horizon back now and then.
+    let _query = spawn(
+        &env,
+        "query-api",
+        &[
+            ("QUERY_PORT", query_port.to_string()),
+            ("READ_WAIT_MS", "20000".into()),
+        ],
+    );
     let command_url = format!("http://127.0.0.1:{command_port}");
     let query_url = format!("http://127.0.0.1:{query_port}");
     wait_ready(&env, &format!("{command_url}/health/ready")).await;

@@ -9,4 +9,5 @@ mod e2e;
 mod projector;
 mod queries;
 mod relay;
+mod store;
 mod support;

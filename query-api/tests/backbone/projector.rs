@@ -309,3 +309,68 @@ async fn rebuild_from_the_store_gives_the_rows_of_live_projection() {
     projector.abort();
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_rebuild_during_writes_and_live_projection_loses_and_repeats_nothing() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(create_tenant(&env, &api, &format!("moving-{i}")).await.0);
+    }
+    let writes = async {
+        for round in 0..15 {
+            for id in &ids {
+                let r = env
+                    .http
+                    .post(api.url(&format!("/v1/tenants/{id}/rename")))
+                    .bearer_auth(env.super_admin())
+                    .json(&json!({"name": format!("Round {round}")}))
+                    .send()
+                    .await
+                    .expect("sent");
+                assert_eq!(r.status(), 200);
+            }
+        }
+    };
+    let rebuilds = async {
+        let mut events = 0;
+        for _ in 0..3 {
+            events += projector::rebuild::rebuild(&env.pool, &TenantsProjection)
+                .await
+                .expect("rebuild")
+                .events;
+        }
+        events
+    };
+    let ((), rebuilt) = tokio::join!(writes, rebuilds);
+    assert!(rebuilt > 0);
+    // Whatever interleaving happened, the read model ends exactly where the store is.
+    eventually(
+        Duration::from_secs(30),
+        "rows to match the store",
+        || async {
+            let mismatches: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (
+                 SELECT aggregate_id, max(sequence) AS version,
+                        (array_agg(payload->'Renamed'->>'name' ORDER BY sequence DESC)
+                           FILTER (WHERE event_type = 'Renamed'))[1] AS name
+                   FROM events GROUP BY aggregate_id) s
+             FULL JOIN tenants t ON t.id::text = s.aggregate_id
+             LEFT JOIN projection_checkpoints c
+                    ON c.projection = 'tenants' AND c.aggregate_id = s.aggregate_id
+             WHERE t.version IS DISTINCT FROM s.version
+                OR t.name IS DISTINCT FROM s.name
+                OR c.sequence IS DISTINCT FROM s.version",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .expect("compare");
+            (mismatches == 0).then_some(())
+        },
+    )
+    .await;
+    projector.abort();
+    api.stop().await;
+}

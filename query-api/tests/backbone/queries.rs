@@ -116,6 +116,7 @@ async fn list_pages_by_cursor_filters_by_status_and_searches_names() {
         ("/v1/tenants?status=sleeping", "invalid_query"),
         ("/v1/tenants?cursor=garbage", "invalid_cursor"),
         ("/v1/tenants?color=blue", "invalid_query"),
+        ("/v1/tenants?q=%00", "invalid_query"),
     ] {
         expect_problem(
             env.http
@@ -149,7 +150,10 @@ async fn tenants_staff_see_only_their_own_tenant() {
     let env = TestEnv::new().await;
     let api = env.spawn_command_api(env.command_config()).await;
     let projector = env.spawn_projector(env.projector_config());
-    let query = env.spawn_query_api(env.query_config()).await;
+    // Generous: parallel tests hold the cluster-wide commit horizon back now and then.
+    let mut config = env.query_config();
+    config.read_wait_ms = 20_000;
+    let query = env.spawn_query_api(config).await;
     let (mine, v) = create_tenant(&env, &api, "mine").await;
     let (theirs, _) = create_tenant(&env, &api, "theirs").await;
     let admin = env.admin_of(&mine);

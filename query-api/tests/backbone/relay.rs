@@ -262,12 +262,14 @@ async fn only_one_relay_is_active_and_its_checkpoint_never_goes_back() {
 #[tokio::test]
 async fn the_stream_is_created_and_updated_idempotently() {
     let env = TestEnv::new().await;
-    // Someone made the stream by hand with another de-duplication window.
+    // An operator made the stream by hand: a one-hour age limit (theirs to choose) and a
+    // de-duplication window too short for the relay (the relay's to fix).
     env.js
         .create_stream(async_nats::jetstream::stream::Config {
             name: env.stream.clone(),
             subjects: vec![format!("{}.>", env.prefix)],
             duplicate_window: Duration::from_secs(5),
+            max_age: Duration::from_secs(3600),
             ..Default::default()
         })
         .await
@@ -285,13 +287,102 @@ async fn the_stream_is_created_and_updated_idempotently() {
         command_api::relay::DUPLICATE_WINDOW
     );
     assert_eq!(
+        config.max_age,
+        Duration::from_secs(3600),
+        "the operator's setting stays"
+    );
+}
+
+#[tokio::test]
+async fn an_absent_stream_is_created_with_the_relays_settings() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("created");
+    let mut stream = env.js.get_stream(&env.stream).await.expect("stream");
+    let config = stream.info().await.expect("info").config.clone();
+    assert_eq!(config.subjects, vec![format!("{}.>", env.prefix)]);
+    assert_eq!(
+        config.duplicate_window,
+        command_api::relay::DUPLICATE_WINDOW
+    );
+    assert_eq!(
         config.storage,
         async_nats::jetstream::stream::StorageType::File
     );
 }
 
 #[tokio::test]
-async fn a_commit_in_another_process_wakes_the_relay() {
+async fn committing_events_notifies_listeners_in_other_sessions() {
+    let env = TestEnv::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&env.pool)
+        .await
+        .expect("listener");
+    listener.listen("events_appended").await.expect("listen");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "noisy", 1).await;
+    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification arrives")
+        .expect("ok");
+    assert_eq!(note.channel(), "events_appended");
+}
+
+#[tokio::test]
+async fn a_transaction_holding_the_horizon_shows_as_relay_lag() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let metrics = Arc::new(Metrics::default());
+    let relay = Relay::new(
+        env.pool.clone(),
+        env.js.clone(),
+        env.stream.clone(),
+        env.prefix.clone(),
+        512,
+        metrics.clone(),
+    )
+    .with_idle_poll(Duration::from_millis(20));
+    let task = tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new())));
+    // An open writing transaction older than the event holds the horizon.
+    let mut holder = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("conn");
+    let mut held = holder.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .expect("xid");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "held", 1).await;
+    let lag = |m: &Metrics| -> f64 {
+        let prefix = format!("relay_lag_seconds{{stream=\"{}\"}} ", env.stream);
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(10), "the lag to show", || async {
+        (lag(&metrics) >= 0.2).then_some(())
+    })
+    .await;
+    assert!(
+        stream_messages(&env).await.is_empty(),
+        "nothing published past the horizon"
+    );
+    held.rollback().await.expect("release the horizon");
+    eventually(
+        Duration::from_secs(10),
+        "the event published and the lag gone",
+        || async { (lag(&metrics) < 0.2 && stream_messages(&env).await.len() == 1).then_some(()) },
+    )
+    .await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_notification_wakes_an_idle_relay() {
     let env = TestEnv::new().await;
     ensure_stream(&env.js, &env.stream, &env.prefix)
         .await
