@@ -4,7 +4,7 @@
 //! - [`config`]: every setting (flags and environment).
 //! - [`http`]: the router, health, metrics, OpenAPI, error mapping, `Idempotency-Key`.
 //! - [`store`]: runs a command on an aggregate and commits its events (`If-Match`, retries).
-//! - [`relay`]: publishes committed events to NATS JetStream in commit order.
+//! - [`relay`]: publishes committed events to NATS JetStream, none lost or skipped.
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own

@@ -1,5 +1,6 @@
-//! The relay: publishes every committed event to JetStream, in commit order, exactly as
-//! ARCHITECTURE.md invariant 3 requires.
+//! The relay: publishes every committed event to JetStream, none lost or skipped, as
+//! ARCHITECTURE.md invariant 3 requires. The order is transaction order below the commit
+//! horizon (docs/decisions/0001-publishing.md says what that guarantees).
 //!
 //! - It reads only below the *commit horizon*: rows whose `transaction_id` is older than
 //!   every transaction still in flight (`pg_snapshot_xmin(pg_current_snapshot())`). A row
@@ -33,7 +34,7 @@ use tokio::sync::Notify;
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// A point in commit order: the last event published.
+/// A point in publishing order `(transaction_id, global_position)`: the last event published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Checkpoint {
     /// Writing transaction of the event.

@@ -2,7 +2,7 @@
 //! NATS) into fresh tables, then swaps them in. The old tables keep serving until the swap,
 //! which is one short transaction.
 //!
-//! Events are read in commit order below the commit horizon, like the relay, in batches of
+//! Events are read in transaction order below the commit horizon, like the relay, in batches of
 //! their own transactions (a long writing transaction would hold back the relay's horizon
 //! for the whole cluster). The swap locks the checkpoints and the live tables, applies what
 //! was committed since, and renames. Anything the live projector applied to the old tables

@@ -1,4 +1,4 @@
-//! The relay: every committed event reaches JetStream, in commit order, once, with the
+//! The relay: every committed event reaches JetStream, in transaction order, once, with the
 //! agreed subject and `Nats-Msg-Id` — also with concurrent writers and after a crash.
 
 use std::sync::Arc;
