@@ -127,15 +127,11 @@ async fn a_tenant_posted_to_command_api_is_queried_audited_and_on_nats() {
     );
 
     let audit: Value = env
-        .http
-        .get(format!("{query_url}/v1/audit/tenant/{id}"))
-        .bearer_auth(env.admin_of(&id))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .get_json(
+            &format!("{query_url}/v1/audit/tenant/{id}"),
+            &env.admin_of(&id),
+        )
+        .await;
     assert_eq!(audit["events"][0]["event_type"], "Created");
     assert_eq!(audit["events"][0]["metadata"]["actor_id"], "root-admin");
 

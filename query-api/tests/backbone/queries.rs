@@ -44,16 +44,7 @@ async fn list_pages_by_cursor_filters_by_status_and_searches_names() {
     let mut seen = Vec::new();
     let mut url = query.url("/v1/tenants?limit=2");
     loop {
-        let page: Value = env
-            .http
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+        let page: Value = env.get_json(&url, &token).await;
         let items = page["items"].as_array().expect("items");
         assert!(items.len() <= 2);
         seen.extend(
@@ -72,38 +63,15 @@ async fn list_pages_by_cursor_filters_by_status_and_searches_names() {
     assert_eq!(seen, expected, "newest first, every tenant once");
 
     let only_pending: Value = env
-        .http
-        .get(query.url("/v1/tenants?status=pending"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&query.url("/v1/tenants?status=pending"), &token)
+        .await;
     assert_eq!(only_pending["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(only_pending["items"][0]["name"], "Waiting Room");
     let search: Value = env
-        .http
-        .get(query.url("/v1/tenants?q=LISTED-3"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&query.url("/v1/tenants?q=LISTED-3"), &token)
+        .await;
     assert_eq!(search["items"].as_array().map(Vec::len), Some(1));
-    let wildcard: Value = env
-        .http
-        .get(query.url("/v1/tenants?q=%25"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let wildcard: Value = env.get_json(&query.url("/v1/tenants?q=%25"), &token).await;
     assert_eq!(
         wildcard["items"].as_array().map(Vec::len),
         Some(0),
@@ -177,16 +145,7 @@ async fn tenants_staff_see_only_their_own_tenant() {
         },
     )
     .await;
-    let list: Value = env
-        .http
-        .get(query.url("/v1/tenants"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let list: Value = env.get_json(&query.url("/v1/tenants"), &admin).await;
     let ids: Vec<&str> = list["items"]
         .as_array()
         .expect("items")
@@ -250,15 +209,11 @@ async fn audit_shows_the_ordered_history_with_metadata() {
         assert_eq!(r.status(), 200);
     }
     let history: Value = env
-        .http
-        .get(query.url(&format!("/v1/audit/tenant/{id}?limit=2")))
-        .bearer_auth(env.super_admin())
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .get_json(
+            &query.url(&format!("/v1/audit/tenant/{id}?limit=2")),
+            &env.super_admin(),
+        )
+        .await;
     assert_eq!(history["tenant_id"], id.as_str());
     let events = history["events"].as_array().expect("events");
     assert_eq!(
@@ -277,15 +232,11 @@ async fn audit_shows_the_ordered_history_with_metadata() {
     assert_eq!(events[1]["metadata"]["correlation_id"], "audit-trail");
     assert_eq!(history["next_after"], 2);
     let rest: Value = env
-        .http
-        .get(query.url(&format!("/v1/audit/tenant/{id}?after=2")))
-        .bearer_auth(env.super_admin())
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .get_json(
+            &query.url(&format!("/v1/audit/tenant/{id}?after=2")),
+            &env.super_admin(),
+        )
+        .await;
     assert_eq!(rest["events"][0]["sequence"], 3);
     assert_eq!(rest["next_after"], Value::Null);
     let none = env

@@ -156,19 +156,7 @@ impl TestEnv {
             .await
             .expect("command-api starts");
         let addr = app.local_addr().expect("bound");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Service {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Service::spawn(addr, |stopped| app.run_until(stopped))
     }
 
     pub async fn spawn_query_api(&self, config: query_api::config::Config) -> Service {
@@ -176,19 +164,20 @@ impl TestEnv {
             .await
             .expect("query-api starts");
         let addr = app.local_addr().expect("bound");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Service {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Service::spawn(addr, |stopped| app.run_until(stopped))
+    }
+
+    /// GETs `url` with `token` and decodes the JSON answer.
+    pub async fn get_json(&self, url: &str, token: &str) -> serde_json::Value {
+        self.http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub fn spawn_projector(&self, config: projector::Config) -> tokio::task::JoinHandle<()> {
@@ -247,6 +236,26 @@ pub struct Service {
 }
 
 impl Service {
+    /// Runs a built application until [`Service::stop`].
+    fn spawn<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(futures::future::BoxFuture<'static, ()>) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = run(Box::pin(async move {
+            let _ = stopped.await;
+        }));
+        let task = tokio::spawn(async move {
+            let _ = serving.await;
+        });
+        Service {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
