@@ -23,6 +23,24 @@ fn relay(env: &TestEnv) -> Relay {
     )
 }
 
+/// A relay running in the background that polls every `idle_poll` when nothing wakes it.
+fn start_relay(env: &TestEnv, idle_poll: Duration) -> (Arc<Metrics>, tokio::task::JoinHandle<()>) {
+    let metrics = Arc::new(Metrics::default());
+    let relay = Relay::new(
+        env.pool.clone(),
+        env.js.clone(),
+        env.stream.clone(),
+        env.prefix.clone(),
+        512,
+        metrics.clone(),
+    )
+    .with_idle_poll(idle_poll);
+    (
+        metrics,
+        tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new()))),
+    )
+}
+
 /// Every message in the test's stream: `(subject, Nats-Msg-Id)`.
 async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
     let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
@@ -334,17 +352,7 @@ async fn a_transaction_holding_the_horizon_shows_as_relay_lag() {
     ensure_stream(&env.js, &env.stream, &env.prefix)
         .await
         .expect("stream");
-    let metrics = Arc::new(Metrics::default());
-    let relay = Relay::new(
-        env.pool.clone(),
-        env.js.clone(),
-        env.stream.clone(),
-        env.prefix.clone(),
-        512,
-        metrics.clone(),
-    )
-    .with_idle_poll(Duration::from_millis(20));
-    let task = tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new())));
+    let (metrics, task) = start_relay(&env, Duration::from_millis(20));
     // An open writing transaction older than the event holds the horizon.
     let mut holder = sqlx::PgConnection::connect(&env.database_url)
         .await
@@ -387,18 +395,8 @@ async fn a_notification_wakes_an_idle_relay() {
     ensure_stream(&env.js, &env.stream, &env.prefix)
         .await
         .expect("stream");
-    let metrics = Arc::new(Metrics::default());
     // Polling once an hour: only a wake-up can publish within the test's patience.
-    let relay = Relay::new(
-        env.pool.clone(),
-        env.js.clone(),
-        env.stream.clone(),
-        env.prefix.clone(),
-        512,
-        metrics.clone(),
-    )
-    .with_idle_poll(Duration::from_secs(3600));
-    let task = tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new())));
+    let (metrics, task) = start_relay(&env, Duration::from_secs(3600));
     eventually(
         Duration::from_secs(10),
         "the relay to lead and listen",
