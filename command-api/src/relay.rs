@@ -34,6 +34,11 @@ use tokio::sync::Notify;
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Most events published per round: below async-nats's in-flight ack limit (5,000).
+pub const MAX_BATCH: i64 = 4096;
+/// How often the lag is measured while idle.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// A point in publishing order `(transaction_id, global_position)`: the last event published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Checkpoint {
@@ -135,7 +140,9 @@ impl Relay {
             js,
             stream,
             prefix,
-            batch: batch.max(1),
+            // Every event of a batch is published before any ack is awaited, and each
+            // holds one of the JetStream context's 5,000 in-flight permits.
+            batch: batch.clamp(1, MAX_BATCH),
             metrics,
             idle_poll: Duration::from_millis(100),
         }
@@ -340,19 +347,21 @@ impl Relay {
     fn set_lag(&self, seconds: f64) {
         self.metrics.gauge(
             "relay_lag_seconds",
-            "Age of the oldest committed event not yet published (0 when caught up).",
+            "Age of the next committed event not yet published (0 when caught up, NaN when not leading).",
             &[("stream", &self.stream)],
             seconds,
         );
     }
 
-    /// Measures the lag once caught up with the horizon: the age of the oldest committed
-    /// event after the checkpoint. Non-zero means a transaction somewhere in the cluster is
-    /// holding the horizon back. Only run when idle, when that set is small.
+    /// Measures the lag once caught up with the horizon: the age of the next committed event
+    /// after the checkpoint (one index lookup). Non-zero means a transaction somewhere in the
+    /// cluster is holding the horizon back.
     async fn measure_lag(&self, leader: &mut Leader) -> Result<(), RelayError> {
         let seconds: f64 = sqlx::query_scalar(
-            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8
-               FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() -
+                    (SELECT recorded_at FROM events
+                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                      ORDER BY transaction_id, global_position LIMIT 1)), 0)::float8",
         )
         .bind(leader.checkpoint.transaction_id.to_string())
         .bind(leader.checkpoint.global_position)
@@ -398,14 +407,19 @@ impl Relay {
         };
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("events_appended").await?;
+        let mut measured = std::time::Instant::now() - LAG_EVERY;
         loop {
             let published = self.step(&mut leader).await?;
             if published as i64 >= self.batch {
                 continue;
             }
-            // Caught up with the horizon: measure what is still waiting (this also proves
-            // the lock's connection alive), then sleep until woken or the poll is due.
-            self.measure_lag(&mut leader).await?;
+            // Caught up with the horizon: now and then measure what is still waiting (this
+            // also proves the lock's connection alive), then sleep until woken or the poll
+            // is due.
+            if measured.elapsed() >= LAG_EVERY {
+                self.measure_lag(&mut leader).await?;
+                measured = std::time::Instant::now();
+            }
             tokio::select! {
                 () = wake.notified() => {}
                 n = listener.try_recv() => { n?; }

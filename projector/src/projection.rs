@@ -31,6 +31,36 @@ pub enum ProjectionError {
     },
 }
 
+impl ProjectionError {
+    /// True for errors that say nothing about the event: the database was unreachable,
+    /// restarting, overloaded, or chose this transaction as a deadlock or serialization
+    /// victim. Such errors are retried for as long as they last; every other error (a
+    /// constraint or data error, an undecodable event) counts towards dead-lettering.
+    pub fn is_transient(&self) -> bool {
+        let ProjectionError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // serialization failure, deadlock, lock not available, connection
+                // exceptions, insufficient resources, operator intervention (shutdown,
+                // cancelled statement).
+                matches!(code.as_ref(), "40001" | "40P01" | "55P03")
+                    || ["08", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Which physical tables a projection writes: the live ones, or a rebuild's fresh copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -184,4 +214,23 @@ async fn load_stream(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(envelope_from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProjectionError;
+
+    #[test]
+    fn only_errors_that_say_nothing_about_the_event_are_transient() {
+        let db = |e| ProjectionError::Database(e).is_transient();
+        assert!(db(sqlx::Error::PoolTimedOut));
+        assert!(db(sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(!db(sqlx::Error::RowNotFound));
+        assert!(!db(sqlx::Error::ColumnNotFound("x".into())));
+        let undecodable = ProjectionError::Undecodable {
+            event_id: "e".into(),
+            reason: "r".into(),
+        };
+        assert!(!undecodable.is_transient());
+    }
 }

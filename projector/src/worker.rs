@@ -2,10 +2,11 @@
 //!
 //! A batch of whatever messages are ready is applied in one transaction and acknowledged
 //! after it commits. If the batch fails, each message is retried alone, so one bad message
-//! cannot hold back the others. A message that cannot be applied (undecodable, or its
-//! earlier events missing from the store) is nak'ed with back-off and, after `max_deliver`
-//! attempts, written to `dead_letters` and acknowledged; a database error is retried with
-//! back-off for as long as it lasts.
+//! cannot hold back the others. A message that is not an event envelope is dead-lettered at
+//! once. One that cannot be applied (undecodable payload, earlier events missing from the
+//! store, a constraint or data error) is nak'ed with back-off and, after `max_deliver`
+//! attempts, written to `dead_letters` and acknowledged. A transient database error
+//! (connection, shutdown, deadlock) is retried with back-off for as long as it lasts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,10 +208,10 @@ impl Worker {
             }
             Err(e) => {
                 let n = deliveries(message);
-                // A database error (a timeout, a restart) says nothing about the message:
-                // retry it, however often. Only a message that cannot be applied as it is
+                // A transient error (a timeout, a restart, a deadlock) says nothing about the
+                // message: retry it, however often. Only an error the message itself causes
                 // counts towards dead-lettering.
-                let permanent = !matches!(e, ProjectionError::Database(_));
+                let permanent = !e.is_transient();
                 if permanent && n >= self.max_deliver {
                     self.dead_letter(message, Some(envelope), &e.to_string(), n)
                         .await;

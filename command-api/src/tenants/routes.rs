@@ -3,6 +3,7 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use events::access::Principal;
 use events::envelope::ActorKind;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::commands::TenantCommand;
 use super::values;
+use crate::http::idempotency::KeyedRequest;
 use crate::store::Committed;
 use crate::AppState;
 
@@ -146,13 +148,23 @@ pub struct OpenTenant {
     pub contact_email: String,
 }
 
+/// The id of a tenant being opened: the client's, else one derived from the request's
+/// Idempotency-Key (so a retry opens the same tenant), else a fresh one.
+fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> String {
+    body.id
+        .or_else(|| keyed.map(KeyedRequest::derived_id))
+        .unwrap_or_else(Uuid::now_v7)
+        .to_string()
+}
+
 async fn request_signup(
     State(state): State<AppState>,
     MaybeAuthUser(who): MaybeAuthUser,
     ids: RequestIds,
+    keyed: Option<Extension<KeyedRequest>>,
     Json(body): Json<OpenTenant>,
 ) -> Result<Response, Problem> {
-    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let id = new_tenant_id(&body, keyed.as_deref());
     let command = TenantCommand::RequestSignup {
         tenant_id: id.clone(),
         name: body.name,
@@ -171,10 +183,11 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     ids: RequestIds,
+    keyed: Option<Extension<KeyedRequest>>,
     Json(body): Json<OpenTenant>,
 ) -> Result<Response, Problem> {
     require_super_admin(&who)?;
-    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let id = new_tenant_id(&body, keyed.as_deref());
     let command = TenantCommand::Create {
         tenant_id: id.clone(),
         name: body.name,

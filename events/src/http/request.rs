@@ -11,7 +11,10 @@ use tracing::Instrument;
 
 use super::Metrics;
 
-/// Header carrying the id of one HTTP request (accepted from the caller, else generated).
+/// Header carrying the id of one HTTP request. Always generated here, never taken from the
+/// caller: it goes into event metadata, where it is the proof that a request's command ran
+/// (idempotency recovery, conflict checks), so it must be unique. A caller's own
+/// `X-Request-Id` becomes the correlation id when it sends no `X-Correlation-Id`.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Header carrying the id shared by everything one original request caused.
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -19,7 +22,7 @@ pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-i
 /// The ids of the current request; they go into event metadata and NATS headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestIds {
-    /// This request.
+    /// This request: unique, generated here.
     pub request_id: String,
     /// The chain this request belongs to (the caller's, or this request's own id).
     pub correlation_id: String,
@@ -27,9 +30,10 @@ pub struct RequestIds {
 
 impl RequestIds {
     fn from_headers(headers: &HeaderMap) -> Self {
-        let request_id = header_id(headers, &REQUEST_ID).unwrap_or_else(crate::envelope::new_id);
-        let correlation_id =
-            header_id(headers, &CORRELATION_ID).unwrap_or_else(|| request_id.clone());
+        let request_id = crate::envelope::new_id();
+        let correlation_id = header_id(headers, &CORRELATION_ID)
+            .or_else(|| header_id(headers, &REQUEST_ID))
+            .unwrap_or_else(|| request_id.clone());
         Self {
             request_id,
             correlation_id,

@@ -15,6 +15,8 @@ async fn commands_append_events_carrying_tenant_actor_and_correlation() {
         .http
         .post(api.url("/v1/tenants/signup"))
         .header("x-correlation-id", "corr-42")
+        // A caller's request id is not trusted as ours: it cannot collide with another's.
+        .header("x-request-id", "client-chosen")
         .json(&tenant_body("acme"))
         .send()
         .await
@@ -53,6 +55,7 @@ async fn commands_append_events_carrying_tenant_actor_and_correlation() {
     assert_eq!(first["actor_kind"], "anonymous");
     assert_eq!(first["correlation_id"], "corr-42");
     assert_eq!(first["request_id"], request_id.as_str());
+    assert_ne!(request_id, "client-chosen");
     assert_eq!(first["causation_id"], request_id.as_str());
     let (_, second_type, second) = &rows[1];
     assert_eq!(second_type, "Approved");
@@ -758,5 +761,63 @@ async fn a_lost_answer_is_recovered_from_the_store_not_run_again() {
         assert_eq!(retry.json::<Value>().await.expect("json"), first, "{key}");
     }
     assert_eq!(env.event_count().await, 2, "each command appended once");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_logo_upload_replays_although_its_multipart_boundary_changed() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = create_tenant(&env, &api, "framed").await;
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&[9; 64]);
+    let upload = || {
+        // reqwest picks a fresh random boundary for every form.
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(png.clone()).file_name("logo.png"),
+        );
+        env.http
+            .post(api.url(&format!("/v1/tenants/{id}/logo")))
+            .bearer_auth(env.admin_of(&id))
+            .header("idempotency-key", "logo-1")
+            .multipart(form)
+            .send()
+    };
+    let first = upload().await.expect("sent");
+    assert_eq!(first.status(), 200);
+    let again = upload().await.expect("sent");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(env.event_count().await, 2, "created, then one logo");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_keyed_create_without_an_id_opens_the_tenant_its_key_names() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let created = env
+        .http
+        .post(api.url("/v1/tenants"))
+        .bearer_auth(env.super_admin())
+        .header("idempotency-key", "open-acme")
+        .json(&tenant_body("keyed"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Every retry of this request (same caller, route and key) derives the same id, so a
+    // retry after a failed first attempt opens this tenant, not a second one whose slug
+    // the first attempt's reservation would block.
+    let expected = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        "root-admin /v1/tenants\u{0}open-acme".as_bytes(),
+    );
+    assert_eq!(id, expected.to_string());
     api.stop().await;
 }

@@ -130,3 +130,28 @@ async fn a_conflict_reported_after_the_commit_is_not_run_again() {
         "the second command appended once, not once per retry"
     );
 }
+
+#[tokio::test]
+async fn an_undecodable_snapshot_does_not_block_the_aggregate() {
+    let env = TestEnv::new().await;
+    let bus = CommandBus::<Counter>::new(env.pool.clone(), None, 1, Arc::new(Notify::new()));
+    bus.execute("c3", None, 2, &metadata("first"))
+        .await
+        .expect("added");
+    // The aggregate's shape changed since the snapshot was taken.
+    sqlx::query("UPDATE snapshots SET payload = '\"an older shape\"' WHERE aggregate_id = 'c3'")
+        .execute(&env.pool)
+        .await
+        .expect("corrupt the snapshot");
+    let c = bus
+        .execute("c3", None, 3, &metadata("second"))
+        .await
+        .expect("added despite the snapshot");
+    assert_eq!(c.version, 2);
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM snapshots WHERE aggregate_id = 'c3'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("a fresh snapshot");
+    assert_eq!(payload["total"], 5);
+}
