@@ -83,10 +83,11 @@ ensure_nats() {
   elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "NATS: installing and starting Debian's nats-server (JetStream on)"
     command -v nats-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
+    local port; port=$(url_port "$url" 4222)
     mkdir -p "$DATA/nats"
-    (cd "$ROOT" && nohup nats-server -c nats/nats-server.conf >"$DATA/nats/server.log" 2>&1 &)
-    url="nats://127.0.0.1:4222"
-    wait_for 127.0.0.1 4222 NATS
+    (cd "$ROOT" && nohup nats-server -c nats/nats-server.conf -p "$port" -m 0 >"$DATA/nats/server.log" 2>&1 &)
+    url="nats://127.0.0.1:$port"
+    wait_for 127.0.0.1 "$port" NATS
   else
     die "no NATS at $url, no Docker engine, and not root to install one"
   fi
