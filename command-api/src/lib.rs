@@ -14,12 +14,16 @@
 pub mod config;
 /// HTTP surface.
 pub mod http;
+/// Identity bounded context: admin users, logins, sessions.
+pub mod identity;
 /// Events → NATS.
 pub mod relay;
 /// Command execution.
 pub mod store;
 /// Tenants bounded context.
 pub mod tenants;
+/// Value objects shared by contexts.
+pub mod values;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -39,6 +39,10 @@ pub struct Claims {
     /// Token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The session (refresh-token family) an admin token belongs to; introspection answers
+    /// inactive once it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Who a verified token speaks for.
@@ -203,7 +207,16 @@ impl TokenKeys {
             iat: now,
             exp: now + ttl_secs,
             jti: Some(uuid::Uuid::new_v4().to_string()),
+            sid: None,
         })
+    }
+
+    /// Verifies a token and returns its claims as signed (for introspection).
+    pub fn claims(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify(token)?;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|_| TokenError::Invalid)
     }
 }
 

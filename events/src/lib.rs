@@ -5,6 +5,7 @@
 //!   what projectors read back from the event store), and the metadata every event carries.
 //! - [`subject`]: NATS subject and message-id naming.
 //! - [`tenant`]: the events of the tenants bounded context.
+//! - [`identity`]: the events of admin users (logins, lockouts, sessions).
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -18,6 +19,8 @@ pub mod envelope;
 /// HTTP plumbing shared by command-api and query-api.
 #[cfg(feature = "http")]
 pub mod http;
+/// Events of admin users.
+pub mod identity;
 /// NATS subject and `Nats-Msg-Id` naming.
 pub mod subject;
 /// Events of the tenants bounded context.

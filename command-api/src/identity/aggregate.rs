@@ -1,0 +1,753 @@
+//! The admin-user aggregate: who the user is, and every rule about signing in, decided
+//! from the user's own events.
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use events::access::Role;
+use events::identity::{AdminUserEvent, LoginFailure, SessionEnd, ADMIN_USER};
+use serde::{Deserialize, Serialize};
+
+use super::services::Identity;
+use crate::values::{Email, Password};
+
+/// Failed logins within this window count towards a lock.
+pub const FAILURE_WINDOW: Duration = Duration::minutes(15);
+/// Failed logins within the window that lock the account.
+pub const MAX_FAILURES: usize = 5;
+/// How long a lock lasts.
+pub const LOCK_FOR: Duration = Duration::minutes(15);
+
+/// A command on one admin user.
+#[derive(Clone, PartialEq)]
+pub enum AdminUserCommand {
+    /// Create (or invite) the user with an initial password.
+    Create {
+        /// The new user's id (also the aggregate id).
+        user_id: String,
+        /// Login e-mail.
+        email: String,
+        /// Initial password.
+        password: String,
+        /// Home tenant (none for a platform super admin).
+        tenant_id: Option<String>,
+        /// Role.
+        role: Role,
+        /// Department inside the tenant.
+        department: Option<String>,
+    },
+    /// Change the role.
+    ChangeRole {
+        /// New role.
+        role: Role,
+    },
+    /// Move to another department, or to none.
+    ChangeDepartment {
+        /// New department.
+        department: Option<String>,
+    },
+    /// Stop the user signing in.
+    Deactivate,
+    /// Let the user sign in again.
+    Reactivate,
+    /// The user changes their own password.
+    ChangePassword {
+        /// The user (the aggregate does not know its own id).
+        user_id: String,
+        /// Proof it is them.
+        current: String,
+        /// The new one.
+        new: String,
+    },
+    /// A login attempt.
+    Login {
+        /// The user (the aggregate does not know its own id).
+        user_id: String,
+        /// As typed.
+        password: String,
+        /// The session a success opens.
+        session_id: String,
+        /// The clock at the edge, so the rules are testable.
+        at: DateTime<Utc>,
+    },
+    /// End a session.
+    RevokeSession {
+        /// Which.
+        session_id: String,
+        /// Why.
+        reason: SessionEnd,
+    },
+}
+
+impl std::fmt::Debug for AdminUserCommand {
+    /// Commands carry passwords: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            AdminUserCommand::Create { .. } => "Create",
+            AdminUserCommand::ChangeRole { .. } => "ChangeRole",
+            AdminUserCommand::ChangeDepartment { .. } => "ChangeDepartment",
+            AdminUserCommand::Deactivate => "Deactivate",
+            AdminUserCommand::Reactivate => "Reactivate",
+            AdminUserCommand::ChangePassword { .. } => "ChangePassword",
+            AdminUserCommand::Login { .. } => "Login",
+            AdminUserCommand::RevokeSession { .. } => "RevokeSession",
+        };
+        write!(f, "AdminUserCommand::{name}(..)")
+    }
+}
+
+/// The state the rules need (also the snapshot form).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminUser {
+    /// Created yet?
+    exists: bool,
+    /// Login e-mail.
+    pub email: String,
+    /// Home tenant.
+    pub tenant_id: Option<String>,
+    /// Role (meaningful once created).
+    pub role: Option<Role>,
+    /// Department.
+    pub department: Option<String>,
+    /// False once deactivated.
+    pub active: bool,
+    /// Times of failed logins still inside the window.
+    failures: Vec<DateTime<Utc>>,
+    /// Locked until then.
+    locked_until: Option<DateTime<Utc>>,
+}
+
+impl AdminUser {
+    /// True once the user exists.
+    pub fn exists(&self) -> bool {
+        self.exists
+    }
+}
+
+/// Why a command on an admin user was refused. Each variant's doc names its HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminUserError {
+    /// 404: no such user.
+    #[error("admin user not found")]
+    NotFound,
+    /// 409: a user with this id exists.
+    #[error("an admin user with this id already exists")]
+    AlreadyExists,
+    /// 422: not an e-mail address.
+    #[error("the e-mail is not a valid address")]
+    InvalidEmail,
+    /// 409: another admin user has this e-mail.
+    #[error("another admin user has this e-mail")]
+    EmailTaken,
+    /// 422: the password breaks the policy.
+    #[error("the password must be 10 to 128 characters")]
+    WeakPassword,
+    /// 422: a department name must be 1–80 characters without control characters.
+    #[error("the department must be 1 to 80 characters without control characters")]
+    InvalidDepartment,
+    /// 422: a tenant admin or agent needs a tenant.
+    #[error("a tenant admin or agent must belong to a tenant")]
+    TenantRequired,
+    /// 422: the user is deactivated.
+    #[error("the admin user is deactivated")]
+    Inactive,
+    /// 422: the user is active.
+    #[error("the admin user is active")]
+    Active,
+    /// 403: the current password did not match.
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// 503: a service could not be reached.
+    #[error("identity services unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn parse_department(raw: Option<String>) -> Result<Option<String>, AdminUserError> {
+    match raw {
+        None => Ok(None),
+        Some(d) => {
+            let d = d.trim();
+            let ok = (1..=80).contains(&d.chars().count()) && !d.chars().any(char::is_control);
+            ok.then(|| Some(d.to_owned()))
+                .ok_or(AdminUserError::InvalidDepartment)
+        }
+    }
+}
+
+impl AdminUser {
+    fn require_exists(&self) -> Result<(), AdminUserError> {
+        self.exists.then_some(()).ok_or(AdminUserError::NotFound)
+    }
+
+    async fn login(
+        &self,
+        user_id: &str,
+        password: &str,
+        session_id: String,
+        at: DateTime<Utc>,
+        identity: &Identity,
+    ) -> Result<Vec<AdminUserEvent>, AdminUserError> {
+        self.require_exists()?;
+        let failed = |reason| AdminUserEvent::LoginFailed { reason, at };
+        if !self.active {
+            return Ok(vec![failed(LoginFailure::Inactive)]);
+        }
+        if self.locked_until.is_some_and(|until| at < until) {
+            // The password is not even checked while locked.
+            return Ok(vec![failed(LoginFailure::Locked)]);
+        }
+        let ok = identity
+            .check_password(user_id, password)
+            .await
+            .map_err(AdminUserError::Unavailable)?;
+        if ok {
+            return Ok(vec![AdminUserEvent::LoginSucceeded { session_id, at }]);
+        }
+        let recent = self
+            .failures
+            .iter()
+            .filter(|t| **t > at - FAILURE_WINDOW)
+            .count();
+        let mut events = vec![failed(LoginFailure::WrongPassword)];
+        if recent + 1 >= MAX_FAILURES {
+            events.push(AdminUserEvent::LockedOut {
+                until: at + LOCK_FOR,
+            });
+        }
+        Ok(events)
+    }
+}
+
+impl Aggregate for AdminUser {
+    const TYPE: &'static str = ADMIN_USER;
+    type Command = AdminUserCommand;
+    type Event = AdminUserEvent;
+    type Error = AdminUserError;
+    type Services = Identity;
+
+    async fn handle(
+        &mut self,
+        command: AdminUserCommand,
+        identity: &Identity,
+        sink: &EventSink<Self>,
+    ) -> Result<(), AdminUserError> {
+        let unavailable = AdminUserError::Unavailable;
+        let events = match command {
+            AdminUserCommand::Create {
+                user_id,
+                email,
+                password,
+                tenant_id,
+                role,
+                department,
+            } => {
+                if self.exists {
+                    return Err(AdminUserError::AlreadyExists);
+                }
+                let email = Email::parse(&email)
+                    .ok_or(AdminUserError::InvalidEmail)?
+                    .into_inner()
+                    .to_lowercase();
+                let password = Password::parse(&password).ok_or(AdminUserError::WeakPassword)?;
+                let department = parse_department(department)?;
+                if role != Role::SuperAdmin && tenant_id.is_none() {
+                    return Err(AdminUserError::TenantRequired);
+                }
+                if !identity
+                    .reserve_email(&email, &user_id, tenant_id.as_deref())
+                    .await
+                    .map_err(unavailable)?
+                {
+                    return Err(AdminUserError::EmailTaken);
+                }
+                identity
+                    .set_password(&user_id, password.expose())
+                    .await
+                    .map_err(unavailable)?;
+                vec![AdminUserEvent::Created {
+                    email,
+                    tenant_id,
+                    role,
+                    department,
+                }]
+            }
+            AdminUserCommand::ChangeRole { role } => {
+                self.require_exists()?;
+                if role != Role::SuperAdmin && self.tenant_id.is_none() {
+                    return Err(AdminUserError::TenantRequired);
+                }
+                if self.role == Some(role) {
+                    vec![]
+                } else {
+                    vec![AdminUserEvent::RoleChanged { role }]
+                }
+            }
+            AdminUserCommand::ChangeDepartment { department } => {
+                self.require_exists()?;
+                let department = parse_department(department)?;
+                if self.department == department {
+                    vec![]
+                } else {
+                    vec![AdminUserEvent::DepartmentChanged { department }]
+                }
+            }
+            AdminUserCommand::Deactivate => {
+                self.require_exists()?;
+                if !self.active {
+                    return Err(AdminUserError::Inactive);
+                }
+                vec![AdminUserEvent::Deactivated {}]
+            }
+            AdminUserCommand::Reactivate => {
+                self.require_exists()?;
+                if self.active {
+                    return Err(AdminUserError::Active);
+                }
+                vec![AdminUserEvent::Reactivated {}]
+            }
+            AdminUserCommand::ChangePassword {
+                user_id,
+                current,
+                new,
+            } => {
+                self.require_exists()?;
+                if !self.active {
+                    return Err(AdminUserError::Inactive);
+                }
+                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
+                if !identity
+                    .check_password(&user_id, &current)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    return Err(AdminUserError::WrongPassword);
+                }
+                identity
+                    .set_password(&user_id, new.expose())
+                    .await
+                    .map_err(unavailable)?;
+                vec![AdminUserEvent::PasswordChanged {}]
+            }
+            AdminUserCommand::Login {
+                user_id,
+                password,
+                session_id,
+                at,
+            } => {
+                self.login(&user_id, &password, session_id, at, identity)
+                    .await?
+            }
+            AdminUserCommand::RevokeSession { session_id, reason } => {
+                self.require_exists()?;
+                vec![AdminUserEvent::SessionRevoked { session_id, reason }]
+            }
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: AdminUserEvent) {
+        match event {
+            AdminUserEvent::Created {
+                email,
+                tenant_id,
+                role,
+                department,
+            } => {
+                self.exists = true;
+                self.email = email;
+                self.tenant_id = tenant_id;
+                self.role = Some(role);
+                self.department = department;
+                self.active = true;
+            }
+            AdminUserEvent::RoleChanged { role } => self.role = Some(role),
+            AdminUserEvent::DepartmentChanged { department } => self.department = department,
+            AdminUserEvent::Deactivated {} => self.active = false,
+            AdminUserEvent::Reactivated {} => self.active = true,
+            AdminUserEvent::PasswordChanged {} => {
+                // A new password is a fresh start for the lock.
+                self.failures.clear();
+                self.locked_until = None;
+            }
+            AdminUserEvent::LoginSucceeded { .. } => self.failures.clear(),
+            AdminUserEvent::LoginFailed { reason, at } => {
+                if reason == LoginFailure::WrongPassword {
+                    self.failures.retain(|t| *t > at - FAILURE_WINDOW);
+                    self.failures.push(at);
+                }
+            }
+            AdminUserEvent::LockedOut { until } => {
+                self.locked_until = Some(until);
+                self.failures.clear();
+            }
+            AdminUserEvent::SessionRevoked { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::identity::services::MemoryIdentity;
+
+    const PASSWORD: &str = "correct horse battery";
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+            + Duration::minutes(minute)
+    }
+
+    fn identity() -> Identity {
+        let memory = MemoryIdentity::default();
+        memory
+            .passwords
+            .lock()
+            .map(|mut p| p.insert("u1".into(), PASSWORD.into()))
+            .ok();
+        Arc::new(memory)
+    }
+
+    fn created() -> AdminUserEvent {
+        AdminUserEvent::Created {
+            email: "ann@acme.io".into(),
+            tenant_id: Some("t1".into()),
+            role: Role::TenantAdmin,
+            department: None,
+        }
+    }
+
+    fn login(password: &str, minute: i64) -> AdminUserCommand {
+        AdminUserCommand::Login {
+            user_id: "u1".into(),
+            password: password.into(),
+            session_id: "s1".into(),
+            at: at(minute),
+        }
+    }
+
+    fn wrong(minute: i64) -> AdminUserEvent {
+        AdminUserEvent::LoginFailed {
+            reason: LoginFailure::WrongPassword,
+            at: at(minute),
+        }
+    }
+
+    async fn expect_events(
+        given: Vec<AdminUserEvent>,
+        when: AdminUserCommand,
+        then: Vec<AdminUserEvent>,
+    ) {
+        TestFramework::<AdminUser>::with(identity())
+            .given(given)
+            .when_async(when)
+            .await
+            .then_expect_events(then);
+    }
+
+    async fn expect_error(
+        given: Vec<AdminUserEvent>,
+        when: AdminUserCommand,
+        error: AdminUserError,
+    ) {
+        TestFramework::<AdminUser>::with(identity())
+            .given(given)
+            .when_async(when)
+            .await
+            .then_expect_error(error);
+    }
+
+    fn create(email: &str, password: &str, tenant: Option<&str>, role: Role) -> AdminUserCommand {
+        AdminUserCommand::Create {
+            user_id: "u2".into(),
+            email: email.into(),
+            password: password.into(),
+            tenant_id: tenant.map(str::to_owned),
+            role,
+            department: Some(" Sales ".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_records_the_user_without_its_password() {
+        expect_events(
+            vec![],
+            create("Bob@Acme.IO", PASSWORD, Some("t1"), Role::Agent),
+            vec![AdminUserEvent::Created {
+                email: "bob@acme.io".into(),
+                tenant_id: Some("t1".into()),
+                role: Role::Agent,
+                department: Some("Sales".into()),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn create_with_bad_email_weak_password_or_no_tenant_is_refused() {
+        expect_error(
+            vec![],
+            create("bob", PASSWORD, Some("t1"), Role::Agent),
+            AdminUserError::InvalidEmail,
+        )
+        .await;
+        expect_error(
+            vec![],
+            create("bob@acme.io", "short", Some("t1"), Role::Agent),
+            AdminUserError::WeakPassword,
+        )
+        .await;
+        expect_error(
+            vec![],
+            create("bob@acme.io", PASSWORD, None, Role::Agent),
+            AdminUserError::TenantRequired,
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            create("bob@acme.io", PASSWORD, Some("t1"), Role::Agent),
+            AdminUserError::AlreadyExists,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn create_with_an_email_of_another_user_is_refused() {
+        let identity = identity();
+        identity
+            .reserve_email("bob@acme.io", "someone", None)
+            .await
+            .ok();
+        TestFramework::<AdminUser>::with(identity)
+            .given_no_previous_events()
+            .when_async(create("bob@acme.io", PASSWORD, Some("t1"), Role::Agent))
+            .await
+            .then_expect_error(AdminUserError::EmailTaken);
+    }
+
+    #[tokio::test]
+    async fn login_with_the_right_password_opens_a_session() {
+        expect_events(
+            vec![created()],
+            login(PASSWORD, 0),
+            vec![AdminUserEvent::LoginSucceeded {
+                session_id: "s1".into(),
+                at: at(0),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn login_with_a_wrong_password_is_recorded() {
+        expect_events(vec![created()], login("nope", 0), vec![wrong(0)]).await;
+    }
+
+    #[tokio::test]
+    async fn login_fifth_failure_in_fifteen_minutes_locks_the_account() {
+        let given = vec![created(), wrong(0), wrong(3), wrong(6), wrong(9)];
+        expect_events(
+            given,
+            login("nope", 12),
+            vec![
+                wrong(12),
+                AdminUserEvent::LockedOut {
+                    until: at(12) + LOCK_FOR,
+                },
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn login_failures_older_than_the_window_do_not_count() {
+        let given = vec![created(), wrong(0), wrong(1), wrong(10), wrong(12)];
+        expect_events(given, login("nope", 16), vec![wrong(16)]).await;
+    }
+
+    #[tokio::test]
+    async fn login_while_locked_is_refused_even_with_the_right_password() {
+        let given = vec![created(), AdminUserEvent::LockedOut { until: at(15) }];
+        expect_events(
+            given,
+            login(PASSWORD, 14),
+            vec![AdminUserEvent::LoginFailed {
+                reason: LoginFailure::Locked,
+                at: at(14),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn login_after_the_lock_expires_succeeds() {
+        let given = vec![created(), AdminUserEvent::LockedOut { until: at(15) }];
+        expect_events(
+            given,
+            login(PASSWORD, 15),
+            vec![AdminUserEvent::LoginSucceeded {
+                session_id: "s1".into(),
+                at: at(15),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn login_success_resets_the_failure_count() {
+        let given = vec![
+            created(),
+            wrong(0),
+            wrong(1),
+            wrong(2),
+            wrong(3),
+            AdminUserEvent::LoginSucceeded {
+                session_id: "s0".into(),
+                at: at(4),
+            },
+        ];
+        expect_events(given, login("nope", 5), vec![wrong(5)]).await;
+    }
+
+    #[tokio::test]
+    async fn login_of_a_deactivated_user_is_refused_and_recorded() {
+        expect_events(
+            vec![created(), AdminUserEvent::Deactivated {}],
+            login(PASSWORD, 0),
+            vec![AdminUserEvent::LoginFailed {
+                reason: LoginFailure::Inactive,
+                at: at(0),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn login_of_an_unknown_user_is_not_found() {
+        expect_error(vec![], login(PASSWORD, 0), AdminUserError::NotFound).await;
+    }
+
+    #[tokio::test]
+    async fn change_role_to_the_same_role_records_nothing() {
+        expect_events(
+            vec![created()],
+            AdminUserCommand::ChangeRole {
+                role: Role::TenantAdmin,
+            },
+            vec![],
+        )
+        .await;
+        expect_events(
+            vec![created()],
+            AdminUserCommand::ChangeRole { role: Role::Agent },
+            vec![AdminUserEvent::RoleChanged { role: Role::Agent }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn change_department_validates_the_name() {
+        expect_events(
+            vec![created()],
+            AdminUserCommand::ChangeDepartment {
+                department: Some("Support".into()),
+            },
+            vec![AdminUserEvent::DepartmentChanged {
+                department: Some("Support".into()),
+            }],
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            AdminUserCommand::ChangeDepartment {
+                department: Some(" ".into()),
+            },
+            AdminUserError::InvalidDepartment,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deactivate_and_reactivate_alternate() {
+        expect_events(
+            vec![created()],
+            AdminUserCommand::Deactivate,
+            vec![AdminUserEvent::Deactivated {}],
+        )
+        .await;
+        expect_error(
+            vec![created(), AdminUserEvent::Deactivated {}],
+            AdminUserCommand::Deactivate,
+            AdminUserError::Inactive,
+        )
+        .await;
+        expect_events(
+            vec![created(), AdminUserEvent::Deactivated {}],
+            AdminUserCommand::Reactivate,
+            vec![AdminUserEvent::Reactivated {}],
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            AdminUserCommand::Reactivate,
+            AdminUserError::Active,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn change_password_needs_the_current_one_and_a_strong_new_one() {
+        let change = |current: &str, new: &str| AdminUserCommand::ChangePassword {
+            user_id: "u1".into(),
+            current: current.into(),
+            new: new.into(),
+        };
+        expect_events(
+            vec![created()],
+            change(PASSWORD, "a brand new password"),
+            vec![AdminUserEvent::PasswordChanged {}],
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            change("guess", "a brand new password"),
+            AdminUserError::WrongPassword,
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            change(PASSWORD, "short"),
+            AdminUserError::WeakPassword,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn revoke_session_is_recorded() {
+        expect_events(
+            vec![created()],
+            AdminUserCommand::RevokeSession {
+                session_id: "s1".into(),
+                reason: SessionEnd::RefreshReuse,
+            },
+            vec![AdminUserEvent::SessionRevoked {
+                session_id: "s1".into(),
+                reason: SessionEnd::RefreshReuse,
+            }],
+        )
+        .await;
+    }
+
+    #[test]
+    fn commands_never_print_passwords() {
+        let text = format!("{:?}", login("hunter2-secret", 0));
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

@@ -1,0 +1,165 @@
+//! What the admin-user aggregate needs from outside its stream: e-mail uniqueness and
+//! password hashes, which never enter events.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use async_trait::async_trait;
+use rand_core::OsRng;
+use sqlx::PgPool;
+
+/// E-mail reservations and password hashes.
+#[async_trait]
+pub trait IdentityServices: Send + Sync {
+    /// Reserves a login e-mail (lower-cased) for `user_id`; `Ok(false)` if another user has it.
+    async fn reserve_email(
+        &self,
+        email: &str,
+        user_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<bool, String>;
+    /// Stores a new password hash for `user_id`.
+    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String>;
+    /// True if `password` is `user_id`'s password.
+    async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String>;
+}
+
+/// argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum), off the
+/// async threads.
+pub async fn hash_password(password: &str) -> Result<String, String> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Checks `password` against a PHC hash, off the async threads.
+pub async fn verify_password(hash: &str, password: &str) -> Result<bool, String> {
+    let (hash, password) = (hash.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| e.to_string())?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The tables of migration 0006.
+pub struct PgIdentity {
+    /// Command-side pool.
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl IdentityServices for PgIdentity {
+    async fn reserve_email(
+        &self,
+        email: &str,
+        user_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<bool, String> {
+        // Like slugs: a reservation whose user was never created (the append failed) may be
+        // taken over after five minutes.
+        let row: Option<(String,)> = sqlx::query_as(
+            "INSERT INTO admin_emails (email, user_id, tenant_id) VALUES ($1, $2, $3)
+             ON CONFLICT (email) DO UPDATE
+                SET user_id = EXCLUDED.user_id, tenant_id = EXCLUDED.tenant_id, reserved_at = now()
+              WHERE admin_emails.user_id = EXCLUDED.user_id
+                 OR (admin_emails.reserved_at < now() - interval '5 minutes'
+                     AND NOT EXISTS (SELECT 1 FROM events e
+                                      WHERE e.aggregate_type = 'admin_user'
+                                        AND e.aggregate_id = admin_emails.user_id))
+             RETURNING user_id",
+        )
+        .bind(email)
+        .bind(user_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(row.is_some())
+    }
+
+    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String> {
+        let hash = hash_password(password).await?;
+        sqlx::query(
+            "INSERT INTO admin_credentials (user_id, password_hash) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()",
+        )
+        .bind(user_id)
+        .bind(hash)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM admin_credentials WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        match hash {
+            Some(hash) => verify_password(&hash, password).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// The services handle, as the aggregate takes it.
+pub type Identity = Arc<dyn IdentityServices>;
+
+/// In-memory services for aggregate tests (passwords compared in clear).
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemoryIdentity {
+    /// e-mail → user.
+    pub emails: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// user → password.
+    pub passwords: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl IdentityServices for MemoryIdentity {
+    async fn reserve_email(
+        &self,
+        email: &str,
+        user_id: &str,
+        _: Option<&str>,
+    ) -> Result<bool, String> {
+        let mut emails = self.emails.lock().map_err(|e| e.to_string())?;
+        Ok(emails
+            .entry(email.to_owned())
+            .or_insert_with(|| user_id.to_owned())
+            == user_id)
+    }
+
+    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String> {
+        self.passwords
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(user_id.to_owned(), password.to_owned());
+        Ok(())
+    }
+
+    async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {
+        Ok(self
+            .passwords
+            .lock()
+            .map_err(|e| e.to_string())?
+            .get(user_id)
+            .is_some_and(|p| p == password))
+    }
+}

@@ -1,0 +1,121 @@
+//! Events of the identity bounded context: admin users (aggregate type `admin_user`).
+//!
+//! No secret ever enters these events: password hashes and refresh tokens live in
+//! command-side tables; events say only that something happened. Login failures and
+//! lockouts carry their own time, because the aggregate decides lockouts from them.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::access::Role;
+
+/// The aggregate type name of admin users.
+pub const ADMIN_USER: &str = "admin_user";
+
+/// The tenant id in the metadata of a user that belongs to no tenant (a platform super
+/// admin), so every event still has a tenant scope.
+pub const PLATFORM_TENANT: &str = "platform";
+
+/// Why a login was refused (recorded; never told to the caller, who gets one answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    /// The password did not match.
+    WrongPassword,
+    /// The account is locked after too many failures.
+    Locked,
+    /// The account is deactivated.
+    Inactive,
+}
+
+/// Why a session (a refresh-token family) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// The user logged out.
+    Logout,
+    /// A spent refresh token was presented again: the family is presumed stolen.
+    RefreshReuse,
+}
+
+/// Something that happened to an admin user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum AdminUserEvent {
+    /// The user was created (or invited) with an initial password.
+    Created {
+        /// Login e-mail, unique across admin users.
+        email: String,
+        /// Home tenant; absent for a platform super admin.
+        tenant_id: Option<String>,
+        /// Role.
+        role: Role,
+        /// Department inside the tenant, if any.
+        department: Option<String>,
+    },
+    /// The role changed.
+    RoleChanged {
+        /// New role.
+        role: Role,
+    },
+    /// The user moved to another department (or to none).
+    DepartmentChanged {
+        /// New department.
+        department: Option<String>,
+    },
+    /// The user can no longer sign in.
+    Deactivated {},
+    /// The user can sign in again.
+    Reactivated {},
+    /// The password changed (the hash is not here).
+    PasswordChanged {},
+    /// A login succeeded and opened a session.
+    LoginSucceeded {
+        /// The session (refresh-token family) it opened.
+        session_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A login was refused.
+    LoginFailed {
+        /// Why.
+        reason: LoginFailure,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Too many failures: logins are refused until `until`.
+    LockedOut {
+        /// End of the lock.
+        until: DateTime<Utc>,
+    },
+    /// A session ended; its refresh tokens no longer work.
+    SessionRevoked {
+        /// The session.
+        session_id: String,
+        /// Why.
+        reason: SessionEnd,
+    },
+}
+
+impl DomainEvent for AdminUserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            AdminUserEvent::Created { .. } => "Created",
+            AdminUserEvent::RoleChanged { .. } => "RoleChanged",
+            AdminUserEvent::DepartmentChanged { .. } => "DepartmentChanged",
+            AdminUserEvent::Deactivated { .. } => "Deactivated",
+            AdminUserEvent::Reactivated { .. } => "Reactivated",
+            AdminUserEvent::PasswordChanged { .. } => "PasswordChanged",
+            AdminUserEvent::LoginSucceeded { .. } => "LoginSucceeded",
+            AdminUserEvent::LoginFailed { .. } => "LoginFailed",
+            AdminUserEvent::LockedOut { .. } => "LockedOut",
+            AdminUserEvent::SessionRevoked { .. } => "SessionRevoked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
