@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Settings of command-api.
 #[derive(Debug, Clone, Parser)]
@@ -37,6 +37,18 @@ pub struct Config {
     /// Fallback name for the token secret.
     #[arg(long, env = "NEXTAUTH_SECRET", hide_env_values = true)]
     pub nextauth_secret: Option<String>,
+    /// Lifetime of access tokens (`1h`, `15m`, `3600`, …).
+    #[arg(long, env = "AUTH_TOKEN_EXPIRES_IN", default_value = "1h")]
+    pub auth_token_expires_in: String,
+    /// Lifetime of refresh tokens.
+    #[arg(long, env = "REFRESH_TOKEN_EXPIRES_IN", default_value = "30d")]
+    pub refresh_token_expires_in: String,
+    /// On start, create this super admin if no admin user has this e-mail.
+    #[arg(long, env = "ADMIN_BOOTSTRAP_EMAIL")]
+    pub admin_bootstrap_email: Option<String>,
+    /// Password of the bootstrap super admin.
+    #[arg(long, env = "ADMIN_BOOTSTRAP_PASSWORD", hide_env_values = true)]
+    pub admin_bootstrap_password: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -61,6 +73,37 @@ pub struct Config {
     /// Largest JSON body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (and run the relay).
+    Serve,
+    /// Manage admin users from the command line.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+/// Admin-user subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminAction {
+    /// Create a platform super admin (nothing changes if the e-mail already has one).
+    Create {
+        /// Login e-mail.
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input (passwords are never
+        /// taken from the command line, where other users and shell history can see them).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 /// A setting that is missing or wrong.
@@ -72,9 +115,39 @@ pub enum ConfigError {
     /// Neither `NEST_AUTH_SECRET` nor `NEXTAUTH_SECRET` is set.
     #[error("set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)")]
     NoSecret,
+    /// A duration setting does not parse.
+    #[error("{0} must be a duration such as 1h, 15m, 7d or a number of seconds")]
+    BadDuration(&'static str),
+    /// Only one of the two bootstrap settings is set.
+    #[error("set both ADMIN_BOOTSTRAP_EMAIL and ADMIN_BOOTSTRAP_PASSWORD, or neither")]
+    HalfBootstrap,
 }
 
 impl Config {
+    /// Access-token lifetime.
+    pub fn token_ttl(&self) -> Result<std::time::Duration, ConfigError> {
+        crate::values::parse_duration(&self.auth_token_expires_in)
+            .ok_or(ConfigError::BadDuration("AUTH_TOKEN_EXPIRES_IN"))
+    }
+
+    /// Refresh-token lifetime.
+    pub fn refresh_ttl(&self) -> Result<std::time::Duration, ConfigError> {
+        crate::values::parse_duration(&self.refresh_token_expires_in)
+            .ok_or(ConfigError::BadDuration("REFRESH_TOKEN_EXPIRES_IN"))
+    }
+
+    /// The bootstrap super admin, if configured.
+    pub fn bootstrap_admin(&self) -> Result<Option<(&str, &str)>, ConfigError> {
+        match (
+            self.admin_bootstrap_email.as_deref(),
+            self.admin_bootstrap_password.as_deref(),
+        ) {
+            (Some(e), Some(p)) if !e.is_empty() => Ok(Some((e, p))),
+            (None, None) => Ok(None),
+            _ => Err(ConfigError::HalfBootstrap),
+        }
+    }
+
     /// The connection string, from `DATABASE_URL` or its fallback.
     pub fn database_url(&self) -> Result<&str, ConfigError> {
         self.database_url

@@ -37,6 +37,9 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::identity::aggregate::AdminUser;
+use crate::identity::services::PgIdentity;
+use crate::identity::sessions::Sessions;
 use crate::store::CommandBus;
 use crate::tenants::aggregate::Tenant;
 use crate::tenants::services::{PgSlugRegistry, TenantServices};
@@ -59,6 +62,15 @@ pub struct AppState {
     pub tenants: Arc<CommandBus<Tenant>>,
     /// Blob store (logos).
     pub blobs: Arc<dyn ObjectStore>,
+    /// Admin-user commands.
+    pub admins: Arc<CommandBus<AdminUser>>,
+    /// Refresh-token families.
+    pub sessions: Sessions,
+    /// Access-token lifetime.
+    pub token_ttl: std::time::Duration,
+    /// An argon2 hash checked against when a login names an unknown e-mail, so that
+    /// answer takes as long as a wrong password.
+    pub dummy_hash: Arc<String>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -88,6 +100,9 @@ pub enum StartError {
     /// The blob store could not be opened.
     #[error("blob store: {0}")]
     Blobs(#[from] object_store::Error),
+    /// The bootstrap super admin could not be created.
+    #[error("bootstrap admin: {0}")]
+    Bootstrap(String),
 }
 
 /// A built, bound, not yet serving command-api.
@@ -129,6 +144,20 @@ impl Application {
             config.snapshot_every,
             committed.clone(),
         ));
+        let admins = Arc::new(CommandBus::new(
+            pool.clone(),
+            Arc::new(PgIdentity { pool: pool.clone() }) as identity::services::Identity,
+            config.snapshot_every,
+            committed.clone(),
+        ));
+        if let Some((email, password)) = config.bootstrap_admin()? {
+            identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
+                .await
+                .map_err(StartError::Bootstrap)?;
+        }
+        let dummy_hash = identity::services::hash_password("not anybody's password")
+            .await
+            .map_err(StartError::Bootstrap)?;
         let state = AppState {
             pool: pool.clone(),
             nats,
@@ -136,6 +165,10 @@ impl Application {
             metrics: metrics.clone(),
             tenants,
             blobs,
+            admins,
+            sessions: Sessions::new(pool.clone(), config.refresh_ttl()?),
+            token_ttl: config.token_ttl()?,
+            dummy_hash: Arc::new(dummy_hash),
         };
         let relay = config.relay_enabled.then(|| {
             (
@@ -179,6 +212,28 @@ impl Application {
         }
         outcome
     }
+}
+
+/// `command-api admin create`: connects, migrates, and creates the super admin.
+pub async fn create_super_admin(
+    config: &Config,
+    email: &str,
+    password: &str,
+) -> Result<identity::bootstrap::Bootstrapped, StartError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(config.database_url()?)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    let admins = CommandBus::<AdminUser>::new(
+        pool.clone(),
+        Arc::new(PgIdentity { pool: pool.clone() }),
+        config.snapshot_every,
+        Arc::new(Notify::new()),
+    );
+    identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
+        .await
+        .map_err(StartError::Bootstrap)
 }
 
 /// Replay records are kept a day, like the providers whose retries they absorb.

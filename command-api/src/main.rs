@@ -1,11 +1,23 @@
+use std::io::BufRead;
+
 use clap::Parser;
-use command_api::config::Config;
+use command_api::config::{AdminAction, Command, Config};
+use command_api::identity::bootstrap::Bootstrapped;
 use command_api::Application;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     events::http::telemetry::init("command-api");
     let config = Config::parse();
+    match config.command.clone() {
+        None | Some(Command::Serve) => serve(config).await,
+        Some(Command::Admin {
+            action: AdminAction::Create { email, .. },
+        }) => create_admin(&config, &email).await,
+    }
+}
+
+async fn serve(config: Config) -> std::process::ExitCode {
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -20,6 +32,29 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "command-api stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn create_admin(config: &Config, email: &str) -> std::process::ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().lock().read_line(&mut password).is_err() {
+        eprintln!("command-api: could not read the password from standard input");
+        return std::process::ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    match command_api::create_super_admin(config, email, password).await {
+        Ok(Bootstrapped::Created(id)) => {
+            println!("created super admin {id}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Bootstrapped::Existed(id)) => {
+            println!("an admin user with this e-mail exists already: {id}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("command-api: {e}");
             std::process::ExitCode::FAILURE
         }
     }

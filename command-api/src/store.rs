@@ -94,6 +94,30 @@ where
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Committed, CommandError<A::Error>> {
+        self.execute_with_events(id, expected, command, metadata)
+            .await
+            .map(|(committed, _)| committed)
+    }
+
+    /// The aggregate's current state.
+    pub async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
+        Ok(self
+            .store
+            .load_aggregate(id)
+            .await
+            .map_err(store_error)?
+            .aggregate)
+    }
+
+    /// Like [`CommandBus::execute`], and also says which events the command appended (a
+    /// login's outcome is its events).
+    pub async fn execute_with_events(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<(Committed, Vec<A::Event>), CommandError<A::Error>> {
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -118,12 +142,14 @@ where
                 .map_err(CommandError::Rejected)?;
             let new_events = sink.collect().await;
             if new_events.is_empty() {
-                return Ok(Committed {
+                let unchanged = Committed {
                     aggregate_id: id.to_owned(),
                     version: current,
                     appended: 0,
-                });
+                };
+                return Ok((unchanged, new_events));
             }
+            let attempted = new_events.clone();
             match self
                 .store
                 .commit(new_events, context, metadata.to_map())
@@ -131,11 +157,15 @@ where
             {
                 Ok(envelopes) => {
                     self.committed.notify_one();
-                    return Ok(Committed {
+                    let committed = Committed {
                         aggregate_id: id.to_owned(),
                         version: envelopes.last().map_or(current, |e| e.sequence as u64),
                         appended: envelopes.len(),
-                    });
+                    };
+                    return Ok((
+                        committed,
+                        envelopes.into_iter().map(|e| e.payload).collect(),
+                    ));
                 }
                 Err(AggregateError::AggregateConflict) => {
                     // postgres-es commits the events before it checks the snapshot row, so a
@@ -143,7 +173,8 @@ where
                     // metadata tells: if our events are there, the command is done.
                     if let Some(committed) = self.landed(id, current, metadata).await? {
                         self.committed.notify_one();
-                        return Ok(committed);
+                        // What landed is what this attempt tried to commit.
+                        return Ok((committed, attempted));
                     }
                     if let Some(expected) = expected {
                         return Err(CommandError::VersionConflict {

@@ -30,6 +30,8 @@ pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::tenants::routes::router())
+        .merge(crate::identity::routes::router())
+        .merge(crate::identity::auth::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),

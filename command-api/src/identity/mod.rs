@@ -2,5 +2,13 @@
 
 /// The admin-user aggregate and its rules.
 pub mod aggregate;
+/// `/auth/admin/*` and `/auth/introspect`.
+pub mod auth;
+/// The first super admin.
+pub mod bootstrap;
+/// `/v1/admin-users…`.
+pub mod routes;
 /// E-mail reservations and password hashes.
 pub mod services;
+/// Refresh-token families.
+pub mod sessions;

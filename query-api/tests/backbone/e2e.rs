@@ -236,3 +236,48 @@ async fn an_event_committed_by_a_command_api_that_dies_before_publishing_arrives
         "published once"
     );
 }
+
+#[tokio::test]
+async fn the_first_super_admin_is_created_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let create = || {
+        use std::io::Write;
+        let mut child = Command::new(binary("command-api"))
+            .args([
+                "admin",
+                "create",
+                "--email",
+                "first@platform.example",
+                "--password-stdin",
+            ])
+            .env("DATABASE_URL", &env.database_url)
+            .env("NEST_AUTH_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"the first admin's password\n")
+            .expect("written");
+        child.wait_with_output().expect("finishes")
+    };
+    let first = create();
+    assert!(first.status.success());
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("created super admin "));
+    let again = create();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout)
+        .starts_with("an admin user with this e-mail exists already"));
+    let role: String = sqlx::query_scalar(
+        "SELECT payload->'Created'->>'role' FROM events WHERE aggregate_type = 'admin_user'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("one admin");
+    assert_eq!(role, "super_admin");
+}

@@ -6,6 +6,7 @@
 
 mod commands;
 mod e2e;
+mod identity;
 mod projector;
 mod queries;
 mod relay;

@@ -121,6 +121,11 @@ impl TestEnv {
             snapshot_every: 100,
             blob_dir: self.blob_dir.clone(),
             max_body_bytes: 64 * 1024,
+            auth_token_expires_in: "1h".into(),
+            refresh_token_expires_in: "30d".into(),
+            admin_bootstrap_email: None,
+            admin_bootstrap_password: None,
+            command: None,
         }
     }
 

@@ -1,0 +1,426 @@
+//! `/auth/admin/*` and `/auth/introspect`: signing admins in and out, and telling the
+//! Next.js app whether a token is live.
+//!
+//! Login answers alike for an unknown e-mail, a wrong password, a locked and a deactivated
+//! account (401 `invalid_credentials`), and takes alike long: an unknown e-mail still runs
+//! one argon2 verification, against a hash made at start-up.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chrono::Utc;
+use events::access::{Claims, Principal, Role};
+use events::envelope::ActorKind;
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::identity::{AdminUserEvent, SessionEnd, PLATFORM_TENANT};
+use events::Metadata;
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::{AdminUser, AdminUserCommand};
+use super::sessions::Refresh;
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/admin/login", post(login))
+        .route("/auth/admin/refresh", post(refresh))
+        .route("/auth/admin/logout", post(logout))
+        .route("/auth/admin/profile", get(profile))
+        .route("/auth/admin/password", post(change_password))
+        .route("/auth/introspect", post(introspect))
+}
+
+fn invalid_credentials() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "The e-mail or password is wrong, or the account cannot sign in now.",
+    )
+}
+
+/// Metadata for events about admin user `user_id` of `tenant`.
+pub fn user_metadata(tenant: Option<&str>, actor: (&str, ActorKind), ids: &RequestIds) -> Metadata {
+    Metadata {
+        tenant_id: tenant.unwrap_or(PLATFORM_TENANT).to_owned(),
+        actor_id: actor.0.to_owned(),
+        actor_kind: actor.1,
+        correlation_id: ids.correlation_id.clone(),
+        causation_id: ids.request_id.clone(),
+        request_id: ids.request_id.clone(),
+    }
+}
+
+/// Login body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+/// What a login or refresh answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenAnswer {
+    /// The access JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The next refresh token of the session (shown once).
+    pub refresh_token: String,
+    /// Who signed in.
+    pub user: Profile,
+}
+
+/// An admin user as they see themselves.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Profile {
+    /// User id.
+    pub id: String,
+    /// Login e-mail.
+    pub email: String,
+    /// Home tenant.
+    pub tenant_id: Option<String>,
+    /// Role.
+    pub role: Option<Role>,
+    /// Department.
+    pub department: Option<String>,
+    /// False once deactivated.
+    pub active: bool,
+}
+
+fn profile_of(id: &str, user: &AdminUser) -> Profile {
+    Profile {
+        id: id.to_owned(),
+        email: user.email.clone(),
+        tenant_id: user.tenant_id.clone(),
+        role: user.role,
+        department: user.department.clone(),
+        active: user.active,
+    }
+}
+
+/// Signs an access token for `user` in session `session_id`.
+fn access_token(state: &AppState, id: &str, user: &AdminUser, session_id: &str) -> (String, u64) {
+    let now = Utc::now().timestamp();
+    let ttl = state.token_ttl.as_secs();
+    let claims = Claims {
+        sub: id.to_owned(),
+        tenant_id: user.tenant_id.clone(),
+        role: user.role,
+        kind: None,
+        iat: now,
+        exp: now + ttl as i64,
+        jti: Some(uuid::Uuid::new_v4().to_string()),
+        sid: Some(session_id.to_owned()),
+    };
+    (state.tokens.sign(&claims), ttl)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    Json(body): Json<Login>,
+) -> Result<Response, Problem> {
+    let email = body.email.trim().to_lowercase();
+    let found: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT user_id, tenant_id FROM admin_emails WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let Some((user_id, tenant)) = found else {
+        // Spend the time a real check takes, so the answer's timing does not tell.
+        let _ = super::services::verify_password(&state.dummy_hash, &body.password).await;
+        return Err(invalid_credentials());
+    };
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let command = AdminUserCommand::Login {
+        user_id: user_id.clone(),
+        password: body.password,
+        session_id: session_id.clone(),
+        at: Utc::now(),
+    };
+    let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), &ids);
+    let (_, events) = match state
+        .admins
+        .execute_with_events(&user_id, None, command, &metadata)
+        .await
+    {
+        Ok(outcome) => outcome,
+        // An e-mail reserved for a user whose creation never completed.
+        Err(crate::store::CommandError::Rejected(super::aggregate::AdminUserError::NotFound)) => {
+            return Err(invalid_credentials())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !events
+        .iter()
+        .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. }))
+    {
+        return Err(invalid_credentials());
+    }
+    let user = state.admins.load(&user_id).await?;
+    let refresh_token = state
+        .sessions
+        .open(&user_id, &session_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
+    Ok(Json(TokenAnswer {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in,
+        refresh_token,
+        user: profile_of(&user_id, &user),
+    })
+    .into_response())
+}
+
+/// Refresh or logout body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    Json(body): Json<RefreshBody>,
+) -> Result<Response, Problem> {
+    let outcome = state
+        .sessions
+        .refresh(&body.refresh_token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    match outcome {
+        Refresh::Invalid => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+            "The refresh token is unknown, expired or revoked.",
+        )),
+        Refresh::Reused {
+            user_id,
+            session_id,
+        } => {
+            let user = state.admins.load(&user_id).await?;
+            let metadata = user_metadata(
+                user.tenant_id.as_deref(),
+                ("session-guard", ActorKind::System),
+                &ids,
+            );
+            let revoke = AdminUserCommand::RevokeSession {
+                session_id,
+                reason: SessionEnd::RefreshReuse,
+            };
+            state
+                .admins
+                .execute(&user_id, None, revoke, &metadata)
+                .await?;
+            Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "This refresh token was already used; the session has been revoked. Sign in again.",
+            ))
+        }
+        Refresh::Rotated {
+            user_id,
+            session_id,
+            token,
+        } => {
+            let user = state.admins.load(&user_id).await?;
+            if !user.active {
+                state
+                    .sessions
+                    .revoke(&session_id)
+                    .await
+                    .map_err(|e| Problem::unavailable(&e))?;
+                return Err(invalid_credentials());
+            }
+            let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
+            Ok(Json(TokenAnswer {
+                access_token,
+                token_type: "Bearer".into(),
+                expires_in,
+                refresh_token: token,
+                user: profile_of(&user_id, &user),
+            })
+            .into_response())
+        }
+    }
+}
+
+/// Ends the session of the bearer token (its `sid`), recorded on the user's stream.
+async fn logout(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim().to_owned()))
+        .unwrap_or_default();
+    let sid = state.tokens.claims(&token).ok().and_then(|c| c.sid);
+    let (
+        Principal::Admin {
+            user_id, tenant_id, ..
+        },
+        Some(session_id),
+    ) = (&who, sid)
+    else {
+        return Err(Problem::bad_request(
+            "not_a_session",
+            "This token does not belong to an admin session.",
+        ));
+    };
+    state
+        .sessions
+        .revoke(&session_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
+    let revoke = AdminUserCommand::RevokeSession {
+        session_id,
+        reason: SessionEnd::Logout,
+    };
+    state
+        .admins
+        .execute(user_id, None, revoke, &metadata)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn profile(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+) -> Result<Response, Problem> {
+    let Principal::Admin { user_id, .. } = &who else {
+        return Err(Problem::forbidden("Only admins have an admin profile."));
+    };
+    let user = state.admins.load(user_id).await?;
+    if !user.exists() {
+        return Err(Problem::not_found("admin user not found"));
+    }
+    Ok(Json(profile_of(user_id, &user)).into_response())
+}
+
+/// Body of a password change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<ChangePassword>,
+) -> Result<Response, Problem> {
+    let Principal::Admin {
+        user_id, tenant_id, ..
+    } = &who
+    else {
+        return Err(Problem::forbidden("Only admins have a password here."));
+    };
+    let command = AdminUserCommand::ChangePassword {
+        user_id: user_id.clone(),
+        current: body.current_password,
+        new: body.new_password,
+    };
+    let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
+    state
+        .admins
+        .execute(user_id, None, command, &metadata)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// RFC 7662 request: `token` (form-encoded, as the RFC says, or JSON).
+#[derive(Deserialize)]
+pub struct IntrospectBody {
+    token: String,
+}
+
+/// RFC 7662 answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Introspection {
+    /// True while the token verifies, has not expired, and its session is not revoked.
+    pub active: bool,
+    /// Subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Expiry (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issued at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// `access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Admin role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `phone` for chatbot users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+async fn introspect(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body: IntrospectBody = if is_json {
+        Json::<IntrospectBody>::from_request(request, &state)
+            .await?
+            .0
+    } else {
+        Form::<IntrospectBody>::from_request(request, &state)
+            .await
+            .map_err(|e| Problem::bad_request("invalid_body", e.body_text()))?
+            .0
+    };
+    let Ok(claims) = state.tokens.claims(&body.token) else {
+        return Ok(Json(Introspection::default()).into_response());
+    };
+    if let Some(sid) = &claims.sid {
+        let live = tokio::time::timeout(Duration::from_secs(2), state.sessions.is_active(sid))
+            .await
+            .map_err(|_| Problem::unavailable(&"session store did not answer"))?
+            .map_err(|e| Problem::unavailable(&e))?;
+        if !live {
+            return Ok(Json(Introspection::default()).into_response());
+        }
+    }
+    Ok(Json(Introspection {
+        active: true,
+        sub: Some(claims.sub),
+        exp: Some(claims.exp),
+        iat: Some(claims.iat),
+        jti: claims.jti,
+        token_type: Some("access_token".into()),
+        tenant_id: claims.tenant_id,
+        role: claims.role,
+        kind: claims.kind,
+    })
+    .into_response())
+}

@@ -1,0 +1,224 @@
+//! `/v1/admin-users…`: creating and managing admin users. A super admin manages anyone; a
+//! tenant admin manages the users of their own tenant, and cannot make anyone super admin.
+//! Another tenant's user is answered 404, as if it did not exist.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use events::access::{Principal, Role};
+use events::envelope::ActorKind;
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::aggregate::{AdminUser, AdminUserCommand};
+use super::auth::user_metadata;
+use crate::store::Committed;
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin-users", post(create))
+        .route("/v1/admin-users/{id}/role", post(change_role))
+        .route("/v1/admin-users/{id}/department", post(change_department))
+        .route("/v1/admin-users/{id}/deactivate", post(deactivate))
+        .route("/v1/admin-users/{id}/reactivate", post(reactivate))
+}
+
+fn accepted(status: StatusCode, c: Committed) -> Response {
+    let mut response = (
+        status,
+        Json(serde_json::json!({"id": c.aggregate_id, "version": c.version})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn actor(who: &Principal) -> (&str, ActorKind) {
+    (who.user_id(), ActorKind::Admin)
+}
+
+/// May `who` manage users of `tenant`, giving them `role`?
+fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> bool {
+    if who.is_super_admin() {
+        return true;
+    }
+    matches!(
+        (who, tenant),
+        (Principal::Admin { role: Role::TenantAdmin, tenant_id: Some(home), .. }, Some(t)) if home == t
+    ) && role != Some(Role::SuperAdmin)
+}
+
+/// Body of a creation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Optional client-chosen id.
+    #[serde(default)]
+    id: Option<Uuid>,
+    email: String,
+    password: String,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    role: Role,
+    #[serde(default)]
+    department: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<CreateUser>,
+) -> Result<Response, Problem> {
+    // A tenant admin creates users of their own tenant by default.
+    let tenant = body.tenant_id.clone().or_else(|| match &who {
+        Principal::Admin {
+            role: Role::TenantAdmin,
+            tenant_id,
+            ..
+        } => tenant_id.clone(),
+        _ => None,
+    });
+    if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
+        return Err(Problem::forbidden("You may not create this user."));
+    }
+    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let command = AdminUserCommand::Create {
+        user_id: id.clone(),
+        email: body.email,
+        password: body.password,
+        tenant_id: tenant.clone(),
+        role: body.role,
+        department: body.department,
+    };
+    let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
+    let c = state
+        .admins
+        .execute(&id, Some(0), command, &metadata)
+        .await
+        .map_err(|e| match e {
+            crate::store::CommandError::VersionConflict { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "an admin user with this id already exists",
+            ),
+            other => other.into(),
+        })?;
+    Ok(accepted(StatusCode::CREATED, c))
+}
+
+/// Loads a user `who` may manage, or answers 404 as if it did not exist.
+async fn managed(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    role: Option<Role>,
+) -> Result<(String, AdminUser), Problem> {
+    let not_found = || Problem::not_found("admin user not found");
+    let id = Uuid::parse_str(id).map_err(|_| not_found())?.to_string();
+    let user = state.admins.load(&id).await?;
+    if !user.exists() || !may_manage(who, user.tenant_id.as_deref(), None) {
+        return Err(not_found());
+    }
+    // A tenant admin cannot touch a super admin, nor make one.
+    if !who.is_super_admin()
+        && (user.role == Some(Role::SuperAdmin) || role == Some(Role::SuperAdmin))
+    {
+        return Err(Problem::forbidden("Only a super admin may do this."));
+    }
+    Ok((id, user))
+}
+
+async fn run(
+    state: &AppState,
+    who: &Principal,
+    ids: &RequestIds,
+    id: &str,
+    user: &AdminUser,
+    command: AdminUserCommand,
+) -> Result<Response, Problem> {
+    let metadata = user_metadata(user.tenant_id.as_deref(), actor(who), ids);
+    let c = state.admins.execute(id, None, command, &metadata).await?;
+    Ok(accepted(StatusCode::OK, c))
+}
+
+/// Body of a role change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRole {
+    role: Role,
+}
+
+async fn change_role(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(id): Path<String>,
+    Json(body): Json<ChangeRole>,
+) -> Result<Response, Problem> {
+    let (id, user) = managed(&state, &who, &id, Some(body.role)).await?;
+    run(
+        &state,
+        &who,
+        &ids,
+        &id,
+        &user,
+        AdminUserCommand::ChangeRole { role: body.role },
+    )
+    .await
+}
+
+/// Body of a department change (`null` for none).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeDepartment {
+    department: Option<String>,
+}
+
+async fn change_department(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(id): Path<String>,
+    Json(body): Json<ChangeDepartment>,
+) -> Result<Response, Problem> {
+    let (id, user) = managed(&state, &who, &id, None).await?;
+    let command = AdminUserCommand::ChangeDepartment {
+        department: body.department,
+    };
+    run(&state, &who, &ids, &id, &user, command).await
+}
+
+async fn deactivate(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let (id, user) = managed(&state, &who, &id, None).await?;
+    let response = run(&state, &who, &ids, &id, &user, AdminUserCommand::Deactivate).await?;
+    // Its sessions end with it: no refresh, and introspection answers inactive.
+    state
+        .sessions
+        .revoke_user(&id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(response)
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let (id, user) = managed(&state, &who, &id, None).await?;
+    run(&state, &who, &ids, &id, &user, AdminUserCommand::Reactivate).await
+}

@@ -1,0 +1,181 @@
+//! Refresh tokens: random, shown to the client once, stored only as SHA-256.
+//!
+//! A session is a family of refresh tokens. Each refresh spends the token presented and
+//! issues the next one of the family. Presenting a spent token means two parties hold the
+//! family (the token was stolen, or a client retried a refresh it already got an answer
+//! to), so the whole family is revoked; the caller records that on the user's stream.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgPool};
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Spent and replaced by `token`.
+    Rotated {
+        /// The user.
+        user_id: String,
+        /// The family.
+        session_id: String,
+        /// The next refresh token of the family.
+        token: String,
+    },
+    /// A spent token came back: the family is now revoked.
+    Reused {
+        /// The user.
+        user_id: String,
+        /// The revoked family.
+        session_id: String,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// The `admin_sessions` table.
+#[derive(Clone)]
+pub struct Sessions {
+    /// Command-side pool.
+    pool: PgPool,
+    /// How long a refresh token stays valid.
+    ttl: chrono::Duration,
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+impl Sessions {
+    /// Sessions whose refresh tokens live `ttl`.
+    pub fn new(pool: PgPool, ttl: std::time::Duration) -> Self {
+        Self {
+            pool,
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30)),
+        }
+    }
+
+    /// Starts a family for a session a login opened; returns its first refresh token.
+    pub async fn open(&self, user_id: &str, session_id: &str) -> Result<String, sqlx::Error> {
+        let token = new_token();
+        self.insert(&self.pool, &token, user_id, session_id).await?;
+        Ok(token)
+    }
+
+    async fn insert<'e, E: sqlx::PgExecutor<'e>>(
+        &self,
+        executor: E,
+        token: &str,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let expires_at: DateTime<Utc> = Utc::now() + self.ttl;
+        sqlx::query(
+            "INSERT INTO admin_sessions (token_hash, session_id, user_id, status, expires_at)
+             VALUES ($1, $2, $3, 'active', $4)",
+        )
+        .bind(hash(token))
+        .bind(session_id)
+        .bind(user_id)
+        .bind(expires_at)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+
+    /// Spends `token` and issues the next of its family, or revokes the family if `token`
+    /// was already spent. One transaction, the token's row locked: two concurrent refreshes
+    /// with one token cannot both rotate.
+    pub async fn refresh(&self, token: &str) -> Result<Refresh, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let row: Option<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT session_id, user_id, status, expires_at > now() FROM admin_sessions
+              WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(hash(token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session_id, user_id, status, fresh)) = row else {
+            return Ok(Refresh::Invalid);
+        };
+        let outcome = match (status.as_str(), fresh) {
+            ("active", true) => {
+                sqlx::query("UPDATE admin_sessions SET status = 'spent' WHERE token_hash = $1")
+                    .bind(hash(token))
+                    .execute(&mut *tx)
+                    .await?;
+                let next = new_token();
+                self.insert(&mut *tx, &next, &user_id, &session_id).await?;
+                Refresh::Rotated {
+                    user_id,
+                    session_id,
+                    token: next,
+                }
+            }
+            ("spent", _) => {
+                revoke_family(&mut tx, &session_id).await?;
+                Refresh::Reused {
+                    user_id,
+                    session_id,
+                }
+            }
+            _ => Refresh::Invalid,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Revokes a whole family (logout, or a user deactivated).
+    pub async fn revoke(&self, session_id: &str) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        revoke_family(&mut conn, session_id).await
+    }
+
+    /// Revokes every session of a user (deactivation).
+    pub async fn revoke_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE admin_sessions SET status = 'revoked' WHERE user_id = $1 AND status <> 'revoked'")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The family and user of a refresh token that is still usable.
+    pub async fn owner(&self, token: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT session_id, user_id FROM admin_sessions
+              WHERE token_hash = $1 AND status = 'active' AND expires_at > now()",
+        )
+        .bind(hash(token))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// True while the family has a usable refresh token (access tokens of a revoked family
+    /// are reported inactive by introspection).
+    pub async fn is_active(&self, session_id: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM admin_sessions
+                             WHERE session_id = $1 AND status = 'active' AND expires_at > now())",
+        )
+        .bind(session_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+}
+
+async fn revoke_family(conn: &mut sqlx::PgConnection, session_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE admin_sessions SET status = 'revoked' WHERE session_id = $1 AND status <> 'revoked'")
+        .bind(session_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

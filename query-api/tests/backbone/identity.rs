@@ -1,0 +1,430 @@
+//! Admin identity over HTTP: bootstrap, login, refresh rotation and reuse, logout,
+//! introspection, lockout, and who may manage whom.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::support::{expect_problem, Service, TestEnv};
+
+const ROOT_EMAIL: &str = "root@platform.example";
+const ROOT_PASSWORD: &str = "a long bootstrap password";
+
+async fn with_root(env: &TestEnv) -> Service {
+    let mut config = env.command_config();
+    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    env.spawn_command_api(config).await
+}
+
+async fn login(env: &TestEnv, api: &Service, email: &str, password: &str) -> reqwest::Response {
+    env.http
+        .post(api.url("/auth/admin/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+async fn tokens(env: &TestEnv, api: &Service, email: &str, password: &str) -> Value {
+    let r = login(env, api, email, password).await;
+    assert_eq!(r.status(), 200, "login of {email}");
+    r.json().await.expect("json")
+}
+
+async fn introspect(env: &TestEnv, api: &Service, token: &str) -> Value {
+    env.http
+        .post(api.url("/auth/introspect"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn refresh(env: &TestEnv, api: &Service, token: &str) -> reqwest::Response {
+    env.http
+        .post(api.url("/auth/admin/refresh"))
+        .json(&json!({"refresh_token": token}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn a_bootstrapped_admin_logs_in_refreshes_and_logs_out() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let first = tokens(&env, &api, "Root@Platform.example", ROOT_PASSWORD).await;
+    assert_eq!(first["token_type"], "Bearer");
+    assert_eq!(first["expires_in"], 3600);
+    assert_eq!(first["user"]["role"], "super_admin");
+    let access = first["access_token"].as_str().expect("access").to_owned();
+
+    let profile: Value = env.get_json(&api.url("/auth/admin/profile"), &access).await;
+    assert_eq!(profile["email"], ROOT_EMAIL);
+    let live = introspect(&env, &api, &access).await;
+    assert_eq!(
+        (live["active"].clone(), live["role"].clone()),
+        (json!(true), json!("super_admin"))
+    );
+    assert_eq!(live["sub"], first["user"]["id"]);
+
+    // The refresh token rotates: the new one works, and the old one, presented again,
+    // revokes the whole family.
+    let rotated = refresh(
+        &env,
+        &api,
+        first["refresh_token"].as_str().expect("refresh"),
+    )
+    .await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.expect("json");
+    assert_ne!(rotated["refresh_token"], first["refresh_token"]);
+    let replayed = refresh(
+        &env,
+        &api,
+        first["refresh_token"].as_str().expect("refresh"),
+    )
+    .await;
+    expect_problem(replayed, 401, "refresh_token_reused").await;
+    let after_reuse = refresh(
+        &env,
+        &api,
+        rotated["refresh_token"].as_str().expect("refresh"),
+    )
+    .await;
+    expect_problem(after_reuse, 401, "invalid_refresh_token").await;
+    assert_eq!(
+        introspect(&env, &api, &access).await,
+        json!({"active": false}),
+        "the family's access tokens are dead too"
+    );
+
+    // A fresh session, then logout.
+    let second = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await;
+    let access = second["access_token"].as_str().expect("access");
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(out.status(), 204);
+    assert_eq!(introspect(&env, &api, access).await["active"], false);
+    expect_problem(
+        refresh(
+            &env,
+            &api,
+            second["refresh_token"].as_str().expect("refresh"),
+        )
+        .await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+
+    let trail: Vec<String> = sqlx::query_scalar("SELECT event_type FROM events WHERE aggregate_type = 'admin_user' ORDER BY global_position")
+        .fetch_all(&env.pool)
+        .await
+        .expect("events");
+    assert_eq!(
+        trail,
+        [
+            "Created",
+            "LoginSucceeded",
+            "SessionRevoked",
+            "LoginSucceeded",
+            "SessionRevoked"
+        ]
+    );
+    let secrets: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
+            .bind(ROOT_PASSWORD)
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(secrets, 0, "no password in any event");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_lock() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let unknown = login(&env, &api, "nobody@platform.example", ROOT_PASSWORD).await;
+    let unknown = expect_problem(unknown, 401, "invalid_credentials").await;
+    for _ in 0..5 {
+        let wrong = expect_problem(
+            login(&env, &api, ROOT_EMAIL, "not the password").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+        assert_eq!(wrong, unknown, "nothing tells whether the account exists");
+    }
+    // Locked: even the right password is refused, with the same answer.
+    let locked = expect_problem(
+        login(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(locked, unknown);
+    let trail: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, payload->'LoginFailed'->>'reason' FROM events WHERE aggregate_type = 'admin_user' ORDER BY sequence",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    let types: Vec<&str> = trail.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "Created",
+            "LoginFailed",
+            "LoginFailed",
+            "LoginFailed",
+            "LoginFailed",
+            "LoginFailed",
+            "LockedOut",
+            "LoginFailed"
+        ]
+    );
+    assert_eq!(trail.last().and_then(|(_, r)| r.as_deref()), Some("locked"));
+    for body in [
+        json!({"email": ROOT_EMAIL}),
+        json!({"email": 1, "password": "x"}),
+    ] {
+        let r = env
+            .http
+            .post(api.url("/auth/admin/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(r, 400, "invalid_body").await;
+    }
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_admins_manage_only_their_own_tenant() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let create = |token: String, body: Value| {
+        let request = env
+            .http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(token)
+            .json(&body);
+        async move { request.send().await.expect("sent") }
+    };
+    let made = create(root.clone(), json!({"email": "ada@acme.io", "password": "ada's long password", "tenant_id": "acme", "role": "tenant_admin"})).await;
+    assert_eq!(made.status(), 201);
+    let other = create(root.clone(), json!({"email": "bo@globex.io", "password": "bo's long password", "tenant_id": "globex", "role": "agent"})).await;
+    let other_id = other.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let ada = tokens(&env, &api, "ada@acme.io", "ada's long password").await;
+    assert_eq!(ada["user"]["tenant_id"], "acme");
+    let ada = ada["access_token"].as_str().expect("access").to_owned();
+    // Into her own tenant (the default), as agent: yes.
+    let agent = create(ada.clone(), json!({"email": "cy@acme.io", "password": "cy's long password", "role": "agent", "department": "Support"})).await;
+    assert_eq!(agent.status(), 201);
+    let agent_id = agent.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Into another tenant, or as super admin: no.
+    expect_problem(create(ada.clone(), json!({"email": "x@globex.io", "password": "a long password!", "tenant_id": "globex", "role": "agent"})).await, 403, "forbidden").await;
+    expect_problem(
+        create(
+            ada.clone(),
+            json!({"email": "x@acme.io", "password": "a long password!", "role": "super_admin"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_problem(create(root.clone(), json!({"email": "ada@acme.io", "password": "a long password!", "tenant_id": "acme", "role": "agent"})).await, 409, "email_taken").await;
+    expect_problem(create(root.clone(), json!({"email": "z@acme.io", "password": "short", "tenant_id": "acme", "role": "agent"})).await, 422, "weak_password").await;
+
+    let post = |token: &str, path: String, body: Value| {
+        let request = env.http.post(api.url(&path)).bearer_auth(token).json(&body);
+        async move { request.send().await.expect("sent") }
+    };
+    assert_eq!(
+        post(
+            &ada,
+            format!("/v1/admin-users/{agent_id}/department"),
+            json!({"department": "Sales"})
+        )
+        .await
+        .status(),
+        200
+    );
+    expect_problem(
+        post(
+            &ada,
+            format!("/v1/admin-users/{agent_id}/role"),
+            json!({"role": "super_admin"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // Another tenant's user does not exist, as far as she can tell.
+    expect_problem(
+        post(
+            &ada,
+            format!("/v1/admin-users/{other_id}/deactivate"),
+            json!({}),
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+    expect_problem(
+        post(
+            &ada,
+            "/v1/admin-users/not-an-id/deactivate".into(),
+            json!({}),
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Deactivation ends the agent's sessions and logins.
+    let cy = tokens(&env, &api, "cy@acme.io", "cy's long password").await;
+    assert_eq!(
+        post(
+            &ada,
+            format!("/v1/admin-users/{agent_id}/deactivate"),
+            json!({})
+        )
+        .await
+        .status(),
+        200
+    );
+    expect_problem(
+        refresh(&env, &api, cy["refresh_token"].as_str().expect("refresh")).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+    assert_eq!(
+        introspect(&env, &api, cy["access_token"].as_str().expect("access")).await["active"],
+        false
+    );
+    expect_problem(
+        login(&env, &api, "cy@acme.io", "cy's long password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_unsigned_tokens_are_refused_and_introspected_inactive() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "root", "role": "super_admin", "exp": exp}))
+    );
+    let forged = events::access::TokenKeys::new("another secret").admin_token(
+        "root",
+        None,
+        events::access::Role::SuperAdmin,
+        600,
+    );
+    for token in [unsigned.as_str(), forged.as_str(), "garbage"] {
+        let r = env
+            .http
+            .get(api.url("/auth/admin/profile"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(r, 401, "token_invalid").await;
+        assert_eq!(
+            introspect(&env, &api, token).await,
+            json!({"active": false})
+        );
+    }
+    let json_body = env
+        .http
+        .post(api.url("/auth/introspect"))
+        .json(&json!({"token": "garbage"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        json_body.json::<Value>().await.expect("json"),
+        json!({"active": false})
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_change_needs_the_current_password() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let change = |current: &str, new: &str| {
+        env.http
+            .post(api.url("/auth/admin/password"))
+            .bearer_auth(&root)
+            .json(&json!({"current_password": current, "new_password": new}))
+            .send()
+    };
+    expect_problem(
+        change("wrong one", "the next long password")
+            .await
+            .expect("sent"),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        change(ROOT_PASSWORD, "the next long password")
+            .await
+            .expect("sent")
+            .status(),
+        204
+    );
+    expect_problem(
+        login(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(
+        login(&env, &api, ROOT_EMAIL, "the next long password")
+            .await
+            .status(),
+        200
+    );
+    api.stop().await;
+}
