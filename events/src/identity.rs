@@ -119,3 +119,51 @@ impl DomainEvent for AdminUserEvent {
         "1.0".to_owned()
     }
 }
+
+/// The aggregate type of phone sign-in challenges (one per tenant and phone number, named by
+/// a keyed hash of both, so no number appears in ids).
+pub const PHONE_LOGIN: &str = "phone_login";
+
+/// Something that happened to a phone sign-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PhoneLoginEvent {
+    /// A one-time code was issued (sent by SMS); only its keyed hash is kept.
+    CodeIssued {
+        /// HMAC-SHA256 of the code, keyed with a server secret.
+        code_hash: String,
+        /// When.
+        at: DateTime<Utc>,
+        /// When the code stops working.
+        expires_at: DateTime<Utc>,
+    },
+    /// A wrong code was tried.
+    CodeRejected {
+        /// When.
+        at: DateTime<Utc>,
+        /// Tries left for the current code (0: it no longer works).
+        attempts_left: u32,
+    },
+    /// The right code was given: the phone user is signed in.
+    CodeVerified {
+        /// The phone user (a keyed hash of tenant and number).
+        user_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for PhoneLoginEvent {
+    fn event_type(&self) -> String {
+        match self {
+            PhoneLoginEvent::CodeIssued { .. } => "CodeIssued",
+            PhoneLoginEvent::CodeRejected { .. } => "CodeRejected",
+            PhoneLoginEvent::CodeVerified { .. } => "CodeVerified",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}

@@ -12,3 +12,5 @@ pub mod routes;
 pub mod services;
 /// Refresh-token families.
 pub mod sessions;
+/// Phone sign-in for chatbot users: the `phone_login` aggregate.
+pub mod phone;
