@@ -49,6 +49,13 @@ pub struct Config {
     /// Password of the bootstrap super admin.
     #[arg(long, env = "ADMIN_BOOTSTRAP_PASSWORD", hide_env_values = true)]
     pub admin_bootstrap_password: Option<String>,
+    /// Codes a client IP may request per hour (`/auth/phone/request`).
+    #[arg(long, env = "OTP_REQUESTS_PER_IP_PER_HOUR", default_value_t = 20)]
+    pub otp_requests_per_ip_per_hour: i64,
+    /// Take the client IP from the first `X-Forwarded-For` address (only behind a proxy
+    /// that sets it; otherwise clients could choose their own IP).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,

@@ -10,6 +10,8 @@
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
 
+/// Outbound messages (capture sink).
+pub mod comms;
 /// Settings.
 pub mod config;
 /// HTTP surface.
@@ -71,6 +73,14 @@ pub struct AppState {
     /// An argon2 hash checked against when a login names an unknown e-mail, so that
     /// answer takes as long as a wrong password.
     pub dummy_hash: Arc<String>,
+    /// Phone sign-in commands.
+    pub phone_logins: Arc<CommandBus<identity::phone::PhoneLogin>>,
+    /// Keyed hashes of phone sign-ins.
+    pub phone_keys: identity::phone::PhoneKeys,
+    /// Codes a client IP may request per hour.
+    pub otp_per_ip: i64,
+    /// Whether `X-Forwarded-For` names the client.
+    pub trust_forwarded_for: bool,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -169,6 +179,15 @@ impl Application {
             sessions: Sessions::new(pool.clone(), config.refresh_ttl()?),
             token_ttl: config.token_ttl()?,
             dummy_hash: Arc::new(dummy_hash),
+            phone_logins: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            phone_keys: identity::phone::PhoneKeys::new(config.auth_secret()?),
+            otp_per_ip: config.otp_requests_per_ip_per_hour,
+            trust_forwarded_for: config.trust_forwarded_for,
         };
         let relay = config.relay_enabled.then(|| {
             (

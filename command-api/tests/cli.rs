@@ -24,12 +24,20 @@ fn help_lists_every_setting() {
         "SNAPSHOT_EVERY",
         "BLOB_DIR",
         "MAX_BODY_BYTES",
+        "RELAY_POLL_MS",
+        "AUTH_TOKEN_EXPIRES_IN",
+        "REFRESH_TOKEN_EXPIRES_IN",
+        "ADMIN_BOOTSTRAP_EMAIL",
+        "ADMIN_BOOTSTRAP_PASSWORD",
+        "OTP_REQUESTS_PER_IP_PER_HOUR",
+        "TRUST_FORWARDED_FOR",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),
             "{setting} missing from:\n{help}"
         );
     }
+    assert!(help.contains("admin"), "the admin subcommand is listed");
 }
 
 #[test]

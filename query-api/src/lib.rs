@@ -11,6 +11,8 @@
 pub mod audit;
 /// Settings.
 pub mod config;
+/// The dev inbox of captured outbound messages.
+pub mod dev;
 /// Tenant list and detail.
 pub mod tenants;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Longest wait for read-your-writes.
     pub read_wait: Duration,
+    /// Whether the dev inbox is served.
+    pub dev_inbox: bool,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -70,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tenants::router())
         .merge(audit::router())
+        .merge(dev::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -109,6 +114,7 @@ impl Application {
             tokens: TokenKeys::new(secret),
             metrics: Arc::new(Metrics::default()),
             read_wait: Duration::from_millis(config.read_wait_ms),
+            dev_inbox: config.dev_inbox_enabled,
         };
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         Ok(Self {

@@ -59,6 +59,20 @@ impl DomainProblem for crate::identity::aggregate::AdminUserError {
     }
 }
 
+impl DomainProblem for crate::identity::phone::PhoneLoginError {
+    fn problem(&self) -> Problem {
+        use crate::identity::phone::PhoneLoginError as E;
+        match self {
+            E::TooManyCodes { .. } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                self.to_string(),
+            ),
+            E::NoCode => Problem::new(StatusCode::UNAUTHORIZED, "invalid_code", self.to_string()),
+        }
+    }
+}
+
 impl<E: DomainProblem> From<CommandError<E>> for Problem {
     fn from(e: CommandError<E>) -> Self {
         match e {

@@ -32,6 +32,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::tenants::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())
+        .merge(crate::identity::phone_routes::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),

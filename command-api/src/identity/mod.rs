@@ -6,11 +6,13 @@ pub mod aggregate;
 pub mod auth;
 /// The first super admin.
 pub mod bootstrap;
+/// Phone sign-in for chatbot users: the `phone_login` aggregate.
+pub mod phone;
+/// `/auth/phone/*`.
+pub mod phone_routes;
 /// `/v1/admin-users…`.
 pub mod routes;
 /// E-mail reservations and password hashes.
 pub mod services;
 /// Refresh-token families.
 pub mod sessions;
-/// Phone sign-in for chatbot users: the `phone_login` aggregate.
-pub mod phone;

@@ -60,8 +60,10 @@ impl PhoneKeys {
     /// Keys derived from the server secret (a distinct key per use, so a code hash can never
     /// be confused with a token signature).
     pub fn new(secret: &str) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(b"-").expect("a key of any length"));
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
+                <Hmac<Sha256> as Mac>::new_from_slice(b"-").expect("a key of any length")
+            });
         mac.update(b"phone-login/v1");
         Self {
             key: mac.finalize().into_bytes().to_vec(),
@@ -92,7 +94,11 @@ impl PhoneKeys {
     pub fn user_id(&self, tenant: &str, phone: &PhoneNumber) -> String {
         let hex = self.hex(&["user", tenant, phone.as_str()]);
         uuid::Uuid::from_slice(&hex_bytes(&hex[..32]))
-            .map(|u| uuid::Builder::from_custom_bytes(*u.as_bytes()).into_uuid().to_string())
+            .map(|u| {
+                uuid::Builder::from_custom_bytes(*u.as_bytes())
+                    .into_uuid()
+                    .to_string()
+            })
             .unwrap_or(hex)
     }
 
@@ -111,7 +117,11 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 
 /// Compares two hashes in constant time.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A command on one phone sign-in.
@@ -174,15 +184,28 @@ impl Aggregate for PhoneLogin {
     type Error = PhoneLoginError;
     type Services = ();
 
-    async fn handle(&mut self, command: PhoneLoginCommand, _: &(), sink: &EventSink<Self>) -> Result<(), PhoneLoginError> {
+    async fn handle(
+        &mut self,
+        command: PhoneLoginCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), PhoneLoginError> {
         let event = match command {
             PhoneLoginCommand::RequestCode { code_hash, at } => {
-                let recent: Vec<&DateTime<Utc>> = self.issued.iter().filter(|t| **t > at - Duration::hours(1)).collect();
+                let recent: Vec<&DateTime<Utc>> = self
+                    .issued
+                    .iter()
+                    .filter(|t| **t > at - Duration::hours(1))
+                    .collect();
                 let cooldown_ends = recent.iter().map(|t| **t + COOLDOWN).max();
                 let hour_frees = (recent.len() >= CODES_PER_HOUR)
                     .then(|| recent.iter().map(|t| **t + Duration::hours(1)).min())
                     .flatten();
-                let wait_until = [cooldown_ends, hour_frees].into_iter().flatten().filter(|t| *t > at).max();
+                let wait_until = [cooldown_ends, hour_frees]
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| *t > at)
+                    .max();
                 if let Some(until) = wait_until {
                     return Err(PhoneLoginError::TooManyCodes {
                         retry_after: (until - at).num_seconds().max(1),
@@ -194,8 +217,16 @@ impl Aggregate for PhoneLogin {
                     expires_at: at + CODE_TTL,
                 }
             }
-            PhoneLoginCommand::Verify { code_hash, user_id, at } => {
-                let Some(challenge) = self.current.as_ref().filter(|c| at < c.expires_at && c.attempts_left > 0) else {
+            PhoneLoginCommand::Verify {
+                code_hash,
+                user_id,
+                at,
+            } => {
+                let Some(challenge) = self
+                    .current
+                    .as_ref()
+                    .filter(|c| at < c.expires_at && c.attempts_left > 0)
+                else {
                     return Err(PhoneLoginError::NoCode);
                 };
                 if same(&challenge.code_hash, &code_hash) {
@@ -214,7 +245,11 @@ impl Aggregate for PhoneLogin {
 
     fn apply(&mut self, event: PhoneLoginEvent) {
         match event {
-            PhoneLoginEvent::CodeIssued { code_hash, at, expires_at } => {
+            PhoneLoginEvent::CodeIssued {
+                code_hash,
+                at,
+                expires_at,
+            } => {
                 self.issued.retain(|t| *t > at - Duration::hours(1));
                 self.issued.push(at);
                 self.current = Some(Challenge {
@@ -273,7 +308,10 @@ mod tests {
 
     #[tokio::test]
     async fn request_code_issues_one_valid_for_five_minutes() {
-        given(vec![]).when_async(request(0)).await.then_expect_events(vec![issued(0, "h")]);
+        given(vec![])
+            .when_async(request(0))
+            .await
+            .then_expect_events(vec![issued(0, "h")]);
     }
 
     #[tokio::test]
@@ -282,7 +320,10 @@ mod tests {
             .when_async(request(45))
             .await
             .then_expect_error(PhoneLoginError::TooManyCodes { retry_after: 15 });
-        given(vec![issued(0, "a")]).when_async(request(60)).await.then_expect_events(vec![issued(60, "h")]);
+        given(vec![issued(0, "a")])
+            .when_async(request(60))
+            .await
+            .then_expect_events(vec![issued(60, "h")]);
     }
 
     #[tokio::test]
@@ -292,7 +333,10 @@ mod tests {
             .when_async(request(700))
             .await
             .then_expect_error(PhoneLoginError::TooManyCodes { retry_after: 2900 });
-        given(five).when_async(request(3600)).await.then_expect_events(vec![issued(3600, "h")]);
+        given(five)
+            .when_async(request(3600))
+            .await
+            .then_expect_events(vec![issued(3600, "h")]);
     }
 
     #[tokio::test]
@@ -300,11 +344,20 @@ mod tests {
         given(vec![issued(0, "good")])
             .when_async(verify("good", 10))
             .await
-            .then_expect_events(vec![PhoneLoginEvent::CodeVerified { user_id: "u".into(), at: at(10) }]);
-        given(vec![issued(0, "good"), PhoneLoginEvent::CodeVerified { user_id: "u".into(), at: at(10) }])
-            .when_async(verify("good", 20))
-            .await
-            .then_expect_error(PhoneLoginError::NoCode);
+            .then_expect_events(vec![PhoneLoginEvent::CodeVerified {
+                user_id: "u".into(),
+                at: at(10),
+            }]);
+        given(vec![
+            issued(0, "good"),
+            PhoneLoginEvent::CodeVerified {
+                user_id: "u".into(),
+                at: at(10),
+            },
+        ])
+        .when_async(verify("good", 20))
+        .await
+        .then_expect_error(PhoneLoginError::NoCode);
     }
 
     #[tokio::test]
@@ -312,20 +365,35 @@ mod tests {
         given(vec![issued(0, "good")])
             .when_async(verify("bad", 10))
             .await
-            .then_expect_events(vec![PhoneLoginEvent::CodeRejected { at: at(10), attempts_left: 4 }]);
+            .then_expect_events(vec![PhoneLoginEvent::CodeRejected {
+                at: at(10),
+                attempts_left: 4,
+            }]);
     }
 
     #[tokio::test]
     async fn verify_after_five_wrong_codes_is_refused_even_with_the_right_one() {
         let mut events = vec![issued(0, "good")];
-        events.extend((0..5u32).map(|i| PhoneLoginEvent::CodeRejected { at: at(i64::from(i)), attempts_left: 4 - i }));
-        given(events).when_async(verify("good", 10)).await.then_expect_error(PhoneLoginError::NoCode);
+        events.extend((0..5u32).map(|i| PhoneLoginEvent::CodeRejected {
+            at: at(i64::from(i)),
+            attempts_left: 4 - i,
+        }));
+        given(events)
+            .when_async(verify("good", 10))
+            .await
+            .then_expect_error(PhoneLoginError::NoCode);
     }
 
     #[tokio::test]
     async fn verify_after_five_minutes_is_refused() {
-        given(vec![issued(0, "good")]).when_async(verify("good", 300)).await.then_expect_error(PhoneLoginError::NoCode);
-        given(vec![]).when_async(verify("good", 0)).await.then_expect_error(PhoneLoginError::NoCode);
+        given(vec![issued(0, "good")])
+            .when_async(verify("good", 300))
+            .await
+            .then_expect_error(PhoneLoginError::NoCode);
+        given(vec![])
+            .when_async(verify("good", 0))
+            .await
+            .then_expect_error(PhoneLoginError::NoCode);
     }
 
     #[tokio::test]
@@ -333,15 +401,34 @@ mod tests {
         given(vec![issued(0, "old"), issued(60, "new")])
             .when_async(verify("old", 70))
             .await
-            .then_expect_events(vec![PhoneLoginEvent::CodeRejected { at: at(70), attempts_left: 4 }]);
+            .then_expect_events(vec![PhoneLoginEvent::CodeRejected {
+                at: at(70),
+                attempts_left: 4,
+            }]);
     }
 
     #[test]
     fn phone_numbers_are_normalised_to_e164() {
-        for (raw, e164) in [("+33 6 12 34 56 78", "+33612345678"), ("0033-6.12.34.56.78", "+33612345678"), ("+1 (415) 555-0100", "+14155550100")] {
-            assert_eq!(PhoneNumber::parse(raw).map(|p| p.0), Some(e164.to_owned()), "{raw}");
+        for (raw, e164) in [
+            ("+33 6 12 34 56 78", "+33612345678"),
+            ("0033-6.12.34.56.78", "+33612345678"),
+            ("+1 (415) 555-0100", "+14155550100"),
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(raw).map(|p| p.0),
+                Some(e164.to_owned()),
+                "{raw}"
+            );
         }
-        for bad in ["0612345678", "+0612345678", "+33 6 12 AB 56 78", "+1234567", "+1234567890123456", "", "phone"] {
+        for bad in [
+            "0612345678",
+            "+0612345678",
+            "+33 6 12 AB 56 78",
+            "+1234567",
+            "+1234567890123456",
+            "",
+            "phone",
+        ] {
             assert_eq!(PhoneNumber::parse(bad), None, "{bad}");
         }
     }
@@ -353,7 +440,10 @@ mod tests {
         assert_eq!(keys.login_id("t1", &phone), keys.login_id("t1", &phone));
         assert_ne!(keys.login_id("t1", &phone), keys.login_id("t2", &phone));
         assert!(!keys.login_id("t1", &phone).contains("612345678"));
-        assert_ne!(PhoneKeys::new("other").login_id("t1", &phone), keys.login_id("t1", &phone));
+        assert_ne!(
+            PhoneKeys::new("other").login_id("t1", &phone),
+            keys.login_id("t1", &phone)
+        );
         assert!(uuid::Uuid::parse_str(&keys.user_id("t1", &phone)).is_ok());
         assert_ne!(keys.code_hash("l", "123456"), keys.code_hash("l", "123457"));
     }

@@ -33,6 +33,8 @@ pub struct Tenant {
     name: String,
     /// The slug, fixed at creation.
     slug: String,
+    /// Set when the preferences say `{"chatbot": {"enabled": false}}`.
+    chatbot_disabled: bool,
 }
 
 /// Why a tenant command was refused. Each variant's doc names its HTTP answer.
@@ -95,6 +97,12 @@ pub enum TenantError {
 }
 
 impl Tenant {
+    /// True when its chatbot users may sign in by phone: approved, not suspended, and the
+    /// chatbot not disabled in the preferences.
+    pub fn accepts_phone_logins(&self) -> bool {
+        self.status == Some(Status::Active) && !self.chatbot_disabled
+    }
+
     /// Refuses changes unless the tenant exists and is pending or active.
     fn changeable(&self) -> Result<(), TenantError> {
         match self.status {
@@ -275,7 +283,11 @@ impl Aggregate for Tenant {
             TenantEvent::Rejected { .. } => self.status = Some(Status::Rejected),
             TenantEvent::Suspended { .. } => self.status = Some(Status::Suspended),
             TenantEvent::Renamed { name } => self.name = name,
-            TenantEvent::PreferencesUpdated { .. } | TenantEvent::LogoUploaded { .. } => {}
+            TenantEvent::PreferencesUpdated { preferences } => {
+                self.chatbot_disabled = preferences.pointer("/chatbot/enabled")
+                    == Some(&serde_json::Value::Bool(false));
+            }
+            TenantEvent::LogoUploaded { .. } => {}
         }
     }
 }

@@ -428,3 +428,207 @@ async fn a_password_change_needs_the_current_password() {
     );
     api.stop().await;
 }
+
+async fn request_code(
+    env: &TestEnv,
+    api: &Service,
+    tenant: &str,
+    phone: &str,
+) -> reqwest::Response {
+    env.http
+        .post(api.url("/auth/phone/request"))
+        .json(&json!({"tenant_id": tenant, "phone": phone}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// The code in the newest captured SMS to `phone`.
+async fn code_from_inbox(env: &TestEnv, query: &Service, phone: &str) -> String {
+    let url = query.url(&format!(
+        "/v1/dev/inbox?recipient={}",
+        phone.replace('+', "%2B")
+    ));
+    let inbox = env.get_json(&url, &env.super_admin()).await;
+    let body = inbox["items"][0]["body"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    body.split_whitespace()
+        .map(|w| w.trim_end_matches('.'))
+        .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in {inbox}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_phone_user_signs_in_with_a_code_from_the_dev_inbox() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "chatty").await;
+
+    let sent = request_code(&env, &api, &tenant, "+33 6 12 34 56 78").await;
+    assert_eq!(sent.status(), 202);
+    assert_eq!(
+        sent.json::<Value>().await.expect("json"),
+        json!({"phone": "+33612345678", "expires_in": 300, "resend_after": 60})
+    );
+    let code = code_from_inbox(&env, &query, "+33612345678").await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let verify = |code: &str| {
+        env.http
+            .post(api.url("/auth/phone/verify"))
+            .json(&json!({"tenant_id": tenant, "phone": "0033612345678", "code": code}))
+            .send()
+    };
+    expect_problem(verify(wrong).await.expect("sent"), 401, "invalid_code").await;
+    let signed_in = verify(&code).await.expect("sent");
+    assert_eq!(signed_in.status(), 200);
+    let signed_in: Value = signed_in.json().await.expect("json");
+    assert_eq!(signed_in["user"]["phone"], "+33612345678");
+    let token = signed_in["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let claims = introspect(&env, &api, &token).await;
+    assert_eq!(
+        (claims["kind"].clone(), claims["tenant_id"].clone()),
+        (json!("phone"), json!(tenant))
+    );
+    let session = env.get_json(&api.url("/auth/phone/session"), &token).await;
+    assert_eq!(session["authenticated"], true);
+    assert_eq!(session["user"]["id"], signed_in["user"]["id"]);
+    // A code works once.
+    expect_problem(verify(&code).await.expect("sent"), 401, "invalid_code").await;
+
+    // Neither the number nor the code is in any event.
+    let leaks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload::text LIKE '%612345678%' OR aggregate_id LIKE '%612345678%'
+            OR metadata::text LIKE '%612345678%' OR payload::text LIKE '%' || $1 || '%'",
+    )
+    .bind(&code)
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(leaks, 0);
+    let trail: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'phone_login' ORDER BY sequence",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(trail, ["CodeIssued", "CodeRejected", "CodeVerified"]);
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn phone_sign_in_refuses_bad_numbers_closed_tenants_and_floods() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.otp_requests_per_ip_per_hour = 4;
+    let api = env.spawn_command_api(config).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "guarded").await;
+    expect_problem(
+        request_code(&env, &api, &tenant, "06 12 34 56 78").await,
+        422,
+        "invalid_phone",
+    )
+    .await;
+    expect_problem(
+        request_code(
+            &env,
+            &api,
+            &uuid::Uuid::new_v4().to_string(),
+            "+33612345678",
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+
+    // Cooldown per phone: a second code within 60 s is refused with the wait.
+    assert_eq!(
+        request_code(&env, &api, &tenant, "+33611111111")
+            .await
+            .status(),
+        202
+    );
+    let again = request_code(&env, &api, &tenant, "+33611111111").await;
+    let retry_after: i64 = again.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    expect_problem(again, 429, "rate_limited").await;
+
+    // Per client IP: the fifth request of the hour (counting refused ones) is refused.
+    let flood = request_code(&env, &api, &tenant, "+33622222222").await;
+    let retry_after: i64 = flood.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=3600).contains(&retry_after));
+    expect_problem(flood, 429, "rate_limited").await;
+
+    // A tenant whose chatbot is disabled accepts no sign-ins.
+    let (closed, _) = crate::support::create_tenant(&env, &api, "closed").await;
+    let disable = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{closed}/preferences")))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"chatbot": {"enabled": false}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(disable.status(), 200);
+    let mut config = env.command_config();
+    config.otp_requests_per_ip_per_hour = 100;
+    let second = env.spawn_command_api(config).await;
+    expect_problem(
+        request_code(&env, &second, &closed, "+33633333333").await,
+        403,
+        "forbidden",
+    )
+    .await;
+    second.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_dev_inbox_is_for_super_admins_and_can_be_off() {
+    let env = TestEnv::new().await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let agent = env.agent_of("t1");
+    expect_problem(
+        env.http
+            .get(query.url("/v1/dev/inbox"))
+            .bearer_auth(&agent)
+            .send()
+            .await
+            .expect("sent"),
+        403,
+        "forbidden",
+    )
+    .await;
+    let mut config = env.query_config();
+    config.dev_inbox_enabled = false;
+    let off = env.spawn_query_api(config).await;
+    expect_problem(
+        env.http
+            .get(off.url("/v1/dev/inbox"))
+            .bearer_auth(env.super_admin())
+            .send()
+            .await
+            .expect("sent"),
+        404,
+        "not_found",
+    )
+    .await;
+    off.stop().await;
+    query.stop().await;
+}

@@ -379,6 +379,7 @@ fn help_lists_every_setting() {
         "HOST",
         "QUERY_PORT",
         "READ_WAIT_MS",
+        "DEV_INBOX_ENABLED",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),

@@ -125,6 +125,8 @@ impl TestEnv {
             refresh_token_expires_in: "30d".into(),
             admin_bootstrap_email: None,
             admin_bootstrap_password: None,
+            otp_requests_per_ip_per_hour: 20,
+            trust_forwarded_for: false,
             command: None,
         }
     }
@@ -139,6 +141,7 @@ impl TestEnv {
             host: [127, 0, 0, 1].into(),
             port: 0,
             read_wait_ms: 2000,
+            dev_inbox_enabled: true,
         }
     }
 

@@ -1,0 +1,325 @@
+//! `/auth/phone/*`: chatbot users sign in with their phone number and a one-time code.
+//!
+//! The code goes out as an SMS through the outbound capture sink (`outbound_messages`;
+//! query-api's dev inbox shows it) until an SMS provider is wired. Only a keyed hash of it
+//! is ever in an event; phone numbers live in `phone_users`, never in events.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use events::access::{Claims, Principal};
+use events::envelope::ActorKind;
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::identity::{PhoneLoginEvent, PHONE_LOGIN};
+use events::Metadata;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use super::phone::{PhoneLoginCommand, PhoneLoginError, PhoneNumber, CODE_TTL, COOLDOWN};
+use crate::store::CommandError;
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/phone/request", post(request_code))
+        .route("/auth/phone/verify", post(verify))
+        .route("/auth/phone/session", get(session))
+}
+
+fn too_many(retry_after: i64) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("Too many codes requested; retry in {retry_after} s."),
+    )
+    .with_header(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&retry_after.to_string()).unwrap_or(HeaderValue::from_static("60")),
+    )
+}
+
+fn invalid_code() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_code",
+        "The code is wrong or has expired.",
+    )
+}
+
+/// The client's IP: the socket's peer, or the first `X-Forwarded-For` hop when trusted.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let forwarded = state
+        .trust_forwarded_for
+        .then(|| {
+            headers
+                .get("x-forwarded-for")?
+                .to_str()
+                .ok()?
+                .split(',')
+                .next()
+                .map(|s| s.trim().to_owned())
+        })
+        .flatten()
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    forwarded.unwrap_or_else(|| peer.ip().to_string())
+}
+
+/// Counts a hit in an hourly window; `Some(seconds)` when over `limit`.
+async fn over_limit(
+    state: &AppState,
+    bucket: &str,
+    limit: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let (hits, left): (i32, i64) = sqlx::query_as(
+        "INSERT INTO rate_limits (bucket, window_start, hits) VALUES ($1, date_trunc('hour', now()), 1)
+         ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limits.hits + 1
+         RETURNING hits, ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::bigint",
+    )
+    .bind(bucket)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((i64::from(hits) > limit).then_some(left.max(1)))
+}
+
+fn anonymous(tenant: &str, ids: &RequestIds) -> Metadata {
+    Metadata {
+        tenant_id: tenant.to_owned(),
+        actor_id: "anonymous".to_owned(),
+        actor_kind: ActorKind::Anonymous,
+        correlation_id: ids.correlation_id.clone(),
+        causation_id: ids.request_id.clone(),
+        request_id: ids.request_id.clone(),
+    }
+}
+
+/// Body of a code request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCode {
+    tenant_id: String,
+    phone: String,
+}
+
+/// What a code request answers (never the code).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeSent {
+    /// The E.164 number the code went to.
+    pub phone: String,
+    /// Seconds the code works.
+    pub expires_in: i64,
+    /// Seconds before another code may be requested.
+    pub resend_after: i64,
+}
+
+/// Checks the phone and the tenant: 422 for a number that is not one, 404 for an unknown
+/// tenant, 403 for a tenant whose chatbot users may not sign in.
+async fn gate(
+    state: &AppState,
+    tenant: &str,
+    phone: &str,
+) -> Result<(String, PhoneNumber), Problem> {
+    let phone = PhoneNumber::parse(phone).ok_or_else(|| {
+        Problem::unprocessable(
+            "invalid_phone",
+            "The phone number must be international, e.g. +33612345678.",
+        )
+    })?;
+    let tenant = uuid::Uuid::parse_str(tenant)
+        .map_err(|_| Problem::not_found("tenant not found"))?
+        .to_string();
+    let t = state.tenants.load(&tenant).await?;
+    if !t.accepts_phone_logins() {
+        return Err(Problem::forbidden(
+            "This tenant's chatbot does not accept sign-ins.",
+        ));
+    }
+    Ok((tenant, phone))
+}
+
+async fn request_code(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ids: RequestIds,
+    Json(body): Json<RequestCode>,
+) -> Result<Response, Problem> {
+    let ip = client_ip(&state, peer, &headers);
+    if let Some(retry_after) = over_limit(&state, &format!("otp-ip:{ip}"), state.otp_per_ip)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(too_many(retry_after));
+    }
+    let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
+    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let code = six_digits();
+    let command = PhoneLoginCommand::RequestCode {
+        code_hash: state.phone_keys.code_hash(&login_id, &code),
+        at: Utc::now(),
+    };
+    let committed = match state
+        .phone_logins
+        .execute(&login_id, None, command, &anonymous(&tenant, &ids))
+        .await
+    {
+        Ok(c) => c,
+        Err(CommandError::Rejected(PhoneLoginError::TooManyCodes { retry_after })) => {
+            return Err(too_many(retry_after))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Keyed by the event that issued the code: a retry of this step cannot send it twice.
+    let causation = events::subject::message_id(PHONE_LOGIN, &login_id, committed.version);
+    crate::comms::capture_sms(
+        &state.pool,
+        &tenant,
+        phone.as_str(),
+        &format!("Your sign-in code is {code}. It works for 5 minutes."),
+        &causation,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CodeSent {
+            phone: phone.as_str().to_owned(),
+            expires_in: CODE_TTL.num_seconds(),
+            resend_after: COOLDOWN.num_seconds(),
+        }),
+    )
+        .into_response())
+}
+
+/// Six uniformly random digits.
+fn six_digits() -> String {
+    // Rejection sampling: no modulo bias.
+    loop {
+        let n = OsRng.next_u32();
+        if n < u32::MAX - u32::MAX % 1_000_000 {
+            return format!("{:06}", n % 1_000_000);
+        }
+    }
+}
+
+/// Body of a verification.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    tenant_id: String,
+    phone: String,
+    code: String,
+}
+
+/// A phone user.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhoneUser {
+    /// Stable id of the phone user at this tenant.
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// E.164 number.
+    pub phone: String,
+}
+
+/// What a verification answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhoneSession {
+    /// The chatbot JWT (`kind = phone`).
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// Who.
+    pub user: PhoneUser,
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    Json(body): Json<Verify>,
+) -> Result<Response, Problem> {
+    let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
+    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let user_id = state.phone_keys.user_id(&tenant, &phone);
+    let command = PhoneLoginCommand::Verify {
+        code_hash: state.phone_keys.code_hash(&login_id, body.code.trim()),
+        user_id: user_id.clone(),
+        at: Utc::now(),
+    };
+    let events = match state
+        .phone_logins
+        .execute_with_events(&login_id, None, command, &anonymous(&tenant, &ids))
+        .await
+    {
+        Ok((_, events)) => events,
+        Err(CommandError::Rejected(PhoneLoginError::NoCode)) => return Err(invalid_code()),
+        Err(e) => return Err(e.into()),
+    };
+    if !events
+        .iter()
+        .any(|e| matches!(e, PhoneLoginEvent::CodeVerified { .. }))
+    {
+        return Err(invalid_code());
+    }
+    sqlx::query(
+        "INSERT INTO phone_users (user_id, tenant_id, phone) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(&user_id)
+    .bind(&tenant)
+    .bind(phone.as_str())
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let now = Utc::now().timestamp();
+    let ttl = state.token_ttl.as_secs();
+    let token = state.tokens.sign(&Claims {
+        sub: user_id.clone(),
+        tenant_id: Some(tenant.clone()),
+        role: None,
+        kind: Some("phone".into()),
+        iat: now,
+        exp: now + ttl as i64,
+        jti: Some(uuid::Uuid::new_v4().to_string()),
+        sid: None,
+    });
+    Ok(Json(PhoneSession {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: ttl,
+        user: PhoneUser {
+            id: user_id,
+            tenant_id: tenant,
+            phone: phone.as_str().to_owned(),
+        },
+    })
+    .into_response())
+}
+
+async fn session(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+) -> Result<Response, Problem> {
+    let Principal::Phone { user_id, tenant_id } = &who else {
+        return Err(Problem::forbidden("This is the session of phone users."));
+    };
+    let phone: Option<String> =
+        sqlx::query_scalar("SELECT phone FROM phone_users WHERE user_id = $1 AND tenant_id = $2")
+            .bind(user_id)
+            .bind(tenant_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let phone = phone.ok_or_else(|| Problem::not_found("phone user not found"))?;
+    Ok(Json(serde_json::json!({
+        "authenticated": true,
+        "user": PhoneUser { id: user_id.clone(), tenant_id: tenant_id.clone(), phone },
+    }))
+    .into_response())
+}

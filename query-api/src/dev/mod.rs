@@ -1,0 +1,87 @@
+//! `GET /v1/dev/inbox`: the messages the capture sink kept instead of sending (no provider
+//! configured), for development and tests. Off unless `DEV_INBOX_ENABLED`; super admins only,
+//! since bodies may hold one-time codes.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/dev/inbox", get(inbox))
+}
+
+/// Filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Only messages to this recipient.
+    recipient: Option<String>,
+    /// Newest first, 1–200 (default 50).
+    limit: Option<i64>,
+}
+
+/// One captured message.
+#[derive(Debug, Serialize, FromRow)]
+pub struct Message {
+    id: uuid::Uuid,
+    tenant_id: String,
+    channel: String,
+    recipient: String,
+    body: String,
+    causation_id: String,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+async fn inbox(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<Params>,
+) -> Result<Response, Problem> {
+    if !state.dev_inbox {
+        return Err(Problem::not_found("No such route."));
+    }
+    if !who.is_super_admin() {
+        return Err(Problem::forbidden(
+            "Only a super admin may read the dev inbox.",
+        ));
+    }
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "limit must be 1 to 200.",
+        ));
+    }
+    if params
+        .recipient
+        .as_deref()
+        .is_some_and(|r| r.contains('\0'))
+    {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "recipient must not contain NUL.",
+        ));
+    }
+    let messages: Vec<Message> = sqlx::query_as(
+        "SELECT id, tenant_id, channel, recipient, body, causation_id, status, created_at
+           FROM outbound_messages
+          WHERE ($1::text IS NULL OR recipient = $1)
+          ORDER BY created_at DESC, id DESC
+          LIMIT $2",
+    )
+    .bind(params.recipient)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(serde_json::json!({ "items": messages })).into_response())
+}
