@@ -7,7 +7,10 @@
 //!   retries with back-off and dead letters.
 //! - [`rebuild`]: rebuilds a read model from the event store and swaps it in.
 //! - [`tenants`]: the tenants read model.
+//! - [`identity`]: admin users and their login history.
 
+/// Admin users and their login history.
+pub mod identity;
 /// Projection contract and exactly-once application.
 pub mod projection;
 /// Rebuild from the event store.
@@ -92,7 +95,10 @@ pub enum Command {
 
 /// Every projection this process knows.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(tenants::TenantsProjection)]
+    vec![
+        Arc::new(tenants::TenantsProjection),
+        Arc::new(identity::AdminUsersProjection),
+    ]
 }
 
 /// Why the projector stopped.

@@ -4,6 +4,8 @@
 //! - [`config`]: every setting (flags and environment).
 //! - [`tenants`]: tenant list (cursor, filters) and detail (with read-your-writes).
 //! - [`audit`]: an aggregate's event history for auditors.
+//! - [`identity`]: admin users of a tenant and their login history.
+//! - [`dev`]: the dev inbox of captured outbound messages.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
 
@@ -13,6 +15,8 @@ pub mod audit;
 pub mod config;
 /// The dev inbox of captured outbound messages.
 pub mod dev;
+/// Admin users and their login history.
+pub mod identity;
 /// Tenant list and detail.
 pub mod tenants;
 
@@ -75,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tenants::router())
         .merge(audit::router())
         .merge(dev::router())
+        .merge(identity::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -632,3 +632,108 @@ async fn the_dev_inbox_is_for_super_admins_and_can_be_off() {
     off.stop().await;
     query.stop().await;
 }
+
+#[tokio::test]
+async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let mut config = env.query_config();
+    config.read_wait_ms = 20_000;
+    let query = env.spawn_query_api(config).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    for (email, tenant) in [("ada@acme.io", "acme"), ("bo@globex.io", "globex")] {
+        let r = env
+            .http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&json!({"email": email, "password": "a long enough password", "tenant_id": tenant, "role": "tenant_admin"}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 201);
+    }
+    expect_problem(
+        login(&env, &api, "ada@acme.io", "not it").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let ada = tokens(&env, &api, "ada@acme.io", "a long enough password").await;
+    let ada_id = ada["user"]["id"].as_str().expect("id").to_owned();
+    let ada = ada["access_token"].as_str().expect("access").to_owned();
+
+    let all = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "three users projected",
+        || async {
+            let page = env.get_json(&query.url("/v1/admin-users"), &root).await;
+            (page["items"].as_array().map(Vec::len) == Some(3)).then_some(page)
+        },
+    )
+    .await;
+    let tenants: Vec<&str> = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|u| u["tenant_id"].as_str())
+        .collect();
+    assert!(
+        tenants.contains(&"platform") && tenants.contains(&"acme") && tenants.contains(&"globex"),
+        "{all}"
+    );
+    let mine = env.get_json(&query.url("/v1/admin-users"), &ada).await;
+    let emails: Vec<&str> = mine["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|u| u["email"].as_str())
+        .collect();
+    assert_eq!(emails, ["ada@acme.io"]);
+    expect_problem(
+        env.http
+            .get(query.url("/v1/admin-users?tenant_id=globex"))
+            .bearer_auth(&ada)
+            .send()
+            .await
+            .expect("sent"),
+        403,
+        "forbidden",
+    )
+    .await;
+
+    let history = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "two logins projected",
+        || async {
+            let h = env
+                .get_json(
+                    &query.url(&format!("/v1/admin-users/{ada_id}/logins")),
+                    &root,
+                )
+                .await;
+            (h["items"].as_array().map(Vec::len) == Some(2)).then_some(h)
+        },
+    )
+    .await;
+    let outcomes: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "wrong_password"], "newest first");
+    let own = env
+        .get_json(
+            &query.url(&format!("/v1/admin-users/{ada_id}/logins")),
+            &ada,
+        )
+        .await;
+    assert_eq!(own["items"].as_array().map(Vec::len), Some(2));
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}

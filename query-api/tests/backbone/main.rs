@@ -7,6 +7,7 @@
 mod commands;
 mod e2e;
 mod identity;
+mod isolation;
 mod projector;
 mod queries;
 mod relay;

@@ -1,0 +1,169 @@
+//! Admin users of a tenant and their login history, from the read models the projector
+//! builds from admin_user events. A super admin reads every tenant's; a tenant admin their
+//! own tenant's; an agent only the list of their colleagues. Another tenant's user answers
+//! 404, as if it did not exist.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin-users", get(list))
+        .route("/v1/admin-users/{id}/logins", get(logins))
+}
+
+/// An admin user as the dashboard lists them.
+#[derive(Debug, Serialize, FromRow)]
+pub struct AdminUserView {
+    id: String,
+    tenant_id: String,
+    email: String,
+    role: String,
+    department: Option<String>,
+    active: bool,
+    last_login_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    version: i64,
+}
+
+/// Filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// A super admin may pick a tenant; others always read their own.
+    tenant_id: Option<String>,
+    /// 1–200 (default 50).
+    limit: Option<i64>,
+    /// `next_after` of the previous page (the last id).
+    after: Option<String>,
+}
+
+/// The tenant a caller reads: a super admin any (or all, `None`), staff their own.
+fn tenant_scope(who: &Principal, asked: Option<String>) -> Result<Option<String>, Problem> {
+    match who {
+        _ if who.is_super_admin() => Ok(asked),
+        Principal::Admin {
+            tenant_id: Some(home),
+            ..
+        } => match asked {
+            Some(t) if &t != home => Err(Problem::forbidden(
+                "You may only read your own tenant's users.",
+            )),
+            _ => Ok(Some(home.clone())),
+        },
+        _ => Err(Problem::forbidden("Only staff may list admin users.")),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Response, Problem> {
+    let tenant = tenant_scope(&who, params.tenant_id)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "limit must be 1 to 200.",
+        ));
+    }
+    if [&tenant, &params.after]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|s| s.contains('\0')))
+    {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "parameters must not contain NUL.",
+        ));
+    }
+    let mut items: Vec<AdminUserView> = sqlx::query_as(
+        "SELECT id, tenant_id, email, role, department, active, last_login_at, created_at, version
+           FROM admin_users
+          WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR id > $2)
+          ORDER BY id
+          LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(params.after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let next_after = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|u| u.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({"items": items, "next_after": next_after})).into_response())
+}
+
+/// One entry of the login history.
+#[derive(Debug, Serialize, FromRow)]
+pub struct LoginEntry {
+    sequence: i64,
+    outcome: String,
+    session_id: Option<String>,
+    at: DateTime<Utc>,
+}
+
+/// Paging.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginParams {
+    /// 1–500 (default 100).
+    limit: Option<i64>,
+}
+
+async fn logins(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<LoginParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("admin user not found");
+    if id.contains('\0') {
+        return Err(not_found());
+    }
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "limit must be 1 to 500.",
+        ));
+    }
+    let tenant: Option<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM admin_users WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let tenant = tenant.ok_or_else(not_found)?;
+    // Login history is for those who administer the user's tenant, and for the user.
+    if !(who.administers(&tenant) || who.user_id() == id) {
+        return Err(not_found());
+    }
+    let entries: Vec<LoginEntry> = sqlx::query_as(
+        "SELECT sequence, outcome, session_id, at FROM admin_logins WHERE user_id = $1 ORDER BY sequence DESC LIMIT $2",
+    )
+    .bind(&id)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(
+        Json(serde_json::json!({"user_id": id, "tenant_id": tenant, "items": entries}))
+            .into_response(),
+    )
+}
