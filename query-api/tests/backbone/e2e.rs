@@ -281,3 +281,116 @@ async fn the_first_super_admin_is_created_from_the_command_line() {
     .expect("one admin");
     assert_eq!(role, "super_admin");
 }
+
+#[tokio::test]
+async fn from_bootstrap_admin_to_a_signed_in_phone_user() {
+    let env = TestEnv::new().await;
+    let (command_port, query_port) = (free_port(), free_port());
+    let _command = spawn(
+        &env,
+        "command-api",
+        &[
+            ("PORT", command_port.to_string()),
+            ("ADMIN_BOOTSTRAP_EMAIL", "boss@platform.example".into()),
+            (
+                "ADMIN_BOOTSTRAP_PASSWORD",
+                "the boss's long password".into(),
+            ),
+        ],
+    );
+    let _projector = spawn(&env, "projector", &[]);
+    let _query = spawn(
+        &env,
+        "query-api",
+        &[
+            ("QUERY_PORT", query_port.to_string()),
+            ("DEV_INBOX_ENABLED", "true".into()),
+        ],
+    );
+    let command = format!("http://127.0.0.1:{command_port}");
+    let query = format!("http://127.0.0.1:{query_port}");
+    wait_ready(&env, &format!("{command}/health/ready")).await;
+    wait_ready(&env, &format!("{query}/health/ready")).await;
+    let post = |url: String, token: Option<String>, body: Value| {
+        let mut request = env.http.post(url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+
+    let (status, boss) = post(
+        format!("{command}/auth/admin/login"),
+        None,
+        json!({"email": "boss@platform.example", "password": "the boss's long password"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{boss}");
+    let boss = boss["access_token"].as_str().expect("token").to_owned();
+    let (status, tenant) = post(
+        format!("{command}/v1/tenants"),
+        Some(boss.clone()),
+        tenant_body("phone-shop"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let tenant = tenant["id"].as_str().expect("id").to_owned();
+    let (status, _) = post(
+        format!("{command}/v1/admin-users"),
+        Some(boss.clone()),
+        json!({"email": "owner@phone-shop.example", "password": "the owner's long password", "tenant_id": tenant, "role": "tenant_admin"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, owner) = post(
+        format!("{command}/auth/admin/login"),
+        None,
+        json!({"email": "owner@phone-shop.example", "password": "the owner's long password"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(owner["user"]["tenant_id"], tenant.as_str());
+
+    let (status, sent) = post(
+        format!("{command}/auth/phone/request"),
+        None,
+        json!({"tenant_id": tenant, "phone": "+44 20 7946 0000"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{sent}");
+    let inbox = env
+        .get_json(
+            &format!("{query}/v1/dev/inbox?recipient=%2B442079460000"),
+            &boss,
+        )
+        .await;
+    let code = inbox["items"][0]["body"]
+        .as_str()
+        .and_then(|b| {
+            b.split_whitespace()
+                .map(|w| w.trim_end_matches('.'))
+                .find(|w| w.len() == 6 && w.bytes().all(|c| c.is_ascii_digit()))
+        })
+        .expect("a code in the inbox")
+        .to_owned();
+    let (status, phone) = post(
+        format!("{command}/auth/phone/verify"),
+        None,
+        json!({"tenant_id": tenant, "phone": "+442079460000", "code": code}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session = env
+        .get_json(
+            &format!("{command}/auth/phone/session"),
+            phone["access_token"].as_str().expect("token"),
+        )
+        .await;
+    assert_eq!(session["authenticated"], true);
+    assert_eq!(session["user"]["tenant_id"], tenant.as_str());
+    assert_eq!(session["user"]["phone"], "+442079460000");
+}
