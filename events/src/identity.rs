@@ -151,6 +151,18 @@ pub enum PhoneLoginEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The phone user changed their profile. The values are personal data and live in
+    /// `phone_users`; the event names the fields only.
+    ProfileUpdated {
+        /// Which of `display_name`, `email`, `locale` changed.
+        fields: Vec<String>,
+    },
+    /// Anonymous chatbot sessions the user had before signing in are theirs: the chat
+    /// context moves their threads to the user.
+    AnonymousLinked {
+        /// The anonymous session ids.
+        anonymous_ids: Vec<String>,
+    },
 }
 
 impl DomainEvent for PhoneLoginEvent {
@@ -159,6 +171,8 @@ impl DomainEvent for PhoneLoginEvent {
             PhoneLoginEvent::CodeIssued { .. } => "CodeIssued",
             PhoneLoginEvent::CodeRejected { .. } => "CodeRejected",
             PhoneLoginEvent::CodeVerified { .. } => "CodeVerified",
+            PhoneLoginEvent::ProfileUpdated { .. } => "ProfileUpdated",
+            PhoneLoginEvent::AnonymousLinked { .. } => "AnonymousLinked",
         }
         .to_owned()
     }

@@ -69,6 +69,10 @@ impl DomainProblem for crate::identity::phone::PhoneLoginError {
                 self.to_string(),
             ),
             E::NoCode => Problem::new(StatusCode::UNAUTHORIZED, "invalid_code", self.to_string()),
+            E::NotSignedIn => Problem::not_found(self.to_string()),
+            E::InvalidAnonymousIds => {
+                Problem::unprocessable("invalid_anonymous_ids", self.to_string())
+            }
         }
     }
 }

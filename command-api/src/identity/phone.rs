@@ -134,6 +134,16 @@ pub enum PhoneLoginCommand {
         /// The edge's clock.
         at: DateTime<Utc>,
     },
+    /// Record a profile change (made in `phone_users`).
+    RecordProfileChange {
+        /// The fields that changed.
+        fields: Vec<String>,
+    },
+    /// Link anonymous sessions to the signed-in user.
+    LinkAnonymous {
+        /// Their ids (1–50, each 1–128 visible ASCII characters).
+        anonymous_ids: Vec<String>,
+    },
     /// Try a code.
     Verify {
         /// Keyed hash of the code given.
@@ -161,6 +171,10 @@ pub struct PhoneLogin {
     issued: Vec<DateTime<Utc>>,
     /// The code that may still be tried.
     current: Option<Challenge>,
+    /// Signed in at least once.
+    verified: bool,
+    /// Anonymous sessions already linked.
+    linked: Vec<String>,
 }
 
 /// Why a phone-login command was refused. Each variant's doc names its HTTP answer.
@@ -175,6 +189,12 @@ pub enum PhoneLoginError {
     /// 401: no code may be tried (none issued, expired, or out of tries).
     #[error("the code is invalid or has expired")]
     NoCode,
+    /// 404: the phone user never signed in.
+    #[error("the phone user has never signed in")]
+    NotSignedIn,
+    /// 422: anonymous ids must be 1–50 ids of 1–128 visible ASCII characters.
+    #[error("anonymous_ids must be 1 to 50 ids of 1 to 128 visible ASCII characters")]
+    InvalidAnonymousIds,
 }
 
 impl Aggregate for PhoneLogin {
@@ -216,6 +236,38 @@ impl Aggregate for PhoneLogin {
                     at,
                     expires_at: at + CODE_TTL,
                 }
+            }
+            PhoneLoginCommand::RecordProfileChange { fields } => {
+                if !self.verified {
+                    return Err(PhoneLoginError::NotSignedIn);
+                }
+                if fields.is_empty() {
+                    return Ok(());
+                }
+                PhoneLoginEvent::ProfileUpdated { fields }
+            }
+            PhoneLoginCommand::LinkAnonymous { anonymous_ids } => {
+                if !self.verified {
+                    return Err(PhoneLoginError::NotSignedIn);
+                }
+                let valid = (1..=50).contains(&anonymous_ids.len())
+                    && anonymous_ids.iter().all(|id| {
+                        (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+                    });
+                if !valid {
+                    return Err(PhoneLoginError::InvalidAnonymousIds);
+                }
+                // Linking is idempotent: only ids not linked before are recorded.
+                let mut new: Vec<String> = anonymous_ids
+                    .into_iter()
+                    .filter(|id| !self.linked.contains(id))
+                    .collect();
+                new.sort();
+                new.dedup();
+                if new.is_empty() {
+                    return Ok(());
+                }
+                PhoneLoginEvent::AnonymousLinked { anonymous_ids: new }
             }
             PhoneLoginCommand::Verify {
                 code_hash,
@@ -264,7 +316,12 @@ impl Aggregate for PhoneLogin {
                 }
             }
             // A code works once.
-            PhoneLoginEvent::CodeVerified { .. } => self.current = None,
+            PhoneLoginEvent::CodeVerified { .. } => {
+                self.current = None;
+                self.verified = true;
+            }
+            PhoneLoginEvent::ProfileUpdated { .. } => {}
+            PhoneLoginEvent::AnonymousLinked { anonymous_ids } => self.linked.extend(anonymous_ids),
         }
     }
 }
@@ -405,6 +462,58 @@ mod tests {
                 at: at(70),
                 attempts_left: 4,
             }]);
+    }
+
+    fn verified() -> PhoneLoginEvent {
+        PhoneLoginEvent::CodeVerified {
+            user_id: "u".into(),
+            at: at(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn profile_changes_and_links_need_a_signed_in_user() {
+        let fields = PhoneLoginCommand::RecordProfileChange {
+            fields: vec!["locale".into()],
+        };
+        given(vec![issued(0, "h")])
+            .when_async(fields.clone())
+            .await
+            .then_expect_error(PhoneLoginError::NotSignedIn);
+        given(vec![issued(0, "h"), verified()])
+            .when_async(fields)
+            .await
+            .then_expect_events(vec![PhoneLoginEvent::ProfileUpdated {
+                fields: vec!["locale".into()],
+            }]);
+    }
+
+    #[tokio::test]
+    async fn link_anonymous_records_only_new_ids() {
+        let link = |ids: &[&str]| PhoneLoginCommand::LinkAnonymous {
+            anonymous_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let linked = PhoneLoginEvent::AnonymousLinked {
+            anonymous_ids: vec!["a1".into()],
+        };
+        given(vec![issued(0, "h"), verified(), linked.clone()])
+            .when_async(link(&["a1", "b2", "b2"]))
+            .await
+            .then_expect_events(vec![PhoneLoginEvent::AnonymousLinked {
+                anonymous_ids: vec!["b2".into()],
+            }]);
+        given(vec![issued(0, "h"), verified(), linked])
+            .when_async(link(&["a1"]))
+            .await
+            .then_expect_events(vec![]);
+        given(vec![issued(0, "h"), verified()])
+            .when_async(link(&[]))
+            .await
+            .then_expect_error(PhoneLoginError::InvalidAnonymousIds);
+        given(vec![issued(0, "h"), verified()])
+            .when_async(link(&["has space"]))
+            .await
+            .then_expect_error(PhoneLoginError::InvalidAnonymousIds);
     }
 
     #[test]

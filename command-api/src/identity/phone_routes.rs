@@ -30,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/auth/phone/request", post(request_code))
         .route("/auth/phone/verify", post(verify))
         .route("/auth/phone/session", get(session))
+        .route("/auth/phone/profile", get(profile).put(update_profile))
+        .route("/auth/phone/sync", post(sync))
 }
 
 fn too_many(retry_after: i64) -> Problem {
@@ -322,4 +324,221 @@ async fn session(
         "user": PhoneUser { id: user_id.clone(), tenant_id: tenant_id.clone(), phone },
     }))
     .into_response())
+}
+
+/// The signed-in phone user and their number, or 403/404.
+async fn signed_in(
+    state: &AppState,
+    who: &Principal,
+) -> Result<(String, String, PhoneNumber), Problem> {
+    let Principal::Phone { user_id, tenant_id } = who else {
+        return Err(Problem::forbidden("This is for phone users."));
+    };
+    let phone: Option<String> =
+        sqlx::query_scalar("SELECT phone FROM phone_users WHERE user_id = $1 AND tenant_id = $2")
+            .bind(user_id)
+            .bind(tenant_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let phone = phone
+        .and_then(|p| PhoneNumber::parse(&p))
+        .ok_or_else(|| Problem::not_found("phone user not found"))?;
+    Ok((user_id.clone(), tenant_id.clone(), phone))
+}
+
+fn as_phone_user(user_id: &str, tenant: &str, ids: &RequestIds) -> Metadata {
+    Metadata {
+        tenant_id: tenant.to_owned(),
+        actor_id: user_id.to_owned(),
+        actor_kind: ActorKind::Phone,
+        correlation_id: ids.correlation_id.clone(),
+        causation_id: ids.request_id.clone(),
+        request_id: ids.request_id.clone(),
+    }
+}
+
+/// A phone user's profile.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Profile {
+    /// User id.
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// E.164 number.
+    pub phone: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// E-mail.
+    pub email: Option<String>,
+    /// BCP 47 language tag.
+    pub locale: Option<String>,
+}
+
+async fn load_profile(state: &AppState, user_id: &str) -> Result<Profile, Problem> {
+    sqlx::query_as("SELECT user_id AS id, tenant_id, phone, display_name, email, locale FROM phone_users WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(|| Problem::not_found("phone user not found"))
+}
+
+async fn profile(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+) -> Result<Response, Problem> {
+    let (user_id, _, _) = signed_in(&state, &who).await?;
+    Ok(Json(load_profile(&state, &user_id).await?).into_response())
+}
+
+/// A profile change: absent fields stay, `null` clears.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileChange {
+    #[serde(default, with = "serde_with_null")]
+    display_name: Option<Option<String>>,
+    #[serde(default, with = "serde_with_null")]
+    email: Option<Option<String>>,
+    #[serde(default, with = "serde_with_null")]
+    locale: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod serde_with_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+/// A BCP 47 tag as browsers send them: `en`, `fr-FR`, `zh-Hant-TW`.
+fn valid_locale(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let language = parts.next().unwrap_or_default();
+    tag.len() <= 35
+        && (2..=3).contains(&language.len())
+        && language.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+async fn update_profile(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(change): Json<ProfileChange>,
+) -> Result<Response, Problem> {
+    let (user_id, tenant, phone) = signed_in(&state, &who).await?;
+    let display_name = match change.display_name {
+        Some(Some(name)) => {
+            let name = name.trim().to_owned();
+            let ok =
+                (1..=80).contains(&name.chars().count()) && !name.chars().any(char::is_control);
+            if !ok {
+                return Err(Problem::unprocessable(
+                    "invalid_display_name",
+                    "display_name must be 1 to 80 characters without control characters.",
+                ));
+            }
+            Some(Some(name))
+        }
+        other => other,
+    };
+    let email = match change.email {
+        Some(Some(raw)) => Some(Some(
+            crate::values::Email::parse(&raw)
+                .ok_or_else(|| {
+                    Problem::unprocessable("invalid_email", "email is not an e-mail address.")
+                })?
+                .into_inner(),
+        )),
+        other => other,
+    };
+    if let Some(Some(tag)) = &change.locale {
+        if !valid_locale(tag) {
+            return Err(Problem::unprocessable(
+                "invalid_locale",
+                "locale must be a language tag such as en or fr-FR.",
+            ));
+        }
+    }
+    let fields: Vec<String> = [
+        ("display_name", display_name.is_some()),
+        ("email", email.is_some()),
+        ("locale", change.locale.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(f, _)| f.to_owned())
+    .collect();
+    sqlx::query(
+        "UPDATE phone_users SET
+            display_name = CASE WHEN $2 THEN $3 ELSE display_name END,
+            email        = CASE WHEN $4 THEN $5 ELSE email END,
+            locale       = CASE WHEN $6 THEN $7 ELSE locale END,
+            updated_at   = now()
+          WHERE user_id = $1",
+    )
+    .bind(&user_id)
+    .bind(display_name.is_some())
+    .bind(display_name.flatten())
+    .bind(email.is_some())
+    .bind(email.flatten())
+    .bind(change.locale.is_some())
+    .bind(change.locale.flatten())
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let command = PhoneLoginCommand::RecordProfileChange { fields };
+    state
+        .phone_logins
+        .execute(
+            &login_id,
+            None,
+            command,
+            &as_phone_user(&user_id, &tenant, &ids),
+        )
+        .await?;
+    Ok(Json(load_profile(&state, &user_id).await?).into_response())
+}
+
+/// Anonymous sessions to link.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    anonymous_ids: Vec<String>,
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<Sync>,
+) -> Result<Response, Problem> {
+    let (user_id, tenant, phone) = signed_in(&state, &who).await?;
+    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let command = PhoneLoginCommand::LinkAnonymous {
+        anonymous_ids: body.anonymous_ids,
+    };
+    let (_, events) = state
+        .phone_logins
+        .execute_with_events(
+            &login_id,
+            None,
+            command,
+            &as_phone_user(&user_id, &tenant, &ids),
+        )
+        .await?;
+    let linked: Vec<String> = events
+        .into_iter()
+        .flat_map(|e| match e {
+            PhoneLoginEvent::AnonymousLinked { anonymous_ids } => anonymous_ids,
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"user_id": user_id, "linked": linked})).into_response())
 }

@@ -737,3 +737,144 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
     query.stop().await;
     api.stop().await;
 }
+
+/// Signs a phone user in through the dev inbox and returns their token.
+async fn phone_token(
+    env: &TestEnv,
+    api: &Service,
+    query: &Service,
+    tenant: &str,
+    phone: &str,
+) -> String {
+    assert_eq!(request_code(env, api, tenant, phone).await.status(), 202);
+    let code = code_from_inbox(env, query, phone).await;
+    let verified = env
+        .http
+        .post(api.url("/auth/phone/verify"))
+        .json(&json!({"tenant_id": tenant, "phone": phone, "code": code}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(verified.status(), 200);
+    verified.json::<Value>().await.expect("json")["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_phone_user_keeps_a_profile_and_links_anonymous_sessions() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "profiled").await;
+    let token = phone_token(&env, &api, &query, &tenant, "+34912345678").await;
+    let put = |body: Value| {
+        env.http
+            .put(api.url("/auth/phone/profile"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    let updated =
+        put(json!({"display_name": " Lucía ", "email": "lucia@example.es", "locale": "es-ES"}))
+            .await
+            .expect("sent");
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.expect("json");
+    assert_eq!(
+        (updated["display_name"].clone(), updated["locale"].clone()),
+        (json!("Lucía"), json!("es-ES"))
+    );
+    // Absent fields stay; null clears.
+    let cleared: Value = put(json!({"email": null}))
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (cleared["email"].clone(), cleared["display_name"].clone()),
+        (Value::Null, json!("Lucía"))
+    );
+    assert_eq!(
+        env.get_json(&api.url("/auth/phone/profile"), &token).await,
+        cleared
+    );
+    for (body, code) in [
+        (json!({"locale": "Spanish please"}), "invalid_locale"),
+        (json!({"email": "not-mail"}), "invalid_email"),
+        (json!({"display_name": ""}), "invalid_display_name"),
+    ] {
+        expect_problem(put(body).await.expect("sent"), 422, code).await;
+    }
+    expect_problem(
+        put(json!({"nickname": "x"})).await.expect("sent"),
+        400,
+        "invalid_body",
+    )
+    .await;
+
+    let sync = |ids: Value| {
+        env.http
+            .post(api.url("/auth/phone/sync"))
+            .bearer_auth(&token)
+            .json(&json!({"anonymous_ids": ids}))
+            .send()
+    };
+    let first: Value = sync(json!(["anon-1", "anon-2"]))
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["linked"], json!(["anon-1", "anon-2"]));
+    let again: Value = sync(json!(["anon-2", "anon-3"]))
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["linked"], json!(["anon-3"]), "linking is idempotent");
+    expect_problem(
+        sync(json!([])).await.expect("sent"),
+        422,
+        "invalid_anonymous_ids",
+    )
+    .await;
+    // An admin token is not a phone user.
+    let admin = env
+        .http
+        .get(api.url("/auth/phone/profile"))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(admin, 403, "forbidden").await;
+
+    let leaks: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%Lucía%' OR payload::text LIKE '%lucia@%'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(leaks, 0, "profile values are not in events");
+    let trail: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'phone_login' ORDER BY sequence",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(
+        trail,
+        [
+            "CodeIssued",
+            "CodeVerified",
+            "ProfileUpdated",
+            "ProfileUpdated",
+            "AnonymousLinked",
+            "AnonymousLinked"
+        ]
+    );
+    query.stop().await;
+    api.stop().await;
+}
