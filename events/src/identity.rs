@@ -70,6 +70,14 @@ pub enum AdminUserEvent {
     Reactivated {},
     /// The password changed (the hash is not here).
     PasswordChanged {},
+    /// An admin issued a one-time password-reset token (sent by e-mail; only its hash is
+    /// kept, outside events).
+    PasswordResetIssued {
+        /// When the token stops working.
+        expires_at: DateTime<Utc>,
+    },
+    /// The user set a new password with a reset token.
+    PasswordReset {},
     /// A login succeeded and opened a session.
     LoginSucceeded {
         /// The session (refresh-token family) it opened.
@@ -107,6 +115,8 @@ impl DomainEvent for AdminUserEvent {
             AdminUserEvent::Deactivated { .. } => "Deactivated",
             AdminUserEvent::Reactivated { .. } => "Reactivated",
             AdminUserEvent::PasswordChanged { .. } => "PasswordChanged",
+            AdminUserEvent::PasswordResetIssued { .. } => "PasswordResetIssued",
+            AdminUserEvent::PasswordReset { .. } => "PasswordReset",
             AdminUserEvent::LoginSucceeded { .. } => "LoginSucceeded",
             AdminUserEvent::LoginFailed { .. } => "LoginFailed",
             AdminUserEvent::LockedOut { .. } => "LockedOut",

@@ -120,6 +120,8 @@ impl Projection for AdminUsersProjection {
                 ("last_login_at = $4", Some(Value::Time(when)))
             }
             AdminUserEvent::PasswordChanged {}
+            | AdminUserEvent::PasswordResetIssued { .. }
+            | AdminUserEvent::PasswordReset {}
             | AdminUserEvent::LoginFailed { .. }
             | AdminUserEvent::LockedOut { .. }
             | AdminUserEvent::SessionRevoked { .. } => ("", None),

@@ -59,6 +59,18 @@ pub enum AdminUserCommand {
         /// The new one.
         new: String,
     },
+    /// Record that a reset token was issued (the token is stored by the caller).
+    IssuePasswordReset {
+        /// When it expires.
+        expires_at: DateTime<Utc>,
+    },
+    /// Set a new password with a reset token the caller has checked and spent.
+    ResetPassword {
+        /// The user.
+        user_id: String,
+        /// The new password.
+        new: String,
+    },
     /// A login attempt.
     Login {
         /// The user (the aggregate does not know its own id).
@@ -89,6 +101,8 @@ impl std::fmt::Debug for AdminUserCommand {
             AdminUserCommand::Deactivate => "Deactivate",
             AdminUserCommand::Reactivate => "Reactivate",
             AdminUserCommand::ChangePassword { .. } => "ChangePassword",
+            AdminUserCommand::IssuePasswordReset { .. } => "IssuePasswordReset",
+            AdminUserCommand::ResetPassword { .. } => "ResetPassword",
             AdminUserCommand::Login { .. } => "Login",
             AdminUserCommand::RevokeSession { .. } => "RevokeSession",
         };
@@ -329,6 +343,25 @@ impl Aggregate for AdminUser {
                     .map_err(unavailable)?;
                 vec![AdminUserEvent::PasswordChanged {}]
             }
+            AdminUserCommand::IssuePasswordReset { expires_at } => {
+                self.require_exists()?;
+                if !self.active {
+                    return Err(AdminUserError::Inactive);
+                }
+                vec![AdminUserEvent::PasswordResetIssued { expires_at }]
+            }
+            AdminUserCommand::ResetPassword { user_id, new } => {
+                self.require_exists()?;
+                if !self.active {
+                    return Err(AdminUserError::Inactive);
+                }
+                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
+                identity
+                    .set_password(&user_id, new.expose())
+                    .await
+                    .map_err(unavailable)?;
+                vec![AdminUserEvent::PasswordReset {}]
+            }
             AdminUserCommand::Login {
                 user_id,
                 password,
@@ -368,7 +401,8 @@ impl Aggregate for AdminUser {
             AdminUserEvent::DepartmentChanged { department } => self.department = department,
             AdminUserEvent::Deactivated {} => self.active = false,
             AdminUserEvent::Reactivated {} => self.active = true,
-            AdminUserEvent::PasswordChanged {} => {
+            AdminUserEvent::PasswordResetIssued { .. } => {}
+            AdminUserEvent::PasswordChanged {} | AdminUserEvent::PasswordReset {} => {
                 // A new password is a fresh start for the lock.
                 self.failures.clear();
                 self.locked_until = None;
@@ -725,6 +759,43 @@ mod tests {
             vec![created()],
             change(PASSWORD, "short"),
             AdminUserError::WeakPassword,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_password_reset_sets_a_strong_password_and_lifts_a_lock() {
+        let reset = |new: &str| AdminUserCommand::ResetPassword {
+            user_id: "u1".into(),
+            new: new.into(),
+        };
+        let locked = vec![created(), AdminUserEvent::LockedOut { until: at(15) }];
+        expect_events(
+            locked.clone(),
+            reset("a fresh long password"),
+            vec![AdminUserEvent::PasswordReset {}],
+        )
+        .await;
+        expect_error(locked, reset("short"), AdminUserError::WeakPassword).await;
+        let mut reset_then_login = vec![
+            created(),
+            AdminUserEvent::LockedOut { until: at(15) },
+            AdminUserEvent::PasswordReset {},
+        ];
+        reset_then_login.truncate(3);
+        expect_events(
+            reset_then_login,
+            login(PASSWORD, 1),
+            vec![AdminUserEvent::LoginSucceeded {
+                session_id: "s1".into(),
+                at: at(1),
+            }],
+        )
+        .await;
+        expect_error(
+            vec![created(), AdminUserEvent::Deactivated {}],
+            AdminUserCommand::IssuePasswordReset { expires_at: at(60) },
+            AdminUserError::Inactive,
         )
         .await;
     }

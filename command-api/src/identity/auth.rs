@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/auth/admin/logout", post(logout))
         .route("/auth/admin/profile", get(profile))
         .route("/auth/admin/password", post(change_password))
+        .route("/auth/admin/password-reset", post(complete_password_reset))
         .route("/auth/introspect", post(introspect))
 }
 
@@ -423,4 +424,64 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
         kind: claims.kind,
     })
     .into_response())
+}
+
+/// Body of a reset.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteReset {
+    token: String,
+    new_password: String,
+}
+
+/// Sets a new password with a reset token: the token works once, for an hour; the user's
+/// sessions end, and a lock is lifted.
+async fn complete_password_reset(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    Json(body): Json<CompleteReset>,
+) -> Result<Response, Problem> {
+    // Check the policy before spending the token, so a weak password does not burn it.
+    if crate::values::Password::parse(&body.new_password).is_none() {
+        return Err(Problem::unprocessable(
+            "weak_password",
+            "the password must be 10 to 128 characters",
+        ));
+    }
+    let user_id: Option<String> = sqlx::query_scalar(
+        "UPDATE admin_password_resets SET used_at = now()
+          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+          RETURNING user_id",
+    )
+    .bind(super::sessions::hash(&body.token))
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let Some(user_id) = user_id else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_reset_token",
+            "The reset token is unknown, used or expired.",
+        ));
+    };
+    let user = state.admins.load(&user_id).await?;
+    let metadata = user_metadata(
+        user.tenant_id.as_deref(),
+        (&user_id, ActorKind::Admin),
+        &ids,
+    );
+    let command = AdminUserCommand::ResetPassword {
+        user_id: user_id.clone(),
+        new: body.new_password,
+    };
+    state
+        .admins
+        .execute(&user_id, None, command, &metadata)
+        .await?;
+    state
+        .sessions
+        .revoke_user(&user_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

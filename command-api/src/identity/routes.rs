@@ -26,6 +26,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin-users/{id}/department", post(change_department))
         .route("/v1/admin-users/{id}/deactivate", post(deactivate))
         .route("/v1/admin-users/{id}/reactivate", post(reactivate))
+        .route(
+            "/v1/admin-users/{id}/password-reset",
+            post(issue_password_reset),
+        )
 }
 
 fn accepted(status: StatusCode, c: Committed) -> Response {
@@ -221,4 +225,55 @@ async fn reactivate(
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, None).await?;
     run(&state, &who, &ids, &id, &user, AdminUserCommand::Reactivate).await
+}
+
+/// How long a reset token works.
+const RESET_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// An admin issues a one-time reset token for a user; it goes to the user's e-mail (through
+/// the capture sink until a provider is wired), never to the admin.
+async fn issue_password_reset(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let (id, user) = managed(&state, &who, &id, None).await?;
+    let expires_at = chrono::Utc::now() + RESET_TTL;
+    let metadata = user_metadata(user.tenant_id.as_deref(), actor(&who), &ids);
+    let c = state
+        .admins
+        .execute(
+            &id,
+            None,
+            AdminUserCommand::IssuePasswordReset { expires_at },
+            &metadata,
+        )
+        .await?;
+    let token = super::sessions::new_token();
+    sqlx::query(
+        "INSERT INTO admin_password_resets (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(super::sessions::hash(&token))
+    .bind(&id)
+    .bind(expires_at)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let body = format!(
+        "An administrator started a password reset for your account. Use this one-time token within an hour at POST /auth/admin/password-reset: {token}"
+    );
+    let cause = events::subject::message_id(events::identity::ADMIN_USER, &id, c.version);
+    let tenant = user
+        .tenant_id
+        .as_deref()
+        .unwrap_or(events::identity::PLATFORM_TENANT);
+    crate::comms::capture_email(&state.pool, tenant, &user.email, &body, &cause)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"id": id, "expires_in": RESET_TTL.num_seconds()})),
+    )
+        .into_response())
 }

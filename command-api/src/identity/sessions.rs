@@ -43,13 +43,15 @@ pub struct Sessions {
     ttl: chrono::Duration,
 }
 
-fn new_token() -> String {
+/// A fresh random token (256 bits, base64url).
+pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hash(token: &str) -> Vec<u8> {
+/// How a token is stored: its SHA-256.
+pub fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 

@@ -878,3 +878,106 @@ async fn a_phone_user_keeps_a_profile_and_links_anonymous_sessions() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let made = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(&root)
+        .json(&json!({"email": "forgetful@acme.io", "password": "a long enough password", "tenant_id": "acme", "role": "agent"}))
+        .send()
+        .await
+        .expect("sent");
+    let id = made.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for _ in 0..5 {
+        expect_problem(
+            login(&env, &api, "forgetful@acme.io", "what was it").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    // Another tenant's admin cannot reset this user; the user's tenant admin could.
+    let outsider = env.admin_of("globex");
+    let refused = env
+        .http
+        .post(api.url(&format!("/v1/admin-users/{id}/password-reset")))
+        .bearer_auth(outsider)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(refused, 404, "not_found").await;
+    let issued = env
+        .http
+        .post(api.url(&format!("/v1/admin-users/{id}/password-reset")))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(issued.status(), 202);
+    let inbox = env
+        .get_json(
+            &query.url("/v1/dev/inbox?recipient=forgetful%40acme.io"),
+            &env.super_admin(),
+        )
+        .await;
+    assert_eq!(inbox["items"][0]["channel"], "email");
+    let token = inbox["items"][0]["body"]
+        .as_str()
+        .and_then(|b| b.rsplit(' ').next())
+        .expect("a token")
+        .to_owned();
+    let reset = |token: &str, password: &str| {
+        env.http
+            .post(api.url("/auth/admin/password-reset"))
+            .json(&json!({"token": token, "new_password": password}))
+            .send()
+    };
+    // A weak password does not spend the token.
+    expect_problem(
+        reset(&token, "short").await.expect("sent"),
+        422,
+        "weak_password",
+    )
+    .await;
+    assert_eq!(
+        reset(&token, "remembered this time")
+            .await
+            .expect("sent")
+            .status(),
+        204
+    );
+    expect_problem(
+        reset(&token, "and once more please").await.expect("sent"),
+        401,
+        "invalid_reset_token",
+    )
+    .await;
+    // The lock is lifted with the new password.
+    assert_eq!(
+        login(&env, &api, "forgetful@acme.io", "remembered this time")
+            .await
+            .status(),
+        200
+    );
+    let leaks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
+            .bind(&token)
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(leaks, 0, "the reset token is in no event");
+    query.stop().await;
+    api.stop().await;
+}
