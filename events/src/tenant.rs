@@ -55,6 +55,16 @@ pub enum TenantEvent {
     },
     /// A suspended tenant is active again.
     Reactivated {},
+    /// A department was added to the tenant (admin users are placed in departments).
+    DepartmentAdded {
+        /// Its name, unique within the tenant.
+        name: String,
+    },
+    /// A department was removed.
+    DepartmentRemoved {
+        /// Its name.
+        name: String,
+    },
     /// A new logo was stored.
     LogoUploaded {
         /// Key of the object in the blob store.
@@ -80,6 +90,8 @@ impl DomainEvent for TenantEvent {
             TenantEvent::Suspended { .. } => "Suspended",
             TenantEvent::Reactivated { .. } => "Reactivated",
             TenantEvent::LogoUploaded { .. } => "LogoUploaded",
+            TenantEvent::DepartmentAdded { .. } => "DepartmentAdded",
+            TenantEvent::DepartmentRemoved { .. } => "DepartmentRemoved",
         }
         .to_owned()
     }

@@ -34,6 +34,9 @@ impl DomainProblem for TenantError {
             E::PreferencesInvalid => Problem::unprocessable("preferences_invalid", detail),
             E::InvalidReason => Problem::unprocessable("invalid_reason", detail),
             E::InvalidLogo => Problem::unprocessable("invalid_logo", detail),
+            E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
+            E::DepartmentExists => Problem::new(StatusCode::CONFLICT, "department_exists", detail),
+            E::NoSuchDepartment => Problem::not_found(detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }

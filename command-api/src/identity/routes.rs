@@ -93,6 +93,7 @@ async fn create(
     if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
         return Err(Problem::forbidden("You may not create this user."));
     }
+    check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
     let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
     let command = AdminUserCommand::Create {
         user_id: id.clone(),
@@ -116,6 +117,34 @@ async fn create(
             other => other.into(),
         })?;
     Ok(accepted(StatusCode::CREATED, c))
+}
+
+/// A user belongs to a tenant that exists, and a department belongs to that tenant.
+async fn check_placement(
+    state: &AppState,
+    tenant: Option<&str>,
+    department: Option<&str>,
+) -> Result<(), Problem> {
+    let unknown_department =
+        || Problem::unprocessable("unknown_department", "The tenant has no such department.");
+    let Some(tenant) = tenant else {
+        return match department {
+            Some(_) => Err(unknown_department()),
+            None => Ok(()),
+        };
+    };
+    let unknown_tenant = || Problem::unprocessable("unknown_tenant", "No such tenant.");
+    let tenant = Uuid::parse_str(tenant)
+        .map_err(|_| unknown_tenant())?
+        .to_string();
+    let t = state.tenants.load(&tenant).await?;
+    if !t.exists() {
+        return Err(unknown_tenant());
+    }
+    match department {
+        Some(d) if !t.has_department(d.trim()) => Err(unknown_department()),
+        _ => Ok(()),
+    }
 }
 
 /// Loads a user `who` may manage, or answers 404 as if it did not exist.
@@ -194,6 +223,12 @@ async fn change_department(
     Json(body): Json<ChangeDepartment>,
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, None).await?;
+    check_placement(
+        &state,
+        user.tenant_id.as_deref(),
+        body.department.as_deref(),
+    )
+    .await?;
     let command = AdminUserCommand::ChangeDepartment {
         department: body.department,
     };

@@ -35,6 +35,8 @@ pub struct Tenant {
     slug: String,
     /// Set when the preferences say `{"chatbot": {"enabled": false}}`.
     chatbot_disabled: bool,
+    /// Its departments.
+    departments: Vec<String>,
 }
 
 /// Why a tenant command was refused. Each variant's doc names its HTTP answer.
@@ -91,12 +93,31 @@ pub enum TenantError {
     /// 422: the logo is not PNG, JPEG or WebP of at most 2 MiB.
     #[error("the logo must be a PNG, JPEG or WebP image of at most 2 MiB")]
     InvalidLogo,
+    /// 422: a department name must be 1–80 characters without control characters.
+    #[error("a department name must be 1 to 80 characters without control characters")]
+    InvalidDepartment,
+    /// 409: the tenant already has this department.
+    #[error("the tenant already has this department")]
+    DepartmentExists,
+    /// 404: the tenant has no such department.
+    #[error("the tenant has no such department")]
+    NoSuchDepartment,
     /// 503: the slug registry could not be reached.
     #[error("slug registry unavailable: {0}")]
     Unavailable(String),
 }
 
 impl Tenant {
+    /// True once the tenant exists.
+    pub fn exists(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// True if the tenant has this department.
+    pub fn has_department(&self, name: &str) -> bool {
+        self.departments.iter().any(|d| d == name)
+    }
+
     /// True when its chatbot users may sign in by phone: approved, not suspended, and the
     /// chatbot not disabled in the preferences.
     pub fn accepts_phone_logins(&self) -> bool {
@@ -240,6 +261,24 @@ impl Aggregate for Tenant {
                 Some(Status::Suspended) => TenantEvent::Reactivated {},
                 Some(_) => return Err(TenantError::NotSuspended),
             },
+            TenantCommand::AddDepartment { name } => {
+                self.changeable()?;
+                let name = name.trim().to_owned();
+                if !(1..=80).contains(&name.chars().count()) || name.chars().any(char::is_control) {
+                    return Err(TenantError::InvalidDepartment);
+                }
+                if self.has_department(&name) {
+                    return Err(TenantError::DepartmentExists);
+                }
+                TenantEvent::DepartmentAdded { name }
+            }
+            TenantCommand::RemoveDepartment { name } => {
+                self.changeable()?;
+                if !self.has_department(&name) {
+                    return Err(TenantError::NoSuchDepartment);
+                }
+                TenantEvent::DepartmentRemoved { name }
+            }
             TenantCommand::RecordLogo {
                 object_key,
                 content_type,
@@ -288,6 +327,8 @@ impl Aggregate for Tenant {
                     == Some(&serde_json::Value::Bool(false));
             }
             TenantEvent::LogoUploaded { .. } => {}
+            TenantEvent::DepartmentAdded { name } => self.departments.push(name),
+            TenantEvent::DepartmentRemoved { name } => self.departments.retain(|d| *d != name),
         }
     }
 }
@@ -641,6 +682,46 @@ mod tests {
             vec![TenantEvent::Renamed {
                 name: "Back".into(),
             }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn departments_are_added_once_and_removed_if_present() {
+        let add = |n: &str| TenantCommand::AddDepartment { name: n.into() };
+        let added = TenantEvent::DepartmentAdded {
+            name: "Sales".into(),
+        };
+        expect_events(vec![created()], add(" Sales "), vec![added.clone()]).await;
+        expect_error(
+            vec![created(), added.clone()],
+            add("Sales"),
+            TenantError::DepartmentExists,
+        )
+        .await;
+        expect_error(vec![created()], add(""), TenantError::InvalidDepartment).await;
+        expect_events(
+            vec![created(), added],
+            TenantCommand::RemoveDepartment {
+                name: "Sales".into(),
+            },
+            vec![TenantEvent::DepartmentRemoved {
+                name: "Sales".into(),
+            }],
+        )
+        .await;
+        expect_error(
+            vec![created()],
+            TenantCommand::RemoveDepartment {
+                name: "Sales".into(),
+            },
+            TenantError::NoSuchDepartment,
+        )
+        .await;
+        expect_error(
+            vec![created(), suspended()],
+            add("Ops"),
+            TenantError::Suspended,
         )
         .await;
     }

@@ -50,6 +50,16 @@ pub enum TenantCommand {
     },
     /// Lift a suspension.
     Reactivate,
+    /// Add a department.
+    AddDepartment {
+        /// Its name.
+        name: String,
+    },
+    /// Remove a department.
+    RemoveDepartment {
+        /// Its name.
+        name: String,
+    },
     /// Record a logo already written to the blob store.
     RecordLogo {
         /// Blob key.

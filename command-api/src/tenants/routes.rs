@@ -33,6 +33,11 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tenants/{id}/preferences", post(update_preferences))
         .route("/v1/tenants/{id}/suspend", post(suspend))
         .route("/v1/tenants/{id}/reactivate", post(reactivate))
+        .route("/v1/tenants/{id}/departments", post(add_department))
+        .route(
+            "/v1/tenants/{id}/departments/remove",
+            post(remove_department),
+        )
         .route(
             "/v1/tenants/{id}/logo",
             post(upload_logo).layer(DefaultBodyLimit::max(LOGO_BODY_LIMIT)),
@@ -323,6 +328,56 @@ async fn rename(
         &headers,
         &id,
         TenantCommand::Rename { name: body.name },
+    )
+    .await
+}
+
+/// Body naming a department.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Department {
+    /// Its name.
+    pub name: String,
+}
+
+async fn add_department(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Department>,
+) -> Result<Response, Problem> {
+    let id = tenant_id(&id)?;
+    require_admin_of(&who, &id)?;
+    execute(
+        &state,
+        &who,
+        &ids,
+        &headers,
+        &id,
+        TenantCommand::AddDepartment { name: body.name },
+    )
+    .await
+}
+
+async fn remove_department(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Department>,
+) -> Result<Response, Problem> {
+    let id = tenant_id(&id)?;
+    require_admin_of(&who, &id)?;
+    execute(
+        &state,
+        &who,
+        &ids,
+        &headers,
+        &id,
+        TenantCommand::RemoveDepartment { name: body.name },
     )
     .await
 }

@@ -103,6 +103,16 @@ async fn change(
         TenantEvent::PreferencesUpdated { preferences } => {
             ("preferences = $4", Arg::Json(preferences))
         }
+        TenantEvent::DepartmentAdded { name } => (
+            "departments = (SELECT coalesce(jsonb_agg(d ORDER BY d), '[]')
+                              FROM (SELECT jsonb_array_elements_text(departments) AS d UNION SELECT $4) s)",
+            Arg::Text(name),
+        ),
+        TenantEvent::DepartmentRemoved { name } => (
+            "departments = (SELECT coalesce(jsonb_agg(d ORDER BY d), '[]')
+                              FROM jsonb_array_elements_text(departments) AS d WHERE d <> $4)",
+            Arg::Text(name),
+        ),
         TenantEvent::LogoUploaded {
             object_key,
             content_type,

@@ -41,6 +41,7 @@ pub struct TenantView {
     status: String,
     preferences: serde_json::Value,
     logo: Option<serde_json::Value>,
+    departments: serde_json::Value,
     rejection_reason: Option<String>,
     suspension_reason: Option<String>,
     created_at: DateTime<Utc>,
@@ -49,7 +50,7 @@ pub struct TenantView {
 }
 
 const COLUMNS: &str =
-    "id, name, slug, contact_email, status, preferences, logo, rejection_reason, \
+    "id, name, slug, contact_email, status, preferences, logo, departments, rejection_reason, \
                        suspension_reason, created_at, updated_at, version";
 
 /// Filters and page of the list.

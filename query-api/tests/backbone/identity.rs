@@ -226,16 +226,29 @@ async fn tenant_admins_manage_only_their_own_tenant() {
             .json(&body);
         async move { request.send().await.expect("sent") }
     };
-    let made = create(root.clone(), json!({"email": "ada@acme.io", "password": "ada's long password", "tenant_id": "acme", "role": "tenant_admin"})).await;
+    let (acme, _) = crate::support::create_tenant(&env, &api, "acme").await;
+    let (globex, _) = crate::support::create_tenant(&env, &api, "globex").await;
+    for department in ["Support", "Sales"] {
+        let r = env
+            .http
+            .post(api.url(&format!("/v1/tenants/{acme}/departments")))
+            .bearer_auth(&root)
+            .json(&json!({"name": department}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 200);
+    }
+    let made = create(root.clone(), json!({"email": "ada@acme.io", "password": "ada's long password", "tenant_id": acme, "role": "tenant_admin"})).await;
     assert_eq!(made.status(), 201);
-    let other = create(root.clone(), json!({"email": "bo@globex.io", "password": "bo's long password", "tenant_id": "globex", "role": "agent"})).await;
+    let other = create(root.clone(), json!({"email": "bo@globex.io", "password": "bo's long password", "tenant_id": globex, "role": "agent"})).await;
     let other_id = other.json::<Value>().await.expect("json")["id"]
         .as_str()
         .expect("id")
         .to_owned();
 
     let ada = tokens(&env, &api, "ada@acme.io", "ada's long password").await;
-    assert_eq!(ada["user"]["tenant_id"], "acme");
+    assert_eq!(ada["user"]["tenant_id"], acme.as_str());
     let ada = ada["access_token"].as_str().expect("access").to_owned();
     // Into her own tenant (the default), as agent: yes.
     let agent = create(ada.clone(), json!({"email": "cy@acme.io", "password": "cy's long password", "role": "agent", "department": "Support"})).await;
@@ -245,7 +258,7 @@ async fn tenant_admins_manage_only_their_own_tenant() {
         .expect("id")
         .to_owned();
     // Into another tenant, or as super admin: no.
-    expect_problem(create(ada.clone(), json!({"email": "x@globex.io", "password": "a long password!", "tenant_id": "globex", "role": "agent"})).await, 403, "forbidden").await;
+    expect_problem(create(ada.clone(), json!({"email": "x@globex.io", "password": "a long password!", "tenant_id": globex, "role": "agent"})).await, 403, "forbidden").await;
     expect_problem(
         create(
             ada.clone(),
@@ -256,8 +269,26 @@ async fn tenant_admins_manage_only_their_own_tenant() {
         "forbidden",
     )
     .await;
-    expect_problem(create(root.clone(), json!({"email": "ada@acme.io", "password": "a long password!", "tenant_id": "acme", "role": "agent"})).await, 409, "email_taken").await;
-    expect_problem(create(root.clone(), json!({"email": "z@acme.io", "password": "short", "tenant_id": "acme", "role": "agent"})).await, 422, "weak_password").await;
+    expect_problem(create(root.clone(), json!({"email": "ada@acme.io", "password": "a long password!", "tenant_id": acme, "role": "agent"})).await, 409, "email_taken").await;
+    expect_problem(
+        create(
+            root.clone(),
+            json!({"email": "z@acme.io", "password": "short", "tenant_id": acme, "role": "agent"}),
+        )
+        .await,
+        422,
+        "weak_password",
+    )
+    .await;
+    let nowhere = json!({"email": "q@acme.io", "password": "a long password!", "tenant_id": acme, "role": "agent", "department": "Nowhere"});
+    expect_problem(
+        create(root.clone(), nowhere).await,
+        422,
+        "unknown_department",
+    )
+    .await;
+    let no_tenant = json!({"email": "q@acme.io", "password": "a long password!", "tenant_id": uuid::Uuid::new_v4(), "role": "agent"});
+    expect_problem(create(root.clone(), no_tenant).await, 422, "unknown_tenant").await;
 
     let post = |token: &str, path: String, body: Value| {
         let request = env.http.post(api.url(&path)).bearer_auth(token).json(&body);
@@ -645,7 +676,9 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
         .as_str()
         .expect("access")
         .to_owned();
-    for (email, tenant) in [("ada@acme.io", "acme"), ("bo@globex.io", "globex")] {
+    let (acme, _) = crate::support::create_tenant(&env, &api, "acme").await;
+    let (globex, _) = crate::support::create_tenant(&env, &api, "globex").await;
+    for (email, tenant) in [("ada@acme.io", &acme), ("bo@globex.io", &globex)] {
         let r = env
             .http
             .post(api.url("/v1/admin-users"))
@@ -682,7 +715,9 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
         .filter_map(|u| u["tenant_id"].as_str())
         .collect();
     assert!(
-        tenants.contains(&"platform") && tenants.contains(&"acme") && tenants.contains(&"globex"),
+        tenants.contains(&"platform")
+            && tenants.contains(&acme.as_str())
+            && tenants.contains(&globex.as_str()),
         "{all}"
     );
     let mine = env.get_json(&query.url("/v1/admin-users"), &ada).await;
@@ -695,7 +730,7 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
     assert_eq!(emails, ["ada@acme.io"]);
     expect_problem(
         env.http
-            .get(query.url("/v1/admin-users?tenant_id=globex"))
+            .get(query.url(&format!("/v1/admin-users?tenant_id={globex}")))
             .bearer_auth(&ada)
             .send()
             .await
@@ -888,11 +923,12 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
         .as_str()
         .expect("access")
         .to_owned();
+    let (acme, _) = crate::support::create_tenant(&env, &api, "acme").await;
     let made = env
         .http
         .post(api.url("/v1/admin-users"))
         .bearer_auth(&root)
-        .json(&json!({"email": "forgetful@acme.io", "password": "a long enough password", "tenant_id": "acme", "role": "agent"}))
+        .json(&json!({"email": "forgetful@acme.io", "password": "a long enough password", "tenant_id": acme, "role": "agent"}))
         .send()
         .await
         .expect("sent");

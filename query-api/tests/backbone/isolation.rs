@@ -52,6 +52,24 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
     (
         Api::Command,
         "POST",
+        "/v1/tenants/{tenant}/departments",
+        Some(r#"{"name": "Intruders"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/tenants/{tenant}/departments/remove",
+        Some(r#"{"name": "Sales"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/admin-users/{user}/password-reset",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
         "/v1/admin-users/{user}/role",
         Some(r#"{"role": "agent"}"#),
     ),

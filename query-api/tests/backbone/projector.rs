@@ -117,6 +117,7 @@ async fn tenant_events_become_one_row_with_every_change() {
             "logo": {"object_key": "tenants/x/logo/a.png", "content_type": "image/png", "size_bytes": 10, "sha256": "a"},
             "rejection_reason": null,
             "suspension_reason": "unpaid",
+            "departments": [],
             "version": 6,
         })
     );
