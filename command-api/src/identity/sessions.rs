@@ -108,8 +108,8 @@ impl Sessions {
         let Some((session_id, user_id, status, fresh)) = row else {
             return Ok(Refresh::Invalid);
         };
-        let outcome = match (status.as_str(), fresh) {
-            ("active", true) => {
+        let outcome = match decide(&status, fresh) {
+            Decision::Rotate => {
                 sqlx::query("UPDATE admin_sessions SET status = 'spent' WHERE token_hash = $1")
                     .bind(hash(token))
                     .execute(&mut *tx)
@@ -122,14 +122,14 @@ impl Sessions {
                     token: next,
                 }
             }
-            ("spent", _) => {
+            Decision::RevokeFamily => {
                 revoke_family(&mut tx, &session_id).await?;
                 Refresh::Reused {
                     user_id,
                     session_id,
                 }
             }
-            _ => Refresh::Invalid,
+            Decision::Refuse => Refresh::Invalid,
         };
         tx.commit().await?;
         Ok(outcome)
@@ -174,10 +174,53 @@ impl Sessions {
     }
 }
 
+/// What presenting a refresh token in a given state leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Spend it and issue the next of the family.
+    Rotate,
+    /// It was spent before: someone else holds the family; end it.
+    RevokeFamily,
+    /// Expired or revoked: refuse, change nothing.
+    Refuse,
+}
+
+/// The rules of refresh tokens, as a pure function of the token's stored state.
+fn decide(status: &str, unexpired: bool) -> Decision {
+    match (status, unexpired) {
+        ("active", true) => Decision::Rotate,
+        // Reuse revokes even after expiry: a stolen family must not outlive its detection.
+        ("spent", _) => Decision::RevokeFamily,
+        _ => Decision::Refuse,
+    }
+}
+
 async fn revoke_family(conn: &mut sqlx::PgConnection, session_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE admin_sessions SET status = 'revoked' WHERE session_id = $1 AND status <> 'revoked'")
         .bind(session_id)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decide, Decision};
+
+    #[test]
+    fn refresh_with_an_active_token_rotates() {
+        assert_eq!(decide("active", true), Decision::Rotate);
+    }
+
+    #[test]
+    fn refresh_with_a_spent_token_revokes_the_family_even_after_expiry() {
+        assert_eq!(decide("spent", true), Decision::RevokeFamily);
+        assert_eq!(decide("spent", false), Decision::RevokeFamily);
+    }
+
+    #[test]
+    fn refresh_with_an_expired_or_revoked_token_is_refused() {
+        assert_eq!(decide("active", false), Decision::Refuse);
+        assert_eq!(decide("revoked", true), Decision::Refuse);
+    }
 }
