@@ -19,6 +19,7 @@ use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::identity::{AdminUserEvent, SessionEnd, PLATFORM_TENANT};
 use events::Metadata;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::aggregate::{AdminUser, AdminUserCommand};
 use super::sessions::Refresh;
@@ -42,6 +43,20 @@ fn invalid_credentials() -> Problem {
         "invalid_credentials",
         "The e-mail or password is wrong, or the account cannot sign in now.",
     )
+}
+
+/// Counts a refused login by reason (`unknown_email`, `wrong_password`, `locked`, `inactive`).
+fn failed_login(state: &AppState, reason: &str) {
+    state.metrics.count(
+        "auth_login_failures_total",
+        "Refused admin logins, by reason.",
+        &[("reason", reason)],
+        1.0,
+    );
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Metadata for events about admin user `user_id` of `tenant`.
@@ -139,6 +154,11 @@ async fn login(
     let Some((user_id, tenant)) = found else {
         // Spend the time a real check takes, so the answer's timing does not tell.
         let _ = super::services::verify_password(&state.dummy_hash, &body.password).await;
+        // No account, so no stream to record it on: operators see such attempts (credential
+        // stuffing) in metrics and logs, the address only as a hash.
+        failed_login(&state, "unknown_email");
+        let digest = sha2::Sha256::digest(email.as_bytes());
+        tracing::warn!(email_sha256 = %hex_prefix(&digest), "login for an unknown e-mail");
         return Err(invalid_credentials());
     };
     let session_id = uuid::Uuid::now_v7().to_string();
@@ -165,6 +185,15 @@ async fn login(
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. }))
     {
+        let reason = events
+            .iter()
+            .find_map(|e| match e {
+                AdminUserEvent::LoginFailed { reason, .. } => serde_json::to_value(reason).ok(),
+                _ => None,
+            })
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        failed_login(&state, &reason);
         return Err(invalid_credentials());
     }
     let user = state.admins.load(&user_id).await?;

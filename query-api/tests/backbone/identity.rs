@@ -194,6 +194,23 @@ async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_loc
         ]
     );
     assert_eq!(trail.last().and_then(|(_, r)| r.as_deref()), Some("locked"));
+    // Attempts on unknown e-mails have no stream; operators see them in metrics.
+    let metrics = env
+        .http
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "auth_login_failures_total{reason=\"unknown_email\"} 1",
+        "auth_login_failures_total{reason=\"wrong_password\"} 5",
+        "auth_login_failures_total{reason=\"locked\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     for body in [
         json!({"email": ROOT_EMAIL}),
         json!({"email": 1, "password": "x"}),
