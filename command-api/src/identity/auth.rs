@@ -61,14 +61,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
 
 /// Metadata for events about admin user `user_id` of `tenant`.
 pub fn user_metadata(tenant: Option<&str>, actor: (&str, ActorKind), ids: &RequestIds) -> Metadata {
-    Metadata {
-        tenant_id: tenant.unwrap_or(PLATFORM_TENANT).to_owned(),
-        actor_id: actor.0.to_owned(),
-        actor_kind: actor.1,
-        correlation_id: ids.correlation_id.clone(),
-        causation_id: ids.request_id.clone(),
-        request_id: ids.request_id.clone(),
-    }
+    ids.metadata(tenant.unwrap_or(PLATFORM_TENANT), actor.0, actor.1)
 }
 
 /// Login body.

@@ -90,14 +90,7 @@ async fn over_limit(
 }
 
 fn anonymous(tenant: &str, ids: &RequestIds) -> Metadata {
-    Metadata {
-        tenant_id: tenant.to_owned(),
-        actor_id: "anonymous".to_owned(),
-        actor_kind: ActorKind::Anonymous,
-        correlation_id: ids.correlation_id.clone(),
-        causation_id: ids.request_id.clone(),
-        request_id: ids.request_id.clone(),
-    }
+    ids.metadata(tenant, "anonymous", ActorKind::Anonymous)
 }
 
 /// Body of a code request.
@@ -348,14 +341,7 @@ async fn signed_in(
 }
 
 fn as_phone_user(user_id: &str, tenant: &str, ids: &RequestIds) -> Metadata {
-    Metadata {
-        tenant_id: tenant.to_owned(),
-        actor_id: user_id.to_owned(),
-        actor_kind: ActorKind::Phone,
-        correlation_id: ids.correlation_id.clone(),
-        causation_id: ids.request_id.clone(),
-        request_id: ids.request_id.clone(),
-    }
+    ids.metadata(tenant, user_id, ActorKind::Phone)
 }
 
 /// A phone user's profile.

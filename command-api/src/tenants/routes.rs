@@ -105,18 +105,10 @@ fn tenant_id(raw: &str) -> Result<String, Problem> {
 }
 
 fn metadata(tenant_id: &str, who: Option<&Principal>, ids: &RequestIds) -> Metadata {
-    let (actor_id, actor_kind) = match who {
-        Some(p @ Principal::Admin { .. }) => (p.user_id().to_owned(), ActorKind::Admin),
-        Some(p @ Principal::Phone { .. }) => (p.user_id().to_owned(), ActorKind::Phone),
-        None => ("anonymous".to_owned(), ActorKind::Anonymous),
-    };
-    Metadata {
-        tenant_id: tenant_id.to_owned(),
-        actor_id,
-        actor_kind,
-        correlation_id: ids.correlation_id.clone(),
-        causation_id: ids.request_id.clone(),
-        request_id: ids.request_id.clone(),
+    match who {
+        Some(p @ Principal::Admin { .. }) => ids.metadata(tenant_id, p.user_id(), ActorKind::Admin),
+        Some(p @ Principal::Phone { .. }) => ids.metadata(tenant_id, p.user_id(), ActorKind::Phone),
+        None => ids.metadata(tenant_id, "anonymous", ActorKind::Anonymous),
     }
 }
 

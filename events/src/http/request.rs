@@ -41,6 +41,26 @@ impl RequestIds {
     }
 }
 
+impl RequestIds {
+    /// The metadata of the events this request's command appends, for `tenant`, acted on by
+    /// `actor_id` of `kind`. The request is the direct cause.
+    pub fn metadata(
+        &self,
+        tenant: &str,
+        actor_id: &str,
+        kind: crate::envelope::ActorKind,
+    ) -> crate::Metadata {
+        crate::Metadata {
+            tenant_id: tenant.to_owned(),
+            actor_id: actor_id.to_owned(),
+            actor_kind: kind,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.request_id.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
 /// A caller-supplied id is kept only if it is short printable ASCII, so it cannot forge log
 /// lines or bloat metadata.
 fn header_id(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
