@@ -329,13 +329,6 @@ impl Claim {
             .await
             .map(|_| ())
         } else {
-            let headers: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
-                .iter()
-                .filter_map(|h| {
-                    let v = parts.headers.get(h)?.to_str().ok()?;
-                    Some((h.as_str().to_owned(), serde_json::Value::from(v)))
-                })
-                .collect();
             match state.pool.acquire().await {
                 Ok(mut conn) => store_answer(
                     &mut conn,
@@ -343,7 +336,7 @@ impl Claim {
                     &self.key,
                     Some(&self.attempt),
                     parts.status,
-                    &serde_json::Value::Object(headers),
+                    &kept_headers(&parts.headers),
                     &body,
                 )
                 .await
@@ -411,8 +404,8 @@ fn transient(status: StatusCode, body: &[u8]) -> bool {
                 .is_ok_and(|b| b["code"] == "contention"))
 }
 
-/// The answer an attempt would have given, rebuilt from the events it appended: every
-/// command answers `{id, version}`, with 201 when it opened the aggregate.
+/// The answer an attempt would have given, rebuilt from the events it appended with the same
+/// function the routes answer with (201 when it opened the aggregate).
 async fn recovered_answer(
     conn: &mut sqlx::PgConnection,
     request_id: &str,
@@ -425,24 +418,32 @@ async fn recovered_answer(
     .bind(request_id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(aggregate_type, id, first, version)| {
-        let opened = first == 1;
-        let mut headers = serde_json::json!({
-            "content-type": "application/json",
-            "etag": format!("\"{version}\""),
-        });
-        if let (true, Some(location)) = (opened, super::location(&aggregate_type, &id)) {
-            headers["location"] = location.into();
-        }
-        let body = serde_json::to_vec(&serde_json::json!({"id": id, "version": version}))
-            .unwrap_or_default();
-        let status = if opened {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        (status, headers, body)
-    }))
+    let Some((aggregate_type, id, first, version)) = row else {
+        return Ok(None);
+    };
+    let status = if first == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let (parts, body) = super::accepted(status, &aggregate_type, &id, version as u64).into_parts();
+    let body = to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .to_vec();
+    Ok(Some((status, kept_headers(&parts.headers), body)))
+}
+
+/// The response headers stored with an answer, as JSON.
+fn kept_headers(headers: &HeaderMap) -> serde_json::Value {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|h| {
+            let v = headers.get(h)?.to_str().ok()?;
+            Some((h.as_str().to_owned(), serde_json::Value::from(v)))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn replay(status: i16, headers: Option<serde_json::Value>, body: Option<Vec<u8>>) -> Response {

@@ -8,10 +8,12 @@ pub mod idempotency;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
 use events::http::{problem, request, Problem};
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 
@@ -24,6 +26,39 @@ pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
         events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
         _ => None,
     }
+}
+
+/// What every accepted command answers: the aggregate and its version, so the client can
+/// ask the query API to wait for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Aggregate id.
+    pub id: String,
+    /// Version after the command.
+    pub version: u64,
+}
+
+/// The answer of an accepted command: [`Accepted`], the version as `ETag`, and for a 201 the
+/// `Location` where the new aggregate can be read. The one place this shape is made: the
+/// routes answer with it, and `Idempotency-Key` recovery rebuilds lost answers with it.
+pub fn accepted(status: StatusCode, aggregate_type: &str, id: &str, version: u64) -> Response {
+    let mut response = (
+        status,
+        events::http::Json(Accepted {
+            id: id.to_owned(),
+            version,
+        }),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    if status == StatusCode::CREATED {
+        if let Some(v) = location(aggregate_type, id).and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    response
 }
 
 /// Every route, with the shared middleware.

@@ -3,7 +3,7 @@
 //! Another tenant's user is answered 404, as if it did not exist.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use super::aggregate::{AdminUser, AdminUserCommand};
 use super::auth::user_metadata;
-use crate::store::Committed;
+use crate::http::accepted;
 use crate::AppState;
+use events::identity::ADMIN_USER;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -30,18 +31,6 @@ pub fn router() -> Router<AppState> {
             "/v1/admin-users/{id}/password-reset",
             post(issue_password_reset),
         )
-}
-
-fn accepted(status: StatusCode, c: Committed) -> Response {
-    let mut response = (
-        status,
-        Json(serde_json::json!({"id": c.aggregate_id, "version": c.version})),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    response
 }
 
 fn actor(who: &Principal) -> (&str, ActorKind) {
@@ -116,7 +105,12 @@ async fn create(
             ),
             other => other.into(),
         })?;
-    Ok(accepted(StatusCode::CREATED, c))
+    Ok(accepted(
+        StatusCode::CREATED,
+        ADMIN_USER,
+        &c.aggregate_id,
+        c.version,
+    ))
 }
 
 /// A user belongs to a tenant that exists, and a department belongs to that tenant.
@@ -179,7 +173,12 @@ async fn run(
 ) -> Result<Response, Problem> {
     let metadata = user_metadata(user.tenant_id.as_deref(), actor(who), ids);
     let c = state.admins.execute(id, None, command, &metadata).await?;
-    Ok(accepted(StatusCode::OK, c))
+    Ok(accepted(
+        StatusCode::OK,
+        ADMIN_USER,
+        &c.aggregate_id,
+        c.version,
+    ))
 }
 
 /// Body of a role change.

@@ -1,7 +1,7 @@
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
 use axum::Router;
@@ -9,15 +9,17 @@ use events::access::Principal;
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, MaybeAuthUser, Problem, RequestIds};
 use events::Metadata;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::commands::TenantCommand;
 use super::values;
+use crate::http::accepted;
 use crate::http::idempotency::KeyedRequest;
 use crate::store::Committed;
 use crate::AppState;
+use events::tenant::AGGREGATE_TYPE;
 
 /// Largest logo request (the image plus multipart framing).
 const LOGO_BODY_LIMIT: usize = values::MAX_LOGO_BYTES as usize + 64 * 1024;
@@ -44,36 +46,17 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// What a command answers: the aggregate and its version, so the client can ask the query
-/// API to wait for it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Accepted {
-    /// Aggregate id.
-    pub id: String,
-    /// Version after the command.
-    pub version: u64,
+fn created(c: &Committed) -> Response {
+    accepted(
+        StatusCode::CREATED,
+        AGGREGATE_TYPE,
+        &c.aggregate_id,
+        c.version,
+    )
 }
 
-fn accepted(status: StatusCode, c: Committed) -> Response {
-    let etag = format!("\"{}\"", c.version);
-    let mut response = (
-        status,
-        Json(Accepted {
-            id: c.aggregate_id.clone(),
-            version: c.version,
-        }),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    if status == StatusCode::CREATED {
-        let location = crate::http::location(events::tenant::AGGREGATE_TYPE, &c.aggregate_id);
-        if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-            response.headers_mut().insert(header::LOCATION, v);
-        }
-    }
-    response
+fn changed(c: &Committed) -> Response {
+    accepted(StatusCode::OK, AGGREGATE_TYPE, &c.aggregate_id, c.version)
 }
 
 /// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` or absence means any.
@@ -173,7 +156,7 @@ async fn request_signup(
         .execute(&id, Some(0), command, &metadata(&id, who.as_ref(), &ids))
         .await
         .map_err(new_tenant_conflict)?;
-    Ok(accepted(StatusCode::CREATED, c))
+    Ok(created(&c))
 }
 
 async fn create(
@@ -196,7 +179,7 @@ async fn create(
         .execute(&id, Some(0), command, &metadata(&id, Some(&who), &ids))
         .await
         .map_err(new_tenant_conflict)?;
-    Ok(accepted(StatusCode::CREATED, c))
+    Ok(created(&c))
 }
 
 /// Opening a tenant expects version 0; finding another version means the id is taken.
@@ -228,7 +211,7 @@ async fn execute(
         .tenants
         .execute(id, expected, command, &metadata(id, Some(who), ids))
         .await?;
-    Ok(accepted(StatusCode::OK, c))
+    Ok(changed(&c))
 }
 
 async fn approve(
