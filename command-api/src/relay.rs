@@ -425,6 +425,9 @@ impl Relay {
                 n = listener.try_recv() => { n?; }
                 () = tokio::time::sleep(self.idle_poll) => {}
             }
+            // One read serves every commit notified so far: under load, notifications arrive
+            // faster than one step per notification could take them, and would pile up.
+            while listener.next_buffered().is_some() {}
         }
     }
 }

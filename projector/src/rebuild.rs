@@ -30,6 +30,9 @@ pub async fn rebuild(
     projection: &dyn Projection,
 ) -> Result<RebuildReport, ProjectionError> {
     let mut conn = pool.acquire().await?;
+    // Fresh statistics first: after a bulk load (a restore, an import) stale ones make the
+    // planner scan the whole store for every batch instead of walking the commit-order index.
+    sqlx::query("ANALYZE events").execute(&mut *conn).await?;
     let name = projection.name();
     let fresh = Target::REBUILD;
     let mut tx = conn.begin().await?;

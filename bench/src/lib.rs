@@ -1,0 +1,218 @@
+//! The benchmark, fault and bad-input harness.
+//!
+//! # Layout
+//! - [`stack`]: the three services as child processes on a database and stream of their own.
+//! - [`load`]: closed- and open-loop load generators and latency percentiles.
+//! - [`workloads`]: seeding, the command, lag, query and rebuild workloads, the pgbench baseline.
+//! - [`report`]: the figures of a run against the targets, as a table and as JSON.
+//! - [`chaos`]: faults under load on a PostgreSQL and NATS of the harness's own, and the audit.
+//! - [`fuzz`]: schemathesis against both APIs' OpenAPI documents.
+//!
+//! docs/performance.md explains the figures and keeps the history of runs.
+
+/// Faults under load, then an audit of store, stream and read model.
+pub mod chaos;
+/// Schemathesis against both `/openapi.json` documents.
+pub mod fuzz;
+/// Load generators and latency summaries.
+pub mod load;
+/// A run's figures, targets, table and JSON.
+pub mod report;
+/// The three services as child processes.
+pub mod stack;
+/// Seeding and workloads.
+pub mod workloads;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use report::{Report, RunInfo};
+use stack::{Service, Stack, StackConfig};
+use workloads::Api;
+
+/// Errors of the harness: it is a tool, so they are reported, not matched on.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which performance workloads to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Commands at full speed and at the fixed rate.
+    pub commands: bool,
+    /// Lag at the fixed rate.
+    pub lag: bool,
+    /// List and detail reads.
+    pub queries: bool,
+    /// `projector rebuild` over the seeded store.
+    pub rebuild: bool,
+    /// pgbench's single-row appends.
+    pub baseline: bool,
+}
+
+impl Parts {
+    /// Every performance workload.
+    pub const ALL: Parts = Parts {
+        commands: true,
+        lag: true,
+        queries: true,
+        rebuild: true,
+        baseline: true,
+    };
+    /// None (set the ones wanted).
+    pub const NONE: Parts = Parts {
+        commands: false,
+        lag: false,
+        queries: false,
+        rebuild: false,
+        baseline: false,
+    };
+}
+
+/// How the performance workloads run.
+#[derive(Debug, Clone)]
+pub struct PerfOptions {
+    /// Where the stack's servers and binaries are.
+    pub stack: StackConfig,
+    /// Concurrent clients (C).
+    pub clients: usize,
+    /// Seconds each workload runs.
+    pub seconds: u64,
+    /// The fixed command rate.
+    pub rate: f64,
+    /// Events in the store for the rebuild.
+    pub rebuild_events: u64,
+    /// Every k-th command at the rate is followed by a lag probe.
+    pub lag_every: u64,
+    /// Running services to target instead of starting a stack: (command URL, query URL, secret).
+    pub target: Option<(String, String, String)>,
+}
+
+/// Runs the chosen performance workloads and returns their report (judged against targets).
+pub async fn perf(options: &PerfOptions, parts: Parts) -> Result<Report, Error> {
+    let duration = Duration::from_secs(options.seconds);
+    let clients = options.clients.max(1);
+    let mut report = Report {
+        run: RunInfo {
+            started_at: chrono::Utc::now().to_rfc3339(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            clients,
+            seconds_per_workload: options.seconds,
+            rate: options.rate,
+            binaries: options.stack.bin_dir.display().to_string(),
+        },
+        ..Report::default()
+    };
+    let mut stack = None;
+    let api = match &options.target {
+        Some((command_url, query_url, secret)) => {
+            let keys = events::access::TokenKeys::new(secret);
+            let token = keys.admin_token(
+                "bench-super-admin",
+                None,
+                events::access::Role::SuperAdmin,
+                86_400,
+            );
+            Api::new(command_url, query_url, token, clients * 2)
+        }
+        None => {
+            let s = Stack::start(options.stack.clone()).await?;
+            let api = Api::new(&s.command_url, &s.query_url, s.super_admin(), clients * 2);
+            stack = Some(s);
+            api
+        }
+    };
+    let result = run_parts(options, parts, &api, stack.as_mut(), &mut report, duration).await;
+    if let Some(s) = stack {
+        s.teardown().await?;
+    }
+    result?;
+    report.judge();
+    Ok(report)
+}
+
+async fn run_parts(
+    options: &PerfOptions,
+    parts: Parts,
+    api: &Api,
+    stack: Option<&mut Stack>,
+    report: &mut Report,
+    duration: Duration,
+) -> Result<(), Error> {
+    let clients = options.clients.max(1);
+    if parts.commands || parts.lag || parts.queries || parts.rebuild {
+        eprintln!("bench: seeding");
+        let seed = workloads::seed(api, clients * 2, 256.max(clients * 2), 100, clients).await?;
+        if parts.commands {
+            eprintln!("bench: commands at full speed");
+            let full = workloads::commands_full_speed(api, &seed, clients, duration).await;
+            eprintln!("bench:   {full:?}");
+            report.commands_full_speed = Some(full);
+            eprintln!("bench: commands at {}/s", options.rate);
+            report.commands_at_rate = Some(
+                workloads::commands_at_rate(api, &seed, options.rate, duration, None)
+                    .await
+                    .0,
+            );
+        }
+        if parts.lag {
+            eprintln!("bench: lag at {}/s", options.rate);
+            report.lag = workloads::commands_at_rate(
+                api,
+                &seed,
+                options.rate,
+                duration,
+                Some(options.lag_every.max(1)),
+            )
+            .await
+            .1;
+        }
+        if parts.queries {
+            eprintln!("bench: queries");
+            report.queries = Some(workloads::queries(api, &seed, clients, duration).await?);
+        }
+    }
+    let Some(stack) = stack else {
+        return Ok(());
+    };
+    for service in Service::ALL {
+        if let Some(bytes) = stack.rss_bytes(service) {
+            report
+                .rss_mib
+                .insert(service.binary().to_owned(), bytes as f64 / 1_048_576.0);
+        }
+    }
+    if parts.baseline {
+        eprintln!("bench: baseline (pgbench)");
+        report.baseline = Some(workloads::baseline(&stack.database_url, clients, duration).await?);
+    }
+    if parts.rebuild {
+        // The live services stop: the relay would otherwise publish the seeded million.
+        for service in Service::ALL {
+            stack.kill(service);
+        }
+        let per_tenant = 100;
+        eprintln!(
+            "bench: writing {} events for the rebuild",
+            options.rebuild_events
+        );
+        workloads::seed_events(
+            &stack.database_url,
+            options.rebuild_events / per_tenant,
+            per_tenant,
+        )
+        .await?;
+        eprintln!("bench: rebuild");
+        report.rebuild =
+            Some(workloads::rebuild(&options.stack.bin_dir, &stack.database_url).await?);
+    }
+    if let (Some(c), Some(b)) = (&report.commands_full_speed, &report.baseline) {
+        report.baseline_ratio = Some(c.per_sec / b.inserts_per_sec.max(1e-9));
+    }
+    Ok(())
+}
+
+/// The default scratch folder: `target/bench` beside the binaries' profile folder.
+pub fn default_work_dir(bin_dir: &std::path::Path) -> PathBuf {
+    bin_dir
+        .parent()
+        .map_or_else(std::env::temp_dir, |target| target.join("bench"))
+}

@@ -1,0 +1,232 @@
+//! The report: every figure of a run, the targets, a table for people and JSON for the record.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::load::Summary;
+use crate::workloads::{Baseline, Queries, Rebuild};
+
+/// Everything one run measured; absent parts were not run.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// When, where and how the run was made.
+    pub run: RunInfo,
+    /// The hot command by C closed-loop clients.
+    pub commands_full_speed: Option<Summary>,
+    /// The hot command at the fixed rate.
+    pub commands_at_rate: Option<Summary>,
+    /// From a command's 2xx to the change being visible through the query API, at the rate.
+    pub lag: Option<Summary>,
+    /// The dashboard reads.
+    pub queries: Option<Queries>,
+    /// `projector rebuild` over the seeded store.
+    pub rebuild: Option<Rebuild>,
+    /// pgbench's durable single-row appends on the same server.
+    pub baseline: Option<Baseline>,
+    /// Full-speed commands/s as a share of the baseline's inserts/s.
+    pub baseline_ratio: Option<f64>,
+    /// Resident memory of each service at the end of the load, MiB.
+    pub rss_mib: BTreeMap<String, f64>,
+    /// Each target and whether this run met it.
+    pub targets: Vec<Target>,
+}
+
+/// The conditions of a run.
+#[derive(Debug, Default, Serialize)]
+pub struct RunInfo {
+    /// RFC 3339 time the run started.
+    pub started_at: String,
+    /// Logical CPUs of the machine.
+    pub cpus: usize,
+    /// Concurrent clients (C).
+    pub clients: usize,
+    /// Seconds each workload ran.
+    pub seconds_per_workload: u64,
+    /// The fixed command rate, per second.
+    pub rate: f64,
+    /// Where the services' binaries came from.
+    pub binaries: String,
+}
+
+/// One target of the benchmark issue.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub what: &'static str,
+    /// The bound, in words.
+    pub target: &'static str,
+    /// The measured figure.
+    pub measured: f64,
+    /// Whether the run met it.
+    pub met: bool,
+}
+
+impl Report {
+    /// Fills `targets` from the figures present.
+    pub fn judge(&mut self) {
+        let mut t = Vec::new();
+        let mut push = |what, target, measured: f64, met: bool| {
+            t.push(Target {
+                what,
+                target,
+                measured: (measured * 100.0).round() / 100.0,
+                met,
+            })
+        };
+        if let Some(c) = &self.commands_full_speed {
+            push(
+                "commands/s, full speed",
+                ">= 3000",
+                c.per_sec,
+                c.per_sec >= 3000.0,
+            );
+        }
+        if let Some(r) = self.baseline_ratio {
+            push(
+                "commands/s ÷ baseline inserts/s, %",
+                ">= 30",
+                r * 100.0,
+                r >= 0.30,
+            );
+        }
+        if let Some(c) = &self.commands_at_rate {
+            push(
+                "command p99 at the rate, ms",
+                "<= 25",
+                c.p99_ms,
+                c.p99_ms <= 25.0,
+            );
+        }
+        if let Some(l) = &self.lag {
+            push("lag p50, ms", "<= 15", l.p50_ms, l.p50_ms <= 15.0);
+            push("lag p99, ms", "<= 100", l.p99_ms, l.p99_ms <= 100.0);
+        }
+        if let Some(q) = &self.queries {
+            for (what_rps, what_p99, s) in [
+                ("list page rps", "list page p99, ms", &q.list),
+                ("detail rps", "detail p99, ms", &q.detail),
+            ] {
+                push(what_rps, ">= 8000", s.per_sec, s.per_sec >= 8000.0);
+                push(what_p99, "<= 20", s.p99_ms, s.p99_ms <= 20.0);
+            }
+        }
+        if let Some(r) = &self.rebuild {
+            push(
+                "rebuild events/s",
+                ">= 30000",
+                r.per_sec,
+                r.per_sec >= 30_000.0,
+            );
+        }
+        for (service, mib) in &self.rss_mib {
+            let what = match service.as_str() {
+                "command-api" => "command-api RSS, MiB",
+                "projector" => "projector RSS, MiB",
+                _ => "query-api RSS, MiB",
+            };
+            push(what, "<= 150", *mib, *mib <= 150.0);
+        }
+        self.targets = t;
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, name: &str, s: &Summary| {
+            out.push_str(&format!(
+                "{name:<28} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}\n",
+                s.per_sec, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms, s.failed
+            ));
+        };
+        out.push_str(&format!(
+            "{:<28} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+            "workload", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms", "failed"
+        ));
+        if let Some(s) = &self.commands_full_speed {
+            line(
+                &mut out,
+                &format!("commands ({} clients)", self.run.clients),
+                s,
+            );
+        }
+        if let Some(s) = &self.commands_at_rate {
+            line(&mut out, &format!("commands at {}/s", self.run.rate), s);
+        }
+        if let Some(s) = &self.lag {
+            line(&mut out, "lag (2xx → visible)", s);
+        }
+        if let Some(q) = &self.queries {
+            line(&mut out, "list page (50 rows, cursor)", &q.list);
+            line(&mut out, "tenant detail", &q.detail);
+        }
+        if let Some(r) = &self.rebuild {
+            out.push_str(&format!(
+                "{:<28} {:>10.0}   ({} events in {:.1} s)\n",
+                "rebuild (events)", r.per_sec, r.events, r.seconds
+            ));
+        }
+        if let Some(b) = &self.baseline {
+            out.push_str(&format!(
+                "{:<28} {:>10.0}   (pgbench, {} clients)\n",
+                "baseline inserts", b.inserts_per_sec, b.clients
+            ));
+        }
+        if let Some(r) = self.baseline_ratio {
+            out.push_str(&format!(
+                "{:<28} {:>9.1}%\n",
+                "commands ÷ baseline",
+                r * 100.0
+            ));
+        }
+        for (service, mib) in &self.rss_mib {
+            out.push_str(&format!(
+                "{:<28} {:>6.1} MiB\n",
+                format!("RSS {service}"),
+                mib
+            ));
+        }
+        if !self.targets.is_empty() {
+            out.push_str("\ntarget                                    bound     measured  met\n");
+            for t in &self.targets {
+                out.push_str(&format!(
+                    "{:<40} {:>8} {:>12.2}  {}\n",
+                    t.what,
+                    t.target,
+                    t.measured,
+                    if t.met { "yes" } else { "NO" }
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_judged_from_the_figures_present() {
+        let mut report = Report {
+            commands_full_speed: Some(Summary {
+                per_sec: 3500.0,
+                ..Summary::default()
+            }),
+            baseline_ratio: Some(0.25),
+            ..Report::default()
+        };
+        report.rss_mib.insert("projector".into(), 151.0);
+        report.judge();
+        let met: Vec<(&str, bool)> = report.targets.iter().map(|t| (t.what, t.met)).collect();
+        assert_eq!(
+            met,
+            vec![
+                ("commands/s, full speed", true),
+                ("commands/s ÷ baseline inserts/s, %", false),
+                ("projector RSS, MiB", false),
+            ]
+        );
+        assert!(report.table().contains("NO"));
+    }
+}

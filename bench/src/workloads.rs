@@ -1,0 +1,533 @@
+//! The workloads: seed, commands, lag, queries, rebuild and the PostgreSQL baseline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+
+use crate::load::{closed_loop, open_loop, Sample, Summary};
+use crate::Error;
+
+/// The two APIs, as a client with a super-admin token sees them.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    command_url: String,
+    query_url: String,
+    token: String,
+    /// Send a fresh `Idempotency-Key` with every command, as a careful client does.
+    idempotency_keys: bool,
+}
+
+/// What a command answered.
+#[derive(Debug)]
+pub enum Outcome {
+    /// 2xx with the aggregate's new version.
+    Accepted(u64),
+    /// Any other status.
+    Refused(StatusCode),
+    /// No answer at all (connection refused or reset, timeout).
+    NoAnswer,
+}
+
+impl Api {
+    /// A client for the APIs at these URLs.
+    pub fn new(command_url: &str, query_url: &str, token: String, pool: usize) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Api {
+            http,
+            command_url: command_url.trim_end_matches('/').to_owned(),
+            query_url: query_url.trim_end_matches('/').to_owned(),
+            token,
+            idempotency_keys: true,
+        }
+    }
+
+    /// Creates an active tenant; returns its id.
+    pub async fn create_tenant(&self, slug: &str) -> Result<String, Error> {
+        let response = self
+            .http
+            .post(format!("{}/v1/tenants", self.command_url))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "name": format!("Bench {slug}"),
+                "slug": slug,
+                "contact_email": format!("ops@{slug}.example"),
+            }))
+            .send()
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(format!("creating tenant {slug}: {}", response.status()).into());
+        }
+        let body: Value = response.json().await?;
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "no id in the answer".into())
+    }
+
+    /// Replaces a tenant's preferences (the hot command until chat exists).
+    pub async fn update_preferences(&self, tenant: &str, preferences: &Value) -> Outcome {
+        let key = self
+            .idempotency_keys
+            .then(|| uuid::Uuid::new_v4().to_string());
+        self.update_preferences_keyed(tenant, preferences, key.as_deref())
+            .await
+    }
+
+    /// The same with a given `Idempotency-Key` (retries of one operation reuse it).
+    pub async fn update_preferences_keyed(
+        &self,
+        tenant: &str,
+        preferences: &Value,
+        key: Option<&str>,
+    ) -> Outcome {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/v1/tenants/{tenant}/preferences",
+                self.command_url
+            ))
+            .bearer_auth(&self.token)
+            .json(preferences);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let Ok(response) = request.send().await else {
+            return Outcome::NoAnswer;
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Outcome::Refused(status);
+        }
+        match response.json::<Value>().await {
+            Ok(body) => body["version"]
+                .as_u64()
+                .map_or(Outcome::Refused(status), Outcome::Accepted),
+            Err(_) => Outcome::NoAnswer,
+        }
+    }
+
+    /// Reads a tenant, waiting (bounded, server side) until it reflects `min_version`; true
+    /// when the answer is fresh.
+    pub async fn detail(&self, tenant: &str, min_version: Option<u64>) -> bool {
+        let mut url = format!("{}/v1/tenants/{tenant}", self.query_url);
+        if let Some(v) = min_version {
+            url.push_str(&format!("?min_version={v}"));
+        }
+        match self.http.get(url).bearer_auth(&self.token).send().await {
+            Ok(r) => {
+                let fresh = r.headers().get("x-read-stale").is_none();
+                let ok = r.status() == StatusCode::OK;
+                // Read the body: a client pays for it too.
+                r.bytes().await.is_ok() && ok && fresh
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One page of the tenant list (50 rows); returns the next page's cursor.
+    pub async fn list(&self, cursor: Option<&str>) -> Result<Option<String>, Error> {
+        let mut url = format!("{}/v1/tenants?limit=50", self.query_url);
+        if let Some(c) = cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let response = self.http.get(url).bearer_auth(&self.token).send().await?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("list: {}", response.status()).into());
+        }
+        let page: Value = response.json().await?;
+        if page["items"].as_array().map_or(0, Vec::len) != 50 {
+            return Err("list: a page of fewer than 50 rows".into());
+        }
+        Ok(page["next_cursor"].as_str().map(str::to_owned))
+    }
+}
+
+/// The seeded data the workloads use.
+pub struct Seed {
+    /// Tenants whose streams hold `events_per_hot` events each.
+    pub hot: Vec<String>,
+    /// Every tenant, hot ones included.
+    pub all: Vec<String>,
+}
+
+/// Creates `total` tenants, the first `hot` of them with `events_per_hot` events each.
+pub async fn seed(
+    api: &Api,
+    hot: usize,
+    total: usize,
+    events_per_hot: u64,
+    clients: usize,
+) -> Result<Seed, Error> {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let slugs: Vec<String> = (0..total.max(hot)).map(|i| format!("b{run}-{i}")).collect();
+    let slugs = Arc::new(slugs);
+    let mut tasks = Vec::new();
+    for client in 0..clients.max(1) {
+        let (api, slugs) = (api.clone(), slugs.clone());
+        let step = clients.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in (client..slugs.len()).step_by(step) {
+                let id = api
+                    .create_tenant(&slugs[i])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if i < hot {
+                    for n in 1..events_per_hot {
+                        let prefs = json!({"theme": "light", "seed": n});
+                        match api.update_preferences(&id, &prefs).await {
+                            Outcome::Accepted(_) => {}
+                            other => return Err(format!("seeding: {other:?}")),
+                        }
+                    }
+                }
+                made.push((i, id));
+            }
+            Ok::<_, String>(made)
+        }));
+    }
+    let mut made = Vec::new();
+    for task in tasks {
+        made.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    made.sort();
+    let all: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
+    Ok(Seed {
+        hot: all[..hot].to_vec(),
+        all,
+    })
+}
+
+/// The hot command by `clients` closed-loop clients, each on tenants of its own.
+pub async fn commands_full_speed(
+    api: &Api,
+    seed: &Seed,
+    clients: usize,
+    duration: Duration,
+) -> Summary {
+    let (api, hot) = (api.clone(), Arc::new(seed.hot.clone()));
+    closed_loop(clients, duration, move |client, n| {
+        let (api, hot) = (api.clone(), hot.clone());
+        async move {
+            let tenant = &hot[(client + clients * n as usize) % hot.len()];
+            let prefs = json!({"theme": "dark", "n": n});
+            matches!(
+                api.update_preferences(tenant, &prefs).await,
+                Outcome::Accepted(_)
+            )
+        }
+    })
+    .await
+    .summary()
+}
+
+/// Free tenants for open-loop requests, so two in-flight requests rarely share an aggregate
+/// (when every tenant is busy one is shared, and optimistic concurrency sorts it out).
+#[derive(Clone)]
+struct TenantPool(Arc<Mutex<Vec<String>>>);
+
+impl TenantPool {
+    fn take(&self, n: u64, all: &[String]) -> String {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_else(|| all[n as usize % all.len()].clone())
+    }
+
+    fn give_back(&self, tenant: String) {
+        if let Ok(mut free) = self.0.lock() {
+            free.push(tenant);
+        }
+    }
+}
+
+/// The hot command at a fixed rate; with `lag_every` = k, every k-th command is followed by a
+/// read of the query API waiting for that version, and the time from the command's answer to
+/// the fresh read is the lag.
+pub async fn commands_at_rate(
+    api: &Api,
+    seed: &Seed,
+    rate: f64,
+    duration: Duration,
+    lag_every: Option<u64>,
+) -> (Summary, Option<Summary>) {
+    let pool = TenantPool(Arc::new(Mutex::new(seed.hot.clone())));
+    let hot = Arc::new(seed.hot.clone());
+    let lags = Arc::new(Mutex::new(Sample::default()));
+    let (api, lags_in) = (api.clone(), lags.clone());
+    let started = Instant::now();
+    // As many in flight as a client pool would hold: when the system cannot keep up, the
+    // schedule slips and the slip shows in the latencies, instead of a pile of requests
+    // timing out.
+    let in_flight = seed.hot.len() * 2;
+    let sample = open_loop(rate, duration, in_flight, move |n| {
+        let (api, pool, hot, lags) = (api.clone(), pool.clone(), hot.clone(), lags_in.clone());
+        async move {
+            let tenant = pool.take(n, &hot);
+            let prefs = json!({"theme": "dark", "n": n});
+            let outcome = api.update_preferences(&tenant, &prefs).await;
+            pool.give_back(tenant.clone());
+            let Outcome::Accepted(version) = outcome else {
+                return false;
+            };
+            if let Some(k) = lag_every {
+                if n % k == 0 {
+                    let answered = Instant::now();
+                    let fresh = api.detail(&tenant, Some(version)).await;
+                    if let Ok(mut lags) = lags.lock() {
+                        if fresh {
+                            lags.latencies.push(answered.elapsed());
+                        } else {
+                            lags.failed += 1;
+                        }
+                    }
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let lag = lag_every.map(|_| {
+        let mut lags = lags
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        lags.elapsed = started.elapsed();
+        lags.summary()
+    });
+    (sample.summary(), lag)
+}
+
+/// The two dashboard reads under `clients` closed-loop clients.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Queries {
+    /// A 50-row page of the tenant list, by cursor.
+    pub list: Summary,
+    /// A tenant's detail.
+    pub detail: Summary,
+}
+
+/// Runs the list workload, then the detail workload, each for `duration`.
+pub async fn queries(
+    api: &Api,
+    seed: &Seed,
+    clients: usize,
+    duration: Duration,
+) -> Result<Queries, Error> {
+    // The second page: the cursor path, which is the one a scrolling dashboard takes.
+    let cursor = api.list(None).await?;
+    let a = api.clone();
+    let list = closed_loop(clients, duration, move |_, _| {
+        let (api, cursor) = (a.clone(), cursor.clone());
+        async move { api.list(cursor.as_deref()).await.is_ok() }
+    })
+    .await
+    .summary();
+    let (a, all) = (api.clone(), Arc::new(seed.all.clone()));
+    let detail = closed_loop(clients, duration, move |client, n| {
+        let (api, all) = (a.clone(), all.clone());
+        async move {
+            let i = (client * 7919 + n as usize * 104_729) % all.len();
+            api.detail(&all[i], None).await
+        }
+    })
+    .await
+    .summary();
+    Ok(Queries { list, detail })
+}
+
+/// A rebuild's figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rebuild {
+    /// Tenant events in the store, all of which the rebuild applied.
+    pub events: u64,
+    /// Wall time of `projector rebuild tenants`.
+    pub seconds: f64,
+    /// Events per second.
+    pub per_sec: f64,
+}
+
+/// Tenant events copied from real ones: each of `tenants` new tenants gets the `Created` event
+/// of an existing tenant (with its own name and slug) and `per_tenant - 1` copies of a
+/// `PreferencesUpdated`. Written in batches of their own transactions: a long writing
+/// transaction would hold back the commit horizon of the whole cluster.
+pub async fn seed_events(database_url: &str, tenants: u64, per_tenant: u64) -> Result<(), Error> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    let batch = (100_000 / per_tenant.max(1)).max(1);
+    let mut from = 1;
+    while from <= tenants {
+        let to = (from + batch - 1).min(tenants);
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT c.aggregate_type, md5('bench-rebuild-' || a.n)::uuid::text, 1, c.event_type,
+                    c.event_version,
+                    jsonb_set(jsonb_set(c.payload, '{Created,slug}', to_jsonb('rebuild-' || a.n)),
+                              '{Created,name}', to_jsonb('Rebuild ' || a.n)),
+                    jsonb_set(c.metadata, '{tenant_id}',
+                              to_jsonb(md5('bench-rebuild-' || a.n)::uuid::text))
+               FROM generate_series($1::bigint, $2::bigint) AS a(n),
+                    (SELECT * FROM events WHERE aggregate_type = 'tenant'
+                        AND event_type = 'Created' LIMIT 1) AS c",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT p.aggregate_type, md5('bench-rebuild-' || a.n)::uuid::text, s, p.event_type,
+                    p.event_version, p.payload,
+                    jsonb_set(p.metadata, '{tenant_id}',
+                              to_jsonb(md5('bench-rebuild-' || a.n)::uuid::text))
+               FROM generate_series($1::bigint, $2::bigint) AS a(n),
+                    generate_series(2, $3::bigint) AS s,
+                    (SELECT * FROM events WHERE aggregate_type = 'tenant'
+                        AND event_type = 'PreferencesUpdated' LIMIT 1) AS p
+              ORDER BY a.n, s",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(per_tenant as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        from = to + 1;
+    }
+    Ok(())
+}
+
+/// Runs `projector rebuild tenants` against the database and times it.
+pub async fn rebuild(bin_dir: &std::path::Path, database_url: &str) -> Result<Rebuild, Error> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'tenant'")
+            .fetch_one(&mut conn)
+            .await?;
+    let started = Instant::now();
+    let status = tokio::process::Command::new(bin_dir.join("projector"))
+        .args(["rebuild", "tenants"])
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("projector rebuild tenants: {status}").into());
+    }
+    let projected: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(version), 0)::bigint FROM tenants")
+            .fetch_one(&mut conn)
+            .await?;
+    if projected != events {
+        return Err(format!("the rebuilt read model holds {projected} of {events} events").into());
+    }
+    Ok(Rebuild {
+        events: events as u64,
+        seconds,
+        per_sec: events as f64 / seconds,
+    })
+}
+
+/// What PostgreSQL itself does with the same durable single-row append.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Baseline {
+    /// pgbench clients (the same C as the command workload).
+    pub clients: usize,
+    /// Committed single-row inserts per second.
+    pub inserts_per_sec: f64,
+}
+
+/// pgbench inserting one events-shaped row per transaction into a copy of the `events` table
+/// (same columns, defaults, keys and indexes) on the same server.
+pub async fn baseline(
+    database_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<Baseline, Error> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    sqlx::query("DROP TABLE IF EXISTS baseline_events")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE TABLE baseline_events (LIKE events INCLUDING ALL)")
+        .execute(&mut conn)
+        .await?;
+    let script = std::env::temp_dir().join(format!("bench-baseline-{}.sql", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &script,
+        "INSERT INTO baseline_events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) VALUES ('tenant', gen_random_uuid()::text, 1, \
+         'PreferencesUpdated', '1.0', \
+         '{\"PreferencesUpdated\": {\"preferences\": {\"theme\": \"dark\", \"n\": 1}}}', \
+         '{\"tenant_id\": \"t\", \"actor_id\": \"a\", \"actor_kind\": \"admin\", \
+         \"request_id\": \"r\", \"correlation_id\": \"c\"}');\n",
+    )?;
+    let output = tokio::process::Command::new("pgbench")
+        .arg("-n")
+        .arg(format!("--client={clients}"))
+        .arg(format!("--jobs={}", clients.min(2)))
+        .arg(format!("--time={}", duration.as_secs().max(1)))
+        .arg("--file")
+        .arg(&script)
+        .arg(database_url)
+        .output()
+        .await
+        .map_err(|e| format!("pgbench does not run ({e}); install PostgreSQL's client tools"))?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    sqlx::query("DROP TABLE baseline_events")
+        .execute(&mut conn)
+        .await?;
+    Ok(Baseline {
+        clients,
+        inserts_per_sec: parse_tps(&text).ok_or("no tps in pgbench's output")?,
+    })
+}
+
+/// `tps = 1234.5 (without initial connection time)` → 1234.5.
+fn parse_tps(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find(|l| l.starts_with("tps = "))?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_throughput_is_read_from_its_report() {
+        let out = "number of failed transactions: 0 (0.000%)\n\
+                   latency average = 2.1 ms\n\
+                   initial connection time = 12.3 ms\n\
+                   tps = 4567.891 (without initial connection time)\n";
+        assert_eq!(parse_tps(out), Some(4567.891));
+        assert_eq!(parse_tps("nothing here"), None);
+    }
+}
