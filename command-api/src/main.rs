@@ -5,6 +5,11 @@ use command_api::config::{AdminAction, Command, Config};
 use command_api::identity::bootstrap::Bootstrapped;
 use command_api::Application;
 
+/// mimalloc instead of the system allocator: under load glibc's malloc, free and
+/// consolidation were a third of the service's CPU (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     events::http::telemetry::init("command-api");

@@ -1,6 +1,11 @@
 use clap::Parser;
 use projector::{Command, Config};
 
+/// mimalloc instead of the system allocator: under load glibc's malloc, free and
+/// consolidation were a third of the service's CPU (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     init_telemetry();

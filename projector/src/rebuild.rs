@@ -8,6 +8,8 @@
 //! was committed since, and renames. Anything the live projector applied to the old tables
 //! had been published, so was below the horizon, so is included by that last catch-up.
 
+use std::collections::HashMap;
+
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::projection::{apply_in_order, envelope_from_row, Projection, ProjectionError, Target};
@@ -60,7 +62,7 @@ pub async fn rebuild(
     let mut report = RebuildReport::default();
     loop {
         let mut tx = conn.begin().await?;
-        let n = apply_batch(&mut tx, projection, &types, &mut after).await?;
+        let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::Bulk).await?;
         tx.commit().await?;
         report.events += n;
         if n == 0 {
@@ -81,7 +83,7 @@ pub async fn rebuild(
             .await?;
     }
     loop {
-        let n = apply_batch(&mut tx, projection, &types, &mut after).await?;
+        let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::CatchUp).await?;
         report.caught_up += n;
         if n == 0 {
             break;
@@ -122,6 +124,18 @@ pub async fn rebuild(
     Ok(report)
 }
 
+/// How a batch is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the swap, nothing but the rebuild touches the fresh tables and its checkpoints,
+    /// and the events come from the store once each, in commit order (so each aggregate's in
+    /// sequence order): the per-event checkpoint lock and check are not needed. Each batch
+    /// writes the aggregates' checkpoints once, at its end.
+    Bulk,
+    /// During the swap: through [`apply_in_order`], like the live projector.
+    CatchUp,
+}
+
 /// Applies the next batch after `after` (a `(transaction_id, global_position)` pair) to the
 /// fresh tables and moves `after` on.
 async fn apply_batch(
@@ -129,6 +143,7 @@ async fn apply_batch(
     projection: &dyn Projection,
     types: &[String],
     after: &mut (String, i64),
+    phase: Phase,
 ) -> Result<usize, ProjectionError> {
     let rows = sqlx::query(&format!(
         "SELECT {} AS envelope, transaction_id::text AS txid FROM events
@@ -145,10 +160,47 @@ async fn apply_batch(
     .bind(BATCH)
     .fetch_all(&mut *conn)
     .await?;
+    let mut reached: HashMap<(String, String), i64> = HashMap::new();
     for row in &rows {
         let envelope = envelope_from_row(row)?;
-        apply_in_order(conn, projection, &Target::REBUILD, &envelope).await?;
+        match phase {
+            Phase::Bulk => {
+                projection.apply(conn, &Target::REBUILD, &envelope).await?;
+                reached.insert(
+                    (
+                        envelope.aggregate_type.clone(),
+                        envelope.aggregate_id.clone(),
+                    ),
+                    envelope.sequence as i64,
+                );
+            }
+            Phase::CatchUp => {
+                apply_in_order(conn, projection, &Target::REBUILD, &envelope).await?;
+            }
+        }
         *after = (row.try_get("txid")?, envelope.global_position);
+    }
+    if !reached.is_empty() {
+        let mut types = Vec::with_capacity(reached.len());
+        let mut ids = Vec::with_capacity(reached.len());
+        let mut sequences = Vec::with_capacity(reached.len());
+        for ((t, id), sequence) in reached {
+            types.push(t);
+            ids.push(id);
+            sequences.push(sequence);
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+             SELECT $1, t, i, s FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
+             ON CONFLICT (projection, aggregate_type, aggregate_id)
+             DO UPDATE SET sequence = EXCLUDED.sequence",
+        )
+        .bind(Target::REBUILD.checkpoint(projection.name()))
+        .bind(types)
+        .bind(ids)
+        .bind(sequences)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(rows.len())
 }
