@@ -103,6 +103,21 @@ pub trait Projection: Send + Sync + 'static {
         target: &Target,
         event: &Envelope,
     ) -> Result<(), ProjectionError>;
+    /// Changes the read model for `events` (each aggregate's in sequence order, none applied
+    /// before), inside the caller's transaction. A rebuild feeds whole batches through it; a
+    /// projection that can fold them into one write per row does so here, the default applies
+    /// them one by one.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        events: &[Envelope],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(conn, target, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one event.

@@ -160,25 +160,30 @@ async fn apply_batch(
     .bind(BATCH)
     .fetch_all(&mut *conn)
     .await?;
-    let mut reached: HashMap<(String, String), i64> = HashMap::new();
+    let mut envelopes = Vec::with_capacity(rows.len());
     for row in &rows {
         let envelope = envelope_from_row(row)?;
-        match phase {
-            Phase::Bulk => {
-                projection.apply(conn, &Target::REBUILD, &envelope).await?;
+        *after = (row.try_get("txid")?, envelope.global_position);
+        envelopes.push(envelope);
+    }
+    let mut reached: HashMap<(String, String), i64> = HashMap::new();
+    match phase {
+        Phase::Bulk => {
+            projection
+                .apply_all(conn, &Target::REBUILD, &envelopes)
+                .await?;
+            for e in &envelopes {
                 reached.insert(
-                    (
-                        envelope.aggregate_type.clone(),
-                        envelope.aggregate_id.clone(),
-                    ),
-                    envelope.sequence as i64,
+                    (e.aggregate_type.clone(), e.aggregate_id.clone()),
+                    e.sequence as i64,
                 );
             }
-            Phase::CatchUp => {
-                apply_in_order(conn, projection, &Target::REBUILD, &envelope).await?;
+        }
+        Phase::CatchUp => {
+            for e in &envelopes {
+                apply_in_order(conn, projection, &Target::REBUILD, e).await?;
             }
         }
-        *after = (row.try_get("txid")?, envelope.global_position);
     }
     if !reached.is_empty() {
         let mut types = Vec::with_capacity(reached.len());
