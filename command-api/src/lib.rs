@@ -54,6 +54,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub struct AppState {
     /// Event store and command-side tables.
     pub pool: PgPool,
+    /// The same database through connections that commit without waiting for the WAL
+    /// flush (`synchronous_commit = off`): for writes whose loss in a crash is harmless
+    /// (the `Idempotency-Key` records; see [`http::idempotency`]).
+    pub relaxed_pool: PgPool,
     /// NATS connection (readiness).
     pub nats: async_nats::Client,
     /// Bearer-token verification.
@@ -168,8 +172,16 @@ impl Application {
         let dummy_hash = identity::services::hash_password("not anybody's password")
             .await
             .map_err(StartError::Bootstrap)?;
+        let relaxed_pool = PgPoolOptions::new()
+            .max_connections(config.db_max_connections)
+            .connect_lazy_with(
+                (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]),
+            );
         let state = AppState {
             pool: pool.clone(),
+            relaxed_pool,
             nats,
             tokens: TokenKeys::new(config.auth_secret()?),
             metrics: metrics.clone(),
@@ -189,6 +201,18 @@ impl Application {
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
         };
+        if !config.relay_enabled {
+            // The active relay runs elsewhere: tell it of this process's commits.
+            let (pool, committed) = (pool.clone(), committed.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = relay::forward_commits(pool.clone(), &committed).await {
+                        tracing::warn!(error = %e, "could not notify the relay of commits");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            });
+        }
         let relay = config.relay_enabled.then(|| {
             (
                 relay::Relay::new(

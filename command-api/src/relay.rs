@@ -16,7 +16,11 @@
 //!   relay's right to publish.
 //! - It is woken right after each commit, in-process by the command bus and across
 //!   processes by `LISTEN events_appended`, and polls briefly in case the horizon was held
-//!   back by another transaction.
+//!   back by another transaction. A process whose relay stands by forwards its own commits
+//!   to the active one with a `NOTIFY` sent after the commit, not inside it: a `NOTIFY` in
+//!   the appending transaction takes a database-wide lock that is held until its commit is
+//!   flushed, and so made every command wait for every other command's fsync
+//!   ([`forward_commits`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -402,7 +406,14 @@ impl Relay {
     /// active relay failed.
     async fn lead(&self, wake: &Notify) -> Result<(), RelayError> {
         let Some(mut leader) = self.try_lead().await? else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Try again in a second; meanwhile the active relay is told of this process's
+            // commits.
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                forward_commits(self.pool.clone(), wake),
+            )
+            .await
+            .unwrap_or(Ok(()))?;
             return Ok(());
         };
         let mut listener = PgListener::connect_with(&self.pool).await?;
@@ -429,6 +440,25 @@ impl Relay {
             // faster than one step per notification could take them, and would pile up.
             while listener.next_buffered().is_some() {}
         }
+    }
+}
+
+/// Tells the active relay, wherever it runs, of the commits `wake` signals: one
+/// `NOTIFY events_appended` per wake-up, however many commits it stands for. Runs in a
+/// process whose relay stands by or is disabled. Returns only on a database error.
+///
+/// The notification is its own small transaction, after the events' commit. It commits
+/// without waiting for its WAL flush: it writes nothing that has to survive a crash, and
+/// `NOTIFY` holds a database-wide lock until its transaction has committed.
+pub async fn forward_commits(pool: PgPool, wake: &Notify) -> Result<(), RelayError> {
+    loop {
+        wake.notified().await;
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true),
+                    pg_notify('events_appended', '')",
+        )
+        .execute(&pool)
+        .await?;
     }
 }
 

@@ -11,6 +11,11 @@
 //! - Answers are stored, except 5xx and 409 `contention`, which are transient: the claim is
 //!   released. A claim whose heartbeat stopped for a minute (its process died) may be taken
 //!   over too.
+//! - Claims and answers are written through [`crate::AppState::relaxed_pool`], without
+//!   waiting for their WAL flush. A claim is flushed by the command's own commit, which
+//!   follows it in the WAL; a claim lost in a crash had no events behind it, so running the
+//!   command again is right. An answer lost in a crash leaves its claim, which is taken over
+//!   a minute later and answered from the events, as below.
 //! - Taking a claim over happens in one transaction that first looks for events carrying the
 //!   earlier attempt's request id: if it committed, its answer is rebuilt from them and
 //!   replayed, and the command does not run again.
@@ -225,7 +230,7 @@ impl Claim {
         .bind(&self.key)
         .bind(hash)
         .bind(&self.attempt)
-        .execute(&state.pool)
+        .execute(&state.relaxed_pool)
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -325,11 +330,11 @@ impl Claim {
             .bind(&self.scope)
             .bind(&self.key)
             .bind(&self.attempt)
-            .execute(&state.pool)
+            .execute(&state.relaxed_pool)
             .await
             .map(|_| ())
         } else {
-            match state.pool.acquire().await {
+            match state.relaxed_pool.acquire().await {
                 Ok(mut conn) => store_answer(
                     &mut conn,
                     &self.scope,
@@ -364,7 +369,7 @@ async fn heartbeat(scope: String, key: String, attempt: String, state: AppState)
         .bind(&scope)
         .bind(&key)
         .bind(&attempt)
-        .execute(&state.pool)
+        .execute(&state.relaxed_pool)
         .await;
         if let Err(e) = renewed {
             tracing::warn!(error = %e, "could not renew an idempotency claim");
