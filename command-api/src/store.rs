@@ -4,10 +4,11 @@
 //! so this drives `PersistedEventStore` directly: load → (check `If-Match`) → handle →
 //! commit, which returns the committed envelopes and so the new version.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use events::Metadata;
 use postgres_es::PostgresEventRepository;
@@ -18,6 +19,9 @@ use tokio::sync::Notify;
 /// first (only when the client did not pin a version with `If-Match`). Between tries it
 /// backs off for a random time that doubles, so colliding writers spread out.
 const MAX_ATTEMPTS: u32 = 12;
+
+/// Aggregates kept in memory per command bus. Past it, an arbitrary one is dropped.
+const CACHED_AGGREGATES: usize = 10_000;
 
 /// The outcome of a command that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +66,20 @@ pub struct CommandBus<A: Aggregate> {
     services: A::Services,
     /// Woken after every commit so the relay publishes at once.
     committed: Arc<Notify>,
+    /// Events between snapshots.
+    snapshot_every: usize,
+    /// Aggregates as this process last committed them (see [`CommandBus::context`]).
+    cache: Mutex<HashMap<String, Cached<A>>>,
+}
+
+/// An aggregate as of one of its versions.
+struct Cached<A> {
+    /// Its state.
+    aggregate: A,
+    /// The sequence of the last event applied to it.
+    sequence: usize,
+    /// The snapshot counter postgres-es last read or wrote for it.
+    snapshot: Option<usize>,
 }
 
 impl<A> CommandBus<A>
@@ -82,6 +100,88 @@ where
             store: PersistedEventStore::new_snapshot_store(repo, snapshot_every.max(1)),
             services,
             committed,
+            snapshot_every: snapshot_every.max(1),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The aggregate ready for a command. From the cache when this process committed to it
+    /// last: only the events appended since (by other processes) are read and applied, one
+    /// statement instead of postgres-es's snapshot read and replay of up to
+    /// `snapshot_every - 1` events. A stale entry cannot cause a lost write: the commit's
+    /// primary key still refuses a sequence that was taken.
+    async fn context(
+        &self,
+        id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, CommandError<A::Error>> {
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut cache| cache.remove(id));
+        let Some(cached) = cached else {
+            return self.store.load_aggregate(id).await.map_err(store_error);
+        };
+        let newer: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT sequence, payload FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+              ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .bind(cached.sequence as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CommandError::Store(e.to_string()))?;
+        let mut context = EventStoreAggregateContext {
+            aggregate_id: id.to_owned(),
+            aggregate: cached.aggregate,
+            current_sequence: cached.sequence,
+            current_snapshot: cached.snapshot,
+        };
+        for (sequence, payload) in newer {
+            let Ok(event) = serde_json::from_value::<A::Event>(payload) else {
+                // Not this version's shape: let postgres-es load it the long way.
+                return self.store.load_aggregate(id).await.map_err(store_error);
+            };
+            context.aggregate.apply(event);
+            context.current_sequence = sequence as usize;
+        }
+        Ok(context)
+    }
+
+    /// Keeps `aggregate` at `sequence` for the next command, unless the commit that reached
+    /// it crossed a snapshot boundary: postgres-es then moved the snapshot counter, and the
+    /// next load reads it afresh.
+    fn remember(
+        &self,
+        id: &str,
+        aggregate: A,
+        from: usize,
+        sequence: usize,
+        snapshot: Option<usize>,
+    ) {
+        if from / self.snapshot_every != sequence / self.snapshot_every {
+            return;
+        }
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHED_AGGREGATES && !cache.contains_key(id) {
+            if let Some(victim) = cache.keys().next().cloned() {
+                cache.remove(&victim);
+            }
+        }
+        let newer = cache.get(id).is_none_or(|c| c.sequence < sequence);
+        if newer {
+            cache.insert(
+                id.to_owned(),
+                Cached {
+                    aggregate,
+                    sequence,
+                    snapshot,
+                },
+            );
         }
     }
 
@@ -122,7 +222,7 @@ where
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            let context = self.store.load_aggregate(id).await.map_err(store_error)?;
+            let context = self.context(id).await?;
             let current = context.current_sequence as u64;
             if let Some(expected) = expected.filter(|e| *e != current) {
                 return Err(CommandError::VersionConflict {
@@ -136,12 +236,20 @@ where
             // event twice in the snapshot.
             let mut scratch = context.aggregate.clone();
             let sink = EventSink::default();
-            scratch
-                .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            if let Err(e) = scratch.handle(command.clone(), &self.services, &sink).await {
+                let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
+                self.remember(id, context.aggregate, sequence, sequence, snapshot);
+                return Err(CommandError::Rejected(e));
+            }
             let new_events = sink.collect().await;
             if new_events.is_empty() {
+                self.remember(
+                    id,
+                    context.aggregate,
+                    context.current_sequence,
+                    context.current_sequence,
+                    context.current_snapshot,
+                );
                 let unchanged = Committed {
                     aggregate_id: id.to_owned(),
                     version: current,
@@ -150,6 +258,7 @@ where
                 return Ok((unchanged, new_events));
             }
             let attempted = new_events.clone();
+            let (from, snapshot) = (context.current_sequence, context.current_snapshot);
             match self
                 .store
                 .commit(new_events, context, metadata.to_map())
@@ -157,6 +266,9 @@ where
             {
                 Ok(envelopes) => {
                     self.committed.notify_one();
+                    if let Some(last) = envelopes.last() {
+                        self.remember(id, scratch, from, last.sequence, snapshot);
+                    }
                     let committed = Committed {
                         aggregate_id: id.to_owned(),
                         version: envelopes.last().map_or(current, |e| e.sequence as u64),

@@ -1,6 +1,8 @@
 //! The projection contract and the one place that makes application exactly-once and
 //! in order (ARCHITECTURE.md invariant 4).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use events::Envelope;
 use sqlx::{PgConnection, Row};
@@ -132,71 +134,120 @@ pub enum Applied {
     Duplicate,
 }
 
-/// Applies `event` exactly once and in sequence order, inside the caller's transaction:
-/// locks the aggregate's checkpoint row, skips what is at or below it, fills a gap from the
-/// event store, and moves the checkpoint in the same transaction as the read-model change.
+/// Applies `event` exactly once and in sequence order, inside the caller's transaction
+/// ([`apply_all_in_order`] with one event).
 pub async fn apply_in_order(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     target: &Target,
     event: &Envelope,
 ) -> Result<Applied, ProjectionError> {
+    let applied = apply_all_in_order(conn, projection, target, std::slice::from_ref(event)).await?;
+    Ok(applied.first().copied().unwrap_or(Applied::Duplicate))
+}
+
+/// Applies `events` exactly once and in sequence order, inside the caller's transaction, and
+/// says what happened to each: locks the checkpoint rows of their aggregates, skips what is
+/// at or below a checkpoint, fills a gap from the event store, and moves the checkpoints in
+/// the same transaction as the read-model change.
+///
+/// A batch costs the same statements as one event: one to lock the checkpoints, the
+/// projection's [`Projection::apply_all`], one to move the checkpoints. Checkpoint rows are
+/// locked in one order (aggregate type, then id), so two projector instances cannot deadlock.
+pub async fn apply_all_in_order(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    events: &[Envelope],
+) -> Result<Vec<Applied>, ProjectionError> {
     let checkpoint = target.checkpoint(projection.name());
-    // Creates the row if needed and locks it either way, so two projector instances cannot
-    // both apply the first event of an aggregate.
-    let last: i64 = sqlx::query_scalar(
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    // Creates the rows that are missing and locks them all either way, so two projector
+    // instances cannot both apply the first event of an aggregate.
+    let locked: Vec<(String, String, i64)> = sqlx::query_as(
         "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
-         VALUES ($1, $2, $3, 0)
+         SELECT $1, t, i, 0 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(t, i, n)
+          ORDER BY n
          ON CONFLICT (projection, aggregate_type, aggregate_id)
          DO UPDATE SET sequence = projection_checkpoints.sequence
-         RETURNING sequence",
+         RETURNING aggregate_type, aggregate_id, sequence",
     )
     .bind(&checkpoint)
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .fetch_one(&mut *conn)
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
     .await?;
-    let last = last as u64;
-    if event.sequence <= last {
-        return Ok(Applied::Duplicate);
-    }
-    let mut filled = 0;
-    if event.sequence > last + 1 {
-        let missing = load_stream(
-            conn,
-            &event.aggregate_type,
-            &event.aggregate_id,
-            last,
-            event.sequence,
-        )
-        .await?;
-        let expected = event.sequence - last - 1;
-        if missing.len() as u64 != expected
-            || missing.iter().zip(last + 1..).any(|(e, s)| e.sequence != s)
-        {
-            return Err(ProjectionError::Missing {
-                aggregate: format!("{}:{}", event.aggregate_type, event.aggregate_id),
-                from: last + 1,
-                to: event.sequence - 1,
-            });
+    let before: HashMap<(String, String), u64> = locked
+        .into_iter()
+        .map(|(t, i, s)| ((t, i), s as u64))
+        .collect();
+    let mut last = before.clone();
+    let mut accepted = Vec::with_capacity(events.len());
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+        let at = last.get(&key).copied().unwrap_or(0);
+        if event.sequence <= at {
+            outcomes.push(Applied::Duplicate);
+            continue;
         }
-        for earlier in &missing {
-            projection.apply(conn, target, earlier).await?;
+        let mut filled = 0;
+        if event.sequence > at + 1 {
+            let missing = load_stream(
+                conn,
+                &event.aggregate_type,
+                &event.aggregate_id,
+                at,
+                event.sequence,
+            )
+            .await?;
+            let expected = event.sequence - at - 1;
+            if missing.len() as u64 != expected
+                || missing.iter().zip(at + 1..).any(|(e, s)| e.sequence != s)
+            {
+                return Err(ProjectionError::Missing {
+                    aggregate: format!("{}:{}", event.aggregate_type, event.aggregate_id),
+                    from: at + 1,
+                    to: event.sequence - 1,
+                });
+            }
+            filled = missing.len();
+            accepted.extend(missing);
         }
-        filled = missing.len();
+        accepted.push(event.clone());
+        last.insert(key, event.sequence);
+        outcomes.push(Applied::Applied { filled });
     }
-    projection.apply(conn, target, event).await?;
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
+    projection.apply_all(conn, target, &accepted).await?;
+    let mut moved = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, i), s) in last {
+        if before.get(&(t.clone(), i.clone())) != Some(&s) {
+            moved.0.push(t);
+            moved.1.push(i);
+            moved.2.push(s as i64);
+        }
+    }
     sqlx::query(
-        "UPDATE projection_checkpoints SET sequence = $4
-          WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+        "UPDATE projection_checkpoints AS c SET sequence = u.s
+           FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
+          WHERE c.projection = $1 AND c.aggregate_type = u.t AND c.aggregate_id = u.i",
     )
     .bind(&checkpoint)
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(event.sequence as i64)
+    .bind(moved.0)
+    .bind(moved.1)
+    .bind(moved.2)
     .execute(&mut *conn)
     .await?;
-    Ok(Applied::Applied { filled })
+    Ok(outcomes)
 }
 
 /// Decodes the `envelope` column of a row selected with [`events::envelope::ENVELOPE_SQL`].

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
-use crate::projection::{apply_in_order, envelope_from_row, Projection, ProjectionError, Target};
+use crate::projection::{
+    apply_all_in_order, envelope_from_row, Projection, ProjectionError, Target,
+};
 
 /// Events read and applied per transaction.
 const BATCH: i64 = 5_000;
@@ -132,7 +134,7 @@ enum Phase {
     /// sequence order): the per-event checkpoint lock and check are not needed. Each batch
     /// writes the aggregates' checkpoints once, at its end.
     Bulk,
-    /// During the swap: through [`apply_in_order`], like the live projector.
+    /// During the swap: through [`apply_all_in_order`], like the live projector.
     CatchUp,
 }
 
@@ -180,9 +182,7 @@ async fn apply_batch(
             }
         }
         Phase::CatchUp => {
-            for e in &envelopes {
-                apply_in_order(conn, projection, &Target::REBUILD, e).await?;
-            }
+            apply_all_in_order(conn, projection, &Target::REBUILD, &envelopes).await?;
         }
     }
     if !reached.is_empty() {

@@ -18,7 +18,9 @@ use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tracing::Instrument;
 
-use crate::projection::{apply_in_order, Applied, Projection, ProjectionError, Target};
+use crate::projection::{
+    apply_all_in_order, apply_in_order, Applied, Projection, ProjectionError, Target,
+};
 
 /// A message that could not be decoded or applied.
 #[derive(Debug)]
@@ -174,13 +176,10 @@ impl Worker {
         &self,
         decoded: &[(Message, Envelope)],
     ) -> Result<Vec<Applied>, ProjectionError> {
+        let envelopes: Vec<Envelope> = decoded.iter().map(|(_, e)| e.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(decoded.len());
-        for (_, envelope) in decoded {
-            out.push(
-                apply_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, envelope).await?,
-            );
-        }
+        let out = apply_all_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, &envelopes)
+            .await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -155,3 +155,26 @@ async fn an_undecodable_snapshot_does_not_block_the_aggregate() {
             .expect("a fresh snapshot");
     assert_eq!(payload["total"], 5);
 }
+
+#[tokio::test]
+async fn a_cached_aggregate_catches_up_with_another_processs_events() {
+    let env = TestEnv::new().await;
+    let bus = |n| CommandBus::<Counter>::new(env.pool.clone(), None, n, Arc::new(Notify::new()));
+    // Two processes; a snapshot every third event.
+    let (here, there) = (bus(3), bus(3));
+    let first = here.execute("c4", None, 1, &metadata("a")).await;
+    assert_eq!(first.expect("added").version, 1);
+    let second = there.execute("c4", None, 10, &metadata("b")).await;
+    assert_eq!(second.expect("added").version, 2);
+    // `here` last saw version 1; it must see the other process's event, both for the
+    // version the client pinned and for the state the snapshot is written from.
+    let third = here.execute("c4", Some(2), 100, &metadata("c")).await;
+    assert_eq!(third.expect("added").version, 3);
+    let total: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM snapshots WHERE aggregate_id = 'c4'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("snapshot at the third event");
+    assert_eq!(total["total"], 111);
+    assert_eq!(here.load("c4").await.expect("loads").total, 111);
+}
