@@ -138,12 +138,17 @@ async fn login(
     Json(body): Json<Login>,
 ) -> Result<Response, Problem> {
     let email = body.email.trim().to_lowercase();
-    let found: Option<(String, Option<String>)> =
+    // No stored address holds a control character, and PostgreSQL text cannot hold U+0000
+    // at all (it would answer an error, not "no such row"): such an address is nobody's.
+    let found: Option<(String, Option<String>)> = if email.chars().any(char::is_control) {
+        None
+    } else {
         sqlx::query_as("SELECT user_id, tenant_id FROM admin_emails WHERE email = $1")
             .bind(&email)
             .fetch_optional(&state.pool)
             .await
-            .map_err(|e| Problem::unavailable(&e))?;
+            .map_err(|e| Problem::unavailable(&e))?
+    };
     let Some((user_id, tenant)) = found else {
         // Spend the time a real check takes, so the answer's timing does not tell.
         let _ = super::services::verify_password(&state.dummy_hash, &body.password).await;

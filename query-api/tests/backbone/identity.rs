@@ -224,6 +224,9 @@ async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_loc
             .expect("sent");
         expect_problem(r, 400, "invalid_body").await;
     }
+    // PostgreSQL text cannot hold U+0000: such an address is nobody's, not a server error.
+    let r = login(&env, &api, "root\u{0}@example.com", "x").await;
+    expect_problem(r, 401, "invalid_credentials").await;
     api.stop().await;
 }
 
