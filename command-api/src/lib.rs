@@ -6,10 +6,13 @@
 //! - [`store`]: runs a command on an aggregate and commits its events (`If-Match`, retries).
 //! - [`relay`]: publishes committed events to NATS JetStream, none lost or skipped.
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
+//! - [`chat`]: threads, messages, read receipts and scheduled messages.
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
 
+/// Chat bounded context: threads, messages, receipts, scheduled messages.
+pub mod chat;
 /// Outbound messages (capture sink).
 pub mod comms;
 /// Settings.
@@ -66,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Tenant commands.
     pub tenants: Arc<CommandBus<Tenant>>,
+    /// Thread commands.
+    pub threads: Arc<CommandBus<chat::aggregate::Thread>>,
     /// Blob store (logos).
     pub blobs: Arc<dyn ObjectStore>,
     /// Admin-user commands.
@@ -198,6 +203,13 @@ impl Application {
                 committed.clone(),
             )),
             phone_keys: identity::phone::PhoneKeys::new(config.auth_secret()?),
+            threads: Arc::new(CommandBus::new(
+                pool.clone(),
+                Arc::new(chat::services::PgDirectory { pool: pool.clone() })
+                    as chat::services::ChatServices,
+                config.snapshot_every,
+                committed.clone(),
+            )),
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
         };

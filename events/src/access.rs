@@ -64,6 +64,12 @@ pub enum Principal {
         /// The tenant whose chatbot they use.
         tenant_id: String,
     },
+    /// A component of the platform calling another (the scheduler delivering a due
+    /// message). Its tokens are minted from the shared secret by the component itself.
+    Service {
+        /// The component's name.
+        name: String,
+    },
 }
 
 impl Principal {
@@ -71,6 +77,17 @@ impl Principal {
     pub fn user_id(&self) -> &str {
         match self {
             Principal::Admin { user_id, .. } | Principal::Phone { user_id, .. } => user_id,
+            Principal::Service { name } => name,
+        }
+    }
+
+    /// The kind of actor its events record.
+    pub fn actor_kind(&self) -> crate::envelope::ActorKind {
+        use crate::envelope::ActorKind;
+        match self {
+            Principal::Admin { .. } => ActorKind::Admin,
+            Principal::Phone { .. } => ActorKind::Phone,
+            Principal::Service { .. } => ActorKind::System,
         }
     }
 
@@ -179,6 +196,9 @@ impl TokenKeys {
                 user_id: c.sub,
                 tenant_id: c.tenant_id.ok_or(TokenError::Invalid)?,
             }),
+            (None, Some("service")) if c.tenant_id.is_none() => {
+                Ok(Principal::Service { name: c.sub })
+            }
             _ => Err(TokenError::Invalid),
         }
     }
@@ -204,6 +224,21 @@ impl TokenKeys {
             tenant_id: tenant_id.map(str::to_owned),
             role: Some(role),
             kind: None,
+            iat: now,
+            exp: now + ttl_secs,
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            sid: None,
+        })
+    }
+
+    /// A token for a platform component calling another, valid for `ttl_secs`.
+    pub fn service_token(&self, name: &str, ttl_secs: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.sign(&Claims {
+            sub: name.to_owned(),
+            tenant_id: None,
+            role: None,
+            kind: Some("service".to_owned()),
             iat: now,
             exp: now + ttl_secs,
             jti: Some(uuid::Uuid::new_v4().to_string()),
@@ -256,6 +291,22 @@ mod tests {
             TokenKeys::new("s").verify("a.b.c"),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn a_service_token_speaks_for_a_component_of_no_tenant() {
+        let keys = TokenKeys::new("secret");
+        let p = keys
+            .verify(&keys.service_token("scheduler", 60))
+            .expect("valid");
+        assert_eq!(
+            p,
+            Principal::Service {
+                name: "scheduler".into()
+            }
+        );
+        assert!(!p.is_staff_of("t1"));
+        assert!(!p.administers("t1"));
     }
 
     #[test]

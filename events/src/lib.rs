@@ -6,6 +6,7 @@
 //! - [`subject`]: NATS subject and message-id naming.
 //! - [`tenant`]: the events of the tenants bounded context.
 //! - [`identity`]: the events of admin users (logins, lockouts, sessions).
+//! - [`chat`]: the events of chat threads, their messages, receipts and scheduled messages.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -14,6 +15,8 @@
 
 /// Bearer-token claims and roles.
 pub mod access;
+/// Events of chat threads.
+pub mod chat;
 /// The committed-event envelope and its metadata keys.
 pub mod envelope;
 /// HTTP plumbing shared by command-api and query-api.

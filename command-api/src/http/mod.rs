@@ -8,7 +8,7 @@ pub mod idempotency;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
@@ -24,6 +24,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json")
 pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
     match aggregate_type {
         events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
+        events::chat::THREAD => Some(format!("/v1/chat/threads/{id}")),
         _ => None,
     }
 }
@@ -61,10 +62,32 @@ pub fn accepted(status: StatusCode, aggregate_type: &str, id: &str, version: u64
     response
 }
 
+/// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` or absence means any.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            Problem::bad_request(
+                "invalid_if_match",
+                "If-Match must be a version, e.g. \"3\".",
+            )
+        })
+}
+
 /// Every route, with the shared middleware.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::tenants::routes::router())
+        .merge(crate::chat::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())
         .merge(crate::identity::phone_routes::router())

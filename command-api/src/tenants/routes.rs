@@ -1,6 +1,6 @@
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::commands::TenantCommand;
 use super::values;
-use crate::http::accepted;
 use crate::http::idempotency::KeyedRequest;
+use crate::http::{accepted, if_match};
 use crate::store::Committed;
 use crate::AppState;
 use events::tenant::AGGREGATE_TYPE;
@@ -59,27 +59,6 @@ fn changed(c: &Committed) -> Response {
     accepted(StatusCode::OK, AGGREGATE_TYPE, &c.aggregate_id, c.version)
 }
 
-/// The expected version from `If-Match` (`"3"`, `3` or `W/"3"`); `*` or absence means any.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let raw = value.to_str().unwrap_or_default().trim();
-    if raw == "*" {
-        return Ok(None);
-    }
-    raw.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| {
-            Problem::bad_request(
-                "invalid_if_match",
-                "If-Match must be a version, e.g. \"3\".",
-            )
-        })
-}
-
 /// Tenant ids are UUIDs; anything else names no tenant.
 fn tenant_id(raw: &str) -> Result<String, Problem> {
     Uuid::parse_str(raw)
@@ -89,8 +68,7 @@ fn tenant_id(raw: &str) -> Result<String, Problem> {
 
 fn metadata(tenant_id: &str, who: Option<&Principal>, ids: &RequestIds) -> Metadata {
     match who {
-        Some(p @ Principal::Admin { .. }) => ids.metadata(tenant_id, p.user_id(), ActorKind::Admin),
-        Some(p @ Principal::Phone { .. }) => ids.metadata(tenant_id, p.user_id(), ActorKind::Phone),
+        Some(p) => ids.metadata(tenant_id, p.user_id(), p.actor_kind()),
         None => ids.metadata(tenant_id, "anonymous", ActorKind::Anonymous),
     }
 }

@@ -1,0 +1,1808 @@
+//! The thread aggregate: every rule about a conversation, its messages, receipts and
+//! scheduled messages is decided here.
+//!
+//! Access is a rule too: a command from someone who may not see the thread (another
+//! tenant's staff, a phone user who does not take part) is answered as if the thread did not
+//! exist, so ids of other tenants' threads reveal nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use events::chat::{Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
+use serde::{Deserialize, Serialize};
+
+use super::commands::{Action, Actor, ThreadCommand};
+use super::services::ChatServices;
+use super::values::{self, MessageText};
+
+/// How long an author may edit a message after sending it.
+pub const EDIT_WINDOW: Duration = Duration::minutes(15);
+/// How far ahead a message may be scheduled.
+pub const SCHEDULE_HORIZON: Duration = Duration::days(90);
+
+/// A message as the rules need it (its text lives in events and read models only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MessageState {
+    /// Its id.
+    id: String,
+    /// Who wrote it.
+    author: Party,
+    /// When it was sent.
+    at: DateTime<Utc>,
+    /// Whether it has an attachment (an edit may then leave the text empty).
+    has_attachment: bool,
+    /// Tombstoned.
+    deleted: bool,
+}
+
+/// Where a scheduled message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum ScheduleState {
+    /// Waiting for its due time.
+    Pending,
+    /// Sent as a message.
+    Delivered,
+    /// Cancelled; never sent.
+    Cancelled,
+}
+
+/// A scheduled message (kept whole: its delivery writes the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Scheduled {
+    /// Who scheduled it; the author of the delivered message.
+    author: Party,
+    /// Its text.
+    text: String,
+    /// Its attachment.
+    attachment: Option<Attachment>,
+    /// When it is due.
+    due_at: DateTime<Utc>,
+    /// Pending, delivered or cancelled.
+    state: ScheduleState,
+}
+
+/// The state the rules need (also the snapshot form).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Thread {
+    /// The owning tenant; `None` until opened.
+    tenant_id: Option<String>,
+    /// Closed threads reopen on a new message.
+    closed: bool,
+    /// Who takes part (customer, agents who joined).
+    participants: Vec<Party>,
+    /// The assigned agent.
+    agent_id: Option<String>,
+    /// The assigned department.
+    department: Option<String>,
+    /// Whether the bot answers.
+    bot_enabled: bool,
+    /// The tags, sorted.
+    tags: Vec<String>,
+    /// Messages by number (index + 1).
+    messages: Vec<MessageState>,
+    /// Message id → number.
+    numbers: BTreeMap<String, u64>,
+    /// `author id \0 client id` → message id, for de-duplicating retries.
+    client_ids: BTreeMap<String, String>,
+    /// Reader id → the last message number they read.
+    reads: BTreeMap<String, u64>,
+    /// Scheduled messages by id.
+    scheduled: BTreeMap<String, Scheduled>,
+}
+
+/// Why a thread command was refused. Each variant's doc names its HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ThreadError {
+    /// 404: no such thread, or the caller may not see it.
+    #[error("thread not found")]
+    NotFound,
+    /// 409: a thread with this id already exists.
+    #[error("a thread with this id already exists")]
+    AlreadyExists,
+    /// 403: the caller sees the thread but may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 422: this caller may not open a thread on this channel.
+    #[error("threads on this channel are opened by the platform")]
+    ChannelNotAllowed,
+    /// 422: the subject is not 1–200 characters without control characters.
+    #[error("the subject must be 1 to 200 characters without control characters")]
+    InvalidSubject,
+    /// 422: a tag is not 1–40 characters, or there are more than 20.
+    #[error("tags must be 1 to 40 characters without control characters, at most 20")]
+    InvalidTags,
+    /// 422: the text is over 4,096 characters.
+    #[error("a message must not exceed 4096 characters")]
+    TextTooLong,
+    /// 422: the text holds control characters other than line breaks and tabs.
+    #[error("a message must not contain control characters other than line breaks and tabs")]
+    InvalidText,
+    /// 422: neither text nor attachment.
+    #[error("a message needs a text or an attachment")]
+    EmptyMessage,
+    /// 422: the attachment reference is malformed.
+    #[error(
+        "the attachment needs a plain object key, a media type and a size of 1 byte to 100 MiB"
+    )]
+    InvalidAttachment,
+    /// 422: the client message id is not 1–100 characters without control characters.
+    #[error("client_message_id must be 1 to 100 characters without control characters")]
+    InvalidClientMessageId,
+    /// 422: the customer is not a phone user of the tenant.
+    #[error("the customer is not a phone user of this tenant")]
+    UnknownCustomer,
+    /// 422: the agent is not staff of the tenant.
+    #[error("the agent is not staff of this tenant")]
+    UnknownAgent,
+    /// 422: the tenant has no such department.
+    #[error("the tenant has no such department")]
+    UnknownDepartment,
+    /// 422: only phone users and agents can be added as participants.
+    #[error("only phone users and agents can take part in a thread")]
+    InvalidParticipant,
+    /// 404: the thread has no message with this id.
+    #[error("message not found")]
+    MessageNotFound,
+    /// 422: a receipt names a message number the thread does not have.
+    #[error("the thread has no message with this number")]
+    UnknownMessageNumber,
+    /// 403: only the author may edit a message (or, for a customer, delete it).
+    #[error("only the author may change this message")]
+    NotAuthor,
+    /// 422: the 15-minute edit window is over.
+    #[error("a message can be edited only within 15 minutes of sending it")]
+    EditWindowClosed,
+    /// 422: the message was deleted.
+    #[error("the message was deleted")]
+    MessageDeleted,
+    /// 422: the due time is not in the future.
+    #[error("a message must be scheduled for a time in the future")]
+    DueInPast,
+    /// 422: the due time is more than 90 days ahead.
+    #[error("a message can be scheduled at most 90 days ahead")]
+    DueTooFar,
+    /// 404: the thread has no scheduled message with this id.
+    #[error("scheduled message not found")]
+    ScheduledNotFound,
+    /// 422: the scheduled message was already delivered or cancelled.
+    #[error("the scheduled message was already delivered or cancelled")]
+    ScheduleNotPending,
+    /// 409: the scheduled message is not due yet (it was rescheduled).
+    #[error("the scheduled message is not due yet")]
+    NotDue,
+    /// 503: a look-up in another context failed.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the caller is to this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The tenant's staff (or a super admin).
+    Staff,
+    /// A customer taking part.
+    Participant,
+    /// The platform.
+    System,
+}
+
+/// The party an actor writes as.
+fn party(actor: &Actor) -> Party {
+    match actor {
+        Actor::Staff { user_id, .. } => Party {
+            id: user_id.clone(),
+            kind: PartyKind::Agent,
+        },
+        Actor::Phone { user_id, .. } => Party {
+            id: user_id.clone(),
+            kind: PartyKind::Phone,
+        },
+        Actor::System { component } => Party {
+            id: component.clone(),
+            kind: PartyKind::System,
+        },
+    }
+}
+
+/// A message text as the rules accept it.
+fn text(raw: &str, attachment: bool) -> Result<String, ThreadError> {
+    let parsed = MessageText::parse(raw).ok_or_else(|| {
+        if raw.chars().count() > values::MAX_TEXT_CHARS {
+            ThreadError::TextTooLong
+        } else {
+            ThreadError::InvalidText
+        }
+    })?;
+    if parsed.is_blank() && !attachment {
+        return Err(ThreadError::EmptyMessage);
+    }
+    Ok(parsed.into_inner())
+}
+
+fn attachment(raw: Option<Attachment>) -> Result<Option<Attachment>, ThreadError> {
+    raw.map(|a| values::attachment(a).ok_or(ThreadError::InvalidAttachment))
+        .transpose()
+}
+
+/// A due time: after `now`, at most 90 days ahead.
+fn due(now: DateTime<Utc>, due_at: DateTime<Utc>) -> Result<(), ThreadError> {
+    if due_at <= now {
+        Err(ThreadError::DueInPast)
+    } else if due_at > now + SCHEDULE_HORIZON {
+        Err(ThreadError::DueTooFar)
+    } else {
+        Ok(())
+    }
+}
+
+impl Thread {
+    /// The owning tenant, once opened.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant_id.as_deref()
+    }
+
+    /// What `actor` is to this thread; `NotFound` when it may not see it.
+    fn access(&self, actor: &Actor) -> Result<Access, ThreadError> {
+        let Some(tenant) = self.tenant_id.as_deref() else {
+            return Err(ThreadError::NotFound);
+        };
+        match actor {
+            Actor::Staff {
+                tenant_id: None, ..
+            } => Ok(Access::Staff),
+            Actor::Staff {
+                tenant_id: Some(home),
+                ..
+            } if home == tenant => Ok(Access::Staff),
+            Actor::Phone { user_id, tenant_id }
+                if tenant_id == tenant
+                    && self
+                        .participants
+                        .iter()
+                        .any(|p| p.kind == PartyKind::Phone && &p.id == user_id) =>
+            {
+                Ok(Access::Participant)
+            }
+            Actor::System { .. } => Ok(Access::System),
+            _ => Err(ThreadError::NotFound),
+        }
+    }
+
+    /// Like [`Thread::access`], and refuses customers.
+    fn staff_only(&self, actor: &Actor) -> Result<(), ThreadError> {
+        match self.access(actor)? {
+            Access::Participant => Err(ThreadError::Forbidden(
+                "Only the tenant's staff may do this.",
+            )),
+            Access::Staff | Access::System => Ok(()),
+        }
+    }
+
+    fn message(&self, id: &str) -> Result<&MessageState, ThreadError> {
+        self.numbers
+            .get(id)
+            .and_then(|n| self.messages.get((*n as usize).wrapping_sub(1)))
+            .ok_or(ThreadError::MessageNotFound)
+    }
+
+    fn schedule(&self, id: &str) -> Result<&Scheduled, ThreadError> {
+        self.scheduled.get(id).ok_or(ThreadError::ScheduledNotFound)
+    }
+
+    /// `Reopened` first when a message arrives in a closed thread.
+    fn reopening(&self, at: DateTime<Utc>) -> Vec<ThreadEvent> {
+        if self.closed {
+            vec![ThreadEvent::Reopened { at }]
+        } else {
+            vec![]
+        }
+    }
+
+    async fn open(
+        &self,
+        actor: &Actor,
+        at: DateTime<Utc>,
+        action: Action,
+        services: &ChatServices,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Action::Open {
+            tenant_id,
+            channel,
+            customer,
+            subject,
+            tags,
+            bot_enabled,
+        } = action
+        else {
+            return Ok(vec![]);
+        };
+        if self.tenant_id.is_some() {
+            return Err(ThreadError::AlreadyExists);
+        }
+        let customer = match actor {
+            Actor::Phone {
+                tenant_id: home, ..
+            } => {
+                if home != &tenant_id || customer.is_some_and(|c| c != party(actor)) {
+                    return Err(ThreadError::Forbidden(
+                        "A customer opens threads for themselves only.",
+                    ));
+                }
+                Some(party(actor))
+            }
+            Actor::Staff {
+                tenant_id: Some(home),
+                ..
+            } if home != &tenant_id => {
+                return Err(ThreadError::Forbidden(
+                    "Staff open threads in their own tenant only.",
+                ));
+            }
+            _ => match customer {
+                None => None,
+                Some(c) if c.kind == PartyKind::Phone => {
+                    if !services
+                        .is_phone_user(&tenant_id, &c.id)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
+                    {
+                        return Err(ThreadError::UnknownCustomer);
+                    }
+                    Some(c)
+                }
+                Some(_) => return Err(ThreadError::UnknownCustomer),
+            },
+        };
+        if channel != Channel::Web && !matches!(actor, Actor::System { .. }) {
+            return Err(ThreadError::ChannelNotAllowed);
+        }
+        let subject = subject
+            .map(|s| {
+                values::label(&s, values::MAX_SUBJECT_CHARS).ok_or(ThreadError::InvalidSubject)
+            })
+            .transpose()?;
+        let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
+        Ok(vec![ThreadEvent::Opened {
+            tenant_id,
+            channel,
+            opened_by: party(actor),
+            customer,
+            subject,
+            bot_enabled: bot_enabled.unwrap_or(true),
+            tags,
+            at,
+        }])
+    }
+
+    async fn decide(
+        &self,
+        command: ThreadCommand,
+        services: &ChatServices,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let ThreadCommand { actor, at, action } = command;
+        if matches!(action, Action::Open { .. }) {
+            return self.open(&actor, at, action, services).await;
+        }
+        let access = self.access(&actor)?;
+        let tenant = self.tenant_id.clone().unwrap_or_default();
+        let events = match action {
+            Action::Open { .. } => vec![],
+            Action::AddParticipant { participant } => {
+                self.staff_only(&actor)?;
+                let known = match participant.kind {
+                    PartyKind::Phone => services.is_phone_user(&tenant, &participant.id).await,
+                    PartyKind::Agent => services.is_staff(&tenant, &participant.id).await,
+                    PartyKind::Bot | PartyKind::System => {
+                        return Err(ThreadError::InvalidParticipant)
+                    }
+                }
+                .map_err(ThreadError::Unavailable)?;
+                if !known {
+                    return Err(ThreadError::InvalidParticipant);
+                }
+                if self.participants.contains(&participant) {
+                    vec![]
+                } else {
+                    vec![ThreadEvent::ParticipantAdded { participant }]
+                }
+            }
+            Action::Assign {
+                agent_id,
+                department,
+            } => {
+                self.staff_only(&actor)?;
+                if agent_id == self.agent_id && department == self.department {
+                    return Ok(vec![]);
+                }
+                if let Some(agent) = &agent_id {
+                    if !services
+                        .is_staff(&tenant, agent)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
+                    {
+                        return Err(ThreadError::UnknownAgent);
+                    }
+                }
+                if let Some(name) = &department {
+                    if !services
+                        .has_department(&tenant, name)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
+                    {
+                        return Err(ThreadError::UnknownDepartment);
+                    }
+                }
+                vec![ThreadEvent::Assigned {
+                    agent_id,
+                    department,
+                }]
+            }
+            Action::SwitchBot { enabled } => {
+                self.staff_only(&actor)?;
+                if enabled == self.bot_enabled {
+                    vec![]
+                } else {
+                    vec![ThreadEvent::BotSwitched { enabled }]
+                }
+            }
+            Action::Close if self.closed => vec![],
+            Action::Close => vec![ThreadEvent::Closed { at }],
+            Action::Reopen => self.reopening(at),
+            Action::SetTags { tags } => {
+                self.staff_only(&actor)?;
+                let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
+                if tags == self.tags {
+                    vec![]
+                } else {
+                    vec![ThreadEvent::Tagged { tags }]
+                }
+            }
+            Action::Send {
+                message_id,
+                client_message_id,
+                text: raw,
+                attachment: raw_attachment,
+            } => {
+                let author = party(&actor);
+                let client_message_id = client_message_id
+                    .map(|c| {
+                        values::label(&c, values::MAX_CLIENT_ID_CHARS)
+                            .filter(|l| *l == c)
+                            .ok_or(ThreadError::InvalidClientMessageId)
+                    })
+                    .transpose()?;
+                let retried = client_message_id
+                    .as_ref()
+                    .is_some_and(|c| self.client_ids.contains_key(&client_key(&author.id, c)));
+                if retried || self.numbers.contains_key(&message_id) {
+                    return Ok(vec![]);
+                }
+                let attachment = attachment(raw_attachment)?;
+                let text = text(&raw, attachment.is_some())?;
+                let mut events = self.reopening(at);
+                events.push(ThreadEvent::MessageSent {
+                    message_id,
+                    number: self.messages.len() as u64 + 1,
+                    author,
+                    client_message_id,
+                    text,
+                    attachment,
+                    scheduled_id: None,
+                    at,
+                });
+                events
+            }
+            Action::Edit {
+                message_id,
+                text: raw,
+            } => {
+                let message = self.message(&message_id)?;
+                if message.deleted {
+                    return Err(ThreadError::MessageDeleted);
+                }
+                if message.author != party(&actor) {
+                    return Err(ThreadError::NotAuthor);
+                }
+                if at - message.at > EDIT_WINDOW {
+                    return Err(ThreadError::EditWindowClosed);
+                }
+                let text = text(&raw, message.has_attachment)?;
+                vec![ThreadEvent::MessageEdited {
+                    message_id,
+                    text,
+                    at,
+                }]
+            }
+            Action::Delete { message_id } => {
+                let message = self.message(&message_id)?;
+                if access == Access::Participant && message.author != party(&actor) {
+                    return Err(ThreadError::NotAuthor);
+                }
+                if message.deleted {
+                    vec![]
+                } else {
+                    vec![ThreadEvent::MessageDeleted {
+                        message_id,
+                        by: party(&actor),
+                        at,
+                    }]
+                }
+            }
+            Action::MarkRead { number } => {
+                if number == 0 || number > self.messages.len() as u64 {
+                    return Err(ThreadError::UnknownMessageNumber);
+                }
+                let reader = party(&actor);
+                if self.reads.get(&reader.id).is_some_and(|n| *n >= number) {
+                    vec![]
+                } else {
+                    vec![ThreadEvent::Read { reader, number, at }]
+                }
+            }
+            Action::Schedule {
+                scheduled_id,
+                text: raw,
+                attachment: raw_attachment,
+                due_at,
+            } => {
+                self.staff_only(&actor)?;
+                if self.scheduled.contains_key(&scheduled_id) {
+                    return Ok(vec![]);
+                }
+                due(at, due_at)?;
+                let attachment = attachment(raw_attachment)?;
+                let text = text(&raw, attachment.is_some())?;
+                vec![ThreadEvent::MessageScheduled {
+                    scheduled_id,
+                    author: party(&actor),
+                    text,
+                    attachment,
+                    due_at,
+                }]
+            }
+            Action::Reschedule {
+                scheduled_id,
+                due_at,
+            } => {
+                self.staff_only(&actor)?;
+                let scheduled = self.schedule(&scheduled_id)?;
+                if scheduled.state != ScheduleState::Pending {
+                    return Err(ThreadError::ScheduleNotPending);
+                }
+                if scheduled.due_at == due_at {
+                    return Ok(vec![]);
+                }
+                due(at, due_at)?;
+                vec![ThreadEvent::MessageRescheduled {
+                    scheduled_id,
+                    due_at,
+                }]
+            }
+            Action::CancelScheduled { scheduled_id } => {
+                self.staff_only(&actor)?;
+                match self.schedule(&scheduled_id)?.state {
+                    ScheduleState::Pending => vec![ThreadEvent::ScheduleCancelled { scheduled_id }],
+                    ScheduleState::Cancelled => vec![],
+                    ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
+                }
+            }
+            Action::DeliverScheduled {
+                scheduled_id,
+                message_id,
+            } => {
+                if access != Access::System {
+                    return Err(ThreadError::Forbidden(
+                        "Scheduled messages are delivered by the scheduler.",
+                    ));
+                }
+                let scheduled = self.schedule(&scheduled_id)?;
+                if scheduled.state != ScheduleState::Pending {
+                    // Delivered once, or cancelled: never (again).
+                    return Ok(vec![]);
+                }
+                if scheduled.due_at > at {
+                    return Err(ThreadError::NotDue);
+                }
+                let mut events = self.reopening(at);
+                events.push(ThreadEvent::MessageSent {
+                    message_id,
+                    number: self.messages.len() as u64 + 1,
+                    author: scheduled.author.clone(),
+                    client_message_id: None,
+                    text: scheduled.text.clone(),
+                    attachment: scheduled.attachment.clone(),
+                    scheduled_id: Some(scheduled_id),
+                    at,
+                });
+                events
+            }
+        };
+        Ok(events)
+    }
+}
+
+/// The de-duplication key of a client's message id (per author).
+fn client_key(author: &str, client_message_id: &str) -> String {
+    format!("{author}\u{0}{client_message_id}")
+}
+
+impl Aggregate for Thread {
+    const TYPE: &'static str = THREAD;
+    type Command = ThreadCommand;
+    type Event = ThreadEvent;
+    type Error = ThreadError;
+    type Services = ChatServices;
+
+    async fn handle(
+        &mut self,
+        command: ThreadCommand,
+        services: &ChatServices,
+        sink: &EventSink<Self>,
+    ) -> Result<(), ThreadError> {
+        let events = self.decide(command, services).await?;
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: ThreadEvent) {
+        match event {
+            ThreadEvent::Opened {
+                tenant_id,
+                opened_by,
+                customer,
+                bot_enabled,
+                tags,
+                ..
+            } => {
+                self.tenant_id = Some(tenant_id);
+                self.bot_enabled = bot_enabled;
+                self.tags = tags;
+                for p in [Some(opened_by), customer].into_iter().flatten() {
+                    if matches!(p.kind, PartyKind::Phone | PartyKind::Agent)
+                        && !self.participants.contains(&p)
+                    {
+                        self.participants.push(p);
+                    }
+                }
+            }
+            ThreadEvent::ParticipantAdded { participant } => {
+                if !self.participants.contains(&participant) {
+                    self.participants.push(participant);
+                }
+            }
+            ThreadEvent::Assigned {
+                agent_id,
+                department,
+            } => {
+                self.agent_id = agent_id;
+                self.department = department;
+            }
+            ThreadEvent::BotSwitched { enabled } => self.bot_enabled = enabled,
+            ThreadEvent::Closed { .. } => self.closed = true,
+            ThreadEvent::Reopened { .. } => self.closed = false,
+            ThreadEvent::Tagged { tags } => self.tags = tags,
+            ThreadEvent::MessageSent {
+                message_id,
+                number,
+                author,
+                client_message_id,
+                attachment,
+                scheduled_id,
+                at,
+                ..
+            } => {
+                if let Some(c) = client_message_id {
+                    self.client_ids
+                        .insert(client_key(&author.id, &c), message_id.clone());
+                }
+                if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
+                    s.state = ScheduleState::Delivered;
+                }
+                self.numbers.insert(message_id.clone(), number);
+                self.messages.push(MessageState {
+                    id: message_id,
+                    author,
+                    at,
+                    has_attachment: attachment.is_some(),
+                    deleted: false,
+                });
+            }
+            ThreadEvent::MessageEdited { .. } => {}
+            ThreadEvent::MessageDeleted { message_id, .. } => {
+                if let Some(n) = self.numbers.get(&message_id) {
+                    if let Some(m) = self.messages.get_mut((*n as usize).wrapping_sub(1)) {
+                        m.deleted = true;
+                    }
+                }
+            }
+            ThreadEvent::Read { reader, number, .. } => {
+                self.reads.insert(reader.id, number);
+            }
+            ThreadEvent::MessageScheduled {
+                scheduled_id,
+                author,
+                text,
+                attachment,
+                due_at,
+            } => {
+                self.scheduled.insert(
+                    scheduled_id,
+                    Scheduled {
+                        author,
+                        text,
+                        attachment,
+                        due_at,
+                        state: ScheduleState::Pending,
+                    },
+                );
+            }
+            ThreadEvent::MessageRescheduled {
+                scheduled_id,
+                due_at,
+            } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.due_at = due_at;
+                }
+            }
+            ThreadEvent::ScheduleCancelled { scheduled_id } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.state = ScheduleState::Cancelled;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::chat::services::Directory;
+
+    const TENANT: &str = "t1";
+
+    /// Tenant `t1` has agents `agent-1`, `agent-2`, department `sales`, phone users
+    /// `phone-1`, `phone-2`.
+    struct Fixed;
+
+    #[async_trait]
+    impl Directory for Fixed {
+        async fn is_staff(&self, tenant: &str, user: &str) -> Result<bool, String> {
+            Ok(tenant == TENANT && user.starts_with("agent-"))
+        }
+        async fn has_department(&self, tenant: &str, name: &str) -> Result<bool, String> {
+            Ok(tenant == TENANT && name == "sales")
+        }
+        async fn is_phone_user(&self, tenant: &str, user: &str) -> Result<bool, String> {
+            Ok(tenant == TENANT && user.starts_with("phone-"))
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn minutes(m: i64) -> DateTime<Utc> {
+        t0() + Duration::minutes(m)
+    }
+
+    fn agent() -> Actor {
+        Actor::Staff {
+            user_id: "agent-1".into(),
+            tenant_id: Some(TENANT.into()),
+        }
+    }
+
+    fn other_agent() -> Actor {
+        Actor::Staff {
+            user_id: "agent-2".into(),
+            tenant_id: Some(TENANT.into()),
+        }
+    }
+
+    fn foreign_agent() -> Actor {
+        Actor::Staff {
+            user_id: "agent-9".into(),
+            tenant_id: Some("t2".into()),
+        }
+    }
+
+    fn super_admin() -> Actor {
+        Actor::Staff {
+            user_id: "root".into(),
+            tenant_id: None,
+        }
+    }
+
+    fn customer() -> Actor {
+        Actor::Phone {
+            user_id: "phone-1".into(),
+            tenant_id: TENANT.into(),
+        }
+    }
+
+    fn stranger() -> Actor {
+        Actor::Phone {
+            user_id: "phone-2".into(),
+            tenant_id: TENANT.into(),
+        }
+    }
+
+    fn scheduler() -> Actor {
+        Actor::System {
+            component: "scheduler".into(),
+        }
+    }
+
+    fn customer_party() -> Party {
+        Party {
+            id: "phone-1".into(),
+            kind: PartyKind::Phone,
+        }
+    }
+
+    fn agent_party() -> Party {
+        Party {
+            id: "agent-1".into(),
+            kind: PartyKind::Agent,
+        }
+    }
+
+    fn cmd(actor: Actor, at: DateTime<Utc>, action: Action) -> ThreadCommand {
+        ThreadCommand { actor, at, action }
+    }
+
+    fn open_action() -> Action {
+        Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer: None,
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        }
+    }
+
+    /// The customer opened the thread at t0.
+    fn opened() -> ThreadEvent {
+        ThreadEvent::Opened {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            opened_by: customer_party(),
+            customer: Some(customer_party()),
+            subject: None,
+            bot_enabled: true,
+            tags: vec![],
+            at: t0(),
+        }
+    }
+
+    fn send(id: &str, text: &str) -> Action {
+        Action::Send {
+            message_id: id.into(),
+            client_message_id: None,
+            text: text.into(),
+            attachment: None,
+        }
+    }
+
+    fn sent(id: &str, number: u64, author: Party, at: DateTime<Utc>) -> ThreadEvent {
+        ThreadEvent::MessageSent {
+            message_id: id.into(),
+            number,
+            author,
+            client_message_id: None,
+            text: "hello".into(),
+            attachment: None,
+            scheduled_id: None,
+            at,
+        }
+    }
+
+    fn scheduled(id: &str, due_at: DateTime<Utc>) -> ThreadEvent {
+        ThreadEvent::MessageScheduled {
+            scheduled_id: id.into(),
+            author: agent_party(),
+            text: "reminder".into(),
+            attachment: None,
+            due_at,
+        }
+    }
+
+    fn framework() -> TestFramework<Thread> {
+        TestFramework::with(Arc::new(Fixed) as ChatServices)
+    }
+
+    async fn expect_events(given: Vec<ThreadEvent>, when: ThreadCommand, then: Vec<ThreadEvent>) {
+        framework()
+            .given(given)
+            .when_async(when)
+            .await
+            .then_expect_events(then);
+    }
+
+    async fn expect_error(given: Vec<ThreadEvent>, when: ThreadCommand, error: ThreadError) {
+        framework()
+            .given(given)
+            .when_async(when)
+            .await
+            .then_expect_error(error);
+    }
+
+    #[tokio::test]
+    async fn open_by_customer_makes_them_the_customer_with_the_bot_on() {
+        expect_events(vec![], cmd(customer(), t0(), open_action()), vec![opened()]).await;
+    }
+
+    #[tokio::test]
+    async fn open_by_agent_for_a_known_customer_records_both() {
+        let when = Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer: Some(customer_party()),
+            subject: Some(" Refund ".into()),
+            tags: vec!["VIP".into(), "billing".into()],
+            bot_enabled: Some(false),
+        };
+        expect_events(
+            vec![],
+            cmd(agent(), t0(), when),
+            vec![ThreadEvent::Opened {
+                tenant_id: TENANT.into(),
+                channel: Channel::Web,
+                opened_by: agent_party(),
+                customer: Some(customer_party()),
+                subject: Some("Refund".into()),
+                bot_enabled: false,
+                tags: vec!["billing".into(), "vip".into()],
+                at: t0(),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_twice_is_refused() {
+        expect_error(
+            vec![opened()],
+            cmd(customer(), t0(), open_action()),
+            ThreadError::AlreadyExists,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_for_an_unknown_customer_or_in_another_tenant_is_refused() {
+        let for_customer = |id: &str| Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer: Some(Party {
+                id: id.into(),
+                kind: PartyKind::Phone,
+            }),
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        };
+        expect_error(
+            vec![],
+            cmd(agent(), t0(), for_customer("nobody")),
+            ThreadError::UnknownCustomer,
+        )
+        .await;
+        expect_error(
+            vec![],
+            cmd(foreign_agent(), t0(), open_action()),
+            ThreadError::Forbidden("Staff open threads in their own tenant only."),
+        )
+        .await;
+        // A customer cannot open a thread on somebody else's behalf.
+        expect_error(
+            vec![],
+            cmd(customer(), t0(), for_customer("phone-2")),
+            ThreadError::Forbidden("A customer opens threads for themselves only."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_on_whatsapp_or_with_bad_subject_or_tags_is_refused() {
+        let with = |channel, subject: Option<String>, tags: Vec<String>| Action::Open {
+            tenant_id: TENANT.into(),
+            channel,
+            customer: None,
+            subject,
+            tags,
+            bot_enabled: None,
+        };
+        expect_error(
+            vec![],
+            cmd(agent(), t0(), with(Channel::Whatsapp, None, vec![])),
+            ThreadError::ChannelNotAllowed,
+        )
+        .await;
+        expect_error(
+            vec![],
+            cmd(
+                agent(),
+                t0(),
+                with(Channel::Web, Some("x".repeat(201)), vec![]),
+            ),
+            ThreadError::InvalidSubject,
+        )
+        .await;
+        expect_error(
+            vec![],
+            cmd(
+                agent(),
+                t0(),
+                with(Channel::Web, None, vec!["a\u{0}".into()]),
+            ),
+            ThreadError::InvalidTags,
+        )
+        .await;
+        // The platform opens WhatsApp threads.
+        let opened = framework()
+            .given(vec![])
+            .when_async(cmd(
+                scheduler(),
+                t0(),
+                with(Channel::Whatsapp, None, vec![]),
+            ))
+            .await
+            .inspect_result();
+        assert!(matches!(
+            opened.as_deref(),
+            Ok([ThreadEvent::Opened { .. }])
+        ));
+    }
+
+    #[tokio::test]
+    async fn any_command_on_a_missing_thread_or_from_outsiders_is_not_found() {
+        expect_error(
+            vec![],
+            cmd(agent(), t0(), send("m1", "hi")),
+            ThreadError::NotFound,
+        )
+        .await;
+        for outsider in [foreign_agent(), stranger()] {
+            expect_error(
+                vec![opened()],
+                cmd(outsider, t0(), send("m1", "hi")),
+                ThreadError::NotFound,
+            )
+            .await;
+        }
+        // Phone users of another tenant are outsiders even with a matching id.
+        let twin = Actor::Phone {
+            user_id: "phone-1".into(),
+            tenant_id: "t2".into(),
+        };
+        expect_error(
+            vec![opened()],
+            cmd(twin, t0(), Action::Close),
+            ThreadError::NotFound,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_by_customer_staff_or_super_admin_numbers_messages_in_order() {
+        expect_events(
+            vec![opened()],
+            cmd(customer(), minutes(1), send("m1", "hello")),
+            vec![sent("m1", 1, customer_party(), minutes(1))],
+        )
+        .await;
+        expect_events(
+            vec![opened(), sent("m1", 1, customer_party(), minutes(1))],
+            cmd(other_agent(), minutes(2), send("m2", "hello")),
+            vec![sent(
+                "m2",
+                2,
+                Party {
+                    id: "agent-2".into(),
+                    kind: PartyKind::Agent,
+                },
+                minutes(2),
+            )],
+        )
+        .await;
+        let by_root = framework()
+            .given(vec![opened()])
+            .when_async(cmd(super_admin(), minutes(1), send("m1", "hello")))
+            .await
+            .inspect_result();
+        assert!(matches!(
+            by_root.as_deref(),
+            Ok([ThreadEvent::MessageSent { .. }])
+        ));
+    }
+
+    #[tokio::test]
+    async fn send_with_a_known_client_message_id_or_message_id_appends_nothing() {
+        let with_client_id = |message_id: &str| Action::Send {
+            message_id: message_id.into(),
+            client_message_id: Some("c-1".into()),
+            text: "hello".into(),
+            attachment: None,
+        };
+        let first = ThreadEvent::MessageSent {
+            message_id: "m1".into(),
+            number: 1,
+            author: customer_party(),
+            client_message_id: Some("c-1".into()),
+            text: "hello".into(),
+            attachment: None,
+            scheduled_id: None,
+            at: minutes(1),
+        };
+        expect_events(
+            vec![opened()],
+            cmd(customer(), minutes(1), with_client_id("m1")),
+            vec![first.clone()],
+        )
+        .await;
+        expect_events(
+            vec![opened(), first.clone()],
+            cmd(customer(), minutes(2), with_client_id("m-other")),
+            vec![],
+        )
+        .await;
+        expect_events(
+            vec![opened(), first],
+            cmd(customer(), minutes(2), send("m1", "hello again")),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_over_4096_characters_empty_or_with_control_characters_is_refused() {
+        for (text, error) in [
+            ("x".repeat(4097), ThreadError::TextTooLong),
+            ("   ".to_owned(), ThreadError::EmptyMessage),
+            ("bad\u{0}".to_owned(), ThreadError::InvalidText),
+        ] {
+            expect_error(
+                vec![opened()],
+                cmd(customer(), minutes(1), send("m1", &text)),
+                error,
+            )
+            .await;
+        }
+        let bad_client_id = Action::Send {
+            message_id: "m1".into(),
+            client_message_id: Some("x".repeat(101)),
+            text: "hi".into(),
+            attachment: None,
+        };
+        expect_error(
+            vec![opened()],
+            cmd(customer(), minutes(1), bad_client_id),
+            ThreadError::InvalidClientMessageId,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_with_only_an_attachment_is_accepted_and_a_bad_one_refused() {
+        let file = Attachment {
+            object_key: "tenants/t1/media/photo.jpg".into(),
+            content_type: "image/jpeg".into(),
+            name: None,
+            size_bytes: 2048,
+        };
+        let with = |attachment: Attachment| Action::Send {
+            message_id: "m1".into(),
+            client_message_id: None,
+            text: String::new(),
+            attachment: Some(attachment),
+        };
+        expect_events(
+            vec![opened()],
+            cmd(customer(), minutes(1), with(file.clone())),
+            vec![ThreadEvent::MessageSent {
+                message_id: "m1".into(),
+                number: 1,
+                author: customer_party(),
+                client_message_id: None,
+                text: String::new(),
+                attachment: Some(file.clone()),
+                scheduled_id: None,
+                at: minutes(1),
+            }],
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(
+                customer(),
+                minutes(1),
+                with(Attachment {
+                    object_key: "../../secret".into(),
+                    ..file
+                }),
+            ),
+            ThreadError::InvalidAttachment,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_in_a_closed_thread_reopens_it() {
+        expect_events(
+            vec![opened(), ThreadEvent::Closed { at: minutes(1) }],
+            cmd(customer(), minutes(2), send("m1", "hello")),
+            vec![
+                ThreadEvent::Reopened { at: minutes(2) },
+                sent("m1", 1, customer_party(), minutes(2)),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn edit_by_the_author_within_15_minutes_records_the_new_text() {
+        expect_events(
+            vec![opened(), sent("m1", 1, customer_party(), minutes(1))],
+            cmd(
+                customer(),
+                minutes(16),
+                Action::Edit {
+                    message_id: "m1".into(),
+                    text: "hello, fixed".into(),
+                },
+            ),
+            vec![ThreadEvent::MessageEdited {
+                message_id: "m1".into(),
+                text: "hello, fixed".into(),
+                at: minutes(16),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn edit_after_the_window_by_others_of_deleted_or_unknown_messages_is_refused() {
+        let given = vec![opened(), sent("m1", 1, customer_party(), minutes(1))];
+        let edit = |id: &str| Action::Edit {
+            message_id: id.into(),
+            text: "changed".into(),
+        };
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(17), edit("m1")),
+            ThreadError::EditWindowClosed,
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(agent(), minutes(2), edit("m1")),
+            ThreadError::NotAuthor,
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(2), edit("m9")),
+            ThreadError::MessageNotFound,
+        )
+        .await;
+        let mut deleted = given;
+        deleted.push(ThreadEvent::MessageDeleted {
+            message_id: "m1".into(),
+            by: customer_party(),
+            at: minutes(2),
+        });
+        expect_error(
+            deleted,
+            cmd(customer(), minutes(3), edit("m1")),
+            ThreadError::MessageDeleted,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn delete_by_author_or_staff_tombstones_once() {
+        let given = vec![opened(), sent("m1", 1, customer_party(), minutes(1))];
+        let delete = Action::Delete {
+            message_id: "m1".into(),
+        };
+        let tombstone = |by: Party| ThreadEvent::MessageDeleted {
+            message_id: "m1".into(),
+            by,
+            at: minutes(30),
+        };
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(30), delete.clone()),
+            vec![tombstone(customer_party())],
+        )
+        .await;
+        expect_events(
+            given.clone(),
+            cmd(agent(), minutes(30), delete.clone()),
+            vec![tombstone(agent_party())],
+        )
+        .await;
+        let mut again = given;
+        again.push(tombstone(agent_party()));
+        expect_events(again, cmd(customer(), minutes(31), delete), vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn delete_of_an_agents_message_by_the_customer_is_refused() {
+        expect_error(
+            vec![opened(), sent("m1", 1, agent_party(), minutes(1))],
+            cmd(
+                customer(),
+                minutes(2),
+                Action::Delete {
+                    message_id: "m1".into(),
+                },
+            ),
+            ThreadError::NotAuthor,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mark_read_moves_forward_only_and_needs_an_existing_message() {
+        let given = vec![
+            opened(),
+            sent("m1", 1, agent_party(), minutes(1)),
+            sent("m2", 2, agent_party(), minutes(2)),
+        ];
+        let read = |number| Action::MarkRead { number };
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(3), read(2)),
+            vec![ThreadEvent::Read {
+                reader: customer_party(),
+                number: 2,
+                at: minutes(3),
+            }],
+        )
+        .await;
+        let mut later = given.clone();
+        later.push(ThreadEvent::Read {
+            reader: customer_party(),
+            number: 2,
+            at: minutes(3),
+        });
+        expect_events(later, cmd(customer(), minutes(4), read(1)), vec![]).await;
+        for number in [0, 3] {
+            expect_error(
+                given.clone(),
+                cmd(customer(), minutes(3), read(number)),
+                ThreadError::UnknownMessageNumber,
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn assign_to_a_known_agent_and_department_records_it_once() {
+        let assign = Action::Assign {
+            agent_id: Some("agent-2".into()),
+            department: Some("sales".into()),
+        };
+        let assigned = ThreadEvent::Assigned {
+            agent_id: Some("agent-2".into()),
+            department: Some("sales".into()),
+        };
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), assign.clone()),
+            vec![assigned.clone()],
+        )
+        .await;
+        expect_events(vec![opened(), assigned], cmd(agent(), t0(), assign), vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn assign_to_unknown_agent_or_department_or_by_the_customer_is_refused() {
+        let assign = |agent: Option<&str>, department: Option<&str>| Action::Assign {
+            agent_id: agent.map(Into::into),
+            department: department.map(Into::into),
+        };
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), assign(Some("someone"), None)),
+            ThreadError::UnknownAgent,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), assign(None, Some("legal"))),
+            ThreadError::UnknownDepartment,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(customer(), t0(), assign(Some("agent-1"), None)),
+            ThreadError::Forbidden("Only the tenant's staff may do this."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn switch_bot_records_changes_only_and_is_staff_only() {
+        let off = Action::SwitchBot { enabled: false };
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), off.clone()),
+            vec![ThreadEvent::BotSwitched { enabled: false }],
+        )
+        .await;
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), Action::SwitchBot { enabled: true }),
+            vec![],
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(customer(), t0(), off),
+            ThreadError::Forbidden("Only the tenant's staff may do this."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn close_and_reopen_change_state_once() {
+        let closed = ThreadEvent::Closed { at: minutes(1) };
+        expect_events(
+            vec![opened()],
+            cmd(customer(), minutes(1), Action::Close),
+            vec![closed.clone()],
+        )
+        .await;
+        expect_events(
+            vec![opened(), closed.clone()],
+            cmd(agent(), minutes(2), Action::Close),
+            vec![],
+        )
+        .await;
+        expect_events(
+            vec![opened(), closed],
+            cmd(agent(), minutes(2), Action::Reopen),
+            vec![ThreadEvent::Reopened { at: minutes(2) }],
+        )
+        .await;
+        expect_events(
+            vec![opened()],
+            cmd(agent(), minutes(2), Action::Reopen),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn set_tags_normalises_and_records_changes_only() {
+        let tag = |tags: &[&str]| Action::SetTags {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), tag(&["Urgent", "billing"])),
+            vec![ThreadEvent::Tagged {
+                tags: vec!["billing".into(), "urgent".into()],
+            }],
+        )
+        .await;
+        expect_events(vec![opened()], cmd(agent(), t0(), tag(&[])), vec![]).await;
+        expect_error(
+            vec![opened()],
+            cmd(customer(), t0(), tag(&["x"])),
+            ThreadError::Forbidden("Only the tenant's staff may do this."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn add_participant_accepts_known_people_once() {
+        let add = |id: &str, kind| Action::AddParticipant {
+            participant: Party {
+                id: id.into(),
+                kind,
+            },
+        };
+        let agent2 = Party {
+            id: "agent-2".into(),
+            kind: PartyKind::Agent,
+        };
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), add("agent-2", PartyKind::Agent)),
+            vec![ThreadEvent::ParticipantAdded {
+                participant: agent2,
+            }],
+        )
+        .await;
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), add("phone-1", PartyKind::Phone)),
+            vec![],
+        )
+        .await;
+        for (id, kind) in [("ghost", PartyKind::Phone), ("bot", PartyKind::Bot)] {
+            expect_error(
+                vec![opened()],
+                cmd(agent(), t0(), add(id, kind)),
+                ThreadError::InvalidParticipant,
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_added_customer_may_then_write() {
+        let added = ThreadEvent::ParticipantAdded {
+            participant: Party {
+                id: "phone-2".into(),
+                kind: PartyKind::Phone,
+            },
+        };
+        let result = framework()
+            .given(vec![opened(), added])
+            .when_async(cmd(stranger(), minutes(1), send("m1", "me too")))
+            .await
+            .inspect_result();
+        assert!(matches!(
+            result.as_deref(),
+            Ok([ThreadEvent::MessageSent { number: 1, .. }])
+        ));
+    }
+
+    fn schedule(id: &str, due_at: DateTime<Utc>) -> Action {
+        Action::Schedule {
+            scheduled_id: id.into(),
+            text: "reminder".into(),
+            attachment: None,
+            due_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn schedule_in_the_next_90_days_records_it_once() {
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), schedule("s1", minutes(60))),
+            vec![scheduled("s1", minutes(60))],
+        )
+        .await;
+        expect_events(
+            vec![opened(), scheduled("s1", minutes(60))],
+            cmd(agent(), t0(), schedule("s1", minutes(60))),
+            vec![],
+        )
+        .await;
+        expect_events(
+            vec![opened()],
+            cmd(agent(), t0(), schedule("s1", t0() + SCHEDULE_HORIZON)),
+            vec![scheduled("s1", t0() + SCHEDULE_HORIZON)],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn schedule_in_the_past_beyond_90_days_or_by_a_customer_is_refused() {
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), schedule("s1", t0())),
+            ThreadError::DueInPast,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(
+                agent(),
+                t0(),
+                schedule("s1", t0() + SCHEDULE_HORIZON + Duration::seconds(1)),
+            ),
+            ThreadError::DueTooFar,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(customer(), t0(), schedule("s1", minutes(5))),
+            ThreadError::Forbidden("Only the tenant's staff may do this."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reschedule_a_pending_message_moves_it() {
+        expect_events(
+            vec![opened(), scheduled("s1", minutes(60))],
+            cmd(
+                agent(),
+                minutes(1),
+                Action::Reschedule {
+                    scheduled_id: "s1".into(),
+                    due_at: minutes(120),
+                },
+            ),
+            vec![ThreadEvent::MessageRescheduled {
+                scheduled_id: "s1".into(),
+                due_at: minutes(120),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reschedule_into_the_past_unknown_or_delivered_is_refused() {
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        let reschedule = |id: &str, due_at| Action::Reschedule {
+            scheduled_id: id.into(),
+            due_at,
+        };
+        expect_error(
+            given.clone(),
+            cmd(agent(), minutes(10), reschedule("s1", minutes(5))),
+            ThreadError::DueInPast,
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(agent(), minutes(10), reschedule("s9", minutes(90))),
+            ThreadError::ScheduledNotFound,
+        )
+        .await;
+        let mut cancelled = given;
+        cancelled.push(ThreadEvent::ScheduleCancelled {
+            scheduled_id: "s1".into(),
+        });
+        expect_error(
+            cancelled,
+            cmd(agent(), minutes(10), reschedule("s1", minutes(90))),
+            ThreadError::ScheduleNotPending,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn cancel_is_recorded_once_and_refused_after_delivery() {
+        let cancel = Action::CancelScheduled {
+            scheduled_id: "s1".into(),
+        };
+        let cancelled = ThreadEvent::ScheduleCancelled {
+            scheduled_id: "s1".into(),
+        };
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        expect_events(
+            given.clone(),
+            cmd(agent(), minutes(1), cancel.clone()),
+            vec![cancelled.clone()],
+        )
+        .await;
+        let mut twice = given.clone();
+        twice.push(cancelled);
+        expect_events(twice, cmd(agent(), minutes(2), cancel.clone()), vec![]).await;
+        let mut delivered = given;
+        delivered.push(delivery("s1", 1, minutes(60)));
+        expect_error(
+            delivered,
+            cmd(agent(), minutes(61), cancel),
+            ThreadError::ScheduleNotPending,
+        )
+        .await;
+    }
+
+    fn delivery(id: &str, number: u64, at: DateTime<Utc>) -> ThreadEvent {
+        ThreadEvent::MessageSent {
+            message_id: format!("msg-{id}"),
+            number,
+            author: agent_party(),
+            client_message_id: None,
+            text: "reminder".into(),
+            attachment: None,
+            scheduled_id: Some(id.into()),
+            at,
+        }
+    }
+
+    fn deliver(id: &str) -> Action {
+        Action::DeliverScheduled {
+            scheduled_id: id.into(),
+            message_id: format!("msg-{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_when_due_sends_the_message_as_its_author() {
+        expect_events(
+            vec![opened(), scheduled("s1", minutes(60))],
+            cmd(scheduler(), minutes(60), deliver("s1")),
+            vec![delivery("s1", 1, minutes(60))],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deliver_twice_or_after_cancel_sends_nothing() {
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        let mut delivered = given.clone();
+        delivered.push(delivery("s1", 1, minutes(60)));
+        expect_events(
+            delivered,
+            cmd(scheduler(), minutes(61), deliver("s1")),
+            vec![],
+        )
+        .await;
+        let mut cancelled = given;
+        cancelled.push(ThreadEvent::ScheduleCancelled {
+            scheduled_id: "s1".into(),
+        });
+        expect_events(
+            cancelled,
+            cmd(scheduler(), minutes(61), deliver("s1")),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deliver_before_due_or_by_anyone_but_the_platform_is_refused() {
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        expect_error(
+            given.clone(),
+            cmd(scheduler(), minutes(59), deliver("s1")),
+            ThreadError::NotDue,
+        )
+        .await;
+        expect_error(
+            given,
+            cmd(agent(), minutes(60), deliver("s1")),
+            ThreadError::Forbidden("Scheduled messages are delivered by the scheduler."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deliver_into_a_closed_thread_reopens_it() {
+        expect_events(
+            vec![
+                opened(),
+                scheduled("s1", minutes(60)),
+                ThreadEvent::Closed { at: minutes(5) },
+            ],
+            cmd(scheduler(), minutes(60), deliver("s1")),
+            vec![
+                ThreadEvent::Reopened { at: minutes(60) },
+                delivery("s1", 1, minutes(60)),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_round_trips_the_state() {
+        let mut thread = Thread::default();
+        for e in [
+            opened(),
+            sent("m1", 1, customer_party(), minutes(1)),
+            scheduled("s1", minutes(60)),
+        ] {
+            thread.apply(e);
+        }
+        let json = serde_json::to_value(&thread).unwrap_or_default();
+        let back: Thread = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!(back, thread);
+        assert_eq!(back.tenant_id(), Some(TENANT));
+    }
+}

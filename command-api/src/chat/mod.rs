@@ -1,0 +1,12 @@
+//! The chat bounded context: threads, their messages, read receipts and scheduled messages.
+
+/// The thread aggregate and its rules.
+pub mod aggregate;
+/// Commands on a thread.
+pub mod commands;
+/// HTTP routes under `/v1/chat`.
+pub mod routes;
+/// What the aggregate needs from outside (agents, departments, phone users).
+pub mod services;
+/// Value objects: texts, tags, attachments.
+pub mod values;

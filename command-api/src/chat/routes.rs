@@ -1,0 +1,619 @@
+//! HTTP routes of chat under `/v1/chat/threads`. Each turns a request into a
+//! [`ThreadCommand`] stamped with the caller and the server's clock; the aggregate decides.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::chat::{Attachment, Channel, Party, PartyKind, THREAD};
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::aggregate::ThreadError;
+use super::commands::{Action, Actor, ThreadCommand};
+use crate::http::idempotency::KeyedRequest;
+use crate::http::{accepted, if_match};
+use crate::store::{CommandError, Committed};
+use crate::AppState;
+
+/// The routes of the chat context.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/threads", post(open))
+        .route("/v1/chat/threads/{id}/messages", post(send))
+        .route("/v1/chat/threads/{id}/messages/{message}/edit", post(edit))
+        .route(
+            "/v1/chat/threads/{id}/messages/{message}/delete",
+            post(delete),
+        )
+        .route("/v1/chat/threads/{id}/read", post(mark_read))
+        .route("/v1/chat/threads/{id}/assign", post(assign))
+        .route("/v1/chat/threads/{id}/bot", post(switch_bot))
+        .route("/v1/chat/threads/{id}/close", post(close))
+        .route("/v1/chat/threads/{id}/reopen", post(reopen))
+        .route("/v1/chat/threads/{id}/tags", post(set_tags))
+        .route("/v1/chat/threads/{id}/participants", post(add_participant))
+        .route("/v1/chat/threads/{id}/scheduled", post(schedule))
+        .route(
+            "/v1/chat/threads/{id}/scheduled/{scheduled}/reschedule",
+            post(reschedule),
+        )
+        .route(
+            "/v1/chat/threads/{id}/scheduled/{scheduled}/cancel",
+            post(cancel_scheduled),
+        )
+        .route(
+            "/v1/chat/threads/{id}/scheduled/{scheduled}/deliver",
+            post(deliver_scheduled),
+        )
+}
+
+/// The actor a token speaks for.
+fn actor(who: &Principal) -> Actor {
+    match who {
+        Principal::Admin {
+            user_id, tenant_id, ..
+        } => Actor::Staff {
+            user_id: user_id.clone(),
+            tenant_id: if who.is_super_admin() {
+                None
+            } else {
+                tenant_id.clone()
+            },
+        },
+        Principal::Phone { user_id, tenant_id } => Actor::Phone {
+            user_id: user_id.clone(),
+            tenant_id: tenant_id.clone(),
+        },
+        Principal::Service { name } => Actor::System {
+            component: name.clone(),
+        },
+    }
+}
+
+/// Thread ids are UUIDs; anything else names no thread.
+fn thread_id(raw: &str) -> Result<String, Problem> {
+    Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| ThreadError::NotFound.into_problem())
+}
+
+impl ThreadError {
+    fn into_problem(self) -> Problem {
+        crate::http::error::DomainProblem::problem(&self)
+    }
+}
+
+/// The tenant a command on thread `id` is recorded under: the caller's own, or, for a super
+/// admin or a platform component, the thread's.
+async fn tenant_of(state: &AppState, who: &Principal, id: &str) -> Result<String, Problem> {
+    match who {
+        Principal::Phone { tenant_id, .. } => Ok(tenant_id.clone()),
+        Principal::Admin {
+            tenant_id: Some(home),
+            ..
+        } if !who.is_super_admin() => Ok(home.clone()),
+        _ => {
+            let thread = state.threads.load(id).await?;
+            thread
+                .tenant_id()
+                .map(str::to_owned)
+                .ok_or_else(|| ThreadError::NotFound.into_problem())
+        }
+    }
+}
+
+/// Runs `action` on thread `id` for the caller.
+async fn run(
+    state: &AppState,
+    who: &Principal,
+    ids: &RequestIds,
+    headers: &HeaderMap,
+    id: &str,
+    action: Action,
+) -> Result<Committed, Problem> {
+    let expected = if_match(headers)?;
+    let tenant = tenant_of(state, who, id).await?;
+    let command = ThreadCommand {
+        actor: actor(who),
+        at: Utc::now(),
+        action,
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    Ok(state
+        .threads
+        .execute(id, expected, command, &metadata)
+        .await?)
+}
+
+fn changed(c: &Committed) -> Response {
+    accepted(StatusCode::OK, THREAD, &c.aggregate_id, c.version)
+}
+
+/// 201 with the thread, its version and the id of what the command created in it.
+fn created_item(c: &Committed, field: &'static str, item_id: &str) -> Response {
+    let body = serde_json::json!({
+        "id": c.aggregate_id,
+        "version": c.version,
+        field: item_id,
+    });
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+/// Body of `POST /v1/chat/threads`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenThread {
+    /// Optional client-chosen id (a UUID), so a blind retry cannot open two threads.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The tenant (only a super admin names it; others open in their own).
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+    /// `web` (default). WhatsApp and SMS threads are opened by the platform.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+    /// The phone user the thread is with (staff only).
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// A subject line.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Initial tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether the bot answers (default true).
+    #[serde(default)]
+    pub bot_enabled: Option<bool>,
+}
+
+async fn open(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    keyed: Option<Extension<KeyedRequest>>,
+    Json(body): Json<OpenThread>,
+) -> Result<Response, Problem> {
+    let tenant = match (&who, body.tenant_id) {
+        (Principal::Phone { tenant_id, .. }, None) => tenant_id.clone(),
+        (Principal::Admin { tenant_id, .. }, asked) if !who.is_super_admin() => {
+            match (tenant_id, asked) {
+                (Some(home), None) => home.clone(),
+                (Some(home), Some(t)) if t.to_string() == *home => home.clone(),
+                _ => {
+                    return Err(Problem::forbidden(
+                        "Staff open threads in their own tenant only.",
+                    ))
+                }
+            }
+        }
+        (Principal::Phone { .. }, Some(_)) => {
+            return Err(Problem::forbidden(
+                "A customer opens threads in their own tenant only.",
+            ))
+        }
+        (_, Some(t)) => t.to_string(),
+        (_, None) => {
+            return Err(Problem::unprocessable(
+                "tenant_required",
+                "Name the tenant (tenant_id) the thread belongs to.",
+            ))
+        }
+    };
+    let id = body
+        .id
+        .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
+        .unwrap_or_else(Uuid::now_v7)
+        .to_string();
+    let command = ThreadCommand {
+        actor: actor(&who),
+        at: Utc::now(),
+        action: Action::Open {
+            tenant_id: tenant.clone(),
+            channel: body.channel.unwrap_or(Channel::Web),
+            customer: body.customer_id.map(|id| Party {
+                id,
+                kind: PartyKind::Phone,
+            }),
+            subject: body.subject,
+            tags: body.tags,
+            bot_enabled: body.bot_enabled,
+        },
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .threads
+        .execute(&id, Some(0), command, &metadata)
+        .await
+        .map_err(|e| match e {
+            CommandError::VersionConflict { .. } => ThreadError::AlreadyExists.into_problem(),
+            other => other.into(),
+        })?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        THREAD,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// Body of a message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The client's id for this message: a retry with the same id appends nothing and
+    /// answers the same message id.
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+    /// The text, ≤ 4,096 characters (may be empty with an attachment).
+    #[serde(default)]
+    pub text: String,
+    /// A file already uploaded.
+    #[serde(default)]
+    pub attachment: Option<Attachment>,
+}
+
+/// The id a new item (message, scheduled message) of thread `thread` gets: derived from the
+/// client's id when given (per author), else from the Idempotency-Key, else fresh.
+fn item_id(
+    thread: &str,
+    author: &str,
+    client_id: Option<&str>,
+    keyed: Option<&KeyedRequest>,
+) -> String {
+    match (client_id, keyed) {
+        (Some(c), _) => {
+            let name = format!("{thread}\u{0}{author}\u{0}{c}");
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+        }
+        (None, Some(k)) => k.derived_id(),
+        (None, None) => Uuid::now_v7(),
+    }
+    .to_string()
+}
+
+async fn send(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    keyed: Option<Extension<KeyedRequest>>,
+    Path(id): Path<String>,
+    Json(body): Json<SendMessage>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let message_id = item_id(
+        &id,
+        who.user_id(),
+        body.client_message_id.as_deref(),
+        keyed.as_deref(),
+    );
+    let action = Action::Send {
+        message_id: message_id.clone(),
+        client_message_id: body.client_message_id,
+        text: body.text,
+        attachment: body.attachment,
+    };
+    let c = run(&state, &who, &ids, &headers, &id, action).await?;
+    Ok(created_item(&c, "message_id", &message_id))
+}
+
+/// Body of an edit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    /// The new text.
+    pub text: String,
+}
+
+async fn edit(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path((id, message_id)): Path<(String, String)>,
+    Json(body): Json<EditMessage>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::Edit {
+        message_id,
+        text: body.text,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path((id, message_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::Delete { message_id };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// Body of a read receipt.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// The number of the last message read.
+    pub number: u64,
+}
+
+async fn mark_read(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<MarkRead>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::MarkRead {
+        number: body.number,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// Body of an assignment (`null` or absent clears).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assign {
+    /// The agent.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// The department.
+    #[serde(default)]
+    pub department: Option<String>,
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Assign>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::Assign {
+        agent_id: body.agent_id,
+        department: body.department,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// Body of a bot switch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchBot {
+    /// Whether the bot answers.
+    pub enabled: bool,
+}
+
+async fn switch_bot(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<SwitchBot>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::SwitchBot {
+        enabled: body.enabled,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+async fn close(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, Action::Close).await?,
+    ))
+}
+
+async fn reopen(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, Action::Reopen).await?,
+    ))
+}
+
+/// Body of a tag change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTags {
+    /// The whole new set.
+    pub tags: Vec<String>,
+}
+
+async fn set_tags(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<SetTags>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::SetTags { tags: body.tags };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// Body naming a participant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddParticipant {
+    /// The user id.
+    pub user_id: String,
+    /// `phone` (a chatbot user) or `agent` (staff).
+    pub kind: PartyKind,
+}
+
+async fn add_participant(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<AddParticipant>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::AddParticipant {
+        participant: Party {
+            id: body.user_id,
+            kind: body.kind,
+        },
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// Body of a scheduled message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleMessage {
+    /// The client's id for it (de-duplicates retries like a message's).
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+    /// The text.
+    #[serde(default)]
+    pub text: String,
+    /// A file already uploaded.
+    #[serde(default)]
+    pub attachment: Option<Attachment>,
+    /// When to deliver it (RFC 3339), within 90 days.
+    pub due_at: DateTime<Utc>,
+}
+
+async fn schedule(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    keyed: Option<Extension<KeyedRequest>>,
+    Path(id): Path<String>,
+    Json(body): Json<ScheduleMessage>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    if body
+        .client_message_id
+        .as_deref()
+        .is_some_and(|c| super::values::label(c, super::values::MAX_CLIENT_ID_CHARS).is_none())
+    {
+        return Err(ThreadError::InvalidClientMessageId.into_problem());
+    }
+    let scheduled_id = item_id(
+        &id,
+        who.user_id(),
+        body.client_message_id
+            .as_deref()
+            .map(|c| format!("scheduled\u{0}{c}"))
+            .as_deref(),
+        keyed.as_deref(),
+    );
+    let action = Action::Schedule {
+        scheduled_id: scheduled_id.clone(),
+        text: body.text,
+        attachment: body.attachment,
+        due_at: body.due_at,
+    };
+    let c = run(&state, &who, &ids, &headers, &id, action).await?;
+    Ok(created_item(&c, "scheduled_id", &scheduled_id))
+}
+
+/// Body of a reschedule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reschedule {
+    /// The new due time (RFC 3339).
+    pub due_at: DateTime<Utc>,
+}
+
+async fn reschedule(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path((id, scheduled_id)): Path<(String, String)>,
+    Json(body): Json<Reschedule>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::Reschedule {
+        scheduled_id,
+        due_at: body.due_at,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+async fn cancel_scheduled(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path((id, scheduled_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let action = Action::CancelScheduled { scheduled_id };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}
+
+/// The scheduler's delivery of a due message. The delivered message's id is derived from
+/// the scheduled message's, so every retry names the same message.
+async fn deliver_scheduled(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    headers: HeaderMap,
+    Path((id, scheduled_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let id = thread_id(&id)?;
+    let message_id = item_id(&id, "scheduler", Some(&scheduled_id), None);
+    let action = Action::DeliverScheduled {
+        scheduled_id,
+        message_id,
+    };
+    Ok(changed(
+        &run(&state, &who, &ids, &headers, &id, action).await?,
+    ))
+}

@@ -1,0 +1,250 @@
+//! Events of the chat bounded context (aggregate type `thread`).
+//!
+//! A thread is one conversation between a tenant and a customer (a chatbot user signed in
+//! by phone, later a WhatsApp contact), its agents and its bot. Its messages, read receipts
+//! and scheduled messages live in the thread's own stream, so every rule about them (who may
+//! edit, what was read, whether a scheduled message is still due) is decided on one
+//! aggregate. Version `1.0` of every event; docs/events.md lists every field.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+/// The aggregate type name in the store, subjects and audit URLs.
+pub const THREAD: &str = "thread";
+
+/// Where a thread's customer talks to the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The web chatbot.
+    Web,
+    /// WhatsApp.
+    Whatsapp,
+    /// SMS.
+    Sms,
+}
+
+impl Channel {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Web => "web",
+            Channel::Whatsapp => "whatsapp",
+            Channel::Sms => "sms",
+        }
+    }
+}
+
+/// What kind of party a participant or an author is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyKind {
+    /// A chatbot user signed in by phone (the customer).
+    Phone,
+    /// A tenant's staff member (admin or agent).
+    Agent,
+    /// The tenant's bot.
+    Bot,
+    /// The platform itself (a scheduler, a process manager).
+    System,
+}
+
+impl PartyKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartyKind::Phone => "phone",
+            PartyKind::Agent => "agent",
+            PartyKind::Bot => "bot",
+            PartyKind::System => "system",
+        }
+    }
+}
+
+/// Someone taking part in a thread, or writing in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Party {
+    /// The user id (a phone user's id, an admin user's id, `bot`, a component name).
+    pub id: String,
+    /// What kind of party.
+    pub kind: PartyKind,
+}
+
+/// A file a message refers to, already stored in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Blob key.
+    pub object_key: String,
+    /// Media type, e.g. `image/png`.
+    pub content_type: String,
+    /// File name to show, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// Something that happened to a thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ThreadEvent {
+    /// The thread was opened.
+    Opened {
+        /// The tenant it belongs to (also in the metadata; here because the aggregate
+        /// decides every later command's access by it).
+        tenant_id: String,
+        /// Where the customer talks.
+        channel: Channel,
+        /// Who opened it.
+        opened_by: Party,
+        /// The customer, when the thread has one yet.
+        #[serde(default)]
+        customer: Option<Party>,
+        /// A short subject line, if any.
+        #[serde(default)]
+        subject: Option<String>,
+        /// Whether the bot answers (before a human takes over).
+        bot_enabled: bool,
+        /// Initial tags.
+        #[serde(default)]
+        tags: Vec<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Someone joined the thread.
+    ParticipantAdded {
+        /// Who.
+        participant: Party,
+    },
+    /// The thread was assigned to an agent and/or a department (either may be none).
+    Assigned {
+        /// The agent now responsible.
+        #[serde(default)]
+        agent_id: Option<String>,
+        /// The department now responsible.
+        #[serde(default)]
+        department: Option<String>,
+    },
+    /// The bot was switched on or off (off: a human has taken over).
+    BotSwitched {
+        /// Whether the bot answers now.
+        enabled: bool,
+    },
+    /// The thread was closed.
+    Closed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A closed thread was opened again (by a new message or on request).
+    Reopened {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The tags changed; `tags` is the whole new set, sorted.
+    Tagged {
+        /// The tags now.
+        tags: Vec<String>,
+    },
+    /// A message was sent in the thread.
+    MessageSent {
+        /// Its id.
+        message_id: String,
+        /// Its 1-based position among the thread's messages (what receipts count).
+        number: u64,
+        /// Who wrote it.
+        author: Party,
+        /// The id the client gave it to de-duplicate retries, if any.
+        #[serde(default)]
+        client_message_id: Option<String>,
+        /// The text (may be empty when there is an attachment).
+        text: String,
+        /// An attached file, if any.
+        #[serde(default)]
+        attachment: Option<Attachment>,
+        /// The scheduled message it delivers, if it was scheduled.
+        #[serde(default)]
+        scheduled_id: Option<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The author changed a message's text.
+    MessageEdited {
+        /// Which message.
+        message_id: String,
+        /// The new text.
+        text: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A message was deleted: read models drop its text and attachment, a tombstone stays.
+    MessageDeleted {
+        /// Which message.
+        message_id: String,
+        /// Who deleted it.
+        by: Party,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A participant has read every message up to `number`.
+    Read {
+        /// Who read.
+        reader: Party,
+        /// The number of the last message read.
+        number: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A message was scheduled for later delivery.
+    MessageScheduled {
+        /// The scheduled message's id.
+        scheduled_id: String,
+        /// Who scheduled it (and will be its author).
+        author: Party,
+        /// The text.
+        text: String,
+        /// An attached file, if any.
+        #[serde(default)]
+        attachment: Option<Attachment>,
+        /// When it is due.
+        due_at: DateTime<Utc>,
+    },
+    /// A scheduled message got a new due time.
+    MessageRescheduled {
+        /// Which one.
+        scheduled_id: String,
+        /// The new due time.
+        due_at: DateTime<Utc>,
+    },
+    /// A scheduled message was cancelled; it will never be delivered.
+    ScheduleCancelled {
+        /// Which one.
+        scheduled_id: String,
+    },
+}
+
+impl DomainEvent for ThreadEvent {
+    fn event_type(&self) -> String {
+        match self {
+            ThreadEvent::Opened { .. } => "Opened",
+            ThreadEvent::ParticipantAdded { .. } => "ParticipantAdded",
+            ThreadEvent::Assigned { .. } => "Assigned",
+            ThreadEvent::BotSwitched { .. } => "BotSwitched",
+            ThreadEvent::Closed { .. } => "Closed",
+            ThreadEvent::Reopened { .. } => "Reopened",
+            ThreadEvent::Tagged { .. } => "Tagged",
+            ThreadEvent::MessageSent { .. } => "MessageSent",
+            ThreadEvent::MessageEdited { .. } => "MessageEdited",
+            ThreadEvent::MessageDeleted { .. } => "MessageDeleted",
+            ThreadEvent::Read { .. } => "Read",
+            ThreadEvent::MessageScheduled { .. } => "MessageScheduled",
+            ThreadEvent::MessageRescheduled { .. } => "MessageRescheduled",
+            ThreadEvent::ScheduleCancelled { .. } => "ScheduleCancelled",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
