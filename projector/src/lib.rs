@@ -8,7 +8,10 @@
 //! - [`rebuild`]: rebuilds a read model from the event store and swaps it in.
 //! - [`tenants`]: the tenants read model.
 //! - [`identity`]: admin users and their login history.
+//! - [`chat`]: threads, messages, read positions and scheduled messages.
 
+/// Chat threads, messages, receipts and scheduled messages.
+pub mod chat;
 /// Admin users and their login history.
 pub mod identity;
 /// Projection contract and exactly-once application.
@@ -98,6 +101,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
+        Arc::new(chat::ChatProjection),
     ]
 }
 

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`config`]: every setting (flags and environment).
 //! - [`tenants`]: tenant list (cursor, filters) and detail (with read-your-writes).
+//! - [`chat`]: threads (inbox, detail), message history, unread counts, scheduled messages.
+//! - [`freshness`]: read-your-writes (`min_version`, `X-Min-Version`).
 //! - [`audit`]: an aggregate's event history for auditors.
 //! - [`identity`]: admin users of a tenant and their login history.
 //! - [`dev`]: the dev inbox of captured outbound messages.
@@ -11,12 +13,18 @@
 
 /// Event history for auditors.
 pub mod audit;
+/// Chat: threads, messages, unread counts.
+pub mod chat;
 /// Settings.
 pub mod config;
 /// The dev inbox of captured outbound messages.
 pub mod dev;
+/// Read-your-writes.
+pub mod freshness;
 /// Admin users and their login history.
 pub mod identity;
+/// Keyset pagination.
+pub mod page;
 /// Tenant list and detail.
 pub mod tenants;
 
@@ -77,6 +85,7 @@ pub enum StartError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tenants::router())
+        .merge(chat::router())
         .merge(audit::router())
         .merge(dev::router())
         .merge(identity::router())

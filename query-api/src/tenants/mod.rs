@@ -1,13 +1,10 @@
 //! Tenant list and detail, from the `tenants` read model.
 
-use std::time::{Duration, Instant};
-
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
@@ -15,14 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::AppState;
-
-/// Set when a read gave up waiting for the requested version.
-pub static READ_STALE: HeaderName = HeaderName::from_static("x-read-stale");
-/// The version a read reflects.
-pub static READ_VERSION: HeaderName = HeaderName::from_static("x-read-version");
-/// Request header: wait until the read model reflects at least this version.
-pub static MIN_VERSION: HeaderName = HeaderName::from_static("x-min-version");
+use crate::{freshness, page, AppState};
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -77,22 +67,6 @@ pub struct Page {
 
 const STATUSES: [&str; 4] = ["pending", "active", "rejected", "suspended"];
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
-}
-
-fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let (at, id) = text.split_once('|')?;
-    Some((
-        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-        Uuid::parse_str(id).ok()?,
-    ))
-}
-
 /// Who may see which tenants: a super admin all, other staff only their own.
 fn scope(who: &Principal) -> Result<Option<String>, Problem> {
     match who {
@@ -110,13 +84,7 @@ async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Response, Problem> {
     let only = scope(&who)?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::bad_request(
-            "invalid_query",
-            "limit must be 1 to 200.",
-        ));
-    }
+    let limit = page::limit(params.limit)?;
     if let Some(s) = params.status.as_deref() {
         if !STATUSES.contains(&s) {
             return Err(Problem::bad_request(
@@ -125,12 +93,7 @@ async fn list(
             ));
         }
     }
-    let cursor = match params.cursor.as_deref() {
-        None => None,
-        Some(raw) => Some(decode_cursor(raw).ok_or_else(|| {
-            Problem::bad_request("invalid_cursor", "The cursor is not one this API issued.")
-        })?),
-    };
+    let cursor = page::cursor(params.cursor.as_deref())?;
     if params
         .q
         .as_deref()
@@ -169,7 +132,9 @@ async fn list(
     .map_err(|e| Problem::unavailable(&e))?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|t| encode_cursor(t.created_at, t.id))
+        items
+            .last()
+            .map(|t| page::encode_cursor(t.created_at, t.id))
     } else {
         None
     };
@@ -197,34 +162,16 @@ async fn detail(
         // Another tenant's staff learn nothing, not even that the tenant exists.
         return Err(Problem::not_found("tenant not found"));
     }
-    let min_version = match headers.get(&MIN_VERSION) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .ok_or_else(|| {
-                    Problem::bad_request("invalid_min_version", "X-Min-Version must be an integer.")
-                })?,
-        ),
-        None => params.min_version,
-    };
-    let deadline = Instant::now() + state.read_wait;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let row: Option<TenantView> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await
-                .map_err(|e| Problem::unavailable(&e))?;
-        let version = row.as_ref().map_or(0, |r| r.version);
-        let fresh = min_version.is_none_or(|min| version >= min);
-        if fresh || Instant::now() >= deadline {
-            return Ok(answer(row, !fresh));
-        }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_millis(25));
-    }
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let sql = format!("SELECT {COLUMNS} FROM tenants WHERE id = $1");
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |r: &TenantView| r.version,
+        || sqlx::query_as(&sql).bind(id).fetch_optional(&state.pool),
+    )
+    .await?;
+    Ok(answer(row, stale))
 }
 
 fn answer(row: Option<TenantView>, stale: bool) -> Response {
@@ -232,34 +179,10 @@ fn answer(row: Option<TenantView>, stale: bool) -> Response {
         Some(view) => Json(view).into_response(),
         None => Problem::not_found("tenant not found").into_response(),
     };
-    let headers = response.headers_mut();
-    if let Some(view) = &row {
-        if let Ok(v) = HeaderValue::from_str(&view.version.to_string()) {
-            headers.insert(READ_VERSION.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", view.version)) {
-            headers.insert(header::ETAG, v);
-        }
-    }
-    if stale {
-        headers.insert(READ_STALE.clone(), HeaderValue::from_static("true"));
-    }
+    freshness::version_headers(
+        response.headers_mut(),
+        row.as_ref().map(|v| v.version),
+        stale,
+    );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let at = DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
-            .map(|d| d.with_timezone(&Utc))
-            .ok();
-        let id = Uuid::now_v7();
-        let at = at.unwrap_or_default();
-        assert_eq!(decode_cursor(&encode_cursor(at, id)), Some((at, id)));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-        assert_eq!(decode_cursor(""), None);
-    }
 }

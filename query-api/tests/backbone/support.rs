@@ -103,6 +103,21 @@ impl TestEnv {
         )
     }
 
+    /// A token of chatbot user `user` of `tenant`, as phone sign-in issues it.
+    pub fn phone_user(&self, tenant: &str, user: &str) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.keys.sign(&events::access::Claims {
+            sub: user.to_owned(),
+            tenant_id: Some(tenant.to_owned()),
+            role: None,
+            kind: Some("phone".to_owned()),
+            iat: now,
+            exp: now + 600,
+            jti: None,
+            sid: None,
+        })
+    }
+
     pub fn command_config(&self) -> command_api::config::Config {
         command_api::config::Config {
             database_url: Some(self.database_url.clone()),

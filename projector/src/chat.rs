@@ -1,0 +1,491 @@
+//! Read models of chat: `chat_threads` (the inbox), `chat_participants`, `chat_messages`
+//! (tombstones keep their row without text), `chat_reads` (how far each reader has read)
+//! and `chat_scheduled` (what the scheduler delivers).
+//!
+//! Every event moves the thread row's `version`, so a reader can wait for its own write.
+//! A message's author has read it: sending moves the author's read position too.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use events::chat::{Party, PartyKind, ThreadEvent, THREAD};
+use events::Envelope;
+use sqlx::PgConnection;
+
+use crate::projection::{Projection, ProjectionError, Target};
+
+/// Longest preview of the last message on the inbox row, in characters.
+const PREVIEW_CHARS: i32 = 200;
+
+/// The chat read models.
+pub struct ChatProjection;
+
+/// The physical names of the chat tables for one target.
+struct Tables {
+    threads: String,
+    participants: String,
+    messages: String,
+    reads: String,
+    scheduled: String,
+}
+
+impl Tables {
+    fn of(target: &Target) -> Self {
+        Self {
+            threads: target.table("chat_threads"),
+            participants: target.table("chat_participants"),
+            messages: target.table("chat_messages"),
+            reads: target.table("chat_reads"),
+            scheduled: target.table("chat_scheduled"),
+        }
+    }
+}
+
+#[async_trait]
+impl Projection for ChatProjection {
+    fn name(&self) -> &'static str {
+        "chat"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[THREAD]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "chat_threads",
+            "chat_participants",
+            "chat_messages",
+            "chat_reads",
+            "chat_scheduled",
+        ]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        let event: ThreadEvent = serde_json::from_value(e.payload.clone()).map_err(|err| {
+            ProjectionError::Undecodable {
+                event_id: e.event_id(),
+                reason: err.to_string(),
+            }
+        })?;
+        let t = Tables::of(target);
+        let (id, tenant, version, recorded) = (
+            e.aggregate_id.as_str(),
+            e.tenant_id(),
+            e.sequence as i64,
+            e.recorded_at,
+        );
+        // Statements that change more than the thread row run first; `touch` then sets the
+        // thread's columns named in `set` ($4 onwards) with its version.
+        let touched = match event {
+            ThreadEvent::Opened {
+                channel,
+                opened_by,
+                customer,
+                subject,
+                bot_enabled,
+                tags,
+                at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {} (id, tenant_id, channel, status, subject, customer_id, opened_by,
+                                     bot_enabled, tags, last_activity_at, created_at, updated_at, version)
+                     VALUES ($1::uuid, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $9, $10, $11)",
+                    t.threads
+                ))
+                .bind(id)
+                .bind(tenant)
+                .bind(channel.as_str())
+                .bind(subject)
+                .bind(customer.as_ref().map(|c| c.id.clone()))
+                .bind(&opened_by.id)
+                .bind(bot_enabled)
+                .bind(tags)
+                .bind(at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+                for party in [Some(opened_by), customer].into_iter().flatten() {
+                    join(conn, &t, id, tenant, &party, at).await?;
+                }
+                return Ok(());
+            }
+            ThreadEvent::ParticipantAdded { participant } => {
+                join(conn, &t, id, tenant, &participant, recorded).await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+            ThreadEvent::Assigned {
+                agent_id,
+                department,
+            } => {
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    "agent_id = $4, department = $5,",
+                    Binds::Texts(agent_id, department),
+                )
+                .await?
+            }
+            ThreadEvent::BotSwitched { enabled } => {
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    "bot_enabled = $4,",
+                    Binds::Bool(enabled),
+                )
+                .await?
+            }
+            ThreadEvent::Closed { at } => {
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    "status = 'closed', last_activity_at = $4,",
+                    Binds::Time(at),
+                )
+                .await?
+            }
+            ThreadEvent::Reopened { at } => {
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    "status = 'open', last_activity_at = $4,",
+                    Binds::Time(at),
+                )
+                .await?
+            }
+            ThreadEvent::Tagged { tags } => {
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    "tags = $4,",
+                    Binds::Tags(tags),
+                )
+                .await?
+            }
+            ThreadEvent::MessageSent {
+                message_id,
+                number,
+                author,
+                client_message_id,
+                text,
+                attachment,
+                scheduled_id,
+                at,
+            } => {
+                let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+                // One round trip: the message, the author's read position, the delivered
+                // schedule and the inbox row.
+                sqlx::query(&format!(
+                    "WITH message AS (
+                        INSERT INTO {messages} (thread_id, number, message_id, tenant_id, author_id,
+                                                author_kind, text, attachment, client_message_id,
+                                                scheduled_id, sent_at)
+                        VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
+                     reads AS (
+                        INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
+                        VALUES ($1::uuid, $5, $4, $6, $2, $11)
+                        ON CONFLICT (thread_id, reader_id) DO UPDATE
+                           SET last_read = greatest({reads}.last_read, EXCLUDED.last_read),
+                               read_at = EXCLUDED.read_at),
+                     delivered AS (
+                        UPDATE {scheduled} SET status = 'delivered', message_id = $3, updated_at = $12
+                         WHERE thread_id = $1::uuid AND id = $10)
+                     UPDATE {threads}
+                        SET message_count = $2, last_activity_at = $11,
+                            last_message = jsonb_build_object(
+                                'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
+                                'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
+                                'sent_at', $11),
+                            updated_at = $12, version = $13
+                      WHERE id = $1::uuid",
+                    messages = t.messages,
+                    reads = t.reads,
+                    scheduled = t.scheduled,
+                    threads = t.threads,
+                ))
+                .bind(id)
+                .bind(number as i64)
+                .bind(message_id)
+                .bind(tenant)
+                .bind(&author.id)
+                .bind(author.kind.as_str())
+                .bind(text)
+                .bind(attachment)
+                .bind(client_message_id)
+                .bind(scheduled_id)
+                .bind(at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+            }
+            ThreadEvent::MessageEdited {
+                message_id,
+                text,
+                at,
+            } => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET text = $3, edited_at = $4 WHERE thread_id = $1::uuid AND message_id = $2",
+                    t.messages
+                ))
+                .bind(id)
+                .bind(&message_id)
+                .bind(&text)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    &format!(
+                        "last_message = CASE WHEN last_message->>'message_id' = $4
+                             THEN jsonb_set(last_message, '{{text}}', to_jsonb(left($5, {PREVIEW_CHARS})))
+                             ELSE last_message END,"
+                    ),
+                    Binds::Texts(Some(message_id), Some(text)),
+                )
+                .await?
+            }
+            ThreadEvent::MessageDeleted { message_id, at, .. } => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET text = NULL, attachment = NULL, deleted_at = $3
+                      WHERE thread_id = $1::uuid AND message_id = $2",
+                    t.messages
+                ))
+                .bind(id)
+                .bind(&message_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                // The preview falls back to the newest message still there.
+                touch(
+                    conn,
+                    &t,
+                    id,
+                    version,
+                    recorded,
+                    &format!(
+                        "last_message = CASE WHEN last_message->>'message_id' = $4
+                             THEN (SELECT jsonb_build_object(
+                                      'message_id', m.message_id, 'number', m.number,
+                                      'author_id', m.author_id, 'author_kind', m.author_kind,
+                                      'text', left(m.text, {PREVIEW_CHARS}),
+                                      'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
+                                     FROM {} m
+                                    WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
+                                    ORDER BY m.number DESC LIMIT 1)
+                             ELSE last_message END,",
+                        t.messages
+                    ),
+                    Binds::Texts(Some(message_id), None),
+                )
+                .await?
+            }
+            ThreadEvent::Read { reader, number, at } => {
+                read(conn, &t, id, tenant, &reader, number, at).await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+            ThreadEvent::MessageScheduled {
+                scheduled_id,
+                author,
+                text,
+                attachment,
+                due_at,
+            } => {
+                let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+                sqlx::query(&format!(
+                    "INSERT INTO {} (thread_id, id, tenant_id, author_id, text, attachment, due_at,
+                                     status, created_at, updated_at)
+                     VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
+                    t.scheduled
+                ))
+                .bind(id)
+                .bind(scheduled_id)
+                .bind(tenant)
+                .bind(author.id)
+                .bind(text)
+                .bind(attachment)
+                .bind(due_at)
+                .bind(recorded)
+                .execute(&mut *conn)
+                .await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+            ThreadEvent::MessageRescheduled {
+                scheduled_id,
+                due_at,
+            } => {
+                schedule_change(
+                    conn,
+                    &t,
+                    id,
+                    &scheduled_id,
+                    "due_at = $3",
+                    Some(due_at),
+                    recorded,
+                )
+                .await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+            ThreadEvent::ScheduleCancelled { scheduled_id } => {
+                schedule_change(
+                    conn,
+                    &t,
+                    id,
+                    &scheduled_id,
+                    "status = 'cancelled'",
+                    None,
+                    recorded,
+                )
+                .await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+        };
+        if touched != 1 {
+            return Err(ProjectionError::Undecodable {
+                event_id: e.event_id(),
+                reason: format!("thread row {id} is missing"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Values an update of the thread row binds from `$4`.
+enum Binds {
+    None,
+    Bool(bool),
+    Time(DateTime<Utc>),
+    Texts(Option<String>, Option<String>),
+    Tags(Vec<String>),
+}
+
+/// Sets `set` (a list of `column = …,` using `$4`…) and the version on the thread row;
+/// answers the rows changed (1, or 0 when the row is missing).
+async fn touch(
+    conn: &mut PgConnection,
+    t: &Tables,
+    id: &str,
+    version: i64,
+    recorded: DateTime<Utc>,
+    set: &str,
+    binds: Binds,
+) -> Result<u64, ProjectionError> {
+    let sql = format!(
+        "UPDATE {} SET {set} updated_at = $2, version = $3 WHERE id = $1::uuid",
+        t.threads
+    );
+    let query = sqlx::query(&sql).bind(id).bind(recorded).bind(version);
+    let query = match binds {
+        Binds::None => query,
+        Binds::Bool(b) => query.bind(b),
+        Binds::Time(at) => query.bind(at),
+        Binds::Texts(a, b) => query.bind(a).bind(b),
+        Binds::Tags(tags) => query.bind(tags),
+    };
+    Ok(query.execute(&mut *conn).await?.rows_affected())
+}
+
+/// Adds a participant (phone users and agents; others take no part).
+async fn join(
+    conn: &mut PgConnection,
+    t: &Tables,
+    id: &str,
+    tenant: &str,
+    party: &Party,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    if !matches!(party.kind, PartyKind::Phone | PartyKind::Agent) {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {} (thread_id, user_id, tenant_id, kind, joined_at)
+         VALUES ($1::uuid, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        t.participants
+    ))
+    .bind(id)
+    .bind(&party.id)
+    .bind(tenant)
+    .bind(party.kind.as_str())
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a reader's position forward (never back).
+async fn read(
+    conn: &mut PgConnection,
+    t: &Tables,
+    id: &str,
+    tenant: &str,
+    reader: &Party,
+    number: u64,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    sqlx::query(&format!(
+        "INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
+         VALUES ($1::uuid, $2, $3, $4, $5, $6)
+         ON CONFLICT (thread_id, reader_id) DO UPDATE
+            SET last_read = greatest({reads}.last_read, EXCLUDED.last_read), read_at = EXCLUDED.read_at",
+        reads = t.reads
+    ))
+    .bind(id)
+    .bind(&reader.id)
+    .bind(tenant)
+    .bind(reader.kind.as_str())
+    .bind(number as i64)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Changes one scheduled message (`set` may use `$3`).
+async fn schedule_change(
+    conn: &mut PgConnection,
+    t: &Tables,
+    id: &str,
+    scheduled_id: &str,
+    set: &str,
+    due_at: Option<DateTime<Utc>>,
+    recorded: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let sql = format!(
+        "UPDATE {} SET {set}, updated_at = $4 WHERE thread_id = $1::uuid AND id = $2",
+        t.scheduled
+    );
+    sqlx::query(&sql)
+        .bind(id)
+        .bind(scheduled_id)
+        .bind(due_at)
+        .bind(recorded)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

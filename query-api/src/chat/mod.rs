@@ -1,0 +1,503 @@
+//! Chat reads: the inbox (a tenant's threads, or a phone user's own), a thread with its
+//! participants and how far each has read, message history (newest first), unread counts and
+//! scheduled messages. Only the tenant's staff and the thread's participants can read a
+//! thread; anyone else gets 404, as if it did not exist.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::{freshness, page, AppState};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/threads", get(list))
+        .route("/v1/chat/threads/{id}", get(detail))
+        .route("/v1/chat/threads/{id}/messages", get(messages))
+        .route("/v1/chat/threads/{id}/scheduled", get(scheduled))
+        .route("/v1/chat/unread", get(unread))
+}
+
+/// A thread as the inbox shows it, with the caller's unread count.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ThreadView {
+    id: Uuid,
+    tenant_id: String,
+    channel: String,
+    status: String,
+    subject: Option<String>,
+    customer_id: Option<String>,
+    opened_by: String,
+    agent_id: Option<String>,
+    department: Option<String>,
+    bot_enabled: bool,
+    tags: Vec<String>,
+    message_count: i64,
+    /// The newest message that is not deleted (preview of ≤ 200 characters).
+    last_message: Option<serde_json::Value>,
+    last_activity_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+    /// Messages after the caller's read position.
+    unread: i64,
+    /// Whether the caller takes part (customers see only such threads).
+    #[serde(skip)]
+    participant: bool,
+}
+
+/// The thread columns, with the caller (`$1`) as reader and participant.
+const THREAD_COLUMNS: &str = "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
+     t.opened_by, t.agent_id, t.department, t.bot_enabled, t.tags, t.message_count, t.last_message, \
+     t.last_activity_at, t.created_at, t.updated_at, t.version, \
+     greatest(t.message_count - coalesce(r.last_read, 0), 0) AS unread, \
+     EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1) AS participant";
+
+/// The thread table joined with the caller's (`$1`) read position.
+const THREAD_FROM: &str =
+    "chat_threads t LEFT JOIN chat_reads r ON r.thread_id = t.id AND r.reader_id = $1";
+
+/// Which threads a caller may see.
+enum Scope {
+    /// Every tenant's (a super admin without a tenant filter).
+    All,
+    /// One tenant's, as its staff.
+    Tenant(String),
+    /// Only those a customer takes part in, in their tenant.
+    Participant(String),
+}
+
+impl Scope {
+    /// The scope of `who`, narrowed to `asked` (a super admin's tenant filter).
+    fn of(who: &Principal, asked: Option<String>) -> Result<Self, Problem> {
+        match who {
+            _ if who.is_super_admin() => Ok(asked.map_or(Scope::All, Scope::Tenant)),
+            Principal::Admin {
+                tenant_id: Some(home),
+                ..
+            } => match asked {
+                Some(t) if &t != home => Err(Problem::forbidden(
+                    "You may only read your own tenant's threads.",
+                )),
+                _ => Ok(Scope::Tenant(home.clone())),
+            },
+            Principal::Phone { tenant_id, .. } => Ok(Scope::Participant(tenant_id.clone())),
+            _ => Err(Problem::forbidden("Only staff and customers read threads.")),
+        }
+    }
+
+    /// `(tenant filter, participants only)`.
+    fn binds(&self) -> (Option<&str>, bool) {
+        match self {
+            Scope::All => (None, false),
+            Scope::Tenant(t) => (Some(t), false),
+            Scope::Participant(t) => (Some(t), true),
+        }
+    }
+}
+
+/// True when `who` may read thread `view`.
+fn may_read(who: &Principal, view: &ThreadView) -> bool {
+    match who {
+        Principal::Phone { tenant_id, .. } => tenant_id == &view.tenant_id && view.participant,
+        _ => who.is_staff_of(&view.tenant_id),
+    }
+}
+
+/// Filters and page of the inbox.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// A super admin may pick a tenant; staff always read their own.
+    tenant_id: Option<String>,
+    /// `open` or `closed`.
+    status: Option<String>,
+    /// An agent id, `me`, or `none` (unassigned).
+    assignee: Option<String>,
+    /// `web`, `whatsapp` or `sms`.
+    channel: Option<String>,
+    /// A department.
+    department: Option<String>,
+    /// Only threads with (`true`) or without (`false`) messages the caller has not read.
+    unread: Option<bool>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// One page of threads, most recent activity first.
+#[derive(Debug, Serialize)]
+pub struct ThreadPage {
+    items: Vec<ThreadView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A free-text filter value: no control characters (PostgreSQL refuses NUL in text).
+fn plain(value: Option<String>, name: &str) -> Result<Option<String>, Problem> {
+    match value {
+        Some(v) if v.chars().any(char::is_control) || v.len() > 200 => Err(Problem::bad_request(
+            "invalid_query",
+            format!("{name} must be at most 200 characters without control characters."),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn one_of(value: &Option<String>, allowed: &[&str], name: &str) -> Result<(), Problem> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(Problem::bad_request(
+            "invalid_query",
+            format!("{name} must be one of {}.", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Response, Problem> {
+    let scope = Scope::of(&who, plain(params.tenant_id, "tenant_id")?)?;
+    let limit = page::limit(params.limit)?;
+    one_of(&params.status, &["open", "closed"], "status")?;
+    one_of(&params.channel, &["web", "whatsapp", "sms"], "channel")?;
+    let department = plain(params.department, "department")?;
+    let (agent, unassigned) = match plain(params.assignee, "assignee")?.as_deref() {
+        None => (None, false),
+        Some("none") => (None, true),
+        Some("me") => (Some(who.user_id().to_owned()), false),
+        Some(agent) => (Some(agent.to_owned()), false),
+    };
+    let (cursor_at, cursor_id) = page::cursor(params.cursor.as_deref())?.unzip();
+    let (tenant, participants_only) = scope.binds();
+    let mut items: Vec<ThreadView> = sqlx::query_as(&format!(
+        "SELECT {THREAD_COLUMNS} FROM {THREAD_FROM}
+          WHERE ($2::text IS NULL OR t.tenant_id = $2)
+            AND (NOT $3 OR EXISTS (SELECT 1 FROM chat_participants p
+                                    WHERE p.thread_id = t.id AND p.user_id = $1))
+            AND ($4::text IS NULL OR t.status = $4)
+            AND ($5::text IS NULL OR t.channel = $5)
+            AND ($6::text IS NULL OR t.agent_id = $6)
+            AND (NOT $7 OR t.agent_id IS NULL)
+            AND ($8::text IS NULL OR t.department = $8)
+            AND ($9::boolean IS NULL OR (t.message_count > coalesce(r.last_read, 0)) = $9)
+            AND ($10::timestamptz IS NULL OR (t.last_activity_at, t.id) < ($10, $11))
+          ORDER BY t.last_activity_at DESC, t.id DESC
+          LIMIT $12"
+    ))
+    .bind(who.user_id())
+    .bind(tenant)
+    .bind(participants_only)
+    .bind(params.status)
+    .bind(params.channel)
+    .bind(agent)
+    .bind(unassigned)
+    .bind(department)
+    .bind(params.unread)
+    .bind(cursor_at)
+    .bind(cursor_id)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|t| page::encode_cursor(t.last_activity_at, t.id))
+    } else {
+        None
+    };
+    Ok(Json(ThreadPage { items, next_cursor }).into_response())
+}
+
+/// Read-your-writes on a thread.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailParams {
+    /// The version a command answered with.
+    min_version: Option<i64>,
+}
+
+/// A participant and how far they have read.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ParticipantView {
+    user_id: String,
+    kind: String,
+    joined_at: DateTime<Utc>,
+    last_read: i64,
+    unread: i64,
+}
+
+/// A reader who is not a participant (staff reading the thread).
+#[derive(Debug, Serialize, FromRow)]
+pub struct ReaderView {
+    reader_id: String,
+    reader_kind: String,
+    last_read: i64,
+    unread: i64,
+    read_at: DateTime<Utc>,
+}
+
+/// A thread with its participants and readers.
+#[derive(Debug, Serialize)]
+pub struct ThreadDetail {
+    #[serde(flatten)]
+    thread: ThreadView,
+    participants: Vec<ParticipantView>,
+    readers: Vec<ReaderView>,
+}
+
+fn thread_uuid(raw: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| Problem::not_found("thread not found"))
+}
+
+/// The thread as `who` may see it, waiting (bounded) for `min_version`; 404 when it does not
+/// exist or `who` may not read it.
+async fn visible(
+    state: &AppState,
+    who: &Principal,
+    id: Uuid,
+    min_version: Option<i64>,
+) -> Result<(ThreadView, bool), Problem> {
+    let sql = format!("SELECT {THREAD_COLUMNS} FROM {THREAD_FROM} WHERE t.id = $2");
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |t: &ThreadView| t.version,
+        || {
+            sqlx::query_as(&sql)
+                .bind(who.user_id())
+                .bind(id)
+                .fetch_optional(&state.pool)
+        },
+    )
+    .await?;
+    match row {
+        Some(view) if may_read(who, &view) => Ok((view, stale)),
+        _ => Err(Problem::not_found("thread not found")),
+    }
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let id = thread_uuid(&id)?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let (thread, stale) = visible(&state, &who, id, min_version).await?;
+    let participants: Vec<ParticipantView> = sqlx::query_as(
+        "SELECT p.user_id, p.kind, p.joined_at, coalesce(r.last_read, 0) AS last_read,
+                greatest($2 - coalesce(r.last_read, 0), 0) AS unread
+           FROM chat_participants p
+           LEFT JOIN chat_reads r ON r.thread_id = p.thread_id AND r.reader_id = p.user_id
+          WHERE p.thread_id = $1
+          ORDER BY p.joined_at, p.user_id",
+    )
+    .bind(id)
+    .bind(thread.message_count)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let readers: Vec<ReaderView> = sqlx::query_as(
+        "SELECT r.reader_id, r.reader_kind, r.last_read,
+                greatest($2 - r.last_read, 0) AS unread, r.read_at
+           FROM chat_reads r
+          WHERE r.thread_id = $1
+            AND NOT EXISTS (SELECT 1 FROM chat_participants p
+                             WHERE p.thread_id = r.thread_id AND p.user_id = r.reader_id)
+          ORDER BY r.read_at DESC, r.reader_id",
+    )
+    .bind(id)
+    .bind(thread.message_count)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let version = thread.version;
+    let mut response = Json(ThreadDetail {
+        thread,
+        participants,
+        readers,
+    })
+    .into_response();
+    freshness::version_headers(response.headers_mut(), Some(version), stale);
+    Ok(response)
+}
+
+/// A page of history.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageParams {
+    /// Only messages numbered below this (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+    /// Wait until the thread reflects this version (a send's answer).
+    min_version: Option<i64>,
+}
+
+/// A message as history shows it; a deleted one keeps its place without text.
+#[derive(Debug, Serialize, FromRow)]
+pub struct MessageView {
+    message_id: String,
+    number: i64,
+    author_id: String,
+    author_kind: String,
+    text: Option<String>,
+    attachment: Option<serde_json::Value>,
+    client_message_id: Option<String>,
+    scheduled_id: Option<String>,
+    sent_at: DateTime<Utc>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted: bool,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+/// One page of messages, newest first.
+#[derive(Debug, Serialize)]
+pub struct MessagePage {
+    items: Vec<MessageView>,
+    /// Pass as `before` for older messages; absent on the oldest page.
+    next_before: Option<i64>,
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<MessageParams>,
+) -> Result<Response, Problem> {
+    let id = thread_uuid(&id)?;
+    let limit = page::limit(params.limit)?;
+    if params.before.is_some_and(|b| b < 1) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "before must be a message number (1 or more).",
+        ));
+    }
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let (thread, stale) = visible(&state, &who, id, min_version).await?;
+    let mut items: Vec<MessageView> = sqlx::query_as(
+        "SELECT message_id, number, author_id, author_kind, text, attachment, client_message_id,
+                scheduled_id, sent_at, edited_at, deleted_at IS NOT NULL AS deleted, deleted_at
+           FROM chat_messages
+          WHERE thread_id = $1 AND ($2::bigint IS NULL OR number < $2)
+          ORDER BY number DESC
+          LIMIT $3",
+    )
+    .bind(id)
+    .bind(params.before)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let next_before = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|m| m.number)
+    } else {
+        None
+    };
+    let mut response = Json(MessagePage { items, next_before }).into_response();
+    freshness::version_headers(response.headers_mut(), Some(thread.version), stale);
+    Ok(response)
+}
+
+/// A scheduled message.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ScheduledView {
+    id: String,
+    author_id: String,
+    text: String,
+    attachment: Option<serde_json::Value>,
+    due_at: DateTime<Utc>,
+    status: String,
+    message_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A thread's scheduled messages, by due time (staff only).
+async fn scheduled(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let id = thread_uuid(&id)?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let (thread, stale) = visible(&state, &who, id, min_version).await?;
+    if !who.is_staff_of(&thread.tenant_id) {
+        return Err(Problem::forbidden(
+            "Only the tenant's staff see scheduled messages.",
+        ));
+    }
+    let items: Vec<ScheduledView> = sqlx::query_as(
+        "SELECT id, author_id, text, attachment, due_at, status, message_id, created_at, updated_at
+           FROM chat_scheduled WHERE thread_id = $1 ORDER BY due_at, id",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let mut response = Json(serde_json::json!({ "items": items })).into_response();
+    freshness::version_headers(response.headers_mut(), Some(thread.version), stale);
+    Ok(response)
+}
+
+/// Filter of the unread summary.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnreadParams {
+    /// A super admin's tenant.
+    tenant_id: Option<String>,
+}
+
+/// The caller's unread totals over the threads they see (badge counts).
+#[derive(Debug, Serialize, FromRow)]
+pub struct UnreadView {
+    /// Threads with at least one unread message.
+    threads: i64,
+    /// Unread messages in all.
+    messages: i64,
+}
+
+async fn unread(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<UnreadParams>,
+) -> Result<Response, Problem> {
+    let scope = Scope::of(&who, plain(params.tenant_id, "tenant_id")?)?;
+    let (tenant, participants_only) = scope.binds();
+    let view: UnreadView = sqlx::query_as(&format!(
+        "SELECT count(*) FILTER (WHERE u > 0) AS threads, coalesce(sum(u), 0)::bigint AS messages
+           FROM (SELECT greatest(t.message_count - coalesce(r.last_read, 0), 0) AS u
+                   FROM {THREAD_FROM}
+                  WHERE ($2::text IS NULL OR t.tenant_id = $2)
+                    AND (NOT $3 OR EXISTS (SELECT 1 FROM chat_participants p
+                                            WHERE p.thread_id = t.id AND p.user_id = $1))) AS x"
+    ))
+    .bind(who.user_id())
+    .bind(tenant)
+    .bind(participants_only)
+    .fetch_one(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(view).into_response())
+}

@@ -1,0 +1,523 @@
+//! Chat through the three services: a customer and an agent talk in a thread, the inbox
+//! and history show it, outsiders see nothing, bad input appends nothing.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv};
+
+/// POSTs `body` to command-api's `path` with `token`.
+async fn post(
+    env: &TestEnv,
+    api: &Service,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    env.http
+        .post(api.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// GETs query-api's `path` with `token`, answering status and body.
+async fn get(env: &TestEnv, query: &Service, token: &str, path: &str) -> (u16, Value) {
+    let response = env
+        .http
+        .get(query.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Opens a thread as `token` and answers its id and version.
+async fn open_thread(env: &TestEnv, api: &Service, token: &str, body: Value) -> (String, u64) {
+    let opened = post(env, api, token, "/v1/chat/threads", body).await;
+    assert_eq!(opened.status(), 201, "open thread");
+    let opened: Value = opened.json().await.expect("json");
+    (
+        opened["id"].as_str().expect("id").to_owned(),
+        opened["version"].as_u64().expect("version"),
+    )
+}
+
+#[tokio::test]
+async fn a_customer_and_an_agent_talk_and_the_inbox_and_history_follow() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "chatty").await;
+    let customer = env.phone_user(&tenant, "phone-ana");
+    let agent = env.agent_of(&tenant);
+
+    let (thread, _) = open_thread(
+        &env,
+        &api,
+        &customer,
+        json!({"subject": "Where is my order?"}),
+    )
+    .await;
+    let first = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"client_message_id": "c-1", "text": "Hello, order 42 is late"}),
+    )
+    .await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("json");
+    let events_after_first = env.event_count().await;
+    // A retry with the same client id (a new request: no Idempotency-Key) appends nothing and
+    // names the same message.
+    let retry: Value = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"client_message_id": "c-1", "text": "Hello, order 42 is late"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(retry["message_id"], first["message_id"]);
+    assert_eq!(
+        env.event_count().await,
+        events_after_first,
+        "a retry appends nothing"
+    );
+
+    // The agent's inbox shows the thread with one unread message.
+    let inbox = eventually(
+        Duration::from_secs(20),
+        "the thread in the inbox",
+        || async {
+            let (_, page) = get(&env, &query, &agent, "/v1/chat/threads?unread=true").await;
+            let item = page["items"].as_array()?.first()?.clone();
+            (item["message_count"] == 1).then_some(item)
+        },
+    )
+    .await;
+    assert_eq!(inbox["id"], thread.as_str());
+    assert_eq!(inbox["unread"], 1);
+    assert_eq!(inbox["subject"], "Where is my order?");
+    assert_eq!(inbox["last_message"]["text"], "Hello, order 42 is late");
+
+    let reply = post(
+        &env,
+        &api,
+        &agent,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "Sorry! It ships today."}),
+    )
+    .await;
+    assert_eq!(reply.status(), 201);
+    let reply: Value = reply.json().await.expect("json");
+    let version = reply["version"].as_u64().expect("version");
+
+    // Read-your-writes: the customer's history waits for the reply's version.
+    let (status, history) = get(
+        &env,
+        &query,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages?min_version={version}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let texts: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        ["Sorry! It ships today.", "Hello, order 42 is late"],
+        "newest first"
+    );
+    assert_eq!(history["items"][0]["author_kind"], "agent");
+
+    // The customer reads the reply: their unread count drops to zero; the agent wrote it.
+    let read = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/read"),
+        json!({"number": 2}),
+    )
+    .await;
+    assert_eq!(read.status(), 200);
+    let version = read.json::<Value>().await.expect("json")["version"]
+        .as_u64()
+        .expect("version");
+    let (_, detail) = get(
+        &env,
+        &query,
+        &agent,
+        &format!("/v1/chat/threads/{thread}?min_version={version}"),
+    )
+    .await;
+    let unread: Vec<(String, i64)> = detail["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| {
+            (
+                p["user_id"].as_str().unwrap_or_default().to_owned(),
+                p["unread"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(unread, [("phone-ana".to_owned(), 0)]);
+    assert_eq!(
+        detail["readers"][0]["reader_id"],
+        format!("agent-of-{tenant}")
+    );
+    assert_eq!(
+        detail["readers"][0]["unread"], 0,
+        "an author has read their own message"
+    );
+
+    // The customer sees only their own threads.
+    let (_, mine) = get(&env, &query, &customer, "/v1/chat/threads").await;
+    assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+    let (_, badge) = get(&env, &query, &customer, "/v1/chat/unread").await;
+    assert_eq!(badge, json!({"threads": 0, "messages": 0}));
+
+    // Deleting the first message leaves a tombstone without text.
+    let message_id = first["message_id"].as_str().expect("message id");
+    let deleted = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages/{message_id}/delete"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(deleted.status(), 200);
+    let version = deleted.json::<Value>().await.expect("json")["version"]
+        .as_u64()
+        .expect("version");
+    let (_, history) = get(
+        &env,
+        &query,
+        &agent,
+        &format!("/v1/chat/threads/{thread}/messages?min_version={version}&limit=1&before=2"),
+    )
+    .await;
+    assert_eq!(history["items"][0]["deleted"], true);
+    assert_eq!(history["items"][0]["text"], Value::Null);
+    assert_eq!(history["next_before"], Value::Null, "the oldest page");
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn outsiders_see_nothing_and_bad_input_appends_nothing() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "guarded").await;
+    let (other, _) = create_tenant(&env, &api, "elsewhere").await;
+    let customer = env.phone_user(&tenant, "phone-bo");
+    let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
+    let sent = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "hi"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+    let version = sent.json::<Value>().await.expect("json")["version"]
+        .as_u64()
+        .expect("version");
+    let agent = env.agent_of(&tenant);
+    let (status, _) = get(
+        &env,
+        &query,
+        &agent,
+        &format!("/v1/chat/threads/{thread}?min_version={version}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = env.event_count().await;
+
+    // Another tenant's agent and another customer of the same tenant: 404 on reads and
+    // commands alike, and nothing in their lists.
+    for outsider in [env.agent_of(&other), env.phone_user(&tenant, "phone-eve")] {
+        let (status, _) = get(
+            &env,
+            &query,
+            &outsider,
+            &format!("/v1/chat/threads/{thread}"),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _) = get(
+            &env,
+            &query,
+            &outsider,
+            &format!("/v1/chat/threads/{thread}/messages"),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (_, list) = get(&env, &query, &outsider, "/v1/chat/threads").await;
+        assert_eq!(list["items"], json!([]));
+        let refused = post(
+            &env,
+            &api,
+            &outsider,
+            &format!("/v1/chat/threads/{thread}/messages"),
+            json!({"text": "let me in"}),
+        )
+        .await;
+        expect_problem(refused, 404, "not_found").await;
+    }
+    let (status, _) = get(
+        &env,
+        &query,
+        &env.agent_of(&tenant),
+        &format!("/v1/chat/threads?tenant_id={other}"),
+    )
+    .await;
+    assert_eq!(status, 403, "staff read their own tenant only");
+
+    // Bad input: 4xx problem+json, nothing appended.
+    let path = format!("/v1/chat/threads/{thread}");
+    let cases = [
+        (
+            &customer,
+            format!("{path}/messages"),
+            json!({"text": "x".repeat(4097)}),
+            422,
+            "message_too_long",
+        ),
+        (
+            &customer,
+            format!("{path}/messages"),
+            json!({"text": "  "}),
+            422,
+            "empty_message",
+        ),
+        (
+            &customer,
+            format!("{path}/messages"),
+            json!({"text": "a", "attachment": {"object_key": "../x", "content_type": "image/png", "size_bytes": 1}}),
+            422,
+            "invalid_attachment",
+        ),
+        (
+            &customer,
+            format!("{path}/read"),
+            json!({"number": 7}),
+            422,
+            "unknown_message_number",
+        ),
+        (
+            &customer,
+            format!("{path}/assign"),
+            json!({"agent_id": "x"}),
+            403,
+            "forbidden",
+        ),
+        (
+            &agent,
+            format!("{path}/assign"),
+            json!({"agent_id": "nobody"}),
+            422,
+            "unknown_agent",
+        ),
+        (
+            &agent,
+            format!("{path}/messages/no-such-message/edit"),
+            json!({"text": "x"}),
+            404,
+            "message_not_found",
+        ),
+        (
+            &agent,
+            format!("{path}/scheduled"),
+            json!({"text": "later", "due_at": "2020-01-01T00:00:00Z"}),
+            422,
+            "due_in_past",
+        ),
+        (
+            &agent,
+            format!("{path}/scheduled/nope/deliver"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            &agent,
+            format!("{path}/messages"),
+            json!({"text": "hi", "extra": 1}),
+            400,
+            "invalid_body",
+        ),
+        (
+            &agent,
+            "/v1/chat/threads/not-a-uuid/messages".to_owned(),
+            json!({"text": "hi"}),
+            404,
+            "not_found",
+        ),
+    ];
+    for (token, path, body, status, code) in cases {
+        let response = post(&env, &api, token, &path, body).await;
+        expect_problem(response, status, code).await;
+    }
+    // An agent may not edit the customer's message.
+    let (_, history) = get(&env, &query, &agent, &format!("{path}/messages")).await;
+    let message_id = history["items"][0]["message_id"]
+        .as_str()
+        .expect("message id");
+    let refused = post(
+        &env,
+        &api,
+        &agent,
+        &format!("{path}/messages/{message_id}/edit"),
+        json!({"text": "rewritten"}),
+    )
+    .await;
+    expect_problem(refused, 403, "not_author").await;
+    assert_eq!(env.event_count().await, before, "bad input appends nothing");
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn staff_assign_tag_schedule_and_cancel_and_filters_follow() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "assigned").await;
+    let admin = env.admin_of(&tenant);
+    let added = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/tenants/{tenant}/departments"),
+        json!({"name": "sales"}),
+    )
+    .await;
+    assert_eq!(added.status(), 200);
+    let made = post(
+        &env,
+        &api,
+        &admin,
+        "/v1/admin-users",
+        json!({"email": "kim@assigned.example", "password": "a long enough password", "role": "agent"}),
+    )
+    .await;
+    assert_eq!(made.status(), 201, "agent created");
+    let kim = made.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (thread, _) = open_thread(&env, &api, &admin, json!({"tags": ["Lead"]})).await;
+    let (_quiet, _) = open_thread(&env, &api, &admin, json!({})).await;
+
+    // The department must be in the tenants read model before it can be named.
+    eventually(Duration::from_secs(20), "the department", || async {
+        let (_, t) = get(&env, &query, &admin, &format!("/v1/tenants/{tenant}")).await;
+        (t["departments"] == json!(["sales"])).then_some(())
+    })
+    .await;
+    let assigned = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/assign"),
+        json!({"agent_id": kim, "department": "sales"}),
+    )
+    .await;
+    assert_eq!(assigned.status(), 200);
+    let tagged = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/tags"),
+        json!({"tags": ["lead", "VIP"]}),
+    )
+    .await;
+    assert_eq!(tagged.status(), 200);
+    let due = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let scheduled = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/scheduled"),
+        json!({"text": "Following up", "due_at": due}),
+    )
+    .await;
+    assert_eq!(scheduled.status(), 201);
+    let scheduled: Value = scheduled.json().await.expect("json");
+    let scheduled_id = scheduled["scheduled_id"].as_str().expect("id");
+    let cancelled = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/scheduled/{scheduled_id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(cancelled.status(), 200);
+    let version = cancelled.json::<Value>().await.expect("json")["version"]
+        .as_u64()
+        .expect("version");
+
+    let (status, schedule) = get(
+        &env,
+        &query,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/scheduled?min_version={version}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(schedule["items"][0]["status"], "cancelled");
+    assert_eq!(schedule["items"][0]["text"], "Following up");
+
+    let (_, mine) = get(
+        &env,
+        &query,
+        &env.keys
+            .admin_token(&kim, Some(&tenant), events::access::Role::Agent, 600),
+        "/v1/chat/threads?assignee=me",
+    )
+    .await;
+    let ids: Vec<&str> = mine["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, [thread.as_str()]);
+    assert_eq!(mine["items"][0]["tags"], json!(["lead", "vip"]));
+    assert_eq!(mine["items"][0]["department"], "sales");
+    let (_, unassigned) = get(&env, &query, &admin, "/v1/chat/threads?assignee=none").await;
+    assert_eq!(unassigned["items"].as_array().map(Vec::len), Some(1));
+    let (status, _) = get(&env, &query, &admin, "/v1/chat/threads?status=archived").await;
+    assert_eq!(status, 400);
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
