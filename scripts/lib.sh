@@ -93,3 +93,15 @@ ensure_nats() {
   fi
   export NATS_URL="$url"
 }
+
+# Installs the realtime tools of scripts/realtime (Soketi, the Pusher server library and
+# pusher-js) into its node_modules, from the lock file, when missing or out of date.
+ensure_realtime_tools() {
+  local dir="$ROOT/scripts/realtime"
+  if [ ! -x "$dir/node_modules/.bin/soketi" ] \
+     || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    command -v npm >/dev/null || die "npm (Node 20) is needed for Soketi and the realtime tests"
+    say "installing Soketi and the Pusher libraries (npm ci in scripts/realtime)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -7,6 +7,7 @@
 //! - [`tenant`]: the events of the tenants bounded context.
 //! - [`identity`]: the events of admin users (logins, lockouts, sessions).
 //! - [`chat`]: the events of chat threads, their messages, receipts and scheduled messages.
+//! - [`realtime`]: realtime channels and events, and the Pusher protocol's signatures.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -24,6 +25,8 @@ pub mod envelope;
 pub mod http;
 /// Events of admin users.
 pub mod identity;
+/// Realtime channels, events and the Pusher protocol's signatures.
+pub mod realtime;
 /// NATS subject and `Nats-Msg-Id` naming.
 pub mod subject;
 /// Events of the tenants bounded context.

@@ -39,6 +39,24 @@ pub struct Config {
     /// Serve `/v1/dev/inbox` (captured outbound messages, which may hold one-time codes).
     #[arg(long, env = "DEV_INBOX_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_inbox_enabled: bool,
+    /// Pusher app key of the Soketi app (public; clients connect with it).
+    #[arg(long, env = "SOKETI_APP_KEY")]
+    pub soketi_app_key: Option<String>,
+    /// Pusher app secret of the Soketi app (signs channel subscriptions).
+    #[arg(long, env = "SOKETI_APP_SECRET", hide_env_values = true)]
+    pub soketi_app_secret: Option<String>,
+    /// Host browsers reach Soketi at.
+    #[arg(long, env = "SOKETI_PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub soketi_public_host: String,
+    /// Port browsers reach Soketi at.
+    #[arg(long, env = "SOKETI_PUBLIC_PORT", default_value_t = 6001)]
+    pub soketi_public_port: u16,
+    /// Whether browsers reach Soketi over TLS.
+    #[arg(long, env = "SOKETI_PUBLIC_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub soketi_public_tls: bool,
+    /// The channel authorizer URL clients are told (`/realtime/config`).
+    #[arg(long, env = "REALTIME_AUTH_ENDPOINT", default_value = "/realtime/auth")]
+    pub realtime_auth_endpoint: String,
 }
 
 impl Config {

@@ -5,6 +5,7 @@
 //! - [`tenants`]: tenant list (cursor, filters) and detail (with read-your-writes).
 //! - [`chat`]: threads (inbox, detail), message history, unread counts, scheduled messages.
 //! - [`freshness`]: read-your-writes (`min_version`, `X-Min-Version`).
+//! - [`realtime`]: the Pusher channel authorizer and client configuration.
 //! - [`audit`]: an aggregate's event history for auditors.
 //! - [`identity`]: admin users of a tenant and their login history.
 //! - [`dev`]: the dev inbox of captured outbound messages.
@@ -25,6 +26,8 @@ pub mod freshness;
 pub mod identity;
 /// Keyset pagination.
 pub mod page;
+/// Realtime: channel authorizer and client configuration.
+pub mod realtime;
 /// Tenant list and detail.
 pub mod tenants;
 
@@ -59,6 +62,8 @@ pub struct AppState {
     pub read_wait: Duration,
     /// Whether the dev inbox is served.
     pub dev_inbox: bool,
+    /// Soketi app and where clients reach it.
+    pub realtime: Arc<realtime::RealtimeSettings>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -86,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tenants::router())
         .merge(chat::router())
+        .merge(realtime::router())
         .merge(audit::router())
         .merge(dev::router())
         .merge(identity::router())
@@ -129,6 +135,14 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             read_wait: Duration::from_millis(config.read_wait_ms),
             dev_inbox: config.dev_inbox_enabled,
+            realtime: Arc::new(realtime::RealtimeSettings {
+                key: config.soketi_app_key.clone().filter(|k| !k.is_empty()),
+                secret: config.soketi_app_secret.clone().filter(|s| !s.is_empty()),
+                host: config.soketi_public_host.clone(),
+                port: config.soketi_public_port,
+                tls: config.soketi_public_tls,
+                auth_endpoint: config.realtime_auth_endpoint.clone(),
+            }),
         };
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         Ok(Self {

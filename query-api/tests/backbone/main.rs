@@ -11,6 +11,7 @@ mod identity;
 mod isolation;
 mod projector;
 mod queries;
+mod realtime;
 mod relay;
 mod store;
 mod support;

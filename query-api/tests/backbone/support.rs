@@ -12,6 +12,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-of-the-backbone";
+/// The Soketi app the tests run.
+pub const SOKETI_APP_ID: &str = "test-app";
+pub const SOKETI_KEY: &str = "test-app-key";
+pub const SOKETI_SECRET: &str = "test-app-secret";
 
 /// The server the tests use, with a database name to replace.
 fn server_url() -> String {
@@ -157,6 +161,12 @@ impl TestEnv {
             port: 0,
             read_wait_ms: 2000,
             dev_inbox_enabled: true,
+            soketi_app_key: Some(SOKETI_KEY.to_owned()),
+            soketi_app_secret: Some(SOKETI_SECRET.to_owned()),
+            soketi_public_host: "127.0.0.1".to_owned(),
+            soketi_public_port: 6001,
+            soketi_public_tls: false,
+            realtime_auth_endpoint: "/realtime/auth".to_owned(),
         }
     }
 

@@ -1,0 +1,215 @@
+//! Realtime for the frontend: the Pusher channel authorizer (`POST /realtime/auth`) and the
+//! client configuration (`GET /realtime/config`), each also under `/chat/realtime/…` as the
+//! existing frontend calls them. Soketi (the Pusher-protocol server) asks nothing of us: a
+//! client subscribes to a private or presence channel with the signature this authorizer
+//! gives, and Soketi checks it with the shared app secret.
+//!
+//! Who may join what (docs/realtime.md):
+//! - `private-tenant-{tenant}` and `presence-tenant-{tenant}`: the tenant's staff;
+//! - `private-thread-{thread}`: the thread's tenant's staff and its participants;
+//! - `private-user-{user}`: that user.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use events::access::{Principal, Role};
+use events::http::{AuthUser, Json, Problem};
+use events::realtime::{channel_auth, valid_socket_id, Channel};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// Pusher app credentials and where clients reach Soketi.
+#[derive(Debug, Clone)]
+pub struct RealtimeSettings {
+    /// The app key (public: clients connect with it).
+    pub key: Option<String>,
+    /// The app secret (signs subscriptions).
+    pub secret: Option<String>,
+    /// Host clients connect to.
+    pub host: String,
+    /// Port clients connect to.
+    pub port: u16,
+    /// Whether clients connect with TLS.
+    pub tls: bool,
+    /// The authorizer URL clients are told to use.
+    pub auth_endpoint: String,
+}
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/realtime/auth", post(auth))
+        .route("/chat/realtime/auth", post(auth))
+        .route("/realtime/config", get(config))
+        .route("/chat/realtime/config", get(config))
+}
+
+/// What pusher-js needs to connect.
+#[derive(Debug, Serialize)]
+struct ClientConfig<'a> {
+    /// Whether realtime is configured at all.
+    enabled: bool,
+    /// App key.
+    key: Option<&'a str>,
+    /// `wsHost`.
+    host: &'a str,
+    /// `wsPort` (and `wssPort`).
+    port: u16,
+    /// `forceTLS`.
+    tls: bool,
+    /// pusher-js requires a cluster; Soketi ignores it.
+    cluster: &'static str,
+    /// `channelAuthorization.endpoint`.
+    auth_endpoint: &'a str,
+    /// `enabledTransports`.
+    transports: [&'static str; 1],
+}
+
+async fn config(State(state): State<AppState>) -> Response {
+    let r = &state.realtime;
+    let config = ClientConfig {
+        enabled: r.key.is_some() && r.secret.is_some(),
+        key: r.key.as_deref(),
+        host: &r.host,
+        port: r.port,
+        tls: r.tls,
+        cluster: "mt1",
+        auth_endpoint: &r.auth_endpoint,
+        transports: [if r.tls { "wss" } else { "ws" }],
+    };
+    Json(config).into_response()
+}
+
+/// What a client sends to be let into a channel (form-encoded as pusher-js does, or JSON).
+#[derive(Debug, Deserialize)]
+pub struct AuthRequest {
+    /// The socket's id, as the server gave it.
+    socket_id: String,
+    /// The channel it wants to join.
+    channel_name: String,
+}
+
+/// The authorizer's answer.
+#[derive(Debug, Serialize)]
+struct AuthAnswer {
+    /// `key:signature`.
+    auth: String,
+    /// For presence channels: the member's data, exactly as signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_data: Option<String>,
+}
+
+fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<AuthRequest, Problem> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let parsed = if json {
+        serde_json::from_slice::<AuthRequest>(body).map_err(|e| e.to_string())
+    } else {
+        serde_urlencoded::from_bytes::<AuthRequest>(body).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|e| {
+        Problem::bad_request(
+            "invalid_body",
+            format!("Send socket_id and channel_name, form-encoded or as JSON: {e}"),
+        )
+    })
+}
+
+fn forbidden() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "channel_forbidden",
+        "This token may not join this channel.",
+    )
+}
+
+async fn auth(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let request = parse_request(&headers, &body)?;
+    if !valid_socket_id(&request.socket_id) {
+        return Err(Problem::bad_request(
+            "invalid_socket_id",
+            "socket_id must be the id the realtime server gave the connection (digits.digits).",
+        ));
+    }
+    let channel = Channel::parse(&request.channel_name).ok_or_else(|| {
+        Problem::bad_request(
+            "invalid_channel",
+            "channel_name is not a channel of this platform.",
+        )
+    })?;
+    let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "realtime_not_configured",
+            "Realtime is not configured (SOKETI_APP_KEY, SOKETI_APP_SECRET).",
+        ));
+    };
+    let channel_data = match &channel {
+        Channel::Tenant(tenant) if who.is_staff_of(tenant) => None,
+        Channel::TenantPresence(tenant) if who.is_staff_of(tenant) => {
+            Some(presence_data(&who).to_string())
+        }
+        Channel::User(user) if user == who.user_id() => None,
+        Channel::Thread(thread) if may_join_thread(&state, &who, thread).await? => None,
+        _ => return Err(forbidden()),
+    };
+    let auth = channel_auth(
+        key,
+        secret,
+        &request.socket_id,
+        &request.channel_name,
+        channel_data.as_deref(),
+    );
+    Ok(Json(AuthAnswer { auth, channel_data }).into_response())
+}
+
+/// A presence member: the user id and what other members see of them.
+fn presence_data(who: &Principal) -> serde_json::Value {
+    let role = match who {
+        Principal::Admin { role, .. } => match role {
+            Role::SuperAdmin => "super_admin",
+            Role::TenantAdmin => "tenant_admin",
+            Role::Agent => "agent",
+        },
+        Principal::Phone { .. } => "customer",
+        Principal::Service { .. } => "service",
+    };
+    serde_json::json!({"user_id": who.user_id(), "user_info": {"role": role}})
+}
+
+/// True when `who` is staff of the thread's tenant or takes part in it. A thread not (yet)
+/// in the read model is refused like one the caller may not see.
+async fn may_join_thread(state: &AppState, who: &Principal, thread: &str) -> Result<bool, Problem> {
+    let Ok(id) = Uuid::parse_str(thread) else {
+        return Ok(false);
+    };
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT t.tenant_id,
+                EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $2)
+           FROM chat_threads t WHERE t.id = $1",
+    )
+    .bind(id)
+    .bind(who.user_id())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(match (row, who) {
+        (None, _) => false,
+        (Some((tenant, participant)), Principal::Phone { tenant_id, .. }) => {
+            participant && &tenant == tenant_id
+        }
+        (Some((tenant, _)), _) => who.is_staff_of(&tenant),
+    })
+}
