@@ -8,10 +8,13 @@
 //! - [`rebuild`]: rebuilds a read model from the event store and swaps it in.
 //! - [`tenants`]: the tenants read model.
 //! - [`identity`]: admin users and their login history.
+//! - [`effects`]: side-effect workers: realtime (Soketi and SSE fan-out).
 //! - [`chat`]: threads, messages, read positions and scheduled messages.
 
 /// Chat threads, messages, receipts and scheduled messages.
 pub mod chat;
+/// Side-effect workers (realtime).
+pub mod effects;
 /// Admin users and their login history.
 pub mod identity;
 /// Projection contract and exactly-once application.
@@ -77,6 +80,21 @@ pub struct Config {
     /// Most messages applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH", global = true, default_value_t = 256)]
     pub batch: usize,
+    /// Base URL of Soketi's HTTP API (e.g. `http://127.0.0.1:6001`); realtime is off without it.
+    #[arg(long, env = "SOKETI_URL", global = true)]
+    pub soketi_url: Option<String>,
+    /// Pusher app id of the Soketi app.
+    #[arg(long, env = "SOKETI_APP_ID", global = true)]
+    pub soketi_app_id: Option<String>,
+    /// Pusher app key of the Soketi app.
+    #[arg(long, env = "SOKETI_APP_KEY", global = true)]
+    pub soketi_app_key: Option<String>,
+    /// Pusher app secret of the Soketi app (signs HTTP API requests).
+    #[arg(long, env = "SOKETI_APP_SECRET", global = true, hide_env_values = true)]
+    pub soketi_app_secret: Option<String>,
+    /// First token of the core NATS subjects realtime events are fanned out on (for SSE).
+    #[arg(long, env = "REALTIME_SUBJECT_PREFIX", global = true, default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]
+    pub realtime_subject_prefix: String,
     /// What to do (default: run every projection).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -96,13 +114,22 @@ pub enum Command {
     List,
 }
 
-/// Every projection this process knows.
-pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![
+/// Every projection this process runs: the read models, and the side-effect workers that
+/// are configured (realtime needs Soketi's URL and app; `nats` carries its SSE fan-out).
+pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc<dyn Projection>> {
+    let mut all: Vec<Arc<dyn Projection>> = vec![
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
         Arc::new(chat::ChatProjection),
-    ]
+    ];
+    if let Some(app) = config.soketi_app() {
+        all.push(Arc::new(effects::realtime::Realtime::new(
+            app,
+            nats,
+            config.realtime_subject_prefix.clone(),
+        )));
+    }
+    all
 }
 
 /// Why the projector stopped.
@@ -126,6 +153,17 @@ pub enum Error {
 }
 
 impl Config {
+    /// The Soketi app, when its URL, id, key and secret are all set.
+    pub fn soketi_app(&self) -> Option<effects::realtime::SoketiApp> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        Some(effects::realtime::SoketiApp {
+            url: set(&self.soketi_url)?,
+            app_id: set(&self.soketi_app_id)?,
+            key: set(&self.soketi_app_key)?,
+            secret: set(&self.soketi_app_secret)?,
+        })
+    }
+
     /// Connects and migrates.
     pub async fn pool(&self) -> Result<PgPool, Error> {
         let url = self
@@ -152,9 +190,9 @@ pub async fn run(
     let client = async_nats::connect(&config.nats_url)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for projection in projections() {
+    for projection in projections(&config, Some(client)) {
         let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
         tasks.spawn(async move { supervise(pool, js, config, projection).await });
     }

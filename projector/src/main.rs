@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
     let outcome = match config.command.clone().unwrap_or(Command::Run) {
         Command::Run => projector::run(config, shutdown_signal()).await,
         Command::List => {
-            for p in projector::projections() {
+            for p in projector::projections(&config, None) {
                 println!("{}", p.name());
             }
             Ok(())
@@ -31,7 +31,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn rebuild(config: &Config, name: &str) -> Result<(), projector::Error> {
-    let projection = projector::projections()
+    let projection = projector::projections(config, None)
         .into_iter()
         .find(|p| p.name() == name)
         .ok_or_else(|| {
@@ -39,6 +39,11 @@ async fn rebuild(config: &Config, name: &str) -> Result<(), projector::Error> {
                 "no projection named {name:?}; see `projector list`"
             ))
         })?;
+    if projection.effect().is_some() {
+        return Err(projector::Error::Config(format!(
+            "{name} is a side-effect worker, not a read model: there is nothing to rebuild"
+        )));
+    }
     let pool = config.pool().await?;
     let started = std::time::Instant::now();
     let report = projector::rebuild::rebuild(&pool, projection.as_ref()).await?;

@@ -21,6 +21,9 @@ pub enum ProjectionError {
         /// Why.
         reason: String,
     },
+    /// A side effect's service (Soketi, a provider) failed or was unreachable (retried).
+    #[error("side effect: {0}")]
+    Unavailable(String),
     /// The store lacks an event the sequence says must exist.
     #[error("missing events {from}..{to} of {aggregate} in the store")]
     Missing {
@@ -39,6 +42,9 @@ impl ProjectionError {
     /// victim. Such errors are retried for as long as they last; every other error (a
     /// constraint or data error, an undecodable event) counts towards dead-lettering.
     pub fn is_transient(&self) -> bool {
+        if let ProjectionError::Unavailable(_) = self {
+            return true;
+        }
         let ProjectionError::Database(e) = self else {
             return false;
         };
@@ -105,6 +111,11 @@ pub trait Projection: Send + Sync + 'static {
         target: &Target,
         event: &Envelope,
     ) -> Result<(), ProjectionError>;
+    /// The side effect this projection performs, if it is a side-effect worker rather than a
+    /// read model (it then has no tables, and a rebuild refuses it).
+    fn effect(&self) -> Option<&dyn Effect> {
+        None
+    }
     /// Changes the read model for `events` (each aggregate's in sequence order, none applied
     /// before), inside the caller's transaction. A rebuild feeds whole batches through it; a
     /// projection that can fold them into one write per row does so here, the default applies
@@ -120,6 +131,21 @@ pub trait Projection: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// A side effect of events (a realtime push, a message to a provider), performed by a
+/// projection's worker before the projection's checkpoints move, and outside any transaction:
+/// a slow or unreachable service must not hold a writing transaction open (which would hold
+/// back the relay's commit horizon for the whole cluster, ARCHITECTURE.md invariant 3).
+///
+/// The worker hands it, in each aggregate's sequence order, the events its checkpoints have
+/// not passed (gaps filled from the store), and moves the checkpoints only after it succeeded.
+/// So an outage delays effects and loses none; a crash between the effect and the checkpoint
+/// repeats that batch's effects once, which is why every effect carries its event's id.
+#[async_trait]
+pub trait Effect: Send + Sync {
+    /// Performs the effects of `events`; an error leaves them to be retried.
+    async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError>;
 }
 
 /// What happened to one event.
@@ -187,6 +213,54 @@ pub async fn apply_all_in_order(
         .into_iter()
         .map(|(t, i, s)| ((t, i), s as u64))
         .collect();
+    let Plan {
+        accepted,
+        outcomes,
+        last,
+    } = plan(conn, &before, events).await?;
+    if accepted.is_empty() {
+        return Ok(outcomes);
+    }
+    projection.apply_all(conn, target, &accepted).await?;
+    let mut moved = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, i), s) in last {
+        if before.get(&(t.clone(), i.clone())) != Some(&s) {
+            moved.0.push(t);
+            moved.1.push(i);
+            moved.2.push(s as i64);
+        }
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints AS c SET sequence = u.s
+           FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
+          WHERE c.projection = $1 AND c.aggregate_type = u.t AND c.aggregate_id = u.i",
+    )
+    .bind(&checkpoint)
+    .bind(moved.0)
+    .bind(moved.1)
+    .bind(moved.2)
+    .execute(&mut *conn)
+    .await?;
+    Ok(outcomes)
+}
+
+/// What [`plan`] decided for a batch.
+struct Plan {
+    /// The events to apply, in order, gap fills included.
+    accepted: Vec<Envelope>,
+    /// What happens to each event of the batch.
+    outcomes: Vec<Applied>,
+    /// Each aggregate's sequence once `accepted` is applied.
+    last: HashMap<(String, String), u64>,
+}
+
+/// Decides, from each aggregate's checkpoint in `before`, which of `events` are duplicates
+/// and which apply, filling a gap from the event store.
+async fn plan(
+    conn: &mut PgConnection,
+    before: &HashMap<(String, String), u64>,
+    events: &[Envelope],
+) -> Result<Plan, ProjectionError> {
     let mut last = before.clone();
     let mut accepted = Vec::with_capacity(events.len());
     let mut outcomes = Vec::with_capacity(events.len());
@@ -224,30 +298,43 @@ pub async fn apply_all_in_order(
         last.insert(key, event.sequence);
         outcomes.push(Applied::Applied { filled });
     }
-    if accepted.is_empty() {
-        return Ok(outcomes);
-    }
-    projection.apply_all(conn, target, &accepted).await?;
-    let mut moved = (Vec::new(), Vec::new(), Vec::new());
-    for ((t, i), s) in last {
-        if before.get(&(t.clone(), i.clone())) != Some(&s) {
-            moved.0.push(t);
-            moved.1.push(i);
-            moved.2.push(s as i64);
-        }
-    }
-    sqlx::query(
-        "UPDATE projection_checkpoints AS c SET sequence = u.s
-           FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
-          WHERE c.projection = $1 AND c.aggregate_type = u.t AND c.aggregate_id = u.i",
+    Ok(Plan {
+        accepted,
+        outcomes,
+        last,
+    })
+}
+
+/// The events of `events` a side effect still has to perform: those past their aggregate's
+/// checkpoint, in order, with gaps filled from the store. Reads without locking or writing,
+/// so it runs outside any transaction; the worker then moves the checkpoints with
+/// [`apply_all_in_order`].
+pub async fn pending_in_order(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    events: &[Envelope],
+) -> Result<Vec<Envelope>, ProjectionError> {
+    let (types, ids): (Vec<&str>, Vec<&str>) = events
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+        .unzip();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT c.aggregate_type, c.aggregate_id, c.sequence
+           FROM projection_checkpoints c
+           JOIN unnest($2::text[], $3::text[]) AS u(t, i) ON c.aggregate_type = u.t AND c.aggregate_id = u.i
+          WHERE c.projection = $1",
     )
-    .bind(&checkpoint)
-    .bind(moved.0)
-    .bind(moved.1)
-    .bind(moved.2)
-    .execute(&mut *conn)
+    .bind(target.checkpoint(projection.name()))
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(outcomes)
+    let before = rows
+        .into_iter()
+        .map(|(t, i, s)| ((t, i), s as u64))
+        .collect();
+    Ok(plan(conn, &before, events).await?.accepted)
 }
 
 /// Decodes the `envelope` column of a row selected with [`events::envelope::ENVELOPE_SQL`].

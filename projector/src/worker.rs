@@ -19,7 +19,8 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::projection::{
-    apply_all_in_order, apply_in_order, Applied, Projection, ProjectionError, Target,
+    apply_all_in_order, apply_in_order, pending_in_order, Applied, Projection, ProjectionError,
+    Target,
 };
 
 /// A message that could not be decoded or applied.
@@ -177,11 +178,34 @@ impl Worker {
         decoded: &[(Message, Envelope)],
     ) -> Result<Vec<Applied>, ProjectionError> {
         let envelopes: Vec<Envelope> = decoded.iter().map(|(_, e)| e.clone()).collect();
+        self.perform(&envelopes).await?;
         let mut tx = self.pool.begin().await?;
         let out = apply_all_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, &envelopes)
             .await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// For a side-effect worker: performs the effects of the events not yet done, before (and
+    /// outside) the transaction that moves the checkpoints.
+    async fn perform(&self, envelopes: &[Envelope]) -> Result<(), ProjectionError> {
+        let Some(effect) = self.projection.effect() else {
+            return Ok(());
+        };
+        let pending = {
+            let mut conn = self.pool.acquire().await?;
+            pending_in_order(
+                &mut conn,
+                self.projection.as_ref(),
+                &Target::LIVE,
+                envelopes,
+            )
+            .await?
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        effect.perform(&pending).await
     }
 
     async fn one(&self, message: &Message, envelope: &Envelope, report: &mut StepReport) {
@@ -192,6 +216,7 @@ impl Worker {
             correlation_id = envelope.metadata.get(events::envelope::keys::CORRELATION_ID).map(String::as_str).unwrap_or_default(),
         );
         let outcome = async {
+            self.perform(std::slice::from_ref(envelope)).await?;
             let mut tx = self.pool.begin().await?;
             let applied =
                 apply_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, envelope).await?;

@@ -9,6 +9,7 @@ mod commands;
 mod e2e;
 mod identity;
 mod isolation;
+mod live;
 mod projector;
 mod queries;
 mod realtime;

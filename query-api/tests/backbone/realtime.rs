@@ -1,24 +1,14 @@
 //! Realtime: the channel authorizer signs exactly as the Pusher protocol (and the Pusher
 //! server library) does, and refuses channels a token may not join.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support::{
-    create_tenant, eventually, expect_problem, TestEnv, SOKETI_APP_ID, SOKETI_KEY, SOKETI_SECRET,
+    create_tenant, eventually, expect_problem, realtime_tools, TestEnv, SOKETI_APP_ID, SOKETI_KEY,
+    SOKETI_SECRET,
 };
-
-/// `scripts/realtime`, with its npm packages installed (scripts/test installs them).
-pub fn realtime_tools() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/realtime");
-    assert!(
-        dir.join("node_modules").is_dir(),
-        "run `npm ci --prefix scripts/realtime` first (scripts/test does)"
-    );
-    dir
-}
 
 /// What the `pusher` library answers for the same request.
 fn library_answer(socket_id: &str, channel: &str, presence: Option<&str>) -> Value {

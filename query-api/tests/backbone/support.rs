@@ -180,6 +180,11 @@ impl TestEnv {
             nats_subject_prefix: self.prefix.clone(),
             max_deliver: 5,
             batch: 256,
+            soketi_url: None,
+            soketi_app_id: None,
+            soketi_app_key: None,
+            soketi_app_secret: None,
+            realtime_subject_prefix: format!("rt{}", self.prefix),
             command: None,
         }
     }
@@ -375,4 +380,74 @@ pub async fn create_tenant(env: &TestEnv, api: &Service, slug: &str) -> (String,
         body["id"].as_str().unwrap_or_default().to_owned(),
         body["version"].as_u64().unwrap_or_default(),
     )
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `scripts/realtime`, with its npm packages installed (scripts/test installs them).
+pub fn realtime_tools() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/realtime");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "run `npm ci --prefix scripts/realtime` first (scripts/test does)"
+    );
+    dir
+}
+
+/// A real Soketi server of this test, on free ports, with the test app (client events on).
+pub struct Soketi {
+    pub port: u16,
+    _process: tokio::process::Child,
+}
+
+impl Soketi {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let process =
+            tokio::process::Command::new(realtime_tools().join("node_modules/.bin/soketi"))
+                .arg("start")
+                .env("SOKETI_PORT", port.to_string())
+                .env("SOKETI_METRICS_SERVER_PORT", free_port().to_string())
+                .env("SOKETI_CLUSTER_PORT", free_port().to_string())
+                .env("SOKETI_DEFAULT_APP_ID", SOKETI_APP_ID)
+                .env("SOKETI_DEFAULT_APP_KEY", SOKETI_KEY)
+                .env("SOKETI_DEFAULT_APP_SECRET", SOKETI_SECRET)
+                .env("SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("soketi starts");
+        let url = format!("http://127.0.0.1:{port}/");
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "soketi to answer", || async {
+            let r = http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        Soketi {
+            port,
+            _process: process,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A projector configuration that publishes to this Soketi.
+    pub fn projector_config(&self, mut config: projector::Config) -> projector::Config {
+        config.soketi_url = Some(self.url());
+        config.soketi_app_id = Some(SOKETI_APP_ID.to_owned());
+        config.soketi_app_key = Some(SOKETI_KEY.to_owned());
+        config.soketi_app_secret = Some(SOKETI_SECRET.to_owned());
+        config
+    }
 }

@@ -1,0 +1,302 @@
+//! The realtime worker: turns chat events into Pusher events, sends them to Soketi's HTTP
+//! API (`POST /apps/{app_id}/batch_events`, signed as the Pusher HTTP API defines), and fans
+//! them out on core NATS (`{prefix}.{tenant_id}`) for query-api's SSE streams.
+//!
+//! It is a side-effect worker ([`Effect`]): its durable consumer's checkpoints move only after
+//! Soketi accepted the events, so a Soketi outage delays them and loses none. A crash between
+//! Soketi's answer and the checkpoint repeats that batch once; every event carries the stored
+//! event's `event_id` and the thread's `version`, so a client drops what it has seen.
+
+use async_trait::async_trait;
+use events::chat::{ThreadEvent, THREAD};
+use events::realtime::{signed_query, Channel, RealtimeEvent};
+use events::Envelope;
+use serde_json::json;
+use sqlx::PgConnection;
+
+use crate::projection::{Effect, Projection, ProjectionError, Target};
+
+/// Most events in one `batch_events` request (the Pusher HTTP API's limit).
+const BATCH_LIMIT: usize = 10;
+
+/// Where Soketi's HTTP API is and the app it publishes as.
+#[derive(Debug, Clone)]
+pub struct SoketiApp {
+    /// Base URL of the HTTP API, e.g. `http://127.0.0.1:6001`.
+    pub url: String,
+    /// App id.
+    pub app_id: String,
+    /// App key.
+    pub key: String,
+    /// App secret.
+    pub secret: String,
+}
+
+/// The realtime side-effect worker.
+pub struct Realtime {
+    /// Soketi.
+    app: SoketiApp,
+    /// HTTP client (timeouts set).
+    http: reqwest::Client,
+    /// Core NATS, for SSE.
+    nats: Option<async_nats::Client>,
+    /// Subject prefix of the SSE fan-out.
+    subject_prefix: String,
+}
+
+impl Realtime {
+    /// A worker publishing to `app`, and to `nats` under `subject_prefix` when given.
+    pub fn new(app: SoketiApp, nats: Option<async_nats::Client>, subject_prefix: String) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            app,
+            http,
+            nats,
+            subject_prefix,
+        }
+    }
+
+    /// Sends one `batch_events` request.
+    async fn send(&self, batch: &[serde_json::Value]) -> Result<(), ProjectionError> {
+        let path = format!("/apps/{}/batch_events", self.app.app_id);
+        let body = serde_json::to_vec(&json!({ "batch": batch })).unwrap_or_default();
+        let query = signed_query(
+            &self.app.key,
+            &self.app.secret,
+            "POST",
+            &path,
+            &body,
+            chrono::Utc::now().timestamp(),
+        );
+        let url = format!("{}{path}?{query}", self.app.url.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ProjectionError::Unavailable(format!("soketi: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let text = response.text().await.unwrap_or_default();
+            Err(ProjectionError::Unavailable(format!(
+                "soketi answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl Projection for Realtime {
+    fn name(&self) -> &'static str {
+        "realtime"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[THREAD]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn effect(&self) -> Option<&dyn Effect> {
+        Some(self)
+    }
+
+    /// Nothing to write: the effect happened before; only the checkpoints move.
+    async fn apply(
+        &self,
+        _conn: &mut PgConnection,
+        _target: &Target,
+        _event: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Effect for Realtime {
+    async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
+        let mut outgoing = Vec::with_capacity(events.len());
+        for envelope in events {
+            outgoing.extend(to_realtime(envelope)?);
+        }
+        let items: Vec<serde_json::Value> = outgoing
+            .iter()
+            .flat_map(|e| {
+                let data = e.data.to_string();
+                e.channels
+                    .iter()
+                    .map(move |c| json!({"channel": c, "name": e.name, "data": data}))
+            })
+            .collect();
+        for batch in items.chunks(BATCH_LIMIT) {
+            self.send(batch).await?;
+        }
+        if let Some(nats) = &self.nats {
+            for event in &outgoing {
+                let subject = format!("{}.{}", self.subject_prefix, event.tenant_id);
+                let payload = serde_json::to_vec(event).unwrap_or_default();
+                // Ephemeral by design: an SSE client that missed it resumes from the store
+                // of recent events or reloads.
+                if let Err(e) = nats.publish(subject, payload.into()).await {
+                    tracing::warn!(error = %e, "could not fan a realtime event out on NATS");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The realtime events a stored event becomes (none for events clients need not see).
+pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> {
+    if envelope.aggregate_type != THREAD {
+        return Ok(vec![]);
+    }
+    let event: ThreadEvent = serde_json::from_value(envelope.payload.clone()).map_err(|err| {
+        ProjectionError::Undecodable {
+            event_id: envelope.event_id(),
+            reason: err.to_string(),
+        }
+    })?;
+    let tenant = envelope.tenant_id();
+    let thread = envelope.aggregate_id.as_str();
+    let dashboard = Channel::Tenant(tenant.to_owned()).name();
+    let conversation = Channel::Thread(thread.to_owned()).name();
+    let user = |id: &str| Channel::User(id.to_owned()).name();
+    let everyone = vec![dashboard.clone(), conversation.clone()];
+    let (name, mut data, channels) = match event {
+        ThreadEvent::Opened {
+            channel,
+            opened_by,
+            customer,
+            subject,
+            bot_enabled,
+            tags,
+            at,
+            ..
+        } => {
+            let mut channels = everyone;
+            if let Some(c) = &customer {
+                channels.push(user(&c.id));
+            }
+            (
+                "thread.created",
+                json!({"channel": channel, "opened_by": opened_by, "customer": customer,
+                       "subject": subject, "bot_enabled": bot_enabled, "tags": tags, "at": at}),
+                channels,
+            )
+        }
+        ThreadEvent::ParticipantAdded { participant } => {
+            let mut channels = everyone;
+            channels.push(user(&participant.id));
+            (
+                "thread.participant_added",
+                json!({"participant": participant}),
+                channels,
+            )
+        }
+        ThreadEvent::Assigned {
+            agent_id,
+            department,
+        } => {
+            let mut channels = everyone;
+            if let Some(agent) = &agent_id {
+                channels.push(user(agent));
+            }
+            (
+                "thread.assigned",
+                json!({"agent_id": agent_id, "department": department}),
+                channels,
+            )
+        }
+        ThreadEvent::BotSwitched { enabled } => {
+            ("thread.bot_switched", json!({"enabled": enabled}), everyone)
+        }
+        ThreadEvent::Closed { at } => ("thread.closed", json!({"at": at}), everyone),
+        ThreadEvent::Reopened { at } => ("thread.reopened", json!({"at": at}), everyone),
+        ThreadEvent::Tagged { tags } => ("thread.tagged", json!({"tags": tags}), everyone),
+        ThreadEvent::MessageSent {
+            message_id,
+            number,
+            author,
+            client_message_id,
+            text,
+            attachment,
+            scheduled_id,
+            at,
+        } => (
+            "message.created",
+            json!({"message": {
+                "message_id": message_id, "number": number, "author_id": author.id,
+                "author_kind": author.kind, "text": text, "attachment": attachment,
+                "client_message_id": client_message_id, "scheduled_id": scheduled_id,
+                "sent_at": at}}),
+            everyone,
+        ),
+        ThreadEvent::MessageEdited {
+            message_id,
+            text,
+            at,
+        } => (
+            "message.updated",
+            json!({"message_id": message_id, "text": text, "edited_at": at}),
+            everyone,
+        ),
+        ThreadEvent::MessageDeleted { message_id, at, .. } => (
+            "message.deleted",
+            json!({"message_id": message_id, "deleted_at": at}),
+            everyone,
+        ),
+        ThreadEvent::Read { reader, number, at } => (
+            "thread.read",
+            json!({"reader_id": reader.id, "reader_kind": reader.kind, "number": number, "at": at}),
+            everyone,
+        ),
+        // Scheduled messages are the staff's business: the dashboard only.
+        ThreadEvent::MessageScheduled {
+            scheduled_id,
+            author,
+            due_at,
+            ..
+        } => (
+            "message.scheduled",
+            json!({"scheduled_id": scheduled_id, "author_id": author.id, "due_at": due_at}),
+            vec![dashboard],
+        ),
+        ThreadEvent::MessageRescheduled {
+            scheduled_id,
+            due_at,
+        } => (
+            "message.rescheduled",
+            json!({"scheduled_id": scheduled_id, "due_at": due_at}),
+            vec![dashboard],
+        ),
+        ThreadEvent::ScheduleCancelled { scheduled_id } => (
+            "message.schedule_cancelled",
+            json!({"scheduled_id": scheduled_id}),
+            vec![dashboard],
+        ),
+    };
+    if let Some(object) = data.as_object_mut() {
+        object.insert("event_id".into(), json!(envelope.event_id()));
+        object.insert("thread_id".into(), json!(thread));
+        object.insert("version".into(), json!(envelope.sequence));
+    }
+    Ok(vec![RealtimeEvent {
+        id: envelope.event_id(),
+        tenant_id: tenant.to_owned(),
+        channels,
+        name: name.to_owned(),
+        data,
+    }])
+}

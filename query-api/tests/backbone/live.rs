@@ -1,0 +1,382 @@
+//! Live updates end to end: real Soketi, real pusher-js clients (Node), the realtime worker
+//! of the projector. A client authorises through `/realtime/auth`, subscribes, and receives
+//! what command-api's commands cause; strangers are refused; typing indicators stay out of
+//! the event store; a Soketi outage delays events and loses none.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout};
+
+use crate::support::{
+    create_tenant, eventually, realtime_tools, Service, Soketi, TestEnv, SOKETI_KEY,
+};
+
+/// A pusher-js client (scripts/realtime/client.js) and the lines it prints.
+struct Client {
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Lines read but not yet asked for.
+    backlog: std::collections::VecDeque<Value>,
+    _process: Child,
+}
+
+impl Client {
+    async fn start(
+        port: u16,
+        query: &Service,
+        token: &str,
+        channels: &[String],
+        trigger: Option<Value>,
+    ) -> Self {
+        let mut config = json!({
+            "host": "127.0.0.1", "port": port, "key": SOKETI_KEY,
+            "authEndpoint": query.url("/realtime/auth"), "token": token, "channels": channels,
+        });
+        if let Some(trigger) = trigger {
+            config["trigger"] = trigger;
+        }
+        let mut process = tokio::process::Command::new("node")
+            .current_dir(realtime_tools())
+            .arg("client.js")
+            .arg(config.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdout = process.stdout.take().expect("stdout");
+        Client {
+            lines: BufReader::new(stdout).lines(),
+            backlog: std::collections::VecDeque::new(),
+            _process: process,
+        }
+    }
+
+    /// The first printed line that `wanted` accepts (others stay for later calls); panics
+    /// after 30 s.
+    async fn next(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&wanted) {
+            return self.backlog.remove(i).unwrap_or_default();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .expect("client output")
+                .unwrap_or_else(|| panic!("the client exited before {what}"));
+            let value: Value = serde_json::from_str(&line).unwrap_or_default();
+            if wanted(&value) {
+                return value;
+            }
+            self.backlog.push_back(value);
+        }
+    }
+
+    /// Every line not yet asked for, and those printed within `window`.
+    async fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let mut seen: Vec<Value> = self.backlog.drain(..).collect();
+        let deadline = Instant::now() + window;
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.lines.next_line(),
+        )
+        .await
+        {
+            seen.push(serde_json::from_str(&line).unwrap_or_default());
+        }
+        seen
+    }
+
+    /// Waits until every one of `channels` is subscribed (in any order); answers the
+    /// `subscribed` lines by channel.
+    async fn subscribed(&mut self, channels: &[&str]) -> std::collections::HashMap<String, Value> {
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < channels.len() {
+            let line = self
+                .next(&format!("subscriptions to {channels:?}"), |v| {
+                    v["type"] == "subscribed"
+                })
+                .await;
+            seen.insert(
+                line["channel"].as_str().unwrap_or_default().to_owned(),
+                line,
+            );
+        }
+        seen
+    }
+}
+
+/// Opens a thread as `customer`, waits until it is in the read model, answers its id.
+async fn open_thread(
+    env: &TestEnv,
+    api: &Service,
+    query: &Service,
+    customer: &str,
+    agent: &str,
+) -> String {
+    let opened = env
+        .http
+        .post(api.url("/v1/chat/threads"))
+        .bearer_auth(customer)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(opened.status(), 201);
+    let thread = opened.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    eventually(Duration::from_secs(20), "the thread projected", || async {
+        let r = env
+            .http
+            .get(query.url(&format!("/v1/chat/threads/{thread}")))
+            .bearer_auth(agent)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    thread
+}
+
+async fn send(env: &TestEnv, api: &Service, token: &str, thread: &str, text: &str) {
+    let sent = env
+        .http
+        .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
+        .bearer_auth(token)
+        .json(&json!({ "text": text }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(sent.status(), 201);
+}
+
+#[tokio::test]
+async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
+    let env = TestEnv::new().await;
+    let soketi = Soketi::start().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(soketi.projector_config(env.projector_config()));
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "live").await;
+    let (other, _) = create_tenant(&env, &api, "dead").await;
+    let customer = env.phone_user(&tenant, "phone-liv");
+    let agent = env.agent_of(&tenant);
+    let thread = open_thread(&env, &api, &query, &customer, &agent).await;
+    let thread_channel = format!("private-thread-{thread}");
+    let dashboard = format!("private-tenant-{tenant}");
+    let presence = format!("presence-tenant-{tenant}");
+
+    let mut watcher = Client::start(
+        soketi.port,
+        &query,
+        &agent,
+        &[thread_channel.clone(), presence.clone(), dashboard.clone()],
+        None,
+    )
+    .await;
+    let subscribed = watcher
+        .subscribed(&[&thread_channel, &presence, &dashboard])
+        .await;
+    assert_eq!(
+        subscribed[&presence]["members"],
+        json!([format!("agent-of-{tenant}")])
+    );
+
+    // Another tenant's agent is refused by the authorizer, so Soketi never lets it in.
+    let mut stranger = Client::start(
+        soketi.port,
+        &query,
+        &env.agent_of(&other),
+        &[thread_channel.clone(), dashboard.clone()],
+        None,
+    )
+    .await;
+    let mut refused = std::collections::BTreeMap::new();
+    while refused.len() < 2 {
+        let line = stranger
+            .next("the refusals", |v| v["type"] == "subscription_error")
+            .await;
+        refused.insert(
+            line["channel"].as_str().unwrap_or_default().to_owned(),
+            line["status"].clone(),
+        );
+    }
+    assert_eq!(refused[&thread_channel], 403);
+    assert_eq!(refused[&dashboard], 403);
+
+    // Typing is a client event on the thread channel: the agent sees it, the store does not.
+    let events_before = env.event_count().await;
+    let mut typist = Client::start(
+        soketi.port,
+        &query,
+        &customer,
+        std::slice::from_ref(&thread_channel),
+        Some(
+            json!({"channel": thread_channel, "event": "client-typing", "data": {"typing": true}}),
+        ),
+    )
+    .await;
+    typist.subscribed(&[&thread_channel]).await;
+    let typing = watcher
+        .next("client-typing", |v| v["name"] == "client-typing")
+        .await;
+    assert_eq!(typing["data"], json!({"typing": true}));
+    assert_eq!(
+        env.event_count().await,
+        events_before,
+        "typing is not an event"
+    );
+
+    // A message through command-api reaches the thread channel and the dashboard.
+    send(&env, &api, &customer, &thread, "Is anyone there?").await;
+    for channel in [&thread_channel, &dashboard] {
+        let created = watcher
+            .next("message.created", |v| {
+                v["name"] == "message.created" && v["channel"] == channel.as_str()
+            })
+            .await;
+        let data = &created["data"];
+        assert_eq!(data["thread_id"], thread.as_str());
+        assert_eq!(data["message"]["text"], "Is anyone there?");
+        assert_eq!(data["message"]["author_id"], "phone-liv");
+        assert_eq!(data["message"]["author_kind"], "phone");
+        assert_eq!(data["message"]["number"], 1);
+        assert_eq!(data["event_id"], format!("thread:{thread}:2"));
+    }
+    let stray = stranger.drain(Duration::from_millis(300)).await;
+    assert!(
+        stray.iter().all(|v| v["type"] != "event"),
+        "the stranger received nothing: {stray:?}"
+    );
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+/// A TCP proxy the test can cut: while down, connections are refused at once.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let open = up.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            _task: task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_soketi_outage_delays_realtime_events_and_loses_none() {
+    let env = TestEnv::new().await;
+    let soketi = Soketi::start().await;
+    // The worker reaches Soketi's HTTP API through a proxy the test cuts; clients connect
+    // to Soketi directly and stay connected.
+    let proxy = Proxy::start(soketi.port).await;
+    let mut config = soketi.projector_config(env.projector_config());
+    config.soketi_url = Some(format!("http://127.0.0.1:{}", proxy.port));
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(config);
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "outage").await;
+    let customer = env.phone_user(&tenant, "phone-out");
+    let agent = env.agent_of(&tenant);
+    let thread = open_thread(&env, &api, &query, &customer, &agent).await;
+    let channel = format!("private-thread-{thread}");
+    let mut watcher = Client::start(
+        soketi.port,
+        &query,
+        &agent,
+        std::slice::from_ref(&channel),
+        None,
+    )
+    .await;
+    watcher.subscribed(&[&channel]).await;
+
+    proxy.up.store(false, Ordering::SeqCst);
+    for text in ["one", "two", "three"] {
+        send(&env, &api, &customer, &thread, text).await;
+    }
+    // The chat read model has all three; the realtime worker has delivered none.
+    eventually(
+        Duration::from_secs(20),
+        "the messages in the read model",
+        || async {
+            let r: Value = env
+                .http
+                .get(query.url(&format!("/v1/chat/threads/{thread}")))
+                .bearer_auth(&agent)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (r["message_count"] == 3).then_some(())
+        },
+    )
+    .await;
+    let during = watcher.drain(Duration::from_secs(2)).await;
+    assert!(
+        during.iter().all(|v| v["name"] != "message.created"),
+        "nothing gets through while Soketi is unreachable: {during:?}"
+    );
+
+    proxy.up.store(true, Ordering::SeqCst);
+    let mut texts = Vec::new();
+    while texts.len() < 3 {
+        let created = watcher
+            .next("the delayed messages", |v| v["name"] == "message.created")
+            .await;
+        texts.push(
+            created["data"]["message"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(texts, ["one", "two", "three"], "all, in order");
+    let after = watcher.drain(Duration::from_secs(2)).await;
+    assert!(
+        after.iter().all(|v| v["name"] != "message.created"),
+        "none twice: {after:?}"
+    );
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
