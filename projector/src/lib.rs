@@ -114,21 +114,19 @@ pub enum Command {
     List,
 }
 
-/// Every projection this process runs: the read models, and the side-effect workers that
-/// are configured (realtime needs Soketi's URL and app; `nats` carries its SSE fan-out).
+/// Every projection this process runs: the read models and the side-effect workers (realtime
+/// sends to Soketi when its URL and app are set, and fans out on `nats` for SSE).
 pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc<dyn Projection>> {
     let mut all: Vec<Arc<dyn Projection>> = vec![
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
         Arc::new(chat::ChatProjection),
     ];
-    if let Some(app) = config.soketi_app() {
-        all.push(Arc::new(effects::realtime::Realtime::new(
-            app,
-            nats,
-            config.realtime_subject_prefix.clone(),
-        )));
-    }
+    all.push(Arc::new(effects::realtime::Realtime::new(
+        config.soketi_app(),
+        nats,
+        config.realtime_subject_prefix.clone(),
+    )));
     all
 }
 

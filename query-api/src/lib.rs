@@ -6,6 +6,7 @@
 //! - [`chat`]: threads (inbox, detail), message history, unread counts, scheduled messages.
 //! - [`freshness`]: read-your-writes (`min_version`, `X-Min-Version`).
 //! - [`realtime`]: the Pusher channel authorizer and client configuration.
+//! - [`stream`]: `GET /v1/stream`, realtime events as Server-Sent Events (from core NATS).
 //! - [`audit`]: an aggregate's event history for auditors.
 //! - [`identity`]: admin users of a tenant and their login history.
 //! - [`dev`]: the dev inbox of captured outbound messages.
@@ -28,6 +29,8 @@ pub mod identity;
 pub mod page;
 /// Realtime: channel authorizer and client configuration.
 pub mod realtime;
+/// Server-Sent Events of realtime events.
+pub mod stream;
 /// Tenant list and detail.
 pub mod tenants;
 
@@ -64,6 +67,8 @@ pub struct AppState {
     pub dev_inbox: bool,
     /// Soketi app and where clients reach it.
     pub realtime: Arc<realtime::RealtimeSettings>,
+    /// Recent realtime events and the streams that follow them.
+    pub hub: Arc<stream::Hub>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -92,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tenants::router())
         .merge(chat::router())
         .merge(realtime::router())
+        .merge(stream::router())
         .merge(audit::router())
         .merge(dev::router())
         .merge(identity::router())
@@ -114,6 +120,8 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     /// The router.
     router: Router,
+    /// Realtime events; its streams end when the server shuts down.
+    hub: Arc<stream::Hub>,
 }
 
 impl Application {
@@ -129,7 +137,13 @@ impl Application {
             .max_connections(config.db_max_connections)
             .connect(url)
             .await?;
+        let hub = stream::Hub::new();
+        hub.follow(
+            config.nats_url.clone(),
+            config.realtime_subject_prefix.clone(),
+        );
         let state = AppState {
+            hub: hub.clone(),
             pool,
             tokens: TokenKeys::new(secret),
             metrics: Arc::new(Metrics::default()),
@@ -148,6 +162,7 @@ impl Application {
         Ok(Self {
             listener,
             router: router(state),
+            hub,
         })
     }
 
@@ -161,6 +176,11 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let hub = self.hub;
+        let shutdown = async move {
+            shutdown.await;
+            hub.close();
+        };
         events::http::serve(self.listener, self.router, shutdown).await
     }
 }

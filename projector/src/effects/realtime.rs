@@ -34,8 +34,8 @@ pub struct SoketiApp {
 
 /// The realtime side-effect worker.
 pub struct Realtime {
-    /// Soketi.
-    app: SoketiApp,
+    /// Soketi, when configured (without it only the NATS fan-out runs).
+    app: Option<SoketiApp>,
     /// HTTP client (timeouts set).
     http: reqwest::Client,
     /// Core NATS, for SSE.
@@ -45,8 +45,13 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// A worker publishing to `app`, and to `nats` under `subject_prefix` when given.
-    pub fn new(app: SoketiApp, nats: Option<async_nats::Client>, subject_prefix: String) -> Self {
+    /// A worker publishing to `app` when given, and to `nats` under `subject_prefix` when
+    /// given.
+    pub fn new(
+        app: Option<SoketiApp>,
+        nats: Option<async_nats::Client>,
+        subject_prefix: String,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(5))
@@ -60,19 +65,23 @@ impl Realtime {
         }
     }
 
-    /// Sends one `batch_events` request.
-    async fn send(&self, batch: &[serde_json::Value]) -> Result<(), ProjectionError> {
-        let path = format!("/apps/{}/batch_events", self.app.app_id);
+    /// Sends one `batch_events` request to `app`.
+    async fn send(
+        &self,
+        app: &SoketiApp,
+        batch: &[serde_json::Value],
+    ) -> Result<(), ProjectionError> {
+        let path = format!("/apps/{}/batch_events", app.app_id);
         let body = serde_json::to_vec(&json!({ "batch": batch })).unwrap_or_default();
         let query = signed_query(
-            &self.app.key,
-            &self.app.secret,
+            &app.key,
+            &app.secret,
             "POST",
             &path,
             &body,
             chrono::Utc::now().timestamp(),
         );
-        let url = format!("{}{path}?{query}", self.app.url.trim_end_matches('/'));
+        let url = format!("{}{path}?{query}", app.url.trim_end_matches('/'));
         let response = self
             .http
             .post(url)
@@ -139,8 +148,10 @@ impl Effect for Realtime {
                     .map(move |c| json!({"channel": c, "name": e.name, "data": data}))
             })
             .collect();
-        for batch in items.chunks(BATCH_LIMIT) {
-            self.send(batch).await?;
+        if let Some(app) = &self.app {
+            for batch in items.chunks(BATCH_LIMIT) {
+                self.send(app, batch).await?;
+            }
         }
         if let Some(nats) = &self.nats {
             for event in &outgoing {

@@ -47,6 +47,21 @@ pub fn router() -> Router<AppState> {
         .route("/chat/realtime/auth", post(auth))
         .route("/realtime/config", get(config))
         .route("/chat/realtime/config", get(config))
+        .route("/realtime/watch", get(watch))
+}
+
+/// A page a person can open to watch a thread live (history, then the SSE stream).
+const WATCH_PAGE: &str = include_str!("watch.html");
+
+async fn watch() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        WATCH_PAGE,
+    )
+        .into_response()
 }
 
 /// What pusher-js needs to connect.

@@ -222,6 +222,19 @@ async fn the_authorizer_signs_as_the_pusher_library_and_refuses_strangers() {
     assert_eq!(config["enabled"], true);
     assert_eq!(config["auth_endpoint"], "/realtime/auth");
     assert!(config.get("secret").is_none());
+    let page = env
+        .http
+        .get(query.url("/realtime/watch"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("text/html"));
+    let page = page.text().await.expect("text");
+    assert!(page.contains("/v1/stream") && page.contains("/v1/chat/threads/"));
 
     projector.abort();
     query.stop().await;

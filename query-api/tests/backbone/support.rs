@@ -167,6 +167,8 @@ impl TestEnv {
             soketi_public_port: 6001,
             soketi_public_tls: false,
             realtime_auth_endpoint: "/realtime/auth".to_owned(),
+            nats_url: nats_url(),
+            realtime_subject_prefix: format!("rt{}", self.prefix),
         }
     }
 

@@ -1,0 +1,301 @@
+//! `GET /v1/stream`: the realtime events a token may see, as Server-Sent Events, for clients
+//! without a Pusher library. The projector's realtime worker fans every realtime event out on
+//! core NATS (`{prefix}.{tenant_id}`); this process keeps one subscription ([`Hub`]), a short
+//! window of recent events for `Last-Event-ID` resume, and a broadcast to every open stream.
+//!
+//! Each SSE event is `event: {name}`, `id: {event_id}`, `data: {the Pusher event's data}`.
+//! A client that reconnects with `Last-Event-ID` gets what it missed while the window still
+//! holds that id; otherwise (or when it fell too far behind) it gets `event: reset` and
+//! should reload through the query API.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use events::access::Principal;
+use events::http::{AuthUser, Problem};
+use events::realtime::{Channel, RealtimeEvent};
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// Events kept for resume, at most.
+const WINDOW_EVENTS: usize = 10_000;
+/// How long an event is kept for resume.
+const WINDOW: Duration = Duration::from_secs(300);
+/// Events a slow stream may fall behind before it is told to reset.
+const LAG: usize = 4096;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/stream", get(stream))
+}
+
+/// A realtime event as this process received it.
+#[derive(Debug)]
+struct Received {
+    /// Arrival order in this process.
+    seq: u64,
+    /// When it arrived.
+    at: Instant,
+    /// The event.
+    event: RealtimeEvent,
+}
+
+/// The recent window and the broadcast to open streams.
+#[derive(Debug)]
+pub struct Hub {
+    /// Live events for open streams.
+    live: broadcast::Sender<Arc<Received>>,
+    /// The resume window, oldest first, and the next arrival number.
+    recent: Mutex<(VecDeque<Arc<Received>>, u64)>,
+    /// Set when the server shuts down: open streams end, so a graceful shutdown does not
+    /// wait for clients that never hang up.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hub {
+    /// A hub with nothing received yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            live: broadcast::channel(LAG).0,
+            recent: Mutex::new((VecDeque::new(), 0)),
+            closing: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Ends every open stream (and those opened later).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Subscribes to `{prefix}.>` on NATS and feeds the hub, reconnecting for ever; query-api
+    /// serves everything else without NATS.
+    pub fn follow(self: &Arc<Self>, nats_url: String, prefix: String) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let outcome = async {
+                    let client = async_nats::connect(&nats_url).await?;
+                    let mut subscription = client.subscribe(format!("{prefix}.>")).await?;
+                    tracing::info!(subject = %format!("{prefix}.>"), "following realtime events");
+                    while let Some(message) = subscription.next().await {
+                        match serde_json::from_slice::<RealtimeEvent>(&message.payload) {
+                            Ok(event) => hub.receive(event),
+                            Err(e) => tracing::warn!(error = %e, "not a realtime event"),
+                        }
+                    }
+                    Ok::<_, async_nats::Error>(())
+                }
+                .await;
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "realtime events unavailable; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Records an event and hands it to open streams.
+    pub fn receive(&self, event: RealtimeEvent) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let (window, next) = &mut *recent;
+        let received = Arc::new(Received {
+            seq: *next,
+            at: Instant::now(),
+            event,
+        });
+        *next += 1;
+        window.push_back(received.clone());
+        while window.len() > WINDOW_EVENTS
+            || window.front().is_some_and(|r| r.at.elapsed() > WINDOW)
+        {
+            window.pop_front();
+        }
+        // Sent under the lock, so a stream that subscribed and read the window in one
+        // critical section sees each event exactly once.
+        let _ = self.live.send(received);
+    }
+
+    /// A live subscription and what the window holds after `last_id`: `Some(events)` when
+    /// the window holds `last_id` (or none was given: nothing to replay), `None` when it
+    /// does not (the client must reload).
+    fn subscribe(
+        &self,
+        last_id: Option<&str>,
+    ) -> (
+        broadcast::Receiver<Arc<Received>>,
+        Option<Vec<Arc<Received>>>,
+    ) {
+        let Ok(recent) = self.recent.lock() else {
+            return (self.live.subscribe(), None);
+        };
+        let live = self.live.subscribe();
+        let replay = match last_id {
+            None => Some(Vec::new()),
+            Some(id) => recent
+                .0
+                .iter()
+                .position(|r| r.event.id == id)
+                .map(|i| recent.0.iter().skip(i + 1).cloned().collect()),
+        };
+        (live, replay)
+    }
+}
+
+/// Who a stream is for, and what it has learnt about threads (a customer's participation).
+struct Viewer {
+    /// The token's principal.
+    who: Principal,
+    /// Thread id → whether the customer takes part.
+    threads: HashMap<String, bool>,
+    /// Read models, for participation.
+    pool: sqlx::PgPool,
+}
+
+impl Viewer {
+    /// True when one of the event's channels is one the token may join.
+    async fn may_see(&mut self, event: &RealtimeEvent) -> bool {
+        for name in &event.channels {
+            let visible = match Channel::parse(name) {
+                Some(Channel::Tenant(tenant)) => self.who.is_staff_of(&tenant),
+                Some(Channel::User(user)) => user == self.who.user_id(),
+                Some(Channel::Thread(thread)) => match &self.who {
+                    Principal::Phone { tenant_id, .. } if tenant_id == &event.tenant_id => {
+                        self.takes_part(&thread).await
+                    }
+                    Principal::Phone { .. } => false,
+                    _ => self.who.is_staff_of(&event.tenant_id),
+                },
+                Some(Channel::TenantPresence(_)) | None => false,
+            };
+            if visible {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn takes_part(&mut self, thread: &str) -> bool {
+        if let Some(known) = self.threads.get(thread) {
+            return *known;
+        }
+        let Ok(id) = Uuid::parse_str(thread) else {
+            return false;
+        };
+        let found: Result<bool, sqlx::Error> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM chat_participants WHERE thread_id = $1 AND user_id = $2)",
+        )
+        .bind(id)
+        .bind(self.who.user_id())
+        .fetch_one(&self.pool)
+        .await;
+        match found {
+            Ok(known) => {
+                // Participation only grows; a "no" may become a "yes" (added later), so only
+                // a "yes" is remembered.
+                if known {
+                    self.threads.insert(thread.to_owned(), true);
+                }
+                known
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn sse(received: &Received) -> Event {
+    Event::default()
+        .event(received.event.name.as_str())
+        .id(received.event.id.as_str())
+        .data(received.event.data.to_string())
+}
+
+fn reset() -> Event {
+    Event::default()
+        .event("reset")
+        .data(r#"{"reason":"events were missed; reload through the query API"}"#)
+}
+
+/// What one open stream holds between events.
+struct Open {
+    viewer: Viewer,
+    /// Becomes true when the server shuts down.
+    closing: tokio::sync::watch::Receiver<bool>,
+    live: broadcast::Receiver<Arc<Received>>,
+    replay: VecDeque<Arc<Received>>,
+    /// Arrival numbers up to this were replayed (or predate the stream).
+    replayed_to: Option<u64>,
+    /// A `reset` is owed first.
+    reset: bool,
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    if matches!(who, Principal::Service { .. }) {
+        return Err(Problem::forbidden("Streams are for staff and customers."));
+    }
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let (live, replay) = state.hub.subscribe(last_id);
+    let owed_reset = replay.is_none();
+    let replay: VecDeque<Arc<Received>> = replay.unwrap_or_default().into();
+    let replayed_to = replay.back().map(|r| r.seq);
+    let open = Open {
+        closing: state.hub.closing.subscribe(),
+        viewer: Viewer {
+            who,
+            threads: HashMap::new(),
+            pool: state.pool.clone(),
+        },
+        live,
+        replay,
+        replayed_to,
+        reset: owed_reset,
+    };
+    let events = futures::stream::unfold(open, |mut open| async move {
+        if open.reset {
+            open.reset = false;
+            return Some((Ok::<_, Infallible>(reset()), open));
+        }
+        loop {
+            let next = match open.replay.pop_front() {
+                Some(r) => r,
+                None => match tokio::select! {
+                    received = open.live.recv() => received,
+                    _ = open.closing.wait_for(|closing| *closing) => return None,
+                } {
+                    Ok(r) if open.replayed_to.is_some_and(|to| r.seq <= to) => continue,
+                    Ok(r) => r,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((Ok(reset()), open));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if open.viewer.may_see(&next.event).await {
+                return Some((Ok(sse(&next)), open));
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
