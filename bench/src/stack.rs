@@ -179,6 +179,11 @@ impl Stack {
             .env("HOST", "127.0.0.1")
             .env("PORT", self.command_port.to_string())
             .env("QUERY_PORT", self.query_port.to_string())
+            .env(
+                "COMMAND_API_URL",
+                format!("http://127.0.0.1:{}", self.command_port),
+            )
+            .env("REALTIME_SUBJECT_PREFIX", format!("rt{}", self.prefix))
             .env("BLOB_DIR", dir.join("blobs"))
             .env("RUST_LOG", "warn")
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))

@@ -90,6 +90,8 @@ pub struct AppState {
     pub otp_per_ip: i64,
     /// Whether `X-Forwarded-For` names the client.
     pub trust_forwarded_for: bool,
+    /// The clock commands are stamped with (time rules of chat).
+    pub clock: Arc<dyn events::clock::Clock>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -137,6 +139,14 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, ensures the stream and binds.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_clock(config, Arc::new(events::clock::SystemClock)).await
+    }
+
+    /// Like [`Application::build`], with the clock commands are stamped with (tests set it).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn events::clock::Clock>,
+    ) -> Result<Self, StartError> {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect(config.database_url()?)
@@ -212,6 +222,7 @@ impl Application {
             )),
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
+            clock,
         };
         if !config.relay_enabled {
             // The active relay runs elsewhere: tell it of this process's commits.

@@ -6,6 +6,7 @@
 //! - [`subject`]: NATS subject and message-id naming.
 //! - [`tenant`]: the events of the tenants bounded context.
 //! - [`identity`]: the events of admin users (logins, lockouts, sessions).
+//! - [`clock`]: the time source (system, or manual in tests).
 //! - [`chat`]: the events of chat threads, their messages, receipts and scheduled messages.
 //! - [`realtime`]: realtime channels and events, and the Pusher protocol's signatures.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
@@ -18,6 +19,8 @@
 pub mod access;
 /// Events of chat threads.
 pub mod chat;
+/// The clock rules are decided by (settable in tests).
+pub mod clock;
 /// The committed-event envelope and its metadata keys.
 pub mod envelope;
 /// HTTP plumbing shared by command-api and query-api.

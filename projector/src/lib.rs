@@ -9,6 +9,7 @@
 //! - [`tenants`]: the tenants read model.
 //! - [`identity`]: admin users and their login history.
 //! - [`effects`]: side-effect workers: realtime (Soketi and SSE fan-out).
+//! - [`scheduler`]: delivers due scheduled messages through command-api.
 //! - [`chat`]: threads, messages, read positions and scheduled messages.
 
 /// Chat threads, messages, receipts and scheduled messages.
@@ -21,6 +22,8 @@ pub mod identity;
 pub mod projection;
 /// Rebuild from the event store.
 pub mod rebuild;
+/// Delivers scheduled messages when due.
+pub mod scheduler;
 /// The tenants read model.
 pub mod tenants;
 /// Durable consumers.
@@ -95,6 +98,21 @@ pub struct Config {
     /// First token of the core NATS subjects realtime events are fanned out on (for SSE).
     #[arg(long, env = "REALTIME_SUBJECT_PREFIX", global = true, default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]
     pub realtime_subject_prefix: String,
+    /// command-api's base URL (the scheduler sends due messages' delivery commands there).
+    #[arg(
+        long,
+        env = "COMMAND_API_URL",
+        global = true,
+        default_value = "http://127.0.0.1:3001"
+    )]
+    pub command_api_url: String,
+    /// HS256 secret of bearer tokens (the scheduler signs its service token with it; without
+    /// it scheduled messages are not delivered).
+    #[arg(long, env = "NEST_AUTH_SECRET", global = true, hide_env_values = true)]
+    pub nest_auth_secret: Option<String>,
+    /// Fallback name for the token secret.
+    #[arg(long, env = "NEXTAUTH_SECRET", global = true, hide_env_values = true)]
+    pub nextauth_secret: Option<String>,
     /// What to do (default: run every projection).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -162,6 +180,15 @@ impl Config {
         })
     }
 
+    /// The token secret, from `NEST_AUTH_SECRET` or its fallback.
+    pub fn auth_secret(&self) -> Option<&str> {
+        self.nest_auth_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(self.nextauth_secret.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
     /// Connects and migrates.
     pub async fn pool(&self) -> Result<PgPool, Error> {
         let url = self
@@ -193,6 +220,20 @@ pub async fn run(
     for projection in projections(&config, Some(client)) {
         let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
         tasks.spawn(async move { supervise(pool, js, config, projection).await });
+    }
+    match config.auth_secret() {
+        Some(secret) => {
+            let scheduler = scheduler::Scheduler::new(
+                pool.clone(),
+                config.command_api_url.clone(),
+                events::access::TokenKeys::new(secret),
+                Arc::new(events::clock::SystemClock),
+            );
+            tasks.spawn(async move { scheduler.run().await });
+        }
+        None => {
+            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered")
+        }
     }
     tokio::pin!(shutdown);
     tokio::select! {

@@ -120,7 +120,7 @@ async fn run(
     let tenant = tenant_of(state, who, id).await?;
     let command = ThreadCommand {
         actor: actor(who),
-        at: Utc::now(),
+        at: state.clock.now(),
         action,
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
@@ -215,7 +215,7 @@ async fn open(
         .to_string();
     let command = ThreadCommand {
         actor: actor(&who),
-        at: Utc::now(),
+        at: state.clock.now(),
         action: Action::Open {
             tenant_id: tenant.clone(),
             channel: body.channel.unwrap_or(Channel::Web),

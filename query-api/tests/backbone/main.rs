@@ -14,5 +14,6 @@ mod projector;
 mod queries;
 mod realtime;
 mod relay;
+mod scheduler;
 mod store;
 mod support;

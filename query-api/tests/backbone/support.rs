@@ -187,12 +187,28 @@ impl TestEnv {
             soketi_app_key: None,
             soketi_app_secret: None,
             realtime_subject_prefix: format!("rt{}", self.prefix),
+            command_api_url: "http://127.0.0.1:9".to_owned(),
+            nest_auth_secret: None,
+            nextauth_secret: None,
             command: None,
         }
     }
 
     pub async fn spawn_command_api(&self, config: command_api::config::Config) -> Service {
         let app = command_api::Application::build(config)
+            .await
+            .expect("command-api starts");
+        let addr = app.local_addr().expect("bound");
+        Service::spawn(addr, |stopped| app.run_until(stopped))
+    }
+
+    /// command-api on `clock`'s time.
+    pub async fn spawn_command_api_with_clock(
+        &self,
+        config: command_api::config::Config,
+        clock: std::sync::Arc<dyn events::clock::Clock>,
+    ) -> Service {
+        let app = command_api::Application::build_with_clock(config, clock)
             .await
             .expect("command-api starts");
         let addr = app.local_addr().expect("bound");

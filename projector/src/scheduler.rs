@@ -1,0 +1,216 @@
+//! The scheduler: delivers scheduled messages when they fall due, by sending the delivery
+//! command back to command-api (ARCHITECTURE.md invariant 5), as the platform service
+//! `scheduler`.
+//!
+//! It reads what is due from the `chat_scheduled` read model, so nothing is lost across
+//! restarts of any process: a message stays `pending` there until its delivery is projected.
+//! The thread aggregate makes delivery happen once (a second delivery, or one after a cancel,
+//! appends nothing) and never early (`409 not_due` when a reschedule moved it). Several
+//! schedulers may run; the aggregate keeps them from delivering twice.
+//!
+//! Between steps it sleeps until the next due time, at most a second, so a message scheduled
+//! a moment ago is seen within a second and delivered at its due time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use events::access::TokenKeys;
+use events::clock::Clock;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The longest sleep between steps.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long a delivery that command-api accepted (or refused for good) is not sent again
+/// while the read model catches up.
+const QUIET: Duration = Duration::from_secs(30);
+/// Most deliveries per step.
+const BATCH: i64 = 100;
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    /// Delivery commands command-api accepted.
+    pub delivered: usize,
+    /// Refused as not due yet (a reschedule moved them).
+    pub not_due: usize,
+    /// Refused for good (thread gone, schedule unknown); not retried for a while.
+    pub refused: usize,
+    /// Failed for now (command-api unreachable or busy); retried next step.
+    pub failed: usize,
+}
+
+/// Delivers due scheduled messages.
+pub struct Scheduler {
+    /// The read models.
+    pool: PgPool,
+    /// HTTP client.
+    http: reqwest::Client,
+    /// command-api's base URL.
+    command_api: String,
+    /// Mints the service token.
+    keys: TokenKeys,
+    /// What "now" is.
+    clock: Arc<dyn Clock>,
+    /// Deliveries sent recently, by `(thread, scheduled id)`.
+    quiet: Mutex<HashMap<(Uuid, String), Instant>>,
+}
+
+/// How long to sleep before the next step, given the next due time.
+pub fn next_wake(now: DateTime<Utc>, next_due: Option<DateTime<Utc>>) -> Duration {
+    match next_due {
+        Some(due) if due > now => (due - now).to_std().unwrap_or(MAX_IDLE).min(MAX_IDLE),
+        // Due but held back (sent, waiting for the read model): look again shortly.
+        Some(_) => Duration::from_millis(200),
+        None => MAX_IDLE,
+    }
+}
+
+impl Scheduler {
+    /// A scheduler delivering through command-api at `command_api`, with tokens signed by
+    /// `keys`, on `clock`'s time.
+    pub fn new(pool: PgPool, command_api: String, keys: TokenKeys, clock: Arc<dyn Clock>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self {
+            pool,
+            http,
+            command_api: command_api.trim_end_matches('/').to_owned(),
+            keys,
+            clock,
+            quiet: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs for ever.
+    pub async fn run(self) {
+        loop {
+            match self.step().await {
+                Ok(report) if report != StepReport::default() => {
+                    tracing::info!(?report, "scheduler step");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scheduler step failed"),
+            }
+            let next = self.next_due().await.unwrap_or(None);
+            tokio::time::sleep(next_wake(self.clock.now(), next)).await;
+        }
+    }
+
+    /// The earliest due time of a pending scheduled message.
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT min(due_at) FROM chat_scheduled WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Sends the delivery command of every pending message due by the clock's now: the unit
+    /// the loop repeats, and what tests drive.
+    pub async fn step(&self) -> Result<StepReport, sqlx::Error> {
+        let now = self.clock.now();
+        let due: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT thread_id, id FROM chat_scheduled
+              WHERE status = 'pending' AND due_at <= $1
+              ORDER BY due_at, thread_id, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut report = StepReport::default();
+        let token = self.keys.service_token("scheduler", 300);
+        for key in due {
+            if self.is_quiet(&key) {
+                continue;
+            }
+            let (thread, id) = &key;
+            let url = format!(
+                "{}/v1/chat/threads/{thread}/scheduled/{id}/deliver",
+                self.command_api
+            );
+            let outcome = self
+                .http
+                .post(url)
+                .bearer_auth(&token)
+                // No Idempotency-Key: a stored "not due" answer would be replayed after the
+                // due time. The aggregate makes a repeated delivery append nothing.
+                .send()
+                .await;
+            match outcome {
+                Ok(r) if r.status().is_success() => {
+                    report.delivered += 1;
+                    self.hush(key);
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                    let code = r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|b| b["code"].as_str().map(str::to_owned));
+                    if code.as_deref() == Some("not_due") {
+                        report.not_due += 1;
+                    } else {
+                        // Contention or a claim in progress: next step.
+                        report.failed += 1;
+                    }
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    tracing::warn!(thread = %thread, scheduled_id = %id, status = %r.status(), "delivery refused");
+                    report.refused += 1;
+                    self.hush(key);
+                }
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), "delivery failed; retrying");
+                    report.failed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "command-api unreachable; retrying");
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn is_quiet(&self, key: &(Uuid, String)) -> bool {
+        let Ok(mut quiet) = self.quiet.lock() else {
+            return false;
+        };
+        quiet.retain(|_, at| at.elapsed() < QUIET);
+        quiet.contains_key(key)
+    }
+
+    fn hush(&self, key: (Uuid, String)) {
+        if let Ok(mut quiet) = self.quiet.lock() {
+            quiet.insert(key, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_sleeps_until_the_next_due_time_but_never_more_than_a_second() {
+        let now = Utc::now();
+        assert_eq!(
+            next_wake(now, Some(now + chrono::Duration::milliseconds(300))),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            next_wake(now, Some(now + chrono::Duration::hours(3))),
+            MAX_IDLE
+        );
+        assert_eq!(next_wake(now, None), MAX_IDLE);
+        assert_eq!(
+            next_wake(now, Some(now - chrono::Duration::seconds(1))),
+            Duration::from_millis(200)
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Scheduled messages: the scheduler delivers each due message once, as its author, never a
+//! cancelled one, never early, and nothing is lost when the projector restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use events::access::TokenKeys;
+use events::clock::{Clock, ManualClock};
+use projector::scheduler::{Scheduler, StepReport};
+use serde_json::{json, Value};
+
+use crate::support::{create_tenant, eventually, Service, TestEnv, SECRET};
+
+async fn post(env: &TestEnv, api: &Service, token: &str, path: &str, body: Value) -> Value {
+    let response = env
+        .http
+        .post(api.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+async fn schedule(
+    env: &TestEnv,
+    api: &Service,
+    token: &str,
+    thread: &str,
+    text: &str,
+    due_at: DateTime<Utc>,
+) -> String {
+    post(
+        env,
+        api,
+        token,
+        &format!("/v1/chat/threads/{thread}/scheduled"),
+        json!({"text": text, "due_at": due_at.to_rfc3339()}),
+    )
+    .await["scheduled_id"]
+        .as_str()
+        .expect("scheduled id")
+        .to_owned()
+}
+
+/// The thread's messages, oldest first, as `(text, scheduled_id)`.
+async fn messages(
+    env: &TestEnv,
+    query: &Service,
+    token: &str,
+    thread: &str,
+) -> Vec<(String, String)> {
+    let page: Value = env
+        .get_json(
+            &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+            token,
+        )
+        .await;
+    let mut out: Vec<(String, String)> = page["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|m| {
+                    (
+                        m["text"].as_str().unwrap_or_default().to_owned(),
+                        m["scheduled_id"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn the_scheduler_delivers_due_messages_once_on_a_controlled_clock() {
+    let env = TestEnv::new().await;
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    // The projector's own scheduler is off (no secret): the test drives one step by step.
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "scheduled").await;
+    let admin = env.admin_of(&tenant);
+    let customer = env.phone_user(&tenant, "phone-sch");
+    let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let minutes = |m| t0 + chrono::Duration::minutes(m);
+    let first = schedule(&env, &api, &admin, &thread, "first", minutes(10)).await;
+    schedule(&env, &api, &admin, &thread, "second", minutes(20)).await;
+    let cancelled = schedule(&env, &api, &admin, &thread, "cancelled", minutes(10)).await;
+    post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/scheduled/{cancelled}/cancel"),
+        json!({}),
+    )
+    .await;
+    let moved = schedule(&env, &api, &admin, &thread, "moved", minutes(5)).await;
+    let version = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/chat/threads/{thread}/scheduled/{moved}/reschedule"),
+        json!({"due_at": minutes(30).to_rfc3339()}),
+    )
+    .await["version"]
+        .as_u64()
+        .expect("version");
+    let listed = env
+        .get_json(
+            &query.url(&format!(
+                "/v1/chat/threads/{thread}/scheduled?min_version={version}"
+            )),
+            &admin,
+        )
+        .await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(4));
+
+    let scheduler = Scheduler::new(
+        env.pool.clone(),
+        api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    assert_eq!(scheduler.step().await.expect("step"), StepReport::default());
+    let next = scheduler.next_due().await.expect("next due").expect("one");
+    assert!(
+        (next - minutes(10)).num_milliseconds().abs() < 1,
+        "the next due time is the first one's"
+    );
+
+    clock.set(minutes(10));
+    let report = scheduler.step().await.expect("step");
+    assert_eq!(
+        report.delivered, 1,
+        "only the first is due; the cancelled one never"
+    );
+    let events = env.event_count().await;
+    // A restarted scheduler that runs before the read model caught up sends the delivery
+    // again: the aggregate appends nothing.
+    let restarted = Scheduler::new(
+        env.pool.clone(),
+        api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    let again = restarted.step().await.expect("step");
+    assert!(again.delivered <= 1 && again.failed == 0, "{again:?}");
+    assert_eq!(env.event_count().await, events, "delivered once");
+    let delivered = eventually(Duration::from_secs(20), "the first delivery", || async {
+        let m = messages(&env, &query, &admin, &thread).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(delivered, [("first".to_owned(), first.clone())]);
+
+    clock.set(minutes(31));
+    assert_eq!(scheduler.step().await.expect("step").delivered, 2);
+    let all = eventually(Duration::from_secs(20), "every delivery", || async {
+        let m = messages(&env, &query, &admin, &thread).await;
+        (m.len() == 3).then_some(m)
+    })
+    .await;
+    let texts: Vec<&str> = all.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["first", "second", "moved"]);
+    let history = env
+        .get_json(
+            &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+            &admin,
+        )
+        .await;
+    assert_eq!(
+        history["items"][0]["author_id"],
+        format!("admin-of-{tenant}")
+    );
+    assert_eq!(history["items"][0]["author_kind"], "agent");
+    let listed = env
+        .get_json(
+            &query.url(&format!("/v1/chat/threads/{thread}/scheduled")),
+            &admin,
+        )
+        .await;
+    let statuses: Vec<(String, String)> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|s| {
+            (
+                s["text"].as_str().unwrap_or_default().to_owned(),
+                s["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(statuses.contains(&("cancelled".to_owned(), "cancelled".to_owned())));
+    assert_eq!(statuses.iter().filter(|(_, s)| s == "delivered").count(), 3);
+    assert_eq!(clock.now(), minutes(31));
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_due_while_the_projector_is_down_is_delivered_when_it_returns() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let mut config = env.projector_config();
+    config.nest_auth_secret = Some(SECRET.to_owned());
+    config.command_api_url = api.url("");
+    let projector = env.spawn_projector(config.clone());
+    let (tenant, _) = create_tenant(&env, &api, "restarted").await;
+    let admin = env.admin_of(&tenant);
+    let customer = env.phone_user(&tenant, "phone-rst");
+    let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let due = Utc::now() + chrono::Duration::seconds(2);
+    let id = schedule(&env, &api, &admin, &thread, "wake up", due).await;
+    eventually(
+        Duration::from_secs(20),
+        "the schedule projected",
+        || async {
+            let listed = env
+                .get_json(
+                    &query.url(&format!("/v1/chat/threads/{thread}/scheduled")),
+                    &admin,
+                )
+                .await;
+            (listed["items"].as_array()?.len() == 1).then_some(())
+        },
+    )
+    .await;
+    // The projector dies before the due time and comes back after it.
+    projector.abort();
+    let _ = projector.await;
+    eventually(Duration::from_secs(10), "the due time", || async {
+        (Utc::now() > due).then_some(())
+    })
+    .await;
+    let projector = env.spawn_projector(config);
+    let delivered = eventually(Duration::from_secs(30), "the delivery", || async {
+        let m = messages(&env, &query, &admin, &thread).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(delivered, [("wake up".to_owned(), id)]);
+    let history = env
+        .get_json(
+            &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+            &admin,
+        )
+        .await;
+    let sent_at: DateTime<Utc> = history["items"][0]["sent_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("sent_at");
+    assert!(sent_at >= due, "never early");
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
