@@ -521,3 +521,43 @@ async fn staff_assign_tag_schedule_and_cancel_and_filters_follow() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_edit_after_fifteen_minutes_is_refused_and_appends_nothing() {
+    let env = TestEnv::new().await;
+    let clock = std::sync::Arc::new(events::clock::ManualClock::new(chrono::Utc::now()));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let (tenant, _) = create_tenant(&env, &api, "edited").await;
+    let customer = env.phone_user(&tenant, "phone-ed");
+    let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
+    let sent: Value = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "typo"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let edit = format!(
+        "/v1/chat/threads/{thread}/messages/{}/edit",
+        sent["message_id"].as_str().expect("message id")
+    );
+    clock.advance(chrono::Duration::minutes(15));
+    let fixed = post(&env, &api, &customer, &edit, json!({"text": "fixed"})).await;
+    assert_eq!(
+        fixed.status(),
+        200,
+        "at 15 minutes the window is still open"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    let before = env.event_count().await;
+    let late = post(&env, &api, &customer, &edit, json!({"text": "too late"})).await;
+    expect_problem(late, 422, "edit_window_closed").await;
+    assert_eq!(env.event_count().await, before);
+    api.stop().await;
+}

@@ -15,7 +15,9 @@ enum Api {
     Query,
 }
 
-/// `{tenant}` is the other tenant's id, `{user}` an admin user of the other tenant.
+/// `{tenant}` is the other tenant's id, `{user}` an admin user of the other tenant,
+/// `{thread}` one of its chat threads, `{message}` a message and `{scheduled}` a scheduled
+/// message in it.
 const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
     (
         Api::Command,
@@ -91,6 +93,139 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
         "/v1/admin-users/{user}/reactivate",
         None,
     ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/messages",
+        Some(r#"{"text": "hi"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/messages/{message}/edit",
+        Some(r#"{"text": "x"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/messages/{message}/delete",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/read",
+        Some(r#"{"number": 1}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/assign",
+        Some(r#"{"agent_id": null}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/bot",
+        Some(r#"{"enabled": false}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/close",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/reopen",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/tags",
+        Some(r#"{"tags": ["x"]}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/participants",
+        Some(r#"{"user_id": "u", "kind": "agent"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/scheduled",
+        Some(r#"{"text": "x", "due_at": "2099-01-01T00:00:00Z"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/scheduled/{scheduled}/reschedule",
+        Some(r#"{"due_at": "2099-01-01T00:00:00Z"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/scheduled/{scheduled}/cancel",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads/{thread}/scheduled/{scheduled}/deliver",
+        None,
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/chat/threads",
+        Some(r#"{"tenant_id": "{tenant}"}"#),
+    ),
+    (Api::Query, "GET", "/v1/chat/threads/{thread}", None),
+    (
+        Api::Query,
+        "GET",
+        "/v1/chat/threads/{thread}/messages",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/chat/threads/{thread}/scheduled",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/chat/threads?tenant_id={tenant}",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/chat/unread?tenant_id={tenant}",
+        None,
+    ),
+    (
+        Api::Query,
+        "POST",
+        "/realtime/auth",
+        Some(r#"{"socket_id": "1.1", "channel_name": "private-thread-{thread}"}"#),
+    ),
+    (
+        Api::Query,
+        "POST",
+        "/realtime/auth",
+        Some(r#"{"socket_id": "1.1", "channel_name": "private-tenant-{tenant}"}"#),
+    ),
+    (
+        Api::Query,
+        "POST",
+        "/realtime/auth",
+        Some(r#"{"socket_id": "1.1", "channel_name": "presence-tenant-{tenant}"}"#),
+    ),
     (Api::Query, "GET", "/v1/tenants/{tenant}", None),
     (Api::Query, "GET", "/v1/audit/tenant/{tenant}", None),
     (Api::Query, "GET", "/v1/audit/admin_user/{user}", None),
@@ -124,15 +259,59 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         .as_str()
         .expect("id")
         .to_owned();
+    // A thread of theirs, with a message and a scheduled message.
+    let customer = env.phone_user(&theirs, "their-customer");
+    let post = |token: String, path: String, body: Value| {
+        let request = env.http.post(api.url(&path)).bearer_auth(token).json(&body);
+        async move {
+            let response = request.send().await.expect("sent");
+            assert!(response.status().is_success(), "{path}");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let thread = post(
+        customer.clone(),
+        "/v1/chat/threads".into(),
+        json!({"subject": "their-side secret"}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let message = post(
+        customer,
+        format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "secret-keeper knows"}),
+    )
+    .await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let scheduled = post(
+        env.admin_of(&theirs),
+        format!("/v1/chat/threads/{thread}/scheduled"),
+        json!({"text": "later", "due_at": (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(
+        scheduled["scheduled_id"].as_str().map(str::len),
+        Some(36),
+        "{scheduled}"
+    );
+    let scheduled = scheduled["scheduled_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     // Their data is in the read models before we start probing.
     eventually(Duration::from_secs(20), "their rows projected", || async {
         let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM admin_users)",
+            "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM admin_users)
+                  + (SELECT count(*) FROM chat_messages) + (SELECT count(*) FROM chat_scheduled)",
         )
         .fetch_one(&env.pool)
         .await
         .ok()?;
-        (n == 3).then_some(())
+        (n == 5).then_some(())
     })
     .await;
     let before = env.event_count().await;
@@ -141,11 +320,18 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         user.as_str(),
         "their-side",
         "secret-keeper",
+        thread.as_str(),
+        message.as_str(),
     ];
 
     for token in [env.admin_of(&mine), env.agent_of(&mine)] {
         for (service, method, path, body) in MATRIX {
-            let path = path.replace("{tenant}", &theirs).replace("{user}", &user);
+            let path = path
+                .replace("{tenant}", &theirs)
+                .replace("{user}", &user)
+                .replace("{thread}", &thread)
+                .replace("{message}", &message)
+                .replace("{scheduled}", &scheduled);
             let url = match service {
                 Api::Command => api.url(&path),
                 Api::Query => query.url(&path),
@@ -155,9 +341,12 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
                 .request(method.parse().expect("method"), &url)
                 .bearer_auth(&token);
             if let Some(body) = body {
+                let body = body
+                    .replace("{tenant}", &theirs)
+                    .replace("{thread}", &thread);
                 request = request
                     .header("content-type", "application/json")
-                    .body(*body);
+                    .body(body);
             }
             let response = request.send().await.expect("sent");
             let status = response.status().as_u16();
@@ -174,7 +363,12 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
             }
         }
         // Lists answer only the caller's own tenant.
-        for list in ["/v1/tenants", "/v1/admin-users"] {
+        for list in [
+            "/v1/tenants",
+            "/v1/admin-users",
+            "/v1/chat/threads",
+            "/v1/chat/unread",
+        ] {
             let text = env
                 .http
                 .get(query.url(list))
