@@ -306,7 +306,8 @@ async fn plan(
 }
 
 /// The events of `events` a side effect still has to perform: those past their aggregate's
-/// checkpoint, in order, with gaps filled from the store. Reads without locking or writing,
+/// checkpoint, in order, with gaps filled from the store (an aggregate without a checkpoint
+/// starts at its first event in `events`). Reads without locking or writing,
 /// so it runs outside any transaction; the worker then moves the checkpoints with
 /// [`apply_all_in_order`].
 pub async fn pending_in_order(
@@ -330,10 +331,18 @@ pub async fn pending_in_order(
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let before = rows
+    let mut before: HashMap<(String, String), u64> = rows
         .into_iter()
         .map(|(t, i, s)| ((t, i), s as u64))
         .collect();
+    // An aggregate the effect has never seen starts where the effect first meets it: a side
+    // effect added to a running system does not replay each aggregate's past (a dashboard
+    // would show old messages as new).
+    for event in events {
+        before
+            .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+            .or_insert(event.sequence.saturating_sub(1));
+    }
     Ok(plan(conn, &before, events).await?.accepted)
 }
 

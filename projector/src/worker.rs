@@ -76,7 +76,13 @@ pub async fn durable_consumer(
     let mut config = pull::Config {
         durable_name: Some(projection.name().to_owned()),
         ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
+        // A read model is built from the start; a side effect added to a running system
+        // starts with what is new (it does not redo the past).
+        deliver_policy: if projection.effect().is_some() {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::All
+        },
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 10_000,
         ..Default::default()
