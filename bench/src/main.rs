@@ -212,6 +212,7 @@ async fn go(cli: Cli) -> Result<bool, Error> {
             stack,
             max_examples: cli.max_examples,
             seed: 1,
+            exclude_paths: Vec::new(),
         })
         .await?;
         for r in &results {
