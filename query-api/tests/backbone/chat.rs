@@ -561,3 +561,93 @@ async fn an_edit_after_fifteen_minutes_is_refused_and_appends_nothing() {
     assert_eq!(env.event_count().await, before);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_rebuild_of_chat_gives_the_rows_of_the_live_projection() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "rebuilt-chat").await;
+    let customer = env.phone_user(&tenant, "phone-rb");
+    let agent = env.agent_of(&tenant);
+    let mut last = 0;
+    for round in 0..3 {
+        let (thread, _) = open_thread(&env, &api, &customer, json!({"tags": ["t"]})).await;
+        let path = |p: &str| format!("/v1/chat/threads/{thread}{p}");
+        let sent: Value = post(
+            &env,
+            &api,
+            &customer,
+            &path("/messages"),
+            json!({"text": "a"}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        let first = sent["message_id"].as_str().expect("id").to_owned();
+        post(&env, &api, &agent, &path("/messages"), json!({"text": "b"})).await;
+        post(
+            &env,
+            &api,
+            &customer,
+            &path(&format!("/messages/{first}/edit")),
+            json!({"text": "a2"}),
+        )
+        .await;
+        if round == 1 {
+            post(
+                &env,
+                &api,
+                &agent,
+                &path(&format!("/messages/{first}/delete")),
+                json!({}),
+            )
+            .await;
+        }
+        post(&env, &api, &customer, &path("/read"), json!({"number": 2})).await;
+        let due = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+        post(
+            &env,
+            &api,
+            &agent,
+            &path("/scheduled"),
+            json!({"text": "later", "due_at": due}),
+        )
+        .await;
+        let closed = post(&env, &api, &agent, &path("/close"), json!({})).await;
+        assert_eq!(closed.status(), 200);
+        last += 1;
+    }
+    let snapshot = || async {
+        sqlx::query_scalar::<_, Value>(
+            "SELECT jsonb_build_object(
+                'threads', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]') FROM chat_threads t),
+                'participants', (SELECT coalesce(jsonb_agg(to_jsonb(p) ORDER BY thread_id, user_id), '[]') FROM chat_participants p),
+                'messages', (SELECT coalesce(jsonb_agg(to_jsonb(m) ORDER BY thread_id, number), '[]') FROM chat_messages m),
+                'reads', (SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY thread_id, reader_id), '[]') FROM chat_reads r),
+                'scheduled', (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY thread_id, id), '[]') FROM chat_scheduled s))",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("rows")
+    };
+    let live = eventually(Duration::from_secs(20), "the live projection", || async {
+        let rows = snapshot().await;
+        let closed = rows["threads"]
+            .as_array()
+            .is_some_and(|t| t.len() == last && t.iter().all(|t| t["status"] == "closed"));
+        closed.then_some(rows)
+    })
+    .await;
+    assert_eq!(live["messages"].as_array().map(Vec::len), Some(6));
+    projector.abort();
+    let report = projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(report.events, 3 * 7 + 1, "every thread event");
+    assert_eq!(snapshot().await, live, "the same rows");
+    query.stop().await;
+    api.stop().await;
+}
