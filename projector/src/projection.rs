@@ -307,8 +307,8 @@ async fn plan(
 
 /// The events of `events` a side effect still has to perform: those past their aggregate's
 /// checkpoint, in order, with gaps filled from the store (an aggregate without a checkpoint
-/// starts at its first event in `events`). Reads without locking or writing,
-/// so it runs outside any transaction; the worker then moves the checkpoints with
+/// gets one just before its first event in `events`). Runs outside any transaction (one
+/// short insert, then reads); the worker then moves the checkpoints with
 /// [`apply_all_in_order`].
 pub async fn pending_in_order(
     conn: &mut PgConnection,
@@ -316,6 +316,33 @@ pub async fn pending_in_order(
     target: &Target,
     events: &[Envelope],
 ) -> Result<Vec<Envelope>, ProjectionError> {
+    // An aggregate the effect has never seen starts where the effect first meets it (a side
+    // effect added to a running system does not replay each aggregate's past: a dashboard
+    // would show old messages as new). That start is recorded before anything is performed,
+    // so an event that fails and is retried later is not taken for the past by then.
+    let mut first: HashMap<(&str, &str), i64> = HashMap::new();
+    for e in events {
+        first
+            .entry((e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+            .or_insert(e.sequence.saturating_sub(1) as i64);
+    }
+    let mut starts = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, i), s) in &first {
+        starts.0.push(*t);
+        starts.1.push(*i);
+        starts.2.push(*s);
+    }
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+         SELECT $1, t, i, s FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
+         ON CONFLICT (projection, aggregate_type, aggregate_id) DO NOTHING",
+    )
+    .bind(target.checkpoint(projection.name()))
+    .bind(&starts.0)
+    .bind(&starts.1)
+    .bind(&starts.2)
+    .execute(&mut *conn)
+    .await?;
     let (types, ids): (Vec<&str>, Vec<&str>) = events
         .iter()
         .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
@@ -331,18 +358,10 @@ pub async fn pending_in_order(
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let mut before: HashMap<(String, String), u64> = rows
+    let before: HashMap<(String, String), u64> = rows
         .into_iter()
         .map(|(t, i, s)| ((t, i), s as u64))
         .collect();
-    // An aggregate the effect has never seen starts where the effect first meets it: a side
-    // effect added to a running system does not replay each aggregate's past (a dashboard
-    // would show old messages as new).
-    for event in events {
-        before
-            .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
-            .or_insert(event.sequence.saturating_sub(1));
-    }
     Ok(plan(conn, &before, events).await?.accepted)
 }
 

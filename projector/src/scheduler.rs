@@ -102,32 +102,43 @@ impl Scheduler {
         }
     }
 
-    /// The earliest due time of a pending scheduled message.
+    /// The earliest due time of a pending scheduled message not sent a moment ago.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar("SELECT min(due_at) FROM chat_scheduled WHERE status = 'pending'")
-            .fetch_one(&self.pool)
-            .await
+        let (threads, ids): (Vec<Uuid>, Vec<String>) = self.quiet_keys().into_iter().unzip();
+        sqlx::query_scalar(
+            "SELECT min(due_at) FROM chat_scheduled
+              WHERE status = 'pending'
+                AND (thread_id, id) NOT IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+        )
+        .bind(&threads)
+        .bind(&ids)
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Sends the delivery command of every pending message due by the clock's now: the unit
     /// the loop repeats, and what tests drive.
     pub async fn step(&self) -> Result<StepReport, sqlx::Error> {
         let now = self.clock.now();
+        // What was sent a moment ago is left out in the query, so rows that wait for the read
+        // model (or were refused) never crowd later due messages out of the batch.
+        let (quiet_threads, quiet_ids): (Vec<Uuid>, Vec<String>) =
+            self.quiet_keys().into_iter().unzip();
         let due: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT thread_id, id FROM chat_scheduled
               WHERE status = 'pending' AND due_at <= $1
+                AND (thread_id, id) NOT IN (SELECT * FROM unnest($3::uuid[], $4::text[]))
               ORDER BY due_at, thread_id, id LIMIT $2",
         )
         .bind(now)
         .bind(BATCH)
+        .bind(&quiet_threads)
+        .bind(&quiet_ids)
         .fetch_all(&self.pool)
         .await?;
         let mut report = StepReport::default();
         let token = self.keys.service_token("scheduler", 300);
         for key in due {
-            if self.is_quiet(&key) {
-                continue;
-            }
             let (thread, id) = &key;
             let url = format!(
                 "{}/v1/chat/threads/{thread}/scheduled/{id}/deliver",
@@ -177,12 +188,13 @@ impl Scheduler {
         Ok(report)
     }
 
-    fn is_quiet(&self, key: &(Uuid, String)) -> bool {
+    /// The deliveries sent (or refused) within the last [`QUIET`].
+    fn quiet_keys(&self) -> Vec<(Uuid, String)> {
         let Ok(mut quiet) = self.quiet.lock() else {
-            return false;
+            return Vec::new();
         };
         quiet.retain(|_, at| at.elapsed() < QUIET);
-        quiet.contains_key(key)
+        quiet.keys().cloned().collect()
     }
 
     fn hush(&self, key: (Uuid, String)) {

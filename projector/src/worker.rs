@@ -169,6 +169,19 @@ impl Worker {
                     count(&mut report, a);
                 }
             }
+            // A side effect's service is down: trying each message alone would wait for it
+            // once per message. The whole batch comes back later, in order.
+            Err(e) if e.is_transient() && self.projection.effect().is_some() => {
+                tracing::warn!(projection = self.projection.name(), error = %e, "side effect failed; the batch will be retried");
+                for (message, _) in &decoded {
+                    ack(
+                        message,
+                        AckKind::Nak(Some(retry_delay(deliveries(message)))),
+                    )
+                    .await;
+                    report.retried += 1;
+                }
+            }
             Err(e) => {
                 tracing::warn!(projection = self.projection.name(), error = %e, "batch failed; retrying one by one");
                 for (message, envelope) in &decoded {
@@ -247,9 +260,7 @@ impl Worker {
                         .await;
                     report.dead_lettered += 1;
                 } else {
-                    // 1 s, 2 s, 4 s … capped at a minute.
-                    let delay = Duration::from_secs(1 << (n - 1).clamp(0, 6) as u32)
-                        .min(Duration::from_secs(60));
+                    let delay = retry_delay(n);
                     tracing::warn!(projection = self.projection.name(), event_id = %envelope.event_id(), error = %e, deliveries = n, "apply failed; will retry");
                     ack(message, AckKind::Nak(Some(delay))).await;
                     report.retried += 1;
@@ -322,6 +333,12 @@ fn count(report: &mut StepReport, applied: Applied) {
         Applied::Applied { filled } => report.applied += 1 + filled,
         Applied::Duplicate => report.duplicates += 1,
     }
+}
+
+/// The pause before delivery `n + 1` of a message that failed: 1 s, 2 s, 4 s … at most a
+/// minute.
+fn retry_delay(n: i64) -> Duration {
+    Duration::from_secs(1 << (n - 1).clamp(0, 6) as u32).min(Duration::from_secs(60))
 }
 
 fn deliveries(message: &Message) -> i64 {

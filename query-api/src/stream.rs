@@ -34,6 +34,8 @@ const WINDOW_EVENTS: usize = 10_000;
 const WINDOW: Duration = Duration::from_secs(300);
 /// Events a slow stream may fall behind before it is told to reset.
 const LAG: usize = 4096;
+/// How long a stream trusts that its customer does not take part in a thread.
+const NO_FOR: Duration = Duration::from_secs(2);
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -158,8 +160,9 @@ impl Hub {
 struct Viewer {
     /// The token's principal.
     who: Principal,
-    /// Thread id → whether the customer takes part.
-    threads: HashMap<String, bool>,
+    /// Thread id → whether the customer takes part, and when that was learnt ("no" is
+    /// asked again after a moment: the customer may be added).
+    threads: HashMap<String, (bool, Instant)>,
     /// Read models, for participation.
     pool: sqlx::PgPool,
 }
@@ -167,6 +170,17 @@ struct Viewer {
 impl Viewer {
     /// True when one of the event's channels is one the token may join.
     async fn may_see(&mut self, event: &RealtimeEvent) -> bool {
+        // An event that also goes to this user's own channel (a thread opened for them, or
+        // they were added) says they take part, before the read model may know it.
+        let mine = Channel::User(self.who.user_id().to_owned()).name();
+        if event.channels.contains(&mine) {
+            for name in &event.channels {
+                if let Some(Channel::Thread(thread)) = Channel::parse(name) {
+                    self.threads.insert(thread, (true, Instant::now()));
+                }
+            }
+            return true;
+        }
         for name in &event.channels {
             let visible = match Channel::parse(name) {
                 Some(Channel::Tenant(tenant)) => self.who.is_staff_of(&tenant),
@@ -188,8 +202,10 @@ impl Viewer {
     }
 
     async fn takes_part(&mut self, thread: &str) -> bool {
-        if let Some(known) = self.threads.get(thread) {
-            return *known;
+        match self.threads.get(thread) {
+            Some((true, _)) => return true,
+            Some((false, at)) if at.elapsed() < NO_FOR => return false,
+            _ => {}
         }
         let Ok(id) = Uuid::parse_str(thread) else {
             return false;
@@ -203,11 +219,8 @@ impl Viewer {
         .await;
         match found {
             Ok(known) => {
-                // Participation only grows; a "no" may become a "yes" (added later), so only
-                // a "yes" is remembered.
-                if known {
-                    self.threads.insert(thread.to_owned(), true);
-                }
+                self.threads
+                    .insert(thread.to_owned(), (known, Instant::now()));
                 known
             }
             Err(_) => false,
@@ -231,6 +244,8 @@ fn reset() -> Event {
 /// What one open stream holds between events.
 struct Open {
     viewer: Viewer,
+    /// When the token expires: the stream ends then (the client reconnects with a new one).
+    expires: tokio::time::Instant,
     /// Becomes true when the server shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
     live: broadcast::Receiver<Arc<Received>>,
@@ -249,6 +264,15 @@ async fn stream(
     if matches!(who, Principal::Service { .. }) {
         return Err(Problem::forbidden("Streams are for staff and customers."));
     }
+    // The extractor verified the token; its `exp` bounds the stream.
+    let exp = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
+        .and_then(|token| state.tokens.claims(token).ok())
+        .map_or(0, |c| c.exp);
+    let left = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+    let expires = tokio::time::Instant::now() + Duration::from_secs(left);
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -259,6 +283,7 @@ async fn stream(
     let replay: VecDeque<Arc<Received>> = replay.unwrap_or_default().into();
     let replayed_to = replay.back().map(|r| r.seq);
     let open = Open {
+        expires,
         closing: state.hub.closing.subscribe(),
         viewer: Viewer {
             who,
@@ -281,6 +306,7 @@ async fn stream(
                 None => match tokio::select! {
                     received = open.live.recv() => received,
                     _ = open.closing.wait_for(|closing| *closing) => return None,
+                    () = tokio::time::sleep_until(open.expires) => return None,
                 } {
                     Ok(r) if open.replayed_to.is_some_and(|to| r.seq <= to) => continue,
                     Ok(r) => r,

@@ -222,9 +222,15 @@ fn text(raw: &str, attachment: bool) -> Result<String, ThreadError> {
     Ok(parsed.into_inner())
 }
 
-fn attachment(raw: Option<Attachment>) -> Result<Option<Attachment>, ThreadError> {
-    raw.map(|a| values::attachment(a).ok_or(ThreadError::InvalidAttachment))
-        .transpose()
+/// An attachment reference: well-formed, and a blob of the thread's own tenant
+/// (`tenants/{tenant_id}/…`), so a message cannot point at another tenant's files.
+fn attachment(raw: Option<Attachment>, tenant: &str) -> Result<Option<Attachment>, ThreadError> {
+    raw.map(|a| {
+        values::attachment(a)
+            .filter(|a| a.object_key.starts_with(&format!("tenants/{tenant}/")))
+            .ok_or(ThreadError::InvalidAttachment)
+    })
+    .transpose()
 }
 
 /// A due time: after `now`, at most 90 days ahead.
@@ -320,7 +326,11 @@ impl Thread {
             return Ok(vec![]);
         };
         if self.tenant_id.is_some() {
-            return Err(ThreadError::AlreadyExists);
+            // Whether an id is taken is nobody's business but those who may see the thread.
+            return Err(match self.access(actor) {
+                Ok(_) => ThreadError::AlreadyExists,
+                Err(e) => e,
+            });
         }
         let customer = match actor {
             Actor::Phone {
@@ -344,6 +354,10 @@ impl Thread {
             _ => match customer {
                 None => None,
                 Some(c) if c.kind == PartyKind::Phone => {
+                    if values::label(&c.id, values::MAX_ID_CHARS).as_deref() != Some(c.id.as_str())
+                    {
+                        return Err(ThreadError::UnknownCustomer);
+                    }
                     if !services
                         .is_phone_user(&tenant_id, &c.id)
                         .await
@@ -392,6 +406,11 @@ impl Thread {
             Action::Open { .. } => vec![],
             Action::AddParticipant { participant } => {
                 self.staff_only(&actor)?;
+                if values::label(&participant.id, values::MAX_ID_CHARS).as_deref()
+                    != Some(participant.id.as_str())
+                {
+                    return Err(ThreadError::InvalidParticipant);
+                }
                 let known = match participant.kind {
                     PartyKind::Phone => services.is_phone_user(&tenant, &participant.id).await,
                     PartyKind::Agent => services.is_staff(&tenant, &participant.id).await,
@@ -418,6 +437,9 @@ impl Thread {
                     return Ok(vec![]);
                 }
                 if let Some(agent) = &agent_id {
+                    if values::label(agent, values::MAX_ID_CHARS).as_deref() != Some(agent) {
+                        return Err(ThreadError::UnknownAgent);
+                    }
                     if !services
                         .is_staff(&tenant, agent)
                         .await
@@ -427,6 +449,9 @@ impl Thread {
                     }
                 }
                 if let Some(name) = &department {
+                    if values::label(name, values::MAX_ID_CHARS).as_deref() != Some(name) {
+                        return Err(ThreadError::UnknownDepartment);
+                    }
                     if !services
                         .has_department(&tenant, name)
                         .await
@@ -480,7 +505,7 @@ impl Thread {
                 if retried || self.numbers.contains_key(&message_id) {
                     return Ok(vec![]);
                 }
-                let attachment = attachment(raw_attachment)?;
+                let attachment = attachment(raw_attachment, &tenant)?;
                 let text = text(&raw, attachment.is_some())?;
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
@@ -553,7 +578,7 @@ impl Thread {
                     return Ok(vec![]);
                 }
                 due(at, due_at)?;
-                let attachment = attachment(raw_attachment)?;
+                let attachment = attachment(raw_attachment, &tenant)?;
                 let text = text(&raw, attachment.is_some())?;
                 vec![ThreadEvent::MessageScheduled {
                     scheduled_id,
@@ -703,6 +728,9 @@ impl Aggregate for Thread {
                 if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
                     s.state = ScheduleState::Delivered;
                 }
+                // An author has read what they wrote (the read model counts it so too).
+                let read = self.reads.entry(author.id.clone()).or_insert(0);
+                *read = (*read).max(number);
                 self.numbers.insert(message_id.clone(), number);
                 self.messages.push(MessageState {
                     id: message_id,
@@ -1786,6 +1814,92 @@ mod tests {
                 ThreadEvent::Reopened { at: minutes(60) },
                 delivery("s1", 1, minutes(60)),
             ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mark_read_below_what_the_reader_wrote_records_nothing() {
+        expect_events(
+            vec![
+                opened(),
+                sent("m1", 1, agent_party(), minutes(1)),
+                sent("m2", 2, agent_party(), minutes(2)),
+            ],
+            cmd(agent(), minutes(3), Action::MarkRead { number: 1 }),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn send_with_an_attachment_of_another_tenant_is_refused() {
+        let foreign = Action::Send {
+            message_id: "m1".into(),
+            client_message_id: None,
+            text: "look".into(),
+            attachment: Some(Attachment {
+                object_key: "tenants/t2/logo/x.png".into(),
+                content_type: "image/png".into(),
+                name: None,
+                size_bytes: 10,
+            }),
+        };
+        expect_error(
+            vec![opened()],
+            cmd(customer(), minutes(1), foreign),
+            ThreadError::InvalidAttachment,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ids_with_control_characters_are_refused_before_any_look_up() {
+        let assign = |agent: &str, department: Option<&str>| Action::Assign {
+            agent_id: Some(agent.into()),
+            department: department.map(Into::into),
+        };
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), assign("agent-\u{0}", None)),
+            ThreadError::UnknownAgent,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), assign("agent-1", Some("sa\u{0}les"))),
+            ThreadError::UnknownDepartment,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(
+                agent(),
+                t0(),
+                Action::AddParticipant {
+                    participant: Party {
+                        id: "phone-\u{0}".into(),
+                        kind: PartyKind::Phone,
+                    },
+                },
+            ),
+            ThreadError::InvalidParticipant,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_of_a_taken_id_is_a_conflict_only_for_those_who_may_see_it() {
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), open_action()),
+            ThreadError::AlreadyExists,
+        )
+        .await;
+        expect_error(
+            vec![opened()],
+            cmd(stranger(), t0(), open_action()),
+            ThreadError::NotFound,
         )
         .await;
     }

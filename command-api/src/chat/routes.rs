@@ -17,7 +17,7 @@ use super::aggregate::ThreadError;
 use super::commands::{Action, Actor, ThreadCommand};
 use crate::http::idempotency::KeyedRequest;
 use crate::http::{accepted, if_match};
-use crate::store::{CommandError, Committed};
+use crate::store::Committed;
 use crate::AppState;
 
 /// The routes of the chat context.
@@ -229,14 +229,12 @@ async fn open(
         },
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .threads
-        .execute(&id, Some(0), command, &metadata)
-        .await
-        .map_err(|e| match e {
-            CommandError::VersionConflict { .. } => ThreadError::AlreadyExists.into_problem(),
-            other => other.into(),
-        })?;
+    // No expected version: the aggregate tells a taken id (409 to those who may see the
+    // thread, 404 to others) and the store's key settles a race between two opens.
+    let c = state.threads.execute(&id, None, command, &metadata).await?;
+    if c.appended == 0 {
+        return Err(ThreadError::AlreadyExists.into_problem());
+    }
     Ok(accepted(
         StatusCode::CREATED,
         THREAD,

@@ -10,6 +10,8 @@ pub const MAX_SUBJECT_CHARS: usize = 200;
 pub const MAX_TAGS: usize = 20;
 /// Longest tag.
 pub const MAX_TAG_CHARS: usize = 40;
+/// Longest user id, department name or other id named in a command.
+pub const MAX_ID_CHARS: usize = 200;
 /// Longest client-supplied message id.
 pub const MAX_CLIENT_ID_CHARS: usize = 100;
 /// Largest attachment a message may refer to (100 MiB, the upload limit of media).

@@ -148,11 +148,8 @@ impl Effect for Realtime {
                     .map(move |c| json!({"channel": c, "name": e.name, "data": data}))
             })
             .collect();
-        if let Some(app) = &self.app {
-            for batch in items.chunks(BATCH_LIMIT) {
-                self.send(app, batch).await?;
-            }
-        }
+        // SSE first: a Soketi outage must not stop SSE clients (a retry repeats these, and
+        // `event_id` lets a client drop a repeat).
         if let Some(nats) = &self.nats {
             for event in &outgoing {
                 let subject = format!("{}.{}", self.subject_prefix, event.tenant_id);
@@ -162,6 +159,11 @@ impl Effect for Realtime {
                 if let Err(e) = nats.publish(subject, payload.into()).await {
                     tracing::warn!(error = %e, "could not fan a realtime event out on NATS");
                 }
+            }
+        }
+        if let Some(app) = &self.app {
+            for batch in items.chunks(BATCH_LIMIT) {
+                self.send(app, batch).await?;
             }
         }
         Ok(())

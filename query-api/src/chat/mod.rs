@@ -55,6 +55,19 @@ pub struct ThreadView {
     participant: bool,
 }
 
+impl ThreadView {
+    /// What a customer sees of a thread: not the staff's own notes (tags) nor who on the
+    /// staff side handles it.
+    fn as_seen_by(mut self, who: &Principal) -> Self {
+        if matches!(who, Principal::Phone { .. }) {
+            self.tags.clear();
+            self.agent_id = None;
+            self.department = None;
+        }
+        self
+    }
+}
+
 /// The thread columns, with the caller (`$1`) as reader and participant.
 const THREAD_COLUMNS: &str = "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
      t.opened_by, t.agent_id, t.department, t.bot_enabled, t.tags, t.message_count, t.last_message, \
@@ -220,6 +233,7 @@ async fn list(
     } else {
         None
     };
+    let items = items.into_iter().map(|t| t.as_seen_by(&who)).collect();
     Ok(Json(ThreadPage { items, next_cursor }).into_response())
 }
 
@@ -329,10 +343,12 @@ async fn detail(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let version = thread.version;
+    let customer = matches!(who, Principal::Phone { .. });
     let mut response = Json(ThreadDetail {
-        thread,
+        thread: thread.as_seen_by(&who),
         participants,
-        readers,
+        // Which staff read the thread, and when, is the staff's business.
+        readers: if customer { Vec::new() } else { readers },
     })
     .into_response();
     freshness::version_headers(response.headers_mut(), Some(version), stale);
