@@ -58,7 +58,7 @@ pub struct ThreadView {
 impl ThreadView {
     /// What a customer sees of a thread: not the staff's own notes (tags) nor who on the
     /// staff side handles it.
-    fn as_seen_by(mut self, who: &Principal) -> Self {
+    fn seen_by(mut self, who: &Principal) -> Self {
         if matches!(who, Principal::Phone { .. }) {
             self.tags.clear();
             self.agent_id = None;
@@ -233,7 +233,7 @@ async fn list(
     } else {
         None
     };
-    let items = items.into_iter().map(|t| t.as_seen_by(&who)).collect();
+    let items = items.into_iter().map(|t| t.seen_by(&who)).collect();
     Ok(Json(ThreadPage { items, next_cursor }).into_response())
 }
 
@@ -345,7 +345,7 @@ async fn detail(
     let version = thread.version;
     let customer = matches!(who, Principal::Phone { .. });
     let mut response = Json(ThreadDetail {
-        thread: thread.as_seen_by(&who),
+        thread: thread.seen_by(&who),
         participants,
         // Which staff read the thread, and when, is the staff's business.
         readers: if customer { Vec::new() } else { readers },
