@@ -49,8 +49,9 @@ struct Received {
     seq: u64,
     /// When it arrived.
     at: Instant,
-    /// The event.
-    event: RealtimeEvent,
+    /// The event; `None` marks a gap (the NATS connection dropped, so events may have been
+    /// missed: every stream is told to reset).
+    event: Option<RealtimeEvent>,
 }
 
 /// The recent window and the broadcast to open streams.
@@ -87,7 +88,19 @@ impl Hub {
         tokio::spawn(async move {
             loop {
                 let outcome = async {
-                    let client = async_nats::connect(&nats_url).await?;
+                    let watcher = hub.clone();
+                    let client = async_nats::ConnectOptions::new()
+                        .event_callback(move |event| {
+                            let hub = watcher.clone();
+                            async move {
+                                // Core NATS keeps nothing for a disconnected subscriber.
+                                if matches!(event, async_nats::Event::Disconnected) {
+                                    hub.gap();
+                                }
+                            }
+                        })
+                        .connect(&nats_url)
+                        .await?;
                     let mut subscription = client.subscribe(format!("{prefix}.>")).await?;
                     tracing::info!(subject = %format!("{prefix}.>"), "following realtime events");
                     while let Some(message) = subscription.next().await {
@@ -107,6 +120,23 @@ impl Hub {
         });
     }
 
+    /// Records that events may have been missed: the window no longer vouches for what
+    /// came before, and open streams reset.
+    pub fn gap(&self) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let (window, next) = &mut *recent;
+        window.clear();
+        let marker = Arc::new(Received {
+            seq: *next,
+            at: Instant::now(),
+            event: None,
+        });
+        *next += 1;
+        let _ = self.live.send(marker);
+    }
+
     /// Records an event and hands it to open streams.
     pub fn receive(&self, event: RealtimeEvent) {
         let Ok(mut recent) = self.recent.lock() else {
@@ -116,7 +146,7 @@ impl Hub {
         let received = Arc::new(Received {
             seq: *next,
             at: Instant::now(),
-            event,
+            event: Some(event),
         });
         *next += 1;
         window.push_back(received.clone());
@@ -149,7 +179,7 @@ impl Hub {
             Some(id) => recent
                 .0
                 .iter()
-                .position(|r| r.event.id == id)
+                .position(|r| r.event.as_ref().is_some_and(|e| e.id == id))
                 .map(|i| recent.0.iter().skip(i + 1).cloned().collect()),
         };
         (live, replay)
@@ -228,11 +258,11 @@ impl Viewer {
     }
 }
 
-fn sse(received: &Received) -> Event {
+fn sse(event: &RealtimeEvent) -> Event {
     Event::default()
-        .event(received.event.name.as_str())
-        .id(received.event.id.as_str())
-        .data(received.event.data.to_string())
+        .event(event.name.as_str())
+        .id(event.id.as_str())
+        .data(event.data.to_string())
 }
 
 fn reset() -> Event {
@@ -316,12 +346,54 @@ async fn stream(
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             };
-            if open.viewer.may_see(&next.event).await {
-                return Some((Ok(sse(&next)), open));
+            let Some(event) = &next.event else {
+                return Some((Ok(reset()), open));
+            };
+            if open.viewer.may_see(event).await {
+                return Some((Ok(sse(event)), open));
             }
         }
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> RealtimeEvent {
+        RealtimeEvent {
+            id: id.to_owned(),
+            tenant_id: "t1".to_owned(),
+            channels: vec!["private-tenant-t1".to_owned()],
+            name: "message.created".to_owned(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn resume_replays_what_followed_and_a_gap_forgets_the_window() {
+        let hub = Hub::new();
+        for id in ["a", "b", "c"] {
+            hub.receive(event(id));
+        }
+        let (_, replay) = hub.subscribe(Some("a"));
+        let ids: Vec<String> = replay
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.event.as_ref().map(|e| e.id.clone()))
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert!(hub.subscribe(Some("unknown")).1.is_none(), "reset");
+        let (mut live, _) = hub.subscribe(None);
+        hub.gap();
+        let marker = live.try_recv().expect("a marker");
+        assert!(marker.event.is_none(), "open streams are told to reset");
+        assert!(
+            hub.subscribe(Some("c")).1.is_none(),
+            "after a gap the window no longer vouches for what came before"
+        );
+    }
 }

@@ -135,7 +135,7 @@ fn changed(c: &Committed) -> Response {
 }
 
 /// 201 with the thread, its version and the id of what the command created in it.
-fn created_item(c: &Committed, field: &'static str, item_id: &str) -> Response {
+pub(crate) fn created_item(c: &Committed, field: &'static str, item_id: &str) -> Response {
     let body = serde_json::json!({
         "id": c.aggregate_id,
         "version": c.version,

@@ -421,7 +421,7 @@ async fn recovered_answer(
           GROUP BY aggregate_type, aggregate_id",
     )
     .bind(request_id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some((aggregate_type, id, first, version)) = row else {
         return Ok(None);
@@ -431,7 +431,40 @@ async fn recovered_answer(
     } else {
         StatusCode::OK
     };
-    let (parts, body) = super::accepted(status, &aggregate_type, &id, version as u64).into_parts();
+    // A message or a scheduled message answered with its own id too (201).
+    let item: Option<(String, String)> = if aggregate_type == events::chat::THREAD {
+        sqlx::query_as(
+            "SELECT k, v FROM (
+                 SELECT 'message_id' AS k, payload->'MessageSent'->>'message_id' AS v, sequence
+                   FROM events WHERE metadata->>'request_id' = $1
+                 UNION ALL
+                 SELECT 'scheduled_id', payload->'MessageScheduled'->>'scheduled_id', sequence
+                   FROM events WHERE metadata->>'request_id' = $1) AS items
+              WHERE v IS NOT NULL ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    } else {
+        None
+    };
+    let response = match &item {
+        Some((field, item_id)) => crate::chat::routes::created_item(
+            &crate::store::Committed {
+                aggregate_id: id.clone(),
+                version: version as u64,
+                appended: 0,
+            },
+            match field.as_str() {
+                "message_id" => "message_id",
+                _ => "scheduled_id",
+            },
+            item_id,
+        ),
+        None => super::accepted(status, &aggregate_type, &id, version as u64),
+    };
+    let status = response.status();
+    let (parts, body) = response.into_parts();
     let body = to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default()

@@ -651,3 +651,38 @@ async fn a_rebuild_of_chat_gives_the_rows_of_the_live_projection() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_lost_answer_to_a_keyed_message_is_recovered_with_the_message_id() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "recovered").await;
+    let customer = env.phone_user(&tenant, "phone-rec");
+    let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
+    let send = || {
+        env.http
+            .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
+            .bearer_auth(&customer)
+            .header("idempotency-key", "msg-1")
+            .json(&json!({"text": "once"}))
+            .send()
+    };
+    let first = send().await.expect("sent");
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("json");
+    // The process died after the commit: the answer was never recorded.
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = NULL, headers = NULL, body = NULL,
+                created_at = now() - interval '2 minutes' WHERE key = 'msg-1'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("lose the answer");
+    let events = env.event_count().await;
+    let retry = send().await.expect("sent");
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.expect("json"), first);
+    assert_eq!(env.event_count().await, events, "not sent twice");
+    api.stop().await;
+}
