@@ -85,7 +85,7 @@ enum Run {
     Commands,
     /// Time from a command's 2xx to the change being visible through the query API.
     Lag,
-    /// The tenant list page and detail under C clients.
+    /// A tenant's inbox page (chat threads) and a thread's detail under C clients.
     Queries,
     /// `projector rebuild` over the seeded store.
     Rebuild,

@@ -157,8 +157,8 @@ impl Report {
             line(&mut out, "lag (2xx → visible)", s);
         }
         if let Some(q) = &self.queries {
-            line(&mut out, "list page (50 rows, cursor)", &q.list);
-            line(&mut out, "tenant detail", &q.detail);
+            line(&mut out, "inbox page (50 rows, cursor)", &q.list);
+            line(&mut out, "thread detail", &q.detail);
         }
         if let Some(r) = &self.rebuild {
             out.push_str(&format!(

@@ -74,7 +74,7 @@ impl Api {
             .ok_or_else(|| "no id in the answer".into())
     }
 
-    /// Replaces a tenant's preferences (the hot command until chat exists).
+    /// Replaces a tenant's preferences (the fault harness's command: it audits tenants).
     pub async fn update_preferences(&self, tenant: &str, preferences: &Value) -> Outcome {
         let key = self
             .idempotency_keys
@@ -90,14 +90,42 @@ impl Api {
         preferences: &Value,
         key: Option<&str>,
     ) -> Outcome {
-        let mut request = self
+        let url = format!("{}/v1/tenants/{tenant}/preferences", self.command_url);
+        self.command(url, preferences, key).await
+    }
+
+    /// Opens a chat thread in `tenant` (as the super admin); returns its id.
+    pub async fn open_thread(&self, tenant: &str) -> Result<String, Error> {
+        let response = self
             .http
-            .post(format!(
-                "{}/v1/tenants/{tenant}/preferences",
-                self.command_url
-            ))
+            .post(format!("{}/v1/chat/threads", self.command_url))
             .bearer_auth(&self.token)
-            .json(preferences);
+            .json(&json!({"tenant_id": tenant, "subject": "bench"}))
+            .send()
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(format!("opening a thread: {}", response.status()).into());
+        }
+        let body: Value = response.json().await?;
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "no id in the answer".into())
+    }
+
+    /// Sends a chat message to `thread`: the hot command.
+    pub async fn send_message(&self, thread: &str, text: &str) -> Outcome {
+        let key = self
+            .idempotency_keys
+            .then(|| uuid::Uuid::new_v4().to_string());
+        let url = format!("{}/v1/chat/threads/{thread}/messages", self.command_url);
+        self.command(url, &json!({ "text": text }), key.as_deref())
+            .await
+    }
+
+    /// POSTs a command; its outcome with the aggregate's new version.
+    async fn command(&self, url: String, body: &Value, key: Option<&str>) -> Outcome {
+        let mut request = self.http.post(url).bearer_auth(&self.token).json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -116,10 +144,10 @@ impl Api {
         }
     }
 
-    /// Reads a tenant, waiting (bounded, server side) until it reflects `min_version`; true
-    /// when the answer is fresh.
-    pub async fn detail(&self, tenant: &str, min_version: Option<u64>) -> bool {
-        let mut url = format!("{}/v1/tenants/{tenant}", self.query_url);
+    /// Reads a chat thread, waiting (bounded, server side) until it reflects `min_version`;
+    /// true when the answer is fresh.
+    pub async fn thread_detail(&self, thread: &str, min_version: Option<u64>) -> bool {
+        let mut url = format!("{}/v1/chat/threads/{thread}", self.query_url);
         if let Some(v) = min_version {
             url.push_str(&format!("?min_version={v}"));
         }
@@ -127,16 +155,20 @@ impl Api {
             Ok(r) => {
                 let fresh = r.headers().get("x-read-stale").is_none();
                 let ok = r.status() == StatusCode::OK;
-                // Read the body: a client pays for it too.
                 r.bytes().await.is_ok() && ok && fresh
             }
             Err(_) => false,
         }
     }
 
-    /// One page of the tenant list (50 rows); returns the next page's cursor.
-    pub async fn list(&self, cursor: Option<&str>) -> Result<Option<String>, Error> {
-        let mut url = format!("{}/v1/tenants?limit=50", self.query_url);
+    /// One page of a tenant's inbox (50 threads); returns the next page's cursor.
+    pub async fn inbox(&self, tenant: &str, cursor: Option<&str>) -> Result<Option<String>, Error> {
+        let url = format!("{}/v1/chat/threads?limit=50&tenant_id={tenant}", self.query_url);
+        self.page(url, cursor).await
+    }
+
+    /// One page of 50 rows at `url`; returns the next page's cursor.
+    async fn page(&self, mut url: String, cursor: Option<&str>) -> Result<Option<String>, Error> {
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -159,15 +191,18 @@ impl Api {
     }
 }
 
-/// The seeded data the workloads use.
+/// The seeded data the workloads use: chat threads of one tenant.
 pub struct Seed {
-    /// Tenants whose streams hold `events_per_hot` events each.
+    /// The tenant the threads belong to.
+    pub tenant: String,
+    /// Threads whose streams hold `events_per_hot` events each.
     pub hot: Vec<String>,
-    /// Every tenant, hot ones included.
+    /// Every thread, hot ones included.
     pub all: Vec<String>,
 }
 
-/// Creates `total` tenants, the first `hot` of them with `events_per_hot` events each.
+/// Creates a tenant and `total` threads in it, the first `hot` of them with
+/// `events_per_hot` events each (the opening and messages).
 pub async fn seed(
     api: &Api,
     hot: usize,
@@ -176,23 +211,26 @@ pub async fn seed(
     clients: usize,
 ) -> Result<Seed, Error> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let slugs: Vec<String> = (0..total.max(hot)).map(|i| format!("b{run}-{i}")).collect();
-    let slugs = Arc::new(slugs);
+    let tenant = api.create_tenant(&format!("b{run}")).await?;
+    // The rebuild workload copies a tenant's `Created` and `PreferencesUpdated` events.
+    if let other @ (Outcome::Refused(_) | Outcome::NoAnswer) = api
+        .update_preferences(&tenant, &json!({"theme": "light"}))
+        .await
+    {
+        return Err(format!("seeding the tenant's preferences: {other:?}").into());
+    }
+    let count = total.max(hot);
     let mut tasks = Vec::new();
     for client in 0..clients.max(1) {
-        let (api, slugs) = (api.clone(), slugs.clone());
+        let (api, tenant) = (api.clone(), tenant.clone());
         let step = clients.max(1);
         tasks.push(tokio::spawn(async move {
             let mut made = Vec::new();
-            for i in (client..slugs.len()).step_by(step) {
-                let id = api
-                    .create_tenant(&slugs[i])
-                    .await
-                    .map_err(|e| e.to_string())?;
+            for i in (client..count).step_by(step) {
+                let id = api.open_thread(&tenant).await.map_err(|e| e.to_string())?;
                 if i < hot {
                     for n in 1..events_per_hot {
-                        let prefs = json!({"theme": "light", "seed": n});
-                        match api.update_preferences(&id, &prefs).await {
+                        match api.send_message(&id, &format!("seed {n}")).await {
                             Outcome::Accepted(_) => {}
                             other => return Err(format!("seeding: {other:?}")),
                         }
@@ -210,6 +248,7 @@ pub async fn seed(
     made.sort();
     let all: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
     Ok(Seed {
+        tenant,
         hot: all[..hot].to_vec(),
         all,
     })
@@ -226,10 +265,9 @@ pub async fn commands_full_speed(
     closed_loop(clients, duration, move |client, n| {
         let (api, hot) = (api.clone(), hot.clone());
         async move {
-            let tenant = &hot[(client + clients * n as usize) % hot.len()];
-            let prefs = json!({"theme": "dark", "n": n});
+            let thread = &hot[(client + clients * n as usize) % hot.len()];
             matches!(
-                api.update_preferences(tenant, &prefs).await,
+                api.send_message(thread, &format!("message {n}")).await,
                 Outcome::Accepted(_)
             )
         }
@@ -281,17 +319,16 @@ pub async fn commands_at_rate(
     let sample = open_loop(rate, duration, in_flight, move |n| {
         let (api, pool, hot, lags) = (api.clone(), pool.clone(), hot.clone(), lags_in.clone());
         async move {
-            let tenant = pool.take(n, &hot);
-            let prefs = json!({"theme": "dark", "n": n});
-            let outcome = api.update_preferences(&tenant, &prefs).await;
-            pool.give_back(tenant.clone());
+            let thread = pool.take(n, &hot);
+            let outcome = api.send_message(&thread, &format!("message {n}")).await;
+            pool.give_back(thread.clone());
             let Outcome::Accepted(version) = outcome else {
                 return false;
             };
             if let Some(k) = lag_every {
                 if n % k == 0 {
                     let answered = Instant::now();
-                    let fresh = api.detail(&tenant, Some(version)).await;
+                    let fresh = api.thread_detail(&thread, Some(version)).await;
                     if let Ok(mut lags) = lags.lock() {
                         if fresh {
                             lags.latencies.push(answered.elapsed());
@@ -319,9 +356,9 @@ pub async fn commands_at_rate(
 /// The two dashboard reads under `clients` closed-loop clients.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Queries {
-    /// A 50-row page of the tenant list, by cursor.
+    /// A 50-row page of a tenant's inbox (chat threads), by cursor.
     pub list: Summary,
-    /// A tenant's detail.
+    /// A thread's detail.
     pub detail: Summary,
 }
 
@@ -332,12 +369,12 @@ pub async fn queries(
     clients: usize,
     duration: Duration,
 ) -> Result<Queries, Error> {
-    // The second page: the cursor path, which is the one a scrolling dashboard takes.
-    let cursor = api.list(None).await?;
-    let a = api.clone();
+    // The second page: the cursor path, which is the one a scrolling inbox takes.
+    let cursor = api.inbox(&seed.tenant, None).await?;
+    let (a, tenant) = (api.clone(), Arc::new(seed.tenant.clone()));
     let list = closed_loop(clients, duration, move |_, _| {
-        let (api, cursor) = (a.clone(), cursor.clone());
-        async move { api.list(cursor.as_deref()).await.is_ok() }
+        let (api, cursor, tenant) = (a.clone(), cursor.clone(), tenant.clone());
+        async move { api.inbox(&tenant, cursor.as_deref()).await.is_ok() }
     })
     .await
     .summary();
@@ -346,7 +383,7 @@ pub async fn queries(
         let (api, all) = (a.clone(), all.clone());
         async move {
             let i = (client * 7919 + n as usize * 104_729) % all.len();
-            api.detail(&all[i], None).await
+            api.thread_detail(&all[i], None).await
         }
     })
     .await
