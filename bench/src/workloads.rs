@@ -163,7 +163,10 @@ impl Api {
 
     /// One page of a tenant's inbox (50 threads); returns the next page's cursor.
     pub async fn inbox(&self, tenant: &str, cursor: Option<&str>) -> Result<Option<String>, Error> {
-        let url = format!("{}/v1/chat/threads?limit=50&tenant_id={tenant}", self.query_url);
+        let url = format!(
+            "{}/v1/chat/threads?limit=50&tenant_id={tenant}",
+            self.query_url
+        );
         self.page(url, cursor).await
     }
 
