@@ -195,36 +195,80 @@ async fn list(
     };
     let (cursor_at, cursor_id) = page::cursor(params.cursor.as_deref())?.unzip();
     let (tenant, participants_only) = scope.binds();
-    let mut items: Vec<ThreadView> = sqlx::query_as(&format!(
-        "SELECT {THREAD_COLUMNS} FROM {THREAD_FROM}
-          WHERE ($2::text IS NULL OR t.tenant_id = $2)
-            AND (NOT $3 OR EXISTS (SELECT 1 FROM chat_participants p
-                                    WHERE p.thread_id = t.id AND p.user_id = $1))
-            AND ($4::text IS NULL OR t.status = $4)
-            AND ($5::text IS NULL OR t.channel = $5)
-            AND ($6::text IS NULL OR t.agent_id = $6)
-            AND (NOT $7 OR t.agent_id IS NULL)
-            AND ($8::text IS NULL OR t.department = $8)
-            AND ($9::boolean IS NULL OR (t.message_count > coalesce(r.last_read, 0)) = $9)
-            AND ($10::timestamptz IS NULL OR (t.last_activity_at, t.id) < ($10, $11))
-          ORDER BY t.last_activity_at DESC, t.id DESC
-          LIMIT $12"
-    ))
-    .bind(who.user_id())
-    .bind(tenant)
-    .bind(participants_only)
-    .bind(params.status)
-    .bind(params.channel)
-    .bind(agent)
-    .bind(unassigned)
-    .bind(department)
-    .bind(params.unread)
-    .bind(cursor_at)
-    .bind(cursor_id)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    // Only the filters asked for go into the statement, so each shape gets a plan that uses
+    // the inbox index (`$n IS NULL OR …` would leave PostgreSQL's cached generic plan a scan
+    // and a sort of every thread). `$1` is the caller (columns and join).
+    let mut sql = format!("SELECT {THREAD_COLUMNS} FROM {THREAD_FROM} WHERE true");
+    let mut next = 1;
+    let mut placeholder = || {
+        next += 1;
+        format!("${next}")
+    };
+    if tenant.is_some() {
+        sql.push_str(&format!(" AND t.tenant_id = {}", placeholder()));
+    }
+    if participants_only {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1)",
+        );
+    }
+    if params.status.is_some() {
+        sql.push_str(&format!(" AND t.status = {}", placeholder()));
+    }
+    if params.channel.is_some() {
+        sql.push_str(&format!(" AND t.channel = {}", placeholder()));
+    }
+    if agent.is_some() {
+        sql.push_str(&format!(" AND t.agent_id = {}", placeholder()));
+    }
+    if unassigned {
+        sql.push_str(" AND t.agent_id IS NULL");
+    }
+    if department.is_some() {
+        sql.push_str(&format!(" AND t.department = {}", placeholder()));
+    }
+    if params.unread.is_some() {
+        sql.push_str(&format!(
+            " AND (t.message_count > coalesce(r.last_read, 0)) = {}",
+            placeholder()
+        ));
+    }
+    if cursor_at.is_some() {
+        let (at, id) = (placeholder(), placeholder());
+        sql.push_str(&format!(" AND (t.last_activity_at, t.id) < ({at}, {id})"));
+    }
+    sql.push_str(&format!(
+        " ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
+        placeholder()
+    ));
+    // Bound in the order the placeholders were written.
+    let mut query = sqlx::query_as::<_, ThreadView>(&sql).bind(who.user_id());
+    if let Some(tenant) = tenant {
+        query = query.bind(tenant);
+    }
+    if let Some(status) = params.status {
+        query = query.bind(status);
+    }
+    if let Some(channel) = params.channel {
+        query = query.bind(channel);
+    }
+    if let Some(agent) = agent {
+        query = query.bind(agent);
+    }
+    if let Some(department) = department {
+        query = query.bind(department);
+    }
+    if let Some(unread) = params.unread {
+        query = query.bind(unread);
+    }
+    if let (Some(at), Some(id)) = (cursor_at, cursor_id) {
+        query = query.bind(at).bind(id);
+    }
+    let mut items: Vec<ThreadView> = query
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items
