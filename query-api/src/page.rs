@@ -47,6 +47,52 @@ pub fn limit(raw: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
+/// A `WHERE` clause holding only the filters a request asks for. Writing optional filters
+/// as `$n IS NULL OR …` instead leaves PostgreSQL's cached generic plan for sqlx's prepared
+/// statement a scan and a sort of the whole table (docs/performance.md, run 5): here each
+/// shape of request gets its own statement and a plan that uses the index.
+#[derive(Debug)]
+pub struct Conditions {
+    /// ` WHERE true AND …`.
+    sql: String,
+    /// The last placeholder number written.
+    last: usize,
+}
+
+impl Conditions {
+    /// Conditions whose placeholders start after `$taken`.
+    pub fn after(taken: usize) -> Self {
+        Self {
+            sql: " WHERE true".to_owned(),
+            last: taken,
+        }
+    }
+
+    /// Adds ` AND {clause}`, each `?` in it replaced by the next placeholder (`$n`). The
+    /// caller binds one value per `?`, in order.
+    pub fn and(&mut self, clause: &str) {
+        self.sql.push_str(" AND ");
+        for (i, part) in clause.split('?').enumerate() {
+            if i > 0 {
+                self.last += 1;
+                self.sql.push_str(&format!("${}", self.last));
+            }
+            self.sql.push_str(part);
+        }
+    }
+
+    /// The next placeholder, for what follows the conditions (a `LIMIT`).
+    pub fn next_placeholder(&mut self) -> String {
+        self.last += 1;
+        format!("${}", self.last)
+    }
+
+    /// The clause.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +109,18 @@ mod tests {
         assert!(cursor(Some("garbage")).is_err());
         assert_eq!(limit(None).ok(), Some(50));
         assert!(limit(Some(0)).is_err() && limit(Some(201)).is_err());
+    }
+
+    #[test]
+    fn conditions_number_their_placeholders_in_order() {
+        let mut w = Conditions::after(1);
+        w.and("t.status = ?");
+        w.and("t.agent_id IS NULL");
+        w.and("(t.at, t.id) < (?, ?)");
+        assert_eq!(
+            w.sql(),
+            " WHERE true AND t.status = $2 AND t.agent_id IS NULL AND (t.at, t.id) < ($3, $4)"
+        );
+        assert_eq!(w.next_placeholder(), "$5");
     }
 }

@@ -195,52 +195,41 @@ async fn list(
     };
     let (cursor_at, cursor_id) = page::cursor(params.cursor.as_deref())?.unzip();
     let (tenant, participants_only) = scope.binds();
-    // Only the filters asked for go into the statement, so each shape gets a plan that uses
-    // the inbox index (`$n IS NULL OR …` would leave PostgreSQL's cached generic plan a scan
-    // and a sort of every thread). `$1` is the caller (columns and join).
-    let mut sql = format!("SELECT {THREAD_COLUMNS} FROM {THREAD_FROM} WHERE true");
-    let mut next = 1;
-    let mut placeholder = || {
-        next += 1;
-        format!("${next}")
-    };
+    // Only the filters asked for (see `page::Conditions`). `$1` is the caller (columns, join).
+    let mut w = page::Conditions::after(1);
     if tenant.is_some() {
-        sql.push_str(&format!(" AND t.tenant_id = {}", placeholder()));
+        w.and("t.tenant_id = ?");
     }
     if participants_only {
-        sql.push_str(
-            " AND EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1)",
-        );
+        w.and("EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1)");
     }
     if params.status.is_some() {
-        sql.push_str(&format!(" AND t.status = {}", placeholder()));
+        w.and("t.status = ?");
     }
     if params.channel.is_some() {
-        sql.push_str(&format!(" AND t.channel = {}", placeholder()));
+        w.and("t.channel = ?");
     }
     if agent.is_some() {
-        sql.push_str(&format!(" AND t.agent_id = {}", placeholder()));
+        w.and("t.agent_id = ?");
     }
     if unassigned {
-        sql.push_str(" AND t.agent_id IS NULL");
+        w.and("t.agent_id IS NULL");
     }
     if department.is_some() {
-        sql.push_str(&format!(" AND t.department = {}", placeholder()));
+        w.and("t.department = ?");
     }
     if params.unread.is_some() {
-        sql.push_str(&format!(
-            " AND (t.message_count > coalesce(r.last_read, 0)) = {}",
-            placeholder()
-        ));
+        w.and("(t.message_count > coalesce(r.last_read, 0)) = ?");
     }
     if cursor_at.is_some() {
-        let (at, id) = (placeholder(), placeholder());
-        sql.push_str(&format!(" AND (t.last_activity_at, t.id) < ({at}, {id})"));
+        w.and("(t.last_activity_at, t.id) < (?, ?)");
     }
-    sql.push_str(&format!(
-        " ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
-        placeholder()
-    ));
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT {THREAD_COLUMNS} FROM {THREAD_FROM}{} ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
+        w.sql(),
+        limit_at
+    );
     // Bound in the order the placeholders were written.
     let mut query = sqlx::query_as::<_, ThreadView>(&sql).bind(who.user_id());
     if let Some(tenant) = tenant {

@@ -112,24 +112,45 @@ async fn list(
         format!("%{escaped}%")
     });
     let (cursor_at, cursor_id) = cursor.unzip();
-    let mut items: Vec<TenantView> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM tenants
-          WHERE ($1::text IS NULL OR tenant_id = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::text IS NULL OR name ILIKE $3)
-            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
-          ORDER BY created_at DESC, id DESC
-          LIMIT $6"
-    ))
-    .bind(only)
-    .bind(params.status)
-    .bind(pattern)
-    .bind(cursor_at)
-    .bind(cursor_id)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    // Only the filters asked for (see `page::Conditions`).
+    let mut w = page::Conditions::after(0);
+    if only.is_some() {
+        w.and("tenant_id = ?");
+    }
+    if params.status.is_some() {
+        w.and("status = ?");
+    }
+    if pattern.is_some() {
+        w.and("name ILIKE ?");
+    }
+    if cursor_at.is_some() {
+        w.and("(created_at, id) < (?, ?)");
+    }
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tenants{} ORDER BY created_at DESC, id DESC LIMIT {}",
+        w.sql(),
+        limit_at
+    );
+    // Bound in the order the placeholders were written.
+    let mut query = sqlx::query_as::<_, TenantView>(&sql);
+    if let Some(only) = only {
+        query = query.bind(only);
+    }
+    if let Some(status) = params.status {
+        query = query.bind(status);
+    }
+    if let Some(pattern) = pattern {
+        query = query.bind(pattern);
+    }
+    if let (Some(at), Some(id)) = (cursor_at, cursor_id) {
+        query = query.bind(at).bind(id);
+    }
+    let mut items: Vec<TenantView> = query
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items
