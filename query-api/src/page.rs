@@ -47,6 +47,17 @@ pub fn limit(raw: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
+/// Ends a page read with `LIMIT limit + 1`: drops the extra row and answers what names the
+/// next page (from the last row kept), or `None` on the last page.
+pub fn finish<T, C>(items: &mut Vec<T>, limit: i64, next: impl Fn(&T) -> C) -> Option<C> {
+    if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(next)
+    } else {
+        None
+    }
+}
+
 /// A `WHERE` clause holding only the filters a request asks for. Writing optional filters
 /// as `$n IS NULL OR …` instead leaves PostgreSQL's cached generic plan for sqlx's prepared
 /// statement a scan and a sort of the whole table (docs/performance.md, run 5): here each

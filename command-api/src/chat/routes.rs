@@ -1,8 +1,9 @@
 //! HTTP routes of chat under `/v1/chat/threads`. Each turns a request into a
 //! [`ThreadCommand`] stamped with the caller and the server's clock; the aggregate decides.
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -107,27 +108,55 @@ async fn tenant_of(state: &AppState, who: &Principal, id: &str) -> Result<String
     }
 }
 
-/// Runs `action` on thread `id` for the caller.
-async fn run(
-    state: &AppState,
-    who: &Principal,
-    ids: &RequestIds,
-    headers: &HeaderMap,
-    id: &str,
-    action: Action,
-) -> Result<Committed, Problem> {
-    let expected = if_match(headers)?;
-    let tenant = tenant_of(state, who, id).await?;
-    let command = ThreadCommand {
-        actor: actor(who),
-        at: state.clock.now(),
-        action,
-    };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    Ok(state
-        .threads
-        .execute(id, expected, command, &metadata)
-        .await?)
+/// What every command on an existing thread takes from the request: the caller, the
+/// request's ids and the version `If-Match` expects.
+pub struct Caller {
+    /// Who asks.
+    who: Principal,
+    /// Request and correlation ids.
+    ids: RequestIds,
+    /// `If-Match`.
+    expected: Option<u64>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let AuthUser(who) = AuthUser::from_request_parts(parts, state).await?;
+        let Ok(ids) = RequestIds::from_request_parts(parts, state).await;
+        let expected = if_match(&parts.headers)?;
+        Ok(Self { who, ids, expected })
+    }
+}
+
+impl Caller {
+    /// Runs `action` on thread `id` (already parsed).
+    async fn run(&self, state: &AppState, id: &str, action: Action) -> Result<Committed, Problem> {
+        let who = &self.who;
+        let tenant = tenant_of(state, who, id).await?;
+        let command = ThreadCommand {
+            actor: actor(who),
+            at: state.clock.now(),
+            action,
+        };
+        let metadata = self.ids.metadata(&tenant, who.user_id(), who.actor_kind());
+        Ok(state
+            .threads
+            .execute(id, self.expected, command, &metadata)
+            .await?)
+    }
+
+    /// Runs `action` on the thread named by the path's `raw` id; 200 with its new version.
+    async fn change(
+        &self,
+        state: &AppState,
+        raw: &str,
+        action: Action,
+    ) -> Result<Response, Problem> {
+        let id = thread_id(raw)?;
+        Ok(changed(&self.run(state, &id, action).await?))
+    }
 }
 
 fn changed(c: &Committed) -> Response {
@@ -280,9 +309,7 @@ fn item_id(
 
 async fn send(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     keyed: Option<Extension<KeyedRequest>>,
     Path(id): Path<String>,
     Json(body): Json<SendMessage>,
@@ -290,7 +317,7 @@ async fn send(
     let id = thread_id(&id)?;
     let message_id = item_id(
         &id,
-        who.user_id(),
+        caller.who.user_id(),
         body.client_message_id.as_deref(),
         keyed.as_deref(),
     );
@@ -300,7 +327,7 @@ async fn send(
         text: body.text,
         attachment: body.attachment,
     };
-    let c = run(&state, &who, &ids, &headers, &id, action).await?;
+    let c = caller.run(&state, &id, action).await?;
     Ok(created_item(&c, "message_id", &message_id))
 }
 
@@ -314,34 +341,24 @@ pub struct EditMessage {
 
 async fn edit(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, message_id)): Path<(String, String)>,
     Json(body): Json<EditMessage>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::Edit {
         message_id,
         text: body.text,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 async fn delete(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, message_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::Delete { message_id };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// Body of a read receipt.
@@ -354,19 +371,14 @@ pub struct MarkRead {
 
 async fn mark_read(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<MarkRead>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::MarkRead {
         number: body.number,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// Body of an assignment (`null` or absent clears).
@@ -383,20 +395,15 @@ pub struct Assign {
 
 async fn assign(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<Assign>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::Assign {
         agent_id: body.agent_id,
         department: body.department,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// Body of a bot switch.
@@ -409,45 +416,30 @@ pub struct SwitchBot {
 
 async fn switch_bot(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<SwitchBot>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::SwitchBot {
         enabled: body.enabled,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 async fn close(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, Action::Close).await?,
-    ))
+    caller.change(&state, &id, Action::Close).await
 }
 
 async fn reopen(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, Action::Reopen).await?,
-    ))
+    caller.change(&state, &id, Action::Reopen).await
 }
 
 /// Body of a tag change.
@@ -460,17 +452,12 @@ pub struct SetTags {
 
 async fn set_tags(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<SetTags>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::SetTags { tags: body.tags };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// Body naming a participant.
@@ -485,22 +472,17 @@ pub struct AddParticipant {
 
 async fn add_participant(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<AddParticipant>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::AddParticipant {
         participant: Party {
             id: body.user_id,
             kind: body.kind,
         },
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// Body of a scheduled message.
@@ -522,9 +504,7 @@ pub struct ScheduleMessage {
 
 async fn schedule(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     keyed: Option<Extension<KeyedRequest>>,
     Path(id): Path<String>,
     Json(body): Json<ScheduleMessage>,
@@ -539,7 +519,7 @@ async fn schedule(
     }
     let scheduled_id = item_id(
         &id,
-        who.user_id(),
+        caller.who.user_id(),
         body.client_message_id
             .as_deref()
             .map(|c| format!("scheduled\u{0}{c}"))
@@ -552,7 +532,7 @@ async fn schedule(
         attachment: body.attachment,
         due_at: body.due_at,
     };
-    let c = run(&state, &who, &ids, &headers, &id, action).await?;
+    let c = caller.run(&state, &id, action).await?;
     Ok(created_item(&c, "scheduled_id", &scheduled_id))
 }
 
@@ -566,43 +546,31 @@ pub struct Reschedule {
 
 async fn reschedule(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, scheduled_id)): Path<(String, String)>,
     Json(body): Json<Reschedule>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::Reschedule {
         scheduled_id,
         due_at: body.due_at,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 async fn cancel_scheduled(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, scheduled_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let id = thread_id(&id)?;
     let action = Action::CancelScheduled { scheduled_id };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }
 
 /// The scheduler's delivery of a due message. The delivered message's id is derived from
 /// the scheduled message's, so every retry names the same message.
 async fn deliver_scheduled(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, scheduled_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let id = thread_id(&id)?;
@@ -611,7 +579,5 @@ async fn deliver_scheduled(
         scheduled_id,
         message_id,
     };
-    Ok(changed(
-        &run(&state, &who, &ids, &headers, &id, action).await?,
-    ))
+    caller.change(&state, &id, action).await
 }

@@ -258,14 +258,9 @@ async fn list(
         .fetch_all(&state.pool)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|t| page::encode_cursor(t.last_activity_at, t.id))
-    } else {
-        None
-    };
+    let next_cursor = page::finish(&mut items, limit, |t| {
+        page::encode_cursor(t.last_activity_at, t.id)
+    });
     let items = items.into_iter().map(|t| t.seen_by(&who)).collect();
     Ok(Json(ThreadPage { items, next_cursor }).into_response())
 }
@@ -456,12 +451,7 @@ async fn messages(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let next_before = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|m| m.number)
-    } else {
-        None
-    };
+    let next_before = page::finish(&mut items, limit, |m| m.number);
     let mut response = Json(MessagePage { items, next_before }).into_response();
     freshness::version_headers(response.headers_mut(), Some(thread.version), stale);
     Ok(response)

@@ -100,12 +100,7 @@ async fn list(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let next_after = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|u| u.id.clone())
-    } else {
-        None
-    };
+    let next_after = crate::page::finish(&mut items, limit, |u| u.id.clone());
     Ok(Json(serde_json::json!({"items": items, "next_after": next_after})).into_response())
 }
 

@@ -151,14 +151,9 @@ async fn list(
         .fetch_all(&state.pool)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|t| page::encode_cursor(t.created_at, t.id))
-    } else {
-        None
-    };
+    let next_cursor = page::finish(&mut items, limit, |t| {
+        page::encode_cursor(t.created_at, t.id)
+    });
     Ok(Json(Page { items, next_cursor }).into_response())
 }
 
