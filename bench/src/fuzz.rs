@@ -166,13 +166,28 @@ fn operations_of(json: &serde_json::Value) -> Vec<String> {
 
 /// The end of schemathesis's output, from its summary on.
 fn summary_of(stdout: &str) -> String {
-    let start = stdout
-        .find("SUMMARY")
-        .or_else(|| stdout.find("FAILURES"))
+    // From the first section that explains a failure (schemathesis prints errors and
+    // failures before its summary), else the summary.
+    let start = ["ERRORS", "FAILURES", "SUMMARY"]
+        .iter()
+        .filter_map(|section| stdout.find(section))
+        .min()
         .unwrap_or(stdout.len().saturating_sub(4_000));
     let start = (0..=start)
         .rev()
         .find(|i| stdout.is_char_boundary(*i))
         .unwrap_or(0);
     stdout[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary_of;
+
+    #[test]
+    fn the_summary_starts_at_the_section_that_explains_a_failure() {
+        let out = "progress\n=== ERRORS ===\nRuntime Error: timeout\n=== SUMMARY ===\n1 error";
+        assert!(summary_of(out).starts_with("ERRORS"));
+        assert!(summary_of("noise\n=== SUMMARY ===\nok").starts_with("SUMMARY"));
+    }
 }
