@@ -105,3 +105,17 @@ ensure_realtime_tools() {
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# Installs the Python packages of scripts/python/requirements.txt (the providers' own
+# libraries the signature tests check against) into scripts/python/.venv, when missing or
+# out of date.
+ensure_python_tools() {
+  local dir="$ROOT/scripts/python"
+  if [ ! -x "$dir/.venv/bin/python" ] || [ "$dir/requirements.txt" -nt "$dir/.venv/.installed" ]; then
+    command -v python3 >/dev/null || die "python3 is needed for the signature tests"
+    say "installing the providers' Python libraries (scripts/python/requirements.txt)"
+    python3 -m venv "$dir/.venv"
+    "$dir/.venv/bin/pip" install -q --disable-pip-version-check -r "$dir/requirements.txt"
+    touch "$dir/.venv/.installed"
+  fi
+}

@@ -56,6 +56,30 @@ pub struct Config {
     /// that sets it; otherwise clients could choose their own IP).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
+    /// The platform's public base URL, for providers' callbacks (Lyra's `ipnTargetUrl` is
+    /// `{BACKEND_URL}/api/webhooks/lyra` when set).
+    #[arg(long, env = "BACKEND_URL")]
+    pub backend_url: Option<String>,
+    /// Base URL of Lyra's REST API (PayZen: `https://api.payzen.eu`).
+    #[arg(long, env = "LYRA_API_URL", default_value = "https://api.lyra.com")]
+    pub lyra_api_url: String,
+    /// Lyra shop id (payment links are off without it and the password).
+    #[arg(long, env = "LYRA_SHOP_ID")]
+    pub lyra_shop_id: Option<String>,
+    /// Lyra REST API password: authenticates link creation and keys the IPN's `kr-hash`.
+    #[arg(long, env = "LYRA_PASSWORD", hide_env_values = true)]
+    pub lyra_password: Option<String>,
+    /// Lyra HMAC-SHA-256 key: keys the `kr-hash` of browser returns.
+    #[arg(long, env = "LYRA_HMAC_KEY", hide_env_values = true)]
+    pub lyra_hmac_key: Option<String>,
+    /// Stripe webhook endpoint secrets (`whsec_…`), comma-separated: several during a rotation.
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secret: Vec<String>,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -172,5 +196,32 @@ impl Config {
             .or(self.nextauth_secret.as_deref())
             .filter(|s| !s.is_empty())
             .ok_or(ConfigError::NoSecret)
+    }
+
+    /// The Lyra account, when its shop id and password are set.
+    pub fn lyra_account(&self) -> Option<crate::payments::lyra::LyraAccount> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        Some(crate::payments::lyra::LyraAccount {
+            base_url: self.lyra_api_url.clone(),
+            shop_id: set(&self.lyra_shop_id)?,
+            password: set(&self.lyra_password)?,
+            ipn_url: set(&self.backend_url)
+                .map(|b| format!("{}/api/webhooks/lyra", b.trim_end_matches('/'))),
+        })
+    }
+
+    /// The keys webhooks are verified with.
+    pub fn webhook_secrets(&self) -> crate::WebhookSecrets {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        crate::WebhookSecrets {
+            stripe: self
+                .stripe_webhook_secret
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            lyra_password: set(&self.lyra_password),
+            lyra_hmac_key: set(&self.lyra_hmac_key),
+        }
     }
 }

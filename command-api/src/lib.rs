@@ -7,6 +7,8 @@
 //! - [`relay`]: publishes committed events to NATS JetStream, none lost or skipped.
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
 //! - [`chat`]: threads, messages, read receipts and scheduled messages.
+//! - [`payments`]: catalogs (products, taxes) and payments, with Lyra payment links.
+//! - [`webhooks`]: provider webhooks: verified, de-duplicated, appended, then processed.
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
@@ -21,6 +23,8 @@ pub mod config;
 pub mod http;
 /// Identity bounded context: admin users, logins, sessions.
 pub mod identity;
+/// Payments bounded context: catalogs and payments.
+pub mod payments;
 /// Events → NATS.
 pub mod relay;
 /// Command execution.
@@ -29,6 +33,8 @@ pub mod store;
 pub mod tenants;
 /// Value objects shared by contexts.
 pub mod values;
+/// Provider webhooks: ingestion and processing.
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +98,27 @@ pub struct AppState {
     pub trust_forwarded_for: bool,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
+    /// Catalog commands (one aggregate per tenant).
+    pub catalogs: Arc<CommandBus<payments::catalog::Catalog>>,
+    /// Payment commands.
+    pub payments: Arc<CommandBus<payments::aggregate::Payment>>,
+    /// Webhook commands.
+    pub webhooks: Arc<CommandBus<webhooks::aggregate::Webhook>>,
+    /// The Lyra client, when an account is configured.
+    pub lyra: Option<payments::lyra::Lyra>,
+    /// The keys webhooks are verified with.
+    pub webhook_secrets: Arc<WebhookSecrets>,
+}
+
+/// The keys webhooks are verified with.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSecrets {
+    /// Stripe endpoint secrets (any of them may sign).
+    pub stripe: Vec<String>,
+    /// Lyra REST password (the IPN's key).
+    pub lyra_password: Option<String>,
+    /// Lyra HMAC-SHA-256 key (the browser return's key).
+    pub lyra_hmac_key: Option<String>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -220,6 +247,26 @@ impl Application {
                 config.snapshot_every,
                 committed.clone(),
             )),
+            catalogs: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            payments: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            webhooks: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            lyra: config.lyra_account().map(payments::lyra::Lyra::new),
+            webhook_secrets: Arc::new(config.webhook_secrets()),
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
             clock,

@@ -9,6 +9,8 @@
 //! - [`clock`]: the time source (system, or manual in tests).
 //! - [`chat`]: the events of chat threads, their messages, receipts and scheduled messages.
 //! - [`realtime`]: realtime channels and events, and the Pusher protocol's signatures.
+//! - [`webhook`]: received provider webhooks and their processing.
+//! - [`payment`]: tenants' catalogs (products, taxes) and payments.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -28,11 +30,15 @@ pub mod envelope;
 pub mod http;
 /// Events of admin users.
 pub mod identity;
+/// Catalogs and payments.
+pub mod payment;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
 /// NATS subject and `Nats-Msg-Id` naming.
 pub mod subject;
 /// Events of the tenants bounded context.
 pub mod tenant;
+/// Received provider webhooks.
+pub mod webhook;
 
 pub use envelope::{Envelope, Metadata};

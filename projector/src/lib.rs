@@ -11,13 +11,19 @@
 //! - [`effects`]: side-effect workers: realtime (Soketi and SSE fan-out).
 //! - [`scheduler`]: delivers due scheduled messages through command-api.
 //! - [`chat`]: threads, messages, read positions and scheduled messages.
+//! - [`payments`]: webhooks, catalogs and payments.
+//! - [`webhook_processor`]: the process manager that has received webhooks processed.
 
 /// Chat threads, messages, receipts and scheduled messages.
 pub mod chat;
+/// Commands to command-api as a platform component.
+pub mod command_client;
 /// Side-effect workers (realtime).
 pub mod effects;
 /// Admin users and their login history.
 pub mod identity;
+/// Webhooks, catalogs and payments.
+pub mod payments;
 /// Projection contract and exactly-once application.
 pub mod projection;
 /// Rebuild from the event store.
@@ -26,6 +32,8 @@ pub mod rebuild;
 pub mod scheduler;
 /// The tenants read model.
 pub mod tenants;
+/// The webhook process manager.
+pub mod webhook_processor;
 /// Durable consumers.
 pub mod worker;
 
@@ -139,6 +147,9 @@ pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
         Arc::new(chat::ChatProjection),
+        Arc::new(payments::WebhooksProjection),
+        Arc::new(payments::CatalogProjection),
+        Arc::new(payments::PaymentsProjection),
     ];
     all.push(Arc::new(effects::realtime::Realtime::new(
         config.soketi_app(),
@@ -230,9 +241,16 @@ pub async fn run(
                 Arc::new(events::clock::SystemClock),
             );
             tasks.spawn(async move { scheduler.run().await });
+            let processor = webhook_processor::WebhookProcessor::new(
+                pool.clone(),
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                Arc::new(events::clock::SystemClock),
+            );
+            tasks.spawn(async move { processor.run().await });
         }
         None => {
-            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered")
+            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered and received webhooks will not be processed")
         }
     }
     tokio::pin!(shutdown);

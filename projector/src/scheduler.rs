@@ -11,15 +11,16 @@
 //! Between steps it sleeps until the next due time, at most a second, so a message scheduled
 //! a moment ago is seen within a second and delivered at its due time.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use events::access::TokenKeys;
 use events::clock::Clock;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::command_client::{CommandClient, Quiet};
 
 /// The longest sleep between steps.
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -46,16 +47,12 @@ pub struct StepReport {
 pub struct Scheduler {
     /// The read models.
     pool: PgPool,
-    /// HTTP client.
-    http: reqwest::Client,
-    /// command-api's base URL.
-    command_api: String,
-    /// Mints the service token.
-    keys: TokenKeys,
+    /// command-api, as the service `scheduler`.
+    client: CommandClient,
     /// What "now" is.
     clock: Arc<dyn Clock>,
     /// Deliveries sent recently, by `(thread, scheduled id)`.
-    quiet: Mutex<HashMap<(Uuid, String), Instant>>,
+    quiet: Quiet<(Uuid, String)>,
 }
 
 /// How long to sleep before the next step, given the next due time.
@@ -72,18 +69,11 @@ impl Scheduler {
     /// A scheduler delivering through command-api at `command_api`, with tokens signed by
     /// `keys`, on `clock`'s time.
     pub fn new(pool: PgPool, command_api: String, keys: TokenKeys, clock: Arc<dyn Clock>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
         Self {
             pool,
-            http,
-            command_api: command_api.trim_end_matches('/').to_owned(),
-            keys,
+            client: CommandClient::new(&command_api, keys, "scheduler"),
             clock,
-            quiet: Mutex::new(HashMap::new()),
+            quiet: Quiet::new(QUIET),
         }
     }
 
@@ -104,7 +94,7 @@ impl Scheduler {
 
     /// The earliest due time of a pending scheduled message not sent a moment ago.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let (threads, ids): (Vec<Uuid>, Vec<String>) = self.quiet_keys().into_iter().unzip();
+        let (threads, ids): (Vec<Uuid>, Vec<String>) = self.quiet.keys().into_iter().unzip();
         sqlx::query_scalar(
             "SELECT min(due_at) FROM chat_scheduled
               WHERE status = 'pending'
@@ -123,7 +113,7 @@ impl Scheduler {
         // What was sent a moment ago is left out in the query, so rows that wait for the read
         // model (or were refused) never crowd later due messages out of the batch.
         let (quiet_threads, quiet_ids): (Vec<Uuid>, Vec<String>) =
-            self.quiet_keys().into_iter().unzip();
+            self.quiet.keys().into_iter().unzip();
         let due: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT thread_id, id FROM chat_scheduled
               WHERE status = 'pending' AND due_at <= $1
@@ -137,25 +127,16 @@ impl Scheduler {
         .fetch_all(&self.pool)
         .await?;
         let mut report = StepReport::default();
-        let token = self.keys.service_token("scheduler", 300);
         for key in due {
             let (thread, id) = &key;
-            let url = format!(
-                "{}/v1/chat/threads/{thread}/scheduled/{id}/deliver",
-                self.command_api
-            );
             let outcome = self
-                .http
-                .post(url)
-                .bearer_auth(&token)
-                // No Idempotency-Key: a stored "not due" answer would be replayed after the
-                // due time. The aggregate makes a repeated delivery append nothing.
-                .send()
+                .client
+                .post(&format!("/v1/chat/threads/{thread}/scheduled/{id}/deliver"))
                 .await;
             match outcome {
                 Ok(r) if r.status().is_success() => {
                     report.delivered += 1;
-                    self.hush(key);
+                    self.quiet.hush(key);
                 }
                 Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
                     let code = r
@@ -173,7 +154,7 @@ impl Scheduler {
                 Ok(r) if r.status().is_client_error() => {
                     tracing::warn!(thread = %thread, scheduled_id = %id, status = %r.status(), "delivery refused");
                     report.refused += 1;
-                    self.hush(key);
+                    self.quiet.hush(key);
                 }
                 Ok(r) => {
                     tracing::warn!(status = %r.status(), "delivery failed; retrying");
@@ -186,21 +167,6 @@ impl Scheduler {
             }
         }
         Ok(report)
-    }
-
-    /// The deliveries sent (or refused) within the last [`QUIET`].
-    fn quiet_keys(&self) -> Vec<(Uuid, String)> {
-        let Ok(mut quiet) = self.quiet.lock() else {
-            return Vec::new();
-        };
-        quiet.retain(|_, at| at.elapsed() < QUIET);
-        quiet.keys().cloned().collect()
-    }
-
-    fn hush(&self, key: (Uuid, String)) {
-        if let Ok(mut quiet) = self.quiet.lock() {
-            quiet.insert(key, Instant::now());
-        }
     }
 }
 

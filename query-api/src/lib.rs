@@ -9,6 +9,8 @@
 //! - [`stream`]: `GET /v1/stream`, realtime events as Server-Sent Events (from core NATS).
 //! - [`audit`]: an aggregate's event history for auditors.
 //! - [`identity`]: admin users of a tenant and their login history.
+//! - [`payments`]: payments (list, detail, timeline), the revenue report, tenants' catalogs.
+//! - [`webhooks`]: received provider webhooks and the ones that failed verification.
 //! - [`dev`]: the dev inbox of captured outbound messages.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
@@ -27,12 +29,16 @@ pub mod freshness;
 pub mod identity;
 /// Keyset pagination.
 pub mod page;
+/// Payments, revenue and catalogs.
+pub mod payments;
 /// Realtime: channel authorizer and client configuration.
 pub mod realtime;
 /// Server-Sent Events of realtime events.
 pub mod stream;
 /// Tenant list and detail.
 pub mod tenants;
+/// Received provider webhooks.
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(dev::router())
         .merge(identity::router())
+        .merge(payments::router())
+        .merge(webhooks::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

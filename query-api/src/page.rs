@@ -62,13 +62,32 @@ pub fn finish<T, C>(items: &mut Vec<T>, limit: i64, next: impl Fn(&T) -> C) -> O
 /// as `$n IS NULL OR …` instead leaves PostgreSQL's cached generic plan for sqlx's prepared
 /// statement a scan and a sort of the whole table (docs/performance.md, run 5): here each
 /// shape of request gets its own statement and a plan that uses the index.
+///
+/// Filters added with a value ([`Conditions::text`], [`Conditions::int`],
+/// [`Conditions::keyset`]) keep it, and [`Conditions::bind`] binds them in placeholder order,
+/// so a handler cannot bind them out of step with the clause.
 #[derive(Debug)]
 pub struct Conditions {
     /// ` WHERE true AND …`.
     sql: String,
     /// The last placeholder number written.
     last: usize,
+    /// The values of the filters added with one, in placeholder order.
+    values: Vec<Value>,
 }
+
+/// A value a filter compares with.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Text(String),
+    Int(i64),
+    Time(DateTime<Utc>),
+    Id(Uuid),
+}
+
+/// A `query_as` of PostgreSQL, as [`Conditions::bind`] takes and gives it.
+pub type PgQueryAs<'q, O> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
 
 impl Conditions {
     /// Conditions whose placeholders start after `$taken`.
@@ -76,7 +95,48 @@ impl Conditions {
         Self {
             sql: " WHERE true".to_owned(),
             last: taken,
+            values: Vec::new(),
         }
+    }
+
+    /// Adds `clause` (one `?`) compared with `value`, when there is one.
+    pub fn text(&mut self, clause: &str, value: Option<String>) {
+        if let Some(v) = value {
+            self.and(clause);
+            self.values.push(Value::Text(v));
+        }
+    }
+
+    /// Adds `clause` (one `?`) compared with the integer `value`, when there is one.
+    pub fn int(&mut self, clause: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            self.and(clause);
+            self.values.push(Value::Int(v));
+        }
+    }
+
+    /// Adds `({columns}) < (?, ?)` for a page after `cursor`, when there is one: `columns`
+    /// are the sort's timestamp and id, sorted descending.
+    pub fn keyset(&mut self, columns: &str, cursor: Option<(DateTime<Utc>, Uuid)>) {
+        if let Some((at, id)) = cursor {
+            self.and(&format!("({columns}) < (?, ?)"));
+            self.values.push(Value::Time(at));
+            self.values.push(Value::Id(id));
+        }
+    }
+
+    /// Binds the values of the filters added with one, in order, to `query` (whose SQL holds
+    /// [`Conditions::sql`]); what follows the conditions is bound after.
+    pub fn bind<'q, O>(self, mut query: PgQueryAs<'q, O>) -> PgQueryAs<'q, O> {
+        for v in self.values {
+            query = match v {
+                Value::Text(t) => query.bind(t),
+                Value::Int(i) => query.bind(i),
+                Value::Time(at) => query.bind(at),
+                Value::Id(id) => query.bind(id),
+            };
+        }
+        query
     }
 
     /// Adds ` AND {clause}`, each `?` in it replaced by the next placeholder (`$n`). The
@@ -133,5 +193,29 @@ mod tests {
             " WHERE true AND t.status = $2 AND t.agent_id IS NULL AND (t.at, t.id) < ($3, $4)"
         );
         assert_eq!(w.next_placeholder(), "$5");
+    }
+
+    #[test]
+    fn conditions_with_values_keep_them_in_placeholder_order() {
+        let at = Utc::now();
+        let id = Uuid::now_v7();
+        let mut w = Conditions::after(0);
+        w.text("tenant_id = ?", Some("t1".into()));
+        w.text("status = ?", None);
+        w.int("id < ?", Some(7));
+        w.keyset("at, id", Some((at, id)));
+        assert_eq!(
+            w.sql(),
+            " WHERE true AND tenant_id = $1 AND id < $2 AND (at, id) < ($3, $4)"
+        );
+        assert_eq!(
+            w.values,
+            [
+                Value::Text("t1".into()),
+                Value::Int(7),
+                Value::Time(at),
+                Value::Id(id)
+            ]
+        );
     }
 }

@@ -25,6 +25,7 @@ pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
     match aggregate_type {
         events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
         events::chat::THREAD => Some(format!("/v1/chat/threads/{id}")),
+        events::payment::PAYMENT => Some(format!("/v1/payments/{id}")),
         _ => None,
     }
 }
@@ -88,6 +89,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::tenants::routes::router())
         .merge(crate::chat::routes::router())
+        .merge(crate::payments::routes::router())
+        .merge(crate::webhooks::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())
         .merge(crate::identity::phone_routes::router())

@@ -111,41 +111,19 @@ async fn list(
             .replace('_', "\\_");
         format!("%{escaped}%")
     });
-    let (cursor_at, cursor_id) = cursor.unzip();
     // Only the filters asked for (see `page::Conditions`).
     let mut w = page::Conditions::after(0);
-    if only.is_some() {
-        w.and("tenant_id = ?");
-    }
-    if params.status.is_some() {
-        w.and("status = ?");
-    }
-    if pattern.is_some() {
-        w.and("name ILIKE ?");
-    }
-    if cursor_at.is_some() {
-        w.and("(created_at, id) < (?, ?)");
-    }
+    w.text("tenant_id = ?", only);
+    w.text("status = ?", params.status);
+    w.text("name ILIKE ?", pattern);
+    w.keyset("created_at, id", cursor);
     let limit_at = w.next_placeholder();
     let sql = format!(
         "SELECT {COLUMNS} FROM tenants{} ORDER BY created_at DESC, id DESC LIMIT {}",
         w.sql(),
         limit_at
     );
-    // Bound in the order the placeholders were written.
-    let mut query = sqlx::query_as::<_, TenantView>(&sql);
-    if let Some(only) = only {
-        query = query.bind(only);
-    }
-    if let Some(status) = params.status {
-        query = query.bind(status);
-    }
-    if let Some(pattern) = pattern {
-        query = query.bind(pattern);
-    }
-    if let (Some(at), Some(id)) = (cursor_at, cursor_id) {
-        query = query.bind(at).bind(id);
-    }
+    let query = w.bind(sqlx::query_as::<_, TenantView>(&sql));
     let mut items: Vec<TenantView> = query
         .bind(limit + 1)
         .fetch_all(&state.pool)

@@ -17,7 +17,7 @@ enum Api {
 
 /// `{tenant}` is the other tenant's id, `{user}` an admin user of the other tenant,
 /// `{thread}` one of its chat threads, `{message}` a message and `{scheduled}` a scheduled
-/// message in it.
+/// message in it, `{payment}` one of its payments.
 const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
     (
         Api::Command,
@@ -226,6 +226,56 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
         "/realtime/auth",
         Some(r#"{"socket_id": "1.1", "channel_name": "presence-tenant-{tenant}"}"#),
     ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/payments",
+        Some(
+            r#"{"tenant_id": "{tenant}", "provider": "stripe", "currency": "EUR", "lines": [{"product_id": "secret-product", "quantity": 1}], "customer_reference": "c"}"#,
+        ),
+    ),
+    (Api::Command, "POST", "/v1/payments/{payment}/link", None),
+    (
+        Api::Command,
+        "POST",
+        "/v1/payments/{payment}/cancel",
+        Some(r#"{"reason": "spite"}"#),
+    ),
+    (
+        Api::Command,
+        "PUT",
+        "/v1/catalog/taxes/vat",
+        Some(r#"{"tenant_id": "{tenant}", "name": "Zero", "rate_bp": 0, "included": true}"#),
+    ),
+    (
+        Api::Command,
+        "PUT",
+        "/v1/catalog/products/secret-product",
+        Some(r#"{"tenant_id": "{tenant}", "name": "Free", "unit_price": 0, "currency": "EUR"}"#),
+    ),
+    (Api::Query, "GET", "/v1/payments/{payment}", None),
+    (Api::Query, "GET", "/v1/payments/{payment}/timeline", None),
+    (Api::Query, "GET", "/v1/payments?tenant_id={tenant}", None),
+    (
+        Api::Query,
+        "GET",
+        "/v1/payments/reports/revenue?tenant_id={tenant}",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/catalog/products?tenant_id={tenant}",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/catalog/taxes?tenant_id={tenant}",
+        None,
+    ),
+    (Api::Query, "GET", "/v1/webhooks?tenant_id={tenant}", None),
+    (Api::Query, "GET", "/v1/audit/payment/{payment}", None),
     (Api::Query, "GET", "/v1/tenants/{tenant}", None),
     (Api::Query, "GET", "/v1/audit/tenant/{tenant}", None),
     (Api::Query, "GET", "/v1/audit/admin_user/{user}", None),
@@ -302,16 +352,48 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    // A product and a payment of theirs.
+    let their_admin = env.admin_of(&theirs);
+    for (path, body) in [
+        (
+            "/v1/catalog/taxes/vat",
+            json!({"name": "VAT", "rate_bp": 2000, "included": true}),
+        ),
+        (
+            "/v1/catalog/products/secret-product",
+            json!({"name": "Secret", "unit_price": 990, "currency": "EUR", "tax_id": "vat"}),
+        ),
+    ] {
+        let saved = env
+            .http
+            .put(api.url(path))
+            .bearer_auth(&their_admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(saved.status(), 200, "{path}");
+    }
+    let payment = post(
+        their_admin.clone(),
+        "/v1/payments".into(),
+        json!({"provider": "stripe", "currency": "EUR", "lines": [{"product_id": "secret-product", "quantity": 1}], "customer_reference": "secret-keeper's customer"}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     // Their data is in the read models before we start probing.
     eventually(Duration::from_secs(20), "their rows projected", || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM admin_users)
-                  + (SELECT count(*) FROM chat_messages) + (SELECT count(*) FROM chat_scheduled)",
+                  + (SELECT count(*) FROM chat_messages) + (SELECT count(*) FROM chat_scheduled)
+                  + (SELECT count(*) FROM payments) + (SELECT count(*) FROM catalog_products)",
         )
         .fetch_one(&env.pool)
         .await
         .ok()?;
-        (n == 5).then_some(())
+        (n == 7).then_some(())
     })
     .await;
     let before = env.event_count().await;
@@ -322,6 +404,8 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         "secret-keeper",
         thread.as_str(),
         message.as_str(),
+        payment.as_str(),
+        "secret-product",
     ];
 
     for token in [env.admin_of(&mine), env.agent_of(&mine)] {
@@ -331,7 +415,8 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
                 .replace("{user}", &user)
                 .replace("{thread}", &thread)
                 .replace("{message}", &message)
-                .replace("{scheduled}", &scheduled);
+                .replace("{scheduled}", &scheduled)
+                .replace("{payment}", &payment);
             let url = match service {
                 Api::Command => api.url(&path),
                 Api::Query => query.url(&path),
@@ -368,6 +453,10 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
             "/v1/admin-users",
             "/v1/chat/threads",
             "/v1/chat/unread",
+            "/v1/payments",
+            "/v1/payments/reports/revenue",
+            "/v1/catalog/products",
+            "/v1/webhooks",
         ] {
             let text = env
                 .http

@@ -10,6 +10,7 @@ mod e2e;
 mod identity;
 mod isolation;
 mod live;
+mod payments;
 mod projector;
 mod queries;
 mod realtime;

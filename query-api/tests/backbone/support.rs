@@ -146,6 +146,12 @@ impl TestEnv {
             admin_bootstrap_password: None,
             otp_requests_per_ip_per_hour: 20,
             trust_forwarded_for: false,
+            backend_url: None,
+            lyra_api_url: "http://127.0.0.1:9".to_owned(),
+            lyra_shop_id: None,
+            lyra_password: None,
+            lyra_hmac_key: None,
+            stripe_webhook_secret: Vec::new(),
             command: None,
         }
     }

@@ -1,0 +1,1072 @@
+//! The payment aggregate: requested → link created → paid / failed / expired / cancelled →
+//! (partially) refunded.
+//!
+//! Providers report statuses through webhooks, late, twice and out of order. Each status
+//! names its webhook; a webhook already applied changes nothing, and a status that would
+//! move the payment backwards (a "failed" after "paid", a refund of more than was paid, an
+//! amount that does not match) is recorded as [`PaymentEvent::ProviderStatusIgnored`], not
+//! applied.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use events::payment::{PaymentEvent, PaymentLine, PaymentProvider, PAYMENT};
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Catalog;
+use super::values::{self, MAX_AMOUNT, MAX_LINES, MAX_QUANTITY};
+
+/// Where a payment is in its life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Not requested yet (no such payment).
+    #[default]
+    None,
+    /// Requested; no link yet (or the provider refused one).
+    Requested,
+    /// The customer has a link.
+    LinkCreated,
+    /// An attempt failed; the customer may try again.
+    Failed,
+    /// Paid.
+    Paid,
+    /// The link expired unpaid.
+    Expired,
+    /// Cancelled by staff.
+    Cancelled,
+    /// Part of it was refunded.
+    PartiallyRefunded,
+    /// All of it was refunded.
+    Refunded,
+}
+
+impl Status {
+    /// Whether money was taken (a late "failed" or "expired" cannot undo that).
+    fn was_paid(self) -> bool {
+        matches!(
+            self,
+            Status::Paid | Status::PartiallyRefunded | Status::Refunded
+        )
+    }
+
+    /// Whether the customer may still pay (a "failed" or "expired" applies).
+    fn awaits_payment(self) -> bool {
+        matches!(
+            self,
+            Status::Requested | Status::LinkCreated | Status::Failed
+        )
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Requested => "requested",
+            Status::LinkCreated => "link_created",
+            Status::Failed => "failed",
+            Status::Paid => "paid",
+            Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
+            Status::PartiallyRefunded => "partially_refunded",
+            Status::Refunded => "refunded",
+        }
+    }
+}
+
+/// One requested line: a product of the catalog and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    /// The product's id.
+    pub product_id: String,
+    /// How many (1–10,000).
+    pub quantity: u32,
+}
+
+/// What a provider reported about a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    /// Paid `amount` in `currency`, as transaction `reference`.
+    Paid {
+        /// Minor units.
+        amount: i64,
+        /// ISO 4217.
+        currency: String,
+        /// The provider's transaction.
+        reference: String,
+    },
+    /// An attempt failed.
+    Failed {
+        /// The provider's reason.
+        reason: String,
+    },
+    /// The link expired unpaid.
+    Expired,
+    /// Refunds now total `refunded_total` (providers report the running total).
+    Refunded {
+        /// Minor units.
+        refunded_total: i64,
+        /// ISO 4217.
+        currency: String,
+    },
+}
+
+impl ProviderStatus {
+    fn name(&self) -> &'static str {
+        match self {
+            ProviderStatus::Paid { .. } => "paid",
+            ProviderStatus::Failed { .. } => "failed",
+            ProviderStatus::Expired => "expired",
+            ProviderStatus::Refunded { .. } => "refunded",
+        }
+    }
+}
+
+/// A command on a payment, stamped with the server's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentCommand {
+    /// When it was asked.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub action: PaymentAction,
+}
+
+/// What a command asks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PaymentAction {
+    /// Request a payment of `lines` from `catalog` (the tenant's catalog as the route read it).
+    Request {
+        /// The tenant paid.
+        tenant_id: String,
+        /// Who collects it.
+        provider: PaymentProvider,
+        /// ISO 4217.
+        currency: String,
+        /// What is paid for.
+        lines: Vec<LineRequest>,
+        /// The tenant's catalog.
+        catalog: Box<Catalog>,
+        /// The tenant's reference of the customer.
+        customer_reference: String,
+        /// Shown to the customer.
+        description: Option<String>,
+    },
+    /// The provider made a link.
+    RecordLink {
+        /// The provider's order id.
+        provider_order_id: String,
+        /// The link.
+        url: String,
+        /// When it expires.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// The provider refused to make a link.
+    RecordLinkFailure {
+        /// Its error code.
+        code: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Staff cancel the payment.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// A provider's status, from webhook `webhook_id`.
+    ProviderStatus {
+        /// The webhook that reported it.
+        webhook_id: String,
+        /// What it reported.
+        status: ProviderStatus,
+    },
+}
+
+/// Why a payment command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    /// 404.
+    #[error("no such payment")]
+    NotFound,
+    /// 409 `already_exists`.
+    #[error("a payment with this id exists")]
+    AlreadyExists,
+    /// 422 `invalid_currency`.
+    #[error("a currency is an ISO 4217 code such as EUR")]
+    InvalidCurrency,
+    /// 422 `invalid_lines`.
+    #[error("a payment has 1 to 100 lines, each of 1 to 10000 units")]
+    InvalidLines,
+    /// 422 `unknown_product`.
+    #[error("a line names a product that is not in the catalog")]
+    UnknownProduct,
+    /// 422 `inactive_product`.
+    #[error("a line names a product that is not active")]
+    InactiveProduct,
+    /// 422 `currency_mismatch`.
+    #[error("every product of a payment must be priced in its currency")]
+    CurrencyMismatch,
+    /// 422 `invalid_amount`.
+    #[error("a payment's total must be above zero and at most 1000000000000 minor units")]
+    InvalidAmount,
+    /// 422 `invalid_customer_reference`.
+    #[error("a customer reference is 1 to 128 characters without control characters")]
+    InvalidCustomerReference,
+    /// 422 `invalid_description`.
+    #[error("a description is at most 255 characters without control characters")]
+    InvalidDescription,
+    /// 409 `link_exists`.
+    #[error("the payment already has a link")]
+    LinkExists,
+    /// 422 `not_awaiting_link`.
+    #[error("the payment no longer takes a link")]
+    NotAwaitingLink,
+    /// 422 `not_cancellable`.
+    #[error("only a payment that is not paid, expired or cancelled can be cancelled")]
+    NotCancellable,
+    /// 422 `invalid_reason`.
+    #[error("a reason is at most 500 characters")]
+    InvalidReason,
+}
+
+/// The state the rules need (also the snapshot form).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Payment {
+    /// The owning tenant, once requested.
+    tenant_id: Option<String>,
+    /// Where it is.
+    status: Status,
+    /// ISO 4217.
+    currency: String,
+    /// What the customer pays.
+    total: i64,
+    /// What was paid.
+    paid: i64,
+    /// Refunds so far.
+    refunded: i64,
+    /// Who collects it.
+    provider: Option<PaymentProvider>,
+    /// The provider's order, once a link exists.
+    provider_order_id: Option<String>,
+    /// The tenant's reference of the customer (sent to the provider with the link).
+    customer_reference: String,
+    /// Shown to the customer.
+    description: Option<String>,
+    /// Webhooks already taken into account.
+    webhooks: BTreeSet<String>,
+}
+
+impl Payment {
+    /// The owning tenant.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant_id.as_deref()
+    }
+
+    /// Where it is.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// ISO 4217.
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    /// What the customer pays.
+    pub fn total(&self) -> i64 {
+        self.total
+    }
+
+    /// Whether the platform makes this payment's link (Lyra); a Stripe payment's checkout is
+    /// the tenant's.
+    pub fn takes_link(&self) -> bool {
+        self.provider == Some(PaymentProvider::Lyra)
+    }
+
+    /// The tenant's reference of the customer.
+    pub fn customer_reference(&self) -> &str {
+        &self.customer_reference
+    }
+
+    /// Shown to the customer.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
+        let at = command.at;
+        if self.tenant_id.is_none() && !matches!(command.action, PaymentAction::Request { .. }) {
+            return Err(PaymentError::NotFound);
+        }
+        match command.action {
+            PaymentAction::Request {
+                tenant_id,
+                provider,
+                currency,
+                lines,
+                catalog,
+                customer_reference,
+                description,
+            } => {
+                if self.tenant_id.is_some() {
+                    return Err(PaymentError::AlreadyExists);
+                }
+                let requested = request(&currency, &lines, &catalog)?;
+                Ok(vec![PaymentEvent::Requested {
+                    tenant_id,
+                    provider,
+                    currency: requested.currency,
+                    net: requested.lines.iter().map(|l| l.net).sum(),
+                    tax: requested.lines.iter().map(|l| l.tax_amount).sum(),
+                    total: requested.total,
+                    lines: requested.lines,
+                    customer_reference: text(&customer_reference, 1, 128)
+                        .ok_or(PaymentError::InvalidCustomerReference)?,
+                    description: match description {
+                        None => None,
+                        Some(d) => Some(text(&d, 0, 255).ok_or(PaymentError::InvalidDescription)?)
+                            .filter(|d| !d.is_empty()),
+                    },
+                    at,
+                }])
+            }
+            PaymentAction::RecordLink { .. } | PaymentAction::RecordLinkFailure { .. }
+                if !self.takes_link() =>
+            {
+                Err(PaymentError::NotAwaitingLink)
+            }
+            PaymentAction::RecordLink {
+                provider_order_id,
+                url,
+                expires_at,
+            } => match (&self.provider_order_id, self.status) {
+                (Some(existing), _) if *existing == provider_order_id => Ok(vec![]),
+                (Some(_), _) => Err(PaymentError::LinkExists),
+                (None, Status::Requested) => Ok(vec![PaymentEvent::LinkCreated {
+                    provider_order_id,
+                    url,
+                    expires_at,
+                    at,
+                }]),
+                (None, _) => Err(PaymentError::NotAwaitingLink),
+            },
+            PaymentAction::RecordLinkFailure { code, reason } => {
+                if self.status != Status::Requested || self.provider_order_id.is_some() {
+                    return Err(PaymentError::NotAwaitingLink);
+                }
+                Ok(vec![PaymentEvent::LinkFailed {
+                    code,
+                    reason: reason.chars().take(500).collect(),
+                    at,
+                }])
+            }
+            PaymentAction::Cancel { reason } => {
+                let reason = text(&reason, 0, 500).ok_or(PaymentError::InvalidReason)?;
+                match self.status {
+                    Status::Cancelled => Ok(vec![]),
+                    s if s.awaits_payment() => Ok(vec![PaymentEvent::Cancelled { reason, at }]),
+                    _ => Err(PaymentError::NotCancellable),
+                }
+            }
+            PaymentAction::ProviderStatus { webhook_id, status } => {
+                if self.webhooks.contains(&webhook_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![self.provider_status(webhook_id, status, at)])
+            }
+        }
+    }
+
+    /// The event a provider's status leads to: the change, or the record that it was not
+    /// applied.
+    fn provider_status(
+        &self,
+        webhook_id: String,
+        status: ProviderStatus,
+        at: DateTime<Utc>,
+    ) -> PaymentEvent {
+        let name = status.name();
+        let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
+            status: name.to_owned(),
+            reason: reason.to_owned(),
+            webhook_id: webhook_id.clone(),
+            at,
+        };
+        match status {
+            ProviderStatus::Paid {
+                amount,
+                currency,
+                reference,
+            } => {
+                if self.status.was_paid() {
+                    ignored("already_paid")
+                } else if currency != self.currency || amount != self.total {
+                    ignored("amount_mismatch")
+                } else {
+                    PaymentEvent::Paid {
+                        amount,
+                        provider_reference: reference,
+                        webhook_id,
+                        at,
+                    }
+                }
+            }
+            ProviderStatus::Failed { reason } => {
+                if self.status.awaits_payment() {
+                    PaymentEvent::Failed {
+                        reason: reason.chars().take(500).collect(),
+                        webhook_id,
+                        at,
+                    }
+                } else {
+                    ignored(&format!("payment_{}", self.status.as_str()))
+                }
+            }
+            ProviderStatus::Expired => {
+                if self.status.awaits_payment() {
+                    PaymentEvent::Expired { webhook_id, at }
+                } else {
+                    ignored(&format!("payment_{}", self.status.as_str()))
+                }
+            }
+            ProviderStatus::Refunded {
+                refunded_total,
+                currency,
+            } => {
+                if !self.status.was_paid() {
+                    ignored("not_paid")
+                } else if currency != self.currency {
+                    ignored("amount_mismatch")
+                } else if refunded_total > self.paid {
+                    ignored("refund_exceeds_paid")
+                } else if refunded_total <= self.refunded {
+                    ignored("refund_already_recorded")
+                } else {
+                    PaymentEvent::Refunded {
+                        amount: refunded_total - self.refunded,
+                        refunded_total,
+                        webhook_id,
+                        at,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lines priced from the catalog, and their total.
+struct Priced {
+    currency: String,
+    lines: Vec<PaymentLine>,
+    total: i64,
+}
+
+fn request(
+    currency: &str,
+    lines: &[LineRequest],
+    catalog: &Catalog,
+) -> Result<Priced, PaymentError> {
+    let currency = values::currency(currency).ok_or(PaymentError::InvalidCurrency)?;
+    if lines.is_empty()
+        || lines.len() > MAX_LINES
+        || lines
+            .iter()
+            .any(|l| l.quantity == 0 || l.quantity > MAX_QUANTITY)
+    {
+        return Err(PaymentError::InvalidLines);
+    }
+    let mut priced = Vec::with_capacity(lines.len());
+    let mut total: i64 = 0;
+    for l in lines {
+        let product = catalog
+            .product(&l.product_id)
+            .ok_or(PaymentError::UnknownProduct)?;
+        if !product.active {
+            return Err(PaymentError::InactiveProduct);
+        }
+        if product.currency != currency {
+            return Err(PaymentError::CurrencyMismatch);
+        }
+        let tax = product.tax_id.as_deref().and_then(|t| catalog.tax(t));
+        let line = values::line(product, tax, l.quantity).ok_or(PaymentError::InvalidAmount)?;
+        total = total
+            .checked_add(line.gross)
+            .filter(|t| *t <= MAX_AMOUNT)
+            .ok_or(PaymentError::InvalidAmount)?;
+        priced.push(line);
+    }
+    if total <= 0 {
+        return Err(PaymentError::InvalidAmount);
+    }
+    Ok(Priced {
+        currency,
+        lines: priced,
+        total,
+    })
+}
+
+/// `raw` trimmed, `min`–`max` characters, no control characters.
+fn text(raw: &str, min: usize, max: usize) -> Option<String> {
+    let t = raw.trim();
+    let n = t.chars().count();
+    ((min..=max).contains(&n) && !t.chars().any(char::is_control)).then(|| t.to_owned())
+}
+
+impl Aggregate for Payment {
+    const TYPE: &'static str = PAYMENT;
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Error = PaymentError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: PaymentCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), PaymentError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: PaymentEvent) {
+        match event {
+            PaymentEvent::Requested {
+                tenant_id,
+                provider,
+                currency,
+                total,
+                customer_reference,
+                description,
+                ..
+            } => {
+                self.tenant_id = Some(tenant_id);
+                self.provider = Some(provider);
+                self.customer_reference = customer_reference;
+                self.description = description;
+                self.currency = currency;
+                self.total = total;
+                self.status = Status::Requested;
+            }
+            PaymentEvent::LinkCreated {
+                provider_order_id, ..
+            } => {
+                self.provider_order_id = Some(provider_order_id);
+                self.status = Status::LinkCreated;
+            }
+            PaymentEvent::LinkFailed { .. } => {}
+            PaymentEvent::Paid {
+                amount, webhook_id, ..
+            } => {
+                self.paid = amount;
+                self.status = Status::Paid;
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::Failed { webhook_id, .. } => {
+                self.status = Status::Failed;
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::Expired { webhook_id, .. } => {
+                self.status = Status::Expired;
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::Cancelled { .. } => self.status = Status::Cancelled,
+            PaymentEvent::Refunded {
+                refunded_total,
+                webhook_id,
+                ..
+            } => {
+                self.refunded = refunded_total;
+                self.status = if refunded_total >= self.paid {
+                    Status::Refunded
+                } else {
+                    Status::PartiallyRefunded
+                };
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::ProviderStatusIgnored { webhook_id, .. } => {
+                self.webhooks.insert(webhook_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+    use events::payment::{CatalogEvent, Product, Tax};
+
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn vat() -> Tax {
+        Tax {
+            tax_id: "vat".into(),
+            name: "VAT".into(),
+            rate_bp: 2_000,
+            included: true,
+        }
+    }
+
+    fn product(id: &str, price: i64, currency: &str, active: bool) -> Product {
+        Product {
+            product_id: id.into(),
+            name: id.to_uppercase(),
+            unit_price: price,
+            currency: currency.into(),
+            tax_id: Some("vat".into()),
+            active,
+        }
+    }
+
+    /// VAT 20 % included; `lesson` 60.00 EUR, `book` 12.00 EUR, `old` inactive, `usd` in USD.
+    fn catalog() -> Box<Catalog> {
+        let mut c = Catalog::default();
+        for e in [
+            CatalogEvent::TaxDefined(vat()),
+            CatalogEvent::ProductDefined(product("lesson", 6_000, "EUR", true)),
+            CatalogEvent::ProductDefined(product("book", 1_200, "EUR", true)),
+            CatalogEvent::ProductDefined(product("old", 100, "EUR", false)),
+            CatalogEvent::ProductDefined(product("usd", 100, "USD", true)),
+        ] {
+            c.apply(e);
+        }
+        Box::new(c)
+    }
+
+    fn line(product_id: &str, quantity: u32) -> LineRequest {
+        LineRequest {
+            product_id: product_id.into(),
+            quantity,
+        }
+    }
+
+    fn request_with(lines: Vec<LineRequest>) -> PaymentCommand {
+        cmd(PaymentAction::Request {
+            tenant_id: "t1".into(),
+            provider: PaymentProvider::Lyra,
+            currency: "EUR".into(),
+            lines,
+            catalog: catalog(),
+            customer_reference: " cust-1 ".into(),
+            description: Some("Lessons".into()),
+        })
+    }
+
+    fn cmd(action: PaymentAction) -> PaymentCommand {
+        PaymentCommand { at: t0(), action }
+    }
+
+    /// 2 lessons + 1 book: 132.00 EUR incl. 22.00 VAT.
+    fn requested() -> PaymentEvent {
+        let lesson = values::line(&product("lesson", 6_000, "EUR", true), Some(&vat()), 2);
+        let book = values::line(&product("book", 1_200, "EUR", true), Some(&vat()), 1);
+        PaymentEvent::Requested {
+            tenant_id: "t1".into(),
+            provider: PaymentProvider::Lyra,
+            currency: "EUR".into(),
+            lines: [lesson, book].into_iter().flatten().collect(),
+            net: 11_000,
+            tax: 2_200,
+            total: 13_200,
+            customer_reference: "cust-1".into(),
+            description: Some("Lessons".into()),
+            at: t0(),
+        }
+    }
+
+    fn link() -> PaymentEvent {
+        PaymentEvent::LinkCreated {
+            provider_order_id: "po-1".into(),
+            url: "https://pay.example/po-1".into(),
+            expires_at: None,
+            at: t0(),
+        }
+    }
+
+    fn paid(webhook: &str) -> PaymentEvent {
+        PaymentEvent::Paid {
+            amount: 13_200,
+            provider_reference: "tx-1".into(),
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
+    fn status(webhook: &str, status: ProviderStatus) -> PaymentCommand {
+        cmd(PaymentAction::ProviderStatus {
+            webhook_id: webhook.into(),
+            status,
+        })
+    }
+
+    fn paid_status(amount: i64) -> ProviderStatus {
+        ProviderStatus::Paid {
+            amount,
+            currency: "EUR".into(),
+            reference: "tx-1".into(),
+        }
+    }
+
+    fn refunded_status(total: i64) -> ProviderStatus {
+        ProviderStatus::Refunded {
+            refunded_total: total,
+            currency: "EUR".into(),
+        }
+    }
+
+    fn ignored(status: &str, reason: &str, webhook: &str) -> PaymentEvent {
+        PaymentEvent::ProviderStatusIgnored {
+            status: status.into(),
+            reason: reason.into(),
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
+    fn framework() -> TestFramework<Payment> {
+        TestFramework::with(())
+    }
+
+    #[test]
+    fn request_prices_the_lines_from_the_catalog() {
+        framework()
+            .given_no_previous_events()
+            .when(request_with(vec![line("lesson", 2), line("book", 1)]))
+            .then_expect_events(vec![requested()]);
+    }
+
+    #[test]
+    fn request_twice_is_refused() {
+        framework()
+            .given(vec![requested()])
+            .when(request_with(vec![line("book", 1)]))
+            .then_expect_error(PaymentError::AlreadyExists);
+    }
+
+    #[test]
+    fn request_without_lines_or_with_zero_units_is_refused() {
+        for lines in [vec![], vec![line("book", 0)], vec![line("book", 10_001)]] {
+            framework()
+                .given_no_previous_events()
+                .when(request_with(lines))
+                .then_expect_error(PaymentError::InvalidLines);
+        }
+    }
+
+    #[test]
+    fn request_of_an_unknown_or_inactive_product_is_refused() {
+        framework()
+            .given_no_previous_events()
+            .when(request_with(vec![line("nope", 1)]))
+            .then_expect_error(PaymentError::UnknownProduct);
+        framework()
+            .given_no_previous_events()
+            .when(request_with(vec![line("old", 1)]))
+            .then_expect_error(PaymentError::InactiveProduct);
+    }
+
+    #[test]
+    fn request_mixing_currencies_is_refused() {
+        framework()
+            .given_no_previous_events()
+            .when(request_with(vec![line("usd", 1)]))
+            .then_expect_error(PaymentError::CurrencyMismatch);
+    }
+
+    #[test]
+    fn request_with_a_bad_customer_reference_is_refused() {
+        framework()
+            .given_no_previous_events()
+            .when(cmd(PaymentAction::Request {
+                tenant_id: "t1".into(),
+                provider: PaymentProvider::Lyra,
+                currency: "EUR".into(),
+                lines: vec![line("book", 1)],
+                catalog: catalog(),
+                customer_reference: "  ".into(),
+                description: None,
+            }))
+            .then_expect_error(PaymentError::InvalidCustomerReference);
+    }
+
+    #[test]
+    fn request_of_a_free_payment_is_refused() {
+        let mut c = catalog();
+        c.apply(CatalogEvent::ProductDefined(product(
+            "free", 0, "EUR", true,
+        )));
+        framework()
+            .given_no_previous_events()
+            .when(cmd(PaymentAction::Request {
+                tenant_id: "t1".into(),
+                provider: PaymentProvider::Lyra,
+                currency: "EUR".into(),
+                lines: vec![line("free", 1)],
+                catalog: c,
+                customer_reference: "c".into(),
+                description: None,
+            }))
+            .then_expect_error(PaymentError::InvalidAmount);
+    }
+
+    #[test]
+    fn record_link_on_a_requested_payment_creates_it() {
+        framework()
+            .given(vec![requested()])
+            .when(cmd(PaymentAction::RecordLink {
+                provider_order_id: "po-1".into(),
+                url: "https://pay.example/po-1".into(),
+                expires_at: None,
+            }))
+            .then_expect_events(vec![link()]);
+    }
+
+    #[test]
+    fn record_link_again_with_the_same_order_appends_nothing_and_another_is_refused() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(cmd(PaymentAction::RecordLink {
+                provider_order_id: "po-1".into(),
+                url: "https://pay.example/po-1".into(),
+                expires_at: None,
+            }))
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![requested(), link()])
+            .when(cmd(PaymentAction::RecordLink {
+                provider_order_id: "po-2".into(),
+                url: "https://pay.example/po-2".into(),
+                expires_at: None,
+            }))
+            .then_expect_error(PaymentError::LinkExists);
+    }
+
+    #[test]
+    fn record_link_failure_after_a_link_is_refused() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(cmd(PaymentAction::RecordLinkFailure {
+                code: None,
+                reason: "x".into(),
+            }))
+            .then_expect_error(PaymentError::NotAwaitingLink);
+    }
+
+    #[test]
+    fn any_command_on_an_unknown_payment_is_not_found() {
+        framework()
+            .given_no_previous_events()
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_error(PaymentError::NotFound);
+    }
+
+    #[test]
+    fn paid_with_the_right_amount_is_applied() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![paid("w1")]);
+    }
+
+    #[test]
+    fn paid_with_another_amount_or_currency_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(status("w1", paid_status(100)))
+            .then_expect_events(vec![ignored("paid", "amount_mismatch", "w1")]);
+        framework()
+            .given(vec![requested(), link()])
+            .when(status(
+                "w1",
+                ProviderStatus::Paid {
+                    amount: 13_200,
+                    currency: "USD".into(),
+                    reference: "tx".into(),
+                },
+            ))
+            .then_expect_events(vec![ignored("paid", "amount_mismatch", "w1")]);
+    }
+
+    #[test]
+    fn the_same_webhook_twice_changes_nothing() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn failed_after_paid_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status(
+                "w2",
+                ProviderStatus::Failed {
+                    reason: "card_declined".into(),
+                },
+            ))
+            .then_expect_events(vec![ignored("failed", "payment_paid", "w2")]);
+    }
+
+    #[test]
+    fn failed_then_paid_applies_both() {
+        let failed = PaymentEvent::Failed {
+            reason: "card_declined".into(),
+            webhook_id: "w1".into(),
+            at: t0(),
+        };
+        framework()
+            .given(vec![requested(), link()])
+            .when(status(
+                "w1",
+                ProviderStatus::Failed {
+                    reason: "card_declined".into(),
+                },
+            ))
+            .then_expect_events(vec![failed.clone()]);
+        framework()
+            .given(vec![requested(), link(), failed])
+            .when(status("w2", paid_status(13_200)))
+            .then_expect_events(vec![paid("w2")]);
+    }
+
+    #[test]
+    fn expired_while_awaiting_payment_is_applied_and_after_paid_is_recorded() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(status("w1", ProviderStatus::Expired))
+            .then_expect_events(vec![PaymentEvent::Expired {
+                webhook_id: "w1".into(),
+                at: t0(),
+            }]);
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", ProviderStatus::Expired))
+            .then_expect_events(vec![ignored("expired", "payment_paid", "w2")]);
+    }
+
+    #[test]
+    fn a_second_paid_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", paid_status(13_200)))
+            .then_expect_events(vec![ignored("paid", "already_paid", "w2")]);
+    }
+
+    #[test]
+    fn refunds_are_applied_up_to_what_was_paid() {
+        let first = PaymentEvent::Refunded {
+            amount: 1_200,
+            refunded_total: 1_200,
+            webhook_id: "w2".into(),
+            at: t0(),
+        };
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", refunded_status(1_200)))
+            .then_expect_events(vec![first.clone()]);
+        framework()
+            .given(vec![requested(), link(), paid("w1"), first.clone()])
+            .when(status("w3", refunded_status(13_200)))
+            .then_expect_events(vec![PaymentEvent::Refunded {
+                amount: 12_000,
+                refunded_total: 13_200,
+                webhook_id: "w3".into(),
+                at: t0(),
+            }]);
+        framework()
+            .given(vec![requested(), link(), paid("w1"), first])
+            .when(status("w3", refunded_status(1_200)))
+            .then_expect_events(vec![ignored("refunded", "refund_already_recorded", "w3")]);
+    }
+
+    #[test]
+    fn a_refund_above_what_was_paid_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", refunded_status(13_201)))
+            .then_expect_events(vec![ignored("refunded", "refund_exceeds_paid", "w2")]);
+    }
+
+    #[test]
+    fn a_refund_before_payment_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(status("w2", refunded_status(100)))
+            .then_expect_events(vec![ignored("refunded", "not_paid", "w2")]);
+    }
+
+    #[test]
+    fn cancel_before_payment_cancels_and_after_is_refused() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(cmd(PaymentAction::Cancel {
+                reason: "duplicate".into(),
+            }))
+            .then_expect_events(vec![PaymentEvent::Cancelled {
+                reason: "duplicate".into(),
+                at: t0(),
+            }]);
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(cmd(PaymentAction::Cancel { reason: "".into() }))
+            .then_expect_error(PaymentError::NotCancellable);
+    }
+
+    #[test]
+    fn record_link_on_a_stripe_payment_is_refused() {
+        let mut stripe = requested();
+        if let PaymentEvent::Requested { provider, .. } = &mut stripe {
+            *provider = PaymentProvider::Stripe;
+        }
+        framework()
+            .given(vec![stripe])
+            .when(cmd(PaymentAction::RecordLink {
+                provider_order_id: "po-1".into(),
+                url: "https://pay.example/po-1".into(),
+                expires_at: None,
+            }))
+            .then_expect_error(PaymentError::NotAwaitingLink);
+    }
+
+    #[test]
+    fn paid_after_cancel_is_applied_because_the_money_was_taken() {
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                PaymentEvent::Cancelled {
+                    reason: "".into(),
+                    at: t0(),
+                },
+            ])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![paid("w1")]);
+    }
+
+    #[test]
+    fn cancel_twice_appends_nothing() {
+        framework()
+            .given(vec![
+                requested(),
+                PaymentEvent::Cancelled {
+                    reason: "".into(),
+                    at: t0(),
+                },
+            ])
+            .when(cmd(PaymentAction::Cancel { reason: "".into() }))
+            .then_expect_events(vec![]);
+    }
+}

@@ -1,0 +1,386 @@
+//! `POST /api/webhooks/stripe`, `POST /api/webhooks/lyra` (ingestion), and the commands on
+//! received webhooks: `process` (the process manager's, service tokens only) and `replay`
+//! (an admin's).
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use events::access::Principal;
+use events::envelope::ActorKind;
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::identity::PLATFORM_TENANT;
+use events::payment::{PaymentEvent, PAYMENT};
+use events::webhook::{webhook_id, Outcome, Provider, WebhookEvent, WEBHOOK};
+use events::Metadata;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::aggregate::{Status, WebhookCommand, WebhookError};
+use super::interpret::{self, Reference};
+use super::verify::{self, Rejection};
+use crate::http::error::DomainProblem;
+use crate::payments::aggregate::{PaymentAction, PaymentCommand, PaymentError};
+use crate::store::CommandError;
+use crate::AppState;
+
+/// The largest webhook body accepted (Stripe's events stay far below it).
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// Rejections kept in the log.
+const REJECTIONS_KEPT: i64 = 1_000;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/webhooks/stripe", post(stripe))
+        .route("/api/webhooks/lyra", post(lyra))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
+        .route("/v1/webhooks/{id}/process", post(process))
+        .route("/v1/webhooks/{id}/replay", post(replay))
+}
+
+async fn stripe(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let signature = headers
+        .get("stripe-signature")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let now = state.clock.now().timestamp();
+    if let Err(r) = verify::stripe(signature, &body, &state.webhook_secrets.stripe, now) {
+        return Err(reject(&state.pool, Provider::Stripe, r, signature, &body).await);
+    }
+    let payload: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
+    receive(&state, &ids, Provider::Stripe, payload).await
+}
+
+async fn lyra(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let form: verify::LyraForm = match serde_urlencoded::from_bytes(&body) {
+        Ok(form) => form,
+        Err(_) => {
+            let r = Rejection::Missing;
+            return Err(reject(&state.pool, Provider::Lyra, r, None, &body).await);
+        }
+    };
+    let secrets = &state.webhook_secrets;
+    let answer = match verify::lyra(
+        &form,
+        secrets.lyra_password.as_deref(),
+        secrets.lyra_hmac_key.as_deref(),
+    ) {
+        Ok(answer) => answer,
+        Err(r) => {
+            return Err(reject(&state.pool, Provider::Lyra, r, form.hash.as_deref(), &body).await)
+        }
+    };
+    let payload: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|_| Problem::bad_request("invalid_payload", "kr-answer is not JSON."))?;
+    receive(&state, &ids, Provider::Lyra, payload).await
+}
+
+/// Writes a refused webhook to the capped rejection log and answers 401. The log is
+/// best-effort: failing to write it does not change the answer.
+async fn reject(
+    pool: &PgPool,
+    provider: Provider,
+    rejection: Rejection,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Problem {
+    let excerpt = String::from_utf8_lossy(&body[..body.len().min(2048)]).replace('\0', "\u{fffd}");
+    let signature = signature.map(|s| s.chars().take(512).collect::<String>().replace('\0', ""));
+    let logged = sqlx::query(
+        "WITH added AS (
+             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id)
+         DELETE FROM webhook_rejections WHERE id <= (SELECT id FROM added) - $6",
+    )
+    .bind(provider.as_str())
+    .bind(rejection.code())
+    .bind(signature)
+    .bind(excerpt)
+    .bind(body.len() as i32)
+    .bind(REJECTIONS_KEPT)
+    .execute(pool)
+    .await;
+    if let Err(e) = logged {
+        tracing::warn!(error = %e, "could not log a webhook rejection");
+    }
+    tracing::warn!(
+        provider = provider.as_str(),
+        reason = rejection.code(),
+        "webhook refused"
+    );
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        rejection.code(),
+        "The webhook's signature could not be verified.",
+    )
+}
+
+/// The tenant of the stream `(aggregate_type, id)`: that of its first event.
+async fn stream_tenant(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
+
+/// Appends a verified webhook, once: a repeat finds it received and appends nothing.
+async fn receive(
+    state: &AppState,
+    ids: &RequestIds,
+    provider: Provider,
+    payload: serde_json::Value,
+) -> Result<Response, Problem> {
+    let identity = interpret::identify(provider, &payload)
+        .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
+    let id = webhook_id(provider, &identity.provider_event_id);
+    // Attributed to the payment's tenant when it names one we know.
+    let tenant = match &identity.payment_id {
+        Some(p) => stream_tenant(&state.pool, PAYMENT, p).await?,
+        None => None,
+    }
+    .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
+    let metadata = ids.metadata(
+        &tenant,
+        &format!("webhook:{}", provider.as_str()),
+        ActorKind::Anonymous,
+    );
+    let command = WebhookCommand::Receive {
+        provider,
+        provider_event_id: identity.provider_event_id,
+        event_type: identity.event_type,
+        payment_id: identity.payment_id,
+        payload,
+        at: state.clock.now(),
+    };
+    let c = state
+        .webhooks
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok(Json(json!({"received": true, "id": id, "duplicate": c.appended == 0})).into_response())
+}
+
+fn webhook_uuid(raw: &str) -> Result<String, Problem> {
+    Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| WebhookError::NotFound.problem())
+}
+
+/// The metadata of a command caused by webhook `id`: the tenant of its stream, the platform
+/// component `webhooks` as actor, the webhook's `Received` event as the cause.
+fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
+    let mut metadata = ids.metadata(tenant, "webhooks", ActorKind::System);
+    metadata.causation_id = events::subject::message_id(WEBHOOK, id, 1);
+    metadata
+}
+
+/// What processing a webhook did, or why it must be tried again.
+enum Processing {
+    Done(Outcome, Option<String>, String),
+    Retry(String),
+}
+
+/// Processes a pending webhook: turns it into a payment command and records the outcome, or
+/// the failure (retried later; dead-lettered after the last attempt). Only the platform's
+/// process manager calls it.
+async fn process(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    if !matches!(who, Principal::Service { .. }) {
+        return Err(Problem::forbidden(
+            "Webhooks are processed by the platform.",
+        ));
+    }
+    let id = webhook_uuid(&raw)?;
+    let webhook = state.webhooks.load(&id).await?;
+    let Some(received) = webhook.received().cloned() else {
+        return Err(WebhookError::NotFound.problem());
+    };
+    if webhook.status() != Status::Pending {
+        return Ok(
+            Json(json!({"id": id, "status": status_name(webhook.status())})).into_response(),
+        );
+    }
+    let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
+        .await?
+        .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
+    let meaning = interpret::interpret(received.provider, &received.event_type, &received.payload);
+    let processing = apply(&state, &ids, &id, meaning).await;
+    let at = state.clock.now();
+    let command = match &processing {
+        Processing::Done(outcome, payment_id, detail) => WebhookCommand::RecordOutcome {
+            outcome: *outcome,
+            payment_id: payment_id.clone(),
+            detail: detail.clone(),
+            at,
+        },
+        Processing::Retry(error) => WebhookCommand::RecordFailure {
+            error: error.clone(),
+            at,
+        },
+    };
+    let (c, recorded) = state
+        .webhooks
+        .execute_with_events(&id, None, command, &caused_by(&ids, &tenant, &id))
+        .await?;
+    let dead = recorded
+        .iter()
+        .any(|e| matches!(e, WebhookEvent::DeadLettered { .. }));
+    let body = match processing {
+        Processing::Retry(error) if dead => json!({
+            "id": id, "version": c.version, "status": "dead", "error": error,
+        }),
+        Processing::Done(outcome, payment_id, detail) => json!({
+            "id": id, "version": c.version, "status": "processed",
+            "outcome": outcome, "payment_id": payment_id, "detail": detail,
+        }),
+        Processing::Retry(error) => json!({
+            "id": id, "version": c.version, "status": "retrying", "error": error,
+        }),
+    };
+    Ok(Json(body).into_response())
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::None => "none",
+        Status::Pending => "pending",
+        Status::Processed => "processed",
+        Status::Dead => "dead",
+    }
+}
+
+/// Turns a webhook's meaning into a payment command.
+async fn apply(
+    state: &AppState,
+    ids: &RequestIds,
+    webhook: &str,
+    meaning: interpret::Meaning,
+) -> Processing {
+    let Some(status) = meaning.status else {
+        return Processing::Done(
+            Outcome::Ignored,
+            None,
+            "not an event the platform acts on".into(),
+        );
+    };
+    let payment_id = match meaning.reference {
+        Reference::Payment(id) => id,
+        Reference::Provider(reference) => {
+            // Known once the payment is projected as paid; the read model may lag.
+            let found: Result<Option<Uuid>, _> =
+                sqlx::query_scalar("SELECT id FROM payments WHERE provider_reference = $1 LIMIT 1")
+                    .bind(&reference)
+                    .fetch_optional(&state.pool)
+                    .await;
+            match found {
+                Ok(Some(id)) => id.to_string(),
+                Ok(None) => {
+                    return Processing::Retry(format!(
+                        "no payment known for provider reference {reference}"
+                    ))
+                }
+                Err(e) => return Processing::Retry(format!("database: {e}")),
+            }
+        }
+        Reference::None => {
+            return Processing::Done(Outcome::Ignored, None, "names no payment".into())
+        }
+    };
+    let tenant = match stream_tenant(&state.pool, PAYMENT, &payment_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Processing::Done(Outcome::Ignored, Some(payment_id), "no such payment".into())
+        }
+        Err(_) => return Processing::Retry("database unavailable".into()),
+    };
+    let command = PaymentCommand {
+        at: state.clock.now(),
+        action: PaymentAction::ProviderStatus {
+            webhook_id: webhook.to_owned(),
+            status,
+        },
+    };
+    let metadata = caused_by(ids, &tenant, webhook);
+    match state
+        .payments
+        .execute_with_events(&payment_id, None, command, &metadata)
+        .await
+    {
+        Ok((_, events)) => match events.first() {
+            None => Processing::Done(
+                Outcome::Recorded,
+                Some(payment_id),
+                "already applied".into(),
+            ),
+            Some(PaymentEvent::ProviderStatusIgnored { reason, .. }) => {
+                Processing::Done(Outcome::Recorded, Some(payment_id), reason.clone())
+            }
+            Some(e) => {
+                let detail = cqrs_es::DomainEvent::event_type(e);
+                Processing::Done(Outcome::Applied, Some(payment_id), detail)
+            }
+        },
+        Err(CommandError::Rejected(PaymentError::NotFound)) => {
+            Processing::Done(Outcome::Ignored, Some(payment_id), "no such payment".into())
+        }
+        Err(CommandError::Rejected(e)) => {
+            Processing::Done(Outcome::Ignored, Some(payment_id), e.to_string())
+        }
+        Err(e) => Processing::Retry(e.to_string()),
+    }
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let id = webhook_uuid(&raw)?;
+    let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
+        .await?
+        .ok_or_else(|| WebhookError::NotFound.problem())?;
+    // Unattributed webhooks belong to the platform: only a super admin replays them.
+    if !who.is_super_admin() && (tenant == PLATFORM_TENANT || !who.administers(&tenant)) {
+        return Err(WebhookError::NotFound.problem());
+    }
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let command = WebhookCommand::Replay {
+        at: state.clock.now(),
+    };
+    let c = state
+        .webhooks
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok(crate::http::accepted(
+        StatusCode::OK,
+        WEBHOOK,
+        &c.aggregate_id,
+        c.version,
+    ))
+}

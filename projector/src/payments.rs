@@ -1,0 +1,405 @@
+//! Read models of the payments context, one projection per aggregate type:
+//! - `webhooks` (`webhook` events): what admins list, and the queue the process manager
+//!   ([`crate::webhook_processor`]) takes due webhooks from (`next_attempt_at`);
+//! - `catalog` (`catalog` events): `catalog_taxes`, `catalog_products`;
+//! - `payments` (`payment` events): `payments`, `payment_lines`, `payment_refunds`.
+//!
+//! Every event moves its row's `version`, so a reader can wait for its own write.
+
+use async_trait::async_trait;
+use events::payment::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
+use events::webhook::{Outcome, WebhookEvent, WEBHOOK};
+use events::Envelope;
+use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
+
+use crate::projection::{Projection, ProjectionError, Target};
+
+fn decode<E: DeserializeOwned>(e: &Envelope) -> Result<E, ProjectionError> {
+    serde_json::from_value(e.payload.clone()).map_err(|err| ProjectionError::Undecodable {
+        event_id: e.event_id(),
+        reason: err.to_string(),
+    })
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Applied => "applied",
+        Outcome::Recorded => "recorded",
+        Outcome::Ignored => "ignored",
+    }
+}
+
+/// The `webhooks` read model.
+pub struct WebhooksProjection;
+
+#[async_trait]
+impl Projection for WebhooksProjection {
+    fn name(&self) -> &'static str {
+        "webhooks"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[WEBHOOK]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["webhooks"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("webhooks");
+        let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+        match decode::<WebhookEvent>(e)? {
+            WebhookEvent::Received {
+                provider,
+                provider_event_id,
+                event_type,
+                payment_id,
+                received_at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, tenant_id, provider, provider_event_id, event_type,
+                                          payment_id, status, next_attempt_at, received_at,
+                                          updated_at, version)
+                     VALUES ($1::uuid, $2, $3, $4, $5, $6, 'received', $7, $7, $8, $9)"
+                ))
+                .bind(id)
+                .bind(e.tenant_id())
+                .bind(provider.as_str())
+                .bind(provider_event_id)
+                .bind(event_type)
+                .bind(payment_id)
+                .bind(received_at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
+            WebhookEvent::AttemptFailed {
+                attempt,
+                error,
+                retry_at,
+            } => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'retrying', attempts = $4, last_error = $5,
+                        next_attempt_at = $6, updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(attempt as i32)
+                .bind(error)
+                .bind(retry_at)
+                .execute(&mut *conn)
+                .await?
+            }
+            WebhookEvent::DeadLettered { attempts, error } => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'dead', attempts = $4, last_error = $5,
+                        next_attempt_at = NULL, updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(attempts as i32)
+                .bind(error)
+                .execute(&mut *conn)
+                .await?
+            }
+            WebhookEvent::Processed {
+                outcome,
+                payment_id,
+                detail,
+                at,
+            } => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'processed', outcome = $4,
+                        payment_id = coalesce($5, payment_id), detail = $6, processed_at = $7,
+                        next_attempt_at = NULL, updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(outcome_name(outcome))
+                .bind(payment_id)
+                .bind(detail)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+            }
+            WebhookEvent::ReplayRequested { at } => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'received', attempts = 0, next_attempt_at = $4,
+                        updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+            }
+        };
+        Ok(())
+    }
+}
+
+/// The `catalog_taxes` and `catalog_products` read models.
+pub struct CatalogProjection;
+
+#[async_trait]
+impl Projection for CatalogProjection {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[CATALOG]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["catalog_taxes", "catalog_products"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        // A catalog's id is its tenant's.
+        let tenant = e.aggregate_id.as_str();
+        match decode::<CatalogEvent>(e)? {
+            CatalogEvent::TaxDefined(t) | CatalogEvent::TaxUpdated(t) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {} (tenant_id, id, name, rate_bp, included, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET name = $3, rate_bp = $4,
+                        included = $5, updated_at = $6",
+                    target.table("catalog_taxes")
+                ))
+                .bind(tenant)
+                .bind(t.tax_id)
+                .bind(t.name)
+                .bind(t.rate_bp as i32)
+                .bind(t.included)
+                .bind(e.recorded_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            CatalogEvent::ProductDefined(p) | CatalogEvent::ProductUpdated(p) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {} (tenant_id, id, name, unit_price, currency, tax_id, active, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET name = $3, unit_price = $4,
+                        currency = $5, tax_id = $6, active = $7, updated_at = $8",
+                    target.table("catalog_products")
+                ))
+                .bind(tenant)
+                .bind(p.product_id)
+                .bind(p.name)
+                .bind(p.unit_price)
+                .bind(p.currency)
+                .bind(p.tax_id)
+                .bind(p.active)
+                .bind(e.recorded_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `payments`, `payment_lines` and `payment_refunds` read models.
+pub struct PaymentsProjection;
+
+#[async_trait]
+impl Projection for PaymentsProjection {
+    fn name(&self) -> &'static str {
+        "payments"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[PAYMENT]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["payments", "payment_lines", "payment_refunds"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        let payments = target.table("payments");
+        let (id, tenant, version, recorded) = (
+            e.aggregate_id.as_str(),
+            e.tenant_id(),
+            e.sequence as i64,
+            e.recorded_at,
+        );
+        // Each arm names the columns it sets, from $4 on; $1–$3 are the row and its version.
+        let (set, text, time): (&str, Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
+            match decode::<PaymentEvent>(e)? {
+                PaymentEvent::Requested {
+                    provider,
+                    currency,
+                    lines,
+                    net,
+                    tax,
+                    total,
+                    customer_reference,
+                    description,
+                    at,
+                    ..
+                } => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {payments} (id, tenant_id, provider, status, currency, net, tax,
+                                    total, customer_reference, description, requested_at,
+                                    updated_at, version)
+                         VALUES ($1::uuid, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    ))
+                    .bind(id)
+                    .bind(tenant)
+                    .bind(match provider {
+                        events::payment::PaymentProvider::Lyra => "lyra",
+                        events::payment::PaymentProvider::Stripe => "stripe",
+                    })
+                    .bind(currency)
+                    .bind(net)
+                    .bind(tax)
+                    .bind(total)
+                    .bind(customer_reference)
+                    .bind(description)
+                    .bind(at)
+                    .bind(recorded)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+                    for (n, l) in lines.into_iter().enumerate() {
+                        sqlx::query(&format!(
+                            "INSERT INTO {} (payment_id, n, tenant_id, product_id, name, quantity,
+                                             unit_price, tax_name, rate_bp, net, tax, gross)
+                             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                            target.table("payment_lines")
+                        ))
+                        .bind(id)
+                        .bind(n as i32 + 1)
+                        .bind(tenant)
+                        .bind(l.product_id)
+                        .bind(l.name)
+                        .bind(l.quantity as i32)
+                        .bind(l.unit_price)
+                        .bind(l.tax.as_ref().map(|t| t.name.clone()))
+                        .bind(l.tax.as_ref().map(|t| t.rate_bp as i32))
+                        .bind(l.net)
+                        .bind(l.tax_amount)
+                        .bind(l.gross)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    return Ok(());
+                }
+                PaymentEvent::LinkCreated {
+                    provider_order_id,
+                    url,
+                    expires_at,
+                    ..
+                } => {
+                    sqlx::query(&format!(
+                        "UPDATE {payments} SET status = 'link_created', provider_order_id = $4,
+                                link_url = $5, link_expires_at = $6, last_error = NULL,
+                                updated_at = $2, version = $3
+                          WHERE id = $1::uuid"
+                    ))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .bind(provider_order_id)
+                    .bind(url)
+                    .bind(expires_at)
+                    .execute(&mut *conn)
+                    .await?;
+                    return Ok(());
+                }
+                PaymentEvent::LinkFailed { reason, .. } => ("last_error = $4", Some(reason), None),
+                PaymentEvent::Paid {
+                    provider_reference,
+                    at,
+                    ..
+                } => (
+                    "status = 'paid', provider_reference = $4, paid_at = $5",
+                    Some(provider_reference),
+                    Some(at),
+                ),
+                PaymentEvent::Failed { reason, .. } => {
+                    ("status = 'failed', last_error = $4", Some(reason), None)
+                }
+                PaymentEvent::Expired { .. } => ("status = 'expired'", None, None),
+                PaymentEvent::Cancelled { reason, .. } => {
+                    ("status = 'cancelled', last_error = $4", Some(reason), None)
+                }
+                PaymentEvent::Refunded {
+                    amount,
+                    refunded_total,
+                    webhook_id,
+                    at,
+                } => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {} (payment_id, sequence, tenant_id, amount, webhook_id, refunded_at)
+                         VALUES ($1::uuid, $2, $3, $4, $5, $6)",
+                        target.table("payment_refunds")
+                    ))
+                    .bind(id)
+                    .bind(version)
+                    .bind(tenant)
+                    .bind(amount)
+                    .bind(webhook_id)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query(&format!(
+                        "UPDATE {payments} SET refunded = $4,
+                                status = CASE WHEN $4 >= total THEN 'refunded' ELSE 'partially_refunded' END,
+                                updated_at = $2, version = $3
+                          WHERE id = $1::uuid"
+                    ))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .bind(refunded_total)
+                    .execute(&mut *conn)
+                    .await?;
+                    return Ok(());
+                }
+                // Recorded on the payment's timeline (the event store); the row keeps its state.
+                PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
+            };
+        let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");
+        sql.push_str(" WHERE id = $1::uuid");
+        let mut query = sqlx::query(&sql).bind(id).bind(recorded).bind(version);
+        if set.contains("$4") {
+            query = query.bind(text);
+        }
+        if set.contains("$5") {
+            query = query.bind(time);
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
+    }
+}

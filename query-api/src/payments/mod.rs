@@ -1,0 +1,684 @@
+//! Payments reads: the list (keyset paged, filtered), a payment with its lines and refunds
+//! (read-your-writes), its timeline for auditors (every event from the store, each with the
+//! provider webhook that caused it), the revenue report ([`reports`]) and a tenant's catalog.
+//!
+//! Payments are for those who administer the tenant (`Principal::administers`): a super
+//! admin, or the tenant's admin. Agents and customers see nothing of them; a payment one may
+//! not see answers 404, as if it did not exist. The catalog (products, taxes) is for all of
+//! the tenant's staff, agents included.
+
+/// The revenue report.
+pub mod reports;
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::{Principal, Role};
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::{freshness, page, AppState};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/payments", get(list))
+        .route("/v1/payments/{id}", get(detail))
+        .route("/v1/payments/{id}/timeline", get(timeline))
+        .route("/v1/catalog/products", get(products))
+        .route("/v1/catalog/taxes", get(taxes))
+        .merge(reports::router())
+}
+
+/// Every status a payment can be in (the `payments.status` column).
+const STATUSES: [&str; 8] = [
+    "requested",
+    "link_created",
+    "paid",
+    "failed",
+    "expired",
+    "cancelled",
+    "partially_refunded",
+    "refunded",
+];
+
+/// The providers payments and webhooks come from (wire names).
+pub(crate) const PROVIDERS: [&str; 2] = ["lyra", "stripe"];
+
+/// A free-text filter value: at most 200 characters, no control characters (PostgreSQL
+/// refuses NUL in text); 400 `invalid_query` otherwise.
+pub(crate) fn plain(value: Option<String>, name: &str) -> Result<Option<String>, Problem> {
+    match value {
+        Some(v) if v.chars().any(char::is_control) || v.len() > 200 => Err(Problem::bad_request(
+            "invalid_query",
+            format!("{name} must be at most 200 characters without control characters."),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// 400 `invalid_query` unless `value` is absent or one of `allowed`.
+pub(crate) fn one_of(value: &Option<String>, allowed: &[&str], name: &str) -> Result<(), Problem> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(Problem::bad_request(
+            "invalid_query",
+            format!("{name} must be one of {}.", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The tenant an administrator's list reads: a super admin any (`asked`, or all when
+/// `None`), a tenant admin their own (403 when naming another). Anyone else (agents,
+/// customers, services) is refused with 403: `what` names what they may not read.
+pub(crate) fn admin_scope(
+    who: &Principal,
+    asked: Option<String>,
+    what: &str,
+) -> Result<Option<String>, Problem> {
+    match who {
+        _ if who.is_super_admin() => Ok(asked),
+        Principal::Admin {
+            role: Role::TenantAdmin,
+            tenant_id: Some(home),
+            ..
+        } => match asked {
+            Some(t) if &t != home => Err(Problem::forbidden(format!(
+                "You may only read your own tenant's {what}."
+            ))),
+            _ => Ok(Some(home.clone())),
+        },
+        _ => Err(Problem::forbidden(format!(
+            "Only administrators read {what}."
+        ))),
+    }
+}
+
+/// True when `who` administers some tenant (or all): only they can see any payment.
+fn reads_payments(who: &Principal) -> bool {
+    matches!(
+        who,
+        Principal::Admin {
+            role: Role::SuperAdmin,
+            ..
+        } | Principal::Admin {
+            role: Role::TenantAdmin,
+            tenant_id: Some(_),
+            ..
+        }
+    )
+}
+
+/// A payment as the dashboard lists it (the `payments` read model).
+#[derive(Debug, Serialize, FromRow)]
+pub struct PaymentView {
+    /// The payment (aggregate) id.
+    id: Uuid,
+    /// The tenant paid.
+    tenant_id: String,
+    /// `lyra` or `stripe`.
+    provider: String,
+    /// One of [`STATUSES`].
+    status: String,
+    /// ISO 4217 code.
+    currency: String,
+    /// Amount before tax, minor units.
+    net: i64,
+    /// Tax, minor units.
+    tax: i64,
+    /// What the customer pays (net + tax), minor units.
+    total: i64,
+    /// All refunds so far, minor units.
+    refunded: i64,
+    /// The tenant's reference of the customer.
+    customer_reference: String,
+    /// Shown to the customer.
+    description: Option<String>,
+    /// Where the customer pays, once the provider made a link.
+    link_url: Option<String>,
+    /// When the link stops working, if the provider said.
+    link_expires_at: Option<DateTime<Utc>>,
+    /// The provider's id of the order.
+    provider_order_id: Option<String>,
+    /// The provider's transaction, once paid.
+    provider_reference: Option<String>,
+    /// The latest failure (link refused, attempt failed).
+    last_error: Option<String>,
+    /// When it was requested.
+    requested_at: DateTime<Utc>,
+    /// When the provider confirmed it.
+    paid_at: Option<DateTime<Utc>>,
+    /// Last change.
+    updated_at: DateTime<Utc>,
+    /// The aggregate version this row reflects.
+    version: i64,
+}
+
+/// The payment columns, table alias `p`.
+const COLUMNS: &str = "p.id, p.tenant_id, p.provider, p.status, p.currency, p.net, p.tax, \
+     p.total, p.refunded, p.customer_reference, p.description, p.link_url, p.link_expires_at, \
+     p.provider_order_id, p.provider_reference, p.last_error, p.requested_at, p.paid_at, \
+     p.updated_at, p.version";
+
+/// Filters and page of the list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// One of [`STATUSES`].
+    status: Option<String>,
+    /// `lyra` or `stripe`.
+    provider: Option<String>,
+    /// A super admin may pick a tenant; a tenant admin always reads their own.
+    tenant_id: Option<String>,
+    /// Exactly this customer reference.
+    customer_reference: Option<String>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// One page of payments, newest request first.
+#[derive(Debug, Serialize)]
+pub struct PaymentPage {
+    /// The payments.
+    items: Vec<PaymentView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/payments`.
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Response, Problem> {
+    let tenant = admin_scope(&who, plain(params.tenant_id, "tenant_id")?, "payments")?;
+    let limit = page::limit(params.limit)?;
+    one_of(&params.status, &STATUSES, "status")?;
+    one_of(&params.provider, &PROVIDERS, "provider")?;
+    let customer = plain(params.customer_reference, "customer_reference")?;
+    // Only the filters asked for (see `page::Conditions`).
+    let mut w = page::Conditions::after(0);
+    w.text("p.tenant_id = ?", tenant);
+    w.text("p.status = ?", params.status);
+    w.text("p.provider = ?", params.provider);
+    w.text("p.customer_reference = ?", customer);
+    w.keyset(
+        "p.requested_at, p.id",
+        page::cursor(params.cursor.as_deref())?,
+    );
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM payments p{} ORDER BY p.requested_at DESC, p.id DESC LIMIT {}",
+        w.sql(),
+        limit_at
+    );
+    let query = w.bind(sqlx::query_as::<_, PaymentView>(&sql));
+    let mut items: Vec<PaymentView> = query
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let next_cursor = page::finish(&mut items, limit, |p| {
+        page::encode_cursor(p.requested_at, p.id)
+    });
+    Ok(Json(PaymentPage { items, next_cursor }).into_response())
+}
+
+/// Read-your-writes on a payment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailParams {
+    /// The version a command answered with.
+    min_version: Option<i64>,
+}
+
+/// A line of a payment, as requested.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LineView {
+    /// The product.
+    product_id: String,
+    /// Its name then.
+    name: String,
+    /// How many.
+    quantity: i64,
+    /// Its unit price then, minor units.
+    unit_price: i64,
+    /// Its tax's name then, if any.
+    tax_name: Option<String>,
+    /// Its tax's rate then, basis points.
+    rate_bp: Option<i64>,
+    /// Amount before tax.
+    net: i64,
+    /// Tax amount.
+    tax: i64,
+    /// Amount with tax.
+    gross: i64,
+}
+
+/// A refund of a payment.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefundView {
+    /// The `Refunded` event's sequence in the payment's stream (see the timeline).
+    sequence: i64,
+    /// This refund, minor units.
+    amount: i64,
+    /// The webhook that reported it.
+    webhook_id: String,
+    /// When.
+    refunded_at: DateTime<Utc>,
+}
+
+/// A payment with its lines and refunds.
+#[derive(Debug, Serialize, FromRow)]
+pub struct PaymentDetail {
+    /// The payment.
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    payment: PaymentView,
+    /// Its lines, in order.
+    lines: sqlx::types::Json<Vec<LineView>>,
+    /// Its refunds, in order.
+    refunds: sqlx::types::Json<Vec<RefundView>>,
+}
+
+/// A payment, its lines and its refunds in one statement, so the three come from one
+/// snapshot (a refund the row does not count yet cannot show up beside it).
+fn detail_sql() -> String {
+    format!(
+        "SELECT {COLUMNS},
+                (SELECT coalesce(json_agg(json_build_object(
+                            'product_id', l.product_id, 'name', l.name, 'quantity', l.quantity,
+                            'unit_price', l.unit_price, 'tax_name', l.tax_name, 'rate_bp', l.rate_bp,
+                            'net', l.net, 'tax', l.tax, 'gross', l.gross) ORDER BY l.n), '[]'::json)
+                   FROM payment_lines l WHERE l.payment_id = p.id) AS lines,
+                (SELECT coalesce(json_agg(json_build_object(
+                            'sequence', r.sequence, 'amount', r.amount, 'webhook_id', r.webhook_id,
+                            'refunded_at', r.refunded_at) ORDER BY r.sequence), '[]'::json)
+                   FROM payment_refunds r WHERE r.payment_id = p.id) AS refunds
+           FROM payments p
+          WHERE p.id = $1"
+    )
+}
+
+/// A payment id from a path; 404 when it is not a UUID (it names no payment).
+fn payment_uuid(raw: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(raw).map_err(|_| Problem::not_found("payment not found"))
+}
+
+/// `GET /v1/payments/{id}`.
+async fn detail(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let id = payment_uuid(&id)?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    if !reads_payments(&who) {
+        // Agents and customers see no payment; no need to wait for one.
+        return Err(Problem::not_found("payment not found"));
+    }
+    let sql = detail_sql();
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |d: &PaymentDetail| d.payment.version,
+        || sqlx::query_as(&sql).bind(id).fetch_optional(&state.pool),
+    )
+    .await?;
+    match row {
+        Some(detail) if who.administers(&detail.payment.tenant_id) => {
+            let version = detail.payment.version;
+            let mut response = Json(detail).into_response();
+            freshness::version_headers(response.headers_mut(), Some(version), stale);
+            Ok(response)
+        }
+        // Another tenant's payment is answered as if it did not exist.
+        _ => Err(Problem::not_found("payment not found")),
+    }
+}
+
+/// One event of a payment's stream.
+#[derive(Debug, Serialize, FromRow)]
+pub struct TimelineEvent {
+    /// Position in the payment's stream (1-based).
+    sequence: i64,
+    /// `Requested`, `Paid`, `Refunded`, …
+    event_type: String,
+    /// The event as stored (externally tagged: `{"Paid": {…}}`).
+    payload: serde_json::Value,
+    /// Tenant, actor, correlation, causation, request id.
+    metadata: serde_json::Value,
+    /// When it was stored.
+    recorded_at: DateTime<Utc>,
+    /// The provider webhook that caused it; `null` when none did (or its stream is not in
+    /// the store).
+    #[sqlx(skip)]
+    webhook: Option<CausedBy>,
+}
+
+/// What the provider said, from a webhook's `Received` event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    /// `stripe` or `lyra`.
+    provider: String,
+    /// The provider's id of the event.
+    provider_event_id: String,
+    /// The provider's event type.
+    event_type: String,
+    /// When it arrived.
+    received_at: DateTime<Utc>,
+    /// The provider's body, parsed.
+    payload: serde_json::Value,
+}
+
+/// The webhook behind an event of a payment.
+#[derive(Debug, Clone, Serialize)]
+pub struct CausedBy {
+    /// The webhook (aggregate) id.
+    id: String,
+    /// What it said.
+    #[serde(flatten)]
+    received: Received,
+}
+
+/// A payment's history for auditors.
+#[derive(Debug, Serialize)]
+pub struct Timeline {
+    /// The payment.
+    payment_id: Uuid,
+    /// Its tenant.
+    tenant_id: String,
+    /// Every event, in order.
+    events: Vec<TimelineEvent>,
+}
+
+/// The webhook an event payload names (`{"Paid": {"webhook_id": …}}`), if any.
+fn caused_by(payload: &serde_json::Value) -> Option<&str> {
+    payload
+        .as_object()?
+        .values()
+        .next()?
+        .get("webhook_id")?
+        .as_str()
+}
+
+/// `GET /v1/payments/{id}/timeline`.
+async fn timeline(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let payment_id = payment_uuid(&id)?;
+    let aggregate_id = payment_id.to_string();
+    let not_found = || Problem::not_found("payment not found");
+    // The tenant is that of the stream's first event, as for audits: the store is always
+    // current, even before the projector has written the payment's row.
+    let tenant = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(events::payment::PAYMENT)
+    .bind(&aggregate_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
+    .flatten();
+    // Agents and other tenants' admins learn nothing, not even that it exists.
+    let tenant_id = tenant
+        .filter(|t| who.administers(t))
+        .ok_or_else(not_found)?;
+    let mut events: Vec<TimelineEvent> = sqlx::query_as(
+        "SELECT sequence, event_type, payload, metadata, recorded_at FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence",
+    )
+    .bind(events::payment::PAYMENT)
+    .bind(&aggregate_id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let mut webhook_ids: Vec<String> = events
+        .iter()
+        .filter_map(|e| caused_by(&e.payload).map(str::to_owned))
+        .collect();
+    webhook_ids.sort();
+    webhook_ids.dedup();
+    let webhooks = received(&state, &webhook_ids).await?;
+    for event in &mut events {
+        event.webhook = caused_by(&event.payload).and_then(|id| webhooks.get(id).cloned());
+    }
+    Ok(Json(Timeline {
+        payment_id,
+        tenant_id,
+        events,
+    })
+    .into_response())
+}
+
+/// The `Received` event of each webhook in `ids`, by webhook id, in one query (a payment's
+/// events may name many webhooks). A webhook whose stream is missing or malformed is left
+/// out.
+async fn received(state: &AppState, ids: &[String]) -> Result<HashMap<String, CausedBy>, Problem> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT aggregate_id, payload->'Received' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND sequence = 1",
+    )
+    .bind(events::webhook::WEBHOOK)
+    .bind(ids)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, body)| {
+            match serde_json::from_value::<Received>(body.unwrap_or_default()) {
+                Ok(received) => Some((id.clone(), CausedBy { id, received })),
+                Err(e) => {
+                    // The timeline stays readable; the event itself still names the webhook.
+                    tracing::warn!(webhook_id = %id, error = %e, "webhook stream does not start with Received");
+                    None
+                }
+            }
+        })
+        .collect())
+}
+
+/// Whose catalog to read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaxParams {
+    /// A super admin names the tenant; staff read their own.
+    tenant_id: Option<String>,
+}
+
+/// Whose catalog to read, and which products.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductParams {
+    /// A super admin names the tenant; staff read their own.
+    tenant_id: Option<String>,
+    /// Only products that may (`true`) or may not (`false`) be sold.
+    active: Option<bool>,
+}
+
+/// A product of a catalog.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ProductView {
+    /// Its id within the tenant.
+    id: String,
+    /// Display name.
+    name: String,
+    /// Unit price, minor units.
+    unit_price: i64,
+    /// ISO 4217 code.
+    currency: String,
+    /// The tax it carries, if any.
+    tax_id: Option<String>,
+    /// Whether it may be sold.
+    active: bool,
+    /// Last change.
+    updated_at: DateTime<Utc>,
+}
+
+/// A tax of a catalog.
+#[derive(Debug, Serialize, FromRow)]
+pub struct TaxView {
+    /// Its id within the tenant.
+    id: String,
+    /// Display name.
+    name: String,
+    /// Rate, basis points (2,000 = 20 %).
+    rate_bp: i32,
+    /// Whether prices include it.
+    included: bool,
+    /// Last change.
+    updated_at: DateTime<Utc>,
+}
+
+/// The tenant whose catalog `who` reads: the one asked for (a super admin must name one),
+/// else their own; 403 unless `who` is staff of it.
+fn catalog_tenant(who: &Principal, asked: Option<String>) -> Result<String, Problem> {
+    let home = match who {
+        Principal::Admin { tenant_id, .. } => tenant_id.clone(),
+        _ => None,
+    };
+    let tenant = match asked.or(home) {
+        Some(t) => t,
+        None if who.is_super_admin() => {
+            return Err(Problem::bad_request(
+                "invalid_query",
+                "A super admin names the tenant: tenant_id.",
+            ))
+        }
+        None => return Err(Problem::forbidden("Only staff read a catalog.")),
+    };
+    if who.is_staff_of(&tenant) {
+        Ok(tenant)
+    } else {
+        Err(Problem::forbidden(
+            "You may only read your own tenant's catalog.",
+        ))
+    }
+}
+
+/// `GET /v1/catalog/products`.
+async fn products(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ProductParams>,
+) -> Result<Response, Problem> {
+    let tenant = catalog_tenant(&who, plain(params.tenant_id, "tenant_id")?)?;
+    let mut w = page::Conditions::after(1);
+    if params.active.is_some() {
+        w.and("active = ?");
+    }
+    let sql = format!(
+        "SELECT id, name, unit_price, currency, tax_id, active, updated_at
+           FROM catalog_products{} AND tenant_id = $1
+          ORDER BY name, id",
+        w.sql()
+    );
+    let mut query = sqlx::query_as::<_, ProductView>(&sql).bind(&tenant);
+    if let Some(active) = params.active {
+        query = query.bind(active);
+    }
+    let items = query
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(serde_json::json!({"tenant_id": tenant, "items": items})).into_response())
+}
+
+/// `GET /v1/catalog/taxes`.
+async fn taxes(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<TaxParams>,
+) -> Result<Response, Problem> {
+    let tenant = catalog_tenant(&who, plain(params.tenant_id, "tenant_id")?)?;
+    let items: Vec<TaxView> = sqlx::query_as(
+        "SELECT id, name, rate_bp, included, updated_at
+           FROM catalog_taxes WHERE tenant_id = $1
+          ORDER BY name, id",
+    )
+    .bind(&tenant)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(serde_json::json!({"tenant_id": tenant, "items": items})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin(role: Role, tenant: Option<&str>) -> Principal {
+        Principal::Admin {
+            user_id: "u".into(),
+            tenant_id: tenant.map(str::to_owned),
+            role,
+        }
+    }
+
+    #[test]
+    fn an_event_names_the_webhook_inside_its_variant() {
+        let paid = serde_json::json!({"Paid": {"amount": 100, "webhook_id": "w1"}});
+        assert_eq!(caused_by(&paid), Some("w1"));
+        let cancelled = serde_json::json!({"Cancelled": {"reason": "x"}});
+        assert_eq!(caused_by(&cancelled), None);
+        assert_eq!(caused_by(&serde_json::json!("Unit")), None);
+    }
+
+    #[test]
+    fn only_administrators_list_payments_and_tenant_admins_only_their_own() {
+        let sa = admin(Role::SuperAdmin, None);
+        assert_eq!(admin_scope(&sa, None, "payments").ok(), Some(None));
+        assert_eq!(
+            admin_scope(&sa, Some("t2".into()), "payments").ok(),
+            Some(Some("t2".into()))
+        );
+        let ta = admin(Role::TenantAdmin, Some("t1"));
+        assert_eq!(
+            admin_scope(&ta, None, "payments").ok(),
+            Some(Some("t1".into()))
+        );
+        assert!(admin_scope(&ta, Some("t2".into()), "payments").is_err());
+        assert!(admin_scope(&admin(Role::Agent, Some("t1")), None, "payments").is_err());
+        let phone = Principal::Phone {
+            user_id: "p".into(),
+            tenant_id: "t1".into(),
+        };
+        assert!(admin_scope(&phone, None, "payments").is_err());
+        assert!(!reads_payments(&phone));
+    }
+
+    #[test]
+    fn agents_read_their_catalog_and_a_super_admin_names_one() {
+        let agent = admin(Role::Agent, Some("t1"));
+        assert_eq!(catalog_tenant(&agent, None).ok(), Some("t1".into()));
+        assert!(catalog_tenant(&agent, Some("t2".into())).is_err());
+        let sa = admin(Role::SuperAdmin, None);
+        assert_eq!(
+            catalog_tenant(&sa, None).err().map(|p| p.code),
+            Some("invalid_query")
+        );
+        assert_eq!(
+            catalog_tenant(&sa, Some("t2".into())).ok(),
+            Some("t2".into())
+        );
+    }
+}

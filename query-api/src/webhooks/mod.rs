@@ -1,0 +1,338 @@
+//! Received provider webhooks: the list (keyset paged, filtered), a webhook with the
+//! provider's body and its processing history from the store, and the webhooks that failed
+//! verification (`webhook_rejections`).
+//!
+//! A webhook belongs to the tenant of the payment it named, or to `platform` when it named
+//! none it knew. A super admin reads them all; a tenant admin only their tenant's; anyone else
+//! none. A webhook one may not see answers 404, as if it did not exist. Rejections were never
+//! accepted and belong to no tenant: only a super admin reads them.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::payments::{admin_scope, one_of, plain, PROVIDERS};
+use crate::{freshness, page, AppState};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhooks", get(list))
+        .route("/v1/webhooks/rejections", get(rejections))
+        .route("/v1/webhooks/{id}", get(detail))
+}
+
+/// Where a webhook's processing stands (the `webhooks.status` column).
+const STATUSES: [&str; 4] = ["received", "retrying", "processed", "dead"];
+
+/// A webhook as admins list it (the `webhooks` read model).
+#[derive(Debug, Serialize, FromRow)]
+pub struct WebhookView {
+    /// The webhook (aggregate) id, derived from provider and provider event id.
+    id: Uuid,
+    /// The named payment's tenant, else `platform`.
+    tenant_id: String,
+    /// `stripe` or `lyra`.
+    provider: String,
+    /// The provider's id of the event.
+    provider_event_id: String,
+    /// The provider's event type.
+    event_type: String,
+    /// The payment it names, if any.
+    payment_id: Option<String>,
+    /// `received`, `retrying`, `processed` or `dead`.
+    status: String,
+    /// `applied`, `recorded` or `ignored`, once processed.
+    outcome: Option<String>,
+    /// Why, for people, once processed.
+    detail: Option<String>,
+    /// Processing attempts that failed.
+    attempts: i32,
+    /// The latest failure.
+    last_error: Option<String>,
+    /// When it is next tried; `null` once processed or dead.
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// When it arrived.
+    received_at: DateTime<Utc>,
+    /// When processing finished.
+    processed_at: Option<DateTime<Utc>>,
+    /// Last change.
+    updated_at: DateTime<Utc>,
+    /// The aggregate version this row reflects.
+    version: i64,
+}
+
+/// The webhook columns.
+const COLUMNS: &str = "id, tenant_id, provider, provider_event_id, event_type, payment_id, \
+     status, outcome, detail, attempts, last_error, next_attempt_at, received_at, processed_at, \
+     updated_at, version";
+
+/// Filters and page of the list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// A super admin may pick a tenant (or `platform`); a tenant admin always reads their
+    /// own.
+    tenant_id: Option<String>,
+    /// `lyra` or `stripe`.
+    provider: Option<String>,
+    /// `received`, `retrying`, `processed` or `dead`.
+    status: Option<String>,
+    /// Only webhooks naming this payment.
+    payment_id: Option<String>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// One page of webhooks, newest first.
+#[derive(Debug, Serialize)]
+pub struct WebhookPage {
+    /// The webhooks.
+    items: Vec<WebhookView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/webhooks`.
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Response, Problem> {
+    let tenant = admin_scope(&who, plain(params.tenant_id, "tenant_id")?, "webhooks")?;
+    let limit = page::limit(params.limit)?;
+    one_of(&params.provider, &PROVIDERS, "provider")?;
+    one_of(&params.status, &STATUSES, "status")?;
+    let payment_id = plain(params.payment_id, "payment_id")?;
+    // Only the filters asked for (see `page::Conditions`).
+    let mut w = page::Conditions::after(0);
+    w.text("tenant_id = ?", tenant);
+    w.text("provider = ?", params.provider);
+    w.text("status = ?", params.status);
+    w.text("payment_id = ?", payment_id);
+    w.keyset("received_at, id", page::cursor(params.cursor.as_deref())?);
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM webhooks{} ORDER BY received_at DESC, id DESC LIMIT {}",
+        w.sql(),
+        limit_at
+    );
+    let query = w.bind(sqlx::query_as::<_, WebhookView>(&sql));
+    let mut items: Vec<WebhookView> = query
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let next_cursor = page::finish(&mut items, limit, |w| {
+        page::encode_cursor(w.received_at, w.id)
+    });
+    Ok(Json(WebhookPage { items, next_cursor }).into_response())
+}
+
+/// Read-your-writes on a webhook (a replay's answer).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailParams {
+    /// The version a command answered with.
+    min_version: Option<i64>,
+}
+
+/// One event of a webhook's stream.
+#[derive(Debug, Serialize, FromRow)]
+pub struct HistoryEvent {
+    /// Position in the stream (1-based).
+    sequence: i64,
+    /// `Received`, `AttemptFailed`, `DeadLettered`, `Processed`, `ReplayRequested`.
+    event_type: String,
+    /// The event as stored (externally tagged).
+    payload: serde_json::Value,
+    /// When it was stored.
+    recorded_at: DateTime<Utc>,
+}
+
+/// A webhook with what the provider sent and its processing history.
+#[derive(Debug, Serialize)]
+pub struct WebhookDetail {
+    /// The webhook.
+    #[serde(flatten)]
+    webhook: WebhookView,
+    /// The provider's body, parsed (from the `Received` event); `null` if the store has none.
+    payload: serde_json::Value,
+    /// Every event of the webhook, in order.
+    history: Vec<HistoryEvent>,
+}
+
+/// The provider's body of a webhook's history: the `Received` event's `payload`.
+fn provider_body(history: &[HistoryEvent]) -> serde_json::Value {
+    history
+        .iter()
+        .find(|e| e.sequence == 1)
+        .and_then(|e| e.payload.get("Received"))
+        .and_then(|r| r.get("payload"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `GET /v1/webhooks/{id}`.
+async fn detail(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("webhook not found");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    // Agents and customers see no webhook; no need to wait for one.
+    admin_scope(&who, None, "webhooks").map_err(|_| not_found())?;
+    let sql = format!("SELECT {COLUMNS} FROM webhooks WHERE id = $1");
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |w: &WebhookView| w.version,
+        || sqlx::query_as(&sql).bind(id).fetch_optional(&state.pool),
+    )
+    .await?;
+    // Another tenant's (or the platform's) webhook is answered as if it did not exist.
+    let webhook = row
+        .filter(|w| who.administers(&w.tenant_id))
+        .ok_or_else(not_found)?;
+    let history: Vec<HistoryEvent> = sqlx::query_as(
+        "SELECT sequence, event_type, payload, recorded_at FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence",
+    )
+    .bind(events::webhook::WEBHOOK)
+    .bind(id.to_string())
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let version = webhook.version;
+    let mut response = Json(WebhookDetail {
+        webhook,
+        payload: provider_body(&history),
+        history,
+    })
+    .into_response();
+    freshness::version_headers(response.headers_mut(), Some(version), stale);
+    Ok(response)
+}
+
+/// Filters and page of the rejections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectionParams {
+    /// `lyra` or `stripe`.
+    provider: Option<String>,
+    /// Only rejections with a smaller id (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+}
+
+/// A webhook that failed verification.
+#[derive(Debug, Serialize, FromRow)]
+pub struct RejectionView {
+    /// Its number (newer is greater).
+    id: i64,
+    /// The provider it claimed to come from.
+    provider: String,
+    /// A stable code: `missing_signature`, `bad_signature`, `stale_timestamp`, …
+    reason: String,
+    /// The signature as received (at most 512 characters).
+    signature: Option<String>,
+    /// The first 2 KiB of the body.
+    body_excerpt: String,
+    /// The body's full size.
+    body_bytes: i32,
+    /// When it arrived.
+    received_at: DateTime<Utc>,
+}
+
+/// One page of rejections, newest first.
+#[derive(Debug, Serialize)]
+pub struct RejectionPage {
+    /// The rejections.
+    items: Vec<RejectionView>,
+    /// Pass as `before` for older ones; absent on the last page.
+    next_before: Option<i64>,
+}
+
+/// `GET /v1/webhooks/rejections`.
+async fn rejections(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<RejectionParams>,
+) -> Result<Response, Problem> {
+    if !who.is_super_admin() {
+        return Err(Problem::forbidden(
+            "Only a super admin reads rejected webhooks.",
+        ));
+    }
+    let limit = page::limit(params.limit)?;
+    one_of(&params.provider, &PROVIDERS, "provider")?;
+    if params.before.is_some_and(|b| b < 1) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "before must be a rejection id (1 or more).",
+        ));
+    }
+    let mut w = page::Conditions::after(0);
+    w.text("provider = ?", params.provider);
+    w.int("id < ?", params.before);
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT id, provider, reason, signature, body_excerpt, body_bytes, received_at
+           FROM webhook_rejections{} ORDER BY id DESC LIMIT {}",
+        w.sql(),
+        limit_at
+    );
+    let query = w.bind(sqlx::query_as::<_, RejectionView>(&sql));
+    let mut items: Vec<RejectionView> = query
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let next_before = page::finish(&mut items, limit, |r| r.id);
+    Ok(Json(RejectionPage { items, next_before }).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: i64, payload: serde_json::Value) -> HistoryEvent {
+        HistoryEvent {
+            sequence,
+            event_type: "x".into(),
+            payload,
+            recorded_at: DateTime::<Utc>::default(),
+        }
+    }
+
+    #[test]
+    fn the_provider_body_is_that_of_the_received_event() {
+        let history = vec![
+            event(
+                1,
+                serde_json::json!({"Received": {"provider": "stripe", "payload": {"id": "evt_1"}}}),
+            ),
+            event(
+                2,
+                serde_json::json!({"ReplayRequested": {"at": "2026-01-01T00:00:00Z"}}),
+            ),
+        ];
+        assert_eq!(provider_body(&history), serde_json::json!({"id": "evt_1"}));
+        assert_eq!(provider_body(&history[1..]), serde_json::Value::Null);
+    }
+}
