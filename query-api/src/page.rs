@@ -115,6 +115,14 @@ impl Conditions {
         }
     }
 
+    /// Adds `clause` (one `?`) compared with the instant `value`, when there is one.
+    pub fn time(&mut self, clause: &str, value: Option<DateTime<Utc>>) {
+        if let Some(v) = value {
+            self.and(clause);
+            self.values.push(Value::Time(v));
+        }
+    }
+
     /// Adds `({columns}) < (?, ?)` for a page after `cursor`, when there is one: `columns`
     /// are the sort's timestamp and id, sorted descending.
     pub fn keyset(&mut self, columns: &str, cursor: Option<(DateTime<Utc>, Uuid)>) {

@@ -115,7 +115,7 @@ pub struct RevenueParams {
 /// An instant from an RFC 3339 date-time, or from a date (`YYYY-MM-DD`, its midnight UTC);
 /// `None` for anything else, and for years outside 1–9999 (PostgreSQL refuses some of
 /// those, and no payment is there).
-fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
     let at = match DateTime::parse_from_rfc3339(raw) {
         Ok(at) => at.with_timezone(&Utc),
         Err(_) => NaiveDate::parse_from_str(raw, "%Y-%m-%d")

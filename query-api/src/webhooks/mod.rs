@@ -87,10 +87,27 @@ pub struct ListParams {
     status: Option<String>,
     /// Only webhooks naming this payment.
     payment_id: Option<String>,
+    /// Only webhooks received at or after this instant (RFC 3339, or a date: its midnight UTC).
+    from: Option<String>,
+    /// Only webhooks received before this instant.
+    to: Option<String>,
     /// Page size, 1–200 (default 50).
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
+}
+
+/// An optional instant parameter; 400 `invalid_query` when it is not one.
+fn instant(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
+    raw.map(|raw| {
+        crate::payments::reports::parse_instant(raw).ok_or_else(|| {
+            Problem::bad_request(
+                "invalid_query",
+                format!("{name} must be an RFC 3339 date-time or a date (YYYY-MM-DD)."),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// One page of webhooks, newest first.
@@ -119,6 +136,8 @@ async fn list(
     w.text("provider = ?", params.provider);
     w.text("status = ?", params.status);
     w.text("payment_id = ?", payment_id);
+    w.time("received_at >= ?", instant(params.from.as_deref(), "from")?);
+    w.time("received_at < ?", instant(params.to.as_deref(), "to")?);
     w.keyset("received_at, id", page::cursor(params.cursor.as_deref())?);
     let limit_at = w.next_placeholder();
     let sql = format!(

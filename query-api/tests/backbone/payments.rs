@@ -422,6 +422,38 @@ async fn stripe_signatures_made_by_stripes_library_are_accepted_and_forgeries_re
         Some(5),
         "{listed}"
     );
+    // The accepted one is listed by the time it arrived.
+    let root = stack.env.super_admin();
+    let today = Utc::now().date_naive();
+    let tomorrow = today.succ_opt().expect("tomorrow");
+    let listed_today = eventually(Duration::from_secs(20), "the webhook listed", || async {
+        let page = stack
+            .env
+            .get_json(
+                &stack.query.url(&format!(
+                    "/v1/webhooks?provider=stripe&from={today}&to={tomorrow}"
+                )),
+                &root,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(listed_today["items"][0]["provider_event_id"], "evt_sig_1");
+    let before_today = stack
+        .env
+        .get_json(&stack.query.url(&format!("/v1/webhooks?to={today}")), &root)
+        .await;
+    assert_eq!(before_today["items"].as_array().map(Vec::len), Some(0));
+    let bad = stack
+        .env
+        .http
+        .get(stack.query.url("/v1/webhooks?from=yesterday"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(bad, 400, "invalid_query").await;
     let refused = stack
         .env
         .http
