@@ -13,7 +13,7 @@ pub mod request;
 /// JSON logs with `tracing`.
 pub mod telemetry;
 
-pub use extract::{AuthUser, Json, MaybeAuthUser, Query};
+pub use extract::{AuthUser, Json, MaybeAuthUser, Query, RawBody};
 pub use metrics::Metrics;
 pub use problem::Problem;
 pub use request::RequestIds;

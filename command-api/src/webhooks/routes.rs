@@ -2,7 +2,6 @@
 //! received webhooks: `process` (the process manager's, service tokens only) and `replay`
 //! (an admin's).
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +9,7 @@ use axum::routing::post;
 use axum::Router;
 use events::access::Principal;
 use events::envelope::ActorKind;
-use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
 use events::identity::PLATFORM_TENANT;
 use events::payment::{PaymentEvent, PAYMENT};
 use events::webhook::{webhook_id, Outcome, Provider, WebhookEvent, WEBHOOK};
@@ -46,7 +45,7 @@ async fn stripe(
     State(state): State<AppState>,
     ids: RequestIds,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let signature = headers
         .get("stripe-signature")
@@ -63,7 +62,7 @@ async fn stripe(
 async fn lyra(
     State(state): State<AppState>,
     ids: RequestIds,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let form: verify::LyraForm = match serde_urlencoded::from_bytes(&body) {
         Ok(form) => form,

@@ -124,6 +124,25 @@ pub fn status_problem(status: StatusCode, detail: String) -> Problem {
     }
 }
 
+/// A body read as raw bytes (a webhook's, whose signature covers the bytes as sent), whose
+/// every rejection is a problem: 413 `payload_too_large` past the route's limit.
+#[derive(Debug, Clone, Default)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| status_problem(rejection.status(), rejection.body_text()))
+    }
+}
+
 /// A query string whose rejection is a 400 `invalid_query` problem.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
