@@ -14,8 +14,10 @@ use uuid::Uuid;
 /// The aggregate type name of webhooks.
 pub const WEBHOOK: &str = "webhook";
 
-/// Attempts at processing a webhook before it is dead-lettered.
-pub const MAX_ATTEMPTS: u32 = 8;
+/// Attempts at processing a webhook before it is dead-lettered: with the retry delays (2 s,
+/// 4 s … at most an hour), about two hours of trying, enough to outlast a read model that
+/// lags behind a rebuild.
+pub const MAX_ATTEMPTS: u32 = 12;
 
 /// The providers whose webhooks are received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,8 +75,12 @@ pub enum WebhookEvent {
         /// `metadata.payment_id`, Lyra's `orderId`).
         #[serde(default)]
         payment_id: Option<String>,
-        /// The provider's body, parsed (for Lyra, `kr-answer`).
+        /// What of the provider's body payments need (for Lyra, of `kr-answer`): its ids,
+        /// type, amounts, statuses and references; never the customer's personal data.
         payload: serde_json::Value,
+        /// Hex SHA-256 of the whole body as received (the proof of what arrived).
+        #[serde(default)]
+        body_sha256: Option<String>,
         /// When it arrived.
         received_at: DateTime<Utc>,
     },
@@ -101,6 +107,10 @@ pub enum WebhookEvent {
         /// The payment it concerned, if any.
         #[serde(default)]
         payment_id: Option<String>,
+        /// That payment's tenant: a webhook received unattributed (`platform`) is listed for
+        /// that tenant from now on.
+        #[serde(default)]
+        tenant_id: Option<String>,
         /// Why, for people.
         detail: String,
         /// When.

@@ -119,12 +119,14 @@ impl Projection for WebhooksProjection {
             WebhookEvent::Processed {
                 outcome,
                 payment_id,
+                tenant_id,
                 detail,
                 at,
             } => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET status = 'processed', outcome = $4,
                         payment_id = coalesce($5, payment_id), detail = $6, processed_at = $7,
+                        tenant_id = coalesce($8, tenant_id),
                         next_attempt_at = NULL, updated_at = $2, version = $3
                   WHERE id = $1::uuid"
                 ))
@@ -135,6 +137,7 @@ impl Projection for WebhooksProjection {
                 .bind(payment_id)
                 .bind(detail)
                 .bind(at)
+                .bind(tenant_id)
                 .execute(&mut *conn)
                 .await?
             }

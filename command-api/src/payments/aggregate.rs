@@ -179,6 +179,8 @@ pub enum PaymentAction {
     ProviderStatus {
         /// The webhook that reported it.
         webhook_id: String,
+        /// Who reported it (only the payment's own provider is listened to).
+        provider: PaymentProvider,
         /// What it reported.
         status: ProviderStatus,
     },
@@ -251,6 +253,10 @@ pub struct Payment {
     provider: Option<PaymentProvider>,
     /// The provider's order, once a link exists.
     provider_order_id: Option<String>,
+    /// The link, once it exists.
+    link_url: Option<String>,
+    /// When the link expires, if the provider said.
+    link_expires_at: Option<DateTime<Utc>>,
     /// The tenant's reference of the customer (sent to the provider with the link).
     customer_reference: String,
     /// Shown to the customer.
@@ -284,6 +290,15 @@ impl Payment {
     /// the tenant's.
     pub fn takes_link(&self) -> bool {
         self.provider == Some(PaymentProvider::Lyra)
+    }
+
+    /// The link as `(provider order id, url, expiry)`, once it exists.
+    pub fn link(&self) -> Option<(&str, &str, Option<DateTime<Utc>>)> {
+        Some((
+            self.provider_order_id.as_deref()?,
+            self.link_url.as_deref()?,
+            self.link_expires_at,
+        ))
     }
 
     /// The tenant's reference of the customer.
@@ -358,8 +373,8 @@ impl Payment {
                     return Err(PaymentError::NotAwaitingLink);
                 }
                 Ok(vec![PaymentEvent::LinkFailed {
-                    code,
-                    reason: reason.chars().take(500).collect(),
+                    code: code.map(|c| printable(&c, 64)),
+                    reason: printable(&reason, 500),
                     at,
                 }])
             }
@@ -371,9 +386,23 @@ impl Payment {
                     _ => Err(PaymentError::NotCancellable),
                 }
             }
-            PaymentAction::ProviderStatus { webhook_id, status } => {
+            PaymentAction::ProviderStatus {
+                webhook_id,
+                provider,
+                status,
+            } => {
                 if self.webhooks.contains(&webhook_id) {
                     return Ok(vec![]);
+                }
+                if self.provider != Some(provider) {
+                    // A customer could pay a Lyra payment through some Stripe checkout that
+                    // names it: only the payment's own provider moves it.
+                    return Ok(vec![PaymentEvent::ProviderStatusIgnored {
+                        status: status.name().to_owned(),
+                        reason: "provider_mismatch".into(),
+                        webhook_id,
+                        at,
+                    }]);
                 }
                 Ok(vec![self.provider_status(webhook_id, status, at)])
             }
@@ -417,7 +446,7 @@ impl Payment {
             ProviderStatus::Failed { reason } => {
                 if self.status.awaits_payment() {
                     PaymentEvent::Failed {
-                        reason: reason.chars().take(500).collect(),
+                        reason: printable(&reason, 500),
                         webhook_id,
                         at,
                     }
@@ -508,6 +537,15 @@ fn request(
     })
 }
 
+/// What a provider said, for the record: at most `max` characters, control characters (which
+/// `jsonb` may refuse) replaced.
+fn printable(raw: &str, max: usize) -> String {
+    raw.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// `raw` trimmed, `min`–`max` characters, no control characters.
 fn text(raw: &str, min: usize, max: usize) -> Option<String> {
     let t = raw.trim();
@@ -554,9 +592,14 @@ impl Aggregate for Payment {
                 self.status = Status::Requested;
             }
             PaymentEvent::LinkCreated {
-                provider_order_id, ..
+                provider_order_id,
+                url,
+                expires_at,
+                ..
             } => {
                 self.provider_order_id = Some(provider_order_id);
+                self.link_url = Some(url);
+                self.link_expires_at = expires_at;
                 self.status = Status::LinkCreated;
             }
             PaymentEvent::LinkFailed { .. } => {}
@@ -707,6 +750,7 @@ mod tests {
     fn status(webhook: &str, status: ProviderStatus) -> PaymentCommand {
         cmd(PaymentAction::ProviderStatus {
             webhook_id: webhook.into(),
+            provider: PaymentProvider::Lyra,
             status,
         })
     }
@@ -1039,6 +1083,18 @@ mod tests {
                 expires_at: None,
             }))
             .then_expect_error(PaymentError::NotAwaitingLink);
+    }
+
+    #[test]
+    fn a_status_from_another_provider_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link()])
+            .when(cmd(PaymentAction::ProviderStatus {
+                webhook_id: "w1".into(),
+                provider: PaymentProvider::Stripe,
+                status: paid_status(13_200),
+            }))
+            .then_expect_events(vec![ignored("paid", "provider_mismatch", "w1")]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::lyra::{LinkError, PaymentOrder};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
 use crate::http::idempotency::KeyedRequest;
-use crate::store::Committed;
+use crate::store::{CommandError, Committed};
 use crate::AppState;
 
 /// The routes of the payments context.
@@ -132,22 +132,43 @@ async fn request(
         },
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .payments
-        .execute(&id, None, command, &metadata)
-        .await?;
-    if c.appended == 0 && (body.id.is_some() || keyed.is_none()) {
-        return Err(PaymentError::AlreadyExists.problem());
-    }
-    // Nothing appended under an id derived from this caller's `Idempotency-Key`: a retry of a
-    // request whose answer was not stored (it failed after the payment was appended), which
-    // carries on from where the payment is.
+    let c = match state.payments.execute(&id, None, command, &metadata).await {
+        Ok(c) => c,
+        // The id derives from this caller's `Idempotency-Key`: a retry of a request whose
+        // answer was not stored (it failed after the payment was appended). It carries on
+        // from where the payment is. A client-chosen id that is taken stays a 409.
+        Err(CommandError::Rejected(PaymentError::AlreadyExists))
+            if body.id.is_none() && keyed.is_some() =>
+        {
+            let version: Option<i64> = sqlx::query_scalar(
+                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(PAYMENT)
+            .bind(&id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+            Committed {
+                aggregate_id: id.clone(),
+                version: version.unwrap_or_default() as u64,
+                appended: 0,
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let payment = state.payments.load(&id).await?;
     let answer = if payment.takes_link() && payment.status() == Status::Requested {
         make_link(&state, &ids, &who, &tenant, &id).await?
     } else {
-        // A Stripe payment: the tenant's Checkout names it as `client_reference_id`.
-        Answer::plain(c)
+        // A Stripe payment (the tenant's Checkout names it as `client_reference_id`), or a
+        // retry finding the link made.
+        Answer {
+            link: payment
+                .link()
+                .map(|(order, url, expires_at)| link_json(order, url, expires_at)),
+            committed: c,
+            link_error: None,
+        }
     };
     Ok(answer.into_response(StatusCode::CREATED))
 }
@@ -160,14 +181,6 @@ struct Answer {
 }
 
 impl Answer {
-    fn plain(committed: Committed) -> Self {
-        Self {
-            committed,
-            link: None,
-            link_error: None,
-        }
-    }
-
     fn into_response(self, status: StatusCode) -> Response {
         let mut response = accepted(
             status,
@@ -194,6 +207,15 @@ impl Answer {
         }
         response
     }
+}
+
+/// A link as answers show it.
+fn link_json(
+    order: &str,
+    url: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> serde_json::Value {
+    json!({"url": url, "provider_order_id": order, "expires_at": expires_at})
 }
 
 /// Asks Lyra for the payment's link and records the answer.
@@ -228,9 +250,7 @@ async fn make_link(
                 url: l.url.clone(),
                 expires_at: l.expires_at,
             },
-            Some(
-                json!({"url": l.url, "provider_order_id": l.order_id, "expires_at": l.expires_at}),
-            ),
+            Some(link_json(&l.order_id, &l.url, l.expires_at)),
             None,
         ),
         Err(e) => {

@@ -21,8 +21,10 @@ pub enum WebhookCommand {
         event_type: String,
         /// The payment it names, if any.
         payment_id: Option<String>,
-        /// The parsed body.
+        /// What of the body is kept.
         payload: serde_json::Value,
+        /// Hex SHA-256 of the whole body.
+        body_sha256: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -32,6 +34,8 @@ pub enum WebhookCommand {
         outcome: Outcome,
         /// The payment concerned.
         payment_id: Option<String>,
+        /// The payment's tenant.
+        tenant_id: Option<String>,
         /// Why.
         detail: String,
         /// When.
@@ -97,11 +101,13 @@ pub struct Webhook {
     status: Status,
     /// Failed attempts since it last became pending.
     attempts: u32,
+    /// When the next attempt is due, after a failed one.
+    retry_at: Option<DateTime<Utc>>,
 }
 
-/// The pause before attempt `attempt + 1`: 2, 4, 8 … seconds, at most 5 minutes.
+/// The pause before attempt `attempt + 1`: 2, 4, 8 … seconds, at most an hour.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::seconds((1i64 << attempt.min(9)).min(300))
+    Duration::seconds((1i64 << attempt.min(12)).min(3600))
 }
 
 impl Webhook {
@@ -115,6 +121,12 @@ impl Webhook {
         self.status
     }
 
+    /// Whether it may be processed at `now`: pending, and past the retry time of its last
+    /// failed attempt.
+    pub fn due(&self, now: DateTime<Utc>) -> bool {
+        self.status == Status::Pending && self.retry_at.is_none_or(|r| r <= now)
+    }
+
     fn decide(&self, command: WebhookCommand) -> Result<Option<WebhookEvent>, WebhookError> {
         if self.received.is_none() && !matches!(command, WebhookCommand::Receive { .. }) {
             return Err(WebhookError::NotFound);
@@ -126,6 +138,7 @@ impl Webhook {
                 event_type,
                 payment_id,
                 payload,
+                body_sha256,
                 at,
             } => self.received.is_none().then_some(WebhookEvent::Received {
                 provider,
@@ -133,21 +146,26 @@ impl Webhook {
                 event_type,
                 payment_id,
                 payload,
+                body_sha256,
                 received_at: at,
             }),
             WebhookCommand::RecordOutcome {
                 outcome,
                 payment_id,
+                tenant_id,
                 detail,
                 at,
             } => (self.status == Status::Pending).then_some(WebhookEvent::Processed {
                 outcome,
                 payment_id,
+                tenant_id,
                 detail,
                 at,
             }),
             WebhookCommand::RecordFailure { error, at } => {
-                if self.status != Status::Pending {
+                // An attempt before the retry time does not count: the backoff holds even
+                // when a caller retries early.
+                if !self.due(at) {
                     return Ok(None);
                 }
                 let attempt = self.attempts + 1;
@@ -208,7 +226,12 @@ impl Aggregate for Webhook {
                 });
                 self.status = Status::Pending;
             }
-            WebhookEvent::AttemptFailed { attempt, .. } => self.attempts = attempt,
+            WebhookEvent::AttemptFailed {
+                attempt, retry_at, ..
+            } => {
+                self.attempts = attempt;
+                self.retry_at = Some(retry_at);
+            }
             WebhookEvent::DeadLettered { attempts, .. } => {
                 self.attempts = attempts;
                 self.status = Status::Dead;
@@ -217,6 +240,7 @@ impl Aggregate for Webhook {
             WebhookEvent::ReplayRequested { .. } => {
                 self.status = Status::Pending;
                 self.attempts = 0;
+                self.retry_at = None;
             }
         }
     }
@@ -242,6 +266,7 @@ mod tests {
             event_type: "payment_intent.succeeded".into(),
             payment_id: None,
             payload: serde_json::json!({"id": "evt_1"}),
+            body_sha256: Some("ab".into()),
             at: t0(),
         }
     }
@@ -253,6 +278,7 @@ mod tests {
             event_type: "payment_intent.succeeded".into(),
             payment_id: None,
             payload: serde_json::json!({"id": "evt_1"}),
+            body_sha256: Some("ab".into()),
             received_at: t0(),
         }
     }
@@ -261,6 +287,7 @@ mod tests {
         WebhookEvent::Processed {
             outcome: Outcome::Applied,
             payment_id: Some("p".into()),
+            tenant_id: Some("t".into()),
             detail: "paid".into(),
             at: t0(),
         }
@@ -270,23 +297,31 @@ mod tests {
         WebhookCommand::RecordOutcome {
             outcome: Outcome::Applied,
             payment_id: Some("p".into()),
+            tenant_id: Some("t".into()),
             detail: "paid".into(),
             at: t0(),
         }
     }
 
-    fn failure() -> WebhookCommand {
+    /// A failure reported at `hours` after t0.
+    fn failure_at(hours: i64) -> WebhookCommand {
         WebhookCommand::RecordFailure {
             error: "down".into(),
-            at: t0(),
+            at: t0() + Duration::hours(hours),
         }
     }
 
+    fn failure() -> WebhookCommand {
+        failure_at(0)
+    }
+
+    /// Attempt `attempt` failed at `attempt - 1` hours after t0 (each retry on time).
     fn failed(attempt: u32) -> WebhookEvent {
+        let at = t0() + Duration::hours(attempt as i64 - 1);
         WebhookEvent::AttemptFailed {
             attempt,
             error: "down".into(),
-            retry_at: t0() + retry_delay(attempt),
+            retry_at: at + retry_delay(attempt),
         }
     }
 
@@ -334,10 +369,18 @@ mod tests {
             .then_expect_events(vec![failed(1)]);
         framework()
             .given(vec![received(), failed(1)])
-            .when(failure())
+            .when(failure_at(1))
             .then_expect_events(vec![failed(2)]);
         assert!(retry_delay(2) > retry_delay(1));
-        assert_eq!(retry_delay(30), Duration::seconds(300));
+        assert_eq!(retry_delay(30), Duration::hours(1));
+    }
+
+    #[test]
+    fn record_failure_before_the_retry_time_appends_nothing() {
+        framework()
+            .given(vec![received(), failed(1)])
+            .when(failure())
+            .then_expect_events(vec![]);
     }
 
     #[test]
@@ -347,7 +390,7 @@ mod tests {
             .collect();
         framework()
             .given(given)
-            .when(failure())
+            .when(failure_at(MAX_ATTEMPTS as i64 - 1))
             .then_expect_events(vec![WebhookEvent::DeadLettered {
                 attempts: MAX_ATTEMPTS,
                 error: "down".into(),

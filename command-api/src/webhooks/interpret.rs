@@ -36,6 +36,8 @@ pub struct Meaning {
     pub reference: Reference,
     /// The status it reports; `None` for an event the platform does not act on.
     pub status: Option<ProviderStatus>,
+    /// Why it is not acted on, when there is more to say than that its type is not handled.
+    pub unhandled: Option<&'static str>,
 }
 
 /// Why a verified body is not what the provider sends (400: the sender must not retry it).
@@ -55,8 +57,24 @@ fn payment_id(raw: Option<&str>) -> Option<String> {
         .map(|u| u.to_string())
 }
 
+/// Whether any string (or key) in `v` holds a NUL, which no provider sends and PostgreSQL's
+/// `jsonb` cannot store.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Reads the identity of a verified webhook body.
 pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProviderShaped> {
+    if has_nul(body) {
+        return Err(NotProviderShaped(
+            "a provider's body holds no NUL character",
+        ));
+    }
     match provider {
         Provider::Stripe => {
             let id = text(body, "/id")
@@ -108,6 +126,121 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
 fn stripe_payment_id(body: &Value) -> Option<String> {
     payment_id(text(body, "/data/object/client_reference_id"))
         .or_else(|| payment_id(text(body, "/data/object/metadata/payment_id")))
+}
+
+/// Which fields of a body are kept: a key and, for an object (or each object of an array),
+/// which of its fields.
+struct Keep(&'static str, &'static [Keep]);
+
+/// Of a Stripe event: what identifies it and what payments need — no customer details.
+const STRIPE_KEPT: &[Keep] = &[
+    Keep("id", &[]),
+    Keep("object", &[]),
+    Keep("type", &[]),
+    Keep("created", &[]),
+    Keep("livemode", &[]),
+    Keep("api_version", &[]),
+    Keep(
+        "data",
+        &[Keep(
+            "object",
+            &[
+                Keep("id", &[]),
+                Keep("object", &[]),
+                Keep("amount", &[]),
+                Keep("amount_total", &[]),
+                Keep("amount_subtotal", &[]),
+                Keep("amount_received", &[]),
+                Keep("amount_captured", &[]),
+                Keep("amount_refunded", &[]),
+                Keep("currency", &[]),
+                Keep("client_reference_id", &[]),
+                Keep("payment_intent", &[]),
+                Keep("payment_status", &[]),
+                Keep("status", &[]),
+                Keep("paid", &[]),
+                Keep("captured", &[]),
+                Keep("refunded", &[]),
+                Keep("livemode", &[]),
+                Keep("metadata", &[Keep("payment_id", &[])]),
+                Keep(
+                    "last_payment_error",
+                    &[
+                        Keep("code", &[]),
+                        Keep("decline_code", &[]),
+                        Keep("type", &[]),
+                        Keep("message", &[]),
+                    ],
+                ),
+            ],
+        )],
+    ),
+];
+
+/// Of a Lyra payment (`kr-answer`): the order and its transactions — no customer, no card.
+const LYRA_KEPT: &[Keep] = &[
+    Keep("shopId", &[]),
+    Keep("orderCycle", &[]),
+    Keep("orderStatus", &[]),
+    Keep("serverDate", &[]),
+    Keep("_type", &[]),
+    Keep(
+        "orderDetails",
+        &[
+            Keep("orderId", &[]),
+            Keep("orderTotalAmount", &[]),
+            Keep("orderEffectiveAmount", &[]),
+            Keep("orderCurrency", &[]),
+            Keep("mode", &[]),
+            Keep("_type", &[]),
+        ],
+    ),
+    Keep(
+        "transactions",
+        &[
+            Keep("uuid", &[]),
+            Keep("amount", &[]),
+            Keep("currency", &[]),
+            Keep("status", &[]),
+            Keep("detailedStatus", &[]),
+            Keep("operationType", &[]),
+            Keep("paymentMethodType", &[]),
+            Keep("creationDate", &[]),
+            Keep("errorCode", &[]),
+            Keep("detailedErrorCode", &[]),
+            Keep("_type", &[]),
+        ],
+    ),
+];
+
+fn keep(value: &Value, fields: &[Keep]) -> Value {
+    match value {
+        Value::Object(map) if !fields.is_empty() => Value::Object(
+            fields
+                .iter()
+                .filter_map(|Keep(key, inner)| {
+                    map.get(*key).map(|v| ((*key).to_owned(), keep(v, inner)))
+                })
+                .collect(),
+        ),
+        Value::Array(items) if !fields.is_empty() => {
+            Value::Array(items.iter().map(|v| keep(v, fields)).collect())
+        }
+        // A leaf is kept as it is; an object or array where a leaf was expected is dropped.
+        Value::Object(_) | Value::Array(_) => Value::Null,
+        other => other.clone(),
+    }
+}
+
+/// What of a verified body is kept in the `Received` event: the fields that identify it and
+/// that payments need. Customers' personal data (names, e-mails, addresses, IP addresses,
+/// card details) never enters the append-only store (ARCHITECTURE.md invariant 7); the
+/// event keeps the SHA-256 of the whole body as proof of what arrived.
+pub fn retained(provider: Provider, body: &Value) -> Value {
+    match provider {
+        Provider::Stripe => keep(body, STRIPE_KEPT),
+        Provider::Lyra => keep(body, LYRA_KEPT),
+    }
 }
 
 /// Reads what a webhook reports about a payment.
@@ -179,6 +312,7 @@ fn stripe(event_type: &str, body: &Value) -> Meaning {
     Meaning {
         reference: by_intent(intent),
         status,
+        unhandled: None,
     }
 }
 
@@ -187,6 +321,14 @@ fn lyra(order_status: &str, body: &Value) -> Meaning {
         .map(Reference::Payment)
         .unwrap_or(Reference::None);
     let tx = |field: &str| text(body, &format!("/transactions/0/{field}"));
+    if tx("operationType") == Some("CREDIT") {
+        // A refund's notification (the order stays PAID): not mapped yet, and not a payment.
+        return Meaning {
+            reference,
+            status: None,
+            unhandled: Some("Lyra refunds (CREDIT transactions) are not mapped yet"),
+        };
+    }
     let status = match order_status {
         "PAID" => match (
             body.pointer("/orderDetails/orderTotalAmount")
@@ -213,7 +355,11 @@ fn lyra(order_status: &str, body: &Value) -> Meaning {
         // RUNNING, PARTIALLY_PAID and anything new: recorded, nothing to apply.
         _ => None,
     };
-    Meaning { reference, status }
+    Meaning {
+        reference,
+        status,
+        unhandled: None,
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +407,41 @@ mod tests {
     }
 
     #[test]
+    fn personal_data_is_not_retained_but_what_payments_need_is() {
+        let body = json!({"id": "evt_1", "type": "checkout.session.completed", "data": {"object": {
+            "id": "cs_1", "amount_total": 4990, "currency": "eur", "client_reference_id": PAYMENT,
+            "payment_intent": "pi_1", "payment_status": "paid",
+            "customer_details": {"email": "jane@example.com", "name": "Jane"},
+            "metadata": {"payment_id": PAYMENT, "note": "call Jane on +33612345678"}}}});
+        let kept = retained(Provider::Stripe, &body);
+        let text = kept.to_string();
+        assert!(!text.contains("jane") && !text.contains("+336"), "{text}");
+        assert_eq!(
+            interpret(Provider::Stripe, "checkout.session.completed", &kept),
+            interpret(Provider::Stripe, "checkout.session.completed", &body)
+        );
+        let mut answer = lyra_answer("PAID", "PAID", "AUTHORISED");
+        answer["customer"] =
+            json!({"email": "jane@example.com", "extraDetails": {"ipAddress": "90.71.64.161"}});
+        answer["transactions"][0]["transactionDetails"] =
+            json!({"cardDetails": {"pan": "497010XXXXXX0055"}});
+        let kept = retained(Provider::Lyra, &answer);
+        let text = kept.to_string();
+        assert!(
+            !text.contains("jane") && !text.contains("90.71") && !text.contains("4970"),
+            "{text}"
+        );
+        assert_eq!(
+            identify(Provider::Lyra, &kept),
+            identify(Provider::Lyra, &answer)
+        );
+        assert_eq!(
+            interpret(Provider::Lyra, "PAID", &kept),
+            interpret(Provider::Lyra, "PAID", &answer)
+        );
+    }
+
+    #[test]
     fn an_unhandled_stripe_type_means_nothing() {
         let body = json!({"id": "evt_3", "type": "customer.created", "data": {"object": {}}});
         assert_eq!(
@@ -276,6 +457,7 @@ mod tests {
             json!({"id": "evt", "type": "x"}),
             json!({"id": "", "type": "x", "data": {"object": {}}}),
             json!([1]),
+            json!({"id": "evt", "type": "x", "data": {"object": {"note": "a\u{0}b"}}}),
         ] {
             assert!(identify(Provider::Stripe, &body).is_err(), "{body}");
         }
@@ -329,5 +511,10 @@ mod tests {
             })
         );
         assert_eq!(m("RUNNING", "RUNNING", "WAITING_AUTHORISATION"), None);
+        let mut refund = lyra_answer("PAID", "PAID", "CAPTURED");
+        refund["transactions"][0]["operationType"] = json!("CREDIT");
+        let meaning = interpret(Provider::Lyra, "PAID", &refund);
+        assert_eq!(meaning.status, None);
+        assert!(meaning.unhandled.is_some());
     }
 }

@@ -11,7 +11,7 @@ use events::access::Principal;
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
 use events::identity::PLATFORM_TENANT;
-use events::payment::{PaymentEvent, PAYMENT};
+use events::payment::{PaymentEvent, PaymentProvider, PAYMENT};
 use events::webhook::{webhook_id, Outcome, Provider, WebhookEvent, WEBHOOK};
 use events::Metadata;
 use serde_json::json;
@@ -22,7 +22,7 @@ use super::aggregate::{Status, WebhookCommand, WebhookError};
 use super::interpret::{self, Reference};
 use super::verify::{self, Rejection};
 use crate::http::error::DomainProblem;
-use crate::payments::aggregate::{PaymentAction, PaymentCommand, PaymentError};
+use crate::payments::aggregate::{PaymentAction, PaymentCommand, ProviderStatus};
 use crate::store::CommandError;
 use crate::AppState;
 
@@ -30,6 +30,9 @@ use crate::AppState;
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 /// Rejections kept in the log.
 const REJECTIONS_KEPT: i64 = 1_000;
+/// Rejections of one provider for one reason logged per minute: past it a flood is only
+/// counted in the logs, so it cannot push the evidence of an earlier probe out of the log.
+const REJECTIONS_PER_MINUTE: i64 = 20;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -56,7 +59,7 @@ async fn stripe(
     }
     let payload: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
-    receive(&state, &ids, Provider::Stripe, payload).await
+    receive(&state, &ids, Provider::Stripe, payload, &body).await
 }
 
 async fn lyra(
@@ -84,7 +87,7 @@ async fn lyra(
     };
     let payload: serde_json::Value = serde_json::from_str(&answer)
         .map_err(|_| Problem::bad_request("invalid_payload", "kr-answer is not JSON."))?;
-    receive(&state, &ids, Provider::Lyra, payload).await
+    receive(&state, &ids, Provider::Lyra, payload, &body).await
 }
 
 /// Writes a refused webhook to the capped rejection log and answers 401. The log is
@@ -101,7 +104,11 @@ async fn reject(
     let logged = sqlx::query(
         "WITH added AS (
              INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id)
+             SELECT $1, $2, $3, $4, $5
+              WHERE (SELECT count(*) FROM webhook_rejections
+                      WHERE provider = $1 AND reason = $2
+                        AND received_at > now() - interval '1 minute') < $7
+             RETURNING id)
          DELETE FROM webhook_rejections WHERE id <= (SELECT id FROM added) - $6",
     )
     .bind(provider.as_str())
@@ -110,6 +117,7 @@ async fn reject(
     .bind(excerpt)
     .bind(body.len() as i32)
     .bind(REJECTIONS_KEPT)
+    .bind(REJECTIONS_PER_MINUTE)
     .execute(pool)
     .await;
     if let Err(e) = logged {
@@ -150,6 +158,7 @@ async fn receive(
     ids: &RequestIds,
     provider: Provider,
     payload: serde_json::Value,
+    body: &[u8],
 ) -> Result<Response, Problem> {
     let identity = interpret::identify(provider, &payload)
         .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
@@ -170,7 +179,8 @@ async fn receive(
         provider_event_id: identity.provider_event_id,
         event_type: identity.event_type,
         payment_id: identity.payment_id,
-        payload,
+        payload: interpret::retained(provider, &payload),
+        body_sha256: Some(hex_sha256(body)),
         at: state.clock.now(),
     };
     let c = state
@@ -178,6 +188,14 @@ async fn receive(
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(Json(json!({"received": true, "id": id, "duplicate": c.appended == 0})).into_response())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn webhook_uuid(raw: &str) -> Result<String, Problem> {
@@ -196,8 +214,17 @@ fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
 
 /// What processing a webhook did, or why it must be tried again.
 enum Processing {
-    Done(Outcome, Option<String>, String),
+    /// Finished: what it did, the payment it concerned, why.
+    Done(Outcome, Option<Attributed>, String),
+    /// Failed for now (a stable reason: it is shown to tenants).
     Retry(String),
+}
+
+/// The payment a webhook concerned, and its tenant.
+#[derive(Debug, Clone)]
+struct Attributed {
+    payment_id: String,
+    tenant_id: String,
 }
 
 /// Processes a pending webhook: turns it into a payment command and records the outcome, or
@@ -219,21 +246,25 @@ async fn process(
     let Some(received) = webhook.received().cloned() else {
         return Err(WebhookError::NotFound.problem());
     };
-    if webhook.status() != Status::Pending {
-        return Ok(
-            Json(json!({"id": id, "status": status_name(webhook.status())})).into_response(),
-        );
+    if !webhook.due(state.clock.now()) {
+        // Processed, dead, or a retry asked for before its time: nothing to do now.
+        let status = match webhook.status() {
+            Status::Pending => "retrying",
+            other => status_name(other),
+        };
+        return Ok(Json(json!({"id": id, "status": status})).into_response());
     }
     let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
         .await?
         .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
     let meaning = interpret::interpret(received.provider, &received.event_type, &received.payload);
-    let processing = apply(&state, &ids, &id, meaning).await;
+    let processing = apply(&state, &ids, &id, received.provider, meaning).await;
     let at = state.clock.now();
     let command = match &processing {
-        Processing::Done(outcome, payment_id, detail) => WebhookCommand::RecordOutcome {
+        Processing::Done(outcome, payment, detail) => WebhookCommand::RecordOutcome {
             outcome: *outcome,
-            payment_id: payment_id.clone(),
+            payment_id: payment.as_ref().map(|p| p.payment_id.clone()),
+            tenant_id: payment.as_ref().map(|p| p.tenant_id.clone()),
             detail: detail.clone(),
             at,
         },
@@ -253,9 +284,9 @@ async fn process(
         Processing::Retry(error) if dead => json!({
             "id": id, "version": c.version, "status": "dead", "error": error,
         }),
-        Processing::Done(outcome, payment_id, detail) => json!({
-            "id": id, "version": c.version, "status": "processed",
-            "outcome": outcome, "payment_id": payment_id, "detail": detail,
+        Processing::Done(outcome, payment, detail) => json!({
+            "id": id, "version": c.version, "status": "processed", "outcome": outcome,
+            "payment_id": payment.map(|p| p.payment_id), "detail": detail,
         }),
         Processing::Retry(error) => json!({
             "id": id, "version": c.version, "status": "retrying", "error": error,
@@ -278,19 +309,23 @@ async fn apply(
     state: &AppState,
     ids: &RequestIds,
     webhook: &str,
+    provider: Provider,
     meaning: interpret::Meaning,
 ) -> Processing {
+    let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
     let Some(status) = meaning.status else {
-        return Processing::Done(
-            Outcome::Ignored,
-            None,
-            "not an event the platform acts on".into(),
+        return ignored(
+            meaning
+                .unhandled
+                .unwrap_or("not an event the platform acts on"),
         );
     };
     let payment_id = match meaning.reference {
         Reference::Payment(id) => id,
         Reference::Provider(reference) => {
-            // Known once the payment is projected as paid; the read model may lag.
+            // Known once the payment is projected as paid (the read model may lag). Only a
+            // refund must find a paid payment; a failure or expiry naming an intent no
+            // payment was paid with is for nobody here.
             let found: Result<Option<Uuid>, _> =
                 sqlx::query_scalar("SELECT id FROM payments WHERE provider_reference = $1 LIMIT 1")
                     .bind(&reference)
@@ -298,60 +333,95 @@ async fn apply(
                     .await;
             match found {
                 Ok(Some(id)) => id.to_string(),
-                Ok(None) => {
-                    return Processing::Retry(format!(
-                        "no payment known for provider reference {reference}"
-                    ))
+                Ok(None) if matches!(status, ProviderStatus::Refunded { .. }) => {
+                    return Processing::Retry(
+                        "no payment known for the provider's reference yet".into(),
+                    )
                 }
-                Err(e) => return Processing::Retry(format!("database: {e}")),
+                Ok(None) => return ignored("no payment known for the provider's reference"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "payments read model unavailable");
+                    return Processing::Retry("database unavailable".into());
+                }
             }
         }
-        Reference::None => {
-            return Processing::Done(Outcome::Ignored, None, "names no payment".into())
-        }
+        Reference::None => return ignored("names no payment"),
     };
     let tenant = match stream_tenant(&state.pool, PAYMENT, &payment_id).await {
         Ok(Some(t)) => t,
-        Ok(None) => {
-            return Processing::Done(Outcome::Ignored, Some(payment_id), "no such payment".into())
-        }
+        Ok(None) => return ignored("no such payment"),
         Err(_) => return Processing::Retry("database unavailable".into()),
     };
+    let payment = Some(Attributed {
+        payment_id: payment_id.clone(),
+        tenant_id: tenant.clone(),
+    });
     let command = PaymentCommand {
         at: state.clock.now(),
         action: PaymentAction::ProviderStatus {
             webhook_id: webhook.to_owned(),
+            provider: match provider {
+                Provider::Stripe => PaymentProvider::Stripe,
+                Provider::Lyra => PaymentProvider::Lyra,
+            },
             status,
         },
     };
     let metadata = caused_by(ids, &tenant, webhook);
-    match state
+    let events = match state
         .payments
         .execute_with_events(&payment_id, None, command, &metadata)
         .await
     {
-        Ok((_, events)) => match events.first() {
-            None => Processing::Done(
-                Outcome::Recorded,
-                Some(payment_id),
-                "already applied".into(),
-            ),
-            Some(PaymentEvent::ProviderStatusIgnored { reason, .. }) => {
-                Processing::Done(Outcome::Recorded, Some(payment_id), reason.clone())
-            }
-            Some(e) => {
-                let detail = cqrs_es::DomainEvent::event_type(e);
-                Processing::Done(Outcome::Applied, Some(payment_id), detail)
-            }
+        Ok((_, events)) => events,
+        Err(CommandError::Rejected(_)) => return ignored("no such payment"),
+        Err(e) => {
+            tracing::warn!(error = %e, webhook, "payment command failed");
+            return Processing::Retry("event store unavailable".into());
+        }
+    };
+    // Nothing appended: the payment took this webhook into account before (an attempt whose
+    // outcome was not recorded, or a replay). Its outcome is what the payment recorded then.
+    let (event_type, reason) = match events.first() {
+        Some(PaymentEvent::ProviderStatusIgnored { reason, .. }) => {
+            ("ProviderStatusIgnored".to_owned(), Some(reason.clone()))
+        }
+        Some(e) => (cqrs_es::DomainEvent::event_type(e), None),
+        None => match recorded_for(&state.pool, &payment_id, webhook).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return ignored("the payment holds no record of it"),
+            Err(_) => return Processing::Retry("database unavailable".into()),
         },
-        Err(CommandError::Rejected(PaymentError::NotFound)) => {
-            Processing::Done(Outcome::Ignored, Some(payment_id), "no such payment".into())
-        }
-        Err(CommandError::Rejected(e)) => {
-            Processing::Done(Outcome::Ignored, Some(payment_id), e.to_string())
-        }
-        Err(e) => Processing::Retry(e.to_string()),
+    };
+    let again = if events.is_empty() {
+        " (recorded before)"
+    } else {
+        ""
+    };
+    match reason {
+        Some(reason) => Processing::Done(Outcome::Recorded, payment, format!("{reason}{again}")),
+        None => Processing::Done(Outcome::Applied, payment, format!("{event_type}{again}")),
     }
+}
+
+/// The payment event webhook `webhook` caused, and its reason when it was a status recorded
+/// without being applied.
+async fn recorded_for(
+    pool: &PgPool,
+    payment_id: &str,
+    webhook: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_type, payload->event_type->>'reason' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+            AND payload->event_type->>'webhook_id' = $3
+          ORDER BY sequence LIMIT 1",
+    )
+    .bind(PAYMENT)
+    .bind(payment_id)
+    .bind(webhook)
+    .fetch_optional(pool)
+    .await
 }
 
 async fn replay(

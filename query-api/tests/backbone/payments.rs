@@ -533,6 +533,13 @@ async fn a_webhook_delivered_five_times_at_once_is_one_event_and_one_payment_cha
         .await;
     assert_eq!(received, 1);
     assert_eq!(stack.payment_events(&payment, "Paid").await, 1);
+    let leaked = stack
+        .count(
+            "SELECT count(*) FROM events WHERE payload::text LIKE $1",
+            "%jane@example.com%",
+        )
+        .await;
+    assert_eq!(leaked, 0, "the customer's e-mail stays out of the store");
 
     // A partial refund names only the payment intent; a refund above what was paid and a
     // late failure are recorded, not applied.
@@ -752,6 +759,22 @@ async fn lyra_link_then_ipn_then_report_and_timeline_and_a_replay_changes_nothin
         "the webhook's event caused the payment's"
     );
 
+    // The customer's e-mail in the IPN never entered the store; a digest of the body did.
+    let leaked = stack
+        .count(
+            "SELECT count(*) FROM events WHERE payload::text LIKE $1",
+            "%jane@example.com%",
+        )
+        .await;
+    assert_eq!(leaked, 0);
+    let digest = stack
+        .count(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'webhook' AND length(payload->'Received'->>'body_sha256') = 64 AND aggregate_id = $1",
+            &webhook,
+        )
+        .await;
+    assert_eq!(digest, 1);
+
     // The same IPN again, and its browser-return twin (signed with the HMAC key): nothing.
     let events_before = stack.env.event_count().await;
     let again: Value = stack.lyra(&ipn).await.json().await.expect("json");
@@ -782,8 +805,8 @@ async fn lyra_link_then_ipn_then_report_and_timeline_and_a_replay_changes_nothin
             w["status"] == "processed" && w["version"].as_i64() >= Some(4)
         })
         .await;
-    assert_eq!(replayed["outcome"], "recorded", "{replayed}");
-    assert_eq!(replayed["detail"], "already applied");
+    assert_eq!(replayed["outcome"], "applied", "{replayed}");
+    assert_eq!(replayed["detail"], "Paid (recorded before)");
     assert_eq!(stack.payment_events(&id, "Paid").await, 1);
     let by_day_again = stack
         .env
@@ -847,6 +870,39 @@ async fn provider_failures_and_bad_input_are_answered_and_recorded_never_half_ap
         )
         .await;
     expect_problem(r, 422, "not_awaiting_link").await;
+    // A keyed request whose answer was never stored (the process died after the link was
+    // recorded) carries on when retried: the same payment and its link, not a 409.
+    let keyed = |key: &'static str| {
+        stack
+            .env
+            .http
+            .post(stack.api.url("/v1/payments"))
+            .bearer_auth(&stack.admin)
+            .header("idempotency-key", key)
+            .json(&json!({"currency": "EUR", "lines": [{"product_id": "book", "quantity": 1}], "customer_reference": "c"}))
+            .send()
+    };
+    let first: Value = keyed("lost-answer")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&stack.env.pool)
+        .await
+        .expect("answer forgotten");
+    let again = keyed("lost-answer").await.expect("sent");
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["link"]["url"], "https://secure.lyra.com/t/2");
+    assert_eq!(
+        stack
+            .payment_events(first["id"].as_str().expect("id"), "Requested")
+            .await,
+        1
+    );
 
     // Forged, unsigned and non-JSON IPNs: refused, nothing appended.
     let answer = lyra_answer(&refused, "PAID", 13200, "PAID", "AUTHORISED");
@@ -1015,14 +1071,35 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
             .await;
         if attempt < attempts {
             assert_eq!(w["status"], "retrying", "{w}");
-            // Not retried before its time.
+            // Not retried before its time: not by the processor, nor when asked directly.
             assert_eq!(processor.step().await.expect("step").processed, 0);
-            clock.advance(chrono::Duration::minutes(10));
+            let early: Value = stack
+                .post(
+                    &format!("/v1/webhooks/{webhook}/process"),
+                    &TokenKeys::new(SECRET).service_token("webhooks", 60),
+                    json!({}),
+                )
+                .await
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(early["status"], "retrying", "{early}");
+            assert_eq!(
+                stack
+                    .count(
+                        "SELECT count(*) FROM events WHERE aggregate_type = 'webhook' AND aggregate_id = $1",
+                        &webhook,
+                    )
+                    .await,
+                attempt + 1,
+                "an early attempt records nothing"
+            );
+            clock.advance(chrono::Duration::hours(2));
         } else {
             assert_eq!(w["status"], "dead", "{w}");
             assert!(w["last_error"]
                 .as_str()
-                .is_some_and(|e| e.contains("pi_nobody_knows")));
+                .is_some_and(|e| e.contains("no payment known")));
         }
     }
     let dead = stack
