@@ -72,6 +72,14 @@ pub struct Config {
     /// Lyra HMAC-SHA-256 key: keys the `kr-hash` of browser returns.
     #[arg(long, env = "LYRA_HMAC_KEY", hide_env_values = true)]
     pub lyra_hmac_key: Option<String>,
+    /// SignalWire signing keys (the project's signing key; comma-separated during a rotation).
+    #[arg(
+        long,
+        env = "SIGNALWIRE_SIGNING_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub signalwire_signing_key: Vec<String>,
     /// Stripe webhook endpoint secrets (`whsec_…`), comma-separated: several during a rotation.
     #[arg(
         long,
@@ -222,6 +230,12 @@ impl Config {
                 .collect(),
             lyra_password: set(&self.lyra_password),
             lyra_hmac_key: set(&self.lyra_hmac_key),
+            signalwire: self
+                .signalwire_signing_key
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
 //! - [`chat`]: threads, messages, read receipts and scheduled messages.
 //! - [`payments`]: catalogs (products, taxes) and payments, with Lyra payment links.
+//! - [`telephony`]: tenants' phone numbers, and the SMS and calls SignalWire reports.
 //! - [`webhooks`]: provider webhooks: verified, de-duplicated, appended, then processed.
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
@@ -29,6 +30,8 @@ pub mod payments;
 pub mod relay;
 /// Command execution.
 pub mod store;
+/// Telephony bounded context: numbers, SMS, calls.
+pub mod telephony;
 /// Tenants bounded context.
 pub mod tenants;
 /// Value objects shared by contexts.
@@ -108,6 +111,14 @@ pub struct AppState {
     pub lyra: Option<payments::lyra::Lyra>,
     /// The keys webhooks are verified with.
     pub webhook_secrets: Arc<WebhookSecrets>,
+    /// The public base URL providers call back (`BACKEND_URL`).
+    pub backend_url: Option<String>,
+    /// Phone-number commands.
+    pub phone_numbers: Arc<CommandBus<telephony::aggregate::PhoneNumber>>,
+    /// SMS commands (from callbacks).
+    pub sms: Arc<CommandBus<telephony::aggregate::Sms>>,
+    /// Call commands (from callbacks).
+    pub calls: Arc<CommandBus<telephony::aggregate::Call>>,
 }
 
 /// The keys webhooks are verified with.
@@ -119,6 +130,8 @@ pub struct WebhookSecrets {
     pub lyra_password: Option<String>,
     /// Lyra HMAC-SHA-256 key (the browser return's key).
     pub lyra_hmac_key: Option<String>,
+    /// SignalWire signing keys (any of them may sign).
+    pub signalwire: Vec<String>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -267,6 +280,25 @@ impl Application {
             )),
             lyra: config.lyra_account().map(payments::lyra::Lyra::new),
             webhook_secrets: Arc::new(config.webhook_secrets()),
+            backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
+            phone_numbers: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            sms: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            calls: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
             clock,

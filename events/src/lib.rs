@@ -11,6 +11,7 @@
 //! - [`realtime`]: realtime channels and events, and the Pusher protocol's signatures.
 //! - [`webhook`]: received provider webhooks and their processing.
 //! - [`payment`]: tenants' catalogs (products, taxes) and payments.
+//! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -36,6 +37,8 @@ pub mod payment;
 pub mod realtime;
 /// NATS subject and `Nats-Msg-Id` naming.
 pub mod subject;
+/// Phone numbers, SMS and calls.
+pub mod telephony;
 /// Events of the tenants bounded context.
 pub mod tenant;
 /// Received provider webhooks.

@@ -27,6 +27,8 @@ pub enum Provider {
     Stripe,
     /// Lyra / PayZen IPN (`/api/webhooks/lyra`).
     Lyra,
+    /// SignalWire (`/api/webhooks/signalwire`): SMS and calls.
+    Signalwire,
 }
 
 impl Provider {
@@ -35,6 +37,7 @@ impl Provider {
         match self {
             Provider::Stripe => "stripe",
             Provider::Lyra => "lyra",
+            Provider::Signalwire => "signalwire",
         }
     }
 }

@@ -84,6 +84,30 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
         })
 }
 
+/// The tenant a staff request acts in: a tenant admin's own (naming another is 403), or the
+/// one a super admin names (required).
+pub fn administered_tenant(
+    who: &events::access::Principal,
+    asked: Option<uuid::Uuid>,
+) -> Result<String, Problem> {
+    if who.is_super_admin() {
+        return asked.map(|t| t.to_string()).ok_or_else(|| {
+            Problem::unprocessable("tenant_required", "Name the tenant (tenant_id).")
+        });
+    }
+    let home = match who {
+        events::access::Principal::Admin {
+            tenant_id: Some(home),
+            ..
+        } => home.clone(),
+        _ => return Err(Problem::forbidden("Only the tenant's admins may do this.")),
+    };
+    if asked.is_some_and(|t| t.to_string() != home) || !who.administers(&home) {
+        return Err(Problem::forbidden("Only the tenant's admins may do this."));
+    }
+    Ok(home)
+}
+
 /// Every route, with the shared middleware.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -91,6 +115,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::chat::routes::router())
         .merge(crate::payments::routes::router())
         .merge(crate::webhooks::routes::router())
+        .merge(crate::telephony::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())
         .merge(crate::identity::phone_routes::router())

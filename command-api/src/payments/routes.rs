@@ -20,9 +20,9 @@ use uuid::Uuid;
 use super::aggregate::{LineRequest, Payment, PaymentAction, PaymentCommand, PaymentError, Status};
 use super::catalog::CatalogCommand;
 use super::lyra::{LinkError, PaymentOrder};
-use crate::http::accepted;
 use crate::http::error::DomainProblem;
 use crate::http::idempotency::KeyedRequest;
+use crate::http::{accepted, administered_tenant};
 use crate::store::{CommandError, Committed};
 use crate::AppState;
 
@@ -34,33 +34,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments/{id}/cancel", post(cancel))
         .route("/v1/catalog/taxes/{id}", put(save_tax))
         .route("/v1/catalog/products/{id}", put(save_product))
-}
-
-/// The tenant a staff request acts in: a tenant admin's own (naming another is 403), or the
-/// one a super admin names (required).
-fn tenant_of(who: &Principal, asked: Option<Uuid>) -> Result<String, Problem> {
-    if who.is_super_admin() {
-        return asked.map(|t| t.to_string()).ok_or_else(|| {
-            Problem::unprocessable("tenant_required", "Name the tenant (tenant_id).")
-        });
-    }
-    let home = match who {
-        Principal::Admin {
-            tenant_id: Some(home),
-            ..
-        } => home.clone(),
-        _ => {
-            return Err(Problem::forbidden(
-                "Only a tenant's admins manage payments.",
-            ))
-        }
-    };
-    if asked.is_some_and(|t| t.to_string() != home) || !who.administers(&home) {
-        return Err(Problem::forbidden(
-            "Only a tenant's admins manage payments.",
-        ));
-    }
-    Ok(home)
 }
 
 /// The payment `raw` names, if the caller administers its tenant; 404 otherwise (another
@@ -111,7 +84,7 @@ async fn request(
     keyed: Option<Extension<KeyedRequest>>,
     Json(body): Json<RequestPayment>,
 ) -> Result<Response, Problem> {
-    let tenant = tenant_of(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&who, body.tenant_id)?;
     let id = body
         .id
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
@@ -358,7 +331,7 @@ async fn save_tax(
     Path(tax_id): Path<String>,
     Json(body): Json<SaveTax>,
 ) -> Result<Response, Problem> {
-    let tenant = tenant_of(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&who, body.tenant_id)?;
     let command = CatalogCommand::SaveTax {
         tax_id,
         name: body.name,
@@ -396,7 +369,7 @@ async fn save_product(
     Path(product_id): Path<String>,
     Json(body): Json<SaveProduct>,
 ) -> Result<Response, Problem> {
-    let tenant = tenant_of(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&who, body.tenant_id)?;
     let command = CatalogCommand::SaveProduct {
         product_id,
         name: body.name,

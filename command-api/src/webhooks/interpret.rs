@@ -120,6 +120,7 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
                 payment_id: payment_id(Some(order)),
             })
         }
+        Provider::Signalwire => crate::telephony::interpret::identify(body),
     }
 }
 
@@ -240,6 +241,8 @@ pub fn retained(provider: Provider, body: &Value) -> Value {
     match provider {
         Provider::Stripe => keep(body, STRIPE_KEPT),
         Provider::Lyra => keep(body, LYRA_KEPT),
+        // Kept when the callback was read (telephony::interpret).
+        Provider::Signalwire => body.clone(),
     }
 }
 
@@ -248,6 +251,12 @@ pub fn interpret(provider: Provider, event_type: &str, body: &Value) -> Meaning 
     match provider {
         Provider::Stripe => stripe(event_type, body),
         Provider::Lyra => lyra(event_type, body),
+        // Telephony callbacks are no payment's (processed by telephony::routes).
+        Provider::Signalwire => Meaning {
+            reference: Reference::None,
+            status: None,
+            unhandled: None,
+        },
     }
 }
 

@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/webhooks/stripe", post(stripe))
         .route("/api/webhooks/lyra", post(lyra))
+        .route("/api/webhooks/signalwire", post(signalwire))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .route("/v1/webhooks/{id}/process", post(process))
         .route("/v1/webhooks/{id}/replay", post(replay))
@@ -88,6 +89,46 @@ async fn lyra(
     let payload: serde_json::Value = serde_json::from_str(&answer)
         .map_err(|_| Problem::bad_request("invalid_payload", "kr-answer is not JSON."))?;
     receive(&state, &ids, Provider::Lyra, payload, &body).await
+}
+
+async fn signalwire(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let signature = header("x-signalwire-signature").or(header("x-twilio-signature"));
+    let json = header("content-type").is_some_and(|t| t.starts_with("application/json"));
+    let url = crate::telephony::routes::public_url(&state, &headers, &uri);
+    let form: Vec<(String, String)> = if json {
+        Vec::new()
+    } else {
+        match serde_urlencoded::from_bytes(&body) {
+            Ok(form) => form,
+            Err(_) => {
+                let r = Rejection::Malformed;
+                return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+            }
+        }
+    };
+    let scheme = if json {
+        verify::SignalwireBody::Json(&body)
+    } else {
+        verify::SignalwireBody::Form(&form)
+    };
+    if let Err(r) = verify::signalwire(signature, &url, scheme, &state.webhook_secrets.signalwire) {
+        return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+    }
+    let payload = if json {
+        let parsed: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
+        crate::telephony::interpret::json_payload(&parsed)
+    } else {
+        crate::telephony::interpret::form_payload(&form)
+    };
+    receive(&state, &ids, Provider::Signalwire, payload, &body).await
 }
 
 /// Writes a refused webhook to the capped rejection log and answers 401. The log is
@@ -163,10 +204,13 @@ async fn receive(
     let identity = interpret::identify(provider, &payload)
         .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
     let id = webhook_id(provider, &identity.provider_event_id);
-    // Attributed to the payment's tenant when it names one we know.
-    let tenant = match &identity.payment_id {
-        Some(p) => stream_tenant(&state.pool, PAYMENT, p).await?,
-        None => None,
+    // Attributed to the tenant of the payment it names, or of the number it concerns.
+    let tenant = match (&identity.payment_id, provider) {
+        (Some(p), _) => stream_tenant(&state.pool, PAYMENT, p).await?,
+        (None, Provider::Signalwire) => {
+            crate::telephony::routes::owner_of_callback(state, &payload).await?
+        }
+        (None, _) => None,
     }
     .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
     let metadata = ids.metadata(
@@ -180,7 +224,7 @@ async fn receive(
         event_type: identity.event_type,
         payment_id: identity.payment_id,
         payload: interpret::retained(provider, &payload),
-        body_sha256: Some(hex_sha256(body)),
+        body_sha256: Some(verify::hex_sha256(body)),
         at: state.clock.now(),
     };
     let c = state
@@ -188,14 +232,6 @@ async fn receive(
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(Json(json!({"received": true, "id": id, "duplicate": c.appended == 0})).into_response())
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn webhook_uuid(raw: &str) -> Result<String, Problem> {
@@ -206,25 +242,27 @@ fn webhook_uuid(raw: &str) -> Result<String, Problem> {
 
 /// The metadata of a command caused by webhook `id`: the tenant of its stream, the platform
 /// component `webhooks` as actor, the webhook's `Received` event as the cause.
-fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
+pub(crate) fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
     let mut metadata = ids.metadata(tenant, "webhooks", ActorKind::System);
     metadata.causation_id = events::subject::message_id(WEBHOOK, id, 1);
     metadata
 }
 
 /// What processing a webhook did, or why it must be tried again.
-enum Processing {
-    /// Finished: what it did, the payment it concerned, why.
+pub(crate) enum Processing {
+    /// Finished: what it did, the tenant (and payment) it concerned, why.
     Done(Outcome, Option<Attributed>, String),
     /// Failed for now (a stable reason: it is shown to tenants).
     Retry(String),
 }
 
-/// The payment a webhook concerned, and its tenant.
+/// The tenant a webhook turned out to concern, and its payment if it was about one.
 #[derive(Debug, Clone)]
-struct Attributed {
-    payment_id: String,
-    tenant_id: String,
+pub(crate) struct Attributed {
+    /// The payment.
+    pub(crate) payment_id: Option<String>,
+    /// Its tenant (or the number's).
+    pub(crate) tenant_id: String,
 }
 
 /// Processes a pending webhook: turns it into a payment command and records the outcome, or
@@ -257,13 +295,22 @@ async fn process(
     let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
         .await?
         .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
-    let meaning = interpret::interpret(received.provider, &received.event_type, &received.payload);
-    let processing = apply(&state, &ids, &id, received.provider, meaning).await;
+    let processing = match received.provider {
+        Provider::Signalwire => {
+            let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
+            crate::telephony::routes::process_callback(&state, &id, &received.payload, metadata)
+                .await
+        }
+        provider => {
+            let meaning = interpret::interpret(provider, &received.event_type, &received.payload);
+            apply(&state, &ids, &id, provider, meaning).await
+        }
+    };
     let at = state.clock.now();
     let command = match &processing {
         Processing::Done(outcome, payment, detail) => WebhookCommand::RecordOutcome {
             outcome: *outcome,
-            payment_id: payment.as_ref().map(|p| p.payment_id.clone()),
+            payment_id: payment.as_ref().and_then(|p| p.payment_id.clone()),
             tenant_id: payment.as_ref().map(|p| p.tenant_id.clone()),
             detail: detail.clone(),
             at,
@@ -286,7 +333,7 @@ async fn process(
         }),
         Processing::Done(outcome, payment, detail) => json!({
             "id": id, "version": c.version, "status": "processed", "outcome": outcome,
-            "payment_id": payment.map(|p| p.payment_id), "detail": detail,
+            "payment_id": payment.and_then(|p| p.payment_id), "detail": detail,
         }),
         Processing::Retry(error) => json!({
             "id": id, "version": c.version, "status": "retrying", "error": error,
@@ -353,7 +400,7 @@ async fn apply(
         Err(_) => return Processing::Retry("database unavailable".into()),
     };
     let payment = Some(Attributed {
-        payment_id: payment_id.clone(),
+        payment_id: Some(payment_id.clone()),
         tenant_id: tenant.clone(),
     });
     let command = PaymentCommand {
@@ -363,6 +410,7 @@ async fn apply(
             provider: match provider {
                 Provider::Stripe => PaymentProvider::Stripe,
                 Provider::Lyra => PaymentProvider::Lyra,
+                Provider::Signalwire => return ignored("not a payment provider"),
             },
             status,
         },

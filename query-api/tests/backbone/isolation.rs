@@ -253,6 +253,18 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
         "/v1/catalog/products/secret-product",
         Some(r#"{"tenant_id": "{tenant}", "name": "Free", "unit_price": 0, "currency": "EUR"}"#),
     ),
+    (
+        Api::Command,
+        "PUT",
+        "/v1/telephony/numbers/+15557650099",
+        Some(r#"{"tenant_id": "{tenant}"}"#),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/telephony/numbers/+15557650099/release",
+        Some("{}"),
+    ),
     (Api::Query, "GET", "/v1/payments/{payment}", None),
     (Api::Query, "GET", "/v1/payments/{payment}/timeline", None),
     (Api::Query, "GET", "/v1/payments?tenant_id={tenant}", None),
@@ -352,8 +364,17 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    // A product and a payment of theirs.
+    // A product, a payment and a phone number of theirs.
     let their_admin = env.admin_of(&theirs);
+    let number = env
+        .http
+        .put(api.url("/v1/telephony/numbers/+15557650099"))
+        .bearer_auth(&their_admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(number.status(), 200);
     for (path, body) in [
         (
             "/v1/catalog/taxes/vat",

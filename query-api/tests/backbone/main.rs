@@ -18,3 +18,4 @@ mod relay;
 mod scheduler;
 mod store;
 mod support;
+mod telephony;

@@ -3,8 +3,6 @@
 //! by a local server that asserts the exact request, duplicate and concurrent deliveries,
 //! out-of-order statuses, dead letters and replays, reports and the payment timeline.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,52 +15,13 @@ use serde_json::{json, Value};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv, SECRET};
+use crate::support::{create_tenant, eventually, expect_problem, py, Service, TestEnv, SECRET};
 
 const STRIPE_SECRET: &str = "whsec_current_endpoint_secret";
 const STRIPE_OLD_SECRET: &str = "whsec_rotated_out_soon";
 const LYRA_SHOP: &str = "69876357";
 const LYRA_PASSWORD: &str = "testpassword_DEMOPRIVATEKEY23G4475zXZQ2UA5x7M";
 const LYRA_HMAC_KEY: &str = "38453613e7f44dc58732bad3dca2bca3";
-
-/// The Python of scripts/python/.venv (scripts/test installs it).
-fn python() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/.venv/bin/python");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests through scripts/test, which installs the providers' libraries",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs `script` with `args` in the tools' Python, `input` on its standard input (a payload
-/// may be larger than one argument may be), and returns what it printed.
-fn py(script: &str, input: &str, args: &[&str]) -> String {
-    use std::io::Write;
-    let mut child = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("input written");
-    let out = child.wait_with_output().expect("python ends");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A `Stripe-Signature` header made by Stripe's own library.
 fn stripe_header(payload: &str, secret: &str, timestamp: i64) -> String {

@@ -152,6 +152,7 @@ impl TestEnv {
             lyra_password: None,
             lyra_hmac_key: None,
             stripe_webhook_secret: Vec::new(),
+            signalwire_signing_key: Vec::new(),
             command: None,
         }
     }
@@ -474,4 +475,43 @@ impl Soketi {
         config.soketi_app_secret = Some(SOKETI_SECRET.to_owned());
         config
     }
+}
+
+/// The Python of scripts/python/.venv (scripts/test installs it).
+fn python() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/.venv/bin/python");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests through scripts/test, which installs the providers' libraries",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `script` with `args` in the tools' Python, `input` on its standard input (a payload
+/// may be larger than one argument may be), and returns what it printed.
+pub fn py(script: &str, input: &str, args: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input written");
+    let out = child.wait_with_output().expect("python ends");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

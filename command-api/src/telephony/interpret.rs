@@ -1,0 +1,296 @@
+//! What SignalWire's callbacks say: LaML (Twilio-compatible) form callbacks about SMS and
+//! calls, and JSON (RELAY) callbacks, which are received and recorded but not acted on yet.
+
+use events::telephony::Direction;
+use serde_json::{Map, Value};
+
+use super::aggregate::SmsReport;
+use crate::webhooks::interpret::{Identity, NotProviderShaped};
+
+/// The fields of a form callback that are kept: what identifies it and what telephony needs
+/// (the caller's city, zip code and the like are dropped).
+const FORM_KEPT: &[&str] = &[
+    "AccountSid",
+    "ApiVersion",
+    "MessageSid",
+    "SmsSid",
+    "SmsStatus",
+    "MessageStatus",
+    "ErrorCode",
+    "From",
+    "To",
+    "Body",
+    "NumMedia",
+    "CallSid",
+    "CallStatus",
+    "CallDuration",
+    "Direction",
+    "RecordingUrl",
+    "RecordingSid",
+    "RecordingDuration",
+    "Timestamp",
+];
+
+/// A form callback's kept parameters as a JSON object (a repeated name keeps its last value).
+pub fn form_payload(params: &[(String, String)]) -> Value {
+    let mut map = Map::new();
+    for (k, v) in params {
+        if FORM_KEPT.contains(&k.as_str()) {
+            map.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    Value::Object(map)
+}
+
+/// Of a JSON callback: its type and the ids and states of what it is about.
+pub fn json_payload(body: &Value) -> Value {
+    let mut map = Map::new();
+    for key in [
+        "event_type",
+        "event_channel",
+        "timestamp",
+        "project_id",
+        "space_id",
+    ] {
+        if let Some(v) = body.get(key) {
+            map.insert(key.to_owned(), v.clone());
+        }
+    }
+    if let Some(params) = body.get("params").and_then(Value::as_object) {
+        let kept: Map<String, Value> = params
+            .iter()
+            .filter(|(k, _)| k.ends_with("_id") || k.ends_with("_state") || *k == "direction")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        map.insert("params".into(), Value::Object(kept));
+    }
+    Value::Object(map)
+}
+
+fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a str> {
+    payload
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+}
+
+/// The identity of a callback: its de-duplication key is the message or call, its status
+/// (and a recording): a retried callback repeats them, a new status does not.
+pub fn identify(payload: &Value) -> Result<Identity, NotProviderShaped> {
+    if let Some(event_type) = field(payload, "event_type") {
+        let params = payload.get("params").unwrap_or(&Value::Null);
+        let id = ["call_id", "message_id", "segment_id"]
+            .iter()
+            .find_map(|k| field(params, k))
+            .unwrap_or("-");
+        let state = ["call_state", "message_state", "state"]
+            .iter()
+            .find_map(|k| field(params, k))
+            .unwrap_or("-");
+        return Ok(Identity {
+            provider_event_id: format!("relay:{event_type}:{id}:{state}"),
+            event_type: event_type.to_owned(),
+            payment_id: None,
+        });
+    }
+    if let Some(sid) = field(payload, "MessageSid").or(field(payload, "SmsSid")) {
+        let status = field(payload, "SmsStatus")
+            .or(field(payload, "MessageStatus"))
+            .ok_or(NotProviderShaped("an SMS callback has a status"))?;
+        return Ok(Identity {
+            provider_event_id: format!("sms:{sid}:{status}"),
+            event_type: format!("sms.{status}"),
+            payment_id: None,
+        });
+    }
+    if let Some(sid) = field(payload, "CallSid") {
+        let status = field(payload, "CallStatus")
+            .ok_or(NotProviderShaped("a call callback has a CallStatus"))?;
+        let recording = field(payload, "RecordingSid").unwrap_or("-");
+        return Ok(Identity {
+            provider_event_id: format!("call:{sid}:{status}:{recording}"),
+            event_type: format!("call.{status}"),
+            payment_id: None,
+        });
+    }
+    Err(NotProviderShaped(
+        "a SignalWire callback names a message, a call or an event type",
+    ))
+}
+
+/// What a callback reports, for processing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Callback {
+    /// About SMS `sid`; `number` is the tenant's side of it.
+    Sms {
+        /// `MessageSid`.
+        sid: String,
+        /// The tenant's number.
+        number: String,
+        /// What happened.
+        report: SmsReport,
+    },
+    /// About call `sid`.
+    Call {
+        /// `CallSid`.
+        sid: String,
+        /// The tenant's number.
+        number: String,
+        /// The provider's status.
+        status: String,
+        /// Which way.
+        direction: Direction,
+        /// Caller.
+        from: String,
+        /// Callee.
+        to: String,
+        /// Seconds, once ended.
+        duration_secs: Option<u32>,
+        /// The recording.
+        recording_url: Option<String>,
+    },
+    /// Nothing the platform acts on (a JSON event).
+    Other,
+}
+
+/// Reads a kept payload.
+pub fn read(payload: &Value) -> Callback {
+    let text = |name: &str| field(payload, name).map(str::to_owned);
+    let (from, to) = (
+        text("From").unwrap_or_default(),
+        text("To").unwrap_or_default(),
+    );
+    if let Some(sid) = text("MessageSid").or(text("SmsSid")) {
+        let status = text("SmsStatus")
+            .or(text("MessageStatus"))
+            .unwrap_or_default();
+        if status == "received" {
+            return Callback::Sms {
+                sid,
+                number: to.clone(),
+                report: SmsReport::Received {
+                    from,
+                    to,
+                    body: text("Body").unwrap_or_default(),
+                    media_count: text("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0),
+                },
+            };
+        }
+        return Callback::Sms {
+            sid,
+            number: from.clone(),
+            report: SmsReport::Status {
+                status,
+                error_code: text("ErrorCode"),
+                from,
+                to,
+            },
+        };
+    }
+    if let Some(sid) = text("CallSid") {
+        let direction = if text("Direction").is_some_and(|d| d.starts_with("outbound")) {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        return Callback::Call {
+            sid,
+            number: match direction {
+                Direction::Inbound => to.clone(),
+                Direction::Outbound => from.clone(),
+            },
+            status: text("CallStatus").unwrap_or_default(),
+            direction,
+            from,
+            to,
+            duration_secs: text("CallDuration").and_then(|d| d.parse().ok()),
+            recording_url: text("RecordingUrl"),
+        };
+    }
+    Callback::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_inbound_sms_is_keyed_by_message_and_status_and_belongs_to_the_number_called() {
+        let payload = form_payload(&params(&[
+            ("MessageSid", "SM1"),
+            ("SmsStatus", "received"),
+            ("From", "+15550001"),
+            ("To", "+15550002"),
+            ("Body", "Hello"),
+            ("FromCity", "SPRINGFIELD"),
+        ]));
+        assert!(payload.get("FromCity").is_none(), "location is dropped");
+        let id = identify(&payload).expect("shaped");
+        assert_eq!(id.provider_event_id, "sms:SM1:received");
+        let Callback::Sms { number, report, .. } = read(&payload) else {
+            panic!("an sms")
+        };
+        assert_eq!(number, "+15550002");
+        assert!(matches!(report, SmsReport::Received { ref body, .. } if body == "Hello"));
+    }
+
+    #[test]
+    fn a_status_callback_belongs_to_the_number_that_sent() {
+        let payload = form_payload(&params(&[
+            ("MessageSid", "SM2"),
+            ("MessageStatus", "delivered"),
+            ("From", "+15550002"),
+            ("To", "+15550001"),
+        ]));
+        let Callback::Sms { number, .. } = read(&payload) else {
+            panic!("an sms")
+        };
+        assert_eq!(number, "+15550002");
+    }
+
+    #[test]
+    fn calls_are_keyed_by_status_and_recording() {
+        let payload = form_payload(&params(&[
+            ("CallSid", "CA1"),
+            ("CallStatus", "completed"),
+            ("CallDuration", "42"),
+            ("Direction", "outbound-api"),
+            ("From", "+15550002"),
+            ("To", "+15550001"),
+            ("RecordingSid", "RE1"),
+            ("RecordingUrl", "https://rec/RE1"),
+        ]));
+        assert_eq!(
+            identify(&payload).expect("shaped").provider_event_id,
+            "call:CA1:completed:RE1"
+        );
+        let Callback::Call {
+            number,
+            direction,
+            duration_secs,
+            ..
+        } = read(&payload)
+        else {
+            panic!("a call")
+        };
+        assert_eq!(
+            (number.as_str(), direction, duration_secs),
+            ("+15550002", Direction::Outbound, Some(42))
+        );
+    }
+
+    #[test]
+    fn callbacks_naming_nothing_are_refused() {
+        assert!(identify(&json!({"From": "+1"})).is_err());
+        assert!(identify(&json!({"MessageSid": "SM1"})).is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Routes of telephony: a tenant's numbers (`PUT /v1/telephony/numbers/{number}`,
+//! `POST …/release`), and what the webhook layer asks of it: who owns the number a
+//! SignalWire callback concerns, and the processing of a callback.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::{post, put};
+use axum::Router;
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::telephony::PHONE_NUMBER;
+use events::webhook::Outcome;
+use events::Metadata;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::aggregate::{CallCommand, PhoneNumberCommand, PhoneNumberError, SmsCommand};
+use super::interpret::{self, Callback};
+use crate::http::error::DomainProblem;
+use crate::http::{accepted, administered_tenant};
+use crate::identity::phone::PhoneNumber as E164;
+use crate::store::CommandError;
+use crate::webhooks::routes::{Attributed, Processing};
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/telephony/numbers/{number}", put(assign))
+        .route("/v1/telephony/numbers/{number}/release", post(release))
+}
+
+/// Body naming the tenant (super admins name it; tenant admins act in their own).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForTenant {
+    /// The tenant.
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+}
+
+fn number(raw: &str) -> Result<String, Problem> {
+    E164::parse(raw)
+        .map(|n| n.as_str().to_owned())
+        .ok_or_else(|| {
+            Problem::unprocessable(
+                "invalid_phone",
+                "A number is international, in E.164 (+ and 8 to 15 digits).",
+            )
+        })
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+    Json(body): Json<ForTenant>,
+) -> Result<Response, Problem> {
+    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let number = number(&raw)?;
+    let command = PhoneNumberCommand::Assign {
+        tenant_id: tenant.clone(),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .phone_numbers
+        .execute(&number, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::OK,
+        PHONE_NUMBER,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+async fn release(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+    Json(body): Json<ForTenant>,
+) -> Result<Response, Problem> {
+    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let number = number(&raw).map_err(|_| PhoneNumberError::NotFound.problem())?;
+    let command = PhoneNumberCommand::Release {
+        tenant_id: tenant.clone(),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .phone_numbers
+        .execute(&number, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::OK,
+        PHONE_NUMBER,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// The URL SignalWire called, as it signed it: `BACKEND_URL` (the public base) with the
+/// request's path and query; without it, the `Host` the request names (and the scheme of
+/// `X-Forwarded-Proto` when the proxy is trusted).
+pub fn public_url(state: &AppState, headers: &HeaderMap, uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(base) = &state.backend_url {
+        return format!("{}{path}", base.trim_end_matches('/'));
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let scheme = header("x-forwarded-proto")
+        .filter(|_| state.trust_forwarded_for)
+        .unwrap_or("http");
+    format!("{scheme}://{}{path}", header("host").unwrap_or("localhost"))
+}
+
+/// The tenant owning the number a callback concerns, if any.
+async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem> {
+    let Some(number) = E164::parse(number) else {
+        return Ok(None);
+    };
+    Ok(state
+        .phone_numbers
+        .load(number.as_str())
+        .await?
+        .tenant_id()
+        .map(str::to_owned))
+}
+
+/// The tenant owning the number a kept callback concerns (the webhook's attribution).
+pub async fn owner_of_callback(
+    state: &AppState,
+    payload: &serde_json::Value,
+) -> Result<Option<String>, Problem> {
+    match interpret::read(payload) {
+        Callback::Sms { number, .. } | Callback::Call { number, .. } => owner(state, &number).await,
+        Callback::Other => Ok(None),
+    }
+}
+
+/// Processes a SignalWire callback: the SMS or call it reports, for the tenant owning the
+/// number. A callback for a number nobody owns is recorded (its webhook), not applied.
+pub(crate) async fn process_callback(
+    state: &AppState,
+    webhook_id: &str,
+    payload: &serde_json::Value,
+    metadata: impl Fn(&str) -> Metadata,
+) -> Processing {
+    let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
+    let callback = interpret::read(payload);
+    let number = match &callback {
+        Callback::Sms { number, .. } | Callback::Call { number, .. } => number.clone(),
+        Callback::Other => return ignored("not an event the platform acts on"),
+    };
+    let tenant = match owner(state, &number).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return ignored("no tenant owns the number"),
+        Err(_) => return Processing::Retry("event store unavailable".into()),
+    };
+    let at = state.clock.now();
+    let metadata = metadata(&tenant);
+    let outcome = match callback {
+        Callback::Sms { sid, report, .. } => {
+            let command = SmsCommand {
+                webhook_id: webhook_id.to_owned(),
+                report,
+                at,
+            };
+            state
+                .sms
+                .execute_with_events(&sid, None, command, &metadata)
+                .await
+                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))
+        }
+        Callback::Call {
+            sid,
+            status,
+            direction,
+            from,
+            to,
+            duration_secs,
+            recording_url,
+            ..
+        } => {
+            let command = CallCommand {
+                webhook_id: webhook_id.to_owned(),
+                status,
+                direction,
+                from,
+                to,
+                duration_secs,
+                recording_url,
+                at,
+            };
+            state
+                .calls
+                .execute_with_events(&sid, None, command, &metadata)
+                .await
+                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))
+        }
+        Callback::Other => return ignored("not an event the platform acts on"),
+    };
+    let attributed = Some(Attributed {
+        payment_id: None,
+        tenant_id: tenant,
+    });
+    match outcome {
+        Ok(Some(event_type)) => Processing::Done(Outcome::Applied, attributed, event_type),
+        Ok(None) => Processing::Done(
+            Outcome::Recorded,
+            attributed,
+            "an earlier or repeated status".into(),
+        ),
+        Err(CommandError::Rejected(e)) => {
+            Processing::Done(Outcome::Ignored, attributed, e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, webhook_id, "telephony command failed");
+            Processing::Retry("event store unavailable".into())
+        }
+    }
+}

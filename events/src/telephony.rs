@@ -1,0 +1,177 @@
+//! Events of telephony: the phone numbers tenants own (aggregate type `phone_number`, id = the
+//! number in E.164), and the SMS and calls SignalWire reports (aggregate types `sms`, id = the
+//! provider's `MessageSid`, and `call`, id = its `CallSid`).
+//!
+//! A number belongs to one tenant at a time: its aggregate is keyed by the number, so two
+//! tenants cannot both assign it. SMS and call statuses only move forward (a late "sent"
+//! after "delivered" is recorded by the webhook, not applied).
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+/// The aggregate type of phone numbers.
+pub const PHONE_NUMBER: &str = "phone_number";
+/// The aggregate type of SMS messages.
+pub const SMS: &str = "sms";
+/// The aggregate type of calls.
+pub const CALL: &str = "call";
+
+/// Something that happened to a phone number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PhoneNumberEvent {
+    /// The number was given to a tenant: its SMS and calls are the tenant's.
+    Assigned {
+        /// The tenant.
+        tenant_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The tenant gave the number up; webhooks for it are recorded as the platform's.
+    Released {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for PhoneNumberEvent {
+    fn event_type(&self) -> String {
+        match self {
+            PhoneNumberEvent::Assigned { .. } => "Assigned",
+            PhoneNumberEvent::Released { .. } => "Released",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Which way a message or call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// To one of the tenant's numbers.
+    Inbound,
+    /// From one of the tenant's numbers.
+    Outbound,
+}
+
+/// Something that happened to an SMS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SmsEvent {
+    /// An SMS reached one of the tenant's numbers.
+    SmsReceived {
+        /// Sender (E.164).
+        from: String,
+        /// The tenant's number (E.164).
+        to: String,
+        /// The text.
+        body: String,
+        /// Attached media (MMS), by count; their URLs stay with the provider.
+        media_count: u32,
+        /// The webhook that reported it.
+        webhook_id: String,
+        /// When it arrived.
+        at: DateTime<Utc>,
+    },
+    /// The provider reported the delivery status of an SMS sent from a tenant's number.
+    DeliveryStatusChanged {
+        /// `queued`, `sending`, `sent`, `delivered`, `undelivered`, `failed`.
+        status: String,
+        /// The provider's error code, on failure.
+        #[serde(default)]
+        error_code: Option<String>,
+        /// Sender (the tenant's number).
+        from: String,
+        /// Recipient.
+        to: String,
+        /// The webhook that reported it.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SmsEvent {
+    fn event_type(&self) -> String {
+        match self {
+            SmsEvent::SmsReceived { .. } => "SmsReceived",
+            SmsEvent::DeliveryStatusChanged { .. } => "DeliveryStatusChanged",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Something that happened to a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum CallEvent {
+    /// The provider reported a call's status.
+    CallStatusChanged {
+        /// `queued`, `ringing`, `in-progress`, `completed`, `busy`, `failed`, `no-answer`,
+        /// `canceled`.
+        status: String,
+        /// Which way.
+        direction: Direction,
+        /// Caller (E.164).
+        from: String,
+        /// Callee (E.164).
+        to: String,
+        /// Seconds, once it ended.
+        #[serde(default)]
+        duration_secs: Option<u32>,
+        /// The recording, when one was made.
+        #[serde(default)]
+        recording_url: Option<String>,
+        /// The webhook that reported it.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for CallEvent {
+    fn event_type(&self) -> String {
+        match self {
+            CallEvent::CallStatusChanged { .. } => "CallStatusChanged",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// The order of delivery statuses: a status only replaces an earlier one.
+pub fn sms_status_rank(status: &str) -> Option<u8> {
+    Some(match status {
+        "accepted" | "queued" => 0,
+        "sending" => 1,
+        "sent" => 2,
+        "delivered" | "undelivered" | "failed" => 3,
+        // Inbound statuses: a received message is final.
+        "receiving" => 0,
+        "received" => 3,
+        _ => return None,
+    })
+}
+
+/// The order of call statuses: a status only replaces an earlier one.
+pub fn call_status_rank(status: &str) -> Option<u8> {
+    Some(match status {
+        "queued" | "initiated" => 0,
+        "ringing" => 1,
+        "in-progress" | "answered" => 2,
+        "completed" | "busy" | "failed" | "no-answer" | "canceled" => 3,
+        _ => return None,
+    })
+}

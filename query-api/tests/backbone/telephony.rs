@@ -1,0 +1,437 @@
+//! SignalWire callbacks: signatures made by SignalWire's and Twilio's own Python libraries are
+//! accepted (both schemes, with and without the port), tampered ones refused; numbers belong
+//! to tenants; SMS and call callbacks become events once, statuses only forward; a callback
+//! for a number nobody owns is recorded, not dropped.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{create_tenant, eventually, expect_problem, py, Service, TestEnv, SECRET};
+
+const SIGNING_KEY: &str = "PSKtest123";
+/// The public base the provider calls (BACKEND_URL): what it signs, whatever address the
+/// request reaches.
+const BACKEND: &str = "https://hooks.example.com";
+const PATH: &str = "/api/webhooks/signalwire?tenant=main";
+const OURS: &str = "+15557650002";
+
+/// A form callback's signature, by SignalWire's library (its compatibility scheme, which is
+/// Twilio's: the same as Twilio's library computes) for `url`.
+fn form_signature(url: &str, params: &[(&str, &str)]) -> String {
+    let params: serde_json::Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    let signalwire = py(
+        "import sys, json\n\
+         from signalwire.request_validator import RequestValidator\n\
+         print(RequestValidator(sys.argv[1]).build_signature_with_compatibility(sys.argv[2], json.loads(sys.stdin.read())))",
+        &Value::Object(params.clone()).to_string(),
+        &[SIGNING_KEY, url],
+    );
+    let twilio = py(
+        "import sys, json\n\
+         from twilio.request_validator import RequestValidator\n\
+         print(RequestValidator(sys.argv[1]).compute_signature(sys.argv[2], json.loads(sys.stdin.read())))",
+        &Value::Object(params).to_string(),
+        &[SIGNING_KEY, url],
+    );
+    assert_eq!(signalwire, twilio, "both libraries sign alike");
+    signalwire
+}
+
+/// A JSON callback's signature, by SignalWire's library (hex HMAC-SHA1 of URL and body).
+fn json_signature(url: &str, body: &str) -> String {
+    py(
+        "import sys\n\
+         from signalwire.request_validator import RequestValidator\n\
+         print(RequestValidator(sys.argv[1]).build_signature(sys.argv[2], sys.stdin.read()))",
+        body,
+        &[SIGNING_KEY, url],
+    )
+}
+
+/// Whether SignalWire's library accepts a form callback's signature (the reference our check
+/// must agree with).
+fn signalwire_accepts(url: &str, params: &[(&str, &str)], signature: &str) -> bool {
+    let params: serde_json::Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    py(
+        "import sys, json\n\
+         from signalwire.request_validator import RequestValidator\n\
+         print(RequestValidator(sys.argv[1]).validate(sys.argv[2], json.loads(sys.stdin.read()), sys.argv[3]))",
+        &Value::Object(params).to_string(),
+        &[SIGNING_KEY, url, signature],
+    ) == "True"
+}
+
+struct Phone {
+    env: TestEnv,
+    api: Service,
+    query: Service,
+    _projector: tokio::task::JoinHandle<()>,
+    tenant: String,
+    admin: String,
+}
+
+impl Phone {
+    async fn start() -> Self {
+        let env = TestEnv::new().await;
+        let mut config = env.command_config();
+        config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+        config.backend_url = Some(BACKEND.into());
+        let api = env.spawn_command_api(config).await;
+        let mut projector = env.projector_config();
+        projector.nest_auth_secret = Some(SECRET.into());
+        projector.command_api_url = api.url("");
+        let projector = env.spawn_projector(projector);
+        let query = env.spawn_query_api(env.query_config()).await;
+        let (tenant, _) = create_tenant(&env, &api, &format!("tel{}", &env.prefix[1..9])).await;
+        let admin = env.admin_of(&tenant);
+        Self {
+            env,
+            api,
+            query,
+            _projector: projector,
+            tenant,
+            admin,
+        }
+    }
+
+    async fn assign(&self, number: &str, token: &str) -> reqwest::Response {
+        self.env
+            .http
+            .put(self.api.url(&format!("/v1/telephony/numbers/{number}")))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    async fn form(
+        &self,
+        params: &[(&str, &str)],
+        header: &str,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.env.http.post(self.api.url(PATH)).form(params);
+        if let Some(s) = signature {
+            request = request.header(header, s);
+        }
+        request.send().await.expect("sent")
+    }
+
+    /// A form callback signed as SignalWire signs it.
+    async fn signed(&self, params: &[(&str, &str)]) -> reqwest::Response {
+        let signature = form_signature(&format!("{BACKEND}{PATH}"), params);
+        self.form(params, "x-signalwire-signature", Some(&signature))
+            .await
+    }
+
+    async fn webhook_when(&self, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let url = self.query.url(&format!("/v1/webhooks/{id}"));
+        let root = self.env.super_admin();
+        eventually(
+            Duration::from_secs(20),
+            "the callback processed",
+            || async {
+                let w = self.env.get_json(&url, &root).await;
+                check(&w).then_some(w)
+            },
+        )
+        .await
+    }
+
+    async fn events(&self, aggregate_type: &str, event_type: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type = $1 AND event_type = $2",
+        )
+        .bind(aggregate_type)
+        .bind(event_type)
+        .fetch_one(&self.env.pool)
+        .await
+        .expect("count")
+    }
+}
+
+async fn id_of(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+fn inbound(sid: &'static str, to: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AccountSid", "AC1"),
+        ("MessageSid", sid),
+        ("SmsStatus", "received"),
+        ("From", "+15551230001"),
+        ("To", to),
+        ("Body", "Hello, is the shop open?"),
+        ("NumMedia", "0"),
+        ("FromCity", "SPRINGFIELD"),
+    ]
+}
+
+#[tokio::test]
+async fn signalwire_signatures_made_by_its_own_libraries_are_accepted_and_tampering_refused() {
+    let phone = Phone::start().await;
+    let url = format!("{BACKEND}{PATH}");
+    // Form callbacks, under either header, signed for the URL with or without its port.
+    let params = inbound("SMsig1", OURS);
+    let signature = form_signature(&url, &params);
+    assert!(signalwire_accepts(&url, &params, &signature));
+    let r = phone
+        .form(&params, "x-signalwire-signature", Some(&signature))
+        .await;
+    assert_eq!(r.status(), 200);
+    let params = inbound("SMsig2", OURS);
+    let with_port = format!("https://hooks.example.com:443{PATH}");
+    let signature = form_signature(&with_port, &params);
+    let r = phone
+        .form(&params, "x-twilio-signature", Some(&signature))
+        .await;
+    assert_eq!(r.status(), 200);
+    // JSON callbacks: SignalWire's hex scheme, and Twilio's bodySHA256 scheme.
+    let body = r#"{"event_type":"calling.call.state","params":{"call_id":"c1","call_state":"ended","from_number":"+15551230001"}}"#;
+    let signature = json_signature(&url, body);
+    let r = phone
+        .env
+        .http
+        .post(phone.api.url(PATH))
+        .header("content-type", "application/json")
+        .header("x-signalwire-signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let hash = py(
+        "import sys, hashlib\nprint(hashlib.sha256(sys.stdin.read().encode()).hexdigest())",
+        body,
+        &[],
+    );
+    let hashed_path = format!("{PATH}&bodySHA256={hash}");
+    let signature = form_signature(&format!("{BACKEND}{hashed_path}"), &[]);
+    let twilio_json = |body: String| {
+        phone
+            .env
+            .http
+            .post(phone.api.url(&hashed_path))
+            .header("content-type", "application/json")
+            .header("x-twilio-signature", &signature)
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        twilio_json(body.to_owned()).await.expect("sent").status(),
+        200
+    );
+    let r = twilio_json(body.replace("ended", "ending"))
+        .await
+        .expect("sent");
+    expect_problem(r, 401, "bad_signature").await;
+
+    // (The accepted callbacks are being processed meanwhile: count what tampering could add.)
+    let before = phone.events("webhook", "Received").await;
+    let params = inbound("SMsig3", OURS);
+    let signature = form_signature(&url, &params);
+    let mut tampered = params.clone();
+    tampered[5] = ("Body", "Send me your password");
+    expect_problem(
+        phone
+            .form(&tampered, "x-signalwire-signature", Some(&signature))
+            .await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    // Signed for another URL (a callback meant for another endpoint, replayed here).
+    let elsewhere = form_signature("https://hooks.example.com/api/webhooks/other", &params);
+    expect_problem(
+        phone
+            .form(&params, "x-signalwire-signature", Some(&elsewhere))
+            .await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    expect_problem(
+        phone.form(&params, "x-signalwire-signature", None).await,
+        401,
+        "missing_signature",
+    )
+    .await;
+    let tampered_json = body.replace("ended", "answered");
+    let r = phone
+        .env
+        .http
+        .post(phone.api.url(PATH))
+        .header("content-type", "application/json")
+        .header("x-signalwire-signature", json_signature(&url, body))
+        .body(tampered_json)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 401, "bad_signature").await;
+    assert_eq!(
+        phone.events("webhook", "Received").await,
+        before,
+        "nothing appended"
+    );
+}
+
+#[tokio::test]
+async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    // A number belongs to one tenant.
+    let (other, _) = create_tenant(
+        &phone.env,
+        &phone.api,
+        &format!("oth{}", &phone.env.prefix[1..9]),
+    )
+    .await;
+    expect_problem(
+        phone.assign(OURS, &phone.env.admin_of(&other)).await,
+        409,
+        "number_taken",
+    )
+    .await;
+    expect_problem(
+        phone.assign("12345", &phone.admin).await,
+        422,
+        "invalid_phone",
+    )
+    .await;
+
+    // An inbound SMS: received once, for the tenant, without the caller's location.
+    let params = inbound("SMin1", OURS);
+    let webhook = id_of(phone.signed(&params).await).await;
+    let again: Value = phone.signed(&params).await.json().await.expect("json");
+    assert_eq!(again["duplicate"], true);
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(
+        (
+            w["outcome"].as_str(),
+            w["detail"].as_str(),
+            w["tenant_id"].as_str()
+        ),
+        (
+            Some("applied"),
+            Some("SmsReceived"),
+            Some(phone.tenant.as_str())
+        )
+    );
+    assert!(!w["payload"].to_string().contains("SPRINGFIELD"), "{w}");
+    let body: String = sqlx::query_scalar(
+        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1'",
+    )
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("received");
+    assert_eq!(body, "Hello, is the shop open?");
+    let tenant: String = sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1'",
+    )
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("tenant");
+    assert_eq!(tenant, phone.tenant);
+
+    // Delivery statuses of an SMS the tenant sent: a late "sent" after "delivered" changes
+    // nothing.
+    let status = |s: &'static str| {
+        vec![
+            ("MessageSid", "SMout1"),
+            ("MessageStatus", s),
+            ("From", OURS),
+            ("To", "+15551230001"),
+        ]
+    };
+    let delivered = id_of(phone.signed(&status("delivered")).await).await;
+    phone
+        .webhook_when(&delivered, |w| w["status"] == "processed")
+        .await;
+    let late = id_of(phone.signed(&status("sent")).await).await;
+    let w = phone
+        .webhook_when(&late, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "recorded", "{w}");
+    assert_eq!(phone.events("sms", "DeliveryStatusChanged").await, 1);
+
+    // A call that ended, with its duration and recording.
+    let call = [
+        ("CallSid", "CA1"),
+        ("CallStatus", "completed"),
+        ("CallDuration", "42"),
+        ("Direction", "inbound"),
+        ("From", "+15551230001"),
+        ("To", OURS),
+        ("RecordingSid", "RE1"),
+        ("RecordingUrl", "https://files.example.com/RE1.mp3"),
+    ];
+    let webhook = id_of(phone.signed(&call).await).await;
+    phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    let (duration, recording): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT payload->'CallStatusChanged'->>'duration_secs', payload->'CallStatusChanged'->>'recording_url'
+           FROM events WHERE aggregate_type = 'call' AND aggregate_id = 'CA1'",
+    )
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("call");
+    assert_eq!(
+        (duration.as_deref(), recording.as_deref()),
+        (Some("42"), Some("https://files.example.com/RE1.mp3"))
+    );
+
+    // A number nobody owns: recorded as the platform's, not dropped, not applied.
+    let stranger = id_of(phone.signed(&inbound("SMx", "+15550009999")).await).await;
+    let w = phone
+        .webhook_when(&stranger, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(
+        (
+            w["outcome"].as_str(),
+            w["detail"].as_str(),
+            w["tenant_id"].as_str()
+        ),
+        (
+            Some("ignored"),
+            Some("no tenant owns the number"),
+            Some("platform")
+        )
+    );
+    assert_eq!(phone.events("sms", "SmsReceived").await, 1);
+
+    // Released, the number's callbacks are the platform's again.
+    let r = phone
+        .env
+        .http
+        .post(
+            phone
+                .api
+                .url(&format!("/v1/telephony/numbers/{OURS}/release")),
+        )
+        .bearer_auth(&phone.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let after = id_of(phone.signed(&inbound("SMin2", OURS)).await).await;
+    let w = phone
+        .webhook_when(&after, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["detail"], "no tenant owns the number");
+}
