@@ -72,6 +72,20 @@ pub struct Config {
     /// Lyra HMAC-SHA-256 key: keys the `kr-hash` of browser returns.
     #[arg(long, env = "LYRA_HMAC_KEY", hide_env_values = true)]
     pub lyra_hmac_key: Option<String>,
+    /// Base URL of AssemblyAI's API.
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_API_URL",
+        default_value = "https://api.assemblyai.com"
+    )]
+    pub assemblyai_api_url: String,
+    /// AssemblyAI API key (transcripts are off without it and `BACKEND_URL`).
+    #[arg(long, env = "ASSEMBLYAI_API_KEY", hide_env_values = true)]
+    pub assemblyai_api_key: Option<String>,
+    /// The secret AssemblyAI's webhooks must carry (sent to it with each request); derived
+    /// from the token secret when unset.
+    #[arg(long, env = "ASSEMBLYAI_WEBHOOK_SECRET", hide_env_values = true)]
+    pub assemblyai_webhook_secret: Option<String>,
     /// SignalWire signing keys (the project's signing key; comma-separated during a rotation).
     #[arg(
         long,
@@ -237,5 +251,29 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .collect(),
         }
+    }
+
+    /// The AssemblyAI account, when an API key and `BACKEND_URL` are set.
+    pub fn assemblyai_account(&self) -> Option<crate::audio::assemblyai::AssemblyAiAccount> {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let backend = set(&self.backend_url)?;
+        let secret = set(&self.assemblyai_webhook_secret).or_else(|| {
+            // A secret of its own, derived so that it needs no setting and differs from the
+            // token secret itself.
+            use sha2::Digest;
+            let secret = self.auth_secret().ok()?;
+            Some(crate::webhooks::verify::hex_sha256(
+                &sha2::Sha256::new()
+                    .chain_update(b"assemblyai-webhook\0")
+                    .chain_update(secret.as_bytes())
+                    .finalize(),
+            ))
+        })?;
+        Some(crate::audio::assemblyai::AssemblyAiAccount {
+            base_url: self.assemblyai_api_url.clone(),
+            api_key: set(&self.assemblyai_api_key)?,
+            webhook_url: format!("{}/api/webhooks/assemblyai", backend.trim_end_matches('/')),
+            webhook_secret: secret,
+        })
     }
 }

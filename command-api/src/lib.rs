@@ -8,12 +8,15 @@
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
 //! - [`chat`]: threads, messages, read receipts and scheduled messages.
 //! - [`payments`]: catalogs (products, taxes) and payments, with Lyra payment links.
+//! - [`audio`]: audio uploads and their AssemblyAI transcripts.
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls SignalWire reports.
 //! - [`webhooks`]: provider webhooks: verified, de-duplicated, appended, then processed.
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
 
+/// Audio files and their transcripts.
+pub mod audio;
 /// Chat bounded context: threads, messages, receipts, scheduled messages.
 pub mod chat;
 /// Outbound messages (capture sink).
@@ -119,6 +122,10 @@ pub struct AppState {
     pub sms: Arc<CommandBus<telephony::aggregate::Sms>>,
     /// Call commands (from callbacks).
     pub calls: Arc<CommandBus<telephony::aggregate::Call>>,
+    /// Audio-file commands.
+    pub audio: Arc<CommandBus<audio::aggregate::Audio>>,
+    /// The AssemblyAI client, when an API key and `BACKEND_URL` are configured.
+    pub assemblyai: Option<audio::assemblyai::AssemblyAi>,
 }
 
 /// The keys webhooks are verified with.
@@ -299,6 +306,15 @@ impl Application {
                 config.snapshot_every,
                 committed.clone(),
             )),
+            audio: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            assemblyai: config
+                .assemblyai_account()
+                .map(audio::assemblyai::AssemblyAi::new),
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
             clock,

@@ -48,6 +48,9 @@ pub enum PartyKind {
     Bot,
     /// The platform itself (a scheduler, a process manager).
     System,
+    /// Someone reached through a channel (SMS, WhatsApp) by their number (E.164), without an
+    /// account: the customer of such a thread.
+    Contact,
 }
 
 impl PartyKind {
@@ -58,6 +61,7 @@ impl PartyKind {
             PartyKind::Agent => "agent",
             PartyKind::Bot => "bot",
             PartyKind::System => "system",
+            PartyKind::Contact => "contact",
         }
     }
 }

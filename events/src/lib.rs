@@ -11,6 +11,7 @@
 //! - [`realtime`]: realtime channels and events, and the Pusher protocol's signatures.
 //! - [`webhook`]: received provider webhooks and their processing.
 //! - [`payment`]: tenants' catalogs (products, taxes) and payments.
+//! - [`audio`]: uploaded audio files and their transcripts.
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
@@ -20,6 +21,8 @@
 
 /// Bearer-token claims and roles.
 pub mod access;
+/// Audio files and their transcripts.
+pub mod audio;
 /// Events of chat threads.
 pub mod chat;
 /// The clock rules are decided by (settable in tests).

@@ -29,6 +29,8 @@ pub enum Provider {
     Lyra,
     /// SignalWire (`/api/webhooks/signalwire`): SMS and calls.
     Signalwire,
+    /// AssemblyAI (`/api/webhooks/assemblyai`): transcripts.
+    Assemblyai,
 }
 
 impl Provider {
@@ -38,6 +40,7 @@ impl Provider {
             Provider::Stripe => "stripe",
             Provider::Lyra => "lyra",
             Provider::Signalwire => "signalwire",
+            Provider::Assemblyai => "assemblyai",
         }
     }
 }

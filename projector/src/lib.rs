@@ -12,12 +12,17 @@
 //! - [`scheduler`]: delivers due scheduled messages through command-api.
 //! - [`chat`]: threads, messages, read positions and scheduled messages.
 //! - [`payments`]: webhooks, catalogs and payments.
-//! - [`webhook_processor`]: the process manager that has received webhooks processed.
+//! - [`due`]: process managers that have due webhooks processed and audio transcribed.
+//! - [`audio`]: audio files and their transcripts.
 
+/// The audio read model.
+pub mod audio;
 /// Chat threads, messages, receipts and scheduled messages.
 pub mod chat;
 /// Commands to command-api as a platform component.
 pub mod command_client;
+/// Process managers of due work (webhooks, transcriptions).
+pub mod due;
 /// Side-effect workers (realtime).
 pub mod effects;
 /// Admin users and their login history.
@@ -32,8 +37,7 @@ pub mod rebuild;
 pub mod scheduler;
 /// The tenants read model.
 pub mod tenants;
-/// The webhook process manager.
-pub mod webhook_processor;
+
 /// Durable consumers.
 pub mod worker;
 
@@ -150,6 +154,7 @@ pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc
         Arc::new(payments::WebhooksProjection),
         Arc::new(payments::CatalogProjection),
         Arc::new(payments::PaymentsProjection),
+        Arc::new(audio::AudioProjection),
     ];
     all.push(Arc::new(effects::realtime::Realtime::new(
         config.soketi_app(),
@@ -241,16 +246,21 @@ pub async fn run(
                 Arc::new(events::clock::SystemClock),
             );
             tasks.spawn(async move { scheduler.run().await });
-            let processor = webhook_processor::WebhookProcessor::new(
-                pool.clone(),
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                Arc::new(events::clock::SystemClock),
-            );
-            tasks.spawn(async move { processor.run().await });
+            for processor in [
+                due::DueProcessor::webhooks,
+                due::DueProcessor::transcriptions,
+            ] {
+                let processor = processor(
+                    pool.clone(),
+                    &config.command_api_url,
+                    events::access::TokenKeys::new(secret),
+                    Arc::new(events::clock::SystemClock),
+                );
+                tasks.spawn(async move { processor.run().await });
+            }
         }
         None => {
-            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered and received webhooks will not be processed")
+            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered and received webhooks will not be processed nor audio transcribed")
         }
     }
     tokio::pin!(shutdown);

@@ -1,6 +1,6 @@
 //! Read models of the payments context, one projection per aggregate type:
 //! - `webhooks` (`webhook` events): what admins list, and the queue the process manager
-//!   ([`crate::webhook_processor`]) takes due webhooks from (`next_attempt_at`);
+//!   ([`crate::due`]) takes due webhooks from (`next_attempt_at`);
 //! - `catalog` (`catalog` events): `catalog_taxes`, `catalog_products`;
 //! - `payments` (`payment` events): `payments`, `payment_lines`, `payment_refunds`.
 //!

@@ -12,9 +12,12 @@
 //! - [`payments`]: payments (list, detail, timeline), the revenue report, tenants' catalogs.
 //! - [`webhooks`]: received provider webhooks and the ones that failed verification.
 //! - [`dev`]: the dev inbox of captured outbound messages.
+//! - [`audio`]: audio files and their transcripts.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
 
+/// Audio files and their transcripts.
+pub mod audio;
 /// Event history for auditors.
 pub mod audit;
 /// Chat: threads, messages, unread counts.
@@ -109,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::router())
         .merge(payments::router())
         .merge(webhooks::router())
+        .merge(audio::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

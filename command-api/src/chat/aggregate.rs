@@ -91,6 +91,8 @@ pub struct Thread {
     reads: BTreeMap<String, u64>,
     /// Scheduled messages by id.
     scheduled: BTreeMap<String, Scheduled>,
+    /// The customer the thread is with, if any.
+    customer: Option<Party>,
 }
 
 /// Why a thread command was refused. Each variant's doc names its HTTP answer.
@@ -353,6 +355,19 @@ impl Thread {
             }
             _ => match customer {
                 None => None,
+                // Someone reached by number on a channel the platform runs (an SMS sender).
+                Some(c) if c.kind == PartyKind::Contact => {
+                    let number_like = c.id.len() <= 16
+                        && c.id.starts_with('+')
+                        && c.id[1..].bytes().all(|b| b.is_ascii_digit());
+                    if !matches!(actor, Actor::System { .. })
+                        || channel == Channel::Web
+                        || !number_like
+                    {
+                        return Err(ThreadError::UnknownCustomer);
+                    }
+                    Some(c)
+                }
                 Some(c) if c.kind == PartyKind::Phone => {
                     if values::label(&c.id, values::MAX_ID_CHARS).as_deref() != Some(c.id.as_str())
                     {
@@ -414,7 +429,7 @@ impl Thread {
                 let known = match participant.kind {
                     PartyKind::Phone => services.is_phone_user(&tenant, &participant.id).await,
                     PartyKind::Agent => services.is_staff(&tenant, &participant.id).await,
-                    PartyKind::Bot | PartyKind::System => {
+                    PartyKind::Bot | PartyKind::System | PartyKind::Contact => {
                         return Err(ThreadError::InvalidParticipant)
                     }
                 }
@@ -484,6 +499,35 @@ impl Thread {
                 } else {
                     vec![ThreadEvent::Tagged { tags }]
                 }
+            }
+            Action::Receive {
+                message_id,
+                text: raw,
+            } => {
+                if access != Access::System {
+                    return Err(ThreadError::Forbidden(
+                        "Messages from a channel are delivered by the platform.",
+                    ));
+                }
+                let Some(author) = self.customer.clone() else {
+                    return Err(ThreadError::Forbidden("The thread has no customer."));
+                };
+                if self.numbers.contains_key(&message_id) {
+                    return Ok(vec![]);
+                }
+                let text = text(&raw, false)?;
+                let mut events = self.reopening(at);
+                events.push(ThreadEvent::MessageSent {
+                    message_id,
+                    number: self.messages.len() as u64 + 1,
+                    author,
+                    client_message_id: None,
+                    text,
+                    attachment: None,
+                    scheduled_id: None,
+                    at,
+                });
+                events
             }
             Action::Send {
                 message_id,
@@ -687,6 +731,7 @@ impl Aggregate for Thread {
                 self.tenant_id = Some(tenant_id);
                 self.bot_enabled = bot_enabled;
                 self.tags = tags;
+                self.customer = customer.clone();
                 for p in [Some(opened_by), customer].into_iter().flatten() {
                     if matches!(p.kind, PartyKind::Phone | PartyKind::Agent)
                         && !self.participants.contains(&p)
@@ -1918,5 +1963,143 @@ mod tests {
         let back: Thread = serde_json::from_value(json).unwrap_or_default();
         assert_eq!(back, thread);
         assert_eq!(back.tenant_id(), Some(TENANT));
+    }
+
+    fn telephony() -> Actor {
+        Actor::System {
+            component: "webhooks".into(),
+        }
+    }
+
+    fn contact() -> Party {
+        Party {
+            id: "+15551230001".into(),
+            kind: PartyKind::Contact,
+        }
+    }
+
+    fn sms_thread() -> ThreadEvent {
+        ThreadEvent::Opened {
+            tenant_id: TENANT.into(),
+            channel: Channel::Sms,
+            opened_by: Party {
+                id: "webhooks".into(),
+                kind: PartyKind::System,
+            },
+            customer: Some(contact()),
+            subject: None,
+            bot_enabled: true,
+            tags: vec![],
+            at: t0(),
+        }
+    }
+
+    #[tokio::test]
+    async fn open_for_a_contact_by_the_platform_on_sms_records_the_contact() {
+        let when = Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Sms,
+            customer: Some(contact()),
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        };
+        expect_events(vec![], cmd(telephony(), t0(), when), vec![sms_thread()]).await;
+    }
+
+    #[tokio::test]
+    async fn open_for_a_contact_by_staff_or_on_the_web_is_refused() {
+        let on = |channel| Action::Open {
+            tenant_id: TENANT.into(),
+            channel,
+            customer: Some(contact()),
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        };
+        expect_error(
+            vec![],
+            cmd(agent(), t0(), on(Channel::Web)),
+            ThreadError::UnknownCustomer,
+        )
+        .await;
+        expect_error(
+            vec![],
+            cmd(telephony(), t0(), on(Channel::Web)),
+            ThreadError::UnknownCustomer,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn receive_by_the_platform_is_a_message_of_the_contact_once() {
+        let receive = || Action::Receive {
+            message_id: "m-sms".into(),
+            text: "Is the shop open?".into(),
+        };
+        let sent = ThreadEvent::MessageSent {
+            message_id: "m-sms".into(),
+            number: 1,
+            author: contact(),
+            client_message_id: None,
+            text: "Is the shop open?".into(),
+            attachment: None,
+            scheduled_id: None,
+            at: t0(),
+        };
+        expect_events(
+            vec![sms_thread()],
+            cmd(telephony(), t0(), receive()),
+            vec![sent.clone()],
+        )
+        .await;
+        expect_events(
+            vec![sms_thread(), sent],
+            cmd(telephony(), t0(), receive()),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn receive_by_staff_is_refused() {
+        expect_error(
+            vec![sms_thread()],
+            cmd(
+                agent(),
+                t0(),
+                Action::Receive {
+                    message_id: "m".into(),
+                    text: "forged".into(),
+                },
+            ),
+            ThreadError::Forbidden("Messages from a channel are delivered by the platform."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn receive_in_a_closed_thread_reopens_it() {
+        let receive = Action::Receive {
+            message_id: "m-sms".into(),
+            text: "Hello again".into(),
+        };
+        framework()
+            .given(vec![sms_thread(), ThreadEvent::Closed { at: t0() }])
+            .when_async(cmd(telephony(), minutes(1), receive))
+            .await
+            .then_expect_events(vec![
+                ThreadEvent::Reopened { at: minutes(1) },
+                ThreadEvent::MessageSent {
+                    message_id: "m-sms".into(),
+                    number: 1,
+                    author: contact(),
+                    client_message_id: None,
+                    text: "Hello again".into(),
+                    attachment: None,
+                    scheduled_id: None,
+                    at: minutes(1),
+                },
+            ]);
     }
 }

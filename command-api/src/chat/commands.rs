@@ -86,6 +86,15 @@ pub enum Action {
         /// The whole new set.
         tags: Vec<String>,
     },
+    /// The platform delivers a message the thread's customer sent through its channel (an
+    /// inbound SMS); it is authored by the customer. Platform only.
+    Receive {
+        /// The id the message gets (derived from the provider's message id, so a repeat
+        /// names the same message).
+        message_id: String,
+        /// The text.
+        text: String,
+    },
     /// Send a message.
     Send {
         /// The id the message gets (the route derives it from the client's id when given,

@@ -54,7 +54,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The actor a token speaks for.
-fn actor(who: &Principal) -> Actor {
+pub(crate) fn actor(who: &Principal) -> Actor {
     match who {
         Principal::Admin {
             user_id, tenant_id, ..
@@ -91,7 +91,11 @@ impl ThreadError {
 
 /// The tenant a command on thread `id` is recorded under: the caller's own, or, for a super
 /// admin or a platform component, the thread's.
-async fn tenant_of(state: &AppState, who: &Principal, id: &str) -> Result<String, Problem> {
+pub(crate) async fn tenant_of(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+) -> Result<String, Problem> {
     match who {
         Principal::Phone { tenant_id, .. } => Ok(tenant_id.clone()),
         Principal::Admin {
@@ -290,7 +294,7 @@ pub struct SendMessage {
 
 /// The id a new item (message, scheduled message) of thread `thread` gets: derived from the
 /// client's id when given (per author), else from the Idempotency-Key, else fresh.
-fn item_id(
+pub(crate) fn item_id(
     thread: &str,
     author: &str,
     client_id: Option<&str>,

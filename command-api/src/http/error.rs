@@ -192,3 +192,15 @@ impl DomainProblem for crate::telephony::aggregate::PhoneNumberError {
         }
     }
 }
+
+impl DomainProblem for crate::audio::aggregate::AudioError {
+    fn problem(&self) -> Problem {
+        use crate::audio::aggregate::AudioError as E;
+        match self {
+            E::NotFound => Problem::not_found(self.to_string()),
+            E::AlreadyExists => {
+                Problem::new(StatusCode::CONFLICT, "already_exists", self.to_string())
+            }
+        }
+    }
+}

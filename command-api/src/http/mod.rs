@@ -26,6 +26,7 @@ pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
         events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
         events::chat::THREAD => Some(format!("/v1/chat/threads/{id}")),
         events::payment::PAYMENT => Some(format!("/v1/payments/{id}")),
+        events::audio::AUDIO => Some(format!("/v1/audio/{id}")),
         _ => None,
     }
 }
@@ -116,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::payments::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::telephony::routes::router())
+        .merge(crate::audio::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())
         .merge(crate::identity::phone_routes::router())

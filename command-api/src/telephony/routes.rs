@@ -14,14 +14,17 @@ use events::Metadata;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::aggregate::{CallCommand, PhoneNumberCommand, PhoneNumberError, SmsCommand};
+use super::aggregate::{CallCommand, PhoneNumberCommand, PhoneNumberError, SmsCommand, SmsReport};
 use super::interpret::{self, Callback};
+use crate::chat::aggregate::ThreadError;
+use crate::chat::commands::{Action, Actor, ThreadCommand};
 use crate::http::error::DomainProblem;
 use crate::http::{accepted, administered_tenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
 use crate::AppState;
+use events::chat::{Channel, Party, PartyKind};
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -130,6 +133,90 @@ async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem
         .map(str::to_owned))
 }
 
+/// Delivers an inbound SMS into the contact's SMS thread of `tenant` (one per contact
+/// number, opened on first contact, reopened by a new message): a message authored by the
+/// contact, whose id derives from the provider's, so a repeat appends nothing.
+async fn deliver_to_thread(
+    state: &AppState,
+    tenant: &str,
+    from: &str,
+    sid: &str,
+    body: &str,
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let thread = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("sms\0{tenant}\0{from}").as_bytes(),
+    )
+    .to_string();
+    let actor = Actor::System {
+        component: "webhooks".into(),
+    };
+    let at = state.clock.now();
+    let open = ThreadCommand {
+        actor: actor.clone(),
+        at,
+        action: Action::Open {
+            tenant_id: tenant.to_owned(),
+            channel: Channel::Sms,
+            customer: Some(Party {
+                id: from.to_owned(),
+                kind: PartyKind::Contact,
+            }),
+            subject: None,
+            tags: Vec::new(),
+            // The bot does not answer on SMS.
+            bot_enabled: Some(false),
+        },
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, thread, "could not deliver an SMS into its thread");
+        Processing::Retry("event store unavailable".into())
+    };
+    match state.threads.execute(&thread, None, open, metadata).await {
+        Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
+        Err(CommandError::Rejected(e)) => {
+            return Err(Processing::Done(
+                Outcome::Recorded,
+                Some(Attributed {
+                    payment_id: None,
+                    tenant_id: tenant.to_owned(),
+                }),
+                format!("SmsReceived; no thread: {e}"),
+            ))
+        }
+        Err(e) => return Err(failed(&e)),
+    }
+    let message_id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{thread}\0sms\0{sid}").as_bytes(),
+    );
+    let receive = ThreadCommand {
+        actor,
+        at,
+        action: Action::Receive {
+            message_id: message_id.to_string(),
+            text: body.to_owned(),
+        },
+    };
+    match state
+        .threads
+        .execute(&thread, None, receive, metadata)
+        .await
+    {
+        Ok(_) => Ok(thread),
+        Err(CommandError::Rejected(e)) => Err(Processing::Done(
+            Outcome::Recorded,
+            Some(Attributed {
+                payment_id: None,
+                tenant_id: tenant.to_owned(),
+            }),
+            format!("SmsReceived; not delivered into its thread: {e}"),
+        )),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
 /// The tenant owning the number a kept callback concerns (the webhook's attribution).
 pub async fn owner_of_callback(
     state: &AppState,
@@ -164,16 +251,34 @@ pub(crate) async fn process_callback(
     let metadata = metadata(&tenant);
     let outcome = match callback {
         Callback::Sms { sid, report, .. } => {
+            let inbound = match &report {
+                SmsReport::Received { from, body, .. } => Some((from.clone(), body.clone())),
+                SmsReport::Status { .. } => None,
+            };
             let command = SmsCommand {
                 webhook_id: webhook_id.to_owned(),
                 report,
                 at,
             };
-            state
+            let recorded = state
                 .sms
                 .execute_with_events(&sid, None, command, &metadata)
                 .await
-                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))
+                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
+            // Delivered into the contact's SMS thread every time (a repeat names the same
+            // message), so an attempt that failed between the two is completed by the next.
+            match (recorded, inbound) {
+                (Ok(event), Some((from, body))) => {
+                    match deliver_to_thread(state, &tenant, &from, &sid, &body, &metadata).await {
+                        Ok(thread) => Ok(Some(format!(
+                            "{} in thread {thread}",
+                            event.unwrap_or_else(|| "SmsReceived (recorded before)".into())
+                        ))),
+                        Err(retry) => return retry,
+                    }
+                }
+                (recorded, _) => recorded,
+            }
         }
         Callback::Call {
             sid,

@@ -121,6 +121,21 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
             })
         }
         Provider::Signalwire => crate::telephony::interpret::identify(body),
+        Provider::Assemblyai => {
+            let transcript = text(body, "/transcript_id")
+                .filter(|t| t.len() <= 128)
+                .ok_or(NotProviderShaped(
+                    "an AssemblyAI webhook has a transcript_id",
+                ))?;
+            let status = text(body, "/status")
+                .filter(|s| s.len() <= 32)
+                .ok_or(NotProviderShaped("an AssemblyAI webhook has a status"))?;
+            Ok(Identity {
+                provider_event_id: format!("{transcript}:{status}"),
+                event_type: format!("transcript.{status}"),
+                payment_id: None,
+            })
+        }
     }
 }
 
@@ -241,8 +256,9 @@ pub fn retained(provider: Provider, body: &Value) -> Value {
     match provider {
         Provider::Stripe => keep(body, STRIPE_KEPT),
         Provider::Lyra => keep(body, LYRA_KEPT),
-        // Kept when the callback was read (telephony::interpret).
-        Provider::Signalwire => body.clone(),
+        // Kept when the callback was read (telephony::interpret); AssemblyAI's names a
+        // transcript and its status only.
+        Provider::Signalwire | Provider::Assemblyai => body.clone(),
     }
 }
 
@@ -251,8 +267,8 @@ pub fn interpret(provider: Provider, event_type: &str, body: &Value) -> Meaning 
     match provider {
         Provider::Stripe => stripe(event_type, body),
         Provider::Lyra => lyra(event_type, body),
-        // Telephony callbacks are no payment's (processed by telephony::routes).
-        Provider::Signalwire => Meaning {
+        // Telephony callbacks and transcripts are no payment's (processed by their contexts).
+        Provider::Signalwire | Provider::Assemblyai => Meaning {
             reference: Reference::None,
             status: None,
             unhandled: None,

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/webhooks/stripe", post(stripe))
         .route("/api/webhooks/lyra", post(lyra))
         .route("/api/webhooks/signalwire", post(signalwire))
+        .route("/api/webhooks/assemblyai", post(assemblyai))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .route("/v1/webhooks/{id}/process", post(process))
         .route("/v1/webhooks/{id}/replay", post(replay))
@@ -131,6 +132,39 @@ async fn signalwire(
     receive(&state, &ids, Provider::Signalwire, payload, &body).await
 }
 
+/// The query of AssemblyAI's webhook URL (the platform names the audio file in it).
+#[derive(Debug, serde::Deserialize)]
+pub struct AssemblyAiParams {
+    /// The audio file the transcript is for.
+    #[serde(default)]
+    pub audio_id: Option<Uuid>,
+}
+
+async fn assemblyai(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    headers: HeaderMap,
+    events::http::Query(params): events::http::Query<AssemblyAiParams>,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let provided = headers
+        .get(crate::audio::assemblyai::WEBHOOK_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let expected = state.assemblyai.as_ref().map(|c| c.webhook_secret());
+    if let Err(r) = verify::secret_header(provided, expected) {
+        return Err(reject(&state.pool, Provider::Assemblyai, r, None, &body).await);
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
+    let field = |k: &str| parsed.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let payload = json!({
+        "transcript_id": field("transcript_id"),
+        "status": field("status"),
+        "audio_id": params.audio_id.map(|a| a.to_string()),
+    });
+    receive(&state, &ids, Provider::Assemblyai, payload, &body).await
+}
+
 /// Writes a refused webhook to the capped rejection log and answers 401. The log is
 /// best-effort: failing to write it does not change the answer.
 async fn reject(
@@ -210,6 +244,10 @@ async fn receive(
         (None, Provider::Signalwire) => {
             crate::telephony::routes::owner_of_callback(state, &payload).await?
         }
+        (None, Provider::Assemblyai) => match payload.get("audio_id").and_then(|a| a.as_str()) {
+            Some(audio) => stream_tenant(&state.pool, events::audio::AUDIO, audio).await?,
+            None => None,
+        },
         (None, _) => None,
     }
     .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
@@ -300,6 +338,10 @@ async fn process(
             let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
             crate::telephony::routes::process_callback(&state, &id, &received.payload, metadata)
                 .await
+        }
+        Provider::Assemblyai => {
+            let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
+            crate::audio::routes::process_webhook(&state, &id, &received.payload, metadata).await
         }
         provider => {
             let meaning = interpret::interpret(provider, &received.event_type, &received.payload);
@@ -410,7 +452,9 @@ async fn apply(
             provider: match provider {
                 Provider::Stripe => PaymentProvider::Stripe,
                 Provider::Lyra => PaymentProvider::Lyra,
-                Provider::Signalwire => return ignored("not a payment provider"),
+                Provider::Signalwire | Provider::Assemblyai => {
+                    return ignored("not a payment provider")
+                }
             },
             status,
         },

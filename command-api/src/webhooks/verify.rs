@@ -312,6 +312,28 @@ mod tests {
     }
 }
 
+/// Checks a shared secret sent in a header (AssemblyAI's `webhook_auth_header_value`) in
+/// constant time: both are reduced to HMACs under one key and the tags compared, so neither
+/// their contents nor their lengths show in the timing.
+pub fn secret_header(provided: Option<&str>, expected: Option<&str>) -> Result<(), Rejection> {
+    let expected = expected
+        .filter(|e| !e.is_empty())
+        .ok_or(Rejection::NotConfigured)?;
+    let provided = provided.ok_or(Rejection::Missing)?;
+    let tag = |value: &str| {
+        HmacSha256::new_from_slice(b"webhook-secret-comparison").map(|mut m| {
+            m.update(value.as_bytes());
+            m
+        })
+    };
+    let (Ok(expected_tag), Ok(provided_mac)) = (tag(expected), tag(provided)) else {
+        return Err(Rejection::Mismatch);
+    };
+    provided_mac
+        .verify_slice(&expected_tag.finalize().into_bytes())
+        .map_err(|_| Rejection::Mismatch)
+}
+
 type HmacSha1 = Hmac<sha1::Sha1>;
 
 /// The body of a SignalWire callback, as its signature covers it.
@@ -455,6 +477,20 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod signalwire_tests {
     use super::*;
+
+    #[test]
+    fn a_secret_header_matches_only_the_secret() {
+        assert_eq!(secret_header(Some("s3cret"), Some("s3cret")), Ok(()));
+        assert_eq!(
+            secret_header(Some("s3cre"), Some("s3cret")),
+            Err(Rejection::Mismatch)
+        );
+        assert_eq!(secret_header(None, Some("s3cret")), Err(Rejection::Missing));
+        assert_eq!(
+            secret_header(Some("x"), None),
+            Err(Rejection::NotConfigured)
+        );
+    }
 
     #[test]
     fn urls_are_tried_with_and_without_their_port() {

@@ -4,6 +4,7 @@
 //! all three services. Each test makes its own database, stream and subject prefix, so the
 //! tests run in parallel and repeat cleanly.
 
+mod audio;
 mod chat;
 mod commands;
 mod e2e;

@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::Utc;
 use events::access::TokenKeys;
 use events::clock::{Clock, ManualClock};
-use projector::webhook_processor::WebhookProcessor;
+use projector::due::DueProcessor;
 use serde_json::{json, Value};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -996,7 +996,7 @@ async fn provider_failures_and_bad_input_are_answered_and_recorded_never_half_ap
 
 /// Steps `processor` until it has sent one webhook for processing (the read model shows it
 /// due once its last change is projected).
-async fn processes_one(processor: &WebhookProcessor) {
+async fn processes_one(processor: &DueProcessor) {
     eventually(Duration::from_secs(20), "a due webhook", || async {
         let r = processor.step().await.expect("step");
         assert!(r.processed <= 1, "{r:?}");
@@ -1009,7 +1009,7 @@ async fn processes_one(processor: &WebhookProcessor) {
 async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it() {
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let stack = Stack::start(None, Some(clock.clone()), false).await;
-    let processor = WebhookProcessor::new(
+    let processor = DueProcessor::webhooks(
         stack.env.pool.clone(),
         &stack.api.url(""),
         TokenKeys::new(SECRET),

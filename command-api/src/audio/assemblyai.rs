@@ -1,0 +1,204 @@
+//! AssemblyAI client: `POST /v2/upload` (the file's bytes, streamed from the blob store),
+//! `POST /v2/transcript` (with the webhook AssemblyAI calls when done, authenticated by a
+//! secret header), `GET /v2/transcript/{id}`. Requests carry the API key in `authorization`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use events::audio::Word;
+
+/// The header AssemblyAI sends the webhook secret in (its `webhook_auth_header_name`).
+pub const WEBHOOK_HEADER: &str = "x-webhook-secret";
+
+/// The account and where its webhooks go.
+#[derive(Debug, Clone)]
+pub struct AssemblyAiAccount {
+    /// Base URL, e.g. `https://api.assemblyai.com`.
+    pub base_url: String,
+    /// API key.
+    pub api_key: String,
+    /// `{BACKEND_URL}/api/webhooks/assemblyai`.
+    pub webhook_url: String,
+    /// The secret AssemblyAI sends back in [`WEBHOOK_HEADER`].
+    pub webhook_secret: String,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The service refused (4xx but 429): retrying the same request will not help.
+    #[error("assemblyai refused: {0}")]
+    Refused(String),
+    /// Unreachable, overloaded (429) or failing (5xx): a retry may help.
+    #[error("assemblyai unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A transcript as the service reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    /// `queued`, `processing`, `completed` or `error`.
+    pub status: String,
+    /// The text, once completed.
+    pub text: Option<String>,
+    /// The words, once completed.
+    pub words: Vec<Word>,
+    /// `language_code`.
+    pub language: Option<String>,
+    /// Overall confidence.
+    pub confidence: Option<f64>,
+    /// The error, when it failed.
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawWord {
+    text: String,
+    start: u64,
+    end: u64,
+    #[serde(default)]
+    confidence: f64,
+}
+
+#[derive(Deserialize)]
+struct RawTranscript {
+    status: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    words: Option<Vec<RawWord>>,
+    #[serde(default)]
+    language_code: Option<String>,
+    #[serde(default)]
+    confidence: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The AssemblyAI client.
+#[derive(Debug, Clone)]
+pub struct AssemblyAi {
+    /// The account.
+    account: AssemblyAiAccount,
+    /// HTTP client with timeouts (uploads of up to 100 MiB get minutes).
+    http: reqwest::Client,
+}
+
+impl AssemblyAi {
+    /// A client for `account`.
+    pub fn new(account: AssemblyAiAccount) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(600))
+            .build()
+            .unwrap_or_default();
+        Self { account, http }
+    }
+
+    /// The secret its webhooks must carry.
+    pub fn webhook_secret(&self) -> &str {
+        &self.account.webhook_secret
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.account.base_url.trim_end_matches('/'))
+    }
+
+    async fn json(response: reqwest::Response) -> Result<serde_json::Value, ServiceError> {
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map_err(|e| ServiceError::Unavailable(format!("unreadable answer: {e}")));
+        }
+        let detail = format!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        );
+        if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Err(ServiceError::Refused(detail))
+        } else {
+            Err(ServiceError::Unavailable(detail))
+        }
+    }
+
+    /// `POST /v2/upload`: the file's bytes; answers where the service keeps them.
+    pub async fn upload(&self, body: reqwest::Body) -> Result<String, ServiceError> {
+        let response = self
+            .http
+            .post(self.url("/v2/upload"))
+            .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let answer = Self::json(response).await?;
+        answer["upload_url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ServiceError::Unavailable("no upload_url in the answer".into()))
+    }
+
+    /// `POST /v2/transcript` for `audio_url`, with the webhook naming audio file `audio_id`;
+    /// answers the transcript's id.
+    pub async fn request_transcript(
+        &self,
+        audio_url: &str,
+        audio_id: &str,
+    ) -> Result<String, ServiceError> {
+        let body = json!({
+            "audio_url": audio_url,
+            "webhook_url": format!("{}?audio_id={audio_id}", self.account.webhook_url),
+            "webhook_auth_header_name": WEBHOOK_HEADER,
+            "webhook_auth_header_value": self.account.webhook_secret,
+        });
+        let response = self
+            .http
+            .post(self.url("/v2/transcript"))
+            .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let answer = Self::json(response).await?;
+        answer["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ServiceError::Unavailable("no transcript id in the answer".into()))
+    }
+
+    /// `GET /v2/transcript/{id}`.
+    pub async fn transcript(&self, id: &str) -> Result<Transcript, ServiceError> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v2/transcript/{id}")))
+            .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .send()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let raw: RawTranscript = serde_json::from_value(Self::json(response).await?)
+            .map_err(|e| ServiceError::Unavailable(format!("unreadable transcript: {e}")))?;
+        Ok(Transcript {
+            status: raw.status,
+            text: raw.text,
+            words: raw
+                .words
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| Word {
+                    text: w.text,
+                    start_ms: w.start,
+                    end_ms: w.end,
+                    confidence: w.confidence,
+                })
+                .collect(),
+            language: raw.language_code,
+            confidence: raw.confidence,
+            error: raw.error,
+        })
+    }
+}

@@ -1,0 +1,8 @@
+//! The audio context: uploaded audio files and their transcripts (AssemblyAI).
+
+/// The audio aggregate and its rules.
+pub mod aggregate;
+/// The AssemblyAI client.
+pub mod assemblyai;
+/// HTTP routes under `/v1/audio`, and the processing of AssemblyAI's webhooks.
+pub mod routes;

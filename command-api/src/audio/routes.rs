@@ -1,0 +1,463 @@
+//! Routes of audio files: `POST /v1/audio` (a multipart upload, streamed into the blob
+//! store), `POST /v1/audio/{id}/transcribe` (the platform's: ask AssemblyAI for the
+//! transcript), `POST /v1/audio/{id}/attach` (post the transcript in a chat thread), and the
+//! processing of AssemblyAI's webhooks.
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use events::access::Principal;
+use events::audio::AUDIO;
+use events::chat::Attachment;
+use events::envelope::ActorKind;
+use events::http::extract::status_problem;
+use events::http::{AuthUser, Json, Problem, Query, RequestIds};
+use events::webhook::Outcome;
+use events::Metadata;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::aggregate::{Audio, AudioCommand, AudioError, Status};
+use super::assemblyai::ServiceError;
+use crate::chat::commands::{Action, ThreadCommand};
+use crate::http::accepted;
+use crate::http::error::DomainProblem;
+use crate::http::idempotency::KeyedRequest;
+use crate::store::CommandError;
+use crate::webhooks::routes::{Attributed, Processing};
+use crate::AppState;
+
+/// The largest audio file accepted.
+pub const MAX_AUDIO_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The media types accepted, and the extension each is stored under.
+const AUDIO_TYPES: &[(&str, &str)] = &[
+    ("audio/mpeg", "mp3"),
+    ("audio/wav", "wav"),
+    ("audio/x-wav", "wav"),
+    ("audio/wave", "wav"),
+    ("audio/ogg", "ogg"),
+    ("audio/webm", "webm"),
+    ("audio/mp4", "m4a"),
+];
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/audio", post(upload))
+        // The multipart envelope around the largest file.
+        .layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES as usize + 64 * 1024))
+        .route("/v1/audio/{id}/transcribe", post(transcribe))
+        .route("/v1/audio/{id}/attach", post(attach))
+}
+
+/// `?tenant_id=` of an upload (super admins name the tenant).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// The tenant.
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+}
+
+/// The tenant an upload belongs to: the caller's own (staff or a chatbot user), or the one a
+/// super admin names.
+fn upload_tenant(who: &Principal, asked: Option<Uuid>) -> Result<String, Problem> {
+    let own = match who {
+        Principal::Phone { tenant_id, .. } => Some(tenant_id.clone()),
+        Principal::Admin {
+            tenant_id: Some(t), ..
+        } if !who.is_super_admin() => Some(t.clone()),
+        _ => None,
+    };
+    match (own, asked) {
+        (Some(own), None) => Ok(own),
+        (Some(own), Some(t)) if t.to_string() == own => Ok(own),
+        (None, Some(t)) if who.is_super_admin() => Ok(t.to_string()),
+        (None, None) if who.is_super_admin() => Err(Problem::unprocessable(
+            "tenant_required",
+            "Name the tenant (tenant_id).",
+        )),
+        _ => Err(Problem::forbidden("Audio is uploaded in one's own tenant.")),
+    }
+}
+
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "An audio file is at most 100 MiB.",
+    )
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    keyed: Option<Extension<KeyedRequest>>,
+    Query(params): Query<UploadParams>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, Problem> {
+    let tenant = upload_tenant(&who, params.tenant_id)?;
+    let mut multipart = multipart.map_err(|e| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.body_text(),
+        )
+    })?;
+    let mut field = loop {
+        match multipart
+            .next_field()
+            .await
+            .map_err(|e| status_problem(e.status(), e.body_text()))?
+        {
+            Some(f) if f.name() == Some("file") => break f,
+            Some(_) => continue,
+            None => {
+                return Err(Problem::bad_request(
+                    "missing_file",
+                    "Send the audio as a multipart field named `file`.",
+                ))
+            }
+        }
+    };
+    let content_type = field
+        .content_type()
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let Some((_, extension)) = AUDIO_TYPES.iter().find(|(t, _)| *t == content_type) else {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_audio",
+            "Audio is MP3 (audio/mpeg), WAV, Ogg, WebM or MP4 (audio/mp4).",
+        ));
+    };
+    let id = keyed
+        .as_deref()
+        .map(KeyedRequest::derived_id)
+        .unwrap_or_else(Uuid::now_v7)
+        .to_string();
+    let object_key = format!("tenants/{tenant}/audio/{id}.{extension}");
+    let path = object_store::path::Path::from(object_key.as_str());
+    // Streamed: each chunk goes on to the store (in parts) as it arrives, never the whole
+    // file in memory.
+    let upload = state
+        .blobs
+        .put_multipart(&path)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let mut writer = object_store::WriteMultipart::new(upload);
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    loop {
+        let chunk = match field.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(status_problem(e.status(), e.body_text()));
+            }
+        };
+        size += chunk.len() as u64;
+        if size > MAX_AUDIO_BYTES {
+            let _ = writer.abort().await;
+            // The rest of the body (bounded by the route's limit) is read and dropped, so
+            // the client is answered instead of finding its upload cut off.
+            while let Ok(Some(_)) = field.chunk().await {}
+            return Err(too_large());
+        }
+        hasher.update(&chunk);
+        writer.write(&chunk);
+    }
+    if size == 0 {
+        let _ = writer.abort().await;
+        return Err(Problem::bad_request(
+            "empty_file",
+            "The audio file is empty.",
+        ));
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let sha256: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let command = AudioCommand::Upload {
+        tenant_id: tenant.clone(),
+        uploaded_by: who.user_id().to_owned(),
+        object_key,
+        content_type: content_type.clone(),
+        size_bytes: size,
+        sha256,
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state.audio.execute(&id, None, command, &metadata).await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        AUDIO,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// The audio file `raw` names, if the caller may use it: staff of its tenant, or the chatbot
+/// user who uploaded it; 404 otherwise.
+async fn audio_of(
+    state: &AppState,
+    who: &Principal,
+    raw: &str,
+) -> Result<(String, Audio), Problem> {
+    let id = Uuid::parse_str(raw)
+        .map_err(|_| AudioError::NotFound.problem())?
+        .to_string();
+    let audio = state.audio.load(&id).await?;
+    let allowed = match audio.tenant_id() {
+        None => false,
+        Some(t) => match who {
+            Principal::Phone { user_id, tenant_id } => {
+                tenant_id == t && user_id == audio.uploaded_by()
+            }
+            Principal::Service { .. } => true,
+            Principal::Admin { .. } => who.is_staff_of(t),
+        },
+    };
+    if allowed {
+        Ok((id, audio))
+    } else {
+        Err(AudioError::NotFound.problem())
+    }
+}
+
+/// The platform's command: requests the transcript of a file whose request is due, and
+/// records the outcome (requested; or a failed attempt, retried later; or given up).
+async fn transcribe(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    if !matches!(who, Principal::Service { .. }) {
+        return Err(Problem::forbidden(
+            "Transcripts are requested by the platform.",
+        ));
+    }
+    let (id, audio) = audio_of(&state, &who, &raw).await?;
+    let now = state.clock.now();
+    if !audio.due(now) {
+        return Ok(Json(json!({"id": id, "status": status_name(audio.status())})).into_response());
+    }
+    let outcome = request(&state, &id, &audio).await;
+    let command = match outcome {
+        Ok(transcript_id) => AudioCommand::RecordRequest {
+            transcript_id,
+            at: now,
+        },
+        Err(e) => {
+            tracing::warn!(audio_id = %id, error = %e, "transcript request failed");
+            AudioCommand::RecordRequestFailure {
+                permanent: matches!(e, ServiceError::Refused(_)),
+                error: e.to_string(),
+                at: now,
+            }
+        }
+    };
+    let tenant = audio.tenant_id().unwrap_or_default();
+    let metadata = ids.metadata(tenant, "transcriber", ActorKind::System);
+    let c = state.audio.execute(&id, None, command, &metadata).await?;
+    let audio = state.audio.load(&id).await?;
+    Ok(
+        Json(json!({"id": id, "version": c.version, "status": status_name(audio.status())}))
+            .into_response(),
+    )
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::None => "none",
+        Status::Uploaded => "uploaded",
+        Status::Requested => "requested",
+        Status::Completed => "completed",
+        Status::Failed => "failed",
+    }
+}
+
+/// Sends the file to AssemblyAI, streamed from the blob store, and asks for its transcript.
+async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, ServiceError> {
+    let Some(client) = &state.assemblyai else {
+        return Err(ServiceError::Refused(
+            "transcription is not configured (ASSEMBLYAI_API_KEY and BACKEND_URL)".into(),
+        ));
+    };
+    let (object_key, _, _) = audio.file();
+    let file = state
+        .blobs
+        .get(&object_store::path::Path::from(object_key))
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                ServiceError::Refused("the audio file is missing from the blob store".into())
+            }
+            other => ServiceError::Unavailable(format!("blob store: {other}")),
+        })?;
+    let body = reqwest::Body::wrap_stream(file.into_stream().map_err(std::io::Error::other));
+    let upload_url = client.upload(body).await?;
+    client.request_transcript(&upload_url, id).await
+}
+
+/// Body of an attachment to a thread.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attach {
+    /// The thread.
+    pub thread_id: Uuid,
+}
+
+/// Posts the transcript in a thread, as a message of the caller with the audio attached.
+/// Retries name the same message (its id derives from the file).
+async fn attach(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+    Json(body): Json<Attach>,
+) -> Result<Response, Problem> {
+    let (id, audio) = audio_of(&state, &who, &raw).await?;
+    let Some(text) = audio.text() else {
+        return Err(Problem::unprocessable(
+            "transcript_not_ready",
+            "The transcript is not complete.",
+        ));
+    };
+    let thread = body.thread_id.to_string();
+    let tenant = crate::chat::routes::tenant_of(&state, &who, &thread).await?;
+    let client_id = format!("transcript:{id}");
+    let message_id = crate::chat::routes::item_id(&thread, who.user_id(), Some(&client_id), None);
+    let (object_key, content_type, size_bytes) = audio.file();
+    let command = ThreadCommand {
+        actor: crate::chat::routes::actor(&who),
+        at: state.clock.now(),
+        action: Action::Send {
+            message_id: message_id.clone(),
+            client_message_id: Some(client_id),
+            text: text.to_owned(),
+            attachment: Some(Attachment {
+                object_key: object_key.to_owned(),
+                content_type: content_type.to_owned(),
+                name: None,
+                size_bytes,
+            }),
+        },
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .threads
+        .execute(&thread, None, command, &metadata)
+        .await?;
+    Ok(crate::chat::routes::created_item(
+        &c,
+        "message_id",
+        &message_id,
+    ))
+}
+
+/// Processes an AssemblyAI webhook: fetches the transcript it announces and completes (or
+/// fails) the audio file's transcript; a webhook for another transcript, or after the
+/// transcript is final, changes nothing.
+pub(crate) async fn process_webhook(
+    state: &AppState,
+    webhook_id: &str,
+    payload: &serde_json::Value,
+    metadata: impl Fn(&str) -> Metadata,
+) -> Processing {
+    let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
+    let text = |k: &str| payload.get(k).and_then(serde_json::Value::as_str);
+    let (Some(audio_id), Some(transcript_id)) = (text("audio_id"), text("transcript_id")) else {
+        return ignored("names no audio file");
+    };
+    let audio = match state.audio.load(audio_id).await {
+        Ok(a) => a,
+        Err(_) => return Processing::Retry("event store unavailable".into()),
+    };
+    let Some(tenant) = audio.tenant_id().map(str::to_owned) else {
+        return ignored("no such audio file");
+    };
+    let attributed = Some(Attributed {
+        payment_id: None,
+        tenant_id: tenant.clone(),
+    });
+    let Some(client) = &state.assemblyai else {
+        return Processing::Retry("transcription is not configured".into());
+    };
+    let transcript = match client.transcript(transcript_id).await {
+        Ok(t) => t,
+        Err(ServiceError::Refused(_)) => {
+            return Processing::Done(Outcome::Ignored, attributed, "unknown transcript".into())
+        }
+        Err(ServiceError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "assemblyai unavailable");
+            return Processing::Retry("assemblyai unavailable".into());
+        }
+    };
+    let at = state.clock.now();
+    let command = match transcript.status.as_str() {
+        "completed" => AudioCommand::Complete {
+            transcript_id: transcript_id.to_owned(),
+            text: transcript.text.unwrap_or_default(),
+            words: transcript.words,
+            language: transcript.language,
+            confidence: transcript.confidence,
+            webhook_id: webhook_id.to_owned(),
+            at,
+        },
+        "error" => AudioCommand::Fail {
+            transcript_id: transcript_id.to_owned(),
+            error: transcript.error.unwrap_or_else(|| "error".into()),
+            webhook_id: webhook_id.to_owned(),
+            at,
+        },
+        // Not final yet (an early or out-of-order webhook): look again later.
+        _ => return Processing::Retry("the transcript is not final yet".into()),
+    };
+    match state
+        .audio
+        .execute_with_events(audio_id, None, command, &metadata(&tenant))
+        .await
+    {
+        Ok((_, events)) => match events.first() {
+            Some(e) => Processing::Done(
+                Outcome::Applied,
+                attributed,
+                cqrs_es::DomainEvent::event_type(e),
+            ),
+            None => Processing::Done(
+                Outcome::Recorded,
+                attributed,
+                "the transcript was already final, or is another one".into(),
+            ),
+        },
+        Err(CommandError::Rejected(e)) => {
+            Processing::Done(Outcome::Ignored, attributed, e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "audio command failed");
+            Processing::Retry("event store unavailable".into())
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The `audio_files` read model: what query-api serves of a file and its transcript, and the
+//! queue the transcription process manager takes due files from (`next_attempt_at`).
+
+use async_trait::async_trait;
+use events::audio::{AudioEvent, AUDIO};
+use events::Envelope;
+use sqlx::PgConnection;
+
+use crate::projection::{Projection, ProjectionError, Target};
+
+/// The audio read model.
+pub struct AudioProjection;
+
+#[async_trait]
+impl Projection for AudioProjection {
+    fn name(&self) -> &'static str {
+        "audio"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[AUDIO]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["audio_files"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("audio_files");
+        let event: AudioEvent = serde_json::from_value(e.payload.clone()).map_err(|err| {
+            ProjectionError::Undecodable {
+                event_id: e.event_id(),
+                reason: err.to_string(),
+            }
+        })?;
+        let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+        // Each statement sets its columns from $4 on; $1–$3 are the row and its version.
+        let update = |set: &str| {
+            format!("UPDATE {table} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid")
+        };
+        match event {
+            AudioEvent::AudioUploaded {
+                tenant_id,
+                uploaded_by,
+                object_key,
+                content_type,
+                size_bytes,
+                at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, tenant_id, uploaded_by, object_key, content_type,
+                                          size_bytes, status, next_attempt_at, created_at,
+                                          updated_at, version)
+                     VALUES ($1::uuid, $2, $3, $4, $5, $6, 'uploaded', $7, $7, $8, $9)"
+                ))
+                .bind(id)
+                .bind(tenant_id)
+                .bind(uploaded_by)
+                .bind(object_key)
+                .bind(content_type)
+                .bind(size_bytes as i64)
+                .bind(at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptRequested { transcript_id, .. } => {
+                sqlx::query(&update(
+                    "status = 'requested', transcript_id = $4, next_attempt_at = NULL",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(transcript_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptionAttemptFailed {
+                attempt,
+                error,
+                retry_at,
+            } => {
+                sqlx::query(&update(
+                    "status = 'retrying', attempts = $4, last_error = $5, next_attempt_at = $6",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(attempt as i32)
+                .bind(error)
+                .bind(retry_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptionFailed { attempts, error } => {
+                sqlx::query(&update(
+                    "status = 'failed', attempts = $4, last_error = $5, next_attempt_at = NULL",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(attempts as i32)
+                .bind(error)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptCompleted {
+                text,
+                words,
+                language,
+                confidence,
+                ..
+            } => {
+                let words = serde_json::to_value(words).unwrap_or_default();
+                sqlx::query(&update(
+                    "status = 'completed', text = $4, words = $5, language = $6, confidence = $7",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(text)
+                .bind(words)
+                .bind(language)
+                .bind(confidence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptFailed { error, .. } => {
+                sqlx::query(&update("status = 'failed', last_error = $4"))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .bind(error)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

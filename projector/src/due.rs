@@ -1,0 +1,180 @@
+//! Process managers for work that falls due: rows of a read model with a `next_attempt_at`
+//! at or before now are sent to command-api, which does the work and records its outcome
+//! as events (ARCHITECTURE.md invariant 5). The aggregates keep the back-off (they refuse an
+//! attempt before its time) and make a repeated request change nothing, so several managers,
+//! or one after a restart, are safe. Nothing is lost across restarts: a row stays due until
+//! its outcome is projected.
+//!
+//! - `DueProcessor::webhooks`: received webhooks (`webhooks` read model) →
+//!   `POST /v1/webhooks/{id}/process`: the domain command a webhook stands for, with the
+//!   webhook's `Received` event as causation; retried 2 s … 1 h apart, dead-lettered after the
+//!   12th failure and replayed by an admin.
+//! - `DueProcessor::transcriptions`: uploaded audio (`audio_files`) →
+//!   `POST /v1/audio/{id}/transcribe`: the file sent to AssemblyAI; retried 2 s … 5 min apart,
+//!   given up visibly after the 6th failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use events::access::TokenKeys;
+use events::clock::Clock;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::command_client::{CommandClient, Quiet};
+
+/// The longest sleep between steps.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+/// How long a row sent is not sent again at the same version (while the read model catches
+/// up, or while command-api is unreachable).
+const QUIET: Duration = Duration::from_secs(10);
+/// Most rows per step.
+const BATCH: i64 = 100;
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    /// Rows command-api worked on (an outcome or a failed attempt was recorded).
+    pub processed: usize,
+    /// Refused (an unknown id): not sent again at this version.
+    pub refused: usize,
+    /// command-api unreachable or failing: sent again after a pause.
+    pub failed: usize,
+}
+
+/// Sends due rows of one read model to one command of command-api.
+pub struct DueProcessor {
+    /// The read models.
+    pool: PgPool,
+    /// command-api, as a platform service.
+    client: CommandClient,
+    /// What "now" is.
+    clock: Arc<dyn Clock>,
+    /// The read model (with `id uuid`, `version`, `next_attempt_at`).
+    table: &'static str,
+    /// The command's path, `{id}` standing for the row's id.
+    path: &'static str,
+    /// Rows sent recently, by `(id, version)`: a new version (a failure recorded, a replay)
+    /// makes a row eligible again.
+    quiet: Quiet<(Uuid, i64)>,
+}
+
+impl DueProcessor {
+    /// Has received webhooks processed, through command-api at `command_api`, with tokens
+    /// signed by `keys`, on `clock`'s time.
+    pub fn webhooks(
+        pool: PgPool,
+        command_api: &str,
+        keys: TokenKeys,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            pool,
+            client: CommandClient::new(command_api, keys, "webhooks"),
+            clock,
+            table: "webhooks",
+            path: "/v1/webhooks/{id}/process",
+            quiet: Quiet::new(QUIET),
+        }
+    }
+
+    /// Has uploaded audio transcribed.
+    pub fn transcriptions(
+        pool: PgPool,
+        command_api: &str,
+        keys: TokenKeys,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            pool,
+            client: CommandClient::new(command_api, keys, "transcriber"),
+            clock,
+            table: "audio_files",
+            path: "/v1/audio/{id}/transcribe",
+            quiet: Quiet::new(QUIET),
+        }
+    }
+
+    /// Runs for ever.
+    pub async fn run(self) {
+        loop {
+            match self.step().await {
+                Ok(report) if report != StepReport::default() => {
+                    tracing::info!(table = self.table, ?report, "due processor step");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(table = self.table, error = %e, "due processor step failed")
+                }
+            }
+            let pause = match self.next_due().await {
+                Ok(Some(due)) => (due - self.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::from_millis(50))
+                    .min(MAX_IDLE),
+                _ => MAX_IDLE,
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The earliest time a row not sent a moment ago is due.
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let (ids, versions): (Vec<Uuid>, Vec<i64>) = self.quiet.keys().into_iter().unzip();
+        sqlx::query_scalar(&format!(
+            "SELECT min(next_attempt_at) FROM {}
+              WHERE next_attempt_at IS NOT NULL
+                AND (id, version) NOT IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))",
+            self.table
+        ))
+        .bind(&ids)
+        .bind(&versions)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Sends every row due by the clock's now: the unit the loop repeats, and what tests
+    /// drive.
+    pub async fn step(&self) -> Result<StepReport, sqlx::Error> {
+        let (quiet_ids, quiet_versions): (Vec<Uuid>, Vec<i64>) =
+            self.quiet.keys().into_iter().unzip();
+        let due: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT id, version FROM {}
+              WHERE next_attempt_at <= $1
+                AND (id, version) NOT IN (SELECT * FROM unnest($3::uuid[], $4::bigint[]))
+              ORDER BY next_attempt_at, id LIMIT $2",
+            self.table
+        ))
+        .bind(self.clock.now())
+        .bind(BATCH)
+        .bind(&quiet_ids)
+        .bind(&quiet_versions)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut report = StepReport::default();
+        for key in due {
+            let outcome = self
+                .client
+                .post(&self.path.replace("{id}", &key.0.to_string()))
+                .await;
+            match outcome {
+                Ok(r) if r.status().is_success() => report.processed += 1,
+                Ok(r) if r.status().is_client_error() => {
+                    tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "refused");
+                    report.refused += 1;
+                }
+                Ok(r) => {
+                    tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "failed; will retry");
+                    report.failed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "command-api unreachable; will retry");
+                    report.failed += 1;
+                }
+            }
+            self.quiet.hush(key);
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,103 @@
+//! `GET /v1/audio/{id}`: an uploaded audio file, where its transcript is, and the transcript
+//! (text, words with timings, language, confidence) once complete. Staff of the file's
+//! tenant read it, and so does the chatbot user who uploaded it; anyone else is told it does
+//! not exist.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::{freshness, AppState};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/audio/{id}", get(detail))
+}
+
+/// An audio file as the API shows it.
+#[derive(Debug, Serialize, FromRow)]
+pub struct AudioView {
+    id: Uuid,
+    tenant_id: String,
+    uploaded_by: String,
+    content_type: String,
+    size_bytes: i64,
+    /// `uploaded`, `retrying`, `requested`, `completed` or `failed`.
+    status: String,
+    transcript_id: Option<String>,
+    text: Option<String>,
+    /// `[{text, start_ms, end_ms, confidence}]`, once completed.
+    words: Option<serde_json::Value>,
+    language: Option<String>,
+    confidence: Option<f64>,
+    /// Failed attempts at requesting the transcript.
+    attempts: i32,
+    last_error: Option<String>,
+    /// When the transcript is next requested, while it is being retried.
+    next_attempt_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+/// Read-your-writes on an audio file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailParams {
+    /// The version a command answered with.
+    min_version: Option<i64>,
+}
+
+fn may_read(who: &Principal, file: &AudioView) -> bool {
+    match who {
+        Principal::Phone { user_id, tenant_id } => {
+            *tenant_id == file.tenant_id && *user_id == file.uploaded_by
+        }
+        _ => who.is_staff_of(&file.tenant_id),
+    }
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such audio file");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |a: &AudioView| a.version,
+        || {
+            sqlx::query_as(
+                "SELECT id, tenant_id, uploaded_by, content_type, size_bytes, status,
+                        transcript_id, text, words, language, confidence, attempts, last_error,
+                        next_attempt_at, created_at, updated_at, version
+                   FROM audio_files WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&state.pool)
+        },
+    )
+    .await?;
+    match row {
+        Some(file) if may_read(&who, &file) => {
+            let version = file.version;
+            let mut response = Json(file).into_response();
+            freshness::version_headers(response.headers_mut(), Some(version), stale);
+            Ok(response)
+        }
+        _ => Err(not_found()),
+    }
+}

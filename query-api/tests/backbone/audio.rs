@@ -1,0 +1,445 @@
+//! Audio and transcripts: an upload is streamed into the blob store, sent to AssemblyAI
+//! (faked by a local server asserting the exact requests), and completed by AssemblyAI's
+//! webhook, which the test sends as the service would; repeated and out-of-order webhooks
+//! change nothing; an outage is retried, then fails visibly; limits and types are enforced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use events::access::TokenKeys;
+use events::clock::ManualClock;
+use projector::due::DueProcessor;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_bytes, body_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv, SECRET};
+
+const KEY: &str = "aai-test-key";
+const HOOK_SECRET: &str = "hook-secret-of-the-test";
+const BACKEND: &str = "https://hooks.example.com";
+
+struct Studio {
+    env: TestEnv,
+    api: Service,
+    query: Service,
+    _projector: tokio::task::JoinHandle<()>,
+    tenant: String,
+    admin: String,
+    transcriptions: DueProcessor,
+    webhooks: DueProcessor,
+}
+
+impl Studio {
+    /// The services, with the process managers driven by the test on `clock`.
+    async fn start(assemblyai: &MockServer, clock: Arc<ManualClock>) -> Self {
+        let env = TestEnv::new().await;
+        let mut config = env.command_config();
+        config.assemblyai_api_url = assemblyai.uri();
+        config.assemblyai_api_key = Some(KEY.into());
+        config.assemblyai_webhook_secret = Some(HOOK_SECRET.into());
+        config.backend_url = Some(BACKEND.into());
+        let api = env
+            .spawn_command_api_with_clock(config, clock.clone())
+            .await;
+        let projector = env.spawn_projector(env.projector_config());
+        let query = env.spawn_query_api(env.query_config()).await;
+        let (tenant, _) = create_tenant(&env, &api, &format!("aud{}", &env.prefix[1..9])).await;
+        let admin = env.admin_of(&tenant);
+        let transcriptions = DueProcessor::transcriptions(
+            env.pool.clone(),
+            &api.url(""),
+            TokenKeys::new(SECRET),
+            clock.clone(),
+        );
+        let webhooks = DueProcessor::webhooks(
+            env.pool.clone(),
+            &api.url(""),
+            TokenKeys::new(SECRET),
+            clock,
+        );
+        Self {
+            env,
+            api,
+            query,
+            _projector: projector,
+            tenant,
+            admin,
+            transcriptions,
+            webhooks,
+        }
+    }
+
+    async fn upload(&self, token: &str, bytes: Vec<u8>, content_type: &str) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("note")
+            .mime_str(content_type)
+            .expect("mime");
+        self.env
+            .http
+            .post(self.api.url("/v1/audio"))
+            .bearer_auth(token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    async fn audio_when(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let url = self.query.url(&format!("/v1/audio/{id}"));
+        eventually(Duration::from_secs(20), what, || async {
+            let a = self.env.get_json(&url, &self.admin).await;
+            check(&a).then_some(a)
+        })
+        .await
+    }
+
+    /// Steps `processor` until it has sent one row (the read model shows it due once its
+    /// last change is projected).
+    async fn step_once(&self, processor: &DueProcessor) {
+        eventually(Duration::from_secs(20), "a due row", || async {
+            let r = processor.step().await.expect("step");
+            (r.processed == 1).then_some(())
+        })
+        .await;
+    }
+
+    /// AssemblyAI's webhook, as the service sends it.
+    async fn webhook(
+        &self,
+        audio: &str,
+        transcript: &str,
+        status: &str,
+        secret: &str,
+    ) -> reqwest::Response {
+        self.env
+            .http
+            .post(
+                self.api
+                    .url(&format!("/api/webhooks/assemblyai?audio_id={audio}")),
+            )
+            .header("x-webhook-secret", secret)
+            .json(&json!({"transcript_id": transcript, "status": status}))
+            .send()
+            .await
+            .expect("sent")
+    }
+}
+
+fn transcript_json(status: &str) -> Value {
+    json!({
+        "id": "tr_1", "status": status, "language_code": "en", "confidence": 0.93,
+        "text": "Hello, the shop opens at nine.",
+        "words": [
+            {"text": "Hello,", "start": 250, "end": 650, "confidence": 0.97, "speaker": null},
+            {"text": "the", "start": 700, "end": 820, "confidence": 0.99, "speaker": null}
+        ],
+        "audio_url": "https://cdn.assemblyai.com/upload/abc"
+    })
+}
+
+#[tokio::test]
+async fn an_upload_is_transcribed_once_and_its_transcript_posted_in_a_thread() {
+    let assemblyai = MockServer::start().await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock).await;
+    let audio: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let r = studio
+        .upload(&studio.admin, audio.clone(), "audio/mpeg")
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let stored = std::fs::read(
+        studio
+            .env
+            .blob_dir
+            .join(format!("tenants/{}/audio/{id}.mp3", studio.tenant)),
+    )
+    .expect("stored in the blob store");
+    assert_eq!(stored, audio);
+
+    Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .and(header("authorization", KEY))
+        .and(body_bytes(audio))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"upload_url": "https://cdn.assemblyai.com/upload/abc"})),
+        )
+        .expect(1)
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .and(header("authorization", KEY))
+        .and(body_json(json!({
+            "audio_url": "https://cdn.assemblyai.com/upload/abc",
+            "webhook_url": format!("{BACKEND}/api/webhooks/assemblyai?audio_id={id}"),
+            "webhook_auth_header_name": "x-webhook-secret",
+            "webhook_auth_header_value": HOOK_SECRET,
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .expect(1)
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .and(header("authorization", KEY))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .mount(&assemblyai)
+        .await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+
+    // The service calls back; a forged call is refused.
+    expect_problem(
+        studio.webhook(&id, "tr_1", "completed", "guess").await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    let r = studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
+    assert_eq!(r.status(), 200);
+    studio.step_once(&studio.webhooks).await;
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    assert_eq!(done["text"], "Hello, the shop opens at nine.");
+    assert_eq!(done["language"], "en");
+    assert_eq!(
+        done["words"][0],
+        json!({"text": "Hello,", "start_ms": 250, "end_ms": 650, "confidence": 0.97})
+    );
+
+    // A repeated webhook appends nothing; an out-of-order "error" for it changes nothing.
+    let again: Value = studio
+        .webhook(&id, "tr_1", "completed", HOOK_SECRET)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["duplicate"], true);
+    let late = studio
+        .webhook(&id, "tr_1", "error", HOOK_SECRET)
+        .await
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio.step_once(&studio.webhooks).await;
+    let root = studio.env.super_admin();
+    let w = eventually(Duration::from_secs(20), "the late webhook", || async {
+        let w = studio
+            .env
+            .get_json(&studio.query.url(&format!("/v1/webhooks/{late}")), &root)
+            .await;
+        (w["status"] == "processed").then_some(w)
+    })
+    .await;
+    assert_eq!(w["outcome"], "recorded", "{w}");
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'audio' AND event_type = 'TranscriptCompleted'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("count");
+    assert_eq!(completed, 1);
+    assert_eq!(
+        studio.audio_when(&id, "still completed", |_| true).await["status"],
+        "completed"
+    );
+
+    // The transcript, posted in a thread with the audio attached; a retry posts nothing more.
+    let customer = studio.env.phone_user(&studio.tenant, "phone-aud");
+    let thread = studio
+        .env
+        .http
+        .post(studio.api.url("/v1/chat/threads"))
+        .bearer_auth(&customer)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let attach = || {
+        studio
+            .env
+            .http
+            .post(studio.api.url(&format!("/v1/audio/{id}/attach")))
+            .bearer_auth(&studio.admin)
+            .json(&json!({"thread_id": thread}))
+            .send()
+    };
+    let first: Value = attach().await.expect("sent").json().await.expect("json");
+    let second: Value = attach().await.expect("sent").json().await.expect("json");
+    assert_eq!(
+        first["message_id"], second["message_id"],
+        "{first} {second}"
+    );
+    let messages = eventually(Duration::from_secs(20), "the message", || async {
+        let page = studio
+            .env
+            .get_json(
+                &studio
+                    .query
+                    .url(&format!("/v1/chat/threads/{thread}/messages")),
+                &studio.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(
+        messages["items"][0]["text"],
+        "Hello, the shop opens at nine."
+    );
+    assert_eq!(
+        messages["items"][0]["attachment"]["content_type"],
+        "audio/mpeg"
+    );
+}
+
+#[tokio::test]
+async fn an_assemblyai_outage_is_retried_then_fails_visibly() {
+    let assemblyai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let r = studio
+        .upload(&studio.admin, vec![1, 2, 3], "audio/wav")
+        .await;
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let attempts = events::audio::MAX_REQUEST_ATTEMPTS as i64;
+    for attempt in 1..=attempts {
+        studio.step_once(&studio.transcriptions).await;
+        let a = studio
+            .audio_when(&id, "the attempt recorded", |a| {
+                a["attempts"].as_i64() == Some(attempt)
+            })
+            .await;
+        if attempt < attempts {
+            assert_eq!(a["status"], "retrying", "{a}");
+            assert!(a["next_attempt_at"].is_string());
+            // Not before its time.
+            assert_eq!(
+                studio.transcriptions.step().await.expect("step").processed,
+                0
+            );
+            clock.advance(chrono::Duration::minutes(10));
+        } else {
+            assert_eq!(a["status"], "failed", "{a}");
+            assert!(
+                a["last_error"].as_str().is_some_and(|e| e.contains("503")),
+                "{a}"
+            );
+        }
+    }
+    let uploads = assemblyai
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .len();
+    assert_eq!(uploads as i64, attempts, "one upload per attempt, no more");
+}
+
+#[tokio::test]
+async fn uploads_are_limited_typed_and_private() {
+    let assemblyai = MockServer::start().await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock).await;
+    expect_problem(
+        studio
+            .upload(&studio.admin, vec![1, 2, 3], "image/png")
+            .await,
+        415,
+        "unsupported_audio",
+    )
+    .await;
+    expect_problem(
+        studio.upload(&studio.admin, Vec::new(), "audio/ogg").await,
+        400,
+        "empty_file",
+    )
+    .await;
+    let too_big = vec![0u8; 100 * 1024 * 1024 + 1];
+    expect_problem(
+        studio.upload(&studio.admin, too_big, "audio/webm").await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    let no_file = studio
+        .env
+        .http
+        .post(studio.api.url("/v1/audio"))
+        .bearer_auth(&studio.admin)
+        .multipart(reqwest::multipart::Form::new().text("note", "no file here"))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(no_file, 400, "missing_file").await;
+    let audio_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'audio'")
+            .fetch_one(&studio.env.pool)
+            .await
+            .expect("count");
+    assert_eq!(audio_events, 0, "nothing appended");
+
+    // A chatbot user uploads a voice note: they and their tenant's staff read it, nobody
+    // else.
+    let customer = studio.env.phone_user(&studio.tenant, "phone-voice");
+    let r = studio.upload(&customer, vec![7; 1000], "audio/mp4").await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio
+        .audio_when(&id, "projected", |a| a["status"] == "uploaded")
+        .await;
+    let (other, _) = create_tenant(
+        &studio.env,
+        &studio.api,
+        &format!("oth{}", &studio.env.prefix[1..9]),
+    )
+    .await;
+    for token in [
+        studio.env.admin_of(&other),
+        studio.env.phone_user(&studio.tenant, "phone-someone-else"),
+    ] {
+        let r = studio
+            .env
+            .http
+            .get(studio.query.url(&format!("/v1/audio/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(r, 404, "not_found").await;
+    }
+    let own = studio
+        .env
+        .get_json(&studio.query.url(&format!("/v1/audio/{id}")), &customer)
+        .await;
+    assert_eq!(own["content_type"], "audio/mp4");
+}
