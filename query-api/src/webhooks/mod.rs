@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::payments::{admin_scope, one_of, plain};
 
 /// The providers whose webhooks are received.
-const WEBHOOK_PROVIDERS: [&str; 3] = ["lyra", "stripe", "signalwire"];
+const WEBHOOK_PROVIDERS: [&str; 4] = ["lyra", "stripe", "signalwire", "assemblyai"];
 use crate::{freshness, page, AppState};
 
 /// The routes.
