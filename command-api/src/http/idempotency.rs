@@ -39,8 +39,12 @@ use crate::AppState;
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a replayed answer.
 pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-/// Largest body buffered for hashing (the largest route limit: a logo upload).
+/// Largest body buffered for hashing (the largest route limit but streamed uploads': a logo).
 const MAX_BUFFERED: usize = 3 * 1024 * 1024;
+/// Routes whose body is streamed to its destination (audio, up to 100 MiB): never buffered
+/// here. Their requests are told apart by method, path and media type only, so a key reused
+/// with another file replays the first answer rather than being refused.
+const STREAMED: [&str; 1] = ["/v1/audio"];
 /// Response headers kept with a stored answer.
 const KEPT_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ETAG, header::LOCATION];
 /// How often a running attempt renews its claim; a claim not renewed for a minute is
@@ -88,15 +92,21 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     let caller = bearer_subject(&state, req.headers()).unwrap_or_else(|| "anonymous".to_owned());
     let scope = format!("{caller} {}", req.uri().path());
     let (mut parts, body) = req.into_parts();
-    let Ok(bytes) = to_bytes(body, MAX_BUFFERED).await else {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "The request body is too large.",
-        )
-        .into_response();
+    let (hash, body) = if STREAMED.contains(&parts.uri.path()) {
+        let hash = request_hash(&parts.method, parts.uri.path(), &parts.headers, &[]);
+        (hash, body)
+    } else {
+        let Ok(bytes) = to_bytes(body, MAX_BUFFERED).await else {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is too large.",
+            )
+            .into_response();
+        };
+        let hash = request_hash(&parts.method, parts.uri.path(), &parts.headers, &bytes);
+        (hash, Body::from(bytes))
     };
-    let hash = request_hash(&parts.method, parts.uri.path(), &parts.headers, &bytes);
     let attempt = parts
         .extensions
         .get::<RequestIds>()
@@ -116,7 +126,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     parts.extensions.insert(KeyedRequest { scope, key });
     // Everything from here runs in its own task: a client that hangs up must not cancel a
     // command between its commit and the record of its answer.
-    let request = Request::from_parts(parts, Body::from(bytes));
+    let request = Request::from_parts(parts, body);
     match tokio::spawn(claim.run(state, next, request)).await {
         Ok(response) => response,
         Err(e) => Problem::internal(&e).into_response(),

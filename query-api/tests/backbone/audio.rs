@@ -443,6 +443,46 @@ async fn uploads_are_limited_typed_and_private() {
             .expect("count");
     assert_eq!(audio_events, 0, "nothing appended");
 
+    // A keyed upload larger than any buffered body streams through; its retry replays the
+    // first answer and appends nothing.
+    let keyed = || {
+        let part = reqwest::multipart::Part::bytes(vec![3u8; 5 * 1024 * 1024])
+            .file_name("long")
+            .mime_str("audio/ogg")
+            .expect("mime");
+        studio
+            .env
+            .http
+            .post(studio.api.url("/v1/audio"))
+            .bearer_auth(&studio.admin)
+            .header("idempotency-key", "voice-note-1")
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    let first = keyed().await.expect("sent");
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("json");
+    let again = keyed().await.expect("sent");
+    assert_eq!(again.status(), 201);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(
+        again.json::<Value>().await.expect("json")["id"],
+        first["id"]
+    );
+    let uploaded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'audio' AND event_type = 'AudioUploaded'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("count");
+    assert_eq!(uploaded, 1);
+
     // A chatbot user uploads a voice note: they and their tenant's staff read it, nobody
     // else.
     let customer = studio.env.phone_user(&studio.tenant, "phone-voice");
