@@ -68,6 +68,28 @@ pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
     (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
 }
 
+/// Lowercase hex of `bytes` (digests in events, blob names, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The bytes of a hex string (either case); `None` for anything else.
+pub fn unhex(raw: &str) -> Option<Vec<u8>> {
+    if !raw.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..raw.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(raw.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +140,13 @@ mod tests {
         for bad in ["", "h", "1y", "-1h", "0", "1.5h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_odd_or_foreign_text() {
+        assert_eq!(hex(&[0, 171, 255]), "00abff");
+        assert_eq!(unhex("00ABff"), Some(vec![0, 171, 255]));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
     }
 }

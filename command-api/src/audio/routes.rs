@@ -193,11 +193,7 @@ async fn upload(
         .finish()
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    let sha256: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = crate::values::hex(&hasher.finalize());
     let command = AudioCommand::Upload {
         tenant_id: tenant.clone(),
         uploaded_by: who.user_id().to_owned(),

@@ -401,7 +401,7 @@ async fn upload_logo(
             "The logo must be a PNG, JPEG or WebP image.",
         )
     })?;
-    let sha256 = hex(&Sha256::digest(&image));
+    let sha256 = crate::values::hex(&Sha256::digest(&image));
     let extension = content_type.trim_start_matches("image/");
     let object_key = format!("tenants/{id}/logo/{sha256}.{extension}");
     let size_bytes = image.len() as u64;
@@ -420,14 +420,4 @@ async fn upload_logo(
         sha256,
     };
     execute(&state, &who, &ids, &headers, &id, command).await
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -4,6 +4,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::values::unhex as hex;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// How far a Stripe signature's timestamp may be from now, either way (Stripe's libraries
@@ -45,17 +47,6 @@ impl Rejection {
             Rejection::NotConfigured => "not_configured",
         }
     }
-}
-
-/// Lowercase or uppercase hex to bytes.
-fn hex(raw: &str) -> Option<Vec<u8>> {
-    if !raw.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..raw.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(raw.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Whether `signature` is the HMAC-SHA256 of `parts` (concatenated) under `key`.
@@ -468,10 +459,7 @@ fn body_sha256_param(url: &str) -> Option<&str> {
 /// Hex SHA-256 of `bytes`.
 pub fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::values::hex(&Sha256::digest(bytes))
 }
 
 #[cfg(test)]
