@@ -94,6 +94,33 @@ pub struct Config {
         hide_env_values = true
     )]
     pub signalwire_signing_key: Vec<String>,
+    /// Base URL of the WhatsApp Cloud API (the Graph API).
+    #[arg(
+        long,
+        env = "WHATSAPP_API_URL",
+        default_value = "https://graph.facebook.com"
+    )]
+    pub whatsapp_api_url: String,
+    /// Graph API version the Cloud API is called with.
+    #[arg(long, env = "WHATSAPP_API_VERSION", default_value = "v21.0")]
+    pub whatsapp_api_version: String,
+    /// App secrets of the platform's own Meta app(s), comma-separated: deliveries signed by
+    /// them are accepted even for numbers no session has (recorded, never lost). Sessions'
+    /// own app secrets are always accepted for their numbers.
+    #[arg(
+        long,
+        env = "WHATSAPP_APP_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub whatsapp_app_secret: Vec<String>,
+    /// Verify token of the platform's own Meta app (sessions' verify tokens are accepted too).
+    #[arg(long, env = "WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    pub whatsapp_verify_token: Option<String>,
+    /// Key provider credentials are sealed with (any string; the same in the projector).
+    /// Derived from the token secret when unset.
+    #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
+    pub credentials_key: Option<String>,
     /// Stripe webhook endpoint secrets (`whsec_…`), comma-separated: several during a rotation.
     #[arg(
         long,
@@ -250,6 +277,30 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+        }
+    }
+
+    /// The key credentials are sealed with: `CREDENTIALS_KEY`, or one derived from the token
+    /// secret.
+    pub fn sealing_key(&self) -> Result<events::sealed::SealingKey, ConfigError> {
+        match self.credentials_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => Ok(events::sealed::SealingKey::derive(key)),
+            None => Ok(events::sealed::SealingKey::derive(self.auth_secret()?)),
+        }
+    }
+
+    /// The WhatsApp settings.
+    pub fn whatsapp(&self) -> crate::whatsapp::cloud::Settings {
+        crate::whatsapp::cloud::Settings {
+            api_url: self.whatsapp_api_url.trim_end_matches('/').to_owned(),
+            version: self.whatsapp_api_version.clone(),
+            app_secrets: self
+                .whatsapp_app_secret
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            verify_token: self.whatsapp_verify_token.clone().filter(|t| !t.is_empty()),
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`audio`]: audio uploads and their AssemblyAI transcripts.
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls SignalWire reports.
 //! - [`webhooks`]: provider webhooks: verified, de-duplicated, appended, then processed.
+//! - [`whatsapp`]: WhatsApp sessions, inbound deliveries and outbound messages.
 //!
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
@@ -41,6 +42,7 @@ pub mod tenants;
 pub mod values;
 /// Provider webhooks: ingestion and processing.
 pub mod webhooks;
+pub mod whatsapp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,6 +128,14 @@ pub struct AppState {
     pub audio: Arc<CommandBus<audio::aggregate::Audio>>,
     /// The AssemblyAI client, when an API key and `BACKEND_URL` are configured.
     pub assemblyai: Option<audio::assemblyai::AssemblyAi>,
+    /// WhatsApp sessions.
+    pub wa_sessions: Arc<CommandBus<whatsapp::aggregate::Session>>,
+    /// WhatsApp conversations.
+    pub wa_conversations: Arc<CommandBus<whatsapp::aggregate::Conversation>>,
+    /// WhatsApp settings (API URL and version, the platform's app secrets and verify token).
+    pub whatsapp: Arc<whatsapp::cloud::Settings>,
+    /// Seals and opens provider credentials.
+    pub sealing: events::sealed::SealingKey,
 }
 
 /// The keys webhooks are verified with.
@@ -315,6 +325,20 @@ impl Application {
             assemblyai: config
                 .assemblyai_account()
                 .map(audio::assemblyai::AssemblyAi::new),
+            wa_sessions: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            wa_conversations: Arc::new(CommandBus::new(
+                pool.clone(),
+                (),
+                config.snapshot_every,
+                committed.clone(),
+            )),
+            whatsapp: Arc::new(config.whatsapp()),
+            sealing: config.sealing_key()?,
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             trust_forwarded_for: config.trust_forwarded_for,
             clock,

@@ -13,6 +13,8 @@
 //! - [`payment`]: tenants' catalogs (products, taxes) and payments.
 //! - [`audio`]: uploaded audio files and their transcripts.
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
+//! - [`whatsapp`]: WhatsApp sessions and their conversations with contacts.
+//! - [`sealed`]: secrets sealed for storage (provider credentials).
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -38,6 +40,8 @@ pub mod identity;
 pub mod payment;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
+/// Secrets sealed for storage.
+pub mod sealed;
 /// NATS subject and `Nats-Msg-Id` naming.
 pub mod subject;
 /// Phone numbers, SMS and calls.
@@ -46,5 +50,7 @@ pub mod telephony;
 pub mod tenant;
 /// Received provider webhooks.
 pub mod webhook;
+/// WhatsApp sessions and conversations.
+pub mod whatsapp;
 
 pub use envelope::{Envelope, Metadata};

@@ -31,6 +31,9 @@ pub enum Provider {
     Signalwire,
     /// AssemblyAI (`/api/webhooks/assemblyai`): transcripts.
     Assemblyai,
+    /// WhatsApp Cloud API (`/api/webhooks/whatsapp`): one webhook per message or status of
+    /// a delivery (a delivery may batch several).
+    Whatsapp,
 }
 
 impl Provider {
@@ -41,6 +44,7 @@ impl Provider {
             Provider::Lyra => "lyra",
             Provider::Signalwire => "signalwire",
             Provider::Assemblyai => "assemblyai",
+            Provider::Whatsapp => "whatsapp",
         }
     }
 }

@@ -51,6 +51,23 @@ impl CommandClient {
     }
 }
 
+impl CommandClient {
+    /// `POST {base}{path}` with a JSON body (the sender's outcome reports).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let token = self.keys.service_token(self.name, 300);
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+    }
+}
+
 /// Keys sent within the last `period`.
 pub struct Quiet<K> {
     /// When each key was sent.

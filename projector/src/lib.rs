@@ -14,6 +14,8 @@
 //! - [`payments`]: webhooks, catalogs and payments.
 //! - [`due`]: process managers that have due webhooks processed and audio transcribed.
 //! - [`audio`]: audio files and their transcripts.
+//! - [`whatsapp`]: WhatsApp sessions, conversations, messages and contacts.
+//! - [`sender`]: sends due WhatsApp messages through the Cloud API, at most once each.
 
 /// The audio read model.
 pub mod audio;
@@ -35,8 +37,12 @@ pub mod projection;
 pub mod rebuild;
 /// Delivers scheduled messages when due.
 pub mod scheduler;
+/// The WhatsApp sender.
+pub mod sender;
 /// The tenants read model.
 pub mod tenants;
+/// The WhatsApp read models.
+pub mod whatsapp;
 
 /// Durable consumers.
 pub mod worker;
@@ -126,6 +132,26 @@ pub struct Config {
     #[arg(long, env = "NEXTAUTH_SECRET", global = true, hide_env_values = true)]
     pub nextauth_secret: Option<String>,
     /// What to do (default: run every projection).
+    /// Base URL of the WhatsApp Cloud API (the Graph API).
+    #[arg(
+        long,
+        env = "WHATSAPP_API_URL",
+        global = true,
+        default_value = "https://graph.facebook.com"
+    )]
+    pub whatsapp_api_url: String,
+    /// Graph API version the Cloud API is called with.
+    #[arg(
+        long,
+        env = "WHATSAPP_API_VERSION",
+        global = true,
+        default_value = "v21.0"
+    )]
+    pub whatsapp_api_version: String,
+    /// Key provider credentials are sealed with (the same as command-api's); derived from
+    /// the token secret when unset.
+    #[arg(long, env = "CREDENTIALS_KEY", global = true, hide_env_values = true)]
+    pub credentials_key: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -155,6 +181,7 @@ pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc
         Arc::new(payments::CatalogProjection),
         Arc::new(payments::PaymentsProjection),
         Arc::new(audio::AudioProjection),
+        Arc::new(whatsapp::WhatsAppProjection),
     ];
     all.push(Arc::new(effects::realtime::Realtime::new(
         config.soketi_app(),
@@ -185,6 +212,15 @@ pub enum Error {
 }
 
 impl Config {
+    /// The key credentials are sealed with: `CREDENTIALS_KEY`, or one derived from the token
+    /// secret `secret` (as command-api derives it).
+    pub fn sealing_key(&self, secret: &str) -> events::sealed::SealingKey {
+        match self.credentials_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => events::sealed::SealingKey::derive(key),
+            None => events::sealed::SealingKey::derive(secret),
+        }
+    }
+
     /// The Soketi app, when its URL, id, key and secret are all set.
     pub fn soketi_app(&self) -> Option<effects::realtime::SoketiApp> {
         let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
@@ -246,6 +282,18 @@ pub async fn run(
                 Arc::new(events::clock::SystemClock),
             );
             tasks.spawn(async move { scheduler.run().await });
+            let sender = sender::Sender::new(
+                pool.clone(),
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                sender::CloudApi {
+                    url: config.whatsapp_api_url.clone(),
+                    version: config.whatsapp_api_version.clone(),
+                },
+                config.sealing_key(secret),
+                Arc::new(events::clock::SystemClock),
+            );
+            tasks.spawn(async move { sender.run().await });
             for processor in [
                 due::DueProcessor::webhooks,
                 due::DueProcessor::transcriptions,
@@ -260,7 +308,7 @@ pub async fn run(
             }
         }
         None => {
-            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered and received webhooks will not be processed nor audio transcribed")
+            tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered, received webhooks will not be processed, audio will not be transcribed and WhatsApp messages will not be sent")
         }
     }
     tokio::pin!(shutdown);

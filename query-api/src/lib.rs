@@ -13,6 +13,7 @@
 //! - [`webhooks`]: received provider webhooks and the ones that failed verification.
 //! - [`dev`]: the dev inbox of captured outbound messages.
 //! - [`audio`]: audio files and their transcripts.
+//! - [`whatsapp`]: WhatsApp sessions (with health), messages and contacts.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
 
@@ -42,6 +43,8 @@ pub mod stream;
 pub mod tenants;
 /// Received provider webhooks.
 pub mod webhooks;
+/// WhatsApp sessions, messages and contacts.
+pub mod whatsapp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(webhooks::router())
         .merge(audio::router())
+        .merge(whatsapp::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -252,6 +252,11 @@ impl Thread {
         self.tenant_id.as_deref()
     }
 
+    /// Whether it is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// What `actor` is to this thread; `NotFound` when it may not see it.
     fn access(&self, actor: &Actor) -> Result<Access, ThreadError> {
         let Some(tenant) = self.tenant_id.as_deref() else {

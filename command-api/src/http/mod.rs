@@ -117,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::payments::routes::router())
         .merge(crate::webhooks::routes::router())
         .merge(crate::telephony::routes::router())
+        .merge(crate::whatsapp::routes::router())
         .merge(crate::audio::routes::router())
         .merge(crate::identity::routes::router())
         .merge(crate::identity::auth::router())

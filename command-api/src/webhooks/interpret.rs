@@ -121,6 +121,31 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
             })
         }
         Provider::Signalwire => crate::telephony::interpret::identify(body),
+        Provider::Whatsapp => {
+            // One message or status of a delivery (whatsapp::inbound::items).
+            let (key, event_type) = match (body.get("message"), body.get("status")) {
+                (Some(m), _) => {
+                    let id = text(m, "/id").filter(|i| i.len() <= 256);
+                    let kind = text(m, "/type").unwrap_or("unknown");
+                    let id = id.ok_or(NotProviderShaped("a WhatsApp message has an id"))?;
+                    (format!("message:{id}"), format!("message.{kind}"))
+                }
+                (None, Some(s)) => {
+                    let id = text(s, "/id").filter(|i| i.len() <= 256);
+                    let id = id.ok_or(NotProviderShaped("a WhatsApp status has an id"))?;
+                    let status = text(s, "/status")
+                        .filter(|s| s.len() <= 32)
+                        .ok_or(NotProviderShaped("a WhatsApp status has a status"))?;
+                    (format!("status:{id}:{status}"), format!("status.{status}"))
+                }
+                (None, None) => return Err(NotProviderShaped("a WhatsApp message or status")),
+            };
+            Ok(Identity {
+                provider_event_id: key,
+                event_type: event_type.chars().take(64).collect(),
+                payment_id: None,
+            })
+        }
         Provider::Assemblyai => {
             let transcript = text(body, "/transcript_id")
                 .filter(|t| t.len() <= 128)
@@ -258,7 +283,9 @@ pub fn retained(provider: Provider, body: &Value) -> Value {
         Provider::Lyra => keep(body, LYRA_KEPT),
         // Kept when the callback was read (telephony::interpret); AssemblyAI's names a
         // transcript and its status only.
-        Provider::Signalwire | Provider::Assemblyai => body.clone(),
+        // WhatsApp's: one message or status as the contact sent it (the conversation's
+        // events keep it too; like chat texts, personal data the thread shows).
+        Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => body.clone(),
     }
 }
 
@@ -268,7 +295,7 @@ pub fn interpret(provider: Provider, event_type: &str, body: &Value) -> Meaning 
         Provider::Stripe => stripe(event_type, body),
         Provider::Lyra => lyra(event_type, body),
         // Telephony callbacks and transcripts are no payment's (processed by their contexts).
-        Provider::Signalwire | Provider::Assemblyai => Meaning {
+        Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => Meaning {
             reference: Reference::None,
             status: None,
             unhandled: None,

@@ -167,7 +167,7 @@ async fn assemblyai(
 
 /// Writes a refused webhook to the capped rejection log and answers 401. The log is
 /// best-effort: failing to write it does not change the answer.
-async fn reject(
+pub(crate) async fn reject(
     pool: &PgPool,
     provider: Provider,
     rejection: Rejection,
@@ -235,6 +235,18 @@ async fn receive(
     payload: serde_json::Value,
     body: &[u8],
 ) -> Result<Response, Problem> {
+    let (id, duplicate) = receive_item(state, ids, provider, payload, body).await?;
+    Ok(Json(json!({"received": true, "id": id, "duplicate": duplicate})).into_response())
+}
+
+/// Appends one verified webhook unless it was received before: its id, and whether it was.
+pub(crate) async fn receive_item(
+    state: &AppState,
+    ids: &RequestIds,
+    provider: Provider,
+    payload: serde_json::Value,
+    body: &[u8],
+) -> Result<(String, bool), Problem> {
     let identity = interpret::identify(provider, &payload)
         .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
     let id = webhook_id(provider, &identity.provider_event_id);
@@ -248,6 +260,9 @@ async fn receive(
             Some(audio) => stream_tenant(&state.pool, events::audio::AUDIO, audio).await?,
             None => None,
         },
+        (None, Provider::Whatsapp) => {
+            crate::whatsapp::routes::owner_of_item(state, &payload).await?
+        }
         (None, _) => None,
     }
     .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
@@ -269,7 +284,7 @@ async fn receive(
         .webhooks
         .execute(&id, None, command, &metadata)
         .await?;
-    Ok(Json(json!({"received": true, "id": id, "duplicate": c.appended == 0})).into_response())
+    Ok((id, c.appended == 0))
 }
 
 fn webhook_uuid(raw: &str) -> Result<String, Problem> {
@@ -342,6 +357,10 @@ async fn process(
         Provider::Assemblyai => {
             let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
             crate::audio::routes::process_webhook(&state, &id, &received.payload, metadata).await
+        }
+        Provider::Whatsapp => {
+            let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
+            crate::whatsapp::routes::process_webhook(&state, &id, &received.payload, metadata).await
         }
         provider => {
             let meaning = interpret::interpret(provider, &received.event_type, &received.payload);
@@ -452,7 +471,7 @@ async fn apply(
             provider: match provider {
                 Provider::Stripe => PaymentProvider::Stripe,
                 Provider::Lyra => PaymentProvider::Lyra,
-                Provider::Signalwire | Provider::Assemblyai => {
+                Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => {
                     return ignored("not a payment provider")
                 }
             },

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::payments::{admin_scope, one_of, plain};
 
 /// The providers whose webhooks are received.
-const WEBHOOK_PROVIDERS: [&str; 4] = ["lyra", "stripe", "signalwire", "assemblyai"];
+const WEBHOOK_PROVIDERS: [&str; 5] = ["lyra", "stripe", "signalwire", "assemblyai", "whatsapp"];
 use crate::{freshness, page, AppState};
 
 /// The routes.

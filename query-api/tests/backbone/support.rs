@@ -156,6 +156,11 @@ impl TestEnv {
             assemblyai_api_url: "http://127.0.0.1:9".to_owned(),
             assemblyai_api_key: None,
             assemblyai_webhook_secret: None,
+            whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
+            whatsapp_api_version: "v21.0".to_owned(),
+            whatsapp_app_secret: Vec::new(),
+            whatsapp_verify_token: None,
+            credentials_key: None,
             command: None,
         }
     }
@@ -200,6 +205,9 @@ impl TestEnv {
             command_api_url: "http://127.0.0.1:9".to_owned(),
             nest_auth_secret: None,
             nextauth_secret: None,
+            whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
+            whatsapp_api_version: "v21.0".to_owned(),
+            credentials_key: None,
             command: None,
         }
     }

@@ -1,0 +1,884 @@
+//! Routes of WhatsApp: sessions (`POST /v1/whatsapp/sessions`, `…/{id}/disconnect`),
+//! outbound messages (`POST /v1/whatsapp/sessions/{id}/messages`), the sender's commands
+//! (`…/conversations/{c}/messages/{m}/claim` and `…/outcome`, service tokens only), and
+//! the provider's webhook (`GET` handshake and `POST` deliveries at
+//! `/api/webhooks/whatsapp`), whose messages and statuses are processed here when the
+//! webhook process manager asks.
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use events::access::Principal;
+use events::chat::{Channel, Party, PartyKind};
+use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
+use events::webhook::{Outcome, Provider};
+use events::whatsapp::{
+    cloud_message, conversation_id, inbound_message_id, session_id, ConversationEvent, Credentials,
+    Delivery, Outbound, Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
+};
+use events::Metadata;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::aggregate::{
+    ConversationCommand, ConversationError, Inbound, Parties, SendResult, SendState, Session,
+    SessionCommand, SessionError, StatusReport,
+};
+use super::{cloud, inbound};
+use crate::chat::aggregate::ThreadError;
+use crate::chat::commands::{Action, Actor, ThreadCommand};
+use crate::http::error::DomainProblem;
+use crate::http::{accepted, administered_tenant};
+use crate::identity::phone::PhoneNumber as E164;
+use crate::store::CommandError;
+use crate::webhooks::routes::{receive_item, reject, Attributed, Processing, MAX_WEBHOOK_BYTES};
+use crate::webhooks::verify;
+use crate::AppState;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/webhooks/whatsapp", get(handshake).post(deliver))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
+        .route("/v1/whatsapp/sessions", post(connect))
+        .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
+        .route("/v1/whatsapp/sessions/{id}/messages", post(send))
+        .route(
+            "/v1/whatsapp/conversations/{conversation}/messages/{message}/claim",
+            post(claim),
+        )
+        .route(
+            "/v1/whatsapp/conversations/{conversation}/messages/{message}/outcome",
+            post(outcome),
+        )
+}
+
+impl DomainProblem for SessionError {
+    fn problem(&self) -> Problem {
+        let detail = self.to_string();
+        match self {
+            SessionError::Taken => Problem::new(StatusCode::CONFLICT, "number_taken", detail),
+            SessionError::NotFound => Problem::not_found(detail),
+        }
+    }
+}
+
+impl DomainProblem for ConversationError {
+    fn problem(&self) -> Problem {
+        use ConversationError as E;
+        let detail = self.to_string();
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::SessionDisconnected => Problem::unprocessable("session_disconnected", detail),
+            E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
+            E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
+            E::MessageExists => Problem::new(StatusCode::CONFLICT, "message_exists", detail),
+        }
+    }
+}
+
+/// A numeric provider id (phone number, business account), as the Graph API writes them.
+fn provider_id(raw: &str, what: &'static str) -> Result<String, Problem> {
+    let ok = !raw.is_empty() && raw.len() <= 32 && raw.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| raw.to_owned()).ok_or_else(|| {
+        Problem::unprocessable(
+            "invalid_provider_id",
+            format!("{what} is a string of digits."),
+        )
+    })
+}
+
+fn secret(raw: &str, what: &'static str, max: usize) -> Result<String, Problem> {
+    let ok = !raw.trim().is_empty() && raw.len() <= max && !raw.chars().any(char::is_control);
+    ok.then(|| raw.to_owned()).ok_or_else(|| {
+        Problem::unprocessable(
+            "invalid_credentials",
+            format!("{what} is required (at most {max} characters)."),
+        )
+    })
+}
+
+/// A session id from the path (an unknown one is simply not found).
+fn session_path(raw: &str) -> Result<String, Problem> {
+    Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| SessionError::NotFound.problem())
+}
+
+/// Body of `POST /v1/whatsapp/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectBody {
+    /// The tenant (super admins name it).
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+    /// The Cloud API phone number id.
+    pub phone_number_id: String,
+    /// The WhatsApp Business Account id.
+    #[serde(default)]
+    pub business_account_id: Option<String>,
+    /// The access token.
+    pub access_token: String,
+    /// The Meta app's secret.
+    pub app_secret: String,
+    /// The webhook verify token chosen for this number.
+    pub verify_token: String,
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<ConnectBody>,
+) -> Result<Response, Problem> {
+    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let phone_number_id = provider_id(&body.phone_number_id, "phone_number_id")?;
+    let business_account_id = body
+        .business_account_id
+        .as_deref()
+        .map(|b| provider_id(b, "business_account_id"))
+        .transpose()?;
+    let credentials = Credentials {
+        access_token: secret(&body.access_token, "access_token", 2048)?,
+        app_secret: secret(&body.app_secret, "app_secret", 256)?,
+    };
+    let verify_token = secret(&body.verify_token, "verify_token", 256)?;
+    let id = session_id(&phone_number_id);
+    // Refused before the provider is asked when another tenant has the number.
+    let current = state.wa_sessions.load(&id).await?;
+    if current.connected() && current.tenant_id() != Some(tenant.as_str()) {
+        return Err(SessionError::Taken.problem());
+    }
+    let info = cloud::check_number(
+        &state.whatsapp,
+        &phone_number_id,
+        &credentials.access_token,
+        &credentials.app_secret,
+    )
+    .await
+    .map_err(|e| match e {
+        cloud::CheckError::Refused(_) => {
+            Problem::unprocessable("credentials_rejected", e.to_string())
+        }
+        cloud::CheckError::Unreachable(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_unavailable",
+            e.to_string(),
+        ),
+    })?;
+    let sealed = state
+        .sealing
+        .seal(&serde_json::to_string(&credentials).unwrap_or_default());
+    let command = SessionCommand::Connect {
+        tenant_id: tenant.clone(),
+        transport: Transport::Cloud,
+        phone_number_id,
+        business_account_id,
+        display_phone_number: info.display_phone_number,
+        verified_name: info.verified_name,
+        credentials: sealed,
+        verify_token_sha256: verify::hex_sha256(verify_token.as_bytes()),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_sessions
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        WHATSAPP_SESSION,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// Body naming the tenant (super admins name it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForTenant {
+    /// The tenant.
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+}
+
+async fn disconnect(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+    Json(body): Json<ForTenant>,
+) -> Result<Response, Problem> {
+    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let id = session_path(&raw)?;
+    let command = SessionCommand::Disconnect {
+        tenant_id: tenant.clone(),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_sessions
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::OK,
+        WHATSAPP_SESSION,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// Body of `POST /v1/whatsapp/sessions/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    /// The contact: their number in E.164 (`+16505551234`) or their WhatsApp id (digits).
+    pub to: String,
+    /// What to send.
+    pub message: Outbound,
+    /// The client's id for the message: a retry with the same id names the same message.
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+}
+
+/// The staff member's session: theirs to send through, or not found.
+async fn staff_session(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+) -> Result<(Session, String), Problem> {
+    let session = state.wa_sessions.load(id).await?;
+    let tenant = session
+        .tenant_id()
+        .filter(|t| who.is_super_admin() || who.is_staff_of(t))
+        .map(str::to_owned)
+        .ok_or_else(|| SessionError::NotFound.problem())?;
+    Ok((session, tenant))
+}
+
+async fn send(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+    Json(body): Json<SendBody>,
+) -> Result<Response, Problem> {
+    if !matches!(who, Principal::Admin { .. }) {
+        return Err(Problem::forbidden(
+            "Messages are sent by the tenant's staff.",
+        ));
+    }
+    let id = session_path(&raw)?;
+    let (session, tenant) = staff_session(&state, &who, &id).await?;
+    let digits = body.to.trim().trim_start_matches('+');
+    let wa_id = E164::parse(&format!("+{digits}"))
+        .map(|n| n.as_str().trim_start_matches('+').to_owned())
+        .ok_or_else(|| {
+            Problem::unprocessable(
+                "invalid_phone",
+                "`to` is a number in E.164 (+ and 8 to 15 digits).",
+            )
+        })?;
+    let message_id = match body.client_message_id.as_deref() {
+        Some(client) if client.is_empty() || client.len() > 128 => {
+            return Err(Problem::unprocessable(
+                "invalid_client_message_id",
+                "A client message id has 1 to 128 characters.",
+            ))
+        }
+        Some(client) => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("whatsapp-out\0{id}\0{client}").as_bytes(),
+        ),
+        None => Uuid::now_v7(),
+    }
+    .to_string();
+    let conversation = conversation_id(&tenant, &id, &wa_id);
+    let thread_id = state
+        .wa_conversations
+        .load(&conversation)
+        .await?
+        .thread_id()
+        .map(str::to_owned);
+    let command = ConversationCommand::Queue {
+        parties: Parties {
+            tenant_id: tenant.clone(),
+            session_id: id.clone(),
+            wa_id,
+        },
+        session_connected: session.connected(),
+        message_id: message_id.clone(),
+        author: Party {
+            id: who.user_id().to_owned(),
+            kind: PartyKind::Agent,
+        },
+        content: body.message,
+        thread_id,
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_conversations
+        .execute(&conversation, None, command, &metadata)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": message_id,
+            "conversation_id": conversation,
+            "version": c.version,
+            "status": "queued",
+        })),
+    )
+        .into_response())
+}
+
+fn service_only(who: &Principal) -> Result<(), Problem> {
+    match who {
+        Principal::Service { .. } => Ok(()),
+        _ => Err(Problem::forbidden(
+            "Messages are sent by the platform's sender.",
+        )),
+    }
+}
+
+fn conversation_path(conversation: &str, message: &str) -> Result<(String, String), Problem> {
+    let parse = |raw: &str| Uuid::parse_str(raw).map(|u| u.to_string());
+    match (parse(conversation), parse(message)) {
+        (Ok(c), Ok(m)) => Ok((c, m)),
+        _ => Err(ConversationError::NotFound.problem()),
+    }
+}
+
+/// The sender's claim of a due message: whether to send it now, and what to send.
+async fn claim(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path((conversation, message)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    service_only(&who)?;
+    let (conversation, message) = conversation_path(&conversation, &message)?;
+    let current = state.wa_conversations.load(&conversation).await?;
+    let tenant = current
+        .tenant_id()
+        .map(str::to_owned)
+        .ok_or_else(|| ConversationError::NotFound.problem())?;
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let at = state.clock.now();
+    let claim = ConversationCommand::Claim {
+        message_id: message.clone(),
+        at,
+    };
+    let (c, events) = state
+        .wa_conversations
+        .execute_with_events(&conversation, None, claim, &metadata)
+        .await?;
+    let attempt = events.iter().find_map(|e| match e {
+        ConversationEvent::SendAttempted { attempt, .. } => Some(*attempt),
+        _ => None,
+    });
+    let Some(attempt) = attempt else {
+        let state_now = state.wa_conversations.load(&conversation).await?;
+        let status = state_now.outgoing(&message).map(|o| o.state);
+        return Ok(Json(json!({
+            "send": false,
+            "version": c.version,
+            "state": status.map(send_state),
+        }))
+        .into_response());
+    };
+    let session = state.wa_sessions.load(current.session_id()).await?;
+    if !session.connected() {
+        // Disconnected since it was queued: failed for good, visibly.
+        let report = ConversationCommand::Report {
+            message_id: message,
+            attempt,
+            result: SendResult::Refused {
+                code: Some("session_disconnected".into()),
+                reason: "The WhatsApp session was disconnected before the message could be sent."
+                    .into(),
+                retryable: false,
+                retry_after: None,
+            },
+            at,
+        };
+        let c = state
+            .wa_conversations
+            .execute(&conversation, None, report, &metadata)
+            .await?;
+        return Ok(
+            Json(json!({"send": false, "version": c.version, "state": "failed"})).into_response(),
+        );
+    }
+    let content = current
+        .content(&message)
+        .ok_or_else(|| ConversationError::NotFound.problem())?;
+    Ok(Json(json!({
+        "send": true,
+        "version": c.version,
+        "attempt": attempt,
+        "transport": session.transport(),
+        "session_id": current.session_id(),
+        "phone_number_id": session.phone_number_id(),
+        "credentials": session.credentials(),
+        "request": cloud_message(current.wa_id(), content, &message),
+    }))
+    .into_response())
+}
+
+fn send_state(s: SendState) -> &'static str {
+    match s {
+        SendState::Queued => "queued",
+        SendState::Attempting => "attempting",
+        SendState::Sent => "sent",
+        SendState::Failed => "failed",
+    }
+}
+
+/// Body of the sender's report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "result", rename_all = "snake_case")]
+pub enum OutcomeBody {
+    /// The provider accepted it.
+    Accepted {
+        /// Which attempt.
+        attempt: u32,
+        /// The provider's id.
+        wamid: String,
+    },
+    /// The provider refused it, or could not be reached.
+    Refused {
+        /// Which attempt.
+        attempt: u32,
+        /// The provider's error code or HTTP status.
+        #[serde(default)]
+        code: Option<String>,
+        /// Why.
+        reason: String,
+        /// Whether a retry may succeed.
+        retryable: bool,
+        /// The provider's `Retry-After`, in seconds.
+        #[serde(default)]
+        retry_after_secs: Option<u32>,
+    },
+}
+
+async fn outcome(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path((conversation, message)): Path<(String, String)>,
+    Json(body): Json<OutcomeBody>,
+) -> Result<Response, Problem> {
+    service_only(&who)?;
+    let (conversation, message) = conversation_path(&conversation, &message)?;
+    let tenant = state
+        .wa_conversations
+        .load(&conversation)
+        .await?
+        .tenant_id()
+        .map(str::to_owned)
+        .ok_or_else(|| ConversationError::NotFound.problem())?;
+    let clip = |s: String| s.chars().take(500).collect::<String>();
+    let (attempt, result) = match body {
+        OutcomeBody::Accepted { attempt, wamid } => {
+            (attempt, SendResult::Accepted { wamid: clip(wamid) })
+        }
+        OutcomeBody::Refused {
+            attempt,
+            code,
+            reason,
+            retryable,
+            retry_after_secs,
+        } => (
+            attempt,
+            SendResult::Refused {
+                code: code.map(clip),
+                reason: clip(reason),
+                retryable,
+                retry_after: retry_after_secs
+                    .map(|s| chrono::Duration::seconds(s.min(3600).into())),
+            },
+        ),
+    };
+    let command = ConversationCommand::Report {
+        message_id: message,
+        attempt,
+        result,
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_conversations
+        .execute(&conversation, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::OK,
+        WHATSAPP_CONVERSATION,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// Query of Meta's verification request.
+#[derive(Debug, Default, Deserialize)]
+pub struct Handshake {
+    /// Always `subscribe`.
+    #[serde(rename = "hub.mode", default)]
+    pub mode: Option<String>,
+    /// The verify token configured at Meta.
+    #[serde(rename = "hub.verify_token", default)]
+    pub verify_token: Option<String>,
+    /// What to echo.
+    #[serde(rename = "hub.challenge", default)]
+    pub challenge: Option<String>,
+}
+
+/// `GET /api/webhooks/whatsapp`: Meta checks the endpoint by asking it to echo a challenge
+/// with a verify token it was given: the platform's, or a connected session's.
+async fn handshake(
+    State(state): State<AppState>,
+    events::http::Query(q): events::http::Query<Handshake>,
+) -> Result<Response, Problem> {
+    let refused = || Problem::forbidden("The verify token matches no WhatsApp session.");
+    let challenge = q
+        .challenge
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 128
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid_challenge",
+                "hub.challenge is missing or malformed.",
+            )
+        })?;
+    if q.mode.as_deref() != Some("subscribe") {
+        return Err(Problem::bad_request(
+            "invalid_mode",
+            "hub.mode is `subscribe`.",
+        ));
+    }
+    let token = q
+        .verify_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(refused)?;
+    let platform = state.whatsapp.verify_token.as_deref();
+    let matches_platform =
+        platform.is_some_and(|p| verify::secret_header(Some(&token), Some(p)).is_ok());
+    let matches_session = matches_platform
+        || sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM whatsapp_sessions
+                             WHERE verify_token_sha256 = $1 AND status = 'connected')",
+        )
+        .bind(verify::hex_sha256(token.as_bytes()))
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if !matches_session {
+        return Err(refused());
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain")], challenge).into_response())
+}
+
+/// The app secret of session `id`, if it has one this process can open.
+async fn app_secret(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
+    let session = state.wa_sessions.load(id).await?;
+    if session.credentials().is_empty() {
+        return Ok(None);
+    }
+    let opened = state
+        .sealing
+        .open(session.credentials())
+        .ok()
+        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok());
+    if opened.is_none() {
+        tracing::warn!(
+            session = id,
+            "a session's credentials cannot be opened with this key"
+        );
+    }
+    Ok(opened.map(|c| c.app_secret))
+}
+
+/// `POST /api/webhooks/whatsapp`: a delivery signed by the app secret of the sessions it
+/// names (or the platform's). Each message and status is appended as a webhook of its own
+/// before the answer.
+async fn deliver(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let mut secrets = state.whatsapp.app_secrets.clone();
+    // The body is not trusted yet: it only says whose secrets to try (a few at most).
+    for number in parsed.iter().flat_map(inbound::phone_number_ids).take(8) {
+        if number.len() <= 32 {
+            secrets.extend(app_secret(&state, &session_id(&number)).await?);
+        }
+    }
+    let signature = headers
+        .get("x-hub-signature-256")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
+        return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+    }
+    let parsed =
+        parsed.ok_or_else(|| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
+    let items = inbound::items(&parsed).map_err(|e| Problem::bad_request("invalid_payload", e))?;
+    let mut received = Vec::with_capacity(items.len());
+    let mut duplicates = 0;
+    for item in items {
+        let (id, duplicate) =
+            receive_item(&state, &ids, Provider::Whatsapp, item.payload, &body).await?;
+        duplicates += usize::from(duplicate);
+        received.push(id);
+    }
+    Ok(Json(json!({"received": true, "ids": received, "duplicates": duplicates})).into_response())
+}
+
+/// The tenant of the session a kept WhatsApp item names, if any.
+pub async fn owner_of_item(state: &AppState, payload: &Value) -> Result<Option<String>, Problem> {
+    let Some(number) = payload.get("phone_number_id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    Ok(state
+        .wa_sessions
+        .load(&session_id(number))
+        .await?
+        .tenant_id()
+        .map(str::to_owned))
+}
+
+/// Processes one kept WhatsApp item: a message lands in the conversation and its thread; a
+/// status moves an outbound message forward. An item for a number no session has is
+/// recorded (its webhook) and can be replayed once the number is connected.
+pub(crate) async fn process_webhook(
+    state: &AppState,
+    webhook_id: &str,
+    payload: &Value,
+    metadata: impl Fn(&str) -> Metadata,
+) -> Processing {
+    let ignored = |detail: String| Processing::Done(Outcome::Ignored, None, detail);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, webhook_id, "WhatsApp processing failed");
+        Processing::Retry("event store unavailable".into())
+    };
+    let Some(number) = payload.get("phone_number_id").and_then(Value::as_str) else {
+        return ignored("names no phone number id".into());
+    };
+    let session = session_id(number);
+    let tenant = match state.wa_sessions.load(&session).await {
+        Ok(s) => match s.tenant_id() {
+            Some(t) => t.to_owned(),
+            None => return ignored(format!("no session has phone number id {number}")),
+        },
+        Err(e) => return unavailable(&e),
+    };
+    let metadata = metadata(&tenant);
+    let attributed = || {
+        Some(Attributed {
+            payment_id: None,
+            tenant_id: tenant.clone(),
+        })
+    };
+    if let Some(message) = payload.get("message") {
+        let Some(m) = inbound::message(message) else {
+            return Processing::Done(
+                Outcome::Ignored,
+                attributed(),
+                "an unreadable message".into(),
+            );
+        };
+        let profile_name = payload
+            .pointer("/contact/name")
+            .and_then(Value::as_str)
+            .map(|n| n.chars().take(256).collect());
+        return match receive_message(
+            state,
+            &tenant,
+            &session,
+            webhook_id,
+            m,
+            profile_name,
+            &metadata,
+        )
+        .await
+        {
+            Ok(detail) => Processing::Done(Outcome::Applied, attributed(), detail),
+            Err(p) => p,
+        };
+    }
+    let Some(s) = payload.get("status").and_then(inbound::status) else {
+        return Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            "neither a message nor a status".into(),
+        );
+    };
+    let Some(status) = Delivery::parse(&s.status) else {
+        return Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            format!("status `{}` is not tracked", s.status),
+        );
+    };
+    let conversation = conversation_id(&tenant, &session, &s.recipient);
+    let command = ConversationCommand::Status {
+        report: StatusReport {
+            message_id: s.callback,
+            wamid: s.wamid,
+            status,
+            error_code: s.error_code,
+            error_title: s.error_title,
+            provider_at: s.at.unwrap_or_else(|| state.clock.now()),
+            webhook_id: webhook_id.to_owned(),
+        },
+    };
+    match state
+        .wa_conversations
+        .execute_with_events(&conversation, None, command, &metadata)
+        .await
+    {
+        Ok((_, events)) if events.is_empty() => Processing::Done(
+            Outcome::Recorded,
+            attributed(),
+            "an earlier or repeated status".into(),
+        ),
+        Ok((_, events)) => {
+            let names: Vec<String> = events
+                .iter()
+                .map(cqrs_es::DomainEvent::event_type)
+                .collect();
+            Processing::Done(Outcome::Applied, attributed(), names.join(", "))
+        }
+        Err(CommandError::Rejected(e)) => Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            format!("{e} (a message the platform did not send)"),
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// Records an inbound message in its conversation and delivers it into the contact's open
+/// WhatsApp thread (a new one when none is open). Every step is idempotent, so an attempt
+/// that failed half-way is completed by the next.
+async fn receive_message(
+    state: &AppState,
+    tenant: &str,
+    session: &str,
+    webhook_id: &str,
+    m: inbound::Message,
+    profile_name: Option<String>,
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let retry = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, webhook_id, "could not record a WhatsApp message");
+        Processing::Retry("event store unavailable".into())
+    };
+    let conversation = conversation_id(tenant, session, &m.from);
+    let message_id = inbound_message_id(&m.wamid);
+    let current = state
+        .wa_conversations
+        .load(&conversation)
+        .await
+        .map_err(|e| retry(&e))?;
+    let thread = match current.inbound_thread(&message_id) {
+        Some(thread) => thread.to_owned(),
+        None => {
+            let open = match current.thread_id() {
+                Some(t) => {
+                    let thread = state.threads.load(t).await.map_err(|e| retry(&e))?;
+                    (thread.tenant_id().is_some() && !thread.is_closed()).then(|| t.to_owned())
+                }
+                None => None,
+            };
+            open.unwrap_or_else(|| {
+                Uuid::new_v5(
+                    &Uuid::NAMESPACE_OID,
+                    format!("whatsapp-thread\0{conversation}\0{}", m.wamid).as_bytes(),
+                )
+                .to_string()
+            })
+        }
+    };
+    let at = state.clock.now();
+    let command = ConversationCommand::Receive {
+        parties: Parties {
+            tenant_id: tenant.to_owned(),
+            session_id: session.to_owned(),
+            wa_id: m.from.clone(),
+        },
+        message: Inbound {
+            message_id: message_id.clone(),
+            wamid: m.wamid.clone(),
+            webhook_id: webhook_id.to_owned(),
+            profile_name,
+            kind: m.kind.chars().take(32).collect(),
+            content: m.content,
+            text: m.text.clone(),
+            context_wamid: m.context_wamid,
+            sent_at: m.sent_at.unwrap_or(at),
+        },
+        thread_id: thread.clone(),
+        at,
+    };
+    state
+        .wa_conversations
+        .execute(&conversation, None, command, metadata)
+        .await
+        .map_err(|e| retry(&e))?;
+    let actor = Actor::System {
+        component: "whatsapp".into(),
+    };
+    let open = ThreadCommand {
+        actor: actor.clone(),
+        at,
+        action: Action::Open {
+            tenant_id: tenant.to_owned(),
+            channel: Channel::Whatsapp,
+            customer: Some(Party {
+                id: format!("+{}", m.from),
+                kind: PartyKind::Contact,
+            }),
+            subject: None,
+            tags: Vec::new(),
+            bot_enabled: Some(false),
+        },
+    };
+    match state.threads.execute(&thread, None, open, metadata).await {
+        Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
+        Err(e) => return Err(retry(&e)),
+    }
+    let receive = ThreadCommand {
+        actor,
+        at,
+        action: Action::Receive {
+            message_id: message_id.clone(),
+            text: m
+                .text
+                .chars()
+                .take(crate::chat::values::MAX_TEXT_CHARS)
+                .collect(),
+        },
+    };
+    match state
+        .threads
+        .execute(&thread, None, receive, metadata)
+        .await
+    {
+        Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
+        Err(CommandError::Rejected(e)) => Ok(format!(
+            "MessageReceived; not shown in thread {thread}: {e}"
+        )),
+        Err(e) => Err(retry(&e)),
+    }
+}

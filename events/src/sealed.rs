@@ -1,0 +1,99 @@
+//! Secrets sealed for storage: provider credentials live in events and read models only as
+//! ciphertext (ARCHITECTURE.md invariant 7). XChaCha20-Poly1305 with a random 24-byte nonce
+//! per seal, under a key derived from the operator's `CREDENTIALS_KEY` (or, when unset,
+//! from the token secret), so the processes that need a credential in clear — command-api
+//! checking it, the projector's WhatsApp sender using it — open it with the same setting
+//! and nothing else can.
+//!
+//! The sealed form is text: `v1.` and the URL-safe base64 of nonce ‖ ciphertext ‖ tag.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+/// The version prefix of the sealed form.
+const PREFIX: &str = "v1.";
+/// Nonce bytes of XChaCha20-Poly1305.
+const NONCE: usize = 24;
+
+/// The key secrets are sealed with.
+#[derive(Clone)]
+pub struct SealingKey(XChaCha20Poly1305);
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(…)")
+    }
+}
+
+/// A sealed value could not be opened: another key sealed it, or it was altered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the sealed value cannot be opened with this key")]
+pub struct Unsealable;
+
+impl SealingKey {
+    /// The key derived from `secret` (any length; SHA-256 under a label, so the same
+    /// string used as the token secret gives an unrelated key).
+    pub fn derive(secret: &str) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"credentials-sealing-key\0");
+        digest.update(secret.as_bytes());
+        let key = digest.finalize();
+        Self(XChaCha20Poly1305::new(&key))
+    }
+
+    /// `plain` sealed: a new random nonce every time, so equal secrets seal differently.
+    pub fn seal(&self, plain: &str) -> String {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        // Encryption into a Vec fails only past the cipher's length limit (256 GiB).
+        let sealed = self.0.encrypt(&nonce, plain.as_bytes()).unwrap_or_default();
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The value `sealed` holds.
+    pub fn open(&self, sealed: &str) -> Result<String, Unsealable> {
+        let body = sealed.strip_prefix(PREFIX).ok_or(Unsealable)?;
+        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| Unsealable)?;
+        if bytes.len() < NONCE {
+            return Err(Unsealable);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE);
+        let plain = self
+            .0
+            .decrypt(XNonce::from_slice(nonce), ciphertext)
+            .map_err(|_| Unsealable)?;
+        String::from_utf8(plain).map_err(|_| Unsealable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_with_its_key_only() {
+        let key = SealingKey::derive("operator key");
+        let sealed = key.seal("EAAG-token");
+        assert!(!sealed.contains("EAAG-token"));
+        assert_eq!(key.open(&sealed).as_deref(), Ok("EAAG-token"));
+        assert_ne!(sealed, key.seal("EAAG-token"), "a fresh nonce each time");
+        assert_eq!(SealingKey::derive("other").open(&sealed), Err(Unsealable));
+    }
+
+    #[test]
+    fn an_altered_sealed_value_is_refused() {
+        let key = SealingKey::derive("k");
+        let sealed = key.seal("secret");
+        let mut bytes = sealed.into_bytes();
+        let last = bytes.len() - 2;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(bytes).expect("ascii");
+        assert_eq!(key.open(&altered), Err(Unsealable));
+        assert_eq!(key.open("v1.short"), Err(Unsealable));
+        assert_eq!(key.open("plain"), Err(Unsealable));
+    }
+}

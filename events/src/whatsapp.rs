@@ -1,0 +1,479 @@
+//! Events of WhatsApp: tenants' sessions (aggregate type `whatsapp_session`) and their
+//! conversations with contacts (aggregate type `whatsapp_conversation`).
+//!
+//! - A **session** is one WhatsApp Business number connected by a tenant. Its id derives
+//!   from the provider's phone number id ([`session_id`]), so a number has one session and
+//!   one owner, and an inbound webhook finds its session without a lookup table. Its
+//!   credentials are in events only sealed ([`crate::sealed`]).
+//! - A **conversation** is one session's exchange with one contact (their WhatsApp id,
+//!   [`conversation_id`]). It holds what the customer-service window is decided by (the
+//!   contact's last inbound message) and the life of every message: inbound ones received
+//!   once (their id derives from the provider's), outbound ones queued, attempted, accepted
+//!   by the provider or failed, then delivered and read. Version `1.0` of every event.
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::chat::Party;
+
+/// The aggregate type of sessions.
+pub const WHATSAPP_SESSION: &str = "whatsapp_session";
+/// The aggregate type of conversations.
+pub const WHATSAPP_CONVERSATION: &str = "whatsapp_conversation";
+
+/// Attempts at sending a message before it fails for good (with the back-off, 2 s … 5 min
+/// apart, about a quarter of an hour of trying).
+pub const MAX_SEND_ATTEMPTS: u32 = 8;
+
+/// How long an attempt may stay without an outcome before it is in doubt: the sender
+/// reports within its HTTP timeout, so past this it died or lost the answer.
+pub fn attempt_lease() -> Duration {
+    Duration::minutes(2)
+}
+
+/// The customer-service window: free-form messages only this long after the contact's
+/// last message; templates otherwise.
+pub fn service_window() -> Duration {
+    Duration::hours(24)
+}
+
+/// The session of the provider's phone number id `phone_number_id`.
+pub fn session_id(phone_number_id: &str) -> String {
+    let name = format!("whatsapp-session\0{phone_number_id}");
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+/// The conversation of tenant `tenant_id`'s session `session_id` with WhatsApp id `wa_id`
+/// (the tenant is part of it: a number connected later by another tenant starts afresh).
+pub fn conversation_id(tenant_id: &str, session_id: &str, wa_id: &str) -> String {
+    let name = format!("whatsapp-conversation\0{tenant_id}\0{session_id}\0{wa_id}");
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+/// The platform's id of the inbound message the provider calls `wamid`.
+pub fn inbound_message_id(wamid: &str) -> String {
+    let name = format!("whatsapp-message\0{wamid}");
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+/// How a session reaches WhatsApp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// The WhatsApp Business Cloud API, spoken by the platform.
+    #[default]
+    Cloud,
+    /// A tenant's own bridge worker (Baileys).
+    Bridge,
+}
+
+impl Transport {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Cloud => "cloud",
+            Transport::Bridge => "bridge",
+        }
+    }
+}
+
+/// Something that happened to a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SessionEvent {
+    /// The number was connected, after the provider accepted its credentials.
+    Connected {
+        /// Its tenant.
+        tenant_id: String,
+        /// How it reaches WhatsApp.
+        transport: Transport,
+        /// The provider's phone number id.
+        phone_number_id: String,
+        /// The WhatsApp Business Account id.
+        #[serde(default)]
+        business_account_id: Option<String>,
+        /// The number as the provider shows it.
+        #[serde(default)]
+        display_phone_number: Option<String>,
+        /// The business name the provider verified.
+        #[serde(default)]
+        verified_name: Option<String>,
+        /// The access token and app secret, sealed (JSON `{access_token, app_secret}`).
+        credentials: String,
+        /// Hex SHA-256 of the webhook verify token.
+        verify_token_sha256: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The number was disconnected: nothing is sent through it any more (inbound messages
+    /// still land, so none is lost).
+    Disconnected {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            SessionEvent::Connected { .. } => "Connected",
+            SessionEvent::Disconnected { .. } => "Disconnected",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Media kinds WhatsApp carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    /// A picture.
+    Image,
+    /// A sound or voice note.
+    Audio,
+    /// A film.
+    Video,
+    /// A file.
+    Document,
+    /// A sticker.
+    Sticker,
+}
+
+impl MediaKind {
+    /// The wire name (the Cloud API's message type).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+/// What an outbound message says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outbound {
+    /// Text.
+    Text {
+        /// The text.
+        body: String,
+        /// Whether WhatsApp shows a preview of the first link.
+        #[serde(default)]
+        preview_url: bool,
+    },
+    /// A file by its public link.
+    Media {
+        /// Which kind.
+        kind: MediaKind,
+        /// Its HTTPS link.
+        link: String,
+        /// A caption (not for audio and stickers).
+        #[serde(default)]
+        caption: Option<String>,
+        /// The file name shown (documents).
+        #[serde(default)]
+        filename: Option<String>,
+    },
+    /// An approved template (the only kind allowed outside the service window).
+    Template {
+        /// Its name.
+        name: String,
+        /// Its language code (`en_US`).
+        language: String,
+        /// The values of its body's `{{1}}`, `{{2}}` … in order.
+        #[serde(default)]
+        parameters: Vec<String>,
+    },
+}
+
+impl Outbound {
+    /// The Cloud API's message type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outbound::Text { .. } => "text",
+            Outbound::Media { kind, .. } => kind.as_str(),
+            Outbound::Template { .. } => "template",
+        }
+    }
+
+    /// Whether the customer-service window limits it (everything but templates).
+    pub fn free_form(&self) -> bool {
+        !matches!(self, Outbound::Template { .. })
+    }
+}
+
+/// A Cloud API session's credentials: what its sealed `credentials` hold.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The (system user's) access token the API is called with.
+    pub access_token: String,
+    /// The Meta app's secret: it signs the app's webhooks.
+    pub app_secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(…)")
+    }
+}
+
+/// The Cloud API request body (`POST /{phone_number_id}/messages`) that sends `content` to
+/// `to`, carrying the platform's message id as `biz_opaque_callback_data` so the provider's
+/// statuses name it.
+pub fn cloud_message(to: &str, content: &Outbound, message_id: &str) -> serde_json::Value {
+    use serde_json::json;
+    let mut body = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "biz_opaque_callback_data": message_id,
+    });
+    let (kind, object) = match content {
+        Outbound::Text { body, preview_url } => {
+            ("text", json!({"preview_url": preview_url, "body": body}))
+        }
+        Outbound::Media {
+            kind,
+            link,
+            caption,
+            filename,
+        } => {
+            let mut media = json!({"link": link});
+            if let Some(caption) = caption {
+                media["caption"] = json!(caption);
+            }
+            if let Some(filename) = filename {
+                media["filename"] = json!(filename);
+            }
+            (kind.as_str(), media)
+        }
+        Outbound::Template {
+            name,
+            language,
+            parameters,
+        } => {
+            let mut template = json!({"name": name, "language": {"code": language}});
+            if !parameters.is_empty() {
+                let parameters: Vec<_> = parameters
+                    .iter()
+                    .map(|p| json!({"type": "text", "text": p}))
+                    .collect();
+                template["components"] = json!([{"type": "body", "parameters": parameters}]);
+            }
+            ("template", template)
+        }
+    };
+    body["type"] = json!(kind);
+    body[kind] = object;
+    body
+}
+
+/// A delivery status the provider reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// On WhatsApp's servers.
+    Sent,
+    /// On the contact's phone.
+    Delivered,
+    /// Read by the contact.
+    Read,
+    /// Not deliverable (the provider's error says why).
+    Failed,
+}
+
+impl Delivery {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Delivered => "delivered",
+            Delivery::Read => "read",
+            Delivery::Failed => "failed",
+        }
+    }
+
+    /// The status called `raw` by the provider.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "sent" => Delivery::Sent,
+            "delivered" => Delivery::Delivered,
+            "read" => Delivery::Read,
+            "failed" => Delivery::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Something that happened in a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ConversationEvent {
+    /// The conversation began (with its first message, either way).
+    Started {
+        /// Its tenant.
+        tenant_id: String,
+        /// The session.
+        session_id: String,
+        /// The contact's WhatsApp id (their number's digits).
+        wa_id: String,
+    },
+    /// A message from the contact arrived.
+    MessageReceived {
+        /// The platform's id ([`inbound_message_id`]).
+        message_id: String,
+        /// The provider's id (`wamid.…`).
+        wamid: String,
+        /// The webhook it came in.
+        webhook_id: String,
+        /// The contact's profile name, as WhatsApp reported it with the message.
+        #[serde(default)]
+        profile_name: Option<String>,
+        /// The provider's message type (`text`, `image`, `location`, `reaction` …).
+        kind: String,
+        /// The message as the provider described it (its type's object).
+        content: serde_json::Value,
+        /// What the thread shows of it.
+        text: String,
+        /// The message it replies or reacts to, if any.
+        #[serde(default)]
+        context_wamid: Option<String>,
+        /// When the contact sent it (the provider's timestamp).
+        sent_at: DateTime<Utc>,
+        /// The thread it was delivered into.
+        thread_id: String,
+        /// When it was recorded.
+        at: DateTime<Utc>,
+    },
+    /// An outbound message was accepted for sending.
+    MessageQueued {
+        /// Its id.
+        message_id: String,
+        /// Who wrote it.
+        author: Party,
+        /// What it says.
+        content: Outbound,
+        /// The thread it belongs to, if any.
+        #[serde(default)]
+        thread_id: Option<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The sender began an attempt (before calling the provider: an attempt left without an
+    /// outcome is in doubt and never repeated).
+    SendAttempted {
+        /// Which message.
+        message_id: String,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An attempt failed in a way that is safe to retry (the provider refused it for now).
+    SendAttemptFailed {
+        /// Which message.
+        message_id: String,
+        /// Which attempt.
+        attempt: u32,
+        /// The provider's error code (or the HTTP status), if it answered.
+        #[serde(default)]
+        code: Option<String>,
+        /// Why.
+        reason: String,
+        /// When it is tried again.
+        retry_at: DateTime<Utc>,
+    },
+    /// The provider accepted the message.
+    MessageSent {
+        /// Which message.
+        message_id: String,
+        /// The provider's id for it.
+        wamid: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The message will not be sent (`WhatsAppMessageFailed`): a permanent refusal, the last
+    /// attempt failed, or an attempt whose outcome could not be learnt.
+    MessageFailed {
+        /// Which message.
+        message_id: String,
+        /// The provider's error code, or the platform's (`outcome_unknown`,
+        /// `attempts_exhausted`).
+        code: String,
+        /// Why, for the agent.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The provider reported a delivery status of an outbound message (only forward:
+    /// sent → delivered → read; failed from any of them).
+    StatusUpdated {
+        /// Which message.
+        message_id: String,
+        /// The status.
+        status: Delivery,
+        /// The provider's error code when failed.
+        #[serde(default)]
+        error_code: Option<String>,
+        /// The provider's error title when failed.
+        #[serde(default)]
+        error_title: Option<String>,
+        /// When the provider says it happened.
+        provider_at: DateTime<Utc>,
+        /// The webhook that reported it.
+        webhook_id: String,
+    },
+}
+
+impl DomainEvent for ConversationEvent {
+    fn event_type(&self) -> String {
+        match self {
+            ConversationEvent::Started { .. } => "Started",
+            ConversationEvent::MessageReceived { .. } => "MessageReceived",
+            ConversationEvent::MessageQueued { .. } => "MessageQueued",
+            ConversationEvent::SendAttempted { .. } => "SendAttempted",
+            ConversationEvent::SendAttemptFailed { .. } => "SendAttemptFailed",
+            ConversationEvent::MessageSent { .. } => "MessageSent",
+            ConversationEvent::MessageFailed { .. } => "WhatsAppMessageFailed",
+            ConversationEvent::StatusUpdated { .. } => "StatusUpdated",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let s = session_id("106540352242922");
+        assert_eq!(s, session_id("106540352242922"));
+        assert_ne!(s, session_id("106540352242923"));
+        let c = conversation_id("t1", &s, "16505551234");
+        assert_ne!(c, conversation_id("t1", &s, "16505551235"));
+        assert_ne!(c, conversation_id("t2", &s, "16505551234"));
+        assert_eq!(inbound_message_id("wamid.A"), inbound_message_id("wamid.A"));
+    }
+
+    #[test]
+    fn statuses_order_forward() {
+        assert!(Delivery::Sent < Delivery::Delivered);
+        assert!(Delivery::Delivered < Delivery::Read);
+        assert_eq!(Delivery::parse("read"), Some(Delivery::Read));
+        assert_eq!(Delivery::parse("deleted"), None);
+    }
+}

@@ -1,0 +1,413 @@
+//! The WhatsApp read models: sessions with their health (`whatsapp_sessions`),
+//! conversations (`whatsapp_conversations`), every message either way
+//! (`whatsapp_messages`, also the sender's queue) and contacts per tenant
+//! (`whatsapp_contacts`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use events::whatsapp::{
+    attempt_lease, ConversationEvent, Delivery, Outbound, SessionEvent, WHATSAPP_CONVERSATION,
+    WHATSAPP_SESSION,
+};
+use events::Envelope;
+use sqlx::PgConnection;
+
+use crate::projection::{Projection, ProjectionError, Target};
+
+/// The WhatsApp read models.
+pub struct WhatsAppProjection;
+
+fn decode<T: serde::de::DeserializeOwned>(e: &Envelope) -> Result<T, ProjectionError> {
+    serde_json::from_value(e.payload.clone()).map_err(|err| ProjectionError::Undecodable {
+        event_id: e.event_id(),
+        reason: err.to_string(),
+    })
+}
+
+/// What the messages list shows of an outbound message.
+fn outbound_text(content: &Outbound) -> Option<String> {
+    match content {
+        Outbound::Text { body, .. } => Some(body.clone()),
+        Outbound::Media { caption, .. } => caption.clone(),
+        Outbound::Template { name, .. } => Some(format!("[template] {name}")),
+    }
+}
+
+#[async_trait]
+impl Projection for WhatsAppProjection {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[WHATSAPP_SESSION, WHATSAPP_CONVERSATION]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "whatsapp_sessions",
+            "whatsapp_conversations",
+            "whatsapp_messages",
+            "whatsapp_contacts",
+        ]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        if e.aggregate_type == WHATSAPP_SESSION {
+            session(conn, target, e).await
+        } else {
+            conversation(conn, target, e).await
+        }
+    }
+}
+
+async fn session(
+    conn: &mut PgConnection,
+    target: &Target,
+    e: &Envelope,
+) -> Result<(), ProjectionError> {
+    let table = target.table("whatsapp_sessions");
+    let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+    match decode::<SessionEvent>(e)? {
+        SessionEvent::Connected {
+            tenant_id,
+            transport,
+            phone_number_id,
+            business_account_id,
+            display_phone_number,
+            verified_name,
+            credentials,
+            verify_token_sha256,
+            at,
+        } => {
+            // Connected again (new credentials, or by another tenant after a disconnect):
+            // the health counters start afresh with the new owner only.
+            sqlx::query(&format!(
+                "INSERT INTO {table} (id, tenant_id, transport, phone_number_id,
+                        business_account_id, display_phone_number, verified_name, status,
+                        credentials, verify_token_sha256, connected_at, updated_at, version)
+                 VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'connected', $8, $9, $10, $11, $12)
+                 ON CONFLICT (id) DO UPDATE SET
+                    transport = EXCLUDED.transport, phone_number_id = EXCLUDED.phone_number_id,
+                    business_account_id = EXCLUDED.business_account_id,
+                    display_phone_number = EXCLUDED.display_phone_number,
+                    verified_name = EXCLUDED.verified_name, status = 'connected',
+                    credentials = EXCLUDED.credentials,
+                    verify_token_sha256 = EXCLUDED.verify_token_sha256,
+                    connected_at = EXCLUDED.connected_at, disconnected_at = NULL,
+                    inbound_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
+                                         THEN {table}.inbound_count ELSE 0 END,
+                    outbound_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
+                                          THEN {table}.outbound_count ELSE 0 END,
+                    failed_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
+                                        THEN {table}.failed_count ELSE 0 END,
+                    tenant_id = EXCLUDED.tenant_id,
+                    updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
+            ))
+            .bind(id)
+            .bind(tenant_id)
+            .bind(transport.as_str())
+            .bind(phone_number_id)
+            .bind(business_account_id)
+            .bind(display_phone_number)
+            .bind(verified_name)
+            .bind(credentials)
+            .bind(verify_token_sha256)
+            .bind(at)
+            .bind(recorded)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        SessionEvent::Disconnected { at } => {
+            sqlx::query(&format!(
+                "UPDATE {table} SET status = 'disconnected', disconnected_at = $2,
+                        updated_at = $3, version = $4
+                  WHERE id = $1::uuid"
+            ))
+            .bind(id)
+            .bind(at)
+            .bind(recorded)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn conversation(
+    conn: &mut PgConnection,
+    target: &Target,
+    e: &Envelope,
+) -> Result<(), ProjectionError> {
+    let conversations = target.table("whatsapp_conversations");
+    let messages = target.table("whatsapp_messages");
+    let sessions = target.table("whatsapp_sessions");
+    let contacts = target.table("whatsapp_contacts");
+    let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+    // Updates one message; $1 its id, $2 the time, $3 the version, then `set`'s own.
+    let update = |set: &str| {
+        format!("UPDATE {messages} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid")
+    };
+    // Updates the health of the session of message $1.
+    let health = |set: &str| {
+        format!(
+            "UPDATE {sessions} SET {set}
+              WHERE id = (SELECT session_id FROM {messages} WHERE id = $1::uuid)"
+        )
+    };
+    match decode::<ConversationEvent>(e)? {
+        ConversationEvent::Started {
+            tenant_id,
+            session_id,
+            wa_id,
+        } => {
+            sqlx::query(&format!(
+                "INSERT INTO {conversations} (id, tenant_id, session_id, wa_id, version)
+                 VALUES ($1::uuid, $2, $3::uuid, $4, $5)"
+            ))
+            .bind(id)
+            .bind(tenant_id)
+            .bind(session_id)
+            .bind(wa_id)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::MessageReceived {
+            message_id,
+            wamid,
+            profile_name,
+            kind,
+            content,
+            text,
+            sent_at,
+            thread_id,
+            at,
+            ..
+        } => {
+            sqlx::query(&format!(
+                "UPDATE {conversations} SET thread_id = $2::uuid,
+                        last_inbound_at = GREATEST(last_inbound_at, $3), version = $4
+                  WHERE id = $1::uuid"
+            ))
+            .bind(id)
+            .bind(&thread_id)
+            .bind(sent_at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {messages} (id, conversation_id, tenant_id, session_id, wa_id,
+                        direction, kind, text, content, wamid, thread_id, status, created_at,
+                        updated_at, version)
+                 SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'in', $2, $3, $4,
+                        $5, $6::uuid, 'received', $7, $8, $9
+                   FROM {conversations} c WHERE c.id = $10::uuid"
+            ))
+            .bind(&message_id)
+            .bind(kind)
+            .bind(text)
+            .bind(content)
+            .bind(wamid)
+            .bind(&thread_id)
+            .bind(sent_at)
+            .bind(recorded)
+            .bind(version)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&health(
+                "inbound_count = inbound_count + 1,
+                 last_inbound_at = GREATEST(last_inbound_at, $2)",
+            ))
+            .bind(&message_id)
+            .bind(sent_at)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {contacts} (tenant_id, wa_id, phone, profile_name, first_seen_at,
+                                         last_inbound_at, updated_at)
+                 SELECT c.tenant_id, c.wa_id, '+' || c.wa_id, $2, $3, $3, $4
+                   FROM {conversations} c WHERE c.id = $1::uuid
+                 ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
+                    profile_name = COALESCE(EXCLUDED.profile_name, {contacts}.profile_name),
+                    last_inbound_at = GREATEST({contacts}.last_inbound_at, EXCLUDED.last_inbound_at),
+                    updated_at = EXCLUDED.updated_at"
+            ))
+            .bind(id)
+            .bind(profile_name)
+            .bind(sent_at)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::MessageQueued {
+            message_id,
+            author,
+            content,
+            thread_id,
+            at,
+        } => {
+            let text = outbound_text(&content);
+            let kind = content.kind();
+            let content = serde_json::to_value(&content).unwrap_or_default();
+            sqlx::query(&format!(
+                "INSERT INTO {messages} (id, conversation_id, tenant_id, session_id, wa_id,
+                        direction, kind, text, content, thread_id, author_id, status,
+                        next_attempt_at, created_at, updated_at, version)
+                 SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'out', $2, $3, $4,
+                        $5::uuid, $6, 'queued', $7, $7, $8, $9
+                   FROM {conversations} c WHERE c.id = $10::uuid"
+            ))
+            .bind(&message_id)
+            .bind(kind)
+            .bind(text)
+            .bind(content)
+            .bind(thread_id)
+            .bind(author.id)
+            .bind(at)
+            .bind(recorded)
+            .bind(version)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(&health(
+                "outbound_count = outbound_count + 1,
+                 last_outbound_at = GREATEST(last_outbound_at, $2)",
+            ))
+            .bind(&message_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::SendAttempted {
+            message_id,
+            attempt,
+            at,
+        } => {
+            // Looked at again when the lease runs out: the sender died or lost the answer.
+            sqlx::query(&update(
+                "status = 'attempting', attempts = $4, next_attempt_at = $5",
+            ))
+            .bind(message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(attempt as i32)
+            .bind(at + attempt_lease())
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::SendAttemptFailed {
+            message_id,
+            code,
+            reason,
+            retry_at,
+            ..
+        } => {
+            sqlx::query(&update(
+                "status = 'retrying', error_code = $4, error = $5, next_attempt_at = $6",
+            ))
+            .bind(message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(code)
+            .bind(reason)
+            .bind(retry_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::MessageSent {
+            message_id,
+            wamid,
+            at,
+        } => {
+            // A status may have moved it on already (delivered before the acceptance was
+            // recorded): only a message not yet further is marked sent.
+            sqlx::query(&update(
+                "wamid = $4, sent_at = COALESCE(sent_at, $5), next_attempt_at = NULL,
+                 error_code = NULL, error = NULL,
+                 status = CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'sent' END",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(wamid)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::MessageFailed {
+            message_id,
+            code,
+            reason,
+            at,
+        } => {
+            sqlx::query(&update(
+                "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(&code)
+            .bind(&reason)
+            .execute(&mut *conn)
+            .await?;
+            failed(conn, &health, &message_id, &code, &reason, at).await?;
+        }
+        ConversationEvent::StatusUpdated {
+            message_id,
+            status,
+            error_code,
+            error_title,
+            provider_at,
+            ..
+        } => {
+            sqlx::query(&update(
+                "status = $4, error_code = COALESCE($5, error_code), error = COALESCE($6, error)",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(status.as_str())
+            .bind(&error_code)
+            .bind(&error_title)
+            .execute(&mut *conn)
+            .await?;
+            if status == Delivery::Failed {
+                let code = error_code.unwrap_or_else(|| "failed".into());
+                let reason = error_title.unwrap_or_else(|| "not delivered".into());
+                failed(conn, &health, &message_id, &code, &reason, provider_at).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a failure in the health of the message's session.
+async fn failed(
+    conn: &mut PgConnection,
+    health: &(dyn Fn(&str) -> String + Sync),
+    message_id: &str,
+    code: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    sqlx::query(&health(
+        "failed_count = failed_count + 1, last_error_code = $2, last_error = $3,
+         last_error_at = $4",
+    ))
+    .bind(message_id)
+    .bind(code)
+    .bind(reason)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! WhatsApp, as the dashboard reads it: sessions with their health, a session's messages
+//! either way (with their delivery status and failures), one message, and the tenant's
+//! contacts (linked to the phone user with the same number).
+//!
+//! The tenant's staff read their tenant's; a super admin any (all, or one `tenant_id`);
+//! customers none. What one may not see answers 404, as if it did not exist. Credentials
+//! never leave the command side sealed or not.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::{freshness, AppState};
+
+/// Most rows a list returns.
+const MAX_LIMIT: i64 = 200;
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/whatsapp/sessions", get(sessions))
+        .route("/v1/whatsapp/sessions/{id}", get(session))
+        .route("/v1/whatsapp/sessions/{id}/messages", get(messages))
+        .route("/v1/whatsapp/messages/{id}", get(message))
+        .route("/v1/whatsapp/contacts", get(contacts))
+}
+
+/// The tenant a staff member's list reads: a super admin's choice (all when `None`), a
+/// staff member's own tenant. Customers and services are refused.
+fn staff_scope(who: &Principal, asked: Option<Uuid>) -> Result<Option<String>, Problem> {
+    match who {
+        _ if who.is_super_admin() => Ok(asked.map(|t| t.to_string())),
+        Principal::Admin {
+            tenant_id: Some(home),
+            ..
+        } => match asked {
+            Some(t) if t.to_string() != *home => Err(Problem::forbidden(
+                "You may only read your own tenant's WhatsApp.",
+            )),
+            _ => Ok(Some(home.clone())),
+        },
+        _ => Err(Problem::forbidden("Only the tenant's staff read WhatsApp.")),
+    }
+}
+
+/// A session row.
+#[derive(Debug, FromRow)]
+struct SessionRow {
+    id: Uuid,
+    tenant_id: String,
+    transport: String,
+    phone_number_id: String,
+    business_account_id: Option<String>,
+    display_phone_number: Option<String>,
+    verified_name: Option<String>,
+    status: String,
+    connected_at: DateTime<Utc>,
+    disconnected_at: Option<DateTime<Utc>>,
+    last_inbound_at: Option<DateTime<Utc>>,
+    last_outbound_at: Option<DateTime<Utc>>,
+    inbound_count: i64,
+    outbound_count: i64,
+    failed_count: i64,
+    last_error_code: Option<String>,
+    last_error: Option<String>,
+    last_error_at: Option<DateTime<Utc>>,
+    version: i64,
+}
+
+const SESSION_COLUMNS: &str = "id, tenant_id, transport, phone_number_id, business_account_id,
+    display_phone_number, verified_name, status, connected_at, disconnected_at,
+    last_inbound_at, last_outbound_at, inbound_count, outbound_count, failed_count,
+    last_error_code, last_error, last_error_at, version";
+
+impl SessionRow {
+    fn view(self) -> serde_json::Value {
+        let failure_rate = match self.outbound_count {
+            0 => None,
+            n => Some(self.failed_count as f64 / n as f64),
+        };
+        json!({
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "transport": self.transport,
+            "phone_number_id": self.phone_number_id,
+            "business_account_id": self.business_account_id,
+            "display_phone_number": self.display_phone_number,
+            "verified_name": self.verified_name,
+            "status": self.status,
+            "connected_at": self.connected_at,
+            "disconnected_at": self.disconnected_at,
+            "health": {
+                "last_inbound_at": self.last_inbound_at,
+                "last_outbound_at": self.last_outbound_at,
+                "inbound_messages": self.inbound_count,
+                "outbound_messages": self.outbound_count,
+                "failed_messages": self.failed_count,
+                "failure_rate": failure_rate,
+                "last_error": self.last_error_code.map(|code| json!({
+                    "code": code, "message": self.last_error, "at": self.last_error_at,
+                })),
+            },
+            "version": self.version,
+        })
+    }
+}
+
+/// Query of the session list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsParams {
+    /// A super admin's choice of tenant.
+    tenant_id: Option<Uuid>,
+}
+
+async fn sessions(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<SessionsParams>,
+) -> Result<Response, Problem> {
+    let tenant = staff_scope(&who, params.tenant_id)?;
+    let rows: Vec<SessionRow> = sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM whatsapp_sessions
+          WHERE ($1::text IS NULL OR tenant_id = $1)
+          ORDER BY connected_at DESC, id LIMIT 1000"
+    ))
+    .bind(tenant)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let items: Vec<_> = rows.into_iter().map(SessionRow::view).collect();
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+/// Read-your-writes on one row.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailParams {
+    /// The version a command answered with.
+    min_version: Option<i64>,
+}
+
+async fn session(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such WhatsApp session");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM whatsapp_sessions WHERE id = $1");
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |s: &SessionRow| s.version,
+        || {
+            sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&state.pool)
+        },
+    )
+    .await?;
+    match row {
+        Some(s) if who.is_staff_of(&s.tenant_id) => {
+            let version = s.version;
+            let mut response = Json(s.view()).into_response();
+            freshness::version_headers(response.headers_mut(), Some(version), stale);
+            Ok(response)
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// A message either way.
+#[derive(Debug, Serialize, FromRow)]
+pub struct MessageView {
+    id: Uuid,
+    conversation_id: Uuid,
+    tenant_id: String,
+    session_id: Uuid,
+    /// The contact's WhatsApp id.
+    wa_id: String,
+    /// `in` or `out`.
+    direction: String,
+    /// The provider's type.
+    kind: String,
+    /// What a thread shows (inbound), or text, caption or template name (outbound).
+    text: Option<String>,
+    /// The message as the provider described it (inbound) or as queued (outbound).
+    content: serde_json::Value,
+    /// The provider's id.
+    wamid: Option<String>,
+    thread_id: Option<Uuid>,
+    /// The agent who wrote it (outbound).
+    author_id: Option<String>,
+    /// in: `received`; out: `queued`, `attempting`, `retrying`, `sent`, `delivered`, `read`
+    /// or `failed`.
+    status: String,
+    /// Attempts at sending.
+    attempts: i32,
+    /// The provider's (or the platform's) error code, when failed or retrying.
+    error_code: Option<String>,
+    /// Why, for the agent.
+    error: Option<String>,
+    /// When it is tried again, while queued or retrying.
+    next_attempt_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    /// The conversation's version at its last change.
+    version: i64,
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, tenant_id, session_id, wa_id, direction,
+    kind, text, content, wamid, thread_id, author_id, status, attempts, error_code, error,
+    next_attempt_at, created_at, sent_at, updated_at, version";
+
+/// Query of a session's messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesParams {
+    /// `in` or `out`.
+    direction: Option<String>,
+    /// One status.
+    status: Option<String>,
+    /// One contact.
+    wa_id: Option<String>,
+    /// At most this many, newest first (default 50, at most 200).
+    limit: Option<i64>,
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<MessagesParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such WhatsApp session");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let tenant: Option<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM whatsapp_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let Some(tenant) = tenant.filter(|t| who.is_staff_of(t)) else {
+        return Err(not_found());
+    };
+    if let Some(d) = params
+        .direction
+        .as_deref()
+        .filter(|d| !["in", "out"].contains(d))
+    {
+        return Err(Problem::bad_request(
+            "invalid_direction",
+            format!("direction is `in` or `out`, not `{d}`."),
+        ));
+    }
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_limit",
+            "limit is from 1 to 200.",
+        ));
+    }
+    let rows: Vec<MessageView> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM whatsapp_messages
+          WHERE session_id = $1 AND tenant_id = $2
+            AND ($3::text IS NULL OR direction = $3)
+            AND ($4::text IS NULL OR status = $4)
+            AND ($5::text IS NULL OR wa_id = $5)
+          ORDER BY created_at DESC, id DESC LIMIT $6"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .bind(params.direction)
+    .bind(params.status)
+    .bind(params.wa_id.map(|w| w.trim_start_matches('+').to_owned()))
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(json!({"items": rows})).into_response())
+}
+
+async fn message(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<DetailParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such WhatsApp message");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let min_version = freshness::min_version(&headers, params.min_version)?;
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM whatsapp_messages WHERE id = $1");
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |m: &MessageView| m.version,
+        || {
+            sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&state.pool)
+        },
+    )
+    .await?;
+    match row {
+        Some(m) if who.is_staff_of(&m.tenant_id) => {
+            let version = m.version;
+            let mut response = Json(m).into_response();
+            freshness::version_headers(response.headers_mut(), Some(version), stale);
+            Ok(response)
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// A contact.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ContactView {
+    tenant_id: String,
+    /// Their WhatsApp id (their number's digits).
+    wa_id: String,
+    /// Their number in E.164.
+    phone: String,
+    /// The profile name they last wrote with.
+    profile_name: Option<String>,
+    /// The chatbot user with the same number, if any.
+    phone_user_id: Option<String>,
+    first_seen_at: DateTime<Utc>,
+    last_inbound_at: Option<DateTime<Utc>>,
+}
+
+/// Query of the contact list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsParams {
+    /// A super admin's choice of tenant.
+    tenant_id: Option<Uuid>,
+    /// At most this many, most recent first (default 50, at most 200).
+    limit: Option<i64>,
+}
+
+async fn contacts(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ContactsParams>,
+) -> Result<Response, Problem> {
+    let tenant = staff_scope(&who, params.tenant_id)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_limit",
+            "limit is from 1 to 200.",
+        ));
+    }
+    let rows: Vec<ContactView> = sqlx::query_as(
+        "SELECT c.tenant_id, c.wa_id, c.phone, c.profile_name, p.user_id AS phone_user_id,
+                c.first_seen_at, c.last_inbound_at
+           FROM whatsapp_contacts c
+           LEFT JOIN phone_users p ON p.tenant_id = c.tenant_id AND p.phone = c.phone
+          WHERE ($1::text IS NULL OR c.tenant_id = $1)
+          ORDER BY c.last_inbound_at DESC NULLS LAST, c.wa_id LIMIT $2",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Json(json!({"items": rows})).into_response())
+}
