@@ -164,11 +164,7 @@ async fn session(
         state.read_wait,
         min_version,
         |s: &SessionRow| s.version,
-        || {
-            sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&state.pool)
-        },
+        || sqlx::query_as(&sql).bind(id).fetch_optional(&state.pool),
     )
     .await?;
     match row {
@@ -309,11 +305,7 @@ async fn message(
         state.read_wait,
         min_version,
         |m: &MessageView| m.version,
-        || {
-            sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&state.pool)
-        },
+        || sqlx::query_as(&sql).bind(id).fetch_optional(&state.pool),
     )
     .await?;
     match row {

@@ -20,3 +20,4 @@ mod scheduler;
 mod store;
 mod support;
 mod telephony;
+mod whatsapp;

@@ -1,0 +1,843 @@
+//! WhatsApp through the Cloud API, faked by a local server that asserts the exact requests
+//! (path, bearer token, JSON body) and answers as the provider does. Deliveries are signed
+//! as Meta signs them (HMAC-SHA256 of the raw body with the app secret) and shaped as its
+//! documented payloads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use events::access::TokenKeys;
+use events::clock::ManualClock;
+use hmac::{Hmac, Mac};
+use projector::due::DueProcessor;
+use projector::sender::{CloudApi, Sender};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv, SECRET};
+
+const NUMBER_ID: &str = "106540352242922";
+const TOKEN: &str = "EAAG-test-access-token";
+const APP_SECRET: &str = "app-secret-of-the-test";
+const VERIFY: &str = "verify-token-of-the-test";
+const CONTACT: &str = "16505551234";
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// A delivery of `messages` and `statuses` for `number`, as Meta shapes it.
+fn delivery(number: &str, messages: Value, statuses: Value) -> Value {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": number},
+    });
+    if messages.as_array().is_some_and(|m| !m.is_empty()) {
+        value["contacts"] = json!([{"profile": {"name": "Sheena Nelson"}, "wa_id": CONTACT}]);
+        value["messages"] = messages;
+    }
+    if statuses.as_array().is_some_and(|s| !s.is_empty()) {
+        value["statuses"] = statuses;
+    }
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+        "changes": [{"field": "messages", "value": value}]}]})
+}
+
+fn text(id: &str, body: &str, at: i64) -> Value {
+    json!({"from": CONTACT, "id": id, "timestamp": at.to_string(), "type": "text",
+           "text": {"body": body}})
+}
+
+fn status(wamid: &str, status: &str, callback: Option<&str>) -> Value {
+    let mut s = json!({"id": wamid, "status": status,
+        "timestamp": Utc::now().timestamp().to_string(), "recipient_id": CONTACT,
+        "pricing": {"billable": false, "pricing_model": "PMP", "type": "free_customer_service",
+                    "category": "service"}});
+    if let Some(c) = callback {
+        s["biz_opaque_callback_data"] = json!(c);
+    }
+    s
+}
+
+struct Wa {
+    env: TestEnv,
+    api: Service,
+    query: Service,
+    _projector: tokio::task::JoinHandle<()>,
+    tenant: String,
+    admin: String,
+    cloud: MockServer,
+    clock: Arc<ManualClock>,
+    webhooks: DueProcessor,
+    sender: Sender,
+}
+
+impl Wa {
+    /// The services on a manual clock; the test drives the webhook processor and the sender.
+    async fn start() -> Self {
+        let env = TestEnv::new().await;
+        let cloud = MockServer::start().await;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let mut config = env.command_config();
+        config.whatsapp_api_url = cloud.uri();
+        config.whatsapp_app_secret = vec!["platform-app-secret".into()];
+        let api = env
+            .spawn_command_api_with_clock(config, clock.clone())
+            .await;
+        let projector = env.spawn_projector(env.projector_config());
+        let query = env.spawn_query_api(env.query_config()).await;
+        let (tenant, _) = create_tenant(&env, &api, &format!("wa{}", &env.prefix[1..9])).await;
+        let admin = env.admin_of(&tenant);
+        let webhooks = DueProcessor::webhooks(
+            env.pool.clone(),
+            &api.url(""),
+            TokenKeys::new(SECRET),
+            clock.clone(),
+        );
+        let sender = Sender::new(
+            env.pool.clone(),
+            &api.url(""),
+            TokenKeys::new(SECRET),
+            CloudApi {
+                url: cloud.uri(),
+                version: "v21.0".into(),
+            },
+            events::sealed::SealingKey::derive(SECRET),
+            clock.clone(),
+        );
+        Self {
+            env,
+            api,
+            query,
+            _projector: projector,
+            tenant,
+            admin,
+            cloud,
+            clock,
+            webhooks,
+            sender,
+        }
+    }
+
+    /// The provider's phone number lookup, answering for the test's credentials only.
+    async fn number_lookup(&self) {
+        Mock::given(method("GET"))
+            .and(path(format!("/v21.0/{NUMBER_ID}")))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .and(query_param("fields", "display_phone_number,verified_name"))
+            .and(query_param(
+                "appsecret_proof",
+                // printf EAAG-test-access-token | openssl dgst -sha256 -hmac app-secret-of-the-test
+                proof(TOKEN, APP_SECRET).as_str(),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": NUMBER_ID, "display_phone_number": "+1 555-078-3881",
+                "verified_name": "Jasper's Market"})))
+            .mount(&self.cloud)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v21.0/{NUMBER_ID}")))
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {
+                "message": "Invalid OAuth access token - Cannot parse access token",
+                "type": "OAuthException", "code": 190, "fbtrace_id": "Az3AFEZpiyxNpuYxv7VwL02"}})))
+            .mount(&self.cloud)
+            .await;
+    }
+
+    async fn connect(&self, token: &str, access_token: &str) -> reqwest::Response {
+        self.env
+            .http
+            .post(self.api.url("/v1/whatsapp/sessions"))
+            .bearer_auth(token)
+            .json(&json!({
+                "phone_number_id": NUMBER_ID,
+                "business_account_id": "102290129340398",
+                "access_token": access_token,
+                "app_secret": APP_SECRET,
+                "verify_token": VERIFY,
+            }))
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    /// Connects the test's number; its session id.
+    async fn connected(&self) -> String {
+        self.number_lookup().await;
+        let r = self.connect(&self.admin, TOKEN).await;
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.expect("json");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn post_delivery(&self, body: &Value, secret: &str) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).expect("json");
+        self.env
+            .http
+            .post(self.api.url("/api/webhooks/whatsapp"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sign(secret, &raw))
+            .body(raw)
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    /// Delivers, and processes what it carried.
+    async fn deliver(&self, body: &Value) -> Value {
+        let r = self.post_delivery(body, APP_SECRET).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.expect("json");
+        let ids = answer["ids"].as_array().cloned().unwrap_or_default();
+        for id in &ids {
+            let id = id.as_str().expect("id");
+            eventually(Duration::from_secs(20), "the webhook processed", || async {
+                let _ = self.webhooks.step().await;
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM webhooks WHERE id = $1::uuid")
+                        .bind(id)
+                        .fetch_optional(&self.env.pool)
+                        .await
+                        .expect("read");
+                (status.as_deref() == Some("processed")).then_some(())
+            })
+            .await;
+        }
+        answer
+    }
+
+    async fn send(&self, session: &str, message: Value, client: Option<&str>) -> reqwest::Response {
+        let mut body = json!({"to": format!("+{CONTACT}"), "message": message});
+        if let Some(c) = client {
+            body["client_message_id"] = json!(c);
+        }
+        self.env
+            .http
+            .post(
+                self.api
+                    .url(&format!("/v1/whatsapp/sessions/{session}/messages")),
+            )
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    async fn message_when(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let url = self.query.url(&format!("/v1/whatsapp/messages/{id}"));
+        eventually(Duration::from_secs(20), what, || async {
+            let m = self.env.get_json(&url, &self.admin).await;
+            check(&m).then_some(m)
+        })
+        .await
+    }
+
+    /// Steps the sender until it has done something with a due message.
+    async fn send_step(&self) -> projector::sender::StepReport {
+        eventually(Duration::from_secs(20), "a due message", || async {
+            let r = self.sender.step().await.expect("step");
+            (r != projector::sender::StepReport::default()).then_some(r)
+        })
+        .await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.env.pool)
+            .await
+            .expect("count")
+    }
+}
+
+fn proof(token: &str, secret: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(token.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_connects_only_with_credentials_the_provider_accepts_and_keeps_them_sealed() {
+    let wa = Wa::start().await;
+    wa.number_lookup().await;
+    let before = wa.env.event_count().await;
+    // A token the provider refuses: nothing is connected.
+    expect_problem(
+        wa.connect(&wa.admin, "EAAG-expired").await,
+        422,
+        "credentials_rejected",
+    )
+    .await;
+    assert_eq!(wa.env.event_count().await, before);
+    // Malformed ids and missing secrets are refused before the provider is asked.
+    let bad = wa
+        .env
+        .http
+        .post(wa.api.url("/v1/whatsapp/sessions"))
+        .bearer_auth(&wa.admin)
+        .json(&json!({"phone_number_id": "12ab", "access_token": TOKEN,
+                      "app_secret": APP_SECRET, "verify_token": VERIFY}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(bad, 422, "invalid_provider_id").await;
+
+    let r = wa.connect(&wa.admin, TOKEN).await;
+    assert_eq!(r.status(), 201);
+    let session = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(session, events::whatsapp::session_id(NUMBER_ID));
+    // Neither the token nor the app secret is anywhere in the store in clear.
+    let leaked = wa
+        .count(&format!(
+            "SELECT count(*) FROM events WHERE payload::text LIKE '%{TOKEN}%'
+                OR payload::text LIKE '%{APP_SECRET}%' OR metadata::text LIKE '%{TOKEN}%'"
+        ))
+        .await;
+    assert_eq!(leaked, 0);
+    // Listed for the tenant with what the provider said of the number, without secrets.
+    let list = eventually(Duration::from_secs(20), "the session listed", || async {
+        let l = wa
+            .env
+            .get_json(&wa.query.url("/v1/whatsapp/sessions"), &wa.admin)
+            .await;
+        (l["items"].as_array().map(Vec::len) == Some(1)).then_some(l)
+    })
+    .await;
+    let s = &list["items"][0];
+    assert_eq!(s["status"], "connected");
+    assert_eq!(s["verified_name"], "Jasper's Market");
+    assert_eq!(s["health"]["failed_messages"], 0);
+    assert!(!list.to_string().contains(TOKEN) && !list.to_string().contains("v1."));
+    // Another tenant cannot take the number while it is connected.
+    let (other, _) = create_tenant(&wa.env, &wa.api, &format!("wb{}", &wa.env.prefix[1..9])).await;
+    expect_problem(
+        wa.connect(&wa.env.admin_of(&other), TOKEN).await,
+        409,
+        "number_taken",
+    )
+    .await;
+    // Nor see it.
+    let theirs = wa
+        .env
+        .get_json(
+            &wa.query.url("/v1/whatsapp/sessions"),
+            &wa.env.admin_of(&other),
+        )
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+
+    // Meta's endpoint check succeeds with the session's verify token only.
+    let handshake = |token: &str| {
+        wa.env
+            .http
+            .get(wa.api.url(&format!(
+                "/api/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={token}"
+            )))
+            .send()
+    };
+    let ok = handshake(VERIFY).await.expect("sent");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.expect("text"), "1158201444");
+    expect_problem(handshake("guess").await.expect("sent"), 403, "forbidden").await;
+
+    // Disconnected: listed so, and sends are refused.
+    let r = wa
+        .env
+        .http
+        .post(
+            wa.api
+                .url(&format!("/v1/whatsapp/sessions/{session}/disconnect")),
+        )
+        .bearer_auth(&wa.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let template = json!({"type": "template", "name": "order_update", "language": "en_US",
+                          "parameters": ["42"]});
+    expect_problem(
+        wa.send(&session, template, None).await,
+        422,
+        "session_disconnected",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the session disconnected",
+        || async {
+            let s = wa
+                .env
+                .get_json(
+                    &wa.query.url(&format!("/v1/whatsapp/sessions/{session}")),
+                    &wa.admin,
+                )
+                .await;
+            (s["status"] == "disconnected").then_some(())
+        },
+    )
+    .await;
+    expect_problem(handshake(VERIFY).await.expect("sent"), 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn inbound_messages_land_once_in_the_contacts_thread_and_forgeries_append_nothing() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    let now = Utc::now().timestamp();
+    let body = delivery(
+        NUMBER_ID,
+        json!([
+            text("wamid.IN1", "Does it come in another color?", now),
+            {"from": CONTACT, "id": "wamid.IN2", "timestamp": now.to_string(), "type": "location",
+             "location": {"latitude": 37.4611978, "longitude": -122.2164385,
+                          "name": "Facebook HQ", "address": "1 Hacker Way"}},
+            {"context": {"from": "15550783881", "id": "wamid.IN1"}, "from": CONTACT,
+             "id": "wamid.IN3", "timestamp": now.to_string(), "type": "interactive",
+             "interactive": {"type": "button_reply", "button_reply": {"id": "y", "title": "Yes please"}}}
+        ]),
+        json!([]),
+    );
+    // Forged: refused, nothing appended, the refusal logged.
+    let before = wa.env.event_count().await;
+    expect_problem(
+        wa.post_delivery(&body, "not-the-secret").await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    let unsigned = wa
+        .env
+        .http
+        .post(wa.api.url("/api/webhooks/whatsapp"))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(unsigned, 401, "missing_signature").await;
+    assert_eq!(wa.env.event_count().await, before);
+    assert_eq!(
+        wa.count("SELECT count(*) FROM webhook_rejections WHERE provider = 'whatsapp'")
+            .await,
+        2
+    );
+
+    let answer = wa.deliver(&body).await;
+    assert_eq!(answer["ids"].as_array().map(Vec::len), Some(3));
+    // Delivered again (Meta retries): nothing new.
+    let again: Value = wa
+        .post_delivery(&body, APP_SECRET)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["duplicates"], 3);
+    assert_eq!(
+        wa.count("SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageReceived'").await,
+        3
+    );
+
+    // One WhatsApp thread for the contact, holding the three messages as theirs.
+    let inbox = eventually(Duration::from_secs(20), "the whatsapp thread", || async {
+        let page = wa
+            .env
+            .get_json(
+                &wa.query.url("/v1/chat/threads?channel=whatsapp"),
+                &wa.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(inbox["items"][0]["customer_id"], format!("+{CONTACT}"));
+    let thread = inbox["items"][0]["id"].as_str().expect("id").to_owned();
+    let messages = eventually(Duration::from_secs(20), "the messages", || async {
+        let page = wa
+            .env
+            .get_json(
+                &wa.query.url(&format!("/v1/chat/threads/{thread}/messages")),
+                &wa.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(3)).then_some(page)
+    })
+    .await;
+    let texts: Vec<&str> = messages["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    for shown in [
+        "Does it come in another color?",
+        "[location] Facebook HQ, 1 Hacker Way (37.4611978, -122.2164385)",
+        "Yes please",
+    ] {
+        assert!(texts.contains(&shown), "{shown} in {texts:?}");
+    }
+    // The session's messages and health, and the contact with their profile name.
+    let listed = eventually(Duration::from_secs(20), "the messages listed", || async {
+        let l = wa
+            .env
+            .get_json(
+                &wa.query.url(&format!(
+                    "/v1/whatsapp/sessions/{session}/messages?direction=in"
+                )),
+                &wa.admin,
+            )
+            .await;
+        (l["items"].as_array().map(Vec::len) == Some(3)).then_some(l)
+    })
+    .await;
+    assert!(listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .all(|m| m["status"] == "received" && m["thread_id"] == thread.as_str()));
+    let contacts = wa
+        .env
+        .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
+        .await;
+    assert_eq!(contacts["items"][0]["profile_name"], "Sheena Nelson");
+    assert_eq!(contacts["items"][0]["tenant_id"], wa.tenant.as_str());
+    assert_eq!(contacts["items"][0]["phone"], format!("+{CONTACT}"));
+    let s = wa
+        .env
+        .get_json(
+            &wa.query.url(&format!("/v1/whatsapp/sessions/{session}")),
+            &wa.admin,
+        )
+        .await;
+    assert_eq!(s["health"]["inbound_messages"], 3);
+
+    // A delivery for a number no session has, signed by the platform's app: recorded, not
+    // lost, and attributed to nobody.
+    let stray = delivery(
+        "999000111",
+        json!([text("wamid.STRAY", "hello?", now)]),
+        json!([]),
+    );
+    expect_problem(
+        wa.post_delivery(&stray, APP_SECRET).await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    let r = wa.post_delivery(&stray, "platform-app-secret").await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.expect("json")["ids"][0]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let w = eventually(Duration::from_secs(20), "the stray processed", || async {
+        let _ = wa.webhooks.step().await;
+        let w = wa
+            .env
+            .get_json(
+                &wa.query.url(&format!("/v1/webhooks/{id}")),
+                &wa.env.super_admin(),
+            )
+            .await;
+        (w["status"] == "processed").then_some(w)
+    })
+    .await;
+    assert_eq!(w["outcome"], "ignored");
+    assert_eq!(w["tenant_id"], "platform");
+    // A body that is not a delivery, correctly signed (it names no number, so only the
+    // platform's app can have signed it): 400, nothing appended.
+    let before = wa.env.event_count().await;
+    let not_delivery = json!({"object": "page", "entry": []});
+    expect_problem(
+        wa.post_delivery(&not_delivery, "platform-app-secret").await,
+        400,
+        "invalid_payload",
+    )
+    .await;
+    assert_eq!(wa.env.event_count().await, before);
+}
+
+#[tokio::test]
+async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    // Outside the window (the contact never wrote): free-form refused, templates allowed.
+    let hello = json!({"type": "text", "body": "Hello!"});
+    expect_problem(
+        wa.send(&session, hello.clone(), None).await,
+        422,
+        "outside_service_window",
+    )
+    .await;
+    expect_problem(
+        wa.send(
+            &session,
+            json!({"type": "template", "name": "order_update",
+                                  "language": "en_US", "parameters": ["42", ""]}),
+            None,
+        )
+        .await,
+        422,
+        "invalid_message",
+    )
+    .await;
+    let bad = wa
+        .send(&session, json!({"type": "fax", "body": "x"}), None)
+        .await;
+    assert!(bad.status().is_client_error(), "{}", bad.status());
+
+    // The contact writes: the window opens.
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([text(
+            "wamid.IN1",
+            "Is my order ready?",
+            Utc::now().timestamp()
+        )]),
+        json!([]),
+    ))
+    .await;
+    let r = wa
+        .send(
+            &session,
+            json!({"type": "text", "body": "Yes, come by!"}),
+            Some("c-1"),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.expect("json");
+    let id = queued["id"].as_str().expect("id").to_owned();
+    // The same client id again is the same message.
+    let again: Value = wa
+        .send(
+            &session,
+            json!({"type": "text", "body": "Yes, come by!"}),
+            Some("c-1"),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["id"], id.as_str());
+
+    // The exact request the Cloud API gets; throttled first, accepted on the retry.
+    let expected = json!({
+        "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+        "biz_opaque_callback_data": id, "type": "text",
+        "text": {"preview_url": false, "body": "Yes, come by!"},
+    });
+    let send = || {
+        Mock::given(method("POST"))
+            .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .and(body_json(expected.clone()))
+    };
+    send()
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429,
+            "error_data": {"messaging_product": "whatsapp",
+                           "details": "Cloud API message throughput has been reached."},
+            "fbtrace_id": "A1"}})))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    let report = wa.send_step().await;
+    assert_eq!(report.refused, 1, "{report:?}");
+    let m = wa
+        .message_when(&id, "the retry scheduled", |m| m["status"] == "retrying")
+        .await;
+    assert_eq!(m["error_code"], "130429");
+    send()
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": CONTACT, "wa_id": CONTACT}],
+            "messages": [{"id": "wamid.OUT1", "message_status": "accepted"}]})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    // Not before the back-off.
+    assert_eq!(wa.sender.step().await.expect("step").sent, 0);
+    wa.clock.advance(chrono::Duration::seconds(3));
+    assert_eq!(wa.send_step().await.sent, 1);
+    let m = wa
+        .message_when(&id, "sent", |m| m["status"] == "sent")
+        .await;
+    assert_eq!(m["wamid"], "wamid.OUT1");
+    assert_eq!(m["attempts"], 2);
+    // Nothing more to send, however often the sender runs.
+    wa.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(wa.sender.step().await.expect("step").sent, 0);
+
+    // Statuses: delivered, then a late "sent" (changes nothing), then read.
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([]),
+        json!([status("wamid.OUT1", "delivered", Some(&id))]),
+    ))
+    .await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([]),
+        json!([status("wamid.OUT1", "sent", Some(&id))]),
+    ))
+    .await;
+    wa.message_when(&id, "delivered", |m| m["status"] == "delivered")
+        .await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([]),
+        json!([status("wamid.OUT1", "read", None)]),
+    ))
+    .await;
+    wa.message_when(&id, "read", |m| m["status"] == "read")
+        .await;
+    assert_eq!(
+        wa.count("SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'StatusUpdated'").await,
+        2
+    );
+
+    // A permanent refusal fails the message with the provider's code, shown to the agent
+    // and counted in the session's health.
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "(#131026) Message undeliverable", "type": "OAuthException",
+            "code": 131026, "fbtrace_id": "A2"}})))
+        .mount(&wa.cloud)
+        .await;
+    let r = wa
+        .send(
+            &session,
+            json!({"type": "text", "body": "Still there?"}),
+            None,
+        )
+        .await;
+    let failing = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    wa.send_step().await;
+    let m = wa
+        .message_when(&failing, "failed", |m| m["status"] == "failed")
+        .await;
+    assert_eq!(m["error_code"], "131026");
+    assert_eq!(m["error"], "(#131026) Message undeliverable");
+    let s = wa
+        .env
+        .get_json(
+            &wa.query.url(&format!("/v1/whatsapp/sessions/{session}")),
+            &wa.admin,
+        )
+        .await;
+    assert_eq!(s["health"]["failed_messages"], 1);
+    assert_eq!(s["health"]["last_error"]["code"], "131026");
+}
+
+#[tokio::test]
+async fn a_sender_that_dies_before_recording_the_outcome_never_sends_twice() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "messages": [{"id": "wamid.LOST"}]})))
+        .expect(0)
+        .mount(&wa.cloud)
+        .await;
+    let template = json!({"type": "template", "name": "order_update", "language": "en_US",
+                          "parameters": ["42"]});
+    let r = wa.send(&session, template, None).await;
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.expect("json");
+    let (id, conversation) = (
+        queued["id"].as_str().expect("id").to_owned(),
+        queued["conversation_id"]
+            .as_str()
+            .expect("conversation")
+            .to_owned(),
+    );
+    // A sender claims the message and dies before its outcome is recorded (whether or not
+    // the provider got it): the attempt is on record.
+    wa.message_when(&id, "queued", |m| m["status"] == "queued")
+        .await;
+    let token = TokenKeys::new(SECRET).service_token("whatsapp-sender", 300);
+    let claim: Value = wa
+        .env
+        .http
+        .post(wa.api.url(&format!(
+            "/v1/whatsapp/conversations/{conversation}/messages/{id}/claim"
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(claim["send"], true, "{claim}");
+    assert_eq!(
+        claim["request"]["template"]["components"][0]["parameters"][0]["text"],
+        "42"
+    );
+    // Agents and customers cannot claim.
+    let refused = wa
+        .env
+        .http
+        .post(wa.api.url(&format!(
+            "/v1/whatsapp/conversations/{conversation}/messages/{id}/claim"
+        )))
+        .bearer_auth(&wa.admin)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(refused, 403, "forbidden").await;
+
+    // Another sender, while the attempt's lease runs: sends nothing.
+    wa.message_when(&id, "attempting", |m| m["status"] == "attempting")
+        .await;
+    assert_eq!(wa.sender.step().await.expect("step").sent, 0);
+    // After the lease: failed visibly, not sent again.
+    wa.clock
+        .advance(events::whatsapp::attempt_lease() + chrono::Duration::seconds(1));
+    let report = wa.send_step().await;
+    assert_eq!((report.sent, report.skipped), (0, 1), "{report:?}");
+    let m = wa
+        .message_when(&id, "failed in doubt", |m| m["status"] == "failed")
+        .await;
+    assert_eq!(m["error_code"], "outcome_unknown");
+    // The provider had taken it after all: its status webhook names the message, and the
+    // platform records it as sent and delivered.
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([]),
+        json!([status("wamid.LOST", "delivered", Some(&id))]),
+    ))
+    .await;
+    let m = wa
+        .message_when(&id, "reconciled", |m| m["status"] == "delivered")
+        .await;
+    assert_eq!(m["wamid"], "wamid.LOST");
+    wa.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(wa.sender.step().await.expect("step").sent, 0);
+    // The provider was never called by the platform's sender (expect(0) on drop).
+}
