@@ -1,7 +1,7 @@
 -- Read models of WhatsApp (`whatsapp_session` and `whatsapp_conversation` events).
 
--- Connected numbers and their health. `credentials` stays sealed: the projector's sender
--- opens it with CREDENTIALS_KEY; query-api never returns it.
+-- Connected numbers (their health is read from whatsapp_messages). `credentials` stays
+-- sealed: the projector's sender opens it with CREDENTIALS_KEY; query-api never returns it.
 CREATE TABLE whatsapp_sessions (
     id                   uuid        PRIMARY KEY,
     tenant_id            text        NOT NULL,
@@ -18,15 +18,6 @@ CREATE TABLE whatsapp_sessions (
     verify_token_sha256  text        NOT NULL,
     connected_at         timestamptz NOT NULL,
     disconnected_at      timestamptz,
-    -- Health: traffic and failures.
-    last_inbound_at      timestamptz,
-    last_outbound_at     timestamptz,
-    inbound_count        bigint      NOT NULL DEFAULT 0,
-    outbound_count       bigint      NOT NULL DEFAULT 0,
-    failed_count         bigint      NOT NULL DEFAULT 0,
-    last_error_code      text,
-    last_error           text,
-    last_error_at        timestamptz,
     updated_at           timestamptz NOT NULL,
     version              bigint      NOT NULL
 );
@@ -83,6 +74,8 @@ CREATE TABLE whatsapp_messages (
 CREATE INDEX whatsapp_messages_due ON whatsapp_messages (next_attempt_at)
     WHERE next_attempt_at IS NOT NULL;
 CREATE INDEX whatsapp_messages_session ON whatsapp_messages (session_id, created_at DESC, id DESC);
+CREATE INDEX whatsapp_messages_failed ON whatsapp_messages (session_id, updated_at DESC)
+    WHERE status = 'failed';
 CREATE INDEX whatsapp_messages_conversation ON whatsapp_messages (conversation_id, created_at);
 CREATE INDEX whatsapp_messages_wamid ON whatsapp_messages (wamid) WHERE wamid IS NOT NULL;
 
@@ -99,3 +92,9 @@ CREATE TABLE whatsapp_contacts (
     PRIMARY KEY (tenant_id, wa_id)
 );
 CREATE INDEX whatsapp_contacts_phone ON whatsapp_contacts (tenant_id, phone);
+
+-- command-api finds the conversation a WhatsApp thread belongs to in the store itself (a
+-- reply must not wait for a read model): the conversation whose message went into it.
+CREATE INDEX events_whatsapp_thread
+    ON events ((payload->'MessageReceived'->>'thread_id'))
+    WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageReceived';

@@ -398,6 +398,9 @@ pub enum ConversationEvent {
         message_id: String,
         /// The provider's id for it.
         wamid: String,
+        /// The thread it belongs to, if any (for the realtime worker).
+        #[serde(default)]
+        thread_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -406,6 +409,9 @@ pub enum ConversationEvent {
     MessageFailed {
         /// Which message.
         message_id: String,
+        /// The thread it belongs to, if any (for the realtime worker).
+        #[serde(default)]
+        thread_id: Option<String>,
         /// The provider's error code, or the platform's (`outcome_unknown`,
         /// `attempts_exhausted`).
         code: String,
@@ -419,6 +425,9 @@ pub enum ConversationEvent {
     StatusUpdated {
         /// Which message.
         message_id: String,
+        /// The thread it belongs to, if any (for the realtime worker).
+        #[serde(default)]
+        thread_id: Option<String>,
         /// The status.
         status: Delivery,
         /// The provider's error code when failed.

@@ -172,7 +172,11 @@ pub enum Command {
 
 /// Every projection this process runs: the read models and the side-effect workers (realtime
 /// sends to Soketi when its URL and app are set, and fans out on `nats` for SSE).
-pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc<dyn Projection>> {
+pub fn projections(
+    config: &Config,
+    nats: Option<async_nats::Client>,
+    pool: Option<PgPool>,
+) -> Vec<Arc<dyn Projection>> {
     let mut all: Vec<Arc<dyn Projection>> = vec![
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
@@ -181,13 +185,28 @@ pub fn projections(config: &Config, nats: Option<async_nats::Client>) -> Vec<Arc
         Arc::new(payments::CatalogProjection),
         Arc::new(payments::PaymentsProjection),
         Arc::new(audio::AudioProjection),
+        Arc::new(whatsapp::WhatsAppSessionsProjection),
         Arc::new(whatsapp::WhatsAppProjection),
     ];
-    all.push(Arc::new(effects::realtime::Realtime::new(
-        config.soketi_app(),
-        nats,
-        config.realtime_subject_prefix.clone(),
-    )));
+    if let Some(secret) = config.auth_secret() {
+        all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
+            pool,
+            command_client::CommandClient::new(
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                "whatsapp-outbox",
+            ),
+        )));
+    }
+    let realtime = || {
+        effects::realtime::Realtime::new(
+            config.soketi_app(),
+            nats.clone(),
+            config.realtime_subject_prefix.clone(),
+        )
+    };
+    all.push(Arc::new(realtime()));
+    all.push(Arc::new(realtime().for_whatsapp()));
     all
 }
 
@@ -269,7 +288,7 @@ pub async fn run(
         .map_err(|e| Error::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(client.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for projection in projections(&config, Some(client)) {
+    for projection in projections(&config, Some(client), Some(pool.clone())) {
         let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
         tasks.spawn(async move { supervise(pool, js, config, projection).await });
     }

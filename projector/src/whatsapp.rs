@@ -1,12 +1,12 @@
-//! The WhatsApp read models: sessions with their health (`whatsapp_sessions`),
-//! conversations (`whatsapp_conversations`), every message either way
-//! (`whatsapp_messages`, also the sender's queue) and contacts per tenant
-//! (`whatsapp_contacts`).
+//! The WhatsApp read models, one projection per aggregate type (so each consumer filters
+//! on its own subjects): sessions (`whatsapp_sessions`), and conversations
+//! (`whatsapp_conversations`), every message either way (`whatsapp_messages`, also the
+//! sender's queue) and contacts per tenant (`whatsapp_contacts`). A session's health is read
+//! from its messages.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use events::whatsapp::{
-    attempt_lease, ConversationEvent, Delivery, Outbound, SessionEvent, WHATSAPP_CONVERSATION,
+    attempt_lease, ConversationEvent, Outbound, SessionEvent, WHATSAPP_CONVERSATION,
     WHATSAPP_SESSION,
 };
 use events::Envelope;
@@ -14,7 +14,10 @@ use sqlx::PgConnection;
 
 use crate::projection::{Projection, ProjectionError, Target};
 
-/// The WhatsApp read models.
+/// Sessions.
+pub struct WhatsAppSessionsProjection;
+
+/// Conversations, messages and contacts.
 pub struct WhatsAppProjection;
 
 fn decode<T: serde::de::DeserializeOwned>(e: &Envelope) -> Result<T, ProjectionError> {
@@ -34,18 +37,41 @@ fn outbound_text(content: &Outbound) -> Option<String> {
 }
 
 #[async_trait]
+impl Projection for WhatsAppSessionsProjection {
+    fn name(&self) -> &'static str {
+        "whatsapp-sessions"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[WHATSAPP_SESSION]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["whatsapp_sessions"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        session(conn, target, e).await
+    }
+}
+
+#[async_trait]
 impl Projection for WhatsAppProjection {
     fn name(&self) -> &'static str {
         "whatsapp"
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &[WHATSAPP_SESSION, WHATSAPP_CONVERSATION]
+        &[WHATSAPP_CONVERSATION]
     }
 
     fn tables(&self) -> &'static [&'static str] {
         &[
-            "whatsapp_sessions",
             "whatsapp_conversations",
             "whatsapp_messages",
             "whatsapp_contacts",
@@ -58,11 +84,7 @@ impl Projection for WhatsAppProjection {
         target: &Target,
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
-        if e.aggregate_type == WHATSAPP_SESSION {
-            session(conn, target, e).await
-        } else {
-            conversation(conn, target, e).await
-        }
+        conversation(conn, target, e).await
     }
 }
 
@@ -85,14 +107,14 @@ async fn session(
             verify_token_sha256,
             at,
         } => {
-            // Connected again (new credentials, or by another tenant after a disconnect):
-            // the health counters start afresh with the new owner only.
+            // Connected again: new credentials, or another tenant after a disconnect.
             sqlx::query(&format!(
                 "INSERT INTO {table} (id, tenant_id, transport, phone_number_id,
                         business_account_id, display_phone_number, verified_name, status,
                         credentials, verify_token_sha256, connected_at, updated_at, version)
                  VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'connected', $8, $9, $10, $11, $12)
                  ON CONFLICT (id) DO UPDATE SET
+                    tenant_id = EXCLUDED.tenant_id,
                     transport = EXCLUDED.transport, phone_number_id = EXCLUDED.phone_number_id,
                     business_account_id = EXCLUDED.business_account_id,
                     display_phone_number = EXCLUDED.display_phone_number,
@@ -100,13 +122,6 @@ async fn session(
                     credentials = EXCLUDED.credentials,
                     verify_token_sha256 = EXCLUDED.verify_token_sha256,
                     connected_at = EXCLUDED.connected_at, disconnected_at = NULL,
-                    inbound_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
-                                         THEN {table}.inbound_count ELSE 0 END,
-                    outbound_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
-                                          THEN {table}.outbound_count ELSE 0 END,
-                    failed_count = CASE WHEN {table}.tenant_id = EXCLUDED.tenant_id
-                                        THEN {table}.failed_count ELSE 0 END,
-                    tenant_id = EXCLUDED.tenant_id,
                     updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
             ))
             .bind(id)
@@ -148,19 +163,11 @@ async fn conversation(
 ) -> Result<(), ProjectionError> {
     let conversations = target.table("whatsapp_conversations");
     let messages = target.table("whatsapp_messages");
-    let sessions = target.table("whatsapp_sessions");
     let contacts = target.table("whatsapp_contacts");
     let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
     // Updates one message; $1 its id, $2 the time, $3 the version, then `set`'s own.
     let update = |set: &str| {
         format!("UPDATE {messages} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid")
-    };
-    // Updates the health of the session of message $1.
-    let health = |set: &str| {
-        format!(
-            "UPDATE {sessions} SET {set}
-              WHERE id = (SELECT session_id FROM {messages} WHERE id = $1::uuid)"
-        )
     };
     match decode::<ConversationEvent>(e)? {
         ConversationEvent::Started {
@@ -223,14 +230,6 @@ async fn conversation(
             .bind(id)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(&health(
-                "inbound_count = inbound_count + 1,
-                 last_inbound_at = GREATEST(last_inbound_at, $2)",
-            ))
-            .bind(&message_id)
-            .bind(sent_at)
-            .execute(&mut *conn)
-            .await?;
             sqlx::query(&format!(
                 "INSERT INTO {contacts} (tenant_id, wa_id, phone, profile_name, first_seen_at,
                                          last_inbound_at, updated_at)
@@ -278,14 +277,6 @@ async fn conversation(
             .bind(id)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(&health(
-                "outbound_count = outbound_count + 1,
-                 last_outbound_at = GREATEST(last_outbound_at, $2)",
-            ))
-            .bind(&message_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
         }
         ConversationEvent::SendAttempted {
             message_id,
@@ -327,6 +318,7 @@ async fn conversation(
             message_id,
             wamid,
             at,
+            ..
         } => {
             // A status may have moved it on already (delivered before the acceptance was
             // recorded): only a message not yet further is marked sent.
@@ -347,7 +339,7 @@ async fn conversation(
             message_id,
             code,
             reason,
-            at,
+            ..
         } => {
             sqlx::query(&update(
                 "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL",
@@ -359,14 +351,12 @@ async fn conversation(
             .bind(&reason)
             .execute(&mut *conn)
             .await?;
-            failed(conn, &health, &message_id, &code, &reason, at).await?;
         }
         ConversationEvent::StatusUpdated {
             message_id,
             status,
             error_code,
             error_title,
-            provider_at,
             ..
         } => {
             sqlx::query(&update(
@@ -380,34 +370,7 @@ async fn conversation(
             .bind(&error_title)
             .execute(&mut *conn)
             .await?;
-            if status == Delivery::Failed {
-                let code = error_code.unwrap_or_else(|| "failed".into());
-                let reason = error_title.unwrap_or_else(|| "not delivered".into());
-                failed(conn, &health, &message_id, &code, &reason, provider_at).await?;
-            }
         }
     }
-    Ok(())
-}
-
-/// Counts a failure in the health of the message's session.
-async fn failed(
-    conn: &mut PgConnection,
-    health: &(dyn Fn(&str) -> String + Sync),
-    message_id: &str,
-    code: &str,
-    reason: &str,
-    at: DateTime<Utc>,
-) -> Result<(), ProjectionError> {
-    sqlx::query(&health(
-        "failed_count = failed_count + 1, last_error_code = $2, last_error = $3,
-         last_error_at = $4",
-    ))
-    .bind(message_id)
-    .bind(code)
-    .bind(reason)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }

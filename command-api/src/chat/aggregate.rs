@@ -93,6 +93,8 @@ pub struct Thread {
     scheduled: BTreeMap<String, Scheduled>,
     /// The customer the thread is with, if any.
     customer: Option<Party>,
+    /// Where the customer talks (`None` in snapshots taken before it was kept: read as web).
+    channel: Option<Channel>,
 }
 
 /// Why a thread command was refused. Each variant's doc names its HTTP answer.
@@ -255,6 +257,25 @@ impl Thread {
     /// Whether it is closed.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Where the customer talks, once opened.
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel
+    }
+
+    /// The customer, if any.
+    pub fn customer(&self) -> Option<&Party> {
+        self.customer.as_ref()
+    }
+
+    /// The author of message `message_id`, unless it was deleted.
+    pub fn message_author(&self, message_id: &str) -> Option<&Party> {
+        let number = *self.numbers.get(message_id)?;
+        let m = self
+            .messages
+            .get(usize::try_from(number).ok()?.checked_sub(1)?)?;
+        (!m.deleted).then_some(&m.author)
     }
 
     /// What `actor` is to this thread; `NotFound` when it may not see it.
@@ -727,6 +748,7 @@ impl Aggregate for Thread {
         match event {
             ThreadEvent::Opened {
                 tenant_id,
+                channel,
                 opened_by,
                 customer,
                 bot_enabled,
@@ -734,6 +756,7 @@ impl Aggregate for Thread {
                 ..
             } => {
                 self.tenant_id = Some(tenant_id);
+                self.channel = Some(channel);
                 self.bot_enabled = bot_enabled;
                 self.tags = tags;
                 self.customer = customer.clone();

@@ -296,6 +296,12 @@ pub enum ConversationCommand {
         content: Outbound,
         /// Its thread, if any.
         thread_id: Option<String>,
+        /// Whether the reply it stands for carries a file (not sent over WhatsApp yet).
+        with_attachment: bool,
+        /// Whether a refusal by the rules (window, disconnected session, invalid content) is
+        /// recorded as a queued-then-failed message instead of refused: for replies already
+        /// posted in a thread, where the agent must see why it did not go out.
+        record_refusal: bool,
         /// When.
         at: DateTime<Utc>,
     },
@@ -342,6 +348,11 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
+    /// 422 `unsupported_attachment`.
+    #[error(
+        "files in thread replies are not sent over WhatsApp yet; send a media message with a link"
+    )]
+    UnsupportedAttachment,
 }
 
 /// Where an outbound message stands.
@@ -379,6 +390,8 @@ pub struct Outgoing {
     failure: Option<String>,
     /// The last delivery status.
     delivery: Option<Delivery>,
+    /// Its thread.
+    thread_id: Option<String>,
 }
 
 /// A conversation (also the snapshot form).
@@ -520,7 +533,40 @@ fn check(content: &Outbound) -> Result<(), ConversationError> {
     Ok(())
 }
 
+impl ConversationError {
+    /// The stable code (problem+json `code`, and a recorded failure's code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConversationError::NotFound => "not_found",
+            ConversationError::SessionDisconnected => "session_disconnected",
+            ConversationError::OutsideWindow => "outside_service_window",
+            ConversationError::InvalidMessage(_) => "invalid_message",
+            ConversationError::MessageExists => "message_exists",
+            ConversationError::UnsupportedAttachment => "unsupported_attachment",
+        }
+    }
+}
+
 impl Conversation {
+    /// Why the rules refuse sending `content` now, if they do.
+    fn refusal(
+        &self,
+        session_connected: bool,
+        content: &Outbound,
+        at: DateTime<Utc>,
+    ) -> Option<ConversationError> {
+        if !session_connected {
+            return Some(ConversationError::SessionDisconnected);
+        }
+        if let Err(e) = check(content) {
+            return Some(e);
+        }
+        let open = self
+            .last_inbound_at
+            .is_some_and(|last| at < last + service_window());
+        (content.free_form() && !open).then_some(ConversationError::OutsideWindow)
+    }
+
     fn start(&self, parties: &Parties) -> Option<ConversationEvent> {
         (!self.started).then(|| ConversationEvent::Started {
             tenant_id: parties.tenant_id.clone(),
@@ -567,6 +613,8 @@ impl Conversation {
                 author,
                 content,
                 thread_id,
+                with_attachment,
+                record_refusal,
                 at,
             } => {
                 if let Some(queued) = self.outbound.get(&message_id) {
@@ -578,24 +626,30 @@ impl Conversation {
                 if self.inbound.contains_key(&message_id) {
                     return Err(ConversationError::MessageExists);
                 }
-                if !session_connected {
-                    return Err(ConversationError::SessionDisconnected);
-                }
-                check(&content)?;
-                let open = self
-                    .last_inbound_at
-                    .is_some_and(|last| at < last + service_window());
-                if content.free_form() && !open {
-                    return Err(ConversationError::OutsideWindow);
-                }
-                let mut events: Vec<_> = self.start(&parties).into_iter().collect();
+                let refusal = match with_attachment {
+                    true => Some(ConversationError::UnsupportedAttachment),
+                    false => self.refusal(session_connected, &content, at),
+                };
+                let mut events: Vec<_> = match (&refusal, record_refusal) {
+                    (Some(e), false) => return Err(e.clone()),
+                    _ => self.start(&parties).into_iter().collect(),
+                };
                 events.push(E::MessageQueued {
-                    message_id,
+                    message_id: message_id.clone(),
                     author,
                     content,
-                    thread_id,
+                    thread_id: thread_id.clone(),
                     at,
                 });
+                if let Some(refused) = refusal {
+                    events.push(E::MessageFailed {
+                        message_id,
+                        thread_id,
+                        code: refused.code().to_owned(),
+                        reason: refused.to_string(),
+                        at,
+                    });
+                }
                 events
             }
             ConversationCommand::Claim { message_id, at } => {
@@ -609,6 +663,7 @@ impl Conversation {
                         Some(began) if at < began + attempt_lease() => vec![],
                         _ => vec![E::MessageFailed {
                             message_id,
+                            thread_id: out.thread_id.clone(),
                             code: "outcome_unknown".into(),
                             reason: "The sender stopped before it learnt whether WhatsApp took the message; it was not sent again, so it may not have reached the contact.".into(),
                             at,
@@ -640,6 +695,7 @@ impl Conversation {
                     SendResult::Accepted { wamid } => vec![E::MessageSent {
                         message_id,
                         wamid,
+                        thread_id: out.thread_id.clone(),
                         at,
                     }],
                     SendResult::Refused { .. } if out.state != SendState::Attempting => vec![],
@@ -666,6 +722,7 @@ impl Conversation {
                             };
                             vec![E::MessageFailed {
                                 message_id,
+                                thread_id: out.thread_id.clone(),
                                 code,
                                 reason,
                                 at,
@@ -691,6 +748,7 @@ impl Conversation {
                     events.push(E::MessageSent {
                         message_id: message_id.clone(),
                         wamid: report.wamid.clone(),
+                        thread_id: out.thread_id.clone(),
                         at: report.provider_at,
                     });
                 }
@@ -703,6 +761,7 @@ impl Conversation {
                 if forward {
                     events.push(E::StatusUpdated {
                         message_id,
+                        thread_id: out.thread_id.clone(),
                         status: report.status,
                         error_code: report.error_code,
                         error_title: report.error_title,
@@ -762,12 +821,14 @@ impl Aggregate for Conversation {
             E::MessageQueued {
                 message_id,
                 content,
+                thread_id,
                 ..
             } => {
                 self.outbound.insert(
                     message_id,
                     Outgoing {
                         content: Some(content),
+                        thread_id,
                         ..Outgoing::default()
                     },
                 );
@@ -1008,6 +1069,8 @@ mod tests {
             author: agent(),
             content,
             thread_id: Some("th1".into()),
+            with_attachment: false,
+            record_refusal: false,
             at,
         }
     }
@@ -1059,6 +1122,7 @@ mod tests {
         ConversationEvent::MessageSent {
             message_id: "out1".into(),
             wamid: "wamid.OUT".into(),
+            thread_id: Some("th1".into()),
             at: t0(),
         }
     }
@@ -1080,6 +1144,7 @@ mod tests {
     fn updated(status: Delivery) -> ConversationEvent {
         ConversationEvent::StatusUpdated {
             message_id: "out1".into(),
+            thread_id: Some("th1".into()),
             status,
             error_code: None,
             error_title: None,
@@ -1160,6 +1225,27 @@ mod tests {
             .given_no_previous_events()
             .when(command)
             .then_expect_error(ConversationError::SessionDisconnected);
+    }
+
+    #[test]
+    fn queue_a_thread_reply_outside_the_window_records_it_as_failed() {
+        let mut command = queue(text("Hello"), t0());
+        if let ConversationCommand::Queue { record_refusal, .. } = &mut command {
+            *record_refusal = true;
+        }
+        TestFramework::<Conversation>::with(())
+            .given(vec![started()])
+            .when(command)
+            .then_expect_events(vec![
+                queued(text("Hello"), t0()),
+                ConversationEvent::MessageFailed {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    code: "outside_service_window".into(),
+                    reason: ConversationError::OutsideWindow.to_string(),
+                    at: t0(),
+                },
+            ]);
     }
 
     #[test]
@@ -1348,6 +1434,7 @@ mod tests {
             .when(report(1, refused(false)))
             .then_expect_events(vec![ConversationEvent::MessageFailed {
                 message_id: "out1".into(),
+                thread_id: Some("th1".into()),
                 code: "131026".into(),
                 reason: "nope".into(),
                 at: t0(),
@@ -1365,6 +1452,7 @@ mod tests {
             .when(report(MAX_SEND_ATTEMPTS, refused(true)))
             .then_expect_events(vec![ConversationEvent::MessageFailed {
                 message_id: "out1".into(),
+                thread_id: Some("th1".into()),
                 code: "attempts_exhausted".into(),
                 reason: "nope".into(),
                 at: t0(),

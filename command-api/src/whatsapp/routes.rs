@@ -47,6 +47,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
         .route("/v1/whatsapp/sessions/{id}/messages", post(send))
         .route(
+            "/v1/whatsapp/threads/{thread}/messages/{message}/forward",
+            post(forward),
+        )
+        .route(
             "/v1/whatsapp/conversations/{conversation}/messages/{message}/claim",
             post(claim),
         )
@@ -75,7 +79,8 @@ impl DomainProblem for ConversationError {
             E::SessionDisconnected => Problem::unprocessable("session_disconnected", detail),
             E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
-            E::MessageExists => Problem::new(StatusCode::CONFLICT, "message_exists", detail),
+            E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
+            E::UnsupportedAttachment => Problem::unprocessable(self.code(), detail),
         }
     }
 }
@@ -317,6 +322,8 @@ async fn send(
         },
         content: body.message,
         thread_id,
+        with_attachment: false,
+        record_refusal: false,
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
@@ -881,4 +888,107 @@ async fn receive_message(
         )),
         Err(e) => Err(retry(&e)),
     }
+}
+
+/// Body of the outbox's forward of a thread reply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardBody {
+    /// The reply's text.
+    pub text: String,
+    /// Whether it carries a file.
+    #[serde(default)]
+    pub has_attachment: bool,
+}
+
+/// The conversation whose messages went into `thread`, from the store itself.
+async fn conversation_of_thread(state: &AppState, thread: &str) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = $1 AND event_type = 'MessageReceived'
+            AND payload->'MessageReceived'->>'thread_id' = $2
+          LIMIT 1",
+    )
+    .bind(WHATSAPP_CONVERSATION)
+    .bind(thread)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
+
+/// The outbox's forward of a reply an agent (or the bot) wrote in a WhatsApp thread: queued
+/// in the thread's conversation under the reply's id (a repeat names the same message). A
+/// reply the rules refuse (window closed, session disconnected, a file) is recorded as
+/// failed, so the agent sees why in the thread.
+async fn forward(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path((thread, message)): Path<(String, String)>,
+    Json(body): Json<ForwardBody>,
+) -> Result<Response, Problem> {
+    service_only(&who)?;
+    let not_forwarded =
+        |reason: &str| Ok(Json(json!({"forwarded": false, "reason": reason})).into_response());
+    let thread = Uuid::parse_str(&thread)
+        .map(|u| u.to_string())
+        .map_err(|_| ThreadError::NotFound.problem())?;
+    let current = state.threads.load(&thread).await?;
+    if current.channel() != Some(Channel::Whatsapp) {
+        return not_forwarded("not a WhatsApp thread");
+    }
+    let author = current
+        .message_author(&message)
+        .cloned()
+        .ok_or_else(|| ThreadError::NotFound.problem())?;
+    if !matches!(author.kind, PartyKind::Agent | PartyKind::Bot) {
+        return not_forwarded("not written by an agent or the bot");
+    }
+    let Some(conversation) = conversation_of_thread(&state, &thread).await? else {
+        tracing::warn!(
+            thread,
+            "a WhatsApp thread without a conversation: reply not sent"
+        );
+        return not_forwarded("no WhatsApp conversation goes into this thread");
+    };
+    let conv = state.wa_conversations.load(&conversation).await?;
+    let Some(tenant) = conv.tenant_id().map(str::to_owned) else {
+        return Err(ConversationError::NotFound.problem());
+    };
+    let session = state.wa_sessions.load(conv.session_id()).await?;
+    let message_id = Uuid::parse_str(&message)
+        .unwrap_or_else(|_| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("{thread}\0{message}").as_bytes(),
+            )
+        })
+        .to_string();
+    let command = ConversationCommand::Queue {
+        parties: Parties {
+            tenant_id: tenant.clone(),
+            session_id: conv.session_id().to_owned(),
+            wa_id: conv.wa_id().to_owned(),
+        },
+        session_connected: session.connected(),
+        message_id: message_id.clone(),
+        author,
+        content: Outbound::Text {
+            body: body.text,
+            preview_url: false,
+        },
+        thread_id: Some(thread),
+        with_attachment: body.has_attachment,
+        record_refusal: true,
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_conversations
+        .execute(&conversation, None, command, &metadata)
+        .await?;
+    Ok(Json(json!({
+        "forwarded": true, "id": message_id, "conversation_id": conversation, "version": c.version,
+    }))
+    .into_response())
 }

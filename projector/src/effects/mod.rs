@@ -3,3 +3,6 @@
 
 /// Chat events to Soketi (Pusher HTTP API) and to core NATS for SSE.
 pub mod realtime;
+
+/// Thread replies forwarded to WhatsApp.
+pub mod whatsapp;

@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use events::chat::{ThreadEvent, THREAD};
 use events::realtime::{signed_query, Channel, RealtimeEvent};
+use events::whatsapp::{ConversationEvent, WHATSAPP_CONVERSATION};
 use events::Envelope;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -42,6 +43,10 @@ pub struct Realtime {
     nats: Option<async_nats::Client>,
     /// Subject prefix of the SSE fan-out.
     subject_prefix: String,
+    /// The worker's name (its durable consumer).
+    name: &'static str,
+    /// The aggregate types it turns into realtime events.
+    types: &'static [&'static str],
 }
 
 impl Realtime {
@@ -62,7 +67,17 @@ impl Realtime {
             http,
             nats,
             subject_prefix,
+            name: "realtime",
+            types: &[THREAD],
         }
+    }
+
+    /// The same worker for WhatsApp deliveries (`message.delivery`), on a consumer of its
+    /// own, so the chat worker's consumer keeps its filter.
+    pub fn for_whatsapp(mut self) -> Self {
+        self.name = "realtime-whatsapp";
+        self.types = &[WHATSAPP_CONVERSATION];
+        self
     }
 
     /// Sends one `batch_events` request to `app`.
@@ -106,11 +121,11 @@ impl Realtime {
 #[async_trait]
 impl Projection for Realtime {
     fn name(&self) -> &'static str {
-        "realtime"
+        self.name
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &[THREAD]
+        self.types
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -172,6 +187,9 @@ impl Effect for Realtime {
 
 /// The realtime events a stored event becomes (none for events clients need not see).
 pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> {
+    if envelope.aggregate_type == WHATSAPP_CONVERSATION {
+        return delivery(envelope);
+    }
     if envelope.aggregate_type != THREAD {
         return Ok(vec![]);
     }
@@ -311,5 +329,77 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
         channels,
         name: name.to_owned(),
         data,
+    }])
+}
+
+/// A WhatsApp message's delivery as it moves (queued, retrying, sent, delivered, read,
+/// failed): `message.delivery` to the dashboard and, when the message is a thread's, to the
+/// thread, so the agent sees a reply go out or fail.
+fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> {
+    let event: ConversationEvent =
+        serde_json::from_value(envelope.payload.clone()).map_err(|err| {
+            ProjectionError::Undecodable {
+                event_id: envelope.event_id(),
+                reason: err.to_string(),
+            }
+        })?;
+    use ConversationEvent as E;
+    let (message_id, thread, status, error_code, error) = match event {
+        E::MessageQueued {
+            message_id,
+            thread_id,
+            ..
+        } => (message_id, thread_id, "queued", None, None),
+        E::SendAttemptFailed {
+            message_id,
+            code,
+            reason,
+            ..
+        } => (message_id, None, "retrying", code, Some(reason)),
+        E::MessageSent {
+            message_id,
+            thread_id,
+            ..
+        } => (message_id, thread_id, "sent", None, None),
+        E::MessageFailed {
+            message_id,
+            thread_id,
+            code,
+            reason,
+            ..
+        } => (message_id, thread_id, "failed", Some(code), Some(reason)),
+        E::StatusUpdated {
+            message_id,
+            thread_id,
+            status,
+            error_code,
+            error_title,
+            ..
+        } => (
+            message_id,
+            thread_id,
+            status.as_str(),
+            error_code,
+            error_title,
+        ),
+        E::Started { .. } | E::MessageReceived { .. } | E::SendAttempted { .. } => {
+            return Ok(vec![])
+        }
+    };
+    let tenant = envelope.tenant_id().to_owned();
+    let mut channels = vec![Channel::Tenant(tenant.clone()).name()];
+    if let Some(thread) = &thread {
+        channels.push(Channel::Thread(thread.clone()).name());
+    }
+    Ok(vec![RealtimeEvent {
+        id: envelope.event_id(),
+        tenant_id: tenant,
+        channels,
+        name: "message.delivery".to_owned(),
+        data: json!({
+            "message_id": message_id, "channel": "whatsapp", "status": status,
+            "error_code": error_code, "error": error, "thread_id": thread,
+            "event_id": envelope.event_id(), "version": envelope.sequence,
+        }),
     }])
 }

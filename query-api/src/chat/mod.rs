@@ -410,6 +410,9 @@ pub struct MessageView {
     edited_at: Option<DateTime<Utc>>,
     deleted: bool,
     deleted_at: Option<DateTime<Utc>>,
+    /// For a reply sent over a channel (WhatsApp): `{channel, status, error_code, error}`,
+    /// status `queued`, `attempting`, `retrying`, `sent`, `delivered`, `read` or `failed`.
+    delivery: Option<serde_json::Value>,
 }
 
 /// One page of messages, newest first.
@@ -438,11 +441,18 @@ async fn messages(
     let min_version = freshness::min_version(&headers, params.min_version)?;
     let (thread, stale) = visible(&state, &who, id, min_version).await?;
     let mut items: Vec<MessageView> = sqlx::query_as(
-        "SELECT message_id, number, author_id, author_kind, text, attachment, client_message_id,
-                scheduled_id, sent_at, edited_at, deleted_at IS NOT NULL AS deleted, deleted_at
-           FROM chat_messages
-          WHERE thread_id = $1 AND ($2::bigint IS NULL OR number < $2)
-          ORDER BY number DESC
+        "SELECT m.message_id, m.number, m.author_id, m.author_kind, m.text, m.attachment,
+                m.client_message_id, m.scheduled_id, m.sent_at, m.edited_at,
+                m.deleted_at IS NOT NULL AS deleted, m.deleted_at,
+                (SELECT jsonb_build_object('channel', 'whatsapp', 'status', w.status,
+                                           'error_code', w.error_code, 'error', w.error)
+                   FROM whatsapp_messages w
+                  WHERE w.direction = 'out'
+                    AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
+                                    THEN m.message_id::uuid END) AS delivery
+           FROM chat_messages m
+          WHERE m.thread_id = $1 AND ($2::bigint IS NULL OR m.number < $2)
+          ORDER BY m.number DESC
           LIMIT $3",
     )
     .bind(id)

@@ -76,10 +76,30 @@ struct SessionRow {
     version: i64,
 }
 
-const SESSION_COLUMNS: &str = "id, tenant_id, transport, phone_number_id, business_account_id,
-    display_phone_number, verified_name, status, connected_at, disconnected_at,
-    last_inbound_at, last_outbound_at, inbound_count, outbound_count, failed_count,
-    last_error_code, last_error, last_error_at, version";
+/// A session with its health over the last [`HEALTH_DAYS`] days, read from its messages
+/// (the tenant's only: a number connected again by another tenant starts afresh).
+const SESSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.transport, s.phone_number_id,
+        s.business_account_id, s.display_phone_number, s.verified_name, s.status,
+        s.connected_at, s.disconnected_at, h.last_inbound_at, h.last_outbound_at,
+        h.inbound_count, h.outbound_count, h.failed_count, e.error_code AS last_error_code,
+        e.error AS last_error, e.updated_at AS last_error_at, s.version
+   FROM whatsapp_sessions s
+   CROSS JOIN LATERAL (
+        SELECT max(created_at) FILTER (WHERE direction = 'in') AS last_inbound_at,
+               max(created_at) FILTER (WHERE direction = 'out') AS last_outbound_at,
+               count(*) FILTER (WHERE direction = 'in') AS inbound_count,
+               count(*) FILTER (WHERE direction = 'out') AS outbound_count,
+               count(*) FILTER (WHERE direction = 'out' AND status = 'failed') AS failed_count
+          FROM whatsapp_messages m
+         WHERE m.session_id = s.id AND m.tenant_id = s.tenant_id
+           AND m.created_at > now() - make_interval(days => 7)) h
+   LEFT JOIN LATERAL (
+        SELECT error_code, error, updated_at FROM whatsapp_messages m
+         WHERE m.session_id = s.id AND m.tenant_id = s.tenant_id AND m.status = 'failed'
+         ORDER BY m.updated_at DESC LIMIT 1) e ON true";
+
+/// The days a session's health looks back.
+const HEALTH_DAYS: i64 = 7;
 
 impl SessionRow {
     fn view(self) -> serde_json::Value {
@@ -103,6 +123,7 @@ impl SessionRow {
                 "last_outbound_at": self.last_outbound_at,
                 "inbound_messages": self.inbound_count,
                 "outbound_messages": self.outbound_count,
+                "days": HEALTH_DAYS,
                 "failed_messages": self.failed_count,
                 "failure_rate": failure_rate,
                 "last_error": self.last_error_code.map(|code| json!({
@@ -129,9 +150,9 @@ async fn sessions(
 ) -> Result<Response, Problem> {
     let tenant = staff_scope(&who, params.tenant_id)?;
     let rows: Vec<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM whatsapp_sessions
-          WHERE ($1::text IS NULL OR tenant_id = $1)
-          ORDER BY connected_at DESC, id LIMIT 1000"
+        "{SESSION_SELECT}
+          WHERE ($1::text IS NULL OR s.tenant_id = $1)
+          ORDER BY s.connected_at DESC, s.id LIMIT 1000"
     ))
     .bind(tenant)
     .fetch_all(&state.pool)
@@ -159,7 +180,7 @@ async fn session(
     let not_found = || Problem::not_found("no such WhatsApp session");
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let min_version = freshness::min_version(&headers, params.min_version)?;
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM whatsapp_sessions WHERE id = $1");
+    let sql = format!("{SESSION_SELECT} WHERE s.id = $1");
     let (row, stale) = freshness::read_at_least(
         state.read_wait,
         min_version,

@@ -18,7 +18,7 @@ use crate::support::{
 };
 
 /// A pusher-js client (scripts/realtime/client.js) and the lines it prints.
-struct Client {
+pub(crate) struct Client {
     lines: Lines<BufReader<ChildStdout>>,
     /// Lines read but not yet asked for.
     backlog: std::collections::VecDeque<Value>,
@@ -26,7 +26,7 @@ struct Client {
 }
 
 impl Client {
-    async fn start(
+    pub(crate) async fn start(
         port: u16,
         query: &Service,
         token: &str,
@@ -60,7 +60,7 @@ impl Client {
 
     /// The first printed line that `wanted` accepts (others stay for later calls); panics
     /// after 30 s.
-    async fn next(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn next(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.backlog.iter().position(&wanted) {
             return self.backlog.remove(i).unwrap_or_default();
         }
@@ -97,7 +97,10 @@ impl Client {
 
     /// Waits until every one of `channels` is subscribed (in any order); answers the
     /// `subscribed` lines by channel.
-    async fn subscribed(&mut self, channels: &[&str]) -> std::collections::HashMap<String, Value> {
+    pub(crate) async fn subscribed(
+        &mut self,
+        channels: &[&str],
+    ) -> std::collections::HashMap<String, Value> {
         let mut seen = std::collections::HashMap::new();
         while seen.len() < channels.len() {
             let line = self

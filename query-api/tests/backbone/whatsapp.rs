@@ -841,3 +841,184 @@ async fn a_sender_that_dies_before_recording_the_outcome_never_sends_twice() {
     assert_eq!(wa.sender.step().await.expect("step").sent, 0);
     // The provider was never called by the platform's sender (expect(0) on drop).
 }
+
+#[tokio::test]
+async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents_reply_is_delivered(
+) {
+    // Everything as deployed: the projector's webhook processor, outbox, sender and realtime
+    // worker on the system clock, real Soketi, a real pusher-js client.
+    let env = TestEnv::new().await;
+    let soketi = crate::support::Soketi::start().await;
+    let cloud = MockServer::start().await;
+    let mut config = env.command_config();
+    config.whatsapp_api_url = cloud.uri();
+    let api = env.spawn_command_api(config).await;
+    let mut projector = soketi.projector_config(env.projector_config());
+    projector.nest_auth_secret = Some(SECRET.into());
+    projector.command_api_url = api.url("");
+    projector.whatsapp_api_url = cloud.uri();
+    let _projector = env.spawn_projector(projector);
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, &format!("we{}", &env.prefix[1..9])).await;
+    let agent = env.agent_of(&tenant);
+    let admin = env.admin_of(&tenant);
+    Mock::given(method("GET"))
+        .and(path(format!("/v21.0/{NUMBER_ID}")))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": NUMBER_ID, "display_phone_number": "+1 555-078-3881", "verified_name": "Shop"})))
+        .mount(&cloud)
+        .await;
+    let connected = env
+        .http
+        .post(api.url("/v1/whatsapp/sessions"))
+        .bearer_auth(&admin)
+        .json(&json!({"phone_number_id": NUMBER_ID, "access_token": TOKEN,
+                      "app_secret": APP_SECRET, "verify_token": VERIFY}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(connected.status(), 201);
+
+    let dashboard = events::realtime::Channel::Tenant(tenant.clone()).name();
+    let mut watcher = crate::live::Client::start(
+        soketi.port,
+        &query,
+        &agent,
+        std::slice::from_ref(&dashboard),
+        None,
+    )
+    .await;
+    watcher.subscribed(&[&dashboard]).await;
+
+    // The contact writes.
+    let body = delivery(
+        NUMBER_ID,
+        json!([text(
+            "wamid.E2E1",
+            "Can I book for tonight?",
+            Utc::now().timestamp()
+        )]),
+        json!([]),
+    );
+    let raw = serde_json::to_vec(&body).expect("json");
+    let r = env
+        .http
+        .post(api.url("/api/webhooks/whatsapp"))
+        .header("x-hub-signature-256", sign(APP_SECRET, &raw))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let created = watcher
+        .next("the message live on the dashboard", |v| {
+            v["name"] == "message.created"
+        })
+        .await;
+    assert_eq!(
+        created["data"]["message"]["text"],
+        "Can I book for tonight?"
+    );
+    assert_eq!(
+        created["data"]["message"]["author_id"],
+        format!("+{CONTACT}")
+    );
+    let thread = created["data"]["thread_id"]
+        .as_str()
+        .expect("thread")
+        .to_owned();
+
+    // The agent replies in the thread; the Cloud API gets exactly this.
+    let reply = env
+        .http
+        .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
+        .bearer_auth(&agent)
+        .json(&json!({"text": "Yes, table for two at 8?"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reply.status(), 201, "{:?}", reply.text().await);
+    let message = eventually(
+        Duration::from_secs(20),
+        "the reply in the thread",
+        || async {
+            let page = env
+                .get_json(
+                    &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+                    &agent,
+                )
+                .await;
+            page["items"]
+                .as_array()?
+                .iter()
+                .find(|m| m["author_kind"] == "agent")
+                .and_then(|m| m["message_id"].as_str().map(str::to_owned))
+        },
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+            "biz_opaque_callback_data": message, "type": "text",
+            "text": {"preview_url": false, "body": "Yes, table for two at 8?"},
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": CONTACT, "wa_id": CONTACT}],
+            "messages": [{"id": "wamid.E2EOUT", "message_status": "accepted"}]})))
+        .expect(1)
+        .mount(&cloud)
+        .await;
+    let sent = watcher
+        .next("the reply sent, live", |v| {
+            v["name"] == "message.delivery" && v["data"]["status"] == "sent"
+        })
+        .await;
+    assert_eq!(sent["data"]["message_id"], message.as_str());
+
+    // WhatsApp reports it delivered: live, and in the thread's history.
+    let status_body = delivery(
+        NUMBER_ID,
+        json!([]),
+        json!([status("wamid.E2EOUT", "delivered", Some(&message))]),
+    );
+    let raw = serde_json::to_vec(&status_body).expect("json");
+    let r = env
+        .http
+        .post(api.url("/api/webhooks/whatsapp"))
+        .header("x-hub-signature-256", sign(APP_SECRET, &raw))
+        .body(raw)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    watcher
+        .next("the reply delivered, live", |v| {
+            v["name"] == "message.delivery" && v["data"]["status"] == "delivered"
+        })
+        .await;
+    let history = eventually(
+        Duration::from_secs(20),
+        "the delivery in the thread",
+        || async {
+            let page = env
+                .get_json(
+                    &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+                    &agent,
+                )
+                .await;
+            let reply = page["items"]
+                .as_array()?
+                .iter()
+                .find(|m| m["message_id"] == message.as_str())?
+                .clone();
+            (reply["delivery"]["status"] == "delivered").then_some(reply)
+        },
+    )
+    .await;
+    assert_eq!(history["delivery"]["channel"], "whatsapp");
+}
