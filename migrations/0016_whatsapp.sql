@@ -63,6 +63,12 @@ CREATE TABLE whatsapp_messages (
     error_code      text,
     error           text,
     next_attempt_at timestamptz,
+    -- An inbound message's file: stored | failed (NULL while fetching, or no file).
+    media_status    text,
+    media_key       text,
+    media_type      text,
+    media_size      bigint,
+    media_error     text,
     -- When it was sent (the contact's time for inbound messages).
     created_at      timestamptz NOT NULL,
     -- When it was sent to the provider (outbound), for first-response times.

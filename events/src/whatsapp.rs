@@ -146,6 +146,29 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// The kind called `raw` by the provider.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "image" => MediaKind::Image,
+            "audio" => MediaKind::Audio,
+            "video" => MediaKind::Video,
+            "document" => MediaKind::Document,
+            "sticker" => MediaKind::Sticker,
+            _ => return None,
+        })
+    }
+
+    /// The largest file WhatsApp carries of this kind (its documented limits).
+    pub fn max_bytes(self) -> u64 {
+        const MB: u64 = 1024 * 1024;
+        match self {
+            MediaKind::Image => 5 * MB,
+            MediaKind::Audio | MediaKind::Video => 16 * MB,
+            MediaKind::Document => 100 * MB,
+            MediaKind::Sticker => 500 * 1024,
+        }
+    }
+
     /// The wire name (the Cloud API's message type).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -420,6 +443,28 @@ pub enum ConversationEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The file of an inbound media message was downloaded from the provider into the blob
+    /// store.
+    MediaStored {
+        /// Which message.
+        message_id: String,
+        /// Blob key (`tenants/{tenant_id}/whatsapp/{message_id}`).
+        object_key: String,
+        /// Its media type, as the provider said.
+        content_type: String,
+        /// Size in bytes.
+        size_bytes: u64,
+        /// Hex SHA-256 of the bytes stored.
+        sha256: String,
+    },
+    /// The file of an inbound media message could not be had (the message itself landed):
+    /// a malformed or unknown media id, a file over the limit of its kind.
+    MediaFailed {
+        /// Which message.
+        message_id: String,
+        /// Why.
+        reason: String,
+    },
     /// The provider reported a delivery status of an outbound message (only forward:
     /// sent → delivered → read; failed from any of them).
     StatusUpdated {
@@ -454,6 +499,8 @@ impl DomainEvent for ConversationEvent {
             ConversationEvent::MessageSent { .. } => "MessageSent",
             ConversationEvent::MessageFailed { .. } => "WhatsAppMessageFailed",
             ConversationEvent::StatusUpdated { .. } => "StatusUpdated",
+            ConversationEvent::MediaStored { .. } => "MediaStored",
+            ConversationEvent::MediaFailed { .. } => "MediaFailed",
         }
         .to_owned()
     }

@@ -352,6 +352,34 @@ async fn conversation(
             .execute(&mut *conn)
             .await?;
         }
+        ConversationEvent::MediaStored {
+            message_id,
+            object_key,
+            content_type,
+            size_bytes,
+            ..
+        } => {
+            sqlx::query(&update(
+                "media_status = 'stored', media_key = $4, media_type = $5, media_size = $6",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(object_key)
+            .bind(content_type)
+            .bind(size_bytes as i64)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ConversationEvent::MediaFailed { message_id, reason } => {
+            sqlx::query(&update("media_status = 'failed', media_error = $4"))
+                .bind(&message_id)
+                .bind(recorded)
+                .bind(version)
+                .bind(reason)
+                .execute(&mut *conn)
+                .await?;
+        }
         ConversationEvent::StatusUpdated {
             message_id,
             status,

@@ -36,6 +36,9 @@ pub struct Config {
     /// Longest a read waits for a projection to reach a requested version, in milliseconds.
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000)]
     pub read_wait_ms: u64,
+    /// Folder of the blob store (the same as command-api's): WhatsApp files are served from it.
+    #[arg(long, env = "BLOB_DIR", default_value = "./data/blobs")]
+    pub blob_dir: std::path::PathBuf,
     /// Serve `/v1/dev/inbox` (captured outbound messages, which may hold one-time codes).
     #[arg(long, env = "DEV_INBOX_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_inbox_enabled: bool,

@@ -81,6 +81,10 @@ pub struct AppState {
     pub realtime: Arc<realtime::RealtimeSettings>,
     /// Recent realtime events and the streams that follow them.
     pub hub: Arc<stream::Hub>,
+    /// The blob store (files of WhatsApp messages).
+    pub blobs: Arc<dyn object_store::ObjectStore>,
+    /// Signs and checks short-lived file URLs.
+    pub file_urls: whatsapp::FileUrls,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -158,7 +162,14 @@ impl Application {
             config.nats_url.clone(),
             config.realtime_subject_prefix.clone(),
         );
+        std::fs::create_dir_all(&config.blob_dir)?;
+        let blobs: Arc<dyn object_store::ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
         let state = AppState {
+            blobs,
+            file_urls: whatsapp::FileUrls::new(secret),
             hub: hub.clone(),
             pool,
             tokens: TokenKeys::new(secret),

@@ -328,6 +328,34 @@ pub enum ConversationCommand {
         /// What it said.
         report: StatusReport,
     },
+    /// Record what came of fetching an inbound message's file.
+    StoreMedia {
+        /// Which message.
+        message_id: String,
+        /// What came of it.
+        result: MediaResult,
+    },
+}
+
+/// What came of fetching an inbound message's file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaResult {
+    /// Stored in the blob store.
+    Stored {
+        /// Blob key.
+        object_key: String,
+        /// Media type.
+        content_type: String,
+        /// Size in bytes.
+        size_bytes: u64,
+        /// Hex SHA-256.
+        sha256: String,
+    },
+    /// Not to be had.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a conversation command was refused.
@@ -416,6 +444,8 @@ pub struct Conversation {
     outbound: HashMap<String, Outgoing>,
     /// Outbound messages by the provider's id.
     by_wamid: HashMap<String, String>,
+    /// Inbound messages whose file was stored or given up on.
+    media_done: std::collections::HashSet<String>,
 }
 
 impl Conversation {
@@ -447,6 +477,11 @@ impl Conversation {
     /// Outbound message `message_id`.
     pub fn outgoing(&self, message_id: &str) -> Option<&Outgoing> {
         self.outbound.get(message_id)
+    }
+
+    /// Whether the file of inbound message `message_id` was stored or given up on.
+    pub fn media_done(&self, message_id: &str) -> bool {
+        self.media_done.contains(message_id)
     }
 
     /// The content of outbound message `message_id`.
@@ -731,6 +766,29 @@ impl Conversation {
                     }
                 }
             }
+            ConversationCommand::StoreMedia { message_id, result } => {
+                if !self.inbound.contains_key(&message_id) {
+                    return Err(ConversationError::NotFound);
+                }
+                if self.media_done.contains(&message_id) {
+                    return Ok(vec![]);
+                }
+                vec![match result {
+                    MediaResult::Stored {
+                        object_key,
+                        content_type,
+                        size_bytes,
+                        sha256,
+                    } => E::MediaStored {
+                        message_id,
+                        object_key,
+                        content_type,
+                        size_bytes,
+                        sha256,
+                    },
+                    MediaResult::Failed { reason } => E::MediaFailed { message_id, reason },
+                }]
+            }
             ConversationCommand::Status { report } => {
                 let message_id = report
                     .message_id
@@ -743,14 +801,27 @@ impl Conversation {
                 };
                 let mut events = Vec::new();
                 // A status for a message without a recorded acceptance (its sender died after
-                // the provider answered) is how the platform learns it was sent.
-                if out.state != SendState::Sent && report.status != Delivery::Failed {
-                    events.push(E::MessageSent {
+                // the provider answered, or a bridge took it) is how the platform learns what
+                // became of it.
+                match (out.state, report.status) {
+                    (SendState::Sent, _) => {}
+                    (SendState::Failed, Delivery::Failed) => {}
+                    (_, Delivery::Failed) => events.push(E::MessageFailed {
+                        message_id: message_id.clone(),
+                        thread_id: out.thread_id.clone(),
+                        code: report.error_code.clone().unwrap_or_else(|| "failed".into()),
+                        reason: report
+                            .error_title
+                            .clone()
+                            .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
+                        at: report.provider_at,
+                    }),
+                    _ => events.push(E::MessageSent {
                         message_id: message_id.clone(),
                         wamid: report.wamid.clone(),
                         thread_id: out.thread_id.clone(),
                         at: report.provider_at,
-                    });
+                    }),
                 }
                 let forward = match out.delivery {
                     None => true,
@@ -872,6 +943,9 @@ impl Aggregate for Conversation {
                     out.state = SendState::Failed;
                     out.failure = Some(code);
                 }
+            }
+            E::MediaStored { message_id, .. } | E::MediaFailed { message_id, .. } => {
+                self.media_done.insert(message_id);
             }
             E::StatusUpdated {
                 message_id, status, ..
@@ -1511,6 +1585,52 @@ mod tests {
             .given(vec![started()])
             .when(status(Delivery::Read, None))
             .then_expect_error(ConversationError::NotFound);
+    }
+
+    #[test]
+    fn store_media_of_a_received_message_records_it_once() {
+        let stored = || ConversationCommand::StoreMedia {
+            message_id: "m1".into(),
+            result: MediaResult::Failed {
+                reason: "too large".into(),
+            },
+        };
+        let failed = ConversationEvent::MediaFailed {
+            message_id: "m1".into(),
+            reason: "too large".into(),
+        };
+        TestFramework::<Conversation>::with(())
+            .given(vec![started(), received("m1", t0())])
+            .when(stored())
+            .then_expect_events(vec![failed.clone()]);
+        TestFramework::<Conversation>::with(())
+            .given(vec![started(), received("m1", t0()), failed])
+            .when(stored())
+            .then_expect_events(vec![]);
+        TestFramework::<Conversation>::with(())
+            .given(vec![started()])
+            .when(stored())
+            .then_expect_error(ConversationError::NotFound);
+    }
+
+    #[test]
+    fn status_failed_for_a_message_under_way_fails_it_with_the_providers_code() {
+        let mut command = status(Delivery::Failed, Some("out1"));
+        if let ConversationCommand::Status { report } = &mut command {
+            report.error_code = Some("131047".into());
+            report.error_title = Some("Re-engagement message".into());
+        }
+        let events = Conversation::default()
+            .decide_given(
+                vec![started(), queued(template(&[]), t0()), attempted(1, t0())],
+                command,
+            )
+            .expect("decided");
+        assert!(matches!(
+            events.as_slice(),
+            [ConversationEvent::MessageFailed { code, .. }, ConversationEvent::StatusUpdated { .. }]
+                if code == "131047"
+        ));
     }
 
     #[test]

@@ -112,3 +112,140 @@ mod tests {
         );
     }
 }
+
+/// Why a file could not be had from the provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// Never to be had (unknown or expired media id, too large): recorded, not retried.
+    #[error("{0}")]
+    Permanent(String),
+    /// Not now (the provider unreachable or failing, the blob store failing): retried.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A file the provider holds, as `GET /{media_id}` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaInfo {
+    /// Where to download it (valid a few minutes, with the bearer token).
+    pub url: String,
+    /// Its media type.
+    pub mime_type: Option<String>,
+    /// Its size, when said (a string in the provider's answers).
+    pub file_size: Option<u64>,
+}
+
+fn client(timeout: Duration) -> Result<reqwest::Client, MediaError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+        .map_err(|e| MediaError::Transient(e.to_string()))
+}
+
+/// Asks the provider where media `media_id` is.
+pub async fn media_info(
+    settings: &Settings,
+    media_id: &str,
+    access_token: &str,
+) -> Result<MediaInfo, MediaError> {
+    let url = format!("{}/{}/{media_id}", settings.api_url, settings.version);
+    let response = client(Duration::from_secs(15))?
+        .get(url)
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .map_err(|e| MediaError::Transient(e.without_url().to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_client_error() && status.as_u16() != 429 {
+        let message = body
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("the provider does not know the media id");
+        return Err(MediaError::Permanent(message.chars().take(300).collect()));
+    }
+    if !status.is_success() {
+        return Err(MediaError::Transient(format!(
+            "media lookup answered {status}"
+        )));
+    }
+    let url = body
+        .get("url")
+        .and_then(|u| u.as_str())
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .ok_or_else(|| MediaError::Transient("the media lookup named no URL".into()))?;
+    let file_size = match body.get("file_size") {
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    Ok(MediaInfo {
+        url: url.to_owned(),
+        mime_type: body
+            .get("mime_type")
+            .and_then(|m| m.as_str())
+            .map(|m| m.chars().take(128).collect()),
+        file_size,
+    })
+}
+
+/// Downloads `url` (with the bearer token) into the blob store at `key`, streamed, refusing
+/// more than `limit` bytes: its size and hex SHA-256.
+pub async fn download(
+    url: &str,
+    access_token: &str,
+    limit: u64,
+    blobs: &dyn object_store::ObjectStore,
+    key: &str,
+) -> Result<(u64, String), MediaError> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let transient = |e: &dyn std::fmt::Display| MediaError::Transient(e.to_string());
+    let response = client(Duration::from_secs(300))?
+        .get(url)
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .map_err(|e| transient(&e.without_url()))?;
+    let status = response.status();
+    if status.is_client_error() && status.as_u16() != 429 {
+        return Err(MediaError::Permanent(format!(
+            "the file's download answered {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(MediaError::Transient(format!(
+            "the file's download answered {status}"
+        )));
+    }
+    let path = object_store::path::Path::from(key);
+    let upload = blobs
+        .put_multipart(&path)
+        .await
+        .map_err(|e| transient(&e))?;
+    let mut writer = object_store::WriteMultipart::new(upload);
+    let mut hasher = sha2::Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(transient(&e.without_url()));
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            let _ = writer.abort().await;
+            return Err(MediaError::Permanent(format!(
+                "the file is larger than WhatsApp's limit of {limit} bytes for its kind"
+            )));
+        }
+        hasher.update(&chunk);
+        writer.write(&chunk);
+    }
+    writer.finish().await.map_err(|e| transient(&e))?;
+    Ok((size, crate::values::hex(&hasher.finalize())))
+}

@@ -14,6 +14,7 @@ use events::access::Principal;
 use events::chat::{Channel, Party, PartyKind};
 use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
 use events::webhook::{Outcome, Provider};
+use events::whatsapp::MediaKind;
 use events::whatsapp::{
     cloud_message, conversation_id, inbound_message_id, session_id, ConversationEvent, Credentials,
     Delivery, Outbound, Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
@@ -24,8 +25,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::aggregate::{
-    ConversationCommand, ConversationError, Inbound, Parties, SendResult, SendState, Session,
-    SessionCommand, SessionError, StatusReport,
+    ConversationCommand, ConversationError, Inbound, MediaResult, Parties, SendResult, SendState,
+    Session, SessionCommand, SessionError, StatusReport,
 };
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
@@ -708,7 +709,16 @@ pub(crate) async fn process_webhook(
             .pointer("/contact/name")
             .and_then(Value::as_str)
             .map(|n| n.chars().take(256).collect());
-        return match receive_message(
+        let media = MediaKind::parse(&m.kind).map(|kind| {
+            let conversation = conversation_id(&tenant, &session, &m.from);
+            (
+                kind,
+                conversation,
+                inbound_message_id(&m.wamid),
+                m.content.clone(),
+            )
+        });
+        let detail = match receive_message(
             state,
             &tenant,
             &session,
@@ -719,9 +729,31 @@ pub(crate) async fn process_webhook(
         )
         .await
         {
-            Ok(detail) => Processing::Done(Outcome::Applied, attributed(), detail),
-            Err(p) => p,
+            Ok(detail) => detail,
+            Err(p) => return p,
         };
+        // The message has landed; its file follows (a failure to fetch it is retried with
+        // the webhook, and never holds the message back).
+        if let Some((kind, conversation, message_id, content)) = media {
+            let fetched = store_media(
+                state,
+                &tenant,
+                &session,
+                &conversation,
+                &message_id,
+                kind,
+                &content,
+                &metadata,
+            )
+            .await;
+            return match fetched {
+                Ok(media) => {
+                    Processing::Done(Outcome::Applied, attributed(), format!("{detail}; {media}"))
+                }
+                Err(p) => p,
+            };
+        }
+        return Processing::Done(Outcome::Applied, attributed(), detail);
     }
     let Some(s) = payload.get("status").and_then(inbound::status) else {
         return Processing::Done(
@@ -991,4 +1023,107 @@ async fn forward(
         "forwarded": true, "id": message_id, "conversation_id": conversation, "version": c.version,
     }))
     .into_response())
+}
+
+/// The credentials of session `id`, opened.
+async fn credentials(state: &AppState, id: &str) -> Result<Option<Credentials>, Problem> {
+    let session = state.wa_sessions.load(id).await?;
+    Ok(state
+        .sealing
+        .open(session.credentials())
+        .ok()
+        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok()))
+}
+
+/// Fetches the file of inbound media message `message_id` from the provider into the blob
+/// store and records the outcome in its conversation: stored, or given up on for a reason
+/// that will not change (a malformed or unknown media id, a file over its kind's limit).
+/// Anything that may pass (the provider or the store failing) is retried with the webhook.
+#[allow(clippy::too_many_arguments)]
+async fn store_media(
+    state: &AppState,
+    tenant: &str,
+    session: &str,
+    conversation: &str,
+    message_id: &str,
+    kind: MediaKind,
+    content: &Value,
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let retry = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, message_id, "could not fetch a WhatsApp file");
+        Processing::Retry(format!("file not fetched: {e}"))
+    };
+    let current = state
+        .wa_conversations
+        .load(conversation)
+        .await
+        .map_err(|e| retry(&e))?;
+    if current.media_done(message_id) {
+        return Ok("file recorded before".into());
+    }
+    let media_id = content.get("id").and_then(Value::as_str).filter(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let result = match media_id {
+        None => MediaResult::Failed {
+            reason: "the message names no well-formed media id".into(),
+        },
+        Some(media_id) => {
+            let creds = credentials(state, session)
+                .await
+                .map_err(|_| retry(&"event store unavailable"))?
+                .ok_or_else(|| retry(&"the session's credentials cannot be opened"))?;
+            let key = format!("tenants/{tenant}/whatsapp/{message_id}");
+            let fetched = async {
+                let info =
+                    cloud::media_info(&state.whatsapp, media_id, &creds.access_token).await?;
+                if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
+                    return Err(cloud::MediaError::Permanent(format!(
+                        "the file is larger than WhatsApp's limit of {} bytes for its kind",
+                        kind.max_bytes()
+                    )));
+                }
+                let (size, sha256) = cloud::download(
+                    &info.url,
+                    &creds.access_token,
+                    kind.max_bytes(),
+                    state.blobs.as_ref(),
+                    &key,
+                )
+                .await?;
+                Ok((info, size, sha256))
+            }
+            .await;
+            match fetched {
+                Ok((info, size_bytes, sha256)) => MediaResult::Stored {
+                    object_key: key,
+                    content_type: info
+                        .mime_type
+                        .or_else(|| {
+                            content
+                                .get("mime_type")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    size_bytes,
+                    sha256,
+                },
+                Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed { reason },
+                Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),
+            }
+        }
+    };
+    let stored = matches!(result, MediaResult::Stored { .. });
+    let command = ConversationCommand::StoreMedia {
+        message_id: message_id.to_owned(),
+        result,
+    };
+    state
+        .wa_conversations
+        .execute(conversation, None, command, metadata)
+        .await
+        .map_err(|e| retry(&e))?;
+    Ok(if stored { "MediaStored" } else { "MediaFailed" }.into())
 }

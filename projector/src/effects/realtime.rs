@@ -382,9 +382,11 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
             error_code,
             error_title,
         ),
-        E::Started { .. } | E::MessageReceived { .. } | E::SendAttempted { .. } => {
-            return Ok(vec![])
-        }
+        E::Started { .. }
+        | E::MessageReceived { .. }
+        | E::SendAttempted { .. }
+        | E::MediaStored { .. }
+        | E::MediaFailed { .. } => return Ok(vec![]),
     };
     let tenant = envelope.tenant_id().to_owned();
     let mut channels = vec![Channel::Tenant(tenant.clone()).name()];

@@ -413,6 +413,9 @@ pub struct MessageView {
     /// For a reply sent over a channel (WhatsApp): `{channel, status, error_code, error}`,
     /// status `queued`, `attempting`, `retrying`, `sent`, `delivered`, `read` or `failed`.
     delivery: Option<serde_json::Value>,
+    /// For a contact's message that came with a file (WhatsApp): `{status, content_type,
+    /// size_bytes, error, url}`; `url` serves the stored file for a few minutes.
+    media: Option<serde_json::Value>,
 }
 
 /// One page of messages, newest first.
@@ -449,7 +452,14 @@ async fn messages(
                    FROM whatsapp_messages w
                   WHERE w.direction = 'out'
                     AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
-                                    THEN m.message_id::uuid END) AS delivery
+                                    THEN m.message_id::uuid END) AS delivery,
+                (SELECT jsonb_build_object('status', w.media_status,
+                                           'content_type', w.media_type,
+                                           'size_bytes', w.media_size, 'error', w.media_error)
+                   FROM whatsapp_messages w
+                  WHERE w.direction = 'in' AND w.media_status IS NOT NULL
+                    AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
+                                    THEN m.message_id::uuid END) AS media
            FROM chat_messages m
           WHERE m.thread_id = $1 AND ($2::bigint IS NULL OR m.number < $2)
           ORDER BY m.number DESC
@@ -462,6 +472,15 @@ async fn messages(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let next_before = page::finish(&mut items, limit, |m| m.number);
+    let now = chrono::Utc::now();
+    for m in &mut items {
+        let stored = m.media.as_ref().is_some_and(|x| x["status"] == "stored");
+        if let (true, Ok(id)) = (stored, Uuid::parse_str(&m.message_id)) {
+            if let Some(media) = m.media.as_mut().and_then(|x| x.as_object_mut()) {
+                media.insert("url".into(), state.file_urls.url(id, now).into());
+            }
+        }
+    }
     let mut response = Json(MessagePage { items, next_before }).into_response();
     freshness::version_headers(response.headers_mut(), Some(thread.version), stale);
     Ok(response)

@@ -17,6 +17,8 @@ use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::FromRow;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::{freshness, AppState};
@@ -31,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/whatsapp/sessions/{id}", get(session))
         .route("/v1/whatsapp/sessions/{id}/messages", get(messages))
         .route("/v1/whatsapp/messages/{id}", get(message))
+        .route("/v1/whatsapp/messages/{id}/media", get(media))
         .route("/v1/whatsapp/contacts", get(contacts))
 }
 
@@ -232,6 +235,17 @@ pub struct MessageView {
     error: Option<String>,
     /// When it is tried again, while queued or retrying.
     next_attempt_at: Option<DateTime<Utc>>,
+    /// An inbound message's file: `stored` or `failed` (absent while fetching or when none).
+    media_status: Option<String>,
+    /// Its media type.
+    media_type: Option<String>,
+    /// Its size in bytes.
+    media_size: Option<i64>,
+    /// Why it could not be had.
+    media_error: Option<String>,
+    /// A URL serving the stored file for a few minutes without a token.
+    #[sqlx(skip)]
+    media_url: Option<String>,
     created_at: DateTime<Utc>,
     sent_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
@@ -241,7 +255,8 @@ pub struct MessageView {
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, tenant_id, session_id, wa_id, direction,
     kind, text, content, wamid, thread_id, author_id, status, attempts, error_code, error,
-    next_attempt_at, created_at, sent_at, updated_at, version";
+    next_attempt_at, media_status, media_type, media_size, media_error, created_at, sent_at,
+    updated_at, version";
 
 /// Query of a session's messages.
 #[derive(Debug, Deserialize)]
@@ -330,8 +345,11 @@ async fn message(
     )
     .await?;
     match row {
-        Some(m) if who.is_staff_of(&m.tenant_id) => {
+        Some(mut m) if who.is_staff_of(&m.tenant_id) => {
             let version = m.version;
+            if m.media_status.as_deref() == Some("stored") {
+                m.media_url = Some(state.file_urls.url(m.id, Utc::now()));
+            }
             let mut response = Json(m).into_response();
             freshness::version_headers(response.headers_mut(), Some(version), stale);
             Ok(response)
@@ -393,4 +411,140 @@ async fn contacts(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     Ok(Json(json!({"items": rows})).into_response())
+}
+
+/// How long a signed file URL works.
+const FILE_URL_SECS: i64 = 300;
+
+/// Signs file URLs: `…/media?expires={unix}&signature={hex HMAC-SHA256}` over the message id
+/// and the expiry, under a key derived from the token secret. An `<img src>` or a download
+/// link works without a bearer token for a few minutes, and for that file only.
+#[derive(Clone)]
+pub struct FileUrls(Arc<[u8; 32]>);
+
+impl FileUrls {
+    /// The signer for token secret `secret`.
+    pub fn new(secret: &str) -> Self {
+        use sha2::Digest;
+        let key = sha2::Sha256::new()
+            .chain_update(b"whatsapp-file-urls\0")
+            .chain_update(secret.as_bytes())
+            .finalize();
+        Self(Arc::new(key.into()))
+    }
+
+    fn signature(&self, id: Uuid, expires: i64) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes any key length");
+        mac.update(format!("{id}\0{expires}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A URL (path and query) serving message `id`'s file until `now` + 5 minutes.
+    pub fn url(&self, id: Uuid, now: DateTime<Utc>) -> String {
+        let expires = now.timestamp() + FILE_URL_SECS;
+        format!(
+            "/v1/whatsapp/messages/{id}/media?expires={expires}&signature={}",
+            self.signature(id, expires)
+        )
+    }
+
+    /// Whether `signature` signs message `id` until `expires`, and that is not past.
+    fn valid(&self, id: Uuid, expires: i64, signature: &str, now: DateTime<Utc>) -> bool {
+        use hmac::Mac;
+        if expires < now.timestamp() {
+            return false;
+        }
+        let Some(given) = (0..signature.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(signature.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.0.as_slice())
+            .expect("HMAC takes any key length");
+        mac.update(format!("{id}\0{expires}").as_bytes());
+        mac.verify_slice(&given).is_ok()
+    }
+}
+
+/// Query of a file download: a signed URL's, or none with a bearer token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaParams {
+    /// Until when the signature works (Unix seconds).
+    expires: Option<i64>,
+    /// The signature.
+    signature: Option<String>,
+}
+
+/// `GET /v1/whatsapp/messages/{id}/media`: an inbound message's file, streamed from the
+/// blob store, to the tenant's staff (bearer token) or to whoever holds a signed URL the
+/// message's detail handed out.
+async fn media(
+    State(state): State<AppState>,
+    who: events::http::MaybeAuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<MediaParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such WhatsApp file");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let row: Option<(String, Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT tenant_id, media_key, media_type, media_size FROM whatsapp_messages
+          WHERE id = $1 AND media_status = 'stored'",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let Some((tenant, Some(key), media_type, size)) = row else {
+        return Err(not_found());
+    };
+    let allowed = match (&who.0, params.expires, params.signature.as_deref()) {
+        (_, Some(expires), Some(signature)) => {
+            state.file_urls.valid(id, expires, signature, Utc::now())
+        }
+        (Some(who), _, _) => who.is_staff_of(&tenant),
+        _ => false,
+    };
+    if !allowed {
+        return Err(not_found());
+    }
+    let file = state
+        .blobs
+        .get(&object_store::path::Path::from(key.as_str()))
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => not_found(),
+            e => Problem::unavailable(&e),
+        })?;
+    let mut response = axum::body::Body::from_stream(file.into_stream()).into_response();
+    let headers = response.headers_mut();
+    let content_type = media_type.unwrap_or_else(|| "application/octet-stream".into());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&content_type) {
+        headers.insert(axum::http::header::CONTENT_TYPE, v);
+    }
+    if let Some(size) = size {
+        headers.insert(axum::http::header::CONTENT_LENGTH, size.into());
+    }
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("private, max-age=300"),
+    );
+    headers.insert(
+        axum::http::header::HeaderName::from_static("x-content-type-options"),
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    // A contact's file is not trusted: it never runs as a page of this origin.
+    headers.insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    Ok(response)
 }

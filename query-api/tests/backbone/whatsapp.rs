@@ -1022,3 +1022,155 @@ async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents
     .await;
     assert_eq!(history["delivery"]["channel"], "whatsapp");
 }
+
+#[tokio::test]
+async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    let picture: Vec<u8> = b"\xff\xd8\xff\xe0 a small jpeg".to_vec();
+    Mock::given(method("GET"))
+        .and(path("/v21.0/1234567890"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "url": format!("{}/lookaside/1234567890", wa.cloud.uri()),
+            "mime_type": "image/jpeg", "sha256": "x", "file_size": picture.len().to_string(),
+            "id": "1234567890"})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/lookaside/1234567890"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/jpeg")
+                .set_body_bytes(picture.clone()),
+        )
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    // A document over the limit of its kind: never downloaded.
+    Mock::given(method("GET"))
+        .and(path("/v21.0/555"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/lookaside/555", wa.cloud.uri()), "mime_type": "application/pdf",
+            "file_size": "200000000", "id": "555"})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/lookaside/555"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&wa.cloud)
+        .await;
+    let now = Utc::now().timestamp().to_string();
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([
+            {"from": CONTACT, "id": "wamid.IMG", "timestamp": now, "type": "image",
+             "image": {"caption": "This one", "mime_type": "image/jpeg", "sha256": "x", "id": "1234567890"}},
+            {"from": CONTACT, "id": "wamid.DOC", "timestamp": now, "type": "document",
+             "document": {"filename": "huge.pdf", "mime_type": "application/pdf", "id": "555"}},
+            {"from": CONTACT, "id": "wamid.BAD", "timestamp": now, "type": "sticker",
+             "sticker": {"mime_type": "image/webp", "id": "../../etc/passwd"}}
+        ]),
+        json!([]),
+    ))
+    .await;
+    let image = events::whatsapp::inbound_message_id("wamid.IMG");
+    let m = wa
+        .message_when(&image, "the file stored", |m| m["media_status"] == "stored")
+        .await;
+    assert_eq!(m["media_type"], "image/jpeg");
+    assert_eq!(m["media_size"], picture.len());
+    assert_eq!(m["text"], "[image] This one");
+    // The signed URL serves it without a token; nothing else does but the staff's token.
+    let url = wa.query.url(m["media_url"].as_str().expect("url"));
+    let r = wa.env.http.get(&url).send().await.expect("sent");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.bytes().await.expect("bytes").to_vec(), picture);
+    let bare = wa
+        .query
+        .url(&format!("/v1/whatsapp/messages/{image}/media"));
+    expect_problem(
+        wa.env.http.get(&bare).send().await.expect("sent"),
+        404,
+        "not_found",
+    )
+    .await;
+    let staff = wa
+        .env
+        .http
+        .get(&bare)
+        .bearer_auth(&wa.admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(staff.status(), 200);
+    let (other, _) = create_tenant(&wa.env, &wa.api, &format!("wm{}", &wa.env.prefix[1..9])).await;
+    let stranger = wa
+        .env
+        .http
+        .get(&bare)
+        .bearer_auth(wa.env.admin_of(&other))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(stranger, 404, "not_found").await;
+    let tampered = url.replace("signature=", "signature=00");
+    expect_problem(
+        wa.env.http.get(&tampered).send().await.expect("sent"),
+        404,
+        "not_found",
+    )
+    .await;
+    // The thread's history offers the file with the message.
+    let thread = m["thread_id"].as_str().expect("thread").to_owned();
+    let page = wa
+        .env
+        .get_json(
+            &wa.query.url(&format!("/v1/chat/threads/{thread}/messages")),
+            &wa.admin,
+        )
+        .await;
+    let shown = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|x| x["message_id"] == image.as_str())
+        .expect("the image's message")
+        .clone();
+    assert_eq!(shown["media"]["status"], "stored");
+    assert!(shown["media"]["url"]
+        .as_str()
+        .is_some_and(|u| u.contains("signature=")));
+
+    // Too large, and a malformed media id: the messages landed, their files are refused.
+    let doc = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id("wamid.DOC"),
+            "the document refused",
+            |m| m["media_status"] == "failed",
+        )
+        .await;
+    assert!(
+        doc["media_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger")),
+        "{doc}"
+    );
+    let bad = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id("wamid.BAD"),
+            "the sticker refused",
+            |m| m["media_status"] == "failed",
+        )
+        .await;
+    assert!(
+        bad["media_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("media id")),
+        "{bad}"
+    );
+    let _ = session;
+}
