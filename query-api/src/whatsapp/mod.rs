@@ -484,6 +484,9 @@ pub struct MediaParams {
     signature: Option<String>,
 }
 
+/// A stored file: its tenant, blob key, media type and size.
+type StoredFile = (String, Option<String>, Option<String>, Option<i64>);
+
 /// `GET /v1/whatsapp/messages/{id}/media`: an inbound message's file, streamed from the
 /// blob store, to the tenant's staff (bearer token) or to whoever holds a signed URL the
 /// message's detail handed out.
@@ -495,7 +498,7 @@ async fn media(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found("no such WhatsApp file");
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let row: Option<(String, Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
+    let row: Option<StoredFile> = sqlx::query_as(
         "SELECT tenant_id, media_key, media_type, media_size FROM whatsapp_messages
           WHERE id = $1 AND media_status = 'stored'",
     )
