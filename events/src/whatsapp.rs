@@ -23,8 +23,8 @@ pub const WHATSAPP_SESSION: &str = "whatsapp_session";
 /// The aggregate type of conversations.
 pub const WHATSAPP_CONVERSATION: &str = "whatsapp_conversation";
 
-/// Attempts at sending a message before it fails for good (with the back-off, 2 s … 5 min
-/// apart, about a quarter of an hour of trying).
+/// Attempts at sending a message before it fails for good (with the back-off, 2 s … 128 s
+/// apart, about four minutes of trying; a provider's `Retry-After` may stretch it).
 pub const MAX_SEND_ATTEMPTS: u32 = 8;
 
 /// How long an attempt may stay without an outcome before it is in doubt: the sender
@@ -405,6 +405,9 @@ pub enum ConversationEvent {
     SendAttemptFailed {
         /// Which message.
         message_id: String,
+        /// The thread it belongs to, if any (for the realtime worker).
+        #[serde(default)]
+        thread_id: Option<String>,
         /// Which attempt.
         attempt: u32,
         /// The provider's error code (or the HTTP status), if it answered.

@@ -131,7 +131,6 @@ pub struct Config {
     /// Fallback name for the token secret.
     #[arg(long, env = "NEXTAUTH_SECRET", global = true, hide_env_values = true)]
     pub nextauth_secret: Option<String>,
-    /// What to do (default: run every projection).
     /// Base URL of the WhatsApp Cloud API (the Graph API).
     #[arg(
         long,
@@ -148,10 +147,27 @@ pub struct Config {
         default_value = "v21.0"
     )]
     pub whatsapp_api_version: String,
+    /// JetStream stream of bridge sessions' sends.
+    #[arg(
+        long,
+        env = "WHATSAPP_BRIDGE_STREAM",
+        global = true,
+        default_value = "WHATSAPP_BRIDGE"
+    )]
+    pub whatsapp_bridge_stream: String,
+    /// Subject prefix of bridge sessions' sends: `{prefix}.{session_id}.send`.
+    #[arg(
+        long,
+        env = "WHATSAPP_BRIDGE_SUBJECT_PREFIX",
+        global = true,
+        default_value = "whatsapp.bridge"
+    )]
+    pub whatsapp_bridge_subject_prefix: String,
     /// Key provider credentials are sealed with (the same as command-api's); derived from
     /// the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", global = true, hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// What to do (default: run every projection).
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -312,6 +328,22 @@ pub async fn run(
                 config.sealing_key(secret),
                 Arc::new(events::clock::SystemClock),
             );
+            let sender = match sender::ensure_bridge_stream(
+                &js,
+                &config.whatsapp_bridge_stream,
+                &config.whatsapp_bridge_subject_prefix,
+            )
+            .await
+            {
+                Ok(()) => sender.with_bridge(sender::Bridge {
+                    js: js.clone(),
+                    prefix: config.whatsapp_bridge_subject_prefix.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no bridge stream: bridge sessions' sends will be retried");
+                    sender
+                }
+            };
             tasks.spawn(async move { sender.run().await });
             for processor in [
                 due::DueProcessor::webhooks,

@@ -56,8 +56,39 @@ pub struct StepReport {
     pub skipped: usize,
     /// Attempts whose outcome is unknown (no report: the lease decides).
     pub in_doubt: usize,
+    /// Messages handed to a session's bridge worker (it reports what became of them).
+    pub handed_over: usize,
     /// command-api unreachable or failing.
     pub failed: usize,
+}
+
+/// Where bridge sessions' sends go: a JetStream subject per session,
+/// `{prefix}.{session_id}.send`, on a stream of their own.
+#[derive(Clone)]
+pub struct Bridge {
+    /// JetStream.
+    pub js: async_nats::jetstream::Context,
+    /// The subject prefix (`whatsapp.bridge`).
+    pub prefix: String,
+}
+
+/// Creates (or finds) the bridge stream `stream` over `{prefix}.>`: sends are kept a week
+/// for a bridge that was away, and a repeated publish of one message (same `Nats-Msg-Id`)
+/// within two minutes is stored once.
+pub async fn ensure_bridge_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    prefix: &str,
+) -> Result<(), async_nats::Error> {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
 }
 
 /// The sender.
@@ -76,6 +107,8 @@ pub struct Sender {
     clock: Arc<dyn Clock>,
     /// Rows claimed recently, by `(id, version)`.
     quiet: Quiet<(Uuid, i64)>,
+    /// Where bridge sessions' sends go, when NATS is at hand.
+    bridge: Option<Bridge>,
 }
 
 /// The outcome of one call to the provider.
@@ -86,6 +119,8 @@ enum Sent {
     Refused(Option<String>, String, bool, Option<u32>),
     /// Unknown: the request may have reached the provider.
     InDoubt(String),
+    /// Handed to a bridge worker, which reports the outcome as a status.
+    HandedOver,
 }
 
 impl Sender {
@@ -115,7 +150,14 @@ impl Sender {
             sealing,
             clock,
             quiet: Quiet::new(QUIET),
+            bridge: None,
         }
+    }
+
+    /// Sends of bridge sessions go to `bridge`.
+    pub fn with_bridge(mut self, bridge: Bridge) -> Self {
+        self.bridge = Some(bridge);
+        self
     }
 
     /// Runs for ever.
@@ -192,7 +234,7 @@ impl Sender {
                 continue;
             }
             let attempt = claim.get("attempt").and_then(Value::as_u64).unwrap_or(0);
-            let outcome = match self.send(&claim).await {
+            let outcome = match self.send(id, &claim).await {
                 Sent::Accepted(wamid) => {
                     report.sent += 1;
                     json!({"result": "accepted", "attempt": attempt, "wamid": wamid})
@@ -202,6 +244,10 @@ impl Sender {
                     json!({"result": "refused", "attempt": attempt, "code": code,
                            "reason": reason, "retryable": retryable,
                            "retry_after_secs": retry_after})
+                }
+                Sent::HandedOver => {
+                    report.handed_over += 1;
+                    continue;
                 }
                 Sent::InDoubt(why) => {
                     tracing::warn!(%id, attempt, why, "outcome of a WhatsApp send unknown");
@@ -235,14 +281,18 @@ impl Sender {
     }
 
     /// Makes the provider call a claim describes.
-    async fn send(&self, claim: &Value) -> Sent {
+    async fn send(&self, id: Uuid, claim: &Value) -> Sent {
         let refused =
             |code: &str, reason: &str| Sent::Refused(Some(code.into()), reason.into(), false, None);
-        if claim.get("transport").and_then(Value::as_str) != Some("cloud") {
-            return refused(
-                "unsupported_transport",
-                "The session's transport cannot send.",
-            );
+        match claim.get("transport").and_then(Value::as_str) {
+            Some("cloud") => {}
+            Some("bridge") => return self.hand_over(id, claim).await,
+            _ => {
+                return refused(
+                    "unsupported_transport",
+                    "The session's transport cannot send.",
+                )
+            }
         }
         let credentials = claim
             .get("credentials")
@@ -316,5 +366,54 @@ impl Sender {
             .map(|c| c.to_string())
             .unwrap_or_else(|| status.as_u16().to_string());
         Sent::Refused(Some(code), reason, retryable, retry_after)
+    }
+}
+
+impl Sender {
+    /// Publishes a bridge session's send on its subject. The message id is the
+    /// `Nats-Msg-Id`, so a publish repeated after a lost acknowledgement is stored once.
+    async fn hand_over(&self, id: Uuid, claim: &Value) -> Sent {
+        let Some(bridge) = &self.bridge else {
+            return Sent::Refused(
+                Some("bridge_unavailable".into()),
+                "The sender has no connection to the bridge stream.".into(),
+                true,
+                None,
+            );
+        };
+        let session = claim
+            .get("session_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let request = claim.get("request").cloned().unwrap_or(Value::Null);
+        let payload = json!({
+            "message_id": id,
+            "attempt": claim.get("attempt"),
+            "to": request.get("to"),
+            "request": request,
+        });
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        let published = bridge
+            .js
+            .publish_with_headers(
+                format!("{}.{session}.send", bridge.prefix),
+                headers,
+                serde_json::to_vec(&payload).unwrap_or_default().into(),
+            )
+            .await;
+        let acked = match published {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match acked {
+            Ok(()) => Sent::HandedOver,
+            Err(e) => Sent::Refused(
+                Some("bridge_unavailable".into()),
+                format!("The bridge stream did not take the message: {e}"),
+                true,
+                None,
+            ),
+        }
     }
 }

@@ -744,6 +744,7 @@ impl Conversation {
                             let wait = backoff(attempt).max(retry_after.unwrap_or_default());
                             vec![E::SendAttemptFailed {
                                 message_id,
+                                thread_id: out.thread_id.clone(),
                                 attempt,
                                 code,
                                 reason,
@@ -1408,6 +1409,7 @@ mod tests {
     fn claim_before_the_retry_time_appends_nothing() {
         let failed = ConversationEvent::SendAttemptFailed {
             message_id: "out1".into(),
+            thread_id: Some("th1".into()),
             attempt: 1,
             code: Some("130429".into()),
             reason: "nope".into(),
@@ -1490,6 +1492,7 @@ mod tests {
             .when(report(1, refused(true)))
             .then_expect_events(vec![ConversationEvent::SendAttemptFailed {
                 message_id: "out1".into(),
+                thread_id: Some("th1".into()),
                 attempt: 1,
                 code: Some("130429".into()),
                 reason: "nope".into(),

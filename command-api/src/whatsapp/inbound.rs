@@ -71,7 +71,9 @@ pub fn items(delivery: &Value) -> Result<Vec<Item>, &'static str> {
             .into_iter()
             .flatten()
         {
-            let id = text(message, "id").ok_or("A message has an id.")?;
+            let id = text(message, "id")
+                .filter(|id| id.len() <= 256)
+                .ok_or("A message has an id (at most 256 characters).")?;
             let from = text(message, "from").unwrap_or_default();
             let kind = text(message, "type").unwrap_or("unknown");
             let contact = contacts.and_then(|cs| {
@@ -99,8 +101,12 @@ pub fn items(delivery: &Value) -> Result<Vec<Item>, &'static str> {
             .into_iter()
             .flatten()
         {
-            let id = text(status, "id").ok_or("A status has an id.")?;
-            let name = text(status, "status").ok_or("A status has a status.")?;
+            let id = text(status, "id")
+                .filter(|id| id.len() <= 256)
+                .ok_or("A status has an id (at most 256 characters).")?;
+            let name = text(status, "status")
+                .filter(|s| s.len() <= 32)
+                .ok_or("A status has a status.")?;
             // A status names the message and its state; the same state reported again is
             // the same webhook.
             items.push(Item {

@@ -45,6 +45,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/webhooks/whatsapp", get(handshake).post(deliver))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .route("/v1/whatsapp/sessions", post(connect))
+        .route("/v1/whatsapp/sessions/bridge", post(connect_bridge))
+        .route("/api/webhooks/whatsapp/bridge", post(bridge_delivery))
         .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
         .route("/v1/whatsapp/sessions/{id}/messages", post(send))
         .route(
@@ -202,6 +204,135 @@ async fn connect(
     ))
 }
 
+/// Body of `POST /v1/whatsapp/sessions/bridge`: a number served by the tenant's own bridge
+/// worker (Baileys) instead of the Cloud API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeBody {
+    /// The tenant (super admins name it).
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+    /// The number, in E.164.
+    pub phone_number: String,
+    /// The secret the bridge signs its posts with (at least 32 characters).
+    pub bridge_secret: String,
+}
+
+/// The phone number id of a bridge session: its number's digits, marked as a bridge's so it
+/// never meets a Cloud API id.
+pub fn bridge_number_id(digits: &str) -> String {
+    format!("bridge:{digits}")
+}
+
+async fn connect_bridge(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Json(body): Json<BridgeBody>,
+) -> Result<Response, Problem> {
+    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let number = E164::parse(&body.phone_number).ok_or_else(|| {
+        Problem::unprocessable(
+            "invalid_phone",
+            "phone_number is in E.164 (+ and 8 to 15 digits).",
+        )
+    })?;
+    let bridge_secret = secret(&body.bridge_secret, "bridge_secret", 256)?;
+    if bridge_secret.len() < 32 {
+        return Err(Problem::unprocessable(
+            "invalid_credentials",
+            "bridge_secret has at least 32 characters.",
+        ));
+    }
+    let digits = number.as_str().trim_start_matches('+');
+    let phone_number_id = bridge_number_id(digits);
+    let id = session_id(&phone_number_id);
+    let credentials = Credentials {
+        access_token: String::new(),
+        app_secret: bridge_secret,
+    };
+    let command = SessionCommand::Connect {
+        tenant_id: tenant.clone(),
+        transport: Transport::Bridge,
+        phone_number_id,
+        business_account_id: None,
+        display_phone_number: Some(digits.to_owned()),
+        verified_name: None,
+        credentials: state
+            .sealing
+            .seal(&serde_json::to_string(&credentials).unwrap_or_default()),
+        // A bridge needs no handshake: no verify token matches it.
+        verify_token_sha256: String::new(),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_sessions
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        WHATSAPP_SESSION,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// `POST /api/webhooks/whatsapp/bridge`: what a bridge worker saw (messages, statuses),
+/// shaped as the Cloud API's `value` object, for the session `X-Bridge-Session` names and
+/// signed with its bridge secret (`X-Bridge-Signature: sha256=` HMAC-SHA256 of the raw
+/// body). From there on it is a Cloud API delivery: one webhook per message and status.
+async fn bridge_delivery(
+    State(state): State<AppState>,
+    ids: RequestIds,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, Problem> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let signature = header("x-bridge-signature");
+    let session = header("x-bridge-session").and_then(|s| Uuid::parse_str(s).ok());
+    let found = match session {
+        Some(id) => Some(state.wa_sessions.load(&id.to_string()).await?),
+        None => None,
+    }
+    .filter(|s| s.transport() == Transport::Bridge && s.tenant_id().is_some());
+    let secret = match &found {
+        Some(s) => state
+            .sealing
+            .open(s.credentials())
+            .ok()
+            .and_then(|c| serde_json::from_str::<Credentials>(&c).ok())
+            .map(|c| c.app_secret),
+        None => None,
+    };
+    let secrets: Vec<String> = secret.into_iter().collect();
+    if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
+        return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+    }
+    let Some(session) = found else {
+        return Err(SessionError::NotFound.problem());
+    };
+    let value: Value = serde_json::from_slice(&body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| Problem::bad_request("invalid_payload", "The body is not a JSON object."))?;
+    let mut value = value;
+    value["metadata"] = json!({"phone_number_id": session.phone_number_id()});
+    let delivery = json!({"object": "whatsapp_business_account",
+                          "entry": [{"id": "bridge", "changes": [{"field": "messages", "value": value}]}]});
+    let items =
+        inbound::items(&delivery).map_err(|e| Problem::bad_request("invalid_payload", e))?;
+    let mut received = Vec::with_capacity(items.len());
+    let mut duplicates = 0;
+    for item in items {
+        let (id, duplicate) =
+            receive_item(&state, &ids, Provider::Whatsapp, item.payload, &body).await?;
+        duplicates += usize::from(duplicate);
+        received.push(id);
+    }
+    Ok(Json(json!({"received": true, "ids": received, "duplicates": duplicates})).into_response())
+}
+
 /// Body naming the tenant (super admins name it).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,12 +434,19 @@ async fn send(
     }
     .to_string();
     let conversation = conversation_id(&tenant, &id, &wa_id);
-    let thread_id = state
+    // The message shows in the contact's thread while it is open (a closed one stays so).
+    let thread_id = match state
         .wa_conversations
         .load(&conversation)
         .await?
         .thread_id()
-        .map(str::to_owned);
+    {
+        Some(t) => {
+            let thread = state.threads.load(t).await?;
+            (!thread.is_closed()).then(|| t.to_owned())
+        }
+        None => None,
+    };
     let command = ConversationCommand::Queue {
         parties: Parties {
             tenant_id: tenant.clone(),
@@ -400,7 +538,8 @@ async fn claim(
         .into_response());
     };
     let session = state.wa_sessions.load(current.session_id()).await?;
-    if !session.connected() {
+    // Disconnected, or connected since by another tenant: not this conversation's to use.
+    if !session.connected() || session.tenant_id() != Some(tenant.as_str()) {
         // Disconnected since it was queued: failed for good, visibly.
         let report = ConversationCommand::Report {
             message_id: message,
@@ -625,18 +764,49 @@ async fn deliver(
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let mut secrets = state.whatsapp.app_secrets.clone();
-    // The body is not trusted yet: it only says whose secrets to try (a few at most).
-    for number in parsed.iter().flat_map(inbound::phone_number_ids).take(8) {
-        if number.len() <= 32 {
-            secrets.extend(app_secret(&state, &session_id(&number)).await?);
-        }
-    }
     let signature = headers
         .get("x-hub-signature-256")
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
-        return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+    // The platform's app may sign for any number. Otherwise every number the (not yet
+    // trusted) body names must be a session whose own app secret signed it, so one tenant's
+    // app cannot speak for another tenant's number.
+    let platform = verify::whatsapp(signature, &body, &state.whatsapp.app_secrets);
+    if platform.is_err() {
+        let numbers: Vec<String> = parsed.iter().flat_map(inbound::phone_number_ids).collect();
+        let mut verdict = Err(verify::Rejection::Mismatch);
+        if !numbers.is_empty() && numbers.len() <= 8 {
+            verdict = Ok(());
+            for number in &numbers {
+                if number.len() > 64 {
+                    verdict = Err(verify::Rejection::Mismatch);
+                    break;
+                }
+                let secrets: Vec<String> = app_secret(&state, &session_id(number))
+                    .await?
+                    .into_iter()
+                    .collect();
+                if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
+                    // A number no session has: nothing of it can have signed.
+                    verdict = Err(match r {
+                        verify::Rejection::NotConfigured => verify::Rejection::Mismatch,
+                        r => r,
+                    });
+                    break;
+                }
+            }
+        }
+        if let Err(r) = verdict {
+            // A missing or malformed header says so, whatever the numbers.
+            let r = match platform {
+                Err(
+                    p @ (verify::Rejection::Missing
+                    | verify::Rejection::Malformed
+                    | verify::Rejection::Unsupported),
+                ) => p,
+                _ => r,
+            };
+            return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+        }
     }
     let parsed =
         parsed.ok_or_else(|| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
@@ -1002,7 +1172,7 @@ async fn forward(
             session_id: conv.session_id().to_owned(),
             wa_id: conv.wa_id().to_owned(),
         },
-        session_connected: session.connected(),
+        session_connected: session.connected() && session.tenant_id() == Some(tenant.as_str()),
         message_id: message_id.clone(),
         author,
         content: Outbound::Text {

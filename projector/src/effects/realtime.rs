@@ -352,10 +352,11 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
         } => (message_id, thread_id, "queued", None, None),
         E::SendAttemptFailed {
             message_id,
+            thread_id,
             code,
             reason,
             ..
-        } => (message_id, None, "retrying", code, Some(reason)),
+        } => (message_id, thread_id, "retrying", code, Some(reason)),
         E::MessageSent {
             message_id,
             thread_id,

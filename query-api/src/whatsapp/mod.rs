@@ -99,9 +99,10 @@ const SESSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.transport, s.phone_num
    LEFT JOIN LATERAL (
         SELECT error_code, error, updated_at FROM whatsapp_messages m
          WHERE m.session_id = s.id AND m.tenant_id = s.tenant_id AND m.status = 'failed'
+           AND m.updated_at > now() - make_interval(days => 7)
          ORDER BY m.updated_at DESC LIMIT 1) e ON true";
 
-/// The days a session's health looks back.
+/// The days a session's health looks back (the `7` of [`SESSION_SELECT`]).
 const HEALTH_DAYS: i64 = 7;
 
 impl SessionRow {

@@ -208,6 +208,8 @@ impl TestEnv {
             nextauth_secret: None,
             whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
             whatsapp_api_version: "v21.0".to_owned(),
+            whatsapp_bridge_stream: format!("{}_BRIDGE", self.stream),
+            whatsapp_bridge_subject_prefix: format!("{}_bridge", self.prefix),
             credentials_key: None,
             command: None,
         }

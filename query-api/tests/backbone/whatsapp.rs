@@ -200,6 +200,12 @@ impl Wa {
         let r = self.post_delivery(body, APP_SECRET).await;
         assert_eq!(r.status(), 200);
         let answer: Value = r.json().await.expect("json");
+        self.processed(&answer).await;
+        answer
+    }
+
+    /// Processes the webhooks an ingestion answer names.
+    async fn processed(&self, answer: &Value) {
         let ids = answer["ids"].as_array().cloned().unwrap_or_default();
         for id in &ids {
             let id = id.as_str().expect("id");
@@ -215,7 +221,6 @@ impl Wa {
             })
             .await;
         }
-        answer
     }
 
     async fn send(&self, session: &str, message: Value, client: Option<&str>) -> reqwest::Response {
@@ -1173,4 +1178,208 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
         "{bad}"
     );
     let _ = session;
+}
+
+#[tokio::test]
+async fn another_tenants_app_cannot_speak_for_a_number() {
+    let wa = Wa::start().await;
+    wa.connected().await;
+    let (other, _) = create_tenant(&wa.env, &wa.api, &format!("wo{}", &wa.env.prefix[1..9])).await;
+    Mock::given(method("GET"))
+        .and(path("/v21.0/777000"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "777000"})))
+        .mount(&wa.cloud)
+        .await;
+    let r = wa
+        .env
+        .http
+        .post(wa.api.url("/v1/whatsapp/sessions"))
+        .bearer_auth(wa.env.admin_of(&other))
+        .json(
+            &json!({"phone_number_id": "777000", "access_token": "EAAG-other",
+                      "app_secret": "other-app-secret", "verify_token": "other-verify"}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 201);
+    let now = Utc::now().timestamp();
+    let theirs = delivery("777000", json!([text("wamid.O1", "hi", now)]), json!([]));
+    assert_eq!(
+        wa.post_delivery(&theirs, "other-app-secret").await.status(),
+        200
+    );
+    // Signed by the other tenant's app: a delivery for our number, alone or beside theirs.
+    let ours = delivery(
+        NUMBER_ID,
+        json!([text("wamid.F1", "forged", now)]),
+        json!([]),
+    );
+    let before = wa.env.event_count().await;
+    expect_problem(
+        wa.post_delivery(&ours, "other-app-secret").await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    let mut both = theirs.clone();
+    both["entry"]
+        .as_array_mut()
+        .expect("entries")
+        .push(ours["entry"][0].clone());
+    expect_problem(
+        wa.post_delivery(&both, "other-app-secret").await,
+        401,
+        "bad_signature",
+    )
+    .await;
+    assert_eq!(wa.env.event_count().await, before);
+}
+
+#[tokio::test]
+async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
+    use futures::StreamExt;
+    let wa = Wa::start().await;
+    let projector = wa.env.projector_config();
+    projector::sender::ensure_bridge_stream(
+        &wa.env.js,
+        &projector.whatsapp_bridge_stream,
+        &projector.whatsapp_bridge_subject_prefix,
+    )
+    .await
+    .expect("bridge stream");
+    let sender = Sender::new(
+        wa.env.pool.clone(),
+        &wa.api.url(""),
+        TokenKeys::new(SECRET),
+        CloudApi {
+            url: wa.cloud.uri(),
+            version: "v21.0".into(),
+        },
+        events::sealed::SealingKey::derive(SECRET),
+        wa.clock.clone(),
+    )
+    .with_bridge(projector::sender::Bridge {
+        js: wa.env.js.clone(),
+        prefix: projector.whatsapp_bridge_subject_prefix.clone(),
+    });
+    let bridge_secret = "a-bridge-secret-of-at-least-32-characters";
+    let r = wa
+        .env
+        .http
+        .post(wa.api.url("/v1/whatsapp/sessions/bridge"))
+        .bearer_auth(&wa.admin)
+        .json(&json!({"phone_number": "+15550783881", "bridge_secret": bridge_secret}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 201);
+    let session = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The simulated worker: a durable consumer of its session's subject.
+    let stream = wa
+        .env
+        .js
+        .get_stream(&projector.whatsapp_bridge_stream)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bridge-worker".into()),
+            filter_subject: format!(
+                "{}.{session}.send",
+                projector.whatsapp_bridge_subject_prefix
+            ),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let post = |body: Value, secret: &str| {
+        let raw = serde_json::to_vec(&body).expect("json");
+        wa.env
+            .http
+            .post(wa.api.url("/api/webhooks/whatsapp/bridge"))
+            .header("x-bridge-session", session.as_str())
+            .header("x-bridge-signature", sign(secret, &raw))
+            .body(raw)
+            .send()
+    };
+    // What the worker saw: a message from the contact (Cloud-shaped), signed.
+    let inbound = json!({
+        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": CONTACT}],
+        "messages": [text("3EB0IN1", "Hello over the bridge", Utc::now().timestamp())],
+    });
+    expect_problem(
+        post(inbound.clone(), "not-the-secret").await.expect("sent"),
+        401,
+        "bad_signature",
+    )
+    .await;
+    let r = post(inbound, bridge_secret).await.expect("sent");
+    assert_eq!(r.status(), 200);
+    wa.processed(&r.json().await.expect("json")).await;
+    let m = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id("3EB0IN1"),
+            "the bridged message",
+            |m| m["status"] == "received",
+        )
+        .await;
+    assert_eq!(m["text"], "Hello over the bridge");
+    assert!(m["thread_id"].is_string());
+
+    // An agent's reply goes to the worker's subject, once.
+    let r = wa
+        .send(
+            &session,
+            json!({"type": "text", "body": "Hi from the shop"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let report = eventually(Duration::from_secs(20), "the send handed over", || async {
+        let r = sender.step().await.expect("step");
+        (r.handed_over == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(report.sent, 0);
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .messages()
+        .await
+        .expect("fetch");
+    let taken = messages.next().await.expect("one send").expect("message");
+    let send: Value = serde_json::from_slice(&taken.payload).expect("json");
+    assert_eq!(send["message_id"], id.as_str());
+    assert_eq!(send["to"], CONTACT);
+    assert_eq!(send["request"]["text"]["body"], "Hi from the shop");
+    taken.double_ack().await.expect("acked");
+    // The worker reports it sent, then delivered.
+    for state in ["sent", "delivered"] {
+        let r = post(
+            json!({"statuses": [status("3EB0OUT1", state, Some(&id))]}),
+            bridge_secret,
+        )
+        .await
+        .expect("sent");
+        assert_eq!(r.status(), 200);
+        wa.processed(&r.json().await.expect("json")).await;
+    }
+    let m = wa
+        .message_when(&id, "delivered", |m| m["status"] == "delivered")
+        .await;
+    assert_eq!(m["wamid"], "3EB0OUT1");
+    // Past the lease, nothing is handed over again.
+    wa.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(sender.step().await.expect("step").handed_over, 0);
+    let info = stream.get_info().await.expect("info");
+    assert_eq!(info.state.messages, 1);
 }
