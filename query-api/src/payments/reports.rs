@@ -129,7 +129,7 @@ pub(crate) fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
 /// The range `[from, to)` asked for. `to` defaults to the end of today (UTC) and `from` to
 /// 30 days before `to`; 400 `invalid_query` for what does not parse and when `from` is not
 /// before `to`.
-fn range(
+pub(crate) fn range(
     from: Option<&str>,
     to: Option<&str>,
     now: DateTime<Utc>,

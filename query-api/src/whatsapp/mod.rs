@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/whatsapp/sessions", get(sessions))
         .route("/v1/whatsapp/sessions/{id}", get(session))
         .route("/v1/whatsapp/sessions/{id}/messages", get(messages))
+        .route("/v1/whatsapp/sessions/{id}/analytics", get(analytics))
         .route("/v1/whatsapp/messages/{id}", get(message))
         .route("/v1/whatsapp/messages/{id}/media", get(media))
         .route("/v1/whatsapp/contacts", get(contacts))
@@ -551,4 +552,186 @@ async fn media(
         axum::http::HeaderValue::from_static("sandbox; default-src 'none'"),
     );
     Ok(response)
+}
+
+/// Query of a session's analytics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsParams {
+    /// Inclusive start: an RFC 3339 date-time or a date (default: 30 days before `to`).
+    from: Option<String>,
+    /// Exclusive end: an RFC 3339 date-time or a date (default: the end of today, UTC).
+    to: Option<String>,
+}
+
+/// Messages of one day counted by direction, type and status.
+#[derive(Debug, FromRow)]
+struct Counted {
+    day: chrono::NaiveDate,
+    direction: String,
+    kind: String,
+    status: String,
+    count: i64,
+}
+
+/// The first responses of one day.
+#[derive(Debug, FromRow)]
+struct Responses {
+    day: chrono::NaiveDate,
+    /// Customer messages that began a wait.
+    waits: i64,
+    /// Of them, those answered.
+    answered: i64,
+    /// Median seconds to the answer.
+    median_secs: Option<f64>,
+}
+
+/// Failed messages of one day by error code.
+#[derive(Debug, FromRow)]
+struct Failures {
+    day: chrono::NaiveDate,
+    code: String,
+    count: i64,
+}
+
+/// `GET /v1/whatsapp/sessions/{id}/analytics`: per day (UTC) of `[from, to)`, the
+/// session's messages by direction, type and status; the median first-response time (from
+/// a contact's message that began a wait — their first since the business last wrote — to
+/// the business's next message in that conversation); failures by error code. The tenant's
+/// staff read their sessions'.
+async fn analytics(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    Query(params): Query<AnalyticsParams>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such WhatsApp session");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let (from, to) =
+        crate::payments::reports::range(params.from.as_deref(), params.to.as_deref(), Utc::now())?;
+    if to - from > chrono::Duration::days(366) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            "A range spans at most 366 days.",
+        ));
+    }
+    let tenant: Option<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM whatsapp_sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    let Some(tenant) = tenant.filter(|t| who.is_staff_of(t)) else {
+        return Err(not_found());
+    };
+    let unavailable = |e: sqlx::Error| Problem::unavailable(&e);
+    let counted: Vec<Counted> = sqlx::query_as(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, direction, kind, status,
+                count(*) AS count
+           FROM whatsapp_messages
+          WHERE session_id = $1 AND tenant_id = $2 AND created_at >= $3 AND created_at < $4
+          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    )
+    .bind(id)
+    .bind(&tenant)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    let responses: Vec<Responses> = sqlx::query_as(
+        "WITH ordered AS (
+             SELECT id, conversation_id, direction, created_at,
+                    lag(direction) OVER (PARTITION BY conversation_id
+                                         ORDER BY created_at, id) AS previous
+               FROM whatsapp_messages
+              WHERE session_id = $1 AND tenant_id = $2 AND created_at < $4),
+         waits AS (
+             SELECT o.created_at AS asked_at,
+                    (SELECT min(r.created_at) FROM whatsapp_messages r
+                      WHERE r.conversation_id = o.conversation_id AND r.direction = 'out'
+                        AND r.created_at >= o.created_at) AS answered_at
+               FROM ordered o
+              WHERE o.direction = 'in' AND o.previous IS DISTINCT FROM 'in'
+                AND o.created_at >= $3)
+         SELECT (asked_at AT TIME ZONE 'UTC')::date AS day, count(*) AS waits,
+                count(answered_at) AS answered,
+                percentile_cont(0.5) WITHIN GROUP (
+                    ORDER BY extract(epoch FROM answered_at - asked_at))::float8 AS median_secs
+           FROM waits GROUP BY 1 ORDER BY 1",
+    )
+    .bind(id)
+    .bind(&tenant)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    let failures: Vec<Failures> = sqlx::query_as(
+        "SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
+                COALESCE(error_code, 'unknown') AS code, count(*) AS count
+           FROM whatsapp_messages
+          WHERE session_id = $1 AND tenant_id = $2 AND created_at >= $3 AND created_at < $4
+            AND direction = 'out' AND status = 'failed'
+          GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(id)
+    .bind(&tenant)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    // One entry per day that saw anything, in order.
+    let mut days = std::collections::BTreeMap::new();
+    for c in counted {
+        push(
+            day_entry(&mut days, c.day),
+            "messages",
+            json!({"direction": c.direction,
+            "kind": c.kind, "status": c.status, "count": c.count}),
+        );
+    }
+    for r in responses {
+        day_entry(&mut days, r.day)["first_response"] = json!({"waits": r.waits,
+            "answered": r.answered, "median_secs": r.median_secs});
+    }
+    let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for f in failures {
+        *totals.entry(f.code.clone()).or_default() += f.count;
+        push(
+            day_entry(&mut days, f.day),
+            "failures",
+            json!({"code": f.code, "count": f.count}),
+        );
+    }
+    let failures: Vec<_> = totals
+        .into_iter()
+        .map(|(code, count)| json!({"code": code, "count": count}))
+        .collect();
+    Ok(Json(json!({
+        "session_id": id,
+        "from": from,
+        "to": to,
+        "days": days.into_values().collect::<Vec<_>>(),
+        "failures": failures,
+    }))
+    .into_response())
+}
+
+/// The analytics entry of day `d`, made empty when new.
+fn day_entry(
+    days: &mut std::collections::BTreeMap<chrono::NaiveDate, serde_json::Value>,
+    d: chrono::NaiveDate,
+) -> &mut serde_json::Value {
+    days.entry(d).or_insert_with(
+        || json!({"day": d, "messages": [], "first_response": null, "failures": []}),
+    )
+}
+
+/// Appends `item` to the list `key` of `entry`.
+fn push(entry: &mut serde_json::Value, key: &str, item: serde_json::Value) {
+    if let Some(list) = entry[key].as_array_mut() {
+        list.push(item);
+    }
 }

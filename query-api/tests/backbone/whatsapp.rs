@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use events::access::TokenKeys;
-use events::clock::ManualClock;
+use events::clock::{Clock, ManualClock};
 use hmac::{Hmac, Mac};
 use projector::due::DueProcessor;
 use projector::sender::{CloudApi, Sender};
@@ -609,14 +609,11 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
         .await;
     assert!(bad.status().is_client_error(), "{}", bad.status());
 
-    // The contact writes: the window opens.
+    // The contact writes (90 s ago): the window opens.
+    let asked = wa.clock.now() - chrono::Duration::seconds(90);
     wa.deliver(&delivery(
         NUMBER_ID,
-        json!([text(
-            "wamid.IN1",
-            "Is my order ready?",
-            Utc::now().timestamp()
-        )]),
+        json!([text("wamid.IN1", "Is my order ready?", asked.timestamp())]),
         json!([]),
     ))
     .await;
@@ -755,6 +752,70 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
         .await;
     assert_eq!(s["health"]["failed_messages"], 1);
     assert_eq!(s["health"]["last_error"]["code"], "131026");
+
+    // Analytics of the day: one message in, two out (one read, one failed), the first
+    // response 90 s after the question, the failure by its code.
+    let a = wa
+        .env
+        .get_json(
+            &wa.query
+                .url(&format!("/v1/whatsapp/sessions/{session}/analytics")),
+            &wa.admin,
+        )
+        .await;
+    // (Summed over the days: near midnight the question and the answers are two days.)
+    let days = a["days"].as_array().expect("days");
+    let count = |direction: &str, status: &str| {
+        days.iter()
+            .flat_map(|d| d["messages"].as_array().cloned().unwrap_or_default())
+            .filter(|m| m["direction"] == direction && m["status"] == status)
+            .map(|m| m["count"].as_i64().unwrap_or_default())
+            .sum::<i64>()
+    };
+    let day = days
+        .iter()
+        .find(|d| !d["first_response"].is_null())
+        .expect("a day with a question");
+    assert_eq!(
+        (
+            count("in", "received"),
+            count("out", "read"),
+            count("out", "failed")
+        ),
+        (1, 1, 1),
+        "{a}"
+    );
+    assert_eq!(day["first_response"]["waits"], 1, "{a}");
+    let median = day["first_response"]["median_secs"]
+        .as_f64()
+        .expect("median");
+    assert!((90.0..91.0).contains(&median), "{median}");
+    assert_eq!(a["failures"], json!([{"code": "131026", "count": 1}]));
+    // Other tenants' staff do not see it; a malformed range is refused.
+    let (other, _) = create_tenant(&wa.env, &wa.api, &format!("wz{}", &wa.env.prefix[1..9])).await;
+    let r = wa
+        .env
+        .http
+        .get(
+            wa.query
+                .url(&format!("/v1/whatsapp/sessions/{session}/analytics")),
+        )
+        .bearer_auth(wa.env.admin_of(&other))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 404, "not_found").await;
+    let r = wa
+        .env
+        .http
+        .get(wa.query.url(&format!(
+            "/v1/whatsapp/sessions/{session}/analytics?from=yesterday"
+        )))
+        .bearer_auth(&wa.admin)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 400, "invalid_query").await;
 }
 
 #[tokio::test]
