@@ -146,6 +146,19 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// The kind a file of media type `content_type` is sent as: pictures WhatsApp shows as
+    /// images (JPEG, PNG), sound, film; anything else as a document.
+    pub fn of_content_type(content_type: &str) -> Self {
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        match essence {
+            "image/jpeg" | "image/png" => MediaKind::Image,
+            "image/webp" => MediaKind::Sticker,
+            t if t.starts_with("audio/") => MediaKind::Audio,
+            "video/mp4" | "video/3gpp" => MediaKind::Video,
+            _ => MediaKind::Document,
+        }
+    }
+
     /// The kind called `raw` by the provider.
     pub fn parse(raw: &str) -> Option<Self> {
         Some(match raw {
@@ -206,6 +219,24 @@ pub enum Outbound {
         #[serde(default)]
         filename: Option<String>,
     },
+    /// A file of the platform's blob store (a reply's attachment), uploaded to the provider
+    /// when it is sent.
+    File {
+        /// Which kind WhatsApp sends it as.
+        kind: MediaKind,
+        /// Blob key (under the tenant's `tenants/{tenant_id}/`).
+        object_key: String,
+        /// Its media type.
+        content_type: String,
+        /// Its size in bytes.
+        size_bytes: u64,
+        /// The file name shown (documents).
+        #[serde(default)]
+        filename: Option<String>,
+        /// A caption (not for audio and stickers).
+        #[serde(default)]
+        caption: Option<String>,
+    },
     /// An approved template (the only kind allowed outside the service window).
     Template {
         /// Its name.
@@ -223,7 +254,7 @@ impl Outbound {
     pub fn kind(&self) -> &'static str {
         match self {
             Outbound::Text { .. } => "text",
-            Outbound::Media { kind, .. } => kind.as_str(),
+            Outbound::Media { kind, .. } | Outbound::File { kind, .. } => kind.as_str(),
             Outbound::Template { .. } => "template",
         }
     }
@@ -271,6 +302,22 @@ pub fn cloud_message(to: &str, content: &Outbound, message_id: &str) -> serde_js
             filename,
         } => {
             let mut media = json!({"link": link});
+            if let Some(caption) = caption {
+                media["caption"] = json!(caption);
+            }
+            if let Some(filename) = filename {
+                media["filename"] = json!(filename);
+            }
+            (kind.as_str(), media)
+        }
+        // The provider's media id is added once the file is uploaded.
+        Outbound::File {
+            kind,
+            caption,
+            filename,
+            ..
+        } => {
+            let mut media = json!({});
             if let Some(caption) = caption {
                 media["caption"] = json!(caption);
             }

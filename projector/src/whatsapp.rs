@@ -31,7 +31,7 @@ fn decode<T: serde::de::DeserializeOwned>(e: &Envelope) -> Result<T, ProjectionE
 fn outbound_text(content: &Outbound) -> Option<String> {
     match content {
         Outbound::Text { body, .. } => Some(body.clone()),
-        Outbound::Media { caption, .. } => caption.clone(),
+        Outbound::Media { caption, .. } | Outbound::File { caption, .. } => caption.clone(),
         Outbound::Template { name, .. } => Some(format!("[template] {name}")),
     }
 }

@@ -296,8 +296,6 @@ pub enum ConversationCommand {
         content: Outbound,
         /// Its thread, if any.
         thread_id: Option<String>,
-        /// Whether the reply it stands for carries a file (not sent over WhatsApp yet).
-        with_attachment: bool,
         /// Whether a refusal by the rules (window, disconnected session, invalid content) is
         /// recorded as a queued-then-failed message instead of refused: for replies already
         /// posted in a thread, where the agent must see why it did not go out.
@@ -376,11 +374,6 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
-    /// 422 `unsupported_attachment`.
-    #[error(
-        "files in thread replies are not sent over WhatsApp yet; send a media message with a link"
-    )]
-    UnsupportedAttachment,
 }
 
 /// Where an outbound message stands.
@@ -496,7 +489,7 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::seconds(secs.min(300))
 }
 
-fn check(content: &Outbound) -> Result<(), ConversationError> {
+fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
     use ConversationError::InvalidMessage as Invalid;
     let blank = |s: &str| s.trim().is_empty();
     match content {
@@ -516,6 +509,35 @@ fn check(content: &Outbound) -> Result<(), ConversationError> {
                 || link.contains(char::is_whitespace)
             {
                 return Err(Invalid("Media are sent by an https:// link."));
+            }
+            if let Some(caption) = caption {
+                use events::whatsapp::MediaKind as K;
+                if matches!(kind, K::Audio | K::Sticker) {
+                    return Err(Invalid("Audio and stickers have no caption."));
+                }
+                if caption.chars().count() > MAX_CAPTION_CHARS {
+                    return Err(Invalid("A caption has at most 1024 characters."));
+                }
+            }
+            if filename.as_ref().is_some_and(|f| blank(f) || f.len() > 240) {
+                return Err(Invalid("A file name has 1 to 240 characters."));
+            }
+        }
+        Outbound::File {
+            kind,
+            object_key,
+            size_bytes,
+            filename,
+            caption,
+            ..
+        } => {
+            if !object_key.starts_with(&format!("tenants/{tenant}/")) || object_key.contains("..") {
+                return Err(Invalid("A file is one of the tenant's own."));
+            }
+            if *size_bytes == 0 || *size_bytes > kind.max_bytes() {
+                return Err(Invalid(
+                    "The file is empty or larger than WhatsApp takes for its kind.",
+                ));
             }
             if let Some(caption) = caption {
                 use events::whatsapp::MediaKind as K;
@@ -577,7 +599,6 @@ impl ConversationError {
             ConversationError::OutsideWindow => "outside_service_window",
             ConversationError::InvalidMessage(_) => "invalid_message",
             ConversationError::MessageExists => "message_exists",
-            ConversationError::UnsupportedAttachment => "unsupported_attachment",
         }
     }
 }
@@ -586,6 +607,7 @@ impl Conversation {
     /// Why the rules refuse sending `content` now, if they do.
     fn refusal(
         &self,
+        tenant: &str,
         session_connected: bool,
         content: &Outbound,
         at: DateTime<Utc>,
@@ -593,7 +615,7 @@ impl Conversation {
         if !session_connected {
             return Some(ConversationError::SessionDisconnected);
         }
-        if let Err(e) = check(content) {
+        if let Err(e) = check(content, tenant) {
             return Some(e);
         }
         let open = self
@@ -648,7 +670,6 @@ impl Conversation {
                 author,
                 content,
                 thread_id,
-                with_attachment,
                 record_refusal,
                 at,
             } => {
@@ -661,10 +682,7 @@ impl Conversation {
                 if self.inbound.contains_key(&message_id) {
                     return Err(ConversationError::MessageExists);
                 }
-                let refusal = match with_attachment {
-                    true => Some(ConversationError::UnsupportedAttachment),
-                    false => self.refusal(session_connected, &content, at),
-                };
+                let refusal = self.refusal(&parties.tenant_id, session_connected, &content, at);
                 let mut events: Vec<_> = match (&refusal, record_refusal) {
                     (Some(e), false) => return Err(e.clone()),
                     _ => self.start(&parties).into_iter().collect(),
@@ -1144,7 +1162,6 @@ mod tests {
             author: agent(),
             content,
             thread_id: Some("th1".into()),
-            with_attachment: false,
             record_refusal: false,
             at,
         }
@@ -1349,8 +1366,25 @@ mod tests {
                 language: "en_US".into(),
                 parameters: vec![],
             },
+            Outbound::File {
+                kind: events::whatsapp::MediaKind::Document,
+                object_key: "tenants/t2/files/menu.pdf".into(),
+                content_type: "application/pdf".into(),
+                size_bytes: 10,
+                filename: None,
+                caption: None,
+            },
+            Outbound::File {
+                kind: events::whatsapp::MediaKind::Image,
+                object_key: "tenants/t1/files/big.jpg".into(),
+                content_type: "image/jpeg".into(),
+                size_bytes: 6 * 1024 * 1024,
+                filename: None,
+                caption: None,
+            },
         ] {
             let refused = Conversation::default().decide(queue(content.clone(), t0()));
+            // (Files are the tenant's own, within their kind's limit.)
             assert!(
                 matches!(refused, Err(ConversationError::InvalidMessage(_))),
                 "{content:?}"

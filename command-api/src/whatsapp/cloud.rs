@@ -249,3 +249,59 @@ pub async fn download(
     writer.finish().await.map_err(|e| transient(&e))?;
     Ok((size, crate::values::hex(&hasher.finalize())))
 }
+
+/// Uploads a file to the provider (`POST /{phone_number_id}/media`, multipart with
+/// `messaging_product`, `type` and `file`, streamed): its media id.
+pub async fn upload_media<S>(
+    settings: &Settings,
+    phone_number_id: &str,
+    access_token: &str,
+    bytes: S,
+    size_bytes: u64,
+    content_type: &str,
+    filename: &str,
+) -> Result<String, MediaError>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, object_store::Error>> + Send + 'static,
+{
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(bytes), size_bytes)
+            .file_name(filename.to_owned())
+            .mime_str(content_type)
+            .map_err(|e| MediaError::Permanent(e.to_string()))?;
+    let form = reqwest::multipart::Form::new()
+        .text("messaging_product", "whatsapp")
+        .text("type", content_type.to_owned())
+        .part("file", part);
+    let url = format!(
+        "{}/{}/{phone_number_id}/media",
+        settings.api_url, settings.version
+    );
+    let response = client(Duration::from_secs(300))?
+        .post(url)
+        .bearer_auth(access_token)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| MediaError::Transient(e.without_url().to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        return body
+            .get("id")
+            .and_then(|i| i.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| MediaError::Transient("the upload answered no media id".into()));
+    }
+    let message = body
+        .pointer("/error/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("the provider refused the file")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    match status.as_u16() {
+        429 | 500..=599 => Err(MediaError::Transient(message)),
+        _ => Err(MediaError::Permanent(message)),
+    }
+}

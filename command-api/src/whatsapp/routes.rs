@@ -83,7 +83,6 @@ impl DomainProblem for ConversationError {
             E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
             E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
-            E::UnsupportedAttachment => Problem::unprocessable(self.code(), detail),
         }
     }
 }
@@ -461,7 +460,6 @@ async fn send(
         },
         content: body.message,
         thread_id,
-        with_attachment: false,
         record_refusal: false,
         at: state.clock.now(),
     };
@@ -564,6 +562,58 @@ async fn claim(
     let content = current
         .content(&message)
         .ok_or_else(|| ConversationError::NotFound.problem())?;
+    let mut request = cloud_message(current.wa_id(), content, &message);
+    // A file of the platform's store is uploaded to the provider first; the request names
+    // the provider's media id. Should that fail, the attempt is reported here.
+    if let Outbound::File {
+        kind,
+        object_key,
+        content_type,
+        size_bytes,
+        filename,
+        ..
+    } = content
+    {
+        let uploaded = match session.transport() {
+            Transport::Bridge => Err(SendResult::Refused {
+                code: Some("unsupported_on_bridge".into()),
+                reason: "Files of the platform are not sent through a bridge.".into(),
+                retryable: false,
+                retry_after: None,
+            }),
+            Transport::Cloud => {
+                upload_file(
+                    &state,
+                    current.session_id(),
+                    session.phone_number_id(),
+                    object_key,
+                    content_type,
+                    *size_bytes,
+                    filename.as_deref(),
+                )
+                .await
+            }
+        };
+        match uploaded {
+            Ok(media_id) => request[kind.as_str()]["id"] = json!(media_id),
+            Err(result) => {
+                let report = ConversationCommand::Report {
+                    message_id: message,
+                    attempt,
+                    result,
+                    at,
+                };
+                let c = state
+                    .wa_conversations
+                    .execute(&conversation, None, report, &metadata)
+                    .await?;
+                return Ok(
+                    Json(json!({"send": false, "version": c.version, "state": "retrying"}))
+                        .into_response(),
+                );
+            }
+        }
+    }
     Ok(Json(json!({
         "send": true,
         "version": c.version,
@@ -572,7 +622,7 @@ async fn claim(
         "session_id": current.session_id(),
         "phone_number_id": session.phone_number_id(),
         "credentials": session.credentials(),
-        "request": cloud_message(current.wa_id(), content, &message),
+        "request": request,
     }))
     .into_response())
 }
@@ -1098,9 +1148,9 @@ async fn receive_message(
 pub struct ForwardBody {
     /// The reply's text.
     pub text: String,
-    /// Whether it carries a file.
+    /// The file it carries, if any.
     #[serde(default)]
-    pub has_attachment: bool,
+    pub attachment: Option<events::chat::Attachment>,
 }
 
 /// The conversation whose messages went into `thread`, from the store itself.
@@ -1175,12 +1225,28 @@ async fn forward(
         session_connected: session.connected() && session.tenant_id() == Some(tenant.as_str()),
         message_id: message_id.clone(),
         author,
-        content: Outbound::Text {
-            body: body.text,
-            preview_url: false,
+        content: match body.attachment {
+            // A file goes as media, the reply's text as its caption.
+            Some(file) => {
+                let kind = MediaKind::of_content_type(&file.content_type);
+                let caption = Some(body.text).filter(|t| {
+                    !t.trim().is_empty() && !matches!(kind, MediaKind::Audio | MediaKind::Sticker)
+                });
+                Outbound::File {
+                    kind,
+                    object_key: file.object_key,
+                    content_type: file.content_type,
+                    size_bytes: file.size_bytes,
+                    filename: file.name.filter(|_| kind == MediaKind::Document),
+                    caption,
+                }
+            }
+            None => Outbound::Text {
+                body: body.text,
+                preview_url: false,
+            },
         },
         thread_id: Some(thread),
-        with_attachment: body.has_attachment,
         record_refusal: true,
         at: state.clock.now(),
     };
@@ -1296,4 +1362,63 @@ async fn store_media(
         .await
         .map_err(|e| retry(&e))?;
     Ok(if stored { "MediaStored" } else { "MediaFailed" }.into())
+}
+
+/// Uploads a file of the blob store to the provider (`POST /{phone_number_id}/media`,
+/// streamed): its media id, or the failed attempt's report.
+async fn upload_file(
+    state: &AppState,
+    session: &str,
+    phone_number_id: &str,
+    object_key: &str,
+    content_type: &str,
+    size_bytes: u64,
+    filename: Option<&str>,
+) -> Result<String, SendResult> {
+    let refused = |code: &str, reason: String, retryable: bool| SendResult::Refused {
+        code: Some(code.to_owned()),
+        reason,
+        retryable,
+        retry_after: None,
+    };
+    let creds = credentials(state, session)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            refused(
+                "credentials_unreadable",
+                "The session's credentials cannot be opened.".into(),
+                false,
+            )
+        })?;
+    let file = match state
+        .blobs
+        .get(&object_store::path::Path::from(object_key))
+        .await
+    {
+        Ok(file) => file,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(refused(
+                "file_missing",
+                "The file is no longer stored.".into(),
+                false,
+            ))
+        }
+        Err(e) => return Err(refused("media_upload_failed", e.to_string(), true)),
+    };
+    cloud::upload_media(
+        &state.whatsapp,
+        phone_number_id,
+        &creds.access_token,
+        file.into_stream(),
+        size_bytes,
+        content_type,
+        filename.unwrap_or("file"),
+    )
+    .await
+    .map_err(|e| match e {
+        cloud::MediaError::Permanent(reason) => refused("media_upload_refused", reason, false),
+        cloud::MediaError::Transient(reason) => refused("media_upload_failed", reason, true),
+    })
 }

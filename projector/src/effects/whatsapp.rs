@@ -90,7 +90,7 @@ impl Effect for WhatsAppOutbox {
                 continue;
             }
             let path = format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
-            let body = json!({"text": text, "has_attachment": attachment.is_some()});
+            let body = json!({"text": text, "attachment": attachment});
             match self.client.post_json(&path, &body).await {
                 Ok(r) if r.status().is_success() => {}
                 // Refused for good (an unknown thread or message): nothing to retry.

@@ -1444,3 +1444,99 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     let info = stream.get_info().await.expect("info");
     assert_eq!(info.state.messages, 1);
 }
+
+#[tokio::test]
+async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
+    let wa = Wa::start().await;
+    wa.connected().await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([text(
+            "wamid.Q1",
+            "Can I see the menu?",
+            Utc::now().timestamp()
+        )]),
+        json!([]),
+    ))
+    .await;
+    let asked = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id("wamid.Q1"),
+            "the question",
+            |m| m["thread_id"].is_string(),
+        )
+        .await;
+    let thread = asked["thread_id"].as_str().expect("thread").to_owned();
+    // A file of the tenant's, as an upload leaves it in the blob store.
+    let menu = b"%PDF-1.4 the menu".to_vec();
+    let key = format!("tenants/{}/files/menu.pdf", wa.tenant);
+    let file = wa.env.blob_dir.join(&key);
+    std::fs::create_dir_all(file.parent().expect("folder")).expect("folder");
+    std::fs::write(&file, &menu).expect("written");
+    let agent = wa.env.agent_of(&wa.tenant);
+    let attachment = json!({"object_key": key, "content_type": "application/pdf",
+                            "name": "menu.pdf", "size_bytes": menu.len()});
+    let r = wa
+        .env
+        .http
+        .post(wa.api.url(&format!("/v1/chat/threads/{thread}/messages")))
+        .bearer_auth(&agent)
+        .json(&json!({"text": "Here it is", "attachment": attachment}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 201);
+    let reply = r.json::<Value>().await.expect("json")["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // What the outbox does with the reply's event.
+    let token = TokenKeys::new(SECRET).service_token("whatsapp-outbox", 300);
+    let forwarded: Value = wa
+        .env
+        .http
+        .post(wa.api.url(&format!(
+            "/v1/whatsapp/threads/{thread}/messages/{reply}/forward"
+        )))
+        .bearer_auth(&token)
+        .json(&json!({"text": "Here it is", "attachment": attachment}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(forwarded["forwarded"], true, "{forwarded}");
+    // Uploaded (multipart, the file's bytes), then sent by the provider's media id.
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/media")))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(wiremock::matchers::body_string_contains(
+            "%PDF-1.4 the menu",
+        ))
+        .and(wiremock::matchers::body_string_contains(
+            "name=\"messaging_product\"",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "4490709327384033"})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+            "biz_opaque_callback_data": reply, "type": "document",
+            "document": {"id": "4490709327384033", "caption": "Here it is", "filename": "menu.pdf"},
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "messages": [{"id": "wamid.MENU"}]})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    assert_eq!(wa.send_step().await.sent, 1);
+    let m = wa
+        .message_when(&reply, "sent", |m| m["status"] == "sent")
+        .await;
+    assert_eq!(m["kind"], "document");
+    assert_eq!(m["thread_id"], thread.as_str());
+}
