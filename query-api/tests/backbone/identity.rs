@@ -480,7 +480,7 @@ async fn a_password_change_needs_the_current_password() {
     api.stop().await;
 }
 
-async fn request_code(
+pub(crate) async fn request_code(
     env: &TestEnv,
     api: &Service,
     tenant: &str,
@@ -495,7 +495,7 @@ async fn request_code(
 }
 
 /// The code in the newest captured SMS to `phone`.
-async fn code_from_inbox(env: &TestEnv, query: &Service, phone: &str) -> String {
+pub(crate) async fn code_from_inbox(env: &TestEnv, query: &Service, phone: &str) -> String {
     let url = query.url(&format!(
         "/v1/dev/inbox?recipient={}",
         phone.replace('+', "%2B")

@@ -523,6 +523,31 @@ async fn inbound_messages_land_once_in_the_contacts_thread_and_forgeries_append_
         .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
         .await;
     assert_eq!(contacts["items"][0]["profile_name"], "Sheena Nelson");
+    assert_eq!(contacts["items"][0]["phone_user_id"], Value::Null);
+    // The contact signs in to the chatbot with the same number: linked.
+    let sent =
+        crate::identity::request_code(&wa.env, &wa.api, &wa.tenant, &format!("+{CONTACT}")).await;
+    assert_eq!(sent.status(), 202);
+    let code = crate::identity::code_from_inbox(&wa.env, &wa.query, &format!("+{CONTACT}")).await;
+    let signed_in: Value = wa
+        .env
+        .http
+        .post(wa.api.url("/auth/phone/verify"))
+        .json(&json!({"tenant_id": wa.tenant, "phone": format!("+{CONTACT}"), "code": code}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let contacts = wa
+        .env
+        .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
+        .await;
+    assert_eq!(
+        contacts["items"][0]["phone_user_id"],
+        signed_in["user"]["id"]
+    );
     assert_eq!(contacts["items"][0]["tenant_id"], wa.tenant.as_str());
     assert_eq!(contacts["items"][0]["phone"], format!("+{CONTACT}"));
     let s = wa
