@@ -17,7 +17,7 @@ enum Api {
 
 /// `{tenant}` is the other tenant's id, `{user}` an admin user of the other tenant,
 /// `{thread}` one of its chat threads, `{message}` a message and `{scheduled}` a scheduled
-/// message in it, `{payment}` one of its payments.
+/// message in it, `{payment}` one of its payments, `{wa_session}` its WhatsApp session.
 const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
     (
         Api::Command,
@@ -265,6 +265,50 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
         "/v1/telephony/numbers/+15557650099/release",
         Some("{}"),
     ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/whatsapp/sessions/{wa_session}/disconnect",
+        Some("{}"),
+    ),
+    (
+        Api::Command,
+        "POST",
+        "/v1/whatsapp/sessions/{wa_session}/messages",
+        Some(
+            r#"{"to": "+16505551234", "message": {"type": "template", "name": "hello", "language": "en_US"}}"#,
+        ),
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/whatsapp/sessions/{wa_session}",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/whatsapp/sessions/{wa_session}/messages",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/whatsapp/sessions/{wa_session}/analytics",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/whatsapp/sessions?tenant_id={tenant}",
+        None,
+    ),
+    (
+        Api::Query,
+        "GET",
+        "/v1/whatsapp/contacts?tenant_id={tenant}",
+        None,
+    ),
     (Api::Query, "GET", "/v1/payments/{payment}", None),
     (Api::Query, "GET", "/v1/payments/{payment}/timeline", None),
     (Api::Query, "GET", "/v1/payments?tenant_id={tenant}", None),
@@ -404,17 +448,28 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         .as_str()
         .expect("id")
         .to_owned();
+    // A WhatsApp number of theirs (served by their bridge).
+    let wa_session = post(
+        their_admin.clone(),
+        "/v1/whatsapp/sessions/bridge".into(),
+        json!({"phone_number": "+15550783881", "bridge_secret": "their-bridge-secret-of-32-characters-or-more"}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     // Their data is in the read models before we start probing.
     eventually(Duration::from_secs(20), "their rows projected", || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM admin_users)
                   + (SELECT count(*) FROM chat_messages) + (SELECT count(*) FROM chat_scheduled)
-                  + (SELECT count(*) FROM payments) + (SELECT count(*) FROM catalog_products)",
+                  + (SELECT count(*) FROM payments) + (SELECT count(*) FROM catalog_products)
+                  + (SELECT count(*) FROM whatsapp_sessions)",
         )
         .fetch_one(&env.pool)
         .await
         .ok()?;
-        (n == 7).then_some(())
+        (n == 8).then_some(())
     })
     .await;
     let before = env.event_count().await;
@@ -427,6 +482,8 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
         message.as_str(),
         payment.as_str(),
         "secret-product",
+        wa_session.as_str(),
+        "15550783881",
     ];
 
     for token in [env.admin_of(&mine), env.agent_of(&mine)] {
@@ -437,7 +494,8 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
                 .replace("{thread}", &thread)
                 .replace("{message}", &message)
                 .replace("{scheduled}", &scheduled)
-                .replace("{payment}", &payment);
+                .replace("{payment}", &payment)
+                .replace("{wa_session}", &wa_session);
             let url = match service {
                 Api::Command => api.url(&path),
                 Api::Query => query.url(&path),
@@ -478,6 +536,8 @@ async fn another_tenants_staff_get_nothing_from_any_endpoint() {
             "/v1/payments/reports/revenue",
             "/v1/catalog/products",
             "/v1/webhooks",
+            "/v1/whatsapp/sessions",
+            "/v1/whatsapp/contacts",
         ] {
             let text = env
                 .http
