@@ -80,10 +80,41 @@ pub async fn install(work_dir: &Path) -> Result<PathBuf, Error> {
 pub async fn run(options: &FuzzOptions) -> Result<Vec<FuzzResult>, Error> {
     let work_dir = options.stack.work_dir.clone();
     let schemathesis = install(&work_dir).await?;
-    let stack = Stack::start(options.stack.clone()).await?;
+    // Providers the APIs ask synchronously (the WhatsApp Cloud API checks credentials when a
+    // session connects) are a local stand-in that refuses every credential: an unreachable
+    // provider is a 503, which is right in production but not what fuzzing looks for.
+    let provider = refusing_provider().await?;
+    let mut config = options.stack.clone();
+    config
+        .env
+        .push(("WHATSAPP_API_URL".into(), format!("http://{provider}")));
+    let stack = Stack::start(config).await?;
     let result = fuzz_stack(&stack, &schemathesis, options).await;
     stack.teardown().await?;
     result
+}
+
+/// A local HTTP server answering every request 401 with a Graph API error (an invalid
+/// access token), for as long as the process runs: its address.
+async fn refusing_provider() -> Result<std::net::SocketAddr, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request).await;
+                let body = r#"{"error":{"message":"Invalid OAuth access token","type":"OAuthException","code":190}}"#;
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 async fn fuzz_stack(

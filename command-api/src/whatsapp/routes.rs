@@ -43,10 +43,10 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/webhooks/whatsapp", get(handshake).post(deliver))
+        .route("/api/webhooks/whatsapp/bridge", post(bridge_delivery))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .route("/v1/whatsapp/sessions", post(connect))
         .route("/v1/whatsapp/sessions/bridge", post(connect_bridge))
-        .route("/api/webhooks/whatsapp/bridge", post(bridge_delivery))
         .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
         .route("/v1/whatsapp/sessions/{id}/messages", post(send))
         .route(
