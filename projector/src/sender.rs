@@ -36,6 +36,9 @@ const RETRYABLE_CODES: &[i64] = &[
     1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004,
 ];
 
+/// Seconds before retrying after a 5xx answer (see [`Sender::send`]).
+const SERVER_ERROR_WAIT_SECS: u32 = 30;
+
 /// Where the Cloud API is.
 #[derive(Debug, Clone)]
 pub struct CloudApi {
@@ -362,6 +365,12 @@ impl Sender {
         let retryable = status.as_u16() == 429
             || status.is_server_error()
             || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
+        // A 5xx may hide a message the provider took: the retry waits long enough for its
+        // status webhook (which names the message) to settle it first.
+        let retry_after = match status.is_server_error() {
+            true => Some(retry_after.unwrap_or(0).max(SERVER_ERROR_WAIT_SECS)),
+            false => retry_after,
+        };
         let code = code
             .map(|c| c.to_string())
             .unwrap_or_else(|| status.as_u16().to_string());

@@ -91,9 +91,16 @@ pub struct Session {
     phone_number_id: String,
     /// Sealed credentials.
     credentials: String,
+    /// The WhatsApp Business Account (its templates are checked before a send).
+    business_account_id: Option<String>,
 }
 
 impl Session {
+    /// The WhatsApp Business Account, when known.
+    pub fn business_account_id(&self) -> Option<&str> {
+        self.business_account_id.as_deref()
+    }
+
     /// The tenant that connected it last.
     pub fn tenant_id(&self) -> Option<&str> {
         self.tenant_id.as_deref()
@@ -180,9 +187,11 @@ impl Aggregate for Session {
                 tenant_id,
                 transport,
                 phone_number_id,
+                business_account_id,
                 credentials,
                 ..
             } => {
+                self.business_account_id = business_account_id;
                 self.tenant_id = Some(tenant_id);
                 self.connected = true;
                 self.transport = transport;

@@ -104,6 +104,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn placeholders_are_counted_once_each() {
+        assert_eq!(placeholders("Hello {{1}}, order {{2}} ships {{2}}"), 2);
+        assert_eq!(placeholders("Hi {{first_name}}"), 1);
+        assert_eq!(placeholders("No parameters"), 0);
+        assert_eq!(placeholders("Broken {{1"), 0);
+    }
+
+    #[test]
     fn the_proof_is_hmac_sha256_of_the_token() {
         // printf token | openssl dgst -sha256 -hmac secret
         assert_eq!(
@@ -304,4 +312,80 @@ where
         429 | 500..=599 => Err(MediaError::Transient(message)),
         _ => Err(MediaError::Permanent(message)),
     }
+}
+
+/// How many body parameters the approved template `name` in `language` takes, as the
+/// provider describes it (`GET /{business_account_id}/message_templates`): `Ok(None)` when
+/// the account has no such approved template; `Err` when the provider could not tell (the
+/// send then goes ahead and the provider decides).
+pub async fn template_parameters(
+    settings: &Settings,
+    business_account_id: &str,
+    access_token: &str,
+    name: &str,
+    language: &str,
+) -> Result<Option<usize>, MediaError> {
+    let url = format!(
+        "{}/{}/{business_account_id}/message_templates",
+        settings.api_url, settings.version
+    );
+    let response = client(Duration::from_secs(10))?
+        .get(url)
+        .bearer_auth(access_token)
+        .query(&[
+            ("name", name),
+            ("fields", "name,language,status,components"),
+        ])
+        .send()
+        .await
+        .map_err(|e| MediaError::Transient(e.without_url().to_string()))?;
+    if !response.status().is_success() {
+        return Err(MediaError::Transient(format!(
+            "the template lookup answered {}",
+            response.status()
+        )));
+    }
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| MediaError::Transient(e.to_string()))?;
+    let template = body
+        .get("data")
+        .and_then(|d| d.as_array())
+        .into_iter()
+        .flatten()
+        .find(|t| {
+            t.get("name").and_then(|n| n.as_str()) == Some(name)
+                && t.get("language").and_then(|l| l.as_str()) == Some(language)
+                && t.get("status").and_then(|s| s.as_str()) == Some("APPROVED")
+        });
+    let Some(template) = template else {
+        return Ok(None);
+    };
+    let body_text = template
+        .get("components")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("BODY"))
+        .and_then(|c| c.get("text"))
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
+    Ok(Some(placeholders(body_text)))
+}
+
+/// The distinct `{{…}}` placeholders of a template text.
+pub fn placeholders(text: &str) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let name = after[..end].trim();
+        if !name.is_empty() && !name.contains('{') {
+            seen.insert(name.to_owned());
+        }
+        rest = &after[end + 2..];
+    }
+    seen.len()
 }

@@ -432,6 +432,7 @@ async fn send(
         None => Uuid::now_v7(),
     }
     .to_string();
+    check_template(&state, &session, &body.message).await?;
     let conversation = conversation_id(&tenant, &id, &wa_id);
     // The message shows in the contact's thread while it is open (a closed one stays so).
     let thread_id = match state
@@ -1421,4 +1422,58 @@ async fn upload_file(
         cloud::MediaError::Permanent(reason) => refused("media_upload_refused", reason, false),
         cloud::MediaError::Transient(reason) => refused("media_upload_failed", reason, true),
     })
+}
+
+/// Checks a template against the account's approved templates before it is queued: an
+/// unknown template (422 `template_unknown`) or a wrong number of parameters (422
+/// `template_parameters_mismatch`) is refused at once instead of failing later. When the
+/// provider cannot tell, the message is queued and the provider decides (error 132000).
+async fn check_template(
+    state: &AppState,
+    session: &Session,
+    content: &Outbound,
+) -> Result<(), Problem> {
+    let Outbound::Template {
+        name,
+        language,
+        parameters,
+    } = content
+    else {
+        return Ok(());
+    };
+    let Some(account) = session.business_account_id() else {
+        return Ok(());
+    };
+    if session.transport() != Transport::Cloud {
+        return Ok(());
+    }
+    let Ok(Some(creds)) = credentials(state, &session_id(session.phone_number_id())).await else {
+        return Ok(());
+    };
+    match cloud::template_parameters(
+        &state.whatsapp,
+        account,
+        &creds.access_token,
+        name,
+        language,
+    )
+    .await
+    {
+        Ok(Some(expected)) if expected != parameters.len() => Err(Problem::unprocessable(
+            "template_parameters_mismatch",
+            format!(
+                "The template {name} ({language}) takes {expected} parameter(s); {} given.",
+                parameters.len()
+            ),
+        )),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Problem::unprocessable(
+            "template_unknown",
+            format!("The account has no approved template {name} in {language}."),
+        )),
+        Err(e) => {
+            tracing::info!(error = %e, "templates could not be checked; the provider will");
+            Ok(())
+        }
+    }
 }

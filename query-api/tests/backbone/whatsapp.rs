@@ -629,6 +629,38 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
         "invalid_message",
     )
     .await;
+    // Templates are checked against the account's approved ones before they are queued.
+    Mock::given(method("GET"))
+        .and(path("/v21.0/102290129340398/message_templates"))
+        .and(query_param("name", "order_update"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+            {"name": "order_update", "language": "en_US", "status": "APPROVED", "id": "1",
+             "components": [{"type": "HEADER", "format": "TEXT", "text": "Your order"},
+                            {"type": "BODY", "text": "Order {{1}} is ready."}]}]})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v21.0/102290129340398/message_templates"))
+        .and(query_param("name", "no_such_template"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&wa.cloud)
+        .await;
+    let template = |name: &str, parameters: Value| json!({"type": "template", "name": name, "language": "en_US", "parameters": parameters});
+    expect_problem(
+        wa.send(&session, template("order_update", json!(["42", "x"])), None)
+            .await,
+        422,
+        "template_parameters_mismatch",
+    )
+    .await;
+    expect_problem(
+        wa.send(&session, template("no_such_template", json!([])), None)
+            .await,
+        422,
+        "template_unknown",
+    )
+    .await;
     let bad = wa
         .send(&session, json!({"type": "fax", "body": "x"}), None)
         .await;
