@@ -295,14 +295,9 @@ async fn bridge_delivery(
         None => None,
     }
     .filter(|s| s.transport() == Transport::Bridge && s.tenant_id().is_some());
-    let secret = match &found {
-        Some(s) => state
-            .sealing
-            .open(s.credentials())
-            .ok()
-            .and_then(|c| serde_json::from_str::<Credentials>(&c).ok())
-            .map(|c| c.app_secret),
-        None => None,
+    let secret = match (&found, session) {
+        (Some(s), Some(id)) => opened(&state, s, &id.to_string()).map(|c| c.app_secret),
+        _ => None,
     };
     let secrets: Vec<String> = secret.into_iter().collect();
     if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
@@ -319,17 +314,7 @@ async fn bridge_delivery(
     value["metadata"] = json!({"phone_number_id": session.phone_number_id()});
     let delivery = json!({"object": "whatsapp_business_account",
                           "entry": [{"id": "bridge", "changes": [{"field": "messages", "value": value}]}]});
-    let items =
-        inbound::items(&delivery).map_err(|e| Problem::bad_request("invalid_payload", e))?;
-    let mut received = Vec::with_capacity(items.len());
-    let mut duplicates = 0;
-    for item in items {
-        let (id, duplicate) =
-            receive_item(&state, &ids, Provider::Whatsapp, item.payload, &body).await?;
-        duplicates += usize::from(duplicate);
-        received.push(id);
-    }
-    Ok(Json(json!({"received": true, "ids": received, "duplicates": duplicates})).into_response())
+    receive_delivery(&state, &ids, &delivery, &body).await
 }
 
 /// Body naming the tenant (super admins name it).
@@ -787,22 +772,7 @@ async fn handshake(
 
 /// The app secret of session `id`, if it has one this process can open.
 async fn app_secret(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
-    let session = state.wa_sessions.load(id).await?;
-    if session.credentials().is_empty() {
-        return Ok(None);
-    }
-    let opened = state
-        .sealing
-        .open(session.credentials())
-        .ok()
-        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok());
-    if opened.is_none() {
-        tracing::warn!(
-            session = id,
-            "a session's credentials cannot be opened with this key"
-        );
-    }
-    Ok(opened.map(|c| c.app_secret))
+    Ok(credentials(state, id).await?.map(|c| c.app_secret))
 }
 
 /// `POST /api/webhooks/whatsapp`: a delivery signed by the app secret of the sessions it
@@ -861,12 +831,23 @@ async fn deliver(
     }
     let parsed =
         parsed.ok_or_else(|| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
-    let items = inbound::items(&parsed).map_err(|e| Problem::bad_request("invalid_payload", e))?;
+    receive_delivery(&state, &ids, &parsed, &body).await
+}
+
+/// Appends each message and status of a verified delivery as a webhook of its own: their
+/// ids, and how many were received before.
+async fn receive_delivery(
+    state: &AppState,
+    ids: &RequestIds,
+    delivery: &Value,
+    body: &[u8],
+) -> Result<Response, Problem> {
+    let items = inbound::items(delivery).map_err(|e| Problem::bad_request("invalid_payload", e))?;
     let mut received = Vec::with_capacity(items.len());
     let mut duplicates = 0;
     for item in items {
         let (id, duplicate) =
-            receive_item(&state, &ids, Provider::Whatsapp, item.payload, &body).await?;
+            receive_item(state, ids, Provider::Whatsapp, item.payload, body).await?;
         duplicates += usize::from(duplicate);
         received.push(id);
     }
@@ -1262,14 +1243,29 @@ async fn forward(
     .into_response())
 }
 
-/// The credentials of session `id`, opened.
+/// The credentials of session `id`, opened (none for a session never connected, or sealed
+/// under another key: that is logged).
 async fn credentials(state: &AppState, id: &str) -> Result<Option<Credentials>, Problem> {
     let session = state.wa_sessions.load(id).await?;
-    Ok(state
+    Ok(opened(state, &session, id))
+}
+
+fn opened(state: &AppState, session: &Session, id: &str) -> Option<Credentials> {
+    if session.credentials().is_empty() {
+        return None;
+    }
+    let opened = state
         .sealing
         .open(session.credentials())
         .ok()
-        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok()))
+        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok());
+    if opened.is_none() {
+        tracing::warn!(
+            session = id,
+            "a session's credentials cannot be opened with this key"
+        );
+    }
+    opened
 }
 
 /// Fetches the file of inbound media message `message_id` from the provider into the blob
