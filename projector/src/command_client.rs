@@ -38,6 +38,17 @@ impl CommandClient {
         }
     }
 
+    /// The same client, waiting up to `timeout` for an answer (commands that call a provider
+    /// on the way — a file fetched or uploaded — take longer than the default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
     /// `POST {base}{path}` with no body. No `Idempotency-Key`: a stored answer would be
     /// replayed when the situation has changed (a delivery that was not due yet); the
     /// aggregates make a repeated command append nothing.

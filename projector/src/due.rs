@@ -71,7 +71,9 @@ impl DueProcessor {
     ) -> Self {
         Self {
             pool,
-            client: CommandClient::new(command_api, keys, "webhooks"),
+            // Processing a WhatsApp message fetches its file (up to 100 MiB).
+            client: CommandClient::new(command_api, keys, "webhooks")
+                .with_timeout(Duration::from_secs(600)),
             clock,
             table: "webhooks",
             path: "/v1/webhooks/{id}/process",

@@ -144,7 +144,9 @@ impl Sender {
             .unwrap_or_default();
         Self {
             pool,
-            client: CommandClient::new(command_api, keys, "whatsapp-sender"),
+            // A claim uploads a file to the provider first (up to 100 MiB).
+            client: CommandClient::new(command_api, keys, "whatsapp-sender")
+                .with_timeout(Duration::from_secs(600)),
             http,
             api: CloudApi {
                 url: api.url.trim_end_matches('/').to_owned(),

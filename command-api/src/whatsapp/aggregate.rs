@@ -486,6 +486,14 @@ impl Conversation {
         self.media_done.contains(message_id)
     }
 
+    /// Whether outbound message `message_id` may be attempted at `at` (queued, its retry
+    /// time passed): what a claim then does.
+    pub fn due(&self, message_id: &str, at: DateTime<Utc>) -> bool {
+        self.outbound
+            .get(message_id)
+            .is_some_and(|o| o.state == SendState::Queued && o.retry_at.is_none_or(|r| at >= r))
+    }
+
     /// The content of outbound message `message_id`.
     pub fn content(&self, message_id: &str) -> Option<&Outbound> {
         self.outbound.get(message_id)?.content.as_ref()

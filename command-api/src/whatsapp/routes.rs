@@ -499,6 +499,42 @@ async fn claim(
         .ok_or_else(|| ConversationError::NotFound.problem())?;
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let at = state.clock.now();
+    let session = state.wa_sessions.load(current.session_id()).await?;
+    // Disconnected, or connected since by another tenant: not this conversation's to use.
+    let usable = session.connected() && session.tenant_id() == Some(tenant.as_str());
+    // A file of the platform's store is uploaded to the provider before the attempt is
+    // recorded (an upload sends nothing; repeating it is harmless), so the attempt's lease
+    // covers only the send itself. The request names the provider's media id.
+    let upload = match current.content(&message) {
+        Some(Outbound::File {
+            object_key,
+            content_type,
+            size_bytes,
+            filename,
+            ..
+        }) if usable && current.due(&message, at) => Some(match session.transport() {
+            Transport::Bridge => Err(SendResult::Refused {
+                code: Some("unsupported_on_bridge".into()),
+                reason: "Files of the platform are not sent through a bridge.".into(),
+                retryable: false,
+                retry_after: None,
+            }),
+            Transport::Cloud => {
+                upload_file(
+                    &state,
+                    current.session_id(),
+                    session.phone_number_id(),
+                    object_key,
+                    content_type,
+                    *size_bytes,
+                    filename.as_deref(),
+                )
+                .await
+            }
+        }),
+        _ => None,
+    };
+    // The same `at` as the due check above: a claim attempts exactly what was due.
     let claim = ConversationCommand::Claim {
         message_id: message.clone(),
         at,
@@ -521,84 +557,59 @@ async fn claim(
         }))
         .into_response());
     };
-    let session = state.wa_sessions.load(current.session_id()).await?;
-    // Disconnected, or connected since by another tenant: not this conversation's to use.
-    if !session.connected() || session.tenant_id() != Some(tenant.as_str()) {
-        // Disconnected since it was queued: failed for good, visibly.
+    let (media_id, upload_refused) = match upload {
+        Some(Ok(id)) => (Some(id), None),
+        Some(Err(result)) => (None, Some(result)),
+        None => (None, None),
+    };
+    let is_file = matches!(current.content(&message), Some(Outbound::File { .. }));
+    let refused = match usable {
+        false => Some(SendResult::Refused {
+            code: Some("session_disconnected".into()),
+            reason: "The WhatsApp session was disconnected before the message could be sent."
+                .into(),
+            retryable: false,
+            retry_after: None,
+        }),
+        true if upload_refused.is_some() => upload_refused,
+        // (Another claimer changed the message between the check and the claim.)
+        true if is_file && media_id.is_none() => Some(SendResult::Refused {
+            code: Some("media_upload_failed".into()),
+            reason: "The file was not uploaded for this attempt.".into(),
+            retryable: true,
+            retry_after: None,
+        }),
+        true => None,
+    };
+    if let Some(result) = refused {
+        let retrying = matches!(
+            result,
+            SendResult::Refused {
+                retryable: true,
+                ..
+            }
+        );
         let report = ConversationCommand::Report {
             message_id: message,
             attempt,
-            result: SendResult::Refused {
-                code: Some("session_disconnected".into()),
-                reason: "The WhatsApp session was disconnected before the message could be sent."
-                    .into(),
-                retryable: false,
-                retry_after: None,
-            },
+            result,
             at,
         };
         let c = state
             .wa_conversations
             .execute(&conversation, None, report, &metadata)
             .await?;
+        let state_now = if retrying { "retrying" } else { "failed" };
         return Ok(
-            Json(json!({"send": false, "version": c.version, "state": "failed"})).into_response(),
+            Json(json!({"send": false, "version": c.version, "state": state_now})).into_response(),
         );
     }
     let content = current
         .content(&message)
         .ok_or_else(|| ConversationError::NotFound.problem())?;
     let mut request = cloud_message(current.wa_id(), content, &message);
-    // A file of the platform's store is uploaded to the provider first; the request names
-    // the provider's media id. Should that fail, the attempt is reported here.
-    if let Outbound::File {
-        kind,
-        object_key,
-        content_type,
-        size_bytes,
-        filename,
-        ..
-    } = content
-    {
-        let uploaded = match session.transport() {
-            Transport::Bridge => Err(SendResult::Refused {
-                code: Some("unsupported_on_bridge".into()),
-                reason: "Files of the platform are not sent through a bridge.".into(),
-                retryable: false,
-                retry_after: None,
-            }),
-            Transport::Cloud => {
-                upload_file(
-                    &state,
-                    current.session_id(),
-                    session.phone_number_id(),
-                    object_key,
-                    content_type,
-                    *size_bytes,
-                    filename.as_deref(),
-                )
-                .await
-            }
-        };
-        match uploaded {
-            Ok(media_id) => request[kind.as_str()]["id"] = json!(media_id),
-            Err(result) => {
-                let report = ConversationCommand::Report {
-                    message_id: message,
-                    attempt,
-                    result,
-                    at,
-                };
-                let c = state
-                    .wa_conversations
-                    .execute(&conversation, None, report, &metadata)
-                    .await?;
-                return Ok(
-                    Json(json!({"send": false, "version": c.version, "state": "retrying"}))
-                        .into_response(),
-                );
-            }
-        }
+    if let (Outbound::File { kind, .. }, Some(media_id)) = (content, media_id) {
+        request[kind.as_str()]["id"] = json!(media_id);
     }
     Ok(Json(json!({
         "send": true,
