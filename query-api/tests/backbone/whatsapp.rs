@@ -879,12 +879,14 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
 async fn a_sender_that_dies_before_recording_the_outcome_never_sends_twice() {
     let wa = Wa::start().await;
     let session = wa.connected().await;
+    // The provider takes the message exactly once: from the sender that then dies.
     Mock::given(method("POST"))
         .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "messaging_product": "whatsapp",
             "messages": [{"id": "wamid.LOST"}]})))
-        .expect(0)
+        .expect(1)
         .mount(&wa.cloud)
         .await;
     let template = json!({"type": "template", "name": "order_update", "language": "en_US",
@@ -922,6 +924,17 @@ async fn a_sender_that_dies_before_recording_the_outcome_never_sends_twice() {
         claim["request"]["template"]["components"][0]["parameters"][0]["text"],
         "42"
     );
+    // It sends what the claim says, gets the provider's answer, and dies before reporting.
+    let sent = wa
+        .env
+        .http
+        .post(format!("{}/v21.0/{NUMBER_ID}/messages", wa.cloud.uri()))
+        .bearer_auth(TOKEN)
+        .json(&claim["request"])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(sent.status(), 200);
     // Agents and customers cannot claim.
     let refused = wa
         .env
@@ -962,7 +975,7 @@ async fn a_sender_that_dies_before_recording_the_outcome_never_sends_twice() {
     assert_eq!(m["wamid"], "wamid.LOST");
     wa.clock.advance(chrono::Duration::minutes(10));
     assert_eq!(wa.sender.step().await.expect("step").sent, 0);
-    // The provider was never called by the platform's sender (expect(0) on drop).
+    // The provider was called once, by the sender that died (expect(1) on drop).
 }
 
 #[tokio::test]
@@ -1564,6 +1577,23 @@ async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
         .await
         .expect("json");
     assert_eq!(forwarded["forwarded"], true, "{forwarded}");
+    // The outbox may see the reply's event again (a redelivery, a replay): the same message.
+    let again: Value = wa
+        .env
+        .http
+        .post(wa.api.url(&format!(
+            "/v1/whatsapp/threads/{thread}/messages/{reply}/forward"
+        )))
+        .bearer_auth(&token)
+        .json(&json!({"text": "Here it is", "attachment": attachment}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["id"], forwarded["id"]);
+    assert_eq!(again["version"], forwarded["version"], "nothing appended");
     // Uploaded (multipart, the file's bytes), then sent by the provider's media id.
     Mock::given(method("POST"))
         .and(path(format!("/v21.0/{NUMBER_ID}/media")))
