@@ -104,3 +104,9 @@ CREATE INDEX whatsapp_contacts_phone ON whatsapp_contacts (tenant_id, phone);
 CREATE INDEX events_whatsapp_thread
     ON events ((payload->'MessageReceived'->>'thread_id'))
     WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageReceived';
+
+-- A status names the platform's message (biz_opaque_callback_data): its conversation is
+-- found from the store, whatever id the contact has at the provider.
+CREATE INDEX events_whatsapp_queued
+    ON events ((payload->'MessageQueued'->>'message_id'))
+    WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageQueued';

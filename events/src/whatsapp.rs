@@ -52,9 +52,11 @@ pub fn conversation_id(tenant_id: &str, session_id: &str, wa_id: &str) -> String
     Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
-/// The platform's id of the inbound message the provider calls `wamid`.
-pub fn inbound_message_id(wamid: &str) -> String {
-    let name = format!("whatsapp-message\0{wamid}");
+/// The platform's id of the inbound message the provider calls `wamid` on session
+/// `session_id` (scoped by the session: a message id is the provider's, or a bridge's, and
+/// one number's cannot stand for another's).
+pub fn inbound_message_id(session_id: &str, wamid: &str) -> String {
+    let name = format!("whatsapp-message\0{session_id}\0{wamid}");
     Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
@@ -572,7 +574,14 @@ mod tests {
         let c = conversation_id("t1", &s, "16505551234");
         assert_ne!(c, conversation_id("t1", &s, "16505551235"));
         assert_ne!(c, conversation_id("t2", &s, "16505551234"));
-        assert_eq!(inbound_message_id("wamid.A"), inbound_message_id("wamid.A"));
+        assert_eq!(
+            inbound_message_id(&s, "wamid.A"),
+            inbound_message_id(&s, "wamid.A")
+        );
+        assert_ne!(
+            inbound_message_id(&s, "wamid.A"),
+            inbound_message_id("other", "wamid.A")
+        );
     }
 
     #[test]

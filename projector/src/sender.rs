@@ -275,8 +275,12 @@ impl Sender {
             match self.client.post_json(path, outcome).await {
                 Ok(r) if r.status().is_success() => return true,
                 Ok(r) if r.status().is_client_error() => {
-                    tracing::warn!(status = %r.status(), "outcome refused");
-                    return false;
+                    let status = r.status();
+                    if !busy(r).await {
+                        tracing::warn!(%status, "outcome refused");
+                        return false;
+                    }
+                    tracing::warn!(%status, "outcome not recorded (busy); trying again");
                 }
                 Ok(r) => tracing::warn!(status = %r.status(), "outcome not recorded; trying again"),
                 Err(e) => tracing::warn!(error = %e, "outcome not recorded; trying again"),
@@ -426,5 +430,18 @@ impl Sender {
                 None,
             ),
         }
+    }
+}
+
+/// Whether command-api answered that the aggregate was too busy (409 `contention`, or 429):
+/// worth another try, unlike the other refusals.
+pub(crate) async fn busy(response: reqwest::Response) -> bool {
+    match response.status().as_u16() {
+        429 => true,
+        409 => response
+            .json::<Value>()
+            .await
+            .is_ok_and(|p| p["code"] == "contention"),
+        _ => false,
     }
 }

@@ -216,7 +216,8 @@ async fn conversation(
                         updated_at, version)
                  SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'in', $2, $3, $4,
                         $5, $6::uuid, 'received', $7, $8, $9
-                   FROM {conversations} c WHERE c.id = $10::uuid"
+                   FROM {conversations} c WHERE c.id = $10::uuid
+                 ON CONFLICT (id) DO NOTHING"
             ))
             .bind(&message_id)
             .bind(kind)
@@ -236,7 +237,13 @@ async fn conversation(
                  SELECT c.tenant_id, c.wa_id, '+' || c.wa_id, $2, $3, $3, $4
                    FROM {conversations} c WHERE c.id = $1::uuid
                  ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
-                    profile_name = COALESCE(EXCLUDED.profile_name, {contacts}.profile_name),
+                    -- The newest message's name wins, whatever order sessions are replayed in.
+                    profile_name = CASE
+                        WHEN EXCLUDED.last_inbound_at >= {contacts}.last_inbound_at
+                          OR {contacts}.last_inbound_at IS NULL
+                        THEN COALESCE(EXCLUDED.profile_name, {contacts}.profile_name)
+                        ELSE {contacts}.profile_name END,
+                    first_seen_at = LEAST({contacts}.first_seen_at, EXCLUDED.first_seen_at),
                     last_inbound_at = GREATEST({contacts}.last_inbound_at, EXCLUDED.last_inbound_at),
                     updated_at = EXCLUDED.updated_at"
             ))
@@ -263,7 +270,8 @@ async fn conversation(
                         next_attempt_at, created_at, updated_at, version)
                  SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'out', $2, $3, $4,
                         $5::uuid, $6, 'queued', $7, $7, $8, $9
-                   FROM {conversations} c WHERE c.id = $10::uuid"
+                   FROM {conversations} c WHERE c.id = $10::uuid
+                 ON CONFLICT (id) DO NOTHING"
             ))
             .bind(&message_id)
             .bind(kind)

@@ -122,13 +122,20 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
         }
         Provider::Signalwire => crate::telephony::interpret::identify(body),
         Provider::Whatsapp => {
-            // One message or status of a delivery (whatsapp::inbound::items).
+            // One message or status of a delivery (whatsapp::inbound::items), keyed under its
+            // number: ids are chosen by the provider (or a tenant's bridge), so one number's
+            // cannot pre-empt another's.
+            let number = text(body, "/phone_number_id")
+                .filter(|n| n.len() <= 64)
+                .ok_or(NotProviderShaped(
+                    "a WhatsApp item names its phone number id",
+                ))?;
             let (key, event_type) = match (body.get("message"), body.get("status")) {
                 (Some(m), _) => {
                     let id = text(m, "/id").filter(|i| i.len() <= 256);
                     let kind = text(m, "/type").unwrap_or("unknown");
                     let id = id.ok_or(NotProviderShaped("a WhatsApp message has an id"))?;
-                    (format!("message:{id}"), format!("message.{kind}"))
+                    (format!("message:{number}:{id}"), format!("message.{kind}"))
                 }
                 (None, Some(s)) => {
                     let id = text(s, "/id").filter(|i| i.len() <= 256);
@@ -136,7 +143,10 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
                     let status = text(s, "/status")
                         .filter(|s| s.len() <= 32)
                         .ok_or(NotProviderShaped("a WhatsApp status has a status"))?;
-                    (format!("status:{id}:{status}"), format!("status.{status}"))
+                    (
+                        format!("status:{number}:{id}:{status}"),
+                        format!("status.{status}"),
+                    )
                 }
                 (None, None) => return Err(NotProviderShaped("a WhatsApp message or status")),
             };

@@ -509,6 +509,50 @@ pub fn backoff(attempt: u32) -> Duration {
 fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
     use ConversationError::InvalidMessage as Invalid;
     let blank = |s: &str| s.trim().is_empty();
+    // No control characters (line breaks and tabs aside) anywhere: the store refuses NUL,
+    // and the provider would refuse the rest.
+    let controlled = |s: &str| {
+        s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    };
+    let strings: Vec<&str> = match content {
+        Outbound::Text { body, .. } => vec![body],
+        Outbound::Media {
+            link,
+            caption,
+            filename,
+            ..
+        } => [Some(link.as_str()), caption.as_deref(), filename.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Outbound::File {
+            object_key,
+            content_type,
+            caption,
+            filename,
+            ..
+        } => [
+            Some(object_key.as_str()),
+            Some(content_type.as_str()),
+            caption.as_deref(),
+            filename.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Outbound::Template {
+            name,
+            language,
+            parameters,
+        } => [name.as_str(), language.as_str()]
+            .into_iter()
+            .chain(parameters.iter().map(String::as_str))
+            .collect(),
+    };
+    if strings.into_iter().any(controlled) {
+        return Err(Invalid("A message holds no control characters."));
+    }
     match content {
         Outbound::Text { body, .. } => {
             if blank(body) || body.chars().count() > MAX_TEXT_CHARS {
@@ -757,7 +801,12 @@ impl Conversation {
                     .outbound
                     .get(&message_id)
                     .ok_or(ConversationError::NotFound)?;
-                if attempt != out.attempts || out.state == SendState::Sent {
+                // A provider's `failed` status is the last word: a late acceptance report
+                // does not turn the message back into sent.
+                if attempt != out.attempts
+                    || out.state == SendState::Sent
+                    || out.delivery == Some(Delivery::Failed)
+                {
                     return Ok(vec![]);
                 }
                 match result {
@@ -1366,6 +1415,7 @@ mod tests {
             filename: None,
         };
         for content in [
+            text("nul \u{0} inside"),
             text(""),
             text(&"x".repeat(MAX_TEXT_CHARS + 1)),
             media(
@@ -1585,6 +1635,35 @@ mod tests {
                 reason: "nope".into(),
                 at: t0(),
             }]);
+    }
+
+    #[test]
+    fn report_accepted_after_a_failed_status_appends_nothing() {
+        let mut failed = updated(Delivery::Failed);
+        if let ConversationEvent::StatusUpdated { error_code, .. } = &mut failed {
+            *error_code = Some("131026".into());
+        }
+        TestFramework::<Conversation>::with(())
+            .given(vec![
+                started(),
+                queued(template(&[]), t0()),
+                attempted(1, t0()),
+                ConversationEvent::MessageFailed {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    code: "131026".into(),
+                    reason: "undeliverable".into(),
+                    at: t0(),
+                },
+                failed,
+            ])
+            .when(report(
+                1,
+                SendResult::Accepted {
+                    wamid: "wamid.OUT".into(),
+                },
+            ))
+            .then_expect_events(vec![]);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 /// One message or status of a delivery, in the form the webhook aggregate keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    /// The de-duplication key: `message:{wamid}` or `status:{wamid}:{status}`.
+    /// The de-duplication key: `message:{phone_number_id}:{wamid}` or
+    /// `status:{phone_number_id}:{wamid}:{status}`.
     pub provider_event_id: String,
     /// `message.{type}` or `status.{status}`.
     pub event_type: String,
@@ -82,7 +83,7 @@ pub fn items(delivery: &Value) -> Result<Vec<Item>, &'static str> {
                     .or(cs.first())
             });
             items.push(Item {
-                provider_event_id: format!("message:{id}"),
+                provider_event_id: format!("message:{number}:{id}"),
                 event_type: format!("message.{kind}"),
                 payload: json!({
                     "phone_number_id": number,
@@ -110,7 +111,7 @@ pub fn items(delivery: &Value) -> Result<Vec<Item>, &'static str> {
             // A status names the message and its state; the same state reported again is
             // the same webhook.
             items.push(Item {
-                provider_event_id: format!("status:{id}:{name}"),
+                provider_event_id: format!("status:{number}:{id}:{name}"),
                 event_type: format!("status.{name}"),
                 payload: json!({
                     "phone_number_id": number,
@@ -125,6 +126,13 @@ pub fn items(delivery: &Value) -> Result<Vec<Item>, &'static str> {
 
 fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// A contact's WhatsApp id as the provider writes it: digits, or a business-scoped user id
+/// (`US.13491208655302741918`); anything else names nobody.
+fn contact_id<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    text(v, key)
+        .filter(|id| id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'))
 }
 
 /// The provider's time `raw` (a string of Unix seconds).
@@ -159,8 +167,8 @@ pub struct Message {
 /// Reads a kept `message` object.
 pub fn message(message: &Value) -> Option<Message> {
     let wamid = text(message, "id")?.to_owned();
-    let from = text(message, "from")
-        .or_else(|| text(message, "from_user_id"))?
+    let from = contact_id(message, "from")
+        .or_else(|| contact_id(message, "from_user_id"))?
         .to_owned();
     let kind = text(message, "type").unwrap_or("unknown").to_owned();
     let content = message.get(&kind).cloned().unwrap_or_else(|| json!({}));
@@ -282,8 +290,8 @@ pub fn status(status: &Value) -> Option<Status> {
     let error = status.pointer("/errors/0");
     Some(Status {
         wamid: text(status, "id")?.to_owned(),
-        recipient: text(status, "recipient_id")
-            .or_else(|| text(status, "recipient_user_id"))?
+        recipient: contact_id(status, "recipient_id")
+            .or_else(|| contact_id(status, "recipient_user_id"))?
             .to_owned(),
         status: text(status, "status")?.to_owned(),
         callback: text(status, "biz_opaque_callback_data").map(str::to_owned),
@@ -329,9 +337,9 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "message:wamid.A",
-                "message:wamid.B",
-                "status:wamid.OUT:delivered"
+                "message:106540352242922:wamid.A",
+                "message:106540352242922:wamid.B",
+                "status:106540352242922:wamid.OUT:delivered"
             ]
         );
         assert_eq!(items[0].payload["contact"]["name"], "Sheena Nelson");

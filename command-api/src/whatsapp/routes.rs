@@ -412,7 +412,7 @@ async fn send(
         }
         Some(client) => Uuid::new_v5(
             &Uuid::NAMESPACE_OID,
-            format!("whatsapp-out\0{id}\0{client}").as_bytes(),
+            format!("whatsapp-out\0{id}\0{wa_id}\0{client}").as_bytes(),
         ),
         None => Uuid::now_v7(),
     }
@@ -534,7 +534,10 @@ async fn claim(
         }),
         _ => None,
     };
-    // The same `at` as the due check above: a claim attempts exactly what was due.
+    // The lease begins now, after the upload. (A message that stopped being due meanwhile
+    // is not attempted; one that became due is attempted without its file and reported
+    // below for a retry.)
+    let at = state.clock.now();
     let claim = ConversationCommand::Claim {
         message_id: message.clone(),
         at,
@@ -854,6 +857,11 @@ async fn receive_delivery(
     body: &[u8],
 ) -> Result<Response, Problem> {
     let items = inbound::items(delivery).map_err(|e| Problem::bad_request("invalid_payload", e))?;
+    // Every item is checked before any is kept: a delivery is taken whole or refused whole.
+    for item in &items {
+        crate::webhooks::interpret::identify(Provider::Whatsapp, &item.payload)
+            .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
+    }
     let mut received = Vec::with_capacity(items.len());
     let mut duplicates = 0;
     for item in items {
@@ -927,7 +935,7 @@ pub(crate) async fn process_webhook(
             (
                 kind,
                 conversation,
-                inbound_message_id(&m.wamid),
+                inbound_message_id(&session, &m.wamid),
                 m.content.clone(),
             )
         });
@@ -982,7 +990,30 @@ pub(crate) async fn process_webhook(
             format!("status `{}` is not tracked", s.status),
         );
     };
-    let conversation = conversation_id(&tenant, &session, &s.recipient);
+    // The message the platform sent names its conversation (the contact's id in a status
+    // may differ from the number dialled); otherwise the recipient does.
+    let by_callback = match &s.callback {
+        Some(message) => match conversation_of_message(state, message).await {
+            Ok(found) => found,
+            Err(_) => return Processing::Retry("event store unavailable".into()),
+        },
+        None => None,
+    };
+    // Only a conversation of this session (and tenant): a status cannot reach another's.
+    let by_callback = match by_callback {
+        Some(c) => match state.wa_conversations.load(&c).await {
+            Ok(conv)
+                if conv.tenant_id() == Some(tenant.as_str()) && conv.session_id() == session =>
+            {
+                Some(c)
+            }
+            Ok(_) => None,
+            Err(e) => return unavailable(&e),
+        },
+        None => None,
+    };
+    let conversation =
+        by_callback.unwrap_or_else(|| conversation_id(&tenant, &session, &s.recipient));
     let command = ConversationCommand::Status {
         report: StatusReport {
             message_id: s.callback,
@@ -1037,7 +1068,7 @@ async fn receive_message(
         Processing::Retry("event store unavailable".into())
     };
     let conversation = conversation_id(tenant, session, &m.from);
-    let message_id = inbound_message_id(&m.wamid);
+    let message_id = inbound_message_id(session, &m.wamid);
     let current = state
         .wa_conversations
         .load(&conversation)
@@ -1115,9 +1146,16 @@ async fn receive_message(
         at,
         action: Action::Receive {
             message_id: message_id.clone(),
+            // A thread takes no control characters but line breaks and tabs: a contact's
+            // text shows them replaced, never refused.
             text: m
                 .text
                 .chars()
+                .map(|c| match c {
+                    '\n' | '\r' | '\t' => c,
+                    c if c.is_control() => '\u{fffd}',
+                    c => c,
+                })
                 .take(crate::chat::values::MAX_TEXT_CHARS)
                 .collect(),
         },
@@ -1483,4 +1521,24 @@ async fn check_template(
             Ok(())
         }
     }
+}
+
+/// The conversation outbound message `message_id` was queued in, from the store itself.
+async fn conversation_of_message(
+    state: &AppState,
+    message_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    if message_id.len() > 64 {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = $1 AND event_type = 'MessageQueued'
+            AND payload->'MessageQueued'->>'message_id' = $2
+          LIMIT 1",
+    )
+    .bind(WHATSAPP_CONVERSATION)
+    .bind(message_id)
+    .fetch_optional(&state.pool)
+    .await
 }

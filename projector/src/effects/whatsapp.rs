@@ -93,9 +93,16 @@ impl Effect for WhatsAppOutbox {
             let body = json!({"text": text, "attachment": attachment});
             match self.client.post_json(&path, &body).await {
                 Ok(r) if r.status().is_success() => {}
-                // Refused for good (an unknown thread or message): nothing to retry.
-                Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                    tracing::warn!(thread, message_id, status = %r.status(), "reply not forwarded");
+                // Refused for good (an unknown thread or message): nothing to retry. A busy
+                // conversation (409 `contention`, 429) is tried again.
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    if crate::sender::busy(r).await {
+                        return Err(ProjectionError::Unavailable(format!(
+                            "command-api answered {status}"
+                        )));
+                    }
+                    tracing::warn!(thread, message_id, %status, "reply not forwarded");
                 }
                 Ok(r) => {
                     return Err(ProjectionError::Unavailable(format!(

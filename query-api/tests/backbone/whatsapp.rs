@@ -873,6 +873,25 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
         .await
         .expect("sent");
     expect_problem(r, 400, "invalid_query").await;
+    // The same client id to another contact is another message.
+    let other = wa
+        .env
+        .http
+        .post(
+            wa.api
+                .url(&format!("/v1/whatsapp/sessions/{session}/messages")),
+        )
+        .bearer_auth(&wa.admin)
+        .json(&json!({"to": "+16505559999", "client_message_id": "c-1",
+                      "message": {"type": "template", "name": "order_update",
+                                  "language": "en_US", "parameters": ["7"]}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(other.status(), 202);
+    let other: Value = other.json().await.expect("json");
+    assert_ne!(other["id"], id.as_str());
+    assert_ne!(other["conversation_id"], queued["conversation_id"]);
 }
 
 #[tokio::test]
@@ -1212,7 +1231,7 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
         json!([]),
     ))
     .await;
-    let image = events::whatsapp::inbound_message_id("wamid.IMG");
+    let image = events::whatsapp::inbound_message_id(&session, "wamid.IMG");
     let m = wa
         .message_when(&image, "the file stored", |m| m["media_status"] == "stored")
         .await;
@@ -1284,7 +1303,7 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
     // Too large, and a malformed media id: the messages landed, their files are refused.
     let doc = wa
         .message_when(
-            &events::whatsapp::inbound_message_id("wamid.DOC"),
+            &events::whatsapp::inbound_message_id(&session, "wamid.DOC"),
             "the document refused",
             |m| m["media_status"] == "failed",
         )
@@ -1297,7 +1316,7 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
     );
     let bad = wa
         .message_when(
-            &events::whatsapp::inbound_message_id("wamid.BAD"),
+            &events::whatsapp::inbound_message_id(&session, "wamid.BAD"),
             "the sticker refused",
             |m| m["media_status"] == "failed",
         )
@@ -1308,7 +1327,6 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
             .is_some_and(|e| e.contains("media id")),
         "{bad}"
     );
-    let _ = session;
 }
 
 #[tokio::test]
@@ -1365,6 +1383,31 @@ async fn another_tenants_app_cannot_speak_for_a_number() {
     )
     .await;
     assert_eq!(wa.env.event_count().await, before);
+
+    // A message id used first on their number does not pre-empt ours.
+    let shared = |number: &str| {
+        delivery(
+            number,
+            json!([text("wamid.SHARED", "mine", now)]),
+            json!([]),
+        )
+    };
+    let theirs: Value = wa
+        .post_delivery(&shared("777000"), "other-app-secret")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(theirs["duplicates"], 0);
+    let ours = wa.deliver(&shared(NUMBER_ID)).await;
+    assert_eq!(ours["duplicates"], 0, "{ours}");
+    let session = events::whatsapp::session_id(NUMBER_ID);
+    wa.message_when(
+        &events::whatsapp::inbound_message_id(&session, "wamid.SHARED"),
+        "our message",
+        |m| m["status"] == "received",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1454,7 +1497,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     wa.processed(&r.json().await.expect("json")).await;
     let m = wa
         .message_when(
-            &events::whatsapp::inbound_message_id("3EB0IN1"),
+            &events::whatsapp::inbound_message_id(&session, "3EB0IN1"),
             "the bridged message",
             |m| m["status"] == "received",
         )
@@ -1518,7 +1561,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
 #[tokio::test]
 async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
     let wa = Wa::start().await;
-    wa.connected().await;
+    let session = wa.connected().await;
     wa.deliver(&delivery(
         NUMBER_ID,
         json!([text(
@@ -1531,7 +1574,7 @@ async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
     .await;
     let asked = wa
         .message_when(
-            &events::whatsapp::inbound_message_id("wamid.Q1"),
+            &events::whatsapp::inbound_message_id(&session, "wamid.Q1"),
             "the question",
             |m| m["thread_id"].is_string(),
         )
