@@ -1226,7 +1226,9 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
             {"from": CONTACT, "id": "wamid.DOC", "timestamp": now, "type": "document",
              "document": {"filename": "huge.pdf", "mime_type": "application/pdf", "id": "555"}},
             {"from": CONTACT, "id": "wamid.BAD", "timestamp": now, "type": "sticker",
-             "sticker": {"mime_type": "image/webp", "id": "../../etc/passwd"}}
+             "sticker": {"mime_type": "image/webp", "id": "../../etc/passwd"}},
+            {"from": CONTACT, "id": "wamid.CTL", "timestamp": now, "type": "text",
+             "text": {"body": "line\u{b}feed"}}
         ]),
         json!([]),
     ))
@@ -1299,6 +1301,27 @@ async fn inbound_files_are_fetched_into_the_blob_store_and_served_to_staff_only(
     assert!(shown["media"]["url"]
         .as_str()
         .is_some_and(|u| u.contains("signature=")));
+    // A control character a thread does not take is shown replaced, not refused.
+    let controlled = eventually(
+        Duration::from_secs(20),
+        "the text in the thread",
+        || async {
+            let page = wa
+                .env
+                .get_json(
+                    &wa.query.url(&format!("/v1/chat/threads/{thread}/messages")),
+                    &wa.admin,
+                )
+                .await;
+            page["items"].as_array()?.iter().find_map(|x| {
+                (x["message_id"]
+                    == events::whatsapp::inbound_message_id(&session, "wamid.CTL").as_str())
+                .then(|| x["text"].clone())
+            })
+        },
+    )
+    .await;
+    assert_eq!(controlled, "line\u{fffd}feed");
 
     // Too large, and a malformed media id: the messages landed, their files are refused.
     let doc = wa
