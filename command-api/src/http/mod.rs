@@ -85,6 +85,16 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
         })
 }
 
+/// Body naming the tenant a staff request acts in (super admins name it; tenant admins act
+/// in their own).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForTenant {
+    /// The tenant.
+    #[serde(default)]
+    pub tenant_id: Option<uuid::Uuid>,
+}
+
 /// The tenant a staff request acts in: a tenant admin's own (naming another is 403), or the
 /// one a super admin names (required).
 pub fn administered_tenant(

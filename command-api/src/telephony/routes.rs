@@ -11,7 +11,6 @@ use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::telephony::PHONE_NUMBER;
 use events::webhook::Outcome;
 use events::Metadata;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::aggregate::{CallCommand, PhoneNumberCommand, PhoneNumberError, SmsCommand, SmsReport};
@@ -19,7 +18,7 @@ use super::interpret::{self, Callback};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::commands::{Action, Actor, ThreadCommand};
 use crate::http::error::DomainProblem;
-use crate::http::{accepted, administered_tenant};
+use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
@@ -31,15 +30,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/telephony/numbers/{number}", put(assign))
         .route("/v1/telephony/numbers/{number}/release", post(release))
-}
-
-/// Body naming the tenant (super admins name it; tenant admins act in their own).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForTenant {
-    /// The tenant.
-    #[serde(default)]
-    pub tenant_id: Option<Uuid>,
 }
 
 fn number(raw: &str) -> Result<String, Problem> {

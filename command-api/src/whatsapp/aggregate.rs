@@ -506,6 +506,29 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::seconds(secs.min(300))
 }
 
+/// A media message's caption (none for audio and stickers, at most 1024 characters) and
+/// file name (1 to 240 characters).
+fn media_labels(
+    kind: events::whatsapp::MediaKind,
+    caption: Option<&str>,
+    filename: Option<&str>,
+) -> Result<(), ConversationError> {
+    use events::whatsapp::MediaKind as K;
+    use ConversationError::InvalidMessage as Invalid;
+    if let Some(caption) = caption {
+        if matches!(kind, K::Audio | K::Sticker) {
+            return Err(Invalid("Audio and stickers have no caption."));
+        }
+        if caption.chars().count() > MAX_CAPTION_CHARS {
+            return Err(Invalid("A caption has at most 1024 characters."));
+        }
+    }
+    if filename.is_some_and(|f| f.trim().is_empty() || f.len() > 240) {
+        return Err(Invalid("A file name has 1 to 240 characters."));
+    }
+    Ok(())
+}
+
 fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
     use ConversationError::InvalidMessage as Invalid;
     let blank = |s: &str| s.trim().is_empty();
@@ -571,18 +594,7 @@ fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
             {
                 return Err(Invalid("Media are sent by an https:// link."));
             }
-            if let Some(caption) = caption {
-                use events::whatsapp::MediaKind as K;
-                if matches!(kind, K::Audio | K::Sticker) {
-                    return Err(Invalid("Audio and stickers have no caption."));
-                }
-                if caption.chars().count() > MAX_CAPTION_CHARS {
-                    return Err(Invalid("A caption has at most 1024 characters."));
-                }
-            }
-            if filename.as_ref().is_some_and(|f| blank(f) || f.len() > 240) {
-                return Err(Invalid("A file name has 1 to 240 characters."));
-            }
+            media_labels(*kind, caption.as_deref(), filename.as_deref())?;
         }
         Outbound::File {
             kind,
@@ -600,18 +612,7 @@ fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
                     "The file is empty or larger than WhatsApp takes for its kind.",
                 ));
             }
-            if let Some(caption) = caption {
-                use events::whatsapp::MediaKind as K;
-                if matches!(kind, K::Audio | K::Sticker) {
-                    return Err(Invalid("Audio and stickers have no caption."));
-                }
-                if caption.chars().count() > MAX_CAPTION_CHARS {
-                    return Err(Invalid("A caption has at most 1024 characters."));
-                }
-            }
-            if filename.as_ref().is_some_and(|f| blank(f) || f.len() > 240) {
-                return Err(Invalid("A file name has 1 to 240 characters."));
-            }
+            media_labels(*kind, caption.as_deref(), filename.as_deref())?;
         }
         Outbound::Template {
             name,

@@ -32,7 +32,7 @@ use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::commands::{Action, Actor, ThreadCommand};
 use crate::http::error::DomainProblem;
-use crate::http::{accepted, administered_tenant};
+use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::store::CommandError;
 use crate::webhooks::routes::{receive_item, reject, Attributed, Processing, MAX_WEBHOOK_BYTES};
@@ -315,15 +315,6 @@ async fn bridge_delivery(
     let delivery = json!({"object": "whatsapp_business_account",
                           "entry": [{"id": "bridge", "changes": [{"field": "messages", "value": value}]}]});
     receive_delivery(&state, &ids, &delivery, &body).await
-}
-
-/// Body naming the tenant (super admins name it).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForTenant {
-    /// The tenant.
-    #[serde(default)]
-    pub tenant_id: Option<Uuid>,
 }
 
 async fn disconnect(

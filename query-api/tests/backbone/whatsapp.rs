@@ -1628,36 +1628,25 @@ async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
         .to_owned();
     // What the outbox does with the reply's event.
     let token = TokenKeys::new(SECRET).service_token("whatsapp-outbox", 300);
-    let forwarded: Value = wa
-        .env
-        .http
-        .post(wa.api.url(&format!(
-            "/v1/whatsapp/threads/{thread}/messages/{reply}/forward"
-        )))
-        .bearer_auth(&token)
-        .json(&json!({"text": "Here it is", "attachment": attachment}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let forward = || async {
+        wa.env
+            .http
+            .post(wa.api.url(&format!(
+                "/v1/whatsapp/threads/{thread}/messages/{reply}/forward"
+            )))
+            .bearer_auth(&token)
+            .json(&json!({"text": "Here it is", "attachment": attachment}))
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let forwarded = forward().await;
     assert_eq!(forwarded["forwarded"], true, "{forwarded}");
     // The outbox may see the reply's event again (a redelivery, a replay): the same message.
-    let again: Value = wa
-        .env
-        .http
-        .post(wa.api.url(&format!(
-            "/v1/whatsapp/threads/{thread}/messages/{reply}/forward"
-        )))
-        .bearer_auth(&token)
-        .json(&json!({"text": "Here it is", "attachment": attachment}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let again = forward().await;
     assert_eq!(again["id"], forwarded["id"]);
     assert_eq!(again["version"], forwarded["version"], "nothing appended");
     // Uploaded (multipart, the file's bytes), then sent by the provider's media id.
