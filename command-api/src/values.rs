@@ -68,6 +68,13 @@ pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
     (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
 }
 
+/// The pause after failed attempt `attempt` (1-based) of work retried by a process
+/// manager: 2, 4, 8 … seconds, doubling, at most `max`. The webhook, audio and WhatsApp
+/// aggregates each name their own `max`.
+pub fn backoff(attempt: u32, max: chrono::Duration) -> chrono::Duration {
+    chrono::Duration::seconds(1i64 << attempt.clamp(1, 30)).min(max)
+}
+
 /// Lowercase hex of `bytes` (digests in events, blob names, signatures).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -93,6 +100,19 @@ pub fn unhex(raw: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_up_to_its_cap() {
+        let cap = chrono::Duration::minutes(5);
+        assert_eq!(backoff(1, cap), chrono::Duration::seconds(2));
+        assert_eq!(backoff(2, cap), chrono::Duration::seconds(4));
+        assert_eq!(backoff(8, cap), chrono::Duration::seconds(256));
+        assert_eq!(backoff(9, cap), cap);
+        assert_eq!(
+            backoff(u32::MAX, chrono::Duration::hours(1)),
+            chrono::Duration::hours(1)
+        );
+    }
 
     #[test]
     fn emails_need_a_dotted_domain() {

@@ -133,7 +133,7 @@ pub struct Audio {
 
 /// The pause before request attempt `attempt + 1`: 2, 4, 8 … seconds, at most 5 minutes.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::seconds((1i64 << attempt.min(9)).min(300))
+    crate::values::backoff(attempt, Duration::minutes(5))
 }
 
 impl Audio {

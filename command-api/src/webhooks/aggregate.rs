@@ -107,7 +107,7 @@ pub struct Webhook {
 
 /// The pause before attempt `attempt + 1`: 2, 4, 8 … seconds, at most an hour.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::seconds((1i64 << attempt.min(12)).min(3600))
+    crate::values::backoff(attempt, Duration::hours(1))
 }
 
 impl Webhook {

@@ -502,8 +502,7 @@ impl Conversation {
 
 /// The wait after failed attempt `attempt`: 2 s, 4 s … at most 5 minutes.
 pub fn backoff(attempt: u32) -> Duration {
-    let secs = 2i64.saturating_mul(1 << attempt.saturating_sub(1).min(10));
-    Duration::seconds(secs.min(300))
+    crate::values::backoff(attempt, Duration::minutes(5))
 }
 
 /// A media message's caption (none for audio and stickers, at most 1024 characters) and
