@@ -75,27 +75,9 @@ pub fn backoff(attempt: u32, max: chrono::Duration) -> chrono::Duration {
     chrono::Duration::seconds(1i64 << attempt.clamp(1, 30)).min(max)
 }
 
-/// Lowercase hex of `bytes` (digests in events, blob names, signatures).
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// The bytes of a hex string (either case); `None` for anything else.
-pub fn unhex(raw: &str) -> Option<Vec<u8>> {
-    if !raw.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..raw.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(raw.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+/// Lowercase hex (digests in events, blob names, signatures): the platform's one
+/// implementation, in the events crate.
+pub use events::hex::{decode as unhex, encode as hex};
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
 //! - [`whatsapp`]: WhatsApp sessions and their conversations with contacts.
 //! - [`sealed`]: secrets sealed for storage (provider credentials).
+//! - [`hex`]: lowercase hex (digests, signatures).
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -31,6 +32,8 @@ pub mod chat;
 pub mod clock;
 /// The committed-event envelope and its metadata keys.
 pub mod envelope;
+/// Lowercase hex encoding and decoding.
+pub mod hex;
 /// HTTP plumbing shared by command-api and query-api.
 #[cfg(feature = "http")]
 pub mod http;

@@ -8,6 +8,7 @@
 //! - A server publishing through the HTTP API signs the method, path and sorted query
 //!   (which includes the body's MD5) the same way ([`signed_query`]).
 
+use crate::hex::encode as hex;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use serde::{Deserialize, Serialize};
@@ -98,16 +99,6 @@ fn hmac_hex(secret: &str, message: &str) -> String {
     };
     mac.update(message.as_bytes());
     hex(&mac.finalize().into_bytes())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// The `auth` value that lets `socket_id` subscribe to `channel`: `key:HMAC-SHA256(secret,

@@ -56,7 +56,7 @@ fn failed_login(state: &AppState, reason: &str) {
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::values::hex(&bytes[..bytes.len().min(8)])
 }
 
 /// Metadata for events about admin user `user_id` of `tenant`.

@@ -78,11 +78,7 @@ impl PhoneKeys {
             mac.update(part.as_bytes());
             mac.update(&[0]);
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::values::hex(&mac.finalize().into_bytes())
     }
 
     /// The aggregate id of the sign-ins of `phone` at `tenant`.
