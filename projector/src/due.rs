@@ -12,6 +12,9 @@
 //! - `DueProcessor::transcriptions`: uploaded audio (`audio_files`) →
 //!   `POST /v1/audio/{id}/transcribe`: the file sent to AssemblyAI; retried 2 s … 5 min apart,
 //!   given up visibly after the 6th failure.
+//!
+//! The WhatsApp sender (`crate::sender`) takes its due rows the same way ([`run_forever`],
+//! [`earliest_due`]), but does the provider call itself between a claim and a report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +34,54 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 const QUIET: Duration = Duration::from_secs(10);
 /// Most rows per step.
 const BATCH: i64 = 100;
+
+/// Repeats `step` for ever, sleeping until `next_due` says work is due (at most
+/// [`MAX_IDLE`]): the loop of every process manager over due rows (`what` names it in logs).
+pub async fn run_forever<R, S, N>(
+    what: &str,
+    clock: &dyn Clock,
+    step: impl Fn() -> S,
+    next_due: impl Fn() -> N,
+) where
+    R: std::fmt::Debug + Default + PartialEq,
+    S: std::future::Future<Output = Result<R, sqlx::Error>>,
+    N: std::future::Future<Output = Result<Option<DateTime<Utc>>, sqlx::Error>>,
+{
+    loop {
+        match step().await {
+            Ok(report) if report != R::default() => tracing::info!(what, ?report, "step"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(what, error = %e, "step failed"),
+        }
+        let pause = match next_due().await {
+            Ok(Some(due)) => (due - clock.now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(50))
+                .min(MAX_IDLE),
+            _ => MAX_IDLE,
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The earliest `next_attempt_at` of `table` (with `id uuid`, `version`) among rows not sent
+/// a moment ago (`quiet`, by id and version).
+pub async fn earliest_due(
+    pool: &PgPool,
+    table: &str,
+    quiet: &Quiet<(Uuid, i64)>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let (ids, versions): (Vec<Uuid>, Vec<i64>) = quiet.keys().into_iter().unzip();
+    sqlx::query_scalar(&format!(
+        "SELECT min(next_attempt_at) FROM {table}
+          WHERE next_attempt_at IS NOT NULL
+            AND (id, version) NOT IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+    ))
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_one(pool)
+    .await
+}
 
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,40 +151,18 @@ impl DueProcessor {
 
     /// Runs for ever.
     pub async fn run(self) {
-        loop {
-            match self.step().await {
-                Ok(report) if report != StepReport::default() => {
-                    tracing::info!(table = self.table, ?report, "due processor step");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(table = self.table, error = %e, "due processor step failed")
-                }
-            }
-            let pause = match self.next_due().await {
-                Ok(Some(due)) => (due - self.clock.now())
-                    .to_std()
-                    .unwrap_or(Duration::from_millis(50))
-                    .min(MAX_IDLE),
-                _ => MAX_IDLE,
-            };
-            tokio::time::sleep(pause).await;
-        }
+        run_forever(
+            self.table,
+            self.clock.as_ref(),
+            || self.step(),
+            || self.next_due(),
+        )
+        .await
     }
 
     /// The earliest time a row not sent a moment ago is due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let (ids, versions): (Vec<Uuid>, Vec<i64>) = self.quiet.keys().into_iter().unzip();
-        sqlx::query_scalar(&format!(
-            "SELECT min(next_attempt_at) FROM {}
-              WHERE next_attempt_at IS NOT NULL
-                AND (id, version) NOT IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))",
-            self.table
-        ))
-        .bind(&ids)
-        .bind(&versions)
-        .fetch_one(&self.pool)
-        .await
+        earliest_due(&self.pool, self.table, &self.quiet).await
     }
 
     /// Sends every row due by the clock's now: the unit the loop repeats, and what tests

@@ -24,8 +24,6 @@ use uuid::Uuid;
 
 use crate::command_client::{CommandClient, Quiet};
 
-/// The longest sleep between steps.
-const MAX_IDLE: Duration = Duration::from_millis(500);
 /// How long a row claimed is not claimed again at the same version.
 const QUIET: Duration = Duration::from_secs(10);
 /// Most rows per step.
@@ -167,37 +165,18 @@ impl Sender {
 
     /// Runs for ever.
     pub async fn run(self) {
-        loop {
-            match self.step().await {
-                Ok(report) if report != StepReport::default() => {
-                    tracing::info!(?report, "whatsapp sender step");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "whatsapp sender step failed"),
-            }
-            let pause = match self.next_due().await {
-                Ok(Some(due)) => (due - self.clock.now())
-                    .to_std()
-                    .unwrap_or(Duration::from_millis(50))
-                    .min(MAX_IDLE),
-                _ => MAX_IDLE,
-            };
-            tokio::time::sleep(pause).await;
-        }
+        crate::due::run_forever(
+            "whatsapp sender",
+            self.clock.as_ref(),
+            || self.step(),
+            || self.next_due(),
+        )
+        .await
     }
 
     /// The earliest time a message not claimed a moment ago is due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let (ids, versions): (Vec<Uuid>, Vec<i64>) = self.quiet.keys().into_iter().unzip();
-        sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM whatsapp_messages
-              WHERE next_attempt_at IS NOT NULL
-                AND (id, version) NOT IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .fetch_one(&self.pool)
-        .await
+        crate::due::earliest_due(&self.pool, "whatsapp_messages", &self.quiet).await
     }
 
     /// Claims and sends every message due by the clock's now: the unit the loop repeats,

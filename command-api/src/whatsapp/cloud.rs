@@ -43,6 +43,17 @@ pub enum CheckError {
     Unreachable(String),
 }
 
+/// The Graph API's error message in `body` (`error.message`, at most 300 characters), or
+/// `default`.
+fn graph_error(body: &serde_json::Value, default: &str) -> String {
+    body.pointer("/error/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or(default)
+        .chars()
+        .take(300)
+        .collect()
+}
+
 /// `appsecret_proof`: hex HMAC-SHA256 of the access token keyed by the app secret. The
 /// Graph API checks it when given, so one call proves both the token and the app secret.
 pub fn appsecret_proof(access_token: &str, app_secret: &str) -> String {
@@ -86,13 +97,7 @@ pub async fn check_number(
     if status.is_success() {
         return serde_json::from_value(body).map_err(|e| CheckError::Unreachable(e.to_string()));
     }
-    let message = body
-        .pointer("/error/message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("no reason given")
-        .chars()
-        .take(300)
-        .collect::<String>();
+    let message = graph_error(&body, "no reason given");
     match status.as_u16() {
         400..=499 if status.as_u16() != 429 => Err(CheckError::Refused(message)),
         _ => Err(CheckError::Unreachable(format!("HTTP {status}: {message}"))),
@@ -167,11 +172,8 @@ pub async fn media_info(
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if status.is_client_error() && status.as_u16() != 429 {
-        let message = body
-            .pointer("/error/message")
-            .and_then(|m| m.as_str())
-            .unwrap_or("the provider does not know the media id");
-        return Err(MediaError::Permanent(message.chars().take(300).collect()));
+        let message = graph_error(&body, "the provider does not know the media id");
+        return Err(MediaError::Permanent(message));
     }
     if !status.is_success() {
         return Err(MediaError::Transient(format!(
@@ -301,13 +303,7 @@ where
             .map(str::to_owned)
             .ok_or_else(|| MediaError::Transient("the upload answered no media id".into()));
     }
-    let message = body
-        .pointer("/error/message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("the provider refused the file")
-        .chars()
-        .take(300)
-        .collect::<String>();
+    let message = graph_error(&body, "the provider refused the file");
     match status.as_u16() {
         429 | 500..=599 => Err(MediaError::Transient(message)),
         _ => Err(MediaError::Permanent(message)),
