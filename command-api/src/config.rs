@@ -169,6 +169,20 @@ pub enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Check aggregate snapshots.
+    Snapshots {
+        /// What to do.
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+/// Snapshot subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotAction {
+    /// Check that every snapshot decodes and, with the events after it, yields the state a
+    /// full replay yields; lists those that do not and exits non-zero if any.
+    Verify,
 }
 
 /// Admin-user subcommands.

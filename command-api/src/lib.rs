@@ -4,6 +4,7 @@
 //! - [`config`]: every setting (flags and environment).
 //! - [`http`]: the router, health, metrics, OpenAPI, error mapping, `Idempotency-Key`.
 //! - [`store`]: runs a command on an aggregate and commits its events (`If-Match`, retries).
+//! - [`snapshots`]: checks every snapshot against a replay of its events.
 //! - [`relay`]: publishes committed events to NATS JetStream, none lost or skipped.
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
 //! - [`chat`]: threads, messages, read receipts and scheduled messages.
@@ -32,6 +33,8 @@ pub mod identity;
 pub mod payments;
 /// Events → NATS.
 pub mod relay;
+/// Snapshot checks.
+pub mod snapshots;
 /// Command execution.
 pub mod store;
 /// Telephony bounded context: numbers, SMS, calls.
@@ -183,6 +186,37 @@ pub enum StartError {
     Bootstrap(String),
 }
 
+/// What every command bus of the process shares.
+struct Buses {
+    /// The event store.
+    pool: PgPool,
+    /// Events between snapshots.
+    snapshot_every: usize,
+    /// Woken after every commit (the relay).
+    committed: Arc<Notify>,
+    /// The process's metrics.
+    metrics: Arc<Metrics>,
+}
+
+impl Buses {
+    /// A command bus for aggregate `A` with `services`.
+    fn bus<A>(&self, services: A::Services) -> Arc<CommandBus<A>>
+    where
+        A: cqrs_es::Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        Arc::new(
+            CommandBus::new(
+                self.pool.clone(),
+                services,
+                self.snapshot_every,
+                self.committed.clone(),
+            )
+            .with_metrics(self.metrics.clone()),
+        )
+    }
+}
+
 /// A built, bound, not yet serving command-api.
 pub struct Application {
     /// Bound listener.
@@ -222,20 +256,17 @@ impl Application {
         );
         let metrics = Arc::new(Metrics::default());
         let committed = Arc::new(Notify::new());
-        let tenants = Arc::new(CommandBus::new(
-            pool.clone(),
-            TenantServices {
-                slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
-            },
-            config.snapshot_every,
-            committed.clone(),
-        ));
-        let admins = Arc::new(CommandBus::new(
-            pool.clone(),
-            Arc::new(PgIdentity { pool: pool.clone() }) as identity::services::Identity,
-            config.snapshot_every,
-            committed.clone(),
-        ));
+        let buses = Buses {
+            pool: pool.clone(),
+            snapshot_every: config.snapshot_every,
+            committed: committed.clone(),
+            metrics: metrics.clone(),
+        };
+        let tenants = buses.bus(TenantServices {
+            slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
+        });
+        let admins =
+            buses.bus(Arc::new(PgIdentity { pool: pool.clone() }) as identity::services::Identity);
         if let Some((email, password)) = config.bootstrap_admin()? {
             identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
                 .await
@@ -263,80 +294,25 @@ impl Application {
             sessions: Sessions::new(pool.clone(), config.refresh_ttl()?),
             token_ttl: config.token_ttl()?,
             dummy_hash: Arc::new(dummy_hash),
-            phone_logins: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
+            phone_logins: buses.bus(()),
             phone_keys: identity::phone::PhoneKeys::new(config.auth_secret()?),
-            threads: Arc::new(CommandBus::new(
-                pool.clone(),
-                Arc::new(chat::services::PgDirectory { pool: pool.clone() })
-                    as chat::services::ChatServices,
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            catalogs: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            payments: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            webhooks: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
+            threads: buses.bus(Arc::new(chat::services::PgDirectory { pool: pool.clone() })
+                as chat::services::ChatServices),
+            catalogs: buses.bus(()),
+            payments: buses.bus(()),
+            webhooks: buses.bus(()),
             lyra: config.lyra_account().map(payments::lyra::Lyra::new),
             webhook_secrets: Arc::new(config.webhook_secrets()),
             backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
-            phone_numbers: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            sms: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            calls: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            audio: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
+            phone_numbers: buses.bus(()),
+            sms: buses.bus(()),
+            calls: buses.bus(()),
+            audio: buses.bus(()),
             assemblyai: config
                 .assemblyai_account()
                 .map(audio::assemblyai::AssemblyAi::new),
-            wa_sessions: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
-            wa_conversations: Arc::new(CommandBus::new(
-                pool.clone(),
-                (),
-                config.snapshot_every,
-                committed.clone(),
-            )),
+            wa_sessions: buses.bus(()),
+            wa_conversations: buses.bus(()),
             whatsapp: Arc::new(config.whatsapp()),
             sealing: config.sealing_key()?,
             otp_per_ip: config.otp_requests_per_ip_per_hour,
@@ -419,6 +395,15 @@ pub async fn create_super_admin(
     identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
         .await
         .map_err(StartError::Bootstrap)
+}
+
+/// `command-api snapshots verify`: connects and audits every snapshot.
+pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, StartError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(config.database_url()?)
+        .await?;
+    Ok(snapshots::audit(&pool).await?)
 }
 
 /// Replay records are kept a day, like the providers whose retries they absorb.

@@ -1,7 +1,7 @@
 use std::io::BufRead;
 
 use clap::Parser;
-use command_api::config::{AdminAction, Command, Config};
+use command_api::config::{AdminAction, Command, Config, SnapshotAction};
 use command_api::identity::bootstrap::Bootstrapped;
 use command_api::Application;
 
@@ -19,6 +19,37 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Admin {
             action: AdminAction::Create { email, .. },
         }) => create_admin(&config, &email).await,
+        Some(Command::Snapshots {
+            action: SnapshotAction::Verify,
+        }) => verify_snapshots(&config).await,
+    }
+}
+
+async fn verify_snapshots(config: &Config) -> std::process::ExitCode {
+    match command_api::verify_snapshots(config).await {
+        Ok(audit) => {
+            for (aggregate_type, t) in &audit.types {
+                println!(
+                    "{aggregate_type}: {} snapshots, up to {} rewrites, histories up to {} events",
+                    t.snapshots, t.most_rewrites, t.longest
+                );
+            }
+            for aggregate_type in &audit.unknown_types {
+                println!("{aggregate_type}: not an aggregate type of this version; not checked");
+            }
+            for finding in &audit.findings {
+                println!("UNSOUND {finding}");
+            }
+            if audit.is_sound() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("command-api: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
+use events::http::Metrics;
 use events::Metadata;
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
@@ -51,9 +52,70 @@ pub enum CommandError<E: std::error::Error> {
     /// Other writers kept winning the race for this aggregate.
     #[error("the aggregate is too busy; retry")]
     Contention,
-    /// The store failed.
-    #[error("event store: {0}")]
-    Store(String),
+    /// The store cannot be reached or is busy for now: the same command is expected to
+    /// succeed later (503 with `Retry-After`).
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// A failure that will recur for this aggregate and command however often it is
+    /// retried: the events hold what the store cannot keep, or the store refuses them for
+    /// good (a constraint, a stored event that no longer decodes). Logged at error with the
+    /// aggregate under an incident id, and counted (500).
+    #[error("the command fails permanently (incident {})", .0.id)]
+    Broken(Incident),
+}
+
+/// A permanent failure, as logged and as answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// The id it was logged under, for the client to quote.
+    pub id: String,
+    /// The stable problem code: `unstorable_event` (the command's events hold text the
+    /// event store cannot keep) or `store_rejected` (the store refused for good).
+    pub code: &'static str,
+}
+
+/// Whether a store failure is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The database is unreachable, shutting down, overloaded, or aborted the transaction
+    /// (serialization failure, deadlock, lock timeout): the same statement may succeed later.
+    Transient,
+    /// Anything else the database or the decoding refuses: it will refuse it again.
+    Permanent,
+}
+
+/// Tells transient store failures from permanent ones, by SQLSTATE class where the database
+/// answered (08 connection, 40 transaction rollback, 53 insufficient resources, 55 object
+/// not in prerequisite state, 57 operator intervention, 58 system error are transient).
+fn sqlx_failure(e: &sqlx::Error) -> Failure {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.get(..2) {
+                Some("08" | "40" | "53" | "55" | "57" | "58") => Failure::Transient,
+                _ => Failure::Permanent,
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Failure::Transient,
+        _ => Failure::Permanent,
+    }
+}
+
+/// [`sqlx_failure`] for what postgres-es and cqrs-es report.
+fn aggregate_failure<E: std::error::Error>(e: &AggregateError<E>) -> Failure {
+    match e {
+        AggregateError::DatabaseConnectionError(_) => Failure::Transient,
+        AggregateError::DeserializationError(_) => Failure::Permanent,
+        AggregateError::UnexpectedError(inner) => inner
+            .downcast_ref::<sqlx::Error>()
+            .map_or(Failure::Permanent, sqlx_failure),
+        AggregateError::UserError(_) | AggregateError::AggregateConflict => Failure::Transient,
+    }
 }
 
 /// Executes commands of one aggregate type.
@@ -62,6 +124,9 @@ pub struct CommandBus<A: Aggregate> {
     pool: PgPool,
     /// postgres-es store with snapshots.
     store: PersistedEventStore<PostgresEventRepository, A>,
+    /// The same store without snapshots: commits whose snapshot the store could not keep
+    /// go through it, so a snapshot (a cache) never stops an aggregate taking commands.
+    plain: PersistedEventStore<PostgresEventRepository, A>,
     /// What the aggregate's `handle` may call.
     services: A::Services,
     /// Woken after every commit so the relay publishes at once.
@@ -70,6 +135,8 @@ pub struct CommandBus<A: Aggregate> {
     snapshot_every: usize,
     /// Aggregates as this process last committed them (see [`CommandBus::context`]).
     cache: Mutex<HashMap<String, Cached<A>>>,
+    /// Where snapshot writes and store failures are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// An aggregate as of one of its versions.
@@ -95,14 +162,23 @@ where
         committed: Arc<Notify>,
     ) -> Self {
         let repo = PostgresEventRepository::new(pool.clone());
+        let plain = PostgresEventRepository::new(pool.clone());
         Self {
             pool,
             store: PersistedEventStore::new_snapshot_store(repo, snapshot_every.max(1)),
+            plain: PersistedEventStore::new_event_store(plain),
             services,
             committed,
             snapshot_every: snapshot_every.max(1),
             cache: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counts into `metrics` (the process's `/metrics`) instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The aggregate ready for a command. From the cache when this process committed to it
@@ -120,7 +196,7 @@ where
             .ok()
             .and_then(|mut cache| cache.remove(id));
         let Some(cached) = cached else {
-            return self.store.load_aggregate(id).await.map_err(store_error);
+            return self.load_context(id).await;
         };
         let newer: Vec<(i64, serde_json::Value)> = sqlx::query_as(
             "SELECT sequence, payload FROM events
@@ -132,7 +208,7 @@ where
         .bind(cached.sequence as i64)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| CommandError::Store(e.to_string()))?;
+        .map_err(|e| self.sqlx_error(id, &e))?;
         let mut context = EventStoreAggregateContext {
             aggregate_id: id.to_owned(),
             aggregate: cached.aggregate,
@@ -142,7 +218,7 @@ where
         for (sequence, payload) in newer {
             let Ok(event) = serde_json::from_value::<A::Event>(payload) else {
                 // Not this version's shape: let postgres-es load it the long way.
-                return self.store.load_aggregate(id).await.map_err(store_error);
+                return self.load_context(id).await;
             };
             context.aggregate.apply(event);
             context.current_sequence = sequence as usize;
@@ -201,12 +277,18 @@ where
 
     /// The aggregate's current state.
     pub async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
-        Ok(self
-            .store
+        Ok(self.load_context(id).await?.aggregate)
+    }
+
+    /// The aggregate as postgres-es loads it: its snapshot, then the events after it.
+    async fn load_context(
+        &self,
+        id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, CommandError<A::Error>> {
+        self.store
             .load_aggregate(id)
             .await
-            .map_err(store_error)?
-            .aggregate)
+            .map_err(|e| self.store_error(id, e))
     }
 
     /// Like [`CommandBus::execute`], and also says which events the command appended (a
@@ -259,13 +341,26 @@ where
             }
             let attempted = new_events.clone();
             let (from, snapshot) = (context.current_sequence, context.current_snapshot);
-            match self
-                .store
-                .commit(new_events, context, metadata.to_map())
-                .await
-            {
+            let metadata_map = metadata.to_map();
+            if let Some(place) = unstorable(&new_events, &metadata_map) {
+                return Err(self.broken(id, "unstorable_event", &place));
+            }
+            let plan = self.snapshot_plan(id, from, &new_events, &scratch);
+            let store = match plan {
+                SnapshotPlan::None | SnapshotPlan::InCommit => &self.store,
+                SnapshotPlan::AfterCommit(_) | SnapshotPlan::Skip => &self.plain,
+            };
+            match store.commit(new_events, context, metadata_map).await {
                 Ok(envelopes) => {
                     self.committed.notify_one();
+                    let last_sequence = envelopes.last().map_or(from, |e| e.sequence);
+                    match plan {
+                        SnapshotPlan::InCommit => self.count_snapshot(),
+                        SnapshotPlan::AfterCommit(form) => {
+                            self.write_snapshot(id, last_sequence, form).await;
+                        }
+                        SnapshotPlan::None | SnapshotPlan::Skip => {}
+                    }
                     if let Some(last) = envelopes.last() {
                         self.remember(id, scratch, from, last.sequence, snapshot);
                     }
@@ -300,11 +395,100 @@ where
                     }
                 }
                 Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
-                Err(e) => return Err(CommandError::Store(e.to_string())),
+                Err(e) => return Err(self.store_error(id, e)),
             }
         }
         Err(CommandError::Contention)
     }
+
+    /// How the snapshot due with a commit of `events` after sequence `from` is written.
+    /// `state` is the aggregate with every one of them applied.
+    ///
+    /// postgres-es writes a snapshot in the commit's transaction, of the state at the last
+    /// snapshot boundary the commit reaches, but labels it with the commit's last sequence:
+    /// when a multi-event commit ends past a boundary (events 99–101 with snapshots every
+    /// 100), the events after the boundary would be missing from every later load. Such a
+    /// commit goes without a snapshot, and the state after all its events is written right
+    /// after it instead.
+    fn snapshot_plan(&self, id: &str, from: usize, events: &[A::Event], state: &A) -> SnapshotPlan {
+        let upto = snapshot_events(from, events.len(), self.snapshot_every);
+        if upto == 0 {
+            return SnapshotPlan::None;
+        }
+        let form = serde_json::to_value(state).unwrap_or_default();
+        if let Some(place) = events::jsonb::first_nul(&form) {
+            // The snapshot is a cache: commit without it, loudly, rather than refuse the
+            // command (and every later one) because of it.
+            tracing::error!(
+                aggregate_type = A::TYPE,
+                aggregate_id = id,
+                at = %format!("snapshot{place}"),
+                "snapshot not written: its state holds text jsonb cannot store"
+            );
+            self.metrics.count(
+                "snapshots_skipped_total",
+                "Snapshots not written because their state could not be stored.",
+                &[("aggregate_type", A::TYPE)],
+                1.0,
+            );
+            return SnapshotPlan::Skip;
+        }
+        if upto == events.len() {
+            SnapshotPlan::InCommit
+        } else {
+            SnapshotPlan::AfterCommit(form)
+        }
+    }
+
+    /// Writes `form` as the snapshot at `sequence`, unless a newer one is there. After the
+    /// commit, in a statement of its own: a failure costs only a longer load later.
+    async fn write_snapshot(&self, id: &str, sequence: usize, form: serde_json::Value) {
+        let written = sqlx::query(
+            "INSERT INTO snapshots
+                    (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+             VALUES ($1, $2, $3, 1, $4)
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                SET last_sequence = EXCLUDED.last_sequence, payload = EXCLUDED.payload,
+                    current_snapshot = snapshots.current_snapshot + 1
+              WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .bind(sequence as i64)
+        .bind(form)
+        .execute(&self.pool)
+        .await;
+        match written {
+            Ok(_) => self.count_snapshot(),
+            Err(e) => tracing::warn!(
+                aggregate_type = A::TYPE,
+                aggregate_id = id,
+                error = %e,
+                "snapshot not written after the commit"
+            ),
+        }
+    }
+
+    fn count_snapshot(&self) {
+        self.metrics.count(
+            "snapshots_written_total",
+            "Aggregate snapshots written.",
+            &[("aggregate_type", A::TYPE)],
+            1.0,
+        );
+    }
+}
+
+/// How a commit's snapshot is written (see [`CommandBus::snapshot_plan`]).
+enum SnapshotPlan {
+    /// The commit reaches no snapshot boundary.
+    None,
+    /// By postgres-es, in the commit's transaction.
+    InCommit,
+    /// This form, right after the commit.
+    AfterCommit(serde_json::Value),
+    /// Not at all: `jsonb` cannot store the state.
+    Skip,
 }
 
 impl<A: Aggregate> CommandBus<A> {
@@ -318,7 +502,7 @@ impl<A: Aggregate> CommandBus<A> {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|e| CommandError::Store(e.to_string()))?;
+            .map_err(|e| self.sqlx_error(id, &e))?;
         Ok(())
     }
 
@@ -340,7 +524,7 @@ impl<A: Aggregate> CommandBus<A> {
         .bind(&metadata.request_id)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| CommandError::Store(e.to_string()))?;
+        .map_err(|e| self.sqlx_error(id, &e))?;
         Ok(last.map(|version| Committed {
             aggregate_id: id.to_owned(),
             version: version as u64,
@@ -356,9 +540,127 @@ fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_micros(random % (ceiling * 1000))
 }
 
-fn store_error<E: std::error::Error>(e: AggregateError<E>) -> CommandError<E> {
-    match e {
-        AggregateError::UserError(e) => CommandError::Rejected(e),
-        other => CommandError::Store(other.to_string()),
+impl<A: Aggregate> CommandBus<A> {
+    /// A failure of postgres-es or cqrs-es, as transient or permanent.
+    fn store_error(&self, id: &str, e: AggregateError<A::Error>) -> CommandError<A::Error> {
+        match (aggregate_failure(&e), e) {
+            (_, AggregateError::UserError(e)) => CommandError::Rejected(e),
+            (Failure::Transient, e) => CommandError::Unavailable(e.to_string()),
+            (Failure::Permanent, e) => self.broken(id, "store_rejected", &e.to_string()),
+        }
+    }
+
+    /// A failure of one of this bus's own statements, as transient or permanent.
+    fn sqlx_error(&self, id: &str, e: &sqlx::Error) -> CommandError<A::Error> {
+        match sqlx_failure(e) {
+            Failure::Transient => CommandError::Unavailable(e.to_string()),
+            Failure::Permanent => self.broken(id, "store_rejected", &e.to_string()),
+        }
+    }
+
+    /// Logs a permanent failure under a new incident id, counts it, and says so.
+    fn broken(&self, id: &str, code: &'static str, cause: &str) -> CommandError<A::Error> {
+        let incident = uuid::Uuid::new_v4().to_string();
+        tracing::error!(
+            incident_id = %incident,
+            aggregate_type = A::TYPE,
+            aggregate_id = id,
+            code,
+            error = cause,
+            "command fails permanently"
+        );
+        self.metrics.count(
+            "command_permanent_failures_total",
+            "Commands that failed for a reason that recurs on retry, by aggregate type and code.",
+            &[("aggregate_type", A::TYPE), ("code", code)],
+            1.0,
+        );
+        CommandError::Broken(Incident { id: incident, code })
+    }
+}
+
+/// Where `events` or `metadata` hold text `jsonb` cannot store, if anywhere.
+fn unstorable<E: serde::Serialize>(
+    events: &[E],
+    metadata: &HashMap<String, String>,
+) -> Option<String> {
+    for (i, event) in events.iter().enumerate() {
+        let form = serde_json::to_value(event).unwrap_or_default();
+        if let Some(place) = events::jsonb::first_nul(&form) {
+            return Some(format!("event {i}{place}"));
+        }
+    }
+    metadata
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        .map(|(k, _)| format!("metadata/{}", k.replace('\0', "\\0")))
+}
+
+/// How many of `n` events appended after sequence `from` postgres-es applies to the
+/// snapshot it writes with them (0: the commit writes no snapshot). The same rule as
+/// cqrs-es's snapshot store: a snapshot at the last multiple of `every` the commit reaches.
+fn snapshot_events(from: usize, n: usize, every: usize) -> usize {
+    let next = every - from % every;
+    if n < next {
+        0
+    } else {
+        let beyond = n - next;
+        next + beyond - beyond % every
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_events_follow_the_snapshot_store_rule() {
+        // The cases cqrs-es checks its own rule with.
+        assert_eq!(snapshot_events(5, 3, 5), 0);
+        assert_eq!(snapshot_events(5, 3, 4), 3);
+        assert_eq!(snapshot_events(5, 4, 4), 3);
+        assert_eq!(snapshot_events(5, 8, 4), 7);
+        // One event at a time: a snapshot exactly at each multiple.
+        assert_eq!(snapshot_events(98, 1, 100), 0);
+        assert_eq!(snapshot_events(99, 1, 100), 1);
+        assert_eq!(snapshot_events(100, 1, 100), 0);
+        assert_eq!(snapshot_events(0, 1, 1), 1);
+    }
+
+    #[test]
+    fn connection_and_pool_failures_are_transient() {
+        let io = sqlx::Error::Io(std::io::Error::other("reset"));
+        assert_eq!(sqlx_failure(&io), Failure::Transient);
+        assert_eq!(sqlx_failure(&sqlx::Error::PoolTimedOut), Failure::Transient);
+        assert_eq!(sqlx_failure(&sqlx::Error::RowNotFound), Failure::Permanent);
+    }
+
+    #[test]
+    fn undecodable_data_is_permanent() {
+        let bad = serde_json::from_str::<u8>("\"x\"").expect_err("not a number");
+        let e = AggregateError::<std::fmt::Error>::DeserializationError(Box::new(bad));
+        assert_eq!(aggregate_failure(&e), Failure::Permanent);
+        let e =
+            AggregateError::<std::fmt::Error>::UnexpectedError(Box::new(sqlx::Error::PoolTimedOut));
+        assert_eq!(aggregate_failure(&e), Failure::Transient);
+    }
+
+    #[test]
+    fn a_nul_in_an_event_or_its_metadata_is_found_before_the_append() {
+        let ok = HashMap::from([("k".to_owned(), "v".to_owned())]);
+        assert_eq!(unstorable(&[serde_json::json!({"a": "b"})], &ok), None);
+        assert_eq!(
+            unstorable(
+                &[serde_json::json!(1), serde_json::json!({"a": "\u{0}"})],
+                &ok
+            )
+            .as_deref(),
+            Some("event 1/a")
+        );
+        let bad = HashMap::from([("request_id".to_owned(), "r\u{0}".to_owned())]);
+        assert_eq!(
+            unstorable::<serde_json::Value>(&[], &bad).as_deref(),
+            Some("metadata/request_id")
+        );
     }
 }

@@ -38,6 +38,10 @@ fn help_lists_every_setting() {
         );
     }
     assert!(help.contains("admin"), "the admin subcommand is listed");
+    assert!(
+        help.contains("snapshots"),
+        "the snapshots subcommand is listed"
+    );
 }
 
 #[test]

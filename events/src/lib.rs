@@ -16,6 +16,7 @@
 //! - [`whatsapp`]: WhatsApp sessions and their conversations with contacts.
 //! - [`sealed`]: secrets sealed for storage (provider credentials).
 //! - [`hex`]: lowercase hex (digests, signatures).
+//! - [`jsonb`]: what PostgreSQL's `jsonb` can store (no NUL in any key or string).
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
@@ -39,6 +40,8 @@ pub mod hex;
 pub mod http;
 /// Events of admin users.
 pub mod identity;
+/// What PostgreSQL's `jsonb` columns can store.
+pub mod jsonb;
 /// Catalogs and payments.
 pub mod payment;
 /// Realtime channels, events and the Pusher protocol's signatures.

@@ -85,8 +85,10 @@ pub struct Thread {
     messages: Vec<MessageState>,
     /// Message id → number.
     numbers: BTreeMap<String, u64>,
-    /// `author id \0 client id` → message id, for de-duplicating retries.
-    client_ids: BTreeMap<String, String>,
+    /// Author id → client message id → message id, for de-duplicating retries. Nested
+    /// rather than keyed by a joined string: a snapshot is `jsonb`, which refuses the NUL a
+    /// separator would need to be unambiguous.
+    client_ids: BTreeMap<String, BTreeMap<String, String>>,
     /// Reader id → the last message number they read.
     reads: BTreeMap<String, u64>,
     /// Scheduled messages by id.
@@ -569,9 +571,11 @@ impl Thread {
                             .ok_or(ThreadError::InvalidClientMessageId)
                     })
                     .transpose()?;
-                let retried = client_message_id
-                    .as_ref()
-                    .is_some_and(|c| self.client_ids.contains_key(&client_key(&author.id, c)));
+                let retried = client_message_id.as_ref().is_some_and(|c| {
+                    self.client_ids
+                        .get(&author.id)
+                        .is_some_and(|ids| ids.contains_key(c))
+                });
                 if retried || self.numbers.contains_key(&message_id) {
                     return Ok(vec![]);
                 }
@@ -719,11 +723,6 @@ impl Thread {
     }
 }
 
-/// The de-duplication key of a client's message id (per author).
-fn client_key(author: &str, client_message_id: &str) -> String {
-    format!("{author}\u{0}{client_message_id}")
-}
-
 impl Aggregate for Thread {
     const TYPE: &'static str = THREAD;
     type Command = ThreadCommand;
@@ -796,7 +795,9 @@ impl Aggregate for Thread {
             } => {
                 if let Some(c) = client_message_id {
                     self.client_ids
-                        .insert(client_key(&author.id, &c), message_id.clone());
+                        .entry(author.id.clone())
+                        .or_default()
+                        .insert(c, message_id.clone());
                 }
                 if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
                     s.state = ScheduleState::Delivered;

@@ -90,7 +90,8 @@ impl<E: DomainProblem> From<CommandError<E>> for Problem {
             CommandError::Contention => {
                 Problem::new(StatusCode::CONFLICT, "contention", e.to_string())
             }
-            CommandError::Store(cause) => Problem::unavailable(&cause),
+            CommandError::Unavailable(cause) => Problem::unavailable(&cause),
+            CommandError::Broken(incident) => Problem::incident(incident.code, incident.id),
         }
     }
 }

@@ -60,16 +60,6 @@ pub enum PreferencesError {
     NulCharacter,
 }
 
-/// True if any key or string in `value` holds a NUL character.
-fn has_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 /// Checks a preferences document.
 pub fn check_preferences(value: &serde_json::Value) -> Result<(), PreferencesError> {
     if !value.is_object() {
@@ -81,7 +71,7 @@ pub fn check_preferences(value: &serde_json::Value) -> Result<(), PreferencesErr
     if size > MAX_PREFERENCES_BYTES {
         return Err(PreferencesError::TooLarge);
     }
-    if has_nul(value) {
+    if events::jsonb::holds_nul(value) {
         return Err(PreferencesError::NulCharacter);
     }
     Ok(())

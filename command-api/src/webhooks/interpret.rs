@@ -57,20 +57,9 @@ fn payment_id(raw: Option<&str>) -> Option<String> {
         .map(|u| u.to_string())
 }
 
-/// Whether any string (or key) in `v` holds a NUL, which no provider sends and PostgreSQL's
-/// `jsonb` cannot store.
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 /// Reads the identity of a verified webhook body.
 pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProviderShaped> {
-    if has_nul(body) {
+    if events::jsonb::holds_nul(body) {
         return Err(NotProviderShaped(
             "a provider's body holds no NUL character",
         ));

@@ -16,6 +16,8 @@ pub struct Problem {
     pub detail: String,
     /// Extra headers (`Retry-After`, `WWW-Authenticate`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The id under which a failure was logged, for the client to quote to support.
+    pub incident_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -25,6 +27,8 @@ struct Body<'a> {
     status: u16,
     detail: &'a str,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incident_id: Option<&'a str>,
 }
 
 impl Problem {
@@ -35,6 +39,7 @@ impl Problem {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            incident_id: None,
         }
     }
 
@@ -74,7 +79,8 @@ impl Problem {
         )
     }
 
-    /// 503 `unavailable`: a dependency is down; the cause is logged.
+    /// 503 `unavailable` with `Retry-After: 1`: a dependency is down for now (the same
+    /// request is expected to succeed later); the cause is logged.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, "dependency unavailable");
         Self::new(
@@ -82,6 +88,20 @@ impl Problem {
             "unavailable",
             "A dependency is unavailable; try again shortly.",
         )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
+    /// 500 with code `code` and an incident id: a failure that will recur for the same
+    /// request, so retrying is pointless. The caller has logged it under `incident_id`;
+    /// the body says nothing internal.
+    pub fn incident(code: &'static str, incident_id: String) -> Self {
+        let detail = format!(
+            "The request cannot be carried out, and retrying will not help; the failure was \
+             logged as incident {incident_id}."
+        );
+        let mut problem = Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, detail);
+        problem.incident_id = Some(incident_id);
+        problem
     }
 }
 
@@ -94,6 +114,7 @@ impl IntoResponse for Problem {
             status: self.status.as_u16(),
             detail: &self.detail,
             code: self.code,
+            incident_id: self.incident_id.as_deref(),
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (

@@ -398,6 +398,10 @@ async fn an_assemblyai_outage_is_retried_then_fails_visibly() {
         .unwrap_or_default()
         .len();
     assert_eq!(uploads as i64, attempts, "one upload per attempt, no more");
+    studio
+        .env
+        .assert_snapshots_crossed(events::audio::AUDIO)
+        .await;
 }
 
 #[tokio::test]

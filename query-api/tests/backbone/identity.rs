@@ -228,6 +228,8 @@ async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_loc
     let r = login(&env, &api, "root\u{0}@example.com", "x").await;
     expect_problem(r, 401, "invalid_credentials").await;
     api.stop().await;
+    env.assert_snapshots_crossed(events::identity::ADMIN_USER)
+        .await;
 }
 
 #[tokio::test]
@@ -932,6 +934,8 @@ async fn a_phone_user_keeps_a_profile_and_links_anonymous_sessions() {
     );
     query.stop().await;
     api.stop().await;
+    env.assert_snapshots_crossed(events::identity::PHONE_LOGIN)
+        .await;
 }
 
 #[tokio::test]

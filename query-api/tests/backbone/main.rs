@@ -17,6 +17,7 @@ mod queries;
 mod realtime;
 mod relay;
 mod scheduler;
+mod snapshots;
 mod store;
 mod support;
 mod telephony;

@@ -992,6 +992,10 @@ async fn provider_failures_and_bad_input_are_answered_and_recorded_never_half_ap
         )
         .await;
     expect_problem(r, 404, "not_found").await;
+    stack
+        .env
+        .assert_snapshots_crossed(events::payment::PAYMENT)
+        .await;
 }
 
 /// Steps `processor` until it has sent one webhook for processing (the read model shows it
@@ -1103,5 +1107,67 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
         .webhook_when(&webhook, "a fresh first attempt", |w| {
             w["status"] == "retrying" && w["attempts"] == 1
         })
+        .await;
+    stack
+        .env
+        .assert_snapshots_crossed(events::webhook::WEBHOOK)
+        .await;
+}
+
+#[tokio::test]
+async fn a_catalog_lives_past_two_snapshot_intervals() {
+    let stack = Stack::start(None, None, false).await;
+    let product = |id: &str, price: i64, tax: &str, active: bool| json!({"name": id, "unit_price": price, "currency": "EUR", "tax_id": tax, "active": active});
+    // A product may not name a tax the catalog does not have, before or after a snapshot.
+    let r = stack
+        .put(
+            "/v1/catalog/products/course",
+            &stack.admin,
+            product("course", 9900, "reduced", true),
+        )
+        .await;
+    expect_problem(r, 422, "unknown_tax").await;
+    let r = stack
+        .put(
+            "/v1/catalog/taxes/reduced",
+            &stack.admin,
+            json!({"name": "VAT 5.5%", "rate_bp": 550, "included": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for (id, price, tax, active) in [
+        ("course", 9900, "reduced", true),
+        ("book", 1500, "reduced", true),
+        ("lesson", 6000, "vat", false),
+    ] {
+        let r = stack
+            .put(
+                &format!("/v1/catalog/products/{id}"),
+                &stack.admin,
+                product(id, price, tax, active),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{id} saved");
+    }
+    // The catalog, loaded from its snapshot, knows the lesson is no longer sold.
+    let r = stack
+        .post(
+            "/v1/payments",
+            &stack.admin,
+            json!({"currency": "EUR", "lines": [{"product_id": "lesson", "quantity": 1}], "customer_reference": "c"}),
+        )
+        .await;
+    expect_problem(r, 422, "inactive_product").await;
+    let r = stack
+        .post(
+            "/v1/payments",
+            &stack.admin,
+            json!({"currency": "EUR", "lines": [{"product_id": "course", "quantity": 1}, {"product_id": "book", "quantity": 2}], "customer_reference": "c"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    stack
+        .env
+        .assert_snapshots_crossed(events::payment::CATALOG)
         .await;
 }

@@ -178,3 +178,169 @@ async fn a_cached_aggregate_catches_up_with_another_processs_events() {
     assert_eq!(total["total"], 111);
     assert_eq!(here.load("c4").await.expect("loads").total, 111);
 }
+
+/// An aggregate whose state keys join a name with NUL, as the thread's once did: its events
+/// are storable, its snapshot form is not.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Labels {
+    joined: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Labelled {
+    Named { name: String },
+}
+
+impl DomainEvent for Labelled {
+    fn event_type(&self) -> String {
+        "Named".into()
+    }
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+impl Aggregate for Labels {
+    const TYPE: &'static str = "labels";
+    type Command = String;
+    type Event = Labelled;
+    type Error = Never;
+    type Services = ();
+
+    async fn handle(&mut self, name: String, _: &(), sink: &EventSink<Self>) -> Result<(), Never> {
+        sink.write(Labelled::Named { name }, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, Labelled::Named { name }: Labelled) {
+        *self.joined.entry(format!("by\u{0}{name}")).or_default() += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_jsonb_cannot_store_is_skipped_and_the_aggregate_takes_commands() {
+    let env = TestEnv::new().await;
+    let metrics = Arc::new(events::http::Metrics::default());
+    let bus = CommandBus::<Labels>::new(env.pool.clone(), (), 2, Arc::new(Notify::new()))
+        .with_metrics(metrics.clone());
+    for i in 1..=5u64 {
+        let c = bus
+            .execute("l1", None, format!("n{i}"), &metadata(&format!("r{i}")))
+            .await
+            .expect("taken past every snapshot boundary");
+        assert_eq!(c.version, i);
+    }
+    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(snapshots, 0);
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("snapshots_skipped_total{aggregate_type=\"labels\"} 2"),
+        "{rendered}"
+    );
+    // A fresh process replays the events instead.
+    let fresh = CommandBus::<Labels>::new(env.pool.clone(), (), 2, Arc::new(Notify::new()));
+    assert_eq!(fresh.load("l1").await.expect("loads").joined.len(), 5);
+}
+
+#[tokio::test]
+async fn an_event_jsonb_cannot_store_is_refused_for_good_and_appends_nothing() {
+    let env = TestEnv::new().await;
+    let metrics = Arc::new(events::http::Metrics::default());
+    let bus = CommandBus::<Labels>::new(env.pool.clone(), (), 100, Arc::new(Notify::new()))
+        .with_metrics(metrics.clone());
+    bus.execute("l2", None, "fine".into(), &metadata("a"))
+        .await
+        .expect("added");
+    for attempt in ["b", "c"] {
+        match bus
+            .execute("l2", None, "nul\u{0}".into(), &metadata(attempt))
+            .await
+        {
+            Err(CommandError::Broken(incident)) => {
+                assert_eq!(incident.code, "unstorable_event");
+                assert_eq!(incident.id.len(), 36);
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+    assert_eq!(env.event_count().await, 1, "nothing appended");
+    assert!(metrics.render().contains(
+        "command_permanent_failures_total{aggregate_type=\"labels\",code=\"unstorable_event\"} 2"
+    ));
+    // The aggregate still takes what it can store.
+    let c = bus
+        .execute("l2", None, "after".into(), &metadata("d"))
+        .await
+        .expect("added");
+    assert_eq!(c.version, 2);
+}
+
+/// An aggregate whose every command appends one event per number it names.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Tally {
+    seen: Vec<u64>,
+}
+
+impl Aggregate for Tally {
+    const TYPE: &'static str = "tally";
+    type Command = Vec<u64>;
+    type Event = Counted;
+    type Error = Never;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        numbers: Vec<u64>,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Never> {
+        for by in numbers {
+            sink.write(Counted::Added { by }, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, Counted::Added { by }: Counted) {
+        self.seen.push(by);
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_ends_past_a_snapshot_boundary_keeps_its_last_events() {
+    let env = TestEnv::new().await;
+    let bus = |n| CommandBus::<Tally>::new(env.pool.clone(), (), n, Arc::new(Notify::new()));
+    let here = bus(4);
+    // Events 1–3, then 4–6 in one commit: the boundary is at 4, the commit ends at 6.
+    here.execute("t1", None, vec![1, 2, 3], &metadata("a"))
+        .await
+        .expect("added");
+    let c = here
+        .execute("t1", None, vec![4, 5, 6], &metadata("b"))
+        .await
+        .expect("added");
+    assert_eq!(c.version, 6);
+    let (last_sequence, payload): (i64, serde_json::Value) =
+        sqlx::query_as("SELECT last_sequence, payload FROM snapshots WHERE aggregate_id = 't1'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("a snapshot");
+    assert_eq!(last_sequence, 6);
+    assert_eq!(payload["seen"], serde_json::json!([1, 2, 3, 4, 5, 6]));
+    // Another process loads it from the snapshot with every event in it, and carries on.
+    let there = bus(4);
+    assert_eq!(
+        there.load("t1").await.expect("loads").seen,
+        [1, 2, 3, 4, 5, 6]
+    );
+    there
+        .execute("t1", None, vec![7, 8, 9], &metadata("c"))
+        .await
+        .expect("added");
+    assert_eq!(
+        bus(4).load("t1").await.expect("loads").seen,
+        (1..=9).collect::<Vec<_>>()
+    );
+}

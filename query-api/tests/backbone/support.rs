@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-of-the-backbone";
+/// The snapshot interval of command-api in tests (the default is 100).
+pub const SNAPSHOT_EVERY: usize = 2;
 /// The Soketi app the tests run.
 pub const SOKETI_APP_ID: &str = "test-app";
 pub const SOKETI_KEY: &str = "test-app-key";
@@ -137,7 +139,9 @@ impl TestEnv {
             relay_enabled: true,
             relay_batch: 512,
             relay_poll_ms: 100,
-            snapshot_every: 100,
+            // Small, so that every test's aggregates cross snapshot boundaries and the
+            // audit at the end of each test checks the snapshots they wrote.
+            snapshot_every: SNAPSHOT_EVERY,
             blob_dir: self.blob_dir.clone(),
             max_body_bytes: 64 * 1024,
             auth_token_expires_in: "1h".into(),
@@ -263,6 +267,21 @@ impl TestEnv {
         })
     }
 
+    /// Audits the snapshots written so far, asserts they are sound, and that aggregates of
+    /// `aggregate_type` crossed at least two snapshot intervals (so a snapshot was written,
+    /// then rewritten from a state loaded from one).
+    pub async fn assert_snapshots_crossed(&self, aggregate_type: &str) {
+        let audit = command_api::snapshots::audit(&self.pool)
+            .await
+            .expect("audit the snapshots");
+        assert!(audit.is_sound(), "unsound snapshots: {:?}", audit.findings);
+        let seen = audit.types.get(aggregate_type).copied().unwrap_or_default();
+        assert!(
+            seen.most_rewrites >= 2,
+            "no {aggregate_type} crossed two snapshot intervals: {seen:?}"
+        );
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)
@@ -272,21 +291,32 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
-    /// Drops the database and the stream, even when the test failed.
+    /// Audits the snapshots the test wrote (every test, so that any state a test drives an
+    /// aggregate into is checked to survive a snapshot), then drops the database and the
+    /// stream, even when the test failed.
     fn drop(&mut self) {
-        let (db, stream, blob_dir) = (
+        let (db, stream, blob_dir, database_url) = (
             self.db_name.clone(),
             self.stream.clone(),
             self.blob_dir.clone(),
+            self.database_url.clone(),
         );
-        let _ = std::thread::spawn(move || {
+        let audited = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
-                return;
+                return Ok(());
             };
             rt.block_on(async move {
+                let audit = match PgPool::connect(&database_url).await {
+                    Ok(pool) => {
+                        let audit = command_api::snapshots::audit(&pool).await;
+                        pool.close().await;
+                        audit
+                    }
+                    Err(e) => Err(e),
+                };
                 // A client of its own: the test's client runs on the runtime this blocks.
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let _ = async_nats::jetstream::new(client)
@@ -298,10 +328,20 @@ impl Drop for TestEnv {
                         .execute(&mut admin)
                         .await;
                 }
-            });
-            let _ = std::fs::remove_dir_all(blob_dir);
+                let _ = std::fs::remove_dir_all(blob_dir);
+                match audit {
+                    Ok(audit) if audit.is_sound() => Ok(()),
+                    Ok(audit) => Err(format!("unsound snapshots: {:?}", audit.findings)),
+                    Err(e) => Err(format!("could not audit the snapshots: {e}")),
+                }
+            })
         })
         .join();
+        if let Ok(Err(why)) = audited {
+            if !std::thread::panicking() {
+                panic!("{why}");
+            }
+        }
     }
 }
 

@@ -173,6 +173,20 @@ impl Wa {
             .expect("sent")
     }
 
+    async fn disconnect(&self, session: &str, token: &str) -> reqwest::Response {
+        self.env
+            .http
+            .post(
+                self.api
+                    .url(&format!("/v1/whatsapp/sessions/{session}/disconnect")),
+            )
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent")
+    }
+
     /// Connects the test's number; its session id.
     async fn connected(&self) -> String {
         self.number_lookup().await;
@@ -365,19 +379,7 @@ async fn a_session_connects_only_with_credentials_the_provider_accepts_and_keeps
     expect_problem(handshake("guess").await.expect("sent"), 403, "forbidden").await;
 
     // Disconnected: listed so, and sends are refused.
-    let r = wa
-        .env
-        .http
-        .post(
-            wa.api
-                .url(&format!("/v1/whatsapp/sessions/{session}/disconnect")),
-        )
-        .bearer_auth(&wa.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status(), 200);
+    assert_eq!(wa.disconnect(&session, &wa.admin).await.status(), 200);
     let template = json!({"type": "template", "name": "order_update", "language": "en_US",
                           "parameters": ["42"]});
     expect_problem(
@@ -402,6 +404,18 @@ async fn a_session_connects_only_with_credentials_the_provider_accepts_and_keeps
     )
     .await;
     expect_problem(handshake(VERIFY).await.expect("sent"), 403, "forbidden").await;
+
+    // The number changes hands: the other tenant connects it, the first cannot take it back
+    // while it is connected, and gets it back once the other lets it go. Each answer is
+    // decided from state loaded from the session's snapshots (one every two events here).
+    let theirs = wa.env.admin_of(&other);
+    assert!(wa.connect(&theirs, TOKEN).await.status().is_success());
+    expect_problem(wa.connect(&wa.admin, TOKEN).await, 409, "number_taken").await;
+    assert_eq!(wa.disconnect(&session, &theirs).await.status(), 200);
+    assert!(wa.connect(&wa.admin, TOKEN).await.status().is_success());
+    wa.env
+        .assert_snapshots_crossed(events::whatsapp::WHATSAPP_SESSION)
+        .await;
 }
 
 #[tokio::test]
@@ -892,6 +906,9 @@ async fn an_agent_reply_is_sent_once_retried_on_throttling_and_followed_to_read(
     let other: Value = other.json().await.expect("json");
     assert_ne!(other["id"], id.as_str());
     assert_ne!(other["conversation_id"], queued["conversation_id"]);
+    wa.env
+        .assert_snapshots_crossed(events::whatsapp::WHATSAPP_CONVERSATION)
+        .await;
 }
 
 #[tokio::test]
