@@ -46,6 +46,8 @@ pub struct Parts {
     pub rebuild: bool,
     /// pgbench's single-row appends.
     pub baseline: bool,
+    /// One thread through a long life.
+    pub long_thread: bool,
 }
 
 impl Parts {
@@ -56,6 +58,7 @@ impl Parts {
         queries: true,
         rebuild: true,
         baseline: true,
+        long_thread: true,
     };
     /// None (set the ones wanted).
     pub const NONE: Parts = Parts {
@@ -64,6 +67,7 @@ impl Parts {
         queries: false,
         rebuild: false,
         baseline: false,
+        long_thread: false,
     };
 }
 
@@ -82,6 +86,8 @@ pub struct PerfOptions {
     pub rebuild_events: u64,
     /// Every k-th command at the rate is followed by a lag probe.
     pub lag_every: u64,
+    /// Messages the long thread is sent.
+    pub long_thread_messages: u64,
     /// Running services to target instead of starting a stack: (command URL, query URL, secret).
     pub target: Option<(String, String, String)>,
 }
@@ -143,18 +149,23 @@ async fn run_parts(
         let seed = workloads::seed(api, clients * 2, 256.max(clients * 2), 100, clients).await?;
         if parts.commands {
             eprintln!("bench: commands at full speed");
+            let before = api.snapshots_written().await;
             let full = workloads::commands_full_speed(api, &seed, clients, duration).await;
             eprintln!("bench:   {full:?}");
             report.commands_full_speed = Some(full);
+            count_snapshots(api, report, "commands full speed", before).await;
             eprintln!("bench: commands at {}/s", options.rate);
+            let before = api.snapshots_written().await;
             report.commands_at_rate = Some(
                 workloads::commands_at_rate(api, &seed, options.rate, duration, None)
                     .await
                     .0,
             );
+            count_snapshots(api, report, "commands at rate", before).await;
         }
         if parts.lag {
             eprintln!("bench: lag at {}/s", options.rate);
+            let before = api.snapshots_written().await;
             report.lag = workloads::commands_at_rate(
                 api,
                 &seed,
@@ -164,6 +175,7 @@ async fn run_parts(
             )
             .await
             .1;
+            count_snapshots(api, report, "lag", before).await;
         }
         if parts.queries {
             eprintln!("bench: queries");
@@ -179,6 +191,26 @@ async fn run_parts(
                 .rss_mib
                 .insert(service.binary().to_owned(), bytes as f64 / 1_048_576.0);
         }
+    }
+    if parts.long_thread {
+        eprintln!(
+            "bench: one thread of {} messages",
+            options.long_thread_messages
+        );
+        let database_url = stack.database_url.clone();
+        let services: &mut Stack = &mut *stack;
+        let restart = move || async move {
+            services.kill(Service::CommandApi);
+            services.spawn(Service::CommandApi)?;
+            services
+                .wait_ready(Service::CommandApi, Duration::from_secs(30))
+                .await
+        };
+        let long =
+            workloads::long_thread(api, &database_url, options.long_thread_messages, restart)
+                .await?;
+        eprintln!("bench:   {long:?}");
+        report.long_thread = Some(long);
     }
     if parts.baseline {
         eprintln!("bench: baseline (pgbench)");
@@ -208,6 +240,16 @@ async fn run_parts(
         report.baseline_ratio = Some(c.per_sec / b.inserts_per_sec.max(1e-9));
     }
     Ok(())
+}
+
+/// Records the snapshots command-api wrote since `before` under `workload`.
+async fn count_snapshots(api: &Api, report: &mut Report, workload: &str, before: Option<f64>) {
+    if let (Some(before), Some(after)) = (before, api.snapshots_written().await) {
+        eprintln!("bench:   {} snapshots written", after - before);
+        report
+            .snapshots_written
+            .insert(workload.to_owned(), after - before);
+    }
 }
 
 /// The default scratch folder: `target/bench` beside the binaries' profile folder.

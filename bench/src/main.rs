@@ -46,6 +46,9 @@ struct Cli {
     /// Every k-th command of the lag workload is followed by a read that waits for it.
     #[arg(long, default_value_t = 4, global = true)]
     lag_every: u64,
+    /// Messages of the long-thread workload.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    long_thread_messages: u64,
     /// Events in the store for the rebuild workload.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     rebuild_events: u64,
@@ -91,6 +94,8 @@ enum Run {
     Rebuild,
     /// pgbench's durable single-row appends: the machine's limit.
     Baseline,
+    /// One chat thread through a long life: sends early and late, its snapshot, a cold load.
+    LongThread,
     /// Faults under load, then the audit: nothing lost, nothing twice.
     Chaos,
     /// Schemathesis against both APIs: no 5xx, answers as documented.
@@ -153,6 +158,7 @@ async fn go(cli: Cli) -> Result<bool, Error> {
         rate: cli.rate,
         rebuild_events: cli.rebuild_events,
         lag_every: cli.lag_every,
+        long_thread_messages: cli.long_thread_messages,
         target,
     };
     let parts = match cli.command {
@@ -175,6 +181,10 @@ async fn go(cli: Cli) -> Result<bool, Error> {
         }),
         Run::Baseline => Some(Parts {
             baseline: true,
+            ..Parts::NONE
+        }),
+        Run::LongThread => Some(Parts {
+            long_thread: true,
             ..Parts::NONE
         }),
         Run::Chaos | Run::Fuzz => None,

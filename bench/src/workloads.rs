@@ -113,14 +113,31 @@ impl Api {
             .ok_or_else(|| "no id in the answer".into())
     }
 
-    /// Sends a chat message to `thread`: the hot command.
+    /// Sends a chat message to `thread`: the hot command. With a `client_message_id`, as
+    /// chat clients send them (the thread keeps them to de-duplicate retries, so they are
+    /// part of every snapshot it writes).
     pub async fn send_message(&self, thread: &str, text: &str) -> Outcome {
         let key = self
             .idempotency_keys
             .then(|| uuid::Uuid::new_v4().to_string());
         let url = format!("{}/v1/chat/threads/{thread}/messages", self.command_url);
-        self.command(url, &json!({ "text": text }), key.as_deref())
+        let body = json!({ "text": text, "client_message_id": uuid::Uuid::new_v4() });
+        self.command(url, &body, key.as_deref()).await
+    }
+
+    /// How many aggregate snapshots command-api has written since it started (the sum of
+    /// its `snapshots_written_total` series), if its metrics answer.
+    pub async fn snapshots_written(&self) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.command_url))
+            .send()
             .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(snapshot_writes(&text))
     }
 
     /// POSTs a command; its outcome with the aggregate's new version.
@@ -204,8 +221,19 @@ pub struct Seed {
     pub all: Vec<String>,
 }
 
-/// Creates a tenant and `total` threads in it, the first `hot` of them with
-/// `events_per_hot` events each (the opening and messages).
+/// The sum of the `snapshots_written_total` series in a Prometheus text exposition.
+fn snapshot_writes(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("snapshots_written_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Creates a tenant and `total` threads in it, the first `hot` of them with up to
+/// `events_per_hot` events each (the opening and messages): hot thread `i` is `1 + i % 48`
+/// events short of it, so that the measured runs carry every hot thread across the snapshot
+/// boundary at `events_per_hot` (the default interval is 100), at staggered moments.
 pub async fn seed(
     api: &Api,
     hot: usize,
@@ -232,7 +260,8 @@ pub async fn seed(
             for i in (client..count).step_by(step) {
                 let id = api.open_thread(&tenant).await.map_err(|e| e.to_string())?;
                 if i < hot {
-                    for n in 1..events_per_hot {
+                    let short = 1 + i as u64 % 48;
+                    for n in 1..events_per_hot.saturating_sub(short) {
                         match api.send_message(&id, &format!("seed {n}")).await {
                             Outcome::Accepted(_) => {}
                             other => return Err(format!("seeding: {other:?}")),
@@ -354,6 +383,110 @@ pub async fn commands_at_rate(
         lags.summary()
     });
     (sample.summary(), lag)
+}
+
+/// One thread through a long life: `messages` messages sent one after the other, as a
+/// conversation grows, then a restart of command-api and the first commands after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongThread {
+    /// Messages sent (the thread holds one event more: its opening).
+    pub messages: u64,
+    /// The first 500 sends.
+    pub first: Summary,
+    /// The last 500 sends.
+    pub last: Summary,
+    /// The thread's snapshot after the last send: its sequence and its size as text.
+    pub snapshot_sequence: i64,
+    /// Bytes of the snapshot's JSON text.
+    pub snapshot_bytes: i64,
+    /// The first send after the restart: the thread is loaded from its snapshot and the
+    /// events after it, milliseconds.
+    pub cold_send_ms: f64,
+    /// The 50 sends after that, with the thread in the new process's memory.
+    pub warm_after_restart: Summary,
+}
+
+/// Sends `messages` messages to a new thread, one at a time, and measures how the sends
+/// and the snapshot grow; `restart` restarts command-api before the cold send.
+pub async fn long_thread<F, Fut>(
+    api: &Api,
+    database_url: &str,
+    messages: u64,
+    restart: F,
+) -> Result<LongThread, Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let tenant = api.create_tenant(&format!("l{run}")).await?;
+    let thread = api.open_thread(&tenant).await?;
+    let window = 500.min(messages as usize);
+    let mut latencies = Vec::with_capacity(messages as usize);
+    let started = Instant::now();
+    let mut sent_at = Vec::with_capacity(messages as usize);
+    for n in 0..messages {
+        let began = Instant::now();
+        match api.send_message(&thread, &format!("message {n}")).await {
+            Outcome::Accepted(_) => {}
+            other => return Err(format!("message {n} of the long thread: {other:?}").into()),
+        }
+        latencies.push(began.elapsed());
+        sent_at.push(started.elapsed());
+    }
+    let part = |range: std::ops::Range<usize>| {
+        let elapsed = sent_at[range.end - 1]
+            .saturating_sub(sent_at[range.start].saturating_sub(latencies[range.start]));
+        Sample {
+            latencies: latencies[range].to_vec(),
+            failed: 0,
+            elapsed,
+        }
+        .summary()
+    };
+    let first = part(0..window);
+    let last = part(latencies.len() - window..latencies.len());
+    let mut db = PgConnection::connect(database_url).await?;
+    let (snapshot_sequence, snapshot_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT last_sequence, octet_length(payload::text)::bigint FROM snapshots
+          WHERE aggregate_type = 'thread' AND aggregate_id = $1",
+    )
+    .bind(&thread)
+    .fetch_optional(&mut db)
+    .await?
+    .unwrap_or((0, 0));
+    restart().await?;
+    let began = Instant::now();
+    if !matches!(
+        api.send_message(&thread, "after the restart").await,
+        Outcome::Accepted(_)
+    ) {
+        return Err("the first send after the restart failed".into());
+    }
+    let cold_send_ms = began.elapsed().as_secs_f64() * 1000.0;
+    let mut warm = Sample::default();
+    let began_warm = Instant::now();
+    for n in 0..50 {
+        let began = Instant::now();
+        if matches!(
+            api.send_message(&thread, &format!("warm {n}")).await,
+            Outcome::Accepted(_)
+        ) {
+            warm.latencies.push(began.elapsed());
+        } else {
+            warm.failed += 1;
+        }
+    }
+    warm.elapsed = began_warm.elapsed();
+    Ok(LongThread {
+        messages,
+        first,
+        last,
+        snapshot_sequence,
+        snapshot_bytes,
+        cold_send_ms,
+        warm_after_restart: warm.summary(),
+    })
 }
 
 /// The two dashboard reads under `clients` closed-loop clients.
@@ -567,6 +700,16 @@ fn parse_tps(output: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_writes_are_summed_over_aggregate_types() {
+        let text = "# HELP snapshots_written_total x\n# TYPE snapshots_written_total counter\n\
+                    snapshots_written_total{aggregate_type=\"thread\"} 12\n\
+                    snapshots_written_total{aggregate_type=\"tenant\"} 1\n\
+                    snapshots_skipped_total{aggregate_type=\"thread\"} 5\n";
+        assert_eq!(snapshot_writes(text), 13.0);
+        assert_eq!(snapshot_writes(""), 0.0);
+    }
 
     #[test]
     fn pgbench_throughput_is_read_from_its_report() {
