@@ -275,9 +275,22 @@ where
             .map(|(committed, _)| committed)
     }
 
-    /// The aggregate's current state.
+    /// The aggregate's current state: from this process's copy and the events appended
+    /// since, like a command's load (a route that reads an aggregate before commanding it,
+    /// or a look-up of another aggregate, costs one statement, not a snapshot's decoding
+    /// and the replay of the events after it).
     pub async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
-        Ok(self.load_context(id).await?.aggregate)
+        let context = self.context(id).await?;
+        let aggregate = context.aggregate.clone();
+        let sequence = context.current_sequence;
+        self.remember(
+            id,
+            context.aggregate,
+            sequence,
+            sequence,
+            context.current_snapshot,
+        );
+        Ok(aggregate)
     }
 
     /// The aggregate as postgres-es loads it: its snapshot, then the events after it.

@@ -347,6 +347,7 @@ async fn attach(
     let message_id = crate::chat::routes::item_id(&thread, who.user_id(), Some(&client_id), None);
     let (object_key, content_type, size_bytes) = audio.file();
     let command = ThreadCommand {
+        thread_id: thread.clone(),
         actor: crate::chat::routes::actor(&who),
         at: state.clock.now(),
         action: Action::Send {

@@ -5,7 +5,7 @@
 //! tenant's staff, a phone user who does not take part) is answered as if the thread did not
 //! exist, so ids of other tenants' threads reveal nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -14,27 +14,51 @@ use events::chat::{Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
 use serde::{Deserialize, Serialize};
 
 use super::commands::{Action, Actor, ThreadCommand};
-use super::services::ChatServices;
+use super::services::{ChatServices, PastMessage};
 use super::values::{self, MessageText};
 
 /// How long an author may edit a message after sending it.
 pub const EDIT_WINDOW: Duration = Duration::minutes(15);
 /// How far ahead a message may be scheduled.
 pub const SCHEDULE_HORIZON: Duration = Duration::days(90);
+/// How many of its latest messages a thread keeps in its state. Older ones are read from the
+/// thread's own events when a command names them (an edit, a deletion, a late retry), so
+/// decisions do not depend on it. A retry is recognised by its message id at any age, and
+/// also by its client id among these.
+pub const RECENT_MESSAGES: usize = 256;
 
 /// A message as the rules need it (its text lives in events and read models only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct MessageState {
     /// Its id.
     id: String,
+    /// Its number.
+    number: u64,
     /// Who wrote it.
     author: Party,
+    /// The id its client gave it, if any (retries are recognised by it, per author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
     /// When it was sent.
     at: DateTime<Utc>,
     /// Whether it has an attachment (an edit may then leave the text empty).
     has_attachment: bool,
     /// Tombstoned.
     deleted: bool,
+}
+
+impl From<PastMessage> for MessageState {
+    fn from(m: PastMessage) -> Self {
+        MessageState {
+            id: m.id,
+            number: m.number,
+            author: m.author,
+            client_id: None,
+            at: m.at,
+            has_attachment: m.has_attachment,
+            deleted: m.deleted,
+        }
+    }
 }
 
 /// Where a scheduled message is in its life.
@@ -63,9 +87,14 @@ struct Scheduled {
     state: ScheduleState,
 }
 
-/// The state the rules need (also the snapshot form).
+/// The state the rules need (also the snapshot form). Bounded: however long the thread, it
+/// holds its last [`RECENT_MESSAGES`] messages, its participants' read positions and its
+/// scheduled messages (finished ones without their text).
+///
+/// Unknown fields make a snapshot undecodable, so a snapshot of an older shape (which held
+/// every message) is replaced by a replay rather than read as an empty thread.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Thread {
     /// The owning tenant; `None` until opened.
     tenant_id: Option<String>,
@@ -81,14 +110,10 @@ pub struct Thread {
     bot_enabled: bool,
     /// The tags, sorted.
     tags: Vec<String>,
-    /// Messages by number (index + 1).
-    messages: Vec<MessageState>,
-    /// Message id → number.
-    numbers: BTreeMap<String, u64>,
-    /// Author id → client message id → message id, for de-duplicating retries. Nested
-    /// rather than keyed by a joined string: a snapshot is `jsonb`, which refuses the NUL a
-    /// separator would need to be unambiguous.
-    client_ids: BTreeMap<String, BTreeMap<String, String>>,
+    /// How many messages it has had: the last one's number.
+    message_count: u64,
+    /// Its last [`RECENT_MESSAGES`] messages, oldest first.
+    recent: VecDeque<MessageState>,
     /// Reader id → the last message number they read.
     reads: BTreeMap<String, u64>,
     /// Scheduled messages by id.
@@ -184,6 +209,15 @@ pub enum ThreadError {
     Unavailable(String),
 }
 
+impl Scheduled {
+    /// Delivered or cancelled: what it would have sent is no longer needed.
+    fn finish(&mut self, state: ScheduleState) {
+        self.state = state;
+        self.text = String::new();
+        self.attachment = None;
+    }
+}
+
 /// What the caller is to this thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -271,13 +305,17 @@ impl Thread {
         self.customer.as_ref()
     }
 
-    /// The author of message `message_id`, unless it was deleted.
-    pub fn message_author(&self, message_id: &str) -> Option<&Party> {
-        let number = *self.numbers.get(message_id)?;
-        let m = self
-            .messages
-            .get(usize::try_from(number).ok()?.checked_sub(1)?)?;
-        (!m.deleted).then_some(&m.author)
+    /// The author of message `message_id` if it is among the thread's recent messages and
+    /// was not deleted; `None` says nothing of older messages (see
+    /// [`super::services::Directory::past_message`]).
+    pub fn recent_author(&self, message_id: &str) -> Option<&Party> {
+        self.recent_message(message_id)
+            .filter(|m| !m.deleted)
+            .map(|m| &m.author)
+    }
+
+    fn recent_message(&self, id: &str) -> Option<&MessageState> {
+        self.recent.iter().rev().find(|m| m.id == id)
     }
 
     /// What `actor` is to this thread; `NotFound` when it may not see it.
@@ -317,11 +355,55 @@ impl Thread {
         }
     }
 
-    fn message(&self, id: &str) -> Result<&MessageState, ThreadError> {
-        self.numbers
-            .get(id)
-            .and_then(|n| self.messages.get((*n as usize).wrapping_sub(1)))
+    /// Message `id`: from the recent ones, else from the thread's events.
+    async fn message(
+        &self,
+        thread_id: &str,
+        id: &str,
+        services: &ChatServices,
+    ) -> Result<MessageState, ThreadError> {
+        if let Some(m) = self.recent_message(id) {
+            return Ok(m.clone());
+        }
+        if self.holds_every_message() {
+            return Err(ThreadError::MessageNotFound);
+        }
+        services
+            .past_message(thread_id, id)
+            .await
+            .map_err(ThreadError::Unavailable)?
+            .map(MessageState::from)
             .ok_or(ThreadError::MessageNotFound)
+    }
+
+    /// Whether every message the thread has had is in [`Thread::recent`].
+    fn holds_every_message(&self) -> bool {
+        self.recent.front().is_none_or(|m| m.number <= 1)
+    }
+
+    /// Whether the thread has a message with this id, or among its recent ones one by this
+    /// author with this client id: the command is a retry.
+    async fn seen(
+        &self,
+        thread_id: &str,
+        message_id: &str,
+        author: &str,
+        client_id: Option<&str>,
+        services: &ChatServices,
+    ) -> Result<bool, ThreadError> {
+        let recent = self.recent.iter().any(|m| {
+            m.id == message_id
+                || client_id
+                    .is_some_and(|c| m.author.id == author && m.client_id.as_deref() == Some(c))
+        });
+        if recent || self.holds_every_message() {
+            return Ok(recent);
+        }
+        Ok(services
+            .past_message(thread_id, message_id)
+            .await
+            .map_err(ThreadError::Unavailable)?
+            .is_some())
     }
 
     fn schedule(&self, id: &str) -> Result<&Scheduled, ThreadError> {
@@ -439,7 +521,12 @@ impl Thread {
         command: ThreadCommand,
         services: &ChatServices,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
-        let ThreadCommand { actor, at, action } = command;
+        let ThreadCommand {
+            thread_id,
+            actor,
+            at,
+            action,
+        } = command;
         if matches!(action, Action::Open { .. }) {
             return self.open(&actor, at, action, services).await;
         }
@@ -540,14 +627,17 @@ impl Thread {
                 let Some(author) = self.customer.clone() else {
                     return Err(ThreadError::Forbidden("The thread has no customer."));
                 };
-                if self.numbers.contains_key(&message_id) {
+                if self
+                    .seen(&thread_id, &message_id, &author.id, None, services)
+                    .await?
+                {
                     return Ok(vec![]);
                 }
                 let text = text(&raw, false)?;
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
                     message_id,
-                    number: self.messages.len() as u64 + 1,
+                    number: self.message_count + 1,
                     author,
                     client_message_id: None,
                     text,
@@ -571,12 +661,11 @@ impl Thread {
                             .ok_or(ThreadError::InvalidClientMessageId)
                     })
                     .transpose()?;
-                let retried = client_message_id.as_ref().is_some_and(|c| {
-                    self.client_ids
-                        .get(&author.id)
-                        .is_some_and(|ids| ids.contains_key(c))
-                });
-                if retried || self.numbers.contains_key(&message_id) {
+                let client_id = client_message_id.as_deref();
+                if self
+                    .seen(&thread_id, &message_id, &author.id, client_id, services)
+                    .await?
+                {
                     return Ok(vec![]);
                 }
                 let attachment = attachment(raw_attachment, &tenant)?;
@@ -584,7 +673,7 @@ impl Thread {
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
                     message_id,
-                    number: self.messages.len() as u64 + 1,
+                    number: self.message_count + 1,
                     author,
                     client_message_id,
                     text,
@@ -598,7 +687,7 @@ impl Thread {
                 message_id,
                 text: raw,
             } => {
-                let message = self.message(&message_id)?;
+                let message = self.message(&thread_id, &message_id, services).await?;
                 if message.deleted {
                     return Err(ThreadError::MessageDeleted);
                 }
@@ -616,7 +705,7 @@ impl Thread {
                 }]
             }
             Action::Delete { message_id } => {
-                let message = self.message(&message_id)?;
+                let message = self.message(&thread_id, &message_id, services).await?;
                 if access == Access::Participant && message.author != party(&actor) {
                     return Err(ThreadError::NotAuthor);
                 }
@@ -631,7 +720,7 @@ impl Thread {
                 }
             }
             Action::MarkRead { number } => {
-                if number == 0 || number > self.messages.len() as u64 {
+                if number == 0 || number > self.message_count {
                     return Err(ThreadError::UnknownMessageNumber);
                 }
                 let reader = party(&actor);
@@ -708,7 +797,7 @@ impl Thread {
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
                     message_id,
-                    number: self.messages.len() as u64 + 1,
+                    number: self.message_count + 1,
                     author: scheduled.author.clone(),
                     client_message_id: None,
                     text: scheduled.text.clone(),
@@ -793,33 +882,31 @@ impl Aggregate for Thread {
                 at,
                 ..
             } => {
-                if let Some(c) = client_message_id {
-                    self.client_ids
-                        .entry(author.id.clone())
-                        .or_default()
-                        .insert(c, message_id.clone());
-                }
                 if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
-                    s.state = ScheduleState::Delivered;
+                    s.finish(ScheduleState::Delivered);
                 }
                 // An author has read what they wrote (the read model counts it so too).
                 let read = self.reads.entry(author.id.clone()).or_insert(0);
                 *read = (*read).max(number);
-                self.numbers.insert(message_id.clone(), number);
-                self.messages.push(MessageState {
+                self.message_count = self.message_count.max(number);
+                self.recent.push_back(MessageState {
                     id: message_id,
+                    number,
                     author,
+                    client_id: client_message_id,
                     at,
                     has_attachment: attachment.is_some(),
                     deleted: false,
                 });
+                while self.recent.len() > RECENT_MESSAGES {
+                    self.recent.pop_front();
+                }
             }
             ThreadEvent::MessageEdited { .. } => {}
             ThreadEvent::MessageDeleted { message_id, .. } => {
-                if let Some(n) = self.numbers.get(&message_id) {
-                    if let Some(m) = self.messages.get_mut((*n as usize).wrapping_sub(1)) {
-                        m.deleted = true;
-                    }
+                // An older message's deletion is in the events its look-up reads.
+                if let Some(m) = self.recent.iter_mut().find(|m| m.id == message_id) {
+                    m.deleted = true;
                 }
             }
             ThreadEvent::Read { reader, number, .. } => {
@@ -853,7 +940,7 @@ impl Aggregate for Thread {
             }
             ThreadEvent::ScheduleCancelled { scheduled_id } => {
                 if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
-                    s.state = ScheduleState::Cancelled;
+                    s.finish(ScheduleState::Cancelled);
                 }
             }
         }
@@ -872,10 +959,15 @@ mod tests {
     use crate::chat::services::Directory;
 
     const TENANT: &str = "t1";
+    const THREAD_ID: &str = "thread-1";
 
     /// Tenant `t1` has agents `agent-1`, `agent-2`, department `sales`, phone users
-    /// `phone-1`, `phone-2`.
-    struct Fixed;
+    /// `phone-1`, `phone-2`; thread `thread-1`'s events are `history` (what the event store
+    /// holds for the given events).
+    #[derive(Default)]
+    struct Fixed {
+        history: Vec<ThreadEvent>,
+    }
 
     #[async_trait]
     impl Directory for Fixed {
@@ -887,6 +979,25 @@ mod tests {
         }
         async fn is_phone_user(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("phone-"))
+        }
+        async fn past_message(
+            &self,
+            thread: &str,
+            message: &str,
+        ) -> Result<Option<PastMessage>, String> {
+            if thread != THREAD_ID {
+                return Ok(None);
+            }
+            Ok(PastMessage::from_events(
+                self.history
+                    .iter()
+                    .filter(|e| match e {
+                        ThreadEvent::MessageSent { message_id, .. }
+                        | ThreadEvent::MessageDeleted { message_id, .. } => message_id == message,
+                        _ => false,
+                    })
+                    .cloned(),
+            ))
         }
     }
 
@@ -963,7 +1074,12 @@ mod tests {
     }
 
     fn cmd(actor: Actor, at: DateTime<Utc>, action: Action) -> ThreadCommand {
-        ThreadCommand { actor, at, action }
+        ThreadCommand {
+            thread_id: THREAD_ID.into(),
+            actor,
+            at,
+            action,
+        }
     }
 
     fn open_action() -> Action {
@@ -1024,11 +1140,18 @@ mod tests {
     }
 
     fn framework() -> TestFramework<Thread> {
-        TestFramework::with(Arc::new(Fixed) as ChatServices)
+        TestFramework::with(Arc::new(Fixed::default()) as ChatServices)
+    }
+
+    /// The framework over `given`, whose events the thread's look-ups read too.
+    fn framework_over(given: &[ThreadEvent]) -> TestFramework<Thread> {
+        TestFramework::with(Arc::new(Fixed {
+            history: given.to_vec(),
+        }) as ChatServices)
     }
 
     async fn expect_events(given: Vec<ThreadEvent>, when: ThreadCommand, then: Vec<ThreadEvent>) {
-        framework()
+        framework_over(&given)
             .given(given)
             .when_async(when)
             .await
@@ -1036,7 +1159,7 @@ mod tests {
     }
 
     async fn expect_error(given: Vec<ThreadEvent>, when: ThreadCommand, error: ThreadError) {
-        framework()
+        framework_over(&given)
             .given(given)
             .when_async(when)
             .await
@@ -1442,6 +1565,203 @@ mod tests {
         let mut again = given;
         again.push(tombstone(agent_party()));
         expect_events(again, cmd(customer(), minutes(31), delete), vec![]).await;
+    }
+
+    /// The thread opened, `m1` by the customer and `m2` by the agent, then enough messages
+    /// (by the agent) to push both out of the recent window.
+    fn long_history() -> Vec<ThreadEvent> {
+        let mut given = vec![
+            opened(),
+            sent("m1", 1, customer_party(), minutes(1)),
+            sent("m2", 2, agent_party(), minutes(1)),
+        ];
+        for n in 3..=(RECENT_MESSAGES as u64 + 10) {
+            given.push(sent(&format!("m{n}"), n, agent_party(), minutes(2)));
+        }
+        given
+    }
+
+    #[tokio::test]
+    async fn edit_and_delete_of_messages_older_than_the_state_keeps_decide_from_their_events() {
+        let given = long_history();
+        let edit = |id: &str| Action::Edit {
+            message_id: id.into(),
+            text: "changed".into(),
+        };
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(10), edit("m1")),
+            vec![ThreadEvent::MessageEdited {
+                message_id: "m1".into(),
+                text: "changed".into(),
+                at: minutes(10),
+            }],
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(17), edit("m1")),
+            ThreadError::EditWindowClosed,
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(10), edit("m2")),
+            ThreadError::NotAuthor,
+        )
+        .await;
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(10), edit("nowhere")),
+            ThreadError::MessageNotFound,
+        )
+        .await;
+        let delete = |id: &str| Action::Delete {
+            message_id: id.into(),
+        };
+        expect_error(
+            given.clone(),
+            cmd(customer(), minutes(30), delete("m2")),
+            ThreadError::NotAuthor,
+        )
+        .await;
+        let tombstone = ThreadEvent::MessageDeleted {
+            message_id: "m1".into(),
+            by: customer_party(),
+            at: minutes(30),
+        };
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(30), delete("m1")),
+            vec![tombstone.clone()],
+        )
+        .await;
+        let mut deleted = given;
+        deleted.push(tombstone);
+        expect_events(
+            deleted.clone(),
+            cmd(customer(), minutes(31), delete("m1")),
+            vec![],
+        )
+        .await;
+        expect_error(
+            deleted,
+            cmd(customer(), minutes(11), edit("m1")),
+            ThreadError::MessageDeleted,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mark_read_of_the_latest_of_a_long_thread_is_recorded() {
+        let given = long_history();
+        let last = RECENT_MESSAGES as u64 + 10;
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(3), Action::MarkRead { number: last }),
+            vec![ThreadEvent::Read {
+                reader: customer_party(),
+                number: last,
+                at: minutes(3),
+            }],
+        )
+        .await;
+        expect_error(
+            given,
+            cmd(
+                customer(),
+                minutes(3),
+                Action::MarkRead { number: last + 1 },
+            ),
+            ThreadError::UnknownMessageNumber,
+        )
+        .await;
+    }
+
+    #[test]
+    fn the_state_of_a_thread_of_ten_thousand_messages_is_bounded() {
+        let mut thread = Thread::default();
+        thread.apply(opened());
+        let one = serde_json::to_vec(&thread).map_or(0, |v| v.len());
+        let mut at_recent = 0;
+        for n in 1..=10_000u64 {
+            thread.apply(ThreadEvent::MessageSent {
+                message_id: format!("01a24ac7-a321-7156-bf39-{n:012}"),
+                number: n,
+                author: customer_party(),
+                client_message_id: Some(format!("client-{n}")),
+                text: "hello".into(),
+                attachment: None,
+                scheduled_id: None,
+                at: minutes(1),
+            });
+            if n == RECENT_MESSAGES as u64 {
+                at_recent = serde_json::to_vec(&thread).map_or(0, |v| v.len());
+            }
+        }
+        let size = serde_json::to_vec(&thread).map_or(0, |v| v.len());
+        assert_eq!(thread.message_count, 10_000);
+        assert_eq!(thread.recent.len(), RECENT_MESSAGES);
+        // As large as with 256 messages, give or take the longer numbers in the ids.
+        assert!(
+            size > one && size <= at_recent * 11 / 10,
+            "{one} → {at_recent} → {size}"
+        );
+        // The latest messages are the ones kept.
+        assert_eq!(thread.recent.back().map(|m| m.number), Some(10_000));
+    }
+
+    #[tokio::test]
+    async fn a_late_retry_of_a_message_older_than_the_recent_ones_appends_nothing() {
+        expect_events(
+            long_history(),
+            cmd(customer(), minutes(60), send("m1", "hello")),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_message_among_the_recent_ones_appends_nothing() {
+        let mut given = long_history();
+        given.push(ThreadEvent::MessageSent {
+            message_id: "c-msg".into(),
+            number: RECENT_MESSAGES as u64 + 11,
+            author: customer_party(),
+            client_message_id: Some("c-1".into()),
+            text: "hello".into(),
+            attachment: None,
+            scheduled_id: None,
+            at: minutes(3),
+        });
+        let retry = |message_id: &str| Action::Send {
+            message_id: message_id.into(),
+            client_message_id: Some("c-1".into()),
+            text: "hello".into(),
+            attachment: None,
+        };
+        expect_events(
+            given.clone(),
+            cmd(customer(), minutes(4), retry("c-msg")),
+            vec![],
+        )
+        .await;
+        // The same client id from another author is another message.
+        expect_events(
+            given,
+            cmd(agent(), minutes(4), retry("a-msg")),
+            vec![ThreadEvent::MessageSent {
+                message_id: "a-msg".into(),
+                number: RECENT_MESSAGES as u64 + 12,
+                author: agent_party(),
+                client_message_id: Some("c-1".into()),
+                text: "hello".into(),
+                attachment: None,
+                scheduled_id: None,
+                at: minutes(4),
+            }],
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -33,6 +33,8 @@ pub enum Actor {
 /// A command on one thread.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThreadCommand {
+    /// The thread (the aggregate does not know its own id; it reads its older messages by it).
+    pub thread_id: String,
     /// Who asks.
     pub actor: Actor,
     /// When (the server's clock at the edge).

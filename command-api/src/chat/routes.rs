@@ -140,6 +140,7 @@ impl Caller {
         let who = &self.who;
         let tenant = tenant_of(state, who, id).await?;
         let command = ThreadCommand {
+            thread_id: id.to_owned(),
             actor: actor(who),
             at: state.clock.now(),
             action,
@@ -247,6 +248,7 @@ async fn open(
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
     let command = ThreadCommand {
+        thread_id: id.clone(),
         actor: actor(&who),
         at: state.clock.now(),
         action: Action::Open {

@@ -1,9 +1,63 @@
-//! What the thread aggregate needs from outside its own stream: whether an agent, a
-//! department or a phone user exists in the tenant. These are look-ups in other contexts'
-//! tables, read at the moment of the command.
+//! What the thread aggregate needs beyond the state it keeps: whether an agent, a
+//! department or a phone user exists in the tenant (look-ups in other contexts' tables, read
+//! at the moment of the command), and its own older messages (read from its events).
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use events::chat::{Party, ThreadEvent};
 use sqlx::PgPool;
+
+/// A message older than those a thread keeps in its state, as the thread's events tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastMessage {
+    /// Its id.
+    pub id: String,
+    /// Its number.
+    pub number: u64,
+    /// Who wrote it.
+    pub author: Party,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// Whether it has an attachment.
+    pub has_attachment: bool,
+    /// Whether it was deleted since.
+    pub deleted: bool,
+}
+
+impl PastMessage {
+    /// Folds the `MessageSent` and `MessageDeleted` events of one message, in order.
+    pub fn from_events(events: impl IntoIterator<Item = ThreadEvent>) -> Option<Self> {
+        let mut message: Option<PastMessage> = None;
+        for event in events {
+            match event {
+                ThreadEvent::MessageSent {
+                    message_id,
+                    number,
+                    author,
+                    attachment,
+                    at,
+                    ..
+                } if message.is_none() => {
+                    message = Some(PastMessage {
+                        id: message_id,
+                        number,
+                        author,
+                        at,
+                        has_attachment: attachment.is_some(),
+                        deleted: false,
+                    });
+                }
+                ThreadEvent::MessageDeleted { .. } => {
+                    if let Some(m) = message.as_mut() {
+                        m.deleted = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        message
+    }
+}
 
 /// Who and what exists in a tenant.
 #[async_trait]
@@ -14,6 +68,13 @@ pub trait Directory: Send + Sync {
     async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String>;
     /// True when `user_id` is a phone user of `tenant_id`.
     async fn is_phone_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
+    /// Message `message_id` of thread `thread_id`, from the thread's own events (the
+    /// command side's own state, not a read model).
+    async fn past_message(
+        &self,
+        thread_id: &str,
+        message_id: &str,
+    ) -> Result<Option<PastMessage>, String>;
 }
 
 /// The services of the thread aggregate.
@@ -63,5 +124,34 @@ impl Directory for PgDirectory {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| e.to_string())
+    }
+
+    /// By the index `events_thread_message_ids` (migration 0018): the literals match its
+    /// predicate, so the planner can use it for every call.
+    async fn past_message(
+        &self,
+        thread_id: &str,
+        message_id: &str,
+    ) -> Result<Option<PastMessage>, String> {
+        let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT payload FROM events
+              WHERE aggregate_type = 'thread'
+                AND event_type IN ('MessageSent', 'MessageDeleted')
+                AND aggregate_id = $1
+                AND coalesce(payload->'MessageSent'->>'message_id',
+                             payload->'MessageDeleted'->>'message_id') = $2
+              ORDER BY sequence",
+        )
+        .bind(thread_id)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let events = payloads
+            .into_iter()
+            .map(serde_json::from_value::<ThreadEvent>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(PastMessage::from_events(events))
     }
 }

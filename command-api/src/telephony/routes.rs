@@ -144,6 +144,7 @@ async fn deliver_to_thread(
     };
     let at = state.clock.now();
     let open = ThreadCommand {
+        thread_id: thread.clone(),
         actor: actor.clone(),
         at,
         action: Action::Open {
@@ -182,6 +183,7 @@ async fn deliver_to_thread(
         format!("{thread}\0sms\0{sid}").as_bytes(),
     );
     let receive = ThreadCommand {
+        thread_id: thread.clone(),
         actor,
         at,
         action: Action::Receive {

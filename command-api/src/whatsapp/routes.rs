@@ -31,6 +31,7 @@ use super::aggregate::{
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::commands::{Action, Actor, ThreadCommand};
+use crate::chat::services::Directory;
 use crate::http::error::DomainProblem;
 use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
@@ -1114,6 +1115,7 @@ async fn receive_message(
         component: "whatsapp".into(),
     };
     let open = ThreadCommand {
+        thread_id: thread.clone(),
         actor: actor.clone(),
         at,
         action: Action::Open {
@@ -1133,6 +1135,7 @@ async fn receive_message(
         Err(e) => return Err(retry(&e)),
     }
     let receive = ThreadCommand {
+        thread_id: thread.clone(),
         actor,
         at,
         action: Action::Receive {
@@ -1211,10 +1214,19 @@ async fn forward(
     if current.channel() != Some(Channel::Whatsapp) {
         return not_forwarded("not a WhatsApp thread");
     }
-    let author = current
-        .message_author(&message)
-        .cloned()
-        .ok_or_else(|| ThreadError::NotFound.problem())?;
+    let author = match current.recent_author(&message) {
+        Some(author) => author.clone(),
+        // A reply older than those the thread keeps (a long backlog): its events tell.
+        None => crate::chat::services::PgDirectory {
+            pool: state.pool.clone(),
+        }
+        .past_message(&thread, &message)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .filter(|m| !m.deleted)
+        .map(|m| m.author)
+        .ok_or_else(|| ThreadError::NotFound.problem())?,
+    };
     if !matches!(author.kind, PartyKind::Agent | PartyKind::Bot) {
         return not_forwarded("not written by an agent or the bot");
     }
