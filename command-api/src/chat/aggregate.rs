@@ -247,6 +247,11 @@ fn party(actor: &Actor) -> Party {
     }
 }
 
+/// Whether `id` could be a message's id: what the look-up of an older message may be asked.
+fn plausible_id(id: &str) -> bool {
+    values::label(id, values::MAX_ID_CHARS).as_deref() == Some(id)
+}
+
 /// A message text as the rules accept it.
 fn text(raw: &str, attachment: bool) -> Result<String, ThreadError> {
     let parsed = MessageText::parse(raw).ok_or_else(|| {
@@ -365,7 +370,9 @@ impl Thread {
         if let Some(m) = self.recent_message(id) {
             return Ok(m.clone());
         }
-        if self.holds_every_message() {
+        // An id no message can have (a NUL, control characters: PostgreSQL would refuse the
+        // look-up, and retrying would not help) names no message.
+        if self.holds_every_message() || !plausible_id(id) {
             return Err(ThreadError::MessageNotFound);
         }
         services
@@ -396,7 +403,7 @@ impl Thread {
                 || client_id
                     .is_some_and(|c| m.author.id == author && m.client_id.as_deref() == Some(c))
         });
-        if recent || self.holds_every_message() {
+        if recent || self.holds_every_message() || !plausible_id(message_id) {
             return Ok(recent);
         }
         Ok(services
@@ -1650,6 +1657,37 @@ mod tests {
             ThreadError::MessageDeleted,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn edit_or_delete_of_an_impossible_message_id_in_a_long_thread_is_not_found() {
+        for id in ["ab\u{0}cd", "", " m1", "m\u{1b}1"] {
+            expect_error(
+                long_history(),
+                cmd(
+                    customer(),
+                    minutes(3),
+                    Action::Edit {
+                        message_id: id.into(),
+                        text: "x".into(),
+                    },
+                ),
+                ThreadError::MessageNotFound,
+            )
+            .await;
+            expect_error(
+                long_history(),
+                cmd(
+                    agent(),
+                    minutes(3),
+                    Action::Delete {
+                        message_id: id.into(),
+                    },
+                ),
+                ThreadError::MessageNotFound,
+            )
+            .await;
+        }
     }
 
     #[tokio::test]

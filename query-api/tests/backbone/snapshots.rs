@@ -102,8 +102,12 @@ async fn a_thread_takes_its_thousandth_message_at_the_default_snapshot_interval(
     assert_eq!(edited.status(), 200);
     let deleted = send(&env, &message(6, "delete"), &customer, json!({})).await;
     assert_eq!(deleted.status(), 200);
-    let again = send(&env, &message(6, "edit"), &customer, edit).await;
+    let again = send(&env, &message(6, "edit"), &customer, edit.clone()).await;
     expect_problem(again, 422, "message_deleted").await;
+    // An id no message can have is not found, not a database failure to retry.
+    let impossible = api.url(&format!("/v1/chat/threads/{thread}/messages/ab%00cd/edit"));
+    let answer = send(&env, &impossible, &customer, edit).await;
+    expect_problem(answer, 404, "message_not_found").await;
     let next = send(
         &env,
         &messages,
