@@ -159,8 +159,11 @@ pub enum ThreadError {
         "the attachment needs a plain object key, a media type and a size of 1 byte to 100 MiB"
     )]
     InvalidAttachment,
-    /// 422: the client message id is not 1–100 characters without control characters.
-    #[error("client_message_id must be 1 to 100 characters without control characters")]
+    /// 422: the client message id is not 1–100 characters without control characters and
+    /// without leading or trailing spaces.
+    #[error(
+        "client_message_id must be 1 to 100 characters without control characters or surrounding spaces"
+    )]
     InvalidClientMessageId,
     /// 422: the customer is not a phone user of the tenant.
     #[error("the customer is not a phone user of this tenant")]

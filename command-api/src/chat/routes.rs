@@ -519,7 +519,11 @@ async fn schedule(
     if body
         .client_message_id
         .as_deref()
-        .is_some_and(|c| super::values::label(c, super::values::MAX_CLIENT_ID_CHARS).is_none())
+        // As a message's client id: taken as sent, so ` a ` and `a` are not one id here and
+        // two there.
+        .is_some_and(|c| {
+            super::values::label(c, super::values::MAX_CLIENT_ID_CHARS).as_deref() != Some(c)
+        })
     {
         return Err(ThreadError::InvalidClientMessageId.into_problem());
     }

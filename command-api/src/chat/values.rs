@@ -56,7 +56,9 @@ pub fn label(raw: &str, max: usize) -> Option<String> {
 pub fn tags(raw: &[String]) -> Option<Vec<String>> {
     let mut tags = raw
         .iter()
-        .map(|t| label(t, MAX_TAG_CHARS).map(|t| t.to_lowercase()))
+        // Lower-cased before the length is checked: some letters grow (`İ` is two
+        // characters lower-cased), and what is kept must fit.
+        .map(|t| label(&t.to_lowercase(), MAX_TAG_CHARS))
         .collect::<Option<Vec<_>>>()?;
     tags.sort_unstable();
     tags.dedup();
@@ -64,8 +66,9 @@ pub fn tags(raw: &[String]) -> Option<Vec<String>> {
 }
 
 /// An attachment reference: a blob key of 1–512 characters without control characters,
-/// `..` segments or a leading `/`; a `type/subtype` media type; a size of 1 byte to 100 MiB.
-pub fn attachment(raw: Attachment) -> Option<Attachment> {
+/// `..` segments or a leading `/`; a `type/subtype` media type; a size of 1 byte to 100 MiB;
+/// a file name of 1–255 characters, kept trimmed.
+pub fn attachment(mut raw: Attachment) -> Option<Attachment> {
     let key_ok = label(&raw.object_key, 512).is_some_and(|k| k == raw.object_key)
         && !raw.object_key.starts_with('/')
         && !raw.object_key.split('/').any(|s| s == ".." || s.is_empty());
@@ -78,7 +81,9 @@ pub fn attachment(raw: Attachment) -> Option<Attachment> {
         };
         token(t) && token(s)
     });
-    let name_ok = raw.name.as_deref().is_none_or(|n| label(n, 255).is_some());
+    let name = raw.name.as_deref().map(|n| label(n, 255));
+    let name_ok = name.as_ref().is_none_or(Option::is_some);
+    raw.name = name.flatten();
     let size_ok = (1..=MAX_ATTACHMENT_BYTES).contains(&raw.size_bytes);
     (key_ok && type_ok && name_ok && size_ok).then_some(raw)
 }
@@ -108,6 +113,9 @@ mod tests {
         assert_eq!(tags(&raw(&[&"x".repeat(41)])), None);
         let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
         assert_eq!(tags(&many), None);
+        // Forty characters that lower-case to eighty are too long.
+        assert_eq!(tags(&raw(&[&"İ".repeat(40)])), None);
+        assert!(tags(&raw(&[&"İ".repeat(20)])).is_some());
     }
 
     #[test]
@@ -140,8 +148,21 @@ mod tests {
                 size_bytes: MAX_ATTACHMENT_BYTES + 1,
                 ..good.clone()
             },
+            Attachment {
+                name: Some(format!("{}x", " ".repeat(300))).map(|n| n + &"y".repeat(255)),
+                ..good.clone()
+            },
         ] {
             assert!(attachment(bad).is_none());
         }
+        // A name is kept as its trimmed self, so what is stored is what was checked.
+        let padded = Attachment {
+            name: Some(format!("{}a.png ", " ".repeat(300))),
+            ..good.clone()
+        };
+        assert_eq!(
+            attachment(padded).and_then(|a| a.name).as_deref(),
+            Some("a.png")
+        );
     }
 }

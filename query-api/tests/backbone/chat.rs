@@ -357,6 +357,20 @@ async fn outsiders_see_nothing_and_bad_input_appends_nothing() {
         ),
         (
             &agent,
+            format!("{path}/scheduled"),
+            json!({"text": "later", "due_at": "2099-01-01T00:00:00Z", "client_message_id": " pad "}),
+            422,
+            "invalid_client_message_id",
+        ),
+        (
+            &agent,
+            format!("{path}/messages"),
+            json!({"text": "now", "client_message_id": " pad "}),
+            422,
+            "invalid_client_message_id",
+        ),
+        (
+            &agent,
             format!("{path}/scheduled/nope/deliver"),
             json!({}),
             403,
