@@ -275,3 +275,98 @@ async fn the_audit_finds_a_snapshot_that_disagrees_with_the_events() {
         .await
         .expect("drop the snapshot");
 }
+
+/// Text the rules let through, chosen to stress JSON and `jsonb`: quotes, backslashes, JSON
+/// Pointer characters, line and paragraph separators, non-characters, astral and combining
+/// characters, right-to-left marks, escapes that look like NUL.
+const AWKWARD: [&str; 8] = [
+    "quote \" and backslash \\",
+    "pointer ~0 ~1 a/b",
+    "separators \u{2028}\u{2029} and a tab\t",
+    "non-character \u{FFFF} and \u{FFFE}",
+    "astral 😀 and combining e\u{301}",
+    "right-to-left \u{200F}עברית\u{200E}",
+    "looks like NUL: \\u0000 \\0",
+    "a line\nbreak",
+];
+
+#[tokio::test]
+async fn awkward_text_survives_snapshots_of_tenants_threads_and_catalogs() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "awkward").await;
+    let admin = env.admin_of(&tenant);
+    let root = env.super_admin();
+    // Departments and a name: tenant state.
+    for (n, text) in AWKWARD.iter().enumerate() {
+        let name = text.replace(['\n', '\t'], " ");
+        let r = send(
+            &env,
+            &api.url(&format!("/v1/tenants/{tenant}/departments")),
+            &admin,
+            json!({"name": format!("{name} {n}")}),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "department {name:?}");
+    }
+    let r = send(
+        &env,
+        &api.url(&format!("/v1/tenants/{tenant}/rename")),
+        &root,
+        json!({"name": "Ünïcödé \"Co\" \\ 😀"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Messages, client ids, tags and a subject: thread state.
+    let customer = env.phone_user(&tenant, "phone-awk");
+    let opened = send(
+        &env,
+        &api.url("/v1/chat/threads"),
+        &customer,
+        json!({"subject": AWKWARD[0]}),
+    )
+    .await;
+    assert_eq!(opened.status(), 201);
+    let opened: Value = opened.json().await.expect("json");
+    let thread = opened["id"].as_str().expect("id").to_owned();
+    for (n, text) in AWKWARD.iter().enumerate() {
+        let client_id = format!("{}-{n}", text.replace(['\n', '\t'], "_"));
+        let r = send(
+            &env,
+            &api.url(&format!("/v1/chat/threads/{thread}/messages")),
+            &customer,
+            json!({"text": text, "client_message_id": client_id}),
+        )
+        .await;
+        assert_eq!(r.status(), 201, "message {text:?}");
+    }
+    let agent = env.agent_of(&tenant);
+    let tags: Vec<String> = AWKWARD[..4]
+        .iter()
+        .map(|t| t.replace(['\n', '\t'], " ").chars().take(40).collect())
+        .collect();
+    let r = send(
+        &env,
+        &api.url(&format!("/v1/chat/threads/{thread}/tags")),
+        &agent,
+        json!({"tags": tags}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Products and taxes: catalog state.
+    for (n, text) in AWKWARD.iter().enumerate() {
+        let r = env
+            .http
+            .put(api.url(&format!("/v1/catalog/products/p-{n}")))
+            .bearer_auth(&admin)
+            .json(&json!({"name": text.replace(['\n', '\t'], " "), "unit_price": 100 + n, "currency": "EUR"}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 200, "product {text:?}");
+    }
+    env.assert_snapshots_crossed(events::tenant::AGGREGATE_TYPE)
+        .await;
+    env.assert_snapshots_crossed(events::chat::THREAD).await;
+    env.assert_snapshots_crossed(events::payment::CATALOG).await;
+}
