@@ -312,7 +312,10 @@ impl Application {
                 .assemblyai_account()
                 .map(audio::assemblyai::AssemblyAi::new),
             wa_sessions: buses.bus(()),
-            wa_conversations: buses.bus(()),
+            wa_conversations: buses.bus(Arc::new(whatsapp::history::PgHistory {
+                pool: pool.clone(),
+            })
+                as whatsapp::aggregate::ConversationServices),
             whatsapp: Arc::new(config.whatsapp()),
             sealing: config.sealing_key()?,
             otp_per_ip: config.otp_requests_per_ip_per_hour,

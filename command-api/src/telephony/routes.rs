@@ -197,6 +197,8 @@ async fn deliver_to_thread(
         .await
     {
         Ok(_) => Ok(thread),
+        // The thread's older messages could not be read: not a verdict, try again.
+        Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(failed(&e)),
         Err(CommandError::Rejected(e)) => Err(Processing::Done(
             Outcome::Recorded,
             Some(Attributed {

@@ -12,8 +12,10 @@
 //! [`session_id`]: events::whatsapp::session_id
 //! [`conversation_id`]: events::whatsapp::conversation_id
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -30,6 +32,32 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Most template parameters.
 pub const MAX_TEMPLATE_PARAMETERS: usize = 20;
+/// How many received messages, and how many finished (sent or failed) outbound ones, a
+/// conversation keeps in its state; messages under way are always kept. An older message a
+/// command names is read from the conversation's own events ([`History`]), so decisions do
+/// not depend on it.
+pub const RECENT_MESSAGES: usize = 256;
+
+/// A conversation's own events, for the messages its state no longer holds.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// The events of conversation `conversation` about message `message_id` (received or
+    /// outbound), in order.
+    async fn message_events(
+        &self,
+        conversation: &str,
+        message_id: &str,
+    ) -> Result<Vec<ConversationEvent>, String>;
+    /// The outbound message the provider's id `wamid` was last recorded for.
+    async fn message_of_wamid(
+        &self,
+        conversation: &str,
+        wamid: &str,
+    ) -> Result<Option<String>, String>;
+}
+
+/// The services of the conversation aggregate.
+pub type ConversationServices = Arc<dyn History>;
 
 /// A command on a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -383,6 +411,9 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
+    /// 503: the conversation's older messages could not be read.
+    #[error("history unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where an outbound message stands.
@@ -424,9 +455,14 @@ pub struct Outgoing {
     thread_id: Option<String>,
 }
 
-/// A conversation (also the snapshot form).
+/// A conversation (also the snapshot form). Bounded: it holds its last
+/// [`RECENT_MESSAGES`] received messages, its outbound messages under way and its last
+/// [`RECENT_MESSAGES`] finished ones.
+///
+/// Unknown fields make a snapshot undecodable, so a snapshot of an older shape (which held
+/// every message and no counts) is replaced by a replay rather than read as a young one.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Conversation {
     /// Whether it began.
     started: bool,
@@ -448,6 +484,14 @@ pub struct Conversation {
     by_wamid: HashMap<String, String>,
     /// Inbound messages whose file was stored or given up on.
     media_done: std::collections::HashSet<String>,
+    /// Messages received in all (`inbound` may hold fewer).
+    inbound_count: u64,
+    /// The ids in `inbound`, oldest first.
+    inbound_order: VecDeque<String>,
+    /// Outbound messages queued in all (`outbound` may hold fewer).
+    outbound_count: u64,
+    /// The finished (sent or failed) messages in `outbound`, in the order they finished.
+    finished_order: VecDeque<String>,
 }
 
 impl Conversation {
@@ -469,6 +513,29 @@ impl Conversation {
     /// The thread the contact's last message went into.
     pub fn thread_id(&self) -> Option<&str> {
         self.thread_id.as_deref()
+    }
+
+    /// This state, with message `message_id` read back from the conversation's events if
+    /// the state no longer holds it: for callers that read a message's state through the
+    /// accessors below.
+    pub async fn with_message(
+        mut self,
+        message_id: &str,
+        history: &ConversationServices,
+    ) -> Result<Conversation, ConversationError> {
+        let held = self.inbound.contains_key(message_id) || self.outbound.contains_key(message_id);
+        if held || !self.started || self.holds_every_message() {
+            return Ok(self);
+        }
+        let id = events::whatsapp::conversation_id(&self.tenant_id, &self.session_id, &self.wa_id);
+        let past = history
+            .message_events(&id, message_id)
+            .await
+            .map_err(ConversationError::Unavailable)?;
+        if !past.is_empty() {
+            self.recall(message_id, past);
+        }
+        Ok(self)
     }
 
     /// The thread inbound message `message_id` went into, if it was recorded.
@@ -497,6 +564,14 @@ impl Conversation {
     /// The content of outbound message `message_id`.
     pub fn content(&self, message_id: &str) -> Option<&Outbound> {
         self.outbound.get(message_id)?.content.as_ref()
+    }
+}
+
+/// The platform's id a status command names, if any.
+fn command_callback(command: &ConversationCommand) -> Option<&str> {
+    match command {
+        ConversationCommand::Status { report } => report.message_id.as_deref(),
+        _ => None,
     }
 }
 
@@ -660,11 +735,113 @@ impl ConversationError {
             ConversationError::OutsideWindow => "outside_service_window",
             ConversationError::InvalidMessage(_) => "invalid_message",
             ConversationError::MessageExists => "message_exists",
+            ConversationError::Unavailable(_) => "unavailable",
         }
     }
 }
 
 impl Conversation {
+    /// Outbound message `message_id` finished: it joins the finished ones, and the oldest
+    /// finished one beyond [`RECENT_MESSAGES`] leaves the state.
+    fn finished(&mut self, message_id: String) {
+        self.finished_order.push_back(message_id);
+        while self.finished_order.len() > RECENT_MESSAGES {
+            let Some(old) = self.finished_order.pop_front() else {
+                break;
+            };
+            if let Some(out) = self.outbound.remove(&old) {
+                if let Some(wamid) = out.wamid {
+                    if self.by_wamid.get(&wamid) == Some(&old) {
+                        self.by_wamid.remove(&wamid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether every message the conversation has had is in its state.
+    fn holds_every_message(&self) -> bool {
+        self.inbound_order.len() as u64 == self.inbound_count
+            && self.outbound.len() as u64 == self.outbound_count
+    }
+
+    /// When `command` names a message the state no longer holds, a copy of the state with
+    /// that message read back from the conversation's events (folded by the same `apply`),
+    /// so the command is decided as a state holding every message would decide it.
+    async fn recalled(
+        &self,
+        command: &ConversationCommand,
+        history: &ConversationServices,
+    ) -> Result<Option<Conversation>, ConversationError> {
+        use ConversationCommand as C;
+        if !self.started || self.holds_every_message() {
+            return Ok(None);
+        }
+        let (ids, wamid): (Vec<&str>, Option<&str>) = match command {
+            C::Receive { message, .. } => (vec![message.message_id.as_str()], None),
+            C::Queue { message_id, .. }
+            | C::Claim { message_id, .. }
+            | C::Report { message_id, .. }
+            | C::StoreMedia { message_id, .. } => (vec![message_id.as_str()], None),
+            C::Status { report } => (
+                report.message_id.as_deref().into_iter().collect(),
+                Some(report.wamid.as_str()),
+            ),
+        };
+        let id = events::whatsapp::conversation_id(&self.tenant_id, &self.session_id, &self.wa_id);
+        let unavailable = ConversationError::Unavailable;
+        let mut view: Option<Conversation> = None;
+        let held =
+            |c: &Conversation, m: &str| c.inbound.contains_key(m) || c.outbound.contains_key(m);
+        for m in ids {
+            if held(self, m) {
+                continue;
+            }
+            let past = history.message_events(&id, m).await.map_err(unavailable)?;
+            if past.is_empty() {
+                continue;
+            }
+            view.get_or_insert_with(|| self.clone()).recall(m, past);
+        }
+        if let Some(wamid) = wamid {
+            let state = view.as_ref().unwrap_or(self);
+            let by_callback =
+                command_callback(command).is_some_and(|m| state.outbound.contains_key(m));
+            if !by_callback && !state.by_wamid.contains_key(wamid) {
+                if let Some(m) = history
+                    .message_of_wamid(&id, wamid)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    let past = history.message_events(&id, &m).await.map_err(unavailable)?;
+                    let view = view.get_or_insert_with(|| self.clone());
+                    if !held(view, &m) {
+                        view.recall(&m, past);
+                    }
+                    view.by_wamid.insert(wamid.to_owned(), m);
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// Puts message `message_id`, as its `events` tell, back into this (copied) state.
+    fn recall(&mut self, message_id: &str, events: Vec<ConversationEvent>) {
+        let mut alone = Conversation::default();
+        for event in events {
+            alone.apply(event);
+        }
+        if let Some(thread) = alone.inbound.remove(message_id) {
+            self.inbound.insert(message_id.to_owned(), thread);
+        }
+        if alone.media_done.contains(message_id) {
+            self.media_done.insert(message_id.to_owned());
+        }
+        if let Some(out) = alone.outbound.remove(message_id) {
+            self.outbound.insert(message_id.to_owned(), out);
+        }
+    }
+
     /// Why the rules refuse sending `content` now, if they do.
     fn refusal(
         &self,
@@ -936,15 +1113,19 @@ impl Aggregate for Conversation {
     type Command = ConversationCommand;
     type Event = ConversationEvent;
     type Error = ConversationError;
-    type Services = ();
+    type Services = ConversationServices;
 
     async fn handle(
         &mut self,
         command: ConversationCommand,
-        _services: &(),
+        history: &ConversationServices,
         sink: &EventSink<Self>,
     ) -> Result<(), ConversationError> {
-        for event in self.decide(command)? {
+        let events = match self.recalled(&command, history).await? {
+            Some(view) => view.decide(command)?,
+            None => self.decide(command)?,
+        };
+        for event in events {
             sink.write(event, self).await;
         }
         Ok(())
@@ -972,7 +1153,16 @@ impl Aggregate for Conversation {
                 self.last_inbound_at =
                     Some(self.last_inbound_at.map_or(sent_at, |l| l.max(sent_at)));
                 self.thread_id = Some(thread_id.clone());
-                self.inbound.insert(message_id, thread_id);
+                if self.inbound.insert(message_id.clone(), thread_id).is_none() {
+                    self.inbound_count += 1;
+                    self.inbound_order.push_back(message_id);
+                }
+                while self.inbound_order.len() > RECENT_MESSAGES {
+                    if let Some(old) = self.inbound_order.pop_front() {
+                        self.inbound.remove(&old);
+                        self.media_done.remove(&old);
+                    }
+                }
             }
             E::MessageQueued {
                 message_id,
@@ -980,14 +1170,14 @@ impl Aggregate for Conversation {
                 thread_id,
                 ..
             } => {
-                self.outbound.insert(
-                    message_id,
-                    Outgoing {
-                        content: Some(content),
-                        thread_id,
-                        ..Outgoing::default()
-                    },
-                );
+                let queued = Outgoing {
+                    content: Some(content),
+                    thread_id,
+                    ..Outgoing::default()
+                };
+                if self.outbound.insert(message_id, queued).is_none() {
+                    self.outbound_count += 1;
+                }
             }
             E::SendAttempted {
                 message_id,
@@ -1015,22 +1205,33 @@ impl Aggregate for Conversation {
                 message_id, wamid, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
+                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
                     out.state = SendState::Sent;
                     out.failure = None;
                     out.wamid = Some(wamid.clone());
-                    self.by_wamid.insert(wamid, message_id);
+                    self.by_wamid.insert(wamid, message_id.clone());
+                    if first_finish {
+                        self.finished(message_id);
+                    }
                 }
             }
             E::MessageFailed {
                 message_id, code, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
+                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
                     out.state = SendState::Failed;
                     out.failure = Some(code);
+                    if first_finish {
+                        self.finished(message_id);
+                    }
                 }
             }
             E::MediaStored { message_id, .. } | E::MediaFailed { message_id, .. } => {
-                self.media_done.insert(message_id);
+                // An evicted message's file is in the events its look-up reads.
+                if self.inbound.contains_key(&message_id) {
+                    self.media_done.insert(message_id);
+                }
             }
             E::StatusUpdated {
                 message_id, status, ..
@@ -1141,6 +1342,221 @@ mod tests {
             .given(vec![connected("t1")])
             .when(disconnect("t2"))
             .then_expect_error(SessionError::NotFound);
+    }
+
+    /// The conversation's events as the store would hold them (for the look-ups of messages
+    /// the state no longer holds).
+    struct PastEvents(Vec<ConversationEvent>);
+
+    /// The message an event is about.
+    fn about(event: &ConversationEvent) -> Option<&str> {
+        use ConversationEvent as E;
+        match event {
+            E::Started { .. } => None,
+            E::MessageReceived { message_id, .. }
+            | E::MessageQueued { message_id, .. }
+            | E::SendAttempted { message_id, .. }
+            | E::SendAttemptFailed { message_id, .. }
+            | E::MessageSent { message_id, .. }
+            | E::MessageFailed { message_id, .. }
+            | E::StatusUpdated { message_id, .. }
+            | E::MediaStored { message_id, .. }
+            | E::MediaFailed { message_id, .. } => Some(message_id),
+        }
+    }
+
+    #[async_trait]
+    impl History for PastEvents {
+        async fn message_events(
+            &self,
+            _conversation: &str,
+            message_id: &str,
+        ) -> Result<Vec<ConversationEvent>, String> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|e| about(e) == Some(message_id))
+                .cloned()
+                .collect())
+        }
+
+        async fn message_of_wamid(
+            &self,
+            _conversation: &str,
+            wamid: &str,
+        ) -> Result<Option<String>, String> {
+            Ok(self.0.iter().rev().find_map(|e| match e {
+                ConversationEvent::MessageSent {
+                    message_id,
+                    wamid: w,
+                    ..
+                } if w == wamid => Some(message_id.clone()),
+                _ => None,
+            }))
+        }
+    }
+
+    fn no_history() -> ConversationServices {
+        Arc::new(PastEvents(Vec::new()))
+    }
+
+    /// `out1` queued, sent (`wamid.OUT`) and `in1` received, then enough other messages both
+    /// ways to push both out of the state.
+    fn long_conversation() -> Vec<ConversationEvent> {
+        let mut given = vec![
+            started(),
+            queued(text("first"), t0()),
+            attempted(1, t0()),
+            sent(),
+            received("in1", t0()),
+        ];
+        for n in 0..(RECENT_MESSAGES + 10) {
+            let id = format!("o{n}");
+            given.push(ConversationEvent::MessageQueued {
+                message_id: id.clone(),
+                author: agent(),
+                content: text("later"),
+                thread_id: Some("th1".into()),
+                at: t0(),
+            });
+            given.push(ConversationEvent::MessageSent {
+                message_id: id.clone(),
+                wamid: format!("wamid.{id}"),
+                thread_id: Some("th1".into()),
+                at: t0(),
+            });
+            given.push(received(&format!("i{n}"), t0()));
+        }
+        given
+    }
+
+    fn over(given: &[ConversationEvent]) -> TestFramework<Conversation> {
+        TestFramework::<Conversation>::with(Arc::new(PastEvents(given.to_vec())))
+    }
+
+    #[test]
+    fn a_long_conversation_keeps_a_bounded_state() {
+        let mut state = Conversation::default();
+        for event in long_conversation() {
+            state.apply(event);
+        }
+        assert_eq!(state.inbound_count, RECENT_MESSAGES as u64 + 11);
+        assert_eq!(state.outbound_count, RECENT_MESSAGES as u64 + 11);
+        assert_eq!(state.inbound.len(), RECENT_MESSAGES);
+        assert_eq!(state.outbound.len(), RECENT_MESSAGES);
+        assert_eq!(state.by_wamid.len(), RECENT_MESSAGES);
+        assert!(state.inbound_thread("in1").is_none() && state.outgoing("out1").is_none());
+        assert!(!state.holds_every_message());
+    }
+
+    #[tokio::test]
+    async fn commands_on_messages_older_than_the_state_keeps_decide_from_their_events() {
+        let given = long_conversation();
+        // A redelivered inbound message appends nothing.
+        over(&given)
+            .given(given.clone())
+            .when_async(receive("in1"))
+            .await
+            .then_expect_events(vec![]);
+        // A retried queue command appends nothing; another message under its id is refused,
+        // and so is an outbound message under an inbound one's id.
+        over(&given)
+            .given(given.clone())
+            .when_async(queue(text("first"), t0()))
+            .await
+            .then_expect_events(vec![]);
+        over(&given)
+            .given(given.clone())
+            .when_async(queue(text("other"), t0()))
+            .await
+            .then_expect_error(ConversationError::MessageExists);
+        let mut as_inbound = queue(text("x"), t0());
+        if let ConversationCommand::Queue { message_id, .. } = &mut as_inbound {
+            *message_id = "in1".into();
+        }
+        over(&given)
+            .given(given.clone())
+            .when_async(as_inbound)
+            .await
+            .then_expect_error(ConversationError::MessageExists);
+        // A claim of a sent message appends nothing.
+        over(&given)
+            .given(given.clone())
+            .when_async(claim(t0()))
+            .await
+            .then_expect_events(vec![]);
+        // Late statuses, by the platform's id or by the provider's only.
+        over(&given)
+            .given(given.clone())
+            .when_async(status(Delivery::Read, Some("out1")))
+            .await
+            .then_expect_events(vec![updated(Delivery::Read)]);
+        over(&given)
+            .given(given.clone())
+            .when_async(status(Delivery::Delivered, None))
+            .await
+            .then_expect_events(vec![updated(Delivery::Delivered)]);
+        // The file of an old inbound message.
+        let stored = ConversationEvent::MediaStored {
+            message_id: "in1".into(),
+            object_key: "tenants/t1/whatsapp/in1".into(),
+            content_type: "image/jpeg".into(),
+            size_bytes: 3,
+            sha256: "ab".into(),
+        };
+        let store = ConversationCommand::StoreMedia {
+            message_id: "in1".into(),
+            result: MediaResult::Stored {
+                object_key: "tenants/t1/whatsapp/in1".into(),
+                content_type: "image/jpeg".into(),
+                size_bytes: 3,
+                sha256: "ab".into(),
+            },
+        };
+        over(&given)
+            .given(given.clone())
+            .when_async(store.clone())
+            .await
+            .then_expect_events(vec![stored.clone()]);
+        let mut done = given;
+        done.push(stored);
+        over(&done)
+            .given(done.clone())
+            .when_async(store)
+            .await
+            .then_expect_events(vec![]);
+        // A message the conversation never had is still unknown.
+        over(&done)
+            .given(done.clone())
+            .when_async(ConversationCommand::Claim {
+                message_id: "nowhere".into(),
+                at: t0(),
+            })
+            .await
+            .then_expect_error(ConversationError::NotFound);
+    }
+
+    #[tokio::test]
+    async fn an_old_message_read_back_for_a_route_has_its_state() {
+        let given = long_conversation();
+        let mut state = Conversation::default();
+        for event in given.clone() {
+            state.apply(event);
+        }
+        let history: ConversationServices = Arc::new(PastEvents(given));
+        let state = state
+            .with_message("in1", &history)
+            .await
+            .expect("read back");
+        assert_eq!(state.inbound_thread("in1"), Some("th1"));
+        let state = state
+            .with_message("out1", &history)
+            .await
+            .expect("read back");
+        assert_eq!(
+            state.outgoing("out1").map(|o| o.state),
+            Some(SendState::Sent)
+        );
     }
 
     fn parties() -> Parties {
@@ -1313,7 +1729,7 @@ mod tests {
 
     #[test]
     fn receive_a_first_message_starts_the_conversation() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given_no_previous_events()
             .when(receive("m1"))
             .then_expect_events(vec![started(), received("m1", t0())]);
@@ -1321,7 +1737,7 @@ mod tests {
 
     #[test]
     fn receive_a_message_again_appends_nothing() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0())])
             .when(receive("m1"))
             .then_expect_events(vec![]);
@@ -1330,7 +1746,7 @@ mod tests {
     #[test]
     fn queue_text_within_the_window_is_queued() {
         let at = t0() + Duration::hours(23);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0())])
             .when(queue(text("Hello"), at))
             .then_expect_events(vec![queued(text("Hello"), at)]);
@@ -1338,7 +1754,7 @@ mod tests {
 
     #[test]
     fn queue_text_after_the_window_is_refused() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0())])
             .when(queue(text("Hello"), t0() + Duration::hours(24)))
             .then_expect_error(ConversationError::OutsideWindow);
@@ -1346,7 +1762,7 @@ mod tests {
 
     #[test]
     fn queue_text_to_a_contact_who_never_wrote_is_refused() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given_no_previous_events()
             .when(queue(text("Hello"), t0()))
             .then_expect_error(ConversationError::OutsideWindow);
@@ -1354,7 +1770,7 @@ mod tests {
 
     #[test]
     fn queue_a_template_outside_the_window_starts_the_conversation() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given_no_previous_events()
             .when(queue(template(&["42"]), t0()))
             .then_expect_events(vec![started(), queued(template(&["42"]), t0())]);
@@ -1362,7 +1778,7 @@ mod tests {
 
     #[test]
     fn queue_a_template_with_an_empty_parameter_is_refused() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given_no_previous_events()
             .when(queue(template(&["42", " "]), t0()))
             .then_expect_error(ConversationError::InvalidMessage(
@@ -1379,7 +1795,7 @@ mod tests {
         {
             *session_connected = false;
         }
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given_no_previous_events()
             .when(command)
             .then_expect_error(ConversationError::SessionDisconnected);
@@ -1391,7 +1807,7 @@ mod tests {
         if let ConversationCommand::Queue { record_refusal, .. } = &mut command {
             *record_refusal = true;
         }
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started()])
             .when(command)
             .then_expect_events(vec![
@@ -1461,11 +1877,11 @@ mod tests {
 
     #[test]
     fn queue_the_same_message_again_appends_nothing_and_another_under_its_id_is_refused() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), queued(template(&[]), t0())])
             .when(queue(template(&[]), t0()))
             .then_expect_events(vec![]);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), queued(template(&[]), t0())])
             .when(queue(template(&["other"]), t0()))
             .then_expect_error(ConversationError::MessageExists);
@@ -1473,7 +1889,7 @@ mod tests {
 
     #[test]
     fn claim_a_queued_message_begins_an_attempt() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), queued(template(&[]), t0())])
             .when(claim(t0()))
             .then_expect_events(vec![attempted(1, t0())]);
@@ -1481,7 +1897,7 @@ mod tests {
 
     #[test]
     fn claim_an_attempt_under_way_appends_nothing() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1516,7 +1932,7 @@ mod tests {
             reason: "nope".into(),
             retry_at: t0() + Duration::seconds(2),
         };
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1525,7 +1941,7 @@ mod tests {
             ])
             .when(claim(t0() + Duration::seconds(1)))
             .then_expect_events(vec![]);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1538,11 +1954,11 @@ mod tests {
 
     #[test]
     fn claim_an_unknown_or_finished_message() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started()])
             .when(claim(t0()))
             .then_expect_error(ConversationError::NotFound);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1563,7 +1979,7 @@ mod tests {
                 },
             )
         };
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1571,7 +1987,7 @@ mod tests {
             ])
             .when(accepted())
             .then_expect_events(vec![sent()]);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1584,7 +2000,7 @@ mod tests {
 
     #[test]
     fn report_a_retryable_refusal_schedules_a_retry_with_backoff() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1603,7 +2019,7 @@ mod tests {
 
     #[test]
     fn report_a_permanent_refusal_fails_the_message_with_the_providers_code() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1621,7 +2037,7 @@ mod tests {
 
     #[test]
     fn report_a_retryable_refusal_of_the_last_attempt_fails_the_message() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1643,7 +2059,7 @@ mod tests {
         if let ConversationEvent::StatusUpdated { error_code, .. } = &mut failed {
             *error_code = Some("131026".into());
         }
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1668,7 +2084,7 @@ mod tests {
 
     #[test]
     fn report_of_a_stale_attempt_appends_nothing() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1688,13 +2104,13 @@ mod tests {
                 sent(),
             ]
         };
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(given())
             .when(status(Delivery::Delivered, None))
             .then_expect_events(vec![updated(Delivery::Delivered)]);
         let mut read = given();
         read.push(updated(Delivery::Read));
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(read)
             .when(status(Delivery::Delivered, None))
             .then_expect_events(vec![]);
@@ -1702,7 +2118,7 @@ mod tests {
 
     #[test]
     fn status_for_a_message_in_doubt_records_it_as_sent() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![
                 started(),
                 queued(template(&[]), t0()),
@@ -1714,7 +2130,7 @@ mod tests {
 
     #[test]
     fn status_for_an_unknown_message_is_refused() {
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started()])
             .when(status(Delivery::Read, None))
             .then_expect_error(ConversationError::NotFound);
@@ -1732,15 +2148,15 @@ mod tests {
             message_id: "m1".into(),
             reason: "too large".into(),
         };
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0())])
             .when(stored())
             .then_expect_events(vec![failed.clone()]);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0()), failed])
             .when(stored())
             .then_expect_events(vec![]);
-        TestFramework::<Conversation>::with(())
+        TestFramework::<Conversation>::with(no_history())
             .given(vec![started()])
             .when(stored())
             .then_expect_error(ConversationError::NotFound);

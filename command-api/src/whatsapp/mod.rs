@@ -8,6 +8,8 @@
 pub mod aggregate;
 /// The Cloud API calls command-api makes (checking credentials).
 pub mod cloud;
+/// A conversation's older messages, read from its events.
+pub mod history;
 /// What a webhook delivery says.
 pub mod inbound;
 /// HTTP routes.

@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::aggregate::{
-    ConversationCommand, ConversationError, Inbound, MediaResult, Parties, SendResult, SendState,
-    Session, SessionCommand, SessionError, StatusReport,
+    ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties,
+    SendResult, SendState, Session, SessionCommand, SessionError, StatusReport,
 };
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
@@ -84,8 +84,16 @@ impl DomainProblem for ConversationError {
             E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
             E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
+            E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }
+}
+
+/// The conversation's events, for messages its state no longer holds.
+fn history(state: &AppState) -> ConversationServices {
+    std::sync::Arc::new(super::history::PgHistory {
+        pool: state.pool.clone(),
+    })
 }
 
 /// A numeric provider id (phone number, business account), as the Graph API writes them.
@@ -543,7 +551,13 @@ async fn claim(
         _ => None,
     });
     let Some(attempt) = attempt else {
-        let state_now = state.wa_conversations.load(&conversation).await?;
+        let state_now = state
+            .wa_conversations
+            .load(&conversation)
+            .await?
+            .with_message(&message, &history(&state))
+            .await
+            .map_err(|e| e.problem())?;
         let status = state_now.outgoing(&message).map(|o| o.state);
         return Ok(Json(json!({
             "send": false,
@@ -1034,6 +1048,8 @@ pub(crate) async fn process_webhook(
                 .collect();
             Processing::Done(Outcome::Applied, attributed(), names.join(", "))
         }
+        // The conversation's older messages could not be read: not a verdict, try again.
+        Err(CommandError::Rejected(e @ ConversationError::Unavailable(_))) => unavailable(&e),
         Err(CommandError::Rejected(e)) => Processing::Done(
             Outcome::Ignored,
             attributed(),
@@ -1064,6 +1080,9 @@ async fn receive_message(
     let current = state
         .wa_conversations
         .load(&conversation)
+        .await
+        .map_err(|e| retry(&e))?
+        .with_message(&message_id, &history(state))
         .await
         .map_err(|e| retry(&e))?;
     let thread = match current.inbound_thread(&message_id) {
@@ -1160,6 +1179,7 @@ async fn receive_message(
         .await
     {
         Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
+        Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(retry(&e)),
         Err(CommandError::Rejected(e)) => Ok(format!(
             "MessageReceived; not shown in thread {thread}: {e}"
         )),
@@ -1342,6 +1362,9 @@ async fn store_media(
     let current = state
         .wa_conversations
         .load(conversation)
+        .await
+        .map_err(|e| retry(&e))?
+        .with_message(message_id, &history(state))
         .await
         .map_err(|e| retry(&e))?;
     if current.media_done(message_id) {

@@ -344,3 +344,128 @@ async fn a_commit_that_ends_past_a_snapshot_boundary_keeps_its_last_events() {
         (1..=9).collect::<Vec<_>>()
     );
 }
+
+/// A WhatsApp conversation past the messages its state keeps: its older messages are read
+/// back from the real event store (the SQL and indexes of `whatsapp::history`).
+#[tokio::test]
+async fn a_long_whatsapp_conversation_decides_old_messages_from_the_store() {
+    use command_api::whatsapp::aggregate::{
+        Conversation, ConversationCommand, ConversationServices, Inbound, Parties, SendResult,
+        StatusReport, RECENT_MESSAGES,
+    };
+    use command_api::whatsapp::history::PgHistory;
+    use events::whatsapp::{conversation_id, ConversationEvent, Delivery, Outbound};
+
+    let env = TestEnv::new().await;
+    let history: ConversationServices = Arc::new(PgHistory {
+        pool: env.pool.clone(),
+    });
+    let bus =
+        CommandBus::<Conversation>::new(env.pool.clone(), history, 100, Arc::new(Notify::new()));
+    let parties = Parties {
+        tenant_id: "t".into(),
+        session_id: "s".into(),
+        wa_id: "15550001111".into(),
+    };
+    let id = conversation_id(&parties.tenant_id, &parties.session_id, &parties.wa_id);
+    let now = chrono::Utc::now();
+    let receive = |n: usize| ConversationCommand::Receive {
+        parties: parties.clone(),
+        message: Inbound {
+            message_id: format!("in{n}"),
+            wamid: format!("wamid.in{n}"),
+            webhook_id: "w".into(),
+            profile_name: None,
+            kind: "text".into(),
+            content: serde_json::json!({"body": "hi"}),
+            text: "hi".into(),
+            context_wamid: None,
+            sent_at: now,
+        },
+        thread_id: "th".into(),
+        at: now,
+    };
+    let queue = |n: usize| ConversationCommand::Queue {
+        parties: parties.clone(),
+        session_connected: true,
+        message_id: format!("out{n}"),
+        author: events::chat::Party {
+            id: "agent".into(),
+            kind: events::chat::PartyKind::Agent,
+        },
+        content: Outbound::Text {
+            body: format!("reply {n}"),
+            preview_url: false,
+        },
+        thread_id: Some("th".into()),
+        record_refusal: false,
+        at: now,
+    };
+    let mut request = 0;
+    let mut run = |command: ConversationCommand| {
+        request += 1;
+        let bus = &bus;
+        let id = id.clone();
+        async move {
+            bus.execute_with_events(&id, None, command, &metadata(&format!("r{request}")))
+                .await
+                .map(|(_, events)| events)
+        }
+    };
+    for n in 0..RECENT_MESSAGES + 5 {
+        run(receive(n)).await.expect("received");
+        run(queue(n)).await.expect("queued");
+        run(ConversationCommand::Claim {
+            message_id: format!("out{n}"),
+            at: now,
+        })
+        .await
+        .expect("claimed");
+        run(ConversationCommand::Report {
+            message_id: format!("out{n}"),
+            attempt: 1,
+            result: SendResult::Accepted {
+                wamid: format!("wamid.out{n}"),
+            },
+            at: now,
+        })
+        .await
+        .expect("reported");
+    }
+    let before = env.event_count().await;
+    // The first messages left the state long ago; what the store says of them decides.
+    assert!(run(receive(0)).await.expect("redelivered").is_empty());
+    assert!(run(queue(0)).await.expect("retried").is_empty());
+    let read = run(ConversationCommand::Status {
+        report: StatusReport {
+            message_id: None,
+            wamid: "wamid.out0".into(),
+            status: Delivery::Read,
+            error_code: None,
+            error_title: None,
+            provider_at: now,
+            webhook_id: "w".into(),
+        },
+    })
+    .await
+    .expect("status");
+    assert!(
+        matches!(&read[..], [ConversationEvent::StatusUpdated { message_id, status: Delivery::Read, .. }] if message_id == "out0"),
+        "{read:?}"
+    );
+    assert_eq!(env.event_count().await, before + 1);
+    // A fresh process (the state from the snapshot) decides the same.
+    let fresh = CommandBus::<Conversation>::new(
+        env.pool.clone(),
+        Arc::new(PgHistory {
+            pool: env.pool.clone(),
+        }) as ConversationServices,
+        100,
+        Arc::new(Notify::new()),
+    );
+    let again = fresh
+        .execute_with_events(&id, None, receive(1), &metadata("fresh"))
+        .await
+        .expect("redelivered");
+    assert!(again.1.is_empty());
+}

@@ -1,0 +1,72 @@
+//! A conversation's own events, read back for the messages its state no longer holds
+//! ([`History`]): the command side's own store, not a read model.
+
+use async_trait::async_trait;
+use events::whatsapp::ConversationEvent;
+use sqlx::PgPool;
+
+use super::aggregate::History;
+
+/// The platform's message id an event of a conversation is about, as SQL: every event but
+/// `Started` names one, under its variant's key (`MessageFailed`'s event type differs from
+/// its key, so the type column cannot stand in). The same expression as the index
+/// `events_whatsapp_message_ids` (migration 0019), so the planner uses it.
+const MESSAGE_ID: &str = "coalesce(payload->'MessageReceived'->>'message_id',
+                                   payload->'MessageQueued'->>'message_id',
+                                   payload->'SendAttempted'->>'message_id',
+                                   payload->'SendAttemptFailed'->>'message_id',
+                                   payload->'MessageSent'->>'message_id',
+                                   payload->'MessageFailed'->>'message_id',
+                                   payload->'StatusUpdated'->>'message_id',
+                                   payload->'MediaStored'->>'message_id',
+                                   payload->'MediaFailed'->>'message_id')";
+
+/// Look-ups in the event store.
+pub struct PgHistory {
+    /// The command-side pool.
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl History for PgHistory {
+    async fn message_events(
+        &self,
+        conversation: &str,
+        message_id: &str,
+    ) -> Result<Vec<ConversationEvent>, String> {
+        let payloads: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
+            "SELECT payload FROM events
+              WHERE aggregate_type = 'whatsapp_conversation' AND aggregate_id = $1
+                AND {MESSAGE_ID} = $2
+              ORDER BY sequence"
+        ))
+        .bind(conversation)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        payloads
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    }
+
+    async fn message_of_wamid(
+        &self,
+        conversation: &str,
+        wamid: &str,
+    ) -> Result<Option<String>, String> {
+        sqlx::query_scalar(
+            "SELECT payload->'MessageSent'->>'message_id' FROM events
+              WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageSent'
+                AND aggregate_id = $1 AND payload->'MessageSent'->>'wamid' = $2
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(conversation)
+        .bind(wamid)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
