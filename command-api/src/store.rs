@@ -281,8 +281,13 @@ where
     /// and the replay of the events after it).
     pub async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
         let context = self.context(id).await?;
-        let aggregate = context.aggregate.clone();
         let sequence = context.current_sequence;
+        if sequence == 0 {
+            // No such aggregate: nothing worth a place in the cache (ids looked up at
+            // random would push out the ones in use).
+            return Ok(context.aggregate);
+        }
+        let aggregate = context.aggregate.clone();
         self.remember(
             id,
             context.aggregate,
@@ -358,10 +363,10 @@ where
             if let Some(place) = unstorable(&new_events, &metadata_map) {
                 return Err(self.broken(id, "unstorable_event", &place));
             }
-            let plan = self.snapshot_plan(id, from, &new_events, &scratch);
+            let plan = self.snapshot_plan(from, &new_events, &scratch);
             let store = match plan {
                 SnapshotPlan::None | SnapshotPlan::InCommit => &self.store,
-                SnapshotPlan::AfterCommit(_) | SnapshotPlan::Skip => &self.plain,
+                SnapshotPlan::AfterCommit(_) | SnapshotPlan::Skip(_) => &self.plain,
             };
             match store.commit(new_events, context, metadata_map).await {
                 Ok(envelopes) => {
@@ -372,7 +377,8 @@ where
                         SnapshotPlan::AfterCommit(form) => {
                             self.write_snapshot(id, last_sequence, form).await;
                         }
-                        SnapshotPlan::None | SnapshotPlan::Skip => {}
+                        SnapshotPlan::Skip(place) => self.skipped_snapshot(id, &place),
+                        SnapshotPlan::None => {}
                     }
                     if let Some(last) = envelopes.last() {
                         self.remember(id, scratch, from, last.sequence, snapshot);
@@ -423,28 +429,14 @@ where
     /// 100), the events after the boundary would be missing from every later load. Such a
     /// commit goes without a snapshot, and the state after all its events is written right
     /// after it instead.
-    fn snapshot_plan(&self, id: &str, from: usize, events: &[A::Event], state: &A) -> SnapshotPlan {
+    fn snapshot_plan(&self, from: usize, events: &[A::Event], state: &A) -> SnapshotPlan {
         let upto = snapshot_events(from, events.len(), self.snapshot_every);
         if upto == 0 {
             return SnapshotPlan::None;
         }
         let form = serde_json::to_value(state).unwrap_or_default();
         if let Some(place) = events::jsonb::first_nul(&form) {
-            // The snapshot is a cache: commit without it, loudly, rather than refuse the
-            // command (and every later one) because of it.
-            tracing::error!(
-                aggregate_type = A::TYPE,
-                aggregate_id = id,
-                at = %format!("snapshot{place}"),
-                "snapshot not written: its state holds text jsonb cannot store"
-            );
-            self.metrics.count(
-                "snapshots_skipped_total",
-                "Snapshots not written because their state could not be stored.",
-                &[("aggregate_type", A::TYPE)],
-                1.0,
-            );
-            return SnapshotPlan::Skip;
+            return SnapshotPlan::Skip(format!("snapshot{place}"));
         }
         if upto == events.len() {
             SnapshotPlan::InCommit
@@ -482,6 +474,23 @@ where
         }
     }
 
+    /// The snapshot is a cache: a commit goes without it, loudly, rather than the command
+    /// (and every later one) being refused because of it.
+    fn skipped_snapshot(&self, id: &str, place: &str) {
+        tracing::error!(
+            aggregate_type = A::TYPE,
+            aggregate_id = id,
+            at = place,
+            "snapshot not written: its state holds text jsonb cannot store"
+        );
+        self.metrics.count(
+            "snapshots_skipped_total",
+            "Snapshots not written because their state could not be stored.",
+            &[("aggregate_type", A::TYPE)],
+            1.0,
+        );
+    }
+
     fn count_snapshot(&self) {
         self.metrics.count(
             "snapshots_written_total",
@@ -500,8 +509,8 @@ enum SnapshotPlan {
     InCommit,
     /// This form, right after the commit.
     AfterCommit(serde_json::Value),
-    /// Not at all: `jsonb` cannot store the state.
-    Skip,
+    /// Not at all: `jsonb` cannot store the state (where it holds a NUL).
+    Skip(String),
 }
 
 impl<A: Aggregate> CommandBus<A> {

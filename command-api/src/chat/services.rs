@@ -7,6 +7,12 @@ use chrono::{DateTime, Utc};
 use events::chat::{Party, ThreadEvent};
 use sqlx::PgPool;
 
+/// The message id a thread's `MessageSent` or `MessageDeleted` event is about, as SQL: the
+/// expression of the index `events_thread_message_ids` (migration 0018), so the planner uses
+/// it.
+const MESSAGE_ID: &str = "coalesce(payload->'MessageSent'->>'message_id',
+                                   payload->'MessageDeleted'->>'message_id')";
+
 /// A message older than those a thread keeps in its state, as the thread's events tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PastMessage {
@@ -133,15 +139,13 @@ impl Directory for PgDirectory {
         thread_id: &str,
         message_id: &str,
     ) -> Result<Option<PastMessage>, String> {
-        let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
+        let payloads: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
             "SELECT payload FROM events
               WHERE aggregate_type = 'thread'
                 AND event_type IN ('MessageSent', 'MessageDeleted')
-                AND aggregate_id = $1
-                AND coalesce(payload->'MessageSent'->>'message_id',
-                             payload->'MessageDeleted'->>'message_id') = $2
-              ORDER BY sequence",
-        )
+                AND aggregate_id = $1 AND {MESSAGE_ID} = $2
+              ORDER BY sequence"
+        ))
         .bind(thread_id)
         .bind(message_id)
         .fetch_all(&self.pool)
@@ -153,5 +157,20 @@ impl Directory for PgDirectory {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         Ok(PastMessage::from_events(events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The look-up's expression is the index's, or the planner cannot use the index and
+    /// every look-up reads the thread's whole history.
+    #[test]
+    fn the_message_id_expression_is_the_indexed_one() {
+        let squeezed =
+            |sql: &str| -> String { sql.chars().filter(|c| !c.is_whitespace()).collect() };
+        let migration = include_str!("../../../migrations/0018_thread_message_ids.sql");
+        assert!(squeezed(migration).contains(&squeezed(MESSAGE_ID)));
     }
 }

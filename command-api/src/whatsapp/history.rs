@@ -70,3 +70,21 @@ impl History for PgHistory {
         .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn squeezed(sql: &str) -> String {
+        sql.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    /// The look-up's expression is the index's, or the planner cannot use the index and
+    /// every look-up reads the conversation's whole history.
+    #[test]
+    fn the_message_id_expression_is_the_indexed_one() {
+        let migration = include_str!("../../../migrations/0019_whatsapp_message_ids.sql");
+        assert!(squeezed(migration).contains(&squeezed(MESSAGE_ID)));
+        assert!(squeezed(migration).contains(&squeezed("(payload->'MessageSent'->>'wamid')")));
+    }
+}
