@@ -150,8 +150,12 @@ async fn run_parts(
         if parts.commands {
             eprintln!("bench: commands at full speed");
             let before = api.snapshots_written().await;
+            let reads_before = api.relay_reads().await;
             let full = workloads::commands_full_speed(api, &seed, clients, duration).await;
             eprintln!("bench:   {full:?}");
+            if let (Some(b), Some(a)) = (reads_before, api.relay_reads().await) {
+                report.relay_reads_per_command = Some((a - b) / full.ok.max(1) as f64);
+            }
             report.commands_full_speed = Some(full);
             count_snapshots(api, report, "commands full speed", before).await;
             eprintln!("bench: commands at {}/s", options.rate);
@@ -214,7 +218,10 @@ async fn run_parts(
     }
     if parts.baseline {
         eprintln!("bench: baseline (pgbench)");
-        report.baseline = Some(workloads::baseline(&stack.database_url, clients, duration).await?);
+        let (baseline, cost) = workloads::baseline(&stack.database_url, clients, duration).await?;
+        eprintln!("bench:   {cost:?}");
+        report.baseline = Some(baseline);
+        report.writer_cost = Some(cost);
     }
     if parts.rebuild {
         // The live services stop: the relay would otherwise publish the seeded million.
@@ -238,6 +245,9 @@ async fn run_parts(
     }
     if let (Some(c), Some(b)) = (&report.commands_full_speed, &report.baseline) {
         report.baseline_ratio = Some(c.per_sec / b.inserts_per_sec.max(1e-9));
+    }
+    if let (Some(c), Some(r)) = (&report.writer_cost, report.relay_reads_per_command) {
+        report.horizon_cost_per_command_us = Some(c.announce_us + c.horizon_us * r);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::load::Summary;
-use crate::workloads::{Baseline, LongThread, Queries, Rebuild};
+use crate::workloads::{Baseline, LongThread, Queries, Rebuild, WriterCost};
 
 /// Everything one run measured; absent parts were not run.
 #[derive(Debug, Default, Serialize)]
@@ -28,6 +28,13 @@ pub struct Report {
     pub baseline: Option<Baseline>,
     /// Full-speed commands/s as a share of the baseline's inserts/s.
     pub baseline_ratio: Option<f64>,
+    /// What announcing event writers and the relay's horizon statement cost.
+    pub writer_cost: Option<WriterCost>,
+    /// The relay's reads of the store (one horizon statement each) per command at full speed.
+    pub relay_reads_per_command: Option<f64>,
+    /// The commit horizon's cost per command: the announcement plus the relay's horizon
+    /// statements spread over the commands, µs of PostgreSQL time.
+    pub horizon_cost_per_command_us: Option<f64>,
     /// Resident memory of each service at the end of the load, MiB.
     pub rss_mib: BTreeMap<String, f64>,
     /// Aggregate snapshots command-api wrote during each measured command workload (the
@@ -210,6 +217,31 @@ impl Report {
                 "{:<28} {:>9.1}%\n",
                 "commands ÷ baseline",
                 r * 100.0
+            ));
+        }
+        if let Some(c) = &self.writer_cost {
+            out.push_str(&format!(
+                "{:<28} {:>10.1}   (µs: append {:.1} → {:.1}, 1 client, no flush)\n",
+                "writer announcement", c.announce_us, c.append_us, c.announced_append_us
+            ));
+            out.push_str(&format!(
+                "{:<28} {:>10.0}   (pgbench, {} clients, announcing)\n",
+                "announced inserts",
+                c.announced_inserts_per_sec,
+                self.baseline.map_or(0, |b| b.clients)
+            ));
+            out.push_str(&format!(
+                "{:<28} {:>10.1}   (µs; cluster-wide xmin {:.1} µs)\n",
+                "horizon statement", c.horizon_us, c.cluster_horizon_us
+            ));
+        }
+        if let Some(r) = self.relay_reads_per_command {
+            out.push_str(&format!("{:<28} {:>10.3}\n", "relay reads per command", r));
+        }
+        if let Some(us) = self.horizon_cost_per_command_us {
+            out.push_str(&format!(
+                "{:<28} {:>10.1}   (µs: announcement + horizon × reads per command)\n",
+                "horizon cost per command", us
             ));
         }
         for (workload, n) in &self.snapshots_written {

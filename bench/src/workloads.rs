@@ -128,6 +128,17 @@ impl Api {
     /// How many aggregate snapshots command-api has written since it started (the sum of
     /// its `snapshots_written_total` series), if its metrics answer.
     pub async fn snapshots_written(&self) -> Option<f64> {
+        self.counter("snapshots_written_total").await
+    }
+
+    /// How many times the relay has read the store (and computed the commit horizon) since
+    /// command-api started, if its metrics answer.
+    pub async fn relay_reads(&self) -> Option<f64> {
+        self.counter("relay_reads_total").await
+    }
+
+    /// The sum of command-api's `name` series, if its metrics answer.
+    async fn counter(&self, name: &str) -> Option<f64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.command_url))
@@ -137,7 +148,7 @@ impl Api {
             .text()
             .await
             .ok()?;
-        Some(snapshot_writes(&text))
+        Some(counter_sum(&text, name))
     }
 
     /// POSTs a command; its outcome with the aggregate's new version.
@@ -222,10 +233,12 @@ pub struct Seed {
 }
 
 /// The sum of the `snapshots_written_total` series in a Prometheus text exposition.
-fn snapshot_writes(metrics: &str) -> f64 {
+/// The sum of every series of the counter `name` in a Prometheus text page.
+fn counter_sum(metrics: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("snapshots_written_total{"))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -632,42 +645,48 @@ pub struct Baseline {
     pub inserts_per_sec: f64,
 }
 
-/// pgbench inserting one events-shaped row per transaction into a copy of the `events` table
-/// (same columns, defaults, keys and indexes) on the same server.
-pub async fn baseline(
+/// One events-shaped row, as the hot command appends it.
+const APPEND_SQL: &str = "INSERT INTO baseline_events (aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, payload, metadata) VALUES ('tenant', gen_random_uuid()::text, 1, \
+     'PreferencesUpdated', '1.0', \
+     '{\"PreferencesUpdated\": {\"preferences\": {\"theme\": \"dark\", \"n\": 1}}}', \
+     '{\"tenant_id\": \"t\", \"actor_id\": \"a\", \"actor_kind\": \"admin\", \
+     \"request_id\": \"r\", \"correlation_id\": \"c\"}');\n";
+
+/// What pgbench reported of one run.
+#[derive(Debug, Clone, Copy)]
+struct Pgbench {
+    /// Transactions per second.
+    tps: f64,
+    /// Mean latency of one transaction, milliseconds.
+    latency_ms: f64,
+}
+
+/// Runs pgbench with `script` (one transaction) on `clients` for `duration`; `options` go to
+/// its sessions (`PGOPTIONS`).
+async fn pgbench(
     database_url: &str,
+    script: &str,
     clients: usize,
     duration: Duration,
-) -> Result<Baseline, Error> {
-    let mut conn = PgConnection::connect(database_url).await?;
-    sqlx::query("DROP TABLE IF EXISTS baseline_events")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("CREATE TABLE baseline_events (LIKE events INCLUDING ALL)")
-        .execute(&mut conn)
-        .await?;
-    let script = std::env::temp_dir().join(format!("bench-baseline-{}.sql", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &script,
-        "INSERT INTO baseline_events (aggregate_type, aggregate_id, sequence, event_type, \
-         event_version, payload, metadata) VALUES ('tenant', gen_random_uuid()::text, 1, \
-         'PreferencesUpdated', '1.0', \
-         '{\"PreferencesUpdated\": {\"preferences\": {\"theme\": \"dark\", \"n\": 1}}}', \
-         '{\"tenant_id\": \"t\", \"actor_id\": \"a\", \"actor_kind\": \"admin\", \
-         \"request_id\": \"r\", \"correlation_id\": \"c\"}');\n",
-    )?;
+    options: &str,
+) -> Result<Pgbench, Error> {
+    let file = std::env::temp_dir().join(format!("bench-pgbench-{}.sql", uuid::Uuid::new_v4()));
+    std::fs::write(&file, script)?;
     let output = tokio::process::Command::new("pgbench")
         .arg("-n")
         .arg(format!("--client={clients}"))
         .arg(format!("--jobs={}", clients.min(2)))
         .arg(format!("--time={}", duration.as_secs().max(1)))
         .arg("--file")
-        .arg(&script)
+        .arg(&file)
         .arg(database_url)
+        .env("PGOPTIONS", options)
         .output()
         .await
-        .map_err(|e| format!("pgbench does not run ({e}); install PostgreSQL's client tools"))?;
-    let _ = std::fs::remove_file(&script);
+        .map_err(|e| format!("pgbench does not run ({e}); install PostgreSQL's client tools"));
+    let _ = std::fs::remove_file(&file);
+    let output = output?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
@@ -677,13 +696,116 @@ pub async fn baseline(
         )
         .into());
     }
+    Ok(Pgbench {
+        tps: parse_tps(&text).ok_or("no tps in pgbench's output")?,
+        latency_ms: parse_latency_ms(&text).ok_or("no latency in pgbench's output")?,
+    })
+}
+
+/// pgbench inserting one events-shaped row per transaction into a copy of the `events` table
+/// (same columns, defaults, keys and indexes, no triggers) on the same server, then the cost
+/// of announcing event writers (migration 0020) and of the relay's commit horizon.
+pub async fn baseline(
+    database_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<(Baseline, WriterCost), Error> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    sqlx::query("DROP TABLE IF EXISTS baseline_events")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE TABLE baseline_events (LIKE events INCLUDING ALL)")
+        .execute(&mut conn)
+        .await?;
+    let plain = pgbench(database_url, APPEND_SQL, clients, duration, "").await?;
+    let cost = writer_cost(&mut conn, database_url, clients, duration).await;
     sqlx::query("DROP TABLE baseline_events")
         .execute(&mut conn)
         .await?;
-    Ok(Baseline {
-        clients,
-        inserts_per_sec: parse_tps(&text).ok_or("no tps in pgbench's output")?,
+    Ok((
+        Baseline {
+            clients,
+            inserts_per_sec: plain.tps,
+        },
+        cost?,
+    ))
+}
+
+/// What announcing event writers and computing the horizon from them cost.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WriterCost {
+    /// One single-row append transaction into the trigger-less copy, one client, commits
+    /// not waiting for their flush (so CPU and round trips, not the disk), µs: best of two.
+    pub append_us: f64,
+    /// The same with `events`' announcing trigger on the copy, µs: best of two.
+    pub announced_append_us: f64,
+    /// The announcement's cost per event-writing transaction: the difference, µs.
+    pub announce_us: f64,
+    /// Durable appends/s by C clients into the announcing copy (beside the baseline's).
+    pub announced_inserts_per_sec: f64,
+    /// One `SELECT events_commit_horizon()` (the relay's extra statement per read) while
+    /// C clients append, one client, µs.
+    pub horizon_us: f64,
+    /// One `SELECT pg_snapshot_xmin(pg_current_snapshot())`, the cluster-wide horizon it
+    /// replaced, measured the same way, µs.
+    pub cluster_horizon_us: f64,
+}
+
+async fn writer_cost(
+    conn: &mut PgConnection,
+    database_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<WriterCost, Error> {
+    let short = duration.min(Duration::from_secs(5));
+    let no_flush = "-c synchronous_commit=off";
+    let mut append = f64::MAX;
+    let mut announced = f64::MAX;
+    for _ in 0..2 {
+        sqlx::query("DROP TRIGGER IF EXISTS baseline_writer_announced ON baseline_events")
+            .execute(&mut *conn)
+            .await?;
+        let run = pgbench(database_url, APPEND_SQL, 1, short, no_flush).await?;
+        append = append.min(run.latency_ms * 1e3);
+        sqlx::query(
+            "CREATE TRIGGER baseline_writer_announced BEFORE INSERT ON baseline_events
+             FOR EACH STATEMENT EXECUTE FUNCTION events_writer_trigger()",
+        )
+        .execute(&mut *conn)
+        .await?;
+        let run = pgbench(database_url, APPEND_SQL, 1, short, no_flush).await?;
+        announced = announced.min(run.latency_ms * 1e3);
+    }
+    let durable = pgbench(database_url, APPEND_SQL, clients, duration, "").await?;
+    // The horizon is read while writers hold the lock, as the relay reads it under load.
+    let horizon = |sql: &'static str| async move {
+        let writers = pgbench(database_url, APPEND_SQL, clients, short, "");
+        let reader = pgbench(database_url, sql, 1, short, "");
+        let (writers, reader) = tokio::join!(writers, reader);
+        writers?;
+        reader.map(|r| r.latency_ms * 1e3)
+    };
+    let horizon_us = horizon("SELECT events_commit_horizon();\n").await?;
+    let cluster_horizon_us = horizon("SELECT pg_snapshot_xmin(pg_current_snapshot());\n").await?;
+    Ok(WriterCost {
+        append_us: append,
+        announced_append_us: announced,
+        announce_us: announced - append,
+        announced_inserts_per_sec: durable.tps,
+        horizon_us,
+        cluster_horizon_us,
     })
+}
+
+/// `latency average = 2.1 ms` → 2.1.
+fn parse_latency_ms(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find(|l| l.starts_with("latency average = "))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// `tps = 1234.5 (without initial connection time)` → 1234.5.
@@ -707,8 +829,9 @@ mod tests {
                     snapshots_written_total{aggregate_type=\"thread\"} 12\n\
                     snapshots_written_total{aggregate_type=\"tenant\"} 1\n\
                     snapshots_skipped_total{aggregate_type=\"thread\"} 5\n";
-        assert_eq!(snapshot_writes(text), 13.0);
-        assert_eq!(snapshot_writes(""), 0.0);
+        assert_eq!(counter_sum(text, "snapshots_written_total"), 13.0);
+        assert_eq!(counter_sum(text, "snapshots_written"), 0.0);
+        assert_eq!(counter_sum("", "snapshots_written_total"), 0.0);
     }
 
     #[test]
@@ -718,6 +841,8 @@ mod tests {
                    initial connection time = 12.3 ms\n\
                    tps = 4567.891 (without initial connection time)\n";
         assert_eq!(parse_tps(out), Some(4567.891));
+        assert_eq!(parse_latency_ms(out), Some(2.1));
+        assert_eq!(parse_latency_ms("nothing here"), None);
         assert_eq!(parse_tps("nothing here"), None);
     }
 }

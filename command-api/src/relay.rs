@@ -3,9 +3,13 @@
 //! horizon (docs/decisions/0001-publishing.md says what that guarantees).
 //!
 //! - It reads only below the *commit horizon*: rows whose `transaction_id` is older than
-//!   every transaction still in flight (`pg_snapshot_xmin(pg_current_snapshot())`). A row
-//!   of a slower transaction that holds a lower `global_position` is therefore never
-//!   skipped: the horizon cannot pass it until it commits (or aborts).
+//!   every event-writing transaction still in flight (`events_commit_horizon()`, migration
+//!   0020: each such transaction announces itself with an advisory lock before it has an
+//!   id). A row of a slower transaction that holds a lower `global_position` is therefore
+//!   never skipped: the horizon cannot pass it until it commits (or aborts). Transactions
+//!   that write no events, in this database or any other, do not hold it back. The horizon
+//!   is computed in one statement and used in the next, whose later snapshot sees every
+//!   writer below it ended.
 //! - Its checkpoint is the pair `(transaction_id, global_position)` of the last event whose
 //!   PubAck arrived, and each read resumes strictly after that pair.
 //! - Every message carries `Nats-Msg-Id = {aggregate_type}:{aggregate_id}:{sequence}`, so a
@@ -117,7 +121,7 @@ pub struct Relay {
     /// Where metrics go.
     metrics: Arc<Metrics>,
     /// Longest wait between reads when nothing wakes the relay (covers a horizon held back
-    /// by another transaction).
+    /// by a slower event-writing transaction).
     idle_poll: Duration,
 }
 
@@ -208,10 +212,20 @@ impl Relay {
         &self,
         leader: &mut Leader,
     ) -> Result<Vec<(Checkpoint, Envelope)>, RelayError> {
+        self.metrics.count(
+            "relay_reads_total",
+            "Reads of the event store by the relay (each one computes the commit horizon).",
+            &[("stream", &self.stream)],
+            1.0,
+        );
+        // Two statements, never one: the read needs a snapshot taken after the horizon's.
+        let horizon: String = sqlx::query_scalar("SELECT events_commit_horizon()::text")
+            .fetch_one(&mut leader.conn)
+            .await?;
         let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
             "SELECT transaction_id::text, {} FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                AND transaction_id < $4::text::xid8
               ORDER BY transaction_id, global_position
               LIMIT $3",
             events::envelope::ENVELOPE_SQL
@@ -219,6 +233,7 @@ impl Relay {
         .bind(leader.checkpoint.transaction_id.to_string())
         .bind(leader.checkpoint.global_position)
         .bind(self.batch)
+        .bind(horizon)
         .fetch_all(&mut leader.conn)
         .await?;
         rows.into_iter()
@@ -358,8 +373,9 @@ impl Relay {
     }
 
     /// Measures the lag once caught up with the horizon: the age of the next committed event
-    /// after the checkpoint (one index lookup). Non-zero means a transaction somewhere in the
-    /// cluster is holding the horizon back.
+    /// after the checkpoint (one index lookup). Non-zero means an event-writing transaction
+    /// of this database is holding the horizon back (for at most `events.writer_timeout` of
+    /// idleness or of one statement).
     async fn measure_lag(&self, leader: &mut Leader) -> Result<(), RelayError> {
         let seconds: f64 = sqlx::query_scalar(
             "SELECT coalesce(extract(epoch FROM clock_timestamp() -

@@ -147,11 +147,15 @@ async fn apply_batch(
     after: &mut (String, i64),
     phase: Phase,
 ) -> Result<usize, ProjectionError> {
+    // The relay's horizon (migration 0020), in a statement of its own before the read.
+    let horizon: String = sqlx::query_scalar("SELECT events_commit_horizon()::text")
+        .fetch_one(&mut *conn)
+        .await?;
     let rows = sqlx::query(&format!(
         "SELECT {} AS envelope, transaction_id::text AS txid FROM events
           WHERE aggregate_type = ANY($1)
             AND (transaction_id, global_position) > ($2::text::xid8, $3)
-            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            AND transaction_id < $5::text::xid8
           ORDER BY transaction_id, global_position
           LIMIT $4",
         events::envelope::ENVELOPE_SQL
@@ -160,6 +164,7 @@ async fn apply_batch(
     .bind(&after.0)
     .bind(after.1)
     .bind(BATCH)
+    .bind(horizon)
     .fetch_all(&mut *conn)
     .await?;
     let mut envelopes = Vec::with_capacity(rows.len());

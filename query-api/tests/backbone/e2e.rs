@@ -81,7 +81,7 @@ async fn a_tenant_posted_to_command_api_is_queried_audited_and_on_nats() {
     let (command_port, query_port) = (free_port(), free_port());
     let _command = spawn(&env, "command-api", &[("PORT", command_port.to_string())]);
     let _projector = spawn(&env, "projector", &[]);
-    // Generous: parallel tests hold the cluster-wide commit horizon back now and then.
+    // Generous: the whole suite shares this machine's two cores.
     let _query = spawn(
         &env,
         "query-api",

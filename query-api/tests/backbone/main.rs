@@ -8,6 +8,7 @@ mod audio;
 mod chat;
 mod commands;
 mod e2e;
+mod horizon;
 mod identity;
 mod isolation;
 mod live;

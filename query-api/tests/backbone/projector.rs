@@ -384,8 +384,8 @@ async fn a_rebuild_during_writes_and_live_projection_loses_and_repeats_nothing()
         ids.push(create_tenant(&env, &api, &format!("moving-{i}")).await.0);
     }
     // The four tenants are published (so below the commit horizon) before the rebuilds
-    // start: every rebuild has them to apply, however long another test's transaction
-    // elsewhere in the cluster holds the horizon back during the writes.
+    // start: every rebuild has them to apply, however long a writer of the rounds below
+    // holds the horizon back.
     eventually(Duration::from_secs(20), "the tenants projected", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
             .fetch_one(&env.pool)

@@ -118,7 +118,7 @@ async fn tenants_staff_see_only_their_own_tenant() {
     let env = TestEnv::new().await;
     let api = env.spawn_command_api(env.command_config()).await;
     let projector = env.spawn_projector(env.projector_config());
-    // Generous: parallel tests hold the cluster-wide commit horizon back now and then.
+    // Generous: the whole suite shares this machine's two cores.
     let mut config = env.query_config();
     config.read_wait_ms = 20_000;
     let query = env.spawn_query_api(config).await;

@@ -41,8 +41,8 @@ fn start_relay(env: &TestEnv, idle_poll: Duration) -> (Arc<Metrics>, tokio::task
     )
 }
 
-/// Every message in the test's stream: `(subject, Nats-Msg-Id)`.
-async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
+/// Every message in the test's stream, in stream order: `(subject, Nats-Msg-Id)`.
+pub(crate) async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
     let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -76,8 +76,8 @@ async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
     out
 }
 
-/// Steps until `expected` events are published. Any transaction in flight anywhere in the
-/// cluster (other tests run in parallel) holds the horizon back for a moment.
+/// Steps until `expected` events are published (a commit is visible to the relay's next
+/// statement, not always to the one running).
 async fn publish_all(relay: &Relay, leader: &mut command_api::relay::Leader, expected: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut published = 0;
@@ -102,7 +102,7 @@ async fn take_over(relay: &Relay) -> command_api::relay::Leader {
 }
 
 /// Appends one tenant event the way postgres-es does, inside `tx`.
-async fn append(tx: &mut sqlx::PgConnection, tenant: &str, sequence: i64) {
+pub(crate) async fn append(tx: &mut sqlx::PgConnection, tenant: &str, sequence: i64) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          VALUES ('tenant', $1, $2, 'Renamed', '1.0', '{\"Renamed\": {\"name\": \"x\"}}', jsonb_build_object('tenant_id', $1::text))",
@@ -337,15 +337,12 @@ async fn a_transaction_holding_the_horizon_shows_as_relay_lag() {
         .await
         .expect("stream");
     let (metrics, task) = start_relay(&env, Duration::from_millis(20));
-    // An open writing transaction older than the event holds the horizon.
+    // An open event-writing transaction older than the event holds the horizon.
     let mut holder = sqlx::PgConnection::connect(&env.database_url)
         .await
         .expect("conn");
     let mut held = holder.begin().await.expect("begin");
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *held)
-        .await
-        .expect("xid");
+    append(&mut held, "holder", 1).await;
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "held", 1).await;
     let lag = |m: &Metrics| -> f64 {

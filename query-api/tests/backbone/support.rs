@@ -20,7 +20,7 @@ pub const SOKETI_KEY: &str = "test-app-key";
 pub const SOKETI_SECRET: &str = "test-app-secret";
 
 /// The server the tests use, with a database name to replace.
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
 }

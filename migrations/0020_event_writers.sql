@@ -1,0 +1,95 @@
+-- Publishing waits only for transactions that write events (docs/decisions/0003-event-writers.md).
+--
+-- Before this migration the relay read below `pg_snapshot_xmin(pg_current_snapshot())`, the
+-- oldest transaction still running anywhere in the PostgreSQL cluster: one open transaction
+-- of another application, in another database, froze every read model, realtime update and
+-- provider send until it ended.
+--
+-- Now every transaction that appends events announces itself before it has a transaction id:
+-- it takes a shared transaction-level advisory lock (released at its commit or abort), which
+-- the relay sees in `pg_locks`. The relay's horizon is the oldest transaction id among those
+-- announced writers, or the snapshot's `xmax` when there are none. Announcing cannot be
+-- forgotten: a trigger does it on the first insert into `events`, and refuses a transaction
+-- that already wrote something else unannounced (its id would predate its announcement, and
+-- the relay could pass it while it is still running).
+--
+-- The lock key is the two-integer form (1702260340, 0), 1702260340 being 'evnt' in ASCII;
+-- nothing ever takes it exclusively, so it never makes anybody wait. The relay's own lock
+-- uses the one-bigint form and cannot collide with it (`pg_locks.objsubid` 1 against 2).
+
+-- Makes the current transaction an announced event writer; does nothing the second time.
+-- Called by the trigger below; a transaction that must write something else before its
+-- events calls it first. It also bounds the writer: an event-writing transaction holds the
+-- relay back for as long as it is open, so its later statements and its idle time between
+-- them are limited to `events.writer_timeout` (default 5 s; a session or database may set
+-- it, e.g. `SET events.writer_timeout = '10min'` for a large import). A writer that overruns
+-- is cancelled (statement) or disconnected (idle), its events roll back, and publishing
+-- moves on.
+CREATE FUNCTION events_writer_announce() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    timeout text;
+BEGIN
+    IF current_setting('events.writer', true) = 'announced' THEN
+        RETURN;
+    END IF;
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'a transaction that appends events must announce itself before its first write'
+            USING HINT = 'make the events its first write, or SELECT events_writer_announce() first';
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(1702260340, 0);
+    PERFORM set_config('events.writer', 'announced', true);
+    timeout := coalesce(nullif(current_setting('events.writer_timeout', true), ''), '5s');
+    PERFORM set_config('statement_timeout', timeout, true);
+    PERFORM set_config('idle_in_transaction_session_timeout', timeout, true);
+END;
+$$;
+
+CREATE FUNCTION events_writer_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM events_writer_announce();
+    RETURN NULL;
+END;
+$$;
+
+-- Before the statement's first row, so before the row's `transaction_id` default assigns
+-- the transaction its id.
+CREATE TRIGGER events_writer_announced
+    BEFORE INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_writer_trigger();
+
+-- The commit horizon: every transaction id below it that wrote events has ended, so a read
+-- of `transaction_id < horizon` in a *later* statement (a later snapshot) sees each of
+-- their events or none of them, and no event below it will ever appear again.
+--
+-- Why it holds: let S be this statement's snapshot, taken before `pg_locks` is read. A
+-- writer whose id is below `xmax(S)` got that id before S, so it was already announced and
+-- holding the lock at S; if `pg_locks` still shows it, the horizon is at or below its id; if
+-- not, it ended before the read, so before the caller's next statement. A writer that gets
+-- its id after S gets one at or above `xmax(S)`. The writers' ids are matched against S's
+-- in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, which is what
+-- `pg_locks` shows; two running transactions never share them.
+--
+-- A prepared (two-phase) writer keeps its locks under its own virtual transaction, so it
+-- holds the horizon like a running one.
+CREATE FUNCTION events_commit_horizon() RETURNS xid8 LANGUAGE sql VOLATILE AS $$
+    WITH locks AS MATERIALIZED (
+        SELECT locktype, virtualtransaction, transactionid, database, classid, objid, objsubid, mode, granted
+          FROM pg_locks
+         WHERE locktype IN ('advisory', 'transactionid')
+    ),
+    writers AS (
+        SELECT own.transactionid::text::bigint AS low
+          FROM locks announced
+          JOIN locks own USING (virtualtransaction)
+         WHERE announced.locktype = 'advisory'
+           AND announced.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND announced.classid = 1702260340 AND announced.objid = 0 AND announced.objsubid = 2
+           AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted
+    ),
+    snapshot AS (SELECT pg_current_snapshot() AS s)
+    SELECT coalesce(
+        (SELECT min(x)
+           FROM snapshot, pg_snapshot_xip(s) AS x
+          WHERE x::text::bigint % 4294967296 IN (SELECT low FROM writers)),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot))
+$$;
