@@ -13,9 +13,11 @@
 -- that already wrote something else unannounced (its id would predate its announcement, and
 -- the relay could pass it while it is still running).
 --
--- The lock key is the two-integer form (1702260340, 0), 1702260340 being 'evnt' in ASCII;
--- nothing ever takes it exclusively, so it never makes anybody wait. The relay's own lock
--- uses the one-bigint form and cannot collide with it (`pg_locks.objsubid` 1 against 2).
+-- The lock key is the two-integer form (1702260340, n), 1702260340 being 'evnt' in ASCII and
+-- n the backend's pid modulo 16: sixteen keys rather than one, so that concurrent writers
+-- spread over the lock manager's partitions instead of all queueing on one lock's. Nothing
+-- ever takes these keys exclusively, so they never make anybody wait. The relay's own lock
+-- uses the one-bigint form and cannot collide with them (`pg_locks.objsubid` 1 against 2).
 
 -- Makes the current transaction an announced event writer; does nothing the second time.
 -- Called by the trigger below; a transaction that must write something else before its
@@ -36,7 +38,7 @@ BEGIN
         RAISE EXCEPTION 'a transaction that appends events must announce itself before its first write'
             USING HINT = 'make the events its first write, or SELECT events_writer_announce() first';
     END IF;
-    PERFORM pg_advisory_xact_lock_shared(1702260340, 0);
+    PERFORM pg_advisory_xact_lock_shared(1702260340, pg_backend_pid() % 16);
     PERFORM set_config('events.writer', 'announced', true);
     timeout := coalesce(nullif(current_setting('events.writer_timeout', true), ''), '5s');
     PERFORM set_config('statement_timeout', timeout, true);
@@ -61,19 +63,29 @@ CREATE TRIGGER events_writer_announced
 -- of `transaction_id < horizon` in a *later* statement (a later snapshot) sees each of
 -- their events or none of them, and no event below it will ever appear again.
 --
--- Why it holds: let S be this statement's snapshot, taken before `pg_locks` is read. A
--- writer whose id is below `xmax(S)` got that id before S, so it was already announced and
--- holding the lock at S; if `pg_locks` still shows it, the horizon is at or below its id; if
--- not, it ended before the read, so before the caller's next statement. A writer that gets
--- its id after S gets one at or above `xmax(S)`. The writers' ids are matched against S's
--- in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, which is what
--- `pg_locks` shows; two running transactions never share them.
+-- Why it holds: let S be the snapshot taken first, before `pg_locks` is read. A writer whose
+-- id is below `xmax(S)` got that id before S, so it was already announced and holding the
+-- lock at S; if `pg_locks` still shows it, the horizon is at or below its id; if not, it
+-- ended before the read, so before the caller's next statement. A writer that gets its id
+-- after S gets one at or above `xmax(S)`. The writers' ids are matched against S's
+-- in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, which is what `pg_locks`
+-- shows; two running transactions never share them. When nothing at all is in flight below
+-- `xmax(S)`, no writer can be, and `pg_locks` (which briefly takes every lock-manager
+-- partition) is not read.
 --
 -- A prepared (two-phase) writer keeps its locks under its own virtual transaction, so it
--- holds the horizon like a running one.
-CREATE FUNCTION events_commit_horizon() RETURNS xid8 LANGUAGE sql VOLATILE AS $$
+-- holds the horizon like a running one. PL/pgSQL, so that each session plans the lock query
+-- once.
+CREATE FUNCTION events_commit_horizon() RETURNS xid8 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s pg_snapshot := pg_current_snapshot();
+    oldest xid8;
+BEGIN
+    IF pg_snapshot_xmin(s) = pg_snapshot_xmax(s) THEN
+        RETURN pg_snapshot_xmax(s);
+    END IF;
     WITH locks AS MATERIALIZED (
-        SELECT locktype, virtualtransaction, transactionid, database, classid, objid, objsubid, mode, granted
+        SELECT locktype, virtualtransaction, transactionid, database, classid, objsubid, mode, granted
           FROM pg_locks
          WHERE locktype IN ('advisory', 'transactionid')
     ),
@@ -83,13 +95,12 @@ CREATE FUNCTION events_commit_horizon() RETURNS xid8 LANGUAGE sql VOLATILE AS $$
           JOIN locks own USING (virtualtransaction)
          WHERE announced.locktype = 'advisory'
            AND announced.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND announced.classid = 1702260340 AND announced.objid = 0 AND announced.objsubid = 2
+           AND announced.classid = 1702260340 AND announced.objsubid = 2
            AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted
-    ),
-    snapshot AS (SELECT pg_current_snapshot() AS s)
-    SELECT coalesce(
-        (SELECT min(x)
-           FROM snapshot, pg_snapshot_xip(s) AS x
-          WHERE x::text::bigint % 4294967296 IN (SELECT low FROM writers)),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot))
+    )
+    SELECT min(x) INTO oldest
+      FROM pg_snapshot_xip(s) AS x
+     WHERE x::text::bigint % 4294967296 IN (SELECT low FROM writers);
+    RETURN coalesce(oldest, pg_snapshot_xmax(s));
+END;
 $$;
