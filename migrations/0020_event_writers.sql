@@ -63,19 +63,24 @@ CREATE TRIGGER events_writer_announced
 -- of `transaction_id < horizon` in a *later* statement (a later snapshot) sees each of
 -- their events or none of them, and no event below it will ever appear again.
 --
--- Why it holds: let S be the snapshot taken first, before `pg_locks` is read. A writer whose
--- id is below `xmax(S)` got that id before S, so it was already announced and holding the
--- lock at S; if `pg_locks` still shows it, the horizon is at or below its id; if not, it
--- ended before the read, so before the caller's next statement. A writer that gets its id
--- after S gets one at or above `xmax(S)`. The writers' ids are matched against S's
--- in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, which is what `pg_locks`
--- shows; two running transactions never share them. When nothing at all is in flight below
--- `xmax(S)`, no writer can be, and `pg_locks` (which briefly takes every lock-manager
--- partition) is not read.
+-- Why it holds: let S be the snapshot taken first, before anything else is read. A writer
+-- whose id is below `xmax(S)` got that id before S, so it was already announced and holding
+-- the lock at S; if it is still running when the locks and ids are read, the horizon is at
+-- or below its id; if not, it ended before that read, so before the caller's next
+-- statement. A writer that gets its id after S gets one at or above `xmax(S)`. When nothing
+-- at all is in flight below `xmax(S)`, no writer can be, and nothing else is read.
 --
--- A prepared (two-phase) writer keeps its locks under its own virtual transaction, so it
--- holds the horizon like a running one. PL/pgSQL, so that each session plans the lock query
--- once.
+-- A running writer's id is read from its backend (`pg_stat_get_activity`'s `backend_xid`),
+-- which PostgreSQL fills in at the same moment it makes the id visible to snapshots — not
+-- from the writer's own transaction-id lock in `pg_locks`, which is inserted a moment later
+-- (a writer caught in that moment would be passed, and its events skipped). Ids are matched
+-- against S's in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, the form
+-- both views show; two running transactions never share them. A prepared (two-phase)
+-- writer has no backend but keeps its locks, its transaction-id lock among them, so that is
+-- where its id is read.
+--
+-- PL/pgSQL, so that each session plans the query once. `pg_stat_get_activity` answers from
+-- a copy taken once per transaction unless cleared, and a caller may ask twice in one.
 CREATE FUNCTION events_commit_horizon() RETURNS xid8 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s pg_snapshot := pg_current_snapshot();
@@ -84,19 +89,30 @@ BEGIN
     IF pg_snapshot_xmin(s) = pg_snapshot_xmax(s) THEN
         RETURN pg_snapshot_xmax(s);
     END IF;
+    PERFORM pg_stat_clear_snapshot();
     WITH locks AS MATERIALIZED (
-        SELECT locktype, virtualtransaction, transactionid, database, classid, objsubid, mode, granted
+        SELECT locktype, pid, virtualtransaction, transactionid, database, classid, objsubid, mode
           FROM pg_locks
          WHERE locktype IN ('advisory', 'transactionid')
     ),
+    announced AS (
+        SELECT pid, virtualtransaction
+          FROM locks
+         WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND classid = 1702260340 AND objsubid = 2
+    ),
     writers AS (
-        SELECT own.transactionid::text::bigint AS low
-          FROM locks announced
-          JOIN locks own USING (virtualtransaction)
-         WHERE announced.locktype = 'advisory'
-           AND announced.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND announced.classid = 1702260340 AND announced.objsubid = 2
-           AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted
+        SELECT backend.backend_xid::text::bigint AS low
+          FROM pg_stat_get_activity(NULL) AS backend
+         WHERE backend.pid IN (SELECT pid FROM announced WHERE pid IS NOT NULL)
+           AND backend.backend_xid IS NOT NULL
+        UNION ALL
+        SELECT own.transactionid::text::bigint
+          FROM locks own
+          JOIN announced USING (virtualtransaction)
+         WHERE announced.pid IS NULL
+           AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock'
     )
     SELECT min(x) INTO oldest
       FROM pg_snapshot_xip(s) AS x

@@ -222,8 +222,10 @@ impl Relay {
         let horizon: String = sqlx::query_scalar("SELECT events_commit_horizon()::text")
             .fetch_one(&mut leader.conn)
             .await?;
+        // The text form is named apart: `ORDER BY transaction_id` would otherwise sort by the
+        // output column of that name, the text, and `'10…'` sorts before `'9…'`.
         let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT transaction_id::text, {} FROM events
+            "SELECT transaction_id::text AS txid, {} FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
                 AND transaction_id < $4::text::xid8
               ORDER BY transaction_id, global_position

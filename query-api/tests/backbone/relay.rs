@@ -415,3 +415,42 @@ async fn a_commit_in_a_standby_process_wakes_the_idle_leader() {
     standby.abort();
     task.abort();
 }
+
+#[tokio::test]
+async fn transaction_ids_crossing_a_power_of_ten_are_published_in_numeric_order() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    // A store whose transaction ids cross 10 and 100, as a real one crosses 10⁶ and 10⁷:
+    // explicit ids stand for them. One event per read, as when a backlog exceeds a batch.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, transaction_id)
+         SELECT 'tenant', id, 1, 'Renamed', '1.0', '{\"Renamed\": {\"name\": \"x\"}}',
+                jsonb_build_object('tenant_id', id), xid::xid8
+           FROM (VALUES ('hundred', '100'), ('ten', '10'), ('nine', '9')) AS v(id, xid)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("append");
+    let relay = Relay::new(
+        env.pool.clone(),
+        env.js.clone(),
+        env.stream.clone(),
+        env.prefix.clone(),
+        1,
+        Arc::new(Metrics::default()),
+    );
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+    publish_all(&relay, &mut leader, 3).await;
+    let ids: Vec<String> = stream_messages(&env)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["tenant:nine:1", "tenant:ten:1", "tenant:hundred:1"],
+        "every event, by transaction id as a number"
+    );
+}
