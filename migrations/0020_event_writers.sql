@@ -77,7 +77,7 @@ CREATE TRIGGER events_writer_announced
 -- against S's in-progress list (`pg_snapshot_xip`, 64-bit) by their low 32 bits, the form
 -- both views show; two running transactions never share them. A prepared (two-phase)
 -- writer has no backend but keeps its locks, its transaction-id lock among them, so that is
--- where its id is read.
+-- read too, for every announced holder (an extra id only lowers the horizon).
 --
 -- PL/pgSQL, so that each session plans the query once. `pg_stat_get_activity` answers from
 -- a copy taken once per transaction unless cleared, and a caller may ask twice in one.
@@ -111,8 +111,7 @@ BEGIN
         SELECT own.transactionid::text::bigint
           FROM locks own
           JOIN announced USING (virtualtransaction)
-         WHERE announced.pid IS NULL
-           AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock'
+         WHERE own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock'
     )
     SELECT min(x) INTO oldest
       FROM pg_snapshot_xip(s) AS x
