@@ -61,7 +61,10 @@ CREATE TRIGGER events_writer_announced
 
 -- The commit horizon: every transaction id below it that wrote events has ended, so a read
 -- of `transaction_id < horizon` in a *later* statement (a later snapshot) sees each of
--- their events or none of them, and no event below it will ever appear again.
+-- their events or none of them, and no event below it will ever appear again. The later
+-- snapshot is the caller's to ensure: a statement of its own (autocommit) or a read
+-- committed transaction, never repeatable read or serializable, where the read would
+-- share the horizon's snapshot and miss a writer that committed meanwhile.
 --
 -- Why it holds: let S be the snapshot taken first, before anything else is read. A writer
 -- whose id is below `xmax(S)` got that id before S, so it was already announced and holding

@@ -24,6 +24,10 @@ pub enum ProjectionError {
     /// A side effect's service (Soketi, a provider) failed or was unreachable (retried).
     #[error("side effect: {0}")]
     Unavailable(String),
+    /// A read of the store would not be sound as asked (a rebuild's batch in a transaction
+    /// that is not read committed): nothing was read.
+    #[error("unsound read of the store: {0}")]
+    Unsound(String),
     /// The store lacks an event the sequence says must exist.
     #[error("missing events {from}..{to} of {aggregate} in the store")]
     Missing {

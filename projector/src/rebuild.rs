@@ -19,6 +19,14 @@ use crate::projection::{
 /// Events read and applied per transaction.
 const BATCH: i64 = 5_000;
 
+/// How the transactions that read the store begin. A batch reads the commit horizon and
+/// then the events below it; that is only sound when the read takes a later snapshot than
+/// the horizon's, so these transactions are read committed whatever the database's or the
+/// role's `default_transaction_isolation` says (under repeatable read a writer that
+/// committed while the horizon was computed would be counted as ended yet not seen, and its
+/// events would be missing from the rebuilt tables).
+const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RebuildReport {
@@ -63,7 +71,7 @@ pub async fn rebuild(
     let mut after = ("0".to_owned(), 0_i64);
     let mut report = RebuildReport::default();
     loop {
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin_with(BEGIN_READ_COMMITTED).await?;
         let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::Bulk).await?;
         tx.commit().await?;
         report.events += n;
@@ -73,7 +81,7 @@ pub async fn rebuild(
         tracing::info!(projection = name, events = report.events, "rebuilding");
     }
 
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin_with(BEGIN_READ_COMMITTED).await?;
     // Lock order: checkpoints, then tables — the order the live projector takes them in
     // (checkpoint row, then read-model row), so the swap cannot deadlock with it.
     sqlx::query("LOCK TABLE projection_checkpoints IN EXCLUSIVE MODE")
@@ -147,10 +155,18 @@ async fn apply_batch(
     after: &mut (String, i64),
     phase: Phase,
 ) -> Result<usize, ProjectionError> {
-    // The relay's horizon (migration 0020), in a statement of its own before the read.
-    let horizon: String = sqlx::query_scalar("SELECT events_commit_horizon()::text")
-        .fetch_one(&mut *conn)
-        .await?;
+    // The relay's horizon (migration 0020), in a statement of its own before the read, which
+    // must take a later snapshot ([`BEGIN_READ_COMMITTED`]).
+    let (horizon, isolation): (String, String) = sqlx::query_as(
+        "SELECT events_commit_horizon()::text, current_setting('transaction_isolation')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if isolation != "read committed" {
+        return Err(ProjectionError::Unsound(format!(
+            "a batch read in a {isolation} transaction would miss writers that commit while the horizon is computed"
+        )));
+    }
     let rows = sqlx::query(&format!(
         "SELECT {} AS envelope, transaction_id::text AS txid FROM events
           WHERE aggregate_type = ANY($1)

@@ -452,3 +452,40 @@ async fn a_rebuild_during_writes_and_live_projection_loses_and_repeats_nothing()
     projector.abort();
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_rebuild_reads_each_batch_read_committed_whatever_the_default_isolation() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    for i in 0..3 {
+        create_tenant(&env, &api, &format!("isolated-{i}")).await;
+    }
+    api.stop().await;
+    // An operator's default: every new transaction repeatable read. A batch that read its
+    // horizon and its events under one snapshot could pass a writer it never saw.
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        env.db_name
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("alter database");
+    let pool = sqlx::PgPool::connect(&env.database_url)
+        .await
+        .expect("new sessions take the default");
+    let default: String = sqlx::query_scalar("SHOW default_transaction_isolation")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(default, "repeatable read");
+    let report = projector::rebuild::rebuild(&pool, &TenantsProjection)
+        .await
+        .expect("rebuilt in read committed batches");
+    assert_eq!(report.events, 3);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 3);
+    pool.close().await;
+}
