@@ -97,3 +97,99 @@ mod tests {
         assert_eq!(key.open("plain"), Err(Unsealable));
     }
 }
+
+/// The fields of events that hold a secret in some form (sealed credentials, digests a
+/// secret could be checked against): `(aggregate type, event type, field)`. They stay in
+/// the store and on the bus for the processes that need them, and are never shown in an
+/// answer (the audit trail replaces them with [`REDACTED`]).
+pub const SECRET_FIELDS: &[(&str, &str, &str)] = &[
+    (
+        crate::whatsapp::WHATSAPP_SESSION,
+        "Connected",
+        "credentials",
+    ),
+    (
+        crate::whatsapp::WHATSAPP_SESSION,
+        "Connected",
+        "verify_token_sha256",
+    ),
+    (crate::identity::PHONE_LOGIN, "CodeIssued", "code_hash"),
+];
+
+/// What a secret field reads as where it is shown.
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces the secret fields of one event's payload (`{"<event type>": {fields}}`, as
+/// stored) with [`REDACTED`].
+pub fn redact(aggregate_type: &str, event_type: &str, payload: &mut serde_json::Value) {
+    for (_, _, field) in SECRET_FIELDS
+        .iter()
+        .filter(|(t, e, _)| *t == aggregate_type && *e == event_type)
+    {
+        if let Some(value) = payload
+            .get_mut(event_type)
+            .and_then(|fields| fields.get_mut(*field))
+        {
+            *value = serde_json::Value::String(REDACTED.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn a_sessions_credentials_and_verify_digest_are_redacted_and_the_rest_kept() {
+        let mut payload = serde_json::json!({"Connected": {
+            "tenant_id": "t", "credentials": "v1.abc", "verify_token_sha256": "00ff", "phone_number_id": "1"
+        }});
+        redact(crate::whatsapp::WHATSAPP_SESSION, "Connected", &mut payload);
+        assert_eq!(
+            payload,
+            serde_json::json!({"Connected": {
+                "tenant_id": "t", "credentials": REDACTED, "verify_token_sha256": REDACTED, "phone_number_id": "1"
+            }})
+        );
+        let mut other = serde_json::json!({"Disconnected": {"at": "x"}});
+        redact(
+            crate::whatsapp::WHATSAPP_SESSION,
+            "Disconnected",
+            &mut other,
+        );
+        assert_eq!(other, serde_json::json!({"Disconnected": {"at": "x"}}));
+    }
+
+    #[test]
+    fn every_secret_field_names_a_field_its_event_has() {
+        // The list is checked against the events' own serialised form, so a renamed field
+        // cannot slip out of the redaction unnoticed.
+        let at = chrono::Utc::now();
+        let forms = [
+            serde_json::to_value(crate::whatsapp::SessionEvent::Connected {
+                tenant_id: "t".into(),
+                transport: crate::whatsapp::Transport::Cloud,
+                phone_number_id: "1".into(),
+                business_account_id: None,
+                display_phone_number: None,
+                verified_name: None,
+                credentials: "v1.x".into(),
+                verify_token_sha256: "00".into(),
+                at,
+            }),
+            serde_json::to_value(crate::identity::PhoneLoginEvent::CodeIssued {
+                code_hash: "00".into(),
+                at,
+                expires_at: at,
+            }),
+        ];
+        for (_, event_type, field) in SECRET_FIELDS {
+            let found = forms.iter().flatten().any(|form| {
+                form.get(*event_type)
+                    .and_then(|fields| fields.get(*field))
+                    .is_some()
+            });
+            assert!(found, "{event_type}.{field} is a field of its event");
+        }
+    }
+}

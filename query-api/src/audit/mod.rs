@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
+use events::access::{Principal, Role};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -68,24 +69,53 @@ async fn history(
     if aggregate_type.contains('\0') || aggregate_id.contains('\0') {
         return Err(not_found());
     }
-    // The tenant is that of the stream's first event; every event of a stream carries it.
-    let tenant: Option<String> = sqlx::query_scalar(
-        "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    // Each event is shown to the tenant it belongs to (its own `tenant_id`), not to whoever
+    // owns the stream's first event: a number or a session can pass from one tenant to
+    // another, and the second tenant's events are not the first's to read. Super admins
+    // read every event; a tenant admin reads their tenant's; anyone else reads nothing, and
+    // learns nothing, not even that the stream exists.
+    let first_tenant: Option<String> = sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
     )
     .bind(&aggregate_type)
     .bind(&aggregate_id)
     .fetch_optional(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let tenant = tenant.ok_or_else(not_found)?;
-    if !who.administers(&tenant) {
-        // Agents and other tenants' admins learn nothing, not even that it exists.
-        return Err(not_found());
-    }
+    let first_tenant = first_tenant.ok_or_else(not_found)?;
+    let (tenant, only) = if who.is_super_admin() {
+        (first_tenant, None)
+    } else {
+        let home = match &who {
+            Principal::Admin {
+                role: Role::TenantAdmin,
+                tenant_id: Some(home),
+                ..
+            } => home.clone(),
+            _ => return Err(not_found()),
+        };
+        let has_any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events
+                             WHERE aggregate_type = $1 AND aggregate_id = $2
+                               AND metadata->>'tenant_id' = $3)",
+        )
+        .bind(&aggregate_type)
+        .bind(&aggregate_id)
+        .bind(&home)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+        if !has_any {
+            return Err(not_found());
+        }
+        (home.clone(), Some(home))
+    };
     let mut events: Vec<AuditEvent> = sqlx::query_as(
         "SELECT sequence, event_type, event_version, payload, metadata, recorded_at, global_position
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+            AND ($5::text IS NULL OR metadata->>'tenant_id' = $5)
           ORDER BY sequence
           LIMIT $4",
     )
@@ -93,9 +123,13 @@ async fn history(
     .bind(&aggregate_id)
     .bind(params.after.unwrap_or(0))
     .bind(limit + 1)
+    .bind(only)
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
+    for event in &mut events {
+        events::sealed::redact(&aggregate_type, &event.event_type, &mut event.payload);
+    }
     let next_after = if events.len() as i64 > limit {
         events.truncate(limit as usize);
         events.last().map(|e| e.sequence)

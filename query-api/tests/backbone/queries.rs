@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::support::{create_tenant, eventually, expect_problem, TestEnv};
 
@@ -386,4 +387,104 @@ fn help_lists_every_setting() {
             "{setting} missing from:\n{help}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_audit_of_a_stream_that_changed_tenant_shows_each_tenant_its_own_events_and_no_secrets()
+{
+    let env = TestEnv::new().await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (first, second) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    // One WhatsApp number: connected by the first tenant, disconnected, then connected by
+    // the second, with the same session id.
+    let connected = |tenant: &str, sealed: &str| {
+        json!({"Connected": {
+            "tenant_id": tenant, "transport": "Cloud", "phone_number_id": "1065",
+            "business_account_id": null, "display_phone_number": null, "verified_name": null,
+            "credentials": sealed, "verify_token_sha256": "9f86d081884c7d65",
+            "at": "2026-12-06T10:00:00Z"}})
+    };
+    for (sequence, event_type, payload, tenant) in [
+        (
+            1,
+            "Connected",
+            connected(&first, "v1.first-tenants-sealed"),
+            &first,
+        ),
+        (
+            2,
+            "Disconnected",
+            json!({"Disconnected": {"at": "2026-12-06T11:00:00Z"}}),
+            &first,
+        ),
+        (
+            3,
+            "Connected",
+            connected(&second, "v1.second-tenants-sealed"),
+            &second,
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('whatsapp_session', 'session-1065', $1, $2, '1.0', $3, jsonb_build_object('tenant_id', $4::text))",
+        )
+        .bind(sequence)
+        .bind(event_type)
+        .bind(payload)
+        .bind(tenant)
+        .execute(&env.pool)
+        .await
+        .expect("append");
+    }
+    let url = query.url("/v1/audit/whatsapp_session/session-1065");
+    let sequences = |audit: &Value| -> Vec<i64> {
+        audit["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["sequence"].as_i64())
+            .collect()
+    };
+    let mine = env.get_json(&url, &env.admin_of(&first)).await;
+    assert_eq!(
+        sequences(&mine),
+        vec![1, 2],
+        "the first tenant's own events only"
+    );
+    assert_eq!(mine["tenant_id"], json!(first));
+    let theirs = env.get_json(&url, &env.admin_of(&second)).await;
+    assert_eq!(
+        sequences(&theirs),
+        vec![3],
+        "the second tenant's own events only"
+    );
+    assert_eq!(theirs["tenant_id"], json!(second));
+    let all = env.get_json(&url, &env.super_admin()).await;
+    assert_eq!(sequences(&all), vec![1, 2, 3]);
+    let text = all.to_string();
+    assert!(
+        !text.contains("sealed") && !text.contains("9f86d081884c7d65"),
+        "no sealed credentials or verify-token digest in the audit: {text}"
+    );
+    assert_eq!(
+        all["events"][2]["payload"]["Connected"]["credentials"],
+        events::sealed::REDACTED
+    );
+    for token in [
+        env.agent_of(&first),
+        env.admin_of(&Uuid::new_v4().to_string()),
+    ] {
+        expect_problem(
+            env.http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent"),
+            404,
+            "not_found",
+        )
+        .await;
+    }
+    query.stop().await;
 }
