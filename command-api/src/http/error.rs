@@ -57,6 +57,7 @@ impl DomainProblem for crate::identity::aggregate::AdminUserError {
             E::Inactive => Problem::unprocessable("user_inactive", detail),
             E::Active => Problem::unprocessable("user_active", detail),
             E::WrongPassword => Problem::forbidden(detail),
+            E::Locked => Problem::new(StatusCode::FORBIDDEN, "account_locked", detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }

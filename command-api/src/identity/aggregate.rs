@@ -58,6 +58,8 @@ pub enum AdminUserCommand {
         current: String,
         /// The new one.
         new: String,
+        /// When (a wrong current password counts toward the lockout, like a failed login).
+        at: DateTime<Utc>,
     },
     /// Record that a reset token was issued (the token is stored by the caller).
     IssuePasswordReset {
@@ -172,6 +174,9 @@ pub enum AdminUserError {
     /// 403: the current password did not match.
     #[error("the current password is wrong")]
     WrongPassword,
+    /// 403: too many wrong passwords; no password is checked until the lock ends.
+    #[error("the account is locked after too many wrong passwords; try again later")]
+    Locked,
     /// 503: a service could not be reached.
     #[error("identity services unavailable: {0}")]
     Unavailable(String),
@@ -218,18 +223,32 @@ impl AdminUser {
         if ok {
             return Ok(vec![AdminUserEvent::LoginSucceeded { session_id, at }]);
         }
+        Ok(self.wrong_password(at))
+    }
+
+    /// A wrong password given at `at`: recorded, and the lock when it is one too many.
+    fn wrong_password(&self, at: DateTime<Utc>) -> Vec<AdminUserEvent> {
         let recent = self
             .failures
             .iter()
             .filter(|t| **t > at - FAILURE_WINDOW)
             .count();
-        let mut events = vec![failed(LoginFailure::WrongPassword)];
+        let mut events = vec![AdminUserEvent::LoginFailed {
+            reason: LoginFailure::WrongPassword,
+            at,
+        }];
         if recent + 1 >= MAX_FAILURES {
             events.push(AdminUserEvent::LockedOut {
                 until: at + LOCK_FOR,
             });
         }
-        Ok(events)
+        events
+    }
+
+    async fn write_all(&mut self, sink: &EventSink<Self>, events: Vec<AdminUserEvent>) {
+        for event in events {
+            sink.write(event, self).await;
+        }
     }
 }
 
@@ -324,10 +343,14 @@ impl Aggregate for AdminUser {
                 user_id,
                 current,
                 new,
+                at,
             } => {
                 self.require_exists()?;
                 if !self.active {
                     return Err(AdminUserError::Inactive);
+                }
+                if self.locked_until.is_some_and(|until| at < until) {
+                    return Err(AdminUserError::Locked);
                 }
                 let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
                 if !identity
@@ -335,7 +358,10 @@ impl Aggregate for AdminUser {
                     .await
                     .map_err(unavailable)?
                 {
-                    return Err(AdminUserError::WrongPassword);
+                    // A guess at the password through this door counts like one at login.
+                    let failed = self.wrong_password(at);
+                    self.write_all(sink, failed).await;
+                    return Ok(());
                 }
                 identity
                     .set_password(&user_id, new.expose())
@@ -376,9 +402,7 @@ impl Aggregate for AdminUser {
                 vec![AdminUserEvent::SessionRevoked { session_id, reason }]
             }
         };
-        for event in events {
-            sink.write(event, self).await;
-        }
+        self.write_all(sink, events).await;
         Ok(())
     }
 
@@ -742,6 +766,7 @@ mod tests {
             user_id: "u1".into(),
             current: current.into(),
             new: new.into(),
+            at: at(0),
         };
         expect_events(
             vec![created()],
@@ -749,10 +774,13 @@ mod tests {
             vec![AdminUserEvent::PasswordChanged {}],
         )
         .await;
-        expect_error(
+        expect_events(
             vec![created()],
             change("guess", "a brand new password"),
-            AdminUserError::WrongPassword,
+            vec![AdminUserEvent::LoginFailed {
+                reason: LoginFailure::WrongPassword,
+                at: at(0),
+            }],
         )
         .await;
         expect_error(
@@ -761,6 +789,41 @@ mod tests {
             AdminUserError::WeakPassword,
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn change_password_with_a_wrong_current_one_counts_toward_the_lock_and_is_refused_while_locked(
+    ) {
+        let change = |current: &str, minute: i64| AdminUserCommand::ChangePassword {
+            user_id: "u1".into(),
+            current: current.into(),
+            new: "a brand new password".into(),
+            at: at(minute),
+        };
+        let mut history = vec![created()];
+        for minute in 0..4 {
+            history.push(AdminUserEvent::LoginFailed {
+                reason: LoginFailure::WrongPassword,
+                at: at(minute),
+            });
+        }
+        expect_events(
+            history.clone(),
+            change("guess", 4),
+            vec![
+                AdminUserEvent::LoginFailed {
+                    reason: LoginFailure::WrongPassword,
+                    at: at(4),
+                },
+                AdminUserEvent::LockedOut {
+                    until: at(4) + LOCK_FOR,
+                },
+            ],
+        )
+        .await;
+        history.push(AdminUserEvent::LockedOut { until: at(20) });
+        // Not even the right password is checked while locked.
+        expect_error(history, change(PASSWORD, 5), AdminUserError::Locked).await;
     }
 
     #[tokio::test]

@@ -21,8 +21,9 @@ use events::Metadata;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use super::aggregate::{AdminUser, AdminUserCommand};
+use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
 use super::sessions::Refresh;
+use crate::http::error::DomainProblem;
 use crate::AppState;
 
 /// The routes.
@@ -365,12 +366,21 @@ async fn change_password(
         user_id: user_id.clone(),
         current: body.current_password,
         new: body.new_password,
+        at: Utc::now(),
     };
     let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
-    state
+    let (_, events) = state
         .admins
-        .execute(user_id, None, command, &metadata)
+        .execute_with_events(user_id, None, command, &metadata)
         .await?;
+    // A wrong current password is recorded (it counts toward the lockout) and refused.
+    if events
+        .iter()
+        .any(|e| matches!(e, AdminUserEvent::LoginFailed { .. }))
+    {
+        failed_login(&state, "wrong_password");
+        return Err(AdminUserError::WrongPassword.problem());
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -482,6 +482,55 @@ async fn a_password_change_needs_the_current_password() {
     api.stop().await;
 }
 
+#[tokio::test]
+async fn wrong_current_passwords_on_a_password_change_lock_the_account_like_failed_logins() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let change = |current: &str| {
+        env.http
+            .post(api.url("/auth/admin/password"))
+            .bearer_auth(&root)
+            .json(&json!({"current_password": current, "new_password": "the next long password"}))
+            .send()
+    };
+    for guess in 0..5 {
+        expect_problem(
+            change(&format!("guess number {guess}"))
+                .await
+                .expect("sent"),
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+    // Five guesses through this door lock the account: the right password no longer works
+    // here or at login, until the lock ends.
+    expect_problem(
+        change(ROOT_PASSWORD).await.expect("sent"),
+        403,
+        "account_locked",
+    )
+    .await;
+    expect_problem(
+        login(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'admin_user' AND event_type = 'LockedOut'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(locks, 1, "the lock is in the user's audit trail");
+    api.stop().await;
+}
+
 pub(crate) async fn request_code(
     env: &TestEnv,
     api: &Service,
