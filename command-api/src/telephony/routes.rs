@@ -3,7 +3,7 @@
 //! SignalWire callback concerns, and the processing of a callback.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{post, put};
 use axum::Router;
@@ -96,18 +96,13 @@ async fn release(
 }
 
 /// The URL SignalWire called, as it signed it: `BACKEND_URL` (the public base) with the
-/// request's path and query; without it, the `Host` the request names (and the scheme of
-/// `X-Forwarded-Proto` when the proxy is trusted).
-pub fn public_url(state: &AppState, headers: &HeaderMap, uri: &Uri) -> String {
+/// request's path and query. Without `BACKEND_URL` there is none: the URL a request claims
+/// (its `Host`) is the caller's to choose, so a signature made for another application's
+/// URL would verify against it, and SignalWire callbacks are refused instead.
+pub fn public_url(state: &AppState, uri: &Uri) -> Option<String> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(base) = &state.backend_url {
-        return format!("{}{path}", base.trim_end_matches('/'));
-    }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = header("x-forwarded-proto")
-        .filter(|_| state.trust_forwarded_for)
-        .unwrap_or("http");
-    format!("{scheme}://{}{path}", header("host").unwrap_or("localhost"))
+    let base = state.backend_url.as_ref()?;
+    Some(format!("{}{path}", base.trim_end_matches('/')))
 }
 
 /// The tenant owning the number a callback concerns, if any.

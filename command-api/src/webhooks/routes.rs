@@ -102,7 +102,10 @@ async fn signalwire(
     let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let signature = header("x-signalwire-signature").or(header("x-twilio-signature"));
     let json = header("content-type").is_some_and(|t| t.starts_with("application/json"));
-    let url = crate::telephony::routes::public_url(&state, &headers, &uri);
+    let Some(url) = crate::telephony::routes::public_url(&state, &uri) else {
+        let r = Rejection::NotConfigured;
+        return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+    };
     let form: Vec<(String, String)> = if json {
         Vec::new()
     } else {

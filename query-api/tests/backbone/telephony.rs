@@ -552,3 +552,29 @@ async fn a_number_an_sms_and_a_call_live_past_two_snapshot_intervals() {
         .assert_snapshots_crossed(events::telephony::CALL)
         .await;
 }
+
+#[tokio::test]
+async fn without_a_public_url_signalwire_callbacks_are_refused_whatever_host_they_name() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+    config.backend_url = None;
+    let api = env.spawn_command_api(config).await;
+    // Signed for exactly the URL the request names (its own Host): what another application
+    // sharing the signing key, or anyone holding one of its signed callbacks, can produce.
+    let params = inbound("SMhost1", OURS);
+    let claimed = api.url(PATH);
+    let signature = form_signature(&claimed, &params);
+    assert!(signalwire_accepts(&claimed, &params, &signature));
+    let r = env
+        .http
+        .post(&claimed)
+        .header("x-signalwire-signature", &signature)
+        .form(&params)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 401, "not_configured").await;
+    assert_eq!(env.event_count().await, 0, "nothing appended");
+    api.stop().await;
+}
