@@ -52,8 +52,13 @@ pub struct Config {
     /// Codes a client IP may request per hour (`/auth/phone/request`).
     #[arg(long, env = "OTP_REQUESTS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub otp_requests_per_ip_per_hour: i64,
-    /// Take the client IP from the first `X-Forwarded-For` address (only behind a proxy
-    /// that sets it; otherwise clients could choose their own IP).
+    /// Reverse proxies in front of command-api that append to `X-Forwarded-For` (0: the
+    /// header is ignored and the client IP is the socket's peer). With n, the client IP is
+    /// the n-th address from the right: the one the outermost trusted proxy saw; addresses
+    /// further left are the client's to choose.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+    /// Older form of `TRUSTED_PROXY_HOPS=1` (one proxy), used when that is 0.
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
     /// The platform's public base URL, for providers' callbacks (Lyra's `ipnTargetUrl` is
@@ -218,6 +223,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Trusted proxy hops in front of command-api (`TRUSTED_PROXY_HOPS`, or 1 for the older
+    /// `TRUST_FORWARDED_FOR=true`).
+    pub fn proxy_hops(&self) -> usize {
+        match (self.trusted_proxy_hops, self.trust_forwarded_for) {
+            (0, true) => 1,
+            (n, _) => n,
+        }
+    }
+
     /// Access-token lifetime.
     pub fn token_ttl(&self) -> Result<std::time::Duration, ConfigError> {
         crate::values::parse_duration(&self.auth_token_expires_in)

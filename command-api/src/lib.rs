@@ -105,8 +105,8 @@ pub struct AppState {
     pub phone_keys: identity::phone::PhoneKeys,
     /// Codes a client IP may request per hour.
     pub otp_per_ip: i64,
-    /// Whether `X-Forwarded-For` names the client.
-    pub trust_forwarded_for: bool,
+    /// Trusted proxies appending to `X-Forwarded-For` (0: the header is ignored).
+    pub proxy_hops: usize,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
     /// Catalog commands (one aggregate per tenant).
@@ -319,7 +319,7 @@ impl Application {
             whatsapp: Arc::new(config.whatsapp()),
             sealing: config.sealing_key()?,
             otp_per_ip: config.otp_requests_per_ip_per_hour,
-            trust_forwarded_for: config.trust_forwarded_for,
+            proxy_hops: config.proxy_hops(),
             clock,
         };
         if !config.relay_enabled {

@@ -31,6 +31,7 @@ fn help_lists_every_setting() {
         "ADMIN_BOOTSTRAP_PASSWORD",
         "OTP_REQUESTS_PER_IP_PER_HOUR",
         "TRUST_FORWARDED_FOR",
+        "TRUSTED_PROXY_HOPS",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),

@@ -1090,3 +1090,34 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_a_forged_forwarded_for_does_not_escape_the_per_ip_limit() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.otp_requests_per_ip_per_hour = 3;
+    // One reverse proxy, configured the older way.
+    config.trust_forwarded_for = true;
+    let api = env.spawn_command_api(config).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "proxied").await;
+    let request = |n: u32, client: &'static str| {
+        env.http
+            .post(api.url("/auth/phone/request"))
+            // The client wrote the first entry; the proxy appended the address it saw.
+            .header("x-forwarded-for", format!("198.51.100.{n}, {client}"))
+            .json(&json!({"tenant_id": &tenant, "phone": format!("+3361234{n:04}")}))
+            .send()
+    };
+    for n in 1..=3 {
+        assert_eq!(request(n, "203.0.113.7").await.expect("sent").status(), 202);
+    }
+    expect_problem(
+        request(4, "203.0.113.7").await.expect("sent"),
+        429,
+        "rate_limited",
+    )
+    .await;
+    // Another client behind the same proxy has its own allowance.
+    assert_eq!(request(5, "203.0.113.8").await.expect("sent").status(), 202);
+    api.stop().await;
+}
