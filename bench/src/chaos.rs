@@ -558,7 +558,17 @@ async fn inject(
         Fault::KillBetweenCommitAndPublish => {
             tokio::task::block_in_place(|| sandbox.stop_nats())?;
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            report.unpublished_at_kill += audit.unpublished(stack).await?;
+            // The fault is a kill *holding* unpublished events: wait (bounded) until some
+            // commit lands, since the clients may all be retrying an earlier fault's
+            // commands at this moment (a claim left by a PostgreSQL restart is retried for
+            // up to a minute).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            let mut unpublished = audit.unpublished(stack).await?;
+            while unpublished == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                unpublished = audit.unpublished(stack).await?;
+            }
+            report.unpublished_at_kill += unpublished;
             stack.kill(Service::CommandApi);
             tokio::task::block_in_place(|| sandbox.start_nats())?;
             stack.spawn(Service::CommandApi)?;
