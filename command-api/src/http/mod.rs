@@ -130,13 +130,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::whatsapp::routes::router())
         .merge(crate::audio::routes::router())
         .merge(crate::identity::routes::router())
-        .merge(crate::identity::auth::router())
-        .merge(crate::identity::phone_routes::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotency,
         ))
+        // Sign-in routes answer with tokens: never stored as an idempotent answer (a replay
+        // would hand a spent refresh token's successor out again, and the store would hold
+        // tokens in clear), and never cached by anything between (RFC 6749 §5.1).
+        .merge(
+            crate::identity::auth::router()
+                .merge(crate::identity::phone_routes::router())
+                .layer(DefaultBodyLimit::max(max_body_bytes))
+                .layer(middleware::map_response(no_store)),
+        )
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -148,6 +155,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             request::track,
         ))
         .with_state(state)
+}
+
+/// Marks an answer as not to be stored by any cache.
+async fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        axum::http::header::PRAGMA,
+        axum::http::HeaderValue::from_static("no-cache"),
+    );
+    response
 }
 
 /// Ready when PostgreSQL answers and the NATS connection is up.

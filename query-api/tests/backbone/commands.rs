@@ -823,3 +823,34 @@ async fn a_keyed_create_without_an_id_opens_the_tenant_its_key_names() {
     assert_eq!(id, expected.to_string());
     api.stop().await;
 }
+
+#[tokio::test]
+async fn one_resource_is_one_idempotency_scope_whatever_form_its_id_takes() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = crate::support::create_tenant(&env, &api, "one-scope").await;
+    let rename = |path_id: String| {
+        env.http
+            .post(api.url(&format!("/v1/tenants/{path_id}/rename")))
+            .bearer_auth(env.super_admin())
+            .header("idempotency-key", "rename-once")
+            .json(&json!({"name": "Renamed once"}))
+            .send()
+    };
+    let first = rename(id.clone()).await.expect("sent");
+    assert_eq!(first.status(), 200);
+    let before = env.event_count().await;
+    let simple = uuid::Uuid::parse_str(&id)
+        .expect("uuid")
+        .simple()
+        .to_string();
+    let again = rename(simple.to_uppercase()).await.expect("sent");
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.headers()["idempotent-replayed"],
+        "true",
+        "the same key on the same tenant, its id written without hyphens"
+    );
+    assert_eq!(env.event_count().await, before, "nothing appended again");
+    api.stop().await;
+}

@@ -1121,3 +1121,56 @@ async fn behind_a_trusted_proxy_a_forged_forwarded_for_does_not_escape_the_per_i
     assert_eq!(request(5, "203.0.113.8").await.expect("sent").status(), 202);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn token_answers_are_never_stored_or_replayed_and_say_no_store() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let login_keyed = || {
+        env.http
+            .post(api.url("/auth/admin/login"))
+            .header("idempotency-key", "same-key")
+            .json(&json!({"email": ROOT_EMAIL, "password": ROOT_PASSWORD}))
+            .send()
+    };
+    let first = login_keyed().await.expect("sent");
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["cache-control"], "no-store");
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.expect("json");
+    let second = login_keyed().await.expect("sent");
+    assert_eq!(second.status(), 200);
+    assert!(
+        second.headers().get("idempotent-replayed").is_none(),
+        "a second login is a second login"
+    );
+    let second: Value = second.json().await.expect("json");
+    assert_ne!(first["refresh_token"], second["refresh_token"]);
+    // A spent refresh token presented again with the same key is reuse, not a replay: it
+    // revokes the family instead of handing out its successor twice.
+    let refresh_keyed = |token: &Value| {
+        env.http
+            .post(api.url("/auth/admin/refresh"))
+            .header("idempotency-key", "refresh-key")
+            .json(&json!({"refresh_token": token}))
+            .send()
+    };
+    assert_eq!(
+        refresh_keyed(&first["refresh_token"])
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    let reused = refresh_keyed(&first["refresh_token"]).await.expect("sent");
+    assert!(reused.headers().get("idempotent-replayed").is_none());
+    assert_eq!(reused.status(), 401, "reuse detected");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(kept, 0, "no token answer stored");
+    let failed = login(&env, &api, ROOT_EMAIL, "not the password").await;
+    assert_eq!(failed.headers()["cache-control"], "no-store");
+    api.stop().await;
+}
