@@ -155,6 +155,15 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // PostgreSQL text cannot hold NUL: a parameter carrying one names nothing any query
+        // could match, and would otherwise reach the database as an error.
+        let query = parts.uri.query().unwrap_or_default();
+        if query.contains('\0') || query.to_ascii_lowercase().contains("%00") {
+            return Err(Problem::bad_request(
+                "invalid_query",
+                "A query parameter holds a NUL character.",
+            ));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Query(value)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {

@@ -488,3 +488,29 @@ async fn the_audit_of_a_stream_that_changed_tenant_shows_each_tenant_its_own_eve
     }
     query.stop().await;
 }
+
+#[tokio::test]
+async fn a_nul_in_any_query_parameter_is_a_bad_request_not_a_database_error() {
+    let env = TestEnv::new().await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let tenant = Uuid::new_v4().to_string();
+    for path in [
+        format!("/v1/webhooks?payment_id=a%00b&tenant_id={tenant}"),
+        format!("/v1/chat/threads?tenant_id={tenant}&department=Sales%00"),
+        format!("/v1/chat/threads?tenant_id={tenant}&assignee=%00"),
+        "/v1/tenants?q=x%00y".to_owned(),
+    ] {
+        expect_problem(
+            env.http
+                .get(query.url(&path))
+                .bearer_auth(env.super_admin())
+                .send()
+                .await
+                .expect("sent"),
+            400,
+            "invalid_query",
+        )
+        .await;
+    }
+    query.stop().await;
+}
