@@ -52,6 +52,9 @@ pub struct Config {
     /// Codes a client IP may request per hour (`/auth/phone/request`).
     #[arg(long, env = "OTP_REQUESTS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub otp_requests_per_ip_per_hour: i64,
+    /// Anonymous tenant sign-ups a client IP may make per hour (`/v1/tenants/signup`).
+    #[arg(long, env = "SIGNUPS_PER_IP_PER_HOUR", default_value_t = 5)]
+    pub signups_per_ip_per_hour: i64,
     /// Reverse proxies in front of command-api that append to `X-Forwarded-For` (0: the
     /// header is ignored and the client IP is the socket's peer). With n, the client IP is
     /// the n-th address from the right: the one the outermost trusted proxy saw; addresses

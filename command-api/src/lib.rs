@@ -107,6 +107,8 @@ pub struct AppState {
     pub otp_per_ip: i64,
     /// Trusted proxies appending to `X-Forwarded-For` (0: the header is ignored).
     pub proxy_hops: usize,
+    /// Anonymous tenant sign-ups per client IP per hour.
+    pub signups_per_ip: i64,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
     /// Catalog commands (one aggregate per tenant).
@@ -320,6 +322,7 @@ impl Application {
             sealing: config.sealing_key()?,
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             proxy_hops: config.proxy_hops(),
+            signups_per_ip: config.signups_per_ip_per_hour,
             clock,
         };
         if !config.relay_enabled {

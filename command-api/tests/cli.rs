@@ -32,6 +32,7 @@ fn help_lists_every_setting() {
         "OTP_REQUESTS_PER_IP_PER_HOUR",
         "TRUST_FORWARDED_FOR",
         "TRUSTED_PROXY_HOPS",
+        "SIGNUPS_PER_IP_PER_HOUR",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),

@@ -4,6 +4,8 @@
 pub mod error;
 /// `Idempotency-Key` handling.
 pub mod idempotency;
+/// Limits per client (its IP behind proxies, hourly counters).
+pub mod limits;
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
@@ -16,6 +18,7 @@ use uuid::Uuid;
 use super::commands::TenantCommand;
 use super::values;
 use crate::http::idempotency::KeyedRequest;
+use crate::http::limits;
 use crate::http::{accepted, if_match};
 use crate::store::Committed;
 use crate::AppState;
@@ -117,11 +120,32 @@ fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> String {
 
 async fn request_signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     MaybeAuthUser(who): MaybeAuthUser,
     ids: RequestIds,
     keyed: Option<Extension<KeyedRequest>>,
     Json(body): Json<OpenTenant>,
 ) -> Result<Response, Problem> {
+    // Anyone may ask, so each client asks a few times an hour: a sign-up reserves its slug
+    // until it is rejected.
+    let ip = limits::client_ip(&state, peer, &headers);
+    if let Some(retry_after) =
+        limits::over_limit(&state, &format!("signup-ip:{ip}"), state.signups_per_ip)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many sign-ups from this address; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("3600")),
+        ));
+    }
     let id = new_tenant_id(&body, keyed.as_deref());
     let command = TenantCommand::RequestSignup {
         tenant_id: id.clone(),

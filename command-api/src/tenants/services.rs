@@ -24,8 +24,10 @@ pub struct TenantServices {
 /// A reservation is made just before the tenant's first event is appended. If that append
 /// then fails (a store error, or another request opened the same tenant id first with
 /// another slug), the reservation would block the slug forever; so a reservation more than
-/// five minutes old whose tenant was not opened with that slug may be taken over. A rejected
-/// or suspended tenant keeps its slug: the history stays unambiguous.
+/// five minutes old whose tenant was not opened with that slug may be taken over. A
+/// rejected sign-up releases its slug (anyone could otherwise squat any name by asking for
+/// it); a suspended tenant keeps its own. The rejected tenant's events still name the slug,
+/// with its own tenant id, so the history stays unambiguous.
 pub struct PgSlugRegistry {
     /// The command-side pool.
     pub pool: PgPool,
@@ -47,6 +49,10 @@ impl SlugRegistry for PgSlugRegistry {
                                         AND coalesce(e.payload->'Created'->>'slug',
                                                      e.payload->'SignupRequested'->>'slug')
                                             = tenant_slugs.slug))
+                 OR EXISTS (SELECT 1 FROM events e
+                             WHERE e.aggregate_type = 'tenant'
+                               AND e.aggregate_id = tenant_slugs.tenant_id
+                               AND e.event_type = 'Rejected')
              RETURNING tenant_id",
         )
         .bind(slug)

@@ -854,3 +854,41 @@ async fn one_resource_is_one_idempotency_scope_whatever_form_its_id_takes() {
     assert_eq!(env.event_count().await, before, "nothing appended again");
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejected_sign_up_releases_its_slug_and_sign_ups_are_throttled_per_address() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.signups_per_ip_per_hour = 3;
+    let api = env.spawn_command_api(config).await;
+    let signup = |slug: &str| {
+        env.http
+            .post(api.url("/v1/tenants/signup"))
+            .json(&tenant_body(slug))
+            .send()
+    };
+    // A squatter asks for a name it does not own.
+    let squatted = signup("acme").await.expect("sent");
+    assert_eq!(squatted.status(), 201);
+    let squatted: Value = squatted.json().await.expect("json");
+    expect_problem(signup("acme").await.expect("sent"), 409, "slug_taken").await;
+    let reject = env
+        .http
+        .post(api.url(&format!(
+            "/v1/tenants/{}/reject",
+            squatted["id"].as_str().expect("id")
+        )))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"reason": "not theirs"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reject.status(), 200);
+    // Rejected, the name is free for its real owner.
+    assert_eq!(signup("acme").await.expect("sent").status(), 201);
+    // The fourth sign-up of the hour from one address is refused, whatever it asks for.
+    let flood = signup("another-name").await.expect("sent");
+    assert!(flood.headers().contains_key("retry-after"));
+    expect_problem(flood, 429, "rate_limited").await;
+    api.stop().await;
+}

@@ -150,6 +150,7 @@ impl TestEnv {
             admin_bootstrap_password: None,
             otp_requests_per_ip_per_hour: 20,
             trusted_proxy_hops: 0,
+            signups_per_ip_per_hour: 5,
             trust_forwarded_for: false,
             backend_url: None,
             lyra_api_url: "http://127.0.0.1:9".to_owned(),
