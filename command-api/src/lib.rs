@@ -92,6 +92,8 @@ pub struct AppState {
     pub blobs: Arc<dyn ObjectStore>,
     /// Admin-user commands.
     pub admins: Arc<CommandBus<AdminUser>>,
+    /// One password check at a time per admin user.
+    pub password_attempts: identity::attempts::PasswordAttempts,
     /// Refresh-token families.
     pub sessions: Sessions,
     /// Access-token lifetime.
@@ -267,8 +269,10 @@ impl Application {
         let tenants = buses.bus(TenantServices {
             slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
         });
-        let admins =
-            buses.bus(Arc::new(PgIdentity { pool: pool.clone() }) as identity::services::Identity);
+        let admins = buses.bus(Arc::new(PgIdentity {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+        }) as identity::services::Identity);
         if let Some((email, password)) = config.bootstrap_admin()? {
             identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
                 .await
@@ -294,6 +298,7 @@ impl Application {
             blobs,
             admins,
             sessions: Sessions::new(pool.clone(), config.refresh_ttl()?),
+            password_attempts: identity::attempts::PasswordAttempts::new(&pool, 4),
             token_ttl: config.token_ttl()?,
             dummy_hash: Arc::new(dummy_hash),
             phone_logins: buses.bus(()),
@@ -394,7 +399,10 @@ pub async fn create_super_admin(
     MIGRATOR.run(&pool).await?;
     let admins = CommandBus::<AdminUser>::new(
         pool.clone(),
-        Arc::new(PgIdentity { pool: pool.clone() }),
+        Arc::new(PgIdentity {
+            pool: pool.clone(),
+            metrics: Arc::new(Metrics::default()),
+        }),
         config.snapshot_every,
         Arc::new(Notify::new()),
     );

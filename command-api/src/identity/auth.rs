@@ -168,11 +168,17 @@ async fn login(
         at: Utc::now(),
     };
     let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), &ids);
-    let (_, events) = match state
-        .admins
-        .execute_with_events(&user_id, None, command, &metadata)
+    let outcome = state
+        .password_attempts
+        .one_at_a_time(
+            &user_id,
+            state
+                .admins
+                .execute_with_events(&user_id, None, command, &metadata),
+        )
         .await
-    {
+        .map_err(|e| Problem::unavailable(&e))?;
+    let (_, events) = match outcome {
         Ok(outcome) => outcome,
         // An e-mail reserved for a user whose creation never completed.
         Err(crate::store::CommandError::Rejected(super::aggregate::AdminUserError::NotFound)) => {
@@ -370,9 +376,15 @@ async fn change_password(
     };
     let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
     let (_, events) = state
-        .admins
-        .execute_with_events(user_id, None, command, &metadata)
-        .await?;
+        .password_attempts
+        .one_at_a_time(
+            user_id,
+            state
+                .admins
+                .execute_with_events(user_id, None, command, &metadata),
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&e))??;
     // A wrong current password is recorded (it counts toward the lockout) and refused.
     if events
         .iter()

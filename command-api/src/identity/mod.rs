@@ -2,6 +2,8 @@
 
 /// The admin-user aggregate and its rules.
 pub mod aggregate;
+/// One password check at a time per admin user.
+pub mod attempts;
 /// `/auth/admin/*` and `/auth/introspect`.
 pub mod auth;
 /// The first super admin.

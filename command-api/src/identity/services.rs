@@ -57,6 +57,8 @@ pub async fn verify_password(hash: &str, password: &str) -> Result<bool, String>
 pub struct PgIdentity {
     /// Command-side pool.
     pub pool: PgPool,
+    /// Where password checks are counted (`auth_password_checks_total`).
+    pub metrics: Arc<events::http::Metrics>,
 }
 
 #[async_trait]
@@ -110,6 +112,12 @@ impl IdentityServices for PgIdentity {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| e.to_string())?;
+        self.metrics.count(
+            "auth_password_checks_total",
+            "Admin passwords checked (logins and password changes), however they turned out.",
+            &[],
+            1.0,
+        );
         match hash {
             Some(hash) => verify_password(&hash, password).await,
             None => Ok(false),

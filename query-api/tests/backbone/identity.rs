@@ -1174,3 +1174,60 @@ async fn token_answers_are_never_stored_or_replayed_and_say_no_store() {
     assert_eq!(failed.headers()["cache-control"], "no-store");
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_parallel_guesses_gets_no_more_password_checks_than_the_lockout_allows() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let checks = || async {
+        let metrics = env
+            .http
+            .get(api.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("auth_password_checks_total{} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = checks().await;
+    // Eight guesses at once, each through the password-change door.
+    let answers = futures::future::join_all((0..8).map(|n| {
+        env.http
+            .post(api.url("/auth/admin/password"))
+            .bearer_auth(&root)
+            .json(&json!({"current_password": format!("guess {n}"), "new_password": "the next long password"}))
+            .send()
+    }))
+    .await;
+    let codes: Vec<String> = futures::future::join_all(answers.into_iter().map(|a| async {
+        let body: Value = a.expect("sent").json().await.expect("json");
+        body["code"].as_str().unwrap_or_default().to_owned()
+    }))
+    .await;
+    assert_eq!(
+        codes.iter().filter(|c| *c == "forbidden").count(),
+        5,
+        "five guesses checked and refused: {codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| *c == "account_locked").count(),
+        3,
+        "the rest refused unchecked: {codes:?}"
+    );
+    assert_eq!(
+        checks().await - before,
+        5.0,
+        "exactly five passwords checked"
+    );
+    api.stop().await;
+}
