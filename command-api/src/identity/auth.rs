@@ -16,7 +16,7 @@ use chrono::Utc;
 use events::access::{Claims, Principal, Role};
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::identity::{AdminUserEvent, SessionEnd, PLATFORM_TENANT};
+use events::identity::{AdminUserEvent, LoginFailure, SessionEnd, PLATFORM_TENANT};
 use events::Metadata;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -46,14 +46,24 @@ fn invalid_credentials() -> Problem {
     )
 }
 
-/// Counts a refused login by reason (`unknown_email`, `wrong_password`, `locked`, `inactive`).
-fn failed_login(state: &AppState, reason: &str) {
+/// Counts a refused login. `/metrics` answers anyone, so the count says nothing of why
+/// (unknown address, wrong password, locked, deactivated): a reason per attempt would tell
+/// an outsider which addresses have accounts. Why is in the account's events and the logs.
+fn failed_login(state: &AppState) {
     state.metrics.count(
         "auth_login_failures_total",
-        "Refused admin logins, by reason.",
-        &[("reason", reason)],
+        "Refused admin logins (every reason).",
+        &[],
         1.0,
     );
+}
+
+/// Spends the time of a real password check on a login that is refused without one (no
+/// such account, locked, deactivated), so that neither the answer's timing nor the count
+/// of checks tells an outsider which it was.
+async fn decoy_check(state: &AppState, password: &str) {
+    let _ = super::services::verify_password(&state.dummy_hash, password).await;
+    super::services::count_password_check(&state.metrics);
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
@@ -151,19 +161,19 @@ async fn login(
             .map_err(|e| Problem::unavailable(&e))?
     };
     let Some((user_id, tenant)) = found else {
-        // Spend the time a real check takes, so the answer's timing does not tell.
-        let _ = super::services::verify_password(&state.dummy_hash, &body.password).await;
+        decoy_check(&state, &body.password).await;
         // No account, so no stream to record it on: operators see such attempts (credential
         // stuffing) in metrics and logs, the address only as a hash.
-        failed_login(&state, "unknown_email");
+        failed_login(&state);
         let digest = sha2::Sha256::digest(email.as_bytes());
         tracing::warn!(email_sha256 = %hex_prefix(&digest), "login for an unknown e-mail");
         return Err(invalid_credentials());
     };
     let session_id = uuid::Uuid::now_v7().to_string();
+    let password = body.password;
     let command = AdminUserCommand::Login {
         user_id: user_id.clone(),
-        password: body.password,
+        password: password.clone(),
         session_id: session_id.clone(),
         at: Utc::now(),
     };
@@ -190,15 +200,19 @@ async fn login(
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. }))
     {
-        let reason = events
-            .iter()
-            .find_map(|e| match e {
-                AdminUserEvent::LoginFailed { reason, .. } => serde_json::to_value(reason).ok(),
-                _ => None,
-            })
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        failed_login(&state, &reason);
+        let checked = events.iter().any(|e| {
+            matches!(
+                e,
+                AdminUserEvent::LoginFailed {
+                    reason: LoginFailure::WrongPassword,
+                    ..
+                }
+            )
+        });
+        if !checked {
+            decoy_check(&state, &password).await;
+        }
+        failed_login(&state);
         return Err(invalid_credentials());
     }
     let user = state.admins.load(&user_id).await?;
@@ -390,7 +404,7 @@ async fn change_password(
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginFailed { .. }))
     {
-        failed_login(&state, "wrong_password");
+        failed_login(&state);
         return Err(AdminUserError::WrongPassword.problem());
     }
     Ok(StatusCode::NO_CONTENT.into_response())

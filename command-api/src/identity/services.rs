@@ -53,6 +53,16 @@ pub async fn verify_password(hash: &str, password: &str) -> Result<bool, String>
     .map_err(|e| e.to_string())?
 }
 
+/// Counts one password check (a real one, or a login's decoy that spends the same time).
+pub fn count_password_check(metrics: &events::http::Metrics) {
+    metrics.count(
+        "auth_password_checks_total",
+        "Admin password checks (logins, including decoys for refused ones, and password changes).",
+        &[],
+        1.0,
+    );
+}
+
 /// The tables of migration 0006.
 pub struct PgIdentity {
     /// Command-side pool.
@@ -112,12 +122,7 @@ impl IdentityServices for PgIdentity {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| e.to_string())?;
-        self.metrics.count(
-            "auth_password_checks_total",
-            "Admin passwords checked (logins and password changes), however they turned out.",
-            &[],
-            1.0,
-        );
+        count_password_check(&self.metrics);
         match hash {
             Some(hash) => verify_password(&hash, password).await,
             None => Ok(false),
