@@ -407,6 +407,14 @@ async fn change_password(
         failed_login(&state);
         return Err(AdminUserError::WrongPassword.problem());
     }
+    // Reset e-mails sent before the change no longer set a password.
+    sqlx::query(
+        "UPDATE admin_password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -511,10 +519,18 @@ async fn complete_password_reset(
             "the password must be 10 to 128 characters",
         ));
     }
+    // Spending one token spends every other outstanding token of the user: an older reset
+    // e-mail must not set the password again after a newer one did.
     let user_id: Option<String> = sqlx::query_scalar(
-        "UPDATE admin_password_resets SET used_at = now()
-          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-          RETURNING user_id",
+        "WITH spent AS (
+             UPDATE admin_password_resets SET used_at = now()
+              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+              RETURNING user_id),
+         others AS (
+             UPDATE admin_password_resets SET used_at = now()
+              WHERE user_id IN (SELECT user_id FROM spent)
+                AND token_hash <> $1 AND used_at IS NULL)
+         SELECT user_id FROM spent",
     )
     .bind(super::sessions::hash(&body.token))
     .fetch_optional(&state.pool)

@@ -1041,6 +1041,15 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
         .await
         .expect("sent");
     assert_eq!(issued.status(), 202);
+    // A second e-mail, as when the user asks again.
+    let issued_again = env
+        .http
+        .post(api.url(&format!("/v1/admin-users/{id}/password-reset")))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(issued_again.status(), 202);
     let inbox = env
         .get_json(
             &query.url("/v1/dev/inbox?recipient=forgetful%40acme.io"),
@@ -1048,11 +1057,15 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
         )
         .await;
     assert_eq!(inbox["items"][0]["channel"], "email");
-    let token = inbox["items"][0]["body"]
-        .as_str()
-        .and_then(|b| b.rsplit(' ').next())
-        .expect("a token")
-        .to_owned();
+    let token_in = |n: usize| {
+        inbox["items"][n]["body"]
+            .as_str()
+            .and_then(|b| b.rsplit(' ').next())
+            .expect("a token")
+            .to_owned()
+    };
+    let (token, other_token) = (token_in(0), token_in(1));
+    assert_ne!(token, other_token);
     let reset = |token: &str, password: &str| {
         env.http
             .post(api.url("/auth/admin/password-reset"))
@@ -1075,6 +1088,15 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
     );
     expect_problem(
         reset(&token, "and once more please").await.expect("sent"),
+        401,
+        "invalid_reset_token",
+    )
+    .await;
+    // The other e-mail's token was spent with it.
+    expect_problem(
+        reset(&other_token, "an older link, used late")
+            .await
+            .expect("sent"),
         401,
         "invalid_reset_token",
     )
