@@ -148,6 +148,9 @@ pub enum TokenError {
     Invalid,
 }
 
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
+const LEEWAY_SECS: i64 = 5;
+
 /// Verifies (and, for tests and the identity service, issues) tokens.
 #[derive(Clone)]
 pub struct TokenKeys {
@@ -169,7 +172,8 @@ impl TokenKeys {
     /// Keys from the shared secret.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS as u64;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -186,6 +190,10 @@ impl TokenKeys {
                 _ => TokenError::Invalid,
             })?;
         let c = data.claims;
+        // Issued in the future (beyond the clock skew allowed): not a token this platform made.
+        if c.iat > chrono::Utc::now().timestamp() + LEEWAY_SECS {
+            return Err(TokenError::Invalid);
+        }
         match (c.role, c.kind.as_deref()) {
             (Some(role), None) => Ok(Principal::Admin {
                 user_id: c.sub,
@@ -283,6 +291,38 @@ mod tests {
         let keys = TokenKeys::new("secret");
         let t = keys.admin_token("u1", None, Role::SuperAdmin, -60);
         assert_eq!(keys.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_token_issued_or_valid_only_in_the_future_is_invalid() {
+        let keys = TokenKeys::new("secret");
+        let now = chrono::Utc::now().timestamp();
+        let claims = |iat: i64| Claims {
+            sub: "u1".into(),
+            tenant_id: None,
+            role: Some(Role::SuperAdmin),
+            kind: None,
+            iat,
+            exp: now + 3600,
+            jti: None,
+            sid: None,
+        };
+        assert_eq!(
+            keys.verify(&keys.sign(&claims(now + 600))),
+            Err(TokenError::Invalid),
+            "issued ten minutes from now"
+        );
+        assert!(keys.verify(&keys.sign(&claims(now))).is_ok());
+        // `nbf` is not a claim the platform issues, but one it honours.
+        let mut raw = serde_json::to_value(claims(now)).expect("json");
+        raw["nbf"] = serde_json::json!(now + 600);
+        let early = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &raw,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .expect("signed");
+        assert_eq!(keys.verify(&early), Err(TokenError::Invalid));
     }
 
     #[test]
