@@ -58,10 +58,43 @@ async fn watch() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, watch_policy()),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         WATCH_PAGE,
     )
         .into_response()
+}
+
+/// The page's content security policy: its own inline script and style (by their SHA-256,
+/// so no injected script runs), requests to this origin only, never inside a frame.
+fn watch_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let inline = |tag: &str| -> String {
+            let open = format!("<{tag}>");
+            let close = format!("</{tag}>");
+            let body = WATCH_PAGE
+                .split_once(open.as_str())
+                .and_then(|(_, rest)| rest.split_once(close.as_str()))
+                .map_or("", |(body, _)| body);
+            let digest = Sha256::digest(body.as_bytes());
+            format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            inline("script"),
+            inline("style")
+        )
+    })
 }
 
 /// What pusher-js needs to connect.

@@ -233,8 +233,29 @@ async fn the_authorizer_signs_as_the_pusher_library_and_refuses_strangers() {
         .to_str()
         .unwrap_or_default()
         .starts_with("text/html"));
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     let page = page.text().await.expect("text");
     assert!(page.contains("/v1/stream") && page.contains("/v1/chat/threads/"));
+    // Only the page's own inline script may run (by its hash), and never in a frame.
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(body, _)| body)
+        .expect("an inline script");
+    let hash = crate::support::py(
+        "import sys, hashlib, base64\nprint(base64.b64encode(hashlib.sha256(sys.stdin.read().encode()).digest()).decode())",
+        script,
+        &[],
+    );
+    assert!(
+        policy.contains(&format!("script-src 'sha256-{hash}'")),
+        "{policy}"
+    );
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("default-src 'none'"));
 
     projector.abort();
     query.stop().await;
