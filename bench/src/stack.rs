@@ -176,6 +176,7 @@ impl Stack {
             .env("NATS_STREAM", &self.stream)
             .env("NATS_SUBJECT_PREFIX", &self.prefix)
             .env("NEST_AUTH_SECRET", SECRET)
+            .env("ALLOW_DEV_SECRETS", "true")
             .env("HOST", "127.0.0.1")
             .env("PORT", self.command_port.to_string())
             .env("QUERY_PORT", self.query_port.to_string())

@@ -125,6 +125,10 @@ pub struct Config {
     /// Verify token of the platform's own Meta app (sessions' verify tokens are accepted too).
     #[arg(long, env = "WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
     pub whatsapp_verify_token: Option<String>,
+    /// Accept secrets that are empty, short or a published default (development only;
+    /// `scripts/up` sets it). Without it the service refuses to start with one.
+    #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_dev_secrets: bool,
     /// Key provider credentials are sealed with (any string; the same in the projector).
     /// Derived from the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
@@ -223,6 +227,10 @@ pub enum ConfigError {
     /// Only one of the two bootstrap settings is set.
     #[error("set both ADMIN_BOOTSTRAP_EMAIL and ADMIN_BOOTSTRAP_PASSWORD, or neither")]
     HalfBootstrap,
+    /// A secret is empty, short or a published default (and development secrets are not
+    /// allowed).
+    #[error("{0}")]
+    WeakSecret(String),
 }
 
 impl Config {
@@ -276,6 +284,21 @@ impl Config {
             .or(self.nextauth_secret.as_deref())
             .filter(|s| !s.is_empty())
             .ok_or(ConfigError::NoSecret)
+    }
+
+    /// Refuses weak secrets outside development ([`events::access::check_secrets`]).
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        events::access::check_secrets(
+            &[
+                (
+                    "NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
+                    Some(self.auth_secret()?),
+                ),
+                ("CREDENTIALS_KEY", self.credentials_key.as_deref()),
+            ],
+            self.allow_dev_secrets,
+        )
+        .map_err(ConfigError::WeakSecret)
     }
 
     /// The Lyra account, when its shop id and password are set.

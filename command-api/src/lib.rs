@@ -242,9 +242,11 @@ impl Application {
         config: Config,
         clock: Arc<dyn events::clock::Clock>,
     ) -> Result<Self, StartError> {
+        let database_url = config.database_url()?;
+        config.check_secrets()?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
-            .connect(config.database_url()?)
+            .connect(database_url)
             .await?;
         MIGRATOR.run(&pool).await?;
         let nats = async_nats::connect(&config.nats_url)

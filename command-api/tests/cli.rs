@@ -33,6 +33,7 @@ fn help_lists_every_setting() {
         "TRUST_FORWARDED_FOR",
         "TRUSTED_PROXY_HOPS",
         "SIGNUPS_PER_IP_PER_HOUR",
+        "ALLOW_DEV_SECRETS",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),
@@ -55,4 +56,44 @@ fn start_without_a_database_fails_with_a_clear_message() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("set DATABASE_URL (or NEON_PG_CONN)"));
+}
+
+#[test]
+fn start_with_a_published_or_short_secret_is_refused_outside_development() {
+    let start = |envs: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_command-api"));
+        command.env_clear().env(
+            "DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/none?connect_timeout=1&sslmode=nonsense",
+        );
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let out = command.output().expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let refused = start(&[("NEST_AUTH_SECRET", "dev-secret-change-me")]);
+    assert!(
+        refused.contains("NEST_AUTH_SECRET (or NEXTAUTH_SECRET) is a published default"),
+        "{refused}"
+    );
+    let long = "k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe";
+    let weak_key = start(&[
+        ("NEST_AUTH_SECRET", long),
+        ("CREDENTIALS_KEY", "dev-credentials-key-change-me"),
+    ]);
+    assert!(
+        weak_key.contains("CREDENTIALS_KEY is a published default"),
+        "{weak_key}"
+    );
+    // Strong secrets, or development allowed: it gets as far as the unreachable database.
+    for envs in [
+        vec![("NEST_AUTH_SECRET", long)],
+        vec![("NEST_AUTH_SECRET", "s"), ("ALLOW_DEV_SECRETS", "true")],
+    ] {
+        let out = start(&envs);
+        assert!(!out.contains("secret") || out.contains("database"), "{out}");
+        assert!(out.contains("database"), "{out}");
+    }
 }

@@ -148,6 +148,39 @@ pub enum TokenError {
     Invalid,
 }
 
+/// Why `value` cannot serve as a secret outside development, if it cannot: empty, a
+/// published default (the development defaults all say `change-me`), or shorter than 32
+/// characters (an HMAC key or a key-derivation input needs the entropy).
+pub fn weak_secret(value: &str) -> Option<&'static str> {
+    let lowered = value.to_ascii_lowercase();
+    if value.trim().is_empty() {
+        Some("empty")
+    } else if lowered.contains("change-me") || lowered.contains("changeme") {
+        Some("a published default")
+    } else if value.chars().count() < 32 {
+        Some("shorter than 32 characters")
+    } else {
+        None
+    }
+}
+
+/// Checks the named secrets a service was given (`None`: not set, nothing to check) and
+/// names the first weak one, unless development secrets are allowed (`ALLOW_DEV_SECRETS`).
+pub fn check_secrets(secrets: &[(&str, Option<&str>)], allow_dev: bool) -> Result<(), String> {
+    if allow_dev {
+        return Ok(());
+    }
+    for (name, value) in secrets {
+        if let Some(why) = value.and_then(weak_secret) {
+            return Err(format!(
+                "{name} is {why}: set a random value of 32 or more characters \
+                 (ALLOW_DEV_SECRETS=true accepts it on a development machine)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
 const LEEWAY_SECS: i64 = 5;
 
@@ -323,6 +356,31 @@ mod tests {
         )
         .expect("signed");
         assert_eq!(keys.verify(&early), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn defaults_short_and_empty_secrets_are_refused_unless_development_allows_them() {
+        assert_eq!(weak_secret(""), Some("empty"));
+        assert_eq!(
+            weak_secret("dev-secret-change-me"),
+            Some("a published default")
+        );
+        assert_eq!(
+            weak_secret("test-secret-of-the-backbone"),
+            Some("shorter than 32 characters")
+        );
+        assert_eq!(weak_secret("k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe"), None);
+        let given = [
+            ("NEST_AUTH_SECRET", Some("k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe")),
+            ("CREDENTIALS_KEY", None),
+            ("SOKETI_APP_SECRET", Some("dev-soketi-secret-change-me")),
+        ];
+        let refused = check_secrets(&given, false).expect_err("refused");
+        assert!(
+            refused.starts_with("SOKETI_APP_SECRET is a published default"),
+            "{refused}"
+        );
+        assert_eq!(check_secrets(&given, true), Ok(()));
     }
 
     #[test]

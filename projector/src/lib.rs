@@ -110,6 +110,10 @@ pub struct Config {
     /// Pusher app key of the Soketi app.
     #[arg(long, env = "SOKETI_APP_KEY", global = true)]
     pub soketi_app_key: Option<String>,
+    /// Accept secrets that are empty, short or a published default (development only;
+    /// `scripts/up` sets it). Without it the service refuses to start with one.
+    #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub allow_dev_secrets: bool,
     /// Pusher app secret of the Soketi app (signs HTTP API requests).
     #[arg(long, env = "SOKETI_APP_SECRET", global = true, hide_env_values = true)]
     pub soketi_app_secret: Option<String>,
@@ -298,6 +302,18 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
+    events::access::check_secrets(
+        &[
+            (
+                "NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
+                config.auth_secret(),
+            ),
+            ("CREDENTIALS_KEY", config.credentials_key.as_deref()),
+            ("SOKETI_APP_SECRET", config.soketi_app_secret.as_deref()),
+        ],
+        config.allow_dev_secrets,
+    )
+    .map_err(Error::Config)?;
     let pool = config.pool().await?;
     let client = async_nats::connect(&config.nats_url)
         .await

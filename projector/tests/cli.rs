@@ -17,6 +17,7 @@ fn help_lists_every_setting_and_subcommand() {
         "[env: NATS_SUBJECT_PREFIX",
         "[env: PROJECTOR_MAX_DELIVER",
         "[env: PROJECTOR_BATCH",
+        "[env: ALLOW_DEV_SECRETS",
         "run",
         "rebuild",
         "list",

@@ -45,6 +45,10 @@ pub struct Config {
     /// Pusher app key of the Soketi app (public; clients connect with it).
     #[arg(long, env = "SOKETI_APP_KEY")]
     pub soketi_app_key: Option<String>,
+    /// Accept secrets that are empty, short or a published default (development only;
+    /// `scripts/up` sets it). Without it the service refuses to start with one.
+    #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_dev_secrets: bool,
     /// Pusher app secret of the Soketi app (signs channel subscriptions).
     #[arg(long, env = "SOKETI_APP_SECRET", hide_env_values = true)]
     pub soketi_app_secret: Option<String>,

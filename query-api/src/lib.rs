@@ -105,6 +105,9 @@ pub enum StartError {
     /// The listener could not bind.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A secret is empty, short or a published default.
+    #[error("{0}")]
+    WeakSecret(String),
 }
 
 /// Every route, with the shared middleware.
@@ -153,6 +156,14 @@ impl Application {
         let secret = config.auth_secret().ok_or(StartError::Config(
             "set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
         ))?;
+        events::access::check_secrets(
+            &[
+                ("NEST_AUTH_SECRET (or NEXTAUTH_SECRET)", Some(secret)),
+                ("SOKETI_APP_SECRET", config.soketi_app_secret.as_deref()),
+            ],
+            config.allow_dev_secrets,
+        )
+        .map_err(StartError::WeakSecret)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect(url)

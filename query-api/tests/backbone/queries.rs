@@ -381,6 +381,7 @@ fn help_lists_every_setting() {
         "QUERY_PORT",
         "READ_WAIT_MS",
         "DEV_INBOX_ENABLED",
+        "ALLOW_DEV_SECRETS",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),
@@ -513,4 +514,31 @@ async fn a_nul_in_any_query_parameter_is_a_bad_request_not_a_database_error() {
         .await;
     }
     query.stop().await;
+}
+
+#[test]
+fn query_api_refuses_a_published_or_short_secret_outside_development() {
+    let start = |secret: &str, dev: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_query-api"))
+            .env_clear()
+            .env(
+                "DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/none?connect_timeout=1&sslmode=nonsense",
+            )
+            .env("NEST_AUTH_SECRET", secret)
+            .env("ALLOW_DEV_SECRETS", dev)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let refused = start("dev-secret-change-me", "false");
+    assert!(
+        refused.contains("NEST_AUTH_SECRET (or NEXTAUTH_SECRET) is a published default"),
+        "{refused}"
+    );
+    assert!(start("short", "false").contains("shorter than 32 characters"));
+    // Allowed on a development machine: it gets as far as the (unreachable) database.
+    let allowed = start("dev-secret-change-me", "true");
+    assert!(!allowed.contains("published default"), "{allowed}");
 }

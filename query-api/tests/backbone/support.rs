@@ -167,6 +167,7 @@ impl TestEnv {
             whatsapp_app_secret: Vec::new(),
             whatsapp_verify_token: None,
             credentials_key: None,
+            allow_dev_secrets: true,
             command: None,
         }
     }
@@ -191,6 +192,7 @@ impl TestEnv {
             realtime_auth_endpoint: "/realtime/auth".to_owned(),
             nats_url: nats_url(),
             realtime_subject_prefix: format!("rt{}", self.prefix),
+            allow_dev_secrets: true,
         }
     }
 
@@ -217,6 +219,7 @@ impl TestEnv {
             whatsapp_bridge_stream: format!("{}_BRIDGE", self.stream),
             whatsapp_bridge_subject_prefix: format!("{}_bridge", self.prefix),
             credentials_key: None,
+            allow_dev_secrets: true,
             command: None,
         }
     }
