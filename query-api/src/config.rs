@@ -36,6 +36,10 @@ pub struct Config {
     /// Longest a read waits for a projection to reach a requested version, in milliseconds.
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000)]
     pub read_wait_ms: u64,
+    /// Open `/v1/stream` connections one user (staff member or customer) may hold in this
+    /// process; more are refused with 429 until one closes.
+    #[arg(long, env = "STREAMS_PER_USER", default_value_t = 5)]
+    pub streams_per_user: usize,
     /// Folder of the blob store (the same as command-api's): WhatsApp files are served from it.
     #[arg(long, env = "BLOB_DIR", default_value = "./data/blobs")]
     pub blob_dir: std::path::PathBuf,

@@ -168,7 +168,7 @@ impl Application {
             .max_connections(config.db_max_connections)
             .connect(url)
             .await?;
-        let hub = stream::Hub::new();
+        let hub = stream::Hub::new(config.streams_per_user);
         hub.follow(
             config.nats_url.clone(),
             config.realtime_subject_prefix.clone(),

@@ -64,15 +64,56 @@ pub struct Hub {
     /// Set when the server shuts down: open streams end, so a graceful shutdown does not
     /// wait for clients that never hang up.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Open streams per user, and how many one user may hold: each holds a subscription and
+    /// checks every event against its viewer, so one token holding hundreds slowed every
+    /// other tenant's reads.
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    /// The cap.
+    per_user: usize,
+}
+
+/// One user's claim on an open stream; dropping it (the stream ended) gives it back.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock() {
+            if let Some(n) = open.get_mut(&self.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.user);
+                }
+            }
+        }
+    }
 }
 
 impl Hub {
     /// A hub with nothing received yet.
-    pub fn new() -> Arc<Self> {
+    pub fn new(per_user: usize) -> Arc<Self> {
         Arc::new(Self {
             live: broadcast::channel(LAG).0,
             recent: Mutex::new((VecDeque::new(), 0)),
             closing: tokio::sync::watch::channel(false).0,
+            open: Arc::new(Mutex::new(HashMap::new())),
+            per_user: per_user.max(1),
+        })
+    }
+
+    /// A slot for one more stream of `user`, unless they hold as many as allowed.
+    fn claim(&self, user: String) -> Option<StreamSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(user.clone()).or_insert(0);
+        if *n >= self.per_user {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            user,
         })
     }
 
@@ -284,6 +325,8 @@ struct Open {
     replayed_to: Option<u64>,
     /// A `reset` is owed first.
     reset: bool,
+    /// Counts this stream against its user's cap while it is open.
+    _slot: StreamSlot,
 }
 
 async fn stream(
@@ -294,6 +337,17 @@ async fn stream(
     if matches!(who, Principal::Service { .. }) {
         return Err(Problem::forbidden("Streams are for staff and customers."));
     }
+    let user = match &who {
+        Principal::Phone { tenant_id, user_id } => format!("phone:{tenant_id}:{user_id}"),
+        other => format!("admin:{}", other.user_id()),
+    };
+    let slot = state.hub.claim(user).ok_or_else(|| {
+        Problem::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            "This user holds as many open streams as allowed; close one first.",
+        )
+    })?;
     // The extractor verified the token; its `exp` bounds the stream.
     let exp = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -324,6 +378,7 @@ async fn stream(
         replay,
         replayed_to,
         reset: owed_reset,
+        _slot: slot,
     };
     let events = futures::stream::unfold(open, |mut open| async move {
         if open.reset {
@@ -375,7 +430,7 @@ mod tests {
 
     #[test]
     fn resume_replays_what_followed_and_a_gap_forgets_the_window() {
-        let hub = Hub::new();
+        let hub = Hub::new(5);
         for id in ["a", "b", "c"] {
             hub.receive(event(id));
         }

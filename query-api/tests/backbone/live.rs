@@ -542,3 +542,43 @@ async fn sse_streams_what_the_token_may_see_and_resumes_after_last_event_id() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn one_user_holds_at_most_the_allowed_streams_and_others_are_unaffected() {
+    let env = TestEnv::new().await;
+    let mut config = env.query_config();
+    config.streams_per_user = 3;
+    let query = env.spawn_query_api(config).await;
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let customer = env.phone_user(&tenant, "greedy");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Stream::open(&env, &query, &customer, None).await);
+    }
+    let refused = env
+        .http
+        .get(query.url("/v1/stream"))
+        .bearer_auth(&customer)
+        .send()
+        .await
+        .expect("sent");
+    crate::support::expect_problem(refused, 429, "too_many_streams").await;
+    // Another user of the same tenant, and staff, still get theirs.
+    let _neighbour = Stream::open(&env, &query, &env.phone_user(&tenant, "other"), None).await;
+    let _agent = Stream::open(&env, &query, &env.agent_of(&tenant), None).await;
+    // A stream that ends gives its place back (the server notices at its next write, at
+    // most one keep-alive later).
+    drop(held.pop());
+    eventually(Duration::from_secs(30), "a place freed", || async {
+        let r = env
+            .http
+            .get(query.url("/v1/stream"))
+            .bearer_auth(&customer)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    query.stop().await;
+}

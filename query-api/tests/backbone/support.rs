@@ -182,6 +182,7 @@ impl TestEnv {
             host: [127, 0, 0, 1].into(),
             port: 0,
             read_wait_ms: 2000,
+            streams_per_user: 5,
             blob_dir: self.blob_dir.clone(),
             dev_inbox_enabled: true,
             soketi_app_key: Some(SOKETI_KEY.to_owned()),
