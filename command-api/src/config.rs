@@ -52,6 +52,9 @@ pub struct Config {
     /// Codes a client IP may request per hour (`/auth/phone/request`).
     #[arg(long, env = "OTP_REQUESTS_PER_IP_PER_HOUR", default_value_t = 20)]
     pub otp_requests_per_ip_per_hour: i64,
+    /// Audio files one user (staff member or chatbot user) may upload per hour.
+    #[arg(long, env = "AUDIO_UPLOADS_PER_USER_PER_HOUR", default_value_t = 30)]
+    pub audio_uploads_per_user_per_hour: i64,
     /// Anonymous tenant sign-ups a client IP may make per hour (`/v1/tenants/signup`).
     #[arg(long, env = "SIGNUPS_PER_IP_PER_HOUR", default_value_t = 5)]
     pub signups_per_ip_per_hour: i64,

@@ -111,6 +111,8 @@ pub struct AppState {
     pub proxy_hops: usize,
     /// Anonymous tenant sign-ups per client IP per hour.
     pub signups_per_ip: i64,
+    /// Audio uploads per user per hour.
+    pub audio_uploads_per_user: i64,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
     /// Catalog commands (one aggregate per tenant).
@@ -330,6 +332,7 @@ impl Application {
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             proxy_hops: config.proxy_hops(),
             signups_per_ip: config.signups_per_ip_per_hour,
+            audio_uploads_per_user: config.audio_uploads_per_user_per_hour,
             clock,
         };
         if !config.relay_enabled {

@@ -34,6 +34,7 @@ fn help_lists_every_setting() {
         "TRUSTED_PROXY_HOPS",
         "SIGNUPS_PER_IP_PER_HOUR",
         "ALLOW_DEV_SECRETS",
+        "AUDIO_UPLOADS_PER_USER_PER_HOUR",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),

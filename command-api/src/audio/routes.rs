@@ -5,7 +5,7 @@
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -29,6 +29,7 @@ use crate::chat::commands::{Action, ThreadCommand};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
 use crate::http::idempotency::KeyedRequest;
+use crate::http::limits;
 use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
 use crate::AppState;
@@ -88,6 +89,38 @@ fn upload_tenant(who: &Principal, asked: Option<Uuid>) -> Result<String, Problem
     }
 }
 
+/// Bytes read before the declared type is checked against the content.
+const SNIFF_BYTES: usize = 12;
+
+/// Whether a file starting with `prefix` is of `content_type`, by the signature each audio
+/// container begins with (a file shorter than [`SNIFF_BYTES`] is checked as it is). The
+/// declared type is the client's word; the file is stored under it, served under it and
+/// sent for paid transcription, so HTML or an executable declared as audio is refused.
+fn looks_like(content_type: &str, prefix: &[u8]) -> bool {
+    let at = |offset: usize, magic: &[u8]| prefix.get(offset..offset + magic.len()) == Some(magic);
+    match content_type {
+        // An ID3 tag, or straight into an MPEG audio frame (11 sync bits).
+        "audio/mpeg" => {
+            at(0, b"ID3") || (prefix.len() >= 2 && prefix[0] == 0xFF && prefix[1] & 0xE0 == 0xE0)
+        }
+        "audio/wav" | "audio/x-wav" | "audio/wave" => at(0, b"RIFF") && at(8, b"WAVE"),
+        "audio/ogg" => at(0, b"OggS"),
+        // An EBML header.
+        "audio/webm" => at(0, &[0x1A, 0x45, 0xDF, 0xA3]),
+        // An ISO base media file: its first box is `ftyp`.
+        "audio/mp4" => at(4, b"ftyp"),
+        _ => false,
+    }
+}
+
+fn not_that_audio() -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "audio_content_mismatch",
+        "The file's content is not the audio format its type declares.",
+    )
+}
+
 fn too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -145,6 +178,28 @@ async fn upload(
             "Audio is MP3 (audio/mpeg), WAV, Ogg, WebM or MP4 (audio/mp4).",
         ));
     };
+    // Each upload is stored and may be sent for paid transcription: a user uploads so many
+    // an hour, whoever they are.
+    let bucket = format!(
+        "audio-uploads:{}:{}",
+        who.actor_kind().as_str(),
+        who.user_id()
+    );
+    if let Some(retry_after) = limits::over_limit(&state, &bucket, state.audio_uploads_per_user)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many uploads this hour; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("3600")),
+        ));
+    }
     let id = keyed
         .as_deref()
         .map(KeyedRequest::derived_id)
@@ -162,6 +217,8 @@ async fn upload(
     let mut writer = object_store::WriteMultipart::new(upload);
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
+    // The file's first bytes, until they show whether it is what it says it is.
+    let mut head: Option<Vec<u8>> = Some(Vec::with_capacity(SNIFF_BYTES));
     loop {
         let chunk = match field.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -179,6 +236,18 @@ async fn upload(
             while let Ok(Some(_)) = field.chunk().await {}
             return Err(too_large());
         }
+        if let Some(prefix) = head.as_mut() {
+            let wanted = SNIFF_BYTES - prefix.len();
+            prefix.extend_from_slice(&chunk[..chunk.len().min(wanted)]);
+            if prefix.len() == SNIFF_BYTES {
+                if !looks_like(&content_type, prefix) {
+                    let _ = writer.abort().await;
+                    while let Ok(Some(_)) = field.chunk().await {}
+                    return Err(not_that_audio());
+                }
+                head = None;
+            }
+        }
         hasher.update(&chunk);
         writer.write(&chunk);
     }
@@ -188,6 +257,10 @@ async fn upload(
             "empty_file",
             "The audio file is empty.",
         ));
+    }
+    if head.is_some_and(|prefix| !looks_like(&content_type, &prefix)) {
+        let _ = writer.abort().await;
+        return Err(not_that_audio());
     }
     writer
         .finish()
@@ -456,5 +529,41 @@ pub(crate) async fn process_webhook(
             tracing::warn!(error = %e, "audio command failed");
             Processing::Retry("event store unavailable".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod sniffing_tests {
+    use super::looks_like;
+
+    #[test]
+    fn each_audio_type_is_known_by_its_signature_and_html_is_none_of_them() {
+        let html = b"<!doctype html><script>alert(1)</script>";
+        for (content_type, good) in [
+            (
+                "audio/mpeg",
+                &b"ID3\x04\x00\x00\x00\x00\x00\x00\x00\x00"[..],
+            ),
+            (
+                "audio/mpeg",
+                &[0xFF, 0xFB, 0x90, 0x64, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            ),
+            ("audio/wav", &b"RIFF\x24\x08\x00\x00WAVE"[..]),
+            ("audio/x-wav", &b"RIFF\x24\x08\x00\x00WAVE"[..]),
+            ("audio/ogg", &b"OggS\x00\x02\x00\x00\x00\x00\x00\x00"[..]),
+            (
+                "audio/webm",
+                &[0x1A, 0x45, 0xDF, 0xA3, 0x9F, 0x42, 0x86, 0x81, 1, 0, 0, 0][..],
+            ),
+            ("audio/mp4", &b"\x00\x00\x00\x20ftypM4A "[..]),
+        ] {
+            assert!(looks_like(content_type, good), "{content_type}");
+            assert!(!looks_like(content_type, html), "HTML as {content_type}");
+        }
+        assert!(
+            !looks_like("audio/wav", b"RIFF\x24\x08\x00\x00AVI "),
+            "another RIFF"
+        );
+        assert!(!looks_like("audio/ogg", b"Og"), "too short to tell");
     }
 }

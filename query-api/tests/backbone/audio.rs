@@ -72,6 +72,15 @@ impl Studio {
     }
 
     async fn upload(&self, token: &str, bytes: Vec<u8>, content_type: &str) -> reqwest::Response {
+        self.upload_as(token, bytes, content_type).await
+    }
+
+    async fn upload_as(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> reqwest::Response {
         let part = reqwest::multipart::Part::bytes(bytes)
             .file_name("note")
             .mime_str(content_type)
@@ -176,12 +185,28 @@ fn transcript_json(status: &str) -> Value {
     })
 }
 
+/// `len` bytes of a file of `content_type`: its container's signature, then filler.
+fn audio_file(content_type: &str, len: usize, filler: u8) -> Vec<u8> {
+    let signature: &[u8] = match content_type {
+        "audio/mpeg" => b"ID3\x04\x00\x00\x00\x00\x00\x00",
+        "audio/wav" => b"RIFF\x24\x08\x00\x00WAVEfmt ",
+        "audio/ogg" => b"OggS\x00\x02\x00\x00",
+        "audio/webm" => &[0x1A, 0x45, 0xDF, 0xA3],
+        "audio/mp4" => b"\x00\x00\x00\x20ftypM4A ",
+        other => panic!("no sample for {other}"),
+    };
+    let mut bytes = signature.to_vec();
+    bytes.resize(len.max(signature.len()), filler);
+    bytes
+}
+
 #[tokio::test]
 async fn an_upload_is_transcribed_once_and_its_transcript_posted_in_a_thread() {
     let assemblyai = MockServer::start().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock).await;
-    let audio: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut audio: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    audio[..10].copy_from_slice(&audio_file("audio/mpeg", 10, 0));
     let r = studio
         .upload(&studio.admin, audio.clone(), "audio/mpeg")
         .await;
@@ -361,7 +386,7 @@ async fn an_assemblyai_outage_is_retried_then_fails_visibly() {
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let r = studio
-        .upload(&studio.admin, vec![1, 2, 3], "audio/wav")
+        .upload(&studio.admin, audio_file("audio/wav", 64, 1), "audio/wav")
         .await;
     let id = r.json::<Value>().await.expect("json")["id"]
         .as_str()
@@ -423,7 +448,25 @@ async fn uploads_are_limited_typed_and_private() {
         "empty_file",
     )
     .await;
-    let too_big = vec![0u8; 100 * 1024 * 1024 + 1];
+    // A page declared as audio: stored nowhere, sent nowhere.
+    let page = b"<!doctype html><html><script>document.location='//evil.example'</script></html>";
+    for declared in ["audio/mpeg", "audio/mp4", "audio/ogg"] {
+        expect_problem(
+            studio.upload(&studio.admin, page.to_vec(), declared).await,
+            415,
+            "audio_content_mismatch",
+        )
+        .await;
+    }
+    expect_problem(
+        studio
+            .upload(&studio.admin, b"ID".to_vec(), "audio/wav")
+            .await,
+        415,
+        "audio_content_mismatch",
+    )
+    .await;
+    let too_big = audio_file("audio/webm", 100 * 1024 * 1024 + 1, 0);
     expect_problem(
         studio.upload(&studio.admin, too_big, "audio/webm").await,
         413,
@@ -450,7 +493,7 @@ async fn uploads_are_limited_typed_and_private() {
     // A keyed upload larger than any buffered body streams through; its retry replays the
     // first answer and appends nothing.
     let keyed = || {
-        let part = reqwest::multipart::Part::bytes(vec![3u8; 5 * 1024 * 1024])
+        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 5 * 1024 * 1024, 3))
             .file_name("long")
             .mime_str("audio/ogg")
             .expect("mime");
@@ -490,7 +533,9 @@ async fn uploads_are_limited_typed_and_private() {
     // A chatbot user uploads a voice note: they and their tenant's staff read it, nobody
     // else.
     let customer = studio.env.phone_user(&studio.tenant, "phone-voice");
-    let r = studio.upload(&customer, vec![7; 1000], "audio/mp4").await;
+    let r = studio
+        .upload(&customer, audio_file("audio/mp4", 1000, 7), "audio/mp4")
+        .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<Value>().await.expect("json")["id"]
         .as_str()
@@ -524,4 +569,37 @@ async fn uploads_are_limited_typed_and_private() {
         .get_json(&studio.query.url(&format!("/v1/audio/{id}")), &customer)
         .await;
     assert_eq!(own["content_type"], "audio/mp4");
+}
+
+#[tokio::test]
+async fn a_user_uploads_so_many_files_an_hour() {
+    let assemblyai = MockServer::start().await;
+    let studio = Studio::start(&assemblyai, Arc::new(ManualClock::new(Utc::now()))).await;
+    let mut config = studio.env.command_config();
+    config.audio_uploads_per_user_per_hour = 2;
+    let api = studio.env.spawn_command_api(config).await;
+    let customer = studio.env.phone_user(&studio.tenant, "chatty");
+    let upload = |token: String| {
+        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 64, 9))
+            .file_name("note")
+            .mime_str("audio/ogg")
+            .expect("mime");
+        studio
+            .env
+            .http
+            .post(api.url("/v1/audio"))
+            .bearer_auth(token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(upload(customer.clone()).await.expect("sent").status(), 201);
+    }
+    let refused = upload(customer.clone()).await.expect("sent");
+    assert!(refused.headers().contains_key("retry-after"));
+    expect_problem(refused, 429, "rate_limited").await;
+    // Another user of the tenant still uploads.
+    let other = studio.env.phone_user(&studio.tenant, "quiet");
+    assert_eq!(upload(other).await.expect("sent").status(), 201);
+    api.stop().await;
 }
