@@ -5,10 +5,34 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
+/// Characters that render as nothing (zero-width spaces and joiners, direction marks, soft
+/// hyphens, variation selectors, fillers, tags): in an address they make a second account
+/// that looks like the first.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0x1D173..=0x1D17A | 0xE0000..=0xE007F)
+}
+
 impl Email {
-    /// Parses an address (trimmed; the domain is lower-cased).
+    /// The form an address is compared in, as typed at login: compatibility-normalised
+    /// (NFKC: full-width and other look-alike forms become the plain letters), trimmed and
+    /// lower-cased.
+    pub fn lookup_form(raw: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        raw.nfkc().collect::<String>().trim().to_lowercase()
+    }
+
+    /// Parses an address (compatibility-normalised, trimmed; the domain is lower-cased). An
+    /// address with an invisible character is refused.
     pub fn parse(raw: &str) -> Option<Self> {
-        let raw = raw.trim();
+        use unicode_normalization::UnicodeNormalization;
+        if raw.chars().any(invisible) {
+            return None;
+        }
+        let normalised: String = raw.nfkc().collect();
+        let raw = normalised.trim();
         let (local, domain) = raw.split_once('@')?;
         let ok = raw.len() <= 254
             && !local.is_empty()
@@ -27,8 +51,55 @@ impl Email {
     }
 }
 
-/// A password as chosen: 10 to 128 characters. Length is what makes a password strong;
-/// composition rules are not imposed (NIST SP 800-63B).
+/// Passwords of 10 characters or more that appear at the top of every breach list: a
+/// guesser tries them first (NIST SP 800-63B asks for such a list).
+const COMMON_PASSWORDS: &[&str] = &[
+    "password12",
+    "password123",
+    "password1234",
+    "password12345",
+    "passw0rd12",
+    "1234567890",
+    "12345678910",
+    "0123456789",
+    "0987654321",
+    "1234512345",
+    "1111111111",
+    "qwertyuiop",
+    "qwerty1234",
+    "qwerty12345",
+    "1q2w3e4r5t",
+    "1qaz2wsx3edc",
+    "zaq12wsxcde",
+    "asdfghjkl1",
+    "abcdefghij",
+    "abcd123456",
+    "abc1234567",
+    "iloveyou12",
+    "welcome123",
+    "letmein123",
+    "admin12345",
+    "administrator",
+    "changeme123",
+    "football12",
+    "baseball12",
+    "sunshine12",
+    "princess12",
+    "trustno1234",
+    "monkey1234",
+    "dragon1234",
+    "master1234",
+    "superman12",
+    "starwars12",
+    "computer12",
+    "michael123",
+    "jennifer12",
+    "whatever12",
+];
+
+/// A password as chosen: 10 to 128 characters, not a well-known one, and not made of a
+/// handful of characters (`aaaaaaaaaa`, ten spaces). Length is what makes a password
+/// strong; composition rules are not imposed (NIST SP 800-63B).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
 
@@ -41,9 +112,17 @@ impl std::fmt::Debug for Password {
 impl Password {
     /// Parses a new password.
     pub fn parse(raw: &str) -> Option<Self> {
-        (10..=128)
-            .contains(&raw.chars().count())
-            .then(|| Self(raw.to_owned()))
+        let length = raw.chars().count();
+        let distinct = raw
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let lowered = raw.trim().to_lowercase();
+        let ok = (10..=128).contains(&length)
+            && distinct >= 4
+            && !COMMON_PASSWORDS.contains(&lowered.as_str());
+        ok.then(|| Self(raw.to_owned()))
     }
 
     /// The password, for hashing.
@@ -94,6 +173,40 @@ mod tests {
             backoff(u32::MAX, chrono::Duration::hours(1)),
             chrono::Duration::hours(1)
         );
+    }
+
+    #[test]
+    fn look_alike_addresses_are_the_plain_one_and_invisible_characters_are_refused() {
+        // Full-width letters normalise to the plain address.
+        assert_eq!(
+            Email::parse("ａｎｎ@ａｃｍｅ.io").map(Email::into_inner),
+            Some("ann@acme.io".into())
+        );
+        assert_eq!(Email::lookup_form(" ＡＮＮ@Acme.IO "), "ann@acme.io");
+        for hidden in [
+            "an\u{200B}n@acme.io",
+            "ann@ac\u{200D}me.io",
+            "\u{FEFF}ann@acme.io",
+        ] {
+            assert!(Email::parse(hidden).is_none(), "{hidden:?}");
+        }
+    }
+
+    #[test]
+    fn weak_passwords_are_refused() {
+        for weak in [
+            "          ",
+            "aaaaaaaaaa",
+            "password12",
+            "PASSWORD123",
+            "1234567890",
+            "abababababab",
+        ] {
+            assert!(Password::parse(weak).is_none(), "{weak:?}");
+        }
+        for fine in ["correct horse battery", "Tr0ub4dor&3xyz"] {
+            assert!(Password::parse(fine).is_some(), "{fine:?}");
+        }
     }
 
     #[test]

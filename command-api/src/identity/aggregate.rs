@@ -157,7 +157,7 @@ pub enum AdminUserError {
     #[error("another admin user has this e-mail")]
     EmailTaken,
     /// 422: the password breaks the policy.
-    #[error("the password must be 10 to 128 characters")]
+    #[error("the password must be 10 to 128 characters, not a well-known one, with at least 4 different characters")]
     WeakPassword,
     /// 422: a department name must be 1–80 characters without control characters.
     #[error("the department must be 1 to 80 characters without control characters")]

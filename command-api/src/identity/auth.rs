@@ -148,7 +148,7 @@ async fn login(
     ids: RequestIds,
     Json(body): Json<Login>,
 ) -> Result<Response, Problem> {
-    let email = body.email.trim().to_lowercase();
+    let email = crate::values::Email::lookup_form(&body.email);
     // No stored address holds a control character, and PostgreSQL text cannot hold U+0000
     // at all (it would answer an error, not "no such row"): such an address is nobody's.
     let found: Option<(String, Option<String>)> = if email.chars().any(char::is_control) {
@@ -516,7 +516,7 @@ async fn complete_password_reset(
     if crate::values::Password::parse(&body.new_password).is_none() {
         return Err(Problem::unprocessable(
             "weak_password",
-            "the password must be 10 to 128 characters",
+            "the password must be 10 to 128 characters, not a well-known one, with at least 4 different characters",
         ));
     }
     // Spending one token spends every other outstanding token of the user: an older reset

@@ -26,7 +26,7 @@ pub async fn ensure_super_admin(
     email: &str,
     password: &str,
 ) -> Result<Bootstrapped, String> {
-    let normalised = email.trim().to_lowercase();
+    let normalised = crate::values::Email::lookup_form(email);
     let existing: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM admin_emails WHERE email = $1")
             .bind(&normalised)

@@ -1259,3 +1259,61 @@ async fn a_burst_of_parallel_guesses_gets_no_more_password_checks_than_the_locko
     );
     api.stop().await;
 }
+
+#[tokio::test]
+async fn look_alike_addresses_are_one_account_and_weak_passwords_are_refused() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "lookalike").await;
+    let create = |email: &str, password: &str| {
+        env.http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&json!({"email": email, "password": password, "tenant_id": &tenant, "role": "agent"}))
+            .send()
+    };
+    assert_eq!(
+        create("ann@acme.io", "a long enough password")
+            .await
+            .expect("sent")
+            .status(),
+        201
+    );
+    // Full-width letters are the same address; an invisible character is no address.
+    expect_problem(
+        create("ａｎｎ@acme.io", "a long enough password")
+            .await
+            .expect("sent"),
+        409,
+        "email_taken",
+    )
+    .await;
+    expect_problem(
+        create("an\u{200B}n@acme.io", "a long enough password")
+            .await
+            .expect("sent"),
+        422,
+        "invalid_email",
+    )
+    .await;
+    for weak in ["          ", "aaaaaaaaaa", "password12"] {
+        expect_problem(
+            create("bob@acme.io", weak).await.expect("sent"),
+            422,
+            "weak_password",
+        )
+        .await;
+    }
+    // The look-alike typed at login reaches the one account.
+    assert_eq!(
+        login(&env, &api, "ＡＮＮ@acme.io", "a long enough password")
+            .await
+            .status(),
+        200
+    );
+    api.stop().await;
+}
