@@ -24,6 +24,8 @@ use super::verify::{self, Rejection};
 use crate::http::error::DomainProblem;
 use crate::payments::aggregate::{PaymentAction, PaymentCommand, ProviderStatus};
 use crate::store::CommandError;
+use sha2::{Digest, Sha256};
+
 use crate::AppState;
 
 /// The largest webhook body accepted (Stripe's events stay far below it).
@@ -168,6 +170,39 @@ async fn assemblyai(
     receive(&state, &ids, Provider::Assemblyai, payload, &body).await
 }
 
+/// What a refused body looked like without what it said: a JSON object's keys, a form's
+/// field names, or only its size. The values may be customer data, and a refused webhook
+/// is no record of anything.
+fn body_shape(body: &[u8]) -> String {
+    let names = |mut names: Vec<String>| {
+        names.sort();
+        names.dedup();
+        names.truncate(64);
+        names
+            .into_iter()
+            .map(|n| {
+                n.chars()
+                    .take(64)
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        return format!("json keys: {}", names(map.keys().cloned().collect()));
+    }
+    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
+        if !form.is_empty() && std::str::from_utf8(body).is_ok() {
+            return format!(
+                "form fields: {}",
+                names(form.into_iter().map(|(k, _)| k).collect())
+            );
+        }
+    }
+    "unparsed".to_owned()
+}
+
 /// Writes a refused webhook to the capped rejection log and answers 401. The log is
 /// best-effort: failing to write it does not change the answer.
 pub(crate) async fn reject(
@@ -177,12 +212,13 @@ pub(crate) async fn reject(
     signature: Option<&str>,
     body: &[u8],
 ) -> Problem {
-    let excerpt = String::from_utf8_lossy(&body[..body.len().min(2048)]).replace('\0', "\u{fffd}");
+    let shape = body_shape(body);
+    let digest = crate::values::hex(&Sha256::digest(body));
     let signature = signature.map(|s| s.chars().take(512).collect::<String>().replace('\0', ""));
     let logged = sqlx::query(
         "WITH added AS (
-             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes)
-             SELECT $1, $2, $3, $4, $5
+             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes, body_sha256)
+             SELECT $1, $2, $3, $4, $5, $8
               WHERE (SELECT count(*) FROM webhook_rejections
                       WHERE provider = $1 AND reason = $2
                         AND received_at > now() - interval '1 minute') < $7
@@ -192,10 +228,11 @@ pub(crate) async fn reject(
     .bind(provider.as_str())
     .bind(rejection.code())
     .bind(signature)
-    .bind(excerpt)
+    .bind(shape)
     .bind(body.len() as i32)
     .bind(REJECTIONS_KEPT)
     .bind(REJECTIONS_PER_MINUTE)
+    .bind(digest)
     .execute(pool)
     .await;
     if let Err(e) = logged {

@@ -273,10 +273,13 @@ pub struct RejectionView {
     reason: String,
     /// The signature as received (at most 512 characters).
     signature: Option<String>,
-    /// The first 2 KiB of the body.
+    /// The body's shape, never its content: `json keys: …`, `form fields: …` or `unparsed`
+    /// (rejections logged before this was the first 2 KiB were blanked).
     body_excerpt: String,
     /// The body's full size.
     body_bytes: i32,
+    /// Hex SHA-256 of the body, to find it in the provider's delivery log.
+    body_sha256: Option<String>,
     /// When it arrived.
     received_at: DateTime<Utc>,
 }
@@ -314,7 +317,7 @@ async fn rejections(
     w.int("id < ?", params.before);
     let limit_at = w.next_placeholder();
     let sql = format!(
-        "SELECT id, provider, reason, signature, body_excerpt, body_bytes, received_at
+        "SELECT id, provider, reason, signature, body_excerpt, body_bytes, body_sha256, received_at
            FROM webhook_rejections{} ORDER BY id DESC LIMIT {}",
         w.sql(),
         limit_at

@@ -410,6 +410,19 @@ async fn stripe_signatures_made_by_stripes_library_are_accepted_and_forgeries_re
         Some(5),
         "{listed}"
     );
+    // Each refused body is kept as its shape and digest, never its content (a payer's
+    // e-mail, a customer's text).
+    for item in listed["items"].as_array().expect("items") {
+        let shape = item["body_excerpt"].as_str().expect("shape");
+        assert!(shape.starts_with("json keys: "), "{shape}");
+        assert!(shape.contains("data") && shape.contains("type"), "{shape}");
+        assert!(
+            !listed.to_string().contains("jane@example.com")
+                && !listed.to_string().contains("cs_test"),
+            "no value kept: {listed}"
+        );
+        assert_eq!(item["body_sha256"].as_str().map(str::len), Some(64));
+    }
     // The accepted one is listed by the time it arrived.
     let root = stack.env.super_admin();
     let today = Utc::now().date_naive();
