@@ -373,9 +373,17 @@ pub struct ChangePassword {
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
+    headers: axum::http::HeaderMap,
     ids: RequestIds,
     Json(body): Json<ChangePassword>,
 ) -> Result<Response, Problem> {
+    // The session this request comes from stays; every other one ends with the change.
+    let own_session = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
+        .and_then(|token| state.tokens.claims(token).ok())
+        .and_then(|claims| claims.sid);
     let Principal::Admin {
         user_id, tenant_id, ..
     } = &who
@@ -407,6 +415,11 @@ async fn change_password(
         failed_login(&state);
         return Err(AdminUserError::WrongPassword.problem());
     }
+    state
+        .sessions
+        .revoke_user_except(user_id, own_session.as_deref())
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     // Reset e-mails sent before the change no longer set a password.
     sqlx::query(
         "UPDATE admin_password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",

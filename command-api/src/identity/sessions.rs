@@ -141,6 +141,23 @@ impl Sessions {
         revoke_family(&mut conn, session_id).await
     }
 
+    /// Revokes every session of a user but `keep` (a password change ends the others).
+    pub async fn revoke_user_except(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE admin_sessions SET status = 'revoked'
+              WHERE user_id = $1 AND status <> 'revoked' AND session_id IS DISTINCT FROM $2",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Revokes every session of a user (deactivation).
     pub async fn revoke_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE admin_sessions SET status = 'revoked' WHERE user_id = $1 AND status <> 'revoked'")

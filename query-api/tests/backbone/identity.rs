@@ -1317,3 +1317,46 @@ async fn look_alike_addresses_are_one_account_and_weak_passwords_are_refused() {
     );
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_password_change_ends_every_other_session() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let laptop = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await;
+    let phone = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await;
+    let changed = env
+        .http
+        .post(api.url("/auth/admin/password"))
+        .bearer_auth(laptop["access_token"].as_str().expect("access"))
+        .json(&json!({"current_password": ROOT_PASSWORD, "new_password": "the next long password"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(changed.status(), 204);
+    // The other session can no longer refresh, and its access token introspects inactive.
+    expect_problem(
+        refresh(
+            &env,
+            &api,
+            phone["refresh_token"].as_str().expect("refresh"),
+        )
+        .await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+    let other = introspect(&env, &api, phone["access_token"].as_str().expect("access")).await;
+    assert_eq!(other["active"], false, "{other}");
+    // The session that changed it goes on.
+    assert_eq!(
+        refresh(
+            &env,
+            &api,
+            laptop["refresh_token"].as_str().expect("refresh")
+        )
+        .await
+        .status(),
+        200
+    );
+    api.stop().await;
+}
