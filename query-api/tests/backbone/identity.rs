@@ -31,6 +31,14 @@ async fn tokens(env: &TestEnv, api: &Service, email: &str, password: &str) -> Va
     r.json().await.expect("json")
 }
 
+/// The bootstrapped super admin's access token, from a real login.
+async fn root_token(env: &TestEnv, api: &Service) -> String {
+    tokens(env, api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned()
+}
+
 async fn introspect(env: &TestEnv, api: &Service, token: &str) -> Value {
     env.http
         .post(api.url("/auth/introspect"))
@@ -195,15 +203,7 @@ async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_loc
     );
     assert_eq!(trail.last().and_then(|(_, r)| r.as_deref()), Some("locked"));
     // Attempts on unknown e-mails have no stream; operators see them in metrics.
-    let metrics = env
-        .http
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = api.metrics(&env.http).await;
     // Public metrics count refusals without saying why, and every refused login costs one
     // password check — a decoy for the unknown address and the locked account — so neither
     // the page nor the timing tells an outsider which addresses have accounts.
@@ -242,10 +242,7 @@ async fn unknown_emails_and_wrong_passwords_get_one_answer_and_five_failures_loc
 async fn tenant_admins_manage_only_their_own_tenant() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let create = |token: String, body: Value| {
         let request = env
             .http
@@ -447,10 +444,7 @@ async fn forged_and_unsigned_tokens_are_refused_and_introspected_inactive() {
 async fn a_password_change_needs_the_current_password() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let change = |current: &str, new: &str| {
         env.http
             .post(api.url("/auth/admin/password"))
@@ -492,10 +486,7 @@ async fn a_password_change_needs_the_current_password() {
 async fn wrong_current_passwords_on_a_password_change_lock_the_account_like_failed_logins() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let change = |current: &str| {
         env.http
             .post(api.url("/auth/admin/password"))
@@ -749,10 +740,7 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
     let mut config = env.query_config();
     config.read_wait_ms = 20_000;
     let query = env.spawn_query_api(config).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let (acme, _) = crate::support::create_tenant(&env, &api, "acme").await;
     let (globex, _) = crate::support::create_tenant(&env, &api, "globex").await;
     for (email, tenant) in [("ada@acme.io", &acme), ("bo@globex.io", &globex)] {
@@ -998,10 +986,7 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
     let query = env.spawn_query_api(env.query_config()).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let (acme, _) = crate::support::create_tenant(&env, &api, "acme").await;
     let made = env
         .http
@@ -1207,21 +1192,10 @@ async fn token_answers_are_never_stored_or_replayed_and_say_no_store() {
 async fn a_burst_of_parallel_guesses_gets_no_more_password_checks_than_the_lockout_allows() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let checks = || async {
-        let metrics = env
-            .http
-            .get(api.url("/metrics"))
-            .send()
+        api.metrics(&env.http)
             .await
-            .expect("sent")
-            .text()
-            .await
-            .expect("text");
-        metrics
             .lines()
             .find_map(|l| l.strip_prefix("auth_password_checks_total{} "))
             .and_then(|v| v.parse::<f64>().ok())
@@ -1264,10 +1238,7 @@ async fn a_burst_of_parallel_guesses_gets_no_more_password_checks_than_the_locko
 async fn look_alike_addresses_are_one_account_and_weak_passwords_are_refused() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
-    let root = tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
-        .as_str()
-        .expect("access")
-        .to_owned();
+    let root = root_token(&env, &api).await;
     let (tenant, _) = crate::support::create_tenant(&env, &api, "lookalike").await;
     let create = |email: &str, password: &str| {
         env.http

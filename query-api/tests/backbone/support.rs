@@ -384,6 +384,17 @@ impl Service {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The service's `/metrics` page.
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Stops it and waits until it has stopped.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
