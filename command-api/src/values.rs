@@ -226,8 +226,9 @@ mod tests {
     fn passwords_are_10_to_128_characters() {
         assert!(Password::parse("short").is_none());
         assert!(Password::parse("long enough").is_some());
-        assert!(Password::parse(&"é".repeat(128)).is_some());
-        assert!(Password::parse(&"é".repeat(129)).is_none());
+        // Characters, not bytes: 128 two-byte characters are allowed, 129 are not.
+        assert!(Password::parse(&"éèêë".repeat(32)).is_some());
+        assert!(Password::parse(&format!("{}é", "éèêë".repeat(32))).is_none());
         assert_eq!(
             format!("{:?}", Password::parse("secret-secret")),
             "Some(Password(..))"
