@@ -48,7 +48,9 @@ impl PasswordAttempts {
             .execute(&mut *tx)
             .await?;
         let outcome = attempt.await;
-        tx.rollback().await?;
+        // The attempt's outcome stands whatever happens to the lock's connection now: a
+        // failed rollback means a broken connection, and the lock ends with it.
+        let _ = tx.rollback().await;
         Ok(outcome)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use crate::relay::{append, stream_messages};
+use crate::relay::{append, message_ids};
 use crate::support::{create_tenant, eventually, server_url, TestEnv};
 
 /// A transaction that wrote a row and stays open until dropped (rolled back).
@@ -319,11 +319,7 @@ async fn two_command_api_instances_publish_every_event_once_in_commit_order() {
     .expect("events");
     assert!(expected.len() >= 4 + 5 + 60, "{} events", expected.len());
     let published = eventually(Duration::from_secs(20), "every event published", || async {
-        let ids: Vec<String> = stream_messages(&env)
-            .await
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let ids = message_ids(&env).await;
         (ids.len() >= expected.len()).then_some(ids)
     })
     .await;

@@ -382,6 +382,7 @@ fn help_lists_every_setting() {
         "READ_WAIT_MS",
         "DEV_INBOX_ENABLED",
         "ALLOW_DEV_SECRETS",
+        "STREAMS_PER_USER",
     ] {
         assert!(
             help.contains(&format!("[env: {setting}")),

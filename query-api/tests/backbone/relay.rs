@@ -13,32 +13,38 @@ use sqlx::Connection;
 use crate::support::{eventually, TestEnv};
 
 fn relay(env: &TestEnv) -> Relay {
+    relay_reading(env, 512, Arc::new(Metrics::default()))
+}
+
+/// A relay of the test's stream reading `batch` events at a time.
+fn relay_reading(env: &TestEnv, batch: i64, metrics: Arc<Metrics>) -> Relay {
     Relay::new(
         env.pool.clone(),
         env.js.clone(),
         env.stream.clone(),
         env.prefix.clone(),
-        512,
-        Arc::new(Metrics::default()),
+        batch,
+        metrics,
     )
 }
 
 /// A relay running in the background that polls every `idle_poll` when nothing wakes it.
 fn start_relay(env: &TestEnv, idle_poll: Duration) -> (Arc<Metrics>, tokio::task::JoinHandle<()>) {
     let metrics = Arc::new(Metrics::default());
-    let relay = Relay::new(
-        env.pool.clone(),
-        env.js.clone(),
-        env.stream.clone(),
-        env.prefix.clone(),
-        512,
-        metrics.clone(),
-    )
-    .with_idle_poll(idle_poll);
+    let relay = relay_reading(env, 512, metrics.clone()).with_idle_poll(idle_poll);
     (
         metrics,
         tokio::spawn(relay.run(Arc::new(tokio::sync::Notify::new()))),
     )
+}
+
+/// The `Nats-Msg-Id` of every message in the test's stream, in stream order.
+pub(crate) async fn message_ids(env: &TestEnv) -> Vec<String> {
+    stream_messages(env)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect()
 }
 
 /// Every message in the test's stream, in stream order: `(subject, Nats-Msg-Id)`.
@@ -176,11 +182,7 @@ async fn a_slower_transaction_with_a_lower_position_is_not_skipped() {
     tx_a.commit().await.expect("commit a");
     publish_all(&relay, &mut leader, 2).await;
 
-    let ids: Vec<String> = stream_messages(&env)
-        .await
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let ids: Vec<String> = message_ids(&env).await;
     assert_eq!(
         ids,
         vec!["tenant:slow:1".to_owned(), "tenant:fast:1".to_owned()]
@@ -433,21 +435,10 @@ async fn transaction_ids_crossing_a_power_of_ten_are_published_in_numeric_order(
     .execute(&env.pool)
     .await
     .expect("append");
-    let relay = Relay::new(
-        env.pool.clone(),
-        env.js.clone(),
-        env.stream.clone(),
-        env.prefix.clone(),
-        1,
-        Arc::new(Metrics::default()),
-    );
+    let relay = relay_reading(&env, 1, Arc::new(Metrics::default()));
     let mut leader = relay.try_lead().await.expect("db").expect("leads");
     publish_all(&relay, &mut leader, 3).await;
-    let ids: Vec<String> = stream_messages(&env)
-        .await
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let ids: Vec<String> = message_ids(&env).await;
     assert_eq!(
         ids,
         vec!["tenant:nine:1", "tenant:ten:1", "tenant:hundred:1"],
