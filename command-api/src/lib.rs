@@ -82,6 +82,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// Bearer-token verification.
     pub tokens: TokenKeys,
+    /// Revoked sessions, deactivated users, changed roles, suspended tenants.
+    pub access: events::http::Access,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Tenant commands.
@@ -163,6 +165,12 @@ pub struct WebhookSecrets {
 impl FromRef<AppState> for TokenKeys {
     fn from_ref(state: &AppState) -> Self {
         state.tokens.clone()
+    }
+}
+
+impl FromRef<AppState> for events::http::Access {
+    fn from_ref(state: &AppState) -> Self {
+        state.access.clone()
     }
 }
 
@@ -292,10 +300,17 @@ impl Application {
                     .clone()
                     .options([("synchronous_commit", "off")]),
             );
+        // Ended sessions are kept until every token they issued has expired (plus a day).
+        let access = events::http::Access::follow(
+            pool.clone(),
+            Some(config.token_ttl()? + std::time::Duration::from_secs(86_400)),
+        )
+        .await?;
         let state = AppState {
             pool: pool.clone(),
             relaxed_pool,
             nats,
+            access,
             tokens: TokenKeys::new(config.auth_secret()?),
             metrics: metrics.clone(),
             tenants,

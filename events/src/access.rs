@@ -217,6 +217,16 @@ impl TokenKeys {
 
     /// Verifies a token and says who it speaks for.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        self.verify_claims(token).map(|(_, principal)| principal)
+    }
+
+    /// Verifies a token and returns its claims as signed (for introspection).
+    pub fn claims(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_claims(token).map(|(claims, _)| claims)
+    }
+
+    /// Verifies a token: its claims as signed, and who it speaks for.
+    pub fn verify_claims(&self, token: &str) -> Result<(Claims, Principal), TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -227,21 +237,22 @@ impl TokenKeys {
         if c.iat > chrono::Utc::now().timestamp() + LEEWAY_SECS {
             return Err(TokenError::Invalid);
         }
-        match (c.role, c.kind.as_deref()) {
-            (Some(role), None) => Ok(Principal::Admin {
-                user_id: c.sub,
-                tenant_id: c.tenant_id,
+        let principal = match (c.role, c.kind.as_deref()) {
+            (Some(role), None) => Principal::Admin {
+                user_id: c.sub.clone(),
+                tenant_id: c.tenant_id.clone(),
                 role,
-            }),
-            (None, Some("phone")) => Ok(Principal::Phone {
-                user_id: c.sub,
-                tenant_id: c.tenant_id.ok_or(TokenError::Invalid)?,
-            }),
-            (None, Some("service")) if c.tenant_id.is_none() => {
-                Ok(Principal::Service { name: c.sub })
-            }
-            _ => Err(TokenError::Invalid),
-        }
+            },
+            (None, Some("phone")) => Principal::Phone {
+                user_id: c.sub.clone(),
+                tenant_id: c.tenant_id.clone().ok_or(TokenError::Invalid)?,
+            },
+            (None, Some("service")) if c.tenant_id.is_none() => Principal::Service {
+                name: c.sub.clone(),
+            },
+            _ => return Err(TokenError::Invalid),
+        };
+        Ok((c, principal))
     }
 
     /// Signs claims (HS256).
@@ -285,14 +296,6 @@ impl TokenKeys {
             jti: Some(uuid::Uuid::new_v4().to_string()),
             sid: None,
         })
-    }
-
-    /// Verifies a token and returns its claims as signed (for introspection).
-    pub fn claims(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify(token)?;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|_| TokenError::Invalid)
     }
 }
 

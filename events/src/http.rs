@@ -1,6 +1,8 @@
 //! HTTP plumbing the two APIs share, so an error, a token or a request id means the same
 //! thing on both sides.
 
+/// The revocations every token is checked against, followed from PostgreSQL.
+pub mod access;
 /// Extractors: the bearer-token principal, JSON bodies and query strings whose rejections
 /// are problem+json.
 pub mod extract;
@@ -13,6 +15,7 @@ pub mod request;
 /// JSON logs with `tracing`.
 pub mod telemetry;
 
+pub use access::Access;
 pub use extract::{AuthUser, Json, MaybeAuthUser, Query, RawBody};
 pub use metrics::Metrics;
 pub use problem::Problem;

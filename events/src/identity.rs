@@ -27,6 +27,8 @@ pub enum LoginFailure {
     Locked,
     /// The account is deactivated.
     Inactive,
+    /// The password was right but the user's tenant is suspended.
+    TenantSuspended,
 }
 
 /// Why a session (a refresh-token family) ended.

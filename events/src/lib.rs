@@ -21,7 +21,8 @@
 //! - `http` (feature `http`): plumbing the two HTTP APIs share — problem+json errors, the
 //!   bearer-token extractor, telemetry and metrics — so both verify tokens with one extractor.
 //!
-//! Nothing here performs I/O except the optional `http` module's response types.
+//! Nothing here performs I/O except the optional `http` module (its response types, and the
+//! follower of token revocations).
 
 /// Bearer-token claims and roles.
 pub mod access;
@@ -46,6 +47,8 @@ pub mod jsonb;
 pub mod payment;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
+/// What makes a verified token stop working before it expires.
+pub mod revocation;
 /// Secrets sealed for storage.
 pub mod sealed;
 /// NATS subject and `Nats-Msg-Id` naming.

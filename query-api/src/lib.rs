@@ -71,6 +71,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Bearer-token verification.
     pub tokens: TokenKeys,
+    /// Revoked sessions, deactivated users, changed roles, suspended tenants.
+    pub access: events::http::Access,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Longest wait for read-your-writes.
@@ -90,6 +92,12 @@ pub struct AppState {
 impl FromRef<AppState> for TokenKeys {
     fn from_ref(state: &AppState) -> Self {
         state.tokens.clone()
+    }
+}
+
+impl FromRef<AppState> for events::http::Access {
+    fn from_ref(state: &AppState) -> Self {
+        state.access.clone()
     }
 }
 
@@ -178,7 +186,9 @@ impl Application {
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
+        let access = events::http::Access::follow(pool.clone(), None).await?;
         let state = AppState {
+            access,
             blobs,
             file_urls: whatsapp::FileUrls::new(secret),
             hub: hub.clone(),
@@ -233,6 +243,9 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     .await
     .map_err(|_| Problem::unavailable(&"PostgreSQL did not answer in 2 s"))?
     .map_err(|e| Problem::unavailable(&e))?;
+    if !state.access.is_live() {
+        return Err(Problem::unavailable(&"token revocations are not followed"));
+    }
     Ok(axum::Json(serde_json::json!({"status": "ready", "postgres": "up"})).into_response())
 }
 

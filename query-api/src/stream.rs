@@ -319,6 +319,13 @@ struct Open {
     expires: tokio::time::Instant,
     /// Becomes true when the server shuts down.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// The token's claims, checked again whenever revocations change: a stream ends at
+    /// once when its session ends, its user is deactivated or demoted, or its tenant is
+    /// suspended.
+    claims: events::access::Claims,
+    /// Revocations, and their changes.
+    access: events::http::Access,
+    access_changes: tokio::sync::watch::Receiver<u64>,
     live: broadcast::Receiver<Arc<Received>>,
     replay: VecDeque<Arc<Received>>,
     /// Arrival numbers up to this were replayed (or predate the stream).
@@ -348,14 +355,15 @@ async fn stream(
             "This user holds as many open streams as allowed; close one first.",
         )
     })?;
-    // The extractor verified the token; its `exp` bounds the stream.
-    let exp = headers
+    // The extractor verified the token; its `exp` bounds the stream, and its claims are
+    // checked again on every change of revocations.
+    let claims = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
         .and_then(|token| state.tokens.claims(token).ok())
-        .map_or(0, |c| c.exp);
-    let left = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+        .ok_or_else(|| Problem::internal(&"a verified token no longer verifies"))?;
+    let left = (claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
     let expires = tokio::time::Instant::now() + Duration::from_secs(left);
     let last_id = headers
         .get("last-event-id")
@@ -369,6 +377,9 @@ async fn stream(
     let open = Open {
         expires,
         closing: state.hub.closing.subscribe(),
+        claims,
+        access_changes: state.access.changes(),
+        access: state.access.clone(),
         viewer: Viewer {
             who,
             threads: HashMap::new(),
@@ -388,18 +399,27 @@ async fn stream(
         loop {
             let next = match open.replay.pop_front() {
                 Some(r) => r,
-                None => match tokio::select! {
-                    received = open.live.recv() => received,
-                    _ = open.closing.wait_for(|closing| *closing) => return None,
-                    () = tokio::time::sleep_until(open.expires) => return None,
-                } {
-                    Ok(r) if open.replayed_to.is_some_and(|to| r.seq <= to) => continue,
-                    Ok(r) => r,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((Ok(reset()), open));
+                None => {
+                    let received = tokio::select! {
+                        received = open.live.recv() => received,
+                        _ = open.closing.wait_for(|closing| *closing) => return None,
+                        () = tokio::time::sleep_until(open.expires) => return None,
+                        changed = open.access_changes.changed() => {
+                            if changed.is_err() || open.access.check(&open.claims).is_err() {
+                                return None;
+                            }
+                            continue;
+                        }
+                    };
+                    match received {
+                        Ok(r) if open.replayed_to.is_some_and(|to| r.seq <= to) => continue,
+                        Ok(r) => r,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some((Ok(reset()), open));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
+                }
             };
             let Some(event) = &next.event else {
                 return Some((Ok(reset()), open));

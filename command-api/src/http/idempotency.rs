@@ -91,7 +91,12 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             .into_response()
         }
     };
-    let caller = bearer_subject(&state, req.headers()).unwrap_or_else(|| "anonymous".to_owned());
+    // A token that verifies but was revoked gets its refusal here: a stored answer is not
+    // replayed to it.
+    let caller = match bearer_subject(&state, req.headers()) {
+        Ok(subject) => subject.unwrap_or_else(|| "anonymous".to_owned()),
+        Err(refusal) => return refusal.into_response(),
+    };
     let path = canonical_path(req.uri().path());
     let scope = format!("{caller} {path}");
     let (mut parts, body) = req.into_parts();
@@ -529,14 +534,24 @@ fn replay(status: i16, headers: Option<serde_json::Value>, body: Option<Vec<u8>>
     response
 }
 
-fn bearer_subject(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (_, token) = value.split_once(' ')?;
+/// The user a verified bearer token speaks for (`None` without one, or with one that does
+/// not verify: the route's own extractor answers that), or the refusal of a revoked one.
+fn bearer_subject(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some((_, token)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return Ok(None);
+    };
+    let Ok((claims, principal)) = state.tokens.verify_claims(token.trim()) else {
+        return Ok(None);
+    };
     state
-        .tokens
-        .verify(token.trim())
-        .ok()
-        .map(|p| p.user_id().to_owned())
+        .access
+        .check(&claims)
+        .map_err(events::http::extract::refused)?;
+    Ok(Some(principal.user_id().to_owned()))
 }
 
 #[cfg(test)]

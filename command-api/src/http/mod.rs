@@ -173,7 +173,7 @@ async fn no_store(mut response: Response) -> Response {
     response
 }
 
-/// Ready when PostgreSQL answers and the NATS connection is up.
+/// Ready when PostgreSQL answers, token revocations are followed and the NATS connection is up.
 async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     tokio::time::timeout(
         Duration::from_secs(2),
@@ -182,6 +182,9 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     .await
     .map_err(|_| Problem::unavailable(&"PostgreSQL did not answer in 2 s"))?
     .map_err(|e| Problem::unavailable(&e))?;
+    if !state.access.is_live() {
+        return Err(Problem::unavailable(&"token revocations are not followed"));
+    }
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         return Err(Problem::unavailable(&"NATS is not connected"));
     }

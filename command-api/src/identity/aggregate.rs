@@ -83,6 +83,9 @@ pub enum AdminUserCommand {
         session_id: String,
         /// The clock at the edge, so the rules are testable.
         at: DateTime<Utc>,
+        /// Whether the user's tenant is suspended (known at the edge from the tenant's
+        /// events): a suspended tenant's staff cannot sign in.
+        tenant_suspended: bool,
     },
     /// End a session.
     RevokeSession {
@@ -393,9 +396,22 @@ impl Aggregate for AdminUser {
                 password,
                 session_id,
                 at,
+                tenant_suspended,
             } => {
-                self.login(&user_id, &password, session_id, at, identity)
-                    .await?
+                let events = self
+                    .login(&user_id, &password, session_id, at, identity)
+                    .await?;
+                // Only a right password learns that the tenant is suspended; it opens no
+                // session and does not count toward the lock.
+                match events.as_slice() {
+                    [AdminUserEvent::LoginSucceeded { .. }] if tenant_suspended => {
+                        vec![AdminUserEvent::LoginFailed {
+                            reason: LoginFailure::TenantSuspended,
+                            at,
+                        }]
+                    }
+                    _ => events,
+                }
             }
             AdminUserCommand::RevokeSession { session_id, reason } => {
                 self.require_exists()?;
@@ -486,6 +502,14 @@ mod tests {
         AdminUserCommand::Login {
             user_id: "u1".into(),
             password: password.into(),
+            session_id: "s1".into(),
+            at: at(minute),
+            tenant_suspended: false,
+        }
+    }
+
+    fn succeeded(minute: i64) -> AdminUserEvent {
+        AdminUserEvent::LoginSucceeded {
             session_id: "s1".into(),
             at: at(minute),
         }
@@ -592,15 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn login_with_the_right_password_opens_a_session() {
-        expect_events(
-            vec![created()],
-            login(PASSWORD, 0),
-            vec![AdminUserEvent::LoginSucceeded {
-                session_id: "s1".into(),
-                at: at(0),
-            }],
-        )
-        .await;
+        expect_events(vec![created()], login(PASSWORD, 0), vec![succeeded(0)]).await;
     }
 
     #[tokio::test]
@@ -647,15 +663,7 @@ mod tests {
     #[tokio::test]
     async fn login_after_the_lock_expires_succeeds() {
         let given = vec![created(), AdminUserEvent::LockedOut { until: at(15) }];
-        expect_events(
-            given,
-            login(PASSWORD, 15),
-            vec![AdminUserEvent::LoginSucceeded {
-                session_id: "s1".into(),
-                at: at(15),
-            }],
-        )
-        .await;
+        expect_events(given, login(PASSWORD, 15), vec![succeeded(15)]).await;
     }
 
     #[tokio::test]
@@ -685,6 +693,50 @@ mod tests {
             }],
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn login_to_a_suspended_tenant_is_refused_after_the_password_check_and_not_counted() {
+        let suspended = |password: &str, minute| match login(password, minute) {
+            AdminUserCommand::Login {
+                user_id,
+                password,
+                session_id,
+                at,
+                ..
+            } => AdminUserCommand::Login {
+                user_id,
+                password,
+                session_id,
+                at,
+                tenant_suspended: true,
+            },
+            other => other,
+        };
+        expect_events(
+            vec![created()],
+            suspended(PASSWORD, 0),
+            vec![AdminUserEvent::LoginFailed {
+                reason: LoginFailure::TenantSuspended,
+                at: at(0),
+            }],
+        )
+        .await;
+        // A wrong password is just that: the suspension is not told.
+        expect_events(vec![created()], suspended("nope", 0), vec![wrong(0)]).await;
+        // Refusals for suspension do not lock the account.
+        let given = vec![
+            created(),
+            wrong(0),
+            wrong(1),
+            wrong(2),
+            wrong(3),
+            AdminUserEvent::LoginFailed {
+                reason: LoginFailure::TenantSuspended,
+                at: at(4),
+            },
+        ];
+        expect_events(given, login(PASSWORD, 5), vec![succeeded(5)]).await;
     }
 
     #[tokio::test]
@@ -846,15 +898,7 @@ mod tests {
             AdminUserEvent::PasswordReset {},
         ];
         reset_then_login.truncate(3);
-        expect_events(
-            reset_then_login,
-            login(PASSWORD, 1),
-            vec![AdminUserEvent::LoginSucceeded {
-                session_id: "s1".into(),
-                at: at(1),
-            }],
-        )
-        .await;
+        expect_events(reset_then_login, login(PASSWORD, 1), vec![succeeded(1)]).await;
         expect_error(
             vec![created(), AdminUserEvent::Deactivated {}],
             AdminUserCommand::IssuePasswordReset { expires_at: at(60) },

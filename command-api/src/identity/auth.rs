@@ -143,6 +143,13 @@ fn access_token(state: &AppState, id: &str, user: &AdminUser, session_id: &str) 
     (state.tokens.sign(&claims), ttl)
 }
 
+/// The answer to a suspended tenant's staff signing in or refreshing.
+fn tenant_suspended() -> Problem {
+    events::http::extract::refused(events::http::access::AccessError::Refused(
+        events::revocation::Refusal::TenantSuspended,
+    ))
+}
+
 async fn login(
     State(state): State<AppState>,
     ids: RequestIds,
@@ -176,6 +183,9 @@ async fn login(
         password: password.clone(),
         session_id: session_id.clone(),
         at: Utc::now(),
+        tenant_suspended: tenant
+            .as_deref()
+            .is_some_and(|t| state.access.is_suspended(t)),
     };
     let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), &ids);
     let outcome = state
@@ -196,6 +206,17 @@ async fn login(
         }
         Err(e) => return Err(e.into()),
     };
+    if events.iter().any(|e| {
+        matches!(
+            e,
+            AdminUserEvent::LoginFailed {
+                reason: LoginFailure::TenantSuspended,
+                ..
+            }
+        )
+    }) {
+        return Err(tenant_suspended());
+    }
     if !events
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. }))
@@ -244,6 +265,23 @@ async fn refresh(
     ids: RequestIds,
     Json(body): Json<RefreshBody>,
 ) -> Result<Response, Problem> {
+    // The session outlives a suspension of its tenant (which may be reactivated) but issues
+    // no access token while it lasts; asked before the token is spent, so it still works
+    // afterwards.
+    let tenant: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT e.tenant_id FROM admin_sessions s JOIN admin_emails e USING (user_id)
+          WHERE s.token_hash = $1 AND s.status = 'active'",
+    )
+    .bind(super::sessions::hash(&body.refresh_token))
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    if tenant
+        .flatten()
+        .is_some_and(|t| state.access.is_suspended(&t))
+    {
+        return Err(tenant_suspended());
+    }
     let outcome = state
         .sessions
         .refresh(&body.refresh_token)
@@ -293,6 +331,7 @@ async fn refresh(
                     .map_err(|e| Problem::unavailable(&e))?;
                 return Err(invalid_credentials());
             }
+
             let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
             Ok(Json(TokenAnswer {
                 access_token,

@@ -4,14 +4,18 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::access::{Access, AccessError};
 use super::Problem;
 use crate::access::{Principal, TokenError, TokenKeys};
+use crate::revocation::Refusal;
 
-/// A request whose bearer token verified. Rejects with 401 otherwise.
+/// A request whose bearer token verified and still works (its session, user and tenant
+/// were not revoked since it was issued). Rejects with 401 otherwise (403 for a suspended
+/// tenant, 503 while revocations cannot be vouched for).
 #[derive(Debug, Clone)]
 pub struct AuthUser(pub Principal);
 
-/// A request that may carry a bearer token; a token that is sent must verify.
+/// A request that may carry a bearer token; a token that is sent must verify and still work.
 #[derive(Debug, Clone)]
 pub struct MaybeAuthUser(pub Option<Principal>);
 
@@ -36,9 +40,35 @@ fn unauthorized(e: TokenError) -> Problem {
         .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
 }
 
+/// The answer to a token that verified but no longer works.
+pub fn refused(e: AccessError) -> Problem {
+    match e {
+        AccessError::Refused(Refusal::TenantSuspended) => Problem::new(
+            StatusCode::FORBIDDEN,
+            "tenant_suspended",
+            Refusal::TenantSuspended.to_string(),
+        ),
+        AccessError::Refused(why) => {
+            Problem::new(StatusCode::UNAUTHORIZED, "token_revoked", why.to_string()).with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            )
+        }
+        AccessError::Unavailable => Problem::unavailable(&e),
+    }
+}
+
+/// Verifies `token` and checks it against the revocations: who it speaks for.
+pub fn authenticate(keys: &TokenKeys, access: &Access, token: &str) -> Result<Principal, Problem> {
+    let (claims, principal) = keys.verify_claims(token).map_err(unauthorized)?;
+    access.check(&claims).map_err(refused)?;
+    Ok(principal)
+}
+
 impl<S> FromRequestParts<S> for AuthUser
 where
     TokenKeys: FromRef<S>,
+    Access: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = Problem;
@@ -47,16 +77,14 @@ where
         let token = bearer(parts)
             .map_err(unauthorized)?
             .ok_or(unauthorized(TokenError::Missing))?;
-        TokenKeys::from_ref(state)
-            .verify(token)
-            .map(AuthUser)
-            .map_err(unauthorized)
+        authenticate(&TokenKeys::from_ref(state), &Access::from_ref(state), token).map(AuthUser)
     }
 }
 
 impl<S> FromRequestParts<S> for MaybeAuthUser
 where
     TokenKeys: FromRef<S>,
+    Access: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = Problem;
@@ -64,10 +92,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match bearer(parts).map_err(unauthorized)? {
             None => Ok(MaybeAuthUser(None)),
-            Some(token) => TokenKeys::from_ref(state)
-                .verify(token)
-                .map(|p| MaybeAuthUser(Some(p)))
-                .map_err(unauthorized),
+            Some(token) => {
+                authenticate(&TokenKeys::from_ref(state), &Access::from_ref(state), token)
+                    .map(|p| MaybeAuthUser(Some(p)))
+            }
         }
     }
 }

@@ -6,17 +6,22 @@ use serde_json::{json, Value};
 
 use crate::support::{expect_problem, Service, TestEnv};
 
-const ROOT_EMAIL: &str = "root@platform.example";
-const ROOT_PASSWORD: &str = "a long bootstrap password";
+pub(crate) const ROOT_EMAIL: &str = "root@platform.example";
+pub(crate) const ROOT_PASSWORD: &str = "a long bootstrap password";
 
-async fn with_root(env: &TestEnv) -> Service {
+pub(crate) async fn with_root(env: &TestEnv) -> Service {
     let mut config = env.command_config();
     config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
     config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
     env.spawn_command_api(config).await
 }
 
-async fn login(env: &TestEnv, api: &Service, email: &str, password: &str) -> reqwest::Response {
+pub(crate) async fn login(
+    env: &TestEnv,
+    api: &Service,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
     env.http
         .post(api.url("/auth/admin/login"))
         .json(&json!({"email": email, "password": password}))
@@ -25,14 +30,14 @@ async fn login(env: &TestEnv, api: &Service, email: &str, password: &str) -> req
         .expect("sent")
 }
 
-async fn tokens(env: &TestEnv, api: &Service, email: &str, password: &str) -> Value {
+pub(crate) async fn tokens(env: &TestEnv, api: &Service, email: &str, password: &str) -> Value {
     let r = login(env, api, email, password).await;
     assert_eq!(r.status(), 200, "login of {email}");
     r.json().await.expect("json")
 }
 
 /// The bootstrapped super admin's access token, from a real login.
-async fn root_token(env: &TestEnv, api: &Service) -> String {
+pub(crate) async fn root_token(env: &TestEnv, api: &Service) -> String {
     tokens(env, api, ROOT_EMAIL, ROOT_PASSWORD).await["access_token"]
         .as_str()
         .expect("access")
@@ -51,7 +56,7 @@ async fn introspect(env: &TestEnv, api: &Service, token: &str) -> Value {
         .expect("json")
 }
 
-async fn refresh(env: &TestEnv, api: &Service, token: &str) -> reqwest::Response {
+pub(crate) async fn refresh(env: &TestEnv, api: &Service, token: &str) -> reqwest::Response {
     env.http
         .post(api.url("/auth/admin/refresh"))
         .json(&json!({"refresh_token": token}))

@@ -17,6 +17,7 @@ mod projector;
 mod queries;
 mod realtime;
 mod relay;
+mod revocation;
 mod scheduler;
 mod snapshots;
 mod store;

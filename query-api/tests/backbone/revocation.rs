@@ -1,0 +1,461 @@
+//! Tokens that were revoked stop working everywhere, within a second: after a logout, a
+//! password change, a demotion, a deactivation or a tenant's suspension, on the command API,
+//! the query API, `/realtime/auth` and open streams — also in a process started later, and
+//! after the process lost its PostgreSQL listener.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::identity::{root_token, tokens, with_root};
+use crate::support::{eventually, expect_problem, Service, TestEnv};
+
+/// An admin of a fresh tenant, created by the super admin: `(tenant id, user id)`.
+async fn tenant_admin(env: &TestEnv, api: &Service, root: &str, email: &str) -> (String, String) {
+    let slug = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let (tenant, _) = crate::support::create_tenant(env, api, &slug).await;
+    let made = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(root)
+        .json(&json!({"email": email, "password": "a long and private password", "tenant_id": tenant, "role": "tenant_admin"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(made.status(), 201);
+    let id = made.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    (tenant, id)
+}
+
+/// A write only a tenant admin may make: inviting an agent.
+async fn invite(env: &TestEnv, api: &Service, token: &str) -> reqwest::Response {
+    let email = format!("{}@agents.example", uuid::Uuid::new_v4().simple());
+    env.http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(token)
+        .json(&json!({"email": email, "password": "an agent's long password", "role": "agent"}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// A POST of the super admin (role changes, deactivations, suspensions).
+async fn as_root(env: &TestEnv, api: &Service, root: &str, path: &str, body: Value) -> u16 {
+    env.http
+        .post(api.url(path))
+        .bearer_auth(root)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
+}
+
+/// A read of the query API.
+async fn read(env: &TestEnv, query: &Service, token: &str) -> reqwest::Response {
+    env.http
+        .get(query.url("/v1/admin-users"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Asks `/realtime/auth` for the tenant's channel.
+async fn realtime_auth(
+    env: &TestEnv,
+    query: &Service,
+    token: &str,
+    tenant: &str,
+) -> reqwest::Response {
+    env.http
+        .post(query.url("/realtime/auth"))
+        .bearer_auth(token)
+        .form(&[
+            ("socket_id", "123.456"),
+            ("channel_name", &format!("private-tenant-{tenant}")),
+        ])
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Waits (a second at most) until `request` answers `status` with `code`.
+async fn refused_within_a_second<F, Fut>(what: &str, status: u16, code: &str, request: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    let response = eventually(Duration::from_secs(1), what, || {
+        let pending = request();
+        async move {
+            let response = pending.await;
+            (response.status().as_u16() == status).then_some(response)
+        }
+    })
+    .await;
+    expect_problem(response, status, code).await;
+}
+
+fn access(tokens: &Value) -> String {
+    tokens["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn logout_demotion_and_deactivation_end_access_at_once_on_both_apis() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "ada@revocations.example";
+    let (tenant, ada) = tenant_admin(&env, &api, &root, email).await;
+    let laptop = tokens(&env, &api, email, "a long and private password").await;
+    let phone = tokens(&env, &api, email, "a long and private password").await;
+    let (laptop_token, phone_token) = (access(&laptop), access(&phone));
+    assert_eq!(invite(&env, &api, &laptop_token).await.status(), 201);
+    assert_eq!(read(&env, &query, &laptop_token).await.status(), 200);
+    assert_eq!(
+        realtime_auth(&env, &query, &laptop_token, &tenant)
+            .await
+            .status(),
+        200
+    );
+
+    // Logout ends that session's access token in both processes; the other session goes on.
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(&laptop_token)
+        .json(&json!({"refresh_token": laptop["refresh_token"]}))
+        .send()
+        .await
+        .expect("sent");
+    assert!(out.status().is_success(), "logout: {}", out.status());
+    refused_within_a_second(
+        "the command API to refuse a logged-out token",
+        401,
+        "token_revoked",
+        || invite(&env, &api, &laptop_token),
+    )
+    .await;
+    refused_within_a_second(
+        "the query API to refuse a logged-out token",
+        401,
+        "token_revoked",
+        || read(&env, &query, &laptop_token),
+    )
+    .await;
+    refused_within_a_second(
+        "/realtime/auth to refuse a logged-out token",
+        401,
+        "token_revoked",
+        || realtime_auth(&env, &query, &laptop_token, &tenant),
+    )
+    .await;
+    // An idempotent replay of an earlier answer is not handed to the revoked token either.
+    let replay = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(&laptop_token)
+        .header("idempotency-key", "revoked-replay")
+        .json(&json!({"email": "x@agents.example", "password": "an agent's long password", "role": "agent"}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(replay, 401, "token_revoked").await;
+    assert_eq!(read(&env, &query, &phone_token).await.status(), 200);
+
+    // Demoted to agent: the token that says tenant_admin no longer creates admins.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{ada}/role"),
+            json!({"role": "agent"})
+        )
+        .await,
+        200
+    );
+    refused_within_a_second(
+        "a demoted admin's token to be refused",
+        401,
+        "token_revoked",
+        || invite(&env, &api, &phone_token),
+    )
+    .await;
+    // Refreshing gives a token with the new role, which works as an agent's.
+    let refreshed = crate::identity::refresh(
+        &env,
+        &api,
+        phone["refresh_token"].as_str().expect("refresh"),
+    )
+    .await;
+    assert_eq!(refreshed.status(), 200);
+    let refreshed: Value = refreshed.json().await.expect("json");
+    assert_eq!(refreshed["user"]["role"], "agent");
+    let agent_token = access(&refreshed);
+    expect_problem(invite(&env, &api, &agent_token).await, 403, "forbidden").await;
+    assert_eq!(read(&env, &query, &agent_token).await.status(), 200);
+
+    // Deactivated: nothing works, in either process, and a query API started afterwards
+    // knows it from the start.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{ada}/deactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    refused_within_a_second(
+        "a deactivated agent's reads to be refused",
+        401,
+        "token_revoked",
+        || read(&env, &query, &agent_token),
+    )
+    .await;
+    refused_within_a_second(
+        "a deactivated agent's realtime auth to be refused",
+        401,
+        "token_revoked",
+        || realtime_auth(&env, &query, &agent_token, &tenant),
+    )
+    .await;
+    let later = env.spawn_query_api(env.query_config()).await;
+    expect_problem(read(&env, &later, &agent_token).await, 401, "token_revoked").await;
+    // Other users are untouched.
+    assert_eq!(read(&env, &later, &root).await.status(), 200);
+    later.stop().await;
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_change_ends_the_other_sessions_access_tokens_too() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "bo@revocations.example";
+    let _ = tenant_admin(&env, &api, &root, email).await;
+    let laptop = access(&tokens(&env, &api, email, "a long and private password").await);
+    let stolen = access(&tokens(&env, &api, email, "a long and private password").await);
+    let changed = env
+        .http
+        .post(api.url("/auth/admin/password"))
+        .bearer_auth(&laptop)
+        .json(&json!({"current_password": "a long and private password", "new_password": "a new and private password"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(changed.status(), 204);
+    refused_within_a_second(
+        "the other session's token to be refused",
+        401,
+        "token_revoked",
+        || read(&env, &query, &stolen),
+    )
+    .await;
+    assert_eq!(invite(&env, &api, &laptop).await.status(), 201);
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_user_is_deactivated() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "cy@revocations.example";
+    let (_, cy) = tenant_admin(&env, &api, &root, email).await;
+    let token = access(&tokens(&env, &api, email, "a long and private password").await);
+    let mut stream = env
+        .http
+        .get(query.url("/v1/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stream.status(), 200);
+    // Open: nothing arrives, nothing ends.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.chunk())
+            .await
+            .is_err(),
+        "an open stream waits"
+    );
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{cy}/deactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended after the deactivation");
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_is_locked_out_until_reactivated() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "di@revocations.example";
+    let password = "a long and private password";
+    let (tenant, _) = tenant_admin(&env, &api, &root, email).await;
+    let signed_in = tokens(&env, &api, email, password).await;
+    let token = access(&signed_in);
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{tenant}/suspend"),
+            json!({"reason": "unpaid invoices"})
+        )
+        .await,
+        200
+    );
+    refused_within_a_second(
+        "a suspended tenant's admin to be refused writes",
+        403,
+        "tenant_suspended",
+        || invite(&env, &api, &token),
+    )
+    .await;
+    refused_within_a_second(
+        "a suspended tenant's admin to be refused reads",
+        403,
+        "tenant_suspended",
+        || read(&env, &query, &token),
+    )
+    .await;
+    // A right password learns of the suspension; a wrong one learns nothing.
+    expect_problem(
+        crate::identity::login(&env, &api, email, password).await,
+        403,
+        "tenant_suspended",
+    )
+    .await;
+    expect_problem(
+        crate::identity::login(&env, &api, email, "not the password at all").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let refresh_token = signed_in["refresh_token"].as_str().expect("refresh");
+    expect_problem(
+        crate::identity::refresh(&env, &api, refresh_token).await,
+        403,
+        "tenant_suspended",
+    )
+    .await;
+    // The platform still administers it.
+    assert_eq!(read(&env, &query, &root).await.status(), 200);
+
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{tenant}/reactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    eventually(
+        Duration::from_secs(1),
+        "the token to work again",
+        || async { (read(&env, &query, &token).await.status() == 200).then_some(()) },
+    )
+    .await;
+    // The session survived the suspension: its refresh token was not spent by the refusal.
+    assert_eq!(
+        crate::identity::refresh(&env, &api, refresh_token)
+            .await
+            .status(),
+        200
+    );
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_revocation_made_while_the_listener_was_down_is_seen_after_it_reconnects() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "ed@revocations.example";
+    let (_, ed) = tenant_admin(&env, &api, &root, email).await;
+    let token = access(&tokens(&env, &api, email, "a long and private password").await);
+    assert_eq!(read(&env, &query, &token).await.status(), 200);
+    // Cut every listening connection of this database (both processes'), and deactivate
+    // in the same breath: the notification may reach no one, the reload must find it.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND query ILIKE 'LISTEN%access_changes%'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("terminated");
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{ed}/deactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    eventually(
+        Duration::from_secs(3),
+        "the reconnected query API to refuse the token",
+        || async { (read(&env, &query, &token).await.status() == 401).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(3), "both listeners back", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND query ILIKE 'LISTEN%access_changes%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .ok()?;
+        (n >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(read(&env, &query, &root).await.status(), 200);
+    query.stop().await;
+    api.stop().await;
+}
