@@ -52,7 +52,11 @@ async fn schemathesis_finds_no_server_error_on_either_api() {
                 .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
             nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
             work_dir: work_dir(),
-            env: Vec::new(),
+            // Realtime configured, so the authorizers are fuzzed past "not configured".
+            env: vec![
+                ("SOKETI_APP_KEY".into(), "fuzz-app-key".into()),
+                ("SOKETI_APP_SECRET".into(), "fuzz-app-secret".into()),
+            ],
         },
         max_examples: 10,
         seed: 7,

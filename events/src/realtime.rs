@@ -5,6 +5,10 @@
 //! - A channel subscription is authorised by a signature over `socket_id:channel_name` (and,
 //!   for presence channels, `:channel_data`), HMAC-SHA256 with the app secret, answered as
 //!   `key:hex` ([`channel_auth`]).
+//! - A connection signs in as a user (`pusher:signin`) with a signature over
+//!   `socket_id::user::user_data` ([`user_auth`]); the user is named by [`ConnectionUser`],
+//!   so a revocation can end exactly the connections it concerns (the HTTP API's
+//!   `terminate_connections`).
 //! - A server publishing through the HTTP API signs the method, path and sorted query
 //!   (which includes the body's MD5) the same way ([`signed_query`]).
 
@@ -115,6 +119,39 @@ pub fn channel_auth(
         None => format!("{socket_id}:{channel}"),
     };
     format!("{key}:{}", hmac_hex(secret, &message))
+}
+
+/// The `auth` value that signs `socket_id` in as the user of `user_data` (a JSON string with
+/// an `id`): `key:HMAC-SHA256(secret, "socket_id::user::user_data")` in hex.
+pub fn user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str) -> String {
+    format!(
+        "{key}:{}",
+        hmac_hex(secret, &format!("{socket_id}::user::{user_data}"))
+    )
+}
+
+/// Who a realtime connection signed in as: the unit a revocation ends. An admin's
+/// connection is its session, so a logout ends that session's connections and not the
+/// user's others; a chatbot user's is the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionUser {
+    /// An admin session (the token's `sid`).
+    Session(String),
+    /// An admin token without a session (issued by the platform itself).
+    Admin(String),
+    /// A chatbot user.
+    Phone(String),
+}
+
+impl ConnectionUser {
+    /// The Pusher user id (URL-safe: ids are UUIDs and hex digests).
+    pub fn id(&self) -> String {
+        match self {
+            ConnectionUser::Session(sid) => format!("session-{sid}"),
+            ConnectionUser::Admin(id) => format!("admin-{id}"),
+            ConnectionUser::Phone(id) => format!("phone-{id}"),
+        }
+    }
 }
 
 /// The query string of a signed HTTP API request: `auth_key`, `auth_timestamp`,

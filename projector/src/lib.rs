@@ -210,7 +210,7 @@ pub fn projections(
     ];
     if let Some(secret) = config.auth_secret() {
         all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
-            pool,
+            pool.clone(),
             command_client::CommandClient::new(
                 &config.command_api_url,
                 events::access::TokenKeys::new(secret),
@@ -227,6 +227,9 @@ pub fn projections(
     };
     all.push(Arc::new(realtime()));
     all.push(Arc::new(realtime().for_whatsapp()));
+    if let (Some(app), Some(pool)) = (config.soketi_app(), pool) {
+        all.push(Arc::new(effects::eviction::Eviction::new(app, pool)));
+    }
     all
 }
 

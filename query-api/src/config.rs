@@ -74,6 +74,13 @@ pub struct Config {
     /// The channel authorizer URL clients are told (`/realtime/config`).
     #[arg(long, env = "REALTIME_AUTH_ENDPOINT", default_value = "/realtime/auth")]
     pub realtime_auth_endpoint: String,
+    /// The user-authentication URL clients are told (`/realtime/config`).
+    #[arg(
+        long,
+        env = "REALTIME_USER_AUTH_ENDPOINT",
+        default_value = "/realtime/user-auth"
+    )]
+    pub realtime_user_auth_endpoint: String,
 }
 
 impl Config {

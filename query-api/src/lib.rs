@@ -204,6 +204,7 @@ impl Application {
                 port: config.soketi_public_port,
                 tls: config.soketi_public_tls,
                 auth_endpoint: config.realtime_auth_endpoint.clone(),
+                user_auth_endpoint: config.realtime_user_auth_endpoint.clone(),
             }),
         };
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;

@@ -1,11 +1,20 @@
-// The Pusher server library's own channel authorization, to check ours against:
+// The Pusher server library's own signatures, to check ours against:
 //   node authorize.js <app_id> <key> <secret> <socket_id> <channel> [<presence data JSON>]
-// prints what the library answers (`{"auth": …, "channel_data"?: …}`).
+// prints what the library answers for a channel (`{"auth": …, "channel_data"?: …}`);
+//   node authorize.js --user <app_id> <key> <secret> <socket_id> <user data JSON>
+// prints what it answers for a user signing in (`{"auth": …, "user_data": …}`).
 const Pusher = require('pusher');
 
-const [appId, key, secret, socketId, channel, presence] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const user = args[0] === '--user';
+const [appId, key, secret, socketId, target, presence] = user ? args.slice(1) : args;
 const pusher = new Pusher({ appId, key, secret, cluster: 'mt1' });
-const answer = presence
-  ? pusher.authorizeChannel(socketId, channel, JSON.parse(presence))
-  : pusher.authorizeChannel(socketId, channel);
+let answer;
+if (user) {
+  answer = pusher.authenticateUser(socketId, JSON.parse(target));
+} else if (presence) {
+  answer = pusher.authorizeChannel(socketId, target, JSON.parse(presence));
+} else {
+  answer = pusher.authorizeChannel(socketId, target);
+}
 process.stdout.write(JSON.stringify(answer));

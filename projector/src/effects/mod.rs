@@ -1,6 +1,9 @@
 //! Side-effect workers: projections whose work is a call to another service, performed
 //! before their checkpoints move (see [`crate::projection::Effect`]).
 
+/// Realtime connections of revoked sessions, users and tenants terminated on Soketi.
+pub mod eviction;
+
 /// Chat events to Soketi (Pusher HTTP API) and to core NATS for SSE.
 pub mod realtime;
 

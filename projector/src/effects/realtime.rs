@@ -87,18 +87,31 @@ impl Realtime {
         batch: &[serde_json::Value],
     ) -> Result<(), ProjectionError> {
         let path = format!("/apps/{}/batch_events", app.app_id);
-        let body = serde_json::to_vec(&json!({ "batch": batch })).unwrap_or_default();
+        app.post(&self.http, &path, &json!({ "batch": batch }))
+            .await
+    }
+}
+
+impl SoketiApp {
+    /// A signed `POST` of `body` to the HTTP API's `path`; any answer but a success is an
+    /// error (the caller's batch is retried).
+    pub async fn post(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ProjectionError> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
         let query = signed_query(
-            &app.key,
-            &app.secret,
+            &self.key,
+            &self.secret,
             "POST",
-            &path,
+            path,
             &body,
             chrono::Utc::now().timestamp(),
         );
-        let url = format!("{}{path}?{query}", app.url.trim_end_matches('/'));
-        let response = self
-            .http
+        let url = format!("{}{path}?{query}", self.url.trim_end_matches('/'));
+        let response = http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)

@@ -1,5 +1,6 @@
-//! Realtime for the frontend: the Pusher channel authorizer (`POST /realtime/auth`) and the
-//! client configuration (`GET /realtime/config`), each also under `/chat/realtime/…` as the
+//! Realtime for the frontend: the Pusher channel authorizer (`POST /realtime/auth`), the
+//! user authenticator (`POST /realtime/user-auth`, pusher-js `signin()`) and the client
+//! configuration (`GET /realtime/config`), each also under `/chat/realtime/…` as the
 //! existing frontend calls them. Soketi (the Pusher-protocol server) asks nothing of us: a
 //! client subscribes to a private or presence channel with the signature this authorizer
 //! gives, and Soketi checks it with the shared app secret.
@@ -8,6 +9,12 @@
 //! - `private-tenant-{tenant}` and `presence-tenant-{tenant}`: the tenant's staff;
 //! - `private-thread-{thread}`: the thread's tenant's staff and its participants;
 //! - `private-user-{user}`: that user.
+//!
+//! Every connection signs in (Soketi is run with user authentication on, and closes a
+//! connection that does not within its timeout) as its [`ConnectionUser`]: the admin's
+//! session, or the chatbot user. When a session ends, a user is deactivated or demoted or a
+//! tenant suspended, the projector's eviction worker has Soketi terminate exactly those
+//! connections, and this authorizer refuses the token from then on.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -17,7 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use events::access::{Principal, Role};
 use events::http::{AuthUser, Json, Problem};
-use events::realtime::{channel_auth, valid_socket_id, Channel};
+use events::realtime::{channel_auth, user_auth, valid_socket_id, Channel, ConnectionUser};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -38,6 +45,8 @@ pub struct RealtimeSettings {
     pub tls: bool,
     /// The authorizer URL clients are told to use.
     pub auth_endpoint: String,
+    /// The user-authentication URL clients are told to use.
+    pub user_auth_endpoint: String,
 }
 
 /// The routes.
@@ -45,6 +54,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/realtime/auth", post(auth))
         .route("/chat/realtime/auth", post(auth))
+        .route("/realtime/user-auth", post(user_auth_answer))
+        .route("/chat/realtime/user-auth", post(user_auth_answer))
         .route("/realtime/config", get(config))
         .route("/chat/realtime/config", get(config))
         .route("/realtime/watch", get(watch))
@@ -114,6 +125,9 @@ struct ClientConfig<'a> {
     cluster: &'static str,
     /// `channelAuthorization.endpoint`.
     auth_endpoint: &'a str,
+    /// `userAuthentication.endpoint` (call `signin()` after connecting: connections that do
+    /// not sign in are closed).
+    user_auth_endpoint: &'a str,
     /// `enabledTransports`.
     transports: [&'static str; 1],
 }
@@ -128,6 +142,7 @@ async fn config(State(state): State<AppState>) -> Response {
         tls: r.tls,
         cluster: "mt1",
         auth_endpoint: &r.auth_endpoint,
+        user_auth_endpoint: &r.user_auth_endpoint,
         transports: [if r.tls { "wss" } else { "ws" }],
     };
     Json(config).into_response()
@@ -152,22 +167,34 @@ struct AuthAnswer {
     channel_data: Option<String>,
 }
 
-fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<AuthRequest, Problem> {
+/// A body form-encoded (as pusher-js sends it) or JSON; `fields` names what to send.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    fields: &str,
+) -> Result<T, Problem> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
     let parsed = if json {
-        serde_json::from_slice::<AuthRequest>(body).map_err(|e| e.to_string())
+        serde_json::from_slice::<T>(body).map_err(|e| e.to_string())
     } else {
-        serde_urlencoded::from_bytes::<AuthRequest>(body).map_err(|e| e.to_string())
+        serde_urlencoded::from_bytes::<T>(body).map_err(|e| e.to_string())
     };
     parsed.map_err(|e| {
         Problem::bad_request(
             "invalid_body",
-            format!("Send socket_id and channel_name, form-encoded or as JSON: {e}"),
+            format!("Send {fields}, form-encoded or as JSON: {e}"),
         )
     })
+}
+
+fn invalid_socket_id() -> Problem {
+    Problem::bad_request(
+        "invalid_socket_id",
+        "socket_id must be the id the realtime server gave the connection (digits.digits).",
+    )
 }
 
 fn forbidden() -> Problem {
@@ -184,12 +211,9 @@ async fn auth(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let request = parse_request(&headers, &body)?;
+    let request: AuthRequest = parse_body(&headers, &body, "socket_id and channel_name")?;
     if !valid_socket_id(&request.socket_id) {
-        return Err(Problem::bad_request(
-            "invalid_socket_id",
-            "socket_id must be the id the realtime server gave the connection (digits.digits).",
-        ));
+        return Err(invalid_socket_id());
     }
     let channel = Channel::parse(&request.channel_name).ok_or_else(|| {
         Problem::bad_request(
@@ -198,11 +222,7 @@ async fn auth(
         )
     })?;
     let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "realtime_not_configured",
-            "Realtime is not configured (SOKETI_APP_KEY, SOKETI_APP_SECRET).",
-        ));
+        return Err(not_configured());
     };
     let channel_data = match &channel {
         Channel::Tenant(tenant) if who.is_staff_of(tenant) => None,
@@ -221,6 +241,70 @@ async fn auth(
         channel_data.as_deref(),
     );
     Ok(Json(AuthAnswer { auth, channel_data }).into_response())
+}
+
+/// What a connection sends to sign in (form-encoded as pusher-js does, or JSON).
+#[derive(Debug, Deserialize)]
+pub struct UserAuthRequest {
+    /// The socket's id, as the server gave it.
+    socket_id: String,
+}
+
+/// The user authenticator's answer.
+#[derive(Debug, Serialize)]
+struct UserAuthAnswer {
+    /// `key:signature`.
+    auth: String,
+    /// The user, exactly as signed.
+    user_data: String,
+}
+
+/// Signs a connection in as the token's [`ConnectionUser`].
+async fn user_auth_answer(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let request: UserAuthRequest = parse_body(&headers, &body, "socket_id")?;
+    if !valid_socket_id(&request.socket_id) {
+        return Err(invalid_socket_id());
+    }
+    let user = match &who {
+        Principal::Admin { user_id, .. } => match session_of(&state, &headers) {
+            Some(sid) => ConnectionUser::Session(sid),
+            None => ConnectionUser::Admin(user_id.clone()),
+        },
+        Principal::Phone { user_id, .. } => ConnectionUser::Phone(user_id.clone()),
+        Principal::Service { .. } => {
+            return Err(Problem::forbidden(
+                "Realtime connections are for staff and customers.",
+            ))
+        }
+    };
+    let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
+        return Err(not_configured());
+    };
+    let user_data =
+        serde_json::json!({"id": user.id(), "user_info": presence_data(&who)["user_info"]})
+            .to_string();
+    let auth = user_auth(key, secret, &request.socket_id, &user_data);
+    Ok(Json(UserAuthAnswer { auth, user_data }).into_response())
+}
+
+/// The session (`sid`) of the request's bearer token, which the extractor verified.
+fn session_of(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (_, token) = value.split_once(' ')?;
+    state.tokens.claims(token.trim()).ok()?.sid
+}
+
+fn not_configured() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "realtime_not_configured",
+        "Realtime is not configured (SOKETI_APP_KEY, SOKETI_APP_SECRET).",
+    )
 }
 
 /// A presence member: the user id and what other members see of them.

@@ -35,11 +35,18 @@ impl Client {
     ) -> Self {
         let mut config = json!({
             "host": "127.0.0.1", "port": port, "key": SOKETI_KEY,
-            "authEndpoint": query.url("/realtime/auth"), "token": token, "channels": channels,
+            "authEndpoint": query.url("/realtime/auth"),
+            "userAuthEndpoint": query.url("/realtime/user-auth"),
+            "token": token, "channels": channels,
         });
         if let Some(trigger) = trigger {
             config["trigger"] = trigger;
         }
+        Self::spawn(&config)
+    }
+
+    /// A client driven by `config` (see scripts/realtime/client.js).
+    pub(crate) fn spawn(config: &Value) -> Self {
         let mut process = tokio::process::Command::new("node")
             .current_dir(realtime_tools())
             .arg("client.js")
@@ -81,7 +88,7 @@ impl Client {
     }
 
     /// Every line not yet asked for, and those printed within `window`.
-    async fn drain(&mut self, window: Duration) -> Vec<Value> {
+    pub(crate) async fn drain(&mut self, window: Duration) -> Vec<Value> {
         let mut seen: Vec<Value> = self.backlog.drain(..).collect();
         let deadline = Instant::now() + window;
         while let Ok(Ok(Some(line))) = tokio::time::timeout(
@@ -239,6 +246,31 @@ async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
         env.event_count().await,
         events_before,
         "typing is not an event"
+    );
+    // A flood of client events is cut at 10 a second: the sender is told, the watcher gets
+    // no more than the limit lets through.
+    let mut flood = Client::start(
+        soketi.port,
+        &query,
+        &customer,
+        std::slice::from_ref(&thread_channel),
+        Some(json!({"channel": thread_channel, "event": "client-typing", "data": {"typing": false}, "times": 40})),
+    )
+    .await;
+    flood
+        .next("the rate-limit error", |v| {
+            v["type"] == "error" && v["code"] == 4301
+        })
+        .await;
+    let got = watcher
+        .drain(Duration::from_millis(1500))
+        .await
+        .into_iter()
+        .filter(|v| v["name"] == "client-typing" && v["data"]["typing"] == false)
+        .count();
+    assert!(
+        (1..=12).contains(&got),
+        "{got} of 40 client events passed the limit"
     );
 
     // A message through command-api reaches the thread channel and the dashboard.

@@ -12,19 +12,31 @@ use crate::support::{
 
 /// What the `pusher` library answers for the same request.
 fn library_answer(socket_id: &str, channel: &str, presence: Option<&str>) -> Value {
-    let dir = realtime_tools();
-    let mut command = std::process::Command::new("node");
-    command.current_dir(&dir).arg("authorize.js").args([
+    let mut args = vec![SOKETI_APP_ID, SOKETI_KEY, SOKETI_SECRET, socket_id, channel];
+    args.extend(presence);
+    pusher_library(&args)
+}
+
+/// What the `pusher` library answers for a user signing in with `user_data`.
+pub(crate) fn library_user_answer(socket_id: &str, user_data: &str) -> Value {
+    pusher_library(&[
+        "--user",
         SOKETI_APP_ID,
         SOKETI_KEY,
         SOKETI_SECRET,
         socket_id,
-        channel,
-    ]);
-    if let Some(presence) = presence {
-        command.arg(presence);
-    }
-    let output = command.output().expect("node runs");
+        user_data,
+    ])
+}
+
+/// Runs scripts/realtime/authorize.js with `args` and answers what it printed.
+fn pusher_library(args: &[&str]) -> Value {
+    let output = std::process::Command::new("node")
+        .current_dir(realtime_tools())
+        .arg("authorize.js")
+        .args(args)
+        .output()
+        .expect("node runs");
     assert!(
         output.status.success(),
         "{}",

@@ -459,3 +459,129 @@ async fn a_revocation_made_while_the_listener_was_down_is_seen_after_it_reconnec
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn revoked_sessions_lose_their_soketi_connections_and_unsigned_connections_are_closed() {
+    use crate::live::Client;
+    let env = TestEnv::new().await;
+    let soketi = crate::support::Soketi::start().await;
+    let api = with_root(&env).await;
+    let projector = env.spawn_projector(soketi.projector_config(env.projector_config()));
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let email = "fay@revocations.example";
+    let (tenant, fay) = tenant_admin(&env, &api, &root, email).await;
+    let laptop = tokens(&env, &api, email, "a long and private password").await;
+    let phone = tokens(&env, &api, email, "a long and private password").await;
+
+    // The authenticator signs as the Pusher library does, naming the session.
+    let signed: Value = env
+        .http
+        .post(query.url("/realtime/user-auth"))
+        .bearer_auth(access(&laptop))
+        .form(&[("socket_id", "123.456")])
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let user_data = signed["user_data"].as_str().expect("user data");
+    let user: Value = serde_json::from_str(user_data).expect("json");
+    assert!(
+        user["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("session-")),
+        "{user}"
+    );
+    assert_eq!(
+        signed,
+        crate::realtime::library_user_answer("123.456", user_data)
+    );
+    let channel = format!("private-tenant-{tenant}");
+    let mut laptop_client = Client::start(
+        soketi.port,
+        &query,
+        &access(&laptop),
+        std::slice::from_ref(&channel),
+        None,
+    )
+    .await;
+    let mut phone_client = Client::start(
+        soketi.port,
+        &query,
+        &access(&phone),
+        std::slice::from_ref(&channel),
+        None,
+    )
+    .await;
+    for client in [&mut laptop_client, &mut phone_client] {
+        client.next("signed in", |v| v["type"] == "signed_in").await;
+        client.subscribed(&[&channel]).await;
+    }
+    // A connection that never signs in is closed by Soketi.
+    let mut unsigned = Client::spawn(&json!({
+        "host": "127.0.0.1", "port": soketi.port, "key": crate::support::SOKETI_KEY,
+        "authEndpoint": query.url("/realtime/auth"), "token": access(&laptop), "channels": [],
+    }));
+    unsigned
+        .next("connected", |v| v["type"] == "connected")
+        .await;
+    unsigned
+        .next("the unsigned connection closed", |v| v["type"] == "state")
+        .await;
+
+    // Logout ends the laptop's connection, not the phone's.
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(access(&laptop))
+        .send()
+        .await
+        .expect("sent");
+    assert!(out.status().is_success());
+    laptop_client
+        .next("the logged-out session's connection ended", |v| {
+            v["type"] == "state"
+        })
+        .await;
+    let phone_lines = phone_client.drain(Duration::from_millis(500)).await;
+    assert!(
+        phone_lines.iter().all(|v| v["type"] != "state"),
+        "the other session stays connected: {phone_lines:?}"
+    );
+    // Deactivation ends the rest, and the user cannot sign in again.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{fay}/deactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    phone_client
+        .next("the deactivated user's connection ended", |v| {
+            v["type"] == "state"
+        })
+        .await;
+    refused_within_a_second(
+        "a deactivated user's sign-in to be refused",
+        401,
+        "token_revoked",
+        || {
+            let request = env
+                .http
+                .post(query.url("/realtime/user-auth"))
+                .bearer_auth(access(&phone))
+                .form(&[("socket_id", "123.456")]);
+            async move { request.send().await.expect("sent") }
+        },
+    )
+    .await;
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}

@@ -192,6 +192,7 @@ impl TestEnv {
             soketi_public_port: 6001,
             soketi_public_tls: false,
             realtime_auth_endpoint: "/realtime/auth".to_owned(),
+            realtime_user_auth_endpoint: "/realtime/user-auth".to_owned(),
             nats_url: nats_url(),
             realtime_subject_prefix: format!("rt{}", self.prefix),
             allow_dev_secrets: true,
@@ -497,6 +498,9 @@ pub fn realtime_tools() -> PathBuf {
     dir
 }
 
+/// How long the test Soketi waits for a connection to sign in, milliseconds.
+pub const SOKETI_SIGNIN_TIMEOUT_MS: u64 = 3000;
+
 /// A real Soketi server of this test, on free ports, with the test app (client events on).
 pub struct Soketi {
     pub port: u16,
@@ -516,6 +520,14 @@ impl Soketi {
                 .env("SOKETI_DEFAULT_APP_KEY", SOKETI_KEY)
                 .env("SOKETI_DEFAULT_APP_SECRET", SOKETI_SECRET)
                 .env("SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true")
+                // As deployed: a connection that does not sign in is closed (shorter than
+                // the deployed 30 s, so a test sees it).
+                .env("SOKETI_DEFAULT_APP_USER_AUTHENTICATION", "true")
+                .env("SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC", "10")
+                .env(
+                    "SOKETI_USER_AUTHENTICATION_TIMEOUT",
+                    SOKETI_SIGNIN_TIMEOUT_MS.to_string(),
+                )
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
