@@ -2,8 +2,7 @@
 #
 # Order of preference, for each of the two:
 #   1. what DATABASE_URL / NATS_URL point at, when it answers;
-#   2. docker compose (services `postgres` and `nats` of docker-compose.yml), when a Docker
-#      engine runs;
+#   2. a Docker engine, when one runs (compose's `postgres`; a loopback nats-server container);
 #   3. Debian's `postgresql` and `nats-server` packages, installed and started, when root.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,8 +75,9 @@ ensure_nats() {
   if answers "$(url_host "$url")" "$(url_port "$url" 4222)"; then
     say "NATS: using $url"
   elif docker_runs; then
-    say "NATS: starting it with docker compose"
-    (cd "$ROOT" && docker compose up -d nats)
+    # An open development bus on loopback (compose's `nats` is authenticated and unpublished).
+    say "NATS: starting a development nats-server container on 127.0.0.1:4222"
+    docker run -d --rm --name platform-dev-nats -p 127.0.0.1:4222:4222 nats:2.9 -js >/dev/null
     url="nats://127.0.0.1:4222"
     wait_for 127.0.0.1 4222 NATS
   elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -118,4 +118,47 @@ ensure_python_tools() {
     "$dir/.venv/bin/pip" install -q --disable-pip-version-check -r "$dir/requirements.txt"
     touch "$dir/.venv/.installed"
   fi
+}
+
+# Starts (once; later runs find it) a private nats-server with authentication
+# (nats/nats-server-auth.conf: one user per service, each with its subject permissions) on
+# 127.0.0.1:$UP_NATS_PORT (default 4322), and exports one URL per service:
+# NATS_URL_COMMAND_API, NATS_URL_PROJECTOR, NATS_URL_QUERY_API. The passwords are random,
+# made on the first run and kept in data/nats-up/passwords.env (readable by its owner only).
+ensure_secured_nats() {
+  local port="${UP_NATS_PORT:-4322}" dir="$DATA/nats-up"
+  mkdir -p "$dir"
+  if [ ! -s "$dir/passwords.env" ]; then
+    (umask 077
+     for user in COMMAND_API PROJECTOR QUERY_API WHATSAPP_BRIDGE; do
+       # A letter first: nats-server parses the value as a bare string only then.
+       echo "export NATS_${user}_PASSWORD=n$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+     done >"$dir/passwords.env")
+  fi
+  # shellcheck disable=SC1091
+  source "$dir/passwords.env"
+  if ! answers 127.0.0.1 "$port" && ! command -v nats-server >/dev/null && docker_runs; then
+    say "NATS: starting an authenticated nats-server container on 127.0.0.1:$port"
+    docker run -d --rm --name platform-up-nats -p "127.0.0.1:$port:4222" \
+      -v "$ROOT/nats/nats-server-auth.conf:/etc/nats/auth.conf:ro" \
+      -e NATS_COMMAND_API_PASSWORD -e NATS_PROJECTOR_PASSWORD -e NATS_QUERY_API_PASSWORD \
+      -e NATS_WHATSAPP_BRIDGE_PASSWORD nats:2.9 -c /etc/nats/auth.conf -js -sd /data >/dev/null
+    wait_for 127.0.0.1 "$port" NATS
+  fi
+  if ! answers 127.0.0.1 "$port"; then
+    if ! command -v nats-server >/dev/null; then
+      [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        || die "nats-server is needed (Debian package nats-server), or set NATS_URL to a NATS of yours"
+      say "NATS: installing Debian's nats-server"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    fi
+    say "NATS: starting an authenticated nats-server on 127.0.0.1:$port (one user per service)"
+    (cd "$ROOT" && nohup nats-server -c nats/nats-server-auth.conf -a 127.0.0.1 -p "$port" -m 0 \
+       -sd "$dir/store" >"$dir/server.log" 2>&1 &)
+    wait_for 127.0.0.1 "$port" NATS
+  fi
+  export NATS_URL_COMMAND_API="nats://command-api:$NATS_COMMAND_API_PASSWORD@127.0.0.1:$port"
+  export NATS_URL_PROJECTOR="nats://projector:$NATS_PROJECTOR_PASSWORD@127.0.0.1:$port"
+  export NATS_URL_QUERY_API="nats://query-api:$NATS_QUERY_API_PASSWORD@127.0.0.1:$port"
+  export NATS_URL="nats://127.0.0.1:$port"
 }

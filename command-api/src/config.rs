@@ -23,7 +23,13 @@ pub struct Config {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL, with this service's user (`nats://command-api:password@host:4222`).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// JetStream stream holding every committed event.
     #[arg(long, env = "NATS_STREAM", default_value = events::subject::DEFAULT_STREAM)]
@@ -301,7 +307,10 @@ impl Config {
             ],
             self.allow_dev_secrets,
         )
-        .map_err(ConfigError::WeakSecret)
+        .map_err(ConfigError::WeakSecret)?;
+        events::bus::NatsUrl::parse(&self.nats_url)
+            .check(self.allow_dev_secrets)
+            .map_err(ConfigError::WeakSecret)
     }
 
     /// The Lyra account, when its shop id and password are set.

@@ -259,7 +259,8 @@ impl Application {
             .connect(database_url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let nats = async_nats::connect(&config.nats_url)
+        let nats = events::bus::NatsUrl::parse(&config.nats_url)
+            .connect()
             .await
             .map_err(|e| StartError::Nats(e.to_string()))?;
         let js = async_nats::jetstream::new(nats.clone());

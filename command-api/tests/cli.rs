@@ -88,9 +88,25 @@ fn start_with_a_published_or_short_secret_is_refused_outside_development() {
         weak_key.contains("CREDENTIALS_KEY is a published default"),
         "{weak_key}"
     );
+    // An open bus, or a weak password on it, is refused too.
+    let open_bus = start(&[("NEST_AUTH_SECRET", long)]);
+    assert!(open_bus.contains("NATS_URL names no user"), "{open_bus}");
+    let weak_bus = start(&[
+        ("NEST_AUTH_SECRET", long),
+        ("NATS_URL", "nats://command-api:short@127.0.0.1:4222"),
+    ]);
+    assert!(
+        weak_bus.contains("NATS password in NATS_URL is"),
+        "{weak_bus}"
+    );
+    assert!(
+        !weak_bus.contains(":short@"),
+        "the password is never printed: {weak_bus}"
+    );
     // Strong secrets, or development allowed: it gets as far as the unreachable database.
+    let bus = "nats://command-api:Qm4vT8xK2pR7wZ1nB5cJ9hL3sD6fGyA0@127.0.0.1:4222";
     for envs in [
-        vec![("NEST_AUTH_SECRET", long)],
+        vec![("NEST_AUTH_SECRET", long), ("NATS_URL", bus)],
         vec![("NEST_AUTH_SECRET", "s"), ("ALLOW_DEV_SECRETS", "true")],
     ] {
         let out = start(&envs);

@@ -28,6 +28,9 @@
 pub mod access;
 /// Audio files and their transcripts.
 pub mod audio;
+/// Connecting to NATS as a service's own user.
+#[cfg(feature = "nats")]
+pub mod bus;
 /// Events of chat threads.
 pub mod chat;
 /// The clock rules are decided by (settable in tests).

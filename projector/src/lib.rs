@@ -76,12 +76,13 @@ pub struct Config {
     /// Maximum PostgreSQL connections of this process.
     #[arg(long, env = "DB_MAX_CONNECTIONS", global = true, default_value_t = 8)]
     pub db_max_connections: u32,
-    /// NATS server URL.
+    /// NATS server URL, with this service's user (`nats://projector:password@host:4222`).
     #[arg(
         long,
         env = "NATS_URL",
         global = true,
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub nats_url: String,
     /// JetStream stream holding every committed event.
@@ -317,8 +318,13 @@ pub async fn run(
         config.allow_dev_secrets,
     )
     .map_err(Error::Config)?;
+    let nats_url = events::bus::NatsUrl::parse(&config.nats_url);
+    nats_url
+        .check(config.allow_dev_secrets)
+        .map_err(Error::Config)?;
     let pool = config.pool().await?;
-    let client = async_nats::connect(&config.nats_url)
+    let client = nats_url
+        .connect()
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(client.clone());

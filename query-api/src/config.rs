@@ -65,8 +65,14 @@ pub struct Config {
     /// Whether browsers reach Soketi over TLS.
     #[arg(long, env = "SOKETI_PUBLIC_TLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub soketi_public_tls: bool,
-    /// NATS server URL (the realtime events of `/v1/stream`; everything else works without).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL, with this service's user (`nats://query-api:password@host:4222`):
+    /// the realtime events of `/v1/stream`; everything else works without.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// First token of the core NATS subjects realtime events arrive on.
     #[arg(long, env = "REALTIME_SUBJECT_PREFIX", default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]

@@ -172,6 +172,9 @@ impl Application {
             config.allow_dev_secrets,
         )
         .map_err(StartError::WeakSecret)?;
+        events::bus::NatsUrl::parse(&config.nats_url)
+            .check(config.allow_dev_secrets)
+            .map_err(StartError::WeakSecret)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect(url)

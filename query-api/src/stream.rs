@@ -130,7 +130,9 @@ impl Hub {
             loop {
                 let outcome = async {
                     let watcher = hub.clone();
-                    let client = async_nats::ConnectOptions::new()
+                    let url = events::bus::NatsUrl::parse(&nats_url);
+                    let (options, address) = url.options();
+                    let client = options
                         .event_callback(move |event| {
                             let hub = watcher.clone();
                             async move {
@@ -140,7 +142,7 @@ impl Hub {
                                 }
                             }
                         })
-                        .connect(&nats_url)
+                        .connect(address)
                         .await?;
                     let mut subscription = client.subscribe(format!("{prefix}.>")).await?;
                     tracing::info!(subject = %format!("{prefix}.>"), "following realtime events");

@@ -125,7 +125,7 @@ impl Client {
 }
 
 /// Opens a thread as `customer`, waits until it is in the read model, answers its id.
-async fn open_thread(
+pub(crate) async fn open_thread(
     env: &TestEnv,
     api: &Service,
     query: &Service,
@@ -159,7 +159,7 @@ async fn open_thread(
     thread
 }
 
-async fn send(env: &TestEnv, api: &Service, token: &str, thread: &str, text: &str) {
+pub(crate) async fn send(env: &TestEnv, api: &Service, token: &str, thread: &str, text: &str) {
     let sent = env
         .http
         .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
@@ -417,21 +417,26 @@ async fn a_soketi_outage_delays_realtime_events_and_loses_none() {
 }
 
 /// An open `GET /v1/stream` and the SSE events read from it.
-struct Stream {
+pub(crate) struct Stream {
     response: reqwest::Response,
     buffer: String,
 }
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, Default)]
-struct Sse {
-    event: String,
+pub(crate) struct Sse {
+    pub(crate) event: String,
     id: String,
-    data: Value,
+    pub(crate) data: Value,
 }
 
 impl Stream {
-    async fn open(env: &TestEnv, query: &Service, token: &str, last_id: Option<&str>) -> Self {
+    pub(crate) async fn open(
+        env: &TestEnv,
+        query: &Service,
+        token: &str,
+        last_id: Option<&str>,
+    ) -> Self {
         let mut request = env.http.get(query.url("/v1/stream")).bearer_auth(token);
         if let Some(id) = last_id {
             request = request.header("last-event-id", id);
@@ -451,7 +456,7 @@ impl Stream {
     }
 
     /// The next event within `wait`, if any (keep-alive comments skipped).
-    async fn next(&mut self, wait: Duration) -> Option<Sse> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<Sse> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {

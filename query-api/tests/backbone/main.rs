@@ -12,6 +12,7 @@ mod horizon;
 mod identity;
 mod isolation;
 mod live;
+mod nats_auth;
 mod payments;
 mod projector;
 mod queries;

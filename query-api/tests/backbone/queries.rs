@@ -539,6 +539,9 @@ fn query_api_refuses_a_published_or_short_secret_outside_development() {
         "{refused}"
     );
     assert!(start("short", "false").contains("shorter than 32 characters"));
+    // A strong secret but an open bus: refused too.
+    let open_bus = start("k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe", "false");
+    assert!(open_bus.contains("NATS_URL names no user"), "{open_bus}");
     // Allowed on a development machine: it gets as far as the (unreachable) database.
     let allowed = start("dev-secret-change-me", "true");
     assert!(!allowed.contains("published default"), "{allowed}");
