@@ -1,6 +1,6 @@
 //! Bearer tokens: HS256 JWTs signed with `NEST_AUTH_SECRET` (fallback `NEXTAUTH_SECRET`).
 //! Claims `sub`, `tenant_id`, `role` (admins) or `kind = "phone"` (chatbot users), `iat`,
-//! `exp`, `jti`. Verification is pure CPU so both APIs share it.
+//! `exp`, `jti`, `sid` (an admin's session), and the platform's `iss` and `aud`. Verification is pure CPU so both APIs share it.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -184,6 +184,21 @@ pub fn check_secrets(secrets: &[(&str, Option<&str>)], allow_dev: bool) -> Resul
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
 const LEEWAY_SECS: i64 = 5;
 
+/// The `iss` of every token the platform signs, and the only one it accepts.
+pub const TOKEN_ISSUER: &str = "platform-identity";
+/// The `aud` of every token the platform signs (both APIs), and the only one it accepts: a
+/// token another application signed with a shared secret is not one of ours.
+pub const TOKEN_AUDIENCE: &str = "platform-api";
+
+/// Claims as signed: the platform's issuer and audience beside the claims.
+#[derive(Serialize)]
+struct Signed<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    iss: &'static str,
+    aud: &'static str,
+}
+
 /// Verifies (and, for tests and the identity service, issues) tokens.
 #[derive(Clone)]
 pub struct TokenKeys {
@@ -191,7 +206,8 @@ pub struct TokenKeys {
     decoding: DecodingKey,
     /// Key for signing.
     encoding: EncodingKey,
-    /// HS256 only, `exp` required, no leeway beyond a few seconds of clock skew.
+    /// HS256 only, `exp`, `iss` and `aud` required, no leeway beyond a few seconds of clock
+    /// skew.
     validation: Validation,
 }
 
@@ -207,7 +223,9 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS as u64;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[TOKEN_ISSUER]);
+        validation.set_audience(&[TOKEN_AUDIENCE]);
         Self {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -255,10 +273,15 @@ impl TokenKeys {
         Ok((c, principal))
     }
 
-    /// Signs claims (HS256).
+    /// Signs claims (HS256), with the platform's issuer and audience.
     pub fn sign(&self, claims: &Claims) -> String {
+        let signed = Signed {
+            claims,
+            iss: TOKEN_ISSUER,
+            aud: TOKEN_AUDIENCE,
+        };
         // Encoding HS256 over serializable claims cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &signed, &self.encoding)
             .unwrap_or_default()
     }
 
@@ -351,6 +374,8 @@ mod tests {
         assert!(keys.verify(&keys.sign(&claims(now))).is_ok());
         // `nbf` is not a claim the platform issues, but one it honours.
         let mut raw = serde_json::to_value(claims(now)).expect("json");
+        raw["iss"] = serde_json::json!(TOKEN_ISSUER);
+        raw["aud"] = serde_json::json!(TOKEN_AUDIENCE);
         raw["nbf"] = serde_json::json!(now + 600);
         let early = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -359,6 +384,43 @@ mod tests {
         )
         .expect("signed");
         assert_eq!(keys.verify(&early), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_without_the_platforms_issuer_and_audience_is_invalid() {
+        let keys = TokenKeys::new("secret");
+        let now = chrono::Utc::now().timestamp();
+        let token = |iss: Option<&str>, aud: Option<&str>| {
+            let mut raw = serde_json::json!({"sub": "u1", "role": "super_admin", "iat": now, "exp": now + 600});
+            if let Some(iss) = iss {
+                raw["iss"] = serde_json::json!(iss);
+            }
+            if let Some(aud) = aud {
+                raw["aud"] = serde_json::json!(aud);
+            }
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &raw,
+                &EncodingKey::from_secret(b"secret"),
+            )
+            .expect("signed")
+        };
+        assert!(keys
+            .verify(&token(Some(TOKEN_ISSUER), Some(TOKEN_AUDIENCE)))
+            .is_ok());
+        for (iss, aud) in [
+            (None, None),
+            (Some(TOKEN_ISSUER), None),
+            (None, Some(TOKEN_AUDIENCE)),
+            (Some("another-app"), Some(TOKEN_AUDIENCE)),
+            (Some(TOKEN_ISSUER), Some("another-api")),
+        ] {
+            assert_eq!(
+                keys.verify(&token(iss, aud)),
+                Err(TokenError::Invalid),
+                "{iss:?} {aud:?}"
+            );
+        }
     }
 
     #[test]

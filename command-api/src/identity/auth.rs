@@ -507,7 +507,18 @@ pub struct Introspection {
     pub kind: Option<String>,
 }
 
-async fn introspect(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
+/// RFC 7662 §2.1: only an authorised caller may ask — a platform component (service token)
+/// or a super admin; anyone else could use the endpoint to test stolen tokens.
+async fn introspect(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    request: Request,
+) -> Result<Response, Problem> {
+    if !matches!(caller, Principal::Service { .. }) && !caller.is_super_admin() {
+        return Err(Problem::forbidden(
+            "Introspection is for the platform's services and super admins.",
+        ));
+    }
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)

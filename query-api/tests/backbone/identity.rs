@@ -44,9 +44,11 @@ pub(crate) async fn root_token(env: &TestEnv, api: &Service) -> String {
         .to_owned()
 }
 
+/// Introspects `token` as a platform service would (RFC 7662: an authorised caller).
 async fn introspect(env: &TestEnv, api: &Service, token: &str) -> Value {
     env.http
         .post(api.url("/auth/introspect"))
+        .bearer_auth(env.keys.service_token("resource-server", 60))
         .form(&[("token", token)])
         .send()
         .await
@@ -434,6 +436,7 @@ async fn forged_and_unsigned_tokens_are_refused_and_introspected_inactive() {
     let json_body = env
         .http
         .post(api.url("/auth/introspect"))
+        .bearer_auth(env.keys.service_token("resource-server", 60))
         .json(&json!({"token": "garbage"}))
         .send()
         .await
@@ -442,6 +445,22 @@ async fn forged_and_unsigned_tokens_are_refused_and_introspected_inactive() {
         json_body.json::<Value>().await.expect("json"),
         json!({"active": false})
     );
+    // Only an authorised caller may introspect (RFC 7662 §2.1): nobody anonymous, and no
+    // tenant's staff testing tokens they found.
+    let live = root_token(&env, &api).await;
+    let ask = |caller: Option<String>| {
+        let mut request = env.http.post(api.url("/auth/introspect"));
+        if let Some(caller) = caller {
+            request = request.bearer_auth(caller);
+        }
+        let request = request.form(&[("token", live.as_str())]);
+        async move { request.send().await.expect("sent") }
+    };
+    expect_problem(ask(None).await, 401, "unauthenticated").await;
+    expect_problem(ask(Some(env.agent_of("t1"))).await, 403, "forbidden").await;
+    expect_problem(ask(Some(env.admin_of("t1"))).await, 403, "forbidden").await;
+    let by_root = ask(Some(live.clone())).await;
+    assert_eq!(by_root.json::<Value>().await.expect("json")["active"], true);
     api.stop().await;
 }
 
