@@ -187,6 +187,9 @@ impl Stack {
             .env("REALTIME_SUBJECT_PREFIX", format!("rt{}", self.prefix))
             .env("BLOB_DIR", dir.join("blobs"))
             .env("RUST_LOG", "warn")
+            // The load generator's one token stands for many users: the per-token cap on
+            // requests in flight would otherwise meter the generator, not the service.
+            .env("CONCURRENT_REQUESTS_PER_PRINCIPAL", "100000")
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);

@@ -31,6 +31,9 @@ pub struct Config {
         hide_env_values = true
     )]
     pub nats_url: String,
+    /// Timeouts and requests in flight per token.
+    #[command(flatten)]
+    pub http: events::http::HttpLimits,
     /// JetStream stream holding every committed event.
     #[arg(long, env = "NATS_STREAM", default_value = events::subject::DEFAULT_STREAM)]
     pub nats_stream: String,

@@ -239,6 +239,8 @@ pub struct Application {
     router: axum::Router,
     /// The relay, if this process runs one.
     relay: Option<(relay::Relay, Arc<Notify>)>,
+    /// Header, idle and body timeouts.
+    timeouts: events::http::Timeouts,
 }
 
 impl Application {
@@ -381,8 +383,16 @@ impl Application {
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         Ok(Self {
             listener,
-            router: http::router(state, config.max_body_bytes),
+            router: http::router(state, config.max_body_bytes).layer(
+                axum::middleware::from_fn_with_state(
+                    config
+                        .http
+                        .in_flight(TokenKeys::new(config.auth_secret()?), &[]),
+                    events::http::inflight::limit,
+                ),
+            ),
             relay,
+            timeouts: config.http.timeouts(),
         })
     }
 
@@ -399,7 +409,8 @@ impl Application {
         let relay = self
             .relay
             .map(|(relay, wake)| tokio::spawn(relay.run(wake)));
-        let outcome = events::http::serve(self.listener, self.router, shutdown).await;
+        let outcome =
+            events::http::serve(self.listener, self.router, shutdown, self.timeouts).await;
         if let Some(relay) = relay {
             relay.abort();
         }

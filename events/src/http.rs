@@ -6,6 +6,8 @@ pub mod access;
 /// Extractors: the bearer-token principal, JSON bodies and query strings whose rejections
 /// are problem+json.
 pub mod extract;
+/// Requests in flight per principal.
+pub mod inflight;
 /// Prometheus metrics in text exposition format.
 pub mod metrics;
 /// `application/problem+json` (RFC 9457) errors with stable codes.
@@ -41,19 +43,125 @@ pub fn openapi<S: Clone + Send + Sync + 'static>(
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// The settings of the servers' protection against slow and greedy clients, the same on
+/// both APIs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpLimits {
+    /// Milliseconds a connection may take to send a request's head, and may stay idle
+    /// between requests.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds a request body may pause between two pieces.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
+    /// Requests one token may have in flight at once (SSE streams excepted).
+    #[arg(long, env = "CONCURRENT_REQUESTS_PER_PRINCIPAL", default_value_t = 32)]
+    pub concurrent_requests_per_principal: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            http_header_timeout_ms: 30_000,
+            http_body_timeout_ms: 30_000,
+            concurrent_requests_per_principal: 32,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The timeouts of [`serve`].
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: std::time::Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            body: std::time::Duration::from_millis(self.http_body_timeout_ms.max(1)),
+        }
+    }
+
+    /// The limiter of requests in flight, counting tokens `keys` verifies; `exempt` paths
+    /// (SSE) are not counted.
+    pub fn in_flight(
+        &self,
+        keys: crate::access::TokenKeys,
+        exempt: &'static [&'static str],
+    ) -> inflight::InFlight {
+        inflight::InFlight::new(keys, self.concurrent_requests_per_principal, exempt)
+    }
+}
+
+/// How long a connection may take over each part of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Waiting for a request's head and reading it. hyper runs this timer whenever an
+    /// HTTP/1 connection waits for a request, so it is also the idle timeout of a kept-alive
+    /// connection (and the ping timeout of an HTTP/2 one).
+    pub header: std::time::Duration,
+    /// Waiting for each piece of a request body (a client that stops sending mid-body).
+    pub body: std::time::Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then waits for the requests in
+/// flight. Each request carries the peer address (for limits per client address); a client
+/// that does not send its request head, or a piece of its body, in time is cut off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    timeouts: Timeouts,
 ) -> std::io::Result<()> {
-    // With the peer address, for limits per client IP.
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeouts.header))
+        .keep_alive_timeout(timeouts.header);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let body_timeout = timeouts.body;
+        let service = hyper::service::service_fn(
+            move |request: axum::http::Request<hyper::body::Incoming>| {
+                let mut request = request.map(|body| {
+                    axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, body))
+                });
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(request)
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).

@@ -74,6 +74,9 @@ pub struct Config {
         hide_env_values = true
     )]
     pub nats_url: String,
+    /// Timeouts and requests in flight per token.
+    #[command(flatten)]
+    pub http: events::http::HttpLimits,
     /// First token of the core NATS subjects realtime events arrive on.
     #[arg(long, env = "REALTIME_SUBJECT_PREFIX", default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]
     pub realtime_subject_prefix: String,

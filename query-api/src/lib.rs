@@ -153,6 +153,8 @@ pub struct Application {
     router: Router,
     /// Realtime events; its streams end when the server shuts down.
     hub: Arc<stream::Hub>,
+    /// Header, idle and body timeouts.
+    timeouts: events::http::Timeouts,
 }
 
 impl Application {
@@ -213,8 +215,14 @@ impl Application {
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state).layer(axum::middleware::from_fn_with_state(
+                config
+                    .http
+                    .in_flight(TokenKeys::new(secret), &["/v1/stream"]),
+                events::http::inflight::limit,
+            )),
             hub,
+            timeouts: config.http.timeouts(),
         })
     }
 
@@ -233,7 +241,7 @@ impl Application {
             shutdown.await;
             hub.close();
         };
-        events::http::serve(self.listener, self.router, shutdown).await
+        events::http::serve(self.listener, self.router, shutdown, self.timeouts).await
     }
 }
 

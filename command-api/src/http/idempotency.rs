@@ -104,13 +104,22 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         let hash = request_hash(&parts.method, &path, &parts.headers, &[]);
         (hash, body)
     } else {
-        let Ok(bytes) = to_bytes(body, MAX_BUFFERED).await else {
-            return Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "The request body is too large.",
-            )
-            .into_response();
+        let bytes = match to_bytes(body, MAX_BUFFERED).await {
+            Ok(bytes) => bytes,
+            // A body that stopped arriving (the server's body timeout), or one too large.
+            Err(e) => {
+                let e = e.to_string();
+                if e.contains("not received within the designated timeout") {
+                    return events::http::extract::status_problem(StatusCode::BAD_REQUEST, e)
+                        .into_response();
+                }
+                return Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "The request body is too large.",
+                )
+                .into_response();
+            }
         };
         let hash = request_hash(&parts.method, &path, &parts.headers, &bytes);
         (hash, Body::from(bytes))

@@ -142,6 +142,14 @@ fn json_problem(rejection: &JsonRejection) -> Problem {
 
 /// A problem for a rejection known only by its status (body limits, unreadable bodies).
 pub fn status_problem(status: StatusCode, detail: String) -> Problem {
+    // The server's body timeout (tower-http's `TimeoutBody`) surfaces as an unreadable body.
+    if detail.contains("not received within the designated timeout") {
+        return Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "The request body did not arrive in time.",
+        );
+    }
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(status, "payload_too_large", detail),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {

@@ -11,6 +11,7 @@ mod e2e;
 mod horizon;
 mod identity;
 mod isolation;
+mod limits;
 mod live;
 mod nats_auth;
 mod payments;

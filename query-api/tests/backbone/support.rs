@@ -25,6 +25,15 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The servers' limits in tests: the defaults, but many requests in flight per token, since
+/// tests fire bursts with one token (limits.rs tests the cap itself).
+fn test_http_limits() -> events::http::HttpLimits {
+    events::http::HttpLimits {
+        concurrent_requests_per_principal: 1024,
+        ..Default::default()
+    }
+}
+
 pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -130,6 +139,7 @@ impl TestEnv {
             neon_pg_conn: None,
             db_max_connections: 8,
             nats_url: nats_url(),
+            http: test_http_limits(),
             nats_stream: self.stream.clone(),
             nats_subject_prefix: self.prefix.clone(),
             nest_auth_secret: None,
@@ -194,6 +204,7 @@ impl TestEnv {
             realtime_auth_endpoint: "/realtime/auth".to_owned(),
             realtime_user_auth_endpoint: "/realtime/user-auth".to_owned(),
             nats_url: nats_url(),
+            http: test_http_limits(),
             realtime_subject_prefix: format!("rt{}", self.prefix),
             allow_dev_secrets: true,
         }

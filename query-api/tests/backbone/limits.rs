@@ -1,0 +1,128 @@
+//! Protection against slow and greedy clients, on real servers: requests in flight per
+//! token, and header, idle and body timeouts.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv};
+
+#[tokio::test]
+async fn one_principal_cannot_hold_more_requests_in_flight_than_allowed() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let mut config = env.query_config();
+    config.http.concurrent_requests_per_principal = 2;
+    let query = env.spawn_query_api(config).await;
+    let (tenant, version) = create_tenant(&env, &api, "greedy").await;
+    let greedy = env.admin_of(&tenant);
+    let read = |token: String, min_version: u64| {
+        let request = env
+            .http
+            .get(query.url(&format!("/v1/tenants/{tenant}?min_version={min_version}")))
+            .bearer_auth(token);
+        async move { request.send().await.expect("sent") }
+    };
+    eventually(Duration::from_secs(20), "the tenant projected", || async {
+        (read(greedy.clone(), version).await.status() == 200).then_some(())
+    })
+    .await;
+    // Two reads that wait for a version that never comes hold both of the token's slots.
+    let (a, b) = (
+        tokio::spawn(read(greedy.clone(), version + 50)),
+        tokio::spawn(read(greedy.clone(), version + 50)),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third is refused at once; another token is served meanwhile.
+    expect_problem(
+        read(greedy.clone(), version).await,
+        429,
+        "too_many_concurrent_requests",
+    )
+    .await;
+    assert_eq!(read(env.super_admin(), version).await.status(), 200);
+    for held in [a, b] {
+        assert_eq!(held.await.expect("joined").status(), 200);
+    }
+    // The slots were given back.
+    assert_eq!(read(greedy, version).await.status(), 200);
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+/// A raw connection to `service`.
+async fn connect(service: &Service) -> tokio::net::TcpStream {
+    let url = service.url("");
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects")
+}
+
+/// Everything the server sends until it closes the connection (or 3 s pass: `None`).
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut got)).await;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_or_body_or_sits_idle_is_cut_off() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.http.http_header_timeout_ms = 400;
+    config.http.http_body_timeout_ms = 400;
+    let api = env.spawn_command_api(config).await;
+
+    // A head that never ends: the connection is closed.
+    let mut slow = connect(&api).await;
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("written");
+    assert!(
+        until_closed(&mut slow).await.is_some(),
+        "the slow head was cut off"
+    );
+
+    // A kept-alive connection that sits idle after its answer is closed too.
+    let mut idle = connect(&api).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("written");
+    let answered = until_closed(&mut idle).await.expect("closed after idling");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // A body that stops arriving is answered 408 and appends nothing, with or without an
+    // Idempotency-Key.
+    for key in ["", "Idempotency-Key: trickle-1\r\n"] {
+        let before = env.event_count().await;
+        let mut stalled = connect(&api).await;
+        let head = format!(
+            "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n{key}\r\n{{\"name\":",
+            env.super_admin()
+        );
+        stalled.write_all(head.as_bytes()).await.expect("written");
+        let answer = until_closed(&mut stalled).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{key}: {answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+        assert_eq!(env.event_count().await, before);
+    }
+    // And the server goes on serving.
+    let live = env
+        .http
+        .get(api.url("/health/live"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(live.status(), 200);
+    api.stop().await;
+}
