@@ -27,6 +27,13 @@ use uuid::Uuid;
 
 use crate::command_client::{CommandClient, Quiet};
 
+/// Rows of suspended tenants wait: nothing is sent, transcribed or processed for a tenant
+/// while it is suspended, and everything that waited goes out once it is reactivated (the
+/// rows stay due). Every due table has `tenant_id`; webhooks not yet tied to a tenant
+/// (`platform`) are not held here.
+pub const TENANT_NOT_SUSPENDED: &str =
+    "tenant_id NOT IN (SELECT tenant_id FROM tenants WHERE status = 'suspended')";
+
 /// The longest sleep between steps.
 const MAX_IDLE: Duration = Duration::from_millis(500);
 /// How long a row sent is not sent again at the same version (while the read model catches
@@ -74,7 +81,7 @@ pub async fn earliest_due(
     let (ids, versions): (Vec<Uuid>, Vec<i64>) = quiet.keys().into_iter().unzip();
     sqlx::query_scalar(&format!(
         "SELECT min(next_attempt_at) FROM {table}
-          WHERE next_attempt_at IS NOT NULL
+          WHERE next_attempt_at IS NOT NULL AND {TENANT_NOT_SUSPENDED}
             AND (id, version) NOT IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
     ))
     .bind(&ids)
@@ -172,7 +179,7 @@ impl DueProcessor {
             self.quiet.keys().into_iter().unzip();
         let due: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
             "SELECT id, version FROM {}
-              WHERE next_attempt_at <= $1
+              WHERE next_attempt_at <= $1 AND {TENANT_NOT_SUSPENDED}
                 AND (id, version) NOT IN (SELECT * FROM unnest($3::uuid[], $4::bigint[]))
               ORDER BY next_attempt_at, id LIMIT $2",
             self.table

@@ -95,11 +95,12 @@ impl Scheduler {
     /// The earliest due time of a pending scheduled message not sent a moment ago.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let (threads, ids): (Vec<Uuid>, Vec<String>) = self.quiet.keys().into_iter().unzip();
-        sqlx::query_scalar(
+        sqlx::query_scalar(&format!(
             "SELECT min(due_at) FROM chat_scheduled
-              WHERE status = 'pending'
+              WHERE status = 'pending' AND {}
                 AND (thread_id, id) NOT IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
-        )
+            crate::due::TENANT_NOT_SUSPENDED
+        ))
         .bind(&threads)
         .bind(&ids)
         .fetch_one(&self.pool)
@@ -114,12 +115,14 @@ impl Scheduler {
         // model (or were refused) never crowd later due messages out of the batch.
         let (quiet_threads, quiet_ids): (Vec<Uuid>, Vec<String>) =
             self.quiet.keys().into_iter().unzip();
-        let due: Vec<(Uuid, String)> = sqlx::query_as(
+        // A suspended tenant's due messages wait for its reactivation.
+        let due: Vec<(Uuid, String)> = sqlx::query_as(&format!(
             "SELECT thread_id, id FROM chat_scheduled
-              WHERE status = 'pending' AND due_at <= $1
+              WHERE status = 'pending' AND due_at <= $1 AND {}
                 AND (thread_id, id) NOT IN (SELECT * FROM unnest($3::uuid[], $4::text[]))
               ORDER BY due_at, thread_id, id LIMIT $2",
-        )
+            crate::due::TENANT_NOT_SUSPENDED
+        ))
         .bind(now)
         .bind(BATCH)
         .bind(&quiet_threads)

@@ -184,12 +184,13 @@ impl Sender {
     pub async fn step(&self) -> Result<StepReport, sqlx::Error> {
         let (quiet_ids, quiet_versions): (Vec<Uuid>, Vec<i64>) =
             self.quiet.keys().into_iter().unzip();
-        let due: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+        let due: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(&format!(
             "SELECT id, conversation_id, version FROM whatsapp_messages
-              WHERE next_attempt_at <= $1
+              WHERE next_attempt_at <= $1 AND {}
                 AND (id, version) NOT IN (SELECT * FROM unnest($3::uuid[], $4::bigint[]))
               ORDER BY next_attempt_at, id LIMIT $2",
-        )
+            crate::due::TENANT_NOT_SUSPENDED
+        ))
         .bind(self.clock.now())
         .bind(BATCH)
         .bind(&quiet_ids)

@@ -278,3 +278,75 @@ async fn a_message_due_while_the_projector_is_down_is_delivered_when_it_returns(
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_suspended_tenants_due_messages_wait_for_its_reactivation() {
+    let env = TestEnv::new().await;
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "paused").await;
+    let admin = env.admin_of(&tenant);
+    let customer = env.phone_user(&tenant, "phone-paused");
+    let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let due = t0 + chrono::Duration::minutes(10);
+    schedule(&env, &api, &admin, &thread, "while suspended", due).await;
+    let status = |wanted: &'static str| {
+        let (env, query, tenant) = (&env, &query, &tenant);
+        async move {
+            eventually(Duration::from_secs(20), wanted, || async {
+                let row = env
+                    .get_json(
+                        &query.url(&format!("/v1/tenants/{tenant}")),
+                        &env.super_admin(),
+                    )
+                    .await;
+                (row["status"] == wanted).then_some(())
+            })
+            .await
+        }
+    };
+    let root = env.super_admin();
+    post(
+        &env,
+        &api,
+        &root,
+        &format!("/v1/tenants/{tenant}/suspend"),
+        json!({"reason": "unpaid"}),
+    )
+    .await;
+    status("suspended").await;
+    let scheduler = Scheduler::new(
+        env.pool.clone(),
+        api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    clock.set(due + chrono::Duration::minutes(1));
+    assert_eq!(scheduler.step().await.expect("step"), StepReport::default());
+    assert_eq!(scheduler.next_due().await.expect("next due"), None);
+    post(
+        &env,
+        &api,
+        &root,
+        &format!("/v1/tenants/{tenant}/reactivate"),
+        json!({}),
+    )
+    .await;
+    status("active").await;
+    assert_eq!(
+        scheduler.step().await.expect("step").delivered,
+        1,
+        "kept, then sent"
+    );
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
