@@ -132,6 +132,14 @@ pub enum WebhookEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// It concerns a suspended tenant: it waits, still due, until the tenant is reactivated
+    /// (nothing of a suspended tenant is processed), and is listed for that tenant.
+    HeldForTenant {
+        /// The tenant.
+        tenant_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for WebhookEvent {
@@ -142,6 +150,7 @@ impl DomainEvent for WebhookEvent {
             WebhookEvent::DeadLettered { .. } => "DeadLettered",
             WebhookEvent::Processed { .. } => "Processed",
             WebhookEvent::ReplayRequested { .. } => "ReplayRequested",
+            WebhookEvent::HeldForTenant { .. } => "HeldForTenant",
         }
         .to_owned()
     }

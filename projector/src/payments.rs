@@ -141,6 +141,19 @@ impl Projection for WebhooksProjection {
                 .execute(&mut *conn)
                 .await?
             }
+            WebhookEvent::HeldForTenant { tenant_id, .. } => {
+                // Still due: the due work skips it while its tenant is suspended.
+                sqlx::query(&format!(
+                    "UPDATE {table} SET tenant_id = $4, updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(tenant_id)
+                .execute(&mut *conn)
+                .await?
+            }
             WebhookEvent::ReplayRequested { at } => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET status = 'received', attempts = 0, next_attempt_at = $4,

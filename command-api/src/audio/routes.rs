@@ -468,6 +468,10 @@ pub(crate) async fn process_webhook(
     let Some(tenant) = audio.tenant_id().map(str::to_owned) else {
         return ignored("no such audio file");
     };
+    // Nothing of a suspended tenant is processed: the transcript waits for its reactivation.
+    if state.access.is_suspended(&tenant) {
+        return Processing::Held(tenant);
+    }
     let attributed = Some(Attributed {
         payment_id: None,
         tenant_id: tenant.clone(),

@@ -236,6 +236,10 @@ pub(crate) async fn process_callback(
         Ok(None) => return ignored("no tenant owns the number"),
         Err(_) => return Processing::Retry("event store unavailable".into()),
     };
+    // Nothing of a suspended tenant is processed: the delivery waits for its reactivation.
+    if state.access.is_suspended(&tenant) {
+        return Processing::Held(tenant);
+    }
     let at = state.clock.now();
     let metadata = metadata(&tenant);
     let outcome = match callback {

@@ -53,6 +53,13 @@ pub enum WebhookCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// It concerns a suspended tenant: it waits for the tenant's reactivation.
+    Hold {
+        /// The tenant.
+        tenant_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why a webhook command was refused.
@@ -103,6 +110,8 @@ pub struct Webhook {
     attempts: u32,
     /// When the next attempt is due, after a failed one.
     retry_at: Option<DateTime<Utc>>,
+    /// The suspended tenant it was last held for.
+    held_for: Option<String>,
 }
 
 /// The pause before attempt `attempt + 1`: 2, 4, 8 … seconds, at most an hour.
@@ -186,6 +195,11 @@ impl Webhook {
             WebhookCommand::Replay { at } => {
                 (self.status != Status::Pending).then_some(WebhookEvent::ReplayRequested { at })
             }
+            // Held once per tenant: the processor asks again after every wake-up, and only
+            // a pending webhook waits.
+            WebhookCommand::Hold { tenant_id, at } => (self.status == Status::Pending
+                && self.held_for.as_deref() != Some(tenant_id.as_str()))
+            .then_some(WebhookEvent::HeldForTenant { tenant_id, at }),
         })
     }
 }
@@ -242,6 +256,7 @@ impl Aggregate for Webhook {
                 self.attempts = 0;
                 self.retry_at = None;
             }
+            WebhookEvent::HeldForTenant { tenant_id, .. } => self.held_for = Some(tenant_id),
         }
     }
 }
@@ -403,6 +418,35 @@ mod tests {
             .given(vec![received(), processed()])
             .when(failure())
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn hold_for_a_suspended_tenant_is_recorded_once_and_only_while_pending() {
+        let hold = |tenant: &str| WebhookCommand::Hold {
+            tenant_id: tenant.into(),
+            at: t0(),
+        };
+        let held = |tenant: &str| WebhookEvent::HeldForTenant {
+            tenant_id: tenant.into(),
+            at: t0(),
+        };
+        framework()
+            .given(vec![received()])
+            .when(hold("t1"))
+            .then_expect_events(vec![held("t1")]);
+        framework()
+            .given(vec![received(), held("t1")])
+            .when(hold("t1"))
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![received(), processed()])
+            .when(hold("t1"))
+            .then_expect_events(vec![]);
+        // Held, then processed once the tenant is back.
+        framework()
+            .given(vec![received(), held("t1")])
+            .when(outcome())
+            .then_expect_events(vec![processed()]);
     }
 
     #[test]

@@ -347,6 +347,8 @@ pub(crate) enum Processing {
     Done(Outcome, Option<Attributed>, String),
     /// Failed for now (a stable reason: it is shown to tenants).
     Retry(String),
+    /// It concerns this tenant, which is suspended: it waits for its reactivation.
+    Held(String),
 }
 
 /// The tenant a webhook turned out to concern, and its payment if it was about one.
@@ -420,6 +422,10 @@ async fn process(
             error: error.clone(),
             at,
         },
+        Processing::Held(tenant_id) => WebhookCommand::Hold {
+            tenant_id: tenant_id.clone(),
+            at,
+        },
     };
     let (c, recorded) = state
         .webhooks
@@ -438,6 +444,9 @@ async fn process(
         }),
         Processing::Retry(error) => json!({
             "id": id, "version": c.version, "status": "retrying", "error": error,
+        }),
+        Processing::Held(tenant) => json!({
+            "id": id, "version": c.version, "status": "held", "tenant_id": tenant,
         }),
     };
     Ok(Json(body).into_response())

@@ -917,6 +917,10 @@ pub(crate) async fn process_webhook(
         },
         Err(e) => return unavailable(&e),
     };
+    // Nothing of a suspended tenant is processed: the delivery waits for its reactivation.
+    if state.access.is_suspended(&tenant) {
+        return Processing::Held(tenant);
+    }
     let metadata = metadata(&tenant);
     let attributed = || {
         Some(Attributed {

@@ -578,3 +578,43 @@ async fn without_a_public_url_signalwire_callbacks_are_refused_whatever_host_the
     assert_eq!(env.event_count().await, 0, "nothing appended");
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_sms_to_a_suspended_tenant_waits_and_lands_on_reactivation() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let root = phone.env.super_admin();
+    let tenant_action = |action: &str| {
+        let request = phone
+            .env
+            .http
+            .post(
+                phone
+                    .api
+                    .url(&format!("/v1/tenants/{}/{action}", phone.tenant)),
+            )
+            .bearer_auth(&root)
+            .json(&json!({"reason": "unpaid"}));
+        async move { request.send().await.expect("sent").status() }
+    };
+    assert_eq!(tenant_action("suspend").await, 200);
+    // The provider is answered (nothing is lost), but the text waits, listed for the tenant.
+    let webhook = id_of(phone.signed(&inbound("SMheld", OURS)).await).await;
+    let held = phone
+        .webhook_when(&webhook, |w| w["tenant_id"] == phone.tenant.as_str())
+        .await;
+    assert_eq!(held["status"], "received", "{held}");
+    assert_eq!(phone.events("sms", "SmsReceived").await, 0, "not processed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(phone.events("sms", "SmsReceived").await, 0, "still waiting");
+    // Tied to the tenant when it arrived, it is not even tried; one that is tried is held
+    // (once) for the tenant.
+    assert!(phone.events("webhook", "HeldForTenant").await <= 1);
+    // Reactivated: it is processed into the tenant's inbox.
+    assert_eq!(tenant_action("reactivate").await, 200);
+    let done = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(done["outcome"], "applied", "{done}");
+    assert_eq!(phone.events("sms", "SmsReceived").await, 1);
+}
