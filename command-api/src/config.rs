@@ -64,6 +64,14 @@ pub struct Config {
     /// Audio files one user (staff member or chatbot user) may upload per hour.
     #[arg(long, env = "AUDIO_UPLOADS_PER_USER_PER_HOUR", default_value_t = 30)]
     pub audio_uploads_per_user_per_hour: i64,
+    /// Mebibytes of audio one user may upload per day (the file that crosses it is kept;
+    /// the next is refused until the day ends).
+    #[arg(
+        long,
+        env = "AUDIO_UPLOAD_MIB_PER_USER_PER_DAY",
+        default_value_t = 1024
+    )]
+    pub audio_upload_mib_per_user_per_day: i64,
     /// Anonymous tenant sign-ups a client IP may make per hour (`/v1/tenants/signup`).
     #[arg(long, env = "SIGNUPS_PER_IP_PER_HOUR", default_value_t = 5)]
     pub signups_per_ip_per_hour: i64,

@@ -115,6 +115,8 @@ pub struct AppState {
     pub signups_per_ip: i64,
     /// Audio uploads per user per hour.
     pub audio_uploads_per_user: i64,
+    /// Mebibytes of audio per user per day.
+    pub audio_mib_per_user_per_day: i64,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
     /// Catalog commands (one aggregate per tenant).
@@ -351,6 +353,7 @@ impl Application {
             proxy_hops: config.proxy_hops(),
             signups_per_ip: config.signups_per_ip_per_hour,
             audio_uploads_per_user: config.audio_uploads_per_user_per_hour,
+            audio_mib_per_user_per_day: config.audio_upload_mib_per_user_per_day,
             clock,
         };
         if !config.relay_enabled {

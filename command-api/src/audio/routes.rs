@@ -200,6 +200,29 @@ async fn upload(
                 .unwrap_or(HeaderValue::from_static("3600")),
         ));
     }
+    // And so many mebibytes a day: what was stored counts, the next upload is refused.
+    let volume = format!("{bucket}:mib");
+    if let Some(retry_after) = limits::spend(
+        &state,
+        &volume,
+        limits::Window::Day,
+        0,
+        state.audio_mib_per_user_per_day - 1,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "upload_quota_exceeded",
+            format!("This user's audio for today is used up; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("86400")),
+        ));
+    }
     let id = keyed
         .as_deref()
         .map(KeyedRequest::derived_id)
@@ -258,6 +281,10 @@ async fn upload(
             "The audio file is empty.",
         ));
     }
+    let mib = i32::try_from(size.div_ceil(1 << 20)).unwrap_or(i32::MAX);
+    limits::spend(&state, &volume, limits::Window::Day, mib, i64::MAX)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     if head.is_some_and(|prefix| !looks_like(&content_type, &prefix)) {
         let _ = writer.abort().await;
         return Err(not_that_audio());

@@ -59,12 +59,42 @@ pub(crate) async fn over_limit(
     bucket: &str,
     limit: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
+    spend(state, bucket, Window::Hour, 1, limit).await
+}
+
+/// The fixed window a budget is counted in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Window {
+    /// The current clock hour.
+    Hour,
+    /// The current day (UTC).
+    Day,
+}
+
+/// Adds `amount` to `bucket`'s count in the current `window` (0 only reads it), and says
+/// how many seconds are left of the window when the count is then over `limit`.
+pub(crate) async fn spend(
+    state: &AppState,
+    bucket: &str,
+    window: Window,
+    amount: i32,
+    limit: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let unit = match window {
+        Window::Hour => "hour",
+        Window::Day => "day",
+    };
     let (hits, left): (i32, i64) = sqlx::query_as(
-        "INSERT INTO rate_limits (bucket, window_start, hits) VALUES ($1, date_trunc('hour', now()), 1)
-         ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limits.hits + 1
-         RETURNING hits, ceil(extract(epoch FROM date_trunc('hour', now()) + interval '1 hour' - now()))::bigint",
+        "INSERT INTO rate_limits (bucket, window_start, hits)
+         VALUES ($1, date_trunc($3, now()), $2)
+         ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limits.hits + $2
+         RETURNING hits,
+                   ceil(extract(epoch FROM date_trunc($3, now())
+                                           + ('1 ' || $3)::interval - now()))::bigint",
     )
     .bind(bucket)
+    .bind(amount)
+    .bind(unit)
     .fetch_one(&state.pool)
     .await?;
     Ok((i64::from(hits) > limit).then_some(left.max(1)))

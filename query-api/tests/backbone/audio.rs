@@ -603,3 +603,42 @@ async fn a_user_uploads_so_many_files_an_hour() {
     assert_eq!(upload(other).await.expect("sent").status(), 201);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_uploads_so_many_mebibytes_a_day() {
+    let assemblyai = MockServer::start().await;
+    let studio = Studio::start(&assemblyai, Arc::new(ManualClock::new(Utc::now()))).await;
+    let mut config = studio.env.command_config();
+    config.audio_upload_mib_per_user_per_day = 2;
+    let api = studio.env.spawn_command_api(config).await;
+    let customer = studio.env.phone_user(&studio.tenant, "talkative");
+    let upload = |token: String| {
+        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 600 * 1024, 7))
+            .file_name("note")
+            .mime_str("audio/ogg")
+            .expect("mime");
+        studio
+            .env
+            .http
+            .post(api.url("/v1/audio"))
+            .bearer_auth(token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    // Each file counts by the mebibyte it starts: two of 600 KiB use the day's 2 MiB.
+    for _ in 0..2 {
+        assert_eq!(upload(customer.clone()).await.expect("sent").status(), 201);
+    }
+    let events = studio.env.event_count().await;
+    let refused = upload(customer.clone()).await.expect("sent");
+    assert!(refused.headers().contains_key("retry-after"));
+    expect_problem(refused, 429, "upload_quota_exceeded").await;
+    assert_eq!(
+        studio.env.event_count().await,
+        events,
+        "nothing stored or queued"
+    );
+    let other = studio.env.phone_user(&studio.tenant, "reserved");
+    assert_eq!(upload(other).await.expect("sent").status(), 201);
+    api.stop().await;
+}

@@ -162,6 +162,7 @@ impl TestEnv {
             trusted_proxy_hops: 0,
             signups_per_ip_per_hour: 5,
             audio_uploads_per_user_per_hour: 30,
+            audio_upload_mib_per_user_per_day: 1024,
             trust_forwarded_for: false,
             backend_url: None,
             lyra_api_url: "http://127.0.0.1:9".to_owned(),
