@@ -119,9 +119,48 @@ pub const SECRET_FIELDS: &[(&str, &str, &str)] = &[
 /// What a secret field reads as where it is shown.
 pub const REDACTED: &str = "[redacted]";
 
+/// Parts of a field name that mark a secret wherever it appears: a second line of defence
+/// behind [`SECRET_FIELDS`], so a secret added to an event later under a telling name is
+/// not shown before someone lists it.
+const SECRET_NAME_PARTS: &[&str] = &[
+    "secret",
+    "password",
+    "credential",
+    "private_key",
+    "api_key",
+    "access_token",
+    "refresh_token",
+    "verify_token",
+    "code_hash",
+];
+
+/// True for a field name that reads like a secret's.
+pub fn looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_NAME_PARTS.iter().any(|part| name.contains(part))
+}
+
+fn redact_telling_names(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields.iter_mut() {
+                if looks_secret(name) {
+                    *field = serde_json::Value::String(REDACTED.to_owned());
+                } else {
+                    redact_telling_names(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_telling_names),
+        _ => {}
+    }
+}
+
 /// Replaces the secret fields of one event's payload (`{"<event type>": {fields}}`, as
-/// stored) with [`REDACTED`].
+/// stored) with [`REDACTED`]: those [`SECRET_FIELDS`] lists, and any field anywhere whose
+/// name reads like a secret's ([`looks_secret`]).
 pub fn redact(aggregate_type: &str, event_type: &str, payload: &mut serde_json::Value) {
+    redact_telling_names(payload);
     for (_, _, field) in SECRET_FIELDS
         .iter()
         .filter(|(t, e, _)| *t == aggregate_type && *e == event_type)
@@ -138,6 +177,28 @@ pub fn redact(aggregate_type: &str, event_type: &str, payload: &mut serde_json::
 #[cfg(test)]
 mod redaction_tests {
     use super::*;
+
+    #[test]
+    fn a_field_named_like_a_secret_is_redacted_in_any_event_and_proofs_are_kept() {
+        let mut payload = serde_json::json!({"Configured": {
+            "provider": {"api_key": "sk_live_1", "name": "mail"},
+            "accounts": [{"client_secret": "s", "id": 1}],
+            "smtp_password": "p",
+            "body_sha256": "00ff",
+            "webhook_id": "w1"
+        }});
+        redact("a_future_context", "Configured", &mut payload);
+        assert_eq!(
+            payload,
+            serde_json::json!({"Configured": {
+                "provider": {"api_key": REDACTED, "name": "mail"},
+                "accounts": [{"client_secret": REDACTED, "id": 1}],
+                "smtp_password": REDACTED,
+                "body_sha256": "00ff",
+                "webhook_id": "w1"
+            }})
+        );
+    }
 
     #[test]
     fn a_sessions_credentials_and_verify_digest_are_redacted_and_the_rest_kept() {
