@@ -384,13 +384,16 @@ impl Application {
         });
         tokio::spawn(expire_idempotency_keys(pool));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+        let access_for_limits = state.access.clone();
         Ok(Self {
             listener,
             router: http::router(state, config.max_body_bytes).layer(
                 axum::middleware::from_fn_with_state(
-                    config
-                        .http
-                        .in_flight(TokenKeys::new(config.auth_secret()?), &[]),
+                    config.http.in_flight(
+                        TokenKeys::new(config.auth_secret()?),
+                        access_for_limits,
+                        &[],
+                    ),
                     events::http::inflight::limit,
                 ),
             ),

@@ -83,9 +83,10 @@ impl HttpLimits {
     pub fn in_flight(
         &self,
         keys: crate::access::TokenKeys,
+        access: Access,
         exempt: &'static [&'static str],
     ) -> inflight::InFlight {
-        inflight::InFlight::new(keys, self.concurrent_requests_per_principal, exempt)
+        inflight::InFlight::new(keys, access, self.concurrent_requests_per_principal, exempt)
     }
 }
 

@@ -213,12 +213,13 @@ impl Application {
             }),
         };
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
+        let access_for_limits = state.access.clone();
         Ok(Self {
             listener,
             router: router(state).layer(axum::middleware::from_fn_with_state(
                 config
                     .http
-                    .in_flight(TokenKeys::new(secret), &["/v1/stream"]),
+                    .in_flight(TokenKeys::new(secret), access_for_limits, &["/v1/stream"]),
                 events::http::inflight::limit,
             )),
             hub,

@@ -537,6 +537,15 @@ async fn introspect(
     let Ok(claims) = state.tokens.claims(&body.token) else {
         return Ok(Json(Introspection::default()).into_response());
     };
+    // Active exactly when the APIs would accept it: not revoked (session, user, role,
+    // tenant), and revocations are known.
+    match state.access.check(&claims) {
+        Ok(()) => {}
+        Err(events::http::access::AccessError::Refused(_)) => {
+            return Ok(Json(Introspection::default()).into_response())
+        }
+        Err(e) => return Err(Problem::unavailable(&e)),
+    }
     if let Some(sid) = &claims.sid {
         let live = tokio::time::timeout(Duration::from_secs(2), state.sessions.is_active(sid))
             .await

@@ -196,7 +196,8 @@ async fn change_role(
     Json(body): Json<ChangeRole>,
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, Some(body.role)).await?;
-    run(
+    let changed = user.role != Some(body.role);
+    let response = run(
         &state,
         &who,
         &ids,
@@ -204,7 +205,17 @@ async fn change_role(
         &user,
         AdminUserCommand::ChangeRole { role: body.role },
     )
-    .await
+    .await?;
+    // Its sessions end with the old role: the user signs in again under the new one, and a
+    // token of the old role does not come back to life if the role is given back later.
+    if changed {
+        state
+            .sessions
+            .revoke_user(&id)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    }
+    Ok(response)
 }
 
 /// Body of a department change (`null` for none).

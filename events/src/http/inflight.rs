@@ -1,8 +1,10 @@
 //! Requests in flight per principal: one token cannot hold every worker of a service. Each
 //! authenticated request (its bearer token verifies) holds a slot of its subject until its
 //! response is produced; past the cap it is answered 429 `too_many_concurrent_requests` at
-//! once. Anonymous requests have their own limits per client address (sign-ups, codes), and
-//! SSE streams theirs (`STREAMS_PER_USER`), so neither counts here.
+//! once. A token that verifies but was revoked holds no slot (the route refuses it), so a
+//! stolen, revoked token cannot starve its user. Anonymous requests have their own limits
+//! per client address (sign-ups, codes), and SSE streams theirs (`STREAMS_PER_USER`), so
+//! neither counts here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::access::Access;
 use super::Problem;
 use crate::access::TokenKeys;
 
@@ -20,6 +23,8 @@ use crate::access::TokenKeys;
 pub struct InFlight {
     /// Verifies the tokens the slots are counted by.
     keys: TokenKeys,
+    /// Revocations: a revoked token holds no slot of its user (the route refuses it).
+    access: Access,
     /// Requests one principal may have in flight.
     per_principal: usize,
     /// Paths whose requests are long-lived and capped elsewhere (SSE).
@@ -30,9 +35,15 @@ pub struct InFlight {
 
 impl InFlight {
     /// A limiter of `per_principal` requests, counting by subjects of tokens `keys` verifies.
-    pub fn new(keys: TokenKeys, per_principal: usize, exempt: &'static [&'static str]) -> Self {
+    pub fn new(
+        keys: TokenKeys,
+        access: Access,
+        per_principal: usize,
+        exempt: &'static [&'static str],
+    ) -> Self {
         Self {
             keys,
+            access,
             per_principal: per_principal.max(1),
             exempt,
             held: Arc::new(Mutex::new(HashMap::new())),
@@ -83,6 +94,7 @@ pub async fn limit(State(limiter): State<InFlight>, request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .and_then(|(_, token)| limiter.keys.claims(token.trim()).ok())
+        .filter(|c| limiter.access.check(c).is_ok())
         .map(|c| format!("{}:{}", c.kind.as_deref().unwrap_or("admin"), c.sub));
     let Some(principal) = principal else {
         return next.run(request).await;

@@ -126,3 +126,66 @@ async fn a_client_that_trickles_its_headers_or_body_or_sits_idle_is_cut_off() {
     assert_eq!(live.status(), 200);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_token_holds_no_slot_of_its_user() {
+    let env = TestEnv::new().await;
+    let api = crate::identity::with_root(&env).await;
+    let mut config = env.query_config();
+    config.http.concurrent_requests_per_principal = 2;
+    let query = env.spawn_query_api(config).await;
+    let stolen = crate::identity::tokens(
+        &env,
+        &api,
+        crate::identity::ROOT_EMAIL,
+        crate::identity::ROOT_PASSWORD,
+    )
+    .await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(&stolen)
+        .send()
+        .await
+        .expect("sent");
+    assert!(out.status().is_success());
+    let fresh = crate::identity::root_token(&env, &api).await;
+    eventually(Duration::from_secs(1), "the logout seen", || async {
+        let r = env
+            .http
+            .get(query.url("/v1/tenants"))
+            .bearer_auth(&stolen)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 401).then_some(())
+    })
+    .await;
+    // The revoked token holds requests open by trickling their bodies...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(&query).await;
+        let head = format!(
+            "POST /realtime/user-auth HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {stolen}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.expect("written");
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and the user's own, fresh token is served all the same.
+    let mine = env
+        .http
+        .get(query.url("/v1/tenants"))
+        .bearer_auth(&fresh)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(mine.status(), 200);
+    drop(held);
+    query.stop().await;
+    api.stop().await;
+}

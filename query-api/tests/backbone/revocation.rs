@@ -191,19 +191,51 @@ async fn logout_demotion_and_deactivation_end_access_at_once_on_both_apis() {
         || invite(&env, &api, &phone_token),
     )
     .await;
-    // Refreshing gives a token with the new role, which works as an agent's.
-    let refreshed = crate::identity::refresh(
-        &env,
-        &api,
-        phone["refresh_token"].as_str().expect("refresh"),
+    // The sessions ended with the old role: no refresh, a new sign-in gives the new role,
+    // and introspection agrees with the APIs.
+    expect_problem(
+        crate::identity::refresh(
+            &env,
+            &api,
+            phone["refresh_token"].as_str().expect("refresh"),
+        )
+        .await,
+        401,
+        "invalid_refresh_token",
     )
     .await;
-    assert_eq!(refreshed.status(), 200);
-    let refreshed: Value = refreshed.json().await.expect("json");
+    let introspected: Value = env
+        .http
+        .post(api.url("/auth/introspect"))
+        .bearer_auth(env.keys.service_token("resource-server", 60))
+        .form(&[("token", phone_token.as_str())])
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(introspected["active"], false, "{introspected}");
+    let refreshed = tokens(&env, &api, email, "a long and private password").await;
     assert_eq!(refreshed["user"]["role"], "agent");
     let agent_token = access(&refreshed);
     expect_problem(invite(&env, &api, &agent_token).await, 403, "forbidden").await;
     assert_eq!(read(&env, &query, &agent_token).await.status(), 200);
+    // Given the old role back, the token of the old role stays dead.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{ada}/role"),
+            json!({"role": "tenant_admin"})
+        )
+        .await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    expect_problem(invite(&env, &api, &phone_token).await, 401, "token_revoked").await;
+    expect_problem(read(&env, &query, &phone_token).await, 401, "token_revoked").await;
 
     // Deactivated: nothing works, in either process, and a query API started afterwards
     // knows it from the start.
