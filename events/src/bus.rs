@@ -70,11 +70,15 @@ impl NatsUrl {
         }
     }
 
-    /// Client options carrying the credentials, and the address to dial with them.
+    /// Client options carrying the credentials, and the address to dial with them. A user
+    /// gets replies on inboxes of its own (`_INBOX_{user}.…`), which only it may subscribe
+    /// to: with the shared `_INBOX.>`, one user could read the replies another asked for
+    /// (the projector's pulls carry every event).
     pub fn options(&self) -> (async_nats::ConnectOptions, &str) {
         let options = match (&self.user, &self.password) {
             (Some(user), Some(password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                    .custom_inbox_prefix(inbox_prefix(user))
             }
             _ => async_nats::ConnectOptions::new(),
         };
@@ -86,6 +90,12 @@ impl NatsUrl {
         let (options, address) = self.options();
         options.connect(address).await
     }
+}
+
+/// The inbox prefix of `user` (nats/nats-server-auth.conf lets each user subscribe to its
+/// own only).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 /// Decodes `%XX` escapes (a password may hold `@`, `:` or `/`).

@@ -238,11 +238,27 @@ async fn each_service_publishes_and_listens_only_where_its_work_needs() {
     for listener in [&query, &bridge, &projector] {
         assert!(!heard(listener, &command, "events.t1.tenant.Renamed", None).await);
     }
+    // Replies go to each user's own inboxes, which no other user may read: the projector's
+    // pulls carry every event.
+    for (listener, inbox) in [
+        (&bridge, "_INBOX_projector.>"),
+        (&query, "_INBOX_command-api.>"),
+        (&bridge, "_INBOX.>"),
+    ] {
+        let mut sniffer = listener.subscribe(inbox).await.expect("subscribed");
+        listener.flush().await.expect("flushed");
+        js.get_stream("EVENTS").await.expect("info");
+        assert!(
+            next(&mut sniffer, 300).await.is_none(),
+            "{inbox} is private"
+        );
+    }
     let violations = nats.violations().join("\n");
     for refused in [
         "Subscription Violation - User \"whatsapp-bridge\", Subject \"realtime.t1\"",
         "Subscription Violation - User \"query-api\", Subject \"events.t1.tenant.Renamed\"",
         "Publish Violation - User \"query-api\", Subject \"events.t1.tenant.Opened\"",
+        "Subscription Violation - User \"whatsapp-bridge\", Subject \"_INBOX_projector.>\"",
     ] {
         assert!(violations.contains(refused), "{refused} in {violations}");
     }
