@@ -5,7 +5,10 @@
 //! suspension in one process takes effect in all of them within milliseconds. While the
 //! listening connection is down, notifications may be missed, so after a second without it
 //! every check answers [`AccessError::Unavailable`] (a 503) rather than trust a stale list;
-//! each reconnection reloads the table before checks pass again.
+//! each reconnection reloads the table before checks pass again. A connection cut off
+//! silently (no reset ever arrives) is found by heartbeats: every process notifies the
+//! channel several times a second, and a listener that hears nothing for a second is
+//! replaced.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,6 +24,14 @@ use crate::revocation::{Change, Refusal, Revocations};
 const CHANNEL: &str = "access_changes";
 /// How long checks keep passing after the listening connection dropped.
 const GRACE: Duration = Duration::from_secs(1);
+/// How often each process sends a heartbeat on the channel.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
+/// How long the listener may hear nothing (not even a heartbeat, its own or another
+/// process's) before it is presumed cut off silently (a dropped route, a firewall that
+/// forgets the connection): it is then replaced and the table reloaded.
+const SILENCE: Duration = Duration::from_secs(1);
+/// The payload of a heartbeat.
+const HEARTBEAT: &str = "heartbeat";
 
 /// Why a check did not pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -184,8 +195,32 @@ impl Access {
                 }
             });
         }
+        {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let _ = tokio::time::timeout(
+                        SILENCE,
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(CHANNEL)
+                            .bind(HEARTBEAT)
+                            .execute(&pool),
+                    )
+                    .await;
+                }
+            });
+        }
         loop {
-            match listener.try_recv().await {
+            // Dropped, not resumed, when it times out: a listener is never polled again
+            // after a cancelled receive.
+            let heard = tokio::time::timeout(SILENCE, listener.try_recv())
+                .await
+                .unwrap_or(Ok(None));
+            match heard {
+                Ok(Some(n)) if n.payload() == HEARTBEAT => {}
                 Ok(Some(n)) => match serde_json::from_str::<Change>(n.payload()) {
                     Ok(change) => self.apply(&change),
                     Err(e) => tracing::error!(error = %e, "unreadable access change"),

@@ -617,3 +617,116 @@ async fn revoked_sessions_lose_their_soketi_connections_and_unsigned_connections
     query.stop().await;
     api.stop().await;
 }
+
+/// A TCP proxy to PostgreSQL that can go silent: while cut, it forwards nothing and closes
+/// nothing, as a dropped route or a forgetful firewall does.
+struct SilentProxy {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl SilentProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bound");
+        let port = listener.local_addr().expect("addr").port();
+        let (open, _) = tokio::sync::watch::channel(true);
+        let gate = open.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)].map(|(r, w)| (r, w)) {
+                    let mut gate = gate.subscribe();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Cut: what arrived is held until the route is back, and
+                            // nobody is told (as TCP over a dead route).
+                            if gate.wait_for(|open| *open).await.is_err() {
+                                return;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        SilentProxy { port, open }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.open.send_replace(!cut);
+    }
+}
+
+#[tokio::test]
+async fn a_listener_cut_off_silently_fails_closed_and_catches_up() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let proxy = SilentProxy::start("127.0.0.1:5432".parse().expect("addr")).await;
+    let mut config = env.query_config();
+    let via_proxy =
+        env.database_url
+            .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1);
+    assert_ne!(
+        via_proxy, env.database_url,
+        "the database is reached through the proxy"
+    );
+    config.database_url = Some(via_proxy);
+    let query = env.spawn_query_api(config).await;
+    let root = root_token(&env, &api).await;
+    let email = "gus@revocations.example";
+    let _ = tenant_admin(&env, &api, &root, email).await;
+    let token = access(&tokens(&env, &api, email, "a long and private password").await);
+    assert_eq!(read(&env, &query, &token).await.status(), 200);
+
+    // The route to PostgreSQL goes silent, and the token is revoked meanwhile: the query API
+    // cannot hear it, so it must stop vouching for tokens at all.
+    proxy.cut(true);
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert!(out.status().is_success());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Signing a realtime connection in needs no database: only the revocations stand in
+    // the way, and they cannot be vouched for.
+    let sign_in = env
+        .http
+        .post(query.url("/realtime/user-auth"))
+        .bearer_auth(&token)
+        .form(&[("socket_id", "123.456")])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        sign_in.status(),
+        503,
+        "a revoked token was served while cut off"
+    );
+    // The route comes back: the listener is replaced, the table reloaded, the token refused.
+    proxy.cut(false);
+    eventually(
+        Duration::from_secs(60),
+        "the revocation caught up",
+        || async { (read(&env, &query, &token).await.status() == 401).then_some(()) },
+    )
+    .await;
+    query.stop().await;
+    api.stop().await;
+}
