@@ -244,6 +244,9 @@ pub enum ConfigError {
     /// A duration setting does not parse.
     #[error("{0} must be a duration such as 1h, 15m, 7d or a number of seconds")]
     BadDuration(&'static str),
+    /// An access token would live longer than a day.
+    #[error("AUTH_TOKEN_EXPIRES_IN is at most 24h: an access token is checked against revocations, and a day is how long they are remembered")]
+    TokenTooLong,
     /// Only one of the two bootstrap settings is set.
     #[error("set both ADMIN_BOOTSTRAP_EMAIL and ADMIN_BOOTSTRAP_PASSWORD, or neither")]
     HalfBootstrap,
@@ -265,8 +268,12 @@ impl Config {
 
     /// Access-token lifetime.
     pub fn token_ttl(&self) -> Result<std::time::Duration, ConfigError> {
-        crate::values::parse_duration(&self.auth_token_expires_in)
-            .ok_or(ConfigError::BadDuration("AUTH_TOKEN_EXPIRES_IN"))
+        let ttl = crate::values::parse_duration(&self.auth_token_expires_in)
+            .ok_or(ConfigError::BadDuration("AUTH_TOKEN_EXPIRES_IN"))?;
+        if ttl > std::time::Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::TokenTooLong);
+        }
+        Ok(ttl)
     }
 
     /// Refresh-token lifetime.

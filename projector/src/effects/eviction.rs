@@ -19,6 +19,15 @@ use sqlx::{PgConnection, PgPool};
 use super::realtime::SoketiApp;
 use crate::projection::{Effect, Projection, ProjectionError, Target};
 
+/// Sessions that may still hold an access token: a token is issued with a row of its
+/// family (a login or a refresh), and lives at most a day (command-api refuses a longer
+/// `AUTH_TOKEN_EXPIRES_IN`). Older sessions have no connection worth ending, however many
+/// a user has had.
+const LIVE: &str = "created_at > now() - interval '25 hours'";
+
+/// Terminations sent to Soketi at once.
+const PARALLEL: usize = 16;
+
 /// The eviction worker.
 pub struct Eviction {
     /// Soketi's HTTP API.
@@ -81,10 +90,10 @@ impl Eviction {
         user_id: &str,
         revoked_only: bool,
     ) -> Result<Vec<ConnectionUser>, ProjectionError> {
-        let sessions: Vec<String> = sqlx::query_scalar(
+        let sessions: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT DISTINCT session_id FROM admin_sessions
-              WHERE user_id = $1 AND (NOT $2 OR status = 'revoked')",
-        )
+              WHERE user_id = $1 AND (NOT $2 OR status = 'revoked') AND {LIVE}"
+        ))
         .bind(user_id)
         .bind(revoked_only)
         .fetch_all(&self.pool)
@@ -104,10 +113,10 @@ impl Eviction {
         &self,
         tenant_id: &str,
     ) -> Result<Vec<ConnectionUser>, ProjectionError> {
-        let sessions: Vec<String> = sqlx::query_scalar(
+        let sessions: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT DISTINCT s.session_id FROM admin_sessions s JOIN admin_emails e USING (user_id)
-              WHERE e.tenant_id = $1 AND s.expires_at > now()",
-        )
+              WHERE e.tenant_id = $1 AND s.{LIVE}"
+        ))
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await
@@ -158,16 +167,26 @@ impl Projection for Eviction {
 #[async_trait]
 impl Effect for Eviction {
     async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
+        let mut users = Vec::new();
         for envelope in events {
-            for user in self.evicted(envelope).await? {
+            users.extend(self.evicted(envelope).await?);
+        }
+        users.dedup();
+        for chunk in users.chunks(PARALLEL) {
+            let calls = chunk.iter().map(|user| {
                 let path = format!(
                     "/apps/{}/users/{}/terminate_connections",
                     self.app.app_id,
                     user.id()
                 );
-                self.app
-                    .post(&self.http, &path, &serde_json::json!({}))
-                    .await?;
+                async move {
+                    self.app
+                        .post(&self.http, &path, &serde_json::json!({}))
+                        .await
+                }
+            });
+            for outcome in futures::future::join_all(calls).await {
+                outcome?;
             }
         }
         Ok(())

@@ -730,3 +730,81 @@ async fn a_listener_cut_off_silently_fails_closed_and_catches_up() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
+    use wiremock::matchers::{method, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let soketi = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(
+            "^/apps/[^/]+/users/[^/]+/terminate_connections$",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"ok\":true}"))
+        .mount(&soketi)
+        .await;
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let mut config = env.projector_config();
+    config.soketi_url = Some(soketi.uri());
+    config.soketi_app_id = Some(crate::support::SOKETI_APP_ID.into());
+    config.soketi_app_key = Some(crate::support::SOKETI_KEY.into());
+    config.soketi_app_secret = Some(crate::support::SOKETI_SECRET.into());
+    let projector = env.spawn_projector(config);
+    let root = root_token(&env, &api).await;
+    let email = "hal@revocations.example";
+    let (_, hal) = tenant_admin(&env, &api, &root, email).await;
+    // A long history: a thousand sessions that ended days ago, whose tokens are long dead.
+    sqlx::query(
+        "INSERT INTO admin_sessions (token_hash, session_id, user_id, status, created_at, expires_at)
+         SELECT sha256(('old' || n)::bytea), 'old-' || n, $1, 'revoked',
+                now() - interval '3 days', now() + interval '27 days'
+           FROM generate_series(1, 1000) n",
+    )
+    .bind(&hal)
+    .execute(&env.pool)
+    .await
+    .expect("history");
+    let laptop = tokens(&env, &api, email, "a long and private password").await;
+    let phone = tokens(&env, &api, email, "a long and private password").await;
+    let changed = env
+        .http
+        .post(api.url("/auth/admin/password"))
+        .bearer_auth(access(&laptop))
+        .json(&json!({"current_password": "a long and private password", "new_password": "a new and private password"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(changed.status(), 204);
+    let claims = env.keys.claims(&access(&phone)).expect("claims");
+    let phone_session = format!("session-{}", claims.sid.expect("sid"));
+    eventually(Duration::from_secs(20), "the eviction", || async {
+        let paths: Vec<String> = soketi
+            .received_requests()
+            .await?
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .collect();
+        (!paths.is_empty()).then_some(paths)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated: Vec<String> = soketi
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(
+        terminated.iter().any(|p| p.contains(&phone_session)),
+        "the other live session's connections end: {terminated:?}"
+    );
+    assert!(
+        terminated.len() <= 2 && terminated.iter().all(|p| !p.contains("session-old-")),
+        "nothing of the dead history: {} calls",
+        terminated.len()
+    );
+    projector.abort();
+    api.stop().await;
+}
