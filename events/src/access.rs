@@ -149,8 +149,9 @@ pub enum TokenError {
 }
 
 /// Why `value` cannot serve as a secret outside development, if it cannot: empty, a
-/// published default (the development defaults all say `change-me`), or shorter than 32
-/// characters (an HMAC key or a key-derivation input needs the entropy).
+/// published default (the development defaults all say `change-me`), shorter than 32
+/// characters, or made of fewer than 10 different characters (an HMAC key or a
+/// key-derivation input needs the entropy).
 pub fn weak_secret(value: &str) -> Option<&'static str> {
     let lowered = value.to_ascii_lowercase();
     if value.trim().is_empty() {
@@ -159,6 +160,13 @@ pub fn weak_secret(value: &str) -> Option<&'static str> {
         Some("a published default")
     } else if value.chars().count() < 32 {
         Some("shorter than 32 characters")
+    } else if value
+        .chars()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        < 10
+    {
+        Some("made of fewer than 10 different characters")
     } else {
         None
     }
@@ -435,6 +443,10 @@ mod tests {
             Some("shorter than 32 characters")
         );
         assert_eq!(weak_secret("k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe"), None);
+        assert_eq!(
+            weak_secret(&"a".repeat(40)),
+            Some("made of fewer than 10 different characters")
+        );
         let given = [
             ("NEST_AUTH_SECRET", Some("k3Jx9vQ2mW8pL5tR7yB1nC4hF6dS0aZe")),
             ("CREDENTIALS_KEY", None),

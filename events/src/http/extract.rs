@@ -142,12 +142,16 @@ fn json_problem(rejection: &JsonRejection) -> Problem {
 
 /// A problem for a rejection known only by its status (body limits, unreadable bodies).
 pub fn status_problem(status: StatusCode, detail: String) -> Problem {
-    // The server's body timeout (tower-http's `TimeoutBody`) surfaces as an unreadable body.
-    if detail.contains("not received within the designated timeout") {
+    // The server's body timeout (tower-http's `TimeoutBody`) surfaces as an unreadable body;
+    // so does a body the client stopped sending (a multipart stream that broke off): the
+    // client's doing, never a server error.
+    if detail.contains("not received within the designated timeout")
+        || (status.is_server_error() && detail.to_ascii_lowercase().contains("stream"))
+    {
         return Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
-            "The request body did not arrive in time.",
+            "The request body did not arrive in time, or was cut off.",
         );
     }
     match status {

@@ -116,6 +116,18 @@ async fn a_client_that_trickles_its_headers_or_body_or_sits_idle_is_cut_off() {
         assert!(answer.contains("request_timeout"), "{answer}");
         assert_eq!(env.event_count().await, before);
     }
+    // A multipart upload that stops mid-file is answered the same, not as a server error.
+    let mut upload = connect(&api).await;
+    let part = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.ogg\"\r\n\
+                Content-Type: audio/ogg\r\n\r\nOggS\x00\x02";
+    let head = format!(
+        "POST /v1/audio HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n{part}",
+        env.phone_user("t-stalled", "phone-stalled")
+    );
+    upload.write_all(head.as_bytes()).await.expect("written");
+    let answer = until_closed(&mut upload).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     // And the server goes on serving.
     let live = env
         .http
