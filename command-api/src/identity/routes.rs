@@ -84,6 +84,23 @@ async fn create(
     }
     check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
     let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    // Admin and chatbot users share one id space where it matters (`private-user-{id}`
+    // channels, streams): a chosen id may not be a chatbot user's.
+    if body.id.is_some() {
+        let taken: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM phone_users WHERE user_id = $1)")
+                .bind(&id)
+                .fetch_one(&state.pool)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?;
+        if taken {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "an admin user with this id already exists",
+            ));
+        }
+    }
     let command = AdminUserCommand::Create {
         user_id: id.clone(),
         email: body.email,

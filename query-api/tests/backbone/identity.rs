@@ -1355,3 +1355,26 @@ async fn a_password_change_ends_every_other_session() {
     );
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_user_cannot_take_a_chatbot_users_id() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (alpha, _) = crate::support::create_tenant(&env, &api, "alpha-chat").await;
+    let (beta, _) = crate::support::create_tenant(&env, &api, "beta-squat").await;
+    let customer = phone_token(&env, &api, &query, &alpha, "+34600111222").await;
+    let customer_id = env.keys.claims(&customer).expect("claims").sub;
+    // A beta admin who learnt the customer's id cannot become them on `private-user-{id}`.
+    let squat = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(env.admin_of(&beta))
+        .json(&json!({"id": customer_id, "email": "squat@beta.example", "password": "a long squatting password", "role": "agent"}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(squat, 409, "already_exists").await;
+    query.stop().await;
+    api.stop().await;
+}
