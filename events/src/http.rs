@@ -54,6 +54,10 @@ pub struct HttpLimits {
     /// Milliseconds a request body may pause between two pieces.
     #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub http_body_timeout_ms: u64,
+    /// Milliseconds a whole request body may take (a body trickled a byte at a time is cut
+    /// off here; 10 minutes carry the largest upload at about 170 kB/s).
+    #[arg(long, env = "HTTP_BODY_DEADLINE_MS", default_value_t = 600_000)]
+    pub http_body_deadline_ms: u64,
     /// Requests one token may have in flight at once (SSE streams excepted).
     #[arg(long, env = "CONCURRENT_REQUESTS_PER_PRINCIPAL", default_value_t = 32)]
     pub concurrent_requests_per_principal: usize,
@@ -64,6 +68,7 @@ impl Default for HttpLimits {
         Self {
             http_header_timeout_ms: 30_000,
             http_body_timeout_ms: 30_000,
+            http_body_deadline_ms: 600_000,
             concurrent_requests_per_principal: 32,
         }
     }
@@ -75,6 +80,7 @@ impl HttpLimits {
         Timeouts {
             header: std::time::Duration::from_millis(self.http_header_timeout_ms.max(1)),
             body: std::time::Duration::from_millis(self.http_body_timeout_ms.max(1)),
+            body_deadline: std::time::Duration::from_millis(self.http_body_deadline_ms.max(1)),
         }
     }
 
@@ -99,7 +105,44 @@ pub struct Timeouts {
     pub header: std::time::Duration,
     /// Waiting for each piece of a request body (a client that stops sending mid-body).
     pub body: std::time::Duration,
+    /// The whole of a request body (a client that trickles it).
+    pub body_deadline: std::time::Duration,
 }
+
+/// A request body cut off at a deadline, and after any pause of `pause` between pieces.
+fn bounded_body(
+    body: hyper::body::Incoming,
+    pause: std::time::Duration,
+    deadline: std::time::Duration,
+) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let paced = axum::body::Body::new(tower_http::timeout::TimeoutBody::new(pause, body));
+    let until = tokio::time::Instant::now() + deadline;
+    let stream =
+        futures_util::stream::unfold(Some(paced.into_data_stream()), move |stream| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout_at(until, stream.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(axum::BoxError::from(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(axum::BoxError::from(BodyDeadline)), None)),
+            }
+        });
+    axum::body::Body::from_stream(stream)
+}
+
+/// A request body that took longer than its deadline.
+#[derive(Debug)]
+struct BodyDeadline;
+
+impl std::fmt::Display for BodyDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Worded as the pause timeout is, so both are answered 408 alike.
+        f.write_str("the whole body was not received within the designated timeout")
+    }
+}
+
+impl std::error::Error for BodyDeadline {}
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for the requests in
 /// flight. Each request carries the peer address (for limits per client address); a client
@@ -140,12 +183,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let body_timeout = timeouts.body;
         let service = hyper::service::service_fn(
             move |request: axum::http::Request<hyper::body::Incoming>| {
-                let mut request = request.map(|body| {
-                    axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, body))
-                });
+                let mut request =
+                    request.map(|body| bounded_body(body, timeouts.body, timeouts.body_deadline));
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));

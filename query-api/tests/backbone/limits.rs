@@ -80,6 +80,7 @@ async fn a_client_that_trickles_its_headers_or_body_or_sits_idle_is_cut_off() {
     let mut config = env.command_config();
     config.http.http_header_timeout_ms = 400;
     config.http.http_body_timeout_ms = 400;
+    config.http.http_body_deadline_ms = 1500;
     let api = env.spawn_command_api(config).await;
 
     // A head that never ends: the connection is closed.
@@ -116,6 +117,33 @@ async fn a_client_that_trickles_its_headers_or_body_or_sits_idle_is_cut_off() {
         assert!(answer.contains("request_timeout"), "{answer}");
         assert_eq!(env.event_count().await, before);
     }
+    // A body trickled a byte at a time, never pausing long, is cut off at its deadline.
+    let mut trickle = connect(&api).await;
+    let head = format!(
+        "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        env.super_admin()
+    );
+    trickle.write_all(head.as_bytes()).await.expect("written");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        if trickle.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(150), trickle.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut off at the deadline"
+    );
     // A multipart upload that stops mid-file is answered the same, not as a server error.
     let mut upload = connect(&api).await;
     let part = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.ogg\"\r\n\
