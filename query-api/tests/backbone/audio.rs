@@ -571,6 +571,24 @@ async fn uploads_are_limited_typed_and_private() {
     assert_eq!(own["content_type"], "audio/mp4");
 }
 
+/// Uploads an Ogg file of `len` bytes as `token`.
+fn upload_ogg(
+    env: &TestEnv,
+    api: &Service,
+    token: String,
+    len: usize,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", len, 9))
+        .file_name("note")
+        .mime_str("audio/ogg")
+        .expect("mime");
+    env.http
+        .post(api.url("/v1/audio"))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+}
+
 #[tokio::test]
 async fn a_user_uploads_so_many_files_an_hour() {
     let assemblyai = MockServer::start().await;
@@ -579,19 +597,7 @@ async fn a_user_uploads_so_many_files_an_hour() {
     config.audio_uploads_per_user_per_hour = 2;
     let api = studio.env.spawn_command_api(config).await;
     let customer = studio.env.phone_user(&studio.tenant, "chatty");
-    let upload = |token: String| {
-        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 64, 9))
-            .file_name("note")
-            .mime_str("audio/ogg")
-            .expect("mime");
-        studio
-            .env
-            .http
-            .post(api.url("/v1/audio"))
-            .bearer_auth(token)
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-    };
+    let upload = |token: String| upload_ogg(&studio.env, &api, token, 64);
     for _ in 0..2 {
         assert_eq!(upload(customer.clone()).await.expect("sent").status(), 201);
     }
@@ -612,19 +618,7 @@ async fn a_user_uploads_so_many_mebibytes_a_day() {
     config.audio_upload_mib_per_user_per_day = 2;
     let api = studio.env.spawn_command_api(config).await;
     let customer = studio.env.phone_user(&studio.tenant, "talkative");
-    let upload = |token: String| {
-        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 600 * 1024, 7))
-            .file_name("note")
-            .mime_str("audio/ogg")
-            .expect("mime");
-        studio
-            .env
-            .http
-            .post(api.url("/v1/audio"))
-            .bearer_auth(token)
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-    };
+    let upload = |token: String| upload_ogg(&studio.env, &api, token, 600 * 1024);
     // Each file counts by the mebibyte it starts: two of 600 KiB use the day's 2 MiB.
     for _ in 0..2 {
         assert_eq!(upload(customer.clone()).await.expect("sent").status(), 201);
