@@ -190,6 +190,7 @@ impl Stack {
             // The load generator's one token stands for many users: the per-token cap on
             // requests in flight would otherwise meter the generator, not the service.
             .env("CONCURRENT_REQUESTS_PER_PRINCIPAL", "100000")
+            .env("CONCURRENT_REQUESTS_PER_ADDRESS", "100000")
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);

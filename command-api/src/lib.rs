@@ -385,6 +385,7 @@ impl Application {
         tokio::spawn(expire_idempotency_keys(pool));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         let access_for_limits = state.access.clone();
+        let proxy_hops = state.proxy_hops;
         Ok(Self {
             listener,
             router: http::router(state, config.max_body_bytes).layer(
@@ -393,6 +394,9 @@ impl Application {
                         TokenKeys::new(config.auth_secret()?),
                         access_for_limits,
                         &[],
+                        Arc::new(move |peer, headers| {
+                            http::limits::client_ip_behind(proxy_hops, peer, headers)
+                        }),
                     ),
                     events::http::inflight::limit,
                 ),

@@ -61,6 +61,9 @@ pub struct HttpLimits {
     /// Requests one token may have in flight at once (SSE streams excepted).
     #[arg(long, env = "CONCURRENT_REQUESTS_PER_PRINCIPAL", default_value_t = 32)]
     pub concurrent_requests_per_principal: usize,
+    /// Requests without a working token one client address may have in flight at once.
+    #[arg(long, env = "CONCURRENT_REQUESTS_PER_ADDRESS", default_value_t = 64)]
+    pub concurrent_requests_per_address: usize,
 }
 
 impl Default for HttpLimits {
@@ -70,6 +73,7 @@ impl Default for HttpLimits {
             http_body_timeout_ms: 30_000,
             http_body_deadline_ms: 600_000,
             concurrent_requests_per_principal: 32,
+            concurrent_requests_per_address: 64,
         }
     }
 }
@@ -84,15 +88,18 @@ impl HttpLimits {
         }
     }
 
-    /// The limiter of requests in flight, counting tokens `keys` verifies; `exempt` paths
-    /// (SSE) are not counted.
+    /// The limiter of requests in flight, counting tokens `keys` verifies and `access`
+    /// accepts, else client addresses as `client` names them; `exempt` paths (SSE) are not
+    /// counted.
     pub fn in_flight(
         &self,
         keys: crate::access::TokenKeys,
         access: Access,
         exempt: &'static [&'static str],
+        client: inflight::ClientKey,
     ) -> inflight::InFlight {
         inflight::InFlight::new(keys, access, self.concurrent_requests_per_principal, exempt)
+            .with_anonymous(self.concurrent_requests_per_address, client)
     }
 }
 

@@ -217,9 +217,14 @@ impl Application {
         Ok(Self {
             listener,
             router: router(state).layer(axum::middleware::from_fn_with_state(
-                config
-                    .http
-                    .in_flight(TokenKeys::new(secret), access_for_limits, &["/v1/stream"]),
+                config.http.in_flight(
+                    TokenKeys::new(secret),
+                    access_for_limits,
+                    &["/v1/stream"],
+                    // Behind proxies, query-api sees them, not the clients: its anonymous
+                    // routes (health, configuration) are cheap.
+                    Arc::new(|peer, _| peer.ip().to_string()),
+                ),
                 events::http::inflight::limit,
             )),
             hub,

@@ -11,13 +11,18 @@ use crate::AppState;
 /// counts as its /64, the block one subscriber is usually given, so rotating addresses
 /// inside it is not a way round a limit.
 pub(crate) fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    client_ip_behind(state.proxy_hops, peer, headers)
+}
+
+/// [`client_ip`] with `hops` trusted proxies in front.
+pub(crate) fn client_ip_behind(hops: usize, peer: SocketAddr, headers: &HeaderMap) -> String {
     let lines: Option<Vec<&str>> = headers
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.to_str().ok())
         .collect();
     // An unreadable line shifts what "n-th from the right" means: ignore the header then.
-    let forwarded = lines.and_then(|lines| forwarded_client(&lines.join(","), state.proxy_hops));
+    let forwarded = lines.and_then(|lines| forwarded_client(&lines.join(","), hops));
     limit_key(forwarded.unwrap_or_else(|| peer.ip()))
 }
 

@@ -1,22 +1,27 @@
 //! Requests in flight per principal: one token cannot hold every worker of a service. Each
 //! authenticated request (its bearer token verifies) holds a slot of its subject until its
 //! response is produced; past the cap it is answered 429 `too_many_concurrent_requests` at
-//! once. A token that verifies but was revoked holds no slot (the route refuses it), so a
-//! stolen, revoked token cannot starve its user. Anonymous requests have their own limits
-//! per client address (sign-ups, codes), and SSE streams theirs (`STREAMS_PER_USER`), so
-//! neither counts here.
+//! once. A token that verifies but was revoked holds no slot of its user (so a stolen,
+//! revoked token cannot starve them): such requests, and those without a token, are counted
+//! by client address instead. SSE streams have their own cap (`STREAMS_PER_USER`) and are
+//! not counted here.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::access::Access;
 use super::Problem;
 use crate::access::TokenKeys;
+
+/// How a service names the client of a request: its address, seen through the service's
+/// trusted proxies.
+pub type ClientKey = Arc<dyn Fn(SocketAddr, &HeaderMap) -> String + Send + Sync>;
 
 /// The slots of every principal.
 #[derive(Clone)]
@@ -27,6 +32,10 @@ pub struct InFlight {
     access: Access,
     /// Requests one principal may have in flight.
     per_principal: usize,
+    /// Anonymous requests one client address may have in flight.
+    per_address: usize,
+    /// The client address of a request (the service knows its trusted proxies).
+    client: ClientKey,
     /// Paths whose requests are long-lived and capped elsewhere (SSE).
     exempt: &'static [&'static str],
     /// Requests in flight by principal.
@@ -45,15 +54,25 @@ impl InFlight {
             keys,
             access,
             per_principal: per_principal.max(1),
+            per_address: per_principal.max(1),
+            client: Arc::new(|peer, _| peer.ip().to_string()),
             exempt,
             held: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    fn claim(&self, principal: String) -> Option<Slot> {
+    /// Anonymous requests counted per client address, `per_address` at once, the address
+    /// named by `client`.
+    pub fn with_anonymous(mut self, per_address: usize, client: ClientKey) -> Self {
+        self.per_address = per_address.max(1);
+        self.client = client;
+        self
+    }
+
+    fn claim(&self, principal: String, cap: usize) -> Option<Slot> {
         let mut held = self.held.lock().ok()?;
         let n = held.entry(principal.clone()).or_insert(0);
-        if *n >= self.per_principal {
+        if *n >= cap {
             return None;
         }
         *n += 1;
@@ -96,10 +115,20 @@ pub async fn limit(State(limiter): State<InFlight>, request: Request, next: Next
         .and_then(|(_, token)| limiter.keys.claims(token.trim()).ok())
         .filter(|c| limiter.access.check(c).is_ok())
         .map(|c| format!("{}:{}", c.kind.as_deref().unwrap_or("admin"), c.sub));
-    let Some(principal) = principal else {
-        return next.run(request).await;
+    // A request without a token that works is counted by its client's address (a revoked
+    // token's requests too: the route refuses them, but they are not free).
+    let (principal, cap) = match principal {
+        Some(principal) => (principal, limiter.per_principal),
+        None => {
+            let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+            else {
+                return next.run(request).await;
+            };
+            let address = (limiter.client)(*peer, request.headers());
+            (format!("address:{address}"), limiter.per_address)
+        }
     };
-    let Some(slot) = limiter.claim(principal) else {
+    let Some(slot) = limiter.claim(principal, cap) else {
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_concurrent_requests",

@@ -229,3 +229,44 @@ async fn a_revoked_token_holds_no_slot_of_its_user() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn requests_without_a_token_are_counted_by_client_address() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.http.concurrent_requests_per_address = 2;
+    let api = env.spawn_command_api(config).await;
+    // Two anonymous sign-ups whose bodies never finish hold this address's slots...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(&api).await;
+        stream
+            .write_all(
+                b"POST /v1/tenants/signup HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("written");
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a third waits its turn, while a signed-in user is served.
+    let third = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(third, 429, "too_many_concurrent_requests").await;
+    let signed_in = env
+        .http
+        .get(api.url("/auth/admin/profile"))
+        .bearer_auth(env.super_admin())
+        .send()
+        .await
+        .expect("sent");
+    assert_ne!(signed_in.status(), 429);
+    drop(held);
+    api.stop().await;
+}

@@ -30,6 +30,7 @@ pub fn server_url() -> String {
 fn test_http_limits() -> events::http::HttpLimits {
     events::http::HttpLimits {
         concurrent_requests_per_principal: 1024,
+        concurrent_requests_per_address: 1024,
         ..Default::default()
     }
 }
