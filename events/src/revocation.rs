@@ -7,7 +7,8 @@
 //! issued with, and a login or refresh issues one only to an active user, so a token is
 //! stale exactly when something changed after it was issued.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -55,8 +56,8 @@ struct UserState {
 /// The revocations a process knows.
 #[derive(Debug, Clone, Default)]
 pub struct Revocations {
-    /// Ended sessions.
-    sessions: HashSet<String>,
+    /// Ended sessions, and when this process learnt of each.
+    sessions: HashMap<String, Instant>,
     /// Admin users whose state changed.
     users: HashMap<String, UserState>,
     /// Tenants whose suspension changed: id → (suspended, version).
@@ -72,7 +73,9 @@ impl Revocations {
         };
         match kind {
             "session" => {
-                self.sessions.insert(id.to_owned());
+                self.sessions
+                    .entry(id.to_owned())
+                    .or_insert_with(Instant::now);
             }
             "user" => {
                 let user = self.users.entry(id.to_owned()).or_default();
@@ -114,7 +117,7 @@ impl Revocations {
             return Ok(());
         }
         if let Some(sid) = &claims.sid {
-            if self.sessions.contains(sid) {
+            if self.sessions.contains_key(sid) {
                 return Err(Refusal::SessionEnded);
             }
         }
@@ -137,6 +140,13 @@ impl Revocations {
     /// True while `tenant_id` is suspended.
     pub fn is_suspended(&self, tenant_id: &str) -> bool {
         self.tenants.get(tenant_id).is_some_and(|(s, _)| *s)
+    }
+
+    /// Forgets ended sessions learnt longer than `age` ago: every token they issued has
+    /// expired by then (access tokens live at most a day), so a long-running process does
+    /// not grow with every logout it ever saw.
+    pub fn forget_sessions_older_than(&mut self, age: Duration) {
+        self.sessions.retain(|_, learnt| learnt.elapsed() < age);
     }
 }
 
@@ -190,6 +200,22 @@ mod tests {
             r.check(&admin("u1", t, Role::TenantAdmin, Some("s2"))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn ended_sessions_are_forgotten_once_their_tokens_have_expired() {
+        let mut r = Revocations::default();
+        r.apply(&change(
+            "session:s1",
+            serde_json::json!({"revoked": true}),
+            1,
+        ));
+        let claims = admin("u1", None, Role::SuperAdmin, Some("s1"));
+        r.forget_sessions_older_than(Duration::from_secs(3600));
+        assert_eq!(r.check(&claims), Err(Refusal::SessionEnded), "still young");
+        r.forget_sessions_older_than(Duration::ZERO);
+        assert_eq!(r.check(&claims), Ok(()), "forgotten");
+        assert!(r.sessions.is_empty());
     }
 
     #[test]

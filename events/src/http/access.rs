@@ -30,6 +30,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(300);
 /// process's) before it is presumed cut off silently (a dropped route, a firewall that
 /// forgets the connection): it is then replaced and the table reloaded.
 const SILENCE: Duration = Duration::from_secs(1);
+/// How long an ended session is remembered in memory: longer than any access token lives
+/// (at most a day).
+const REMEMBER_SESSIONS: Duration = Duration::from_secs(25 * 3600);
 /// The payload of a heartbeat.
 const HEARTBEAT: &str = "heartbeat";
 
@@ -182,6 +185,20 @@ impl Access {
     }
 
     async fn run(self, pool: PgPool, prune: Option<Duration>, mut listener: PgListener) {
+        // Every process forgets, hourly, the ended sessions whose tokens have all expired.
+        {
+            let access = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Ok(mut revocations) = access.inner.revocations.write() {
+                        revocations.forget_sessions_older_than(REMEMBER_SESSIONS);
+                    }
+                }
+            });
+        }
         if let Some(age) = prune {
             let pool = pool.clone();
             tokio::spawn(async move {
