@@ -52,6 +52,10 @@ pub struct Config {
     /// Lifetime of refresh tokens.
     #[arg(long, env = "REFRESH_TOKEN_EXPIRES_IN", default_value = "30d")]
     pub refresh_token_expires_in: String,
+    /// Sessions one admin user may hold at once: a new sign-in beyond it ends the user's
+    /// least recently used session.
+    #[arg(long, env = "SESSIONS_PER_USER", default_value_t = 20)]
+    pub sessions_per_user: i64,
     /// On start, create this super admin if no admin user has this e-mail.
     #[arg(long, env = "ADMIN_BOOTSTRAP_EMAIL")]
     pub admin_bootstrap_email: Option<String>,

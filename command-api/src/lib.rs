@@ -321,7 +321,8 @@ impl Application {
             tenants,
             blobs,
             admins,
-            sessions: Sessions::new(pool.clone(), config.refresh_ttl()?),
+            sessions: Sessions::new(pool.clone(), config.refresh_ttl()?)
+                .with_limit(config.sessions_per_user),
             password_attempts: identity::attempts::PasswordAttempts::new(&pool, 4),
             token_ttl: config.token_ttl()?,
             dummy_hash: Arc::new(dummy_hash),

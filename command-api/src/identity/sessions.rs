@@ -41,6 +41,8 @@ pub struct Sessions {
     pool: PgPool,
     /// How long a refresh token stays valid.
     ttl: chrono::Duration,
+    /// Sessions one user may hold at once.
+    per_user: i64,
 }
 
 /// A fresh random token (256 bits, base64url).
@@ -61,13 +63,35 @@ impl Sessions {
         Self {
             pool,
             ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30)),
+            per_user: 20,
         }
+    }
+
+    /// At most `per_user` sessions per user: opening one more ends the least recently used.
+    pub fn with_limit(mut self, per_user: i64) -> Self {
+        self.per_user = per_user.max(1);
+        self
     }
 
     /// Starts a family for a session a login opened; returns its first refresh token.
     pub async fn open(&self, user_id: &str, session_id: &str) -> Result<String, sqlx::Error> {
         let token = new_token();
         self.insert(&self.pool, &token, user_id, session_id).await?;
+        // Beyond the limit, the sessions used least recently (by their newest token) end:
+        // a user signing in again and again does not pile up live sessions.
+        sqlx::query(
+            "UPDATE admin_sessions SET status = 'revoked'
+              WHERE user_id = $1 AND status <> 'revoked' AND session_id IN (
+                    SELECT session_id FROM admin_sessions
+                     WHERE user_id = $1 AND status = 'active'
+                     GROUP BY session_id
+                     ORDER BY max(created_at) DESC, session_id DESC
+                    OFFSET $2)",
+        )
+        .bind(user_id)
+        .bind(self.per_user)
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 

@@ -808,3 +808,44 @@ async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
     projector.abort();
     api.stop().await;
 }
+
+#[tokio::test]
+async fn signing_in_beyond_the_session_limit_ends_the_least_recently_used_session() {
+    use crate::identity::{ROOT_EMAIL, ROOT_PASSWORD};
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    config.sessions_per_user = 2;
+    let api = env.spawn_command_api(config).await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(tokens(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await);
+    }
+    let profile = |session: &Value| {
+        let request = env
+            .http
+            .get(api.url("/auth/admin/profile"))
+            .bearer_auth(access(session));
+        async move { request.send().await.expect("sent") }
+    };
+    refused_within_a_second("the oldest session to end", 401, "token_revoked", || {
+        profile(&sessions[0])
+    })
+    .await;
+    expect_problem(
+        crate::identity::refresh(
+            &env,
+            &api,
+            sessions[0]["refresh_token"].as_str().expect("refresh"),
+        )
+        .await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+    for newer in &sessions[1..] {
+        assert_eq!(profile(newer).await.status(), 200);
+    }
+    api.stop().await;
+}

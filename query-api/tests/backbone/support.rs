@@ -157,6 +157,7 @@ impl TestEnv {
             max_body_bytes: 64 * 1024,
             auth_token_expires_in: "1h".into(),
             refresh_token_expires_in: "30d".into(),
+            sessions_per_user: 20,
             admin_bootstrap_email: None,
             admin_bootstrap_password: None,
             otp_requests_per_ip_per_hour: 20,
