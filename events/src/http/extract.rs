@@ -65,6 +65,33 @@ pub fn authenticate(keys: &TokenKeys, access: &Access, token: &str) -> Result<Pr
     Ok(principal)
 }
 
+/// A request's bearer token as an earlier layer already verified it (the in-flight limiter,
+/// which must know who calls before the route runs), so the extractors do not verify the
+/// signature a second time.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The claims as signed.
+    pub claims: crate::access::Claims,
+    /// Who they speak for.
+    pub principal: Principal,
+}
+
+/// [`authenticate`], reusing a [`Verified`] token of the request when a layer left one.
+fn authenticate_parts(
+    parts: &Parts,
+    keys: &TokenKeys,
+    access: &Access,
+    token: &str,
+) -> Result<Principal, Problem> {
+    match parts.extensions.get::<Verified>() {
+        Some(verified) => {
+            access.check(&verified.claims).map_err(refused)?;
+            Ok(verified.principal.clone())
+        }
+        None => authenticate(keys, access, token),
+    }
+}
+
 impl<S> FromRequestParts<S> for AuthUser
 where
     TokenKeys: FromRef<S>,
@@ -77,7 +104,13 @@ where
         let token = bearer(parts)
             .map_err(unauthorized)?
             .ok_or(unauthorized(TokenError::Missing))?;
-        authenticate(&TokenKeys::from_ref(state), &Access::from_ref(state), token).map(AuthUser)
+        authenticate_parts(
+            parts,
+            &TokenKeys::from_ref(state),
+            &Access::from_ref(state),
+            token,
+        )
+        .map(AuthUser)
     }
 }
 
@@ -92,10 +125,13 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match bearer(parts).map_err(unauthorized)? {
             None => Ok(MaybeAuthUser(None)),
-            Some(token) => {
-                authenticate(&TokenKeys::from_ref(state), &Access::from_ref(state), token)
-                    .map(|p| MaybeAuthUser(Some(p)))
-            }
+            Some(token) => authenticate_parts(
+                parts,
+                &TokenKeys::from_ref(state),
+                &Access::from_ref(state),
+                token,
+            )
+            .map(|p| MaybeAuthUser(Some(p))),
         }
     }
 }

@@ -103,18 +103,28 @@ impl Drop for Slot {
 }
 
 /// The middleware.
-pub async fn limit(State(limiter): State<InFlight>, request: Request, next: Next) -> Response {
+pub async fn limit(State(limiter): State<InFlight>, mut request: Request, next: Next) -> Response {
     if limiter.exempt.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let principal = request
+    // Only a bearer token, as the extractors read it, is verified here; the route's
+    // extractor then reuses it.
+    let verified = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
-        .and_then(|(_, token)| limiter.keys.claims(token.trim()).ok())
-        .filter(|c| limiter.access.check(c).is_ok())
-        .map(|c| format!("{}:{}", c.kind.as_deref().unwrap_or("admin"), c.sub));
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .and_then(|(_, token)| limiter.keys.verify_claims(token.trim()).ok());
+    let principal = verified
+        .as_ref()
+        .filter(|(claims, _)| limiter.access.check(claims).is_ok())
+        .map(|(c, _)| format!("{}:{}", c.kind.as_deref().unwrap_or("admin"), c.sub));
+    if let Some((claims, principal)) = verified {
+        request
+            .extensions_mut()
+            .insert(super::extract::Verified { claims, principal });
+    }
     // A request without a token that works is counted by its client's address (a revoked
     // token's requests too: the route refuses them, but they are not free).
     let (principal, cap) = match principal {
