@@ -6,8 +6,9 @@
 //!   for presence channels, `:channel_data`), HMAC-SHA256 with the app secret, answered as
 //!   `key:hex` ([`channel_auth`]).
 //! - A connection signs in as a user (`pusher:signin`) with a signature over
-//!   `socket_id::user::user_data` ([`user_auth`]); the user is named by [`ConnectionUser`],
-//!   so a revocation can end exactly the connections it concerns (the HTTP API's
+//!   `socket_id::user::user_data` ([`user_auth`]); the user is named by [`ConnectionUser`].
+//!   Events are delivered to signed-in users only, so a revocation both stops their
+//!   delivery and ends exactly the connections it concerns (the HTTP API's
 //!   `terminate_connections`).
 //! - A server publishing through the HTTP API signs the method, path and sorted query
 //!   (which includes the body's MD5) the same way ([`signed_query`]).
@@ -22,16 +23,28 @@ use sha2::{Digest, Sha256};
 /// `{prefix}.{tenant_id}` (core NATS, not JetStream: they are ephemeral).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "realtime";
 
-/// A channel of ours.
+/// A channel of ours: who may see an event (its audience, which SSE streams and the
+/// realtime worker read), and, for the two that clients join through the authorizer, a
+/// Pusher channel.
+///
+/// Events never travel on joinable channels: a Pusher subscription, once authorised, lasts
+/// as long as the socket, whatever happens to the access that authorised it. The realtime
+/// worker delivers each event to the signed-in connections of the members of its audience
+/// who may see it now ([`ConnectionUser::delivery_channel`]); the joinable channels carry
+/// only what members send each other (typing) and who is online.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// `private-tenant-{tenant_id}`: everything of a tenant, for its dashboard (staff).
+    /// An audience, not joinable.
     Tenant(String),
     /// `presence-tenant-{tenant_id}`: which of a tenant's agents are online (staff).
+    /// Joinable.
     TenantPresence(String),
     /// `private-thread-{thread_id}`: one thread (its participants and the tenant's staff).
+    /// Joinable for client events (typing); as an audience, the thread's events.
     Thread(String),
-    /// `private-user-{user_id}`: what concerns one user (that user only).
+    /// `private-user-{user_id}`: what concerns one user (that user only). An audience, not
+    /// joinable.
     User(String),
 }
 
@@ -57,6 +70,11 @@ impl Channel {
             return None;
         };
         id_ok(id).then_some(channel)
+    }
+
+    /// True for the channels a client may subscribe to through the authorizer.
+    pub fn joinable(&self) -> bool {
+        matches!(self, Channel::TenantPresence(_) | Channel::Thread(_))
     }
 
     /// The channel's name.
@@ -130,15 +148,13 @@ pub fn user_auth(key: &str, secret: &str, socket_id: &str, user_data: &str) -> S
     )
 }
 
-/// Who a realtime connection signed in as: the unit a revocation ends. An admin's
-/// connection is its session, so a logout ends that session's connections and not the
-/// user's others; a chatbot user's is the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a realtime connection signed in as: the unit events are delivered to and a
+/// revocation ends. An admin's connection is its session, so a logout ends that session's
+/// connections and not the user's others; a chatbot user's is the user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConnectionUser {
     /// An admin session (the token's `sid`).
     Session(String),
-    /// An admin token without a session (issued by the platform itself).
-    Admin(String),
     /// A chatbot user.
     Phone(String),
 }
@@ -148,9 +164,15 @@ impl ConnectionUser {
     pub fn id(&self) -> String {
         match self {
             ConnectionUser::Session(sid) => format!("session-{sid}"),
-            ConnectionUser::Admin(id) => format!("admin-{id}"),
             ConnectionUser::Phone(id) => format!("phone-{id}"),
         }
+    }
+
+    /// The channel that reaches the connections signed in as this user, and only those
+    /// (the Pusher protocol's `#server-to-user-{id}`: a socket that merely subscribes to
+    /// the name receives nothing).
+    pub fn delivery_channel(&self) -> String {
+        format!("#server-to-user-{}", self.id())
     }
 }
 
@@ -206,6 +228,25 @@ mod tests {
         ] {
             assert_eq!(Channel::parse(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn clients_join_only_presence_and_thread_channels() {
+        let joinable: Vec<bool> = [
+            "private-tenant-t1",
+            "presence-tenant-t1",
+            "private-thread-a",
+            "private-user-u",
+        ]
+        .iter()
+        .filter_map(|name| Channel::parse(name))
+        .map(|c| c.joinable())
+        .collect();
+        assert_eq!(joinable, [false, true, true, false]);
+        assert_eq!(
+            ConnectionUser::Session("s1".into()).delivery_channel(),
+            "#server-to-user-session-s1"
+        );
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub fn projections(
     let realtime = || {
         effects::realtime::Realtime::new(
             config.soketi_app(),
+            pool.clone(),
             nats.clone(),
             config.realtime_subject_prefix.clone(),
         )

@@ -6,8 +6,10 @@
 // line per happening: {"type": "connected"}, {"type": "signed_in", "user"},
 // {"type": "state", "current"} (after connected), {"type": "subscribed", "channel", "members"?},
 // {"type": "subscription_error", "channel", "status"}, {"type": "event", "channel", "name",
-// "data"}, {"type": "error", "code"} (an error the server sent). With "trigger", once every
-// channel is subscribed it sends that client event ("times" times, default once).
+// "data"}, {"type": "error", "code"} (an error the server sent). Events delivered to the
+// signed-in user (pusher.user.bind) print as {"type": "event", "channel": "#user", ...}.
+// With "trigger", once every channel is subscribed it sends that client event ("times"
+// times, default once).
 const Pusher = require('pusher-js');
 
 const config = JSON.parse(process.argv[2]);
@@ -46,6 +48,9 @@ pusher.connection.bind('message', (event) => {
   }
 });
 if (config.userAuthEndpoint) pusher.signin();
+pusher.user.bind_global((event, data) => {
+  print({ type: 'event', channel: '#user', name: event, data });
+});
 let pending = config.channels.length;
 for (const name of config.channels) {
   const channel = pusher.subscribe(name);

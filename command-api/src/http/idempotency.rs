@@ -23,11 +23,17 @@
 //!   replayed, and the command does not run again.
 //! - A command that opens an aggregate without naming its id gets an id derived from the
 //!   key ([`KeyedRequest::derived_id`]), so a retry opens the same aggregate, not a second.
+//! - A caller without a working token has its key honoured only where anyone may write
+//!   ([`ANONYMOUS`]: a tenant's sign-up), scoped by its client address and with a small
+//!   body; anywhere else the key is ignored and the route answers (401, or a provider's
+//!   signed webhook, which de-duplicates by the provider's own ids). So a stranger can
+//!   neither make this layer buffer megabytes nor leave a record per request.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -43,6 +49,10 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest body buffered for hashing (the largest route limit but streamed uploads': a logo).
 const MAX_BUFFERED: usize = 3 * 1024 * 1024;
+/// The routes anyone may call on which a key is honoured without a token.
+const ANONYMOUS: [&str; 1] = ["/v1/tenants/signup"];
+/// Largest body buffered for an anonymous caller (a sign-up is a few hundred bytes).
+const ANONYMOUS_MAX_BUFFERED: usize = 64 * 1024;
 /// Routes whose body is streamed to its destination (audio, up to 100 MiB): never buffered
 /// here. Their requests are told apart by method, path and media type only, so a key reused
 /// with another file replays the first answer rather than being refused.
@@ -94,17 +104,28 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     // A token that verifies but was revoked gets its refusal here: a stored answer is not
     // replayed to it.
     let caller = match bearer_subject(&state, req.headers()) {
-        Ok(subject) => subject.unwrap_or_else(|| "anonymous".to_owned()),
+        Ok(subject) => subject,
         Err(refusal) => return refusal.into_response(),
     };
     let path = canonical_path(req.uri().path());
+    let (caller, max_buffered) = match caller {
+        Some(user) => (user, MAX_BUFFERED),
+        None if ANONYMOUS.contains(&path.as_str()) => {
+            let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() else {
+                return next.run(req).await;
+            };
+            let client = crate::http::limits::client_ip(&state, *peer, req.headers());
+            (format!("anonymous@{client}"), ANONYMOUS_MAX_BUFFERED)
+        }
+        None => return next.run(req).await,
+    };
     let scope = format!("{caller} {path}");
     let (mut parts, body) = req.into_parts();
     let (hash, body) = if STREAMED.contains(&path.as_str()) {
         let hash = request_hash(&parts.method, &path, &parts.headers, &[]);
         (hash, body)
     } else {
-        let bytes = match to_bytes(body, MAX_BUFFERED).await {
+        let bytes = match to_bytes(body, max_buffered).await {
             Ok(bytes) => bytes,
             // A body that stopped arriving (the server's body timeout), or one too large.
             Err(e) => {

@@ -84,7 +84,7 @@ impl Eviction {
         Ok(vec![])
     }
 
-    /// A user's sessions (only the revoked ones with `revoked_only`), and the user itself.
+    /// A user's sessions (only the revoked ones with `revoked_only`).
     async fn sessions_of(
         &self,
         user_id: &str,
@@ -99,12 +99,7 @@ impl Eviction {
         .fetch_all(&self.pool)
         .await
         .map_err(ProjectionError::from)?;
-        let mut users: Vec<ConnectionUser> =
-            sessions.into_iter().map(ConnectionUser::Session).collect();
-        if !revoked_only {
-            users.push(ConnectionUser::Admin(user_id.to_owned()));
-        }
-        Ok(users)
+        Ok(sessions.into_iter().map(ConnectionUser::Session).collect())
     }
 
     /// Every connection of a tenant: its admins' sessions that may still hold a token, and

@@ -1,24 +1,39 @@
-//! The realtime worker: turns chat events into Pusher events, sends them to Soketi's HTTP
-//! API (`POST /apps/{app_id}/batch_events`, signed as the Pusher HTTP API defines), and fans
-//! them out on core NATS (`{prefix}.{tenant_id}`) for query-api's SSE streams.
+//! The realtime worker: turns chat events into Pusher events, delivers them through Soketi's
+//! HTTP API (`POST /apps/{app_id}/batch_events`, signed as the Pusher HTTP API defines) to
+//! the members who may see them now, and fans them out on core NATS (`{prefix}.{tenant_id}`)
+//! for query-api's SSE streams.
+//!
+//! Delivery is per member, never to a channel clients subscribe to: a Pusher subscription
+//! outlives the access that authorised it, so an event goes to the signed-in connections
+//! (`#server-to-user-{id}`) of the live, unrevoked sessions of its tenant's staff and of its
+//! thread's customers ([`Members`]), read for every batch. A session ended, a user
+//! deactivated or a tenant suspended drops out of the next batch, whether or not its
+//! connections were closed, and a socket that never signed in receives nothing.
 //!
 //! It is a side-effect worker ([`Effect`]): its durable consumer's checkpoints move only after
 //! Soketi accepted the events, so a Soketi outage delays them and loses none. A crash between
 //! Soketi's answer and the checkpoint repeats that batch once; every event carries the stored
 //! event's `event_id` and the thread's `version`, so a client drops what it has seen.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use async_trait::async_trait;
-use events::chat::{ThreadEvent, THREAD};
-use events::realtime::{signed_query, Channel, RealtimeEvent};
+use events::chat::{Party, PartyKind, ThreadEvent, THREAD};
+use events::realtime::{signed_query, Channel, ConnectionUser, RealtimeEvent};
 use events::whatsapp::{ConversationEvent, WHATSAPP_CONVERSATION};
 use events::Envelope;
 use serde_json::json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::projection::{Effect, Projection, ProjectionError, Target};
 
 /// Most events in one `batch_events` request (the Pusher HTTP API's limit).
 const BATCH_LIMIT: usize = 10;
+
+/// Most channels one event names (Soketi's default `maxEventChannelsAtOnce`); an event for
+/// more members is sent as several.
+const CHANNEL_LIMIT: usize = 100;
 
 /// Where Soketi's HTTP API is and the app it publishes as.
 #[derive(Debug, Clone)]
@@ -37,6 +52,8 @@ pub struct SoketiApp {
 pub struct Realtime {
     /// Soketi, when configured (without it only the NATS fan-out runs).
     app: Option<SoketiApp>,
+    /// Sessions, users, tenants and thread customers: who may see each event now.
+    pool: Option<PgPool>,
     /// HTTP client (timeouts set).
     http: reqwest::Client,
     /// Core NATS, for SSE.
@@ -50,10 +67,11 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// A worker publishing to `app` when given, and to `nats` under `subject_prefix` when
-    /// given.
+    /// A worker delivering through `app` when given (to the members `pool` names), and
+    /// publishing to `nats` under `subject_prefix` when given.
     pub fn new(
         app: Option<SoketiApp>,
+        pool: Option<PgPool>,
         nats: Option<async_nats::Client>,
         subject_prefix: String,
     ) -> Self {
@@ -63,7 +81,8 @@ impl Realtime {
             .build()
             .unwrap_or_default();
         Self {
-            app,
+            app: app.filter(|_| pool.is_some()),
+            pool,
             http,
             nats,
             subject_prefix,
@@ -149,13 +168,24 @@ impl Projection for Realtime {
         Some(self)
     }
 
-    /// Nothing to write: the effect happened before; only the checkpoints move.
+    /// The effect happened before; besides the checkpoints, only the customers a thread
+    /// gained are recorded (`realtime_thread_customers`, the worker's own state).
     async fn apply(
         &self,
-        _conn: &mut PgConnection,
+        conn: &mut PgConnection,
         _target: &Target,
-        _event: &Envelope,
+        event: &Envelope,
     ) -> Result<(), ProjectionError> {
+        if let Some(customer) = customer_joined(event)? {
+            sqlx::query(
+                "INSERT INTO realtime_thread_customers (thread_id, user_id) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&event.aggregate_id)
+            .bind(customer)
+            .execute(conn)
+            .await?;
+        }
         Ok(())
     }
 }
@@ -165,21 +195,13 @@ impl Effect for Realtime {
     async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
         let mut outgoing = Vec::with_capacity(events.len());
         for envelope in events {
-            outgoing.extend(to_realtime(envelope)?);
+            outgoing.push(to_realtime(envelope)?);
         }
-        let items: Vec<serde_json::Value> = outgoing
-            .iter()
-            .flat_map(|e| {
-                let data = e.data.to_string();
-                e.channels
-                    .iter()
-                    .map(move |c| json!({"channel": c, "name": e.name, "data": data}))
-            })
-            .collect();
         // SSE first: a Soketi outage must not stop SSE clients (a retry repeats these, and
-        // `event_id` lets a client drop a repeat).
+        // `event_id` lets a client drop a repeat). Each stream checks its own token against
+        // every event's audience.
         if let Some(nats) = &self.nats {
-            for event in &outgoing {
+            for event in outgoing.iter().flatten() {
                 let subject = format!("{}.{}", self.subject_prefix, event.tenant_id);
                 let payload = serde_json::to_vec(event).unwrap_or_default();
                 // Ephemeral by design: an SSE client that missed it resumes from the store
@@ -189,12 +211,175 @@ impl Effect for Realtime {
                 }
             }
         }
-        if let Some(app) = &self.app {
-            for batch in items.chunks(BATCH_LIMIT) {
-                self.send(app, batch).await?;
+        let (Some(app), Some(pool)) = (&self.app, &self.pool) else {
+            return Ok(());
+        };
+        if outgoing.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        let mut members = Members::load(pool, outgoing.iter().flatten()).await?;
+        let mut items = Vec::new();
+        for (envelope, realtime) in events.iter().zip(&outgoing) {
+            // A customer joining takes part in the very event that says so.
+            if let Some(customer) = customer_joined(envelope)? {
+                members
+                    .customers
+                    .entry(envelope.aggregate_id.clone())
+                    .or_default()
+                    .insert(customer);
+            }
+            for event in realtime {
+                let data = event.data.to_string();
+                let channels: Vec<String> = members
+                    .of(event)
+                    .iter()
+                    .map(ConnectionUser::delivery_channel)
+                    .collect();
+                for chunk in channels.chunks(CHANNEL_LIMIT) {
+                    items.push(json!({"channels": chunk, "name": event.name, "data": data}));
+                }
             }
         }
+        for batch in items.chunks(BATCH_LIMIT) {
+            self.send(app, batch).await?;
+        }
         Ok(())
+    }
+}
+
+/// The chatbot user a thread event makes a customer of the thread, if any.
+fn customer_joined(envelope: &Envelope) -> Result<Option<String>, ProjectionError> {
+    if envelope.aggregate_type != THREAD {
+        return Ok(None);
+    }
+    let event: ThreadEvent = serde_json::from_value(envelope.payload.clone()).map_err(|err| {
+        ProjectionError::Undecodable {
+            event_id: envelope.event_id(),
+            reason: err.to_string(),
+        }
+    })?;
+    let party = match event {
+        ThreadEvent::Opened { customer, .. } => customer,
+        ThreadEvent::ParticipantAdded { participant } => Some(participant),
+        _ => None,
+    };
+    Ok(party
+        .filter(|Party { kind, .. }| *kind == PartyKind::Phone)
+        .map(|p| p.id))
+}
+
+/// Who may see a batch's events now: read once per batch, so a revocation committed before
+/// the batch is delivered is honoured by it.
+struct Members {
+    /// The tenants' staff sessions that can still hold a working token: created within the
+    /// last 25 hours (an access token lives at most a day, and every refresh adds a row),
+    /// not revoked, of an active user, of a tenant not suspended.
+    staff: HashMap<String, Vec<ConnectionUser>>,
+    /// The chatbot users taking part in each thread.
+    customers: HashMap<String, BTreeSet<String>>,
+    /// Tenants suspended: none of theirs gets anything until reactivated.
+    suspended: HashSet<String>,
+}
+
+impl Members {
+    async fn load<'a>(
+        pool: &PgPool,
+        events: impl Iterator<Item = &'a RealtimeEvent>,
+    ) -> Result<Self, ProjectionError> {
+        let mut tenants = BTreeSet::new();
+        let mut threads = BTreeSet::new();
+        for event in events {
+            tenants.insert(event.tenant_id.clone());
+            for channel in event.channels.iter().filter_map(|c| Channel::parse(c)) {
+                if let Channel::Thread(thread) = channel {
+                    threads.insert(thread);
+                }
+            }
+        }
+        let tenants: Vec<String> = tenants.into_iter().collect();
+        let threads: Vec<String> = threads.into_iter().collect();
+        let keys: Vec<String> = tenants.iter().map(|t| format!("tenant:{t}")).collect();
+        let suspended: HashSet<String> = sqlx::query_scalar(
+            "SELECT substr(key, 8) FROM access_changes
+              WHERE key = ANY($1) AND state @> '{\"suspended\": true}'",
+        )
+        .bind(&keys)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        // The revocations recorded with each change (migration 0022) are read too, so a
+        // session counts as ended from the commit that ended it.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT e.tenant_id, s.session_id
+               FROM admin_sessions s JOIN admin_emails e USING (user_id)
+              WHERE e.tenant_id = ANY($1)
+                AND s.created_at > now() - interval '25 hours'
+                AND s.status <> 'revoked'
+                AND NOT EXISTS (
+                    SELECT 1 FROM access_changes c
+                     WHERE c.key IN ('session:' || s.session_id, 'user:' || s.user_id)
+                       AND (c.state @> '{\"revoked\": true}' OR c.state @> '{\"active\": false}'))
+              GROUP BY e.tenant_id, s.session_id",
+        )
+        .bind(&tenants)
+        .fetch_all(pool)
+        .await?;
+        let mut staff: HashMap<String, Vec<ConnectionUser>> = HashMap::new();
+        for (tenant, session) in rows {
+            staff
+                .entry(tenant)
+                .or_default()
+                .push(ConnectionUser::Session(session));
+        }
+        let uuids: Vec<Uuid> = threads
+            .iter()
+            .filter_map(|t| Uuid::parse_str(t).ok())
+            .collect();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT thread_id, user_id FROM realtime_thread_customers WHERE thread_id = ANY($1)
+             UNION
+             SELECT thread_id::text, user_id FROM chat_participants
+              WHERE thread_id = ANY($2) AND kind = 'phone'",
+        )
+        .bind(&threads)
+        .bind(&uuids)
+        .fetch_all(pool)
+        .await?;
+        let mut customers: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (thread, user) in rows {
+            customers.entry(thread).or_default().insert(user);
+        }
+        Ok(Members {
+            staff,
+            customers,
+            suspended,
+        })
+    }
+
+    /// The connections `event` goes to: the tenant's staff when its audience is the tenant,
+    /// the customers of each thread in its audience.
+    fn of(&self, event: &RealtimeEvent) -> BTreeSet<ConnectionUser> {
+        let mut out = BTreeSet::new();
+        if self.suspended.contains(&event.tenant_id) {
+            return out;
+        }
+        for channel in event.channels.iter().filter_map(|c| Channel::parse(c)) {
+            match channel {
+                Channel::Tenant(tenant) if tenant == event.tenant_id => {
+                    out.extend(self.staff.get(&tenant).into_iter().flatten().cloned());
+                }
+                Channel::Thread(thread) => out.extend(
+                    self.customers
+                        .get(&thread)
+                        .into_iter()
+                        .flatten()
+                        .map(|u| ConnectionUser::Phone(u.clone())),
+                ),
+                _ => {}
+            }
+        }
+        out
     }
 }
 

@@ -5,16 +5,20 @@
 //! client subscribes to a private or presence channel with the signature this authorizer
 //! gives, and Soketi checks it with the shared app secret.
 //!
-//! Who may join what (docs/realtime.md):
-//! - `private-tenant-{tenant}` and `presence-tenant-{tenant}`: the tenant's staff;
-//! - `private-thread-{thread}`: the thread's tenant's staff and its participants;
-//! - `private-user-{user}`: that user.
+//! Events are not delivered on channels: the projector's realtime worker sends each one to
+//! the connections signed in as the members who may see it now. Every connection signs in
+//! (pusher-js `signin()`; Soketi is run with user authentication on, and closes a connection
+//! that does not within its timeout) as its [`ConnectionUser`]: the admin's session, or the
+//! chatbot user. When a session ends, a user is deactivated or demoted or a tenant
+//! suspended, the worker stops delivering to them, the projector's eviction worker has
+//! Soketi terminate exactly those connections, and these endpoints refuse the token from
+//! then on.
 //!
-//! Every connection signs in (Soketi is run with user authentication on, and closes a
-//! connection that does not within its timeout) as its [`ConnectionUser`]: the admin's
-//! session, or the chatbot user. When a session ends, a user is deactivated or demoted or a
-//! tenant suspended, the projector's eviction worker has Soketi terminate exactly those
-//! connections, and this authorizer refuses the token from then on.
+//! The channels a client may still join carry what members send each other and who is
+//! online (docs/realtime.md):
+//! - `presence-tenant-{tenant}`: the tenant's staff;
+//! - `private-thread-{thread}` (typing, as client events): the thread's tenant's staff and
+//!   its participants.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -215,21 +219,22 @@ async fn auth(
     if !valid_socket_id(&request.socket_id) {
         return Err(invalid_socket_id());
     }
-    let channel = Channel::parse(&request.channel_name).ok_or_else(|| {
-        Problem::bad_request(
-            "invalid_channel",
-            "channel_name is not a channel of this platform.",
-        )
-    })?;
+    let channel = Channel::parse(&request.channel_name)
+        .filter(Channel::joinable)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid_channel",
+                "channel_name is not a channel of this platform (events arrive on the \
+                 signed-in connection: pusher.user.bind).",
+            )
+        })?;
     let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
         return Err(not_configured());
     };
     let channel_data = match &channel {
-        Channel::Tenant(tenant) if who.is_staff_of(tenant) => None,
         Channel::TenantPresence(tenant) if who.is_staff_of(tenant) => {
             Some(presence_data(&who).to_string())
         }
-        Channel::User(user) if user == who.user_id() => None,
         Channel::Thread(thread) if may_join_thread(&state, &who, thread).await? => None,
         _ => return Err(forbidden()),
     };
@@ -259,7 +264,9 @@ struct UserAuthAnswer {
     user_data: String,
 }
 
-/// Signs a connection in as the token's [`ConnectionUser`].
+/// Signs a connection in as the token's [`ConnectionUser`]. An admin token without a
+/// session (one a platform operator minted) is refused: delivery follows sessions, which
+/// such a token has none of.
 async fn user_auth_answer(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -270,18 +277,23 @@ async fn user_auth_answer(
     if !valid_socket_id(&request.socket_id) {
         return Err(invalid_socket_id());
     }
-    let user = match &who {
-        Principal::Admin { user_id, .. } => match session_of(&state, &headers) {
-            Some(sid) => ConnectionUser::Session(sid),
-            None => ConnectionUser::Admin(user_id.clone()),
-        },
-        Principal::Phone { user_id, .. } => ConnectionUser::Phone(user_id.clone()),
-        Principal::Service { .. } => {
-            return Err(Problem::forbidden(
-                "Realtime connections are for staff and customers.",
-            ))
-        }
-    };
+    let user =
+        match &who {
+            Principal::Admin { .. } => match session_of(&state, &headers) {
+                Some(sid) => ConnectionUser::Session(sid),
+                None => return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "session_required",
+                    "Realtime connections sign in with a session's token (POST /auth/admin/login).",
+                )),
+            },
+            Principal::Phone { user_id, .. } => ConnectionUser::Phone(user_id.clone()),
+            Principal::Service { .. } => {
+                return Err(Problem::forbidden(
+                    "Realtime connections are for staff and customers.",
+                ))
+            }
+        };
     let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
         return Err(not_configured());
     };

@@ -218,12 +218,6 @@ const MATRIX: &[(Api, &str, &str, Option<&str>)] = &[
         Api::Query,
         "POST",
         "/realtime/auth",
-        Some(r#"{"socket_id": "1.1", "channel_name": "private-tenant-{tenant}"}"#),
-    ),
-    (
-        Api::Query,
-        "POST",
-        "/realtime/auth",
         Some(r#"{"socket_id": "1.1", "channel_name": "presence-tenant-{tenant}"}"#),
     ),
     (

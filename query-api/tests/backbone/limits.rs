@@ -270,3 +270,62 @@ async fn requests_without_a_token_are_counted_by_client_address() {
     drop(held);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let keys = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count")
+    };
+    // On a route that needs a token, a stranger's key and megabytes are not this layer's to
+    // keep: the route refuses, nothing is recorded.
+    for n in 0..3 {
+        let refused = env
+            .http
+            .post(api.url("/v1/admin-users"))
+            .header("idempotency-key", format!("stranger-{n}"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 2 * 1024 * 1024])
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(refused, 401, "unauthenticated").await;
+    }
+    assert_eq!(keys().await, 0, "no record of a stranger's key");
+
+    // A sign-up is for anyone: its key replays the first answer...
+    let signup = || {
+        env.http
+            .post(api.url("/v1/tenants/signup"))
+            .header("idempotency-key", "my-sign-up")
+            .json(&crate::support::tenant_body("keyed-signup"))
+            .send()
+    };
+    let first = signup().await.expect("sent");
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let again = signup().await.expect("sent");
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.json::<serde_json::Value>().await.expect("json"),
+        first
+    );
+    // ...but its body must be small.
+    let large = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .header("idempotency-key", "a-large-sign-up")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(large, 413, "payload_too_large").await;
+    assert_eq!(keys().await, 1, "the one sign-up's key");
+    api.stop().await;
+}

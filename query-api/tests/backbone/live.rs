@@ -1,7 +1,8 @@
 //! Live updates end to end: real Soketi, real pusher-js clients (Node), the realtime worker
-//! of the projector. A client authorises through `/realtime/auth`, subscribes, and receives
-//! what command-api's commands cause; strangers are refused; typing indicators stay out of
-//! the event store; a Soketi outage delays events and loses none.
+//! of the projector. A client signs in through `/realtime/user-auth` and receives what
+//! command-api's commands cause, as far as it may see it; strangers are refused; a client
+//! that never signs in receives nothing; typing indicators stay out of the event store; a
+//! Soketi outage delays events and loses none.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout};
 
 use crate::support::{
-    create_tenant, eventually, realtime_tools, Service, Soketi, TestEnv, SOKETI_KEY,
+    create_tenant, eventually, realtime_tools, staff_session, Service, Soketi, TestEnv, SOKETI_KEY,
 };
 
 /// A pusher-js client (scripts/realtime/client.js) and the lines it prints.
@@ -181,37 +182,38 @@ async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
     let (tenant, _) = create_tenant(&env, &api, "live").await;
     let (other, _) = create_tenant(&env, &api, "dead").await;
     let customer = env.phone_user(&tenant, "phone-liv");
-    let agent = env.agent_of(&tenant);
+    let (agent_id, agent) = staff_session(&env, &api, &tenant, "agent").await;
+    let (_, stranger_token) = staff_session(&env, &api, &other, "agent").await;
     let thread = open_thread(&env, &api, &query, &customer, &agent).await;
     let thread_channel = format!("private-thread-{thread}");
-    let dashboard = format!("private-tenant-{tenant}");
     let presence = format!("presence-tenant-{tenant}");
 
     let mut watcher = Client::start(
         soketi.port,
         &query,
         &agent,
-        &[thread_channel.clone(), presence.clone(), dashboard.clone()],
+        &[thread_channel.clone(), presence.clone()],
         None,
     )
     .await;
-    let subscribed = watcher
-        .subscribed(&[&thread_channel, &presence, &dashboard])
+    watcher
+        .next("signed in", |v| v["type"] == "signed_in")
         .await;
-    assert_eq!(
-        subscribed[&presence]["members"],
-        json!([format!("agent-of-{tenant}")])
-    );
+    let subscribed = watcher.subscribed(&[&thread_channel, &presence]).await;
+    assert_eq!(subscribed[&presence]["members"], json!([agent_id]));
 
     // Another tenant's agent is refused by the authorizer, so Soketi never lets it in.
     let mut stranger = Client::start(
         soketi.port,
         &query,
-        &env.agent_of(&other),
-        &[thread_channel.clone(), dashboard.clone()],
+        &stranger_token,
+        &[thread_channel.clone(), presence.clone()],
         None,
     )
     .await;
+    stranger
+        .next("signed in", |v| v["type"] == "signed_in")
+        .await;
     let mut refused = std::collections::BTreeMap::new();
     while refused.len() < 2 {
         let line = stranger
@@ -223,7 +225,28 @@ async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
         );
     }
     assert_eq!(refused[&thread_channel], 403);
-    assert_eq!(refused[&dashboard], 403);
+    assert_eq!(refused[&presence], 403);
+
+    // The customer signs in too; a client that joins the thread channel without ever
+    // signing in (allowed: joining cancels Soketi's sign-in timeout) gets typing at most.
+    let mut customer_client = Client::start(
+        soketi.port,
+        &query,
+        &customer,
+        std::slice::from_ref(&thread_channel),
+        None,
+    )
+    .await;
+    customer_client
+        .next("signed in", |v| v["type"] == "signed_in")
+        .await;
+    customer_client.subscribed(&[&thread_channel]).await;
+    let mut lurker = Client::spawn(&json!({
+        "host": "127.0.0.1", "port": soketi.port, "key": SOKETI_KEY,
+        "authEndpoint": query.url("/realtime/auth"), "token": agent,
+        "channels": [thread_channel],
+    }));
+    lurker.subscribed(&[&thread_channel]).await;
 
     // Typing is a client event on the thread channel: the agent sees it, the store does not.
     let events_before = env.event_count().await;
@@ -273,14 +296,13 @@ async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
         "{got} of 40 client events passed the limit"
     );
 
-    // A message through command-api reaches the thread channel and the dashboard.
+    // A message through command-api reaches the signed-in agent and customer, once each.
     send(&env, &api, &customer, &thread, "Is anyone there?").await;
-    for channel in [&thread_channel, &dashboard] {
-        let created = watcher
-            .next("message.created", |v| {
-                v["name"] == "message.created" && v["channel"] == channel.as_str()
-            })
+    for client in [&mut watcher, &mut customer_client] {
+        let created = client
+            .next("message.created", |v| v["name"] == "message.created")
             .await;
+        assert_eq!(created["channel"], "#user");
         let data = &created["data"];
         assert_eq!(data["thread_id"], thread.as_str());
         assert_eq!(data["message"]["text"], "Is anyone there?");
@@ -289,10 +311,38 @@ async fn a_pusher_js_client_receives_messages_live_and_strangers_are_refused() {
         assert_eq!(data["message"]["number"], 1);
         assert_eq!(data["event_id"], format!("thread:{thread}:2"));
     }
-    let stray = stranger.drain(Duration::from_millis(300)).await;
+    // Scheduled messages are the staff's: the agent is told, the customer is not.
+    let due = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let scheduled = env
+        .http
+        .post(api.url(&format!("/v1/chat/threads/{thread}/scheduled")))
+        .bearer_auth(&agent)
+        .json(&json!({"text": "Later", "due_at": due}))
+        .send()
+        .await
+        .expect("sent");
+    assert!(scheduled.status().is_success(), "{}", scheduled.status());
+    watcher
+        .next("message.scheduled", |v| v["name"] == "message.scheduled")
+        .await;
+    for (who, client) in [
+        ("the stranger", &mut stranger),
+        ("the unsigned client", &mut lurker),
+    ] {
+        let stray = client.drain(Duration::from_millis(500)).await;
+        assert!(
+            stray
+                .iter()
+                .all(|v| v["type"] != "event" || v["name"] == "client-typing"),
+            "{who} received no event: {stray:?}"
+        );
+    }
+    let customer_lines = customer_client.drain(Duration::from_millis(300)).await;
     assert!(
-        stray.iter().all(|v| v["type"] != "event"),
-        "the stranger received nothing: {stray:?}"
+        customer_lines
+            .iter()
+            .all(|v| v["name"] != "message.scheduled" && v["name"] != "message.created"),
+        "the customer got the message once and nothing of the staff's: {customer_lines:?}"
     );
 
     projector.abort();
@@ -349,18 +399,12 @@ async fn a_soketi_outage_delays_realtime_events_and_loses_none() {
     let query = env.spawn_query_api(env.query_config()).await;
     let (tenant, _) = create_tenant(&env, &api, "outage").await;
     let customer = env.phone_user(&tenant, "phone-out");
-    let agent = env.agent_of(&tenant);
+    let (_, agent) = staff_session(&env, &api, &tenant, "agent").await;
     let thread = open_thread(&env, &api, &query, &customer, &agent).await;
-    let channel = format!("private-thread-{thread}");
-    let mut watcher = Client::start(
-        soketi.port,
-        &query,
-        &agent,
-        std::slice::from_ref(&channel),
-        None,
-    )
-    .await;
-    watcher.subscribed(&[&channel]).await;
+    let mut watcher = Client::start(soketi.port, &query, &agent, &[], None).await;
+    watcher
+        .next("signed in", |v| v["type"] == "signed_in")
+        .await;
 
     proxy.up.store(false, Ordering::SeqCst);
     for text in ["one", "two", "three"] {

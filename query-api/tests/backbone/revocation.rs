@@ -65,7 +65,7 @@ async fn read(env: &TestEnv, query: &Service, token: &str) -> reqwest::Response 
         .expect("sent")
 }
 
-/// Asks `/realtime/auth` for the tenant's channel.
+/// Asks `/realtime/auth` for the tenant's presence channel.
 async fn realtime_auth(
     env: &TestEnv,
     query: &Service,
@@ -77,7 +77,7 @@ async fn realtime_auth(
         .bearer_auth(token)
         .form(&[
             ("socket_id", "123.456"),
-            ("channel_name", &format!("private-tenant-{tenant}")),
+            ("channel_name", &format!("presence-tenant-{tenant}")),
         ])
         .send()
         .await
@@ -530,7 +530,7 @@ async fn revoked_sessions_lose_their_soketi_connections_and_unsigned_connections
         signed,
         crate::realtime::library_user_answer("123.456", user_data)
     );
-    let channel = format!("private-tenant-{tenant}");
+    let channel = format!("presence-tenant-{tenant}");
     let mut laptop_client = Client::start(
         soketi.port,
         &query,
@@ -731,25 +731,29 @@ async fn a_listener_cut_off_silently_fails_closed_and_catches_up() {
     api.stop().await;
 }
 
-#[tokio::test]
-async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
-    use wiremock::matchers::{method, path_regex};
+/// A stand-in for Soketi's HTTP API that accepts and records every call, and a projector
+/// configuration that sends to it.
+async fn soketi_stand_in(env: &TestEnv) -> (wiremock::MockServer, projector::Config) {
+    use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let soketi = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path_regex(
-            "^/apps/[^/]+/users/[^/]+/terminate_connections$",
-        ))
         .respond_with(ResponseTemplate::new(200).set_body_string("{\"ok\":true}"))
         .mount(&soketi)
         .await;
-    let env = TestEnv::new().await;
-    let api = with_root(&env).await;
     let mut config = env.projector_config();
     config.soketi_url = Some(soketi.uri());
     config.soketi_app_id = Some(crate::support::SOKETI_APP_ID.into());
     config.soketi_app_key = Some(crate::support::SOKETI_KEY.into());
     config.soketi_app_secret = Some(crate::support::SOKETI_SECRET.into());
+    (soketi, config)
+}
+
+#[tokio::test]
+async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let (soketi, config) = soketi_stand_in(&env).await;
     let projector = env.spawn_projector(config);
     let root = root_token(&env, &api).await;
     let email = "hal@revocations.example";
@@ -784,6 +788,7 @@ async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
             .await?
             .iter()
             .map(|r| r.url.path().to_owned())
+            .filter(|p| p.ends_with("/terminate_connections"))
             .collect();
         (!paths.is_empty()).then_some(paths)
     })
@@ -795,6 +800,7 @@ async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
         .unwrap_or_default()
         .iter()
         .map(|r| r.url.path().to_owned())
+        .filter(|p| p.ends_with("/terminate_connections"))
         .collect();
     assert!(
         terminated.iter().any(|p| p.contains(&phone_session)),
@@ -805,6 +811,200 @@ async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
         "nothing of the dead history: {} calls",
         terminated.len()
     );
+    projector.abort();
+    api.stop().await;
+}
+
+/// The delivery channels of the realtime events that carried `text` (a `message.created`)
+/// to the Soketi `mock`, if any was sent.
+async fn deliveries(
+    mock: &wiremock::MockServer,
+    text: &str,
+) -> Option<std::collections::BTreeSet<String>> {
+    let mut channels = std::collections::BTreeSet::new();
+    let mut seen = false;
+    for request in mock.received_requests().await? {
+        let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+            continue;
+        };
+        for item in body["batch"].as_array().into_iter().flatten() {
+            let data: Value = serde_json::from_str(item["data"].as_str().unwrap_or("null")).ok()?;
+            if item["name"] == "message.created" && data["message"]["text"] == text {
+                seen = true;
+                for c in item["channels"].as_array().into_iter().flatten() {
+                    channels.insert(c.as_str().unwrap_or_default().to_owned());
+                }
+            }
+        }
+    }
+    seen.then_some(channels)
+}
+
+/// [`deliveries`], once there are some.
+async fn delivered_to(
+    mock: &wiremock::MockServer,
+    text: &str,
+) -> std::collections::BTreeSet<String> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("the delivery of {text:?}"),
+        || deliveries(mock, text),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn realtime_events_reach_only_the_sessions_and_customers_allowed_now() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let (soketi, config) = soketi_stand_in(&env).await;
+    let projector = env.spawn_projector(config);
+    let root = root_token(&env, &api).await;
+    let email = "ivy@revocations.example";
+    let (tenant, ivy) = tenant_admin(&env, &api, &root, email).await;
+    let laptop = access(&tokens(&env, &api, email, "a long and private password").await);
+    let phone = access(&tokens(&env, &api, email, "a long and private password").await);
+    let (_, agent) = crate::support::staff_session(&env, &api, &tenant, "agent").await;
+    let (other_tenant, _) = crate::support::create_tenant(&env, &api, "elsewhere").await;
+    let (_, foreign) = crate::support::staff_session(&env, &api, &other_tenant, "agent").await;
+    let member = |token: &str| {
+        let sid = env.keys.claims(token).expect("claims").sid.expect("sid");
+        format!("#server-to-user-session-{sid}")
+    };
+    let customer = env.phone_user(&tenant, "phone-ivy");
+    let customer_channel = "#server-to-user-phone-phone-ivy".to_owned();
+    let opened = env
+        .http
+        .post(api.url("/v1/chat/threads"))
+        .bearer_auth(&customer)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(opened.status(), 201);
+    let thread = opened.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let say = |token: &str, text: &'static str| {
+        let request = env
+            .http
+            .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
+            .bearer_auth(token)
+            .json(&json!({ "text": text }));
+        async move {
+            let r = request.send().await.expect("sent");
+            let status = r.status();
+            assert_eq!(
+                status,
+                201,
+                "{text}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+    };
+
+    say(&customer, "one").await;
+    let all = [
+        member(&laptop),
+        member(&phone),
+        member(&agent),
+        customer_channel.clone(),
+    ];
+    assert_eq!(
+        delivered_to(&soketi, "one").await,
+        all.iter().cloned().collect(),
+        "every live session of the tenant's staff and the thread's customer, no one else \
+         (not {})",
+        member(&foreign)
+    );
+
+    // A logout: that session gets nothing more, whether or not its sockets were closed.
+    let out = env
+        .http
+        .post(api.url("/auth/admin/logout"))
+        .bearer_auth(&laptop)
+        .send()
+        .await
+        .expect("sent");
+    assert!(out.status().is_success());
+    say(&customer, "two").await;
+    assert_eq!(
+        delivered_to(&soketi, "two").await,
+        [member(&phone), member(&agent), customer_channel.clone()]
+            .into_iter()
+            .collect()
+    );
+
+    // A deactivation: none of the user's sessions.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{ivy}/deactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    say(&customer, "three").await;
+    assert_eq!(
+        delivered_to(&soketi, "three").await,
+        [member(&agent), customer_channel.clone()]
+            .into_iter()
+            .collect()
+    );
+
+    // A suspended tenant: nobody of its own, until it is reactivated.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{tenant}/suspend"),
+            json!({"reason": "unpaid"})
+        )
+        .await,
+        200
+    );
+    say(&root, "four").await;
+    // Delivery decides at delivery time: wait until the worker is past "four".
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(&thread)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    eventually(Duration::from_secs(20), "the worker past four", || async {
+        let done: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM projection_checkpoints
+              WHERE projection = 'realtime' AND aggregate_id = $1",
+        )
+        .bind(&thread)
+        .fetch_optional(&env.pool)
+        .await
+        .ok()?;
+        (done? >= events).then_some(())
+    })
+    .await;
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{tenant}/reactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    say(&root, "five").await;
+    assert_eq!(
+        delivered_to(&soketi, "five").await,
+        [member(&agent), customer_channel].into_iter().collect()
+    );
+    // The worker handles a thread's events in order: "four" came before "five", to nobody.
+    assert_eq!(deliveries(&soketi, "four").await, None);
     projector.abort();
     api.stop().await;
 }

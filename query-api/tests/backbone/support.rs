@@ -494,6 +494,42 @@ pub async fn create_tenant(env: &TestEnv, api: &Service, slug: &str) -> (String,
     )
 }
 
+/// A staff member of `tenant` with `role` (`tenant_admin` or `agent`), created by the
+/// super admin, and the tokens of a session they signed in to: `(user id, access token)`.
+/// Realtime delivery follows sessions, so a realtime client needs one.
+pub async fn staff_session(
+    env: &TestEnv,
+    api: &Service,
+    tenant: &str,
+    role: &str,
+) -> (String, String) {
+    let email = format!("{}@staff.example", uuid::Uuid::new_v4().simple());
+    let password = "a staff member's long password";
+    let made = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(env.super_admin())
+        .json(&serde_json::json!({"email": email, "password": password, "tenant_id": tenant, "role": role}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(made.status(), 201, "create staff member");
+    let user: serde_json::Value = made.json().await.expect("json");
+    let login = env
+        .http
+        .post(api.url("/auth/admin/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(login.status(), 200, "login of {email}");
+    let tokens: serde_json::Value = login.json().await.expect("json");
+    (
+        user["id"].as_str().expect("id").to_owned(),
+        tokens["access_token"].as_str().expect("access").to_owned(),
+    )
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

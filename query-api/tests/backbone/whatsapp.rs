@@ -1032,7 +1032,7 @@ async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents
     let _projector = env.spawn_projector(projector);
     let query = env.spawn_query_api(env.query_config()).await;
     let (tenant, _) = create_tenant(&env, &api, &format!("we{}", &env.prefix[1..9])).await;
-    let agent = env.agent_of(&tenant);
+    let (_, agent) = crate::support::staff_session(&env, &api, &tenant, "agent").await;
     let admin = env.admin_of(&tenant);
     Mock::given(method("GET"))
         .and(path(format!("/v21.0/{NUMBER_ID}")))
@@ -1052,16 +1052,10 @@ async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents
         .expect("sent");
     assert_eq!(connected.status(), 201);
 
-    let dashboard = events::realtime::Channel::Tenant(tenant.clone()).name();
-    let mut watcher = crate::live::Client::start(
-        soketi.port,
-        &query,
-        &agent,
-        std::slice::from_ref(&dashboard),
-        None,
-    )
-    .await;
-    watcher.subscribed(&[&dashboard]).await;
+    let mut watcher = crate::live::Client::start(soketi.port, &query, &agent, &[], None).await;
+    watcher
+        .next("signed in", |v| v["type"] == "signed_in")
+        .await;
 
     // The contact writes.
     let body = delivery(
