@@ -383,7 +383,7 @@ impl Application {
                 committed,
             )
         });
-        tokio::spawn(expire_idempotency_keys(pool));
+        tokio::spawn(expire_old_records(pool));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         let access_for_limits = state.access.clone();
         let proxy_hops = state.proxy_hops;
@@ -464,15 +464,23 @@ pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, Start
 }
 
 /// Replay records are kept a day, like the providers whose retries they absorb.
-async fn expire_idempotency_keys(pool: PgPool) {
+async fn expire_old_records(pool: PgPool) {
     loop {
-        if let Err(e) = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
-        )
-        .execute(&pool)
-        .await
-        {
-            tracing::warn!(error = %e, "could not expire idempotency keys");
+        // Keys are kept a day; so are staged passwords, whose command never committed
+        // (migration 0024: a committed one is removed by its event).
+        for (what, statement) in [
+            (
+                "idempotency keys",
+                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+            ),
+            (
+                "staged passwords",
+                "DELETE FROM admin_credential_changes WHERE staged_at < now() - interval '24 hours'",
+            ),
+        ] {
+            if let Err(e) = sqlx::query(statement).execute(&pool).await {
+                tracing::warn!(error = %e, "could not expire {what}");
+            }
         }
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }

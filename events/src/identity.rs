@@ -55,6 +55,10 @@ pub enum AdminUserEvent {
         role: Role,
         /// Department inside the tenant, if any.
         department: Option<String>,
+        /// The staged password hash this event makes the user's (its id only: the hash
+        /// stays outside events; migration 0024). Absent in events written before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
     },
     /// The role changed.
     RoleChanged {
@@ -70,16 +74,29 @@ pub enum AdminUserEvent {
     Deactivated {},
     /// The user can sign in again.
     Reactivated {},
-    /// The password changed (the hash is not here).
-    PasswordChanged {},
+    /// The password changed (the hash is not here). Appending it makes the staged hash the
+    /// password and ends the user's other sessions (migration 0024).
+    PasswordChanged {
+        /// The session that made the change, which goes on (absent: none goes on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_session: Option<String>,
+        /// The staged password hash it makes the user's. Absent in events written before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
+    },
     /// An admin issued a one-time password-reset token (sent by e-mail; only its hash is
     /// kept, outside events).
     PasswordResetIssued {
         /// When the token stops working.
         expires_at: DateTime<Utc>,
     },
-    /// The user set a new password with a reset token.
-    PasswordReset {},
+    /// The user set a new password with a reset token. Appending it makes the staged hash
+    /// the password and ends every session of the user (migration 0024).
+    PasswordReset {
+        /// The staged password hash it makes the user's. Absent in events written before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
+    },
     /// A login succeeded and opened a session.
     LoginSucceeded {
         /// The session (refresh-token family) it opened.

@@ -119,9 +119,9 @@ impl Projection for AdminUsersProjection {
             AdminUserEvent::LoginSucceeded { at: when, .. } => {
                 ("last_login_at = $4", Some(Value::Time(when)))
             }
-            AdminUserEvent::PasswordChanged {}
+            AdminUserEvent::PasswordChanged { .. }
             | AdminUserEvent::PasswordResetIssued { .. }
-            | AdminUserEvent::PasswordReset {}
+            | AdminUserEvent::PasswordReset { .. }
             | AdminUserEvent::LoginFailed { .. }
             | AdminUserEvent::LockedOut { .. }
             | AdminUserEvent::SessionRevoked { .. } => ("", None),

@@ -58,6 +58,8 @@ pub enum AdminUserCommand {
         current: String,
         /// The new one.
         new: String,
+        /// The session making the change, which goes on; every other one ends.
+        kept_session: Option<String>,
         /// When (a wrong current password counts toward the lockout, like a failed login).
         at: DateTime<Utc>,
     },
@@ -297,8 +299,8 @@ impl Aggregate for AdminUser {
                 {
                     return Err(AdminUserError::EmailTaken);
                 }
-                identity
-                    .set_password(&user_id, password.expose())
+                let credential = identity
+                    .stage_password(&user_id, password.expose())
                     .await
                     .map_err(unavailable)?;
                 vec![AdminUserEvent::Created {
@@ -306,6 +308,7 @@ impl Aggregate for AdminUser {
                     tenant_id,
                     role,
                     department,
+                    credential: Some(credential),
                 }]
             }
             AdminUserCommand::ChangeRole { role } => {
@@ -346,6 +349,7 @@ impl Aggregate for AdminUser {
                 user_id,
                 current,
                 new,
+                kept_session,
                 at,
             } => {
                 self.require_exists()?;
@@ -366,11 +370,14 @@ impl Aggregate for AdminUser {
                     self.write_all(sink, failed).await;
                     return Ok(());
                 }
-                identity
-                    .set_password(&user_id, new.expose())
+                let credential = identity
+                    .stage_password(&user_id, new.expose())
                     .await
                     .map_err(unavailable)?;
-                vec![AdminUserEvent::PasswordChanged {}]
+                vec![AdminUserEvent::PasswordChanged {
+                    kept_session,
+                    credential: Some(credential),
+                }]
             }
             AdminUserCommand::IssuePasswordReset { expires_at } => {
                 self.require_exists()?;
@@ -385,11 +392,13 @@ impl Aggregate for AdminUser {
                     return Err(AdminUserError::Inactive);
                 }
                 let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
-                identity
-                    .set_password(&user_id, new.expose())
+                let credential = identity
+                    .stage_password(&user_id, new.expose())
                     .await
                     .map_err(unavailable)?;
-                vec![AdminUserEvent::PasswordReset {}]
+                vec![AdminUserEvent::PasswordReset {
+                    credential: Some(credential),
+                }]
             }
             AdminUserCommand::Login {
                 user_id,
@@ -429,6 +438,7 @@ impl Aggregate for AdminUser {
                 tenant_id,
                 role,
                 department,
+                ..
             } => {
                 self.exists = true;
                 self.email = email;
@@ -442,7 +452,7 @@ impl Aggregate for AdminUser {
             AdminUserEvent::Deactivated {} => self.active = false,
             AdminUserEvent::Reactivated {} => self.active = true,
             AdminUserEvent::PasswordResetIssued { .. } => {}
-            AdminUserEvent::PasswordChanged {} | AdminUserEvent::PasswordReset {} => {
+            AdminUserEvent::PasswordChanged { .. } | AdminUserEvent::PasswordReset { .. } => {
                 // A new password is a fresh start for the lock.
                 self.failures.clear();
                 self.locked_until = None;
@@ -495,6 +505,7 @@ mod tests {
             tenant_id: Some("t1".into()),
             role: Role::TenantAdmin,
             department: None,
+            credential: None,
         }
     }
 
@@ -567,6 +578,7 @@ mod tests {
                 tenant_id: Some("t1".into()),
                 role: Role::Agent,
                 department: Some("Sales".into()),
+                credential: Some("credential-1".into()),
             }],
         )
         .await;
@@ -818,12 +830,17 @@ mod tests {
             user_id: "u1".into(),
             current: current.into(),
             new: new.into(),
+            kept_session: Some("s1".into()),
             at: at(0),
         };
+        // The event names the session that goes on and the staged hash (its id only).
         expect_events(
             vec![created()],
             change(PASSWORD, "a brand new password"),
-            vec![AdminUserEvent::PasswordChanged {}],
+            vec![AdminUserEvent::PasswordChanged {
+                kept_session: Some("s1".into()),
+                credential: Some("credential-1".into()),
+            }],
         )
         .await;
         expect_events(
@@ -850,6 +867,7 @@ mod tests {
             user_id: "u1".into(),
             current: current.into(),
             new: "a brand new password".into(),
+            kept_session: None,
             at: at(minute),
         };
         let mut history = vec![created()];
@@ -888,14 +906,16 @@ mod tests {
         expect_events(
             locked.clone(),
             reset("a fresh long password"),
-            vec![AdminUserEvent::PasswordReset {}],
+            vec![AdminUserEvent::PasswordReset {
+                credential: Some("credential-1".into()),
+            }],
         )
         .await;
         expect_error(locked, reset("short"), AdminUserError::WeakPassword).await;
         let mut reset_then_login = vec![
             created(),
             AdminUserEvent::LockedOut { until: at(15) },
-            AdminUserEvent::PasswordReset {},
+            AdminUserEvent::PasswordReset { credential: None },
         ];
         reset_then_login.truncate(3);
         expect_events(reset_then_login, login(PASSWORD, 1), vec![succeeded(1)]).await;

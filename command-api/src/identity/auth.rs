@@ -433,6 +433,7 @@ async fn change_password(
         user_id: user_id.clone(),
         current: body.current_password,
         new: body.new_password,
+        kept_session: own_session,
         at: Utc::now(),
     };
     let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
@@ -454,19 +455,8 @@ async fn change_password(
         failed_login(&state);
         return Err(AdminUserError::WrongPassword.problem());
     }
-    state
-        .sessions
-        .revoke_user_except(user_id, own_session.as_deref())
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    // Reset e-mails sent before the change no longer set a password.
-    sqlx::query(
-        "UPDATE admin_password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
-    )
-    .bind(user_id)
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    // The event's own transaction made the new password current, ended the other sessions
+    // and spent outstanding reset e-mails (migration 0024).
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -625,14 +615,10 @@ async fn complete_password_reset(
         user_id: user_id.clone(),
         new: body.new_password,
     };
+    // Appending `PasswordReset` sets the password and ends every session (migration 0024).
     state
         .admins
         .execute(&user_id, None, command, &metadata)
         .await?;
-    state
-        .sessions
-        .revoke_user(&user_id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -213,8 +213,10 @@ async fn change_role(
     Json(body): Json<ChangeRole>,
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, Some(body.role)).await?;
-    let changed = user.role != Some(body.role);
-    let response = run(
+    // Its sessions end with the old role, in the event's transaction (migration 0024): the
+    // user signs in again under the new one, and a token of the old role does not come back
+    // to life if the role is given back later.
+    run(
         &state,
         &who,
         &ids,
@@ -222,17 +224,7 @@ async fn change_role(
         &user,
         AdminUserCommand::ChangeRole { role: body.role },
     )
-    .await?;
-    // Its sessions end with the old role: the user signs in again under the new one, and a
-    // token of the old role does not come back to life if the role is given back later.
-    if changed {
-        state
-            .sessions
-            .revoke_user(&id)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
-    }
-    Ok(response)
+    .await
 }
 
 /// Body of a department change (`null` for none).
@@ -269,14 +261,9 @@ async fn deactivate(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, None).await?;
-    let response = run(&state, &who, &ids, &id, &user, AdminUserCommand::Deactivate).await?;
-    // Its sessions end with it: no refresh, and introspection answers inactive.
-    state
-        .sessions
-        .revoke_user(&id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    Ok(response)
+    // Its sessions end with it, in the event's transaction (migration 0024): no refresh,
+    // and introspection answers inactive.
+    run(&state, &who, &ids, &id, &user, AdminUserCommand::Deactivate).await
 }
 
 async fn reactivate(

@@ -19,8 +19,11 @@ pub trait IdentityServices: Send + Sync {
         user_id: &str,
         tenant_id: Option<&str>,
     ) -> Result<bool, String>;
-    /// Stores a new password hash for `user_id`.
-    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String>;
+    /// Hashes `password` and stages the hash for `user_id` under a fresh credential id,
+    /// which it answers: the hash becomes the user's password in the transaction that
+    /// appends the event naming that id (migration 0024), so a command that does not commit
+    /// changes nothing.
+    async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String>;
     /// True if `password` is `user_id`'s password.
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String>;
 }
@@ -101,18 +104,20 @@ impl IdentityServices for PgIdentity {
         Ok(row.is_some())
     }
 
-    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String> {
+    async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String> {
         let hash = hash_password(password).await?;
+        let credential = uuid::Uuid::new_v4().to_string();
         sqlx::query(
-            "INSERT INTO admin_credentials (user_id, password_hash) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()",
+            "INSERT INTO admin_credential_changes (credential_id, user_id, password_hash)
+             VALUES ($1, $2, $3)",
         )
+        .bind(&credential)
         .bind(user_id)
         .bind(hash)
         .execute(&self.pool)
         .await
         .map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(credential)
     }
 
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {
@@ -141,6 +146,8 @@ pub struct MemoryIdentity {
     pub emails: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// user → password.
     pub passwords: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Passwords staged so far.
+    pub staged: std::sync::atomic::AtomicU64,
 }
 
 #[cfg(test)]
@@ -159,12 +166,16 @@ impl IdentityServices for MemoryIdentity {
             == user_id)
     }
 
-    async fn set_password(&self, user_id: &str, password: &str) -> Result<(), String> {
-        self.passwords
-            .lock()
-            .map_err(|e| e.to_string())?
-            .insert(user_id.to_owned(), password.to_owned());
-        Ok(())
+    /// Sets the password at once (no transaction to wait for here) and names it
+    /// `credential-{n}`, n counting from 1, so tests can expect the events.
+    async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String> {
+        let mut passwords = self.passwords.lock().map_err(|e| e.to_string())?;
+        passwords.insert(user_id.to_owned(), password.to_owned());
+        let n = self
+            .staged
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        Ok(format!("credential-{n}"))
     }
 
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {

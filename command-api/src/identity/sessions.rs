@@ -159,36 +159,11 @@ impl Sessions {
         Ok(outcome)
     }
 
-    /// Revokes a whole family (logout, or a user deactivated).
+    /// Revokes a whole family (a logout). A user's sessions end with the events that end
+    /// them, in their transaction (migration 0024).
     pub async fn revoke(&self, session_id: &str) -> Result<(), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         revoke_family(&mut conn, session_id).await
-    }
-
-    /// Revokes every session of a user but `keep` (a password change ends the others).
-    pub async fn revoke_user_except(
-        &self,
-        user_id: &str,
-        keep: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE admin_sessions SET status = 'revoked'
-              WHERE user_id = $1 AND status <> 'revoked' AND session_id IS DISTINCT FROM $2",
-        )
-        .bind(user_id)
-        .bind(keep)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Revokes every session of a user (deactivation).
-    pub async fn revoke_user(&self, user_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE admin_sessions SET status = 'revoked' WHERE user_id = $1 AND status <> 'revoked'")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// The family and user of a refresh token that is still usable.

@@ -68,7 +68,7 @@ impl Eviction {
                     self.sessions_of(user, false).await
                 }
                 // The sessions the change ended (the one that made it goes on).
-                AdminUserEvent::PasswordChanged {} | AdminUserEvent::PasswordReset {} => {
+                AdminUserEvent::PasswordChanged { .. } | AdminUserEvent::PasswordReset { .. } => {
                     self.sessions_of(user, true).await
                 }
                 _ => Ok(vec![]),

@@ -305,6 +305,104 @@ async fn a_password_change_ends_the_other_sessions_access_tokens_too() {
 }
 
 #[tokio::test]
+async fn a_password_change_takes_effect_with_its_event_and_only_with_it() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let email = "cy@revocations.example";
+    let old = "a long and private password";
+    let (tenant, cy) = tenant_admin(&env, &api, &root, email).await;
+    let laptop = tokens(&env, &api, email, old).await;
+    let phone = tokens(&env, &api, email, old).await;
+    let stage = |credential: &'static str, password: &'static str| {
+        let (pool, user) = (env.pool.clone(), cy.clone());
+        async move {
+            let hash = command_api::identity::services::hash_password(password)
+                .await
+                .expect("hash");
+            sqlx::query(
+                "INSERT INTO admin_credential_changes (credential_id, user_id, password_hash)
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(credential)
+            .bind(user)
+            .bind(hash)
+            .execute(&pool)
+            .await
+            .expect("staged");
+        }
+    };
+    let login = |password: &'static str| {
+        let request = env
+            .http
+            .post(api.url("/auth/admin/login"))
+            .json(&json!({"email": email, "password": password}));
+        async move { request.send().await.expect("sent").status().as_u16() }
+    };
+    // A change whose command never committed (a conflict, a crash) staged its hash and no
+    // more: the old password goes on, the new one does not work.
+    stage("never-committed", "a password that never was").await;
+    assert_eq!(login("a password that never was").await, 401);
+    assert_eq!(login(old).await, 200);
+
+    // A command-api that dies right after committing `PasswordChanged` does nothing more:
+    // the event's own transaction made the password current and ended the other sessions.
+    stage("committed", "the new private password").await;
+    let laptop_sid = env
+        .keys
+        .claims(&access(&laptop))
+        .expect("claims")
+        .sid
+        .expect("sid");
+    let append = |payload: Value| {
+        let (pool, user, tenant) = (env.pool.clone(), cy.clone(), tenant.clone());
+        async move {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT 'admin_user', $1, max(sequence) + 1, 'PasswordChanged', '1', $2,
+                        jsonb_build_object('tenant_id', $3::text)
+                   FROM events WHERE aggregate_type = 'admin_user' AND aggregate_id = $1",
+            )
+            .bind(user)
+            .bind(payload)
+            .bind(tenant)
+            .execute(&pool)
+            .await
+        }
+    };
+    append(json!({"PasswordChanged": {"kept_session": laptop_sid, "credential": "committed"}}))
+        .await
+        .expect("appended");
+    assert_eq!(login("the new private password").await, 200);
+    assert_eq!(login(old).await, 401);
+    let refresh_token = |session: &Value| {
+        session["refresh_token"]
+            .as_str()
+            .expect("refresh")
+            .to_owned()
+    };
+    let refreshed = crate::identity::refresh(&env, &api, &refresh_token(&phone)).await;
+    assert_eq!(refreshed.status(), 401, "the other session ended");
+    let refreshed = crate::identity::refresh(&env, &api, &refresh_token(&laptop)).await;
+    assert_eq!(refreshed.status(), 200, "the changing one goes on");
+    let staged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM admin_credential_changes WHERE credential_id = 'committed'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(staged, 0, "the staged hash was taken");
+
+    // An event naming a credential nobody staged would record a change that did not happen.
+    assert!(
+        append(json!({"PasswordChanged": {"credential": "invented"}}))
+            .await
+            .is_err()
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn an_open_stream_ends_when_its_user_is_deactivated() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
