@@ -66,6 +66,27 @@ impl PartyKind {
     }
 }
 
+/// Why the platform took a thread from its agent or department.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentReason {
+    /// The agent can no longer take conversations (deactivated, or given a role that does
+    /// not): the thread is back in its department's queue.
+    AgentUnavailable,
+    /// The department was removed: the thread stays with its agent, in no department.
+    DepartmentRemoved,
+}
+
+impl AssignmentReason {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AssignmentReason::AgentUnavailable => "agent_unavailable",
+            AssignmentReason::DepartmentRemoved => "department_removed",
+        }
+    }
+}
+
 /// Someone taking part in a thread, or writing in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Party {
@@ -129,6 +150,10 @@ pub enum ThreadEvent {
         /// The department now responsible.
         #[serde(default)]
         department: Option<String>,
+        /// Why the platform changed it, when no one chose to: its agent or department went
+        /// away (absent when staff assigned it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<AssignmentReason>,
     },
     /// The bot was switched on or off (off: a human has taken over).
     BotSwitched {
@@ -251,4 +276,29 @@ impl DomainEvent for ThreadEvent {
     fn event_version(&self) -> String {
         "1.0".to_owned()
     }
+}
+
+/// Questions about a thread's assignment that the command side (deciding an assignment) and
+/// the projector's reassignment worker (releasing one) ask alike, as SQL over the command
+/// side's own tables (migrations 0006 and 0022) and the tenant's events.
+pub mod lookups {
+    /// Whether admin user `$2` can take conversations of tenant `$1` now (a row only for
+    /// staff of the tenant): active, and a tenant admin or an agent. Its role is its last
+    /// `RoleChanged` or else its `Created` one; deactivations and role changes are recorded
+    /// in `access_changes` in the transaction of their event.
+    pub const AVAILABLE_AGENT: &str = "SELECT coalesce((c.state->>'active')::boolean, true)
+            AND coalesce(c.state->>'role', v.payload #>> '{Created,role}') IN ('tenant_admin', 'agent')
+       FROM admin_emails e
+       JOIN events v ON v.aggregate_type = 'admin_user' AND v.aggregate_id = e.user_id
+                    AND v.sequence = 1
+       LEFT JOIN access_changes c ON c.key = 'user:' || e.user_id
+      WHERE e.user_id = $2 AND e.tenant_id = $1";
+
+    /// Whether tenant `$1` has department `$2` now, from its own events (its last
+    /// `DepartmentAdded` or `DepartmentRemoved` of that name; a tenant has few events).
+    pub const DEPARTMENT_EXISTS: &str = "SELECT event_type = 'DepartmentAdded' FROM events
+      WHERE aggregate_type = 'tenant' AND aggregate_id = $1
+        AND event_type IN ('DepartmentAdded', 'DepartmentRemoved')
+        AND payload -> event_type ->> 'name' = $2
+      ORDER BY sequence DESC LIMIT 1";
 }

@@ -123,15 +123,17 @@ impl Projection for ChatProjection {
             ThreadEvent::Assigned {
                 agent_id,
                 department,
+                reason,
             } => {
+                let reason = reason.map(|r| r.as_str().to_owned());
                 touch(
                     conn,
                     &t,
                     id,
                     version,
                     recorded,
-                    "agent_id = $4, department = $5,",
-                    Binds::Texts(agent_id, department),
+                    "agent_id = $4, department = $5, assignment_reason = $6,",
+                    Binds::Texts3(agent_id, department, reason),
                 )
                 .await?
             }
@@ -382,6 +384,7 @@ enum Binds {
     Bool(bool),
     Time(DateTime<Utc>),
     Texts(Option<String>, Option<String>),
+    Texts3(Option<String>, Option<String>, Option<String>),
     Tags(Vec<String>),
 }
 
@@ -406,6 +409,7 @@ async fn touch(
         Binds::Bool(b) => query.bind(b),
         Binds::Time(at) => query.bind(at),
         Binds::Texts(a, b) => query.bind(a).bind(b),
+        Binds::Texts3(a, b, c) => query.bind(a).bind(b).bind(c),
         Binds::Tags(tags) => query.bind(tags),
     };
     Ok(query.execute(&mut *conn).await?.rows_affected())

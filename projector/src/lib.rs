@@ -209,6 +209,16 @@ pub fn projections(
         Arc::new(whatsapp::WhatsAppSessionsProjection),
         Arc::new(whatsapp::WhatsAppProjection),
     ];
+    if let (Some(secret), Some(pool)) = (config.auth_secret(), &pool) {
+        all.push(Arc::new(effects::reassignment::Reassignment::new(
+            pool.clone(),
+            command_client::CommandClient::new(
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                "reassignment",
+            ),
+        )));
+    }
     if let Some(secret) = config.auth_secret() {
         all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
             pool.clone(),

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, VecDeque};
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::chat::{Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
+use events::chat::{AssignmentReason, Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
 use serde::{Deserialize, Serialize};
 
-use super::commands::{Action, Actor, ThreadCommand};
+use super::commands::{Action, Actor, Release, ThreadCommand};
 use super::services::{ChatServices, PastMessage};
 use super::values::{self, MessageText};
 
@@ -171,6 +171,10 @@ pub enum ThreadError {
     /// 422: the agent is not staff of the tenant.
     #[error("the agent is not staff of this tenant")]
     UnknownAgent,
+    /// 422: the agent is staff of the tenant but cannot take conversations now
+    /// (deactivated, or in a role that does not).
+    #[error("the agent is deactivated or cannot take conversations")]
+    AgentUnavailable,
     /// 422: the tenant has no such department.
     #[error("the tenant has no such department")]
     UnknownDepartment,
@@ -587,6 +591,14 @@ impl Thread {
                     {
                         return Err(ThreadError::UnknownAgent);
                     }
+                    if agent_id != self.agent_id
+                        && !services
+                            .is_available(&tenant, agent)
+                            .await
+                            .map_err(ThreadError::Unavailable)?
+                    {
+                        return Err(ThreadError::AgentUnavailable);
+                    }
                 }
                 if let Some(name) = &department {
                     if values::label(name, values::MAX_ID_CHARS).as_deref() != Some(name) {
@@ -603,7 +615,38 @@ impl Thread {
                 vec![ThreadEvent::Assigned {
                     agent_id,
                     department,
+                    reason: None,
                 }]
+            }
+            Action::Release { what } => {
+                if !matches!(self.access(&actor)?, Access::System) {
+                    return Err(ThreadError::Forbidden(
+                        "Only the platform releases an assignment.",
+                    ));
+                }
+                // Only an open thread goes back to the queue: a closed one keeps who
+                // handled it, and is released if it is reopened.
+                if self.closed {
+                    return Ok(vec![]);
+                }
+                match what {
+                    Release::Agent(agent) if self.agent_id.as_ref() == Some(&agent) => {
+                        vec![ThreadEvent::Assigned {
+                            agent_id: None,
+                            department: self.department.clone(),
+                            reason: Some(AssignmentReason::AgentUnavailable),
+                        }]
+                    }
+                    Release::Department(name) if self.department.as_ref() == Some(&name) => {
+                        vec![ThreadEvent::Assigned {
+                            agent_id: self.agent_id.clone(),
+                            department: None,
+                            reason: Some(AssignmentReason::DepartmentRemoved),
+                        }]
+                    }
+                    // Already elsewhere: nothing to release (a repeat, or a later choice).
+                    _ => vec![],
+                }
             }
             Action::SwitchBot { enabled } => {
                 self.staff_only(&actor)?;
@@ -874,6 +917,7 @@ impl Aggregate for Thread {
             ThreadEvent::Assigned {
                 agent_id,
                 department,
+                ..
             } => {
                 self.agent_id = agent_id;
                 self.department = department;
@@ -983,6 +1027,10 @@ mod tests {
     impl Directory for Fixed {
         async fn is_staff(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("agent-"))
+        }
+        /// `agent-0` is staff but deactivated.
+        async fn is_available(&self, tenant: &str, user: &str) -> Result<bool, String> {
+            Ok(tenant == TENANT && user.starts_with("agent-") && user != "agent-0")
         }
         async fn has_department(&self, tenant: &str, name: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && name == "sales")
@@ -1865,6 +1913,7 @@ mod tests {
         let assigned = ThreadEvent::Assigned {
             agent_id: Some("agent-2".into()),
             department: Some("sales".into()),
+            reason: None,
         };
         expect_events(
             vec![opened()],
@@ -1897,6 +1946,118 @@ mod tests {
             vec![opened()],
             cmd(customer(), t0(), assign(Some("agent-1"), None)),
             ThreadError::Forbidden("Only the tenant's staff may do this."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn assign_to_an_agent_who_cannot_take_conversations_is_refused() {
+        let assign = |agent: &str, department: Option<&str>| Action::Assign {
+            agent_id: Some(agent.into()),
+            department: department.map(Into::into),
+        };
+        expect_error(
+            vec![opened()],
+            cmd(agent(), t0(), assign("agent-0", None)),
+            ThreadError::AgentUnavailable,
+        )
+        .await;
+        // A thread the worker has not released yet may still change department.
+        let with_agent_0 = ThreadEvent::Assigned {
+            agent_id: Some("agent-0".into()),
+            department: None,
+            reason: None,
+        };
+        expect_events(
+            vec![opened(), with_agent_0],
+            cmd(agent(), t0(), assign("agent-0", Some("sales"))),
+            vec![ThreadEvent::Assigned {
+                agent_id: Some("agent-0".into()),
+                department: Some("sales".into()),
+                reason: None,
+            }],
+        )
+        .await;
+    }
+
+    fn release(what: Release) -> ThreadCommand {
+        cmd(
+            Actor::System {
+                component: "reassignment".into(),
+            },
+            t0(),
+            Action::Release { what },
+        )
+    }
+
+    fn assigned_to(agent: &str, department: &str) -> ThreadEvent {
+        ThreadEvent::Assigned {
+            agent_id: Some(agent.into()),
+            department: Some(department.into()),
+            reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn release_of_the_agent_puts_an_open_thread_back_in_its_departments_queue() {
+        expect_events(
+            vec![opened(), assigned_to("agent-1", "sales")],
+            release(Release::Agent("agent-1".into())),
+            vec![ThreadEvent::Assigned {
+                agent_id: None,
+                department: Some("sales".into()),
+                reason: Some(AssignmentReason::AgentUnavailable),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn release_of_the_department_keeps_the_agent() {
+        expect_events(
+            vec![opened(), assigned_to("agent-1", "sales")],
+            release(Release::Department("sales".into())),
+            vec![ThreadEvent::Assigned {
+                agent_id: Some("agent-1".into()),
+                department: None,
+                reason: Some(AssignmentReason::DepartmentRemoved),
+            }],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn release_of_someone_the_thread_no_longer_has_or_of_a_closed_thread_appends_nothing() {
+        let history = vec![opened(), assigned_to("agent-2", "sales")];
+        expect_events(
+            history.clone(),
+            release(Release::Agent("agent-1".into())),
+            vec![],
+        )
+        .await;
+        expect_events(
+            history.clone(),
+            release(Release::Department("support".into())),
+            vec![],
+        )
+        .await;
+        let mut closed = history;
+        closed.push(ThreadEvent::Closed { at: t0() });
+        expect_events(closed, release(Release::Agent("agent-2".into())), vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn release_is_the_platforms_alone() {
+        expect_error(
+            vec![opened(), assigned_to("agent-1", "sales")],
+            cmd(
+                agent(),
+                t0(),
+                Action::Release {
+                    what: Release::Agent("agent-1".into()),
+                },
+            ),
+            ThreadError::Forbidden("Only the platform releases an assignment."),
         )
         .await;
     }

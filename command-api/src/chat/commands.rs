@@ -30,6 +30,15 @@ pub enum Actor {
     },
 }
 
+/// What an open thread is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Its agent, who can no longer take conversations; its department stays.
+    Agent(String),
+    /// Its department, which was removed; its agent stays.
+    Department(String),
+}
+
 /// A command on one thread.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThreadCommand {
@@ -73,6 +82,12 @@ pub enum Action {
         agent_id: Option<String>,
         /// The department.
         department: Option<String>,
+    },
+    /// Take the thread from an agent or a department that went away (the platform's
+    /// reassignment worker): nothing happens unless the thread is open and still theirs.
+    Release {
+        /// Whom it is taken from.
+        what: Release,
     },
     /// Switch the bot on or off.
     SwitchBot {

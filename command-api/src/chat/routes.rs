@@ -15,7 +15,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::aggregate::ThreadError;
-use super::commands::{Action, Actor, ThreadCommand};
+use super::commands::{Action, Actor, Release, ThreadCommand};
 use crate::http::idempotency::KeyedRequest;
 use crate::http::{accepted, if_match};
 use crate::store::Committed;
@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/chat/threads/{id}/read", post(mark_read))
         .route("/v1/chat/threads/{id}/assign", post(assign))
+        .route("/v1/chat/threads/{id}/release", post(release))
         .route("/v1/chat/threads/{id}/bot", post(switch_bot))
         .route("/v1/chat/threads/{id}/close", post(close))
         .route("/v1/chat/threads/{id}/reopen", post(reopen))
@@ -410,6 +411,37 @@ async fn assign(
         department: body.department,
     };
     caller.change(&state, &id, action).await
+}
+
+/// Body of a release (the platform's reassignment worker; exactly one of the two).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    /// The agent who can no longer take conversations.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// The department that was removed.
+    #[serde(default)]
+    pub department: Option<String>,
+}
+
+async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ReleaseBody>,
+) -> Result<Response, Problem> {
+    let what = match (body.agent_id, body.department) {
+        (Some(agent), None) => Release::Agent(agent),
+        (None, Some(department)) => Release::Department(department),
+        _ => {
+            return Err(Problem::unprocessable(
+                "invalid_release",
+                "Name exactly one of agent_id and department.",
+            ))
+        }
+    };
+    caller.change(&state, &id, Action::Release { what }).await
 }
 
 /// Body of a bot switch.

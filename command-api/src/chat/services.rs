@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use events::chat::lookups::{AVAILABLE_AGENT, DEPARTMENT_EXISTS};
 use events::chat::{Party, ThreadEvent};
 use sqlx::PgPool;
 
@@ -70,6 +71,9 @@ impl PastMessage {
 pub trait Directory: Send + Sync {
     /// True when `user_id` is an admin user (any role) of `tenant_id`.
     async fn is_staff(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
+    /// True when `user_id` can take conversations of `tenant_id` now: an active admin user
+    /// of the tenant whose role handles conversations (a tenant admin or an agent).
+    async fn is_available(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
     /// True when the tenant has the department.
     async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String>;
     /// True when `user_id` is a phone user of `tenant_id`.
@@ -86,9 +90,10 @@ pub trait Directory: Send + Sync {
 /// The services of the thread aggregate.
 pub type ChatServices = std::sync::Arc<dyn Directory>;
 
-/// Look-ups in PostgreSQL: admin users by their login e-mail reservation (command side, so
-/// a user is known the moment it is created), departments in the tenants read model, phone
-/// users in `phone_users`.
+/// Look-ups in PostgreSQL, all on the command side: admin users by their login e-mail
+/// reservation (so a user is known the moment it is created) and their state as the
+/// transaction of each change records it (`access_changes`, migration 0022), departments
+/// from the tenant's own events, phone users in `phone_users`.
 pub struct PgDirectory {
     /// The command-side pool.
     pub pool: PgPool,
@@ -110,15 +115,24 @@ impl Directory for PgDirectory {
         .map_err(|e| e.to_string())
     }
 
+    async fn is_available(&self, tenant_id: &str, user_id: &str) -> Result<bool, String> {
+        let available: Option<bool> = sqlx::query_scalar(AVAILABLE_AGENT)
+            .bind(tenant_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(available.unwrap_or(false))
+    }
+
     async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id::text = $1 AND departments ? $2)",
-        )
-        .bind(tenant_id)
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| e.to_string())
+        let exists: Option<bool> = sqlx::query_scalar(DEPARTMENT_EXISTS)
+            .bind(tenant_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(exists.unwrap_or(false))
     }
 
     async fn is_phone_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, String> {

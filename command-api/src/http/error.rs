@@ -116,6 +116,7 @@ impl DomainProblem for crate::chat::aggregate::ThreadError {
             E::InvalidClientMessageId => unprocessable("invalid_client_message_id"),
             E::UnknownCustomer => unprocessable("unknown_customer"),
             E::UnknownAgent => unprocessable("unknown_agent"),
+            E::AgentUnavailable => unprocessable("agent_unavailable"),
             E::UnknownDepartment => unprocessable("unknown_department"),
             E::InvalidParticipant => unprocessable("invalid_participant"),
             E::MessageNotFound => Problem::new(StatusCode::NOT_FOUND, "message_not_found", detail),

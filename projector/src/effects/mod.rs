@@ -1,6 +1,9 @@
 //! Side-effect workers: projections whose work is a call to another service, performed
 //! before their checkpoints move (see [`crate::projection::Effect`]).
 
+/// Open threads taken from agents and departments that went away.
+pub mod reassignment;
+
 /// Realtime connections of revoked sessions, users and tenants terminated on Soketi.
 pub mod eviction;
 

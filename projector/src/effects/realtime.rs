@@ -434,17 +434,20 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
                 channels,
             )
         }
+        // Who on the staff side handles a thread is the staff's business (the query API does
+        // not show it to customers either).
         ThreadEvent::Assigned {
             agent_id,
             department,
+            reason,
         } => {
-            let mut channels = everyone;
+            let mut channels = vec![dashboard];
             if let Some(agent) = &agent_id {
                 channels.push(user(agent));
             }
             (
                 "thread.assigned",
-                json!({"agent_id": agent_id, "department": department}),
+                json!({"agent_id": agent_id, "department": department, "reason": reason}),
                 channels,
             )
         }

@@ -39,6 +39,9 @@ pub struct ThreadView {
     opened_by: String,
     agent_id: Option<String>,
     department: Option<String>,
+    /// Why the platform last changed the assignment (`agent_unavailable`,
+    /// `department_removed`); null when staff assigned it.
+    assignment_reason: Option<String>,
     bot_enabled: bool,
     tags: Vec<String>,
     message_count: i64,
@@ -63,6 +66,7 @@ impl ThreadView {
             self.tags.clear();
             self.agent_id = None;
             self.department = None;
+            self.assignment_reason = None;
         }
         self
     }
@@ -70,7 +74,7 @@ impl ThreadView {
 
 /// The thread columns, with the caller (`$1`) as reader and participant.
 const THREAD_COLUMNS: &str = "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
-     t.opened_by, t.agent_id, t.department, t.bot_enabled, t.tags, t.message_count, t.last_message, \
+     t.opened_by, t.agent_id, t.department, t.assignment_reason, t.bot_enabled, t.tags, t.message_count, t.last_message, \
      t.last_activity_at, t.created_at, t.updated_at, t.version, \
      greatest(t.message_count - coalesce(r.last_read, 0), 0) AS unread, \
      EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1) AS participant";

@@ -18,6 +18,7 @@ mod payments;
 mod projector;
 mod queries;
 mod realtime;
+mod reassignment;
 mod relay;
 mod revocation;
 mod scheduler;
