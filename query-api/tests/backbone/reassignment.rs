@@ -410,3 +410,41 @@ async fn a_removed_departments_open_threads_leave_it_and_keep_their_agent() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_given_a_role_that_takes_no_conversations_loses_their_open_threads() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(projector_config(&env, &api));
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (_, admin, kim) = tenant_with_agent(&env, &api, &query).await;
+    let thread = assigned_thread(&env, &api, &admin, Some(&kim), Some("sales")).await;
+    // Made a tenant admin: still takes conversations.
+    let promoted = post(
+        &env,
+        &api,
+        &env.super_admin(),
+        &format!("/v1/admin-users/{kim}/role"),
+        json!({"role": "tenant_admin"}),
+    )
+    .await;
+    assert_eq!(promoted.status(), 200);
+    // Made a platform super admin: no longer one of the tenant's agents.
+    let elevated = post(
+        &env,
+        &api,
+        &env.super_admin(),
+        &format!("/v1/admin-users/{kim}/role"),
+        json!({"role": "super_admin"}),
+    )
+    .await;
+    assert_eq!(elevated.status(), 200);
+    thread_once(&env, &query, &admin, &thread, "released", |t| {
+        t["agent_id"].is_null() && t["assignment_reason"] == "agent_unavailable"
+    })
+    .await;
+    assert_eq!(releases(&env, &thread).await, 1, "not for the first change");
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
