@@ -274,7 +274,9 @@ async fn requests_without_a_token_are_counted_by_client_address() {
 #[tokio::test]
 async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body() {
     let env = TestEnv::new().await;
-    let api = env.spawn_command_api(env.command_config()).await;
+    let mut config = env.command_config();
+    config.signups_per_ip_per_hour = 1;
+    let api = env.spawn_command_api(config).await;
     let keys = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")
             .fetch_one(&env.pool)
@@ -326,6 +328,19 @@ async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body
         .await
         .expect("sent");
     expect_problem(large, 413, "payload_too_large").await;
+    // Refusals are not kept for a caller without a token: a flood of keyed sign-ups past
+    // the per-address limit leaves no row.
+    for n in 0..10 {
+        let refused = env
+            .http
+            .post(api.url("/v1/tenants/signup"))
+            .header("idempotency-key", format!("flood-{n}"))
+            .json(&crate::support::tenant_body(&format!("flood{n}")))
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(refused, 429, "rate_limited").await;
+    }
     assert_eq!(keys().await, 1, "the one sign-up's key");
     api.stop().await;
 }
