@@ -119,19 +119,30 @@ impl Sessions {
     /// Spends `token` and issues the next of its family, or revokes the family if `token`
     /// was already spent. One transaction, the token's row locked: two concurrent refreshes
     /// with one token cannot both rotate.
+    ///
+    /// A family is ended as soon as any of its tokens is revoked ([`FAMILY_ENDED`]): a
+    /// revocation running while a refresh rotates cannot see the token the refresh is
+    /// inserting, and would leave it active (outside probe: a stolen token refreshed in a
+    /// loop survived logouts and password changes that way). Such a token is refused, and
+    /// revoked, when it is presented.
     pub async fn refresh(&self, token: &str) -> Result<Refresh, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let row: Option<(String, String, String, bool)> = sqlx::query_as(
-            "SELECT session_id, user_id, status, expires_at > now() FROM admin_sessions
-              WHERE token_hash = $1 FOR UPDATE",
-        )
+        let row: Option<(String, String, String, bool, bool)> = sqlx::query_as(&format!(
+            "SELECT session_id, user_id, status, expires_at > now(), {FAMILY_ENDED}
+               FROM admin_sessions s WHERE token_hash = $1 FOR UPDATE"
+        ))
         .bind(hash(token))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((session_id, user_id, status, fresh)) = row else {
+        let Some((session_id, user_id, status, fresh, ended)) = row else {
             return Ok(Refresh::Invalid);
         };
+        if ended && status != "revoked" {
+            revoke_family(&mut tx, &session_id).await?;
+            tx.commit().await?;
+            return Ok(Refresh::Invalid);
+        }
         let outcome = match decide(&status, fresh) {
             Decision::Rotate => {
                 sqlx::query("UPDATE admin_sessions SET status = 'spent' WHERE token_hash = $1")
@@ -168,10 +179,11 @@ impl Sessions {
 
     /// The family and user of a refresh token that is still usable.
     pub async fn owner(&self, token: &str) -> Result<Option<(String, String)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT session_id, user_id FROM admin_sessions
-              WHERE token_hash = $1 AND status = 'active' AND expires_at > now()",
-        )
+        sqlx::query_as(&format!(
+            "SELECT session_id, user_id FROM admin_sessions s
+              WHERE token_hash = $1 AND status = 'active' AND expires_at > now()
+                AND NOT {FAMILY_ENDED}"
+        ))
         .bind(hash(token))
         .fetch_optional(&self.pool)
         .await
@@ -180,15 +192,20 @@ impl Sessions {
     /// True while the family has a usable refresh token (access tokens of a revoked family
     /// are reported inactive by introspection).
     pub async fn is_active(&self, session_id: &str) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM admin_sessions
-                             WHERE session_id = $1 AND status = 'active' AND expires_at > now())",
-        )
+        sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM admin_sessions s
+                             WHERE session_id = $1 AND status = 'active' AND expires_at > now()
+                               AND NOT {FAMILY_ENDED})"
+        ))
         .bind(session_id)
         .fetch_one(&self.pool)
         .await
     }
 }
+
+/// Whether the family of the `admin_sessions` row `s` has ended: any of its tokens revoked.
+pub const FAMILY_ENDED: &str = "EXISTS (SELECT 1 FROM admin_sessions r
+                 WHERE r.session_id = s.session_id AND r.status = 'revoked')";
 
 /// What presenting a refresh token in a given state leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -316,6 +316,10 @@ impl Members {
               WHERE e.tenant_id = ANY($1)
                 AND s.created_at > now() - interval '25 hours'
                 AND s.status <> 'revoked'
+                -- A family ends with any of its tokens revoked (a refresh racing a
+                -- revocation can leave its new token active).
+                AND NOT EXISTS (SELECT 1 FROM admin_sessions r
+                                 WHERE r.session_id = s.session_id AND r.status = 'revoked')
                 AND NOT EXISTS (
                     SELECT 1 FROM access_changes c
                      WHERE c.key IN ('session:' || s.session_id, 'user:' || s.user_id)

@@ -403,6 +403,56 @@ async fn a_password_change_takes_effect_with_its_event_and_only_with_it() {
 }
 
 #[tokio::test]
+async fn a_token_a_refresh_issued_while_its_session_was_being_revoked_is_refused() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let email = "dee@revocations.example";
+    let _ = tenant_admin(&env, &api, &root, email).await;
+    let first = tokens(&env, &api, email, "a long and private password").await;
+    let rotated = crate::identity::refresh(
+        &env,
+        &api,
+        first["refresh_token"].as_str().expect("refresh"),
+    )
+    .await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.expect("json");
+    let straggler = rotated["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    // A logout racing that refresh revoked every token it could see, but not the one the
+    // refresh was inserting: the family has a revoked token and an active one.
+    let sid = env
+        .keys
+        .claims(&access(&first))
+        .expect("claims")
+        .sid
+        .expect("sid");
+    sqlx::query(
+        "UPDATE admin_sessions SET status = 'revoked' WHERE session_id = $1 AND status = 'spent'",
+    )
+    .bind(&sid)
+    .execute(&env.pool)
+    .await
+    .expect("the race's leftover");
+    for _ in 0..2 {
+        let refused = crate::identity::refresh(&env, &api, &straggler).await;
+        assert_eq!(refused.status(), 401, "the ended family gives nothing more");
+    }
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM admin_sessions WHERE session_id = $1 AND status <> 'revoked'",
+    )
+    .bind(&sid)
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(active, 0, "the straggler is revoked too");
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn an_open_stream_ends_when_its_user_is_deactivated() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
