@@ -6,6 +6,11 @@
 --   credential id (`admin_credential_changes`); the event (`Created`, `PasswordChanged`,
 --   `PasswordReset`) names that id, and appending it makes the staged hash the user's
 --   password. A command that never commits leaves only a staged row, removed after a day.
+-- - A login's session is *staged* (`admin_sessions.status = 'pending'`) before its command
+--   runs; `LoginSucceeded` makes it active. A deactivation or role change appended after the
+--   login (the stream's sequence orders them) therefore sees the session and ends it; before,
+--   a session opened after the login committed could slip past a deactivation between the
+--   two. A failed login's staged row is removed (and any left over after a day).
 -- - `PasswordChanged` ends every other session of the user (all but `kept_session`, the one
 --   that made the change) and spends outstanding reset tokens; `PasswordReset`,
 --   `Deactivated` and `RoleChanged` end every session. Ending a session fires migration
@@ -38,6 +43,11 @@ BEGIN
         END IF;
         DELETE FROM admin_credential_changes WHERE credential_id = credential;
     END IF;
+    IF NEW.event_type = 'LoginSucceeded' THEN
+        UPDATE admin_sessions SET status = 'active'
+         WHERE session_id = body ->> 'session_id' AND user_id = NEW.aggregate_id
+           AND status = 'pending';
+    END IF;
     IF NEW.event_type IN ('PasswordChanged', 'PasswordReset', 'Deactivated', 'RoleChanged') THEN
         UPDATE admin_sessions SET status = 'revoked'
          WHERE user_id = NEW.aggregate_id AND status <> 'revoked'
@@ -55,5 +65,6 @@ CREATE TRIGGER admin_user_effects
     AFTER INSERT ON events
     FOR EACH ROW
     WHEN (NEW.aggregate_type = 'admin_user'
-          AND NEW.event_type IN ('Created', 'PasswordChanged', 'PasswordReset', 'Deactivated', 'RoleChanged'))
+          AND NEW.event_type IN ('Created', 'LoginSucceeded', 'PasswordChanged', 'PasswordReset',
+                                 'Deactivated', 'RoleChanged'))
     EXECUTE FUNCTION admin_user_effects();

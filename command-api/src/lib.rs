@@ -466,8 +466,8 @@ pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, Start
 /// Replay records are kept a day, like the providers whose retries they absorb.
 async fn expire_old_records(pool: PgPool) {
     loop {
-        // Keys are kept a day; so are staged passwords, whose command never committed
-        // (migration 0024: a committed one is removed by its event).
+        // Keys are kept a day; so are staged passwords and sessions whose command never
+        // committed (migration 0024: a committed one is taken by its event).
         for (what, statement) in [
             (
                 "idempotency keys",
@@ -476,6 +476,10 @@ async fn expire_old_records(pool: PgPool) {
             (
                 "staged passwords",
                 "DELETE FROM admin_credential_changes WHERE staged_at < now() - interval '24 hours'",
+            ),
+            (
+                "staged sessions",
+                "DELETE FROM admin_sessions WHERE status = 'pending' AND created_at < now() - interval '24 hours'",
             ),
         ] {
             if let Err(e) = sqlx::query(statement).execute(&pool).await {

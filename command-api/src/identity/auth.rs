@@ -188,6 +188,11 @@ async fn login(
             .is_some_and(|t| state.access.is_suspended(t)),
     };
     let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), &ids);
+    let refresh_token = state
+        .sessions
+        .stage(&user_id, &session_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let outcome = state
         .password_attempts
         .one_at_a_time(
@@ -196,8 +201,16 @@ async fn login(
                 .admins
                 .execute_with_events(&user_id, None, command, &metadata),
         )
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
+        .await;
+    let opened = matches!(&outcome, Ok(Ok((_, events))) if events
+        .iter()
+        .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. })));
+    if !opened {
+        if let Err(e) = state.sessions.discard(&session_id).await {
+            tracing::warn!(error = %e, "could not discard a staged session");
+        }
+    }
+    let outcome = outcome.map_err(|e| Problem::unavailable(&e))?;
     let (_, events) = match outcome {
         Ok(outcome) => outcome,
         // An e-mail reserved for a user whose creation never completed.
@@ -237,9 +250,9 @@ async fn login(
         return Err(invalid_credentials());
     }
     let user = state.admins.load(&user_id).await?;
-    let refresh_token = state
+    state
         .sessions
-        .open(&user_id, &session_id)
+        .opened(&user_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);

@@ -73,10 +73,29 @@ impl Sessions {
         self
     }
 
-    /// Starts a family for a session a login opened; returns its first refresh token.
-    pub async fn open(&self, user_id: &str, session_id: &str) -> Result<String, sqlx::Error> {
+    /// Stages a family for the session a login is about to open; answers its first refresh
+    /// token, which works once the login's `LoginSucceeded` is appended (migration 0024
+    /// makes it active in that transaction, so a deactivation appended after the login sees
+    /// it).
+    pub async fn stage(&self, user_id: &str, session_id: &str) -> Result<String, sqlx::Error> {
         let token = new_token();
-        self.insert(&self.pool, &token, user_id, session_id).await?;
+        self.insert(&self.pool, &token, user_id, session_id, "pending")
+            .await?;
+        Ok(token)
+    }
+
+    /// Removes the family a login staged and did not open.
+    pub async fn discard(&self, session_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM admin_sessions WHERE session_id = $1 AND status = 'pending'")
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// After a login opened a session: beyond the limit, the sessions used least recently
+    /// end.
+    pub async fn opened(&self, user_id: &str) -> Result<(), sqlx::Error> {
         // Beyond the limit, the sessions used least recently (by their newest token) end:
         // a user signing in again and again does not pile up live sessions.
         sqlx::query(
@@ -92,7 +111,7 @@ impl Sessions {
         .bind(self.per_user)
         .execute(&self.pool)
         .await?;
-        Ok(token)
+        Ok(())
     }
 
     async fn insert<'e, E: sqlx::PgExecutor<'e>>(
@@ -101,15 +120,17 @@ impl Sessions {
         token: &str,
         user_id: &str,
         session_id: &str,
+        status: &str,
     ) -> Result<(), sqlx::Error> {
         let expires_at: DateTime<Utc> = Utc::now() + self.ttl;
         sqlx::query(
             "INSERT INTO admin_sessions (token_hash, session_id, user_id, status, expires_at)
-             VALUES ($1, $2, $3, 'active', $4)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(hash(token))
         .bind(session_id)
         .bind(user_id)
+        .bind(status)
         .bind(expires_at)
         .execute(executor)
         .await?;
@@ -150,7 +171,8 @@ impl Sessions {
                     .execute(&mut *tx)
                     .await?;
                 let next = new_token();
-                self.insert(&mut *tx, &next, &user_id, &session_id).await?;
+                self.insert(&mut *tx, &next, &user_id, &session_id, "active")
+                    .await?;
                 Refresh::Rotated {
                     user_id,
                     session_id,

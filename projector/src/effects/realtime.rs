@@ -315,7 +315,7 @@ impl Members {
                FROM admin_sessions s JOIN admin_emails e USING (user_id)
               WHERE e.tenant_id = ANY($1)
                 AND s.created_at > now() - interval '25 hours'
-                AND s.status <> 'revoked'
+                AND s.status IN ('active', 'spent')
                 -- A family ends with any of its tokens revoked (a refresh racing a
                 -- revocation can leave its new token active).
                 AND NOT EXISTS (SELECT 1 FROM admin_sessions r

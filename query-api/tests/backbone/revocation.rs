@@ -453,6 +453,72 @@ async fn a_token_a_refresh_issued_while_its_session_was_being_revoked_is_refused
 }
 
 #[tokio::test]
+async fn a_login_that_commits_just_before_a_deactivation_keeps_no_session() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, eve) = tenant_admin(&env, &api, &root, "eve@revocations.example").await;
+    // A login stages its session before its command runs, as command-api does; its
+    // `LoginSucceeded` commits, and the deactivation is appended right after it.
+    let sessions = command_api::identity::sessions::Sessions::new(
+        env.pool.clone(),
+        Duration::from_secs(86_400),
+    );
+    let refresh_token = sessions.stage(&eve, "raced-session").await.expect("staged");
+    assert_eq!(
+        crate::identity::refresh(&env, &api, &refresh_token)
+            .await
+            .status(),
+        401,
+        "a staged session is nothing before its login commits"
+    );
+    let append = |event_type: &'static str, payload: Value| {
+        let (pool, user, tenant) = (env.pool.clone(), eve.clone(), tenant.clone());
+        async move {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT 'admin_user', $1, max(sequence) + 1, $2, '1.0', $3,
+                        jsonb_build_object('tenant_id', $4::text)
+                   FROM events WHERE aggregate_type = 'admin_user' AND aggregate_id = $1",
+            )
+            .bind(user)
+            .bind(event_type)
+            .bind(payload)
+            .bind(tenant)
+            .execute(&pool)
+            .await
+            .expect("appended");
+        }
+    };
+    append(
+        "LoginSucceeded",
+        json!({"LoginSucceeded": {"session_id": "raced-session", "at": chrono::Utc::now()}}),
+    )
+    .await;
+    append("Deactivated", json!({"Deactivated": {}})).await;
+    // Reactivated later, the user finds no session of before alive.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{eve}/reactivate"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        crate::identity::refresh(&env, &api, &refresh_token)
+            .await
+            .status(),
+        401,
+        "the deactivation ended the session the login had opened"
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn an_open_stream_ends_when_its_user_is_deactivated() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
