@@ -39,6 +39,9 @@ pub enum SessionEnd {
     Logout,
     /// A spent refresh token was presented again: the family is presumed stolen.
     RefreshReuse,
+    /// The user signed in once more than `SESSIONS_PER_USER` allows: the session used least
+    /// recently ended.
+    SessionLimit,
 }
 
 /// Something that happened to an admin user.

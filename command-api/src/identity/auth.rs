@@ -250,11 +250,25 @@ async fn login(
         return Err(invalid_credentials());
     }
     let user = state.admins.load(&user_id).await?;
-    state
+    let ended = state
         .sessions
         .opened(&user_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
+    // Recorded, so the audit trail shows it and the session's realtime connections close.
+    for session_id in ended {
+        let revoke = AdminUserCommand::RevokeSession {
+            session_id,
+            reason: SessionEnd::SessionLimit,
+        };
+        if let Err(e) = state
+            .admins
+            .execute(&user_id, None, revoke, &metadata)
+            .await
+        {
+            tracing::warn!(error = ?e, "could not record a session ended by the limit");
+        }
+    }
     let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
     Ok(Json(TokenAnswer {
         access_token,

@@ -94,24 +94,26 @@ impl Sessions {
     }
 
     /// After a login opened a session: beyond the limit, the sessions used least recently
-    /// end.
-    pub async fn opened(&self, user_id: &str) -> Result<(), sqlx::Error> {
+    /// end; answers them.
+    pub async fn opened(&self, user_id: &str) -> Result<Vec<String>, sqlx::Error> {
         // Beyond the limit, the sessions used least recently (by their newest token) end:
         // a user signing in again and again does not pile up live sessions.
-        sqlx::query(
-            "UPDATE admin_sessions SET status = 'revoked'
-              WHERE user_id = $1 AND status <> 'revoked' AND session_id IN (
-                    SELECT session_id FROM admin_sessions
-                     WHERE user_id = $1 AND status = 'active'
-                     GROUP BY session_id
-                     ORDER BY max(created_at) DESC, session_id DESC
-                    OFFSET $2)",
+        sqlx::query_scalar(
+            "WITH ended AS (
+                UPDATE admin_sessions SET status = 'revoked'
+                 WHERE user_id = $1 AND status <> 'revoked' AND session_id IN (
+                       SELECT session_id FROM admin_sessions
+                        WHERE user_id = $1 AND status = 'active'
+                        GROUP BY session_id
+                        ORDER BY max(created_at) DESC, session_id DESC
+                       OFFSET $2)
+                RETURNING session_id)
+             SELECT DISTINCT session_id FROM ended",
         )
         .bind(user_id)
         .bind(self.per_user)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .fetch_all(&self.pool)
+        .await
     }
 
     async fn insert<'e, E: sqlx::PgExecutor<'e>>(

@@ -1261,5 +1261,23 @@ async fn signing_in_beyond_the_session_limit_ends_the_least_recently_used_sessio
     for newer in &sessions[1..] {
         assert_eq!(profile(newer).await.status(), 200);
     }
+    // Recorded as an event, which closes the session's realtime connections and shows in the
+    // audit trail.
+    let oldest = env
+        .keys
+        .claims(&access(&sessions[0]))
+        .expect("claims")
+        .sid
+        .expect("sid");
+    let recorded: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'admin_user' AND event_type = 'SessionRevoked'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    assert_eq!(
+        recorded,
+        vec![json!({"SessionRevoked": {"session_id": oldest, "reason": "session_limit"}})]
+    );
     api.stop().await;
 }
