@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv};
 
 /// POSTs `body` to command-api's `path` with `token`.
-async fn post(
+pub(crate) async fn post(
     env: &TestEnv,
     api: &Service,
     token: &str,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::chat::post;
 use crate::live::Stream;
 use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv, SECRET};
 
@@ -15,22 +16,6 @@ fn projector_config(env: &TestEnv, api: &Service) -> projector::Config {
     config.nest_auth_secret = Some(SECRET.into());
     config.command_api_url = api.url("");
     config
-}
-
-async fn post(
-    env: &TestEnv,
-    api: &Service,
-    token: &str,
-    path: &str,
-    body: Value,
-) -> reqwest::Response {
-    env.http
-        .post(api.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("sent")
 }
 
 /// A tenant with department `sales` and agent `kim`: `(tenant, admin token, kim's id)`.
@@ -267,15 +252,12 @@ async fn a_deactivated_agents_open_threads_go_back_to_the_queue_once_and_live() 
     .await;
     // ...and an assignment that slipped past (a race with the deactivation) is taken back,
     // like a closed thread of theirs that is reopened.
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'thread', $1, max(sequence) + 1, 'Assigned', '1.0', $2, jsonb_build_object('tenant_id', $3::text)
-           FROM events WHERE aggregate_type = 'thread' AND aggregate_id = $1",
+    env.append_raw(
+        "thread",
+        &unassigned,
+        &tenant,
+        json!({"Assigned": {"agent_id": kim, "department": null}}),
     )
-    .bind(&unassigned)
-    .bind(json!({"Assigned": {"agent_id": kim, "department": null}}))
-    .bind(&tenant)
-    .execute(&env.pool)
     .await
     .expect("a raced assignment");
     let reopened = post(

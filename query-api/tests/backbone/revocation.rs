@@ -354,25 +354,14 @@ async fn a_password_change_takes_effect_with_its_event_and_only_with_it() {
         .expect("claims")
         .sid
         .expect("sid");
-    let append = |payload: Value| {
-        let (pool, user, tenant) = (env.pool.clone(), cy.clone(), tenant.clone());
-        async move {
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 SELECT 'admin_user', $1, max(sequence) + 1, 'PasswordChanged', '1', $2,
-                        jsonb_build_object('tenant_id', $3::text)
-                   FROM events WHERE aggregate_type = 'admin_user' AND aggregate_id = $1",
-            )
-            .bind(user)
-            .bind(payload)
-            .bind(tenant)
-            .execute(&pool)
-            .await
-        }
-    };
-    append(json!({"PasswordChanged": {"kept_session": laptop_sid, "credential": "committed"}}))
-        .await
-        .expect("appended");
+    env.append_raw(
+        "admin_user",
+        &cy,
+        &tenant,
+        json!({"PasswordChanged": {"kept_session": laptop_sid, "credential": "committed"}}),
+    )
+    .await
+    .expect("appended");
     assert_eq!(login("the new private password").await, 200);
     assert_eq!(login(old).await, 401);
     let refresh_token = |session: &Value| {
@@ -394,11 +383,15 @@ async fn a_password_change_takes_effect_with_its_event_and_only_with_it() {
     assert_eq!(staged, 0, "the staged hash was taken");
 
     // An event naming a credential nobody staged would record a change that did not happen.
-    assert!(
-        append(json!({"PasswordChanged": {"credential": "invented"}}))
-            .await
-            .is_err()
-    );
+    assert!(env
+        .append_raw(
+            "admin_user",
+            &cy,
+            &tenant,
+            json!({"PasswordChanged": {"credential": "invented"}})
+        )
+        .await
+        .is_err());
     api.stop().await;
 }
 
@@ -472,30 +465,14 @@ async fn a_login_that_commits_just_before_a_deactivation_keeps_no_session() {
         401,
         "a staged session is nothing before its login commits"
     );
-    let append = |event_type: &'static str, payload: Value| {
-        let (pool, user, tenant) = (env.pool.clone(), eve.clone(), tenant.clone());
-        async move {
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 SELECT 'admin_user', $1, max(sequence) + 1, $2, '1.0', $3,
-                        jsonb_build_object('tenant_id', $4::text)
-                   FROM events WHERE aggregate_type = 'admin_user' AND aggregate_id = $1",
-            )
-            .bind(user)
-            .bind(event_type)
-            .bind(payload)
-            .bind(tenant)
-            .execute(&pool)
+    for event in [
+        json!({"LoginSucceeded": {"session_id": "raced-session", "at": chrono::Utc::now()}}),
+        json!({"Deactivated": {}}),
+    ] {
+        env.append_raw("admin_user", &eve, &tenant, event)
             .await
             .expect("appended");
-        }
-    };
-    append(
-        "LoginSucceeded",
-        json!({"LoginSucceeded": {"session_id": "raced-session", "at": chrono::Utc::now()}}),
-    )
-    .await;
-    append("Deactivated", json!({"Deactivated": {}})).await;
+    }
     // Reactivated later, the user finds no session of before alive.
     assert_eq!(
         as_root(

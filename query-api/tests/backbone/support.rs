@@ -283,6 +283,36 @@ impl TestEnv {
             .expect("json")
     }
 
+    /// Appends `payload` (`{"EventType": {...}}`) to a stream as the next event, straight
+    /// into the store, with `tenant` in its metadata: what a command-api that died right
+    /// after its commit leaves, or a writer that raced another.
+    pub async fn append_raw(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        tenant: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        let event_type = payload
+            .as_object()
+            .and_then(|o| o.keys().next().cloned())
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT $1, $2, coalesce(max(sequence), 0) + 1, $3, '1.0', $4,
+                    jsonb_build_object('tenant_id', $5::text)
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(event_type)
+        .bind(payload)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
     pub fn spawn_projector(&self, config: projector::Config) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let _ = projector::run(config, std::future::pending()).await;
