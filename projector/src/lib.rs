@@ -209,15 +209,8 @@ pub fn projections(
         Arc::new(whatsapp::WhatsAppSessionsProjection),
         Arc::new(whatsapp::WhatsAppProjection),
     ];
-    if let (Some(secret), Some(pool)) = (config.auth_secret(), &pool) {
-        all.push(Arc::new(effects::reassignment::Reassignment::new(
-            pool.clone(),
-            command_client::CommandClient::new(
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                "reassignment",
-            ),
-        )));
+    if let Some(reassignment) = reassignment(config, pool.as_ref()) {
+        all.push(reassignment);
     }
     if let Some(secret) = config.auth_secret() {
         all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
@@ -243,6 +236,23 @@ pub fn projections(
         all.push(Arc::new(effects::eviction::Eviction::new(app, pool)));
     }
     all
+}
+
+/// The reassignment process manager, when command-api can be called (a service token
+/// needs the secret).
+fn reassignment(
+    config: &Config,
+    pool: Option<&PgPool>,
+) -> Option<Arc<effects::reassignment::Reassignment>> {
+    let (secret, pool) = (config.auth_secret()?, pool?);
+    Some(Arc::new(effects::reassignment::Reassignment::new(
+        pool.clone(),
+        command_client::CommandClient::new(
+            &config.command_api_url,
+            events::access::TokenKeys::new(secret),
+            "reassignment",
+        ),
+    )))
 }
 
 /// Why the projector stopped.
@@ -353,6 +363,9 @@ pub async fn run(
                 Arc::new(events::clock::SystemClock),
             );
             tasks.spawn(async move { scheduler.run().await });
+            if let Some(reassignment) = reassignment(&config, Some(&pool)) {
+                tasks.spawn(reassignment.run_sweeps());
+            }
             let sender = sender::Sender::new(
                 pool.clone(),
                 &config.command_api_url,

@@ -591,11 +591,12 @@ impl Thread {
                     {
                         return Err(ThreadError::UnknownAgent);
                     }
-                    if agent_id != self.agent_id
-                        && !services
-                            .is_available(&tenant, agent)
-                            .await
-                            .map_err(ThreadError::Unavailable)?
+                    // Also when the thread already has them: staff choosing (again) an
+                    // agent who left would record a choice no one can act on.
+                    if !services
+                        .is_available(&tenant, agent)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
                     {
                         return Err(ThreadError::AgentUnavailable);
                     }
@@ -627,6 +628,21 @@ impl Thread {
                 // Only an open thread goes back to the queue: a closed one keeps who
                 // handled it, and is released if it is reopened.
                 if self.closed {
+                    return Ok(vec![]);
+                }
+                // A release that arrives late (a retry, a repeat) must not take the thread
+                // from an agent who is back, or out of a department that was added again.
+                let still_gone = match &what {
+                    Release::Agent(agent) => !services
+                        .is_available(&tenant, agent)
+                        .await
+                        .map_err(ThreadError::Unavailable)?,
+                    Release::Department(name) => !services
+                        .has_department(&tenant, name)
+                        .await
+                        .map_err(ThreadError::Unavailable)?,
+                };
+                if !still_gone {
                     return Ok(vec![]);
                 }
                 match what {
@@ -1962,20 +1978,16 @@ mod tests {
             ThreadError::AgentUnavailable,
         )
         .await;
-        // A thread the worker has not released yet may still change department.
+        // Also when the thread still has them (the worker has not released it yet).
         let with_agent_0 = ThreadEvent::Assigned {
             agent_id: Some("agent-0".into()),
             department: None,
             reason: None,
         };
-        expect_events(
+        expect_error(
             vec![opened(), with_agent_0],
             cmd(agent(), t0(), assign("agent-0", Some("sales"))),
-            vec![ThreadEvent::Assigned {
-                agent_id: Some("agent-0".into()),
-                department: Some("sales".into()),
-                reason: None,
-            }],
+            ThreadError::AgentUnavailable,
         )
         .await;
     }
@@ -1998,14 +2010,16 @@ mod tests {
         }
     }
 
+    // In the fixed directory `agent-0` is deactivated and `legal` is not a department.
+
     #[tokio::test]
     async fn release_of_the_agent_puts_an_open_thread_back_in_its_departments_queue() {
         expect_events(
-            vec![opened(), assigned_to("agent-1", "sales")],
-            release(Release::Agent("agent-1".into())),
+            vec![opened(), assigned_to("agent-0", "legal")],
+            release(Release::Agent("agent-0".into())),
             vec![ThreadEvent::Assigned {
                 agent_id: None,
-                department: Some("sales".into()),
+                department: Some("legal".into()),
                 reason: Some(AssignmentReason::AgentUnavailable),
             }],
         )
@@ -2015,8 +2029,8 @@ mod tests {
     #[tokio::test]
     async fn release_of_the_department_keeps_the_agent() {
         expect_events(
-            vec![opened(), assigned_to("agent-1", "sales")],
-            release(Release::Department("sales".into())),
+            vec![opened(), assigned_to("agent-1", "legal")],
+            release(Release::Department("legal".into())),
             vec![ThreadEvent::Assigned {
                 agent_id: Some("agent-1".into()),
                 department: None,
@@ -2031,19 +2045,39 @@ mod tests {
         let history = vec![opened(), assigned_to("agent-2", "sales")];
         expect_events(
             history.clone(),
+            release(Release::Agent("agent-0".into())),
+            vec![],
+        )
+        .await;
+        expect_events(
+            history,
+            release(Release::Department("legal".into())),
+            vec![],
+        )
+        .await;
+        let closed = vec![
+            opened(),
+            assigned_to("agent-0", "legal"),
+            ThreadEvent::Closed { at: t0() },
+        ];
+        expect_events(closed, release(Release::Agent("agent-0".into())), vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn a_late_release_of_an_agent_who_is_back_or_a_department_added_again_appends_nothing() {
+        let history = vec![opened(), assigned_to("agent-1", "sales")];
+        expect_events(
+            history.clone(),
             release(Release::Agent("agent-1".into())),
             vec![],
         )
         .await;
         expect_events(
-            history.clone(),
-            release(Release::Department("support".into())),
+            history,
+            release(Release::Department("sales".into())),
             vec![],
         )
         .await;
-        let mut closed = history;
-        closed.push(ThreadEvent::Closed { at: t0() });
-        expect_events(closed, release(Release::Agent("agent-2".into())), vec![]).await;
     }
 
     #[tokio::test]

@@ -11,6 +11,10 @@
 //!   catches an assignment that raced a deactivation, and a closed thread reopened after its
 //!   agent left.
 //!
+//! A sweep over the chat read model, when the projector starts and every minute,
+//! releases what no event told the worker about: threads assigned before its consumer
+//! first existed (it starts with new events), or departures older than the stream keeps.
+//!
 //! Whether an agent is available and a department exists is asked of the command side's
 //! own state at the moment of the check ([`events::chat::lookups`]), the same question the
 //! thread asks when assigned. Which threads an agent or department holds comes from the
@@ -30,6 +34,12 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::command_client::CommandClient;
 use crate::projection::{Effect, Projection, ProjectionError, Target};
+
+/// Releases sent to command-api at once.
+const PARALLEL: usize = 16;
+
+/// How often the read model is swept for threads the events did not release.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The process manager.
 pub struct Reassignment {
@@ -275,13 +285,20 @@ impl Projection for Reassignment {
                 .execute(conn)
                 .await?;
             }
+            // Recorded even before the thread has an assignment, so one assigned after it
+            // was closed is known as closed.
             ThreadEvent::Closed { .. } | ThreadEvent::Reopened { .. } => {
                 let open = matches!(*thread_event, ThreadEvent::Reopened { .. });
-                sqlx::query("UPDATE reassignment_threads SET open = $2 WHERE thread_id = $1")
-                    .bind(thread)
-                    .bind(open)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO reassignment_threads (thread_id, tenant_id, open)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (thread_id) DO UPDATE SET open = excluded.open",
+                )
+                .bind(thread)
+                .bind(tenant)
+                .bind(open)
+                .execute(conn)
+                .await?;
             }
             _ => {}
         }
@@ -345,14 +362,96 @@ impl Effect for Reassignment {
                 Seen::Nothing => {}
             }
         }
+        let mut gone = Vec::new();
         for (thread, suspect) in &suspects {
             let Some(held) = known.get(thread) else {
                 continue;
             };
             if self.gone(&held.tenant_id, suspect).await? {
-                self.release(thread, suspect).await?;
+                gone.push((thread.clone(), suspect.clone()));
+            }
+        }
+        self.release_all(&gone).await
+    }
+}
+
+impl Reassignment {
+    /// Releases `threads`, [`PARALLEL`] at a time: threads are independent, and an agent with
+    /// thousands of them must not hold the worker (and other tenants) for minutes.
+    async fn release_all(&self, threads: &[(String, Suspect)]) -> Result<(), ProjectionError> {
+        for chunk in threads.chunks(PARALLEL) {
+            let calls = chunk
+                .iter()
+                .map(|(thread, suspect)| self.release(thread, suspect));
+            for outcome in futures::future::join_all(calls).await {
+                outcome?;
             }
         }
         Ok(())
+    }
+
+    /// Releases every open thread, as the chat read model lists them, whose agent or
+    /// department is gone: what the events alone cannot catch — assignments and departures
+    /// from before the worker's consumer existed (it starts with new events) or older than
+    /// the stream keeps. Run when the projector starts and every [`SWEEP_EVERY`]; answers how
+    /// many threads it released.
+    pub async fn sweep(&self) -> Result<usize, ProjectionError> {
+        let mut gone = Vec::new();
+        let agents: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT tenant_id, agent_id FROM chat_threads
+              WHERE status = 'open' AND agent_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (tenant, agent) in agents {
+            let suspect = Suspect::Agent(agent.clone());
+            if !self.gone(&tenant, &suspect).await? {
+                continue;
+            }
+            let threads: Vec<String> = sqlx::query_scalar(
+                "SELECT id::text FROM chat_threads
+                  WHERE tenant_id = $1 AND agent_id = $2 AND status = 'open'",
+            )
+            .bind(&tenant)
+            .bind(&agent)
+            .fetch_all(&self.pool)
+            .await?;
+            gone.extend(threads.into_iter().map(|t| (t, suspect.clone())));
+        }
+        let departments: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT tenant_id, department FROM chat_threads
+              WHERE status = 'open' AND department IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (tenant, department) in departments {
+            let suspect = Suspect::Department(department.clone());
+            if !self.gone(&tenant, &suspect).await? {
+                continue;
+            }
+            let threads: Vec<String> = sqlx::query_scalar(
+                "SELECT id::text FROM chat_threads
+                  WHERE tenant_id = $1 AND department = $2 AND status = 'open'",
+            )
+            .bind(&tenant)
+            .bind(&department)
+            .fetch_all(&self.pool)
+            .await?;
+            gone.extend(threads.into_iter().map(|t| (t, suspect.clone())));
+        }
+        self.release_all(&gone).await?;
+        Ok(gone.len())
+    }
+
+    /// Sweeps now and every [`SWEEP_EVERY`], for as long as the projector runs.
+    pub async fn run_sweeps(self: std::sync::Arc<Self>) {
+        loop {
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "reassignment sweep released threads"),
+                Err(e) => tracing::warn!(error = %e, "reassignment sweep failed; will retry"),
+            }
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
     }
 }

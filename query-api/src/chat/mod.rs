@@ -190,6 +190,15 @@ async fn list(
     let limit = page::limit(params.limit)?;
     one_of(&params.status, &["open", "closed"], "status")?;
     one_of(&params.channel, &["web", "whatsapp", "sms"], "channel")?;
+    // Who handles a thread is the staff's business: a customer filtering by it would learn
+    // what the answer hides (outside probe: `assignee` and `department` as an oracle).
+    if matches!(who, Principal::Phone { .. })
+        && (params.assignee.is_some() || params.department.is_some())
+    {
+        return Err(Problem::forbidden(
+            "The assignee and department filters are for the tenant's staff.",
+        ));
+    }
     let department = plain(params.department, "department")?;
     let (agent, unassigned) = match plain(params.assignee, "assignee")?.as_deref() {
         None => (None, false),

@@ -430,3 +430,72 @@ async fn an_agent_given_a_role_that_takes_no_conversations_loses_their_open_thre
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn threads_of_agents_who_left_before_the_worker_existed_are_released_by_its_sweep() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    // The chat read model only: the reassignment worker's consumer does not exist yet (a
+    // first deployment, or an upgrade that adds it), and it starts with new events.
+    let read_models = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (_, admin, kim) = tenant_with_agent(&env, &api, &query).await;
+    let stuck = assigned_thread(&env, &api, &admin, Some(&kim), Some("sales")).await;
+    let deactivated = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/admin-users/{kim}/deactivate"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(deactivated.status(), 200);
+    thread_once(
+        &env,
+        &query,
+        &admin,
+        &stuck,
+        "the assignment projected",
+        |t| t["agent_id"] == kim.as_str(),
+    )
+    .await;
+    let worker = projector::effects::reassignment::Reassignment::new(
+        env.pool.clone(),
+        projector::command_client::CommandClient::new(
+            &api.url(""),
+            events::access::TokenKeys::new(SECRET),
+            "reassignment",
+        ),
+    );
+    assert_eq!(worker.sweep().await.expect("swept"), 1);
+    thread_once(&env, &query, &admin, &stuck, "released by the sweep", |t| {
+        t["agent_id"].is_null() && t["assignment_reason"] == "agent_unavailable"
+    })
+    .await;
+    // Nothing left to do: a second sweep releases nothing.
+    assert_eq!(worker.sweep().await.expect("swept"), 0);
+    read_models.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn customers_cannot_filter_their_threads_by_who_handles_them() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "filtered").await;
+    let customer = env.phone_user(&tenant, "phone-filter");
+    for filter in ["assignee=none", "assignee=me", "department=sales"] {
+        let r = env
+            .http
+            .get(query.url(&format!("/v1/chat/threads?{filter}")))
+            .bearer_auth(&customer)
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(r, 403, "forbidden").await;
+    }
+    query.stop().await;
+    api.stop().await;
+}
