@@ -274,6 +274,8 @@ impl Aggregate for Tenant {
             }
             TenantCommand::RemoveDepartment { name } => {
                 self.changeable()?;
+                // Named as it was added: surrounding spaces are not part of a name.
+                let name = name.trim().to_owned();
                 if !self.has_department(&name) {
                     return Err(TenantError::NoSuchDepartment);
                 }
@@ -703,7 +705,7 @@ mod tests {
         expect_events(
             vec![created(), added],
             TenantCommand::RemoveDepartment {
-                name: "Sales".into(),
+                name: "  Sales ".into(),
             },
             vec![TenantEvent::DepartmentRemoved {
                 name: "Sales".into(),
