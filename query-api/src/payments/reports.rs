@@ -15,13 +15,17 @@
 //!   quantity sold); `gross_paid` the sum of their totals (for products: of their lines'
 //!   gross amounts); `refunds` the sum of the refunds in the range; `gross` = `gross_paid` −
 //!   `refunds`; `net` = net paid − net refunded; `tax` = `gross` − `net`.
-//! - The net part of a refund is `round(amount × payment.net / payment.total)`.
+//! - The net part of a refund is rounded cumulatively over the payment's refunds:
+//!   `round(upto × payment.net / payment.total) − round(before × …)`, where `upto` is the
+//!   sum of the payment's refunds up to this one and `before` that of the ones before it. So
+//!   a payment refunded in many parts has exactly its whole net amount refunded at the end
+//!   (rounding each part on its own left a fully refunded payment at net 1, tax −1).
 //! - By product, a line's share of a refund is `amount × line.gross / payment.total` and its
-//!   net share `share × line.net / line.gross` (= `amount × line.net / payment.total`). Each
-//!   is rounded cumulatively over the payment's lines in order (a line gets the rounded
-//!   share of the lines up to it, less that of the lines before it), so the shares of a
-//!   refund add up to exactly the refund and its net part: the product report agrees to the
-//!   cent with the day report. A payment whose total is 0 refunds nothing.
+//!   net share `amount × line.net / payment.total`, rounded cumulatively over the payment's
+//!   lines in order and over its refunds in order (the rounded share of the lines up to it
+//!   and the refunds up to this one, less those before), so the shares of a refund add up to
+//!   exactly the refund and its net part: the product report agrees to the cent with the
+//!   day report. A payment whose total is 0 refunds nothing.
 //! - Product rows carry `tenant_id` (product ids are unique only within a tenant) and
 //!   `name`, the name of the product on its most recent payment line in the report.
 //! - Day keys are UTC dates (`YYYY-MM-DD`).
@@ -171,6 +175,18 @@ pub(crate) fn range(
     Ok((from, to))
 }
 
+/// The refunds of the payments refunded in the range (`$1`, `$2`), each with the payment's
+/// refunds so far: `upto` (this one included) and `before` (this one excluded). A refund's
+/// net part, and a line's share, is what rounding the payment's cumulative refunds gives,
+/// less what it gave before: the parts of a payment's refunds add up exactly (to its whole
+/// net amount once it is all refunded), however many partial refunds there were.
+const REFUNDS_SO_FAR: &str = "(SELECT payment_id, sequence, amount, refunded_at,
+                 sum(amount) OVER (PARTITION BY payment_id ORDER BY sequence) AS upto,
+                 sum(amount) OVER (PARTITION BY payment_id ORDER BY sequence) - amount AS before
+            FROM payment_refunds
+           WHERE payment_id IN (SELECT payment_id FROM payment_refunds
+                                 WHERE refunded_at >= $1 AND refunded_at < $2))";
+
 /// The report's statement. Its parts yield one row per payment paid (per line, by product)
 /// and one per refund (per line, by product) in the range, and it adds them up per group:
 /// `$1`/`$2` are the range; `filter` (the tenant, `$3`) starts with ` WHERE` and applies to
@@ -197,9 +213,10 @@ fn revenue_sql(group: GroupBy, filter: &str) -> String {
                    FROM payments p{filter} AND {paid}
                  UNION ALL
                  SELECT {refund_key}, NULL, p.currency, 0, 0, 0, r.amount,
-                        coalesce(round(r.amount::numeric * p.net / nullif(p.total, 0)), 0),
+                        coalesce(round(r.upto::numeric * p.net / nullif(p.total, 0))
+                                 - round(r.before::numeric * p.net / nullif(p.total, 0)), 0),
                         NULL, NULL
-                   FROM payment_refunds r JOIN payments p ON p.id = r.payment_id{filter}
+                   FROM {REFUNDS_SO_FAR} r JOIN payments p ON p.id = r.payment_id{filter}
                     AND {refunded}"
             )
         }
@@ -213,18 +230,21 @@ fn revenue_sql(group: GroupBy, filter: &str) -> String {
                FROM payments p JOIN payment_lines l ON l.payment_id = p.id{filter} AND {paid}
              UNION ALL
              SELECT key, tenant_id, currency, 0, 0, 0,
-                    gross_upto - gross_before, net_upto - net_before, name, named_at
+                    coalesce(round(upto * gross_upto / total) - round(upto * gross_before / total)
+                             - round(before * gross_upto / total)
+                             + round(before * gross_before / total), 0),
+                    coalesce(round(upto * net_upto / total) - round(upto * net_before / total)
+                             - round(before * net_upto / total)
+                             + round(before * net_before / total), 0),
+                    name, named_at
                FROM (SELECT l.product_id AS key, p.tenant_id, p.currency, l.name,
-                            p.requested_at AS named_at,
-                            coalesce(round(r.amount::numeric * sum(l.gross) OVER w
-                                           / nullif(p.total, 0)), 0) AS gross_upto,
-                            coalesce(round(r.amount::numeric * (sum(l.gross) OVER w - l.gross)
-                                           / nullif(p.total, 0)), 0) AS gross_before,
-                            coalesce(round(r.amount::numeric * sum(l.net) OVER w
-                                           / nullif(p.total, 0)), 0) AS net_upto,
-                            coalesce(round(r.amount::numeric * (sum(l.net) OVER w - l.net)
-                                           / nullif(p.total, 0)), 0) AS net_before
-                       FROM payment_refunds r
+                            p.requested_at AS named_at, nullif(p.total, 0)::numeric AS total,
+                            r.upto::numeric AS upto, r.before::numeric AS before,
+                            sum(l.gross) OVER w AS gross_upto,
+                            sum(l.gross) OVER w - l.gross AS gross_before,
+                            sum(l.net) OVER w AS net_upto,
+                            sum(l.net) OVER w - l.net AS net_before
+                       FROM {REFUNDS_SO_FAR} r
                        JOIN payments p ON p.id = r.payment_id
                        JOIN payment_lines l ON l.payment_id = r.payment_id{filter}
                         AND {refunded}

@@ -477,6 +477,61 @@ async fn stripe_signatures_made_by_stripes_library_are_accepted_and_forgeries_re
 }
 
 #[tokio::test]
+async fn a_payment_refunded_in_many_parts_leaves_nothing_in_the_revenue_reports() {
+    let stack = Stack::start(None, None, true).await;
+    let (payment, _) = stack.request("stripe").await;
+    let paid = checkout_completed("evt_parts_paid", &payment, 13200);
+    assert_eq!(stack.stripe_signed(&paid).await.status(), 200);
+    stack
+        .payment_when(&payment, "paid", |p| p["status"] == "paid")
+        .await;
+    // Stripe reports what was refunded so far: 1.00, then 2.00, 3.00, and all of it.
+    for (n, so_far) in [100, 200, 300, 13200].into_iter().enumerate() {
+        let refund = charge_refunded(
+            &format!("evt_part_{n}"),
+            &format!("pi_for_{payment}"),
+            so_far,
+        );
+        assert_eq!(stack.stripe_signed(&refund).await.status(), 200);
+        stack
+            .payment_when(&payment, "the refund applied", |p| p["refunded"] == so_far)
+            .await;
+    }
+    let today = Utc::now().date_naive();
+    let range = format!("from={today}&to={}", today.succ_opt().expect("tomorrow"));
+    let stack = &stack;
+    let report = |group: &'static str| {
+        let url = stack.query.url(&format!(
+            "/v1/payments/reports/revenue?group_by={group}&{range}"
+        ));
+        async move { stack.env.get_json(&url, &stack.admin).await }
+    };
+    let by_day = report("day").await;
+    let row = &by_day["rows"][0];
+    assert_eq!(
+        (
+            row["gross"].as_i64(),
+            row["net"].as_i64(),
+            row["tax"].as_i64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "a fully refunded payment leaves nothing, to the cent: {by_day}"
+    );
+    let by_product = report("product").await;
+    for row in by_product["rows"].as_array().expect("rows") {
+        assert_eq!(
+            (
+                row["gross"].as_i64(),
+                row["net"].as_i64(),
+                row["tax"].as_i64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{by_product}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_webhook_delivered_five_times_at_once_is_one_event_and_one_payment_change() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
