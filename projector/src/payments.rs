@@ -359,7 +359,8 @@ impl Projection for PaymentsProjection {
                     at,
                     ..
                 } => (
-                    "status = 'paid', provider_reference = $4, paid_at = $5",
+                    // A payment paid after it was cancelled or failed is no longer in error.
+                    "status = 'paid', provider_reference = $4, paid_at = $5, last_error = NULL",
                     Some(provider_reference),
                     Some(at),
                 ),

@@ -477,6 +477,32 @@ async fn stripe_signatures_made_by_stripes_library_are_accepted_and_forgeries_re
 }
 
 #[tokio::test]
+async fn a_payment_paid_after_it_was_cancelled_shows_no_error() {
+    let stack = Stack::start(None, None, true).await;
+    let (payment, _) = stack.request("stripe").await;
+    let cancelled = stack
+        .post(
+            &format!("/v1/payments/{payment}/cancel"),
+            &stack.admin,
+            json!({"reason": "customer left"}),
+        )
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    stack
+        .payment_when(&payment, "cancelled", |p| {
+            p["status"] == "cancelled" && p["last_error"] == "customer left"
+        })
+        .await;
+    // The customer paid through the link anyway: the money was taken.
+    let paid = checkout_completed("evt_paid_after_cancel", &payment, 13200);
+    assert_eq!(stack.stripe_signed(&paid).await.status(), 200);
+    let row = stack
+        .payment_when(&payment, "paid", |p| p["status"] == "paid")
+        .await;
+    assert!(row["last_error"].is_null(), "{row}");
+}
+
+#[tokio::test]
 async fn a_payment_refunded_in_many_parts_leaves_nothing_in_the_revenue_reports() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
