@@ -30,6 +30,17 @@ fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
+/// Reasons a provider's report was not applied although money moved (a charge or a refund
+/// the payment does not show): staff must act on them (migration 0026). Repeats
+/// (`already_paid`, `refund_already_recorded`) and late failures after a payment need not.
+const NEEDS_ATTENTION: [&str; 5] = [
+    "duplicate_charge",
+    "amount_mismatch",
+    "provider_mismatch",
+    "not_paid",
+    "refund_exceeds_paid",
+];
+
 /// The `webhooks` read model.
 pub struct WebhooksProjection;
 
@@ -404,7 +415,15 @@ impl Projection for PaymentsProjection {
                     .await?;
                     return Ok(());
                 }
-                // Recorded on the payment's timeline (the event store); the row keeps its state.
+                // Recorded on the payment's timeline (the event store); the row keeps its
+                // state, and shows the reports of money that moved and was not applied.
+                PaymentEvent::ProviderStatusIgnored {
+                    status, reason, at, ..
+                } if NEEDS_ATTENTION.contains(&reason.as_str()) => (
+                    "attention = $4, attention_at = $5",
+                    Some(format!("{status}:{reason}")),
+                    Some(at),
+                ),
                 PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
             };
         let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");

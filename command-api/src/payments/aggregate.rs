@@ -263,6 +263,9 @@ pub struct Payment {
     description: Option<String>,
     /// Webhooks already taken into account.
     webhooks: BTreeSet<String>,
+    /// The provider's transaction that paid it (absent in snapshots written before).
+    #[serde(default)]
+    provider_reference: Option<String>,
 }
 
 impl Payment {
@@ -431,7 +434,13 @@ impl Payment {
                 reference,
             } => {
                 if self.status.was_paid() {
-                    ignored("already_paid")
+                    // The same transaction reported again is a repeat; another one is a
+                    // second charge of the customer, which staff must refund.
+                    if self.provider_reference.as_ref() == Some(&reference) {
+                        ignored("already_paid")
+                    } else {
+                        ignored("duplicate_charge")
+                    }
                 } else if currency != self.currency || amount != self.total {
                     ignored("amount_mismatch")
                 } else {
@@ -604,8 +613,12 @@ impl Aggregate for Payment {
             }
             PaymentEvent::LinkFailed { .. } => {}
             PaymentEvent::Paid {
-                amount, webhook_id, ..
+                amount,
+                webhook_id,
+                provider_reference,
+                ..
             } => {
+                self.provider_reference = Some(provider_reference);
                 self.paid = amount;
                 self.status = Status::Paid;
                 self.webhooks.insert(webhook_id);
@@ -1007,6 +1020,21 @@ mod tests {
             .given(vec![requested(), link(), paid("w1")])
             .when(status("w2", paid_status(13_200)))
             .then_expect_events(vec![ignored("paid", "already_paid", "w2")]);
+    }
+
+    #[test]
+    fn a_paid_naming_another_transaction_is_recorded_as_a_duplicate_charge() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status(
+                "w2",
+                ProviderStatus::Paid {
+                    amount: 13_200,
+                    currency: "EUR".into(),
+                    reference: "tx-2".into(),
+                },
+            ))
+            .then_expect_events(vec![ignored("paid", "duplicate_charge", "w2")]);
     }
 
     #[test]

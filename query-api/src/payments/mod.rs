@@ -151,6 +151,12 @@ pub struct PaymentView {
     provider_reference: Option<String>,
     /// The latest failure (link refused, attempt failed).
     last_error: Option<String>,
+    /// The latest provider report of money that moved and was not applied, as
+    /// `{status}:{reason}` (`paid:duplicate_charge`, `paid:amount_mismatch`,
+    /// `refunded:not_paid`, …): staff must act on it. Its webhook is in the timeline.
+    attention: Option<String>,
+    /// When that report came.
+    attention_at: Option<DateTime<Utc>>,
     /// When it was requested.
     requested_at: DateTime<Utc>,
     /// When the provider confirmed it.
@@ -164,7 +170,8 @@ pub struct PaymentView {
 /// The payment columns, table alias `p`.
 const COLUMNS: &str = "p.id, p.tenant_id, p.provider, p.status, p.currency, p.net, p.tax, \
      p.total, p.refunded, p.customer_reference, p.description, p.link_url, p.link_expires_at, \
-     p.provider_order_id, p.provider_reference, p.last_error, p.requested_at, p.paid_at, \
+     p.provider_order_id, p.provider_reference, p.last_error, p.attention, p.attention_at, \
+     p.requested_at, p.paid_at, \
      p.updated_at, p.version";
 
 /// Filters and page of the list.
@@ -179,6 +186,8 @@ pub struct ListParams {
     tenant_id: Option<String>,
     /// Exactly this customer reference.
     customer_reference: Option<String>,
+    /// `true`: only payments with a report that needs attention; `false`: only without.
+    attention: Option<bool>,
     /// Page size, 1–200 (default 50).
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
@@ -211,6 +220,11 @@ async fn list(
     w.text("p.status = ?", params.status);
     w.text("p.provider = ?", params.provider);
     w.text("p.customer_reference = ?", customer);
+    match params.attention {
+        Some(true) => w.and("p.attention IS NOT NULL"),
+        Some(false) => w.and("p.attention IS NULL"),
+        None => {}
+    }
     w.keyset(
         "p.requested_at, p.id",
         page::cursor(params.cursor.as_deref())?,

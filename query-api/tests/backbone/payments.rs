@@ -503,6 +503,66 @@ async fn a_payment_paid_after_it_was_cancelled_shows_no_error() {
 }
 
 #[tokio::test]
+async fn money_the_payment_could_not_take_shows_on_it_for_staff_to_act_on() {
+    let stack = Stack::start(None, None, true).await;
+    let completed = |event: &str, payment: &str, edit: &dyn Fn(&mut Value)| {
+        let mut body: Value =
+            serde_json::from_str(&checkout_completed(event, payment, 13200)).expect("json");
+        edit(&mut body["data"]["object"]);
+        body.to_string()
+    };
+    // Paid in another currency: not applied, and the payment says so.
+    let (wrong_currency, _) = stack.request("stripe").await;
+    let usd = completed("evt_usd", &wrong_currency, &|o| {
+        o["currency"] = json!("usd")
+    });
+    assert_eq!(stack.stripe_signed(&usd).await.status(), 200);
+    let row = stack
+        .payment_when(&wrong_currency, "flagged", |p| p["attention"].is_string())
+        .await;
+    assert_eq!(row["attention"], "paid:amount_mismatch");
+    assert_eq!(row["status"], "requested", "not applied");
+    // Charged twice: the first applies, the second is a duplicate charge to refund.
+    let (twice, _) = stack.request("stripe").await;
+    let first = completed("evt_first", &twice, &|_| {});
+    assert_eq!(stack.stripe_signed(&first).await.status(), 200);
+    stack
+        .payment_when(&twice, "paid", |p| p["status"] == "paid")
+        .await;
+    // The same charge told again (another event about it) is only a repeat.
+    let again = completed("evt_again", &twice, &|_| {});
+    assert_eq!(stack.stripe_signed(&again).await.status(), 200);
+    let second = completed("evt_second", &twice, &|o| {
+        o["payment_intent"] = json!("pi_second_charge")
+    });
+    assert_eq!(stack.stripe_signed(&second).await.status(), 200);
+    let row = stack
+        .payment_when(&twice, "flagged", |p| p["attention"].is_string())
+        .await;
+    assert_eq!(row["attention"], "paid:duplicate_charge");
+    assert_eq!(row["status"], "paid");
+    // Admins list what needs them.
+    let (quiet, _) = stack.request("stripe").await;
+    let listed = stack
+        .env
+        .get_json(
+            &stack.query.url("/v1/payments?attention=true"),
+            &stack.admin,
+        )
+        .await;
+    let mut ids: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![wrong_currency.as_str(), twice.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "not {quiet}");
+}
+
+#[tokio::test]
 async fn a_payment_refunded_in_many_parts_leaves_nothing_in_the_revenue_reports() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
