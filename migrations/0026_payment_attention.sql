@@ -1,5 +1,5 @@
 -- A provider's report that money moved and could not be applied to the payment — a second
--- charge, a payment in another currency or amount, a refund before the payment or above it
+-- charge, a payment in another currency or amount, a refund above the payment
 -- — is recorded on the payment's timeline (`ProviderStatusIgnored`) and, since staff must
 -- act on it (refund the customer, correct the books), shown on the payment itself:
 -- `attention` is `{status}:{reason}` of the latest such report (e.g. `paid:duplicate_charge`),

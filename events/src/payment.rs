@@ -206,6 +206,19 @@ pub enum PaymentEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The provider reported a refund before it confirmed the payment (its events came out
+    /// of order): held, and applied when the payment is confirmed, so the payment ends the
+    /// same whatever order the provider's events come in.
+    RefundHeld {
+        /// All refunds so far, as the provider reported them.
+        refunded_total: i64,
+        /// Their currency.
+        currency: String,
+        /// The webhook that said so.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A provider status that may not apply (a "failed" after "paid", an amount that does
     /// not match, a refund above what was paid) was recorded and not applied.
     ProviderStatusIgnored {
@@ -231,6 +244,7 @@ impl DomainEvent for PaymentEvent {
             PaymentEvent::Expired { .. } => "Expired",
             PaymentEvent::Cancelled { .. } => "Cancelled",
             PaymentEvent::Refunded { .. } => "Refunded",
+            PaymentEvent::RefundHeld { .. } => "RefundHeld",
             PaymentEvent::ProviderStatusIgnored { .. } => "ProviderStatusIgnored",
         }
         .to_owned()

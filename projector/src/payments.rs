@@ -37,6 +37,7 @@ const NEEDS_ATTENTION: [&str; 5] = [
     "duplicate_charge",
     "amount_mismatch",
     "provider_mismatch",
+    // Written by events recorded before refunds were held until the payment.
     "not_paid",
     "refund_exceeds_paid",
 ];
@@ -425,6 +426,8 @@ impl Projection for PaymentsProjection {
                     Some(at),
                 ),
                 PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
+                // Applied with the payment's confirmation (then a `Refunded` follows).
+                PaymentEvent::RefundHeld { .. } => ("status = status", None, None),
             };
         let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");
         sql.push_str(" WHERE id = $1::uuid");

@@ -266,6 +266,10 @@ pub struct Payment {
     /// The provider's transaction that paid it (absent in snapshots written before).
     #[serde(default)]
     provider_reference: Option<String>,
+    /// A refund reported before the payment was confirmed: all refunds so far, their
+    /// currency, and the webhook that said so.
+    #[serde(default)]
+    held_refund: Option<(i64, String, String)>,
 }
 
 impl Payment {
@@ -407,14 +411,49 @@ impl Payment {
                         at,
                     }]);
                 }
-                Ok(vec![self.provider_status(webhook_id, status, at)])
+                Ok(self.provider_status(webhook_id, status, at))
             }
         }
     }
 
-    /// The event a provider's status leads to: the change, or the record that it was not
-    /// applied.
+    /// The events a provider's status leads to: the change (with a refund held until then,
+    /// once paid), or the record that it was not applied.
     fn provider_status(
+        &self,
+        webhook_id: String,
+        status: ProviderStatus,
+        at: DateTime<Utc>,
+    ) -> Vec<PaymentEvent> {
+        let event = self.provider_change(webhook_id, status, at);
+        let mut events = vec![event];
+        if let (PaymentEvent::Paid { amount, .. }, Some((total, currency, webhook))) =
+            (&events[0], &self.held_refund)
+        {
+            let (paid, refunded_total, webhook_id) = (*amount, *total, webhook.clone());
+            let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
+                status: "refunded".into(),
+                reason: reason.into(),
+                webhook_id: webhook_id.clone(),
+                at,
+            };
+            events.push(if currency != &self.currency {
+                ignored("amount_mismatch")
+            } else if refunded_total > paid {
+                ignored("refund_exceeds_paid")
+            } else {
+                PaymentEvent::Refunded {
+                    amount: refunded_total,
+                    refunded_total,
+                    webhook_id: webhook_id.clone(),
+                    at,
+                }
+            });
+        }
+        events
+    }
+
+    /// The one event a provider's status leads to by itself.
+    fn provider_change(
         &self,
         webhook_id: String,
         status: ProviderStatus,
@@ -475,7 +514,19 @@ impl Payment {
                 currency,
             } => {
                 if !self.status.was_paid() {
-                    ignored("not_paid")
+                    // Out of order (the confirmation is on its way, or the customer paid a
+                    // payment staff had given up on): held until the payment is confirmed.
+                    match &self.held_refund {
+                        Some((held, ..)) if *held >= refunded_total => {
+                            ignored("refund_already_recorded")
+                        }
+                        _ => PaymentEvent::RefundHeld {
+                            refunded_total,
+                            currency,
+                            webhook_id,
+                            at,
+                        },
+                    }
                 } else if currency != self.currency {
                     ignored("amount_mismatch")
                 } else if refunded_total > self.paid {
@@ -621,6 +672,17 @@ impl Aggregate for Payment {
                 self.provider_reference = Some(provider_reference);
                 self.paid = amount;
                 self.status = Status::Paid;
+                self.webhooks.insert(webhook_id);
+                // Applied (or recorded as not applicable) by the events that follow it.
+                self.held_refund = None;
+            }
+            PaymentEvent::RefundHeld {
+                refunded_total,
+                currency,
+                webhook_id,
+                ..
+            } => {
+                self.held_refund = Some((refunded_total, currency, webhook_id.clone()));
                 self.webhooks.insert(webhook_id);
             }
             PaymentEvent::Failed { webhook_id, .. } => {
@@ -1072,12 +1134,57 @@ mod tests {
             .then_expect_events(vec![ignored("refunded", "refund_exceeds_paid", "w2")]);
     }
 
+    fn held(total: i64, webhook: &str) -> PaymentEvent {
+        PaymentEvent::RefundHeld {
+            refunded_total: total,
+            currency: "EUR".into(),
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
     #[test]
-    fn a_refund_before_payment_is_recorded_not_applied() {
+    fn a_refund_before_the_payment_is_held() {
         framework()
             .given(vec![requested(), link()])
             .when(status("w2", refunded_status(100)))
-            .then_expect_events(vec![ignored("refunded", "not_paid", "w2")]);
+            .then_expect_events(vec![held(100, "w2")]);
+        // A later report of more refunds replaces it; one of less or as much is a repeat.
+        framework()
+            .given(vec![requested(), link(), held(100, "w2")])
+            .when(status("w3", refunded_status(300)))
+            .then_expect_events(vec![held(300, "w3")]);
+        framework()
+            .given(vec![requested(), link(), held(300, "w3")])
+            .when(status("w4", refunded_status(300)))
+            .then_expect_events(vec![ignored("refunded", "refund_already_recorded", "w4")]);
+    }
+
+    #[test]
+    fn a_held_refund_is_applied_when_the_payment_is_confirmed() {
+        framework()
+            .given(vec![requested(), link(), held(13_200, "w2")])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![
+                paid("w1"),
+                PaymentEvent::Refunded {
+                    amount: 13_200,
+                    refunded_total: 13_200,
+                    webhook_id: "w2".into(),
+                    at: t0(),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_held_refund_above_the_payment_is_recorded_not_applied() {
+        framework()
+            .given(vec![requested(), link(), held(99_999, "w2")])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![
+                paid("w1"),
+                ignored("refunded", "refund_exceeds_paid", "w2"),
+            ]);
     }
 
     #[test]

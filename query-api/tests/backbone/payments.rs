@@ -563,6 +563,36 @@ async fn money_the_payment_could_not_take_shows_on_it_for_staff_to_act_on() {
 }
 
 #[tokio::test]
+async fn a_refund_reported_before_the_payment_is_applied_when_the_payment_is_confirmed() {
+    let stack = Stack::start(None, None, true).await;
+    let (payment, _) = stack.request("stripe").await;
+    // Stripe's events come out of order: the refund (naming the payment) first.
+    let mut refund: Value = serde_json::from_str(&charge_refunded(
+        "evt_early_refund",
+        &format!("pi_for_{payment}"),
+        13200,
+    ))
+    .expect("json");
+    refund["data"]["object"]["metadata"] = json!({ "payment_id": payment });
+    let id = webhook_of(stack.stripe_signed(&refund.to_string()).await).await;
+    stack
+        .webhook_when(&id, "the early refund processed", |w| {
+            w["status"] == "processed"
+        })
+        .await;
+    let paid = checkout_completed("evt_late_confirmation", &payment, 13200);
+    assert_eq!(stack.stripe_signed(&paid).await.status(), 200);
+    let row = stack
+        .payment_when(&payment, "paid, then refunded", |p| {
+            p["status"] == "refunded"
+        })
+        .await;
+    assert_eq!(row["refunded"], 13200, "{row}");
+    assert!(row["attention"].is_null(), "{row}");
+    assert_eq!(stack.payment_events(&payment, "Refunded").await, 1);
+}
+
+#[tokio::test]
 async fn a_payment_refunded_in_many_parts_leaves_nothing_in_the_revenue_reports() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
