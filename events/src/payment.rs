@@ -214,6 +214,10 @@ pub enum PaymentEvent {
         refunded_total: i64,
         /// Their currency.
         currency: String,
+        /// The provider's transaction refunded, when it said (applied only to the one that
+        /// pays the payment).
+        #[serde(default)]
+        reference: Option<String>,
         /// The webhook that said so.
         webhook_id: String,
         /// When.

@@ -425,6 +425,17 @@ impl Projection for PaymentsProjection {
                     Some(format!("{status}:{reason}")),
                     Some(at),
                 ),
+                // The duplicate charge was returned: nothing is left for staff to do.
+                PaymentEvent::ProviderStatusIgnored { reason, .. }
+                    if reason == "refund_of_another_charge" =>
+                {
+                    (
+                        "attention = CASE WHEN attention = 'paid:duplicate_charge' THEN NULL ELSE attention END,
+                         attention_at = CASE WHEN attention = 'paid:duplicate_charge' THEN NULL ELSE attention_at END",
+                        None,
+                        None,
+                    )
+                }
                 PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
                 // Applied with the payment's confirmation (then a `Refunded` follows).
                 PaymentEvent::RefundHeld { .. } => ("status = status", None, None),

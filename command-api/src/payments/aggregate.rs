@@ -111,6 +111,8 @@ pub enum ProviderStatus {
         refunded_total: i64,
         /// ISO 4217.
         currency: String,
+        /// The provider's transaction refunded, when it says (a Stripe payment intent).
+        reference: Option<String>,
     },
 }
 
@@ -266,10 +268,22 @@ pub struct Payment {
     /// The provider's transaction that paid it (absent in snapshots written before).
     #[serde(default)]
     provider_reference: Option<String>,
-    /// A refund reported before the payment was confirmed: all refunds so far, their
-    /// currency, and the webhook that said so.
+    /// A refund reported before the payment was confirmed.
     #[serde(default)]
-    held_refund: Option<(i64, String, String)>,
+    held_refund: Option<HeldRefund>,
+}
+
+/// A refund reported before the payment it refunds was confirmed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct HeldRefund {
+    /// All refunds so far.
+    refunded_total: i64,
+    /// Their currency.
+    currency: String,
+    /// The webhook that said so.
+    webhook_id: String,
+    /// The provider's transaction refunded, when it said.
+    reference: Option<String>,
 }
 
 impl Payment {
@@ -426,18 +440,31 @@ impl Payment {
     ) -> Vec<PaymentEvent> {
         let event = self.provider_change(webhook_id, status, at);
         let mut events = vec![event];
-        if let (PaymentEvent::Paid { amount, .. }, Some((total, currency, webhook))) =
-            (&events[0], &self.held_refund)
+        if let (
+            PaymentEvent::Paid {
+                amount,
+                provider_reference,
+                ..
+            },
+            Some(held),
+        ) = (&events[0], &self.held_refund)
         {
-            let (paid, refunded_total, webhook_id) = (*amount, *total, webhook.clone());
+            let (paid, refunded_total, webhook_id) =
+                (*amount, held.refunded_total, held.webhook_id.clone());
             let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
                 status: "refunded".into(),
                 reason: reason.into(),
                 webhook_id: webhook_id.clone(),
                 at,
             };
-            events.push(if currency != &self.currency {
+            events.push(if held.currency != self.currency {
                 ignored("amount_mismatch")
+            } else if held
+                .reference
+                .as_ref()
+                .is_some_and(|r| r != provider_reference)
+            {
+                ignored("refund_of_another_charge")
             } else if refunded_total > paid {
                 ignored("refund_exceeds_paid")
             } else {
@@ -512,21 +539,30 @@ impl Payment {
             ProviderStatus::Refunded {
                 refunded_total,
                 currency,
+                reference,
             } => {
                 if !self.status.was_paid() {
                     // Out of order (the confirmation is on its way, or the customer paid a
                     // payment staff had given up on): held until the payment is confirmed.
                     match &self.held_refund {
-                        Some((held, ..)) if *held >= refunded_total => {
+                        Some(held) if held.refunded_total >= refunded_total => {
                             ignored("refund_already_recorded")
                         }
                         _ => PaymentEvent::RefundHeld {
                             refunded_total,
                             currency,
+                            reference,
                             webhook_id,
                             at,
                         },
                     }
+                } else if reference
+                    .as_ref()
+                    .is_some_and(|r| Some(r) != self.provider_reference.as_ref())
+                {
+                    // A refund of another transaction (a duplicate charge being returned):
+                    // the payment keeps what it was paid.
+                    ignored("refund_of_another_charge")
                 } else if currency != self.currency {
                     ignored("amount_mismatch")
                 } else if refunded_total > self.paid {
@@ -679,10 +715,16 @@ impl Aggregate for Payment {
             PaymentEvent::RefundHeld {
                 refunded_total,
                 currency,
+                reference,
                 webhook_id,
                 ..
             } => {
-                self.held_refund = Some((refunded_total, currency, webhook_id.clone()));
+                self.held_refund = Some(HeldRefund {
+                    refunded_total,
+                    currency,
+                    webhook_id: webhook_id.clone(),
+                    reference,
+                });
                 self.webhooks.insert(webhook_id);
             }
             PaymentEvent::Failed { webhook_id, .. } => {
@@ -840,6 +882,7 @@ mod tests {
 
     fn refunded_status(total: i64) -> ProviderStatus {
         ProviderStatus::Refunded {
+            reference: None,
             refunded_total: total,
             currency: "EUR".into(),
         }
@@ -1138,6 +1181,7 @@ mod tests {
         PaymentEvent::RefundHeld {
             refunded_total: total,
             currency: "EUR".into(),
+            reference: None,
             webhook_id: webhook.into(),
             at: t0(),
         }
@@ -1174,6 +1218,28 @@ mod tests {
                     at: t0(),
                 },
             ]);
+    }
+
+    #[test]
+    fn a_refund_of_another_transaction_leaves_the_payment_as_paid() {
+        let of = |reference: &str| ProviderStatus::Refunded {
+            refunded_total: 13_200,
+            currency: "EUR".into(),
+            reference: Some(reference.into()),
+        };
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", of("tx-2")))
+            .then_expect_events(vec![ignored("refunded", "refund_of_another_charge", "w2")]);
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w2", of("tx-1")))
+            .then_expect_events(vec![PaymentEvent::Refunded {
+                amount: 13_200,
+                refunded_total: 13_200,
+                webhook_id: "w2".into(),
+                at: t0(),
+            }]);
     }
 
     #[test]

@@ -351,6 +351,7 @@ fn stripe(event_type: &str, body: &Value) -> Meaning {
             (Some(refunded_total), Some(currency)) => Some(ProviderStatus::Refunded {
                 refunded_total,
                 currency,
+                reference: text(object, "/payment_intent").map(str::to_owned),
             }),
             _ => None,
         },
@@ -452,7 +453,8 @@ mod tests {
             meaning.status,
             Some(ProviderStatus::Refunded {
                 refunded_total: 1000,
-                currency: "EUR".into()
+                currency: "EUR".into(),
+                reference: Some("pi_1".into()),
             })
         );
     }

@@ -541,6 +541,33 @@ async fn money_the_payment_could_not_take_shows_on_it_for_staff_to_act_on() {
         .await;
     assert_eq!(row["attention"], "paid:duplicate_charge");
     assert_eq!(row["status"], "paid");
+    // The merchant returns the second charge: the payment keeps what it was paid, and
+    // nothing is left to act on.
+    let mut refund: Value = serde_json::from_str(&charge_refunded(
+        "evt_second_returned",
+        "pi_second_charge",
+        13200,
+    ))
+    .expect("json");
+    refund["data"]["object"]["metadata"] = json!({ "payment_id": twice });
+    assert_eq!(stack.stripe_signed(&refund.to_string()).await.status(), 200);
+    let row = stack
+        .payment_when(&twice, "the duplicate returned", |p| {
+            p["attention"].is_null()
+        })
+        .await;
+    assert_eq!(
+        (row["status"].as_str(), row["refunded"].as_i64()),
+        (Some("paid"), Some(0))
+    );
+    let (flagged, _) = stack.request("stripe").await;
+    let flag = completed("evt_flag", &flagged, &|o| o["amount_total"] = json!(99));
+    assert_eq!(stack.stripe_signed(&flag).await.status(), 200);
+    stack
+        .payment_when(&flagged, "flagged", |p| {
+            p["attention"] == "paid:amount_mismatch"
+        })
+        .await;
     // Admins list what needs them.
     let (quiet, _) = stack.request("stripe").await;
     let listed = stack
@@ -557,7 +584,7 @@ async fn money_the_payment_could_not_take_shows_on_it_for_staff_to_act_on() {
         .filter_map(|p| p["id"].as_str())
         .collect();
     ids.sort_unstable();
-    let mut expected = vec![wrong_currency.as_str(), twice.as_str()];
+    let mut expected = vec![wrong_currency.as_str(), flagged.as_str()];
     expected.sort_unstable();
     assert_eq!(ids, expected, "not {quiet}");
 }
