@@ -402,7 +402,15 @@ async fn process(
         }
         Provider::Whatsapp => {
             let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
-            crate::whatsapp::routes::process_webhook(&state, &id, &received.payload, metadata).await
+            let received_by = (tenant != PLATFORM_TENANT).then_some(tenant.as_str());
+            crate::whatsapp::routes::process_webhook(
+                &state,
+                &id,
+                &received.payload,
+                received_by,
+                metadata,
+            )
+            .await
         }
         provider => {
             let meaning = interpret::interpret(provider, &received.event_type, &received.payload);

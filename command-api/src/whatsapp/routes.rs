@@ -893,12 +893,18 @@ pub async fn owner_of_item(state: &AppState, payload: &Value) -> Result<Option<S
 }
 
 /// Processes one kept WhatsApp item: a message lands in the conversation and its thread; a
-/// status moves an outbound message forward. An item for a number no session has is
-/// recorded (its webhook) and can be replayed once the number is connected.
+/// status moves an outbound message forward. An item for a number no session had when it
+/// arrived is recorded (its webhook) and can be replayed once the number is connected.
+///
+/// An item belongs to the tenant whose session held the number when it **arrived**
+/// (`received_by`, the webhook's own tenant): processed later — after a backlog, a
+/// suspension, a retry — it still lands with that tenant, even if the number has since been
+/// disconnected and connected by another.
 pub(crate) async fn process_webhook(
     state: &AppState,
     webhook_id: &str,
     payload: &Value,
+    received_by: Option<&str>,
     metadata: impl Fn(&str) -> Metadata,
 ) -> Processing {
     let ignored = |detail: String| Processing::Done(Outcome::Ignored, None, detail);
@@ -910,12 +916,17 @@ pub(crate) async fn process_webhook(
         return ignored("names no phone number id".into());
     };
     let session = session_id(number);
-    let tenant = match state.wa_sessions.load(&session).await {
-        Ok(s) => match s.tenant_id() {
-            Some(t) => t.to_owned(),
-            None => return ignored(format!("no session has phone number id {number}")),
+    let tenant = match received_by {
+        Some(tenant) => tenant.to_owned(),
+        // No session had the number when the item arrived: its owner now, if any (a
+        // replay after the number was connected).
+        None => match state.wa_sessions.load(&session).await {
+            Ok(s) => match s.tenant_id() {
+                Some(t) => t.to_owned(),
+                None => return ignored(format!("no session has phone number id {number}")),
+            },
+            Err(e) => return unavailable(&e),
         },
-        Err(e) => return unavailable(&e),
     };
     // Nothing of a suspended tenant is processed: the delivery waits for its reactivation.
     if state.access.is_suspended(&tenant) {

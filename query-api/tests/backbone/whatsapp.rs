@@ -1693,3 +1693,49 @@ async fn a_file_attached_to_a_thread_reply_is_uploaded_and_sent_as_media() {
     assert_eq!(m["kind"], "document");
     assert_eq!(m["thread_id"], thread.as_str());
 }
+
+#[tokio::test]
+async fn a_message_belongs_to_the_tenant_that_held_the_number_when_it_arrived() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    // A message arrives while tenant A holds the number, and waits in a backlog...
+    let r = wa
+        .post_delivery(
+            &delivery(
+                NUMBER_ID,
+                json!([text(
+                    "wamid.BACKLOG",
+                    "Is my order ready?",
+                    Utc::now().timestamp()
+                )]),
+                json!([]),
+            ),
+            APP_SECRET,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.expect("json");
+    // ...while A disconnects and tenant B connects the same number.
+    assert_eq!(wa.disconnect(&session, &wa.admin).await.status(), 200);
+    let (other, _) = create_tenant(&wa.env, &wa.api, &format!("wb{}", &wa.env.prefix[1..9])).await;
+    let other_admin = wa.env.admin_of(&other);
+    assert_eq!(wa.connect(&other_admin, TOKEN).await.status(), 201);
+    wa.processed(&answer).await;
+    let inbox = |token: String| {
+        let url = wa.query.url("/v1/chat/threads?channel=whatsapp");
+        let env = &wa.env;
+        async move { env.get_json(&url, &token).await }
+    };
+    let mine = eventually(Duration::from_secs(20), "A's thread", || async {
+        let page = inbox(wa.admin.clone()).await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(mine["items"][0]["customer_id"], format!("+{CONTACT}"));
+    let theirs = inbox(other_admin.clone()).await;
+    assert_eq!(
+        theirs["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing for the tenant that took the number later: {theirs}"
+    );
+}
