@@ -538,6 +538,31 @@ pub enum ConversationEvent {
         /// The webhook that reported it.
         webhook_id: String,
     },
+    /// The agent edited a reply that had not gone out yet: it goes out as edited.
+    MessageRevised {
+        /// Which message.
+        message_id: String,
+        /// The thread it belongs to, if any.
+        #[serde(default)]
+        thread_id: Option<String>,
+        /// What it says now.
+        content: Outbound,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The agent edited or deleted a reply the provider had already accepted: the contact
+    /// has the original, and the agent is told so.
+    ChangeNotDelivered {
+        /// Which message.
+        message_id: String,
+        /// The thread it belongs to, if any (for the realtime worker).
+        #[serde(default)]
+        thread_id: Option<String>,
+        /// `edited` or `deleted`.
+        change: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ConversationEvent {
@@ -553,6 +578,8 @@ impl DomainEvent for ConversationEvent {
             ConversationEvent::StatusUpdated { .. } => "StatusUpdated",
             ConversationEvent::MediaStored { .. } => "MediaStored",
             ConversationEvent::MediaFailed { .. } => "MediaFailed",
+            ConversationEvent::MessageRevised { .. } => "MessageRevised",
+            ConversationEvent::ChangeNotDelivered { .. } => "ChangeNotDelivered",
         }
         .to_owned()
     }

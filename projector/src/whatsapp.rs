@@ -360,6 +360,37 @@ async fn conversation(
             .execute(&mut *conn)
             .await?;
         }
+        ConversationEvent::MessageRevised {
+            message_id,
+            content,
+            ..
+        } => {
+            let text = outbound_text(&content);
+            let content = serde_json::to_value(&content).unwrap_or_default();
+            sqlx::query(&update("text = $4, content = $5"))
+                .bind(&message_id)
+                .bind(recorded)
+                .bind(version)
+                .bind(text)
+                .bind(content)
+                .execute(&mut *conn)
+                .await?;
+        }
+        // The message stays as sent; the change that did not reach the contact shows as its
+        // error, so the thread says it plainly.
+        ConversationEvent::ChangeNotDelivered {
+            message_id, change, ..
+        } => {
+            let (code, error) = not_delivered(&change);
+            sqlx::query(&update("error_code = $4, error = $5"))
+                .bind(&message_id)
+                .bind(recorded)
+                .bind(version)
+                .bind(code)
+                .bind(error)
+                .execute(&mut *conn)
+                .await?;
+        }
         ConversationEvent::MediaStored {
             message_id,
             object_key,
@@ -409,4 +440,19 @@ async fn conversation(
         }
     }
     Ok(())
+}
+
+/// The error code and text of a change to a reply that had already gone out.
+pub fn not_delivered(change: &str) -> (String, String) {
+    if change == "deleted" {
+        (
+            "delete_not_delivered".into(),
+            "It was deleted after WhatsApp had taken it: the contact has it.".into(),
+        )
+    } else {
+        (
+            "edit_not_delivered".into(),
+            "It was edited after WhatsApp had taken it: the contact has the original.".into(),
+        )
+    }
 }

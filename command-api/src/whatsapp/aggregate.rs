@@ -370,6 +370,27 @@ pub enum ConversationCommand {
         /// What came of it.
         result: MediaResult,
     },
+    /// The agent changed a reply in its thread after it was queued here.
+    Change {
+        /// Which message.
+        message_id: String,
+        /// What they did.
+        change: ReplyChange,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// What an agent did to a reply in its thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyChange {
+    /// Deleted it.
+    Delete,
+    /// Edited its text.
+    Edit {
+        /// The new text.
+        text: String,
+    },
 }
 
 /// What came of fetching an inbound message's file.
@@ -411,6 +432,10 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
+    /// 409 `attempt_under_way`: the message is being sent right now; what becomes of a
+    /// change depends on the attempt's outcome, so ask again in a moment.
+    #[error("the message is being sent; try again once the attempt has an outcome")]
+    AttemptUnderWay,
     /// 503: the conversation's older messages could not be read.
     #[error("history unavailable: {0}")]
     Unavailable(String),
@@ -453,6 +478,9 @@ pub struct Outgoing {
     delivery: Option<Delivery>,
     /// Its thread.
     thread_id: Option<String>,
+    /// The last change the agent made after it went out (which did not reach the contact),
+    /// so a repeated report of it records nothing.
+    late_change: Option<String>,
 }
 
 /// A conversation (also the snapshot form). Bounded: it holds its last
@@ -573,6 +601,19 @@ fn command_callback(command: &ConversationCommand) -> Option<&str> {
         ConversationCommand::Status { report } => report.message_id.as_deref(),
         _ => None,
     }
+}
+
+/// A queued reply as its agent edited it: a text's body, a file's caption.
+fn revised(content: &Outbound, text: String) -> Outbound {
+    let mut revised = content.clone();
+    match &mut revised {
+        Outbound::Text { body, .. } => *body = text,
+        Outbound::Media { caption, .. } | Outbound::File { caption, .. } => {
+            *caption = Some(text).filter(|t| !t.trim().is_empty());
+        }
+        Outbound::Template { .. } => {}
+    }
+    revised
 }
 
 /// The wait after failed attempt `attempt`: 2 s, 4 s … at most 5 minutes.
@@ -735,6 +776,7 @@ impl ConversationError {
             ConversationError::OutsideWindow => "outside_service_window",
             ConversationError::InvalidMessage(_) => "invalid_message",
             ConversationError::MessageExists => "message_exists",
+            ConversationError::AttemptUnderWay => "attempt_under_way",
             ConversationError::Unavailable(_) => "unavailable",
         }
     }
@@ -780,6 +822,7 @@ impl Conversation {
         let (ids, wamid): (Vec<&str>, Option<&str>) = match command {
             C::Receive { message, .. } => (vec![message.message_id.as_str()], None),
             C::Queue { message_id, .. }
+            | C::Change { message_id, .. }
             | C::Claim { message_id, .. }
             | C::Report { message_id, .. }
             | C::StoreMedia { message_id, .. } => (vec![message_id.as_str()], None),
@@ -942,6 +985,63 @@ impl Conversation {
                     });
                 }
                 events
+            }
+            ConversationCommand::Change {
+                message_id,
+                change,
+                at,
+            } => {
+                let out = self
+                    .outbound
+                    .get(&message_id)
+                    .ok_or(ConversationError::NotFound)?;
+                let thread_id = out.thread_id.clone();
+                match out.state {
+                    // It never went out: nothing to change.
+                    SendState::Failed => vec![],
+                    SendState::Attempting => return Err(ConversationError::AttemptUnderWay),
+                    SendState::Queued => match change {
+                        ReplyChange::Delete => vec![E::MessageFailed {
+                            message_id,
+                            thread_id,
+                            code: "withdrawn".into(),
+                            reason: "The agent deleted it before it went out.".into(),
+                            at,
+                        }],
+                        ReplyChange::Edit { text } => {
+                            let Some(content) = out.content.as_ref() else {
+                                return Ok(vec![]);
+                            };
+                            let revised = revised(content, text);
+                            if &revised == content {
+                                return Ok(vec![]);
+                            }
+                            check(&revised, &self.tenant_id)?;
+                            vec![E::MessageRevised {
+                                message_id,
+                                thread_id,
+                                content: revised,
+                                at,
+                            }]
+                        }
+                    },
+                    // Told once per kind of change: the contact has the original.
+                    SendState::Sent => {
+                        let kind = match &change {
+                            ReplyChange::Delete => "deleted",
+                            ReplyChange::Edit { .. } => "edited",
+                        };
+                        if out.late_change.as_deref() == Some(kind) {
+                            return Ok(vec![]);
+                        }
+                        vec![E::ChangeNotDelivered {
+                            message_id,
+                            thread_id,
+                            change: kind.into(),
+                            at,
+                        }]
+                    }
+                }
             }
             ConversationCommand::Claim { message_id, at } => {
                 let out = self
@@ -1227,6 +1327,22 @@ impl Aggregate for Conversation {
                     }
                 }
             }
+            E::MessageRevised {
+                message_id,
+                content,
+                ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.content = Some(content);
+                }
+            }
+            E::ChangeNotDelivered {
+                message_id, change, ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.late_change = Some(change);
+                }
+            }
             E::MediaStored { message_id, .. } | E::MediaFailed { message_id, .. } => {
                 // An evicted message's file is in the events its look-up reads.
                 if self.inbound.contains_key(&message_id) {
@@ -1361,7 +1477,9 @@ mod tests {
             | E::MessageFailed { message_id, .. }
             | E::StatusUpdated { message_id, .. }
             | E::MediaStored { message_id, .. }
-            | E::MediaFailed { message_id, .. } => Some(message_id),
+            | E::MediaFailed { message_id, .. }
+            | E::MessageRevised { message_id, .. }
+            | E::ChangeNotDelivered { message_id, .. } => Some(message_id),
         }
     }
 
@@ -1885,6 +2003,124 @@ mod tests {
             .given(vec![started(), queued(template(&[]), t0())])
             .when(queue(template(&["other"]), t0()))
             .then_expect_error(ConversationError::MessageExists);
+    }
+
+    fn change(change: ReplyChange) -> ConversationCommand {
+        ConversationCommand::Change {
+            message_id: "out1".into(),
+            change,
+            at: t0(),
+        }
+    }
+
+    fn edit(text: &str) -> ReplyChange {
+        ReplyChange::Edit { text: text.into() }
+    }
+
+    #[test]
+    fn change_delete_of_a_reply_not_sent_yet_withdraws_it() {
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![started(), queued(text("card 4242"), t0())])
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![ConversationEvent::MessageFailed {
+                message_id: "out1".into(),
+                thread_id: Some("th1".into()),
+                code: "withdrawn".into(),
+                reason: "The agent deleted it before it went out.".into(),
+                at: t0(),
+            }]);
+    }
+
+    #[test]
+    fn change_edit_of_a_reply_waiting_for_a_retry_sends_the_edited_text() {
+        let failed = ConversationEvent::SendAttemptFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            attempt: 1,
+            code: Some("130429".into()),
+            reason: "throttled".into(),
+            retry_at: t0() + Duration::seconds(6),
+        };
+        let history = vec![
+            started(),
+            queued(text("See you tomorow"), t0()),
+            attempted(1, t0()),
+            failed,
+        ];
+        TestFramework::<Conversation>::with(no_history())
+            .given(history.clone())
+            .when(change(edit("See you tomorrow")))
+            .then_expect_events(vec![ConversationEvent::MessageRevised {
+                message_id: "out1".into(),
+                thread_id: Some("th1".into()),
+                content: text("See you tomorrow"),
+                at: t0(),
+            }]);
+        // What the next attempt sends is the edited text.
+        let mut state = Conversation::default();
+        for event in history {
+            state.apply(event);
+        }
+        state.apply(ConversationEvent::MessageRevised {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            content: text("See you tomorrow"),
+            at: t0(),
+        });
+        assert_eq!(state.content("out1"), Some(&text("See you tomorrow")));
+    }
+
+    #[test]
+    fn change_while_an_attempt_is_under_way_is_asked_again_later() {
+        let refused = {
+            let mut state = Conversation::default();
+            for event in [started(), queued(text("Hi"), t0()), attempted(1, t0())] {
+                state.apply(event);
+            }
+            state.decide(change(ReplyChange::Delete))
+        };
+        assert_eq!(refused, Err(ConversationError::AttemptUnderWay));
+    }
+
+    #[test]
+    fn change_of_a_reply_already_sent_is_recorded_as_not_delivered_once() {
+        let history = vec![
+            started(),
+            queued(text("Hi"), t0()),
+            attempted(1, t0()),
+            sent(),
+        ];
+        let not_delivered = ConversationEvent::ChangeNotDelivered {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            change: "edited".into(),
+            at: t0(),
+        };
+        TestFramework::<Conversation>::with(no_history())
+            .given(history.clone())
+            .when(change(edit("Hello")))
+            .then_expect_events(vec![not_delivered.clone()]);
+        let mut told = history;
+        told.push(not_delivered);
+        TestFramework::<Conversation>::with(no_history())
+            .given(told)
+            .when(change(edit("Hello!")))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn change_of_a_reply_that_failed_appends_nothing() {
+        let failed = ConversationEvent::MessageFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            code: "131026".into(),
+            reason: "undeliverable".into(),
+            at: t0(),
+        };
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![started(), queued(text("Hi"), t0()), failed])
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![]);
     }
 
     #[test]

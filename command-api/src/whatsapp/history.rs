@@ -10,7 +10,7 @@ use super::aggregate::History;
 /// The platform's message id an event of a conversation is about, as SQL: every event but
 /// `Started` names one, under its variant's key (`MessageFailed`'s event type differs from
 /// its key, so the type column cannot stand in). The same expression as the index
-/// `events_whatsapp_message_ids` (migration 0019), so the planner uses it.
+/// `events_whatsapp_message_ids_2` (migration 0027), so the planner uses it.
 const MESSAGE_ID: &str = "coalesce(payload->'MessageReceived'->>'message_id',
                                    payload->'MessageQueued'->>'message_id',
                                    payload->'SendAttempted'->>'message_id',
@@ -19,7 +19,9 @@ const MESSAGE_ID: &str = "coalesce(payload->'MessageReceived'->>'message_id',
                                    payload->'MessageFailed'->>'message_id',
                                    payload->'StatusUpdated'->>'message_id',
                                    payload->'MediaStored'->>'message_id',
-                                   payload->'MediaFailed'->>'message_id')";
+                                   payload->'MediaFailed'->>'message_id',
+                                   payload->'MessageRevised'->>'message_id',
+                                   payload->'ChangeNotDelivered'->>'message_id')";
 
 /// Look-ups in the event store.
 pub struct PgHistory {
@@ -83,8 +85,9 @@ mod tests {
     /// every look-up reads the conversation's whole history.
     #[test]
     fn the_message_id_expression_is_the_indexed_one() {
-        let migration = include_str!("../../../migrations/0019_whatsapp_message_ids.sql");
-        assert!(squeezed(migration).contains(&squeezed(MESSAGE_ID)));
-        assert!(squeezed(migration).contains(&squeezed("(payload->'MessageSent'->>'wamid')")));
+        let ids = include_str!("../../../migrations/0027_whatsapp_message_ids_with_changes.sql");
+        assert!(squeezed(ids).contains(&squeezed(MESSAGE_ID)));
+        let wamids = include_str!("../../../migrations/0019_whatsapp_message_ids.sql");
+        assert!(squeezed(wamids).contains(&squeezed("(payload->'MessageSent'->>'wamid')")));
     }
 }

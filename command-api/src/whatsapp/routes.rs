@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::aggregate::{
     ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties,
-    SendResult, SendState, Session, SessionCommand, SessionError, StatusReport,
+    ReplyChange, SendResult, SendState, Session, SessionCommand, SessionError, StatusReport,
 };
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
@@ -53,6 +53,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/whatsapp/threads/{thread}/messages/{message}/forward",
             post(forward),
+        )
+        .route(
+            "/v1/whatsapp/threads/{thread}/messages/{message}/change",
+            post(change_reply),
         )
         .route(
             "/v1/whatsapp/conversations/{conversation}/messages/{message}/claim",
@@ -83,7 +87,9 @@ impl DomainProblem for ConversationError {
             E::SessionDisconnected => Problem::unprocessable("session_disconnected", detail),
             E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
-            E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
+            E::MessageExists | E::AttemptUnderWay => {
+                Problem::new(StatusCode::CONFLICT, self.code(), detail)
+            }
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }
@@ -1277,14 +1283,7 @@ async fn forward(
         return Err(ConversationError::NotFound.problem());
     };
     let session = state.wa_sessions.load(conv.session_id()).await?;
-    let message_id = Uuid::parse_str(&message)
-        .unwrap_or_else(|_| {
-            Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("{thread}\0{message}").as_bytes(),
-            )
-        })
-        .to_string();
+    let message_id = reply_id(&thread, &message);
     let command = ConversationCommand::Queue {
         parties: Parties {
             tenant_id: tenant.clone(),
@@ -1328,6 +1327,73 @@ async fn forward(
         "forwarded": true, "id": message_id, "conversation_id": conversation, "version": c.version,
     }))
     .into_response())
+}
+
+/// Body of a change to a thread reply (the WhatsApp outbox).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "change", rename_all = "snake_case")]
+pub enum ChangeBody {
+    /// The agent deleted the reply.
+    Delete,
+    /// The agent edited its text.
+    Edit {
+        /// The new text.
+        text: String,
+    },
+}
+
+/// A reply the agent deleted or edited in its WhatsApp thread: not yet sent, it is withdrawn
+/// or goes out as edited; already sent, the conversation records that the change did not
+/// reach the contact. A message being sent right now answers 409 `attempt_under_way` (ask
+/// again once the attempt has an outcome).
+async fn change_reply(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path((thread, message)): Path<(String, String)>,
+    Json(body): Json<ChangeBody>,
+) -> Result<Response, Problem> {
+    service_only(&who)?;
+    let thread = Uuid::parse_str(&thread)
+        .map(|u| u.to_string())
+        .map_err(|_| ThreadError::NotFound.problem())?;
+    let Some(conversation) = conversation_of_thread(&state, &thread).await? else {
+        return Err(ConversationError::NotFound.problem());
+    };
+    let conv = state.wa_conversations.load(&conversation).await?;
+    let Some(tenant) = conv.tenant_id().map(str::to_owned) else {
+        return Err(ConversationError::NotFound.problem());
+    };
+    let message_id = reply_id(&thread, &message);
+    let command = ConversationCommand::Change {
+        message_id: message_id.clone(),
+        change: match body {
+            ChangeBody::Delete => ReplyChange::Delete,
+            ChangeBody::Edit { text } => ReplyChange::Edit { text },
+        },
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = state
+        .wa_conversations
+        .execute(&conversation, None, command, &metadata)
+        .await?;
+    Ok(Json(json!({
+        "id": message_id, "conversation_id": conversation, "version": c.version,
+    }))
+    .into_response())
+}
+
+/// The conversation's id of thread reply `message`: the reply's own id when it is a UUID.
+fn reply_id(thread: &str, message: &str) -> String {
+    Uuid::parse_str(message)
+        .unwrap_or_else(|_| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("{thread}\0{message}").as_bytes(),
+            )
+        })
+        .to_string()
 }
 
 /// The credentials of session `id`, opened (none for a session never connected, or sealed

@@ -588,7 +588,17 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
             error_code,
             error_title,
         ),
+        E::ChangeNotDelivered {
+            message_id,
+            thread_id,
+            change,
+            ..
+        } => {
+            let (code, error) = crate::whatsapp::not_delivered(&change);
+            (message_id, thread_id, "sent", Some(code), Some(error))
+        }
         E::Started { .. }
+        | E::MessageRevised { .. }
         | E::MessageReceived { .. }
         | E::SendAttempted { .. }
         | E::MediaStored { .. }

@@ -1,7 +1,8 @@
 //! The WhatsApp outbox: a reply an agent or the bot writes in a thread is forwarded to
 //! command-api (`POST /v1/whatsapp/threads/{thread}/messages/{message}/forward`), which
 //! queues it in the thread's WhatsApp conversation under the reply's id; the sender then
-//! sends it. A side-effect worker: its checkpoint moves only once command-api answered, so
+//! sends it. An edit or a deletion of a message in the thread follows it there (`…/change`):
+//! a reply not yet sent goes out as edited or not at all. A side-effect worker: its checkpoint moves only once command-api answered, so
 //! no reply is skipped, and a repeat (after a crash) names the same message and appends
 //! nothing. Threads the chat read model already knows as not WhatsApp are not asked about.
 
@@ -63,20 +64,37 @@ impl Projection for WhatsAppOutbox {
 impl Effect for WhatsAppOutbox {
     async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
         for envelope in events.iter().filter(|e| e.aggregate_type == THREAD) {
-            let Ok(ThreadEvent::MessageSent {
-                message_id,
-                author,
-                text,
-                attachment,
-                ..
-            }) = serde_json::from_value::<ThreadEvent>(envelope.payload.clone())
-            else {
-                continue;
-            };
-            if !matches!(author.kind, PartyKind::Agent | PartyKind::Bot) {
-                continue;
-            }
             let thread = envelope.aggregate_id.as_str();
+            let (message_id, path, body) =
+                match serde_json::from_value::<ThreadEvent>(envelope.payload.clone()) {
+                    Ok(ThreadEvent::MessageSent {
+                        message_id,
+                        author,
+                        text,
+                        attachment,
+                        ..
+                    }) if matches!(author.kind, PartyKind::Agent | PartyKind::Bot) => {
+                        let path =
+                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
+                        let body = json!({"text": text, "attachment": attachment});
+                        (message_id, path, body)
+                    }
+                    // A reply changed in its thread: withdrawn or revised if it has not gone
+                    // out, else the agent is told the contact has the original.
+                    Ok(ThreadEvent::MessageEdited {
+                        message_id, text, ..
+                    }) => {
+                        let path =
+                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
+                        (message_id, path, json!({"change": "edit", "text": text}))
+                    }
+                    Ok(ThreadEvent::MessageDeleted { message_id, .. }) => {
+                        let path =
+                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
+                        (message_id, path, json!({"change": "delete"}))
+                    }
+                    _ => continue,
+                };
             let channel: Option<String> = match &self.pool {
                 Some(pool) => {
                     sqlx::query_scalar("SELECT channel FROM chat_threads WHERE id = $1::uuid")
@@ -89,8 +107,6 @@ impl Effect for WhatsAppOutbox {
             if channel.as_deref().is_some_and(|c| c != "whatsapp") {
                 continue;
             }
-            let path = format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
-            let body = json!({"text": text, "attachment": attachment});
             match self.client.post_json(&path, &body).await {
                 Ok(r) if r.status().is_success() => {}
                 // Refused for good (an unknown thread or message): nothing to retry. A busy

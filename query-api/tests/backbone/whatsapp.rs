@@ -1739,3 +1739,149 @@ async fn a_message_belongs_to_the_tenant_that_held_the_number_when_it_arrived() 
         "nothing for the tenant that took the number later: {theirs}"
     );
 }
+
+/// What the projector's WhatsApp outbox does with a thread's events so far.
+async fn outbox_pass(wa: &Wa, thread: &str) {
+    use projector::projection::Effect;
+    let rows: Vec<Value> = sqlx::query_scalar(&format!(
+        "SELECT {} FROM events WHERE aggregate_type = 'thread' AND aggregate_id = $1 ORDER BY sequence",
+        events::envelope::ENVELOPE_SQL
+    ))
+    .bind(thread)
+    .fetch_all(&wa.env.pool)
+    .await
+    .expect("events");
+    let envelopes: Vec<events::Envelope> = rows
+        .into_iter()
+        .map(|r| serde_json::from_value(r).expect("envelope"))
+        .collect();
+    let outbox = projector::effects::whatsapp::WhatsAppOutbox::new(
+        Some(wa.env.pool.clone()),
+        projector::command_client::CommandClient::new(
+            &wa.api.url(""),
+            TokenKeys::new(SECRET),
+            "whatsapp-outbox",
+        ),
+    );
+    outbox.perform(&envelopes).await.expect("performed");
+}
+
+#[tokio::test]
+async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_edited() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([text("wamid.ASK", "Can you help?", Utc::now().timestamp())]),
+        json!([]),
+    ))
+    .await;
+    let asked = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id(&session, "wamid.ASK"),
+            "the question",
+            |m| m["thread_id"].is_string(),
+        )
+        .await;
+    let thread = asked["thread_id"].as_str().expect("thread").to_owned();
+    let agent = wa.env.agent_of(&wa.tenant);
+    let reply = |text: &'static str| {
+        let request = wa
+            .env
+            .http
+            .post(wa.api.url(&format!("/v1/chat/threads/{thread}/messages")))
+            .bearer_auth(&agent)
+            .json(&json!({ "text": text }));
+        async move {
+            let r = request.send().await.expect("sent");
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.expect("json")["message_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        }
+    };
+    let secret = reply("My card is 4242 4242 4242 4242").await;
+    let typo = reply("See you tomorow").await;
+    outbox_pass(&wa, &thread).await;
+    // The provider throttles: both wait for a retry.
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429,
+            "fbtrace_id": "A1"}})))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&wa.cloud)
+        .await;
+    let mut refused = 0;
+    while refused < 2 {
+        refused += wa.send_step().await.refused;
+    }
+    for id in [&secret, &typo] {
+        wa.message_when(id, "retrying", |m| m["status"] == "retrying")
+            .await;
+    }
+    // The agent deletes the first and corrects the second, in the thread.
+    let change = |path: String, body: Value| {
+        let request = wa
+            .env
+            .http
+            .post(wa.api.url(&path))
+            .bearer_auth(&agent)
+            .json(&body);
+        async move { assert_eq!(request.send().await.expect("sent").status(), 200) }
+    };
+    change(
+        format!("/v1/chat/threads/{thread}/messages/{secret}/delete"),
+        json!({}),
+    )
+    .await;
+    change(
+        format!("/v1/chat/threads/{thread}/messages/{typo}/edit"),
+        json!({"text": "See you tomorrow"}),
+    )
+    .await;
+    outbox_pass(&wa, &thread).await;
+    // The provider is back: exactly the corrected text goes out, the card number never.
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+            "biz_opaque_callback_data": typo, "type": "text",
+            "text": {"preview_url": false, "body": "See you tomorrow"},
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "messages": [{"id": "wamid.FIXED"}]})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    wa.clock.advance(chrono::Duration::minutes(1));
+    let report = wa.send_step().await;
+    assert_eq!(report.sent, 1, "{report:?}");
+    let withdrawn = wa
+        .message_when(&secret, "withdrawn", |m| m["status"] == "failed")
+        .await;
+    assert_eq!(withdrawn["error_code"], "withdrawn");
+    // Once it has gone out, a change is recorded as not reaching the contact.
+    wa.message_when(&typo, "sent", |m| m["status"] == "sent")
+        .await;
+    change(
+        format!("/v1/chat/threads/{thread}/messages/{typo}/edit"),
+        json!({"text": "See you tomorrow at 9"}),
+    )
+    .await;
+    outbox_pass(&wa, &thread).await;
+    let told = wa
+        .message_when(&typo, "the late edit recorded", |m| {
+            m["error_code"] == "edit_not_delivered"
+        })
+        .await;
+    assert_eq!(told["status"], "sent");
+    wa.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(
+        wa.sender.step().await.expect("step").sent,
+        0,
+        "nothing more goes out"
+    );
+}
