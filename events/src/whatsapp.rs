@@ -516,6 +516,11 @@ pub enum ConversationEvent {
         message_id: String,
         /// Why.
         reason: String,
+        /// Whether it may be had later: the provider refused the session's access token
+        /// (expired, revoked). Fetched again when the delivery is replayed — after the
+        /// session's credentials changed — while the provider keeps the file (weeks).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retryable: bool,
     },
     /// The provider reported a delivery status of an outbound message (only forward:
     /// sent → delivered → read; failed from any of them).

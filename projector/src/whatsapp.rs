@@ -410,7 +410,9 @@ async fn conversation(
             .execute(&mut *conn)
             .await?;
         }
-        ConversationEvent::MediaFailed { message_id, reason } => {
+        ConversationEvent::MediaFailed {
+            message_id, reason, ..
+        } => {
             sqlx::query(&update("media_status = 'failed', media_error = $4"))
                 .bind(&message_id)
                 .bind(recorded)

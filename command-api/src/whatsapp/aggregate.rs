@@ -411,6 +411,8 @@ pub enum MediaResult {
     Failed {
         /// Why.
         reason: String,
+        /// Whether it may be had later (the session's token was refused).
+        retryable: bool,
     },
 }
 
@@ -1148,7 +1150,11 @@ impl Conversation {
                         size_bytes,
                         sha256,
                     },
-                    MediaResult::Failed { reason } => E::MediaFailed { message_id, reason },
+                    MediaResult::Failed { reason, retryable } => E::MediaFailed {
+                        message_id,
+                        reason,
+                        retryable,
+                    },
                 }]
             }
             ConversationCommand::Status { report } => {
@@ -1343,12 +1349,20 @@ impl Aggregate for Conversation {
                     out.late_change = Some(change);
                 }
             }
-            E::MediaStored { message_id, .. } | E::MediaFailed { message_id, .. } => {
+            // A failure that may pass (the session's token refused) leaves the file to be
+            // fetched again.
+            E::MediaStored { message_id, .. }
+            | E::MediaFailed {
+                message_id,
+                retryable: false,
+                ..
+            } => {
                 // An evicted message's file is in the events its look-up reads.
                 if self.inbound.contains_key(&message_id) {
                     self.media_done.insert(message_id);
                 }
             }
+            E::MediaFailed { .. } => {}
             E::StatusUpdated {
                 message_id, status, ..
             } => {
@@ -2378,11 +2392,13 @@ mod tests {
             message_id: "m1".into(),
             result: MediaResult::Failed {
                 reason: "too large".into(),
+                retryable: false,
             },
         };
         let failed = ConversationEvent::MediaFailed {
             message_id: "m1".into(),
             reason: "too large".into(),
+            retryable: false,
         };
         TestFramework::<Conversation>::with(no_history())
             .given(vec![started(), received("m1", t0())])

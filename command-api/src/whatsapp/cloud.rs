@@ -135,6 +135,10 @@ pub enum MediaError {
     /// Not now (the provider unreachable or failing, the blob store failing): retried.
     #[error("{0}")]
     Transient(String),
+    /// The session's access token was refused (401, or the Graph API's OAuth code 190): not
+    /// until the session's credentials change.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// A file the provider holds, as `GET /{media_id}` describes it.
@@ -171,6 +175,10 @@ pub async fn media_info(
         .map_err(|e| MediaError::Transient(e.without_url().to_string()))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.as_u16() == 401 || body.pointer("/error/code").and_then(|c| c.as_i64()) == Some(190) {
+        let message = graph_error(&body, "the provider refused the session's access token");
+        return Err(MediaError::Unauthorized(message));
+    }
     if status.is_client_error() && status.as_u16() != 429 {
         let message = graph_error(&body, "the provider does not know the media id");
         return Err(MediaError::Permanent(message));
@@ -219,6 +227,11 @@ pub async fn download(
         .await
         .map_err(|e| transient(&e.without_url()))?;
     let status = response.status();
+    if status.as_u16() == 401 {
+        return Err(MediaError::Unauthorized(format!(
+            "the file's download answered {status}"
+        )));
+    }
     if status.is_client_error() && status.as_u16() != 429 {
         return Err(MediaError::Permanent(format!(
             "the file's download answered {status}"

@@ -1424,7 +1424,9 @@ fn opened(state: &AppState, session: &Session, id: &str) -> Option<Credentials> 
 /// Fetches the file of inbound media message `message_id` from the provider into the blob
 /// store and records the outcome in its conversation: stored, or given up on for a reason
 /// that will not change (a malformed or unknown media id, a file over its kind's limit).
-/// Anything that may pass (the provider or the store failing) is retried with the webhook.
+/// Anything that may pass soon (the provider or the store failing) is retried with the
+/// webhook; a refused access token is recorded as a failure that a replay of the delivery
+/// (after the session's credentials changed) fetches again.
 #[allow(clippy::too_many_arguments)]
 async fn store_media(
     state: &AppState,
@@ -1457,6 +1459,7 @@ async fn store_media(
     let result = match media_id {
         None => MediaResult::Failed {
             reason: "the message names no well-formed media id".into(),
+            retryable: false,
         },
         Some(media_id) => {
             let creds = credentials(state, session)
@@ -1499,7 +1502,18 @@ async fn store_media(
                     size_bytes,
                     sha256,
                 },
-                Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed { reason },
+                Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed {
+                    reason,
+                    retryable: false,
+                },
+                // Shown as failed now, and fetched again when the delivery is replayed once
+                // the session has working credentials (the provider keeps files for weeks).
+                Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
+                    reason: format!(
+                        "{reason}; replay the delivery once the session is reconnected"
+                    ),
+                    retryable: true,
+                },
                 Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),
             }
         }
@@ -1571,7 +1585,9 @@ async fn upload_file(
     )
     .await
     .map_err(|e| match e {
-        cloud::MediaError::Permanent(reason) => refused("media_upload_refused", reason, false),
+        cloud::MediaError::Permanent(reason) | cloud::MediaError::Unauthorized(reason) => {
+            refused("media_upload_refused", reason, false)
+        }
         cloud::MediaError::Transient(reason) => refused("media_upload_failed", reason, true),
     })
 }

@@ -1885,3 +1885,94 @@ async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_ed
         "nothing more goes out"
     );
 }
+
+#[tokio::test]
+async fn a_file_refused_for_an_expired_token_is_fetched_when_the_delivery_is_replayed_after_reconnecting(
+) {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    const FRESH: &str = "EAAG-fresh-access-token";
+    // The session's token has expired at the provider; a fresh one works.
+    Mock::given(method("GET"))
+        .and(path("/v21.0/777"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {
+            "message": "Error validating access token: Session has expired",
+            "type": "OAuthException", "code": 190, "fbtrace_id": "B2"}})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v21.0/777"))
+        .and(header("authorization", format!("Bearer {FRESH}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "url": format!("{}/lookaside/777", wa.cloud.uri()), "mime_type": "image/jpeg",
+            "file_size": "12", "id": "777"})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/lookaside/777"))
+        .and(header("authorization", format!("Bearer {FRESH}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"a photo here".to_vec()))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    let answer = wa
+        .deliver(&delivery(
+            NUMBER_ID,
+            json!([{"from": CONTACT, "id": "wamid.PHOTO", "timestamp": Utc::now().timestamp().to_string(),
+                    "type": "image", "image": {"mime_type": "image/jpeg", "sha256": "x", "id": "777"}}]),
+            json!([]),
+        ))
+        .await;
+    let photo = events::whatsapp::inbound_message_id(&session, "wamid.PHOTO");
+    let failed = wa
+        .message_when(&photo, "the file refused", |m| {
+            m["media_status"] == "failed"
+        })
+        .await;
+    assert!(
+        failed["media_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replay")),
+        "{failed}"
+    );
+    // The tenant reconnects with a fresh token, then replays the delivery.
+    Mock::given(method("GET"))
+        .and(path(format!("/v21.0/{NUMBER_ID}")))
+        .and(header("authorization", format!("Bearer {FRESH}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": NUMBER_ID, "display_phone_number": "+1 555-078-3881",
+            "verified_name": "Jasper's Market"})))
+        .with_priority(1)
+        .mount(&wa.cloud)
+        .await;
+    assert_eq!(wa.disconnect(&session, &wa.admin).await.status(), 200);
+    assert_eq!(wa.connect(&wa.admin, FRESH).await.status(), 201);
+    let webhook = answer["ids"][0].as_str().expect("webhook id").to_owned();
+    let replayed = wa
+        .env
+        .http
+        .post(wa.api.url(&format!("/v1/webhooks/{webhook}/replay")))
+        .bearer_auth(&wa.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(replayed.status(), 200);
+    eventually(
+        Duration::from_secs(20),
+        "the file fetched again",
+        || async {
+            let _ = wa.webhooks.step().await;
+            let m = wa
+                .env
+                .get_json(
+                    &wa.query.url(&format!("/v1/whatsapp/messages/{photo}")),
+                    &wa.admin,
+                )
+                .await;
+            (m["media_status"] == "stored").then_some(())
+        },
+    )
+    .await;
+}
