@@ -212,6 +212,16 @@ pub fn projections(
     if let Some(reassignment) = reassignment(config, pool.as_ref()) {
         all.push(reassignment);
     }
+    if let (Some(secret), Some(pool)) = (config.auth_secret(), &pool) {
+        all.push(Arc::new(effects::media::MediaRefetch::new(
+            pool.clone(),
+            command_client::CommandClient::new(
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                "whatsapp-media-refetch",
+            ),
+        )));
+    }
     if let Some(secret) = config.auth_secret() {
         all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
             pool.clone(),

@@ -399,7 +399,8 @@ async fn conversation(
             ..
         } => {
             sqlx::query(&update(
-                "media_status = 'stored', media_key = $4, media_type = $5, media_size = $6",
+                "media_status = 'stored', media_key = $4, media_type = $5, media_size = $6,
+                 media_error = NULL, media_retryable = false",
             ))
             .bind(&message_id)
             .bind(recorded)
@@ -411,15 +412,20 @@ async fn conversation(
             .await?;
         }
         ConversationEvent::MediaFailed {
-            message_id, reason, ..
+            message_id,
+            reason,
+            retryable,
         } => {
-            sqlx::query(&update("media_status = 'failed', media_error = $4"))
-                .bind(&message_id)
-                .bind(recorded)
-                .bind(version)
-                .bind(reason)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(&update(
+                "media_status = 'failed', media_error = $4, media_retryable = $5",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(reason)
+            .bind(retryable)
+            .execute(&mut *conn)
+            .await?;
         }
         ConversationEvent::StatusUpdated {
             message_id,

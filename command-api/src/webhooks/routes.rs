@@ -602,8 +602,10 @@ async fn replay(
     let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
         .await?
         .ok_or_else(|| WebhookError::NotFound.problem())?;
-    // Unattributed webhooks belong to the platform: only a super admin replays them.
-    if !who.is_super_admin() && (tenant == PLATFORM_TENANT || !who.administers(&tenant)) {
+    // Unattributed webhooks belong to the platform: only a super admin (or the platform's
+    // own workers) replays them.
+    let platform = who.is_super_admin() || matches!(who, Principal::Service { .. });
+    if !platform && (tenant == PLATFORM_TENANT || !who.administers(&tenant)) {
         return Err(WebhookError::NotFound.problem());
     }
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());

@@ -1509,9 +1509,7 @@ async fn store_media(
                 // Shown as failed now, and fetched again when the delivery is replayed once
                 // the session has working credentials (the provider keeps files for weeks).
                 Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
-                    reason: format!(
-                        "{reason}; replay the delivery once the session is reconnected"
-                    ),
+                    reason: format!("{reason}; fetched again when the session is reconnected"),
                     retryable: true,
                 },
                 Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),

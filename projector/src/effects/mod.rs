@@ -1,6 +1,9 @@
 //! Side-effect workers: projections whose work is a call to another service, performed
 //! before their checkpoints move (see [`crate::projection::Effect`]).
 
+/// WhatsApp files refused for an expired token, fetched again when the session reconnects.
+pub mod media;
+
 /// Open threads taken from agents and departments that went away.
 pub mod reassignment;
 

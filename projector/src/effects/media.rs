@@ -1,0 +1,111 @@
+//! The WhatsApp media re-fetch worker: when a tenant connects a session again (a fresh
+//! access token after one expired), the inbound files the provider refused under the old
+//! token (`MediaFailed` with `retryable`) are fetched again, by replaying the deliveries that
+//! brought them (`POST /v1/webhooks/{id}/replay`; the webhook processor then processes
+//! them, and the conversation stores each file once). Only the connecting tenant's own
+//! messages: another tenant taking the number over gets nothing of the earlier owner's.
+//!
+//! A side-effect worker: its checkpoint moves once command-api accepted every replay, so a
+//! crash repeats them, which is harmless (a replay of a webhook already re-processed finds
+//! the file stored).
+
+use async_trait::async_trait;
+use events::whatsapp::{SessionEvent, WHATSAPP_SESSION};
+use events::Envelope;
+use sqlx::{PgConnection, PgPool};
+
+use crate::command_client::CommandClient;
+use crate::projection::{Effect, Projection, ProjectionError, Target};
+
+/// The worker.
+pub struct MediaRefetch {
+    /// The WhatsApp read model (which files wait) and the store (which delivery brought
+    /// each).
+    pool: PgPool,
+    /// command-api, as a platform service.
+    client: CommandClient,
+}
+
+impl MediaRefetch {
+    /// A worker replaying through `client`.
+    pub fn new(pool: PgPool, client: CommandClient) -> Self {
+        Self { pool, client }
+    }
+
+    /// The deliveries of the files of `tenant`'s conversations on `session` that wait for
+    /// working credentials.
+    async fn waiting(&self, tenant: &str, session: &str) -> Result<Vec<String>, ProjectionError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT e.payload->'MessageReceived'->>'webhook_id'
+               FROM whatsapp_messages m
+               JOIN events e ON e.aggregate_type = 'whatsapp_conversation'
+                            AND e.aggregate_id = m.conversation_id::text
+                            AND e.event_type = 'MessageReceived'
+                            AND e.payload->'MessageReceived'->>'message_id' = m.id::text
+              WHERE m.session_id = $1::uuid AND m.tenant_id = $2 AND m.media_retryable",
+        )
+        .bind(session)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+#[async_trait]
+impl Projection for MediaRefetch {
+    fn name(&self) -> &'static str {
+        "whatsapp-media-refetch"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[WHATSAPP_SESSION]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn effect(&self) -> Option<&dyn Effect> {
+        Some(self)
+    }
+
+    /// Nothing to write: the effect happened before; only the checkpoints move.
+    async fn apply(
+        &self,
+        _conn: &mut PgConnection,
+        _target: &Target,
+        _event: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Effect for MediaRefetch {
+    async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
+        for envelope in events {
+            let Ok(SessionEvent::Connected { tenant_id, .. }) =
+                serde_json::from_value::<SessionEvent>(envelope.payload.clone())
+            else {
+                continue;
+            };
+            for webhook in self.waiting(&tenant_id, &envelope.aggregate_id).await? {
+                let path = format!("/v1/webhooks/{webhook}/replay");
+                match self.client.post_json(&path, &serde_json::json!({})).await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                        tracing::warn!(webhook, status = %r.status(), "delivery not replayed");
+                    }
+                    Ok(r) => {
+                        return Err(ProjectionError::Unavailable(format!(
+                            "command-api answered {}",
+                            r.status()
+                        )))
+                    }
+                    Err(e) => return Err(ProjectionError::Unavailable(e.to_string())),
+                }
+            }
+        }
+        Ok(())
+    }
+}
