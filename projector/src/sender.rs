@@ -421,7 +421,7 @@ pub(crate) async fn busy(response: reqwest::Response) -> bool {
         409 => response
             .json::<Value>()
             .await
-            .is_ok_and(|p| p["code"] == "contention" || p["code"] == "attempt_under_way"),
+            .is_ok_and(|p| p["code"] == "contention"),
         _ => false,
     }
 }

@@ -502,7 +502,13 @@ impl Payment {
                 if self.status.was_paid() {
                     // The same transaction reported again is a repeat; another one is a
                     // second charge of the customer, which staff must refund.
-                    if self.provider_reference.as_ref() == Some(&reference) {
+                    // (A state read from a snapshot older than the reference knows none:
+                    // it cannot tell, and takes it as a repeat.)
+                    if self
+                        .provider_reference
+                        .as_ref()
+                        .is_none_or(|paid| paid == &reference)
+                    {
                         ignored("already_paid")
                     } else {
                         ignored("duplicate_charge")
@@ -556,10 +562,11 @@ impl Payment {
                             at,
                         },
                     }
-                } else if reference
-                    .as_ref()
-                    .is_some_and(|r| Some(r) != self.provider_reference.as_ref())
-                {
+                } else if reference.as_ref().is_some_and(|r| {
+                    self.provider_reference
+                        .as_ref()
+                        .is_some_and(|paid| paid != r)
+                }) {
                     // A refund of another transaction (a duplicate charge being returned):
                     // the payment keeps what it was paid.
                     ignored("refund_of_another_charge")

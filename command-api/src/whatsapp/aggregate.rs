@@ -12,7 +12,7 @@
 //! [`session_id`]: events::whatsapp::session_id
 //! [`conversation_id`]: events::whatsapp::conversation_id
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -434,10 +434,6 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
-    /// 409 `attempt_under_way`: the message is being sent right now; what becomes of a
-    /// change depends on the attempt's outcome, so ask again in a moment.
-    #[error("the message is being sent; try again once the attempt has an outcome")]
-    AttemptUnderWay,
     /// 503: the conversation's older messages could not be read.
     #[error("history unavailable: {0}")]
     Unavailable(String),
@@ -480,9 +476,12 @@ pub struct Outgoing {
     delivery: Option<Delivery>,
     /// Its thread.
     thread_id: Option<String>,
-    /// The last change the agent made after it went out (which did not reach the contact),
-    /// so a repeated report of it records nothing.
-    late_change: Option<String>,
+    /// The kinds of change (`edited`, `deleted`) recorded as not reaching the contact, so a
+    /// repeated report of one records nothing.
+    late_changes: BTreeSet<String>,
+    /// A change made while an attempt was under way: if that attempt is accepted, the
+    /// contact got the original, and the agent is told.
+    changed_in_flight: Option<String>,
 }
 
 /// A conversation (also the snapshot form). Bounded: it holds its last
@@ -778,7 +777,6 @@ impl ConversationError {
             ConversationError::OutsideWindow => "outside_service_window",
             ConversationError::InvalidMessage(_) => "invalid_message",
             ConversationError::MessageExists => "message_exists",
-            ConversationError::AttemptUnderWay => "attempt_under_way",
             ConversationError::Unavailable(_) => "unavailable",
         }
     }
@@ -1001,8 +999,10 @@ impl Conversation {
                 match out.state {
                     // It never went out: nothing to change.
                     SendState::Failed => vec![],
-                    SendState::Attempting => return Err(ConversationError::AttemptUnderWay),
-                    SendState::Queued => match change {
+                    // Not yet accepted (queued, waiting for a retry, or an attempt under way
+                    // whose outcome decides: accepted, the agent is told the contact has the
+                    // original; refused, the change holds).
+                    SendState::Queued | SendState::Attempting => match change {
                         ReplyChange::Delete => vec![E::MessageFailed {
                             message_id,
                             thread_id,
@@ -1033,7 +1033,7 @@ impl Conversation {
                             ReplyChange::Delete => "deleted",
                             ReplyChange::Edit { .. } => "edited",
                         };
-                        if out.late_change.as_deref() == Some(kind) {
+                        if out.late_changes.contains(kind) {
                             return Ok(vec![]);
                         }
                         vec![E::ChangeNotDelivered {
@@ -1089,13 +1089,29 @@ impl Conversation {
                     return Ok(vec![]);
                 }
                 match result {
-                    // Accepted is the truth even after an in-doubt failure was recorded.
-                    SendResult::Accepted { wamid } => vec![E::MessageSent {
-                        message_id,
-                        wamid,
-                        thread_id: out.thread_id.clone(),
-                        at,
-                    }],
+                    // Accepted is the truth even after an in-doubt failure was recorded (or
+                    // a withdrawal made while the attempt was under way).
+                    SendResult::Accepted { wamid } => {
+                        let mut events = vec![E::MessageSent {
+                            message_id: message_id.clone(),
+                            wamid,
+                            thread_id: out.thread_id.clone(),
+                            at,
+                        }];
+                        if let Some(change) = out
+                            .changed_in_flight
+                            .as_ref()
+                            .filter(|c| !out.late_changes.contains(c.as_str()))
+                        {
+                            events.push(E::ChangeNotDelivered {
+                                message_id,
+                                thread_id: out.thread_id.clone(),
+                                change: change.clone(),
+                                at,
+                            });
+                        }
+                        events
+                    }
                     SendResult::Refused { .. } if out.state != SendState::Attempting => vec![],
                     SendResult::Refused {
                         code,
@@ -1325,6 +1341,9 @@ impl Aggregate for Conversation {
                 message_id, code, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
+                    if out.state == SendState::Attempting && code == "withdrawn" {
+                        out.changed_in_flight = Some("deleted".into());
+                    }
                     let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
                     out.state = SendState::Failed;
                     out.failure = Some(code);
@@ -1340,13 +1359,16 @@ impl Aggregate for Conversation {
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
                     out.content = Some(content);
+                    if out.state == SendState::Attempting {
+                        out.changed_in_flight = Some("edited".into());
+                    }
                 }
             }
             E::ChangeNotDelivered {
                 message_id, change, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.late_change = Some(change);
+                    out.late_changes.insert(change);
                 }
             }
             // A failure that may pass (the session's token refused) leaves the file to be
@@ -2085,15 +2107,39 @@ mod tests {
     }
 
     #[test]
-    fn change_while_an_attempt_is_under_way_is_asked_again_later() {
-        let refused = {
-            let mut state = Conversation::default();
-            for event in [started(), queued(text("Hi"), t0()), attempted(1, t0())] {
-                state.apply(event);
-            }
-            state.decide(change(ReplyChange::Delete))
+    fn change_while_an_attempt_is_under_way_holds_unless_the_attempt_is_accepted() {
+        let under_way = vec![started(), queued(text("Hi"), t0()), attempted(1, t0())];
+        let withdrawn = ConversationEvent::MessageFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            code: "withdrawn".into(),
+            reason: "The agent deleted it before it went out.".into(),
+            at: t0(),
         };
-        assert_eq!(refused, Err(ConversationError::AttemptUnderWay));
+        TestFramework::<Conversation>::with(no_history())
+            .given(under_way.clone())
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![withdrawn.clone()]);
+        // The attempt was accepted after all: the contact has it, and the agent is told.
+        let mut deleted_in_flight = under_way.clone();
+        deleted_in_flight.push(withdrawn);
+        TestFramework::<Conversation>::with(no_history())
+            .given(deleted_in_flight)
+            .when(report(
+                1,
+                SendResult::Accepted {
+                    wamid: "wamid.OUT".into(),
+                },
+            ))
+            .then_expect_events(vec![
+                sent(),
+                ConversationEvent::ChangeNotDelivered {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    change: "deleted".into(),
+                    at: t0(),
+                },
+            ]);
     }
 
     #[test]

@@ -87,9 +87,7 @@ impl DomainProblem for ConversationError {
             E::SessionDisconnected => Problem::unprocessable("session_disconnected", detail),
             E::OutsideWindow => Problem::unprocessable("outside_service_window", detail),
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
-            E::MessageExists | E::AttemptUnderWay => {
-                Problem::new(StatusCode::CONFLICT, self.code(), detail)
-            }
+            E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }
@@ -1344,8 +1342,8 @@ pub enum ChangeBody {
 
 /// A reply the agent deleted or edited in its WhatsApp thread: not yet sent, it is withdrawn
 /// or goes out as edited; already sent, the conversation records that the change did not
-/// reach the contact. A message being sent right now answers 409 `attempt_under_way` (ask
-/// again once the attempt has an outcome).
+/// reach the contact. A change made while an attempt is under way holds if the attempt is
+/// refused; if it is accepted, the agent is told the contact has the original.
 async fn change_reply(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -1394,6 +1392,11 @@ fn reply_id(thread: &str, message: &str) -> String {
             )
         })
         .to_string()
+}
+
+/// Whether session `id` is `tenant`'s now.
+async fn session_of(state: &AppState, id: &str, tenant: &str) -> Result<bool, Problem> {
+    Ok(state.wa_sessions.load(id).await?.tenant_id() == Some(tenant))
 }
 
 /// The credentials of session `id`, opened (none for a session never connected, or sealed
@@ -1461,6 +1464,17 @@ async fn store_media(
             reason: "the message names no well-formed media id".into(),
             retryable: false,
         },
+        // The number now belongs to another tenant: its token is not this tenant's to use.
+        Some(_)
+            if !session_of(state, session, tenant)
+                .await
+                .map_err(|_| retry(&"event store unavailable"))? =>
+        {
+            MediaResult::Failed {
+                reason: "the number is now connected by another tenant".into(),
+                retryable: false,
+            }
+        }
         Some(media_id) => {
             let creds = credentials(state, session)
                 .await
@@ -1506,6 +1520,17 @@ async fn store_media(
                     reason,
                     retryable: false,
                 },
+                // The tenant reconnected while this fetch used the old token: try again
+                // with the new one rather than wait for a reconnection that came already.
+                Err(cloud::MediaError::Unauthorized(_))
+                    if credentials(state, session)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|now| now.access_token != creds.access_token) =>
+                {
+                    return Err(retry(&"the session's credentials changed meanwhile"));
+                }
                 // Shown as failed now, and fetched again when the delivery is replayed once
                 // the session has working credentials (the provider keeps files for weeks).
                 Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
