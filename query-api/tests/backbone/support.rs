@@ -313,6 +313,26 @@ impl TestEnv {
         .map(|_| ())
     }
 
+    /// A stream's events as the projector's workers get them, in sequence order.
+    pub async fn envelopes(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Vec<events::Envelope> {
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
+            "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+            events::envelope::ENVELOPE_SQL
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("events");
+        rows.into_iter()
+            .map(|r| serde_json::from_value(r).expect("envelope"))
+            .collect()
+    }
+
     pub fn spawn_projector(&self, config: projector::Config) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let _ = projector::run(config, std::future::pending()).await;

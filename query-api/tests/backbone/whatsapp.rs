@@ -1743,18 +1743,7 @@ async fn a_message_belongs_to_the_tenant_that_held_the_number_when_it_arrived() 
 /// What the projector's WhatsApp outbox does with a thread's events so far.
 async fn outbox_pass(wa: &Wa, thread: &str) {
     use projector::projection::Effect;
-    let rows: Vec<Value> = sqlx::query_scalar(&format!(
-        "SELECT {} FROM events WHERE aggregate_type = 'thread' AND aggregate_id = $1 ORDER BY sequence",
-        events::envelope::ENVELOPE_SQL
-    ))
-    .bind(thread)
-    .fetch_all(&wa.env.pool)
-    .await
-    .expect("events");
-    let envelopes: Vec<events::Envelope> = rows
-        .into_iter()
-        .map(|r| serde_json::from_value(r).expect("envelope"))
-        .collect();
+    let envelopes = wa.env.envelopes("thread", thread).await;
     let outbox = projector::effects::whatsapp::WhatsAppOutbox::new(
         Some(wa.env.pool.clone()),
         projector::command_client::CommandClient::new(
@@ -1952,18 +1941,7 @@ async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_r
     let _ = answer;
     {
         use projector::projection::Effect;
-        let rows: Vec<Value> = sqlx::query_scalar(&format!(
-            "SELECT {} FROM events WHERE aggregate_type = 'whatsapp_session' AND aggregate_id = $1 ORDER BY sequence",
-            events::envelope::ENVELOPE_SQL
-        ))
-        .bind(&session)
-        .fetch_all(&wa.env.pool)
-        .await
-        .expect("events");
-        let envelopes: Vec<events::Envelope> = rows
-            .into_iter()
-            .map(|r| serde_json::from_value(r).expect("envelope"))
-            .collect();
+        let envelopes = wa.env.envelopes("whatsapp_session", &session).await;
         // Once the read model knows the file waits.
         eventually(Duration::from_secs(20), "the file waiting", || async {
             let waiting: bool = sqlx::query_scalar(
