@@ -7,7 +7,7 @@
 //! amount that does not match) is recorded as [`PaymentEvent::ProviderStatusIgnored`], not
 //! applied.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -268,9 +268,11 @@ pub struct Payment {
     /// The provider's transaction that paid it (absent in snapshots written before).
     #[serde(default)]
     provider_reference: Option<String>,
-    /// A refund reported before the payment was confirmed.
+    /// Refunds reported before the payment was confirmed, by the transaction they name
+    /// (`""` when the provider named none): providers report running totals per
+    /// transaction, so one of another transaction never replaces this one's.
     #[serde(default)]
-    held_refund: Option<HeldRefund>,
+    held_refunds: BTreeMap<String, HeldRefund>,
 }
 
 /// A refund reported before the payment it refunds was confirmed.
@@ -440,38 +442,45 @@ impl Payment {
     ) -> Vec<PaymentEvent> {
         let event = self.provider_change(webhook_id, status, at);
         let mut events = vec![event];
-        if let (
-            PaymentEvent::Paid {
-                amount,
-                provider_reference,
-                ..
-            },
-            Some(held),
-        ) = (&events[0], &self.held_refund)
-        {
-            let (paid, refunded_total, webhook_id) =
-                (*amount, held.refunded_total, held.webhook_id.clone());
+        let PaymentEvent::Paid {
+            amount: paid,
+            provider_reference,
+            ..
+        } = &events[0]
+        else {
+            return events;
+        };
+        let (paid, provider_reference) = (*paid, provider_reference.clone());
+        // The held refund of the transaction that paid (or naming none: the largest running
+        // total of the two); those of other transactions were of other charges.
+        let mine = self
+            .held_refunds
+            .iter()
+            .filter(|(r, _)| r.is_empty() || **r == provider_reference)
+            .max_by_key(|(_, held)| held.refunded_total)
+            .map(|(r, _)| r.clone());
+        for (reference, held) in &self.held_refunds {
             let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
                 status: "refunded".into(),
                 reason: reason.into(),
-                webhook_id: webhook_id.clone(),
+                webhook_id: held.webhook_id.clone(),
                 at,
             };
+            if Some(reference) != mine.as_ref() {
+                if !reference.is_empty() && *reference != provider_reference {
+                    events.push(ignored("refund_of_another_charge"));
+                }
+                continue;
+            }
             events.push(if held.currency != self.currency {
                 ignored("amount_mismatch")
-            } else if held
-                .reference
-                .as_ref()
-                .is_some_and(|r| r != provider_reference)
-            {
-                ignored("refund_of_another_charge")
-            } else if refunded_total > paid {
+            } else if held.refunded_total > paid {
                 ignored("refund_exceeds_paid")
             } else {
                 PaymentEvent::Refunded {
-                    amount: refunded_total,
-                    refunded_total,
-                    webhook_id: webhook_id.clone(),
+                    amount: held.refunded_total,
+                    refunded_total: held.refunded_total,
+                    webhook_id: held.webhook_id.clone(),
                     at,
                 }
             });
@@ -550,7 +559,10 @@ impl Payment {
                 if !self.status.was_paid() {
                     // Out of order (the confirmation is on its way, or the customer paid a
                     // payment staff had given up on): held until the payment is confirmed.
-                    match &self.held_refund {
+                    match self
+                        .held_refunds
+                        .get(reference.as_deref().unwrap_or_default())
+                    {
                         Some(held) if held.refunded_total >= refunded_total => {
                             ignored("refund_already_recorded")
                         }
@@ -717,7 +729,7 @@ impl Aggregate for Payment {
                 self.status = Status::Paid;
                 self.webhooks.insert(webhook_id);
                 // Applied (or recorded as not applicable) by the events that follow it.
-                self.held_refund = None;
+                self.held_refunds.clear();
             }
             PaymentEvent::RefundHeld {
                 refunded_total,
@@ -726,12 +738,15 @@ impl Aggregate for Payment {
                 webhook_id,
                 ..
             } => {
-                self.held_refund = Some(HeldRefund {
-                    refunded_total,
-                    currency,
-                    webhook_id: webhook_id.clone(),
-                    reference,
-                });
+                self.held_refunds.insert(
+                    reference.clone().unwrap_or_default(),
+                    HeldRefund {
+                        refunded_total,
+                        currency,
+                        webhook_id: webhook_id.clone(),
+                        reference,
+                    },
+                );
                 self.webhooks.insert(webhook_id);
             }
             PaymentEvent::Failed { webhook_id, .. } => {
@@ -1247,6 +1262,35 @@ mod tests {
                 webhook_id: "w2".into(),
                 at: t0(),
             }]);
+    }
+
+    #[test]
+    fn held_refunds_of_another_transaction_do_not_replace_this_ones() {
+        let held_of = |reference: &str, total: i64, webhook: &str| PaymentEvent::RefundHeld {
+            refunded_total: total,
+            currency: "EUR".into(),
+            reference: Some(reference.into()),
+            webhook_id: webhook.into(),
+            at: t0(),
+        };
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                held_of("tx-1", 5_000, "w2"),
+                held_of("tx-2", 13_200, "w3"),
+            ])
+            .when(status("w1", paid_status(13_200)))
+            .then_expect_events(vec![
+                paid("w1"),
+                PaymentEvent::Refunded {
+                    amount: 5_000,
+                    refunded_total: 5_000,
+                    webhook_id: "w2".into(),
+                    at: t0(),
+                },
+                ignored("refunded", "refund_of_another_charge", "w3"),
+            ]);
     }
 
     #[test]
