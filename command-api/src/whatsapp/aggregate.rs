@@ -1200,12 +1200,28 @@ impl Conversation {
                             .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
                         at: report.provider_at,
                     }),
-                    _ => events.push(E::MessageSent {
-                        message_id: message_id.clone(),
-                        wamid: report.wamid.clone(),
-                        thread_id: out.thread_id.clone(),
-                        at: report.provider_at,
-                    }),
+                    _ => {
+                        events.push(E::MessageSent {
+                            message_id: message_id.clone(),
+                            wamid: report.wamid.clone(),
+                            thread_id: out.thread_id.clone(),
+                            at: report.provider_at,
+                        });
+                        // Sent after all (an attempt in doubt, or one a change was made
+                        // during): a change made meanwhile did not reach the contact.
+                        if let Some(change) = out
+                            .changed_in_flight
+                            .as_ref()
+                            .filter(|c| !out.late_changes.contains(c.as_str()))
+                        {
+                            events.push(E::ChangeNotDelivered {
+                                message_id: message_id.clone(),
+                                thread_id: out.thread_id.clone(),
+                                change: change.clone(),
+                                at: report.provider_at,
+                            });
+                        }
+                    }
                 }
                 let forward = match out.delivery {
                     None => true,
@@ -1310,6 +1326,8 @@ impl Aggregate for Conversation {
                     out.state = SendState::Attempting;
                     out.attempts = attempt;
                     out.attempt_at = Some(at);
+                    // This attempt sends what the reply says now, changes included.
+                    out.changed_in_flight = None;
                 }
             }
             E::SendAttemptFailed {
@@ -2166,6 +2184,66 @@ mod tests {
             .given(told)
             .when(change(edit("Hello!")))
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_attempt_in_doubt_reported_sent_by_a_status_tells_of_the_change_made_during_it() {
+        let revised = ConversationEvent::MessageRevised {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            content: text("Edited"),
+            at: t0(),
+        };
+        let in_doubt = ConversationEvent::MessageFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            code: "outcome_unknown".into(),
+            reason: "unknown".into(),
+            at: t0(),
+        };
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![
+                started(),
+                queued(text("Original"), t0()),
+                attempted(1, t0()),
+                revised.clone(),
+                in_doubt,
+            ])
+            .when(status(Delivery::Sent, Some("out1")))
+            .then_expect_events(vec![
+                sent(),
+                ConversationEvent::ChangeNotDelivered {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    change: "edited".into(),
+                    at: t0(),
+                },
+                updated(Delivery::Sent),
+            ]);
+        // A change made before a later attempt went out with it: nothing to tell.
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![
+                started(),
+                queued(text("Original"), t0()),
+                attempted(1, t0()),
+                revised,
+                ConversationEvent::SendAttemptFailed {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    attempt: 1,
+                    code: Some("130429".into()),
+                    reason: "throttled".into(),
+                    retry_at: t0(),
+                },
+                attempted(2, t0()),
+            ])
+            .when(report(
+                2,
+                SendResult::Accepted {
+                    wamid: "wamid.OUT".into(),
+                },
+            ))
+            .then_expect_events(vec![sent()]);
     }
 
     #[test]
