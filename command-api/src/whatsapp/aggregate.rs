@@ -2071,30 +2071,40 @@ mod tests {
         ReplyChange::Edit { text: text.into() }
     }
 
-    #[test]
-    fn change_delete_of_a_reply_not_sent_yet_withdraws_it() {
-        TestFramework::<Conversation>::with(no_history())
-            .given(vec![started(), queued(text("card 4242"), t0())])
-            .when(change(ReplyChange::Delete))
-            .then_expect_events(vec![ConversationEvent::MessageFailed {
-                message_id: "out1".into(),
-                thread_id: Some("th1".into()),
-                code: "withdrawn".into(),
-                reason: "The agent deleted it before it went out.".into(),
-                at: t0(),
-            }]);
+    /// The agent deleted reply `out1` before it went out.
+    fn withdrawn() -> ConversationEvent {
+        ConversationEvent::MessageFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            code: "withdrawn".into(),
+            reason: "The agent deleted it before it went out.".into(),
+            at: t0(),
+        }
     }
 
-    #[test]
-    fn change_edit_of_a_reply_waiting_for_a_retry_sends_the_edited_text() {
-        let failed = ConversationEvent::SendAttemptFailed {
+    /// The provider throttled the first attempt at `out1`; it is tried again at `retry_at`.
+    fn throttled(retry_at: DateTime<Utc>) -> ConversationEvent {
+        ConversationEvent::SendAttemptFailed {
             message_id: "out1".into(),
             thread_id: Some("th1".into()),
             attempt: 1,
             code: Some("130429".into()),
             reason: "throttled".into(),
-            retry_at: t0() + Duration::seconds(6),
-        };
+            retry_at,
+        }
+    }
+
+    #[test]
+    fn change_delete_of_a_reply_not_sent_yet_withdraws_it() {
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![started(), queued(text("card 4242"), t0())])
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![withdrawn()]);
+    }
+
+    #[test]
+    fn change_edit_of_a_reply_waiting_for_a_retry_sends_the_edited_text() {
+        let failed = throttled(t0() + Duration::seconds(6));
         let history = vec![
             started(),
             queued(text("See you tomorow"), t0()),
@@ -2127,13 +2137,7 @@ mod tests {
     #[test]
     fn change_while_an_attempt_is_under_way_holds_unless_the_attempt_is_accepted() {
         let under_way = vec![started(), queued(text("Hi"), t0()), attempted(1, t0())];
-        let withdrawn = ConversationEvent::MessageFailed {
-            message_id: "out1".into(),
-            thread_id: Some("th1".into()),
-            code: "withdrawn".into(),
-            reason: "The agent deleted it before it went out.".into(),
-            at: t0(),
-        };
+        let withdrawn = withdrawn();
         TestFramework::<Conversation>::with(no_history())
             .given(under_way.clone())
             .when(change(ReplyChange::Delete))
@@ -2227,14 +2231,7 @@ mod tests {
                 queued(text("Original"), t0()),
                 attempted(1, t0()),
                 revised,
-                ConversationEvent::SendAttemptFailed {
-                    message_id: "out1".into(),
-                    thread_id: Some("th1".into()),
-                    attempt: 1,
-                    code: Some("130429".into()),
-                    reason: "throttled".into(),
-                    retry_at: t0(),
-                },
+                throttled(t0()),
                 attempted(2, t0()),
             ])
             .when(report(
