@@ -223,6 +223,36 @@ pub enum PaymentEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The provider charged the customer again for a payment already paid (another
+    /// transaction: a second checkout, a retried payment): money the tenant holds twice and
+    /// must return. The payment keeps what it was paid; the charge is tracked beside it
+    /// until its refunds add up to it.
+    ChargedAgain {
+        /// Amount charged, minor units.
+        amount: i64,
+        /// Its currency, as the provider reported it.
+        currency: String,
+        /// The provider's transaction (Stripe payment intent, Lyra transaction uuid).
+        provider_reference: String,
+        /// The webhook that said so.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The provider refunded part or all of a charge recorded by [`PaymentEvent::ChargedAgain`]
+    /// (the payment's own charge is untouched).
+    ChargeRefunded {
+        /// The provider's transaction refunded.
+        provider_reference: String,
+        /// This refund, minor units.
+        amount: i64,
+        /// All refunds of that transaction so far.
+        refunded_total: i64,
+        /// The webhook that said so.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A provider status that may not apply (a "failed" after "paid", an amount that does
     /// not match, a refund above what was paid) was recorded and not applied.
     ProviderStatusIgnored {
@@ -249,6 +279,8 @@ impl DomainEvent for PaymentEvent {
             PaymentEvent::Cancelled { .. } => "Cancelled",
             PaymentEvent::Refunded { .. } => "Refunded",
             PaymentEvent::RefundHeld { .. } => "RefundHeld",
+            PaymentEvent::ChargedAgain { .. } => "ChargedAgain",
+            PaymentEvent::ChargeRefunded { .. } => "ChargeRefunded",
             PaymentEvent::ProviderStatusIgnored { .. } => "ProviderStatusIgnored",
         }
         .to_owned()

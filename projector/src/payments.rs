@@ -265,7 +265,12 @@ impl Projection for PaymentsProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["payments", "payment_lines", "payment_refunds"]
+        &[
+            "payments",
+            "payment_lines",
+            "payment_refunds",
+            "payment_charges",
+        ]
     }
 
     async fn apply(
@@ -425,7 +430,8 @@ impl Projection for PaymentsProjection {
                     Some(format!("{status}:{reason}")),
                     Some(at),
                 ),
-                // The duplicate charge was returned: nothing is left for staff to do.
+                // The duplicate charge was returned (streams written before charges were
+                // tracked): nothing is left for staff to do.
                 PaymentEvent::ProviderStatusIgnored { reason, .. }
                     if reason == "refund_of_another_charge" =>
                 {
@@ -439,6 +445,70 @@ impl Projection for PaymentsProjection {
                 PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
                 // Applied with the payment's confirmation (then a `Refunded` follows).
                 PaymentEvent::RefundHeld { .. } => ("status = status", None, None),
+                PaymentEvent::ChargedAgain {
+                    amount,
+                    currency,
+                    provider_reference,
+                    webhook_id,
+                    at,
+                } => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {} (payment_id, provider_reference, tenant_id, amount, currency,
+                                         webhook_id, charged_at)
+                         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)",
+                        target.table("payment_charges")
+                    ))
+                    .bind(id)
+                    .bind(provider_reference)
+                    .bind(tenant)
+                    .bind(amount)
+                    .bind(currency)
+                    .bind(webhook_id)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                    (
+                        "attention = $4, attention_at = $5",
+                        Some("paid:duplicate_charge".to_owned()),
+                        Some(at),
+                    )
+                }
+                PaymentEvent::ChargeRefunded {
+                    provider_reference,
+                    refunded_total,
+                    ..
+                } => {
+                    let charges = target.table("payment_charges");
+                    sqlx::query(&format!(
+                        "UPDATE {charges} SET refunded = $3
+                          WHERE payment_id = $1::uuid AND provider_reference = $2"
+                    ))
+                    .bind(id)
+                    .bind(provider_reference)
+                    .bind(refunded_total)
+                    .execute(&mut *conn)
+                    .await?;
+                    // Nothing left for staff once every other charge is wholly returned.
+                    sqlx::query(&format!(
+                        "UPDATE {payments} SET
+                            attention = CASE WHEN attention = 'paid:duplicate_charge' AND NOT EXISTS (
+                                SELECT 1 FROM {charges} c
+                                 WHERE c.payment_id = $1::uuid AND c.refunded < c.amount)
+                              THEN NULL ELSE attention END,
+                            attention_at = CASE WHEN attention = 'paid:duplicate_charge' AND NOT EXISTS (
+                                SELECT 1 FROM {charges} c
+                                 WHERE c.payment_id = $1::uuid AND c.refunded < c.amount)
+                              THEN NULL ELSE attention_at END,
+                            updated_at = $2, version = $3
+                          WHERE id = $1::uuid"
+                    ))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+                    return Ok(());
+                }
             };
         let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");
         sql.push_str(" WHERE id = $1::uuid");

@@ -273,6 +273,56 @@ pub struct Payment {
     /// transaction, so one of another transaction never replaces this one's.
     #[serde(default)]
     held_refunds: BTreeMap<String, HeldRefund>,
+    /// The customer's other charges for this payment once it was paid (a second checkout),
+    /// by the provider's transaction: the tenant must return them.
+    #[serde(default)]
+    extra_charges: BTreeMap<String, Charge>,
+}
+
+/// A charge of the customer beside the one that paid the payment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Charge {
+    /// Charged, minor units.
+    amount: i64,
+    /// Its currency.
+    currency: String,
+    /// Refunded of it so far.
+    refunded: i64,
+}
+
+impl Charge {
+    /// What a refund reported as `refunded_total` of this charge (transaction `reference`)
+    /// leads to.
+    fn refund(
+        &self,
+        reference: &str,
+        refunded_total: i64,
+        currency: &str,
+        webhook_id: &str,
+        at: DateTime<Utc>,
+    ) -> PaymentEvent {
+        let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
+            status: "refunded".into(),
+            reason: reason.into(),
+            webhook_id: webhook_id.to_owned(),
+            at,
+        };
+        if currency != self.currency {
+            ignored("amount_mismatch")
+        } else if refunded_total > self.amount {
+            ignored("refund_exceeds_paid")
+        } else if refunded_total <= self.refunded {
+            ignored("refund_already_recorded")
+        } else {
+            PaymentEvent::ChargeRefunded {
+                provider_reference: reference.to_owned(),
+                amount: refunded_total - self.refunded,
+                refunded_total,
+                webhook_id: webhook_id.to_owned(),
+                at,
+            }
+        }
+    }
 }
 
 /// A refund reported before the payment it refunds was confirmed.
@@ -442,6 +492,31 @@ impl Payment {
     ) -> Vec<PaymentEvent> {
         let event = self.provider_change(webhook_id, status, at);
         let mut events = vec![event];
+        if let PaymentEvent::ChargedAgain {
+            amount,
+            currency,
+            provider_reference,
+            ..
+        } = &events[0]
+        {
+            // A refund of this charge reported before the charge itself.
+            if let Some(held) = self.held_refunds.get(provider_reference) {
+                let charge = Charge {
+                    amount: *amount,
+                    currency: currency.clone(),
+                    refunded: 0,
+                };
+                let refund = charge.refund(
+                    provider_reference,
+                    held.refunded_total,
+                    &held.currency,
+                    &held.webhook_id,
+                    at,
+                );
+                events.push(refund);
+            }
+            return events;
+        }
         let PaymentEvent::Paid {
             amount: paid,
             provider_reference,
@@ -452,7 +527,8 @@ impl Payment {
         };
         let (paid, provider_reference) = (*paid, provider_reference.clone());
         // The held refund of the transaction that paid (or naming none: the largest running
-        // total of the two); those of other transactions were of other charges.
+        // total of the two); those of other transactions stay held for the charges they
+        // name, which the provider may report later.
         let mine = self
             .held_refunds
             .iter()
@@ -467,9 +543,6 @@ impl Payment {
                 at,
             };
             if Some(reference) != mine.as_ref() {
-                if !reference.is_empty() && *reference != provider_reference {
-                    events.push(ignored("refund_of_another_charge"));
-                }
                 continue;
             }
             events.push(if held.currency != self.currency {
@@ -517,10 +590,17 @@ impl Payment {
                         .provider_reference
                         .as_ref()
                         .is_none_or(|paid| paid == &reference)
+                        || self.extra_charges.contains_key(&reference)
                     {
                         ignored("already_paid")
                     } else {
-                        ignored("duplicate_charge")
+                        PaymentEvent::ChargedAgain {
+                            amount,
+                            currency,
+                            provider_reference: reference,
+                            webhook_id,
+                            at,
+                        }
                     }
                 } else if currency != self.currency || amount != self.total {
                     ignored("amount_mismatch")
@@ -556,9 +636,19 @@ impl Payment {
                 currency,
                 reference,
             } => {
-                if !self.status.was_paid() {
-                    // Out of order (the confirmation is on its way, or the customer paid a
-                    // payment staff had given up on): held until the payment is confirmed.
+                let other = reference.as_ref().filter(|r| {
+                    self.provider_reference
+                        .as_ref()
+                        .is_some_and(|paid| paid != *r)
+                });
+                if let Some(charge) = other.and_then(|r| self.extra_charges.get(r)) {
+                    // A duplicate charge being returned: the payment keeps what it was paid.
+                    let reference = other.map(String::as_str).unwrap_or_default();
+                    charge.refund(reference, refunded_total, &currency, &webhook_id, at)
+                } else if !self.status.was_paid() || other.is_some() {
+                    // Out of order (the confirmation of the payment, or of the charge it
+                    // names, is on its way; or the customer paid a payment staff had given
+                    // up on): held until that charge is reported.
                     match self
                         .held_refunds
                         .get(reference.as_deref().unwrap_or_default())
@@ -574,14 +664,6 @@ impl Payment {
                             at,
                         },
                     }
-                } else if reference.as_ref().is_some_and(|r| {
-                    self.provider_reference
-                        .as_ref()
-                        .is_some_and(|paid| paid != r)
-                }) {
-                    // A refund of another transaction (a duplicate charge being returned):
-                    // the payment keeps what it was paid.
-                    ignored("refund_of_another_charge")
                 } else if currency != self.currency {
                     ignored("amount_mismatch")
                 } else if refunded_total > self.paid {
@@ -724,12 +806,43 @@ impl Aggregate for Payment {
                 provider_reference,
                 ..
             } => {
+                // Its held refund is applied (or recorded as not applicable) by the events
+                // that follow; those naming other transactions wait for them.
+                self.held_refunds.remove("");
+                self.held_refunds.remove(&provider_reference);
                 self.provider_reference = Some(provider_reference);
                 self.paid = amount;
                 self.status = Status::Paid;
                 self.webhooks.insert(webhook_id);
-                // Applied (or recorded as not applicable) by the events that follow it.
-                self.held_refunds.clear();
+            }
+            PaymentEvent::ChargedAgain {
+                amount,
+                currency,
+                provider_reference,
+                webhook_id,
+                ..
+            } => {
+                self.held_refunds.remove(&provider_reference);
+                self.extra_charges.insert(
+                    provider_reference,
+                    Charge {
+                        amount,
+                        currency,
+                        refunded: 0,
+                    },
+                );
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::ChargeRefunded {
+                provider_reference,
+                refunded_total,
+                webhook_id,
+                ..
+            } => {
+                if let Some(charge) = self.extra_charges.get_mut(&provider_reference) {
+                    charge.refunded = refunded_total;
+                }
+                self.webhooks.insert(webhook_id);
             }
             PaymentEvent::RefundHeld {
                 refunded_total,
@@ -771,7 +884,14 @@ impl Aggregate for Payment {
                 };
                 self.webhooks.insert(webhook_id);
             }
-            PaymentEvent::ProviderStatusIgnored { webhook_id, .. } => {
+            PaymentEvent::ProviderStatusIgnored {
+                webhook_id, reason, ..
+            } => {
+                // Streams written before refunds of other charges stayed held recorded them
+                // as not applicable when the payment was confirmed.
+                if reason == "refund_of_another_charge" {
+                    self.held_refunds.retain(|_, h| h.webhook_id != webhook_id);
+                }
                 self.webhooks.insert(webhook_id);
             }
         }
@@ -1149,19 +1269,124 @@ mod tests {
             .then_expect_events(vec![ignored("paid", "already_paid", "w2")]);
     }
 
+    fn paid_by(reference: &str) -> ProviderStatus {
+        ProviderStatus::Paid {
+            amount: 13_200,
+            currency: "EUR".into(),
+            reference: reference.into(),
+        }
+    }
+
+    fn refund_of(reference: &str, total: i64) -> ProviderStatus {
+        ProviderStatus::Refunded {
+            refunded_total: total,
+            currency: "EUR".into(),
+            reference: Some(reference.into()),
+        }
+    }
+
+    fn charged_again(reference: &str, webhook: &str) -> PaymentEvent {
+        PaymentEvent::ChargedAgain {
+            amount: 13_200,
+            currency: "EUR".into(),
+            provider_reference: reference.into(),
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
+    fn charge_refunded(reference: &str, amount: i64, total: i64, webhook: &str) -> PaymentEvent {
+        PaymentEvent::ChargeRefunded {
+            provider_reference: reference.into(),
+            amount,
+            refunded_total: total,
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
+    fn held_of(reference: &str, total: i64, webhook: &str) -> PaymentEvent {
+        PaymentEvent::RefundHeld {
+            refunded_total: total,
+            currency: "EUR".into(),
+            reference: Some(reference.into()),
+            webhook_id: webhook.into(),
+            at: t0(),
+        }
+    }
+
     #[test]
-    fn a_paid_naming_another_transaction_is_recorded_as_a_duplicate_charge() {
+    fn a_paid_naming_another_transaction_is_tracked_as_another_charge() {
         framework()
             .given(vec![requested(), link(), paid("w1")])
-            .when(status(
-                "w2",
-                ProviderStatus::Paid {
-                    amount: 13_200,
-                    currency: "EUR".into(),
-                    reference: "tx-2".into(),
-                },
-            ))
-            .then_expect_events(vec![ignored("paid", "duplicate_charge", "w2")]);
+            .when(status("w2", paid_by("tx-2")))
+            .then_expect_events(vec![charged_again("tx-2", "w2")]);
+        // Reported again (another webhook of the same transaction): a repeat.
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                paid("w1"),
+                charged_again("tx-2", "w2"),
+            ])
+            .when(status("w3", paid_by("tx-2")))
+            .then_expect_events(vec![ignored("paid", "already_paid", "w3")]);
+    }
+
+    #[test]
+    fn refunds_of_another_charge_apply_to_it_up_to_its_amount() {
+        let given = || vec![requested(), link(), paid("w1"), charged_again("tx-2", "w2")];
+        framework()
+            .given(given())
+            .when(status("w3", refund_of("tx-2", 5_000)))
+            .then_expect_events(vec![charge_refunded("tx-2", 5_000, 5_000, "w3")]);
+        let mut partly = given();
+        partly.push(charge_refunded("tx-2", 5_000, 5_000, "w3"));
+        framework()
+            .given(partly.clone())
+            .when(status("w4", refund_of("tx-2", 13_200)))
+            .then_expect_events(vec![charge_refunded("tx-2", 8_200, 13_200, "w4")]);
+        framework()
+            .given(partly.clone())
+            .when(status("w4", refund_of("tx-2", 5_000)))
+            .then_expect_events(vec![ignored("refunded", "refund_already_recorded", "w4")]);
+        framework()
+            .given(partly)
+            .when(status("w4", refund_of("tx-2", 13_201)))
+            .then_expect_events(vec![ignored("refunded", "refund_exceeds_paid", "w4")]);
+    }
+
+    #[test]
+    fn a_refund_of_another_charge_before_that_charge_is_held_until_it_comes() {
+        framework()
+            .given(vec![requested(), link(), paid("w1")])
+            .when(status("w3", refund_of("tx-2", 13_200)))
+            .then_expect_events(vec![held_of("tx-2", 13_200, "w3")]);
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                paid("w1"),
+                held_of("tx-2", 13_200, "w3"),
+            ])
+            .when(status("w2", paid_by("tx-2")))
+            .then_expect_events(vec![
+                charged_again("tx-2", "w2"),
+                charge_refunded("tx-2", 13_200, 13_200, "w3"),
+            ]);
+        // Held before the payment itself was confirmed: it outlives that confirmation.
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                held_of("tx-2", 13_200, "w3"),
+                paid("w1"),
+            ])
+            .when(status("w2", paid_by("tx-2")))
+            .then_expect_events(vec![
+                charged_again("tx-2", "w2"),
+                charge_refunded("tx-2", 13_200, 13_200, "w3"),
+            ]);
     }
 
     #[test]
@@ -1244,18 +1469,18 @@ mod tests {
 
     #[test]
     fn a_refund_of_another_transaction_leaves_the_payment_as_paid() {
-        let of = |reference: &str| ProviderStatus::Refunded {
-            refunded_total: 13_200,
-            currency: "EUR".into(),
-            reference: Some(reference.into()),
-        };
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                paid("w1"),
+                charged_again("tx-2", "w2"),
+            ])
+            .when(status("w3", refund_of("tx-2", 13_200)))
+            .then_expect_events(vec![charge_refunded("tx-2", 13_200, 13_200, "w3")]);
         framework()
             .given(vec![requested(), link(), paid("w1")])
-            .when(status("w2", of("tx-2")))
-            .then_expect_events(vec![ignored("refunded", "refund_of_another_charge", "w2")]);
-        framework()
-            .given(vec![requested(), link(), paid("w1")])
-            .when(status("w2", of("tx-1")))
+            .when(status("w2", refund_of("tx-1", 13_200)))
             .then_expect_events(vec![PaymentEvent::Refunded {
                 amount: 13_200,
                 refunded_total: 13_200,
@@ -1266,13 +1491,6 @@ mod tests {
 
     #[test]
     fn held_refunds_of_another_transaction_do_not_replace_this_ones() {
-        let held_of = |reference: &str, total: i64, webhook: &str| PaymentEvent::RefundHeld {
-            refunded_total: total,
-            currency: "EUR".into(),
-            reference: Some(reference.into()),
-            webhook_id: webhook.into(),
-            at: t0(),
-        };
         framework()
             .given(vec![
                 requested(),
@@ -1289,8 +1507,23 @@ mod tests {
                     webhook_id: "w2".into(),
                     at: t0(),
                 },
-                ignored("refunded", "refund_of_another_charge", "w3"),
             ]);
+    }
+
+    #[test]
+    fn refunds_recorded_as_of_another_charge_by_earlier_streams_stay_recorded() {
+        // Before refunds of other charges were held, the confirmation recorded them as not
+        // applicable; that charge arriving now is tracked without them.
+        framework()
+            .given(vec![
+                requested(),
+                link(),
+                held_of("tx-2", 13_200, "w3"),
+                paid("w1"),
+                ignored("refunded", "refund_of_another_charge", "w3"),
+            ])
+            .when(status("w2", paid_by("tx-2")))
+            .then_expect_events(vec![charged_again("tx-2", "w2")]);
     }
 
     #[test]

@@ -291,6 +291,24 @@ pub struct RefundView {
     refunded_at: DateTime<Utc>,
 }
 
+/// Another charge of the customer for a payment already paid (a second checkout), which the
+/// tenant must return.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChargeView {
+    /// The provider's transaction (refund this one at the provider).
+    provider_reference: String,
+    /// Charged, minor units.
+    amount: i64,
+    /// Its currency.
+    currency: String,
+    /// Refunded of it so far, minor units.
+    refunded: i64,
+    /// The webhook that reported it.
+    webhook_id: String,
+    /// When.
+    charged_at: DateTime<Utc>,
+}
+
 /// A payment with its lines and refunds.
 #[derive(Debug, Serialize, FromRow)]
 pub struct PaymentDetail {
@@ -302,6 +320,8 @@ pub struct PaymentDetail {
     lines: sqlx::types::Json<Vec<LineView>>,
     /// Its refunds, in order.
     refunds: sqlx::types::Json<Vec<RefundView>>,
+    /// The customer's other charges for it (duplicates to return), in order.
+    other_charges: sqlx::types::Json<Vec<ChargeView>>,
 }
 
 /// A payment, its lines and its refunds in one statement, so the three come from one
@@ -317,7 +337,13 @@ fn detail_sql() -> String {
                 (SELECT coalesce(json_agg(json_build_object(
                             'sequence', r.sequence, 'amount', r.amount, 'webhook_id', r.webhook_id,
                             'refunded_at', r.refunded_at) ORDER BY r.sequence), '[]'::json)
-                   FROM payment_refunds r WHERE r.payment_id = p.id) AS refunds
+                   FROM payment_refunds r WHERE r.payment_id = p.id) AS refunds,
+                (SELECT coalesce(json_agg(json_build_object(
+                            'provider_reference', c.provider_reference, 'amount', c.amount,
+                            'currency', c.currency, 'refunded', c.refunded,
+                            'webhook_id', c.webhook_id, 'charged_at', c.charged_at)
+                            ORDER BY c.charged_at, c.provider_reference), '[]'::json)
+                   FROM payment_charges c WHERE c.payment_id = p.id) AS other_charges
            FROM payments p
           WHERE p.id = $1"
     )

@@ -590,6 +590,64 @@ async fn money_the_payment_could_not_take_shows_on_it_for_staff_to_act_on() {
 }
 
 #[tokio::test]
+async fn a_duplicate_charge_is_tracked_on_the_payment_until_its_refunds_add_up() {
+    let stack = Stack::start(None, None, true).await;
+    let (payment, _) = stack.request("stripe").await;
+    let paid = checkout_completed("evt_dup_first", &payment, 13200);
+    assert_eq!(stack.stripe_signed(&paid).await.status(), 200);
+    stack
+        .payment_when(&payment, "paid", |p| p["status"] == "paid")
+        .await;
+    let refund_of_second = |event: &str, so_far: i64| {
+        let mut refund: Value =
+            serde_json::from_str(&charge_refunded(event, "pi_dup_second", so_far)).expect("json");
+        refund["data"]["object"]["metadata"] = json!({ "payment_id": payment });
+        refund.to_string()
+    };
+    // The merchant starts returning the second charge before Stripe reports that charge.
+    let early = refund_of_second("evt_dup_refund_part", 5000);
+    let id = webhook_of(stack.stripe_signed(&early).await).await;
+    stack
+        .webhook_when(&id, "the early refund processed", |w| {
+            w["status"] == "processed"
+        })
+        .await;
+    let mut second: Value =
+        serde_json::from_str(&checkout_completed("evt_dup_second", &payment, 13200)).expect("json");
+    second["data"]["object"]["payment_intent"] = json!("pi_dup_second");
+    assert_eq!(stack.stripe_signed(&second.to_string()).await.status(), 200);
+    let row = stack
+        .payment_when(&payment, "the second charge tracked", |p| {
+            p["other_charges"][0]["refunded"] == 5000
+        })
+        .await;
+    assert_eq!(
+        row["other_charges"][0]["provider_reference"],
+        "pi_dup_second"
+    );
+    assert_eq!(row["other_charges"][0]["amount"], 13200);
+    // Part of it returned: staff still owe the customer the rest.
+    assert_eq!(row["attention"], "paid:duplicate_charge", "{row}");
+    assert_eq!(
+        (row["status"].as_str(), row["refunded"].as_i64()),
+        (Some("paid"), Some(0))
+    );
+    let rest = refund_of_second("evt_dup_refund_rest", 13200);
+    assert_eq!(stack.stripe_signed(&rest).await.status(), 200);
+    let row = stack
+        .payment_when(&payment, "the second charge returned", |p| {
+            p["other_charges"][0]["refunded"] == 13200
+        })
+        .await;
+    assert!(row["attention"].is_null(), "{row}");
+    assert_eq!(
+        (row["status"].as_str(), row["refunded"].as_i64()),
+        (Some("paid"), Some(0)),
+        "the payment keeps what it was paid"
+    );
+}
+
+#[tokio::test]
 async fn a_refund_reported_before_the_payment_is_applied_when_the_payment_is_confirmed() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
