@@ -290,3 +290,24 @@ impl DomainEvent for PaymentEvent {
         "1.0".to_owned()
     }
 }
+/// Questions about payments' provider transactions that the command side (matching a
+/// webhook to its payment) and the projector's `payment-references` worker (matching it
+/// again later) ask alike, as SQL over the event store (indexes of migrations 0031, 0032).
+pub mod lookups {
+    /// The payment paid, or charged again, through provider transaction `$1`.
+    pub const PAID_WITH: &str = "SELECT aggregate_id FROM events
+      WHERE aggregate_type = 'payment' AND event_type IN ('Paid', 'ChargedAgain')
+        AND coalesce(payload->'Paid'->>'provider_reference',
+                     payload->'ChargedAgain'->>'provider_reference') = $1
+      ORDER BY global_position LIMIT 1";
+
+    /// The webhooks whose latest event records them as naming provider transaction `$1`
+    /// when no payment was known for it (a replay already asked for is under way).
+    pub const UNMATCHED_WEBHOOKS: &str = "SELECT p.aggregate_id FROM events p
+      WHERE p.aggregate_type = 'webhook' AND p.event_type = 'Processed'
+        AND p.payload->'Processed' ? 'unmatched_reference'
+        AND p.payload->'Processed'->>'unmatched_reference' = $1
+        AND NOT EXISTS (SELECT 1 FROM events l
+                         WHERE l.aggregate_type = 'webhook' AND l.aggregate_id = p.aggregate_id
+                           AND l.sequence > p.sequence)";
+}

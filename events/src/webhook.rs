@@ -123,6 +123,11 @@ pub enum WebhookEvent {
         tenant_id: Option<String>,
         /// Why, for people.
         detail: String,
+        /// The provider's reference (a Stripe payment intent) it named when no payment was
+        /// known for it yet: processed again once a payment is paid with that reference
+        /// (the projector's `payment-references` worker).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unmatched_reference: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -213,6 +213,14 @@ pub fn projections(
         all.push(reassignment);
     }
     if let (Some(secret), Some(pool)) = (config.auth_secret(), &pool) {
+        all.push(Arc::new(effects::references::PaymentReferences::new(
+            pool.clone(),
+            command_client::CommandClient::new(
+                &config.command_api_url,
+                events::access::TokenKeys::new(secret),
+                "payment-references",
+            ),
+        )));
         all.push(Arc::new(effects::media::MediaRefetch::new(
             pool.clone(),
             command_client::CommandClient::new(

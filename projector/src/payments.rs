@@ -134,6 +134,7 @@ impl Projection for WebhooksProjection {
                 tenant_id,
                 detail,
                 at,
+                ..
             } => {
                 sqlx::query(&format!(
                     "UPDATE {table} SET status = 'processed', outcome = $4,

@@ -38,6 +38,8 @@ pub enum WebhookCommand {
         tenant_id: Option<String>,
         /// Why.
         detail: String,
+        /// The provider's reference it named, when no payment was known for it.
+        unmatched_reference: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -163,12 +165,14 @@ impl Webhook {
                 payment_id,
                 tenant_id,
                 detail,
+                unmatched_reference,
                 at,
             } => (self.status == Status::Pending).then_some(WebhookEvent::Processed {
                 outcome,
                 payment_id,
                 tenant_id,
                 detail,
+                unmatched_reference,
                 at,
             }),
             WebhookCommand::RecordFailure { error, at } => {
@@ -304,6 +308,7 @@ mod tests {
             payment_id: Some("p".into()),
             tenant_id: Some("t".into()),
             detail: "paid".into(),
+            unmatched_reference: None,
             at: t0(),
         }
     }
@@ -314,6 +319,7 @@ mod tests {
             payment_id: Some("p".into()),
             tenant_id: Some("t".into()),
             detail: "paid".into(),
+            unmatched_reference: None,
             at: t0(),
         }
     }

@@ -349,6 +349,10 @@ pub(crate) enum Processing {
     Retry(String),
     /// It concerns this tenant, which is suspended: it waits for its reactivation.
     Held(String),
+    /// It names a provider reference (a Stripe payment intent) no payment was paid with
+    /// yet: recorded as ignored, and processed again when one is (the provider's events
+    /// came out of order, or it is another product's on a shared account).
+    Unmatched(String),
 }
 
 /// The tenant a webhook turned out to concern, and its payment if it was about one.
@@ -424,6 +428,15 @@ async fn process(
             payment_id: payment.as_ref().and_then(|p| p.payment_id.clone()),
             tenant_id: payment.as_ref().map(|p| p.tenant_id.clone()),
             detail: detail.clone(),
+            unmatched_reference: None,
+            at,
+        },
+        Processing::Unmatched(reference) => WebhookCommand::RecordOutcome {
+            outcome: Outcome::Ignored,
+            payment_id: None,
+            tenant_id: None,
+            detail: UNMATCHED.into(),
+            unmatched_reference: Some(reference.clone()),
             at,
         },
         Processing::Retry(error) => WebhookCommand::RecordFailure {
@@ -456,6 +469,10 @@ async fn process(
         Processing::Held(tenant) => json!({
             "id": id, "version": c.version, "status": "held", "tenant_id": tenant,
         }),
+        Processing::Unmatched(reference) => json!({
+            "id": id, "version": c.version, "status": "processed", "outcome": Outcome::Ignored,
+            "payment_id": null, "detail": UNMATCHED, "unmatched_reference": reference,
+        }),
     };
     Ok(Json(body).into_response())
 }
@@ -468,6 +485,9 @@ fn status_name(s: Status) -> &'static str {
         Status::Dead => "dead",
     }
 }
+
+/// Why a webhook naming a provider reference no payment was paid with was not applied.
+const UNMATCHED: &str = "no payment known for the provider's reference";
 
 /// Turns a webhook's meaning into a payment command.
 async fn apply(
@@ -488,22 +508,20 @@ async fn apply(
     let payment_id = match meaning.reference {
         Reference::Payment(id) => id,
         Reference::Provider(reference) => {
-            // Known once the payment is projected as paid (the read model may lag). Only a
-            // refund must find a paid payment; a failure or expiry naming an intent no
-            // payment was paid with is for nobody here.
-            let found: Result<Option<Uuid>, _> =
-                sqlx::query_scalar("SELECT id FROM payments WHERE provider_reference = $1 LIMIT 1")
+            // The payment paid (or charged again) through that transaction, from the event
+            // store: committed is known. Only a refund must find one; a failure or expiry
+            // naming an intent no payment was paid with is for nobody here.
+            let found: Result<Option<String>, _> =
+                sqlx::query_scalar(events::payment::lookups::PAID_WITH)
                     .bind(&reference)
                     .fetch_optional(&state.pool)
                     .await;
             match found {
-                Ok(Some(id)) => id.to_string(),
+                Ok(Some(id)) => id,
                 Ok(None) if matches!(status, ProviderStatus::Refunded { .. }) => {
-                    return Processing::Retry(
-                        "no payment known for the provider's reference yet".into(),
-                    )
+                    return Processing::Unmatched(reference)
                 }
-                Ok(None) => return ignored("no payment known for the provider's reference"),
+                Ok(None) => return ignored(UNMATCHED),
                 Err(e) => {
                     tracing::warn!(error = %e, "payments read model unavailable");
                     return Processing::Retry("database unavailable".into());

@@ -90,20 +90,7 @@ impl Effect for MediaRefetch {
                 continue;
             };
             for webhook in self.waiting(&tenant_id, &envelope.aggregate_id).await? {
-                let path = format!("/v1/webhooks/{webhook}/replay");
-                match self.client.post_json(&path, &serde_json::json!({})).await {
-                    Ok(r) if r.status().is_success() => {}
-                    Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                        tracing::warn!(webhook, status = %r.status(), "delivery not replayed");
-                    }
-                    Ok(r) => {
-                        return Err(ProjectionError::Unavailable(format!(
-                            "command-api answered {}",
-                            r.status()
-                        )))
-                    }
-                    Err(e) => return Err(ProjectionError::Unavailable(e.to_string())),
-                }
+                super::replay_webhook(&self.client, &webhook).await?;
             }
         }
         Ok(())

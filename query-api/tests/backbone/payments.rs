@@ -1288,8 +1288,24 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
         TokenKeys::new(SECRET),
         clock.clone(),
     );
-    // A refund naming a payment intent no payment of ours has.
-    let refund = charge_refunded("evt_orphan", "pi_nobody_knows", 500);
+    let (payment, _) = stack.request("stripe").await;
+    let paid = checkout_completed("evt_paid_before_outage", &payment, 13200);
+    let signature = stripe_header(&paid, STRIPE_SECRET, clock.now().timestamp());
+    assert_eq!(stack.stripe(&paid, Some(&signature)).await.status(), 200);
+    processes_one(&processor).await;
+    // The event store refuses the payment's refunds (an outage of this database's writes,
+    // made here for this test's own database only).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_refunds() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'writes refused'; END $$;
+         CREATE TRIGGER refuse_refunds BEFORE INSERT ON events FOR EACH ROW
+           WHEN (NEW.aggregate_type = 'payment' AND NEW.event_type = 'Refunded')
+           EXECUTE FUNCTION refuse_refunds();",
+    )
+    .execute(&stack.env.pool)
+    .await
+    .expect("outage");
+    let refund = charge_refunded("evt_in_outage", &format!("pi_for_{payment}"), 500);
     let signature = stripe_header(&refund, STRIPE_SECRET, clock.now().timestamp());
     let webhook = webhook_of(stack.stripe(&refund, Some(&signature)).await).await;
     let attempts = events::webhook::MAX_ATTEMPTS as i64;
@@ -1329,9 +1345,7 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
             clock.advance(chrono::Duration::hours(2));
         } else {
             assert_eq!(w["status"], "dead", "{w}");
-            assert!(w["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("no payment known")));
+            assert_eq!(w["last_error"], "event store unavailable", "{w}");
         }
     }
     let dead = stack
@@ -1381,6 +1395,95 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
         .env
         .assert_snapshots_crossed(events::webhook::WEBHOOK)
         .await;
+    // The outage ends: the next attempt applies the refund.
+    sqlx::raw_sql("DROP TRIGGER refuse_refunds ON events")
+        .execute(&stack.env.pool)
+        .await
+        .expect("outage over");
+    clock.advance(chrono::Duration::hours(1));
+    processes_one(&processor).await;
+    stack
+        .payment_when(&payment, "the refund applied", |p| p["refunded"] == 500)
+        .await;
+}
+
+/// A Stripe refund that names only a payment intent no payment was paid with.
+fn orphan_refund(event_id: &str, intent: &str) -> String {
+    charge_refunded(event_id, intent, 13200)
+}
+
+#[tokio::test]
+async fn a_refund_naming_an_unknown_payment_intent_is_ignored_and_applies_once_that_intent_pays() {
+    let stack = Stack::start(None, None, true).await;
+    let (payment, _) = stack.request("stripe").await;
+    // Another product on the same Stripe account, or our own checkout reported later: not
+    // retried for hours, nor dead-lettered.
+    let refund = orphan_refund("evt_refund_first", &format!("pi_for_{payment}"));
+    let id = webhook_of(stack.stripe_signed(&refund).await).await;
+    let w = stack
+        .webhook_when(&id, "recorded as unmatched", |w| w["status"] == "processed")
+        .await;
+    assert_eq!(
+        (w["outcome"].as_str(), w["attempts"].as_i64()),
+        (Some("ignored"), Some(0)),
+        "{w}"
+    );
+    let paid = checkout_completed("evt_paid_after_refund", &payment, 13200);
+    assert_eq!(stack.stripe_signed(&paid).await.status(), 200);
+    let row = stack
+        .payment_when(&payment, "paid, then refunded", |p| {
+            p["status"] == "refunded"
+        })
+        .await;
+    assert_eq!(row["refunded"], 13200, "{row}");
+    let w = stack
+        .webhook_when(&id, "applied on replay", |w| w["outcome"] == "applied")
+        .await;
+    assert_eq!(w["payment_id"], payment.as_str(), "{w}");
+}
+
+#[tokio::test]
+async fn an_unmatched_refund_recorded_after_its_payment_was_paid_is_replayed() {
+    use projector::projection::Effect;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let stack = Stack::start(None, Some(clock.clone()), false).await;
+    let processor = DueProcessor::webhooks(
+        stack.env.pool.clone(),
+        &stack.api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    let worker = projector::effects::references::PaymentReferences::new(
+        stack.env.pool.clone(),
+        projector::command_client::CommandClient::new(
+            &stack.api.url(""),
+            TokenKeys::new(SECRET),
+            "payment-references",
+        ),
+    );
+    let (payment, _) = stack.request("stripe").await;
+    let signed = |body: &str| stripe_header(body, STRIPE_SECRET, clock.now().timestamp());
+    let refund = orphan_refund("evt_refund_racing", &format!("pi_for_{payment}"));
+    let webhook = webhook_of(stack.stripe(&refund, Some(&signed(&refund))).await).await;
+    processes_one(&processor).await;
+    // Its payment is paid; the worker saw that before the refund's outcome (both commits
+    // raced): it is the refund's outcome that finds the payment now.
+    let paid = checkout_completed("evt_paid_racing", &payment, 13200);
+    assert_eq!(
+        stack.stripe(&paid, Some(&signed(&paid))).await.status(),
+        200
+    );
+    processes_one(&processor).await;
+    let envelopes = stack.env.envelopes("webhook", &webhook).await;
+    worker.perform(&envelopes).await.expect("replayed");
+    processes_one(&processor).await;
+    stack
+        .payment_when(&payment, "refunded", |p| p["status"] == "refunded")
+        .await;
+    // Handling it again (a crash before the checkpoint moved) changes nothing.
+    worker.perform(&envelopes).await.expect("no-op");
+    assert_eq!(processor.step().await.expect("step").processed, 0);
+    assert_eq!(stack.payment_events(&payment, "Refunded").await, 1);
 }
 
 #[tokio::test]
