@@ -19,8 +19,7 @@ use crate::projection::{Effect, Projection, ProjectionError, Target};
 
 /// The worker.
 pub struct MediaRefetch {
-    /// The WhatsApp read model (which files wait) and the store (which delivery brought
-    /// each).
+    /// The event store: which files wait, and which delivery brought each.
     pool: PgPool,
     /// command-api, as a platform service.
     client: CommandClient,
@@ -33,16 +32,31 @@ impl MediaRefetch {
     }
 
     /// The deliveries of the files of `tenant`'s conversations on `session` that wait for
-    /// working credentials.
+    /// working credentials: refused for the token and not stored since. Read from the
+    /// conversations' events (migration 0033's index), which hold every failure committed
+    /// before the session's `Connected`; the read model may not show them yet.
     async fn waiting(&self, tenant: &str, session: &str) -> Result<Vec<String>, ProjectionError> {
         Ok(sqlx::query_scalar(
-            "SELECT DISTINCT e.payload->'MessageReceived'->>'webhook_id'
-               FROM whatsapp_messages m
-               JOIN events e ON e.aggregate_type = 'whatsapp_conversation'
-                            AND e.aggregate_id = m.conversation_id::text
-                            AND e.event_type = 'MessageReceived'
-                            AND e.payload->'MessageReceived'->>'message_id' = m.id::text
-              WHERE m.session_id = $1::uuid AND m.tenant_id = $2 AND m.media_retryable",
+            "SELECT DISTINCT r.payload->'MessageReceived'->>'webhook_id'
+               FROM events f
+               JOIN events s ON s.aggregate_type = 'whatsapp_conversation'
+                            AND s.aggregate_id = f.aggregate_id AND s.sequence = 1
+               JOIN events r ON r.aggregate_type = 'whatsapp_conversation'
+                            AND r.aggregate_id = f.aggregate_id
+                            AND r.event_type = 'MessageReceived'
+                            AND r.payload->'MessageReceived'->>'message_id'
+                                = f.payload->'MediaFailed'->>'message_id'
+              WHERE f.aggregate_type = 'whatsapp_conversation' AND f.event_type = 'MediaFailed'
+                AND (f.payload->'MediaFailed'->>'retryable')::boolean
+                AND s.payload->'Started'->>'session_id' = $1
+                AND s.payload->'Started'->>'tenant_id' = $2
+                AND NOT EXISTS (
+                    SELECT 1 FROM events m
+                     WHERE m.aggregate_type = 'whatsapp_conversation'
+                       AND m.aggregate_id = f.aggregate_id AND m.sequence > f.sequence
+                       AND m.event_type = 'MediaStored'
+                       AND m.payload->'MediaStored'->>'message_id'
+                           = f.payload->'MediaFailed'->>'message_id')",
         )
         .bind(session)
         .bind(tenant)

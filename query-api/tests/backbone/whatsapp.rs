@@ -1942,18 +1942,13 @@ async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_r
     {
         use projector::projection::Effect;
         let envelopes = wa.env.envelopes("whatsapp_session", &session).await;
-        // Once the read model knows the file waits.
-        eventually(Duration::from_secs(20), "the file waiting", || async {
-            let waiting: bool = sqlx::query_scalar(
-                "SELECT media_retryable FROM whatsapp_messages WHERE id = $1::uuid",
-            )
+        // Whatever the read model shows yet (it may lag behind `Connected`, or be rebuilt):
+        // the worker finds the waiting file in the conversation's events.
+        sqlx::query("UPDATE whatsapp_messages SET media_retryable = false WHERE id = $1::uuid")
             .bind(&photo)
-            .fetch_one(&wa.env.pool)
+            .execute(&wa.env.pool)
             .await
-            .ok()?;
-            waiting.then_some(())
-        })
-        .await;
+            .expect("the read model behind");
         projector::effects::media::MediaRefetch::new(
             wa.env.pool.clone(),
             projector::command_client::CommandClient::new(
