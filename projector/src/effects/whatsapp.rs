@@ -2,9 +2,13 @@
 //! command-api (`POST /v1/whatsapp/threads/{thread}/messages/{message}/forward`), which
 //! queues it in the thread's WhatsApp conversation under the reply's id; the sender then
 //! sends it. An edit or a deletion of a message in the thread follows it there (`…/change`):
-//! a reply not yet sent goes out as edited or not at all. A side-effect worker: its checkpoint moves only once command-api answered, so
-//! no reply is skipped, and a repeat (after a crash) names the same message and appends
-//! nothing. Threads the chat read model already knows as not WhatsApp are not asked about.
+//! a reply not yet sent goes out as edited or not at all. Each event is acted on as the
+//! thread stands now: a reply edited or deleted before the outbox reached it is forwarded
+//! with its latest text or not at all (its original is never queued, so the sender cannot
+//! send it in between), and an edit followed by another change is left to that change.
+//! A side-effect worker: its checkpoint moves only once command-api answered, so no reply
+//! is skipped, and a repeat (after a crash) names the same message and appends nothing.
+//! Threads the chat read model already knows as not WhatsApp are not asked about.
 
 use async_trait::async_trait;
 use events::chat::{PartyKind, ThreadEvent, THREAD};
@@ -28,6 +32,32 @@ impl WhatsAppOutbox {
     /// An outbox forwarding through `client`.
     pub fn new(pool: Option<PgPool>, client: CommandClient) -> Self {
         Self { pool, client }
+    }
+
+    /// The latest change of message `message` of `thread` committed after `sequence`: its
+    /// event type and, for an edit, the new text.
+    async fn later_change(
+        &self,
+        thread: &str,
+        sequence: u64,
+        message: &str,
+    ) -> Result<Option<(String, Option<String>)>, ProjectionError> {
+        let Some(pool) = &self.pool else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_as(
+            "SELECT event_type, payload->'MessageEdited'->>'text' FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                AND event_type IN ('MessageEdited', 'MessageDeleted')
+                AND payload->event_type->>'message_id' = $4
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(THREAD)
+        .bind(thread)
+        .bind(sequence as i64)
+        .bind(message)
+        .fetch_optional(pool)
+        .await?)
     }
 }
 
@@ -74,16 +104,33 @@ impl Effect for WhatsAppOutbox {
                         attachment,
                         ..
                     }) if matches!(author.kind, PartyKind::Agent | PartyKind::Bot) => {
+                        let text = match self
+                            .later_change(thread, envelope.sequence, &message_id)
+                            .await?
+                        {
+                            // Deleted before it was forwarded: it never leaves.
+                            Some((kind, _)) if kind == "MessageDeleted" => continue,
+                            Some((_, Some(edited))) => edited,
+                            _ => text,
+                        };
                         let path =
                             format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
                         let body = json!({"text": text, "attachment": attachment});
                         (message_id, path, body)
                     }
                     // A reply changed in its thread: withdrawn or revised if it has not gone
-                    // out, else the agent is told the contact has the original.
+                    // out, else the agent is told the contact has the original. An edit
+                    // changed again since is left to the latest change.
                     Ok(ThreadEvent::MessageEdited {
                         message_id, text, ..
                     }) => {
+                        if self
+                            .later_change(thread, envelope.sequence, &message_id)
+                            .await?
+                            .is_some()
+                        {
+                            continue;
+                        }
                         let path =
                             format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
                         (message_id, path, json!({"change": "edit", "text": text}))
@@ -118,7 +165,13 @@ impl Effect for WhatsAppOutbox {
                             "command-api answered {status}"
                         )));
                     }
-                    tracing::warn!(thread, message_id, %status, "reply not forwarded");
+                    // A change of a reply deleted before it was forwarded finds nothing to
+                    // change: expected.
+                    if status.as_u16() == 404 && path.ends_with("/change") {
+                        tracing::debug!(thread, message_id, "change of a reply never forwarded");
+                    } else {
+                        tracing::warn!(thread, message_id, %status, "reply not forwarded");
+                    }
                 }
                 Ok(r) => {
                     return Err(ProjectionError::Unavailable(format!(

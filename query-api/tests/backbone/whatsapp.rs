@@ -1876,6 +1876,119 @@ async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_ed
 }
 
 #[tokio::test]
+async fn a_reply_changed_before_the_outbox_reached_it_never_goes_out_as_first_written() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([text("wamid.Q", "Can you help?", Utc::now().timestamp())]),
+        json!([]),
+    ))
+    .await;
+    let asked = wa
+        .message_when(
+            &events::whatsapp::inbound_message_id(&session, "wamid.Q"),
+            "the question",
+            |m| m["thread_id"].is_string(),
+        )
+        .await;
+    let thread = asked["thread_id"].as_str().expect("thread").to_owned();
+    let agent = wa.env.agent_of(&wa.tenant);
+    let post = |path: String, body: Value| {
+        let request = wa
+            .env
+            .http
+            .post(wa.api.url(&path))
+            .bearer_auth(&agent)
+            .json(&body);
+        async move {
+            let r = request.send().await.expect("sent");
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let messages = format!("/v1/chat/threads/{thread}/messages");
+    let secret = post(
+        messages.clone(),
+        json!({"text": "My card is 4242 4242 4242 4242"}),
+    )
+    .await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let typo = post(messages.clone(), json!({"text": "See you tomorow"})).await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Changed in the thread before the outbox got to either (it lags, or was down).
+    post(format!("{messages}/{secret}/delete"), json!({})).await;
+    post(
+        format!("{messages}/{typo}/edit"),
+        json!({"text": "See you tomorrow"}),
+    )
+    .await;
+    post(
+        format!("{messages}/{typo}/edit"),
+        json!({"text": "See you tomorrow at 9"}),
+    )
+    .await;
+    // Exactly the latest text goes out, once; nothing else is ever posted.
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+            "biz_opaque_callback_data": typo, "type": "text",
+            "text": {"preview_url": false, "body": "See you tomorrow at 9"},
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "messages": [{"id": "wamid.LATEST"}]})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(10)
+        .expect(0)
+        .mount(&wa.cloud)
+        .await;
+    outbox_pass(&wa, &thread).await;
+    let report = wa.send_step().await;
+    assert_eq!(report.sent, 1, "{report:?}");
+    wa.message_when(&typo, "sent", |m| m["status"] == "sent")
+        .await;
+    wa.clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(
+        wa.sender.step().await.expect("step").sent,
+        0,
+        "nothing more goes out"
+    );
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation'
+            AND event_type = 'MessageQueued' AND payload->'MessageQueued'->>'message_id' = $1",
+    )
+    .bind(&secret)
+    .fetch_one(&wa.env.pool)
+    .await
+    .expect("count");
+    assert_eq!(queued, 0, "the deleted reply was never queued");
+    let first_written: Option<String> = sqlx::query_scalar(
+        "SELECT payload->'MessageQueued'->'content'->>'body' FROM events
+          WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'MessageQueued'
+            AND payload->'MessageQueued'->>'message_id' = $1",
+    )
+    .bind(&typo)
+    .fetch_one(&wa.env.pool)
+    .await
+    .expect("queued");
+    assert_eq!(
+        first_written.as_deref(),
+        Some("See you tomorrow at 9"),
+        "queued as it stands, never as first written"
+    );
+}
+
+#[tokio::test]
 async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_reconnects() {
     let wa = Wa::start().await;
     let session = wa.connected().await;
