@@ -565,6 +565,9 @@ pub enum ConversationEvent {
         thread_id: Option<String>,
         /// `edited` or `deleted`.
         change: String,
+        /// The reply's delivery status at that point (`delivered`, `read`); absent: `sent`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
         /// When.
         at: DateTime<Utc>,
     },

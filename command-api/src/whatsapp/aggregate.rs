@@ -1040,6 +1040,7 @@ impl Conversation {
                             message_id,
                             thread_id,
                             change: kind.into(),
+                            delivery: out.delivery.filter(|d| *d != Delivery::Sent),
                             at,
                         }]
                     }
@@ -1107,6 +1108,7 @@ impl Conversation {
                                 message_id,
                                 thread_id: out.thread_id.clone(),
                                 change: change.clone(),
+                                delivery: None,
                                 at,
                             });
                         }
@@ -1218,6 +1220,8 @@ impl Conversation {
                                 message_id: message_id.clone(),
                                 thread_id: out.thread_id.clone(),
                                 change: change.clone(),
+                                // The status this report brings (it follows).
+                                delivery: Some(report.status).filter(|d| *d != Delivery::Sent),
                                 at: report.provider_at,
                             });
                         }
@@ -2159,6 +2163,7 @@ mod tests {
                     message_id: "out1".into(),
                     thread_id: Some("th1".into()),
                     change: "deleted".into(),
+                    delivery: None,
                     at: t0(),
                 },
             ]);
@@ -2176,12 +2181,25 @@ mod tests {
             message_id: "out1".into(),
             thread_id: Some("th1".into()),
             change: "edited".into(),
+            delivery: None,
             at: t0(),
         };
         TestFramework::<Conversation>::with(no_history())
             .given(history.clone())
             .when(change(edit("Hello")))
             .then_expect_events(vec![not_delivered.clone()]);
+        let mut read = history.clone();
+        read.push(updated(Delivery::Read));
+        TestFramework::<Conversation>::with(no_history())
+            .given(read)
+            .when(change(edit("Hello")))
+            .then_expect_events(vec![ConversationEvent::ChangeNotDelivered {
+                message_id: "out1".into(),
+                thread_id: Some("th1".into()),
+                change: "edited".into(),
+                delivery: Some(Delivery::Read),
+                at: t0(),
+            }]);
         let mut told = history;
         told.push(not_delivered);
         TestFramework::<Conversation>::with(no_history())
@@ -2220,6 +2238,7 @@ mod tests {
                     message_id: "out1".into(),
                     thread_id: Some("th1".into()),
                     change: "edited".into(),
+                    delivery: None,
                     at: t0(),
                 },
                 updated(Delivery::Sent),

@@ -592,10 +592,12 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
             message_id,
             thread_id,
             change,
+            delivery,
             ..
         } => {
             let (code, error) = crate::whatsapp::not_delivered(&change);
-            (message_id, thread_id, "sent", Some(code), Some(error))
+            let status = delivery.map_or("sent", |d| d.as_str());
+            (message_id, thread_id, status, Some(code), Some(error))
         }
         E::Started { .. }
         | E::MessageRevised { .. }
@@ -620,4 +622,54 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
             "event_id": envelope.event_id(), "version": envelope.sequence,
         }),
     }])
+}
+
+#[cfg(test)]
+mod tests {
+    use events::whatsapp::{ConversationEvent, Delivery};
+
+    use super::*;
+
+    fn envelope(event: &ConversationEvent) -> Envelope {
+        Envelope {
+            global_position: 7,
+            aggregate_type: WHATSAPP_CONVERSATION.into(),
+            aggregate_id: "c1".into(),
+            sequence: 7,
+            event_type: "ChangeNotDelivered".into(),
+            event_version: "1.0".into(),
+            payload: serde_json::to_value(event).expect("event encodes"),
+            metadata: std::collections::BTreeMap::from([(
+                events::envelope::keys::TENANT_ID.to_owned(),
+                "t1".to_owned(),
+            )]),
+            recorded_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("valid time"),
+        }
+    }
+
+    #[test]
+    fn a_change_that_did_not_reach_the_contact_keeps_the_replys_delivery_status_live() {
+        let told = |delivery: Option<Delivery>| {
+            let event = ConversationEvent::ChangeNotDelivered {
+                message_id: "m1".into(),
+                thread_id: Some("th1".into()),
+                change: "edited".into(),
+                delivery,
+                at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("valid time"),
+            };
+            let out = to_realtime(&envelope(&event)).expect("delivery event");
+            (
+                out[0].data["status"].as_str().map(str::to_owned),
+                out[0].data["error_code"].as_str().map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            told(Some(Delivery::Read)),
+            (Some("read".into()), Some("edit_not_delivered".into()))
+        );
+        assert_eq!(
+            told(None),
+            (Some("sent".into()), Some("edit_not_delivered".into()))
+        );
+    }
 }
