@@ -139,6 +139,10 @@ pub enum ThreadError {
     /// 422: this caller may not open a thread on this channel.
     #[error("threads on this channel are opened by the platform")]
     ChannelNotAllowed,
+    /// 409: a message from a channel names a thread that is not its sender's conversation
+    /// on that channel (another channel's, or another customer's).
+    #[error("the thread is not this sender's conversation on this channel")]
+    NotTheSendersThread,
     /// 422: the subject is not 1–200 characters without control characters.
     #[error("the subject must be 1 to 200 characters without control characters")]
     InvalidSubject,
@@ -687,15 +691,22 @@ impl Thread {
             Action::Receive {
                 message_id,
                 text: raw,
+                from,
+                channel,
             } => {
                 if access != Access::System {
                     return Err(ThreadError::Forbidden(
                         "Messages from a channel are delivered by the platform.",
                     ));
                 }
-                let Some(author) = self.customer.clone() else {
-                    return Err(ThreadError::Forbidden("The thread has no customer."));
-                };
+                // Only into the sender's own conversation on that channel: never credited to
+                // another customer, nor appended to a thread of another channel.
+                if self.channel.unwrap_or(Channel::Web) != channel
+                    || self.customer.as_ref() != Some(&from)
+                {
+                    return Err(ThreadError::NotTheSendersThread);
+                }
+                let author = from;
                 if self
                     .seen(&thread_id, &message_id, &author.id, None, services)
                     .await?
@@ -2621,6 +2632,8 @@ mod tests {
         let receive = || Action::Receive {
             message_id: "m-sms".into(),
             text: "Is the shop open?".into(),
+            from: contact(),
+            channel: Channel::Sms,
         };
         let sent = ThreadEvent::MessageSent {
             message_id: "m-sms".into(),
@@ -2647,6 +2660,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn receive_into_a_thread_of_another_channel_or_customer_is_refused() {
+        let from = |id: &str, channel| Action::Receive {
+            message_id: "m-sms".into(),
+            text: "Is the shop open?".into(),
+            from: Party {
+                id: id.into(),
+                kind: PartyKind::Contact,
+            },
+            channel,
+        };
+        // A customer's web thread under the id the platform derives for a sender.
+        expect_error(
+            vec![opened()],
+            cmd(telephony(), t0(), from("+15551230001", Channel::Sms)),
+            ThreadError::NotTheSendersThread,
+        )
+        .await;
+        expect_error(
+            vec![sms_thread()],
+            cmd(telephony(), t0(), from("+15551230002", Channel::Sms)),
+            ThreadError::NotTheSendersThread,
+        )
+        .await;
+        expect_error(
+            vec![sms_thread()],
+            cmd(telephony(), t0(), from("+15551230001", Channel::Whatsapp)),
+            ThreadError::NotTheSendersThread,
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn receive_by_staff_is_refused() {
         expect_error(
             vec![sms_thread()],
@@ -2656,6 +2701,8 @@ mod tests {
                 Action::Receive {
                     message_id: "m".into(),
                     text: "forged".into(),
+                    from: contact(),
+                    channel: Channel::Sms,
                 },
             ),
             ThreadError::Forbidden("Messages from a channel are delivered by the platform."),
@@ -2668,6 +2715,8 @@ mod tests {
         let receive = Action::Receive {
             message_id: "m-sms".into(),
             text: "Hello again".into(),
+            from: contact(),
+            channel: Channel::Sms,
         };
         framework()
             .given(vec![sms_thread(), ThreadEvent::Closed { at: t0() }])

@@ -111,6 +111,11 @@ pub enum Action {
         message_id: String,
         /// The text.
         text: String,
+        /// The sender, as the channel names them: delivered only into a thread of that
+        /// channel whose customer they are.
+        from: Party,
+        /// The channel it came through.
+        channel: Channel,
     },
     /// Send a message.
     Send {

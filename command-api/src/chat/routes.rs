@@ -243,8 +243,7 @@ async fn open(
             ))
         }
     };
-    let id = body
-        .id
+    let id = crate::http::client_id(body.id)?
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
         .to_string();

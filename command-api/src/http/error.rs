@@ -107,6 +107,9 @@ impl DomainProblem for crate::chat::aggregate::ThreadError {
             E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
             E::Forbidden(why) => Problem::forbidden(*why),
             E::ChannelNotAllowed => unprocessable("channel_not_allowed"),
+            E::NotTheSendersThread => {
+                Problem::new(StatusCode::CONFLICT, "not_the_senders_thread", detail)
+            }
             E::InvalidSubject => unprocessable("invalid_subject"),
             E::InvalidTags => unprocessable("invalid_tags"),
             E::TextTooLong => unprocessable("message_too_long"),

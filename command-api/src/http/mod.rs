@@ -87,6 +87,20 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
         })
 }
 
+/// The id a client chose for something it creates: a random (version 4) or time-ordered
+/// (version 7) UUID. Name-based ids (versions 3 and 5) are the platform's own — it derives
+/// them from what a provider names (an SMS sender's thread) or from an Idempotency-Key — so a
+/// client can never take one before the platform does: 422 `invalid_id`.
+pub fn client_id(id: Option<uuid::Uuid>) -> Result<Option<uuid::Uuid>, Problem> {
+    match id.map(|u| u.get_version_num()) {
+        None | Some(4) | Some(7) => Ok(id),
+        Some(_) => Err(Problem::unprocessable(
+            "invalid_id",
+            "An id you choose is a random (version 4) or time-ordered (version 7) UUID.",
+        )),
+    }
+}
+
 /// Body naming the tenant a staff request acts in (super admins name it; tenant admins act
 /// in their own).
 #[derive(Debug, Default, serde::Deserialize)]

@@ -83,7 +83,9 @@ async fn create(
         return Err(Problem::forbidden("You may not create this user."));
     }
     check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
-    let id = body.id.unwrap_or_else(Uuid::now_v7).to_string();
+    let id = crate::http::client_id(body.id)?
+        .unwrap_or_else(Uuid::now_v7)
+        .to_string();
     // Admin and chatbot users share one id space where it matters (`private-user-{id}`
     // channels, streams): a chosen id may not be a chatbot user's.
     if body.id.is_some() {

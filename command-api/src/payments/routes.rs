@@ -85,8 +85,7 @@ async fn request(
     Json(body): Json<RequestPayment>,
 ) -> Result<Response, Problem> {
     let tenant = administered_tenant(&who, body.tenant_id)?;
-    let id = body
-        .id
+    let id = crate::http::client_id(body.id)?
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
         .to_string();

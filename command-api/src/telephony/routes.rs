@@ -118,9 +118,25 @@ async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem
         .map(str::to_owned))
 }
 
+/// Threads tried for one sender's SMS: the id the platform derives for them, then the next
+/// derived ids should one hold another thread (a thread opened under that id before
+/// client-chosen ids were kept apart from derived ones).
+const SMS_THREAD_CANDIDATES: u32 = 4;
+
+/// The `n`-th id the platform derives for `from`'s SMS thread of `tenant` (name-based, UUID
+/// version 5: a client never chooses one, see `chat::routes::open`).
+fn sms_thread_id(tenant: &str, from: &str, n: u32) -> String {
+    let name = match n {
+        0 => format!("sms\0{tenant}\0{from}"),
+        n => format!("sms\0{tenant}\0{from}\0{n}"),
+    };
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
 /// Delivers an inbound SMS into the contact's SMS thread of `tenant` (one per contact
 /// number, opened on first contact, reopened by a new message): a message authored by the
-/// contact, whose id derives from the provider's, so a repeat appends nothing.
+/// contact, whose id derives from the provider's, so a repeat appends nothing. Never into a
+/// thread of another channel or customer.
 async fn deliver_to_thread(
     state: &AppState,
     tenant: &str,
@@ -129,81 +145,92 @@ async fn deliver_to_thread(
     body: &str,
     metadata: &Metadata,
 ) -> Result<String, Processing> {
-    let thread = Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("sms\0{tenant}\0{from}").as_bytes(),
-    )
-    .to_string();
+    let contact = Party {
+        id: from.to_owned(),
+        kind: PartyKind::Contact,
+    };
     let actor = Actor::System {
         component: "webhooks".into(),
     };
     let at = state.clock.now();
-    let open = ThreadCommand {
-        thread_id: thread.clone(),
-        actor: actor.clone(),
-        at,
-        action: Action::Open {
+    let attributed = || {
+        Some(Attributed {
+            payment_id: None,
             tenant_id: tenant.to_owned(),
-            channel: Channel::Sms,
-            customer: Some(Party {
-                id: from.to_owned(),
-                kind: PartyKind::Contact,
-            }),
-            subject: None,
-            tags: Vec::new(),
-            // The bot does not answer on SMS.
-            bot_enabled: Some(false),
-        },
+        })
     };
-    let failed = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, thread, "could not deliver an SMS into its thread");
-        Processing::Retry("event store unavailable".into())
-    };
-    match state.threads.execute(&thread, None, open, metadata).await {
-        Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
-        Err(CommandError::Rejected(e)) => {
-            return Err(Processing::Done(
-                Outcome::Recorded,
-                Some(Attributed {
-                    payment_id: None,
-                    tenant_id: tenant.to_owned(),
-                }),
-                format!("SmsReceived; no thread: {e}"),
-            ))
-        }
-        Err(e) => return Err(failed(&e)),
-    }
-    let message_id = Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("{thread}\0sms\0{sid}").as_bytes(),
-    );
-    let receive = ThreadCommand {
-        thread_id: thread.clone(),
-        actor,
-        at,
-        action: Action::Receive {
-            message_id: message_id.to_string(),
-            text: body.to_owned(),
-        },
-    };
-    match state
-        .threads
-        .execute(&thread, None, receive, metadata)
-        .await
-    {
-        Ok(_) => Ok(thread),
-        // The thread's older messages could not be read: not a verdict, try again.
-        Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(failed(&e)),
-        Err(CommandError::Rejected(e)) => Err(Processing::Done(
-            Outcome::Recorded,
-            Some(Attributed {
-                payment_id: None,
+    for n in 0..SMS_THREAD_CANDIDATES {
+        let thread = sms_thread_id(tenant, from, n);
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, thread, "could not deliver an SMS into its thread");
+            Processing::Retry("event store unavailable".into())
+        };
+        let open = ThreadCommand {
+            thread_id: thread.clone(),
+            actor: actor.clone(),
+            at,
+            action: Action::Open {
                 tenant_id: tenant.to_owned(),
-            }),
-            format!("SmsReceived; not delivered into its thread: {e}"),
-        )),
-        Err(e) => Err(failed(&e)),
+                channel: Channel::Sms,
+                customer: Some(contact.clone()),
+                subject: None,
+                tags: Vec::new(),
+                // The bot does not answer on SMS.
+                bot_enabled: Some(false),
+            },
+        };
+        match state.threads.execute(&thread, None, open, metadata).await {
+            Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
+            Err(CommandError::Rejected(e)) => {
+                return Err(Processing::Done(
+                    Outcome::Recorded,
+                    attributed(),
+                    format!("SmsReceived; no thread: {e}"),
+                ))
+            }
+            Err(e) => return Err(failed(&e)),
+        }
+        let message_id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("{thread}\0sms\0{sid}").as_bytes(),
+        );
+        let receive = ThreadCommand {
+            thread_id: thread.clone(),
+            actor: actor.clone(),
+            at,
+            action: Action::Receive {
+                message_id: message_id.to_string(),
+                text: body.to_owned(),
+                from: contact.clone(),
+                channel: Channel::Sms,
+            },
+        };
+        match state
+            .threads
+            .execute(&thread, None, receive, metadata)
+            .await
+        {
+            Ok(_) => return Ok(thread),
+            Err(CommandError::Rejected(ThreadError::NotTheSendersThread)) => {
+                tracing::warn!(thread, "an SMS thread id holds another thread: next id");
+            }
+            // The thread's older messages could not be read: not a verdict, try again.
+            Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => return Err(failed(&e)),
+            Err(CommandError::Rejected(e)) => {
+                return Err(Processing::Done(
+                    Outcome::Recorded,
+                    attributed(),
+                    format!("SmsReceived; not delivered into its thread: {e}"),
+                ))
+            }
+            Err(e) => return Err(failed(&e)),
+        }
     }
+    Err(Processing::Done(
+        Outcome::Recorded,
+        attributed(),
+        "SmsReceived; not delivered: every thread id of the sender holds another thread".into(),
+    ))
 }
 
 /// The tenant owning the number a kept callback concerns (the webhook's attribution).

@@ -111,11 +111,11 @@ pub struct OpenTenant {
 
 /// The id of a tenant being opened: the client's, else one derived from the request's
 /// Idempotency-Key (so a retry opens the same tenant), else a fresh one.
-fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> String {
-    body.id
+fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> Result<String, Problem> {
+    Ok(crate::http::client_id(body.id)?
         .or_else(|| keyed.map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
-        .to_string()
+        .to_string())
 }
 
 async fn request_signup(
@@ -146,7 +146,7 @@ async fn request_signup(
                 .unwrap_or(HeaderValue::from_static("3600")),
         ));
     }
-    let id = new_tenant_id(&body, keyed.as_deref());
+    let id = new_tenant_id(&body, keyed.as_deref())?;
     let command = TenantCommand::RequestSignup {
         tenant_id: id.clone(),
         name: body.name,
@@ -169,7 +169,7 @@ async fn create(
     Json(body): Json<OpenTenant>,
 ) -> Result<Response, Problem> {
     require_super_admin(&who)?;
-    let id = new_tenant_id(&body, keyed.as_deref());
+    let id = new_tenant_id(&body, keyed.as_deref())?;
     let command = TenantCommand::Create {
         tenant_id: id.clone(),
         name: body.name,

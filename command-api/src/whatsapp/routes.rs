@@ -1177,6 +1177,11 @@ async fn receive_message(
         actor,
         at,
         action: Action::Receive {
+            from: Party {
+                id: format!("+{}", m.from),
+                kind: PartyKind::Contact,
+            },
+            channel: Channel::Whatsapp,
             message_id: message_id.clone(),
             // A thread takes no control characters but line breaks and tabs: a contact's
             // text shows them replaced, never refused.

@@ -618,3 +618,83 @@ async fn an_sms_to_a_suspended_tenant_waits_and_lands_on_reactivation() {
     assert_eq!(done["outcome"], "applied", "{done}");
     assert_eq!(phone.events("sms", "SmsReceived").await, 1);
 }
+
+#[tokio::test]
+async fn no_customer_can_take_the_thread_an_sms_sender_will_get() {
+    use events::chat::{Channel, Party, PartyKind, ThreadEvent};
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let user = uuid::Uuid::now_v7().to_string();
+    let customer = phone.env.phone_user(&phone.tenant, &user);
+    // The id the platform derives for the next SMS from +15551230001.
+    let derived = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("sms\0{}\0+15551230001", phone.tenant).as_bytes(),
+    )
+    .to_string();
+    let open = |id: &str| {
+        phone
+            .env
+            .http
+            .post(phone.api.url("/v1/chat/threads"))
+            .bearer_auth(&customer)
+            .json(&json!({ "id": id }))
+            .send()
+    };
+    expect_problem(open(&derived).await.expect("sent"), 422, "invalid_id").await;
+    let fresh = uuid::Uuid::now_v7().to_string();
+    assert_eq!(open(&fresh).await.expect("sent").status(), 201);
+    // A thread that took the id before client ids were kept apart from derived ones.
+    let me = Party {
+        id: user.clone(),
+        kind: PartyKind::Phone,
+    };
+    let taken = ThreadEvent::Opened {
+        tenant_id: phone.tenant.clone(),
+        channel: Channel::Web,
+        opened_by: me.clone(),
+        customer: Some(me),
+        subject: None,
+        bot_enabled: true,
+        tags: vec![],
+        at: chrono::Utc::now(),
+    };
+    phone
+        .env
+        .append_raw(
+            "thread",
+            &derived,
+            &phone.tenant,
+            serde_json::to_value(&taken).expect("json"),
+        )
+        .await
+        .expect("appended");
+    let webhook = id_of(phone.signed(&inbound("SMcapture", OURS)).await).await;
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "applied", "{w}");
+    // The sender's message is in an SMS thread of theirs, in the staff's SMS inbox...
+    let inbox = eventually(Duration::from_secs(20), "the sms thread", || async {
+        let page = phone
+            .env
+            .get_json(
+                &phone.query.url("/v1/chat/threads?channel=sms"),
+                &phone.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(inbox["items"][0]["customer_id"], "+15551230001", "{inbox}");
+    assert_ne!(inbox["items"][0]["id"], derived.as_str());
+    // ...and never in the customer's thread, nor credited to them.
+    let in_taken: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'thread' AND aggregate_id = $1",
+    )
+    .bind(&derived)
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("count");
+    assert_eq!(in_taken, 1, "only its own Opened");
+}
