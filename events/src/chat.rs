@@ -250,6 +250,20 @@ pub enum ThreadEvent {
         /// Which one.
         scheduled_id: String,
     },
+    /// A due scheduled message was not delivered, and is not tried again unless staff
+    /// reschedule it: its author can no longer write in the thread (`author_unavailable`:
+    /// deactivated, or no longer the tenant's staff), or its delivery kept failing
+    /// (`delivery_failed`).
+    ScheduleFailed {
+        /// Which one.
+        scheduled_id: String,
+        /// `author_unavailable` or `delivery_failed`.
+        code: String,
+        /// Why, for people.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ThreadEvent {
@@ -269,6 +283,7 @@ impl DomainEvent for ThreadEvent {
             ThreadEvent::MessageScheduled { .. } => "MessageScheduled",
             ThreadEvent::MessageRescheduled { .. } => "MessageRescheduled",
             ThreadEvent::ScheduleCancelled { .. } => "ScheduleCancelled",
+            ThreadEvent::ScheduleFailed { .. } => "ScheduleFailed",
         }
         .to_owned()
     }
@@ -293,6 +308,15 @@ pub mod lookups {
                     AND v.sequence = 1
        LEFT JOIN access_changes c ON c.key = 'user:' || e.user_id
       WHERE e.user_id = $2 AND e.tenant_id = $1";
+
+    /// Whether admin user `$2` may still write in tenant `$1`'s threads (a row only for
+    /// the tenant's staff and super admins): active now, as `access_changes` records it.
+    pub const ACTIVE_STAFF: &str = "SELECT coalesce((c.state->>'active')::boolean, true)
+       FROM admin_emails e
+       JOIN events v ON v.aggregate_type = 'admin_user' AND v.aggregate_id = e.user_id
+                    AND v.sequence = 1
+       LEFT JOIN access_changes c ON c.key = 'user:' || e.user_id
+      WHERE e.user_id = $2 AND (e.tenant_id = $1 OR e.tenant_id IS NULL)";
 
     /// Whether tenant `$1` has department `$2` now, from its own events (its last
     /// `DepartmentAdded` or `DepartmentRemoved` of that name; a tenant has few events).

@@ -342,15 +342,39 @@ impl Projection for ChatProjection {
                 scheduled_id,
                 due_at,
             } => {
+                // A failed one is pending again at its new time.
                 schedule_change(
                     conn,
                     &t,
                     id,
                     &scheduled_id,
-                    "due_at = $3",
+                    "due_at = $3, status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
+                     failure_code = NULL, failure = NULL, failed_at = NULL",
                     Some(due_at),
                     recorded,
                 )
+                .await?;
+                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+            }
+            ThreadEvent::ScheduleFailed {
+                scheduled_id,
+                code,
+                reason,
+                at,
+            } => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET status = 'failed', failure_code = $3, failure = $4,
+                            failed_at = $5, updated_at = $6
+                      WHERE thread_id = $1::uuid AND id = $2",
+                    t.scheduled
+                ))
+                .bind(id)
+                .bind(&scheduled_id)
+                .bind(code)
+                .bind(reason)
+                .bind(at)
+                .bind(recorded)
+                .execute(&mut *conn)
                 .await?;
                 touch(conn, &t, id, version, recorded, "", Binds::None).await?
             }

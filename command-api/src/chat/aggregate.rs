@@ -70,6 +70,9 @@ enum ScheduleState {
     Delivered,
     /// Cancelled; never sent.
     Cancelled,
+    /// Not delivered when due (its author gone, or delivery kept failing); sent only if
+    /// rescheduled.
+    Failed,
 }
 
 /// A scheduled message (kept whole: its delivery writes the message).
@@ -837,10 +840,14 @@ impl Thread {
             } => {
                 self.staff_only(&actor)?;
                 let scheduled = self.schedule(&scheduled_id)?;
-                if scheduled.state != ScheduleState::Pending {
+                // A failed one is tried again at its new time.
+                if !matches!(
+                    scheduled.state,
+                    ScheduleState::Pending | ScheduleState::Failed
+                ) {
                     return Err(ThreadError::ScheduleNotPending);
                 }
-                if scheduled.due_at == due_at {
+                if scheduled.due_at == due_at && scheduled.state == ScheduleState::Pending {
                     return Ok(vec![]);
                 }
                 due(at, due_at)?;
@@ -852,7 +859,9 @@ impl Thread {
             Action::CancelScheduled { scheduled_id } => {
                 self.staff_only(&actor)?;
                 match self.schedule(&scheduled_id)?.state {
-                    ScheduleState::Pending => vec![ThreadEvent::ScheduleCancelled { scheduled_id }],
+                    ScheduleState::Pending | ScheduleState::Failed => {
+                        vec![ThreadEvent::ScheduleCancelled { scheduled_id }]
+                    }
                     ScheduleState::Cancelled => vec![],
                     ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
                 }
@@ -874,6 +883,20 @@ impl Thread {
                 if scheduled.due_at > at {
                     return Err(ThreadError::NotDue);
                 }
+                // Never in the name of someone who can no longer write here.
+                if scheduled.author.kind == PartyKind::Agent
+                    && !services
+                        .is_active_staff(&tenant, &scheduled.author.id)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
+                {
+                    return Ok(vec![ThreadEvent::ScheduleFailed {
+                        scheduled_id,
+                        code: "author_unavailable".into(),
+                        reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
+                        at,
+                    }]);
+                }
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
                     message_id,
@@ -886,6 +909,25 @@ impl Thread {
                     at,
                 });
                 events
+            }
+            Action::FailScheduled {
+                scheduled_id,
+                reason,
+            } => {
+                if access != Access::System {
+                    return Err(ThreadError::Forbidden(
+                        "Scheduled messages are delivered by the scheduler.",
+                    ));
+                }
+                match self.schedule(&scheduled_id)?.state {
+                    ScheduleState::Pending => vec![ThreadEvent::ScheduleFailed {
+                        scheduled_id,
+                        code: "delivery_failed".into(),
+                        reason: reason.chars().take(500).collect(),
+                        at,
+                    }],
+                    _ => vec![],
+                }
             }
         };
         Ok(events)
@@ -1017,11 +1059,18 @@ impl Aggregate for Thread {
             } => {
                 if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
                     s.due_at = due_at;
+                    s.state = ScheduleState::Pending;
                 }
             }
             ThreadEvent::ScheduleCancelled { scheduled_id } => {
                 if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
                     s.finish(ScheduleState::Cancelled);
+                }
+            }
+            // Kept whole: staff may reschedule it.
+            ThreadEvent::ScheduleFailed { scheduled_id, .. } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.state = ScheduleState::Failed;
                 }
             }
         }
@@ -1061,6 +1110,9 @@ mod tests {
         }
         async fn has_department(&self, tenant: &str, name: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && name == "sales")
+        }
+        async fn is_active_staff(&self, tenant: &str, user: &str) -> Result<bool, String> {
+            Ok(tenant == TENANT && user.starts_with("agent-") && user != "agent-0")
         }
         async fn is_phone_user(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("phone-"))
@@ -2390,6 +2442,125 @@ mod tests {
             scheduled_id: id.into(),
             message_id: format!("msg-{id}"),
         }
+    }
+
+    fn failed(id: &str, code: &str, reason: &str, at: DateTime<Utc>) -> ThreadEvent {
+        ThreadEvent::ScheduleFailed {
+            scheduled_id: id.into(),
+            code: code.into(),
+            reason: reason.into(),
+            at,
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_of_a_message_whose_author_was_deactivated_records_it_failed() {
+        let by_leaver = ThreadEvent::MessageScheduled {
+            scheduled_id: "s1".into(),
+            author: Party {
+                id: "agent-0".into(),
+                kind: PartyKind::Agent,
+            },
+            text: "reminder".into(),
+            attachment: None,
+            due_at: minutes(60),
+        };
+        expect_events(
+            vec![opened(), by_leaver],
+            cmd(scheduler(), minutes(60), deliver("s1")),
+            vec![failed(
+                "s1",
+                "author_unavailable",
+                "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).",
+                minutes(60),
+            )],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fail_of_a_pending_message_by_the_scheduler_records_it_once() {
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        let give_up = || Action::FailScheduled {
+            scheduled_id: "s1".into(),
+            reason: "Not delivered after 8 tries".into(),
+        };
+        let gave_up = failed(
+            "s1",
+            "delivery_failed",
+            "Not delivered after 8 tries",
+            minutes(65),
+        );
+        expect_events(
+            given.clone(),
+            cmd(scheduler(), minutes(65), give_up()),
+            vec![gave_up.clone()],
+        )
+        .await;
+        let mut after = given.clone();
+        after.push(gave_up.clone());
+        expect_events(
+            after.clone(),
+            cmd(scheduler(), minutes(66), give_up()),
+            vec![],
+        )
+        .await;
+        // Nor a delivery afterwards.
+        expect_events(after, cmd(scheduler(), minutes(66), deliver("s1")), vec![]).await;
+        expect_error(
+            given,
+            cmd(agent(), minutes(65), give_up()),
+            ThreadError::Forbidden("Scheduled messages are delivered by the scheduler."),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reschedule_or_cancel_of_a_failed_message_brings_it_back_or_ends_it() {
+        let given = vec![
+            opened(),
+            scheduled("s1", minutes(60)),
+            failed("s1", "delivery_failed", "down", minutes(65)),
+        ];
+        let rescheduled = ThreadEvent::MessageRescheduled {
+            scheduled_id: "s1".into(),
+            due_at: minutes(90),
+        };
+        expect_events(
+            given.clone(),
+            cmd(
+                agent(),
+                minutes(70),
+                Action::Reschedule {
+                    scheduled_id: "s1".into(),
+                    due_at: minutes(90),
+                },
+            ),
+            vec![rescheduled.clone()],
+        )
+        .await;
+        let mut again = given.clone();
+        again.push(rescheduled);
+        expect_events(
+            again,
+            cmd(scheduler(), minutes(90), deliver("s1")),
+            vec![delivery("s1", 1, minutes(90))],
+        )
+        .await;
+        expect_events(
+            given,
+            cmd(
+                agent(),
+                minutes(70),
+                Action::CancelScheduled {
+                    scheduled_id: "s1".into(),
+                },
+            ),
+            vec![ThreadEvent::ScheduleCancelled {
+                scheduled_id: "s1".into(),
+            }],
+        )
+        .await;
     }
 
     #[tokio::test]

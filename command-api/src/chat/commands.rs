@@ -176,4 +176,12 @@ pub enum Action {
         /// The id the delivered message gets.
         message_id: String,
     },
+    /// Give up delivering a scheduled message whose delivery kept failing (the scheduler's
+    /// command).
+    FailScheduled {
+        /// Which.
+        scheduled_id: String,
+        /// Why, for people.
+        reason: String,
+    },
 }

@@ -52,6 +52,10 @@ pub fn router() -> Router<AppState> {
             "/v1/chat/threads/{id}/scheduled/{scheduled}/deliver",
             post(deliver_scheduled),
         )
+        .route(
+            "/v1/chat/threads/{id}/scheduled/{scheduled}/fail",
+            post(fail_scheduled),
+        )
 }
 
 /// The actor a token speaks for.
@@ -619,6 +623,29 @@ async fn deliver_scheduled(
     let action = Action::DeliverScheduled {
         scheduled_id,
         message_id,
+    };
+    caller.change(&state, &id, action).await
+}
+
+/// Body of the scheduler's giving up on a delivery.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailScheduled {
+    /// Why (the last failure), for people.
+    pub reason: String,
+}
+
+/// The scheduler gives up on a delivery that kept failing: the scheduled message shows
+/// `failed` with the reason until staff reschedule or cancel it.
+async fn fail_scheduled(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, scheduled_id)): Path<(String, String)>,
+    Json(body): Json<FailScheduled>,
+) -> Result<Response, Problem> {
+    let action = Action::FailScheduled {
+        scheduled_id,
+        reason: body.reason,
     };
     caller.change(&state, &id, action).await
 }

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::chat::lookups::{AVAILABLE_AGENT, DEPARTMENT_EXISTS};
+use events::chat::lookups::{ACTIVE_STAFF, AVAILABLE_AGENT, DEPARTMENT_EXISTS};
 use events::chat::{Party, ThreadEvent};
 use sqlx::PgPool;
 
@@ -74,6 +74,9 @@ pub trait Directory: Send + Sync {
     /// True when `user_id` can take conversations of `tenant_id` now: an active admin user
     /// of the tenant whose role handles conversations (a tenant admin or an agent).
     async fn is_available(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
+    /// True when `user_id` may still write in `tenant_id`'s threads: an active admin user
+    /// of the tenant (any role), or an active super admin.
+    async fn is_active_staff(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
     /// True when the tenant has the department.
     async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String>;
     /// True when `user_id` is a phone user of `tenant_id`.
@@ -133,6 +136,16 @@ impl Directory for PgDirectory {
             .await
             .map_err(|e| e.to_string())?;
         Ok(exists.unwrap_or(false))
+    }
+
+    async fn is_active_staff(&self, tenant_id: &str, user_id: &str) -> Result<bool, String> {
+        let active: Option<bool> = sqlx::query_scalar(ACTIVE_STAFF)
+            .bind(tenant_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(active.unwrap_or(false))
     }
 
     async fn is_phone_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, String> {

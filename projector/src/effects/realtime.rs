@@ -522,6 +522,16 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
             json!({"scheduled_id": scheduled_id}),
             vec![dashboard],
         ),
+        ThreadEvent::ScheduleFailed {
+            scheduled_id,
+            code,
+            reason,
+            at,
+        } => (
+            "message.schedule_failed",
+            json!({"scheduled_id": scheduled_id, "code": code, "reason": reason, "failed_at": at}),
+            vec![dashboard],
+        ),
     };
     if let Some(object) = data.as_object_mut() {
         object.insert("event_id".into(), json!(envelope.event_id()));

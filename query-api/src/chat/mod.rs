@@ -507,8 +507,16 @@ pub struct ScheduledView {
     text: String,
     attachment: Option<serde_json::Value>,
     due_at: DateTime<Utc>,
+    /// `pending`, `delivered`, `cancelled` or `failed`.
     status: String,
     message_id: Option<String>,
+    /// Why it was not delivered, when `failed`: `author_unavailable` (its author can no
+    /// longer write here) or `delivery_failed` (delivery kept failing).
+    failure_code: Option<String>,
+    /// The same, for people (for `delivery_failed`, the last error).
+    failure: Option<String>,
+    /// When it was given up.
+    failed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -530,7 +538,8 @@ async fn scheduled(
         ));
     }
     let items: Vec<ScheduledView> = sqlx::query_as(
-        "SELECT id, author_id, text, attachment, due_at, status, message_id, created_at, updated_at
+        "SELECT id, author_id, text, attachment, due_at, status, message_id, failure_code,
+                failure, failed_at, created_at, updated_at
            FROM chat_scheduled WHERE thread_id = $1 ORDER BY due_at, id",
     )
     .bind(id)

@@ -10,7 +10,7 @@ use events::clock::{Clock, ManualClock};
 use projector::scheduler::{Scheduler, StepReport};
 use serde_json::{json, Value};
 
-use crate::support::{create_tenant, eventually, Service, TestEnv, SECRET};
+use crate::support::{create_tenant, eventually, staff_session, Service, TestEnv, SECRET};
 
 async fn post(env: &TestEnv, api: &Service, token: &str, path: &str, body: Value) -> Value {
     let response = env
@@ -93,7 +93,8 @@ async fn the_scheduler_delivers_due_messages_once_on_a_controlled_clock() {
     let projector = env.spawn_projector(env.projector_config());
     let query = env.spawn_query_api(env.query_config()).await;
     let (tenant, _) = create_tenant(&env, &api, "scheduled").await;
-    let admin = env.admin_of(&tenant);
+    // A real staff member: a scheduled message goes out only while its author may write.
+    let (admin_id, admin) = staff_session(&env, &api, &tenant, "tenant_admin").await;
     let customer = env.phone_user(&tenant, "phone-sch");
     let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
         .as_str()
@@ -185,10 +186,7 @@ async fn the_scheduler_delivers_due_messages_once_on_a_controlled_clock() {
             &admin,
         )
         .await;
-    assert_eq!(
-        history["items"][0]["author_id"],
-        format!("admin-of-{tenant}")
-    );
+    assert_eq!(history["items"][0]["author_id"], admin_id.as_str());
     assert_eq!(history["items"][0]["author_kind"], "agent");
     let listed = env
         .get_json(
@@ -226,7 +224,8 @@ async fn a_message_due_while_the_projector_is_down_is_delivered_when_it_returns(
     config.command_api_url = api.url("");
     let projector = env.spawn_projector(config.clone());
     let (tenant, _) = create_tenant(&env, &api, "restarted").await;
-    let admin = env.admin_of(&tenant);
+    // A real staff member: a scheduled message goes out only while its author may write.
+    let (_, admin) = staff_session(&env, &api, &tenant, "tenant_admin").await;
     let customer = env.phone_user(&tenant, "phone-rst");
     let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
         .as_str()
@@ -290,7 +289,8 @@ async fn a_suspended_tenants_due_messages_wait_for_its_reactivation() {
     let projector = env.spawn_projector(env.projector_config());
     let query = env.spawn_query_api(env.query_config()).await;
     let (tenant, _) = create_tenant(&env, &api, "paused").await;
-    let admin = env.admin_of(&tenant);
+    // A real staff member: a scheduled message goes out only while its author may write.
+    let (_, admin) = staff_session(&env, &api, &tenant, "tenant_admin").await;
     let customer = env.phone_user(&tenant, "phone-paused");
     let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
         .as_str()
@@ -346,6 +346,230 @@ async fn a_suspended_tenants_due_messages_wait_for_its_reactivation() {
         1,
         "kept, then sent"
     );
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+/// Thread `thread`'s scheduled messages as staff see them.
+async fn scheduled(env: &TestEnv, query: &Service, token: &str, thread: &str) -> Vec<Value> {
+    env.get_json(
+        &query.url(&format!("/v1/chat/threads/{thread}/scheduled")),
+        token,
+    )
+    .await["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn one_tenants_failing_deliveries_hold_back_no_one_and_end_visibly_failed() {
+    let env = TestEnv::new().await;
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let open = |tenant: String, phone: &'static str| {
+        let (env, api) = (&env, &api);
+        async move {
+            let (_, staff) = staff_session(env, api, &tenant, "tenant_admin").await;
+            let customer = env.phone_user(&tenant, phone);
+            let thread = post(env, api, &customer, "/v1/chat/threads", json!({})).await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned();
+            (staff, thread)
+        }
+    };
+    let (noisy, _) = create_tenant(&env, &api, "noisy").await;
+    let (quiet, _) = create_tenant(&env, &api, "quiet").await;
+    let (noisy_staff, noisy_thread) = open(noisy, "phone-noisy").await;
+    let (quiet_staff, quiet_thread) = open(quiet, "phone-quiet").await;
+    // More due messages in one tenant than the scheduler takes in a step, all due first...
+    let failing = 120;
+    for n in 0..failing {
+        let due = t0 + chrono::Duration::minutes(1);
+        schedule(
+            &env,
+            &api,
+            &noisy_staff,
+            &noisy_thread,
+            &format!("n{n}"),
+            due,
+        )
+        .await;
+    }
+    // ...and another tenant's, due a second later.
+    let due = t0 + chrono::Duration::seconds(61);
+    let theirs = schedule(&env, &api, &quiet_staff, &quiet_thread, "on time", due).await;
+    eventually(
+        Duration::from_secs(30),
+        "every schedule projected",
+        || async {
+            let n = scheduled(&env, &query, &noisy_staff, &noisy_thread)
+                .await
+                .len();
+            (n == failing).then_some(())
+        },
+    )
+    .await;
+    // Every delivery into the noisy tenant's thread fails (its writes are refused: made
+    // here, in this test's own database).
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse_deliveries() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'writes refused'; END $$;
+         CREATE TRIGGER refuse_deliveries BEFORE INSERT ON events FOR EACH ROW
+           WHEN (NEW.aggregate_id = '{noisy_thread}' AND NEW.event_type = 'MessageSent')
+           EXECUTE FUNCTION refuse_deliveries();"
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("outage");
+    let scheduler = Scheduler::new(
+        env.pool.clone(),
+        api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    clock.set(t0 + chrono::Duration::minutes(2));
+    let first = scheduler.step().await.expect("step");
+    assert_eq!(
+        (first.delivered, first.failed),
+        (1, 99),
+        "tenants take turns: the other tenant's message goes in the first step"
+    );
+    let delivered = eventually(Duration::from_secs(20), "the other tenant's", || async {
+        let m = messages(&env, &query, &quiet_staff, &quiet_thread).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(delivered, [("on time".to_owned(), theirs)]);
+    // A failed delivery waits before its next try; the rest of the batch goes meanwhile.
+    assert_eq!(scheduler.step().await.expect("step").failed, failing - 99);
+    assert_eq!(scheduler.step().await.expect("step"), StepReport::default());
+    // Each keeps failing: tried MAX_FAILURES times in all, then given up.
+    let (mut tries, mut given_up) = (failing, 0);
+    for _ in 0..40 {
+        if given_up == failing {
+            break;
+        }
+        clock.advance(chrono::Duration::minutes(5));
+        for _ in 0..2 {
+            let report = scheduler.step().await.expect("step");
+            tries += report.failed + report.given_up;
+            given_up += report.given_up;
+        }
+    }
+    assert_eq!(given_up, failing);
+    assert_eq!(
+        tries,
+        failing * projector::scheduler::MAX_FAILURES as usize,
+        "never tried more than its waits allow"
+    );
+    let shown = eventually(Duration::from_secs(30), "shown as failed", || async {
+        let items = scheduled(&env, &query, &noisy_staff, &noisy_thread).await;
+        items
+            .iter()
+            .all(|s| s["status"] == "failed")
+            .then_some(items)
+    })
+    .await;
+    assert_eq!(shown[0]["failure_code"], "delivery_failed");
+    assert!(
+        shown[0]["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("Not delivered after 8 tries: command-api answered")),
+        "{}",
+        shown[0]
+    );
+    // Given up, it is not tried again; rescheduled once the outage is over, it goes out.
+    clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(scheduler.step().await.expect("step"), StepReport::default());
+    sqlx::raw_sql("DROP TRIGGER refuse_deliveries ON events")
+        .execute(&env.pool)
+        .await
+        .expect("outage over");
+    let id = shown[0]["id"].as_str().expect("id").to_owned();
+    post(
+        &env,
+        &api,
+        &noisy_staff,
+        &format!("/v1/chat/threads/{noisy_thread}/scheduled/{id}/reschedule"),
+        json!({"due_at": (clock.now() + chrono::Duration::minutes(1)).to_rfc3339()}),
+    )
+    .await;
+    eventually(Duration::from_secs(20), "pending again", || async {
+        let items = scheduled(&env, &query, &noisy_staff, &noisy_thread).await;
+        items
+            .iter()
+            .any(|s| s["id"] == id.as_str() && s["status"] == "pending" && s["failure"].is_null())
+            .then_some(())
+    })
+    .await;
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(scheduler.step().await.expect("step").delivered, 1);
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_deactivated_authors_scheduled_message_is_not_sent_in_their_name() {
+    let env = TestEnv::new().await;
+    let t0 = Utc::now();
+    let clock = Arc::new(ManualClock::new(t0));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "leaver").await;
+    let (agent_id, agent) = staff_session(&env, &api, &tenant, "agent").await;
+    let (_, admin) = staff_session(&env, &api, &tenant, "tenant_admin").await;
+    let customer = env.phone_user(&tenant, "phone-leaver");
+    let thread = post(&env, &api, &customer, "/v1/chat/threads", json!({})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let due = t0 + chrono::Duration::minutes(30);
+    let id = schedule(&env, &api, &agent, &thread, "I'll call you back", due).await;
+    // The agent leaves before it is due.
+    post(
+        &env,
+        &api,
+        &env.super_admin(),
+        &format!("/v1/admin-users/{agent_id}/deactivate"),
+        json!({}),
+    )
+    .await;
+    let scheduler = Scheduler::new(
+        env.pool.clone(),
+        api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the schedule projected",
+        || async { (scheduled(&env, &query, &admin, &thread).await.len() == 1).then_some(()) },
+    )
+    .await;
+    clock.set(due + chrono::Duration::seconds(1));
+    assert_eq!(scheduler.step().await.expect("step").delivered, 1);
+    let shown = eventually(Duration::from_secs(20), "shown as failed", || async {
+        let items = scheduled(&env, &query, &admin, &thread).await;
+        (items.first()?["status"] == "failed").then_some(items)
+    })
+    .await;
+    assert_eq!(shown[0]["id"], id.as_str());
+    assert_eq!(shown[0]["failure_code"], "author_unavailable");
+    assert!(messages(&env, &query, &admin, &thread).await.is_empty());
+
     projector.abort();
     query.stop().await;
     api.stop().await;
