@@ -474,6 +474,12 @@ impl Thread {
                         "A customer opens threads for themselves only.",
                     ));
                 }
+                // Tags and the bot switch are the staff's, when opening as later.
+                if !tags.is_empty() || bot_enabled.is_some() {
+                    return Err(ThreadError::Forbidden(
+                        "Only the tenant's staff may do this.",
+                    ));
+                }
                 Some(party(actor))
             }
             Actor::Staff {
@@ -2772,6 +2778,27 @@ mod tests {
             bot_enabled: None,
         };
         expect_events(vec![], cmd(telephony(), t0(), when), vec![sms_thread()]).await;
+    }
+
+    #[tokio::test]
+    async fn open_by_a_customer_with_tags_or_the_bot_switch_is_refused() {
+        let open = |tags: Vec<String>, bot_enabled| Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer: None,
+            subject: None,
+            tags,
+            bot_enabled,
+        };
+        for action in [open(vec!["vip".into()], None), open(vec![], Some(false))] {
+            expect_error(
+                vec![],
+                cmd(customer(), t0(), action),
+                ThreadError::Forbidden("Only the tenant's staff may do this."),
+            )
+            .await;
+        }
+        expect_events(vec![], cmd(customer(), t0(), open(vec![], None)), vec![opened()]).await;
     }
 
     #[tokio::test]
