@@ -258,12 +258,14 @@ impl Viewer {
             let visible = match Channel::parse(name) {
                 Some(Channel::Tenant(tenant)) => self.who.is_staff_of(&tenant),
                 Some(Channel::User(user)) => user == self.who.user_id(),
+                // A thread's channel is its customers': staff get every event of their
+                // tenant on the tenant's channel, and an event's customer form (without
+                // what is the staff's business) goes to the thread alone.
                 Some(Channel::Thread(thread)) => match &self.who {
                     Principal::Phone { tenant_id, .. } if tenant_id == &event.tenant_id => {
                         self.takes_part(&thread).await
                     }
-                    Principal::Phone { .. } => false,
-                    _ => self.who.is_staff_of(&event.tenant_id),
+                    _ => false,
                 },
                 Some(Channel::TenantPresence(_)) | None => false,
             };

@@ -2798,7 +2798,12 @@ mod tests {
             )
             .await;
         }
-        expect_events(vec![], cmd(customer(), t0(), open(vec![], None)), vec![opened()]).await;
+        expect_events(
+            vec![],
+            cmd(customer(), t0(), open(vec![], None)),
+            vec![opened()],
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -407,6 +407,10 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
     let conversation = Channel::Thread(thread.to_owned()).name();
     let user = |id: &str| Channel::User(id.to_owned()).name();
     let everyone = vec![dashboard.clone(), conversation.clone()];
+    // The staff's event goes to the tenant's staff (and staff users named); what the thread's
+    // customers may see of it, when that differs (docs/realtime.md, "What customers see"),
+    // goes as a second event, with the same id, to the thread's customers only.
+    let mut for_customers: Option<(serde_json::Value, Vec<String>)> = None;
     let (name, mut data, channels) = match event {
         ThreadEvent::Opened {
             channel,
@@ -418,20 +422,32 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
             at,
             ..
         } => {
-            let mut channels = everyone;
+            let mut theirs = vec![conversation.clone()];
             if let Some(c) = &customer {
-                channels.push(user(&c.id));
+                theirs.push(user(&c.id));
             }
+            // Tags are the staff's own notes.
+            for_customers = Some((
+                json!({"channel": channel, "opened_by": opened_by, "customer": customer,
+                       "subject": subject, "bot_enabled": bot_enabled, "at": at}),
+                theirs,
+            ));
             (
                 "thread.created",
                 json!({"channel": channel, "opened_by": opened_by, "customer": customer,
                        "subject": subject, "bot_enabled": bot_enabled, "tags": tags, "at": at}),
-                channels,
+                vec![dashboard],
             )
         }
+        // Which staff take part is the staff's business; a customer added is everyone's.
         ThreadEvent::ParticipantAdded { participant } => {
-            let mut channels = everyone;
-            channels.push(user(&participant.id));
+            let channels = if participant.kind == PartyKind::Phone {
+                let mut channels = everyone;
+                channels.push(user(&participant.id));
+                channels
+            } else {
+                vec![dashboard, user(&participant.id)]
+            };
             (
                 "thread.participant_added",
                 json!({"participant": participant}),
@@ -460,7 +476,8 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
         }
         ThreadEvent::Closed { at } => ("thread.closed", json!({"at": at}), everyone),
         ThreadEvent::Reopened { at } => ("thread.reopened", json!({"at": at}), everyone),
-        ThreadEvent::Tagged { tags } => ("thread.tagged", json!({"tags": tags}), everyone),
+        // The staff's own notes.
+        ThreadEvent::Tagged { tags } => ("thread.tagged", json!({"tags": tags}), vec![dashboard]),
         ThreadEvent::MessageSent {
             message_id,
             number,
@@ -493,11 +510,20 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
             json!({"message_id": message_id, "deleted_at": at}),
             everyone,
         ),
-        ThreadEvent::Read { reader, number, at } => (
-            "thread.read",
-            json!({"reader_id": reader.id, "reader_kind": reader.kind, "number": number, "at": at}),
-            everyone,
-        ),
+        // Whether and when staff read a thread is the staff's business; a customer's read
+        // position is everyone's.
+        ThreadEvent::Read { reader, number, at } => {
+            let channels = if reader.kind == PartyKind::Phone {
+                everyone
+            } else {
+                vec![dashboard]
+            };
+            (
+                "thread.read",
+                json!({"reader_id": reader.id, "reader_kind": reader.kind, "number": number, "at": at}),
+                channels,
+            )
+        }
         // Scheduled messages are the staff's business: the dashboard only.
         ThreadEvent::MessageScheduled {
             scheduled_id,
@@ -533,18 +559,32 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
             vec![dashboard],
         ),
     };
-    if let Some(object) = data.as_object_mut() {
-        object.insert("event_id".into(), json!(envelope.event_id()));
-        object.insert("thread_id".into(), json!(thread));
-        object.insert("version".into(), json!(envelope.sequence));
-    }
-    Ok(vec![RealtimeEvent {
+    let stamp = |data: &mut serde_json::Value| {
+        if let Some(object) = data.as_object_mut() {
+            object.insert("event_id".into(), json!(envelope.event_id()));
+            object.insert("thread_id".into(), json!(thread));
+            object.insert("version".into(), json!(envelope.sequence));
+        }
+    };
+    stamp(&mut data);
+    let mut out = vec![RealtimeEvent {
         id: envelope.event_id(),
         tenant_id: tenant.to_owned(),
         channels,
         name: name.to_owned(),
         data,
-    }])
+    }];
+    if let Some((mut data, channels)) = for_customers {
+        stamp(&mut data);
+        out.push(RealtimeEvent {
+            id: envelope.event_id(),
+            tenant_id: tenant.to_owned(),
+            channels,
+            name: name.to_owned(),
+            data,
+        });
+    }
+    Ok(out)
 }
 
 /// A WhatsApp message's delivery as it moves (queued, retrying, sent, delivered, read,

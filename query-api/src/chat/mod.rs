@@ -385,6 +385,12 @@ async fn detail(
     .map_err(|e| Problem::unavailable(&e))?;
     let version = thread.version;
     let customer = matches!(who, Principal::Phone { .. });
+    let mut participants = participants;
+    if customer {
+        // Which staff take part, and what they read, is the staff's business (the same
+        // rule as the live events: docs/realtime.md, "What customers see").
+        participants.retain(|p| p.kind == "phone");
+    }
     let mut response = Json(ThreadDetail {
         thread: thread.seen_by(&who),
         participants,

@@ -663,3 +663,108 @@ async fn one_user_holds_at_most_the_allowed_streams_and_others_are_unaffected() 
     .await;
     query.stop().await;
 }
+
+#[tokio::test]
+async fn a_customers_live_stream_carries_only_what_the_read_api_shows_them() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "visible").await;
+    let customer = env.phone_user(&tenant, "phone-vis");
+    let (agent_id, agent) = crate::support::staff_session(&env, &api, &tenant, "agent").await;
+    let warm_up = open_thread(&env, &api, &query, &customer, &agent).await;
+    let mut staff = Stream::open(&env, &query, &agent, None).await;
+    let mut own = Stream::open(&env, &query, &customer, None).await;
+    // Both streams follow NATS once a message reaches them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no message reached the streams");
+        send(&env, &api, &customer, &warm_up, "warm up").await;
+        if staff.next(Duration::from_secs(1)).await.is_some()
+            && own.next(Duration::from_secs(1)).await.is_some()
+        {
+            break;
+        }
+    }
+    let post = |path: String, body: Value| {
+        let request = env
+            .http
+            .post(api.url(&path))
+            .bearer_auth(&agent)
+            .json(&body);
+        async move { assert_eq!(request.send().await.expect("sent").status(), 200, "{path}") }
+    };
+    let thread = open_thread(&env, &api, &query, &customer, &agent).await;
+    send(&env, &api, &customer, &thread, "hello").await;
+    post(
+        format!("/v1/chat/threads/{thread}/tags"),
+        json!({"tags": ["difficult", "refund-risk"]}),
+    )
+    .await;
+    post(
+        format!("/v1/chat/threads/{thread}/read"),
+        json!({"number": 1}),
+    )
+    .await;
+    post(
+        format!("/v1/chat/threads/{thread}/participants"),
+        json!({"user_id": agent_id, "kind": "agent"}),
+    )
+    .await;
+    send(&env, &api, &customer, &thread, "the end").await;
+    let ended = |e: &Sse| e.data["message"]["text"] == "the end";
+    let theirs = own.until("the customer's last message", ended).await;
+    let names: Vec<&str> = theirs.iter().map(|e| e.event.as_str()).collect();
+    assert!(names.contains(&"thread.created"), "{names:?}");
+    for e in &theirs {
+        assert!(
+            !matches!(e.event.as_str(), "thread.tagged" | "thread.assigned"),
+            "staff-only event on the customer's stream: {e:?}"
+        );
+        assert!(
+            e.data.get("tags").is_none(),
+            "tags on the customer's stream: {e:?}"
+        );
+        assert_ne!(
+            e.data["reader_kind"], "agent",
+            "a staff read on the customer's stream"
+        );
+        assert_ne!(
+            e.data["participant"]["kind"], "agent",
+            "staff taking part on the customer's stream"
+        );
+    }
+    // The staff see all of it.
+    let ours = staff.until("the last message", ended).await;
+    for wanted in ["thread.tagged", "thread.read", "thread.participant_added"] {
+        assert!(ours.iter().any(|e| e.event == wanted), "{wanted} for staff");
+    }
+    assert!(ours
+        .iter()
+        .any(|e| e.event == "thread.created" && e.data["tags"].is_array()));
+    // The read API says the same: no staff among the participants a customer sees.
+    let detail = eventually(Duration::from_secs(20), "the agent taking part", || async {
+        let d = env
+            .get_json(&query.url(&format!("/v1/chat/threads/{thread}")), &agent)
+            .await;
+        (d["participants"].as_array()?.len() == 2).then_some(d)
+    })
+    .await;
+    assert!(detail["participants"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["kind"] == "agent")));
+    let seen = env
+        .get_json(&query.url(&format!("/v1/chat/threads/{thread}")), &customer)
+        .await;
+    let kinds: Vec<&str> = seen["participants"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["phone"], "{seen}");
+    assert_eq!(seen["tags"], json!([]));
+
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
