@@ -29,6 +29,9 @@ pub enum Refusal {
     /// Its tenant is suspended.
     #[error("the tenant is suspended")]
     TenantSuspended,
+    /// It is a chatbot user's, and the tenant switched its chatbot off.
+    #[error("the tenant's chatbot is switched off")]
+    ChatbotDisabled,
 }
 
 /// One row of `access_changes`, as stored and as notified.
@@ -60,8 +63,19 @@ pub struct Revocations {
     sessions: HashMap<String, Instant>,
     /// Admin users whose state changed.
     users: HashMap<String, UserState>,
-    /// Tenants whose suspension changed: id → (suspended, version).
-    tenants: HashMap<String, (bool, i64)>,
+    /// Tenants whose suspension or chatbot changed.
+    tenants: HashMap<String, TenantState>,
+}
+
+/// The current state of a tenant, as far as events changed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TenantState {
+    /// Suspended (until reactivated).
+    suspended: bool,
+    /// Its chatbot switched off in its preferences: its chatbot users' tokens stop.
+    chatbot_disabled: bool,
+    /// Sequence of the change this reflects.
+    version: i64,
 }
 
 impl Revocations {
@@ -95,16 +109,21 @@ impl Revocations {
                 }
             }
             "tenant" => {
-                let tenant = self.tenants.entry(id.to_owned()).or_insert((false, 0));
-                if tenant.1 < change.version {
-                    *tenant = (
+                let tenant = self.tenants.entry(id.to_owned()).or_default();
+                if tenant.version < change.version {
+                    // The state is the merge of every change so far.
+                    let flag = |key: &str| {
                         change
                             .state
-                            .get("suspended")
+                            .get(key)
                             .and_then(|v| v.as_bool())
-                            .unwrap_or(false),
-                        change.version,
-                    );
+                            .unwrap_or(false)
+                    };
+                    *tenant = TenantState {
+                        suspended: flag("suspended"),
+                        chatbot_disabled: flag("chatbot_disabled"),
+                        version: change.version,
+                    };
                 }
             }
             _ => {}
@@ -133,13 +152,19 @@ impl Revocations {
         }
         match &claims.tenant_id {
             Some(tenant) if self.is_suspended(tenant) => Err(Refusal::TenantSuspended),
+            Some(tenant)
+                if claims.kind.as_deref() == Some("phone")
+                    && self.tenants.get(tenant).is_some_and(|t| t.chatbot_disabled) =>
+            {
+                Err(Refusal::ChatbotDisabled)
+            }
             _ => Ok(()),
         }
     }
 
     /// True while `tenant_id` is suspended.
     pub fn is_suspended(&self, tenant_id: &str) -> bool {
-        self.tenants.get(tenant_id).is_some_and(|(s, _)| *s)
+        self.tenants.get(tenant_id).is_some_and(|t| t.suspended)
     }
 
     /// Forgets ended sessions learnt longer than `age` ago: every token they issued has
@@ -283,5 +308,31 @@ mod tests {
             r.check(&admin("root", None, Role::SuperAdmin, None)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_tenant_that_switched_its_chatbot_off_refuses_its_chatbot_users_only() {
+        let mut r = Revocations::default();
+        r.apply(&change(
+            "tenant:t1",
+            serde_json::json!({"chatbot_disabled": true}),
+            3,
+        ));
+        assert_eq!(r.check(&phone("p1", "t1")), Err(Refusal::ChatbotDisabled));
+        assert_eq!(r.check(&admin("u1", Some("t1"), Role::Agent, None)), Ok(()));
+        assert!(!r.is_suspended("t1"));
+        // Suspended later, the merged state keeps both.
+        r.apply(&change(
+            "tenant:t1",
+            serde_json::json!({"chatbot_disabled": true, "suspended": true}),
+            4,
+        ));
+        assert_eq!(r.check(&phone("p1", "t1")), Err(Refusal::TenantSuspended));
+        r.apply(&change(
+            "tenant:t1",
+            serde_json::json!({"chatbot_disabled": false, "suspended": false}),
+            5,
+        ));
+        assert_eq!(r.check(&phone("p1", "t1")), Ok(()));
     }
 }

@@ -88,9 +88,10 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
 }
 
 /// The id a client chose for something it creates: a random (version 4) or time-ordered
-/// (version 7) UUID. Name-based ids (versions 3 and 5) are the platform's own — it derives
-/// them from what a provider names (an SMS sender's thread) or from an Idempotency-Key — so a
-/// client can never take one before the platform does: 422 `invalid_id`.
+/// (version 7) UUID. Derived ids are the platform's own — name-based (version 5) from what a
+/// provider names (an SMS sender's thread) or from an Idempotency-Key, keyed (version 8) for
+/// chatbot users — so a client can never take one before the platform does: 422
+/// `invalid_id`.
 pub fn client_id(id: Option<uuid::Uuid>) -> Result<Option<uuid::Uuid>, Problem> {
     match id.map(|u| u.get_version_num()) {
         None | Some(4) | Some(7) => Ok(id),

@@ -48,6 +48,11 @@ pub fn refused(e: AccessError) -> Problem {
             "tenant_suspended",
             Refusal::TenantSuspended.to_string(),
         ),
+        AccessError::Refused(Refusal::ChatbotDisabled) => Problem::new(
+            StatusCode::FORBIDDEN,
+            "chatbot_disabled",
+            Refusal::ChatbotDisabled.to_string(),
+        ),
         AccessError::Refused(why) => {
             Problem::new(StatusCode::UNAUTHORIZED, "token_revoked", why.to_string()).with_header(
                 header::WWW_AUTHENTICATE,

@@ -279,6 +279,8 @@ struct Members {
     customers: HashMap<String, BTreeSet<String>>,
     /// Tenants suspended: none of theirs gets anything until reactivated.
     suspended: HashSet<String>,
+    /// Tenants whose chatbot is switched off: their chatbot users get nothing meanwhile.
+    chatbot_off: HashSet<String>,
 }
 
 impl Members {
@@ -299,15 +301,24 @@ impl Members {
         let tenants: Vec<String> = tenants.into_iter().collect();
         let threads: Vec<String> = threads.into_iter().collect();
         let keys: Vec<String> = tenants.iter().map(|t| format!("tenant:{t}")).collect();
-        let suspended: HashSet<String> = sqlx::query_scalar(
-            "SELECT substr(key, 8) FROM access_changes
-              WHERE key = ANY($1) AND state @> '{\"suspended\": true}'",
+        let states: Vec<(String, bool, bool)> = sqlx::query_as(
+            "SELECT substr(key, 8), state @> '{\"suspended\": true}',
+                    state @> '{\"chatbot_disabled\": true}'
+               FROM access_changes WHERE key = ANY($1)",
         )
         .bind(&keys)
         .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
+        .await?;
+        let suspended: HashSet<String> = states
+            .iter()
+            .filter(|(_, suspended, _)| *suspended)
+            .map(|(t, _, _)| t.clone())
+            .collect();
+        let chatbot_off: HashSet<String> = states
+            .into_iter()
+            .filter(|(_, _, off)| *off)
+            .map(|(t, _, _)| t)
+            .collect();
         // The revocations recorded with each change (migration 0022) are read too, so a
         // session counts as ended from the commit that ended it.
         let rows: Vec<(String, String)> = sqlx::query_as(
@@ -358,6 +369,7 @@ impl Members {
             staff,
             customers,
             suspended,
+            chatbot_off,
         })
     }
 
@@ -373,13 +385,14 @@ impl Members {
                 Channel::Tenant(tenant) if tenant == event.tenant_id => {
                     out.extend(self.staff.get(&tenant).into_iter().flatten().cloned());
                 }
-                Channel::Thread(thread) => out.extend(
-                    self.customers
-                        .get(&thread)
-                        .into_iter()
-                        .flatten()
-                        .map(|u| ConnectionUser::Phone(u.clone())),
-                ),
+                Channel::Thread(thread) if !self.chatbot_off.contains(&event.tenant_id) => out
+                    .extend(
+                        self.customers
+                            .get(&thread)
+                            .into_iter()
+                            .flatten()
+                            .map(|u| ConnectionUser::Phone(u.clone())),
+                    ),
                 _ => {}
             }
         }

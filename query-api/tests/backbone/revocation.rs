@@ -632,6 +632,82 @@ async fn a_suspended_tenant_is_locked_out_until_reactivated() {
 }
 
 #[tokio::test]
+async fn a_tenant_that_switches_its_chatbot_off_stops_its_customers_tokens_at_once() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "botoff").await;
+    let customer = env.phone_user(&tenant, "phone-botoff");
+    let agent = env.agent_of(&tenant);
+    let open = || {
+        env.http
+            .post(api.url("/v1/chat/threads"))
+            .bearer_auth(&customer)
+            .json(&json!({}))
+            .send()
+    };
+    let inbox = |token: &str| {
+        env.http
+            .get(query.url("/v1/chat/threads"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(open().await.expect("sent").status(), 201);
+    let preferences = format!("/v1/tenants/{tenant}/preferences");
+    let switch = |enabled: bool| {
+        as_root(
+            &env,
+            &api,
+            &root,
+            &preferences,
+            json!({"chatbot": {"enabled": enabled}}),
+        )
+    };
+    assert_eq!(switch(false).await, 200);
+    refused_within_a_second(
+        "a customer's token refused for writes",
+        403,
+        "chatbot_disabled",
+        || async { open().await.expect("sent") },
+    )
+    .await;
+    refused_within_a_second(
+        "a customer's token refused for reads",
+        403,
+        "chatbot_disabled",
+        || async { inbox(&customer).await.expect("sent") },
+    )
+    .await;
+    refused_within_a_second(
+        "a customer's realtime sign-in refused",
+        403,
+        "chatbot_disabled",
+        || realtime_auth(&env, &query, &customer, &tenant),
+    )
+    .await;
+    let stream = env
+        .http
+        .get(query.url("/v1/stream"))
+        .bearer_auth(&customer)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(stream, 403, "chatbot_disabled").await;
+    // The tenant's staff work on.
+    assert_eq!(inbox(&agent).await.expect("sent").status(), 200);
+    assert_eq!(switch(true).await, 200);
+    eventually(
+        Duration::from_secs(1),
+        "the customer's token to work again",
+        || async { (open().await.ok()?.status() == 201).then_some(()) },
+    )
+    .await;
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn a_revocation_made_while_the_listener_was_down_is_seen_after_it_reconnects() {
     let env = TestEnv::new().await;
     let api = with_root(&env).await;
