@@ -284,7 +284,8 @@ impl Projection for ChatProjection {
                 .bind(at)
                 .execute(&mut *conn)
                 .await?;
-                // The preview falls back to the newest message still there.
+                // The preview falls back to the newest message still there; unread counts
+                // leave the deleted one out.
                 touch(
                     conn,
                     &t,
@@ -292,17 +293,22 @@ impl Projection for ChatProjection {
                     version,
                     recorded,
                     &format!(
-                        "last_message = CASE WHEN last_message->>'message_id' = $4
+                        "deleted_numbers = ARRAY(SELECT DISTINCT n FROM unnest(
+                             deleted_numbers || ARRAY(SELECT m.number FROM {messages} m
+                                                       WHERE m.thread_id = $1::uuid
+                                                         AND m.message_id = $4)) AS n
+                                                  ORDER BY n),
+                         last_message = CASE WHEN last_message->>'message_id' = $4
                              THEN (SELECT jsonb_build_object(
                                       'message_id', m.message_id, 'number', m.number,
                                       'author_id', m.author_id, 'author_kind', m.author_kind,
                                       'text', left(m.text, {PREVIEW_CHARS}),
                                       'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
-                                     FROM {} m
+                                     FROM {messages} m
                                     WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
                                     ORDER BY m.number DESC LIMIT 1)
                              ELSE last_message END,",
-                        t.messages
+                        messages = t.messages
                     ),
                     Binds::Texts(Some(message_id), None),
                 )

@@ -72,12 +72,25 @@ impl ThreadView {
     }
 }
 
+/// The caller's unread count of thread `t` read up to `r.last_read`: the messages after it,
+/// less those deleted (one expression for the inbox, its filter and the badge totals).
+macro_rules! unread {
+    () => {
+        "greatest(t.message_count - coalesce(r.last_read, 0) \
+         - (SELECT count(*) FROM unnest(t.deleted_numbers) d WHERE d > coalesce(r.last_read, 0)), 0)"
+    };
+}
+
 /// The thread columns, with the caller (`$1`) as reader and participant.
-const THREAD_COLUMNS: &str = "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
-     t.opened_by, t.agent_id, t.department, t.assignment_reason, t.bot_enabled, t.tags, t.message_count, t.last_message, \
-     t.last_activity_at, t.created_at, t.updated_at, t.version, \
-     greatest(t.message_count - coalesce(r.last_read, 0), 0) AS unread, \
-     EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1) AS participant";
+const THREAD_COLUMNS: &str = concat!(
+    "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
+     t.opened_by, t.agent_id, t.department, t.assignment_reason, t.bot_enabled, t.tags, \
+     t.message_count, t.last_message, t.last_activity_at, t.created_at, t.updated_at, \
+     t.version, ",
+    unread!(),
+    " AS unread, \
+     EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1) AS participant"
+);
 
 /// The thread table joined with the caller's (`$1`) read position.
 const THREAD_FROM: &str =
@@ -232,7 +245,7 @@ async fn list(
         w.and("t.department = ?");
     }
     if params.unread.is_some() {
-        w.and("(t.message_count > coalesce(r.last_read, 0)) = ?");
+        w.and(concat!("(", unread!(), " > 0) = ?"));
     }
     if cursor_at.is_some() {
         w.and("(t.last_activity_at, t.id) < (?, ?)");
@@ -358,7 +371,10 @@ async fn detail(
     let (thread, stale) = visible(&state, &who, id, min_version).await?;
     let participants: Vec<ParticipantView> = sqlx::query_as(
         "SELECT p.user_id, p.kind, p.joined_at, coalesce(r.last_read, 0) AS last_read,
-                greatest($2 - coalesce(r.last_read, 0), 0) AS unread
+                greatest($2 - coalesce(r.last_read, 0)
+                         - (SELECT count(*) FROM chat_threads t, unnest(t.deleted_numbers) d
+                             WHERE t.id = p.thread_id AND d > coalesce(r.last_read, 0)), 0)
+                  AS unread
            FROM chat_participants p
            LEFT JOIN chat_reads r ON r.thread_id = p.thread_id AND r.reader_id = p.user_id
           WHERE p.thread_id = $1
@@ -371,7 +387,10 @@ async fn detail(
     .map_err(|e| Problem::unavailable(&e))?;
     let readers: Vec<ReaderView> = sqlx::query_as(
         "SELECT r.reader_id, r.reader_kind, r.last_read,
-                greatest($2 - r.last_read, 0) AS unread, r.read_at
+                greatest($2 - r.last_read
+                         - (SELECT count(*) FROM chat_threads t, unnest(t.deleted_numbers) d
+                             WHERE t.id = r.thread_id AND d > r.last_read), 0) AS unread,
+                r.read_at
            FROM chat_reads r
           WHERE r.thread_id = $1
             AND NOT EXISTS (SELECT 1 FROM chat_participants p
@@ -583,11 +602,12 @@ async fn unread(
     let (tenant, participants_only) = scope.binds();
     let view: UnreadView = sqlx::query_as(&format!(
         "SELECT count(*) FILTER (WHERE u > 0) AS threads, coalesce(sum(u), 0)::bigint AS messages
-           FROM (SELECT greatest(t.message_count - coalesce(r.last_read, 0), 0) AS u
+           FROM (SELECT {} AS u
                    FROM {THREAD_FROM}
                   WHERE ($2::text IS NULL OR t.tenant_id = $2)
                     AND (NOT $3 OR EXISTS (SELECT 1 FROM chat_participants p
-                                            WHERE p.thread_id = t.id AND p.user_id = $1))) AS x"
+                                            WHERE p.thread_id = t.id AND p.user_id = $1))) AS x",
+        unread!()
     ))
     .bind(who.user_id())
     .bind(tenant)

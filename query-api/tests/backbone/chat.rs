@@ -587,8 +587,9 @@ async fn a_rebuild_of_chat_gives_the_rows_of_the_live_projection() {
     let agent = env.agent_of(&tenant);
     let mut last = 0;
     for round in 0..3 {
-        let (thread, _) = open_thread(&env, &api, &customer, json!({"tags": ["t"]})).await;
+        let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
         let path = |p: &str| format!("/v1/chat/threads/{thread}{p}");
+        post(&env, &api, &agent, &path("/tags"), json!({"tags": ["t"]})).await;
         let sent: Value = post(
             &env,
             &api,
@@ -660,7 +661,7 @@ async fn a_rebuild_of_chat_gives_the_rows_of_the_live_projection() {
     let report = projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection)
         .await
         .expect("rebuild");
-    assert_eq!(report.events, 3 * 7 + 1, "every thread event");
+    assert_eq!(report.events, 3 * 8 + 1, "every thread event");
     assert_eq!(snapshot().await, live, "the same rows");
     query.stop().await;
     api.stop().await;
@@ -698,5 +699,92 @@ async fn a_lost_answer_to_a_keyed_message_is_recovered_with_the_message_id() {
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await.expect("json"), first);
     assert_eq!(env.event_count().await, events, "not sent twice");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_messages_are_not_counted_unread() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "unread").await;
+    let customer = env.phone_user(&tenant, "phone-unread");
+    let agent = env.agent_of(&tenant);
+    let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
+    // The agent sends three messages and deletes two of them.
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let sent: Value = post(
+            &env,
+            &api,
+            &agent,
+            &format!("/v1/chat/threads/{thread}/messages"),
+            json!({ "text": text }),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(sent["message_id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids[..2] {
+        let deleted = post(
+            &env,
+            &api,
+            &agent,
+            &format!("/v1/chat/threads/{thread}/messages/{id}/delete"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(deleted.status(), 200);
+    }
+    let inbox = eventually(
+        Duration::from_secs(20),
+        "the deletions projected",
+        || async {
+            let (_, page) = get(&env, &query, &customer, "/v1/chat/threads").await;
+            let thread = page["items"].as_array()?.first()?.clone();
+            // Opened, three messages, two deletions.
+            (thread["version"] == 6).then_some(thread)
+        },
+    )
+    .await;
+    assert_eq!(inbox["unread"], 1, "{inbox}");
+    let (_, badge) = get(&env, &query, &customer, "/v1/chat/unread").await;
+    assert_eq!(
+        (badge["threads"].as_i64(), badge["messages"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let (_, detail) = get(
+        &env,
+        &query,
+        &customer,
+        &format!("/v1/chat/threads/{thread}"),
+    )
+    .await;
+    assert_eq!(detail["participants"][0]["unread"], 1, "{detail}");
+    // Read up to the one left: nothing unread, nothing listed as unread.
+    let read = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{thread}/read"),
+        json!({"number": 3}),
+    )
+    .await;
+    assert_eq!(read.status(), 200);
+    eventually(Duration::from_secs(20), "read", || async {
+        let (_, page) = get(&env, &query, &customer, "/v1/chat/threads?unread=true").await;
+        page["items"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    let (_, badge) = get(&env, &query, &customer, "/v1/chat/unread").await;
+    assert_eq!(
+        (badge["threads"].as_i64(), badge["messages"].as_i64()),
+        (Some(0), Some(0))
+    );
+    projector.abort();
+    query.stop().await;
     api.stop().await;
 }
