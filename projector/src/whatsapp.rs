@@ -349,8 +349,12 @@ async fn conversation(
             reason,
             ..
         } => {
+            // A reply the agent deleted keeps no text here either (as in the thread).
             sqlx::query(&update(
-                "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL",
+                "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL,
+                 text = CASE WHEN $4 = 'withdrawn' THEN NULL ELSE text END,
+                 content = CASE WHEN $4 = 'withdrawn'
+                     THEN jsonb_build_object('type', content->'type') ELSE content END",
             ))
             .bind(&message_id)
             .bind(recorded)
@@ -382,14 +386,20 @@ async fn conversation(
             message_id, change, ..
         } => {
             let (code, error) = not_delivered(&change);
-            sqlx::query(&update("error_code = $4, error = $5"))
-                .bind(&message_id)
-                .bind(recorded)
-                .bind(version)
-                .bind(code)
-                .bind(error)
-                .execute(&mut *conn)
-                .await?;
+            // Deleted by the agent: no text kept here either, though the contact has it.
+            sqlx::query(&update(
+                "error_code = $4, error = $5,
+                 text = CASE WHEN $4 = 'delete_not_delivered' THEN NULL ELSE text END,
+                 content = CASE WHEN $4 = 'delete_not_delivered'
+                     THEN jsonb_build_object('type', content->'type') ELSE content END",
+            ))
+            .bind(&message_id)
+            .bind(recorded)
+            .bind(version)
+            .bind(code)
+            .bind(error)
+            .execute(&mut *conn)
+            .await?;
         }
         ConversationEvent::MediaStored {
             message_id,

@@ -479,9 +479,23 @@ pub struct Outgoing {
     /// The kinds of change (`edited`, `deleted`) recorded as not reaching the contact, so a
     /// repeated report of one records nothing.
     late_changes: BTreeSet<String>,
-    /// A change made while an attempt was under way: if that attempt is accepted, the
-    /// contact got the original, and the agent is told.
+    /// A change made while an attempt was under way (or after one whose outcome is
+    /// unknown): if that attempt turns out accepted, the contact got the original, and the
+    /// agent is told.
     changed_in_flight: Option<String>,
+    /// An attempt failed in a way that may hide a message the provider took (a 5xx, the
+    /// provider's own trouble), so a later status may show it went out.
+    #[serde(default)]
+    may_have_gone_out: bool,
+}
+
+/// Whether a failed attempt's `code` may hide a message the provider took: an HTTP 5xx (the
+/// code is then the status) or a Cloud API code of the provider's own trouble. Throttling
+/// (429 and its codes) and no connection say the request was not taken.
+fn may_have_gone_out(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| {
+        (500..600).contains(&c) || [1, 2, 131000, 131016, 131057, 133004].contains(&c)
+    })
 }
 
 /// A conversation (also the snapshot form). Bounded: it holds its last
@@ -1007,7 +1021,14 @@ impl Conversation {
                             message_id,
                             thread_id,
                             code: "withdrawn".into(),
-                            reason: "The agent deleted it before it went out.".into(),
+                            reason: if out.state == SendState::Attempting || out.may_have_gone_out {
+                                // Not known yet: said plainly, corrected by
+                                // `ChangeNotDelivered` if the provider turns out to have it.
+                                "The agent deleted it while it was being sent: it is not sent again, but WhatsApp may already have taken it."
+                            } else {
+                                "The agent deleted it before it went out."
+                            }
+                            .into(),
                             at,
                         }],
                         ReplyChange::Edit { text } => {
@@ -1337,12 +1358,14 @@ impl Aggregate for Conversation {
             E::SendAttemptFailed {
                 message_id,
                 retry_at,
+                code,
                 ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
                     out.state = SendState::Queued;
                     out.attempt_at = None;
                     out.retry_at = Some(retry_at);
+                    out.may_have_gone_out |= may_have_gone_out(code.as_deref());
                 }
             }
             E::MessageSent {
@@ -1363,7 +1386,9 @@ impl Aggregate for Conversation {
                 message_id, code, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
-                    if out.state == SendState::Attempting && code == "withdrawn" {
+                    if (out.state == SendState::Attempting || out.may_have_gone_out)
+                        && code == "withdrawn"
+                    {
                         out.changed_in_flight = Some("deleted".into());
                     }
                     let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
@@ -1381,7 +1406,7 @@ impl Aggregate for Conversation {
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
                     out.content = Some(content);
-                    if out.state == SendState::Attempting {
+                    if out.state == SendState::Attempting || out.may_have_gone_out {
                         out.changed_in_flight = Some("edited".into());
                     }
                 }
@@ -2086,6 +2111,18 @@ mod tests {
         }
     }
 
+    /// The agent deleted reply `out1` while an attempt was under way, or after one whose
+    /// outcome is unknown.
+    fn withdrawn_in_flight() -> ConversationEvent {
+        ConversationEvent::MessageFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            code: "withdrawn".into(),
+            reason: "The agent deleted it while it was being sent: it is not sent again, but WhatsApp may already have taken it.".into(),
+            at: t0(),
+        }
+    }
+
     /// The provider throttled the first attempt at `out1`; it is tried again at `retry_at`.
     fn throttled(retry_at: DateTime<Utc>) -> ConversationEvent {
         ConversationEvent::SendAttemptFailed {
@@ -2141,7 +2178,7 @@ mod tests {
     #[test]
     fn change_while_an_attempt_is_under_way_holds_unless_the_attempt_is_accepted() {
         let under_way = vec![started(), queued(text("Hi"), t0()), attempted(1, t0())];
-        let withdrawn = withdrawn();
+        let withdrawn = withdrawn_in_flight();
         TestFramework::<Conversation>::with(no_history())
             .given(under_way.clone())
             .when(change(ReplyChange::Delete))
@@ -2167,6 +2204,54 @@ mod tests {
                     at: t0(),
                 },
             ]);
+    }
+
+    #[test]
+    fn change_after_a_server_error_is_reported_when_a_status_shows_the_original_went_out() {
+        let server_error = ConversationEvent::SendAttemptFailed {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            attempt: 1,
+            code: Some("500".into()),
+            reason: "Internal Server Error".into(),
+            retry_at: t0() + Duration::seconds(30),
+        };
+        let after_error = vec![
+            started(),
+            queued(text("My card is 4242"), t0()),
+            attempted(1, t0()),
+            server_error,
+        ];
+        TestFramework::<Conversation>::with(no_history())
+            .given(after_error.clone())
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![withdrawn_in_flight()]);
+        let mut deleted = after_error.clone();
+        deleted.push(withdrawn_in_flight());
+        TestFramework::<Conversation>::with(no_history())
+            .given(deleted)
+            .when(status(Delivery::Delivered, Some("out1")))
+            .then_expect_events(vec![
+                sent(),
+                ConversationEvent::ChangeNotDelivered {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    change: "deleted".into(),
+                    delivery: Some(Delivery::Delivered),
+                    at: t0(),
+                },
+                updated(Delivery::Delivered),
+            ]);
+        // After a throttled attempt (never taken) a deletion is plainly a withdrawal.
+        TestFramework::<Conversation>::with(no_history())
+            .given(vec![
+                started(),
+                queued(text("Hi"), t0()),
+                attempted(1, t0()),
+                throttled(t0()),
+            ])
+            .when(change(ReplyChange::Delete))
+            .then_expect_events(vec![withdrawn()]);
     }
 
     #[test]

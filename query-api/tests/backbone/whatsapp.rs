@@ -1852,6 +1852,12 @@ async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_ed
         .message_when(&secret, "withdrawn", |m| m["status"] == "failed")
         .await;
     assert_eq!(withdrawn["error_code"], "withdrawn");
+    // Deleted in the thread, it keeps no text here either.
+    assert!(withdrawn["text"].is_null(), "{withdrawn}");
+    assert!(
+        !withdrawn.to_string().contains("4242"),
+        "the card number is gone: {withdrawn}"
+    );
     // Once it has gone out, a change is recorded as not reaching the contact.
     wa.message_when(&typo, "sent", |m| m["status"] == "sent")
         .await;
