@@ -223,10 +223,12 @@ pub enum PaymentEvent {
         /// When.
         at: DateTime<Utc>,
     },
-    /// The provider charged the customer again for a payment already paid (another
-    /// transaction: a second checkout, a retried payment): money the tenant holds twice and
-    /// must return. The payment keeps what it was paid; the charge is tracked beside it
-    /// until its refunds add up to it.
+    /// The provider charged the customer in a transaction that does not pay the payment:
+    /// again after it was paid (`duplicate_charge`: a second checkout, a retried payment) or
+    /// in another amount or currency (`amount_mismatch`). It is tracked beside the payment,
+    /// with its refunds, so money the tenant must return is never lost from sight. A
+    /// duplicate in the payment's amount and currency covers the payment as well as its
+    /// first charge does: refunding either leaves the payment paid while the other is kept.
     ChargedAgain {
         /// Amount charged, minor units.
         amount: i64,
@@ -234,6 +236,9 @@ pub enum PaymentEvent {
         currency: String,
         /// The provider's transaction (Stripe payment intent, Lyra transaction uuid).
         provider_reference: String,
+        /// `duplicate_charge` or `amount_mismatch`.
+        #[serde(default = "duplicate_charge")]
+        reason: String,
         /// The webhook that said so.
         webhook_id: String,
         /// When.
@@ -265,6 +270,11 @@ pub enum PaymentEvent {
         /// When.
         at: DateTime<Utc>,
     },
+}
+
+/// The reason of a `ChargedAgain` recorded before it had one.
+fn duplicate_charge() -> String {
+    "duplicate_charge".to_owned()
 }
 
 impl DomainEvent for PaymentEvent {

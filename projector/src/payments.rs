@@ -373,15 +373,33 @@ impl Projection for PaymentsProjection {
                 }
                 PaymentEvent::LinkFailed { reason, .. } => ("last_error = $4", Some(reason), None),
                 PaymentEvent::Paid {
+                    amount,
                     provider_reference,
+                    webhook_id,
                     at,
-                    ..
-                } => (
+                } => {
                     // A payment paid after it was cancelled or failed is no longer in error.
-                    "status = 'paid', provider_reference = $4, paid_at = $5, last_error = NULL",
-                    Some(provider_reference),
-                    Some(at),
-                ),
+                    sqlx::query(&format!(
+                        "UPDATE {payments} SET status = 'paid', provider_reference = $2,
+                                paid_at = $3, last_error = NULL
+                          WHERE id = $1::uuid"
+                    ))
+                    .bind(id)
+                    .bind(&provider_reference)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                    let charge = Charge {
+                        reference: &provider_reference,
+                        amount,
+                        currency: None,
+                        reason: "payment",
+                        webhook_id: &webhook_id,
+                        at,
+                    };
+                    charge.insert(conn, target, id, tenant).await?;
+                    return settle(conn, target, e, &webhook_id, at).await;
+                }
                 PaymentEvent::Failed { reason, .. } => {
                     ("status = 'failed', last_error = $4", Some(reason), None)
                 }
@@ -389,127 +407,100 @@ impl Projection for PaymentsProjection {
                 PaymentEvent::Cancelled { reason, .. } => {
                     ("status = 'cancelled', last_error = $4", Some(reason), None)
                 }
+                // A refund of the charge that paid the payment.
                 PaymentEvent::Refunded {
-                    amount,
                     refunded_total,
                     webhook_id,
                     at,
+                    ..
                 } => {
                     sqlx::query(&format!(
-                        "INSERT INTO {} (payment_id, sequence, tenant_id, amount, webhook_id, refunded_at)
-                         VALUES ($1::uuid, $2, $3, $4, $5, $6)",
-                        target.table("payment_refunds")
+                        "UPDATE {} SET refunded = $2 WHERE payment_id = $1::uuid AND reason = 'payment'",
+                        target.table("payment_charges")
                     ))
                     .bind(id)
-                    .bind(version)
-                    .bind(tenant)
-                    .bind(amount)
-                    .bind(webhook_id)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query(&format!(
-                        "UPDATE {payments} SET refunded = $4,
-                                status = CASE WHEN $4 >= total THEN 'refunded' ELSE 'partially_refunded' END,
-                                updated_at = $2, version = $3
-                          WHERE id = $1::uuid"
-                    ))
-                    .bind(id)
-                    .bind(recorded)
-                    .bind(version)
                     .bind(refunded_total)
                     .execute(&mut *conn)
                     .await?;
-                    return Ok(());
+                    return settle(conn, target, e, &webhook_id, at).await;
                 }
-                // Recorded on the payment's timeline (the event store); the row keeps its
-                // state, and shows the reports of money that moved and was not applied.
-                PaymentEvent::ProviderStatusIgnored {
-                    status, reason, at, ..
-                } if NEEDS_ATTENTION.contains(&reason.as_str()) => (
-                    "attention = $4, attention_at = $5",
-                    Some(format!("{status}:{reason}")),
-                    Some(at),
-                ),
-                // The duplicate charge was returned (streams written before charges were
-                // tracked): nothing is left for staff to do.
-                PaymentEvent::ProviderStatusIgnored { reason, .. }
-                    if reason == "refund_of_another_charge" =>
-                {
-                    (
-                        "attention = CASE WHEN attention = 'paid:duplicate_charge' THEN NULL ELSE attention END,
-                         attention_at = CASE WHEN attention = 'paid:duplicate_charge' THEN NULL ELSE attention_at END",
-                        None,
-                        None,
-                    )
-                }
-                PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
-                // Applied with the payment's confirmation (then a `Refunded` follows).
-                PaymentEvent::RefundHeld { .. } => ("status = status", None, None),
                 PaymentEvent::ChargedAgain {
                     amount,
                     currency,
                     provider_reference,
+                    reason,
                     webhook_id,
                     at,
                 } => {
-                    sqlx::query(&format!(
-                        "INSERT INTO {} (payment_id, provider_reference, tenant_id, amount, currency,
-                                         webhook_id, charged_at)
-                         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)",
-                        target.table("payment_charges")
-                    ))
-                    .bind(id)
-                    .bind(provider_reference)
-                    .bind(tenant)
-                    .bind(amount)
-                    .bind(currency)
-                    .bind(webhook_id)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                    (
-                        "attention = $4, attention_at = $5",
-                        Some("paid:duplicate_charge".to_owned()),
-                        Some(at),
-                    )
+                    let charge = Charge {
+                        reference: &provider_reference,
+                        amount,
+                        currency: Some(&currency),
+                        reason: &reason,
+                        webhook_id: &webhook_id,
+                        at,
+                    };
+                    charge.insert(conn, target, id, tenant).await?;
+                    return settle(conn, target, e, &webhook_id, at).await;
                 }
                 PaymentEvent::ChargeRefunded {
                     provider_reference,
                     refunded_total,
+                    webhook_id,
+                    at,
                     ..
                 } => {
-                    let charges = target.table("payment_charges");
                     sqlx::query(&format!(
-                        "UPDATE {charges} SET refunded = $3
-                          WHERE payment_id = $1::uuid AND provider_reference = $2"
+                        "UPDATE {} SET refunded = $3
+                          WHERE payment_id = $1::uuid AND provider_reference = $2",
+                        target.table("payment_charges")
                     ))
                     .bind(id)
                     .bind(provider_reference)
                     .bind(refunded_total)
                     .execute(&mut *conn)
                     .await?;
-                    // Nothing left for staff once every other charge is wholly returned.
+                    return settle(conn, target, e, &webhook_id, at).await;
+                }
+                // Recorded on the payment's timeline (the event store); the row keeps its
+                // state, and shows the reports of money that moved and was not applied.
+                PaymentEvent::ProviderStatusIgnored {
+                    status,
+                    reason,
+                    webhook_id,
+                    at,
+                } if NEEDS_ATTENTION.contains(&reason.as_str()) => {
                     sqlx::query(&format!(
-                        "UPDATE {payments} SET
-                            attention = CASE WHEN attention = 'paid:duplicate_charge' AND NOT EXISTS (
-                                SELECT 1 FROM {charges} c
-                                 WHERE c.payment_id = $1::uuid AND c.refunded < c.amount)
-                              THEN NULL ELSE attention END,
-                            attention_at = CASE WHEN attention = 'paid:duplicate_charge' AND NOT EXISTS (
-                                SELECT 1 FROM {charges} c
-                                 WHERE c.payment_id = $1::uuid AND c.refunded < c.amount)
-                              THEN NULL ELSE attention_at END,
-                            updated_at = $2, version = $3
+                        "UPDATE {payments} SET report_flag = $2, report_flag_at = $3
                           WHERE id = $1::uuid"
                     ))
                     .bind(id)
-                    .bind(recorded)
-                    .bind(version)
+                    .bind(format!("{status}:{reason}"))
+                    .bind(at)
                     .execute(&mut *conn)
                     .await?;
-                    return Ok(());
+                    return settle(conn, target, e, &webhook_id, at).await;
                 }
+                // The duplicate charge was returned (streams written before charges were
+                // tracked): nothing is left for staff to do.
+                PaymentEvent::ProviderStatusIgnored {
+                    reason,
+                    webhook_id,
+                    at,
+                    ..
+                } if reason == "refund_of_another_charge" => {
+                    sqlx::query(&format!(
+                        "UPDATE {payments} SET report_flag = NULL, report_flag_at = NULL
+                          WHERE id = $1::uuid AND report_flag = 'paid:duplicate_charge'"
+                    ))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                    return settle(conn, target, e, &webhook_id, at).await;
+                }
+                PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
+                // Applied with the payment's confirmation (then a `Refunded` follows).
+                PaymentEvent::RefundHeld { .. } => ("status = status", None, None),
             };
         let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");
         sql.push_str(" WHERE id = $1::uuid");
@@ -523,4 +514,124 @@ impl Projection for PaymentsProjection {
         query.execute(&mut *conn).await?;
         Ok(())
     }
+}
+
+/// A charge of the customer, as `payment_charges` holds it.
+struct Charge<'a> {
+    /// The provider's transaction.
+    reference: &'a str,
+    /// Charged.
+    amount: i64,
+    /// Its currency (the payment's when `None`).
+    currency: Option<&'a str>,
+    /// `payment` (the one that paid it), `duplicate_charge` or `amount_mismatch`.
+    reason: &'a str,
+    /// The webhook that reported it.
+    webhook_id: &'a str,
+    /// When.
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Charge<'_> {
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        payment: &str,
+        tenant: &str,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(&format!(
+            "INSERT INTO {charges} (payment_id, provider_reference, tenant_id, amount, currency,
+                                    reason, webhook_id, charged_at)
+             SELECT $1::uuid, $2, $3, $4, coalesce($5, p.currency), $6, $7, $8
+               FROM {payments} p WHERE p.id = $1::uuid",
+            charges = target.table("payment_charges"),
+            payments = target.table("payments"),
+        ))
+        .bind(payment)
+        .bind(self.reference)
+        .bind(tenant)
+        .bind(self.amount)
+        .bind(self.currency)
+        .bind(self.reason)
+        .bind(self.webhook_id)
+        .bind(self.at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Brings a payment's money in line with its charges after event `e` (reported by webhook
+/// `webhook_id` at `at`): what it kept is its own charge and the duplicates of it, less their
+/// refunds, whichever was refunded; `refunded` is the total less what it kept (at least 0),
+/// the status follows, and each change of it is a row of `payment_refunds` (a duplicate
+/// kept after the payment's own charge was refunded gives a negative one: the money is kept
+/// again). `attention` says what staff must act on: money held beyond the total
+/// (`paid:duplicate_charge`), a charge in another amount not wholly returned
+/// (`paid:amount_mismatch`), else the latest other report (`report_flag`).
+async fn settle(
+    conn: &mut PgConnection,
+    target: &Target,
+    e: &Envelope,
+    webhook_id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ProjectionError> {
+    let payments = target.table("payments");
+    let charges = target.table("payment_charges");
+    let change: Option<i64> = sqlx::query_scalar(&format!(
+        "WITH k AS (
+             SELECT coalesce(sum(amount - refunded)
+                             FILTER (WHERE reason IN ('payment', 'duplicate_charge')), 0)::bigint
+                      AS kept,
+                    coalesce(bool_or(reason = 'amount_mismatch' AND refunded < amount), false)
+                      AS mismatch
+               FROM {charges} WHERE payment_id = $1::uuid),
+         o AS (SELECT refunded AS before FROM {payments} WHERE id = $1::uuid),
+         n AS (SELECT p.id,
+                      CASE WHEN p.paid_at IS NULL THEN p.refunded
+                           ELSE p.total - least(p.total, k.kept) END AS refunded,
+                      CASE WHEN p.paid_at IS NOT NULL AND k.kept > p.total
+                             THEN 'paid:duplicate_charge'
+                           WHEN k.mismatch THEN 'paid:amount_mismatch'
+                           ELSE p.report_flag END AS attention
+                 FROM {payments} p, k WHERE p.id = $1::uuid)
+         UPDATE {payments} p SET
+                refunded = n.refunded,
+                status = CASE WHEN p.paid_at IS NULL THEN p.status
+                              WHEN n.refunded = 0 THEN 'paid'
+                              WHEN n.refunded >= p.total THEN 'refunded'
+                              ELSE 'partially_refunded' END,
+                attention = n.attention,
+                attention_at = CASE WHEN n.attention IS NOT DISTINCT FROM p.attention
+                                      THEN p.attention_at
+                                    WHEN n.attention IS NOT DISTINCT FROM p.report_flag
+                                      THEN p.report_flag_at
+                                    ELSE $4 END,
+                updated_at = $2, version = $3
+           FROM n, o WHERE p.id = n.id
+         RETURNING n.refunded - o.before"
+    ))
+    .bind(&e.aggregate_id)
+    .bind(e.recorded_at)
+    .bind(e.sequence as i64)
+    .bind(at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(amount) = change.filter(|a| *a != 0) {
+        sqlx::query(&format!(
+            "INSERT INTO {} (payment_id, sequence, tenant_id, amount, webhook_id, refunded_at)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6)",
+            target.table("payment_refunds")
+        ))
+        .bind(&e.aggregate_id)
+        .bind(e.sequence as i64)
+        .bind(e.tenant_id())
+        .bind(amount)
+        .bind(webhook_id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -288,6 +288,15 @@ struct Charge {
     currency: String,
     /// Refunded of it so far.
     refunded: i64,
+    /// Whether it pays the payment as well as its first charge (the payment's amount and
+    /// currency): kept while the first is refunded, the payment stays paid.
+    #[serde(default = "covers_by_default")]
+    covers: bool,
+}
+
+/// Charges kept before `covers` was: duplicates of the payment's amount.
+fn covers_by_default() -> bool {
+    true
 }
 
 impl Charge {
@@ -382,6 +391,32 @@ impl Payment {
     /// Shown to the customer.
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
+    }
+
+    /// What the customer paid that pays the payment and was not refunded: its first charge
+    /// and the duplicates of it, less their refunds.
+    fn kept(&self) -> i64 {
+        let others: i64 = self
+            .extra_charges
+            .values()
+            .filter(|c| c.covers)
+            .map(|c| c.amount - c.refunded)
+            .sum();
+        self.paid - self.refunded + others
+    }
+
+    /// A paid payment's status from what it kept, whichever of its charges were refunded.
+    fn settle(&mut self) {
+        if self.status.was_paid() {
+            let kept = self.kept();
+            self.status = if kept >= self.total {
+                Status::Paid
+            } else if kept <= 0 {
+                Status::Refunded
+            } else {
+                Status::PartiallyRefunded
+            };
+        }
     }
 
     fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
@@ -505,6 +540,7 @@ impl Payment {
                     amount: *amount,
                     currency: currency.clone(),
                     refunded: 0,
+                    covers: false,
                 };
                 let refund = charge.refund(
                     provider_reference,
@@ -594,16 +630,35 @@ impl Payment {
                     {
                         ignored("already_paid")
                     } else {
+                        let same = currency == self.currency && amount == self.total;
                         PaymentEvent::ChargedAgain {
                             amount,
                             currency,
                             provider_reference: reference,
+                            reason: if same {
+                                "duplicate_charge"
+                            } else {
+                                "amount_mismatch"
+                            }
+                            .into(),
                             webhook_id,
                             at,
                         }
                     }
                 } else if currency != self.currency || amount != self.total {
-                    ignored("amount_mismatch")
+                    // Money moved that does not pay the payment: tracked, to be returned.
+                    if self.extra_charges.contains_key(&reference) {
+                        ignored("charge_already_recorded")
+                    } else {
+                        PaymentEvent::ChargedAgain {
+                            amount,
+                            currency,
+                            provider_reference: reference,
+                            reason: "amount_mismatch".into(),
+                            webhook_id,
+                            at,
+                        }
+                    }
                 } else {
                     PaymentEvent::Paid {
                         amount,
@@ -641,10 +696,13 @@ impl Payment {
                         .as_ref()
                         .is_some_and(|paid| paid != *r)
                 });
-                if let Some(charge) = other.and_then(|r| self.extra_charges.get(r)) {
-                    // A duplicate charge being returned: the payment keeps what it was paid.
-                    let reference = other.map(String::as_str).unwrap_or_default();
-                    charge.refund(reference, refunded_total, &currency, &webhook_id, at)
+                let named_charge = reference
+                    .as_ref()
+                    .filter(|r| self.provider_reference.as_ref() != Some(*r))
+                    .and_then(|r| self.extra_charges.get(r).map(|c| (r, c)));
+                if let Some((charge_ref, charge)) = named_charge {
+                    // Another charge being returned: the payment keeps what it was paid.
+                    charge.refund(charge_ref, refunded_total, &currency, &webhook_id, at)
                 } else if !self.status.was_paid() || other.is_some() {
                     // Out of order (the confirmation of the payment, or of the charge it
                     // names, is on its way; or the customer paid a payment staff had given
@@ -819,6 +877,7 @@ impl Aggregate for Payment {
                 amount,
                 currency,
                 provider_reference,
+                reason,
                 webhook_id,
                 ..
             } => {
@@ -829,9 +888,11 @@ impl Aggregate for Payment {
                         amount,
                         currency,
                         refunded: 0,
+                        covers: reason == "duplicate_charge",
                     },
                 );
                 self.webhooks.insert(webhook_id);
+                self.settle();
             }
             PaymentEvent::ChargeRefunded {
                 provider_reference,
@@ -843,6 +904,7 @@ impl Aggregate for Payment {
                     charge.refunded = refunded_total;
                 }
                 self.webhooks.insert(webhook_id);
+                self.settle();
             }
             PaymentEvent::RefundHeld {
                 refunded_total,
@@ -877,11 +939,8 @@ impl Aggregate for Payment {
                 ..
             } => {
                 self.refunded = refunded_total;
-                self.status = if refunded_total >= self.paid {
-                    Status::Refunded
-                } else {
-                    Status::PartiallyRefunded
-                };
+                self.status = Status::PartiallyRefunded;
+                self.settle();
                 self.webhooks.insert(webhook_id);
             }
             PaymentEvent::ProviderStatusIgnored {
@@ -1185,22 +1244,68 @@ mod tests {
     }
 
     #[test]
-    fn paid_with_another_amount_or_currency_is_recorded_not_applied() {
+    fn paid_with_another_amount_or_currency_is_tracked_as_a_charge_that_does_not_pay() {
+        let mismatch = |amount: i64, currency: &str| PaymentEvent::ChargedAgain {
+            amount,
+            currency: currency.into(),
+            provider_reference: "tx".into(),
+            reason: "amount_mismatch".into(),
+            webhook_id: "w1".into(),
+            at: t0(),
+        };
+        let by = |amount: i64, currency: &str| ProviderStatus::Paid {
+            amount,
+            currency: currency.into(),
+            reference: "tx".into(),
+        };
         framework()
             .given(vec![requested(), link()])
-            .when(status("w1", paid_status(100)))
-            .then_expect_events(vec![ignored("paid", "amount_mismatch", "w1")]);
+            .when(status("w1", by(100, "EUR")))
+            .then_expect_events(vec![mismatch(100, "EUR")]);
         framework()
             .given(vec![requested(), link()])
+            .when(status("w1", by(13_200, "USD")))
+            .then_expect_events(vec![mismatch(13_200, "USD")]);
+        // Reported again: a repeat; its refund applies to it, before or after the payment.
+        framework()
+            .given(vec![requested(), link(), mismatch(100, "EUR")])
+            .when(status("w2", by(100, "EUR")))
+            .then_expect_events(vec![ignored("paid", "charge_already_recorded", "w2")]);
+        framework()
+            .given(vec![requested(), link(), mismatch(100, "EUR"), paid("w3")])
             .when(status(
-                "w1",
-                ProviderStatus::Paid {
-                    amount: 13_200,
-                    currency: "USD".into(),
-                    reference: "tx".into(),
+                "w4",
+                ProviderStatus::Refunded {
+                    refunded_total: 100,
+                    currency: "EUR".into(),
+                    reference: Some("tx".into()),
                 },
             ))
-            .then_expect_events(vec![ignored("paid", "amount_mismatch", "w1")]);
+            .then_expect_events(vec![charge_refunded("tx", 100, 100, "w4")]);
+    }
+
+    #[test]
+    fn two_identical_charges_leave_the_payment_paid_whichever_is_refunded() {
+        // Paid by tx-1, charged again by tx-2; the merchant refunds tx-1: tx-2 pays it.
+        let mut state = Payment::default();
+        for event in [
+            requested(),
+            link(),
+            paid("w1"),
+            charged_again("tx-2", "w2"),
+            PaymentEvent::Refunded {
+                amount: 13_200,
+                refunded_total: 13_200,
+                webhook_id: "w3".into(),
+                at: t0(),
+            },
+        ] {
+            state.apply(event);
+        }
+        assert_eq!(state.status(), Status::Paid);
+        // Refunding tx-2 as well leaves nothing kept.
+        state.apply(charge_refunded("tx-2", 13_200, 13_200, "w4"));
+        assert_eq!(state.status(), Status::Refunded);
     }
 
     #[test]
@@ -1290,6 +1395,7 @@ mod tests {
             amount: 13_200,
             currency: "EUR".into(),
             provider_reference: reference.into(),
+            reason: "duplicate_charge".into(),
             webhook_id: webhook.into(),
             at: t0(),
         }

@@ -572,6 +572,10 @@ async fn apply(
         Some(PaymentEvent::ProviderStatusIgnored { reason, .. }) => {
             ("ProviderStatusIgnored".to_owned(), Some(reason.clone()))
         }
+        // A charge that does not pay the payment: tracked beside it, not applied to it.
+        Some(PaymentEvent::ChargedAgain { reason, .. }) => {
+            ("ChargedAgain".to_owned(), Some(reason.clone()))
+        }
         Some(e) => (cqrs_es::DomainEvent::event_type(e), None),
         None => match recorded_for(&state.pool, &payment_id, webhook).await {
             Ok(Some(found)) => found,

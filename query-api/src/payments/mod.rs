@@ -303,6 +303,9 @@ pub struct ChargeView {
     currency: String,
     /// Refunded of it so far, minor units.
     refunded: i64,
+    /// `duplicate_charge` (the payment's amount again: it pays the payment as well as the
+    /// first charge does) or `amount_mismatch` (another amount or currency).
+    reason: String,
     /// The webhook that reported it.
     webhook_id: String,
     /// When.
@@ -340,10 +343,11 @@ fn detail_sql() -> String {
                    FROM payment_refunds r WHERE r.payment_id = p.id) AS refunds,
                 (SELECT coalesce(json_agg(json_build_object(
                             'provider_reference', c.provider_reference, 'amount', c.amount,
-                            'currency', c.currency, 'refunded', c.refunded,
+                            'currency', c.currency, 'refunded', c.refunded, 'reason', c.reason,
                             'webhook_id', c.webhook_id, 'charged_at', c.charged_at)
                             ORDER BY c.charged_at, c.provider_reference), '[]'::json)
-                   FROM payment_charges c WHERE c.payment_id = p.id) AS other_charges
+                   FROM payment_charges c
+                  WHERE c.payment_id = p.id AND c.reason <> 'payment') AS other_charges
            FROM payments p
           WHERE p.id = $1"
     )

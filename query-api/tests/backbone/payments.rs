@@ -648,6 +648,104 @@ async fn a_duplicate_charge_is_tracked_on_the_payment_until_its_refunds_add_up()
 }
 
 #[tokio::test]
+async fn a_payments_money_ends_the_same_whatever_order_its_charges_come_in() {
+    let stack = Stack::start(None, None, true).await;
+    let charge = |event: &str, payment: &str, intent: &str, amount: i64| {
+        let mut body: Value =
+            serde_json::from_str(&checkout_completed(event, payment, amount)).expect("json");
+        body["data"]["object"]["payment_intent"] = json!(intent);
+        body.to_string()
+    };
+    let refund = |event: &str, payment: &str, intent: &str, so_far: i64| {
+        let mut body: Value =
+            serde_json::from_str(&charge_refunded(event, intent, so_far)).expect("json");
+        body["data"]["object"]["metadata"] = json!({ "payment_id": payment });
+        body.to_string()
+    };
+    // The customer pays twice; the merchant refunds the first charge. In either order of the
+    // two confirmations, the payment is paid by the charge it kept.
+    let mut rows = Vec::new();
+    for (n, order) in [["a", "b"], ["b", "a"]].into_iter().enumerate() {
+        let (payment, _) = stack.request("stripe").await;
+        for intent in order {
+            let body = charge(
+                &format!("evt_{n}_{intent}"),
+                &payment,
+                &format!("pi_{n}_{intent}"),
+                13200,
+            );
+            assert_eq!(stack.stripe_signed(&body).await.status(), 200);
+        }
+        stack
+            .payment_when(&payment, "both charges", |p| {
+                p["other_charges"].as_array().map(Vec::len) == Some(1)
+            })
+            .await;
+        let body = refund(
+            &format!("evt_{n}_refund"),
+            &payment,
+            &format!("pi_{n}_a"),
+            13200,
+        );
+        assert_eq!(stack.stripe_signed(&body).await.status(), 200);
+        let row = stack
+            .payment_when(&payment, "the refund counted", |p| {
+                p["version"].as_i64() == Some(4)
+            })
+            .await;
+        rows.push((
+            row["status"].clone(),
+            row["refunded"].clone(),
+            row["attention"].clone(),
+        ));
+    }
+    assert_eq!(rows[0], rows[1], "the same whatever order");
+    assert_eq!(rows[0], (json!("paid"), json!(0), Value::Null));
+    // A charge in another amount, then the payment, then a duplicate: each is flagged until
+    // returned, and returning one never hides the other.
+    let (payment, _) = stack.request("stripe").await;
+    let send = |body: String| {
+        let stack = &stack;
+        async move { assert_eq!(stack.stripe_signed(&body).await.status(), 200) }
+    };
+    send(charge("evt_short", &payment, "pi_short", 5000)).await;
+    stack
+        .payment_when(&payment, "flagged", |p| {
+            p["attention"] == "paid:amount_mismatch"
+        })
+        .await;
+    send(charge("evt_full", &payment, "pi_full", 13200)).await;
+    send(charge("evt_again", &payment, "pi_again", 13200)).await;
+    let row = stack
+        .payment_when(&payment, "the duplicate", |p| {
+            p["attention"] == "paid:duplicate_charge"
+        })
+        .await;
+    assert_eq!(row["status"], "paid");
+    let reasons: Vec<&str> = row["other_charges"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["reason"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(reasons, ["amount_mismatch", "duplicate_charge"]);
+    send(refund("evt_again_back", &payment, "pi_again", 13200)).await;
+    stack
+        .payment_when(&payment, "still flagged for the short charge", |p| {
+            p["attention"] == "paid:amount_mismatch"
+        })
+        .await;
+    send(refund("evt_short_back", &payment, "pi_short", 5000)).await;
+    let row = stack
+        .payment_when(&payment, "nothing left to return", |p| {
+            p["attention"].is_null() && p["version"].as_i64() == Some(6)
+        })
+        .await;
+    assert_eq!(
+        (row["status"].as_str(), row["refunded"].as_i64()),
+        (Some("paid"), Some(0))
+    );
+}
+
+#[tokio::test]
 async fn a_refund_reported_before_the_payment_is_applied_when_the_payment_is_confirmed() {
     let stack = Stack::start(None, None, true).await;
     let (payment, _) = stack.request("stripe").await;
