@@ -404,9 +404,11 @@ impl Projection for PaymentsProjection {
                     ("status = 'failed', last_error = $4", Some(reason), None)
                 }
                 PaymentEvent::Expired { .. } => ("status = 'expired'", None, None),
-                PaymentEvent::Cancelled { reason, .. } => {
-                    ("status = 'cancelled', last_error = $4", Some(reason), None)
-                }
+                PaymentEvent::Cancelled { reason, .. } => (
+                    "status = 'cancelled', last_error = NULLIF($4, '')",
+                    Some(reason),
+                    None,
+                ),
                 // A refund of the charge that paid the payment.
                 PaymentEvent::Refunded {
                     refunded_total,

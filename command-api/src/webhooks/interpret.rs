@@ -45,10 +45,12 @@ pub struct Meaning {
 #[error("{0}")]
 pub struct NotProviderShaped(pub &'static str);
 
+/// A provider's id or word at `pointer`: 1–255 characters (Stripe's ids are far shorter; a
+/// longer one names nothing of ours and is not kept).
 fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer)
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && s.len() <= 255)
 }
 
 /// A string that is one of our payment ids (a UUID).
@@ -457,6 +459,16 @@ mod tests {
                 reference: Some("pi_1".into()),
             })
         );
+    }
+
+    #[test]
+    fn a_reference_longer_than_any_stripe_id_names_nothing() {
+        let long = "pi_".to_owned() + &"x".repeat(300);
+        let body = json!({"id": "evt_3", "type": "charge.refunded", "data": {"object": {
+            "id": "ch_1", "amount": 4990, "amount_refunded": 1000, "currency": "eur",
+            "payment_intent": long, "metadata": {}}}});
+        let meaning = interpret(Provider::Stripe, "charge.refunded", &body);
+        assert_eq!(meaning.reference, Reference::None);
     }
 
     #[test]
