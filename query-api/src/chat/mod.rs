@@ -159,6 +159,9 @@ pub struct ListParams {
     department: Option<String>,
     /// Only threads with (`true`) or without (`false`) messages the caller has not read.
     unread: Option<bool>,
+    /// Only threads with activity after this instant (RFC 3339): pass a pass's first
+    /// `as_of` to catch up on the threads that moved while it paged.
+    active_after: Option<DateTime<Utc>>,
     /// Page size, 1–200 (default 50).
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
@@ -171,7 +174,16 @@ pub struct ThreadPage {
     items: Vec<ThreadView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     next_cursor: Option<String>,
+    /// A pass through the pages is not a snapshot: a thread with new activity moves to the
+    /// top and a later page no longer has it. Keep the first page's `as_of` and, once the
+    /// pass is done, list `?active_after={as_of}` to get every thread that moved meanwhile
+    /// (it is 5 s before the read, so activity the read model was still applying comes too;
+    /// a thread may come twice: merge by id).
+    as_of: DateTime<Utc>,
 }
+
+/// How far before a read its `as_of` is: longer than the read model usually lags.
+const AS_OF_MARGIN: chrono::Duration = chrono::Duration::seconds(5);
 
 /// A free-text filter value: no control characters (PostgreSQL refuses NUL in text).
 fn plain(value: Option<String>, name: &str) -> Result<Option<String>, Problem> {
@@ -247,6 +259,9 @@ async fn list(
     if params.unread.is_some() {
         w.and(concat!("(", unread!(), " > 0) = ?"));
     }
+    if params.active_after.is_some() {
+        w.and("t.last_activity_at > ?");
+    }
     if cursor_at.is_some() {
         w.and("(t.last_activity_at, t.id) < (?, ?)");
     }
@@ -276,9 +291,13 @@ async fn list(
     if let Some(unread) = params.unread {
         query = query.bind(unread);
     }
+    if let Some(after) = params.active_after {
+        query = query.bind(after);
+    }
     if let (Some(at), Some(id)) = (cursor_at, cursor_id) {
         query = query.bind(at).bind(id);
     }
+    let as_of = Utc::now() - AS_OF_MARGIN;
     let mut items: Vec<ThreadView> = query
         .bind(limit + 1)
         .fetch_all(&state.pool)
@@ -288,7 +307,12 @@ async fn list(
         page::encode_cursor(t.last_activity_at, t.id)
     });
     let items = items.into_iter().map(|t| t.seen_by(&who)).collect();
-    Ok(Json(ThreadPage { items, next_cursor }).into_response())
+    Ok(Json(ThreadPage {
+        items,
+        next_cursor,
+        as_of,
+    })
+    .into_response())
 }
 
 /// Read-your-writes on a thread.

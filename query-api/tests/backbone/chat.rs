@@ -788,3 +788,83 @@ async fn deleted_messages_are_not_counted_unread() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_thread_that_moves_while_an_agent_pages_is_caught_up_after_the_pass() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, "paging").await;
+    let agent = env.agent_of(&tenant);
+    let mut threads = Vec::new();
+    for n in 0..3 {
+        let customer = env.phone_user(&tenant, &format!("phone-page-{n}"));
+        let (thread, _) = open_thread(&env, &api, &customer, json!({})).await;
+        threads.push((thread, customer));
+    }
+    eventually(Duration::from_secs(20), "three threads", || async {
+        let (_, page) = get(&env, &query, &agent, "/v1/chat/threads").await;
+        (page["items"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    // The first page of a pass, one thread a page: the newest.
+    let (_, first) = get(&env, &query, &agent, "/v1/chat/threads?limit=1").await;
+    let as_of = first["as_of"].as_str().expect("as_of").to_owned();
+    let cursor = first["next_cursor"].as_str().expect("cursor").to_owned();
+    // Meanwhile the oldest thread, not yet seen, gets a message and moves to the top.
+    let (oldest, customer) = &threads[0];
+    let sent = post(
+        &env,
+        &api,
+        customer,
+        &format!("/v1/chat/threads/{oldest}/messages"),
+        json!({"text": "still there?"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+    eventually(Duration::from_secs(20), "the move projected", || async {
+        let (_, page) = get(&env, &query, &agent, "/v1/chat/threads?limit=1").await;
+        (page["items"][0]["id"] == oldest.as_str()).then_some(())
+    })
+    .await;
+    let mut seen = vec![first["items"][0]["id"].as_str().expect("id").to_owned()];
+    let mut next = Some(cursor);
+    while let Some(cursor) = next {
+        let (_, page) = get(
+            &env,
+            &query,
+            &agent,
+            &format!("/v1/chat/threads?limit=1&cursor={cursor}"),
+        )
+        .await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["id"].as_str().map(str::to_owned)),
+        );
+        next = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert!(
+        !seen.contains(oldest),
+        "the pass skipped the thread that moved"
+    );
+    // The catch-up after the pass has it.
+    let as_of = as_of.replace('+', "%2B");
+    let (status, caught) = get(
+        &env,
+        &query,
+        &agent,
+        &format!("/v1/chat/threads?active_after={as_of}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{caught}");
+    assert!(caught["items"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["id"] == oldest.as_str())));
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
