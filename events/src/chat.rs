@@ -320,9 +320,20 @@ pub mod lookups {
 
     /// Whether tenant `$1` has department `$2` now, from its own events (its last
     /// `DepartmentAdded` or `DepartmentRemoved` of that name; a tenant has few events).
+    /// Department names compare without regard to case: "sales" is "Sales".
     pub const DEPARTMENT_EXISTS: &str = "SELECT event_type = 'DepartmentAdded' FROM events
       WHERE aggregate_type = 'tenant' AND aggregate_id = $1
         AND event_type IN ('DepartmentAdded', 'DepartmentRemoved')
-        AND payload -> event_type ->> 'name' = $2
+        AND lower(payload -> event_type ->> 'name') = lower($2)
+      ORDER BY sequence DESC LIMIT 1";
+
+    /// Department `$2` of tenant `$1` as the tenant spells it (a row with null when it was
+    /// removed), found without regard to case.
+    pub const DEPARTMENT_NAME: &str = "SELECT CASE WHEN event_type = 'DepartmentAdded'
+                     THEN payload -> event_type ->> 'name' END
+       FROM events
+      WHERE aggregate_type = 'tenant' AND aggregate_id = $1
+        AND event_type IN ('DepartmentAdded', 'DepartmentRemoved')
+        AND lower(payload -> event_type ->> 'name') = lower($2)
       ORDER BY sequence DESC LIMIT 1";
 }

@@ -590,6 +590,24 @@ impl Thread {
                 department,
             } => {
                 self.staff_only(&actor)?;
+                // A department as the tenant spells it ("sales" is "Sales").
+                let department = match department {
+                    Some(name) => {
+                        if values::label(&name, values::MAX_ID_CHARS).as_deref()
+                            != Some(name.as_str())
+                        {
+                            return Err(ThreadError::UnknownDepartment);
+                        }
+                        Some(
+                            services
+                                .department(&tenant, &name)
+                                .await
+                                .map_err(ThreadError::Unavailable)?
+                                .ok_or(ThreadError::UnknownDepartment)?,
+                        )
+                    }
+                    None => None,
+                };
                 if agent_id == self.agent_id && department == self.department {
                     return Ok(vec![]);
                 }
@@ -612,18 +630,6 @@ impl Thread {
                         .map_err(ThreadError::Unavailable)?
                     {
                         return Err(ThreadError::AgentUnavailable);
-                    }
-                }
-                if let Some(name) = &department {
-                    if values::label(name, values::MAX_ID_CHARS).as_deref() != Some(name) {
-                        return Err(ThreadError::UnknownDepartment);
-                    }
-                    if !services
-                        .has_department(&tenant, name)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                    {
-                        return Err(ThreadError::UnknownDepartment);
                     }
                 }
                 vec![ThreadEvent::Assigned {
@@ -650,10 +656,11 @@ impl Thread {
                         .is_available(&tenant, agent)
                         .await
                         .map_err(ThreadError::Unavailable)?,
-                    Release::Department(name) => !services
-                        .has_department(&tenant, name)
+                    Release::Department(name) => services
+                        .department(&tenant, name)
                         .await
-                        .map_err(ThreadError::Unavailable)?,
+                        .map_err(ThreadError::Unavailable)?
+                        .is_none(),
                 };
                 if !still_gone {
                     return Ok(vec![]);
@@ -666,7 +673,12 @@ impl Thread {
                             reason: Some(AssignmentReason::AgentUnavailable),
                         }]
                     }
-                    Release::Department(name) if self.department.as_ref() == Some(&name) => {
+                    Release::Department(name)
+                        if self
+                            .department
+                            .as_ref()
+                            .is_some_and(|d| d.to_lowercase() == name.to_lowercase()) =>
+                    {
                         vec![ThreadEvent::Assigned {
                             agent_id: self.agent_id.clone(),
                             department: None,
@@ -1114,8 +1126,8 @@ mod tests {
         async fn is_available(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("agent-") && user != "agent-0")
         }
-        async fn has_department(&self, tenant: &str, name: &str) -> Result<bool, String> {
-            Ok(tenant == TENANT && name == "sales")
+        async fn department(&self, tenant: &str, name: &str) -> Result<Option<String>, String> {
+            Ok((tenant == TENANT && name.to_lowercase() == "sales").then(|| "sales".into()))
         }
         async fn is_active_staff(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("agent-") && user != "agent-0")
@@ -2006,7 +2018,24 @@ mod tests {
             vec![assigned.clone()],
         )
         .await;
-        expect_events(vec![opened(), assigned], cmd(agent(), t0(), assign), vec![]).await;
+        expect_events(
+            vec![opened(), assigned.clone()],
+            cmd(agent(), t0(), assign),
+            vec![],
+        )
+        .await;
+        // A department named in another case is the tenant's own: recorded as it spells it,
+        // and the same assignment again.
+        let shouting = Action::Assign {
+            agent_id: Some("agent-2".into()),
+            department: Some("SALES".into()),
+        };
+        expect_events(
+            vec![opened(), assigned],
+            cmd(agent(), t0(), shouting),
+            vec![],
+        )
+        .await;
     }
 
     #[tokio::test]

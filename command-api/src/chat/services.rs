@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::chat::lookups::{ACTIVE_STAFF, AVAILABLE_AGENT, DEPARTMENT_EXISTS};
+use events::chat::lookups::{ACTIVE_STAFF, AVAILABLE_AGENT, DEPARTMENT_NAME};
 use events::chat::{Party, ThreadEvent};
 use sqlx::PgPool;
 
@@ -77,8 +77,9 @@ pub trait Directory: Send + Sync {
     /// True when `user_id` may still write in `tenant_id`'s threads: an active admin user
     /// of the tenant (any role), or an active super admin.
     async fn is_active_staff(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
-    /// True when the tenant has the department.
-    async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String>;
+    /// The tenant's department `name` as the tenant spells it, if it has it (names compare
+    /// without regard to case).
+    async fn department(&self, tenant_id: &str, name: &str) -> Result<Option<String>, String>;
     /// True when `user_id` is a phone user of `tenant_id`.
     async fn is_phone_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, String>;
     /// Message `message_id` of thread `thread_id`, from the thread's own events (the
@@ -128,14 +129,14 @@ impl Directory for PgDirectory {
         Ok(available.unwrap_or(false))
     }
 
-    async fn has_department(&self, tenant_id: &str, name: &str) -> Result<bool, String> {
-        let exists: Option<bool> = sqlx::query_scalar(DEPARTMENT_EXISTS)
+    async fn department(&self, tenant_id: &str, name: &str) -> Result<Option<String>, String> {
+        let found: Option<Option<String>> = sqlx::query_scalar(DEPARTMENT_NAME)
             .bind(tenant_id)
             .bind(name)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(exists.unwrap_or(false))
+        Ok(found.flatten())
     }
 
     async fn is_active_staff(&self, tenant_id: &str, user_id: &str) -> Result<bool, String> {

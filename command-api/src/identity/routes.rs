@@ -82,7 +82,7 @@ async fn create(
     if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
         return Err(Problem::forbidden("You may not create this user."));
     }
-    check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
+    let department = check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
     let id = crate::http::client_id(body.id)?
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
@@ -109,7 +109,7 @@ async fn create(
         password: body.password,
         tenant_id: tenant.clone(),
         role: body.role,
-        department: body.department,
+        department,
     };
     let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
     let c = state
@@ -137,13 +137,13 @@ async fn check_placement(
     state: &AppState,
     tenant: Option<&str>,
     department: Option<&str>,
-) -> Result<(), Problem> {
+) -> Result<Option<String>, Problem> {
     let unknown_department =
         || Problem::unprocessable("unknown_department", "The tenant has no such department.");
     let Some(tenant) = tenant else {
         return match department {
             Some(_) => Err(unknown_department()),
-            None => Ok(()),
+            None => Ok(None),
         };
     };
     let unknown_tenant = || Problem::unprocessable("unknown_tenant", "No such tenant.");
@@ -154,9 +154,13 @@ async fn check_placement(
     if !t.exists() {
         return Err(unknown_tenant());
     }
+    // As the tenant spells it.
     match department {
-        Some(d) if !t.has_department(d.trim()) => Err(unknown_department()),
-        _ => Ok(()),
+        Some(d) => t
+            .department(d)
+            .map(|d| Some(d.to_owned()))
+            .ok_or_else(unknown_department),
+        None => Ok(None),
     }
 }
 
@@ -244,15 +248,13 @@ async fn change_department(
     Json(body): Json<ChangeDepartment>,
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, None).await?;
-    check_placement(
+    let department = check_placement(
         &state,
         user.tenant_id.as_deref(),
         body.department.as_deref(),
     )
     .await?;
-    let command = AdminUserCommand::ChangeDepartment {
-        department: body.department,
-    };
+    let command = AdminUserCommand::ChangeDepartment { department };
     run(&state, &who, &ids, &id, &user, command).await
 }
 

@@ -115,7 +115,17 @@ impl Tenant {
 
     /// True if the tenant has this department.
     pub fn has_department(&self, name: &str) -> bool {
-        self.departments.iter().any(|d| d == name)
+        self.department(name).is_some()
+    }
+
+    /// Department `name` as the tenant spells it: names compare trimmed and without regard
+    /// to case ("sales" is "Sales").
+    pub fn department(&self, name: &str) -> Option<&str> {
+        let wanted = name.trim().to_lowercase();
+        self.departments
+            .iter()
+            .find(|d| d.to_lowercase() == wanted)
+            .map(String::as_str)
     }
 
     /// True when its chatbot users may sign in by phone: approved, not suspended, and the
@@ -275,10 +285,9 @@ impl Aggregate for Tenant {
             TenantCommand::RemoveDepartment { name } => {
                 self.changeable()?;
                 // Named as it was added: surrounding spaces are not part of a name.
-                let name = name.trim().to_owned();
-                if !self.has_department(&name) {
+                let Some(name) = self.department(&name).map(str::to_owned) else {
                     return Err(TenantError::NoSuchDepartment);
-                }
+                };
                 TenantEvent::DepartmentRemoved { name }
             }
             TenantCommand::RecordLogo {
@@ -702,6 +711,23 @@ mod tests {
         )
         .await;
         expect_error(vec![created()], add(""), TenantError::InvalidDepartment).await;
+        // One department whatever its case: not added twice, removed by any spelling.
+        expect_error(
+            vec![created(), added.clone()],
+            add(" sales"),
+            TenantError::DepartmentExists,
+        )
+        .await;
+        expect_events(
+            vec![created(), added.clone()],
+            TenantCommand::RemoveDepartment {
+                name: "SALES".into(),
+            },
+            vec![TenantEvent::DepartmentRemoved {
+                name: "Sales".into(),
+            }],
+        )
+        .await;
         expect_events(
             vec![created(), added],
             TenantCommand::RemoveDepartment {

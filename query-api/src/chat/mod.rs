@@ -254,7 +254,7 @@ async fn list(
         w.and("t.agent_id IS NULL");
     }
     if department.is_some() {
-        w.and("t.department = ?");
+        w.and("lower(t.department) = lower(?)");
     }
     if params.unread.is_some() {
         w.and(concat!("(", unread!(), " > 0) = ?"));
