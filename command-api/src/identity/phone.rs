@@ -139,6 +139,9 @@ pub enum PhoneLoginCommand {
     LinkAnonymous {
         /// Their ids (1–50, each 1–128 visible ASCII characters).
         anonymous_ids: Vec<String>,
+        /// Those the platform issued as anonymous sessions and the caller proved it held:
+        /// only these are linked (anyone could name another's id).
+        issued: std::collections::BTreeSet<String>,
     },
     /// Try a code.
     Verify {
@@ -242,7 +245,10 @@ impl Aggregate for PhoneLogin {
                 }
                 PhoneLoginEvent::ProfileUpdated { fields }
             }
-            PhoneLoginCommand::LinkAnonymous { anonymous_ids } => {
+            PhoneLoginCommand::LinkAnonymous {
+                anonymous_ids,
+                issued,
+            } => {
                 if !self.verified {
                     return Err(PhoneLoginError::NotSignedIn);
                 }
@@ -256,7 +262,7 @@ impl Aggregate for PhoneLogin {
                 // Linking is idempotent: only ids not linked before are recorded.
                 let mut new: Vec<String> = anonymous_ids
                     .into_iter()
-                    .filter(|id| !self.linked.contains(id))
+                    .filter(|id| issued.contains(id) && !self.linked.contains(id))
                     .collect();
                 new.sort();
                 new.dedup();
@@ -488,6 +494,7 @@ mod tests {
     async fn link_anonymous_records_only_new_ids() {
         let link = |ids: &[&str]| PhoneLoginCommand::LinkAnonymous {
             anonymous_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            issued: ids.iter().map(|s| (*s).to_owned()).collect(),
         };
         let linked = PhoneLoginEvent::AnonymousLinked {
             anonymous_ids: vec!["a1".into()],
@@ -506,6 +513,14 @@ mod tests {
             .when_async(link(&[]))
             .await
             .then_expect_error(PhoneLoginError::InvalidAnonymousIds);
+        // An id the platform did not issue to the caller is never linked.
+        given(vec![issued(0, "h"), verified()])
+            .when_async(PhoneLoginCommand::LinkAnonymous {
+                anonymous_ids: vec!["someone-elses".into()],
+                issued: Default::default(),
+            })
+            .await
+            .then_expect_events(vec![]);
         given(vec![issued(0, "h"), verified()])
             .when_async(link(&["has space"]))
             .await

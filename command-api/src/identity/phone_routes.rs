@@ -473,8 +473,20 @@ async fn sync(
 ) -> Result<Response, Problem> {
     let (user_id, tenant, phone) = signed_in(&state, &who).await?;
     let login_id = state.phone_keys.login_id(&tenant, &phone);
+    // Only anonymous sessions the platform issued, and that the caller proves it held, are
+    // linked: a bare id proves nothing (two customers could both claim one). The platform
+    // issues none yet — anonymous chatbot visitors come with their tokens as proof — so
+    // every id is refused for now, and nothing is recorded for it.
+    let issued = std::collections::BTreeSet::new();
+    let refused: Vec<String> = body
+        .anonymous_ids
+        .iter()
+        .filter(|id| !issued.contains(*id))
+        .cloned()
+        .collect();
     let command = PhoneLoginCommand::LinkAnonymous {
         anonymous_ids: body.anonymous_ids,
+        issued,
     };
     let (_, events) = state
         .phone_logins
@@ -492,5 +504,8 @@ async fn sync(
             _ => Vec::new(),
         })
         .collect();
-    Ok(Json(serde_json::json!({"user_id": user_id, "linked": linked})).into_response())
+    Ok(Json(serde_json::json!({
+        "user_id": user_id, "linked": linked, "refused": refused,
+    }))
+    .into_response())
 }
