@@ -1740,6 +1740,27 @@ async fn a_message_belongs_to_the_tenant_that_held_the_number_when_it_arrived() 
     );
 }
 
+impl Wa {
+    /// Connects the session; a contact asks for help (message `wamid`): its thread.
+    async fn asked(&self, wamid: &str) -> String {
+        let session = self.connected().await;
+        self.deliver(&delivery(
+            NUMBER_ID,
+            json!([text(wamid, "Can you help?", Utc::now().timestamp())]),
+            json!([]),
+        ))
+        .await;
+        let asked = self
+            .message_when(
+                &events::whatsapp::inbound_message_id(&session, wamid),
+                "the question",
+                |m| m["thread_id"].is_string(),
+            )
+            .await;
+        asked["thread_id"].as_str().expect("thread").to_owned()
+    }
+}
+
 /// What the projector's WhatsApp outbox does with a thread's events so far.
 async fn outbox_pass(wa: &Wa, thread: &str) {
     use projector::projection::Effect;
@@ -1758,21 +1779,7 @@ async fn outbox_pass(wa: &Wa, thread: &str) {
 #[tokio::test]
 async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_edited() {
     let wa = Wa::start().await;
-    let session = wa.connected().await;
-    wa.deliver(&delivery(
-        NUMBER_ID,
-        json!([text("wamid.ASK", "Can you help?", Utc::now().timestamp())]),
-        json!([]),
-    ))
-    .await;
-    let asked = wa
-        .message_when(
-            &events::whatsapp::inbound_message_id(&session, "wamid.ASK"),
-            "the question",
-            |m| m["thread_id"].is_string(),
-        )
-        .await;
-    let thread = asked["thread_id"].as_str().expect("thread").to_owned();
+    let thread = wa.asked("wamid.ASK").await;
     let agent = wa.env.agent_of(&wa.tenant);
     let reply = |text: &'static str| {
         let request = wa
@@ -1884,21 +1891,7 @@ async fn a_reply_deleted_or_edited_before_it_went_out_is_withdrawn_or_sent_as_ed
 #[tokio::test]
 async fn a_reply_changed_before_the_outbox_reached_it_never_goes_out_as_first_written() {
     let wa = Wa::start().await;
-    let session = wa.connected().await;
-    wa.deliver(&delivery(
-        NUMBER_ID,
-        json!([text("wamid.Q", "Can you help?", Utc::now().timestamp())]),
-        json!([]),
-    ))
-    .await;
-    let asked = wa
-        .message_when(
-            &events::whatsapp::inbound_message_id(&session, "wamid.Q"),
-            "the question",
-            |m| m["thread_id"].is_string(),
-        )
-        .await;
-    let thread = asked["thread_id"].as_str().expect("thread").to_owned();
+    let thread = wa.asked("wamid.Q").await;
     let agent = wa.env.agent_of(&wa.tenant);
     let post = |path: String, body: Value| {
         let request = wa
