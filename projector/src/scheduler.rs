@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use events::access::TokenKeys;
 use events::clock::Clock;
+use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -37,6 +38,9 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_secs(30);
 /// Most deliveries per step.
 const BATCH: i64 = 100;
+/// Deliveries of a step in flight at once: a tenant whose deliveries hang holds a few of
+/// these, never the others' turn.
+const PARALLEL: usize = 16;
 /// Failed tries after which a delivery is given up (about four minutes of trying).
 pub const MAX_FAILURES: u32 = 8;
 /// The longest wait between two tries of one delivery.
@@ -82,8 +86,21 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     /// Deliveries sent recently, by `(thread, scheduled id)`.
     quiet: Quiet<(Uuid, String)>,
-    /// Deliveries that failed, by `(thread, scheduled id)`.
-    failing: Mutex<HashMap<(Uuid, String), Failing>>,
+    /// Deliveries that failed, by `(thread, scheduled id, due time)`: a reschedule makes a
+    /// new delivery, tried at its time with a fresh count.
+    failing: Mutex<HashMap<Due, Failing>>,
+}
+
+/// A due delivery: `(thread, scheduled id, due time)`.
+type Due = (Uuid, String, DateTime<Utc>);
+
+/// What one delivery came to.
+enum Outcome {
+    Delivered,
+    NotDue,
+    Refused,
+    Failed,
+    GivenUp,
 }
 
 /// How long to sleep before the next step, given the next due time.
@@ -109,25 +126,33 @@ impl Scheduler {
         }
     }
 
-    /// The deliveries not to try now: sent a moment ago, or waiting after a failure.
-    fn held_back(&self, now: DateTime<Utc>) -> (Vec<Uuid>, Vec<String>) {
-        let mut keys = self.quiet.keys();
+    /// The deliveries not to try now: sent a moment ago (`(thread, id)`), or waiting after a
+    /// failure (`(thread, id, due time)`), as the columns the queries bind.
+    #[allow(clippy::type_complexity)]
+    fn held_back(
+        &self,
+        now: DateTime<Utc>,
+    ) -> (
+        (Vec<Uuid>, Vec<String>),
+        (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>),
+    ) {
+        let quiet = self.quiet.keys().into_iter().unzip();
+        let mut waiting = (Vec::new(), Vec::new(), Vec::new());
         if let Ok(mut failing) = self.failing.lock() {
             // A delivery long past its retry time was not seen again: it is no longer due
             // (delivered, cancelled, rescheduled); forget it.
             failing.retain(|_, f| f.retry_at + MAX_BACKOFF > now);
-            keys.extend(
-                failing
-                    .iter()
-                    .filter(|(_, f)| f.retry_at > now)
-                    .map(|(k, _)| k.clone()),
-            );
+            for ((thread, id, due), _) in failing.iter().filter(|(_, f)| f.retry_at > now) {
+                waiting.0.push(*thread);
+                waiting.1.push(id.clone());
+                waiting.2.push(*due);
+            }
         }
-        keys.into_iter().unzip()
+        (quiet, waiting)
     }
 
     /// Records a failed try of `key`; the number of failed tries in a row.
-    fn failed(&self, key: &(Uuid, String), now: DateTime<Utc>) -> u32 {
+    fn failed(&self, key: &Due, now: DateTime<Utc>) -> u32 {
         let Ok(mut failing) = self.failing.lock() else {
             return 1;
         };
@@ -141,7 +166,7 @@ impl Scheduler {
     }
 
     /// Forgets the failures of `key`.
-    fn settled(&self, key: &(Uuid, String)) {
+    fn settled(&self, key: &Due) {
         if let Ok(mut failing) = self.failing.lock() {
             failing.remove(key);
         }
@@ -149,8 +174,8 @@ impl Scheduler {
 
     /// Gives up on `key`'s delivery after its last failure `error`: true once command-api
     /// recorded it.
-    async fn give_up(&self, key: &(Uuid, String), error: &str, now: DateTime<Utc>) -> bool {
-        let (thread, id) = key;
+    async fn give_up(&self, key: &Due, error: &str, now: DateTime<Utc>) -> bool {
+        let (thread, id, _) = key;
         let body = serde_json::json!({
             "reason": format!("Not delivered after {MAX_FAILURES} tries: {error}"),
         });
@@ -206,15 +231,20 @@ impl Scheduler {
     /// The earliest due time of a pending scheduled message not sent a moment ago, nor
     /// waiting after a failure.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let (threads, ids) = self.held_back(self.clock.now());
+        let ((threads, ids), waiting) = self.held_back(self.clock.now());
         sqlx::query_scalar(&format!(
             "SELECT min(due_at) FROM chat_scheduled
               WHERE status = 'pending' AND {}
-                AND (thread_id, id) NOT IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+                AND (thread_id, id) NOT IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
+                AND (thread_id, id, due_at) NOT IN
+                    (SELECT * FROM unnest($3::uuid[], $4::text[], $5::timestamptz[]))",
             crate::due::TENANT_NOT_SUSPENDED
         ))
         .bind(&threads)
         .bind(&ids)
+        .bind(&waiting.0)
+        .bind(&waiting.1)
+        .bind(&waiting.2)
         .fetch_one(&self.pool)
         .await
     }
@@ -226,17 +256,19 @@ impl Scheduler {
         // What was sent a moment ago, or waits after a failure, is left out in the query, so
         // rows that wait for the read model (or were refused, or keep failing) never crowd
         // later due messages out of the batch.
-        let (quiet_threads, quiet_ids) = self.held_back(now);
+        let ((quiet_threads, quiet_ids), waiting) = self.held_back(now);
         // A suspended tenant's due messages wait for its reactivation. Tenants take turns:
         // each one's oldest due message, then each one's second, and so on.
-        let due: Vec<(Uuid, String)> = sqlx::query_as(&format!(
-            "SELECT thread_id, id FROM (
+        let due: Vec<Due> = sqlx::query_as(&format!(
+            "SELECT thread_id, id, due_at FROM (
                 SELECT thread_id, id, due_at,
                        row_number() OVER (PARTITION BY tenant_id
                                           ORDER BY due_at, thread_id, id) AS turn
                   FROM chat_scheduled
                  WHERE status = 'pending' AND due_at <= $1 AND {}
                    AND (thread_id, id) NOT IN (SELECT * FROM unnest($3::uuid[], $4::text[]))
+                   AND (thread_id, id, due_at) NOT IN
+                       (SELECT * FROM unnest($5::uuid[], $6::text[], $7::timestamptz[]))
              ) due
               ORDER BY turn, due_at, thread_id, id LIMIT $2",
             crate::due::TENANT_NOT_SUSPENDED
@@ -245,55 +277,96 @@ impl Scheduler {
         .bind(BATCH)
         .bind(&quiet_threads)
         .bind(&quiet_ids)
+        .bind(&waiting.0)
+        .bind(&waiting.1)
+        .bind(&waiting.2)
         .fetch_all(&self.pool)
         .await?;
-        let mut report = StepReport::default();
+        // One thread's deliveries one after another (they append to one stream, and would
+        // only contend), threads side by side, in the order of their first turn.
+        let mut threads: Vec<Vec<Due>> = Vec::new();
+        let mut position: HashMap<Uuid, usize> = HashMap::new();
         for key in due {
-            let (thread, id) = &key;
-            let outcome = self
-                .client
-                .post(&format!("/v1/chat/threads/{thread}/scheduled/{id}/deliver"))
-                .await;
-            let error = match outcome {
-                Ok(r) if r.status().is_success() => {
-                    report.delivered += 1;
-                    self.settled(&key);
-                    self.quiet.hush(key);
-                    continue;
-                }
-                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    let status = r.status();
-                    let code = r
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|b| b["code"].as_str().map(str::to_owned));
-                    if code.as_deref() == Some("not_due") {
-                        report.not_due += 1;
-                        continue;
-                    }
-                    // Contention or a claim in progress: after a wait.
-                    format!("command-api answered {status} {}", code.unwrap_or_default())
-                }
-                Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                    tracing::warn!(thread = %thread, scheduled_id = %id, status = %r.status(), "delivery refused");
-                    report.refused += 1;
-                    self.settled(&key);
-                    self.quiet.hush(key);
-                    continue;
-                }
-                Ok(r) => format!("command-api answered {}", r.status()),
-                Err(e) => format!("command-api unreachable: {e}"),
-            };
-            let failures = self.failed(&key, now);
-            tracing::warn!(thread = %thread, scheduled_id = %id, failures, error, "delivery failed; tried again later");
-            if failures >= MAX_FAILURES && self.give_up(&key, &error, now).await {
-                report.given_up += 1;
-            } else {
-                report.failed += 1;
+            let at = *position.entry(key.0).or_insert_with(|| {
+                threads.push(Vec::new());
+                threads.len() - 1
+            });
+            threads[at].push(key);
+        }
+        let mut report = StepReport::default();
+        let mut outcomes = futures::stream::iter(threads.into_iter().map(|keys| async move {
+            let mut outcomes = Vec::with_capacity(keys.len());
+            for key in keys {
+                outcomes.push(self.deliver(key, now).await);
+            }
+            outcomes
+        }))
+        .buffer_unordered(PARALLEL);
+        while let Some(done) = outcomes.next().await {
+            for outcome in done {
+                report.count(outcome);
             }
         }
         Ok(report)
+    }
+}
+
+impl StepReport {
+    /// Counts one delivery's outcome.
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered => self.delivered += 1,
+            Outcome::NotDue => self.not_due += 1,
+            Outcome::Refused => self.refused += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::GivenUp => self.given_up += 1,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Sends one due delivery and deals with its answer.
+    async fn deliver(&self, key: Due, now: DateTime<Utc>) -> Outcome {
+        let (thread, id, _) = &key;
+        let outcome = self
+            .client
+            .post(&format!("/v1/chat/threads/{thread}/scheduled/{id}/deliver"))
+            .await;
+        let error = match outcome {
+            Ok(r) if r.status().is_success() => {
+                self.settled(&key);
+                self.quiet.hush((*thread, id.clone()));
+                return Outcome::Delivered;
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                let status = r.status();
+                let code = r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["code"].as_str().map(str::to_owned));
+                if code.as_deref() == Some("not_due") {
+                    return Outcome::NotDue;
+                }
+                // Contention or a claim in progress: after a wait.
+                format!("command-api answered {status} {}", code.unwrap_or_default())
+            }
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                tracing::warn!(thread = %thread, scheduled_id = %id, status = %r.status(), "delivery refused");
+                self.settled(&key);
+                self.quiet.hush((*thread, id.clone()));
+                return Outcome::Refused;
+            }
+            Ok(r) => format!("command-api answered {}", r.status()),
+            Err(e) => format!("command-api unreachable: {e}"),
+        };
+        let failures = self.failed(&key, now);
+        tracing::warn!(thread = %thread, scheduled_id = %id, failures, error, "delivery failed; tried again later");
+        if failures >= MAX_FAILURES && self.give_up(&key, &error, now).await {
+            Outcome::GivenUp
+        } else {
+            Outcome::Failed
+        }
     }
 }
 

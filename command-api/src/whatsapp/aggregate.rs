@@ -1386,9 +1386,9 @@ impl Aggregate for Conversation {
                 message_id, code, ..
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
-                    if (out.state == SendState::Attempting || out.may_have_gone_out)
-                        && code == "withdrawn"
-                    {
+                    // Should the provider yet report it went out (an attempt taken after
+                    // all), the agent is told the contact has it.
+                    if code == "withdrawn" {
                         out.changed_in_flight = Some("deleted".into());
                     }
                     let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
@@ -1406,9 +1406,10 @@ impl Aggregate for Conversation {
             } => {
                 if let Some(out) = self.outbound.get_mut(&message_id) {
                     out.content = Some(content);
-                    if out.state == SendState::Attempting || out.may_have_gone_out {
-                        out.changed_in_flight = Some("edited".into());
-                    }
+                    // Until an attempt carries the edit (`SendAttempted` clears it), a
+                    // report that an earlier one went out means the contact has the
+                    // original.
+                    out.changed_in_flight = Some("edited".into());
                 }
             }
             E::ChangeNotDelivered {
@@ -2242,16 +2243,34 @@ mod tests {
                 },
                 updated(Delivery::Delivered),
             ]);
-        // After a throttled attempt (never taken) a deletion is plainly a withdrawal.
+        // After a throttled attempt (never taken) a deletion is plainly a withdrawal; should
+        // the provider still report it delivered, the agent is told the contact has it.
+        let throttled_then = vec![
+            started(),
+            queued(text("Hi"), t0()),
+            attempted(1, t0()),
+            throttled(t0()),
+        ];
         TestFramework::<Conversation>::with(no_history())
-            .given(vec![
-                started(),
-                queued(text("Hi"), t0()),
-                attempted(1, t0()),
-                throttled(t0()),
-            ])
+            .given(throttled_then.clone())
             .when(change(ReplyChange::Delete))
             .then_expect_events(vec![withdrawn()]);
+        let mut withdrawn_then = throttled_then;
+        withdrawn_then.push(withdrawn());
+        TestFramework::<Conversation>::with(no_history())
+            .given(withdrawn_then)
+            .when(status(Delivery::Delivered, Some("out1")))
+            .then_expect_events(vec![
+                sent(),
+                ConversationEvent::ChangeNotDelivered {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    change: "deleted".into(),
+                    delivery: Some(Delivery::Delivered),
+                    at: t0(),
+                },
+                updated(Delivery::Delivered),
+            ]);
     }
 
     #[test]

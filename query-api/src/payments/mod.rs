@@ -303,8 +303,9 @@ pub struct ChargeView {
     currency: String,
     /// Refunded of it so far, minor units.
     refunded: i64,
-    /// `duplicate_charge` (the payment's amount again: it pays the payment as well as the
-    /// first charge does) or `amount_mismatch` (another amount or currency).
+    /// `payment` (the charge that paid it, in `charges` only), `duplicate_charge` (the
+    /// payment's amount again: it pays the payment as well as the first charge does) or
+    /// `amount_mismatch` (another amount or currency).
     reason: String,
     /// The webhook that reported it.
     webhook_id: String,
@@ -325,6 +326,13 @@ pub struct PaymentDetail {
     refunds: sqlx::types::Json<Vec<RefundView>>,
     /// The customer's other charges for it (duplicates to return), in order.
     other_charges: sqlx::types::Json<Vec<ChargeView>>,
+    /// Every charge of it, the one that paid it first, each with what was refunded of it:
+    /// a refund shows on the charge it named even when the payment, kept by a duplicate,
+    /// stays paid.
+    charges: sqlx::types::Json<Vec<ChargeView>>,
+    /// What the tenant holds and must return, minor units: what it kept beyond the total
+    /// (duplicates), and the charges in another amount or currency not yet refunded.
+    to_return: i64,
 }
 
 /// A payment, its lines and its refunds in one statement, so the three come from one
@@ -347,7 +355,20 @@ fn detail_sql() -> String {
                             'webhook_id', c.webhook_id, 'charged_at', c.charged_at)
                             ORDER BY c.charged_at, c.provider_reference), '[]'::json)
                    FROM payment_charges c
-                  WHERE c.payment_id = p.id AND c.reason <> 'payment') AS other_charges
+                  WHERE c.payment_id = p.id AND c.reason <> 'payment') AS other_charges,
+                (SELECT coalesce(json_agg(json_build_object(
+                            'provider_reference', c.provider_reference, 'amount', c.amount,
+                            'currency', c.currency, 'refunded', c.refunded, 'reason', c.reason,
+                            'webhook_id', c.webhook_id, 'charged_at', c.charged_at)
+                            ORDER BY c.reason <> 'payment', c.charged_at, c.provider_reference),
+                            '[]'::json)
+                   FROM payment_charges c WHERE c.payment_id = p.id) AS charges,
+                (SELECT greatest(coalesce(sum(c.amount - c.refunded)
+                                          FILTER (WHERE c.reason <> 'amount_mismatch'), 0)
+                                 - CASE WHEN p.paid_at IS NULL THEN 0 ELSE p.total END, 0)
+                        + coalesce(sum(c.amount - c.refunded)
+                                   FILTER (WHERE c.reason = 'amount_mismatch'), 0)
+                   FROM payment_charges c WHERE c.payment_id = p.id)::bigint AS to_return
            FROM payments p
           WHERE p.id = $1"
     )

@@ -693,14 +693,25 @@ async fn a_payments_money_ends_the_same_whatever_order_its_charges_come_in() {
                 p["version"].as_i64() == Some(4)
             })
             .await;
+        // The refund shows on the charge it named, whichever that one was.
+        let refunded_charge = row["charges"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c["provider_reference"] == format!("pi_{n}_a").as_str())
+            })
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(refunded_charge["refunded"], 13200, "{row}");
         rows.push((
             row["status"].clone(),
             row["refunded"].clone(),
             row["attention"].clone(),
+            row["to_return"].clone(),
         ));
     }
     assert_eq!(rows[0], rows[1], "the same whatever order");
-    assert_eq!(rows[0], (json!("paid"), json!(0), Value::Null));
+    assert_eq!(rows[0], (json!("paid"), json!(0), Value::Null, json!(0)));
     // A charge in another amount, then the payment, then a duplicate: each is flagged until
     // returned, and returning one never hides the other.
     let (payment, _) = stack.request("stripe").await;
@@ -727,6 +738,7 @@ async fn a_payments_money_ends_the_same_whatever_order_its_charges_come_in() {
         .map(|c| c.iter().filter_map(|c| c["reason"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(reasons, ["amount_mismatch", "duplicate_charge"]);
+    assert_eq!(row["to_return"], 13200 + 5000, "{row}");
     send(refund("evt_again_back", &payment, "pi_again", 13200)).await;
     stack
         .payment_when(&payment, "still flagged for the short charge", |p| {
