@@ -145,6 +145,22 @@ async fn deliver_to_thread(
     body: &str,
     metadata: &Metadata,
 ) -> Result<String, Processing> {
+    // The sender's number as E.164 (`tel:` and spaces dropped); a sender that is no number
+    // (empty, words, far too long) has no thread to talk in, and says so.
+    let from = from.trim().trim_start_matches("tel:").trim();
+    let number_like = (2..=16).contains(&from.len())
+        && from.starts_with('+')
+        && from[1..].bytes().all(|b| b.is_ascii_digit());
+    if !number_like {
+        return Err(Processing::Done(
+            Outcome::Recorded,
+            Some(Attributed {
+                payment_id: None,
+                tenant_id: tenant.to_owned(),
+            }),
+            "SmsReceived; not delivered into a thread: the sender is not a phone number".into(),
+        ));
+    }
     let contact = Party {
         id: from.to_owned(),
         kind: PartyKind::Contact,

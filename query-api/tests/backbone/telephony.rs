@@ -698,3 +698,44 @@ async fn no_customer_can_take_the_thread_an_sms_sender_will_get() {
     .expect("count");
     assert_eq!(in_taken, 1, "only its own Opened");
 }
+
+#[tokio::test]
+async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let from = |sid: &'static str, from: &'static str| {
+        let mut params = inbound(sid, OURS);
+        params.retain(|(k, _)| *k != "From");
+        params.push(("From", from));
+        params
+    };
+    // `tel:` and surrounding spaces are no part of the number.
+    let webhook = id_of(phone.signed(&from("SMtel", " tel:+15551230009 ")).await).await;
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "applied", "{w}");
+    let inbox = eventually(Duration::from_secs(20), "the sms thread", || async {
+        let page = phone
+            .env
+            .get_json(
+                &phone.query.url("/v1/chat/threads?channel=sms"),
+                &phone.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(inbox["items"][0]["customer_id"], "+15551230009");
+    // A sender that is no number has no thread, and the webhook says why.
+    let webhook = id_of(phone.signed(&from("SMnone", "anonymous")).await).await;
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert!(
+        w["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not a phone number")),
+        "{w}"
+    );
+}
