@@ -294,10 +294,18 @@ impl Scheduler {
             threads[at].push(key);
         }
         let mut report = StepReport::default();
+        // A thread whose delivery fails waits for its next step: a chain of deliveries that
+        // hang would hold the step (and every message falling due meanwhile) for each of
+        // them, where one holds it for one timeout.
         let mut outcomes = futures::stream::iter(threads.into_iter().map(|keys| async move {
             let mut outcomes = Vec::with_capacity(keys.len());
             for key in keys {
-                outcomes.push(self.deliver(key, now).await);
+                let outcome = self.deliver(key, now).await;
+                let failed = matches!(outcome, Outcome::Failed | Outcome::GivenUp);
+                outcomes.push(outcome);
+                if failed {
+                    break;
+                }
             }
             outcomes
         }))

@@ -145,9 +145,16 @@ async fn deliver_to_thread(
     body: &str,
     metadata: &Metadata,
 ) -> Result<String, Processing> {
-    // The sender's number as E.164 (`tel:` and spaces dropped); a sender that is no number
-    // (empty, words, far too long) has no thread to talk in, and says so.
-    let from = from.trim().trim_start_matches("tel:").trim();
+    // The sender's number as E.164 (`tel:`, spaces and the usual separators dropped); a
+    // sender that is no number (empty, words, far too long) has no thread to talk in, and
+    // says so.
+    let from: String = from
+        .trim()
+        .trim_start_matches("tel:")
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let from = from.as_str();
     let number_like = (2..=16).contains(&from.len())
         && from.starts_with('+')
         && from[1..].bytes().all(|b| b.is_ascii_digit());

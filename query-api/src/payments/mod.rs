@@ -330,8 +330,9 @@ pub struct PaymentDetail {
     /// a refund shows on the charge it named even when the payment, kept by a duplicate,
     /// stays paid.
     charges: sqlx::types::Json<Vec<ChargeView>>,
-    /// What the tenant holds and must return, minor units: what it kept beyond the total
-    /// (duplicates), and the charges in another amount or currency not yet refunded.
+    /// What the tenant holds and must return, in the payment's currency, minor units: what it
+    /// kept beyond the total (duplicates), and the charges in another amount not yet
+    /// refunded. A charge in another currency is returned as `other_charges` lists it.
     to_return: i64,
 }
 
@@ -367,7 +368,8 @@ fn detail_sql() -> String {
                                           FILTER (WHERE c.reason <> 'amount_mismatch'), 0)
                                  - CASE WHEN p.paid_at IS NULL THEN 0 ELSE p.total END, 0)
                         + coalesce(sum(c.amount - c.refunded)
-                                   FILTER (WHERE c.reason = 'amount_mismatch'), 0)
+                                   FILTER (WHERE c.reason = 'amount_mismatch'
+                                             AND c.currency = p.currency), 0)
                    FROM payment_charges c WHERE c.payment_id = p.id)::bigint AS to_return
            FROM payments p
           WHERE p.id = $1"

@@ -727,6 +727,23 @@ async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
     })
     .await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230009");
+    // Nor are the spaces and dashes a number is written with.
+    let webhook = id_of(phone.signed(&from("SMspaced", "+1 555 123-0010")).await).await;
+    phone
+        .webhook_when(&webhook, |w| w["outcome"] == "applied")
+        .await;
+    let inbox = eventually(Duration::from_secs(20), "the second sms thread", || async {
+        let page = phone
+            .env
+            .get_json(
+                &phone.query.url("/v1/chat/threads?channel=sms"),
+                &phone.admin,
+            )
+            .await;
+        (page["items"].as_array().map(Vec::len) == Some(2)).then_some(page)
+    })
+    .await;
+    assert_eq!(inbox["items"][0]["customer_id"], "+15551230010");
     // A sender that is no number has no thread, and the webhook says why.
     let webhook = id_of(phone.signed(&from("SMnone", "anonymous")).await).await;
     let w = phone
