@@ -160,6 +160,16 @@ impl Phone {
         .await
     }
 
+    /// The staff's SMS inbox once it lists `n` threads.
+    async fn sms_inbox(&self, n: usize) -> Value {
+        let url = self.query.url("/v1/chat/threads?channel=sms");
+        eventually(Duration::from_secs(20), "the sms threads", || async {
+            let page = self.env.get_json(&url, &self.admin).await;
+            (page["items"].as_array().map(Vec::len) == Some(n)).then_some(page)
+        })
+        .await
+    }
+
     async fn events(&self, aggregate_type: &str, event_type: &str) -> i64 {
         sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE aggregate_type = $1 AND event_type = $2",
@@ -345,17 +355,7 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     );
     // It reached the tenant's inbox: a thread of channel sms with the sender, holding the
     // text as the sender's message.
-    let inbox = eventually(Duration::from_secs(20), "the sms thread", || async {
-        let page = phone
-            .env
-            .get_json(
-                &phone.query.url("/v1/chat/threads?channel=sms"),
-                &phone.admin,
-            )
-            .await;
-        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
-    })
-    .await;
+    let inbox = phone.sms_inbox(1).await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230001", "{inbox}");
     let thread = inbox["items"][0]["id"].as_str().expect("id").to_owned();
     let messages = eventually(Duration::from_secs(20), "the message", || async {
@@ -675,17 +675,7 @@ async fn no_customer_can_take_the_thread_an_sms_sender_will_get() {
         .await;
     assert_eq!(w["outcome"], "applied", "{w}");
     // The sender's message is in an SMS thread of theirs, in the staff's SMS inbox...
-    let inbox = eventually(Duration::from_secs(20), "the sms thread", || async {
-        let page = phone
-            .env
-            .get_json(
-                &phone.query.url("/v1/chat/threads?channel=sms"),
-                &phone.admin,
-            )
-            .await;
-        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
-    })
-    .await;
+    let inbox = phone.sms_inbox(1).await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230001", "{inbox}");
     assert_ne!(inbox["items"][0]["id"], derived.as_str());
     // ...and never in the customer's thread, nor credited to them.
@@ -715,34 +705,14 @@ async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
         .webhook_when(&webhook, |w| w["status"] == "processed")
         .await;
     assert_eq!(w["outcome"], "applied", "{w}");
-    let inbox = eventually(Duration::from_secs(20), "the sms thread", || async {
-        let page = phone
-            .env
-            .get_json(
-                &phone.query.url("/v1/chat/threads?channel=sms"),
-                &phone.admin,
-            )
-            .await;
-        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
-    })
-    .await;
+    let inbox = phone.sms_inbox(1).await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230009");
     // Nor are the spaces and dashes a number is written with.
     let webhook = id_of(phone.signed(&from("SMspaced", "+1 555 123-0010")).await).await;
     phone
         .webhook_when(&webhook, |w| w["outcome"] == "applied")
         .await;
-    let inbox = eventually(Duration::from_secs(20), "the second sms thread", || async {
-        let page = phone
-            .env
-            .get_json(
-                &phone.query.url("/v1/chat/threads?channel=sms"),
-                &phone.admin,
-            )
-            .await;
-        (page["items"].as_array().map(Vec::len) == Some(2)).then_some(page)
-    })
-    .await;
+    let inbox = phone.sms_inbox(2).await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230010");
     // A sender that is no number has no thread, and the webhook says why.
     let webhook = id_of(phone.signed(&from("SMnone", "anonymous")).await).await;
