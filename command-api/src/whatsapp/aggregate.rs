@@ -2101,6 +2101,18 @@ mod tests {
         ReplyChange::Edit { text: text.into() }
     }
 
+    /// The agent is told a `change` of reply `out1` did not reach the contact, whose copy is
+    /// `delivery` (absent: sent).
+    fn not_delivered(change: &str, delivery: Option<Delivery>) -> ConversationEvent {
+        ConversationEvent::ChangeNotDelivered {
+            message_id: "out1".into(),
+            thread_id: Some("th1".into()),
+            change: change.into(),
+            delivery,
+            at: t0(),
+        }
+    }
+
     /// The agent deleted reply `out1` before it went out.
     fn withdrawn() -> ConversationEvent {
         ConversationEvent::MessageFailed {
@@ -2195,16 +2207,7 @@ mod tests {
                     wamid: "wamid.OUT".into(),
                 },
             ))
-            .then_expect_events(vec![
-                sent(),
-                ConversationEvent::ChangeNotDelivered {
-                    message_id: "out1".into(),
-                    thread_id: Some("th1".into()),
-                    change: "deleted".into(),
-                    delivery: None,
-                    at: t0(),
-                },
-            ]);
+            .then_expect_events(vec![sent(), not_delivered("deleted", None)]);
     }
 
     #[test]
@@ -2234,13 +2237,7 @@ mod tests {
             .when(status(Delivery::Delivered, Some("out1")))
             .then_expect_events(vec![
                 sent(),
-                ConversationEvent::ChangeNotDelivered {
-                    message_id: "out1".into(),
-                    thread_id: Some("th1".into()),
-                    change: "deleted".into(),
-                    delivery: Some(Delivery::Delivered),
-                    at: t0(),
-                },
+                not_delivered("deleted", Some(Delivery::Delivered)),
                 updated(Delivery::Delivered),
             ]);
         // After a throttled attempt (never taken) a deletion is plainly a withdrawal; should
@@ -2262,13 +2259,7 @@ mod tests {
             .when(status(Delivery::Delivered, Some("out1")))
             .then_expect_events(vec![
                 sent(),
-                ConversationEvent::ChangeNotDelivered {
-                    message_id: "out1".into(),
-                    thread_id: Some("th1".into()),
-                    change: "deleted".into(),
-                    delivery: Some(Delivery::Delivered),
-                    at: t0(),
-                },
+                not_delivered("deleted", Some(Delivery::Delivered)),
                 updated(Delivery::Delivered),
             ]);
     }
@@ -2281,33 +2272,21 @@ mod tests {
             attempted(1, t0()),
             sent(),
         ];
-        let not_delivered = ConversationEvent::ChangeNotDelivered {
-            message_id: "out1".into(),
-            thread_id: Some("th1".into()),
-            change: "edited".into(),
-            delivery: None,
-            at: t0(),
-        };
+        let told = not_delivered("edited", None);
         TestFramework::<Conversation>::with(no_history())
             .given(history.clone())
             .when(change(edit("Hello")))
-            .then_expect_events(vec![not_delivered.clone()]);
+            .then_expect_events(vec![told.clone()]);
         let mut read = history.clone();
         read.push(updated(Delivery::Read));
         TestFramework::<Conversation>::with(no_history())
             .given(read)
             .when(change(edit("Hello")))
-            .then_expect_events(vec![ConversationEvent::ChangeNotDelivered {
-                message_id: "out1".into(),
-                thread_id: Some("th1".into()),
-                change: "edited".into(),
-                delivery: Some(Delivery::Read),
-                at: t0(),
-            }]);
-        let mut told = history;
-        told.push(not_delivered);
+            .then_expect_events(vec![not_delivered("edited", Some(Delivery::Read))]);
+        let mut after = history;
+        after.push(told);
         TestFramework::<Conversation>::with(no_history())
-            .given(told)
+            .given(after)
             .when(change(edit("Hello!")))
             .then_expect_events(vec![]);
     }
@@ -2338,13 +2317,7 @@ mod tests {
             .when(status(Delivery::Sent, Some("out1")))
             .then_expect_events(vec![
                 sent(),
-                ConversationEvent::ChangeNotDelivered {
-                    message_id: "out1".into(),
-                    thread_id: Some("th1".into()),
-                    change: "edited".into(),
-                    delivery: None,
-                    at: t0(),
-                },
+                not_delivered("edited", None),
                 updated(Delivery::Sent),
             ]);
         // A change made before a later attempt went out with it: nothing to tell.
