@@ -233,16 +233,20 @@ pub enum Fault {
     RestartPostgres,
     /// kill -9 command-api while it holds committed, unpublished events.
     KillBetweenCommitAndPublish,
+    /// A stored event no reader can decode (nested past JSON readers' depth), written into
+    /// the store under load: it is quarantined and every other event is still published.
+    PoisonEvent,
 }
 
 impl Fault {
     /// The cycle the harness goes through.
-    pub const CYCLE: [Fault; 5] = [
+    pub const CYCLE: [Fault; 6] = [
         Fault::KillCommandApi,
         Fault::KillProjector,
         Fault::RestartNats,
         Fault::RestartPostgres,
         Fault::KillBetweenCommitAndPublish,
+        Fault::PoisonEvent,
     ];
 }
 
@@ -284,6 +288,10 @@ pub struct ChaosReport {
     pub events_projected: u64,
     /// Committed events that were still unpublished when command-api was killed.
     pub unpublished_at_kill: u64,
+    /// Unreadable events written into the store.
+    pub poisoned: u64,
+    /// Events the relay quarantined (should be the poisoned ones, and only them).
+    pub events_quarantined: u64,
     /// Operations stored more than once, plus stream messages beyond the store's count.
     pub duplicates: u64,
     /// Acknowledged operations missing from the store (or stored at another version than the
@@ -304,6 +312,7 @@ impl ChaosReport {
             && self.duplicates == 0
             && self.errors_outside_outages == 0
             && self.services_exited == 0
+            && self.events_quarantined == self.poisoned
             && self.acknowledged > 0
     }
 
@@ -327,6 +336,8 @@ impl ChaosReport {
                 "unpublished events at command-api kills",
                 self.unpublished_at_kill,
             ),
+            ("unreadable events written into the store", self.poisoned),
+            ("events quarantined by the relay", self.events_quarantined),
             ("duplicates", self.duplicates),
             ("losses", self.losses),
             ("errors outside outage windows", self.errors_outside_outages),
@@ -574,9 +585,16 @@ async fn inject(
             stack.spawn(Service::CommandApi)?;
             stack.wait_ready(Service::CommandApi, ready).await?;
         }
+        Fault::PoisonEvent => {
+            audit.poison().await?;
+            report.poisoned += 1;
+        }
     }
     Ok(())
 }
+
+/// The condition on `events` that leaves out what the relay quarantined.
+const PUBLISHABLE: &str = "global_position NOT IN (SELECT global_position FROM quarantined_events)";
 
 /// Reads the stack's store, stream and read model.
 struct Audit {
@@ -605,15 +623,41 @@ impl Audit {
         Ok(n as u64)
     }
 
+    /// Writes an event of a tenant of its own that no JSON reader can decode (the shape the
+    /// depth limit on requests now refuses), as one stored before that limit would stand.
+    async fn poison(&self) -> Result<(), Error> {
+        let mut db = PgConnection::connect(&self.database_url).await?;
+        let tenant = uuid::Uuid::new_v4().to_string();
+        let payload = format!(
+            "{{\"PreferencesUpdated\": {{\"preferences\": {}1{}}}}}",
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('tenant', $1, 1, 'PreferencesUpdated', '1.0', $2::jsonb,
+                     jsonb_build_object('tenant_id', $1::text))",
+        )
+        .bind(&tenant)
+        .bind(payload)
+        .execute(&mut db)
+        .await?;
+        Ok(())
+    }
+
+    /// `(stored, published, tenant events, projected)`, events the relay quarantined left
+    /// out of what is stored.
     async fn counts(&self, stack: &Stack) -> Result<(u64, u64, u64, u64), Error> {
         let mut db = PgConnection::connect(&self.database_url).await?;
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&mut db)
-            .await?;
-        let tenant_events: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'tenant'")
+        let stored: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM events WHERE {PUBLISHABLE}"))
                 .fetch_one(&mut db)
                 .await?;
+        let tenant_events: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'tenant' AND {PUBLISHABLE}"
+        ))
+        .fetch_one(&mut db)
+        .await?;
         let projected: i64 =
             sqlx::query_scalar("SELECT coalesce(sum(version), 0)::bigint FROM tenants")
                 .fetch_one(&mut db)
@@ -657,6 +701,12 @@ impl Audit {
         report.events_stored = stored;
         report.events_published = published;
         report.events_projected = projected;
+        report.events_quarantined = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM quarantined_events WHERE stream = $1",
+        )
+        .bind(&stack.stream)
+        .fetch_one(&mut PgConnection::connect(&self.database_url).await?)
+        .await? as u64;
         report.duplicates += published.saturating_sub(stored);
         report.losses += stored.saturating_sub(published);
         report.losses += tenant_events.abs_diff(projected);
@@ -692,12 +742,13 @@ impl Audit {
             }
         }
         // The read model's every row at the store's version.
-        let behind: i64 = sqlx::query_scalar(
+        let behind: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM (SELECT aggregate_id, max(sequence) AS v FROM events
-                                    WHERE aggregate_type = 'tenant' GROUP BY aggregate_id) s
+                                    WHERE aggregate_type = 'tenant' AND {PUBLISHABLE}
+                                    GROUP BY aggregate_id) s
                LEFT JOIN tenants t ON t.id::text = s.aggregate_id
-              WHERE t.version IS DISTINCT FROM s.v",
-        )
+              WHERE t.version IS DISTINCT FROM s.v"
+        ))
         .fetch_one(&mut db)
         .await?;
         report.losses += behind as u64;

@@ -18,6 +18,11 @@
 //! - One relay is active across instances: the one holding a session advisory lock on its
 //!   dedicated connection. If that connection drops, so does the lock, and so does this
 //!   relay's right to publish.
+//! - A committed event it cannot publish — its stored form does not decode, or it is larger
+//!   than the bus accepts — is *quarantined*: recorded in `quarantined_events`, logged at
+//!   error and counted, and passed over, so that it never holds back the events after it
+//!   (appends are bounded so that none should ever be: `events::jsonb`). An event the
+//!   relay merely failed to hand over (the bus is away) is never passed over.
 //! - It is woken right after each commit, in-process by the command bus and across
 //!   processes by `LISTEN events_appended`, and polls briefly in case the horizon was held
 //!   back by another transaction. A process whose relay stands by forwards its own commits
@@ -68,6 +73,30 @@ pub enum RelayError {
     /// A stored event could not be read back (named by its transaction id).
     #[error("a stored event of transaction {0} is unreadable: {1}")]
     Corrupt(String, String),
+}
+
+/// One entry of a batch in publishing order: the event to publish, or `None` for one that
+/// was quarantined ([`Relay::quarantine`]) and is passed over.
+pub type Entry = (Checkpoint, Option<Envelope>);
+
+/// A stored event that cannot be published, as it is quarantined.
+struct Unpublishable<'a> {
+    /// Where it stands in the store.
+    global_position: i64,
+    /// Its aggregate type.
+    aggregate_type: &'a str,
+    /// Its aggregate.
+    aggregate_id: &'a str,
+    /// Its sequence in the aggregate.
+    sequence: i64,
+    /// Its event type.
+    event_type: &'a str,
+    /// Its tenant.
+    tenant_id: &'a str,
+    /// `unreadable` or `too_large`.
+    reason: &'static str,
+    /// What the reader or the bus said.
+    detail: String,
 }
 
 /// Creates the stream that holds every event, or brings the fields this code owns (its
@@ -131,6 +160,8 @@ pub struct Leader {
     conn: PgConnection,
     /// Last published event.
     checkpoint: Checkpoint,
+    /// Whether the last read was a full batch (more may be waiting).
+    more: bool,
 }
 
 impl Relay {
@@ -204,14 +235,17 @@ impl Relay {
             1.0,
         );
         tracing::info!(stream = %self.stream, ?checkpoint, "relay is active");
-        Ok(Some(Leader { conn, checkpoint }))
+        Ok(Some(Leader {
+            conn,
+            checkpoint,
+            more: false,
+        }))
     }
 
-    /// Reads the next committed events after the checkpoint, below the horizon.
-    pub async fn read_batch(
-        &self,
-        leader: &mut Leader,
-    ) -> Result<Vec<(Checkpoint, Envelope)>, RelayError> {
+    /// Reads the next committed events after the checkpoint, below the horizon. An event
+    /// whose stored form does not decode is quarantined on the spot and comes back as `None`,
+    /// so that it holds back nothing after it.
+    pub async fn read_batch(&self, leader: &mut Leader) -> Result<Vec<Entry>, RelayError> {
         self.metrics.count(
             "relay_reads_total",
             "Reads of the event store by the relay (each one computes the commit horizon).",
@@ -223,9 +257,14 @@ impl Relay {
             .fetch_one(&mut leader.conn)
             .await?;
         // The text form is named apart: `ORDER BY transaction_id` would otherwise sort by the
-        // output column of that name, the text, and `'10…'` sorts before `'9…'`.
-        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT transaction_id::text AS txid, {} FROM events
+        // output column of that name, the text, and `'10…'` sorts before `'9…'`. The envelope
+        // comes as text and is decoded here, row by row, so one that does not decode is found
+        // and set aside rather than failing the whole read.
+        let rows: Vec<StoredRow> = sqlx::query_as(&format!(
+            "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id,
+                    sequence, event_type, coalesce(metadata->>'tenant_id', '') AS tenant_id,
+                    ({})::text AS envelope
+               FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
                 AND transaction_id < $4::text::xid8
               ORDER BY transaction_id, global_position
@@ -238,60 +277,149 @@ impl Relay {
         .bind(horizon)
         .fetch_all(&mut leader.conn)
         .await?;
-        rows.into_iter()
-            .map(|(txid, json)| {
-                let envelope: Envelope = serde_json::from_value(json)
-                    .map_err(|e| RelayError::Corrupt(txid.clone(), e.to_string()))?;
-                let checkpoint = Checkpoint {
-                    transaction_id: parse_xid(&txid)?,
-                    global_position: envelope.global_position,
-                };
-                Ok((checkpoint, envelope))
-            })
-            .collect()
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            let checkpoint = Checkpoint {
+                transaction_id: parse_xid(&row.txid)?,
+                global_position: row.global_position,
+            };
+            match serde_json::from_str::<Envelope>(&row.envelope) {
+                Ok(envelope) => batch.push((checkpoint, Some(envelope))),
+                Err(e) => {
+                    self.quarantine(&mut leader.conn, row.unpublishable("unreadable", e))
+                        .await?;
+                    batch.push((checkpoint, None));
+                }
+            }
+        }
+        Ok(batch)
     }
 
-    /// Publishes `batch` in order, pipelined, and returns the checkpoint of the last event
-    /// whose PubAck arrived (events after a failed one are left for the next round).
+    /// Sets a stored event aside as not publishable: recorded once in `quarantined_events`,
+    /// logged at error and counted, so that an operator is alerted while the events after it
+    /// go on being published.
+    async fn quarantine(
+        &self,
+        conn: &mut PgConnection,
+        event: Unpublishable<'_>,
+    ) -> Result<(), RelayError> {
+        let inserted = sqlx::query(
+            "INSERT INTO quarantined_events
+                    (stream, global_position, aggregate_type, aggregate_id, sequence, event_type,
+                     tenant_id, reason, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (stream, global_position) DO NOTHING",
+        )
+        .bind(&self.stream)
+        .bind(event.global_position)
+        .bind(event.aggregate_type)
+        .bind(event.aggregate_id)
+        .bind(event.sequence)
+        .bind(event.event_type)
+        .bind(event.tenant_id)
+        .bind(event.reason)
+        .bind(&event.detail)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            tracing::error!(
+                stream = %self.stream,
+                global_position = event.global_position,
+                aggregate_type = event.aggregate_type,
+                aggregate_id = event.aggregate_id,
+                sequence = event.sequence,
+                event_type = event.event_type,
+                tenant_id = event.tenant_id,
+                reason = event.reason,
+                detail = %event.detail,
+                "a stored event cannot be published: quarantined, and passed over"
+            );
+            self.metrics.count(
+                "relay_events_quarantined_total",
+                "Stored events the relay could not publish and set aside in quarantined_events, by reason.",
+                &[("stream", &self.stream), ("reason", event.reason)],
+                1.0,
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes `batch` in order, pipelined, and returns the checkpoint of the last entry
+    /// up to which every event's PubAck arrived, with how many events that is (events after
+    /// a failed one are left for the next round). An event larger than the bus accepts is
+    /// quarantined and passed over.
     pub async fn publish(
         &self,
-        batch: &[(Checkpoint, Envelope)],
-    ) -> (Option<Checkpoint>, Result<(), RelayError>) {
+        batch: &[Entry],
+    ) -> (Option<Checkpoint>, usize, Result<(), RelayError>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut failure = None;
         for (checkpoint, envelope) in batch {
+            let Some(envelope) = envelope else {
+                pending.push((*checkpoint, None));
+                continue;
+            };
             match self.send(envelope).await {
-                Ok(ack) => pending.push((*checkpoint, ack)),
-                Err(e) => {
+                Ok(ack) => pending.push((*checkpoint, Some(ack))),
+                Err(Unsent::TooLarge(detail)) => {
+                    let event = Unpublishable {
+                        global_position: envelope.global_position,
+                        aggregate_type: &envelope.aggregate_type,
+                        aggregate_id: &envelope.aggregate_id,
+                        sequence: envelope.sequence as i64,
+                        event_type: &envelope.event_type,
+                        tenant_id: envelope.tenant_id(),
+                        reason: "too_large",
+                        detail,
+                    };
+                    let quarantined = match self.pool.acquire().await {
+                        Ok(mut conn) => self.quarantine(&mut conn, event).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = quarantined {
+                        failure = Some(e);
+                        break;
+                    }
+                    pending.push((*checkpoint, None));
+                }
+                Err(Unsent::Failed(e)) => {
                     failure = Some(e);
                     break;
                 }
             }
         }
-        let mut acked = None;
+        let (mut acked, mut published) = (None, 0);
         for (checkpoint, ack) in pending {
-            match ack.await {
-                Ok(_) => acked = Some(checkpoint),
-                Err(e) => {
-                    failure.get_or_insert(RelayError::Publish(e.to_string()));
-                    break;
-                }
+            match ack {
+                None => acked = Some(checkpoint),
+                Some(ack) => match ack.await {
+                    Ok(_) => {
+                        acked = Some(checkpoint);
+                        published += 1;
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(RelayError::Publish(e.to_string()));
+                        break;
+                    }
+                },
             }
         }
-        (acked, failure.map_or(Ok(()), Err))
+        (acked, published, failure.map_or(Ok(()), Err))
     }
 
     async fn send(
         &self,
         envelope: &Envelope,
-    ) -> Result<jetstream::context::PublishAckFuture, RelayError> {
+    ) -> Result<jetstream::context::PublishAckFuture, Unsent> {
         let subject = events::subject::event_subject(
             &self.prefix,
             envelope.tenant_id(),
             &envelope.aggregate_type,
             &envelope.event_type,
         );
-        let body = serde_json::to_vec(envelope).map_err(|e| RelayError::Publish(e.to_string()))?;
+        let body = serde_json::to_vec(envelope)
+            .map_err(|e| Unsent::Failed(RelayError::Publish(e.to_string())))?;
         let mut headers = HeaderMap::new();
         let meta = |k: &str| envelope.metadata.get(k).cloned().unwrap_or_default();
         headers.insert(
@@ -306,7 +434,12 @@ impl Relay {
         self.js
             .send_publish(subject, message)
             .await
-            .map_err(|e| RelayError::Publish(e.to_string()))
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                    Unsent::TooLarge(e.to_string())
+                }
+                _ => Unsent::Failed(RelayError::Publish(e.to_string())),
+            })
     }
 
     /// Stores the checkpoint (never moving it backwards).
@@ -334,17 +467,19 @@ impl Relay {
         Ok(())
     }
 
-    /// One round: read, publish, advance. Returns how many events were published.
+    /// One round: read, publish, advance. Returns how many events were published (events
+    /// quarantined on the way are passed over, not counted).
     pub async fn step(&self, leader: &mut Leader) -> Result<usize, RelayError> {
         let batch = self.read_batch(leader).await?;
+        leader.more = batch.len() as i64 >= self.batch;
         if batch.is_empty() {
             return Ok(0);
         }
-        let (acked, outcome) = self.publish(&batch).await;
+        let (acked, published, outcome) = self.publish(&batch).await;
         if let Some(checkpoint) = acked {
             self.save_checkpoint(leader, checkpoint).await?;
-            let published = batch.iter().take_while(|(c, _)| *c <= checkpoint).count();
-            if let Some((_, last)) = batch.get(published.saturating_sub(1)) {
+            let passed = batch.iter().take_while(|(c, _)| *c <= checkpoint);
+            if let Some(last) = passed.filter_map(|(_, e)| e.as_ref()).last() {
                 let lag = (Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1e3;
                 self.metrics.gauge(
                     "relay_lag_seconds",
@@ -438,8 +573,8 @@ impl Relay {
         listener.listen("events_appended").await?;
         let mut measured = std::time::Instant::now() - LAG_EVERY;
         loop {
-            let published = self.step(&mut leader).await?;
-            if published as i64 >= self.batch {
+            self.step(&mut leader).await?;
+            if leader.more {
                 continue;
             }
             // Caught up with the horizon: now and then measure what is still waiting (this
@@ -477,6 +612,51 @@ pub async fn forward_commits(pool: PgPool, wake: &Notify) -> Result<(), RelayErr
         )
         .execute(&pool)
         .await?;
+    }
+}
+
+/// Why an event was not handed to the bus.
+enum Unsent {
+    /// It is larger than the server's `max_payload`: it never will be.
+    TooLarge(String),
+    /// Anything else: try again later.
+    Failed(RelayError),
+}
+
+/// A row of `events` as the relay reads it: the envelope as text, and enough beside it to
+/// name an event whose envelope does not decode.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    /// Writing transaction, as text.
+    txid: String,
+    /// Position in the store.
+    global_position: i64,
+    /// Aggregate type.
+    aggregate_type: String,
+    /// Aggregate id.
+    aggregate_id: String,
+    /// Sequence in the aggregate.
+    sequence: i64,
+    /// Event type.
+    event_type: String,
+    /// Tenant from the metadata (empty if none).
+    tenant_id: String,
+    /// The envelope as JSON text.
+    envelope: String,
+}
+
+impl StoredRow {
+    fn unpublishable(&self, reason: &'static str, error: serde_json::Error) -> Unpublishable<'_> {
+        Unpublishable {
+            global_position: self.global_position,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            tenant_id: &self.tenant_id,
+            reason,
+            detail: error.to_string(),
+        }
     }
 }
 

@@ -438,6 +438,9 @@ where
         if let Some(place) = events::jsonb::first_nul(&form) {
             return SnapshotPlan::Skip(format!("snapshot{place}"));
         }
+        if events::jsonb::depth(&form) > events::jsonb::MAX_EVENT_DEPTH {
+            return SnapshotPlan::Skip("snapshot nested too deep".to_owned());
+        }
         if upto == events.len() {
             SnapshotPlan::InCommit
         } else {
@@ -601,15 +604,28 @@ impl<A: Aggregate> CommandBus<A> {
     }
 }
 
-/// Where `events` or `metadata` hold text `jsonb` cannot store, if anywhere.
+/// Where `events` or `metadata` hold what the store must not keep, if anywhere: text `jsonb`
+/// cannot store (NUL), or an event nested or sized past what every reader of the store and
+/// the bus can take ([`events::jsonb::MAX_EVENT_DEPTH`], [`events::jsonb::MAX_EVENT_BYTES`]).
+/// Request bodies are bounded far below both; this is the last line, whatever path an event
+/// came by.
 fn unstorable<E: serde::Serialize>(
     events: &[E],
     metadata: &HashMap<String, String>,
 ) -> Option<String> {
+    let metadata_bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
     for (i, event) in events.iter().enumerate() {
         let form = serde_json::to_value(event).unwrap_or_default();
         if let Some(place) = events::jsonb::first_nul(&form) {
             return Some(format!("event {i}{place}"));
+        }
+        let depth = events::jsonb::depth(&form);
+        if depth > events::jsonb::MAX_EVENT_DEPTH {
+            return Some(format!("event {i} nests {depth} levels deep"));
+        }
+        let bytes = serde_json::to_vec(&form).map_or(0, |b| b.len()) + metadata_bytes;
+        if bytes > events::jsonb::MAX_EVENT_BYTES {
+            return Some(format!("event {i} is {bytes} bytes"));
         }
     }
     metadata
@@ -668,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn a_nul_in_an_event_or_its_metadata_is_found_before_the_append() {
+    fn a_nul_a_deep_nesting_or_an_oversized_event_is_found_before_the_append() {
         let ok = HashMap::from([("k".to_owned(), "v".to_owned())]);
         assert_eq!(unstorable(&[serde_json::json!({"a": "b"})], &ok), None);
         assert_eq!(
@@ -679,6 +695,15 @@ mod tests {
             .as_deref(),
             Some("event 1/a")
         );
+        let deep = (0..events::jsonb::MAX_EVENT_DEPTH)
+            .fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
+        assert_eq!(unstorable(std::slice::from_ref(&deep), &ok), None);
+        assert_eq!(
+            unstorable(&[serde_json::json!({"p": deep})], &ok).as_deref(),
+            Some("event 0 nests 65 levels deep")
+        );
+        let big = serde_json::json!({"text": "x".repeat(events::jsonb::MAX_EVENT_BYTES)});
+        assert!(unstorable(&[big], &ok).is_some_and(|p| p.starts_with("event 0 is ")));
         let bad = HashMap::from([("request_id".to_owned(), "r\u{0}".to_owned())]);
         assert_eq!(
             unstorable::<serde_json::Value>(&[], &bad).as_deref(),

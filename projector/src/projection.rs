@@ -369,11 +369,17 @@ pub async fn pending_in_order(
     Ok(plan(conn, &before, events).await?.accepted)
 }
 
-/// Decodes the `envelope` column of a row selected with [`events::envelope::ENVELOPE_SQL`].
+/// Decodes the `envelope` column of a row selected as `({ENVELOPE_SQL})::text`
+/// ([`events::envelope::ENVELOPE_SQL`]): read as text and decoded here, so that an event whose
+/// stored form does not decode is an [`ProjectionError::Undecodable`] of that event rather
+/// than a failure of the whole read.
 pub fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, ProjectionError> {
-    let json: serde_json::Value = row.try_get("envelope")?;
-    serde_json::from_value(json).map_err(|e| ProjectionError::Undecodable {
-        event_id: "(stored event)".into(),
+    let text: String = row.try_get("envelope")?;
+    serde_json::from_str(&text).map_err(|e| ProjectionError::Undecodable {
+        event_id: format!(
+            "(stored event at {})",
+            row.try_get::<i64, _>("global_position").unwrap_or_default()
+        ),
         reason: e.to_string(),
     })
 }
@@ -387,7 +393,7 @@ async fn load_stream(
     before: u64,
 ) -> Result<Vec<Envelope>, ProjectionError> {
     let rows = sqlx::query(&format!(
-        "SELECT {} AS envelope FROM events
+        "SELECT ({})::text AS envelope, global_position FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND sequence < $4
           ORDER BY sequence",
         events::envelope::ENVELOPE_SQL

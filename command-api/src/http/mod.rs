@@ -188,11 +188,15 @@ async fn no_store(mut response: Response) -> Response {
     response
 }
 
-/// Ready when PostgreSQL answers, token revocations are followed and the NATS connection is up.
+/// Ready when PostgreSQL answers, token revocations are followed and the NATS connection is
+/// up. Events the relay quarantined and no operator has acknowledged yet are reported
+/// (`"status": "degraded"`, `quarantined_events`) without taking the instance out of service:
+/// they are one aggregate's trouble, and every other event is being published.
 async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
-    tokio::time::timeout(
+    let quarantined: i64 = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
+        sqlx::query_scalar("SELECT count(*) FROM quarantined_events WHERE acknowledged_at IS NULL")
+            .fetch_one(&state.pool),
     )
     .await
     .map_err(|_| Problem::unavailable(&"PostgreSQL did not answer in 2 s"))?
@@ -203,10 +207,14 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         return Err(Problem::unavailable(&"NATS is not connected"));
     }
-    Ok(
-        axum::Json(serde_json::json!({"status": "ready", "postgres": "up", "nats": "up"}))
-            .into_response(),
-    )
+    let status = if quarantined > 0 { "degraded" } else { "ready" };
+    Ok(axum::Json(serde_json::json!({
+        "status": status,
+        "postgres": "up",
+        "nats": "up",
+        "quarantined_events": quarantined,
+    }))
+    .into_response())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -143,7 +143,9 @@ where
 
 /// A JSON body whose every rejection is a problem: 400 `malformed_json` for bad syntax,
 /// 400 `invalid_body` for unknown fields, wrong types or missing fields, 413
-/// `payload_too_large`, 415 `unsupported_media_type`.
+/// `payload_too_large`, 415 `unsupported_media_type`, 422 `json_too_deep` for arrays and
+/// objects nested more than [`crate::jsonb::MAX_REQUEST_DEPTH`] levels (checked on the raw
+/// bytes before they are parsed, so no event can carry what a reader cannot decode).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -155,11 +157,54 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected a body with Content-Type: application/json.",
+            ));
+        }
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| status_problem(rejection.status(), rejection.body_text()))?;
+        bounded(&body)?;
+        match axum::Json::<T>::from_bytes(&body) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_problem(&rejection)),
         }
     }
+}
+
+/// Refuses JSON text nested deeper than [`crate::jsonb::MAX_REQUEST_DEPTH`]: 422
+/// `json_too_deep`. For bodies read raw and parsed by the route (webhooks).
+pub fn bounded(body: &[u8]) -> Result<(), Problem> {
+    if crate::jsonb::nesting_exceeds(body, crate::jsonb::MAX_REQUEST_DEPTH) {
+        return Err(Problem::unprocessable(
+            "json_too_deep",
+            format!(
+                "Arrays and objects may nest at most {} levels deep.",
+                crate::jsonb::MAX_REQUEST_DEPTH
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the request says its body is JSON (`application/json` or a `+json` type), as
+/// axum's own extractor requires.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
 }
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
@@ -206,7 +251,9 @@ pub fn status_problem(status: StatusCode, detail: String) -> Problem {
 }
 
 /// A body read as raw bytes (a webhook's, whose signature covers the bytes as sent), whose
-/// every rejection is a problem: 413 `payload_too_large` past the route's limit.
+/// every rejection is a problem: 413 `payload_too_large` past the route's limit, 422
+/// `json_too_deep` when it is JSON (it opens with `{` or `[`) nested deeper than
+/// [`crate::jsonb::MAX_REQUEST_DEPTH`]: providers' payloads end up in events too.
 #[derive(Debug, Clone, Default)]
 pub struct RawBody(pub axum::body::Bytes);
 
@@ -217,10 +264,16 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::body::Bytes::from_request(req, state)
+        let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map(RawBody)
-            .map_err(|rejection| status_problem(rejection.status(), rejection.body_text()))
+            .map_err(|rejection| status_problem(rejection.status(), rejection.body_text()))?;
+        if matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        ) {
+            bounded(&body)?;
+        }
+        Ok(RawBody(body))
     }
 }
 

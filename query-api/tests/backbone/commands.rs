@@ -234,6 +234,31 @@ async fn bad_input_gets_a_problem_appends_nothing_and_the_service_keeps_serving(
             "preferences_too_large",
         ),
         (
+            // Nested so deep that the stored event would be past what a reader decodes.
+            http.post(api.url(&format!("/v1/tenants/{id}/preferences")))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(format!("{}1{}", r#"{"a":"#.repeat(125), "}".repeat(125))),
+            422,
+            "json_too_deep",
+        ),
+        (
+            http.post(api.url(&format!("/v1/tenants/{id}/preferences")))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(format!("{{\"a\":{}1{}}}", "[".repeat(32), "]".repeat(32))),
+            422,
+            "json_too_deep",
+        ),
+        (
+            // A provider's body is held to the same bound before anything reads it.
+            http.post(api.url("/api/webhooks/stripe"))
+                .header("content-type", "application/json")
+                .body(format!("{}1{}", "[".repeat(40), "]".repeat(40))),
+            422,
+            "json_too_deep",
+        ),
+        (
             http.post(api.url(&format!("/v1/tenants/{id}/suspend")))
                 .bearer_auth(&admin)
                 .json(&json!({"reason": "nul\u{0}byte"})),
@@ -533,6 +558,69 @@ async fn long_streams_are_snapshotted_and_still_decide_correctly() {
     api.stop().await;
 }
 
+/// A tenant admin's preferences nested 125 objects deep once made an event no reader could
+/// decode, and the relay stopped publishing for every tenant. Such bodies are refused now; an
+/// event like it that is already stored is quarantined, every later event is still
+/// published, and readiness says so.
+#[tokio::test]
+async fn a_stored_event_no_reader_can_decode_is_quarantined_and_readiness_reports_it() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(140), "}".repeat(140));
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('tenant', 'poisoned', 1, 'PreferencesUpdated', '1.0',
+                 jsonb_build_object('PreferencesUpdated', jsonb_build_object('preferences', $1::jsonb)),
+                 '{\"tenant_id\": \"poisoned\"}')",
+    )
+    .bind(deep)
+    .execute(&env.pool)
+    .await
+    .expect("stored as an earlier release would have");
+    let (id, _) = create_tenant(&env, &api, "after-the-poison").await;
+    let expected = format!("tenant:{id}:1");
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the next tenant's event to be published",
+        || async {
+            crate::relay::message_ids(&env)
+                .await
+                .contains(&expected)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!crate::relay::message_ids(&env)
+        .await
+        .iter()
+        .any(|m| m.contains("poisoned")));
+    let ready = env
+        .http
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200, "one aggregate's trouble stops no one");
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["quarantined_events"], 1);
+    sqlx::query("UPDATE quarantined_events SET acknowledged_at = now()")
+        .execute(&env.pool)
+        .await
+        .expect("an operator acknowledges it");
+    let ready: Value = env
+        .http
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["status"], "ready");
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn health_metrics_and_openapi_are_served() {
     let env = TestEnv::new().await;
@@ -557,7 +645,7 @@ async fn health_metrics_and_openapi_are_served() {
         .expect("json");
     assert_eq!(
         ready,
-        json!({"status": "ready", "postgres": "up", "nats": "up"})
+        json!({"status": "ready", "postgres": "up", "nats": "up", "quarantined_events": 0})
     );
     create_tenant(&env, &api, "measured").await;
     let metrics = env

@@ -219,7 +219,7 @@ async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates()
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(batch.len(), 1, "the event passed the horizon");
-        let (acked, outcome) = first.publish(&batch).await;
+        let (acked, _, outcome) = first.publish(&batch).await;
         outcome.expect("published");
         assert!(acked.is_some());
         // Dies here: the checkpoint is never written, and the lock goes with the connection.
@@ -444,4 +444,88 @@ async fn transaction_ids_crossing_a_power_of_ten_are_published_in_numeric_order(
         vec!["tenant:nine:1", "tenant:ten:1", "tenant:hundred:1"],
         "every event, by transaction id as a number"
     );
+}
+
+/// Appends an event of `tenant` with `payload` as it stands, inside `conn`.
+async fn append_payload(conn: &mut sqlx::PgConnection, tenant: &str, sequence: i64, payload: &str) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('tenant', $1, $2, 'Renamed', '1.0', $3::jsonb, jsonb_build_object('tenant_id', $1::text))",
+    )
+    .bind(tenant)
+    .bind(sequence)
+    .bind(payload)
+    .execute(conn)
+    .await
+    .expect("append");
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_read_or_published_is_quarantined_and_the_others_still_go_out() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "tenant-a", 1).await;
+    // Stored as the probe found it: nested past what a JSON reader decodes.
+    let deep = format!("{{\"Renamed\": {}1{}}}", "[".repeat(140), "]".repeat(140));
+    append_payload(&mut conn, "tenant-poison", 1, &deep).await;
+    // Larger than the bus takes in one message.
+    let huge = format!(
+        "{{\"Renamed\": {{\"name\": \"{}\"}}}}",
+        "x".repeat(1_100_000)
+    );
+    append_payload(&mut conn, "tenant-huge", 1, &huge).await;
+    append(&mut conn, "tenant-b", 1).await;
+    append(&mut conn, "tenant-a", 2).await;
+    drop(conn);
+    let metrics = Arc::new(Metrics::default());
+    let relay = relay_reading(&env, 512, metrics.clone());
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+    publish_all(&relay, &mut leader, 3).await;
+    assert_eq!(
+        message_ids(&env).await,
+        vec![
+            "tenant:tenant-a:1",
+            "tenant:tenant-b:1",
+            "tenant:tenant-a:2"
+        ],
+        "every event after the unpublishable ones went out, in order"
+    );
+    let quarantined: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, reason, tenant_id FROM quarantined_events
+          WHERE stream = $1 AND acknowledged_at IS NULL ORDER BY global_position",
+    )
+    .bind(&env.stream)
+    .fetch_all(&env.pool)
+    .await
+    .expect("quarantine");
+    assert_eq!(
+        quarantined,
+        vec![
+            (
+                "tenant-poison".to_owned(),
+                "unreadable".to_owned(),
+                "tenant-poison".to_owned()
+            ),
+            (
+                "tenant-huge".to_owned(),
+                "too_large".to_owned(),
+                "tenant-huge".to_owned()
+            ),
+        ]
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("relay_events_quarantined_total{stream="),
+        "the quarantine is counted for alerting"
+    );
+    // Later events keep flowing, and the quarantined ones are not tried again.
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "tenant-b", 2).await;
+    drop(conn);
+    publish_all(&relay, &mut leader, 1).await;
+    assert_eq!(message_ids(&env).await.len(), 4);
 }
