@@ -2,7 +2,7 @@
 //!
 //! A stack is what a workload runs against: `Stack::start` creates a fresh database
 //! `bench_<id>`, starts command-api (which migrates it and creates the stream), the projector
-//! and query-api on free ports, and waits until both APIs answer `/health/ready`. The chaos
+//! and query-api on free ports, and waits until all three answer `/health/ready`. The chaos
 //! harness kills and restarts single services through it; `teardown` stops everything and
 //! drops the database and the stream.
 
@@ -80,6 +80,8 @@ pub struct Stack {
     config: StackConfig,
     command_port: u16,
     query_port: u16,
+    /// The projector's health port.
+    projector_port: u16,
     children: HashMap<Service, Child>,
 }
 
@@ -133,6 +135,7 @@ impl Stack {
             prefix: name.clone(),
             command_port: free_port()?,
             query_port: free_port()?,
+            projector_port: free_port()?,
             command_url: String::new(),
             query_url: String::new(),
             keys: TokenKeys::new(SECRET),
@@ -151,6 +154,9 @@ impl Stack {
         stack.spawn(Service::QueryApi)?;
         stack
             .wait_ready(Service::QueryApi, Duration::from_secs(60))
+            .await?;
+        stack
+            .wait_ready(Service::Projector, Duration::from_secs(60))
             .await?;
         Ok(stack)
     }
@@ -180,6 +186,7 @@ impl Stack {
             .env("HOST", "127.0.0.1")
             .env("PORT", self.command_port.to_string())
             .env("QUERY_PORT", self.query_port.to_string())
+            .env("PROJECTOR_PORT", self.projector_port.to_string())
             .env(
                 "COMMAND_API_URL",
                 format!("http://127.0.0.1:{}", self.command_port),
@@ -229,19 +236,13 @@ impl Stack {
         rss_of(pid)
     }
 
-    /// Waits until an API answers `/health/ready` (the projector has no port: it waits until
-    /// the process is still alive after a short while).
+    /// Waits until a service answers `/health/ready`.
     pub async fn wait_ready(&mut self, service: Service, within: Duration) -> Result<(), Error> {
         let url = match service {
             Service::CommandApi => format!("{}/health/ready", self.command_url),
             Service::QueryApi => format!("{}/health/ready", self.query_url),
             Service::Projector => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return if self.running(service) {
-                    Ok(())
-                } else {
-                    Err("the projector exited".into())
-                };
+                format!("http://127.0.0.1:{}/health/ready", self.projector_port)
             }
         };
         let client = reqwest::Client::new();

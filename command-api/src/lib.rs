@@ -263,14 +263,14 @@ impl Application {
             .connect(database_url)
             .await?;
         MIGRATOR.run(&pool).await?;
+        // The bus may be down: commands are taken all the same (the store is the source of
+        // truth), readiness says NATS is not connected, and the relay creates the stream and
+        // publishes what waited once it is up.
         let nats = events::bus::NatsUrl::parse(&config.nats_url)
-            .connect()
+            .connect_in_background()
             .await
             .map_err(|e| StartError::Nats(e.to_string()))?;
         let js = async_nats::jetstream::new(nats.clone());
-        relay::ensure_stream(&js, &config.nats_stream, &config.nats_subject_prefix)
-            .await
-            .map_err(|e| StartError::Nats(e.to_string()))?;
         std::fs::create_dir_all(&config.blob_dir)?;
         let blobs: Arc<dyn ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)?,

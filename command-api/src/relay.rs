@@ -149,6 +149,8 @@ pub struct Relay {
     batch: i64,
     /// Where metrics go.
     metrics: Arc<Metrics>,
+    /// Whether the stream was made sure of ([`ensure_stream`]) since this relay started.
+    stream_ready: std::sync::atomic::AtomicBool,
     /// Longest wait between reads when nothing wakes the relay (covers a horizon held back
     /// by a slower event-writing transaction).
     idle_poll: Duration,
@@ -183,6 +185,7 @@ impl Relay {
             // holds one of the JetStream context's 5,000 in-flight permits.
             batch: batch.clamp(1, MAX_BATCH),
             metrics,
+            stream_ready: std::sync::atomic::AtomicBool::new(false),
             idle_poll: Duration::from_millis(100),
         }
     }
@@ -442,6 +445,20 @@ impl Relay {
             })
     }
 
+    /// Makes sure of the stream once per process, when this relay first leads: the bus may
+    /// have been down when the process started, and commands were taken all the same.
+    async fn ensure_stream(&self) -> Result<(), RelayError> {
+        use std::sync::atomic::Ordering;
+        if self.stream_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        ensure_stream(&self.js, &self.stream, &self.prefix)
+            .await
+            .map_err(|e| RelayError::Publish(format!("the stream cannot be set up: {e}")))?;
+        self.stream_ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Stores the checkpoint (never moving it backwards).
     pub async fn save_checkpoint(
         &self,
@@ -569,6 +586,7 @@ impl Relay {
             .unwrap_or(Ok(()))?;
             return Ok(());
         };
+        self.ensure_stream().await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("events_appended").await?;
         let mut measured = std::time::Instant::now() - LAG_EVERY;

@@ -90,6 +90,16 @@ impl NatsUrl {
         let (options, address) = self.options();
         options.connect(address).await
     }
+
+    /// A client that connects in the background and keeps trying until the server answers:
+    /// a service starts while the bus is down (PostgreSQL is the source of truth), reports
+    /// not-ready until the connection is up, and reconnects whenever it drops.
+    pub async fn connect_in_background(
+        &self,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let (options, address) = self.options();
+        options.retry_on_initial_connect().connect(address).await
+    }
 }
 
 /// The inbox prefix of `user` (nats/nats-server-auth.conf lets each user subscribe to its

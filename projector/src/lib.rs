@@ -27,6 +27,8 @@ pub mod command_client;
 pub mod due;
 /// Side-effect workers (realtime).
 pub mod effects;
+/// `/health/live` and `/health/ready` (on `PROJECTOR_PORT`).
+pub mod health;
 /// Admin users and their login history.
 pub mod identity;
 /// Webhooks, catalogs and payments.
@@ -172,6 +174,13 @@ pub struct Config {
     /// the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", global = true, hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// Port of the projector's health endpoints (`/health/live`, `/health/ready`: PostgreSQL
+    /// answers and NATS is connected), on `HOST`; none without it.
+    #[arg(long, env = "PROJECTOR_PORT", global = true)]
+    pub port: Option<u16>,
+    /// Address the health endpoints listen on.
+    #[arg(long, env = "HOST", global = true, default_value = "0.0.0.0")]
+    pub host: std::net::IpAddr,
     /// What to do (default: run every projection).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -362,12 +371,20 @@ pub async fn run(
         .check(config.allow_dev_secrets)
         .map_err(Error::Config)?;
     let pool = config.pool().await?;
+    // The bus may be down: every worker waits for it (reconnecting with back-off), and
+    // readiness says so until it is up.
     let client = nats_url
-        .connect()
+        .connect_in_background()
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
     let js = async_nats::jetstream::new(client.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(port) = config.port {
+        let listener = tokio::net::TcpListener::bind((config.host, port))
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on port {port}: {e}")))?;
+        tasks.spawn(health::serve(listener, pool.clone(), client.clone()));
+    }
     for projection in projections(&config, Some(client), Some(pool.clone())) {
         let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
         tasks.spawn(async move { supervise(pool, js, config, projection).await });
@@ -395,22 +412,29 @@ pub async fn run(
                 config.sealing_key(secret),
                 Arc::new(events::clock::SystemClock),
             );
-            let sender = match sender::ensure_bridge_stream(
-                &js,
-                &config.whatsapp_bridge_stream,
-                &config.whatsapp_bridge_subject_prefix,
-            )
-            .await
-            {
-                Ok(()) => sender.with_bridge(sender::Bridge {
-                    js: js.clone(),
-                    prefix: config.whatsapp_bridge_subject_prefix.clone(),
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no bridge stream: bridge sessions' sends will be retried");
-                    sender
+            // Bridge sessions' sends go to the bridge stream, made sure of in the background
+            // (the bus may be down now): until it exists their sends fail and are retried.
+            let sender = sender.with_bridge(sender::Bridge {
+                js: js.clone(),
+                prefix: config.whatsapp_bridge_subject_prefix.clone(),
+            });
+            let (bridge_js, bridge_stream, bridge_prefix) = (
+                js.clone(),
+                config.whatsapp_bridge_stream.clone(),
+                config.whatsapp_bridge_subject_prefix.clone(),
+            );
+            tasks.spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                while let Err(e) =
+                    sender::ensure_bridge_stream(&bridge_js, &bridge_stream, &bridge_prefix).await
+                {
+                    tracing::warn!(error = %e, "no bridge stream yet: bridge sessions' sends are retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-            };
+                // Done: this task's work is over, but ending would end the projector.
+                std::future::pending::<()>().await
+            });
             tasks.spawn(async move { sender.run().await });
             for processor in [
                 due::DueProcessor::webhooks,

@@ -5,6 +5,7 @@
 //! tests run in parallel and repeat cleanly.
 
 mod audio;
+mod bus_down;
 mod chat;
 mod commands;
 mod e2e;

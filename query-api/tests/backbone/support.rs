@@ -237,6 +237,8 @@ impl TestEnv {
             whatsapp_bridge_subject_prefix: format!("{}_bridge", self.prefix),
             credentials_key: None,
             allow_dev_secrets: true,
+            port: None,
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             command: None,
         }
     }
