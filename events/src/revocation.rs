@@ -26,8 +26,8 @@ pub enum Refusal {
     /// Its user's role changed since it was issued.
     #[error("the user's role changed; refresh the token")]
     RoleChanged,
-    /// Its tenant is suspended.
-    #[error("the tenant is suspended")]
+    /// Its tenant is not active: suspended, turned down, or still awaiting approval.
+    #[error("the tenant is not active (suspended, rejected or awaiting approval)")]
     TenantSuspended,
     /// It is a chatbot user's, and the tenant switched its chatbot off.
     #[error("the tenant's chatbot is switched off")]
@@ -162,7 +162,8 @@ impl Revocations {
         }
     }
 
-    /// True while `tenant_id` is suspended.
+    /// True while `tenant_id` is not active (suspended, rejected or awaiting approval: the
+    /// `suspended` flag of `access_changes` means "not serving", migration 0039).
     pub fn is_suspended(&self, tenant_id: &str) -> bool {
         self.tenants.get(tenant_id).is_some_and(|t| t.suspended)
     }

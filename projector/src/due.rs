@@ -27,12 +27,12 @@ use uuid::Uuid;
 
 use crate::command_client::{CommandClient, Quiet};
 
-/// Rows of suspended tenants wait: nothing is sent, transcribed or processed for a tenant
-/// while it is suspended, and everything that waited goes out once it is reactivated (the
-/// rows stay due). Every due table has `tenant_id`; webhooks not yet tied to a tenant
+/// Rows of tenants that are not active wait: nothing is sent, transcribed or processed for a
+/// tenant while it is suspended, rejected or awaiting approval, and everything that waited
+/// goes out once it is (re)activated (the rows stay due). Every due table has `tenant_id`; webhooks not yet tied to a tenant
 /// (`platform`) are not held here.
-pub const TENANT_NOT_SUSPENDED: &str =
-    "tenant_id NOT IN (SELECT tenant_id FROM tenants WHERE status = 'suspended')";
+pub const TENANT_NOT_SUSPENDED: &str = "tenant_id NOT IN (SELECT tenant_id FROM tenants
+                   WHERE status IN ('suspended', 'pending', 'rejected'))";
 
 /// The longest sleep between steps.
 const MAX_IDLE: Duration = Duration::from_millis(500);

@@ -154,6 +154,12 @@ async fn check_placement(
     if !t.exists() {
         return Err(unknown_tenant());
     }
+    if t.is_rejected() {
+        return Err(Problem::unprocessable(
+            "tenant_rejected",
+            "The tenant's signup was turned down: it gets no users.",
+        ));
+    }
     // As the tenant spells it.
     match department {
         Some(d) => t

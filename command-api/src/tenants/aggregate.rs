@@ -128,6 +128,12 @@ impl Tenant {
             .map(String::as_str)
     }
 
+    /// True once the signup was turned down: nothing more happens to it, and it gets no
+    /// users.
+    pub fn is_rejected(&self) -> bool {
+        self.status == Some(Status::Rejected)
+    }
+
     /// True when its chatbot users may sign in by phone: approved, not suspended, and the
     /// chatbot not disabled in the preferences.
     pub fn accepts_phone_logins(&self) -> bool {

@@ -631,6 +631,122 @@ async fn a_suspended_tenant_is_locked_out_until_reactivated() {
     api.stop().await;
 }
 
+/// A tenant awaiting approval, or turned down, is locked out as a suspended one is: a super
+/// admin may make an admin for a pending tenant, but that admin cannot sign in or act until
+/// the tenant is approved; a rejected tenant gets no new users, and the ones it had are
+/// locked out.
+#[tokio::test]
+async fn pending_and_rejected_tenants_are_locked_out_like_suspended_ones() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let root = root_token(&env, &api).await;
+    let password = "a long and private password";
+    let signup = |slug: &'static str| {
+        let (env, api) = (&env, &api);
+        async move {
+            let answer = env
+                .http
+                .post(api.url("/v1/tenants/signup"))
+                .json(&crate::support::tenant_body(slug))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(answer.status(), 201);
+            answer.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        }
+    };
+    let make_admin = |tenant: String, email: &'static str| {
+        let (env, api, root) = (&env, &api, &root);
+        async move {
+            env.http
+                .post(api.url("/v1/admin-users"))
+                .bearer_auth(root)
+                .json(&json!({"email": email, "password": password, "tenant_id": tenant, "role": "tenant_admin"}))
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+
+    // Pending: the admin exists but cannot sign in, and a token minted for the tenant is
+    // refused on both APIs.
+    let pending = signup("awaiting-approval").await;
+    let email = "pat@pending.example";
+    assert_eq!(make_admin(pending.clone(), email).await.status(), 201);
+    expect_problem(
+        crate::identity::login(&env, &api, email, password).await,
+        403,
+        "tenant_suspended",
+    )
+    .await;
+    let minted = env.admin_of(&pending);
+    expect_problem(invite(&env, &api, &minted).await, 403, "tenant_suspended").await;
+    expect_problem(read(&env, &query, &minted).await, 403, "tenant_suspended").await;
+    // Approved: at once it works.
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{pending}/approve"),
+            json!({})
+        )
+        .await,
+        200
+    );
+    eventually(Duration::from_secs(1), "the login to work", || async {
+        let answer = crate::identity::login(&env, &api, email, password).await;
+        (answer.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(invite(&env, &api, &minted).await.status(), 201);
+
+    // Rejected: its admin (made while it was pending) is locked out, and it gets no more.
+    let turned_down = signup("turned-down").await;
+    let email = "rex@rejected.example";
+    assert_eq!(make_admin(turned_down.clone(), email).await.status(), 201);
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{turned_down}/reject"),
+            json!({"reason": "not a real business"})
+        )
+        .await,
+        200
+    );
+    expect_problem(
+        make_admin(turned_down.clone(), "another@rejected.example").await,
+        422,
+        "tenant_rejected",
+    )
+    .await;
+    expect_problem(
+        crate::identity::login(&env, &api, email, password).await,
+        403,
+        "tenant_suspended",
+    )
+    .await;
+    let minted = env.admin_of(&turned_down);
+    expect_problem(invite(&env, &api, &minted).await, 403, "tenant_suspended").await;
+    let open = env
+        .http
+        .post(api.url("/v1/chat/threads"))
+        .bearer_auth(env.agent_of(&turned_down))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(open, 403, "tenant_suspended").await;
+    query.stop().await;
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn a_tenant_that_switches_its_chatbot_off_stops_its_customers_tokens_at_once() {
     let env = TestEnv::new().await;
