@@ -55,6 +55,8 @@ impl DomainProblem for crate::identity::aggregate::AdminUserError {
             E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
             E::TenantRequired => Problem::unprocessable("tenant_required", detail),
             E::Inactive => Problem::unprocessable("user_inactive", detail),
+            E::SelfDeactivation => Problem::unprocessable("cannot_deactivate_self", detail),
+            E::LastSuperAdmin => Problem::unprocessable("last_super_admin", detail),
             E::Active => Problem::unprocessable("user_active", detail),
             E::WrongPassword => Problem::forbidden(detail),
             E::Locked => Problem::new(StatusCode::FORBIDDEN, "account_locked", detail),

@@ -38,6 +38,8 @@ pub enum AdminUserCommand {
     },
     /// Change the role.
     ChangeRole {
+        /// The user (the aggregate does not know its own id).
+        user_id: String,
         /// New role.
         role: Role,
     },
@@ -47,7 +49,12 @@ pub enum AdminUserCommand {
         department: Option<String>,
     },
     /// Stop the user signing in.
-    Deactivate,
+    Deactivate {
+        /// The user (the aggregate does not know its own id).
+        user_id: String,
+        /// Who asks: nobody deactivates themselves.
+        by: String,
+    },
     /// Let the user sign in again.
     Reactivate,
     /// The user changes their own password.
@@ -105,7 +112,7 @@ impl std::fmt::Debug for AdminUserCommand {
             AdminUserCommand::Create { .. } => "Create",
             AdminUserCommand::ChangeRole { .. } => "ChangeRole",
             AdminUserCommand::ChangeDepartment { .. } => "ChangeDepartment",
-            AdminUserCommand::Deactivate => "Deactivate",
+            AdminUserCommand::Deactivate { .. } => "Deactivate",
             AdminUserCommand::Reactivate => "Reactivate",
             AdminUserCommand::ChangePassword { .. } => "ChangePassword",
             AdminUserCommand::IssuePasswordReset { .. } => "IssuePasswordReset",
@@ -173,6 +180,13 @@ pub enum AdminUserError {
     /// 422: the user is deactivated.
     #[error("the admin user is deactivated")]
     Inactive,
+    /// 422: a user cannot deactivate themselves (another admin can).
+    #[error("you cannot deactivate yourself; another admin can")]
+    SelfDeactivation,
+    /// 422: the last active super admin cannot be deactivated or given another role: the
+    /// platform would have no one to administer it.
+    #[error("this is the last active super admin; make another one first")]
+    LastSuperAdmin,
     /// 422: the user is active.
     #[error("the admin user is active")]
     Active,
@@ -229,6 +243,27 @@ impl AdminUser {
             return Ok(vec![AdminUserEvent::LoginSucceeded { session_id, at }]);
         }
         Ok(self.wrong_password(at))
+    }
+
+    /// Refuses to take away the super admin role or activity of the last active super admin.
+    /// Two such changes racing each other are caught in their transaction (migration 0040
+    /// refuses the second as a serialization failure: retried, it is refused here).
+    async fn not_the_last_super_admin(
+        &self,
+        identity: &Identity,
+        user_id: &str,
+    ) -> Result<(), AdminUserError> {
+        if self.role != Some(Role::SuperAdmin) || !self.active {
+            return Ok(());
+        }
+        let others = identity
+            .other_active_super_admins(user_id)
+            .await
+            .map_err(AdminUserError::Unavailable)?;
+        if others == 0 {
+            return Err(AdminUserError::LastSuperAdmin);
+        }
+        Ok(())
     }
 
     /// A wrong password given at `at`: recorded, and the lock when it is one too many.
@@ -311,14 +346,15 @@ impl Aggregate for AdminUser {
                     credential: Some(credential),
                 }]
             }
-            AdminUserCommand::ChangeRole { role } => {
+            AdminUserCommand::ChangeRole { user_id, role } => {
                 self.require_exists()?;
-                if role != Role::SuperAdmin && self.tenant_id.is_none() {
-                    return Err(AdminUserError::TenantRequired);
-                }
                 if self.role == Some(role) {
                     vec![]
                 } else {
+                    self.not_the_last_super_admin(identity, &user_id).await?;
+                    if role != Role::SuperAdmin && self.tenant_id.is_none() {
+                        return Err(AdminUserError::TenantRequired);
+                    }
                     vec![AdminUserEvent::RoleChanged { role }]
                 }
             }
@@ -331,11 +367,16 @@ impl Aggregate for AdminUser {
                     vec![AdminUserEvent::DepartmentChanged { department }]
                 }
             }
-            AdminUserCommand::Deactivate => {
+            AdminUserCommand::Deactivate { user_id, by } => {
                 self.require_exists()?;
-                if !self.active {
-                    return Err(AdminUserError::Inactive);
+                if user_id == by {
+                    return Err(AdminUserError::SelfDeactivation);
                 }
+                // Already done: a retry converges (its sessions ended with the first).
+                if !self.active {
+                    return Ok(());
+                }
+                self.not_the_last_super_admin(identity, &user_id).await?;
                 vec![AdminUserEvent::Deactivated {}]
             }
             AdminUserCommand::Reactivate => {
@@ -761,6 +802,7 @@ mod tests {
         expect_events(
             vec![created()],
             AdminUserCommand::ChangeRole {
+                user_id: "u1".into(),
                 role: Role::TenantAdmin,
             },
             vec![],
@@ -768,7 +810,10 @@ mod tests {
         .await;
         expect_events(
             vec![created()],
-            AdminUserCommand::ChangeRole { role: Role::Agent },
+            AdminUserCommand::ChangeRole {
+                user_id: "u1".into(),
+                role: Role::Agent,
+            },
             vec![AdminUserEvent::RoleChanged { role: Role::Agent }],
         )
         .await;
@@ -796,18 +841,81 @@ mod tests {
         .await;
     }
 
+    fn deactivate() -> AdminUserCommand {
+        AdminUserCommand::Deactivate {
+            user_id: "u1".into(),
+            by: "admin".into(),
+        }
+    }
+
+    fn super_admin() -> AdminUserEvent {
+        AdminUserEvent::Created {
+            email: "root@platform.io".into(),
+            tenant_id: None,
+            role: Role::SuperAdmin,
+            department: None,
+            credential: None,
+        }
+    }
+
+    /// Services that know the active super admins `ids`.
+    fn with_super_admins(ids: &[&str]) -> Identity {
+        let memory = MemoryIdentity::default();
+        if let Ok(mut s) = memory.super_admins.lock() {
+            s.extend(ids.iter().map(|i| (*i).to_owned()));
+        }
+        Arc::new(memory)
+    }
+
+    #[tokio::test]
+    async fn deactivate_twice_records_it_once_so_a_retry_converges() {
+        expect_events(
+            vec![created(), AdminUserEvent::Deactivated {}],
+            deactivate(),
+            vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deactivate_oneself_is_refused() {
+        expect_error(
+            vec![created()],
+            AdminUserCommand::Deactivate {
+                user_id: "u1".into(),
+                by: "u1".into(),
+            },
+            AdminUserError::SelfDeactivation,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deactivate_or_demote_the_last_super_admin_is_refused() {
+        let demote = || AdminUserCommand::ChangeRole {
+            user_id: "u1".into(),
+            role: Role::TenantAdmin,
+        };
+        for command in [deactivate(), demote()] {
+            TestFramework::<AdminUser>::with(with_super_admins(&["u1"]))
+                .given(vec![super_admin()])
+                .when_async(command)
+                .await
+                .then_expect_error(AdminUserError::LastSuperAdmin);
+        }
+        TestFramework::<AdminUser>::with(with_super_admins(&["u1", "u2"]))
+            .given(vec![super_admin()])
+            .when_async(deactivate())
+            .await
+            .then_expect_events(vec![AdminUserEvent::Deactivated {}]);
+    }
+
     #[tokio::test]
     async fn deactivate_and_reactivate_alternate() {
         expect_events(
             vec![created()],
-            AdminUserCommand::Deactivate,
+            deactivate(),
             vec![AdminUserEvent::Deactivated {}],
-        )
-        .await;
-        expect_error(
-            vec![created(), AdminUserEvent::Deactivated {}],
-            AdminUserCommand::Deactivate,
-            AdminUserError::Inactive,
         )
         .await;
         expect_events(

@@ -234,7 +234,10 @@ async fn change_role(
         &ids,
         &id,
         &user,
-        AdminUserCommand::ChangeRole { role: body.role },
+        AdminUserCommand::ChangeRole {
+            user_id: id.clone(),
+            role: body.role,
+        },
     )
     .await
 }
@@ -273,7 +276,11 @@ async fn deactivate(
     let (id, user) = managed(&state, &who, &id, None).await?;
     // Its sessions end with it, in the event's transaction (migration 0024): no refresh,
     // and introspection answers inactive.
-    run(&state, &who, &ids, &id, &user, AdminUserCommand::Deactivate).await
+    let command = AdminUserCommand::Deactivate {
+        user_id: id.clone(),
+        by: who.user_id().to_owned(),
+    };
+    run(&state, &who, &ids, &id, &user, command).await
 }
 
 async fn reactivate(

@@ -26,6 +26,9 @@ pub trait IdentityServices: Send + Sync {
     async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String>;
     /// True if `password` is `user_id`'s password.
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String>;
+    /// How many active super admins there are besides `user_id` (`admin_roles`, kept in the
+    /// transaction of each role or activity change: migration 0040).
+    async fn other_active_super_admins(&self, user_id: &str) -> Result<i64, String>;
 }
 
 /// argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum), off the
@@ -76,6 +79,17 @@ pub struct PgIdentity {
 
 #[async_trait]
 impl IdentityServices for PgIdentity {
+    async fn other_active_super_admins(&self, user_id: &str) -> Result<i64, String> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM admin_roles
+              WHERE role = 'super_admin' AND active AND user_id <> $1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+
     async fn reserve_email(
         &self,
         email: &str,
@@ -148,11 +162,23 @@ pub struct MemoryIdentity {
     pub passwords: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Passwords staged so far.
     pub staged: std::sync::atomic::AtomicU64,
+    /// Active super admins.
+    pub super_admins: std::sync::Mutex<Vec<String>>,
 }
 
 #[cfg(test)]
 #[async_trait]
 impl IdentityServices for MemoryIdentity {
+    async fn other_active_super_admins(&self, user_id: &str) -> Result<i64, String> {
+        Ok(self
+            .super_admins
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|u| *u != user_id)
+            .count() as i64)
+    }
+
     async fn reserve_email(
         &self,
         email: &str,

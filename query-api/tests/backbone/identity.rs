@@ -1374,3 +1374,250 @@ async fn an_admin_user_cannot_take_a_chatbot_users_id() {
     query.stop().await;
     api.stop().await;
 }
+
+/// A POST with a bearer token.
+async fn post(
+    env: &TestEnv,
+    api: &Service,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    env.http
+        .post(api.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Nobody deactivates themselves, the last active super admin can be neither deactivated
+/// nor demoted, and deactivating a user twice converges (a retry after a lost answer).
+#[tokio::test]
+async fn nobody_deactivates_themselves_and_the_last_super_admin_stays() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let root_id = introspect(&env, &api, &root).await["sub"]
+        .as_str()
+        .expect("sub")
+        .to_owned();
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{root_id}/deactivate"),
+            json!({}),
+        )
+        .await,
+        422,
+        "cannot_deactivate_self",
+    )
+    .await;
+    // The only super admin cannot hand the role away either.
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/admin-users/{root_id}/role"),
+            json!({"role": "agent"}),
+        )
+        .await,
+        422,
+        "last_super_admin",
+    )
+    .await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "last-root").await;
+    // A second super admin; then the first may go, and the second is the last.
+    let second = post(
+        &env,
+        &api,
+        &root,
+        "/v1/admin-users",
+        json!({"email": "second@platform.example", "password": "a second long password", "role": "super_admin"}),
+    )
+    .await;
+    assert_eq!(second.status(), 201);
+    let second_id = second.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let second_token = tokens(
+        &env,
+        &api,
+        "second@platform.example",
+        "a second long password",
+    )
+    .await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let deactivate_root = format!("/v1/admin-users/{root_id}/deactivate");
+    assert_eq!(
+        post(&env, &api, &second_token, &deactivate_root, json!({}))
+            .await
+            .status(),
+        200
+    );
+    // Again, as a client whose answer was lost would: the same outcome, nothing appended.
+    let before = env.event_count().await;
+    assert_eq!(
+        post(&env, &api, &second_token, &deactivate_root, json!({}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(env.event_count().await, before);
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &second_token,
+            &format!("/v1/admin-users/{second_id}/role"),
+            json!({"role": "tenant_admin"}),
+        )
+        .await,
+        422,
+        "last_super_admin",
+    )
+    .await;
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &second_token,
+            &format!("/v1/admin-users/{second_id}/deactivate"),
+            json!({}),
+        )
+        .await,
+        422,
+        "cannot_deactivate_self",
+    )
+    .await;
+    // After a restart with the same bootstrap settings, a super admin can still sign in.
+    api.stop().await;
+    let api = with_root(&env).await;
+    assert_eq!(
+        login(
+            &env,
+            &api,
+            "second@platform.example",
+            "a second long password"
+        )
+        .await
+        .status(),
+        200
+    );
+    // A tenant admin cannot deactivate themselves either.
+    let admin = post(
+        &env,
+        &api,
+        &second_token,
+        "/v1/admin-users",
+        json!({"email": "ta@last-root.example", "password": "a tenant admin password", "tenant_id": tenant, "role": "tenant_admin"}),
+    )
+    .await;
+    assert_eq!(admin.status(), 201);
+    let admin_id = admin.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let admin_token = tokens(
+        &env,
+        &api,
+        "ta@last-root.example",
+        "a tenant admin password",
+    )
+    .await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &admin_token,
+            &format!("/v1/admin-users/{admin_id}/deactivate"),
+            json!({}),
+        )
+        .await,
+        422,
+        "cannot_deactivate_self",
+    )
+    .await;
+    api.stop().await;
+}
+
+/// Two super admins deactivating each other at the same moment each see the other still
+/// active: the store lets only the first through, and the second fails as a serialization
+/// failure (503, and refused with `last_super_admin` when retried).
+#[tokio::test]
+async fn two_super_admins_deactivating_each_other_at_once_leave_one() {
+    let env = TestEnv::new().await;
+    let append = |user: &'static str, sequence: i64, event: &'static str, body: Value| {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('admin_user', $1, $2, $3, '1.0', jsonb_build_object($3::text, $4::jsonb), '{\"tenant_id\": \"platform\"}')",
+        )
+        .bind(user)
+        .bind(sequence)
+        .bind(event)
+        .bind(body)
+    };
+    for user in ["ann", "bob"] {
+        append(
+            user,
+            1,
+            "Created",
+            json!({"email": format!("{user}@platform.example"), "role": "super_admin"}),
+        )
+        .execute(&env.pool)
+        .await
+        .expect("created");
+    }
+    let mut first = env.pool.begin().await.expect("tx");
+    append("ann", 2, "Deactivated", json!({}))
+        .execute(&mut *first)
+        .await
+        .expect("bob deactivates ann");
+    let pool = env.pool.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = pool.begin().await.expect("tx");
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('admin_user', 'bob', 2, 'Deactivated', '1.0', '{\"Deactivated\": {}}', '{\"tenant_id\": \"platform\"}')",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    });
+    // The second waits for the first.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second change waits for the first"
+    );
+    first.commit().await.expect("the first goes through");
+    let refused = second
+        .await
+        .expect("joined")
+        .expect_err("the second would leave no super admin");
+    let code = refused
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some("40001"),
+        "a retryable failure: {refused}"
+    );
+    let active: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM admin_roles WHERE role = 'super_admin' AND active")
+            .fetch_all(&env.pool)
+            .await
+            .expect("roles");
+    assert_eq!(active, vec!["bob".to_owned()]);
+}
