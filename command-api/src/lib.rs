@@ -468,11 +468,14 @@ async fn expire_old_records(pool: PgPool) {
     loop {
         // Keys are kept a day; so are staged passwords and sessions whose command never
         // committed (migration 0024: a committed one is taken by its event).
+        // An expired key is already a new key when claimed (`http::idempotency`): the purge
+        // only keeps the table small.
+        let keys = format!(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '{}'",
+            http::idempotency::KEY_LIFETIME
+        );
         for (what, statement) in [
-            (
-                "idempotency keys",
-                "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
-            ),
+            ("idempotency keys", keys.as_str()),
             (
                 "staged passwords",
                 "DELETE FROM admin_credential_changes WHERE staged_at < now() - interval '24 hours'",

@@ -228,7 +228,12 @@ async fn upload(
         .map(KeyedRequest::derived_id)
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
-    let object_key = format!("tenants/{tenant}/audio/{id}.{extension}");
+    // A name of this attempt's own: an upload the aggregate then refuses (the id is taken)
+    // cannot have overwritten the file an earlier upload stored.
+    let object_key = format!(
+        "tenants/{tenant}/audio/{id}/{}.{extension}",
+        Uuid::now_v7().simple()
+    );
     let path = object_store::path::Path::from(object_key.as_str());
     // Streamed: each chunk goes on to the store (in parts) as it arrives, never the whole
     // file in memory.
@@ -304,7 +309,14 @@ async fn upload(
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state.audio.execute(&id, None, command, &metadata).await?;
+    let c = match state.audio.execute(&id, None, command, &metadata).await {
+        Ok(c) => c,
+        Err(e) => {
+            // No event names the file: it is nobody's.
+            let _ = state.blobs.delete(&path).await;
+            return Err(e.into());
+        }
+    };
     Ok(accepted(
         StatusCode::CREATED,
         AUDIO,

@@ -23,6 +23,10 @@
 //!   replayed, and the command does not run again.
 //! - A command that opens an aggregate without naming its id gets an id derived from the
 //!   key ([`KeyedRequest::derived_id`]), so a retry opens the same aggregate, not a second.
+//! - A key lives [`KEY_LIFETIME`] from its last use. After that it is a new key, exactly as
+//!   one never seen — whether or not the hourly purge has removed its row yet: claiming it
+//!   replaces the row and draws a new nonce, which ids derived from the key include, so the
+//!   request opens a new aggregate rather than finding the old one.
 //! - A caller without a working token has its key honoured only where anyone may write
 //!   ([`ANONYMOUS`]: a tenant's sign-up), scoped by its client address, with a small body,
 //!   and only a success is kept (a refusal — the per-address sign-up limit — leaves no row);
@@ -64,6 +68,9 @@ const KEPT_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ETAG, heade
 /// abandoned.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// How long a key is remembered after its last use (PostgreSQL interval text).
+pub(crate) const KEY_LIFETIME: &str = "24 hours";
+
 /// Put in the request's extensions for handlers when the request carries a key.
 #[derive(Debug, Clone)]
 pub struct KeyedRequest {
@@ -71,13 +78,21 @@ pub struct KeyedRequest {
     scope: String,
     /// The key.
     key: String,
+    /// Drawn when the key was claimed (again after it expired); `None` for a key claimed
+    /// before nonces were kept.
+    nonce: Option<uuid::Uuid>,
 }
 
 impl KeyedRequest {
     /// A stable id for the aggregate a keyed command opens: every retry of the request
-    /// derives the same one.
+    /// derives the same one while the key lives, and a key used again after it expired
+    /// derives another.
     pub fn derived_id(&self) -> uuid::Uuid {
-        let name = format!("{}\u{0}{}", self.scope, self.key);
+        let mut name = format!("{}\u{0}{}", self.scope, self.key);
+        if let Some(nonce) = self.nonce {
+            name.push('\u{0}');
+            name.push_str(&nonce.to_string());
+        }
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
     }
 }
@@ -157,13 +172,13 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         attempt,
         keep_refusals: !anonymous,
     };
-    match claim.take(&state, &hash).await {
-        Ok(Taken::Claimed) => {}
+    let nonce = match claim.take(&state, &hash).await {
+        Ok(Taken::Claimed(nonce)) => nonce,
         Ok(Taken::Replay(response)) => return response,
         Ok(Taken::Refused(problem)) => return problem.into_response(),
         Err(e) => return Problem::unavailable(&e).into_response(),
-    }
-    parts.extensions.insert(KeyedRequest { scope, key });
+    };
+    parts.extensions.insert(KeyedRequest { scope, key, nonce });
     // Everything from here runs in its own task: a client that hangs up must not cancel a
     // command between its commit and the record of its answer.
     let request = Request::from_parts(parts, body);
@@ -267,7 +282,8 @@ struct Claim {
 }
 
 enum Taken {
-    Claimed,
+    /// This attempt holds the key, with the key's nonce.
+    Claimed(Option<uuid::Uuid>),
     Replay(Response),
     Refused(Problem),
 }
@@ -283,41 +299,54 @@ struct Stored {
     request_id: Option<String>,
     /// Its attempt ended without a storable answer, or its heartbeat stopped.
     takeable: bool,
+    /// Drawn when the key was claimed.
+    nonce: Option<uuid::Uuid>,
+    /// Last used longer ago than [`KEY_LIFETIME`]: a new key.
+    expired: bool,
 }
 
 impl Claim {
     /// Claims the key, or says why not, or finds the answer to replay.
     async fn take(&self, state: &AppState, hash: &[u8]) -> Result<Taken, sqlx::Error> {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, request_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
+        // A new key, or one whose lifetime is over (replaced whole: as if never seen).
+        let nonce = uuid::Uuid::new_v4();
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO idempotency_keys AS k (scope, key, request_hash, request_id, nonce)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scope, key) DO UPDATE
+                SET request_hash = EXCLUDED.request_hash, request_id = EXCLUDED.request_id,
+                    nonce = EXCLUDED.nonce, status = NULL, headers = NULL, body = NULL,
+                    released = false, created_at = now()
+              WHERE k.created_at < now() - interval '{KEY_LIFETIME}'"
+        ))
         .bind(&self.scope)
         .bind(&self.key)
         .bind(hash)
         .bind(&self.attempt)
+        .bind(nonce)
         .execute(&state.relaxed_pool)
         .await?
         .rows_affected();
         if inserted == 1 {
-            return Ok(Taken::Claimed);
+            return Ok(Taken::Claimed(Some(nonce)));
         }
         // Taking over and looking for the earlier attempt's events is one transaction, so
         // the earlier attempt's id is never forgotten before it has been looked for.
         let mut conn = state.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let stored: Option<Stored> = sqlx::query_as(
-            "SELECT request_hash, status, headers, body, request_id,
-                    (released OR created_at < now() - interval '1 minute') AS takeable
+        let stored: Option<Stored> = sqlx::query_as(&format!(
+            "SELECT request_hash, status, headers, body, request_id, nonce,
+                    (released OR created_at < now() - interval '1 minute') AS takeable,
+                    created_at < now() - interval '{KEY_LIFETIME}' AS expired
                FROM idempotency_keys WHERE scope = $1 AND key = $2
-                FOR UPDATE",
-        )
+                FOR UPDATE"
+        ))
         .bind(&self.scope)
         .bind(&self.key)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(stored) = stored else {
-            // Expired between our insert and select: claim again.
+        let Some(stored) = stored.filter(|s| !s.expired) else {
+            // Purged, or expired, between our insert and select: claim again.
             drop(tx);
             return Box::pin(self.take(state, hash)).await;
         };
@@ -365,7 +394,7 @@ impl Claim {
                 .bind(&self.attempt)
                 .execute(&mut *tx)
                 .await?;
-                Taken::Claimed
+                Taken::Claimed(stored.nonce)
             }
         };
         tx.commit().await?;
@@ -662,16 +691,21 @@ mod tests {
     }
 
     #[test]
-    fn derived_ids_are_stable_per_scope_and_key() {
-        let k = |scope: &str, key: &str| {
+    fn derived_ids_are_stable_per_scope_key_and_lifetime_of_the_key() {
+        let (one, two) = (Some(uuid::Uuid::new_v4()), Some(uuid::Uuid::new_v4()));
+        let k = |scope: &str, key: &str, nonce: Option<uuid::Uuid>| {
             KeyedRequest {
                 scope: scope.into(),
                 key: key.into(),
+                nonce,
             }
             .derived_id()
         };
-        assert_eq!(k("u /v1/tenants", "a"), k("u /v1/tenants", "a"));
-        assert_ne!(k("u /v1/tenants", "a"), k("v /v1/tenants", "a"));
-        assert_ne!(k("u /v1/tenants", "a"), k("u /v1/tenants", "b"));
+        assert_eq!(k("u /v1/tenants", "a", one), k("u /v1/tenants", "a", one));
+        assert_ne!(k("u /v1/tenants", "a", one), k("v /v1/tenants", "a", one));
+        assert_ne!(k("u /v1/tenants", "a", one), k("u /v1/tenants", "b", one));
+        // The same key used again after it expired is a new key.
+        assert_ne!(k("u /v1/tenants", "a", one), k("u /v1/tenants", "a", two));
+        assert_ne!(k("u /v1/tenants", "a", one), k("u /v1/tenants", "a", None));
     }
 }

@@ -215,13 +215,18 @@ async fn an_upload_is_transcribed_once_and_its_transcript_posted_in_a_thread() {
         .as_str()
         .expect("id")
         .to_owned();
-    let stored = std::fs::read(
-        studio
-            .env
-            .blob_dir
-            .join(format!("tenants/{}/audio/{id}.mp3", studio.tenant)),
-    )
-    .expect("stored in the blob store");
+    // Under a name of the upload's own, inside the file's folder.
+    let folder = studio
+        .env
+        .blob_dir
+        .join(format!("tenants/{}/audio/{id}", studio.tenant));
+    let files: Vec<_> = std::fs::read_dir(&folder)
+        .expect("stored in the blob store")
+        .map(|f| f.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("mp3"));
+    let stored = std::fs::read(&files[0]).expect("readable");
     assert_eq!(stored, audio);
 
     Mock::given(method("POST"))
@@ -529,6 +534,46 @@ async fn uploads_are_limited_typed_and_private() {
     .await
     .expect("count");
     assert_eq!(uploaded, 1);
+    // A day later the key is a new key: another file under it is a new audio file, and the
+    // first one's stored bytes are untouched.
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
+          WHERE key = 'voice-note-1'",
+    )
+    .execute(&studio.env.pool)
+    .await
+    .expect("aged");
+    let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 4096, 9))
+        .file_name("next")
+        .mime_str("audio/ogg")
+        .expect("mime");
+    let next = studio
+        .env
+        .http
+        .post(studio.api.url("/v1/audio"))
+        .bearer_auth(&studio.admin)
+        .header("idempotency-key", "voice-note-1")
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(next.status(), 201);
+    assert_ne!(next.json::<Value>().await.expect("json")["id"], first["id"]);
+    let (object_key, sha256): (String, String) = sqlx::query_as(
+        "SELECT payload->'AudioUploaded'->>'object_key', payload->'AudioUploaded'->>'sha256'
+           FROM events WHERE aggregate_type = 'audio' AND aggregate_id = $1
+            AND event_type = 'AudioUploaded'",
+    )
+    .bind(first["id"].as_str().expect("id"))
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("the first upload");
+    let stored = std::fs::read(studio.env.blob_dir.join(&object_key)).expect("the first file");
+    assert_eq!(
+        events::hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&stored)),
+        sha256,
+        "the first file is as it was uploaded"
+    );
 
     // A chatbot user uploads a voice note: they and their tenant's staff read it, nobody
     // else.

@@ -699,6 +699,32 @@ async fn a_lost_answer_to_a_keyed_message_is_recovered_with_the_message_id() {
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.json::<Value>().await.expect("json"), first);
     assert_eq!(env.event_count().await, events, "not sent twice");
+    // A day later the key is a new key: another text under it is a new message, not the
+    // old one's answer with the text dropped.
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'msg-1'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("aged");
+    let later = env
+        .http
+        .post(api.url(&format!("/v1/chat/threads/{thread}/messages")))
+        .bearer_auth(&customer)
+        .header("idempotency-key", "msg-1")
+        .json(&json!({"text": "the next day"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(later.status(), 201);
+    assert!(later.headers().get("idempotent-replayed").is_none());
+    let later: Value = later.json().await.expect("json");
+    assert_ne!(later["message_id"], first["message_id"]);
+    assert_eq!(
+        env.event_count().await,
+        events + 1,
+        "the new message is stored"
+    );
     api.stop().await;
 }
 

@@ -901,14 +901,70 @@ async fn a_keyed_create_without_an_id_opens_the_tenant_its_key_names() {
         .as_str()
         .expect("id")
         .to_owned();
-    // Every retry of this request (same caller, route and key) derives the same id, so a
-    // retry after a failed first attempt opens this tenant, not a second one whose slug
-    // the first attempt's reservation would block.
+    // Every retry of this request (same caller, route and key, while the key lives) derives
+    // the same id, so a retry after a failed first attempt opens this tenant, not a second
+    // one whose slug the first attempt's reservation would block.
+    let nonce: uuid::Uuid =
+        sqlx::query_scalar("SELECT nonce FROM idempotency_keys WHERE key = 'open-acme'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("the key's nonce");
     let expected = uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_OID,
-        "root-admin /v1/tenants\u{0}open-acme".as_bytes(),
+        format!("root-admin /v1/tenants\u{0}open-acme\u{0}{nonce}").as_bytes(),
     );
     assert_eq!(id, expected.to_string());
+    api.stop().await;
+}
+
+/// After its 24 hours a key is a new key, exactly as one never seen — before the hourly purge
+/// has removed it and after: the same key opens a new tenant, with the new request's body.
+#[tokio::test]
+async fn an_expired_idempotency_key_is_a_new_key() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let create = |slug: &'static str| {
+        env.http
+            .post(api.url("/v1/tenants"))
+            .bearer_auth(env.super_admin())
+            .header("idempotency-key", "daily-tenant")
+            .json(&tenant_body(slug))
+            .send()
+    };
+    let id_of = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 201, "a new key opens a new tenant");
+        assert!(r.headers().get("idempotent-replayed").is_none());
+        r.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let first = id_of(create("first-day").await.expect("sent")).await;
+    // Within its lifetime, another body under the key is refused.
+    expect_problem(
+        create("second-day").await.expect("sent"),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    // 25 hours later, before the purge ran.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&env.pool)
+        .await
+        .expect("aged");
+    let second = id_of(create("second-day").await.expect("sent")).await;
+    assert_ne!(second, first);
+    // And after the purge ran.
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&env.pool)
+        .await
+        .expect("purged");
+    let third = id_of(create("third-day").await.expect("sent")).await;
+    assert_ne!(third, first);
+    assert_ne!(third, second);
+    // Within the new lifetime, the key replays its own answer.
+    let replayed = create("third-day").await.expect("sent");
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
     api.stop().await;
 }
 
