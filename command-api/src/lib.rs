@@ -477,6 +477,10 @@ async fn expire_old_records(pool: PgPool) {
         for (what, statement) in [
             ("idempotency keys", keys.as_str()),
             (
+                "staged password resets",
+                "DELETE FROM admin_password_reset_staging WHERE staged_at < now() - interval '24 hours'",
+            ),
+            (
                 "staged passwords",
                 "DELETE FROM admin_credential_changes WHERE staged_at < now() - interval '24 hours'",
             ),

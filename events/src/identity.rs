@@ -92,6 +92,10 @@ pub enum AdminUserEvent {
     PasswordResetIssued {
         /// When the token stops working.
         expires_at: DateTime<Utc>,
+        /// The staged reset the event stores and sends in its transaction (the token's hash
+        /// and its e-mail, outside events; migration 0042). Absent on earlier events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reset: Option<String>,
     },
     /// The user set a new password with a reset token. Appending it makes the staged hash
     /// the password and ends every session of the user (migration 0024).

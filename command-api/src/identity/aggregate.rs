@@ -70,10 +70,14 @@ pub enum AdminUserCommand {
         /// When (a wrong current password counts toward the lockout, like a failed login).
         at: DateTime<Utc>,
     },
-    /// Record that a reset token was issued (the token is stored by the caller).
+    /// Record that a reset token was issued. The caller staged the token's hash and its
+    /// e-mail under `reset`; appending the event stores the one and sends the other
+    /// (migration 0042).
     IssuePasswordReset {
         /// When it expires.
         expires_at: DateTime<Utc>,
+        /// The staged reset.
+        reset: String,
     },
     /// Set a new password with a reset token the caller has checked and spent.
     ResetPassword {
@@ -328,7 +332,7 @@ impl Aggregate for AdminUser {
                     return Err(AdminUserError::TenantRequired);
                 }
                 if !identity
-                    .reserve_email(&email, &user_id, tenant_id.as_deref())
+                    .email_is_free(&email, &user_id)
                     .await
                     .map_err(unavailable)?
                 {
@@ -420,12 +424,15 @@ impl Aggregate for AdminUser {
                     credential: Some(credential),
                 }]
             }
-            AdminUserCommand::IssuePasswordReset { expires_at } => {
+            AdminUserCommand::IssuePasswordReset { expires_at, reset } => {
                 self.require_exists()?;
                 if !self.active {
                     return Err(AdminUserError::Inactive);
                 }
-                vec![AdminUserEvent::PasswordResetIssued { expires_at }]
+                vec![AdminUserEvent::PasswordResetIssued {
+                    expires_at,
+                    reset: Some(reset),
+                }]
             }
             AdminUserCommand::ResetPassword { user_id, new } => {
                 self.require_exists()?;
@@ -655,12 +662,11 @@ mod tests {
 
     #[tokio::test]
     async fn create_with_an_email_of_another_user_is_refused() {
-        let identity = identity();
-        identity
-            .reserve_email("bob@acme.io", "someone", None)
-            .await
-            .ok();
-        TestFramework::<AdminUser>::with(identity)
+        let memory = MemoryIdentity::default();
+        if let Ok(mut emails) = memory.emails.lock() {
+            emails.insert("bob@acme.io".into(), "someone".into());
+        }
+        TestFramework::<AdminUser>::with(Arc::new(memory) as Identity)
             .given_no_previous_events()
             .when_async(create("bob@acme.io", PASSWORD, Some("t1"), Role::Agent))
             .await
@@ -1027,10 +1033,24 @@ mod tests {
         ];
         reset_then_login.truncate(3);
         expect_events(reset_then_login, login(PASSWORD, 1), vec![succeeded(1)]).await;
+        let issue = || AdminUserCommand::IssuePasswordReset {
+            expires_at: at(60),
+            reset: "r1".into(),
+        };
         expect_error(
             vec![created(), AdminUserEvent::Deactivated {}],
-            AdminUserCommand::IssuePasswordReset { expires_at: at(60) },
+            issue(),
             AdminUserError::Inactive,
+        )
+        .await;
+        // The event names the staged reset its transaction stores and sends.
+        expect_events(
+            vec![created()],
+            issue(),
+            vec![AdminUserEvent::PasswordResetIssued {
+                expires_at: at(60),
+                reset: Some("r1".into()),
+            }],
         )
         .await;
     }

@@ -306,37 +306,44 @@ async fn issue_password_reset(
 ) -> Result<Response, Problem> {
     let (id, user) = managed(&state, &who, &id, None).await?;
     let expires_at = chrono::Utc::now() + RESET_TTL;
-    let metadata = user_metadata(user.tenant_id.as_deref(), actor(&who), &ids);
-    let c = state
-        .admins
-        .execute(
-            &id,
-            None,
-            AdminUserCommand::IssuePasswordReset { expires_at },
-            &metadata,
-        )
-        .await?;
+    // The token's hash and its e-mail are staged; appending the event stores the one and
+    // sends the other in its own transaction (migration 0042), so a failure anywhere leaves
+    // neither an event without its token nor a token without its event, and a retry
+    // converges.
     let token = super::sessions::new_token();
-    sqlx::query(
-        "INSERT INTO admin_password_resets (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-    )
-    .bind(super::sessions::hash(&token))
-    .bind(&id)
-    .bind(expires_at)
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    let reset = Uuid::new_v4().to_string();
     let body = format!(
         "An administrator started a password reset for your account. Use this one-time token within an hour at POST /auth/admin/password-reset: {token}"
     );
-    let cause = events::subject::message_id(events::identity::ADMIN_USER, &id, c.version);
     let tenant = user
         .tenant_id
         .as_deref()
         .unwrap_or(events::identity::PLATFORM_TENANT);
-    crate::comms::capture_email(&state.pool, tenant, &user.email, &body, &cause)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
+    sqlx::query(
+        "INSERT INTO admin_password_reset_staging
+                (reset_id, user_id, token_hash, expires_at, tenant_id, recipient, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&reset)
+    .bind(&id)
+    .bind(super::sessions::hash(&token))
+    .bind(expires_at)
+    .bind(tenant)
+    .bind(&user.email)
+    .bind(&body)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let metadata = user_metadata(user.tenant_id.as_deref(), actor(&who), &ids);
+    state
+        .admins
+        .execute(
+            &id,
+            None,
+            AdminUserCommand::IssuePasswordReset { expires_at, reset },
+            &metadata,
+        )
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"id": id, "expires_in": RESET_TTL.num_seconds()})),

@@ -12,13 +12,11 @@ use sqlx::PgPool;
 /// E-mail reservations and password hashes.
 #[async_trait]
 pub trait IdentityServices: Send + Sync {
-    /// Reserves a login e-mail (lower-cased) for `user_id`; `Ok(false)` if another user has it.
-    async fn reserve_email(
-        &self,
-        email: &str,
-        user_id: &str,
-        tenant_id: Option<&str>,
-    ) -> Result<bool, String>;
+    /// Whether a login e-mail (lower-cased) is free for `user_id`: no other user that exists
+    /// holds it. The e-mail is taken in the transaction that appends the user's `Created`
+    /// (migration 0042), so a create that never commits holds nothing, and two creates racing
+    /// for one address cannot both commit.
+    async fn email_is_free(&self, email: &str, user_id: &str) -> Result<bool, String>;
     /// Hashes `password` and stages the hash for `user_id` under a fresh credential id,
     /// which it answers: the hash becomes the user's password in the transaction that
     /// appends the event naming that id (migration 0024), so a command that does not commit
@@ -90,32 +88,21 @@ impl IdentityServices for PgIdentity {
         .map_err(|e| e.to_string())
     }
 
-    async fn reserve_email(
-        &self,
-        email: &str,
-        user_id: &str,
-        tenant_id: Option<&str>,
-    ) -> Result<bool, String> {
-        // Like slugs: a reservation whose user was never created (the append failed) may be
-        // taken over after five minutes.
-        let row: Option<(String,)> = sqlx::query_as(
-            "INSERT INTO admin_emails (email, user_id, tenant_id) VALUES ($1, $2, $3)
-             ON CONFLICT (email) DO UPDATE
-                SET user_id = EXCLUDED.user_id, tenant_id = EXCLUDED.tenant_id, reserved_at = now()
-              WHERE admin_emails.user_id = EXCLUDED.user_id
-                 OR (admin_emails.reserved_at < now() - interval '5 minutes'
-                     AND NOT EXISTS (SELECT 1 FROM events e
-                                      WHERE e.aggregate_type = 'admin_user'
-                                        AND e.aggregate_id = admin_emails.user_id))
-             RETURNING user_id",
+    async fn email_is_free(&self, email: &str, user_id: &str) -> Result<bool, String> {
+        // A row whose user has no events is what a create that never committed left before
+        // reservations moved into the event's transaction: it holds nothing.
+        sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM admin_emails a
+                                 WHERE a.email = $1 AND a.user_id <> $2
+                                   AND EXISTS (SELECT 1 FROM events e
+                                                WHERE e.aggregate_type = 'admin_user'
+                                                  AND e.aggregate_id = a.user_id))",
         )
         .bind(email)
         .bind(user_id)
-        .bind(tenant_id)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await
-        .map_err(|e| e.to_string())?;
-        Ok(row.is_some())
+        .map_err(|e| e.to_string())
     }
 
     async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String> {
@@ -179,17 +166,9 @@ impl IdentityServices for MemoryIdentity {
             .count() as i64)
     }
 
-    async fn reserve_email(
-        &self,
-        email: &str,
-        user_id: &str,
-        _: Option<&str>,
-    ) -> Result<bool, String> {
-        let mut emails = self.emails.lock().map_err(|e| e.to_string())?;
-        Ok(emails
-            .entry(email.to_owned())
-            .or_insert_with(|| user_id.to_owned())
-            == user_id)
+    async fn email_is_free(&self, email: &str, user_id: &str) -> Result<bool, String> {
+        let emails = self.emails.lock().map_err(|e| e.to_string())?;
+        Ok(emails.get(email).is_none_or(|holder| holder == user_id))
     }
 
     /// Sets the password at once (no transaction to wait for here) and names it

@@ -1621,3 +1621,209 @@ async fn two_super_admins_deactivating_each_other_at_once_leave_one() {
             .expect("roles");
     assert_eq!(active, vec!["bob".to_owned()]);
 }
+
+/// Makes every insert into `table` fail as a briefly unavailable database does (SQLSTATE
+/// 55P03, transient: 503), until [`heal`].
+async fn break_inserts(env: &TestEnv, table: &str, when: &str) {
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected fault' USING ERRCODE = '55P03'; END; $$",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("fault function");
+    sqlx::query(&format!(
+        "CREATE TRIGGER test_fault BEFORE INSERT ON {table} FOR EACH ROW {when}
+         EXECUTE FUNCTION test_fault()"
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("fault trigger");
+}
+
+async fn heal(env: &TestEnv, table: &str) {
+    sqlx::query(&format!("DROP TRIGGER test_fault ON {table}"))
+        .execute(&env.pool)
+        .await
+        .expect("healed");
+}
+
+/// What must follow an event happens with it or not at all: a reset whose token could not be
+/// stored appends nothing and its retry sends one working token; an invitation that failed
+/// holds no e-mail, so its retry succeeds; a password change that failed changes nothing.
+#[tokio::test]
+async fn work_that_follows_an_event_is_never_half_done_and_retries_converge() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "converge").await;
+    let invite = || {
+        env.http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&json!({"email": "newcomer@converge.example", "password": "a long enough password", "tenant_id": tenant, "role": "agent"}))
+            .send()
+    };
+
+    // An invitation whose append fails takes no e-mail with it.
+    break_inserts(
+        &env,
+        "events",
+        "WHEN (NEW.aggregate_type = 'admin_user' AND NEW.event_type = 'Created')",
+    )
+    .await;
+    expect_problem(invite().await.expect("sent"), 503, "unavailable").await;
+    heal(&env, "events").await;
+    let made = invite().await.expect("sent");
+    assert_eq!(
+        made.status(),
+        201,
+        "the retry is not refused as email_taken"
+    );
+    let id = made.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        login(
+            &env,
+            &api,
+            "newcomer@converge.example",
+            "a long enough password"
+        )
+        .await
+        .status(),
+        200
+    );
+
+    // A reset whose token cannot be stored appends nothing and sends nothing.
+    let issue = || {
+        env.http
+            .post(api.url(&format!("/v1/admin-users/{id}/password-reset")))
+            .bearer_auth(&root)
+            .header("idempotency-key", "reset-newcomer")
+            .send()
+    };
+    let issued = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'PasswordResetIssued'",
+        )
+        .bind(&id)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+        n
+    };
+    let mail = || async {
+        let bodies: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM outbound_messages WHERE recipient = 'newcomer@converge.example'",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .expect("mail");
+        bodies
+    };
+    break_inserts(&env, "admin_password_resets", "").await;
+    expect_problem(issue().await.expect("sent"), 503, "unavailable").await;
+    assert_eq!(issued().await, 0, "no event without its token");
+    assert!(mail().await.is_empty(), "no e-mail without its event");
+    heal(&env, "admin_password_resets").await;
+    // The keyed retry converges: one event, one e-mail, one working token.
+    assert_eq!(issue().await.expect("sent").status(), 202);
+    assert_eq!(issued().await, 1);
+    let bodies = mail().await;
+    assert_eq!(bodies.len(), 1);
+    let token = bodies[0].rsplit(' ').next().expect("a token").to_owned();
+    let reset = env
+        .http
+        .post(api.url("/auth/admin/password-reset"))
+        .json(&json!({"token": token, "new_password": "a brand new password"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reset.status(), 204);
+
+    // A password change that fails changes nothing; its retry does it once.
+    let signed_in = tokens(
+        &env,
+        &api,
+        "newcomer@converge.example",
+        "a brand new password",
+    )
+    .await;
+    let access = signed_in["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let change = || {
+        env.http
+            .post(api.url("/auth/admin/password"))
+            .bearer_auth(&access)
+            .json(&json!({"current_password": "a brand new password", "new_password": "the third password"}))
+            .send()
+    };
+    break_inserts(&env, "admin_credentials", "").await;
+    expect_problem(change().await.expect("sent"), 503, "unavailable").await;
+    heal(&env, "admin_credentials").await;
+    assert_eq!(
+        login(
+            &env,
+            &api,
+            "newcomer@converge.example",
+            "the third password"
+        )
+        .await
+        .status(),
+        401,
+        "the failed change did not take"
+    );
+    assert_eq!(change().await.expect("sent").status(), 204);
+    let changed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'PasswordChanged'",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(changed, 1);
+    api.stop().await;
+}
+
+/// Eight invitations of one address at once: one user gets it, whatever the timing; the
+/// others are refused as `email_taken` (a 503 of one that raced is retried into that).
+#[tokio::test]
+async fn concurrent_invitations_of_one_address_make_one_user() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "racing").await;
+    let invite = || {
+        env.http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&json!({"email": "twice@racing.example", "password": "a long enough password", "tenant_id": tenant, "role": "agent"}))
+            .send()
+    };
+    let mut statuses: Vec<u16> = futures::future::join_all((0..8).map(|_| async {
+        let mut status = invite().await.expect("sent").status().as_u16();
+        for _ in 0..5 {
+            if status != 503 {
+                break;
+            }
+            status = invite().await.expect("sent").status().as_u16();
+        }
+        status
+    }))
+    .await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409, 409, 409, 409, 409, 409, 409]);
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE event_type = 'Created' AND payload->'Created'->>'email' = 'twice@racing.example'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(created, 1);
+    api.stop().await;
+}
