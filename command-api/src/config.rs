@@ -22,6 +22,20 @@ pub struct Config {
     /// Maximum PostgreSQL connections of this process.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Longest a statement of this process may run (ms) before PostgreSQL cancels it (503,
+    /// retry): a stuck statement cannot hold a connection for long.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_statement_timeout_ms: u64,
+    /// Longest a statement may wait for a lock (ms) before it gives up (503, retry): a table
+    /// locked elsewhere cannot make commands queue on it.
+    #[arg(long, env = "DB_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_lock_timeout_ms: u64,
+    /// Requests one route may have in flight at once in this process (default: three
+    /// quarters of `DB_MAX_CONNECTIONS`), so one hot or stuck route cannot take every
+    /// database connection; beyond, requests wait up to 10 s for their turn, then 503
+    /// `route_busy` with `Retry-After`.
+    #[arg(long, env = "ROUTE_CONCURRENCY")]
+    pub route_concurrency: Option<usize>,
     /// NATS server URL.
     /// NATS server URL, with this service's user (`nats://command-api:password@host:4222`).
     #[arg(

@@ -48,14 +48,15 @@ pub mod webhooks;
 pub mod whatsapp;
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::FromRef;
 use events::access::TokenKeys;
 use events::http::Metrics;
 use object_store::ObjectStore;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -258,11 +259,22 @@ impl Application {
     ) -> Result<Self, StartError> {
         let database_url = config.database_url()?;
         config.check_secrets()?;
+        // Migrations on a connection of their own: they may take longer than any command's
+        // statement is allowed to.
+        let mut migrating = PgConnection::connect(database_url).await?;
+        MIGRATOR.run(&mut migrating).await?;
+        migrating.close().await?;
+        let options = PgConnectOptions::from_str(database_url)?.options([
+            (
+                "statement_timeout",
+                format!("{}ms", config.db_statement_timeout_ms),
+            ),
+            ("lock_timeout", format!("{}ms", config.db_lock_timeout_ms)),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
-            .connect(database_url)
+            .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
         // The bus may be down: commands are taken all the same (the store is the source of
         // truth), readiness says NATS is not connected, and the relay creates the stream and
         // publishes what waited once it is up.
@@ -389,19 +401,27 @@ impl Application {
         let proxy_hops = state.proxy_hops;
         Ok(Self {
             listener,
-            router: http::router(state, config.max_body_bytes).layer(
-                axum::middleware::from_fn_with_state(
-                    config.http.in_flight(
-                        TokenKeys::new(config.auth_secret()?),
-                        access_for_limits,
-                        &[],
-                        Arc::new(move |peer, headers| {
-                            http::limits::client_ip_behind(proxy_hops, peer, headers)
-                        }),
-                    ),
-                    events::http::inflight::limit,
+            router: http::router(
+                state,
+                config.max_body_bytes,
+                Arc::new(http::concurrency::RouteLimits::new(
+                    config
+                        .route_concurrency
+                        .unwrap_or(config.db_max_connections as usize * 3 / 4),
+                    std::time::Duration::from_secs(10),
+                )),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                config.http.in_flight(
+                    TokenKeys::new(config.auth_secret()?),
+                    access_for_limits,
+                    &[],
+                    Arc::new(move |peer, headers| {
+                        http::limits::client_ip_behind(proxy_hops, peer, headers)
+                    }),
                 ),
-            ),
+                events::http::inflight::limit,
+            )),
             relay,
             timeouts: config.http.timeouts(),
         })

@@ -91,7 +91,10 @@ impl<E: DomainProblem> From<CommandError<E>> for Problem {
                 Problem::new(StatusCode::CONFLICT, "version_conflict", e.to_string())
             }
             CommandError::Contention => {
-                Problem::new(StatusCode::CONFLICT, "contention", e.to_string())
+                Problem::new(StatusCode::CONFLICT, "contention", e.to_string()).with_header(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                )
             }
             CommandError::Unavailable(cause) => Problem::unavailable(&cause),
             CommandError::Broken(incident) => Problem::incident(incident.code, incident.id),

@@ -360,11 +360,14 @@ impl Claim {
             return Ok(Taken::Replay(replay(status, stored.headers, stored.body)));
         }
         if !stored.takeable {
-            return Ok(Taken::Refused(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency_in_progress",
-                "A request with this Idempotency-Key is still being processed.",
-            )));
+            return Ok(Taken::Refused(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_in_progress",
+                    "A request with this Idempotency-Key is still being processed.",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            ));
         }
         let recovered = match &stored.request_id {
             Some(earlier) => recovered_answer(&mut tx, earlier).await?,

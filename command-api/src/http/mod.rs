@@ -1,5 +1,7 @@
 //! The HTTP surface of command-api.
 
+/// Requests in flight per route.
+pub mod concurrency;
 /// Command failures as problem+json.
 pub mod error;
 /// `Idempotency-Key` handling.
@@ -137,8 +139,12 @@ pub fn administered_tenant(
 }
 
 /// Every route, with the shared middleware.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    route_limits: std::sync::Arc<concurrency::RouteLimits>,
+) -> Router {
+    let routed = Router::new()
         .merge(crate::tenants::routes::router())
         .merge(crate::chat::routes::router())
         .merge(crate::payments::routes::router())
@@ -161,6 +167,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .layer(DefaultBodyLimit::max(max_body_bytes))
                 .layer(middleware::map_response(no_store)),
         )
+        .layer(middleware::from_fn_with_state(
+            route_limits,
+            concurrency::limit,
+        ));
+    routed
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -105,6 +105,17 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut req: Request, next: 
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
+    // Every 503 says when to come back, whichever layer answered it.
+    if response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE
+        && !response
+            .headers()
+            .contains_key(axum::http::header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+    }
     let status = response.status().as_u16();
     metrics.observe_http(method.as_str(), &route, status, elapsed);
     span.in_scope(|| {

@@ -344,3 +344,75 @@ async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body
     assert_eq!(keys().await, 1, "the one sign-up's key");
     api.stop().await;
 }
+
+/// A table locked elsewhere (a long migration, an operator's transaction) once made every
+/// command of the process wait: two dozen sign-ups queued on it filled the pool, and an
+/// unrelated command got 503 half a minute later. Now a statement gives up waiting for a
+/// lock (503 with `Retry-After`), and one route cannot take every connection: the others
+/// keep working while the lock is held.
+#[tokio::test]
+async fn one_locked_table_does_not_starve_the_other_commands() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.db_lock_timeout_ms = 2_000;
+    let api = env.spawn_command_api(config).await;
+    let (tenant, _) = create_tenant(&env, &api, "unrelated").await;
+    let customer = env.phone_user(&tenant, "phone-unrelated");
+    // Tenant creation reserves its slug in this table first.
+    let mut holder = env.pool.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE tenant_slugs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("locked");
+    let creations: Vec<_> = (0..24)
+        .map(|i| {
+            let request = env
+                .http
+                .post(api.url("/v1/tenants"))
+                .bearer_auth(env.super_admin())
+                .json(&crate::support::tenant_body(&format!("queued-{i}")));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "creations to wait on the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .expect("activity");
+            (waiting >= 2).then_some(())
+        },
+    )
+    .await;
+    // While the lock is held, an unrelated command goes through.
+    let opened = env
+        .http
+        .post(api.url("/v1/chat/threads"))
+        .bearer_auth(&customer)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(opened.status(), 201, "another route keeps its connections");
+    let mut refused = 0;
+    for creation in creations {
+        let answer = creation.await.expect("joined").expect("answered");
+        if answer.status() == 503 {
+            assert!(
+                answer.headers().contains_key("retry-after"),
+                "a retryable answer says when"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(answer.status(), 201);
+        }
+    }
+    assert!(refused > 0, "the creations gave up waiting on the lock");
+    holder.rollback().await.expect("released");
+    api.stop().await;
+}
