@@ -10,8 +10,8 @@
 //!   hangs up cannot cancel a command halfway; while it runs, a heartbeat renews the claim.
 //! - Every later write to the claim is fenced by the attempt's request id: an attempt whose
 //!   claim was taken over can no longer release or answer it.
-//! - Answers are stored, except 5xx and 409 `contention`, which are transient: the claim is
-//!   released. A claim whose heartbeat stopped for a minute (its process died) may be taken
+//! - Answers are stored, except 5xx, 429 and 409 `contention`, which are transient (only
+//!   final answers are replayed): the claim is released. A claim whose heartbeat stopped for a minute (its process died) may be taken
 //!   over too.
 //! - Claims and answers are written through [`crate::AppState::relaxed_pool`], without
 //!   waiting for their WAL flush. A claim is flushed by the command's own commit, which
@@ -131,7 +131,16 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
                 return next.run(req).await;
             };
             let client = crate::http::limits::client_ip(&state, *peer, req.headers());
-            (format!("anonymous@{client}"), ANONYMOUS_MAX_BUFFERED, true)
+            // A caller whose token no longer verifies (expired) is not a stranger at the same
+            // address: its keys are its own, told apart by the token it sent.
+            let who = match req.headers().get(header::AUTHORIZATION) {
+                Some(token) => {
+                    let digest = Sha256::digest(token.as_bytes());
+                    format!("token-{}", events::hex::encode(&digest[..8]))
+                }
+                None => "anonymous".to_owned(),
+            };
+            (format!("{who}@{client}"), ANONYMOUS_MAX_BUFFERED, true)
         }
         None => return next.run(req).await,
     };
@@ -511,8 +520,12 @@ async fn store_answer(
 }
 
 /// A 5xx, or a 409 `contention`, says nothing lasting about the request: a retry should run.
+/// Whether an answer says "not now" rather than deciding the request: a 5xx, a 429 (a limit
+/// whose window passes) or a 409 `contention`. Such an answer is not kept: the same key
+/// tried again is tried for real, only final answers are replayed.
 fn transient(status: StatusCode, body: &[u8]) -> bool {
     status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::CONFLICT
             && serde_json::from_slice::<serde_json::Value>(body)
                 .is_ok_and(|b| b["code"] == "contention"))

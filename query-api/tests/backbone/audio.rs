@@ -652,6 +652,30 @@ async fn a_user_uploads_so_many_files_an_hour() {
     // Another user of the tenant still uploads.
     let other = studio.env.phone_user(&studio.tenant, "quiet");
     assert_eq!(upload(other).await.expect("sent").status(), 201);
+    // A refusal of the limit is not the key's answer: once the window has passed, the same
+    // key is tried for real, not answered 429 again.
+    let keyed = || {
+        let part = reqwest::multipart::Part::bytes(audio_file("audio/ogg", 64, 5))
+            .file_name("keyed")
+            .mime_str("audio/ogg")
+            .expect("mime");
+        studio
+            .env
+            .http
+            .post(api.url("/v1/audio"))
+            .bearer_auth(&customer)
+            .header("idempotency-key", "after-the-hour")
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    expect_problem(keyed().await.expect("sent"), 429, "rate_limited").await;
+    sqlx::query("DELETE FROM rate_limits")
+        .execute(&studio.env.pool)
+        .await
+        .expect("the hour passes");
+    let later = keyed().await.expect("sent");
+    assert_eq!(later.status(), 201);
+    assert!(later.headers().get("idempotent-replayed").is_none());
     api.stop().await;
 }
 

@@ -1036,3 +1036,35 @@ async fn a_rejected_sign_up_releases_its_slug_and_sign_ups_are_throttled_per_add
     expect_problem(flood, 429, "rate_limited").await;
     api.stop().await;
 }
+
+/// A caller whose token expired and a stranger at the same address each have keys of their
+/// own on the sign-up route: the stranger's sign-up under a key does not make the other's
+/// request under the same key an `idempotency_key_reused`; it gets its own answer.
+#[tokio::test]
+async fn a_stranger_and_a_caller_with_an_expired_token_do_not_share_keys() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let stranger = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .header("idempotency-key", "signup-1")
+        .json(&tenant_body("a-stranger"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stranger.status(), 201);
+    let expired = env
+        .keys
+        .admin_token("someone", None, events::access::Role::SuperAdmin, -600);
+    let caller = env
+        .http
+        .post(api.url("/v1/tenants/signup"))
+        .bearer_auth(&expired)
+        .header("idempotency-key", "signup-1")
+        .json(&tenant_body("expired-caller"))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(caller, 401, "token_expired").await;
+    api.stop().await;
+}
