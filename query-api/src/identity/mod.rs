@@ -119,6 +119,8 @@ pub struct LoginEntry {
 pub struct LoginParams {
     /// 1–500 (default 100).
     limit: Option<i64>,
+    /// `next_before` of the previous page: entries older than it (newest first).
+    before: Option<i64>,
 }
 
 async fn logins(
@@ -149,16 +151,23 @@ async fn logins(
     if !(who.administers(&tenant) || who.user_id() == id) {
         return Err(not_found());
     }
-    let entries: Vec<LoginEntry> = sqlx::query_as(
-        "SELECT sequence, outcome, session_id, at FROM admin_logins WHERE user_id = $1 ORDER BY sequence DESC LIMIT $2",
+    let mut entries: Vec<LoginEntry> = sqlx::query_as(
+        "SELECT sequence, outcome, session_id, at FROM admin_logins
+          WHERE user_id = $1 AND ($3::bigint IS NULL OR sequence < $3)
+          ORDER BY sequence DESC LIMIT $2",
     )
     .bind(&id)
-    .bind(limit)
+    .bind(limit + 1)
+    .bind(params.before)
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(
-        Json(serde_json::json!({"user_id": id, "tenant_id": tenant, "items": entries}))
-            .into_response(),
-    )
+    let next_before = crate::page::finish(&mut entries, limit, |e| e.sequence);
+    Ok(Json(serde_json::json!({
+        "user_id": id,
+        "tenant_id": tenant,
+        "items": entries,
+        "next_before": next_before,
+    }))
+    .into_response())
 }

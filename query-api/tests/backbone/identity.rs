@@ -857,6 +857,26 @@ async fn the_users_of_a_tenant_and_their_login_history_are_read_models() {
         )
         .await;
     assert_eq!(own["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(own["next_before"], Value::Null, "one page holds it all");
+    // Page by page, newest first, with the cursor the previous page gave.
+    let first = env
+        .get_json(
+            &query.url(&format!("/v1/admin-users/{ada_id}/logins?limit=1")),
+            &ada,
+        )
+        .await;
+    assert_eq!(first["items"][0]["outcome"], "succeeded");
+    let before = first["next_before"].as_i64().expect("a cursor");
+    let second = env
+        .get_json(
+            &query.url(&format!(
+                "/v1/admin-users/{ada_id}/logins?limit=1&before={before}"
+            )),
+            &ada,
+        )
+        .await;
+    assert_eq!(second["items"][0]["outcome"], "wrong_password");
+    assert_eq!(second["next_before"], Value::Null);
     projector.abort();
     query.stop().await;
     api.stop().await;
