@@ -297,6 +297,7 @@ impl Application {
         };
         let tenants = buses.bus(TenantServices {
             slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
+            members: Arc::new(tenants::services::PgDepartmentMembers { pool: pool.clone() }),
         });
         let admins = buses.bus(Arc::new(PgIdentity {
             pool: pool.clone(),

@@ -37,6 +37,7 @@ impl DomainProblem for TenantError {
             E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
             E::DepartmentExists => Problem::new(StatusCode::CONFLICT, "department_exists", detail),
             E::NoSuchDepartment => Problem::not_found(detail),
+            E::DepartmentInUse(_) => Problem::unprocessable("department_in_use", detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }

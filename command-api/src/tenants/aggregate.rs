@@ -102,8 +102,11 @@ pub enum TenantError {
     /// 404: the tenant has no such department.
     #[error("the tenant has no such department")]
     NoSuchDepartment,
-    /// 503: the slug registry could not be reached.
-    #[error("slug registry unavailable: {0}")]
+    /// 422: users are still in the department (how many): move them first.
+    #[error("{0} user(s) are still in this department: move them to another one (or none) first")]
+    DepartmentInUse(i64),
+    /// 503: the slug registry or the membership could not be reached.
+    #[error("tenant services unavailable: {0}")]
     Unavailable(String),
 }
 
@@ -288,12 +291,21 @@ impl Aggregate for Tenant {
                 }
                 TenantEvent::DepartmentAdded { name }
             }
-            TenantCommand::RemoveDepartment { name } => {
+            TenantCommand::RemoveDepartment { tenant_id, name } => {
                 self.changeable()?;
                 // Named as it was added: surrounding spaces are not part of a name.
                 let Some(name) = self.department(&name).map(str::to_owned) else {
                     return Err(TenantError::NoSuchDepartment);
                 };
+                // Its members would be left in a department that no longer exists.
+                let members = services
+                    .members
+                    .count(&tenant_id, &name)
+                    .await
+                    .map_err(TenantError::Unavailable)?;
+                if members > 0 {
+                    return Err(TenantError::DepartmentInUse(members));
+                }
                 TenantEvent::DepartmentRemoved { name }
             }
             TenantCommand::RecordLogo {
@@ -358,13 +370,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::tenants::services::MemorySlugRegistry;
+    use crate::tenants::services::{MemoryMembers, MemorySlugRegistry};
 
     type Given = TestFramework<Tenant>;
 
     fn services() -> TenantServices {
         TenantServices {
             slugs: Arc::new(MemorySlugRegistry::default()),
+            members: Arc::new(MemoryMembers::default()),
         }
     }
 
@@ -727,6 +740,7 @@ mod tests {
         expect_events(
             vec![created(), added.clone()],
             TenantCommand::RemoveDepartment {
+                tenant_id: "t1".into(),
                 name: "SALES".into(),
             },
             vec![TenantEvent::DepartmentRemoved {
@@ -735,8 +749,9 @@ mod tests {
         )
         .await;
         expect_events(
-            vec![created(), added],
+            vec![created(), added.clone()],
             TenantCommand::RemoveDepartment {
+                tenant_id: "t1".into(),
                 name: "  Sales ".into(),
             },
             vec![TenantEvent::DepartmentRemoved {
@@ -744,9 +759,26 @@ mod tests {
             }],
         )
         .await;
+        // Not while users are in it: they would be left in a department that is gone.
+        let members = MemoryMembers::default();
+        if let Ok(mut m) = members.0.lock() {
+            m.insert(("t1".into(), "sales".into()), 2);
+        }
+        Given::with(TenantServices {
+            slugs: Arc::new(MemorySlugRegistry::default()),
+            members: Arc::new(members),
+        })
+        .given(vec![created(), added.clone()])
+        .when_async(TenantCommand::RemoveDepartment {
+            tenant_id: "t1".into(),
+            name: "sales".into(),
+        })
+        .await
+        .then_expect_error(TenantError::DepartmentInUse(2));
         expect_error(
             vec![created()],
             TenantCommand::RemoveDepartment {
+                tenant_id: "t1".into(),
                 name: "Sales".into(),
             },
             TenantError::NoSuchDepartment,

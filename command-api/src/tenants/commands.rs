@@ -57,6 +57,8 @@ pub enum TenantCommand {
     },
     /// Remove a department.
     RemoveDepartment {
+        /// The tenant (the aggregate does not know its own id).
+        tenant_id: String,
         /// Its name.
         name: String,
     },

@@ -354,7 +354,10 @@ async fn remove_department(
         &ids,
         &headers,
         &id,
-        TenantCommand::RemoveDepartment { name: body.name },
+        TenantCommand::RemoveDepartment {
+            tenant_id: id.clone(),
+            name: body.name,
+        },
     )
     .await
 }

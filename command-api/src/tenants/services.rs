@@ -12,11 +12,59 @@ pub trait SlugRegistry: Send + Sync {
     async fn reserve(&self, slug: &str, tenant_id: &str) -> Result<bool, String>;
 }
 
+/// Who is in a department: admin users, which the tenant's stream does not list.
+#[async_trait]
+pub trait DepartmentMembers: Send + Sync {
+    /// How many admin users of `tenant_id` are in `department` (by name, whatever its case).
+    async fn count(&self, tenant_id: &str, department: &str) -> Result<i64, String>;
+}
+
 /// The services of the tenant aggregate.
 #[derive(Clone)]
 pub struct TenantServices {
     /// Cross-tenant slug uniqueness.
     pub slugs: std::sync::Arc<dyn SlugRegistry>,
+    /// Department membership.
+    pub members: std::sync::Arc<dyn DepartmentMembers>,
+}
+
+/// Membership from `admin_roles` (migrations 0040 and 0043: kept in the transaction of each
+/// user's `Created` and `DepartmentChanged`).
+pub struct PgDepartmentMembers {
+    /// The command-side pool.
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl DepartmentMembers for PgDepartmentMembers {
+    async fn count(&self, tenant_id: &str, department: &str) -> Result<i64, String> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM admin_roles
+              WHERE tenant_id = $1 AND lower(department) = lower($2)",
+        )
+        .bind(tenant_id)
+        .bind(department)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Department members for aggregate tests: `(tenant, department)` → count.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemoryMembers(pub std::sync::Mutex<std::collections::HashMap<(String, String), i64>>);
+
+#[cfg(test)]
+#[async_trait]
+impl DepartmentMembers for MemoryMembers {
+    async fn count(&self, tenant_id: &str, department: &str) -> Result<i64, String> {
+        let map = self.0.lock().map_err(|e| e.to_string())?;
+        Ok(map
+            .get(&(tenant_id.to_owned(), department.to_lowercase()))
+            .copied()
+            .unwrap_or(0))
+    }
 }
 
 /// Reservations in the `tenant_slugs` table.

@@ -393,6 +393,37 @@ async fn a_removed_departments_open_threads_leave_it_and_keep_their_agent() {
     api.stop().await;
 }
 
+/// A department with users in it is not removed from under them: 422 `department_in_use`
+/// until they are moved (the threads of a removed department leave it by themselves).
+#[tokio::test]
+async fn a_department_with_members_is_not_removed_until_they_are_moved() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(projector_config(&env, &api));
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, admin, kim) = tenant_with_agent(&env, &api, &query).await;
+    let move_to = format!("/v1/admin-users/{kim}/department");
+    let remove = format!("/v1/tenants/{tenant}/departments/remove");
+    let moved = post(
+        &env,
+        &api,
+        &admin,
+        &move_to,
+        json!({"department": " SALES "}),
+    )
+    .await;
+    assert_eq!(moved.status(), 200);
+    let refused = post(&env, &api, &admin, &remove, json!({"name": " sales "})).await;
+    expect_problem(refused, 422, "department_in_use").await;
+    let moved = post(&env, &api, &admin, &move_to, json!({"department": null})).await;
+    assert_eq!(moved.status(), 200);
+    let removed = post(&env, &api, &admin, &remove, json!({"name": " sales "})).await;
+    assert_eq!(removed.status(), 200);
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn an_agent_given_a_role_that_takes_no_conversations_loses_their_open_threads() {
     let env = TestEnv::new().await;
