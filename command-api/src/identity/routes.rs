@@ -13,7 +13,7 @@ use events::http::{AuthUser, Json, Problem, RequestIds};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::aggregate::{AdminUser, AdminUserCommand};
+use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
 use super::auth::user_metadata;
 use crate::http::accepted;
 use crate::AppState;
@@ -103,6 +103,7 @@ async fn create(
             ));
         }
     }
+    let email = body.email.clone();
     let command = AdminUserCommand::Create {
         user_id: id.clone(),
         email: body.email,
@@ -112,24 +113,82 @@ async fn create(
         department,
     };
     let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
-    let c = state
-        .admins
-        .execute(&id, Some(0), command, &metadata)
-        .await
-        .map_err(|e| match e {
-            crate::store::CommandError::VersionConflict { .. } => Problem::new(
+    let c = match state.admins.execute(&id, Some(0), command, &metadata).await {
+        Ok(c) => c,
+        Err(crate::store::CommandError::VersionConflict { .. }) => {
+            return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "already_exists",
                 "an admin user with this id already exists",
-            ),
-            other => other.into(),
-        })?;
+            ))
+        }
+        Err(crate::store::CommandError::Rejected(AdminUserError::EmailTaken)) => {
+            return Err(email_not_given(&state, &who, &email).await)
+        }
+        Err(other) => return Err(other.into()),
+    };
     Ok(accepted(
         StatusCode::CREATED,
         ADMIN_USER,
         &c.aggregate_id,
         c.version,
     ))
+}
+
+/// Refused attempts to give an address that is taken, per admin and hour, before they are
+/// answered 429: an admin cannot probe the platform's addresses at speed.
+const EMAIL_REFUSALS_PER_HOUR: i64 = 20;
+
+/// The answer to creating a user whose e-mail another user holds. Login e-mails are unique
+/// across the platform, so the address cannot be given; but only a super admin, or an admin
+/// of the holder's own tenant (who sees that user anyway), learns it is a user's:
+/// `email_taken`. A tenant admin asking for another tenant's (or the platform's) address is
+/// told only that it cannot be used (`email_unavailable`) — never whose or where — and such
+/// refusals are counted and limited per admin.
+async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Problem {
+    let taken = || {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            "another admin user has this e-mail",
+        )
+    };
+    if who.is_super_admin() {
+        return taken();
+    }
+    let holder: Result<Option<Option<String>>, sqlx::Error> =
+        sqlx::query_scalar("SELECT tenant_id FROM admin_emails WHERE email = $1")
+            .bind(crate::values::Email::lookup_form(email))
+            .fetch_optional(&state.pool)
+            .await;
+    let home = match who {
+        Principal::Admin { tenant_id, .. } => tenant_id.clone(),
+        _ => None,
+    };
+    match holder {
+        Ok(Some(Some(t))) if Some(&t) == home.as_ref() => return taken(),
+        Ok(_) => {}
+        Err(e) => return Problem::unavailable(&e),
+    }
+    let bucket = format!("email-refusals:{}", who.user_id());
+    match crate::http::limits::over_limit(state, &bucket, EMAIL_REFUSALS_PER_HOUR).await {
+        Ok(Some(retry_after)) => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many addresses refused this hour; retry in {retry_after} s."),
+        )
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(axum::http::HeaderValue::from_static("3600")),
+        ),
+        Ok(None) => Problem::new(
+            StatusCode::CONFLICT,
+            "email_unavailable",
+            "This e-mail cannot be given to a new user; use another address.",
+        ),
+        Err(e) => Problem::unavailable(&e),
+    }
 }
 
 /// A user belongs to a tenant that exists, and a department belongs to that tenant.

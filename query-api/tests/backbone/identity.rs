@@ -1847,3 +1847,73 @@ async fn concurrent_invitations_of_one_address_make_one_user() {
     assert_eq!(created, 1);
     api.stop().await;
 }
+
+/// A tenant admin learns that an address is one of their own users', never that it is
+/// another tenant's user or the platform's super admin; probing addresses is limited.
+#[tokio::test]
+async fn a_tenant_admin_cannot_tell_other_tenants_users_from_their_addresses() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (acme, _) = crate::support::create_tenant(&env, &api, "acme-probe").await;
+    let (globex, _) = crate::support::create_tenant(&env, &api, "globex-probe").await;
+    for (tenant, email) in [
+        (&acme, "own@acme.example"),
+        (&globex, "theirs@globex.example"),
+    ] {
+        let made = post(
+            &env,
+            &api,
+            &root,
+            "/v1/admin-users",
+            json!({"email": email, "password": "a long enough password", "tenant_id": tenant, "role": "agent"}),
+        )
+        .await;
+        assert_eq!(made.status(), 201);
+    }
+    let admin = env.admin_of(&acme);
+    let invite = |email: &str| {
+        post(
+            &env,
+            &api,
+            &admin,
+            "/v1/admin-users",
+            json!({"email": email, "password": "a long enough password", "role": "agent"}),
+        )
+    };
+    expect_problem(invite("own@acme.example").await, 409, "email_taken").await;
+    expect_problem(
+        invite("theirs@globex.example").await,
+        409,
+        "email_unavailable",
+    )
+    .await;
+    expect_problem(invite(ROOT_EMAIL).await, 409, "email_unavailable").await;
+    // The super admin, who sees every user, is told plainly.
+    expect_problem(
+        post(
+            &env,
+            &api,
+            &root,
+            "/v1/admin-users",
+            json!({"email": "theirs@globex.example", "password": "a long enough password", "tenant_id": acme, "role": "agent"}),
+        )
+        .await,
+        409,
+        "email_taken",
+    )
+    .await;
+    // Probing at speed is cut off.
+    let mut limited = false;
+    for _ in 0..25 {
+        let answer = invite("theirs@globex.example").await;
+        if answer.status() == 429 {
+            assert!(answer.headers().contains_key("retry-after"));
+            limited = true;
+            break;
+        }
+        expect_problem(answer, 409, "email_unavailable").await;
+    }
+    assert!(limited, "refusals are limited per admin");
+    api.stop().await;
+}
