@@ -173,6 +173,20 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(timeouts.header))
         .keep_alive_timeout(timeouts.header);
+    // A handler that panics (a library's `unwrap` on data it cannot read) answers a 500
+    // problem, logged, instead of dropping the client's connection.
+    let router = router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send + 'static>| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            axum::response::IntoResponse::into_response(Problem::internal(&format!(
+                "handler panicked: {what}"
+            )))
+        },
+    ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

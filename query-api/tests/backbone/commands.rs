@@ -621,6 +621,43 @@ async fn a_stored_event_no_reader_can_decode_is_quarantined_and_readiness_report
     api.stop().await;
 }
 
+/// A command on an aggregate whose stored event no reader can decode (as an earlier release
+/// could store) is answered with a problem, not a dropped connection, and the service serves
+/// on.
+#[tokio::test]
+async fn a_command_on_an_aggregate_with_an_unreadable_event_is_answered_not_dropped() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (id, _) = create_tenant(&env, &api, "unreadable").await;
+    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('tenant', $1, 2, 'PreferencesUpdated', '1.0',
+                 jsonb_build_object('PreferencesUpdated', jsonb_build_object('preferences', $2::jsonb)),
+                 jsonb_build_object('tenant_id', $1::text))",
+    )
+    .bind(&id)
+    .bind(deep)
+    .execute(&env.pool)
+    .await
+    .expect("stored as an earlier release would have");
+    // After a restart, nothing of the tenant is cached.
+    api.stop().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let answer = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{id}/rename")))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .expect("answered, not dropped");
+    assert_eq!(answer.status(), 500);
+    assert_eq!(answer.headers()["content-type"], "application/problem+json");
+    create_tenant(&env, &api, "still-serving").await;
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn health_metrics_and_openapi_are_served() {
     let env = TestEnv::new().await;
