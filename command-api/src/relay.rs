@@ -18,11 +18,12 @@
 //! - One relay is active across instances: the one holding a session advisory lock on its
 //!   dedicated connection. If that connection drops, so does the lock, and so does this
 //!   relay's right to publish.
-//! - A committed event it cannot publish — its stored form does not decode, or it is larger
-//!   than the bus accepts — is *quarantined*: recorded in `quarantined_events`, logged at
+//! - A committed event it cannot publish — its stored form is nested past what JSON readers
+//!   decode, or it is larger than the bus or the stream accepts — is *quarantined*: recorded in `quarantined_events`, logged at
 //!   error and counted, and passed over, so that it never holds back the events after it
 //!   (appends are bounded so that none should ever be: `events::jsonb`). An event the
-//!   relay merely failed to hand over (the bus is away) is never passed over.
+//!   relay merely failed to hand over (the bus is away) is never passed over, and an envelope
+//!   that fails to decode for any other reason stops the relay (it would be every event).
 //! - It is woken right after each commit, in-process by the command bus and across
 //!   processes by `LISTEN events_appended`, and polls briefly in case the horizon was held
 //!   back by another transaction. A process whose relay stands by forwards its own commits
@@ -288,11 +289,17 @@ impl Relay {
             };
             match serde_json::from_str::<Envelope>(&row.envelope) {
                 Ok(envelope) => batch.push((checkpoint, Some(envelope))),
-                Err(e) => {
+                // Nested past what any JSON reader decodes: that event will never be read,
+                // and it must not hold back the others.
+                Err(e) if too_deep(&e) => {
                     self.quarantine(&mut leader.conn, row.unpublishable("unreadable", e))
                         .await?;
                     batch.push((checkpoint, None));
                 }
+                // Anything else that does not decode says the envelope and this code disagree
+                // (a release that changed one without the other): every event would fail alike,
+                // so the relay stops and says so rather than pass over the whole stream.
+                Err(e) => return Err(RelayError::Corrupt(row.txid.clone(), e.to_string())),
             }
         }
         Ok(batch)
@@ -364,23 +371,9 @@ impl Relay {
                 continue;
             };
             match self.send(envelope).await {
-                Ok(ack) => pending.push((*checkpoint, Some(ack))),
+                Ok(ack) => pending.push((*checkpoint, Some((envelope, ack)))),
                 Err(Unsent::TooLarge(detail)) => {
-                    let event = Unpublishable {
-                        global_position: envelope.global_position,
-                        aggregate_type: &envelope.aggregate_type,
-                        aggregate_id: &envelope.aggregate_id,
-                        sequence: envelope.sequence as i64,
-                        event_type: &envelope.event_type,
-                        tenant_id: envelope.tenant_id(),
-                        reason: "too_large",
-                        detail,
-                    };
-                    let quarantined = match self.pool.acquire().await {
-                        Ok(mut conn) => self.quarantine(&mut conn, event).await,
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = quarantined {
+                    if let Err(e) = self.quarantine_too_large(envelope, detail).await {
                         failure = Some(e);
                         break;
                     }
@@ -396,10 +389,18 @@ impl Relay {
         for (checkpoint, ack) in pending {
             match ack {
                 None => acked = Some(checkpoint),
-                Some(ack) => match ack.await {
+                Some((envelope, ack)) => match ack.await {
                     Ok(_) => {
                         acked = Some(checkpoint);
                         published += 1;
+                    }
+                    // The stream's own size limit, below the server's: refused for good.
+                    Err(e) if refused_as_too_large(&e) => {
+                        if let Err(e) = self.quarantine_too_large(envelope, e.to_string()).await {
+                            failure.get_or_insert(e);
+                            break;
+                        }
+                        acked = Some(checkpoint);
                     }
                     Err(e) => {
                         failure.get_or_insert(RelayError::Publish(e.to_string()));
@@ -409,6 +410,26 @@ impl Relay {
             }
         }
         (acked, published, failure.map_or(Ok(()), Err))
+    }
+
+    /// Quarantines `envelope` as larger than the bus or the stream accepts.
+    async fn quarantine_too_large(
+        &self,
+        envelope: &Envelope,
+        detail: String,
+    ) -> Result<(), RelayError> {
+        let event = Unpublishable {
+            global_position: envelope.global_position,
+            aggregate_type: &envelope.aggregate_type,
+            aggregate_id: &envelope.aggregate_id,
+            sequence: envelope.sequence as i64,
+            event_type: &envelope.event_type,
+            tenant_id: envelope.tenant_id(),
+            reason: "too_large",
+            detail,
+        };
+        let mut conn = self.pool.acquire().await?;
+        self.quarantine(&mut conn, event).await
     }
 
     async fn send(
@@ -631,6 +652,18 @@ pub async fn forward_commits(pool: PgPool, wake: &Notify) -> Result<(), RelayErr
         .execute(&pool)
         .await?;
     }
+}
+
+/// Whether a decoding error is the JSON reader's depth limit (the one way a stored event can
+/// be unreadable on its own: `events::jsonb`).
+fn too_deep(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("recursion limit exceeded")
+}
+
+/// Whether a publish was refused by the stream as larger than its `max_msg_size`
+/// (JetStream error 10054), which only the acknowledgement says.
+fn refused_as_too_large(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.to_string().contains("10054")
 }
 
 /// Why an event was not handed to the bus.

@@ -287,7 +287,10 @@ async fn plan(
             .await?;
             let expected = event.sequence - at - 1;
             if missing.len() as u64 != expected
-                || missing.iter().zip(at + 1..).any(|(e, s)| e.sequence != s)
+                || missing
+                    .iter()
+                    .zip(at + 1..)
+                    .any(|((s, _), want)| *s != want)
             {
                 return Err(ProjectionError::Missing {
                     aggregate: format!("{}:{}", event.aggregate_type, event.aggregate_id),
@@ -295,6 +298,9 @@ async fn plan(
                     to: event.sequence - 1,
                 });
             }
+            // An event the relay quarantined never reaches the bus: passed over here as it
+            // was there (`None`), so it does not hold back the aggregate's later events.
+            let missing: Vec<Envelope> = missing.into_iter().filter_map(|(_, e)| e).collect();
             filled = missing.len();
             accepted.extend(missing);
         }
@@ -384,16 +390,21 @@ pub fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, Projec
     })
 }
 
-/// Events of one aggregate with `after < sequence < before`, from the store.
+/// Events of one aggregate with `after < sequence < before`, from the store, by sequence:
+/// `None` for one the relay quarantined as unreadable (it was never published); any other
+/// event that does not decode is an error.
 async fn load_stream(
     conn: &mut PgConnection,
     aggregate_type: &str,
     aggregate_id: &str,
     after: u64,
     before: u64,
-) -> Result<Vec<Envelope>, ProjectionError> {
+) -> Result<Vec<(u64, Option<Envelope>)>, ProjectionError> {
     let rows = sqlx::query(&format!(
-        "SELECT ({})::text AS envelope, global_position FROM events
+        "SELECT ({})::text AS envelope, global_position, sequence,
+                EXISTS (SELECT 1 FROM quarantined_events q
+                         WHERE q.global_position = events.global_position) AS quarantined
+           FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 AND sequence < $4
           ORDER BY sequence",
         events::envelope::ENVELOPE_SQL
@@ -404,7 +415,18 @@ async fn load_stream(
     .bind(before as i64)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(envelope_from_row).collect()
+    rows.iter()
+        .map(|row| {
+            let sequence = row.try_get::<i64, _>("sequence")? as u64;
+            match envelope_from_row(row) {
+                Ok(envelope) => Ok((sequence, Some(envelope))),
+                Err(ProjectionError::Undecodable { .. }) if row.try_get("quarantined")? => {
+                    Ok((sequence, None))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -168,7 +168,10 @@ async fn apply_batch(
         )));
     }
     let rows = sqlx::query(&format!(
-        "SELECT ({})::text AS envelope, transaction_id::text AS txid, global_position FROM events
+        "SELECT ({})::text AS envelope, transaction_id::text AS txid, global_position,
+                EXISTS (SELECT 1 FROM quarantined_events q
+                         WHERE q.global_position = events.global_position) AS quarantined
+           FROM events
           WHERE aggregate_type = ANY($1)
             AND (transaction_id, global_position) > ($2::text::xid8, $3)
             AND transaction_id < $5::text::xid8
@@ -190,12 +193,14 @@ async fn apply_batch(
             Ok(envelope) => envelopes.push(envelope),
             // The relay quarantined it and the live projection never saw it: a rebuild
             // passes over it the same way, and says so.
-            Err(ProjectionError::Undecodable { event_id, reason }) => {
-                tracing::error!(
+            Err(ProjectionError::Undecodable { event_id, reason })
+                if row.try_get("quarantined")? =>
+            {
+                tracing::warn!(
                     projection = projection.name(),
                     event_id,
                     reason,
-                    "a stored event does not decode; passed over as the relay did"
+                    "a quarantined event passed over, as the relay did"
                 );
             }
             Err(e) => return Err(e),

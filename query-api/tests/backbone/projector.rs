@@ -489,3 +489,57 @@ async fn a_rebuild_reads_each_batch_read_committed_whatever_the_default_isolatio
     assert_eq!(rows, 3);
     pool.close().await;
 }
+
+/// An event the relay quarantined (stored nested past what readers decode) never reaches the
+/// projector; the aggregate's next event, which does, is applied after it — the gap it leaves
+/// is passed over as the relay passed over it, not dead-lettered for ever.
+#[tokio::test]
+async fn a_quarantined_event_does_not_hold_back_its_aggregates_later_events() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let (id, _) = create_tenant(&env, &api, "gap-over-poison").await;
+    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
+    for (sequence, event_type, payload) in [
+        (
+            2,
+            "PreferencesUpdated",
+            format!(r#"{{"PreferencesUpdated": {{"preferences": {deep}}}}}"#),
+        ),
+        (
+            3,
+            "Renamed",
+            r#"{"Renamed": {"name": "After The Gap"}}"#.to_owned(),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('tenant', $1, $2, $3, '1.0', $4::jsonb, jsonb_build_object('tenant_id', $1::text))",
+        )
+        .bind(&id)
+        .bind(sequence)
+        .bind(event_type)
+        .bind(payload)
+        .execute(&env.pool)
+        .await
+        .expect("stored");
+    }
+    let name = eventually(Duration::from_secs(20), "the rename projected", || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT name FROM tenants WHERE id = $1::uuid AND version = 3",
+        )
+        .bind(&id)
+        .fetch_optional(&env.pool)
+        .await
+        .expect("read model")
+    })
+    .await;
+    assert_eq!(name, "After The Gap");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&env.pool)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    projector.abort();
+    api.stop().await;
+}
