@@ -283,6 +283,27 @@ impl Application {
             .await
             .map_err(|e| StartError::Nats(e.to_string()))?;
         let js = async_nats::jetstream::new(nats.clone());
+        // When the bus answers at once, the stream exists before the API listens, as it
+        // always did; when it does not, the relay makes sure of it once it does.
+        let up = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            while nats.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if up {
+            let ensured = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                relay::ensure_stream(&js, &config.nats_stream, &config.nats_subject_prefix),
+            )
+            .await;
+            if !matches!(ensured, Ok(Ok(()))) {
+                tracing::warn!("the event stream could not be set up yet; the relay will");
+            }
+        } else {
+            tracing::warn!("NATS is not reachable yet: taking commands, publishing when it is");
+        }
         std::fs::create_dir_all(&config.blob_dir)?;
         let blobs: Arc<dyn ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)?,
@@ -406,9 +427,12 @@ impl Application {
                 state,
                 config.max_body_bytes,
                 Arc::new(http::concurrency::RouteLimits::new(
-                    config
-                        .route_concurrency
-                        .unwrap_or(config.db_max_connections as usize * 3 / 4),
+                    config.route_concurrency.unwrap_or_else(|| {
+                        // Room for the other routes and for the background work that needs a
+                        // connection now and then (revocation heartbeats, purges).
+                        let pool = config.db_max_connections as usize;
+                        (pool * 3 / 4).min(pool.saturating_sub(4)).max(1)
+                    }),
                     std::time::Duration::from_secs(10),
                 )),
             )
@@ -486,32 +510,50 @@ pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, Start
 
 /// Replay records are kept a day, like the providers whose retries they absorb.
 async fn expire_old_records(pool: PgPool) {
+    /// Rows deleted per statement: each statement stays well inside the statement timeout
+    /// however much piled up.
+    const CHUNK: u64 = 5_000;
     loop {
         // Keys are kept a day; so are staged passwords and sessions whose command never
-        // committed (migration 0024: a committed one is taken by its event).
-        // An expired key is already a new key when claimed (`http::idempotency`): the purge
-        // only keeps the table small.
-        let keys = format!(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '{}'",
-            http::idempotency::KEY_LIFETIME
-        );
-        for (what, statement) in [
-            ("idempotency keys", keys.as_str()),
+        // committed (migration 0024: a committed one is taken by its event). An expired key
+        // is already a new key when claimed (`http::idempotency`): the purge only keeps the
+        // table small.
+        let lifetime = http::idempotency::KEY_LIFETIME;
+        for (what, table, condition) in [
+            (
+                "idempotency keys",
+                "idempotency_keys",
+                format!("created_at < now() - interval '{lifetime}'"),
+            ),
             (
                 "staged password resets",
-                "DELETE FROM admin_password_reset_staging WHERE staged_at < now() - interval '24 hours'",
+                "admin_password_reset_staging",
+                "staged_at < now() - interval '24 hours'".to_owned(),
             ),
             (
                 "staged passwords",
-                "DELETE FROM admin_credential_changes WHERE staged_at < now() - interval '24 hours'",
+                "admin_credential_changes",
+                "staged_at < now() - interval '24 hours'".to_owned(),
             ),
             (
                 "staged sessions",
-                "DELETE FROM admin_sessions WHERE status = 'pending' AND created_at < now() - interval '24 hours'",
+                "admin_sessions",
+                "status = 'pending' AND created_at < now() - interval '24 hours'".to_owned(),
             ),
         ] {
-            if let Err(e) = sqlx::query(statement).execute(&pool).await {
-                tracing::warn!(error = %e, "could not expire {what}");
+            let statement = format!(
+                "DELETE FROM {table} WHERE ctid IN
+                   (SELECT ctid FROM {table} WHERE {condition} LIMIT {CHUNK})"
+            );
+            loop {
+                match sqlx::query(&statement).execute(&pool).await {
+                    Ok(done) if done.rows_affected() == CHUNK => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not expire {what}");
+                        break;
+                    }
+                }
             }
         }
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;

@@ -204,12 +204,15 @@ async fn an_event_committed_by_a_command_api_that_dies_before_publishing_arrives
     silent.0.kill().expect("killed");
     let _ = silent.0.wait();
     assert_eq!(env.event_count().await, 1, "committed");
-    let stream = env.js.get_stream(&env.stream).await.expect("stream");
-    assert_eq!(
-        stream.get_info().await.expect("info").state.messages,
-        0,
-        "never published"
-    );
+    // Never published: no relay ran, so the stream holds nothing (or does not exist yet: the
+    // relay creates it when it first leads).
+    if let Ok(mut stream) = env.js.get_stream(&env.stream).await {
+        assert_eq!(
+            stream.info().await.expect("info").state.messages,
+            0,
+            "never published"
+        );
+    }
 
     let _restarted = spawn(&env, "command-api", &[("PORT", free_port().to_string())]);
     let version = eventually(
@@ -231,6 +234,7 @@ async fn an_event_committed_by_a_command_api_that_dies_before_publishing_arrives
         .await
         .expect("checkpoint");
     assert_eq!(checkpoint, 1, "applied once");
+    let stream = env.js.get_stream(&env.stream).await.expect("stream");
     assert_eq!(
         stream.get_info().await.expect("info").state.messages,
         1,
