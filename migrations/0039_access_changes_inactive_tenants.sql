@@ -3,8 +3,9 @@
 -- chatbot users is refused, logins are refused, and nothing is delivered for it. Until now
 -- only `Suspended` was recorded, so a rejected tenant's admins (made by a super admin) could
 -- log in and work. `access_changes` keeps the flag under its old name, `suspended`, meaning
--- "not serving"; `Approved`, `Created` and `Reactivated` clear it. Replaces migration
--- 0035's function and trigger.
+-- "not serving"; `Approved` and `Reactivated` clear it (a tenant `Created` by a super admin
+-- is active from the start: nothing to record). Replaces migration 0035's function and
+-- trigger.
 CREATE OR REPLACE FUNCTION access_changes_from_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.aggregate_type = 'admin_user' THEN

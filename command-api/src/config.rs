@@ -31,8 +31,8 @@ pub struct Config {
     #[arg(long, env = "DB_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
     pub db_lock_timeout_ms: u64,
     /// Requests one route may have in flight at once in this process (default: three
-    /// quarters of `DB_MAX_CONNECTIONS`), so one hot or stuck route cannot take every
-    /// database connection; beyond, requests wait up to 10 s for their turn, then 503
+    /// quarters of `DB_MAX_CONNECTIONS`, and at least four connections left over), so one hot
+    /// or stuck route cannot take every database connection; beyond, requests wait up to 10 s for their turn, then 503
     /// `route_busy` with `Retry-After`.
     #[arg(long, env = "ROUTE_CONCURRENCY")]
     pub route_concurrency: Option<usize>,

@@ -15,7 +15,7 @@
 //! it (docs/architecture.md, "Limits on what is stored"). So bodies the APIs accept are
 //! held to [`MAX_REQUEST_DEPTH`] ([`nesting_exceeds`] checks the raw bytes before anything
 //! is parsed), and every event is held to [`MAX_EVENT_DEPTH`] and [`MAX_EVENT_BYTES`] at
-//! the append ([`depth`]), whatever path it came by.
+//! the append ([`depth`]), whatever command produced it.
 
 use serde_json::Value;
 

@@ -358,6 +358,10 @@ async fn stream(
             "too_many_streams",
             "This user holds as many open streams as allowed; close one first.",
         )
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        )
     })?;
     // The extractor verified the token; its `exp` bounds the stream, and its claims are
     // checked again on every change of revocations.

@@ -312,8 +312,12 @@ async fn upload(
     let c = match state.audio.execute(&id, None, command, &metadata).await {
         Ok(c) => c,
         Err(e) => {
-            // No event names the file: it is nobody's.
-            let _ = state.blobs.delete(&path).await;
+            // Refused for certain: no event names the file, so it is nobody's. After a store
+            // failure the commit may have landed (an answer lost with its connection): the
+            // file stays, for the event that may name it.
+            if !matches!(e, crate::store::CommandError::Unavailable(_)) {
+                let _ = state.blobs.delete(&path).await;
+            }
             return Err(e.into());
         }
     };

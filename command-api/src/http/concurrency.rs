@@ -67,7 +67,48 @@ pub async fn limit(State(limits): State<Arc<RouteLimits>>, req: Request, next: N
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_beyond_the_routes_budget_waits_then_is_told_to_retry() {
+        let limits = Arc::new(RouteLimits::new(1, Duration::from_millis(50)));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = release.clone();
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let held = held.clone();
+                    async move { held.notified().await }
+                }),
+            )
+            .route("/other", get(|| async {}))
+            .layer(axum::middleware::from_fn_with_state(limits, limit));
+        let call = |path: &'static str| {
+            router
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+        };
+        let first = tokio::spawn(call("/slow"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = call("/slow").await.expect("answered");
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        // Another route has its own budget.
+        assert_eq!(
+            call("/other").await.expect("answered").status(),
+            StatusCode::OK
+        );
+        release.notify_one();
+        assert_eq!(
+            first.await.expect("joined").expect("answered").status(),
+            StatusCode::OK
+        );
+    }
 
     #[tokio::test]
     async fn each_route_has_its_own_budget() {

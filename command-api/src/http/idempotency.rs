@@ -23,10 +23,10 @@
 //!   replayed, and the command does not run again.
 //! - A command that opens an aggregate without naming its id gets an id derived from the
 //!   key ([`KeyedRequest::derived_id`]), so a retry opens the same aggregate, not a second.
-//! - A key lives [`KEY_LIFETIME`] from its last use. After that it is a new key, exactly as
-//!   one never seen — whether or not the hourly purge has removed its row yet: claiming it
-//!   replaces the row and draws a new nonce, which ids derived from the key include, so the
-//!   request opens a new aggregate rather than finding the old one.
+//! - A key lives [`KEY_LIFETIME`] from the last time a request under it ran. After that it
+//!   is a new key, exactly as one never seen — whether or not the hourly purge has removed
+//!   its row yet: claiming it replaces the row and draws a new nonce, which ids derived from
+//!   the key include, so the request opens a new aggregate rather than finding the old one.
 //! - A caller without a working token has its key honoured only where anyone may write
 //!   ([`ANONYMOUS`]: a tenant's sign-up), scoped by its client address, with a small body,
 //!   and only a success is kept (a refusal — the per-address sign-up limit — leaves no row);
@@ -68,7 +68,7 @@ const KEPT_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ETAG, heade
 /// abandoned.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// How long a key is remembered after its last use (PostgreSQL interval text).
+/// How long a key is remembered after a request under it last ran (PostgreSQL interval text).
 pub(crate) const KEY_LIFETIME: &str = "24 hours";
 
 /// Put in the request's extensions for handlers when the request carries a key.
@@ -416,22 +416,27 @@ impl Claim {
     /// Runs the handler, renewing the claim meanwhile, and records its answer (or releases
     /// the claim after a transient one).
     async fn run(self, state: AppState, next: Next, request: Request) -> Response {
-        let heartbeat = tokio::spawn(heartbeat(
+        // Stopped however the handler ends — a panic included: a heartbeat that outlived its
+        // attempt would keep the key "in progress" for ever.
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
             self.scope.clone(),
             self.key.clone(),
             self.attempt.clone(),
             state.clone(),
-        ));
+        )));
         let response = next.run(request).await;
-        heartbeat.abort();
+        drop(heartbeat);
         let (parts, body) = response.into_parts();
         let body = match to_bytes(body, usize::MAX).await {
             Ok(b) => b,
             Err(e) => return Problem::internal(&e).into_response(),
         };
-        let outcome = if !self.keep_refusals && !parts.status.is_success() {
+        // A transient answer releases the claim and keeps the key (its nonce, so a retry
+        // opens the same aggregate, and the attempt's id, to look for its events); a refusal
+        // of a caller without a token leaves no row.
+        let outcome = if transient(parts.status, &body) {
             sqlx::query(
-                "DELETE FROM idempotency_keys
+                "UPDATE idempotency_keys SET released = true
                   WHERE scope = $1 AND key = $2 AND request_id = $3 AND status IS NULL",
             )
             .bind(&self.scope)
@@ -440,9 +445,9 @@ impl Claim {
             .execute(&state.relaxed_pool)
             .await
             .map(|_| ())
-        } else if transient(parts.status, &body) {
+        } else if !self.keep_refusals && !parts.status.is_success() {
             sqlx::query(
-                "UPDATE idempotency_keys SET released = true
+                "DELETE FROM idempotency_keys
                   WHERE scope = $1 AND key = $2 AND request_id = $3 AND status IS NULL",
             )
             .bind(&self.scope)
@@ -520,6 +525,15 @@ async fn store_answer(
 }
 
 /// A 5xx, or a 409 `contention`, says nothing lasting about the request: a retry should run.
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Whether an answer says "not now" rather than deciding the request: a 5xx, a 429 (a limit
 /// whose window passes) or a 409 `contention`. Such an answer is not kept: the same key
 /// tried again is tried for real, only final answers are replayed.

@@ -79,10 +79,18 @@ async fn create(
         } => tenant_id.clone(),
         _ => None,
     });
+    // One spelling of the tenant's id in the user's events, whatever form the caller used.
+    let tenant = tenant.map(|t| Uuid::parse_str(&t).map_or(t, |u| u.to_string()));
     if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
         return Err(Problem::forbidden("You may not create this user."));
     }
-    let department = check_placement(&state, tenant.as_deref(), body.department.as_deref()).await?;
+    let department = check_placement(
+        &state,
+        tenant.as_deref(),
+        body.department.as_deref(),
+        Placement::NewUser,
+    )
+    .await?;
     let id = crate::http::client_id(body.id)?
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
@@ -191,11 +199,21 @@ async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Prob
     }
 }
 
+/// Whom a placement is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// A user being created: a rejected tenant gets none.
+    NewUser,
+    /// A user the tenant already has (moving them out of a department is always allowed).
+    Existing,
+}
+
 /// A user belongs to a tenant that exists, and a department belongs to that tenant.
 async fn check_placement(
     state: &AppState,
     tenant: Option<&str>,
     department: Option<&str>,
+    placement: Placement,
 ) -> Result<Option<String>, Problem> {
     let unknown_department =
         || Problem::unprocessable("unknown_department", "The tenant has no such department.");
@@ -213,7 +231,7 @@ async fn check_placement(
     if !t.exists() {
         return Err(unknown_tenant());
     }
-    if t.is_rejected() {
+    if t.is_rejected() && (placement == Placement::NewUser || department.is_some()) {
         return Err(Problem::unprocessable(
             "tenant_rejected",
             "The tenant's signup was turned down: it gets no users.",
@@ -320,6 +338,7 @@ async fn change_department(
         &state,
         user.tenant_id.as_deref(),
         body.department.as_deref(),
+        Placement::Existing,
     )
     .await?;
     let command = AdminUserCommand::ChangeDepartment { department };
@@ -394,15 +413,19 @@ async fn issue_password_reset(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let metadata = user_metadata(user.tenant_id.as_deref(), actor(&who), &ids);
-    state
-        .admins
-        .execute(
-            &id,
-            None,
-            AdminUserCommand::IssuePasswordReset { expires_at, reset },
-            &metadata,
-        )
-        .await?;
+    let command = AdminUserCommand::IssuePasswordReset {
+        expires_at,
+        reset: reset.clone(),
+    };
+    if let Err(e) = state.admins.execute(&id, None, command, &metadata).await {
+        // Refused or failed: the staged token goes (had the event committed after all, its
+        // transaction took the row already).
+        let _ = sqlx::query("DELETE FROM admin_password_reset_staging WHERE reset_id = $1")
+            .bind(&reset)
+            .execute(&state.pool)
+            .await;
+        return Err(e.into());
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"id": id, "expires_in": RESET_TTL.num_seconds()})),

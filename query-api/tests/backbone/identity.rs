@@ -1806,6 +1806,58 @@ async fn work_that_follows_an_event_is_never_half_done_and_retries_converge() {
     .await
     .expect("count");
     assert_eq!(changed, 1);
+
+    // A deactivation whose sessions cannot be ended appends nothing and ends nothing; its
+    // retry does both, and a retry after that converges.
+    let signed_in = tokens(
+        &env,
+        &api,
+        "newcomer@converge.example",
+        "the third password",
+    )
+    .await;
+    let refresh_token = signed_in["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    let deactivate = || {
+        env.http
+            .post(api.url(&format!("/v1/admin-users/{id}/deactivate")))
+            .bearer_auth(&root)
+            .send()
+    };
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected fault' USING ERRCODE = '55P03'; END; $$",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("fault function");
+    sqlx::query(
+        "CREATE TRIGGER test_fault BEFORE UPDATE ON admin_sessions FOR EACH ROW
+         EXECUTE FUNCTION test_fault()",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("fault trigger");
+    expect_problem(deactivate().await.expect("sent"), 503, "unavailable").await;
+    heal(&env, "admin_sessions").await;
+    let deactivated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'Deactivated'",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(deactivated, 0, "no deactivation without its sessions ended");
+    assert_eq!(deactivate().await.expect("sent").status(), 200);
+    assert_eq!(deactivate().await.expect("sent").status(), 200, "converges");
+    let refreshed = refresh(&env, &api, &refresh_token).await;
+    assert_eq!(
+        refreshed.status(),
+        401,
+        "the session ended with the deactivation"
+    );
     api.stop().await;
 }
 
