@@ -433,8 +433,12 @@ impl Claim {
         };
         // A transient answer releases the claim and keeps the key (its nonce, so a retry
         // opens the same aggregate, and the attempt's id, to look for its events); a refusal
-        // of a caller without a token leaves no row.
-        let outcome = if transient(parts.status, &body) {
+        // of a caller without a token — its 429s included, which commit nothing — leaves no
+        // row.
+        let refused_stranger = !self.keep_refusals
+            && !parts.status.is_success()
+            && !parts.status.is_server_error();
+        let outcome = if transient(parts.status, &body) && !refused_stranger {
             sqlx::query(
                 "UPDATE idempotency_keys SET released = true
                   WHERE scope = $1 AND key = $2 AND request_id = $3 AND status IS NULL",
