@@ -56,7 +56,7 @@ use events::access::TokenKeys;
 use events::http::Metrics;
 use object_store::ObjectStore;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -261,9 +261,7 @@ impl Application {
         config.check_secrets()?;
         // Migrations on a connection of their own: they may take longer than any command's
         // statement is allowed to.
-        let mut migrating = PgConnection::connect(database_url).await?;
-        MIGRATOR.run(&mut migrating).await?;
-        migrating.close().await?;
+        events::schema::migrate(database_url, &MIGRATOR).await?;
         let options = PgConnectOptions::from_str(database_url)?.options([
             (
                 "statement_timeout",
@@ -480,11 +478,11 @@ pub async fn create_super_admin(
     email: &str,
     password: &str,
 ) -> Result<identity::bootstrap::Bootstrapped, StartError> {
+    events::schema::migrate(config.database_url()?, &MIGRATOR).await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(config.database_url()?)
         .await?;
-    MIGRATOR.run(&pool).await?;
     let admins = CommandBus::<AdminUser>::new(
         pool.clone(),
         Arc::new(PgIdentity {

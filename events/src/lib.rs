@@ -52,6 +52,9 @@ pub mod payment;
 pub mod realtime;
 /// What makes a verified token stop working before it expires.
 pub mod revocation;
+/// Migrations, one process at a time, and waiting for them.
+#[cfg(feature = "http")]
+pub mod schema;
 /// Secrets sealed for storage.
 pub mod sealed;
 /// NATS subject and `Nats-Msg-Id` naming.

@@ -64,6 +64,10 @@ use crate::config::Config;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi/query-api.json");
 
+/// The migrations this build reads through (applied by command-api or the projector; this
+/// service only waits for them).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -177,6 +181,9 @@ impl Application {
         events::bus::NatsUrl::parse(&config.nats_url)
             .check(config.allow_dev_secrets)
             .map_err(StartError::WeakSecret)?;
+        // query-api does not migrate: it waits for command-api (or the projector) to bring
+        // the schema to the migrations it was built with, rather than fail on a missing table.
+        events::schema::wait_for(url, &MIGRATIONS, std::time::Duration::from_secs(120)).await?;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect(url)

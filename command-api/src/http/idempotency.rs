@@ -435,9 +435,8 @@ impl Claim {
         // opens the same aggregate, and the attempt's id, to look for its events); a refusal
         // of a caller without a token — its 429s included, which commit nothing — leaves no
         // row.
-        let refused_stranger = !self.keep_refusals
-            && !parts.status.is_success()
-            && !parts.status.is_server_error();
+        let refused_stranger =
+            !self.keep_refusals && !parts.status.is_success() && !parts.status.is_server_error();
         let outcome = if transient(parts.status, &body) && !refused_stranger {
             sqlx::query(
                 "UPDATE idempotency_keys SET released = true

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 use crate::support::{eventually, nats_url, tenant_body, TestEnv, SECRET};
 
@@ -399,4 +400,41 @@ async fn from_bootstrap_admin_to_a_signed_in_phone_user() {
     assert_eq!(session["authenticated"], true);
     assert_eq!(session["user"]["tenant_id"], tenant.as_str());
     assert_eq!(session["user"]["phone"], "+442079460000");
+}
+
+/// The three services started at once on a new database: one migrates at a time (the other
+/// waits without holding anything a concurrent index build would wait for), query-api waits
+/// for the schema instead of failing on a missing table, and all three serve.
+#[tokio::test]
+async fn the_services_started_together_on_a_new_database_all_come_up() {
+    let env = TestEnv::new().await;
+    let name = format!("fresh_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&crate::support::server_url())
+        .await
+        .expect("server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("a database nobody migrated");
+    let url = crate::support::with_database(&crate::support::server_url(), &name);
+    let mut command = env.command_config();
+    command.database_url = Some(url.clone());
+    let mut projector_config = env.projector_config();
+    projector_config.database_url = Some(url.clone());
+    let mut query = env.query_config();
+    query.database_url = Some(url.clone());
+    let (command, projector_pool, query) = tokio::join!(
+        command_api::Application::build(command),
+        projector_config.pool(),
+        query_api::Application::build(query),
+    );
+    let command = command.expect("command-api starts");
+    let projector_pool = projector_pool.expect("the projector starts");
+    let query = query.expect("query-api starts, once the schema is there");
+    drop((command, query));
+    projector_pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("dropped");
 }

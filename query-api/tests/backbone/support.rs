@@ -39,7 +39,7 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-fn with_database(url: &str, db: &str) -> String {
+pub fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
     format!("{base}/{db}")
 }
