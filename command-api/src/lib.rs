@@ -81,6 +81,8 @@ pub struct AppState {
     pub relaxed_pool: PgPool,
     /// NATS connection (readiness).
     pub nats: async_nats::Client,
+    /// Whether this process's relay gets events out (readiness).
+    pub relay_health: Arc<relay::Health>,
     /// Bearer-token verification.
     pub tokens: TokenKeys,
     /// Revoked sessions, deactivated users, changed roles, suspended tenants.
@@ -343,10 +345,12 @@ impl Application {
             Some(config.token_ttl()? + std::time::Duration::from_secs(86_400)),
         )
         .await?;
+        let relay_health = Arc::new(relay::Health::default());
         let state = AppState {
             pool: pool.clone(),
             relaxed_pool,
             nats,
+            relay_health: relay_health.clone(),
             access,
             tokens: TokenKeys::new(config.auth_secret()?),
             metrics: metrics.clone(),
@@ -411,7 +415,8 @@ impl Application {
                     config.relay_batch,
                     metrics,
                 )
-                .with_idle_poll(std::time::Duration::from_millis(config.relay_poll_ms)),
+                .with_idle_poll(std::time::Duration::from_millis(config.relay_poll_ms))
+                .with_health(relay_health),
                 committed,
             )
         });

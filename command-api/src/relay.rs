@@ -136,6 +136,37 @@ pub async fn ensure_stream(
     Ok(())
 }
 
+/// Whether the relay is getting events out, for readiness: a relay that keeps failing
+/// (the bus refuses, the stream is gone) holds every read model and push back.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// When the current run of failures began, and the last failure; `None` while it
+    /// publishes.
+    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl Health {
+    /// How long the relay has been failing, and why; `None` while it publishes.
+    pub fn failing(&self) -> Option<(Duration, String)> {
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    fn failed(&self, why: &RelayError) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failing
+            .as_ref()
+            .map_or_else(std::time::Instant::now, |(s, _)| *s);
+        *failing = Some((since, why.to_string()));
+    }
+
+    fn published(&self) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// One relay publishing to one stream.
 pub struct Relay {
     /// Pool the dedicated connection is opened from (its options are reused).
@@ -150,8 +181,11 @@ pub struct Relay {
     batch: i64,
     /// Where metrics go.
     metrics: Arc<Metrics>,
-    /// Whether the stream was made sure of ([`ensure_stream`]) since this relay started.
+    /// Whether the stream was made sure of ([`ensure_stream`]) since this relay started, or
+    /// since the bus last said it had no such stream.
     stream_ready: std::sync::atomic::AtomicBool,
+    /// What readiness reads.
+    health: Arc<Health>,
     /// Longest wait between reads when nothing wakes the relay (covers a horizon held back
     /// by a slower event-writing transaction).
     idle_poll: Duration,
@@ -187,8 +221,15 @@ impl Relay {
             batch: batch.clamp(1, MAX_BATCH),
             metrics,
             stream_ready: std::sync::atomic::AtomicBool::new(false),
+            health: Arc::default(),
             idle_poll: Duration::from_millis(100),
         }
+    }
+
+    /// Reports to `health` (readiness reads it).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Sets the longest wait between reads when nothing wakes the relay.
@@ -403,6 +444,7 @@ impl Relay {
                         acked = Some(checkpoint);
                     }
                     Err(e) => {
+                        self.stream_gone(&e);
                         failure.get_or_insert(RelayError::Publish(e.to_string()));
                         break;
                     }
@@ -410,6 +452,15 @@ impl Relay {
             }
         }
         (acked, published, failure.map_or(Ok(()), Err))
+    }
+
+    /// Notes a publish refused because the stream does not exist (the bus lost its store,
+    /// or an operator deleted it): it is made again before the next round.
+    fn stream_gone(&self, e: &async_nats::jetstream::context::PublishError) {
+        if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+            self.stream_ready
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Quarantines `envelope` as larger than the bus or the stream accepts.
@@ -462,7 +513,10 @@ impl Relay {
                 jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                     Unsent::TooLarge(e.to_string())
                 }
-                _ => Unsent::Failed(RelayError::Publish(e.to_string())),
+                _ => {
+                    self.stream_gone(&e);
+                    Unsent::Failed(RelayError::Publish(e.to_string()))
+                }
             })
     }
 
@@ -579,6 +633,7 @@ impl Relay {
             match outcome {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    self.health.failed(&e);
                     tracing::warn!(error = %e, stream = %self.stream, "relay interrupted; retrying");
                     self.metrics.gauge(
                         "relay_leader",
@@ -605,6 +660,8 @@ impl Relay {
             )
             .await
             .unwrap_or(Ok(()))?;
+            // Standing by is not failing: the active relay answers for publishing.
+            self.health.published();
             return Ok(());
         };
         self.ensure_stream().await?;
@@ -613,6 +670,7 @@ impl Relay {
         let mut measured = std::time::Instant::now() - LAG_EVERY;
         loop {
             self.step(&mut leader).await?;
+            self.health.published();
             if leader.more {
                 continue;
             }
@@ -714,4 +772,26 @@ impl StoredRow {
 fn parse_xid(text: &str) -> Result<u64, RelayError> {
     text.parse()
         .map_err(|_| RelayError::Corrupt(text.to_owned(), "not a transaction id".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_says_how_long_the_relay_has_been_failing_until_it_publishes_again() {
+        let health = Health::default();
+        assert!(health.failing().is_none());
+        health.failed(&RelayError::Publish("no stream found".into()));
+        std::thread::sleep(Duration::from_millis(5));
+        health.failed(&RelayError::Publish("still no stream".into()));
+        let (for_how_long, why) = health.failing().expect("failing");
+        assert!(
+            for_how_long >= Duration::from_millis(5),
+            "counted from the first failure"
+        );
+        assert_eq!(why, "publish: still no stream");
+        health.published();
+        assert!(health.failing().is_none());
+    }
 }

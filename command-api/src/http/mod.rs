@@ -199,8 +199,11 @@ async fn no_store(mut response: Response) -> Response {
     response
 }
 
-/// Ready when PostgreSQL answers, token revocations are followed and the NATS connection is
-/// up. Events the relay quarantined and no operator has acknowledged yet are reported
+/// How long the relay may keep failing before the process says it is not ready.
+const RELAY_FAILING_FOR: Duration = Duration::from_secs(10);
+
+/// Ready when PostgreSQL answers, token revocations are followed, the NATS connection is up
+/// and the relay has not been failing for [`RELAY_FAILING_FOR`]. Events the relay quarantined and no operator has acknowledged yet are reported
 /// (`"status": "degraded"`, `quarantined_events`) without taking the instance out of service:
 /// they are one aggregate's trouble, and every other event is being published.
 async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
@@ -217,6 +220,16 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     }
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         return Err(Problem::unavailable(&"NATS is not connected"));
+    }
+    // A relay that keeps failing (the bus refuses, the stream is gone) holds every read
+    // model and push back: not ready, though commands are still taken.
+    if let Some((for_how_long, why)) = state.relay_health.failing() {
+        if for_how_long > RELAY_FAILING_FOR {
+            return Err(Problem::unavailable(&format!(
+                "the relay has not published for {} s: {why}",
+                for_how_long.as_secs()
+            )));
+        }
     }
     let status = if quarantined > 0 { "degraded" } else { "ready" };
     Ok(axum::Json(serde_json::json!({

@@ -85,3 +85,41 @@ async fn the_services_start_without_nats_take_commands_and_catch_up_when_it_come
     projector.abort();
     api.stop().await;
 }
+
+/// The bus comes back without its store (a new server, a lost volume): the stream is gone.
+/// The relay makes it again and publishes what followed, and the projector follows it.
+#[tokio::test]
+async fn a_bus_that_lost_its_stream_gets_it_back_and_publishing_resumes() {
+    let env = TestEnv::new().await;
+    let nats_port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let mut nats = start_nats(nats_port);
+    let mut config = env.command_config();
+    config.nats_url = nats_url.clone();
+    let api = env.spawn_command_api(config).await;
+    let mut projector_config = env.projector_config();
+    projector_config.nats_url = nats_url;
+    let projector = env.spawn_projector(projector_config);
+    let projected = |tenant: String| {
+        let env = &env;
+        async move {
+            eventually(Duration::from_secs(30), "the tenant projected", || async {
+                sqlx::query_scalar::<_, i64>("SELECT version FROM tenants WHERE id::text = $1")
+                    .bind(&tenant)
+                    .fetch_optional(&env.pool)
+                    .await
+                    .expect("read model")
+            })
+            .await
+        }
+    };
+    let (first, _) = create_tenant(&env, &api, "before-the-loss").await;
+    projected(first).await;
+
+    nats.kill().await.expect("killed");
+    let _fresh = start_nats(nats_port);
+    let (second, _) = create_tenant(&env, &api, "after-the-loss").await;
+    projected(second).await;
+    projector.abort();
+    api.stop().await;
+}
