@@ -90,6 +90,10 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub audio_upload_mib_per_user_per_day: i64,
+    /// Refused admin logins a client IP may have per hour (`/auth/admin/login`); beyond, its
+    /// logins answer 429 until the hour ends, and add nothing to anyone's history.
+    #[arg(long, env = "LOGIN_FAILURES_PER_IP_PER_HOUR", default_value_t = 100)]
+    pub login_failures_per_ip_per_hour: i64,
     /// Anonymous tenant sign-ups a client IP may make per hour (`/v1/tenants/signup`).
     #[arg(long, env = "SIGNUPS_PER_IP_PER_HOUR", default_value_t = 5)]
     pub signups_per_ip_per_hour: i64,

@@ -116,6 +116,8 @@ pub struct AppState {
     pub proxy_hops: usize,
     /// Anonymous tenant sign-ups per client IP per hour.
     pub signups_per_ip: i64,
+    /// Refused admin logins per client IP per hour.
+    pub login_failures_per_ip: i64,
     /// Audio uploads per user per hour.
     pub audio_uploads_per_user: i64,
     /// Mebibytes of audio per user per day.
@@ -389,6 +391,7 @@ impl Application {
             otp_per_ip: config.otp_requests_per_ip_per_hour,
             proxy_hops: config.proxy_hops(),
             signups_per_ip: config.signups_per_ip_per_hour,
+            login_failures_per_ip: config.login_failures_per_ip_per_hour,
             audio_uploads_per_user: config.audio_uploads_per_user_per_hour,
             audio_mib_per_user_per_day: config.audio_upload_mib_per_user_per_day,
             clock,

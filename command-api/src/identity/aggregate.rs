@@ -148,6 +148,20 @@ pub struct AdminUser {
     failures: Vec<DateTime<Utc>>,
     /// Locked until then.
     locked_until: Option<DateTime<Utc>>,
+    /// A refused attempt was recorded since the user was deactivated, or since the current
+    /// lock began (its `until`): later ones are answered alike and not recorded, so
+    /// nobody can grow the user's history for ever by knocking on a closed door.
+    #[serde(default)]
+    refusal_noted: Option<Refusal>,
+}
+
+/// What a recorded refusal was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Refusal {
+    /// The user is deactivated.
+    Inactive,
+    /// The lock that ends then.
+    Locked(DateTime<Utc>),
 }
 
 impl AdminUser {
@@ -233,10 +247,16 @@ impl AdminUser {
         self.require_exists()?;
         let failed = |reason| AdminUserEvent::LoginFailed { reason, at };
         if !self.active {
+            if self.refusal_noted == Some(Refusal::Inactive) {
+                return Ok(vec![]);
+            }
             return Ok(vec![failed(LoginFailure::Inactive)]);
         }
-        if self.locked_until.is_some_and(|until| at < until) {
+        if let Some(until) = self.locked_until.filter(|until| at < *until) {
             // The password is not even checked while locked.
+            if self.refusal_noted == Some(Refusal::Locked(until)) {
+                return Ok(vec![]);
+            }
             return Ok(vec![failed(LoginFailure::Locked)]);
         }
         let ok = identity
@@ -498,7 +518,10 @@ impl Aggregate for AdminUser {
             AdminUserEvent::RoleChanged { role } => self.role = Some(role),
             AdminUserEvent::DepartmentChanged { department } => self.department = department,
             AdminUserEvent::Deactivated {} => self.active = false,
-            AdminUserEvent::Reactivated {} => self.active = true,
+            AdminUserEvent::Reactivated {} => {
+                self.active = true;
+                self.refusal_noted = None;
+            }
             AdminUserEvent::PasswordResetIssued { .. } => {}
             AdminUserEvent::PasswordChanged { .. } | AdminUserEvent::PasswordReset { .. } => {
                 // A new password is a fresh start for the lock.
@@ -506,12 +529,17 @@ impl Aggregate for AdminUser {
                 self.locked_until = None;
             }
             AdminUserEvent::LoginSucceeded { .. } => self.failures.clear(),
-            AdminUserEvent::LoginFailed { reason, at } => {
-                if reason == LoginFailure::WrongPassword {
+            AdminUserEvent::LoginFailed { reason, at } => match reason {
+                LoginFailure::WrongPassword => {
                     self.failures.retain(|t| *t > at - FAILURE_WINDOW);
                     self.failures.push(at);
                 }
-            }
+                LoginFailure::Inactive => self.refusal_noted = Some(Refusal::Inactive),
+                LoginFailure::Locked => {
+                    self.refusal_noted = self.locked_until.map(Refusal::Locked);
+                }
+                _ => {}
+            },
             AdminUserEvent::LockedOut { until } => {
                 self.locked_until = Some(until);
                 self.failures.clear();
@@ -717,6 +745,39 @@ mod tests {
             }],
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn login_while_locked_is_recorded_once_per_lock() {
+        let locked_at = |minute| AdminUserEvent::LoginFailed {
+            reason: LoginFailure::Locked,
+            at: at(minute),
+        };
+        let given = vec![
+            created(),
+            AdminUserEvent::LockedOut { until: at(15) },
+            locked_at(1),
+        ];
+        // Knocking again on the same lock adds nothing to the history.
+        expect_events(given.clone(), login(PASSWORD, 2), vec![]).await;
+        // A new lock is a new refusal worth recording.
+        let mut relocked = given;
+        relocked.push(AdminUserEvent::LockedOut { until: at(45) });
+        expect_events(relocked, login(PASSWORD, 30), vec![locked_at(30)]).await;
+    }
+
+    #[tokio::test]
+    async fn login_of_a_deactivated_user_is_recorded_once_until_reactivated() {
+        let refused = |minute| AdminUserEvent::LoginFailed {
+            reason: LoginFailure::Inactive,
+            at: at(minute),
+        };
+        let given = vec![created(), AdminUserEvent::Deactivated {}, refused(1)];
+        expect_events(given.clone(), login(PASSWORD, 2), vec![]).await;
+        let mut again = given;
+        again.push(AdminUserEvent::Reactivated {});
+        again.push(AdminUserEvent::Deactivated {});
+        expect_events(again, login(PASSWORD, 3), vec![refused(3)]).await;
     }
 
     #[tokio::test]

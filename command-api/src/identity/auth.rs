@@ -5,10 +5,11 @@
 //! account (401 `invalid_credentials`), and takes alike long: an unknown e-mail still runs
 //! one argon2 verification, against a hash made at start-up.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -150,11 +151,74 @@ fn tenant_suspended() -> Problem {
     ))
 }
 
+/// The hourly count of a client's refused logins.
+fn login_failures(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    let ip = crate::http::limits::client_ip(state, peer, headers);
+    format!("login-failures-ip:{ip}")
+}
+
 async fn login(
     State(state): State<AppState>,
     ids: RequestIds,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Login>,
 ) -> Result<Response, Problem> {
+    // A client refused too often this hour is refused before anything is looked up or
+    // recorded: guessing at speed, or growing an account's history, stops here.
+    let bucket = login_failures(&state, peer, &headers);
+    if let Some(retry_after) = crate::http::limits::spend(
+        &state,
+        &bucket,
+        crate::http::limits::Window::Hour,
+        0,
+        state.login_failures_per_ip - 1,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many refused logins from this address; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("3600")),
+        ));
+    }
+    let refused = |problem: Problem| {
+        let (state, bucket) = (state.clone(), bucket.clone());
+        async move {
+            if let Err(e) = crate::http::limits::spend(
+                &state,
+                &bucket,
+                crate::http::limits::Window::Hour,
+                1,
+                i64::MAX,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not count a refused login");
+            }
+            problem
+        }
+    };
+    match login_once(&state, &ids, body).await {
+        Ok(answer) => Ok(answer),
+        Err(problem)
+            if problem.status == StatusCode::UNAUTHORIZED
+                || problem.status == StatusCode::FORBIDDEN =>
+        {
+            Err(refused(problem).await)
+        }
+        Err(problem) => Err(problem),
+    }
+}
+
+async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<Response, Problem> {
+    let state = state.clone();
     let email = crate::values::Email::lookup_form(&body.email);
     // No stored address holds a control character, and PostgreSQL text cannot hold U+0000
     // at all (it would answer an error, not "no such row"): such an address is nobody's.

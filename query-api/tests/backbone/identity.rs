@@ -1969,3 +1969,66 @@ async fn a_tenant_admin_cannot_tell_other_tenants_users_from_their_addresses() {
     assert!(limited, "refusals are limited per admin");
     api.stop().await;
 }
+
+/// A stranger cannot grow an account's history without end: attempts on a locked account
+/// are recorded once per lock, and a client refused too often in an hour is stopped before
+/// anything is looked up or recorded.
+#[tokio::test]
+async fn refused_logins_cannot_grow_an_accounts_history_without_end() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    config.login_failures_per_ip_per_hour = 12;
+    let api = env.spawn_command_api(config).await;
+    let events = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'admin_user'")
+                .fetch_one(&env.pool)
+                .await
+                .expect("count");
+        n
+    };
+    // Five wrong passwords lock the account (five failures and the lock), then the first
+    // attempt on the lock is recorded, and no other.
+    for _ in 0..5 {
+        expect_problem(
+            login(&env, &api, ROOT_EMAIL, "not it at all").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    expect_problem(
+        login(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let after_lock = events().await;
+    for _ in 0..5 {
+        expect_problem(
+            login(&env, &api, ROOT_EMAIL, ROOT_PASSWORD).await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    assert_eq!(
+        events().await,
+        after_lock,
+        "knocking on the lock records nothing more"
+    );
+    // The twelfth refusal this hour was the last: the next is stopped at the door.
+    expect_problem(
+        login(&env, &api, ROOT_EMAIL, "again").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let stopped = login(&env, &api, ROOT_EMAIL, "and again").await;
+    assert!(stopped.headers().contains_key("retry-after"));
+    expect_problem(stopped, 429, "rate_limited").await;
+    assert_eq!(events().await, after_lock);
+    api.stop().await;
+}

@@ -166,6 +166,7 @@ impl TestEnv {
             otp_requests_per_ip_per_hour: 20,
             trusted_proxy_hops: 0,
             signups_per_ip_per_hour: 5,
+            login_failures_per_ip_per_hour: 100,
             audio_uploads_per_user_per_hour: 30,
             audio_upload_mib_per_user_per_day: 1024,
             trust_forwarded_for: false,
