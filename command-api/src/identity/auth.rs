@@ -251,7 +251,7 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
             .as_deref()
             .is_some_and(|t| state.access.is_suspended(t)),
     };
-    let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), &ids);
+    let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), ids);
     let refresh_token = state
         .sessions
         .stage(&user_id, &session_id)
