@@ -79,6 +79,22 @@ async fn create(
         } => tenant_id.clone(),
         _ => None,
     });
+    // An admin who used up their refusals of taken addresses this hour creates nobody until
+    // it ends: were only taken addresses refused then, the 429 itself would tell them.
+    if !who.is_super_admin() {
+        if let Some(retry_after) = crate::http::limits::spend(
+            &state,
+            &email_refusals(&who),
+            crate::http::limits::Window::Hour,
+            0,
+            EMAIL_REFUSALS_PER_HOUR,
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        {
+            return Err(probing_limited(retry_after));
+        }
+    }
     // One spelling of the tenant's id in the user's events, whatever form the caller used.
     let tenant = tenant.map(|t| Uuid::parse_str(&t).map_or(t, |u| u.to_string()));
     if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
@@ -178,18 +194,10 @@ async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Prob
         Ok(_) => {}
         Err(e) => return Problem::unavailable(&e),
     }
-    let bucket = format!("email-refusals:{}", who.user_id());
-    match crate::http::limits::over_limit(state, &bucket, EMAIL_REFUSALS_PER_HOUR).await {
-        Ok(Some(retry_after)) => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many addresses refused this hour; retry in {retry_after} s."),
-        )
-        .with_header(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_str(&retry_after.to_string())
-                .unwrap_or(axum::http::HeaderValue::from_static("3600")),
-        ),
+    match crate::http::limits::over_limit(state, &email_refusals(who), EMAIL_REFUSALS_PER_HOUR)
+        .await
+    {
+        Ok(Some(retry_after)) => probing_limited(retry_after),
         Ok(None) => Problem::new(
             StatusCode::CONFLICT,
             "email_unavailable",
@@ -206,6 +214,26 @@ enum Placement {
     NewUser,
     /// A user the tenant already has (moving them out of a department is always allowed).
     Existing,
+}
+
+/// The hourly count of an admin's refusals of taken addresses.
+fn email_refusals(who: &Principal) -> String {
+    format!("email-refusals:{}", who.user_id())
+}
+
+/// The answer once an admin has used up their refusals of taken addresses: to every user
+/// they create, whatever its address, until the hour ends.
+fn probing_limited(retry_after: i64) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("Too many addresses refused this hour; retry in {retry_after} s."),
+    )
+    .with_header(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_str(&retry_after.to_string())
+            .unwrap_or(axum::http::HeaderValue::from_static("3600")),
+    )
 }
 
 /// A user belongs to a tenant that exists, and a department belongs to that tenant.

@@ -1967,6 +1967,10 @@ async fn a_tenant_admin_cannot_tell_other_tenants_users_from_their_addresses() {
         expect_problem(answer, 409, "email_unavailable").await;
     }
     assert!(limited, "refusals are limited per admin");
+    // Once limited, every creation is refused alike, a free address's too: the 429 tells
+    // nothing about the address.
+    let free = invite("nobody-yet@acme.example").await;
+    expect_problem(free, 429, "rate_limited").await;
     api.stop().await;
 }
 
