@@ -28,8 +28,22 @@ pub struct Params {
     limit: Option<i64>,
 }
 
+/// One event as stored, its payload as text: decoded here, one by one, so that one that no
+/// JSON reader can decode (nested too deep: the relay quarantined it) is shown as such
+/// instead of failing the whole history.
+#[derive(Debug, FromRow)]
+struct StoredEvent {
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: serde_json::Value,
+    recorded_at: DateTime<Utc>,
+    global_position: i64,
+}
+
 /// One event as auditors read it.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize)]
 pub struct AuditEvent {
     sequence: i64,
     event_type: String,
@@ -111,8 +125,9 @@ async fn history(
         }
         (home.clone(), Some(home))
     };
-    let mut events: Vec<AuditEvent> = sqlx::query_as(
-        "SELECT sequence, event_type, event_version, payload, metadata, recorded_at, global_position
+    let stored: Vec<StoredEvent> = sqlx::query_as(
+        "SELECT sequence, event_type, event_version, payload::text AS payload, metadata,
+                recorded_at, global_position
            FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
             AND ($5::text IS NULL OR metadata->>'tenant_id' = $5)
@@ -127,6 +142,20 @@ async fn history(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
+    let mut events: Vec<AuditEvent> = stored
+        .into_iter()
+        .map(|e| AuditEvent {
+            payload: serde_json::from_str(&e.payload).unwrap_or_else(
+                |_| serde_json::json!({"unreadable": "nested deeper than JSON readers decode"}),
+            ),
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+            global_position: e.global_position,
+        })
+        .collect();
     for event in &mut events {
         events::sealed::redact(&aggregate_type, &event.event_type, &mut event.payload);
     }

@@ -655,6 +655,17 @@ async fn a_command_on_an_aggregate_with_an_unreadable_event_is_answered_not_drop
     assert_eq!(answer.status(), 500);
     assert_eq!(answer.headers()["content-type"], "application/problem+json");
     create_tenant(&env, &api, "still-serving").await;
+    // Its history still reads, the unreadable event shown as such.
+    let query = env.spawn_query_api(env.query_config()).await;
+    let history = env
+        .get_json(
+            &query.url(&format!("/v1/audit/tenant/{id}")),
+            &env.super_admin(),
+        )
+        .await;
+    assert_eq!(history["events"][0]["event_type"], "Created");
+    assert!(history["events"][1]["payload"]["unreadable"].is_string());
+    query.stop().await;
     api.stop().await;
 }
 
