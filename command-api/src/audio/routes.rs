@@ -138,6 +138,9 @@ async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, Problem> {
     let tenant = upload_tenant(&who, params.tenant_id)?;
+    if who.is_super_admin() {
+        crate::http::named_tenant(&state, &tenant).await?;
+    }
     let mut multipart = multipart.map_err(|e| {
         Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

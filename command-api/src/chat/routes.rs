@@ -239,7 +239,11 @@ async fn open(
                 "A customer opens threads in their own tenant only.",
             ))
         }
-        (_, Some(t)) => t.to_string(),
+        (_, Some(t)) => {
+            let t = t.to_string();
+            crate::http::named_tenant(&state, &t).await?;
+            t
+        }
         (_, None) => {
             return Err(Problem::unprocessable(
                 "tenant_required",

@@ -115,15 +115,18 @@ pub struct ForTenant {
 }
 
 /// The tenant a staff request acts in: a tenant admin's own (naming another is 403), or the
-/// one a super admin names (required).
-pub fn administered_tenant(
+/// one a super admin names (required, and one that can take the work: [`named_tenant`]).
+pub async fn administered_tenant(
+    state: &AppState,
     who: &events::access::Principal,
     asked: Option<uuid::Uuid>,
 ) -> Result<String, Problem> {
     if who.is_super_admin() {
-        return asked.map(|t| t.to_string()).ok_or_else(|| {
+        let tenant = asked.map(|t| t.to_string()).ok_or_else(|| {
             Problem::unprocessable("tenant_required", "Name the tenant (tenant_id).")
-        });
+        })?;
+        named_tenant(state, &tenant).await?;
+        return Ok(tenant);
     }
     let home = match who {
         events::access::Principal::Admin {
@@ -136,6 +139,30 @@ pub fn administered_tenant(
         return Err(Problem::forbidden("Only the tenant's admins may do this."));
     }
     Ok(home)
+}
+
+/// A tenant a super admin (or a platform component) names for new work must exist and have
+/// been approved: 404 for none, 422 `tenant_pending` for one awaiting approval, 422
+/// `tenant_rejected` for one turned down. A suspended tenant is still administered. (Its own
+/// staff's tokens already say whether their tenant serves.)
+pub async fn named_tenant(state: &AppState, tenant_id: &str) -> Result<(), Problem> {
+    let tenant = state.tenants.load(tenant_id).await?;
+    if !tenant.exists() {
+        return Err(Problem::not_found("no such tenant"));
+    }
+    if tenant.is_rejected() {
+        return Err(Problem::unprocessable(
+            "tenant_rejected",
+            "The tenant's signup was turned down.",
+        ));
+    }
+    if tenant.is_pending() {
+        return Err(Problem::unprocessable(
+            "tenant_pending",
+            "The tenant awaits approval.",
+        ));
+    }
+    Ok(())
 }
 
 /// Every route, with the shared middleware.

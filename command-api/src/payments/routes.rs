@@ -84,7 +84,7 @@ async fn request(
     keyed: Option<Extension<KeyedRequest>>,
     Json(body): Json<RequestPayment>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let id = crate::http::client_id(body.id)?
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
@@ -330,7 +330,7 @@ async fn save_tax(
     Path(tax_id): Path<String>,
     Json(body): Json<SaveTax>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let command = CatalogCommand::SaveTax {
         tax_id,
         name: body.name,
@@ -368,7 +368,7 @@ async fn save_product(
     Path(product_id): Path<String>,
     Json(body): Json<SaveProduct>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let command = CatalogCommand::SaveProduct {
         product_id,
         name: body.name,

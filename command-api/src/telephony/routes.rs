@@ -50,7 +50,7 @@ async fn assign(
     Path(raw): Path<String>,
     Json(body): Json<ForTenant>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let number = number(&raw)?;
     let command = PhoneNumberCommand::Assign {
         tenant_id: tenant.clone(),
@@ -76,7 +76,7 @@ async fn release(
     Path(raw): Path<String>,
     Json(body): Json<ForTenant>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let number = number(&raw).map_err(|_| PhoneNumberError::NotFound.problem())?;
     let command = PhoneNumberCommand::Release {
         tenant_id: tenant.clone(),

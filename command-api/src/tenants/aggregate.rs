@@ -131,6 +131,11 @@ impl Tenant {
             .map(String::as_str)
     }
 
+    /// True while the signup awaits a super admin's decision.
+    pub fn is_pending(&self) -> bool {
+        self.status == Some(Status::Pending)
+    }
+
     /// True once the signup was turned down: nothing more happens to it, and it gets no
     /// users.
     pub fn is_rejected(&self) -> bool {

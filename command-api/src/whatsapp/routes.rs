@@ -154,7 +154,7 @@ async fn connect(
     ids: RequestIds,
     Json(body): Json<ConnectBody>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let phone_number_id = provider_id(&body.phone_number_id, "phone_number_id")?;
     let business_account_id = body
         .business_account_id
@@ -242,7 +242,7 @@ async fn connect_bridge(
     ids: RequestIds,
     Json(body): Json<BridgeBody>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let number = E164::parse(&body.phone_number).ok_or_else(|| {
         Problem::unprocessable(
             "invalid_phone",
@@ -337,7 +337,7 @@ async fn disconnect(
     Path(raw): Path<String>,
     Json(body): Json<ForTenant>,
 ) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&who, body.tenant_id)?;
+    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
     let id = session_path(&raw)?;
     let command = SessionCommand::Disconnect {
         tenant_id: tenant.clone(),

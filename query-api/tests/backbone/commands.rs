@@ -1116,3 +1116,67 @@ async fn a_stranger_and_a_caller_with_an_expired_token_do_not_share_keys() {
     expect_problem(caller, 401, "token_expired").await;
     api.stop().await;
 }
+
+/// A super admin's new work goes to a tenant that exists and was approved: none is 404, one
+/// awaiting approval 422 `tenant_pending`, one turned down 422 `tenant_rejected`; nothing is
+/// appended for any of them.
+#[tokio::test]
+async fn a_super_admin_cannot_put_work_in_a_tenant_that_is_not_there_or_not_approved() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let signup = |slug: &'static str| {
+        let (env, api) = (&env, &api);
+        async move {
+            let answer = env
+                .http
+                .post(api.url("/v1/tenants/signup"))
+                .json(&tenant_body(slug))
+                .send()
+                .await
+                .expect("sent");
+            answer.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        }
+    };
+    let pending = signup("still-pending").await;
+    let rejected = signup("turned-away").await;
+    let turned_down = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{rejected}/reject")))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"reason": "no"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(turned_down.status(), 200);
+    let before = env.event_count().await;
+    let nobody = uuid::Uuid::new_v4().to_string();
+    for (tenant, status, code) in [
+        (nobody.as_str(), 404, "not_found"),
+        (pending.as_str(), 422, "tenant_pending"),
+        (rejected.as_str(), 422, "tenant_rejected"),
+    ] {
+        let thread = env
+            .http
+            .post(api.url("/v1/chat/threads"))
+            .bearer_auth(env.super_admin())
+            .json(&json!({"tenant_id": tenant}))
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(thread, status, code).await;
+        let tax = env
+            .http
+            .put(api.url("/v1/catalog/taxes/vat"))
+            .bearer_auth(env.super_admin())
+            .json(&json!({"tenant_id": tenant, "name": "VAT", "rate_bp": 2000, "included": true}))
+            .send()
+            .await
+            .expect("sent");
+        expect_problem(tax, status, code).await;
+    }
+    assert_eq!(env.event_count().await, before, "nothing appended");
+    api.stop().await;
+}
