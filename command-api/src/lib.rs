@@ -263,9 +263,6 @@ impl Application {
     ) -> Result<Self, StartError> {
         let database_url = config.database_url()?;
         config.check_secrets()?;
-        // Migrations on a connection of their own: they may take longer than any command's
-        // statement is allowed to.
-        events::schema::migrate(database_url, &MIGRATOR).await?;
         let options = PgConnectOptions::from_str(database_url)?.options([
             (
                 "statement_timeout",
@@ -277,6 +274,9 @@ impl Application {
             .max_connections(config.db_max_connections)
             .connect_with(options)
             .await?;
+        // Migrations on a connection of their own: they may take longer than any command's
+        // statement is allowed to.
+        events::schema::migrate(database_url, &MIGRATOR).await?;
         // The bus may be down: commands are taken all the same (the store is the source of
         // truth), readiness says NATS is not connected, and the relay creates the stream and
         // publishes what waited once it is up.

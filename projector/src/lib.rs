@@ -340,11 +340,11 @@ impl Config {
             .or(self.neon_pg_conn.as_deref())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| Error::Config("set DATABASE_URL (or NEON_PG_CONN)".into()))?;
-        events::schema::migrate(url, &MIGRATOR).await?;
         let pool = PgPoolOptions::new()
             .max_connections(self.db_max_connections)
             .connect(url)
             .await?;
+        events::schema::migrate(url, &MIGRATOR).await?;
         Ok(pool)
     }
 }

@@ -566,17 +566,8 @@ async fn long_streams_are_snapshotted_and_still_decide_correctly() {
 async fn a_stored_event_no_reader_can_decode_is_quarantined_and_readiness_reports_it() {
     let env = TestEnv::new().await;
     let api = env.spawn_command_api(env.command_config()).await;
-    let deep = format!("{}1{}", r#"{"a":"#.repeat(140), "}".repeat(140));
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('tenant', 'poisoned', 1, 'PreferencesUpdated', '1.0',
-                 jsonb_build_object('PreferencesUpdated', jsonb_build_object('preferences', $1::jsonb)),
-                 '{\"tenant_id\": \"poisoned\"}')",
-    )
-    .bind(deep)
-    .execute(&env.pool)
-    .await
-    .expect("stored as an earlier release would have");
+    env.append_unreadable("tenant", "poisoned", "poisoned")
+        .await;
     let (id, _) = create_tenant(&env, &api, "after-the-poison").await;
     let expected = format!("tenant:{id}:1");
     crate::support::eventually(
@@ -629,18 +620,7 @@ async fn a_command_on_an_aggregate_with_an_unreadable_event_is_answered_not_drop
     let env = TestEnv::new().await;
     let api = env.spawn_command_api(env.command_config()).await;
     let (id, _) = create_tenant(&env, &api, "unreadable").await;
-    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('tenant', $1, 2, 'PreferencesUpdated', '1.0',
-                 jsonb_build_object('PreferencesUpdated', jsonb_build_object('preferences', $2::jsonb)),
-                 jsonb_build_object('tenant_id', $1::text))",
-    )
-    .bind(&id)
-    .bind(deep)
-    .execute(&env.pool)
-    .await
-    .expect("stored as an earlier release would have");
+    env.append_unreadable("tenant", &id, &id).await;
     // After a restart, nothing of the tenant is cached.
     api.stop().await;
     let api = env.spawn_command_api(env.command_config()).await;

@@ -1645,6 +1645,11 @@ async fn two_super_admins_deactivating_each_other_at_once_leave_one() {
 /// Makes every insert into `table` fail as a briefly unavailable database does (SQLSTATE
 /// 55P03, transient: 503), until [`heal`].
 async fn break_inserts(env: &TestEnv, table: &str, when: &str) {
+    break_writes(env, "INSERT", table, when).await;
+}
+
+/// Makes every `write` (`INSERT`, `UPDATE`) of `table` fail as [`break_inserts`] does.
+async fn break_writes(env: &TestEnv, write: &str, table: &str, when: &str) {
     sqlx::query(
         "CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'injected fault' USING ERRCODE = '55P03'; END; $$",
@@ -1653,7 +1658,7 @@ async fn break_inserts(env: &TestEnv, table: &str, when: &str) {
     .await
     .expect("fault function");
     sqlx::query(&format!(
-        "CREATE TRIGGER test_fault BEFORE INSERT ON {table} FOR EACH ROW {when}
+        "CREATE TRIGGER test_fault BEFORE {write} ON {table} FOR EACH ROW {when}
          EXECUTE FUNCTION test_fault()"
     ))
     .execute(&env.pool)
@@ -1826,20 +1831,7 @@ async fn work_that_follows_an_event_is_never_half_done_and_retries_converge() {
             .bearer_auth(&root)
             .send()
     };
-    sqlx::query(
-        "CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'injected fault' USING ERRCODE = '55P03'; END; $$",
-    )
-    .execute(&env.pool)
-    .await
-    .expect("fault function");
-    sqlx::query(
-        "CREATE TRIGGER test_fault BEFORE UPDATE ON admin_sessions FOR EACH ROW
-         EXECUTE FUNCTION test_fault()",
-    )
-    .execute(&env.pool)
-    .await
-    .expect("fault trigger");
+    break_writes(&env, "UPDATE", "admin_sessions", "").await;
     expect_problem(deactivate().await.expect("sent"), 503, "unavailable").await;
     heal(&env, "admin_sessions").await;
     let deactivated: i64 = sqlx::query_scalar(

@@ -499,31 +499,15 @@ async fn a_quarantined_event_does_not_hold_back_its_aggregates_later_events() {
     let api = env.spawn_command_api(env.command_config()).await;
     let projector = env.spawn_projector(env.projector_config());
     let (id, _) = create_tenant(&env, &api, "gap-over-poison").await;
-    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
-    for (sequence, event_type, payload) in [
-        (
-            2,
-            "PreferencesUpdated",
-            format!(r#"{{"PreferencesUpdated": {{"preferences": {deep}}}}}"#),
-        ),
-        (
-            3,
-            "Renamed",
-            r#"{"Renamed": {"name": "After The Gap"}}"#.to_owned(),
-        ),
-    ] {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             VALUES ('tenant', $1, $2, $3, '1.0', $4::jsonb, jsonb_build_object('tenant_id', $1::text))",
-        )
-        .bind(&id)
-        .bind(sequence)
-        .bind(event_type)
-        .bind(payload)
-        .execute(&env.pool)
-        .await
-        .expect("stored");
-    }
+    env.append_unreadable("tenant", &id, &id).await;
+    env.append_raw(
+        "tenant",
+        &id,
+        &id,
+        json!({"Renamed": {"name": "After The Gap"}}),
+    )
+    .await
+    .expect("stored");
     let name = eventually(Duration::from_secs(20), "the rename projected", || async {
         sqlx::query_scalar::<_, String>(
             "SELECT name FROM tenants WHERE id = $1::uuid AND version = 3",

@@ -319,6 +319,27 @@ impl TestEnv {
         .map(|_| ())
     }
 
+    /// Appends to a stream, as an earlier release could store it, an event no JSON reader
+    /// can decode: its payload nests 140 arrays (readers stop at 128).
+    pub async fn append_unreadable(&self, aggregate_type: &str, aggregate_id: &str, tenant: &str) {
+        let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT $1, $2, coalesce(max(sequence), 0) + 1, 'PreferencesUpdated', '1.0',
+                    jsonb_build_object('PreferencesUpdated',
+                                       jsonb_build_object('preferences', $3::jsonb)),
+                    jsonb_build_object('tenant_id', $4::text)
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(deep)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await
+        .expect("stored as an earlier release would have");
+    }
+
     /// A stream's events as the projector's workers get them, in sequence order.
     pub async fn envelopes(
         &self,
