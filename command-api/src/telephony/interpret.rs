@@ -74,6 +74,21 @@ fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty() && s.len() <= 256)
 }
 
+/// The longest SMS body the provider delivers: 1,600 characters, in any script (a long
+/// message arrives joined from its segments).
+pub const MAX_SMS_CHARS: usize = 1_600;
+
+/// An SMS body as sent, up to [`MAX_SMS_CHARS`] characters whatever their byte length (the
+/// 256-byte cap of the other fields emptied every body past it); a longer one, which no
+/// provider sends, is cut there.
+fn body(payload: &Value) -> String {
+    payload
+        .get("Body")
+        .and_then(Value::as_str)
+        .map(|b| b.chars().take(MAX_SMS_CHARS).collect())
+        .unwrap_or_default()
+}
+
 /// The identity of a callback: its de-duplication key is the message or call, its status
 /// (and a recording): a retried callback repeats them, a new status does not.
 pub fn identify(payload: &Value) -> Result<Identity, NotProviderShaped> {
@@ -171,7 +186,7 @@ pub fn read(payload: &Value) -> Callback {
                 report: SmsReport::Received {
                     from,
                     to,
-                    body: text("Body").unwrap_or_default(),
+                    body: body(payload),
                     media_count: text("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0),
                 },
             };
@@ -241,6 +256,35 @@ mod tests {
         };
         assert_eq!(number, "+15550002");
         assert!(matches!(report, SmsReport::Received { ref body, .. } if body == "Hello"));
+    }
+
+    #[test]
+    fn a_long_sms_in_any_script_arrives_whole_up_to_the_providers_maximum() {
+        let long = "Привет, мир! 👋 "
+            .repeat(200)
+            .chars()
+            .take(MAX_SMS_CHARS)
+            .collect::<String>();
+        assert!(long.len() > 256 * 4, "far past the other fields' byte cap");
+        let received = |text: &str| {
+            let payload = form_payload(&params(&[
+                ("MessageSid", "SM9"),
+                ("SmsStatus", "received"),
+                ("From", "+15550001"),
+                ("To", "+15550002"),
+                ("Body", text),
+            ]));
+            match read(&payload) {
+                Callback::Sms {
+                    report: SmsReport::Received { body, .. },
+                    ..
+                } => body,
+                _ => panic!("an sms"),
+            }
+        };
+        assert_eq!(received(&long), long);
+        let longer = format!("{long}and more");
+        assert_eq!(received(&longer), long, "cut at the provider's maximum");
     }
 
     #[test]
