@@ -256,23 +256,45 @@ async fn deliver_to_thread(
     ))
 }
 
-/// The tenant owning the number a kept callback concerns (the webhook's attribution).
+/// The tenant a kept callback belongs to, fixed when it arrives (the webhook's
+/// attribution): the tenant of the SMS or call it reports on, if the platform has recorded
+/// it already (a late status of a message a tenant sent stays with that tenant after its
+/// number moved on), else the tenant owning the number now.
 pub async fn owner_of_callback(
     state: &AppState,
     payload: &serde_json::Value,
 ) -> Result<Option<String>, Problem> {
-    match interpret::read(payload) {
-        Callback::Sms { number, .. } | Callback::Call { number, .. } => owner(state, &number).await,
-        Callback::Other => Ok(None),
+    let (aggregate_type, sid, number) = match interpret::read(payload) {
+        Callback::Sms { sid, number, .. } => (events::telephony::SMS, sid, number),
+        Callback::Call { sid, number, .. } => (events::telephony::CALL, sid, number),
+        Callback::Other => return Ok(None),
+    };
+    let recorded: Option<String> = sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(aggregate_type)
+    .bind(&sid)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    match recorded {
+        Some(tenant) => Ok(Some(tenant)),
+        None => owner(state, &number).await,
     }
 }
 
-/// Processes a SignalWire callback: the SMS or call it reports, for the tenant owning the
-/// number. A callback for a number nobody owns is recorded (its webhook), not applied.
+/// Processes a SignalWire callback: the SMS or call it reports, for the tenant it belonged
+/// to when it **arrived** (`received_by`, the webhook's own tenant: [`owner_of_callback`]).
+/// Processed later — a retry, a replay, a backlog — it still lands with that tenant, even if
+/// the number has moved to another since. A callback that arrived for a number nobody owned
+/// is processed for the number's owner now, if any (a replay once it is assigned), else
+/// recorded (its webhook), not applied.
 pub(crate) async fn process_callback(
     state: &AppState,
     webhook_id: &str,
     payload: &serde_json::Value,
+    received_by: Option<&str>,
     metadata: impl Fn(&str) -> Metadata,
 ) -> Processing {
     let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
@@ -281,10 +303,13 @@ pub(crate) async fn process_callback(
         Callback::Sms { number, .. } | Callback::Call { number, .. } => number.clone(),
         Callback::Other => return ignored("not an event the platform acts on"),
     };
-    let tenant = match owner(state, &number).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return ignored("no tenant owns the number"),
-        Err(_) => return Processing::Retry("event store unavailable".into()),
+    let tenant = match received_by {
+        Some(tenant) => tenant.to_owned(),
+        None => match owner(state, &number).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return ignored("no tenant owns the number"),
+            Err(_) => return Processing::Retry("event store unavailable".into()),
+        },
     };
     // Nothing of a suspended tenant is processed: the delivery waits for its reactivation.
     if state.access.is_suspended(&tenant) {

@@ -397,8 +397,15 @@ async fn process(
     let processing = match received.provider {
         Provider::Signalwire => {
             let metadata = |tenant: &str| caused_by(&ids, tenant, &id);
-            crate::telephony::routes::process_callback(&state, &id, &received.payload, metadata)
-                .await
+            let received_by = (tenant != PLATFORM_TENANT).then_some(tenant.as_str());
+            crate::telephony::routes::process_callback(
+                &state,
+                &id,
+                &received.payload,
+                received_by,
+                metadata,
+            )
+            .await
         }
         Provider::Assemblyai => {
             let metadata = |tenant: &str| caused_by(&ids, tenant, &id);

@@ -388,6 +388,48 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     .expect("tenant");
     assert_eq!(tenant, phone.tenant);
 
+    // A long message in another script (1,600 characters, far past 256 bytes) arrives whole.
+    let long: &'static str = "Здравствуйте! Магазин открыт? 🛍 "
+        .repeat(60)
+        .chars()
+        .take(1_600)
+        .collect::<String>()
+        .leak();
+    let mut params = inbound("SMlong", OURS);
+    params.retain(|(k, _)| *k != "Body");
+    params.push(("Body", long));
+    let webhook = id_of(phone.signed(&params).await).await;
+    phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMlong'",
+    )
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("received");
+    assert_eq!(stored, long);
+    eventually(
+        Duration::from_secs(20),
+        "the long message in the thread",
+        || async {
+            let page = phone
+                .env
+                .get_json(
+                    &phone
+                        .query
+                        .url(&format!("/v1/chat/threads/{thread}/messages")),
+                    &phone.admin,
+                )
+                .await;
+            page["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|m| m["text"] == long))
+                .then_some(())
+        },
+    )
+    .await;
+
     // Delivery statuses of an SMS the tenant sent: a late "sent" after "delivered" changes
     // nothing.
     let status = |s: &'static str| {
@@ -453,7 +495,11 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
             Some("platform")
         )
     );
-    assert_eq!(phone.events("sms", "SmsReceived").await, 1);
+    assert_eq!(
+        phone.events("sms", "SmsReceived").await,
+        2,
+        "the tenant's two, none for the stranger"
+    );
 
     // Released, the number's callbacks are the platform's again.
     assert_eq!(phone.release(OURS, &phone.admin).await.status(), 200);
@@ -725,4 +771,103 @@ async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
             .is_some_and(|d| d.contains("not a phone number")),
         "{w}"
     );
+}
+
+/// A callback belongs to the tenant it arrived for. After the number moves from one tenant
+/// to another, a replay of the first tenant's SMS lands in the first tenant's thread and its
+/// webhook stays theirs, and a late delivery status of an SMS the first tenant sent goes to
+/// them, not to the number's new owner.
+#[tokio::test]
+async fn a_callback_stays_with_the_tenant_it_arrived_for_after_the_number_moves() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let sms = id_of(phone.signed(&inbound("SMmove1", OURS)).await).await;
+    phone
+        .webhook_when(&sms, |w| w["status"] == "processed")
+        .await;
+    let sent = |status: &'static str| {
+        vec![
+            ("MessageSid", "SMmoveOut"),
+            ("MessageStatus", status),
+            ("From", OURS),
+            ("To", "+15551230001"),
+        ]
+    };
+    let first_status = id_of(phone.signed(&sent("sent")).await).await;
+    phone
+        .webhook_when(&first_status, |w| w["status"] == "processed")
+        .await;
+
+    // The number moves to another tenant.
+    assert_eq!(phone.release(OURS, &phone.admin).await.status(), 200);
+    let (other, _) = create_tenant(
+        &phone.env,
+        &phone.api,
+        &format!("mov{}", &phone.env.prefix[1..9]),
+    )
+    .await;
+    let other_admin = phone.env.admin_of(&other);
+    assert_eq!(phone.assign(OURS, &other_admin).await.status(), 200);
+
+    // The first tenant's SMS, replayed, is still the first tenant's.
+    let replayed = phone
+        .env
+        .http
+        .post(phone.api.url(&format!("/v1/webhooks/{sms}/replay")))
+        .bearer_auth(phone.env.super_admin())
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert!(replayed.status().is_success(), "{}", replayed.status());
+    eventually(Duration::from_secs(20), "the replay processed", || async {
+        let processed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events
+              WHERE aggregate_type = 'webhook' AND aggregate_id = $1 AND event_type = 'Processed'",
+        )
+        .bind(&sms)
+        .fetch_one(&phone.env.pool)
+        .await
+        .expect("count");
+        (processed >= 2).then_some(())
+    })
+    .await;
+    let w = phone
+        .webhook_when(&sms, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["tenant_id"], phone.tenant.as_str());
+    let url = phone.query.url(&format!("/v1/webhooks/{sms}"));
+    let seen_by = |token: String| {
+        let request = phone.env.http.get(&url).bearer_auth(token);
+        async move { request.send().await.expect("sent").status().as_u16() }
+    };
+    assert_eq!(
+        seen_by(phone.admin.clone()).await,
+        200,
+        "still the first tenant's"
+    );
+    assert_eq!(
+        seen_by(other_admin.clone()).await,
+        404,
+        "never the new owner's"
+    );
+    let threads: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT metadata->>'tenant_id' FROM events WHERE aggregate_type = 'thread'",
+    )
+    .fetch_all(&phone.env.pool)
+    .await
+    .expect("threads");
+    assert_eq!(
+        threads,
+        vec![phone.tenant.clone()],
+        "no thread of the new owner's"
+    );
+
+    // A late status of the SMS the first tenant sent arrives after the move: theirs.
+    let late = id_of(phone.signed(&sent("delivered")).await).await;
+    let w = phone
+        .webhook_when(&late, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["tenant_id"], phone.tenant.as_str(), "{w}");
+    assert_eq!(w["outcome"], "applied", "{w}");
 }
