@@ -236,17 +236,21 @@ pub enum Fault {
     /// A stored event no reader can decode (nested past JSON readers' depth), written into
     /// the store under load: it is quarantined and every other event is still published.
     PoisonEvent,
+    /// A stored event larger than the bus takes (as a long transcript once made one),
+    /// written into the store under load: quarantined the same way.
+    OversizedEvent,
 }
 
 impl Fault {
     /// The cycle the harness goes through.
-    pub const CYCLE: [Fault; 6] = [
+    pub const CYCLE: [Fault; 7] = [
         Fault::KillCommandApi,
         Fault::KillProjector,
         Fault::RestartNats,
         Fault::RestartPostgres,
         Fault::KillBetweenCommitAndPublish,
         Fault::PoisonEvent,
+        Fault::OversizedEvent,
     ];
 }
 
@@ -288,7 +292,7 @@ pub struct ChaosReport {
     pub events_projected: u64,
     /// Committed events that were still unpublished when command-api was killed.
     pub unpublished_at_kill: u64,
-    /// Unreadable events written into the store.
+    /// Unpublishable events (unreadable, or too large for the bus) written into the store.
     pub poisoned: u64,
     /// Events the relay quarantined (should be the poisoned ones, and only them).
     pub events_quarantined: u64,
@@ -336,7 +340,7 @@ impl ChaosReport {
                 "unpublished events at command-api kills",
                 self.unpublished_at_kill,
             ),
-            ("unreadable events written into the store", self.poisoned),
+            ("unpublishable events written into the store", self.poisoned),
             ("events quarantined by the relay", self.events_quarantined),
             ("duplicates", self.duplicates),
             ("losses", self.losses),
@@ -586,7 +590,13 @@ async fn inject(
             stack.wait_ready(Service::CommandApi, ready).await?;
         }
         Fault::PoisonEvent => {
-            audit.poison().await?;
+            let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+            audit.unpublishable(&deep).await?;
+            report.poisoned += 1;
+        }
+        Fault::OversizedEvent => {
+            let huge = serde_json::to_string(&"x".repeat(1_100_000))?;
+            audit.unpublishable(&huge).await?;
             report.poisoned += 1;
         }
     }
@@ -623,16 +633,13 @@ impl Audit {
         Ok(n as u64)
     }
 
-    /// Writes an event of a tenant of its own that no JSON reader can decode (the shape the
-    /// depth limit on requests now refuses), as one stored before that limit would stand.
-    async fn poison(&self) -> Result<(), Error> {
+    /// Writes an event of a tenant of its own whose preferences are `preferences` (JSON
+    /// text): one no reader can decode, or one larger than the bus takes — the shapes the
+    /// limits at the append now refuse — as one stored before those limits would stand.
+    async fn unpublishable(&self, preferences: &str) -> Result<(), Error> {
         let mut db = PgConnection::connect(&self.database_url).await?;
         let tenant = uuid::Uuid::new_v4().to_string();
-        let payload = format!(
-            "{{\"PreferencesUpdated\": {{\"preferences\": {}1{}}}}}",
-            "[".repeat(130),
-            "]".repeat(130)
-        );
+        let payload = format!("{{\"PreferencesUpdated\": {{\"preferences\": {preferences}}}}}");
         sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
              VALUES ('tenant', $1, 1, 'PreferencesUpdated', '1.0', $2::jsonb,

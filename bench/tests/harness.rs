@@ -40,8 +40,8 @@ async fn one_fault_of_each_kind_loses_nothing_and_duplicates_nothing() {
     assert_eq!(report.services_exited, 0, "{}", report.table());
     assert_eq!(
         report.events_quarantined,
-        1,
-        "the poison event, and only it, was set aside: {}",
+        2,
+        "the unreadable and the oversized event, and only they, were set aside: {}",
         report.table()
     );
     assert!(report.passed());
