@@ -80,7 +80,8 @@ pub enum SmsEvent {
     },
     /// The provider reported the delivery status of an SMS sent from a tenant's number.
     DeliveryStatusChanged {
-        /// `queued`, `sending`, `sent`, `delivered`, `undelivered`, `failed`.
+        /// `scheduled`, `accepted`, `queued`, `sending`, `sent`, `delivered`, `undelivered`,
+        /// `failed`, `partially_delivered`, `canceled`, `read`.
         status: String,
         /// The provider's error code, on failure.
         #[serde(default)]
@@ -154,10 +155,12 @@ impl DomainEvent for CallEvent {
 /// The order of delivery statuses: a status only replaces an earlier one.
 pub fn sms_status_rank(status: &str) -> Option<u8> {
     Some(match status {
-        "accepted" | "queued" => 0,
+        "scheduled" | "accepted" | "queued" => 0,
         "sending" => 1,
         "sent" => 2,
-        "delivered" | "undelivered" | "failed" => 3,
+        "delivered" | "undelivered" | "failed" | "partially_delivered" | "canceled" => 3,
+        // Read receipts (channels that report them) come after delivery.
+        "read" => 4,
         // Inbound statuses: a received message is final.
         "receiving" => 0,
         "received" => 3,

@@ -404,6 +404,20 @@ mod tests {
     }
 
     #[test]
+    fn every_status_the_provider_reports_is_known_and_read_comes_after_delivery() {
+        for known in ["scheduled", "canceled", "partially_delivered", "read"] {
+            TestFramework::<Sms>::with(())
+                .given_no_previous_events()
+                .when(status("w1", known))
+                .then_expect_events(vec![status_changed("w1", known)]);
+        }
+        TestFramework::<Sms>::with(())
+            .given(vec![status_changed("w1", "delivered")])
+            .when(status("w2", "read"))
+            .then_expect_events(vec![status_changed("w2", "read")]);
+    }
+
+    #[test]
     fn an_unknown_sms_status_is_refused() {
         TestFramework::<Sms>::with(())
             .given_no_previous_events()
