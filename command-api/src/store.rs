@@ -623,7 +623,7 @@ fn unstorable<E: serde::Serialize>(
         if depth > events::jsonb::MAX_EVENT_DEPTH {
             return Some(format!("event {i} nests {depth} levels deep"));
         }
-        let bytes = serde_json::to_vec(&form).map_or(0, |b| b.len()) + metadata_bytes;
+        let bytes = events::jsonb::encoded_len(&form) + metadata_bytes;
         if bytes > events::jsonb::MAX_EVENT_BYTES {
             return Some(format!("event {i} is {bytes} bytes"));
         }

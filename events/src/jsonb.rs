@@ -69,6 +69,25 @@ pub fn depth(value: &Value) -> usize {
     }
 }
 
+/// The length of `value` written as compact JSON text, counted as it is written rather than
+/// built (every append measures its events: no copy of each is made for that).
+pub fn encoded_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Whether the JSON text `bytes` opens more than `max` arrays or objects inside each other,
 /// found in one pass over the bytes without parsing them (brackets inside strings do not
 /// count). Text that is not JSON is only judged by its brackets: parsing it fails later.
@@ -151,6 +170,15 @@ mod tests {
         assert_eq!(depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
         let deep: Value = serde_json::from_str(&nested(100)).expect("nested");
         assert_eq!(depth(&deep), 100);
+    }
+
+    #[test]
+    fn the_encoded_length_is_that_of_the_compact_text() {
+        let doc = json!({"a": [1, "é", {"b": null}], "c": "x".repeat(1000)});
+        assert_eq!(
+            encoded_len(&doc),
+            serde_json::to_vec(&doc).expect("encodes").len()
+        );
     }
 
     #[test]
