@@ -132,10 +132,16 @@ pub struct Config {
     /// AssemblyAI API key (transcripts are off without it and `BACKEND_URL`).
     #[arg(long, env = "ASSEMBLYAI_API_KEY", hide_env_values = true)]
     pub assemblyai_api_key: Option<String>,
-    /// The secret AssemblyAI's webhooks must carry (sent to it with each request); derived
-    /// from the token secret when unset.
-    #[arg(long, env = "ASSEMBLYAI_WEBHOOK_SECRET", hide_env_values = true)]
-    pub assemblyai_webhook_secret: Option<String>,
+    /// The secrets AssemblyAI's webhooks may carry, comma-separated: the first is sent with
+    /// each new request, the others (during a rotation) are still accepted from transcripts
+    /// requested before. Derived from the token secret when unset.
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub assemblyai_webhook_secret: Vec<String>,
     /// SignalWire signing keys (the project's signing key; comma-separated during a rotation).
     #[arg(
         long,
@@ -414,23 +420,31 @@ impl Config {
     pub fn assemblyai_account(&self) -> Option<crate::audio::assemblyai::AssemblyAiAccount> {
         let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         let backend = set(&self.backend_url)?;
-        let secret = set(&self.assemblyai_webhook_secret).or_else(|| {
+        let configured: Vec<String> = self
+            .assemblyai_webhook_secret
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let secrets = if configured.is_empty() {
             // A secret of its own, derived so that it needs no setting and differs from the
             // token secret itself.
             use sha2::Digest;
             let secret = self.auth_secret().ok()?;
-            Some(crate::webhooks::verify::hex_sha256(
+            vec![crate::webhooks::verify::hex_sha256(
                 &sha2::Sha256::new()
                     .chain_update(b"assemblyai-webhook\0")
                     .chain_update(secret.as_bytes())
                     .finalize(),
-            ))
-        })?;
+            )]
+        } else {
+            configured
+        };
         Some(crate::audio::assemblyai::AssemblyAiAccount {
             base_url: self.assemblyai_api_url.clone(),
             api_key: set(&self.assemblyai_api_key)?,
             webhook_url: format!("{}/api/webhooks/assemblyai", backend.trim_end_matches('/')),
-            webhook_secret: secret,
+            webhook_secrets: secrets,
         })
     }
 }

@@ -1,8 +1,12 @@
 //! Events of audio files and their transcripts (aggregate type `audio`, id = the file's UUID).
 //!
-//! A file is uploaded, its transcript requested from AssemblyAI (retried with back-off while
-//! the service is unreachable, then given up visibly), and completed or failed by the
-//! service's webhook. Once a transcript is final, later or repeated webhooks change nothing.
+//! A file is uploaded; a request for its transcript is started (a claim: one request at a
+//! time, whoever asks) and recorded as accepted by AssemblyAI, or failed and retried with
+//! back-off while the service is unreachable (about an hour), then given up visibly; an
+//! admin may start it again. The transcript is completed or failed by the service's webhook,
+//! or by a check of the service when no webhook came. Once a transcript is final, later or
+//! repeated webhooks change nothing. A transcript too large for an event is kept in the blob
+//! store and the event names it ([`StoredTranscript`]).
 
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
@@ -11,8 +15,34 @@ use serde::{Deserialize, Serialize};
 /// The aggregate type of audio files.
 pub const AUDIO: &str = "audio";
 
-/// Attempts at requesting a transcript before it is given up.
-pub const MAX_REQUEST_ATTEMPTS: u32 = 6;
+/// Attempts at requesting a transcript before it is given up: back-off from 2 s doubling to
+/// at most 5 minutes, so about an hour of the service being unreachable.
+pub const MAX_REQUEST_ATTEMPTS: u32 = 20;
+
+/// When a requested transcript is first checked with the service if no webhook has
+/// finished it by then.
+pub const FIRST_CHECK: chrono::Duration = chrono::Duration::minutes(10);
+
+/// The largest transcript (its text and words as JSON) kept in the event itself; a larger
+/// one goes to the blob store.
+pub const MAX_INLINE_TRANSCRIPT_BYTES: usize = 64 * 1024;
+
+/// Characters of a stored transcript's text that its event still carries (a preview).
+pub const PREVIEW_CHARS: usize = 1_000;
+
+/// A transcript kept in the blob store: a JSON object `{"text": …, "words": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTranscript {
+    /// Where it is (`tenants/{tenant}/audio/{id}/transcript-{transcript id}.json`).
+    pub object_key: String,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// Characters of the whole text.
+    pub text_chars: u64,
+}
 
 /// One word of a transcript, with its timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +79,25 @@ pub enum AudioEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// A request for the transcript was started (attempt `attempt`): no other is started
+    /// until its outcome is recorded or `until` has passed (the request was lost with its
+    /// process).
+    TranscriptionStarted {
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// When the claim lapses.
+        until: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin asked for the transcript again (after it failed, or at once while retries
+    /// wait): attempts start again from the first.
+    TranscriptionRetried {
+        /// Who (a user id).
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The transcription service accepted the file and is transcribing it.
     TranscriptRequested {
         /// The service's transcript id.
@@ -73,22 +122,41 @@ pub enum AudioEvent {
         /// The last error.
         error: String,
     },
+    /// No webhook had finished the transcript when it was due, and the service was asked:
+    /// it is not final yet (or could not be asked: `error`); asked again at `next_check_at`.
+    TranscriptChecked {
+        /// The service's transcript id.
+        transcript_id: String,
+        /// Checks made so far.
+        checks: u32,
+        /// Why the service could not be asked (an outage, a refused key), if it could not.
+        #[serde(default)]
+        error: Option<String>,
+        /// When it is checked again.
+        next_check_at: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The service finished the transcript.
     TranscriptCompleted {
         /// The service's transcript id.
         transcript_id: String,
-        /// The text.
+        /// The text; when `stored`, its first [`PREVIEW_CHARS`] characters.
         text: String,
-        /// Every word with its timing.
+        /// Every word with its timing; when `stored`, none (they are in the stored file).
         words: Vec<Word>,
+        /// Where the whole transcript is, when it was too large for the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored: Option<StoredTranscript>,
         /// The language detected or asked for (`en`, `fr`, …).
         #[serde(default)]
         language: Option<String>,
         /// The service's confidence, 0–1.
         #[serde(default)]
         confidence: Option<f64>,
-        /// The webhook that said so.
-        webhook_id: String,
+        /// The webhook that said so; none when a check of the service found it.
+        #[serde(default)]
+        webhook_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -98,8 +166,9 @@ pub enum AudioEvent {
         transcript_id: String,
         /// The service's error.
         error: String,
-        /// The webhook that said so.
-        webhook_id: String,
+        /// The webhook that said so; none when a check of the service found it.
+        #[serde(default)]
+        webhook_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -109,7 +178,10 @@ impl DomainEvent for AudioEvent {
     fn event_type(&self) -> String {
         match self {
             AudioEvent::AudioUploaded { .. } => "AudioUploaded",
+            AudioEvent::TranscriptionStarted { .. } => "TranscriptionStarted",
+            AudioEvent::TranscriptionRetried { .. } => "TranscriptionRetried",
             AudioEvent::TranscriptRequested { .. } => "TranscriptRequested",
+            AudioEvent::TranscriptChecked { .. } => "TranscriptChecked",
             AudioEvent::TranscriptionAttemptFailed { .. } => "TranscriptionAttemptFailed",
             AudioEvent::TranscriptionFailed { .. } => "TranscriptionFailed",
             AudioEvent::TranscriptCompleted { .. } => "TranscriptCompleted",

@@ -71,14 +71,56 @@ impl Projection for AudioProjection {
                 .execute(&mut *conn)
                 .await?;
             }
-            AudioEvent::TranscriptRequested { transcript_id, .. } => {
+            AudioEvent::TranscriptionStarted { until, .. } => {
+                // Due again only if the claim lapses with no outcome recorded.
+                sqlx::query(&update("status = 'requesting', next_attempt_at = $4"))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .bind(until)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            AudioEvent::TranscriptionRetried { at, .. } => {
                 sqlx::query(&update(
-                    "status = 'requested', transcript_id = $4, next_attempt_at = NULL",
+                    "status = 'uploaded', attempts = 0, checks = 0, last_error = NULL,
+                     transcript_id = NULL, next_attempt_at = $4",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptRequested { transcript_id, at } => {
+                sqlx::query(&update(
+                    "status = 'requested', transcript_id = $4, next_attempt_at = $5,
+                     checks = 0, last_error = NULL",
                 ))
                 .bind(id)
                 .bind(recorded)
                 .bind(version)
                 .bind(transcript_id)
+                .bind(at + events::audio::FIRST_CHECK)
+                .execute(&mut *conn)
+                .await?;
+            }
+            AudioEvent::TranscriptChecked {
+                checks,
+                error,
+                next_check_at,
+                ..
+            } => {
+                sqlx::query(&update(
+                    "checks = $4, last_error = $5, next_attempt_at = $6",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(checks as i32)
+                .bind(error)
+                .bind(next_check_at)
                 .execute(&mut *conn)
                 .await?;
             }
@@ -114,13 +156,22 @@ impl Projection for AudioProjection {
             AudioEvent::TranscriptCompleted {
                 text,
                 words,
+                stored,
                 language,
                 confidence,
                 ..
             } => {
-                let words = serde_json::to_value(words).unwrap_or_default();
+                let chars = stored
+                    .as_ref()
+                    .map_or(text.chars().count() as u64, |s| s.text_chars);
+                let words = match &stored {
+                    Some(_) => None,
+                    None => Some(serde_json::to_value(words).unwrap_or_default()),
+                };
                 sqlx::query(&update(
-                    "status = 'completed', text = $4, words = $5, language = $6, confidence = $7",
+                    "status = 'completed', text = $4, words = $5, language = $6, confidence = $7,
+                     transcript_object_key = $8, transcript_chars = $9, last_error = NULL,
+                     next_attempt_at = NULL",
                 ))
                 .bind(id)
                 .bind(recorded)
@@ -129,17 +180,21 @@ impl Projection for AudioProjection {
                 .bind(words)
                 .bind(language)
                 .bind(confidence)
+                .bind(stored.map(|s| s.object_key))
+                .bind(chars as i64)
                 .execute(&mut *conn)
                 .await?;
             }
             AudioEvent::TranscriptFailed { error, .. } => {
-                sqlx::query(&update("status = 'failed', last_error = $4"))
-                    .bind(id)
-                    .bind(recorded)
-                    .bind(version)
-                    .bind(error)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(&update(
+                    "status = 'failed', last_error = $4, next_attempt_at = NULL",
+                ))
+                .bind(id)
+                .bind(recorded)
+                .bind(version)
+                .bind(error)
+                .execute(&mut *conn)
+                .await?;
             }
         }
         Ok(())

@@ -11,7 +11,8 @@
 //!   12th failure and replayed by an admin.
 //! - `DueProcessor::transcriptions`: uploaded audio (`audio_files`) →
 //!   `POST /v1/audio/{id}/transcribe`: the file sent to AssemblyAI; retried 2 s … 5 min apart,
-//!   given up visibly after the 6th failure.
+//!   given up visibly after the 20th failure (about an hour); a requested transcript no
+//!   webhook finished is checked with the service from 10 minutes on.
 //!
 //! The WhatsApp sender (`crate::sender`) takes its due rows the same way ([`run_forever`],
 //! [`earliest_due`]), but does the provider call itself between a claim and a report.
@@ -148,7 +149,11 @@ impl DueProcessor {
     ) -> Self {
         Self {
             pool,
-            client: CommandClient::new(command_api, keys, "transcriber"),
+            // Sending a file of up to 100 MiB and requesting its transcript: command-api's
+            // calls to the service may take up to 12 minutes, and the request's claim
+            // lasts 15; waiting less would send the file again while it is still going.
+            client: CommandClient::new(command_api, keys, "transcriber")
+                .with_timeout(Duration::from_secs(15 * 60)),
             clock,
             table: "audio_files",
             path: "/v1/audio/{id}/transcribe",

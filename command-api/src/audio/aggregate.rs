@@ -1,15 +1,29 @@
 //! The audio aggregate: a file's life from upload to transcript.
 //!
-//! Requesting a transcript is retried with back-off (2 s … 5 min), the aggregate refusing an
-//! attempt before its time; the 6th failure gives up visibly (`TranscriptionFailed`). A
-//! transcript is final once completed or failed: a webhook for another transcript id, or
-//! any later webhook, changes nothing.
+//! A request for the transcript is *started* before AssemblyAI is called: the start is a
+//! claim, so two callers (two process managers, a retry after a timeout, an admin) never
+//! both send the file, and a file gets at most one billed transcript per request. The claim
+//! lapses after [`REQUEST_LEASE`] (its process died mid-call). A failed request is retried
+//! with back-off (2 s … 5 min, the aggregate refusing an attempt before its time); the
+//! [`MAX_REQUEST_ATTEMPTS`]th failure (about an hour of outage) gives up visibly, and an
+//! admin may start again. A requested transcript that no webhook has finished is checked
+//! with the service from [`FIRST_CHECK`] on, less often as it waits, and failed after
+//! [`GIVE_UP_CHECKING`]. A transcript is final once completed or failed: a webhook for
+//! another transcript id, or any later webhook or check, changes nothing.
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::audio::{AudioEvent, Word, AUDIO, MAX_REQUEST_ATTEMPTS};
+use events::audio::{AudioEvent, StoredTranscript, Word, AUDIO, FIRST_CHECK, MAX_REQUEST_ATTEMPTS};
 use serde::{Deserialize, Serialize};
+
+/// How long a started request holds its claim: an upload of the largest file (10 minutes
+/// at most) and the transcript request, with room to record the outcome.
+pub const REQUEST_LEASE: Duration = Duration::minutes(15);
+/// The longest pause between two checks.
+const MAX_CHECK_PAUSE: Duration = Duration::hours(1);
+/// How long after its request a transcript is waited for before it is failed.
+pub const GIVE_UP_CHECKING: Duration = Duration::hours(24);
 
 /// A command on an audio file.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +45,18 @@ pub enum AudioCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Claim the request of the transcript, if it is due.
+    Start {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin asks for the transcript again.
+    Retry {
+        /// Who.
+        by: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The service accepted the file as transcript `transcript_id`.
     RecordRequest {
         /// The service's id.
@@ -47,20 +73,31 @@ pub enum AudioCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// A due check found transcript `transcript_id` not final, or could not ask (`error`).
+    RecordCheck {
+        /// The service's id.
+        transcript_id: String,
+        /// Why the service could not be asked.
+        error: Option<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The service finished transcript `transcript_id`.
     Complete {
         /// The service's id.
         transcript_id: String,
-        /// The text.
+        /// The text (a preview when `stored`).
         text: String,
-        /// The words.
+        /// The words (none when `stored`).
         words: Vec<Word>,
+        /// Where the whole transcript is, when too large for an event.
+        stored: Option<StoredTranscript>,
         /// The language.
         language: Option<String>,
         /// The confidence.
         confidence: Option<f64>,
-        /// The webhook.
-        webhook_id: String,
+        /// The webhook; none for a check.
+        webhook_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -70,8 +107,8 @@ pub enum AudioCommand {
         transcript_id: String,
         /// Its error.
         error: String,
-        /// The webhook.
-        webhook_id: String,
+        /// The webhook; none for a check.
+        webhook_id: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -86,6 +123,9 @@ pub enum AudioError {
     /// 409 `already_exists`.
     #[error("an audio file with this id exists")]
     AlreadyExists,
+    /// 409 `already_transcribed`.
+    #[error("the transcript is complete")]
+    AlreadyTranscribed,
 }
 
 /// Where the transcript is.
@@ -97,6 +137,8 @@ pub enum Status {
     None,
     /// Uploaded; the transcript is to be requested (again, after a failed attempt).
     Uploaded,
+    /// A request is under way (claimed until `lease_until`).
+    Requesting,
     /// The service is transcribing it.
     Requested,
     /// Done.
@@ -127,13 +169,29 @@ pub struct Audio {
     attempts: u32,
     /// When the next request attempt is due.
     retry_at: Option<DateTime<Utc>>,
-    /// The transcript's text, once completed.
+    /// When a started request's claim lapses.
+    lease_until: Option<DateTime<Utc>>,
+    /// When the service accepted the request.
+    requested_at: Option<DateTime<Utc>>,
+    /// Checks made of a requested transcript.
+    checks: u32,
+    /// When a requested transcript is next checked.
+    check_at: Option<DateTime<Utc>>,
+    /// The transcript's text (its preview when stored), once completed.
     text: Option<String>,
+    /// Where the whole transcript is, when it was too large for its event.
+    stored: Option<StoredTranscript>,
 }
 
 /// The pause before request attempt `attempt + 1`: 2, 4, 8 … seconds, at most 5 minutes.
 pub fn retry_delay(attempt: u32) -> Duration {
     crate::values::backoff(attempt, Duration::minutes(5))
+}
+
+/// The pause after check `checks` of a requested transcript: 10, 20, 40 … minutes, at most
+/// an hour.
+pub fn check_delay(checks: u32) -> Duration {
+    (FIRST_CHECK * 2i32.pow(checks.min(8))).min(MAX_CHECK_PAUSE)
 }
 
 impl Audio {
@@ -157,19 +215,45 @@ impl Audio {
         self.status
     }
 
-    /// The transcript's text, once completed.
+    /// The service's transcript id, once requested.
+    pub fn transcript_id(&self) -> Option<&str> {
+        self.transcript_id.as_deref()
+    }
+
+    /// The transcript's text (its preview when [`Audio::stored`]), once completed.
     pub fn text(&self) -> Option<&str> {
         self.text.as_deref()
     }
 
-    /// Whether its transcript may be requested at `now`.
+    /// Where the whole transcript is, when it was too large for its event.
+    pub fn stored(&self) -> Option<&StoredTranscript> {
+        self.stored.as_ref()
+    }
+
+    /// Whether a request for its transcript may be started at `now`: it waits to be
+    /// requested and its back-off has passed, or a started request's claim has lapsed.
     pub fn due(&self, now: DateTime<Utc>) -> bool {
-        self.status == Status::Uploaded && self.retry_at.is_none_or(|r| r <= now)
+        match self.status {
+            Status::Uploaded => self.retry_at.is_none_or(|r| r <= now),
+            Status::Requesting => self.lease_until.is_none_or(|l| l <= now),
+            _ => false,
+        }
+    }
+
+    /// Whether a requested transcript is to be checked with the service at `now`.
+    pub fn check_due(&self, now: DateTime<Utc>) -> bool {
+        self.status == Status::Requested && self.check_at.is_none_or(|c| c <= now)
     }
 
     /// Whether a webhook about `transcript_id` may still finish the transcript.
     fn awaits(&self, transcript_id: &str) -> bool {
         self.status == Status::Requested && self.transcript_id.as_deref() == Some(transcript_id)
+    }
+
+    /// Whether the outcome of a request may be recorded at `at`: one was started (events
+    /// from before starts existed recorded outcomes of files still uploaded).
+    fn in_request(&self, at: DateTime<Utc>) -> bool {
+        self.status == Status::Requesting || (self.status == Status::Uploaded && self.due(at))
     }
 
     fn decide(&self, command: AudioCommand) -> Result<Option<AudioEvent>, AudioError> {
@@ -199,14 +283,32 @@ impl Audio {
                     at,
                 })
             }
-            AudioCommand::RecordRequest { transcript_id, at } => (self.status == Status::Uploaded)
+            AudioCommand::Start { at } => {
+                self.due(at).then_some(AudioEvent::TranscriptionStarted {
+                    attempt: self.attempts + 1,
+                    until: at + REQUEST_LEASE,
+                    at,
+                })
+            }
+            AudioCommand::Retry { by, at } => match self.status {
+                Status::Completed => return Err(AudioError::AlreadyTranscribed),
+                Status::Failed => Some(AudioEvent::TranscriptionRetried { by, at }),
+                // Waiting out a back-off: now instead.
+                Status::Uploaded if self.retry_at.is_some_and(|r| r > at) => {
+                    Some(AudioEvent::TranscriptionRetried { by, at })
+                }
+                // Due already, or under way.
+                _ => None,
+            },
+            AudioCommand::RecordRequest { transcript_id, at } => self
+                .in_request(at)
                 .then_some(AudioEvent::TranscriptRequested { transcript_id, at }),
             AudioCommand::RecordRequestFailure {
                 error,
                 permanent,
                 at,
             } => {
-                if !self.due(at) {
+                if !self.in_request(at) {
                     return Ok(None);
                 }
                 let attempt = self.attempts + 1;
@@ -224,10 +326,44 @@ impl Audio {
                     }
                 })
             }
+            AudioCommand::RecordCheck {
+                transcript_id,
+                error,
+                at,
+            } => {
+                if !self.awaits(&transcript_id) || !self.check_due(at) {
+                    return Ok(None);
+                }
+                let error = error.map(|e| e.chars().take(500).collect::<String>());
+                let waited = self
+                    .requested_at
+                    .is_some_and(|r| at - r >= GIVE_UP_CHECKING);
+                Some(if waited {
+                    AudioEvent::TranscriptFailed {
+                        transcript_id,
+                        error: match error {
+                            Some(e) => format!("no transcript after 24 hours; last check: {e}"),
+                            None => "no transcript after 24 hours".to_owned(),
+                        },
+                        webhook_id: None,
+                        at,
+                    }
+                } else {
+                    let checks = self.checks + 1;
+                    AudioEvent::TranscriptChecked {
+                        transcript_id,
+                        checks,
+                        error,
+                        next_check_at: at + check_delay(checks),
+                        at,
+                    }
+                })
+            }
             AudioCommand::Complete {
                 transcript_id,
                 text,
                 words,
+                stored,
                 language,
                 confidence,
                 webhook_id,
@@ -238,6 +374,7 @@ impl Audio {
                     transcript_id,
                     text,
                     words,
+                    stored,
                     language,
                     confidence,
                     webhook_id,
@@ -296,22 +433,52 @@ impl Aggregate for Audio {
                 self.size_bytes = size_bytes;
                 self.status = Status::Uploaded;
             }
-            AudioEvent::TranscriptRequested { transcript_id, .. } => {
+            AudioEvent::TranscriptionStarted { until, .. } => {
+                self.status = Status::Requesting;
+                self.lease_until = Some(until);
+            }
+            AudioEvent::TranscriptionRetried { .. } => {
+                self.status = Status::Uploaded;
+                self.attempts = 0;
+                self.retry_at = None;
+                self.lease_until = None;
+                self.transcript_id = None;
+                self.requested_at = None;
+                self.checks = 0;
+                self.check_at = None;
+            }
+            AudioEvent::TranscriptRequested { transcript_id, at } => {
                 self.transcript_id = Some(transcript_id);
                 self.status = Status::Requested;
+                self.lease_until = None;
+                self.requested_at = Some(at);
+                self.checks = 0;
+                self.check_at = Some(at + FIRST_CHECK);
             }
             AudioEvent::TranscriptionAttemptFailed {
                 attempt, retry_at, ..
             } => {
+                self.status = Status::Uploaded;
+                self.lease_until = None;
                 self.attempts = attempt;
                 self.retry_at = Some(retry_at);
             }
             AudioEvent::TranscriptionFailed { attempts, .. } => {
                 self.attempts = attempts;
+                self.lease_until = None;
                 self.status = Status::Failed;
             }
-            AudioEvent::TranscriptCompleted { text, .. } => {
+            AudioEvent::TranscriptChecked {
+                checks,
+                next_check_at,
+                ..
+            } => {
+                self.checks = checks;
+                self.check_at = Some(next_check_at);
+            }
+            AudioEvent::TranscriptCompleted { text, stored, .. } => {
                 self.text = Some(text);
+                self.stored = stored;
                 self.status = Status::Completed;
             }
             AudioEvent::TranscriptFailed { .. } => self.status = Status::Failed,
@@ -356,9 +523,10 @@ mod tests {
             transcript_id: transcript.into(),
             text: "hello".into(),
             words: vec![],
+            stored: None,
             language: Some("en".into()),
             confidence: Some(0.9),
-            webhook_id: "w1".into(),
+            webhook_id: Some("w1".into()),
             at: t0(),
         }
     }
@@ -368,9 +536,10 @@ mod tests {
             transcript_id: "tr-1".into(),
             text: "hello".into(),
             words: vec![],
+            stored: None,
             language: Some("en".into()),
             confidence: Some(0.9),
-            webhook_id: "w1".into(),
+            webhook_id: Some("w1".into()),
             at: t0(),
         }
     }
@@ -385,6 +554,129 @@ mod tests {
 
     fn framework() -> TestFramework<Audio> {
         TestFramework::with(())
+    }
+
+    fn started(minutes: i64, attempt: u32) -> AudioEvent {
+        let at = t0() + Duration::minutes(minutes);
+        AudioEvent::TranscriptionStarted {
+            attempt,
+            until: at + REQUEST_LEASE,
+            at,
+        }
+    }
+
+    #[test]
+    fn start_claims_a_due_request_once_until_its_lease_lapses() {
+        framework()
+            .given(vec![uploaded()])
+            .when(AudioCommand::Start { at: t0() })
+            .then_expect_events(vec![started(0, 1)]);
+        // A second caller (a retry after a timeout, another process manager) gets nothing.
+        framework()
+            .given(vec![uploaded(), started(0, 1)])
+            .when(AudioCommand::Start {
+                at: t0() + Duration::minutes(14),
+            })
+            .then_expect_events(vec![]);
+        // Its process died mid-call: once the lease lapses the request is started again.
+        framework()
+            .given(vec![uploaded(), started(0, 1)])
+            .when(AudioCommand::Start {
+                at: t0() + REQUEST_LEASE,
+            })
+            .then_expect_events(vec![started(15, 1)]);
+        // Requested already: nothing more is started.
+        framework()
+            .given(vec![uploaded(), started(0, 1), requested()])
+            .when(AudioCommand::Start {
+                at: t0() + Duration::days(1),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn retry_starts_a_failed_or_waiting_transcript_again_and_refuses_a_complete_one() {
+        let by = || "admin-1".to_owned();
+        let retried = AudioEvent::TranscriptionRetried { by: by(), at: t0() };
+        let given_up = AudioEvent::TranscriptionFailed {
+            attempts: MAX_REQUEST_ATTEMPTS,
+            error: "down".into(),
+        };
+        framework()
+            .given(vec![uploaded(), given_up.clone()])
+            .when(AudioCommand::Retry { by: by(), at: t0() })
+            .then_expect_events(vec![retried.clone()]);
+        let waiting = AudioEvent::TranscriptionAttemptFailed {
+            attempt: 3,
+            error: "down".into(),
+            retry_at: t0() + Duration::minutes(5),
+        };
+        framework()
+            .given(vec![uploaded(), waiting])
+            .when(AudioCommand::Retry { by: by(), at: t0() })
+            .then_expect_events(vec![retried.clone()]);
+        // Due already or under way: nothing to do.
+        framework()
+            .given(vec![uploaded(), started(0, 1)])
+            .when(AudioCommand::Retry { by: by(), at: t0() })
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![uploaded(), requested(), completed()])
+            .when(AudioCommand::Retry { by: by(), at: t0() })
+            .then_expect_error(AudioError::AlreadyTranscribed);
+        // After a retry, attempts count from the first again.
+        framework()
+            .given(vec![uploaded(), given_up, retried])
+            .when(AudioCommand::Start { at: t0() })
+            .then_expect_events(vec![started(0, 1)]);
+    }
+
+    #[test]
+    fn record_check_backs_off_then_fails_a_transcript_that_never_came() {
+        let check = |minutes: i64, error: Option<&str>| AudioCommand::RecordCheck {
+            transcript_id: "tr-1".into(),
+            error: error.map(str::to_owned),
+            at: t0() + Duration::minutes(minutes),
+        };
+        // Not before the first check is due.
+        framework()
+            .given(vec![uploaded(), requested()])
+            .when(check(5, None))
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![uploaded(), requested()])
+            .when(check(10, Some("HTTP 401")))
+            .then_expect_events(vec![AudioEvent::TranscriptChecked {
+                transcript_id: "tr-1".into(),
+                checks: 1,
+                error: Some("HTTP 401".into()),
+                next_check_at: t0() + Duration::minutes(30),
+                at: t0() + Duration::minutes(10),
+            }]);
+        // Another transcript's check, or one after completion, changes nothing.
+        framework()
+            .given(vec![uploaded(), requested()])
+            .when(AudioCommand::RecordCheck {
+                transcript_id: "tr-2".into(),
+                error: None,
+                at: t0() + Duration::hours(1),
+            })
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![uploaded(), requested(), completed()])
+            .when(check(60, None))
+            .then_expect_events(vec![]);
+        framework()
+            .given(vec![uploaded(), requested()])
+            .when(check(24 * 60, None))
+            .then_expect_events(vec![AudioEvent::TranscriptFailed {
+                transcript_id: "tr-1".into(),
+                error: "no transcript after 24 hours".into(),
+                webhook_id: None,
+                at: t0() + Duration::hours(24),
+            }]);
+        assert_eq!(check_delay(1), Duration::minutes(20));
+        assert_eq!(check_delay(3), Duration::hours(1));
     }
 
     #[test]
@@ -408,7 +700,7 @@ mod tests {
     #[test]
     fn request_failures_back_off_then_give_up_visibly() {
         framework()
-            .given(vec![uploaded()])
+            .given(vec![uploaded(), started(0, 1)])
             .when(failure(0, false))
             .then_expect_events(vec![AudioEvent::TranscriptionAttemptFailed {
                 attempt: 1,
@@ -420,10 +712,14 @@ mod tests {
             error: "down".into(),
             retry_at: t0() + retry_delay(1),
         };
-        // Before its retry time: nothing.
+        // Before its retry time, nothing is started and no failure recorded.
+        framework()
+            .given(vec![uploaded(), first.clone()])
+            .when(failure(0, false))
+            .then_expect_events(vec![]);
         framework()
             .given(vec![uploaded(), first])
-            .when(failure(0, false))
+            .when(AudioCommand::Start { at: t0() })
             .then_expect_events(vec![]);
         let mut given = vec![uploaded()];
         for attempt in 1..MAX_REQUEST_ATTEMPTS {
@@ -476,7 +772,7 @@ mod tests {
             .when(AudioCommand::Fail {
                 transcript_id: "tr-1".into(),
                 error: "late".into(),
-                webhook_id: "w2".into(),
+                webhook_id: Some("w2".into()),
                 at: t0(),
             })
             .then_expect_events(vec![]);

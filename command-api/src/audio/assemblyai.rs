@@ -19,17 +19,20 @@ pub struct AssemblyAiAccount {
     pub api_key: String,
     /// `{BACKEND_URL}/api/webhooks/assemblyai`.
     pub webhook_url: String,
-    /// The secret AssemblyAI sends back in [`WEBHOOK_HEADER`].
-    pub webhook_secret: String,
+    /// The secrets AssemblyAI may send back in [`WEBHOOK_HEADER`]: the first goes with new
+    /// requests; the others are accepted during a rotation. Never empty.
+    pub webhook_secrets: Vec<String>,
 }
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
-    /// The service refused (4xx but 429): retrying the same request will not help.
+    /// The service refused the request itself (a 4xx other than those below): retrying
+    /// the same request will not help.
     #[error("assemblyai refused: {0}")]
     Refused(String),
-    /// Unreachable, overloaded (429) or failing (5xx): a retry may help.
+    /// Unreachable, timed out, refusing the API key (401, 403: an operator can fix it, so
+    /// it is retried), overloaded (429) or failing (5xx): a retry may help.
     #[error("assemblyai unavailable: {0}")]
     Unavailable(String),
 }
@@ -80,24 +83,30 @@ struct RawTranscript {
 pub struct AssemblyAi {
     /// The account.
     account: AssemblyAiAccount,
-    /// HTTP client with timeouts (uploads of up to 100 MiB get minutes).
+    /// HTTP client; each call has its own timeout ([`UPLOAD_TIMEOUT`], [`CALL_TIMEOUT`]).
     http: reqwest::Client,
 }
+
+/// The longest an upload may take: 100 MiB at about 170 KiB/s. The claim of a started
+/// request (the aggregate's `REQUEST_LEASE`) and the process manager's wait for an answer
+/// are longer than this and [`CALL_TIMEOUT`] together.
+pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The longest any other call may take (a large transcript is megabytes of JSON).
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl AssemblyAi {
     /// A client for `account`.
     pub fn new(account: AssemblyAiAccount) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(600))
             .build()
             .unwrap_or_default();
         Self { account, http }
     }
 
-    /// The secret its webhooks must carry.
-    pub fn webhook_secret(&self) -> &str {
-        &self.account.webhook_secret
+    /// The secrets its webhooks may carry.
+    pub fn webhook_secrets(&self) -> &[String] {
+        &self.account.webhook_secrets
     }
 
     fn url(&self, path: &str) -> String {
@@ -118,7 +127,13 @@ impl AssemblyAi {
             "HTTP {status}: {}",
             text.chars().take(300).collect::<String>()
         );
-        if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let transient = [
+            reqwest::StatusCode::UNAUTHORIZED,
+            reqwest::StatusCode::FORBIDDEN,
+            reqwest::StatusCode::REQUEST_TIMEOUT,
+            reqwest::StatusCode::TOO_MANY_REQUESTS,
+        ];
+        if status.is_client_error() && !transient.contains(&status) {
             Err(ServiceError::Refused(detail))
         } else {
             Err(ServiceError::Unavailable(detail))
@@ -132,6 +147,7 @@ impl AssemblyAi {
             .post(self.url("/v2/upload"))
             .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(UPLOAD_TIMEOUT)
             .body(body)
             .send()
             .await
@@ -154,12 +170,13 @@ impl AssemblyAi {
             "audio_url": audio_url,
             "webhook_url": format!("{}?audio_id={audio_id}", self.account.webhook_url),
             "webhook_auth_header_name": WEBHOOK_HEADER,
-            "webhook_auth_header_value": self.account.webhook_secret,
+            "webhook_auth_header_value": self.account.webhook_secrets.first(),
         });
         let response = self
             .http
             .post(self.url("/v2/transcript"))
             .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .timeout(CALL_TIMEOUT)
             .json(&body)
             .send()
             .await
@@ -177,6 +194,7 @@ impl AssemblyAi {
             .http
             .get(self.url(&format!("/v2/transcript/{id}")))
             .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .timeout(CALL_TIMEOUT)
             .send()
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;

@@ -1,7 +1,7 @@
 //! Routes of audio files: `POST /v1/audio` (a multipart upload, streamed into the blob
-//! store), `POST /v1/audio/{id}/transcribe` (the platform's: ask AssemblyAI for the
-//! transcript), `POST /v1/audio/{id}/attach` (post the transcript in a chat thread), and the
-//! processing of AssemblyAI's webhooks.
+//! store), `POST /v1/audio/{id}/transcribe` (the platform's process manager: request or
+//! check the transcript when due; a tenant admin: ask again), `POST /v1/audio/{id}/attach`
+//! (post the transcript in a chat thread), and the processing of AssemblyAI's webhooks.
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
 use events::access::Principal;
-use events::audio::AUDIO;
+use events::audio::{StoredTranscript, AUDIO, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
 use events::chat::Attachment;
 use events::envelope::ActorKind;
 use events::http::extract::status_problem;
@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::aggregate::{Audio, AudioCommand, AudioError, Status};
-use super::assemblyai::ServiceError;
+use super::assemblyai::{ServiceError, Transcript};
 use crate::chat::commands::{Action, ThreadCommand};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
@@ -360,53 +360,203 @@ async fn audio_of(
     }
 }
 
-/// The platform's command: requests the transcript of a file whose request is due, and
-/// records the outcome (requested; or a failed attempt, retried later; or given up).
+/// Where the transcript is: the platform's process manager sends files whose request or
+/// check is due; a tenant's admin asks again (after a failure, or at once while retries
+/// wait). A request is started (claimed) before the file is sent, so however many callers
+/// ask at once, one sends it; a check asks the service about a transcript no webhook has
+/// finished.
 async fn transcribe(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     ids: RequestIds,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    if !matches!(who, Principal::Service { .. }) {
-        return Err(Problem::forbidden(
-            "Transcripts are requested by the platform.",
-        ));
-    }
-    let (id, audio) = audio_of(&state, &who, &raw).await?;
+    let (id, mut audio) = audio_of(&state, &who, &raw).await?;
+    let tenant = audio.tenant_id().unwrap_or_default().to_owned();
     let now = state.clock.now();
-    if !audio.due(now) {
-        return Ok(Json(json!({"id": id, "status": status_name(audio.status())})).into_response());
+    let mut version = None;
+    if !matches!(who, Principal::Service { .. }) {
+        if !who.administers(&tenant) {
+            return Err(Problem::forbidden(
+                "Transcripts are asked for again by the tenant's admins.",
+            ));
+        }
+        let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+        let retry = AudioCommand::Retry {
+            by: who.user_id().to_owned(),
+            at: now,
+        };
+        let c = state.audio.execute(&id, None, retry, &metadata).await?;
+        version = Some(c.version);
+        audio = state.audio.load(&id).await?;
     }
-    let outcome = request(&state, &id, &audio).await;
-    let command = match outcome {
+    let metadata = ids.metadata(&tenant, "transcriber", ActorKind::System);
+    let worked = if audio.check_due(now) {
+        Some(check(&state, &id, &audio, &metadata).await?)
+    } else if audio.due(now) {
+        start(&state, &id, &audio, &metadata).await?
+    } else {
+        None
+    };
+    let audio = match worked.or(version) {
+        Some(v) => {
+            version = Some(v);
+            state.audio.load(&id).await?
+        }
+        None => audio,
+    };
+    let mut body = json!({"id": id, "status": status_name(audio.status())});
+    if let Some(v) = version {
+        body["version"] = json!(v);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Claims the request and, if this caller got the claim, sends the file and records the
+/// outcome (requested; or a failed attempt, retried later; or given up): the version then.
+async fn start(
+    state: &AppState,
+    id: &str,
+    audio: &Audio,
+    metadata: &Metadata,
+) -> Result<Option<u64>, Problem> {
+    let at = state.clock.now();
+    let (_, claimed) = state
+        .audio
+        .execute_with_events(id, None, AudioCommand::Start { at }, metadata)
+        .await?;
+    if claimed.is_empty() {
+        // Another caller holds the claim, or the request is no longer due.
+        return Ok(None);
+    }
+    let command = match request(state, id, audio).await {
         Ok(transcript_id) => AudioCommand::RecordRequest {
             transcript_id,
-            at: now,
+            at: state.clock.now(),
         },
         Err(e) => {
             tracing::warn!(audio_id = %id, error = %e, "transcript request failed");
             AudioCommand::RecordRequestFailure {
                 permanent: matches!(e, ServiceError::Refused(_)),
                 error: e.to_string(),
-                at: now,
+                at: state.clock.now(),
             }
         }
     };
-    let tenant = audio.tenant_id().unwrap_or_default();
-    let metadata = ids.metadata(tenant, "transcriber", ActorKind::System);
-    let c = state.audio.execute(&id, None, command, &metadata).await?;
-    let audio = state.audio.load(&id).await?;
-    Ok(
-        Json(json!({"id": id, "version": c.version, "status": status_name(audio.status())}))
-            .into_response(),
-    )
+    let c = state.audio.execute(id, None, command, metadata).await?;
+    Ok(Some(c.version))
+}
+
+/// Asks the service about a requested transcript no webhook has finished: finishes it, or
+/// records the check (not final yet, or the service could not be asked, and why).
+async fn check(
+    state: &AppState,
+    id: &str,
+    audio: &Audio,
+    metadata: &Metadata,
+) -> Result<u64, Problem> {
+    let transcript_id = audio.transcript_id().unwrap_or_default().to_owned();
+    let at = state.clock.now();
+    let looked = match &state.assemblyai {
+        None => Err("transcription is not configured".to_owned()),
+        Some(client) => client
+            .transcript(&transcript_id)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    let command = match looked {
+        Ok(t) if matches!(t.status.as_str(), "completed" | "error") => {
+            finishing(state, id, audio, &transcript_id, t, None, at)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?
+        }
+        Ok(_) => AudioCommand::RecordCheck {
+            transcript_id,
+            error: None,
+            at,
+        },
+        Err(error) => {
+            tracing::warn!(audio_id = %id, %error, "transcript check failed");
+            AudioCommand::RecordCheck {
+                transcript_id,
+                error: Some(error),
+                at,
+            }
+        }
+    };
+    Ok(state
+        .audio
+        .execute(id, None, command, metadata)
+        .await?
+        .version)
+}
+
+/// The command that finishes transcript `transcript_id` as the service reported it
+/// (`completed` or `error`). A transcript too large for an event is written to the blob
+/// store first, and the event names it and carries a preview.
+async fn finishing(
+    state: &AppState,
+    id: &str,
+    audio: &Audio,
+    transcript_id: &str,
+    transcript: Transcript,
+    webhook_id: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<AudioCommand, object_store::Error> {
+    if transcript.status != "completed" {
+        return Ok(AudioCommand::Fail {
+            transcript_id: transcript_id.to_owned(),
+            error: transcript.error.unwrap_or_else(|| "error".into()),
+            webhook_id,
+            at,
+        });
+    }
+    let text = transcript.text.unwrap_or_default();
+    let whole =
+        serde_json::to_vec(&json!({"text": text, "words": transcript.words})).unwrap_or_default();
+    let (text, words, stored) = if whole.len() <= MAX_INLINE_TRANSCRIPT_BYTES {
+        (text, transcript.words, None)
+    } else {
+        // Named by the transcript, so a repeated finish writes the same file again.
+        let name: String = transcript_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .take(100)
+            .collect();
+        let object_key = format!(
+            "tenants/{}/audio/{id}/transcript-{name}.json",
+            audio.tenant_id().unwrap_or_default()
+        );
+        let stored = StoredTranscript {
+            object_key: object_key.clone(),
+            size_bytes: whole.len() as u64,
+            sha256: crate::values::hex(&Sha256::digest(&whole)),
+            text_chars: text.chars().count() as u64,
+        };
+        state
+            .blobs
+            .put(&object_store::path::Path::from(object_key), whole.into())
+            .await?;
+        let preview = text.chars().take(PREVIEW_CHARS).collect();
+        (preview, Vec::new(), Some(stored))
+    };
+    Ok(AudioCommand::Complete {
+        transcript_id: transcript_id.to_owned(),
+        text,
+        words,
+        stored,
+        language: transcript.language,
+        confidence: transcript.confidence,
+        webhook_id,
+        at,
+    })
 }
 
 fn status_name(s: Status) -> &'static str {
     match s {
         Status::None => "none",
         Status::Uploaded => "uploaded",
+        Status::Requesting => "requesting",
         Status::Requested => "requested",
         Status::Completed => "completed",
         Status::Failed => "failed",
@@ -436,6 +586,57 @@ async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, Se
     client.request_transcript(&upload_url, id).await
 }
 
+/// The whole text of a completed transcript: from its event, or from the blob store when
+/// it was too large for one.
+async fn whole_text(state: &AppState, audio: &Audio) -> Result<Option<String>, Problem> {
+    let Some(text) = audio.text() else {
+        return Ok(None);
+    };
+    let Some(stored) = audio.stored() else {
+        return Ok(Some(text.to_owned()));
+    };
+    let bytes = state
+        .blobs
+        .get(&object_store::path::Path::from(stored.object_key.as_str()))
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .bytes()
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let whole: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Problem::unavailable(&e))?;
+    Ok(Some(whole["text"].as_str().unwrap_or(text).to_owned()))
+}
+
+/// `text` cut into messages of at most [`MAX_PART_CHARS`] characters, at a space or line
+/// break where there is one near the end of a part.
+fn parts(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.trim().chars().collect();
+    let mut parts = Vec::new();
+    let mut from = 0;
+    while from < chars.len() {
+        let mut to = (from + MAX_PART_CHARS).min(chars.len());
+        if to < chars.len() {
+            // Back to the last whitespace in the part's final fifth, if any.
+            if let Some(space) = (to - MAX_PART_CHARS / 5..to)
+                .rev()
+                .find(|&i| chars[i].is_whitespace())
+            {
+                to = space;
+            }
+        }
+        let part: String = chars[from..to].iter().collect();
+        if !part.trim().is_empty() {
+            parts.push(part.trim().to_owned());
+        }
+        from = to;
+    }
+    parts
+}
+
+/// The most characters of a transcript posted in one message (a chat message holds 4,096).
+const MAX_PART_CHARS: usize = 4_000;
+
 /// Body of an attachment to a thread.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,8 +645,9 @@ pub struct Attach {
     pub thread_id: Uuid,
 }
 
-/// Posts the transcript in a thread, as a message of the caller with the audio attached.
-/// Retries name the same message (its id derives from the file).
+/// Posts the transcript in a thread, as messages of the caller: the first carries the audio
+/// file, and a transcript longer than a message continues in the next ones. Retries name
+/// the same messages (their ids derive from the file and the part).
 async fn attach(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -454,48 +656,82 @@ async fn attach(
     Json(body): Json<Attach>,
 ) -> Result<Response, Problem> {
     let (id, audio) = audio_of(&state, &who, &raw).await?;
-    let Some(text) = audio.text() else {
+    let Some(text) = whole_text(&state, &audio).await? else {
         return Err(Problem::unprocessable(
             "transcript_not_ready",
             "The transcript is not complete.",
         ));
     };
+    let mut parts = parts(&text);
+    if parts.is_empty() {
+        // Silence: the file is posted with a line saying so.
+        parts.push("(no speech in the transcript)".to_owned());
+    }
     let thread = body.thread_id.to_string();
     let tenant = crate::chat::routes::tenant_of(&state, &who, &thread).await?;
-    let client_id = format!("transcript:{id}");
-    let message_id = crate::chat::routes::item_id(&thread, who.user_id(), Some(&client_id), None);
     let (object_key, content_type, size_bytes) = audio.file();
-    let command = ThreadCommand {
-        thread_id: thread.clone(),
-        actor: crate::chat::routes::actor(&who),
-        at: state.clock.now(),
-        action: Action::Send {
-            message_id: message_id.clone(),
-            client_message_id: Some(client_id),
-            text: text.to_owned(),
-            attachment: Some(Attachment {
-                object_key: object_key.to_owned(),
-                content_type: content_type.to_owned(),
-                name: None,
-                size_bytes,
-            }),
-        },
-    };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .threads
-        .execute(&thread, None, command, &metadata)
-        .await?;
-    Ok(crate::chat::routes::created_item(
-        &c,
-        "message_id",
-        &message_id,
-    ))
+    let mut first = None;
+    let mut message_ids = Vec::new();
+    let mut last = None;
+    for (n, part) in parts.into_iter().enumerate() {
+        let client_id = match n {
+            0 => format!("transcript:{id}"),
+            n => format!("transcript:{id}:{}", n + 1),
+        };
+        let message_id =
+            crate::chat::routes::item_id(&thread, who.user_id(), Some(&client_id), None);
+        let command = ThreadCommand {
+            thread_id: thread.clone(),
+            actor: crate::chat::routes::actor(&who),
+            at: state.clock.now(),
+            action: Action::Send {
+                message_id: message_id.clone(),
+                client_message_id: Some(client_id),
+                text: part,
+                attachment: (n == 0).then(|| Attachment {
+                    object_key: object_key.to_owned(),
+                    content_type: content_type.to_owned(),
+                    name: None,
+                    size_bytes,
+                }),
+            },
+        };
+        last = Some(
+            state
+                .threads
+                .execute(&thread, None, command, &metadata)
+                .await?,
+        );
+        first.get_or_insert_with(|| message_id.clone());
+        message_ids.push(message_id);
+    }
+    let (Some(c), Some(first)) = (last, first) else {
+        return Err(Problem::unprocessable(
+            "transcript_not_ready",
+            "The transcript is not complete.",
+        ));
+    };
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": c.aggregate_id,
+            "version": c.version,
+            "message_id": first,
+            "message_ids": message_ids,
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
 }
 
 /// Processes an AssemblyAI webhook: fetches the transcript it announces and completes (or
 /// fails) the audio file's transcript; a webhook for another transcript, or after the
-/// transcript is final, changes nothing.
+/// transcript is final, changes nothing. A webhook that comes before its request is
+/// recorded (the service is quicker than the answer to the request) is processed again.
 pub(crate) async fn process_webhook(
     state: &AppState,
     webhook_id: &str,
@@ -518,6 +754,9 @@ pub(crate) async fn process_webhook(
     if state.access.is_suspended(&tenant) {
         return Processing::Held(tenant);
     }
+    if audio.status() == Status::Requesting {
+        return Processing::Retry("the transcript's request is being recorded".into());
+    }
     let attributed = Some(Attributed {
         payment_id: None,
         tenant_id: tenant.clone(),
@@ -530,30 +769,32 @@ pub(crate) async fn process_webhook(
         Err(ServiceError::Refused(_)) => {
             return Processing::Done(Outcome::Ignored, attributed, "unknown transcript".into())
         }
-        Err(ServiceError::Unavailable(e)) => {
+        Err(e) => {
             tracing::warn!(error = %e, "assemblyai unavailable");
-            return Processing::Retry("assemblyai unavailable".into());
+            return Processing::Retry(e.to_string());
         }
     };
-    let at = state.clock.now();
-    let command = match transcript.status.as_str() {
-        "completed" => AudioCommand::Complete {
-            transcript_id: transcript_id.to_owned(),
-            text: transcript.text.unwrap_or_default(),
-            words: transcript.words,
-            language: transcript.language,
-            confidence: transcript.confidence,
-            webhook_id: webhook_id.to_owned(),
-            at,
-        },
-        "error" => AudioCommand::Fail {
-            transcript_id: transcript_id.to_owned(),
-            error: transcript.error.unwrap_or_else(|| "error".into()),
-            webhook_id: webhook_id.to_owned(),
-            at,
-        },
+    if !matches!(transcript.status.as_str(), "completed" | "error") {
         // Not final yet (an early or out-of-order webhook): look again later.
-        _ => return Processing::Retry("the transcript is not final yet".into()),
+        return Processing::Retry("the transcript is not final yet".into());
+    }
+    let at = state.clock.now();
+    let command = match finishing(
+        state,
+        audio_id,
+        &audio,
+        transcript_id,
+        transcript,
+        Some(webhook_id.to_owned()),
+        at,
+    )
+    .await
+    {
+        Ok(command) => command,
+        Err(e) => {
+            tracing::warn!(error = %e, "the transcript could not be stored");
+            return Processing::Retry("blob store unavailable".into());
+        }
     };
     match state
         .audio

@@ -218,6 +218,11 @@ impl DomainProblem for crate::audio::aggregate::AudioError {
             E::AlreadyExists => {
                 Problem::new(StatusCode::CONFLICT, "already_exists", self.to_string())
             }
+            E::AlreadyTranscribed => Problem::new(
+                StatusCode::CONFLICT,
+                "already_transcribed",
+                self.to_string(),
+            ),
         }
     }
 }

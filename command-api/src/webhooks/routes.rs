@@ -155,7 +155,10 @@ async fn assemblyai(
     let provided = headers
         .get(crate::audio::assemblyai::WEBHOOK_HEADER)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    let expected = state.assemblyai.as_ref().map(|c| c.webhook_secret());
+    let expected = state
+        .assemblyai
+        .as_ref()
+        .map_or(&[][..], |c| c.webhook_secrets());
     if let Err(r) = verify::secret_header(provided, expected) {
         return Err(reject(&state.pool, Provider::Assemblyai, r, None, &body).await);
     }

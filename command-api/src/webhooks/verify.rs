@@ -336,10 +336,11 @@ mod tests {
 /// Checks a shared secret sent in a header (AssemblyAI's `webhook_auth_header_value`) in
 /// constant time: both are reduced to HMACs under one key and the tags compared, so neither
 /// their contents nor their lengths show in the timing.
-pub fn secret_header(provided: Option<&str>, expected: Option<&str>) -> Result<(), Rejection> {
-    let expected = expected
-        .filter(|e| !e.is_empty())
-        .ok_or(Rejection::NotConfigured)?;
+pub fn secret_header(provided: Option<&str>, expected: &[String]) -> Result<(), Rejection> {
+    let expected: Vec<&String> = expected.iter().filter(|e| !e.is_empty()).collect();
+    if expected.is_empty() {
+        return Err(Rejection::NotConfigured);
+    }
     let provided = provided.ok_or(Rejection::Missing)?;
     let tag = |value: &str| {
         HmacSha256::new_from_slice(b"webhook-secret-comparison").map(|mut m| {
@@ -347,12 +348,21 @@ pub fn secret_header(provided: Option<&str>, expected: Option<&str>) -> Result<(
             m
         })
     };
-    let (Ok(expected_tag), Ok(provided_mac)) = (tag(expected), tag(provided)) else {
-        return Err(Rejection::Mismatch);
-    };
-    provided_mac
-        .verify_slice(&expected_tag.finalize().into_bytes())
-        .map_err(|_| Rejection::Mismatch)
+    // Every secret is compared (no early exit), in constant time each.
+    let matched = expected.iter().fold(false, |matched, secret| {
+        let same = match (tag(secret), tag(provided)) {
+            (Ok(expected_tag), Ok(provided_mac)) => provided_mac
+                .verify_slice(&expected_tag.finalize().into_bytes())
+                .is_ok(),
+            _ => false,
+        };
+        matched | same
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Rejection::Mismatch)
+    }
 }
 
 /// Verifies Meta's `X-Hub-Signature-256: sha256=<hex>` header: HMAC-SHA256 of the raw
@@ -524,15 +534,22 @@ mod signalwire_tests {
 
     #[test]
     fn a_secret_header_matches_only_the_secret() {
-        assert_eq!(secret_header(Some("s3cret"), Some("s3cret")), Ok(()));
+        let one = ["s3cret".to_owned()];
+        assert_eq!(secret_header(Some("s3cret"), &one), Ok(()));
+        assert_eq!(secret_header(Some("s3cre"), &one), Err(Rejection::Mismatch));
+        assert_eq!(secret_header(None, &one), Err(Rejection::Missing));
+        assert_eq!(secret_header(Some("x"), &[]), Err(Rejection::NotConfigured));
         assert_eq!(
-            secret_header(Some("s3cre"), Some("s3cret")),
-            Err(Rejection::Mismatch)
-        );
-        assert_eq!(secret_header(None, Some("s3cret")), Err(Rejection::Missing));
-        assert_eq!(
-            secret_header(Some("x"), None),
+            secret_header(Some("x"), &[String::new()]),
             Err(Rejection::NotConfigured)
+        );
+        // During a rotation, either secret.
+        let rotating = ["new-secret".to_owned(), "old-secret".to_owned()];
+        assert_eq!(secret_header(Some("old-secret"), &rotating), Ok(()));
+        assert_eq!(secret_header(Some("new-secret"), &rotating), Ok(()));
+        assert_eq!(
+            secret_header(Some("other"), &rotating),
+            Err(Rejection::Mismatch)
         );
     }
 

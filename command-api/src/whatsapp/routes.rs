@@ -778,7 +778,7 @@ async fn handshake(
         .ok_or_else(refused)?;
     let platform = state.whatsapp.verify_token.as_deref();
     let matches_platform =
-        platform.is_some_and(|p| verify::secret_header(Some(&token), Some(p)).is_ok());
+        platform.is_some_and(|p| verify::secret_header(Some(&token), &[p.to_owned()]).is_ok());
     let matches_session = matches_platform
         || sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM whatsapp_sessions

@@ -1,5 +1,6 @@
 //! `GET /v1/audio/{id}`: an uploaded audio file, where its transcript is, and the transcript
-//! (text, words with timings, language, confidence) once complete. Staff of the file's
+//! (text, words with timings, language, confidence) once complete; a transcript too large
+//! for its event is read from the blob store. Staff of the file's
 //! tenant read it, and so does the chatbot user who uploaded it; anyone else is told it does
 //! not exist.
 
@@ -30,19 +31,29 @@ pub struct AudioView {
     uploaded_by: String,
     content_type: String,
     size_bytes: i64,
-    /// `uploaded`, `retrying`, `requested`, `completed` or `failed`.
+    /// `uploaded`, `retrying`, `requesting`, `requested`, `completed` or `failed`.
     status: String,
     transcript_id: Option<String>,
+    /// The whole text, once completed (read from the blob store when it was too large for
+    /// its event).
     text: Option<String>,
+    /// Characters of the text.
+    transcript_chars: Option<i64>,
     /// `[{text, start_ms, end_ms, confidence}]`, once completed.
     words: Option<serde_json::Value>,
     language: Option<String>,
     confidence: Option<f64>,
     /// Failed attempts at requesting the transcript.
     attempts: i32,
+    /// Checks of a requested transcript that no webhook has finished.
+    checks: i32,
+    /// Why the last attempt or check failed.
     last_error: Option<String>,
-    /// When the transcript is next requested, while it is being retried.
+    /// When the transcript is next requested (while retried) or checked (while requested).
     next_attempt_at: Option<DateTime<Utc>>,
+    /// Where the whole transcript is, when too large for its event.
+    #[serde(skip)]
+    transcript_object_key: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     version: i64,
@@ -82,8 +93,9 @@ async fn detail(
         || {
             sqlx::query_as(
                 "SELECT id, tenant_id, uploaded_by, content_type, size_bytes, status,
-                        transcript_id, text, words, language, confidence, attempts, last_error,
-                        next_attempt_at, created_at, updated_at, version
+                        transcript_id, text, transcript_chars, words, language, confidence,
+                        attempts, checks, last_error, next_attempt_at, transcript_object_key,
+                        created_at, updated_at, version
                    FROM audio_files WHERE id = $1",
             )
             .bind(id)
@@ -92,7 +104,12 @@ async fn detail(
     )
     .await?;
     match row {
-        Some(file) if may_read(&who, &file) => {
+        Some(mut file) if may_read(&who, &file) => {
+            if let Some(key) = file.transcript_object_key.take() {
+                let whole = stored_transcript(&state, &key).await?;
+                file.text = whole["text"].as_str().map(str::to_owned).or(file.text);
+                file.words = Some(whole["words"].clone());
+            }
             let version = file.version;
             let mut response = Json(file).into_response();
             freshness::version_headers(response.headers_mut(), Some(version), stale);
@@ -100,4 +117,17 @@ async fn detail(
         }
         _ => Err(not_found()),
     }
+}
+
+/// A transcript kept in the blob store (`{"text": …, "words": [...]}`).
+async fn stored_transcript(state: &AppState, key: &str) -> Result<serde_json::Value, Problem> {
+    let bytes = state
+        .blobs
+        .get(&object_store::path::Path::from(key))
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .bytes()
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Problem::unavailable(&e))
 }

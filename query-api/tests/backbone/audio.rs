@@ -18,6 +18,8 @@ use crate::support::{create_tenant, eventually, expect_problem, Service, TestEnv
 
 const KEY: &str = "aai-test-key";
 const HOOK_SECRET: &str = "hook-secret-of-the-test";
+/// The secret before a rotation: still accepted from transcripts requested with it.
+const OLD_HOOK_SECRET: &str = "hook-secret-before-rotation";
 const BACKEND: &str = "https://hooks.example.com";
 
 struct Studio {
@@ -38,7 +40,7 @@ impl Studio {
         let mut config = env.command_config();
         config.assemblyai_api_url = assemblyai.uri();
         config.assemblyai_api_key = Some(KEY.into());
-        config.assemblyai_webhook_secret = Some(HOOK_SECRET.into());
+        config.assemblyai_webhook_secret = vec![HOOK_SECRET.into(), OLD_HOOK_SECRET.into()];
         config.backend_url = Some(BACKEND.into());
         let api = env
             .spawn_command_api_with_clock(config, clock.clone())
@@ -704,4 +706,499 @@ async fn a_user_uploads_so_many_mebibytes_a_day() {
     let other = studio.env.phone_user(&studio.tenant, "reserved");
     assert_eq!(upload(other).await.expect("sent").status(), 201);
     api.stop().await;
+}
+
+/// Uploads a small file as the tenant's admin: its id.
+async fn uploaded(studio: &Studio) -> String {
+    let r = studio
+        .upload(&studio.admin, audio_file("audio/wav", 64, 1), "audio/wav")
+        .await;
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// AssemblyAI accepting every upload as `https://cdn.assemblyai.com/upload/abc`.
+async fn accepts_uploads(assemblyai: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"upload_url": "https://cdn.assemblyai.com/upload/abc"})),
+        )
+        .mount(assemblyai)
+        .await;
+}
+
+async fn requests_to(assemblyai: &MockServer, method: &str, to: &str) -> usize {
+    assemblyai
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == method && r.url.path() == to)
+        .count()
+}
+
+#[tokio::test]
+async fn a_slow_transcript_request_finishes_and_is_sent_once_however_often_it_is_asked() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    // Slower than the process manager's old 10 s wait.
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(transcript_json("queued"))
+                .set_delay(Duration::from_secs(12)),
+        )
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    // Two process managers (or one and an admin) at once; then a third, a moment later,
+    // while the first request is still under way.
+    let second = DueProcessor::transcriptions(
+        studio.env.pool.clone(),
+        &studio.api.url(""),
+        TokenKeys::new(SECRET),
+        clock.clone(),
+    );
+    let late = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = studio
+            .env
+            .http
+            .post(studio.api.url(&format!("/v1/audio/{id}/transcribe")))
+            .bearer_auth(&studio.admin)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.expect("json")
+    };
+    let (a, b, c) = tokio::join!(studio.transcriptions.step(), second.step(), late);
+    let (a, b) = (a.expect("step"), b.expect("step"));
+    assert_eq!(
+        a.failed + b.failed,
+        0,
+        "{a:?} {b:?}: the 12 s call was waited for"
+    );
+    assert_eq!(c["status"], "requesting", "{c}");
+    let done = studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    assert_eq!(done["transcript_id"], "tr_1");
+    assert_eq!(requests_to(&assemblyai, "POST", "/v2/upload").await, 1);
+    assert_eq!(
+        requests_to(&assemblyai, "POST", "/v2/transcript").await,
+        1,
+        "one billed transcript for one file"
+    );
+}
+
+#[tokio::test]
+async fn a_transcript_whose_webhook_never_comes_is_checked_and_finished() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio.step_once(&studio.transcriptions).await;
+    let requested = studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    assert!(requested["next_attempt_at"].is_string(), "{requested}");
+    // Not checked before its time.
+    assert_eq!(
+        studio.transcriptions.step().await.expect("step"),
+        Default::default()
+    );
+    // The API key was rotated at the service: the check is refused, and the audio says so.
+    let refused = Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "Invalid API key"})))
+        .mount_as_scoped(&assemblyai)
+        .await;
+    clock.advance(chrono::Duration::minutes(10));
+    studio.step_once(&studio.transcriptions).await;
+    let checked = studio
+        .audio_when(&id, "the failed check", |a| a["checks"] == 1)
+        .await;
+    assert_eq!(checked["status"], "requested");
+    assert!(
+        checked["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("401")),
+        "{checked}"
+    );
+    drop(refused);
+    // Fixed; the next check finds the transcript done.
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .mount(&assemblyai)
+        .await;
+    clock.advance(chrono::Duration::minutes(20));
+    studio.step_once(&studio.transcriptions).await;
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    assert_eq!(done["text"], "Hello, the shop opens at nine.");
+    assert_eq!(done["last_error"], Value::Null);
+    assert_eq!(done["next_attempt_at"], Value::Null);
+    // The webhook that comes at last changes nothing; one sent with the secret from before
+    // a rotation is still accepted.
+    let late: Value = studio
+        .webhook(&id, "tr_1", "completed", OLD_HOOK_SECRET)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(late["received"], true, "{late}");
+    studio.step_once(&studio.webhooks).await;
+    let completed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'audio' AND event_type = 'TranscriptCompleted'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("count");
+    assert_eq!(completed, 1);
+}
+
+/// AssemblyAI calling the webhook *before* its answer to the request arrives.
+struct CallsBackFirst {
+    api: String,
+}
+
+impl Respond for CallsBackFirst {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body: Value = request.body_json().unwrap_or_default();
+        let url = body["webhook_url"]
+            .as_str()
+            .unwrap_or_default()
+            .replacen(BACKEND, &self.api, 1);
+        let secret = body["webhook_auth_header_value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = reqwest::Client::new()
+                    .post(url)
+                    .header("x-webhook-secret", secret)
+                    .json(&json!({"transcript_id": "tr_1", "status": "completed"}))
+                    .send()
+                    .await;
+            });
+        });
+        ResponseTemplate::new(200)
+            .set_body_json(transcript_json("queued"))
+            .set_delay(Duration::from_secs(5))
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_that_beats_the_answer_to_its_request_still_finishes_the_transcript() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(CallsBackFirst {
+            api: studio.api.url(""),
+        })
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .mount(&assemblyai)
+        .await;
+    let id = uploaded(&studio).await;
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    let transcribing = studio.transcriptions.step();
+    let early = async {
+        // The webhook is received while the request is under way, and processed at once.
+        let webhook = eventually(Duration::from_secs(20), "the early webhook", || async {
+            let id: Option<String> =
+                sqlx::query_scalar("SELECT id::text FROM webhooks WHERE provider = 'assemblyai'")
+                    .fetch_optional(&studio.env.pool)
+                    .await
+                    .expect("query");
+            id
+        })
+        .await;
+        studio.step_once(&studio.webhooks).await;
+        webhook
+    };
+    let (report, webhook) = tokio::join!(transcribing, early);
+    assert_eq!(report.expect("step").processed, 1);
+    let root = studio.env.super_admin();
+    let w = eventually(Duration::from_secs(20), "the webhook retried", || async {
+        let w = studio
+            .env
+            .get_json(&studio.query.url(&format!("/v1/webhooks/{webhook}")), &root)
+            .await;
+        (w["status"] == "retrying").then_some(w)
+    })
+    .await;
+    assert!(w["last_error"].as_str().is_some(), "{w}");
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    clock.advance(chrono::Duration::minutes(1));
+    studio.step_once(&studio.webhooks).await;
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    assert_eq!(done["text"], "Hello, the shop opens at nine.");
+}
+
+#[tokio::test]
+async fn a_failed_transcript_is_asked_for_again_by_a_tenant_admin_only() {
+    let assemblyai = MockServer::start().await;
+    // The service refuses the file outright: given up at once.
+    let refusing = Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "bad file"})))
+        .mount_as_scoped(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "failed", |a| a["status"] == "failed")
+        .await;
+    drop(refusing);
+    accepts_uploads(&assemblyai).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .mount(&assemblyai)
+        .await;
+    let transcribe = |token: String| {
+        let url = studio.api.url(&format!("/v1/audio/{id}/transcribe"));
+        let http = studio.env.http.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    // Not by an agent, a chatbot user or another tenant's admin.
+    let agent = studio.env.agent_of(&studio.tenant);
+    expect_problem(transcribe(agent).await, 403, "forbidden").await;
+    let (other, _) = create_tenant(
+        &studio.env,
+        &studio.api,
+        &format!("oth{}", &studio.env.prefix[1..9]),
+    )
+    .await;
+    expect_problem(
+        transcribe(studio.env.admin_of(&other)).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let r = transcribe(studio.admin.clone()).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "requested", "{body}");
+    let again = studio
+        .audio_when(&id, "requested again", |a| a["status"] == "requested")
+        .await;
+    assert_eq!(again["attempts"], 0);
+    assert_eq!(again["last_error"], Value::Null);
+    // Completed, it is not sent again.
+    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .mount(&assemblyai)
+        .await;
+    studio.step_once(&studio.webhooks).await;
+    studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    expect_problem(
+        transcribe(studio.admin.clone()).await,
+        409,
+        "already_transcribed",
+    )
+    .await;
+    assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 1);
+}
+
+/// A transcript of `words` words.
+fn long_transcript(words: usize) -> Value {
+    let list: Vec<Value> = (0..words)
+        .map(|i| {
+            json!({"text": format!("word{i}"), "start": i * 300, "end": i * 300 + 250,
+                   "confidence": 0.9, "speaker": null})
+        })
+        .collect();
+    let text = (0..words)
+        .map(|i| format!("word{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({"id": "tr_1", "status": "completed", "language_code": "en", "confidence": 0.9,
+           "text": text, "words": list})
+}
+
+#[tokio::test]
+async fn a_transcript_too_large_for_an_event_is_kept_whole_and_posted_in_parts() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .mount(&assemblyai)
+        .await;
+    // 15,000 words: about 1.3 MB of JSON, more than the bus takes in one message.
+    let transcript = long_transcript(15_000);
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript.clone()))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
+    studio.step_once(&studio.webhooks).await;
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    let text = transcript["text"].as_str().expect("text");
+    assert_eq!(done["text"], text, "the whole text");
+    assert_eq!(done["transcript_chars"], text.chars().count());
+    assert_eq!(done["words"].as_array().map(Vec::len), Some(15_000));
+    assert_eq!(
+        done["words"][14_999],
+        json!({"text": "word14999", "start_ms": 4_499_700, "end_ms": 4_499_950, "confidence": 0.9})
+    );
+    // The event names the stored transcript and stays small; it was published (the read
+    // model is built from the bus).
+    let size: i32 = sqlx::query_scalar(
+        "SELECT octet_length(payload::text) FROM events
+          WHERE aggregate_type = 'audio' AND event_type = 'TranscriptCompleted'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("size");
+    assert!(size < 16 * 1024, "{size} bytes");
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantined_events")
+        .fetch_one(&studio.env.pool)
+        .await
+        .expect("count");
+    assert_eq!(quarantined, 0);
+
+    // Posted in a thread: as many messages as it takes, in order, the first with the audio.
+    let customer = studio.env.phone_user(&studio.tenant, "phone-long");
+    let thread = studio
+        .env
+        .http
+        .post(studio.api.url("/v1/chat/threads"))
+        .bearer_auth(&customer)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let attach = || async {
+        let r = studio
+            .env
+            .http
+            .post(studio.api.url(&format!("/v1/audio/{id}/attach")))
+            .bearer_auth(&studio.admin)
+            .json(&json!({"thread_id": thread}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.expect("json")
+    };
+    let first = attach().await;
+    let parts = first["message_ids"].as_array().expect("ids").len();
+    assert!(parts >= text.chars().count() / 4_000, "{parts} parts");
+    assert_eq!(
+        attach().await["message_ids"],
+        first["message_ids"],
+        "a retry posts nothing more"
+    );
+    let mut posted = Vec::new();
+    let mut url = studio
+        .query
+        .url(&format!("/v1/chat/threads/{thread}/messages?limit=100"));
+    loop {
+        let page = studio.env.get_json(&url, &studio.admin).await;
+        posted.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                url = studio.query.url(&format!(
+                    "/v1/chat/threads/{thread}/messages?limit=100&cursor={c}"
+                ))
+            }
+            None => break,
+        }
+        if posted.len() >= parts {
+            break;
+        }
+    }
+    assert_eq!(posted.len(), parts);
+    let joined = posted
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        joined.iter().all(|t| t.chars().count() <= 4_096),
+        "each message fits"
+    );
+    let mut sorted = joined.clone();
+    sorted.sort_by_key(|t| {
+        t.split(' ')
+            .next()
+            .and_then(|w| w.trim_start_matches("word").parse::<usize>().ok())
+    });
+    assert_eq!(sorted.join(" "), text, "nothing lost or doubled");
+    assert_eq!(
+        posted
+            .iter()
+            .filter(|m| m["attachment"]["content_type"] == "audio/wav")
+            .count(),
+        1
+    );
 }

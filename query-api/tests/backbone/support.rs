@@ -179,7 +179,7 @@ impl TestEnv {
             signalwire_signing_key: Vec::new(),
             assemblyai_api_url: "http://127.0.0.1:9".to_owned(),
             assemblyai_api_key: None,
-            assemblyai_webhook_secret: None,
+            assemblyai_webhook_secret: Vec::new(),
             whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
             whatsapp_api_version: "v21.0".to_owned(),
             whatsapp_app_secret: Vec::new(),
