@@ -150,6 +150,13 @@ pub struct Config {
         hide_env_values = true
     )]
     pub signalwire_signing_key: Vec<String>,
+    /// SignalWire project id: with `SIGNALWIRE_API_TOKEN`, the credentials MMS media are
+    /// fetched with.
+    #[arg(long, env = "SIGNALWIRE_PROJECT_ID")]
+    pub signalwire_project_id: Option<String>,
+    /// SignalWire API token (see `SIGNALWIRE_PROJECT_ID`).
+    #[arg(long, env = "SIGNALWIRE_API_TOKEN", hide_env_values = true)]
+    pub signalwire_api_token: Option<String>,
     /// Base URL of the WhatsApp Cloud API (the Graph API).
     #[arg(
         long,
@@ -389,6 +396,7 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            signalwire_api: set(&self.signalwire_project_id).zip(set(&self.signalwire_api_token)),
         }
     }
 

@@ -29,6 +29,8 @@ pub mod config;
 pub mod http;
 /// Identity bounded context: admin users, logins, sessions.
 pub mod identity;
+/// Files fetched from providers into the blob store.
+pub mod media;
 /// Payments bounded context: catalogs and payments.
 pub mod payments;
 /// Events → NATS.
@@ -167,6 +169,9 @@ pub struct WebhookSecrets {
     pub lyra_hmac_key: Option<String>,
     /// SignalWire signing keys (any of them may sign).
     pub signalwire: Vec<String>,
+    /// SignalWire project id and API token: the HTTP Basic credentials MMS media are
+    /// fetched with (none: fetched without, as from a space serving media openly).
+    pub signalwire_api: Option<(String, String)>,
 }
 
 impl FromRef<AppState> for TokenKeys {

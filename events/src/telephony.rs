@@ -1,6 +1,7 @@
 //! Events of telephony: the phone numbers tenants own (aggregate type `phone_number`, id = the
-//! number in E.164), and the SMS and calls SignalWire reports (aggregate types `sms`, id = the
-//! provider's `MessageSid`, and `call`, id = its `CallSid`).
+//! number in E.164), and the SMS and calls SignalWire reports (aggregate types `sms`, id =
+//! [`sms_id`] of the provider's `MessageSid` and the tenant's number, and `call`, id = its
+//! `CallSid`).
 //!
 //! A number belongs to one tenant at a time: its aggregate is keyed by the number, so two
 //! tenants cannot both assign it. SMS and call statuses only move forward (a late "sent"
@@ -16,6 +17,13 @@ pub const PHONE_NUMBER: &str = "phone_number";
 pub const SMS: &str = "sms";
 /// The aggregate type of calls.
 pub const CALL: &str = "call";
+
+/// The id of the `sms` stream of message `sid` on the tenant's `number`: a message id is
+/// the provider's, and one reused for another number is another message. (Streams recorded
+/// before numbers were part of the id are named by the bare `MessageSid`, and stay so.)
+pub fn sms_id(sid: &str, number: &str) -> String {
+    format!("{sid}@{number}")
+}
 
 /// Something that happened to a phone number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,14 +73,19 @@ pub enum Direction {
 pub enum SmsEvent {
     /// An SMS reached one of the tenant's numbers.
     SmsReceived {
-        /// Sender (E.164).
+        /// Sender: a number (E.164), a short code (digits) or an alphanumeric sender id.
         from: String,
         /// The tenant's number (E.164).
         to: String,
-        /// The text.
+        /// The text as sent (it may be blank: a message of media only, or of spaces).
         body: String,
-        /// Attached media (MMS), by count; their URLs stay with the provider.
+        /// Media attached (MMS), by count.
         media_count: u32,
+        /// The media fetched into the blob store
+        /// (`tenants/{tenant}/sms/{stream}/{n}`), in the order sent; a file that could not
+        /// be had (gone, over 20 MiB) is missing here and counted in `media_count`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        media: Vec<crate::chat::Attachment>,
         /// The webhook that reported it.
         webhook_id: String,
         /// When it arrived.
@@ -137,12 +150,27 @@ pub enum CallEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The provider reported a call's recording (a recording callback: no call status).
+    CallRecorded {
+        /// The provider's `RecordingSid`.
+        recording_sid: String,
+        /// Where the provider serves it.
+        recording_url: String,
+        /// Its length in seconds, if said.
+        #[serde(default)]
+        duration_secs: Option<u32>,
+        /// The webhook that reported it.
+        webhook_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for CallEvent {
     fn event_type(&self) -> String {
         match self {
             CallEvent::CallStatusChanged { .. } => "CallStatusChanged",
+            CallEvent::CallRecorded { .. } => "CallRecorded",
         }
         .to_owned()
     }

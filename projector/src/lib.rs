@@ -14,6 +14,7 @@
 //! - [`payments`]: webhooks, catalogs and payments.
 //! - [`due`]: process managers that have due webhooks processed and audio transcribed.
 //! - [`audio`]: audio files and their transcripts.
+//! - [`telephony`]: the calls of tenants' numbers.
 //! - [`whatsapp`]: WhatsApp sessions, conversations, messages and contacts.
 //! - [`sender`]: sends due WhatsApp messages through the Cloud API, at most once each.
 
@@ -41,6 +42,8 @@ pub mod rebuild;
 pub mod scheduler;
 /// The WhatsApp sender.
 pub mod sender;
+/// The calls read model.
+pub mod telephony;
 /// The tenants read model.
 pub mod tenants;
 /// The WhatsApp read models.
@@ -215,6 +218,7 @@ pub fn projections(
         Arc::new(payments::CatalogProjection),
         Arc::new(payments::PaymentsProjection),
         Arc::new(audio::AudioProjection),
+        Arc::new(telephony::CallsProjection),
         Arc::new(whatsapp::WhatsAppSessionsProjection),
         Arc::new(whatsapp::WhatsAppProjection),
     ];

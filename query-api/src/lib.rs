@@ -13,6 +13,7 @@
 //! - [`webhooks`]: received provider webhooks and the ones that failed verification.
 //! - [`dev`]: the dev inbox of captured outbound messages.
 //! - [`audio`]: audio files and their transcripts.
+//! - [`telephony`]: the calls of tenants' numbers (missed ones among them).
 //! - [`whatsapp`]: WhatsApp sessions (with health), messages and contacts.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
@@ -39,6 +40,8 @@ pub mod payments;
 pub mod realtime;
 /// Server-Sent Events of realtime events.
 pub mod stream;
+/// The calls of tenants' numbers.
+pub mod telephony;
 /// Tenant list and detail.
 pub mod tenants;
 /// Received provider webhooks.
@@ -135,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(webhooks::router())
         .merge(audio::router())
+        .merge(telephony::router())
         .merge(whatsapp::router())
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))

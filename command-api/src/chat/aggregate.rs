@@ -494,12 +494,9 @@ impl Thread {
                 None => None,
                 // Someone reached by number on a channel the platform runs (an SMS sender).
                 Some(c) if c.kind == PartyKind::Contact => {
-                    let number_like = c.id.len() <= 16
-                        && c.id.starts_with('+')
-                        && c.id[1..].bytes().all(|b| b.is_ascii_digit());
                     if !matches!(actor, Actor::System { .. })
                         || channel == Channel::Web
-                        || !number_like
+                        || !values::contact(&c.id, channel)
                     {
                         return Err(ThreadError::UnknownCustomer);
                     }
@@ -714,6 +711,7 @@ impl Thread {
                 text: raw,
                 from,
                 channel,
+                attachment: raw_attachment,
             } => {
                 if access != Access::System {
                     return Err(ThreadError::Forbidden(
@@ -734,7 +732,10 @@ impl Thread {
                 {
                     return Ok(vec![]);
                 }
-                let text = text(&raw, false)?;
+                let attachment = attachment(raw_attachment, &tenant)?;
+                // What a contact sent arrives as sent, even blank (an SMS of spaces): the
+                // provider delivered it, and staff should see that it came.
+                let text = text(&raw, true)?;
                 let mut events = self.reopening(at);
                 events.push(ThreadEvent::MessageSent {
                     message_id,
@@ -742,7 +743,7 @@ impl Thread {
                     author,
                     client_message_id: None,
                     text,
-                    attachment: None,
+                    attachment,
                     scheduled_id: None,
                     at,
                 });
@@ -2866,6 +2867,7 @@ mod tests {
             text: "Is the shop open?".into(),
             from: contact(),
             channel: Channel::Sms,
+            attachment: None,
         };
         let sent = ThreadEvent::MessageSent {
             message_id: "m-sms".into(),
@@ -2901,6 +2903,7 @@ mod tests {
                 kind: PartyKind::Contact,
             },
             channel,
+            attachment: None,
         };
         // A customer's web thread under the id the platform derives for a sender.
         expect_error(
@@ -2935,6 +2938,7 @@ mod tests {
                     text: "forged".into(),
                     from: contact(),
                     channel: Channel::Sms,
+                    attachment: None,
                 },
             ),
             ThreadError::Forbidden("Messages from a channel are delivered by the platform."),
@@ -2949,6 +2953,7 @@ mod tests {
             text: "Hello again".into(),
             from: contact(),
             channel: Channel::Sms,
+            attachment: None,
         };
         framework()
             .given(vec![sms_thread(), ThreadEvent::Closed { at: t0() }])

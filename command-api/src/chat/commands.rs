@@ -116,6 +116,8 @@ pub enum Action {
         from: Party,
         /// The channel it came through.
         channel: Channel,
+        /// A file that came with it (an MMS's media), already in the tenant's blob store.
+        attachment: Option<Attachment>,
     },
     /// Send a message.
     Send {

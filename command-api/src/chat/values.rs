@@ -1,6 +1,6 @@
 //! Value objects of chat: each `parse` is the one place its rule lives.
 
-use events::chat::Attachment;
+use events::chat::{Attachment, Channel};
 
 /// Longest message text, in characters (Unicode scalar values), as WhatsApp allows.
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -41,6 +41,28 @@ impl MessageText {
     pub fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// Whether `id` names a contact reached on `channel` as the platform writes them: a number
+/// in E.164 (`+` and up to 15 digits); on SMS also a short code (3 to 8 digits) or an
+/// alphanumeric sender id (1 to 11 letters, digits, spaces and `.-&_`, at least one letter,
+/// no space at either end), which carriers deliver messages from.
+pub fn contact(id: &str, channel: Channel) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if id.len() <= 16 && id.starts_with('+') && digits(&id[1..]) {
+        return true;
+    }
+    if channel != Channel::Sms {
+        return false;
+    }
+    let short_code = (3..=8).contains(&id.len()) && digits(id);
+    let sender_id = (1..=11).contains(&id.len())
+        && id.trim() == id
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " .-&_".contains(c))
+        && id.chars().any(|c| c.is_ascii_alphabetic());
+    short_code || sender_id
 }
 
 /// A one-line label (a subject, a tag, an id): trimmed, 1 to `max` characters, no control
@@ -91,6 +113,28 @@ pub fn attachment(mut raw: Attachment) -> Option<Attachment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contact_is_a_number_or_on_sms_a_short_code_or_sender_id() {
+        assert!(contact("+15551230001", Channel::Whatsapp));
+        assert!(contact("+15551230001", Channel::Sms));
+        for sms_only in ["72345", "ACME Bank", "Bank-1"] {
+            assert!(contact(sms_only, Channel::Sms), "{sms_only}");
+            assert!(!contact(sms_only, Channel::Whatsapp), "{sms_only}");
+        }
+        for never in [
+            "",
+            "12",
+            "123456789",
+            "+1555abc",
+            "twelve chars",
+            " ACME",
+            "who?",
+            "12345678901",
+        ] {
+            assert!(!contact(never, Channel::Sms), "{never}");
+        }
+    }
 
     #[test]
     fn message_text_allows_4096_characters_and_line_breaks_only() {

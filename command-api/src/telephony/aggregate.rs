@@ -111,6 +111,9 @@ pub enum SmsReport {
         body: String,
         /// Media attached.
         media_count: u32,
+        /// The media's URLs at the provider and their types, as the callback named them
+        /// (fetched by the route; the command carries what was stored).
+        media: Vec<(String, Option<String>)>,
     },
     /// The delivery status of one the tenant sent.
     Status {
@@ -132,6 +135,8 @@ pub struct SmsCommand {
     pub webhook_id: String,
     /// What it said.
     pub report: SmsReport,
+    /// The media of a received MMS, fetched into the blob store.
+    pub media: Vec<events::chat::Attachment>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -144,6 +149,23 @@ pub struct Sms {
     received: bool,
     /// Its last status's rank.
     rank: Option<u8>,
+    /// A received message's text and media, as recorded: what its thread is given when the
+    /// delivery is completed by a later attempt.
+    body: String,
+    /// The media stored.
+    media: Vec<events::chat::Attachment>,
+}
+
+impl Sms {
+    /// Whether it was received.
+    pub fn received(&self) -> bool {
+        self.received
+    }
+
+    /// A received message's text and stored media.
+    pub fn content(&self) -> (&str, &[events::chat::Attachment]) {
+        (&self.body, &self.media)
+    }
 }
 
 /// Why an SMS or call callback was not applied (never an HTTP error: it is the webhook's
@@ -171,6 +193,7 @@ impl Aggregate for Sms {
         let SmsCommand {
             webhook_id,
             report,
+            media,
             at,
         } = command;
         let event = match report {
@@ -179,11 +202,13 @@ impl Aggregate for Sms {
                 to,
                 body,
                 media_count,
+                ..
             } => (!self.received).then_some(SmsEvent::SmsReceived {
                 from,
                 to,
                 body,
                 media_count,
+                media,
                 webhook_id,
                 at,
             }),
@@ -212,9 +237,11 @@ impl Aggregate for Sms {
 
     fn apply(&mut self, event: SmsEvent) {
         match event {
-            SmsEvent::SmsReceived { .. } => {
+            SmsEvent::SmsReceived { body, media, .. } => {
                 self.received = true;
                 self.rank = sms_status_rank("received");
+                self.body = body;
+                self.media = media;
             }
             SmsEvent::DeliveryStatusChanged { status, .. } => self.rank = sms_status_rank(&status),
         }
@@ -226,8 +253,10 @@ impl Aggregate for Sms {
 pub struct CallCommand {
     /// The webhook.
     pub webhook_id: String,
-    /// The provider's status.
-    pub status: String,
+    /// The provider's status; none on a recording callback.
+    pub status: Option<String>,
+    /// The recording's id, on a recording callback.
+    pub recording_sid: Option<String>,
     /// Which way.
     pub direction: Direction,
     /// Caller.
@@ -265,13 +294,31 @@ impl Aggregate for Call {
         _services: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), ReportError> {
-        let rank = call_status_rank(&c.status).ok_or(ReportError::UnknownStatus)?;
+        let Some(status) = c.status else {
+            // A recording callback: the recording, once.
+            let (Some(recording_sid), Some(recording_url)) = (c.recording_sid, c.recording_url)
+            else {
+                return Err(ReportError::UnknownStatus);
+            };
+            if !self.recorded {
+                let event = CallEvent::CallRecorded {
+                    recording_sid,
+                    recording_url,
+                    duration_secs: c.duration_secs,
+                    webhook_id: c.webhook_id,
+                    at: c.at,
+                };
+                sink.write(event, self).await;
+            }
+            return Ok(());
+        };
+        let rank = call_status_rank(&status).ok_or(ReportError::UnknownStatus)?;
         // Forward only; at the final rank, a callback that brings the recording still counts.
         let newer = self.rank.is_none_or(|r| rank > r);
         let recording = !self.recorded && c.recording_url.is_some() && self.rank == Some(rank);
         if newer || recording {
             let event = CallEvent::CallStatusChanged {
-                status: c.status,
+                status,
                 direction: c.direction,
                 from: c.from,
                 to: c.to,
@@ -286,13 +333,17 @@ impl Aggregate for Call {
     }
 
     fn apply(&mut self, event: CallEvent) {
-        let CallEvent::CallStatusChanged {
-            status,
-            recording_url,
-            ..
-        } = event;
-        self.rank = call_status_rank(&status).max(self.rank);
-        self.recorded |= recording_url.is_some();
+        match event {
+            CallEvent::CallStatusChanged {
+                status,
+                recording_url,
+                ..
+            } => {
+                self.rank = call_status_rank(&status).max(self.rank);
+                self.recorded |= recording_url.is_some();
+            }
+            CallEvent::CallRecorded { .. } => self.recorded = true,
+        }
     }
 }
 
@@ -372,6 +423,7 @@ mod tests {
                 from: "+15550001".into(),
                 to: "+15550002".into(),
             },
+            media: Vec::new(),
             at: t0(),
         }
     }
@@ -432,6 +484,7 @@ mod tests {
             to: "+15550002".into(),
             body: "Hello".into(),
             media_count: 0,
+            media: Vec::new(),
             webhook_id: "w1".into(),
             at: t0(),
         };
@@ -442,7 +495,9 @@ mod tests {
                 to: "+15550002".into(),
                 body: "Hello".into(),
                 media_count: 0,
+                media: Vec::new(),
             },
+            media: Vec::new(),
             at: t0(),
         };
         TestFramework::<Sms>::with(())
@@ -454,7 +509,8 @@ mod tests {
     fn call(webhook: &str, status: &str, recording: Option<&str>) -> CallCommand {
         CallCommand {
             webhook_id: webhook.into(),
-            status: status.into(),
+            status: Some(status.into()),
+            recording_sid: None,
             direction: Direction::Inbound,
             from: "+15550001".into(),
             to: "+15550002".into(),
@@ -491,5 +547,49 @@ mod tests {
             .given(vec![call_changed("w1", "completed", Some("https://rec/1"))])
             .when(call("w2", "completed", Some("https://rec/1")))
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_recording_callback_records_the_recording_once() {
+        let recording = |webhook: &str| CallCommand {
+            webhook_id: webhook.into(),
+            status: None,
+            recording_sid: Some("RE1".into()),
+            direction: Direction::Inbound,
+            from: String::new(),
+            to: String::new(),
+            duration_secs: Some(40),
+            recording_url: Some("https://rec/RE1".into()),
+            at: t0(),
+        };
+        let recorded = CallEvent::CallRecorded {
+            recording_sid: "RE1".into(),
+            recording_url: "https://rec/RE1".into(),
+            duration_secs: Some(40),
+            webhook_id: "w2".into(),
+            at: t0(),
+        };
+        TestFramework::<Call>::with(())
+            .given(vec![call_changed("w1", "completed", None)])
+            .when(recording("w2"))
+            .then_expect_events(vec![recorded.clone()]);
+        TestFramework::<Call>::with(())
+            .given(vec![call_changed("w1", "completed", None), recorded])
+            .when(recording("w3"))
+            .then_expect_events(vec![]);
+        // A status callback after it does not record it again.
+        TestFramework::<Call>::with(())
+            .given(vec![
+                call_changed("w1", "in-progress", None),
+                CallEvent::CallRecorded {
+                    recording_sid: "RE1".into(),
+                    recording_url: "https://rec/RE1".into(),
+                    duration_secs: None,
+                    webhook_id: "w2".into(),
+                    at: t0(),
+                },
+            ])
+            .when(call("w3", "completed", None))
+            .then_expect_events(vec![call_changed("w3", "completed", None)]);
     }
 }

@@ -28,15 +28,29 @@ const FORM_KEPT: &[&str] = &[
     "RecordingUrl",
     "RecordingSid",
     "RecordingDuration",
+    "RecordingStatus",
     "Timestamp",
 ];
 
-/// A form callback's kept parameters as a JSON object (a repeated name keeps its last value).
+/// Most media of one MMS (the provider's own limit is 10).
+pub const MAX_MMS_MEDIA: usize = 10;
+
+/// Whether `name` is a kept MMS field: `MediaUrl{n}` or `MediaContentType{n}`, n < 10.
+fn media_field(name: &str) -> bool {
+    ["MediaUrl", "MediaContentType"].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| n.len() == 1 && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// A form callback's kept parameters as a JSON object (a repeated name keeps its last
+/// value). A NUL in a value — which PostgreSQL cannot store — becomes U+FFFD, so such a
+/// callback is kept instead of refused.
 pub fn form_payload(params: &[(String, String)]) -> Value {
     let mut map = Map::new();
     for (k, v) in params {
-        if FORM_KEPT.contains(&k.as_str()) {
-            map.insert(k.clone(), Value::String(v.clone()));
+        if FORM_KEPT.contains(&k.as_str()) || media_field(k) {
+            map.insert(k.clone(), Value::String(v.replace('\0', "\u{fffd}")));
         }
     }
     Value::Object(map)
@@ -80,13 +94,41 @@ pub const MAX_SMS_CHARS: usize = 1_600;
 
 /// An SMS body as sent, up to [`MAX_SMS_CHARS`] characters whatever their byte length (the
 /// 256-byte cap of the other fields emptied every body past it); a longer one, which no
-/// provider sends, is cut there.
+/// provider sends, is cut there. Whitespace is kept as sent; a control character other than
+/// a line break or tab (which no message shows) becomes U+FFFD.
 fn body(payload: &Value) -> String {
     payload
         .get("Body")
         .and_then(Value::as_str)
-        .map(|b| b.chars().take(MAX_SMS_CHARS).collect())
+        .map(|b| {
+            b.chars()
+                .take(MAX_SMS_CHARS)
+                .map(|c| {
+                    if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+                        '\u{fffd}'
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// The media an MMS names, `(url, content type)` in order (`MediaUrl0` …), at most
+/// [`MAX_MMS_MEDIA`] and no more than `NumMedia` says.
+fn media(payload: &Value) -> Vec<(String, Option<String>)> {
+    (0..MAX_MMS_MEDIA)
+        .map_while(|n| {
+            let url = payload.get(format!("MediaUrl{n}"))?.as_str()?;
+            let content_type = payload
+                .get(format!("MediaContentType{n}"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Some((url.to_owned(), content_type))
+        })
+        .filter(|(url, _)| url.starts_with("https://") || url.starts_with("http://"))
+        .collect()
 }
 
 /// The identity of a callback: its de-duplication key is the message or call, its status
@@ -112,16 +154,31 @@ pub fn identify(payload: &Value) -> Result<Identity, NotProviderShaped> {
         let status = field(payload, "SmsStatus")
             .or(field(payload, "MessageStatus"))
             .ok_or(NotProviderShaped("an SMS callback has a status"))?;
+        // Per number: a message id reused for another number is another message.
+        let number = if status == "received" {
+            field(payload, "To")
+        } else {
+            field(payload, "From")
+        }
+        .unwrap_or("-");
         return Ok(Identity {
-            provider_event_id: format!("sms:{sid}:{status}"),
+            provider_event_id: format!("sms:{sid}:{status}:{number}"),
             event_type: format!("sms.{status}"),
             payment_id: None,
         });
     }
     if let Some(sid) = field(payload, "CallSid") {
-        let status = field(payload, "CallStatus")
-            .ok_or(NotProviderShaped("a call callback has a CallStatus"))?;
-        let recording = field(payload, "RecordingSid").unwrap_or("-");
+        let recording = field(payload, "RecordingSid");
+        let (status, recording) = match (field(payload, "CallStatus"), recording) {
+            (Some(status), recording) => (status, recording.unwrap_or("-")),
+            // A recording callback: the recording, no call status.
+            (None, Some(recording)) => ("recording", recording),
+            (None, None) => {
+                return Err(NotProviderShaped(
+                    "a call callback has a CallStatus or a RecordingSid",
+                ))
+            }
+        };
         return Ok(Identity {
             provider_event_id: format!("call:{sid}:{status}:{recording}"),
             event_type: format!("call.{status}"),
@@ -149,10 +206,12 @@ pub enum Callback {
     Call {
         /// `CallSid`.
         sid: String,
-        /// The tenant's number.
+        /// The tenant's number (empty on a recording callback, which names none).
         number: String,
-        /// The provider's status.
-        status: String,
+        /// The provider's status; none on a recording callback.
+        status: Option<String>,
+        /// The recording's `RecordingSid`.
+        recording_sid: Option<String>,
         /// Which way.
         direction: Direction,
         /// Caller.
@@ -188,6 +247,7 @@ pub fn read(payload: &Value) -> Callback {
                     to,
                     body: body(payload),
                     media_count: text("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0),
+                    media: media(payload),
                 },
             };
         }
@@ -214,11 +274,14 @@ pub fn read(payload: &Value) -> Callback {
                 Direction::Inbound => to.clone(),
                 Direction::Outbound => from.clone(),
             },
-            status: text("CallStatus").unwrap_or_default(),
+            status: text("CallStatus"),
+            recording_sid: text("RecordingSid"),
             direction,
             from,
             to,
-            duration_secs: text("CallDuration").and_then(|d| d.parse().ok()),
+            duration_secs: text("CallDuration")
+                .or(text("RecordingDuration"))
+                .and_then(|d| d.parse().ok()),
             recording_url: text("RecordingUrl"),
         };
     }
@@ -250,7 +313,7 @@ mod tests {
         ]));
         assert!(payload.get("FromCity").is_none(), "location is dropped");
         let id = identify(&payload).expect("shaped");
-        assert_eq!(id.provider_event_id, "sms:SM1:received");
+        assert_eq!(id.provider_event_id, "sms:SM1:received:+15550002");
         let Callback::Sms { number, report, .. } = read(&payload) else {
             panic!("an sms")
         };
@@ -317,6 +380,31 @@ mod tests {
             identify(&payload).expect("shaped").provider_event_id,
             "call:CA1:completed:RE1"
         );
+        // A recording callback names the recording and no status.
+        let recording = form_payload(&params(&[
+            ("CallSid", "CA1"),
+            ("RecordingSid", "RE2"),
+            ("RecordingUrl", "https://rec/RE2"),
+            ("RecordingStatus", "completed"),
+            ("RecordingDuration", "40"),
+        ]));
+        assert_eq!(
+            identify(&recording).expect("shaped").provider_event_id,
+            "call:CA1:recording:RE2"
+        );
+        let Callback::Call {
+            status,
+            recording_sid,
+            duration_secs,
+            ..
+        } = read(&recording)
+        else {
+            panic!("a call")
+        };
+        assert_eq!(
+            (status, recording_sid.as_deref(), duration_secs),
+            (None, Some("RE2"), Some(40))
+        );
         let Callback::Call {
             number,
             direction,
@@ -329,6 +417,58 @@ mod tests {
         assert_eq!(
             (number.as_str(), direction, duration_secs),
             ("+15550002", Direction::Outbound, Some(42))
+        );
+    }
+
+    #[test]
+    fn a_message_id_reused_for_another_number_is_another_callback() {
+        let on = |to: &str| {
+            identify(&form_payload(&params(&[
+                ("MessageSid", "SM7"),
+                ("SmsStatus", "received"),
+                ("From", "+15550001"),
+                ("To", to),
+            ])))
+            .expect("shaped")
+            .provider_event_id
+        };
+        assert_ne!(on("+15550002"), on("+15550003"));
+    }
+
+    #[test]
+    fn mms_media_nul_and_control_characters_are_kept_readably() {
+        let payload = form_payload(&params(&[
+            ("MessageSid", "MM1"),
+            ("SmsStatus", "received"),
+            ("From", "+15550001"),
+            ("To", "+15550002"),
+            ("Body", "  a\0b\u{7}\n "),
+            ("NumMedia", "2"),
+            ("MediaUrl0", "https://media.example/1"),
+            ("MediaContentType0", "image/jpeg"),
+            ("MediaUrl1", "https://media.example/2"),
+            ("MediaUrl12", "https://media.example/12"),
+            ("MediaUrlX", "https://media.example/x"),
+        ]));
+        assert!(events::jsonb::first_nul(&payload).is_none(), "storable");
+        assert!(payload.get("MediaUrl12").is_none() && payload.get("MediaUrlX").is_none());
+        let Callback::Sms {
+            report: SmsReport::Received { body, media, .. },
+            ..
+        } = read(&payload)
+        else {
+            panic!("an sms")
+        };
+        assert_eq!(body, "  a\u{fffd}b\u{fffd}\n ", "whitespace kept as sent");
+        assert_eq!(
+            media,
+            vec![
+                (
+                    "https://media.example/1".to_owned(),
+                    Some("image/jpeg".to_owned())
+                ),
+                ("https://media.example/2".to_owned(), None)
+            ]
         );
     }
 

@@ -20,10 +20,11 @@ use crate::chat::commands::{Action, Actor, ThreadCommand};
 use crate::http::error::DomainProblem;
 use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
+use crate::media::{download, Credential, MediaError};
 use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
 use crate::AppState;
-use events::chat::{Channel, Party, PartyKind};
+use events::chat::{Attachment, Channel, Party, PartyKind};
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -133,41 +134,50 @@ fn sms_thread_id(tenant: &str, from: &str, n: u32) -> String {
     Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
-/// Delivers an inbound SMS into the contact's SMS thread of `tenant` (one per contact
-/// number, opened on first contact, reopened by a new message): a message authored by the
-/// contact, whose id derives from the provider's, so a repeat appends nothing. Never into a
-/// thread of another channel or customer.
-async fn deliver_to_thread(
-    state: &AppState,
-    tenant: &str,
-    from: &str,
-    sid: &str,
-    body: &str,
-    metadata: &Metadata,
-) -> Result<String, Processing> {
-    // The sender's number as E.164 (`tel:`, spaces and the usual separators dropped); a
-    // sender that is no number (empty, words, far too long) has no thread to talk in, and
-    // says so.
-    let from: String = from
+/// The sender of an SMS as the inbox names them: a number in E.164 (`tel:`, spaces and the
+/// usual separators dropped), a short code (3 to 8 digits) or an alphanumeric sender id (1
+/// to 11 letters, digits, spaces and `.-&_`, at least one letter), as carriers allow; none
+/// for anything else (empty, far too long, other characters).
+pub fn sender(raw: &str) -> Option<String> {
+    let compact: String = raw
         .trim()
         .trim_start_matches("tel:")
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
         .collect();
-    let from = from.as_str();
-    let number_like = (2..=16).contains(&from.len())
-        && from.starts_with('+')
-        && from[1..].bytes().all(|b| b.is_ascii_digit());
-    if !number_like {
+    if crate::chat::values::contact(&compact, Channel::Sms)
+        && compact.bytes().all(|b| b == b'+' || b.is_ascii_digit())
+    {
+        return Some(compact);
+    }
+    let name = raw.trim();
+    crate::chat::values::contact(name, Channel::Sms).then(|| name.to_owned())
+}
+
+/// Delivers an inbound SMS into the contact's SMS thread of `tenant` (one per sender, opened
+/// on first contact, reopened by a new message): messages authored by the contact — the
+/// text with the first file, then one per further file — whose ids derive from the SMS's
+/// stream, so a repeat appends nothing. Never into a thread of another channel or customer.
+async fn deliver_to_thread(
+    state: &AppState,
+    tenant: &str,
+    from: &str,
+    stream: &str,
+    body: &str,
+    media: &[Attachment],
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let Some(from) = sender(from) else {
         return Err(Processing::Done(
             Outcome::Recorded,
             Some(Attributed {
                 payment_id: None,
                 tenant_id: tenant.to_owned(),
             }),
-            "SmsReceived; not delivered into a thread: the sender is not a phone number".into(),
+            "SmsReceived; not delivered into a thread: the sender is not a number, short code or sender id".into(),
         ));
-    }
+    };
+    let from = from.as_str();
     let contact = Party {
         id: from.to_owned(),
         kind: PartyKind::Contact,
@@ -213,27 +223,40 @@ async fn deliver_to_thread(
             }
             Err(e) => return Err(failed(&e)),
         }
-        let message_id = Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("{thread}\0sms\0{sid}").as_bytes(),
-        );
-        let receive = ThreadCommand {
-            thread_id: thread.clone(),
-            actor: actor.clone(),
-            at,
-            action: Action::Receive {
-                message_id: message_id.to_string(),
-                text: body.to_owned(),
-                from: contact.clone(),
-                channel: Channel::Sms,
-            },
-        };
-        match state
-            .threads
-            .execute(&thread, None, receive, metadata)
-            .await
-        {
-            Ok(_) => return Ok(thread),
+        let parts = media.len().max(1);
+        let mut delivered = Ok(());
+        for n in 0..parts {
+            let name = match n {
+                0 => format!("{thread}\0sms\0{stream}"),
+                n => format!("{thread}\0sms\0{stream}\0{n}"),
+            };
+            let receive = ThreadCommand {
+                thread_id: thread.clone(),
+                actor: actor.clone(),
+                at,
+                action: Action::Receive {
+                    message_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
+                    text: if n == 0 {
+                        body.to_owned()
+                    } else {
+                        String::new()
+                    },
+                    from: contact.clone(),
+                    channel: Channel::Sms,
+                    attachment: media.get(n).cloned(),
+                },
+            };
+            delivered = state
+                .threads
+                .execute(&thread, None, receive, metadata)
+                .await
+                .map(|_| ());
+            if delivered.is_err() {
+                break;
+            }
+        }
+        match delivered {
+            Ok(()) => return Ok(thread),
             Err(CommandError::Rejected(ThreadError::NotTheSendersThread)) => {
                 tracing::warn!(thread, "an SMS thread id holds another thread: next id");
             }
@@ -264,24 +287,113 @@ pub async fn owner_of_callback(
     state: &AppState,
     payload: &serde_json::Value,
 ) -> Result<Option<String>, Problem> {
-    let (aggregate_type, sid, number) = match interpret::read(payload) {
-        Callback::Sms { sid, number, .. } => (events::telephony::SMS, sid, number),
-        Callback::Call { sid, number, .. } => (events::telephony::CALL, sid, number),
+    let (recorded, number) = match interpret::read(payload) {
+        Callback::Sms { sid, number, .. } => (sms_stream(state, &sid, &number).await?.1, number),
+        Callback::Call { sid, number, .. } => (call_tenant(state, &sid).await?, number),
         Callback::Other => return Ok(None),
     };
-    let recorded: Option<String> = sqlx::query_scalar(
-        "SELECT metadata->>'tenant_id' FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
-    )
-    .bind(aggregate_type)
-    .bind(&sid)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
     match recorded {
         Some(tenant) => Ok(Some(tenant)),
         None => owner(state, &number).await,
     }
+}
+
+/// The tenant of call `sid`'s stream, if the platform has recorded the call.
+async fn call_tenant(state: &AppState, sid: &str) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(events::telephony::CALL)
+    .bind(sid)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
+
+/// The `sms` stream of message `sid` on the tenant's `number`, and its tenant if it is
+/// recorded: [`events::telephony::sms_id`], or the bare `sid` of a stream recorded before
+/// numbers were part of the id, if that message was on this number.
+async fn sms_stream(
+    state: &AppState,
+    sid: &str,
+    number: &str,
+) -> Result<(String, Option<String>), Problem> {
+    let id = events::telephony::sms_id(sid, number);
+    let rows: Vec<(String, Option<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT aggregate_id, metadata->>'tenant_id', payload FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND sequence = 1",
+    )
+    .bind(events::telephony::SMS)
+    .bind(vec![id.clone(), sid.to_owned()])
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    if let Some((_, tenant, _)) = rows.iter().find(|(stream, _, _)| *stream == id) {
+        return Ok((id, tenant.clone()));
+    }
+    let legacy = rows.into_iter().find(|(_, _, payload)| {
+        let event = payload.as_object().and_then(|o| o.values().next());
+        let side = |k: &str| event.and_then(|e| e.get(k)).and_then(|v| v.as_str());
+        let received = payload.get("SmsReceived").is_some();
+        side(if received { "to" } else { "from" }) == Some(number)
+    });
+    Ok(match legacy {
+        Some((stream, tenant, _)) => (stream, tenant),
+        None => (id, None),
+    })
+}
+
+/// The most bytes of one MMS file fetched.
+const MAX_MMS_MEDIA_BYTES: u64 = 20 * 1024 * 1024;
+
+/// Fetches the files an MMS names into the tenant's blob store
+/// (`tenants/{tenant}/sms/{stream's UUID}/{n}`): what was stored, in order. A file gone or
+/// too large is left out (logged); an outage, or credentials refused, retries the webhook.
+async fn fetch_media(
+    state: &AppState,
+    tenant: &str,
+    stream: &str,
+    urls: &[(String, Option<String>)],
+) -> Result<Vec<Attachment>, Processing> {
+    let folder = Uuid::new_v5(&Uuid::NAMESPACE_OID, stream.as_bytes());
+    let credential = match &state.webhook_secrets.signalwire_api {
+        Some((project, token)) => Credential::Basic(project, token),
+        None => Credential::None,
+    };
+    let mut stored = Vec::new();
+    for (n, (url, declared)) in urls.iter().enumerate() {
+        let key = format!("tenants/{tenant}/sms/{folder}/{n}");
+        match download(
+            url,
+            credential,
+            MAX_MMS_MEDIA_BYTES,
+            state.blobs.as_ref(),
+            &key,
+        )
+        .await
+        {
+            Ok((size_bytes, _, served)) if size_bytes > 0 => stored.push(Attachment {
+                object_key: key,
+                content_type: declared
+                    .clone()
+                    .filter(|t| t.contains('/') && t.len() <= 128)
+                    .or(served)
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                name: None,
+                size_bytes,
+            }),
+            Ok(_) => tracing::warn!(stream, n, "an MMS file is empty: left out"),
+            Err(MediaError::Permanent(reason)) => {
+                tracing::warn!(stream, n, %reason, "an MMS file could not be had: left out")
+            }
+            Err(e) => {
+                tracing::warn!(stream, n, error = %e, "an MMS file could not be fetched");
+                return Err(Processing::Retry(format!("MMS file not fetched: {e}")));
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// Processes a SignalWire callback: the SMS or call it reports, for the tenant it belonged
@@ -303,9 +415,21 @@ pub(crate) async fn process_callback(
         Callback::Sms { number, .. } | Callback::Call { number, .. } => number.clone(),
         Callback::Other => return ignored("not an event the platform acts on"),
     };
-    let tenant = match received_by {
-        Some(tenant) => tenant.to_owned(),
-        None => match owner(state, &number).await {
+    let tenant = match (received_by, &callback) {
+        (Some(tenant), _) => tenant.to_owned(),
+        // A recording callback names no number: it is the call's, once the call's own
+        // callbacks are recorded (they may still be on their way).
+        (
+            None,
+            Callback::Call {
+                sid, status: None, ..
+            },
+        ) => match call_tenant(state, sid).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Processing::Retry("the call is not recorded yet".into()),
+            Err(_) => return Processing::Retry("event store unavailable".into()),
+        },
+        (None, _) => match owner(state, &number).await {
             Ok(Some(t)) => t,
             Ok(None) => return ignored("no tenant owns the number"),
             Err(_) => return Processing::Retry("event store unavailable".into()),
@@ -319,25 +443,60 @@ pub(crate) async fn process_callback(
     let metadata = metadata(&tenant);
     let outcome = match callback {
         Callback::Sms { sid, report, .. } => {
+            let retry = |_| Processing::Retry("event store unavailable".into());
+            let stream = match sms_stream(state, &sid, &number).await {
+                Ok((stream, _)) => stream,
+                Err(e) => return retry(e),
+            };
+            let sms = match state.sms.load(&stream).await {
+                Ok(sms) => sms,
+                Err(_) => return Processing::Retry("event store unavailable".into()),
+            };
+            // What the thread gets: the message as recorded, or as it arrives now (its files
+            // fetched first, so the event names them).
             let inbound = match &report {
-                SmsReport::Received { from, body, .. } => Some((from.clone(), body.clone())),
+                SmsReport::Received { .. } if sms.received() => {
+                    let (body, media) = sms.content();
+                    let from = match &report {
+                        SmsReport::Received { from, .. } => from.clone(),
+                        SmsReport::Status { .. } => String::new(),
+                    };
+                    Some((from, body.to_owned(), media.to_vec()))
+                }
+                SmsReport::Received {
+                    from, body, media, ..
+                } => {
+                    let stored = match fetch_media(state, &tenant, &stream, media).await {
+                        Ok(stored) => stored,
+                        Err(retry) => return retry,
+                    };
+                    Some((from.clone(), body.clone(), stored))
+                }
                 SmsReport::Status { .. } => None,
             };
             let command = SmsCommand {
                 webhook_id: webhook_id.to_owned(),
                 report,
+                media: inbound
+                    .as_ref()
+                    .map(|(_, _, media)| media.clone())
+                    .unwrap_or_default(),
                 at,
             };
             let recorded = state
                 .sms
-                .execute_with_events(&sid, None, command, &metadata)
+                .execute_with_events(&stream, None, command, &metadata)
                 .await
                 .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
             // Delivered into the contact's SMS thread every time (a repeat names the same
-            // message), so an attempt that failed between the two is completed by the next.
+            // messages), so an attempt that failed between the two is completed by the next.
             match (recorded, inbound) {
-                (Ok(event), Some((from, body))) => {
-                    match deliver_to_thread(state, &tenant, &from, &sid, &body, &metadata).await {
+                (Ok(event), Some((from, body, media))) => {
+                    match deliver_to_thread(
+                        state, &tenant, &from, &stream, &body, &media, &metadata,
+                    )
+                    .await
+                    {
                         Ok(thread) => Ok(Some(format!(
                             "{} in thread {thread}",
                             event.unwrap_or_else(|| "SmsReceived (recorded before)".into())
@@ -351,6 +510,7 @@ pub(crate) async fn process_callback(
         Callback::Call {
             sid,
             status,
+            recording_sid,
             direction,
             from,
             to,
@@ -361,6 +521,7 @@ pub(crate) async fn process_callback(
             let command = CallCommand {
                 webhook_id: webhook_id.to_owned(),
                 status,
+                recording_sid,
                 direction,
                 from,
                 to,

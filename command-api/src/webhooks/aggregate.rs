@@ -196,9 +196,12 @@ impl Webhook {
                     }
                 })
             }
-            WebhookCommand::Replay { at } => {
-                (self.status != Status::Pending).then_some(WebhookEvent::ReplayRequested { at })
-            }
+            // A processed or dead webhook is processed again; one waiting out its back-off
+            // is processed now (its attempts count from the first again); one already due
+            // needs nothing.
+            WebhookCommand::Replay { at } => (self.status != Status::Pending
+                || self.retry_at.is_some_and(|r| r > at))
+            .then_some(WebhookEvent::ReplayRequested { at }),
             // Held once per tenant: the processor asks again after every wake-up, and only
             // a pending webhook waits.
             WebhookCommand::Hold { tenant_id, at } => (self.status == Status::Pending
@@ -469,6 +472,26 @@ mod tests {
         framework()
             .given(vec![received()])
             .when(WebhookCommand::Replay { at: t0() })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn replay_of_a_webhook_waiting_out_its_back_off_runs_it_now() {
+        let waiting = WebhookEvent::AttemptFailed {
+            attempt: 8,
+            error: "down".into(),
+            retry_at: t0() + chrono::Duration::minutes(30),
+        };
+        framework()
+            .given(vec![received(), waiting.clone()])
+            .when(WebhookCommand::Replay { at: t0() })
+            .then_expect_events(vec![WebhookEvent::ReplayRequested { at: t0() }]);
+        // Its back-off over, it is due anyway.
+        framework()
+            .given(vec![received(), waiting])
+            .when(WebhookCommand::Replay {
+                at: t0() + chrono::Duration::minutes(30),
+            })
             .then_expect_events(vec![]);
     }
 

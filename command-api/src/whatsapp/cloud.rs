@@ -126,20 +126,7 @@ mod tests {
     }
 }
 
-/// Why a file could not be had from the provider.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MediaError {
-    /// Never to be had (unknown or expired media id, too large): recorded, not retried.
-    #[error("{0}")]
-    Permanent(String),
-    /// Not now (the provider unreachable or failing, the blob store failing): retried.
-    #[error("{0}")]
-    Transient(String),
-    /// The session's access token was refused (401, or the Graph API's OAuth code 190): not
-    /// until the session's credentials change.
-    #[error("{0}")]
-    Unauthorized(String),
-}
+pub use crate::media::MediaError;
 
 /// A file the provider holds, as `GET /{media_id}` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,11 +140,7 @@ pub struct MediaInfo {
 }
 
 fn client(timeout: Duration) -> Result<reqwest::Client, MediaError> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .build()
-        .map_err(|e| MediaError::Transient(e.to_string()))
+    crate::media::client(timeout)
 }
 
 /// Asks the provider where media `media_id` is.
@@ -217,60 +200,10 @@ pub async fn download(
     blobs: &dyn object_store::ObjectStore,
     key: &str,
 ) -> Result<(u64, String), MediaError> {
-    use futures::StreamExt;
-    use sha2::Digest;
-    let transient = |e: &dyn std::fmt::Display| MediaError::Transient(e.to_string());
-    let response = client(Duration::from_secs(300))?
-        .get(url)
-        .bearer_auth(access_token)
-        .send()
+    let credential = crate::media::Credential::Bearer(access_token);
+    crate::media::download(url, credential, limit, blobs, key)
         .await
-        .map_err(|e| transient(&e.without_url()))?;
-    let status = response.status();
-    if status.as_u16() == 401 {
-        return Err(MediaError::Unauthorized(format!(
-            "the file's download answered {status}"
-        )));
-    }
-    if status.is_client_error() && status.as_u16() != 429 {
-        return Err(MediaError::Permanent(format!(
-            "the file's download answered {status}"
-        )));
-    }
-    if !status.is_success() {
-        return Err(MediaError::Transient(format!(
-            "the file's download answered {status}"
-        )));
-    }
-    let path = object_store::path::Path::from(key);
-    let upload = blobs
-        .put_multipart(&path)
-        .await
-        .map_err(|e| transient(&e))?;
-    let mut writer = object_store::WriteMultipart::new(upload);
-    let mut hasher = sha2::Sha256::new();
-    let mut size: u64 = 0;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                let _ = writer.abort().await;
-                return Err(transient(&e.without_url()));
-            }
-        };
-        size += chunk.len() as u64;
-        if size > limit {
-            let _ = writer.abort().await;
-            return Err(MediaError::Permanent(format!(
-                "the file is larger than WhatsApp's limit of {limit} bytes for its kind"
-            )));
-        }
-        hasher.update(&chunk);
-        writer.write(&chunk);
-    }
-    writer.finish().await.map_err(|e| transient(&e))?;
-    Ok((size, crate::values::hex(&hasher.finalize())))
+        .map(|(size, sha256, _)| (size, sha256))
 }
 
 /// Uploads a file to the provider (`POST /{phone_number_id}/media`, multipart with

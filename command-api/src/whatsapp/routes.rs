@@ -1195,6 +1195,7 @@ async fn receive_message(
                 })
                 .take(crate::chat::values::MAX_TEXT_CHARS)
                 .collect(),
+            attachment: None,
         },
     };
     match state

@@ -177,6 +177,8 @@ impl TestEnv {
             lyra_hmac_key: None,
             stripe_webhook_secret: Vec::new(),
             signalwire_signing_key: Vec::new(),
+            signalwire_project_id: None,
+            signalwire_api_token: None,
             assemblyai_api_url: "http://127.0.0.1:9".to_owned(),
             assemblyai_api_key: None,
             assemblyai_webhook_secret: Vec::new(),

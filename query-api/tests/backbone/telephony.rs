@@ -374,14 +374,14 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     assert_eq!(messages["items"][0]["text"], "Hello, is the shop open?");
     assert!(!w["payload"].to_string().contains("SPRINGFIELD"), "{w}");
     let body: String = sqlx::query_scalar(
-        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1'",
+        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1@+15557650002'",
     )
     .fetch_one(&phone.env.pool)
     .await
     .expect("received");
     assert_eq!(body, "Hello, is the shop open?");
     let tenant: String = sqlx::query_scalar(
-        "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1'",
+        "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1@+15557650002'",
     )
     .fetch_one(&phone.env.pool)
     .await
@@ -403,7 +403,7 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
         .webhook_when(&webhook, |w| w["status"] == "processed")
         .await;
     let stored: String = sqlx::query_scalar(
-        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMlong'",
+        "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMlong@+15557650002'",
     )
     .fetch_one(&phone.env.pool)
     .await
@@ -760,17 +760,298 @@ async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
         .await;
     let inbox = phone.sms_inbox(2).await;
     assert_eq!(inbox["items"][0]["customer_id"], "+15551230010");
-    // A sender that is no number has no thread, and the webhook says why.
-    let webhook = id_of(phone.signed(&from("SMnone", "anonymous")).await).await;
+    // A sender that is no number, short code or sender id has no thread, and the webhook
+    // says why.
+    let webhook = id_of(phone.signed(&from("SMnone", "who? <script>")).await).await;
     let w = phone
         .webhook_when(&webhook, |w| w["status"] == "processed")
         .await;
     assert!(
         w["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("not a phone number")),
+            .is_some_and(|d| d.contains("not a number, short code or sender id")),
         "{w}"
     );
+}
+
+/// The messages of `thread`, once there are `n`, oldest first.
+async fn messages(phone: &Phone, thread: &str, n: usize) -> Vec<Value> {
+    let url = phone
+        .query
+        .url(&format!("/v1/chat/threads/{thread}/messages?limit=200"));
+    let mut items = eventually(Duration::from_secs(20), "the messages", || async {
+        let page = phone.env.get_json(&url, &phone.admin).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == n).then_some(items)
+    })
+    .await;
+    items.sort_by_key(|m| m["number"].as_i64());
+    items
+}
+
+/// The SMS thread of `customer` in the inbox, once there.
+async fn thread_of(phone: &Phone, customer: &str) -> String {
+    let url = phone.query.url("/v1/chat/threads?channel=sms&limit=200");
+    eventually(Duration::from_secs(20), "the sender's thread", || async {
+        let page = phone.env.get_json(&url, &phone.admin).await;
+        page["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|t| t["customer_id"] == customer)
+                .and_then(|t| t["id"].as_str().map(str::to_owned))
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn short_codes_sender_ids_blank_bodies_and_nul_reach_the_inbox() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let sms = |sid: &'static str, from: &'static str, body: &'static str| {
+        let mut params = inbound(sid, OURS);
+        params.retain(|(k, _)| !matches!(*k, "From" | "Body"));
+        params.push(("From", from));
+        params.push(("Body", body));
+        params
+    };
+    for (sid, from, body) in [
+        ("SMshort", "72345", "Your code is 1234"),
+        ("SMalpha", "ACME Bank", "Your card was used"),
+        ("SMblank", "+15551230020", "   "),
+        ("SMnul", "+15551230021", "a\0b"),
+    ] {
+        let r = phone.signed(&sms(sid, from, body)).await;
+        assert_eq!(r.status(), 200);
+        let id = id_of(r).await;
+        let w = phone
+            .webhook_when(&id, |w| w["status"] == "processed")
+            .await;
+        assert_eq!(w["outcome"], "applied", "{sid}: {w}");
+    }
+    for (customer, text) in [
+        ("72345", "Your code is 1234"),
+        ("ACME Bank", "Your card was used"),
+        ("+15551230020", "   "),
+        ("+15551230021", "a\u{fffd}b"),
+    ] {
+        let thread = thread_of(&phone, customer).await;
+        let got = messages(&phone, &thread, 1).await;
+        assert_eq!(got[0]["text"], text, "{customer}");
+    }
+}
+
+#[tokio::test]
+async fn a_message_id_reused_on_another_number_is_another_message() {
+    let phone = Phone::start().await;
+    const OTHER: &str = "+15557650003";
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    assert_eq!(phone.assign(OTHER, &phone.admin).await.status(), 200);
+    let first = id_of(phone.signed(&inbound("SMsame", OURS)).await).await;
+    let mut params = inbound("SMsame", OTHER);
+    params.retain(|(k, _)| *k != "Body");
+    params.push(("Body", "And on the other number?"));
+    let r: Value = phone.signed(&params).await.json().await.expect("json");
+    assert_eq!(r["duplicate"], false, "{r}");
+    assert_ne!(r["id"].as_str(), Some(first.as_str()));
+    let thread = thread_of(&phone, "+15551230001").await;
+    let got = messages(&phone, &thread, 2).await;
+    let texts: Vec<&str> = got.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert!(texts.contains(&"And on the other number?"), "{texts:?}");
+    assert_eq!(phone.events("sms", "SmsReceived").await, 2);
+}
+
+#[tokio::test]
+async fn an_mms_brings_its_files_into_the_thread() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let media = MockServer::start().await;
+    // The space serves media to the project's credentials (HTTP Basic).
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "project-1:token-1"
+        )
+    );
+    Mock::given(method("GET"))
+        .and(path("/media/ME1"))
+        .and(header("authorization", basic.as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/jpeg")
+                .set_body_bytes(b"\xFF\xD8\xFFjpeg-bytes".to_vec()),
+        )
+        .expect(1)
+        .mount(&media)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/media/ME2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/pdf")
+                .set_body_bytes(b"%PDF-1.4 a document".to_vec()),
+        )
+        .expect(1)
+        .mount(&media)
+        .await;
+    // Gone at the provider: left out, the rest delivered.
+    Mock::given(method("GET"))
+        .and(path("/media/ME3"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&media)
+        .await;
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+    config.backend_url = Some(BACKEND.into());
+    config.signalwire_project_id = Some("project-1".into());
+    config.signalwire_api_token = Some("token-1".into());
+    let api = env.spawn_command_api(config).await;
+    let mut projector = env.projector_config();
+    projector.nest_auth_secret = Some(SECRET.into());
+    projector.command_api_url = api.url("");
+    let projector = env.spawn_projector(projector);
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = create_tenant(&env, &api, &format!("mms{}", &env.prefix[1..9])).await;
+    let admin = env.admin_of(&tenant);
+    let phone = Phone {
+        env,
+        api,
+        query,
+        _projector: projector,
+        tenant,
+        admin,
+    };
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let urls = [
+        format!("{}/media/ME1", media.uri()),
+        format!("{}/media/ME2", media.uri()),
+        format!("{}/media/ME3", media.uri()),
+    ];
+    let mut params = inbound("MMone", OURS);
+    params.retain(|(k, _)| !matches!(*k, "NumMedia" | "Body"));
+    params.extend([
+        ("Body", " "),
+        ("NumMedia", "3"),
+        ("MediaUrl0", urls[0].as_str()),
+        ("MediaContentType0", "image/jpeg"),
+        ("MediaUrl1", urls[1].as_str()),
+        ("MediaUrl2", urls[2].as_str()),
+    ]);
+    let webhook = id_of(phone.signed(&params).await).await;
+    phone
+        .webhook_when(&webhook, |w| w["outcome"] == "applied")
+        .await;
+    let thread = thread_of(&phone, "+15551230001").await;
+    let got = messages(&phone, &thread, 2).await;
+    assert_eq!(got[0]["attachment"]["content_type"], "image/jpeg");
+    assert_eq!(got[1]["attachment"]["content_type"], "application/pdf");
+    let key = got[0]["attachment"]["object_key"].as_str().expect("key");
+    assert!(
+        key.starts_with(&format!("tenants/{}/sms/", phone.tenant)),
+        "{key}"
+    );
+    let stored = std::fs::read(phone.env.blob_dir.join(key)).expect("stored");
+    assert_eq!(stored, b"\xFF\xD8\xFFjpeg-bytes");
+    // A retry of the callback fetches nothing again and posts nothing more.
+    let again = phone.signed(&params).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(phone.events("sms", "SmsReceived").await, 1);
+}
+
+#[tokio::test]
+async fn calls_are_listed_missed_ones_found_and_recordings_kept() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let call = |sid: &'static str, status: &'static str| {
+        vec![
+            ("AccountSid", "AC1"),
+            ("CallSid", sid),
+            ("CallStatus", status),
+            ("Direction", "inbound"),
+            ("From", "+15551230031"),
+            ("To", OURS),
+        ]
+    };
+    for (sid, status) in [
+        ("CAmissed", "ringing"),
+        ("CAmissed", "no-answer"),
+        ("CAtaken", "in-progress"),
+        ("CAtaken", "completed"),
+    ] {
+        assert_eq!(phone.signed(&call(sid, status)).await.status(), 200);
+    }
+    // The recording comes in a callback of its own: the recording, no call status.
+    let recording = [
+        ("AccountSid", "AC1"),
+        ("CallSid", "CAtaken"),
+        ("RecordingSid", "RE1"),
+        ("RecordingUrl", "https://space.example/recordings/RE1"),
+        ("RecordingStatus", "completed"),
+        ("RecordingDuration", "41"),
+    ];
+    let webhook = id_of(phone.signed(&recording).await).await;
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "applied", "{w}");
+    let list = |query: &'static str| {
+        let url = phone.query.url(&format!("/v1/telephony/calls{query}"));
+        let phone = &phone;
+        async move { phone.env.get_json(&url, &phone.admin).await }
+    };
+    let missed = eventually(Duration::from_secs(20), "the missed call", || async {
+        let page = list("?missed=true").await;
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(missed["items"][0]["call_sid"], "CAmissed");
+    assert_eq!(missed["items"][0]["status"], "no-answer");
+    assert_eq!(missed["items"][0]["from_number"], "+15551230031");
+    let taken = eventually(Duration::from_secs(20), "the recording", || async {
+        let c = phone
+            .env
+            .get_json(
+                &phone.query.url("/v1/telephony/calls/CAtaken"),
+                &phone.admin,
+            )
+            .await;
+        (c["recording_sid"] == "RE1").then_some(c)
+    })
+    .await;
+    assert_eq!(taken["status"], "completed");
+    assert_eq!(taken["missed"], false);
+    assert_eq!(
+        taken["recording_url"],
+        "https://space.example/recordings/RE1"
+    );
+    let all = list("").await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(2), "{all}");
+    // Another tenant's staff see none of it.
+    let (other, _) = create_tenant(
+        &phone.env,
+        &phone.api,
+        &format!("oth{}", &phone.env.prefix[1..9]),
+    )
+    .await;
+    let theirs = phone
+        .env
+        .get_json(
+            &phone.query.url("/v1/telephony/calls"),
+            &phone.env.admin_of(&other),
+        )
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+    let r = phone
+        .env
+        .http
+        .get(phone.query.url("/v1/telephony/calls/CAtaken"))
+        .bearer_auth(phone.env.admin_of(&other))
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 404, "not_found").await;
 }
 
 /// A callback belongs to the tenant it arrived for. After the number moves from one tenant

@@ -1,0 +1,135 @@
+//! The `calls` read model: every call of a tenant's numbers as SignalWire reported it — its
+//! way, parties, last status, length and recording — so staff see missed calls in a list.
+
+use async_trait::async_trait;
+use events::telephony::{CallEvent, Direction, CALL};
+use events::Envelope;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::projection::{Projection, ProjectionError, Target};
+
+/// The calls read model.
+pub struct CallsProjection;
+
+/// The row id of call `sid` (keyset paging needs a UUID).
+pub fn call_row_id(sid: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("call\0{sid}").as_bytes())
+}
+
+/// Whether a call that ended with `status` was missed (inbound and never answered).
+fn missed(direction: Direction, status: &str) -> bool {
+    direction == Direction::Inbound
+        && matches!(status, "busy" | "no-answer" | "failed" | "canceled")
+}
+
+#[async_trait]
+impl Projection for CallsProjection {
+    fn name(&self) -> &'static str {
+        "calls"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[CALL]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["calls"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        target: &Target,
+        e: &Envelope,
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("calls");
+        let event: CallEvent = serde_json::from_value(e.payload.clone()).map_err(|err| {
+            ProjectionError::Undecodable {
+                event_id: e.event_id(),
+                reason: err.to_string(),
+            }
+        })?;
+        let sid = e.aggregate_id.as_str();
+        let (id, version, recorded) = (call_row_id(sid), e.sequence as i64, e.recorded_at);
+        match event {
+            CallEvent::CallStatusChanged {
+                status,
+                direction,
+                from,
+                to,
+                duration_secs,
+                recording_url,
+                at,
+                ..
+            } => {
+                let direction_name = match direction {
+                    Direction::Inbound => "inbound",
+                    Direction::Outbound => "outbound",
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, call_sid, tenant_id, direction, from_number,
+                                          to_number, status, missed, duration_secs,
+                                          recording_url, started_at, updated_at, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     ON CONFLICT (id) DO UPDATE SET
+                         direction = EXCLUDED.direction,
+                         from_number = EXCLUDED.from_number,
+                         to_number = EXCLUDED.to_number,
+                         status = EXCLUDED.status,
+                         missed = EXCLUDED.missed,
+                         duration_secs = coalesce(EXCLUDED.duration_secs, {table}.duration_secs),
+                         recording_url = coalesce(EXCLUDED.recording_url, {table}.recording_url),
+                         updated_at = EXCLUDED.updated_at,
+                         version = EXCLUDED.version"
+                ))
+                .bind(id)
+                .bind(sid)
+                .bind(e.tenant_id())
+                .bind(direction_name)
+                .bind(from)
+                .bind(to)
+                .bind(&status)
+                .bind(missed(direction, &status))
+                .bind(duration_secs.map(|d| d as i32))
+                .bind(recording_url)
+                .bind(at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            CallEvent::CallRecorded {
+                recording_sid,
+                recording_url,
+                duration_secs,
+                at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, call_sid, tenant_id, recording_sid, recording_url,
+                                          duration_secs, started_at, updated_at, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (id) DO UPDATE SET
+                         recording_sid = EXCLUDED.recording_sid,
+                         recording_url = EXCLUDED.recording_url,
+                         duration_secs = coalesce({table}.duration_secs, EXCLUDED.duration_secs),
+                         updated_at = EXCLUDED.updated_at,
+                         version = EXCLUDED.version"
+                ))
+                .bind(id)
+                .bind(sid)
+                .bind(e.tenant_id())
+                .bind(recording_sid)
+                .bind(recording_url)
+                .bind(duration_secs.map(|d| d as i32))
+                .bind(at)
+                .bind(recorded)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! `GET /v1/telephony/calls` and `GET /v1/telephony/calls/{call_sid}`: the calls of a
+//! tenant's numbers (the `calls` read model), newest first, `?missed=true` for the inbound
+//! calls nobody answered. Staff of the tenant read them; a super admin reads any tenant's
+//! (or all, naming none).
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use events::access::Principal;
+use events::http::{AuthUser, Json, Problem, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::{page, AppState};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/telephony/calls", get(list))
+        .route("/v1/telephony/calls/{call_sid}", get(detail))
+}
+
+/// A call as the API shows it.
+#[derive(Debug, Serialize, FromRow)]
+pub struct CallView {
+    /// The row's id (the paging key).
+    #[serde(skip)]
+    id: Uuid,
+    /// The provider's CallSid.
+    call_sid: String,
+    tenant_id: String,
+    /// `inbound` or `outbound`; null until a status callback said.
+    direction: Option<String>,
+    from_number: Option<String>,
+    to_number: Option<String>,
+    /// The last status; null until a status callback came.
+    status: Option<String>,
+    /// An inbound call that ended unanswered.
+    missed: bool,
+    duration_secs: Option<i32>,
+    recording_sid: Option<String>,
+    recording_url: Option<String>,
+    started_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+const COLUMNS: &str = "id, call_sid, tenant_id, direction, from_number, to_number, status, \
+                       missed, duration_secs, recording_sid, recording_url, started_at, \
+                       updated_at, version";
+
+/// The tenant a staff member reads: their own; a super admin names one or reads all.
+fn staff_scope(who: &Principal, asked: Option<Uuid>) -> Result<Option<String>, Problem> {
+    match who {
+        _ if who.is_super_admin() => Ok(asked.map(|t| t.to_string())),
+        Principal::Admin {
+            tenant_id: Some(home),
+            ..
+        } => match asked {
+            Some(t) if t.to_string() != *home => Err(Problem::forbidden(
+                "You may only read your own tenant's calls.",
+            )),
+            _ => Ok(Some(home.clone())),
+        },
+        _ => Err(Problem::forbidden("Only the tenant's staff read calls.")),
+    }
+}
+
+/// Filters and page of the list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// A super admin's choice of tenant.
+    tenant_id: Option<Uuid>,
+    /// Only missed calls (`true`), or only the others (`false`).
+    missed: Option<bool>,
+    /// Page size, 1–200 (default 50).
+    limit: Option<i64>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// One page of calls, newest first.
+#[derive(Debug, Serialize)]
+pub struct CallPage {
+    items: Vec<CallView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Response, Problem> {
+    let tenant = staff_scope(&who, params.tenant_id)?;
+    let limit = page::limit(params.limit)?;
+    let mut w = page::Conditions::after(0);
+    w.text("tenant_id = ?", tenant);
+    match params.missed {
+        Some(true) => w.and("missed"),
+        Some(false) => w.and("NOT missed"),
+        None => {}
+    }
+    w.keyset("started_at, id", page::cursor(params.cursor.as_deref())?);
+    let limit_at = w.next_placeholder();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM calls{} ORDER BY started_at DESC, id DESC LIMIT {limit_at}",
+        w.sql()
+    );
+    let mut items: Vec<CallView> = w
+        .bind(sqlx::query_as::<_, CallView>(&sql))
+        .bind(limit + 1)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let next_cursor = page::finish(&mut items, limit, |c| {
+        page::encode_cursor(c.started_at, c.id)
+    });
+    Ok(Json(CallPage { items, next_cursor }).into_response())
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(call_sid): Path<String>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no such call");
+    let tenant = staff_scope(&who, None)?;
+    let row: Option<CallView> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM calls WHERE call_sid = $1"))
+            .bind(&call_sid)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    match row {
+        Some(call) if tenant.as_ref().is_none_or(|t| *t == call.tenant_id) => {
+            Ok(Json(call).into_response())
+        }
+        _ => Err(not_found()),
+    }
+}
