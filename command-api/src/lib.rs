@@ -567,6 +567,16 @@ async fn expire_old_records(pool: PgPool) {
                 }
             }
         }
+        // Refused webhooks are replayable for a week; then their sealed request is erased.
+        if let Err(e) = sqlx::query(
+            "UPDATE webhook_rejections SET sealed_request = NULL
+              WHERE sealed_request IS NOT NULL AND replayable_until < now()",
+        )
+        .execute(&pool)
+        .await
+        {
+            tracing::warn!(error = %e, "could not erase expired rejected webhooks");
+        }
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }

@@ -3,7 +3,7 @@
 //! (an admin's).
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -46,11 +46,16 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
         .route("/v1/webhooks/{id}/process", post(process))
         .route("/v1/webhooks/{id}/replay", post(replay))
+        .route(
+            "/v1/webhooks/rejections/{id}/replay",
+            post(replay_rejection),
+        )
 }
 
 async fn stripe(
     State(state): State<AppState>,
     ids: RequestIds,
+    uri: Uri,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
@@ -58,8 +63,15 @@ async fn stripe(
         .get("stripe-signature")
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let now = state.clock.now().timestamp();
-    if let Err(r) = verify::stripe(signature, &body, &state.webhook_secrets.stripe, now) {
-        return Err(reject(&state.pool, Provider::Stripe, r, signature, &body).await);
+    match verify::stripe(signature, &body, &state.webhook_secrets.stripe, now) {
+        Ok(_) => {}
+        // A replay is of a request refused days ago: its signature is genuine, its age is
+        // the point of the replay.
+        Err(Rejection::Stale) if replaying() => {}
+        Err(r) => {
+            let request = Refused::new(&uri, &headers, &body);
+            return Err(reject(&state, Provider::Stripe, r, signature, &request).await);
+        }
     }
     let payload: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
@@ -69,13 +81,16 @@ async fn stripe(
 async fn lyra(
     State(state): State<AppState>,
     ids: RequestIds,
+    uri: Uri,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
+    let request = Refused::new(&uri, &headers, &body);
     let form: verify::LyraForm = match serde_urlencoded::from_bytes(&body) {
         Ok(form) => form,
         Err(_) => {
             let r = Rejection::Missing;
-            return Err(reject(&state.pool, Provider::Lyra, r, None, &body).await);
+            return Err(reject(&state, Provider::Lyra, r, None, &request).await);
         }
     };
     let secrets = &state.webhook_secrets;
@@ -86,7 +101,7 @@ async fn lyra(
     ) {
         Ok(answer) => answer,
         Err(r) => {
-            return Err(reject(&state.pool, Provider::Lyra, r, form.hash.as_deref(), &body).await)
+            return Err(reject(&state, Provider::Lyra, r, form.hash.as_deref(), &request).await)
         }
     };
     let payload: serde_json::Value = serde_json::from_str(&answer)
@@ -102,11 +117,12 @@ async fn signalwire(
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let request = Refused::new(&uri, &headers, &body);
     let signature = header("x-signalwire-signature").or(header("x-twilio-signature"));
     let json = header("content-type").is_some_and(|t| t.starts_with("application/json"));
     let Some(url) = crate::telephony::routes::public_url(&state, &uri) else {
         let r = Rejection::NotConfigured;
-        return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+        return Err(reject(&state, Provider::Signalwire, r, signature, &request).await);
     };
     let form: Vec<(String, String)> = if json {
         Vec::new()
@@ -115,7 +131,7 @@ async fn signalwire(
             Ok(form) => form,
             Err(_) => {
                 let r = Rejection::Malformed;
-                return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+                return Err(reject(&state, Provider::Signalwire, r, signature, &request).await);
             }
         }
     };
@@ -125,7 +141,7 @@ async fn signalwire(
         verify::SignalwireBody::Form(&form)
     };
     if let Err(r) = verify::signalwire(signature, &url, scheme, &state.webhook_secrets.signalwire) {
-        return Err(reject(&state.pool, Provider::Signalwire, r, signature, &body).await);
+        return Err(reject(&state, Provider::Signalwire, r, signature, &request).await);
     }
     let payload = if json {
         let parsed: serde_json::Value = serde_json::from_slice(&body)
@@ -148,6 +164,7 @@ pub struct AssemblyAiParams {
 async fn assemblyai(
     State(state): State<AppState>,
     ids: RequestIds,
+    uri: Uri,
     headers: HeaderMap,
     events::http::Query(params): events::http::Query<AssemblyAiParams>,
     RawBody(body): RawBody,
@@ -160,7 +177,8 @@ async fn assemblyai(
         .as_ref()
         .map_or(&[][..], |c| c.webhook_secrets());
     if let Err(r) = verify::secret_header(provided, expected) {
-        return Err(reject(&state.pool, Provider::Assemblyai, r, None, &body).await);
+        let request = Refused::new(&uri, &headers, &body);
+        return Err(reject(&state, Provider::Assemblyai, r, None, &request).await);
     }
     let parsed: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
@@ -206,28 +224,107 @@ fn body_shape(body: &[u8]) -> String {
     "unparsed".to_owned()
 }
 
-/// Writes a refused webhook to the capped rejection log and answers 401. The log is
-/// best-effort: failing to write it does not change the answer.
+tokio::task_local! {
+    /// Set while a refused webhook is replayed (`POST /v1/webhooks/rejections/{id}/replay`):
+    /// a refusal is answered, not logged again, and a signature's age is no refusal.
+    static REPLAYING: ();
+}
+
+/// Whether a refused webhook is being replayed.
+pub(crate) fn replaying() -> bool {
+    REPLAYING.try_with(|_| ()).is_ok()
+}
+
+/// Headers a verification reads, kept (sealed) with a refused webhook for its replay.
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "stripe-signature",
+    "x-signalwire-signature",
+    "x-twilio-signature",
+    crate::audio::assemblyai::WEBHOOK_HEADER,
+    "x-hub-signature-256",
+    "x-bridge-signature",
+    "x-bridge-session",
+];
+/// The largest refused body kept for a replay.
+const MAX_REPLAYABLE_BYTES: usize = 256 * 1024;
+/// How long a refused webhook can be replayed.
+const REPLAYABLE_FOR: &str = "7 days";
+
+/// A refused request as received: what its replay needs.
+pub(crate) struct Refused<'a> {
+    /// Its path and query.
+    uri: &'a Uri,
+    /// Its headers.
+    headers: &'a HeaderMap,
+    /// Its body.
+    body: &'a [u8],
+}
+
+impl<'a> Refused<'a> {
+    /// The request `uri`, `headers`, `body`.
+    pub(crate) fn new(uri: &'a Uri, headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Self { uri, headers, body }
+    }
+
+    /// The request sealed for a replay, if its body is small enough to keep.
+    fn sealed(&self, state: &AppState) -> Option<String> {
+        use base64::Engine;
+        if self.body.len() > MAX_REPLAYABLE_BYTES {
+            return None;
+        }
+        let headers: Vec<(&str, &str)> = KEPT_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = self.headers.get(*name)?.to_str().ok()?;
+                Some((*name, value))
+            })
+            .collect();
+        let request = json!({
+            "path": self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            "headers": headers,
+            "body": base64::engine::general_purpose::STANDARD.encode(self.body),
+        });
+        Some(state.sealing.seal(&request.to_string()))
+    }
+}
+
+/// Writes a refused webhook to the capped rejection log and answers 401: what diagnosis
+/// needs in clear (the body's shape and digest), and the request sealed for a replay. The
+/// log is best-effort: failing to write it does not change the answer. A replay's refusal
+/// is answered 422 `still_rejected` and not logged again.
 pub(crate) async fn reject(
-    pool: &PgPool,
+    state: &AppState,
     provider: Provider,
     rejection: Rejection,
     signature: Option<&str>,
-    body: &[u8],
+    request: &Refused<'_>,
 ) -> Problem {
+    if replaying() {
+        return Problem::unprocessable(
+            "still_rejected",
+            format!(
+                "The webhook still fails verification ({}).",
+                rejection.code()
+            ),
+        );
+    }
+    let body = request.body;
     let shape = body_shape(body);
     let digest = crate::values::hex(&Sha256::digest(body));
     let signature = signature.map(|s| s.chars().take(512).collect::<String>().replace('\0', ""));
-    let logged = sqlx::query(
+    let logged = sqlx::query(&format!(
         "WITH added AS (
-             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes, body_sha256)
-             SELECT $1, $2, $3, $4, $5, $8
+             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes,
+                                             body_sha256, sealed_request, replayable_until)
+             SELECT $1, $2, $3, $4, $5, $8, $9,
+                    CASE WHEN $9::text IS NULL THEN NULL ELSE now() + interval '{REPLAYABLE_FOR}' END
               WHERE (SELECT count(*) FROM webhook_rejections
                       WHERE provider = $1 AND reason = $2
                         AND received_at > now() - interval '1 minute') < $7
              RETURNING id)
-         DELETE FROM webhook_rejections WHERE id <= (SELECT id FROM added) - $6",
-    )
+         DELETE FROM webhook_rejections WHERE id <= (SELECT id FROM added) - $6"
+    ))
     .bind(provider.as_str())
     .bind(rejection.code())
     .bind(signature)
@@ -236,7 +333,8 @@ pub(crate) async fn reject(
     .bind(REJECTIONS_KEPT)
     .bind(REJECTIONS_PER_MINUTE)
     .bind(digest)
-    .execute(pool)
+    .bind(request.sealed(state))
+    .execute(&state.pool)
     .await;
     if let Err(e) = logged {
         tracing::warn!(error = %e, "could not log a webhook rejection");
@@ -654,4 +752,149 @@ async fn replay(
         &c.aggregate_id,
         c.version,
     ))
+}
+
+/// A refused request, unsealed.
+#[derive(serde::Deserialize)]
+struct SealedRequest {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// `POST /v1/webhooks/rejections/{id}/replay` (super admins): a refused webhook, kept sealed
+/// for a week, is verified again as it was received — with today's secrets and settings —
+/// and, if it now passes, received (once: a webhook received since answers as a duplicate).
+/// 404 for an unknown rejection, 410 `replay_expired` once its request is erased (or was
+/// too large to keep), 422 `still_rejected` when it still fails.
+async fn replay_rejection(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    ids: RequestIds,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    use base64::Engine;
+    if !who.is_super_admin() {
+        return Err(Problem::forbidden(
+            "Refused webhooks belong to no tenant: super admins replay them.",
+        ));
+    }
+    let not_found = || Problem::not_found("no such rejected webhook");
+    let id: i64 = raw.parse().map_err(|_| not_found())?;
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT sealed_request FROM webhook_rejections
+          WHERE id = $1 AND (replayable_until IS NULL OR replayable_until > now())",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let exists = row.is_some()
+        || sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM webhook_rejections WHERE id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let expired = || {
+        Problem::new(
+            StatusCode::GONE,
+            "replay_expired",
+            "This refused webhook is no longer kept (a week after it came, or too large to keep).",
+        )
+    };
+    let sealed = match row {
+        Some((Some(sealed),)) => sealed,
+        _ if exists => return Err(expired()),
+        _ => return Err(not_found()),
+    };
+    let request: SealedRequest = state
+        .sealing
+        .open(&sealed)
+        .ok()
+        .and_then(|plain| serde_json::from_str(&plain).ok())
+        .ok_or_else(expired)?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&request.body)
+        .map_err(|_| expired())?;
+    let uri: Uri = request.path.parse().map_err(|_| expired())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let body = axum::body::Bytes::from(body);
+    let state_for = state.clone();
+    let answer = REPLAYING
+        .scope((), async move {
+            let state = State(state_for);
+            match uri.path() {
+                "/api/webhooks/stripe" => stripe(state, ids, uri, headers, RawBody(body)).await,
+                "/api/webhooks/lyra" => lyra(state, ids, uri, headers, RawBody(body)).await,
+                "/api/webhooks/signalwire" => {
+                    signalwire(state, ids, headers, uri, RawBody(body)).await
+                }
+                "/api/webhooks/assemblyai" => {
+                    let params: AssemblyAiParams =
+                        serde_urlencoded::from_str(uri.query().unwrap_or_default()).map_err(
+                            |_| Problem::bad_request("invalid_query", "The query is not valid."),
+                        )?;
+                    assemblyai(
+                        state,
+                        ids,
+                        uri,
+                        headers,
+                        events::http::Query(params),
+                        RawBody(body),
+                    )
+                    .await
+                }
+                "/api/webhooks/whatsapp" => {
+                    crate::whatsapp::routes::deliver(state, ids, uri, headers, RawBody(body)).await
+                }
+                "/api/webhooks/whatsapp/bridge" => {
+                    crate::whatsapp::routes::bridge_delivery(
+                        state,
+                        uri,
+                        ids,
+                        headers,
+                        RawBody(body),
+                    )
+                    .await
+                }
+                _ => Err(Problem::unprocessable(
+                    "still_rejected",
+                    "The webhook was sent to no webhook endpoint.",
+                )),
+            }
+        })
+        .await?;
+    // Passed: the rejection says what it became.
+    let (parts, answer_body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(answer_body, 1024 * 1024)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let received: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let webhook = received["id"].as_str().map(str::to_owned).or_else(|| {
+        received["ids"].as_array().map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    });
+    sqlx::query(
+        "UPDATE webhook_rejections SET replayed_at = now(), replayed_webhook_id = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(webhook)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }

@@ -294,8 +294,9 @@ async fn connect_bridge(
 /// shaped as the Cloud API's `value` object, for the session `X-Bridge-Session` names and
 /// signed with its bridge secret (`X-Bridge-Signature: sha256=` HMAC-SHA256 of the raw
 /// body). From there on it is a Cloud API delivery: one webhook per message and status.
-async fn bridge_delivery(
+pub(crate) async fn bridge_delivery(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     ids: RequestIds,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -314,7 +315,8 @@ async fn bridge_delivery(
     };
     let secrets: Vec<String> = secret.into_iter().collect();
     if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
-        return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+        let request = crate::webhooks::routes::Refused::new(&uri, &headers, &body);
+        return Err(reject(&state, Provider::Whatsapp, r, signature, &request).await);
     }
     let Some(session) = found else {
         return Err(SessionError::NotFound.problem());
@@ -802,9 +804,10 @@ async fn app_secret(state: &AppState, id: &str) -> Result<Option<String>, Proble
 /// `POST /api/webhooks/whatsapp`: a delivery signed by the app secret of the sessions it
 /// names (or the platform's). Each message and status is appended as a webhook of its own
 /// before the answer.
-async fn deliver(
+pub(crate) async fn deliver(
     State(state): State<AppState>,
     ids: RequestIds,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
@@ -850,7 +853,8 @@ async fn deliver(
                 ) => p,
                 _ => r,
             };
-            return Err(reject(&state.pool, Provider::Whatsapp, r, signature, &body).await);
+            let request = crate::webhooks::routes::Refused::new(&uri, &headers, &body);
+            return Err(reject(&state, Provider::Whatsapp, r, signature, &request).await);
         }
     }
     let parsed =

@@ -282,6 +282,13 @@ pub struct RejectionView {
     body_sha256: Option<String>,
     /// When it arrived.
     received_at: DateTime<Utc>,
+    /// Until when a super admin may replay it (`POST /v1/webhooks/rejections/{id}/replay`
+    /// on command-api); null once its sealed request is erased, or when it was too large to
+    /// keep.
+    replayable_until: Option<DateTime<Utc>>,
+    /// When a replay passed verification, and the webhook(s) it became.
+    replayed_at: Option<DateTime<Utc>>,
+    replayed_webhook_id: Option<String>,
 }
 
 /// One page of rejections, newest first.
@@ -317,7 +324,10 @@ async fn rejections(
     w.int("id < ?", params.before);
     let limit_at = w.next_placeholder();
     let sql = format!(
-        "SELECT id, provider, reason, signature, body_excerpt, body_bytes, body_sha256, received_at
+        "SELECT id, provider, reason, signature, body_excerpt, body_bytes, body_sha256, received_at,
+                CASE WHEN sealed_request IS NULL OR replayable_until <= now() THEN NULL
+                     ELSE replayable_until END AS replayable_until,
+                replayed_at, replayed_webhook_id
            FROM webhook_rejections{} ORDER BY id DESC LIMIT {}",
         w.sql(),
         limit_at

@@ -1656,3 +1656,120 @@ async fn a_catalog_lives_past_two_snapshot_intervals() {
         .assert_snapshots_crossed(events::payment::CATALOG)
         .await;
 }
+
+/// A webhook refused because the platform did not have the provider's new secret yet is
+/// replayed by a super admin once it has: verified again as it came, then received once.
+/// The refused body is kept sealed, never in clear; a replay that still fails says so and
+/// logs nothing more; an erased or unknown rejection cannot be replayed.
+#[tokio::test]
+async fn a_refused_webhook_is_replayed_once_its_secret_is_configured() {
+    const NEW_SECRET: &str = "whsec_rolled_at_the_provider";
+    let stack = Stack::start(None, None, false).await;
+    let root = stack.env.super_admin();
+    let now = Utc::now().timestamp();
+    let payload = checkout_completed("evt_rotated", "none", 1);
+    assert!(payload.contains("jane@example.com"));
+    let refused = stack
+        .stripe(&payload, Some(&stripe_header(&payload, NEW_SECRET, now)))
+        .await;
+    expect_problem(refused, 401, "bad_signature").await;
+    let stale_payload = checkout_completed("evt_delayed", "none", 1);
+    let stale = stack
+        .stripe(
+            &stale_payload,
+            Some(&stripe_header(&stale_payload, STRIPE_SECRET, now - 3600)),
+        )
+        .await;
+    expect_problem(stale, 401, "stale_timestamp").await;
+    let rows: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, reason, sealed_request FROM webhook_rejections ORDER BY id")
+            .fetch_all(&stack.env.pool)
+            .await
+            .expect("rejections");
+    let (rotated, stale_id) = (rows[0].0, rows[1].0);
+    for (_, _, sealed) in &rows {
+        let sealed = sealed.as_deref().expect("kept for a replay");
+        assert!(
+            !sealed.contains("jane@example.com") && !sealed.contains("evt_"),
+            "sealed, not in clear"
+        );
+    }
+    let replay = |api: &Service, id: i64, token: String| {
+        let url = api.url(&format!("/v1/webhooks/rejections/{id}/replay"));
+        let http = stack.env.http.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    // Not a tenant admin's to replay.
+    expect_problem(
+        replay(&stack.api, rotated, stack.admin.clone()).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // The secret is not configured yet: still refused, and not logged again.
+    expect_problem(
+        replay(&stack.api, rotated, root.clone()).await,
+        422,
+        "still_rejected",
+    )
+    .await;
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_rejections")
+        .fetch_one(&stack.env.pool)
+        .await
+        .expect("count");
+    assert_eq!(logged, 2);
+    // The operator adds the new secret (a second instance, as after a restart).
+    let mut config = stack.env.command_config();
+    config.stripe_webhook_secret = vec![STRIPE_SECRET.into(), NEW_SECRET.into()];
+    let rotated_api = stack.env.spawn_command_api(config).await;
+    let first = replay(&rotated_api, rotated, root.clone()).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["duplicate"], false, "{first}");
+    let again: Value = replay(&rotated_api, rotated, root.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["duplicate"], true, "received once: {again}");
+    assert_eq!(again["id"], first["id"]);
+    // A genuine delivery refused for its age is taken on replay: its age is the point.
+    let delayed = replay(&rotated_api, stale_id, root.clone()).await;
+    assert_eq!(delayed.status(), 200);
+    let listed = stack
+        .env
+        .get_json(&stack.query.url("/v1/webhooks/rejections"), &root)
+        .await;
+    let row = listed["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|r| r["id"] == rotated))
+        .cloned()
+        .expect("listed");
+    assert!(row["replayed_at"].is_string(), "{row}");
+    assert_eq!(row["replayed_webhook_id"], first["id"]);
+    assert!(row["replayable_until"].is_string(), "{row}");
+    // Erased after its week (as the purge does), or never there: nothing to replay.
+    sqlx::query("UPDATE webhook_rejections SET sealed_request = NULL WHERE id = $1")
+        .bind(rotated)
+        .execute(&stack.env.pool)
+        .await
+        .expect("erased");
+    expect_problem(
+        replay(&rotated_api, rotated, root.clone()).await,
+        410,
+        "replay_expired",
+    )
+    .await;
+    expect_problem(
+        replay(&rotated_api, rotated + 1_000, root.clone()).await,
+        404,
+        "not_found",
+    )
+    .await;
+}
