@@ -148,6 +148,10 @@ pub struct AppState {
     pub audio: Arc<CommandBus<audio::aggregate::Audio>>,
     /// The AssemblyAI client, when an API key and `BACKEND_URL` are configured.
     pub assemblyai: Option<audio::assemblyai::AssemblyAi>,
+    /// Files being sent to the transcription service at once by this process: a request is
+    /// claimed only with a free slot (the rest stay due), so a burst of large files shares
+    /// the link a few at a time instead of all timing out together.
+    pub transcription_slots: Arc<tokio::sync::Semaphore>,
     /// WhatsApp sessions.
     pub wa_sessions: Arc<CommandBus<whatsapp::aggregate::Session>>,
     /// WhatsApp conversations.
@@ -383,6 +387,9 @@ impl Application {
             sms: buses.bus(()),
             calls: buses.bus(()),
             audio: buses.bus(()),
+            transcription_slots: Arc::new(tokio::sync::Semaphore::new(
+                audio::routes::TRANSCRIPTION_SLOTS,
+            )),
             assemblyai: config
                 .assemblyai_account()
                 .map(audio::assemblyai::AssemblyAi::new),

@@ -38,19 +38,21 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, MediaError> {
         .map_err(|e| MediaError::Transient(e.to_string()))
 }
 
-/// Downloads `url` into the blob store at `key`, streamed, refusing more than `limit` bytes:
-/// its size, hex SHA-256 and the media type the provider named.
+/// Downloads `url` into the blob store at `key`, streamed, refusing more than `limit` bytes
+/// and taking at most `timeout`: its size, hex SHA-256 and the media type the provider
+/// named.
 pub async fn download(
     url: &str,
     credential: Credential<'_>,
     limit: u64,
+    timeout: Duration,
     blobs: &dyn object_store::ObjectStore,
     key: &str,
 ) -> Result<(u64, String, Option<String>), MediaError> {
     use futures::StreamExt;
     use sha2::Digest;
     let transient = |e: &dyn std::fmt::Display| MediaError::Transient(e.to_string());
-    let request = client(Duration::from_secs(300))?.get(url);
+    let request = client(timeout)?.get(url);
     let request = match credential {
         Credential::Bearer(token) => request.bearer_auth(token),
         Credential::Basic(user, password) => request.basic_auth(user, Some(password)),

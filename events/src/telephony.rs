@@ -150,7 +150,8 @@ pub enum CallEvent {
         /// When.
         at: DateTime<Utc>,
     },
-    /// The provider reported a call's recording (a recording callback: no call status).
+    /// The provider reported a recording of the call (a recording callback: no call
+    /// status); once per recording.
     CallRecorded {
         /// The provider's `RecordingSid`.
         recording_sid: String,

@@ -23,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use events::access::TokenKeys;
 use events::clock::Clock;
+use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -91,6 +92,13 @@ pub async fn earliest_due(
     .await
 }
 
+/// How sending one row went.
+enum Outcome {
+    Processed,
+    Refused,
+    Failed,
+}
+
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StepReport {
@@ -117,6 +125,9 @@ pub struct DueProcessor {
     /// Rows sent recently, by `(id, version)`: a new version (a failure recorded, a replay)
     /// makes a row eligible again.
     quiet: Quiet<(Uuid, i64)>,
+    /// Rows sent at once: webhooks one at a time (two messages of one contact, two statuses
+    /// of one payment, are processed in the order they came); audio files several.
+    concurrency: usize,
 }
 
 impl DueProcessor {
@@ -137,6 +148,7 @@ impl DueProcessor {
             table: "webhooks",
             path: "/v1/webhooks/{id}/process",
             quiet: Quiet::new(QUIET),
+            concurrency: 1,
         }
     }
 
@@ -149,15 +161,15 @@ impl DueProcessor {
     ) -> Self {
         Self {
             pool,
-            // Sending a file of up to 100 MiB and requesting its transcript: command-api's
-            // calls to the service may take up to 12 minutes, and the request's claim
-            // lasts 15; waiting less would send the file again while it is still going.
+            // command-api claims a request and sends the file in the background, answering
+            // at once; a check of a transcript asks the service (2 minutes at most).
             client: CommandClient::new(command_api, keys, "transcriber")
-                .with_timeout(Duration::from_secs(15 * 60)),
+                .with_timeout(Duration::from_secs(150)),
             clock,
             table: "audio_files",
             path: "/v1/audio/{id}/transcribe",
             quiet: Quiet::new(QUIET),
+            concurrency: 8,
         }
     }
 
@@ -195,26 +207,40 @@ impl DueProcessor {
         .bind(&quiet_versions)
         .fetch_all(&self.pool)
         .await?;
+        // Several rows at once where order does not matter: one slow check does not hold
+        // up the others. The aggregates keep each row's work to one caller at a time.
+        let outcomes: Vec<((Uuid, i64), Outcome)> = futures::stream::iter(due)
+            .map(|key| async move {
+                let outcome = self
+                    .client
+                    .post(&self.path.replace("{id}", &key.0.to_string()))
+                    .await;
+                let outcome = match outcome {
+                    Ok(r) if r.status().is_success() => Outcome::Processed,
+                    Ok(r) if r.status().is_client_error() => {
+                        tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "refused");
+                        Outcome::Refused
+                    }
+                    Ok(r) => {
+                        tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "failed; will retry");
+                        Outcome::Failed
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "command-api unreachable; will retry");
+                        Outcome::Failed
+                    }
+                };
+                (key, outcome)
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await;
         let mut report = StepReport::default();
-        for key in due {
-            let outcome = self
-                .client
-                .post(&self.path.replace("{id}", &key.0.to_string()))
-                .await;
+        for (key, outcome) in outcomes {
             match outcome {
-                Ok(r) if r.status().is_success() => report.processed += 1,
-                Ok(r) if r.status().is_client_error() => {
-                    tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "refused");
-                    report.refused += 1;
-                }
-                Ok(r) => {
-                    tracing::warn!(table = self.table, id = %key.0, status = %r.status(), "failed; will retry");
-                    report.failed += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "command-api unreachable; will retry");
-                    report.failed += 1;
-                }
+                Outcome::Processed => report.processed += 1,
+                Outcome::Refused => report.refused += 1,
+                Outcome::Failed => report.failed += 1,
             }
             self.quiet.hush(key);
         }

@@ -250,7 +250,7 @@ impl Audio {
         self.status == Status::Requested && self.transcript_id.as_deref() == Some(transcript_id)
     }
 
-    /// Whether the outcome of a request may be recorded at `at`: one was started (events
+    /// Whether the failure of a request may be recorded at `at`: one was started (events
     /// from before starts existed recorded outcomes of files still uploaded).
     fn in_request(&self, at: DateTime<Utc>) -> bool {
         self.status == Status::Requesting || (self.status == Status::Uploaded && self.due(at))
@@ -300,9 +300,14 @@ impl Audio {
                 // Due already, or under way.
                 _ => None,
             },
-            AudioCommand::RecordRequest { transcript_id, at } => self
-                .in_request(at)
-                .then_some(AudioEvent::TranscriptRequested { transcript_id, at }),
+            // Recorded while no request outcome is: from the request's answer, or from the
+            // service's webhook naming this file (its answer lost, or slower than the
+            // webhook) — once; a later answer or webhook naming another transcript changes
+            // nothing.
+            AudioCommand::RecordRequest { transcript_id, at } => {
+                matches!(self.status, Status::Requesting | Status::Uploaded)
+                    .then_some(AudioEvent::TranscriptRequested { transcript_id, at })
+            }
             AudioCommand::RecordRequestFailure {
                 error,
                 permanent,
@@ -563,6 +568,38 @@ mod tests {
             until: at + REQUEST_LEASE,
             at,
         }
+    }
+
+    #[test]
+    fn record_request_adopts_the_transcript_a_webhook_names_when_no_answer_was_recorded() {
+        // The answer timed out after the service accepted: recorded as a failed attempt;
+        // the service's webhook then names its transcript, and that one is kept.
+        let timed_out = AudioEvent::TranscriptionAttemptFailed {
+            attempt: 1,
+            error: "timed out".into(),
+            retry_at: t0() + Duration::minutes(5),
+        };
+        framework()
+            .given(vec![uploaded(), started(0, 1), timed_out])
+            .when(AudioCommand::RecordRequest {
+                transcript_id: "tr-1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![requested()]);
+        // Failed for good, or finished: nothing to adopt.
+        framework()
+            .given(vec![
+                uploaded(),
+                AudioEvent::TranscriptionFailed {
+                    attempts: 1,
+                    error: "refused".into(),
+                },
+            ])
+            .when(AudioCommand::RecordRequest {
+                transcript_id: "tr-1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![]);
     }
 
     #[test]

@@ -34,6 +34,9 @@ use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
 use crate::AppState;
 
+/// Files a command-api process sends to the transcription service at once.
+pub const TRANSCRIPTION_SLOTS: usize = 4;
+
 /// The largest audio file accepted.
 pub const MAX_AUDIO_BYTES: u64 = 100 * 1024 * 1024;
 
@@ -412,16 +415,24 @@ async fn transcribe(
     Ok(Json(body).into_response())
 }
 
-/// Claims the request and, if this caller got the claim, sends the file and records the
-/// outcome (requested; or a failed attempt, retried later; or given up): the version then.
+/// Claims the request and, if this caller got the claim, sends the file in the background
+/// and records the outcome when it comes (requested; or a failed attempt, retried later; or
+/// given up): the claim's version. The caller is answered at once — an upload of a large
+/// file takes minutes, and no caller (the process manager, an admin) should wait for it or
+/// time out while it goes on. Should this process stop meanwhile, the claim lapses and the
+/// request is started again.
 async fn start(
     state: &AppState,
     id: &str,
     audio: &Audio,
     metadata: &Metadata,
 ) -> Result<Option<u64>, Problem> {
+    // A slot first: without one the request is not claimed, and stays due.
+    let Ok(slot) = state.transcription_slots.clone().try_acquire_owned() else {
+        return Ok(None);
+    };
     let at = state.clock.now();
-    let (_, claimed) = state
+    let (claim, claimed) = state
         .audio
         .execute_with_events(id, None, AudioCommand::Start { at }, metadata)
         .await?;
@@ -429,22 +440,35 @@ async fn start(
         // Another caller holds the claim, or the request is no longer due.
         return Ok(None);
     }
-    let command = match request(state, id, audio).await {
-        Ok(transcript_id) => AudioCommand::RecordRequest {
-            transcript_id,
-            at: state.clock.now(),
-        },
-        Err(e) => {
-            tracing::warn!(audio_id = %id, error = %e, "transcript request failed");
-            AudioCommand::RecordRequestFailure {
-                permanent: matches!(e, ServiceError::Refused(_)),
-                error: e.to_string(),
+    let (state, id, audio, metadata) = (
+        state.clone(),
+        id.to_owned(),
+        audio.clone(),
+        metadata.clone(),
+    );
+    tokio::spawn(async move {
+        let command = match request(&state, &id, &audio).await {
+            Ok(transcript_id) => AudioCommand::RecordRequest {
+                transcript_id,
                 at: state.clock.now(),
+            },
+            Err(e) => {
+                tracing::warn!(audio_id = %id, error = %e, "transcript request failed");
+                AudioCommand::RecordRequestFailure {
+                    permanent: matches!(e, ServiceError::Refused(_)),
+                    error: e.to_string(),
+                    at: state.clock.now(),
+                }
             }
+        };
+        // The outcome is recorded however long the call took; should the store be
+        // unreachable now, the claim lapses and the request is made again.
+        if let Err(e) = state.audio.execute(&id, None, command, &metadata).await {
+            tracing::warn!(audio_id = %id, error = %e, "a transcript request's outcome could not be recorded");
         }
-    };
-    let c = state.audio.execute(id, None, command, metadata).await?;
-    Ok(Some(c.version))
+        drop(slot);
+    });
+    Ok(Some(claim.version))
 }
 
 /// Asks the service about a requested transcript no webhook has finished: finishes it, or
@@ -503,19 +527,38 @@ async fn finishing(
     webhook_id: Option<String>,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<AudioCommand, object_store::Error> {
+    // What the service says is stored as events: no NUL (PostgreSQL cannot store it), and
+    // the error and language bounded.
+    let clean = |s: String| s.replace('\0', "\u{fffd}");
     if transcript.status != "completed" {
+        let error: String = transcript
+            .error
+            .unwrap_or_else(|| "error".into())
+            .chars()
+            .take(500)
+            .collect();
         return Ok(AudioCommand::Fail {
             transcript_id: transcript_id.to_owned(),
-            error: transcript.error.unwrap_or_else(|| "error".into()),
+            error: clean(error),
             webhook_id,
             at,
         });
     }
-    let text = transcript.text.unwrap_or_default();
-    let whole =
-        serde_json::to_vec(&json!({"text": text, "words": transcript.words})).unwrap_or_default();
+    let language = transcript
+        .language
+        .map(|l| clean(l.chars().take(16).collect()));
+    let words: Vec<events::audio::Word> = transcript
+        .words
+        .into_iter()
+        .map(|mut w| {
+            w.text = clean(w.text);
+            w
+        })
+        .collect();
+    let text = clean(transcript.text.unwrap_or_default());
+    let whole = serde_json::to_vec(&json!({"text": text, "words": words})).unwrap_or_default();
     let (text, words, stored) = if whole.len() <= MAX_INLINE_TRANSCRIPT_BYTES {
-        (text, transcript.words, None)
+        (text, words, None)
     } else {
         // Named by the transcript, so a repeated finish writes the same file again.
         let name: String = transcript_id
@@ -545,7 +588,7 @@ async fn finishing(
         text,
         words,
         stored,
-        language: transcript.language,
+        language,
         confidence: transcript.confidence,
         webhook_id,
         at,
@@ -754,13 +797,32 @@ pub(crate) async fn process_webhook(
     if state.access.is_suspended(&tenant) {
         return Processing::Held(tenant);
     }
-    if audio.status() == Status::Requesting {
-        return Processing::Retry("the transcript's request is being recorded".into());
-    }
     let attributed = Some(Attributed {
         payment_id: None,
         tenant_id: tenant.clone(),
     });
+    // The service's signed word that it is transcribing this file: recorded if no request
+    // outcome is — the webhook came before the answer to the request, or the answer was
+    // lost (a timeout after the service accepted, a crash): the transcript the file already
+    // has is kept instead of a second one being requested and billed.
+    if matches!(audio.status(), Status::Requesting | Status::Uploaded) {
+        let adopt = AudioCommand::RecordRequest {
+            transcript_id: transcript_id.to_owned(),
+            at: state.clock.now(),
+        };
+        if let Err(e) = state
+            .audio
+            .execute(audio_id, None, adopt, &metadata(&tenant))
+            .await
+        {
+            tracing::warn!(error = %e, "audio command failed");
+            return Processing::Retry("event store unavailable".into());
+        }
+    }
+    let audio = match state.audio.load(audio_id).await {
+        Ok(a) => a,
+        Err(_) => return Processing::Retry("event store unavailable".into()),
+    };
     let Some(client) = &state.assemblyai else {
         return Processing::Retry("transcription is not configured".into());
     };

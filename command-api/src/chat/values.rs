@@ -87,6 +87,21 @@ pub fn tags(raw: &[String]) -> Option<Vec<String>> {
     (tags.len() <= MAX_TAGS).then_some(tags)
 }
 
+/// A media type an attachment may carry (`type/subtype`, each a token of at most 64
+/// characters, no parameters); `None` for anything else.
+pub fn media_type(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let token = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+    };
+    raw.split_once('/')
+        .is_some_and(|(t, s)| token(t) && token(s))
+        .then(|| raw.to_owned())
+}
+
 /// An attachment reference: a blob key of 1–512 characters without control characters,
 /// `..` segments or a leading `/`; a `type/subtype` media type; a size of 1 byte to 100 MiB;
 /// a file name of 1–255 characters, kept trimmed.
@@ -94,15 +109,7 @@ pub fn attachment(mut raw: Attachment) -> Option<Attachment> {
     let key_ok = label(&raw.object_key, 512).is_some_and(|k| k == raw.object_key)
         && !raw.object_key.starts_with('/')
         && !raw.object_key.split('/').any(|s| s == ".." || s.is_empty());
-    let type_ok = raw.content_type.split_once('/').is_some_and(|(t, s)| {
-        let token = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 64
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
-        };
-        token(t) && token(s)
-    });
+    let type_ok = media_type(&raw.content_type).is_some_and(|t| t == raw.content_type);
     let name = raw.name.as_deref().map(|n| label(n, 255));
     let name_ok = name.as_ref().is_none_or(Option::is_some);
     raw.name = name.flatten();

@@ -279,6 +279,8 @@ pub struct Call {
     rank: Option<u8>,
     /// Whether its recording is known.
     recorded: bool,
+    /// The recordings reported by recording callbacks (a call may have several).
+    recordings: Vec<String>,
 }
 
 impl Aggregate for Call {
@@ -295,12 +297,12 @@ impl Aggregate for Call {
         sink: &EventSink<Self>,
     ) -> Result<(), ReportError> {
         let Some(status) = c.status else {
-            // A recording callback: the recording, once.
+            // A recording callback: each recording, once.
             let (Some(recording_sid), Some(recording_url)) = (c.recording_sid, c.recording_url)
             else {
                 return Err(ReportError::UnknownStatus);
             };
-            if !self.recorded {
+            if !self.recordings.contains(&recording_sid) {
                 let event = CallEvent::CallRecorded {
                     recording_sid,
                     recording_url,
@@ -342,7 +344,10 @@ impl Aggregate for Call {
                 self.rank = call_status_rank(&status).max(self.rank);
                 self.recorded |= recording_url.is_some();
             }
-            CallEvent::CallRecorded { .. } => self.recorded = true,
+            CallEvent::CallRecorded { recording_sid, .. } => {
+                self.recorded = true;
+                self.recordings.push(recording_sid);
+            }
         }
     }
 }
@@ -574,9 +579,26 @@ mod tests {
             .when(recording("w2"))
             .then_expect_events(vec![recorded.clone()]);
         TestFramework::<Call>::with(())
-            .given(vec![call_changed("w1", "completed", None), recorded])
+            .given(vec![
+                call_changed("w1", "completed", None),
+                recorded.clone(),
+            ])
             .when(recording("w3"))
             .then_expect_events(vec![]);
+        // A second recording of the call is another.
+        let mut second = recording("w4");
+        second.recording_sid = Some("RE2".into());
+        second.recording_url = Some("https://rec/RE2".into());
+        TestFramework::<Call>::with(())
+            .given(vec![call_changed("w1", "completed", None), recorded])
+            .when(second)
+            .then_expect_events(vec![CallEvent::CallRecorded {
+                recording_sid: "RE2".into(),
+                recording_url: "https://rec/RE2".into(),
+                duration_secs: Some(40),
+                webhook_id: "w4".into(),
+                at: t0(),
+            }]);
         // A status callback after it does not record it again.
         TestFramework::<Call>::with(())
             .given(vec![

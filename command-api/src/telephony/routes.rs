@@ -346,10 +346,32 @@ async fn sms_stream(
 
 /// The most bytes of one MMS file fetched.
 const MAX_MMS_MEDIA_BYTES: u64 = 20 * 1024 * 1024;
+/// The longest one MMS file's download may take.
+const MMS_FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest all of one MMS's files may take: well inside the process manager's wait
+/// for a webhook's processing (10 minutes), so a slow provider fails the attempt (retried
+/// with back-off) instead of holding the webhook queue.
+const MMS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// Whether an MMS file may be fetched from `url`: over HTTPS, or plain HTTP to this machine
+/// (a local provider stand-in). The URL comes in a signed callback; this keeps the
+/// project's credentials off the wire in clear and off other machines' plain-HTTP ports.
+fn fetchable(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match parsed.scheme() {
+        "https" => true,
+        "http" => matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")),
+        _ => false,
+    }
+}
 
 /// Fetches the files an MMS names into the tenant's blob store
-/// (`tenants/{tenant}/sms/{stream's UUID}/{n}`): what was stored, in order. A file gone or
-/// too large is left out (logged); an outage, or credentials refused, retries the webhook.
+/// (`tenants/{tenant}/sms/{stream's UUID}/{n}`): what was stored, in order. A file gone, too
+/// large, refused to the credentials or at a URL that may not be fetched is left out
+/// (logged; `media_count` still counts it), so the text is never held back by a file; an
+/// outage, or the files taking longer than [`MMS_TIMEOUT`], retries the webhook.
 async fn fetch_media(
     state: &AppState,
     tenant: &str,
@@ -361,39 +383,42 @@ async fn fetch_media(
         Some((project, token)) => Credential::Basic(project, token),
         None => Credential::None,
     };
-    let mut stored = Vec::new();
-    for (n, (url, declared)) in urls.iter().enumerate() {
-        let key = format!("tenants/{tenant}/sms/{folder}/{n}");
-        match download(
-            url,
-            credential,
-            MAX_MMS_MEDIA_BYTES,
-            state.blobs.as_ref(),
-            &key,
-        )
-        .await
-        {
-            Ok((size_bytes, _, served)) if size_bytes > 0 => stored.push(Attachment {
-                object_key: key,
-                content_type: declared
-                    .clone()
-                    .filter(|t| t.contains('/') && t.len() <= 128)
-                    .or(served)
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                name: None,
-                size_bytes,
-            }),
-            Ok(_) => tracing::warn!(stream, n, "an MMS file is empty: left out"),
-            Err(MediaError::Permanent(reason)) => {
-                tracing::warn!(stream, n, %reason, "an MMS file could not be had: left out")
+    let fetch_all = async {
+        let mut stored = Vec::new();
+        for (n, (url, declared)) in urls.iter().enumerate() {
+            if !fetchable(url) {
+                tracing::warn!(stream, n, "an MMS file's URL is not HTTPS: left out");
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(stream, n, error = %e, "an MMS file could not be fetched");
-                return Err(Processing::Retry(format!("MMS file not fetched: {e}")));
+            let key = format!("tenants/{tenant}/sms/{folder}/{n}");
+            let blobs = state.blobs.as_ref();
+            let limit = MAX_MMS_MEDIA_BYTES;
+            match download(url, credential, limit, MMS_FILE_TIMEOUT, blobs, &key).await {
+                Ok((size_bytes, _, served)) if size_bytes > 0 => stored.push(Attachment {
+                    object_key: key,
+                    content_type: declared
+                        .as_deref()
+                        .and_then(crate::chat::values::media_type)
+                        .or_else(|| served.as_deref().and_then(crate::chat::values::media_type))
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    name: None,
+                    size_bytes,
+                }),
+                Ok(_) => tracing::warn!(stream, n, "an MMS file is empty: left out"),
+                Err(MediaError::Permanent(reason) | MediaError::Unauthorized(reason)) => {
+                    tracing::warn!(stream, n, %reason, "an MMS file could not be had: left out")
+                }
+                Err(e) => {
+                    tracing::warn!(stream, n, error = %e, "an MMS file could not be fetched");
+                    return Err(Processing::Retry(format!("MMS file not fetched: {e}")));
+                }
             }
         }
-    }
-    Ok(stored)
+        Ok(stored)
+    };
+    tokio::time::timeout(MMS_TIMEOUT, fetch_all)
+        .await
+        .unwrap_or_else(|_| Err(Processing::Retry("MMS files took too long".into())))
 }
 
 /// Processes a SignalWire callback: the SMS or call it reports, for the tenant it belonged

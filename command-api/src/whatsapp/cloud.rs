@@ -201,7 +201,7 @@ pub async fn download(
     key: &str,
 ) -> Result<(u64, String), MediaError> {
     let credential = crate::media::Credential::Bearer(access_token);
-    crate::media::download(url, credential, limit, blobs, key)
+    crate::media::download(url, credential, limit, Duration::from_secs(300), blobs, key)
         .await
         .map(|(size, sha256, _)| (size, sha256))
 }

@@ -54,6 +54,11 @@ pub struct AudioView {
     /// Where the whole transcript is, when too large for its event.
     #[serde(skip)]
     transcript_object_key: Option<String>,
+    /// True when the transcript was too large for its event and its stored file could not
+    /// be read just now: `text` is then its first 1,000 characters and `words` null.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    transcript_unavailable: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     version: i64,
@@ -106,9 +111,18 @@ async fn detail(
     match row {
         Some(mut file) if may_read(&who, &file) => {
             if let Some(key) = file.transcript_object_key.take() {
-                let whole = stored_transcript(&state, &key).await?;
-                file.text = whole["text"].as_str().map(str::to_owned).or(file.text);
-                file.words = Some(whole["words"].clone());
+                // The file and its status still show when the stored transcript cannot be
+                // read (the blob store down, the file lost): its preview, and a flag.
+                match stored_transcript(&state, &key).await {
+                    Ok(whole) => {
+                        file.text = whole["text"].as_str().map(str::to_owned).or(file.text);
+                        file.words = Some(whole["words"].clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(audio_id = %file.id, error = %e, "a stored transcript could not be read");
+                        file.transcript_unavailable = true;
+                    }
+                }
             }
             let version = file.version;
             let mut response = Json(file).into_response();
@@ -120,14 +134,14 @@ async fn detail(
 }
 
 /// A transcript kept in the blob store (`{"text": …, "words": [...]}`).
-async fn stored_transcript(state: &AppState, key: &str) -> Result<serde_json::Value, Problem> {
+async fn stored_transcript(state: &AppState, key: &str) -> Result<serde_json::Value, String> {
     let bytes = state
         .blobs
         .get(&object_store::path::Path::from(key))
         .await
-        .map_err(|e| Problem::unavailable(&e))?
+        .map_err(|e| e.to_string())?
         .bytes()
         .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Problem::unavailable(&e))
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }

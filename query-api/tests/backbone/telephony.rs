@@ -954,9 +954,29 @@ async fn an_mms_brings_its_files_into_the_thread() {
     );
     let stored = std::fs::read(phone.env.blob_dir.join(key)).expect("stored");
     assert_eq!(stored, b"\xFF\xD8\xFFjpeg-bytes");
-    // A retry of the callback fetches nothing again and posts nothing more.
-    let again = phone.signed(&params).await;
-    assert_eq!(again.status(), 200);
+    // Processed again (a replay): nothing is fetched again (each file was asked for once,
+    // the mocks check on drop) and nothing more is posted.
+    let replay = phone
+        .env
+        .http
+        .post(phone.api.url(&format!("/v1/webhooks/{webhook}/replay")))
+        .bearer_auth(&phone.admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(replay.status(), 200);
+    let w = phone
+        .webhook_when(&webhook, |w| {
+            w["status"] == "processed" && w["history"].as_array().map(Vec::len) == Some(4)
+        })
+        .await;
+    assert!(
+        w["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("recorded before")),
+        "{w}"
+    );
+    assert_eq!(messages(&phone, &thread, 2).await.len(), 2);
     assert_eq!(phone.events("sms", "SmsReceived").await, 1);
 }
 
