@@ -34,6 +34,9 @@ use crate::store::CommandError;
 use crate::webhooks::routes::{Attributed, Processing};
 use crate::AppState;
 
+/// Transcripts a tenant's admins may ask for again in an hour.
+pub const ADMIN_RETRIES_PER_TENANT_PER_HOUR: i64 = 20;
+
 /// Files a command-api process sends to the transcription service at once.
 pub const TRANSCRIPTION_SLOTS: usize = 4;
 
@@ -382,6 +385,27 @@ async fn transcribe(
         if !who.administers(&tenant) {
             return Err(Problem::forbidden(
                 "Transcripts are asked for again by the tenant's admins.",
+            ));
+        }
+        // Each retry may send a file of up to 100 MiB for paid transcription again: a
+        // tenant asks so many times an hour.
+        let bucket = format!("audio-retries:{tenant}");
+        if let Some(retry_after) =
+            limits::over_limit(&state, &bucket, ADMIN_RETRIES_PER_TENANT_PER_HOUR)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?
+        {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "Too many transcripts asked for again this hour; retry in {retry_after} s."
+                ),
+            )
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&retry_after.to_string())
+                    .unwrap_or(HeaderValue::from_static("3600")),
             ));
         }
         let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());

@@ -1103,6 +1103,18 @@ async fn a_failed_transcript_is_asked_for_again_by_a_tenant_admin_only() {
     )
     .await;
     assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 1);
+    // A tenant's admins ask so many times an hour (each retry may be a paid transcript).
+    let mut answers = Vec::new();
+    for _ in 0..admin_retries_per_hour() {
+        answers.push(transcribe(studio.admin.clone()).await.status().as_u16());
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    assert!(answers.contains(&409), "{answers:?}");
+}
+
+/// More asks than a tenant's admins have an hour.
+fn admin_retries_per_hour() -> usize {
+    command_api::audio::routes::ADMIN_RETRIES_PER_TENANT_PER_HOUR as usize
 }
 
 /// A transcript of `words` words.
