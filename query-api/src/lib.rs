@@ -38,6 +38,8 @@ pub mod page;
 pub mod payments;
 /// Realtime: channel authorizer and client configuration.
 pub mod realtime;
+/// Whose rows a staff member reads.
+pub mod scope;
 /// Server-Sent Events of realtime events.
 pub mod stream;
 /// The calls of tenants' numbers.

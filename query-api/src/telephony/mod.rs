@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use crate::scope::staff_scope;
 use crate::{page, AppState};
 
 /// The routes.
@@ -52,23 +52,6 @@ const COLUMNS: &str = "id, call_sid, tenant_id, direction, from_number, to_numbe
                        missed, duration_secs, recording_sid, recording_url, started_at, \
                        updated_at, version";
 
-/// The tenant a staff member reads: their own; a super admin names one or reads all.
-fn staff_scope(who: &Principal, asked: Option<Uuid>) -> Result<Option<String>, Problem> {
-    match who {
-        _ if who.is_super_admin() => Ok(asked.map(|t| t.to_string())),
-        Principal::Admin {
-            tenant_id: Some(home),
-            ..
-        } => match asked {
-            Some(t) if t.to_string() != *home => Err(Problem::forbidden(
-                "You may only read your own tenant's calls.",
-            )),
-            _ => Ok(Some(home.clone())),
-        },
-        _ => Err(Problem::forbidden("Only the tenant's staff read calls.")),
-    }
-}
-
 /// Filters and page of the list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,7 +79,7 @@ async fn list(
     AuthUser(who): AuthUser,
     Query(params): Query<ListParams>,
 ) -> Result<Response, Problem> {
-    let tenant = staff_scope(&who, params.tenant_id)?;
+    let tenant = staff_scope(&who, params.tenant_id, "calls")?;
     let limit = page::limit(params.limit)?;
     let mut w = page::Conditions::after(0);
     w.text("tenant_id = ?", tenant);
@@ -129,7 +112,7 @@ async fn detail(
     Path(call_sid): Path<String>,
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found("no such call");
-    let tenant = staff_scope(&who, None)?;
+    let tenant = staff_scope(&who, None, "calls")?;
     let row: Option<CallView> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM calls WHERE call_sid = $1"))
             .bind(&call_sid)

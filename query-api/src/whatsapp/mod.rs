@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,6 +20,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::scope::staff_scope;
 use crate::{freshness, AppState};
 
 /// Most rows a list returns.
@@ -36,24 +36,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/whatsapp/messages/{id}", get(message))
         .route("/v1/whatsapp/messages/{id}/media", get(media))
         .route("/v1/whatsapp/contacts", get(contacts))
-}
-
-/// The tenant a staff member's list reads: a super admin's choice (all when `None`), a
-/// staff member's own tenant. Customers and services are refused.
-fn staff_scope(who: &Principal, asked: Option<Uuid>) -> Result<Option<String>, Problem> {
-    match who {
-        _ if who.is_super_admin() => Ok(asked.map(|t| t.to_string())),
-        Principal::Admin {
-            tenant_id: Some(home),
-            ..
-        } => match asked {
-            Some(t) if t.to_string() != *home => Err(Problem::forbidden(
-                "You may only read your own tenant's WhatsApp.",
-            )),
-            _ => Ok(Some(home.clone())),
-        },
-        _ => Err(Problem::forbidden("Only the tenant's staff read WhatsApp.")),
-    }
 }
 
 /// A session row.
@@ -153,7 +135,7 @@ async fn sessions(
     AuthUser(who): AuthUser,
     Query(params): Query<SessionsParams>,
 ) -> Result<Response, Problem> {
-    let tenant = staff_scope(&who, params.tenant_id)?;
+    let tenant = staff_scope(&who, params.tenant_id, "WhatsApp")?;
     let rows: Vec<SessionRow> = sqlx::query_as(&format!(
         "{SESSION_SELECT}
           WHERE ($1::text IS NULL OR s.tenant_id = $1)
@@ -391,7 +373,7 @@ async fn contacts(
     AuthUser(who): AuthUser,
     Query(params): Query<ContactsParams>,
 ) -> Result<Response, Problem> {
-    let tenant = staff_scope(&who, params.tenant_id)?;
+    let tenant = staff_scope(&who, params.tenant_id, "WhatsApp")?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_request(
