@@ -29,11 +29,30 @@ pub enum Credential<'a> {
     None,
 }
 
-/// An HTTP client giving a call `timeout`.
+/// Whether a file may be fetched from `url`: over HTTPS, or plain HTTP to this machine (a
+/// local provider stand-in). Provider URLs come in signed deliveries; this keeps
+/// credentials off the wire in clear and requests off other machines' plain-HTTP ports.
+pub fn fetchable(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")),
+        _ => false,
+    }
+}
+
+/// An HTTP client giving a call `timeout`, following at most 5 redirects and only to URLs
+/// that are [`fetchable`] (a redirect is no way around the rule).
 pub fn client(timeout: Duration) -> Result<reqwest::Client, MediaError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 5 || !fetchable(attempt.url()) {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(|e| MediaError::Transient(e.to_string()))
 }
@@ -66,6 +85,11 @@ pub async fn download(
     if matches!(status.as_u16(), 401 | 403) {
         return Err(MediaError::Unauthorized(format!(
             "the file's download answered {status}"
+        )));
+    }
+    if status.is_redirection() {
+        return Err(MediaError::Permanent(format!(
+            "the file's download answered {status}, to a URL that may not be fetched"
         )));
     }
     if status.is_client_error() && status.as_u16() != 429 {
@@ -126,4 +150,21 @@ fn too_large(limit: u64) -> MediaError {
     MediaError::Permanent(format!(
         "the file is larger than the limit of {limit} bytes for its kind"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fetchable;
+
+    #[test]
+    fn only_https_or_plain_http_to_this_machine_is_fetched() {
+        let url = |u: &str| reqwest::Url::parse(u).expect("url");
+        assert!(fetchable(&url("https://media.example/x")));
+        assert!(fetchable(&url("http://127.0.0.1:8080/x")));
+        assert!(fetchable(&url("http://localhost/x")));
+        assert!(!fetchable(&url("http://192.0.2.2/internal.jpg")));
+        assert!(!fetchable(&url("http://169.254.169.254/latest/meta-data")));
+        assert!(!fetchable(&url("ftp://media.example/x")));
+        assert!(!fetchable(&url("file:///etc/passwd")));
+    }
 }

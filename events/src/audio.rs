@@ -113,6 +113,11 @@ pub enum AudioEvent {
         error: String,
         /// When it is tried again.
         retry_at: DateTime<Utc>,
+        /// The file's URL at the service when it was uploaded but the transcript request's
+        /// answer was lost (a gateway error, a timeout): the next attempt looks for a
+        /// transcript the service made of it before requesting one again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unanswered_upload: Option<String>,
     },
     /// Requesting the transcript was given up (the service stayed unreachable, refused the
     /// file, or is not configured).

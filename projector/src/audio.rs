@@ -128,6 +128,7 @@ impl Projection for AudioProjection {
                 attempt,
                 error,
                 retry_at,
+                ..
             } => {
                 sqlx::query(&update(
                     "status = 'retrying', attempts = $4, last_error = $5, next_attempt_at = $6",

@@ -68,17 +68,22 @@ pub enum AudioCommand {
     RecordRequestFailure {
         /// Why.
         error: String,
+        /// The file's URL at the service, when it was uploaded and the transcript request's
+        /// answer was lost (the service may have made a transcript of it).
+        unanswered_upload: Option<String>,
         /// Whether to give up now.
         permanent: bool,
         /// When.
         at: DateTime<Utc>,
     },
-    /// A due check found transcript `transcript_id` not final, or could not ask (`error`).
+    /// A check found transcript `transcript_id` not final, or could not ask (`error`).
     RecordCheck {
         /// The service's id.
         transcript_id: String,
         /// Why the service could not be asked.
         error: Option<String>,
+        /// An admin's check: now, whenever the next one is due.
+        forced: bool,
         /// When.
         at: DateTime<Utc>,
     },
@@ -165,6 +170,13 @@ pub struct Audio {
     status: Status,
     /// The service's transcript id, once requested.
     transcript_id: Option<String>,
+    /// Every transcript id the file has had (a retry requests a new one): a webhook or a
+    /// replay naming an earlier one is never taken for the current request.
+    past_transcripts: Vec<String>,
+    /// The service's URL of the file uploaded by a request whose answer was lost (a
+    /// gateway error or a timeout after the upload): the next attempt first looks for a
+    /// transcript the service made of it, and sends it again without a new upload.
+    unanswered_upload: Option<String>,
     /// Failed request attempts.
     attempts: u32,
     /// When the next request attempt is due.
@@ -223,6 +235,11 @@ impl Audio {
     /// The transcript's text (its preview when [`Audio::stored`]), once completed.
     pub fn text(&self) -> Option<&str> {
         self.text.as_deref()
+    }
+
+    /// The service's URL of a file whose transcript request went unanswered.
+    pub fn unanswered_upload(&self) -> Option<&str> {
+        self.unanswered_upload.as_deref()
     }
 
     /// Where the whole transcript is, when it was too large for its event.
@@ -305,11 +322,13 @@ impl Audio {
             // webhook) — once; a later answer or webhook naming another transcript changes
             // nothing.
             AudioCommand::RecordRequest { transcript_id, at } => {
-                matches!(self.status, Status::Requesting | Status::Uploaded)
-                    .then_some(AudioEvent::TranscriptRequested { transcript_id, at })
+                (matches!(self.status, Status::Requesting | Status::Uploaded)
+                    && !self.past_transcripts.contains(&transcript_id))
+                .then_some(AudioEvent::TranscriptRequested { transcript_id, at })
             }
             AudioCommand::RecordRequestFailure {
                 error,
+                unanswered_upload,
                 permanent,
                 at,
             } => {
@@ -328,15 +347,17 @@ impl Audio {
                         attempt,
                         error,
                         retry_at: at + retry_delay(attempt),
+                        unanswered_upload,
                     }
                 })
             }
             AudioCommand::RecordCheck {
                 transcript_id,
                 error,
+                forced,
                 at,
             } => {
-                if !self.awaits(&transcript_id) || !self.check_due(at) {
+                if !self.awaits(&transcript_id) || !(forced || self.check_due(at)) {
                     return Ok(None);
                 }
                 let error = error.map(|e| e.chars().take(500).collect::<String>());
@@ -443,6 +464,7 @@ impl Aggregate for Audio {
                 self.lease_until = Some(until);
             }
             AudioEvent::TranscriptionRetried { .. } => {
+                self.unanswered_upload = None;
                 self.status = Status::Uploaded;
                 self.attempts = 0;
                 self.retry_at = None;
@@ -453,6 +475,8 @@ impl Aggregate for Audio {
                 self.check_at = None;
             }
             AudioEvent::TranscriptRequested { transcript_id, at } => {
+                self.past_transcripts.push(transcript_id.clone());
+                self.unanswered_upload = None;
                 self.transcript_id = Some(transcript_id);
                 self.status = Status::Requested;
                 self.lease_until = None;
@@ -461,8 +485,14 @@ impl Aggregate for Audio {
                 self.check_at = Some(at + FIRST_CHECK);
             }
             AudioEvent::TranscriptionAttemptFailed {
-                attempt, retry_at, ..
+                attempt,
+                retry_at,
+                unanswered_upload,
+                ..
             } => {
+                if unanswered_upload.is_some() {
+                    self.unanswered_upload = unanswered_upload;
+                }
                 self.status = Status::Uploaded;
                 self.lease_until = None;
                 self.attempts = attempt;
@@ -552,6 +582,7 @@ mod tests {
     fn failure(minutes: i64, permanent: bool) -> AudioCommand {
         AudioCommand::RecordRequestFailure {
             error: "down".into(),
+            unanswered_upload: None,
             permanent,
             at: t0() + Duration::minutes(minutes),
         }
@@ -578,6 +609,7 @@ mod tests {
             attempt: 1,
             error: "timed out".into(),
             retry_at: t0() + Duration::minutes(5),
+            unanswered_upload: None,
         };
         framework()
             .given(vec![uploaded(), started(0, 1), timed_out])
@@ -586,6 +618,29 @@ mod tests {
                 at: t0(),
             })
             .then_expect_events(vec![requested()]);
+        // A transcript the file had before (a replayed webhook of a failed one, after an
+        // admin asked again) is never taken for the current request.
+        framework()
+            .given(vec![
+                uploaded(),
+                requested(),
+                AudioEvent::TranscriptFailed {
+                    transcript_id: "tr-1".into(),
+                    error: "bad audio".into(),
+                    webhook_id: None,
+                    at: t0(),
+                },
+                AudioEvent::TranscriptionRetried {
+                    by: "admin-1".into(),
+                    at: t0(),
+                },
+                started(0, 1),
+            ])
+            .when(AudioCommand::RecordRequest {
+                transcript_id: "tr-1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![]);
         // Failed for good, or finished: nothing to adopt.
         framework()
             .given(vec![
@@ -647,6 +702,7 @@ mod tests {
             attempt: 3,
             error: "down".into(),
             retry_at: t0() + Duration::minutes(5),
+            unanswered_upload: None,
         };
         framework()
             .given(vec![uploaded(), waiting])
@@ -673,6 +729,7 @@ mod tests {
         let check = |minutes: i64, error: Option<&str>| AudioCommand::RecordCheck {
             transcript_id: "tr-1".into(),
             error: error.map(str::to_owned),
+            forced: false,
             at: t0() + Duration::minutes(minutes),
         };
         // Not before the first check is due.
@@ -696,6 +753,7 @@ mod tests {
             .when(AudioCommand::RecordCheck {
                 transcript_id: "tr-2".into(),
                 error: None,
+                forced: false,
                 at: t0() + Duration::hours(1),
             })
             .then_expect_events(vec![]);
@@ -743,11 +801,13 @@ mod tests {
                 attempt: 1,
                 error: "down".into(),
                 retry_at: t0() + retry_delay(1),
+                unanswered_upload: None,
             }]);
         let first = AudioEvent::TranscriptionAttemptFailed {
             attempt: 1,
             error: "down".into(),
             retry_at: t0() + retry_delay(1),
+            unanswered_upload: None,
         };
         // Before its retry time, nothing is started and no failure recorded.
         framework()
@@ -764,6 +824,7 @@ mod tests {
                 attempt,
                 error: "down".into(),
                 retry_at: t0() + Duration::minutes(attempt as i64 * 10),
+                unanswered_upload: None,
             });
         }
         framework()

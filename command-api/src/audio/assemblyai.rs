@@ -52,6 +52,22 @@ pub struct Transcript {
     pub confidence: Option<f64>,
     /// The error, when it failed.
     pub error: Option<String>,
+    /// The webhook URL the request named (it names the audio file).
+    pub webhook_url: Option<String>,
+}
+
+impl Transcript {
+    /// Whether this transcript was requested for audio file `audio_id` (its webhook URL's
+    /// `audio_id`).
+    pub fn is_for(&self, audio_id: &str) -> bool {
+        self.webhook_url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .is_some_and(|u| {
+                u.query_pairs()
+                    .any(|(k, v)| k == "audio_id" && v == audio_id)
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,6 +92,8 @@ struct RawTranscript {
     confidence: Option<f64>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    webhook_url: Option<String>,
 }
 
 /// The AssemblyAI client.
@@ -188,6 +206,29 @@ impl AssemblyAi {
             .ok_or_else(|| ServiceError::Unavailable("no transcript id in the answer".into()))
     }
 
+    /// The transcript the service made of the file it keeps at `audio_url`, if any: `GET
+    /// /v2/transcript?limit=200` (the newest first) — a request whose answer was lost is
+    /// recent.
+    pub async fn find_transcript(&self, audio_url: &str) -> Result<Option<String>, ServiceError> {
+        let response = self
+            .http
+            .get(self.url("/v2/transcript"))
+            .query(&[("limit", "200")])
+            .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let page = Self::json(response).await?;
+        Ok(page["transcripts"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|t| t["audio_url"].as_str() == Some(audio_url))
+                .and_then(|t| t["id"].as_str())
+                .map(str::to_owned)
+        }))
+    }
+
     /// `GET /v2/transcript/{id}`.
     pub async fn transcript(&self, id: &str) -> Result<Transcript, ServiceError> {
         let response = self
@@ -217,6 +258,7 @@ impl AssemblyAi {
             language: raw.language_code,
             confidence: raw.confidence,
             error: raw.error,
+            webhook_url: raw.webhook_url,
         })
     }
 }

@@ -387,6 +387,16 @@ async fn transcribe(
                 "Transcripts are asked for again by the tenant's admins.",
             ));
         }
+        match audio.status() {
+            Status::Completed => return Err(AudioError::AlreadyTranscribed.problem()),
+            // Under way: nothing to ask, and nothing counted.
+            Status::Requesting => {
+                return Ok(
+                    Json(json!({"id": id, "status": status_name(audio.status())})).into_response(),
+                )
+            }
+            _ => {}
+        }
         // Each retry may send a file of up to 100 MiB for paid transcription again: a
         // tenant asks so many times an hour.
         let bucket = format!("audio-retries:{tenant}");
@@ -418,8 +428,9 @@ async fn transcribe(
         audio = state.audio.load(&id).await?;
     }
     let metadata = ids.metadata(&tenant, "transcriber", ActorKind::System);
-    let worked = if audio.check_due(now) {
-        Some(check(&state, &id, &audio, &metadata).await?)
+    let forced = version.is_some() && audio.status() == Status::Requested;
+    let worked = if forced || audio.check_due(now) {
+        Some(check(&state, &id, &audio, forced, &metadata).await?)
     } else if audio.due(now) {
         start(&state, &id, &audio, &metadata).await?
     } else {
@@ -476,11 +487,15 @@ async fn start(
                 transcript_id,
                 at: state.clock.now(),
             },
-            Err(e) => {
-                tracing::warn!(audio_id = %id, error = %e, "transcript request failed");
+            Err(RequestFailure {
+                error,
+                unanswered_upload,
+            }) => {
+                tracing::warn!(audio_id = %id, %error, "transcript request failed");
                 AudioCommand::RecordRequestFailure {
-                    permanent: matches!(e, ServiceError::Refused(_)),
-                    error: e.to_string(),
+                    permanent: matches!(error, ServiceError::Refused(_)),
+                    error: error.to_string(),
+                    unanswered_upload,
                     at: state.clock.now(),
                 }
             }
@@ -495,22 +510,24 @@ async fn start(
     Ok(Some(claim.version))
 }
 
-/// Asks the service about a requested transcript no webhook has finished: finishes it, or
-/// records the check (not final yet, or the service could not be asked, and why).
+/// Asks the service about a requested transcript no webhook has finished (`forced`: an
+/// admin's, now): finishes it; fails it when the service does not know it (deleted, or never
+/// made: the file can be asked for again); or records the check (not final yet, or the
+/// service could not be asked, and why).
 async fn check(
     state: &AppState,
     id: &str,
     audio: &Audio,
+    forced: bool,
     metadata: &Metadata,
 ) -> Result<u64, Problem> {
     let transcript_id = audio.transcript_id().unwrap_or_default().to_owned();
     let at = state.clock.now();
     let looked = match &state.assemblyai {
-        None => Err("transcription is not configured".to_owned()),
-        Some(client) => client
-            .transcript(&transcript_id)
-            .await
-            .map_err(|e| e.to_string()),
+        None => Err(ServiceError::Unavailable(
+            "transcription is not configured".to_owned(),
+        )),
+        Some(client) => client.transcript(&transcript_id).await,
     };
     let command = match looked {
         Ok(t) if matches!(t.status.as_str(), "completed" | "error") => {
@@ -521,13 +538,21 @@ async fn check(
         Ok(_) => AudioCommand::RecordCheck {
             transcript_id,
             error: None,
+            forced,
+            at,
+        },
+        Err(ServiceError::Refused(error)) => AudioCommand::Fail {
+            transcript_id,
+            error: format!("the service does not know the transcript: {error}"),
+            webhook_id: None,
             at,
         },
         Err(error) => {
             tracing::warn!(audio_id = %id, %error, "transcript check failed");
             AudioCommand::RecordCheck {
                 transcript_id,
-                error: Some(error),
+                error: Some(error.to_string()),
+                forced,
                 at,
             }
         }
@@ -630,27 +655,77 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+/// Why a request failed, and the file's URL at the service when it was uploaded but the
+/// transcript request's answer was lost (the service may have made a transcript of it).
+struct RequestFailure {
+    error: ServiceError,
+    unanswered_upload: Option<String>,
+}
+
+impl From<ServiceError> for RequestFailure {
+    fn from(error: ServiceError) -> Self {
+        Self {
+            error,
+            unanswered_upload: None,
+        }
+    }
+}
+
 /// Sends the file to AssemblyAI, streamed from the blob store, and asks for its transcript.
-async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, ServiceError> {
+/// After an attempt whose answer was lost, first looks for the transcript the service may
+/// have made of the file it has, and asks again for that file without a new upload.
+async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, RequestFailure> {
     let Some(client) = &state.assemblyai else {
         return Err(ServiceError::Refused(
             "transcription is not configured (ASSEMBLYAI_API_KEY and BACKEND_URL)".into(),
-        ));
+        )
+        .into());
     };
-    let (object_key, _, _) = audio.file();
-    let file = state
-        .blobs
-        .get(&object_store::path::Path::from(object_key))
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                ServiceError::Refused("the audio file is missing from the blob store".into())
+    let upload_url = match audio.unanswered_upload() {
+        Some(url) => {
+            let kept = |error: ServiceError| RequestFailure {
+                error,
+                unanswered_upload: Some(url.to_owned()),
+            };
+            if let Some(found) = client.find_transcript(url).await.map_err(kept)? {
+                return Ok(found);
             }
-            other => ServiceError::Unavailable(format!("blob store: {other}")),
-        })?;
-    let body = reqwest::Body::wrap_stream(file.into_stream().map_err(std::io::Error::other));
-    let upload_url = client.upload(body).await?;
-    client.request_transcript(&upload_url, id).await
+            url.to_owned()
+        }
+        None => {
+            let (object_key, _, _) = audio.file();
+            let file = state
+                .blobs
+                .get(&object_store::path::Path::from(object_key))
+                .await
+                .map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => ServiceError::Refused(
+                        "the audio file is missing from the blob store".into(),
+                    ),
+                    other => ServiceError::Unavailable(format!("blob store: {other}")),
+                })?;
+            let body =
+                reqwest::Body::wrap_stream(file.into_stream().map_err(std::io::Error::other));
+            client.upload(body).await?
+        }
+    };
+    let reused = audio.unanswered_upload().is_some();
+    client
+        .request_transcript(&upload_url, id)
+        .await
+        .map_err(|error| match error {
+            // No answer, or a failing one: the service may have accepted.
+            ServiceError::Unavailable(_) => RequestFailure {
+                error,
+                unanswered_upload: Some(upload_url.clone()),
+            },
+            // The service no longer has the file uploaded before: upload it again next
+            // time rather than give up.
+            ServiceError::Refused(e) if reused => {
+                ServiceError::Unavailable(format!("the earlier upload is gone: {e}")).into()
+            }
+            error => error.into(),
+        })
 }
 
 /// The whole text of a completed transcript: from its event, or from the blob store when
@@ -825,11 +900,28 @@ pub(crate) async fn process_webhook(
         payment_id: None,
         tenant_id: tenant.clone(),
     });
-    // The service's signed word that it is transcribing this file: recorded if no request
-    // outcome is — the webhook came before the answer to the request, or the answer was
-    // lost (a timeout after the service accepted, a crash): the transcript the file already
-    // has is kept instead of a second one being requested and billed.
-    if matches!(audio.status(), Status::Requesting | Status::Uploaded) {
+    let Some(client) = &state.assemblyai else {
+        return Processing::Retry("transcription is not configured".into());
+    };
+    let transcript = match client.transcript(transcript_id).await {
+        Ok(t) => t,
+        Err(ServiceError::Refused(_)) => {
+            return Processing::Done(Outcome::Ignored, attributed, "unknown transcript".into())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "assemblyai unavailable");
+            return Processing::Retry(e.to_string());
+        }
+    };
+    // A transcript the service made of this file (its request named the file) while no
+    // request outcome is recorded — the webhook came before the answer, or the answer was
+    // lost (a timeout after the service accepted, a crash): recorded for the current
+    // request, so the transcript the file has is kept instead of a second one requested
+    // and billed. One the file had before (a replayed webhook) is not (the aggregate keeps
+    // every transcript id it had).
+    if matches!(audio.status(), Status::Requesting | Status::Uploaded)
+        && transcript.is_for(audio_id)
+    {
         let adopt = AudioCommand::RecordRequest {
             transcript_id: transcript_id.to_owned(),
             at: state.clock.now(),
@@ -846,19 +938,6 @@ pub(crate) async fn process_webhook(
     let audio = match state.audio.load(audio_id).await {
         Ok(a) => a,
         Err(_) => return Processing::Retry("event store unavailable".into()),
-    };
-    let Some(client) = &state.assemblyai else {
-        return Processing::Retry("transcription is not configured".into());
-    };
-    let transcript = match client.transcript(transcript_id).await {
-        Ok(t) => t,
-        Err(ServiceError::Refused(_)) => {
-            return Processing::Done(Outcome::Ignored, attributed, "unknown transcript".into())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "assemblyai unavailable");
-            return Processing::Retry(e.to_string());
-        }
     };
     if !matches!(transcript.status.as_str(), "completed" | "error") {
         // Not final yet (an early or out-of-order webhook): look again later.

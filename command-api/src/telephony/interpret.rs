@@ -49,12 +49,26 @@ fn media_field(name: &str) -> bool {
 pub fn form_payload(params: &[(String, String)]) -> Value {
     let mut map = Map::new();
     for (k, v) in params {
-        if FORM_KEPT.contains(&k.as_str()) || media_field(k) {
-            map.insert(k.clone(), Value::String(v.replace('\0', "\u{fffd}")));
+        if !(FORM_KEPT.contains(&k.as_str()) || media_field(k)) {
+            continue;
         }
+        // Kept as far as anything reads them: a body to the provider's maximum; any other
+        // value longer than a URL can usefully be is no value the platform uses.
+        let v = if k == "Body" {
+            v.chars().take(MAX_SMS_CHARS).collect()
+        } else if v.len() > MAX_FIELD_BYTES {
+            continue;
+        } else {
+            v.clone()
+        };
+        map.insert(k.clone(), Value::String(v.replace('\0', "\u{fffd}")));
     }
     Value::Object(map)
 }
+
+/// The longest value other than the body kept of a form callback (a media URL is the
+/// longest the platform reads).
+const MAX_FIELD_BYTES: usize = 2_048;
 
 /// Of a JSON callback: its type and the ids and states of what it is about.
 pub fn json_payload(body: &Value) -> Value {
@@ -74,6 +88,8 @@ pub fn json_payload(body: &Value) -> Value {
         let kept: Map<String, Value> = params
             .iter()
             .filter(|(k, _)| k.ends_with("_id") || k.ends_with("_state") || *k == "direction")
+            // Ids and states are short strings; anything else is no id.
+            .filter(|(_, v)| v.as_str().is_some_and(|v| v.len() <= 256))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         map.insert("params".into(), Value::Object(kept));

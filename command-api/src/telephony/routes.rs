@@ -353,20 +353,6 @@ const MMS_FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 /// with back-off) instead of holding the webhook queue.
 const MMS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
 
-/// Whether an MMS file may be fetched from `url`: over HTTPS, or plain HTTP to this machine
-/// (a local provider stand-in). The URL comes in a signed callback; this keeps the
-/// project's credentials off the wire in clear and off other machines' plain-HTTP ports.
-fn fetchable(url: &str) -> bool {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    match parsed.scheme() {
-        "https" => true,
-        "http" => matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")),
-        _ => false,
-    }
-}
-
 /// Fetches the files an MMS names into the tenant's blob store
 /// (`tenants/{tenant}/sms/{stream's UUID}/{n}`): what was stored, in order. A file gone, too
 /// large, refused to the credentials or at a URL that may not be fetched is left out
@@ -386,7 +372,7 @@ async fn fetch_media(
     let fetch_all = async {
         let mut stored = Vec::new();
         for (n, (url, declared)) in urls.iter().enumerate() {
-            if !fetchable(url) {
+            if !reqwest::Url::parse(url).is_ok_and(|u| crate::media::fetchable(&u)) {
                 tracing::warn!(stream, n, "an MMS file's URL is not HTTPS: left out");
                 continue;
             }

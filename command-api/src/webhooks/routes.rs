@@ -30,6 +30,8 @@ use crate::AppState;
 
 /// The largest webhook body accepted (Stripe's events stay far below it).
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// The most a received webhook's kept fields may take, as JSON.
+const MAX_KEPT_PAYLOAD_BYTES: usize = 384 * 1024;
 /// Rejections kept in the log.
 const REJECTIONS_KEPT: i64 = 1_000;
 /// Rejections of one provider for one reason logged per minute: past it a flood is only
@@ -213,8 +215,19 @@ fn body_shape(body: &[u8]) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
         return format!("json keys: {}", names(map.keys().cloned().collect()));
     }
+    // A form only if every name is one (letters, digits, `_.-[]`, at most 64): other text
+    // read as a form would show its words as "names" — a refused plain-text or broken JSON
+    // body's content.
+    let name_like = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b))
+    };
     if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
-        if !form.is_empty() && std::str::from_utf8(body).is_ok() {
+        if !form.is_empty()
+            && std::str::from_utf8(body).is_ok()
+            && form.iter().all(|(k, _)| name_like(k))
+        {
             return format!(
                 "form fields: {}",
                 names(form.into_iter().map(|(k, _)| k).collect())
@@ -390,6 +403,16 @@ pub(crate) async fn receive_item(
 ) -> Result<(String, bool), Problem> {
     let identity = interpret::identify(provider, &payload)
         .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
+    // What is kept of a webhook is what processing needs: far below what an event may hold.
+    // A signed body keeping more (a 700 KB field) is the provider's mistake, answered 413
+    // so that it is not retried as a failure of ours.
+    if events::jsonb::encoded_len(&payload) > MAX_KEPT_PAYLOAD_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The webhook's fields are larger than any this provider sends.",
+        ));
+    }
     let id = webhook_id(provider, &identity.provider_event_id);
     // Attributed to the tenant of the payment it names, or of the number it concerns.
     let tenant = match (&identity.payment_id, provider) {
@@ -897,4 +920,34 @@ async fn replay_rejection(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_shape;
+
+    #[test]
+    fn a_refused_body_shows_its_shape_never_its_values() {
+        assert_eq!(
+            body_shape(br#"{"customer_email":"jane@example.com","name":"Jane"}"#),
+            "json keys: customer_email, name"
+        );
+        assert_eq!(
+            body_shape(b"Body=Hello&From=%2B1555"),
+            "form fields: Body, From"
+        );
+        // Broken JSON, plain text, XML: no names, so nothing of them.
+        for text in [
+            &br#"{"customer_email":"jane.doe@example.com","name":"Jane Doe","card"#[..],
+            b"her card is 4242424242424242, exp 12/30",
+            b"<xml><email>jane@example.com</email></xml>",
+        ] {
+            assert_eq!(
+                body_shape(text),
+                "unparsed",
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
 }

@@ -113,6 +113,10 @@ async fn detail(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::not_found("no such call");
     let tenant = staff_scope(&who, None, "calls")?;
+    // No call id holds a NUL (which PostgreSQL refuses) or runs this long.
+    if call_sid.contains('\0') || call_sid.len() > 256 {
+        return Err(not_found());
+    }
     let row: Option<CallView> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM calls WHERE call_sid = $1"))
             .bind(&call_sid)

@@ -175,6 +175,13 @@ impl Respond for CallsBack {
     }
 }
 
+/// [`transcript_json`] as the service describes a transcript requested for audio file `id`.
+fn transcript_json_for(id: &str, status: &str) -> Value {
+    let mut t = transcript_json(status);
+    t["webhook_url"] = json!(format!("{BACKEND}/api/webhooks/assemblyai?audio_id={id}"));
+    t
+}
+
 fn transcript_json(status: &str) -> Value {
     json!({
         "id": "tr_1", "status": status, "language_code": "en", "confidence": 0.93,
@@ -930,12 +937,14 @@ async fn webhook_before_the_answer(status: u16) {
         })
         .mount(&assemblyai)
         .await;
+    let id = uploaded(&studio).await;
     Mock::given(method("GET"))
         .and(path("/v2/transcript/tr_1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(transcript_json_for(&id, "completed")),
+        )
         .mount(&assemblyai)
         .await;
-    let id = uploaded(&studio).await;
     studio
         .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
         .await;
@@ -1103,13 +1112,58 @@ async fn a_failed_transcript_is_asked_for_again_by_a_tenant_admin_only() {
     )
     .await;
     assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 1);
-    // A tenant's admins ask so many times an hour (each retry may be a paid transcript).
-    let mut answers = Vec::new();
+    // Asking about a completed file costs nothing of the hour's budget...
     for _ in 0..admin_retries_per_hour() {
-        answers.push(transcribe(studio.admin.clone()).await.status().as_u16());
+        assert_eq!(transcribe(studio.admin.clone()).await.status(), 409);
+    }
+    // ...but a tenant's admins ask again so many times an hour (each retry may be a paid
+    // transcript): a file whose requests keep failing.
+    let failing = Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "bad file"})))
+        .with_priority(1)
+        .mount_as_scoped(&assemblyai)
+        .await;
+    let other = uploaded(&studio).await;
+    let ask = || {
+        let url = studio.api.url(&format!("/v1/audio/{other}/transcribe"));
+        let http = studio.env.http.clone();
+        let token = studio.admin.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    let mut answers = Vec::new();
+    for n in 1..=admin_retries_per_hour() + 1 {
+        // Each ask after the last one's outcome is recorded (one under way costs nothing).
+        studio
+            .audio_when(&other, "the attempt's outcome", |a| {
+                a["status"] == "uploaded" || a["status"] == "failed"
+            })
+            .await;
+        let r = ask().await;
+        let status = r.status().as_u16();
+        answers.push(status);
+        if status == 429 {
+            // The one ask before, and these: the 409s above counted nothing.
+            assert_eq!(n, admin_retries_per_hour(), "{answers:?}");
+            break;
+        }
+        let claimed = r.json::<Value>().await.expect("json")["version"]
+            .as_i64()
+            .expect("version");
+        studio
+            .audio_when(&other, "a failed attempt", |a| {
+                a["status"] == "failed" && a["version"].as_i64() > Some(claimed)
+            })
+            .await;
     }
     assert_eq!(answers.last(), Some(&429), "{answers:?}");
-    assert!(answers.contains(&409), "{answers:?}");
+    drop(failing);
 }
 
 /// More asks than a tenant's admins have an hour.
@@ -1264,5 +1318,123 @@ async fn a_transcript_too_large_for_an_event_is_kept_whole_and_posted_in_parts()
             .filter(|m| m["attachment"]["content_type"] == "audio/wav")
             .count(),
         1
+    );
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_found_at_the_service_not_requested_again() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    // The service accepts the request, but the answer is lost (a gateway error); no
+    // webhook comes in time.
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript"))
+        .and(wiremock::matchers::query_param("limit", "200"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "page_details": {"limit": 200, "result_count": 2},
+            "transcripts": [
+                {"id": "tr_other", "status": "completed", "audio_url": "https://cdn.assemblyai.com/upload/other"},
+                {"id": "tr_1", "status": "processing", "audio_url": "https://cdn.assemblyai.com/upload/abc"}
+            ]
+        })))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "the lost answer", |a| a["status"] == "retrying")
+        .await;
+    clock.advance(chrono::Duration::minutes(1));
+    studio.step_once(&studio.transcriptions).await;
+    let found = studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    assert_eq!(found["transcript_id"], "tr_1", "{found}");
+    assert_eq!(
+        requests_to(&assemblyai, "POST", "/v2/upload").await,
+        1,
+        "not uploaded again"
+    );
+    assert_eq!(
+        requests_to(&assemblyai, "POST", "/v2/transcript").await,
+        1,
+        "not requested again"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_for_a_transcript_the_service_does_not_have_takes_nothing_over() {
+    let assemblyai = MockServer::start().await;
+    accepts_uploads(&assemblyai).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .mount(&assemblyai)
+        .await;
+    // The service knows neither the transcript the webhook names nor, as it turns out,
+    // the one the file requested (deleted at the service).
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_forged"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "not found"})))
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": "not found"})))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    let webhook = studio
+        .webhook(&id, "tr_forged", "completed", HOOK_SECRET)
+        .await;
+    let webhook = webhook.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio.step_once(&studio.webhooks).await;
+    let root = studio.env.super_admin();
+    let w = eventually(Duration::from_secs(20), "the webhook", || async {
+        let w = studio
+            .env
+            .get_json(&studio.query.url(&format!("/v1/webhooks/{webhook}")), &root)
+            .await;
+        (w["status"] == "processed").then_some(w)
+    })
+    .await;
+    assert_eq!(w["outcome"], "ignored", "{w}");
+    let audio = studio.audio_when(&id, "unchanged", |_| true).await;
+    assert_eq!(audio["status"], "uploaded", "{audio}");
+    assert_eq!(audio["transcript_id"], Value::Null);
+    // Its own request goes on; the check finds the service does not know it: failed, and
+    // an admin can ask again.
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    clock.advance(chrono::Duration::minutes(10));
+    studio.step_once(&studio.transcriptions).await;
+    let failed = studio
+        .audio_when(&id, "failed", |a| a["status"] == "failed")
+        .await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not know")),
+        "{failed}"
     );
 }

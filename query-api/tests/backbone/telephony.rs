@@ -901,6 +901,14 @@ async fn an_mms_brings_its_files_into_the_thread() {
         .respond_with(ResponseTemplate::new(404))
         .mount(&media)
         .await;
+    // A redirect to another machine's plain HTTP: not followed, left out.
+    Mock::given(method("GET"))
+        .and(path("/media/ME4"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", "http://192.0.2.2/internal.jpg"),
+        )
+        .mount(&media)
+        .await;
     let env = TestEnv::new().await;
     let mut config = env.command_config();
     config.signalwire_signing_key = vec![SIGNING_KEY.into()];
@@ -928,16 +936,18 @@ async fn an_mms_brings_its_files_into_the_thread() {
         format!("{}/media/ME1", media.uri()),
         format!("{}/media/ME2", media.uri()),
         format!("{}/media/ME3", media.uri()),
+        format!("{}/media/ME4", media.uri()),
     ];
     let mut params = inbound("MMone", OURS);
     params.retain(|(k, _)| !matches!(*k, "NumMedia" | "Body"));
     params.extend([
         ("Body", " "),
-        ("NumMedia", "3"),
+        ("NumMedia", "4"),
         ("MediaUrl0", urls[0].as_str()),
         ("MediaContentType0", "image/jpeg"),
         ("MediaUrl1", urls[1].as_str()),
         ("MediaUrl2", urls[2].as_str()),
+        ("MediaUrl3", urls[3].as_str()),
     ]);
     let webhook = id_of(phone.signed(&params).await).await;
     phone
@@ -1072,6 +1082,43 @@ async fn calls_are_listed_missed_ones_found_and_recordings_kept() {
         .await
         .expect("sent");
     expect_problem(r, 404, "not_found").await;
+    let r = phone
+        .env
+        .http
+        .get(phone.query.url("/v1/telephony/calls/%00"))
+        .bearer_auth(&phone.admin)
+        .send()
+        .await
+        .expect("sent");
+    expect_problem(r, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_signed_callback_with_oversized_fields_keeps_what_is_read_and_never_fails() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    // Inside the 1 MiB body limit once form-encoded, past what an event holds as kept.
+    let long = "é".repeat(60_000);
+    let huge_url = format!("https://media.example/{}", "x".repeat(420_000));
+    let mut params = inbound("SMhuge", OURS);
+    params.retain(|(k, _)| !matches!(*k, "Body" | "NumMedia"));
+    params.extend([
+        ("Body", long.as_str()),
+        ("NumMedia", "1"),
+        ("MediaUrl0", huge_url.as_str()),
+    ]);
+    let webhook = id_of(phone.signed(&params).await).await;
+    let w = phone
+        .webhook_when(&webhook, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "applied", "{w}");
+    let thread = thread_of(&phone, "+15551230001").await;
+    let got = messages(&phone, &thread, 1).await;
+    assert_eq!(
+        got[0]["text"].as_str().map(|t| t.chars().count()),
+        Some(1_600),
+        "cut at the provider's maximum"
+    );
 }
 
 /// A callback belongs to the tenant it arrived for. After the number moves from one tenant
