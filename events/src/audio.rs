@@ -90,6 +90,15 @@ pub enum AudioEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The file was uploaded to the service for the request under way (`upload_url`, the
+    /// service's URL of it): should the request's outcome never be recorded (its process
+    /// died), the next attempt looks for a transcript of that upload before asking again.
+    TranscriptionUploaded {
+        /// The service's URL of the file.
+        upload_url: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// An admin asked for the transcript again (after it failed, or at once while retries
     /// wait): attempts start again from the first.
     TranscriptionRetried {
@@ -184,6 +193,7 @@ impl DomainEvent for AudioEvent {
         match self {
             AudioEvent::AudioUploaded { .. } => "AudioUploaded",
             AudioEvent::TranscriptionStarted { .. } => "TranscriptionStarted",
+            AudioEvent::TranscriptionUploaded { .. } => "TranscriptionUploaded",
             AudioEvent::TranscriptionRetried { .. } => "TranscriptionRetried",
             AudioEvent::TranscriptRequested { .. } => "TranscriptRequested",
             AudioEvent::TranscriptChecked { .. } => "TranscriptChecked",

@@ -81,6 +81,15 @@ impl Projection for AudioProjection {
                     .execute(&mut *conn)
                     .await?;
             }
+            // The row stays as it is (requesting, due when the claim lapses).
+            AudioEvent::TranscriptionUploaded { .. } => {
+                sqlx::query(&update("status = status"))
+                    .bind(id)
+                    .bind(recorded)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             AudioEvent::TranscriptionRetried { at, .. } => {
                 sqlx::query(&update(
                     "status = 'uploaded', attempts = 0, checks = 0, last_error = NULL,

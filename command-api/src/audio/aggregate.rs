@@ -50,6 +50,13 @@ pub enum AudioCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The file was uploaded to the service for the request under way.
+    RecordUpload {
+        /// The service's URL of it.
+        upload_url: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// An admin asks for the transcript again.
     Retry {
         /// Who.
@@ -173,9 +180,10 @@ pub struct Audio {
     /// Every transcript id the file has had (a retry requests a new one): a webhook or a
     /// replay naming an earlier one is never taken for the current request.
     past_transcripts: Vec<String>,
-    /// The service's URL of the file uploaded by a request whose answer was lost (a
-    /// gateway error or a timeout after the upload): the next attempt first looks for a
-    /// transcript the service made of it, and sends it again without a new upload.
+    /// The service's URL of the file uploaded by a request whose outcome is not known (under
+    /// way; its process died; its answer lost to a gateway error or a timeout): the next
+    /// attempt first looks for a transcript the service made of it, and sends it again
+    /// without a new upload.
     unanswered_upload: Option<String>,
     /// Failed request attempts.
     attempts: u32,
@@ -307,6 +315,9 @@ impl Audio {
                     at,
                 })
             }
+            AudioCommand::RecordUpload { upload_url, at } => (self.status == Status::Requesting
+                && self.unanswered_upload.as_deref() != Some(upload_url.as_str()))
+            .then_some(AudioEvent::TranscriptionUploaded { upload_url, at }),
             AudioCommand::Retry { by, at } => match self.status {
                 Status::Completed => return Err(AudioError::AlreadyTranscribed),
                 Status::Failed => Some(AudioEvent::TranscriptionRetried { by, at }),
@@ -463,6 +474,9 @@ impl Aggregate for Audio {
                 self.status = Status::Requesting;
                 self.lease_until = Some(until);
             }
+            AudioEvent::TranscriptionUploaded { upload_url, .. } => {
+                self.unanswered_upload = Some(upload_url);
+            }
             AudioEvent::TranscriptionRetried { .. } => {
                 self.unanswered_upload = None;
                 self.status = Status::Uploaded;
@@ -490,9 +504,7 @@ impl Aggregate for Audio {
                 unanswered_upload,
                 ..
             } => {
-                if unanswered_upload.is_some() {
-                    self.unanswered_upload = unanswered_upload;
-                }
+                self.unanswered_upload = unanswered_upload;
                 self.status = Status::Uploaded;
                 self.lease_until = None;
                 self.attempts = attempt;
@@ -655,6 +667,47 @@ mod tests {
                 at: t0(),
             })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_upload_is_recorded_once_for_the_request_under_way_and_kept_past_a_lapsed_claim() {
+        let uploaded_to = |url: &str| AudioEvent::TranscriptionUploaded {
+            upload_url: url.into(),
+            at: t0(),
+        };
+        let record = |url: &str| AudioCommand::RecordUpload {
+            upload_url: url.into(),
+            at: t0(),
+        };
+        framework()
+            .given(vec![uploaded(), started(0, 1)])
+            .when(record("https://cdn/1"))
+            .then_expect_events(vec![uploaded_to("https://cdn/1")]);
+        framework()
+            .given(vec![
+                uploaded(),
+                started(0, 1),
+                uploaded_to("https://cdn/1"),
+            ])
+            .when(record("https://cdn/1"))
+            .then_expect_events(vec![]);
+        // Not without a request under way.
+        framework()
+            .given(vec![uploaded()])
+            .when(record("https://cdn/1"))
+            .then_expect_events(vec![]);
+        let mut audio = Audio::default();
+        for e in [
+            uploaded(),
+            started(0, 1),
+            uploaded_to("https://cdn/1"),
+            started(15, 1),
+        ] {
+            audio.apply(e);
+        }
+        assert_eq!(audio.unanswered_upload(), Some("https://cdn/1"));
+        audio.apply(requested());
+        assert_eq!(audio.unanswered_upload(), None);
     }
 
     #[test]

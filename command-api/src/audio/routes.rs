@@ -482,7 +482,7 @@ async fn start(
         metadata.clone(),
     );
     tokio::spawn(async move {
-        let command = match request(&state, &id, &audio).await {
+        let command = match request(&state, &id, &audio, &metadata).await {
             Ok(transcript_id) => AudioCommand::RecordRequest {
                 transcript_id,
                 at: state.clock.now(),
@@ -674,7 +674,12 @@ impl From<ServiceError> for RequestFailure {
 /// Sends the file to AssemblyAI, streamed from the blob store, and asks for its transcript.
 /// After an attempt whose answer was lost, first looks for the transcript the service may
 /// have made of the file it has, and asks again for that file without a new upload.
-async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, RequestFailure> {
+async fn request(
+    state: &AppState,
+    id: &str,
+    audio: &Audio,
+    metadata: &Metadata,
+) -> Result<String, RequestFailure> {
     let Some(client) = &state.assemblyai else {
         return Err(ServiceError::Refused(
             "transcription is not configured (ASSEMBLYAI_API_KEY and BACKEND_URL)".into(),
@@ -706,7 +711,18 @@ async fn request(state: &AppState, id: &str, audio: &Audio) -> Result<String, Re
                 })?;
             let body =
                 reqwest::Body::wrap_stream(file.into_stream().map_err(std::io::Error::other));
-            client.upload(body).await?
+            let url = client.upload(body).await?;
+            // Recorded before the transcript is requested: should this process die before
+            // the answer is recorded, the next attempt looks for a transcript of this upload
+            // instead of making a second one.
+            let record = AudioCommand::RecordUpload {
+                upload_url: url.clone(),
+                at: state.clock.now(),
+            };
+            if let Err(e) = state.audio.execute(id, None, record, metadata).await {
+                return Err(ServiceError::Unavailable(format!("event store: {e}")).into());
+            }
+            url
         }
     };
     let reused = audio.unanswered_upload().is_some();

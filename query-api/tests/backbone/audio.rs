@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use events::access::TokenKeys;
-use events::clock::ManualClock;
+use events::clock::{Clock, ManualClock};
 use projector::due::DueProcessor;
 use serde_json::{json, Value};
 use wiremock::matchers::{body_bytes, body_json, header, method, path};
@@ -1013,6 +1013,7 @@ async fn webhook_before_the_answer(status: u16) {
         [
             "AudioUploaded",
             "TranscriptionStarted",
+            "TranscriptionUploaded",
             "TranscriptRequested",
             "TranscriptCompleted"
         ]
@@ -1437,4 +1438,54 @@ async fn a_webhook_for_a_transcript_the_service_does_not_have_takes_nothing_over
             .is_some_and(|e| e.contains("does not know")),
         "{failed}"
     );
+}
+
+#[tokio::test]
+async fn a_request_whose_process_died_after_the_upload_is_found_not_made_twice() {
+    let assemblyai = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript"))
+        .and(wiremock::matchers::query_param("limit", "200"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transcripts": [
+                {"id": "tr_1", "status": "processing", "audio_url": "https://cdn.assemblyai.com/upload/abc"}
+            ]
+        })))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock.clone()).await;
+    let id = uploaded(&studio).await;
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    // A command-api claimed the request, uploaded the file and died before the service's
+    // answer was recorded: what its events say.
+    let at = clock.now();
+    for event in [
+        json!({"TranscriptionStarted": {"attempt": 1, "until": at + chrono::Duration::minutes(15), "at": at}}),
+        json!({"TranscriptionUploaded": {"upload_url": "https://cdn.assemblyai.com/upload/abc", "at": at}}),
+    ] {
+        studio
+            .env
+            .append_raw("audio", &id, &studio.tenant, event)
+            .await
+            .expect("appended");
+    }
+    studio
+        .audio_when(&id, "requesting", |a| a["status"] == "requesting")
+        .await;
+    // Nothing until the claim lapses; then the transcript the service made is found.
+    assert_eq!(
+        studio.transcriptions.step().await.expect("step"),
+        Default::default()
+    );
+    clock.advance(chrono::Duration::minutes(16));
+    studio.step_once(&studio.transcriptions).await;
+    let found = studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    assert_eq!(found["transcript_id"], "tr_1");
+    assert_eq!(requests_to(&assemblyai, "POST", "/v2/upload").await, 0);
+    assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 0);
 }
