@@ -715,16 +715,31 @@ async fn a_user_uploads_so_many_mebibytes_a_day() {
     api.stop().await;
 }
 
-/// Uploads a small file as the tenant's admin: its id.
+/// Uploads a small file as the tenant's admin: its id, once the read model shows it (so
+/// the process manager can find it due).
 async fn uploaded(studio: &Studio) -> String {
     let r = studio
         .upload(&studio.admin, audio_file("audio/wav", 64, 1), "audio/wav")
         .await;
     assert_eq!(r.status(), 201);
-    r.json::<Value>().await.expect("json")["id"]
+    let id = r.json::<Value>().await.expect("json")["id"]
         .as_str()
         .expect("id")
-        .to_owned()
+        .to_owned();
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    id
+}
+
+/// AssemblyAI accepting every upload and every transcript request (as `tr_1`, queued).
+async fn accepts_requests(assemblyai: &MockServer) {
+    accepts_uploads(assemblyai).await;
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
+        .mount(assemblyai)
+        .await;
 }
 
 /// AssemblyAI accepting every upload as `https://cdn.assemblyai.com/upload/abc`.
@@ -766,9 +781,6 @@ async fn a_slow_transcript_request_finishes_and_is_sent_once_however_often_it_is
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let id = uploaded(&studio).await;
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
     // Two process managers (or one and an admin) at once; then a third, a moment later,
     // while the first request is still under way.
     let second = DueProcessor::transcriptions(
@@ -809,12 +821,7 @@ async fn a_slow_transcript_request_finishes_and_is_sent_once_however_often_it_is
 #[tokio::test]
 async fn a_transcript_whose_webhook_never_comes_is_checked_and_finished() {
     let assemblyai = MockServer::start().await;
-    accepts_uploads(&assemblyai).await;
-    Mock::given(method("POST"))
-        .and(path("/v2/transcript"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
-        .mount(&assemblyai)
-        .await;
+    accepts_requests(&assemblyai).await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let id = uploaded(&studio).await;
@@ -1051,12 +1058,7 @@ async fn a_failed_transcript_is_asked_for_again_by_a_tenant_admin_only() {
         .audio_when(&id, "failed", |a| a["status"] == "failed")
         .await;
     drop(refusing);
-    accepts_uploads(&assemblyai).await;
-    Mock::given(method("POST"))
-        .and(path("/v2/transcript"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
-        .mount(&assemblyai)
-        .await;
+    accepts_requests(&assemblyai).await;
     let transcribe = |token: String| {
         let url = studio.api.url(&format!("/v1/audio/{id}/transcribe"));
         let http = studio.env.http.clone();
@@ -1191,12 +1193,7 @@ fn long_transcript(words: usize) -> Value {
 #[tokio::test]
 async fn a_transcript_too_large_for_an_event_is_kept_whole_and_posted_in_parts() {
     let assemblyai = MockServer::start().await;
-    accepts_uploads(&assemblyai).await;
-    Mock::given(method("POST"))
-        .and(path("/v2/transcript"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
-        .mount(&assemblyai)
-        .await;
+    accepts_requests(&assemblyai).await;
     // 15,000 words: about 1.3 MB of JSON, more than the bus takes in one message.
     let transcript = long_transcript(15_000);
     Mock::given(method("GET"))
@@ -1348,9 +1345,6 @@ async fn a_lost_answer_is_found_at_the_service_not_requested_again() {
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let id = uploaded(&studio).await;
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
     studio.step_once(&studio.transcriptions).await;
     studio
         .audio_when(&id, "the lost answer", |a| a["status"] == "retrying")
@@ -1376,12 +1370,7 @@ async fn a_lost_answer_is_found_at_the_service_not_requested_again() {
 #[tokio::test]
 async fn a_webhook_for_a_transcript_the_service_does_not_have_takes_nothing_over() {
     let assemblyai = MockServer::start().await;
-    accepts_uploads(&assemblyai).await;
-    Mock::given(method("POST"))
-        .and(path("/v2/transcript"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("queued")))
-        .mount(&assemblyai)
-        .await;
+    accepts_requests(&assemblyai).await;
     // The service knows neither the transcript the webhook names nor, as it turns out,
     // the one the file requested (deleted at the service).
     Mock::given(method("GET"))
@@ -1397,9 +1386,6 @@ async fn a_webhook_for_a_transcript_the_service_does_not_have_takes_nothing_over
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let id = uploaded(&studio).await;
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
     let webhook = studio
         .webhook(&id, "tr_forged", "completed", HOOK_SECRET)
         .await;
@@ -1456,9 +1442,6 @@ async fn a_request_whose_process_died_after_the_upload_is_found_not_made_twice()
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let studio = Studio::start(&assemblyai, clock.clone()).await;
     let id = uploaded(&studio).await;
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
     // A command-api claimed the request, uploaded the file and died before the service's
     // answer was recorded: what its events say.
     let at = clock.now();
