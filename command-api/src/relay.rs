@@ -1,5 +1,5 @@
 //! The relay: publishes every committed event to JetStream, none lost or skipped, as
-//! ARCHITECTURE.md invariant 3 requires. The order is transaction order below the commit
+//! docs/architecture.md, invariant 3 requires. The order is transaction order below the commit
 //! horizon (docs/decisions/0001-publishing.md says what that guarantees).
 //!
 //! - It reads only below the *commit horizon*: rows whose `transaction_id` is older than

@@ -1,5 +1,5 @@
 //! Secrets sealed for storage: provider credentials live in events and read models only as
-//! ciphertext (ARCHITECTURE.md invariant 7). XChaCha20-Poly1305 with a random 24-byte nonce
+//! ciphertext (docs/architecture.md, invariant 7). XChaCha20-Poly1305 with a random 24-byte nonce
 //! per seal, under a key derived from the operator's `CREDENTIALS_KEY` (or, when unset,
 //! from the token secret), so the processes that need a credential in clear — command-api
 //! checking it, the projector's WhatsApp sender using it — open it with the same setting

@@ -1,6 +1,6 @@
 //! What the projector's workers that act through command-api share (the scheduler, the
 //! webhook process manager): a client that posts commands with a service token
-//! (ARCHITECTURE.md invariant 5: outcomes come back as commands), and a short memory of what
+//! (docs/architecture.md, invariant 5: outcomes come back as commands), and a short memory of what
 //! was just sent, so work waiting for its read model to catch up is not sent again.
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! Process managers for work that falls due: rows of a read model with a `next_attempt_at`
 //! at or before now are sent to command-api, which does the work and records its outcome
-//! as events (ARCHITECTURE.md invariant 5). The aggregates keep the back-off (they refuse an
+//! as events (docs/architecture.md, invariant 5). The aggregates keep the back-off (they refuse an
 //! attempt before its time) and make a repeated request change nothing, so several managers,
 //! or one after a restart, are safe. Nothing is lost across restarts: a row stays due until
 //! its outcome is projected.

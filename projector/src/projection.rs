@@ -1,5 +1,5 @@
 //! The projection contract and the one place that makes application exactly-once and
-//! in order (ARCHITECTURE.md invariant 4).
+//! in order (docs/architecture.md, invariant 4).
 
 use std::collections::HashMap;
 
@@ -140,7 +140,7 @@ pub trait Projection: Send + Sync + 'static {
 /// A side effect of events (a realtime push, a message to a provider), performed by a
 /// projection's worker before the projection's checkpoints move, and outside any transaction:
 /// a slow or unreachable service must not hold a writing transaction open (which would hold
-/// back the relay's commit horizon for the whole cluster, ARCHITECTURE.md invariant 3).
+/// back the relay's commit horizon for the whole cluster, docs/architecture.md, invariant 3).
 ///
 /// The worker hands it, in each aggregate's sequence order, the events its checkpoints have
 /// not passed (gaps filled from the store), and moves the checkpoints only after it succeeded.

@@ -1,5 +1,5 @@
 //! The scheduler: delivers scheduled messages when they fall due, by sending the delivery
-//! command back to command-api (ARCHITECTURE.md invariant 5), as the platform service
+//! command back to command-api (docs/architecture.md, invariant 5), as the platform service
 //! `scheduler`.
 //!
 //! It reads what is due from the `chat_scheduled` read model, so nothing is lost across

@@ -276,7 +276,7 @@ fn keep(value: &Value, fields: &[Keep]) -> Value {
 
 /// What of a verified body is kept in the `Received` event: the fields that identify it and
 /// that payments need. Customers' personal data (names, e-mails, addresses, IP addresses,
-/// card details) never enters the append-only store (ARCHITECTURE.md invariant 7); the
+/// card details) never enters the append-only store (docs/architecture.md, invariant 7); the
 /// event keeps the SHA-256 of the whole body as proof of what arrived.
 pub fn retained(provider: Provider, body: &Value) -> Value {
     match provider {
