@@ -47,7 +47,7 @@ pub mod identity;
 /// What PostgreSQL's `jsonb` columns can store.
 pub mod jsonb;
 /// Catalogs and payments.
-pub mod payment;
+pub mod payments;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
 /// What makes a verified token stop working before it expires.
@@ -62,9 +62,9 @@ pub mod subject;
 /// Phone numbers, SMS and calls.
 pub mod telephony;
 /// Events of the tenants bounded context.
-pub mod tenant;
+pub mod tenants;
 /// Received provider webhooks.
-pub mod webhook;
+pub mod webhooks;
 /// WhatsApp sessions and conversations.
 pub mod whatsapp;
 

@@ -6,7 +6,7 @@ use events::audio::{AudioEvent, AUDIO};
 use events::Envelope;
 use sqlx::PgConnection;
 
-use crate::projection::{Projection, ProjectionError, Target};
+use crate::projection::{decode, Projection, ProjectionError, Target};
 
 /// The audio read model.
 pub struct AudioProjection;
@@ -32,12 +32,7 @@ impl Projection for AudioProjection {
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
         let table = target.table("audio_files");
-        let event: AudioEvent = serde_json::from_value(e.payload.clone()).map_err(|err| {
-            ProjectionError::Undecodable {
-                event_id: e.event_id(),
-                reason: err.to_string(),
-            }
-        })?;
+        let event: AudioEvent = decode(e)?;
         let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
         // Each statement sets its columns from $4 on; $1–$3 are the row and its version.
         let update = |set: &str| {

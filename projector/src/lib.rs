@@ -11,7 +11,8 @@
 //! - [`effects`]: side-effect workers: realtime (Soketi and SSE fan-out).
 //! - [`scheduler`]: delivers due scheduled messages through command-api.
 //! - [`chat`]: threads, messages, read positions and scheduled messages.
-//! - [`payments`]: webhooks, catalogs and payments.
+//! - [`payments`]: catalogs and payments.
+//! - [`webhooks`]: received provider webhooks (the queue of their process manager).
 //! - [`due`]: process managers that have due webhooks processed and audio transcribed.
 //! - [`audio`]: audio files and their transcripts.
 //! - [`telephony`]: the calls of tenants' numbers.
@@ -32,7 +33,7 @@ pub mod effects;
 pub mod health;
 /// Admin users and their login history.
 pub mod identity;
-/// Webhooks, catalogs and payments.
+/// Catalogs and payments.
 pub mod payments;
 /// Projection contract and exactly-once application.
 pub mod projection;
@@ -46,6 +47,8 @@ pub mod sender;
 pub mod telephony;
 /// The tenants read model.
 pub mod tenants;
+/// The webhooks read model.
+pub mod webhooks;
 /// The WhatsApp read models.
 pub mod whatsapp;
 
@@ -214,7 +217,7 @@ pub fn projections(
         Arc::new(tenants::TenantsProjection),
         Arc::new(identity::AdminUsersProjection),
         Arc::new(chat::ChatProjection),
-        Arc::new(payments::WebhooksProjection),
+        Arc::new(webhooks::WebhooksProjection),
         Arc::new(payments::CatalogProjection),
         Arc::new(payments::PaymentsProjection),
         Arc::new(audio::AudioProjection),
@@ -501,5 +504,82 @@ async fn supervise(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod consumer_files {
+    use clap::Parser;
+
+    use super::{projections, Config};
+
+    /// `nats/consumers/` writes down every consumer the projector creates, as it creates it:
+    /// one file per projection (every one, with every optional worker configured), and no
+    /// file for a consumer that does not exist.
+    #[tokio::test]
+    async fn nats_consumer_files_are_the_projectors_consumers() {
+        let secret = "s".repeat(48);
+        let config = Config::try_parse_from([
+            "projector",
+            "--nest-auth-secret",
+            &secret,
+            "--soketi-url",
+            "http://127.0.0.1:6001",
+            "--soketi-app-id",
+            "app",
+            "--soketi-app-key",
+            "key",
+            "--soketi-app-secret",
+            "secret",
+        ])
+        .expect("config");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://127.0.0.1/unused")
+            .expect("lazy pool");
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/consumers");
+        let mut expected = std::collections::BTreeMap::new();
+        for projection in projections(&config, None, Some(pool)) {
+            let c = crate::worker::consumer_config(
+                events::subject::DEFAULT_PREFIX,
+                projection.as_ref(),
+            );
+            let deliver = match c.deliver_policy {
+                async_nats::jetstream::consumer::DeliverPolicy::New => "new",
+                _ => "all",
+            };
+            expected.insert(
+                format!("{}.json", projection.name()),
+                serde_json::json!({
+                    "durable_name": c.durable_name,
+                    "deliver_policy": deliver,
+                    "ack_policy": "explicit",
+                    "ack_wait": c.ack_wait.as_nanos() as u64,
+                    "max_ack_pending": c.max_ack_pending,
+                    "filter_subject": c.filter_subject,
+                }),
+            );
+        }
+        let mut found = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&folder).expect("nats/consumers") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+            found.insert(name, json);
+        }
+        let wanted: Vec<String> = expected
+            .iter()
+            .map(|(name, json)| format!("{name}: {json}"))
+            .collect();
+        assert_eq!(
+            found,
+            expected,
+            "nats/consumers/ should hold:\n{}",
+            wanted.join("\n")
+        );
     }
 }

@@ -1,34 +1,15 @@
 //! Read models of the payments context, one projection per aggregate type:
-//! - `webhooks` (`webhook` events): what admins list, and the queue the process manager
-//!   ([`crate::due`]) takes due webhooks from (`next_attempt_at`);
 //! - `catalog` (`catalog` events): `catalog_taxes`, `catalog_products`;
 //! - `payments` (`payment` events): `payments`, `payment_lines`, `payment_refunds`.
 //!
 //! Every event moves its row's `version`, so a reader can wait for its own write.
 
 use async_trait::async_trait;
-use events::payment::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
-use events::webhook::{Outcome, WebhookEvent, WEBHOOK};
+use events::payments::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
 use events::Envelope;
-use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 
-use crate::projection::{Projection, ProjectionError, Target};
-
-fn decode<E: DeserializeOwned>(e: &Envelope) -> Result<E, ProjectionError> {
-    serde_json::from_value(e.payload.clone()).map_err(|err| ProjectionError::Undecodable {
-        event_id: e.event_id(),
-        reason: err.to_string(),
-    })
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Applied => "applied",
-        Outcome::Recorded => "recorded",
-        Outcome::Ignored => "ignored",
-    }
-}
+use crate::projection::{decode, Projection, ProjectionError, Target};
 
 /// Reasons a provider's report was not applied although money moved (a charge or a refund
 /// the payment does not show): staff must act on them (migration 0026). Repeats
@@ -41,149 +22,6 @@ const NEEDS_ATTENTION: [&str; 5] = [
     "not_paid",
     "refund_exceeds_paid",
 ];
-
-/// The `webhooks` read model.
-pub struct WebhooksProjection;
-
-#[async_trait]
-impl Projection for WebhooksProjection {
-    fn name(&self) -> &'static str {
-        "webhooks"
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &[WEBHOOK]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["webhooks"]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        target: &Target,
-        e: &Envelope,
-    ) -> Result<(), ProjectionError> {
-        let table = target.table("webhooks");
-        let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
-        match decode::<WebhookEvent>(e)? {
-            WebhookEvent::Received {
-                provider,
-                provider_event_id,
-                event_type,
-                payment_id,
-                received_at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} (id, tenant_id, provider, provider_event_id, event_type,
-                                          payment_id, status, next_attempt_at, received_at,
-                                          updated_at, version)
-                     VALUES ($1::uuid, $2, $3, $4, $5, $6, 'received', $7, $7, $8, $9)"
-                ))
-                .bind(id)
-                .bind(e.tenant_id())
-                .bind(provider.as_str())
-                .bind(provider_event_id)
-                .bind(event_type)
-                .bind(payment_id)
-                .bind(received_at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(());
-            }
-            WebhookEvent::AttemptFailed {
-                attempt,
-                error,
-                retry_at,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'retrying', attempts = $4, last_error = $5,
-                        next_attempt_at = $6, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempt as i32)
-                .bind(error)
-                .bind(retry_at)
-                .execute(&mut *conn)
-                .await?
-            }
-            WebhookEvent::DeadLettered { attempts, error } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'dead', attempts = $4, last_error = $5,
-                        next_attempt_at = NULL, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempts as i32)
-                .bind(error)
-                .execute(&mut *conn)
-                .await?
-            }
-            WebhookEvent::Processed {
-                outcome,
-                payment_id,
-                tenant_id,
-                detail,
-                at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'processed', outcome = $4,
-                        payment_id = coalesce($5, payment_id), detail = $6, processed_at = $7,
-                        tenant_id = coalesce($8, tenant_id),
-                        next_attempt_at = NULL, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(outcome_name(outcome))
-                .bind(payment_id)
-                .bind(detail)
-                .bind(at)
-                .bind(tenant_id)
-                .execute(&mut *conn)
-                .await?
-            }
-            WebhookEvent::HeldForTenant { tenant_id, .. } => {
-                // Still due: the due work skips it while its tenant is suspended.
-                sqlx::query(&format!(
-                    "UPDATE {table} SET tenant_id = $4, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(tenant_id)
-                .execute(&mut *conn)
-                .await?
-            }
-            WebhookEvent::ReplayRequested { at } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'received', attempts = 0, next_attempt_at = $4,
-                        updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?
-            }
-        };
-        Ok(())
-    }
-}
 
 /// The `catalog_taxes` and `catalog_products` read models.
 pub struct CatalogProjection;
@@ -311,8 +149,8 @@ impl Projection for PaymentsProjection {
                     .bind(id)
                     .bind(tenant)
                     .bind(match provider {
-                        events::payment::PaymentProvider::Lyra => "lyra",
-                        events::payment::PaymentProvider::Stripe => "stripe",
+                        events::payments::PaymentProvider::Lyra => "lyra",
+                        events::payments::PaymentProvider::Stripe => "stripe",
                     })
                     .bind(currency)
                     .bind(net)

@@ -429,6 +429,15 @@ async fn load_stream(
         .collect()
 }
 
+/// An envelope's payload as the event type `E`; a payload that is not one is
+/// [`ProjectionError::Undecodable`].
+pub(crate) fn decode<E: serde::de::DeserializeOwned>(e: &Envelope) -> Result<E, ProjectionError> {
+    serde_json::from_value(e.payload.clone()).map_err(|err| ProjectionError::Undecodable {
+        event_id: e.event_id(),
+        reason: err.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::ProjectionError;

@@ -7,7 +7,7 @@ use events::Envelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::projection::{Projection, ProjectionError, Target};
+use crate::projection::{decode, Projection, ProjectionError, Target};
 
 /// The calls read model.
 pub struct CallsProjection;
@@ -44,12 +44,7 @@ impl Projection for CallsProjection {
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
         let table = target.table("calls");
-        let event: CallEvent = serde_json::from_value(e.payload.clone()).map_err(|err| {
-            ProjectionError::Undecodable {
-                event_id: e.event_id(),
-                reason: err.to_string(),
-            }
-        })?;
+        let event: CallEvent = decode(e)?;
         let sid = e.aggregate_id.as_str();
         let (id, version, recorded) = (call_row_id(sid), e.sequence as i64, e.recorded_at);
         match event {

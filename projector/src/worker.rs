@@ -68,6 +68,14 @@ pub async fn durable_consumer(
     projection: &dyn Projection,
 ) -> Result<PullConsumer, async_nats::Error> {
     let stream = js.get_stream(stream).await?;
+    Ok(stream
+        .get_or_create_consumer(projection.name(), consumer_config(prefix, projection))
+        .await?)
+}
+
+/// The durable consumer of `projection` on subjects under `prefix` (what
+/// `nats/consumers/{name}.json` writes down, with the default prefix `events`).
+pub fn consumer_config(prefix: &str, projection: &dyn Projection) -> pull::Config {
     let filters: Vec<String> = projection
         .aggregate_types()
         .iter()
@@ -93,9 +101,7 @@ pub async fn durable_consumer(
         [one] => one.clone(),
         _ => format!("{prefix}.>"),
     };
-    Ok(stream
-        .get_or_create_consumer(projection.name(), config)
-        .await?)
+    config
 }
 
 impl Worker {

@@ -15,7 +15,7 @@ use events::chat::Attachment;
 use events::envelope::ActorKind;
 use events::http::extract::status_problem;
 use events::http::{AuthUser, Json, Problem, Query, RequestIds};
-use events::webhook::Outcome;
+use events::webhooks::Outcome;
 use events::Metadata;
 use futures::TryStreamExt;
 use serde::Deserialize;

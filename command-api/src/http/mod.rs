@@ -27,9 +27,9 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json")
 /// Where a client reads an aggregate that a command opened (the `Location` of a 201).
 pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
     match aggregate_type {
-        events::tenant::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
+        events::tenants::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
         events::chat::THREAD => Some(format!("/v1/chat/threads/{id}")),
-        events::payment::PAYMENT => Some(format!("/v1/payments/{id}")),
+        events::payments::PAYMENT => Some(format!("/v1/payments/{id}")),
         events::audio::AUDIO => Some(format!("/v1/audio/{id}")),
         _ => None,
     }

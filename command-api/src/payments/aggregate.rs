@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::payment::{PaymentEvent, PaymentLine, PaymentProvider, PAYMENT};
+use events::payments::{PaymentEvent, PaymentLine, PaymentProvider, PAYMENT};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Catalog;
@@ -961,7 +961,7 @@ impl Aggregate for Payment {
 mod tests {
     use chrono::TimeZone;
     use cqrs_es::test::TestFramework;
-    use events::payment::{CatalogEvent, Product, Tax};
+    use events::payments::{CatalogEvent, Product, Tax};
 
     use super::*;
 

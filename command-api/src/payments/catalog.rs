@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::payment::{CatalogEvent, Product, Tax, CATALOG};
+use events::payments::{CatalogEvent, Product, Tax, CATALOG};
 use serde::{Deserialize, Serialize};
 
 use super::values::{self, FULL_RATE_BP, MAX_AMOUNT};

@@ -12,7 +12,7 @@ use axum::routing::{post, put};
 use axum::{Extension, Router};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::payment::{PaymentProvider, CATALOG, PAYMENT};
+use events::payments::{PaymentProvider, CATALOG, PAYMENT};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;

@@ -1,6 +1,6 @@
 //! Value rules of payments: currency codes, names, amounts and the tax arithmetic.
 
-use events::payment::{PaymentLine, Product, Tax};
+use events::payments::{PaymentLine, Product, Tax};
 
 /// The largest amount (minor units) of a price or a payment: far above any real payment,
 /// far below where `i64` arithmetic could overflow.

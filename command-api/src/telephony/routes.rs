@@ -9,7 +9,7 @@ use axum::routing::{post, put};
 use axum::Router;
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::telephony::PHONE_NUMBER;
-use events::webhook::Outcome;
+use events::webhooks::Outcome;
 use events::Metadata;
 use uuid::Uuid;
 

@@ -2,7 +2,7 @@
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::tenant::{TenantEvent, AGGREGATE_TYPE};
+use events::tenants::{TenantEvent, AGGREGATE_TYPE};
 use serde::{Deserialize, Serialize};
 
 use super::commands::TenantCommand;

@@ -22,7 +22,7 @@ use crate::http::limits;
 use crate::http::{accepted, if_match};
 use crate::store::Committed;
 use crate::AppState;
-use events::tenant::AGGREGATE_TYPE;
+use events::tenants::AGGREGATE_TYPE;
 
 /// Largest logo request (the image plus multipart framing).
 const LOGO_BODY_LIMIT: usize = values::MAX_LOGO_BYTES as usize + 64 * 1024;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::webhook::{Outcome, Provider, WebhookEvent, MAX_ATTEMPTS, WEBHOOK};
+use events::webhooks::{Outcome, Provider, WebhookEvent, MAX_ATTEMPTS, WEBHOOK};
 use serde::{Deserialize, Serialize};
 
 /// A command on a webhook.

@@ -1,7 +1,7 @@
 //! What a provider's webhook says, read from its parsed body: its identity (at ingestion,
 //! for de-duplication and attribution) and its meaning for a payment (when processed).
 
-use events::webhook::Provider;
+use events::webhooks::Provider;
 use serde_json::Value;
 use uuid::Uuid;
 

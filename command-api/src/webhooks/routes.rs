@@ -11,8 +11,8 @@ use events::access::Principal;
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
 use events::identity::PLATFORM_TENANT;
-use events::payment::{PaymentEvent, PaymentProvider, PAYMENT};
-use events::webhook::{webhook_id, Outcome, Provider, WebhookEvent, WEBHOOK};
+use events::payments::{PaymentEvent, PaymentProvider, PAYMENT};
+use events::webhooks::{webhook_id, Outcome, Provider, WebhookEvent, WEBHOOK};
 use events::Metadata;
 use serde_json::json;
 use sqlx::PgPool;
@@ -643,7 +643,7 @@ async fn apply(
             // store: committed is known. Only a refund must find one; a failure or expiry
             // naming an intent no payment was paid with is for nobody here.
             let found: Result<Option<String>, _> =
-                sqlx::query_scalar(events::payment::lookups::PAID_WITH)
+                sqlx::query_scalar(events::payments::lookups::PAID_WITH)
                     .bind(&reference)
                     .fetch_optional(&state.pool)
                     .await;

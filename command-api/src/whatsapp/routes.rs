@@ -13,7 +13,7 @@ use axum::Router;
 use events::access::Principal;
 use events::chat::{Channel, Party, PartyKind};
 use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
-use events::webhook::{Outcome, Provider};
+use events::webhooks::{Outcome, Provider};
 use events::whatsapp::MediaKind;
 use events::whatsapp::{
     cloud_message, conversation_id, inbound_message_id, session_id, ConversationEvent, Credentials,

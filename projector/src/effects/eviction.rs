@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use events::identity::{AdminUserEvent, ADMIN_USER};
 use events::realtime::ConnectionUser;
-use events::tenant::{TenantEvent, AGGREGATE_TYPE as TENANT};
+use events::tenants::{TenantEvent, AGGREGATE_TYPE as TENANT};
 use events::Envelope;
 use sqlx::{PgConnection, PgPool};
 

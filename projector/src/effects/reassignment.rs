@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use events::chat::lookups::{AVAILABLE_AGENT, DEPARTMENT_EXISTS};
 use events::chat::{ThreadEvent, THREAD};
 use events::identity::{AdminUserEvent, ADMIN_USER};
-use events::tenant::{TenantEvent, AGGREGATE_TYPE as TENANT};
+use events::tenants::{TenantEvent, AGGREGATE_TYPE as TENANT};
 use events::Envelope;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};

@@ -10,9 +10,9 @@
 //! one changes nothing.
 
 use async_trait::async_trait;
-use events::payment::lookups::{PAID_WITH, UNMATCHED_WEBHOOKS};
-use events::payment::{PaymentEvent, PAYMENT};
-use events::webhook::{WebhookEvent, WEBHOOK};
+use events::payments::lookups::{PAID_WITH, UNMATCHED_WEBHOOKS};
+use events::payments::{PaymentEvent, PAYMENT};
+use events::webhooks::{WebhookEvent, WEBHOOK};
 use events::Envelope;
 use sqlx::{PgConnection, PgPool};
 

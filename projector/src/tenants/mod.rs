@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::tenant::{TenantEvent, AGGREGATE_TYPE};
+use events::tenants::{TenantEvent, AGGREGATE_TYPE};
 use events::Envelope;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;

@@ -495,7 +495,7 @@ async fn timeline(
         "SELECT metadata->>'tenant_id' FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
     )
-    .bind(events::payment::PAYMENT)
+    .bind(events::payments::PAYMENT)
     .bind(&aggregate_id)
     .fetch_optional(&state.pool)
     .await
@@ -510,7 +510,7 @@ async fn timeline(
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
     )
-    .bind(events::payment::PAYMENT)
+    .bind(events::payments::PAYMENT)
     .bind(&aggregate_id)
     .fetch_all(&state.pool)
     .await
@@ -544,7 +544,7 @@ async fn received(state: &AppState, ids: &[String]) -> Result<HashMap<String, Ca
         "SELECT aggregate_id, payload->'Received' FROM events
           WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND sequence = 1",
     )
-    .bind(events::webhook::WEBHOOK)
+    .bind(events::webhooks::WEBHOOK)
     .bind(ids)
     .fetch_all(&state.pool)
     .await

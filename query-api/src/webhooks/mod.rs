@@ -234,7 +234,7 @@ async fn detail(
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
     )
-    .bind(events::webhook::WEBHOOK)
+    .bind(events::webhooks::WEBHOOK)
     .bind(id.to_string())
     .fetch_all(&state.pool)
     .await

@@ -839,7 +839,7 @@ async fn a_tenant_lives_through_signup_rejection_suspension_and_reactivation() {
     .expect("events");
     assert_eq!(types, ["Created", "Suspended", "Reactivated", "Renamed"]);
     api.stop().await;
-    env.assert_snapshots_crossed(events::tenant::AGGREGATE_TYPE)
+    env.assert_snapshots_crossed(events::tenants::AGGREGATE_TYPE)
         .await;
 }
 

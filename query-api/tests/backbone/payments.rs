@@ -1376,7 +1376,7 @@ async fn provider_failures_and_bad_input_are_answered_and_recorded_never_half_ap
     expect_problem(r, 404, "not_found").await;
     stack
         .env
-        .assert_snapshots_crossed(events::payment::PAYMENT)
+        .assert_snapshots_crossed(events::payments::PAYMENT)
         .await;
 }
 
@@ -1421,7 +1421,7 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
     let refund = charge_refunded("evt_in_outage", &format!("pi_for_{payment}"), 500);
     let signature = stripe_header(&refund, STRIPE_SECRET, clock.now().timestamp());
     let webhook = webhook_of(stack.stripe(&refund, Some(&signature)).await).await;
-    let attempts = events::webhook::MAX_ATTEMPTS as i64;
+    let attempts = events::webhooks::MAX_ATTEMPTS as i64;
     for attempt in 1..=attempts {
         // Due now (just received, or its retry time has come).
         processes_one(&processor).await;
@@ -1506,7 +1506,7 @@ async fn a_webhook_that_keeps_failing_is_dead_lettered_and_an_admin_replays_it()
         .await;
     stack
         .env
-        .assert_snapshots_crossed(events::webhook::WEBHOOK)
+        .assert_snapshots_crossed(events::webhooks::WEBHOOK)
         .await;
     // The outage ends: the next attempt applies the refund.
     sqlx::raw_sql("DROP TRIGGER refuse_refunds ON events")
@@ -1653,7 +1653,7 @@ async fn a_catalog_lives_past_two_snapshot_intervals() {
     assert_eq!(r.status(), 201);
     stack
         .env
-        .assert_snapshots_crossed(events::payment::CATALOG)
+        .assert_snapshots_crossed(events::payments::CATALOG)
         .await;
 }
 

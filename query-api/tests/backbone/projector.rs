@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use events::tenant::TenantEvent;
+use events::tenants::TenantEvent;
 use events::Envelope;
 use projector::projection::{apply_all_in_order, apply_in_order, Applied, Target};
 use projector::tenants::TenantsProjection;

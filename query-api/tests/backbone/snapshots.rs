@@ -198,13 +198,13 @@ fn every_aggregate_type_has_a_lifetime_past_two_snapshots() {
         }
     }
     let constants = [
-        ("tenant", "events::tenant::AGGREGATE_TYPE"),
+        ("tenant", "events::tenants::AGGREGATE_TYPE"),
         ("admin_user", "events::identity::ADMIN_USER"),
         ("phone_login", "events::identity::PHONE_LOGIN"),
         ("thread", "events::chat::THREAD"),
-        ("catalog", "events::payment::CATALOG"),
-        ("payment", "events::payment::PAYMENT"),
-        ("webhook", "events::webhook::WEBHOOK"),
+        ("catalog", "events::payments::CATALOG"),
+        ("payment", "events::payments::PAYMENT"),
+        ("webhook", "events::webhooks::WEBHOOK"),
         ("phone_number", "events::telephony::PHONE_NUMBER"),
         ("sms", "events::telephony::SMS"),
         ("call", "events::telephony::CALL"),
@@ -365,8 +365,9 @@ async fn awkward_text_survives_snapshots_of_tenants_threads_and_catalogs() {
             .expect("sent");
         assert_eq!(r.status(), 200, "product {text:?}");
     }
-    env.assert_snapshots_crossed(events::tenant::AGGREGATE_TYPE)
+    env.assert_snapshots_crossed(events::tenants::AGGREGATE_TYPE)
         .await;
     env.assert_snapshots_crossed(events::chat::THREAD).await;
-    env.assert_snapshots_crossed(events::payment::CATALOG).await;
+    env.assert_snapshots_crossed(events::payments::CATALOG)
+        .await;
 }
