@@ -28,18 +28,15 @@ pub mod chat;
 pub mod config;
 /// The dev inbox of captured outbound messages.
 pub mod dev;
-/// Read-your-writes.
-pub mod freshness;
+/// Shared plumbing of the query handlers: paging, read-your-writes, whose rows a caller
+/// reads, filter values.
+pub mod http;
 /// Admin users and their login history.
 pub mod identity;
-/// Keyset pagination.
-pub mod page;
 /// Payments, revenue and catalogs.
 pub mod payments;
 /// Realtime: channel authorizer and client configuration.
 pub mod realtime;
-/// Whose rows a staff member reads.
-pub mod scope;
 /// Server-Sent Events of realtime events.
 pub mod stream;
 /// The calls of tenants' numbers.

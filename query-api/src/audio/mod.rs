@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{freshness, AppState};
+use crate::http::freshness;
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {

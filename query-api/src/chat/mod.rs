@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{freshness, page, AppState};
+use crate::http::filters::{one_of, plain};
+use crate::http::{freshness, page};
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -184,27 +186,6 @@ pub struct ThreadPage {
 
 /// How far before a read its `as_of` is: longer than the read model usually lags.
 const AS_OF_MARGIN: chrono::Duration = chrono::Duration::seconds(5);
-
-/// A free-text filter value: no control characters (PostgreSQL refuses NUL in text).
-fn plain(value: Option<String>, name: &str) -> Result<Option<String>, Problem> {
-    match value {
-        Some(v) if v.chars().any(char::is_control) || v.len() > 200 => Err(Problem::bad_request(
-            "invalid_query",
-            format!("{name} must be at most 200 characters without control characters."),
-        )),
-        other => Ok(other),
-    }
-}
-
-fn one_of(value: &Option<String>, allowed: &[&str], name: &str) -> Result<(), Problem> {
-    match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(Problem::bad_request(
-            "invalid_query",
-            format!("{name} must be one of {}.", allowed.join(", ")),
-        )),
-        _ => Ok(()),
-    }
-}
 
 async fn list(
     State(state): State<AppState>,

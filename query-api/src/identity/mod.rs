@@ -100,7 +100,7 @@ async fn list(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let next_after = crate::page::finish(&mut items, limit, |u| u.id.clone());
+    let next_after = crate::http::page::finish(&mut items, limit, |u| u.id.clone());
     Ok(Json(serde_json::json!({"items": items, "next_after": next_after})).into_response())
 }
 
@@ -162,7 +162,7 @@ async fn logins(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let next_before = crate::page::finish(&mut entries, limit, |e| e.sequence);
+    let next_before = crate::http::page::finish(&mut entries, limit, |e| e.sequence);
     Ok(Json(serde_json::json!({
         "user_id": id,
         "tenant_id": tenant,

@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{freshness, page, AppState};
+use crate::http::filters::{one_of, plain};
+use crate::http::scope::admin_scope;
+use crate::http::{freshness, page};
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -51,55 +54,6 @@ const STATUSES: [&str; 8] = [
 
 /// The providers payments and webhooks come from (wire names).
 pub(crate) const PROVIDERS: [&str; 2] = ["lyra", "stripe"];
-
-/// A free-text filter value: at most 200 characters, no control characters (PostgreSQL
-/// refuses NUL in text); 400 `invalid_query` otherwise.
-pub(crate) fn plain(value: Option<String>, name: &str) -> Result<Option<String>, Problem> {
-    match value {
-        Some(v) if v.chars().any(char::is_control) || v.len() > 200 => Err(Problem::bad_request(
-            "invalid_query",
-            format!("{name} must be at most 200 characters without control characters."),
-        )),
-        other => Ok(other),
-    }
-}
-
-/// 400 `invalid_query` unless `value` is absent or one of `allowed`.
-pub(crate) fn one_of(value: &Option<String>, allowed: &[&str], name: &str) -> Result<(), Problem> {
-    match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(Problem::bad_request(
-            "invalid_query",
-            format!("{name} must be one of {}.", allowed.join(", ")),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The tenant an administrator's list reads: a super admin any (`asked`, or all when
-/// `None`), a tenant admin their own (403 when naming another). Anyone else (agents,
-/// customers, services) is refused with 403: `what` names what they may not read.
-pub(crate) fn admin_scope(
-    who: &Principal,
-    asked: Option<String>,
-    what: &str,
-) -> Result<Option<String>, Problem> {
-    match who {
-        _ if who.is_super_admin() => Ok(asked),
-        Principal::Admin {
-            role: Role::TenantAdmin,
-            tenant_id: Some(home),
-            ..
-        } => match asked {
-            Some(t) if &t != home => Err(Problem::forbidden(format!(
-                "You may only read your own tenant's {what}."
-            ))),
-            _ => Ok(Some(home.clone())),
-        },
-        _ => Err(Problem::forbidden(format!(
-            "Only administrators read {what}."
-        ))),
-    }
-}
 
 /// True when `who` administers some tenant (or all): only they can see any payment.
 fn reads_payments(who: &Principal) -> bool {

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::scope::staff_scope;
-use crate::{page, AppState};
+use crate::http::page;
+use crate::http::scope::staff_scope;
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {

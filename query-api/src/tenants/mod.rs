@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::{freshness, page, AppState};
+use crate::http::{freshness, page};
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {

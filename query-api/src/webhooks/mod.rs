@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use crate::payments::{admin_scope, one_of, plain};
+use crate::http::filters::{one_of, plain};
+use crate::http::scope::admin_scope;
 
 /// The providers whose webhooks are received.
 const WEBHOOK_PROVIDERS: [&str; 5] = ["lyra", "stripe", "signalwire", "assemblyai", "whatsapp"];
-use crate::{freshness, page, AppState};
+use crate::http::{freshness, page};
+use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -103,7 +105,7 @@ pub struct ListParams {
 /// An optional instant parameter; 400 `invalid_query` when it is not one.
 fn instant(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
     raw.map(|raw| {
-        crate::payments::reports::parse_instant(raw).ok_or_else(|| {
+        crate::http::filters::parse_instant(raw).ok_or_else(|| {
             Problem::bad_request(
                 "invalid_query",
                 format!("{name} must be an RFC 3339 date-time or a date (YYYY-MM-DD)."),

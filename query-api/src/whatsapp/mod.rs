@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::scope::staff_scope;
-use crate::{freshness, AppState};
+use crate::http::freshness;
+use crate::http::scope::staff_scope;
+use crate::AppState;
 
 /// Most rows a list returns.
 const MAX_LIMIT: i64 = 200;
@@ -576,7 +577,7 @@ async fn analytics(
     let not_found = || Problem::not_found("no such WhatsApp session");
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let (from, to) =
-        crate::payments::reports::range(params.from.as_deref(), params.to.as_deref(), Utc::now())?;
+        crate::http::filters::range(params.from.as_deref(), params.to.as_deref(), Utc::now())?;
     if to - from > chrono::Duration::days(366) {
         return Err(Problem::bad_request(
             "invalid_query",

@@ -1,0 +1,10 @@
+//! Shared plumbing of the query handlers (no context's rules live here).
+
+/// Filter values of list queries.
+pub mod filters;
+/// Read-your-writes: waiting (bounded) for a version a command answered with.
+pub mod freshness;
+/// Keyset pagination and `WHERE` clauses of the filters asked for.
+pub mod page;
+/// Whose rows a caller reads.
+pub mod scope;
