@@ -14,7 +14,7 @@
 //!   given up visibly after the 20th failure (about an hour); a requested transcript no
 //!   webhook finished is checked with the service from 10 minutes on.
 //!
-//! The WhatsApp sender (`crate::sender`) takes its due rows the same way ([`run_forever`],
+//! The WhatsApp sender (`crate::whatsapp::sender`) takes its due rows the same way ([`run_forever`],
 //! [`earliest_due`]), but does the provider call itself between a claim and a report.
 
 use std::sync::Arc;

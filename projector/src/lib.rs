@@ -17,7 +17,8 @@
 //! - [`audio`]: audio files and their transcripts.
 //! - [`telephony`]: the calls of tenants' numbers.
 //! - [`whatsapp`]: WhatsApp sessions, conversations, messages and contacts.
-//! - [`sender`]: sends due WhatsApp messages through the Cloud API, at most once each.
+//! - [`whatsapp`]: also the sender of due WhatsApp messages (through the Cloud API or a
+//!   bridge, at most once each), the outbox of thread replies and the re-fetch of files.
 
 /// The audio read model.
 pub mod audio;
@@ -41,8 +42,6 @@ pub mod projection;
 pub mod rebuild;
 /// Delivers scheduled messages when due.
 pub mod scheduler;
-/// The WhatsApp sender.
-pub mod sender;
 /// The calls read model.
 pub mod telephony;
 /// The tenants read model.
@@ -237,7 +236,7 @@ pub fn projections(
                 "payment-references",
             ),
         )));
-        all.push(Arc::new(effects::media::MediaRefetch::new(
+        all.push(Arc::new(whatsapp::media::MediaRefetch::new(
             pool.clone(),
             command_client::CommandClient::new(
                 &config.command_api_url,
@@ -247,7 +246,7 @@ pub fn projections(
         )));
     }
     if let Some(secret) = config.auth_secret() {
-        all.push(Arc::new(effects::whatsapp::WhatsAppOutbox::new(
+        all.push(Arc::new(whatsapp::outbox::WhatsAppOutbox::new(
             pool.clone(),
             command_client::CommandClient::new(
                 &config.command_api_url,
@@ -408,11 +407,11 @@ pub async fn run(
             if let Some(reassignment) = reassignment(&config, Some(&pool)) {
                 tasks.spawn(reassignment.run_sweeps());
             }
-            let sender = sender::Sender::new(
+            let sender = whatsapp::sender::Sender::new(
                 pool.clone(),
                 &config.command_api_url,
                 events::access::TokenKeys::new(secret),
-                sender::CloudApi {
+                whatsapp::sender::CloudApi {
                     url: config.whatsapp_api_url.clone(),
                     version: config.whatsapp_api_version.clone(),
                 },
@@ -421,7 +420,7 @@ pub async fn run(
             );
             // Bridge sessions' sends go to the bridge stream, made sure of in the background
             // (the bus may be down now): until it exists their sends fail and are retried.
-            let sender = sender.with_bridge(sender::Bridge {
+            let sender = sender.with_bridge(whatsapp::sender::Bridge {
                 js: js.clone(),
                 prefix: config.whatsapp_bridge_subject_prefix.clone(),
             });
@@ -433,7 +432,7 @@ pub async fn run(
             tasks.spawn(async move {
                 let mut backoff = Duration::from_millis(200);
                 while let Err(e) =
-                    sender::ensure_bridge_stream(&bridge_js, &bridge_stream, &bridge_prefix).await
+                    whatsapp::sender::ensure_bridge_stream(&bridge_js, &bridge_stream, &bridge_prefix).await
                 {
                     tracing::warn!(error = %e, "no bridge stream yet: bridge sessions' sends are retried");
                     tokio::time::sleep(backoff).await;

@@ -8,9 +8,6 @@ use crate::projection::ProjectionError;
 /// again when one is.
 pub mod references;
 
-/// WhatsApp files refused for an expired token, fetched again when the session reconnects.
-pub mod media;
-
 /// Open threads taken from agents and departments that went away.
 pub mod reassignment;
 
@@ -19,9 +16,6 @@ pub mod eviction;
 
 /// Chat events to Soketi (Pusher HTTP API) and to core NATS for SSE.
 pub mod realtime;
-
-/// Thread replies forwarded to WhatsApp.
-pub mod whatsapp;
 
 /// Has command-api process received webhook `webhook` again (`POST
 /// /v1/webhooks/{id}/replay`, as a platform service). A refusal (the webhook is gone, or

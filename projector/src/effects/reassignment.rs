@@ -218,7 +218,7 @@ impl Reassignment {
             // final (a thread that is not there).
             Ok(r) if r.status().is_client_error() => {
                 let status = r.status();
-                if crate::sender::busy(r).await {
+                if crate::whatsapp::sender::busy(r).await {
                     return Err(ProjectionError::Unavailable(format!(
                         "command-api answered {status}"
                     )));

@@ -11,7 +11,7 @@ use events::access::TokenKeys;
 use events::clock::{Clock, ManualClock};
 use hmac::{Hmac, Mac};
 use projector::due::DueProcessor;
-use projector::sender::{CloudApi, Sender};
+use projector::whatsapp::sender::{CloudApi, Sender};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use wiremock::matchers::{body_json, header, method, path, query_param};
@@ -265,10 +265,10 @@ impl Wa {
     }
 
     /// Steps the sender until it has done something with a due message.
-    async fn send_step(&self) -> projector::sender::StepReport {
+    async fn send_step(&self) -> projector::whatsapp::sender::StepReport {
         eventually(Duration::from_secs(20), "a due message", || async {
             let r = self.sender.step().await.expect("step");
-            (r != projector::sender::StepReport::default()).then_some(r)
+            (r != projector::whatsapp::sender::StepReport::default()).then_some(r)
         })
         .await
     }
@@ -1453,7 +1453,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     use futures::StreamExt;
     let wa = Wa::start().await;
     let projector = wa.env.projector_config();
-    projector::sender::ensure_bridge_stream(
+    projector::whatsapp::sender::ensure_bridge_stream(
         &wa.env.js,
         &projector.whatsapp_bridge_stream,
         &projector.whatsapp_bridge_subject_prefix,
@@ -1471,7 +1471,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
         events::sealed::SealingKey::derive(SECRET),
         wa.clock.clone(),
     )
-    .with_bridge(projector::sender::Bridge {
+    .with_bridge(projector::whatsapp::sender::Bridge {
         js: wa.env.js.clone(),
         prefix: projector.whatsapp_bridge_subject_prefix.clone(),
     });
@@ -1769,7 +1769,7 @@ impl Wa {
 async fn outbox_pass(wa: &Wa, thread: &str) {
     use projector::projection::Effect;
     let envelopes = wa.env.envelopes("thread", thread).await;
-    let outbox = projector::effects::whatsapp::WhatsAppOutbox::new(
+    let outbox = projector::whatsapp::outbox::WhatsAppOutbox::new(
         Some(wa.env.pool.clone()),
         projector::command_client::CommandClient::new(
             &wa.api.url(""),
@@ -2065,7 +2065,7 @@ async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_r
             .execute(&wa.env.pool)
             .await
             .expect("the read model behind");
-        projector::effects::media::MediaRefetch::new(
+        projector::whatsapp::media::MediaRefetch::new(
             wa.env.pool.clone(),
             projector::command_client::CommandClient::new(
                 &wa.api.url(""),

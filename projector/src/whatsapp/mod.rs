@@ -4,6 +4,13 @@
 //! sender's queue) and contacts per tenant (`whatsapp_contacts`). A session's health is read
 //! from its messages.
 
+/// WhatsApp files refused for an expired token, fetched again when the session reconnects.
+pub mod media;
+/// Thread replies forwarded to WhatsApp.
+pub mod outbox;
+/// Sends due WhatsApp messages through the Cloud API or a bridge, at most once each.
+pub mod sender;
+
 use async_trait::async_trait;
 use events::whatsapp::{
     attempt_lease, ConversationEvent, Outbound, SessionEvent, WHATSAPP_CONVERSATION,

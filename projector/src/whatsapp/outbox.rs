@@ -160,7 +160,7 @@ impl Effect for WhatsAppOutbox {
                 // conversation (409 `contention`, 429) is tried again.
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
-                    if crate::sender::busy(r).await {
+                    if crate::whatsapp::sender::busy(r).await {
                         return Err(ProjectionError::Unavailable(format!(
                             "command-api answered {status}"
                         )));
