@@ -826,7 +826,7 @@ async fn attach(
         parts.push("(no speech in the transcript)".to_owned());
     }
     let thread = body.thread_id.to_string();
-    let tenant = crate::chat::routes::tenant_of(&state, &who, &thread).await?;
+    let tenant = crate::chat::service::tenant_of(&state, &who, &thread).await?;
     let (object_key, content_type, size_bytes) = audio.file();
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let mut first = None;
@@ -838,10 +838,10 @@ async fn attach(
             n => format!("transcript:{id}:{}", n + 1),
         };
         let message_id =
-            crate::chat::routes::item_id(&thread, who.user_id(), Some(&client_id), None);
+            crate::chat::service::item_id(&thread, who.user_id(), Some(&client_id), None);
         let command = ThreadCommand {
             thread_id: thread.clone(),
-            actor: crate::chat::routes::actor(&who),
+            actor: crate::chat::service::actor(&who),
             at: state.clock.now(),
             action: Action::Send {
                 message_id: message_id.clone(),

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::aggregate::ThreadError;
-use super::commands::{Action, Actor, Release, ThreadCommand};
+use super::commands::{Action, Release, ThreadCommand};
+use super::service::{actor, item_id, tenant_of};
 use crate::http::idempotency::KeyedRequest;
 use crate::http::{accepted, if_match};
 use crate::store::Committed;
@@ -58,29 +59,6 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// The actor a token speaks for.
-pub(crate) fn actor(who: &Principal) -> Actor {
-    match who {
-        Principal::Admin {
-            user_id, tenant_id, ..
-        } => Actor::Staff {
-            user_id: user_id.clone(),
-            tenant_id: if who.is_super_admin() {
-                None
-            } else {
-                tenant_id.clone()
-            },
-        },
-        Principal::Phone { user_id, tenant_id } => Actor::Phone {
-            user_id: user_id.clone(),
-            tenant_id: tenant_id.clone(),
-        },
-        Principal::Service { name } => Actor::System {
-            component: name.clone(),
-        },
-    }
-}
-
 /// Thread ids are UUIDs; anything else names no thread.
 fn thread_id(raw: &str) -> Result<String, Problem> {
     Uuid::parse_str(raw)
@@ -91,29 +69,6 @@ fn thread_id(raw: &str) -> Result<String, Problem> {
 impl ThreadError {
     fn into_problem(self) -> Problem {
         crate::http::error::DomainProblem::problem(&self)
-    }
-}
-
-/// The tenant a command on thread `id` is recorded under: the caller's own, or, for a super
-/// admin or a platform component, the thread's.
-pub(crate) async fn tenant_of(
-    state: &AppState,
-    who: &Principal,
-    id: &str,
-) -> Result<String, Problem> {
-    match who {
-        Principal::Phone { tenant_id, .. } => Ok(tenant_id.clone()),
-        Principal::Admin {
-            tenant_id: Some(home),
-            ..
-        } if !who.is_super_admin() => Ok(home.clone()),
-        _ => {
-            let thread = state.threads.load(id).await?;
-            thread
-                .tenant_id()
-                .map(str::to_owned)
-                .ok_or_else(|| ThreadError::NotFound.into_problem())
-        }
     }
 }
 
@@ -300,25 +255,6 @@ pub struct SendMessage {
     /// A file already uploaded.
     #[serde(default)]
     pub attachment: Option<Attachment>,
-}
-
-/// The id a new item (message, scheduled message) of thread `thread` gets: derived from the
-/// client's id when given (per author), else from the Idempotency-Key, else fresh.
-pub(crate) fn item_id(
-    thread: &str,
-    author: &str,
-    client_id: Option<&str>,
-    keyed: Option<&KeyedRequest>,
-) -> String {
-    match (client_id, keyed) {
-        (Some(c), _) => {
-            let name = format!("{thread}\u{0}{author}\u{0}{c}");
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
-        }
-        (None, Some(k)) => k.derived_id(),
-        (None, None) => Uuid::now_v7(),
-    }
-    .to_string()
 }
 
 async fn send(
