@@ -31,7 +31,7 @@ use crate::http::error::DomainProblem;
 use crate::http::idempotency::KeyedRequest;
 use crate::http::limits;
 use crate::store::CommandError;
-use crate::webhooks::routes::{Attributed, Processing};
+use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
 
 /// Transcripts a tenant's admins may ask for again in an hour.

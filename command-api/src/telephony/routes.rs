@@ -22,7 +22,7 @@ use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::media::{download, Credential, MediaError};
 use crate::store::CommandError;
-use crate::webhooks::routes::{Attributed, Processing};
+use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
 use events::chat::{Attachment, Channel, Party, PartyKind};
 

@@ -12,5 +12,7 @@ pub mod aggregate;
 pub mod interpret;
 /// HTTP routes: `/api/webhooks/{provider}` and `/v1/webhooks/{id}/…`.
 pub mod routes;
+/// The outcome of processing a webhook, as the providers' contexts answer it.
+pub mod service;
 /// Signature checks.
 pub mod verify;

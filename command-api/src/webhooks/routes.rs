@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::aggregate::{Status, WebhookCommand, WebhookError};
 use super::interpret::{self, Reference};
+pub(crate) use super::service::{Attributed, Processing};
 use super::verify::{self, Rejection};
 use crate::http::error::DomainProblem;
 use crate::payments::aggregate::{PaymentAction, PaymentCommand, ProviderStatus};
@@ -463,29 +464,6 @@ pub(crate) fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
     let mut metadata = ids.metadata(tenant, "webhooks", ActorKind::System);
     metadata.causation_id = events::subject::message_id(WEBHOOK, id, 1);
     metadata
-}
-
-/// What processing a webhook did, or why it must be tried again.
-pub(crate) enum Processing {
-    /// Finished: what it did, the tenant (and payment) it concerned, why.
-    Done(Outcome, Option<Attributed>, String),
-    /// Failed for now (a stable reason: it is shown to tenants).
-    Retry(String),
-    /// It concerns this tenant, which is suspended: it waits for its reactivation.
-    Held(String),
-    /// It names a provider reference (a Stripe payment intent) no payment was paid with
-    /// yet: recorded as ignored, and processed again when one is (the provider's events
-    /// came out of order, or it is another product's on a shared account).
-    Unmatched(String),
-}
-
-/// The tenant a webhook turned out to concern, and its payment if it was about one.
-#[derive(Debug, Clone)]
-pub(crate) struct Attributed {
-    /// The payment.
-    pub(crate) payment_id: Option<String>,
-    /// Its tenant (or the number's).
-    pub(crate) tenant_id: String,
 }
 
 /// Processes a pending webhook: turns it into a payment command and records the outcome, or
