@@ -97,6 +97,25 @@ impl Studio {
             .expect("sent")
     }
 
+    /// A thread opened by chatbot user `user` of the tenant: its id.
+    async fn customer_thread(&self, user: &str) -> String {
+        let customer = self.env.phone_user(&self.tenant, user);
+        self.env
+            .http
+            .post(self.api.url("/v1/chat/threads"))
+            .bearer_auth(&customer)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
     async fn audio_when(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let url = self.query.url(&format!("/v1/audio/{id}"));
         eventually(Duration::from_secs(20), what, || async {
@@ -335,22 +354,7 @@ async fn an_upload_is_transcribed_once_and_its_transcript_posted_in_a_thread() {
     );
 
     // The transcript, posted in a thread with the audio attached; a retry posts nothing more.
-    let customer = studio.env.phone_user(&studio.tenant, "phone-aud");
-    let thread = studio
-        .env
-        .http
-        .post(studio.api.url("/v1/chat/threads"))
-        .bearer_auth(&customer)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let thread = studio.customer_thread("phone-aud").await;
     let attach = || {
         studio
             .env
@@ -1238,22 +1242,7 @@ async fn a_transcript_too_large_for_an_event_is_kept_whole_and_posted_in_parts()
     assert_eq!(quarantined, 0);
 
     // Posted in a thread: as many messages as it takes, in order, the first with the audio.
-    let customer = studio.env.phone_user(&studio.tenant, "phone-long");
-    let thread = studio
-        .env
-        .http
-        .post(studio.api.url("/v1/chat/threads"))
-        .bearer_auth(&customer)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let thread = studio.customer_thread("phone-long").await;
     let attach = || async {
         let r = studio
             .env
