@@ -72,6 +72,15 @@ use crate::tenants::services::{PgSlugRegistry, TenantServices};
 /// The migrations of the whole platform (event store, command side, read models).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// The providers whose webhooks the platform receives, each implemented in its context.
+static WEBHOOK_PROVIDERS: &[&dyn webhooks::provider::WebhookProvider] = &[
+    &payments::webhooks::STRIPE,
+    &payments::webhooks::LYRA,
+    &telephony::webhooks::SIGNALWIRE,
+    &audio::webhooks::ASSEMBLYAI,
+    &whatsapp::webhooks::WHATSAPP,
+];
+
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -136,6 +145,8 @@ pub struct AppState {
     pub lyra: Option<payments::lyra::Lyra>,
     /// The keys webhooks are verified with.
     pub webhook_secrets: Arc<WebhookSecrets>,
+    /// The providers whose webhooks are received.
+    pub(crate) webhook_providers: &'static [&'static dyn webhooks::provider::WebhookProvider],
     /// The public base URL providers call back (`BACKEND_URL`).
     pub backend_url: Option<String>,
     /// Phone-number commands.
@@ -382,6 +393,7 @@ impl Application {
             webhooks: buses.bus(()),
             lyra: config.lyra_account().map(payments::lyra::Lyra::new),
             webhook_secrets: Arc::new(config.webhook_secrets()),
+            webhook_providers: WEBHOOK_PROVIDERS,
             backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
             phone_numbers: buses.bus(()),
             sms: buses.bus(()),

@@ -6,3 +6,5 @@ pub mod aggregate;
 pub mod assemblyai;
 /// HTTP routes under `/v1/audio`, and the processing of AssemblyAI's webhooks.
 pub mod routes;
+/// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
+pub mod webhooks;

@@ -175,7 +175,7 @@ pub fn router(
         .merge(crate::tenants::routes::router())
         .merge(crate::chat::routes::router())
         .merge(crate::payments::routes::router())
-        .merge(crate::webhooks::routes::router())
+        .merge(crate::webhooks::http::router(state.webhook_providers))
         .merge(crate::telephony::routes::router())
         .merge(crate::whatsapp::routes::router())
         .merge(crate::audio::routes::router())

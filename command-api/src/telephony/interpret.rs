@@ -5,7 +5,7 @@ use events::telephony::Direction;
 use serde_json::{Map, Value};
 
 use super::aggregate::SmsReport;
-use crate::webhooks::interpret::{Identity, NotProviderShaped};
+use crate::webhooks::provider::{Identity, NotProviderShaped};
 
 /// The fields of a form callback that are kept: what identifies it and what telephony needs
 /// (the caller's city, zip code and the like are dropped).

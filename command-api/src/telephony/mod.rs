@@ -7,3 +7,7 @@ pub mod aggregate;
 pub mod interpret;
 /// HTTP routes under `/v1/telephony`.
 pub mod routes;
+/// The signature of SignalWire's callbacks.
+pub mod signature;
+/// SignalWire's callbacks (their [`crate::webhooks::provider::WebhookProvider`]).
+pub mod webhooks;

@@ -8,11 +8,11 @@
 
 /// The webhook aggregate and its rules.
 pub mod aggregate;
-/// What a provider's body says: identity and meaning for payments.
-pub mod interpret;
-/// HTTP routes: `/api/webhooks/{provider}` and `/v1/webhooks/{id}/…`.
-pub mod routes;
-/// The outcome of processing a webhook, as the providers' contexts answer it.
+/// HTTP routes: each provider's `/api/webhooks/…` paths and `/v1/webhooks/{id}/…`.
+pub mod http;
+/// What a provider implements in its own context.
+pub mod provider;
+/// Refusing, receiving and the outcome of processing, shared by every provider.
 pub mod service;
-/// Signature checks.
+/// Signature checks shared by providers.
 pub mod verify;

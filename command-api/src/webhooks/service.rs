@@ -1,7 +1,33 @@
-//! What a context that processes a provider's webhooks (payments, telephony, audio,
-//! WhatsApp) answers the ingestion layer: the outcome of processing one webhook.
+//! Webhook ingestion's application layer, shared by every provider: refusing a request
+//! (the capped rejection log, the sealed request kept for a replay), receiving a verified
+//! webhook once (de-duplicated, attributed, appended as `Received`), and what a provider's
+//! context answers when it has processed one.
 
-use events::webhooks::Outcome;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use events::envelope::ActorKind;
+use events::http::{Json, Problem, RequestIds};
+use events::identity::PLATFORM_TENANT;
+use events::webhooks::{webhook_id, Outcome, WEBHOOK};
+use events::Metadata;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use super::aggregate::WebhookCommand;
+use super::provider::WebhookProvider;
+use super::verify::{self, Rejection};
+use crate::AppState;
+
+/// The largest webhook body accepted (Stripe's events stay far below it).
+pub(crate) const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// The most a received webhook's kept fields may take, as JSON.
+const MAX_KEPT_PAYLOAD_BYTES: usize = 384 * 1024;
+/// Rejections kept in the log.
+const REJECTIONS_KEPT: i64 = 1_000;
+/// Rejections of one provider for one reason logged per minute: past it a flood is only
+/// counted in the logs, so it cannot push the evidence of an earlier probe out of the log.
+const REJECTIONS_PER_MINUTE: i64 = 20;
 
 /// What processing a webhook did, or why it must be tried again.
 pub(crate) enum Processing {
@@ -17,6 +43,9 @@ pub(crate) enum Processing {
     Unmatched(String),
 }
 
+/// Why a webhook naming a provider reference no payment was paid with was not applied.
+pub(crate) const UNMATCHED: &str = "no payment known for the provider's reference";
+
 /// The tenant a webhook turned out to concern, and its payment if it was about one.
 #[derive(Debug, Clone)]
 pub(crate) struct Attributed {
@@ -24,4 +53,282 @@ pub(crate) struct Attributed {
     pub(crate) payment_id: Option<String>,
     /// Its tenant (or the number's).
     pub(crate) tenant_id: String,
+}
+
+tokio::task_local! {
+    /// Set while a refused webhook is replayed (`POST /v1/webhooks/rejections/{id}/replay`):
+    /// a refusal is answered, not logged again, and a signature's age is no refusal.
+    pub(crate) static REPLAYING: ();
+}
+
+/// Whether a refused webhook is being replayed.
+pub(crate) fn replaying() -> bool {
+    REPLAYING.try_with(|_| ()).is_ok()
+}
+
+/// The largest refused body kept for a replay.
+const MAX_REPLAYABLE_BYTES: usize = 256 * 1024;
+/// How long a refused webhook can be replayed.
+const REPLAYABLE_FOR: &str = "7 days";
+
+/// A refused request as received: what its replay needs.
+pub(crate) struct Refused<'a> {
+    /// Its path and query.
+    uri: &'a Uri,
+    /// Its headers.
+    headers: &'a HeaderMap,
+    /// Its body.
+    body: &'a [u8],
+}
+
+impl<'a> Refused<'a> {
+    /// The request `uri`, `headers`, `body`.
+    pub(crate) fn new(uri: &'a Uri, headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Self { uri, headers, body }
+    }
+
+    /// The request sealed for a replay, with its type and the headers `provider`'s
+    /// verification reads, if its body is small enough to keep.
+    fn sealed(&self, state: &AppState, provider: &dyn WebhookProvider) -> Option<String> {
+        use base64::Engine;
+        if self.body.len() > MAX_REPLAYABLE_BYTES {
+            return None;
+        }
+        let headers: Vec<(&str, &str)> = ["content-type"]
+            .iter()
+            .chain(provider.signature_headers())
+            .filter_map(|name| {
+                let value = self.headers.get(*name)?.to_str().ok()?;
+                Some((*name, value))
+            })
+            .collect();
+        let request = json!({
+            "path": self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            "headers": headers,
+            "body": base64::engine::general_purpose::STANDARD.encode(self.body),
+        });
+        Some(state.sealing.seal(&request.to_string()))
+    }
+}
+
+/// Writes a refused webhook to the capped rejection log and answers 401: what diagnosis
+/// needs in clear (the body's shape and digest), and the request sealed for a replay. The
+/// log is best-effort: failing to write it does not change the answer. A replay's refusal
+/// is answered 422 `still_rejected` and not logged again.
+pub(crate) async fn reject(
+    state: &AppState,
+    provider: &dyn WebhookProvider,
+    rejection: Rejection,
+    signature: Option<&str>,
+    request: &Refused<'_>,
+) -> Problem {
+    if replaying() {
+        return Problem::unprocessable(
+            "still_rejected",
+            format!(
+                "The webhook still fails verification ({}).",
+                rejection.code()
+            ),
+        );
+    }
+    let body = request.body;
+    let shape = body_shape(body);
+    let digest = crate::values::hex(&Sha256::digest(body));
+    let signature = signature.map(|s| s.chars().take(512).collect::<String>().replace('\0', ""));
+    let logged = sqlx::query(&format!(
+        "WITH added AS (
+             INSERT INTO webhook_rejections (provider, reason, signature, body_excerpt, body_bytes,
+                                             body_sha256, sealed_request, replayable_until)
+             SELECT $1, $2, $3, $4, $5, $8, $9,
+                    CASE WHEN $9::text IS NULL THEN NULL ELSE now() + interval '{REPLAYABLE_FOR}' END
+              WHERE (SELECT count(*) FROM webhook_rejections
+                      WHERE provider = $1 AND reason = $2
+                        AND received_at > now() - interval '1 minute') < $7
+             RETURNING id)
+         DELETE FROM webhook_rejections WHERE id <= (SELECT id FROM added) - $6"
+    ))
+    .bind(provider.provider().as_str())
+    .bind(rejection.code())
+    .bind(signature)
+    .bind(shape)
+    .bind(body.len() as i32)
+    .bind(REJECTIONS_KEPT)
+    .bind(REJECTIONS_PER_MINUTE)
+    .bind(digest)
+    .bind(request.sealed(state, provider))
+    .execute(&state.pool)
+    .await;
+    if let Err(e) = logged {
+        tracing::warn!(error = %e, "could not log a webhook rejection");
+    }
+    tracing::warn!(
+        provider = provider.provider().as_str(),
+        reason = rejection.code(),
+        "webhook refused"
+    );
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        rejection.code(),
+        "The webhook's signature could not be verified.",
+    )
+}
+
+/// The tenant of the stream `(aggregate_type, id)`: that of its first event.
+pub(crate) async fn stream_tenant(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
+
+/// What a refused body looked like without what it said: a JSON object's keys, a form's
+/// field names, or only its size. The values may be customer data, and a refused webhook
+/// is no record of anything.
+fn body_shape(body: &[u8]) -> String {
+    let names = |mut names: Vec<String>| {
+        names.sort();
+        names.dedup();
+        names.truncate(64);
+        names
+            .into_iter()
+            .map(|n| {
+                n.chars()
+                    .take(64)
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        return format!("json keys: {}", names(map.keys().cloned().collect()));
+    }
+    // A form only if every name is one (letters, digits, `_.-[]`, at most 64): other text
+    // read as a form would show its words as "names" — a refused plain-text or broken JSON
+    // body's content.
+    let name_like = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b))
+    };
+    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
+        if !form.is_empty()
+            && std::str::from_utf8(body).is_ok()
+            && form.iter().all(|(k, _)| name_like(k))
+        {
+            return format!(
+                "form fields: {}",
+                names(form.into_iter().map(|(k, _)| k).collect())
+            );
+        }
+    }
+    "unparsed".to_owned()
+}
+
+/// Appends a verified webhook, once: a repeat finds it received and appends nothing.
+pub(crate) async fn receive(
+    state: &AppState,
+    ids: &RequestIds,
+    provider: &dyn WebhookProvider,
+    payload: serde_json::Value,
+    body: &[u8],
+) -> Result<Response, Problem> {
+    let (id, duplicate) = receive_item(state, ids, provider, payload, body).await?;
+    Ok(Json(json!({"received": true, "id": id, "duplicate": duplicate})).into_response())
+}
+
+/// Appends one verified webhook unless it was received before: its id, and whether it was.
+pub(crate) async fn receive_item(
+    state: &AppState,
+    ids: &RequestIds,
+    provider: &dyn WebhookProvider,
+    payload: serde_json::Value,
+    body: &[u8],
+) -> Result<(String, bool), Problem> {
+    let identity = super::provider::identify(provider, &payload)
+        .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
+    // What is kept of a webhook is what processing needs: far below what an event may hold.
+    // A signed body keeping more (a 700 KB field) is the provider's mistake, answered 413
+    // so that it is not retried as a failure of ours.
+    if events::jsonb::encoded_len(&payload) > MAX_KEPT_PAYLOAD_BYTES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The webhook's fields are larger than any this provider sends.",
+        ));
+    }
+    let kind = provider.provider();
+    let id = webhook_id(kind, &identity.provider_event_id);
+    // Attributed to the tenant owning what it concerns (the payment it names, the number
+    // it reached), if anybody does.
+    let tenant = provider
+        .owner(state, &identity, &payload)
+        .await?
+        .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
+    let metadata = ids.metadata(
+        &tenant,
+        &format!("webhook:{}", kind.as_str()),
+        ActorKind::Anonymous,
+    );
+    let command = WebhookCommand::Receive {
+        provider: kind,
+        provider_event_id: identity.provider_event_id,
+        event_type: identity.event_type,
+        payment_id: identity.payment_id,
+        payload: provider.retained(&payload),
+        body_sha256: Some(verify::hex_sha256(body)),
+        at: state.clock.now(),
+    };
+    let c = state
+        .webhooks
+        .execute(&id, None, command, &metadata)
+        .await?;
+    Ok((id, c.appended == 0))
+}
+
+/// The metadata of a command caused by webhook `id`: the tenant of its stream, the platform
+/// component `webhooks` as actor, the webhook's `Received` event as the cause.
+pub(crate) fn caused_by(ids: &RequestIds, tenant: &str, id: &str) -> Metadata {
+    let mut metadata = ids.metadata(tenant, "webhooks", ActorKind::System);
+    metadata.causation_id = events::subject::message_id(WEBHOOK, id, 1);
+    metadata
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_shape;
+
+    #[test]
+    fn a_refused_body_shows_its_shape_never_its_values() {
+        assert_eq!(
+            body_shape(br#"{"customer_email":"jane@example.com","name":"Jane"}"#),
+            "json keys: customer_email, name"
+        );
+        assert_eq!(
+            body_shape(b"Body=Hello&From=%2B1555"),
+            "form fields: Body, From"
+        );
+        // Broken JSON, plain text, XML: no names, so nothing of them.
+        for text in [
+            &br#"{"customer_email":"jane.doe@example.com","name":"Jane Doe","card"#[..],
+            b"her card is 4242424242424242, exp 12/30",
+            b"<xml><email>jane@example.com</email></xml>",
+        ] {
+            assert_eq!(
+                body_shape(text),
+                "unparsed",
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
 }

@@ -14,3 +14,7 @@ pub mod history;
 pub mod inbound;
 /// HTTP routes.
 pub mod routes;
+/// The signature of WhatsApp deliveries.
+pub mod signature;
+/// WhatsApp deliveries (their [`crate::webhooks::provider::WebhookProvider`]).
+pub mod webhooks;

@@ -5,15 +5,15 @@
 //! `/api/webhooks/whatsapp`), whose messages and statuses are processed here when the
 //! webhook process manager asks.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use events::access::Principal;
 use events::chat::{Channel, Party, PartyKind};
-use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
-use events::webhooks::{Outcome, Provider};
+use events::http::{AuthUser, Json, Problem, RequestIds};
+use events::webhooks::Outcome;
 use events::whatsapp::MediaKind;
 use events::whatsapp::{
     cloud_message, conversation_id, inbound_message_id, session_id, ConversationEvent, Credentials,
@@ -36,16 +36,16 @@ use crate::http::error::DomainProblem;
 use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::store::CommandError;
-use crate::webhooks::routes::{receive_item, reject, Attributed, Processing, MAX_WEBHOOK_BYTES};
+use crate::webhooks::provider::WebhookRequest;
+use crate::webhooks::service::{receive_item, reject, Attributed, Processing, Refused};
 use crate::webhooks::verify;
 use crate::AppState;
 
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/webhooks/whatsapp", get(handshake).post(deliver))
-        .route("/api/webhooks/whatsapp/bridge", post(bridge_delivery))
-        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
+        // Deliveries are posted through the webhook layer (`super::webhooks`).
+        .route("/api/webhooks/whatsapp", get(handshake))
         .route("/v1/whatsapp/sessions", post(connect))
         .route("/v1/whatsapp/sessions/bridge", post(connect_bridge))
         .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
@@ -295,12 +295,15 @@ async fn connect_bridge(
 /// signed with its bridge secret (`X-Bridge-Signature: sha256=` HMAC-SHA256 of the raw
 /// body). From there on it is a Cloud API delivery: one webhook per message and status.
 pub(crate) async fn bridge_delivery(
-    State(state): State<AppState>,
-    uri: axum::http::Uri,
-    ids: RequestIds,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    state: &AppState,
+    request: WebhookRequest,
 ) -> Result<Response, Problem> {
+    let WebhookRequest {
+        ids,
+        uri,
+        headers,
+        body,
+    } = request;
     let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let signature = header("x-bridge-signature");
     let session = header("x-bridge-session").and_then(|s| Uuid::parse_str(s).ok());
@@ -310,13 +313,13 @@ pub(crate) async fn bridge_delivery(
     }
     .filter(|s| s.transport() == Transport::Bridge && s.tenant_id().is_some());
     let secret = match (&found, session) {
-        (Some(s), Some(id)) => opened(&state, s, &id.to_string()).map(|c| c.app_secret),
+        (Some(s), Some(id)) => opened(state, s, &id.to_string()).map(|c| c.app_secret),
         _ => None,
     };
     let secrets: Vec<String> = secret.into_iter().collect();
-    if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
-        let request = crate::webhooks::routes::Refused::new(&uri, &headers, &body);
-        return Err(reject(&state, Provider::Whatsapp, r, signature, &request).await);
+    if let Err(r) = super::signature::whatsapp(signature, &body, &secrets) {
+        let request = Refused::new(&uri, &headers, &body);
+        return Err(reject(state, &super::webhooks::WHATSAPP, r, signature, &request).await);
     }
     let Some(session) = found else {
         return Err(SessionError::NotFound.problem());
@@ -329,7 +332,7 @@ pub(crate) async fn bridge_delivery(
     value["metadata"] = json!({"phone_number_id": session.phone_number_id()});
     let delivery = json!({"object": "whatsapp_business_account",
                           "entry": [{"id": "bridge", "changes": [{"field": "messages", "value": value}]}]});
-    receive_delivery(&state, &ids, &delivery, &body).await
+    receive_delivery(state, &ids, &delivery, &body).await
 }
 
 async fn disconnect(
@@ -805,12 +808,15 @@ async fn app_secret(state: &AppState, id: &str) -> Result<Option<String>, Proble
 /// names (or the platform's). Each message and status is appended as a webhook of its own
 /// before the answer.
 pub(crate) async fn deliver(
-    State(state): State<AppState>,
-    ids: RequestIds,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    state: &AppState,
+    request: WebhookRequest,
 ) -> Result<Response, Problem> {
+    let WebhookRequest {
+        ids,
+        uri,
+        headers,
+        body,
+    } = request;
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let signature = headers
         .get("x-hub-signature-256")
@@ -818,7 +824,7 @@ pub(crate) async fn deliver(
     // The platform's app may sign for any number. Otherwise every number the (not yet
     // trusted) body names must be a session whose own app secret signed it, so one tenant's
     // app cannot speak for another tenant's number.
-    let platform = verify::whatsapp(signature, &body, &state.whatsapp.app_secrets);
+    let platform = super::signature::whatsapp(signature, &body, &state.whatsapp.app_secrets);
     if platform.is_err() {
         let numbers: Vec<String> = parsed.iter().flat_map(inbound::phone_number_ids).collect();
         let mut verdict = Err(verify::Rejection::Mismatch);
@@ -829,11 +835,11 @@ pub(crate) async fn deliver(
                     verdict = Err(verify::Rejection::Mismatch);
                     break;
                 }
-                let secrets: Vec<String> = app_secret(&state, &session_id(number))
+                let secrets: Vec<String> = app_secret(state, &session_id(number))
                     .await?
                     .into_iter()
                     .collect();
-                if let Err(r) = verify::whatsapp(signature, &body, &secrets) {
+                if let Err(r) = super::signature::whatsapp(signature, &body, &secrets) {
                     // A number no session has: nothing of it can have signed.
                     verdict = Err(match r {
                         verify::Rejection::NotConfigured => verify::Rejection::Mismatch,
@@ -853,13 +859,13 @@ pub(crate) async fn deliver(
                 ) => p,
                 _ => r,
             };
-            let request = crate::webhooks::routes::Refused::new(&uri, &headers, &body);
-            return Err(reject(&state, Provider::Whatsapp, r, signature, &request).await);
+            let request = Refused::new(&uri, &headers, &body);
+            return Err(reject(state, &super::webhooks::WHATSAPP, r, signature, &request).await);
         }
     }
     let parsed =
         parsed.ok_or_else(|| Problem::bad_request("invalid_payload", "The body is not JSON."))?;
-    receive_delivery(&state, &ids, &parsed, &body).await
+    receive_delivery(state, &ids, &parsed, &body).await
 }
 
 /// Appends each message and status of a verified delivery as a webhook of its own: their
@@ -873,14 +879,14 @@ async fn receive_delivery(
     let items = inbound::items(delivery).map_err(|e| Problem::bad_request("invalid_payload", e))?;
     // Every item is checked before any is kept: a delivery is taken whole or refused whole.
     for item in &items {
-        crate::webhooks::interpret::identify(Provider::Whatsapp, &item.payload)
+        crate::webhooks::provider::identify(&super::webhooks::WHATSAPP, &item.payload)
             .map_err(|e| Problem::bad_request("invalid_payload", e.0))?;
     }
     let mut received = Vec::with_capacity(items.len());
     let mut duplicates = 0;
     for item in items {
         let (id, duplicate) =
-            receive_item(state, ids, Provider::Whatsapp, item.payload, body).await?;
+            receive_item(state, ids, &super::webhooks::WHATSAPP, item.payload, body).await?;
         duplicates += usize::from(duplicate);
         received.push(id);
     }

@@ -1,22 +1,13 @@
-//! What a provider's webhook says, read from its parsed body: its identity (at ingestion,
-//! for de-duplication and attribution) and its meaning for a payment (when processed).
+//! What the payment providers' webhooks (Stripe, Lyra) say, read from their parsed bodies:
+//! their identity (at ingestion, for de-duplication and attribution), what of them is kept,
+//! and their meaning for a payment (when processed).
 
 use events::webhooks::Provider;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::payments::aggregate::ProviderStatus;
-
-/// A webhook's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The de-duplication key within the provider.
-    pub provider_event_id: String,
-    /// The provider's event type.
-    pub event_type: String,
-    /// The payment it names directly, if any.
-    pub payment_id: Option<String>,
-}
+use crate::webhooks::provider::{text, Identity, NotProviderShaped};
 
 /// How a webhook names its payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,32 +31,14 @@ pub struct Meaning {
     pub unhandled: Option<&'static str>,
 }
 
-/// Why a verified body is not what the provider sends (400: the sender must not retry it).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NotProviderShaped(pub &'static str);
-
-/// A provider's id or word at `pointer`: 1–255 characters (Stripe's ids are far shorter; a
-/// longer one names nothing of ours and is not kept).
-fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 255)
-}
-
 /// A string that is one of our payment ids (a UUID).
 fn payment_id(raw: Option<&str>) -> Option<String> {
     raw.and_then(|s| Uuid::parse_str(s).ok())
         .map(|u| u.to_string())
 }
 
-/// Reads the identity of a verified webhook body.
+/// Reads the identity of a verified payment provider's webhook body.
 pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProviderShaped> {
-    if events::jsonb::holds_nul(body) {
-        return Err(NotProviderShaped(
-            "a provider's body holds no NUL character",
-        ));
-    }
     match provider {
         Provider::Stripe => {
             let id = text(body, "/id")
@@ -111,56 +84,8 @@ pub fn identify(provider: Provider, body: &Value) -> Result<Identity, NotProvide
                 payment_id: payment_id(Some(order)),
             })
         }
-        Provider::Signalwire => crate::telephony::interpret::identify(body),
-        Provider::Whatsapp => {
-            // One message or status of a delivery (whatsapp::inbound::items), keyed under its
-            // number: ids are chosen by the provider (or a tenant's bridge), so one number's
-            // cannot pre-empt another's.
-            let number = text(body, "/phone_number_id")
-                .filter(|n| n.len() <= 64)
-                .ok_or(NotProviderShaped(
-                    "a WhatsApp item names its phone number id",
-                ))?;
-            let (key, event_type) = match (body.get("message"), body.get("status")) {
-                (Some(m), _) => {
-                    let id = text(m, "/id").filter(|i| i.len() <= 256);
-                    let kind = text(m, "/type").unwrap_or("unknown");
-                    let id = id.ok_or(NotProviderShaped("a WhatsApp message has an id"))?;
-                    (format!("message:{number}:{id}"), format!("message.{kind}"))
-                }
-                (None, Some(s)) => {
-                    let id = text(s, "/id").filter(|i| i.len() <= 256);
-                    let id = id.ok_or(NotProviderShaped("a WhatsApp status has an id"))?;
-                    let status = text(s, "/status")
-                        .filter(|s| s.len() <= 32)
-                        .ok_or(NotProviderShaped("a WhatsApp status has a status"))?;
-                    (
-                        format!("status:{number}:{id}:{status}"),
-                        format!("status.{status}"),
-                    )
-                }
-                (None, None) => return Err(NotProviderShaped("a WhatsApp message or status")),
-            };
-            Ok(Identity {
-                provider_event_id: key,
-                event_type: event_type.chars().take(64).collect(),
-                payment_id: None,
-            })
-        }
-        Provider::Assemblyai => {
-            let transcript = text(body, "/transcript_id")
-                .filter(|t| t.len() <= 128)
-                .ok_or(NotProviderShaped(
-                    "an AssemblyAI webhook has a transcript_id",
-                ))?;
-            let status = text(body, "/status")
-                .filter(|s| s.len() <= 32)
-                .ok_or(NotProviderShaped("an AssemblyAI webhook has a status"))?;
-            Ok(Identity {
-                provider_event_id: format!("{transcript}:{status}"),
-                event_type: format!("transcript.{status}"),
-                payment_id: None,
-            })
+        Provider::Signalwire | Provider::Whatsapp | Provider::Assemblyai => {
+            Err(NotProviderShaped("not a payment provider"))
         }
     }
 }
@@ -282,11 +207,8 @@ pub fn retained(provider: Provider, body: &Value) -> Value {
     match provider {
         Provider::Stripe => keep(body, STRIPE_KEPT),
         Provider::Lyra => keep(body, LYRA_KEPT),
-        // Kept when the callback was read (telephony::interpret); AssemblyAI's names a
-        // transcript and its status only.
-        // WhatsApp's: one message or status as the contact sent it (the conversation's
-        // events keep it too; like chat texts, personal data the thread shows).
-        Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => body.clone(),
+        // Not a payment provider's: nothing of it is kept here.
+        Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => Value::Null,
     }
 }
 
@@ -295,7 +217,7 @@ pub fn interpret(provider: Provider, event_type: &str, body: &Value) -> Meaning 
     match provider {
         Provider::Stripe => stripe(event_type, body),
         Provider::Lyra => lyra(event_type, body),
-        // Telephony callbacks and transcripts are no payment's (processed by their contexts).
+        // Not a payment provider's.
         Provider::Signalwire | Provider::Assemblyai | Provider::Whatsapp => Meaning {
             reference: Reference::None,
             status: None,
@@ -522,7 +444,6 @@ mod tests {
             json!({"id": "evt", "type": "x"}),
             json!({"id": "", "type": "x", "data": {"object": {}}}),
             json!([1]),
-            json!({"id": "evt", "type": "x", "data": {"object": {"note": "a\u{0}b"}}}),
         ] {
             assert!(identify(Provider::Stripe, &body).is_err(), "{body}");
         }
