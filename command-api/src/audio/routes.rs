@@ -1004,6 +1004,23 @@ pub(crate) async fn process_webhook(
     }
 }
 
+impl DomainProblem for crate::audio::aggregate::AudioError {
+    fn problem(&self) -> Problem {
+        use crate::audio::aggregate::AudioError as E;
+        match self {
+            E::NotFound => Problem::not_found(self.to_string()),
+            E::AlreadyExists => {
+                Problem::new(StatusCode::CONFLICT, "already_exists", self.to_string())
+            }
+            E::AlreadyTranscribed => Problem::new(
+                StatusCode::CONFLICT,
+                "already_transcribed",
+                self.to_string(),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod sniffing_tests {
     use super::looks_like;

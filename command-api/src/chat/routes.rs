@@ -589,3 +589,45 @@ async fn fail_scheduled(
     };
     caller.change(&state, &id, action).await
 }
+
+impl crate::http::error::DomainProblem for crate::chat::aggregate::ThreadError {
+    fn problem(&self) -> Problem {
+        use crate::chat::aggregate::ThreadError as E;
+        let detail = self.to_string();
+        let unprocessable = |code| Problem::unprocessable(code, detail.clone());
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::Forbidden(why) => Problem::forbidden(*why),
+            E::ChannelNotAllowed => unprocessable("channel_not_allowed"),
+            E::NotTheSendersThread => {
+                Problem::new(StatusCode::CONFLICT, "not_the_senders_thread", detail)
+            }
+            E::InvalidSubject => unprocessable("invalid_subject"),
+            E::InvalidTags => unprocessable("invalid_tags"),
+            E::TextTooLong => unprocessable("message_too_long"),
+            E::InvalidText => unprocessable("invalid_text"),
+            E::EmptyMessage => unprocessable("empty_message"),
+            E::InvalidAttachment => unprocessable("invalid_attachment"),
+            E::InvalidClientMessageId => unprocessable("invalid_client_message_id"),
+            E::UnknownCustomer => unprocessable("unknown_customer"),
+            E::UnknownAgent => unprocessable("unknown_agent"),
+            E::AgentUnavailable => unprocessable("agent_unavailable"),
+            E::UnknownDepartment => unprocessable("unknown_department"),
+            E::InvalidParticipant => unprocessable("invalid_participant"),
+            E::MessageNotFound => Problem::new(StatusCode::NOT_FOUND, "message_not_found", detail),
+            E::UnknownMessageNumber => unprocessable("unknown_message_number"),
+            E::NotAuthor => Problem::new(StatusCode::FORBIDDEN, "not_author", detail),
+            E::EditWindowClosed => unprocessable("edit_window_closed"),
+            E::MessageDeleted => unprocessable("message_deleted"),
+            E::DueInPast => unprocessable("due_in_past"),
+            E::DueTooFar => unprocessable("due_too_far"),
+            E::ScheduledNotFound => {
+                Problem::new(StatusCode::NOT_FOUND, "scheduled_message_not_found", detail)
+            }
+            E::ScheduleNotPending => unprocessable("schedule_not_pending"),
+            E::NotDue => Problem::new(StatusCode::CONFLICT, "not_due", detail),
+            E::Unavailable(cause) => Problem::unavailable(cause),
+        }
+    }
+}

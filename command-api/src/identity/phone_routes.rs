@@ -509,3 +509,26 @@ async fn sync(
     }))
     .into_response())
 }
+
+impl crate::http::error::DomainProblem for crate::identity::phone::PhoneLoginError {
+    fn problem(&self) -> Problem {
+        use crate::identity::phone::PhoneLoginError as E;
+        match self {
+            E::TooManyCodes { retry_after } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                self.to_string(),
+            )
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_str(&retry_after.to_string())
+                    .unwrap_or(axum::http::HeaderValue::from_static("60")),
+            ),
+            E::NoCode => Problem::new(StatusCode::UNAUTHORIZED, "invalid_code", self.to_string()),
+            E::NotSignedIn => Problem::not_found(self.to_string()),
+            E::InvalidAnonymousIds => {
+                Problem::unprocessable("invalid_anonymous_ids", self.to_string())
+            }
+        }
+    }
+}

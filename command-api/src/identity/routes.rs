@@ -460,3 +460,26 @@ async fn issue_password_reset(
     )
         .into_response())
 }
+
+impl crate::http::error::DomainProblem for crate::identity::aggregate::AdminUserError {
+    fn problem(&self) -> Problem {
+        use crate::identity::aggregate::AdminUserError as E;
+        let detail = self.to_string();
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::EmailTaken => Problem::new(StatusCode::CONFLICT, "email_taken", detail),
+            E::InvalidEmail => Problem::unprocessable("invalid_email", detail),
+            E::WeakPassword => Problem::unprocessable("weak_password", detail),
+            E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
+            E::TenantRequired => Problem::unprocessable("tenant_required", detail),
+            E::Inactive => Problem::unprocessable("user_inactive", detail),
+            E::SelfDeactivation => Problem::unprocessable("cannot_deactivate_self", detail),
+            E::LastSuperAdmin => Problem::unprocessable("last_super_admin", detail),
+            E::Active => Problem::unprocessable("user_active", detail),
+            E::WrongPassword => Problem::forbidden(detail),
+            E::Locked => Problem::new(StatusCode::FORBIDDEN, "account_locked", detail),
+            E::Unavailable(cause) => Problem::unavailable(cause),
+        }
+    }
+}

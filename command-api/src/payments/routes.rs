@@ -399,3 +399,43 @@ async fn save(
         c.version,
     ))
 }
+
+impl DomainProblem for crate::payments::catalog::CatalogError {
+    fn problem(&self) -> Problem {
+        use crate::payments::catalog::CatalogError as E;
+        let detail = self.to_string();
+        let code = match self {
+            E::InvalidId => "invalid_item_id",
+            E::InvalidName => "invalid_name",
+            E::InvalidRate => "invalid_rate",
+            E::InvalidPrice => "invalid_price",
+            E::InvalidCurrency => "invalid_currency",
+            E::UnknownTax => "unknown_tax",
+        };
+        Problem::unprocessable(code, detail)
+    }
+}
+
+impl DomainProblem for crate::payments::aggregate::PaymentError {
+    fn problem(&self) -> Problem {
+        use crate::payments::aggregate::PaymentError as E;
+        let detail = self.to_string();
+        let unprocessable = |code| Problem::unprocessable(code, detail.clone());
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::LinkExists => Problem::new(StatusCode::CONFLICT, "link_exists", detail),
+            E::InvalidCurrency => unprocessable("invalid_currency"),
+            E::InvalidLines => unprocessable("invalid_lines"),
+            E::UnknownProduct => unprocessable("unknown_product"),
+            E::InactiveProduct => unprocessable("inactive_product"),
+            E::CurrencyMismatch => unprocessable("currency_mismatch"),
+            E::InvalidAmount => unprocessable("invalid_amount"),
+            E::InvalidCustomerReference => unprocessable("invalid_customer_reference"),
+            E::InvalidDescription => unprocessable("invalid_description"),
+            E::NotAwaitingLink => unprocessable("not_awaiting_link"),
+            E::NotCancellable => unprocessable("not_cancellable"),
+            E::InvalidReason => unprocessable("invalid_reason"),
+        }
+    }
+}

@@ -568,3 +568,13 @@ pub(crate) async fn process_callback(
         }
     }
 }
+
+impl DomainProblem for crate::telephony::aggregate::PhoneNumberError {
+    fn problem(&self) -> Problem {
+        use crate::telephony::aggregate::PhoneNumberError as E;
+        match self {
+            E::Taken => Problem::new(StatusCode::CONFLICT, "number_taken", self.to_string()),
+            E::NotFound => Problem::not_found(self.to_string()),
+        }
+    }
+}

@@ -448,3 +448,34 @@ async fn upload_logo(
     };
     execute(&state, &who, &ids, &headers, &id, command).await
 }
+
+impl crate::http::error::DomainProblem for crate::tenants::aggregate::TenantError {
+    fn problem(&self) -> Problem {
+        use crate::tenants::aggregate::TenantError as E;
+        let detail = self.to_string();
+        match self {
+            E::NotFound => Problem::not_found(detail),
+            E::AlreadyExists => Problem::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::SlugTaken => Problem::new(StatusCode::CONFLICT, "slug_taken", detail),
+            E::InvalidName => Problem::unprocessable("invalid_name", detail),
+            E::InvalidSlug => Problem::unprocessable("invalid_slug", detail),
+            E::InvalidEmail => Problem::unprocessable("invalid_email", detail),
+            E::AlreadyApproved => Problem::unprocessable("already_approved", detail),
+            E::NotPending => Problem::unprocessable("not_pending", detail),
+            E::Suspended => Problem::unprocessable("tenant_suspended", detail),
+            E::NotSuspended => Problem::unprocessable("not_suspended", detail),
+            E::NotActive => Problem::unprocessable("not_active", detail),
+            E::Rejected => Problem::unprocessable("tenant_rejected", detail),
+            E::PreferencesNotObject => Problem::unprocessable("preferences_not_object", detail),
+            E::PreferencesTooLarge => Problem::unprocessable("preferences_too_large", detail),
+            E::PreferencesInvalid => Problem::unprocessable("preferences_invalid", detail),
+            E::InvalidReason => Problem::unprocessable("invalid_reason", detail),
+            E::InvalidLogo => Problem::unprocessable("invalid_logo", detail),
+            E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
+            E::DepartmentExists => Problem::new(StatusCode::CONFLICT, "department_exists", detail),
+            E::NoSuchDepartment => Problem::not_found(detail),
+            E::DepartmentInUse(_) => Problem::unprocessable("department_in_use", detail),
+            E::Unavailable(cause) => Problem::unavailable(cause),
+        }
+    }
+}

@@ -325,3 +325,13 @@ async fn replay_rejection(
     .map_err(|e| Problem::unavailable(&e))?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
+
+impl DomainProblem for crate::webhooks::aggregate::WebhookError {
+    fn problem(&self) -> Problem {
+        match self {
+            crate::webhooks::aggregate::WebhookError::NotFound => {
+                Problem::not_found(self.to_string())
+            }
+        }
+    }
+}
