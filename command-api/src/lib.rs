@@ -17,37 +17,43 @@
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
 
-/// Audio files and their transcripts.
-pub mod audio;
-/// Chat bounded context: threads, messages, receipts, scheduled messages.
-pub mod chat;
 /// Outbound messages (capture sink).
 pub mod comms;
 /// Settings.
 pub mod config;
+/// What a bounded context contributes, and the list that names them all.
+pub mod context;
 /// HTTP surface.
 pub mod http;
-/// Identity bounded context: admin users, logins, sessions.
-pub mod identity;
 /// Files fetched from providers into the blob store.
 pub mod media;
-/// Payments bounded context: catalogs and payments.
-pub mod payments;
 /// Events → NATS.
 pub mod relay;
 /// Snapshot checks.
 pub mod snapshots;
 /// Command execution.
 pub mod store;
-/// Telephony bounded context: numbers, SMS, calls.
-pub mod telephony;
-/// Tenants bounded context.
-pub mod tenants;
 /// Value objects shared by contexts.
 pub mod values;
-/// Provider webhooks: ingestion and processing.
-pub mod webhooks;
-pub mod whatsapp;
+
+context::contexts! {
+    /// Tenants: signup, approval, lifecycle, preferences, logo, departments.
+    tenants,
+    /// Identity: admin users, logins, sessions, phone sign-in.
+    identity,
+    /// Chat: threads, messages, receipts, scheduled messages.
+    chat,
+    /// Payments: catalogs and payments.
+    payments,
+    /// Provider webhooks: ingestion and processing.
+    webhooks,
+    /// Telephony: numbers, SMS, calls.
+    telephony,
+    /// Audio files and their transcripts.
+    audio,
+    /// WhatsApp: sessions, conversations, deliveries.
+    whatsapp,
+}
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -64,22 +70,10 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::identity::aggregate::AdminUser;
 use crate::identity::services::PgIdentity;
-use crate::identity::sessions::Sessions;
 use crate::store::CommandBus;
-use crate::tenants::aggregate::Tenant;
-use crate::tenants::services::{PgSlugRegistry, TenantServices};
 
 /// The migrations of the whole platform (event store, command side, read models).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// The providers whose webhooks the platform receives, each implemented in its context.
-static WEBHOOK_PROVIDERS: &[&dyn webhooks::provider::WebhookProvider] = &[
-    &payments::webhooks::STRIPE,
-    &payments::webhooks::LYRA,
-    &telephony::webhooks::SIGNALWIRE,
-    &audio::webhooks::ASSEMBLYAI,
-    &whatsapp::webhooks::WHATSAPP,
-];
 
 /// What handlers share.
 #[derive(Clone)]
@@ -100,77 +94,20 @@ pub struct AppState {
     pub access: events::http::Access,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Tenant commands.
-    pub tenants: Arc<CommandBus<Tenant>>,
-    /// Thread commands.
-    pub threads: Arc<CommandBus<chat::aggregate::Thread>>,
-    /// Blob store (logos).
+    /// The blob store (logos, media, audio, attachments).
     pub blobs: Arc<dyn ObjectStore>,
-    /// Admin-user commands.
-    pub admins: Arc<CommandBus<AdminUser>>,
-    /// One password check at a time per admin user.
-    pub password_attempts: identity::attempts::PasswordAttempts,
-    /// Refresh-token families.
-    pub sessions: Sessions,
-    /// Access-token lifetime.
-    pub token_ttl: std::time::Duration,
-    /// An argon2 hash checked against when a login names an unknown e-mail, so that
-    /// answer takes as long as a wrong password.
-    pub dummy_hash: Arc<String>,
-    /// Phone sign-in commands.
-    pub phone_logins: Arc<CommandBus<identity::phone::PhoneLogin>>,
-    /// Keyed hashes of phone sign-ins.
-    pub phone_keys: identity::phone::PhoneKeys,
-    /// Codes a client IP may request per hour.
-    pub otp_per_ip: i64,
     /// Trusted proxies appending to `X-Forwarded-For` (0: the header is ignored).
     pub proxy_hops: usize,
-    /// Anonymous tenant sign-ups per client IP per hour.
-    pub signups_per_ip: i64,
-    /// Refused admin logins per client IP per hour.
-    pub login_failures_per_ip: i64,
-    /// Audio uploads per user per hour.
-    pub audio_uploads_per_user: i64,
-    /// Mebibytes of audio per user per day.
-    pub audio_mib_per_user_per_day: i64,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
-    /// Catalog commands (one aggregate per tenant).
-    pub catalogs: Arc<CommandBus<payments::catalog::Catalog>>,
-    /// Payment commands.
-    pub payments: Arc<CommandBus<payments::aggregate::Payment>>,
-    /// Webhook commands.
-    pub webhooks: Arc<CommandBus<webhooks::aggregate::Webhook>>,
-    /// The Lyra client, when an account is configured.
-    pub lyra: Option<payments::lyra::Lyra>,
     /// The keys webhooks are verified with.
     pub webhook_secrets: Arc<WebhookSecrets>,
-    /// The providers whose webhooks are received.
-    pub(crate) webhook_providers: &'static [&'static dyn webhooks::provider::WebhookProvider],
     /// The public base URL providers call back (`BACKEND_URL`).
     pub backend_url: Option<String>,
-    /// Phone-number commands.
-    pub phone_numbers: Arc<CommandBus<telephony::aggregate::PhoneNumber>>,
-    /// SMS commands (from callbacks).
-    pub sms: Arc<CommandBus<telephony::aggregate::Sms>>,
-    /// Call commands (from callbacks).
-    pub calls: Arc<CommandBus<telephony::aggregate::Call>>,
-    /// Audio-file commands.
-    pub audio: Arc<CommandBus<audio::aggregate::Audio>>,
-    /// The AssemblyAI client, when an API key and `BACKEND_URL` are configured.
-    pub assemblyai: Option<audio::assemblyai::AssemblyAi>,
-    /// Files being sent to the transcription service at once by this process: a request is
-    /// claimed only with a free slot (the rest stay due), so a burst of large files shares
-    /// the link a few at a time instead of all timing out together.
-    pub transcription_slots: Arc<tokio::sync::Semaphore>,
-    /// WhatsApp sessions.
-    pub wa_sessions: Arc<CommandBus<whatsapp::aggregate::Session>>,
-    /// WhatsApp conversations.
-    pub wa_conversations: Arc<CommandBus<whatsapp::aggregate::Conversation>>,
-    /// WhatsApp settings (API URL and version, the platform's app secrets and verify token).
-    pub whatsapp: Arc<whatsapp::cloud::Settings>,
     /// Seals and opens provider credentials.
     pub sealing: events::sealed::SealingKey,
+    /// Every bounded context's state (command buses, clients, limits).
+    pub ctx: Arc<Contexts>,
 }
 
 /// The keys webhooks are verified with.
@@ -225,37 +162,6 @@ pub enum StartError {
     /// The bootstrap super admin could not be created.
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
-}
-
-/// What every command bus of the process shares.
-struct Buses {
-    /// The event store.
-    pool: PgPool,
-    /// Events between snapshots.
-    snapshot_every: usize,
-    /// Woken after every commit (the relay).
-    committed: Arc<Notify>,
-    /// The process's metrics.
-    metrics: Arc<Metrics>,
-}
-
-impl Buses {
-    /// A command bus for aggregate `A` with `services`.
-    fn bus<A>(&self, services: A::Services) -> Arc<CommandBus<A>>
-    where
-        A: cqrs_es::Aggregate + Clone + 'static,
-        A::Command: Clone,
-    {
-        Arc::new(
-            CommandBus::new(
-                self.pool.clone(),
-                services,
-                self.snapshot_every,
-                self.committed.clone(),
-            )
-            .with_metrics(self.metrics.clone()),
-        )
-    }
 }
 
 /// A built, bound, not yet serving command-api.
@@ -332,28 +238,13 @@ impl Application {
         );
         let metrics = Arc::new(Metrics::default());
         let committed = Arc::new(Notify::new());
-        let buses = Buses {
-            pool: pool.clone(),
-            snapshot_every: config.snapshot_every,
-            committed: committed.clone(),
-            metrics: metrics.clone(),
-        };
-        let tenants = buses.bus(TenantServices {
-            slugs: Arc::new(PgSlugRegistry { pool: pool.clone() }),
-            members: Arc::new(tenants::services::PgDepartmentMembers { pool: pool.clone() }),
-        });
-        let admins = buses.bus(Arc::new(PgIdentity {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-        }) as identity::services::Identity);
-        if let Some((email, password)) = config.bootstrap_admin()? {
-            identity::bootstrap::ensure_super_admin(&pool, &admins, email, password)
-                .await
-                .map_err(StartError::Bootstrap)?;
-        }
-        let dummy_hash = identity::services::hash_password("not anybody's password")
-            .await
-            .map_err(StartError::Bootstrap)?;
+        let ctx = Contexts::build(&context::Setup {
+            config: &config,
+            pool: &pool,
+            metrics: &metrics,
+            committed: &committed,
+        })
+        .await?;
         let relaxed_pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect_lazy_with(
@@ -376,49 +267,13 @@ impl Application {
             access,
             tokens: TokenKeys::new(config.auth_secret()?),
             metrics: metrics.clone(),
-            tenants,
             blobs,
-            admins,
-            sessions: Sessions::new(pool.clone(), config.refresh_ttl()?)
-                .with_limit(config.sessions_per_user),
-            password_attempts: identity::attempts::PasswordAttempts::new(&pool, 4),
-            token_ttl: config.token_ttl()?,
-            dummy_hash: Arc::new(dummy_hash),
-            phone_logins: buses.bus(()),
-            phone_keys: identity::phone::PhoneKeys::new(config.auth_secret()?),
-            threads: buses.bus(Arc::new(chat::services::PgDirectory { pool: pool.clone() })
-                as chat::services::ChatServices),
-            catalogs: buses.bus(()),
-            payments: buses.bus(()),
-            webhooks: buses.bus(()),
-            lyra: config.lyra_account().map(payments::lyra::Lyra::new),
-            webhook_secrets: Arc::new(config.webhook_secrets()),
-            webhook_providers: WEBHOOK_PROVIDERS,
-            backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
-            phone_numbers: buses.bus(()),
-            sms: buses.bus(()),
-            calls: buses.bus(()),
-            audio: buses.bus(()),
-            transcription_slots: Arc::new(tokio::sync::Semaphore::new(
-                audio::routes::TRANSCRIPTION_SLOTS,
-            )),
-            assemblyai: config
-                .assemblyai_account()
-                .map(audio::assemblyai::AssemblyAi::new),
-            wa_sessions: buses.bus(()),
-            wa_conversations: buses.bus(Arc::new(whatsapp::history::PgHistory {
-                pool: pool.clone(),
-            })
-                as whatsapp::aggregate::ConversationServices),
-            whatsapp: Arc::new(config.whatsapp()),
-            sealing: config.sealing_key()?,
-            otp_per_ip: config.otp_requests_per_ip_per_hour,
             proxy_hops: config.proxy_hops(),
-            signups_per_ip: config.signups_per_ip_per_hour,
-            login_failures_per_ip: config.login_failures_per_ip_per_hour,
-            audio_uploads_per_user: config.audio_uploads_per_user_per_hour,
-            audio_mib_per_user_per_day: config.audio_upload_mib_per_user_per_day,
             clock,
+            webhook_secrets: Arc::new(config.webhook_secrets()),
+            backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
+            sealing: config.sealing_key()?,
+            ctx: Arc::new(ctx),
         };
         if !config.relay_enabled {
             // The active relay runs elsewhere: tell it of this process's commits.

@@ -8,3 +8,54 @@ pub mod assemblyai;
 pub mod routes;
 /// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+use crate::webhooks::provider::WebhookProvider;
+
+/// What the audio context holds.
+pub struct Context {
+    /// Audio-file commands.
+    pub files: Arc<CommandBus<aggregate::Audio>>,
+    /// The AssemblyAI client, when an API key and `BACKEND_URL` are configured.
+    pub assemblyai: Option<assemblyai::AssemblyAi>,
+    /// Files being sent to the transcription service at once by this process: a request is
+    /// claimed only with a free slot (the rest stay due), so a burst of large files shares
+    /// the link a few at a time instead of all timing out together.
+    pub transcription_slots: Arc<tokio::sync::Semaphore>,
+    /// Audio uploads per user per hour.
+    pub uploads_per_user: i64,
+    /// Mebibytes of audio per user per day.
+    pub mib_per_user_per_day: i64,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        let config = setup.config;
+        Ok(Self {
+            files: setup.bus(()),
+            assemblyai: config
+                .assemblyai_account()
+                .map(assemblyai::AssemblyAi::new),
+            transcription_slots: Arc::new(tokio::sync::Semaphore::new(
+                routes::TRANSCRIPTION_SLOTS,
+            )),
+            uploads_per_user: config.audio_uploads_per_user_per_hour,
+            mib_per_user_per_day: config.audio_upload_mib_per_user_per_day,
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
+        &[&webhooks::ASSEMBLYAI]
+    }
+
+    fn locations() -> &'static [(&'static str, &'static str)] {
+        &[(events::audio::AUDIO, "/v1/audio")]
+    }
+}

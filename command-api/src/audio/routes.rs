@@ -194,7 +194,7 @@ async fn upload(
         who.actor_kind().as_str(),
         who.user_id()
     );
-    if let Some(retry_after) = limits::over_limit(&state, &bucket, state.audio_uploads_per_user)
+    if let Some(retry_after) = limits::over_limit(&state, &bucket, state.ctx.audio.uploads_per_user)
         .await
         .map_err(|e| Problem::unavailable(&e))?
     {
@@ -216,7 +216,7 @@ async fn upload(
         &volume,
         limits::Window::Day,
         0,
-        state.audio_mib_per_user_per_day - 1,
+        state.ctx.audio.mib_per_user_per_day - 1,
     )
     .await
     .map_err(|e| Problem::unavailable(&e))?
@@ -318,7 +318,7 @@ async fn upload(
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state.audio.execute(&id, None, command, &metadata).await {
+    let c = match state.ctx.audio.files.execute(&id, None, command, &metadata).await {
         Ok(c) => c,
         Err(e) => {
             // Refused for certain: no event names the file, so it is nobody's. After a store
@@ -348,7 +348,7 @@ async fn audio_of(
     let id = Uuid::parse_str(raw)
         .map_err(|_| AudioError::NotFound.problem())?
         .to_string();
-    let audio = state.audio.load(&id).await?;
+    let audio = state.ctx.audio.files.load(&id).await?;
     let allowed = match audio.tenant_id() {
         None => false,
         Some(t) => match who {
@@ -423,9 +423,9 @@ async fn transcribe(
             by: who.user_id().to_owned(),
             at: now,
         };
-        let c = state.audio.execute(&id, None, retry, &metadata).await?;
+        let c = state.ctx.audio.files.execute(&id, None, retry, &metadata).await?;
         version = Some(c.version);
-        audio = state.audio.load(&id).await?;
+        audio = state.ctx.audio.files.load(&id).await?;
     }
     let metadata = ids.metadata(&tenant, "transcriber", ActorKind::System);
     let forced = version.is_some() && audio.status() == Status::Requested;
@@ -439,7 +439,7 @@ async fn transcribe(
     let audio = match worked.or(version) {
         Some(v) => {
             version = Some(v);
-            state.audio.load(&id).await?
+            state.ctx.audio.files.load(&id).await?
         }
         None => audio,
     };
@@ -463,12 +463,12 @@ async fn start(
     metadata: &Metadata,
 ) -> Result<Option<u64>, Problem> {
     // A slot first: without one the request is not claimed, and stays due.
-    let Ok(slot) = state.transcription_slots.clone().try_acquire_owned() else {
+    let Ok(slot) = state.ctx.audio.transcription_slots.clone().try_acquire_owned() else {
         return Ok(None);
     };
     let at = state.clock.now();
     let (claim, claimed) = state
-        .audio
+        .ctx.audio.files
         .execute_with_events(id, None, AudioCommand::Start { at }, metadata)
         .await?;
     if claimed.is_empty() {
@@ -502,7 +502,7 @@ async fn start(
         };
         // The outcome is recorded however long the call took; should the store be
         // unreachable now, the claim lapses and the request is made again.
-        if let Err(e) = state.audio.execute(&id, None, command, &metadata).await {
+        if let Err(e) = state.ctx.audio.files.execute(&id, None, command, &metadata).await {
             tracing::warn!(audio_id = %id, error = %e, "a transcript request's outcome could not be recorded");
         }
         drop(slot);
@@ -523,7 +523,7 @@ async fn check(
 ) -> Result<u64, Problem> {
     let transcript_id = audio.transcript_id().unwrap_or_default().to_owned();
     let at = state.clock.now();
-    let looked = match &state.assemblyai {
+    let looked = match &state.ctx.audio.assemblyai {
         None => Err(ServiceError::Unavailable(
             "transcription is not configured".to_owned(),
         )),
@@ -558,7 +558,7 @@ async fn check(
         }
     };
     Ok(state
-        .audio
+        .ctx.audio.files
         .execute(id, None, command, metadata)
         .await?
         .version)
@@ -680,7 +680,7 @@ async fn request(
     audio: &Audio,
     metadata: &Metadata,
 ) -> Result<String, RequestFailure> {
-    let Some(client) = &state.assemblyai else {
+    let Some(client) = &state.ctx.audio.assemblyai else {
         return Err(ServiceError::Refused(
             "transcription is not configured (ASSEMBLYAI_API_KEY and BACKEND_URL)".into(),
         )
@@ -719,7 +719,7 @@ async fn request(
                 upload_url: url.clone(),
                 at: state.clock.now(),
             };
-            if let Err(e) = state.audio.execute(id, None, record, metadata).await {
+            if let Err(e) = state.ctx.audio.files.execute(id, None, record, metadata).await {
                 return Err(ServiceError::Unavailable(format!("event store: {e}")).into());
             }
             url
@@ -857,7 +857,7 @@ async fn attach(
         };
         last = Some(
             state
-                .threads
+                .ctx.chat.threads
                 .execute(&thread, None, command, &metadata)
                 .await?,
         );
@@ -901,7 +901,7 @@ pub(crate) async fn process_webhook(
     let (Some(audio_id), Some(transcript_id)) = (text("audio_id"), text("transcript_id")) else {
         return ignored("names no audio file");
     };
-    let audio = match state.audio.load(audio_id).await {
+    let audio = match state.ctx.audio.files.load(audio_id).await {
         Ok(a) => a,
         Err(_) => return Processing::Retry("event store unavailable".into()),
     };
@@ -916,7 +916,7 @@ pub(crate) async fn process_webhook(
         payment_id: None,
         tenant_id: tenant.clone(),
     });
-    let Some(client) = &state.assemblyai else {
+    let Some(client) = &state.ctx.audio.assemblyai else {
         return Processing::Retry("transcription is not configured".into());
     };
     let transcript = match client.transcript(transcript_id).await {
@@ -943,7 +943,7 @@ pub(crate) async fn process_webhook(
             at: state.clock.now(),
         };
         if let Err(e) = state
-            .audio
+            .ctx.audio.files
             .execute(audio_id, None, adopt, &metadata(&tenant))
             .await
         {
@@ -951,7 +951,7 @@ pub(crate) async fn process_webhook(
             return Processing::Retry("event store unavailable".into());
         }
     }
-    let audio = match state.audio.load(audio_id).await {
+    let audio = match state.ctx.audio.files.load(audio_id).await {
         Ok(a) => a,
         Err(_) => return Processing::Retry("event store unavailable".into()),
     };
@@ -978,7 +978,7 @@ pub(crate) async fn process_webhook(
         }
     };
     match state
-        .audio
+        .ctx.audio.files
         .execute_with_events(audio_id, None, command, &metadata(&tenant))
         .await
     {

@@ -19,7 +19,7 @@ use crate::AppState;
 /// AssemblyAI's webhooks.
 pub(crate) struct AssemblyAiWebhooks;
 /// The provider.
-pub(crate) static ASSEMBLYAI: AssemblyAiWebhooks = AssemblyAiWebhooks;
+pub(crate) const ASSEMBLYAI: AssemblyAiWebhooks = AssemblyAiWebhooks;
 
 /// The query of AssemblyAI's webhook URL (the platform names the audio file in it).
 #[derive(Debug, serde::Deserialize)]
@@ -68,7 +68,7 @@ impl WebhookProvider for AssemblyAiWebhooks {
             .get(super::assemblyai::WEBHOOK_HEADER)
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         let expected = state
-            .assemblyai
+            .ctx.audio.assemblyai
             .as_ref()
             .map_or(&[][..], |c| c.webhook_secrets());
         if let Err(r) = verify::secret_header(provided, expected) {

@@ -12,3 +12,47 @@ pub mod service;
 pub mod services;
 /// Value objects: texts, tags, attachments.
 pub mod values;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, CreatedItem, Setup};
+use crate::store::CommandBus;
+
+/// What the chat context holds.
+pub struct Context {
+    /// Thread commands.
+    pub threads: Arc<CommandBus<aggregate::Thread>>,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            threads: setup.bus(Arc::new(services::PgDirectory {
+                pool: setup.pool.clone(),
+            }) as services::ChatServices),
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn locations() -> &'static [(&'static str, &'static str)] {
+        &[(events::chat::THREAD, "/v1/chat/threads")]
+    }
+
+    fn created_items() -> &'static [CreatedItem] {
+        &[
+            CreatedItem {
+                aggregate_type: events::chat::THREAD,
+                event_type: "MessageSent",
+                id_field: "message_id",
+            },
+            CreatedItem {
+                aggregate_type: events::chat::THREAD,
+                event_type: "MessageScheduled",
+                id_field: "scheduled_id",
+            },
+        ]
+    }
+}

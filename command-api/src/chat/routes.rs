@@ -3,8 +3,8 @@
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
@@ -107,7 +107,7 @@ impl Caller {
         };
         let metadata = self.ids.metadata(&tenant, who.user_id(), who.actor_kind());
         Ok(state
-            .threads
+            .ctx.chat.threads
             .execute(id, self.expected, command, &metadata)
             .await?)
     }
@@ -130,16 +130,7 @@ fn changed(c: &Committed) -> Response {
 
 /// 201 with the thread, its version and the id of what the command created in it.
 pub(crate) fn created_item(c: &Committed, field: &'static str, item_id: &str) -> Response {
-    let body = serde_json::json!({
-        "id": c.aggregate_id,
-        "version": c.version,
-        field: item_id,
-    });
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    response
+    crate::http::created_item(&c.aggregate_id, c.version, field, item_id)
 }
 
 /// Body of `POST /v1/chat/threads`.
@@ -229,7 +220,7 @@ async fn open(
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     // No expected version: the aggregate tells a taken id (409 to those who may see the
     // thread, 404 to others) and the store's key settles a race between two opens.
-    let c = state.threads.execute(&id, None, command, &metadata).await?;
+    let c = state.ctx.chat.threads.execute(&id, None, command, &metadata).await?;
     if c.appended == 0 {
         return Err(ThreadError::AlreadyExists.into_problem());
     }

@@ -45,7 +45,7 @@ pub async fn tenant_of(state: &AppState, who: &Principal, id: &str) -> Result<St
             ..
         } if !who.is_super_admin() => Ok(home.clone()),
         _ => {
-            let thread = state.threads.load(id).await?;
+            let thread = state.ctx.chat.threads.load(id).await?;
             thread
                 .tenant_id()
                 .map(str::to_owned)

@@ -570,36 +570,30 @@ async fn recovered_answer(
     } else {
         StatusCode::OK
     };
-    // A message or a scheduled message answered with its own id too (201).
-    let item: Option<(String, String)> = if aggregate_type == events::chat::THREAD {
-        sqlx::query_as(
-            "SELECT k, v FROM (
-                 SELECT 'message_id' AS k, payload->'MessageSent'->>'message_id' AS v, sequence
-                   FROM events WHERE metadata->>'request_id' = $1
-                 UNION ALL
-                 SELECT 'scheduled_id', payload->'MessageScheduled'->>'scheduled_id', sequence
-                   FROM events WHERE metadata->>'request_id' = $1) AS items
-              WHERE v IS NOT NULL ORDER BY sequence DESC LIMIT 1",
+    // An item a command created inside the aggregate (a message in a thread) is answered
+    // with its own id too (201): the last one the attempt appended, as its route answers.
+    let mut item: Option<(&str, String, i64)> = None;
+    for created in crate::Contexts::created_items(&aggregate_type) {
+        let found: Option<(String, i64)> = sqlx::query_as(
+            "SELECT payload->$2->>$3, sequence FROM events
+              WHERE metadata->>'request_id' = $1 AND aggregate_type = $4
+                AND payload->$2->>$3 IS NOT NULL
+              ORDER BY sequence DESC LIMIT 1",
         )
         .bind(request_id)
+        .bind(created.event_type)
+        .bind(created.id_field)
+        .bind(&aggregate_type)
         .fetch_optional(&mut *conn)
-        .await?
-    } else {
-        None
-    };
-    let response = match &item {
-        Some((field, item_id)) => crate::chat::routes::created_item(
-            &crate::store::Committed {
-                aggregate_id: id.clone(),
-                version: version as u64,
-                appended: 0,
-            },
-            match field.as_str() {
-                "message_id" => "message_id",
-                _ => "scheduled_id",
-            },
-            item_id,
-        ),
+        .await?;
+        if let Some((item_id, sequence)) = found {
+            if item.as_ref().is_none_or(|(_, _, s)| sequence > *s) {
+                item = Some((created.id_field, item_id, sequence));
+            }
+        }
+    }
+    let response = match item {
+        Some((field, item_id, _)) => super::created_item(&id, version as u64, field, &item_id),
         None => super::accepted(status, &aggregate_type, &id, version as u64),
     };
     let status = response.status();

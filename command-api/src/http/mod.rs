@@ -26,13 +26,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json")
 
 /// Where a client reads an aggregate that a command opened (the `Location` of a 201).
 pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
-    match aggregate_type {
-        events::tenants::AGGREGATE_TYPE => Some(format!("/v1/tenants/{id}")),
-        events::chat::THREAD => Some(format!("/v1/chat/threads/{id}")),
-        events::payments::PAYMENT => Some(format!("/v1/payments/{id}")),
-        events::audio::AUDIO => Some(format!("/v1/audio/{id}")),
-        _ => None,
-    }
+    crate::Contexts::location(aggregate_type).map(|path| format!("{path}/{id}"))
 }
 
 /// What every accepted command answers: the aggregate and its version, so the client can
@@ -64,6 +58,25 @@ pub fn accepted(status: StatusCode, aggregate_type: &str, id: &str, version: u64
         if let Some(v) = location(aggregate_type, id).and_then(|l| HeaderValue::from_str(&l).ok()) {
             response.headers_mut().insert(header::LOCATION, v);
         }
+    }
+    response
+}
+
+/// The answer of a command that created an item inside an aggregate (a message in a
+/// thread): 201 with the aggregate, its version and the item's id under `field`, and the
+/// version as `ETag`. `Idempotency-Key` recovery rebuilds lost answers with it too.
+pub fn created_item(id: &str, version: u64, field: &str, item_id: &str) -> Response {
+    let mut body = serde_json::Map::new();
+    body.insert("id".into(), id.into());
+    body.insert("version".into(), version.into());
+    body.insert(field.into(), item_id.into());
+    let mut response = (
+        StatusCode::CREATED,
+        events::http::Json(serde_json::Value::Object(body)),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
     }
     response
 }
@@ -146,7 +159,7 @@ pub async fn administered_tenant(
 /// `tenant_rejected` for one turned down. A suspended tenant is still administered. (Its own
 /// staff's tokens already say whether their tenant serves.)
 pub async fn named_tenant(state: &AppState, tenant_id: &str) -> Result<(), Problem> {
-    let tenant = state.tenants.load(tenant_id).await?;
+    let tenant = state.ctx.tenants.bus.load(tenant_id).await?;
     if !tenant.exists() {
         return Err(Problem::not_found("no such tenant"));
     }
@@ -171,15 +184,7 @@ pub fn router(
     max_body_bytes: usize,
     route_limits: std::sync::Arc<concurrency::RouteLimits>,
 ) -> Router {
-    let routed = Router::new()
-        .merge(crate::tenants::routes::router())
-        .merge(crate::chat::routes::router())
-        .merge(crate::payments::routes::router())
-        .merge(crate::webhooks::http::router(state.webhook_providers))
-        .merge(crate::telephony::routes::router())
-        .merge(crate::whatsapp::routes::router())
-        .merge(crate::audio::routes::router())
-        .merge(crate::identity::routes::router())
+    let routed = crate::Contexts::routes()
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -189,8 +194,7 @@ pub fn router(
         // would hand a spent refresh token's successor out again, and the store would hold
         // tokens in clear), and never cached by anything between (RFC 6749 §5.1).
         .merge(
-            crate::identity::auth::router()
-                .merge(crate::identity::phone_routes::router())
+            crate::Contexts::sign_in_routes()
                 .layer(DefaultBodyLimit::max(max_body_bytes))
                 .layer(middleware::map_response(no_store)),
         )

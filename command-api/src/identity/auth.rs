@@ -63,7 +63,7 @@ fn failed_login(state: &AppState) {
 /// such account, locked, deactivated), so that neither the answer's timing nor the count
 /// of checks tells an outsider which it was.
 async fn decoy_check(state: &AppState, password: &str) {
-    let _ = super::services::verify_password(&state.dummy_hash, password).await;
+    let _ = super::services::verify_password(&state.ctx.identity.dummy_hash, password).await;
     super::services::count_password_check(&state.metrics);
 }
 
@@ -130,7 +130,7 @@ fn profile_of(id: &str, user: &AdminUser) -> Profile {
 /// Signs an access token for `user` in session `session_id`.
 fn access_token(state: &AppState, id: &str, user: &AdminUser, session_id: &str) -> (String, u64) {
     let now = Utc::now().timestamp();
-    let ttl = state.token_ttl.as_secs();
+    let ttl = state.ctx.identity.token_ttl.as_secs();
     let claims = Claims {
         sub: id.to_owned(),
         tenant_id: user.tenant_id.clone(),
@@ -172,7 +172,7 @@ async fn login(
         &bucket,
         crate::http::limits::Window::Hour,
         0,
-        state.login_failures_per_ip - 1,
+        state.ctx.identity.login_failures_per_ip - 1,
     )
     .await
     .map_err(|e| Problem::unavailable(&e))?
@@ -253,16 +253,16 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
     };
     let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), ids);
     let refresh_token = state
-        .sessions
+        .ctx.identity.sessions
         .stage(&user_id, &session_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     let outcome = state
-        .password_attempts
+        .ctx.identity.password_attempts
         .one_at_a_time(
             &user_id,
             state
-                .admins
+                .ctx.identity.admins
                 .execute_with_events(&user_id, None, command, &metadata),
         )
         .await;
@@ -270,7 +270,7 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. })));
     if !opened {
-        if let Err(e) = state.sessions.discard(&session_id).await {
+        if let Err(e) = state.ctx.identity.sessions.discard(&session_id).await {
             tracing::warn!(error = %e, "could not discard a staged session");
         }
     }
@@ -313,9 +313,9 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
         failed_login(&state);
         return Err(invalid_credentials());
     }
-    let user = state.admins.load(&user_id).await?;
+    let user = state.ctx.identity.admins.load(&user_id).await?;
     let ended = state
-        .sessions
+        .ctx.identity.sessions
         .opened(&user_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -326,7 +326,7 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
             reason: SessionEnd::SessionLimit,
         };
         if let Err(e) = state
-            .admins
+            .ctx.identity.admins
             .execute(&user_id, None, revoke, &metadata)
             .await
         {
@@ -374,7 +374,7 @@ async fn refresh(
         return Err(tenant_suspended());
     }
     let outcome = state
-        .sessions
+        .ctx.identity.sessions
         .refresh(&body.refresh_token)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -388,7 +388,7 @@ async fn refresh(
             user_id,
             session_id,
         } => {
-            let user = state.admins.load(&user_id).await?;
+            let user = state.ctx.identity.admins.load(&user_id).await?;
             let metadata = user_metadata(
                 user.tenant_id.as_deref(),
                 ("session-guard", ActorKind::System),
@@ -399,7 +399,7 @@ async fn refresh(
                 reason: SessionEnd::RefreshReuse,
             };
             state
-                .admins
+                .ctx.identity.admins
                 .execute(&user_id, None, revoke, &metadata)
                 .await?;
             Err(Problem::new(
@@ -413,10 +413,10 @@ async fn refresh(
             session_id,
             token,
         } => {
-            let user = state.admins.load(&user_id).await?;
+            let user = state.ctx.identity.admins.load(&user_id).await?;
             if !user.active {
                 state
-                    .sessions
+                    .ctx.identity.sessions
                     .revoke(&session_id)
                     .await
                     .map_err(|e| Problem::unavailable(&e))?;
@@ -462,7 +462,7 @@ async fn logout(
         ));
     };
     state
-        .sessions
+        .ctx.identity.sessions
         .revoke(&session_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -472,7 +472,7 @@ async fn logout(
         reason: SessionEnd::Logout,
     };
     state
-        .admins
+        .ctx.identity.admins
         .execute(user_id, None, revoke, &metadata)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -485,7 +485,7 @@ async fn profile(
     let Principal::Admin { user_id, .. } = &who else {
         return Err(Problem::forbidden("Only admins have an admin profile."));
     };
-    let user = state.admins.load(user_id).await?;
+    let user = state.ctx.identity.admins.load(user_id).await?;
     if !user.exists() {
         return Err(Problem::not_found("admin user not found"));
     }
@@ -529,11 +529,11 @@ async fn change_password(
     };
     let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
     let (_, events) = state
-        .password_attempts
+        .ctx.identity.password_attempts
         .one_at_a_time(
             user_id,
             state
-                .admins
+                .ctx.identity.admins
                 .execute_with_events(user_id, None, command, &metadata),
         )
         .await
@@ -628,7 +628,7 @@ async fn introspect(
         Err(e) => return Err(Problem::unavailable(&e)),
     }
     if let Some(sid) = &claims.sid {
-        let live = tokio::time::timeout(Duration::from_secs(2), state.sessions.is_active(sid))
+        let live = tokio::time::timeout(Duration::from_secs(2), state.ctx.identity.sessions.is_active(sid))
             .await
             .map_err(|_| Problem::unavailable(&"session store did not answer"))?
             .map_err(|e| Problem::unavailable(&e))?;
@@ -696,7 +696,7 @@ async fn complete_password_reset(
             "The reset token is unknown, used or expired.",
         ));
     };
-    let user = state.admins.load(&user_id).await?;
+    let user = state.ctx.identity.admins.load(&user_id).await?;
     let metadata = user_metadata(
         user.tenant_id.as_deref(),
         (&user_id, ActorKind::Admin),
@@ -708,7 +708,7 @@ async fn complete_password_reset(
     };
     // Appending `PasswordReset` sets the password and ends every session (migration 0024).
     state
-        .admins
+        .ctx.identity.admins
         .execute(&user_id, None, command, &metadata)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -18,3 +18,71 @@ pub mod routes;
 pub mod services;
 /// Refresh-token families.
 pub mod sessions;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+use crate::StartError;
+
+/// What the identity context holds.
+pub struct Context {
+    /// Admin-user commands.
+    pub admins: Arc<CommandBus<aggregate::AdminUser>>,
+    /// One password check at a time per admin user.
+    pub password_attempts: attempts::PasswordAttempts,
+    /// Refresh-token families.
+    pub sessions: sessions::Sessions,
+    /// Access-token lifetime.
+    pub token_ttl: std::time::Duration,
+    /// An argon2 hash checked against when a login names an unknown e-mail, so that
+    /// answer takes as long as a wrong password.
+    pub dummy_hash: Arc<String>,
+    /// Phone sign-in commands.
+    pub phone_logins: Arc<CommandBus<phone::PhoneLogin>>,
+    /// Keyed hashes of phone sign-ins.
+    pub phone_keys: phone::PhoneKeys,
+    /// Codes a client IP may request per hour.
+    pub otp_per_ip: i64,
+    /// Refused admin logins per client IP per hour.
+    pub login_failures_per_ip: i64,
+}
+
+impl BoundedContext for Context {
+    /// Also creates the bootstrap super admin, when the settings name one.
+    async fn build(setup: &Setup<'_>) -> Result<Self, StartError> {
+        let (config, pool) = (setup.config, setup.pool);
+        let admins = setup.bus(Arc::new(services::PgIdentity {
+            pool: pool.clone(),
+            metrics: setup.metrics.clone(),
+        }) as services::Identity);
+        if let Some((email, password)) = config.bootstrap_admin()? {
+            bootstrap::ensure_super_admin(pool, &admins, email, password)
+                .await
+                .map_err(StartError::Bootstrap)?;
+        }
+        let dummy_hash = services::hash_password("not anybody's password")
+            .await
+            .map_err(StartError::Bootstrap)?;
+        Ok(Self {
+            admins,
+            password_attempts: attempts::PasswordAttempts::new(pool, 4),
+            sessions: sessions::Sessions::new(pool.clone(), config.refresh_ttl()?)
+                .with_limit(config.sessions_per_user),
+            token_ttl: config.token_ttl()?,
+            dummy_hash: Arc::new(dummy_hash),
+            phone_logins: setup.bus(()),
+            phone_keys: phone::PhoneKeys::new(config.auth_secret()?),
+            otp_per_ip: config.otp_requests_per_ip_per_hour,
+            login_failures_per_ip: config.login_failures_per_ip_per_hour,
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn sign_in_routes() -> axum::Router<crate::AppState> {
+        auth::router().merge(phone_routes::router())
+    }
+}

@@ -94,7 +94,7 @@ async fn gate(
     let tenant = uuid::Uuid::parse_str(tenant)
         .map_err(|_| Problem::not_found("tenant not found"))?
         .to_string();
-    let t = state.tenants.load(&tenant).await?;
+    let t = state.ctx.tenants.bus.load(&tenant).await?;
     if !t.accepts_phone_logins() {
         return Err(Problem::forbidden(
             "This tenant's chatbot does not accept sign-ins.",
@@ -111,21 +111,21 @@ async fn request_code(
     Json(body): Json<RequestCode>,
 ) -> Result<Response, Problem> {
     let ip = limits::client_ip(&state, peer, &headers);
-    if let Some(retry_after) = limits::over_limit(&state, &format!("otp-ip:{ip}"), state.otp_per_ip)
+    if let Some(retry_after) = limits::over_limit(&state, &format!("otp-ip:{ip}"), state.ctx.identity.otp_per_ip)
         .await
         .map_err(|e| Problem::unavailable(&e))?
     {
         return Err(too_many(retry_after));
     }
     let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     let code = six_digits();
     let command = PhoneLoginCommand::RequestCode {
-        code_hash: state.phone_keys.code_hash(&login_id, &code),
+        code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
         at: Utc::now(),
     };
     let committed = match state
-        .phone_logins
+        .ctx.identity.phone_logins
         .execute(&login_id, None, command, &anonymous(&tenant, &ids))
         .await
     {
@@ -207,15 +207,15 @@ async fn verify(
     Json(body): Json<Verify>,
 ) -> Result<Response, Problem> {
     let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state.phone_keys.login_id(&tenant, &phone);
-    let user_id = state.phone_keys.user_id(&tenant, &phone);
+    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
+    let user_id = state.ctx.identity.phone_keys.user_id(&tenant, &phone);
     let command = PhoneLoginCommand::Verify {
-        code_hash: state.phone_keys.code_hash(&login_id, body.code.trim()),
+        code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, body.code.trim()),
         user_id: user_id.clone(),
         at: Utc::now(),
     };
     let events = match state
-        .phone_logins
+        .ctx.identity.phone_logins
         .execute_with_events(&login_id, None, command, &anonymous(&tenant, &ids))
         .await
     {
@@ -239,7 +239,7 @@ async fn verify(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let now = Utc::now().timestamp();
-    let ttl = state.token_ttl.as_secs();
+    let ttl = state.ctx.identity.token_ttl.as_secs();
     let token = state.tokens.sign(&Claims {
         sub: user_id.clone(),
         tenant_id: Some(tenant.clone()),
@@ -444,10 +444,10 @@ async fn update_profile(
     .execute(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     let command = PhoneLoginCommand::RecordProfileChange { fields };
     state
-        .phone_logins
+        .ctx.identity.phone_logins
         .execute(
             &login_id,
             None,
@@ -472,7 +472,7 @@ async fn sync(
     Json(body): Json<Sync>,
 ) -> Result<Response, Problem> {
     let (user_id, tenant, phone) = signed_in(&state, &who).await?;
-    let login_id = state.phone_keys.login_id(&tenant, &phone);
+    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     // Only anonymous sessions the platform issued, and that the caller proves it held, are
     // linked: a bare id proves nothing (two customers could both claim one). The platform
     // issues none yet — anonymous chatbot visitors come with their tokens as proof — so
@@ -489,7 +489,7 @@ async fn sync(
         issued,
     };
     let (_, events) = state
-        .phone_logins
+        .ctx.identity.phone_logins
         .execute_with_events(
             &login_id,
             None,

@@ -137,7 +137,7 @@ async fn create(
         department,
     };
     let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
-    let c = match state.admins.execute(&id, Some(0), command, &metadata).await {
+    let c = match state.ctx.identity.admins.execute(&id, Some(0), command, &metadata).await {
         Ok(c) => c,
         Err(crate::store::CommandError::VersionConflict { .. }) => {
             return Err(Problem::new(
@@ -255,7 +255,7 @@ async fn check_placement(
     let tenant = Uuid::parse_str(tenant)
         .map_err(|_| unknown_tenant())?
         .to_string();
-    let t = state.tenants.load(&tenant).await?;
+    let t = state.ctx.tenants.bus.load(&tenant).await?;
     if !t.exists() {
         return Err(unknown_tenant());
     }
@@ -284,7 +284,7 @@ async fn managed(
 ) -> Result<(String, AdminUser), Problem> {
     let not_found = || Problem::not_found("admin user not found");
     let id = Uuid::parse_str(id).map_err(|_| not_found())?.to_string();
-    let user = state.admins.load(&id).await?;
+    let user = state.ctx.identity.admins.load(&id).await?;
     if !user.exists() || !may_manage(who, user.tenant_id.as_deref(), None) {
         return Err(not_found());
     }
@@ -306,7 +306,7 @@ async fn run(
     command: AdminUserCommand,
 ) -> Result<Response, Problem> {
     let metadata = user_metadata(user.tenant_id.as_deref(), actor(who), ids);
-    let c = state.admins.execute(id, None, command, &metadata).await?;
+    let c = state.ctx.identity.admins.execute(id, None, command, &metadata).await?;
     Ok(accepted(
         StatusCode::OK,
         ADMIN_USER,
@@ -445,7 +445,7 @@ async fn issue_password_reset(
         expires_at,
         reset: reset.clone(),
     };
-    if let Err(e) = state.admins.execute(&id, None, command, &metadata).await {
+    if let Err(e) = state.ctx.identity.admins.execute(&id, None, command, &metadata).await {
         // Refused or failed: the staged token goes (had the event committed after all, its
         // transaction took the row already).
         let _ = sqlx::query("DELETE FROM admin_password_reset_staging WHERE reset_id = $1")

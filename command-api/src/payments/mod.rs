@@ -18,3 +18,41 @@ pub mod signature;
 pub mod values;
 /// Stripe's and Lyra's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+use crate::webhooks::provider::WebhookProvider;
+
+/// What the payments context holds.
+pub struct Context {
+    /// Catalog commands (one aggregate per tenant).
+    pub catalogs: Arc<CommandBus<catalog::Catalog>>,
+    /// Payment commands.
+    pub payments: Arc<CommandBus<aggregate::Payment>>,
+    /// The Lyra client, when an account is configured.
+    pub lyra: Option<lyra::Lyra>,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            catalogs: setup.bus(()),
+            payments: setup.bus(()),
+            lyra: setup.config.lyra_account().map(lyra::Lyra::new),
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
+        &[&webhooks::STRIPE, &webhooks::LYRA]
+    }
+
+    fn locations() -> &'static [(&'static str, &'static str)] {
+        &[(events::payments::PAYMENT, "/v1/payments")]
+    }
+}

@@ -46,7 +46,7 @@ async fn payment_of(
     let id = Uuid::parse_str(raw)
         .map_err(|_| PaymentError::NotFound.problem())?
         .to_string();
-    let payment = state.payments.load(&id).await?;
+    let payment = state.ctx.payments.payments.load(&id).await?;
     match payment.tenant_id() {
         Some(t) if who.administers(t) => Ok((id, payment)),
         _ => Err(PaymentError::NotFound.problem()),
@@ -89,7 +89,7 @@ async fn request(
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
-    let catalog = state.catalogs.load(&tenant).await?;
+    let catalog = state.ctx.payments.catalogs.load(&tenant).await?;
     let provider = body.provider.unwrap_or(PaymentProvider::Lyra);
     let command = PaymentCommand {
         at: state.clock.now(),
@@ -104,7 +104,7 @@ async fn request(
         },
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state.payments.execute(&id, None, command, &metadata).await {
+    let c = match state.ctx.payments.payments.execute(&id, None, command, &metadata).await {
         Ok(c) => c,
         // The id derives from this caller's `Idempotency-Key`: a retry of a request whose
         // answer was not stored (it failed after the payment was appended). It carries on
@@ -128,7 +128,7 @@ async fn request(
         }
         Err(e) => return Err(e.into()),
     };
-    let payment = state.payments.load(&id).await?;
+    let payment = state.ctx.payments.payments.load(&id).await?;
     let answer = if payment.takes_link() && payment.status() == Status::Requested {
         make_link(&state, &ids, &who, &tenant, &id).await?
     } else {
@@ -198,8 +198,8 @@ async fn make_link(
     tenant: &str,
     id: &str,
 ) -> Result<Answer, Problem> {
-    let payment = state.payments.load(id).await?;
-    let outcome = match &state.lyra {
+    let payment = state.ctx.payments.payments.load(id).await?;
+    let outcome = match &state.ctx.payments.lyra {
         None => Err(LinkError::Refused {
             code: "not_configured".into(),
             message: "no Lyra account is configured (LYRA_SHOP_ID, LYRA_PASSWORD)".into(),
@@ -248,7 +248,7 @@ async fn make_link(
         action,
     };
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
-    let committed = state.payments.execute(id, None, command, &metadata).await?;
+    let committed = state.ctx.payments.payments.execute(id, None, command, &metadata).await?;
     Ok(Answer {
         committed,
         link,
@@ -297,7 +297,7 @@ async fn cancel(
     };
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
     let c = state
-        .payments
+        .ctx.payments.payments
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -389,7 +389,7 @@ async fn save(
 ) -> Result<Response, Problem> {
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
     let c = state
-        .catalogs
+        .ctx.payments.catalogs
         .execute(tenant, None, command, &metadata)
         .await?;
     Ok(accepted(

@@ -26,10 +26,10 @@ use crate::AppState;
 pub(crate) struct PaymentWebhooks(Provider);
 
 /// Stripe's events (`POST /api/webhooks/stripe`), signed with an endpoint secret.
-pub(crate) static STRIPE: PaymentWebhooks = PaymentWebhooks(Provider::Stripe);
+pub(crate) const STRIPE: PaymentWebhooks = PaymentWebhooks(Provider::Stripe);
 /// Lyra's notifications (`POST /api/webhooks/lyra`): the IPN, signed with the REST password,
 /// and the browser return, signed with the HMAC-SHA-256 key.
-pub(crate) static LYRA: PaymentWebhooks = PaymentWebhooks(Provider::Lyra);
+pub(crate) const LYRA: PaymentWebhooks = PaymentWebhooks(Provider::Lyra);
 
 #[async_trait::async_trait]
 impl WebhookProvider for PaymentWebhooks {
@@ -212,7 +212,7 @@ async fn apply(
     };
     let metadata = pending.metadata(&tenant);
     let events = match state
-        .payments
+        .ctx.payments.payments
         .execute_with_events(&payment_id, None, command, &metadata)
         .await
     {

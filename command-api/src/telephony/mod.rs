@@ -11,3 +11,37 @@ pub mod routes;
 pub mod signature;
 /// SignalWire's callbacks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+use crate::webhooks::provider::WebhookProvider;
+
+/// What the telephony context holds.
+pub struct Context {
+    /// Phone-number commands.
+    pub numbers: Arc<CommandBus<aggregate::PhoneNumber>>,
+    /// SMS commands (from callbacks).
+    pub sms: Arc<CommandBus<aggregate::Sms>>,
+    /// Call commands (from callbacks).
+    pub calls: Arc<CommandBus<aggregate::Call>>,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            numbers: setup.bus(()),
+            sms: setup.bus(()),
+            calls: setup.bus(()),
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
+        &[&webhooks::SIGNALWIRE]
+    }
+}

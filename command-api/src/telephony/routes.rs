@@ -59,7 +59,7 @@ async fn assign(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .phone_numbers
+        .ctx.telephony.numbers
         .execute(&number, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -85,7 +85,7 @@ async fn release(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .phone_numbers
+        .ctx.telephony.numbers
         .execute(&number, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -112,7 +112,7 @@ async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem
         return Ok(None);
     };
     Ok(state
-        .phone_numbers
+        .ctx.telephony.numbers
         .load(number.as_str())
         .await?
         .tenant_id()
@@ -212,7 +212,7 @@ async fn deliver_to_thread(
                 bot_enabled: Some(false),
             },
         };
-        match state.threads.execute(&thread, None, open, metadata).await {
+        match state.ctx.chat.threads.execute(&thread, None, open, metadata).await {
             Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
             Err(CommandError::Rejected(e)) => {
                 return Err(Processing::Done(
@@ -247,7 +247,7 @@ async fn deliver_to_thread(
                 },
             };
             delivered = state
-                .threads
+                .ctx.chat.threads
                 .execute(&thread, None, receive, metadata)
                 .await
                 .map(|_| ());
@@ -459,7 +459,7 @@ pub(crate) async fn process_callback(
                 Ok((stream, _)) => stream,
                 Err(e) => return retry(e),
             };
-            let sms = match state.sms.load(&stream).await {
+            let sms = match state.ctx.telephony.sms.load(&stream).await {
                 Ok(sms) => sms,
                 Err(_) => return Processing::Retry("event store unavailable".into()),
             };
@@ -495,7 +495,7 @@ pub(crate) async fn process_callback(
                 at,
             };
             let recorded = state
-                .sms
+                .ctx.telephony.sms
                 .execute_with_events(&stream, None, command, &metadata)
                 .await
                 .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
@@ -541,7 +541,7 @@ pub(crate) async fn process_callback(
                 at,
             };
             state
-                .calls
+                .ctx.telephony.calls
                 .execute_with_events(&sid, None, command, &metadata)
                 .await
                 .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))

@@ -20,7 +20,7 @@ use crate::AppState;
 /// SignalWire's callbacks.
 pub(crate) struct SignalwireWebhooks;
 /// The provider.
-pub(crate) static SIGNALWIRE: SignalwireWebhooks = SignalwireWebhooks;
+pub(crate) const SIGNALWIRE: SignalwireWebhooks = SignalwireWebhooks;
 
 #[async_trait::async_trait]
 impl WebhookProvider for SignalwireWebhooks {

@@ -10,3 +10,37 @@ pub mod routes;
 pub mod services;
 /// Value objects: names, slugs, e-mails, preferences, images.
 pub mod values;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+
+/// What the tenants context holds.
+pub struct Context {
+    /// Tenant commands.
+    pub bus: Arc<CommandBus<aggregate::Tenant>>,
+    /// Anonymous tenant sign-ups per client IP per hour.
+    pub signups_per_ip: i64,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        let pool = setup.pool.clone();
+        Ok(Self {
+            bus: setup.bus(services::TenantServices {
+                slugs: Arc::new(services::PgSlugRegistry { pool: pool.clone() }),
+                members: Arc::new(services::PgDepartmentMembers { pool }),
+            }),
+            signups_per_ip: setup.config.signups_per_ip_per_hour,
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn locations() -> &'static [(&'static str, &'static str)] {
+        &[(events::tenants::AGGREGATE_TYPE, "/v1/tenants")]
+    }
+}

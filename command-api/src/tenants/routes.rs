@@ -131,7 +131,7 @@ async fn request_signup(
     // until it is rejected.
     let ip = limits::client_ip(&state, peer, &headers);
     if let Some(retry_after) =
-        limits::over_limit(&state, &format!("signup-ip:{ip}"), state.signups_per_ip)
+        limits::over_limit(&state, &format!("signup-ip:{ip}"), state.ctx.tenants.signups_per_ip)
             .await
             .map_err(|e| Problem::unavailable(&e))?
     {
@@ -154,7 +154,7 @@ async fn request_signup(
         contact_email: body.contact_email,
     };
     let c = state
-        .tenants
+        .ctx.tenants.bus
         .execute(&id, Some(0), command, &metadata(&id, who.as_ref(), &ids))
         .await
         .map_err(new_tenant_conflict)?;
@@ -177,7 +177,7 @@ async fn create(
         contact_email: body.contact_email,
     };
     let c = state
-        .tenants
+        .ctx.tenants.bus
         .execute(&id, Some(0), command, &metadata(&id, Some(&who), &ids))
         .await
         .map_err(new_tenant_conflict)?;
@@ -210,7 +210,7 @@ async fn execute(
 ) -> Result<Response, Problem> {
     let expected = if_match(headers)?;
     let c = state
-        .tenants
+        .ctx.tenants.bus
         .execute(id, expected, command, &metadata(id, Some(who), ids))
         .await?;
     Ok(changed(&c))

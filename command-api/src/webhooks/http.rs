@@ -79,7 +79,7 @@ async fn process(
         ));
     }
     let id = webhook_uuid(&raw)?;
-    let webhook = state.webhooks.load(&id).await?;
+    let webhook = state.ctx.webhooks.bus.load(&id).await?;
     let Some(received) = webhook.received().cloned() else {
         return Err(WebhookError::NotFound.problem());
     };
@@ -101,8 +101,7 @@ async fn process(
         received_by: (tenant != PLATFORM_TENANT).then_some(tenant.as_str()),
         ids: &ids,
     };
-    let processing = match state
-        .webhook_providers
+    let processing = match crate::Contexts::webhook_providers()
         .iter()
         .find(|p| p.provider() == received.provider)
     {
@@ -139,7 +138,7 @@ async fn process(
         },
     };
     let (c, recorded) = state
-        .webhooks
+        .ctx.webhooks.bus
         .execute_with_events(&id, None, command, &caused_by(&ids, &tenant, &id))
         .await?;
     let dead = recorded
@@ -197,7 +196,7 @@ async fn replay(
         at: state.clock.now(),
     };
     let c = state
-        .webhooks
+        .ctx.webhooks.bus
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(crate::http::accepted(
@@ -282,8 +281,7 @@ async fn replay_rejection(
             headers.insert(name, value);
         }
     }
-    let provider = state
-        .webhook_providers
+    let provider = crate::Contexts::webhook_providers()
         .iter()
         .find(|p| p.paths().contains(&uri.path()))
         .ok_or_else(|| {

@@ -16,3 +16,28 @@ pub mod provider;
 pub mod service;
 /// Signature checks shared by providers.
 pub mod verify;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+
+/// What the webhooks context holds.
+pub struct Context {
+    /// Webhook commands.
+    pub bus: Arc<CommandBus<aggregate::Webhook>>,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            bus: setup.bus(()),
+        })
+    }
+
+    /// The ingestion paths of every context's webhook providers, and the commands on
+    /// received webhooks.
+    fn routes() -> axum::Router<crate::AppState> {
+        http::router(crate::Contexts::webhook_providers())
+    }
+}

@@ -289,7 +289,7 @@ pub(crate) async fn receive_item(
         at: state.clock.now(),
     };
     let c = state
-        .webhooks
+        .ctx.webhooks.bus
         .execute(&id, None, command, &metadata)
         .await?;
     Ok((id, c.appended == 0))

@@ -18,3 +18,39 @@ pub mod routes;
 pub mod signature;
 /// WhatsApp deliveries (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+use crate::webhooks::provider::WebhookProvider;
+
+/// What the WhatsApp context holds.
+pub struct Context {
+    /// Session commands.
+    pub sessions: Arc<CommandBus<aggregate::Session>>,
+    /// Conversation commands.
+    pub conversations: Arc<CommandBus<aggregate::Conversation>>,
+    /// The API URL and version, the platform's app secrets and verify token.
+    pub settings: Arc<cloud::Settings>,
+}
+
+impl BoundedContext for Context {
+    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            sessions: setup.bus(()),
+            conversations: setup.bus(Arc::new(history::PgHistory {
+                pool: setup.pool.clone(),
+            }) as aggregate::ConversationServices),
+            settings: Arc::new(setup.config.whatsapp()),
+        })
+    }
+
+    fn routes() -> axum::Router<crate::AppState> {
+        routes::router()
+    }
+
+    fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
+        &[&webhooks::WHATSAPP]
+    }
+}

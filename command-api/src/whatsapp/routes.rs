@@ -168,12 +168,12 @@ async fn connect(
     let verify_token = secret(&body.verify_token, "verify_token", 256)?;
     let id = session_id(&phone_number_id);
     // Refused before the provider is asked when another tenant has the number.
-    let current = state.wa_sessions.load(&id).await?;
+    let current = state.ctx.whatsapp.sessions.load(&id).await?;
     if current.connected() && current.tenant_id() != Some(tenant.as_str()) {
         return Err(SessionError::Taken.problem());
     }
     let info = cloud::check_number(
-        &state.whatsapp,
+        &state.ctx.whatsapp.settings,
         &phone_number_id,
         &credentials.access_token,
         &credentials.app_secret,
@@ -205,7 +205,7 @@ async fn connect(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_sessions
+        .ctx.whatsapp.sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -279,7 +279,7 @@ async fn connect_bridge(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_sessions
+        .ctx.whatsapp.sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -308,7 +308,7 @@ pub(crate) async fn bridge_delivery(
     let signature = header("x-bridge-signature");
     let session = header("x-bridge-session").and_then(|s| Uuid::parse_str(s).ok());
     let found = match session {
-        Some(id) => Some(state.wa_sessions.load(&id.to_string()).await?),
+        Some(id) => Some(state.ctx.whatsapp.sessions.load(&id.to_string()).await?),
         None => None,
     }
     .filter(|s| s.transport() == Transport::Bridge && s.tenant_id().is_some());
@@ -350,7 +350,7 @@ async fn disconnect(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_sessions
+        .ctx.whatsapp.sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -380,7 +380,7 @@ async fn staff_session(
     who: &Principal,
     id: &str,
 ) -> Result<(Session, String), Problem> {
-    let session = state.wa_sessions.load(id).await?;
+    let session = state.ctx.whatsapp.sessions.load(id).await?;
     let tenant = session
         .tenant_id()
         .filter(|t| who.is_super_admin() || who.is_staff_of(t))
@@ -430,13 +430,13 @@ async fn send(
     let conversation = conversation_id(&tenant, &id, &wa_id);
     // The message shows in the contact's thread while it is open (a closed one stays so).
     let thread_id = match state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .load(&conversation)
         .await?
         .thread_id()
     {
         Some(t) => {
-            let thread = state.threads.load(t).await?;
+            let thread = state.ctx.chat.threads.load(t).await?;
             (!thread.is_closed()).then(|| t.to_owned())
         }
         None => None,
@@ -460,7 +460,7 @@ async fn send(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok((
@@ -501,14 +501,14 @@ async fn claim(
 ) -> Result<Response, Problem> {
     service_only(&who)?;
     let (conversation, message) = conversation_path(&conversation, &message)?;
-    let current = state.wa_conversations.load(&conversation).await?;
+    let current = state.ctx.whatsapp.conversations.load(&conversation).await?;
     let tenant = current
         .tenant_id()
         .map(str::to_owned)
         .ok_or_else(|| ConversationError::NotFound.problem())?;
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let at = state.clock.now();
-    let session = state.wa_sessions.load(current.session_id()).await?;
+    let session = state.ctx.whatsapp.sessions.load(current.session_id()).await?;
     // Disconnected, or connected since by another tenant: not this conversation's to use.
     let usable = session.connected() && session.tenant_id() == Some(tenant.as_str());
     // A file of the platform's store is uploaded to the provider before the attempt is
@@ -552,7 +552,7 @@ async fn claim(
         at,
     };
     let (c, events) = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute_with_events(&conversation, None, claim, &metadata)
         .await?;
     let attempt = events.iter().find_map(|e| match e {
@@ -561,7 +561,7 @@ async fn claim(
     });
     let Some(attempt) = attempt else {
         let state_now = state
-            .wa_conversations
+            .ctx.whatsapp.conversations
             .load(&conversation)
             .await?
             .with_message(&message, &history(&state))
@@ -614,7 +614,7 @@ async fn claim(
             at,
         };
         let c = state
-            .wa_conversations
+            .ctx.whatsapp.conversations
             .execute(&conversation, None, report, &metadata)
             .await?;
         let state_now = if retrying { "retrying" } else { "failed" };
@@ -689,7 +689,7 @@ async fn outcome(
     service_only(&who)?;
     let (conversation, message) = conversation_path(&conversation, &message)?;
     let tenant = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .load(&conversation)
         .await?
         .tenant_id()
@@ -725,7 +725,7 @@ async fn outcome(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -781,7 +781,7 @@ async fn handshake(
         .verify_token
         .filter(|t| !t.is_empty())
         .ok_or_else(refused)?;
-    let platform = state.whatsapp.verify_token.as_deref();
+    let platform = state.ctx.whatsapp.settings.verify_token.as_deref();
     let matches_platform =
         platform.is_some_and(|p| verify::secret_header(Some(&token), &[p.to_owned()]).is_ok());
     let matches_session = matches_platform
@@ -824,7 +824,7 @@ pub(crate) async fn deliver(
     // The platform's app may sign for any number. Otherwise every number the (not yet
     // trusted) body names must be a session whose own app secret signed it, so one tenant's
     // app cannot speak for another tenant's number.
-    let platform = super::signature::whatsapp(signature, &body, &state.whatsapp.app_secrets);
+    let platform = super::signature::whatsapp(signature, &body, &state.ctx.whatsapp.settings.app_secrets);
     if platform.is_err() {
         let numbers: Vec<String> = parsed.iter().flat_map(inbound::phone_number_ids).collect();
         let mut verdict = Err(verify::Rejection::Mismatch);
@@ -899,7 +899,7 @@ pub async fn owner_of_item(state: &AppState, payload: &Value) -> Result<Option<S
         return Ok(None);
     };
     Ok(state
-        .wa_sessions
+        .ctx.whatsapp.sessions
         .load(&session_id(number))
         .await?
         .tenant_id()
@@ -934,7 +934,7 @@ pub(crate) async fn process_webhook(
         Some(tenant) => tenant.to_owned(),
         // No session had the number when the item arrived: its owner now, if any (a
         // replay after the number was connected).
-        None => match state.wa_sessions.load(&session).await {
+        None => match state.ctx.whatsapp.sessions.load(&session).await {
             Ok(s) => match s.tenant_id() {
                 Some(t) => t.to_owned(),
                 None => return ignored(format!("no session has phone number id {number}")),
@@ -1036,7 +1036,7 @@ pub(crate) async fn process_webhook(
     };
     // Only a conversation of this session (and tenant): a status cannot reach another's.
     let by_callback = match by_callback {
-        Some(c) => match state.wa_conversations.load(&c).await {
+        Some(c) => match state.ctx.whatsapp.conversations.load(&c).await {
             Ok(conv)
                 if conv.tenant_id() == Some(tenant.as_str()) && conv.session_id() == session =>
             {
@@ -1061,7 +1061,7 @@ pub(crate) async fn process_webhook(
         },
     };
     match state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute_with_events(&conversation, None, command, &metadata)
         .await
     {
@@ -1107,7 +1107,7 @@ async fn receive_message(
     let conversation = conversation_id(tenant, session, &m.from);
     let message_id = inbound_message_id(session, &m.wamid);
     let current = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .load(&conversation)
         .await
         .map_err(|e| retry(&e))?
@@ -1119,7 +1119,7 @@ async fn receive_message(
         None => {
             let open = match current.thread_id() {
                 Some(t) => {
-                    let thread = state.threads.load(t).await.map_err(|e| retry(&e))?;
+                    let thread = state.ctx.chat.threads.load(t).await.map_err(|e| retry(&e))?;
                     (thread.tenant_id().is_some() && !thread.is_closed()).then(|| t.to_owned())
                 }
                 None => None,
@@ -1155,7 +1155,7 @@ async fn receive_message(
         at,
     };
     state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(&conversation, None, command, metadata)
         .await
         .map_err(|e| retry(&e))?;
@@ -1178,7 +1178,7 @@ async fn receive_message(
             bot_enabled: Some(false),
         },
     };
-    match state.threads.execute(&thread, None, open, metadata).await {
+    match state.ctx.chat.threads.execute(&thread, None, open, metadata).await {
         Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
         Err(e) => return Err(retry(&e)),
     }
@@ -1209,7 +1209,7 @@ async fn receive_message(
         },
     };
     match state
-        .threads
+        .ctx.chat.threads
         .execute(&thread, None, receive, metadata)
         .await
     {
@@ -1265,7 +1265,7 @@ async fn forward(
     let thread = Uuid::parse_str(&thread)
         .map(|u| u.to_string())
         .map_err(|_| ThreadError::NotFound.problem())?;
-    let current = state.threads.load(&thread).await?;
+    let current = state.ctx.chat.threads.load(&thread).await?;
     if current.channel() != Some(Channel::Whatsapp) {
         return not_forwarded("not a WhatsApp thread");
     }
@@ -1292,11 +1292,11 @@ async fn forward(
         );
         return not_forwarded("no WhatsApp conversation goes into this thread");
     };
-    let conv = state.wa_conversations.load(&conversation).await?;
+    let conv = state.ctx.whatsapp.conversations.load(&conversation).await?;
     let Some(tenant) = conv.tenant_id().map(str::to_owned) else {
         return Err(ConversationError::NotFound.problem());
     };
-    let session = state.wa_sessions.load(conv.session_id()).await?;
+    let session = state.ctx.whatsapp.sessions.load(conv.session_id()).await?;
     let message_id = reply_id(&thread, &message);
     let command = ConversationCommand::Queue {
         parties: Parties {
@@ -1334,7 +1334,7 @@ async fn forward(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(Json(json!({
@@ -1374,7 +1374,7 @@ async fn change_reply(
     let Some(conversation) = conversation_of_thread(&state, &thread).await? else {
         return Err(ConversationError::NotFound.problem());
     };
-    let conv = state.wa_conversations.load(&conversation).await?;
+    let conv = state.ctx.whatsapp.conversations.load(&conversation).await?;
     let Some(tenant) = conv.tenant_id().map(str::to_owned) else {
         return Err(ConversationError::NotFound.problem());
     };
@@ -1389,7 +1389,7 @@ async fn change_reply(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(Json(json!({
@@ -1412,13 +1412,13 @@ fn reply_id(thread: &str, message: &str) -> String {
 
 /// Whether session `id` is `tenant`'s now.
 async fn session_of(state: &AppState, id: &str, tenant: &str) -> Result<bool, Problem> {
-    Ok(state.wa_sessions.load(id).await?.tenant_id() == Some(tenant))
+    Ok(state.ctx.whatsapp.sessions.load(id).await?.tenant_id() == Some(tenant))
 }
 
 /// The credentials of session `id`, opened (none for a session never connected, or sealed
 /// under another key: that is logged).
 async fn credentials(state: &AppState, id: &str) -> Result<Option<Credentials>, Problem> {
-    let session = state.wa_sessions.load(id).await?;
+    let session = state.ctx.whatsapp.sessions.load(id).await?;
     Ok(opened(state, &session, id))
 }
 
@@ -1462,7 +1462,7 @@ async fn store_media(
         Processing::Retry(format!("file not fetched: {e}"))
     };
     let current = state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .load(conversation)
         .await
         .map_err(|e| retry(&e))?
@@ -1499,7 +1499,7 @@ async fn store_media(
             let key = format!("tenants/{tenant}/whatsapp/{message_id}");
             let fetched = async {
                 let info =
-                    cloud::media_info(&state.whatsapp, media_id, &creds.access_token).await?;
+                    cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token).await?;
                 if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
                     return Err(cloud::MediaError::Permanent(format!(
                         "the file is larger than WhatsApp's limit of {} bytes for its kind",
@@ -1563,7 +1563,7 @@ async fn store_media(
         result,
     };
     state
-        .wa_conversations
+        .ctx.whatsapp.conversations
         .execute(conversation, None, command, metadata)
         .await
         .map_err(|e| retry(&e))?;
@@ -1614,7 +1614,7 @@ async fn upload_file(
         Err(e) => return Err(refused("media_upload_failed", e.to_string(), true)),
     };
     cloud::upload_media(
-        &state.whatsapp,
+        &state.ctx.whatsapp.settings,
         phone_number_id,
         &creds.access_token,
         file.into_stream(),
@@ -1658,7 +1658,7 @@ async fn check_template(
         return Ok(());
     };
     match cloud::template_parameters(
-        &state.whatsapp,
+        &state.ctx.whatsapp.settings,
         account,
         &creds.access_token,
         name,

@@ -18,7 +18,7 @@ use crate::AppState;
 /// WhatsApp's deliveries.
 pub(crate) struct WhatsappWebhooks;
 /// The provider.
-pub(crate) static WHATSAPP: WhatsappWebhooks = WhatsappWebhooks;
+pub(crate) const WHATSAPP: WhatsappWebhooks = WhatsappWebhooks;
 
 /// Where a bridge posts what it saw.
 const BRIDGE_PATH: &str = "/api/webhooks/whatsapp/bridge";

@@ -1,0 +1,162 @@
+//! What a bounded context contributes to command-api, through one trait: its state (command
+//! buses, clients, limits), its routes, the webhook providers it implements, where a client
+//! reads an aggregate it opened, and the items its commands create inside an aggregate.
+//! `lib.rs` names every context once, in `contexts!`; the state, the router, the webhook
+//! layer and `Idempotency-Key` recovery are loops over that list.
+
+use std::sync::Arc;
+
+use axum::Router;
+use events::http::Metrics;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::store::CommandBus;
+use crate::webhooks::provider::WebhookProvider;
+use crate::{AppState, StartError};
+
+/// What a context is built from: the settings and what the process shares.
+pub struct Setup<'a> {
+    /// Every setting.
+    pub config: &'a Config,
+    /// The event store and command-side tables.
+    pub pool: &'a PgPool,
+    /// The process's metrics.
+    pub metrics: &'a Arc<Metrics>,
+    /// Woken after every commit (the relay).
+    pub(crate) committed: &'a Arc<Notify>,
+}
+
+impl Setup<'_> {
+    /// A command bus for aggregate `A` with `services`.
+    pub fn bus<A>(&self, services: A::Services) -> Arc<CommandBus<A>>
+    where
+        A: cqrs_es::Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        Arc::new(
+            CommandBus::new(
+                self.pool.clone(),
+                services,
+                self.config.snapshot_every,
+                self.committed.clone(),
+            )
+            .with_metrics(self.metrics.clone()),
+        )
+    }
+}
+
+/// An item a command creates inside an aggregate and answers with its own id (201): a
+/// message in a thread. `Idempotency-Key` recovery rebuilds the answer from the event.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedItem {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// The event that creates the item.
+    pub event_type: &'static str,
+    /// The field of that event holding the item's id, named the same in the answer.
+    pub id_field: &'static str,
+}
+
+/// A bounded context of command-api.
+pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
+    /// Builds the context's state.
+    async fn build(setup: &Setup<'_>) -> Result<Self, StartError>;
+
+    /// Its routes. Answers are kept for `Idempotency-Key`.
+    fn routes() -> Router<AppState>;
+
+    /// Its routes that answer with tokens: never kept as idempotent answers (a replay would
+    /// hand a spent refresh token's successor out again, and the store would hold tokens in
+    /// clear), never cached by anything between (RFC 6749 §5.1).
+    fn sign_in_routes() -> Router<AppState> {
+        Router::new()
+    }
+
+    /// The webhook providers it implements.
+    fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
+        &[]
+    }
+
+    /// Where a client reads an aggregate it opened (the `Location` of a 201): the aggregate
+    /// type and the path its id is appended to.
+    fn locations() -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// The items its commands create inside an aggregate.
+    fn created_items() -> &'static [CreatedItem] {
+        &[]
+    }
+}
+
+/// Declares the bounded contexts of command-api, once: each is a module `name` (a folder)
+/// whose `Context` implements [`BoundedContext`]. Expands to the modules, the state of
+/// every context ([`crate::Contexts`]) and the loops over their contributions.
+macro_rules! contexts {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $($(#[$doc])* pub mod $name;)*
+
+        /// The state of every bounded context.
+        pub struct Contexts {
+            $($(#[$doc])* pub $name: $name::Context,)*
+        }
+
+        impl Contexts {
+            /// Builds every context, in the order of the list.
+            async fn build(setup: &context::Setup<'_>) -> Result<Self, StartError> {
+                use context::BoundedContext as _;
+                Ok(Self {
+                    $($name: $name::Context::build(setup).await?,)*
+                })
+            }
+
+            /// Every context's routes whose answers are kept for `Idempotency-Key`.
+            pub(crate) fn routes() -> axum::Router<AppState> {
+                use context::BoundedContext as _;
+                axum::Router::new()$(.merge($name::Context::routes()))*
+            }
+
+            /// Every context's routes that answer with tokens.
+            pub(crate) fn sign_in_routes() -> axum::Router<AppState> {
+                use context::BoundedContext as _;
+                axum::Router::new()$(.merge($name::Context::sign_in_routes()))*
+            }
+
+            /// Every webhook provider.
+            pub(crate) fn webhook_providers(
+            ) -> &'static [&'static dyn webhooks::provider::WebhookProvider] {
+                use context::BoundedContext as _;
+                static ALL: std::sync::LazyLock<
+                    Vec<&'static dyn webhooks::provider::WebhookProvider>,
+                > = std::sync::LazyLock::new(|| {
+                    [$($name::Context::webhook_providers()),*].concat()
+                });
+                &ALL
+            }
+
+            /// Where a client reads an aggregate of `aggregate_type` it opened.
+            pub(crate) fn location(aggregate_type: &str) -> Option<&'static str> {
+                use context::BoundedContext as _;
+                [$($name::Context::locations()),*]
+                    .into_iter()
+                    .flatten()
+                    .find(|(t, _)| *t == aggregate_type)
+                    .map(|(_, path)| *path)
+            }
+
+            /// The items commands create inside aggregates of `aggregate_type`.
+            pub(crate) fn created_items(
+                aggregate_type: &str,
+            ) -> impl Iterator<Item = &'static context::CreatedItem> + '_ {
+                use context::BoundedContext as _;
+                [$($name::Context::created_items()),*]
+                    .into_iter()
+                    .flatten()
+                    .filter(move |i| i.aggregate_type == aggregate_type)
+            }
+        }
+    };
+}
+pub(crate) use contexts;
