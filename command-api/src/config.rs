@@ -63,40 +63,6 @@ pub struct Config {
     /// Lifetime of access tokens (`1h`, `15m`, `3600`, …).
     #[arg(long, env = "AUTH_TOKEN_EXPIRES_IN", default_value = "1h")]
     pub auth_token_expires_in: String,
-    /// Lifetime of refresh tokens.
-    #[arg(long, env = "REFRESH_TOKEN_EXPIRES_IN", default_value = "30d")]
-    pub refresh_token_expires_in: String,
-    /// Sessions one admin user may hold at once: a new sign-in beyond it ends the user's
-    /// least recently used session.
-    #[arg(long, env = "SESSIONS_PER_USER", default_value_t = 20)]
-    pub sessions_per_user: i64,
-    /// On start, create this super admin if no admin user has this e-mail.
-    #[arg(long, env = "ADMIN_BOOTSTRAP_EMAIL")]
-    pub admin_bootstrap_email: Option<String>,
-    /// Password of the bootstrap super admin.
-    #[arg(long, env = "ADMIN_BOOTSTRAP_PASSWORD", hide_env_values = true)]
-    pub admin_bootstrap_password: Option<String>,
-    /// Codes a client IP may request per hour (`/auth/phone/request`).
-    #[arg(long, env = "OTP_REQUESTS_PER_IP_PER_HOUR", default_value_t = 20)]
-    pub otp_requests_per_ip_per_hour: i64,
-    /// Audio files one user (staff member or chatbot user) may upload per hour.
-    #[arg(long, env = "AUDIO_UPLOADS_PER_USER_PER_HOUR", default_value_t = 30)]
-    pub audio_uploads_per_user_per_hour: i64,
-    /// Mebibytes of audio one user may upload per day (the file that crosses it is kept;
-    /// the next is refused until the day ends).
-    #[arg(
-        long,
-        env = "AUDIO_UPLOAD_MIB_PER_USER_PER_DAY",
-        default_value_t = 1024
-    )]
-    pub audio_upload_mib_per_user_per_day: i64,
-    /// Refused admin logins a client IP may have per hour (`/auth/admin/login`); beyond, its
-    /// logins answer 429 until the hour ends, and add nothing to anyone's history.
-    #[arg(long, env = "LOGIN_FAILURES_PER_IP_PER_HOUR", default_value_t = 100)]
-    pub login_failures_per_ip_per_hour: i64,
-    /// Anonymous tenant sign-ups a client IP may make per hour (`/v1/tenants/signup`).
-    #[arg(long, env = "SIGNUPS_PER_IP_PER_HOUR", default_value_t = 5)]
-    pub signups_per_ip_per_hour: i64,
     /// Reverse proxies in front of command-api that append to `X-Forwarded-For` (0: the
     /// header is ignored and the client IP is the socket's peer). With n, the client IP is
     /// the n-th address from the right: the one the outermost trusted proxy saw; addresses
@@ -110,76 +76,6 @@ pub struct Config {
     /// `{BACKEND_URL}/api/webhooks/lyra` when set).
     #[arg(long, env = "BACKEND_URL")]
     pub backend_url: Option<String>,
-    /// Base URL of Lyra's REST API (PayZen: `https://api.payzen.eu`).
-    #[arg(long, env = "LYRA_API_URL", default_value = "https://api.lyra.com")]
-    pub lyra_api_url: String,
-    /// Lyra shop id (payment links are off without it and the password).
-    #[arg(long, env = "LYRA_SHOP_ID")]
-    pub lyra_shop_id: Option<String>,
-    /// Lyra REST API password: authenticates link creation and keys the IPN's `kr-hash`.
-    #[arg(long, env = "LYRA_PASSWORD", hide_env_values = true)]
-    pub lyra_password: Option<String>,
-    /// Lyra HMAC-SHA-256 key: keys the `kr-hash` of browser returns.
-    #[arg(long, env = "LYRA_HMAC_KEY", hide_env_values = true)]
-    pub lyra_hmac_key: Option<String>,
-    /// Base URL of AssemblyAI's API.
-    #[arg(
-        long,
-        env = "ASSEMBLYAI_API_URL",
-        default_value = "https://api.assemblyai.com"
-    )]
-    pub assemblyai_api_url: String,
-    /// AssemblyAI API key (transcripts are off without it and `BACKEND_URL`).
-    #[arg(long, env = "ASSEMBLYAI_API_KEY", hide_env_values = true)]
-    pub assemblyai_api_key: Option<String>,
-    /// The secrets AssemblyAI's webhooks may carry, comma-separated: the first is sent with
-    /// each new request, the others (during a rotation) are still accepted from transcripts
-    /// requested before. Derived from the token secret when unset.
-    #[arg(
-        long,
-        env = "ASSEMBLYAI_WEBHOOK_SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub assemblyai_webhook_secret: Vec<String>,
-    /// SignalWire signing keys (the project's signing key; comma-separated during a rotation).
-    #[arg(
-        long,
-        env = "SIGNALWIRE_SIGNING_KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub signalwire_signing_key: Vec<String>,
-    /// SignalWire project id: with `SIGNALWIRE_API_TOKEN`, the credentials MMS media are
-    /// fetched with.
-    #[arg(long, env = "SIGNALWIRE_PROJECT_ID")]
-    pub signalwire_project_id: Option<String>,
-    /// SignalWire API token (see `SIGNALWIRE_PROJECT_ID`).
-    #[arg(long, env = "SIGNALWIRE_API_TOKEN", hide_env_values = true)]
-    pub signalwire_api_token: Option<String>,
-    /// Base URL of the WhatsApp Cloud API (the Graph API).
-    #[arg(
-        long,
-        env = "WHATSAPP_API_URL",
-        default_value = "https://graph.facebook.com"
-    )]
-    pub whatsapp_api_url: String,
-    /// Graph API version the Cloud API is called with.
-    #[arg(long, env = "WHATSAPP_API_VERSION", default_value = "v21.0")]
-    pub whatsapp_api_version: String,
-    /// App secrets of the platform's own Meta app(s), comma-separated: deliveries signed by
-    /// them are accepted even for numbers no session has (recorded, never lost). Sessions'
-    /// own app secrets are always accepted for their numbers.
-    #[arg(
-        long,
-        env = "WHATSAPP_APP_SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub whatsapp_app_secret: Vec<String>,
-    /// Verify token of the platform's own Meta app (sessions' verify tokens are accepted too).
-    #[arg(long, env = "WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
-    pub whatsapp_verify_token: Option<String>,
     /// Accept secrets that are empty, short or a published default (development only;
     /// `scripts/up` sets it). Without it the service refuses to start with one.
     #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -188,14 +84,6 @@ pub struct Config {
     /// Derived from the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
     pub credentials_key: Option<String>,
-    /// Stripe webhook endpoint secrets (`whsec_…`), comma-separated: several during a rotation.
-    #[arg(
-        long,
-        env = "STRIPE_WEBHOOK_SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub stripe_webhook_secret: Vec<String>,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -220,6 +108,9 @@ pub struct Config {
     /// Largest JSON body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Each bounded context's own settings.
+    #[command(flatten)]
+    pub ctx: crate::ContextSettings,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -311,22 +202,9 @@ impl Config {
         Ok(ttl)
     }
 
-    /// Refresh-token lifetime.
-    pub fn refresh_ttl(&self) -> Result<std::time::Duration, ConfigError> {
-        crate::values::parse_duration(&self.refresh_token_expires_in)
-            .ok_or(ConfigError::BadDuration("REFRESH_TOKEN_EXPIRES_IN"))
-    }
-
-    /// The bootstrap super admin, if configured.
-    pub fn bootstrap_admin(&self) -> Result<Option<(&str, &str)>, ConfigError> {
-        match (
-            self.admin_bootstrap_email.as_deref(),
-            self.admin_bootstrap_password.as_deref(),
-        ) {
-            (Some(e), Some(p)) if !e.is_empty() => Ok(Some((e, p))),
-            (None, None) => Ok(None),
-            _ => Err(ConfigError::HalfBootstrap),
-        }
+    /// The public base URL providers call back (`BACKEND_URL`), if set.
+    pub fn public_base(&self) -> Option<&str> {
+        self.backend_url.as_deref().filter(|b| !b.is_empty())
     }
 
     /// The connection string, from `DATABASE_URL` or its fallback.
@@ -366,40 +244,6 @@ impl Config {
             .map_err(ConfigError::WeakSecret)
     }
 
-    /// The Lyra account, when its shop id and password are set.
-    pub fn lyra_account(&self) -> Option<crate::payments::lyra::LyraAccount> {
-        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        Some(crate::payments::lyra::LyraAccount {
-            base_url: self.lyra_api_url.clone(),
-            shop_id: set(&self.lyra_shop_id)?,
-            password: set(&self.lyra_password)?,
-            ipn_url: set(&self.backend_url)
-                .map(|b| format!("{}/api/webhooks/lyra", b.trim_end_matches('/'))),
-        })
-    }
-
-    /// The keys webhooks are verified with.
-    pub fn webhook_secrets(&self) -> crate::WebhookSecrets {
-        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        crate::WebhookSecrets {
-            stripe: self
-                .stripe_webhook_secret
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            lyra_password: set(&self.lyra_password),
-            lyra_hmac_key: set(&self.lyra_hmac_key),
-            signalwire: self
-                .signalwire_signing_key
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            signalwire_api: set(&self.signalwire_project_id).zip(set(&self.signalwire_api_token)),
-        }
-    }
-
     /// The key credentials are sealed with: `CREDENTIALS_KEY`, or one derived from the token
     /// secret.
     pub fn sealing_key(&self) -> Result<events::sealed::SealingKey, ConfigError> {
@@ -408,51 +252,42 @@ impl Config {
             None => Ok(events::sealed::SealingKey::derive(self.auth_secret()?)),
         }
     }
+}
 
-    /// The WhatsApp settings.
-    pub fn whatsapp(&self) -> crate::whatsapp::cloud::Settings {
-        crate::whatsapp::cloud::Settings {
-            api_url: self.whatsapp_api_url.trim_end_matches('/').to_owned(),
-            version: self.whatsapp_api_version.clone(),
-            app_secrets: self
-                .whatsapp_app_secret
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            verify_token: self.whatsapp_verify_token.clone().filter(|t| !t.is_empty()),
-        }
-    }
+/// A setting's value, unless it is empty.
+pub fn present(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|s| !s.is_empty())
+}
 
-    /// The AssemblyAI account, when an API key and `BACKEND_URL` are set.
-    pub fn assemblyai_account(&self) -> Option<crate::audio::assemblyai::AssemblyAiAccount> {
-        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        let backend = set(&self.backend_url)?;
-        let configured: Vec<String> = self
-            .assemblyai_webhook_secret
-            .iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
+/// A list setting's values, trimmed, without empty ones.
+pub fn listed(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    /// Tests build the contexts' settings from `Default`: it must give what the flags give
+    /// when nothing is set.
+    #[test]
+    fn the_contexts_defaults_are_those_of_their_flags() {
+        let command = crate::ContextSettings::augment_args(clap::Command::new("command-api"));
+        let set: Vec<_> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .filter(|name| std::env::var_os(name).is_some())
             .collect();
-        let secrets = if configured.is_empty() {
-            // A secret of its own, derived so that it needs no setting and differs from the
-            // token secret itself.
-            use sha2::Digest;
-            let secret = self.auth_secret().ok()?;
-            vec![crate::webhooks::verify::hex_sha256(
-                &sha2::Sha256::new()
-                    .chain_update(b"assemblyai-webhook\0")
-                    .chain_update(secret.as_bytes())
-                    .finalize(),
-            )]
-        } else {
-            configured
-        };
-        Some(crate::audio::assemblyai::AssemblyAiAccount {
-            base_url: self.assemblyai_api_url.clone(),
-            api_key: set(&self.assemblyai_api_key)?,
-            webhook_url: format!("{}/api/webhooks/assemblyai", backend.trim_end_matches('/')),
-            webhook_secrets: secrets,
-        })
+        if !set.is_empty() {
+            eprintln!("skipped: the environment sets {set:?}");
+            return;
+        }
+        let matches = command.get_matches_from(["command-api"]);
+        let parsed = crate::ContextSettings::from_arg_matches(&matches).expect("parses");
+        assert_eq!(parsed, crate::ContextSettings::default());
     }
 }

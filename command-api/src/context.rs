@@ -1,5 +1,5 @@
-//! What a bounded context contributes to command-api, through one trait: its state (command
-//! buses, clients, limits), its routes, the webhook providers it implements, where a client
+//! What a bounded context contributes to command-api, through one trait: its settings, its
+//! state (command buses, clients, limits), its routes, the webhook providers it implements, where a client
 //! reads an aggregate it opened, and the items its commands create inside an aggregate.
 //! `lib.rs` names every context once, in `contexts!`; the state, the router, the webhook
 //! layer and `Idempotency-Key` recovery are loops over that list.
@@ -59,10 +59,19 @@ pub struct CreatedItem {
     pub id_field: &'static str,
 }
 
+/// The settings of a context that has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[group(skip)]
+pub struct NoSettings {}
+
 /// A bounded context of command-api.
 pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
-    /// Builds the context's state.
-    async fn build(setup: &Setup<'_>) -> Result<Self, StartError>;
+    /// Its settings (flags and environment variables, listed by `--help`), with the same
+    /// defaults as `Default` gives (tests build settings from it).
+    type Settings: clap::Args + Default + Clone + std::fmt::Debug + PartialEq;
+
+    /// Builds the context's state from its settings.
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, StartError>;
 
     /// Its routes. Answers are kept for `Idempotency-Key`.
     fn routes() -> Router<AppState>;
@@ -92,11 +101,23 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
 }
 
 /// Declares the bounded contexts of command-api, once: each is a module `name` (a folder)
-/// whose `Context` implements [`BoundedContext`]. Expands to the modules, the state of
-/// every context ([`crate::Contexts`]) and the loops over their contributions.
+/// whose `Context` implements [`BoundedContext`] with the module's `Settings`. Expands to
+/// the modules, the settings and the state of every context ([`crate::ContextSettings`],
+/// [`crate::Contexts`]) and the loops over their contributions.
 macro_rules! contexts {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         $($(#[$doc])* pub mod $name;)*
+
+        /// The settings of every bounded context.
+        #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+        #[group(skip)]
+        pub struct ContextSettings {
+            $(
+                #[allow(missing_docs)]
+                #[command(flatten)]
+                pub $name: $name::Settings,
+            )*
+        }
 
         /// The state of every bounded context.
         pub struct Contexts {
@@ -108,7 +129,7 @@ macro_rules! contexts {
             async fn build(setup: &context::Setup<'_>) -> Result<Self, StartError> {
                 use context::BoundedContext as _;
                 Ok(Self {
-                    $($name: $name::Context::build(setup).await?,)*
+                    $($name: $name::Context::build(setup, &setup.config.ctx.$name).await?,)*
                 })
             }
 

@@ -100,30 +100,12 @@ pub struct AppState {
     pub proxy_hops: usize,
     /// The clock commands are stamped with (time rules of chat).
     pub clock: Arc<dyn events::clock::Clock>,
-    /// The keys webhooks are verified with.
-    pub webhook_secrets: Arc<WebhookSecrets>,
     /// The public base URL providers call back (`BACKEND_URL`).
     pub backend_url: Option<String>,
     /// Seals and opens provider credentials.
     pub sealing: events::sealed::SealingKey,
     /// Every bounded context's state (command buses, clients, limits).
     pub ctx: Arc<Contexts>,
-}
-
-/// The keys webhooks are verified with.
-#[derive(Debug, Clone, Default)]
-pub struct WebhookSecrets {
-    /// Stripe endpoint secrets (any of them may sign).
-    pub stripe: Vec<String>,
-    /// Lyra REST password (the IPN's key).
-    pub lyra_password: Option<String>,
-    /// Lyra HMAC-SHA-256 key (the browser return's key).
-    pub lyra_hmac_key: Option<String>,
-    /// SignalWire signing keys (any of them may sign).
-    pub signalwire: Vec<String>,
-    /// SignalWire project id and API token: the HTTP Basic credentials MMS media are
-    /// fetched with (none: fetched without, as from a space serving media openly).
-    pub signalwire_api: Option<(String, String)>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -270,8 +252,7 @@ impl Application {
             blobs,
             proxy_hops: config.proxy_hops(),
             clock,
-            webhook_secrets: Arc::new(config.webhook_secrets()),
-            backend_url: config.backend_url.clone().filter(|b| !b.is_empty()),
+            backend_url: config.public_base().map(str::to_owned),
             sealing: config.sealing_key()?,
             ctx: Arc::new(ctx),
         };

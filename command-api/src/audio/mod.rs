@@ -8,6 +8,10 @@ pub mod assemblyai;
 pub mod routes;
 /// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -32,18 +36,20 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
         let config = setup.config;
         Ok(Self {
             files: setup.bus(()),
-            assemblyai: config
-                .assemblyai_account()
+            assemblyai: settings
+                .assemblyai_account(config.public_base(), config.auth_secret().ok())
                 .map(assemblyai::AssemblyAi::new),
             transcription_slots: Arc::new(tokio::sync::Semaphore::new(
                 routes::TRANSCRIPTION_SLOTS,
             )),
-            uploads_per_user: config.audio_uploads_per_user_per_hour,
-            mib_per_user_per_day: config.audio_upload_mib_per_user_per_day,
+            uploads_per_user: settings.audio_uploads_per_user_per_hour,
+            mib_per_user_per_day: settings.audio_upload_mib_per_user_per_day,
         })
     }
 

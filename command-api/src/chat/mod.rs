@@ -13,6 +13,9 @@ pub mod services;
 /// Value objects: texts, tags, attachments.
 pub mod values;
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
 use std::sync::Arc;
 
 use crate::context::{BoundedContext, CreatedItem, Setup};
@@ -25,7 +28,9 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, _: &Self::Settings) -> Result<Self, crate::StartError> {
         Ok(Self {
             threads: setup.bus(Arc::new(services::PgDirectory {
                 pool: setup.pool.clone(),

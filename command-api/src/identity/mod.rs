@@ -18,6 +18,10 @@ pub mod routes;
 pub mod services;
 /// Refresh-token families.
 pub mod sessions;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -49,14 +53,16 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
+    type Settings = Settings;
+
     /// Also creates the bootstrap super admin, when the settings name one.
-    async fn build(setup: &Setup<'_>) -> Result<Self, StartError> {
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, StartError> {
         let (config, pool) = (setup.config, setup.pool);
         let admins = setup.bus(Arc::new(services::PgIdentity {
             pool: pool.clone(),
             metrics: setup.metrics.clone(),
         }) as services::Identity);
-        if let Some((email, password)) = config.bootstrap_admin()? {
+        if let Some((email, password)) = settings.bootstrap_admin()? {
             bootstrap::ensure_super_admin(pool, &admins, email, password)
                 .await
                 .map_err(StartError::Bootstrap)?;
@@ -67,14 +73,14 @@ impl BoundedContext for Context {
         Ok(Self {
             admins,
             password_attempts: attempts::PasswordAttempts::new(pool, 4),
-            sessions: sessions::Sessions::new(pool.clone(), config.refresh_ttl()?)
-                .with_limit(config.sessions_per_user),
+            sessions: sessions::Sessions::new(pool.clone(), settings.refresh_ttl()?)
+                .with_limit(settings.sessions_per_user),
             token_ttl: config.token_ttl()?,
             dummy_hash: Arc::new(dummy_hash),
             phone_logins: setup.bus(()),
             phone_keys: phone::PhoneKeys::new(config.auth_secret()?),
-            otp_per_ip: config.otp_requests_per_ip_per_hour,
-            login_failures_per_ip: config.login_failures_per_ip_per_hour,
+            otp_per_ip: settings.otp_requests_per_ip_per_hour,
+            login_failures_per_ip: settings.login_failures_per_ip_per_hour,
         })
     }
 

@@ -18,6 +18,10 @@ pub mod signature;
 pub mod values;
 /// Stripe's and Lyra's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -33,14 +37,21 @@ pub struct Context {
     pub payments: Arc<CommandBus<aggregate::Payment>>,
     /// The Lyra client, when an account is configured.
     pub lyra: Option<lyra::Lyra>,
+    /// The keys Stripe's and Lyra's webhooks are verified with.
+    pub webhook_keys: settings::WebhookKeys,
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
         Ok(Self {
             catalogs: setup.bus(()),
             payments: setup.bus(()),
-            lyra: setup.config.lyra_account().map(lyra::Lyra::new),
+            lyra: settings
+                .lyra_account(setup.config.public_base())
+                .map(lyra::Lyra::new),
+            webhook_keys: settings.webhook_keys(),
         })
     }
 

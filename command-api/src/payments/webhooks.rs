@@ -103,7 +103,7 @@ impl PaymentWebhooks {
             .get("stripe-signature")
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         let now = state.clock.now().timestamp();
-        match signature::stripe(signature, &body, &state.webhook_secrets.stripe, now) {
+        match signature::stripe(signature, &body, &state.ctx.payments.webhook_keys.stripe, now) {
             Ok(_) => {}
             // A replay is of a request refused days ago: its signature is genuine, its age
             // is the point of the replay.
@@ -131,7 +131,7 @@ impl PaymentWebhooks {
             Ok(form) => form,
             Err(_) => return Err(reject(state, self, Rejection::Missing, None, &request).await),
         };
-        let secrets = &state.webhook_secrets;
+        let secrets = &state.ctx.payments.webhook_keys;
         let answer = match signature::lyra(
             &form,
             secrets.lyra_password.as_deref(),

@@ -11,6 +11,10 @@ pub mod routes;
 pub mod signature;
 /// SignalWire's callbacks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -26,14 +30,23 @@ pub struct Context {
     pub sms: Arc<CommandBus<aggregate::Sms>>,
     /// Call commands (from callbacks).
     pub calls: Arc<CommandBus<aggregate::Call>>,
+    /// SignalWire signing keys (any of them may sign).
+    pub signing_keys: Vec<String>,
+    /// SignalWire project id and API token: the HTTP Basic credentials MMS media are
+    /// fetched with (none: fetched without, as from a space serving media openly).
+    pub api_credentials: Option<(String, String)>,
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
         Ok(Self {
             numbers: setup.bus(()),
             sms: setup.bus(()),
             calls: setup.bus(()),
+            signing_keys: settings.signing_keys(),
+            api_credentials: settings.api_credentials(),
         })
     }
 

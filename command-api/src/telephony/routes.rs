@@ -365,7 +365,7 @@ async fn fetch_media(
     urls: &[(String, Option<String>)],
 ) -> Result<Vec<Attachment>, Processing> {
     let folder = Uuid::new_v5(&Uuid::NAMESPACE_OID, stream.as_bytes());
-    let credential = match &state.webhook_secrets.signalwire_api {
+    let credential = match &state.ctx.telephony.api_credentials {
         Some((project, token)) => Credential::Basic(project, token),
         None => Credential::None,
     };

@@ -70,7 +70,7 @@ impl WebhookProvider for SignalwireWebhooks {
         } else {
             SignalwireBody::Form(&form)
         };
-        let keys = &state.webhook_secrets.signalwire;
+        let keys = &state.ctx.telephony.signing_keys;
         if let Err(r) = signature::signalwire(signed, &url, scheme, keys) {
             return Err(reject(state, self, r, signed, &request).await);
         }

@@ -10,6 +10,10 @@ pub mod routes;
 pub mod services;
 /// Value objects: names, slugs, e-mails, preferences, images.
 pub mod values;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -25,14 +29,16 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
         let pool = setup.pool.clone();
         Ok(Self {
             bus: setup.bus(services::TenantServices {
                 slugs: Arc::new(services::PgSlugRegistry { pool: pool.clone() }),
                 members: Arc::new(services::PgDepartmentMembers { pool }),
             }),
-            signups_per_ip: setup.config.signups_per_ip_per_hour,
+            signups_per_ip: settings.signups_per_ip_per_hour,
         })
     }
 

@@ -17,6 +17,9 @@ pub mod service;
 /// Signature checks shared by providers.
 pub mod verify;
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
 use std::sync::Arc;
 
 use crate::context::{BoundedContext, Setup};
@@ -29,7 +32,9 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, _: &Self::Settings) -> Result<Self, crate::StartError> {
         Ok(Self {
             bus: setup.bus(()),
         })

@@ -18,6 +18,10 @@ pub mod routes;
 pub mod signature;
 /// WhatsApp deliveries (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -36,13 +40,15 @@ pub struct Context {
 }
 
 impl BoundedContext for Context {
-    async fn build(setup: &Setup<'_>) -> Result<Self, crate::StartError> {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
         Ok(Self {
             sessions: setup.bus(()),
             conversations: setup.bus(Arc::new(history::PgHistory {
                 pool: setup.pool.clone(),
             }) as aggregate::ConversationServices),
-            settings: Arc::new(setup.config.whatsapp()),
+            settings: Arc::new(settings.cloud()),
         })
     }
 

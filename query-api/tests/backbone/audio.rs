@@ -38,9 +38,10 @@ impl Studio {
     async fn start(assemblyai: &MockServer, clock: Arc<ManualClock>) -> Self {
         let env = TestEnv::new().await;
         let mut config = env.command_config();
-        config.assemblyai_api_url = assemblyai.uri();
-        config.assemblyai_api_key = Some(KEY.into());
-        config.assemblyai_webhook_secret = vec![HOOK_SECRET.into(), OLD_HOOK_SECRET.into()];
+        config.ctx.audio.assemblyai_api_url = assemblyai.uri();
+        config.ctx.audio.assemblyai_api_key = Some(KEY.into());
+        config.ctx.audio.assemblyai_webhook_secret =
+            vec![HOOK_SECRET.into(), OLD_HOOK_SECRET.into()];
         config.backend_url = Some(BACKEND.into());
         let api = env
             .spawn_command_api_with_clock(config, clock.clone())
@@ -652,7 +653,7 @@ async fn a_user_uploads_so_many_files_an_hour() {
     let assemblyai = MockServer::start().await;
     let studio = Studio::start(&assemblyai, Arc::new(ManualClock::new(Utc::now()))).await;
     let mut config = studio.env.command_config();
-    config.audio_uploads_per_user_per_hour = 2;
+    config.ctx.audio.audio_uploads_per_user_per_hour = 2;
     let api = studio.env.spawn_command_api(config).await;
     let customer = studio.env.phone_user(&studio.tenant, "chatty");
     let upload = |token: String| upload_ogg(&studio.env, &api, token, 64);
@@ -697,7 +698,7 @@ async fn a_user_uploads_so_many_mebibytes_a_day() {
     let assemblyai = MockServer::start().await;
     let studio = Studio::start(&assemblyai, Arc::new(ManualClock::new(Utc::now()))).await;
     let mut config = studio.env.command_config();
-    config.audio_upload_mib_per_user_per_day = 2;
+    config.ctx.audio.audio_upload_mib_per_user_per_day = 2;
     let api = studio.env.spawn_command_api(config).await;
     let customer = studio.env.phone_user(&studio.tenant, "talkative");
     let upload = |token: String| upload_ogg(&studio.env, &api, token, 600 * 1024);

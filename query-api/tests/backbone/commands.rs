@@ -1031,7 +1031,7 @@ async fn one_resource_is_one_idempotency_scope_whatever_form_its_id_takes() {
 async fn a_rejected_sign_up_releases_its_slug_and_sign_ups_are_throttled_per_address() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.signups_per_ip_per_hour = 3;
+    config.ctx.tenants.signups_per_ip_per_hour = 3;
     let api = env.spawn_command_api(config).await;
     let signup = |slug: &str| {
         env.http

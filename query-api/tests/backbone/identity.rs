@@ -11,8 +11,8 @@ pub(crate) const ROOT_PASSWORD: &str = "a long bootstrap password";
 
 pub(crate) async fn with_root(env: &TestEnv) -> Service {
     let mut config = env.command_config();
-    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
-    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    config.ctx.identity.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.ctx.identity.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
     env.spawn_command_api(config).await
 }
 
@@ -650,7 +650,7 @@ async fn a_phone_user_signs_in_with_a_code_from_the_dev_inbox() {
 async fn phone_sign_in_refuses_bad_numbers_closed_tenants_and_floods() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.otp_requests_per_ip_per_hour = 4;
+    config.ctx.identity.otp_requests_per_ip_per_hour = 4;
     let api = env.spawn_command_api(config).await;
     let (tenant, _) = crate::support::create_tenant(&env, &api, "guarded").await;
     expect_problem(
@@ -710,7 +710,7 @@ async fn phone_sign_in_refuses_bad_numbers_closed_tenants_and_floods() {
         .expect("sent");
     assert_eq!(disable.status(), 200);
     let mut config = env.command_config();
-    config.otp_requests_per_ip_per_hour = 100;
+    config.ctx.identity.otp_requests_per_ip_per_hour = 100;
     let second = env.spawn_command_api(config).await;
     expect_problem(
         request_code(&env, &second, &closed, "+33633333333").await,
@@ -1146,7 +1146,7 @@ async fn an_admin_initiated_reset_lets_a_locked_out_user_back_in_once() {
 async fn behind_a_trusted_proxy_a_forged_forwarded_for_does_not_escape_the_per_ip_limit() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.otp_requests_per_ip_per_hour = 3;
+    config.ctx.identity.otp_requests_per_ip_per_hour = 3;
     // One reverse proxy, configured the older way.
     config.trust_forwarded_for = true;
     let api = env.spawn_command_api(config).await;
@@ -1973,9 +1973,9 @@ async fn a_tenant_admin_cannot_tell_other_tenants_users_from_their_addresses() {
 async fn refused_logins_cannot_grow_an_accounts_history_without_end() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
-    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
-    config.login_failures_per_ip_per_hour = 12;
+    config.ctx.identity.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.ctx.identity.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    config.ctx.identity.login_failures_per_ip_per_hour = 12;
     let api = env.spawn_command_api(config).await;
     let events = || async {
         let n: i64 =

@@ -275,7 +275,7 @@ async fn requests_without_a_token_are_counted_by_client_address() {
 async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.signups_per_ip_per_hour = 1;
+    config.ctx.tenants.signups_per_ip_per_hour = 1;
     let api = env.spawn_command_api(config).await;
     let keys = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")

@@ -75,12 +75,13 @@ impl Stack {
     ) -> Self {
         let env = TestEnv::new().await;
         let mut config = env.command_config();
-        config.stripe_webhook_secret = vec![STRIPE_OLD_SECRET.into(), STRIPE_SECRET.into()];
-        config.lyra_password = Some(LYRA_PASSWORD.into());
-        config.lyra_hmac_key = Some(LYRA_HMAC_KEY.into());
+        config.ctx.payments.stripe_webhook_secret =
+            vec![STRIPE_OLD_SECRET.into(), STRIPE_SECRET.into()];
+        config.ctx.payments.lyra_password = Some(LYRA_PASSWORD.into());
+        config.ctx.payments.lyra_hmac_key = Some(LYRA_HMAC_KEY.into());
         if let Some(server) = lyra {
-            config.lyra_api_url = server.uri();
-            config.lyra_shop_id = Some(LYRA_SHOP.into());
+            config.ctx.payments.lyra_api_url = server.uri();
+            config.ctx.payments.lyra_shop_id = Some(LYRA_SHOP.into());
             config.backend_url = Some("https://backend.example/".into());
         }
         let api = match clock {
@@ -1726,7 +1727,7 @@ async fn a_refused_webhook_is_replayed_once_its_secret_is_configured() {
     assert_eq!(logged, 2);
     // The operator adds the new secret (a second instance, as after a restart).
     let mut config = stack.env.command_config();
-    config.stripe_webhook_secret = vec![STRIPE_SECRET.into(), NEW_SECRET.into()];
+    config.ctx.payments.stripe_webhook_secret = vec![STRIPE_SECRET.into(), NEW_SECRET.into()];
     let rotated_api = stack.env.spawn_command_api(config).await;
     let first = replay(&rotated_api, rotated, root.clone()).await;
     assert_eq!(first.status(), 200);

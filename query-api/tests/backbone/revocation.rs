@@ -1397,9 +1397,9 @@ async fn signing_in_beyond_the_session_limit_ends_the_least_recently_used_sessio
     use crate::identity::{ROOT_EMAIL, ROOT_PASSWORD};
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.admin_bootstrap_email = Some(ROOT_EMAIL.into());
-    config.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
-    config.sessions_per_user = 2;
+    config.ctx.identity.admin_bootstrap_email = Some(ROOT_EMAIL.into());
+    config.ctx.identity.admin_bootstrap_password = Some(ROOT_PASSWORD.into());
+    config.ctx.identity.sessions_per_user = 2;
     let api = env.spawn_command_api(config).await;
     let mut sessions = Vec::new();
     for _ in 0..3 {

@@ -159,37 +159,25 @@ impl TestEnv {
             blob_dir: self.blob_dir.clone(),
             max_body_bytes: 64 * 1024,
             auth_token_expires_in: "1h".into(),
-            refresh_token_expires_in: "30d".into(),
-            sessions_per_user: 20,
-            admin_bootstrap_email: None,
-            admin_bootstrap_password: None,
-            otp_requests_per_ip_per_hour: 20,
             trusted_proxy_hops: 0,
-            signups_per_ip_per_hour: 5,
-            login_failures_per_ip_per_hour: 100,
-            audio_uploads_per_user_per_hour: 30,
-            audio_upload_mib_per_user_per_day: 1024,
             trust_forwarded_for: false,
             backend_url: None,
-            lyra_api_url: "http://127.0.0.1:9".to_owned(),
-            lyra_shop_id: None,
-            lyra_password: None,
-            lyra_hmac_key: None,
-            stripe_webhook_secret: Vec::new(),
-            signalwire_signing_key: Vec::new(),
-            signalwire_project_id: None,
-            signalwire_api_token: None,
-            assemblyai_api_url: "http://127.0.0.1:9".to_owned(),
-            assemblyai_api_key: None,
-            assemblyai_webhook_secret: Vec::new(),
-            whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
-            whatsapp_api_version: "v21.0".to_owned(),
-            whatsapp_app_secret: Vec::new(),
-            whatsapp_verify_token: None,
             credentials_key: None,
             allow_dev_secrets: true,
+            ctx: Self::context_settings(),
             command: None,
         }
+    }
+
+    /// The contexts' settings: their defaults, with providers' APIs that nothing listens
+    /// on (a test that talks to one points it at its mock).
+    fn context_settings() -> command_api::ContextSettings {
+        let mut settings = command_api::ContextSettings::default();
+        let nowhere = "http://127.0.0.1:9".to_owned();
+        settings.payments.lyra_api_url = nowhere.clone();
+        settings.audio.assemblyai_api_url = nowhere.clone();
+        settings.whatsapp.whatsapp_api_url = nowhere;
+        settings
     }
 
     pub fn query_config(&self) -> query_api::config::Config {

@@ -81,7 +81,7 @@ impl Phone {
     async fn start() -> Self {
         let env = TestEnv::new().await;
         let mut config = env.command_config();
-        config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+        config.ctx.telephony.signalwire_signing_key = vec![SIGNING_KEY.into()];
         config.backend_url = Some(BACKEND.into());
         let api = env.spawn_command_api(config).await;
         let mut projector = env.projector_config();
@@ -603,7 +603,7 @@ async fn a_number_an_sms_and_a_call_live_past_two_snapshot_intervals() {
 async fn without_a_public_url_signalwire_callbacks_are_refused_whatever_host_they_name() {
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+    config.ctx.telephony.signalwire_signing_key = vec![SIGNING_KEY.into()];
     config.backend_url = None;
     let api = env.spawn_command_api(config).await;
     // Signed for exactly the URL the request names (its own Host): what another application
@@ -911,10 +911,10 @@ async fn an_mms_brings_its_files_into_the_thread() {
         .await;
     let env = TestEnv::new().await;
     let mut config = env.command_config();
-    config.signalwire_signing_key = vec![SIGNING_KEY.into()];
+    config.ctx.telephony.signalwire_signing_key = vec![SIGNING_KEY.into()];
     config.backend_url = Some(BACKEND.into());
-    config.signalwire_project_id = Some("project-1".into());
-    config.signalwire_api_token = Some("token-1".into());
+    config.ctx.telephony.signalwire_project_id = Some("project-1".into());
+    config.ctx.telephony.signalwire_api_token = Some("token-1".into());
     let api = env.spawn_command_api(config).await;
     let mut projector = env.projector_config();
     projector.nest_auth_secret = Some(SECRET.into());

@@ -91,8 +91,8 @@ impl Wa {
         let cloud = MockServer::start().await;
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let mut config = env.command_config();
-        config.whatsapp_api_url = cloud.uri();
-        config.whatsapp_app_secret = vec!["platform-app-secret".into()];
+        config.ctx.whatsapp.whatsapp_api_url = cloud.uri();
+        config.ctx.whatsapp.whatsapp_app_secret = vec!["platform-app-secret".into()];
         let api = env
             .spawn_command_api_with_clock(config, clock.clone())
             .await;
@@ -1027,7 +1027,7 @@ async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents
     let soketi = crate::support::Soketi::start().await;
     let cloud = MockServer::start().await;
     let mut config = env.command_config();
-    config.whatsapp_api_url = cloud.uri();
+    config.ctx.whatsapp.whatsapp_api_url = cloud.uri();
     let api = env.spawn_command_api(config).await;
     let mut projector = soketi.projector_config(env.projector_config());
     projector.nest_auth_secret = Some(SECRET.into());
