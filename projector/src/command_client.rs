@@ -112,3 +112,28 @@ impl<K: Hash + Eq + Clone> Quiet<K> {
         }
     }
 }
+
+/// Has command-api process received webhook `webhook` again (`POST
+/// /v1/webhooks/{id}/replay`, as a platform service). A refusal (the webhook is gone, or
+/// pending already) is logged and passed over; command-api being away is an error, so the
+/// worker's checkpoint does not move.
+pub(crate) async fn replay_webhook(
+    client: &CommandClient,
+    webhook: &str,
+) -> Result<(), crate::projection::ProjectionError> {
+    let path = format!("/v1/webhooks/{webhook}/replay");
+    match client.post_json(&path, &serde_json::json!({})).await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+            tracing::warn!(webhook, status = %r.status(), "webhook not replayed");
+            Ok(())
+        }
+        Ok(r) => Err(crate::projection::ProjectionError::Unavailable(format!(
+            "command-api answered {}",
+            r.status()
+        ))),
+        Err(e) => Err(crate::projection::ProjectionError::Unavailable(
+            e.to_string(),
+        )),
+    }
+}

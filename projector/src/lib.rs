@@ -6,53 +6,45 @@
 //! - [`worker`]: a durable JetStream pull consumer per projection, with a testable `step`,
 //!   retries with back-off and dead letters.
 //! - [`rebuild`]: rebuilds a read model from the event store and swaps it in.
-//! - [`tenants`]: the tenants read model.
-//! - [`identity`]: admin users and their login history.
-//! - [`effects`]: side-effect workers: realtime (Soketi and SSE fan-out).
-//! - [`scheduler`]: delivers due scheduled messages through command-api.
-//! - [`chat`]: threads, messages, read positions and scheduled messages.
-//! - [`payments`]: catalogs and payments.
-//! - [`webhooks`]: received provider webhooks (the queue of their process manager).
-//! - [`due`]: process managers that have due webhooks processed and audio transcribed.
-//! - [`audio`]: audio files and their transcripts.
-//! - [`telephony`]: the calls of tenants' numbers.
-//! - [`whatsapp`]: WhatsApp sessions, conversations, messages and contacts.
-//! - [`whatsapp`]: also the sender of due WhatsApp messages (through the Cloud API or a
-//!   bridge, at most once each), the outbox of thread replies and the re-fetch of files.
+//! - [`due`]: the engine of process managers that have due work done through command-api.
+//! - [`context`]: what a bounded context contributes (settings, projections, workers); the
+//!   contexts themselves are listed once, in `contexts!` below.
 
-/// The audio read model.
-pub mod audio;
-/// Chat threads, messages, receipts and scheduled messages.
-pub mod chat;
 /// Commands to command-api as a platform component.
 pub mod command_client;
-/// Process managers of due work (webhooks, transcriptions).
+/// What a bounded context contributes, and the list that names them all.
+pub mod context;
+/// Process managers of due work (webhooks, transcriptions, sends).
 pub mod due;
-/// Side-effect workers (realtime).
-pub mod effects;
 /// `/health/live` and `/health/ready` (on `PROJECTOR_PORT`).
 pub mod health;
-/// Admin users and their login history.
-pub mod identity;
-/// Catalogs and payments.
-pub mod payments;
 /// Projection contract and exactly-once application.
 pub mod projection;
 /// Rebuild from the event store.
 pub mod rebuild;
-/// Delivers scheduled messages when due.
-pub mod scheduler;
-/// The calls read model.
-pub mod telephony;
-/// The tenants read model.
-pub mod tenants;
-/// The webhooks read model.
-pub mod webhooks;
-/// The WhatsApp read models.
-pub mod whatsapp;
-
 /// Durable consumers.
 pub mod worker;
+
+context::contexts! {
+    /// The tenants read model.
+    tenants,
+    /// Admin users and their login history.
+    identity,
+    /// Threads, messages, receipts, scheduled messages; reassignment; the scheduler.
+    chat,
+    /// Received provider webhooks and their process manager.
+    webhooks,
+    /// Catalogs and payments.
+    payments,
+    /// Audio files, transcripts and their process manager.
+    audio,
+    /// The calls of tenants' numbers.
+    telephony,
+    /// WhatsApp sessions, conversations, contacts; the outbox, file re-fetch and sender.
+    whatsapp,
+    /// Events to Soketi and to SSE; eviction of ended access.
+    realtime,
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,25 +101,10 @@ pub struct Config {
     /// Most messages applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH", global = true, default_value_t = 256)]
     pub batch: usize,
-    /// Base URL of Soketi's HTTP API (e.g. `http://127.0.0.1:6001`); realtime is off without it.
-    #[arg(long, env = "SOKETI_URL", global = true)]
-    pub soketi_url: Option<String>,
-    /// Pusher app id of the Soketi app.
-    #[arg(long, env = "SOKETI_APP_ID", global = true)]
-    pub soketi_app_id: Option<String>,
-    /// Pusher app key of the Soketi app.
-    #[arg(long, env = "SOKETI_APP_KEY", global = true)]
-    pub soketi_app_key: Option<String>,
     /// Accept secrets that are empty, short or a published default (development only;
     /// `scripts/up` sets it). Without it the service refuses to start with one.
     #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub allow_dev_secrets: bool,
-    /// Pusher app secret of the Soketi app (signs HTTP API requests).
-    #[arg(long, env = "SOKETI_APP_SECRET", global = true, hide_env_values = true)]
-    pub soketi_app_secret: Option<String>,
-    /// First token of the core NATS subjects realtime events are fanned out on (for SSE).
-    #[arg(long, env = "REALTIME_SUBJECT_PREFIX", global = true, default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]
-    pub realtime_subject_prefix: String,
     /// command-api's base URL (the scheduler sends due messages' delivery commands there).
     #[arg(
         long,
@@ -143,38 +120,6 @@ pub struct Config {
     /// Fallback name for the token secret.
     #[arg(long, env = "NEXTAUTH_SECRET", global = true, hide_env_values = true)]
     pub nextauth_secret: Option<String>,
-    /// Base URL of the WhatsApp Cloud API (the Graph API).
-    #[arg(
-        long,
-        env = "WHATSAPP_API_URL",
-        global = true,
-        default_value = "https://graph.facebook.com"
-    )]
-    pub whatsapp_api_url: String,
-    /// Graph API version the Cloud API is called with.
-    #[arg(
-        long,
-        env = "WHATSAPP_API_VERSION",
-        global = true,
-        default_value = "v21.0"
-    )]
-    pub whatsapp_api_version: String,
-    /// JetStream stream of bridge sessions' sends.
-    #[arg(
-        long,
-        env = "WHATSAPP_BRIDGE_STREAM",
-        global = true,
-        default_value = "WHATSAPP_BRIDGE"
-    )]
-    pub whatsapp_bridge_stream: String,
-    /// Subject prefix of bridge sessions' sends: `{prefix}.{session_id}.send`.
-    #[arg(
-        long,
-        env = "WHATSAPP_BRIDGE_SUBJECT_PREFIX",
-        global = true,
-        default_value = "whatsapp.bridge"
-    )]
-    pub whatsapp_bridge_subject_prefix: String,
     /// Key provider credentials are sealed with (the same as command-api's); derived from
     /// the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", global = true, hide_env_values = true)]
@@ -186,6 +131,9 @@ pub struct Config {
     /// Address the health endpoints listen on.
     #[arg(long, env = "HOST", global = true, default_value = "0.0.0.0")]
     pub host: std::net::IpAddr,
+    /// Each bounded context's own settings.
+    #[command(flatten)]
+    pub ctx: ContextSettings,
     /// What to do (default: run every projection).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -205,87 +153,15 @@ pub enum Command {
     List,
 }
 
-/// Every projection this process runs: the read models and the side-effect workers (realtime
-/// sends to Soketi when its URL and app are set, and fans out on `nats` for SSE).
+/// Every projection this process runs: each context's read models and side-effect workers
+/// (those that command command-api only when a service token can be signed; realtime sends
+/// to Soketi when its URL and app are set, and fans out on `nats` for SSE).
 pub fn projections(
     config: &Config,
     nats: Option<async_nats::Client>,
     pool: Option<PgPool>,
 ) -> Vec<Arc<dyn Projection>> {
-    let mut all: Vec<Arc<dyn Projection>> = vec![
-        Arc::new(tenants::TenantsProjection),
-        Arc::new(identity::AdminUsersProjection),
-        Arc::new(chat::ChatProjection),
-        Arc::new(webhooks::WebhooksProjection),
-        Arc::new(payments::CatalogProjection),
-        Arc::new(payments::PaymentsProjection),
-        Arc::new(audio::AudioProjection),
-        Arc::new(telephony::CallsProjection),
-        Arc::new(whatsapp::WhatsAppSessionsProjection),
-        Arc::new(whatsapp::WhatsAppProjection),
-    ];
-    if let Some(reassignment) = reassignment(config, pool.as_ref()) {
-        all.push(reassignment);
-    }
-    if let (Some(secret), Some(pool)) = (config.auth_secret(), &pool) {
-        all.push(Arc::new(effects::references::PaymentReferences::new(
-            pool.clone(),
-            command_client::CommandClient::new(
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                "payment-references",
-            ),
-        )));
-        all.push(Arc::new(whatsapp::media::MediaRefetch::new(
-            pool.clone(),
-            command_client::CommandClient::new(
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                "whatsapp-media-refetch",
-            ),
-        )));
-    }
-    if let Some(secret) = config.auth_secret() {
-        all.push(Arc::new(whatsapp::outbox::WhatsAppOutbox::new(
-            pool.clone(),
-            command_client::CommandClient::new(
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                "whatsapp-outbox",
-            ),
-        )));
-    }
-    let realtime = || {
-        effects::realtime::Realtime::new(
-            config.soketi_app(),
-            pool.clone(),
-            nats.clone(),
-            config.realtime_subject_prefix.clone(),
-        )
-    };
-    all.push(Arc::new(realtime()));
-    all.push(Arc::new(realtime().for_whatsapp()));
-    if let (Some(app), Some(pool)) = (config.soketi_app(), pool) {
-        all.push(Arc::new(effects::eviction::Eviction::new(app, pool)));
-    }
-    all
-}
-
-/// The reassignment process manager, when command-api can be called (a service token
-/// needs the secret).
-fn reassignment(
-    config: &Config,
-    pool: Option<&PgPool>,
-) -> Option<Arc<effects::reassignment::Reassignment>> {
-    let (secret, pool) = (config.auth_secret()?, pool?);
-    Some(Arc::new(effects::reassignment::Reassignment::new(
-        pool.clone(),
-        command_client::CommandClient::new(
-            &config.command_api_url,
-            events::access::TokenKeys::new(secret),
-            "reassignment",
-        ),
-    )))
+    context_projections(&context::Setup { config, nats, pool })
 }
 
 /// Why the projector stopped.
@@ -316,17 +192,6 @@ impl Config {
             Some(key) => events::sealed::SealingKey::derive(key),
             None => events::sealed::SealingKey::derive(secret),
         }
-    }
-
-    /// The Soketi app, when its URL, id, key and secret are all set.
-    pub fn soketi_app(&self) -> Option<effects::realtime::SoketiApp> {
-        let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        Some(effects::realtime::SoketiApp {
-            url: set(&self.soketi_url)?,
-            app_id: set(&self.soketi_app_id)?,
-            key: set(&self.soketi_app_key)?,
-            secret: set(&self.soketi_app_secret)?,
-        })
     }
 
     /// The token secret, from `NEST_AUTH_SECRET` or its fallback.
@@ -367,8 +232,10 @@ pub async fn run(
                 config.auth_secret(),
             ),
             ("CREDENTIALS_KEY", config.credentials_key.as_deref()),
-            ("SOKETI_APP_SECRET", config.soketi_app_secret.as_deref()),
-        ],
+        ]
+        .into_iter()
+        .chain(context_secrets(&config.ctx))
+        .collect::<Vec<_>>(),
         config.allow_dev_secrets,
     )
     .map_err(Error::Config)?;
@@ -396,65 +263,15 @@ pub async fn run(
         tasks.spawn(async move { supervise(pool, js, config, projection).await });
     }
     match config.auth_secret() {
-        Some(secret) => {
-            let scheduler = scheduler::Scheduler::new(
-                pool.clone(),
-                config.command_api_url.clone(),
-                events::access::TokenKeys::new(secret),
-                Arc::new(events::clock::SystemClock),
-            );
-            tasks.spawn(async move { scheduler.run().await });
-            if let Some(reassignment) = reassignment(&config, Some(&pool)) {
-                tasks.spawn(reassignment.run_sweeps());
-            }
-            let sender = whatsapp::sender::Sender::new(
-                pool.clone(),
-                &config.command_api_url,
-                events::access::TokenKeys::new(secret),
-                whatsapp::sender::CloudApi {
-                    url: config.whatsapp_api_url.clone(),
-                    version: config.whatsapp_api_version.clone(),
-                },
-                config.sealing_key(secret),
-                Arc::new(events::clock::SystemClock),
-            );
-            // Bridge sessions' sends go to the bridge stream, made sure of in the background
-            // (the bus may be down now): until it exists their sends fail and are retried.
-            let sender = sender.with_bridge(whatsapp::sender::Bridge {
-                js: js.clone(),
-                prefix: config.whatsapp_bridge_subject_prefix.clone(),
-            });
-            let (bridge_js, bridge_stream, bridge_prefix) = (
-                js.clone(),
-                config.whatsapp_bridge_stream.clone(),
-                config.whatsapp_bridge_subject_prefix.clone(),
-            );
-            tasks.spawn(async move {
-                let mut backoff = Duration::from_millis(200);
-                while let Err(e) =
-                    whatsapp::sender::ensure_bridge_stream(&bridge_js, &bridge_stream, &bridge_prefix).await
-                {
-                    tracing::warn!(error = %e, "no bridge stream yet: bridge sessions' sends are retried");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                // Done: this task's work is over, but ending would end the projector.
-                std::future::pending::<()>().await
-            });
-            tasks.spawn(async move { sender.run().await });
-            for processor in [
-                due::DueProcessor::webhooks,
-                due::DueProcessor::transcriptions,
-            ] {
-                let processor = processor(
-                    pool.clone(),
-                    &config.command_api_url,
-                    events::access::TokenKeys::new(secret),
-                    Arc::new(events::clock::SystemClock),
-                );
-                tasks.spawn(async move { processor.run().await });
-            }
-        }
+        Some(secret) => context_workers(
+            &context::Running {
+                config: &config,
+                pool: &pool,
+                js: &js,
+                secret,
+            },
+            &mut tasks,
+        ),
         None => {
             tracing::warn!("NEST_AUTH_SECRET is not set: scheduled messages will not be delivered, received webhooks will not be processed, audio will not be transcribed and WhatsApp messages will not be sent")
         }

@@ -235,6 +235,23 @@ impl Projection for TenantsProjection {
     }
 }
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The tenants context: its read model.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        vec![std::sync::Arc::new(TenantsProjection)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,7 +104,7 @@ impl Effect for MediaRefetch {
                 continue;
             };
             for webhook in self.waiting(&tenant_id, &envelope.aggregate_id).await? {
-                crate::effects::replay_webhook(&self.client, &webhook).await?;
+                crate::command_client::replay_webhook(&self.client, &webhook).await?;
             }
         }
         Ok(())

@@ -4,6 +4,11 @@
 //! sender's queue) and contacts per tenant (`whatsapp_contacts`). A session's health is read
 //! from its messages.
 
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
+
 /// WhatsApp files refused for an expired token, fetched again when the session reconnects.
 pub mod media;
 /// Thread replies forwarded to WhatsApp.
@@ -479,5 +484,76 @@ pub fn not_delivered(change: &str) -> (String, String) {
             "edit_not_delivered".into(),
             "It was edited after WhatsApp had taken it: the contact has the original.".into(),
         )
+    }
+}
+
+/// The WhatsApp context: sessions, conversations and contacts; the outbox of thread
+/// replies, the re-fetch of files, and the sender of due messages.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        let mut all: Vec<std::sync::Arc<dyn crate::projection::Projection>> = vec![
+            std::sync::Arc::new(WhatsAppSessionsProjection),
+            std::sync::Arc::new(WhatsAppProjection),
+        ];
+        if let (Some(pool), Some(client)) =
+            (&setup.pool, setup.command_client("whatsapp-media-refetch"))
+        {
+            all.push(std::sync::Arc::new(media::MediaRefetch::new(pool.clone(), client)));
+        }
+        if let Some(client) = setup.command_client("whatsapp-outbox") {
+            all.push(std::sync::Arc::new(outbox::WhatsAppOutbox::new(
+                setup.pool.clone(),
+                client,
+            )));
+        }
+        all
+    }
+
+    /// The sender of due messages (through the Cloud API or a bridge).
+    fn workers(
+        running: &crate::context::Running<'_>,
+        settings: &Settings,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let sender = sender::Sender::new(
+            running.pool.clone(),
+            &running.config.command_api_url,
+            running.keys(),
+            sender::CloudApi {
+                url: settings.whatsapp_api_url.clone(),
+                version: settings.whatsapp_api_version.clone(),
+            },
+            running.config.sealing_key(running.secret),
+            std::sync::Arc::new(events::clock::SystemClock),
+        );
+        // Bridge sessions' sends go to the bridge stream, made sure of in the background
+        // (the bus may be down now): until it exists their sends fail and are retried.
+        let sender = sender.with_bridge(sender::Bridge {
+            js: running.js.clone(),
+            prefix: settings.whatsapp_bridge_subject_prefix.clone(),
+        });
+        let (js, stream, prefix) = (
+            running.js.clone(),
+            settings.whatsapp_bridge_stream.clone(),
+            settings.whatsapp_bridge_subject_prefix.clone(),
+        );
+        tasks.spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(200);
+            while let Err(e) = sender::ensure_bridge_stream(&js, &stream, &prefix).await {
+                tracing::warn!(error = %e, "no bridge stream yet: bridge sessions' sends are retried");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            // Done: this task's work is over, but ending would end the projector.
+            std::future::pending::<()>().await
+        });
+        tasks.spawn(async move { sender.run().await });
     }
 }

@@ -393,7 +393,7 @@ async fn a_soketi_outage_delays_realtime_events_and_loses_none() {
     // to Soketi directly and stay connected.
     let proxy = Proxy::start(soketi.port).await;
     let mut config = soketi.projector_config(env.projector_config());
-    config.soketi_url = Some(format!("http://127.0.0.1:{}", proxy.port));
+    config.ctx.realtime.soketi_url = Some(format!("http://127.0.0.1:{}", proxy.port));
     let api = env.spawn_command_api(env.command_config()).await;
     let projector = env.spawn_projector(config);
     let query = env.spawn_query_api(env.query_config()).await;

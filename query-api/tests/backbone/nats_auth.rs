@@ -277,9 +277,9 @@ async fn the_stack_runs_with_one_nats_user_per_service_and_no_violation() {
     projector.nats_url = nats.url("projector");
     projector.nats_stream = "EVENTS".to_owned();
     projector.nats_subject_prefix = "events".to_owned();
-    projector.realtime_subject_prefix = "realtime".to_owned();
-    projector.whatsapp_bridge_stream = "WHATSAPP_BRIDGE".to_owned();
-    projector.whatsapp_bridge_subject_prefix = "whatsapp.bridge".to_owned();
+    projector.ctx.realtime.realtime_subject_prefix = "realtime".to_owned();
+    projector.ctx.whatsapp.whatsapp_bridge_stream = "WHATSAPP_BRIDGE".to_owned();
+    projector.ctx.whatsapp.whatsapp_bridge_subject_prefix = "whatsapp.bridge".to_owned();
     let projector = env.spawn_projector(projector);
     let mut query = env.query_config();
     query.nats_url = nats.url("query-api");

@@ -1567,7 +1567,7 @@ async fn an_unmatched_refund_recorded_after_its_payment_was_paid_is_replayed() {
         TokenKeys::new(SECRET),
         clock.clone(),
     );
-    let worker = projector::effects::references::PaymentReferences::new(
+    let worker = projector::payments::references::PaymentReferences::new(
         stack.env.pool.clone(),
         projector::command_client::CommandClient::new(
             &stack.api.url(""),

@@ -490,7 +490,7 @@ async fn threads_of_agents_who_left_before_the_worker_existed_are_released_by_it
         |t| t["agent_id"] == kim.as_str(),
     )
     .await;
-    let worker = projector::effects::reassignment::Reassignment::new(
+    let worker = projector::chat::reassignment::Reassignment::new(
         env.pool.clone(),
         projector::command_client::CommandClient::new(
             &api.url(""),

@@ -1125,10 +1125,10 @@ async fn soketi_stand_in(env: &TestEnv) -> (wiremock::MockServer, projector::Con
         .mount(&soketi)
         .await;
     let mut config = env.projector_config();
-    config.soketi_url = Some(soketi.uri());
-    config.soketi_app_id = Some(crate::support::SOKETI_APP_ID.into());
-    config.soketi_app_key = Some(crate::support::SOKETI_KEY.into());
-    config.soketi_app_secret = Some(crate::support::SOKETI_SECRET.into());
+    config.ctx.realtime.soketi_url = Some(soketi.uri());
+    config.ctx.realtime.soketi_app_id = Some(crate::support::SOKETI_APP_ID.into());
+    config.ctx.realtime.soketi_app_key = Some(crate::support::SOKETI_KEY.into());
+    config.ctx.realtime.soketi_app_secret = Some(crate::support::SOKETI_SECRET.into());
     (soketi, config)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use events::access::TokenKeys;
 use events::clock::{Clock, ManualClock};
-use projector::scheduler::{Scheduler, StepReport};
+use projector::chat::scheduler::{Scheduler, StepReport};
 use serde_json::{json, Value};
 
 use crate::support::{create_tenant, eventually, staff_session, Service, TestEnv, SECRET};
@@ -481,7 +481,7 @@ async fn one_tenants_failing_deliveries_hold_back_no_one_and_end_visibly_failed(
     assert_eq!(given_up, failing);
     assert_eq!(
         tries,
-        failing * projector::scheduler::MAX_FAILURES as usize,
+        failing * projector::chat::scheduler::MAX_FAILURES as usize,
         "never tried more than its waits allow"
     );
     let shown = eventually(Duration::from_secs(30), "shown as failed", || async {

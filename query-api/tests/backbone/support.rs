@@ -217,22 +217,26 @@ impl TestEnv {
             nats_subject_prefix: self.prefix.clone(),
             max_deliver: 5,
             batch: 256,
-            soketi_url: None,
-            soketi_app_id: None,
-            soketi_app_key: None,
-            soketi_app_secret: None,
-            realtime_subject_prefix: format!("rt{}", self.prefix),
             command_api_url: "http://127.0.0.1:9".to_owned(),
             nest_auth_secret: None,
             nextauth_secret: None,
-            whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
-            whatsapp_api_version: "v21.0".to_owned(),
-            whatsapp_bridge_stream: format!("{}_BRIDGE", self.stream),
-            whatsapp_bridge_subject_prefix: format!("{}_bridge", self.prefix),
             credentials_key: None,
             allow_dev_secrets: true,
             port: None,
             host: std::net::Ipv4Addr::LOCALHOST.into(),
+            ctx: projector::ContextSettings {
+                realtime: projector::realtime::Settings {
+                    realtime_subject_prefix: format!("rt{}", self.prefix),
+                    ..Default::default()
+                },
+                whatsapp: projector::whatsapp::Settings {
+                    whatsapp_api_url: "http://127.0.0.1:9".to_owned(),
+                    whatsapp_bridge_stream: format!("{}_BRIDGE", self.stream),
+                    whatsapp_bridge_subject_prefix: format!("{}_bridge", self.prefix),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             command: None,
         }
     }
@@ -670,10 +674,10 @@ impl Soketi {
 
     /// A projector configuration that publishes to this Soketi.
     pub fn projector_config(&self, mut config: projector::Config) -> projector::Config {
-        config.soketi_url = Some(self.url());
-        config.soketi_app_id = Some(SOKETI_APP_ID.to_owned());
-        config.soketi_app_key = Some(SOKETI_KEY.to_owned());
-        config.soketi_app_secret = Some(SOKETI_SECRET.to_owned());
+        config.ctx.realtime.soketi_url = Some(self.url());
+        config.ctx.realtime.soketi_app_id = Some(SOKETI_APP_ID.to_owned());
+        config.ctx.realtime.soketi_app_key = Some(SOKETI_KEY.to_owned());
+        config.ctx.realtime.soketi_app_secret = Some(SOKETI_SECRET.to_owned());
         config
     }
 }

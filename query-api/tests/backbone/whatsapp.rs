@@ -1032,7 +1032,7 @@ async fn end_to_end_an_inbound_message_reaches_the_dashboard_live_and_the_agents
     let mut projector = soketi.projector_config(env.projector_config());
     projector.nest_auth_secret = Some(SECRET.into());
     projector.command_api_url = api.url("");
-    projector.whatsapp_api_url = cloud.uri();
+    projector.ctx.whatsapp.whatsapp_api_url = cloud.uri();
     let _projector = env.spawn_projector(projector);
     let query = env.spawn_query_api(env.query_config()).await;
     let (tenant, _) = create_tenant(&env, &api, &format!("we{}", &env.prefix[1..9])).await;
@@ -1455,8 +1455,8 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     let projector = wa.env.projector_config();
     projector::whatsapp::sender::ensure_bridge_stream(
         &wa.env.js,
-        &projector.whatsapp_bridge_stream,
-        &projector.whatsapp_bridge_subject_prefix,
+        &projector.ctx.whatsapp.whatsapp_bridge_stream,
+        &projector.ctx.whatsapp.whatsapp_bridge_subject_prefix,
     )
     .await
     .expect("bridge stream");
@@ -1473,7 +1473,11 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     )
     .with_bridge(projector::whatsapp::sender::Bridge {
         js: wa.env.js.clone(),
-        prefix: projector.whatsapp_bridge_subject_prefix.clone(),
+        prefix: projector
+            .ctx
+            .whatsapp
+            .whatsapp_bridge_subject_prefix
+            .clone(),
     });
     let bridge_secret = "a-bridge-secret-of-at-least-32-characters";
     let r = wa
@@ -1494,7 +1498,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
     let stream = wa
         .env
         .js
-        .get_stream(&projector.whatsapp_bridge_stream)
+        .get_stream(&projector.ctx.whatsapp.whatsapp_bridge_stream)
         .await
         .expect("stream");
     let consumer = stream
@@ -1502,7 +1506,7 @@ async fn a_bridge_worker_takes_sends_from_its_subject_and_reports_back() {
             durable_name: Some("bridge-worker".into()),
             filter_subject: format!(
                 "{}.{session}.send",
-                projector.whatsapp_bridge_subject_prefix
+                projector.ctx.whatsapp.whatsapp_bridge_subject_prefix
             ),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()

@@ -5,6 +5,11 @@
 //! Every event moves the thread row's `version`, so a reader can wait for its own write.
 //! A message's author has read it: sending moves the author's read position too.
 
+/// Open threads taken from agents and departments that went away.
+pub mod reassignment;
+/// Delivers scheduled messages when due.
+pub mod scheduler;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use events::chat::{Party, PartyKind, ThreadEvent, THREAD};
@@ -522,4 +527,52 @@ async fn schedule_change(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The chat context: threads and messages, the reassignment of threads whose agent or
+/// department went away, and the delivery of scheduled messages.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        let mut all: Vec<std::sync::Arc<dyn crate::projection::Projection>> =
+            vec![std::sync::Arc::new(ChatProjection)];
+        if let (Some(pool), Some(client)) = (&setup.pool, setup.command_client("reassignment")) {
+            all.push(std::sync::Arc::new(reassignment::Reassignment::new(
+                pool.clone(),
+                client,
+            )));
+        }
+        all
+    }
+
+    /// The scheduler of due messages, and the sweeps of threads left with nobody.
+    fn workers(
+        running: &crate::context::Running<'_>,
+        _settings: &Settings,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let scheduler = scheduler::Scheduler::new(
+            running.pool.clone(),
+            running.config.command_api_url.clone(),
+            running.keys(),
+            std::sync::Arc::new(events::clock::SystemClock),
+        );
+        tasks.spawn(async move { scheduler.run().await });
+        let client = crate::command_client::CommandClient::new(
+            &running.config.command_api_url,
+            running.keys(),
+            "reassignment",
+        );
+        let reassignment = reassignment::Reassignment::new(running.pool.clone(), client);
+        tasks.spawn(std::sync::Arc::new(reassignment).run_sweeps());
+    }
 }

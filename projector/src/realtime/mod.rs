@@ -15,6 +15,14 @@
 //! Soketi's answer and the checkpoint repeats that batch once; every event carries the stored
 //! event's `event_id` and the thread's `version`, so a client drops what it has seen.
 
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
+
+/// Realtime connections of revoked sessions, users and tenants terminated on Soketi.
+pub mod eviction;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
@@ -685,6 +693,40 @@ fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> 
             "event_id": envelope.event_id(), "version": envelope.sequence,
         }),
     }])
+}
+
+/// The realtime context: events to Soketi and to core NATS (SSE), for chat and WhatsApp, and
+/// the eviction of connections whose access ended.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        setup: &crate::context::Setup<'_>,
+        settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        let realtime = || {
+            Realtime::new(
+                settings.soketi_app(),
+                setup.pool.clone(),
+                setup.nats.clone(),
+                settings.realtime_subject_prefix.clone(),
+            )
+        };
+        let mut all: Vec<std::sync::Arc<dyn crate::projection::Projection>> = vec![
+            std::sync::Arc::new(realtime()),
+            std::sync::Arc::new(realtime().for_whatsapp()),
+        ];
+        if let (Some(app), Some(pool)) = (settings.soketi_app(), &setup.pool) {
+            all.push(std::sync::Arc::new(eviction::Eviction::new(app, pool.clone())));
+        }
+        all
+    }
+
+    fn secrets(settings: &Settings) -> Vec<(&'static str, Option<&str>)> {
+        vec![("SOKETI_APP_SECRET", settings.soketi_app_secret.as_deref())]
+    }
 }
 
 #[cfg(test)]

@@ -128,3 +128,20 @@ impl Projection for CallsProjection {
         Ok(())
     }
 }
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The telephony context: the calls read model.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        vec![std::sync::Arc::new(CallsProjection)]
+    }
+}

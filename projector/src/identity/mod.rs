@@ -148,3 +148,20 @@ impl Projection for AdminUsersProjection {
         Ok(())
     }
 }
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The identity context: admin users and their logins.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        vec![std::sync::Arc::new(AdminUsersProjection)]
+    }
+}

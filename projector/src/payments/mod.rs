@@ -4,6 +4,9 @@
 //!
 //! Every event moves its row's `version`, so a reader can wait for its own write.
 
+/// Provider refunds that named a transaction before any payment was paid with it, processed again when one is.
+pub mod references;
+
 use async_trait::async_trait;
 use events::payments::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
 use events::Envelope;
@@ -474,4 +477,32 @@ async fn settle(
         .await?;
     }
     Ok(())
+}
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The payments context: catalogs and payments, and the refunds processed again once a
+/// payment names their provider reference.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        let mut all: Vec<std::sync::Arc<dyn crate::projection::Projection>> = vec![
+            std::sync::Arc::new(CatalogProjection),
+            std::sync::Arc::new(PaymentsProjection),
+        ];
+        if let (Some(pool), Some(client)) = (&setup.pool, setup.command_client("payment-references")) {
+            all.push(std::sync::Arc::new(references::PaymentReferences::new(
+                pool.clone(),
+                client,
+            )));
+        }
+        all
+    }
 }

@@ -117,7 +117,7 @@ impl Effect for PaymentReferences {
         for envelope in events {
             for webhook in self.due(envelope).await? {
                 tracing::info!(webhook, "refund matched to a payment paid since: replayed");
-                super::replay_webhook(&self.client, &webhook).await?;
+                crate::command_client::replay_webhook(&self.client, &webhook).await?;
             }
         }
         Ok(())

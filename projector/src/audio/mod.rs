@@ -205,3 +205,36 @@ impl Projection for AudioProjection {
         Ok(())
     }
 }
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The audio context: audio files and transcripts, and the process manager that has due
+/// ones transcribed.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        vec![std::sync::Arc::new(AudioProjection)]
+    }
+
+    /// The process manager of due transcriptions.
+    fn workers(
+        running: &crate::context::Running<'_>,
+        _settings: &Settings,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let processor = crate::due::DueProcessor::transcriptions(
+            running.pool.clone(),
+            &running.config.command_api_url,
+            running.keys(),
+            std::sync::Arc::new(events::clock::SystemClock),
+        );
+        tasks.spawn(async move { processor.run().await });
+    }
+}

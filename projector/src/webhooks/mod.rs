@@ -159,3 +159,36 @@ impl Projection for WebhooksProjection {
         Ok(())
     }
 }
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The webhooks context: received webhooks, and the process manager that has due ones
+/// processed.
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    fn projections(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
+        vec![std::sync::Arc::new(WebhooksProjection)]
+    }
+
+    /// The process manager of due webhooks.
+    fn workers(
+        running: &crate::context::Running<'_>,
+        _settings: &Settings,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let processor = crate::due::DueProcessor::webhooks(
+            running.pool.clone(),
+            &running.config.command_api_url,
+            running.keys(),
+            std::sync::Arc::new(events::clock::SystemClock),
+        );
+        tasks.spawn(async move { processor.run().await });
+    }
+}

@@ -16,7 +16,7 @@ use events::tenants::{TenantEvent, AGGREGATE_TYPE as TENANT};
 use events::Envelope;
 use sqlx::{PgConnection, PgPool};
 
-use super::realtime::SoketiApp;
+use super::SoketiApp;
 use crate::projection::{Effect, Projection, ProjectionError, Target};
 
 /// Sessions that may still hold an access token: a token is issued with a row of its
