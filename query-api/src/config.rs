@@ -36,35 +36,13 @@ pub struct Config {
     /// Longest a read waits for a projection to reach a requested version, in milliseconds.
     #[arg(long, env = "READ_WAIT_MS", default_value_t = 2000)]
     pub read_wait_ms: u64,
-    /// Open `/v1/stream` connections one user (staff member or customer) may hold in this
-    /// process; more are refused with 429 until one closes.
-    #[arg(long, env = "STREAMS_PER_USER", default_value_t = 5)]
-    pub streams_per_user: usize,
     /// Folder of the blob store (the same as command-api's): WhatsApp files are served from it.
     #[arg(long, env = "BLOB_DIR", default_value = "./data/blobs")]
     pub blob_dir: std::path::PathBuf,
-    /// Serve `/v1/dev/inbox` (captured outbound messages, which may hold one-time codes).
-    #[arg(long, env = "DEV_INBOX_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
-    pub dev_inbox_enabled: bool,
-    /// Pusher app key of the Soketi app (public; clients connect with it).
-    #[arg(long, env = "SOKETI_APP_KEY")]
-    pub soketi_app_key: Option<String>,
     /// Accept secrets that are empty, short or a published default (development only;
     /// `scripts/up` sets it). Without it the service refuses to start with one.
     #[arg(long, env = "ALLOW_DEV_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_dev_secrets: bool,
-    /// Pusher app secret of the Soketi app (signs channel subscriptions).
-    #[arg(long, env = "SOKETI_APP_SECRET", hide_env_values = true)]
-    pub soketi_app_secret: Option<String>,
-    /// Host browsers reach Soketi at.
-    #[arg(long, env = "SOKETI_PUBLIC_HOST", default_value = "127.0.0.1")]
-    pub soketi_public_host: String,
-    /// Port browsers reach Soketi at.
-    #[arg(long, env = "SOKETI_PUBLIC_PORT", default_value_t = 6001)]
-    pub soketi_public_port: u16,
-    /// Whether browsers reach Soketi over TLS.
-    #[arg(long, env = "SOKETI_PUBLIC_TLS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub soketi_public_tls: bool,
     /// NATS server URL, with this service's user (`nats://query-api:password@host:4222`):
     /// the realtime events of `/v1/stream`; everything else works without.
     #[arg(
@@ -77,19 +55,9 @@ pub struct Config {
     /// Timeouts and requests in flight per token.
     #[command(flatten)]
     pub http: events::http::HttpLimits,
-    /// First token of the core NATS subjects realtime events arrive on.
-    #[arg(long, env = "REALTIME_SUBJECT_PREFIX", default_value = events::realtime::DEFAULT_SUBJECT_PREFIX)]
-    pub realtime_subject_prefix: String,
-    /// The channel authorizer URL clients are told (`/realtime/config`).
-    #[arg(long, env = "REALTIME_AUTH_ENDPOINT", default_value = "/realtime/auth")]
-    pub realtime_auth_endpoint: String,
-    /// The user-authentication URL clients are told (`/realtime/config`).
-    #[arg(
-        long,
-        env = "REALTIME_USER_AUTH_ENDPOINT",
-        default_value = "/realtime/user-auth"
-    )]
-    pub realtime_user_auth_endpoint: String,
+    /// Each bounded context's own settings.
+    #[command(flatten)]
+    pub ctx: crate::ContextSettings,
 }
 
 impl Config {

@@ -1,52 +1,45 @@
 //! query-api: the read side of the platform.
 //!
 //! # Layout
-//! - [`config`]: every setting (flags and environment).
-//! - [`tenants`]: tenant list (cursor, filters) and detail (with read-your-writes).
-//! - [`chat`]: threads (inbox, detail), message history, unread counts, scheduled messages.
-//! - [`freshness`]: read-your-writes (`min_version`, `X-Min-Version`).
-//! - [`realtime`]: the Pusher channel authorizer and client configuration.
-//! - [`stream`]: `GET /v1/stream`, realtime events as Server-Sent Events (from core NATS).
-//! - [`audit`]: an aggregate's event history for auditors.
-//! - [`identity`]: admin users of a tenant and their login history.
-//! - [`payments`]: payments (list, detail, timeline), the revenue report, tenants' catalogs.
-//! - [`webhooks`]: received provider webhooks and the ones that failed verification.
-//! - [`dev`]: the dev inbox of captured outbound messages.
-//! - [`audio`]: audio files and their transcripts.
-//! - [`telephony`]: the calls of tenants' numbers (missed ones among them).
-//! - [`whatsapp`]: WhatsApp sessions (with health), messages and contacts.
+//! - [`config`]: every setting (flags and environment); each context's own in its folder.
+//! - [`http`]: shared query plumbing (keyset paging, read-your-writes, scopes, filters).
+//! - [`context`]: what a bounded context contributes (settings, state, routes); the contexts
+//!   themselves are listed once, in `contexts!` below.
 //!
 //! It only reads: read models written by the projector, and the event store for audits.
 
 /// Audio files and their transcripts.
-pub mod audio;
-/// Event history for auditors.
-pub mod audit;
-/// Chat: threads, messages, unread counts.
-pub mod chat;
 /// Settings.
 pub mod config;
-/// The dev inbox of captured outbound messages.
-pub mod dev;
-/// Shared plumbing of the query handlers: paging, read-your-writes, whose rows a caller
-/// reads, filter values.
+/// What a bounded context contributes, and the list that names them all.
+pub mod context;
+/// Shared query plumbing: paging, read-your-writes, scopes, filters.
 pub mod http;
-/// Admin users and their login history.
-pub mod identity;
-/// Payments, revenue and catalogs.
-pub mod payments;
-/// Realtime: channel authorizer and client configuration.
-pub mod realtime;
-/// Server-Sent Events of realtime events.
-pub mod stream;
-/// The calls of tenants' numbers.
-pub mod telephony;
-/// Tenant list and detail.
-pub mod tenants;
-/// Received provider webhooks.
-pub mod webhooks;
-/// WhatsApp sessions, messages and contacts.
-pub mod whatsapp;
+
+context::contexts! {
+    /// Tenant list and detail.
+    tenants,
+    /// Admin users of a tenant and their login history.
+    identity,
+    /// Threads, message history, unread counts, scheduled messages.
+    chat,
+    /// Payments, the revenue report, tenants' catalogs.
+    payments,
+    /// Received provider webhooks and the refused ones.
+    webhooks,
+    /// The calls of tenants' numbers.
+    telephony,
+    /// Audio files and their transcripts.
+    audio,
+    /// WhatsApp sessions, messages and contacts.
+    whatsapp,
+    /// The Pusher channel authorizer, client configuration and `/v1/stream`.
+    realtime,
+    /// An aggregate's event history for auditors.
+    audit,
+    /// The dev inbox of captured outbound messages.
+    dev,
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,16 +76,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Longest wait for read-your-writes.
     pub read_wait: Duration,
-    /// Whether the dev inbox is served.
-    pub dev_inbox: bool,
-    /// Soketi app and where clients reach it.
-    pub realtime: Arc<realtime::RealtimeSettings>,
-    /// Recent realtime events and the streams that follow them.
-    pub hub: Arc<stream::Hub>,
     /// The blob store (files of WhatsApp messages).
     pub blobs: Arc<dyn object_store::ObjectStore>,
     /// Signs and checks short-lived file URLs.
     pub file_urls: whatsapp::FileUrls,
+    /// Every bounded context's state.
+    pub ctx: Arc<Contexts>,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -126,19 +115,7 @@ pub enum StartError {
 
 /// Every route, with the shared middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(tenants::router())
-        .merge(chat::router())
-        .merge(realtime::router())
-        .merge(stream::router())
-        .merge(audit::router())
-        .merge(dev::router())
-        .merge(identity::router())
-        .merge(payments::router())
-        .merge(webhooks::router())
-        .merge(audio::router())
-        .merge(telephony::router())
-        .merge(whatsapp::router())
+    Contexts::routes()
         .route("/health/live", get(events::http::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -158,8 +135,8 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     /// The router.
     router: Router,
-    /// Realtime events; its streams end when the server shuts down.
-    hub: Arc<stream::Hub>,
+    /// The contexts, told when the server shuts down (streams end).
+    ctx: Arc<Contexts>,
     /// Header, idle and body timeouts.
     timeouts: events::http::Timeouts,
 }
@@ -174,10 +151,10 @@ impl Application {
             "set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
         ))?;
         events::access::check_secrets(
-            &[
-                ("NEST_AUTH_SECRET (or NEXTAUTH_SECRET)", Some(secret)),
-                ("SOKETI_APP_SECRET", config.soketi_app_secret.as_deref()),
-            ],
+            &[("NEST_AUTH_SECRET (or NEXTAUTH_SECRET)", Some(secret))]
+                .into_iter()
+                .chain(Contexts::secrets(&config.ctx))
+                .collect::<Vec<_>>(),
             config.allow_dev_secrets,
         )
         .map_err(StartError::WeakSecret)?;
@@ -191,36 +168,28 @@ impl Application {
             .max_connections(config.db_max_connections)
             .connect(url)
             .await?;
-        let hub = stream::Hub::new(config.streams_per_user);
-        hub.follow(
-            config.nats_url.clone(),
-            config.realtime_subject_prefix.clone(),
-        );
         std::fs::create_dir_all(&config.blob_dir)?;
         let blobs: Arc<dyn object_store::ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
         let access = events::http::Access::follow(pool.clone(), None).await?;
+        let ctx = Arc::new(
+            Contexts::build(&context::Setup {
+                config: &config,
+                pool: &pool,
+            })
+            .await?,
+        );
         let state = AppState {
             access,
             blobs,
             file_urls: whatsapp::FileUrls::new(secret),
-            hub: hub.clone(),
             pool,
             tokens: TokenKeys::new(secret),
             metrics: Arc::new(Metrics::default()),
             read_wait: Duration::from_millis(config.read_wait_ms),
-            dev_inbox: config.dev_inbox_enabled,
-            realtime: Arc::new(realtime::RealtimeSettings {
-                key: config.soketi_app_key.clone().filter(|k| !k.is_empty()),
-                secret: config.soketi_app_secret.clone().filter(|s| !s.is_empty()),
-                host: config.soketi_public_host.clone(),
-                port: config.soketi_public_port,
-                tls: config.soketi_public_tls,
-                auth_endpoint: config.realtime_auth_endpoint.clone(),
-                user_auth_endpoint: config.realtime_user_auth_endpoint.clone(),
-            }),
+            ctx: ctx.clone(),
         };
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         let access_for_limits = state.access.clone();
@@ -237,7 +206,7 @@ impl Application {
                 ),
                 events::http::inflight::limit,
             )),
-            hub,
+            ctx,
             timeouts: config.http.timeouts(),
         })
     }
@@ -252,10 +221,10 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let hub = self.hub;
+        let ctx = self.ctx;
         let shutdown = async move {
             shutdown.await;
-            hub.close();
+            ctx.shutting_down();
         };
         events::http::serve(self.listener, self.router, shutdown, self.timeouts).await
     }

@@ -13,6 +13,28 @@ use sqlx::FromRow;
 
 use crate::AppState;
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The audit context (its routes).
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        Ok(Self)
+    }
+
+    fn routes() -> Router<AppState> {
+        router()
+    }
+}
+
+
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/audit/{aggregate_type}/{aggregate_id}", get(history))

@@ -13,6 +13,35 @@ use sqlx::FromRow;
 
 use crate::AppState;
 
+/// The context's settings.
+pub mod settings;
+
+pub use settings::Settings;
+
+/// The dev inbox: captured outbound messages, when enabled.
+pub struct Context {
+    /// Whether `/v1/dev/inbox` is served.
+    pub enabled: bool,
+}
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        _setup: &crate::context::Setup<'_>,
+        settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            enabled: settings.dev_inbox_enabled,
+        })
+    }
+
+    fn routes() -> Router<AppState> {
+        router()
+    }
+}
+
+
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/dev/inbox", get(inbox))
@@ -46,7 +75,7 @@ async fn inbox(
     AuthUser(who): AuthUser,
     Query(params): Query<Params>,
 ) -> Result<Response, Problem> {
-    if !state.dev_inbox {
+    if !state.ctx.dev.enabled {
         return Err(Problem::not_found("No such route."));
     }
     if !who.is_super_admin() {

@@ -53,6 +53,62 @@ pub struct RealtimeSettings {
     pub user_auth_endpoint: String,
 }
 
+/// The context's settings.
+pub mod settings;
+/// `GET /v1/stream`: realtime events as Server-Sent Events (from core NATS).
+pub mod stream;
+
+pub use settings::Settings;
+
+/// The realtime context: the Pusher channel authorizer and client configuration, and the
+/// server-sent events of `/v1/stream`.
+pub struct Context {
+    /// What clients are told and what signs their subscriptions.
+    pub settings: std::sync::Arc<RealtimeSettings>,
+    /// The streams open in this process and the NATS subscription that feeds them.
+    pub hub: std::sync::Arc<stream::Hub>,
+}
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        setup: &crate::context::Setup<'_>,
+        settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        let hub = stream::Hub::new(settings.streams_per_user);
+        hub.follow(
+            setup.config.nats_url.clone(),
+            settings.realtime_subject_prefix.clone(),
+        );
+        Ok(Self {
+            settings: std::sync::Arc::new(RealtimeSettings {
+                key: settings.soketi_app_key.clone().filter(|k| !k.is_empty()),
+                secret: settings.soketi_app_secret.clone().filter(|s| !s.is_empty()),
+                host: settings.soketi_public_host.clone(),
+                port: settings.soketi_public_port,
+                tls: settings.soketi_public_tls,
+                auth_endpoint: settings.realtime_auth_endpoint.clone(),
+                user_auth_endpoint: settings.realtime_user_auth_endpoint.clone(),
+            }),
+            hub,
+        })
+    }
+
+    fn routes() -> Router<AppState> {
+        router().merge(stream::router())
+    }
+
+    fn secrets(settings: &Settings) -> Vec<(&'static str, Option<&str>)> {
+        vec![("SOKETI_APP_SECRET", settings.soketi_app_secret.as_deref())]
+    }
+
+    fn shutting_down(&self) {
+        self.hub.close();
+    }
+}
+
+
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -137,7 +193,7 @@ struct ClientConfig<'a> {
 }
 
 async fn config(State(state): State<AppState>) -> Response {
-    let r = &state.realtime;
+    let r = &state.ctx.realtime.settings;
     let config = ClientConfig {
         enabled: r.key.is_some() && r.secret.is_some(),
         key: r.key.as_deref(),
@@ -228,7 +284,7 @@ async fn auth(
                  signed-in connection: pusher.user.bind).",
             )
         })?;
-    let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
+    let (Some(key), Some(secret)) = (&state.ctx.realtime.settings.key, &state.ctx.realtime.settings.secret) else {
         return Err(not_configured());
     };
     let channel_data = match &channel {
@@ -294,7 +350,7 @@ async fn user_auth_answer(
                 ))
             }
         };
-    let (Some(key), Some(secret)) = (&state.realtime.key, &state.realtime.secret) else {
+    let (Some(key), Some(secret)) = (&state.ctx.realtime.settings.key, &state.ctx.realtime.settings.secret) else {
         return Err(not_configured());
     };
     let user_data =

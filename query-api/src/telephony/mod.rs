@@ -17,6 +17,28 @@ use crate::http::page;
 use crate::http::scope::staff_scope;
 use crate::AppState;
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The telephony context (its routes).
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        Ok(Self)
+    }
+
+    fn routes() -> Router<AppState> {
+        router()
+    }
+}
+
+
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -27,6 +27,28 @@ use crate::AppState;
 /// Most rows a list returns.
 const MAX_LIMIT: i64 = 200;
 
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The WhatsApp context (its routes).
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        Ok(Self)
+    }
+
+    fn routes() -> Router<AppState> {
+        router()
+    }
+}
+
+
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()

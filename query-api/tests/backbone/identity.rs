@@ -739,7 +739,7 @@ async fn the_dev_inbox_is_for_super_admins_and_can_be_off() {
     )
     .await;
     let mut config = env.query_config();
-    config.dev_inbox_enabled = false;
+    config.ctx.dev.dev_inbox_enabled = false;
     let off = env.spawn_query_api(config).await;
     expect_problem(
         env.http

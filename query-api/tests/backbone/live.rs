@@ -628,7 +628,7 @@ async fn sse_streams_what_the_token_may_see_and_resumes_after_last_event_id() {
 async fn one_user_holds_at_most_the_allowed_streams_and_others_are_unaffected() {
     let env = TestEnv::new().await;
     let mut config = env.query_config();
-    config.streams_per_user = 3;
+    config.ctx.realtime.streams_per_user = 3;
     let query = env.spawn_query_api(config).await;
     let tenant = uuid::Uuid::new_v4().to_string();
     let customer = env.phone_user(&tenant, "greedy");

@@ -283,7 +283,7 @@ async fn the_stack_runs_with_one_nats_user_per_service_and_no_violation() {
     let projector = env.spawn_projector(projector);
     let mut query = env.query_config();
     query.nats_url = nats.url("query-api");
-    query.realtime_subject_prefix = "realtime".to_owned();
+    query.ctx.realtime.realtime_subject_prefix = "realtime".to_owned();
     let query = env.spawn_query_api(query).await;
 
     // Events travel command-api → NATS → projector → read models and SSE.

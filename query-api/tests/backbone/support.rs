@@ -190,20 +190,22 @@ impl TestEnv {
             host: [127, 0, 0, 1].into(),
             port: 0,
             read_wait_ms: 2000,
-            streams_per_user: 5,
             blob_dir: self.blob_dir.clone(),
-            dev_inbox_enabled: true,
-            soketi_app_key: Some(SOKETI_KEY.to_owned()),
-            soketi_app_secret: Some(SOKETI_SECRET.to_owned()),
-            soketi_public_host: "127.0.0.1".to_owned(),
-            soketi_public_port: 6001,
-            soketi_public_tls: false,
-            realtime_auth_endpoint: "/realtime/auth".to_owned(),
-            realtime_user_auth_endpoint: "/realtime/user-auth".to_owned(),
             nats_url: nats_url(),
             http: test_http_limits(),
-            realtime_subject_prefix: format!("rt{}", self.prefix),
             allow_dev_secrets: true,
+            ctx: query_api::ContextSettings {
+                realtime: query_api::realtime::Settings {
+                    soketi_app_key: Some(SOKETI_KEY.to_owned()),
+                    soketi_app_secret: Some(SOKETI_SECRET.to_owned()),
+                    realtime_subject_prefix: format!("rt{}", self.prefix),
+                    ..Default::default()
+                },
+                dev: query_api::dev::Settings {
+                    dev_inbox_enabled: true,
+                },
+                ..Default::default()
+            },
         }
     }
 

@@ -352,7 +352,7 @@ async fn stream(
         Principal::Phone { tenant_id, user_id } => format!("phone:{tenant_id}:{user_id}"),
         other => format!("admin:{}", other.user_id()),
     };
-    let slot = state.hub.claim(user).ok_or_else(|| {
+    let slot = state.ctx.realtime.hub.claim(user).ok_or_else(|| {
         Problem::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "too_many_streams",
@@ -378,13 +378,13 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty());
-    let (live, replay) = state.hub.subscribe(last_id);
+    let (live, replay) = state.ctx.realtime.hub.subscribe(last_id);
     let owed_reset = replay.is_none();
     let replay: VecDeque<Arc<Received>> = replay.unwrap_or_default().into();
     let replayed_to = replay.back().map(|r| r.seq);
     let open = Open {
         expires,
-        closing: state.hub.closing.subscribe(),
+        closing: state.ctx.realtime.hub.closing.subscribe(),
         claims,
         access_changes: state.access.changes(),
         access: state.access.clone(),
