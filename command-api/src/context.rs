@@ -98,6 +98,9 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
     fn created_items() -> &'static [CreatedItem] {
         &[]
     }
+
+    /// The aggregates it runs: their snapshots are audited (`command-api snapshots verify`).
+    fn aggregates() -> &'static [crate::snapshots::Checked];
 }
 
 /// Declares the bounded contexts of command-api, once: each is a module `name` (a folder)
@@ -165,6 +168,12 @@ macro_rules! contexts {
                     .flatten()
                     .find(|(t, _)| *t == aggregate_type)
                     .map(|(_, path)| *path)
+            }
+
+            /// Every context's aggregates, in the order of the list.
+            pub(crate) fn aggregates() -> impl Iterator<Item = &'static crate::snapshots::Checked> {
+                use context::BoundedContext as _;
+                [$($name::Context::aggregates()),*].into_iter().flatten()
             }
 
             /// The items commands create inside aggregates of `aggregate_type`.

@@ -100,7 +100,7 @@ pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
         .bind(&snapshot.aggregate_id)
         .fetch_all(&mut *tx)
         .await?;
-        if !AGGREGATE_TYPES.contains(&snapshot.aggregate_type.as_str()) {
+        if !crate::Contexts::aggregates().any(|c| c.aggregate_type == snapshot.aggregate_type) {
             audit.unknown_types.insert(snapshot.aggregate_type);
             continue;
         }
@@ -125,40 +125,47 @@ pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
     Ok(audit)
 }
 
-/// Defines [`AGGREGATE_TYPES`] and the dispatch from a snapshot's type to [`check`], from
-/// one list of aggregates.
-macro_rules! every_aggregate {
-    ($($aggregate:ty),* $(,)?) => {
-        /// The type of every aggregate command-api runs.
-        pub const AGGREGATE_TYPES: &[&str] = &[$(<$aggregate as Aggregate>::TYPE),*];
+/// An aggregate's events as stored: `(sequence, payload)`, in order.
+type StoredEvents<'a> = &'a [(i64, Value)];
 
-        /// [`check`] for the aggregate type the snapshot names.
-        fn check_any(snapshot: &Snapshot, events: &[(i64, Value)]) -> Result<(), String> {
-            match snapshot.aggregate_type.as_str() {
-                $(t if t == <$aggregate as Aggregate>::TYPE => {
-                    check::<$aggregate>(snapshot, events)
-                })*
-                other => Err(format!("no aggregate type {other:?} in this version")),
-            }
-        }
-    };
+/// How the snapshots of one aggregate type are checked: what a context contributes for each
+/// aggregate it runs ([`crate::context::BoundedContext::aggregates`]).
+#[derive(Clone, Copy)]
+pub struct Checked {
+    /// The aggregate type.
+    pub aggregate_type: &'static str,
+    /// [`check`] for it.
+    check: fn(&Snapshot, StoredEvents<'_>) -> Result<(), String>,
 }
 
-every_aggregate!(
-    crate::tenants::aggregate::Tenant,
-    crate::identity::aggregate::AdminUser,
-    crate::identity::phone::PhoneLogin,
-    crate::chat::aggregate::Thread,
-    crate::payments::catalog::Catalog,
-    crate::payments::aggregate::Payment,
-    crate::webhooks::aggregate::Webhook,
-    crate::telephony::aggregate::PhoneNumber,
-    crate::telephony::aggregate::Sms,
-    crate::telephony::aggregate::Call,
-    crate::audio::aggregate::Audio,
-    crate::whatsapp::aggregate::Session,
-    crate::whatsapp::aggregate::Conversation,
-);
+/// The check of aggregate `A`'s snapshots.
+pub const fn checked<A>() -> Checked
+where
+    A: Aggregate + PartialEq,
+{
+    Checked {
+        aggregate_type: A::TYPE,
+        check: check::<A>,
+    }
+}
+
+/// The type of every aggregate command-api runs, in the order of the contexts.
+pub fn aggregate_types() -> Vec<&'static str> {
+    crate::Contexts::aggregates()
+        .map(|c| c.aggregate_type)
+        .collect()
+}
+
+/// [`check`] for the aggregate type the snapshot names.
+fn check_any(snapshot: &Snapshot, events: &[(i64, Value)]) -> Result<(), String> {
+    match crate::Contexts::aggregates().find(|c| c.aggregate_type == snapshot.aggregate_type) {
+        Some(c) => (c.check)(snapshot, events),
+        None => Err(format!(
+            "no aggregate type {:?} in this version",
+            snapshot.aggregate_type
+        )),
+    }
+}
 
 /// Whether `snapshot` of an `A`, with the events after it, is the state all of `events`
 /// make.

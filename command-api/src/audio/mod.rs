@@ -64,4 +64,11 @@ impl BoundedContext for Context {
     fn locations() -> &'static [(&'static str, &'static str)] {
         &[(events::audio::AUDIO, "/v1/audio")]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::Audio>(),
+        ];
+        ALL
+    }
 }

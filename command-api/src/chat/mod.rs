@@ -60,4 +60,11 @@ impl BoundedContext for Context {
             },
         ]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::Thread>(),
+        ];
+        ALL
+    }
 }

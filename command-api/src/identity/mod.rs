@@ -91,4 +91,12 @@ impl BoundedContext for Context {
     fn sign_in_routes() -> axum::Router<crate::AppState> {
         auth::router().merge(phone_routes::router())
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::AdminUser>(),
+            crate::snapshots::checked::<phone::PhoneLogin>(),
+        ];
+        ALL
+    }
 }

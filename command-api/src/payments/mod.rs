@@ -66,4 +66,12 @@ impl BoundedContext for Context {
     fn locations() -> &'static [(&'static str, &'static str)] {
         &[(events::payments::PAYMENT, "/v1/payments")]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<catalog::Catalog>(),
+            crate::snapshots::checked::<aggregate::Payment>(),
+        ];
+        ALL
+    }
 }

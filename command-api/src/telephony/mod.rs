@@ -57,4 +57,13 @@ impl BoundedContext for Context {
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
         &[&webhooks::SIGNALWIRE]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::PhoneNumber>(),
+            crate::snapshots::checked::<aggregate::Sms>(),
+            crate::snapshots::checked::<aggregate::Call>(),
+        ];
+        ALL
+    }
 }

@@ -49,4 +49,11 @@ impl BoundedContext for Context {
     fn locations() -> &'static [(&'static str, &'static str)] {
         &[(events::tenants::AGGREGATE_TYPE, "/v1/tenants")]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::Tenant>(),
+        ];
+        ALL
+    }
 }

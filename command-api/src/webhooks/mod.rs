@@ -45,4 +45,11 @@ impl BoundedContext for Context {
     fn routes() -> axum::Router<crate::AppState> {
         http::router(crate::Contexts::webhook_providers())
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::Webhook>(),
+        ];
+        ALL
+    }
 }

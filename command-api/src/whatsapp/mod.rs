@@ -59,4 +59,12 @@ impl BoundedContext for Context {
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {
         &[&webhooks::WHATSAPP]
     }
+
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        const ALL: &[crate::snapshots::Checked] = &[
+            crate::snapshots::checked::<aggregate::Session>(),
+            crate::snapshots::checked::<aggregate::Conversation>(),
+        ];
+        ALL
+    }
 }

@@ -217,7 +217,7 @@ fn every_aggregate_type_has_a_lifetime_past_two_snapshots() {
     ];
     assert_eq!(
         constants.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        command_api::snapshots::AGGREGATE_TYPES,
+        command_api::snapshots::aggregate_types(),
         "a new aggregate type needs a lifetime test past two snapshots"
     );
     for (aggregate_type, constant) in constants {
