@@ -56,6 +56,16 @@ pub async fn rebuild(
         sqlx::query(&format!("CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"))
             .execute(&mut *tx)
             .await?;
+        // The table's comment (its owner, migration 0048) goes with it.
+        let comment: String = sqlx::query_scalar(
+            "SELECT format('COMMENT ON TABLE %s IS %L', $1::text,
+                           obj_description($2::regclass, 'pg_class'))",
+        )
+        .bind(&copy)
+        .bind(table)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(&comment).execute(&mut *tx).await?;
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(fresh.checkpoint(name))

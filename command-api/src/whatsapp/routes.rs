@@ -785,11 +785,20 @@ async fn handshake(
     let matches_platform =
         platform.is_some_and(|p| verify::secret_header(Some(&token), &[p.to_owned()]).is_ok());
     let matches_session = matches_platform
+        // A session connected with this token and not disconnected (nor connected again)
+        // since, from the event store: the command side decides from its own state, never
+        // from a read model.
         || sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM whatsapp_sessions
-                             WHERE verify_token_sha256 = $1 AND status = 'connected')",
+            "SELECT EXISTS (SELECT 1 FROM events c
+                             WHERE c.aggregate_type = $2 AND c.event_type = 'Connected'
+                               AND c.payload->'Connected'->>'verify_token_sha256' = $1
+                               AND NOT EXISTS (SELECT 1 FROM events l
+                                                WHERE l.aggregate_type = c.aggregate_type
+                                                  AND l.aggregate_id = c.aggregate_id
+                                                  AND l.sequence > c.sequence))",
         )
         .bind(verify::hex_sha256(token.as_bytes()))
+        .bind(events::whatsapp::WHATSAPP_SESSION)
         .fetch_one(&state.pool)
         .await
         .map_err(|e| Problem::unavailable(&e))?;

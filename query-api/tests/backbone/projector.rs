@@ -350,6 +350,16 @@ async fn rebuild_from_the_store_gives_the_rows_of_live_projection() {
         checkpoints, 8,
         "the rebuilt checkpoints replaced the live ones"
     );
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT obj_description('tenants'::regclass, 'pg_class')")
+            .fetch_one(&env.pool)
+            .await
+            .expect("comment");
+    assert_eq!(
+        owner.as_deref(),
+        Some("owner: projector, tenants."),
+        "the rebuilt table still names its owner"
+    );
     // The projector goes on from the rebuilt checkpoints: the next change lands once.
     let projector = env.spawn_projector(env.projector_config());
     let r = env

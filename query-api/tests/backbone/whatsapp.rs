@@ -380,6 +380,9 @@ async fn a_session_connects_only_with_credentials_the_provider_accepts_and_keeps
 
     // Disconnected: listed so, and sends are refused.
     assert_eq!(wa.disconnect(&session, &wa.admin).await.status(), 200);
+    // Nor does the endpoint check pass with its token any more, from the moment it is
+    // disconnected (decided from the session's events, not from its read model).
+    expect_problem(handshake(VERIFY).await.expect("sent"), 403, "forbidden").await;
     let template = json!({"type": "template", "name": "order_update", "language": "en_US",
                           "parameters": ["42"]});
     expect_problem(
