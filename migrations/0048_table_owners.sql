@@ -8,7 +8,7 @@
 -- (`read by query-api: …`). The test `every_table_names_its_owner_and_no_side_reads_another`
 -- holds both rules against the source.
 
-COMMENT ON TABLE events IS 'owner: event store. Append-only (a trigger refuses updates and deletes). read by query-api: the audit endpoints show an aggregate''s history as it was recorded.';
+COMMENT ON TABLE events IS 'owner: event store. Append-only (a trigger refuses updates and deletes). read by query-api: histories are shown as they were recorded (audits, payment timelines, webhook histories).';
 COMMENT ON TABLE snapshots IS 'owner: event store. Aggregate snapshots, checked by `command-api snapshots verify`.';
 COMMENT ON TABLE relay_checkpoints IS 'owner: event store. The relay''s position (transaction id, global position).';
 COMMENT ON TABLE quarantined_events IS 'owner: event store. Events the relay could not publish, kept for an operator.';

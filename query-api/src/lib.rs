@@ -6,9 +6,9 @@
 //! - [`context`]: what a bounded context contributes (settings, state, routes); the contexts
 //!   themselves are listed once, in `contexts!` below.
 //!
-//! It only reads: read models written by the projector, and the event store for audits.
+//! It only reads: read models written by the projector, and the event store for histories
+//! (audits, payment timelines, webhook histories).
 
-/// Audio files and their transcripts.
 /// Settings.
 pub mod config;
 /// What a bounded context contributes, and the list that names them all.

@@ -4,8 +4,10 @@
 pub mod aggregate;
 /// The AssemblyAI client.
 pub mod assemblyai;
-/// HTTP routes under `/v1/audio`, and the processing of AssemblyAI's webhooks.
-pub mod routes;
+/// HTTP: extract, call the service, answer.
+pub mod http;
+/// The application layer: transcription requests, checks, webhooks.
+pub mod service;
 /// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
 /// The context's settings.
@@ -46,7 +48,7 @@ impl BoundedContext for Context {
                 .assemblyai_account(config.public_base(), config.auth_secret().ok())
                 .map(assemblyai::AssemblyAi::new),
             transcription_slots: Arc::new(tokio::sync::Semaphore::new(
-                routes::TRANSCRIPTION_SLOTS,
+                service::TRANSCRIPTION_SLOTS,
             )),
             uploads_per_user: settings.audio_uploads_per_user_per_hour,
             mib_per_user_per_day: settings.audio_upload_mib_per_user_per_day,
@@ -54,7 +56,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {

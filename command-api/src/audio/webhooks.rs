@@ -116,7 +116,7 @@ impl WebhookProvider for AssemblyAiWebhooks {
     }
 
     async fn process(&self, state: &AppState, webhook: &Pending<'_>) -> Processing {
-        super::routes::process_webhook(state, webhook.id, webhook.payload, |tenant| {
+        super::service::process_webhook(state, webhook.id, webhook.payload, |tenant| {
             webhook.metadata(tenant)
         })
         .await

@@ -5,7 +5,7 @@ pub mod aggregate;
 /// Commands on a thread.
 pub mod commands;
 /// HTTP routes under `/v1/chat`.
-pub mod routes;
+pub mod http;
 /// The application layer: callers, tenants of thread commands, ids of new messages.
 pub mod service;
 /// What the aggregate needs from outside (agents, departments, phone users).
@@ -39,7 +39,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn locations() -> &'static [(&'static str, &'static str)] {

@@ -11,9 +11,9 @@ pub mod bootstrap;
 /// Phone sign-in for chatbot users: the `phone_login` aggregate.
 pub mod phone;
 /// `/auth/phone/*`.
-pub mod phone_routes;
+pub mod phone_auth;
 /// `/v1/admin-users…`.
-pub mod routes;
+pub mod http;
 /// E-mail reservations and password hashes.
 pub mod services;
 /// Refresh-token families.
@@ -85,11 +85,11 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn sign_in_routes() -> axum::Router<crate::AppState> {
-        auth::router().merge(phone_routes::router())
+        auth::router().merge(phone_auth::router())
     }
 
     fn aggregates() -> &'static [crate::snapshots::Checked] {

@@ -11,7 +11,7 @@ pub mod interpret;
 /// The Lyra REST client (payment links).
 pub mod lyra;
 /// HTTP routes under `/v1/payments` and `/v1/catalog`.
-pub mod routes;
+pub mod http;
 /// The signatures of Stripe's and Lyra's webhooks.
 pub mod signature;
 /// Currency codes, names and the tax arithmetic.
@@ -56,7 +56,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {

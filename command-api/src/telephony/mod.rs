@@ -5,8 +5,10 @@
 pub mod aggregate;
 /// Reading SignalWire's callbacks.
 pub mod interpret;
-/// HTTP routes under `/v1/telephony`.
-pub mod routes;
+/// HTTP: extract, call the service, answer.
+pub mod http;
+/// The application layer: processing SignalWire's callbacks.
+pub mod service;
 /// The signature of SignalWire's callbacks.
 pub mod signature;
 /// SignalWire's callbacks (their [`crate::webhooks::provider::WebhookProvider`]).
@@ -51,7 +53,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {

@@ -51,7 +51,7 @@ impl WebhookProvider for SignalwireWebhooks {
         let request = Refused::new(&uri, &headers, &body);
         let signed = header("x-signalwire-signature").or(header("x-twilio-signature"));
         let json = header("content-type").is_some_and(|t| t.starts_with("application/json"));
-        let Some(url) = super::routes::public_url(state, &uri) else {
+        let Some(url) = super::service::public_url(state, &uri) else {
             let r = Rejection::NotConfigured;
             return Err(reject(state, self, r, signed, &request).await);
         };
@@ -94,12 +94,12 @@ impl WebhookProvider for SignalwireWebhooks {
         _identity: &Identity,
         payload: &Value,
     ) -> Result<Option<String>, Problem> {
-        super::routes::owner_of_callback(state, payload).await
+        super::service::owner_of_callback(state, payload).await
     }
 
     async fn process(&self, state: &AppState, webhook: &Pending<'_>) -> Processing {
         let (id, payload, received_by) = (webhook.id, webhook.payload, webhook.received_by);
-        super::routes::process_callback(state, id, payload, received_by, |t| webhook.metadata(t))
+        super::service::process_callback(state, id, payload, received_by, |t| webhook.metadata(t))
             .await
     }
 }

@@ -5,7 +5,7 @@ pub mod aggregate;
 /// Commands on a tenant.
 pub mod commands;
 /// HTTP routes under `/v1/tenants`.
-pub mod routes;
+pub mod http;
 /// What the aggregate needs from outside (slug uniqueness).
 pub mod services;
 /// Value objects: names, slugs, e-mails, preferences, images.
@@ -43,7 +43,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn locations() -> &'static [(&'static str, &'static str)] {

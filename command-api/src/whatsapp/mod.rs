@@ -12,8 +12,10 @@ pub mod cloud;
 pub mod history;
 /// What a webhook delivery says.
 pub mod inbound;
-/// HTTP routes.
-pub mod routes;
+/// HTTP: extract, call the service, answer.
+pub mod http;
+/// The application layer: processing deliveries, credentials, provider calls.
+pub mod service;
 /// The signature of WhatsApp deliveries.
 pub mod signature;
 /// WhatsApp deliveries (their [`crate::webhooks::provider::WebhookProvider`]).
@@ -53,7 +55,7 @@ impl BoundedContext for Context {
     }
 
     fn routes() -> axum::Router<crate::AppState> {
-        routes::router()
+        http::router()
     }
 
     fn webhook_providers() -> &'static [&'static dyn WebhookProvider] {

@@ -1176,7 +1176,7 @@ async fn a_failed_transcript_is_asked_for_again_by_a_tenant_admin_only() {
 
 /// More asks than a tenant's admins have an hour.
 fn admin_retries_per_hour() -> usize {
-    command_api::audio::routes::ADMIN_RETRIES_PER_TENANT_PER_HOUR as usize
+    command_api::audio::http::ADMIN_RETRIES_PER_TENANT_PER_HOUR as usize
 }
 
 /// A transcript of `words` words.

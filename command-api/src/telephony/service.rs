@@ -1,100 +1,21 @@
-//! Routes of telephony: a tenant's numbers (`PUT /v1/telephony/numbers/{number}`,
-//! `POST …/release`), and what the webhook layer asks of it: who owns the number a
-//! SignalWire callback concerns, and the processing of a callback.
-
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
-use axum::response::Response;
-use axum::routing::{post, put};
-use axum::Router;
-use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::telephony::PHONE_NUMBER;
+//! Telephony's application layer: whose a callback is, and what processing it does (SMS into
+//! the contact's SMS thread with its MMS files, calls, delivery statuses).
+use axum::http::Uri;
+use events::http::Problem;
 use events::webhooks::Outcome;
 use events::Metadata;
 use uuid::Uuid;
 
-use super::aggregate::{CallCommand, PhoneNumberCommand, PhoneNumberError, SmsCommand, SmsReport};
+use super::aggregate::{CallCommand, SmsCommand, SmsReport};
 use super::interpret::{self, Callback};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::commands::{Action, Actor, ThreadCommand};
-use crate::http::error::DomainProblem;
-use crate::http::{accepted, administered_tenant, ForTenant};
 use crate::identity::phone::PhoneNumber as E164;
 use crate::media::{download, Credential, MediaError};
 use crate::store::CommandError;
 use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
 use events::chat::{Attachment, Channel, Party, PartyKind};
-
-/// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/telephony/numbers/{number}", put(assign))
-        .route("/v1/telephony/numbers/{number}/release", post(release))
-}
-
-fn number(raw: &str) -> Result<String, Problem> {
-    E164::parse(raw)
-        .map(|n| n.as_str().to_owned())
-        .ok_or_else(|| {
-            Problem::unprocessable(
-                "invalid_phone",
-                "A number is international, in E.164 (+ and 8 to 15 digits).",
-            )
-        })
-}
-
-async fn assign(
-    State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    Path(raw): Path<String>,
-    Json(body): Json<ForTenant>,
-) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
-    let number = number(&raw)?;
-    let command = PhoneNumberCommand::Assign {
-        tenant_id: tenant.clone(),
-        at: state.clock.now(),
-    };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .ctx.telephony.numbers
-        .execute(&number, None, command, &metadata)
-        .await?;
-    Ok(accepted(
-        StatusCode::OK,
-        PHONE_NUMBER,
-        &c.aggregate_id,
-        c.version,
-    ))
-}
-
-async fn release(
-    State(state): State<AppState>,
-    AuthUser(who): AuthUser,
-    ids: RequestIds,
-    Path(raw): Path<String>,
-    Json(body): Json<ForTenant>,
-) -> Result<Response, Problem> {
-    let tenant = administered_tenant(&state, &who, body.tenant_id).await?;
-    let number = number(&raw).map_err(|_| PhoneNumberError::NotFound.problem())?;
-    let command = PhoneNumberCommand::Release {
-        tenant_id: tenant.clone(),
-        at: state.clock.now(),
-    };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .ctx.telephony.numbers
-        .execute(&number, None, command, &metadata)
-        .await?;
-    Ok(accepted(
-        StatusCode::OK,
-        PHONE_NUMBER,
-        &c.aggregate_id,
-        c.version,
-    ))
-}
 
 /// The URL SignalWire called, as it signed it: `BACKEND_URL` (the public base) with the
 /// request's path and query. Without `BACKEND_URL` there is none: the URL a request claims
@@ -107,7 +28,7 @@ pub fn public_url(state: &AppState, uri: &Uri) -> Option<String> {
 }
 
 /// The tenant owning the number a callback concerns, if any.
-async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem> {
+pub(crate) async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem> {
     let Some(number) = E164::parse(number) else {
         return Ok(None);
     };
@@ -122,11 +43,11 @@ async fn owner(state: &AppState, number: &str) -> Result<Option<String>, Problem
 /// Threads tried for one sender's SMS: the id the platform derives for them, then the next
 /// derived ids should one hold another thread (a thread opened under that id before
 /// client-chosen ids were kept apart from derived ones).
-const SMS_THREAD_CANDIDATES: u32 = 4;
+pub(crate) const SMS_THREAD_CANDIDATES: u32 = 4;
 
 /// The `n`-th id the platform derives for `from`'s SMS thread of `tenant` (name-based, UUID
-/// version 5: a client never chooses one, see `chat::routes::open`).
-fn sms_thread_id(tenant: &str, from: &str, n: u32) -> String {
+/// version 5: a client never chooses one, see `chat::http::open`).
+pub(crate) fn sms_thread_id(tenant: &str, from: &str, n: u32) -> String {
     let name = match n {
         0 => format!("sms\0{tenant}\0{from}"),
         n => format!("sms\0{tenant}\0{from}\0{n}"),
@@ -158,7 +79,7 @@ pub fn sender(raw: &str) -> Option<String> {
 /// on first contact, reopened by a new message): messages authored by the contact — the
 /// text with the first file, then one per further file — whose ids derive from the SMS's
 /// stream, so a repeat appends nothing. Never into a thread of another channel or customer.
-async fn deliver_to_thread(
+pub(crate) async fn deliver_to_thread(
     state: &AppState,
     tenant: &str,
     from: &str,
@@ -283,7 +204,7 @@ async fn deliver_to_thread(
 /// attribution): the tenant of the SMS or call it reports on, if the platform has recorded
 /// it already (a late status of a message a tenant sent stays with that tenant after its
 /// number moved on), else the tenant owning the number now.
-pub async fn owner_of_callback(
+pub(crate) async fn owner_of_callback(
     state: &AppState,
     payload: &serde_json::Value,
 ) -> Result<Option<String>, Problem> {
@@ -299,7 +220,7 @@ pub async fn owner_of_callback(
 }
 
 /// The tenant of call `sid`'s stream, if the platform has recorded the call.
-async fn call_tenant(state: &AppState, sid: &str) -> Result<Option<String>, Problem> {
+pub(crate) async fn call_tenant(state: &AppState, sid: &str) -> Result<Option<String>, Problem> {
     sqlx::query_scalar(
         "SELECT metadata->>'tenant_id' FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
@@ -314,7 +235,7 @@ async fn call_tenant(state: &AppState, sid: &str) -> Result<Option<String>, Prob
 /// The `sms` stream of message `sid` on the tenant's `number`, and its tenant if it is
 /// recorded: [`events::telephony::sms_id`], or the bare `sid` of a stream recorded before
 /// numbers were part of the id, if that message was on this number.
-async fn sms_stream(
+pub(crate) async fn sms_stream(
     state: &AppState,
     sid: &str,
     number: &str,
@@ -345,20 +266,22 @@ async fn sms_stream(
 }
 
 /// The most bytes of one MMS file fetched.
-const MAX_MMS_MEDIA_BYTES: u64 = 20 * 1024 * 1024;
+pub(crate) const MAX_MMS_MEDIA_BYTES: u64 = 20 * 1024 * 1024;
+
 /// The longest one MMS file's download may take.
-const MMS_FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const MMS_FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The longest all of one MMS's files may take: well inside the process manager's wait
 /// for a webhook's processing (10 minutes), so a slow provider fails the attempt (retried
 /// with back-off) instead of holding the webhook queue.
-const MMS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+pub(crate) const MMS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// Fetches the files an MMS names into the tenant's blob store
 /// (`tenants/{tenant}/sms/{stream's UUID}/{n}`): what was stored, in order. A file gone, too
 /// large, refused to the credentials or at a URL that may not be fetched is left out
 /// (logged; `media_count` still counts it), so the text is never held back by a file; an
 /// outage, or the files taking longer than [`MMS_TIMEOUT`], retries the webhook.
-async fn fetch_media(
+pub(crate) async fn fetch_media(
     state: &AppState,
     tenant: &str,
     stream: &str,
@@ -565,16 +488,6 @@ pub(crate) async fn process_callback(
         Err(e) => {
             tracing::warn!(error = %e, webhook_id, "telephony command failed");
             Processing::Retry("event store unavailable".into())
-        }
-    }
-}
-
-impl DomainProblem for crate::telephony::aggregate::PhoneNumberError {
-    fn problem(&self) -> Problem {
-        use crate::telephony::aggregate::PhoneNumberError as E;
-        match self {
-            E::Taken => Problem::new(StatusCode::CONFLICT, "number_taken", self.to_string()),
-            E::NotFound => Problem::not_found(self.to_string()),
         }
     }
 }

@@ -1,0 +1,656 @@
+//! WhatsApp's application layer: what processing a delivered message or status does (the
+//! conversation, the contact's thread, the file fetched into the blob store), the sessions'
+//! credentials, and the provider calls the routes make (uploads, template checks).
+
+use events::chat::{Channel, Party, PartyKind};
+use events::http::Problem;
+use events::webhooks::Outcome;
+use events::whatsapp::MediaKind;
+use events::whatsapp::{
+    conversation_id, inbound_message_id, session_id, Credentials,
+    Delivery, Outbound, Transport, WHATSAPP_CONVERSATION,
+};
+use events::Metadata;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::aggregate::{
+    ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties, SendResult, Session, StatusReport,
+};
+use super::{cloud, inbound};
+use crate::chat::aggregate::ThreadError;
+use crate::chat::commands::{Action, Actor, ThreadCommand};
+use crate::store::CommandError;
+use crate::webhooks::service::{Attributed, Processing};
+use crate::AppState;
+
+/// The conversation's events, for messages its state no longer holds.
+pub(crate) fn history(state: &AppState) -> ConversationServices {
+    std::sync::Arc::new(super::history::PgHistory {
+        pool: state.pool.clone(),
+    })
+}
+
+/// The tenant of the session a kept WhatsApp item names, if any.
+pub(crate) async fn owner_of_item(state: &AppState, payload: &Value) -> Result<Option<String>, Problem> {
+    let Some(number) = payload.get("phone_number_id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    Ok(state
+        .ctx.whatsapp.sessions
+        .load(&session_id(number))
+        .await?
+        .tenant_id()
+        .map(str::to_owned))
+}
+
+/// Processes one kept WhatsApp item: a message lands in the conversation and its thread; a
+/// status moves an outbound message forward. An item for a number no session had when it
+/// arrived is recorded (its webhook) and can be replayed once the number is connected.
+///
+/// An item belongs to the tenant whose session held the number when it **arrived**
+/// (`received_by`, the webhook's own tenant): processed later — after a backlog, a
+/// suspension, a retry — it still lands with that tenant, even if the number has since been
+/// disconnected and connected by another.
+pub(crate) async fn process_webhook(
+    state: &AppState,
+    webhook_id: &str,
+    payload: &Value,
+    received_by: Option<&str>,
+    metadata: impl Fn(&str) -> Metadata,
+) -> Processing {
+    let ignored = |detail: String| Processing::Done(Outcome::Ignored, None, detail);
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, webhook_id, "WhatsApp processing failed");
+        Processing::Retry("event store unavailable".into())
+    };
+    let Some(number) = payload.get("phone_number_id").and_then(Value::as_str) else {
+        return ignored("names no phone number id".into());
+    };
+    let session = session_id(number);
+    let tenant = match received_by {
+        Some(tenant) => tenant.to_owned(),
+        // No session had the number when the item arrived: its owner now, if any (a
+        // replay after the number was connected).
+        None => match state.ctx.whatsapp.sessions.load(&session).await {
+            Ok(s) => match s.tenant_id() {
+                Some(t) => t.to_owned(),
+                None => return ignored(format!("no session has phone number id {number}")),
+            },
+            Err(e) => return unavailable(&e),
+        },
+    };
+    // Nothing of a suspended tenant is processed: the delivery waits for its reactivation.
+    if state.access.is_suspended(&tenant) {
+        return Processing::Held(tenant);
+    }
+    let metadata = metadata(&tenant);
+    let attributed = || {
+        Some(Attributed {
+            payment_id: None,
+            tenant_id: tenant.clone(),
+        })
+    };
+    if let Some(message) = payload.get("message") {
+        let Some(m) = inbound::message(message) else {
+            return Processing::Done(
+                Outcome::Ignored,
+                attributed(),
+                "an unreadable message".into(),
+            );
+        };
+        let profile_name = payload
+            .pointer("/contact/name")
+            .and_then(Value::as_str)
+            .map(|n| n.chars().take(256).collect());
+        let media = MediaKind::parse(&m.kind).map(|kind| {
+            let conversation = conversation_id(&tenant, &session, &m.from);
+            (
+                kind,
+                conversation,
+                inbound_message_id(&session, &m.wamid),
+                m.content.clone(),
+            )
+        });
+        let detail = match receive_message(
+            state,
+            &tenant,
+            &session,
+            webhook_id,
+            m,
+            profile_name,
+            &metadata,
+        )
+        .await
+        {
+            Ok(detail) => detail,
+            Err(p) => return p,
+        };
+        // The message has landed; its file follows (a failure to fetch it is retried with
+        // the webhook, and never holds the message back).
+        if let Some((kind, conversation, message_id, content)) = media {
+            let fetched = store_media(
+                state,
+                &tenant,
+                &session,
+                &conversation,
+                &message_id,
+                kind,
+                &content,
+                &metadata,
+            )
+            .await;
+            return match fetched {
+                Ok(media) => {
+                    Processing::Done(Outcome::Applied, attributed(), format!("{detail}; {media}"))
+                }
+                Err(p) => p,
+            };
+        }
+        return Processing::Done(Outcome::Applied, attributed(), detail);
+    }
+    let Some(s) = payload.get("status").and_then(inbound::status) else {
+        return Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            "neither a message nor a status".into(),
+        );
+    };
+    let Some(status) = Delivery::parse(&s.status) else {
+        return Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            format!("status `{}` is not tracked", s.status),
+        );
+    };
+    // The message the platform sent names its conversation (the contact's id in a status
+    // may differ from the number dialled); otherwise the recipient does.
+    let by_callback = match &s.callback {
+        Some(message) => match conversation_of_message(state, message).await {
+            Ok(found) => found,
+            Err(_) => return Processing::Retry("event store unavailable".into()),
+        },
+        None => None,
+    };
+    // Only a conversation of this session (and tenant): a status cannot reach another's.
+    let by_callback = match by_callback {
+        Some(c) => match state.ctx.whatsapp.conversations.load(&c).await {
+            Ok(conv)
+                if conv.tenant_id() == Some(tenant.as_str()) && conv.session_id() == session =>
+            {
+                Some(c)
+            }
+            Ok(_) => None,
+            Err(e) => return unavailable(&e),
+        },
+        None => None,
+    };
+    let conversation =
+        by_callback.unwrap_or_else(|| conversation_id(&tenant, &session, &s.recipient));
+    let command = ConversationCommand::Status {
+        report: StatusReport {
+            message_id: s.callback,
+            wamid: s.wamid,
+            status,
+            error_code: s.error_code,
+            error_title: s.error_title,
+            provider_at: s.at.unwrap_or_else(|| state.clock.now()),
+            webhook_id: webhook_id.to_owned(),
+        },
+    };
+    match state
+        .ctx.whatsapp.conversations
+        .execute_with_events(&conversation, None, command, &metadata)
+        .await
+    {
+        Ok((_, events)) if events.is_empty() => Processing::Done(
+            Outcome::Recorded,
+            attributed(),
+            "an earlier or repeated status".into(),
+        ),
+        Ok((_, events)) => {
+            let names: Vec<String> = events
+                .iter()
+                .map(cqrs_es::DomainEvent::event_type)
+                .collect();
+            Processing::Done(Outcome::Applied, attributed(), names.join(", "))
+        }
+        // The conversation's older messages could not be read: not a verdict, try again.
+        Err(CommandError::Rejected(e @ ConversationError::Unavailable(_))) => unavailable(&e),
+        Err(CommandError::Rejected(e)) => Processing::Done(
+            Outcome::Ignored,
+            attributed(),
+            format!("{e} (a message the platform did not send)"),
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// Records an inbound message in its conversation and delivers it into the contact's open
+/// WhatsApp thread (a new one when none is open). Every step is idempotent, so an attempt
+/// that failed half-way is completed by the next.
+pub(crate) async fn receive_message(
+    state: &AppState,
+    tenant: &str,
+    session: &str,
+    webhook_id: &str,
+    m: inbound::Message,
+    profile_name: Option<String>,
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let retry = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, webhook_id, "could not record a WhatsApp message");
+        Processing::Retry("event store unavailable".into())
+    };
+    let conversation = conversation_id(tenant, session, &m.from);
+    let message_id = inbound_message_id(session, &m.wamid);
+    let current = state
+        .ctx.whatsapp.conversations
+        .load(&conversation)
+        .await
+        .map_err(|e| retry(&e))?
+        .with_message(&message_id, &history(state))
+        .await
+        .map_err(|e| retry(&e))?;
+    let thread = match current.inbound_thread(&message_id) {
+        Some(thread) => thread.to_owned(),
+        None => {
+            let open = match current.thread_id() {
+                Some(t) => {
+                    let thread = state.ctx.chat.threads.load(t).await.map_err(|e| retry(&e))?;
+                    (thread.tenant_id().is_some() && !thread.is_closed()).then(|| t.to_owned())
+                }
+                None => None,
+            };
+            open.unwrap_or_else(|| {
+                Uuid::new_v5(
+                    &Uuid::NAMESPACE_OID,
+                    format!("whatsapp-thread\0{conversation}\0{}", m.wamid).as_bytes(),
+                )
+                .to_string()
+            })
+        }
+    };
+    let at = state.clock.now();
+    let command = ConversationCommand::Receive {
+        parties: Parties {
+            tenant_id: tenant.to_owned(),
+            session_id: session.to_owned(),
+            wa_id: m.from.clone(),
+        },
+        message: Inbound {
+            message_id: message_id.clone(),
+            wamid: m.wamid.clone(),
+            webhook_id: webhook_id.to_owned(),
+            profile_name,
+            kind: m.kind.chars().take(32).collect(),
+            content: m.content,
+            text: m.text.clone(),
+            context_wamid: m.context_wamid,
+            sent_at: m.sent_at.unwrap_or(at),
+        },
+        thread_id: thread.clone(),
+        at,
+    };
+    state
+        .ctx.whatsapp.conversations
+        .execute(&conversation, None, command, metadata)
+        .await
+        .map_err(|e| retry(&e))?;
+    let actor = Actor::System {
+        component: "whatsapp".into(),
+    };
+    let open = ThreadCommand {
+        thread_id: thread.clone(),
+        actor: actor.clone(),
+        at,
+        action: Action::Open {
+            tenant_id: tenant.to_owned(),
+            channel: Channel::Whatsapp,
+            customer: Some(Party {
+                id: format!("+{}", m.from),
+                kind: PartyKind::Contact,
+            }),
+            subject: None,
+            tags: Vec::new(),
+            bot_enabled: Some(false),
+        },
+    };
+    match state.ctx.chat.threads.execute(&thread, None, open, metadata).await {
+        Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
+        Err(e) => return Err(retry(&e)),
+    }
+    let receive = ThreadCommand {
+        thread_id: thread.clone(),
+        actor,
+        at,
+        action: Action::Receive {
+            from: Party {
+                id: format!("+{}", m.from),
+                kind: PartyKind::Contact,
+            },
+            channel: Channel::Whatsapp,
+            message_id: message_id.clone(),
+            // A thread takes no control characters but line breaks and tabs: a contact's
+            // text shows them replaced, never refused.
+            text: m
+                .text
+                .chars()
+                .map(|c| match c {
+                    '\n' | '\r' | '\t' => c,
+                    c if c.is_control() => '\u{fffd}',
+                    c => c,
+                })
+                .take(crate::chat::values::MAX_TEXT_CHARS)
+                .collect(),
+            attachment: None,
+        },
+    };
+    match state
+        .ctx.chat.threads
+        .execute(&thread, None, receive, metadata)
+        .await
+    {
+        Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
+        Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(retry(&e)),
+        Err(CommandError::Rejected(e)) => Ok(format!(
+            "MessageReceived; not shown in thread {thread}: {e}"
+        )),
+        Err(e) => Err(retry(&e)),
+    }
+}
+
+/// Whether session `id` is `tenant`'s now.
+pub(crate) async fn session_of(state: &AppState, id: &str, tenant: &str) -> Result<bool, Problem> {
+    Ok(state.ctx.whatsapp.sessions.load(id).await?.tenant_id() == Some(tenant))
+}
+
+/// The credentials of session `id`, opened (none for a session never connected, or sealed
+/// under another key: that is logged).
+pub(crate) async fn credentials(state: &AppState, id: &str) -> Result<Option<Credentials>, Problem> {
+    let session = state.ctx.whatsapp.sessions.load(id).await?;
+    Ok(opened(state, &session, id))
+}
+
+pub(crate) fn opened(state: &AppState, session: &Session, id: &str) -> Option<Credentials> {
+    if session.credentials().is_empty() {
+        return None;
+    }
+    let opened = state
+        .sealing
+        .open(session.credentials())
+        .ok()
+        .and_then(|c| serde_json::from_str::<Credentials>(&c).ok());
+    if opened.is_none() {
+        tracing::warn!(
+            session = id,
+            "a session's credentials cannot be opened with this key"
+        );
+    }
+    opened
+}
+
+/// Fetches the file of inbound media message `message_id` from the provider into the blob
+/// store and records the outcome in its conversation: stored, or given up on for a reason
+/// that will not change (a malformed or unknown media id, a file over its kind's limit).
+/// Anything that may pass soon (the provider or the store failing) is retried with the
+/// webhook; a refused access token is recorded as a failure that a replay of the delivery
+/// (after the session's credentials changed) fetches again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store_media(
+    state: &AppState,
+    tenant: &str,
+    session: &str,
+    conversation: &str,
+    message_id: &str,
+    kind: MediaKind,
+    content: &Value,
+    metadata: &Metadata,
+) -> Result<String, Processing> {
+    let retry = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, message_id, "could not fetch a WhatsApp file");
+        Processing::Retry(format!("file not fetched: {e}"))
+    };
+    let current = state
+        .ctx.whatsapp.conversations
+        .load(conversation)
+        .await
+        .map_err(|e| retry(&e))?
+        .with_message(message_id, &history(state))
+        .await
+        .map_err(|e| retry(&e))?;
+    if current.media_done(message_id) {
+        return Ok("file recorded before".into());
+    }
+    let media_id = content.get("id").and_then(Value::as_str).filter(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let result = match media_id {
+        None => MediaResult::Failed {
+            reason: "the message names no well-formed media id".into(),
+            retryable: false,
+        },
+        // The number now belongs to another tenant: its token is not this tenant's to use.
+        Some(_)
+            if !session_of(state, session, tenant)
+                .await
+                .map_err(|_| retry(&"event store unavailable"))? =>
+        {
+            MediaResult::Failed {
+                reason: "the number is now connected by another tenant".into(),
+                retryable: false,
+            }
+        }
+        Some(media_id) => {
+            let creds = credentials(state, session)
+                .await
+                .map_err(|_| retry(&"event store unavailable"))?
+                .ok_or_else(|| retry(&"the session's credentials cannot be opened"))?;
+            let key = format!("tenants/{tenant}/whatsapp/{message_id}");
+            let fetched = async {
+                let info =
+                    cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token).await?;
+                if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
+                    return Err(cloud::MediaError::Permanent(format!(
+                        "the file is larger than WhatsApp's limit of {} bytes for its kind",
+                        kind.max_bytes()
+                    )));
+                }
+                let (size, sha256) = cloud::download(
+                    &info.url,
+                    &creds.access_token,
+                    kind.max_bytes(),
+                    state.blobs.as_ref(),
+                    &key,
+                )
+                .await?;
+                Ok((info, size, sha256))
+            }
+            .await;
+            match fetched {
+                Ok((info, size_bytes, sha256)) => MediaResult::Stored {
+                    object_key: key,
+                    content_type: info
+                        .mime_type
+                        .or_else(|| {
+                            content
+                                .get("mime_type")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    size_bytes,
+                    sha256,
+                },
+                Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed {
+                    reason,
+                    retryable: false,
+                },
+                // The tenant reconnected while this fetch used the old token: try again
+                // with the new one rather than wait for a reconnection that came already.
+                Err(cloud::MediaError::Unauthorized(_))
+                    if credentials(state, session)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|now| now.access_token != creds.access_token) =>
+                {
+                    return Err(retry(&"the session's credentials changed meanwhile"));
+                }
+                // Shown as failed now, and fetched again when the delivery is replayed once
+                // the session has working credentials (the provider keeps files for weeks).
+                Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
+                    reason: format!("{reason}; fetched again when the session is reconnected"),
+                    retryable: true,
+                },
+                Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),
+            }
+        }
+    };
+    let stored = matches!(result, MediaResult::Stored { .. });
+    let command = ConversationCommand::StoreMedia {
+        message_id: message_id.to_owned(),
+        result,
+    };
+    state
+        .ctx.whatsapp.conversations
+        .execute(conversation, None, command, metadata)
+        .await
+        .map_err(|e| retry(&e))?;
+    Ok(if stored { "MediaStored" } else { "MediaFailed" }.into())
+}
+
+/// Uploads a file of the blob store to the provider (`POST /{phone_number_id}/media`,
+/// streamed): its media id, or the failed attempt's report.
+pub(crate) async fn upload_file(
+    state: &AppState,
+    session: &str,
+    phone_number_id: &str,
+    object_key: &str,
+    content_type: &str,
+    size_bytes: u64,
+    filename: Option<&str>,
+) -> Result<String, SendResult> {
+    let refused = |code: &str, reason: String, retryable: bool| SendResult::Refused {
+        code: Some(code.to_owned()),
+        reason,
+        retryable,
+        retry_after: None,
+    };
+    let creds = credentials(state, session)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            refused(
+                "credentials_unreadable",
+                "The session's credentials cannot be opened.".into(),
+                false,
+            )
+        })?;
+    let file = match state
+        .blobs
+        .get(&object_store::path::Path::from(object_key))
+        .await
+    {
+        Ok(file) => file,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(refused(
+                "file_missing",
+                "The file is no longer stored.".into(),
+                false,
+            ))
+        }
+        Err(e) => return Err(refused("media_upload_failed", e.to_string(), true)),
+    };
+    cloud::upload_media(
+        &state.ctx.whatsapp.settings,
+        phone_number_id,
+        &creds.access_token,
+        file.into_stream(),
+        size_bytes,
+        content_type,
+        filename.unwrap_or("file"),
+    )
+    .await
+    .map_err(|e| match e {
+        cloud::MediaError::Permanent(reason) | cloud::MediaError::Unauthorized(reason) => {
+            refused("media_upload_refused", reason, false)
+        }
+        cloud::MediaError::Transient(reason) => refused("media_upload_failed", reason, true),
+    })
+}
+
+/// Checks a template against the account's approved templates before it is queued: an
+/// unknown template (422 `template_unknown`) or a wrong number of parameters (422
+/// `template_parameters_mismatch`) is refused at once instead of failing later. When the
+/// provider cannot tell, the message is queued and the provider decides (error 132000).
+pub(crate) async fn check_template(
+    state: &AppState,
+    session: &Session,
+    content: &Outbound,
+) -> Result<(), Problem> {
+    let Outbound::Template {
+        name,
+        language,
+        parameters,
+    } = content
+    else {
+        return Ok(());
+    };
+    let Some(account) = session.business_account_id() else {
+        return Ok(());
+    };
+    if session.transport() != Transport::Cloud {
+        return Ok(());
+    }
+    let Ok(Some(creds)) = credentials(state, &session_id(session.phone_number_id())).await else {
+        return Ok(());
+    };
+    match cloud::template_parameters(
+        &state.ctx.whatsapp.settings,
+        account,
+        &creds.access_token,
+        name,
+        language,
+    )
+    .await
+    {
+        Ok(Some(expected)) if expected != parameters.len() => Err(Problem::unprocessable(
+            "template_parameters_mismatch",
+            format!(
+                "The template {name} ({language}) takes {expected} parameter(s); {} given.",
+                parameters.len()
+            ),
+        )),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Problem::unprocessable(
+            "template_unknown",
+            format!("The account has no approved template {name} in {language}."),
+        )),
+        Err(e) => {
+            tracing::info!(error = %e, "templates could not be checked; the provider will");
+            Ok(())
+        }
+    }
+}
+
+/// The conversation outbound message `message_id` was queued in, from the store itself.
+pub(crate) async fn conversation_of_message(
+    state: &AppState,
+    message_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    if message_id.len() > 64 {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = $1 AND event_type = 'MessageQueued'
+            AND payload->'MessageQueued'->>'message_id' = $2
+          LIMIT 1",
+    )
+    .bind(WHATSAPP_CONVERSATION)
+    .bind(message_id)
+    .fetch_optional(&state.pool)
+    .await
+}
