@@ -1,0 +1,201 @@
+//! No production function of the services is over [`LIMIT`] lines: a big `match` becomes one
+//! function per command or event, a long flow a few named steps (docs/architecture.md,
+//! "Shared code"). The test reads the sources of `events`, `command-api`, `projector` and
+//! `query-api` (test modules excluded) and counts each function from its `fn` line to its
+//! closing brace.
+//!
+//! `KNOWN` lists the functions that were longer before the rule, with their length then:
+//! one that grows, a new one over the limit, and one listed that has come under it (remove
+//! it) all fail, so the list only shrinks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The most lines a function may take.
+const LIMIT: usize = 80;
+
+/// The crates whose functions are held to the limit.
+const CRATES: &[&str] = &["events", "command-api", "projector", "query-api"];
+
+/// `(file, function) → lines` of the functions over the limit from before the rule.
+const KNOWN: &[(&str, &str, usize)] = &[
+    ("command-api/src/chat/aggregate.rs", "decide", 411),
+    ("projector/src/chat/mod.rs", "apply", 346),
+    ("command-api/src/whatsapp/aggregate.rs", "decide", 342),
+    ("projector/src/whatsapp/mod.rs", "conversation", 303),
+    ("projector/src/payments/mod.rs", "apply", 242),
+    ("command-api/src/audio/http.rs", "upload", 202),
+    ("projector/src/realtime/mod.rs", "to_realtime", 198),
+    ("projector/src/audio/mod.rs", "apply", 179),
+    ("command-api/src/identity/aggregate.rs", "handle", 175),
+    ("command-api/src/whatsapp/service.rs", "process_webhook", 173),
+    ("command-api/src/telephony/service.rs", "process_callback", 155),
+    ("command-api/src/lib.rs", "build_with_clock", 152),
+    ("command-api/src/audio/aggregate.rs", "decide", 151),
+    ("command-api/src/whatsapp/http.rs", "claim", 148),
+    ("command-api/src/whatsapp/aggregate.rs", "apply", 148),
+    ("command-api/src/tenants/aggregate.rs", "handle", 141),
+    ("command-api/src/payments/aggregate.rs", "provider_change", 141),
+    ("command-api/src/whatsapp/service.rs", "receive_message", 130),
+    ("command-api/src/payments/aggregate.rs", "apply", 128),
+    ("command-api/src/identity/auth.rs", "login_once", 126),
+    ("projector/src/webhooks/mod.rs", "apply", 124),
+    ("command-api/src/whatsapp/service.rs", "store_media", 122),
+    ("command-api/src/whatsapp/aggregate.rs", "check", 122),
+    ("command-api/src/chat/aggregate.rs", "apply", 121),
+    ("command-api/src/telephony/service.rs", "deliver_to_thread", 120),
+    ("query-api/src/whatsapp/mod.rs", "analytics", 119),
+    ("command-api/src/audio/service.rs", "process_webhook", 113),
+    ("query-api/src/audit/mod.rs", "history", 109),
+    ("projector/src/identity/mod.rs", "apply", 109),
+    ("query-api/src/chat/mod.rs", "list", 108),
+    ("command-api/src/store.rs", "execute_with_events", 108),
+    ("projector/src/rebuild.rs", "rebuild", 106),
+    ("command-api/src/webhooks/http.rs", "replay_rejection", 103),
+    ("command-api/src/payments/webhooks.rs", "apply", 103),
+    ("query-api/src/realtime/stream.rs", "stream", 101),
+    ("projector/src/rebuild.rs", "apply_batch", 99),
+    ("command-api/src/chat/aggregate.rs", "open", 99),
+    ("command-api/src/webhooks/http.rs", "process", 98),
+    ("command-api/src/http/idempotency.rs", "idempotency", 98),
+    ("command-api/src/payments/aggregate.rs", "decide", 97),
+    ("command-api/src/http/idempotency.rs", "take", 96),
+    ("command-api/src/identity/http.rs", "create", 94),
+    ("command-api/src/identity/phone.rs", "handle", 93),
+    ("projector/src/whatsapp/sender.rs", "send", 92),
+    ("projector/src/whatsapp/outbox.rs", "perform", 92),
+    ("projector/src/telephony/mod.rs", "apply", 90),
+    ("command-api/src/whatsapp/http.rs", "forward", 90),
+    ("projector/src/realtime/mod.rs", "load", 88),
+    ("command-api/src/whatsapp/http.rs", "send", 85),
+    ("command-api/src/media.rs", "download", 85),
+    ("command-api/src/identity/auth.rs", "refresh", 84),
+    ("projector/src/realtime/mod.rs", "delivery", 83),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable source folder") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The line after the block that opens on line `from` (braces counted line by line).
+fn block_end(lines: &[&str], from: usize) -> usize {
+    let mut depth = 0_i64;
+    for (i, line) in lines.iter().enumerate().skip(from) {
+        depth += line.matches('{').count() as i64 - line.matches('}').count() as i64;
+        if depth <= 0 && i > from {
+            return i;
+        }
+    }
+    lines.len()
+}
+
+/// The name of the function whose signature starts on `line`, if one does.
+fn function_name(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        match word {
+            "pub" | "async" | "const" | "unsafe" | "extern" => continue,
+            w if w.starts_with("pub(") => continue,
+            "fn" => {
+                let name = words.next()?;
+                let end = name.find(['(', '<']).unwrap_or(name.len());
+                return Some(&name[..end]);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `(file, function) → lines` of every function over the limit.
+fn long_functions(root: &Path) -> BTreeMap<(String, String), usize> {
+    let mut found = BTreeMap::new();
+    for krate in CRATES {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        for path in files {
+            let name = path
+                .strip_prefix(root)
+                .expect("inside the workspace")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let lines: Vec<&str> = text.lines().collect();
+            let mut i = 0;
+            while i < lines.len() {
+                let line = lines[i].trim_start();
+                // Test modules are not production code.
+                if line.starts_with("#[cfg(test)]") {
+                    let module = (i + 1..lines.len())
+                        .find(|&j| lines[j].contains('{'))
+                        .unwrap_or(lines.len());
+                    i = block_end(&lines, module) + 1;
+                    continue;
+                }
+                if let Some(function) = function_name(line) {
+                    // The body opens where the signature ends; a declaration has none.
+                    let open = (i..lines.len()).find(|&j| {
+                        let l = lines[j].trim_end();
+                        l.ends_with('{') || l.ends_with(';')
+                    });
+                    if let Some(open) = open.filter(|&j| lines[j].trim_end().ends_with('{')) {
+                        let end = block_end(&lines, open);
+                        let length = end - i + 1;
+                        if length > LIMIT {
+                            found.insert((name.clone(), function.to_owned()), length);
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_production_function_grows_past_the_limit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let found = long_functions(&root);
+    let known: BTreeMap<(String, String), usize> = KNOWN
+        .iter()
+        .map(|(f, n, l)| ((f.to_string(), n.to_string()), *l))
+        .collect();
+    let mut problems = Vec::new();
+    for ((file, function), lines) in &found {
+        match known.get(&(file.clone(), function.clone())) {
+            None => problems.push(format!(
+                "{file}: `{function}` is {lines} lines (the limit is {LIMIT}): split it"
+            )),
+            Some(before) if lines > before => problems.push(format!(
+                "{file}: `{function}` grew from {before} to {lines} lines: split it"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (file, function) in known.keys() {
+        if !found.contains_key(&(file.clone(), function.clone())) {
+            problems.push(format!(
+                "{file}: `{function}` is within the limit now: remove it from KNOWN"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn a_function_is_measured_from_its_signature_to_its_closing_brace() {
+    let source = "fn short() {\n    1\n}\n";
+    let lines: Vec<&str> = source.lines().collect();
+    assert_eq!(function_name(lines[0]), Some("short"));
+    assert_eq!(block_end(&lines, 0), 2);
+    assert_eq!(function_name("pub(crate) async fn go<T>(x: T) {"), Some("go"));
+    assert_eq!(function_name("let fn_name = 1;"), None);
+}
