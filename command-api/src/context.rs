@@ -103,14 +103,12 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
     fn aggregates() -> &'static [crate::snapshots::Checked];
 }
 
-/// Declares the bounded contexts of command-api, once: each is a module `name` (a folder)
+/// Names the bounded contexts of command-api, once: each is a module `name` (a folder)
 /// whose `Context` implements [`BoundedContext`] with the module's `Settings`. Expands to
-/// the modules, the settings and the state of every context ([`crate::ContextSettings`],
+/// the settings and the state of every context ([`crate::ContextSettings`],
 /// [`crate::Contexts`]) and the loops over their contributions.
 macro_rules! contexts {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        $($(#[$doc])* pub mod $name;)*
-
+    ($($name:ident),* $(,)?) => {
         /// The settings of every bounded context.
         #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
         #[group(skip)]
@@ -124,7 +122,7 @@ macro_rules! contexts {
 
         /// The state of every bounded context.
         pub struct Contexts {
-            $($(#[$doc])* pub $name: $name::Context,)*
+            $(#[allow(missing_docs)] pub $name: $name::Context,)*
         }
 
         impl Contexts {

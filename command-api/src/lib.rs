@@ -36,22 +36,33 @@ pub mod store;
 /// Value objects shared by contexts.
 pub mod values;
 
+/// Audio files and their transcripts.
+pub mod audio;
+/// Chat: threads, messages, receipts, scheduled messages.
+pub mod chat;
+/// Identity: admin users, logins, sessions, phone sign-in.
+pub mod identity;
+/// Payments: catalogs and payments.
+pub mod payments;
+/// Telephony: numbers, SMS, calls.
+pub mod telephony;
+/// Tenants: signup, approval, lifecycle, preferences, logo, departments.
+pub mod tenants;
+/// Provider webhooks: ingestion and processing.
+pub mod webhooks;
+/// WhatsApp: sessions, conversations, deliveries.
+pub mod whatsapp;
+
+// The bounded contexts, registered: each is a module declared above (where rustfmt reaches
+// it) and named here once, in the order they are built (docs/adding-a-context.md).
 context::contexts! {
-    /// Tenants: signup, approval, lifecycle, preferences, logo, departments.
     tenants,
-    /// Identity: admin users, logins, sessions, phone sign-in.
     identity,
-    /// Chat: threads, messages, receipts, scheduled messages.
     chat,
-    /// Payments: catalogs and payments.
     payments,
-    /// Provider webhooks: ingestion and processing.
     webhooks,
-    /// Telephony: numbers, SMS, calls.
     telephony,
-    /// Audio files and their transcripts.
     audio,
-    /// WhatsApp: sessions, conversations, deliveries.
     whatsapp,
 }
 

@@ -83,14 +83,12 @@ pub(crate) trait BoundedContext {
     }
 }
 
-/// Declares the bounded contexts of the projector, once: each is a module `name` whose
+/// Names the bounded contexts of the projector, once: each is a module `name` whose
 /// `Context` implements [`BoundedContext`] with the module's `Settings`. Expands to the
-/// modules, the settings of every context ([`crate::ContextSettings`]) and the loops over
+/// settings of every context ([`crate::ContextSettings`]) and the loops over
 /// their contributions.
 macro_rules! contexts {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        $($(#[$doc])* pub mod $name;)*
-
+    ($($name:ident),* $(,)?) => {
         /// The settings of every bounded context.
         #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
         #[group(skip)]

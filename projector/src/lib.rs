@@ -25,24 +25,36 @@ pub mod rebuild;
 /// Durable consumers.
 pub mod worker;
 
+/// Audio files, transcripts and their process manager.
+pub mod audio;
+/// Threads, messages, receipts, scheduled messages; reassignment; the scheduler.
+pub mod chat;
+/// Admin users and their login history.
+pub mod identity;
+/// Catalogs and payments.
+pub mod payments;
+/// Events to Soketi and to SSE; eviction of ended access.
+pub mod realtime;
+/// The calls of tenants' numbers.
+pub mod telephony;
+/// The tenants read model.
+pub mod tenants;
+/// Received provider webhooks and their process manager.
+pub mod webhooks;
+/// WhatsApp sessions, conversations, contacts; the outbox, file re-fetch and sender.
+pub mod whatsapp;
+
+// The bounded contexts, registered: each is a module declared above (where rustfmt reaches
+// it) and named here once, in the order they are built (docs/adding-a-context.md).
 context::contexts! {
-    /// The tenants read model.
     tenants,
-    /// Admin users and their login history.
     identity,
-    /// Threads, messages, receipts, scheduled messages; reassignment; the scheduler.
     chat,
-    /// Received provider webhooks and their process manager.
     webhooks,
-    /// Catalogs and payments.
     payments,
-    /// Audio files, transcripts and their process manager.
     audio,
-    /// The calls of tenants' numbers.
     telephony,
-    /// WhatsApp sessions, conversations, contacts; the outbox, file re-fetch and sender.
     whatsapp,
-    /// Events to Soketi and to SSE; eviction of ended access.
     realtime,
 }
 

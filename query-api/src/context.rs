@@ -41,14 +41,12 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
     fn shutting_down(&self) {}
 }
 
-/// Declares the bounded contexts of query-api, once: each is a module `name` whose `Context`
+/// Names the bounded contexts of query-api, once: each is a module `name` whose `Context`
 /// implements [`BoundedContext`] with the module's `Settings`. Expands to the modules, the
 /// settings and the state of every context ([`crate::ContextSettings`], [`crate::Contexts`])
 /// and the loops over their contributions.
 macro_rules! contexts {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        $($(#[$doc])* pub mod $name;)*
-
+    ($($name:ident),* $(,)?) => {
         /// The settings of every bounded context.
         #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
         #[group(skip)]
@@ -62,7 +60,7 @@ macro_rules! contexts {
 
         /// The state of every bounded context.
         pub struct Contexts {
-            $($(#[$doc])* pub $name: $name::Context,)*
+            $(#[allow(missing_docs)] pub $name: $name::Context,)*
         }
 
         impl Contexts {

@@ -20,8 +20,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::service::{check, parts, start, status_name, whole_text};
 use super::aggregate::{Audio, AudioCommand, AudioError, Status};
+use super::service::{check, parts, start, status_name, whole_text};
 use crate::chat::commands::{Action, ThreadCommand};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
@@ -310,7 +310,13 @@ async fn upload(
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state.ctx.audio.files.execute(&id, None, command, &metadata).await {
+    let c = match state
+        .ctx
+        .audio
+        .files
+        .execute(&id, None, command, &metadata)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             // Refused for certain: no event names the file, so it is nobody's. After a store
@@ -415,7 +421,12 @@ async fn transcribe(
             by: who.user_id().to_owned(),
             at: now,
         };
-        let c = state.ctx.audio.files.execute(&id, None, retry, &metadata).await?;
+        let c = state
+            .ctx
+            .audio
+            .files
+            .execute(&id, None, retry, &metadata)
+            .await?;
         version = Some(c.version);
         audio = state.ctx.audio.files.load(&id).await?;
     }
@@ -504,7 +515,9 @@ async fn attach(
         };
         last = Some(
             state
-                .ctx.chat.threads
+                .ctx
+                .chat
+                .threads
                 .execute(&thread, None, command, &metadata)
                 .await?,
         );

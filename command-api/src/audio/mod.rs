@@ -8,10 +8,10 @@ pub mod assemblyai;
 pub mod http;
 /// The application layer: transcription requests, checks, webhooks.
 pub mod service;
-/// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
-pub mod webhooks;
 /// The context's settings.
 pub mod settings;
+/// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
+pub mod webhooks;
 
 pub use settings::Settings;
 
@@ -40,7 +40,10 @@ pub struct Context {
 impl BoundedContext for Context {
     type Settings = Settings;
 
-    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
+    async fn build(
+        setup: &Setup<'_>,
+        settings: &Self::Settings,
+    ) -> Result<Self, crate::StartError> {
         let config = setup.config;
         Ok(Self {
             files: setup.bus(()),
@@ -68,9 +71,8 @@ impl BoundedContext for Context {
     }
 
     fn aggregates() -> &'static [crate::snapshots::Checked] {
-        const ALL: &[crate::snapshots::Checked] = &[
-            crate::snapshots::checked::<aggregate::Audio>(),
-        ];
+        const ALL: &[crate::snapshots::Checked] =
+            &[crate::snapshots::checked::<aggregate::Audio>()];
         ALL
     }
 }

@@ -31,12 +31,20 @@ pub(crate) async fn start(
     metadata: &Metadata,
 ) -> Result<Option<u64>, Problem> {
     // A slot first: without one the request is not claimed, and stays due.
-    let Ok(slot) = state.ctx.audio.transcription_slots.clone().try_acquire_owned() else {
+    let Ok(slot) = state
+        .ctx
+        .audio
+        .transcription_slots
+        .clone()
+        .try_acquire_owned()
+    else {
         return Ok(None);
     };
     let at = state.clock.now();
     let (claim, claimed) = state
-        .ctx.audio.files
+        .ctx
+        .audio
+        .files
         .execute_with_events(id, None, AudioCommand::Start { at }, metadata)
         .await?;
     if claimed.is_empty() {
@@ -70,7 +78,13 @@ pub(crate) async fn start(
         };
         // The outcome is recorded however long the call took; should the store be
         // unreachable now, the claim lapses and the request is made again.
-        if let Err(e) = state.ctx.audio.files.execute(&id, None, command, &metadata).await {
+        if let Err(e) = state
+            .ctx
+            .audio
+            .files
+            .execute(&id, None, command, &metadata)
+            .await
+        {
             tracing::warn!(audio_id = %id, error = %e, "a transcript request's outcome could not be recorded");
         }
         drop(slot);
@@ -126,7 +140,9 @@ pub(crate) async fn check(
         }
     };
     Ok(state
-        .ctx.audio.files
+        .ctx
+        .audio
+        .files
         .execute(id, None, command, metadata)
         .await?
         .version)
@@ -287,7 +303,13 @@ pub(crate) async fn request(
                 upload_url: url.clone(),
                 at: state.clock.now(),
             };
-            if let Err(e) = state.ctx.audio.files.execute(id, None, record, metadata).await {
+            if let Err(e) = state
+                .ctx
+                .audio
+                .files
+                .execute(id, None, record, metadata)
+                .await
+            {
                 return Err(ServiceError::Unavailable(format!("event store: {e}")).into());
             }
             url
@@ -420,7 +442,9 @@ pub(crate) async fn process_webhook(
             at: state.clock.now(),
         };
         if let Err(e) = state
-            .ctx.audio.files
+            .ctx
+            .audio
+            .files
             .execute(audio_id, None, adopt, &metadata(&tenant))
             .await
         {
@@ -455,7 +479,9 @@ pub(crate) async fn process_webhook(
         }
     };
     match state
-        .ctx.audio.files
+        .ctx
+        .audio
+        .files
         .execute_with_events(audio_id, None, command, &metadata(&tenant))
         .await
     {

@@ -68,7 +68,9 @@ impl WebhookProvider for AssemblyAiWebhooks {
             .get(super::assemblyai::WEBHOOK_HEADER)
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         let expected = state
-            .ctx.audio.assemblyai
+            .ctx
+            .audio
+            .assemblyai
             .as_ref()
             .map_or(&[][..], |c| c.webhook_secrets());
         if let Err(r) = verify::secret_header(provided, expected) {

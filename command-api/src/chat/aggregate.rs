@@ -243,6 +243,24 @@ enum Access {
     System,
 }
 
+/// What every rule of a thread command decides with: the command's thread, caller and
+/// time, the caller's access, the thread's tenant, and the aggregate's services.
+#[derive(Clone, Copy)]
+struct Decision<'a> {
+    /// The thread the command names.
+    thread_id: &'a str,
+    /// Who asks.
+    actor: &'a Actor,
+    /// What the caller is to the thread.
+    access: Access,
+    /// The thread's tenant.
+    tenant: &'a str,
+    /// When.
+    at: DateTime<Utc>,
+    /// Lookups of the command side.
+    services: &'a ChatServices,
+}
+
 /// The party an actor writes as.
 fn party(actor: &Actor) -> Party {
     match actor {
@@ -556,156 +574,27 @@ impl Thread {
         }
         let access = self.access(&actor)?;
         let tenant = self.tenant_id.clone().unwrap_or_default();
+        let d = Decision {
+            thread_id: &thread_id,
+            actor: &actor,
+            access,
+            tenant: &tenant,
+            at,
+            services,
+        };
         let events = match action {
             Action::Open { .. } => vec![],
-            Action::AddParticipant { participant } => {
-                self.staff_only(&actor)?;
-                if values::label(&participant.id, values::MAX_ID_CHARS).as_deref()
-                    != Some(participant.id.as_str())
-                {
-                    return Err(ThreadError::InvalidParticipant);
-                }
-                let known = match participant.kind {
-                    PartyKind::Phone => services.is_phone_user(&tenant, &participant.id).await,
-                    PartyKind::Agent => services.is_staff(&tenant, &participant.id).await,
-                    PartyKind::Bot | PartyKind::System | PartyKind::Contact => {
-                        return Err(ThreadError::InvalidParticipant)
-                    }
-                }
-                .map_err(ThreadError::Unavailable)?;
-                if !known {
-                    return Err(ThreadError::InvalidParticipant);
-                }
-                if self.participants.contains(&participant) {
-                    vec![]
-                } else {
-                    vec![ThreadEvent::ParticipantAdded { participant }]
-                }
-            }
+            Action::AddParticipant { participant } => self.add_participant(&d, participant).await?,
             Action::Assign {
                 agent_id,
                 department,
-            } => {
-                self.staff_only(&actor)?;
-                // A department as the tenant spells it ("sales" is "Sales").
-                let department = match department {
-                    Some(name) => {
-                        if values::label(&name, values::MAX_ID_CHARS).as_deref()
-                            != Some(name.as_str())
-                        {
-                            return Err(ThreadError::UnknownDepartment);
-                        }
-                        Some(
-                            services
-                                .department(&tenant, &name)
-                                .await
-                                .map_err(ThreadError::Unavailable)?
-                                .ok_or(ThreadError::UnknownDepartment)?,
-                        )
-                    }
-                    None => None,
-                };
-                if agent_id == self.agent_id && department == self.department {
-                    return Ok(vec![]);
-                }
-                if let Some(agent) = &agent_id {
-                    if values::label(agent, values::MAX_ID_CHARS).as_deref() != Some(agent) {
-                        return Err(ThreadError::UnknownAgent);
-                    }
-                    if !services
-                        .is_staff(&tenant, agent)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                    {
-                        return Err(ThreadError::UnknownAgent);
-                    }
-                    // Also when the thread already has them: staff choosing (again) an
-                    // agent who left would record a choice no one can act on.
-                    if !services
-                        .is_available(&tenant, agent)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                    {
-                        return Err(ThreadError::AgentUnavailable);
-                    }
-                }
-                vec![ThreadEvent::Assigned {
-                    agent_id,
-                    department,
-                    reason: None,
-                }]
-            }
-            Action::Release { what } => {
-                if !matches!(self.access(&actor)?, Access::System) {
-                    return Err(ThreadError::Forbidden(
-                        "Only the platform releases an assignment.",
-                    ));
-                }
-                // Only an open thread goes back to the queue: a closed one keeps who
-                // handled it, and is released if it is reopened.
-                if self.closed {
-                    return Ok(vec![]);
-                }
-                // A release that arrives late (a retry, a repeat) must not take the thread
-                // from an agent who is back, or out of a department that was added again.
-                let still_gone = match &what {
-                    Release::Agent(agent) => !services
-                        .is_available(&tenant, agent)
-                        .await
-                        .map_err(ThreadError::Unavailable)?,
-                    Release::Department(name) => services
-                        .department(&tenant, name)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                        .is_none(),
-                };
-                if !still_gone {
-                    return Ok(vec![]);
-                }
-                match what {
-                    Release::Agent(agent) if self.agent_id.as_ref() == Some(&agent) => {
-                        vec![ThreadEvent::Assigned {
-                            agent_id: None,
-                            department: self.department.clone(),
-                            reason: Some(AssignmentReason::AgentUnavailable),
-                        }]
-                    }
-                    Release::Department(name)
-                        if self
-                            .department
-                            .as_ref()
-                            .is_some_and(|d| d.to_lowercase() == name.to_lowercase()) =>
-                    {
-                        vec![ThreadEvent::Assigned {
-                            agent_id: self.agent_id.clone(),
-                            department: None,
-                            reason: Some(AssignmentReason::DepartmentRemoved),
-                        }]
-                    }
-                    // Already elsewhere: nothing to release (a repeat, or a later choice).
-                    _ => vec![],
-                }
-            }
-            Action::SwitchBot { enabled } => {
-                self.staff_only(&actor)?;
-                if enabled == self.bot_enabled {
-                    vec![]
-                } else {
-                    vec![ThreadEvent::BotSwitched { enabled }]
-                }
-            }
+            } => self.assign(&d, agent_id, department).await?,
+            Action::Release { what } => self.release(&d, what).await?,
+            Action::SwitchBot { enabled } => self.switch_bot(&d, enabled).await?,
             Action::Close if self.closed => vec![],
             Action::Close => vec![ThreadEvent::Closed { at }],
             Action::Reopen => self.reopening(at),
-            Action::SetTags { tags } => {
-                self.staff_only(&actor)?;
-                let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
-                if tags == self.tags {
-                    vec![]
-                } else {
-                    vec![ThreadEvent::Tagged { tags }]
-                }
-            }
+            Action::SetTags { tags } => self.set_tags(&d, tags).await?,
             Action::Receive {
                 message_id,
                 text: raw,
@@ -713,41 +602,8 @@ impl Thread {
                 channel,
                 attachment: raw_attachment,
             } => {
-                if access != Access::System {
-                    return Err(ThreadError::Forbidden(
-                        "Messages from a channel are delivered by the platform.",
-                    ));
-                }
-                // Only into the sender's own conversation on that channel: never credited to
-                // another customer, nor appended to a thread of another channel.
-                if self.channel.unwrap_or(Channel::Web) != channel
-                    || self.customer.as_ref() != Some(&from)
-                {
-                    return Err(ThreadError::NotTheSendersThread);
-                }
-                let author = from;
-                if self
-                    .seen(&thread_id, &message_id, &author.id, None, services)
+                self.receive(&d, message_id, raw, from, channel, raw_attachment)
                     .await?
-                {
-                    return Ok(vec![]);
-                }
-                let attachment = attachment(raw_attachment, &tenant)?;
-                // What a contact sent arrives as sent, even blank (an SMS of spaces): the
-                // provider delivered it, and staff should see that it came.
-                let text = text(&raw, true)?;
-                let mut events = self.reopening(at);
-                events.push(ThreadEvent::MessageSent {
-                    message_id,
-                    number: self.message_count + 1,
-                    author,
-                    client_message_id: None,
-                    text,
-                    attachment,
-                    scheduled_id: None,
-                    at,
-                });
-                events
             }
             Action::Send {
                 message_id,
@@ -755,201 +611,596 @@ impl Thread {
                 text: raw,
                 attachment: raw_attachment,
             } => {
-                let author = party(&actor);
-                let client_message_id = client_message_id
-                    .map(|c| {
-                        values::label(&c, values::MAX_CLIENT_ID_CHARS)
-                            .filter(|l| *l == c)
-                            .ok_or(ThreadError::InvalidClientMessageId)
-                    })
-                    .transpose()?;
-                let client_id = client_message_id.as_deref();
-                if self
-                    .seen(&thread_id, &message_id, &author.id, client_id, services)
+                self.send(&d, message_id, client_message_id, raw, raw_attachment)
                     .await?
-                {
-                    return Ok(vec![]);
-                }
-                let attachment = attachment(raw_attachment, &tenant)?;
-                let text = text(&raw, attachment.is_some())?;
-                let mut events = self.reopening(at);
-                events.push(ThreadEvent::MessageSent {
-                    message_id,
-                    number: self.message_count + 1,
-                    author,
-                    client_message_id,
-                    text,
-                    attachment,
-                    scheduled_id: None,
-                    at,
-                });
-                events
             }
             Action::Edit {
                 message_id,
                 text: raw,
-            } => {
-                let message = self.message(&thread_id, &message_id, services).await?;
-                if message.deleted {
-                    return Err(ThreadError::MessageDeleted);
-                }
-                if message.author != party(&actor) {
-                    return Err(ThreadError::NotAuthor);
-                }
-                if at - message.at > EDIT_WINDOW {
-                    return Err(ThreadError::EditWindowClosed);
-                }
-                let text = text(&raw, message.has_attachment)?;
-                vec![ThreadEvent::MessageEdited {
-                    message_id,
-                    text,
-                    at,
-                }]
-            }
-            Action::Delete { message_id } => {
-                let message = self.message(&thread_id, &message_id, services).await?;
-                if access == Access::Participant && message.author != party(&actor) {
-                    return Err(ThreadError::NotAuthor);
-                }
-                if message.deleted {
-                    vec![]
-                } else {
-                    vec![ThreadEvent::MessageDeleted {
-                        message_id,
-                        by: party(&actor),
-                        at,
-                    }]
-                }
-            }
-            Action::MarkRead { number } => {
-                if number == 0 || number > self.message_count {
-                    return Err(ThreadError::UnknownMessageNumber);
-                }
-                let reader = party(&actor);
-                if self.reads.get(&reader.id).is_some_and(|n| *n >= number) {
-                    vec![]
-                } else {
-                    vec![ThreadEvent::Read { reader, number, at }]
-                }
-            }
+            } => self.edit(&d, message_id, raw).await?,
+            Action::Delete { message_id } => self.delete(&d, message_id).await?,
+            Action::MarkRead { number } => self.mark_read(&d, number).await?,
             Action::Schedule {
                 scheduled_id,
                 text: raw,
                 attachment: raw_attachment,
                 due_at,
             } => {
-                self.staff_only(&actor)?;
-                if self.scheduled.contains_key(&scheduled_id) {
-                    return Ok(vec![]);
-                }
-                due(at, due_at)?;
-                let attachment = attachment(raw_attachment, &tenant)?;
-                let text = text(&raw, attachment.is_some())?;
-                vec![ThreadEvent::MessageScheduled {
-                    scheduled_id,
-                    author: party(&actor),
-                    text,
-                    attachment,
-                    due_at,
-                }]
+                self.schedule_message(&d, scheduled_id, raw, raw_attachment, due_at)
+                    .await?
             }
             Action::Reschedule {
                 scheduled_id,
                 due_at,
-            } => {
-                self.staff_only(&actor)?;
-                let scheduled = self.schedule(&scheduled_id)?;
-                // A failed one is tried again at its new time.
-                if !matches!(
-                    scheduled.state,
-                    ScheduleState::Pending | ScheduleState::Failed
-                ) {
-                    return Err(ThreadError::ScheduleNotPending);
-                }
-                if scheduled.due_at == due_at && scheduled.state == ScheduleState::Pending {
-                    return Ok(vec![]);
-                }
-                due(at, due_at)?;
-                vec![ThreadEvent::MessageRescheduled {
-                    scheduled_id,
-                    due_at,
-                }]
-            }
+            } => self.reschedule(&d, scheduled_id, due_at).await?,
             Action::CancelScheduled { scheduled_id } => {
-                self.staff_only(&actor)?;
-                match self.schedule(&scheduled_id)?.state {
-                    ScheduleState::Pending | ScheduleState::Failed => {
-                        vec![ThreadEvent::ScheduleCancelled { scheduled_id }]
-                    }
-                    ScheduleState::Cancelled => vec![],
-                    ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
-                }
+                self.cancel_scheduled(&d, scheduled_id).await?
             }
             Action::DeliverScheduled {
                 scheduled_id,
                 message_id,
-            } => {
-                if access != Access::System {
-                    return Err(ThreadError::Forbidden(
-                        "Scheduled messages are delivered by the scheduler.",
-                    ));
-                }
-                let scheduled = self.schedule(&scheduled_id)?;
-                if scheduled.state != ScheduleState::Pending {
-                    // Delivered once, or cancelled: never (again).
-                    return Ok(vec![]);
-                }
-                if scheduled.due_at > at {
-                    return Err(ThreadError::NotDue);
-                }
-                // Never in the name of someone who can no longer write here.
-                if scheduled.author.kind == PartyKind::Agent
-                    && !services
-                        .is_active_staff(&tenant, &scheduled.author.id)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                {
-                    return Ok(vec![ThreadEvent::ScheduleFailed {
-                        scheduled_id,
-                        code: "author_unavailable".into(),
-                        reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
-                        at,
-                    }]);
-                }
-                let mut events = self.reopening(at);
-                events.push(ThreadEvent::MessageSent {
-                    message_id,
-                    number: self.message_count + 1,
-                    author: scheduled.author.clone(),
-                    client_message_id: None,
-                    text: scheduled.text.clone(),
-                    attachment: scheduled.attachment.clone(),
-                    scheduled_id: Some(scheduled_id),
-                    at,
-                });
-                events
-            }
+            } => self.deliver_scheduled(&d, scheduled_id, message_id).await?,
             Action::FailScheduled {
                 scheduled_id,
                 reason,
-            } => {
-                if access != Access::System {
-                    return Err(ThreadError::Forbidden(
-                        "Scheduled messages are delivered by the scheduler.",
-                    ));
-                }
-                match self.schedule(&scheduled_id)?.state {
-                    ScheduleState::Pending => vec![ThreadEvent::ScheduleFailed {
-                        scheduled_id,
-                        code: "delivery_failed".into(),
-                        reason: reason.chars().take(500).collect(),
-                        at,
-                    }],
-                    _ => vec![],
-                }
-            }
+            } => self.fail_scheduled(&d, scheduled_id, reason).await?,
         };
         Ok(events)
+    }
+
+    /// Switches the bot on or off (staff only).
+    async fn switch_bot(
+        &self,
+        d: &Decision<'_>,
+        enabled: bool,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { actor, .. } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            if enabled == self.bot_enabled {
+                vec![]
+            } else {
+                vec![ThreadEvent::BotSwitched { enabled }]
+            }
+        })
+    }
+
+    /// Replaces the tags (staff only).
+    async fn set_tags(
+        &self,
+        d: &Decision<'_>,
+        tags: Vec<String>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { actor, .. } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
+            if tags == self.tags {
+                vec![]
+            } else {
+                vec![ThreadEvent::Tagged { tags }]
+            }
+        })
+    }
+
+    /// Records that the caller read up to message `number`.
+    async fn mark_read(
+        &self,
+        d: &Decision<'_>,
+        number: u64,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { actor, at, .. } = *d;
+        Ok({
+            if number == 0 || number > self.message_count {
+                return Err(ThreadError::UnknownMessageNumber);
+            }
+            let reader = party(actor);
+            if self.reads.get(&reader.id).is_some_and(|n| *n >= number) {
+                vec![]
+            } else {
+                vec![ThreadEvent::Read { reader, number, at }]
+            }
+        })
+    }
+
+    /// Cancels a pending (or failed) scheduled message (staff only).
+    async fn cancel_scheduled(
+        &self,
+        d: &Decision<'_>,
+        scheduled_id: String,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { actor, .. } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            match self.schedule(&scheduled_id)?.state {
+                ScheduleState::Pending | ScheduleState::Failed => {
+                    vec![ThreadEvent::ScheduleCancelled { scheduled_id }]
+                }
+                ScheduleState::Cancelled => vec![],
+                ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
+            }
+        })
+    }
+
+    /// Adds a participant: a phone user or an agent of the tenant.
+    async fn add_participant(
+        &self,
+        d: &Decision<'_>,
+        participant: Party,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            actor,
+            tenant,
+            services,
+            ..
+        } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            if values::label(&participant.id, values::MAX_ID_CHARS).as_deref()
+                != Some(participant.id.as_str())
+            {
+                return Err(ThreadError::InvalidParticipant);
+            }
+            let known = match participant.kind {
+                PartyKind::Phone => services.is_phone_user(tenant, &participant.id).await,
+                PartyKind::Agent => services.is_staff(tenant, &participant.id).await,
+                PartyKind::Bot | PartyKind::System | PartyKind::Contact => {
+                    return Err(ThreadError::InvalidParticipant)
+                }
+            }
+            .map_err(ThreadError::Unavailable)?;
+            if !known {
+                return Err(ThreadError::InvalidParticipant);
+            }
+            if self.participants.contains(&participant) {
+                vec![]
+            } else {
+                vec![ThreadEvent::ParticipantAdded { participant }]
+            }
+        })
+    }
+
+    /// Assigns the thread to an agent and/or a department of the tenant.
+    async fn assign(
+        &self,
+        d: &Decision<'_>,
+        agent_id: Option<String>,
+        department: Option<String>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            actor,
+            tenant,
+            services,
+            ..
+        } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            // A department as the tenant spells it ("sales" is "Sales").
+            let department = match department {
+                Some(name) => {
+                    if values::label(&name, values::MAX_ID_CHARS).as_deref() != Some(name.as_str())
+                    {
+                        return Err(ThreadError::UnknownDepartment);
+                    }
+                    Some(
+                        services
+                            .department(tenant, &name)
+                            .await
+                            .map_err(ThreadError::Unavailable)?
+                            .ok_or(ThreadError::UnknownDepartment)?,
+                    )
+                }
+                None => None,
+            };
+            if agent_id == self.agent_id && department == self.department {
+                return Ok(vec![]);
+            }
+            if let Some(agent) = &agent_id {
+                if values::label(agent, values::MAX_ID_CHARS).as_deref() != Some(agent) {
+                    return Err(ThreadError::UnknownAgent);
+                }
+                if !services
+                    .is_staff(tenant, agent)
+                    .await
+                    .map_err(ThreadError::Unavailable)?
+                {
+                    return Err(ThreadError::UnknownAgent);
+                }
+                // Also when the thread already has them: staff choosing (again) an
+                // agent who left would record a choice no one can act on.
+                if !services
+                    .is_available(tenant, agent)
+                    .await
+                    .map_err(ThreadError::Unavailable)?
+                {
+                    return Err(ThreadError::AgentUnavailable);
+                }
+            }
+            vec![ThreadEvent::Assigned {
+                agent_id,
+                department,
+                reason: None,
+            }]
+        })
+    }
+
+    /// Takes the thread from an agent or a department that went away (the platform only).
+    async fn release(
+        &self,
+        d: &Decision<'_>,
+        what: Release,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            actor,
+            tenant,
+            services,
+            ..
+        } = *d;
+        Ok({
+            if !matches!(self.access(actor)?, Access::System) {
+                return Err(ThreadError::Forbidden(
+                    "Only the platform releases an assignment.",
+                ));
+            }
+            // Only an open thread goes back to the queue: a closed one keeps who
+            // handled it, and is released if it is reopened.
+            if self.closed {
+                return Ok(vec![]);
+            }
+            // A release that arrives late (a retry, a repeat) must not take the thread
+            // from an agent who is back, or out of a department that was added again.
+            let still_gone = match &what {
+                Release::Agent(agent) => !services
+                    .is_available(tenant, agent)
+                    .await
+                    .map_err(ThreadError::Unavailable)?,
+                Release::Department(name) => services
+                    .department(tenant, name)
+                    .await
+                    .map_err(ThreadError::Unavailable)?
+                    .is_none(),
+            };
+            if !still_gone {
+                return Ok(vec![]);
+            }
+            match what {
+                Release::Agent(agent) if self.agent_id.as_ref() == Some(&agent) => {
+                    vec![ThreadEvent::Assigned {
+                        agent_id: None,
+                        department: self.department.clone(),
+                        reason: Some(AssignmentReason::AgentUnavailable),
+                    }]
+                }
+                Release::Department(name)
+                    if self
+                        .department
+                        .as_ref()
+                        .is_some_and(|d| d.to_lowercase() == name.to_lowercase()) =>
+                {
+                    vec![ThreadEvent::Assigned {
+                        agent_id: self.agent_id.clone(),
+                        department: None,
+                        reason: Some(AssignmentReason::DepartmentRemoved),
+                    }]
+                }
+                // Already elsewhere: nothing to release (a repeat, or a later choice).
+                _ => vec![],
+            }
+        })
+    }
+
+    /// Records a message a channel delivered, in its sender's thread.
+    async fn receive(
+        &self,
+        d: &Decision<'_>,
+        message_id: String,
+        raw: String,
+        from: Party,
+        channel: Channel,
+        raw_attachment: Option<Attachment>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            thread_id,
+            access,
+            tenant,
+            at,
+            services,
+            ..
+        } = *d;
+        Ok({
+            if access != Access::System {
+                return Err(ThreadError::Forbidden(
+                    "Messages from a channel are delivered by the platform.",
+                ));
+            }
+            // Only into the sender's own conversation on that channel: never credited to
+            // another customer, nor appended to a thread of another channel.
+            if self.channel.unwrap_or(Channel::Web) != channel
+                || self.customer.as_ref() != Some(&from)
+            {
+                return Err(ThreadError::NotTheSendersThread);
+            }
+            let author = from;
+            if self
+                .seen(thread_id, &message_id, &author.id, None, services)
+                .await?
+            {
+                return Ok(vec![]);
+            }
+            let attachment = attachment(raw_attachment, tenant)?;
+            // What a contact sent arrives as sent, even blank (an SMS of spaces): the
+            // provider delivered it, and staff should see that it came.
+            let text = text(&raw, true)?;
+            let mut events = self.reopening(at);
+            events.push(ThreadEvent::MessageSent {
+                message_id,
+                number: self.message_count + 1,
+                author,
+                client_message_id: None,
+                text,
+                attachment,
+                scheduled_id: None,
+                at,
+            });
+            events
+        })
+    }
+
+    /// Records a message a participant or staff member sent.
+    async fn send(
+        &self,
+        d: &Decision<'_>,
+        message_id: String,
+        client_message_id: Option<String>,
+        raw: String,
+        raw_attachment: Option<Attachment>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            thread_id,
+            actor,
+            tenant,
+            at,
+            services,
+            ..
+        } = *d;
+        Ok({
+            let author = party(actor);
+            let client_message_id = client_message_id
+                .map(|c| {
+                    values::label(&c, values::MAX_CLIENT_ID_CHARS)
+                        .filter(|l| *l == c)
+                        .ok_or(ThreadError::InvalidClientMessageId)
+                })
+                .transpose()?;
+            let client_id = client_message_id.as_deref();
+            if self
+                .seen(thread_id, &message_id, &author.id, client_id, services)
+                .await?
+            {
+                return Ok(vec![]);
+            }
+            let attachment = attachment(raw_attachment, tenant)?;
+            let text = text(&raw, attachment.is_some())?;
+            let mut events = self.reopening(at);
+            events.push(ThreadEvent::MessageSent {
+                message_id,
+                number: self.message_count + 1,
+                author,
+                client_message_id,
+                text,
+                attachment,
+                scheduled_id: None,
+                at,
+            });
+            events
+        })
+    }
+
+    /// Edits the caller's own message within the edit window.
+    async fn edit(
+        &self,
+        d: &Decision<'_>,
+        message_id: String,
+        raw: String,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            thread_id,
+            actor,
+            at,
+            services,
+            ..
+        } = *d;
+        Ok({
+            let message = self.message(thread_id, &message_id, services).await?;
+            if message.deleted {
+                return Err(ThreadError::MessageDeleted);
+            }
+            if message.author != party(actor) {
+                return Err(ThreadError::NotAuthor);
+            }
+            if at - message.at > EDIT_WINDOW {
+                return Err(ThreadError::EditWindowClosed);
+            }
+            let text = text(&raw, message.has_attachment)?;
+            vec![ThreadEvent::MessageEdited {
+                message_id,
+                text,
+                at,
+            }]
+        })
+    }
+
+    /// Deletes a message (a tombstone).
+    async fn delete(
+        &self,
+        d: &Decision<'_>,
+        message_id: String,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            thread_id,
+            actor,
+            access,
+            at,
+            services,
+            ..
+        } = *d;
+        Ok({
+            let message = self.message(thread_id, &message_id, services).await?;
+            if access == Access::Participant && message.author != party(actor) {
+                return Err(ThreadError::NotAuthor);
+            }
+            if message.deleted {
+                vec![]
+            } else {
+                vec![ThreadEvent::MessageDeleted {
+                    message_id,
+                    by: party(actor),
+                    at,
+                }]
+            }
+        })
+    }
+
+    /// Schedules a message for later.
+    async fn schedule_message(
+        &self,
+        d: &Decision<'_>,
+        scheduled_id: String,
+        raw: String,
+        raw_attachment: Option<Attachment>,
+        due_at: DateTime<Utc>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            actor, tenant, at, ..
+        } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            if self.scheduled.contains_key(&scheduled_id) {
+                return Ok(vec![]);
+            }
+            due(at, due_at)?;
+            let attachment = attachment(raw_attachment, tenant)?;
+            let text = text(&raw, attachment.is_some())?;
+            vec![ThreadEvent::MessageScheduled {
+                scheduled_id,
+                author: party(actor),
+                text,
+                attachment,
+                due_at,
+            }]
+        })
+    }
+
+    /// Moves a pending (or failed) scheduled message to another time.
+    async fn reschedule(
+        &self,
+        d: &Decision<'_>,
+        scheduled_id: String,
+        due_at: DateTime<Utc>,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { actor, at, .. } = *d;
+        Ok({
+            self.staff_only(actor)?;
+            let scheduled = self.schedule(&scheduled_id)?;
+            // A failed one is tried again at its new time.
+            if !matches!(
+                scheduled.state,
+                ScheduleState::Pending | ScheduleState::Failed
+            ) {
+                return Err(ThreadError::ScheduleNotPending);
+            }
+            if scheduled.due_at == due_at && scheduled.state == ScheduleState::Pending {
+                return Ok(vec![]);
+            }
+            due(at, due_at)?;
+            vec![ThreadEvent::MessageRescheduled {
+                scheduled_id,
+                due_at,
+            }]
+        })
+    }
+
+    /// Delivers a due scheduled message (the scheduler only).
+    async fn deliver_scheduled(
+        &self,
+        d: &Decision<'_>,
+        scheduled_id: String,
+        message_id: String,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision {
+            access,
+            tenant,
+            at,
+            services,
+            ..
+        } = *d;
+        Ok({
+            if access != Access::System {
+                return Err(ThreadError::Forbidden(
+                    "Scheduled messages are delivered by the scheduler.",
+                ));
+            }
+            let scheduled = self.schedule(&scheduled_id)?;
+            if scheduled.state != ScheduleState::Pending {
+                // Delivered once, or cancelled: never (again).
+                return Ok(vec![]);
+            }
+            if scheduled.due_at > at {
+                return Err(ThreadError::NotDue);
+            }
+            // Never in the name of someone who can no longer write here.
+            if scheduled.author.kind == PartyKind::Agent
+                && !services
+                    .is_active_staff(tenant, &scheduled.author.id)
+                    .await
+                    .map_err(ThreadError::Unavailable)?
+            {
+                return Ok(vec![ThreadEvent::ScheduleFailed {
+                scheduled_id,
+                code: "author_unavailable".into(),
+                reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
+                at,
+            }]);
+            }
+            let mut events = self.reopening(at);
+            events.push(ThreadEvent::MessageSent {
+                message_id,
+                number: self.message_count + 1,
+                author: scheduled.author.clone(),
+                client_message_id: None,
+                text: scheduled.text.clone(),
+                attachment: scheduled.attachment.clone(),
+                scheduled_id: Some(scheduled_id),
+                at,
+            });
+            events
+        })
+    }
+
+    /// Records that a scheduled message could not be delivered (the scheduler only).
+    async fn fail_scheduled(
+        &self,
+        d: &Decision<'_>,
+        scheduled_id: String,
+        reason: String,
+    ) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let Decision { access, at, .. } = *d;
+        Ok({
+            if access != Access::System {
+                return Err(ThreadError::Forbidden(
+                    "Scheduled messages are delivered by the scheduler.",
+                ));
+            }
+            match self.schedule(&scheduled_id)?.state {
+                ScheduleState::Pending => vec![ThreadEvent::ScheduleFailed {
+                    scheduled_id,
+                    code: "delivery_failed".into(),
+                    reason: reason.chars().take(500).collect(),
+                    at,
+                }],
+                _ => vec![],
+            }
+        })
     }
 }
 

@@ -107,7 +107,9 @@ impl Caller {
         };
         let metadata = self.ids.metadata(&tenant, who.user_id(), who.actor_kind());
         Ok(state
-            .ctx.chat.threads
+            .ctx
+            .chat
+            .threads
             .execute(id, self.expected, command, &metadata)
             .await?)
     }
@@ -220,7 +222,12 @@ async fn open(
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     // No expected version: the aggregate tells a taken id (409 to those who may see the
     // thread, 404 to others) and the store's key settles a race between two opens.
-    let c = state.ctx.chat.threads.execute(&id, None, command, &metadata).await?;
+    let c = state
+        .ctx
+        .chat
+        .threads
+        .execute(&id, None, command, &metadata)
+        .await?;
     if c.appended == 0 {
         return Err(ThreadError::AlreadyExists.into_problem());
     }

@@ -62,9 +62,8 @@ impl BoundedContext for Context {
     }
 
     fn aggregates() -> &'static [crate::snapshots::Checked] {
-        const ALL: &[crate::snapshots::Checked] = &[
-            crate::snapshots::checked::<aggregate::Thread>(),
-        ];
+        const ALL: &[crate::snapshots::Checked] =
+            &[crate::snapshots::checked::<aggregate::Thread>()];
         ALL
     }
 }

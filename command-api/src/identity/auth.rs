@@ -253,16 +253,22 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
     };
     let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), ids);
     let refresh_token = state
-        .ctx.identity.sessions
+        .ctx
+        .identity
+        .sessions
         .stage(&user_id, &session_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     let outcome = state
-        .ctx.identity.password_attempts
+        .ctx
+        .identity
+        .password_attempts
         .one_at_a_time(
             &user_id,
             state
-                .ctx.identity.admins
+                .ctx
+                .identity
+                .admins
                 .execute_with_events(&user_id, None, command, &metadata),
         )
         .await;
@@ -315,7 +321,9 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
     }
     let user = state.ctx.identity.admins.load(&user_id).await?;
     let ended = state
-        .ctx.identity.sessions
+        .ctx
+        .identity
+        .sessions
         .opened(&user_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -326,7 +334,9 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
             reason: SessionEnd::SessionLimit,
         };
         if let Err(e) = state
-            .ctx.identity.admins
+            .ctx
+            .identity
+            .admins
             .execute(&user_id, None, revoke, &metadata)
             .await
         {
@@ -374,7 +384,9 @@ async fn refresh(
         return Err(tenant_suspended());
     }
     let outcome = state
-        .ctx.identity.sessions
+        .ctx
+        .identity
+        .sessions
         .refresh(&body.refresh_token)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -399,7 +411,9 @@ async fn refresh(
                 reason: SessionEnd::RefreshReuse,
             };
             state
-                .ctx.identity.admins
+                .ctx
+                .identity
+                .admins
                 .execute(&user_id, None, revoke, &metadata)
                 .await?;
             Err(Problem::new(
@@ -416,7 +430,9 @@ async fn refresh(
             let user = state.ctx.identity.admins.load(&user_id).await?;
             if !user.active {
                 state
-                    .ctx.identity.sessions
+                    .ctx
+                    .identity
+                    .sessions
                     .revoke(&session_id)
                     .await
                     .map_err(|e| Problem::unavailable(&e))?;
@@ -462,7 +478,9 @@ async fn logout(
         ));
     };
     state
-        .ctx.identity.sessions
+        .ctx
+        .identity
+        .sessions
         .revoke(&session_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
@@ -472,7 +490,9 @@ async fn logout(
         reason: SessionEnd::Logout,
     };
     state
-        .ctx.identity.admins
+        .ctx
+        .identity
+        .admins
         .execute(user_id, None, revoke, &metadata)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -529,11 +549,15 @@ async fn change_password(
     };
     let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
     let (_, events) = state
-        .ctx.identity.password_attempts
+        .ctx
+        .identity
+        .password_attempts
         .one_at_a_time(
             user_id,
             state
-                .ctx.identity.admins
+                .ctx
+                .identity
+                .admins
                 .execute_with_events(user_id, None, command, &metadata),
         )
         .await
@@ -628,10 +652,13 @@ async fn introspect(
         Err(e) => return Err(Problem::unavailable(&e)),
     }
     if let Some(sid) = &claims.sid {
-        let live = tokio::time::timeout(Duration::from_secs(2), state.ctx.identity.sessions.is_active(sid))
-            .await
-            .map_err(|_| Problem::unavailable(&"session store did not answer"))?
-            .map_err(|e| Problem::unavailable(&e))?;
+        let live = tokio::time::timeout(
+            Duration::from_secs(2),
+            state.ctx.identity.sessions.is_active(sid),
+        )
+        .await
+        .map_err(|_| Problem::unavailable(&"session store did not answer"))?
+        .map_err(|e| Problem::unavailable(&e))?;
         if !live {
             return Ok(Json(Introspection::default()).into_response());
         }
@@ -708,7 +735,9 @@ async fn complete_password_reset(
     };
     // Appending `PasswordReset` sets the password and ends every session (migration 0024).
     state
-        .ctx.identity.admins
+        .ctx
+        .identity
+        .admins
         .execute(&user_id, None, command, &metadata)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -137,7 +137,13 @@ async fn create(
         department,
     };
     let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
-    let c = match state.ctx.identity.admins.execute(&id, Some(0), command, &metadata).await {
+    let c = match state
+        .ctx
+        .identity
+        .admins
+        .execute(&id, Some(0), command, &metadata)
+        .await
+    {
         Ok(c) => c,
         Err(crate::store::CommandError::VersionConflict { .. }) => {
             return Err(Problem::new(
@@ -306,7 +312,12 @@ async fn run(
     command: AdminUserCommand,
 ) -> Result<Response, Problem> {
     let metadata = user_metadata(user.tenant_id.as_deref(), actor(who), ids);
-    let c = state.ctx.identity.admins.execute(id, None, command, &metadata).await?;
+    let c = state
+        .ctx
+        .identity
+        .admins
+        .execute(id, None, command, &metadata)
+        .await?;
     Ok(accepted(
         StatusCode::OK,
         ADMIN_USER,
@@ -445,7 +456,13 @@ async fn issue_password_reset(
         expires_at,
         reset: reset.clone(),
     };
-    if let Err(e) = state.ctx.identity.admins.execute(&id, None, command, &metadata).await {
+    if let Err(e) = state
+        .ctx
+        .identity
+        .admins
+        .execute(&id, None, command, &metadata)
+        .await
+    {
         // Refused or failed: the staged token goes (had the event committed after all, its
         // transaction took the row already).
         let _ = sqlx::query("DELETE FROM admin_password_reset_staging WHERE reset_id = $1")

@@ -8,12 +8,12 @@ pub mod attempts;
 pub mod auth;
 /// The first super admin.
 pub mod bootstrap;
+/// `/v1/admin-users…`.
+pub mod http;
 /// Phone sign-in for chatbot users: the `phone_login` aggregate.
 pub mod phone;
 /// `/auth/phone/*`.
 pub mod phone_auth;
-/// `/v1/admin-users…`.
-pub mod http;
 /// E-mail reservations and password hashes.
 pub mod services;
 /// Refresh-token families.

@@ -111,9 +111,13 @@ async fn request_code(
     Json(body): Json<RequestCode>,
 ) -> Result<Response, Problem> {
     let ip = limits::client_ip(&state, peer, &headers);
-    if let Some(retry_after) = limits::over_limit(&state, &format!("otp-ip:{ip}"), state.ctx.identity.otp_per_ip)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
+    if let Some(retry_after) = limits::over_limit(
+        &state,
+        &format!("otp-ip:{ip}"),
+        state.ctx.identity.otp_per_ip,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
     {
         return Err(too_many(retry_after));
     }
@@ -125,7 +129,9 @@ async fn request_code(
         at: Utc::now(),
     };
     let committed = match state
-        .ctx.identity.phone_logins
+        .ctx
+        .identity
+        .phone_logins
         .execute(&login_id, None, command, &anonymous(&tenant, &ids))
         .await
     {
@@ -210,12 +216,18 @@ async fn verify(
     let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     let user_id = state.ctx.identity.phone_keys.user_id(&tenant, &phone);
     let command = PhoneLoginCommand::Verify {
-        code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, body.code.trim()),
+        code_hash: state
+            .ctx
+            .identity
+            .phone_keys
+            .code_hash(&login_id, body.code.trim()),
         user_id: user_id.clone(),
         at: Utc::now(),
     };
     let events = match state
-        .ctx.identity.phone_logins
+        .ctx
+        .identity
+        .phone_logins
         .execute_with_events(&login_id, None, command, &anonymous(&tenant, &ids))
         .await
     {
@@ -447,7 +459,9 @@ async fn update_profile(
     let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     let command = PhoneLoginCommand::RecordProfileChange { fields };
     state
-        .ctx.identity.phone_logins
+        .ctx
+        .identity
+        .phone_logins
         .execute(
             &login_id,
             None,
@@ -489,7 +503,9 @@ async fn sync(
         issued,
     };
     let (_, events) = state
-        .ctx.identity.phone_logins
+        .ctx
+        .identity
+        .phone_logins
         .execute_with_events(
             &login_id,
             None,

@@ -104,7 +104,13 @@ async fn request(
         },
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state.ctx.payments.payments.execute(&id, None, command, &metadata).await {
+    let c = match state
+        .ctx
+        .payments
+        .payments
+        .execute(&id, None, command, &metadata)
+        .await
+    {
         Ok(c) => c,
         // The id derives from this caller's `Idempotency-Key`: a retry of a request whose
         // answer was not stored (it failed after the payment was appended). It carries on
@@ -248,7 +254,12 @@ async fn make_link(
         action,
     };
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
-    let committed = state.ctx.payments.payments.execute(id, None, command, &metadata).await?;
+    let committed = state
+        .ctx
+        .payments
+        .payments
+        .execute(id, None, command, &metadata)
+        .await?;
     Ok(Answer {
         committed,
         link,
@@ -297,7 +308,9 @@ async fn cancel(
     };
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.payments.payments
+        .ctx
+        .payments
+        .payments
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -389,7 +402,9 @@ async fn save(
 ) -> Result<Response, Problem> {
     let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.payments.catalogs
+        .ctx
+        .payments
+        .catalogs
         .execute(tenant, None, command, &metadata)
         .await?;
     Ok(accepted(

@@ -6,20 +6,20 @@
 pub mod aggregate;
 /// The catalog aggregate (products and taxes of one tenant).
 pub mod catalog;
+/// HTTP routes under `/v1/payments` and `/v1/catalog`.
+pub mod http;
 /// What the payment providers' webhooks say.
 pub mod interpret;
 /// The Lyra REST client (payment links).
 pub mod lyra;
-/// HTTP routes under `/v1/payments` and `/v1/catalog`.
-pub mod http;
+/// The context's settings.
+pub mod settings;
 /// The signatures of Stripe's and Lyra's webhooks.
 pub mod signature;
 /// Currency codes, names and the tax arithmetic.
 pub mod values;
 /// Stripe's and Lyra's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
-/// The context's settings.
-pub mod settings;
 
 pub use settings::Settings;
 
@@ -44,7 +44,10 @@ pub struct Context {
 impl BoundedContext for Context {
     type Settings = Settings;
 
-    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
+    async fn build(
+        setup: &Setup<'_>,
+        settings: &Self::Settings,
+    ) -> Result<Self, crate::StartError> {
         Ok(Self {
             catalogs: setup.bus(()),
             payments: setup.bus(()),

@@ -103,7 +103,12 @@ impl PaymentWebhooks {
             .get("stripe-signature")
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         let now = state.clock.now().timestamp();
-        match signature::stripe(signature, &body, &state.ctx.payments.webhook_keys.stripe, now) {
+        match signature::stripe(
+            signature,
+            &body,
+            &state.ctx.payments.webhook_keys.stripe,
+            now,
+        ) {
             Ok(_) => {}
             // A replay is of a request refused days ago: its signature is genuine, its age
             // is the point of the replay.
@@ -212,7 +217,9 @@ async fn apply(
     };
     let metadata = pending.metadata(&tenant);
     let events = match state
-        .ctx.payments.payments
+        .ctx
+        .payments
+        .payments
         .execute_with_events(&payment_id, None, command, &metadata)
         .await
     {

@@ -49,7 +49,9 @@ async fn assign(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.telephony.numbers
+        .ctx
+        .telephony
+        .numbers
         .execute(&number, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -75,7 +77,9 @@ async fn release(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.telephony.numbers
+        .ctx
+        .telephony
+        .numbers
         .execute(&number, None, command, &metadata)
         .await?;
     Ok(accepted(

@@ -3,18 +3,18 @@
 
 /// The phone-number, SMS and call aggregates.
 pub mod aggregate;
-/// Reading SignalWire's callbacks.
-pub mod interpret;
 /// HTTP: extract, call the service, answer.
 pub mod http;
+/// Reading SignalWire's callbacks.
+pub mod interpret;
 /// The application layer: processing SignalWire's callbacks.
 pub mod service;
+/// The context's settings.
+pub mod settings;
 /// The signature of SignalWire's callbacks.
 pub mod signature;
 /// SignalWire's callbacks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
-/// The context's settings.
-pub mod settings;
 
 pub use settings::Settings;
 
@@ -42,7 +42,10 @@ pub struct Context {
 impl BoundedContext for Context {
     type Settings = Settings;
 
-    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
+    async fn build(
+        setup: &Setup<'_>,
+        settings: &Self::Settings,
+    ) -> Result<Self, crate::StartError> {
         Ok(Self {
             numbers: setup.bus(()),
             sms: setup.bus(()),

@@ -33,7 +33,9 @@ pub(crate) async fn owner(state: &AppState, number: &str) -> Result<Option<Strin
         return Ok(None);
     };
     Ok(state
-        .ctx.telephony.numbers
+        .ctx
+        .telephony
+        .numbers
         .load(number.as_str())
         .await?
         .tenant_id()
@@ -133,7 +135,13 @@ pub(crate) async fn deliver_to_thread(
                 bot_enabled: Some(false),
             },
         };
-        match state.ctx.chat.threads.execute(&thread, None, open, metadata).await {
+        match state
+            .ctx
+            .chat
+            .threads
+            .execute(&thread, None, open, metadata)
+            .await
+        {
             Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
             Err(CommandError::Rejected(e)) => {
                 return Err(Processing::Done(
@@ -168,7 +176,9 @@ pub(crate) async fn deliver_to_thread(
                 },
             };
             delivered = state
-                .ctx.chat.threads
+                .ctx
+                .chat
+                .threads
                 .execute(&thread, None, receive, metadata)
                 .await
                 .map(|_| ());
@@ -418,7 +428,9 @@ pub(crate) async fn process_callback(
                 at,
             };
             let recorded = state
-                .ctx.telephony.sms
+                .ctx
+                .telephony
+                .sms
                 .execute_with_events(&stream, None, command, &metadata)
                 .await
                 .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
@@ -464,7 +476,9 @@ pub(crate) async fn process_callback(
                 at,
             };
             state
-                .ctx.telephony.calls
+                .ctx
+                .telephony
+                .calls
                 .execute_with_events(&sid, None, command, &metadata)
                 .await
                 .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))

@@ -130,10 +130,13 @@ async fn request_signup(
     // Anyone may ask, so each client asks a few times an hour: a sign-up reserves its slug
     // until it is rejected.
     let ip = limits::client_ip(&state, peer, &headers);
-    if let Some(retry_after) =
-        limits::over_limit(&state, &format!("signup-ip:{ip}"), state.ctx.tenants.signups_per_ip)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?
+    if let Some(retry_after) = limits::over_limit(
+        &state,
+        &format!("signup-ip:{ip}"),
+        state.ctx.tenants.signups_per_ip,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
     {
         return Err(Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -154,7 +157,9 @@ async fn request_signup(
         contact_email: body.contact_email,
     };
     let c = state
-        .ctx.tenants.bus
+        .ctx
+        .tenants
+        .bus
         .execute(&id, Some(0), command, &metadata(&id, who.as_ref(), &ids))
         .await
         .map_err(new_tenant_conflict)?;
@@ -177,7 +182,9 @@ async fn create(
         contact_email: body.contact_email,
     };
     let c = state
-        .ctx.tenants.bus
+        .ctx
+        .tenants
+        .bus
         .execute(&id, Some(0), command, &metadata(&id, Some(&who), &ids))
         .await
         .map_err(new_tenant_conflict)?;
@@ -210,7 +217,9 @@ async fn execute(
 ) -> Result<Response, Problem> {
     let expected = if_match(headers)?;
     let c = state
-        .ctx.tenants.bus
+        .ctx
+        .tenants
+        .bus
         .execute(id, expected, command, &metadata(id, Some(who), ids))
         .await?;
     Ok(changed(&c))

@@ -8,10 +8,10 @@ pub mod commands;
 pub mod http;
 /// What the aggregate needs from outside (slug uniqueness).
 pub mod services;
-/// Value objects: names, slugs, e-mails, preferences, images.
-pub mod values;
 /// The context's settings.
 pub mod settings;
+/// Value objects: names, slugs, e-mails, preferences, images.
+pub mod values;
 
 pub use settings::Settings;
 
@@ -31,7 +31,10 @@ pub struct Context {
 impl BoundedContext for Context {
     type Settings = Settings;
 
-    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
+    async fn build(
+        setup: &Setup<'_>,
+        settings: &Self::Settings,
+    ) -> Result<Self, crate::StartError> {
         let pool = setup.pool.clone();
         Ok(Self {
             bus: setup.bus(services::TenantServices {
@@ -51,9 +54,8 @@ impl BoundedContext for Context {
     }
 
     fn aggregates() -> &'static [crate::snapshots::Checked] {
-        const ALL: &[crate::snapshots::Checked] = &[
-            crate::snapshots::checked::<aggregate::Tenant>(),
-        ];
+        const ALL: &[crate::snapshots::Checked] =
+            &[crate::snapshots::checked::<aggregate::Tenant>()];
         ALL
     }
 }

@@ -138,7 +138,9 @@ async fn process(
         },
     };
     let (c, recorded) = state
-        .ctx.webhooks.bus
+        .ctx
+        .webhooks
+        .bus
         .execute_with_events(&id, None, command, &caused_by(&ids, &tenant, &id))
         .await?;
     let dead = recorded
@@ -196,7 +198,9 @@ async fn replay(
         at: state.clock.now(),
     };
     let c = state
-        .ctx.webhooks.bus
+        .ctx
+        .webhooks
+        .bus
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(crate::http::accepted(

@@ -35,9 +35,7 @@ impl BoundedContext for Context {
     type Settings = Settings;
 
     async fn build(setup: &Setup<'_>, _: &Self::Settings) -> Result<Self, crate::StartError> {
-        Ok(Self {
-            bus: setup.bus(()),
-        })
+        Ok(Self { bus: setup.bus(()) })
     }
 
     /// The ingestion paths of every context's webhook providers, and the commands on
@@ -47,9 +45,8 @@ impl BoundedContext for Context {
     }
 
     fn aggregates() -> &'static [crate::snapshots::Checked] {
-        const ALL: &[crate::snapshots::Checked] = &[
-            crate::snapshots::checked::<aggregate::Webhook>(),
-        ];
+        const ALL: &[crate::snapshots::Checked] =
+            &[crate::snapshots::checked::<aggregate::Webhook>()];
         ALL
     }
 }

@@ -289,7 +289,9 @@ pub(crate) async fn receive_item(
         at: state.clock.now(),
     };
     let c = state
-        .ctx.webhooks.bus
+        .ctx
+        .webhooks
+        .bus
         .execute(&id, None, command, &metadata)
         .await?;
     Ok((id, c.appended == 0))

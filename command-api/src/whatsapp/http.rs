@@ -14,18 +14,19 @@ use events::chat::{Channel, Party, PartyKind};
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::whatsapp::MediaKind;
 use events::whatsapp::{
-    cloud_message, conversation_id, session_id, ConversationEvent, Credentials, Outbound, Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
+    cloud_message, conversation_id, session_id, ConversationEvent, Credentials, Outbound,
+    Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
 };
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::aggregate::{
-    ConversationCommand, ConversationError, Parties,
-    ReplyChange, SendResult, SendState, Session, SessionCommand, SessionError,
+    ConversationCommand, ConversationError, Parties, ReplyChange, SendResult, SendState, Session,
+    SessionCommand, SessionError,
 };
-use super::service::{check_template, history, upload_file};
 use super::cloud;
+use super::service::{check_template, history, upload_file};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::services::Directory;
 use crate::http::error::DomainProblem;
@@ -191,7 +192,9 @@ async fn connect(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.sessions
+        .ctx
+        .whatsapp
+        .sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -265,7 +268,9 @@ async fn connect_bridge(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.sessions
+        .ctx
+        .whatsapp
+        .sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -291,7 +296,9 @@ async fn disconnect(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.sessions
+        .ctx
+        .whatsapp
+        .sessions
         .execute(&id, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -371,7 +378,9 @@ async fn send(
     let conversation = conversation_id(&tenant, &id, &wa_id);
     // The message shows in the contact's thread while it is open (a closed one stays so).
     let thread_id = match state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .load(&conversation)
         .await?
         .thread_id()
@@ -401,7 +410,9 @@ async fn send(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok((
@@ -449,7 +460,12 @@ async fn claim(
         .ok_or_else(|| ConversationError::NotFound.problem())?;
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let at = state.clock.now();
-    let session = state.ctx.whatsapp.sessions.load(current.session_id()).await?;
+    let session = state
+        .ctx
+        .whatsapp
+        .sessions
+        .load(current.session_id())
+        .await?;
     // Disconnected, or connected since by another tenant: not this conversation's to use.
     let usable = session.connected() && session.tenant_id() == Some(tenant.as_str());
     // A file of the platform's store is uploaded to the provider before the attempt is
@@ -493,7 +509,9 @@ async fn claim(
         at,
     };
     let (c, events) = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute_with_events(&conversation, None, claim, &metadata)
         .await?;
     let attempt = events.iter().find_map(|e| match e {
@@ -502,7 +520,9 @@ async fn claim(
     });
     let Some(attempt) = attempt else {
         let state_now = state
-            .ctx.whatsapp.conversations
+            .ctx
+            .whatsapp
+            .conversations
             .load(&conversation)
             .await?
             .with_message(&message, &history(&state))
@@ -555,7 +575,9 @@ async fn claim(
             at,
         };
         let c = state
-            .ctx.whatsapp.conversations
+            .ctx
+            .whatsapp
+            .conversations
             .execute(&conversation, None, report, &metadata)
             .await?;
         let state_now = if retrying { "retrying" } else { "failed" };
@@ -630,7 +652,9 @@ async fn outcome(
     service_only(&who)?;
     let (conversation, message) = conversation_path(&conversation, &message)?;
     let tenant = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .load(&conversation)
         .await?
         .tenant_id()
@@ -666,7 +690,9 @@ async fn outcome(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(accepted(
@@ -862,7 +888,9 @@ async fn forward(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(Json(json!({
@@ -917,7 +945,9 @@ async fn change_reply(
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let c = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     Ok(Json(json!({

@@ -10,18 +10,18 @@ pub mod aggregate;
 pub mod cloud;
 /// A conversation's older messages, read from its events.
 pub mod history;
-/// What a webhook delivery says.
-pub mod inbound;
 /// HTTP: extract, call the service, answer.
 pub mod http;
+/// What a webhook delivery says.
+pub mod inbound;
 /// The application layer: processing deliveries, credentials, provider calls.
 pub mod service;
+/// The context's settings.
+pub mod settings;
 /// The signature of WhatsApp deliveries.
 pub mod signature;
 /// WhatsApp deliveries (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
-/// The context's settings.
-pub mod settings;
 
 pub use settings::Settings;
 
@@ -44,7 +44,10 @@ pub struct Context {
 impl BoundedContext for Context {
     type Settings = Settings;
 
-    async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, crate::StartError> {
+    async fn build(
+        setup: &Setup<'_>,
+        settings: &Self::Settings,
+    ) -> Result<Self, crate::StartError> {
         Ok(Self {
             sessions: setup.bus(()),
             conversations: setup.bus(Arc::new(history::PgHistory {

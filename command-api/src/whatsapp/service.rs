@@ -7,15 +7,16 @@ use events::http::Problem;
 use events::webhooks::Outcome;
 use events::whatsapp::MediaKind;
 use events::whatsapp::{
-    conversation_id, inbound_message_id, session_id, Credentials,
-    Delivery, Outbound, Transport, WHATSAPP_CONVERSATION,
+    conversation_id, inbound_message_id, session_id, Credentials, Delivery, Outbound, Transport,
+    WHATSAPP_CONVERSATION,
 };
 use events::Metadata;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::aggregate::{
-    ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties, SendResult, Session, StatusReport,
+    ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties,
+    SendResult, Session, StatusReport,
 };
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
@@ -32,12 +33,17 @@ pub(crate) fn history(state: &AppState) -> ConversationServices {
 }
 
 /// The tenant of the session a kept WhatsApp item names, if any.
-pub(crate) async fn owner_of_item(state: &AppState, payload: &Value) -> Result<Option<String>, Problem> {
+pub(crate) async fn owner_of_item(
+    state: &AppState,
+    payload: &Value,
+) -> Result<Option<String>, Problem> {
     let Some(number) = payload.get("phone_number_id").and_then(Value::as_str) else {
         return Ok(None);
     };
     Ok(state
-        .ctx.whatsapp.sessions
+        .ctx
+        .whatsapp
+        .sessions
         .load(&session_id(number))
         .await?
         .tenant_id()
@@ -199,7 +205,9 @@ pub(crate) async fn process_webhook(
         },
     };
     match state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute_with_events(&conversation, None, command, &metadata)
         .await
     {
@@ -245,7 +253,9 @@ pub(crate) async fn receive_message(
     let conversation = conversation_id(tenant, session, &m.from);
     let message_id = inbound_message_id(session, &m.wamid);
     let current = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .load(&conversation)
         .await
         .map_err(|e| retry(&e))?
@@ -257,7 +267,13 @@ pub(crate) async fn receive_message(
         None => {
             let open = match current.thread_id() {
                 Some(t) => {
-                    let thread = state.ctx.chat.threads.load(t).await.map_err(|e| retry(&e))?;
+                    let thread = state
+                        .ctx
+                        .chat
+                        .threads
+                        .load(t)
+                        .await
+                        .map_err(|e| retry(&e))?;
                     (thread.tenant_id().is_some() && !thread.is_closed()).then(|| t.to_owned())
                 }
                 None => None,
@@ -293,7 +309,9 @@ pub(crate) async fn receive_message(
         at,
     };
     state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(&conversation, None, command, metadata)
         .await
         .map_err(|e| retry(&e))?;
@@ -316,7 +334,13 @@ pub(crate) async fn receive_message(
             bot_enabled: Some(false),
         },
     };
-    match state.ctx.chat.threads.execute(&thread, None, open, metadata).await {
+    match state
+        .ctx
+        .chat
+        .threads
+        .execute(&thread, None, open, metadata)
+        .await
+    {
         Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
         Err(e) => return Err(retry(&e)),
     }
@@ -347,7 +371,9 @@ pub(crate) async fn receive_message(
         },
     };
     match state
-        .ctx.chat.threads
+        .ctx
+        .chat
+        .threads
         .execute(&thread, None, receive, metadata)
         .await
     {
@@ -367,7 +393,10 @@ pub(crate) async fn session_of(state: &AppState, id: &str, tenant: &str) -> Resu
 
 /// The credentials of session `id`, opened (none for a session never connected, or sealed
 /// under another key: that is logged).
-pub(crate) async fn credentials(state: &AppState, id: &str) -> Result<Option<Credentials>, Problem> {
+pub(crate) async fn credentials(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<Credentials>, Problem> {
     let session = state.ctx.whatsapp.sessions.load(id).await?;
     Ok(opened(state, &session, id))
 }
@@ -412,7 +441,9 @@ pub(crate) async fn store_media(
         Processing::Retry(format!("file not fetched: {e}"))
     };
     let current = state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .load(conversation)
         .await
         .map_err(|e| retry(&e))?
@@ -449,7 +480,8 @@ pub(crate) async fn store_media(
             let key = format!("tenants/{tenant}/whatsapp/{message_id}");
             let fetched = async {
                 let info =
-                    cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token).await?;
+                    cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token)
+                        .await?;
                 if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
                     return Err(cloud::MediaError::Permanent(format!(
                         "the file is larger than WhatsApp's limit of {} bytes for its kind",
@@ -513,7 +545,9 @@ pub(crate) async fn store_media(
         result,
     };
     state
-        .ctx.whatsapp.conversations
+        .ctx
+        .whatsapp
+        .conversations
         .execute(conversation, None, command, metadata)
         .await
         .map_err(|e| retry(&e))?;

@@ -6,22 +6,20 @@
 
 use axum::response::{IntoResponse, Response};
 use events::http::{Json, Problem, RequestIds};
-use events::whatsapp::{
-    session_id, Transport,
-};
+use events::whatsapp::{session_id, Transport};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::aggregate::SessionError;
-use super::service::{credentials, opened, owner_of_item, process_webhook};
 use super::inbound;
-use events::webhooks::Provider;
+use super::service::{credentials, opened, owner_of_item, process_webhook};
 use crate::http::error::DomainProblem;
 use crate::webhooks::provider::WebhookRequest;
+use crate::webhooks::provider::{text, Identity, NotProviderShaped, Pending, WebhookProvider};
 use crate::webhooks::service::{receive_item, reject, Processing, Refused};
 use crate::webhooks::verify;
 use crate::AppState;
-use crate::webhooks::provider::{text, Identity, NotProviderShaped, Pending, WebhookProvider};
+use events::webhooks::Provider;
 
 /// WhatsApp's deliveries.
 pub(crate) struct WhatsappWebhooks;
@@ -108,8 +106,7 @@ impl WebhookProvider for WhatsappWebhooks {
 
     async fn process(&self, state: &AppState, webhook: &Pending<'_>) -> Processing {
         let (id, payload, received_by) = (webhook.id, webhook.payload, webhook.received_by);
-        process_webhook(state, id, payload, received_by, |t| webhook.metadata(t))
-            .await
+        process_webhook(state, id, payload, received_by, |t| webhook.metadata(t)).await
     }
 }
 
@@ -183,7 +180,8 @@ pub(crate) async fn deliver(
     // The platform's app may sign for any number. Otherwise every number the (not yet
     // trusted) body names must be a session whose own app secret signed it, so one tenant's
     // app cannot speak for another tenant's number.
-    let platform = super::signature::whatsapp(signature, &body, &state.ctx.whatsapp.settings.app_secrets);
+    let platform =
+        super::signature::whatsapp(signature, &body, &state.ctx.whatsapp.settings.app_secrets);
     if platform.is_err() {
         let numbers: Vec<String> = parsed.iter().flat_map(inbound::phone_number_ids).collect();
         let mut verdict = Err(verify::Rejection::Mismatch);

@@ -497,7 +497,9 @@ impl crate::context::BoundedContext for Context {
             std::sync::Arc::new(CatalogProjection),
             std::sync::Arc::new(PaymentsProjection),
         ];
-        if let (Some(pool), Some(client)) = (&setup.pool, setup.command_client("payment-references")) {
+        if let (Some(pool), Some(client)) =
+            (&setup.pool, setup.command_client("payment-references"))
+        {
             all.push(std::sync::Arc::new(references::PaymentReferences::new(
                 pool.clone(),
                 client,

@@ -719,7 +719,10 @@ impl crate::context::BoundedContext for Context {
             std::sync::Arc::new(realtime().for_whatsapp()),
         ];
         if let (Some(app), Some(pool)) = (settings.soketi_app(), &setup.pool) {
-            all.push(std::sync::Arc::new(eviction::Eviction::new(app, pool.clone())));
+            all.push(std::sync::Arc::new(eviction::Eviction::new(
+                app,
+                pool.clone(),
+            )));
         }
         all
     }

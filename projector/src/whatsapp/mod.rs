@@ -505,7 +505,10 @@ impl crate::context::BoundedContext for Context {
         if let (Some(pool), Some(client)) =
             (&setup.pool, setup.command_client("whatsapp-media-refetch"))
         {
-            all.push(std::sync::Arc::new(media::MediaRefetch::new(pool.clone(), client)));
+            all.push(std::sync::Arc::new(media::MediaRefetch::new(
+                pool.clone(),
+                client,
+            )));
         }
         if let Some(client) = setup.command_client("whatsapp-outbox") {
             all.push(std::sync::Arc::new(outbox::WhatsAppOutbox::new(

@@ -34,7 +34,6 @@ impl crate::context::BoundedContext for Context {
     }
 }
 
-
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/audit/{aggregate_type}/{aggregate_id}", get(history))

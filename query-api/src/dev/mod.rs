@@ -41,7 +41,6 @@ impl crate::context::BoundedContext for Context {
     }
 }
 
-
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/dev/inbox", get(inbox))

@@ -108,7 +108,6 @@ impl crate::context::BoundedContext for Context {
     }
 }
 
-
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -284,7 +283,10 @@ async fn auth(
                  signed-in connection: pusher.user.bind).",
             )
         })?;
-    let (Some(key), Some(secret)) = (&state.ctx.realtime.settings.key, &state.ctx.realtime.settings.secret) else {
+    let (Some(key), Some(secret)) = (
+        &state.ctx.realtime.settings.key,
+        &state.ctx.realtime.settings.secret,
+    ) else {
         return Err(not_configured());
     };
     let channel_data = match &channel {
@@ -350,7 +352,10 @@ async fn user_auth_answer(
                 ))
             }
         };
-    let (Some(key), Some(secret)) = (&state.ctx.realtime.settings.key, &state.ctx.realtime.settings.secret) else {
+    let (Some(key), Some(secret)) = (
+        &state.ctx.realtime.settings.key,
+        &state.ctx.realtime.settings.secret,
+    ) else {
         return Err(not_configured());
     };
     let user_data =

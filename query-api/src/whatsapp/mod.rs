@@ -48,7 +48,6 @@ impl crate::context::BoundedContext for Context {
     }
 }
 
-
 /// The routes.
 pub fn router() -> Router<AppState> {
     Router::new()
