@@ -931,33 +931,13 @@ impl Conversation {
         &self,
         command: ConversationCommand,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
-        use ConversationEvent as E;
         Ok(match command {
             ConversationCommand::Receive {
                 parties,
                 message,
                 thread_id,
                 at,
-            } => {
-                if self.inbound.contains_key(&message.message_id) {
-                    return Ok(vec![]);
-                }
-                let mut events: Vec<_> = self.start(&parties).into_iter().collect();
-                events.push(E::MessageReceived {
-                    message_id: message.message_id,
-                    wamid: message.wamid,
-                    webhook_id: message.webhook_id,
-                    profile_name: message.profile_name,
-                    kind: message.kind,
-                    content: message.content,
-                    text: message.text,
-                    context_wamid: message.context_wamid,
-                    sent_at: message.sent_at,
-                    thread_id,
-                    at,
-                });
-                events
-            }
+            } => self.received(parties, message, thread_id, at)?,
             ConversationCommand::Queue {
                 parties,
                 session_connected,
@@ -967,306 +947,413 @@ impl Conversation {
                 thread_id,
                 record_refusal,
                 at,
-            } => {
-                if let Some(queued) = self.outbound.get(&message_id) {
-                    return match queued.content.as_ref() == Some(&content) {
-                        true => Ok(vec![]),
-                        false => Err(ConversationError::MessageExists),
-                    };
-                }
-                if self.inbound.contains_key(&message_id) {
-                    return Err(ConversationError::MessageExists);
-                }
-                let refusal = self.refusal(&parties.tenant_id, session_connected, &content, at);
-                let mut events: Vec<_> = match (&refusal, record_refusal) {
-                    (Some(e), false) => return Err(e.clone()),
-                    _ => self.start(&parties).into_iter().collect(),
-                };
-                events.push(E::MessageQueued {
-                    message_id: message_id.clone(),
-                    author,
-                    content,
-                    thread_id: thread_id.clone(),
-                    at,
-                });
-                if let Some(refused) = refusal {
-                    events.push(E::MessageFailed {
-                        message_id,
-                        thread_id,
-                        code: refused.code().to_owned(),
-                        reason: refused.to_string(),
-                        at,
-                    });
-                }
-                events
-            }
+            } => self.queue(
+                parties,
+                session_connected,
+                message_id,
+                author,
+                content,
+                thread_id,
+                record_refusal,
+                at,
+            )?,
             ConversationCommand::Change {
                 message_id,
                 change,
                 at,
-            } => {
-                let out = self
-                    .outbound
-                    .get(&message_id)
-                    .ok_or(ConversationError::NotFound)?;
-                let thread_id = out.thread_id.clone();
-                match out.state {
-                    // It never went out: nothing to change.
-                    SendState::Failed => vec![],
-                    // Not yet accepted (queued, waiting for a retry, or an attempt under way
-                    // whose outcome decides: accepted, the agent is told the contact has the
-                    // original; refused, the change holds).
-                    SendState::Queued | SendState::Attempting => match change {
-                        ReplyChange::Delete => vec![E::MessageFailed {
-                            message_id,
-                            thread_id,
-                            code: "withdrawn".into(),
-                            reason: if out.state == SendState::Attempting || out.may_have_gone_out {
-                                // Not known yet: said plainly, corrected by
-                                // `ChangeNotDelivered` if the provider turns out to have it.
-                                "The agent deleted it while it was being sent: it is not sent again, but WhatsApp may already have taken it."
-                            } else {
-                                "The agent deleted it before it went out."
-                            }
-                            .into(),
-                            at,
-                        }],
-                        ReplyChange::Edit { text } => {
-                            let Some(content) = out.content.as_ref() else {
-                                return Ok(vec![]);
-                            };
-                            let revised = revised(content, text);
-                            if &revised == content {
-                                return Ok(vec![]);
-                            }
-                            check(&revised, &self.tenant_id)?;
-                            vec![E::MessageRevised {
-                                message_id,
-                                thread_id,
-                                content: revised,
-                                at,
-                            }]
-                        }
-                    },
-                    // Told once per kind of change: the contact has the original.
-                    SendState::Sent => {
-                        let kind = match &change {
-                            ReplyChange::Delete => "deleted",
-                            ReplyChange::Edit { .. } => "edited",
-                        };
-                        if out.late_changes.contains(kind) {
-                            return Ok(vec![]);
-                        }
-                        vec![E::ChangeNotDelivered {
-                            message_id,
-                            thread_id,
-                            change: kind.into(),
-                            delivery: out.delivery.filter(|d| *d != Delivery::Sent),
-                            at,
-                        }]
-                    }
-                }
-            }
-            ConversationCommand::Claim { message_id, at } => {
-                let out = self
-                    .outbound
-                    .get(&message_id)
-                    .ok_or(ConversationError::NotFound)?;
-                match out.state {
-                    SendState::Sent | SendState::Failed => vec![],
-                    SendState::Attempting => match out.attempt_at {
-                        Some(began) if at < began + attempt_lease() => vec![],
-                        _ => vec![E::MessageFailed {
-                            message_id,
-                            thread_id: out.thread_id.clone(),
-                            code: "outcome_unknown".into(),
-                            reason: "The sender stopped before it learnt whether WhatsApp took the message; it was not sent again, so it may not have reached the contact.".into(),
-                            at,
-                        }],
-                    },
-                    SendState::Queued if out.retry_at.is_some_and(|r| at < r) => vec![],
-                    SendState::Queued => vec![E::SendAttempted {
-                        message_id,
-                        attempt: out.attempts + 1,
-                        at,
-                    }],
-                }
-            }
+            } => self.change(message_id, change, at)?,
+            ConversationCommand::Claim { message_id, at } => self.claim(message_id, at)?,
             ConversationCommand::Report {
                 message_id,
                 attempt,
                 result,
                 at,
-            } => {
-                let out = self
-                    .outbound
-                    .get(&message_id)
-                    .ok_or(ConversationError::NotFound)?;
-                // A provider's `failed` status is the last word: a late acceptance report
-                // does not turn the message back into sent.
-                if attempt != out.attempts
-                    || out.state == SendState::Sent
-                    || out.delivery == Some(Delivery::Failed)
-                {
-                    return Ok(vec![]);
-                }
-                match result {
-                    // Accepted is the truth even after an in-doubt failure was recorded (or
-                    // a withdrawal made while the attempt was under way).
-                    SendResult::Accepted { wamid } => {
-                        let mut events = vec![E::MessageSent {
-                            message_id: message_id.clone(),
-                            wamid,
-                            thread_id: out.thread_id.clone(),
-                            at,
-                        }];
-                        if let Some(change) = out
-                            .changed_in_flight
-                            .as_ref()
-                            .filter(|c| !out.late_changes.contains(c.as_str()))
-                        {
-                            events.push(E::ChangeNotDelivered {
-                                message_id,
-                                thread_id: out.thread_id.clone(),
-                                change: change.clone(),
-                                delivery: None,
-                                at,
-                            });
-                        }
-                        events
-                    }
-                    SendResult::Refused { .. } if out.state != SendState::Attempting => vec![],
-                    SendResult::Refused {
-                        code,
-                        reason,
-                        retryable,
-                        retry_after,
-                    } => {
-                        if retryable && attempt < MAX_SEND_ATTEMPTS {
-                            let wait = backoff(attempt).max(retry_after.unwrap_or_default());
-                            vec![E::SendAttemptFailed {
-                                message_id,
-                                thread_id: out.thread_id.clone(),
-                                attempt,
-                                code,
-                                reason,
-                                retry_at: at + wait,
-                            }]
-                        } else {
-                            let code = match (retryable, code) {
-                                (false, Some(code)) => code,
-                                (false, None) => "refused".into(),
-                                (true, _) => "attempts_exhausted".into(),
-                            };
-                            vec![E::MessageFailed {
-                                message_id,
-                                thread_id: out.thread_id.clone(),
-                                code,
-                                reason,
-                                at,
-                            }]
-                        }
-                    }
-                }
-            }
+            } => self.report(message_id, attempt, result, at)?,
             ConversationCommand::StoreMedia { message_id, result } => {
-                if !self.inbound.contains_key(&message_id) {
-                    return Err(ConversationError::NotFound);
+                self.store_media(message_id, result)?
+            }
+            ConversationCommand::Status { report } => self.status(report)?,
+        })
+    }
+
+    /// Records an inbound message, once.
+    fn received(
+        &self,
+        parties: Parties,
+        message: Inbound,
+        thread_id: String,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            if self.inbound.contains_key(&message.message_id) {
+                return Ok(vec![]);
+            }
+            let mut events: Vec<_> = self.start(&parties).into_iter().collect();
+            events.push(E::MessageReceived {
+                message_id: message.message_id,
+                wamid: message.wamid,
+                webhook_id: message.webhook_id,
+                profile_name: message.profile_name,
+                kind: message.kind,
+                content: message.content,
+                text: message.text,
+                context_wamid: message.context_wamid,
+                sent_at: message.sent_at,
+                thread_id,
+                at,
+            });
+            events
+        })
+    }
+
+    /// Queues an outbound message, or records why it is refused. (Its arguments are the
+    /// command's fields, taken apart where the command is matched.)
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        parties: Parties,
+        session_connected: bool,
+        message_id: String,
+        author: Party,
+        content: Outbound,
+        thread_id: Option<String>,
+        record_refusal: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            if let Some(queued) = self.outbound.get(&message_id) {
+                return match queued.content.as_ref() == Some(&content) {
+                    true => Ok(vec![]),
+                    false => Err(ConversationError::MessageExists),
+                };
+            }
+            if self.inbound.contains_key(&message_id) {
+                return Err(ConversationError::MessageExists);
+            }
+            let refusal = self.refusal(&parties.tenant_id, session_connected, &content, at);
+            let mut events: Vec<_> = match (&refusal, record_refusal) {
+                (Some(e), false) => return Err(e.clone()),
+                _ => self.start(&parties).into_iter().collect(),
+            };
+            events.push(E::MessageQueued {
+                message_id: message_id.clone(),
+                author,
+                content,
+                thread_id: thread_id.clone(),
+                at,
+            });
+            if let Some(refused) = refusal {
+                events.push(E::MessageFailed {
+                    message_id,
+                    thread_id,
+                    code: refused.code().to_owned(),
+                    reason: refused.to_string(),
+                    at,
+                });
+            }
+            events
+        })
+    }
+
+    /// Changes (edits or deletes) a reply before or after it is sent.
+    fn change(
+        &self,
+        message_id: String,
+        change: ReplyChange,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            let out = self
+                .outbound
+                .get(&message_id)
+                .ok_or(ConversationError::NotFound)?;
+            let thread_id = out.thread_id.clone();
+            match out.state {
+            // It never went out: nothing to change.
+            SendState::Failed => vec![],
+            // Not yet accepted (queued, waiting for a retry, or an attempt under way
+            // whose outcome decides: accepted, the agent is told the contact has the
+            // original; refused, the change holds).
+            SendState::Queued | SendState::Attempting => match change {
+                ReplyChange::Delete => vec![E::MessageFailed {
+                    message_id,
+                    thread_id,
+                    code: "withdrawn".into(),
+                    reason: if out.state == SendState::Attempting || out.may_have_gone_out {
+                        // Not known yet: said plainly, corrected by
+                        // `ChangeNotDelivered` if the provider turns out to have it.
+                        "The agent deleted it while it was being sent: it is not sent again, but WhatsApp may already have taken it."
+                    } else {
+                        "The agent deleted it before it went out."
+                    }
+                    .into(),
+                    at,
+                }],
+                ReplyChange::Edit { text } => {
+                    let Some(content) = out.content.as_ref() else {
+                        return Ok(vec![]);
+                    };
+                    let revised = revised(content, text);
+                    if &revised == content {
+                        return Ok(vec![]);
+                    }
+                    check(&revised, &self.tenant_id)?;
+                    vec![E::MessageRevised {
+                        message_id,
+                        thread_id,
+                        content: revised,
+                        at,
+                    }]
                 }
-                if self.media_done.contains(&message_id) {
+            },
+            // Told once per kind of change: the contact has the original.
+            SendState::Sent => {
+                let kind = match &change {
+                    ReplyChange::Delete => "deleted",
+                    ReplyChange::Edit { .. } => "edited",
+                };
+                if out.late_changes.contains(kind) {
                     return Ok(vec![]);
                 }
-                vec![match result {
-                    MediaResult::Stored {
-                        object_key,
-                        content_type,
-                        size_bytes,
-                        sha256,
-                    } => E::MediaStored {
-                        message_id,
-                        object_key,
-                        content_type,
-                        size_bytes,
-                        sha256,
-                    },
-                    MediaResult::Failed { reason, retryable } => E::MediaFailed {
-                        message_id,
-                        reason,
-                        retryable,
-                    },
+                vec![E::ChangeNotDelivered {
+                    message_id,
+                    thread_id,
+                    change: kind.into(),
+                    delivery: out.delivery.filter(|d| *d != Delivery::Sent),
+                    at,
                 }]
             }
-            ConversationCommand::Status { report } => {
-                let message_id = report
-                    .message_id
-                    .clone()
-                    .filter(|m| self.outbound.contains_key(m))
-                    .or_else(|| self.by_wamid.get(&report.wamid).cloned())
-                    .ok_or(ConversationError::NotFound)?;
-                let Some(out) = self.outbound.get(&message_id) else {
-                    return Err(ConversationError::NotFound);
-                };
-                let mut events = Vec::new();
-                // A status for a message without a recorded acceptance (its sender died after
-                // the provider answered, or a bridge took it) is how the platform learns what
-                // became of it.
-                match (out.state, report.status) {
-                    (SendState::Sent, _) => {}
-                    (SendState::Failed, Delivery::Failed) => {}
-                    (_, Delivery::Failed) => events.push(E::MessageFailed {
-                        message_id: message_id.clone(),
-                        thread_id: out.thread_id.clone(),
-                        code: report.error_code.clone().unwrap_or_else(|| "failed".into()),
-                        reason: report
-                            .error_title
-                            .clone()
-                            .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
-                        at: report.provider_at,
-                    }),
-                    _ => {
-                        events.push(E::MessageSent {
-                            message_id: message_id.clone(),
-                            wamid: report.wamid.clone(),
-                            thread_id: out.thread_id.clone(),
-                            at: report.provider_at,
-                        });
-                        // Sent after all (an attempt in doubt, or one a change was made
-                        // during): a change made meanwhile did not reach the contact.
-                        if let Some(change) = out
-                            .changed_in_flight
-                            .as_ref()
-                            .filter(|c| !out.late_changes.contains(c.as_str()))
-                        {
-                            events.push(E::ChangeNotDelivered {
-                                message_id: message_id.clone(),
-                                thread_id: out.thread_id.clone(),
-                                change: change.clone(),
-                                // The status this report brings (it follows).
-                                delivery: Some(report.status).filter(|d| *d != Delivery::Sent),
-                                at: report.provider_at,
-                            });
-                        }
-                    }
-                }
-                let forward = match out.delivery {
-                    None => true,
-                    Some(Delivery::Failed) => false,
-                    Some(_) if report.status == Delivery::Failed => true,
-                    Some(current) => report.status > current,
-                };
-                if forward {
-                    events.push(E::StatusUpdated {
+        }
+        })
+    }
+
+    /// Claims a queued message for one send attempt.
+    fn claim(
+        &self,
+        message_id: String,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            let out = self
+                .outbound
+                .get(&message_id)
+                .ok_or(ConversationError::NotFound)?;
+            match out.state {
+            SendState::Sent | SendState::Failed => vec![],
+            SendState::Attempting => match out.attempt_at {
+                Some(began) if at < began + attempt_lease() => vec![],
+                _ => vec![E::MessageFailed {
+                    message_id,
+                    thread_id: out.thread_id.clone(),
+                    code: "outcome_unknown".into(),
+                    reason: "The sender stopped before it learnt whether WhatsApp took the message; it was not sent again, so it may not have reached the contact.".into(),
+                    at,
+                }],
+            },
+            SendState::Queued if out.retry_at.is_some_and(|r| at < r) => vec![],
+            SendState::Queued => vec![E::SendAttempted {
+                message_id,
+                attempt: out.attempts + 1,
+                at,
+            }],
+        }
+        })
+    }
+
+    /// Records the outcome of a send attempt.
+    fn report(
+        &self,
+        message_id: String,
+        attempt: u32,
+        result: SendResult,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        let out = self
+            .outbound
+            .get(&message_id)
+            .ok_or(ConversationError::NotFound)?;
+        // A provider's `failed` status is the last word: a late acceptance report
+        // does not turn the message back into sent.
+        if attempt != out.attempts
+            || out.state == SendState::Sent
+            || out.delivery == Some(Delivery::Failed)
+        {
+            return Ok(vec![]);
+        }
+        Ok(match result {
+            // Accepted is the truth even after an in-doubt failure was recorded (or
+            // a withdrawal made while the attempt was under way).
+            SendResult::Accepted { wamid } => {
+                let mut events = vec![E::MessageSent {
+                    message_id: message_id.clone(),
+                    wamid,
+                    thread_id: out.thread_id.clone(),
+                    at,
+                }];
+                if let Some(change) = out
+                    .changed_in_flight
+                    .as_ref()
+                    .filter(|c| !out.late_changes.contains(c.as_str()))
+                {
+                    events.push(E::ChangeNotDelivered {
                         message_id,
                         thread_id: out.thread_id.clone(),
-                        status: report.status,
-                        error_code: report.error_code,
-                        error_title: report.error_title,
-                        provider_at: report.provider_at,
-                        webhook_id: report.webhook_id,
+                        change: change.clone(),
+                        delivery: None,
+                        at,
                     });
                 }
                 events
             }
+            SendResult::Refused { .. } if out.state != SendState::Attempting => vec![],
+            SendResult::Refused {
+                code,
+                reason,
+                retryable,
+                retry_after,
+            } => {
+                if retryable && attempt < MAX_SEND_ATTEMPTS {
+                    let wait = backoff(attempt).max(retry_after.unwrap_or_default());
+                    vec![E::SendAttemptFailed {
+                        message_id,
+                        thread_id: out.thread_id.clone(),
+                        attempt,
+                        code,
+                        reason,
+                        retry_at: at + wait,
+                    }]
+                } else {
+                    let code = match (retryable, code) {
+                        (false, Some(code)) => code,
+                        (false, None) => "refused".into(),
+                        (true, _) => "attempts_exhausted".into(),
+                    };
+                    vec![E::MessageFailed {
+                        message_id,
+                        thread_id: out.thread_id.clone(),
+                        code,
+                        reason,
+                        at,
+                    }]
+                }
+            }
+        })
+    }
+
+    /// Records the file of an inbound message, or why it could not be stored.
+    fn store_media(
+        &self,
+        message_id: String,
+        result: MediaResult,
+    ) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            if !self.inbound.contains_key(&message_id) {
+                return Err(ConversationError::NotFound);
+            }
+            if self.media_done.contains(&message_id) {
+                return Ok(vec![]);
+            }
+            vec![match result {
+                MediaResult::Stored {
+                    object_key,
+                    content_type,
+                    size_bytes,
+                    sha256,
+                } => E::MediaStored {
+                    message_id,
+                    object_key,
+                    content_type,
+                    size_bytes,
+                    sha256,
+                },
+                MediaResult::Failed { reason, retryable } => E::MediaFailed {
+                    message_id,
+                    reason,
+                    retryable,
+                },
+            }]
+        })
+    }
+
+    /// Records a status the provider reported for an outbound message.
+    fn status(&self, report: StatusReport) -> Result<Vec<ConversationEvent>, ConversationError> {
+        use ConversationEvent as E;
+        Ok({
+            let message_id = report
+                .message_id
+                .clone()
+                .filter(|m| self.outbound.contains_key(m))
+                .or_else(|| self.by_wamid.get(&report.wamid).cloned())
+                .ok_or(ConversationError::NotFound)?;
+            let Some(out) = self.outbound.get(&message_id) else {
+                return Err(ConversationError::NotFound);
+            };
+            let mut events = Vec::new();
+            // A status for a message without a recorded acceptance (its sender died after
+            // the provider answered, or a bridge took it) is how the platform learns what
+            // became of it.
+            match (out.state, report.status) {
+                (SendState::Sent, _) => {}
+                (SendState::Failed, Delivery::Failed) => {}
+                (_, Delivery::Failed) => events.push(E::MessageFailed {
+                    message_id: message_id.clone(),
+                    thread_id: out.thread_id.clone(),
+                    code: report.error_code.clone().unwrap_or_else(|| "failed".into()),
+                    reason: report
+                        .error_title
+                        .clone()
+                        .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
+                    at: report.provider_at,
+                }),
+                _ => {
+                    events.push(E::MessageSent {
+                        message_id: message_id.clone(),
+                        wamid: report.wamid.clone(),
+                        thread_id: out.thread_id.clone(),
+                        at: report.provider_at,
+                    });
+                    // Sent after all (an attempt in doubt, or one a change was made
+                    // during): a change made meanwhile did not reach the contact.
+                    if let Some(change) = out
+                        .changed_in_flight
+                        .as_ref()
+                        .filter(|c| !out.late_changes.contains(c.as_str()))
+                    {
+                        events.push(E::ChangeNotDelivered {
+                            message_id: message_id.clone(),
+                            thread_id: out.thread_id.clone(),
+                            change: change.clone(),
+                            // The status this report brings (it follows).
+                            delivery: Some(report.status).filter(|d| *d != Delivery::Sent),
+                            at: report.provider_at,
+                        });
+                    }
+                }
+            }
+            let forward = match out.delivery {
+                None => true,
+                Some(Delivery::Failed) => false,
+                Some(_) if report.status == Delivery::Failed => true,
+                Some(current) => report.status > current,
+            };
+            if forward {
+                events.push(E::StatusUpdated {
+                    message_id,
+                    thread_id: out.thread_id.clone(),
+                    status: report.status,
+                    error_code: report.error_code,
+                    error_title: report.error_title,
+                    provider_at: report.provider_at,
+                    webhook_id: report.webhook_id,
+                });
+            }
+            events
         })
     }
 }
