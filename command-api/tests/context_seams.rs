@@ -61,3 +61,41 @@ fn no_context_reaches_into_another_contexts_http_layer() {
          command): {found:?}"
     );
 }
+
+/// The contexts a crate's `lib.rs` registers in `contexts!`.
+fn registered(krate: &Path) -> Vec<String> {
+    contexts(&krate.join("src"))
+}
+
+/// Every context module of a crate (a folder of `src` or a file whose code implements
+/// `BoundedContext for Context`) is registered, and every registered one exists: a module
+/// declared and left out of the list would compile and never be built, routed or run.
+#[test]
+fn every_context_module_is_registered_in_its_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in ["command-api", "projector", "query-api"] {
+        let krate = root.join(krate);
+        let list: BTreeSet<String> = registered(&krate).into_iter().collect();
+        let mut modules = BTreeSet::new();
+        for entry in std::fs::read_dir(krate.join("src")).expect("src") {
+            let path = entry.expect("entry").path();
+            let (name, file) = if path.is_dir() {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                (name, path.join("mod.rs"))
+            } else {
+                let name = path.file_stem().map(|n| n.to_string_lossy().into_owned());
+                (name, path.clone())
+            };
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.contains("BoundedContext for Context") {
+                modules.insert(name.expect("a module name"));
+            }
+        }
+        assert_eq!(
+            modules,
+            list,
+            "{}: the context modules and the contexts! list differ",
+            krate.display()
+        );
+    }
+}

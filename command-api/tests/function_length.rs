@@ -4,9 +4,10 @@
 //! `query-api` (test modules excluded) and counts each function from its `fn` line to its
 //! closing brace.
 //!
-//! `KNOWN` lists the functions that were longer before the rule, with their length then:
-//! one that grows, a new one over the limit, and one listed that has come under it (remove
-//! it) all fail, so the list only shrinks.
+//! A method is named with its type (`Thread::apply`). `KNOWN` lists the functions that were
+//! longer before the rule, with their length then:
+//! one that grows, a new one over the limit, one that shrank (write its new length) and one
+//! listed that has come under it (remove it) all fail, so the list only shrinks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,58 +20,57 @@ const CRATES: &[&str] = &["events", "command-api", "projector", "query-api"];
 
 /// `file function lines` of the functions over the limit from before the rule.
 const KNOWN: &[&str] = &[
-    "projector/src/chat/mod.rs apply 346",
     "projector/src/whatsapp/mod.rs conversation 303",
-    "projector/src/payments/mod.rs apply 242",
+    "projector/src/payments/mod.rs PaymentsProjection::apply 242",
     "command-api/src/audio/http.rs upload 208",
     "projector/src/realtime/mod.rs to_realtime 198",
-    "projector/src/audio/mod.rs apply 179",
+    "projector/src/audio/mod.rs AudioProjection::apply 179",
+    "command-api/src/identity/aggregate.rs AdminUser::handle 175",
     "command-api/src/whatsapp/service.rs process_webhook 175",
-    "command-api/src/identity/aggregate.rs handle 175",
-    "command-api/src/whatsapp/http.rs claim 159",
+    "projector/src/chat/mod.rs ChatProjection::apply 161",
     "command-api/src/telephony/service.rs process_callback 159",
-    "command-api/src/lib.rs build_with_clock 152",
-    "command-api/src/audio/aggregate.rs decide 151",
+    "command-api/src/whatsapp/http.rs claim 159",
+    "command-api/src/lib.rs Application::build_with_clock 152",
+    "command-api/src/audio/aggregate.rs Audio::decide 151",
+    "command-api/src/whatsapp/aggregate.rs Conversation::apply 148",
     "command-api/src/whatsapp/service.rs receive_message 148",
-    "command-api/src/whatsapp/aggregate.rs apply 148",
-    "command-api/src/tenants/aggregate.rs handle 141",
-    "command-api/src/payments/aggregate.rs provider_change 141",
+    "command-api/src/payments/aggregate.rs Payment::provider_change 141",
+    "command-api/src/tenants/aggregate.rs Tenant::handle 141",
     "command-api/src/identity/auth.rs login_once 136",
+    "command-api/src/payments/aggregate.rs Payment::apply 128",
     "command-api/src/telephony/service.rs deliver_to_thread 128",
-    "command-api/src/payments/aggregate.rs apply 128",
     "command-api/src/whatsapp/service.rs store_media 127",
-    "projector/src/webhooks/mod.rs apply 124",
+    "projector/src/webhooks/mod.rs WebhooksProjection::apply 124",
     "command-api/src/whatsapp/aggregate.rs check 122",
-    "command-api/src/chat/aggregate.rs apply 121",
+    "command-api/src/chat/aggregate.rs Thread::apply 121",
     "query-api/src/whatsapp/mod.rs analytics 119",
     "command-api/src/audio/service.rs process_webhook 117",
+    "projector/src/identity/mod.rs AdminUsersProjection::apply 109",
     "query-api/src/audit/mod.rs history 109",
-    "projector/src/identity/mod.rs apply 109",
+    "command-api/src/store.rs CommandBus::execute_with_events 108",
     "query-api/src/chat/mod.rs list 108",
-    "command-api/src/store.rs execute_with_events 108",
     "projector/src/rebuild.rs rebuild 106",
     "command-api/src/payments/webhooks.rs apply 105",
     "command-api/src/webhooks/http.rs replay_rejection 103",
     "query-api/src/realtime/stream.rs stream 101",
-    "command-api/src/webhooks/http.rs process 100",
     "command-api/src/identity/http.rs create 100",
+    "command-api/src/webhooks/http.rs process 100",
+    "command-api/src/chat/aggregate.rs Thread::open 99",
     "projector/src/rebuild.rs apply_batch 99",
-    "command-api/src/chat/aggregate.rs open 99",
     "command-api/src/http/idempotency.rs idempotency 98",
-    "command-api/src/payments/aggregate.rs decide 97",
-    "command-api/src/http/idempotency.rs take 96",
-    "command-api/src/identity/phone.rs handle 93",
-    "projector/src/whatsapp/sender.rs send 92",
-    "projector/src/whatsapp/outbox.rs perform 92",
+    "command-api/src/payments/aggregate.rs Payment::decide 97",
+    "command-api/src/http/idempotency.rs Claim::take 96",
+    "command-api/src/identity/phone.rs PhoneLogin::handle 93",
     "command-api/src/whatsapp/http.rs forward 92",
-    "projector/src/telephony/mod.rs apply 90",
+    "projector/src/whatsapp/outbox.rs WhatsAppOutbox::perform 92",
+    "projector/src/whatsapp/sender.rs Sender::send 92",
     "command-api/src/identity/auth.rs refresh 90",
+    "projector/src/telephony/mod.rs CallsProjection::apply 90",
     "command-api/src/whatsapp/http.rs send 89",
-    "command-api/src/chat/aggregate.rs decide 89",
-    "projector/src/realtime/mod.rs load 88",
+    "projector/src/realtime/mod.rs Members::load 88",
     "command-api/src/media.rs download 85",
-    "projector/src/realtime/mod.rs delivery 83",
     "command-api/src/audio/http.rs transcribe 83",
+    "projector/src/realtime/mod.rs delivery 83",
     "command-api/src/identity/phone_auth.rs update_profile 82",
     "command-api/src/audio/http.rs attach 81",
 ];
@@ -116,7 +116,38 @@ fn function_name(line: &str) -> Option<&str> {
     None
 }
 
-/// `(file, function) → lines` of every function over the limit.
+/// The type an `impl` line is for (`impl<T> Trait for Type<T> {` → `Type`).
+fn impl_type(line: &str) -> Option<String> {
+    let rest = line.trim_start().strip_prefix("impl")?;
+    if !rest.starts_with([' ', '<']) {
+        return None;
+    }
+    let rest = match rest.split_once(" for ") {
+        Some((_, target)) => target,
+        None => {
+            // Skip the impl's own generics: `impl<T: X> Type<T>`.
+            let mut depth = 0_i32;
+            let at = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '<' => depth += 1,
+                        '>' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0 && c == ' '
+                })
+                .map_or(0, |(i, _)| i);
+            &rest[at..]
+        }
+    };
+    let path = rest.trim_start().split(['<', ' ', '{']).next()?;
+    let name = path.rsplit("::").next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// `(file, function) → lines` of every function over the limit; a method is named with its
+/// type (`Thread::apply`), so two functions of one file never share a name.
 fn long_functions(root: &Path) -> BTreeMap<(String, String), usize> {
     let mut found = BTreeMap::new();
     for krate in CRATES {
@@ -130,16 +161,32 @@ fn long_functions(root: &Path) -> BTreeMap<(String, String), usize> {
                 .replace('\\', "/");
             let text = std::fs::read_to_string(&path).expect("readable");
             let lines: Vec<&str> = text.lines().collect();
+            // The `impl` blocks around the line being read: (last line, type).
+            let mut impls: Vec<(usize, String)> = Vec::new();
             let mut i = 0;
             while i < lines.len() {
+                impls.retain(|(end, _)| *end >= i);
                 let line = lines[i].trim_start();
-                // Test modules are not production code.
+                // Test code is not production code: a test module, or one item.
                 if line.starts_with("#[cfg(test)]") {
-                    let module = (i + 1..lines.len())
-                        .find(|&j| lines[j].contains('{'))
+                    let item = (i + 1..lines.len())
+                        .find(|&j| !lines[j].trim_start().starts_with("#["))
                         .unwrap_or(lines.len());
-                    i = block_end(&lines, module) + 1;
+                    let braced = (item..lines.len())
+                        .find(|&j| lines[j].contains('{') || lines[j].trim_end().ends_with(';'))
+                        .unwrap_or(lines.len());
+                    i = if braced < lines.len() && lines[braced].contains('{') {
+                        block_end(&lines, braced) + 1
+                    } else {
+                        braced + 1
+                    };
                     continue;
+                }
+                if let Some(ty) = impl_type(line) {
+                    let open = (i..lines.len()).find(|&j| lines[j].contains('{'));
+                    if let Some(open) = open {
+                        impls.push((block_end(&lines, open), ty));
+                    }
                 }
                 if let Some(function) = function_name(line) {
                     // The body opens where the signature ends; a declaration has none.
@@ -151,7 +198,11 @@ fn long_functions(root: &Path) -> BTreeMap<(String, String), usize> {
                         let end = block_end(&lines, open);
                         let length = end - i + 1;
                         if length > LIMIT {
-                            found.insert((name.clone(), function.to_owned()), length);
+                            let qualified = match impls.last() {
+                                Some((_, ty)) => format!("{ty}::{function}"),
+                                None => function.to_owned(),
+                            };
+                            found.insert((name.clone(), qualified), length);
                         }
                     }
                 }
@@ -187,6 +238,10 @@ fn no_production_function_grows_past_the_limit() {
             Some(before) if lines > before => problems.push(format!(
                 "{file}: `{function}` grew from {before} to {lines} lines: split it"
             )),
+            // Recorded as it is now, so that it cannot grow back.
+            Some(before) if lines < before => problems.push(format!(
+                "{file}: `{function}` shrank from {before} to {lines} lines: write {lines} in KNOWN"
+            )),
             Some(_) => {}
         }
     }
@@ -197,7 +252,15 @@ fn no_production_function_grows_past_the_limit() {
             ));
         }
     }
-    assert!(problems.is_empty(), "{problems:#?}");
+    let listed: Vec<String> = found
+        .iter()
+        .map(|((file, function), lines)| format!("    \"{file} {function} {lines}\","))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\n(the functions over the limit now:\n{})",
+        listed.join("\n")
+    );
 }
 
 #[test]
@@ -211,4 +274,18 @@ fn a_function_is_measured_from_its_signature_to_its_closing_brace() {
         Some("go")
     );
     assert_eq!(function_name("let fn_name = 1;"), None);
+    assert_eq!(impl_type("impl Thread {").as_deref(), Some("Thread"));
+    assert_eq!(
+        impl_type("impl<E: DomainProblem> From<CommandError<E>> for Problem {").as_deref(),
+        Some("Problem")
+    );
+    assert_eq!(
+        impl_type("impl crate::context::BoundedContext for Context {").as_deref(),
+        Some("Context")
+    );
+    assert_eq!(
+        impl_type("impl<T> Wrapper<T> {").as_deref(),
+        Some("Wrapper")
+    );
+    assert_eq!(impl_type("implied"), None);
 }

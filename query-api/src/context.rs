@@ -42,8 +42,8 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
 }
 
 /// Names the bounded contexts of query-api, once: each is a module `name` whose `Context`
-/// implements [`BoundedContext`] with the module's `Settings`. Expands to the modules, the
-/// settings and the state of every context ([`crate::ContextSettings`], [`crate::Contexts`])
+/// implements [`BoundedContext`] with the module's `Settings`. Expands to the settings and
+/// the state of every context ([`crate::ContextSettings`], [`crate::Contexts`])
 /// and the loops over their contributions.
 macro_rules! contexts {
     ($($name:ident),* $(,)?) => {

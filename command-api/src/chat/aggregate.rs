@@ -582,19 +582,25 @@ impl Thread {
             at,
             services,
         };
-        let events = match action {
+        self.act(&d, action).await
+    }
+
+    /// What `action` appends, decided with `d`: one method per action.
+    async fn act(&self, d: &Decision<'_>, action: Action) -> Result<Vec<ThreadEvent>, ThreadError> {
+        let at = d.at;
+        Ok(match action {
             Action::Open { .. } => vec![],
-            Action::AddParticipant { participant } => self.add_participant(&d, participant).await?,
+            Action::AddParticipant { participant } => self.add_participant(d, participant).await?,
             Action::Assign {
                 agent_id,
                 department,
-            } => self.assign(&d, agent_id, department).await?,
-            Action::Release { what } => self.release(&d, what).await?,
-            Action::SwitchBot { enabled } => self.switch_bot(&d, enabled).await?,
+            } => self.assign(d, agent_id, department).await?,
+            Action::Release { what } => self.release(d, what).await?,
+            Action::SwitchBot { enabled } => self.switch_bot(d, enabled).await?,
             Action::Close if self.closed => vec![],
             Action::Close => vec![ThreadEvent::Closed { at }],
             Action::Reopen => self.reopening(at),
-            Action::SetTags { tags } => self.set_tags(&d, tags).await?,
+            Action::SetTags { tags } => self.set_tags(d, tags).await?,
             Action::Receive {
                 message_id,
                 text: raw,
@@ -602,7 +608,7 @@ impl Thread {
                 channel,
                 attachment: raw_attachment,
             } => {
-                self.receive(&d, message_id, raw, from, channel, raw_attachment)
+                self.receive(d, message_id, raw, from, channel, raw_attachment)
                     .await?
             }
             Action::Send {
@@ -611,41 +617,40 @@ impl Thread {
                 text: raw,
                 attachment: raw_attachment,
             } => {
-                self.send(&d, message_id, client_message_id, raw, raw_attachment)
+                self.send(d, message_id, client_message_id, raw, raw_attachment)
                     .await?
             }
             Action::Edit {
                 message_id,
                 text: raw,
-            } => self.edit(&d, message_id, raw).await?,
-            Action::Delete { message_id } => self.delete(&d, message_id).await?,
-            Action::MarkRead { number } => self.mark_read(&d, number).await?,
+            } => self.edit(d, message_id, raw).await?,
+            Action::Delete { message_id } => self.delete(d, message_id).await?,
+            Action::MarkRead { number } => self.mark_read(d, number).await?,
             Action::Schedule {
                 scheduled_id,
                 text: raw,
                 attachment: raw_attachment,
                 due_at,
             } => {
-                self.schedule_message(&d, scheduled_id, raw, raw_attachment, due_at)
+                self.schedule_message(d, scheduled_id, raw, raw_attachment, due_at)
                     .await?
             }
             Action::Reschedule {
                 scheduled_id,
                 due_at,
-            } => self.reschedule(&d, scheduled_id, due_at).await?,
+            } => self.reschedule(d, scheduled_id, due_at).await?,
             Action::CancelScheduled { scheduled_id } => {
-                self.cancel_scheduled(&d, scheduled_id).await?
+                self.cancel_scheduled(d, scheduled_id).await?
             }
             Action::DeliverScheduled {
                 scheduled_id,
                 message_id,
-            } => self.deliver_scheduled(&d, scheduled_id, message_id).await?,
+            } => self.deliver_scheduled(d, scheduled_id, message_id).await?,
             Action::FailScheduled {
                 scheduled_id,
                 reason,
-            } => self.fail_scheduled(&d, scheduled_id, reason).await?,
-        };
-        Ok(events)
+            } => self.fail_scheduled(d, scheduled_id, reason).await?,
+        })
     }
 
     /// Switches the bot on or off (staff only).

@@ -12,7 +12,7 @@ pub mod scheduler;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::chat::{Party, PartyKind, ThreadEvent, THREAD};
+use events::chat::{Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
 use events::Envelope;
 use sqlx::PgConnection;
 
@@ -84,6 +84,13 @@ impl Projection for ChatProjection {
             e.sequence as i64,
             e.recorded_at,
         );
+        let r = Row {
+            t: &t,
+            id,
+            tenant,
+            version,
+            recorded,
+        };
         // Statements that change more than the thread row run first; `touch` then sets the
         // thread's columns named in `set` ($4 onwards) with its version.
         let touched = match event {
@@ -97,33 +104,22 @@ impl Projection for ChatProjection {
                 at,
                 ..
             } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {} (id, tenant_id, channel, status, subject, customer_id, opened_by,
-                                     bot_enabled, tags, last_activity_at, created_at, updated_at, version)
-                     VALUES ($1::uuid, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $9, $10, $11)",
-                    t.threads
-                ))
-                .bind(id)
-                .bind(tenant)
-                .bind(channel.as_str())
-                .bind(subject)
-                .bind(customer.as_ref().map(|c| c.id.clone()))
-                .bind(&opened_by.id)
-                .bind(bot_enabled)
-                .bind(tags)
-                .bind(at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                for party in [Some(opened_by), customer].into_iter().flatten() {
-                    join(conn, &t, id, tenant, &party, at).await?;
-                }
-                return Ok(());
+                return opened(
+                    conn,
+                    &r,
+                    channel,
+                    opened_by,
+                    customer,
+                    subject,
+                    bot_enabled,
+                    tags,
+                    at,
+                )
+                .await;
             }
             ThreadEvent::ParticipantAdded { participant } => {
                 join(conn, &t, id, tenant, &participant, recorded).await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+                touch(conn, &r, "", Binds::None).await?
             }
             ThreadEvent::Assigned {
                 agent_id,
@@ -133,34 +129,19 @@ impl Projection for ChatProjection {
                 let reason = reason.map(|r| r.as_str().to_owned());
                 touch(
                     conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
+                    &r,
                     "agent_id = $4, department = $5, assignment_reason = $6,",
                     Binds::Texts3(agent_id, department, reason),
                 )
                 .await?
             }
             ThreadEvent::BotSwitched { enabled } => {
-                touch(
-                    conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
-                    "bot_enabled = $4,",
-                    Binds::Bool(enabled),
-                )
-                .await?
+                touch(conn, &r, "bot_enabled = $4,", Binds::Bool(enabled)).await?
             }
             ThreadEvent::Closed { at } => {
                 touch(
                     conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
+                    &r,
                     "status = 'closed', last_activity_at = $4,",
                     Binds::Time(at),
                 )
@@ -169,26 +150,14 @@ impl Projection for ChatProjection {
             ThreadEvent::Reopened { at } => {
                 touch(
                     conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
+                    &r,
                     "status = 'open', last_activity_at = $4,",
                     Binds::Time(at),
                 )
                 .await?
             }
             ThreadEvent::Tagged { tags } => {
-                touch(
-                    conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
-                    "tags = $4,",
-                    Binds::Tags(tags),
-                )
-                .await?
+                touch(conn, &r, "tags = $4,", Binds::Tags(tags)).await?
             }
             ThreadEvent::MessageSent {
                 message_id,
@@ -200,128 +169,31 @@ impl Projection for ChatProjection {
                 scheduled_id,
                 at,
             } => {
-                let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
-                // One round trip: the message, the author's read position, the delivered
-                // schedule and the inbox row.
-                sqlx::query(&format!(
-                    "WITH message AS (
-                        INSERT INTO {messages} (thread_id, number, message_id, tenant_id, author_id,
-                                                author_kind, text, attachment, client_message_id,
-                                                scheduled_id, sent_at)
-                        VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
-                     reads AS (
-                        INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
-                        VALUES ($1::uuid, $5, $4, $6, $2, $11)
-                        ON CONFLICT (thread_id, reader_id) DO UPDATE
-                           SET last_read = greatest({reads}.last_read, EXCLUDED.last_read),
-                               read_at = EXCLUDED.read_at),
-                     delivered AS (
-                        UPDATE {scheduled} SET status = 'delivered', message_id = $3, updated_at = $12
-                         WHERE thread_id = $1::uuid AND id = $10)
-                     UPDATE {threads}
-                        SET message_count = $2, last_activity_at = $11,
-                            last_message = jsonb_build_object(
-                                'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
-                                'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
-                                'sent_at', $11),
-                            updated_at = $12, version = $13
-                      WHERE id = $1::uuid",
-                    messages = t.messages,
-                    reads = t.reads,
-                    scheduled = t.scheduled,
-                    threads = t.threads,
-                ))
-                .bind(id)
-                .bind(number as i64)
-                .bind(message_id)
-                .bind(tenant)
-                .bind(&author.id)
-                .bind(author.kind.as_str())
-                .bind(text)
-                .bind(attachment)
-                .bind(client_message_id)
-                .bind(scheduled_id)
-                .bind(at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
+                message_sent(
+                    conn,
+                    &r,
+                    message_id,
+                    number,
+                    author,
+                    client_message_id,
+                    text,
+                    attachment,
+                    scheduled_id,
+                    at,
+                )
                 .await?
-                .rows_affected()
             }
             ThreadEvent::MessageEdited {
                 message_id,
                 text,
                 at,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET text = $3, edited_at = $4 WHERE thread_id = $1::uuid AND message_id = $2",
-                    t.messages
-                ))
-                .bind(id)
-                .bind(&message_id)
-                .bind(&text)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                touch(
-                    conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
-                    &format!(
-                        "last_message = CASE WHEN last_message->>'message_id' = $4
-                             THEN jsonb_set(last_message, '{{text}}', to_jsonb(left($5, {PREVIEW_CHARS})))
-                             ELSE last_message END,"
-                    ),
-                    Binds::Texts(Some(message_id), Some(text)),
-                )
-                .await?
-            }
+            } => message_edited(conn, &r, message_id, text, at).await?,
             ThreadEvent::MessageDeleted { message_id, at, .. } => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET text = NULL, attachment = NULL, deleted_at = $3
-                      WHERE thread_id = $1::uuid AND message_id = $2",
-                    t.messages
-                ))
-                .bind(id)
-                .bind(&message_id)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                // The preview falls back to the newest message still there; unread counts
-                // leave the deleted one out.
-                touch(
-                    conn,
-                    &t,
-                    id,
-                    version,
-                    recorded,
-                    &format!(
-                        "deleted_numbers = ARRAY(SELECT DISTINCT n FROM unnest(
-                             deleted_numbers || ARRAY(SELECT m.number FROM {messages} m
-                                                       WHERE m.thread_id = $1::uuid
-                                                         AND m.message_id = $4)) AS n
-                                                  ORDER BY n),
-                         last_message = CASE WHEN last_message->>'message_id' = $4
-                             THEN (SELECT jsonb_build_object(
-                                      'message_id', m.message_id, 'number', m.number,
-                                      'author_id', m.author_id, 'author_kind', m.author_kind,
-                                      'text', left(m.text, {PREVIEW_CHARS}),
-                                      'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
-                                     FROM {messages} m
-                                    WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
-                                    ORDER BY m.number DESC LIMIT 1)
-                             ELSE last_message END,",
-                        messages = t.messages
-                    ),
-                    Binds::Texts(Some(message_id), None),
-                )
-                .await?
+                message_deleted(conn, &r, message_id, at).await?
             }
             ThreadEvent::Read { reader, number, at } => {
                 read(conn, &t, id, tenant, &reader, number, at).await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+                touch(conn, &r, "", Binds::None).await?
             }
             ThreadEvent::MessageScheduled {
                 scheduled_id,
@@ -330,77 +202,20 @@ impl Projection for ChatProjection {
                 attachment,
                 due_at,
             } => {
-                let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
-                sqlx::query(&format!(
-                    "INSERT INTO {} (thread_id, id, tenant_id, author_id, text, attachment, due_at,
-                                     status, created_at, updated_at)
-                     VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
-                    t.scheduled
-                ))
-                .bind(id)
-                .bind(scheduled_id)
-                .bind(tenant)
-                .bind(author.id)
-                .bind(text)
-                .bind(attachment)
-                .bind(due_at)
-                .bind(recorded)
-                .execute(&mut *conn)
-                .await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+                message_scheduled(conn, &r, scheduled_id, author, text, attachment, due_at).await?
             }
             ThreadEvent::MessageRescheduled {
                 scheduled_id,
                 due_at,
-            } => {
-                // A failed one is pending again at its new time.
-                schedule_change(
-                    conn,
-                    &t,
-                    id,
-                    &scheduled_id,
-                    "due_at = $3, status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
-                     failure_code = NULL, failure = NULL, failed_at = NULL",
-                    Some(due_at),
-                    recorded,
-                )
-                .await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
-            }
+            } => message_rescheduled(conn, &r, scheduled_id, due_at).await?,
             ThreadEvent::ScheduleFailed {
                 scheduled_id,
                 code,
                 reason,
                 at,
-            } => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET status = 'failed', failure_code = $3, failure = $4,
-                            failed_at = $5, updated_at = $6
-                      WHERE thread_id = $1::uuid AND id = $2",
-                    t.scheduled
-                ))
-                .bind(id)
-                .bind(&scheduled_id)
-                .bind(code)
-                .bind(reason)
-                .bind(at)
-                .bind(recorded)
-                .execute(&mut *conn)
-                .await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
-            }
+            } => schedule_failed(conn, &r, scheduled_id, code, reason, at).await?,
             ThreadEvent::ScheduleCancelled { scheduled_id } => {
-                schedule_change(
-                    conn,
-                    &t,
-                    id,
-                    &scheduled_id,
-                    "status = 'cancelled'",
-                    None,
-                    recorded,
-                )
-                .await?;
-                touch(conn, &t, id, version, recorded, "", Binds::None).await?
+                schedule_cancelled(conn, &r, scheduled_id).await?
             }
         };
         if touched != 1 {
@@ -411,6 +226,343 @@ impl Projection for ChatProjection {
         }
         Ok(())
     }
+}
+
+/// The thread row an event changes, and what every change of it records.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    /// The read model's tables (live, or a rebuild's).
+    t: &'a Tables,
+    /// The thread.
+    id: &'a str,
+    /// Its tenant.
+    tenant: &'a str,
+    /// The event's sequence: the row's version.
+    version: i64,
+    /// When the event was recorded.
+    recorded: DateTime<Utc>,
+}
+
+/// Opens the thread row and joins its first parties.
+// Its arguments are the event's fields, taken apart where the event is matched.
+#[allow(clippy::too_many_arguments)]
+async fn opened(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    channel: Channel,
+    opened_by: Party,
+    customer: Option<Party>,
+    subject: Option<String>,
+    bot_enabled: bool,
+    tags: Vec<String>,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Row {
+        t,
+        id,
+        tenant,
+        version,
+        recorded,
+    } = *r;
+    sqlx::query(&format!(
+        "INSERT INTO {} (id, tenant_id, channel, status, subject, customer_id, opened_by,
+                             bot_enabled, tags, last_activity_at, created_at, updated_at, version)
+             VALUES ($1::uuid, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $9, $10, $11)",
+        t.threads
+    ))
+    .bind(id)
+    .bind(tenant)
+    .bind(channel.as_str())
+    .bind(subject)
+    .bind(customer.as_ref().map(|c| c.id.clone()))
+    .bind(&opened_by.id)
+    .bind(bot_enabled)
+    .bind(tags)
+    .bind(at)
+    .bind(recorded)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    for party in [Some(opened_by), customer].into_iter().flatten() {
+        join(conn, t, id, tenant, &party, at).await?;
+    }
+    Ok(())
+}
+
+/// The message, the author's read position, the delivered schedule and the inbox row, in one round trip.
+// Its arguments are the event's fields, taken apart where the event is matched.
+#[allow(clippy::too_many_arguments)]
+async fn message_sent(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    message_id: String,
+    number: u64,
+    author: Party,
+    client_message_id: Option<String>,
+    text: String,
+    attachment: Option<Attachment>,
+    scheduled_id: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row {
+        t,
+        id,
+        tenant,
+        version,
+        recorded,
+    } = *r;
+    Ok({
+        let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+        // One round trip: the message, the author's read position, the delivered
+        // schedule and the inbox row.
+        sqlx::query(&format!(
+            "WITH message AS (
+                INSERT INTO {messages} (thread_id, number, message_id, tenant_id, author_id,
+                                        author_kind, text, attachment, client_message_id,
+                                        scheduled_id, sent_at)
+                VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
+             reads AS (
+                INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
+                VALUES ($1::uuid, $5, $4, $6, $2, $11)
+                ON CONFLICT (thread_id, reader_id) DO UPDATE
+                   SET last_read = greatest({reads}.last_read, EXCLUDED.last_read),
+                       read_at = EXCLUDED.read_at),
+             delivered AS (
+                UPDATE {scheduled} SET status = 'delivered', message_id = $3, updated_at = $12
+                 WHERE thread_id = $1::uuid AND id = $10)
+             UPDATE {threads}
+                SET message_count = $2, last_activity_at = $11,
+                    last_message = jsonb_build_object(
+                        'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
+                        'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
+                        'sent_at', $11),
+                    updated_at = $12, version = $13
+              WHERE id = $1::uuid",
+            messages = t.messages,
+            reads = t.reads,
+            scheduled = t.scheduled,
+            threads = t.threads,
+        ))
+        .bind(id)
+        .bind(number as i64)
+        .bind(message_id)
+        .bind(tenant)
+        .bind(&author.id)
+        .bind(author.kind.as_str())
+        .bind(text)
+        .bind(attachment)
+        .bind(client_message_id)
+        .bind(scheduled_id)
+        .bind(at)
+        .bind(recorded)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    })
+}
+
+/// A message's new text, and the preview if it is the last message.
+async fn message_edited(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    message_id: String,
+    text: String,
+    at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row { t, id, .. } = *r;
+    Ok({
+        sqlx::query(&format!(
+            "UPDATE {} SET text = $3, edited_at = $4 WHERE thread_id = $1::uuid AND message_id = $2",
+            t.messages
+        ))
+        .bind(id)
+        .bind(&message_id)
+        .bind(&text)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        touch(
+            conn,
+            r,
+            &format!(
+                "last_message = CASE WHEN last_message->>'message_id' = $4
+                     THEN jsonb_set(last_message, '{{text}}', to_jsonb(left($5, {PREVIEW_CHARS})))
+                     ELSE last_message END,"
+            ),
+            Binds::Texts(Some(message_id), Some(text)),
+        )
+        .await?
+    })
+}
+
+/// A message tombstoned; the preview falls back to the newest message still there.
+async fn message_deleted(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    message_id: String,
+    at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row { t, id, .. } = *r;
+    Ok({
+        sqlx::query(&format!(
+            "UPDATE {} SET text = NULL, attachment = NULL, deleted_at = $3
+              WHERE thread_id = $1::uuid AND message_id = $2",
+            t.messages
+        ))
+        .bind(id)
+        .bind(&message_id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        // The preview falls back to the newest message still there; unread counts
+        // leave the deleted one out.
+        touch(
+            conn,
+            r,
+            &format!(
+                "deleted_numbers = ARRAY(SELECT DISTINCT n FROM unnest(
+                     deleted_numbers || ARRAY(SELECT m.number FROM {messages} m
+                                               WHERE m.thread_id = $1::uuid
+                                                 AND m.message_id = $4)) AS n
+                                          ORDER BY n),
+                 last_message = CASE WHEN last_message->>'message_id' = $4
+                     THEN (SELECT jsonb_build_object(
+                              'message_id', m.message_id, 'number', m.number,
+                              'author_id', m.author_id, 'author_kind', m.author_kind,
+                              'text', left(m.text, {PREVIEW_CHARS}),
+                              'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
+                             FROM {messages} m
+                            WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
+                            ORDER BY m.number DESC LIMIT 1)
+                     ELSE last_message END,",
+                messages = t.messages
+            ),
+            Binds::Texts(Some(message_id), None),
+        )
+        .await?
+    })
+}
+
+/// A scheduled message, pending.
+async fn message_scheduled(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    scheduled_id: String,
+    author: Party,
+    text: String,
+    attachment: Option<Attachment>,
+    due_at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row {
+        t,
+        id,
+        tenant,
+        recorded,
+        ..
+    } = *r;
+    Ok({
+        let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+        sqlx::query(&format!(
+            "INSERT INTO {} (thread_id, id, tenant_id, author_id, text, attachment, due_at,
+                             status, created_at, updated_at)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
+            t.scheduled
+        ))
+        .bind(id)
+        .bind(scheduled_id)
+        .bind(tenant)
+        .bind(author.id)
+        .bind(text)
+        .bind(attachment)
+        .bind(due_at)
+        .bind(recorded)
+        .execute(&mut *conn)
+        .await?;
+        touch(conn, r, "", Binds::None).await?
+    })
+}
+
+/// A scheduled message moved (a failed one is pending again).
+async fn message_rescheduled(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    scheduled_id: String,
+    due_at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row {
+        t, id, recorded, ..
+    } = *r;
+    Ok({
+        // A failed one is pending again at its new time.
+        schedule_change(
+            conn,
+            t,
+            id,
+            &scheduled_id,
+            "due_at = $3, status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
+             failure_code = NULL, failure = NULL, failed_at = NULL",
+            Some(due_at),
+            recorded,
+        )
+        .await?;
+        touch(conn, r, "", Binds::None).await?
+    })
+}
+
+/// A scheduled message that could not be delivered.
+async fn schedule_failed(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    scheduled_id: String,
+    code: String,
+    reason: String,
+    at: DateTime<Utc>,
+) -> Result<u64, ProjectionError> {
+    let Row {
+        t, id, recorded, ..
+    } = *r;
+    Ok({
+        sqlx::query(&format!(
+            "UPDATE {} SET status = 'failed', failure_code = $3, failure = $4,
+                    failed_at = $5, updated_at = $6
+              WHERE thread_id = $1::uuid AND id = $2",
+            t.scheduled
+        ))
+        .bind(id)
+        .bind(&scheduled_id)
+        .bind(code)
+        .bind(reason)
+        .bind(at)
+        .bind(recorded)
+        .execute(&mut *conn)
+        .await?;
+        touch(conn, r, "", Binds::None).await?
+    })
+}
+
+/// A scheduled message cancelled.
+async fn schedule_cancelled(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    scheduled_id: String,
+) -> Result<u64, ProjectionError> {
+    let Row {
+        t, id, recorded, ..
+    } = *r;
+    Ok({
+        schedule_change(
+            conn,
+            t,
+            id,
+            &scheduled_id,
+            "status = 'cancelled'",
+            None,
+            recorded,
+        )
+        .await?;
+        touch(conn, r, "", Binds::None).await?
+    })
 }
 
 /// Values an update of the thread row binds from `$4`.
@@ -427,13 +579,17 @@ enum Binds {
 /// answers the rows changed (1, or 0 when the row is missing).
 async fn touch(
     conn: &mut PgConnection,
-    t: &Tables,
-    id: &str,
-    version: i64,
-    recorded: DateTime<Utc>,
+    r: &Row<'_>,
     set: &str,
     binds: Binds,
 ) -> Result<u64, ProjectionError> {
+    let Row {
+        t,
+        id,
+        version,
+        recorded,
+        ..
+    } = *r;
     let sql = format!(
         "UPDATE {} SET {set} updated_at = $2, version = $3 WHERE id = $1::uuid",
         t.threads

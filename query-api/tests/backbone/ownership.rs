@@ -25,13 +25,20 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// Whether `text` reads `table` in SQL (`FROM table`, `JOIN table`), the name ending there.
+/// Whether `text` reads `table` in SQL (`FROM table`, `join  table`, any case and spacing),
+/// the name ending there.
 fn reads(text: &str, table: &str) -> bool {
-    ["FROM ", "JOIN "].iter().any(|keyword| {
-        let needle = format!("{keyword}{table}");
-        text.match_indices(&needle).any(|(at, _)| {
-            let next = text[at + needle.len()..].chars().next();
-            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    let text = text.to_ascii_lowercase();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    ["from", "join"].iter().any(|keyword| {
+        text.match_indices(keyword).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let rest = &text[at + keyword.len()..];
+            let name = rest.trim_start();
+            !before.is_some_and(ident)
+                && rest.len() > name.len()
+                && name.starts_with(table)
+                && !name[table.len()..].chars().next().is_some_and(ident)
         })
     })
 }
@@ -88,4 +95,7 @@ fn a_read_is_told_from_a_longer_name() {
     assert!(reads("x JOIN payments\n", "payments"));
     assert!(!reads("SELECT 1 FROM payment_lines", "payments"));
     assert!(!reads("INSERT INTO payments", "payments"));
+    assert!(reads("select 1 from\n      payments p", "payments"));
+    assert!(!reads("SELECT 1 FROM payments_old", "payments"));
+    assert!(!reads("datefrom payments", "payments"));
 }
