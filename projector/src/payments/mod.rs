@@ -8,7 +8,10 @@
 pub mod references;
 
 use async_trait::async_trait;
-use events::payments::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
+use chrono::{DateTime, Utc};
+use events::payments::{
+    CatalogEvent, PaymentEvent, PaymentLine, PaymentProvider, CATALOG, PAYMENT,
+};
 use events::Envelope;
 use sqlx::PgConnection;
 
@@ -93,6 +96,245 @@ impl Projection for CatalogProjection {
     }
 }
 
+/// The payment an event changes, and what every change of it records.
+#[derive(Clone, Copy)]
+struct Change<'a> {
+    /// The read model's tables (live, or a rebuild's).
+    target: &'a Target,
+    /// The event.
+    e: &'a Envelope,
+    /// The payments table's name.
+    payments: &'a str,
+    /// The payment.
+    id: &'a str,
+    /// Its tenant.
+    tenant: &'a str,
+    /// The event's sequence: the row's version.
+    version: i64,
+    /// When the event was recorded.
+    recorded: chrono::DateTime<chrono::Utc>,
+}
+
+/// The payment row and its lines.
+// Its arguments are the event's fields, taken apart where the event is matched.
+#[allow(clippy::too_many_arguments)]
+async fn requested(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    provider: PaymentProvider,
+    currency: String,
+    lines: Vec<PaymentLine>,
+    net: i64,
+    tax: i64,
+    total: i64,
+    customer_reference: String,
+    description: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Change {
+        target,
+        payments,
+        id,
+        tenant,
+        version,
+        recorded,
+        ..
+    } = *c;
+    sqlx::query(&format!(
+        "INSERT INTO {payments} (id, tenant_id, provider, status, currency, net, tax,
+                    total, customer_reference, description, requested_at,
+                    updated_at, version)
+         VALUES ($1::uuid, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .bind(match provider {
+        events::payments::PaymentProvider::Lyra => "lyra",
+        events::payments::PaymentProvider::Stripe => "stripe",
+    })
+    .bind(currency)
+    .bind(net)
+    .bind(tax)
+    .bind(total)
+    .bind(customer_reference)
+    .bind(description)
+    .bind(at)
+    .bind(recorded)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    for (n, l) in lines.into_iter().enumerate() {
+        sqlx::query(&format!(
+            "INSERT INTO {} (payment_id, n, tenant_id, product_id, name, quantity,
+                             unit_price, tax_name, rate_bp, net, tax, gross)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            target.table("payment_lines")
+        ))
+        .bind(id)
+        .bind(n as i32 + 1)
+        .bind(tenant)
+        .bind(l.product_id)
+        .bind(l.name)
+        .bind(l.quantity as i32)
+        .bind(l.unit_price)
+        .bind(l.tax.as_ref().map(|t| t.name.clone()))
+        .bind(l.tax.as_ref().map(|t| t.rate_bp as i32))
+        .bind(l.net)
+        .bind(l.tax_amount)
+        .bind(l.gross)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The payment link the provider made.
+async fn link_created(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    provider_order_id: String,
+    url: String,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), ProjectionError> {
+    let Change {
+        payments,
+        id,
+        version,
+        recorded,
+        ..
+    } = *c;
+    sqlx::query(&format!(
+        "UPDATE {payments} SET status = 'link_created', provider_order_id = $4,
+                link_url = $5, link_expires_at = $6, last_error = NULL,
+                updated_at = $2, version = $3
+          WHERE id = $1::uuid"
+    ))
+    .bind(id)
+    .bind(recorded)
+    .bind(version)
+    .bind(provider_order_id)
+    .bind(url)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Paid: the row, the charge that paid it, and the settlement of its webhook.
+async fn paid(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    amount: i64,
+    provider_reference: String,
+    webhook_id: String,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Change {
+        target,
+        e,
+        payments,
+        id,
+        tenant,
+        ..
+    } = *c;
+    // A payment paid after it was cancelled or failed is no longer in error.
+    sqlx::query(&format!(
+        "UPDATE {payments} SET status = 'paid', provider_reference = $2,
+                paid_at = $3, last_error = NULL
+          WHERE id = $1::uuid"
+    ))
+    .bind(id)
+    .bind(&provider_reference)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    let charge = Charge {
+        reference: &provider_reference,
+        amount,
+        currency: None,
+        reason: "payment",
+        webhook_id: &webhook_id,
+        at,
+    };
+    charge.insert(conn, target, id, tenant).await?;
+    settle(conn, target, e, &webhook_id, at).await
+}
+
+/// A refund of the charge that paid the payment.
+async fn refunded(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    refunded_total: i64,
+    webhook_id: String,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Change { target, e, id, .. } = *c;
+    sqlx::query(&format!(
+        "UPDATE {} SET refunded = $2 WHERE payment_id = $1::uuid AND reason = 'payment'",
+        target.table("payment_charges")
+    ))
+    .bind(id)
+    .bind(refunded_total)
+    .execute(&mut *conn)
+    .await?;
+    settle(conn, target, e, &webhook_id, at).await
+}
+
+/// A charge that does not pay the payment, tracked beside it.
+// Its arguments are the event's fields, taken apart where the event is matched.
+#[allow(clippy::too_many_arguments)]
+async fn charged_again(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    amount: i64,
+    currency: String,
+    provider_reference: String,
+    reason: String,
+    webhook_id: String,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Change {
+        target,
+        e,
+        id,
+        tenant,
+        ..
+    } = *c;
+    let charge = Charge {
+        reference: &provider_reference,
+        amount,
+        currency: Some(&currency),
+        reason: &reason,
+        webhook_id: &webhook_id,
+        at,
+    };
+    charge.insert(conn, target, id, tenant).await?;
+    settle(conn, target, e, &webhook_id, at).await
+}
+
+/// A refund of such a charge.
+async fn charge_refunded(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    provider_reference: String,
+    refunded_total: i64,
+    webhook_id: String,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let Change { target, e, id, .. } = *c;
+    sqlx::query(&format!(
+        "UPDATE {} SET refunded = $3
+          WHERE payment_id = $1::uuid AND provider_reference = $2",
+        target.table("payment_charges")
+    ))
+    .bind(id)
+    .bind(provider_reference)
+    .bind(refunded_total)
+    .execute(&mut *conn)
+    .await?;
+    settle(conn, target, e, &webhook_id, at).await
+}
+
 /// The `payments`, `payment_lines` and `payment_refunds` read models.
 pub struct PaymentsProjection;
 
@@ -128,6 +370,15 @@ impl Projection for PaymentsProjection {
             e.sequence as i64,
             e.recorded_at,
         );
+        let c = Change {
+            target,
+            e,
+            payments: &payments,
+            id,
+            tenant,
+            version,
+            recorded,
+        };
         // Each arm names the columns it sets, from $4 on; $1–$3 are the row and its version.
         let (set, text, time): (&str, Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
             match decode::<PaymentEvent>(e)? {
@@ -143,52 +394,20 @@ impl Projection for PaymentsProjection {
                     at,
                     ..
                 } => {
-                    sqlx::query(&format!(
-                        "INSERT INTO {payments} (id, tenant_id, provider, status, currency, net, tax,
-                                    total, customer_reference, description, requested_at,
-                                    updated_at, version)
-                         VALUES ($1::uuid, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                    ))
-                    .bind(id)
-                    .bind(tenant)
-                    .bind(match provider {
-                        events::payments::PaymentProvider::Lyra => "lyra",
-                        events::payments::PaymentProvider::Stripe => "stripe",
-                    })
-                    .bind(currency)
-                    .bind(net)
-                    .bind(tax)
-                    .bind(total)
-                    .bind(customer_reference)
-                    .bind(description)
-                    .bind(at)
-                    .bind(recorded)
-                    .bind(version)
-                    .execute(&mut *conn)
-                    .await?;
-                    for (n, l) in lines.into_iter().enumerate() {
-                        sqlx::query(&format!(
-                            "INSERT INTO {} (payment_id, n, tenant_id, product_id, name, quantity,
-                                             unit_price, tax_name, rate_bp, net, tax, gross)
-                             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                            target.table("payment_lines")
-                        ))
-                        .bind(id)
-                        .bind(n as i32 + 1)
-                        .bind(tenant)
-                        .bind(l.product_id)
-                        .bind(l.name)
-                        .bind(l.quantity as i32)
-                        .bind(l.unit_price)
-                        .bind(l.tax.as_ref().map(|t| t.name.clone()))
-                        .bind(l.tax.as_ref().map(|t| t.rate_bp as i32))
-                        .bind(l.net)
-                        .bind(l.tax_amount)
-                        .bind(l.gross)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    return Ok(());
+                    return requested(
+                        conn,
+                        &c,
+                        provider,
+                        currency,
+                        lines,
+                        net,
+                        tax,
+                        total,
+                        customer_reference,
+                        description,
+                        at,
+                    )
+                    .await;
                 }
                 PaymentEvent::LinkCreated {
                     provider_order_id,
@@ -196,21 +415,7 @@ impl Projection for PaymentsProjection {
                     expires_at,
                     ..
                 } => {
-                    sqlx::query(&format!(
-                        "UPDATE {payments} SET status = 'link_created', provider_order_id = $4,
-                                link_url = $5, link_expires_at = $6, last_error = NULL,
-                                updated_at = $2, version = $3
-                          WHERE id = $1::uuid"
-                    ))
-                    .bind(id)
-                    .bind(recorded)
-                    .bind(version)
-                    .bind(provider_order_id)
-                    .bind(url)
-                    .bind(expires_at)
-                    .execute(&mut *conn)
-                    .await?;
-                    return Ok(());
+                    return link_created(conn, &c, provider_order_id, url, expires_at).await;
                 }
                 PaymentEvent::LinkFailed { reason, .. } => ("last_error = $4", Some(reason), None),
                 PaymentEvent::Paid {
@@ -219,27 +424,7 @@ impl Projection for PaymentsProjection {
                     webhook_id,
                     at,
                 } => {
-                    // A payment paid after it was cancelled or failed is no longer in error.
-                    sqlx::query(&format!(
-                        "UPDATE {payments} SET status = 'paid', provider_reference = $2,
-                                paid_at = $3, last_error = NULL
-                          WHERE id = $1::uuid"
-                    ))
-                    .bind(id)
-                    .bind(&provider_reference)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                    let charge = Charge {
-                        reference: &provider_reference,
-                        amount,
-                        currency: None,
-                        reason: "payment",
-                        webhook_id: &webhook_id,
-                        at,
-                    };
-                    charge.insert(conn, target, id, tenant).await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
+                    return paid(conn, &c, amount, provider_reference, webhook_id, at).await;
                 }
                 PaymentEvent::Failed { reason, .. } => {
                     ("status = 'failed', last_error = $4", Some(reason), None)
@@ -257,15 +442,7 @@ impl Projection for PaymentsProjection {
                     at,
                     ..
                 } => {
-                    sqlx::query(&format!(
-                        "UPDATE {} SET refunded = $2 WHERE payment_id = $1::uuid AND reason = 'payment'",
-                        target.table("payment_charges")
-                    ))
-                    .bind(id)
-                    .bind(refunded_total)
-                    .execute(&mut *conn)
-                    .await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
+                    return refunded(conn, &c, refunded_total, webhook_id, at).await;
                 }
                 PaymentEvent::ChargedAgain {
                     amount,
@@ -275,16 +452,17 @@ impl Projection for PaymentsProjection {
                     webhook_id,
                     at,
                 } => {
-                    let charge = Charge {
-                        reference: &provider_reference,
+                    return charged_again(
+                        conn,
+                        &c,
                         amount,
-                        currency: Some(&currency),
-                        reason: &reason,
-                        webhook_id: &webhook_id,
+                        currency,
+                        provider_reference,
+                        reason,
+                        webhook_id,
                         at,
-                    };
-                    charge.insert(conn, target, id, tenant).await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
+                    )
+                    .await;
                 }
                 PaymentEvent::ChargeRefunded {
                     provider_reference,
@@ -293,17 +471,15 @@ impl Projection for PaymentsProjection {
                     at,
                     ..
                 } => {
-                    sqlx::query(&format!(
-                        "UPDATE {} SET refunded = $3
-                          WHERE payment_id = $1::uuid AND provider_reference = $2",
-                        target.table("payment_charges")
-                    ))
-                    .bind(id)
-                    .bind(provider_reference)
-                    .bind(refunded_total)
-                    .execute(&mut *conn)
-                    .await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
+                    return charge_refunded(
+                        conn,
+                        &c,
+                        provider_reference,
+                        refunded_total,
+                        webhook_id,
+                        at,
+                    )
+                    .await;
                 }
                 // Recorded on the payment's timeline (the event store); the row keeps its
                 // state, and shows the reports of money that moved and was not applied.
