@@ -660,13 +660,11 @@ impl Thread {
         enabled: bool,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { actor, .. } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            if enabled == self.bot_enabled {
-                vec![]
-            } else {
-                vec![ThreadEvent::BotSwitched { enabled }]
-            }
+        self.staff_only(actor)?;
+        Ok(if enabled == self.bot_enabled {
+            vec![]
+        } else {
+            vec![ThreadEvent::BotSwitched { enabled }]
         })
     }
 
@@ -677,14 +675,12 @@ impl Thread {
         tags: Vec<String>,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { actor, .. } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
-            if tags == self.tags {
-                vec![]
-            } else {
-                vec![ThreadEvent::Tagged { tags }]
-            }
+        self.staff_only(actor)?;
+        let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
+        Ok(if tags == self.tags {
+            vec![]
+        } else {
+            vec![ThreadEvent::Tagged { tags }]
         })
     }
 
@@ -695,17 +691,17 @@ impl Thread {
         number: u64,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { actor, at, .. } = *d;
-        Ok({
-            if number == 0 || number > self.message_count {
-                return Err(ThreadError::UnknownMessageNumber);
-            }
-            let reader = party(actor);
+        if number == 0 || number > self.message_count {
+            return Err(ThreadError::UnknownMessageNumber);
+        }
+        let reader = party(actor);
+        Ok(
             if self.reads.get(&reader.id).is_some_and(|n| *n >= number) {
                 vec![]
             } else {
                 vec![ThreadEvent::Read { reader, number, at }]
-            }
-        })
+            },
+        )
     }
 
     /// Cancels a pending (or failed) scheduled message (staff only).
@@ -715,15 +711,13 @@ impl Thread {
         scheduled_id: String,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { actor, .. } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            match self.schedule(&scheduled_id)?.state {
-                ScheduleState::Pending | ScheduleState::Failed => {
-                    vec![ThreadEvent::ScheduleCancelled { scheduled_id }]
-                }
-                ScheduleState::Cancelled => vec![],
-                ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
+        self.staff_only(actor)?;
+        Ok(match self.schedule(&scheduled_id)?.state {
+            ScheduleState::Pending | ScheduleState::Failed => {
+                vec![ThreadEvent::ScheduleCancelled { scheduled_id }]
             }
+            ScheduleState::Cancelled => vec![],
+            ScheduleState::Delivered => return Err(ThreadError::ScheduleNotPending),
         })
     }
 
@@ -739,29 +733,27 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            if values::label(&participant.id, values::MAX_ID_CHARS).as_deref()
-                != Some(participant.id.as_str())
-            {
-                return Err(ThreadError::InvalidParticipant);
+        self.staff_only(actor)?;
+        if values::label(&participant.id, values::MAX_ID_CHARS).as_deref()
+            != Some(participant.id.as_str())
+        {
+            return Err(ThreadError::InvalidParticipant);
+        }
+        let known = match participant.kind {
+            PartyKind::Phone => services.is_phone_user(tenant, &participant.id).await,
+            PartyKind::Agent => services.is_staff(tenant, &participant.id).await,
+            PartyKind::Bot | PartyKind::System | PartyKind::Contact => {
+                return Err(ThreadError::InvalidParticipant)
             }
-            let known = match participant.kind {
-                PartyKind::Phone => services.is_phone_user(tenant, &participant.id).await,
-                PartyKind::Agent => services.is_staff(tenant, &participant.id).await,
-                PartyKind::Bot | PartyKind::System | PartyKind::Contact => {
-                    return Err(ThreadError::InvalidParticipant)
-                }
-            }
-            .map_err(ThreadError::Unavailable)?;
-            if !known {
-                return Err(ThreadError::InvalidParticipant);
-            }
-            if self.participants.contains(&participant) {
-                vec![]
-            } else {
-                vec![ThreadEvent::ParticipantAdded { participant }]
-            }
+        }
+        .map_err(ThreadError::Unavailable)?;
+        if !known {
+            return Err(ThreadError::InvalidParticipant);
+        }
+        Ok(if self.participants.contains(&participant) {
+            vec![]
+        } else {
+            vec![ThreadEvent::ParticipantAdded { participant }]
         })
     }
 
@@ -778,55 +770,52 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            // A department as the tenant spells it ("sales" is "Sales").
-            let department = match department {
-                Some(name) => {
-                    if values::label(&name, values::MAX_ID_CHARS).as_deref() != Some(name.as_str())
-                    {
-                        return Err(ThreadError::UnknownDepartment);
-                    }
-                    Some(
-                        services
-                            .department(tenant, &name)
-                            .await
-                            .map_err(ThreadError::Unavailable)?
-                            .ok_or(ThreadError::UnknownDepartment)?,
-                    )
+        self.staff_only(actor)?;
+        // A department as the tenant spells it ("sales" is "Sales").
+        let department = match department {
+            Some(name) => {
+                if values::label(&name, values::MAX_ID_CHARS).as_deref() != Some(name.as_str()) {
+                    return Err(ThreadError::UnknownDepartment);
                 }
-                None => None,
-            };
-            if agent_id == self.agent_id && department == self.department {
-                return Ok(vec![]);
+                Some(
+                    services
+                        .department(tenant, &name)
+                        .await
+                        .map_err(ThreadError::Unavailable)?
+                        .ok_or(ThreadError::UnknownDepartment)?,
+                )
             }
-            if let Some(agent) = &agent_id {
-                if values::label(agent, values::MAX_ID_CHARS).as_deref() != Some(agent) {
-                    return Err(ThreadError::UnknownAgent);
-                }
-                if !services
-                    .is_staff(tenant, agent)
-                    .await
-                    .map_err(ThreadError::Unavailable)?
-                {
-                    return Err(ThreadError::UnknownAgent);
-                }
-                // Also when the thread already has them: staff choosing (again) an
-                // agent who left would record a choice no one can act on.
-                if !services
-                    .is_available(tenant, agent)
-                    .await
-                    .map_err(ThreadError::Unavailable)?
-                {
-                    return Err(ThreadError::AgentUnavailable);
-                }
+            None => None,
+        };
+        if agent_id == self.agent_id && department == self.department {
+            return Ok(vec![]);
+        }
+        if let Some(agent) = &agent_id {
+            if values::label(agent, values::MAX_ID_CHARS).as_deref() != Some(agent) {
+                return Err(ThreadError::UnknownAgent);
             }
-            vec![ThreadEvent::Assigned {
-                agent_id,
-                department,
-                reason: None,
-            }]
-        })
+            if !services
+                .is_staff(tenant, agent)
+                .await
+                .map_err(ThreadError::Unavailable)?
+            {
+                return Err(ThreadError::UnknownAgent);
+            }
+            // Also when the thread already has them: staff choosing (again) an
+            // agent who left would record a choice no one can act on.
+            if !services
+                .is_available(tenant, agent)
+                .await
+                .map_err(ThreadError::Unavailable)?
+            {
+                return Err(ThreadError::AgentUnavailable);
+            }
+        }
+        Ok(vec![ThreadEvent::Assigned {
+            agent_id,
+            department,
+            reason: None,
+        }])
     }
 
     /// Takes the thread from an agent or a department that went away (the platform only).
@@ -841,56 +830,54 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            if !matches!(self.access(actor)?, Access::System) {
-                return Err(ThreadError::Forbidden(
-                    "Only the platform releases an assignment.",
-                ));
+        if !matches!(self.access(actor)?, Access::System) {
+            return Err(ThreadError::Forbidden(
+                "Only the platform releases an assignment.",
+            ));
+        }
+        // Only an open thread goes back to the queue: a closed one keeps who
+        // handled it, and is released if it is reopened.
+        if self.closed {
+            return Ok(vec![]);
+        }
+        // A release that arrives late (a retry, a repeat) must not take the thread
+        // from an agent who is back, or out of a department that was added again.
+        let still_gone = match &what {
+            Release::Agent(agent) => !services
+                .is_available(tenant, agent)
+                .await
+                .map_err(ThreadError::Unavailable)?,
+            Release::Department(name) => services
+                .department(tenant, name)
+                .await
+                .map_err(ThreadError::Unavailable)?
+                .is_none(),
+        };
+        if !still_gone {
+            return Ok(vec![]);
+        }
+        Ok(match what {
+            Release::Agent(agent) if self.agent_id.as_ref() == Some(&agent) => {
+                vec![ThreadEvent::Assigned {
+                    agent_id: None,
+                    department: self.department.clone(),
+                    reason: Some(AssignmentReason::AgentUnavailable),
+                }]
             }
-            // Only an open thread goes back to the queue: a closed one keeps who
-            // handled it, and is released if it is reopened.
-            if self.closed {
-                return Ok(vec![]);
+            Release::Department(name)
+                if self
+                    .department
+                    .as_ref()
+                    .is_some_and(|d| d.to_lowercase() == name.to_lowercase()) =>
+            {
+                vec![ThreadEvent::Assigned {
+                    agent_id: self.agent_id.clone(),
+                    department: None,
+                    reason: Some(AssignmentReason::DepartmentRemoved),
+                }]
             }
-            // A release that arrives late (a retry, a repeat) must not take the thread
-            // from an agent who is back, or out of a department that was added again.
-            let still_gone = match &what {
-                Release::Agent(agent) => !services
-                    .is_available(tenant, agent)
-                    .await
-                    .map_err(ThreadError::Unavailable)?,
-                Release::Department(name) => services
-                    .department(tenant, name)
-                    .await
-                    .map_err(ThreadError::Unavailable)?
-                    .is_none(),
-            };
-            if !still_gone {
-                return Ok(vec![]);
-            }
-            match what {
-                Release::Agent(agent) if self.agent_id.as_ref() == Some(&agent) => {
-                    vec![ThreadEvent::Assigned {
-                        agent_id: None,
-                        department: self.department.clone(),
-                        reason: Some(AssignmentReason::AgentUnavailable),
-                    }]
-                }
-                Release::Department(name)
-                    if self
-                        .department
-                        .as_ref()
-                        .is_some_and(|d| d.to_lowercase() == name.to_lowercase()) =>
-                {
-                    vec![ThreadEvent::Assigned {
-                        agent_id: self.agent_id.clone(),
-                        department: None,
-                        reason: Some(AssignmentReason::DepartmentRemoved),
-                    }]
-                }
-                // Already elsewhere: nothing to release (a repeat, or a later choice).
-                _ => vec![],
-            }
+            // Already elsewhere: nothing to release (a repeat, or a later choice).
+            _ => vec![],
         })
     }
 
@@ -912,43 +899,40 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            if access != Access::System {
-                return Err(ThreadError::Forbidden(
-                    "Messages from a channel are delivered by the platform.",
-                ));
-            }
-            // Only into the sender's own conversation on that channel: never credited to
-            // another customer, nor appended to a thread of another channel.
-            if self.channel.unwrap_or(Channel::Web) != channel
-                || self.customer.as_ref() != Some(&from)
-            {
-                return Err(ThreadError::NotTheSendersThread);
-            }
-            let author = from;
-            if self
-                .seen(thread_id, &message_id, &author.id, None, services)
-                .await?
-            {
-                return Ok(vec![]);
-            }
-            let attachment = attachment(raw_attachment, tenant)?;
-            // What a contact sent arrives as sent, even blank (an SMS of spaces): the
-            // provider delivered it, and staff should see that it came.
-            let text = text(&raw, true)?;
-            let mut events = self.reopening(at);
-            events.push(ThreadEvent::MessageSent {
-                message_id,
-                number: self.message_count + 1,
-                author,
-                client_message_id: None,
-                text,
-                attachment,
-                scheduled_id: None,
-                at,
-            });
-            events
-        })
+        if access != Access::System {
+            return Err(ThreadError::Forbidden(
+                "Messages from a channel are delivered by the platform.",
+            ));
+        }
+        // Only into the sender's own conversation on that channel: never credited to
+        // another customer, nor appended to a thread of another channel.
+        if self.channel.unwrap_or(Channel::Web) != channel || self.customer.as_ref() != Some(&from)
+        {
+            return Err(ThreadError::NotTheSendersThread);
+        }
+        let author = from;
+        if self
+            .seen(thread_id, &message_id, &author.id, None, services)
+            .await?
+        {
+            return Ok(vec![]);
+        }
+        let attachment = attachment(raw_attachment, tenant)?;
+        // What a contact sent arrives as sent, even blank (an SMS of spaces): the
+        // provider delivered it, and staff should see that it came.
+        let text = text(&raw, true)?;
+        let mut events = self.reopening(at);
+        events.push(ThreadEvent::MessageSent {
+            message_id,
+            number: self.message_count + 1,
+            author,
+            client_message_id: None,
+            text,
+            attachment,
+            scheduled_id: None,
+            at,
+        });
+        Ok(events)
     }
 
     /// Records a message a participant or staff member sent.
@@ -968,37 +952,35 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            let author = party(actor);
-            let client_message_id = client_message_id
-                .map(|c| {
-                    values::label(&c, values::MAX_CLIENT_ID_CHARS)
-                        .filter(|l| *l == c)
-                        .ok_or(ThreadError::InvalidClientMessageId)
-                })
-                .transpose()?;
-            let client_id = client_message_id.as_deref();
-            if self
-                .seen(thread_id, &message_id, &author.id, client_id, services)
-                .await?
-            {
-                return Ok(vec![]);
-            }
-            let attachment = attachment(raw_attachment, tenant)?;
-            let text = text(&raw, attachment.is_some())?;
-            let mut events = self.reopening(at);
-            events.push(ThreadEvent::MessageSent {
-                message_id,
-                number: self.message_count + 1,
-                author,
-                client_message_id,
-                text,
-                attachment,
-                scheduled_id: None,
-                at,
-            });
-            events
-        })
+        let author = party(actor);
+        let client_message_id = client_message_id
+            .map(|c| {
+                values::label(&c, values::MAX_CLIENT_ID_CHARS)
+                    .filter(|l| *l == c)
+                    .ok_or(ThreadError::InvalidClientMessageId)
+            })
+            .transpose()?;
+        let client_id = client_message_id.as_deref();
+        if self
+            .seen(thread_id, &message_id, &author.id, client_id, services)
+            .await?
+        {
+            return Ok(vec![]);
+        }
+        let attachment = attachment(raw_attachment, tenant)?;
+        let text = text(&raw, attachment.is_some())?;
+        let mut events = self.reopening(at);
+        events.push(ThreadEvent::MessageSent {
+            message_id,
+            number: self.message_count + 1,
+            author,
+            client_message_id,
+            text,
+            attachment,
+            scheduled_id: None,
+            at,
+        });
+        Ok(events)
     }
 
     /// Edits the caller's own message within the edit window.
@@ -1015,24 +997,22 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            let message = self.message(thread_id, &message_id, services).await?;
-            if message.deleted {
-                return Err(ThreadError::MessageDeleted);
-            }
-            if message.author != party(actor) {
-                return Err(ThreadError::NotAuthor);
-            }
-            if at - message.at > EDIT_WINDOW {
-                return Err(ThreadError::EditWindowClosed);
-            }
-            let text = text(&raw, message.has_attachment)?;
-            vec![ThreadEvent::MessageEdited {
-                message_id,
-                text,
-                at,
-            }]
-        })
+        let message = self.message(thread_id, &message_id, services).await?;
+        if message.deleted {
+            return Err(ThreadError::MessageDeleted);
+        }
+        if message.author != party(actor) {
+            return Err(ThreadError::NotAuthor);
+        }
+        if at - message.at > EDIT_WINDOW {
+            return Err(ThreadError::EditWindowClosed);
+        }
+        let text = text(&raw, message.has_attachment)?;
+        Ok(vec![ThreadEvent::MessageEdited {
+            message_id,
+            text,
+            at,
+        }])
     }
 
     /// Deletes a message (a tombstone).
@@ -1049,20 +1029,18 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            let message = self.message(thread_id, &message_id, services).await?;
-            if access == Access::Participant && message.author != party(actor) {
-                return Err(ThreadError::NotAuthor);
-            }
-            if message.deleted {
-                vec![]
-            } else {
-                vec![ThreadEvent::MessageDeleted {
-                    message_id,
-                    by: party(actor),
-                    at,
-                }]
-            }
+        let message = self.message(thread_id, &message_id, services).await?;
+        if access == Access::Participant && message.author != party(actor) {
+            return Err(ThreadError::NotAuthor);
+        }
+        Ok(if message.deleted {
+            vec![]
+        } else {
+            vec![ThreadEvent::MessageDeleted {
+                message_id,
+                by: party(actor),
+                at,
+            }]
         })
     }
 
@@ -1078,22 +1056,20 @@ impl Thread {
         let Decision {
             actor, tenant, at, ..
         } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            if self.scheduled.contains_key(&scheduled_id) {
-                return Ok(vec![]);
-            }
-            due(at, due_at)?;
-            let attachment = attachment(raw_attachment, tenant)?;
-            let text = text(&raw, attachment.is_some())?;
-            vec![ThreadEvent::MessageScheduled {
-                scheduled_id,
-                author: party(actor),
-                text,
-                attachment,
-                due_at,
-            }]
-        })
+        self.staff_only(actor)?;
+        if self.scheduled.contains_key(&scheduled_id) {
+            return Ok(vec![]);
+        }
+        due(at, due_at)?;
+        let attachment = attachment(raw_attachment, tenant)?;
+        let text = text(&raw, attachment.is_some())?;
+        Ok(vec![ThreadEvent::MessageScheduled {
+            scheduled_id,
+            author: party(actor),
+            text,
+            attachment,
+            due_at,
+        }])
     }
 
     /// Moves a pending (or failed) scheduled message to another time.
@@ -1104,25 +1080,23 @@ impl Thread {
         due_at: DateTime<Utc>,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { actor, at, .. } = *d;
-        Ok({
-            self.staff_only(actor)?;
-            let scheduled = self.schedule(&scheduled_id)?;
-            // A failed one is tried again at its new time.
-            if !matches!(
-                scheduled.state,
-                ScheduleState::Pending | ScheduleState::Failed
-            ) {
-                return Err(ThreadError::ScheduleNotPending);
-            }
-            if scheduled.due_at == due_at && scheduled.state == ScheduleState::Pending {
-                return Ok(vec![]);
-            }
-            due(at, due_at)?;
-            vec![ThreadEvent::MessageRescheduled {
-                scheduled_id,
-                due_at,
-            }]
-        })
+        self.staff_only(actor)?;
+        let scheduled = self.schedule(&scheduled_id)?;
+        // A failed one is tried again at its new time.
+        if !matches!(
+            scheduled.state,
+            ScheduleState::Pending | ScheduleState::Failed
+        ) {
+            return Err(ThreadError::ScheduleNotPending);
+        }
+        if scheduled.due_at == due_at && scheduled.state == ScheduleState::Pending {
+            return Ok(vec![]);
+        }
+        due(at, due_at)?;
+        Ok(vec![ThreadEvent::MessageRescheduled {
+            scheduled_id,
+            due_at,
+        }])
     }
 
     /// Delivers a due scheduled message (the scheduler only).
@@ -1139,47 +1113,45 @@ impl Thread {
             services,
             ..
         } = *d;
-        Ok({
-            if access != Access::System {
-                return Err(ThreadError::Forbidden(
-                    "Scheduled messages are delivered by the scheduler.",
-                ));
-            }
-            let scheduled = self.schedule(&scheduled_id)?;
-            if scheduled.state != ScheduleState::Pending {
-                // Delivered once, or cancelled: never (again).
-                return Ok(vec![]);
-            }
-            if scheduled.due_at > at {
-                return Err(ThreadError::NotDue);
-            }
-            // Never in the name of someone who can no longer write here.
-            if scheduled.author.kind == PartyKind::Agent
-                && !services
-                    .is_active_staff(tenant, &scheduled.author.id)
-                    .await
-                    .map_err(ThreadError::Unavailable)?
-            {
-                return Ok(vec![ThreadEvent::ScheduleFailed {
-                scheduled_id,
-                code: "author_unavailable".into(),
-                reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
-                at,
-            }]);
-            }
-            let mut events = self.reopening(at);
-            events.push(ThreadEvent::MessageSent {
-                message_id,
-                number: self.message_count + 1,
-                author: scheduled.author.clone(),
-                client_message_id: None,
-                text: scheduled.text.clone(),
-                attachment: scheduled.attachment.clone(),
-                scheduled_id: Some(scheduled_id),
-                at,
-            });
-            events
-        })
+        if access != Access::System {
+            return Err(ThreadError::Forbidden(
+                "Scheduled messages are delivered by the scheduler.",
+            ));
+        }
+        let scheduled = self.schedule(&scheduled_id)?;
+        if scheduled.state != ScheduleState::Pending {
+            // Delivered once, or cancelled: never (again).
+            return Ok(vec![]);
+        }
+        if scheduled.due_at > at {
+            return Err(ThreadError::NotDue);
+        }
+        // Never in the name of someone who can no longer write here.
+        if scheduled.author.kind == PartyKind::Agent
+            && !services
+                .is_active_staff(tenant, &scheduled.author.id)
+                .await
+                .map_err(ThreadError::Unavailable)?
+        {
+            return Ok(vec![ThreadEvent::ScheduleFailed {
+            scheduled_id,
+            code: "author_unavailable".into(),
+            reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
+            at,
+        }]);
+        }
+        let mut events = self.reopening(at);
+        events.push(ThreadEvent::MessageSent {
+            message_id,
+            number: self.message_count + 1,
+            author: scheduled.author.clone(),
+            client_message_id: None,
+            text: scheduled.text.clone(),
+            attachment: scheduled.attachment.clone(),
+            scheduled_id: Some(scheduled_id),
+            at,
+        });
+        Ok(events)
     }
 
     /// Records that a scheduled message could not be delivered (the scheduler only).
@@ -1190,21 +1162,19 @@ impl Thread {
         reason: String,
     ) -> Result<Vec<ThreadEvent>, ThreadError> {
         let Decision { access, at, .. } = *d;
-        Ok({
-            if access != Access::System {
-                return Err(ThreadError::Forbidden(
-                    "Scheduled messages are delivered by the scheduler.",
-                ));
-            }
-            match self.schedule(&scheduled_id)?.state {
-                ScheduleState::Pending => vec![ThreadEvent::ScheduleFailed {
-                    scheduled_id,
-                    code: "delivery_failed".into(),
-                    reason: reason.chars().take(500).collect(),
-                    at,
-                }],
-                _ => vec![],
-            }
+        if access != Access::System {
+            return Err(ThreadError::Forbidden(
+                "Scheduled messages are delivered by the scheduler.",
+            ));
+        }
+        Ok(match self.schedule(&scheduled_id)?.state {
+            ScheduleState::Pending => vec![ThreadEvent::ScheduleFailed {
+                scheduled_id,
+                code: "delivery_failed".into(),
+                reason: reason.chars().take(500).collect(),
+                at,
+            }],
+            _ => vec![],
         })
     }
 }

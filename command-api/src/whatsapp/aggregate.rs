@@ -985,26 +985,24 @@ impl Conversation {
         at: DateTime<Utc>,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            if self.inbound.contains_key(&message.message_id) {
-                return Ok(vec![]);
-            }
-            let mut events: Vec<_> = self.start(&parties).into_iter().collect();
-            events.push(E::MessageReceived {
-                message_id: message.message_id,
-                wamid: message.wamid,
-                webhook_id: message.webhook_id,
-                profile_name: message.profile_name,
-                kind: message.kind,
-                content: message.content,
-                text: message.text,
-                context_wamid: message.context_wamid,
-                sent_at: message.sent_at,
-                thread_id,
-                at,
-            });
-            events
-        })
+        if self.inbound.contains_key(&message.message_id) {
+            return Ok(vec![]);
+        }
+        let mut events: Vec<_> = self.start(&parties).into_iter().collect();
+        events.push(E::MessageReceived {
+            message_id: message.message_id,
+            wamid: message.wamid,
+            webhook_id: message.webhook_id,
+            profile_name: message.profile_name,
+            kind: message.kind,
+            content: message.content,
+            text: message.text,
+            context_wamid: message.context_wamid,
+            sent_at: message.sent_at,
+            thread_id,
+            at,
+        });
+        Ok(events)
     }
 
     /// Queues an outbound message, or records why it is refused. (Its arguments are the
@@ -1022,39 +1020,37 @@ impl Conversation {
         at: DateTime<Utc>,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            if let Some(queued) = self.outbound.get(&message_id) {
-                return match queued.content.as_ref() == Some(&content) {
-                    true => Ok(vec![]),
-                    false => Err(ConversationError::MessageExists),
-                };
-            }
-            if self.inbound.contains_key(&message_id) {
-                return Err(ConversationError::MessageExists);
-            }
-            let refusal = self.refusal(&parties.tenant_id, session_connected, &content, at);
-            let mut events: Vec<_> = match (&refusal, record_refusal) {
-                (Some(e), false) => return Err(e.clone()),
-                _ => self.start(&parties).into_iter().collect(),
+        if let Some(queued) = self.outbound.get(&message_id) {
+            return match queued.content.as_ref() == Some(&content) {
+                true => Ok(vec![]),
+                false => Err(ConversationError::MessageExists),
             };
-            events.push(E::MessageQueued {
-                message_id: message_id.clone(),
-                author,
-                content,
-                thread_id: thread_id.clone(),
+        }
+        if self.inbound.contains_key(&message_id) {
+            return Err(ConversationError::MessageExists);
+        }
+        let refusal = self.refusal(&parties.tenant_id, session_connected, &content, at);
+        let mut events: Vec<_> = match (&refusal, record_refusal) {
+            (Some(e), false) => return Err(e.clone()),
+            _ => self.start(&parties).into_iter().collect(),
+        };
+        events.push(E::MessageQueued {
+            message_id: message_id.clone(),
+            author,
+            content,
+            thread_id: thread_id.clone(),
+            at,
+        });
+        if let Some(refused) = refusal {
+            events.push(E::MessageFailed {
+                message_id,
+                thread_id,
+                code: refused.code().to_owned(),
+                reason: refused.to_string(),
                 at,
             });
-            if let Some(refused) = refusal {
-                events.push(E::MessageFailed {
-                    message_id,
-                    thread_id,
-                    code: refused.code().to_owned(),
-                    reason: refused.to_string(),
-                    at,
-                });
-            }
-            events
-        })
+        }
+        Ok(events)
     }
 
     /// Changes (edits or deletes) a reply before or after it is sent.
@@ -1065,13 +1061,12 @@ impl Conversation {
         at: DateTime<Utc>,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            let out = self
-                .outbound
-                .get(&message_id)
-                .ok_or(ConversationError::NotFound)?;
-            let thread_id = out.thread_id.clone();
-            match out.state {
+        let out = self
+            .outbound
+            .get(&message_id)
+            .ok_or(ConversationError::NotFound)?;
+        let thread_id = out.thread_id.clone();
+        Ok(match out.state {
             // It never went out: nothing to change.
             SendState::Failed => vec![],
             // Not yet accepted (queued, waiting for a retry, or an attempt under way
@@ -1126,7 +1121,6 @@ impl Conversation {
                     at,
                 }]
             }
-        }
         })
     }
 
@@ -1137,12 +1131,11 @@ impl Conversation {
         at: DateTime<Utc>,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            let out = self
-                .outbound
-                .get(&message_id)
-                .ok_or(ConversationError::NotFound)?;
-            match out.state {
+        let out = self
+            .outbound
+            .get(&message_id)
+            .ok_or(ConversationError::NotFound)?;
+        Ok(match out.state {
             SendState::Sent | SendState::Failed => vec![],
             SendState::Attempting => match out.attempt_at {
                 Some(began) if at < began + attempt_lease() => vec![],
@@ -1160,7 +1153,6 @@ impl Conversation {
                 attempt: out.attempts + 1,
                 at,
             }],
-        }
         })
     }
 
@@ -1252,109 +1244,105 @@ impl Conversation {
         result: MediaResult,
     ) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            if !self.inbound.contains_key(&message_id) {
-                return Err(ConversationError::NotFound);
-            }
-            if self.media_done.contains(&message_id) {
-                return Ok(vec![]);
-            }
-            vec![match result {
-                MediaResult::Stored {
-                    object_key,
-                    content_type,
-                    size_bytes,
-                    sha256,
-                } => E::MediaStored {
-                    message_id,
-                    object_key,
-                    content_type,
-                    size_bytes,
-                    sha256,
-                },
-                MediaResult::Failed { reason, retryable } => E::MediaFailed {
-                    message_id,
-                    reason,
-                    retryable,
-                },
-            }]
-        })
+        if !self.inbound.contains_key(&message_id) {
+            return Err(ConversationError::NotFound);
+        }
+        if self.media_done.contains(&message_id) {
+            return Ok(vec![]);
+        }
+        Ok(vec![match result {
+            MediaResult::Stored {
+                object_key,
+                content_type,
+                size_bytes,
+                sha256,
+            } => E::MediaStored {
+                message_id,
+                object_key,
+                content_type,
+                size_bytes,
+                sha256,
+            },
+            MediaResult::Failed { reason, retryable } => E::MediaFailed {
+                message_id,
+                reason,
+                retryable,
+            },
+        }])
     }
 
     /// Records a status the provider reported for an outbound message.
     fn status(&self, report: StatusReport) -> Result<Vec<ConversationEvent>, ConversationError> {
         use ConversationEvent as E;
-        Ok({
-            let message_id = report
-                .message_id
-                .clone()
-                .filter(|m| self.outbound.contains_key(m))
-                .or_else(|| self.by_wamid.get(&report.wamid).cloned())
-                .ok_or(ConversationError::NotFound)?;
-            let Some(out) = self.outbound.get(&message_id) else {
-                return Err(ConversationError::NotFound);
-            };
-            let mut events = Vec::new();
-            // A status for a message without a recorded acceptance (its sender died after
-            // the provider answered, or a bridge took it) is how the platform learns what
-            // became of it.
-            match (out.state, report.status) {
-                (SendState::Sent, _) => {}
-                (SendState::Failed, Delivery::Failed) => {}
-                (_, Delivery::Failed) => events.push(E::MessageFailed {
+        let message_id = report
+            .message_id
+            .clone()
+            .filter(|m| self.outbound.contains_key(m))
+            .or_else(|| self.by_wamid.get(&report.wamid).cloned())
+            .ok_or(ConversationError::NotFound)?;
+        let Some(out) = self.outbound.get(&message_id) else {
+            return Err(ConversationError::NotFound);
+        };
+        let mut events = Vec::new();
+        // A status for a message without a recorded acceptance (its sender died after
+        // the provider answered, or a bridge took it) is how the platform learns what
+        // became of it.
+        match (out.state, report.status) {
+            (SendState::Sent, _) => {}
+            (SendState::Failed, Delivery::Failed) => {}
+            (_, Delivery::Failed) => events.push(E::MessageFailed {
+                message_id: message_id.clone(),
+                thread_id: out.thread_id.clone(),
+                code: report.error_code.clone().unwrap_or_else(|| "failed".into()),
+                reason: report
+                    .error_title
+                    .clone()
+                    .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
+                at: report.provider_at,
+            }),
+            _ => {
+                events.push(E::MessageSent {
                     message_id: message_id.clone(),
+                    wamid: report.wamid.clone(),
                     thread_id: out.thread_id.clone(),
-                    code: report.error_code.clone().unwrap_or_else(|| "failed".into()),
-                    reason: report
-                        .error_title
-                        .clone()
-                        .unwrap_or_else(|| "WhatsApp could not deliver it.".into()),
                     at: report.provider_at,
-                }),
-                _ => {
-                    events.push(E::MessageSent {
+                });
+                // Sent after all (an attempt in doubt, or one a change was made
+                // during): a change made meanwhile did not reach the contact.
+                if let Some(change) = out
+                    .changed_in_flight
+                    .as_ref()
+                    .filter(|c| !out.late_changes.contains(c.as_str()))
+                {
+                    events.push(E::ChangeNotDelivered {
                         message_id: message_id.clone(),
-                        wamid: report.wamid.clone(),
                         thread_id: out.thread_id.clone(),
+                        change: change.clone(),
+                        // The status this report brings (it follows).
+                        delivery: Some(report.status).filter(|d| *d != Delivery::Sent),
                         at: report.provider_at,
                     });
-                    // Sent after all (an attempt in doubt, or one a change was made
-                    // during): a change made meanwhile did not reach the contact.
-                    if let Some(change) = out
-                        .changed_in_flight
-                        .as_ref()
-                        .filter(|c| !out.late_changes.contains(c.as_str()))
-                    {
-                        events.push(E::ChangeNotDelivered {
-                            message_id: message_id.clone(),
-                            thread_id: out.thread_id.clone(),
-                            change: change.clone(),
-                            // The status this report brings (it follows).
-                            delivery: Some(report.status).filter(|d| *d != Delivery::Sent),
-                            at: report.provider_at,
-                        });
-                    }
                 }
             }
-            let forward = match out.delivery {
-                None => true,
-                Some(Delivery::Failed) => false,
-                Some(_) if report.status == Delivery::Failed => true,
-                Some(current) => report.status > current,
-            };
-            if forward {
-                events.push(E::StatusUpdated {
-                    message_id,
-                    thread_id: out.thread_id.clone(),
-                    status: report.status,
-                    error_code: report.error_code,
-                    error_title: report.error_title,
-                    provider_at: report.provider_at,
-                    webhook_id: report.webhook_id,
-                });
-            }
-            events
-        })
+        }
+        let forward = match out.delivery {
+            None => true,
+            Some(Delivery::Failed) => false,
+            Some(_) if report.status == Delivery::Failed => true,
+            Some(current) => report.status > current,
+        };
+        if forward {
+            events.push(E::StatusUpdated {
+                message_id,
+                thread_id: out.thread_id.clone(),
+                status: report.status,
+                error_code: report.error_code,
+                error_title: report.error_title,
+                provider_at: report.provider_at,
+                webhook_id: report.webhook_id,
+            });
+        }
+        Ok(events)
     }
 }
 

@@ -311,55 +311,53 @@ async fn message_sent(
         version,
         recorded,
     } = *r;
-    Ok({
-        let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
-        // One round trip: the message, the author's read position, the delivered
-        // schedule and the inbox row.
-        sqlx::query(&format!(
-            "WITH message AS (
-                INSERT INTO {messages} (thread_id, number, message_id, tenant_id, author_id,
-                                        author_kind, text, attachment, client_message_id,
-                                        scheduled_id, sent_at)
-                VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
-             reads AS (
-                INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
-                VALUES ($1::uuid, $5, $4, $6, $2, $11)
-                ON CONFLICT (thread_id, reader_id) DO UPDATE
-                   SET last_read = greatest({reads}.last_read, EXCLUDED.last_read),
-                       read_at = EXCLUDED.read_at),
-             delivered AS (
-                UPDATE {scheduled} SET status = 'delivered', message_id = $3, updated_at = $12
-                 WHERE thread_id = $1::uuid AND id = $10)
-             UPDATE {threads}
-                SET message_count = $2, last_activity_at = $11,
-                    last_message = jsonb_build_object(
-                        'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
-                        'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
-                        'sent_at', $11),
-                    updated_at = $12, version = $13
-              WHERE id = $1::uuid",
-            messages = t.messages,
-            reads = t.reads,
-            scheduled = t.scheduled,
-            threads = t.threads,
-        ))
-        .bind(id)
-        .bind(number as i64)
-        .bind(message_id)
-        .bind(tenant)
-        .bind(&author.id)
-        .bind(author.kind.as_str())
-        .bind(text)
-        .bind(attachment)
-        .bind(client_message_id)
-        .bind(scheduled_id)
-        .bind(at)
-        .bind(recorded)
-        .bind(version)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    })
+    let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+    // One round trip: the message, the author's read position, the delivered
+    // schedule and the inbox row.
+    Ok(sqlx::query(&format!(
+        "WITH message AS (
+            INSERT INTO {messages} (thread_id, number, message_id, tenant_id, author_id,
+                                    author_kind, text, attachment, client_message_id,
+                                    scheduled_id, sent_at)
+            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)),
+         reads AS (
+            INSERT INTO {reads} (thread_id, reader_id, tenant_id, reader_kind, last_read, read_at)
+            VALUES ($1::uuid, $5, $4, $6, $2, $11)
+            ON CONFLICT (thread_id, reader_id) DO UPDATE
+               SET last_read = greatest({reads}.last_read, EXCLUDED.last_read),
+                   read_at = EXCLUDED.read_at),
+         delivered AS (
+            UPDATE {scheduled} SET status = 'delivered', message_id = $3, updated_at = $12
+             WHERE thread_id = $1::uuid AND id = $10)
+         UPDATE {threads}
+            SET message_count = $2, last_activity_at = $11,
+                last_message = jsonb_build_object(
+                    'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
+                    'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
+                    'sent_at', $11),
+                updated_at = $12, version = $13
+          WHERE id = $1::uuid",
+        messages = t.messages,
+        reads = t.reads,
+        scheduled = t.scheduled,
+        threads = t.threads,
+    ))
+    .bind(id)
+    .bind(number as i64)
+    .bind(message_id)
+    .bind(tenant)
+    .bind(&author.id)
+    .bind(author.kind.as_str())
+    .bind(text)
+    .bind(attachment)
+    .bind(client_message_id)
+    .bind(scheduled_id)
+    .bind(at)
+    .bind(recorded)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// A message's new text, and the preview if it is the last message.
@@ -371,29 +369,27 @@ async fn message_edited(
     at: DateTime<Utc>,
 ) -> Result<u64, ProjectionError> {
     let Row { t, id, .. } = *r;
-    Ok({
-        sqlx::query(&format!(
-            "UPDATE {} SET text = $3, edited_at = $4 WHERE thread_id = $1::uuid AND message_id = $2",
-            t.messages
-        ))
-        .bind(id)
-        .bind(&message_id)
-        .bind(&text)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-        touch(
-            conn,
-            r,
-            &format!(
-                "last_message = CASE WHEN last_message->>'message_id' = $4
-                     THEN jsonb_set(last_message, '{{text}}', to_jsonb(left($5, {PREVIEW_CHARS})))
-                     ELSE last_message END,"
-            ),
-            Binds::Texts(Some(message_id), Some(text)),
-        )
-        .await?
-    })
+    sqlx::query(&format!(
+        "UPDATE {} SET text = $3, edited_at = $4 WHERE thread_id = $1::uuid AND message_id = $2",
+        t.messages
+    ))
+    .bind(id)
+    .bind(&message_id)
+    .bind(&text)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    touch(
+        conn,
+        r,
+        &format!(
+            "last_message = CASE WHEN last_message->>'message_id' = $4
+                 THEN jsonb_set(last_message, '{{text}}', to_jsonb(left($5, {PREVIEW_CHARS})))
+                 ELSE last_message END,"
+        ),
+        Binds::Texts(Some(message_id), Some(text)),
+    )
+    .await
 }
 
 /// A message tombstoned; the preview falls back to the newest message still there.
@@ -404,44 +400,42 @@ async fn message_deleted(
     at: DateTime<Utc>,
 ) -> Result<u64, ProjectionError> {
     let Row { t, id, .. } = *r;
-    Ok({
-        sqlx::query(&format!(
-            "UPDATE {} SET text = NULL, attachment = NULL, deleted_at = $3
-              WHERE thread_id = $1::uuid AND message_id = $2",
-            t.messages
-        ))
-        .bind(id)
-        .bind(&message_id)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-        // The preview falls back to the newest message still there; unread counts
-        // leave the deleted one out.
-        touch(
-            conn,
-            r,
-            &format!(
-                "deleted_numbers = ARRAY(SELECT DISTINCT n FROM unnest(
-                     deleted_numbers || ARRAY(SELECT m.number FROM {messages} m
-                                               WHERE m.thread_id = $1::uuid
-                                                 AND m.message_id = $4)) AS n
-                                          ORDER BY n),
-                 last_message = CASE WHEN last_message->>'message_id' = $4
-                     THEN (SELECT jsonb_build_object(
-                              'message_id', m.message_id, 'number', m.number,
-                              'author_id', m.author_id, 'author_kind', m.author_kind,
-                              'text', left(m.text, {PREVIEW_CHARS}),
-                              'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
-                             FROM {messages} m
-                            WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
-                            ORDER BY m.number DESC LIMIT 1)
-                     ELSE last_message END,",
-                messages = t.messages
-            ),
-            Binds::Texts(Some(message_id), None),
-        )
-        .await?
-    })
+    sqlx::query(&format!(
+        "UPDATE {} SET text = NULL, attachment = NULL, deleted_at = $3
+          WHERE thread_id = $1::uuid AND message_id = $2",
+        t.messages
+    ))
+    .bind(id)
+    .bind(&message_id)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    // The preview falls back to the newest message still there; unread counts
+    // leave the deleted one out.
+    touch(
+        conn,
+        r,
+        &format!(
+            "deleted_numbers = ARRAY(SELECT DISTINCT n FROM unnest(
+                 deleted_numbers || ARRAY(SELECT m.number FROM {messages} m
+                                           WHERE m.thread_id = $1::uuid
+                                             AND m.message_id = $4)) AS n
+                                      ORDER BY n),
+             last_message = CASE WHEN last_message->>'message_id' = $4
+                 THEN (SELECT jsonb_build_object(
+                          'message_id', m.message_id, 'number', m.number,
+                          'author_id', m.author_id, 'author_kind', m.author_kind,
+                          'text', left(m.text, {PREVIEW_CHARS}),
+                          'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
+                         FROM {messages} m
+                        WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
+                        ORDER BY m.number DESC LIMIT 1)
+                 ELSE last_message END,",
+            messages = t.messages
+        ),
+        Binds::Texts(Some(message_id), None),
+    )
+    .await
 }
 
 /// A scheduled message, pending.
@@ -461,26 +455,24 @@ async fn message_scheduled(
         recorded,
         ..
     } = *r;
-    Ok({
-        let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
-        sqlx::query(&format!(
-            "INSERT INTO {} (thread_id, id, tenant_id, author_id, text, attachment, due_at,
-                             status, created_at, updated_at)
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
-            t.scheduled
-        ))
-        .bind(id)
-        .bind(scheduled_id)
-        .bind(tenant)
-        .bind(author.id)
-        .bind(text)
-        .bind(attachment)
-        .bind(due_at)
-        .bind(recorded)
-        .execute(&mut *conn)
-        .await?;
-        touch(conn, r, "", Binds::None).await?
-    })
+    let attachment = attachment.map(|a| serde_json::to_value(a).unwrap_or_default());
+    sqlx::query(&format!(
+        "INSERT INTO {} (thread_id, id, tenant_id, author_id, text, attachment, due_at,
+                         status, created_at, updated_at)
+         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, 'pending', $8, $8)",
+        t.scheduled
+    ))
+    .bind(id)
+    .bind(scheduled_id)
+    .bind(tenant)
+    .bind(author.id)
+    .bind(text)
+    .bind(attachment)
+    .bind(due_at)
+    .bind(recorded)
+    .execute(&mut *conn)
+    .await?;
+    touch(conn, r, "", Binds::None).await
 }
 
 /// A scheduled message moved (a failed one is pending again).
@@ -493,21 +485,19 @@ async fn message_rescheduled(
     let Row {
         t, id, recorded, ..
     } = *r;
-    Ok({
-        // A failed one is pending again at its new time.
-        schedule_change(
-            conn,
-            t,
-            id,
-            &scheduled_id,
-            "due_at = $3, status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
-             failure_code = NULL, failure = NULL, failed_at = NULL",
-            Some(due_at),
-            recorded,
-        )
-        .await?;
-        touch(conn, r, "", Binds::None).await?
-    })
+    // A failed one is pending again at its new time.
+    schedule_change(
+        conn,
+        t,
+        id,
+        &scheduled_id,
+        "due_at = $3, status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
+         failure_code = NULL, failure = NULL, failed_at = NULL",
+        Some(due_at),
+        recorded,
+    )
+    .await?;
+    touch(conn, r, "", Binds::None).await
 }
 
 /// A scheduled message that could not be delivered.
@@ -522,23 +512,21 @@ async fn schedule_failed(
     let Row {
         t, id, recorded, ..
     } = *r;
-    Ok({
-        sqlx::query(&format!(
-            "UPDATE {} SET status = 'failed', failure_code = $3, failure = $4,
-                    failed_at = $5, updated_at = $6
-              WHERE thread_id = $1::uuid AND id = $2",
-            t.scheduled
-        ))
-        .bind(id)
-        .bind(&scheduled_id)
-        .bind(code)
-        .bind(reason)
-        .bind(at)
-        .bind(recorded)
-        .execute(&mut *conn)
-        .await?;
-        touch(conn, r, "", Binds::None).await?
-    })
+    sqlx::query(&format!(
+        "UPDATE {} SET status = 'failed', failure_code = $3, failure = $4,
+                failed_at = $5, updated_at = $6
+          WHERE thread_id = $1::uuid AND id = $2",
+        t.scheduled
+    ))
+    .bind(id)
+    .bind(&scheduled_id)
+    .bind(code)
+    .bind(reason)
+    .bind(at)
+    .bind(recorded)
+    .execute(&mut *conn)
+    .await?;
+    touch(conn, r, "", Binds::None).await
 }
 
 /// A scheduled message cancelled.
@@ -550,19 +538,17 @@ async fn schedule_cancelled(
     let Row {
         t, id, recorded, ..
     } = *r;
-    Ok({
-        schedule_change(
-            conn,
-            t,
-            id,
-            &scheduled_id,
-            "status = 'cancelled'",
-            None,
-            recorded,
-        )
-        .await?;
-        touch(conn, r, "", Binds::None).await?
-    })
+    schedule_change(
+        conn,
+        t,
+        id,
+        &scheduled_id,
+        "status = 'cancelled'",
+        None,
+        recorded,
+    )
+    .await?;
+    touch(conn, r, "", Binds::None).await
 }
 
 /// Values an update of the thread row binds from `$4`.
