@@ -99,6 +99,54 @@ impl Target {
     }
 }
 
+/// The update one event makes to one row of a read model keyed by a UUID `id` and carrying
+/// `updated_at` and `version`: `$1` is the row, `$2` the event's time, `$3` its version, and
+/// the statement's own values follow from `$4` (the shape most projections share).
+pub struct RowUpdate {
+    /// The physical table.
+    table: String,
+    /// When the event was recorded.
+    recorded: chrono::DateTime<chrono::Utc>,
+    /// The event's sequence: the row's version after it.
+    version: i64,
+}
+
+/// A statement of [`RowUpdate`], its first three values bound.
+pub type RowQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl RowUpdate {
+    /// Updates of `table` (a physical name, from [`Target::table`]) for event `e`.
+    pub fn new(table: String, e: &Envelope) -> Self {
+        Self {
+            table,
+            recorded: e.recorded_at,
+            version: e.sequence as i64,
+        }
+    }
+
+    /// The statement that sets `set` (its values from `$4`) on one row.
+    pub fn sql(&self, set: &str) -> String {
+        format!(
+            "UPDATE {} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid",
+            self.table
+        )
+    }
+
+    /// `sql` (from [`RowUpdate::sql`]) for the row `id`, its first three values bound.
+    pub fn query<'q>(&self, sql: &'q str, id: &str) -> RowQuery<'q> {
+        sqlx::query(sql)
+            .bind(id.to_owned())
+            .bind(self.recorded)
+            .bind(self.version)
+    }
+}
+
+/// Runs one statement of a projection.
+pub async fn run(conn: &mut PgConnection, query: RowQuery<'_>) -> Result<(), ProjectionError> {
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// A read model built from events.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {

@@ -6,7 +6,7 @@ use events::audio::{AudioEvent, AUDIO};
 use events::Envelope;
 use sqlx::PgConnection;
 
-use crate::projection::{decode, Projection, ProjectionError, Target};
+use crate::projection::{decode, run, Projection, ProjectionError, RowUpdate, Target};
 
 /// The audio read model.
 pub struct AudioProjection;
@@ -32,83 +32,39 @@ impl Projection for AudioProjection {
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
         let table = target.table("audio_files");
-        let event: AudioEvent = decode(e)?;
-        let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+        let row = RowUpdate::new(table.clone(), e);
+        let id = e.aggregate_id.as_str();
         // Each statement sets its columns from $4 on; $1–$3 are the row and its version.
-        let update = |set: &str| {
-            format!("UPDATE {table} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid")
-        };
-        match event {
-            AudioEvent::AudioUploaded {
-                tenant_id,
-                uploaded_by,
-                object_key,
-                content_type,
-                size_bytes,
-                at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} (id, tenant_id, uploaded_by, object_key, content_type,
-                                          size_bytes, status, next_attempt_at, created_at,
-                                          updated_at, version)
-                     VALUES ($1::uuid, $2, $3, $4, $5, $6, 'uploaded', $7, $7, $8, $9)"
-                ))
-                .bind(id)
-                .bind(tenant_id)
-                .bind(uploaded_by)
-                .bind(object_key)
-                .bind(content_type)
-                .bind(size_bytes as i64)
-                .bind(at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
+        match decode::<AudioEvent>(e)? {
+            uploaded @ AudioEvent::AudioUploaded { .. } => {
+                insert_uploaded(conn, &table, e, uploaded).await
+            }
+            completed @ AudioEvent::TranscriptCompleted { .. } => {
+                completed_transcript(conn, &row, id, completed).await
             }
             AudioEvent::TranscriptionStarted { until, .. } => {
                 // Due again only if the claim lapses with no outcome recorded.
-                sqlx::query(&update("status = 'requesting', next_attempt_at = $4"))
-                    .bind(id)
-                    .bind(recorded)
-                    .bind(version)
-                    .bind(until)
-                    .execute(&mut *conn)
-                    .await?;
+                let sql = row.sql("status = 'requesting', next_attempt_at = $4");
+                run(conn, row.query(&sql, id).bind(until)).await
             }
             // The row stays as it is (requesting, due when the claim lapses).
             AudioEvent::TranscriptionUploaded { .. } => {
-                sqlx::query(&update("status = status"))
-                    .bind(id)
-                    .bind(recorded)
-                    .bind(version)
-                    .execute(&mut *conn)
-                    .await?;
+                run(conn, row.query(&row.sql("status = status"), id)).await
             }
             AudioEvent::TranscriptionRetried { at, .. } => {
-                sqlx::query(&update(
+                let sql = row.sql(
                     "status = 'uploaded', attempts = 0, checks = 0, last_error = NULL,
                      transcript_id = NULL, next_attempt_at = $4",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
+                );
+                run(conn, row.query(&sql, id).bind(at)).await
             }
             AudioEvent::TranscriptRequested { transcript_id, at } => {
-                sqlx::query(&update(
+                let sql = row.sql(
                     "status = 'requested', transcript_id = $4, next_attempt_at = $5,
                      checks = 0, last_error = NULL",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(transcript_id)
-                .bind(at + events::audio::FIRST_CHECK)
-                .execute(&mut *conn)
-                .await?;
+                );
+                let next = at + events::audio::FIRST_CHECK;
+                run(conn, row.query(&sql, id).bind(transcript_id).bind(next)).await
             }
             AudioEvent::TranscriptChecked {
                 checks,
@@ -116,17 +72,9 @@ impl Projection for AudioProjection {
                 next_check_at,
                 ..
             } => {
-                sqlx::query(&update(
-                    "checks = $4, last_error = $5, next_attempt_at = $6",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(checks as i32)
-                .bind(error)
-                .bind(next_check_at)
-                .execute(&mut *conn)
-                .await?;
+                let sql = row.sql("checks = $4, last_error = $5, next_attempt_at = $6");
+                let query = row.query(&sql, id).bind(checks as i32).bind(error);
+                run(conn, query.bind(next_check_at)).await
             }
             AudioEvent::TranscriptionAttemptFailed {
                 attempt,
@@ -134,75 +82,23 @@ impl Projection for AudioProjection {
                 retry_at,
                 ..
             } => {
-                sqlx::query(&update(
+                let sql = row.sql(
                     "status = 'retrying', attempts = $4, last_error = $5, next_attempt_at = $6",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempt as i32)
-                .bind(error)
-                .bind(retry_at)
-                .execute(&mut *conn)
-                .await?;
+                );
+                let query = row.query(&sql, id).bind(attempt as i32).bind(error);
+                run(conn, query.bind(retry_at)).await
             }
             AudioEvent::TranscriptionFailed { attempts, error } => {
-                sqlx::query(&update(
+                let sql = row.sql(
                     "status = 'failed', attempts = $4, last_error = $5, next_attempt_at = NULL",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempts as i32)
-                .bind(error)
-                .execute(&mut *conn)
-                .await?;
-            }
-            AudioEvent::TranscriptCompleted {
-                text,
-                words,
-                stored,
-                language,
-                confidence,
-                ..
-            } => {
-                let chars = stored
-                    .as_ref()
-                    .map_or(text.chars().count() as u64, |s| s.text_chars);
-                let words = match &stored {
-                    Some(_) => None,
-                    None => Some(serde_json::to_value(words).unwrap_or_default()),
-                };
-                sqlx::query(&update(
-                    "status = 'completed', text = $4, words = $5, language = $6, confidence = $7,
-                     transcript_object_key = $8, transcript_chars = $9, last_error = NULL,
-                     next_attempt_at = NULL",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(text)
-                .bind(words)
-                .bind(language)
-                .bind(confidence)
-                .bind(stored.map(|s| s.object_key))
-                .bind(chars as i64)
-                .execute(&mut *conn)
-                .await?;
+                );
+                run(conn, row.query(&sql, id).bind(attempts as i32).bind(error)).await
             }
             AudioEvent::TranscriptFailed { error, .. } => {
-                sqlx::query(&update(
-                    "status = 'failed', last_error = $4, next_attempt_at = NULL",
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(error)
-                .execute(&mut *conn)
-                .await?;
+                let sql = row.sql("status = 'failed', last_error = $4, next_attempt_at = NULL");
+                run(conn, row.query(&sql, id).bind(error)).await
             }
         }
-        Ok(())
     }
 }
 
@@ -237,4 +133,84 @@ impl crate::context::BoundedContext for Context {
         );
         tasks.spawn(async move { processor.run().await });
     }
+}
+
+/// A file uploaded: its row.
+async fn insert_uploaded(
+    conn: &mut PgConnection,
+    table: &str,
+    e: &Envelope,
+    event: AudioEvent,
+) -> Result<(), ProjectionError> {
+    let AudioEvent::AudioUploaded {
+        tenant_id,
+        uploaded_by,
+        object_key,
+        content_type,
+        size_bytes,
+        at,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, tenant_id, uploaded_by, object_key, content_type,
+                              size_bytes, status, next_attempt_at, created_at,
+                              updated_at, version)
+         VALUES ($1::uuid, $2, $3, $4, $5, $6, 'uploaded', $7, $7, $8, $9)"
+    ))
+    .bind(&e.aggregate_id)
+    .bind(tenant_id)
+    .bind(uploaded_by)
+    .bind(object_key)
+    .bind(content_type)
+    .bind(size_bytes as i64)
+    .bind(at)
+    .bind(e.recorded_at)
+    .bind(e.sequence as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A transcript completed: its text (or where the stored one is) and words.
+async fn completed_transcript(
+    conn: &mut PgConnection,
+    row: &RowUpdate,
+    id: &str,
+    event: AudioEvent,
+) -> Result<(), ProjectionError> {
+    let AudioEvent::TranscriptCompleted {
+        text,
+        words,
+        stored,
+        language,
+        confidence,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
+    let chars = stored
+        .as_ref()
+        .map_or(text.chars().count() as u64, |s| s.text_chars);
+    let words = match &stored {
+        Some(_) => None,
+        None => Some(serde_json::to_value(words).unwrap_or_default()),
+    };
+    let sql = row.sql(
+        "status = 'completed', text = $4, words = $5, language = $6, confidence = $7,
+         transcript_object_key = $8, transcript_chars = $9, last_error = NULL,
+         next_attempt_at = NULL",
+    );
+    let query = row
+        .query(&sql, id)
+        .bind(text)
+        .bind(words)
+        .bind(language)
+        .bind(confidence)
+        .bind(stored.map(|s| s.object_key))
+        .bind(chars as i64);
+    run(conn, query).await
 }

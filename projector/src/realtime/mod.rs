@@ -424,161 +424,36 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
     })?;
     let tenant = envelope.tenant_id();
     let thread = envelope.aggregate_id.as_str();
-    let dashboard = Channel::Tenant(tenant.to_owned()).name();
-    let conversation = Channel::Thread(thread.to_owned()).name();
-    let user = |id: &str| Channel::User(id.to_owned()).name();
-    let everyone = vec![dashboard.clone(), conversation.clone()];
-    // The staff's event goes to the tenant's staff (and staff users named); what the thread's
-    // customers may see of it, when that differs (docs/realtime.md, "What customers see"),
-    // goes as a second event, with the same id, to the thread's customers only.
-    let mut for_customers: Option<(serde_json::Value, Vec<String>)> = None;
-    let (name, mut data, channels) = match event {
-        ThreadEvent::Opened {
-            channel,
-            opened_by,
-            customer,
-            subject,
-            bot_enabled,
-            tags,
-            at,
-            ..
-        } => {
-            let mut theirs = vec![conversation.clone()];
-            if let Some(c) = &customer {
-                theirs.push(user(&c.id));
-            }
-            // Tags are the staff's own notes.
-            for_customers = Some((
-                json!({"channel": channel, "opened_by": opened_by, "customer": customer,
-                       "subject": subject, "bot_enabled": bot_enabled, "at": at}),
-                theirs,
-            ));
-            (
-                "thread.created",
-                json!({"channel": channel, "opened_by": opened_by, "customer": customer,
-                       "subject": subject, "bot_enabled": bot_enabled, "tags": tags, "at": at}),
-                vec![dashboard],
-            )
-        }
-        // Which staff take part is the staff's business; a customer added is everyone's.
-        ThreadEvent::ParticipantAdded { participant } => {
-            let channels = if participant.kind == PartyKind::Phone {
-                let mut channels = everyone;
-                channels.push(user(&participant.id));
-                channels
-            } else {
-                vec![dashboard, user(&participant.id)]
-            };
-            (
-                "thread.participant_added",
-                json!({"participant": participant}),
-                channels,
-            )
-        }
-        // Who on the staff side handles a thread is the staff's business (the query API does
-        // not show it to customers either).
-        ThreadEvent::Assigned {
-            agent_id,
-            department,
-            reason,
-        } => {
-            let mut channels = vec![dashboard];
-            if let Some(agent) = &agent_id {
-                channels.push(user(agent));
-            }
-            (
-                "thread.assigned",
-                json!({"agent_id": agent_id, "department": department, "reason": reason}),
-                channels,
-            )
-        }
-        ThreadEvent::BotSwitched { enabled } => {
-            ("thread.bot_switched", json!({"enabled": enabled}), everyone)
-        }
-        ThreadEvent::Closed { at } => ("thread.closed", json!({"at": at}), everyone),
-        ThreadEvent::Reopened { at } => ("thread.reopened", json!({"at": at}), everyone),
-        // The staff's own notes.
-        ThreadEvent::Tagged { tags } => ("thread.tagged", json!({"tags": tags}), vec![dashboard]),
-        ThreadEvent::MessageSent {
-            message_id,
-            number,
-            author,
-            client_message_id,
-            text,
-            attachment,
-            scheduled_id,
-            at,
-        } => (
-            "message.created",
-            json!({"message": {
-                "message_id": message_id, "number": number, "author_id": author.id,
-                "author_kind": author.kind, "text": text, "attachment": attachment,
-                "client_message_id": client_message_id, "scheduled_id": scheduled_id,
-                "sent_at": at}}),
-            everyone,
-        ),
-        ThreadEvent::MessageEdited {
-            message_id,
-            text,
-            at,
-        } => (
-            "message.updated",
-            json!({"message_id": message_id, "text": text, "edited_at": at}),
-            everyone,
-        ),
-        ThreadEvent::MessageDeleted { message_id, at, .. } => (
-            "message.deleted",
-            json!({"message_id": message_id, "deleted_at": at}),
-            everyone,
-        ),
-        // Whether and when staff read a thread is the staff's business; a customer's read
-        // position is everyone's.
-        ThreadEvent::Read { reader, number, at } => {
-            let channels = if reader.kind == PartyKind::Phone {
-                everyone
-            } else {
-                vec![dashboard]
-            };
-            (
-                "thread.read",
-                json!({"reader_id": reader.id, "reader_kind": reader.kind, "number": number, "at": at}),
-                channels,
-            )
-        }
-        // Scheduled messages are the staff's business: the dashboard only.
-        ThreadEvent::MessageScheduled {
-            scheduled_id,
-            author,
-            due_at,
-            ..
-        } => (
-            "message.scheduled",
-            json!({"scheduled_id": scheduled_id, "author_id": author.id, "due_at": due_at}),
-            vec![dashboard],
-        ),
-        ThreadEvent::MessageRescheduled {
-            scheduled_id,
-            due_at,
-        } => (
-            "message.rescheduled",
-            json!({"scheduled_id": scheduled_id, "due_at": due_at}),
-            vec![dashboard],
-        ),
-        ThreadEvent::ScheduleCancelled { scheduled_id } => (
-            "message.schedule_cancelled",
-            json!({"scheduled_id": scheduled_id}),
-            vec![dashboard],
-        ),
-        ThreadEvent::ScheduleFailed {
-            scheduled_id,
-            code,
-            reason,
-            at,
-        } => (
-            "message.schedule_failed",
-            json!({"scheduled_id": scheduled_id, "code": code, "reason": reason, "failed_at": at}),
-            vec![dashboard],
-        ),
+    let to = Audience {
+        dashboard: Channel::Tenant(tenant.to_owned()).name(),
+        conversation: Channel::Thread(thread.to_owned()).name(),
+    };
+    // Every event is named here, so a new one does not compile until it is given a home.
+    let mapped = match event {
+        own @ (ThreadEvent::Opened { .. }
+        | ThreadEvent::ParticipantAdded { .. }
+        | ThreadEvent::Assigned { .. }
+        | ThreadEvent::BotSwitched { .. }
+        | ThreadEvent::Closed { .. }
+        | ThreadEvent::Reopened { .. }
+        | ThreadEvent::Tagged { .. }
+        | ThreadEvent::Read { .. }) => thread_event(own, &to),
+        message @ (ThreadEvent::MessageSent { .. }
+        | ThreadEvent::MessageEdited { .. }
+        | ThreadEvent::MessageDeleted { .. }) => message_event(message, &to),
+        scheduled @ (ThreadEvent::MessageScheduled { .. }
+        | ThreadEvent::MessageRescheduled { .. }
+        | ThreadEvent::ScheduleCancelled { .. }
+        | ThreadEvent::ScheduleFailed { .. }) => schedule_event(scheduled, &to),
+    };
+    let Some(Mapped {
+        name,
+        mut data,
+        channels,
+        for_customers,
+    }) = mapped
+    else {
+        return Ok(vec![]);
     };
     let stamp = |data: &mut serde_json::Value| {
         if let Some(object) = data.as_object_mut() {
@@ -606,6 +481,227 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
         });
     }
     Ok(out)
+}
+
+/// The channels of one thread: its tenant's staff dashboard and the thread's own (its
+/// customers and staff who opened it).
+struct Audience {
+    dashboard: String,
+    conversation: String,
+}
+
+impl Audience {
+    /// The staff and the thread's customers.
+    fn everyone(&self) -> Vec<String> {
+        vec![self.dashboard.clone(), self.conversation.clone()]
+    }
+
+    /// The tenant's staff only.
+    fn staff(&self) -> Vec<String> {
+        vec![self.dashboard.clone()]
+    }
+
+    /// One user's own channel.
+    fn user(id: &str) -> String {
+        Channel::User(id.to_owned()).name()
+    }
+}
+
+/// What a thread event becomes on the realtime channels: the staff's event (its name, data
+/// and channels) and, when the thread's customers may see less of it (docs/realtime.md,
+/// "What customers see"), what they get instead, with the same id, on their channels only.
+struct Mapped {
+    name: &'static str,
+    data: serde_json::Value,
+    channels: Vec<String>,
+    for_customers: Option<(serde_json::Value, Vec<String>)>,
+}
+
+impl Mapped {
+    fn new(name: &'static str, data: serde_json::Value, channels: Vec<String>) -> Self {
+        Self {
+            name,
+            data,
+            channels,
+            for_customers: None,
+        }
+    }
+}
+
+/// A thread's own life: opened, its people, its bot, closed and reopened, tagged, read.
+fn thread_event(event: ThreadEvent, to: &Audience) -> Option<Mapped> {
+    let mapped = match event {
+        opened @ ThreadEvent::Opened { .. } => return opened_event(opened, to),
+        // Which staff take part is the staff's business; a customer added is everyone's.
+        ThreadEvent::ParticipantAdded { participant } => {
+            let channels = if participant.kind == PartyKind::Phone {
+                let mut channels = to.everyone();
+                channels.push(Audience::user(&participant.id));
+                channels
+            } else {
+                vec![to.dashboard.clone(), Audience::user(&participant.id)]
+            };
+            let data = json!({"participant": participant});
+            Mapped::new("thread.participant_added", data, channels)
+        }
+        // Who on the staff side handles a thread is the staff's business (the query API does
+        // not show it to customers either).
+        ThreadEvent::Assigned {
+            agent_id,
+            department,
+            reason,
+        } => {
+            let mut channels = to.staff();
+            if let Some(agent) = &agent_id {
+                channels.push(Audience::user(agent));
+            }
+            let data = json!({"agent_id": agent_id, "department": department, "reason": reason});
+            Mapped::new("thread.assigned", data, channels)
+        }
+        ThreadEvent::BotSwitched { enabled } => Mapped::new(
+            "thread.bot_switched",
+            json!({"enabled": enabled}),
+            to.everyone(),
+        ),
+        ThreadEvent::Closed { at } => {
+            Mapped::new("thread.closed", json!({"at": at}), to.everyone())
+        }
+        ThreadEvent::Reopened { at } => {
+            Mapped::new("thread.reopened", json!({"at": at}), to.everyone())
+        }
+        // The staff's own notes.
+        ThreadEvent::Tagged { tags } => {
+            Mapped::new("thread.tagged", json!({"tags": tags}), to.staff())
+        }
+        // Whether and when staff read a thread is the staff's business; a customer's read
+        // position is everyone's.
+        ThreadEvent::Read { reader, number, at } => {
+            let channels = if reader.kind == PartyKind::Phone {
+                to.everyone()
+            } else {
+                to.staff()
+            };
+            let data = json!({"reader_id": reader.id, "reader_kind": reader.kind,
+                              "number": number, "at": at});
+            Mapped::new("thread.read", data, channels)
+        }
+        // Another group's: `to_realtime` sends it there.
+        _ => return None,
+    };
+    Some(mapped)
+}
+
+/// A thread opened: the staff see its tags, its customers do not (tags are the staff's own
+/// notes).
+fn opened_event(event: ThreadEvent, to: &Audience) -> Option<Mapped> {
+    let ThreadEvent::Opened {
+        channel,
+        opened_by,
+        customer,
+        subject,
+        bot_enabled,
+        tags,
+        at,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let mut theirs = vec![to.conversation.clone()];
+    if let Some(c) = &customer {
+        theirs.push(Audience::user(&c.id));
+    }
+    let mut mapped = Mapped::new(
+        "thread.created",
+        json!({"channel": channel, "opened_by": opened_by, "customer": customer,
+               "subject": subject, "bot_enabled": bot_enabled, "tags": tags, "at": at}),
+        to.staff(),
+    );
+    mapped.for_customers = Some((
+        json!({"channel": channel, "opened_by": opened_by, "customer": customer,
+               "subject": subject, "bot_enabled": bot_enabled, "at": at}),
+        theirs,
+    ));
+    Some(mapped)
+}
+
+/// A message sent, edited or deleted: everyone's.
+fn message_event(event: ThreadEvent, to: &Audience) -> Option<Mapped> {
+    let mapped = match event {
+        ThreadEvent::MessageSent {
+            message_id,
+            number,
+            author,
+            client_message_id,
+            text,
+            attachment,
+            scheduled_id,
+            at,
+        } => Mapped::new(
+            "message.created",
+            json!({"message": {
+                "message_id": message_id, "number": number, "author_id": author.id,
+                "author_kind": author.kind, "text": text, "attachment": attachment,
+                "client_message_id": client_message_id, "scheduled_id": scheduled_id,
+                "sent_at": at}}),
+            to.everyone(),
+        ),
+        ThreadEvent::MessageEdited {
+            message_id,
+            text,
+            at,
+        } => Mapped::new(
+            "message.updated",
+            json!({"message_id": message_id, "text": text, "edited_at": at}),
+            to.everyone(),
+        ),
+        ThreadEvent::MessageDeleted { message_id, at, .. } => Mapped::new(
+            "message.deleted",
+            json!({"message_id": message_id, "deleted_at": at}),
+            to.everyone(),
+        ),
+        // Another group's: `to_realtime` sends it there.
+        _ => return None,
+    };
+    Some(mapped)
+}
+
+/// Scheduled messages are the staff's business: the dashboard only.
+fn schedule_event(event: ThreadEvent, to: &Audience) -> Option<Mapped> {
+    let (name, data) = match event {
+        ThreadEvent::MessageScheduled {
+            scheduled_id,
+            author,
+            due_at,
+            ..
+        } => (
+            "message.scheduled",
+            json!({"scheduled_id": scheduled_id, "author_id": author.id, "due_at": due_at}),
+        ),
+        ThreadEvent::MessageRescheduled {
+            scheduled_id,
+            due_at,
+        } => (
+            "message.rescheduled",
+            json!({"scheduled_id": scheduled_id, "due_at": due_at}),
+        ),
+        ThreadEvent::ScheduleCancelled { scheduled_id } => (
+            "message.schedule_cancelled",
+            json!({"scheduled_id": scheduled_id}),
+        ),
+        ThreadEvent::ScheduleFailed {
+            scheduled_id,
+            code,
+            reason,
+            at,
+        } => (
+            "message.schedule_failed",
+            json!({"scheduled_id": scheduled_id, "code": code, "reason": reason, "failed_at": at}),
+        ),
+        // Another group's: `to_realtime` sends it there.
+        _ => return None,
+    };
+    Some(Mapped::new(name, data, to.staff()))
 }
 
 /// A WhatsApp message's delivery as it moves (queued, retrying, sent, delivered, read,

@@ -24,7 +24,7 @@ use events::whatsapp::{
 use events::Envelope;
 use sqlx::PgConnection;
 
-use crate::projection::{Projection, ProjectionError, Target};
+use crate::projection::{run, Projection, ProjectionError, RowQuery, RowUpdate, Target};
 
 /// Sessions.
 pub struct WhatsAppSessionsProjection;
@@ -173,33 +173,83 @@ async fn conversation(
     target: &Target,
     e: &Envelope,
 ) -> Result<(), ProjectionError> {
-    let conversations = target.table("whatsapp_conversations");
-    let messages = target.table("whatsapp_messages");
-    let contacts = target.table("whatsapp_contacts");
-    let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
-    // Updates one message; $1 its id, $2 the time, $3 the version, then `set`'s own.
-    let update = |set: &str| {
-        format!("UPDATE {messages} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid")
+    let row = Row {
+        conversations: target.table("whatsapp_conversations"),
+        messages: target.table("whatsapp_messages"),
+        contacts: target.table("whatsapp_contacts"),
+        id: &e.aggregate_id,
+        version: e.sequence as i64,
+        recorded: e.recorded_at,
+        message_rows: RowUpdate::new(target.table("whatsapp_messages"), e),
     };
     match decode::<ConversationEvent>(e)? {
         ConversationEvent::Started {
             tenant_id,
             session_id,
             wa_id,
-        } => {
-            sqlx::query(&format!(
-                "INSERT INTO {conversations} (id, tenant_id, session_id, wa_id, version)
-                 VALUES ($1::uuid, $2, $3::uuid, $4, $5)"
-            ))
-            .bind(id)
-            .bind(tenant_id)
-            .bind(session_id)
-            .bind(wa_id)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MessageReceived {
+        } => row.started(conn, &tenant_id, &session_id, &wa_id).await,
+        received @ ConversationEvent::MessageReceived { .. } => row.received(conn, received).await,
+        queued @ ConversationEvent::MessageQueued { .. } => row.queued(conn, queued).await,
+        media @ (ConversationEvent::MediaStored { .. }
+        | ConversationEvent::MediaFailed { .. }
+        | ConversationEvent::StatusUpdated { .. }) => row.media_or_status(conn, media).await,
+        sending => row.sending(conn, sending).await,
+    }
+}
+
+/// Where one conversation event lands: its tables (live or rebuild), the conversation, and
+/// the event's version and time.
+struct Row<'a> {
+    conversations: String,
+    messages: String,
+    contacts: String,
+    id: &'a str,
+    version: i64,
+    recorded: chrono::DateTime<chrono::Utc>,
+    /// Updates of one message row.
+    message_rows: RowUpdate,
+}
+
+impl Row<'_> {
+    /// The statement that updates one message with `set` (its own placeholders from `$4`).
+    fn update(&self, set: &str) -> String {
+        self.message_rows.sql(set)
+    }
+
+    /// `sql` (from [`Row::update`]) bound to `message_id`, the time and the version.
+    fn message<'q>(&self, sql: &'q str, message_id: &str) -> RowQuery<'q> {
+        self.message_rows.query(sql, message_id)
+    }
+
+    async fn started(
+        &self,
+        conn: &mut PgConnection,
+        tenant_id: &str,
+        session_id: &str,
+        wa_id: &str,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, tenant_id, session_id, wa_id, version)
+             VALUES ($1::uuid, $2, $3::uuid, $4, $5)",
+            self.conversations
+        ))
+        .bind(self.id)
+        .bind(tenant_id)
+        .bind(session_id)
+        .bind(wa_id)
+        .bind(self.version)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// A contact's message: the conversation's window and thread, the message, the contact.
+    async fn received(
+        &self,
+        conn: &mut PgConnection,
+        event: ConversationEvent,
+    ) -> Result<(), ProjectionError> {
+        let ConversationEvent::MessageReceived {
             message_id,
             wamid,
             profile_name,
@@ -210,266 +260,283 @@ async fn conversation(
             thread_id,
             at,
             ..
-        } => {
-            sqlx::query(&format!(
-                "UPDATE {conversations} SET thread_id = $2::uuid,
-                        last_inbound_at = GREATEST(last_inbound_at, $3), version = $4
-                  WHERE id = $1::uuid"
-            ))
-            .bind(id)
-            .bind(&thread_id)
-            .bind(sent_at)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(&format!(
-                "INSERT INTO {messages} (id, conversation_id, tenant_id, session_id, wa_id,
-                        direction, kind, text, content, wamid, thread_id, status, created_at,
-                        updated_at, version)
-                 SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'in', $2, $3, $4,
-                        $5, $6::uuid, 'received', $7, $8, $9
-                   FROM {conversations} c WHERE c.id = $10::uuid
-                 ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(&message_id)
-            .bind(kind)
-            .bind(text)
-            .bind(content)
-            .bind(wamid)
-            .bind(&thread_id)
-            .bind(sent_at)
-            .bind(recorded)
-            .bind(version)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(&format!(
-                "INSERT INTO {contacts} (tenant_id, wa_id, phone, profile_name, first_seen_at,
-                                         last_inbound_at, updated_at)
-                 SELECT c.tenant_id, c.wa_id, '+' || c.wa_id, $2, $3, $3, $4
-                   FROM {conversations} c WHERE c.id = $1::uuid
-                 ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
-                    -- The newest message's name wins, whatever order sessions are replayed in.
-                    profile_name = CASE
-                        WHEN EXCLUDED.last_inbound_at >= {contacts}.last_inbound_at
-                          OR {contacts}.last_inbound_at IS NULL
-                        THEN COALESCE(EXCLUDED.profile_name, {contacts}.profile_name)
-                        ELSE {contacts}.profile_name END,
-                    first_seen_at = LEAST({contacts}.first_seen_at, EXCLUDED.first_seen_at),
-                    last_inbound_at = GREATEST({contacts}.last_inbound_at, EXCLUDED.last_inbound_at),
-                    updated_at = EXCLUDED.updated_at"
-            ))
-            .bind(id)
-            .bind(profile_name)
-            .bind(sent_at)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MessageQueued {
+        } = event
+        else {
+            return Ok(());
+        };
+        let (conversations, contacts) = (&self.conversations, &self.contacts);
+        sqlx::query(&format!(
+            "UPDATE {conversations} SET thread_id = $2::uuid,
+                    last_inbound_at = GREATEST(last_inbound_at, $3), version = $4
+              WHERE id = $1::uuid"
+        ))
+        .bind(self.id)
+        .bind(&thread_id)
+        .bind(sent_at)
+        .bind(self.version)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, conversation_id, tenant_id, session_id, wa_id,
+                    direction, kind, text, content, wamid, thread_id, status, created_at,
+                    updated_at, version)
+             SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'in', $2, $3, $4,
+                    $5, $6::uuid, 'received', $7, $8, $9
+               FROM {conversations} c WHERE c.id = $10::uuid
+             ON CONFLICT (id) DO NOTHING",
+            self.messages
+        ))
+        .bind(&message_id)
+        .bind(kind)
+        .bind(text)
+        .bind(content)
+        .bind(wamid)
+        .bind(&thread_id)
+        .bind(sent_at)
+        .bind(self.recorded)
+        .bind(self.version)
+        .bind(self.id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {contacts} (tenant_id, wa_id, phone, profile_name, first_seen_at,
+                                     last_inbound_at, updated_at)
+             SELECT c.tenant_id, c.wa_id, '+' || c.wa_id, $2, $3, $3, $4
+               FROM {conversations} c WHERE c.id = $1::uuid
+             ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
+                -- The newest message's name wins, whatever order sessions are replayed in.
+                profile_name = CASE
+                    WHEN EXCLUDED.last_inbound_at >= {contacts}.last_inbound_at
+                      OR {contacts}.last_inbound_at IS NULL
+                    THEN COALESCE(EXCLUDED.profile_name, {contacts}.profile_name)
+                    ELSE {contacts}.profile_name END,
+                first_seen_at = LEAST({contacts}.first_seen_at, EXCLUDED.first_seen_at),
+                last_inbound_at = GREATEST({contacts}.last_inbound_at, EXCLUDED.last_inbound_at),
+                updated_at = EXCLUDED.updated_at"
+        ))
+        .bind(self.id)
+        .bind(profile_name)
+        .bind(sent_at)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// A reply queued for sending.
+    async fn queued(
+        &self,
+        conn: &mut PgConnection,
+        event: ConversationEvent,
+    ) -> Result<(), ProjectionError> {
+        let ConversationEvent::MessageQueued {
             message_id,
             author,
             content,
             thread_id,
             at,
-        } => {
-            let text = outbound_text(&content);
-            let kind = content.kind();
-            let content = serde_json::to_value(&content).unwrap_or_default();
-            sqlx::query(&format!(
-                "INSERT INTO {messages} (id, conversation_id, tenant_id, session_id, wa_id,
-                        direction, kind, text, content, thread_id, author_id, status,
-                        next_attempt_at, created_at, updated_at, version)
-                 SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'out', $2, $3, $4,
-                        $5::uuid, $6, 'queued', $7, $7, $8, $9
-                   FROM {conversations} c WHERE c.id = $10::uuid
-                 ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(&message_id)
-            .bind(kind)
-            .bind(text)
-            .bind(content)
-            .bind(thread_id)
-            .bind(author.id)
-            .bind(at)
-            .bind(recorded)
-            .bind(version)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::SendAttempted {
-            message_id,
-            attempt,
-            at,
-        } => {
-            // Looked at again when the lease runs out: the sender died or lost the answer.
-            sqlx::query(&update(
-                "status = 'attempting', attempts = $4, next_attempt_at = $5",
-            ))
-            .bind(message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(attempt as i32)
-            .bind(at + attempt_lease())
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::SendAttemptFailed {
-            message_id,
-            code,
-            reason,
-            retry_at,
-            ..
-        } => {
-            sqlx::query(&update(
-                "status = 'retrying', error_code = $4, error = $5, next_attempt_at = $6",
-            ))
-            .bind(message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(code)
-            .bind(reason)
-            .bind(retry_at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MessageSent {
-            message_id,
-            wamid,
-            at,
-            ..
-        } => {
-            // A status may have moved it on already (delivered before the acceptance was
-            // recorded): only a message not yet further is marked sent.
-            sqlx::query(&update(
-                "wamid = $4, sent_at = COALESCE(sent_at, $5), next_attempt_at = NULL,
-                 error_code = NULL, error = NULL,
-                 status = CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'sent' END",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(wamid)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MessageFailed {
-            message_id,
-            code,
-            reason,
-            ..
-        } => {
-            // A reply the agent deleted keeps no text here either (as in the thread).
-            sqlx::query(&update(
-                "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL,
-                 text = CASE WHEN $4 = 'withdrawn' THEN NULL ELSE text END,
-                 content = CASE WHEN $4 = 'withdrawn'
-                     THEN jsonb_build_object('type', content->'type') ELSE content END",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(&code)
-            .bind(&reason)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MessageRevised {
-            message_id,
-            content,
-            ..
-        } => {
-            let text = outbound_text(&content);
-            let content = serde_json::to_value(&content).unwrap_or_default();
-            sqlx::query(&update("text = $4, content = $5"))
-                .bind(&message_id)
-                .bind(recorded)
-                .bind(version)
-                .bind(text)
-                .bind(content)
-                .execute(&mut *conn)
-                .await?;
-        }
-        // The message stays as sent; the change that did not reach the contact shows as its
-        // error, so the thread says it plainly.
-        ConversationEvent::ChangeNotDelivered {
-            message_id, change, ..
-        } => {
-            let (code, error) = not_delivered(&change);
-            // Deleted by the agent: no text kept here either, though the contact has it.
-            sqlx::query(&update(
-                "error_code = $4, error = $5,
-                 text = CASE WHEN $4 = 'delete_not_delivered' THEN NULL ELSE text END,
-                 content = CASE WHEN $4 = 'delete_not_delivered'
-                     THEN jsonb_build_object('type', content->'type') ELSE content END",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(code)
-            .bind(error)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MediaStored {
-            message_id,
-            object_key,
-            content_type,
-            size_bytes,
-            ..
-        } => {
-            sqlx::query(&update(
-                "media_status = 'stored', media_key = $4, media_type = $5, media_size = $6,
-                 media_error = NULL, media_retryable = false",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(object_key)
-            .bind(content_type)
-            .bind(size_bytes as i64)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::MediaFailed {
-            message_id,
-            reason,
-            retryable,
-        } => {
-            sqlx::query(&update(
-                "media_status = 'failed', media_error = $4, media_retryable = $5",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(reason)
-            .bind(retryable)
-            .execute(&mut *conn)
-            .await?;
-        }
-        ConversationEvent::StatusUpdated {
-            message_id,
-            status,
-            error_code,
-            error_title,
-            ..
-        } => {
-            sqlx::query(&update(
-                "status = $4, error_code = COALESCE($5, error_code), error = COALESCE($6, error)",
-            ))
-            .bind(&message_id)
-            .bind(recorded)
-            .bind(version)
-            .bind(status.as_str())
-            .bind(&error_code)
-            .bind(&error_title)
-            .execute(&mut *conn)
-            .await?;
+        } = event
+        else {
+            return Ok(());
+        };
+        let text = outbound_text(&content);
+        let kind = content.kind();
+        let content = serde_json::to_value(&content).unwrap_or_default();
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, conversation_id, tenant_id, session_id, wa_id,
+                    direction, kind, text, content, thread_id, author_id, status,
+                    next_attempt_at, created_at, updated_at, version)
+             SELECT $1::uuid, c.id, c.tenant_id, c.session_id, c.wa_id, 'out', $2, $3, $4,
+                    $5::uuid, $6, 'queued', $7, $7, $8, $9
+               FROM {} c WHERE c.id = $10::uuid
+             ON CONFLICT (id) DO NOTHING",
+            self.messages, self.conversations
+        ))
+        .bind(&message_id)
+        .bind(kind)
+        .bind(text)
+        .bind(content)
+        .bind(thread_id)
+        .bind(author.id)
+        .bind(at)
+        .bind(self.recorded)
+        .bind(self.version)
+        .bind(self.id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// What became of sending a reply, or of changing it.
+    async fn sending(
+        &self,
+        conn: &mut PgConnection,
+        event: ConversationEvent,
+    ) -> Result<(), ProjectionError> {
+        let query = match event {
+            ConversationEvent::SendAttempted {
+                message_id,
+                attempt,
+                at,
+            } => {
+                // Looked at again when the lease runs out: the sender died or lost the answer.
+                let sql = self.update("status = 'attempting', attempts = $4, next_attempt_at = $5");
+                let q = self.message(&sql, &message_id);
+                return run(conn, q.bind(attempt as i32).bind(at + attempt_lease())).await;
+            }
+            ConversationEvent::SendAttemptFailed {
+                message_id,
+                code,
+                reason,
+                retry_at,
+                ..
+            } => {
+                let sql = self.update(
+                    "status = 'retrying', error_code = $4, error = $5, next_attempt_at = $6",
+                );
+                let q = self.message(&sql, &message_id);
+                return run(conn, q.bind(code).bind(reason).bind(retry_at)).await;
+            }
+            ConversationEvent::MessageSent {
+                message_id,
+                wamid,
+                at,
+                ..
+            } => {
+                // A status may have moved it on already (delivered before the acceptance was
+                // recorded): only a message not yet further is marked sent.
+                let sql = self.update(
+                    "wamid = $4, sent_at = COALESCE(sent_at, $5), next_attempt_at = NULL,
+                     error_code = NULL, error = NULL,
+                     status = CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'sent' END",
+                );
+                let q = self.message(&sql, &message_id);
+                return run(conn, q.bind(wamid).bind(at)).await;
+            }
+            other => other,
+        };
+        self.failed_or_revised(conn, query).await
+    }
+
+    /// A reply that failed, was revised, or whose change did not reach the contact.
+    async fn failed_or_revised(
+        &self,
+        conn: &mut PgConnection,
+        event: ConversationEvent,
+    ) -> Result<(), ProjectionError> {
+        match event {
+            ConversationEvent::MessageFailed {
+                message_id,
+                code,
+                reason,
+                ..
+            } => {
+                // A reply the agent deleted keeps no text here either (as in the thread).
+                let sql = self.update(
+                    "status = 'failed', error_code = $4, error = $5, next_attempt_at = NULL,
+                     text = CASE WHEN $4 = 'withdrawn' THEN NULL ELSE text END,
+                     content = CASE WHEN $4 = 'withdrawn'
+                         THEN jsonb_build_object('type', content->'type') ELSE content END",
+                );
+                run(
+                    conn,
+                    self.message(&sql, &message_id).bind(code).bind(reason),
+                )
+                .await
+            }
+            ConversationEvent::MessageRevised {
+                message_id,
+                content,
+                ..
+            } => {
+                let text = outbound_text(&content);
+                let content = serde_json::to_value(&content).unwrap_or_default();
+                let sql = self.update("text = $4, content = $5");
+                run(
+                    conn,
+                    self.message(&sql, &message_id).bind(text).bind(content),
+                )
+                .await
+            }
+            // The message stays as sent; the change that did not reach the contact shows as
+            // its error, so the thread says it plainly.
+            ConversationEvent::ChangeNotDelivered {
+                message_id, change, ..
+            } => {
+                let (code, error) = not_delivered(&change);
+                // Deleted by the agent: no text kept here either, though the contact has it.
+                let sql = self.update(
+                    "error_code = $4, error = $5,
+                     text = CASE WHEN $4 = 'delete_not_delivered' THEN NULL ELSE text END,
+                     content = CASE WHEN $4 = 'delete_not_delivered'
+                         THEN jsonb_build_object('type', content->'type') ELSE content END",
+                );
+                run(conn, self.message(&sql, &message_id).bind(code).bind(error)).await
+            }
+            _ => Ok(()),
         }
     }
-    Ok(())
+
+    /// A received file stored or not, or a status from WhatsApp.
+    async fn media_or_status(
+        &self,
+        conn: &mut PgConnection,
+        event: ConversationEvent,
+    ) -> Result<(), ProjectionError> {
+        match event {
+            ConversationEvent::MediaStored {
+                message_id,
+                object_key,
+                content_type,
+                size_bytes,
+                ..
+            } => {
+                let sql = self.update(
+                    "media_status = 'stored', media_key = $4, media_type = $5, media_size = $6,
+                     media_error = NULL, media_retryable = false",
+                );
+                let q = self.message(&sql, &message_id);
+                run(
+                    conn,
+                    q.bind(object_key)
+                        .bind(content_type)
+                        .bind(size_bytes as i64),
+                )
+                .await
+            }
+            ConversationEvent::MediaFailed {
+                message_id,
+                reason,
+                retryable,
+            } => {
+                let sql =
+                    self.update("media_status = 'failed', media_error = $4, media_retryable = $5");
+                run(
+                    conn,
+                    self.message(&sql, &message_id).bind(reason).bind(retryable),
+                )
+                .await
+            }
+            ConversationEvent::StatusUpdated {
+                message_id,
+                status,
+                error_code,
+                error_title,
+                ..
+            } => {
+                let sql = self.update(
+                    "status = $4, error_code = COALESCE($5, error_code), error = COALESCE($6, error)",
+                );
+                let q = self.message(&sql, &message_id);
+                run(
+                    conn,
+                    q.bind(status.as_str()).bind(error_code).bind(error_title),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The error code and text of a change to a reply that had already gone out.
