@@ -5,8 +5,8 @@
 //! layer and `Idempotency-Key` recovery are loops over that list.
 
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
-use axum::Router;
 use events::http::Metrics;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -74,13 +74,13 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
     async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, StartError>;
 
     /// Its routes. Answers are kept for `Idempotency-Key`.
-    fn routes() -> Router<AppState>;
+    fn routes() -> OpenApiRouter<AppState>;
 
     /// Its routes that answer with tokens: never kept as idempotent answers (a replay would
     /// hand a spent refresh token's successor out again, and the store would hold tokens in
     /// clear), never cached by anything between (RFC 6749 §5.1).
-    fn sign_in_routes() -> Router<AppState> {
-        Router::new()
+    fn sign_in_routes() -> OpenApiRouter<AppState> {
+        OpenApiRouter::new()
     }
 
     /// The webhook providers it implements.
@@ -135,15 +135,21 @@ macro_rules! contexts {
             }
 
             /// Every context's routes whose answers are kept for `Idempotency-Key`.
-            pub(crate) fn routes() -> axum::Router<AppState> {
+            pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
                 use context::BoundedContext as _;
-                axum::Router::new()$(.merge($name::Context::routes()))*
+                utoipa_axum::router::OpenApiRouter::new()$(.merge(events::http::openapi::tagged(
+                    stringify!($name),
+                    $name::Context::routes(),
+                )))*
             }
 
             /// Every context's routes that answer with tokens.
-            pub(crate) fn sign_in_routes() -> axum::Router<AppState> {
+            pub(crate) fn sign_in_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
                 use context::BoundedContext as _;
-                axum::Router::new()$(.merge($name::Context::sign_in_routes()))*
+                utoipa_axum::router::OpenApiRouter::new()$(.merge(events::http::openapi::tagged(
+                    stringify!($name),
+                    $name::Context::sign_in_routes(),
+                )))*
             }
 
             /// Every webhook provider.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an admin may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Operates the platform: every tenant.

@@ -15,6 +15,7 @@ pub const THREAD: &str = "thread";
 
 /// Where a thread's customer talks to the tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// The web chatbot.
@@ -38,6 +39,7 @@ impl Channel {
 
 /// What kind of party a participant or an author is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PartyKind {
     /// A chatbot user signed in by phone (the customer).
@@ -98,15 +100,20 @@ pub struct Party {
 
 /// A file a message refers to, already stored in the blob store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Attachment {
     /// Blob key.
+    #[cfg_attr(feature = "http", schema(min_length = 1, max_length = 512))]
     pub object_key: String,
     /// Media type, e.g. `image/png`.
+    #[cfg_attr(feature = "http", schema(example = "image/png"))]
     pub content_type: String,
     /// File name to show, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "http", schema(max_length = 255))]
     pub name: Option<String>,
     /// Size in bytes.
+    #[cfg_attr(feature = "http", schema(minimum = 1, maximum = 104857600))]
     pub size_bytes: u64,
 }
 

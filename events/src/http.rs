@@ -10,6 +10,8 @@ pub mod extract;
 pub mod inflight;
 /// Prometheus metrics in text exposition format.
 pub mod metrics;
+/// The generated `/openapi.json` documents: shared components and rules.
+pub mod openapi;
 /// `application/problem+json` (RFC 9457) errors with stable codes.
 pub mod problem;
 /// Request ids, correlation ids, access logs and request metrics.
@@ -23,24 +25,25 @@ pub use metrics::Metrics;
 pub use problem::Problem;
 pub use request::RequestIds;
 
-/// `GET /health/live`: the process serves HTTP.
-pub async fn live() -> axum::response::Response {
-    axum::response::IntoResponse::into_response(axum::Json(serde_json::json!({"status": "ok"})))
+/// The answer of `GET /health/live`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Live {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-/// `GET /openapi.json`: serves a static OpenAPI document.
-pub fn openapi<S: Clone + Send + Sync + 'static>(
-    document: &'static str,
-) -> axum::routing::MethodRouter<S> {
-    axum::routing::get(move || async move {
-        (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            document,
-        )
-    })
+/// Liveness.
+///
+/// The process serves HTTP (it says nothing of PostgreSQL or NATS: see `/health/ready`).
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "Serving.", body = Live))
+)]
+pub async fn live() -> axum::response::Response {
+    axum::response::IntoResponse::into_response(axum::Json(Live { status: "ok" }))
 }
 
 /// The settings of the servers' protection against slow and greedy clients, the same on

@@ -104,6 +104,7 @@ pub struct PaymentLine {
 
 /// Which provider collects a payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentProvider {
     /// Lyra / PayZen payment order (the platform creates the link).

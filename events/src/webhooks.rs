@@ -58,6 +58,7 @@ pub fn webhook_id(provider: Provider, provider_event_id: &str) -> String {
 
 /// What processing made of a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It changed a payment.

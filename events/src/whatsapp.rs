@@ -62,6 +62,7 @@ pub fn inbound_message_id(session_id: &str, wamid: &str) -> String {
 
 /// How a session reaches WhatsApp.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// The WhatsApp Business Cloud API, spoken by the platform.
@@ -133,6 +134,7 @@ impl DomainEvent for SessionEvent {
 
 /// Media kinds WhatsApp carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
     /// A picture.
@@ -199,57 +201,120 @@ impl MediaKind {
 /// What an outbound message says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(
+    feature = "http",
+    derive(utoipa::ToSchema),
+    schema(as = WhatsAppOutbound, description = OUTBOUND_DESCRIPTION)
+)]
 pub enum Outbound {
     /// Text.
+    #[cfg_attr(feature = "http", schema(title = "text"))]
     Text {
-        /// The text.
+        /// The text: 1 to 4,096 characters, not blank.
+        #[cfg_attr(
+            feature = "http",
+            schema(min_length = 1, max_length = 4096, example = "Your order is ready")
+        )]
         body: String,
         /// Whether WhatsApp shows a preview of the first link.
         #[serde(default)]
+        #[cfg_attr(feature = "http", schema(default = false))]
         preview_url: bool,
     },
     /// A file by its public link.
+    #[cfg_attr(feature = "http", schema(title = "media"))]
     Media {
         /// Which kind.
         kind: MediaKind,
-        /// Its HTTPS link.
+        /// Its HTTPS link, which the provider fetches the file from: `https://`, at most 2,048
+        /// bytes, no whitespace.
+        #[cfg_attr(
+            feature = "http",
+            schema(
+                format = "uri",
+                max_length = 2048,
+                pattern = r"^https://\S+$",
+                example = "https://example.com/invoices/42.pdf"
+            )
+        )]
         link: String,
-        /// A caption (not for audio and stickers).
+        /// A caption (not for audio and stickers): at most 1,024 characters.
         #[serde(default)]
+        #[cfg_attr(feature = "http", schema(max_length = 1024))]
         caption: Option<String>,
-        /// The file name shown (documents).
+        /// The file name shown (documents): 1 to 240 bytes, not blank.
         #[serde(default)]
+        #[cfg_attr(
+            feature = "http",
+            schema(min_length = 1, max_length = 240, example = "invoice-42.pdf")
+        )]
         filename: Option<String>,
     },
     /// A file of the platform's blob store (a reply's attachment), uploaded to the provider
     /// when it is sent.
+    #[cfg_attr(feature = "http", schema(title = "file"))]
     File {
         /// Which kind WhatsApp sends it as.
         kind: MediaKind,
-        /// Blob key (under the tenant's `tenants/{tenant_id}/`).
+        /// Blob key (under the tenant's `tenants/{tenant_id}/`, without `..`).
+        #[cfg_attr(
+            feature = "http",
+            schema(
+                min_length = 1,
+                example = "tenants/7d1c0a52-3f4e-4b8a-9c61-2e5f0b9d8a13/files/menu.pdf"
+            )
+        )]
         object_key: String,
         /// Its media type.
+        #[cfg_attr(feature = "http", schema(example = "application/pdf"))]
         content_type: String,
-        /// Its size in bytes.
+        /// Its size in bytes: at most the kind's limit (image 5 MiB, audio and video 16 MiB,
+        /// document 100 MiB, sticker 500 KiB).
+        #[cfg_attr(feature = "http", schema(minimum = 1, maximum = 104857600))]
         size_bytes: u64,
-        /// The file name shown (documents).
+        /// The file name shown (documents): 1 to 240 bytes, not blank.
         #[serde(default)]
+        #[cfg_attr(feature = "http", schema(min_length = 1, max_length = 240))]
         filename: Option<String>,
-        /// A caption (not for audio and stickers).
+        /// A caption (not for audio and stickers): at most 1,024 characters.
         #[serde(default)]
+        #[cfg_attr(feature = "http", schema(max_length = 1024))]
         caption: Option<String>,
     },
     /// An approved template (the only kind allowed outside the service window).
+    #[cfg_attr(feature = "http", schema(title = "template"))]
     Template {
-        /// Its name.
+        /// Its name: lowercase letters, digits and `_`.
+        #[cfg_attr(
+            feature = "http",
+            schema(pattern = "^[a-z0-9_]{1,512}$", example = "order_ready")
+        )]
         name: String,
         /// Its language code (`en_US`).
+        #[cfg_attr(
+            feature = "http",
+            schema(pattern = "^[A-Za-z_]{2,10}$", example = "en_US")
+        )]
         language: String,
-        /// The values of its body's `{{1}}`, `{{2}}` … in order.
+        /// The values of its body's `{{1}}`, `{{2}}` … in order (at most 20, each 1 to 1,024
+        /// characters, not blank).
         #[serde(default)]
+        #[cfg_attr(feature = "http", schema(max_items = 20, example = json!(["42"])))]
         parameters: Vec<String>,
     },
 }
+
+/// What the API documents of [`Outbound`] as a whole.
+#[cfg(feature = "http")]
+const OUTBOUND_DESCRIPTION: &str = "What to send, by `type`. Free-form messages (`text`, \
+`media`, `file`) are sent only within the customer-service window (24 hours after the \
+contact's last message); a `template` at any time. No string holds control characters (line \
+breaks and tabs aside). An unknown `type` or field: 400 `invalid_body`; content outside the \
+limits below: 422 `invalid_message` (`detail` says which). A `file` is one of the tenant's \
+stored files, uploaded to the provider when the sender claims the message and sent by media id \
+(Cloud API sessions only: a `bridge` session fails it with `unsupported_on_bridge`; a file no \
+longer stored fails with `file_missing`, an upload the provider refuses with \
+`media_upload_refused`, and a failed upload, `media_upload_failed`, is retried like a send).";
 
 impl Outbound {
     /// The Cloud API's message type.

@@ -30,7 +30,7 @@ pub(crate) trait BoundedContext: Sized + Send + Sync + 'static {
     async fn build(setup: &Setup<'_>, settings: &Self::Settings) -> Result<Self, StartError>;
 
     /// Its routes.
-    fn routes() -> axum::Router<AppState>;
+    fn routes() -> utoipa_axum::router::OpenApiRouter<AppState>;
 
     /// Its secrets, checked at start like the process's own.
     fn secrets(_settings: &Self::Settings) -> Vec<(&'static str, Option<&str>)> {
@@ -73,9 +73,12 @@ macro_rules! contexts {
             }
 
             /// Every context's routes.
-            fn routes() -> axum::Router<AppState> {
+            pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
                 use context::BoundedContext as _;
-                axum::Router::new()$(.merge($name::Context::routes()))*
+                utoipa_axum::router::OpenApiRouter::new()$(.merge(events::http::openapi::tagged(
+                    stringify!($name),
+                    $name::Context::routes(),
+                )))*
             }
 
             /// Every context's secrets.

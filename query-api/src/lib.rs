@@ -61,7 +61,6 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{middleware, Router};
 use events::access::TokenKeys;
 use events::http::{problem, request, Metrics, Problem};
@@ -69,9 +68,6 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::config::Config;
-
-/// The OpenAPI document of this API.
-pub const OPENAPI: &str = include_str!("../../docs/openapi/query-api.json");
 
 /// The migrations this build reads through (applied by command-api or the projector; this
 /// service only waits for them).
@@ -129,11 +125,7 @@ pub enum StartError {
 
 /// Every route, with the shared middleware.
 pub fn router(state: AppState) -> Router {
-    Contexts::routes()
-        .route("/health/live", get(events::http::live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", events::http::openapi(OPENAPI))
+    http::openapi::routes()
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -244,9 +236,17 @@ impl Application {
     }
 }
 
+/// Readiness.
+///
 /// Ready when PostgreSQL answers. query-api depends on nothing else: it reads read models
 /// and the store, and keeps serving (possibly stale) reads while NATS is down.
-async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses((status = 200, description = "Ready.", body = Readiness))
+)]
+pub(crate) async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&state.pool),
@@ -257,9 +257,31 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     if !state.access.is_live() {
         return Err(Problem::unavailable(&"token revocations are not followed"));
     }
-    Ok(axum::Json(serde_json::json!({"status": "ready", "postgres": "up"})).into_response())
+    Ok(axum::Json(Readiness {
+        status: "ready",
+        postgres: "up",
+    })
+    .into_response())
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// The answer of `GET /health/ready`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready`.
+    status: &'static str,
+    /// `up`.
+    postgres: &'static str,
+}
+
+/// Prometheus metrics.
+///
+/// Text exposition format: requests by route and status.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics.", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.as_ref().into_response()
 }

@@ -141,7 +141,8 @@ pub enum AudioError {
 }
 
 /// Where the transcript is.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TranscriptStatus)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// No file.

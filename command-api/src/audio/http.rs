@@ -7,21 +7,21 @@ use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Extension;
 use events::access::Principal;
 use events::audio::AUDIO;
 use events::chat::Attachment;
 use events::envelope::ActorKind;
 use events::http::extract::status_problem;
 use events::http::{AuthUser, Json, Problem, Query, RequestIds};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{Audio, AudioCommand, AudioError, Status};
-use super::service::{check, parts, start, status_name, whole_text};
+use super::service::{check, parts, start, whole_text};
 use crate::chat::commands::{Action, ThreadCommand};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
@@ -47,22 +47,34 @@ const AUDIO_TYPES: &[(&str, &str)] = &[
 ];
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/audio", post(upload))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
         // The multipart envelope around the largest file.
         .layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES as usize + 64 * 1024))
-        .route("/v1/audio/{id}/transcribe", post(transcribe))
-        .route("/v1/audio/{id}/attach", post(attach))
+        .routes(routes!(transcribe))
+        .routes(routes!(attach))
 }
 
 /// `?tenant_id=` of an upload (super admins name the tenant).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadParams {
-    /// The tenant.
+    /// The tenant (super admins name it; others may only name their own).
     #[serde(default)]
     pub tenant_id: Option<Uuid>,
+}
+
+/// The form of an audio upload.
+// Documents the multipart body `upload` reads as a stream.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AudioUpload {
+    /// The audio, at most 100 MiB; its part's Content-Type is audio/mpeg, audio/wav (or
+    /// audio/x-wav, audio/wave), audio/ogg, audio/webm or audio/mp4.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
 }
 
 /// The tenant an upload belongs to: the caller's own (staff or a chatbot user), or the one a
@@ -127,6 +139,41 @@ fn too_large() -> Problem {
     )
 }
 
+/// Upload an audio file.
+///
+/// Multipart field `file` (other fields are skipped; none named `file`: 400 `missing_file`)
+/// whose Content-Type is audio/mpeg, audio/wav (or audio/x-wav, audio/wave), audio/ogg,
+/// audio/webm or audio/mp4, parameters ignored (415 `unsupported_audio` otherwise; a body that
+/// is not multipart: 415 `unsupported_media_type`), 1 byte to 100 MiB (400 `empty_file`; 413
+/// `payload_too_large` above, the rest of the body read and dropped so the client gets the
+/// answer). Streamed into the blob store part by part under
+/// `tenants/{tenant}/audio/{id}/{upload}.{ext}` (`upload` a fresh id per attempt; `mp3`, `wav`,
+/// `ogg`, `webm`, `m4a`), never held whole in memory, so an upload that is then refused never
+/// overwrites a stored file; an upload refused for its content, or by the aggregate, leaves no
+/// blob and appends nothing. Event: AudioUploaded (with the file's size and hex SHA-256). The
+/// platform then requests the transcript from AssemblyAI (`POST /v1/audio/{id}/transcribe`) and
+/// AssemblyAI's webhook completes it (`POST /api/webhooks/assemblyai`); read it on query-api
+/// `GET /v1/audio/{id}`, and post it in a thread with `POST /v1/audio/{id}/attach`. Allowed: a
+/// tenant's staff and its chatbot (phone) users, in their own tenant (naming another: 403); a
+/// super admin names the tenant (`tenant_id`; without it: 422 `tenant_required`); anyone else:
+/// 403. Answer 201 with `Location: /v1/audio/{id}`. The file must begin as its declared type
+/// does (MP3: an ID3 tag or an MPEG frame; WAV: RIFF…WAVE; Ogg: OggS; WebM: an EBML header;
+/// MP4: an ftyp box), else 415 `audio_content_mismatch` and nothing is stored. Each user
+/// uploads at most `AUDIO_UPLOADS_PER_USER_PER_HOUR` files an hour (default 30; 429
+/// `rate_limited` with `Retry-After` beyond) and `AUDIO_UPLOAD_MIB_PER_USER_PER_DAY` mebibytes
+/// a day (default 1024, each file counted by the MiB it starts; 429 `upload_quota_exceeded`
+/// with `Retry-After` once used up).
+#[utoipa::path(
+    post,
+    path = "/v1/audio",
+    params(UploadParams),
+    request_body(content = AudioUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Created: the audio file and its version (also in `ETag`, `Location`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn upload(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -364,11 +411,71 @@ async fn audio_of(
     }
 }
 
+/// Where an audio file's transcript is, after a request, a check or a retry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Transcription {
+    /// The audio file.
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// Where its transcript is now. After an appended event: `requesting` (the request was
+    /// claimed and goes on in the background: TranscriptRequested, TranscriptionAttemptFailed
+    /// or TranscriptionFailed follows), `requested` (a check found it not final),
+    /// `completed`/`failed` (a check finished it), `uploaded` (an admin's retry while the
+    /// request was not yet due); otherwise where it was.
+    pub status: Status,
+    /// The audio file's version after the command; absent when nothing was appended
+    /// (requested and not yet to be checked, under way, final, or before a retry's time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Request, check or ask again for a transcript.
+///
+/// The platform's process manager (a platform service token) sends files whose request or check
+/// is due; a tenant admin or super admin asks again (agents and chatbot users: 403; another
+/// tenant's file: 404). An admin's call first appends TranscriptionRetried when the transcript
+/// failed (attempts count from the first again) or waits out a back-off (sent now); a requested
+/// one is checked with the service now; a completed transcript answers 409
+/// `already_transcribed` and one under way its status, neither counted; a tenant's admins ask
+/// at most 20 times an hour (429 `rate_limited`, `Retry-After`). After an attempt whose answer
+/// was lost (5xx or timeout after the upload), the next one first looks for the transcript
+/// among the service's latest (`GET /v2/transcript?limit=200`, by `audio_url`) and re-requests
+/// the same upload if there is none. A check answered 404 fails the transcript at once. A due
+/// request is first claimed (TranscriptionStarted, 15 minutes): a concurrent caller finds it
+/// claimed and sends nothing, so a file makes one transcript per request. The answer comes at
+/// once (`status: requesting`); in the background the claimant streams the file from the blob
+/// store to AssemblyAI `POST /v2/upload` (10-minute timeout), then `POST /v2/transcript`
+/// (2-minute timeout) with the returned `audio_url`, `webhook_url` =
+/// `{BACKEND_URL}/api/webhooks/assemblyai?audio_id={id}`, `webhook_auth_header_name`
+/// `x-webhook-secret` and `webhook_auth_header_value` the first secret of
+/// ASSEMBLYAI_WEBHOOK_SECRET (the API key ASSEMBLYAI_API_KEY in `authorization`), and records
+/// the outcome: TranscriptRequested (with AssemblyAI's transcript id); or, when AssemblyAI is
+/// unreachable, answers 401, 403, 408, 429 or 5xx, TranscriptionAttemptFailed (`error`; retried
+/// after 2 s, 4 s, 8 s … at most 5 min); or TranscriptionFailed (`attempts`, `error`) on the
+/// 20th failure (about an hour), a refusal of the file (another 4xx), a file missing from the
+/// blob store, or transcription not configured (ASSEMBLYAI_API_KEY and BACKEND_URL). A
+/// requested transcript no webhook has finished is checked from 10 minutes after its request
+/// (`GET /v2/transcript/{id}`): completed → TranscriptCompleted, error → TranscriptFailed, not
+/// final or not reachable → TranscriptChecked (next check 20, 40 … at most 60 minutes later);
+/// 24 hours after the request, TranscriptFailed. Nothing due: answers `{id, status}` and
+/// appends nothing. 404 for an unknown id.
+///
 /// Where the transcript is: the platform's process manager sends files whose request or
 /// check is due; a tenant's admin asks again (after a failure, or at once while retries
 /// wait). A request is started (claimed) before the file is sent, so however many callers
 /// ask at once, one sends it; a check asks the service about a transcript no webhook has
 /// finished.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/{id}/transcribe",
+    params(("id" = Uuid, Path, description = "The audio file.")),
+    responses(
+        (status = 200, description = "Requested, to be retried, given up, or not due.", body = Transcription),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn transcribe(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -389,9 +496,7 @@ async fn transcribe(
             Status::Completed => return Err(AudioError::AlreadyTranscribed.problem()),
             // Under way: nothing to ask, and nothing counted.
             Status::Requesting => {
-                return Ok(
-                    Json(json!({"id": id, "status": status_name(audio.status())})).into_response(),
-                )
+                return Ok(Json(Transcription::of(id, &audio, None)).into_response())
             }
             _ => {}
         }
@@ -446,24 +551,69 @@ async fn transcribe(
         }
         None => audio,
     };
-    let mut body = json!({"id": id, "status": status_name(audio.status())});
-    if let Some(v) = version {
-        body["version"] = json!(v);
+    Ok(Json(Transcription::of(id, &audio, version)).into_response())
+}
+
+impl Transcription {
+    /// Where `audio`'s transcript is, with the version a command left it at.
+    fn of(id: String, audio: &super::aggregate::Audio, version: Option<u64>) -> Self {
+        Self {
+            id,
+            status: audio.status(),
+            version,
+        }
     }
-    Ok(Json(body).into_response())
 }
 
 /// Body of an attachment to a thread.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attach {
     /// The thread.
     pub thread_id: Uuid,
 }
 
+/// What posting a transcript in a thread answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TranscriptPosted {
+    /// The thread.
+    pub id: String,
+    /// The first message (it carries the audio).
+    pub message_id: String,
+    /// Every message of the transcript, in order.
+    pub message_ids: Vec<String>,
+    /// The thread's version after the last message (also in `ETag`).
+    pub version: u64,
+}
+
+/// Post a transcript in a chat thread.
+///
+/// Posts the completed transcript as messages of the caller in thread `thread_id`, the first
+/// with the audio file attached (its `object_key`, `content_type` and `size_bytes`): a
+/// transcript longer than a message continues in the next ones, of at most 4,000 characters
+/// each, cut at a space; one without speech is posted as `(no speech in the transcript)`. The
+/// messages' ids derive from the file (as a `client_message_id` `transcript:{id}`, then
+/// `transcript:{id}:2` … would), so a retry names the same messages and appends nothing. A
+/// message in a closed thread reopens it (events Reopened, MessageSent). 422
+/// `transcript_not_ready` until the transcript is complete (also when it failed); the thread's
+/// rules apply: 404 when the caller may not see the thread, 422 `invalid_text` (control
+/// characters), `invalid_attachment` (a thread of another tenant than the file's). Allowed: the
+/// file's tenant staff (and super admins), the chatbot user who uploaded it — who must also
+/// take part in the thread — and the platform; anyone else gets 404, as for an unknown file.
+///
 /// Posts the transcript in a thread, as messages of the caller: the first carries the audio
 /// file, and a transcript longer than a message continues in the next ones. Retries name
 /// the same messages (their ids derive from the file and the part).
+#[utoipa::path(
+    post,
+    path = "/v1/audio/{id}/attach",
+    params(("id" = Uuid, Path, description = "The audio file.")),
+    request_body = Attach,
+    responses(
+        (status = 201, description = "Created: the thread, its new version (also in `ETag`), the first message's id and every message's id. A transcript longer than a message (4,096 characters) is posted as several messages of at most 4,000 characters, cut at a space, the first carrying the audio.", body = TranscriptPosted)
+    ),
+    security(("bearer" = []))
+)]
 async fn attach(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -532,12 +682,12 @@ async fn attach(
     };
     let mut response = (
         StatusCode::CREATED,
-        Json(json!({
-            "id": c.aggregate_id,
-            "version": c.version,
-            "message_id": first,
-            "message_ids": message_ids,
-        })),
+        Json(TranscriptPosted {
+            id: c.aggregate_id,
+            message_id: first,
+            message_ids,
+            version: c.version,
+        }),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.version)) {

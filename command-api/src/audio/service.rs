@@ -228,17 +228,6 @@ pub(crate) async fn finishing(
     })
 }
 
-pub(crate) fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::None => "none",
-        Status::Uploaded => "uploaded",
-        Status::Requesting => "requesting",
-        Status::Requested => "requested",
-        Status::Completed => "completed",
-        Status::Failed => "failed",
-    }
-}
-
 /// Why a request failed, and the file's URL at the service when it was uploaded but the
 /// transcript request's answer was lost (the service may have made a transcript of it).
 pub(crate) struct RequestFailure {

@@ -5,13 +5,14 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Extension;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::chat::{Attachment, Channel, Party, PartyKind, THREAD};
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::ThreadError;
@@ -23,40 +24,25 @@ use crate::store::Committed;
 use crate::AppState;
 
 /// The routes of the chat context.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat/threads", post(open))
-        .route("/v1/chat/threads/{id}/messages", post(send))
-        .route("/v1/chat/threads/{id}/messages/{message}/edit", post(edit))
-        .route(
-            "/v1/chat/threads/{id}/messages/{message}/delete",
-            post(delete),
-        )
-        .route("/v1/chat/threads/{id}/read", post(mark_read))
-        .route("/v1/chat/threads/{id}/assign", post(assign))
-        .route("/v1/chat/threads/{id}/release", post(release))
-        .route("/v1/chat/threads/{id}/bot", post(switch_bot))
-        .route("/v1/chat/threads/{id}/close", post(close))
-        .route("/v1/chat/threads/{id}/reopen", post(reopen))
-        .route("/v1/chat/threads/{id}/tags", post(set_tags))
-        .route("/v1/chat/threads/{id}/participants", post(add_participant))
-        .route("/v1/chat/threads/{id}/scheduled", post(schedule))
-        .route(
-            "/v1/chat/threads/{id}/scheduled/{scheduled}/reschedule",
-            post(reschedule),
-        )
-        .route(
-            "/v1/chat/threads/{id}/scheduled/{scheduled}/cancel",
-            post(cancel_scheduled),
-        )
-        .route(
-            "/v1/chat/threads/{id}/scheduled/{scheduled}/deliver",
-            post(deliver_scheduled),
-        )
-        .route(
-            "/v1/chat/threads/{id}/scheduled/{scheduled}/fail",
-            post(fail_scheduled),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(open))
+        .routes(routes!(send))
+        .routes(routes!(edit))
+        .routes(routes!(delete))
+        .routes(routes!(mark_read))
+        .routes(routes!(assign))
+        .routes(routes!(release))
+        .routes(routes!(switch_bot))
+        .routes(routes!(close))
+        .routes(routes!(reopen))
+        .routes(routes!(set_tags))
+        .routes(routes!(add_participant))
+        .routes(routes!(schedule))
+        .routes(routes!(reschedule))
+        .routes(routes!(cancel_scheduled))
+        .routes(routes!(deliver_scheduled))
+        .routes(routes!(fail_scheduled))
 }
 
 /// Thread ids are UUIDs; anything else names no thread.
@@ -136,7 +122,7 @@ pub(crate) fn created_item(c: &Committed, field: &'static str, item_id: &str) ->
 }
 
 /// Body of `POST /v1/chat/threads`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenThread {
     /// Optional client-chosen id (a UUID), so a blind retry cannot open two threads.
@@ -153,15 +139,35 @@ pub struct OpenThread {
     pub customer_id: Option<String>,
     /// A subject line.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub subject: Option<String>,
     /// Initial tags.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub tags: Vec<String>,
     /// Whether the bot answers (default true).
     #[serde(default)]
     pub bot_enabled: Option<bool>,
 }
 
+/// Open a thread.
+///
+/// A phone user opens a thread for themselves in their tenant; staff open one in their own
+/// tenant, optionally for a phone user (`customer_id`); a super admin names `tenant_id`. Only
+/// `web` threads are opened here (WhatsApp and SMS threads are opened by the platform: 422
+/// `channel_not_allowed`). When `id` is taken: 409 `already_exists` to those who may see that
+/// thread, 404 to anyone else (an id reveals nothing). Event: Opened. Answer 201 with
+/// `Location: /v1/chat/threads/{id}`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads",
+    request_body = OpenThread,
+    responses(
+        (status = 201, description = "Created: the thread and its version (also in `ETag`, `Location`).", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn open(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -240,21 +246,55 @@ async fn open(
 }
 
 /// Body of a message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// The client's id for this message: a retry with the same id appends nothing and
     /// answers the same message id.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub client_message_id: Option<String>,
     /// The text, ≤ 4,096 characters (may be empty with an attachment).
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub text: String,
     /// A file already uploaded.
     #[serde(default)]
     pub attachment: Option<Attachment>,
 }
 
+/// What sending a message answers.
+// Documents the body `crate::http::created_item` makes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MessageCreated {
+    /// The thread.
+    id: String,
+    /// The thread's version after the command (also in `ETag`).
+    version: u64,
+    /// The message.
+    message_id: String,
+}
+
+/// Send a message.
+///
+/// The thread's participants and the tenant's staff may write. A retry with the same
+/// `client_message_id` (per author) appends nothing and answers the same `message_id`. A
+/// message in a closed thread reopens it (events Reopened, MessageSent). 422 `message_too_long`
+/// (> 4,096 characters), `empty_message`, `invalid_text` (control characters),
+/// `invalid_attachment`, `invalid_client_message_id`; 404 when the caller may not see the
+/// thread. An attachment must be a blob of the thread's tenant (`object_key` under
+/// `tenants/{tenant_id}/`).
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/messages",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = SendMessage,
+    responses(
+        (status = 201, description = "Created: the thread, its new version and the message's id.", body = MessageCreated)
+    ),
+    security(("bearer" = []))
+)]
 async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,13 +320,28 @@ async fn send(
 }
 
 /// Body of an edit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessage {
     /// The new text.
+    #[schema(max_length = 4096)]
     pub text: String,
 }
 
+/// Edit a message.
+///
+/// Only the author, within 15 minutes of sending: 403 `not_author`, 422 `edit_window_closed`,
+/// 422 `message_deleted`, 404 `message_not_found`. Event: MessageEdited.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/messages/{message}/edit",
+    params(("id" = Uuid, Path, description = "The thread."), ("message" = String, Path, description = "The message id."), crate::http::IfMatch),
+    request_body = EditMessage,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn edit(
     State(state): State<AppState>,
     caller: Caller,
@@ -300,6 +355,23 @@ async fn edit(
     caller.change(&state, &id, action).await
 }
 
+/// Delete a message.
+///
+/// The author or the tenant's staff (a customer cannot delete an agent's message: 403
+/// `not_author`). Deleting twice appends nothing. Event: MessageDeleted (read models drop the
+/// text and attachment).
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/messages/{message}/delete",
+    params(("id" = Uuid, Path, description = "The thread."), ("message" = String, Path, description = "The message id."), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,13 +382,29 @@ async fn delete(
 }
 
 /// Body of a read receipt.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkRead {
     /// The number of the last message read.
+    #[schema(minimum = 0)]
     pub number: u64,
 }
 
+/// Read receipt.
+///
+/// The caller has read every message up to `number`. A lower number than already recorded
+/// appends nothing; a number the thread has no message for: 422 `unknown_message_number`.
+/// Event: Read.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/read",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = MarkRead,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn mark_read(
     State(state): State<AppState>,
     caller: Caller,
@@ -330,7 +418,7 @@ async fn mark_read(
 }
 
 /// Body of an assignment (`null` or absent clears).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Assign {
     /// The agent.
@@ -341,6 +429,23 @@ pub struct Assign {
     pub department: Option<String>,
 }
 
+/// Assign.
+///
+/// Staff only. `agent_id` must be staff of the tenant (422 `unknown_agent`) who can take
+/// conversations now — active, a tenant admin or an agent (422 `agent_unavailable`);
+/// `department` one of its departments now, as the tenant's own events say (422
+/// `unknown_department`); null clears. Event: Assigned. Ids with control characters are refused
+/// with the same 422 code before any look-up.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/assign",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = Assign,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn assign(
     State(state): State<AppState>,
     caller: Caller,
@@ -355,7 +460,7 @@ async fn assign(
 }
 
 /// Body of a release (the platform's reassignment worker; exactly one of the two).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// The agent who can no longer take conversations.
@@ -366,6 +471,24 @@ pub struct ReleaseBody {
     pub department: Option<String>,
 }
 
+/// Release (platform).
+///
+/// Platform service tokens only (the projector's reassignment worker; 403 otherwise). Takes an
+/// open thread from an agent who can no longer take conversations (`{"agent_id"}`: the thread
+/// stays in its department's queue) or from a removed department (`{"department"}`: it keeps
+/// its agent). Appends `Assigned` with `reason` (`agent_unavailable`, `department_removed`)
+/// only when the thread is open and still theirs; otherwise nothing (200, same version). 422
+/// `invalid_release` unless exactly one is named.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/release",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = ReleaseBody,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn release(
     State(state): State<AppState>,
     caller: Caller,
@@ -386,13 +509,26 @@ async fn release(
 }
 
 /// Body of a bot switch.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchBot {
     /// Whether the bot answers.
     pub enabled: bool,
 }
 
+/// Switch the bot.
+///
+/// Staff only. Off means a human has taken over. Event: BotSwitched (none when unchanged).
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/bot",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = SwitchBot,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn switch_bot(
     State(state): State<AppState>,
     caller: Caller,
@@ -405,6 +541,21 @@ async fn switch_bot(
     caller.change(&state, &id, action).await
 }
 
+/// Close.
+///
+/// Participants or staff. Closing a closed thread appends nothing. Event: Closed.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/close",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn close(
     State(state): State<AppState>,
     caller: Caller,
@@ -413,6 +564,21 @@ async fn close(
     caller.change(&state, &id, Action::Close).await
 }
 
+/// Reopen.
+///
+/// Participants or staff. Reopening an open thread appends nothing. Event: Reopened.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/reopen",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn reopen(
     State(state): State<AppState>,
     caller: Caller,
@@ -422,13 +588,28 @@ async fn reopen(
 }
 
 /// Body of a tag change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTags {
     /// The whole new set.
+    #[schema(max_items = 20)]
     pub tags: Vec<String>,
 }
 
+/// Set tags.
+///
+/// Staff only. The whole set; lower-cased, de-duplicated; at most 20 of 1–40 characters (422
+/// `invalid_tags`). Event: Tagged.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/tags",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = SetTags,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn set_tags(
     State(state): State<AppState>,
     caller: Caller,
@@ -440,7 +621,7 @@ async fn set_tags(
 }
 
 /// Body naming a participant.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddParticipant {
     /// The user id.
@@ -449,6 +630,21 @@ pub struct AddParticipant {
     pub kind: PartyKind,
 }
 
+/// Add a participant.
+///
+/// Staff only. A phone user or an agent of the tenant (422 `invalid_participant` otherwise).
+/// Adding twice appends nothing. Event: ParticipantAdded. Ids with control characters are
+/// refused with the same 422 code before any look-up.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/participants",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = AddParticipant,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn add_participant(
     State(state): State<AppState>,
     caller: Caller,
@@ -465,14 +661,16 @@ async fn add_participant(
 }
 
 /// Body of a scheduled message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleMessage {
     /// The client's id for it (de-duplicates retries like a message's).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub client_message_id: Option<String>,
     /// The text.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub text: String,
     /// A file already uploaded.
     #[serde(default)]
@@ -481,6 +679,34 @@ pub struct ScheduleMessage {
     pub due_at: DateTime<Utc>,
 }
 
+/// What scheduling a message answers.
+// Documents the body `crate::http::created_item` makes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ScheduledCreated {
+    /// The thread.
+    id: String,
+    /// The thread's version after the command (also in `ETag`).
+    version: u64,
+    /// The scheduled message.
+    scheduled_id: String,
+}
+
+/// Schedule a message.
+///
+/// Staff only. `due_at` in the future (422 `due_in_past`) and at most 90 days ahead (422
+/// `due_too_far`). The scheduler delivers it at the due time as a message of its author. Event:
+/// MessageScheduled.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/scheduled",
+    params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
+    request_body = ScheduleMessage,
+    responses(
+        (status = 201, description = "Created: the thread, its new version and the scheduled message's id.", body = ScheduledCreated)
+    ),
+    security(("bearer" = []))
+)]
 async fn schedule(
     State(state): State<AppState>,
     caller: Caller,
@@ -520,13 +746,27 @@ async fn schedule(
 }
 
 /// Body of a reschedule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reschedule {
     /// The new due time (RFC 3339).
     pub due_at: DateTime<Utc>,
 }
 
+/// Reschedule.
+///
+/// Staff only; pending messages, or failed ones (which become pending again, to be tried at the
+/// new time); others: 422 `schedule_not_pending`; same due rules. Event: MessageRescheduled.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/scheduled/{scheduled}/reschedule",
+    params(("id" = Uuid, Path, description = "The thread."), ("scheduled" = String, Path, description = "The scheduled message id."), crate::http::IfMatch),
+    request_body = Reschedule,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn reschedule(
     State(state): State<AppState>,
     caller: Caller,
@@ -540,6 +780,23 @@ async fn reschedule(
     caller.change(&state, &id, action).await
 }
 
+/// Cancel a scheduled message.
+///
+/// Staff only. A cancelled message is never delivered; a pending or failed one can be
+/// cancelled; cancelling twice appends nothing; after delivery: 422 `schedule_not_pending`.
+/// Event: ScheduleCancelled.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/scheduled/{scheduled}/cancel",
+    params(("id" = Uuid, Path, description = "The thread."), ("scheduled" = String, Path, description = "The scheduled message id."), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn cancel_scheduled(
     State(state): State<AppState>,
     caller: Caller,
@@ -549,8 +806,28 @@ async fn cancel_scheduled(
     caller.change(&state, &id, action).await
 }
 
+/// Deliver a due scheduled message.
+///
+/// The scheduler's command (a platform service token; others: 403). Delivers once: again, after
+/// a cancel or after it failed, appends nothing; before the due time: 409 `not_due`. Never in
+/// the name of someone who can no longer write in the thread: when its author is deactivated
+/// (or no longer the tenant's staff), it is recorded failed instead (ScheduleFailed
+/// `author_unavailable`). Events: MessageSent with `scheduled_id`, or ScheduleFailed.
+///
 /// The scheduler's delivery of a due message. The delivered message's id is derived from
 /// the scheduled message's, so every retry names the same message.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/scheduled/{scheduled}/deliver",
+    params(("id" = Uuid, Path, description = "The thread."), ("scheduled" = String, Path, description = "The scheduled message id."), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn deliver_scheduled(
     State(state): State<AppState>,
     caller: Caller,
@@ -566,15 +843,32 @@ async fn deliver_scheduled(
 }
 
 /// Body of the scheduler's giving up on a delivery.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailScheduled {
     /// Why (the last failure), for people.
     pub reason: String,
 }
 
+/// Give up a scheduled message's delivery.
+///
+/// The scheduler's command (a platform service token; others: 403), after a delivery failed 8
+/// times in a row (waiting 1 s, 2 s, 4 s … between tries): the message shows `failed` with
+/// `failure_code` `delivery_failed` and the reason until staff reschedule or cancel it. A
+/// message that is not pending appends nothing. Event: ScheduleFailed.
+///
 /// The scheduler gives up on a delivery that kept failing: the scheduled message shows
 /// `failed` with the reason until staff reschedule or cancel it.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/threads/{id}/scheduled/{scheduled}/fail",
+    params(("id" = Uuid, Path, description = "The thread."), ("scheduled" = String, Path, description = "The scheduled message id."), crate::http::IfMatch),
+    request_body = FailScheduled,
+    responses(
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn fail_scheduled(
     State(state): State<AppState>,
     caller: Caller,

@@ -55,7 +55,7 @@ pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed")
 /// Largest body buffered for hashing (the largest route limit but streamed uploads': a logo).
 const MAX_BUFFERED: usize = 3 * 1024 * 1024;
 /// The routes anyone may call on which a key is honoured without a token.
-const ANONYMOUS: [&str; 1] = ["/v1/tenants/signup"];
+pub(crate) const ANONYMOUS: [&str; 1] = ["/v1/tenants/signup"];
 /// Largest body buffered for an anonymous caller (a sign-up is a few hundred bytes).
 const ANONYMOUS_MAX_BUFFERED: usize = 64 * 1024;
 /// Routes whose body is streamed to its destination (audio, up to 100 MiB): never buffered

@@ -14,29 +14,38 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{middleware, Router};
 use events::http::{problem, request, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 
-/// The OpenAPI document of this API.
-pub const OPENAPI: &str = include_str!("../../../docs/openapi/command-api.json");
+/// Where the OpenAPI document comes from.
+pub mod openapi;
 
 /// Where a client reads an aggregate that a command opened (the `Location` of a 201).
 pub fn location(aggregate_type: &str, id: &str) -> Option<String> {
     crate::Contexts::location(aggregate_type).map(|path| format!("{path}/{id}"))
 }
 
-/// What every accepted command answers: the aggregate and its version, so the client can
-/// ask the query API to wait for it.
-#[derive(Debug, Serialize, Deserialize)]
+/// What every accepted command answers: the aggregate and its version (also in `ETag`), so
+/// the client can ask the query API to wait for it (`min_version`).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// Aggregate id.
     pub id: String,
-    /// Version after the command.
+    /// The aggregate's version after the command.
     pub version: u64,
+}
+
+/// The `If-Match` header of a command on an existing aggregate.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatch {
+    /// Expected aggregate version (`"3"`, `3` or `W/"3"`; `*` means any); another version
+    /// answers 409 `version_conflict`.
+    #[param(rename = "If-Match", example = "\"3\"")]
+    pub if_match: Option<String>,
 }
 
 /// The answer of an accepted command: [`Accepted`], the version as `ETag`, and for a 201 the
@@ -119,7 +128,7 @@ pub fn client_id(id: Option<uuid::Uuid>) -> Result<Option<uuid::Uuid>, Problem> 
 
 /// Body naming the tenant a staff request acts in (super admins name it; tenant admins act
 /// in their own).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForTenant {
     /// The tenant.
@@ -184,7 +193,8 @@ pub fn router(
     max_body_bytes: usize,
     route_limits: std::sync::Arc<concurrency::RouteLimits>,
 ) -> Router {
-    let routed = crate::Contexts::routes()
+    let (routes, sign_in, document) = openapi::routes();
+    let routed = routes
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -194,7 +204,7 @@ pub fn router(
         // would hand a spent refresh token's successor out again, and the store would hold
         // tokens in clear), and never cached by anything between (RFC 6749 §5.1).
         .merge(
-            crate::Contexts::sign_in_routes()
+            sign_in
                 .layer(DefaultBodyLimit::max(max_body_bytes))
                 .layer(middleware::map_response(no_store)),
         )
@@ -203,10 +213,7 @@ pub fn router(
             concurrency::limit,
         ));
     routed
-        .route("/health/live", get(events::http::live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", events::http::openapi(OPENAPI))
+        .merge(document)
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -233,11 +240,19 @@ async fn no_store(mut response: Response) -> Response {
 /// How long the relay may keep failing before the process says it is not ready.
 const RELAY_FAILING_FOR: Duration = Duration::from_secs(10);
 
+/// Readiness.
+///
 /// Ready when PostgreSQL answers, token revocations are followed, the NATS connection is up
 /// and the relay has not been failing for [`RELAY_FAILING_FOR`]. Events the relay quarantined and no operator has acknowledged yet are reported
 /// (`"status": "degraded"`, `quarantined_events`) without taking the instance out of service:
 /// they are one aggregate's trouble, and every other event is being published.
-async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses((status = 200, description = "Ready, or degraded (quarantined events).", body = Readiness))
+)]
+pub(crate) async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
     let quarantined: i64 = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query_scalar("SELECT count(*) FROM quarantined_events WHERE acknowledged_at IS NULL")
@@ -263,15 +278,37 @@ async fn ready(State(state): State<AppState>) -> Result<Response, Problem> {
         }
     }
     let status = if quarantined > 0 { "degraded" } else { "ready" };
-    Ok(axum::Json(serde_json::json!({
-        "status": status,
-        "postgres": "up",
-        "nats": "up",
-        "quarantined_events": quarantined,
-    }))
+    Ok(axum::Json(Readiness {
+        status,
+        postgres: "up",
+        nats: "up",
+        quarantined_events: quarantined,
+    })
     .into_response())
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// The answer of `GET /health/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready`, or `degraded` while quarantined events await an operator.
+    status: &'static str,
+    /// `up`.
+    postgres: &'static str,
+    /// `up`.
+    nats: &'static str,
+    /// Events the relay quarantined that no operator has acknowledged.
+    quarantined_events: i64,
+}
+
+/// Prometheus metrics.
+///
+/// Text exposition format: requests by route and status, command and relay figures.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics.", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.as_ref().into_response()
 }

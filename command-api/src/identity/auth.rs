@@ -7,12 +7,13 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Form;
 use chrono::Utc;
 use events::access::{Claims, Principal, Role};
 use events::envelope::ActorKind;
@@ -28,15 +29,15 @@ use crate::http::error::DomainProblem;
 use crate::AppState;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/admin/login", post(login))
-        .route("/auth/admin/refresh", post(refresh))
-        .route("/auth/admin/logout", post(logout))
-        .route("/auth/admin/profile", get(profile))
-        .route("/auth/admin/password", post(change_password))
-        .route("/auth/admin/password-reset", post(complete_password_reset))
-        .route("/auth/introspect", post(introspect))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(profile))
+        .routes(routes!(change_password))
+        .routes(routes!(complete_password_reset))
+        .routes(routes!(introspect))
 }
 
 fn invalid_credentials() -> Problem {
@@ -77,7 +78,7 @@ pub fn user_metadata(tenant: Option<&str>, actor: (&str, ActorKind), ids: &Reque
 }
 
 /// Login body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     email: String,
@@ -85,11 +86,12 @@ pub struct Login {
 }
 
 /// What a login or refresh answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenAnswer {
-    /// The access JWT.
+    /// The access JWT (HS256): sub, tenant_id, role, iat, exp, jti, sid (the session).
     pub access_token: String,
     /// Always `Bearer`.
+    #[schema(example = "Bearer")]
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
@@ -100,7 +102,7 @@ pub struct TokenAnswer {
 }
 
 /// An admin user as they see themselves.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     /// User id.
     pub id: String,
@@ -157,6 +159,27 @@ fn login_failures(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> St
     format!("login-failures-ip:{ip}")
 }
 
+/// Sign an admin in.
+///
+/// Unknown e-mail, wrong password, locked (5 failures in 15 minutes lock for 15 minutes) and
+/// deactivated accounts all answer 401 `invalid_credentials`, in similar time. The right
+/// password of a suspended tenant's user answers 403 `tenant_suspended` (LoginFailed
+/// `tenant_suspended`, not counted toward the lock). Every attempt on a known account is an
+/// event (LoginSucceeded, LoginFailed, LockedOut). Answered with `Cache-Control: no-store`;
+/// `Idempotency-Key` is ignored on sign-in routes (token answers are never stored or replayed).
+/// A client address refused LOGIN_FAILURES_PER_IP_PER_HOUR times (100) in an hour gets 429
+/// `rate_limited` with `Retry-After` until the hour ends. Attempts on a locked or deactivated
+/// account are recorded once per lock (or deactivation).
+#[utoipa::path(
+    post,
+    path = "/auth/admin/login",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in.", body = TokenAnswer),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     ids: RequestIds,
@@ -355,12 +378,29 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
 }
 
 /// Refresh or logout body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
 }
 
+/// Rotate a refresh token.
+///
+/// Spends the refresh token and answers a new access and refresh token. A spent token presented
+/// again answers 401 `refresh_token_reused` and revokes the whole session (event
+/// SessionRevoked). While the user's tenant is suspended it answers 403 `tenant_suspended` and
+/// spends nothing (the session works again on reactivation). Answered with `Cache-Control:
+/// no-store`; `Idempotency-Key` is ignored on sign-in routes (token answers are never stored or
+/// replayed).
+#[utoipa::path(
+    post,
+    path = "/auth/admin/refresh",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "Signed in.", body = TokenAnswer),
+        (status = 401, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn refresh(
     State(state): State<AppState>,
     ids: RequestIds,
@@ -452,7 +492,22 @@ async fn refresh(
     }
 }
 
+/// End the bearer token's session.
+///
+/// Revokes the session's refresh tokens; introspection then answers inactive for its access
+/// tokens. Event: SessionRevoked. Answered with `Cache-Control: no-store`; `Idempotency-Key` is
+/// ignored on sign-in routes (token answers are never stored or replayed).
+///
 /// Ends the session of the bearer token (its `sid`), recorded on the user's stream.
+#[utoipa::path(
+    post,
+    path = "/auth/admin/logout",
+    responses(
+        (status = 204, description = "Signed out."),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn logout(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -498,6 +553,16 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The signed-in admin.
+#[utoipa::path(
+    get,
+    path = "/auth/admin/profile",
+    responses(
+        (status = 200, description = "Profile.", body = Profile),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn profile(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -513,13 +578,32 @@ async fn profile(
 }
 
 /// Body of a password change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     current_password: String,
     new_password: String,
 }
 
+/// Change one's own password.
+///
+/// 403 when the current password is wrong (recorded as `LoginFailed`, counting toward the
+/// lockout like a failed login: five wrong within the window lock the account); 403
+/// `account_locked` while locked (no password is checked); 422 `weak_password` (10 to 128
+/// characters, not a well-known password, at least 4 different characters). Every other session
+/// of the user ends (its refresh token stops working and its access tokens introspect
+/// inactive); reset links sent before no longer work. Event: PasswordChanged (never the hash).
+/// Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on sign-in routes
+/// (token answers are never stored or replayed).
+#[utoipa::path(
+    post,
+    path = "/auth/admin/password",
+    request_body = ChangePassword,
+    responses(
+        (status = 204, description = "Changed.")
+    ),
+    security(("bearer" = []))
+)]
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -576,13 +660,14 @@ async fn change_password(
 }
 
 /// RFC 7662 request: `token` (form-encoded, as the RFC says, or JSON).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct IntrospectBody {
+    /// The token asked about.
     token: String,
 }
 
-/// RFC 7662 answer.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// RFC 7662 answer: only `active` (false) when the token is not active.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Introspection {
     /// True while the token verifies, has not expired, and its session is not revoked.
     pub active: bool,
@@ -612,8 +697,28 @@ pub struct Introspection {
     pub kind: Option<String>,
 }
 
+/// Token introspection (RFC 7662).
+///
+/// Form-encoded `token=…` (or JSON). Only an authorised caller may ask (RFC 7662 §2.1): a
+/// platform service token or a super admin (401 without a token, 403 for anyone else). Active
+/// while the token verifies, has not expired, and its session, user and tenant were not
+/// revoked. Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on sign-in
+/// routes (token answers are never stored or replayed).
+///
 /// RFC 7662 §2.1: only an authorised caller may ask — a platform component (service token)
 /// or a super admin; anyone else could use the endpoint to test stolen tokens.
+#[utoipa::path(
+    post,
+    path = "/auth/introspect",
+    request_body(content(
+        (IntrospectBody = "application/x-www-form-urlencoded"),
+        (IntrospectBody = "application/json")
+    )),
+    responses(
+        (status = 200, description = "The answer.", body = Introspection)
+    ),
+    security(("bearer" = []))
+)]
 async fn introspect(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
@@ -678,15 +783,32 @@ async fn introspect(
 }
 
 /// Body of a reset.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteReset {
     token: String,
+    #[schema(min_length = 10, max_length = 128)]
     new_password: String,
 }
 
+/// Set a new password with a reset token.
+///
+/// The token works once, within the hour (401 `invalid_reset_token`). A weak password (422
+/// `weak_password`) does not spend it. The user's sessions end and a lock is lifted. Event:
+/// PasswordReset. Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on
+/// sign-in routes (token answers are never stored or replayed).
+///
 /// Sets a new password with a reset token: the token works once, for an hour; the user's
 /// sessions end, and a lock is lifted.
+#[utoipa::path(
+    post,
+    path = "/auth/admin/password-reset",
+    request_body = CompleteReset,
+    responses(
+        (status = 204, description = "Changed."),
+        (status = 401, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn complete_password_reset(
     State(state): State<AppState>,
     ids: RequestIds,

@@ -5,12 +5,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use events::access::{Principal, Role};
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
@@ -20,17 +20,14 @@ use crate::AppState;
 use events::identity::ADMIN_USER;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin-users", post(create))
-        .route("/v1/admin-users/{id}/role", post(change_role))
-        .route("/v1/admin-users/{id}/department", post(change_department))
-        .route("/v1/admin-users/{id}/deactivate", post(deactivate))
-        .route("/v1/admin-users/{id}/reactivate", post(reactivate))
-        .route(
-            "/v1/admin-users/{id}/password-reset",
-            post(issue_password_reset),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(change_role))
+        .routes(routes!(change_department))
+        .routes(routes!(deactivate))
+        .routes(routes!(reactivate))
+        .routes(routes!(issue_password_reset))
 }
 
 fn actor(who: &Principal) -> (&str, ActorKind) {
@@ -49,13 +46,15 @@ fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> bool
 }
 
 /// Body of a creation.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// Optional client-chosen id.
+    /// Optional client-chosen id: a random (version 4) or time-ordered (version 7) UUID; other
+    /// versions are the platform's derived ids: 422 `invalid_id`.
     #[serde(default)]
     id: Option<Uuid>,
     email: String,
+    #[schema(min_length = 10, max_length = 128)]
     password: String,
     #[serde(default)]
     tenant_id: Option<String>,
@@ -64,6 +63,27 @@ pub struct CreateUser {
     department: Option<String>,
 }
 
+/// Create (invite) an admin user.
+///
+/// A super admin creates anyone; a tenant admin creates tenant admins and agents of their own
+/// tenant (the default tenant). 409 `email_taken` (another user has the address: said to a
+/// super admin, and to a tenant admin when the holder is one of their own tenant's users), 409
+/// `email_unavailable` (to a tenant admin, for an address held outside their tenant — never
+/// whose or where; after 20 such refusals in an hour every creation by that admin answers 429
+/// `rate_limited` until the hour ends), 422 `weak_password`, `invalid_email`,
+/// `tenant_required`, `unknown_tenant` (no such tenant), `tenant_rejected` (its signup was
+/// turned down: it gets no users; a pending tenant's users can sign in once it is approved),
+/// `unknown_department` (the tenant has no such department). Event: Created (the password is
+/// hashed with argon2id and never in an event).
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Accepted.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -327,12 +347,28 @@ async fn run(
 }
 
 /// Body of a role change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRole {
     role: Role,
 }
 
+/// Change the role (a tenant admin cannot grant or touch super admin).
+///
+/// Changes the role and ends the user's sessions (they sign in again under the new one); the
+/// same role appends nothing. 422 `last_super_admin` (the last active super admin keeps the
+/// role), `tenant_required` (a tenant admin or agent needs a tenant); 503 when it raced another
+/// change of a super admin (retry). Another tenant's user answers 404. Event: RoleChanged.
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users/{id}/role",
+    params(("id" = Uuid, Path)),
+    request_body = ChangeRole,
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn change_role(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -359,12 +395,26 @@ async fn change_role(
 }
 
 /// Body of a department change (`null` for none).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeDepartment {
     department: Option<String>,
 }
 
+/// Move to a department (null for none).
+///
+/// Another tenant's user answers 404; 422 `unknown_department` when the user's tenant has no
+/// such department.
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users/{id}/department",
+    params(("id" = Uuid, Path)),
+    request_body = ChangeDepartment,
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn change_department(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -384,6 +434,23 @@ async fn change_department(
     run(&state, &who, &ids, &id, &user, command).await
 }
 
+/// Deactivate (its sessions end at once).
+///
+/// Ends the user's sessions at once (in the event's transaction) and stops them signing in.
+/// Deactivating a user who is already inactive answers 200 and appends nothing, so a retry
+/// converges. 422 `cannot_deactivate_self` (another admin can), `last_super_admin` (the last
+/// active super admin stays: make another one first); 503 when it raced another change of a
+/// super admin (retry). Another tenant's user answers 404. Event: Deactivated.
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users/{id}/deactivate",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn deactivate(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -400,6 +467,19 @@ async fn deactivate(
     run(&state, &who, &ids, &id, &user, command).await
 }
 
+/// Reactivate.
+///
+/// Another tenant's user answers 404.
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users/{id}/reactivate",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn reactivate(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -413,8 +493,33 @@ async fn reactivate(
 /// How long a reset token works.
 const RESET_TTL: chrono::Duration = chrono::Duration::hours(1);
 
+/// What issuing a password reset answers (never the token).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ResetIssued {
+    /// Seconds the token works.
+    pub expires_in: i64,
+    /// The user.
+    pub id: String,
+}
+
+/// Issue a one-time password-reset token.
+///
+/// For admins of the user's tenant (another tenant's user answers 404). The token (valid 1
+/// hour, stored as SHA-256) goes to the user's e-mail through the capture sink (query-api dev
+/// inbox) until an e-mail provider is wired; it is never answered to the admin nor put in an
+/// event. Event: PasswordResetIssued.
+///
 /// An admin issues a one-time reset token for a user; it goes to the user's e-mail (through
 /// the capture sink until a provider is wired), never to the admin.
+#[utoipa::path(
+    post,
+    path = "/v1/admin-users/{id}/password-reset",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 202, description = "Sent.", body = ResetIssued)
+    ),
+    security(("bearer" = []))
+)]
 async fn issue_password_reset(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -473,7 +578,10 @@ async fn issue_password_reset(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"id": id, "expires_in": RESET_TTL.num_seconds()})),
+        Json(ResetIssued {
+            expires_in: RESET_TTL.num_seconds(),
+            id,
+        }),
     )
         .into_response())
 }

@@ -84,11 +84,11 @@ impl BoundedContext for Context {
         })
     }
 
-    fn routes() -> axum::Router<crate::AppState> {
+    fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
         http::router()
     }
 
-    fn sign_in_routes() -> axum::Router<crate::AppState> {
+    fn sign_in_routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
         auth::router().merge(phone_auth::router())
     }
 

@@ -5,12 +5,12 @@
 //! is ever in an event; phone numbers live in `phone_users`, never in events.
 
 use std::net::SocketAddr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use events::access::{Claims, Principal};
 use events::envelope::ActorKind;
@@ -26,13 +26,13 @@ use crate::store::CommandError;
 use crate::AppState;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/phone/request", post(request_code))
-        .route("/auth/phone/verify", post(verify))
-        .route("/auth/phone/session", get(session))
-        .route("/auth/phone/profile", get(profile).put(update_profile))
-        .route("/auth/phone/sync", post(sync))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(request_code))
+        .routes(routes!(verify))
+        .routes(routes!(session))
+        .routes(routes!(profile, update_profile))
+        .routes(routes!(sync))
 }
 
 fn too_many(retry_after: i64) -> Problem {
@@ -60,15 +60,17 @@ fn anonymous(tenant: &str, ids: &RequestIds) -> Metadata {
 }
 
 /// Body of a code request.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestCode {
+    #[schema(format = Uuid)]
     tenant_id: String,
+    #[schema(example = "+33 6 12 34 56 78")]
     phone: String,
 }
 
 /// What a code request answers (never the code).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CodeSent {
     /// The E.164 number the code went to.
     pub phone: String,
@@ -103,6 +105,27 @@ async fn gate(
     Ok((tenant, phone))
 }
 
+/// Send a sign-in code by SMS.
+///
+/// The number must be international (`+` or `00`), normalised to E.164 (422 `invalid_phone`).
+/// The tenant must be approved, not suspended, with its chatbot enabled (403); unknown tenants
+/// answer 403 too. A 6-digit code valid 5 minutes, 5 tries; 429 `rate_limited` with
+/// `Retry-After` within 60 s of the last code, after 5 codes an hour for the number, or after
+/// OTP_REQUESTS_PER_IP_PER_HOUR (20) requests an hour from the client IP. Without an SMS
+/// provider the message is captured and shown by query-api's `/v1/dev/inbox`. Event: CodeIssued
+/// (only a keyed hash of the code). Answered with `Cache-Control: no-store`; `Idempotency-Key`
+/// is ignored on sign-in routes (token answers are never stored or replayed).
+#[utoipa::path(
+    post,
+    path = "/auth/phone/request",
+    request_body = RequestCode,
+    responses(
+        (status = 202, description = "Sent.", body = CodeSent),
+        (status = 403, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn request_code(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -175,16 +198,18 @@ fn six_digits() -> String {
 }
 
 /// Body of a verification.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
+    #[schema(format = Uuid)]
     tenant_id: String,
     phone: String,
+    #[schema(pattern = r"^[0-9]{6}$")]
     code: String,
 }
 
 /// A phone user.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhoneUser {
     /// Stable id of the phone user at this tenant.
     pub id: String,
@@ -195,7 +220,7 @@ pub struct PhoneUser {
 }
 
 /// What a verification answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PhoneSession {
     /// The chatbot JWT (`kind = phone`).
     pub access_token: String,
@@ -207,6 +232,23 @@ pub struct PhoneSession {
     pub user: PhoneUser,
 }
 
+/// Sign in with the code.
+///
+/// 401 `invalid_code` for a wrong, expired, used or exhausted code. Answers a chatbot JWT
+/// (`kind = phone`, `sub` = the phone user, `tenant_id`). Events: CodeVerified or CodeRejected.
+/// Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on sign-in routes
+/// (token answers are never stored or replayed).
+#[utoipa::path(
+    post,
+    path = "/auth/phone/verify",
+    request_body = Verify,
+    responses(
+        (status = 200, description = "Signed in.", body = PhoneSession),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 403, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn verify(
     State(state): State<AppState>,
     ids: RequestIds,
@@ -275,6 +317,25 @@ async fn verify(
     .into_response())
 }
 
+/// What the session of a phone user answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PhoneSessionState {
+    /// Always true: without a signed-in phone user there is no session to answer.
+    pub authenticated: bool,
+    /// Who.
+    pub user: PhoneUser,
+}
+
+/// The signed-in phone user.
+#[utoipa::path(
+    get,
+    path = "/auth/phone/session",
+    responses(
+        (status = 200, description = "The session.", body = PhoneSessionState),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn session(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -290,9 +351,14 @@ async fn session(
             .await
             .map_err(|e| Problem::unavailable(&e))?;
     let phone = phone.ok_or_else(|| Problem::not_found("phone user not found"))?;
-    Ok(Json(serde_json::json!({
-        "authenticated": true,
-        "user": PhoneUser { id: user_id.clone(), tenant_id: tenant_id.clone(), phone },
+    // Through a JSON value, so its keys (the user's too) come in the order they always did.
+    Ok(Json(serde_json::json!(PhoneSessionState {
+        authenticated: true,
+        user: PhoneUser {
+            id: user_id.clone(),
+            tenant_id: tenant_id.clone(),
+            phone,
+        },
     }))
     .into_response())
 }
@@ -323,7 +389,8 @@ fn as_phone_user(user_id: &str, tenant: &str, ids: &RequestIds) -> Metadata {
 }
 
 /// A phone user's profile.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = PhoneProfile)]
 pub struct Profile {
     /// User id.
     pub id: String,
@@ -348,6 +415,17 @@ async fn load_profile(state: &AppState, user_id: &str) -> Result<Profile, Proble
         .ok_or_else(|| Problem::not_found("phone user not found"))
 }
 
+/// The phone user's profile.
+#[utoipa::path(
+    get,
+    operation_id = "phone_profile",
+    path = "/auth/phone/profile",
+    responses(
+        (status = 200, description = "Profile.", body = Profile),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn profile(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -357,7 +435,7 @@ async fn profile(
 }
 
 /// A profile change: absent fields stay, `null` clears.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileChange {
     #[serde(default, with = "serde_with_null")]
@@ -389,6 +467,22 @@ fn valid_locale(tag: &str) -> bool {
         && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Change the phone user's profile.
+///
+/// Absent fields stay, `null` clears. 422 `invalid_display_name` (1–80), `invalid_email`,
+/// `invalid_locale` (BCP 47). The values are personal data kept outside events; the event
+/// ProfileUpdated names the fields only. Answered with `Cache-Control: no-store`;
+/// `Idempotency-Key` is ignored on sign-in routes (token answers are never stored or replayed).
+#[utoipa::path(
+    put,
+    path = "/auth/phone/profile",
+    request_body = ProfileChange,
+    responses(
+        (status = 200, description = "The profile after the change.", body = Profile),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn update_profile(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -473,12 +567,44 @@ async fn update_profile(
 }
 
 /// Anonymous sessions to link.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sync {
+    #[schema(max_items = 50)]
     anonymous_ids: Vec<String>,
 }
 
+/// What linking anonymous sessions answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SyncAnswer {
+    /// The ids linked now.
+    pub linked: Vec<String>,
+    /// Ids not linked: no anonymous session the platform issued to the caller.
+    pub refused: Vec<String>,
+    /// The signed-in phone user.
+    pub user_id: String,
+}
+
+/// Link earlier anonymous chatbot sessions to the signed-in user.
+///
+/// Links anonymous chatbot sessions to the signed-in phone user — only sessions the platform
+/// issued and the caller proves it held: a bare id proves nothing (two customers could both
+/// claim one). The platform issues no anonymous sessions yet (anonymous visitors, with their
+/// tokens as proof, come with the chatbot), so every id is answered under `refused` and nothing
+/// is recorded; `linked` lists the ids linked now (none). 422 `invalid_anonymous_ids` unless
+/// 1–50 ids of 1–128 visible ASCII characters. Event: AnonymousLinked (for linked ids only).
+/// Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on sign-in routes
+/// (token answers are never stored or replayed).
+#[utoipa::path(
+    post,
+    path = "/auth/phone/sync",
+    request_body = Sync,
+    responses(
+        (status = 200, description = "Linked.", body = SyncAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn sync(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -520,9 +646,11 @@ async fn sync(
             _ => Vec::new(),
         })
         .collect();
-    Ok(Json(serde_json::json!({
-        "user_id": user_id, "linked": linked, "refused": refused,
-    }))
+    Ok(Json(SyncAnswer {
+        linked,
+        refused,
+        user_id,
+    })
     .into_response())
 }
 

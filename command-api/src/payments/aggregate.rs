@@ -77,12 +77,15 @@ impl Status {
 }
 
 /// One requested line: a product of the catalog and how many.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
-    /// The product's id.
+    /// The product's id: an active product of the tenant's catalog (422 `unknown_product`,
+    /// `inactive_product`).
+    #[schema(example = "lesson")]
     pub product_id: String,
     /// How many (1–10,000).
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: u32,
 }
 

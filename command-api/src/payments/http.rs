@@ -8,13 +8,13 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
-use axum::{Extension, Router};
+use axum::Extension;
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::payments::{PaymentProvider, CATALOG, PAYMENT};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{LineRequest, Payment, PaymentAction, PaymentCommand, PaymentError, Status};
@@ -27,13 +27,13 @@ use crate::store::{CommandError, Committed};
 use crate::AppState;
 
 /// The routes of the payments context.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/payments", post(request))
-        .route("/v1/payments/{id}/link", post(link))
-        .route("/v1/payments/{id}/cancel", post(cancel))
-        .route("/v1/catalog/taxes/{id}", put(save_tax))
-        .route("/v1/catalog/products/{id}", put(save_product))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(request))
+        .routes(routes!(link))
+        .routes(routes!(cancel))
+        .routes(routes!(save_tax))
+        .routes(routes!(save_product))
 }
 
 /// The payment `raw` names, if the caller administers its tenant; 404 otherwise (another
@@ -54,7 +54,7 @@ async fn payment_of(
 }
 
 /// Body of `POST /v1/payments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestPayment {
     /// Optional client-chosen id (a UUID).
@@ -67,16 +67,49 @@ pub struct RequestPayment {
     #[serde(default)]
     pub provider: Option<PaymentProvider>,
     /// ISO 4217 code.
+    #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
-    /// Products and quantities.
+    /// Products and quantities: 1–100 lines (422 `invalid_lines`).
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<LineRequest>,
     /// The tenant's reference of the customer.
+    #[schema(min_length = 1, max_length = 128)]
     pub customer_reference: String,
     /// Shown to the customer.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub description: Option<String>,
 }
 
+/// Request a payment (and its Lyra link).
+///
+/// Prices `lines` from the tenant's catalog (each product's price and tax; taxes rounded once
+/// per line) and appends Requested. For `provider: lyra` (the default) the platform then asks
+/// Lyra for a payment link (CreatePaymentOrder, `orderId` = the payment id, with `ipnTargetUrl`
+/// = `{BACKEND_URL}/api/webhooks/lyra` when BACKEND_URL is set) and records its answer:
+/// LinkCreated with `link`, or LinkFailed with `link_error` (`not_configured`,
+/// `provider_unavailable` or Lyra's `errorCode` such as `INT_905`) — a refused link is still a
+/// 201: the payment exists and waits in `requested` for `POST /v1/payments/{id}/link`. For
+/// `provider: stripe` no link is made: the tenant's Stripe Checkout names the payment as
+/// `client_reference_id` (or `metadata.payment_id`), and the answer is `{id, version}`. 409
+/// `already_exists` when `id` is taken. 422 `tenant_required`, `invalid_currency`,
+/// `invalid_lines` (1–100 lines of 1–10,000 units), `unknown_product`, `inactive_product`,
+/// `currency_mismatch` (every product priced in `currency`), `invalid_amount` (a total above 0
+/// and at most 1,000,000,000,000 minor units), `invalid_customer_reference`,
+/// `invalid_description`. Events: Requested, then LinkCreated or LinkFailed (Lyra). Answer 201
+/// with `Location: /v1/payments/{id}`. After a 503 the payment may exist without its link:
+/// `POST /v1/payments/{id}/link` completes it. Allowed: the tenant's admin (in their own
+/// tenant; naming another `tenant_id`: 403), or a super admin naming `tenant_id` (422
+/// `tenant_required` without); agents, phone users and service tokens: 403.
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    request_body = RequestPayment,
+    responses(
+        (status = 201, description = "Created: the payment and its version (also in `ETag`, `Location`); for Lyra, the link or why there is none.", body = PaymentAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn request(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -143,7 +176,7 @@ async fn request(
         Answer {
             link: payment
                 .link()
-                .map(|(order, url, expires_at)| link_json(order, url, expires_at)),
+                .map(|(order, url, expires_at)| PaymentLink::new(order, url, expires_at)),
             committed: c,
             link_error: None,
         }
@@ -151,11 +184,68 @@ async fn request(
     Ok(answer.into_response(StatusCode::CREATED))
 }
 
+/// The payment and its new version (also in `ETag`). For a Lyra payment both `link` and
+/// `link_error` are present, exactly one of them non-null; for a Stripe payment (or a keyed
+/// retry finding a Lyra payment that moved on without a link) neither is: the answer is the
+/// plain `Accepted` shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentAnswer {
+    /// The payment.
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The payment's version after the command (after the link or its failure was recorded,
+    /// for Lyra). Pass it to query-api as `min_version` to read your write.
+    pub version: u64,
+    /// The link, when one was made.
+    pub link: Option<PaymentLink>,
+    /// Why no link was made, when none was.
+    pub link_error: Option<PaymentLinkError>,
+}
+
+/// A payment link the provider (Lyra) made.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentLink {
+    /// Lyra's `paymentURL`, to send to the customer.
+    #[schema(format = "uri")]
+    pub url: String,
+    /// Lyra's `paymentOrderId`.
+    pub provider_order_id: String,
+    /// Lyra's `expirationDate`, when it gave one.
+    #[schema(required = true)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PaymentLink {
+    /// A link as answers show it.
+    fn new(order: &str, url: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        Self {
+            url: url.to_owned(),
+            provider_order_id: order.to_owned(),
+            expires_at,
+        }
+    }
+}
+
+/// Why no link was made. The payment stays `requested` (event LinkFailed); `POST
+/// /v1/payments/{id}/link` tries again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentLinkError {
+    /// `not_configured` (no Lyra account: LYRA_SHOP_ID and LYRA_PASSWORD unset),
+    /// `provider_unavailable` (Lyra unreachable, an HTTP error or an unreadable answer: a retry
+    /// may help), or Lyra's own `errorCode` when it refused the order (e.g. `INT_905`;
+    /// `unknown` when it named none): a retry of the same order will not help.
+    #[schema(example = "INT_905")]
+    pub code: String,
+    /// What went wrong.
+    #[schema(example = "lyra refused: INT_905: invalid amount")]
+    pub detail: String,
+}
+
 /// A payment command's answer, with the link or why there is none.
 struct Answer {
     committed: Committed,
-    link: Option<serde_json::Value>,
-    link_error: Option<serde_json::Value>,
+    link: Option<PaymentLink>,
+    link_error: Option<PaymentLinkError>,
 }
 
 impl Answer {
@@ -167,12 +257,12 @@ impl Answer {
             self.committed.version,
         );
         if self.link.is_some() || self.link_error.is_some() {
-            let body = json!({
-                "id": self.committed.aggregate_id,
-                "version": self.committed.version,
-                "link": self.link,
-                "link_error": self.link_error,
-            });
+            let body = PaymentAnswer {
+                id: self.committed.aggregate_id,
+                version: self.committed.version,
+                link: self.link,
+                link_error: self.link_error,
+            };
             let headers = response.headers().clone();
             response = (status, Json(body)).into_response();
             for (name, value) in &headers {
@@ -185,15 +275,6 @@ impl Answer {
         }
         response
     }
-}
-
-/// A link as answers show it.
-fn link_json(
-    order: &str,
-    url: &str,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> serde_json::Value {
-    json!({"url": url, "provider_order_id": order, "expires_at": expires_at})
 }
 
 /// Asks Lyra for the payment's link and records the answer.
@@ -228,7 +309,7 @@ async fn make_link(
                 url: l.url.clone(),
                 expires_at: l.expires_at,
             },
-            Some(link_json(&l.order_id, &l.url, l.expires_at)),
+            Some(PaymentLink::new(&l.order_id, &l.url, l.expires_at)),
             None,
         ),
         Err(e) => {
@@ -243,9 +324,10 @@ async fn make_link(
                     reason: e.to_string(),
                 },
                 None,
-                Some(
-                    json!({"code": code.unwrap_or_else(|| "provider_unavailable".into()), "detail": e.to_string()}),
-                ),
+                Some(PaymentLinkError {
+                    code: code.unwrap_or_else(|| "provider_unavailable".into()),
+                    detail: e.to_string(),
+                }),
             )
         }
     };
@@ -267,6 +349,25 @@ async fn make_link(
     })
 }
 
+/// Make a payment's Lyra link.
+///
+/// For a payment still `requested`: after Lyra refused or was unavailable, or when the process
+/// stopped between the payment and its link. Asks Lyra as `POST /v1/payments` does and records
+/// the answer (LinkCreated or LinkFailed); a refused link is still a 200, with `link_error`.
+/// 422 `not_awaiting_link` once the payment has a link or has moved on (paid, failed, expired,
+/// cancelled); 409 `link_exists` when another link was recorded meanwhile. A payment of a
+/// tenant the caller does not administer answers 404, as an unknown id does. Events:
+/// LinkCreated or LinkFailed. Allowed: the payment's tenant admin or a super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/link",
+    params(("id" = Uuid, Path, description = "The payment.")),
+    responses(
+        (status = 200, description = "Accepted: the payment, its new version (also in `ETag`) and `link` or `link_error` (one of them non-null).", body = PaymentAnswer),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn link(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -283,14 +384,32 @@ async fn link(
 }
 
 /// Body of a cancellation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     /// Why (≤ 500 characters).
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: String,
 }
 
+/// Cancel a payment.
+///
+/// While it awaits payment (`requested`, `link_created` or `failed`). Cancelling a cancelled
+/// payment appends nothing; a paid, refunded or expired one: 422 `not_cancellable`; 422
+/// `invalid_reason` (more than 500 characters, or control characters). A payment of a tenant
+/// the caller does not administer answers 404, as an unknown id does. Event: Cancelled.
+/// Allowed: the payment's tenant admin or a super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/{id}/cancel",
+    params(("id" = Uuid, Path, description = "The payment.")),
+    request_body = Cancel,
+    responses(
+        (status = 200, description = "Accepted: the payment and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -322,20 +441,42 @@ async fn cancel(
 }
 
 /// Body of `PUT /v1/catalog/taxes/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaveTax {
     /// The tenant (super admins name it).
     #[serde(default)]
     pub tenant_id: Option<Uuid>,
     /// Display name.
+    #[schema(min_length = 1, max_length = 120)]
     pub name: String,
     /// Rate in basis points (2000 = 20 %).
+    #[schema(minimum = 0, maximum = 10000)]
     pub rate_bp: u32,
     /// Whether prices include it.
     pub included: bool,
 }
 
+/// Define or change a tax.
+///
+/// The whole tax, under the client-chosen id (1–64 letters, digits, `_` or `-`; 422
+/// `invalid_item_id`). The first save defines it, a save that changes it updates it, a save
+/// that changes nothing appends nothing. 422 `invalid_name`, `invalid_rate` (above 10,000 basis
+/// points). A changed tax prices later payments; requested payments keep their amounts. Events:
+/// TaxDefined, TaxUpdated. Allowed: the tenant's admin (in their own tenant; naming another
+/// `tenant_id`: 403), or a super admin naming `tenant_id` (422 `tenant_required` without);
+/// agents, phone users and service tokens: 403.
+#[utoipa::path(
+    put,
+    path = "/v1/catalog/taxes/{id}",
+    params(("id" = String, Path, description = "The tax's id in the tenant's catalog.")),
+    request_body = SaveTax,
+    responses(
+        (status = 200, description = "Accepted: `id` is the catalog's (the tenant id: one catalog per tenant) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn save_tax(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -354,17 +495,20 @@ async fn save_tax(
 }
 
 /// Body of `PUT /v1/catalog/products/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaveProduct {
     /// The tenant (super admins name it).
     #[serde(default)]
     pub tenant_id: Option<Uuid>,
     /// Display name.
+    #[schema(min_length = 1, max_length = 120)]
     pub name: String,
     /// Unit price, minor units.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub unit_price: i64,
     /// ISO 4217 code.
+    #[schema(pattern = r"^[A-Z]{3}$")]
     pub currency: String,
     /// Its tax.
     #[serde(default)]
@@ -374,6 +518,27 @@ pub struct SaveProduct {
     pub active: Option<bool>,
 }
 
+/// Define or change a product.
+///
+/// The whole product, under the client-chosen id (1–64 letters, digits, `_` or `-`; 422
+/// `invalid_item_id`): an absent `tax_id` means no tax, an absent `active` means true. The
+/// first save defines it, a save that changes it updates it, a save that changes nothing
+/// appends nothing. 422 `unknown_tax` (no such tax in the tenant's catalog), `invalid_name`,
+/// `invalid_price`, `invalid_currency`. An inactive product cannot be put in a payment (422
+/// `inactive_product`). Events: ProductDefined, ProductUpdated. Allowed: the tenant's admin (in
+/// their own tenant; naming another `tenant_id`: 403), or a super admin naming `tenant_id` (422
+/// `tenant_required` without); agents, phone users and service tokens: 403.
+#[utoipa::path(
+    put,
+    path = "/v1/catalog/products/{id}",
+    params(("id" = String, Path, description = "The product's id in the tenant's catalog.")),
+    request_body = SaveProduct,
+    responses(
+        (status = 200, description = "Accepted: `id` is the catalog's (the tenant id: one catalog per tenant) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn save_product(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

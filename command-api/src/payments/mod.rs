@@ -58,7 +58,7 @@ impl BoundedContext for Context {
         })
     }
 
-    fn routes() -> axum::Router<crate::AppState> {
+    fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
         http::router()
     }
 

@@ -21,6 +21,9 @@ use crate::webhooks::service::{
 };
 use crate::webhooks::verify::Rejection;
 use crate::AppState;
+use axum::extract::State;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
 
 /// The webhooks of one payment provider.
 pub(crate) struct PaymentWebhooks(Provider);
@@ -37,10 +40,10 @@ impl WebhookProvider for PaymentWebhooks {
         self.0
     }
 
-    fn paths(&self) -> &'static [&'static str] {
+    fn routes(&self) -> Vec<UtoipaMethodRouter<AppState>> {
         match self.0 {
-            Provider::Lyra => &["/api/webhooks/lyra"],
-            _ => &["/api/webhooks/stripe"],
+            Provider::Lyra => vec![routes!(lyra_delivery)],
+            _ => vec![routes!(stripe_delivery)],
         }
     }
 
@@ -276,4 +279,154 @@ async fn recorded_for(
     .bind(webhook)
     .fetch_optional(pool)
     .await
+}
+
+/// Receive a Stripe event.
+///
+/// Stripe's webhook endpoint. Verification: `Stripe-Signature: t=…,v1=…[,v1=…]` is checked over
+/// the raw body: a `v1` must be the hex HMAC-SHA256 of `"{t}.{raw body}"` under one of the
+/// endpoint secrets of STRIPE_WEBHOOK_SECRET (comma-separated: several during a rotation; any
+/// `v1` matching any secret passes); other schemes (`v0`) are ignored. No header:
+/// `missing_signature`; no `t`, no `v1`, or a value that is not a number or hex:
+/// `malformed_signature`; no match: `bad_signature`; a genuine signature whose `t` is more than
+/// 300 s from now, either way (a replay, or a clock far ahead): `stale_timestamp` — checked
+/// after the signature, so only a genuine request learns it is stale; STRIPE_WEBHOOK_SECRET
+/// unset: `not_configured`. The verified body must be JSON with `id` and `type` (each at most
+/// 255 characters) and an object `data.object` (400 `invalid_payload` otherwise).
+/// De-duplication key: the event's `id` (`evt_…`). The payment is named by
+/// `data.object.client_reference_id` or `data.object.metadata.payment_id` (our payment id),
+/// otherwise matched later through its payment intent. Acted on: `checkout.session.completed`
+/// and `checkout.session.async_payment_succeeded` (paid when `payment_status` is `paid`),
+/// `checkout.session.async_payment_failed`, `checkout.session.expired`,
+/// `payment_intent.succeeded`, `payment_intent.payment_failed`, `charge.refunded` (cumulative
+/// `amount_refunded`); any other type is recorded as ignored. The body (at most 1 MiB; 413
+/// above) is verified as received, before anything parses it, in constant time. A refusal
+/// answers 401 with the `code` given above (`not_configured`: no secret is set for this
+/// provider, so nothing can be verified and nothing is accepted), appends nothing and writes
+/// one line to the capped rejection log (query-api `GET /v1/webhooks/rejections`). A verified
+/// body that is not what the provider sends answers 400 `invalid_payload` (a retry cannot
+/// succeed). A verified webhook appends Received once per de-duplication key and is answered at
+/// once (no provider call, no payment logic in the request); a repeat delivery answers 200 with
+/// `duplicate: true` and appends nothing. It is attributed to the tenant of the payment it
+/// names, if known (`platform` otherwise), and processed afterwards by the platform (`POST
+/// /v1/webhooks/{id}/process`); a webhook naming a payment that does not exist is still
+/// acknowledged (200) and recorded as `ignored`. Providers send no `Idempotency-Key`:
+/// de-duplication is by the provider's event. Allowed: anyone (no bearer token: the signature
+/// authenticates the provider).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/stripe",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256>[,v1=…][,v0=…]`, as Stripe signs it.")),
+    request_body(content = StripeEvent, content_type = "application/json", description = "The Stripe event, byte for byte as Stripe sent it (the signature covers the raw bytes; the media type is not checked). Provider-shaped: other fields are kept in the webhook's payload."),
+    responses(
+        (status = 200, description = "Received (new, or a duplicate: see `duplicate`).", body = crate::webhooks::service::WebhookReceived),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    )
+)]
+async fn stripe_delivery(
+    State(state): State<AppState>,
+    request: WebhookRequest,
+) -> Result<Response, Problem> {
+    STRIPE.deliver(&state, request).await
+}
+
+/// Receive a Lyra (PayZen) notification.
+///
+/// Lyra's IPN URL (the `ipnTargetUrl` of the links the platform makes), also where a frontend
+/// may forward the browser return. Verification: `kr-hash` must be the hex HMAC-SHA256 of
+/// `kr-answer` (an escaped `\/` read as `/` first, as Lyra's SDKs do), keyed by `kr-hash-key`:
+/// `password` (the IPN, server to server; also when absent) with the REST API password
+/// LYRA_PASSWORD, `sha256_hmac` (the browser return) with the HMAC-SHA-256 key LYRA_HMAC_KEY —
+/// each key verifies only its own kind. A body that is not a form, or without `kr-answer` or
+/// `kr-hash`: `missing_signature`; `kr-hash-algorithm` other than `sha256_hmac`, or
+/// `kr-hash-key` other than `password` / `sha256_hmac`: `unsupported_algorithm`; the needed key
+/// unset: `not_configured`; `kr-hash` not hex: `malformed_signature`; no match:
+/// `bad_signature`. The verified `kr-answer` must be JSON with `orderStatus` and
+/// `orderDetails.orderId` (each at most 64 characters; 400 `invalid_payload` otherwise).
+/// De-duplication key: `{orderId}:{orderStatus}:{transaction uuid}:{transaction
+/// status}:{detailedStatus}` (of the first transaction; `-` for a missing field): an IPN has no
+/// id of its own, one is sent per transaction created or changed and a retry repeats it, so an
+/// IPN and its browser-return twin are one webhook. The payment is named by
+/// `orderDetails.orderId` (our payment id). Acted on: `orderStatus` `PAID` (amount
+/// `orderDetails.orderTotalAmount` in `orderCurrency`), `UNPAID` (expired when the
+/// transaction's `detailedStatus` is `EXPIRED`, failed otherwise), `ABANDONED` (failed);
+/// `RUNNING`, `PARTIALLY_PAID` and other statuses are recorded as ignored. The body (at most 1
+/// MiB; 413 above) is verified as received, before anything parses it, in constant time. A
+/// refusal answers 401 with the `code` given above (`not_configured`: no secret is set for this
+/// provider, so nothing can be verified and nothing is accepted), appends nothing and writes
+/// one line to the capped rejection log (query-api `GET /v1/webhooks/rejections`). A verified
+/// body that is not what the provider sends answers 400 `invalid_payload` (a retry cannot
+/// succeed). A verified webhook appends Received once per de-duplication key and is answered at
+/// once (no provider call, no payment logic in the request); a repeat delivery answers 200 with
+/// `duplicate: true` and appends nothing. It is attributed to the tenant of the payment it
+/// names, if known (`platform` otherwise), and processed afterwards by the platform (`POST
+/// /v1/webhooks/{id}/process`); a webhook naming a payment that does not exist is still
+/// acknowledged (200) and recorded as `ignored`. Providers send no `Idempotency-Key`:
+/// de-duplication is by the provider's event. Allowed: anyone (no bearer token: the signature
+/// authenticates the provider).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/lyra",
+    request_body(content = LyraForm, content_type = "application/x-www-form-urlencoded", description = "Lyra's form, byte for byte as sent (the media type is not checked). Other fields are ignored."),
+    responses(
+        (status = 200, description = "Received (new, or a duplicate: see `duplicate`).", body = crate::webhooks::service::WebhookReceived),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    )
+)]
+async fn lyra_delivery(
+    State(state): State<AppState>,
+    request: WebhookRequest,
+) -> Result<Response, Problem> {
+    LYRA.deliver(&state, request).await
+}
+
+/// A Stripe event as Stripe sends it (read raw: the signature covers its bytes). Other
+/// fields are kept in the webhook's payload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct StripeEvent {
+    /// The event's id (`evt_…`), its de-duplication key.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        example = "evt_1NG8Du2eZvKYlo2CUI79vXWy"
+    )]
+    id: String,
+    /// Its type.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        example = "checkout.session.completed"
+    )]
+    r#type: String,
+    /// What it is about.
+    data: StripeEventData,
+}
+
+/// The `data` of a Stripe event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct StripeEventData {
+    /// The object concerned (a Checkout Session, a PaymentIntent, a Charge).
+    object: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Lyra's IPN form (read raw: `kr-hash` covers `kr-answer`). Other fields are ignored.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct LyraForm {
+    /// The payment (`V4/Payment`) as a JSON string.
+    #[schema(rename = "kr-answer")]
+    kr_answer: String,
+    /// The hex HMAC-SHA256 of `kr-answer`.
+    #[schema(rename = "kr-hash")]
+    kr_hash: String,
+    /// `password` (the IPN; also when absent) or `sha256_hmac` (the browser return).
+    #[schema(rename = "kr-hash-key")]
+    kr_hash_key: Option<String>,
+    /// `sha256_hmac`.
+    #[schema(rename = "kr-hash-algorithm")]
+    kr_hash_algorithm: Option<String>,
 }

@@ -4,15 +4,16 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
 use axum::Extension;
-use axum::Router;
 use events::access::Principal;
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, MaybeAuthUser, Problem, RequestIds};
 use events::Metadata;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::commands::TenantCommand;
@@ -24,29 +25,32 @@ use crate::store::Committed;
 use crate::AppState;
 use events::tenants::AGGREGATE_TYPE;
 
+/// The form of a logo upload (read as a stream by [`upload_logo`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LogoUpload {
+    /// The image: PNG, JPEG, WebP or GIF.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// Largest logo request (the image plus multipart framing).
 const LOGO_BODY_LIMIT: usize = values::MAX_LOGO_BYTES as usize + 64 * 1024;
 
 /// The routes of the tenants context.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants", post(create))
-        .route("/v1/tenants/signup", post(request_signup))
-        .route("/v1/tenants/{id}/approve", post(approve))
-        .route("/v1/tenants/{id}/reject", post(reject))
-        .route("/v1/tenants/{id}/rename", post(rename))
-        .route("/v1/tenants/{id}/preferences", post(update_preferences))
-        .route("/v1/tenants/{id}/suspend", post(suspend))
-        .route("/v1/tenants/{id}/reactivate", post(reactivate))
-        .route("/v1/tenants/{id}/departments", post(add_department))
-        .route(
-            "/v1/tenants/{id}/departments/remove",
-            post(remove_department),
-        )
-        .route(
-            "/v1/tenants/{id}/logo",
-            post(upload_logo).layer(DefaultBodyLimit::max(LOGO_BODY_LIMIT)),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(request_signup))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
+        .routes(routes!(rename))
+        .routes(routes!(update_preferences))
+        .routes(routes!(suspend))
+        .routes(routes!(reactivate))
+        .routes(routes!(add_department))
+        .routes(routes!(remove_department))
+        .routes(routes!(upload_logo).layer(DefaultBodyLimit::max(LOGO_BODY_LIMIT)))
 }
 
 fn created(c: &Committed) -> Response {
@@ -95,17 +99,24 @@ fn require_admin_of(who: &Principal, tenant: &str) -> Result<(), Problem> {
 }
 
 /// Body of a signup request or a direct creation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenTenant {
     /// Optional client-chosen id (a UUID), so a blind retry cannot open two tenants.
     #[serde(default)]
     pub id: Option<Uuid>,
     /// Display name.
+    #[schema(min_length = 2, max_length = 80)]
     pub name: String,
     /// Slug.
+    #[schema(
+        min_length = 3,
+        max_length = 63,
+        pattern = r"^[a-z](?:[a-z0-9]|-(?!-))*[a-z0-9]$"
+    )]
     pub slug: String,
     /// Contact e-mail.
+    #[schema(format = Email)]
     pub contact_email: String,
 }
 
@@ -118,6 +129,21 @@ fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> Result<Stri
         .to_string())
 }
 
+/// Request a tenant (public signup).
+///
+/// Opens the tenant as `pending` until a super admin approves it; its slug is reserved until
+/// then, and released if the sign-up is rejected. Each client address may sign up
+/// `SIGNUPS_PER_IP_PER_HOUR` times an hour (default 5; 429 `rate_limited` with `Retry-After`
+/// beyond). Event: SignupRequested. Allowed: anyone.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/signup",
+    request_body = OpenTenant,
+    responses(
+        (status = 201, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn request_signup(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -166,6 +192,19 @@ async fn request_signup(
     Ok(created(&c))
 }
 
+/// Create an active tenant.
+///
+/// Event: Created. Allowed: super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    request_body = OpenTenant,
+    responses(
+        (status = 201, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -225,6 +264,22 @@ async fn execute(
     Ok(changed(&c))
 }
 
+/// Approve a pending signup.
+///
+/// 422 `already_approved` when approved before; 422 `not_pending` after a rejection. Event:
+/// Approved. Allowed: super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/approve",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn approve(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -238,13 +293,27 @@ async fn approve(
 }
 
 /// A body with a reason.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
     /// Why.
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
 
+/// Reject a pending signup.
+///
+/// Event: Rejected. Allowed: super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/reject",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Reason,
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn reject(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -261,6 +330,19 @@ async fn reject(
     execute(&state, &who, &ids, &headers, &id, command).await
 }
 
+/// Suspend an active tenant.
+///
+/// Nothing else changes until it is reactivated. Event: Suspended. Allowed: super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/suspend",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Reason,
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn suspend(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -277,6 +359,21 @@ async fn suspend(
     execute(&state, &who, &ids, &headers, &id, command).await
 }
 
+/// Reactivate a suspended tenant.
+///
+/// Event: Reactivated. Allowed: super admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/reactivate",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 413, response = events::http::openapi::ProblemAnswer),
+        (status = 415, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn reactivate(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -290,13 +387,28 @@ async fn reactivate(
 }
 
 /// Body of a rename.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     /// The new display name.
+    #[schema(min_length = 2, max_length = 80)]
     pub name: String,
 }
 
+/// Rename.
+///
+/// Renaming to the current name appends nothing. 422 `tenant_suspended` while suspended. Event:
+/// Renamed. Allowed: super admin or the tenant's admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/rename",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Rename,
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn rename(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -319,13 +431,28 @@ async fn rename(
 }
 
 /// Body naming a department.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Department {
     /// Its name.
+    #[schema(min_length = 1, max_length = 80)]
     pub name: String,
 }
 
+/// Add a department.
+///
+/// 409 `department_exists`, 422 `invalid_department`. Admin users are placed in their tenant's
+/// departments. Event: DepartmentAdded. Allowed: super admin or the tenant's admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/departments",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Department,
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn add_department(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -347,6 +474,22 @@ async fn add_department(
     .await
 }
 
+/// Remove a department.
+///
+/// 404 when the tenant has no such department. Event: DepartmentRemoved. Allowed: super admin
+/// or the tenant's admin. A department with admin users still in it is not removed: 422
+/// `department_in_use` (move them to another department, or none, first); its open threads
+/// leave it by themselves (reason `department_removed`).
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/departments/remove",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Department,
+    responses(
+        (status = 200, description = "Accepted.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn remove_department(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -371,6 +514,21 @@ async fn remove_department(
     .await
 }
 
+/// Replace the preferences.
+///
+/// The body is the whole new preferences object (at most 16 KiB; 422 `preferences_not_object` /
+/// `preferences_too_large`). Event: PreferencesUpdated. Allowed: super admin or the tenant's
+/// admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/preferences",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body = Object,
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn update_preferences(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -385,6 +543,22 @@ async fn update_preferences(
     execute(&state, &who, &ids, &headers, &id, command).await
 }
 
+/// Upload a logo.
+///
+/// Multipart field `file`: PNG, JPEG or WebP (told by its bytes, 415 `unsupported_image`
+/// otherwise), at most 2 MiB (413). Stored in the blob store under
+/// `tenants/{id}/logo/{sha256}.{ext}`. Event: LogoUploaded. Allowed: super admin or the
+/// tenant's admin.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/logo",
+    params(("id" = Uuid, Path), crate::http::IfMatch),
+    request_body(content = LogoUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn upload_logo(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -6,13 +6,12 @@
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use events::access::Principal;
-use events::http::{AuthUser, Json, Problem, RawBody, RequestIds};
+use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::identity::PLATFORM_TENANT;
 use events::webhooks::{Outcome, WebhookEvent, WEBHOOK};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{Status, WebhookCommand, WebhookError};
@@ -24,38 +23,20 @@ use crate::http::error::DomainProblem;
 use crate::AppState;
 
 /// The routes: the ingestion paths of `providers`, and the commands on received webhooks.
-pub(crate) fn router(providers: &'static [&'static dyn WebhookProvider]) -> Router<AppState> {
-    let mut ingestion = Router::new();
+pub(crate) fn router(
+    providers: &'static [&'static dyn WebhookProvider],
+) -> OpenApiRouter<AppState> {
+    let mut ingestion = OpenApiRouter::new();
     for provider in providers {
-        for path in provider.paths() {
-            ingestion = ingestion.route(
-                path,
-                post(
-                    move |State(state): State<AppState>,
-                          ids: RequestIds,
-                          uri: Uri,
-                          headers: HeaderMap,
-                          RawBody(body): RawBody| async move {
-                        let request = WebhookRequest {
-                            ids,
-                            uri,
-                            headers,
-                            body,
-                        };
-                        provider.deliver(&state, request).await
-                    },
-                ),
-            );
+        for route in provider.routes() {
+            ingestion = ingestion.routes(route);
         }
     }
     ingestion
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES))
-        .route("/v1/webhooks/{id}/process", post(process))
-        .route("/v1/webhooks/{id}/replay", post(replay))
-        .route(
-            "/v1/webhooks/rejections/{id}/replay",
-            post(replay_rejection),
-        )
+        .routes(routes!(process))
+        .routes(routes!(replay))
+        .routes(routes!(replay_rejection))
 }
 
 fn webhook_uuid(raw: &str) -> Result<String, Problem> {
@@ -64,9 +45,47 @@ fn webhook_uuid(raw: &str) -> Result<String, Problem> {
         .map_err(|_| WebhookError::NotFound.problem())
 }
 
+/// Process a received webhook.
+///
+/// The platform's command (the projector's webhook process manager, with a platform service
+/// token; any other caller: 403). Turns a pending webhook into what it reports — a payment
+/// status (Stripe, Lyra), or an SMS or call event for the tenant owning the number (SignalWire;
+/// `ignored: no tenant owns the number` when nobody does), or a transcript (AssemblyAI: fetched
+/// with `GET /v2/transcript/{id}`, then TranscriptCompleted or TranscriptFailed on the audio
+/// file; see `POST /api/webhooks/assemblyai`), or a WhatsApp message or status for the tenant
+/// whose session has the number (see `POST /api/webhooks/whatsapp`) — with the webhook's
+/// Received event as `causation_id`, and records the outcome on the webhook (event Processed):
+/// `applied` (it changed the payment; `detail` names the payment event, e.g. `Paid`),
+/// `recorded` (the payment recorded it without applying it: the reason of its
+/// ProviderStatusIgnored such as `provider_mismatch`, `amount_mismatch`, `already_paid`,
+/// `payment_paid`, `refund_exceeds_paid`), or `ignored` (an event type the platform does not
+/// act on, a webhook naming no payment, no such payment, a failure naming a payment intent no
+/// payment was paid with; a refund naming only a Stripe payment intent no payment was paid or
+/// charged again with is `ignored` with `unmatched_reference` set to that intent, and replayed
+/// by the projector's `payment-references` worker as soon as a payment is paid with it). When
+/// the payment had already taken the webhook into account (a replay, or an attempt whose
+/// outcome was lost), the outcome is what it recorded then, its detail ending in ` (recorded
+/// before)`. A failure that may pass (a transcript not final yet, AssemblyAI unreachable, a
+/// database outage; `error` is a stable reason) answers `status: retrying` and appends
+/// AttemptFailed, retried after 2 s, 4 s, 8 s … (at most 1 h); the 12th failure appends
+/// DeadLettered instead and answers `status: dead` (the webhook then waits for a replay). A
+/// webhook that is not due (processed, dead-lettered, or asked for before the retry time of its
+/// last failed attempt: `status: retrying`) answers `{id, status}` and appends nothing. 404 for
+/// an unknown id.
+///
 /// Processes a pending webhook: turns it into a payment command and records the outcome, or
 /// the failure (retried later; dead-lettered after the last attempt). Only the platform's
 /// process manager calls it.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/process",
+    params(("id" = Uuid, Path, description = "The webhook.")),
+    responses(
+        (status = 200, description = "Processed, to be retried, or not pending.", body = ProcessAnswer),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn process(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -89,7 +108,12 @@ async fn process(
             Status::Pending => "retrying",
             other => status_name(other),
         };
-        return Ok(Json(json!({"id": id, "status": status})).into_response());
+        let answer = ProcessAnswer {
+            id,
+            status,
+            ..ProcessAnswer::default()
+        };
+        return Ok(Json(answer).into_response());
     }
     let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
         .await?
@@ -110,8 +134,22 @@ async fn process(
         // where an operator sees it).
         None => Processing::Retry("no provider is registered for it".into()),
     };
-    let at = state.clock.now();
-    let command = match &processing {
+    let command = command_for(&processing, state.clock.now());
+    let (c, recorded) = state
+        .ctx
+        .webhooks
+        .bus
+        .execute_with_events(&id, None, command, &caused_by(&ids, &tenant, &id))
+        .await?;
+    let dead = recorded
+        .iter()
+        .any(|e| matches!(e, WebhookEvent::DeadLettered { .. }));
+    Ok(Json(ProcessAnswer::of(id, c.version, processing, dead)).into_response())
+}
+
+/// The command that records what processing a webhook did.
+fn command_for(processing: &Processing, at: chrono::DateTime<chrono::Utc>) -> WebhookCommand {
+    match processing {
         Processing::Done(outcome, payment, detail) => WebhookCommand::RecordOutcome {
             outcome: *outcome,
             payment_id: payment.as_ref().and_then(|p| p.payment_id.clone()),
@@ -136,36 +174,79 @@ async fn process(
             tenant_id: tenant_id.clone(),
             at,
         },
-    };
-    let (c, recorded) = state
-        .ctx
-        .webhooks
-        .bus
-        .execute_with_events(&id, None, command, &caused_by(&ids, &tenant, &id))
-        .await?;
-    let dead = recorded
-        .iter()
-        .any(|e| matches!(e, WebhookEvent::DeadLettered { .. }));
-    let body = match processing {
-        Processing::Retry(error) if dead => json!({
-            "id": id, "version": c.version, "status": "dead", "error": error,
-        }),
-        Processing::Done(outcome, payment, detail) => json!({
-            "id": id, "version": c.version, "status": "processed", "outcome": outcome,
-            "payment_id": payment.and_then(|p| p.payment_id), "detail": detail,
-        }),
-        Processing::Retry(error) => json!({
-            "id": id, "version": c.version, "status": "retrying", "error": error,
-        }),
-        Processing::Held(tenant) => json!({
-            "id": id, "version": c.version, "status": "held", "tenant_id": tenant,
-        }),
-        Processing::Unmatched(reference) => json!({
-            "id": id, "version": c.version, "status": "processed", "outcome": Outcome::Ignored,
-            "payment_id": null, "detail": UNMATCHED, "unmatched_reference": reference,
-        }),
-    };
-    Ok(Json(body).into_response())
+    }
+}
+
+impl ProcessAnswer {
+    /// The answer once processing is recorded at `version` (`dead`: the failure
+    /// dead-lettered it).
+    fn of(id: String, version: u64, processing: Processing, dead: bool) -> Self {
+        let answer = ProcessAnswer {
+            id,
+            version: Some(version),
+            ..ProcessAnswer::default()
+        };
+        match processing {
+            Processing::Retry(error) => ProcessAnswer {
+                status: if dead { "dead" } else { "retrying" },
+                error: Some(error),
+                ..answer
+            },
+            Processing::Done(outcome, payment, detail) => ProcessAnswer {
+                status: "processed",
+                outcome: Some(outcome),
+                payment_id: Some(payment.and_then(|p| p.payment_id)),
+                detail: Some(detail),
+                ..answer
+            },
+            Processing::Held(tenant) => ProcessAnswer {
+                status: "held",
+                tenant_id: Some(tenant),
+                ..answer
+            },
+            Processing::Unmatched(reference) => ProcessAnswer {
+                status: "processed",
+                outcome: Some(Outcome::Ignored),
+                payment_id: Some(None),
+                detail: Some(UNMATCHED.to_owned()),
+                unmatched_reference: Some(reference),
+                ..answer
+            },
+        }
+    }
+}
+
+/// What processing a webhook did: `processed` (the outcome is recorded), `retrying` or
+/// `dead` (failed for now, or dead-lettered after the last attempt: `error`), `held` (kept
+/// for a tenant: `tenant_id`); or, when it was not due, only its `id` and `status`.
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ProcessAnswer {
+    /// The webhook.
+    #[schema(value_type = Uuid)]
+    id: String,
+    /// The webhook's version after the command (absent when nothing was done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// `processed`, `retrying`, `dead`, `held`, or (nothing done) `pending`, `none`.
+    status: &'static str,
+    /// What processing made of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+    /// The payment concerned, if any (with an outcome).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_id: Option<Option<String>>,
+    /// The event it caused or why it changed nothing, e.g. `Paid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    /// Why it failed for now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The tenant it is held for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<String>,
+    /// The provider reference no payment was found for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmatched_reference: Option<String>,
 }
 
 fn status_name(s: Status) -> &'static str {
@@ -177,6 +258,29 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+/// Replay a webhook.
+///
+/// Makes a processed or dead-lettered webhook pending again, so the platform processes it once
+/// more; one waiting out its back-off after a failed attempt is processed now (its attempts
+/// counted from the first); one already due appends nothing. A payment applies a webhook only
+/// once, so a replay changes nothing and reports what the payment recorded the first time (e.g.
+/// `applied: Paid (recorded before)`). Webhooks attributed to no tenant (`platform`) are
+/// replayed by super admins (and platform services) only. A webhook the caller may not replay
+/// answers 404, as an unknown id does. Event: ReplayRequested. Allowed: the webhook's tenant
+/// admin, a super admin, or a platform service (the projector's `whatsapp-media-refetch` worker
+/// replays the deliveries of files refused for an expired token when their session is connected
+/// again; its `payment-references` worker replays refunds recorded as unmatched when a payment
+/// is paid with the payment intent they name).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/replay",
+    params(("id" = Uuid, Path, description = "The webhook.")),
+    responses(
+        (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn replay(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -219,11 +323,37 @@ struct SealedRequest {
     body: String,
 }
 
+/// Replay a refused webhook.
+///
+/// Super admins only (others 403): a webhook refused at verification (listed by query-api's
+/// `GET /v1/webhooks/rejections`) is verified again exactly as it was received — its path and
+/// query, the headers verification reads and its body, kept sealed for 7 days — with the
+/// secrets and settings configured now (a rotated secret added, `BACKEND_URL` set). A
+/// signature's age is no refusal on a replay (the delivery is days old by design). If it passes
+/// it is received as the endpoint would have received it (200, the endpoint's answer
+/// `{received, id, duplicate}`; a webhook received since — a provider's retry, an earlier
+/// replay — answers `duplicate: true` and appends nothing), and the rejection records when and
+/// what it became. 422 `still_rejected` (with the reason) when it still fails, logging nothing
+/// more; 410 `replay_expired` once its request is erased (a week on) or when it was not kept (a
+/// body over 256 KiB); 404 for an unknown id.
+///
 /// `POST /v1/webhooks/rejections/{id}/replay` (super admins): a refused webhook, kept sealed
 /// for a week, is verified again as it was received — with today's secrets and settings —
 /// and, if it now passes, received (once: a webhook received since answers as a duplicate).
 /// 404 for an unknown rejection, 410 `replay_expired` once its request is erased (or was
 /// too large to keep), 422 `still_rejected` when it still fails.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/rejections/{id}/replay",
+    params(("id" = i64, Path, description = "The rejection's id.")),
+    responses(
+        (status = 200, description = "Received: the answer of the provider's `POST /api/webhooks/…` endpoint (`{received, id, duplicate}`, or for WhatsApp `{received, ids, duplicates}`).", body = serde_json::Value),
+        (status = 400, response = events::http::openapi::ProblemAnswer),
+        (status = 410, response = events::http::openapi::ProblemAnswer),
+        (status = 422, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn replay_rejection(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -287,7 +417,7 @@ async fn replay_rejection(
     }
     let provider = crate::Contexts::webhook_providers()
         .iter()
-        .find(|p| p.paths().contains(&uri.path()))
+        .find(|p| p.serves(uri.path()))
         .ok_or_else(|| {
             Problem::unprocessable(
                 "still_rejected",

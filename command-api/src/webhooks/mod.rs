@@ -40,7 +40,7 @@ impl BoundedContext for Context {
 
     /// The ingestion paths of every context's webhook providers, and the commands on
     /// received webhooks.
-    fn routes() -> axum::Router<crate::AppState> {
+    fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
         http::router(crate::Contexts::webhook_providers())
     }
 

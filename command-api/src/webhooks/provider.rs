@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::service::Processing;
 use crate::AppState;
+use utoipa_axum::router::UtoipaMethodRouter;
 
 /// A request posted to one of a provider's webhook paths, as received.
 pub(crate) struct WebhookRequest {
@@ -27,6 +28,34 @@ pub(crate) struct WebhookRequest {
     pub(crate) headers: HeaderMap,
     /// Its raw body, as signed.
     pub(crate) body: Bytes,
+}
+
+impl axum::extract::FromRequest<AppState> for WebhookRequest {
+    type Rejection = Response;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::FromRequestParts as _;
+        use axum::response::IntoResponse as _;
+        let (mut parts, body) = req.into_parts();
+        let ids = RequestIds::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| e.into_response())?;
+        let uri = parts.uri.clone();
+        let headers = parts.headers.clone();
+        let req = axum::extract::Request::from_parts(parts, body);
+        let events::http::RawBody(body) = events::http::RawBody::from_request(req, state)
+            .await
+            .map_err(|e| e.into_response())?;
+        Ok(Self {
+            ids,
+            uri,
+            headers,
+            body,
+        })
+    }
 }
 
 /// A webhook's identity.
@@ -81,14 +110,22 @@ pub(crate) trait WebhookProvider: Send + Sync + 'static {
     /// Which provider (the `provider` of its webhooks' events).
     fn provider(&self) -> Provider;
 
-    /// The paths its webhooks are posted to.
-    fn paths(&self) -> &'static [&'static str];
+    /// Its ingestion routes: one documented handler per path its webhooks are posted to,
+    /// each handing the request to [`WebhookProvider::deliver`].
+    fn routes(&self) -> Vec<UtoipaMethodRouter<AppState>>;
+
+    /// Whether `path` is one of its ingestion paths.
+    fn serves(&self, path: &str) -> bool {
+        self.routes()
+            .iter()
+            .any(|(_, paths, _)| paths.paths.contains_key(path))
+    }
 
     /// The request headers its verification reads: kept (sealed) with a refused request so
     /// that an operator can replay it.
     fn signature_headers(&self) -> &'static [&'static str];
 
-    /// Verifies a request posted to one of [`WebhookProvider::paths`] and receives what it
+    /// Verifies a request posted to one of its [`WebhookProvider::routes`] and receives what it
     /// carries ([`super::service::receive`]), or refuses it
     /// ([`super::service::reject`]). A replay of a refused request comes through here too.
     async fn deliver(&self, state: &AppState, request: WebhookRequest)

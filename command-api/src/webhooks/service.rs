@@ -243,7 +243,27 @@ pub(crate) async fn receive(
     body: &[u8],
 ) -> Result<Response, Problem> {
     let (id, duplicate) = receive_item(state, ids, provider, payload, body).await?;
-    Ok(Json(json!({"received": true, "id": id, "duplicate": duplicate})).into_response())
+    let received = WebhookReceived {
+        received: true,
+        id,
+        duplicate,
+    };
+    Ok(Json(received).into_response())
+}
+
+/// The answer to a provider's delivery: the webhook is accepted (a 2xx stops the provider's
+/// retries); it is processed afterwards.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookReceived {
+    /// Always `true`.
+    received: bool,
+    /// The webhook's id, derived from the provider and its de-duplication key: the same for
+    /// every delivery of one event (read it on query-api's `GET /v1/webhooks/{id}`).
+    #[schema(value_type = Uuid)]
+    id: String,
+    /// `true` when this event was received before (a retry or a concurrent delivery):
+    /// nothing was appended.
+    duplicate: bool,
 }
 
 /// Appends one verified webhook unless it was received before: its id, and whether it was.

@@ -7,8 +7,6 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use events::access::Principal;
 use events::chat::{Channel, Party, PartyKind};
 use events::http::{AuthUser, Json, Problem, RequestIds};
@@ -17,8 +15,10 @@ use events::whatsapp::{
     cloud_message, conversation_id, session_id, ConversationEvent, Credentials, Outbound,
     Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{
@@ -36,30 +36,35 @@ use crate::webhooks::verify;
 use crate::AppState;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         // Deliveries are posted through the webhook layer (`super::webhooks`).
-        .route("/api/webhooks/whatsapp", get(handshake))
-        .route("/v1/whatsapp/sessions", post(connect))
-        .route("/v1/whatsapp/sessions/bridge", post(connect_bridge))
-        .route("/v1/whatsapp/sessions/{id}/disconnect", post(disconnect))
-        .route("/v1/whatsapp/sessions/{id}/messages", post(send))
-        .route(
-            "/v1/whatsapp/threads/{thread}/messages/{message}/forward",
-            post(forward),
-        )
-        .route(
-            "/v1/whatsapp/threads/{thread}/messages/{message}/change",
-            post(change_reply),
-        )
-        .route(
-            "/v1/whatsapp/conversations/{conversation}/messages/{message}/claim",
-            post(claim),
-        )
-        .route(
-            "/v1/whatsapp/conversations/{conversation}/messages/{message}/outcome",
-            post(outcome),
-        )
+        .routes(routes!(handshake))
+        .routes(routes!(connect))
+        .routes(routes!(connect_bridge))
+        .routes(routes!(disconnect))
+        .routes(routes!(send))
+        .routes(routes!(forward))
+        .routes(routes!(change_reply))
+        .routes(routes!(claim))
+        .routes(routes!(outcome))
+}
+
+/// The schema of a boolean that is always `true` in its answer (it tells the answers apart).
+fn always_true() -> utoipa::openapi::schema::Object {
+    boolean_const(true)
+}
+
+/// The schema of a boolean that is always `false` in its answer.
+fn always_false() -> utoipa::openapi::schema::Object {
+    boolean_const(false)
+}
+
+fn boolean_const(value: bool) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .enum_values(Some([value]))
+        .build()
 }
 
 impl DomainProblem for SessionError {
@@ -116,25 +121,63 @@ fn session_path(raw: &str) -> Result<String, Problem> {
 }
 
 /// Body of `POST /v1/whatsapp/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectBody {
     /// The tenant (super admins name it).
     #[serde(default)]
     pub tenant_id: Option<Uuid>,
     /// The Cloud API phone number id.
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub phone_number_id: String,
     /// The WhatsApp Business Account id.
     #[serde(default)]
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub business_account_id: Option<String>,
     /// The access token.
+    #[schema(min_length = 1, max_length = 2048)]
     pub access_token: String,
     /// The Meta app's secret.
+    #[schema(min_length = 1, max_length = 256)]
     pub app_secret: String,
     /// The webhook verify token chosen for this number.
+    #[schema(min_length = 1, max_length = 256)]
     pub verify_token: String,
 }
 
+/// Connect a WhatsApp number (Cloud API).
+///
+/// Connects a WhatsApp Business Cloud API number to the tenant. In order: the body (422
+/// `invalid_provider_id`: `phone_number_id` and `business_account_id` are 1 to 32 digits; 422
+/// `invalid_credentials`: `access_token` (at most 2,048 bytes), `app_secret` and `verify_token`
+/// (at most 256 bytes each) not blank and without control characters); 409 `number_taken` when
+/// another tenant has the number connected (before the provider is asked; the aggregate checks
+/// again); then the credentials are checked with the provider: `GET
+/// {WHATSAPP_API_URL}/{WHATSAPP_API_VERSION}/{phone_number_id}` with the token as bearer and
+/// `appsecret_proof` (hex HMAC-SHA256 of the token keyed by the app secret), which proves
+/// token, app secret and access to the number in one call. A refusal (a 4xx other than 429) is
+/// 422 `credentials_rejected` (the provider's message in `detail`); no answer, a 429 or a 5xx
+/// is 503 `provider_unavailable`; neither appends anything. The credentials are sealed (events
+/// and read models hold only the sealed form; the verify token only as its hex SHA-256) and no
+/// endpoint returns them. The session's id is a UUID v5 of the phone number id, so a number has
+/// one session and one owner at a time. Connecting again by the same tenant replaces
+/// credentials and verify token (how a token is rotated); after a disconnect any tenant may
+/// connect the number, and its conversations start afresh. Meta is not configured by this call:
+/// the app's webhook (callback `{BACKEND_URL}/api/webhooks/whatsapp`, field `messages`, the
+/// verify token given here) is set in Meta's dashboard. Event: Connected (aggregate
+/// `whatsapp_session`, transport `cloud`). Allowed: the tenant's admin (in their own tenant;
+/// naming another `tenant_id`: 403), or a super admin naming `tenant_id` (422 `tenant_required`
+/// without); agents, phone users and service tokens: 403. The caller is checked before the
+/// body.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/sessions",
+    request_body = ConnectBody,
+    responses(
+        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn connect(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -207,7 +250,7 @@ async fn connect(
 
 /// Body of `POST /v1/whatsapp/sessions/bridge`: a number served by the tenant's own bridge
 /// worker (Baileys) instead of the Cloud API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeBody {
     /// The tenant (super admins name it).
@@ -216,6 +259,7 @@ pub struct BridgeBody {
     /// The number, in E.164.
     pub phone_number: String,
     /// The secret the bridge signs its posts with (at least 32 characters).
+    #[schema(min_length = 32, max_length = 256)]
     pub bridge_secret: String,
 }
 
@@ -225,6 +269,33 @@ pub fn bridge_number_id(digits: &str) -> String {
     format!("bridge:{digits}")
 }
 
+/// Connect a WhatsApp number served by a bridge worker.
+///
+/// Connects a number the tenant's own bridge worker (Baileys) serves instead of the Cloud API.
+/// The number is in E.164 (`+` and 8 to 15 digits, not starting with 0; spaces, dots, dashes,
+/// brackets and a `00` prefix are accepted and normalized; 422 `invalid_phone` otherwise);
+/// `bridge_secret` has 32 to 256 bytes, is not blank and has no control characters (422
+/// `invalid_credentials`). The session's phone number id is `bridge:{digits}` (its id a UUID v5
+/// of that), its `display_phone_number` the digits, its transport `bridge`; the provider is not
+/// asked, and the session has no verify token (no handshake). A number another tenant has
+/// connected: 409 `number_taken`; connecting again by the same tenant replaces the secret. The
+/// secret is sealed like Cloud API credentials and never returned. The worker signs its posts
+/// to `POST /api/webhooks/whatsapp/bridge` with it, and takes the session's sends from the
+/// JetStream subject `{WHATSAPP_BRIDGE_SUBJECT_PREFIX}.{session id}.send` (default prefix
+/// `whatsapp.bridge`; `Nats-Msg-Id` is the message id). Event: Connected (aggregate
+/// `whatsapp_session`, transport `bridge`). Allowed: the tenant's admin (in their own tenant;
+/// naming another `tenant_id`: 403), or a super admin naming `tenant_id` (422 `tenant_required`
+/// without); agents, phone users and service tokens: 403. The caller is checked before the
+/// body.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/sessions/bridge",
+    request_body = BridgeBody,
+    responses(
+        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn connect_bridge(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -281,6 +352,28 @@ async fn connect_bridge(
     ))
 }
 
+/// Disconnect a WhatsApp number.
+///
+/// Nothing is sent through the number any more: new sends answer 422 `session_disconnected`,
+/// and a message queued earlier fails with that code when the sender claims it. Inbound
+/// messages and statuses still land in the last owner's conversations (its app secret still
+/// verifies deliveries naming the number), so none is lost; its verify token no longer passes
+/// the handshake. The sealed credentials stay in the session's events. Disconnecting a
+/// disconnected session appends nothing; another tenant's session, or an unknown id, answers
+/// 404. Event: Disconnected (aggregate `whatsapp_session`). Allowed: the tenant's admin (in
+/// their own tenant; naming another `tenant_id`: 403), or a super admin naming `tenant_id` (422
+/// `tenant_required` without); agents, phone users and service tokens: 403. The caller is
+/// checked before the session.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/sessions/{id}/disconnect",
+    params(("id" = Uuid, Path, description = "The session.")),
+    request_body = ForTenant,
+    responses(
+        (status = 200, description = "Accepted: the session and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn disconnect(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -310,7 +403,7 @@ async fn disconnect(
 }
 
 /// Body of `POST /v1/whatsapp/sessions/{id}/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBody {
     /// The contact: their number in E.164 (`+16505551234`) or their WhatsApp id (digits).
@@ -319,7 +412,34 @@ pub struct SendBody {
     pub message: Outbound,
     /// The client's id for the message: a retry with the same id names the same message.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub client_message_id: Option<String>,
+}
+
+/// The answer of a send: the message is queued, not sent yet.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppQueued)]
+pub struct SendAnswer {
+    /// The message.
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The conversation of tenant, session and contact.
+    #[schema(format = Uuid)]
+    pub conversation_id: String,
+    /// The conversation's version after the command: pass it as `min_version` to query-api's
+    /// `GET /v1/whatsapp/messages/{id}`.
+    pub version: u64,
+    /// Always `queued`.
+    #[schema(inline)]
+    pub status: QueuedStatus,
+}
+
+/// Where a message just sent stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuedStatus {
+    /// Queued for the sender.
+    Queued,
 }
 
 /// The staff member's session: theirs to send through, or not found.
@@ -337,6 +457,44 @@ async fn staff_session(
     Ok((session, tenant))
 }
 
+/// Send a WhatsApp message.
+///
+/// Queues a message to a contact; the projector's sender sends it afterwards. Refused at once,
+/// in order: the session's tenant's staff only (agents included; super admins any; phone users
+/// and service tokens 403), another tenant's or an unknown session 404; `to` not a number (422
+/// `invalid_phone`); `client_message_id` not 1 to 128 characters (422
+/// `invalid_client_message_id`); a `template` the session's business account has not approved
+/// in that language (422 `template_unknown`) or given another number of body parameters than
+/// its text has placeholders (422 `template_parameters_mismatch`), when the provider's template
+/// list can be read (otherwise the provider decides when it is sent: error 132000); the same
+/// `client_message_id` with another message, or colliding with an inbound message's id (409
+/// `message_exists`); the session disconnected (422 `session_disconnected`); content outside
+/// its limits (422 `invalid_message`, see `WhatsAppOutbound`); a free-form message (`text`,
+/// `media`, `file`) outside the customer-service window (422 `outside_service_window`). The
+/// window is open while now (when the message is queued) is less than 24 hours after the
+/// contact's last message the platform received (by the provider's timestamp); a contact who
+/// never wrote has none; a `template` may be sent at any time. Sent at most once: the sender records each attempt (SendAttempted) before calling the provider,
+/// and never repeats an attempt whose outcome it did not learn: when its 2-minute lease runs
+/// out the message fails with `outcome_unknown` (a later status from the provider still marks
+/// it sent). Retryable refusals (no connection, 429, 5xx, throttling codes) are tried again
+/// after 2 s, 4 s … 128 s (or the provider's `Retry-After`; at least 30 s after a 5xx, which
+/// may hide a message the provider took: its status webhook settles it first), 8 attempts in
+/// all, then fail with `attempts_exhausted`; any other refusal fails the message with the
+/// provider's error code. A `bridge` session hands the message to its worker instead. Follow it
+/// on query-api (`GET /v1/whatsapp/messages/{id}`) or live (`message.delivery`). The message is
+/// tied to the contact's open thread, if any, so its delivery events reach that thread's
+/// channel; it is not posted in the thread. Events: Started (first message of the
+/// conversation), MessageQueued (aggregate `whatsapp_conversation`).
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/sessions/{id}/messages",
+    params(("id" = Uuid, Path, description = "The session.")),
+    request_body = SendBody,
+    responses(
+        (status = 202, description = "Queued, not sent yet.", body = SendAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn send(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -417,12 +575,12 @@ async fn send(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "id": message_id,
-            "conversation_id": conversation,
-            "version": c.version,
-            "status": "queued",
-        })),
+        Json(SendAnswer {
+            id: message_id,
+            conversation_id: conversation,
+            version: c.version,
+            status: QueuedStatus::Queued,
+        }),
     )
         .into_response())
 }
@@ -444,7 +602,120 @@ fn conversation_path(conversation: &str, message: &str) -> Result<(String, Strin
     }
 }
 
+impl ClaimAnswer {
+    /// Nothing to send now; the message stands at `state`.
+    fn wait(version: u64, state: Option<ClaimState>) -> Self {
+        Self::Wait {
+            send: false,
+            version,
+            state,
+        }
+    }
+}
+
+/// The sender's claim answer: send now, or nothing to do.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = WhatsAppClaim)]
+pub enum ClaimAnswer {
+    /// An attempt began: send `request`, then report its outcome.
+    Send {
+        /// `true`.
+        #[schema(schema_with = always_true)]
+        send: bool,
+        /// The conversation's version after the command.
+        version: u64,
+        /// The attempt to report the outcome of (1-based).
+        #[schema(minimum = 1)]
+        attempt: u32,
+        /// `cloud`: post `request` to the Cloud API; `bridge`: hand it to the session's bridge
+        /// worker.
+        transport: Transport,
+        /// The session.
+        #[schema(format = Uuid)]
+        session_id: String,
+        /// The provider's phone number id (`bridge:{digits}` for a bridge session).
+        #[schema(example = "106540352242922")]
+        phone_number_id: String,
+        /// The session's credentials, sealed (`v1.` + URL-safe base64): opened only with
+        /// CREDENTIALS_KEY.
+        credentials: String,
+        /// The Cloud API body for `POST /{WHATSAPP_API_VERSION}/{phone_number_id}/messages`,
+        /// carrying the platform's message id as `biz_opaque_callback_data` (echoed in the
+        /// provider's statuses); a file names the provider's media id.
+        #[schema(value_type = Object)]
+        request: serde_json::Value,
+    },
+    /// Nothing to send now.
+    Wait {
+        /// `false`.
+        #[schema(schema_with = always_false)]
+        send: bool,
+        /// The conversation's version after the command.
+        version: u64,
+        /// Where the message stands (`retrying`: an upload failed and was reported).
+        #[schema(required = true, inline)]
+        state: Option<ClaimState>,
+    },
+}
+
+impl ClaimState {
+    /// Where a message stands once its file's upload was refused: retrying, or failed when
+    /// no retry can help.
+    fn after_refused_upload(retrying: bool) -> Self {
+        if retrying {
+            Self::Retrying
+        } else {
+            Self::Failed
+        }
+    }
+}
+
+/// Where a message the sender need not send now stands.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimState {
+    /// Waiting for its retry time.
+    Queued,
+    /// An attempt is under way.
+    Attempting,
+    /// An upload failed and was reported; tried again later.
+    Retrying,
+    /// Sent.
+    Sent,
+    /// Failed for good.
+    Failed,
+}
+
+/// Claim a due WhatsApp message (sender).
+///
+/// The platform's command (the projector, with a platform service token; any other caller: 403
+/// `forbidden`). The projector's sender asks whether to attempt the message now. A queued
+/// message past its retry time appends SendAttempted (attempt n) before anything is sent, and
+/// the answer carries what to send (`send: true`); the sender then reports with `POST
+/// …/outcome`. Nothing to do (`send: false`, nothing appended): the message is sent or failed,
+/// before its retry time, or an attempt is under way within its 2-minute lease. An attempt
+/// whose lease ran out without an outcome is never repeated: the claim appends
+/// WhatsAppMessageFailed with code `outcome_unknown` instead. A session disconnected (or
+/// connected by another tenant) since the message was queued fails it here with
+/// `session_disconnected` (`send: false`, `state: failed`). A `file` is uploaded to the
+/// provider here, before the answer, and `request` names the provider's media id; a failed
+/// upload is reported at once (SendAttemptFailed when retryable, else WhatsAppMessageFailed:
+/// `credentials_unreadable`, `file_missing`, `media_upload_refused`, `unsupported_on_bridge`)
+/// and answers `send: false` with `state: retrying` (`failed` when it was not retryable). 404
+/// for an unknown conversation or message.
+///
 /// The sender's claim of a due message: whether to send it now, and what to send.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/conversations/{conversation}/messages/{message}/claim",
+    params(("conversation" = Uuid, Path, description = "The conversation (anything else than a UUID: 404)."), ("message" = Uuid, Path, description = "The outbound message (anything else than a UUID: 404).")),
+    responses(
+        (status = 200, description = "Send now, or nothing to do.", body = ClaimAnswer),
+        (status = 400, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn claim(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -529,12 +800,7 @@ async fn claim(
             .await
             .map_err(|e| e.problem())?;
         let status = state_now.outgoing(&message).map(|o| o.state);
-        return Ok(Json(json!({
-            "send": false,
-            "version": c.version,
-            "state": status.map(send_state),
-        }))
-        .into_response());
+        return Ok(Json(ClaimAnswer::wait(c.version, status.map(send_state))).into_response());
     };
     let (media_id, upload_refused) = match upload {
         Some(Ok(id)) => (Some(id), None),
@@ -580,10 +846,8 @@ async fn claim(
             .conversations
             .execute(&conversation, None, report, &metadata)
             .await?;
-        let state_now = if retrying { "retrying" } else { "failed" };
-        return Ok(
-            Json(json!({"send": false, "version": c.version, "state": state_now})).into_response(),
-        );
+        let state_now = ClaimState::after_refused_upload(retrying);
+        return Ok(Json(ClaimAnswer::wait(c.version, Some(state_now))).into_response());
     }
     let content = current
         .content(&message)
@@ -592,56 +856,82 @@ async fn claim(
     if let (Outbound::File { kind, .. }, Some(media_id)) = (content, media_id) {
         request[kind.as_str()]["id"] = json!(media_id);
     }
-    Ok(Json(json!({
-        "send": true,
-        "version": c.version,
-        "attempt": attempt,
-        "transport": session.transport(),
-        "session_id": current.session_id(),
-        "phone_number_id": session.phone_number_id(),
-        "credentials": session.credentials(),
-        "request": request,
-    }))
+    Ok(Json(ClaimAnswer::Send {
+        send: true,
+        version: c.version,
+        attempt,
+        transport: session.transport(),
+        session_id: current.session_id().to_owned(),
+        phone_number_id: session.phone_number_id().to_owned(),
+        credentials: session.credentials().to_owned(),
+        request,
+    })
     .into_response())
 }
 
-fn send_state(s: SendState) -> &'static str {
+fn send_state(s: SendState) -> ClaimState {
     match s {
-        SendState::Queued => "queued",
-        SendState::Attempting => "attempting",
-        SendState::Sent => "sent",
-        SendState::Failed => "failed",
+        SendState::Queued => ClaimState::Queued,
+        SendState::Attempting => ClaimState::Attempting,
+        SendState::Sent => ClaimState::Sent,
+        SendState::Failed => ClaimState::Failed,
     }
 }
 
 /// Body of the sender's report.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, tag = "result", rename_all = "snake_case")]
 pub enum OutcomeBody {
     /// The provider accepted it.
+    #[schema(title = "accepted")]
     Accepted {
         /// Which attempt.
         attempt: u32,
-        /// The provider's id.
+        /// The provider's message id.
+        #[schema(example = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA")]
         wamid: String,
     },
     /// The provider refused it, or could not be reached.
+    #[schema(title = "refused")]
     Refused {
         /// Which attempt.
         attempt: u32,
         /// The provider's error code or HTTP status.
         #[serde(default)]
+        #[schema(example = "131026")]
         code: Option<String>,
-        /// Why.
+        /// Why, for the agent.
         reason: String,
         /// Whether a retry may succeed.
         retryable: bool,
-        /// The provider's `Retry-After`, in seconds.
+        /// The provider's `Retry-After`, in seconds (capped at 3,600).
         #[serde(default)]
         retry_after_secs: Option<u32>,
     },
 }
 
+/// Report a send attempt's outcome (sender).
+///
+/// The platform's command (the projector, with a platform service token; any other caller: 403
+/// `forbidden`). Records what attempt `attempt` came to. `accepted`: MessageSent with the
+/// provider's `wamid` (also when reported late, after the message failed as `outcome_unknown`:
+/// the provider's word wins). `refused` with `retryable` and fewer than 8 attempts:
+/// SendAttemptFailed, tried again after 2 s, 4 s, 8 s … (at most 5 min) or `retry_after_secs`
+/// (at most 3,600) when longer; otherwise WhatsAppMessageFailed with `code` (`refused` when
+/// none; `attempts_exhausted` for a retryable refusal of the 8th attempt). An outcome for an
+/// attempt other than the latest, for a message already sent, or a refusal once the attempt is
+/// no longer under way appends nothing. `wamid`, `code` and `reason` are cut at 500 characters.
+/// 404 for an unknown conversation or message.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/conversations/{conversation}/messages/{message}/outcome",
+    params(("conversation" = Uuid, Path, description = "The conversation (anything else than a UUID: 404)."), ("message" = Uuid, Path, description = "The outbound message (anything else than a UUID: 404).")),
+    request_body = OutcomeBody,
+    responses(
+        (status = 200, description = "Accepted: `id` is the conversation and `version` its new version (also in `ETag`).", body = crate::http::Accepted)
+    ),
+    security(("bearer" = []))
+)]
 async fn outcome(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -704,21 +994,50 @@ async fn outcome(
 }
 
 /// Query of Meta's verification request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Handshake {
-    /// Always `subscribe`.
+    /// Always `subscribe` (400 `invalid_mode` otherwise).
     #[serde(rename = "hub.mode", default)]
+    #[param(required = true, pattern = "^subscribe$", example = "subscribe")]
     pub mode: Option<String>,
-    /// The verify token configured at Meta.
+    /// The verify token configured at Meta: the platform's, or one given when connecting a
+    /// session (403 `forbidden` when missing or matching none).
     #[serde(rename = "hub.verify_token", default)]
+    #[param(required = true, min_length = 1)]
     pub verify_token: Option<String>,
-    /// What to echo.
+    /// What to echo as the body (400 `invalid_challenge` when missing or malformed).
     #[serde(rename = "hub.challenge", default)]
+    #[param(
+        required = true,
+        pattern = "^[A-Za-z0-9_-]{1,128}$",
+        example = "1158201444"
+    )]
     pub challenge: Option<String>,
 }
 
+/// WhatsApp webhook verification (handshake).
+///
+/// Meta checks the callback URL by asking it to echo `hub.challenge`. In order: `hub.challenge`
+/// missing, empty, over 128 characters or not made of letters, digits, `-` and `_`: 400
+/// `invalid_challenge`; `hub.mode` other than `subscribe`: 400 `invalid_mode`;
+/// `hub.verify_token` equal to WHATSAPP_VERIFY_TOKEN (constant-time comparison) or to the
+/// verify token of a connected session (compared by SHA-256 with the sessions' Connected events
+/// in the event store, so a number passes as soon as it is connected): 200 with the challenge;
+/// anything else (no token, or one matching nothing): 403 `forbidden`. The request names no
+/// number, so any connected session's token passes. Allowed: anyone (no bearer token).
+///
 /// `GET /api/webhooks/whatsapp`: Meta checks the endpoint by asking it to echo a challenge
 /// with a verify token it was given: the platform's, or a connected session's.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/whatsapp",
+    params(Handshake),
+    responses(
+        (status = 200, description = "The challenge, echoed.", body = String, content_type = "text/plain", example = "1158201444"),
+        (status = 403, response = events::http::openapi::ProblemAnswer)
+    )
+)]
 async fn handshake(
     State(state): State<AppState>,
     events::http::Query(q): events::http::Query<Handshake>,
@@ -777,7 +1096,7 @@ async fn handshake(
 }
 
 /// Body of the outbox's forward of a thread reply.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardBody {
     /// The reply's text.
@@ -802,10 +1121,92 @@ async fn conversation_of_thread(state: &AppState, thread: &str) -> Result<Option
     .map_err(|e| Problem::unavailable(&e))
 }
 
+/// The answer of a forward: forwarded, or not WhatsApp's to send.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = WhatsAppForwardAnswer)]
+pub enum ForwardAnswer {
+    /// Forwarded: queued in the conversation, or recorded there as failed.
+    Forwarded {
+        /// `true`.
+        #[schema(schema_with = always_true)]
+        forwarded: bool,
+        /// The WhatsApp message.
+        #[schema(format = Uuid)]
+        id: String,
+        /// Its conversation.
+        #[schema(format = Uuid)]
+        conversation_id: String,
+        /// The conversation's version after the command.
+        version: u64,
+    },
+    /// Not WhatsApp's to send: nothing appended.
+    NotForwarded {
+        /// `false`.
+        #[schema(schema_with = always_false)]
+        forwarded: bool,
+        /// Why.
+        #[schema(example = "not a WhatsApp thread")]
+        reason: String,
+    },
+}
+
+impl ForwardAnswer {
+    /// Queued (or recorded as failed) in `conversation` at `version`.
+    fn forwarded(id: String, conversation_id: String, version: u64) -> Self {
+        Self::Forwarded {
+            forwarded: true,
+            id,
+            conversation_id,
+            version,
+        }
+    }
+
+    /// Not WhatsApp's to send, and why.
+    fn not(reason: &str) -> Self {
+        Self::NotForwarded {
+            forwarded: false,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Forward a thread reply over WhatsApp.
+///
+/// The platform's command (the projector, with a platform service token; any other caller: 403
+/// `forbidden`). The projector's `whatsapp-outbox` calls it for every message an agent or the
+/// bot writes in a thread. The thread's conversation is found in the event store (the
+/// conversation whose MessageReceived went into the thread), and the reply is queued there
+/// under the reply's id when it is a UUID (else a UUID v5 of thread and reply), so a repeat
+/// names the same message and appends nothing: as text without link preview, or, with an
+/// attachment, as a `file` (kind from its media type: `image/jpeg` and `image/png` image,
+/// `image/webp` sticker, `audio/*` audio, `video/mp4` and `video/3gpp` video, anything else
+/// document) captioned with the reply's text (not for audio and stickers; a document keeps its
+/// name). A reply the rules refuse (session disconnected or connected by another tenant,
+/// content outside its limits, such as a file over its kind's limit or not the tenant's, or a
+/// free-form message outside the customer-service window) cannot be refused after the fact: it
+/// is recorded as queued and failed at once (MessageQueued, WhatsAppMessageFailed with
+/// `session_disconnected`, `invalid_message` or `outside_service_window`) and answers
+/// `forwarded: true`, so the agent sees why in the thread. A thread that is not WhatsApp's (or
+/// unknown), a message not written by an agent or the bot, or a thread no conversation goes
+/// into answers `forwarded: false` with the reason and appends nothing. 404 for a thread id
+/// that is not a UUID or a message the thread does not have; 409 `message_exists` when the id
+/// names another message.
+///
 /// The outbox's forward of a reply an agent (or the bot) wrote in a WhatsApp thread: queued
 /// in the thread's conversation under the reply's id (a repeat names the same message). A
 /// reply the rules refuse (window closed, session disconnected, a file) is recorded as
 /// failed, so the agent sees why in the thread.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/threads/{thread}/messages/{message}/forward",
+    params(("thread" = Uuid, Path, description = "The thread."), ("message" = String, Path, description = "The reply's message id in the thread.")),
+    request_body = ForwardBody,
+    responses(
+        (status = 200, description = "Forwarded (queued, or recorded as failed), or not WhatsApp's to send.", body = ForwardAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn forward(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -814,8 +1215,7 @@ async fn forward(
     Json(body): Json<ForwardBody>,
 ) -> Result<Response, Problem> {
     service_only(&who)?;
-    let not_forwarded =
-        |reason: &str| Ok(Json(json!({"forwarded": false, "reason": reason})).into_response());
+    let not_forwarded = |reason: &str| Ok(Json(ForwardAnswer::not(reason)).into_response());
     let thread = Uuid::parse_str(&thread)
         .map(|u| u.to_string())
         .map_err(|_| ThreadError::NotFound.problem())?;
@@ -893,29 +1293,66 @@ async fn forward(
         .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
-    Ok(Json(json!({
-        "forwarded": true, "id": message_id, "conversation_id": conversation, "version": c.version,
-    }))
-    .into_response())
+    let forwarded = ForwardAnswer::forwarded(message_id, conversation, c.version);
+    Ok(Json(forwarded).into_response())
 }
 
 /// Body of a change to a thread reply (the WhatsApp outbox).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, tag = "change", rename_all = "snake_case")]
 pub enum ChangeBody {
     /// The agent deleted the reply.
+    #[schema(title = "delete")]
     Delete,
     /// The agent edited its text.
+    #[schema(title = "edit")]
     Edit {
         /// The new text.
         text: String,
     },
 }
 
+/// The answer of a change to a thread reply.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppReplyChanged)]
+pub struct ChangeAnswer {
+    /// The WhatsApp message.
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// Its conversation.
+    #[schema(format = Uuid)]
+    pub conversation_id: String,
+    /// The conversation's version after the command.
+    pub version: u64,
+}
+
+/// Follow a thread reply's edit or deletion over WhatsApp.
+///
+/// The platform's command (the projector's `whatsapp-outbox`, with a platform service token;
+/// any other caller: 403 `forbidden`), called when a message of a WhatsApp thread is edited or
+/// deleted. A reply not yet accepted by the provider is withdrawn (`WhatsAppMessageFailed` with
+/// code `withdrawn`: it never goes out) or revised (`MessageRevised`: the next attempt sends
+/// the edited text, or a file's edited caption). A reply already accepted gets
+/// `ChangeNotDelivered` (`edited` or `deleted`, once each): its delivery shows `error_code`
+/// `edit_not_delivered` / `delete_not_delivered`, because the contact has the original. A reply
+/// failed for good: nothing. A change made while an attempt is under way is recorded at once;
+/// if that attempt is accepted after all, `ChangeNotDelivered` follows. 404 for a thread no
+/// conversation goes into or a message it does not have.
+///
 /// A reply the agent deleted or edited in its WhatsApp thread: not yet sent, it is withdrawn
 /// or goes out as edited; already sent, the conversation records that the change did not
 /// reach the contact. A change made while an attempt is under way holds if the attempt is
 /// refused; if it is accepted, the agent is told the contact has the original.
+#[utoipa::path(
+    post,
+    path = "/v1/whatsapp/threads/{thread}/messages/{message}/change",
+    params(("thread" = Uuid, Path, description = "The thread."), ("message" = String, Path, description = "The reply's message id in the thread.")),
+    request_body = ChangeBody,
+    responses(
+        (status = 200, description = "Recorded (or nothing to do): the message id, its conversation and the conversation's version.", body = ChangeAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn change_reply(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -950,9 +1387,11 @@ async fn change_reply(
         .conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
-    Ok(Json(json!({
-        "id": message_id, "conversation_id": conversation, "version": c.version,
-    }))
+    Ok(Json(ChangeAnswer {
+        id: message_id,
+        conversation_id: conversation,
+        version: c.version,
+    })
     .into_response())
 }
 

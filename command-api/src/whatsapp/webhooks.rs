@@ -19,7 +19,10 @@ use crate::webhooks::provider::{text, Identity, NotProviderShaped, Pending, Webh
 use crate::webhooks::service::{receive_item, reject, Processing, Refused};
 use crate::webhooks::verify;
 use crate::AppState;
+use axum::extract::State;
 use events::webhooks::Provider;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
 
 /// WhatsApp's deliveries.
 pub(crate) struct WhatsappWebhooks;
@@ -35,8 +38,8 @@ impl WebhookProvider for WhatsappWebhooks {
         Provider::Whatsapp
     }
 
-    fn paths(&self) -> &'static [&'static str] {
-        &["/api/webhooks/whatsapp", BRIDGE_PATH]
+    fn routes(&self) -> Vec<UtoipaMethodRouter<AppState>> {
+        vec![routes!(cloud_delivery), routes!(bridge_ingestion)]
     }
 
     fn signature_headers(&self) -> &'static [&'static str] {
@@ -247,5 +250,134 @@ async fn receive_delivery(
         duplicates += usize::from(duplicate);
         received.push(id);
     }
-    Ok(Json(json!({"received": true, "ids": received, "duplicates": duplicates})).into_response())
+    let answer = WhatsAppWebhookReceived {
+        received: true,
+        ids: received,
+        duplicates,
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// The answer to a delivery: it is accepted (a 2xx stops the provider's retries); its
+/// messages and statuses are processed afterwards, each as a webhook of its own.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WhatsAppWebhookReceived {
+    /// Always `true`.
+    received: bool,
+    /// The webhooks' ids, in the body's order (for each change, its messages then its
+    /// statuses); derived from provider and de-duplication key, so the same for every
+    /// delivery of one item (read them on query-api's `GET /v1/webhooks/{id}`). Empty when
+    /// the body held none.
+    #[schema(value_type = Vec<Uuid>)]
+    ids: Vec<String>,
+    /// How many of them were received before (nothing was appended for those).
+    duplicates: usize,
+}
+
+/// Receive a WhatsApp Cloud API delivery.
+///
+/// Meta's webhook for the WhatsApp Business Cloud API (callback
+/// `{BACKEND_URL}/api/webhooks/whatsapp`, field `messages`). A delivery batches entries,
+/// changes, messages and statuses, possibly for several numbers. Verification:
+/// `X-Hub-Signature-256: sha256=<hex>` is the HMAC-SHA256 of the raw body keyed by a Meta app's
+/// secret, compared in constant time. A secret of WHATSAPP_APP_SECRET (the platform's own apps,
+/// comma-separated) accepts the whole body; otherwise every number the body names
+/// (`entry[].changes[].value.metadata.phone_number_id`: 1 to 8 distinct, each at most 64
+/// characters; the body is read untrusted only to find them) must be a session's whose own app
+/// secret matches, so one tenant's app cannot speak for another tenant's number. No header:
+/// `missing_signature`; no `=`, or not 32 bytes of hex: `malformed_signature`; a scheme other
+/// than `sha256`: `unsupported_algorithm`; no match (including a body naming no number, more
+/// than 8, or a number no session has, when the platform's secrets do not match):
+/// `bad_signature`. A refusal answers 401 with the `code` given above, appends nothing and
+/// writes one line to the capped rejection log (query-api `GET /v1/webhooks/rejections`,
+/// provider `whatsapp`). The body (at most 1 MiB; 413 above) must then be JSON with `object:
+/// whatsapp_business_account` and an `entry` array; a message needs an `id`, a status an `id`
+/// and a `status` (ids at most 256 characters, a status at most 32); 400 `invalid_payload`
+/// otherwise (a retry cannot succeed). Changes without `metadata.phone_number_id` (account or
+/// template updates) are acknowledged and not kept. Each message and each status is kept as a
+/// webhook of its own (Received, provider `whatsapp`), de-duplication key
+/// `message:{phone_number_id}:{id}` (event type `message.{type}`) or
+/// `status:{phone_number_id}:{id}:{status}` (`status.{status}`), so a repeated delivery, or a
+/// batch overlapping an earlier one, appends only what is new; kept: `{phone_number_id,
+/// display_phone_number, contact: {wa_id, name}, message}` or `{phone_number_id,
+/// display_phone_number, status}`. It is attributed to the tenant whose session has the number
+/// (`platform` otherwise) and processed afterwards by the platform (`POST
+/// /v1/webhooks/{id}/process`): a message is recorded in its conversation (MessageReceived,
+/// aggregate `whatsapp_conversation`; it opens the 24-hour customer-service window) and
+/// delivered into the contact's open thread of channel `whatsapp` (a new one when none is
+/// open); the file of an image, audio, video, document or sticker is then fetched into the blob
+/// store (MediaStored or MediaFailed; the message lands whatever becomes of its file); a status
+/// (`sent`, `delivered`, `read`, `failed`) moves an outbound message forward only
+/// (StatusUpdated; `failed` from any state, nothing after it), naming it by
+/// `biz_opaque_callback_data` or its `wamid`. An item for a number no session has is recorded
+/// as `ignored` under `platform` and can be replayed once the number is connected. Answered at
+/// once, before processing. Providers send no `Idempotency-Key`: de-duplication is by the
+/// provider's ids. Allowed: anyone (no bearer token: the signature authenticates the provider).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/whatsapp",
+    params(("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body under the app secret. Missing: 401 `missing_signature`.")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The delivery, byte for byte as Meta sent it (the signature covers the raw bytes; the media type is not checked). Provider-shaped: fields not listed are kept in the items or ignored."),
+    responses(
+        (status = 200, description = "Received (new items, duplicates, or none).", body = WhatsAppWebhookReceived),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    )
+)]
+async fn cloud_delivery(
+    State(state): State<AppState>,
+    request: WebhookRequest,
+) -> Result<Response, Problem> {
+    WHATSAPP.deliver(&state, request).await
+}
+
+/// Receive a bridge worker's delivery.
+///
+/// What a session's bridge worker saw (the contact's messages, statuses of the messages it
+/// sent), shaped as the Cloud API's change `value`. Verification: `X-Bridge-Session` names the
+/// session, and `X-Bridge-Signature: sha256=<hex>` must be the HMAC-SHA256 of the raw body
+/// under its bridge secret (constant-time comparison). No such bridge session (the header
+/// missing, not a UUID, unknown, a Cloud API session, or a secret this process cannot open):
+/// `not_configured`; no signature: `missing_signature`; no `=`, or not 32 bytes of hex:
+/// `malformed_signature`; a scheme other than `sha256`: `unsupported_algorithm`; no match:
+/// `bad_signature`. A refusal answers 401 with the `code` given above, appends nothing and
+/// writes one line to the capped rejection log (query-api `GET /v1/webhooks/rejections`,
+/// provider `whatsapp`). The verified body must be a JSON object (400 `invalid_payload`
+/// otherwise); its `metadata` is replaced by the session's phone number id, and from there on
+/// it is a Cloud API delivery. A message needs an `id`, a status an `id` and a `status` (ids at
+/// most 256 characters, a status at most 32); 400 `invalid_payload` otherwise (a retry cannot
+/// succeed). Each message and each status is kept as a webhook of its own (Received, provider
+/// `whatsapp`), de-duplication key `message:{phone_number_id}:{id}` (event type
+/// `message.{type}`) or `status:{phone_number_id}:{id}:{status}` (`status.{status}`), so a
+/// repeated delivery, or a batch overlapping an earlier one, appends only what is new; kept:
+/// `{phone_number_id, display_phone_number, contact: {wa_id, name}, message}` or
+/// `{phone_number_id, display_phone_number, status}`. It is attributed to the tenant whose
+/// session has the number (`platform` otherwise) and processed afterwards by the platform
+/// (`POST /v1/webhooks/{id}/process`): a message is recorded in its conversation
+/// (MessageReceived, aggregate `whatsapp_conversation`; it opens the 24-hour customer-service
+/// window) and delivered into the contact's open thread of channel `whatsapp` (a new one when
+/// none is open); the file of an image, audio, video, document or sticker is then fetched into
+/// the blob store (MediaStored or MediaFailed; the message lands whatever becomes of its file);
+/// a status (`sent`, `delivered`, `read`, `failed`) moves an outbound message forward only
+/// (StatusUpdated; `failed` from any state, nothing after it), naming it by
+/// `biz_opaque_callback_data` or its `wamid`. An item for a number no session has is recorded
+/// as `ignored` under `platform` and can be replayed once the number is connected. A status
+/// settles a message handed to the worker. The body is limited to 1 MiB (413 above). Allowed:
+/// anyone (no bearer token: the signature authenticates the worker).
+#[utoipa::path(
+    post,
+    path = BRIDGE_PATH,
+    params(("X-Bridge-Session" = Uuid, Header, description = "The bridge session the delivery is for."), ("X-Bridge-Signature" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body under the session's bridge secret. Missing: 401 `missing_signature`.")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "A Cloud API change `value` (`contacts`, `messages`, `statuses`), byte for byte as signed."),
+    responses(
+        (status = 200, description = "Received (new items, duplicates, or none).", body = WhatsAppWebhookReceived),
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 409, response = events::http::openapi::ProblemAnswer)
+    )
+)]
+async fn bridge_ingestion(
+    State(state): State<AppState>,
+    request: WebhookRequest,
+) -> Result<Response, Problem> {
+    WHATSAPP.deliver(&state, request).await
 }

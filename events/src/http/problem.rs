@@ -20,14 +20,26 @@ pub struct Problem {
     pub incident_id: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// RFC 9457 problem details: every error answer's body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub(crate) struct Body<'a> {
+    /// `urn:problem:` and the code.
+    #[schema(example = "urn:problem:invalid_slug")]
     r#type: String,
+    /// The status's reason phrase.
     title: &'a str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong, for people.
     detail: &'a str,
+    /// Stable machine-readable code.
     code: &'a str,
+    /// Present on a 500 that will recur however often the request is retried (codes
+    /// `store_rejected`, `unstorable_event`): the id the failure was logged under, to quote
+    /// to support.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid)]
     incident_id: Option<&'a str>,
 }
 

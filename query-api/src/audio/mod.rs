@@ -7,13 +7,13 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::http::freshness;
@@ -35,26 +35,30 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/audio/{id}", get(detail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(detail))
 }
 
-/// An audio file as the API shows it.
-#[derive(Debug, Serialize, FromRow)]
+/// An audio file as the API shows it: an uploaded file, where its transcript is, and the
+/// transcript once complete.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = AudioFile)]
 pub struct AudioView {
     id: Uuid,
     tenant_id: String,
+    /// The user who uploaded it (staff or a chatbot user).
     uploaded_by: String,
     content_type: String,
     size_bytes: i64,
     /// `uploaded`, `retrying`, `requesting`, `requested`, `completed` or `failed`.
     status: String,
+    /// AssemblyAI's transcript id, once requested.
     transcript_id: Option<String>,
     /// The whole text, once completed (read from the blob store when it was too large for
     /// its event).
@@ -63,7 +67,9 @@ pub struct AudioView {
     transcript_chars: Option<i64>,
     /// `[{text, start_ms, end_ms, confidence}]`, once completed.
     words: Option<serde_json::Value>,
+    /// The language detected or asked for.
     language: Option<String>,
+    /// AssemblyAI's confidence, 0–1.
     confidence: Option<f64>,
     /// Failed attempts at requesting the transcript.
     attempts: i32,
@@ -76,8 +82,9 @@ pub struct AudioView {
     /// Where the whole transcript is, when too large for its event.
     #[serde(skip)]
     transcript_object_key: Option<String>,
-    /// True when the transcript was too large for its event and its stored file could not
-    /// be read just now: `text` is then its first 1,000 characters and `words` null.
+    /// Present (true) only when the transcript was too large for its event and its stored
+    /// file could not be read just now: `text` is then its first 1,000 characters and `words`
+    /// null.
     #[sqlx(skip)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     transcript_unavailable: bool,
@@ -87,7 +94,8 @@ pub struct AudioView {
 }
 
 /// Read-your-writes on an audio file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
@@ -103,6 +111,25 @@ fn may_read(who: &Principal, file: &AudioView) -> bool {
     }
 }
 
+/// An audio file and its transcript.
+///
+/// Where the transcript is and, once completed, its text, words with timings, language and
+/// confidence (the blob's `object_key` is not shown). Read-your-writes with
+/// `min_version`/`X-Min-Version` as for tenants. Readable by the file's tenant staff (and super
+/// admins) and by the chatbot user who uploaded it; anyone else gets 404, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/v1/audio/{id}",
+    operation_id = "audio_file",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The audio file.", body = AudioView, headers(
+            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -3,13 +3,13 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::{Principal, Role};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -29,23 +29,25 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/audit/{aggregate_type}/{aggregate_id}", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(history))
 }
 
 /// Paging through long histories.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Only events with a greater sequence (default 0: from the start).
     after: Option<i64>,
     /// Page size, 1–1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -64,28 +66,53 @@ struct StoredEvent {
 }
 
 /// One event as auditors read it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEvent {
+    /// Position in the aggregate's stream (1-based).
     sequence: i64,
     event_type: String,
     event_version: String,
+    /// The event as stored, secret fields reading "[redacted]"; one too deeply nested to
+    /// decode reads `{"unreadable": …}`.
     payload: serde_json::Value,
+    /// Tenant, actor, correlation, causation, request id.
     metadata: serde_json::Value,
     recorded_at: DateTime<Utc>,
+    /// Position in the whole store.
     global_position: i64,
 }
 
 /// A page of history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History {
     aggregate_type: String,
     aggregate_id: String,
+    /// The tenant of the events shown: the stream's first event's for a super admin, else
+    /// the caller's.
     tenant_id: String,
+    /// The events, in sequence order.
     events: Vec<AuditEvent>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; null on the last page.
     next_after: Option<i64>,
 }
 
+/// An aggregate's event history.
+///
+/// Every event of the aggregate in sequence order with its metadata (tenant, actor,
+/// correlation, causation, request id), read from the event store. Each event is shown to the
+/// tenant it belongs to: a super admin reads every event, a tenant admin the events of their
+/// own tenant (an aggregate such as a phone number or a WhatsApp session can pass from one
+/// tenant to another); anyone else, or a tenant with no event in the stream, gets 404. Secret
+/// fields (sealed credentials, digests of verify tokens and codes) read "[redacted]".
+#[utoipa::path(
+    get,
+    path = "/v1/audit/{aggregate_type}/{aggregate_id}",
+    params(("aggregate_type" = String, Path), ("aggregate_id" = String, Path), Params),
+    responses(
+        (status = 200, description = "A page of history.", body = History)
+    ),
+    security(("bearer" = []))
+)]
 async fn history(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

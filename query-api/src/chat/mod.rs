@@ -6,13 +6,13 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::http::filters::{one_of, plain};
@@ -35,27 +35,30 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat/threads", get(list))
-        .route("/v1/chat/threads/{id}", get(detail))
-        .route("/v1/chat/threads/{id}/messages", get(messages))
-        .route("/v1/chat/threads/{id}/scheduled", get(scheduled))
-        .route("/v1/chat/unread", get(unread))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
+        .routes(routes!(messages))
+        .routes(routes!(scheduled))
+        .routes(routes!(unread))
 }
 
 /// A thread as the inbox shows it, with the caller's unread count.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Thread)]
 pub struct ThreadView {
     id: Uuid,
     tenant_id: String,
+    /// `web`, `whatsapp` or `sms`.
     channel: String,
+    /// `open` or `closed`.
     status: String,
     subject: Option<String>,
     customer_id: Option<String>,
@@ -63,9 +66,10 @@ pub struct ThreadView {
     agent_id: Option<String>,
     department: Option<String>,
     /// Why the platform last changed the assignment (`agent_unavailable`,
-    /// `department_removed`); null when staff assigned it.
+    /// `department_removed`); null when staff assigned it. Not shown to customers.
     assignment_reason: Option<String>,
     bot_enabled: bool,
+    /// The staff's tags (empty for customers).
     tags: Vec<String>,
     message_count: i64,
     /// The newest message that is not deleted (preview of ≤ 200 characters).
@@ -167,7 +171,8 @@ fn may_read(who: &Principal, view: &ThreadView) -> bool {
 }
 
 /// Filters and page of the inbox.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// A super admin may pick a tenant; staff always read their own.
@@ -186,16 +191,18 @@ pub struct ListParams {
     /// `as_of` to catch up on the threads that moved while it paged.
     active_after: Option<DateTime<Utc>>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
 /// One page of threads, most recent activity first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ThreadPage {
+    /// The threads.
     items: Vec<ThreadView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
     /// A pass through the pages is not a snapshot: a thread with new activity moves to the
     /// top and a later page no longer has it. Keep the first page's `as_of` and, once the
@@ -208,6 +215,23 @@ pub struct ThreadPage {
 /// How far before a read its `as_of` is: longer than the read model usually lags.
 const AS_OF_MARGIN: chrono::Duration = chrono::Duration::seconds(5);
 
+/// Threads (the inbox).
+///
+/// Staff read their tenant's threads (a super admin all, or one with `tenant_id`); a phone user
+/// reads only the threads they take part in. Most recent activity first; keyset cursor. Each
+/// thread carries the caller's `unread` count: messages after their read position, deleted ones
+/// left out. A customer's view leaves out the staff's tags, assignee and department, and the
+/// `assignee` and `department` filters are the staff's (403 `forbidden` for a phone token).
+#[utoipa::path(
+    get,
+    path = "/v1/chat/threads",
+    operation_id = "list_threads",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = ThreadPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -318,7 +342,8 @@ async fn list(
 }
 
 /// Read-your-writes on a thread.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
@@ -326,31 +351,41 @@ pub struct DetailParams {
 }
 
 /// A participant and how far they have read.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Participant)]
 pub struct ParticipantView {
     user_id: String,
+    /// `phone` (a customer) or `agent` (staff).
     kind: String,
     joined_at: DateTime<Utc>,
+    /// The number of the last message they read (0: none).
     last_read: i64,
+    /// Messages after it, deleted ones left out.
     unread: i64,
 }
 
 /// A reader who is not a participant (staff reading the thread).
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Reader)]
 pub struct ReaderView {
     reader_id: String,
     reader_kind: String,
+    /// The number of the last message they read.
     last_read: i64,
+    /// Messages after it, deleted ones left out.
     unread: i64,
     read_at: DateTime<Utc>,
 }
 
 /// A thread with its participants and readers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ThreadDetail {
+    /// The thread.
     #[serde(flatten)]
     thread: ThreadView,
+    /// Its participants (for a customer, only the customers among them).
     participants: Vec<ParticipantView>,
+    /// The staff who read it without taking part (empty for a customer).
     readers: Vec<ReaderView>,
 }
 
@@ -385,6 +420,27 @@ async fn visible(
     }
 }
 
+/// A thread.
+///
+/// With its participants (and each one's `last_read` and `unread`) and the staff who read it
+/// without taking part (`readers`). Read-your-writes with `min_version`/`X-Min-Version` as for
+/// tenants. Anyone but the tenant's staff and the thread's participants gets 404. A customer's
+/// view lists only the customers among the participants (no staff, no `readers`: which staff
+/// take part and what they read is the staff's business, as on the live stream), and leaves out
+/// tags, assignee and department. Unread counts leave deleted messages out.
+#[utoipa::path(
+    get,
+    path = "/v1/chat/threads/{id}",
+    operation_id = "thread",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The thread.", body = ThreadDetail, headers(
+            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -448,24 +504,31 @@ async fn detail(
 }
 
 /// A page of history.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MessageParams {
     /// Only messages numbered below this (the previous page's `next_before`).
+    #[param(minimum = 1)]
     before: Option<i64>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Wait until the thread reflects this version (a send's answer).
     min_version: Option<i64>,
 }
 
 /// A message as history shows it; a deleted one keeps its place without text.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Message)]
 pub struct MessageView {
     message_id: String,
+    /// Its number in the thread (1-based).
     number: i64,
     author_id: String,
+    /// `phone`, `agent`, `bot`, `system` or `contact`.
     author_kind: String,
+    /// Null once deleted.
     text: Option<String>,
     attachment: Option<serde_json::Value>,
     client_message_id: Option<String>,
@@ -483,13 +546,31 @@ pub struct MessageView {
 }
 
 /// One page of messages, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
+    /// The messages.
     items: Vec<MessageView>,
-    /// Pass as `before` for older messages; absent on the oldest page.
+    /// Pass as `before` for older messages; null on the oldest page.
     next_before: Option<i64>,
 }
 
+/// Message history.
+///
+/// Newest first; `before` (the previous page's `next_before`) pages back. Deleted messages keep
+/// their place with `deleted: true` and no text. Read-your-writes with `min_version`.
+#[utoipa::path(
+    get,
+    path = "/v1/chat/threads/{id}/messages",
+    operation_id = "thread_messages",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), MessageParams),
+    responses(
+        (status = 200, description = "A page.", body = MessagePage, headers(
+            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn messages(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -551,7 +632,8 @@ async fn messages(
 }
 
 /// A scheduled message.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = ScheduledMessage)]
 pub struct ScheduledView {
     id: String,
     author_id: String,
@@ -560,6 +642,7 @@ pub struct ScheduledView {
     due_at: DateTime<Utc>,
     /// `pending`, `delivered`, `cancelled` or `failed`.
     status: String,
+    /// The message it became, once delivered.
     message_id: Option<String>,
     /// Why it was not delivered, when `failed`: `author_unavailable` (its author can no
     /// longer write here) or `delivery_failed` (delivery kept failing).
@@ -572,7 +655,25 @@ pub struct ScheduledView {
     updated_at: DateTime<Utc>,
 }
 
-/// A thread's scheduled messages, by due time (staff only).
+/// Scheduled messages of a thread.
+///
+/// Staff only (a participating customer gets 403). By due time; `status` is pending, delivered
+/// (with `message_id`), cancelled, or failed (not delivered when due, and not tried again
+/// unless rescheduled: `failure_code` `author_unavailable` — its author can no longer write in
+/// the thread — or `delivery_failed` — its delivery failed 8 times in a row — with `failure`,
+/// the reason, and `failed_at`).
+#[utoipa::path(
+    get,
+    path = "/v1/chat/threads/{id}/scheduled",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The scheduled messages.", body = ScheduledList, headers(
+            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn scheduled(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -597,13 +698,21 @@ async fn scheduled(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let mut response = Json(serde_json::json!({ "items": items })).into_response();
+    let mut response = Json(ScheduledList { items }).into_response();
     freshness::version_headers(response.headers_mut(), Some(thread.version), stale);
     Ok(response)
 }
 
+/// A thread's scheduled messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScheduledList {
+    /// By due time.
+    items: Vec<ScheduledView>,
+}
+
 /// Filter of the unread summary.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UnreadParams {
     /// A super admin's tenant.
@@ -611,7 +720,8 @@ pub struct UnreadParams {
 }
 
 /// The caller's unread totals over the threads they see (badge counts).
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Unread)]
 pub struct UnreadView {
     /// Threads with at least one unread message.
     threads: i64,
@@ -619,6 +729,19 @@ pub struct UnreadView {
     messages: i64,
 }
 
+/// Unread totals.
+///
+/// The caller's unread totals over the threads they may see (badge counts); deleted messages
+/// are not counted.
+#[utoipa::path(
+    get,
+    path = "/v1/chat/unread",
+    params(UnreadParams),
+    responses(
+        (status = 200, description = "Totals.", body = UnreadView)
+    ),
+    security(("bearer" = []))
+)]
 async fn unread(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

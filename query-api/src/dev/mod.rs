@@ -4,12 +4,12 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -36,28 +36,31 @@ impl crate::context::BoundedContext for Context {
         })
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/dev/inbox", get(inbox))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(inbox))
 }
 
 /// Filters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Only messages to this recipient.
     recipient: Option<String>,
     /// Newest first, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
 /// One captured message.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = DevMessage)]
 pub struct Message {
     id: uuid::Uuid,
     tenant_id: String,
@@ -69,6 +72,28 @@ pub struct Message {
     created_at: DateTime<Utc>,
 }
 
+/// The captured messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DevInbox {
+    /// Newest first.
+    items: Vec<Message>,
+}
+
+/// Captured outbound messages (dev inbox).
+///
+/// Messages kept by the capture sink because no provider is configured (SMS codes, later
+/// e-mails). Served only with DEV_INBOX_ENABLED=true (404 otherwise); super admins only (bodies
+/// may hold one-time codes).
+#[utoipa::path(
+    get,
+    path = "/v1/dev/inbox",
+    params(Params),
+    responses(
+        (status = 200, description = "Newest first.", body = DevInbox),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn inbox(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -111,5 +136,5 @@ async fn inbox(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(Json(serde_json::json!({ "items": messages })).into_response())
+    Ok(Json(DevInbox { items: messages }).into_response())
 }

@@ -4,6 +4,8 @@
 pub mod filters;
 /// Read-your-writes: waiting (bounded) for a version a command answered with.
 pub mod freshness;
+/// Where the OpenAPI document comes from.
+pub mod openapi;
 /// Keyset pagination and `WHERE` clauses of the filters asked for.
 pub mod page;
 /// Whose rows a caller reads.

@@ -5,13 +5,13 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -31,24 +31,26 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin-users", get(list))
-        .route("/v1/admin-users/{id}/logins", get(logins))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(logins))
 }
 
 /// An admin user as the dashboard lists them.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = AdminUser)]
 pub struct AdminUserView {
     id: String,
     tenant_id: String,
     email: String,
+    /// `super_admin`, `tenant_admin` or `agent`.
     role: String,
     department: Option<String>,
     active: bool,
@@ -58,15 +60,26 @@ pub struct AdminUserView {
 }
 
 /// Filters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// A super admin may pick a tenant; others always read their own.
     tenant_id: Option<String>,
     /// 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_after` of the previous page (the last id).
     after: Option<String>,
+}
+
+/// One page of admin users, by id.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AdminUserPage {
+    /// The users.
+    items: Vec<AdminUserView>,
+    /// Pass as `after` for the next page; null on the last page.
+    next_after: Option<String>,
 }
 
 /// The tenant a caller reads: a super admin any (or all, `None`), staff their own.
@@ -86,6 +99,20 @@ fn tenant_scope(who: &Principal, asked: Option<String>) -> Result<Option<String>
     }
 }
 
+/// Admin users.
+///
+/// A super admin reads every tenant's (or one, with `tenant_id`); other staff only their own
+/// tenant's (403 when asking for another).
+#[utoipa::path(
+    get,
+    path = "/v1/admin-users",
+    operation_id = "list_admin_users",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = AdminUserPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -122,28 +149,63 @@ async fn list(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let next_after = crate::http::page::finish(&mut items, limit, |u| u.id.clone());
-    Ok(Json(serde_json::json!({"items": items, "next_after": next_after})).into_response())
+    Ok(Json(AdminUserPage { items, next_after }).into_response())
 }
 
 /// One entry of the login history.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct LoginEntry {
+    /// The sequence of its event in the user's stream (newer is greater).
     sequence: i64,
+    /// `succeeded`, `wrong_password`, `locked`, `inactive`, `tenant_suspended`, `locked_out`,
+    /// `logout`, `refresh_reuse` or `session_limit`.
     outcome: String,
+    /// The session it opened or ended, if any.
     session_id: Option<String>,
     at: DateTime<Utc>,
 }
 
+/// An admin user's login history, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoginHistory {
+    /// The user.
+    user_id: String,
+    /// Their tenant.
+    tenant_id: String,
+    /// The entries, newest first.
+    items: Vec<LoginEntry>,
+    /// Pass as `before` for the next, older page; null on the last page.
+    next_before: Option<i64>,
+}
+
 /// Paging.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LoginParams {
     /// 1–500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_before` of the previous page: entries older than it (newest first).
     before: Option<i64>,
 }
 
+/// An admin user's login history.
+///
+/// Every login attempt on the account, every lock and session end, newest first (outcome:
+/// succeeded, wrong_password, locked, inactive, tenant_suspended, locked_out, logout,
+/// refresh_reuse, session_limit). For admins of the user's tenant and the user; anyone else
+/// gets 404. Paged: `next_before` (null on the last page) is passed as `before` for the next,
+/// older page.
+#[utoipa::path(
+    get,
+    path = "/v1/admin-users/{id}/logins",
+    params(("id" = String, Path), LoginParams),
+    responses(
+        (status = 200, description = "History.", body = LoginHistory)
+    ),
+    security(("bearer" = []))
+)]
 async fn logins(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -184,11 +246,11 @@ async fn logins(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     let next_before = crate::http::page::finish(&mut entries, limit, |e| e.sequence);
-    Ok(Json(serde_json::json!({
-        "user_id": id,
-        "tenant_id": tenant,
-        "items": entries,
-        "next_before": next_before,
-    }))
+    Ok(Json(LoginHistory {
+        user_id: id,
+        tenant_id: tenant,
+        items: entries,
+        next_before,
+    })
     .into_response())
 }

@@ -11,12 +11,12 @@
 pub mod reports;
 
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::{Principal, Role};
 use events::http::{AuthUser, Json, Problem, Query};
@@ -45,19 +45,19 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/payments", get(list))
-        .route("/v1/payments/{id}", get(detail))
-        .route("/v1/payments/{id}/timeline", get(timeline))
-        .route("/v1/catalog/products", get(products))
-        .route("/v1/catalog/taxes", get(taxes))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
+        .routes(routes!(timeline))
+        .routes(routes!(products))
+        .routes(routes!(taxes))
         .merge(reports::router())
 }
 
@@ -92,7 +92,8 @@ fn reads_payments(who: &Principal) -> bool {
 }
 
 /// A payment as the dashboard lists it (the `payments` read model).
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
     /// The payment (aggregate) id.
     id: Uuid,
@@ -100,7 +101,8 @@ pub struct PaymentView {
     tenant_id: String,
     /// `lyra` or `stripe`.
     provider: String,
-    /// One of [`STATUSES`].
+    /// `requested`, `link_created`, `paid`, `failed`, `expired`, `cancelled`,
+    /// `partially_refunded` or `refunded`.
     status: String,
     /// ISO 4217 code.
     currency: String,
@@ -150,10 +152,12 @@ const COLUMNS: &str = "p.id, p.tenant_id, p.provider, p.status, p.currency, p.ne
      p.updated_at, p.version";
 
 /// Filters and page of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// One of [`STATUSES`].
+    /// `requested`, `link_created`, `paid`, `failed`, `expired`, `cancelled`,
+    /// `partially_refunded` or `refunded`.
     status: Option<String>,
     /// `lyra` or `stripe`.
     provider: Option<String>,
@@ -164,21 +168,36 @@ pub struct ListParams {
     /// `true`: only payments with a report that needs attention; `false`: only without.
     attention: Option<bool>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
 /// One page of payments, newest request first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PaymentPage {
     /// The payments.
     items: Vec<PaymentView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/payments`.
+/// Payments.
+///
+/// Newest `requested_at` first; keyset cursor. A super admin reads every tenant's (or one, with
+/// `tenant_id`); a tenant admin only their own tenant's (403 when naming another); agents and
+/// customers 403. Amounts are integers in the currency's minor unit.
+#[utoipa::path(
+    get,
+    path = "/v1/payments",
+    operation_id = "list_payments",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = PaymentPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -223,7 +242,8 @@ async fn list(
 }
 
 /// Read-your-writes on a payment.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
@@ -231,7 +251,8 @@ pub struct DetailParams {
 }
 
 /// A line of a payment, as requested.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PaymentLine)]
 pub struct LineView {
     /// The product.
     product_id: String,
@@ -254,7 +275,8 @@ pub struct LineView {
 }
 
 /// A refund of a payment.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PaymentRefund)]
 pub struct RefundView {
     /// The `Refunded` event's sequence in the payment's stream (see the timeline).
     sequence: i64,
@@ -268,7 +290,8 @@ pub struct RefundView {
 
 /// Another charge of the customer for a payment already paid (a second checkout), which the
 /// tenant must return.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PaymentCharge)]
 pub struct ChargeView {
     /// The provider's transaction (refund this one at the provider).
     provider_reference: String,
@@ -289,21 +312,25 @@ pub struct ChargeView {
 }
 
 /// A payment with its lines and refunds.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
 pub struct PaymentDetail {
     /// The payment.
     #[serde(flatten)]
     #[sqlx(flatten)]
     payment: PaymentView,
     /// Its lines, in order.
+    #[schema(value_type = Vec<LineView>)]
     lines: sqlx::types::Json<Vec<LineView>>,
     /// Its refunds, in order.
+    #[schema(value_type = Vec<RefundView>)]
     refunds: sqlx::types::Json<Vec<RefundView>>,
     /// The customer's other charges for it (duplicates to return), in order.
+    #[schema(value_type = Vec<ChargeView>)]
     other_charges: sqlx::types::Json<Vec<ChargeView>>,
     /// Every charge of it, the one that paid it first, each with what was refunded of it:
     /// a refund shows on the charge it named even when the payment, kept by a duplicate,
     /// stays paid.
+    #[schema(value_type = Vec<ChargeView>)]
     charges: sqlx::types::Json<Vec<ChargeView>>,
     /// What the tenant holds and must return, in the payment's currency, minor units: what it
     /// kept beyond the total (duplicates), and the charges in another amount not yet
@@ -356,7 +383,24 @@ fn payment_uuid(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::not_found("payment not found"))
 }
 
-/// `GET /v1/payments/{id}`.
+/// A payment.
+///
+/// With its lines (in order) and refunds (in order; `sequence` is the `Refunded` event's in the
+/// payment's stream). Read-your-writes with `min_version`/`X-Min-Version` as for tenants.
+/// Anyone who does not administer the payment's tenant gets 404.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}",
+    operation_id = "payment",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The payment.", body = PaymentDetail, headers(
+            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -391,7 +435,8 @@ async fn detail(
 }
 
 /// One event of a payment's stream.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = PaymentTimelineEvent)]
 pub struct TimelineEvent {
     /// Position in the payment's stream (1-based).
     sequence: i64,
@@ -410,7 +455,8 @@ pub struct TimelineEvent {
 }
 
 /// What the provider said, from a webhook's `Received` event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ReceivedWebhook)]
 pub struct Received {
     /// `stripe` or `lyra`.
     provider: String,
@@ -425,7 +471,8 @@ pub struct Received {
 }
 
 /// The webhook behind an event of a payment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = CausingWebhook)]
 pub struct CausedBy {
     /// The webhook (aggregate) id.
     id: String,
@@ -435,7 +482,8 @@ pub struct CausedBy {
 }
 
 /// A payment's history for auditors.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PaymentTimeline)]
 pub struct Timeline {
     /// The payment.
     payment_id: Uuid,
@@ -455,7 +503,21 @@ fn caused_by(payload: &serde_json::Value) -> Option<&str> {
         .as_str()
 }
 
-/// `GET /v1/payments/{id}/timeline`.
+/// A payment's timeline (auditors).
+///
+/// Every event of the payment from the event store (always current), in order, each with the
+/// provider webhook that caused it (`webhook`: what its `Received` event recorded, including
+/// the provider's parsed body), or `null` when no webhook did. For super admins and the
+/// payment's tenant admins; anyone else gets 404.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{id}/timeline",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The timeline.", body = Timeline)
+    ),
+    security(("bearer" = []))
+)]
 async fn timeline(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -540,7 +602,8 @@ async fn received(state: &AppState, ids: &[String]) -> Result<HashMap<String, Ca
 }
 
 /// Whose catalog to read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaxParams {
     /// A super admin names the tenant; staff read their own.
@@ -548,7 +611,8 @@ pub struct TaxParams {
 }
 
 /// Whose catalog to read, and which products.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProductParams {
     /// A super admin names the tenant; staff read their own.
@@ -558,7 +622,8 @@ pub struct ProductParams {
 }
 
 /// A product of a catalog.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Product)]
 pub struct ProductView {
     /// Its id within the tenant.
     id: String,
@@ -577,7 +642,8 @@ pub struct ProductView {
 }
 
 /// A tax of a catalog.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Tax)]
 pub struct TaxView {
     /// Its id within the tenant.
     id: String,
@@ -589,6 +655,24 @@ pub struct TaxView {
     included: bool,
     /// Last change.
     updated_at: DateTime<Utc>,
+}
+
+/// A tenant's products.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProductList {
+    /// The tenant.
+    tenant_id: String,
+    /// Its products, by name.
+    items: Vec<ProductView>,
+}
+
+/// A tenant's taxes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TaxList {
+    /// The tenant.
+    tenant_id: String,
+    /// Its taxes, by name.
+    items: Vec<TaxView>,
 }
 
 /// The tenant whose catalog `who` reads: the one asked for (a super admin must name one),
@@ -617,7 +701,19 @@ fn catalog_tenant(who: &Principal, asked: Option<String>) -> Result<String, Prob
     }
 }
 
-/// `GET /v1/catalog/products`.
+/// A tenant's products.
+///
+/// A tenant's catalog, for its staff (agents included); a super admin names the tenant with
+/// `tenant_id` (400 without). Naming another tenant: 403. By name.
+#[utoipa::path(
+    get,
+    path = "/v1/catalog/products",
+    params(ProductParams),
+    responses(
+        (status = 200, description = "The products.", body = ProductList)
+    ),
+    security(("bearer" = []))
+)]
 async fn products(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -642,10 +738,26 @@ async fn products(
         .fetch_all(&state.pool)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    Ok(Json(serde_json::json!({"tenant_id": tenant, "items": items})).into_response())
+    Ok(Json(ProductList {
+        tenant_id: tenant,
+        items,
+    })
+    .into_response())
 }
 
-/// `GET /v1/catalog/taxes`.
+/// A tenant's taxes.
+///
+/// A tenant's catalog, for its staff (agents included); a super admin names the tenant with
+/// `tenant_id` (400 without). Naming another tenant: 403. By name.
+#[utoipa::path(
+    get,
+    path = "/v1/catalog/taxes",
+    params(TaxParams),
+    responses(
+        (status = 200, description = "The taxes.", body = TaxList)
+    ),
+    security(("bearer" = []))
+)]
 async fn taxes(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -661,7 +773,11 @@ async fn taxes(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(Json(serde_json::json!({"tenant_id": tenant, "items": items})).into_response())
+    Ok(Json(TaxList {
+        tenant_id: tenant,
+        items,
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -37,12 +37,12 @@
 //! admin may group by tenant.
 
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
@@ -54,8 +54,8 @@ use crate::http::scope::admin_scope;
 use crate::AppState;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/payments/reports/revenue", get(revenue))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(revenue))
 }
 
 /// How revenue is grouped.
@@ -103,7 +103,8 @@ impl GroupBy {
 }
 
 /// What to report.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RevenueParams {
     /// `day` (default), `product` or `tenant`.
@@ -230,7 +231,8 @@ struct Sums {
 }
 
 /// Revenue figures of a group or of a currency, minor units.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = RevenueFigures)]
 pub struct Figures {
     /// Payments paid in the range (by product: quantity sold).
     payments: i64,
@@ -273,14 +275,15 @@ impl Figures {
 }
 
 /// One row of the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RevenueRow {
     /// Day (`YYYY-MM-DD`), product id or tenant id.
     key: String,
-    /// The product's name (by product only).
+    /// The product's name on its most recent payment line in the report (by product only;
+    /// absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    /// The product's tenant (by product only).
+    /// The product's tenant (by product only; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant_id: Option<String>,
     /// ISO 4217 code.
@@ -291,7 +294,8 @@ pub struct RevenueRow {
 }
 
 /// The totals of one currency.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RevenueTotals)]
 pub struct CurrencyTotals {
     /// ISO 4217 code.
     currency: String,
@@ -301,7 +305,7 @@ pub struct CurrencyTotals {
 }
 
 /// The report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RevenueReport {
     /// `day`, `product` or `tenant`.
     group_by: &'static str,
@@ -317,7 +321,33 @@ pub struct RevenueReport {
     totals: Vec<CurrencyTotals>,
 }
 
-/// `GET /v1/payments/reports/revenue`.
+/// Revenue report.
+///
+/// Revenue by UTC day, by product or by tenant (super admins only; others 403), in `[from,
+/// to)`. Never summed across currencies: the currency is part of every group, and `totals` has
+/// one entry per currency. A payment counts on its `paid_at`; each refund on its own
+/// `refunded_at` (a refund is a change of what the payment kept: a duplicate charge kept after
+/// the first one was refunded makes it paid again, a negative refund on that day), so every
+/// grouping of a range has the same totals. A refund's net part is round(amount × net / total);
+/// by product, a line takes the share gross/total (net share net/total) of each refund, rounded
+/// cumulatively over the payment's lines so the shares add up exactly. Amounts are integers in
+/// minor units, in JSON and CSV. A super admin reads every tenant or names one; a tenant admin
+/// always their own (403 when naming another). CSV (`format=csv`): a header row then one line
+/// per row (`day` | `product_id,name,tenant_id` | `tenant_id`, then
+/// `currency,payments,gross_paid,refunds,gross,net,tax`), quoted per RFC 4180, a text cell
+/// starting with = + - @ (or tab, CR) prefixed with an apostrophe.
+#[utoipa::path(
+    get,
+    path = "/v1/payments/reports/revenue",
+    params(RevenueParams),
+    responses(
+        (status = 200, description = "The report: JSON, or CSV with `format=csv` (as an attachment).", content(
+            (RevenueReport = "application/json"),
+            (String = "text/csv")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn revenue(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

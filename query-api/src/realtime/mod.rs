@@ -24,12 +24,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use events::access::{Principal, Role};
 use events::http::{AuthUser, Json, Problem};
 use events::realtime::{channel_auth, user_auth, valid_socket_id, Channel, ConnectionUser};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -95,7 +95,7 @@ impl crate::context::BoundedContext for Context {
         })
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router().merge(stream::router())
     }
 
@@ -109,20 +109,31 @@ impl crate::context::BoundedContext for Context {
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/realtime/auth", post(auth))
-        .route("/chat/realtime/auth", post(auth))
-        .route("/realtime/user-auth", post(user_auth_answer))
-        .route("/chat/realtime/user-auth", post(user_auth_answer))
-        .route("/realtime/config", get(config))
-        .route("/chat/realtime/config", get(config))
-        .route("/realtime/watch", get(watch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(auth))
+        .routes(routes!(auth_alias))
+        .routes(routes!(user_auth_answer))
+        .routes(routes!(user_auth_alias))
+        .routes(routes!(config))
+        .routes(routes!(config_alias))
+        .routes(routes!(watch))
 }
 
 /// A page a person can open to watch a thread live (history, then the SSE stream).
 const WATCH_PAGE: &str = include_str!("watch.html");
 
+/// Watch a thread live (a page).
+///
+/// A small HTML page: paste a token and a thread id; it shows the thread's history and follows
+/// `/v1/stream`.
+#[utoipa::path(
+    get,
+    path = "/realtime/watch",
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html")
+    )
+)]
 async fn watch() -> Response {
     (
         [
@@ -168,11 +179,12 @@ fn watch_policy() -> &'static str {
 }
 
 /// What pusher-js needs to connect.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RealtimeConfig)]
 struct ClientConfig<'a> {
     /// Whether realtime is configured at all.
     enabled: bool,
-    /// App key.
+    /// App key; null when realtime is not configured.
     key: Option<&'a str>,
     /// `wsHost`.
     host: &'a str,
@@ -187,10 +199,25 @@ struct ClientConfig<'a> {
     /// `userAuthentication.endpoint` (call `signin()` after connecting: connections that do
     /// not sign in are closed).
     user_auth_endpoint: &'a str,
-    /// `enabledTransports`.
+    /// `enabledTransports`: `wss` with TLS, else `ws`.
+    #[schema(value_type = Vec<String>)]
     transports: [&'static str; 1],
 }
 
+/// Realtime client configuration.
+///
+/// What pusher-js needs: `new Pusher(key, {wsHost: host, wsPort: port, wssPort: port, forceTLS:
+/// tls, cluster, enabledTransports: transports, channelAuthorization: {endpoint: auth_endpoint,
+/// transport: 'ajax', headers: {Authorization: 'Bearer …'}}, userAuthentication: {endpoint:
+/// user_auth_endpoint, transport: 'ajax', headers: {Authorization: 'Bearer …'}}})`, then
+/// `pusher.signin()` (a connection that does not sign in is closed). Public: no secret in it.
+#[utoipa::path(
+    get,
+    path = "/realtime/config",
+    responses(
+        (status = 200, description = "The configuration.", body = ClientConfig)
+    )
+)]
 async fn config(State(state): State<AppState>) -> Response {
     let r = &state.ctx.realtime.settings;
     let config = ClientConfig {
@@ -207,8 +234,27 @@ async fn config(State(state): State<AppState>) -> Response {
     Json(config).into_response()
 }
 
+/// Realtime client configuration (alias).
+///
+/// What pusher-js needs: `new Pusher(key, {wsHost: host, wsPort: port, wssPort: port, forceTLS:
+/// tls, cluster, enabledTransports: transports, channelAuthorization: {endpoint: auth_endpoint,
+/// transport: 'ajax', headers: {Authorization: 'Bearer …'}}, userAuthentication: {endpoint:
+/// user_auth_endpoint, transport: 'ajax', headers: {Authorization: 'Bearer …'}}})`, then
+/// `pusher.signin()` (a connection that does not sign in is closed). Public: no secret in it.
+#[utoipa::path(
+    get,
+    path = "/chat/realtime/config",
+    responses(
+        (status = 200, description = "The configuration.", body = ClientConfig)
+    )
+)]
+async fn config_alias(state: State<AppState>) -> Response {
+    config(state).await
+}
+
 /// What a client sends to be let into a channel (form-encoded as pusher-js does, or JSON).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ChannelAuthRequest)]
 pub struct AuthRequest {
     /// The socket's id, as the server gave it.
     socket_id: String,
@@ -217,11 +263,12 @@ pub struct AuthRequest {
 }
 
 /// The authorizer's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ChannelAuth)]
 struct AuthAnswer {
     /// `key:signature`.
     auth: String,
-    /// For presence channels: the member's data, exactly as signed.
+    /// For presence channels: the member's data, exactly as signed (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     channel_data: Option<String>,
 }
@@ -264,6 +311,31 @@ fn forbidden() -> Problem {
     )
 }
 
+/// Pusher channel authorizer.
+///
+/// pusher-js's `channelAuthorization` endpoint (form-encoded, as pusher-js sends it, or JSON),
+/// with the admin or phone bearer token. Events are not delivered on channels: they reach the
+/// connection once it has signed in (`/realtime/user-auth`; pusher-js `pusher.user.bind`). The
+/// channels a client may join carry what members send each other and who is online:
+/// `presence-tenant-{tenant}` (the tenant's staff; `channel_data` = `{"user_id", "user_info":
+/// {"role"}}`, signed as `socket_id:channel_name:channel_data`) and `private-thread-{thread}`
+/// (typing as client events; the tenant's staff and the thread's participants; `auth` =
+/// `key:HMAC-SHA256(secret, "socket_id:channel_name")`). 403 `channel_forbidden` for a channel
+/// of ours the token may not join; 400 `invalid_channel` for other names (`private-tenant-…`
+/// and `private-user-…` included), `invalid_socket_id` for a socket id not of the form
+/// digits.digits; 503 `realtime_not_configured` without SOKETI_APP_KEY/SECRET.
+#[utoipa::path(
+    post,
+    path = "/realtime/auth",
+    request_body(content(
+        (AuthRequest = "application/x-www-form-urlencoded"),
+        (AuthRequest = "application/json")
+    )),
+    responses(
+        (status = 200, description = "The signature.", body = AuthAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn auth(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -306,15 +378,50 @@ async fn auth(
     Ok(Json(AuthAnswer { auth, channel_data }).into_response())
 }
 
+/// Pusher channel authorizer (alias).
+///
+/// pusher-js's `channelAuthorization` endpoint (form-encoded, as pusher-js sends it, or JSON),
+/// with the admin or phone bearer token. Events are not delivered on channels: they reach the
+/// connection once it has signed in (`/realtime/user-auth`; pusher-js `pusher.user.bind`). The
+/// channels a client may join carry what members send each other and who is online:
+/// `presence-tenant-{tenant}` (the tenant's staff; `channel_data` = `{"user_id", "user_info":
+/// {"role"}}`, signed as `socket_id:channel_name:channel_data`) and `private-thread-{thread}`
+/// (typing as client events; the tenant's staff and the thread's participants; `auth` =
+/// `key:HMAC-SHA256(secret, "socket_id:channel_name")`). 403 `channel_forbidden` for a channel
+/// of ours the token may not join; 400 `invalid_channel` for other names (`private-tenant-…`
+/// and `private-user-…` included), `invalid_socket_id` for a socket id not of the form
+/// digits.digits; 503 `realtime_not_configured` without SOKETI_APP_KEY/SECRET.
+#[utoipa::path(
+    post,
+    path = "/chat/realtime/auth",
+    request_body(content(
+        (AuthRequest = "application/x-www-form-urlencoded"),
+        (AuthRequest = "application/json")
+    )),
+    responses(
+        (status = 200, description = "The signature.", body = AuthAnswer)
+    ),
+    security(("bearer" = []))
+)]
+async fn auth_alias(
+    state: State<AppState>,
+    who: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    auth(state, who, headers, body).await
+}
+
 /// What a connection sends to sign in (form-encoded as pusher-js does, or JSON).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UserAuthRequest {
     /// The socket's id, as the server gave it.
     socket_id: String,
 }
 
 /// The user authenticator's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UserAuth)]
 struct UserAuthAnswer {
     /// `key:signature`.
     auth: String,
@@ -322,9 +429,34 @@ struct UserAuthAnswer {
     user_data: String,
 }
 
-/// Signs a connection in as the token's [`ConnectionUser`]. An admin token without a
-/// session (one a platform operator minted) is refused: delivery follows sessions, which
-/// such a token has none of.
+/// Pusher user authenticator (sign-in).
+///
+/// pusher-js's `userAuthentication` endpoint (`pusher.signin()`), form-encoded or JSON, with
+/// the bearer token of an admin's session or of a chatbot user. Every connection must sign in
+/// (Soketi closes one that does not within its timeout): events are delivered to the signed-in
+/// connections of the members who may see them now (`#server-to-user-{id}`; pusher-js
+/// `pusher.user.bind`), and a revoked session's connections are terminated. Answers `auth` =
+/// `key:HMAC-SHA256(secret, "socket_id::user::user_data")` and `user_data` = `{"id",
+/// "user_info": {"role"}}`, where `id` is `session-{sid}` (an admin's session) or
+/// `phone-{user_id}` (a chatbot user). 400 `invalid_body`, `invalid_socket_id`; 401
+/// `token_revoked` once the token's access was revoked; 403 `session_required` for an admin
+/// token without a session, 403 for service tokens; 503 `realtime_not_configured`.
+///
+/// Signs a connection in as the token's connection user. An admin token without a session
+/// (one a platform operator minted) is refused: delivery follows sessions, which such a token
+/// has none of.
+#[utoipa::path(
+    post,
+    path = "/realtime/user-auth",
+    request_body(content(
+        (UserAuthRequest = "application/x-www-form-urlencoded"),
+        (UserAuthRequest = "application/json")
+    )),
+    responses(
+        (status = 200, description = "The signature.", body = UserAuthAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn user_auth_answer(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -363,6 +495,39 @@ async fn user_auth_answer(
             .to_string();
     let auth = user_auth(key, secret, &request.socket_id, &user_data);
     Ok(Json(UserAuthAnswer { auth, user_data }).into_response())
+}
+
+/// Pusher user authenticator (sign-in) (alias).
+///
+/// pusher-js's `userAuthentication` endpoint (`pusher.signin()`), form-encoded or JSON, with
+/// the bearer token of an admin's session or of a chatbot user. Every connection must sign in
+/// (Soketi closes one that does not within its timeout): events are delivered to the signed-in
+/// connections of the members who may see them now (`#server-to-user-{id}`; pusher-js
+/// `pusher.user.bind`), and a revoked session's connections are terminated. Answers `auth` =
+/// `key:HMAC-SHA256(secret, "socket_id::user::user_data")` and `user_data` = `{"id",
+/// "user_info": {"role"}}`, where `id` is `session-{sid}` (an admin's session) or
+/// `phone-{user_id}` (a chatbot user). 400 `invalid_body`, `invalid_socket_id`; 401
+/// `token_revoked` once the token's access was revoked; 403 `session_required` for an admin
+/// token without a session, 403 for service tokens; 503 `realtime_not_configured`.
+#[utoipa::path(
+    post,
+    path = "/chat/realtime/user-auth",
+    request_body(content(
+        (UserAuthRequest = "application/x-www-form-urlencoded"),
+        (UserAuthRequest = "application/json")
+    )),
+    responses(
+        (status = 200, description = "The signature.", body = UserAuthAnswer)
+    ),
+    security(("bearer" = []))
+)]
+async fn user_auth_alias(
+    state: State<AppState>,
+    who: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    user_auth_answer(state, who, headers, body).await
 }
 
 /// The session (`sid`) of the request's bearer token, which the extractor verified.

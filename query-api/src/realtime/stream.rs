@@ -12,13 +12,13 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use events::access::Principal;
 use events::http::{AuthUser, Problem};
 use events::realtime::{Channel, RealtimeEvent};
@@ -38,8 +38,8 @@ const LAG: usize = 4096;
 const NO_FOR: Duration = Duration::from_secs(2);
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/stream", get(stream))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
 /// A realtime event as this process received it.
@@ -340,6 +340,29 @@ struct Open {
     _slot: StreamSlot,
 }
 
+/// Realtime events (Server-Sent Events).
+///
+/// The same events as the Pusher channels (docs/realtime.md), those the token may see: staff
+/// every event of their tenant, a customer those of the threads they take part in and of their
+/// user channel. Each is `event: {name}`, `id: {event_id}`, `data: {JSON}`; a comment every 15
+/// s keeps the connection open. With `Last-Event-ID` the stream first replays what followed
+/// that id, if it is still in the window (5 minutes, 10,000 events); otherwise, or when the
+/// client falls too far behind, it sends `event: reset` (reload through the query API). Send
+/// the token in `Authorization` (read the stream with fetch). The stream ends when the token
+/// expires (reconnect with a new token and `Last-Event-ID`); it also sends `reset` when
+/// query-api's own NATS connection dropped. One user (staff member or customer) holds at most
+/// `STREAMS_PER_USER` open streams per query-api process (default 5); another answers 429
+/// `too_many_streams` until one closes.
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    params(("Last-Event-ID" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The stream: `event: {name}`, `id: {event_id}`, `data: {JSON}` (docs/realtime.md lists each event's fields; `reset` carries `reason`).", body = String, content_type = "text/event-stream"),
+        (status = 429, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
 async fn stream(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

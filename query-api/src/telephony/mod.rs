@@ -5,12 +5,12 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::http::page;
@@ -33,20 +33,21 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/telephony/calls", get(list))
-        .route("/v1/telephony/calls/{call_sid}", get(detail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
 }
 
-/// A call as the API shows it.
-#[derive(Debug, Serialize, FromRow)]
+/// A call of one of the tenant's numbers, as the provider reported it.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Call)]
 pub struct CallView {
     /// The row's id (the paging key).
     #[serde(skip)]
@@ -64,9 +65,12 @@ pub struct CallView {
     missed: bool,
     duration_secs: Option<i32>,
     recording_sid: Option<String>,
+    /// Where the provider serves the recording.
     recording_url: Option<String>,
+    /// When the platform first heard of the call.
     started_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// The call stream's version last applied.
     version: i64,
 }
 
@@ -75,7 +79,8 @@ const COLUMNS: &str = "id, call_sid, tenant_id, direction, from_number, to_numbe
                        updated_at, version";
 
 /// Filters and page of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// A super admin's choice of tenant.
@@ -83,19 +88,35 @@ pub struct ListParams {
     /// Only missed calls (`true`), or only the others (`false`).
     missed: Option<bool>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
 /// One page of calls, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallPage {
+    /// The calls.
     items: Vec<CallView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
+/// Calls of the tenant's numbers.
+///
+/// Newest first; keyset cursor. Staff (any admin role) read their tenant's; a super admin names
+/// a tenant or reads all; chatbot users 403; naming another tenant 403.
+#[utoipa::path(
+    get,
+    path = "/v1/telephony/calls",
+    operation_id = "list_calls",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = CallPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -128,6 +149,19 @@ async fn list(
     Ok(Json(CallPage { items, next_cursor }).into_response())
 }
 
+/// One call.
+///
+/// The call named by its CallSid; 404 for an unknown call or another tenant's.
+#[utoipa::path(
+    get,
+    path = "/v1/telephony/calls/{call_sid}",
+    operation_id = "call",
+    params(("call_sid" = String, Path)),
+    responses(
+        (status = 200, description = "The call.", body = CallView)
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -3,13 +3,13 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::http::{freshness, page};
@@ -31,33 +31,39 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants", get(list))
-        .route("/v1/tenants/{id}", get(detail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
 }
 
 /// A tenant as the dashboard shows it.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Tenant)]
 pub struct TenantView {
     id: Uuid,
     name: String,
     slug: String,
     contact_email: String,
+    /// `pending`, `active`, `rejected` or `suspended`.
     status: String,
     preferences: serde_json::Value,
+    /// The uploaded logo (`object_key`, `content_type`, `size_bytes`, `sha256`); null until
+    /// one is uploaded.
     logo: Option<serde_json::Value>,
+    /// The departments' names, sorted.
     departments: serde_json::Value,
     rejection_reason: Option<String>,
     suspension_reason: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// The aggregate version this row reflects.
     version: i64,
 }
 
@@ -66,24 +72,28 @@ const COLUMNS: &str =
                        suspension_reason, created_at, updated_at, version";
 
 /// Filters and page of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// Only tenants in this status.
+    /// Only tenants in this status: `pending`, `active`, `rejected` or `suspended`.
     status: Option<String>,
     /// Case-insensitive substring of the name.
     q: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-/// One page.
-#[derive(Debug, Serialize)]
+/// One page of tenants, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TenantPage)]
 pub struct Page {
+    /// The tenants.
     items: Vec<TenantView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -100,6 +110,19 @@ fn scope(who: &Principal) -> Result<Option<String>, Problem> {
     }
 }
 
+/// List tenants.
+///
+/// Newest first. A super admin sees every tenant; other staff only their own.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    operation_id = "list_tenants",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = Page)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -159,13 +182,33 @@ async fn list(
 
 /// Read-your-writes: `min_version` (or header `X-Min-Version`) waits, bounded, until the
 /// read model reflects that version.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
     min_version: Option<i64>,
 }
 
+/// A tenant.
+///
+/// Read-your-writes: with `min_version` (or header `X-Min-Version`) the read waits, at most
+/// READ_WAIT_MS (default 2 s), until the row reflects that version; if it gives up it answers
+/// what it has with `X-Read-Stale: true`. `X-Read-Version` and `ETag` carry the row's version.
+/// Other tenants' staff get 404.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}",
+    operation_id = "tenant",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The tenant.", body = TenantView, headers(
+            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

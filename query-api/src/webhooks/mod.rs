@@ -10,12 +10,12 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::http::filters::{one_of, plain};
@@ -42,30 +42,32 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks", get(list))
-        .route("/v1/webhooks/rejections", get(rejections))
-        .route("/v1/webhooks/{id}", get(detail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(rejections))
+        .routes(routes!(detail))
 }
 
 /// Where a webhook's processing stands (the `webhooks.status` column).
 const STATUSES: [&str; 4] = ["received", "retrying", "processed", "dead"];
 
 /// A webhook as admins list it (the `webhooks` read model).
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Webhook)]
 pub struct WebhookView {
     /// The webhook (aggregate) id, derived from provider and provider event id.
     id: Uuid,
-    /// The named payment's tenant, else `platform`.
+    /// The tenant it concerns (the named payment's, the number's owner, the audio file's),
+    /// else `platform`.
     tenant_id: String,
-    /// `stripe` or `lyra`.
+    /// `lyra`, `stripe`, `signalwire`, `assemblyai` or `whatsapp`.
     provider: String,
     /// The provider's id of the event.
     provider_event_id: String,
@@ -101,13 +103,14 @@ const COLUMNS: &str = "id, tenant_id, provider, provider_event_id, event_type, p
      updated_at, version";
 
 /// Filters and page of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// A super admin may pick a tenant (or `platform`); a tenant admin always reads their
     /// own.
     tenant_id: Option<String>,
-    /// `lyra` or `stripe`.
+    /// `lyra`, `stripe`, `signalwire`, `assemblyai` or `whatsapp`.
     provider: Option<String>,
     /// `received`, `retrying`, `processed` or `dead`.
     status: Option<String>,
@@ -118,6 +121,7 @@ pub struct ListParams {
     /// Only webhooks received before this instant.
     to: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// Opaque cursor from the previous page's `next_cursor`.
     cursor: Option<String>,
@@ -137,15 +141,29 @@ fn instant(raw: Option<&str>, name: &str) -> Result<Option<DateTime<Utc>>, Probl
 }
 
 /// One page of webhooks, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookPage {
     /// The webhooks.
     items: Vec<WebhookView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/webhooks`.
+/// Received webhooks.
+///
+/// Newest `received_at` first; keyset cursor. A super admin reads all (or one tenant's, or
+/// `platform`'s: those that named no known payment); a tenant admin only their tenant's (403
+/// when naming another); others 403.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "list_webhooks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page.", body = WebhookPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -184,7 +202,8 @@ async fn list(
 }
 
 /// Read-your-writes on a webhook (a replay's answer).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
@@ -192,11 +211,13 @@ pub struct DetailParams {
 }
 
 /// One event of a webhook's stream.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = WebhookEvent)]
 pub struct HistoryEvent {
     /// Position in the stream (1-based).
     sequence: i64,
-    /// `Received`, `AttemptFailed`, `DeadLettered`, `Processed`, `ReplayRequested`.
+    /// `Received`, `AttemptFailed`, `DeadLettered`, `Processed`, `ReplayRequested`,
+    /// `HeldForTenant`.
     event_type: String,
     /// The event as stored (externally tagged).
     payload: serde_json::Value,
@@ -205,7 +226,7 @@ pub struct HistoryEvent {
 }
 
 /// A webhook with what the provider sent and its processing history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookDetail {
     /// The webhook.
     #[serde(flatten)]
@@ -227,7 +248,25 @@ fn provider_body(history: &[HistoryEvent]) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// `GET /v1/webhooks/{id}`.
+/// A webhook.
+///
+/// With the provider's parsed body (`payload`, from its `Received` event) and its processing
+/// history (every event of its stream). Read-your-writes with `min_version`/`X-Min-Version` as
+/// for tenants. Anyone who does not administer the webhook's tenant gets 404 (only super admins
+/// see `platform` webhooks).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "webhook",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The webhook.", body = WebhookDetail, headers(
+            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn detail(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -274,19 +313,23 @@ async fn detail(
 }
 
 /// Filters and page of the rejections.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RejectionParams {
-    /// `lyra` or `stripe`.
+    /// `lyra`, `stripe`, `signalwire`, `assemblyai` or `whatsapp`.
     provider: Option<String>,
     /// Only rejections with a smaller id (the previous page's `next_before`).
+    #[param(minimum = 1)]
     before: Option<i64>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
 /// A webhook that failed verification.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = WebhookRejection)]
 pub struct RejectionView {
     /// Its number (newer is greater).
     id: i64,
@@ -315,15 +358,28 @@ pub struct RejectionView {
 }
 
 /// One page of rejections, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookRejectionPage)]
 pub struct RejectionPage {
     /// The rejections.
     items: Vec<RejectionView>,
-    /// Pass as `before` for older ones; absent on the last page.
+    /// Pass as `before` for older ones; null on the last page.
     next_before: Option<i64>,
 }
 
-/// `GET /v1/webhooks/rejections`.
+/// Webhooks that failed verification.
+///
+/// Newest first (command-api keeps the newest 1,000). Super admins only (others 403). `before`
+/// (the previous page's `next_before`) pages back.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/rejections",
+    params(RejectionParams),
+    responses(
+        (status = 200, description = "A page.", body = RejectionPage)
+    ),
+    security(("bearer" = []))
+)]
 async fn rejections(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -9,14 +9,13 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use events::http::{AuthUser, Json, Problem, Query};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sqlx::FromRow;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use uuid::Uuid;
 
@@ -43,21 +42,21 @@ impl crate::context::BoundedContext for Context {
         Ok(Self)
     }
 
-    fn routes() -> Router<AppState> {
+    fn routes() -> OpenApiRouter<AppState> {
         router()
     }
 }
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/whatsapp/sessions", get(sessions))
-        .route("/v1/whatsapp/sessions/{id}", get(session))
-        .route("/v1/whatsapp/sessions/{id}/messages", get(messages))
-        .route("/v1/whatsapp/sessions/{id}/analytics", get(analytics))
-        .route("/v1/whatsapp/messages/{id}", get(message))
-        .route("/v1/whatsapp/messages/{id}/media", get(media))
-        .route("/v1/whatsapp/contacts", get(contacts))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sessions))
+        .routes(routes!(session))
+        .routes(routes!(messages))
+        .routes(routes!(analytics))
+        .routes(routes!(message))
+        .routes(routes!(media))
+        .routes(routes!(contacts))
 }
 
 /// A session row.
@@ -110,48 +109,134 @@ const SESSION_SELECT: &str = "SELECT s.id, s.tenant_id, s.transport, s.phone_num
 /// The days a session's health looks back (the `7` of [`SESSION_SELECT`]).
 const HEALTH_DAYS: i64 = 7;
 
+/// A session with its health. Credentials, the verify token and its hash are never
+/// returned.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppSession)]
+pub struct SessionView {
+    id: Uuid,
+    /// The tenant that connected it last (kept after a disconnect).
+    tenant_id: String,
+    /// `cloud` (the Cloud API) or `bridge` (the tenant's bridge worker).
+    transport: String,
+    /// The provider's phone number id; `bridge:{digits}` for a bridge session.
+    phone_number_id: String,
+    business_account_id: Option<String>,
+    /// The number as the provider shows it.
+    display_phone_number: Option<String>,
+    /// The business name the provider verified.
+    verified_name: Option<String>,
+    /// `connected` or `disconnected`.
+    status: String,
+    connected_at: DateTime<Utc>,
+    disconnected_at: Option<DateTime<Utc>>,
+    /// Computed at read time from the session's messages of its current tenant created in
+    /// the last `days` days.
+    health: SessionHealth,
+    version: i64,
+}
+
+/// A session's health over the last 7 days (`days`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppSessionHealth)]
+pub struct SessionHealth {
+    /// The newest inbound message in the window (the contact's time).
+    last_inbound_at: Option<DateTime<Utc>>,
+    /// The newest outbound message in the window (when it was queued).
+    last_outbound_at: Option<DateTime<Utc>>,
+    /// Inbound messages in the window.
+    inbound_messages: i64,
+    /// Outbound messages in the window.
+    outbound_messages: i64,
+    /// The window the figures cover, in days (7).
+    days: i64,
+    /// Outbound messages of the window now `failed`.
+    failed_messages: i64,
+    /// `failed_messages / outbound_messages`; null when nothing went out.
+    failure_rate: Option<f64>,
+    /// The most recent failure in the window (by its message's last change), or null.
+    last_error: Option<SessionError>,
+}
+
+/// The most recent failure of a session's messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppSessionError)]
+pub struct SessionError {
+    /// The error code.
+    code: String,
+    /// Why, for people.
+    message: Option<String>,
+    /// When its message last changed.
+    at: Option<DateTime<Utc>>,
+}
+
 impl SessionRow {
-    fn view(self) -> serde_json::Value {
+    fn view(self) -> SessionView {
         let failure_rate = match self.outbound_count {
             0 => None,
             n => Some(self.failed_count as f64 / n as f64),
         };
-        json!({
-            "id": self.id,
-            "tenant_id": self.tenant_id,
-            "transport": self.transport,
-            "phone_number_id": self.phone_number_id,
-            "business_account_id": self.business_account_id,
-            "display_phone_number": self.display_phone_number,
-            "verified_name": self.verified_name,
-            "status": self.status,
-            "connected_at": self.connected_at,
-            "disconnected_at": self.disconnected_at,
-            "health": {
-                "last_inbound_at": self.last_inbound_at,
-                "last_outbound_at": self.last_outbound_at,
-                "inbound_messages": self.inbound_count,
-                "outbound_messages": self.outbound_count,
-                "days": HEALTH_DAYS,
-                "failed_messages": self.failed_count,
-                "failure_rate": failure_rate,
-                "last_error": self.last_error_code.map(|code| json!({
-                    "code": code, "message": self.last_error, "at": self.last_error_at,
-                })),
+        SessionView {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            transport: self.transport,
+            phone_number_id: self.phone_number_id,
+            business_account_id: self.business_account_id,
+            display_phone_number: self.display_phone_number,
+            verified_name: self.verified_name,
+            status: self.status,
+            connected_at: self.connected_at,
+            disconnected_at: self.disconnected_at,
+            health: SessionHealth {
+                last_inbound_at: self.last_inbound_at,
+                last_outbound_at: self.last_outbound_at,
+                inbound_messages: self.inbound_count,
+                outbound_messages: self.outbound_count,
+                days: HEALTH_DAYS,
+                failed_messages: self.failed_count,
+                failure_rate,
+                last_error: self.last_error_code.map(|code| SessionError {
+                    code,
+                    message: self.last_error,
+                    at: self.last_error_at,
+                }),
             },
-            "version": self.version,
-        })
+            version: self.version,
+        }
     }
 }
 
+/// The sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppSessionList)]
+pub struct SessionList {
+    /// Newest connection first.
+    items: Vec<SessionView>,
+}
+
 /// Query of the session list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsParams {
     /// A super admin's choice of tenant.
     tenant_id: Option<Uuid>,
 }
 
+/// WhatsApp sessions.
+///
+/// The connected and disconnected numbers with their health, newest connection first, at most
+/// 1,000 (no cursor). The tenant's staff (agents included) read their tenant's; a super admin
+/// every tenant's or one; phone users and service tokens 403.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/sessions",
+    params(SessionsParams),
+    responses(
+        (status = 200, description = "The sessions.", body = SessionList)
+    ),
+    security(("bearer" = []))
+)]
 async fn sessions(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -167,18 +252,36 @@ async fn sessions(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let items: Vec<_> = rows.into_iter().map(SessionRow::view).collect();
-    Ok(Json(json!({"items": items})).into_response())
+    let items = rows.into_iter().map(SessionRow::view).collect();
+    Ok(Json(SessionList { items }).into_response())
 }
 
 /// Read-your-writes on one row.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DetailParams {
     /// The version a command answered with.
     min_version: Option<i64>,
 }
 
+/// A WhatsApp session.
+///
+/// With its health. Read-your-writes with `min_version`/`X-Min-Version` (the `version` a
+/// session command answered) as for tenants. Anyone who is not the session's tenant's staff (or
+/// a super admin) gets 404, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/sessions/{id}",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The session.", body = SessionView, headers(
+            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn session(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -209,7 +312,8 @@ async fn session(
 }
 
 /// A message either way.
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = WhatsAppMessage)]
 pub struct MessageView {
     id: Uuid,
     conversation_id: Uuid,
@@ -241,7 +345,7 @@ pub struct MessageView {
     error: Option<String>,
     /// When it is tried again, while queued or retrying.
     next_attempt_at: Option<DateTime<Utc>>,
-    /// An inbound message's file: `stored` or `failed` (absent while fetching or when none).
+    /// An inbound message's file: `stored` or `failed` (null while fetching or when none).
     media_status: Option<String>,
     /// Its media type.
     media_type: Option<String>,
@@ -249,7 +353,8 @@ pub struct MessageView {
     media_size: Option<i64>,
     /// Why it could not be had.
     media_error: Option<String>,
-    /// A URL serving the stored file for a few minutes without a token.
+    /// A path serving the stored file for 5 minutes without a token; only in
+    /// `GET /v1/whatsapp/messages/{id}`, for a stored file (null otherwise and in lists).
     #[sqlx(skip)]
     media_url: Option<String>,
     created_at: DateTime<Utc>,
@@ -264,8 +369,17 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, tenant_id, session_id, wa_id
     next_attempt_at, media_status, media_type, media_size, media_error, created_at, sent_at,
     updated_at, version";
 
+/// A session's messages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppMessageList)]
+pub struct MessageList {
+    /// Newest first.
+    items: Vec<MessageView>,
+}
+
 /// Query of a session's messages.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MessagesParams {
     /// `in` or `out`.
@@ -275,9 +389,25 @@ pub struct MessagesParams {
     /// One contact.
     wa_id: Option<String>,
     /// At most this many, newest first (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// A WhatsApp session's messages.
+///
+/// The session's messages either way, of its current tenant only, newest first (`created_at`),
+/// at most `limit` (no cursor). `media_url` is null here: read one message for it. Anyone who
+/// is not the session's tenant's staff (or a super admin) gets 404, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/sessions/{id}/messages",
+    operation_id = "session_messages",
+    params(("id" = Uuid, Path), MessagesParams),
+    responses(
+        (status = 200, description = "The messages.", body = MessageList)
+    ),
+    security(("bearer" = []))
+)]
 async fn messages(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -329,9 +459,27 @@ async fn messages(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(Json(json!({"items": rows})).into_response())
+    Ok(Json(MessageList { items: rows }).into_response())
 }
 
+/// A WhatsApp message.
+///
+/// With its delivery status and, for an inbound message whose file is stored, `media_url`.
+/// Read-your-writes with `min_version`/`X-Min-Version` (the conversation `version` a send
+/// answered) as for tenants. Anyone who is not the message's tenant's staff (or a super admin)
+/// gets 404, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/messages/{id}",
+    params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
+    responses(
+        (status = 200, description = "The message.", body = MessageView, headers(
+            ("X-Read-Version" = i64, description = "The conversation's version the row reflects (also in `ETag`)."),
+            ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
+        ))
+    ),
+    security(("bearer" = []))
+)]
 async fn message(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -364,8 +512,10 @@ async fn message(
     }
 }
 
-/// A contact.
-#[derive(Debug, Serialize, FromRow)]
+/// A contact who wrote to one of the tenant's numbers (contacts are made by inbound messages
+/// only).
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = WhatsAppContact)]
 pub struct ContactView {
     tenant_id: String,
     /// Their WhatsApp id (their number's digits).
@@ -380,16 +530,40 @@ pub struct ContactView {
     last_inbound_at: Option<DateTime<Utc>>,
 }
 
+/// The contacts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppContactList)]
+pub struct ContactList {
+    /// Most recent inbound message first.
+    items: Vec<ContactView>,
+}
+
 /// Query of the contact list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContactsParams {
     /// A super admin's choice of tenant.
     tenant_id: Option<Uuid>,
     /// At most this many, most recent first (default 50, at most 200).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+/// WhatsApp contacts.
+///
+/// The contacts who wrote to the tenant's numbers, most recent inbound message first, at most
+/// `limit` (no cursor). The tenant's staff (agents included) read their tenant's; a super admin
+/// every tenant's or one; phone users and service tokens 403.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/contacts",
+    params(ContactsParams),
+    responses(
+        (status = 200, description = "The contacts.", body = ContactList)
+    ),
+    security(("bearer" = []))
+)]
 async fn contacts(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -416,7 +590,7 @@ async fn contacts(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(Json(json!({"items": rows})).into_response())
+    Ok(Json(ContactList { items: rows }).into_response())
 }
 
 /// How long a signed file URL works.
@@ -467,7 +641,8 @@ impl FileUrls {
 }
 
 /// Query of a file download: a signed URL's, or none with a bearer token.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MediaParams {
     /// Until when the signature works (Unix seconds).
@@ -476,12 +651,39 @@ pub struct MediaParams {
     signature: Option<String>,
 }
 
+// Documents the answer of `media`, which streams the file: never built.
+/// The file's bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct FileBytes(Vec<u8>);
+
 /// A stored file: its tenant, blob key, media type and size.
 type StoredFile = (String, Option<String>, Option<String>, Option<i64>);
 
-/// `GET /v1/whatsapp/messages/{id}/media`: an inbound message's file, streamed from the
-/// blob store, to the tenant's staff (bearer token) or to whoever holds a signed URL the
-/// message's detail handed out.
+/// An inbound WhatsApp message's file.
+///
+/// The file the contact sent, streamed from the blob store with its media type. Either a signed
+/// URL (`media_url` of `GET /v1/whatsapp/messages/{id}`, or `media.url` of a thread's history),
+/// valid 5 minutes, for this file only and without a token: `expires` and `signature` (hex
+/// HMAC-SHA256 of the message id and `expires`, under a key derived from the token secret);
+/// when both are given they alone decide. Or a bearer token of the message's tenant's staff (or
+/// a super admin). A file not stored (still fetched, failed, or none), an expired or wrong
+/// signature, no token, or a token of anyone else: 404, as for an unknown id. Served with
+/// `Cache-Control: private, max-age=300`, `X-Content-Type-Options: nosniff` and
+/// `Content-Security-Policy: sandbox; default-src 'none'` (a contact's file never runs as a
+/// page of this origin).
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/messages/{id}/media",
+    params(("id" = Uuid, Path), MediaParams),
+    responses(
+        (status = 200, description = "The file, with its media type (`application/octet-stream` when unknown).", body = inline(FileBytes), content_type = "*/*", headers(
+            ("Cache-Control" = String, description = "`private, max-age=300`.")
+        ))
+    ),
+    security(("bearer" = []), ())
+)]
 async fn media(
     State(state): State<AppState>,
     who: events::http::MaybeAuthUser,
@@ -545,7 +747,8 @@ async fn media(
 }
 
 /// Query of a session's analytics.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsParams {
     /// Inclusive start: an RFC 3339 date-time or a date (default: 30 days before `to`).
@@ -584,11 +787,91 @@ struct Failures {
     count: i64,
 }
 
-/// `GET /v1/whatsapp/sessions/{id}/analytics`: per day (UTC) of `[from, to)`, the
-/// session's messages by direction, type and status; the median first-response time (from
-/// a contact's message that began a wait — their first since the business last wrote — to
-/// the business's next message in that conversation); failures by error code. The tenant's
-/// staff read their sessions'.
+/// A session's analytics over `[from, to)`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppAnalytics)]
+pub struct Analytics {
+    /// The session.
+    session_id: Uuid,
+    /// Inclusive start.
+    from: DateTime<Utc>,
+    /// Exclusive end.
+    to: DateTime<Utc>,
+    /// Each UTC day with something to count, in order.
+    days: Vec<AnalyticsDay>,
+    /// Failures of the whole range by error code, ordered by code.
+    failures: Vec<FailureCount>,
+}
+
+/// One UTC day of a session's analytics.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppAnalyticsDay)]
+pub struct AnalyticsDay {
+    /// The day (`YYYY-MM-DD`).
+    day: chrono::NaiveDate,
+    /// Messages created that day by direction, type and status (the status now).
+    messages: Vec<MessageCount>,
+    /// The waits that began that day; null on a day no wait began.
+    first_response: Option<FirstResponse>,
+    /// Outbound messages queued that day and now failed, by error code.
+    failures: Vec<FailureCount>,
+}
+
+/// Messages of one day with the same direction, type and status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppMessageCount)]
+pub struct MessageCount {
+    /// `in` or `out`.
+    direction: String,
+    /// The provider's message type.
+    kind: String,
+    /// The status now.
+    status: String,
+    /// How many.
+    count: i64,
+}
+
+/// The first responses to the waits that began one day.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppFirstResponse)]
+pub struct FirstResponse {
+    /// Contact messages that began a wait.
+    waits: i64,
+    /// Of them, those answered (by now, even after `to`).
+    answered: i64,
+    /// Median seconds to the answer, over the answered ones; null when none was.
+    median_secs: Option<f64>,
+}
+
+/// Failed outbound messages with one error code.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WhatsAppFailureCount)]
+pub struct FailureCount {
+    /// The failure's error code (`unknown` when it has none).
+    code: String,
+    /// How many.
+    count: i64,
+}
+
+/// A WhatsApp session's analytics.
+///
+/// Per UTC day of `[from, to)` (at most 366 days; 400 `invalid_query` otherwise), of the
+/// session's messages of its current tenant: counts by direction, type and status (the status
+/// now); the first-response time, from a contact's message that began a wait (their first since
+/// the business last wrote in that conversation) to the next outbound message queued in that
+/// conversation, counted on the day of the contact's message; and failed outbound messages by
+/// error code, on the day they were queued. Only days with something to count are listed, in
+/// order. Anyone who is not the session's tenant's staff (or a super admin) gets 404, as for an
+/// unknown id.
+#[utoipa::path(
+    get,
+    path = "/v1/whatsapp/sessions/{id}/analytics",
+    params(("id" = Uuid, Path), AnalyticsParams),
+    responses(
+        (status = 200, description = "The analytics.", body = Analytics)
+    ),
+    security(("bearer" = []))
+)]
 async fn analytics(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -672,56 +955,63 @@ async fn analytics(
     .fetch_all(&state.pool)
     .await
     .map_err(unavailable)?;
-    // One entry per day that saw anything, in order.
+    let (days, failures) = by_day(counted, responses, failures);
+    Ok(Json(Analytics {
+        session_id: id,
+        from,
+        to,
+        days,
+        failures,
+    })
+    .into_response())
+}
+
+/// One entry per day that saw anything, in order, and the failures' totals by code.
+fn by_day(
+    counted: Vec<Counted>,
+    responses: Vec<Responses>,
+    failures: Vec<Failures>,
+) -> (Vec<AnalyticsDay>, Vec<FailureCount>) {
     let mut days = std::collections::BTreeMap::new();
     for c in counted {
-        push(
-            day_entry(&mut days, c.day),
-            "messages",
-            json!({"direction": c.direction,
-            "kind": c.kind, "status": c.status, "count": c.count}),
-        );
+        day_entry(&mut days, c.day).messages.push(MessageCount {
+            direction: c.direction,
+            kind: c.kind,
+            status: c.status,
+            count: c.count,
+        });
     }
     for r in responses {
-        day_entry(&mut days, r.day)["first_response"] = json!({"waits": r.waits,
-            "answered": r.answered, "median_secs": r.median_secs});
+        day_entry(&mut days, r.day).first_response = Some(FirstResponse {
+            waits: r.waits,
+            answered: r.answered,
+            median_secs: r.median_secs,
+        });
     }
     let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     for f in failures {
         *totals.entry(f.code.clone()).or_default() += f.count;
-        push(
-            day_entry(&mut days, f.day),
-            "failures",
-            json!({"code": f.code, "count": f.count}),
-        );
+        day_entry(&mut days, f.day).failures.push(FailureCount {
+            code: f.code,
+            count: f.count,
+        });
     }
-    let failures: Vec<_> = totals
+    let totals = totals
         .into_iter()
-        .map(|(code, count)| json!({"code": code, "count": count}))
+        .map(|(code, count)| FailureCount { code, count })
         .collect();
-    Ok(Json(json!({
-        "session_id": id,
-        "from": from,
-        "to": to,
-        "days": days.into_values().collect::<Vec<_>>(),
-        "failures": failures,
-    }))
-    .into_response())
+    (days.into_values().collect(), totals)
 }
 
 /// The analytics entry of day `d`, made empty when new.
 fn day_entry(
-    days: &mut std::collections::BTreeMap<chrono::NaiveDate, serde_json::Value>,
+    days: &mut std::collections::BTreeMap<chrono::NaiveDate, AnalyticsDay>,
     d: chrono::NaiveDate,
-) -> &mut serde_json::Value {
-    days.entry(d).or_insert_with(
-        || json!({"day": d, "messages": [], "first_response": null, "failures": []}),
-    )
-}
-
-/// Appends `item` to the list `key` of `entry`.
-fn push(entry: &mut serde_json::Value, key: &str, item: serde_json::Value) {
-    if let Some(list) = entry[key].as_array_mut() {
-        list.push(item);
-    }
+) -> &mut AnalyticsDay {
+    days.entry(d).or_insert_with(|| AnalyticsDay {
+        day: d,
+        messages: Vec::new(),
+        first_response: None,
+        failures: Vec::new(),
+    })
 }

@@ -15,6 +15,7 @@ mod isolation;
 mod limits;
 mod live;
 mod nats_auth;
+mod openapi;
 mod ownership;
 mod payments;
 mod projector;
