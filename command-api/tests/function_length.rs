@@ -22,7 +22,6 @@ const CRATES: &[&str] = &["events", "command-api", "projector", "query-api"];
 const KNOWN: &[&str] = &[
     "command-api/src/audio/http.rs upload 208",
     "projector/src/payments/mod.rs PaymentsProjection::apply 176",
-    "command-api/src/identity/aggregate.rs AdminUser::handle 175",
     "command-api/src/whatsapp/service.rs process_webhook 175",
     "projector/src/chat/mod.rs ChatProjection::apply 161",
     "command-api/src/telephony/service.rs process_callback 159",
@@ -31,10 +30,7 @@ const KNOWN: &[&str] = &[
     "command-api/src/audio/aggregate.rs Audio::decide 151",
     "command-api/src/whatsapp/aggregate.rs Conversation::apply 148",
     "command-api/src/whatsapp/service.rs receive_message 148",
-    "command-api/src/payments/aggregate.rs Payment::provider_change 141",
-    "command-api/src/tenants/aggregate.rs Tenant::handle 141",
     "command-api/src/identity/auth.rs login_once 136",
-    "command-api/src/payments/aggregate.rs Payment::apply 128",
     "command-api/src/telephony/service.rs deliver_to_thread 128",
     "command-api/src/whatsapp/service.rs store_media 127",
     "projector/src/webhooks/mod.rs WebhooksProjection::apply 124",

@@ -316,6 +316,204 @@ impl AdminUser {
     }
 }
 
+impl AdminUser {
+    /// A new admin user: a free e-mail, a strong password (staged), a tenant unless a super
+    /// admin.
+    async fn create(
+        &self,
+        command: AdminUserCommand,
+        identity: &Identity,
+    ) -> Result<Vec<AdminUserEvent>, AdminUserError> {
+        let AdminUserCommand::Create {
+            user_id,
+            email,
+            password,
+            tenant_id,
+            role,
+            department,
+        } = command
+        else {
+            return Ok(vec![]);
+        };
+        if self.exists {
+            return Err(AdminUserError::AlreadyExists);
+        }
+        let email = Email::parse(&email)
+            .ok_or(AdminUserError::InvalidEmail)?
+            .into_inner()
+            .to_lowercase();
+        let password = Password::parse(&password).ok_or(AdminUserError::WeakPassword)?;
+        let department = parse_department(department)?;
+        if role != Role::SuperAdmin && tenant_id.is_none() {
+            return Err(AdminUserError::TenantRequired);
+        }
+        let unavailable = AdminUserError::Unavailable;
+        if !identity
+            .email_is_free(&email, &user_id)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(AdminUserError::EmailTaken);
+        }
+        let credential = identity
+            .stage_password(&user_id, password.expose())
+            .await
+            .map_err(unavailable)?;
+        Ok(vec![AdminUserEvent::Created {
+            email,
+            tenant_id,
+            role,
+            department,
+            credential: Some(credential),
+        }])
+    }
+
+    /// Role, department and whether the user may work at all.
+    async fn membership(
+        &self,
+        command: AdminUserCommand,
+        identity: &Identity,
+    ) -> Result<Vec<AdminUserEvent>, AdminUserError> {
+        self.require_exists()?;
+        Ok(match command {
+            AdminUserCommand::ChangeRole { user_id, role } => {
+                if self.role == Some(role) {
+                    vec![]
+                } else {
+                    self.not_the_last_super_admin(identity, &user_id).await?;
+                    if role != Role::SuperAdmin && self.tenant_id.is_none() {
+                        return Err(AdminUserError::TenantRequired);
+                    }
+                    vec![AdminUserEvent::RoleChanged { role }]
+                }
+            }
+            AdminUserCommand::ChangeDepartment { department } => {
+                let department = parse_department(department)?;
+                if self.department == department {
+                    vec![]
+                } else {
+                    vec![AdminUserEvent::DepartmentChanged { department }]
+                }
+            }
+            AdminUserCommand::Deactivate { user_id, by } => {
+                if user_id == by {
+                    return Err(AdminUserError::SelfDeactivation);
+                }
+                // Already done: a retry converges (its sessions ended with the first).
+                if !self.active {
+                    return Ok(vec![]);
+                }
+                self.not_the_last_super_admin(identity, &user_id).await?;
+                vec![AdminUserEvent::Deactivated {}]
+            }
+            AdminUserCommand::Reactivate => {
+                if self.active {
+                    return Err(AdminUserError::Active);
+                }
+                vec![AdminUserEvent::Reactivated {}]
+            }
+            _ => vec![],
+        })
+    }
+
+    /// A password changed by its owner, a reset issued, a reset carried out.
+    async fn passwords(
+        &self,
+        command: AdminUserCommand,
+        identity: &Identity,
+    ) -> Result<Vec<AdminUserEvent>, AdminUserError> {
+        self.require_exists()?;
+        if !self.active {
+            return Err(AdminUserError::Inactive);
+        }
+        let unavailable = AdminUserError::Unavailable;
+        let (user_id, new, kept_session) = match command {
+            AdminUserCommand::ChangePassword {
+                user_id,
+                current,
+                new,
+                kept_session,
+                at,
+            } => {
+                if self.locked_until.is_some_and(|until| at < until) {
+                    return Err(AdminUserError::Locked);
+                }
+                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
+                if !identity
+                    .check_password(&user_id, &current)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    // A guess at the password through this door counts like one at login.
+                    return Ok(self.wrong_password(at));
+                }
+                (user_id, new, Some(kept_session))
+            }
+            AdminUserCommand::IssuePasswordReset { expires_at, reset } => {
+                return Ok(vec![AdminUserEvent::PasswordResetIssued {
+                    expires_at,
+                    reset: Some(reset),
+                }]);
+            }
+            AdminUserCommand::ResetPassword { user_id, new } => {
+                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
+                (user_id, new, None)
+            }
+            _ => return Ok(vec![]),
+        };
+        let credential = Some(
+            identity
+                .stage_password(&user_id, new.expose())
+                .await
+                .map_err(unavailable)?,
+        );
+        Ok(vec![match kept_session {
+            Some(kept_session) => AdminUserEvent::PasswordChanged {
+                kept_session,
+                credential,
+            },
+            None => AdminUserEvent::PasswordReset { credential },
+        }])
+    }
+
+    /// A login, and a session ended.
+    async fn sessions(
+        &self,
+        command: AdminUserCommand,
+        identity: &Identity,
+    ) -> Result<Vec<AdminUserEvent>, AdminUserError> {
+        match command {
+            AdminUserCommand::Login {
+                user_id,
+                password,
+                session_id,
+                at,
+                tenant_suspended,
+            } => {
+                let events = self
+                    .login(&user_id, &password, session_id, at, identity)
+                    .await?;
+                // Only a right password learns that the tenant is suspended; it opens no
+                // session and does not count toward the lock.
+                Ok(match events.as_slice() {
+                    [AdminUserEvent::LoginSucceeded { .. }] if tenant_suspended => {
+                        vec![AdminUserEvent::LoginFailed {
+                            reason: LoginFailure::TenantSuspended,
+                            at,
+                        }]
+                    }
+                    _ => events,
+                })
+            }
+            AdminUserCommand::RevokeSession { session_id, reason } => {
+                self.require_exists()?;
+                Ok(vec![AdminUserEvent::SessionRevoked { session_id, reason }])
+            }
+            _ => Ok(vec![]),
+        }
+    }
+}
+
 impl Aggregate for AdminUser {
     const TYPE: &'static str = ADMIN_USER;
     type Command = AdminUserCommand;
@@ -329,170 +527,18 @@ impl Aggregate for AdminUser {
         identity: &Identity,
         sink: &EventSink<Self>,
     ) -> Result<(), AdminUserError> {
-        let unavailable = AdminUserError::Unavailable;
+        // Every command is named here, so a new one does not compile until it has a home.
         let events = match command {
-            AdminUserCommand::Create {
-                user_id,
-                email,
-                password,
-                tenant_id,
-                role,
-                department,
-            } => {
-                if self.exists {
-                    return Err(AdminUserError::AlreadyExists);
-                }
-                let email = Email::parse(&email)
-                    .ok_or(AdminUserError::InvalidEmail)?
-                    .into_inner()
-                    .to_lowercase();
-                let password = Password::parse(&password).ok_or(AdminUserError::WeakPassword)?;
-                let department = parse_department(department)?;
-                if role != Role::SuperAdmin && tenant_id.is_none() {
-                    return Err(AdminUserError::TenantRequired);
-                }
-                if !identity
-                    .email_is_free(&email, &user_id)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    return Err(AdminUserError::EmailTaken);
-                }
-                let credential = identity
-                    .stage_password(&user_id, password.expose())
-                    .await
-                    .map_err(unavailable)?;
-                vec![AdminUserEvent::Created {
-                    email,
-                    tenant_id,
-                    role,
-                    department,
-                    credential: Some(credential),
-                }]
-            }
-            AdminUserCommand::ChangeRole { user_id, role } => {
-                self.require_exists()?;
-                if self.role == Some(role) {
-                    vec![]
-                } else {
-                    self.not_the_last_super_admin(identity, &user_id).await?;
-                    if role != Role::SuperAdmin && self.tenant_id.is_none() {
-                        return Err(AdminUserError::TenantRequired);
-                    }
-                    vec![AdminUserEvent::RoleChanged { role }]
-                }
-            }
-            AdminUserCommand::ChangeDepartment { department } => {
-                self.require_exists()?;
-                let department = parse_department(department)?;
-                if self.department == department {
-                    vec![]
-                } else {
-                    vec![AdminUserEvent::DepartmentChanged { department }]
-                }
-            }
-            AdminUserCommand::Deactivate { user_id, by } => {
-                self.require_exists()?;
-                if user_id == by {
-                    return Err(AdminUserError::SelfDeactivation);
-                }
-                // Already done: a retry converges (its sessions ended with the first).
-                if !self.active {
-                    return Ok(());
-                }
-                self.not_the_last_super_admin(identity, &user_id).await?;
-                vec![AdminUserEvent::Deactivated {}]
-            }
-            AdminUserCommand::Reactivate => {
-                self.require_exists()?;
-                if self.active {
-                    return Err(AdminUserError::Active);
-                }
-                vec![AdminUserEvent::Reactivated {}]
-            }
-            AdminUserCommand::ChangePassword {
-                user_id,
-                current,
-                new,
-                kept_session,
-                at,
-            } => {
-                self.require_exists()?;
-                if !self.active {
-                    return Err(AdminUserError::Inactive);
-                }
-                if self.locked_until.is_some_and(|until| at < until) {
-                    return Err(AdminUserError::Locked);
-                }
-                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
-                if !identity
-                    .check_password(&user_id, &current)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    // A guess at the password through this door counts like one at login.
-                    let failed = self.wrong_password(at);
-                    self.write_all(sink, failed).await;
-                    return Ok(());
-                }
-                let credential = identity
-                    .stage_password(&user_id, new.expose())
-                    .await
-                    .map_err(unavailable)?;
-                vec![AdminUserEvent::PasswordChanged {
-                    kept_session,
-                    credential: Some(credential),
-                }]
-            }
-            AdminUserCommand::IssuePasswordReset { expires_at, reset } => {
-                self.require_exists()?;
-                if !self.active {
-                    return Err(AdminUserError::Inactive);
-                }
-                vec![AdminUserEvent::PasswordResetIssued {
-                    expires_at,
-                    reset: Some(reset),
-                }]
-            }
-            AdminUserCommand::ResetPassword { user_id, new } => {
-                self.require_exists()?;
-                if !self.active {
-                    return Err(AdminUserError::Inactive);
-                }
-                let new = Password::parse(&new).ok_or(AdminUserError::WeakPassword)?;
-                let credential = identity
-                    .stage_password(&user_id, new.expose())
-                    .await
-                    .map_err(unavailable)?;
-                vec![AdminUserEvent::PasswordReset {
-                    credential: Some(credential),
-                }]
-            }
-            AdminUserCommand::Login {
-                user_id,
-                password,
-                session_id,
-                at,
-                tenant_suspended,
-            } => {
-                let events = self
-                    .login(&user_id, &password, session_id, at, identity)
-                    .await?;
-                // Only a right password learns that the tenant is suspended; it opens no
-                // session and does not count toward the lock.
-                match events.as_slice() {
-                    [AdminUserEvent::LoginSucceeded { .. }] if tenant_suspended => {
-                        vec![AdminUserEvent::LoginFailed {
-                            reason: LoginFailure::TenantSuspended,
-                            at,
-                        }]
-                    }
-                    _ => events,
-                }
-            }
-            AdminUserCommand::RevokeSession { session_id, reason } => {
-                self.require_exists()?;
-                vec![AdminUserEvent::SessionRevoked { session_id, reason }]
+            AdminUserCommand::Create { .. } => self.create(command, identity).await?,
+            membership @ (AdminUserCommand::ChangeRole { .. }
+            | AdminUserCommand::ChangeDepartment { .. }
+            | AdminUserCommand::Deactivate { .. }
+            | AdminUserCommand::Reactivate) => self.membership(membership, identity).await?,
+            password @ (AdminUserCommand::ChangePassword { .. }
+            | AdminUserCommand::IssuePasswordReset { .. }
+            | AdminUserCommand::ResetPassword { .. }) => self.passwords(password, identity).await?,
+            session @ (AdminUserCommand::Login { .. } | AdminUserCommand::RevokeSession { .. }) => {
+                self.sessions(session, identity).await?
             }
         };
         self.write_all(sink, events).await;

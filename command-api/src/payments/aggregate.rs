@@ -302,6 +302,28 @@ fn covers_by_default() -> bool {
     true
 }
 
+/// A provider's report on a payment, as far as what the payment makes of it needs.
+struct Report {
+    /// The status reported (`paid`, `failed`, `expired`, `refunded`).
+    status: &'static str,
+    /// The webhook that carried it.
+    webhook_id: String,
+    /// When.
+    at: DateTime<Utc>,
+}
+
+impl Report {
+    /// The report recorded without effect, and why.
+    fn ignored(&self, reason: &str) -> PaymentEvent {
+        PaymentEvent::ProviderStatusIgnored {
+            status: self.status.to_owned(),
+            reason: reason.to_owned(),
+            webhook_id: self.webhook_id.clone(),
+            at: self.at,
+        }
+    }
+}
+
 impl Charge {
     /// What a refund reported as `refunded_total` of this charge (transaction `reference`)
     /// leads to.
@@ -607,11 +629,9 @@ impl Payment {
         status: ProviderStatus,
         at: DateTime<Utc>,
     ) -> PaymentEvent {
-        let name = status.name();
-        let ignored = |reason: &str| PaymentEvent::ProviderStatusIgnored {
-            status: name.to_owned(),
-            reason: reason.to_owned(),
-            webhook_id: webhook_id.clone(),
+        let report = Report {
+            status: status.name(),
+            webhook_id,
             at,
         };
         match status {
@@ -619,127 +639,233 @@ impl Payment {
                 amount,
                 currency,
                 reference,
-            } => {
-                if self.status.was_paid() {
-                    // The same transaction reported again is a repeat; another one is a
-                    // second charge of the customer, which staff must refund.
-                    // (A state read from a snapshot older than the reference knows none:
-                    // it cannot tell, and takes it as a repeat.)
-                    if self
-                        .provider_reference
-                        .as_ref()
-                        .is_none_or(|paid| paid == &reference)
-                        || self.extra_charges.contains_key(&reference)
-                    {
-                        ignored("already_paid")
-                    } else {
-                        let same = currency == self.currency && amount == self.total;
-                        PaymentEvent::ChargedAgain {
-                            amount,
-                            currency,
-                            provider_reference: reference,
-                            reason: if same {
-                                "duplicate_charge"
-                            } else {
-                                "amount_mismatch"
-                            }
-                            .into(),
-                            webhook_id,
-                            at,
-                        }
-                    }
-                } else if currency != self.currency || amount != self.total {
-                    // Money moved that does not pay the payment: tracked, to be returned.
-                    if self.extra_charges.contains_key(&reference) {
-                        ignored("charge_already_recorded")
-                    } else {
-                        PaymentEvent::ChargedAgain {
-                            amount,
-                            currency,
-                            provider_reference: reference,
-                            reason: "amount_mismatch".into(),
-                            webhook_id,
-                            at,
-                        }
-                    }
-                } else {
-                    PaymentEvent::Paid {
-                        amount,
-                        provider_reference: reference,
-                        webhook_id,
-                        at,
-                    }
-                }
-            }
+            } => self.paid_change(report, amount, currency, reference),
             ProviderStatus::Failed { reason } => {
                 if self.status.awaits_payment() {
                     PaymentEvent::Failed {
                         reason: printable(&reason, 500),
-                        webhook_id,
+                        webhook_id: report.webhook_id,
                         at,
                     }
                 } else {
-                    ignored(&format!("payment_{}", self.status.as_str()))
+                    report.ignored(&format!("payment_{}", self.status.as_str()))
                 }
             }
             ProviderStatus::Expired => {
                 if self.status.awaits_payment() {
-                    PaymentEvent::Expired { webhook_id, at }
+                    PaymentEvent::Expired {
+                        webhook_id: report.webhook_id,
+                        at,
+                    }
                 } else {
-                    ignored(&format!("payment_{}", self.status.as_str()))
+                    report.ignored(&format!("payment_{}", self.status.as_str()))
                 }
             }
             ProviderStatus::Refunded {
                 refunded_total,
                 currency,
                 reference,
-            } => {
-                let other = reference.as_ref().filter(|r| {
-                    self.provider_reference
-                        .as_ref()
-                        .is_some_and(|paid| paid != *r)
-                });
-                let named_charge = reference
-                    .as_ref()
-                    .filter(|r| self.provider_reference.as_ref() != Some(*r))
-                    .and_then(|r| self.extra_charges.get(r).map(|c| (r, c)));
-                if let Some((charge_ref, charge)) = named_charge {
-                    // Another charge being returned: the payment keeps what it was paid.
-                    charge.refund(charge_ref, refunded_total, &currency, &webhook_id, at)
-                } else if !self.status.was_paid() || other.is_some() {
-                    // Out of order (the confirmation of the payment, or of the charge it
-                    // names, is on its way; or the customer paid a payment staff had given
-                    // up on): held until that charge is reported.
-                    match self
-                        .held_refunds
-                        .get(reference.as_deref().unwrap_or_default())
-                    {
-                        Some(held) if held.refunded_total >= refunded_total => {
-                            ignored("refund_already_recorded")
-                        }
-                        _ => PaymentEvent::RefundHeld {
-                            refunded_total,
-                            currency,
-                            reference,
-                            webhook_id,
-                            at,
-                        },
+            } => self.refund_change(report, refunded_total, currency, reference),
+        }
+    }
+
+    /// A provider's report that money was paid.
+    fn paid_change(
+        &self,
+        report: Report,
+        amount: i64,
+        currency: String,
+        reference: String,
+    ) -> PaymentEvent {
+        let (webhook_id, at) = (report.webhook_id.clone(), report.at);
+        if self.status.was_paid() {
+            // The same transaction reported again is a repeat; another one is a second
+            // charge of the customer, which staff must refund. (A state read from a snapshot
+            // older than the reference knows none: it cannot tell, and takes it as a repeat.)
+            if self
+                .provider_reference
+                .as_ref()
+                .is_none_or(|paid| paid == &reference)
+                || self.extra_charges.contains_key(&reference)
+            {
+                report.ignored("already_paid")
+            } else {
+                let same = currency == self.currency && amount == self.total;
+                PaymentEvent::ChargedAgain {
+                    amount,
+                    currency,
+                    provider_reference: reference,
+                    reason: if same {
+                        "duplicate_charge"
+                    } else {
+                        "amount_mismatch"
                     }
-                } else if currency != self.currency {
-                    ignored("amount_mismatch")
-                } else if refunded_total > self.paid {
-                    ignored("refund_exceeds_paid")
-                } else if refunded_total <= self.refunded {
-                    ignored("refund_already_recorded")
-                } else {
-                    PaymentEvent::Refunded {
-                        amount: refunded_total - self.refunded,
-                        refunded_total,
-                        webhook_id,
-                        at,
-                    }
+                    .into(),
+                    webhook_id,
+                    at,
                 }
             }
+        } else if currency != self.currency || amount != self.total {
+            // Money moved that does not pay the payment: tracked, to be returned.
+            if self.extra_charges.contains_key(&reference) {
+                report.ignored("charge_already_recorded")
+            } else {
+                PaymentEvent::ChargedAgain {
+                    amount,
+                    currency,
+                    provider_reference: reference,
+                    reason: "amount_mismatch".into(),
+                    webhook_id,
+                    at,
+                }
+            }
+        } else {
+            PaymentEvent::Paid {
+                amount,
+                provider_reference: reference,
+                webhook_id,
+                at,
+            }
+        }
+    }
+
+    /// A provider's report that money was returned (of the payment, or of another charge).
+    fn refund_change(
+        &self,
+        report: Report,
+        refunded_total: i64,
+        currency: String,
+        reference: Option<String>,
+    ) -> PaymentEvent {
+        let other = reference.as_ref().filter(|r| {
+            self.provider_reference
+                .as_ref()
+                .is_some_and(|paid| paid != *r)
+        });
+        let named_charge = reference
+            .as_ref()
+            .filter(|r| self.provider_reference.as_ref() != Some(*r))
+            .and_then(|r| self.extra_charges.get(r).map(|c| (r, c)));
+        let at = report.at;
+        if let Some((charge_ref, charge)) = named_charge {
+            // Another charge being returned: the payment keeps what it was paid.
+            charge.refund(
+                charge_ref,
+                refunded_total,
+                &currency,
+                &report.webhook_id,
+                at,
+            )
+        } else if !self.status.was_paid() || other.is_some() {
+            // Out of order (the confirmation of the payment, or of the charge it names, is on
+            // its way; or the customer paid a payment staff had given up on): held until that
+            // charge is reported.
+            match self
+                .held_refunds
+                .get(reference.as_deref().unwrap_or_default())
+            {
+                Some(held) if held.refunded_total >= refunded_total => {
+                    report.ignored("refund_already_recorded")
+                }
+                _ => PaymentEvent::RefundHeld {
+                    refunded_total,
+                    currency,
+                    reference,
+                    webhook_id: report.webhook_id,
+                    at,
+                },
+            }
+        } else if currency != self.currency {
+            report.ignored("amount_mismatch")
+        } else if refunded_total > self.paid {
+            report.ignored("refund_exceeds_paid")
+        } else if refunded_total <= self.refunded {
+            report.ignored("refund_already_recorded")
+        } else {
+            PaymentEvent::Refunded {
+                amount: refunded_total - self.refunded,
+                refunded_total,
+                webhook_id: report.webhook_id,
+                at,
+            }
+        }
+    }
+    /// Money beyond the payment itself: other charges, refunds held or applied, provider
+    /// reports recorded without effect.
+    fn apply_money_back(&mut self, event: PaymentEvent) {
+        match event {
+            PaymentEvent::ChargedAgain {
+                amount,
+                currency,
+                provider_reference,
+                reason,
+                webhook_id,
+                ..
+            } => {
+                self.held_refunds.remove(&provider_reference);
+                self.extra_charges.insert(
+                    provider_reference,
+                    Charge {
+                        amount,
+                        currency,
+                        refunded: 0,
+                        covers: reason == "duplicate_charge",
+                    },
+                );
+                self.webhooks.insert(webhook_id);
+                self.settle();
+            }
+            PaymentEvent::ChargeRefunded {
+                provider_reference,
+                refunded_total,
+                webhook_id,
+                ..
+            } => {
+                if let Some(charge) = self.extra_charges.get_mut(&provider_reference) {
+                    charge.refunded = refunded_total;
+                }
+                self.webhooks.insert(webhook_id);
+                self.settle();
+            }
+            PaymentEvent::RefundHeld {
+                refunded_total,
+                currency,
+                reference,
+                webhook_id,
+                ..
+            } => {
+                self.held_refunds.insert(
+                    reference.clone().unwrap_or_default(),
+                    HeldRefund {
+                        refunded_total,
+                        currency,
+                        webhook_id: webhook_id.clone(),
+                        reference,
+                    },
+                );
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::Refunded {
+                refunded_total,
+                webhook_id,
+                ..
+            } => {
+                self.refunded = refunded_total;
+                self.status = Status::PartiallyRefunded;
+                self.settle();
+                self.webhooks.insert(webhook_id);
+            }
+            PaymentEvent::ProviderStatusIgnored {
+                webhook_id, reason, ..
+            } => {
+                // Streams written before refunds of other charges stayed held recorded them
+                // as not applicable when the payment was confirmed.
+                if reason == "refund_of_another_charge" {
+                    self.held_refunds.retain(|_, h| h.webhook_id != webhook_id);
+                }
+                self.webhooks.insert(webhook_id);
+            }
+            _ => {}
         }
     }
 }
@@ -876,57 +1002,6 @@ impl Aggregate for Payment {
                 self.status = Status::Paid;
                 self.webhooks.insert(webhook_id);
             }
-            PaymentEvent::ChargedAgain {
-                amount,
-                currency,
-                provider_reference,
-                reason,
-                webhook_id,
-                ..
-            } => {
-                self.held_refunds.remove(&provider_reference);
-                self.extra_charges.insert(
-                    provider_reference,
-                    Charge {
-                        amount,
-                        currency,
-                        refunded: 0,
-                        covers: reason == "duplicate_charge",
-                    },
-                );
-                self.webhooks.insert(webhook_id);
-                self.settle();
-            }
-            PaymentEvent::ChargeRefunded {
-                provider_reference,
-                refunded_total,
-                webhook_id,
-                ..
-            } => {
-                if let Some(charge) = self.extra_charges.get_mut(&provider_reference) {
-                    charge.refunded = refunded_total;
-                }
-                self.webhooks.insert(webhook_id);
-                self.settle();
-            }
-            PaymentEvent::RefundHeld {
-                refunded_total,
-                currency,
-                reference,
-                webhook_id,
-                ..
-            } => {
-                self.held_refunds.insert(
-                    reference.clone().unwrap_or_default(),
-                    HeldRefund {
-                        refunded_total,
-                        currency,
-                        webhook_id: webhook_id.clone(),
-                        reference,
-                    },
-                );
-                self.webhooks.insert(webhook_id);
-            }
             PaymentEvent::Failed { webhook_id, .. } => {
                 self.status = Status::Failed;
                 self.webhooks.insert(webhook_id);
@@ -936,26 +1011,11 @@ impl Aggregate for Payment {
                 self.webhooks.insert(webhook_id);
             }
             PaymentEvent::Cancelled { .. } => self.status = Status::Cancelled,
-            PaymentEvent::Refunded {
-                refunded_total,
-                webhook_id,
-                ..
-            } => {
-                self.refunded = refunded_total;
-                self.status = Status::PartiallyRefunded;
-                self.settle();
-                self.webhooks.insert(webhook_id);
-            }
-            PaymentEvent::ProviderStatusIgnored {
-                webhook_id, reason, ..
-            } => {
-                // Streams written before refunds of other charges stayed held recorded them
-                // as not applicable when the payment was confirmed.
-                if reason == "refund_of_another_charge" {
-                    self.held_refunds.retain(|_, h| h.webhook_id != webhook_id);
-                }
-                self.webhooks.insert(webhook_id);
-            }
+            money @ (PaymentEvent::ChargedAgain { .. }
+            | PaymentEvent::ChargeRefunded { .. }
+            | PaymentEvent::RefundHeld { .. }
+            | PaymentEvent::Refunded { .. }
+            | PaymentEvent::ProviderStatusIgnored { .. }) => self.apply_money_back(money),
         }
     }
 }

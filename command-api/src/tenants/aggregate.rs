@@ -187,80 +187,97 @@ impl Tenant {
             email.into_inner(),
         ))
     }
-}
-
-impl Aggregate for Tenant {
-    const TYPE: &'static str = AGGREGATE_TYPE;
-    type Command = TenantCommand;
-    type Event = TenantEvent;
-    type Error = TenantError;
-    type Services = TenantServices;
-
-    async fn handle(
-        &mut self,
+    /// A sign-up or a super admin's creation.
+    async fn opening(
+        &self,
         command: TenantCommand,
         services: &TenantServices,
-        sink: &EventSink<Self>,
-    ) -> Result<(), TenantError> {
-        let event = match command {
+    ) -> Result<Option<TenantEvent>, TenantError> {
+        let (signup, tenant_id, name, slug, contact_email) = match command {
             TenantCommand::RequestSignup {
                 tenant_id,
                 name,
                 slug,
                 contact_email,
-            } => {
-                let (name, slug, contact_email) = self
-                    .open(&tenant_id, &name, &slug, &contact_email, services)
-                    .await?;
-                TenantEvent::SignupRequested {
-                    name,
-                    slug,
-                    contact_email,
-                }
-            }
+            } => (true, tenant_id, name, slug, contact_email),
             TenantCommand::Create {
                 tenant_id,
                 name,
                 slug,
                 contact_email,
-            } => {
-                let (name, slug, contact_email) = self
-                    .open(&tenant_id, &name, &slug, &contact_email, services)
-                    .await?;
-                TenantEvent::Created {
-                    name,
-                    slug,
-                    contact_email,
-                }
+            } => (false, tenant_id, name, slug, contact_email),
+            _ => return Ok(None),
+        };
+        let (name, slug, contact_email) = self
+            .open(&tenant_id, &name, &slug, &contact_email, services)
+            .await?;
+        Ok(Some(if signup {
+            TenantEvent::SignupRequested {
+                name,
+                slug,
+                contact_email,
             }
-            TenantCommand::Approve => match self.status {
-                None => return Err(TenantError::NotFound),
-                Some(Status::Pending) => TenantEvent::Approved {},
-                Some(Status::Active | Status::Suspended) => {
-                    return Err(TenantError::AlreadyApproved)
-                }
-                Some(Status::Rejected) => return Err(TenantError::NotPending),
+        } else {
+            TenantEvent::Created {
+                name,
+                slug,
+                contact_email,
+            }
+        }))
+    }
+
+    /// Approval, rejection, suspension and reactivation: moves between statuses.
+    fn lifecycle(&self, command: TenantCommand) -> Result<Option<TenantEvent>, TenantError> {
+        let Some(status) = self.status else {
+            return Err(TenantError::NotFound);
+        };
+        let event = match command {
+            TenantCommand::Approve => match status {
+                Status::Pending => TenantEvent::Approved {},
+                Status::Active | Status::Suspended => return Err(TenantError::AlreadyApproved),
+                Status::Rejected => return Err(TenantError::NotPending),
             },
-            TenantCommand::Reject { reason } => match self.status {
-                None => return Err(TenantError::NotFound),
-                Some(Status::Pending) => TenantEvent::Rejected {
+            TenantCommand::Reject { reason } => match status {
+                Status::Pending => TenantEvent::Rejected {
                     reason: values::parse_reason(&reason).ok_or(TenantError::InvalidReason)?,
                 },
-                Some(_) => return Err(TenantError::NotPending),
+                _ => return Err(TenantError::NotPending),
             },
+            TenantCommand::Suspend { reason } => {
+                match status {
+                    Status::Active => {}
+                    Status::Suspended => return Err(TenantError::Suspended),
+                    Status::Rejected => return Err(TenantError::Rejected),
+                    Status::Pending => return Err(TenantError::NotActive),
+                }
+                TenantEvent::Suspended {
+                    reason: values::parse_reason(&reason).ok_or(TenantError::InvalidReason)?,
+                }
+            }
+            TenantCommand::Reactivate => match status {
+                Status::Suspended => TenantEvent::Reactivated {},
+                _ => return Err(TenantError::NotSuspended),
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+
+    /// What the tenant shows: its name, preferences and logo.
+    fn profile(&self, command: TenantCommand) -> Result<Option<TenantEvent>, TenantError> {
+        self.changeable()?;
+        let event = match command {
             TenantCommand::Rename { name } => {
-                self.changeable()?;
                 let name = TenantName::parse(&name)
                     .ok_or(TenantError::InvalidName)?
                     .into_inner();
                 if name == self.name {
                     // Renaming to the current name changes nothing and records nothing.
-                    return Ok(());
+                    return Ok(None);
                 }
                 TenantEvent::Renamed { name }
             }
             TenantCommand::UpdatePreferences { preferences } => {
-                self.changeable()?;
                 values::check_preferences(&preferences).map_err(|e| match e {
                     PreferencesError::NotAnObject => TenantError::PreferencesNotObject,
                     PreferencesError::TooLarge => TenantError::PreferencesTooLarge,
@@ -268,25 +285,39 @@ impl Aggregate for Tenant {
                 })?;
                 TenantEvent::PreferencesUpdated { preferences }
             }
-            TenantCommand::Suspend { reason } => {
-                match self.status {
-                    None => return Err(TenantError::NotFound),
-                    Some(Status::Active) => {}
-                    Some(Status::Suspended) => return Err(TenantError::Suspended),
-                    Some(Status::Rejected) => return Err(TenantError::Rejected),
-                    Some(Status::Pending) => return Err(TenantError::NotActive),
+            TenantCommand::RecordLogo {
+                object_key,
+                content_type,
+                size_bytes,
+                sha256,
+            } => {
+                if !values::LOGO_TYPES.contains(&content_type.as_str())
+                    || size_bytes == 0
+                    || size_bytes > values::MAX_LOGO_BYTES
+                {
+                    return Err(TenantError::InvalidLogo);
                 }
-                TenantEvent::Suspended {
-                    reason: values::parse_reason(&reason).ok_or(TenantError::InvalidReason)?,
+                TenantEvent::LogoUploaded {
+                    object_key,
+                    content_type,
+                    size_bytes,
+                    sha256,
                 }
             }
-            TenantCommand::Reactivate => match self.status {
-                None => return Err(TenantError::NotFound),
-                Some(Status::Suspended) => TenantEvent::Reactivated {},
-                Some(_) => return Err(TenantError::NotSuspended),
-            },
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+
+    /// Departments added and removed (one still holding members stays).
+    async fn departments(
+        &self,
+        command: TenantCommand,
+        services: &TenantServices,
+    ) -> Result<Option<TenantEvent>, TenantError> {
+        self.changeable()?;
+        let event = match command {
             TenantCommand::AddDepartment { name } => {
-                self.changeable()?;
                 let name = name.trim().to_owned();
                 if !(1..=80).contains(&name.chars().count()) || name.chars().any(char::is_control) {
                     return Err(TenantError::InvalidDepartment);
@@ -297,7 +328,6 @@ impl Aggregate for Tenant {
                 TenantEvent::DepartmentAdded { name }
             }
             TenantCommand::RemoveDepartment { tenant_id, name } => {
-                self.changeable()?;
                 // Named as it was added: surrounding spaces are not part of a name.
                 let Some(name) = self.department(&name).map(str::to_owned) else {
                     return Err(TenantError::NoSuchDepartment);
@@ -313,28 +343,46 @@ impl Aggregate for Tenant {
                 }
                 TenantEvent::DepartmentRemoved { name }
             }
-            TenantCommand::RecordLogo {
-                object_key,
-                content_type,
-                size_bytes,
-                sha256,
-            } => {
-                self.changeable()?;
-                if !values::LOGO_TYPES.contains(&content_type.as_str())
-                    || size_bytes == 0
-                    || size_bytes > values::MAX_LOGO_BYTES
-                {
-                    return Err(TenantError::InvalidLogo);
-                }
-                TenantEvent::LogoUploaded {
-                    object_key,
-                    content_type,
-                    size_bytes,
-                    sha256,
-                }
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+}
+
+impl Aggregate for Tenant {
+    const TYPE: &'static str = AGGREGATE_TYPE;
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+    type Error = TenantError;
+    type Services = TenantServices;
+
+    async fn handle(
+        &mut self,
+        command: TenantCommand,
+        services: &TenantServices,
+        sink: &EventSink<Self>,
+    ) -> Result<(), TenantError> {
+        // Every command is named here, so a new one does not compile until it has a home.
+        let event = match command {
+            opening @ (TenantCommand::RequestSignup { .. } | TenantCommand::Create { .. }) => {
+                self.opening(opening, services).await?
+            }
+            lifecycle @ (TenantCommand::Approve
+            | TenantCommand::Reject { .. }
+            | TenantCommand::Suspend { .. }
+            | TenantCommand::Reactivate) => self.lifecycle(lifecycle)?,
+            profile @ (TenantCommand::Rename { .. }
+            | TenantCommand::UpdatePreferences { .. }
+            | TenantCommand::RecordLogo { .. }) => self.profile(profile)?,
+            department @ (TenantCommand::AddDepartment { .. }
+            | TenantCommand::RemoveDepartment { .. }) => {
+                self.departments(department, services).await?
             }
         };
-        sink.write(event, self).await;
+        // Some commands change nothing, and record nothing (a rename to the current name).
+        if let Some(event) = event {
+            sink.write(event, self).await;
+        }
         Ok(())
     }
 
