@@ -27,7 +27,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/telephony/service.rs process_callback 159",
     "command-api/src/whatsapp/http.rs claim 152",
     "command-api/src/lib.rs Application::build_with_clock 152",
-    "command-api/src/audio/aggregate.rs Audio::decide 151",
     "command-api/src/whatsapp/aggregate.rs Conversation::apply 148",
     "command-api/src/whatsapp/service.rs receive_message 148",
     "command-api/src/identity/auth.rs login_once 136",

@@ -281,122 +281,110 @@ impl Audio {
     fn in_request(&self, at: DateTime<Utc>) -> bool {
         self.status == Status::Requesting || (self.status == Status::Uploaded && self.due(at))
     }
-
-    fn decide(&self, command: AudioCommand) -> Result<Option<AudioEvent>, AudioError> {
-        if self.tenant_id.is_none() && !matches!(command, AudioCommand::Upload { .. }) {
-            return Err(AudioError::NotFound);
+    /// A file uploaded: a new audio file only.
+    fn upload(&self, command: AudioCommand) -> Result<Option<AudioEvent>, AudioError> {
+        let AudioCommand::Upload {
+            tenant_id,
+            uploaded_by,
+            object_key,
+            content_type,
+            size_bytes,
+            sha256,
+            at,
+        } = command
+        else {
+            return Ok(None);
+        };
+        if self.tenant_id.is_some() {
+            return Err(AudioError::AlreadyExists);
         }
-        Ok(match command {
-            AudioCommand::Upload {
-                tenant_id,
-                uploaded_by,
-                object_key,
-                content_type,
-                size_bytes,
-                sha256,
-                at,
-            } => {
-                if self.tenant_id.is_some() {
-                    return Err(AudioError::AlreadyExists);
-                }
-                Some(AudioEvent::AudioUploaded {
-                    tenant_id,
-                    uploaded_by,
-                    object_key,
-                    content_type,
-                    size_bytes,
-                    sha256,
-                    at,
-                })
-            }
-            AudioCommand::Start { at } => {
-                self.due(at).then_some(AudioEvent::TranscriptionStarted {
-                    attempt: self.attempts + 1,
-                    until: at + REQUEST_LEASE,
-                    at,
-                })
-            }
-            AudioCommand::RecordUpload { upload_url, at } => (self.status == Status::Requesting
-                && self.unanswered_upload.as_deref() != Some(upload_url.as_str()))
-            .then_some(AudioEvent::TranscriptionUploaded { upload_url, at }),
-            AudioCommand::Retry { by, at } => match self.status {
-                Status::Completed => return Err(AudioError::AlreadyTranscribed),
-                Status::Failed => Some(AudioEvent::TranscriptionRetried { by, at }),
-                // Waiting out a back-off: now instead.
-                Status::Uploaded if self.retry_at.is_some_and(|r| r > at) => {
-                    Some(AudioEvent::TranscriptionRetried { by, at })
-                }
-                // Due already, or under way.
-                _ => None,
-            },
-            // Recorded while no request outcome is: from the request's answer, or from the
-            // service's webhook naming this file (its answer lost, or slower than the
-            // webhook) — once; a later answer or webhook naming another transcript changes
-            // nothing.
-            AudioCommand::RecordRequest { transcript_id, at } => {
-                (matches!(self.status, Status::Requesting | Status::Uploaded)
-                    && !self.past_transcripts.contains(&transcript_id))
-                .then_some(AudioEvent::TranscriptRequested { transcript_id, at })
-            }
-            AudioCommand::RecordRequestFailure {
+        Ok(Some(AudioEvent::AudioUploaded {
+            tenant_id,
+            uploaded_by,
+            object_key,
+            content_type,
+            size_bytes,
+            sha256,
+            at,
+        }))
+    }
+
+    /// A request that failed: tried again after a back-off, or failed for good after the
+    /// last attempt (or a permanent refusal). Nothing once no request is under way.
+    fn request_failed(&self, command: AudioCommand) -> Option<AudioEvent> {
+        let AudioCommand::RecordRequestFailure {
+            error,
+            unanswered_upload,
+            permanent,
+            at,
+        } = command
+        else {
+            return None;
+        };
+        if !self.in_request(at) {
+            return None;
+        }
+        let attempt = self.attempts + 1;
+        let error: String = error.chars().take(500).collect();
+        Some(if permanent || attempt >= MAX_REQUEST_ATTEMPTS {
+            AudioEvent::TranscriptionFailed {
+                attempts: attempt,
                 error,
+            }
+        } else {
+            AudioEvent::TranscriptionAttemptFailed {
+                attempt,
+                error,
+                retry_at: at + retry_delay(attempt),
                 unanswered_upload,
-                permanent,
-                at,
-            } => {
-                if !self.in_request(at) {
-                    return Ok(None);
-                }
-                let attempt = self.attempts + 1;
-                let error: String = error.chars().take(500).collect();
-                Some(if permanent || attempt >= MAX_REQUEST_ATTEMPTS {
-                    AudioEvent::TranscriptionFailed {
-                        attempts: attempt,
-                        error,
-                    }
-                } else {
-                    AudioEvent::TranscriptionAttemptFailed {
-                        attempt,
-                        error,
-                        retry_at: at + retry_delay(attempt),
-                        unanswered_upload,
-                    }
-                })
             }
-            AudioCommand::RecordCheck {
+        })
+    }
+
+    /// A check of the transcript awaited, when due (or forced): checked again later, or
+    /// given up after [`GIVE_UP_CHECKING`].
+    fn checked(&self, command: AudioCommand) -> Option<AudioEvent> {
+        let AudioCommand::RecordCheck {
+            transcript_id,
+            error,
+            forced,
+            at,
+        } = command
+        else {
+            return None;
+        };
+        if !self.awaits(&transcript_id) || !(forced || self.check_due(at)) {
+            return None;
+        }
+        let error = error.map(|e| e.chars().take(500).collect::<String>());
+        let waited = self
+            .requested_at
+            .is_some_and(|r| at - r >= GIVE_UP_CHECKING);
+        Some(if waited {
+            AudioEvent::TranscriptFailed {
                 transcript_id,
-                error,
-                forced,
+                error: match error {
+                    Some(e) => format!("no transcript after 24 hours; last check: {e}"),
+                    None => "no transcript after 24 hours".to_owned(),
+                },
+                webhook_id: None,
                 at,
-            } => {
-                if !self.awaits(&transcript_id) || !(forced || self.check_due(at)) {
-                    return Ok(None);
-                }
-                let error = error.map(|e| e.chars().take(500).collect::<String>());
-                let waited = self
-                    .requested_at
-                    .is_some_and(|r| at - r >= GIVE_UP_CHECKING);
-                Some(if waited {
-                    AudioEvent::TranscriptFailed {
-                        transcript_id,
-                        error: match error {
-                            Some(e) => format!("no transcript after 24 hours; last check: {e}"),
-                            None => "no transcript after 24 hours".to_owned(),
-                        },
-                        webhook_id: None,
-                        at,
-                    }
-                } else {
-                    let checks = self.checks + 1;
-                    AudioEvent::TranscriptChecked {
-                        transcript_id,
-                        checks,
-                        error,
-                        next_check_at: at + check_delay(checks),
-                        at,
-                    }
-                })
             }
+        } else {
+            let checks = self.checks + 1;
+            AudioEvent::TranscriptChecked {
+                transcript_id,
+                checks,
+                error,
+                next_check_at: at + check_delay(checks),
+                at,
+            }
+        })
+    }
+
+    /// The transcript awaited, completed or failed; any other transcript changes nothing.
+    fn transcript_outcome(&self, command: AudioCommand) -> Option<AudioEvent> {
+        match command {
             AudioCommand::Complete {
                 transcript_id,
                 text,
@@ -431,6 +419,50 @@ impl Audio {
                     webhook_id,
                     at,
                 }),
+            _ => None,
+        }
+    }
+
+    fn decide(&self, command: AudioCommand) -> Result<Option<AudioEvent>, AudioError> {
+        if self.tenant_id.is_none() && !matches!(command, AudioCommand::Upload { .. }) {
+            return Err(AudioError::NotFound);
+        }
+        Ok(match command {
+            upload @ AudioCommand::Upload { .. } => self.upload(upload)?,
+            AudioCommand::Start { at } => {
+                self.due(at).then_some(AudioEvent::TranscriptionStarted {
+                    attempt: self.attempts + 1,
+                    until: at + REQUEST_LEASE,
+                    at,
+                })
+            }
+            AudioCommand::RecordUpload { upload_url, at } => (self.status == Status::Requesting
+                && self.unanswered_upload.as_deref() != Some(upload_url.as_str()))
+            .then_some(AudioEvent::TranscriptionUploaded { upload_url, at }),
+            AudioCommand::Retry { by, at } => match self.status {
+                Status::Completed => return Err(AudioError::AlreadyTranscribed),
+                Status::Failed => Some(AudioEvent::TranscriptionRetried { by, at }),
+                // Waiting out a back-off: now instead.
+                Status::Uploaded if self.retry_at.is_some_and(|r| r > at) => {
+                    Some(AudioEvent::TranscriptionRetried { by, at })
+                }
+                // Due already, or under way.
+                _ => None,
+            },
+            // Recorded while no request outcome is: from the request's answer, or from the
+            // service's webhook naming this file (its answer lost, or slower than the
+            // webhook) — once; a later answer or webhook naming another transcript changes
+            // nothing.
+            AudioCommand::RecordRequest { transcript_id, at } => {
+                (matches!(self.status, Status::Requesting | Status::Uploaded)
+                    && !self.past_transcripts.contains(&transcript_id))
+                .then_some(AudioEvent::TranscriptRequested { transcript_id, at })
+            }
+            failure @ AudioCommand::RecordRequestFailure { .. } => self.request_failed(failure),
+            check @ AudioCommand::RecordCheck { .. } => self.checked(check),
+            outcome @ (AudioCommand::Complete { .. } | AudioCommand::Fail { .. }) => {
+                self.transcript_outcome(outcome)
+            }
         })
     }
 }
