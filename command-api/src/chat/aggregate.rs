@@ -1177,6 +1177,88 @@ impl Thread {
             _ => vec![],
         })
     }
+
+    /// A message sent: the latest messages, the author's read position, a scheduled
+    /// message delivered.
+    fn apply_sent(&mut self, event: ThreadEvent) {
+        let ThreadEvent::MessageSent {
+            message_id,
+            number,
+            author,
+            client_message_id,
+            attachment,
+            scheduled_id,
+            at,
+            ..
+        } = event
+        else {
+            return;
+        };
+        if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
+            s.finish(ScheduleState::Delivered);
+        }
+        // An author has read what they wrote (the read model counts it so too).
+        let read = self.reads.entry(author.id.clone()).or_insert(0);
+        *read = (*read).max(number);
+        self.message_count = self.message_count.max(number);
+        self.recent.push_back(MessageState {
+            id: message_id,
+            number,
+            author,
+            client_id: client_message_id,
+            at,
+            has_attachment: attachment.is_some(),
+            deleted: false,
+        });
+        while self.recent.len() > RECENT_MESSAGES {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Scheduled messages: scheduled, moved, cancelled, failed.
+    fn apply_schedule(&mut self, event: ThreadEvent) {
+        match event {
+            ThreadEvent::MessageScheduled {
+                scheduled_id,
+                author,
+                text,
+                attachment,
+                due_at,
+            } => {
+                self.scheduled.insert(
+                    scheduled_id,
+                    Scheduled {
+                        author,
+                        text,
+                        attachment,
+                        due_at,
+                        state: ScheduleState::Pending,
+                    },
+                );
+            }
+            ThreadEvent::MessageRescheduled {
+                scheduled_id,
+                due_at,
+            } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.due_at = due_at;
+                    s.state = ScheduleState::Pending;
+                }
+            }
+            ThreadEvent::ScheduleCancelled { scheduled_id } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.finish(ScheduleState::Cancelled);
+                }
+            }
+            // Kept whole: staff may reschedule it.
+            ThreadEvent::ScheduleFailed { scheduled_id, .. } => {
+                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
+                    s.state = ScheduleState::Failed;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Aggregate for Thread {
@@ -1240,36 +1322,7 @@ impl Aggregate for Thread {
             ThreadEvent::Closed { .. } => self.closed = true,
             ThreadEvent::Reopened { .. } => self.closed = false,
             ThreadEvent::Tagged { tags } => self.tags = tags,
-            ThreadEvent::MessageSent {
-                message_id,
-                number,
-                author,
-                client_message_id,
-                attachment,
-                scheduled_id,
-                at,
-                ..
-            } => {
-                if let Some(s) = scheduled_id.and_then(|id| self.scheduled.get_mut(&id)) {
-                    s.finish(ScheduleState::Delivered);
-                }
-                // An author has read what they wrote (the read model counts it so too).
-                let read = self.reads.entry(author.id.clone()).or_insert(0);
-                *read = (*read).max(number);
-                self.message_count = self.message_count.max(number);
-                self.recent.push_back(MessageState {
-                    id: message_id,
-                    number,
-                    author,
-                    client_id: client_message_id,
-                    at,
-                    has_attachment: attachment.is_some(),
-                    deleted: false,
-                });
-                while self.recent.len() > RECENT_MESSAGES {
-                    self.recent.pop_front();
-                }
-            }
+            sent @ ThreadEvent::MessageSent { .. } => self.apply_sent(sent),
             ThreadEvent::MessageEdited { .. } => {}
             ThreadEvent::MessageDeleted { message_id, .. } => {
                 // An older message's deletion is in the events its look-up reads.
@@ -1280,44 +1333,10 @@ impl Aggregate for Thread {
             ThreadEvent::Read { reader, number, .. } => {
                 self.reads.insert(reader.id, number);
             }
-            ThreadEvent::MessageScheduled {
-                scheduled_id,
-                author,
-                text,
-                attachment,
-                due_at,
-            } => {
-                self.scheduled.insert(
-                    scheduled_id,
-                    Scheduled {
-                        author,
-                        text,
-                        attachment,
-                        due_at,
-                        state: ScheduleState::Pending,
-                    },
-                );
-            }
-            ThreadEvent::MessageRescheduled {
-                scheduled_id,
-                due_at,
-            } => {
-                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
-                    s.due_at = due_at;
-                    s.state = ScheduleState::Pending;
-                }
-            }
-            ThreadEvent::ScheduleCancelled { scheduled_id } => {
-                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
-                    s.finish(ScheduleState::Cancelled);
-                }
-            }
-            // Kept whole: staff may reschedule it.
-            ThreadEvent::ScheduleFailed { scheduled_id, .. } => {
-                if let Some(s) = self.scheduled.get_mut(&scheduled_id) {
-                    s.state = ScheduleState::Failed;
-                }
-            }
+            scheduled @ (ThreadEvent::MessageScheduled { .. }
+            | ThreadEvent::MessageRescheduled { .. }
+            | ThreadEvent::ScheduleCancelled { .. }
+            | ThreadEvent::ScheduleFailed { .. }) => self.apply_schedule(scheduled),
         }
     }
 }

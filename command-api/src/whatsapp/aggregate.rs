@@ -668,42 +668,7 @@ fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
         s.chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     };
-    let strings: Vec<&str> = match content {
-        Outbound::Text { body, .. } => vec![body],
-        Outbound::Media {
-            link,
-            caption,
-            filename,
-            ..
-        } => [Some(link.as_str()), caption.as_deref(), filename.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect(),
-        Outbound::File {
-            object_key,
-            content_type,
-            caption,
-            filename,
-            ..
-        } => [
-            Some(object_key.as_str()),
-            Some(content_type.as_str()),
-            caption.as_deref(),
-            filename.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        Outbound::Template {
-            name,
-            language,
-            parameters,
-        } => [name.as_str(), language.as_str()]
-            .into_iter()
-            .chain(parameters.iter().map(String::as_str))
-            .collect(),
-    };
-    if strings.into_iter().any(controlled) {
+    if texts(content).into_iter().any(controlled) {
         return Err(Invalid("A message holds no control characters."));
     }
     match content {
@@ -748,36 +713,85 @@ fn check(content: &Outbound, tenant: &str) -> Result<(), ConversationError> {
             name,
             language,
             parameters,
-        } => {
-            let name_ok = !name.is_empty()
-                && name.len() <= 512
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !name_ok {
-                return Err(Invalid(
-                    "A template name has lowercase letters, digits and underscores.",
-                ));
-            }
-            let language_ok = (2..=10).contains(&language.len())
-                && language
-                    .chars()
-                    .all(|c| c.is_ascii_alphabetic() || c == '_');
-            if !language_ok {
-                return Err(Invalid("A template language is a code such as en_US."));
-            }
-            if parameters.len() > MAX_TEMPLATE_PARAMETERS {
-                return Err(Invalid("A template has at most 20 parameters."));
-            }
-            if parameters
-                .iter()
-                .any(|p| blank(p) || p.chars().count() > MAX_CAPTION_CHARS)
-            {
-                return Err(Invalid(
-                    "Every template parameter has a value (1 to 1024 characters).",
-                ));
-            }
-        }
+        } => check_template(name, language, parameters)?,
+    }
+    Ok(())
+}
+
+/// Every text a message carries, which no control character may be in.
+fn texts(content: &Outbound) -> Vec<&str> {
+    match content {
+        Outbound::Text { body, .. } => vec![body],
+        Outbound::Media {
+            link,
+            caption,
+            filename,
+            ..
+        } => [Some(link.as_str()), caption.as_deref(), filename.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Outbound::File {
+            object_key,
+            content_type,
+            caption,
+            filename,
+            ..
+        } => [
+            Some(object_key.as_str()),
+            Some(content_type.as_str()),
+            caption.as_deref(),
+            filename.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Outbound::Template {
+            name,
+            language,
+            parameters,
+        } => [name.as_str(), language.as_str()]
+            .into_iter()
+            .chain(parameters.iter().map(String::as_str))
+            .collect(),
+    }
+}
+
+/// A template's name, language and parameters, as WhatsApp takes them.
+fn check_template(
+    name: &str,
+    language: &str,
+    parameters: &[String],
+) -> Result<(), ConversationError> {
+    use ConversationError::InvalidMessage as Invalid;
+    let blank = |s: &str| s.trim().is_empty();
+    let name_ok = !name.is_empty()
+        && name.len() <= 512
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        return Err(Invalid(
+            "A template name has lowercase letters, digits and underscores.",
+        ));
+    }
+    let language_ok = (2..=10).contains(&language.len())
+        && language
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '_');
+    if !language_ok {
+        return Err(Invalid("A template language is a code such as en_US."));
+    }
+    if parameters.len() > MAX_TEMPLATE_PARAMETERS {
+        return Err(Invalid("A template has at most 20 parameters."));
+    }
+    if parameters
+        .iter()
+        .any(|p| blank(p) || p.chars().count() > MAX_CAPTION_CHARS)
+    {
+        return Err(Invalid(
+            "Every template parameter has a value (1 to 1024 characters).",
+        ));
     }
     Ok(())
 }
@@ -1344,6 +1358,110 @@ impl Conversation {
         }
         Ok(events)
     }
+
+    /// What became of a reply on its way out: attempts, acceptance, failure, changes,
+    /// delivery statuses.
+    fn apply_outgoing(&mut self, event: ConversationEvent) {
+        use ConversationEvent as E;
+        match event {
+            E::SendAttempted {
+                message_id,
+                attempt,
+                at,
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.state = SendState::Attempting;
+                    out.attempts = attempt;
+                    out.attempt_at = Some(at);
+                    // This attempt sends what the reply says now, changes included.
+                    out.changed_in_flight = None;
+                }
+            }
+            E::SendAttemptFailed {
+                message_id,
+                retry_at,
+                code,
+                ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.state = SendState::Queued;
+                    out.attempt_at = None;
+                    out.retry_at = Some(retry_at);
+                    out.may_have_gone_out |= may_have_gone_out(code.as_deref());
+                }
+            }
+            E::MessageSent {
+                message_id, wamid, ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
+                    out.state = SendState::Sent;
+                    out.failure = None;
+                    out.wamid = Some(wamid.clone());
+                    self.by_wamid.insert(wamid, message_id.clone());
+                    if first_finish {
+                        self.finished(message_id);
+                    }
+                }
+            }
+            E::MessageFailed {
+                message_id, code, ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    // Should the provider yet report it went out (an attempt taken after
+                    // all), the agent is told the contact has it.
+                    if code == "withdrawn" {
+                        out.changed_in_flight = Some("deleted".into());
+                    }
+                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
+                    out.state = SendState::Failed;
+                    out.failure = Some(code);
+                    if first_finish {
+                        self.finished(message_id);
+                    }
+                }
+            }
+            change @ (E::MessageRevised { .. }
+            | E::ChangeNotDelivered { .. }
+            | E::StatusUpdated { .. }) => self.apply_reply_change(change),
+            _ => {}
+        }
+    }
+
+    /// A reply revised, a change that did not reach the contact, a delivery status.
+    fn apply_reply_change(&mut self, event: ConversationEvent) {
+        use ConversationEvent as E;
+        match event {
+            E::MessageRevised {
+                message_id,
+                content,
+                ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.content = Some(content);
+                    // Until an attempt carries the edit (`SendAttempted` clears it), a
+                    // report that an earlier one went out means the contact has the
+                    // original.
+                    out.changed_in_flight = Some("edited".into());
+                }
+            }
+            E::ChangeNotDelivered {
+                message_id, change, ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.late_changes.insert(change);
+                }
+            }
+            E::StatusUpdated {
+                message_id, status, ..
+            } => {
+                if let Some(out) = self.outbound.get_mut(&message_id) {
+                    out.delivery = Some(status);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Aggregate for Conversation {
@@ -1417,83 +1535,13 @@ impl Aggregate for Conversation {
                     self.outbound_count += 1;
                 }
             }
-            E::SendAttempted {
-                message_id,
-                attempt,
-                at,
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.state = SendState::Attempting;
-                    out.attempts = attempt;
-                    out.attempt_at = Some(at);
-                    // This attempt sends what the reply says now, changes included.
-                    out.changed_in_flight = None;
-                }
-            }
-            E::SendAttemptFailed {
-                message_id,
-                retry_at,
-                code,
-                ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.state = SendState::Queued;
-                    out.attempt_at = None;
-                    out.retry_at = Some(retry_at);
-                    out.may_have_gone_out |= may_have_gone_out(code.as_deref());
-                }
-            }
-            E::MessageSent {
-                message_id, wamid, ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
-                    out.state = SendState::Sent;
-                    out.failure = None;
-                    out.wamid = Some(wamid.clone());
-                    self.by_wamid.insert(wamid, message_id.clone());
-                    if first_finish {
-                        self.finished(message_id);
-                    }
-                }
-            }
-            E::MessageFailed {
-                message_id, code, ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    // Should the provider yet report it went out (an attempt taken after
-                    // all), the agent is told the contact has it.
-                    if code == "withdrawn" {
-                        out.changed_in_flight = Some("deleted".into());
-                    }
-                    let first_finish = !matches!(out.state, SendState::Sent | SendState::Failed);
-                    out.state = SendState::Failed;
-                    out.failure = Some(code);
-                    if first_finish {
-                        self.finished(message_id);
-                    }
-                }
-            }
-            E::MessageRevised {
-                message_id,
-                content,
-                ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.content = Some(content);
-                    // Until an attempt carries the edit (`SendAttempted` clears it), a
-                    // report that an earlier one went out means the contact has the
-                    // original.
-                    out.changed_in_flight = Some("edited".into());
-                }
-            }
-            E::ChangeNotDelivered {
-                message_id, change, ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.late_changes.insert(change);
-                }
-            }
+            outgoing @ (E::SendAttempted { .. }
+            | E::SendAttemptFailed { .. }
+            | E::MessageSent { .. }
+            | E::MessageFailed { .. }
+            | E::MessageRevised { .. }
+            | E::ChangeNotDelivered { .. }
+            | E::StatusUpdated { .. }) => self.apply_outgoing(outgoing),
             // A failure that may pass (the session's token refused) leaves the file to be
             // fetched again.
             E::MediaStored { message_id, .. }
@@ -1508,13 +1556,6 @@ impl Aggregate for Conversation {
                 }
             }
             E::MediaFailed { .. } => {}
-            E::StatusUpdated {
-                message_id, status, ..
-            } => {
-                if let Some(out) = self.outbound.get_mut(&message_id) {
-                    out.delivery = Some(status);
-                }
-            }
         }
     }
 }
