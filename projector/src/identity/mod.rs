@@ -53,38 +53,7 @@ impl Projection for AdminUsersProjection {
         let users = target.table("admin_users");
         let logins = target.table("admin_logins");
         let (id, at, version) = (&e.aggregate_id, e.recorded_at, e.sequence as i64);
-        // A row of the login history, for the events that are one.
-        let history = |outcome: String, session: Option<String>, when| (outcome, session, when);
-        let entry = match &event {
-            AdminUserEvent::LoginSucceeded { session_id, at } => {
-                Some(history("succeeded".into(), Some(session_id.clone()), *at))
-            }
-            AdminUserEvent::LoginFailed { reason, at } => {
-                Some(history(snake::<LoginFailure>(reason), None, *at))
-            }
-            AdminUserEvent::LockedOut { .. } => {
-                Some(history("locked_out".into(), None, e.recorded_at))
-            }
-            AdminUserEvent::SessionRevoked { session_id, reason } => Some(history(
-                snake::<SessionEnd>(reason),
-                Some(session_id.clone()),
-                e.recorded_at,
-            )),
-            _ => None,
-        };
-        if let Some((outcome, session_id, when)) = entry {
-            sqlx::query(&format!(
-                "INSERT INTO {logins} (user_id, sequence, tenant_id, outcome, session_id, at) VALUES ($1, $2, $3, $4, $5, $6)"
-            ))
-            .bind(id)
-            .bind(version)
-            .bind(e.tenant_id())
-            .bind(outcome)
-            .bind(session_id)
-            .bind(when)
-            .execute(&mut *conn)
-            .await?;
-        }
+        record_login(conn, &logins, e, &event).await?;
         // The columns each later event changes; `$4` is bound only when the event has a value.
         let (set, value): (&str, Option<Value>) = match event {
             AdminUserEvent::Created {
@@ -147,6 +116,46 @@ impl Projection for AdminUsersProjection {
         }
         Ok(())
     }
+}
+
+/// The row of the login history an event is, if it is one.
+async fn record_login(
+    conn: &mut PgConnection,
+    logins: &str,
+    e: &Envelope,
+    event: &AdminUserEvent,
+) -> Result<(), ProjectionError> {
+    // A row of the login history, for the events that are one.
+    let history = |outcome: String, session: Option<String>, when| (outcome, session, when);
+    let entry = match event {
+        AdminUserEvent::LoginSucceeded { session_id, at } => {
+            Some(history("succeeded".into(), Some(session_id.clone()), *at))
+        }
+        AdminUserEvent::LoginFailed { reason, at } => {
+            Some(history(snake::<LoginFailure>(reason), None, *at))
+        }
+        AdminUserEvent::LockedOut { .. } => Some(history("locked_out".into(), None, e.recorded_at)),
+        AdminUserEvent::SessionRevoked { session_id, reason } => Some(history(
+            snake::<SessionEnd>(reason),
+            Some(session_id.clone()),
+            e.recorded_at,
+        )),
+        _ => None,
+    };
+    if let Some((outcome, session_id, when)) = entry {
+        sqlx::query(&format!(
+            "INSERT INTO {logins} (user_id, sequence, tenant_id, outcome, session_id, at) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&e.aggregate_id)
+        .bind(e.sequence as i64)
+        .bind(e.tenant_id())
+        .bind(outcome)
+        .bind(session_id)
+        .bind(when)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The context has no settings of its own.

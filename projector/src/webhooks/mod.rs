@@ -7,7 +7,7 @@ use events::webhooks::{Outcome, WebhookEvent, WEBHOOK};
 use events::Envelope;
 use sqlx::PgConnection;
 
-use crate::projection::{decode, Projection, ProjectionError, Target};
+use crate::projection::{decode, run, Projection, ProjectionError, RowUpdate, Target};
 
 fn outcome_name(o: Outcome) -> &'static str {
     match o {
@@ -41,67 +41,27 @@ impl Projection for WebhooksProjection {
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
         let table = target.table("webhooks");
-        let (id, version, recorded) = (e.aggregate_id.as_str(), e.sequence as i64, e.recorded_at);
+        let row = RowUpdate::new(table.clone(), e);
+        let id = e.aggregate_id.as_str();
         match decode::<WebhookEvent>(e)? {
-            WebhookEvent::Received {
-                provider,
-                provider_event_id,
-                event_type,
-                payment_id,
-                received_at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} (id, tenant_id, provider, provider_event_id, event_type,
-                                          payment_id, status, next_attempt_at, received_at,
-                                          updated_at, version)
-                     VALUES ($1::uuid, $2, $3, $4, $5, $6, 'received', $7, $7, $8, $9)"
-                ))
-                .bind(id)
-                .bind(e.tenant_id())
-                .bind(provider.as_str())
-                .bind(provider_event_id)
-                .bind(event_type)
-                .bind(payment_id)
-                .bind(received_at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(());
+            received @ WebhookEvent::Received { .. } => {
+                insert_received(conn, &table, e, received).await
             }
             WebhookEvent::AttemptFailed {
                 attempt,
                 error,
                 retry_at,
             } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'retrying', attempts = $4, last_error = $5,
-                        next_attempt_at = $6, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempt as i32)
-                .bind(error)
-                .bind(retry_at)
-                .execute(&mut *conn)
-                .await?
+                let sql = row.sql(
+                    "status = 'retrying', attempts = $4, last_error = $5, next_attempt_at = $6",
+                );
+                let query = row.query(&sql, id).bind(attempt as i32).bind(error);
+                run(conn, query.bind(retry_at)).await
             }
             WebhookEvent::DeadLettered { attempts, error } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'dead', attempts = $4, last_error = $5,
-                        next_attempt_at = NULL, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(attempts as i32)
-                .bind(error)
-                .execute(&mut *conn)
-                .await?
+                let sql = row
+                    .sql("status = 'dead', attempts = $4, last_error = $5, next_attempt_at = NULL");
+                run(conn, row.query(&sql, id).bind(attempts as i32).bind(error)).await
             }
             WebhookEvent::Processed {
                 outcome,
@@ -111,53 +71,67 @@ impl Projection for WebhooksProjection {
                 at,
                 ..
             } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'processed', outcome = $4,
-                        payment_id = coalesce($5, payment_id), detail = $6, processed_at = $7,
-                        tenant_id = coalesce($8, tenant_id),
-                        next_attempt_at = NULL, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(outcome_name(outcome))
-                .bind(payment_id)
-                .bind(detail)
-                .bind(at)
-                .bind(tenant_id)
-                .execute(&mut *conn)
-                .await?
+                let sql = row.sql(
+                    "status = 'processed', outcome = $4, payment_id = coalesce($5, payment_id),
+                     detail = $6, processed_at = $7, tenant_id = coalesce($8, tenant_id),
+                     next_attempt_at = NULL",
+                );
+                let query = row.query(&sql, id).bind(outcome_name(outcome));
+                let query = query.bind(payment_id).bind(detail).bind(at).bind(tenant_id);
+                run(conn, query).await
             }
             WebhookEvent::HeldForTenant { tenant_id, .. } => {
                 // Still due: the due work skips it while its tenant is suspended.
-                sqlx::query(&format!(
-                    "UPDATE {table} SET tenant_id = $4, updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(tenant_id)
-                .execute(&mut *conn)
-                .await?
+                run(
+                    conn,
+                    row.query(&row.sql("tenant_id = $4"), id).bind(tenant_id),
+                )
+                .await
             }
             WebhookEvent::ReplayRequested { at } => {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'received', attempts = 0, next_attempt_at = $4,
-                        updated_at = $2, version = $3
-                  WHERE id = $1::uuid"
-                ))
-                .bind(id)
-                .bind(recorded)
-                .bind(version)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?
+                let sql = row.sql("status = 'received', attempts = 0, next_attempt_at = $4");
+                run(conn, row.query(&sql, id).bind(at)).await
             }
-        };
-        Ok(())
+        }
     }
+}
+
+/// A webhook received: its row.
+async fn insert_received(
+    conn: &mut PgConnection,
+    table: &str,
+    e: &Envelope,
+    event: WebhookEvent,
+) -> Result<(), ProjectionError> {
+    let WebhookEvent::Received {
+        provider,
+        provider_event_id,
+        event_type,
+        payment_id,
+        received_at,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, tenant_id, provider, provider_event_id, event_type,
+                                  payment_id, status, next_attempt_at, received_at,
+                                  updated_at, version)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, 'received', $7, $7, $8, $9)"
+    ))
+    .bind(&e.aggregate_id)
+    .bind(e.tenant_id())
+    .bind(provider.as_str())
+    .bind(provider_event_id)
+    .bind(event_type)
+    .bind(payment_id)
+    .bind(received_at)
+    .bind(e.recorded_at)
+    .bind(e.sequence as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The context has no settings of its own.
