@@ -3,7 +3,7 @@
 //! check the transcript when due; a tenant admin: ask again), `POST /v1/audio/{id}/attach`
 //! (post the transcript in a chat thread), and the processing of AssemblyAI's webhooks.
 
-use axum::extract::multipart::MultipartRejection;
+use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -186,13 +186,7 @@ async fn upload(
     if who.is_super_admin() {
         crate::http::named_tenant(&state, &tenant).await?;
     }
-    let mut multipart = multipart.map_err(|e| {
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            e.body_text(),
-        )
-    })?;
+    let mut multipart = multipart.map_err(not_multipart)?;
     let mut field = loop {
         match multipart
             .next_field()
@@ -209,6 +203,52 @@ async fn upload(
             }
         }
     };
+    let (content_type, extension) = audio_type(&field)?;
+    let volume = super::service::admit_upload(&state, &who).await?;
+    let id = keyed
+        .as_deref()
+        .map(KeyedRequest::derived_id)
+        .unwrap_or_else(Uuid::now_v7)
+        .to_string();
+    // A name of this attempt's own: an upload the aggregate then refuses (the id is taken)
+    // cannot have overwritten the file an earlier upload stored.
+    let object_key = format!(
+        "tenants/{tenant}/audio/{id}/{}.{extension}",
+        Uuid::now_v7().simple()
+    );
+    let path = object_store::path::Path::from(object_key.as_str());
+    let (size, sha256) = stream_to_store(&state, &mut field, &content_type, &path, &volume).await?;
+    let command = AudioCommand::Upload {
+        tenant_id: tenant.clone(),
+        uploaded_by: who.user_id().to_owned(),
+        object_key,
+        content_type,
+        size_bytes: size,
+        sha256,
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
+    let c = super::service::record_upload(&state, &id, command, &metadata, &path).await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        AUDIO,
+        &c.aggregate_id,
+        c.version,
+    ))
+}
+
+/// 415: the body is not multipart.
+fn not_multipart(e: MultipartRejection) -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        e.body_text(),
+    )
+}
+
+/// The media type of an uploaded file and the extension it is stored with: 415 for a type
+/// that is not audio.
+fn audio_type(field: &Field<'_>) -> Result<(String, &'static str), Problem> {
     let content_type = field
         .content_type()
         .map(|t| {
@@ -226,68 +266,23 @@ async fn upload(
             "Audio is MP3 (audio/mpeg), WAV, Ogg, WebM or MP4 (audio/mp4).",
         ));
     };
-    // Each upload is stored and may be sent for paid transcription: a user uploads so many
-    // an hour, whoever they are.
-    let bucket = format!(
-        "audio-uploads:{}:{}",
-        who.actor_kind().as_str(),
-        who.user_id()
-    );
-    if let Some(retry_after) = limits::over_limit(&state, &bucket, state.ctx.audio.uploads_per_user)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-    {
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many uploads this hour; retry in {retry_after} s."),
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&retry_after.to_string())
-                .unwrap_or(HeaderValue::from_static("3600")),
-        ));
-    }
-    // And so many mebibytes a day: what was stored counts, the next upload is refused.
-    let volume = format!("{bucket}:mib");
-    if let Some(retry_after) = limits::spend(
-        &state,
-        &volume,
-        limits::Window::Day,
-        0,
-        state.ctx.audio.mib_per_user_per_day - 1,
-    )
-    .await
-    .map_err(|e| Problem::unavailable(&e))?
-    {
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "upload_quota_exceeded",
-            format!("This user's audio for today is used up; retry in {retry_after} s."),
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&retry_after.to_string())
-                .unwrap_or(HeaderValue::from_static("86400")),
-        ));
-    }
-    let id = keyed
-        .as_deref()
-        .map(KeyedRequest::derived_id)
-        .unwrap_or_else(Uuid::now_v7)
-        .to_string();
-    // A name of this attempt's own: an upload the aggregate then refuses (the id is taken)
-    // cannot have overwritten the file an earlier upload stored.
-    let object_key = format!(
-        "tenants/{tenant}/audio/{id}/{}.{extension}",
-        Uuid::now_v7().simple()
-    );
-    let path = object_store::path::Path::from(object_key.as_str());
-    // Streamed: each chunk goes on to the store (in parts) as it arrives, never the whole
-    // file in memory.
+    Ok((content_type, extension))
+}
+
+/// Streams the file to the blob store at `path` (each chunk goes on, in parts, as it
+/// arrives: never the whole file in memory), checking its size and that its first bytes are
+/// the audio it says it is, and counts its mebibytes against the uploader's day (`volume`).
+/// Its size and SHA-256; nothing stored when refused.
+async fn stream_to_store(
+    state: &AppState,
+    field: &mut Field<'_>,
+    content_type: &str,
+    path: &object_store::path::Path,
+    volume: &str,
+) -> Result<(u64, String), Problem> {
     let upload = state
         .blobs
-        .put_multipart(&path)
+        .put_multipart(path)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     let mut writer = object_store::WriteMultipart::new(upload);
@@ -316,7 +311,7 @@ async fn upload(
             let wanted = SNIFF_BYTES - prefix.len();
             prefix.extend_from_slice(&chunk[..chunk.len().min(wanted)]);
             if prefix.len() == SNIFF_BYTES {
-                if !looks_like(&content_type, prefix) {
+                if !looks_like(content_type, prefix) {
                     let _ = writer.abort().await;
                     while let Ok(Some(_)) = field.chunk().await {}
                     return Err(not_that_audio());
@@ -335,10 +330,10 @@ async fn upload(
         ));
     }
     let mib = i32::try_from(size.div_ceil(1 << 20)).unwrap_or(i32::MAX);
-    limits::spend(&state, &volume, limits::Window::Day, mib, i64::MAX)
+    limits::spend(state, volume, limits::Window::Day, mib, i64::MAX)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    if head.is_some_and(|prefix| !looks_like(&content_type, &prefix)) {
+    if head.is_some_and(|prefix| !looks_like(content_type, &prefix)) {
         let _ = writer.abort().await;
         return Err(not_that_audio());
     }
@@ -346,41 +341,7 @@ async fn upload(
         .finish()
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    let sha256 = crate::values::hex(&hasher.finalize());
-    let command = AudioCommand::Upload {
-        tenant_id: tenant.clone(),
-        uploaded_by: who.user_id().to_owned(),
-        object_key,
-        content_type: content_type.clone(),
-        size_bytes: size,
-        sha256,
-        at: state.clock.now(),
-    };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state
-        .ctx
-        .audio
-        .files
-        .execute(&id, None, command, &metadata)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            // Refused for certain: no event names the file, so it is nobody's. After a store
-            // failure the commit may have landed (an answer lost with its connection): the
-            // file stays, for the event that may name it.
-            if !matches!(e, crate::store::CommandError::Unavailable(_)) {
-                let _ = state.blobs.delete(&path).await;
-            }
-            return Err(e.into());
-        }
-    };
-    Ok(accepted(
-        StatusCode::CREATED,
-        AUDIO,
-        &c.aggregate_id,
-        c.version,
-    ))
+    Ok((size, crate::values::hex(&hasher.finalize())))
 }
 
 /// The audio file `raw` names, if the caller may use it: staff of its tenant, or the chatbot

@@ -1,6 +1,7 @@
 //! Audio's application layer: the transcription process (a request claimed, the file sent
 //! in the background, checks of transcripts no webhook finished, the transcript completed
 //! from the service or the blob store) and what AssemblyAI's webhooks do when processed.
+use axum::http::{header, HeaderValue, StatusCode};
 use events::audio::{StoredTranscript, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
 use events::http::Problem;
 use events::webhooks::Outcome;
@@ -492,6 +493,87 @@ pub(crate) async fn process_webhook(
         Err(e) => {
             tracing::warn!(error = %e, "audio command failed");
             Processing::Retry("event store unavailable".into())
+        }
+    }
+}
+
+/// Whether `who` may upload now: so many uploads an hour and so many mebibytes a day per
+/// user, whoever they are (each upload is stored and may be sent for paid transcription).
+/// The key the day's mebibytes are counted under; 429 with `Retry-After` beyond either.
+pub(crate) async fn admit_upload(
+    state: &AppState,
+    who: &events::access::Principal,
+) -> Result<String, Problem> {
+    let bucket = format!(
+        "audio-uploads:{}:{}",
+        who.actor_kind().as_str(),
+        who.user_id()
+    );
+    if let Some(retry_after) =
+        crate::http::limits::over_limit(state, &bucket, state.ctx.audio.uploads_per_user)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many uploads this hour; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("3600")),
+        ));
+    }
+    // And so many mebibytes a day: what was stored counts, the next upload is refused.
+    let volume = format!("{bucket}:mib");
+    if let Some(retry_after) = crate::http::limits::spend(
+        state,
+        &volume,
+        crate::http::limits::Window::Day,
+        0,
+        state.ctx.audio.mib_per_user_per_day - 1,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
+    {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "upload_quota_exceeded",
+            format!("This user's audio for today is used up; retry in {retry_after} s."),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&retry_after.to_string())
+                .unwrap_or(HeaderValue::from_static("86400")),
+        ));
+    }
+    Ok(volume)
+}
+
+/// Records an upload stored at `path` (the file is deleted when the aggregate refuses it
+/// for certain; after a store failure the commit may have landed, and the file stays for
+/// the event that may name it).
+pub(crate) async fn record_upload(
+    state: &AppState,
+    id: &str,
+    command: AudioCommand,
+    metadata: &Metadata,
+    path: &object_store::path::Path,
+) -> Result<crate::store::Committed, Problem> {
+    match state
+        .ctx
+        .audio
+        .files
+        .execute(id, None, command, metadata)
+        .await
+    {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if !matches!(e, CommandError::Unavailable(_)) {
+                let _ = state.blobs.delete(path).await;
+            }
+            Err(e.into())
         }
     }
 }
