@@ -170,6 +170,7 @@ fn too_large() -> Problem {
     request_body(content = AudioUpload, content_type = "multipart/form-data"),
     responses(
         (status = 201, description = "Created: the audio file and its version (also in `ETag`, `Location`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer),
         (status = 429, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))

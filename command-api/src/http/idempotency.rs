@@ -61,7 +61,7 @@ const ANONYMOUS_MAX_BUFFERED: usize = 64 * 1024;
 /// Routes whose body is streamed to its destination (audio, up to 100 MiB): never buffered
 /// here. Their requests are told apart by method, path and media type only, so a key reused
 /// with another file replays the first answer rather than being refused.
-const STREAMED: [&str; 1] = ["/v1/audio"];
+pub(crate) const STREAMED: [&str; 1] = ["/v1/audio"];
 /// Response headers kept with a stored answer.
 const KEPT_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ETAG, header::LOCATION];
 /// How often a running attempt renews its claim; a claim not renewed for a minute is

@@ -29,18 +29,26 @@ admin names for new work must exist (404) and have been approved (422 `tenant_pe
     server: "http://localhost:3001",
 };
 
-/// The parameter every idempotent POST takes.
-fn idempotency_key() -> Value {
+/// The parameter every idempotent POST takes; `streamed`: a route whose body is not hashed
+/// (idempotency::STREAMED), where a key reused with another body replays the first answer.
+fn idempotency_key(streamed: bool) -> Value {
+    let reuse = if streamed {
+        "the body is streamed, not kept: a reused key replays the first answer whatever the \
+body"
+    } else {
+        "with another request body: 422 `idempotency_key_reused`"
+    };
     json!({
         "name": "Idempotency-Key",
         "in": "header",
         "required": false,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-        "description": "The same key from the same caller on the same route returns the first \
-    answer (header `Idempotent-Replayed: true`) and appends nothing; with another request body: \
-    422 `idempotency_key_reused`; while the first is running: 409 `idempotency_in_progress`. A \
-    keyed request that opens an aggregate without naming its id gets an id derived from the key, \
-    so every retry opens the same one.",
+        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+        "description": format!("1 to 255 visible ASCII characters (400 \
+    `invalid_idempotency_key` otherwise). The same key from the same caller on the same route \
+    returns the first answer (header `Idempotent-Replayed: true`) and appends nothing; {reuse}; \
+    while the first is running: 409 `idempotency_in_progress`. A keyed request that opens an \
+    aggregate without naming its id gets an id derived from the key, so every retry opens the \
+    same one."),
     })
 }
 
@@ -71,12 +79,22 @@ fn parts() -> (Router<AppState>, Router<AppState>, Router<AppState>, Value) {
         if method == "post"
             && (openapi::requires_token(op) || idempotency::ANONYMOUS.contains(&path.as_str()))
         {
-            openapi::add_parameter(op, idempotency_key());
-            openapi::add_problem(op, 409);
-            openapi::add_problem(op, 422);
+            let streamed = idempotency::STREAMED.contains(&path.as_str());
+            openapi::add_parameter(op, idempotency_key(streamed));
+            for status in [400, 409, 422] {
+                openapi::add_problem(op, status);
+            }
         }
     }
-    openapi::merge(&mut doc, openapi::to_value(&sign_in_doc));
+    // Sign-in commands append events too: a concurrent writer to the same user can make
+    // one answer 409 `contention` (retry).
+    let mut sign_in_doc = openapi::to_value(&sign_in_doc);
+    for (_, method, op) in openapi::operations_mut(&mut sign_in_doc) {
+        if method != "get" {
+            openapi::add_problem(op, 409);
+        }
+    }
+    openapi::merge(&mut doc, sign_in_doc);
     openapi::merge(&mut doc, openapi::to_value(&operations_doc));
     (routes, sign_in, operations, openapi::finish(doc, &ABOUT))
 }

@@ -142,7 +142,9 @@ fn new_tenant_id(body: &OpenTenant, keyed: Option<&KeyedRequest>) -> Result<Stri
     responses(
         (status = 201, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
         (status = 429, response = events::http::openapi::ProblemAnswer)
-    )
+    ),
+    // Anyone; a token sent is checked all the same (a revoked one answers 401).
+    security((), ("bearer" = []))
 )]
 async fn request_signup(
     State(state): State<AppState>,

@@ -227,7 +227,7 @@ pub(crate) struct ProcessAnswer {
     /// The webhook's version after the command (absent when nothing was done).
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<u64>,
-    /// `processed`, `retrying`, `dead`, `held`, or (nothing done) `pending`, `none`.
+    /// `processed`, `retrying`, `dead` or `held` (when nothing was done: where it stands).
     status: &'static str,
     /// What processing made of it.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -5,10 +5,11 @@
 //! route and its documentation are one line and cannot drift apart.
 //!
 //! What every operation shares follows from what it declares, so it is added here by rule
-//! rather than repeated on a hundred handlers ([`finish`]): the problem+json answers (500
-//! and 503 everywhere; 401 and 403 where a token is required; 400, 413, 415 and 422 where a
-//! body is read; 404 where a path names something; 400 where a query is read; 409 where
-//! `If-Match` is honoured), the `Problem` schema and response, and the bearer scheme.
+//! rather than repeated on a hundred handlers ([`finish`]): the problem+json answers (429,
+//! 500 and 503 everywhere; 401 and 403 where a token is required; 400, 408, 413, 415 and
+//! 422 where a body is read; 404 where a path names something; 400 where a query is read;
+//! 400 and 409 where `If-Match` is honoured), the `Problem` schema and response, and the
+//! bearer scheme.
 
 use axum::extract::Extension;
 use axum::http::{header, HeaderValue};
@@ -156,14 +157,16 @@ pub fn add_problem(op: &mut Value, status: u16) {
 
 /// The problem answers an operation can give, from what it declares.
 fn problem_statuses(op: &Value) -> Vec<u16> {
-    let mut statuses = vec![500, 503];
+    // 429 `too_many_concurrent_requests`: the in-flight limit of a token or an address.
+    let mut statuses = vec![429, 500, 503];
     let params: Vec<&Value> = op["parameters"].as_array().into_iter().flatten().collect();
     let has = |place: &str| params.iter().any(|p| p["in"] == place);
     if requires_token(op) {
         statuses.extend([401, 403]);
     }
     if op.get("requestBody").is_some() {
-        statuses.extend([400, 413, 415, 422]);
+        // 408 `request_timeout`: a body that trickles in past its deadline.
+        statuses.extend([400, 408, 413, 415, 422]);
     }
     if has("path") {
         statuses.push(404);
@@ -172,7 +175,8 @@ fn problem_statuses(op: &Value) -> Vec<u16> {
         statuses.push(400);
     }
     if params.iter().any(|p| p["name"] == "If-Match") {
-        statuses.push(409);
+        // 400 `invalid_if_match`, 409 `version_conflict`.
+        statuses.extend([400, 409]);
     }
     statuses
 }
@@ -279,7 +283,10 @@ mod tests {
         statuses.sort();
         assert_eq!(
             statuses,
-            ["200", "400", "401", "403", "404", "409", "413", "415", "422", "500", "503"]
+            [
+                "200", "400", "401", "403", "404", "408", "409", "413", "415", "422", "429", "500",
+                "503"
+            ]
         );
         assert_eq!(
             post["422"]["description"], "mine",
@@ -288,7 +295,7 @@ mod tests {
         let get = &doc["paths"]["/open"]["get"]["responses"];
         let mut statuses: Vec<&String> = get.as_object().expect("map").keys().collect();
         statuses.sort();
-        assert_eq!(statuses, ["200", "500", "503"]);
+        assert_eq!(statuses, ["200", "429", "500", "503"]);
         assert_eq!(doc["components"]["schemas"]["Problem"]["type"], "object");
     }
 }

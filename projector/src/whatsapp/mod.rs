@@ -193,7 +193,15 @@ async fn conversation(
         media @ (ConversationEvent::MediaStored { .. }
         | ConversationEvent::MediaFailed { .. }
         | ConversationEvent::StatusUpdated { .. }) => row.media_or_status(conn, media).await,
-        sending => row.sending(conn, sending).await,
+        // Every event is named, so a new one does not compile until it is given a home.
+        sending @ (ConversationEvent::SendAttempted { .. }
+        | ConversationEvent::SendAttemptFailed { .. }
+        | ConversationEvent::MessageSent { .. }) => row.sending(conn, sending).await,
+        change @ (ConversationEvent::MessageFailed { .. }
+        | ConversationEvent::MessageRevised { .. }
+        | ConversationEvent::ChangeNotDelivered { .. }) => {
+            row.failed_or_revised(conn, change).await
+        }
     }
 }
 
@@ -373,7 +381,7 @@ impl Row<'_> {
         conn: &mut PgConnection,
         event: ConversationEvent,
     ) -> Result<(), ProjectionError> {
-        let query = match event {
+        match event {
             ConversationEvent::SendAttempted {
                 message_id,
                 attempt,
@@ -382,7 +390,7 @@ impl Row<'_> {
                 // Looked at again when the lease runs out: the sender died or lost the answer.
                 let sql = self.update("status = 'attempting', attempts = $4, next_attempt_at = $5");
                 let q = self.message(&sql, &message_id);
-                return run(conn, q.bind(attempt as i32).bind(at + attempt_lease())).await;
+                run(conn, q.bind(attempt as i32).bind(at + attempt_lease())).await
             }
             ConversationEvent::SendAttemptFailed {
                 message_id,
@@ -395,7 +403,7 @@ impl Row<'_> {
                     "status = 'retrying', error_code = $4, error = $5, next_attempt_at = $6",
                 );
                 let q = self.message(&sql, &message_id);
-                return run(conn, q.bind(code).bind(reason).bind(retry_at)).await;
+                run(conn, q.bind(code).bind(reason).bind(retry_at)).await
             }
             ConversationEvent::MessageSent {
                 message_id,
@@ -411,11 +419,11 @@ impl Row<'_> {
                      status = CASE WHEN status IN ('delivered', 'read') THEN status ELSE 'sent' END",
                 );
                 let q = self.message(&sql, &message_id);
-                return run(conn, q.bind(wamid).bind(at)).await;
+                run(conn, q.bind(wamid).bind(at)).await
             }
-            other => other,
-        };
-        self.failed_or_revised(conn, query).await
+            // Another group's: `conversation` sends it there.
+            _ => Ok(()),
+        }
     }
 
     /// A reply that failed, was revised, or whose change did not reach the contact.
@@ -473,6 +481,7 @@ impl Row<'_> {
                 );
                 run(conn, self.message(&sql, &message_id).bind(code).bind(error)).await
             }
+            // Another group's: `conversation` sends it there.
             _ => Ok(()),
         }
     }
@@ -534,6 +543,7 @@ impl Row<'_> {
                 )
                 .await
             }
+            // Another group's: `conversation` sends it there.
             _ => Ok(()),
         }
     }
