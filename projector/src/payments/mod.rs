@@ -9,9 +9,7 @@ pub mod references;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::payments::{
-    CatalogEvent, PaymentEvent, PaymentLine, PaymentProvider, CATALOG, PAYMENT,
-};
+use events::payments::{CatalogEvent, PaymentEvent, CATALOG, PAYMENT};
 use events::Envelope;
 use sqlx::PgConnection;
 
@@ -116,21 +114,26 @@ struct Change<'a> {
 }
 
 /// The payment row and its lines.
-// Its arguments are the event's fields, taken apart where the event is matched.
-#[allow(clippy::too_many_arguments)]
 async fn requested(
     conn: &mut PgConnection,
     c: &Change<'_>,
-    provider: PaymentProvider,
-    currency: String,
-    lines: Vec<PaymentLine>,
-    net: i64,
-    tax: i64,
-    total: i64,
-    customer_reference: String,
-    description: Option<String>,
-    at: DateTime<Utc>,
+    event: PaymentEvent,
 ) -> Result<(), ProjectionError> {
+    let PaymentEvent::Requested {
+        provider,
+        currency,
+        lines,
+        net,
+        tax,
+        total,
+        customer_reference,
+        description,
+        at,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
     let Change {
         target,
         payments,
@@ -281,18 +284,22 @@ async fn refunded(
 }
 
 /// A charge that does not pay the payment, tracked beside it.
-// Its arguments are the event's fields, taken apart where the event is matched.
-#[allow(clippy::too_many_arguments)]
 async fn charged_again(
     conn: &mut PgConnection,
     c: &Change<'_>,
-    amount: i64,
-    currency: String,
-    provider_reference: String,
-    reason: String,
-    webhook_id: String,
-    at: DateTime<Utc>,
+    event: PaymentEvent,
 ) -> Result<(), ProjectionError> {
+    let PaymentEvent::ChargedAgain {
+        amount,
+        currency,
+        provider_reference,
+        reason,
+        webhook_id,
+        at,
+    } = event
+    else {
+        return Ok(());
+    };
     let Change {
         target,
         e,
@@ -364,174 +371,156 @@ impl Projection for PaymentsProjection {
         e: &Envelope,
     ) -> Result<(), ProjectionError> {
         let payments = target.table("payments");
-        let (id, tenant, version, recorded) = (
-            e.aggregate_id.as_str(),
-            e.tenant_id(),
-            e.sequence as i64,
-            e.recorded_at,
-        );
         let c = Change {
             target,
             e,
             payments: &payments,
-            id,
-            tenant,
-            version,
-            recorded,
+            id: e.aggregate_id.as_str(),
+            tenant: e.tenant_id(),
+            version: e.sequence as i64,
+            recorded: e.recorded_at,
         };
-        // Each arm names the columns it sets, from $4 on; $1–$3 are the row and its version.
-        let (set, text, time): (&str, Option<String>, Option<chrono::DateTime<chrono::Utc>>) =
-            match decode::<PaymentEvent>(e)? {
-                PaymentEvent::Requested {
-                    provider,
-                    currency,
-                    lines,
-                    net,
-                    tax,
-                    total,
-                    customer_reference,
-                    description,
-                    at,
-                    ..
-                } => {
-                    return requested(
-                        conn,
-                        &c,
-                        provider,
-                        currency,
-                        lines,
-                        net,
-                        tax,
-                        total,
-                        customer_reference,
-                        description,
-                        at,
-                    )
-                    .await;
-                }
-                PaymentEvent::LinkCreated {
-                    provider_order_id,
-                    url,
-                    expires_at,
-                    ..
-                } => {
-                    return link_created(conn, &c, provider_order_id, url, expires_at).await;
-                }
-                PaymentEvent::LinkFailed { reason, .. } => ("last_error = $4", Some(reason), None),
-                PaymentEvent::Paid {
-                    amount,
-                    provider_reference,
-                    webhook_id,
-                    at,
-                } => {
-                    return paid(conn, &c, amount, provider_reference, webhook_id, at).await;
-                }
-                PaymentEvent::Failed { reason, .. } => {
-                    ("status = 'failed', last_error = $4", Some(reason), None)
-                }
-                PaymentEvent::Expired { .. } => ("status = 'expired'", None, None),
-                PaymentEvent::Cancelled { reason, .. } => (
-                    "status = 'cancelled', last_error = NULLIF($4, '')",
-                    Some(reason),
-                    None,
-                ),
-                // A refund of the charge that paid the payment.
-                PaymentEvent::Refunded {
-                    refunded_total,
-                    webhook_id,
-                    at,
-                    ..
-                } => {
-                    return refunded(conn, &c, refunded_total, webhook_id, at).await;
-                }
-                PaymentEvent::ChargedAgain {
-                    amount,
-                    currency,
-                    provider_reference,
-                    reason,
-                    webhook_id,
-                    at,
-                } => {
-                    return charged_again(
-                        conn,
-                        &c,
-                        amount,
-                        currency,
-                        provider_reference,
-                        reason,
-                        webhook_id,
-                        at,
-                    )
-                    .await;
-                }
-                PaymentEvent::ChargeRefunded {
-                    provider_reference,
-                    refunded_total,
-                    webhook_id,
-                    at,
-                    ..
-                } => {
-                    return charge_refunded(
-                        conn,
-                        &c,
-                        provider_reference,
-                        refunded_total,
-                        webhook_id,
-                        at,
-                    )
-                    .await;
-                }
-                // Recorded on the payment's timeline (the event store); the row keeps its
-                // state, and shows the reports of money that moved and was not applied.
-                PaymentEvent::ProviderStatusIgnored {
-                    status,
-                    reason,
-                    webhook_id,
-                    at,
-                } if NEEDS_ATTENTION.contains(&reason.as_str()) => {
-                    sqlx::query(&format!(
-                        "UPDATE {payments} SET report_flag = $2, report_flag_at = $3
-                          WHERE id = $1::uuid"
-                    ))
-                    .bind(id)
-                    .bind(format!("{status}:{reason}"))
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
-                }
-                // The duplicate charge was returned (streams written before charges were
-                // tracked): nothing is left for staff to do.
-                PaymentEvent::ProviderStatusIgnored {
-                    reason,
-                    webhook_id,
-                    at,
-                    ..
-                } if reason == "refund_of_another_charge" => {
-                    sqlx::query(&format!(
-                        "UPDATE {payments} SET report_flag = NULL, report_flag_at = NULL
-                          WHERE id = $1::uuid AND report_flag = 'paid:duplicate_charge'"
-                    ))
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                    return settle(conn, target, e, &webhook_id, at).await;
-                }
-                PaymentEvent::ProviderStatusIgnored { .. } => ("status = status", None, None),
-                // Applied with the payment's confirmation (then a `Refunded` follows).
-                PaymentEvent::RefundHeld { .. } => ("status = status", None, None),
-            };
-        let mut sql = format!("UPDATE {payments} SET {set}, updated_at = $2, version = $3");
-        sql.push_str(" WHERE id = $1::uuid");
-        let mut query = sqlx::query(&sql).bind(id).bind(recorded).bind(version);
-        if set.contains("$4") {
-            query = query.bind(text);
+        match decode::<PaymentEvent>(e)? {
+            requested_event @ PaymentEvent::Requested { .. } => {
+                requested(conn, &c, requested_event).await
+            }
+            PaymentEvent::LinkCreated {
+                provider_order_id,
+                url,
+                expires_at,
+                ..
+            } => link_created(conn, &c, provider_order_id, url, expires_at).await,
+            PaymentEvent::Paid {
+                amount,
+                provider_reference,
+                webhook_id,
+                at,
+            } => paid(conn, &c, amount, provider_reference, webhook_id, at).await,
+            // A refund of the charge that paid the payment.
+            PaymentEvent::Refunded {
+                refunded_total,
+                webhook_id,
+                at,
+                ..
+            } => refunded(conn, &c, refunded_total, webhook_id, at).await,
+            charged @ PaymentEvent::ChargedAgain { .. } => charged_again(conn, &c, charged).await,
+            PaymentEvent::ChargeRefunded {
+                provider_reference,
+                refunded_total,
+                webhook_id,
+                at,
+                ..
+            } => {
+                let reference = provider_reference;
+                charge_refunded(conn, &c, reference, refunded_total, webhook_id, at).await
+            }
+            ignored @ PaymentEvent::ProviderStatusIgnored { .. } => {
+                provider_report(conn, &c, ignored).await
+            }
+            status @ (PaymentEvent::LinkFailed { .. }
+            | PaymentEvent::Failed { .. }
+            | PaymentEvent::Expired { .. }
+            | PaymentEvent::Cancelled { .. }
+            | PaymentEvent::RefundHeld { .. }) => status_change(conn, &c, status).await,
         }
-        if set.contains("$5") {
-            query = query.bind(time);
+    }
+}
+
+/// An event that changes the payment row's status or last error only.
+async fn status_change(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    event: PaymentEvent,
+) -> Result<(), ProjectionError> {
+    // Each arm names the columns it sets, from $4 on; $1–$3 are the row and its version.
+    let (set, text) = match event {
+        PaymentEvent::LinkFailed { reason, .. } => ("last_error = $4", Some(reason)),
+        PaymentEvent::Failed { reason, .. } => ("status = 'failed', last_error = $4", Some(reason)),
+        PaymentEvent::Expired { .. } => ("status = 'expired'", None),
+        PaymentEvent::Cancelled { reason, .. } => (
+            "status = 'cancelled', last_error = NULLIF($4, '')",
+            Some(reason),
+        ),
+        // Applied with the payment's confirmation (then a `Refunded` follows); and any
+        // event of another group (`apply` sends it there).
+        _ => ("status = status", None),
+    };
+    let sql = format!(
+        "UPDATE {} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid",
+        c.payments
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(c.id)
+        .bind(c.recorded)
+        .bind(c.version);
+    if set.contains("$4") {
+        query = query.bind(text);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// A provider's report the payment recorded without applying it: shown on the row when
+/// money moved that staff must look at, cleared when a duplicate charge was returned.
+async fn provider_report(
+    conn: &mut PgConnection,
+    c: &Change<'_>,
+    event: PaymentEvent,
+) -> Result<(), ProjectionError> {
+    let Change {
+        target,
+        e,
+        payments,
+        id,
+        ..
+    } = *c;
+    match event {
+        // Recorded on the payment's timeline (the event store); the row keeps its
+        // state, and shows the reports of money that moved and was not applied.
+        PaymentEvent::ProviderStatusIgnored {
+            status,
+            reason,
+            webhook_id,
+            at,
+        } if NEEDS_ATTENTION.contains(&reason.as_str()) => {
+            sqlx::query(&format!(
+                "UPDATE {payments} SET report_flag = $2, report_flag_at = $3
+                  WHERE id = $1::uuid"
+            ))
+            .bind(id)
+            .bind(format!("{status}:{reason}"))
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            settle(conn, target, e, &webhook_id, at).await
         }
-        query.execute(&mut *conn).await?;
-        Ok(())
+        // The duplicate charge was returned (streams written before charges were
+        // tracked): nothing is left for staff to do.
+        PaymentEvent::ProviderStatusIgnored {
+            reason,
+            webhook_id,
+            at,
+            ..
+        } if reason == "refund_of_another_charge" => {
+            sqlx::query(&format!(
+                "UPDATE {payments} SET report_flag = NULL, report_flag_at = NULL
+                  WHERE id = $1::uuid AND report_flag = 'paid:duplicate_charge'"
+            ))
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            settle(conn, target, e, &webhook_id, at).await
+        }
+        // Recorded on the payment's timeline only: the row keeps its state.
+        _ => {
+            let sql = format!(
+                "UPDATE {payments} SET status = status, updated_at = $2, version = $3
+                  WHERE id = $1::uuid"
+            );
+            let query = sqlx::query(&sql).bind(id).bind(c.recorded).bind(c.version);
+            query.execute(&mut *conn).await?;
+            Ok(())
+        }
     }
 }
 
