@@ -12,7 +12,7 @@ pub mod scheduler;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use events::chat::{Attachment, Channel, Party, PartyKind, ThreadEvent, THREAD};
+use events::chat::{Attachment, Party, PartyKind, ThreadEvent, THREAD};
 use events::Envelope;
 use sqlx::PgConnection;
 
@@ -78,111 +78,30 @@ impl Projection for ChatProjection {
             }
         })?;
         let t = Tables::of(target);
-        let (id, tenant, version, recorded) = (
-            e.aggregate_id.as_str(),
-            e.tenant_id(),
-            e.sequence as i64,
-            e.recorded_at,
-        );
+        let (id, tenant) = (e.aggregate_id.as_str(), e.tenant_id());
         let r = Row {
             t: &t,
             id,
             tenant,
-            version,
-            recorded,
+            version: e.sequence as i64,
+            recorded: e.recorded_at,
         };
         // Statements that change more than the thread row run first; `touch` then sets the
         // thread's columns named in `set` ($4 onwards) with its version.
         let touched = match event {
-            ThreadEvent::Opened {
-                channel,
-                opened_by,
-                customer,
-                subject,
-                bot_enabled,
-                tags,
-                at,
-                ..
-            } => {
-                return opened(
-                    conn,
-                    &r,
-                    channel,
-                    opened_by,
-                    customer,
-                    subject,
-                    bot_enabled,
-                    tags,
-                    at,
-                )
-                .await;
+            opened_event @ ThreadEvent::Opened { .. } => {
+                return opened(conn, &r, opened_event).await;
             }
             ThreadEvent::ParticipantAdded { participant } => {
-                join(conn, &t, id, tenant, &participant, recorded).await?;
+                join(conn, &t, id, tenant, &participant, r.recorded).await?;
                 touch(conn, &r, "", Binds::None).await?
             }
-            ThreadEvent::Assigned {
-                agent_id,
-                department,
-                reason,
-            } => {
-                let reason = reason.map(|r| r.as_str().to_owned());
-                touch(
-                    conn,
-                    &r,
-                    "agent_id = $4, department = $5, assignment_reason = $6,",
-                    Binds::Texts3(agent_id, department, reason),
-                )
-                .await?
-            }
-            ThreadEvent::BotSwitched { enabled } => {
-                touch(conn, &r, "bot_enabled = $4,", Binds::Bool(enabled)).await?
-            }
-            ThreadEvent::Closed { at } => {
-                touch(
-                    conn,
-                    &r,
-                    "status = 'closed', last_activity_at = $4,",
-                    Binds::Time(at),
-                )
-                .await?
-            }
-            ThreadEvent::Reopened { at } => {
-                touch(
-                    conn,
-                    &r,
-                    "status = 'open', last_activity_at = $4,",
-                    Binds::Time(at),
-                )
-                .await?
-            }
-            ThreadEvent::Tagged { tags } => {
-                touch(conn, &r, "tags = $4,", Binds::Tags(tags)).await?
-            }
-            ThreadEvent::MessageSent {
-                message_id,
-                number,
-                author,
-                client_message_id,
-                text,
-                attachment,
-                scheduled_id,
-                at,
-            } => {
-                message_sent(
-                    conn,
-                    &r,
-                    message_id,
-                    number,
-                    author,
-                    client_message_id,
-                    text,
-                    attachment,
-                    scheduled_id,
-                    at,
-                )
-                .await?
-            }
+            change @ (ThreadEvent::Assigned { .. }
+            | ThreadEvent::BotSwitched { .. }
+            | ThreadEvent::Closed { .. }
+            | ThreadEvent::Reopened { .. }
+            | ThreadEvent::Tagged { .. }) => thread_change(conn, &r, change).await?,
+            sent @ ThreadEvent::MessageSent { .. } => message_sent(conn, &r, sent).await?,
             ThreadEvent::MessageEdited {
                 message_id,
                 text,
@@ -243,20 +162,74 @@ struct Row<'a> {
     recorded: DateTime<Utc>,
 }
 
+/// A change of the thread row alone: assignment, bot, open or closed, tags. The rows
+/// changed (1, or 0 when the row is missing).
+async fn thread_change(
+    conn: &mut PgConnection,
+    r: &Row<'_>,
+    event: ThreadEvent,
+) -> Result<u64, ProjectionError> {
+    match event {
+        ThreadEvent::Assigned {
+            agent_id,
+            department,
+            reason,
+        } => {
+            let reason = reason.map(|r| r.as_str().to_owned());
+            touch(
+                conn,
+                r,
+                "agent_id = $4, department = $5, assignment_reason = $6,",
+                Binds::Texts3(agent_id, department, reason),
+            )
+            .await
+        }
+        ThreadEvent::BotSwitched { enabled } => {
+            touch(conn, r, "bot_enabled = $4,", Binds::Bool(enabled)).await
+        }
+        ThreadEvent::Closed { at } => {
+            touch(
+                conn,
+                r,
+                "status = 'closed', last_activity_at = $4,",
+                Binds::Time(at),
+            )
+            .await
+        }
+        ThreadEvent::Reopened { at } => {
+            touch(
+                conn,
+                r,
+                "status = 'open', last_activity_at = $4,",
+                Binds::Time(at),
+            )
+            .await
+        }
+        ThreadEvent::Tagged { tags } => touch(conn, r, "tags = $4,", Binds::Tags(tags)).await,
+        // Another group's: `apply` sends it there.
+        _ => Ok(1),
+    }
+}
+
 /// Opens the thread row and joins its first parties.
-// Its arguments are the event's fields, taken apart where the event is matched.
-#[allow(clippy::too_many_arguments)]
 async fn opened(
     conn: &mut PgConnection,
     r: &Row<'_>,
-    channel: Channel,
-    opened_by: Party,
-    customer: Option<Party>,
-    subject: Option<String>,
-    bot_enabled: bool,
-    tags: Vec<String>,
-    at: DateTime<Utc>,
+    event: ThreadEvent,
 ) -> Result<(), ProjectionError> {
+    let ThreadEvent::Opened {
+        channel,
+        opened_by,
+        customer,
+        subject,
+        bot_enabled,
+        tags,
+        at,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
     let Row {
         t,
         id,
@@ -290,20 +263,24 @@ async fn opened(
 }
 
 /// The message, the author's read position, the delivered schedule and the inbox row, in one round trip.
-// Its arguments are the event's fields, taken apart where the event is matched.
-#[allow(clippy::too_many_arguments)]
 async fn message_sent(
     conn: &mut PgConnection,
     r: &Row<'_>,
-    message_id: String,
-    number: u64,
-    author: Party,
-    client_message_id: Option<String>,
-    text: String,
-    attachment: Option<Attachment>,
-    scheduled_id: Option<String>,
-    at: DateTime<Utc>,
+    event: ThreadEvent,
 ) -> Result<u64, ProjectionError> {
+    let ThreadEvent::MessageSent {
+        message_id,
+        number,
+        author,
+        client_message_id,
+        text,
+        attachment,
+        scheduled_id,
+        at,
+    } = event
+    else {
+        return Ok(0);
+    };
     let Row {
         t,
         id,
