@@ -91,13 +91,54 @@ pub(crate) async fn process_webhook(
         return Processing::Held(tenant);
     }
     let metadata = metadata(&tenant);
-    let attributed = || {
+    let item = Item {
+        state,
+        tenant: &tenant,
+        session: &session,
+        webhook_id,
+        metadata: &metadata,
+    };
+    match payload.get("message") {
+        Some(message) => item.message(payload, message).await,
+        None => item.status(payload).await,
+    }
+}
+
+/// One item of a WhatsApp delivery (a message or a status), for the tenant whose session has
+/// the number.
+struct Item<'a> {
+    state: &'a AppState,
+    tenant: &'a str,
+    session: &'a str,
+    webhook_id: &'a str,
+    metadata: &'a Metadata,
+}
+
+impl Item<'_> {
+    /// Who the outcome belongs to.
+    fn attributed(&self) -> Option<Attributed> {
         Some(Attributed {
             payment_id: None,
-            tenant_id: tenant.clone(),
+            tenant_id: self.tenant.to_owned(),
         })
-    };
-    if let Some(message) = payload.get("message") {
+    }
+
+    /// The event store could not be read or written: retried.
+    fn unavailable(&self, e: &dyn std::fmt::Display) -> Processing {
+        tracing::warn!(error = %e, webhook_id = self.webhook_id, "WhatsApp processing failed");
+        Processing::Retry("event store unavailable".into())
+    }
+
+    /// A contact's message: recorded in its conversation and thread, then its file fetched.
+    async fn message(&self, payload: &Value, message: &Value) -> Processing {
+        let (state, tenant, session, webhook_id, metadata) = (
+            self.state,
+            self.tenant,
+            self.session,
+            self.webhook_id,
+            self.metadata,
+        );
+        let attributed = || self.attributed();
         let Some(m) = inbound::message(message) else {
             return Processing::Done(
                 Outcome::Ignored,
@@ -110,22 +151,22 @@ pub(crate) async fn process_webhook(
             .and_then(Value::as_str)
             .map(|n| n.chars().take(256).collect());
         let media = MediaKind::parse(&m.kind).map(|kind| {
-            let conversation = conversation_id(&tenant, &session, &m.from);
+            let conversation = conversation_id(tenant, session, &m.from);
             (
                 kind,
                 conversation,
-                inbound_message_id(&session, &m.wamid),
+                inbound_message_id(session, &m.wamid),
                 m.content.clone(),
             )
         });
         let detail = match receive_message(
             state,
-            &tenant,
-            &session,
+            tenant,
+            session,
             webhook_id,
             m,
             profile_name,
-            &metadata,
+            metadata,
         )
         .await
         {
@@ -137,13 +178,13 @@ pub(crate) async fn process_webhook(
         if let Some((kind, conversation, message_id, content)) = media {
             let fetched = store_media(
                 state,
-                &tenant,
-                &session,
+                tenant,
+                session,
                 &conversation,
                 &message_id,
                 kind,
                 &content,
-                &metadata,
+                metadata,
             )
             .await;
             return match fetched {
@@ -153,84 +194,104 @@ pub(crate) async fn process_webhook(
                 Err(p) => p,
             };
         }
-        return Processing::Done(Outcome::Applied, attributed(), detail);
+        Processing::Done(Outcome::Applied, attributed(), detail)
     }
-    let Some(s) = payload.get("status").and_then(inbound::status) else {
-        return Processing::Done(
-            Outcome::Ignored,
-            attributed(),
-            "neither a message nor a status".into(),
-        );
-    };
-    let Some(status) = Delivery::parse(&s.status) else {
-        return Processing::Done(
-            Outcome::Ignored,
-            attributed(),
-            format!("status `{}` is not tracked", s.status),
-        );
-    };
-    // The message the platform sent names its conversation (the contact's id in a status
-    // may differ from the number dialled); otherwise the recipient does.
-    let by_callback = match &s.callback {
-        Some(message) => match conversation_of_message(state, message).await {
-            Ok(found) => found,
-            Err(_) => return Processing::Retry("event store unavailable".into()),
-        },
-        None => None,
-    };
-    // Only a conversation of this session (and tenant): a status cannot reach another's.
-    let by_callback = match by_callback {
-        Some(c) => match state.ctx.whatsapp.conversations.load(&c).await {
-            Ok(conv)
-                if conv.tenant_id() == Some(tenant.as_str()) && conv.session_id() == session =>
-            {
-                Some(c)
+
+    /// The conversation a status is for. The message the platform sent names its
+    /// conversation (the contact's id in a status may differ from the number dialled), if it
+    /// is of this session and tenant (a status cannot reach another's); otherwise the
+    /// recipient does.
+    async fn conversation_of(
+        &self,
+        callback: Option<&str>,
+        recipient: &str,
+    ) -> Result<String, Processing> {
+        let by_callback = match callback {
+            Some(message) => conversation_of_message(self.state, message)
+                .await
+                .map_err(|_| Processing::Retry("event store unavailable".into()))?,
+            None => None,
+        };
+        if let Some(c) = by_callback {
+            match self.state.ctx.whatsapp.conversations.load(&c).await {
+                Ok(conv)
+                    if conv.tenant_id() == Some(self.tenant)
+                        && conv.session_id() == self.session =>
+                {
+                    return Ok(c);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.unavailable(&e)),
             }
-            Ok(_) => None,
-            Err(e) => return unavailable(&e),
-        },
-        None => None,
-    };
-    let conversation =
-        by_callback.unwrap_or_else(|| conversation_id(&tenant, &session, &s.recipient));
-    let command = ConversationCommand::Status {
-        report: StatusReport {
-            message_id: s.callback,
-            wamid: s.wamid,
-            status,
-            error_code: s.error_code,
-            error_title: s.error_title,
-            provider_at: s.at.unwrap_or_else(|| state.clock.now()),
-            webhook_id: webhook_id.to_owned(),
-        },
-    };
-    match state
-        .ctx
-        .whatsapp
-        .conversations
-        .execute_with_events(&conversation, None, command, &metadata)
-        .await
-    {
-        Ok((_, events)) if events.is_empty() => Processing::Done(
-            Outcome::Recorded,
-            attributed(),
-            "an earlier or repeated status".into(),
-        ),
-        Ok((_, events)) => {
-            let names: Vec<String> = events
-                .iter()
-                .map(cqrs_es::DomainEvent::event_type)
-                .collect();
-            Processing::Done(Outcome::Applied, attributed(), names.join(", "))
         }
-        // The conversation's older messages could not be read: not a verdict, try again.
-        Err(CommandError::Rejected(e @ ConversationError::Unavailable(_))) => unavailable(&e),
-        Err(CommandError::Rejected(e)) => Processing::Done(
-            Outcome::Ignored,
-            attributed(),
-            format!("{e} (a message the platform did not send)"),
-        ),
-        Err(e) => unavailable(&e),
+        Ok(conversation_id(self.tenant, self.session, recipient))
+    }
+
+    /// A status of a message the platform sent: moves it forward in its conversation.
+    async fn status(&self, payload: &Value) -> Processing {
+        let (state, webhook_id, metadata) = (self.state, self.webhook_id, self.metadata);
+        let attributed = || self.attributed();
+        let unavailable = |e: &dyn std::fmt::Display| self.unavailable(e);
+        let Some(s) = payload.get("status").and_then(inbound::status) else {
+            return Processing::Done(
+                Outcome::Ignored,
+                attributed(),
+                "neither a message nor a status".into(),
+            );
+        };
+        let Some(status) = Delivery::parse(&s.status) else {
+            return Processing::Done(
+                Outcome::Ignored,
+                attributed(),
+                format!("status `{}` is not tracked", s.status),
+            );
+        };
+        let conversation = match self
+            .conversation_of(s.callback.as_deref(), &s.recipient)
+            .await
+        {
+            Ok(conversation) => conversation,
+            Err(retry) => return retry,
+        };
+        let command = ConversationCommand::Status {
+            report: StatusReport {
+                message_id: s.callback,
+                wamid: s.wamid,
+                status,
+                error_code: s.error_code,
+                error_title: s.error_title,
+                provider_at: s.at.unwrap_or_else(|| state.clock.now()),
+                webhook_id: webhook_id.to_owned(),
+            },
+        };
+        match state
+            .ctx
+            .whatsapp
+            .conversations
+            .execute_with_events(&conversation, None, command, metadata)
+            .await
+        {
+            Ok((_, events)) if events.is_empty() => Processing::Done(
+                Outcome::Recorded,
+                attributed(),
+                "an earlier or repeated status".into(),
+            ),
+            Ok((_, events)) => {
+                let names: Vec<String> = events
+                    .iter()
+                    .map(cqrs_es::DomainEvent::event_type)
+                    .collect();
+                Processing::Done(Outcome::Applied, attributed(), names.join(", "))
+            }
+            // The conversation's older messages could not be read: not a verdict, try again.
+            Err(CommandError::Rejected(e @ ConversationError::Unavailable(_))) => unavailable(&e),
+            Err(CommandError::Rejected(e)) => Processing::Done(
+                Outcome::Ignored,
+                attributed(),
+                format!("{e} (a message the platform did not send)"),
+            ),
+            Err(e) => unavailable(&e),
+        }
     }
 }
 
