@@ -385,75 +385,110 @@ pub(crate) async fn process_callback(
     }
     let at = state.clock.now();
     let metadata = metadata(&tenant);
-    let outcome = match callback {
-        Callback::Sms { sid, report, .. } => {
-            let retry = |_| Processing::Retry("event store unavailable".into());
-            let stream = match sms_stream(state, &sid, &number).await {
-                Ok((stream, _)) => stream,
-                Err(e) => return retry(e),
-            };
-            let sms = match state.ctx.telephony.sms.load(&stream).await {
-                Ok(sms) => sms,
-                Err(_) => return Processing::Retry("event store unavailable".into()),
-            };
-            // What the thread gets: the message as recorded, or as it arrives now (its files
-            // fetched first, so the event names them).
-            let inbound = match &report {
-                SmsReport::Received { .. } if sms.received() => {
-                    let (body, media) = sms.content();
-                    let from = match &report {
-                        SmsReport::Received { from, .. } => from.clone(),
-                        SmsReport::Status { .. } => String::new(),
-                    };
-                    Some((from, body.to_owned(), media.to_vec()))
-                }
-                SmsReport::Received {
-                    from, body, media, ..
-                } => {
-                    let stored = match fetch_media(state, &tenant, &stream, media).await {
-                        Ok(stored) => stored,
-                        Err(retry) => return retry,
-                    };
-                    Some((from.clone(), body.clone(), stored))
-                }
-                SmsReport::Status { .. } => None,
-            };
-            let command = SmsCommand {
-                webhook_id: webhook_id.to_owned(),
-                report,
-                media: inbound
-                    .as_ref()
-                    .map(|(_, _, media)| media.clone())
-                    .unwrap_or_default(),
-                at,
-            };
-            let recorded = state
-                .ctx
-                .telephony
-                .sms
-                .execute_with_events(&stream, None, command, &metadata)
-                .await
-                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
-            // Delivered into the contact's SMS thread every time (a repeat names the same
-            // messages), so an attempt that failed between the two is completed by the next.
-            match (recorded, inbound) {
-                (Ok(event), Some((from, body, media))) => {
-                    match deliver_to_thread(
-                        state, &tenant, &from, &stream, &body, &media, &metadata,
-                    )
-                    .await
-                    {
-                        Ok(thread) => Ok(Some(format!(
-                            "{} in thread {thread}",
-                            event.unwrap_or_else(|| "SmsReceived (recorded before)".into())
-                        ))),
-                        Err(retry) => return retry,
-                    }
-                }
-                (recorded, _) => recorded,
+    let item = Item {
+        state,
+        tenant: &tenant,
+        webhook_id,
+        metadata: &metadata,
+        at,
+    };
+    match callback {
+        Callback::Sms { sid, report, .. } => item.sms(&sid, &number, report).await,
+        call @ Callback::Call { .. } => item.call(call).await,
+        Callback::Other => ignored("not an event the platform acts on"),
+    }
+}
+
+/// One callback of SignalWire, for the tenant that owns what it concerns.
+struct Item<'a> {
+    state: &'a AppState,
+    tenant: &'a str,
+    webhook_id: &'a str,
+    metadata: &'a Metadata,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Item<'_> {
+    /// An SMS received or a status of one sent: recorded on its SMS, and a received one
+    /// delivered into the contact's thread (its files fetched first, so the event names
+    /// them).
+    async fn sms(&self, sid: &str, number: &str, report: SmsReport) -> Processing {
+        let (state, tenant, webhook_id, metadata, at) = (
+            self.state,
+            self.tenant,
+            self.webhook_id,
+            self.metadata,
+            self.at,
+        );
+        let retry = |_| Processing::Retry("event store unavailable".into());
+        let stream = match sms_stream(state, sid, number).await {
+            Ok((stream, _)) => stream,
+            Err(e) => return retry(e),
+        };
+        let sms = match state.ctx.telephony.sms.load(&stream).await {
+            Ok(sms) => sms,
+            Err(_) => return Processing::Retry("event store unavailable".into()),
+        };
+        // What the thread gets: the message as recorded, or as it arrives now (its files
+        // fetched first, so the event names them).
+        let inbound = match &report {
+            SmsReport::Received { .. } if sms.received() => {
+                let (body, media) = sms.content();
+                let from = match &report {
+                    SmsReport::Received { from, .. } => from.clone(),
+                    SmsReport::Status { .. } => String::new(),
+                };
+                Some((from, body.to_owned(), media.to_vec()))
             }
-        }
-        Callback::Call {
+            SmsReport::Received {
+                from, body, media, ..
+            } => {
+                let stored = match fetch_media(state, tenant, &stream, media).await {
+                    Ok(stored) => stored,
+                    Err(retry) => return retry,
+                };
+                Some((from.clone(), body.clone(), stored))
+            }
+            SmsReport::Status { .. } => None,
+        };
+        let command = SmsCommand {
+            webhook_id: webhook_id.to_owned(),
+            report,
+            media: inbound
+                .as_ref()
+                .map(|(_, _, media)| media.clone())
+                .unwrap_or_default(),
+            at,
+        };
+        let recorded = state
+            .ctx
+            .telephony
+            .sms
+            .execute_with_events(&stream, None, command, metadata)
+            .await
+            .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
+        // Delivered into the contact's SMS thread every time (a repeat names the same
+        // messages), so an attempt that failed between the two is completed by the next.
+        let outcome = match (recorded, inbound) {
+            (Ok(event), Some((from, body, media))) => {
+                match deliver_to_thread(state, tenant, &from, &stream, &body, &media, metadata)
+                    .await
+                {
+                    Ok(thread) => Ok(Some(format!(
+                        "{} in thread {thread}",
+                        event.unwrap_or_else(|| "SmsReceived (recorded before)".into())
+                    ))),
+                    Err(retry) => return retry,
+                }
+            }
+            (recorded, _) => recorded,
+        };
+        self.verdict(outcome)
+    }
+
+    /// A call's status or recording: recorded on the call.
+    async fn call(&self, callback: Callback) -> Processing {
+        let Callback::Call {
             sid,
             status,
             recording_sid,
@@ -463,45 +498,55 @@ pub(crate) async fn process_callback(
             duration_secs,
             recording_url,
             ..
-        } => {
-            let command = CallCommand {
-                webhook_id: webhook_id.to_owned(),
-                status,
-                recording_sid,
-                direction,
-                from,
-                to,
-                duration_secs,
-                recording_url,
-                at,
-            };
-            state
-                .ctx
-                .telephony
-                .calls
-                .execute_with_events(&sid, None, command, &metadata)
-                .await
-                .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type))
-        }
-        Callback::Other => return ignored("not an event the platform acts on"),
-    };
-    let attributed = Some(Attributed {
-        payment_id: None,
-        tenant_id: tenant,
-    });
-    match outcome {
-        Ok(Some(event_type)) => Processing::Done(Outcome::Applied, attributed, event_type),
-        Ok(None) => Processing::Done(
-            Outcome::Recorded,
-            attributed,
-            "an earlier or repeated status".into(),
-        ),
-        Err(CommandError::Rejected(e)) => {
-            Processing::Done(Outcome::Ignored, attributed, e.to_string())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, webhook_id, "telephony command failed");
-            Processing::Retry("event store unavailable".into())
+        } = callback
+        else {
+            return Processing::Done(Outcome::Ignored, None, "not a call".into());
+        };
+        let command = CallCommand {
+            webhook_id: self.webhook_id.to_owned(),
+            status,
+            recording_sid,
+            direction,
+            from,
+            to,
+            duration_secs,
+            recording_url,
+            at: self.at,
+        };
+        let recorded = self
+            .state
+            .ctx
+            .telephony
+            .calls
+            .execute_with_events(&sid, None, command, self.metadata)
+            .await
+            .map(|(_, e)| e.first().map(cqrs_es::DomainEvent::event_type));
+        self.verdict(recorded)
+    }
+
+    /// What processing made of a callback, from what its command recorded.
+    fn verdict<E: std::error::Error>(
+        &self,
+        outcome: Result<Option<String>, CommandError<E>>,
+    ) -> Processing {
+        let attributed = Some(Attributed {
+            payment_id: None,
+            tenant_id: self.tenant.to_owned(),
+        });
+        match outcome {
+            Ok(Some(event_type)) => Processing::Done(Outcome::Applied, attributed, event_type),
+            Ok(None) => Processing::Done(
+                Outcome::Recorded,
+                attributed,
+                "an earlier or repeated status".into(),
+            ),
+            Err(CommandError::Rejected(e)) => {
+                Processing::Done(Outcome::Ignored, attributed, e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, webhook_id = self.webhook_id, "telephony command failed");
+                Processing::Retry("event store unavailable".into())
+            }
         }
     }
 }
