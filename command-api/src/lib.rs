@@ -196,35 +196,7 @@ impl Application {
         // Migrations on a connection of their own: they may take longer than any command's
         // statement is allowed to.
         events::schema::migrate(database_url, &MIGRATOR).await?;
-        // The bus may be down: commands are taken all the same (the store is the source of
-        // truth), readiness says NATS is not connected, and the relay creates the stream and
-        // publishes what waited once it is up.
-        let nats = events::bus::NatsUrl::parse(&config.nats_url)
-            .connect_in_background()
-            .await
-            .map_err(|e| StartError::Nats(e.to_string()))?;
-        let js = async_nats::jetstream::new(nats.clone());
-        // When the bus answers at once, the stream exists before the API listens, as it
-        // always did; when it does not, the relay makes sure of it once it does.
-        let up = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-            while nats.connection_state() != async_nats::connection::State::Connected {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .is_ok();
-        if up {
-            let ensured = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                relay::ensure_stream(&js, &config.nats_stream, &config.nats_subject_prefix),
-            )
-            .await;
-            if !matches!(ensured, Ok(Ok(()))) {
-                tracing::warn!("the event stream could not be set up yet; the relay will");
-            }
-        } else {
-            tracing::warn!("NATS is not reachable yet: taking commands, publishing when it is");
-        }
+        let (nats, js) = connect_bus(&config).await?;
         std::fs::create_dir_all(&config.blob_dir)?;
         let blobs: Arc<dyn ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)?,
@@ -267,63 +239,12 @@ impl Application {
             sealing: config.sealing_key()?,
             ctx: Arc::new(ctx),
         };
-        if !config.relay_enabled {
-            // The active relay runs elsewhere: tell it of this process's commits.
-            let (pool, committed) = (pool.clone(), committed.clone());
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = relay::forward_commits(pool.clone(), &committed).await {
-                        tracing::warn!(error = %e, "could not notify the relay of commits");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-            });
-        }
-        let relay = config.relay_enabled.then(|| {
-            (
-                relay::Relay::new(
-                    pool.clone(),
-                    js,
-                    config.nats_stream.clone(),
-                    config.nats_subject_prefix.clone(),
-                    config.relay_batch,
-                    metrics,
-                )
-                .with_idle_poll(std::time::Duration::from_millis(config.relay_poll_ms))
-                .with_health(relay_health),
-                committed,
-            )
-        });
+        let relay = relay_of(&config, &pool, js, metrics, relay_health, committed);
         tokio::spawn(expire_old_records(pool));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
-        let access_for_limits = state.access.clone();
-        let proxy_hops = state.proxy_hops;
         Ok(Self {
             listener,
-            router: http::router(
-                state,
-                config.max_body_bytes,
-                Arc::new(http::concurrency::RouteLimits::new(
-                    config.route_concurrency.unwrap_or_else(|| {
-                        // Room for the other routes and for the background work that needs a
-                        // connection now and then (revocation heartbeats, purges).
-                        let pool = config.db_max_connections as usize;
-                        (pool * 3 / 4).min(pool.saturating_sub(4)).max(1)
-                    }),
-                    std::time::Duration::from_secs(10),
-                )),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                config.http.in_flight(
-                    TokenKeys::new(config.auth_secret()?),
-                    access_for_limits,
-                    &[],
-                    Arc::new(move |peer, headers| {
-                        http::limits::client_ip_behind(proxy_hops, peer, headers)
-                    }),
-                ),
-                events::http::inflight::limit,
-            )),
+            router: served_router(&config, state)?,
             relay,
             timeouts: config.http.timeouts(),
         })
@@ -349,6 +270,110 @@ impl Application {
         }
         outcome
     }
+}
+
+/// Connects to NATS in the background. The bus may be down: commands are taken all the same
+/// (the store is the source of truth), readiness says NATS is not connected, and the relay
+/// creates the stream and publishes what waited once it is up.
+async fn connect_bus(
+    config: &Config,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context), StartError> {
+    let nats = events::bus::NatsUrl::parse(&config.nats_url)
+        .connect_in_background()
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    // When the bus answers at once, the stream exists before the API listens, as it
+    // always did; when it does not, the relay makes sure of it once it does.
+    let up = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while nats.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok();
+    if up {
+        let ensured = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            relay::ensure_stream(&js, &config.nats_stream, &config.nats_subject_prefix),
+        )
+        .await;
+        if !matches!(ensured, Ok(Ok(()))) {
+            tracing::warn!("the event stream could not be set up yet; the relay will");
+        }
+    } else {
+        tracing::warn!("NATS is not reachable yet: taking commands, publishing when it is");
+    }
+    Ok((nats, js))
+}
+
+/// The relay, when this process runs it; otherwise a task that tells the active relay,
+/// elsewhere, of this process's commits.
+fn relay_of(
+    config: &Config,
+    pool: &PgPool,
+    js: async_nats::jetstream::Context,
+    metrics: Arc<Metrics>,
+    health: Arc<relay::Health>,
+    committed: Arc<Notify>,
+) -> Option<(relay::Relay, Arc<Notify>)> {
+    if !config.relay_enabled {
+        // The active relay runs elsewhere: tell it of this process's commits.
+        let (pool, committed) = (pool.clone(), committed.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = relay::forward_commits(pool.clone(), &committed).await {
+                    tracing::warn!(error = %e, "could not notify the relay of commits");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+    config.relay_enabled.then(|| {
+        (
+            relay::Relay::new(
+                pool.clone(),
+                js,
+                config.nats_stream.clone(),
+                config.nats_subject_prefix.clone(),
+                config.relay_batch,
+                metrics,
+            )
+            .with_idle_poll(std::time::Duration::from_millis(config.relay_poll_ms))
+            .with_health(health),
+            committed,
+        )
+    })
+}
+
+/// Every route with the shared middleware, and the in-flight limits per token and address.
+fn served_router(config: &Config, state: AppState) -> Result<axum::Router, StartError> {
+    let access_for_limits = state.access.clone();
+    let proxy_hops = state.proxy_hops;
+    Ok(http::router(
+        state,
+        config.max_body_bytes,
+        Arc::new(http::concurrency::RouteLimits::new(
+            config.route_concurrency.unwrap_or_else(|| {
+                // Room for the other routes and for the background work that needs a
+                // connection now and then (revocation heartbeats, purges).
+                let pool = config.db_max_connections as usize;
+                (pool * 3 / 4).min(pool.saturating_sub(4)).max(1)
+            }),
+            std::time::Duration::from_secs(10),
+        )),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        config.http.in_flight(
+            TokenKeys::new(config.auth_secret()?),
+            access_for_limits,
+            &[],
+            Arc::new(move |peer, headers| {
+                http::limits::client_ip_behind(proxy_hops, peer, headers)
+            }),
+        ),
+        events::http::inflight::limit,
+    )))
 }
 
 /// `command-api admin create`: connects, migrates, and creates the super admin.
