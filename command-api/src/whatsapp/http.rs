@@ -26,7 +26,7 @@ use super::aggregate::{
     SessionCommand, SessionError,
 };
 use super::cloud;
-use super::service::{check_template, history, upload_file};
+use super::service::{check_template, history, refusal, upload_for_attempt};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::services::Directory;
 use crate::http::error::DomainProblem;
@@ -731,54 +731,23 @@ async fn claim(
         .ok_or_else(|| ConversationError::NotFound.problem())?;
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
     let at = state.clock.now();
-    let session = state
-        .ctx
-        .whatsapp
-        .sessions
-        .load(current.session_id())
-        .await?;
+    let sessions = &state.ctx.whatsapp.sessions;
+    let session = sessions.load(current.session_id()).await?;
     // Disconnected, or connected since by another tenant: not this conversation's to use.
     let usable = session.connected() && session.tenant_id() == Some(tenant.as_str());
     // A file of the platform's store is uploaded to the provider before the attempt is
     // recorded (an upload sends nothing; repeating it is harmless), so the attempt's lease
     // covers only the send itself. The request names the provider's media id.
-    let upload = match current.content(&message) {
-        Some(Outbound::File {
-            object_key,
-            content_type,
-            size_bytes,
-            filename,
-            ..
-        }) if usable && current.due(&message, at) => Some(match session.transport() {
-            Transport::Bridge => Err(SendResult::Refused {
-                code: Some("unsupported_on_bridge".into()),
-                reason: "Files of the platform are not sent through a bridge.".into(),
-                retryable: false,
-                retry_after: None,
-            }),
-            Transport::Cloud => {
-                upload_file(
-                    &state,
-                    current.session_id(),
-                    session.phone_number_id(),
-                    object_key,
-                    content_type,
-                    *size_bytes,
-                    filename.as_deref(),
-                )
-                .await
-            }
-        }),
-        _ => None,
+    let upload = match usable && current.due(&message, at) {
+        true => upload_for_attempt(&state, &current, &session, &message).await,
+        false => None,
     };
     // The lease begins now, after the upload. (A message that stopped being due meanwhile
     // is not attempted; one that became due is attempted without its file and reported
     // below for a retry.)
     let at = state.clock.now();
-    let claim = ConversationCommand::Claim {
-        message_id: message.clone(),
-        at,
-    };
+    let message_id = message.clone();
+    let claim = ConversationCommand::Claim { message_id, at };
     let (c, events) = state
         .ctx
         .whatsapp
@@ -790,64 +759,20 @@ async fn claim(
         _ => None,
     });
     let Some(attempt) = attempt else {
-        let state_now = state
-            .ctx
-            .whatsapp
-            .conversations
-            .load(&conversation)
-            .await?
-            .with_message(&message, &history(&state))
-            .await
-            .map_err(|e| e.problem())?;
-        let status = state_now.outgoing(&message).map(|o| o.state);
-        return Ok(Json(ClaimAnswer::wait(c.version, status.map(send_state))).into_response());
-    };
-    let (media_id, upload_refused) = match upload {
-        Some(Ok(id)) => (Some(id), None),
-        Some(Err(result)) => (None, Some(result)),
-        None => (None, None),
+        let stands = where_it_stands(&state, &conversation, &message).await?;
+        return Ok(Json(ClaimAnswer::wait(c.version, stands)).into_response());
     };
     let is_file = matches!(current.content(&message), Some(Outbound::File { .. }));
-    let refused = match usable {
-        false => Some(SendResult::Refused {
-            code: Some("session_disconnected".into()),
-            reason: "The WhatsApp session was disconnected before the message could be sent."
-                .into(),
-            retryable: false,
-            retry_after: None,
-        }),
-        true if upload_refused.is_some() => upload_refused,
-        // (Another claimer changed the message between the check and the claim.)
-        true if is_file && media_id.is_none() => Some(SendResult::Refused {
-            code: Some("media_upload_failed".into()),
-            reason: "The file was not uploaded for this attempt.".into(),
-            retryable: true,
-            retry_after: None,
-        }),
-        true => None,
-    };
+    let (media_id, refused) = refusal(usable, upload, is_file);
     if let Some(result) = refused {
-        let retrying = matches!(
-            result,
-            SendResult::Refused {
-                retryable: true,
-                ..
-            }
-        );
-        let report = ConversationCommand::Report {
-            message_id: message,
+        let report = Refused {
+            conversation: &conversation,
+            message,
             attempt,
-            result,
             at,
         };
-        let c = state
-            .ctx
-            .whatsapp
-            .conversations
-            .execute(&conversation, None, report, &metadata)
-            .await?;
-        let state_now = ClaimState::after_refused_upload(retrying);
-        return Ok(Json(ClaimAnswer::wait(c.version, Some(state_now))).into_response());
+        let answer = report.record(&state, result, &metadata).await?;
+        return Ok(Json(answer).into_response());
     }
     let content = current
         .content(&message)
@@ -867,6 +792,64 @@ async fn claim(
         request,
     })
     .into_response())
+}
+
+/// An attempt just claimed that cannot be sent, reported as refused at once.
+struct Refused<'a> {
+    conversation: &'a str,
+    message: String,
+    attempt: u32,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Refused<'_> {
+    /// Records the refusal; the sender is told where the message stands.
+    async fn record(
+        self,
+        state: &AppState,
+        result: SendResult,
+        metadata: &events::Metadata,
+    ) -> Result<ClaimAnswer, Problem> {
+        let retrying = matches!(
+            result,
+            SendResult::Refused {
+                retryable: true,
+                ..
+            }
+        );
+        let report = ConversationCommand::Report {
+            message_id: self.message,
+            attempt: self.attempt,
+            result,
+            at: self.at,
+        };
+        let c = state
+            .ctx
+            .whatsapp
+            .conversations
+            .execute(self.conversation, None, report, metadata)
+            .await?;
+        let state_now = ClaimState::after_refused_upload(retrying);
+        Ok(ClaimAnswer::wait(c.version, Some(state_now)))
+    }
+}
+
+/// Where a reply the sender need not send now stands, read again after the claim.
+async fn where_it_stands(
+    state: &AppState,
+    conversation: &str,
+    message: &str,
+) -> Result<Option<ClaimState>, Problem> {
+    let now = state
+        .ctx
+        .whatsapp
+        .conversations
+        .load(conversation)
+        .await?
+        .with_message(message, &history(state))
+        .await
+        .map_err(|e| e.problem())?;
+    Ok(now.outgoing(message).map(|o| send_state(o.state)))
 }
 
 fn send_state(s: SendState) -> ClaimState {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::aggregate::{
-    ConversationCommand, ConversationError, ConversationServices, Inbound, MediaResult, Parties,
-    SendResult, Session, StatusReport,
+    Conversation, ConversationCommand, ConversationError, ConversationServices, Inbound,
+    MediaResult, Parties, SendResult, Session, StatusReport,
 };
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
@@ -748,4 +748,78 @@ pub(crate) async fn conversation_of_message(
     .bind(message_id)
     .fetch_optional(&state.pool)
     .await
+}
+
+/// The upload of a due reply's file to the provider ahead of its attempt (none for another
+/// kind of message): its media id, or the refusal to report. A bridge does not carry the
+/// platform's files.
+pub(crate) async fn upload_for_attempt(
+    state: &AppState,
+    conversation: &Conversation,
+    session: &Session,
+    message: &str,
+) -> Option<Result<String, SendResult>> {
+    let Some(Outbound::File {
+        object_key,
+        content_type,
+        size_bytes,
+        filename,
+        ..
+    }) = conversation.content(message)
+    else {
+        return None;
+    };
+    Some(match session.transport() {
+        Transport::Bridge => Err(SendResult::Refused {
+            code: Some("unsupported_on_bridge".into()),
+            reason: "Files of the platform are not sent through a bridge.".into(),
+            retryable: false,
+            retry_after: None,
+        }),
+        Transport::Cloud => {
+            upload_file(
+                state,
+                conversation.session_id(),
+                session.phone_number_id(),
+                object_key,
+                content_type,
+                *size_bytes,
+                filename.as_deref(),
+            )
+            .await
+        }
+    })
+}
+
+/// What an attempt just claimed cannot carry, if anything, with the file's media id: a
+/// disconnected session (not this conversation's to use), a refused upload, or a file
+/// without one (another claimer changed the message between the check and the claim).
+pub(crate) fn refusal(
+    usable: bool,
+    upload: Option<Result<String, SendResult>>,
+    is_file: bool,
+) -> (Option<String>, Option<SendResult>) {
+    let (media_id, upload_refused) = match upload {
+        Some(Ok(id)) => (Some(id), None),
+        Some(Err(result)) => (None, Some(result)),
+        None => (None, None),
+    };
+    let refused = match usable {
+        false => Some(SendResult::Refused {
+            code: Some("session_disconnected".into()),
+            reason: "The WhatsApp session was disconnected before the message could be sent."
+                .into(),
+            retryable: false,
+            retry_after: None,
+        }),
+        true if upload_refused.is_some() => upload_refused,
+        true if is_file && media_id.is_none() => Some(SendResult::Refused {
+            code: Some("media_upload_failed".into()),
+            reason: "The file was not uploaded for this attempt.".into(),
+            retryable: true,
+            retry_after: None,
+        }),
+        true => None,
+    };
+    (media_id, refused)
 }
