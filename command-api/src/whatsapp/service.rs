@@ -313,10 +313,8 @@ pub(crate) async fn receive_message(
     };
     let conversation = conversation_id(tenant, session, &m.from);
     let message_id = inbound_message_id(session, &m.wamid);
-    let current = state
-        .ctx
-        .whatsapp
-        .conversations
+    let conversations = &state.ctx.whatsapp.conversations;
+    let current = conversations
         .load(&conversation)
         .await
         .map_err(|e| retry(&e))?
@@ -325,28 +323,9 @@ pub(crate) async fn receive_message(
         .map_err(|e| retry(&e))?;
     let thread = match current.inbound_thread(&message_id) {
         Some(thread) => thread.to_owned(),
-        None => {
-            let open = match current.thread_id() {
-                Some(t) => {
-                    let thread = state
-                        .ctx
-                        .chat
-                        .threads
-                        .load(t)
-                        .await
-                        .map_err(|e| retry(&e))?;
-                    (thread.tenant_id().is_some() && !thread.is_closed()).then(|| t.to_owned())
-                }
-                None => None,
-            };
-            open.unwrap_or_else(|| {
-                Uuid::new_v5(
-                    &Uuid::NAMESPACE_OID,
-                    format!("whatsapp-thread\0{conversation}\0{}", m.wamid).as_bytes(),
-                )
-                .to_string()
-            })
-        }
+        None => open_thread_or_new(state, &current, &conversation, &m.wamid)
+            .await
+            .map_err(|e| retry(&e))?,
     };
     let at = state.clock.now();
     let command = ConversationCommand::Receive {
@@ -369,39 +348,18 @@ pub(crate) async fn receive_message(
         thread_id: thread.clone(),
         at,
     };
-    state
-        .ctx
-        .whatsapp
-        .conversations
+    conversations
         .execute(&conversation, None, command, metadata)
         .await
         .map_err(|e| retry(&e))?;
     let actor = Actor::System {
         component: "whatsapp".into(),
     };
-    let open = ThreadCommand {
-        thread_id: thread.clone(),
-        actor: actor.clone(),
-        at,
-        action: Action::Open {
-            tenant_id: tenant.to_owned(),
-            channel: Channel::Whatsapp,
-            customer: Some(Party {
-                id: format!("+{}", m.from),
-                kind: PartyKind::Contact,
-            }),
-            subject: None,
-            tags: Vec::new(),
-            bot_enabled: Some(false),
-        },
+    let contact = Party {
+        id: format!("+{}", m.from),
+        kind: PartyKind::Contact,
     };
-    match state
-        .ctx
-        .chat
-        .threads
-        .execute(&thread, None, open, metadata)
-        .await
-    {
+    match open_whatsapp_thread(state, &thread, tenant, &contact, &actor, at, metadata).await {
         Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
         Err(e) => return Err(retry(&e)),
     }
@@ -410,34 +368,15 @@ pub(crate) async fn receive_message(
         actor,
         at,
         action: Action::Receive {
-            from: Party {
-                id: format!("+{}", m.from),
-                kind: PartyKind::Contact,
-            },
+            from: contact,
             channel: Channel::Whatsapp,
             message_id: message_id.clone(),
-            // A thread takes no control characters but line breaks and tabs: a contact's
-            // text shows them replaced, never refused.
-            text: m
-                .text
-                .chars()
-                .map(|c| match c {
-                    '\n' | '\r' | '\t' => c,
-                    c if c.is_control() => '\u{fffd}',
-                    c => c,
-                })
-                .take(crate::chat::values::MAX_TEXT_CHARS)
-                .collect(),
+            text: shown_text(&m.text),
             attachment: None,
         },
     };
-    match state
-        .ctx
-        .chat
-        .threads
-        .execute(&thread, None, receive, metadata)
-        .await
-    {
+    let threads = &state.ctx.chat.threads;
+    match threads.execute(&thread, None, receive, metadata).await {
         Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
         Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(retry(&e)),
         Err(CommandError::Rejected(e)) => Ok(format!(
@@ -445,6 +384,68 @@ pub(crate) async fn receive_message(
         )),
         Err(e) => Err(retry(&e)),
     }
+}
+
+/// The contact's open thread of channel `whatsapp`, or the id of a new one (derived from the
+/// conversation and the message, so a repeat names the same).
+async fn open_thread_or_new(
+    state: &AppState,
+    current: &Conversation,
+    conversation: &str,
+    wamid: &str,
+) -> Result<String, CommandError<ThreadError>> {
+    if let Some(t) = current.thread_id() {
+        let thread = state.ctx.chat.threads.load(t).await?;
+        if thread.tenant_id().is_some() && !thread.is_closed() {
+            return Ok(t.to_owned());
+        }
+    }
+    let name = format!("whatsapp-thread\0{conversation}\0{wamid}");
+    Ok(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string())
+}
+
+/// Opens a contact's thread of channel `whatsapp` (the bot off).
+async fn open_whatsapp_thread(
+    state: &AppState,
+    thread: &str,
+    tenant: &str,
+    contact: &Party,
+    actor: &Actor,
+    at: chrono::DateTime<chrono::Utc>,
+    metadata: &Metadata,
+) -> Result<crate::store::Committed, CommandError<ThreadError>> {
+    let open = ThreadCommand {
+        thread_id: thread.to_owned(),
+        actor: actor.clone(),
+        at,
+        action: Action::Open {
+            tenant_id: tenant.to_owned(),
+            channel: Channel::Whatsapp,
+            customer: Some(contact.clone()),
+            subject: None,
+            tags: Vec::new(),
+            bot_enabled: Some(false),
+        },
+    };
+    state
+        .ctx
+        .chat
+        .threads
+        .execute(thread, None, open, metadata)
+        .await
+}
+
+/// A contact's text as a thread shows it: a thread takes no control characters but line
+/// breaks and tabs, so they are replaced, never refused; cut at a message's length.
+fn shown_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => c,
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .take(crate::chat::values::MAX_TEXT_CHARS)
+        .collect()
 }
 
 /// Whether session `id` is `tenant`'s now.
