@@ -243,17 +243,7 @@ async fn login(
 async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<Response, Problem> {
     let state = state.clone();
     let email = crate::values::Email::lookup_form(&body.email);
-    // No stored address holds a control character, and PostgreSQL text cannot hold U+0000
-    // at all (it would answer an error, not "no such row"): such an address is nobody's.
-    let found: Option<(String, Option<String>)> = if email.chars().any(char::is_control) {
-        None
-    } else {
-        sqlx::query_as("SELECT user_id, tenant_id FROM admin_emails WHERE email = $1")
-            .bind(&email)
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?
-    };
+    let found = admin_of_email(&state, &email).await?;
     let Some((user_id, tenant)) = found else {
         decoy_check(&state, &body.password).await;
         // No account, so no stream to record it on: operators see such attempts (credential
@@ -312,6 +302,45 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
         }
         Err(e) => return Err(e.into()),
     };
+    refuse_unless_opened(&state, &events, &password).await?;
+    let user = state.ctx.identity.admins.load(&user_id).await?;
+    end_sessions_over_the_limit(&state, &user_id, &metadata).await?;
+    let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
+    Ok(Json(TokenAnswer {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in,
+        refresh_token,
+        user: profile_of(&user_id, &user),
+    })
+    .into_response())
+}
+
+/// The admin user an e-mail (in its look-up form) belongs to, and their tenant. No stored
+/// address holds a control character, and PostgreSQL text cannot hold U+0000 at all (it
+/// would answer an error, not "no such row"): such an address is nobody's.
+async fn admin_of_email(
+    state: &AppState,
+    email: &str,
+) -> Result<Option<(String, Option<String>)>, Problem> {
+    if email.chars().any(char::is_control) {
+        return Ok(None);
+    }
+    sqlx::query_as("SELECT user_id, tenant_id FROM admin_emails WHERE email = $1")
+        .bind(email)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))
+}
+
+/// Refuses a login whose events opened no session: 403 when the tenant is suspended,
+/// otherwise 401 `invalid_credentials`, as for a wrong password (a password the aggregate
+/// did not check is checked against a decoy, so every refusal takes as long).
+async fn refuse_unless_opened(
+    state: &AppState,
+    events: &[AdminUserEvent],
+    password: &str,
+) -> Result<(), Problem> {
     if events.iter().any(|e| {
         matches!(
             e,
@@ -337,20 +366,28 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
             )
         });
         if !checked {
-            decoy_check(&state, &password).await;
+            decoy_check(state, password).await;
         }
-        failed_login(&state);
+        failed_login(state);
         return Err(invalid_credentials());
     }
-    let user = state.ctx.identity.admins.load(&user_id).await?;
+    Ok(())
+}
+
+/// Ends the user's sessions beyond the limit (those used least recently), each recorded, so the
+/// audit trail shows it and the session's realtime connections close.
+async fn end_sessions_over_the_limit(
+    state: &AppState,
+    user_id: &str,
+    metadata: &Metadata,
+) -> Result<(), Problem> {
     let ended = state
         .ctx
         .identity
         .sessions
-        .opened(&user_id)
+        .opened(user_id)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    // Recorded, so the audit trail shows it and the session's realtime connections close.
     for session_id in ended {
         let revoke = AdminUserCommand::RevokeSession {
             session_id,
@@ -360,21 +397,13 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
             .ctx
             .identity
             .admins
-            .execute(&user_id, None, revoke, &metadata)
+            .execute(user_id, None, revoke, metadata)
             .await
         {
             tracing::warn!(error = ?e, "could not record a session ended by the limit");
         }
     }
-    let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
-    Ok(Json(TokenAnswer {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in,
-        refresh_token,
-        user: profile_of(&user_id, &user),
-    })
-    .into_response())
+    Ok(())
 }
 
 /// Refresh or logout body.
