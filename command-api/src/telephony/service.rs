@@ -90,30 +90,35 @@ pub(crate) async fn deliver_to_thread(
     media: &[Attachment],
     metadata: &Metadata,
 ) -> Result<String, Processing> {
-    let Some(from) = sender(from) else {
-        return Err(Processing::Done(
-            Outcome::Recorded,
-            Some(Attributed {
-                payment_id: None,
-                tenant_id: tenant.to_owned(),
-            }),
-            "SmsReceived; not delivered into a thread: the sender is not a number, short code or sender id".into(),
-        ));
-    };
-    let from = from.as_str();
-    let contact = Party {
-        id: from.to_owned(),
-        kind: PartyKind::Contact,
-    };
-    let actor = Actor::System {
-        component: "webhooks".into(),
-    };
-    let at = state.clock.now();
     let attributed = || {
         Some(Attributed {
             payment_id: None,
             tenant_id: tenant.to_owned(),
         })
+    };
+    let Some(from) = sender(from) else {
+        return Err(Processing::Done(
+            Outcome::Recorded,
+            attributed(),
+            "SmsReceived; not delivered into a thread: the sender is not a number, short code or sender id".into(),
+        ));
+    };
+    let from = from.as_str();
+    let sms = Sms {
+        state,
+        tenant,
+        stream,
+        body,
+        media,
+        contact: Party {
+            id: from.to_owned(),
+            kind: PartyKind::Contact,
+        },
+        actor: Actor::System {
+            component: "webhooks".into(),
+        },
+        at: state.clock.now(),
+        metadata,
     };
     for n in 0..SMS_THREAD_CANDIDATES {
         let thread = sms_thread_id(tenant, from, n);
@@ -121,27 +126,7 @@ pub(crate) async fn deliver_to_thread(
             tracing::warn!(error = %e, thread, "could not deliver an SMS into its thread");
             Processing::Retry("event store unavailable".into())
         };
-        let open = ThreadCommand {
-            thread_id: thread.clone(),
-            actor: actor.clone(),
-            at,
-            action: Action::Open {
-                tenant_id: tenant.to_owned(),
-                channel: Channel::Sms,
-                customer: Some(contact.clone()),
-                subject: None,
-                tags: Vec::new(),
-                // The bot does not answer on SMS.
-                bot_enabled: Some(false),
-            },
-        };
-        match state
-            .ctx
-            .chat
-            .threads
-            .execute(&thread, None, open, metadata)
-            .await
-        {
+        match sms.open(&thread).await {
             Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
             Err(CommandError::Rejected(e)) => {
                 return Err(Processing::Done(
@@ -152,41 +137,7 @@ pub(crate) async fn deliver_to_thread(
             }
             Err(e) => return Err(failed(&e)),
         }
-        let parts = media.len().max(1);
-        let mut delivered = Ok(());
-        for n in 0..parts {
-            let name = match n {
-                0 => format!("{thread}\0sms\0{stream}"),
-                n => format!("{thread}\0sms\0{stream}\0{n}"),
-            };
-            let receive = ThreadCommand {
-                thread_id: thread.clone(),
-                actor: actor.clone(),
-                at,
-                action: Action::Receive {
-                    message_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
-                    text: if n == 0 {
-                        body.to_owned()
-                    } else {
-                        String::new()
-                    },
-                    from: contact.clone(),
-                    channel: Channel::Sms,
-                    attachment: media.get(n).cloned(),
-                },
-            };
-            delivered = state
-                .ctx
-                .chat
-                .threads
-                .execute(&thread, None, receive, metadata)
-                .await
-                .map(|_| ());
-            if delivered.is_err() {
-                break;
-            }
-        }
-        match delivered {
+        match sms.receive(&thread).await {
             Ok(()) => return Ok(thread),
             Err(CommandError::Rejected(ThreadError::NotTheSendersThread)) => {
                 tracing::warn!(thread, "an SMS thread id holds another thread: next id");
@@ -208,6 +159,77 @@ pub(crate) async fn deliver_to_thread(
         attributed(),
         "SmsReceived; not delivered: every thread id of the sender holds another thread".into(),
     ))
+}
+
+/// An SMS received, on its way into its sender's thread.
+struct Sms<'a> {
+    state: &'a AppState,
+    tenant: &'a str,
+    /// The SMS's stream (its message ids derive from it).
+    stream: &'a str,
+    body: &'a str,
+    media: &'a [Attachment],
+    contact: Party,
+    actor: Actor,
+    at: chrono::DateTime<chrono::Utc>,
+    metadata: &'a Metadata,
+}
+
+impl Sms<'_> {
+    /// Opens the sender's thread `thread` (channel `sms`; the bot does not answer on SMS).
+    async fn open(
+        &self,
+        thread: &str,
+    ) -> Result<crate::store::Committed, CommandError<ThreadError>> {
+        let open = ThreadCommand {
+            thread_id: thread.to_owned(),
+            actor: self.actor.clone(),
+            at: self.at,
+            action: Action::Open {
+                tenant_id: self.tenant.to_owned(),
+                channel: Channel::Sms,
+                customer: Some(self.contact.clone()),
+                subject: None,
+                tags: Vec::new(),
+                bot_enabled: Some(false),
+            },
+        };
+        let threads = &self.state.ctx.chat.threads;
+        threads.execute(thread, None, open, self.metadata).await
+    }
+
+    /// Receives the SMS in `thread`: its text, then one message per further file (each
+    /// message's id derived from the thread, the SMS and the part, so a repeat appends
+    /// nothing).
+    async fn receive(&self, thread: &str) -> Result<(), CommandError<ThreadError>> {
+        for n in 0..self.media.len().max(1) {
+            let name = match n {
+                0 => format!("{thread}\0sms\0{}", self.stream),
+                n => format!("{thread}\0sms\0{}\0{n}", self.stream),
+            };
+            let receive = ThreadCommand {
+                thread_id: thread.to_owned(),
+                actor: self.actor.clone(),
+                at: self.at,
+                action: Action::Receive {
+                    message_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
+                    text: if n == 0 {
+                        self.body.to_owned()
+                    } else {
+                        String::new()
+                    },
+                    from: self.contact.clone(),
+                    channel: Channel::Sms,
+                    attachment: self.media.get(n).cloned(),
+                },
+            };
+            let threads = &self.state.ctx.chat.threads;
+            threads
+                .execute(thread, None, receive, self.metadata)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The tenant a kept callback belongs to, fixed when it arrives (the webhook's
