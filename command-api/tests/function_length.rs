@@ -21,7 +21,6 @@ const CRATES: &[&str] = &["events", "command-api", "projector", "query-api"];
 /// `file function lines` of the functions over the limit from before the rule.
 const KNOWN: &[&str] = &[
     "command-api/src/whatsapp/service.rs receive_message 87",
-    "command-api/src/whatsapp/service.rs store_media 127",
     "query-api/src/whatsapp/mod.rs analytics 93",
     "command-api/src/audio/service.rs process_webhook 117",
     "query-api/src/audit/mod.rs history 109",

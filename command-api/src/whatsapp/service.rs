@@ -535,70 +535,15 @@ pub(crate) async fn store_media(
             }
         }
         Some(media_id) => {
-            let creds = credentials(state, session)
-                .await
-                .map_err(|_| retry(&"event store unavailable"))?
-                .ok_or_else(|| retry(&"the session's credentials cannot be opened"))?;
-            let key = format!("tenants/{tenant}/whatsapp/{message_id}");
-            let fetched = async {
-                let info =
-                    cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token)
-                        .await?;
-                if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
-                    return Err(cloud::MediaError::Permanent(format!(
-                        "the file is larger than WhatsApp's limit of {} bytes for its kind",
-                        kind.max_bytes()
-                    )));
-                }
-                let (size, sha256) = cloud::download(
-                    &info.url,
-                    &creds.access_token,
-                    kind.max_bytes(),
-                    state.blobs.as_ref(),
-                    &key,
-                )
-                .await?;
-                Ok((info, size, sha256))
-            }
-            .await;
-            match fetched {
-                Ok((info, size_bytes, sha256)) => MediaResult::Stored {
-                    object_key: key,
-                    content_type: info
-                        .mime_type
-                        .or_else(|| {
-                            content
-                                .get("mime_type")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        })
-                        .unwrap_or_else(|| "application/octet-stream".into()),
-                    size_bytes,
-                    sha256,
-                },
-                Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed {
-                    reason,
-                    retryable: false,
-                },
-                // The tenant reconnected while this fetch used the old token: try again
-                // with the new one rather than wait for a reconnection that came already.
-                Err(cloud::MediaError::Unauthorized(_))
-                    if credentials(state, session)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|now| now.access_token != creds.access_token) =>
-                {
-                    return Err(retry(&"the session's credentials changed meanwhile"));
-                }
-                // Shown as failed now, and fetched again when the delivery is replayed once
-                // the session has working credentials (the provider keeps files for weeks).
-                Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
-                    reason: format!("{reason}; fetched again when the session is reconnected"),
-                    retryable: true,
-                },
-                Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),
-            }
+            let fetch = MediaFetch {
+                state,
+                tenant,
+                session,
+                message_id,
+                kind,
+                content,
+            };
+            fetch.store(media_id).await?
         }
     };
     let stored = matches!(result, MediaResult::Stored { .. });
@@ -614,6 +559,101 @@ pub(crate) async fn store_media(
         .await
         .map_err(|e| retry(&e))?;
     Ok(if stored { "MediaStored" } else { "MediaFailed" }.into())
+}
+
+/// A WhatsApp file to fetch into the blob store, for a message of `tenant`'s session.
+struct MediaFetch<'a> {
+    state: &'a AppState,
+    tenant: &'a str,
+    session: &'a str,
+    message_id: &'a str,
+    kind: MediaKind,
+    /// The message's content (its `mime_type`, when the provider does not say).
+    content: &'a Value,
+}
+
+impl MediaFetch<'_> {
+    /// Fetches media `media_id` with the session's token (its size checked against
+    /// WhatsApp's limit for its kind first) and stores it: what became of it, or a retry
+    /// when trying again may help.
+    async fn store(&self, media_id: &str) -> Result<MediaResult, Processing> {
+        let (state, tenant, session, message_id, kind, content) = (
+            self.state,
+            self.tenant,
+            self.session,
+            self.message_id,
+            self.kind,
+            self.content,
+        );
+        let retry = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, message_id, "could not fetch a WhatsApp file");
+            Processing::Retry(format!("file not fetched: {e}"))
+        };
+        let creds = credentials(state, session)
+            .await
+            .map_err(|_| retry(&"event store unavailable"))?
+            .ok_or_else(|| retry(&"the session's credentials cannot be opened"))?;
+        let key = format!("tenants/{tenant}/whatsapp/{message_id}");
+        let fetched = async {
+            let info =
+                cloud::media_info(&state.ctx.whatsapp.settings, media_id, &creds.access_token)
+                    .await?;
+            if info.file_size.is_some_and(|s| s > kind.max_bytes()) {
+                return Err(cloud::MediaError::Permanent(format!(
+                    "the file is larger than WhatsApp's limit of {} bytes for its kind",
+                    kind.max_bytes()
+                )));
+            }
+            let (size, sha256) = cloud::download(
+                &info.url,
+                &creds.access_token,
+                kind.max_bytes(),
+                state.blobs.as_ref(),
+                &key,
+            )
+            .await?;
+            Ok((info, size, sha256))
+        }
+        .await;
+        Ok(match fetched {
+            Ok((info, size_bytes, sha256)) => MediaResult::Stored {
+                object_key: key,
+                content_type: info
+                    .mime_type
+                    .or_else(|| {
+                        content
+                            .get("mime_type")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                size_bytes,
+                sha256,
+            },
+            Err(cloud::MediaError::Permanent(reason)) => MediaResult::Failed {
+                reason,
+                retryable: false,
+            },
+            // The tenant reconnected while this fetch used the old token: try again
+            // with the new one rather than wait for a reconnection that came already.
+            Err(cloud::MediaError::Unauthorized(_))
+                if credentials(state, session)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|now| now.access_token != creds.access_token) =>
+            {
+                return Err(retry(&"the session's credentials changed meanwhile"));
+            }
+            // Shown as failed now, and fetched again when the delivery is replayed once
+            // the session has working credentials (the provider keeps files for weeks).
+            Err(cloud::MediaError::Unauthorized(reason)) => MediaResult::Failed {
+                reason: format!("{reason}; fetched again when the session is reconnected"),
+                retryable: true,
+            },
+            Err(e @ cloud::MediaError::Transient(_)) => return Err(retry(&e)),
+        })
+    }
 }
 
 /// Uploads a file of the blob store to the provider (`POST /{phone_number_id}/media`,
