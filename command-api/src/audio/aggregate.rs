@@ -281,6 +281,7 @@ impl Audio {
     fn in_request(&self, at: DateTime<Utc>) -> bool {
         self.status == Status::Requesting || (self.status == Status::Uploaded && self.due(at))
     }
+
     /// A file uploaded: a new audio file only.
     fn upload(&self, command: AudioCommand) -> Result<Option<AudioEvent>, AudioError> {
         let AudioCommand::Upload {

@@ -405,42 +405,22 @@ pub(crate) async fn process_webhook(
         payment_id: None,
         tenant_id: tenant.clone(),
     });
-    let Some(client) = &state.ctx.audio.assemblyai else {
-        return Processing::Retry("transcription is not configured".into());
+    let transcript = match fetch_transcript(state, transcript_id, &attributed).await {
+        Ok(transcript) => transcript,
+        Err(outcome) => return outcome,
     };
-    let transcript = match client.transcript(transcript_id).await {
-        Ok(t) => t,
-        Err(ServiceError::Refused(_)) => {
-            return Processing::Done(Outcome::Ignored, attributed, "unknown transcript".into())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "assemblyai unavailable");
-            return Processing::Retry(e.to_string());
-        }
-    };
-    // A transcript the service made of this file (its request named the file) while no
-    // request outcome is recorded — the webhook came before the answer, or the answer was
-    // lost (a timeout after the service accepted, a crash): recorded for the current
-    // request, so the transcript the file has is kept instead of a second one requested
-    // and billed. One the file had before (a replayed webhook) is not (the aggregate keeps
-    // every transcript id it had).
-    if matches!(audio.status(), Status::Requesting | Status::Uploaded)
-        && transcript.is_for(audio_id)
+    let metadata = metadata(&tenant);
+    if let Err(retry) = adopt(
+        state,
+        &audio,
+        audio_id,
+        &transcript,
+        transcript_id,
+        &metadata,
+    )
+    .await
     {
-        let adopt = AudioCommand::RecordRequest {
-            transcript_id: transcript_id.to_owned(),
-            at: state.clock.now(),
-        };
-        if let Err(e) = state
-            .ctx
-            .audio
-            .files
-            .execute(audio_id, None, adopt, &metadata(&tenant))
-            .await
-        {
-            tracing::warn!(error = %e, "audio command failed");
-            return Processing::Retry("event store unavailable".into());
-        }
+        return retry;
     }
     let audio = match state.ctx.audio.files.load(audio_id).await {
         Ok(a) => a,
@@ -451,30 +431,61 @@ pub(crate) async fn process_webhook(
         return Processing::Retry("the transcript is not final yet".into());
     }
     let at = state.clock.now();
-    let command = match finishing(
+    let webhook = Some(webhook_id.to_owned());
+    let finished = finishing(
         state,
         audio_id,
         &audio,
         transcript_id,
         transcript,
-        Some(webhook_id.to_owned()),
+        webhook,
         at,
-    )
-    .await
-    {
+    );
+    let command = match finished.await {
         Ok(command) => command,
         Err(e) => {
             tracing::warn!(error = %e, "the transcript could not be stored");
             return Processing::Retry("blob store unavailable".into());
         }
     };
-    match state
-        .ctx
-        .audio
-        .files
-        .execute_with_events(audio_id, None, command, &metadata(&tenant))
-        .await
-    {
+    let files = &state.ctx.audio.files;
+    let recorded = files.execute_with_events(audio_id, None, command, &metadata);
+    verdict(recorded.await, attributed)
+}
+
+/// The transcript the service has, asked for by its id: unknown there, the webhook is
+/// ignored; the service unreachable or not configured, it is retried.
+async fn fetch_transcript(
+    state: &AppState,
+    transcript_id: &str,
+    attributed: &Option<Attributed>,
+) -> Result<Transcript, Processing> {
+    let Some(client) = &state.ctx.audio.assemblyai else {
+        return Err(Processing::Retry("transcription is not configured".into()));
+    };
+    match client.transcript(transcript_id).await {
+        Ok(t) => Ok(t),
+        Err(ServiceError::Refused(_)) => Err(Processing::Done(
+            Outcome::Ignored,
+            attributed.clone(),
+            "unknown transcript".into(),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "assemblyai unavailable");
+            Err(Processing::Retry(e.to_string()))
+        }
+    }
+}
+
+/// What processing made of the webhook, from what finishing the transcript recorded.
+fn verdict(
+    recorded: Result<
+        (crate::store::Committed, Vec<events::audio::AudioEvent>),
+        CommandError<super::aggregate::AudioError>,
+    >,
+    attributed: Option<Attributed>,
+) -> Processing {
+    match recorded {
         Ok((_, events)) => match events.first() {
             Some(e) => Processing::Done(
                 Outcome::Applied,
@@ -495,6 +506,37 @@ pub(crate) async fn process_webhook(
             Processing::Retry("event store unavailable".into())
         }
     }
+}
+
+/// A transcript the service made of this file (its request named the file) while no
+/// request outcome is recorded — the webhook came before the answer, or the answer was lost
+/// (a timeout after the service accepted, a crash): recorded for the current request, so
+/// the transcript the file has is kept instead of a second one requested and billed. One
+/// the file had before (a replayed webhook) is not (the aggregate keeps every transcript id
+/// it had).
+async fn adopt(
+    state: &AppState,
+    audio: &Audio,
+    audio_id: &str,
+    transcript: &Transcript,
+    transcript_id: &str,
+    metadata: &Metadata,
+) -> Result<(), Processing> {
+    if !(matches!(audio.status(), Status::Requesting | Status::Uploaded)
+        && transcript.is_for(audio_id))
+    {
+        return Ok(());
+    }
+    let adopt = AudioCommand::RecordRequest {
+        transcript_id: transcript_id.to_owned(),
+        at: state.clock.now(),
+    };
+    let files = &state.ctx.audio.files;
+    if let Err(e) = files.execute(audio_id, None, adopt, metadata).await {
+        tracing::warn!(error = %e, "audio command failed");
+        return Err(Processing::Retry("event store unavailable".into()));
+    }
+    Ok(())
 }
 
 /// Whether `who` may upload now: so many uploads an hour and so many mebibytes a day per

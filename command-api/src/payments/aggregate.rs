@@ -790,6 +790,7 @@ impl Payment {
             }
         }
     }
+
     /// Money beyond the payment itself: other charges, refunds held or applied, provider
     /// reports recorded without effect.
     fn apply_money_back(&mut self, event: PaymentEvent) {

@@ -791,9 +791,9 @@ pub(crate) async fn conversation_of_message(
     .await
 }
 
-/// The upload of a due reply's file to the provider ahead of its attempt (none for another
-/// kind of message): its media id, or the refusal to report. A bridge does not carry the
-/// platform's files.
+/// The upload of a reply's file to the provider ahead of its attempt (none for another kind
+/// of message; the caller asks only for a due reply of a usable session): its media id, or
+/// the refusal to report. A bridge does not carry the platform's files.
 pub(crate) async fn upload_for_attempt(
     state: &AppState,
     conversation: &Conversation,

@@ -441,9 +441,10 @@ async fn status_change(
             "status = 'cancelled', last_error = NULLIF($4, '')",
             Some(reason),
         ),
-        // Applied with the payment's confirmation (then a `Refunded` follows); and any
-        // event of another group (`apply` sends it there).
-        _ => ("status = status", None),
+        // Applied with the payment's confirmation (then a `Refunded` follows).
+        PaymentEvent::RefundHeld { .. } => ("status = status", None),
+        // Never reached: `apply` sends every other event to its own function.
+        _ => return Ok(()),
     };
     let sql = format!(
         "UPDATE {} SET {set}, updated_at = $2, version = $3 WHERE id = $1::uuid",
