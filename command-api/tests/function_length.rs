@@ -40,7 +40,6 @@ const KNOWN: &[&str] = &[
     "projector/src/whatsapp/outbox.rs WhatsAppOutbox::perform 92",
     "projector/src/whatsapp/sender.rs Sender::send 92",
     "command-api/src/identity/auth.rs refresh 90",
-    "projector/src/telephony/mod.rs CallsProjection::apply 90",
     "command-api/src/whatsapp/http.rs send 89",
     "projector/src/realtime/mod.rs Members::load 88",
     "command-api/src/media.rs download 85",

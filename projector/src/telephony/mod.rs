@@ -94,39 +94,57 @@ impl Projection for CallsProjection {
                 .execute(&mut *conn)
                 .await?;
             }
-            CallEvent::CallRecorded {
-                recording_sid,
-                recording_url,
-                duration_secs,
-                at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} (id, call_sid, tenant_id, recording_sid, recording_url,
-                                          duration_secs, started_at, updated_at, version)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (id) DO UPDATE SET
-                         recording_sid = EXCLUDED.recording_sid,
-                         recording_url = EXCLUDED.recording_url,
-                         duration_secs = coalesce({table}.duration_secs, EXCLUDED.duration_secs),
-                         updated_at = EXCLUDED.updated_at,
-                         version = EXCLUDED.version"
-                ))
-                .bind(id)
-                .bind(sid)
-                .bind(e.tenant_id())
-                .bind(recording_sid)
-                .bind(recording_url)
-                .bind(duration_secs.map(|d| d as i32))
-                .bind(at)
-                .bind(recorded)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
+            recorded_event @ CallEvent::CallRecorded { .. } => {
+                recorded_call(conn, &table, e, id, recorded_event).await?;
             }
         }
         Ok(())
     }
+}
+
+/// A call's recording: kept on its row (made if the call's own callbacks are still on their
+/// way).
+async fn recorded_call(
+    conn: &mut PgConnection,
+    table: &str,
+    e: &Envelope,
+    id: uuid::Uuid,
+    event: CallEvent,
+) -> Result<(), ProjectionError> {
+    let CallEvent::CallRecorded {
+        recording_sid,
+        recording_url,
+        duration_secs,
+        at,
+        ..
+    } = event
+    else {
+        return Ok(());
+    };
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, call_sid, tenant_id, recording_sid, recording_url,
+                              duration_secs, started_at, updated_at, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE SET
+             recording_sid = EXCLUDED.recording_sid,
+             recording_url = EXCLUDED.recording_url,
+             duration_secs = coalesce({table}.duration_secs, EXCLUDED.duration_secs),
+             updated_at = EXCLUDED.updated_at,
+             version = EXCLUDED.version"
+    ))
+    .bind(id)
+    .bind(&e.aggregate_id)
+    .bind(e.tenant_id())
+    .bind(recording_sid)
+    .bind(recording_url)
+    .bind(duration_secs.map(|d| d as i32))
+    .bind(at)
+    .bind(e.recorded_at)
+    .bind(e.sequence as i64)
+    .execute(&mut *conn)
+    .await?;
+
+    Ok(())
 }
 
 /// The context has no settings of its own.
