@@ -33,7 +33,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/chat/aggregate.rs Thread::open 99",
     "projector/src/rebuild.rs apply_batch 99",
     "command-api/src/http/idempotency.rs idempotency 98",
-    "command-api/src/payments/aggregate.rs Payment::decide 97",
     "command-api/src/http/idempotency.rs Claim::take 96",
     "command-api/src/identity/phone.rs PhoneLogin::handle 93",
     "command-api/src/whatsapp/http.rs forward 89",

@@ -443,6 +443,47 @@ impl Payment {
             };
         }
     }
+    /// A payment requested: its lines priced from the catalog, its reference and
+    /// description checked.
+    fn requested(
+        &self,
+        action: PaymentAction,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PaymentEvent>, PaymentError> {
+        let PaymentAction::Request {
+            tenant_id,
+            provider,
+            currency,
+            lines,
+            catalog,
+            customer_reference,
+            description,
+        } = action
+        else {
+            return Ok(vec![]);
+        };
+        if self.tenant_id.is_some() {
+            return Err(PaymentError::AlreadyExists);
+        }
+        let requested = request(&currency, &lines, &catalog)?;
+        Ok(vec![PaymentEvent::Requested {
+            tenant_id,
+            provider,
+            currency: requested.currency,
+            net: requested.lines.iter().map(|l| l.net).sum(),
+            tax: requested.lines.iter().map(|l| l.tax_amount).sum(),
+            total: requested.total,
+            lines: requested.lines,
+            customer_reference: text(&customer_reference, 1, 128)
+                .ok_or(PaymentError::InvalidCustomerReference)?,
+            description: match description {
+                None => None,
+                Some(d) => Some(text(&d, 0, 255).ok_or(PaymentError::InvalidDescription)?)
+                    .filter(|d| !d.is_empty()),
+            },
+            at,
+        }])
+    }
 
     fn decide(&self, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
         let at = command.at;
@@ -450,37 +491,7 @@ impl Payment {
             return Err(PaymentError::NotFound);
         }
         match command.action {
-            PaymentAction::Request {
-                tenant_id,
-                provider,
-                currency,
-                lines,
-                catalog,
-                customer_reference,
-                description,
-            } => {
-                if self.tenant_id.is_some() {
-                    return Err(PaymentError::AlreadyExists);
-                }
-                let requested = request(&currency, &lines, &catalog)?;
-                Ok(vec![PaymentEvent::Requested {
-                    tenant_id,
-                    provider,
-                    currency: requested.currency,
-                    net: requested.lines.iter().map(|l| l.net).sum(),
-                    tax: requested.lines.iter().map(|l| l.tax_amount).sum(),
-                    total: requested.total,
-                    lines: requested.lines,
-                    customer_reference: text(&customer_reference, 1, 128)
-                        .ok_or(PaymentError::InvalidCustomerReference)?,
-                    description: match description {
-                        None => None,
-                        Some(d) => Some(text(&d, 0, 255).ok_or(PaymentError::InvalidDescription)?)
-                            .filter(|d| !d.is_empty()),
-                    },
-                    at,
-                }])
-            }
+            request @ PaymentAction::Request { .. } => self.requested(request, at),
             PaymentAction::RecordLink { .. } | PaymentAction::RecordLinkFailure { .. }
                 if !self.takes_link() =>
             {
