@@ -508,34 +508,7 @@ impl Thread {
                     "Staff open threads in their own tenant only.",
                 ));
             }
-            _ => match customer {
-                None => None,
-                // Someone reached by number on a channel the platform runs (an SMS sender).
-                Some(c) if c.kind == PartyKind::Contact => {
-                    if !matches!(actor, Actor::System { .. })
-                        || channel == Channel::Web
-                        || !values::contact(&c.id, channel)
-                    {
-                        return Err(ThreadError::UnknownCustomer);
-                    }
-                    Some(c)
-                }
-                Some(c) if c.kind == PartyKind::Phone => {
-                    if values::label(&c.id, values::MAX_ID_CHARS).as_deref() != Some(c.id.as_str())
-                    {
-                        return Err(ThreadError::UnknownCustomer);
-                    }
-                    if !services
-                        .is_phone_user(&tenant_id, &c.id)
-                        .await
-                        .map_err(ThreadError::Unavailable)?
-                    {
-                        return Err(ThreadError::UnknownCustomer);
-                    }
-                    Some(c)
-                }
-                Some(_) => return Err(ThreadError::UnknownCustomer),
-            },
+            _ => named_customer(actor, customer, channel, &tenant_id, services).await?,
         };
         if channel != Channel::Web && !matches!(actor, Actor::System { .. }) {
             return Err(ThreadError::ChannelNotAllowed);
@@ -1259,6 +1232,45 @@ impl Thread {
             _ => {}
         }
     }
+}
+
+/// The customer staff or the platform name for a thread they open: someone reached by number
+/// on a channel the platform runs (an SMS sender; the platform only), or a phone user of the
+/// tenant.
+async fn named_customer(
+    actor: &Actor,
+    customer: Option<Party>,
+    channel: Channel,
+    tenant_id: &str,
+    services: &ChatServices,
+) -> Result<Option<Party>, ThreadError> {
+    Ok(match customer {
+        None => None,
+        // Someone reached by number on a channel the platform runs (an SMS sender).
+        Some(c) if c.kind == PartyKind::Contact => {
+            if !matches!(actor, Actor::System { .. })
+                || channel == Channel::Web
+                || !values::contact(&c.id, channel)
+            {
+                return Err(ThreadError::UnknownCustomer);
+            }
+            Some(c)
+        }
+        Some(c) if c.kind == PartyKind::Phone => {
+            if values::label(&c.id, values::MAX_ID_CHARS).as_deref() != Some(c.id.as_str()) {
+                return Err(ThreadError::UnknownCustomer);
+            }
+            if !services
+                .is_phone_user(tenant_id, &c.id)
+                .await
+                .map_err(ThreadError::Unavailable)?
+            {
+                return Err(ThreadError::UnknownCustomer);
+            }
+            Some(c)
+        }
+        Some(_) => return Err(ThreadError::UnknownCustomer),
+    })
 }
 
 impl Aggregate for Thread {
