@@ -29,7 +29,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/payments/webhooks.rs apply 105",
     "command-api/src/webhooks/http.rs replay_rejection 103",
     "query-api/src/realtime/stream.rs stream 101",
-    "command-api/src/identity/http.rs create 100",
     "projector/src/rebuild.rs apply_batch 99",
     "command-api/src/http/idempotency.rs idempotency 98",
     "command-api/src/http/idempotency.rs Claim::take 96",

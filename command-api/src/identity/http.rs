@@ -99,22 +99,7 @@ async fn create(
         } => tenant_id.clone(),
         _ => None,
     });
-    // An admin who used up their refusals of taken addresses this hour creates nobody until
-    // it ends: were only taken addresses refused then, the 429 itself would tell them.
-    if !who.is_super_admin() {
-        if let Some(retry_after) = crate::http::limits::spend(
-            &state,
-            &email_refusals(&who),
-            crate::http::limits::Window::Hour,
-            0,
-            EMAIL_REFUSALS_PER_HOUR,
-        )
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-        {
-            return Err(probing_limited(retry_after));
-        }
-    }
+    admit_creation(&state, &who).await?;
     // One spelling of the tenant's id in the user's events, whatever form the caller used.
     let tenant = tenant.map(|t| Uuid::parse_str(&t).map_or(t, |u| u.to_string()));
     if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
@@ -130,22 +115,8 @@ async fn create(
     let id = crate::http::client_id(body.id)?
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
-    // Admin and chatbot users share one id space where it matters (`private-user-{id}`
-    // channels, streams): a chosen id may not be a chatbot user's.
     if body.id.is_some() {
-        let taken: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM phone_users WHERE user_id = $1)")
-                .bind(&id)
-                .fetch_one(&state.pool)
-                .await
-                .map_err(|e| Problem::unavailable(&e))?;
-        if taken {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already_exists",
-                "an admin user with this id already exists",
-            ));
-        }
+        chosen_id_is_free(&state, &id).await?;
     }
     let email = body.email.clone();
     let command = AdminUserCommand::Create {
@@ -165,13 +136,7 @@ async fn create(
         .await
     {
         Ok(c) => c,
-        Err(crate::store::CommandError::VersionConflict { .. }) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already_exists",
-                "an admin user with this id already exists",
-            ))
-        }
+        Err(crate::store::CommandError::VersionConflict { .. }) => return Err(already_exists()),
         Err(crate::store::CommandError::Rejected(AdminUserError::EmailTaken)) => {
             return Err(email_not_given(&state, &who, &email).await)
         }
@@ -183,6 +148,52 @@ async fn create(
         &c.aggregate_id,
         c.version,
     ))
+}
+
+/// 409 `already_exists`: the id names an admin user (or a chatbot user) already.
+fn already_exists() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "already_exists",
+        "an admin user with this id already exists",
+    )
+}
+
+/// An admin who used up their refusals of taken addresses this hour creates nobody until
+/// it ends: were only taken addresses refused then, the 429 itself would tell them. Super
+/// admins are not limited.
+async fn admit_creation(state: &AppState, who: &Principal) -> Result<(), Problem> {
+    if who.is_super_admin() {
+        return Ok(());
+    }
+    let spent = crate::http::limits::spend(
+        state,
+        &email_refusals(who),
+        crate::http::limits::Window::Hour,
+        0,
+        EMAIL_REFUSALS_PER_HOUR,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    match spent {
+        Some(retry_after) => Err(probing_limited(retry_after)),
+        None => Ok(()),
+    }
+}
+
+/// Admin and chatbot users share one id space where it matters (`private-user-{id}`
+/// channels, streams): an id a client chooses may not be a chatbot user's.
+async fn chosen_id_is_free(state: &AppState, id: &str) -> Result<(), Problem> {
+    let taken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM phone_users WHERE user_id = $1)")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    if taken {
+        return Err(already_exists());
+    }
+    Ok(())
 }
 
 /// Refused attempts to give an address that is taken, per admin and hour, before they are
