@@ -27,7 +27,6 @@ const KNOWN: &[&str] = &[
     "query-api/src/chat/mod.rs list 108",
     "projector/src/rebuild.rs rebuild 106",
     "command-api/src/payments/webhooks.rs apply 105",
-    "command-api/src/webhooks/http.rs replay_rejection 103",
     "query-api/src/realtime/stream.rs stream 101",
     "projector/src/rebuild.rs apply_batch 99",
     "command-api/src/http/idempotency.rs idempotency 98",

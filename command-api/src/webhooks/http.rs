@@ -4,7 +4,7 @@
 //! replay of a refused request (a super admin's).
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use events::access::Principal;
 use events::http::{AuthUser, Json, Problem, RequestIds};
@@ -315,14 +315,6 @@ async fn replay(
     ))
 }
 
-/// A refused request, unsealed.
-#[derive(serde::Deserialize)]
-struct SealedRequest {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
 /// Replay a refused webhook.
 ///
 /// Super admins only (others 403): a webhook refused at verification (listed by query-api's
@@ -360,61 +352,15 @@ async fn replay_rejection(
     ids: RequestIds,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    use base64::Engine;
     if !who.is_super_admin() {
         return Err(Problem::forbidden(
             "Refused webhooks belong to no tenant: super admins replay them.",
         ));
     }
-    let not_found = || Problem::not_found("no such rejected webhook");
-    let id: i64 = raw.parse().map_err(|_| not_found())?;
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT sealed_request FROM webhook_rejections
-          WHERE id = $1 AND (replayable_until IS NULL OR replayable_until > now())",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    let exists = row.is_some()
-        || sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM webhook_rejections WHERE id = $1)",
-        )
-        .bind(id)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    let expired = || {
-        Problem::new(
-            StatusCode::GONE,
-            "replay_expired",
-            "This refused webhook is no longer kept (a week after it came, or too large to keep).",
-        )
-    };
-    let sealed = match row {
-        Some((Some(sealed),)) => sealed,
-        _ if exists => return Err(expired()),
-        _ => return Err(not_found()),
-    };
-    let request: SealedRequest = state
-        .sealing
-        .open(&sealed)
-        .ok()
-        .and_then(|plain| serde_json::from_str(&plain).ok())
-        .ok_or_else(expired)?;
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&request.body)
-        .map_err(|_| expired())?;
-    let uri: Uri = request.path.parse().map_err(|_| expired())?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in &request.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
+    let id: i64 = raw
+        .parse()
+        .map_err(|_| Problem::not_found("no such rejected webhook"))?;
+    let (uri, headers, body) = super::service::kept_request(&state, id).await?;
     let provider = crate::Contexts::webhook_providers()
         .iter()
         .find(|p| p.serves(uri.path()))
@@ -428,7 +374,7 @@ async fn replay_rejection(
         ids,
         uri,
         headers,
-        body: body.into(),
+        body,
     };
     let answer = REPLAYING
         .scope((), provider.deliver(&state, request))
@@ -438,23 +384,7 @@ async fn replay_rejection(
     let bytes = axum::body::to_bytes(answer_body, 1024 * 1024)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    let received: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let webhook = received["id"].as_str().map(str::to_owned).or_else(|| {
-        received["ids"].as_array().map(|ids| {
-            ids.iter()
-                .filter_map(|i| i.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    });
-    sqlx::query(
-        "UPDATE webhook_rejections SET replayed_at = now(), replayed_webhook_id = $2 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(webhook)
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    super::service::record_replay(&state, id, &bytes).await?;
     Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
 }
 

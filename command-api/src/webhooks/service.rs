@@ -3,7 +3,7 @@
 //! webhook once (de-duplicated, attributed, appended as `Received`), and what a provider's
 //! context answers when it has processed one.
 
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use events::envelope::ActorKind;
 use events::http::{Json, Problem, RequestIds};
@@ -353,4 +353,94 @@ mod tests {
             );
         }
     }
+}
+
+/// A refused request, unsealed.
+#[derive(serde::Deserialize)]
+struct SealedRequest {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// The refused request rejection `id` kept (sealed): its path and query, the headers
+/// verification reads, and its body. 404 for an unknown rejection; 410 `replay_expired` once
+/// it is erased (a week on), when it was not kept (too large), or when it no longer opens.
+pub(crate) async fn kept_request(
+    state: &AppState,
+    id: i64,
+) -> Result<(Uri, HeaderMap, bytes::Bytes), Problem> {
+    use base64::Engine;
+    let not_found = || Problem::not_found("no such rejected webhook");
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT sealed_request FROM webhook_rejections
+          WHERE id = $1 AND (replayable_until IS NULL OR replayable_until > now())",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let exists = row.is_some()
+        || sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM webhook_rejections WHERE id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let expired = || {
+        Problem::new(
+            StatusCode::GONE,
+            "replay_expired",
+            "This refused webhook is no longer kept (a week after it came, or too large to keep).",
+        )
+    };
+    let sealed = match row {
+        Some((Some(sealed),)) => sealed,
+        _ if exists => return Err(expired()),
+        _ => return Err(not_found()),
+    };
+    let request: SealedRequest = state
+        .sealing
+        .open(&sealed)
+        .ok()
+        .and_then(|plain| serde_json::from_str(&plain).ok())
+        .ok_or_else(expired)?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&request.body)
+        .map_err(|_| expired())?;
+    let uri: Uri = request.path.parse().map_err(|_| expired())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    Ok((uri, headers, body.into()))
+}
+
+/// Records on rejection `id` what its replay became (the webhook ids of the endpoint's
+/// answer).
+pub(crate) async fn record_replay(state: &AppState, id: i64, answer: &[u8]) -> Result<(), Problem> {
+    let received: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+    let webhook = received["id"].as_str().map(str::to_owned).or_else(|| {
+        received["ids"].as_array().map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    });
+    sqlx::query(
+        "UPDATE webhook_rejections SET replayed_at = now(), replayed_webhook_id = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(webhook)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    Ok(())
 }
