@@ -26,7 +26,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/store.rs CommandBus::execute_with_events 108",
     "query-api/src/chat/mod.rs list 108",
     "projector/src/rebuild.rs rebuild 106",
-    "command-api/src/payments/webhooks.rs apply 105",
     "query-api/src/realtime/stream.rs stream 101",
     "projector/src/rebuild.rs apply_batch 99",
     "command-api/src/http/idempotency.rs idempotency 98",

@@ -170,30 +170,9 @@ async fn apply(
                 .unwrap_or("not an event the platform acts on"),
         );
     };
-    let payment_id = match meaning.reference {
-        Reference::Payment(id) => id,
-        Reference::Provider(reference) => {
-            // The payment paid (or charged again) through that transaction, from the event
-            // store: committed is known. Only a refund must find one; a failure or expiry
-            // naming an intent no payment was paid with is for nobody here.
-            let found: Result<Option<String>, _> =
-                sqlx::query_scalar(events::payments::lookups::PAID_WITH)
-                    .bind(&reference)
-                    .fetch_optional(&state.pool)
-                    .await;
-            match found {
-                Ok(Some(id)) => id,
-                Ok(None) if matches!(status, ProviderStatus::Refunded { .. }) => {
-                    return Processing::Unmatched(reference)
-                }
-                Ok(None) => return ignored(UNMATCHED),
-                Err(e) => {
-                    tracing::warn!(error = %e, "payments read model unavailable");
-                    return Processing::Retry("database unavailable".into());
-                }
-            }
-        }
-        Reference::None => return ignored("names no payment"),
+    let payment_id = match payment_named(state, meaning.reference, &status).await {
+        Ok(id) => id,
+        Err(outcome) => return outcome,
     };
     let tenant = match stream_tenant(&state.pool, PAYMENT, &payment_id).await {
         Ok(Some(t)) => t,
@@ -233,8 +212,54 @@ async fn apply(
             return Processing::Retry("event store unavailable".into());
         }
     };
-    // Nothing appended: the payment took this webhook into account before (an attempt whose
-    // outcome was not recorded, or a replay). Its outcome is what the payment recorded then.
+    outcome_of(state, &payment_id, webhook, &events, payment).await
+}
+
+/// The payment a webhook names: by our id, or (the payment paid or charged again through
+/// that transaction, from the event store, where committed is known) by the provider's.
+/// Only a refund must find one; a failure or expiry naming an intent no payment was paid
+/// with is for nobody here.
+async fn payment_named(
+    state: &AppState,
+    reference: Reference,
+    status: &ProviderStatus,
+) -> Result<String, Processing> {
+    let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
+    match reference {
+        Reference::Payment(id) => Ok(id),
+        Reference::Provider(reference) => {
+            let found: Result<Option<String>, _> =
+                sqlx::query_scalar(events::payments::lookups::PAID_WITH)
+                    .bind(&reference)
+                    .fetch_optional(&state.pool)
+                    .await;
+            match found {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) if matches!(status, ProviderStatus::Refunded { .. }) => {
+                    Err(Processing::Unmatched(reference))
+                }
+                Ok(None) => Err(ignored(UNMATCHED)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "payments read model unavailable");
+                    Err(Processing::Retry("database unavailable".into()))
+                }
+            }
+        }
+        Reference::None => Err(ignored("names no payment")),
+    }
+}
+
+/// The webhook's outcome: what the payment appended, or, when it appended nothing (it took
+/// this webhook into account before: an attempt whose outcome was not recorded, or a
+/// replay), what it recorded then.
+async fn outcome_of(
+    state: &AppState,
+    payment_id: &str,
+    webhook: &str,
+    events: &[PaymentEvent],
+    payment: Option<Attributed>,
+) -> Processing {
+    let ignored = |detail: &str| Processing::Done(Outcome::Ignored, None, detail.to_owned());
     let (event_type, reason) = match events.first() {
         Some(PaymentEvent::ProviderStatusIgnored { reason, .. }) => {
             ("ProviderStatusIgnored".to_owned(), Some(reason.clone()))
@@ -244,7 +269,7 @@ async fn apply(
             ("ChargedAgain".to_owned(), Some(reason.clone()))
         }
         Some(e) => (cqrs_es::DomainEvent::event_type(e), None),
-        None => match recorded_for(&state.pool, &payment_id, webhook).await {
+        None => match recorded_for(&state.pool, payment_id, webhook).await {
             Ok(Some(found)) => found,
             Ok(None) => return ignored("the payment holds no record of it"),
             Err(_) => return Processing::Retry("database unavailable".into()),
