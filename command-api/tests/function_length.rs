@@ -22,7 +22,6 @@ const CRATES: &[&str] = &["events", "command-api", "projector", "query-api"];
 const KNOWN: &[&str] = &[
     "command-api/src/whatsapp/service.rs receive_message 87",
     "query-api/src/whatsapp/mod.rs analytics 93",
-    "query-api/src/audit/mod.rs history 109",
     "command-api/src/store.rs CommandBus::execute_with_events 108",
     "query-api/src/chat/mod.rs list 108",
     "projector/src/rebuild.rs rebuild 106",

@@ -131,48 +131,7 @@ async fn history(
     if aggregate_type.contains('\0') || aggregate_id.contains('\0') {
         return Err(not_found());
     }
-    // Each event is shown to the tenant it belongs to (its own `tenant_id`), not to whoever
-    // owns the stream's first event: a number or a session can pass from one tenant to
-    // another, and the second tenant's events are not the first's to read. Super admins
-    // read every event; a tenant admin reads their tenant's; anyone else reads nothing, and
-    // learns nothing, not even that the stream exists.
-    let first_tenant: Option<String> = sqlx::query_scalar(
-        "SELECT metadata->>'tenant_id' FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
-    )
-    .bind(&aggregate_type)
-    .bind(&aggregate_id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    let first_tenant = first_tenant.ok_or_else(not_found)?;
-    let (tenant, only) = if who.is_super_admin() {
-        (first_tenant, None)
-    } else {
-        let home = match &who {
-            Principal::Admin {
-                role: Role::TenantAdmin,
-                tenant_id: Some(home),
-                ..
-            } => home.clone(),
-            _ => return Err(not_found()),
-        };
-        let has_any: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events
-                             WHERE aggregate_type = $1 AND aggregate_id = $2
-                               AND metadata->>'tenant_id' = $3)",
-        )
-        .bind(&aggregate_type)
-        .bind(&aggregate_id)
-        .bind(&home)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-        if !has_any {
-            return Err(not_found());
-        }
-        (home.clone(), Some(home))
-    };
+    let (tenant, only) = readable(&state, &who, &aggregate_type, &aggregate_id).await?;
     let stored: Vec<StoredEvent> = sqlx::query_as(
         "SELECT sequence, event_type, event_version, payload::text AS payload, metadata,
                 recorded_at, global_position
@@ -190,20 +149,7 @@ async fn history(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    let mut events: Vec<AuditEvent> = stored
-        .into_iter()
-        .map(|e| AuditEvent {
-            payload: serde_json::from_str(&e.payload).unwrap_or_else(
-                |_| serde_json::json!({"unreadable": "nested deeper than JSON readers decode"}),
-            ),
-            sequence: e.sequence,
-            event_type: e.event_type,
-            event_version: e.event_version,
-            metadata: e.metadata,
-            recorded_at: e.recorded_at,
-            global_position: e.global_position,
-        })
-        .collect();
+    let mut events: Vec<AuditEvent> = stored.into_iter().map(AuditEvent::from).collect();
     for event in &mut events {
         events::sealed::redact(&aggregate_type, &event.event_type, &mut event.payload);
     }
@@ -221,4 +167,74 @@ async fn history(
         next_after,
     })
     .into_response())
+}
+
+/// The stream's tenant (its first event's), and the tenant whose events alone the caller
+/// reads (`None`: every event); 404 when there is nothing for the caller.
+///
+/// Each event is shown to the tenant it belongs to (its own `tenant_id`), not to whoever
+/// owns the stream's first event: a number or a session can pass from one tenant to
+/// another, and the second tenant's events are not the first's to read. Super admins
+/// read every event; a tenant admin reads their tenant's; anyone else reads nothing, and
+/// learns nothing, not even that the stream exists.
+async fn readable(
+    state: &AppState,
+    who: &Principal,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<(String, Option<String>), Problem> {
+    let not_found = || Problem::not_found("no history for this aggregate");
+    let first_tenant: Option<String> = sqlx::query_scalar(
+        "SELECT metadata->>'tenant_id' FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let first_tenant = first_tenant.ok_or_else(not_found)?;
+    Ok(if who.is_super_admin() {
+        (first_tenant, None)
+    } else {
+        let home = match who {
+            Principal::Admin {
+                role: Role::TenantAdmin,
+                tenant_id: Some(home),
+                ..
+            } => home.clone(),
+            _ => return Err(not_found()),
+        };
+        let has_any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events
+                             WHERE aggregate_type = $1 AND aggregate_id = $2
+                               AND metadata->>'tenant_id' = $3)",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(&home)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+        if !has_any {
+            return Err(not_found());
+        }
+        (home.clone(), Some(home))
+    })
+}
+
+impl From<StoredEvent> for AuditEvent {
+    fn from(e: StoredEvent) -> Self {
+        AuditEvent {
+            payload: serde_json::from_str(&e.payload).unwrap_or_else(
+                |_| serde_json::json!({"unreadable": "nested deeper than JSON readers decode"}),
+            ),
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+            global_position: e.global_position,
+        }
+    }
 }
