@@ -23,7 +23,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/whatsapp/service.rs receive_message 87",
     "query-api/src/whatsapp/mod.rs analytics 93",
     "command-api/src/store.rs CommandBus::execute_with_events 108",
-    "query-api/src/chat/mod.rs list 108",
     "projector/src/rebuild.rs rebuild 106",
     "query-api/src/realtime/stream.rs stream 101",
     "projector/src/rebuild.rs apply_batch 99",

@@ -257,72 +257,31 @@ async fn list(
         Some("me") => (Some(who.user_id().to_owned()), false),
         Some(agent) => (Some(agent.to_owned()), false),
     };
-    let (cursor_at, cursor_id) = page::cursor(params.cursor.as_deref())?.unzip();
+    let cursor = page::cursor(params.cursor.as_deref())?;
     let (tenant, participants_only) = scope.binds();
     // Only the filters asked for (see `page::Conditions`). `$1` is the caller (columns, join).
     let mut w = page::Conditions::after(1);
-    if tenant.is_some() {
-        w.and("t.tenant_id = ?");
-    }
+    w.text("t.tenant_id = ?", tenant.map(str::to_owned));
     if participants_only {
         w.and("EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1)");
     }
-    if params.status.is_some() {
-        w.and("t.status = ?");
-    }
-    if params.channel.is_some() {
-        w.and("t.channel = ?");
-    }
-    if agent.is_some() {
-        w.and("t.agent_id = ?");
-    }
+    w.text("t.status = ?", params.status);
+    w.text("t.channel = ?", params.channel);
+    w.text("t.agent_id = ?", agent);
     if unassigned {
         w.and("t.agent_id IS NULL");
     }
-    if department.is_some() {
-        w.and("lower(t.department) = lower(?)");
-    }
-    if params.unread.is_some() {
-        w.and(concat!("(", unread!(), " > 0) = ?"));
-    }
-    if params.active_after.is_some() {
-        w.and("t.last_activity_at > ?");
-    }
-    if cursor_at.is_some() {
-        w.and("(t.last_activity_at, t.id) < (?, ?)");
-    }
+    w.text("lower(t.department) = lower(?)", department);
+    w.flag(concat!("(", unread!(), " > 0) = ?"), params.unread);
+    w.time("t.last_activity_at > ?", params.active_after);
+    w.keyset("t.last_activity_at, t.id", cursor);
     let limit_at = w.next_placeholder();
     let sql = format!(
         "SELECT {THREAD_COLUMNS} FROM {THREAD_FROM}{} ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
         w.sql(),
         limit_at
     );
-    // Bound in the order the placeholders were written.
-    let mut query = sqlx::query_as::<_, ThreadView>(&sql).bind(who.user_id());
-    if let Some(tenant) = tenant {
-        query = query.bind(tenant);
-    }
-    if let Some(status) = params.status {
-        query = query.bind(status);
-    }
-    if let Some(channel) = params.channel {
-        query = query.bind(channel);
-    }
-    if let Some(agent) = agent {
-        query = query.bind(agent);
-    }
-    if let Some(department) = department {
-        query = query.bind(department);
-    }
-    if let Some(unread) = params.unread {
-        query = query.bind(unread);
-    }
-    if let Some(after) = params.active_after {
-        query = query.bind(after);
-    }
-    if let (Some(at), Some(id)) = (cursor_at, cursor_id) {
-        query = query.bind(at).bind(id);
-    }
+    let query = w.bind(sqlx::query_as::<_, ThreadView>(&sql).bind(who.user_id()));
     let as_of = Utc::now() - AS_OF_MARGIN;
     let mut items: Vec<ThreadView> = query
         .bind(limit + 1)

@@ -63,8 +63,8 @@ pub fn finish<T, C>(items: &mut Vec<T>, limit: i64, next: impl Fn(&T) -> C) -> O
 /// statement a scan and a sort of the whole table (docs/performance.md, run 5): here each
 /// shape of request gets its own statement and a plan that uses the index.
 ///
-/// Filters added with a value ([`Conditions::text`], [`Conditions::int`],
-/// [`Conditions::keyset`]) keep it, and [`Conditions::bind`] binds them in placeholder order,
+/// Filters added with a value ([`Conditions::text`], [`Conditions::flag`],
+/// [`Conditions::int`], [`Conditions::time`], [`Conditions::keyset`]) keep it, and [`Conditions::bind`] binds them in placeholder order,
 /// so a handler cannot bind them out of step with the clause.
 #[derive(Debug)]
 pub struct Conditions {
@@ -80,6 +80,7 @@ pub struct Conditions {
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
     Text(String),
+    Flag(bool),
     Int(i64),
     Time(DateTime<Utc>),
     Id(Uuid),
@@ -104,6 +105,14 @@ impl Conditions {
         if let Some(v) = value {
             self.and(clause);
             self.values.push(Value::Text(v));
+        }
+    }
+
+    /// Adds `clause` (one `?`) compared with the boolean `value`, when there is one.
+    pub fn flag(&mut self, clause: &str, value: Option<bool>) {
+        if let Some(v) = value {
+            self.and(clause);
+            self.values.push(Value::Flag(v));
         }
     }
 
@@ -139,6 +148,7 @@ impl Conditions {
         for v in self.values {
             query = match v {
                 Value::Text(t) => query.bind(t),
+                Value::Flag(b) => query.bind(b),
                 Value::Int(i) => query.bind(i),
                 Value::Time(at) => query.bind(at),
                 Value::Id(id) => query.bind(id),
