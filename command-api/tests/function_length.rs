@@ -38,7 +38,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/media.rs download 85",
     "projector/src/realtime/mod.rs delivery 83",
     "command-api/src/identity/phone_auth.rs update_profile 82",
-    "command-api/src/audio/http.rs attach 81",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -548,6 +548,11 @@ pub struct TranscriptPosted {
     pub version: u64,
 }
 
+/// 422 `transcript_not_ready`: the transcript is not complete (or failed).
+fn not_ready() -> Problem {
+    Problem::unprocessable("transcript_not_ready", "The transcript is not complete.")
+}
+
 /// Post a transcript in a chat thread.
 ///
 /// Posts the completed transcript as messages of the caller in thread `thread_id`, the first
@@ -585,10 +590,7 @@ async fn attach(
 ) -> Result<Response, Problem> {
     let (id, audio) = audio_of(&state, &who, &raw).await?;
     let Some(text) = whole_text(&state, &audio).await? else {
-        return Err(Problem::unprocessable(
-            "transcript_not_ready",
-            "The transcript is not complete.",
-        ));
+        return Err(not_ready());
     };
     let mut parts = parts(&text);
     if parts.is_empty() {
@@ -625,22 +627,13 @@ async fn attach(
                 }),
             },
         };
-        last = Some(
-            state
-                .ctx
-                .chat
-                .threads
-                .execute(&thread, None, command, &metadata)
-                .await?,
-        );
+        let threads = &state.ctx.chat.threads;
+        last = Some(threads.execute(&thread, None, command, &metadata).await?);
         first.get_or_insert_with(|| message_id.clone());
         message_ids.push(message_id);
     }
     let (Some(c), Some(first)) = (last, first) else {
-        return Err(Problem::unprocessable(
-            "transcript_not_ready",
-            "The transcript is not complete.",
-        ));
+        return Err(not_ready());
     };
     let mut response = (
         StatusCode::CREATED,
