@@ -37,7 +37,6 @@ const KNOWN: &[&str] = &[
     "projector/src/realtime/mod.rs Members::load 88",
     "command-api/src/media.rs download 85",
     "projector/src/realtime/mod.rs delivery 83",
-    "command-api/src/identity/phone_auth.rs update_profile 82",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -490,39 +490,7 @@ async fn update_profile(
     Json(change): Json<ProfileChange>,
 ) -> Result<Response, Problem> {
     let (user_id, tenant, phone) = signed_in(&state, &who).await?;
-    let display_name = match change.display_name {
-        Some(Some(name)) => {
-            let name = name.trim().to_owned();
-            let ok =
-                (1..=80).contains(&name.chars().count()) && !name.chars().any(char::is_control);
-            if !ok {
-                return Err(Problem::unprocessable(
-                    "invalid_display_name",
-                    "display_name must be 1 to 80 characters without control characters.",
-                ));
-            }
-            Some(Some(name))
-        }
-        other => other,
-    };
-    let email = match change.email {
-        Some(Some(raw)) => Some(Some(
-            crate::values::Email::parse(&raw)
-                .ok_or_else(|| {
-                    Problem::unprocessable("invalid_email", "email is not an e-mail address.")
-                })?
-                .into_inner(),
-        )),
-        other => other,
-    };
-    if let Some(Some(tag)) = &change.locale {
-        if !valid_locale(tag) {
-            return Err(Problem::unprocessable(
-                "invalid_locale",
-                "locale must be a language tag such as en or fr-FR.",
-            ));
-        }
-    }
+    let (display_name, email) = checked_profile(&change)?;
     let fields: Vec<String> = [
         ("display_name", display_name.is_some()),
         ("email", email.is_some()),
@@ -564,6 +532,48 @@ async fn update_profile(
         )
         .await?;
     Ok(Json(load_profile(&state, &user_id).await?).into_response())
+}
+
+/// A field of a profile change: `None` not changed, `Some(None)` cleared.
+type Change = Option<Option<String>>;
+
+/// A profile change's display name and e-mail as they will be kept: 422 for a display name,
+/// e-mail or locale that is not one.
+fn checked_profile(change: &ProfileChange) -> Result<(Change, Change), Problem> {
+    let display_name = match &change.display_name {
+        Some(Some(name)) => {
+            let name = name.trim().to_owned();
+            let ok =
+                (1..=80).contains(&name.chars().count()) && !name.chars().any(char::is_control);
+            if !ok {
+                return Err(Problem::unprocessable(
+                    "invalid_display_name",
+                    "display_name must be 1 to 80 characters without control characters.",
+                ));
+            }
+            Some(Some(name))
+        }
+        other => other.clone(),
+    };
+    let email = match &change.email {
+        Some(Some(raw)) => Some(Some(
+            crate::values::Email::parse(raw)
+                .ok_or_else(|| {
+                    Problem::unprocessable("invalid_email", "email is not an e-mail address.")
+                })?
+                .into_inner(),
+        )),
+        other => other.clone(),
+    };
+    if let Some(Some(tag)) = &change.locale {
+        if !valid_locale(tag) {
+            return Err(Problem::unprocessable(
+                "invalid_locale",
+                "locale must be a language tag such as en or fr-FR.",
+            ));
+        }
+    }
+    Ok((display_name, email))
 }
 
 /// Anonymous sessions to link.
