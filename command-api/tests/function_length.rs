@@ -36,7 +36,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/whatsapp/http.rs send 89",
     "projector/src/realtime/mod.rs Members::load 88",
     "command-api/src/media.rs download 85",
-    "projector/src/realtime/mod.rs delivery 83",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

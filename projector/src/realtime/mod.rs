@@ -260,12 +260,7 @@ fn customer_joined(envelope: &Envelope) -> Result<Option<String>, ProjectionErro
     if envelope.aggregate_type != THREAD {
         return Ok(None);
     }
-    let event: ThreadEvent = serde_json::from_value(envelope.payload.clone()).map_err(|err| {
-        ProjectionError::Undecodable {
-            event_id: envelope.event_id(),
-            reason: err.to_string(),
-        }
-    })?;
+    let event: ThreadEvent = crate::projection::decode(envelope)?;
     let party = match event {
         ThreadEvent::Opened { customer, .. } => customer,
         ThreadEvent::ParticipantAdded { participant } => Some(participant),
@@ -416,12 +411,7 @@ pub fn to_realtime(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, Projection
     if envelope.aggregate_type != THREAD {
         return Ok(vec![]);
     }
-    let event: ThreadEvent = serde_json::from_value(envelope.payload.clone()).map_err(|err| {
-        ProjectionError::Undecodable {
-            event_id: envelope.event_id(),
-            reason: err.to_string(),
-        }
-    })?;
+    let event: ThreadEvent = crate::projection::decode(envelope)?;
     let tenant = envelope.tenant_id();
     let thread = envelope.aggregate_id.as_str();
     let to = Audience {
@@ -708,13 +698,7 @@ fn schedule_event(event: ThreadEvent, to: &Audience) -> Option<Mapped> {
 /// failed): `message.delivery` to the dashboard and, when the message is a thread's, to the
 /// thread, so the agent sees a reply go out or fail.
 fn delivery(envelope: &Envelope) -> Result<Vec<RealtimeEvent>, ProjectionError> {
-    let event: ConversationEvent =
-        serde_json::from_value(envelope.payload.clone()).map_err(|err| {
-            ProjectionError::Undecodable {
-                event_id: envelope.event_id(),
-                reason: err.to_string(),
-            }
-        })?;
+    let event: ConversationEvent = crate::projection::decode(envelope)?;
     use ConversationEvent as E;
     let (message_id, thread, status, error_code, error) = match event {
         E::MessageQueued {
