@@ -81,42 +81,11 @@ pub async fn download(
         .send()
         .await
         .map_err(|e| transient(&e.without_url()))?;
-    let status = response.status();
-    if matches!(status.as_u16(), 401 | 403) {
-        return Err(MediaError::Unauthorized(format!(
-            "the file's download answered {status}"
-        )));
-    }
-    if status.is_redirection() {
-        return Err(MediaError::Permanent(format!(
-            "the file's download answered {status}, to a URL that may not be fetched"
-        )));
-    }
-    if status.is_client_error() && status.as_u16() != 429 {
-        return Err(MediaError::Permanent(format!(
-            "the file's download answered {status}"
-        )));
-    }
-    if !status.is_success() {
-        return Err(MediaError::Transient(format!(
-            "the file's download answered {status}"
-        )));
-    }
+    refused(response.status())?;
     if response.content_length().is_some_and(|l| l > limit) {
         return Err(too_large(limit));
     }
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|t| !t.is_empty() && t.len() <= 128);
+    let content_type = media_type(&response);
     let path = object_store::path::Path::from(key);
     let upload = blobs
         .put_multipart(&path)
@@ -144,6 +113,49 @@ pub async fn download(
     }
     writer.finish().await.map_err(|e| transient(&e))?;
     Ok((size, crate::values::hex(&hasher.finalize()), content_type))
+}
+
+/// What a download's status says: fetch the body (2xx), or why not — refused to the
+/// credentials, a redirection (never followed: it could lead anywhere), refused for good
+/// (4xx but 429), or for now.
+fn refused(status: reqwest::StatusCode) -> Result<(), MediaError> {
+    if matches!(status.as_u16(), 401 | 403) {
+        return Err(MediaError::Unauthorized(format!(
+            "the file's download answered {status}"
+        )));
+    }
+    if status.is_redirection() {
+        return Err(MediaError::Permanent(format!(
+            "the file's download answered {status}, to a URL that may not be fetched"
+        )));
+    }
+    if status.is_client_error() && status.as_u16() != 429 {
+        return Err(MediaError::Permanent(format!(
+            "the file's download answered {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(MediaError::Transient(format!(
+            "the file's download answered {status}"
+        )));
+    }
+    Ok(())
+}
+
+/// The media type a download declares, without parameters, when it is a plausible one.
+fn media_type(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty() && t.len() <= 128)
 }
 
 fn too_large(limit: u64) -> MediaError {

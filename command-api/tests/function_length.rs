@@ -35,7 +35,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/identity/auth.rs refresh 90",
     "command-api/src/whatsapp/http.rs send 89",
     "projector/src/realtime/mod.rs Members::load 88",
-    "command-api/src/media.rs download 85",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
