@@ -367,8 +367,7 @@ async fn edit(
     responses(
         (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -551,8 +550,7 @@ async fn switch_bot(
     responses(
         (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -574,8 +572,7 @@ async fn close(
     responses(
         (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -792,8 +789,7 @@ async fn reschedule(
     responses(
         (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -823,8 +819,7 @@ async fn cancel_scheduled(
     responses(
         (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]

@@ -277,8 +277,7 @@ async fn execute(
     responses(
         (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -371,8 +370,7 @@ async fn suspend(
     responses(
         (status = 200, description = "Accepted (the version also in `ETag`).", body = crate::http::Accepted),
         (status = 400, response = events::http::openapi::ProblemAnswer),
-        (status = 413, response = events::http::openapi::ProblemAnswer),
-        (status = 415, response = events::http::openapi::ProblemAnswer)
+        (status = 413, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
