@@ -196,6 +196,72 @@ pub enum PhoneLoginError {
     InvalidAnonymousIds,
 }
 
+impl PhoneLogin {
+    /// A code issued, unless the cooldown since the last one or the hourly count says wait.
+    fn code(
+        &self,
+        code_hash: String,
+        at: DateTime<Utc>,
+    ) -> Result<PhoneLoginEvent, PhoneLoginError> {
+        let recent: Vec<&DateTime<Utc>> = self
+            .issued
+            .iter()
+            .filter(|t| **t > at - Duration::hours(1))
+            .collect();
+        let cooldown_ends = recent.iter().map(|t| **t + COOLDOWN).max();
+        let hour_frees = (recent.len() >= CODES_PER_HOUR)
+            .then(|| recent.iter().map(|t| **t + Duration::hours(1)).min())
+            .flatten();
+        let wait_until = [cooldown_ends, hour_frees]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > at)
+            .max();
+        if let Some(until) = wait_until {
+            return Err(PhoneLoginError::TooManyCodes {
+                retry_after: (until - at).num_seconds().max(1),
+            });
+        }
+        Ok(PhoneLoginEvent::CodeIssued {
+            code_hash,
+            at,
+            expires_at: at + CODE_TTL,
+        })
+    }
+
+    /// Anonymous sessions the signed-in user proves they held, linked once each (`None`
+    /// when every one was linked before).
+    fn link(
+        &self,
+        anonymous_ids: Vec<String>,
+        issued: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<PhoneLoginEvent>, PhoneLoginError> {
+        if !self.verified {
+            return Err(PhoneLoginError::NotSignedIn);
+        }
+        let valid = (1..=50).contains(&anonymous_ids.len())
+            && anonymous_ids.iter().all(|id| {
+                (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+            });
+        if !valid {
+            return Err(PhoneLoginError::InvalidAnonymousIds);
+        }
+        // Linking is idempotent: only ids not linked before are recorded.
+        let mut new: Vec<String> = anonymous_ids
+            .into_iter()
+            .filter(|id| issued.contains(id) && !self.linked.contains(id))
+            .collect();
+        new.sort();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PhoneLoginEvent::AnonymousLinked {
+            anonymous_ids: new,
+        }))
+    }
+}
+
 impl Aggregate for PhoneLogin {
     const TYPE: &'static str = PHONE_LOGIN;
     type Command = PhoneLoginCommand;
@@ -210,32 +276,7 @@ impl Aggregate for PhoneLogin {
         sink: &EventSink<Self>,
     ) -> Result<(), PhoneLoginError> {
         let event = match command {
-            PhoneLoginCommand::RequestCode { code_hash, at } => {
-                let recent: Vec<&DateTime<Utc>> = self
-                    .issued
-                    .iter()
-                    .filter(|t| **t > at - Duration::hours(1))
-                    .collect();
-                let cooldown_ends = recent.iter().map(|t| **t + COOLDOWN).max();
-                let hour_frees = (recent.len() >= CODES_PER_HOUR)
-                    .then(|| recent.iter().map(|t| **t + Duration::hours(1)).min())
-                    .flatten();
-                let wait_until = [cooldown_ends, hour_frees]
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| *t > at)
-                    .max();
-                if let Some(until) = wait_until {
-                    return Err(PhoneLoginError::TooManyCodes {
-                        retry_after: (until - at).num_seconds().max(1),
-                    });
-                }
-                PhoneLoginEvent::CodeIssued {
-                    code_hash,
-                    at,
-                    expires_at: at + CODE_TTL,
-                }
-            }
+            PhoneLoginCommand::RequestCode { code_hash, at } => self.code(code_hash, at)?,
             PhoneLoginCommand::RecordProfileChange { fields } => {
                 if !self.verified {
                     return Err(PhoneLoginError::NotSignedIn);
@@ -248,29 +289,11 @@ impl Aggregate for PhoneLogin {
             PhoneLoginCommand::LinkAnonymous {
                 anonymous_ids,
                 issued,
-            } => {
-                if !self.verified {
-                    return Err(PhoneLoginError::NotSignedIn);
-                }
-                let valid = (1..=50).contains(&anonymous_ids.len())
-                    && anonymous_ids.iter().all(|id| {
-                        (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
-                    });
-                if !valid {
-                    return Err(PhoneLoginError::InvalidAnonymousIds);
-                }
-                // Linking is idempotent: only ids not linked before are recorded.
-                let mut new: Vec<String> = anonymous_ids
-                    .into_iter()
-                    .filter(|id| issued.contains(id) && !self.linked.contains(id))
-                    .collect();
-                new.sort();
-                new.dedup();
-                if new.is_empty() {
-                    return Ok(());
-                }
-                PhoneLoginEvent::AnonymousLinked { anonymous_ids: new }
-            }
+            } => match self.link(anonymous_ids, &issued)? {
+                Some(event) => event,
+                // Linking is idempotent: nothing new, nothing recorded.
+                None => return Ok(()),
+            },
             PhoneLoginCommand::Verify {
                 code_hash,
                 user_id,
