@@ -468,29 +468,7 @@ async fn refresh(
         Refresh::Reused {
             user_id,
             session_id,
-        } => {
-            let user = state.ctx.identity.admins.load(&user_id).await?;
-            let metadata = user_metadata(
-                user.tenant_id.as_deref(),
-                ("session-guard", ActorKind::System),
-                &ids,
-            );
-            let revoke = AdminUserCommand::RevokeSession {
-                session_id,
-                reason: SessionEnd::RefreshReuse,
-            };
-            state
-                .ctx
-                .identity
-                .admins
-                .execute(&user_id, None, revoke, &metadata)
-                .await?;
-            Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "refresh_token_reused",
-                "This refresh token was already used; the session has been revoked. Sign in again.",
-            ))
-        }
+        } => Err(revoke_reused(&state, &ids, &user_id, session_id).await?),
         Refresh::Rotated {
             user_id,
             session_id,
@@ -519,6 +497,33 @@ async fn refresh(
             .into_response())
         }
     }
+}
+
+/// A refresh token used twice: someone else may hold it, so its session ends (recorded by
+/// the session guard). The refusal to answer.
+async fn revoke_reused(
+    state: &AppState,
+    ids: &RequestIds,
+    user_id: &str,
+    session_id: String,
+) -> Result<Problem, Problem> {
+    let user = state.ctx.identity.admins.load(user_id).await?;
+    let metadata = user_metadata(
+        user.tenant_id.as_deref(),
+        ("session-guard", ActorKind::System),
+        ids,
+    );
+    let revoke = AdminUserCommand::RevokeSession {
+        session_id,
+        reason: SessionEnd::RefreshReuse,
+    };
+    let admins = &state.ctx.identity.admins;
+    admins.execute(user_id, None, revoke, &metadata).await?;
+    Ok(Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "refresh_token_reused",
+        "This refresh token was already used; the session has been revoked. Sign in again.",
+    ))
 }
 
 /// End the bearer token's session.
