@@ -31,7 +31,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/whatsapp/http.rs forward 89",
     "projector/src/whatsapp/outbox.rs WhatsAppOutbox::perform 92",
     "projector/src/whatsapp/sender.rs Sender::send 92",
-    "command-api/src/whatsapp/http.rs send 89",
     "projector/src/realtime/mod.rs Members::load 88",
 ];
 

@@ -509,46 +509,10 @@ async fn send(
     }
     let id = session_path(&raw)?;
     let (session, tenant) = staff_session(&state, &who, &id).await?;
-    let digits = body.to.trim().trim_start_matches('+');
-    let wa_id = E164::parse(&format!("+{digits}"))
-        .map(|n| n.as_str().trim_start_matches('+').to_owned())
-        .ok_or_else(|| {
-            Problem::unprocessable(
-                "invalid_phone",
-                "`to` is a number in E.164 (+ and 8 to 15 digits).",
-            )
-        })?;
-    let message_id = match body.client_message_id.as_deref() {
-        Some(client) if client.is_empty() || client.len() > 128 => {
-            return Err(Problem::unprocessable(
-                "invalid_client_message_id",
-                "A client message id has 1 to 128 characters.",
-            ))
-        }
-        Some(client) => Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("whatsapp-out\0{id}\0{wa_id}\0{client}").as_bytes(),
-        ),
-        None => Uuid::now_v7(),
-    }
-    .to_string();
+    let (wa_id, message_id) = recipient_and_id(&id, &body.to, body.client_message_id.as_deref())?;
     check_template(&state, &session, &body.message).await?;
     let conversation = conversation_id(&tenant, &id, &wa_id);
-    // The message shows in the contact's thread while it is open (a closed one stays so).
-    let thread_id = match state
-        .ctx
-        .whatsapp
-        .conversations
-        .load(&conversation)
-        .await?
-        .thread_id()
-    {
-        Some(t) => {
-            let thread = state.ctx.chat.threads.load(t).await?;
-            (!thread.is_closed()).then(|| t.to_owned())
-        }
-        None => None,
-    };
+    let thread_id = open_thread_of(&state, &conversation).await?;
     let command = ConversationCommand::Queue {
         parties: Parties {
             tenant_id: tenant.clone(),
@@ -583,6 +547,55 @@ async fn send(
         }),
     )
         .into_response())
+}
+
+/// The contact's WhatsApp id (`to` in E.164) and the message's id: derived from the
+/// client's id for the message (so a retry names the same message), or a new one.
+fn recipient_and_id(
+    id: &str,
+    to: &str,
+    client_message_id: Option<&str>,
+) -> Result<(String, String), Problem> {
+    let digits = to.trim().trim_start_matches('+');
+    let wa_id = E164::parse(&format!("+{digits}"))
+        .map(|n| n.as_str().trim_start_matches('+').to_owned())
+        .ok_or_else(|| {
+            Problem::unprocessable(
+                "invalid_phone",
+                "`to` is a number in E.164 (+ and 8 to 15 digits).",
+            )
+        })?;
+    let message_id = match client_message_id {
+        Some(client) if client.is_empty() || client.len() > 128 => {
+            return Err(Problem::unprocessable(
+                "invalid_client_message_id",
+                "A client message id has 1 to 128 characters.",
+            ))
+        }
+        Some(client) => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("whatsapp-out\0{id}\0{wa_id}\0{client}").as_bytes(),
+        ),
+        None => Uuid::now_v7(),
+    }
+    .to_string();
+    Ok((wa_id, message_id))
+}
+
+/// The contact's thread, while it is open: a message sent shows there (a closed one stays
+/// so).
+async fn open_thread_of(state: &AppState, conversation: &str) -> Result<Option<String>, Problem> {
+    let conversations = &state.ctx.whatsapp.conversations;
+    let Some(t) = conversations
+        .load(conversation)
+        .await?
+        .thread_id()
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let thread = state.ctx.chat.threads.load(&t).await?;
+    Ok((!thread.is_closed()).then_some(t))
 }
 
 fn service_only(who: &Principal) -> Result<(), Problem> {
