@@ -28,7 +28,6 @@ const KNOWN: &[&str] = &[
     "projector/src/rebuild.rs apply_batch 99",
     "command-api/src/http/idempotency.rs idempotency 98",
     "command-api/src/http/idempotency.rs Claim::take 96",
-    "command-api/src/whatsapp/http.rs forward 89",
     "projector/src/whatsapp/outbox.rs WhatsAppOutbox::perform 92",
     "projector/src/whatsapp/sender.rs Sender::send 92",
     "projector/src/realtime/mod.rs Members::load 88",

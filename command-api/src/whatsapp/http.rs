@@ -1257,40 +1257,43 @@ async fn forward(
         session_connected: session.connected() && session.tenant_id() == Some(tenant.as_str()),
         message_id: message_id.clone(),
         author,
-        content: match body.attachment {
-            // A file goes as media, the reply's text as its caption.
-            Some(file) => {
-                let kind = MediaKind::of_content_type(&file.content_type);
-                let caption = Some(body.text).filter(|t| {
-                    !t.trim().is_empty() && !matches!(kind, MediaKind::Audio | MediaKind::Sticker)
-                });
-                Outbound::File {
-                    kind,
-                    object_key: file.object_key,
-                    content_type: file.content_type,
-                    size_bytes: file.size_bytes,
-                    filename: file.name.filter(|_| kind == MediaKind::Document),
-                    caption,
-                }
-            }
-            None => Outbound::Text {
-                body: body.text,
-                preview_url: false,
-            },
-        },
+        content: outbound_of(body),
         thread_id: Some(thread),
         record_refusal: true,
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .ctx
-        .whatsapp
-        .conversations
+    let conversations = &state.ctx.whatsapp.conversations;
+    let c = conversations
         .execute(&conversation, None, command, &metadata)
         .await?;
     let forwarded = ForwardAnswer::forwarded(message_id, conversation, c.version);
     Ok(Json(forwarded).into_response())
+}
+
+/// What WhatsApp is sent for a thread reply: a file as media, the reply's text as its
+/// caption (audio and stickers take none), or the text alone.
+fn outbound_of(body: ForwardBody) -> Outbound {
+    match body.attachment {
+        Some(file) => {
+            let kind = MediaKind::of_content_type(&file.content_type);
+            let caption = Some(body.text).filter(|t| {
+                !t.trim().is_empty() && !matches!(kind, MediaKind::Audio | MediaKind::Sticker)
+            });
+            Outbound::File {
+                kind,
+                object_key: file.object_key,
+                content_type: file.content_type,
+                size_bytes: file.size_bytes,
+                filename: file.name.filter(|_| kind == MediaKind::Document),
+                caption,
+            }
+        }
+        None => Outbound::Text {
+            body: body.text,
+            preview_url: false,
+        },
+    }
 }
 
 /// Body of a change to a thread reply (the WhatsApp outbox).
