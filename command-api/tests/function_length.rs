@@ -30,7 +30,6 @@ const KNOWN: &[&str] = &[
     "command-api/src/http/idempotency.rs Claim::take 96",
     "projector/src/whatsapp/outbox.rs WhatsAppOutbox::perform 92",
     "projector/src/whatsapp/sender.rs Sender::send 92",
-    "projector/src/realtime/mod.rs Members::load 88",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -303,6 +303,20 @@ impl Members {
         }
         let tenants: Vec<String> = tenants.into_iter().collect();
         let threads: Vec<String> = threads.into_iter().collect();
+        let (suspended, chatbot_off) = Self::tenant_states(pool, &tenants).await?;
+        Ok(Members {
+            staff: Self::staff_sessions(pool, &tenants).await?,
+            customers: Self::thread_customers(pool, &threads).await?,
+            suspended,
+            chatbot_off,
+        })
+    }
+
+    /// Which of `tenants` are suspended, and which have their chatbot switched off.
+    async fn tenant_states(
+        pool: &PgPool,
+        tenants: &[String],
+    ) -> Result<(HashSet<String>, HashSet<String>), ProjectionError> {
         let keys: Vec<String> = tenants.iter().map(|t| format!("tenant:{t}")).collect();
         let states: Vec<(String, bool, bool)> = sqlx::query_as(
             "SELECT substr(key, 8), state @> '{\"suspended\": true}',
@@ -322,8 +336,16 @@ impl Members {
             .filter(|(_, _, off)| *off)
             .map(|(t, _, _)| t)
             .collect();
-        // The revocations recorded with each change (migration 0022) are read too, so a
-        // session counts as ended from the commit that ended it.
+        Ok((suspended, chatbot_off))
+    }
+
+    /// The staff sessions of `tenants` that may still hold a working token. The revocations
+    /// recorded with each change (migration 0022) are read too, so a session counts as ended
+    /// from the commit that ended it.
+    async fn staff_sessions(
+        pool: &PgPool,
+        tenants: &[String],
+    ) -> Result<HashMap<String, Vec<ConnectionUser>>, ProjectionError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT e.tenant_id, s.session_id
                FROM admin_sessions s JOIN admin_emails e USING (user_id)
@@ -340,7 +362,7 @@ impl Members {
                        AND (c.state @> '{\"revoked\": true}' OR c.state @> '{\"active\": false}'))
               GROUP BY e.tenant_id, s.session_id",
         )
-        .bind(&tenants)
+        .bind(tenants)
         .fetch_all(pool)
         .await?;
         let mut staff: HashMap<String, Vec<ConnectionUser>> = HashMap::new();
@@ -350,6 +372,14 @@ impl Members {
                 .or_default()
                 .push(ConnectionUser::Session(session));
         }
+        Ok(staff)
+    }
+
+    /// The chatbot users taking part in each of `threads`.
+    async fn thread_customers(
+        pool: &PgPool,
+        threads: &[String],
+    ) -> Result<HashMap<String, BTreeSet<String>>, ProjectionError> {
         let uuids: Vec<Uuid> = threads
             .iter()
             .filter_map(|t| Uuid::parse_str(t).ok())
@@ -360,7 +390,7 @@ impl Members {
              SELECT thread_id::text, user_id FROM chat_participants
               WHERE thread_id = ANY($2) AND kind = 'phone'",
         )
-        .bind(&threads)
+        .bind(threads)
         .bind(&uuids)
         .fetch_all(pool)
         .await?;
@@ -368,12 +398,7 @@ impl Members {
         for (thread, user) in rows {
             customers.entry(thread).or_default().insert(user);
         }
-        Ok(Members {
-            staff,
-            customers,
-            suspended,
-            chatbot_off,
-        })
+        Ok(customers)
     }
 
     /// The connections `event` goes to: the tenant's staff when its audience is the tenant,
