@@ -897,6 +897,27 @@ async fn analytics(
     let Some(tenant) = tenant.filter(|t| who.is_staff_of(t)) else {
         return Err(not_found());
     };
+    let (counted, responses, failures) = rows(&state.pool, id, &tenant, from, to).await?;
+    let (days, failures) = by_day(counted, responses, failures);
+    Ok(Json(Analytics {
+        session_id: id,
+        from,
+        to,
+        days,
+        failures,
+    })
+    .into_response())
+}
+
+/// A session's messages by day, direction, kind and status; its first responses by day; its
+/// failures by day and code — over `[from, to)`.
+async fn rows(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    tenant: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(Vec<Counted>, Vec<Responses>, Vec<Failures>), Problem> {
     let unavailable = |e: sqlx::Error| Problem::unavailable(&e);
     let counted: Vec<Counted> = sqlx::query_as(
         "SELECT (created_at AT TIME ZONE 'UTC')::date AS day, direction, kind, status,
@@ -906,10 +927,10 @@ async fn analytics(
           GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     )
     .bind(id)
-    .bind(&tenant)
+    .bind(tenant)
     .bind(from)
     .bind(to)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
     let responses: Vec<Responses> = sqlx::query_as(
@@ -934,10 +955,10 @@ async fn analytics(
            FROM waits GROUP BY 1 ORDER BY 1",
     )
     .bind(id)
-    .bind(&tenant)
+    .bind(tenant)
     .bind(from)
     .bind(to)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
     let failures: Vec<Failures> = sqlx::query_as(
@@ -949,21 +970,13 @@ async fn analytics(
           GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(id)
-    .bind(&tenant)
+    .bind(tenant)
     .bind(from)
     .bind(to)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    let (days, failures) = by_day(counted, responses, failures);
-    Ok(Json(Analytics {
-        session_id: id,
-        from,
-        to,
-        days,
-        failures,
-    })
-    .into_response())
+    Ok((counted, responses, failures))
 }
 
 /// One entry per day that saw anything, in order, and the failures' totals by code.
