@@ -328,23 +328,19 @@ pub(crate) async fn receive_message(
             .map_err(|e| retry(&e))?,
     };
     let at = state.clock.now();
+    let contact = Party {
+        id: format!("+{}", m.from),
+        kind: PartyKind::Contact,
+    };
+    let text = shown_text(&m.text);
+    let parties = Parties {
+        tenant_id: tenant.to_owned(),
+        session_id: session.to_owned(),
+        wa_id: m.from.clone(),
+    };
     let command = ConversationCommand::Receive {
-        parties: Parties {
-            tenant_id: tenant.to_owned(),
-            session_id: session.to_owned(),
-            wa_id: m.from.clone(),
-        },
-        message: Inbound {
-            message_id: message_id.clone(),
-            wamid: m.wamid.clone(),
-            webhook_id: webhook_id.to_owned(),
-            profile_name,
-            kind: m.kind.chars().take(32).collect(),
-            content: m.content,
-            text: m.text.clone(),
-            context_wamid: m.context_wamid,
-            sent_at: m.sent_at.unwrap_or(at),
-        },
+        parties,
+        message: inbound_of(m, &message_id, webhook_id, profile_name, at),
         thread_id: thread.clone(),
         at,
     };
@@ -354,10 +350,6 @@ pub(crate) async fn receive_message(
         .map_err(|e| retry(&e))?;
     let actor = Actor::System {
         component: "whatsapp".into(),
-    };
-    let contact = Party {
-        id: format!("+{}", m.from),
-        kind: PartyKind::Contact,
     };
     match open_whatsapp_thread(state, &thread, tenant, &contact, &actor, at, metadata).await {
         Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
@@ -371,7 +363,7 @@ pub(crate) async fn receive_message(
             from: contact,
             channel: Channel::Whatsapp,
             message_id: message_id.clone(),
-            text: shown_text(&m.text),
+            text,
             attachment: None,
         },
     };
@@ -383,6 +375,28 @@ pub(crate) async fn receive_message(
             "MessageReceived; not shown in thread {thread}: {e}"
         )),
         Err(e) => Err(retry(&e)),
+    }
+}
+
+/// A contact's message as its conversation records it (the kind cut at 32 characters; sent
+/// now when WhatsApp does not say when).
+fn inbound_of(
+    m: inbound::Message,
+    message_id: &str,
+    webhook_id: &str,
+    profile_name: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Inbound {
+    Inbound {
+        message_id: message_id.to_owned(),
+        wamid: m.wamid,
+        webhook_id: webhook_id.to_owned(),
+        profile_name,
+        kind: m.kind.chars().take(32).collect(),
+        content: m.content,
+        text: m.text,
+        context_wamid: m.context_wamid,
+        sent_at: m.sent_at.unwrap_or(at),
     }
 }
 
