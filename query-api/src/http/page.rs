@@ -64,8 +64,9 @@ pub fn finish<T, C>(items: &mut Vec<T>, limit: i64, next: impl Fn(&T) -> C) -> O
 /// shape of request gets its own statement and a plan that uses the index.
 ///
 /// Filters added with a value ([`Conditions::text`], [`Conditions::flag`],
-/// [`Conditions::int`], [`Conditions::time`], [`Conditions::keyset`]) keep it, and [`Conditions::bind`] binds them in placeholder order,
-/// so a handler cannot bind them out of step with the clause.
+/// [`Conditions::int`], [`Conditions::time`], [`Conditions::keyset`]) keep it, and
+/// [`Conditions::bind`] binds them in placeholder order, so a handler cannot bind them out of
+/// step with the clause.
 #[derive(Debug)]
 pub struct Conditions {
     /// ` WHERE true AND …`.
