@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use events::http::Metrics;
 use events::Metadata;
 use postgres_es::PostgresEventRepository;
@@ -322,102 +322,129 @@ where
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            let context = self.context(id).await?;
-            let current = context.current_sequence as u64;
-            if let Some(expected) = expected.filter(|e| *e != current) {
-                return Err(CommandError::VersionConflict {
-                    expected,
-                    actual: Some(current),
-                });
-            }
-            // Handle on a copy: `EventSink::write` applies each event to the aggregate it is
-            // given, and `commit` applies them again to the context's aggregate when it
-            // takes a snapshot. Handling on the context's own aggregate would apply every
-            // event twice in the snapshot.
-            let mut scratch = context.aggregate.clone();
-            let sink = EventSink::default();
-            if let Err(e) = scratch.handle(command.clone(), &self.services, &sink).await {
-                let (sequence, snapshot) = (context.current_sequence, context.current_snapshot);
-                self.remember(id, context.aggregate, sequence, sequence, snapshot);
-                return Err(CommandError::Rejected(e));
-            }
-            let new_events = sink.collect().await;
-            if new_events.is_empty() {
-                self.remember(
-                    id,
-                    context.aggregate,
-                    context.current_sequence,
-                    context.current_sequence,
-                    context.current_snapshot,
-                );
-                let unchanged = Committed {
-                    aggregate_id: id.to_owned(),
-                    version: current,
-                    appended: 0,
-                };
-                return Ok((unchanged, new_events));
-            }
-            let attempted = new_events.clone();
-            let (from, snapshot) = (context.current_sequence, context.current_snapshot);
-            let metadata_map = metadata.to_map();
-            if let Some(place) = unstorable(&new_events, &metadata_map) {
-                return Err(self.broken(id, "unstorable_event", &place));
-            }
-            let plan = self.snapshot_plan(from, &new_events, &scratch);
-            let store = match plan {
-                SnapshotPlan::None | SnapshotPlan::InCommit => &self.store,
-                SnapshotPlan::AfterCommit(_) | SnapshotPlan::Skip(_) => &self.plain,
-            };
-            match store.commit(new_events, context, metadata_map).await {
-                Ok(envelopes) => {
-                    self.committed.notify_one();
-                    let last_sequence = envelopes.last().map_or(from, |e| e.sequence);
-                    match plan {
-                        SnapshotPlan::InCommit => self.count_snapshot(),
-                        SnapshotPlan::AfterCommit(form) => {
-                            self.write_snapshot(id, last_sequence, form).await;
-                        }
-                        SnapshotPlan::Skip(place) => self.skipped_snapshot(id, &place),
-                        SnapshotPlan::None => {}
-                    }
-                    if let Some(last) = envelopes.last() {
-                        self.remember(id, scratch, from, last.sequence, snapshot);
-                    }
-                    let committed = Committed {
-                        aggregate_id: id.to_owned(),
-                        version: envelopes.last().map_or(current, |e| e.sequence as u64),
-                        appended: envelopes.len(),
-                    };
-                    return Ok((
-                        committed,
-                        envelopes.into_iter().map(|e| e.payload).collect(),
-                    ));
-                }
-                Err(AggregateError::AggregateConflict) => {
-                    // postgres-es commits the events before it checks the snapshot row, so a
-                    // "conflict" may come back for a write that landed. The request id in the
-                    // metadata tells: if our events are there, the command is done.
-                    if let Some(committed) = self.landed(id, current, metadata).await? {
-                        self.committed.notify_one();
-                        // What landed is what this attempt tried to commit.
-                        return Ok((committed, attempted));
-                    }
-                    if let Some(expected) = expected {
-                        return Err(CommandError::VersionConflict {
-                            expected,
-                            actual: None,
-                        });
-                    }
-                    tracing::debug!(aggregate_id = id, "concurrent append; retrying");
-                    if attempt >= 2 {
-                        self.drop_snapshot(id).await?;
-                    }
-                }
-                Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
-                Err(e) => return Err(self.store_error(id, e)),
+            if let Some(done) = self
+                .decide_and_commit(id, expected, &command, metadata, attempt)
+                .await?
+            {
+                return Ok(done);
             }
         }
         Err(CommandError::Contention)
+    }
+
+    /// One attempt at a command: decide on the aggregate as loaded, then commit. `None`: a
+    /// concurrent append got there first and the command is to be tried again.
+    async fn decide_and_commit(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        command: &A::Command,
+        metadata: &Metadata,
+        attempt: u32,
+    ) -> Result<Option<(Committed, Vec<A::Event>)>, CommandError<A::Error>> {
+        let context = self.context(id).await?;
+        let current = context.current_sequence as u64;
+        if let Some(expected) = expected.filter(|e| *e != current) {
+            return Err(CommandError::VersionConflict {
+                expected,
+                actual: Some(current),
+            });
+        }
+        // Handle on a copy: `EventSink::write` applies each event to the aggregate it is
+        // given, and `commit` applies them again to the context's aggregate when it
+        // takes a snapshot. Handling on the context's own aggregate would apply every
+        // event twice in the snapshot.
+        let mut scratch = context.aggregate.clone();
+        let sink = EventSink::default();
+        let base = (context.current_sequence, context.current_snapshot);
+        if let Err(e) = scratch.handle(command.clone(), &self.services, &sink).await {
+            self.remember(id, context.aggregate, base.0, base.0, base.1);
+            return Err(CommandError::Rejected(e));
+        }
+        let new_events = sink.collect().await;
+        if new_events.is_empty() {
+            self.remember(id, context.aggregate, base.0, base.0, base.1);
+            let unchanged = Committed {
+                aggregate_id: id.to_owned(),
+                version: current,
+                appended: 0,
+            };
+            return Ok(Some((unchanged, new_events)));
+        }
+        let attempted = new_events.clone();
+        let metadata_map = metadata.to_map();
+        if let Some(place) = unstorable(&new_events, &metadata_map) {
+            return Err(self.broken(id, "unstorable_event", &place));
+        }
+        let plan = self.snapshot_plan(base.0, &new_events, &scratch);
+        let store = match plan {
+            SnapshotPlan::None | SnapshotPlan::InCommit => &self.store,
+            SnapshotPlan::AfterCommit(_) | SnapshotPlan::Skip(_) => &self.plain,
+        };
+        match store.commit(new_events, context, metadata_map).await {
+            Ok(envelopes) => Ok(Some(
+                self.after_commit(id, plan, scratch, base, envelopes).await,
+            )),
+            Err(AggregateError::AggregateConflict) => {
+                // postgres-es commits the events before it checks the snapshot row, so a
+                // "conflict" may come back for a write that landed. The request id in the
+                // metadata tells: if our events are there, the command is done.
+                if let Some(committed) = self.landed(id, current, metadata).await? {
+                    self.committed.notify_one();
+                    // What landed is what this attempt tried to commit.
+                    return Ok(Some((committed, attempted)));
+                }
+                if let Some(expected) = expected {
+                    return Err(CommandError::VersionConflict {
+                        expected,
+                        actual: None,
+                    });
+                }
+                tracing::debug!(aggregate_id = id, "concurrent append; retrying");
+                if attempt >= 2 {
+                    self.drop_snapshot(id).await?;
+                }
+                Ok(None)
+            }
+            Err(AggregateError::UserError(e)) => Err(CommandError::Rejected(e)),
+            Err(e) => Err(self.store_error(id, e)),
+        }
+    }
+
+    /// After a commit: wake the relay, take the snapshot as planned, keep the aggregate in the
+    /// cache, and say what was appended. `base` is the sequence and snapshot the command was
+    /// decided on.
+    async fn after_commit(
+        &self,
+        id: &str,
+        plan: SnapshotPlan,
+        scratch: A,
+        base: (usize, Option<usize>),
+        envelopes: Vec<EventEnvelope<A>>,
+    ) -> (Committed, Vec<A::Event>) {
+        let (from, snapshot) = base;
+        self.committed.notify_one();
+        let last_sequence = envelopes.last().map_or(from, |e| e.sequence);
+        match plan {
+            SnapshotPlan::InCommit => self.count_snapshot(),
+            SnapshotPlan::AfterCommit(form) => {
+                self.write_snapshot(id, last_sequence, form).await;
+            }
+            SnapshotPlan::Skip(place) => self.skipped_snapshot(id, &place),
+            SnapshotPlan::None => {}
+        }
+        if let Some(last) = envelopes.last() {
+            self.remember(id, scratch, from, last.sequence, snapshot);
+        }
+        let committed = Committed {
+            aggregate_id: id.to_owned(),
+            version: envelopes.last().map_or(from as u64, |e| e.sequence as u64),
+            appended: envelopes.len(),
+        };
+        (
+            committed,
+            envelopes.into_iter().map(|e| e.payload).collect(),
+        )
     }
 
     /// How the snapshot due with a commit of `events` after sequence `from` is written.
