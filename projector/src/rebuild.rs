@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use events::envelope::Envelope;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::projection::{
@@ -46,32 +47,7 @@ pub async fn rebuild(
     // planner scan the whole store for every batch instead of walking the commit-order index.
     sqlx::query("ANALYZE events").execute(&mut *conn).await?;
     let name = projection.name();
-    let fresh = Target::REBUILD;
-    let mut tx = conn.begin().await?;
-    for table in projection.tables() {
-        let copy = fresh.table(table);
-        sqlx::query(&format!("DROP TABLE IF EXISTS {copy}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"))
-            .execute(&mut *tx)
-            .await?;
-        // The table's comment (its owner, migration 0048) goes with it.
-        let comment: String = sqlx::query_scalar(
-            "SELECT format('COMMENT ON TABLE %s IS %L', $1::text,
-                           obj_description($2::regclass, 'pg_class'))",
-        )
-        .bind(&copy)
-        .bind(table)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(&comment).execute(&mut *tx).await?;
-    }
-    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
-        .bind(fresh.checkpoint(name))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    create_fresh_tables(&mut conn, projection).await?;
 
     let types: Vec<String> = projection
         .aggregate_types()
@@ -91,6 +67,61 @@ pub async fn rebuild(
         tracing::info!(projection = name, events = report.events, "rebuilding");
     }
 
+    swap(&mut conn, projection, &types, &mut after, &mut report).await?;
+    tracing::info!(
+        projection = name,
+        events = report.events,
+        caught_up = report.caught_up,
+        "rebuilt and swapped in"
+    );
+    Ok(report)
+}
+
+/// Creates the fresh tables (empty copies of the live ones, with their indexes and comments)
+/// and forgets the fresh checkpoints of an earlier, interrupted rebuild.
+async fn create_fresh_tables(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
+    let mut tx = conn.begin().await?;
+    for table in projection.tables() {
+        let copy = Target::REBUILD.table(table);
+        sqlx::query(&format!("DROP TABLE IF EXISTS {copy}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)"))
+            .execute(&mut *tx)
+            .await?;
+        // The table's comment (its owner, migration 0048) goes with it.
+        let comment: String = sqlx::query_scalar(
+            "SELECT format('COMMENT ON TABLE %s IS %L', $1::text,
+                           obj_description($2::regclass, 'pg_class'))",
+        )
+        .bind(&copy)
+        .bind(table)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(&comment).execute(&mut *tx).await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(Target::REBUILD.checkpoint(name))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Locks the live tables, applies what was committed since the bulk load, and swaps the
+/// fresh tables and checkpoints in, in one transaction.
+async fn swap(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    types: &[String],
+    after: &mut (String, i64),
+    report: &mut RebuildReport,
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
     let mut tx = conn.begin_with(BEGIN_READ_COMMITTED).await?;
     // Lock order: checkpoints, then tables — the order the live projector takes them in
     // (checkpoint row, then read-model row), so the swap cannot deadlock with it.
@@ -103,7 +134,7 @@ pub async fn rebuild(
             .await?;
     }
     loop {
-        let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::CatchUp).await?;
+        let n = apply_batch(&mut tx, projection, types, after, Phase::CatchUp).await?;
         report.caught_up += n;
         if n == 0 {
             break;
@@ -117,7 +148,7 @@ pub async fn rebuild(
             .await?;
         sqlx::query(&format!(
             "ALTER TABLE {} RENAME TO {table}",
-            fresh.table(table)
+            Target::REBUILD.table(table)
         ))
         .execute(&mut *tx)
         .await?;
@@ -131,17 +162,11 @@ pub async fn rebuild(
         .await?;
     sqlx::query("UPDATE projection_checkpoints SET projection = $1 WHERE projection = $2")
         .bind(name)
-        .bind(fresh.checkpoint(name))
+        .bind(Target::REBUILD.checkpoint(name))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(
-        projection = name,
-        events = report.events,
-        caught_up = report.caught_up,
-        "rebuilt and swapped in"
-    );
-    Ok(report)
+    Ok(())
 }
 
 /// How a batch is applied.
@@ -165,6 +190,36 @@ async fn apply_batch(
     after: &mut (String, i64),
     phase: Phase,
 ) -> Result<usize, ProjectionError> {
+    let (envelopes, read) = read_batch(conn, projection, types, after).await?;
+    let mut reached: HashMap<(String, String), i64> = HashMap::new();
+    match phase {
+        Phase::Bulk => {
+            projection
+                .apply_all(conn, &Target::REBUILD, &envelopes)
+                .await?;
+            for e in &envelopes {
+                reached.insert(
+                    (e.aggregate_type.clone(), e.aggregate_id.clone()),
+                    e.sequence as i64,
+                );
+            }
+        }
+        Phase::CatchUp => {
+            apply_all_in_order(conn, projection, &Target::REBUILD, &envelopes).await?;
+        }
+    }
+    write_checkpoints(conn, projection, reached).await?;
+    Ok(read)
+}
+
+/// Reads the next batch after `after` below the commit horizon and moves `after` on: the
+/// envelopes, and how many events were read (quarantined ones included).
+async fn read_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    types: &[String],
+    after: &mut (String, i64),
+) -> Result<(Vec<Envelope>, usize), ProjectionError> {
     // The relay's horizon (migration 0020), in a statement of its own before the read, which
     // must take a later snapshot ([`BEGIN_READ_COMMITTED`]).
     let (horizon, isolation): (String, String) = sqlx::query_as(
@@ -216,44 +271,37 @@ async fn apply_batch(
             Err(e) => return Err(e),
         }
     }
-    let mut reached: HashMap<(String, String), i64> = HashMap::new();
-    match phase {
-        Phase::Bulk => {
-            projection
-                .apply_all(conn, &Target::REBUILD, &envelopes)
-                .await?;
-            for e in &envelopes {
-                reached.insert(
-                    (e.aggregate_type.clone(), e.aggregate_id.clone()),
-                    e.sequence as i64,
-                );
-            }
-        }
-        Phase::CatchUp => {
-            apply_all_in_order(conn, projection, &Target::REBUILD, &envelopes).await?;
-        }
+    Ok((envelopes, rows.len()))
+}
+
+/// Writes each aggregate's checkpoint as the bulk load `reached` it, in one statement.
+async fn write_checkpoints(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    reached: HashMap<(String, String), i64>,
+) -> Result<(), ProjectionError> {
+    if reached.is_empty() {
+        return Ok(());
     }
-    if !reached.is_empty() {
-        let mut types = Vec::with_capacity(reached.len());
-        let mut ids = Vec::with_capacity(reached.len());
-        let mut sequences = Vec::with_capacity(reached.len());
-        for ((t, id), sequence) in reached {
-            types.push(t);
-            ids.push(id);
-            sequences.push(sequence);
-        }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
-             SELECT $1, t, i, s FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
-             ON CONFLICT (projection, aggregate_type, aggregate_id)
-             DO UPDATE SET sequence = EXCLUDED.sequence",
-        )
-        .bind(Target::REBUILD.checkpoint(projection.name()))
-        .bind(types)
-        .bind(ids)
-        .bind(sequences)
-        .execute(&mut *conn)
-        .await?;
+    let mut types = Vec::with_capacity(reached.len());
+    let mut ids = Vec::with_capacity(reached.len());
+    let mut sequences = Vec::with_capacity(reached.len());
+    for ((t, id), sequence) in reached {
+        types.push(t);
+        ids.push(id);
+        sequences.push(sequence);
     }
-    Ok(rows.len())
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)
+         SELECT $1, t, i, s FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(t, i, s)
+         ON CONFLICT (projection, aggregate_type, aggregate_id)
+         DO UPDATE SET sequence = EXCLUDED.sequence",
+    )
+    .bind(Target::REBUILD.checkpoint(projection.name()))
+    .bind(types)
+    .bind(ids)
+    .bind(sequences)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
