@@ -340,6 +340,48 @@ struct Open {
     _slot: StreamSlot,
 }
 
+impl Open {
+    /// The next event to send: the reset owed first, then the replay, then live events
+    /// this viewer may see. `None` ends the stream (closing, expiry, revoked access, hub
+    /// gone).
+    async fn next_event(&mut self) -> Option<Event> {
+        if self.reset {
+            self.reset = false;
+            return Some(reset());
+        }
+        loop {
+            let next = match self.replay.pop_front() {
+                Some(r) => r,
+                None => {
+                    let received = tokio::select! {
+                        received = self.live.recv() => received,
+                        _ = self.closing.wait_for(|closing| *closing) => return None,
+                        () = tokio::time::sleep_until(self.expires) => return None,
+                        changed = self.access_changes.changed() => {
+                            if changed.is_err() || self.access.check(&self.claims).is_err() {
+                                return None;
+                            }
+                            continue;
+                        }
+                    };
+                    match received {
+                        Ok(r) if self.replayed_to.is_some_and(|to| r.seq <= to) => continue,
+                        Ok(r) => r,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return Some(reset()),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            };
+            let Some(event) = &next.event else {
+                return Some(reset());
+            };
+            if self.viewer.may_see(event).await {
+                return Some(sse(event));
+            }
+        }
+    }
+}
+
 /// Realtime events (Server-Sent Events).
 ///
 /// The same events as the Pusher channels (docs/realtime.md), those the token may see: staff
@@ -423,42 +465,8 @@ async fn stream(
         _slot: slot,
     };
     let events = futures::stream::unfold(open, |mut open| async move {
-        if open.reset {
-            open.reset = false;
-            return Some((Ok::<_, Infallible>(reset()), open));
-        }
-        loop {
-            let next = match open.replay.pop_front() {
-                Some(r) => r,
-                None => {
-                    let received = tokio::select! {
-                        received = open.live.recv() => received,
-                        _ = open.closing.wait_for(|closing| *closing) => return None,
-                        () = tokio::time::sleep_until(open.expires) => return None,
-                        changed = open.access_changes.changed() => {
-                            if changed.is_err() || open.access.check(&open.claims).is_err() {
-                                return None;
-                            }
-                            continue;
-                        }
-                    };
-                    match received {
-                        Ok(r) if open.replayed_to.is_some_and(|to| r.seq <= to) => continue,
-                        Ok(r) => r,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Some((Ok(reset()), open));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            };
-            let Some(event) = &next.event else {
-                return Some((Ok(reset()), open));
-            };
-            if open.viewer.may_see(event).await {
-                return Some((Ok(sse(event)), open));
-            }
-        }
+        let event = open.next_event().await?;
+        Some((Ok::<_, Infallible>(event), open))
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
