@@ -124,51 +124,14 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Err(refusal) => return refusal.into_response(),
     };
     let path = canonical_path(req.uri().path());
-    let (caller, max_buffered, anonymous) = match caller {
-        Some(user) => (user, MAX_BUFFERED, false),
-        None if ANONYMOUS.contains(&path.as_str()) => {
-            let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() else {
-                return next.run(req).await;
-            };
-            let client = crate::http::limits::client_ip(&state, *peer, req.headers());
-            // A caller whose token no longer verifies (expired) is not a stranger at the same
-            // address: its keys are its own, told apart by the token it sent.
-            let who = match req.headers().get(header::AUTHORIZATION) {
-                Some(token) => {
-                    let digest = Sha256::digest(token.as_bytes());
-                    format!("token-{}", events::hex::encode(&digest[..8]))
-                }
-                None => "anonymous".to_owned(),
-            };
-            (format!("{who}@{client}"), ANONYMOUS_MAX_BUFFERED, true)
-        }
-        None => return next.run(req).await,
+    let Some((caller, max_buffered, anonymous)) = keyed_caller(&state, &req, caller, &path) else {
+        return next.run(req).await;
     };
     let scope = format!("{caller} {path}");
     let (mut parts, body) = req.into_parts();
-    let (hash, body) = if STREAMED.contains(&path.as_str()) {
-        let hash = request_hash(&parts.method, &path, &parts.headers, &[]);
-        (hash, body)
-    } else {
-        let bytes = match to_bytes(body, max_buffered).await {
-            Ok(bytes) => bytes,
-            // A body that stopped arriving (the server's body timeout), or one too large.
-            Err(e) => {
-                let e = e.to_string();
-                if e.contains("not received within the designated timeout") {
-                    return events::http::extract::status_problem(StatusCode::BAD_REQUEST, e)
-                        .into_response();
-                }
-                return Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "The request body is too large.",
-                )
-                .into_response();
-            }
-        };
-        let hash = request_hash(&parts.method, &path, &parts.headers, &bytes);
-        (hash, Body::from(bytes))
+    let (hash, body) = match hashed(&parts, body, &path, max_buffered).await {
+        Ok(hashed) => hashed,
+        Err(refusal) => return refusal.into_response(),
     };
     let attempt = parts
         .extensions
@@ -195,6 +158,69 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Ok(response) => response,
         Err(e) => Problem::internal(&e).into_response(),
     }
+}
+
+/// Whose keys these are, how much of a body may be buffered, and whether the caller is
+/// anonymous: the token's subject, or, on the routes open to strangers, the client address
+/// (and the token a caller sent that no longer verifies). `None`: keys are not kept for this
+/// caller on this route.
+fn keyed_caller(
+    state: &AppState,
+    req: &Request,
+    subject: Option<String>,
+    path: &str,
+) -> Option<(String, usize, bool)> {
+    if let Some(user) = subject {
+        return Some((user, MAX_BUFFERED, false));
+    }
+    if !ANONYMOUS.contains(&path) {
+        return None;
+    }
+    let ConnectInfo(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    let client = crate::http::limits::client_ip(state, *peer, req.headers());
+    // A caller whose token no longer verifies (expired) is not a stranger at the same
+    // address: its keys are its own, told apart by the token it sent.
+    let who = match req.headers().get(header::AUTHORIZATION) {
+        Some(token) => {
+            let digest = Sha256::digest(token.as_bytes());
+            format!("token-{}", events::hex::encode(&digest[..8]))
+        }
+        None => "anonymous".to_owned(),
+    };
+    Some((format!("{who}@{client}"), ANONYMOUS_MAX_BUFFERED, true))
+}
+
+/// The request's hash, and its body to pass on: buffered (up to `max_buffered` bytes) and
+/// hashed whole, or, on a streamed route, passed on unread and hashed without it.
+async fn hashed(
+    parts: &axum::http::request::Parts,
+    body: Body,
+    path: &str,
+    max_buffered: usize,
+) -> Result<(Vec<u8>, Body), Problem> {
+    if STREAMED.contains(&path) {
+        return Ok((request_hash(&parts.method, path, &parts.headers, &[]), body));
+    }
+    let bytes = match to_bytes(body, max_buffered).await {
+        Ok(bytes) => bytes,
+        // A body that stopped arriving (the server's body timeout), or one too large.
+        Err(e) => {
+            let e = e.to_string();
+            if e.contains("not received within the designated timeout") {
+                return Err(events::http::extract::status_problem(
+                    StatusCode::BAD_REQUEST,
+                    e,
+                ));
+            }
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is too large.",
+            ));
+        }
+    };
+    let hash = request_hash(&parts.method, path, &parts.headers, &bytes);
+    Ok((hash, Body::from(bytes)))
 }
 
 /// The path as the routes read it: a segment that is a UUID in any of the forms the routes
@@ -314,6 +340,37 @@ struct Stored {
     expired: bool,
 }
 
+impl Stored {
+    /// The key, if this attempt may take it; if not, why: a different request under the
+    /// same key, an answer to replay, or an earlier attempt still at work.
+    fn takeable(self, hash: &[u8]) -> Result<Stored, Box<Taken>> {
+        if self.request_hash != hash {
+            return Err(Box::new(Taken::Refused(Problem::unprocessable(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a different request.",
+            ))));
+        }
+        if let Some(status) = self.status {
+            return Err(Box::new(Taken::Replay(replay(
+                status,
+                self.headers,
+                self.body,
+            ))));
+        }
+        if !self.takeable {
+            return Err(Box::new(Taken::Refused(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_in_progress",
+                    "A request with this Idempotency-Key is still being processed.",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            )));
+        }
+        Ok(self)
+    }
+}
+
 impl Claim {
     /// Claims the key, or says why not, or finds the answer to replay.
     async fn take(&self, state: &AppState, hash: &[u8]) -> Result<Taken, sqlx::Error> {
@@ -359,33 +416,30 @@ impl Claim {
             drop(tx);
             return Box::pin(self.take(state, hash)).await;
         };
-        if stored.request_hash != hash {
-            return Ok(Taken::Refused(Problem::unprocessable(
-                "idempotency_key_reused",
-                "This Idempotency-Key was used for a different request.",
-            )));
-        }
-        if let Some(status) = stored.status {
-            return Ok(Taken::Replay(replay(status, stored.headers, stored.body)));
-        }
-        if !stored.takeable {
-            return Ok(Taken::Refused(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_in_progress",
-                    "A request with this Idempotency-Key is still being processed.",
-                )
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
-            ));
-        }
+        let stored = match stored.takeable(hash) {
+            Ok(stored) => stored,
+            Err(untakeable) => return Ok(*untakeable),
+        };
+        let outcome = self.take_over(&mut tx, stored).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Takes over a key whose earlier attempt ended without an answer on record: its answer,
+    /// rebuilt from the events it committed, or the claim for this attempt.
+    async fn take_over(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stored: Stored,
+    ) -> Result<Taken, sqlx::Error> {
         let recovered = match &stored.request_id {
-            Some(earlier) => recovered_answer(&mut tx, earlier).await?,
+            Some(earlier) => recovered_answer(&mut *tx, earlier).await?,
             None => None,
         };
         let outcome = match recovered {
             Some((status, headers, body)) => {
                 store_answer(
-                    &mut tx,
+                    &mut *tx,
                     &self.scope,
                     &self.key,
                     None,
@@ -409,7 +463,6 @@ impl Claim {
                 Taken::Claimed(stored.nonce)
             }
         };
-        tx.commit().await?;
         Ok(outcome)
     }
 
