@@ -59,6 +59,99 @@ impl WhatsAppOutbox {
         .fetch_optional(pool)
         .await?)
     }
+
+    /// What a thread event asks of the WhatsApp context: the message, the path to post to
+    /// and the body. `None`: nothing (not an agent's or the bot's reply, or a change that a
+    /// later one supersedes).
+    async fn request_of(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<Option<(String, String, serde_json::Value)>, ProjectionError> {
+        let thread = envelope.aggregate_id.as_str();
+        let request = match serde_json::from_value::<ThreadEvent>(envelope.payload.clone()) {
+            Ok(ThreadEvent::MessageSent {
+                message_id,
+                author,
+                text,
+                attachment,
+                ..
+            }) if matches!(author.kind, PartyKind::Agent | PartyKind::Bot) => {
+                let text = match self
+                    .later_change(thread, envelope.sequence, &message_id)
+                    .await?
+                {
+                    // Deleted before it was forwarded: it never leaves.
+                    Some((kind, _)) if kind == "MessageDeleted" => return Ok(None),
+                    Some((_, Some(edited))) => edited,
+                    _ => text,
+                };
+                let path = format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
+                let body = json!({"text": text, "attachment": attachment});
+                (message_id, path, body)
+            }
+            // A reply changed in its thread: withdrawn or revised if it has not gone
+            // out, else the agent is told the contact has the original. An edit
+            // changed again since is left to the latest change.
+            Ok(ThreadEvent::MessageEdited {
+                message_id, text, ..
+            }) => {
+                if self
+                    .later_change(thread, envelope.sequence, &message_id)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                let path = format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
+                (message_id, path, json!({"change": "edit", "text": text}))
+            }
+            Ok(ThreadEvent::MessageDeleted { message_id, .. }) => {
+                let path = format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
+                (message_id, path, json!({"change": "delete"}))
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(request))
+    }
+
+    /// Posts a forward or a change to command-api. A refusal for good is logged and passed
+    /// over; a busy conversation or an unavailable command-api is tried again.
+    async fn post(
+        &self,
+        thread: &str,
+        message_id: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ProjectionError> {
+        match self.client.post_json(path, body).await {
+            Ok(r) if r.status().is_success() => {}
+            // Refused for good (an unknown thread or message): nothing to retry. A busy
+            // conversation (409 `contention`, 429) is tried again.
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                if crate::whatsapp::sender::busy(r).await {
+                    return Err(ProjectionError::Unavailable(format!(
+                        "command-api answered {status}"
+                    )));
+                }
+                // A change of a reply deleted before it was forwarded finds nothing to
+                // change: expected.
+                if status.as_u16() == 404 && path.ends_with("/change") {
+                    tracing::debug!(thread, message_id, "change of a reply never forwarded");
+                } else {
+                    tracing::warn!(thread, message_id, %status, "reply not forwarded");
+                }
+            }
+            Ok(r) => {
+                return Err(ProjectionError::Unavailable(format!(
+                    "command-api answered {}",
+                    r.status()
+                )))
+            }
+            Err(e) => return Err(ProjectionError::Unavailable(e.to_string())),
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -95,53 +188,9 @@ impl Effect for WhatsAppOutbox {
     async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
         for envelope in events.iter().filter(|e| e.aggregate_type == THREAD) {
             let thread = envelope.aggregate_id.as_str();
-            let (message_id, path, body) =
-                match serde_json::from_value::<ThreadEvent>(envelope.payload.clone()) {
-                    Ok(ThreadEvent::MessageSent {
-                        message_id,
-                        author,
-                        text,
-                        attachment,
-                        ..
-                    }) if matches!(author.kind, PartyKind::Agent | PartyKind::Bot) => {
-                        let text = match self
-                            .later_change(thread, envelope.sequence, &message_id)
-                            .await?
-                        {
-                            // Deleted before it was forwarded: it never leaves.
-                            Some((kind, _)) if kind == "MessageDeleted" => continue,
-                            Some((_, Some(edited))) => edited,
-                            _ => text,
-                        };
-                        let path =
-                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/forward");
-                        let body = json!({"text": text, "attachment": attachment});
-                        (message_id, path, body)
-                    }
-                    // A reply changed in its thread: withdrawn or revised if it has not gone
-                    // out, else the agent is told the contact has the original. An edit
-                    // changed again since is left to the latest change.
-                    Ok(ThreadEvent::MessageEdited {
-                        message_id, text, ..
-                    }) => {
-                        if self
-                            .later_change(thread, envelope.sequence, &message_id)
-                            .await?
-                            .is_some()
-                        {
-                            continue;
-                        }
-                        let path =
-                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
-                        (message_id, path, json!({"change": "edit", "text": text}))
-                    }
-                    Ok(ThreadEvent::MessageDeleted { message_id, .. }) => {
-                        let path =
-                            format!("/v1/whatsapp/threads/{thread}/messages/{message_id}/change");
-                        (message_id, path, json!({"change": "delete"}))
-                    }
-                    _ => continue,
-                };
+            let Some((message_id, path, body)) = self.request_of(envelope).await? else {
+                continue;
+            };
             let channel: Option<String> = match &self.pool {
                 Some(pool) => {
                     sqlx::query_scalar("SELECT channel FROM chat_threads WHERE id = $1::uuid")
@@ -154,33 +203,7 @@ impl Effect for WhatsAppOutbox {
             if channel.as_deref().is_some_and(|c| c != "whatsapp") {
                 continue;
             }
-            match self.client.post_json(&path, &body).await {
-                Ok(r) if r.status().is_success() => {}
-                // Refused for good (an unknown thread or message): nothing to retry. A busy
-                // conversation (409 `contention`, 429) is tried again.
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    if crate::whatsapp::sender::busy(r).await {
-                        return Err(ProjectionError::Unavailable(format!(
-                            "command-api answered {status}"
-                        )));
-                    }
-                    // A change of a reply deleted before it was forwarded finds nothing to
-                    // change: expected.
-                    if status.as_u16() == 404 && path.ends_with("/change") {
-                        tracing::debug!(thread, message_id, "change of a reply never forwarded");
-                    } else {
-                        tracing::warn!(thread, message_id, %status, "reply not forwarded");
-                    }
-                }
-                Ok(r) => {
-                    return Err(ProjectionError::Unavailable(format!(
-                        "command-api answered {}",
-                        r.status()
-                    )))
-                }
-                Err(e) => return Err(ProjectionError::Unavailable(e.to_string())),
-            }
+            self.post(thread, &message_id, &path, &body).await?;
         }
         Ok(())
     }

@@ -319,49 +319,55 @@ impl Sender {
             }
             Err(e) => return Sent::InDoubt(e.without_url().to_string()),
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u32>().ok());
-        let body: Value = match response.json().await {
-            Ok(body) => body,
-            Err(e) if status.is_success() => return Sent::InDoubt(e.to_string()),
-            Err(_) => Value::Null,
-        };
-        if status.is_success() {
-            return match body.pointer("/messages/0/id").and_then(Value::as_str) {
-                Some(wamid) => Sent::Accepted(wamid.to_owned()),
-                None => Sent::InDoubt("an answer without a message id".into()),
-            };
-        }
-        let code = body.pointer("/error/code").and_then(Value::as_i64);
-        let mut reason = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("WhatsApp refused the message.")
-            .to_owned();
-        if let Some(details) = body
-            .pointer("/error/error_data/details")
-            .and_then(Value::as_str)
-        {
-            reason = format!("{reason}: {details}");
-        }
-        let retryable = status.as_u16() == 429
-            || status.is_server_error()
-            || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
-        // A 5xx may hide a message the provider took: the retry waits long enough for its
-        // status webhook (which names the message) to settle it first.
-        let retry_after = match status.is_server_error() {
-            true => Some(retry_after.unwrap_or(0).max(SERVER_ERROR_WAIT_SECS)),
-            false => retry_after,
-        };
-        let code = code
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| status.as_u16().to_string());
-        Sent::Refused(Some(code), reason, retryable, retry_after)
+        answered(response).await
     }
+}
+
+/// What WhatsApp's answer to a send says: accepted with its message id, refused (with the
+/// provider's code, and whether and when to try again), or in doubt.
+async fn answered(response: reqwest::Response) -> Sent {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let body: Value = match response.json().await {
+        Ok(body) => body,
+        Err(e) if status.is_success() => return Sent::InDoubt(e.to_string()),
+        Err(_) => Value::Null,
+    };
+    if status.is_success() {
+        return match body.pointer("/messages/0/id").and_then(Value::as_str) {
+            Some(wamid) => Sent::Accepted(wamid.to_owned()),
+            None => Sent::InDoubt("an answer without a message id".into()),
+        };
+    }
+    let code = body.pointer("/error/code").and_then(Value::as_i64);
+    let mut reason = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("WhatsApp refused the message.")
+        .to_owned();
+    if let Some(details) = body
+        .pointer("/error/error_data/details")
+        .and_then(Value::as_str)
+    {
+        reason = format!("{reason}: {details}");
+    }
+    let retryable = status.as_u16() == 429
+        || status.is_server_error()
+        || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
+    // A 5xx may hide a message the provider took: the retry waits long enough for its
+    // status webhook (which names the message) to settle it first.
+    let retry_after = match status.is_server_error() {
+        true => Some(retry_after.unwrap_or(0).max(SERVER_ERROR_WAIT_SECS)),
+        false => retry_after,
+    };
+    let code = code
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| status.as_u16().to_string());
+    Sent::Refused(Some(code), reason, retryable, retry_after)
 }
 
 impl Sender {
