@@ -280,12 +280,18 @@ where
     /// or a look-up of another aggregate, costs one statement, not a snapshot's decoding
     /// and the replay of the events after it).
     pub async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
+        Ok(self.load_versioned(id).await?.0)
+    }
+
+    /// Like [`CommandBus::load`], with the aggregate's version: the sequence of its last
+    /// event (0 when it has none).
+    pub async fn load_versioned(&self, id: &str) -> Result<(A, u64), CommandError<A::Error>> {
         let context = self.context(id).await?;
         let sequence = context.current_sequence;
         if sequence == 0 {
             // No such aggregate: nothing worth a place in the cache (ids looked up at
             // random would push out the ones in use).
-            return Ok(context.aggregate);
+            return Ok((context.aggregate, 0));
         }
         let aggregate = context.aggregate.clone();
         self.remember(
@@ -295,7 +301,7 @@ where
             sequence,
             context.current_snapshot,
         );
-        Ok(aggregate)
+        Ok((aggregate, sequence as u64))
     }
 
     /// The aggregate as postgres-es loads it: its snapshot, then the events after it.

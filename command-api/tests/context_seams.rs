@@ -62,6 +62,45 @@ fn no_context_reaches_into_another_contexts_http_layer() {
     );
 }
 
+/// A context's route modules (the files that declare its `router()`) extract, call the
+/// context's service, and answer: they run no SQL and touch no blob store themselves.
+#[test]
+fn route_modules_leave_storage_to_the_application_layer() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut checked = Vec::new();
+    let mut found = BTreeSet::new();
+    for context in contexts(&src) {
+        let mut files = Vec::new();
+        rust_files(&src.join(&context), &mut files);
+        for path in files {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            if !text.contains("pub fn router()") {
+                continue;
+            }
+            let name = path
+                .strip_prefix(&src)
+                .expect("inside src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            for reach in ["sqlx::", ".blobs"] {
+                if text.contains(reach) {
+                    found.insert((name.clone(), reach));
+                }
+            }
+            checked.push(name);
+        }
+    }
+    assert!(
+        checked.len() >= 9,
+        "the route modules were found: {checked:?}"
+    );
+    assert!(
+        found.is_empty(),
+        "these route modules reach storage themselves (move it into the context's service): \
+         {found:?}"
+    );
+}
+
 /// The contexts a crate's `lib.rs` registers in `contexts!`.
 fn registered(krate: &Path) -> Vec<String> {
     contexts(&krate.join("src"))

@@ -14,14 +14,15 @@ use events::chat::Attachment;
 use events::envelope::ActorKind;
 use events::http::extract::status_problem;
 use events::http::{AuthUser, Json, Problem, Query, RequestIds};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::aggregate::{Audio, AudioCommand, AudioError, Status};
 use super::service::{check, parts, start, whole_text};
+use super::upload::MAX_AUDIO_BYTES;
 use crate::chat::commands::{Action, ThreadCommand};
 use crate::http::accepted;
 use crate::http::error::DomainProblem;
@@ -31,9 +32,6 @@ use crate::AppState;
 
 /// Transcripts a tenant's admins may ask for again in an hour.
 pub const ADMIN_RETRIES_PER_TENANT_PER_HOUR: i64 = 20;
-
-/// The largest audio file accepted.
-pub const MAX_AUDIO_BYTES: u64 = 100 * 1024 * 1024;
 
 /// The media types accepted, and the extension each is stored under.
 const AUDIO_TYPES: &[(&str, &str)] = &[
@@ -99,46 +97,6 @@ fn upload_tenant(who: &Principal, asked: Option<Uuid>) -> Result<String, Problem
     }
 }
 
-/// Bytes read before the declared type is checked against the content.
-const SNIFF_BYTES: usize = 12;
-
-/// Whether a file starting with `prefix` is of `content_type`, by the signature each audio
-/// container begins with (a file shorter than [`SNIFF_BYTES`] is checked as it is). The
-/// declared type is the client's word; the file is stored under it, served under it and
-/// sent for paid transcription, so HTML or an executable declared as audio is refused.
-fn looks_like(content_type: &str, prefix: &[u8]) -> bool {
-    let at = |offset: usize, magic: &[u8]| prefix.get(offset..offset + magic.len()) == Some(magic);
-    match content_type {
-        // An ID3 tag, or straight into an MPEG audio frame (11 sync bits).
-        "audio/mpeg" => {
-            at(0, b"ID3") || (prefix.len() >= 2 && prefix[0] == 0xFF && prefix[1] & 0xE0 == 0xE0)
-        }
-        "audio/wav" | "audio/x-wav" | "audio/wave" => at(0, b"RIFF") && at(8, b"WAVE"),
-        "audio/ogg" => at(0, b"OggS"),
-        // An EBML header.
-        "audio/webm" => at(0, &[0x1A, 0x45, 0xDF, 0xA3]),
-        // An ISO base media file: its first box is `ftyp`.
-        "audio/mp4" => at(4, b"ftyp"),
-        _ => false,
-    }
-}
-
-fn not_that_audio() -> Problem {
-    Problem::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "audio_content_mismatch",
-        "The file's content is not the audio format its type declares.",
-    )
-}
-
-fn too_large() -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "An audio file is at most 100 MiB.",
-    )
-}
-
 /// Upload an audio file.
 ///
 /// Multipart field `file` (other fields are skipped; none named `file`: 400 `missing_file`)
@@ -188,7 +146,7 @@ async fn upload(
         crate::http::named_tenant(&state, &tenant).await?;
     }
     let mut multipart = multipart.map_err(not_multipart)?;
-    let mut field = loop {
+    let field = loop {
         match multipart
             .next_field()
             .await
@@ -218,7 +176,9 @@ async fn upload(
         Uuid::now_v7().simple()
     );
     let path = object_store::path::Path::from(object_key.as_str());
-    let (size, sha256) = stream_to_store(&state, &mut field, &content_type, &path, &volume).await?;
+    let chunks = field.map_err(|e| status_problem(e.status(), e.body_text()));
+    let (size, sha256) =
+        super::upload::stream_to_store(&state, chunks, &content_type, &path, &volume).await?;
     let command = AudioCommand::Upload {
         tenant_id: tenant.clone(),
         uploaded_by: who.user_id().to_owned(),
@@ -268,81 +228,6 @@ fn audio_type(field: &Field<'_>) -> Result<(String, &'static str), Problem> {
         ));
     };
     Ok((content_type, extension))
-}
-
-/// Streams the file to the blob store at `path` (each chunk goes on, in parts, as it
-/// arrives: never the whole file in memory), checking its size and that its first bytes are
-/// the audio it says it is, and counts its mebibytes against the uploader's day (`volume`).
-/// Its size and SHA-256; nothing stored when refused.
-async fn stream_to_store(
-    state: &AppState,
-    field: &mut Field<'_>,
-    content_type: &str,
-    path: &object_store::path::Path,
-    volume: &str,
-) -> Result<(u64, String), Problem> {
-    let upload = state
-        .blobs
-        .put_multipart(path)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    let mut writer = object_store::WriteMultipart::new(upload);
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    // The file's first bytes, until they show whether it is what it says it is.
-    let mut head: Option<Vec<u8>> = Some(Vec::with_capacity(SNIFF_BYTES));
-    loop {
-        let chunk = match field.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = writer.abort().await;
-                return Err(status_problem(e.status(), e.body_text()));
-            }
-        };
-        size += chunk.len() as u64;
-        if size > MAX_AUDIO_BYTES {
-            let _ = writer.abort().await;
-            // The rest of the body (bounded by the route's limit) is read and dropped, so
-            // the client is answered instead of finding its upload cut off.
-            while let Ok(Some(_)) = field.chunk().await {}
-            return Err(too_large());
-        }
-        if let Some(prefix) = head.as_mut() {
-            let wanted = SNIFF_BYTES - prefix.len();
-            prefix.extend_from_slice(&chunk[..chunk.len().min(wanted)]);
-            if prefix.len() == SNIFF_BYTES {
-                if !looks_like(content_type, prefix) {
-                    let _ = writer.abort().await;
-                    while let Ok(Some(_)) = field.chunk().await {}
-                    return Err(not_that_audio());
-                }
-                head = None;
-            }
-        }
-        hasher.update(&chunk);
-        writer.write(&chunk);
-    }
-    if size == 0 {
-        let _ = writer.abort().await;
-        return Err(Problem::bad_request(
-            "empty_file",
-            "The audio file is empty.",
-        ));
-    }
-    let mib = i32::try_from(size.div_ceil(1 << 20)).unwrap_or(i32::MAX);
-    limits::spend(state, volume, limits::Window::Day, mib, i64::MAX)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    if head.is_some_and(|prefix| !looks_like(content_type, &prefix)) {
-        let _ = writer.abort().await;
-        return Err(not_that_audio());
-    }
-    writer
-        .finish()
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    Ok((size, crate::values::hex(&hasher.finalize())))
 }
 
 /// The audio file `raw` names, if the caller may use it: staff of its tenant, or the chatbot
@@ -665,41 +550,5 @@ impl DomainProblem for crate::audio::aggregate::AudioError {
                 self.to_string(),
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod sniffing_tests {
-    use super::looks_like;
-
-    #[test]
-    fn each_audio_type_is_known_by_its_signature_and_html_is_none_of_them() {
-        let html = b"<!doctype html><script>alert(1)</script>";
-        for (content_type, good) in [
-            (
-                "audio/mpeg",
-                &b"ID3\x04\x00\x00\x00\x00\x00\x00\x00\x00"[..],
-            ),
-            (
-                "audio/mpeg",
-                &[0xFF, 0xFB, 0x90, 0x64, 0, 0, 0, 0, 0, 0, 0, 0][..],
-            ),
-            ("audio/wav", &b"RIFF\x24\x08\x00\x00WAVE"[..]),
-            ("audio/x-wav", &b"RIFF\x24\x08\x00\x00WAVE"[..]),
-            ("audio/ogg", &b"OggS\x00\x02\x00\x00\x00\x00\x00\x00"[..]),
-            (
-                "audio/webm",
-                &[0x1A, 0x45, 0xDF, 0xA3, 0x9F, 0x42, 0x86, 0x81, 1, 0, 0, 0][..],
-            ),
-            ("audio/mp4", &b"\x00\x00\x00\x20ftypM4A "[..]),
-        ] {
-            assert!(looks_like(content_type, good), "{content_type}");
-            assert!(!looks_like(content_type, html), "HTML as {content_type}");
-        }
-        assert!(
-            !looks_like("audio/wav", b"RIFF\x24\x08\x00\x00AVI "),
-            "another RIFF"
-        );
-        assert!(!looks_like("audio/ogg", b"Og"), "too short to tell");
     }
 }

@@ -10,6 +10,8 @@ pub mod http;
 pub mod service;
 /// The context's settings.
 pub mod settings;
+/// Uploads streamed to the blob store, checked as they arrive.
+pub mod upload;
 /// AssemblyAI's webhooks (their [`crate::webhooks::provider::WebhookProvider`]).
 pub mod webhooks;
 

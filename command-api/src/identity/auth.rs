@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
+use super::service::admin_of_email;
 use super::sessions::Refresh;
 use crate::http::error::DomainProblem;
 use crate::AppState;
@@ -316,23 +317,6 @@ async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<R
     .into_response())
 }
 
-/// The admin user an e-mail (in its look-up form) belongs to, and their tenant. No stored
-/// address holds a control character, and PostgreSQL text cannot hold U+0000 at all (it
-/// would answer an error, not "no such row"): such an address is nobody's.
-async fn admin_of_email(
-    state: &AppState,
-    email: &str,
-) -> Result<Option<(String, Option<String>)>, Problem> {
-    if email.chars().any(char::is_control) {
-        return Ok(None);
-    }
-    sqlx::query_as("SELECT user_id, tenant_id FROM admin_emails WHERE email = $1")
-        .bind(email)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(|e| Problem::unavailable(&e))
-}
-
 /// Refuses a login whose events opened no session: 403 when the tenant is suspended,
 /// otherwise 401 `invalid_credentials`, as for a wrong password (a password the aggregate
 /// did not check is checked against a decoy, so every refusal takes as long).
@@ -438,14 +422,13 @@ async fn refresh(
     // The session outlives a suspension of its tenant (which may be reactivated) but issues
     // no access token while it lasts; asked before the token is spent, so it still works
     // afterwards.
-    let tenant: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT e.tenant_id FROM admin_sessions s JOIN admin_emails e USING (user_id)
-          WHERE s.token_hash = $1 AND s.status = 'active'",
-    )
-    .bind(super::sessions::hash(&body.refresh_token))
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    let tenant = state
+        .ctx
+        .identity
+        .sessions
+        .tenant_of(&body.refresh_token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     if tenant
         .flatten()
         .is_some_and(|t| state.access.is_suspended(&t))
@@ -855,23 +838,14 @@ async fn complete_password_reset(
             "the password must be 10 to 128 characters, not a well-known one, with at least 4 different characters",
         ));
     }
-    // Spending one token spends every other outstanding token of the user: an older reset
-    // e-mail must not set the password again after a newer one did.
-    let user_id: Option<String> = sqlx::query_scalar(
-        "WITH spent AS (
-             UPDATE admin_password_resets SET used_at = now()
-              WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-              RETURNING user_id),
-         others AS (
-             UPDATE admin_password_resets SET used_at = now()
-              WHERE user_id IN (SELECT user_id FROM spent)
-                AND token_hash <> $1 AND used_at IS NULL)
-         SELECT user_id FROM spent",
-    )
-    .bind(super::sessions::hash(&body.token))
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    // Spending one token spends every other outstanding token of the user.
+    let user_id = state
+        .ctx
+        .identity
+        .sessions
+        .spend_reset(&body.token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let Some(user_id) = user_id else {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,

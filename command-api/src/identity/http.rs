@@ -6,15 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use events::access::{Principal, Role};
-use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
-use super::auth::user_metadata;
+use super::aggregate::{AdminUser, AdminUserCommand};
+use super::service;
 use crate::http::accepted;
 use crate::AppState;
 use events::identity::ADMIN_USER;
@@ -28,21 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deactivate))
         .routes(routes!(reactivate))
         .routes(routes!(issue_password_reset))
-}
-
-fn actor(who: &Principal) -> (&str, ActorKind) {
-    (who.user_id(), ActorKind::Admin)
-}
-
-/// May `who` manage users of `tenant`, giving them `role`?
-fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> bool {
-    if who.is_super_admin() {
-        return true;
-    }
-    matches!(
-        (who, tenant),
-        (Principal::Admin { role: Role::TenantAdmin, tenant_id: Some(home), .. }, Some(t)) if home == t
-    ) && role != Some(Role::SuperAdmin)
 }
 
 /// Body of a creation.
@@ -90,58 +74,15 @@ async fn create(
     ids: RequestIds,
     Json(body): Json<CreateUser>,
 ) -> Result<Response, Problem> {
-    // A tenant admin creates users of their own tenant by default.
-    let tenant = body.tenant_id.clone().or_else(|| match &who {
-        Principal::Admin {
-            role: Role::TenantAdmin,
-            tenant_id,
-            ..
-        } => tenant_id.clone(),
-        _ => None,
-    });
-    admit_creation(&state, &who).await?;
-    // One spelling of the tenant's id in the user's events, whatever form the caller used.
-    let tenant = tenant.map(|t| Uuid::parse_str(&t).map_or(t, |u| u.to_string()));
-    if !may_manage(&who, tenant.as_deref(), Some(body.role)) {
-        return Err(Problem::forbidden("You may not create this user."));
-    }
-    let department = check_placement(
-        &state,
-        tenant.as_deref(),
-        body.department.as_deref(),
-        Placement::NewUser,
-    )
-    .await?;
-    let id = crate::http::client_id(body.id)?
-        .unwrap_or_else(Uuid::now_v7)
-        .to_string();
-    if body.id.is_some() {
-        chosen_id_is_free(&state, &id).await?;
-    }
-    let email = body.email.clone();
-    let command = AdminUserCommand::Create {
-        user_id: id.clone(),
+    let new = service::NewAdmin {
+        id: body.id,
         email: body.email,
         password: body.password,
-        tenant_id: tenant.clone(),
+        tenant_id: body.tenant_id,
         role: body.role,
-        department,
+        department: body.department,
     };
-    let metadata = user_metadata(tenant.as_deref(), actor(&who), &ids);
-    let c = match state
-        .ctx
-        .identity
-        .admins
-        .execute(&id, Some(0), command, &metadata)
-        .await
-    {
-        Ok(c) => c,
-        Err(crate::store::CommandError::VersionConflict { .. }) => return Err(already_exists()),
-        Err(crate::store::CommandError::Rejected(AdminUserError::EmailTaken)) => {
-            return Err(email_not_given(&state, &who, &email).await)
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let c = service::create(&state, &who, &ids, new).await?;
     Ok(accepted(
         StatusCode::CREATED,
         ADMIN_USER,
@@ -150,190 +91,7 @@ async fn create(
     ))
 }
 
-/// 409 `already_exists`: the id names an admin user (or a chatbot user) already.
-fn already_exists() -> Problem {
-    Problem::new(
-        StatusCode::CONFLICT,
-        "already_exists",
-        "an admin user with this id already exists",
-    )
-}
-
-/// An admin who used up their refusals of taken addresses this hour creates nobody until
-/// it ends: were only taken addresses refused then, the 429 itself would tell them. Super
-/// admins are not limited.
-async fn admit_creation(state: &AppState, who: &Principal) -> Result<(), Problem> {
-    if who.is_super_admin() {
-        return Ok(());
-    }
-    let spent = crate::http::limits::spend(
-        state,
-        &email_refusals(who),
-        crate::http::limits::Window::Hour,
-        0,
-        EMAIL_REFUSALS_PER_HOUR,
-    )
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    match spent {
-        Some(retry_after) => Err(probing_limited(retry_after)),
-        None => Ok(()),
-    }
-}
-
-/// Admin and chatbot users share one id space where it matters (`private-user-{id}`
-/// channels, streams): an id a client chooses may not be a chatbot user's.
-async fn chosen_id_is_free(state: &AppState, id: &str) -> Result<(), Problem> {
-    let taken: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM phone_users WHERE user_id = $1)")
-            .bind(id)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
-    if taken {
-        return Err(already_exists());
-    }
-    Ok(())
-}
-
-/// Refused attempts to give an address that is taken, per admin and hour, before they are
-/// answered 429: an admin cannot probe the platform's addresses at speed.
-const EMAIL_REFUSALS_PER_HOUR: i64 = 20;
-
-/// The answer to creating a user whose e-mail another user holds. Login e-mails are unique
-/// across the platform, so the address cannot be given; but only a super admin, or an admin
-/// of the holder's own tenant (who sees that user anyway), learns it is a user's:
-/// `email_taken`. A tenant admin asking for another tenant's (or the platform's) address is
-/// told only that it cannot be used (`email_unavailable`) — never whose or where — and such
-/// refusals are counted and limited per admin.
-async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Problem {
-    let taken = || {
-        Problem::new(
-            StatusCode::CONFLICT,
-            "email_taken",
-            "another admin user has this e-mail",
-        )
-    };
-    if who.is_super_admin() {
-        return taken();
-    }
-    let holder: Result<Option<Option<String>>, sqlx::Error> =
-        sqlx::query_scalar("SELECT tenant_id FROM admin_emails WHERE email = $1")
-            .bind(crate::values::Email::lookup_form(email))
-            .fetch_optional(&state.pool)
-            .await;
-    let home = match who {
-        Principal::Admin { tenant_id, .. } => tenant_id.clone(),
-        _ => None,
-    };
-    match holder {
-        Ok(Some(Some(t))) if Some(&t) == home.as_ref() => return taken(),
-        Ok(_) => {}
-        Err(e) => return Problem::unavailable(&e),
-    }
-    match crate::http::limits::over_limit(state, &email_refusals(who), EMAIL_REFUSALS_PER_HOUR)
-        .await
-    {
-        Ok(Some(retry_after)) => probing_limited(retry_after),
-        Ok(None) => Problem::new(
-            StatusCode::CONFLICT,
-            "email_unavailable",
-            "This e-mail cannot be given to a new user; use another address.",
-        ),
-        Err(e) => Problem::unavailable(&e),
-    }
-}
-
-/// Whom a placement is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
-    /// A user being created: a rejected tenant gets none.
-    NewUser,
-    /// A user the tenant already has (moving them out of a department is always allowed).
-    Existing,
-}
-
-/// The hourly count of an admin's refusals of taken addresses.
-fn email_refusals(who: &Principal) -> String {
-    format!("email-refusals:{}", who.user_id())
-}
-
-/// The answer once an admin has used up their refusals of taken addresses: to every user
-/// they create, whatever its address, until the hour ends.
-fn probing_limited(retry_after: i64) -> Problem {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("Too many addresses refused this hour; retry in {retry_after} s."),
-    )
-    .with_header(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_str(&retry_after.to_string())
-            .unwrap_or(axum::http::HeaderValue::from_static("3600")),
-    )
-}
-
-/// A user belongs to a tenant that exists, and a department belongs to that tenant.
-async fn check_placement(
-    state: &AppState,
-    tenant: Option<&str>,
-    department: Option<&str>,
-    placement: Placement,
-) -> Result<Option<String>, Problem> {
-    let unknown_department =
-        || Problem::unprocessable("unknown_department", "The tenant has no such department.");
-    let Some(tenant) = tenant else {
-        return match department {
-            Some(_) => Err(unknown_department()),
-            None => Ok(None),
-        };
-    };
-    let unknown_tenant = || Problem::unprocessable("unknown_tenant", "No such tenant.");
-    let tenant = Uuid::parse_str(tenant)
-        .map_err(|_| unknown_tenant())?
-        .to_string();
-    let t = state.ctx.tenants.bus.load(&tenant).await?;
-    if !t.exists() {
-        return Err(unknown_tenant());
-    }
-    if t.is_rejected() && (placement == Placement::NewUser || department.is_some()) {
-        return Err(Problem::unprocessable(
-            "tenant_rejected",
-            "The tenant's signup was turned down: it gets no users.",
-        ));
-    }
-    // As the tenant spells it.
-    match department {
-        Some(d) => t
-            .department(d)
-            .map(|d| Some(d.to_owned()))
-            .ok_or_else(unknown_department),
-        None => Ok(None),
-    }
-}
-
-/// Loads a user `who` may manage, or answers 404 as if it did not exist.
-async fn managed(
-    state: &AppState,
-    who: &Principal,
-    id: &str,
-    role: Option<Role>,
-) -> Result<(String, AdminUser), Problem> {
-    let not_found = || Problem::not_found("admin user not found");
-    let id = Uuid::parse_str(id).map_err(|_| not_found())?.to_string();
-    let user = state.ctx.identity.admins.load(&id).await?;
-    if !user.exists() || !may_manage(who, user.tenant_id.as_deref(), None) {
-        return Err(not_found());
-    }
-    // A tenant admin cannot touch a super admin, nor make one.
-    if !who.is_super_admin()
-        && (user.role == Some(Role::SuperAdmin) || role == Some(Role::SuperAdmin))
-    {
-        return Err(Problem::forbidden("Only a super admin may do this."));
-    }
-    Ok((id, user))
-}
-
+/// Runs `command` on the user `id` and answers 200 with its version.
 async fn run(
     state: &AppState,
     who: &Principal,
@@ -342,13 +100,7 @@ async fn run(
     user: &AdminUser,
     command: AdminUserCommand,
 ) -> Result<Response, Problem> {
-    let metadata = user_metadata(user.tenant_id.as_deref(), actor(who), ids);
-    let c = state
-        .ctx
-        .identity
-        .admins
-        .execute(id, None, command, &metadata)
-        .await?;
+    let c = service::change(state, who, ids, id, user, command).await?;
     Ok(accepted(
         StatusCode::OK,
         ADMIN_USER,
@@ -387,7 +139,7 @@ async fn change_role(
     Path(id): Path<String>,
     Json(body): Json<ChangeRole>,
 ) -> Result<Response, Problem> {
-    let (id, user) = managed(&state, &who, &id, Some(body.role)).await?;
+    let (id, user) = service::managed(&state, &who, &id, Some(body.role)).await?;
     // Its sessions end with the old role, in the event's transaction (migration 0024): the
     // user signs in again under the new one, and a token of the old role does not come back
     // to life if the role is given back later.
@@ -433,12 +185,12 @@ async fn change_department(
     Path(id): Path<String>,
     Json(body): Json<ChangeDepartment>,
 ) -> Result<Response, Problem> {
-    let (id, user) = managed(&state, &who, &id, None).await?;
-    let department = check_placement(
+    let (id, user) = service::managed(&state, &who, &id, None).await?;
+    let department = service::check_placement(
         &state,
         user.tenant_id.as_deref(),
         body.department.as_deref(),
-        Placement::Existing,
+        service::Placement::Existing,
     )
     .await?;
     let command = AdminUserCommand::ChangeDepartment { department };
@@ -468,7 +220,7 @@ async fn deactivate(
     ids: RequestIds,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let (id, user) = managed(&state, &who, &id, None).await?;
+    let (id, user) = service::managed(&state, &who, &id, None).await?;
     // Its sessions end with it, in the event's transaction (migration 0024): no refresh,
     // and introspection answers inactive.
     let command = AdminUserCommand::Deactivate {
@@ -497,12 +249,9 @@ async fn reactivate(
     ids: RequestIds,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let (id, user) = managed(&state, &who, &id, None).await?;
+    let (id, user) = service::managed(&state, &who, &id, None).await?;
     run(&state, &who, &ids, &id, &user, AdminUserCommand::Reactivate).await
 }
-
-/// How long a reset token works.
-const RESET_TTL: chrono::Duration = chrono::Duration::hours(1);
 
 /// What issuing a password reset answers (never the token).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -537,60 +286,11 @@ async fn issue_password_reset(
     ids: RequestIds,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let (id, user) = managed(&state, &who, &id, None).await?;
-    let expires_at = chrono::Utc::now() + RESET_TTL;
-    // The token's hash and its e-mail are staged; appending the event stores the one and
-    // sends the other in its own transaction (migration 0042), so a failure anywhere leaves
-    // neither an event without its token nor a token without its event, and a retry
-    // converges.
-    let token = super::sessions::new_token();
-    let reset = Uuid::new_v4().to_string();
-    let body = format!(
-        "An administrator started a password reset for your account. Use this one-time token within an hour at POST /auth/admin/password-reset: {token}"
-    );
-    let tenant = user
-        .tenant_id
-        .as_deref()
-        .unwrap_or(events::identity::PLATFORM_TENANT);
-    sqlx::query(
-        "INSERT INTO admin_password_reset_staging
-                (reset_id, user_id, token_hash, expires_at, tenant_id, recipient, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&reset)
-    .bind(&id)
-    .bind(super::sessions::hash(&token))
-    .bind(expires_at)
-    .bind(tenant)
-    .bind(&user.email)
-    .bind(&body)
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    let metadata = user_metadata(user.tenant_id.as_deref(), actor(&who), &ids);
-    let command = AdminUserCommand::IssuePasswordReset {
-        expires_at,
-        reset: reset.clone(),
-    };
-    if let Err(e) = state
-        .ctx
-        .identity
-        .admins
-        .execute(&id, None, command, &metadata)
-        .await
-    {
-        // Refused or failed: the staged token goes (had the event committed after all, its
-        // transaction took the row already).
-        let _ = sqlx::query("DELETE FROM admin_password_reset_staging WHERE reset_id = $1")
-            .bind(&reset)
-            .execute(&state.pool)
-            .await;
-        return Err(e.into());
-    }
+    let id = service::issue_password_reset(&state, &who, &ids, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ResetIssued {
-            expires_in: RESET_TTL.num_seconds(),
+            expires_in: service::RESET_TTL.num_seconds(),
             id,
         }),
     )

@@ -14,6 +14,10 @@ pub mod http;
 pub mod phone;
 /// `/auth/phone/*`.
 pub mod phone_auth;
+/// The command side's record of phone users: numbers and profiles, out of events.
+pub mod phone_users;
+/// The application layer for admin users: who manages whom, placements, password resets.
+pub mod service;
 /// E-mail reservations and password hashes.
 pub mod services;
 /// Refresh-token families.

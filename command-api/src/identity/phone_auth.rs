@@ -21,6 +21,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use super::phone::{PhoneLoginCommand, PhoneLoginError, PhoneNumber, CODE_TTL, COOLDOWN};
+use super::phone_users::{self, Profile, ProfileUpdate};
 use crate::http::limits;
 use crate::store::CommandError;
 use crate::AppState;
@@ -283,15 +284,7 @@ async fn verify(
     {
         return Err(invalid_code());
     }
-    sqlx::query(
-        "INSERT INTO phone_users (user_id, tenant_id, phone) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING",
-    )
-    .bind(&user_id)
-    .bind(&tenant)
-    .bind(phone.as_str())
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    phone_users::record(&state, &user_id, &tenant, phone.as_str()).await?;
     let now = Utc::now().timestamp();
     let ttl = state.ctx.identity.token_ttl.as_secs();
     let token = state.tokens.sign(&Claims {
@@ -343,13 +336,7 @@ async fn session(
     let Principal::Phone { user_id, tenant_id } = &who else {
         return Err(Problem::forbidden("This is the session of phone users."));
     };
-    let phone: Option<String> =
-        sqlx::query_scalar("SELECT phone FROM phone_users WHERE user_id = $1 AND tenant_id = $2")
-            .bind(user_id)
-            .bind(tenant_id)
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
+    let phone = phone_users::phone_of(&state, user_id, tenant_id).await?;
     let phone = phone.ok_or_else(|| Problem::not_found("phone user not found"))?;
     // Through a JSON value, so its keys (the user's too) come in the order they always did.
     Ok(Json(serde_json::json!(PhoneSessionState {
@@ -371,13 +358,7 @@ async fn signed_in(
     let Principal::Phone { user_id, tenant_id } = who else {
         return Err(Problem::forbidden("This is for phone users."));
     };
-    let phone: Option<String> =
-        sqlx::query_scalar("SELECT phone FROM phone_users WHERE user_id = $1 AND tenant_id = $2")
-            .bind(user_id)
-            .bind(tenant_id)
-            .fetch_optional(&state.pool)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
+    let phone = phone_users::phone_of(state, user_id, tenant_id).await?;
     let phone = phone
         .and_then(|p| PhoneNumber::parse(&p))
         .ok_or_else(|| Problem::not_found("phone user not found"))?;
@@ -386,33 +367,6 @@ async fn signed_in(
 
 fn as_phone_user(user_id: &str, tenant: &str, ids: &RequestIds) -> Metadata {
     ids.metadata(tenant, user_id, ActorKind::Phone)
-}
-
-/// A phone user's profile.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(as = PhoneProfile)]
-pub struct Profile {
-    /// User id.
-    pub id: String,
-    /// Tenant.
-    pub tenant_id: String,
-    /// E.164 number.
-    pub phone: String,
-    /// Display name.
-    pub display_name: Option<String>,
-    /// E-mail.
-    pub email: Option<String>,
-    /// BCP 47 language tag.
-    pub locale: Option<String>,
-}
-
-async fn load_profile(state: &AppState, user_id: &str) -> Result<Profile, Problem> {
-    sqlx::query_as("SELECT user_id AS id, tenant_id, phone, display_name, email, locale FROM phone_users WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-        .ok_or_else(|| Problem::not_found("phone user not found"))
 }
 
 /// The phone user's profile.
@@ -431,7 +385,7 @@ async fn profile(
     AuthUser(who): AuthUser,
 ) -> Result<Response, Problem> {
     let (user_id, _, _) = signed_in(&state, &who).await?;
-    Ok(Json(load_profile(&state, &user_id).await?).into_response())
+    Ok(Json(phone_users::profile(&state, &user_id).await?).into_response())
 }
 
 /// A profile change: absent fields stay, `null` clears.
@@ -500,24 +454,12 @@ async fn update_profile(
     .filter(|(_, changed)| *changed)
     .map(|(f, _)| f.to_owned())
     .collect();
-    sqlx::query(
-        "UPDATE phone_users SET
-            display_name = CASE WHEN $2 THEN $3 ELSE display_name END,
-            email        = CASE WHEN $4 THEN $5 ELSE email END,
-            locale       = CASE WHEN $6 THEN $7 ELSE locale END,
-            updated_at   = now()
-          WHERE user_id = $1",
-    )
-    .bind(&user_id)
-    .bind(display_name.is_some())
-    .bind(display_name.flatten())
-    .bind(email.is_some())
-    .bind(email.flatten())
-    .bind(change.locale.is_some())
-    .bind(change.locale.flatten())
-    .execute(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    let update = ProfileUpdate {
+        display_name,
+        email,
+        locale: change.locale,
+    };
+    phone_users::update(&state, &user_id, update).await?;
     let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
     let command = PhoneLoginCommand::RecordProfileChange { fields };
     state
@@ -531,7 +473,7 @@ async fn update_profile(
             &as_phone_user(&user_id, &tenant, &ids),
         )
         .await?;
-    Ok(Json(load_profile(&state, &user_id).await?).into_response())
+    Ok(Json(phone_users::profile(&state, &user_id).await?).into_response())
 }
 
 /// A field of a profile change: `None` not changed, `Some(None)` cleared.

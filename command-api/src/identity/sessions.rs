@@ -213,6 +213,68 @@ impl Sessions {
         .await
     }
 
+    /// The tenant of the user whose active session `token` refreshes: `None` for no such
+    /// session, `Some(None)` for a platform user.
+    pub async fn tenant_of(&self, token: &str) -> Result<Option<Option<String>>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT e.tenant_id FROM admin_sessions s JOIN admin_emails e USING (user_id)
+              WHERE s.token_hash = $1 AND s.status = 'active'",
+        )
+        .bind(hash(token))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Spends the password-reset token `token`, if it is outstanding and unexpired, and with
+    /// it every other outstanding token of its user (an older reset e-mail must not set the
+    /// password again after a newer one did): the user, or `None`.
+    pub async fn spend_reset(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "WITH spent AS (
+                 UPDATE admin_password_resets SET used_at = now()
+                  WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+                  RETURNING user_id),
+             others AS (
+                 UPDATE admin_password_resets SET used_at = now()
+                  WHERE user_id IN (SELECT user_id FROM spent)
+                    AND token_hash <> $1 AND used_at IS NULL)
+             SELECT user_id FROM spent",
+        )
+        .bind(hash(token))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Stages a reset token's hash and its e-mail for the reset `reset` of `user`; appending
+    /// PasswordResetIssued stores the one and sends the other in its own transaction
+    /// (migration 0042).
+    pub async fn stage_reset(&self, staged: StagedReset<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO admin_password_reset_staging
+                    (reset_id, user_id, token_hash, expires_at, tenant_id, recipient, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(staged.reset)
+        .bind(staged.user_id)
+        .bind(hash(staged.token))
+        .bind(staged.expires_at)
+        .bind(staged.tenant)
+        .bind(staged.recipient)
+        .bind(staged.body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops a staged reset whose event was refused or failed (had it committed after all,
+    /// its transaction took the row already).
+    pub async fn unstage_reset(&self, reset: &str) {
+        let _ = sqlx::query("DELETE FROM admin_password_reset_staging WHERE reset_id = $1")
+            .bind(reset)
+            .execute(&self.pool)
+            .await;
+    }
+
     /// True while the family has a usable refresh token (access tokens of a revoked family
     /// are reported inactive by introspection).
     pub async fn is_active(&self, session_id: &str) -> Result<bool, sqlx::Error> {
@@ -258,6 +320,24 @@ async fn revoke_family(conn: &mut sqlx::PgConnection, session_id: &str) -> Resul
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A password reset waiting for its event.
+pub struct StagedReset<'a> {
+    /// The reset's id.
+    pub reset: &'a str,
+    /// The user.
+    pub user_id: &'a str,
+    /// The one-time token (only its hash is kept).
+    pub token: &'a str,
+    /// When it stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The user's tenant (the platform's for a super admin).
+    pub tenant: &'a str,
+    /// The user's e-mail.
+    pub recipient: &'a str,
+    /// The e-mail's text.
+    pub body: &'a str,
 }
 
 #[cfg(test)]

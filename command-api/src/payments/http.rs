@@ -19,11 +19,10 @@ use uuid::Uuid;
 
 use super::aggregate::{LineRequest, Payment, PaymentAction, PaymentCommand, PaymentError, Status};
 use super::catalog::CatalogCommand;
-use super::lyra::{LinkError, PaymentOrder};
+use super::service::{self, Answer, PaymentLink, PaymentLinkError};
 use crate::http::error::DomainProblem;
 use crate::http::idempotency::KeyedRequest;
 use crate::http::{accepted, administered_tenant};
-use crate::store::{CommandError, Committed};
 use crate::AppState;
 
 /// The routes of the payments context.
@@ -122,65 +121,18 @@ async fn request(
         .or_else(|| keyed.as_deref().map(KeyedRequest::derived_id))
         .unwrap_or_else(Uuid::now_v7)
         .to_string();
-    let catalog = state.ctx.payments.catalogs.load(&tenant).await?;
-    let provider = body.provider.unwrap_or(PaymentProvider::Lyra);
-    let command = PaymentCommand {
-        at: state.clock.now(),
-        action: PaymentAction::Request {
-            tenant_id: tenant.clone(),
-            provider,
-            currency: body.currency,
-            lines: body.lines,
-            catalog: Box::new(catalog),
-            customer_reference: body.customer_reference,
-            description: body.description,
-        },
+    let request = service::Request {
+        id,
+        chosen: body.id.is_some(),
+        keyed: keyed.is_some(),
+        tenant,
+        provider: body.provider.unwrap_or(PaymentProvider::Lyra),
+        currency: body.currency,
+        lines: body.lines,
+        customer_reference: body.customer_reference,
+        description: body.description,
     };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = match state
-        .ctx
-        .payments
-        .payments
-        .execute(&id, None, command, &metadata)
-        .await
-    {
-        Ok(c) => c,
-        // The id derives from this caller's `Idempotency-Key`: a retry of a request whose
-        // answer was not stored (it failed after the payment was appended). It carries on
-        // from where the payment is. A client-chosen id that is taken stays a 409.
-        Err(CommandError::Rejected(PaymentError::AlreadyExists))
-            if body.id.is_none() && keyed.is_some() =>
-        {
-            let version: Option<i64> = sqlx::query_scalar(
-                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(PAYMENT)
-            .bind(&id)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
-            Committed {
-                aggregate_id: id.clone(),
-                version: version.unwrap_or_default() as u64,
-                appended: 0,
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let payment = state.ctx.payments.payments.load(&id).await?;
-    let answer = if payment.takes_link() && payment.status() == Status::Requested {
-        make_link(&state, &ids, &who, &tenant, &id).await?
-    } else {
-        // A Stripe payment (the tenant's Checkout names it as `client_reference_id`), or a
-        // retry finding the link made.
-        Answer {
-            link: payment
-                .link()
-                .map(|(order, url, expires_at)| PaymentLink::new(order, url, expires_at)),
-            committed: c,
-            link_error: None,
-        }
-    };
+    let answer = service::request(&state, &ids, &who, request).await?;
     Ok(answer.into_response(StatusCode::CREATED))
 }
 
@@ -200,52 +152,6 @@ pub struct PaymentAnswer {
     pub link: Option<PaymentLink>,
     /// Why no link was made, when none was.
     pub link_error: Option<PaymentLinkError>,
-}
-
-/// A payment link the provider (Lyra) made.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PaymentLink {
-    /// Lyra's `paymentURL`, to send to the customer.
-    #[schema(format = "uri")]
-    pub url: String,
-    /// Lyra's `paymentOrderId`.
-    pub provider_order_id: String,
-    /// Lyra's `expirationDate`, when it gave one.
-    #[schema(required = true)]
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl PaymentLink {
-    /// A link as answers show it.
-    fn new(order: &str, url: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
-        Self {
-            url: url.to_owned(),
-            provider_order_id: order.to_owned(),
-            expires_at,
-        }
-    }
-}
-
-/// Why no link was made. The payment stays `requested` (event LinkFailed); `POST
-/// /v1/payments/{id}/link` tries again.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PaymentLinkError {
-    /// `not_configured` (no Lyra account: LYRA_SHOP_ID and LYRA_PASSWORD unset),
-    /// `provider_unavailable` (Lyra unreachable, an HTTP error or an unreadable answer: a retry
-    /// may help), or Lyra's own `errorCode` when it refused the order (e.g. `INT_905`;
-    /// `unknown` when it named none): a retry of the same order will not help.
-    #[schema(example = "INT_905")]
-    pub code: String,
-    /// What went wrong.
-    #[schema(example = "lyra refused: INT_905: invalid amount")]
-    pub detail: String,
-}
-
-/// A payment command's answer, with the link or why there is none.
-struct Answer {
-    committed: Committed,
-    link: Option<PaymentLink>,
-    link_error: Option<PaymentLinkError>,
 }
 
 impl Answer {
@@ -275,78 +181,6 @@ impl Answer {
         }
         response
     }
-}
-
-/// Asks Lyra for the payment's link and records the answer.
-async fn make_link(
-    state: &AppState,
-    ids: &RequestIds,
-    who: &Principal,
-    tenant: &str,
-    id: &str,
-) -> Result<Answer, Problem> {
-    let payment = state.ctx.payments.payments.load(id).await?;
-    let outcome = match &state.ctx.payments.lyra {
-        None => Err(LinkError::Refused {
-            code: "not_configured".into(),
-            message: "no Lyra account is configured (LYRA_SHOP_ID, LYRA_PASSWORD)".into(),
-        }),
-        Some(lyra) => {
-            lyra.create_payment_order(&PaymentOrder {
-                order_id: id,
-                amount: payment.total(),
-                currency: payment.currency(),
-                customer_reference: payment.customer_reference(),
-                comment: payment.description(),
-            })
-            .await
-        }
-    };
-    let (action, link, link_error) = match outcome {
-        Ok(l) => (
-            PaymentAction::RecordLink {
-                provider_order_id: l.order_id.clone(),
-                url: l.url.clone(),
-                expires_at: l.expires_at,
-            },
-            Some(PaymentLink::new(&l.order_id, &l.url, l.expires_at)),
-            None,
-        ),
-        Err(e) => {
-            let code = match &e {
-                LinkError::Refused { code, .. } => Some(code.clone()),
-                LinkError::Unavailable(_) => None,
-            };
-            tracing::warn!(payment_id = id, error = %e, "no payment link");
-            (
-                PaymentAction::RecordLinkFailure {
-                    code: code.clone(),
-                    reason: e.to_string(),
-                },
-                None,
-                Some(PaymentLinkError {
-                    code: code.unwrap_or_else(|| "provider_unavailable".into()),
-                    detail: e.to_string(),
-                }),
-            )
-        }
-    };
-    let command = PaymentCommand {
-        at: state.clock.now(),
-        action,
-    };
-    let metadata = ids.metadata(tenant, who.user_id(), who.actor_kind());
-    let committed = state
-        .ctx
-        .payments
-        .payments
-        .execute(id, None, command, &metadata)
-        .await?;
-    Ok(Answer {
-        committed,
-        link,
-        link_error,
-    })
 }
 
 /// Make a payment's Lyra link.
@@ -379,7 +213,7 @@ async fn link(
         return Err(PaymentError::NotAwaitingLink.problem());
     }
     let tenant = payment.tenant_id().unwrap_or_default().to_owned();
-    let answer = make_link(&state, &ids, &who, &tenant, &id).await?;
+    let answer = service::make_link(&state, &ids, &who, &tenant, &id).await?;
     Ok(answer.into_response(StatusCode::OK))
 }
 

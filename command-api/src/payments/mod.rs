@@ -12,6 +12,8 @@ pub mod http;
 pub mod interpret;
 /// The Lyra REST client (payment links).
 pub mod lyra;
+/// The application layer: requesting payments and their links.
+pub mod service;
 /// The context's settings.
 pub mod settings;
 /// The signatures of Stripe's and Lyra's webhooks.

@@ -10,7 +10,6 @@ use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, MaybeAuthUser, Problem, RequestIds};
 use events::Metadata;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
@@ -597,38 +596,7 @@ async fn upload_logo(
             "Send the image as a multipart field named `file`.",
         )
     })?;
-    if image.len() as u64 > values::MAX_LOGO_BYTES {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "The logo must not exceed 2 MiB.",
-        ));
-    }
-    let content_type = values::sniff_image(&image).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_image",
-            "The logo must be a PNG, JPEG or WebP image.",
-        )
-    })?;
-    let sha256 = crate::values::hex(&Sha256::digest(&image));
-    let extension = content_type.trim_start_matches("image/");
-    let object_key = format!("tenants/{id}/logo/{sha256}.{extension}");
-    let size_bytes = image.len() as u64;
-    state
-        .blobs
-        .put(
-            &object_store::path::Path::from(object_key.as_str()),
-            image.into(),
-        )
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    let command = TenantCommand::RecordLogo {
-        object_key,
-        content_type: content_type.to_owned(),
-        size_bytes,
-        sha256,
-    };
+    let command = super::service::store_logo(&state, &id, image).await?;
     execute(&state, &who, &ids, &headers, &id, command).await
 }
 

@@ -6,6 +6,8 @@ pub mod aggregate;
 pub mod commands;
 /// HTTP routes under `/v1/tenants`.
 pub mod http;
+/// The application layer: logo storage.
+pub mod service;
 /// What the aggregate needs from outside (slug uniqueness).
 pub mod services;
 /// The context's settings.

@@ -26,7 +26,7 @@ use super::aggregate::{
     SessionCommand, SessionError,
 };
 use super::cloud;
-use super::service::{check_template, history, refusal, upload_for_attempt};
+use super::service::{self, check_template, history, refusal, upload_for_attempt};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::services::Directory;
 use crate::http::error::DomainProblem;
@@ -1066,25 +1066,7 @@ async fn handshake(
     let platform = state.ctx.whatsapp.settings.verify_token.as_deref();
     let matches_platform =
         platform.is_some_and(|p| verify::secret_header(Some(&token), &[p.to_owned()]).is_ok());
-    let matches_session = matches_platform
-        // A session connected with this token and not disconnected (nor connected again)
-        // since, from the event store: the command side decides from its own state, never
-        // from a read model.
-        || sqlx::query_scalar::<_, bool>(
-            // The literals match the index of migration 0049.
-            "SELECT EXISTS (SELECT 1 FROM events c
-                             WHERE c.aggregate_type = 'whatsapp_session'
-                               AND c.event_type = 'Connected'
-                               AND c.payload->'Connected'->>'verify_token_sha256' = $1
-                               AND NOT EXISTS (SELECT 1 FROM events l
-                                                WHERE l.aggregate_type = c.aggregate_type
-                                                  AND l.aggregate_id = c.aggregate_id
-                                                  AND l.sequence > c.sequence))",
-        )
-        .bind(verify::hex_sha256(token.as_bytes()))
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
+    let matches_session = matches_platform || service::live_verify_token(&state, &token).await?;
     if !matches_session {
         return Err(refused());
     }
@@ -1100,21 +1082,6 @@ pub struct ForwardBody {
     /// The file it carries, if any.
     #[serde(default)]
     pub attachment: Option<events::chat::Attachment>,
-}
-
-/// The conversation whose messages went into `thread`, from the store itself.
-async fn conversation_of_thread(state: &AppState, thread: &str) -> Result<Option<String>, Problem> {
-    sqlx::query_scalar(
-        "SELECT aggregate_id FROM events
-          WHERE aggregate_type = $1 AND event_type = 'MessageReceived'
-            AND payload->'MessageReceived'->>'thread_id' = $2
-          LIMIT 1",
-    )
-    .bind(WHATSAPP_CONVERSATION)
-    .bind(thread)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))
 }
 
 /// The answer of a forward: forwarded, or not WhatsApp's to send.
@@ -1235,7 +1202,7 @@ async fn forward(
     if !matches!(author.kind, PartyKind::Agent | PartyKind::Bot) {
         return not_forwarded("not written by an agent or the bot");
     }
-    let Some(conversation) = conversation_of_thread(&state, &thread).await? else {
+    let Some(conversation) = service::conversation_of_thread(&state, &thread).await? else {
         tracing::warn!(
             thread,
             "a WhatsApp thread without a conversation: reply not sent"
@@ -1363,7 +1330,7 @@ async fn change_reply(
     let thread = Uuid::parse_str(&thread)
         .map(|u| u.to_string())
         .map_err(|_| ThreadError::NotFound.problem())?;
-    let Some(conversation) = conversation_of_thread(&state, &thread).await? else {
+    let Some(conversation) = service::conversation_of_thread(&state, &thread).await? else {
         return Err(ConversationError::NotFound.problem());
     };
     let conv = state.ctx.whatsapp.conversations.load(&conversation).await?;

@@ -878,3 +878,42 @@ pub(crate) fn refusal(
     };
     (media_id, refused)
 }
+
+/// Whether a session was connected with verify token `token` and not disconnected (nor
+/// connected again) since, from the event store: the command side decides from its own
+/// state, never from a read model.
+pub(crate) async fn live_verify_token(state: &AppState, token: &str) -> Result<bool, Problem> {
+    sqlx::query_scalar(
+        // The literals match the index of migration 0049.
+        "SELECT EXISTS (SELECT 1 FROM events c
+                         WHERE c.aggregate_type = 'whatsapp_session'
+                           AND c.event_type = 'Connected'
+                           AND c.payload->'Connected'->>'verify_token_sha256' = $1
+                           AND NOT EXISTS (SELECT 1 FROM events l
+                                            WHERE l.aggregate_type = c.aggregate_type
+                                              AND l.aggregate_id = c.aggregate_id
+                                              AND l.sequence > c.sequence))",
+    )
+    .bind(crate::webhooks::verify::hex_sha256(token.as_bytes()))
+    .fetch_one(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
+
+/// The conversation whose messages went into `thread`, from the store itself.
+pub(crate) async fn conversation_of_thread(
+    state: &AppState,
+    thread: &str,
+) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = $1 AND event_type = 'MessageReceived'
+            AND payload->'MessageReceived'->>'thread_id' = $2
+          LIMIT 1",
+    )
+    .bind(WHATSAPP_CONVERSATION)
+    .bind(thread)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))
+}
