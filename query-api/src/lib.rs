@@ -90,6 +90,9 @@ pub struct AppState {
     pub blobs: Arc<dyn object_store::ObjectStore>,
     /// Signs and checks short-lived file URLs.
     pub file_urls: whatsapp::FileUrls,
+    /// The pseudonymous ids of phone users, as command-api derives them: the phone user a
+    /// WhatsApp contact's number is, without reading the command side's `phone_users`.
+    pub phone_keys: events::identity::PhoneKeys,
     /// Every bounded context's state.
     pub ctx: Arc<Contexts>,
 }
@@ -191,6 +194,7 @@ impl Application {
             access,
             blobs,
             file_urls: whatsapp::FileUrls::new(secret),
+            phone_keys: events::identity::PhoneKeys::new(secret),
             pool,
             tokens: TokenKeys::new(secret),
             metrics: Arc::new(Metrics::default()),

@@ -7,9 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use events::identity::{PhoneLoginEvent, PHONE_LOGIN};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// How long a code works.
 pub const CODE_TTL: Duration = Duration::minutes(5);
@@ -49,67 +47,7 @@ impl PhoneNumber {
     }
 }
 
-/// Keyed hashes: codes, and the pseudonymous ids of phone sign-ins and phone users.
-#[derive(Clone)]
-pub struct PhoneKeys {
-    /// HMAC key derived from the token secret.
-    key: Vec<u8>,
-}
-
-impl PhoneKeys {
-    /// Keys derived from the server secret (a distinct key per use, so a code hash can never
-    /// be confused with a token signature).
-    pub fn new(secret: &str) -> Self {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| {
-                <Hmac<Sha256> as Mac>::new_from_slice(b"-").expect("a key of any length")
-            });
-        mac.update(b"phone-login/v1");
-        Self {
-            key: mac.finalize().into_bytes().to_vec(),
-        }
-    }
-
-    fn hex(&self, parts: &[&str]) -> String {
-        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.key) else {
-            return String::new();
-        };
-        for part in parts {
-            mac.update(part.as_bytes());
-            mac.update(&[0]);
-        }
-        crate::values::hex(&mac.finalize().into_bytes())
-    }
-
-    /// The aggregate id of the sign-ins of `phone` at `tenant`.
-    pub fn login_id(&self, tenant: &str, phone: &PhoneNumber) -> String {
-        self.hex(&["login", tenant, phone.as_str()])[..32].to_owned()
-    }
-
-    /// The id of the phone user `phone` is at `tenant` (stable across sign-ins).
-    pub fn user_id(&self, tenant: &str, phone: &PhoneNumber) -> String {
-        let hex = self.hex(&["user", tenant, phone.as_str()]);
-        uuid::Uuid::from_slice(&hex_bytes(&hex[..32]))
-            .map(|u| {
-                uuid::Builder::from_custom_bytes(*u.as_bytes())
-                    .into_uuid()
-                    .to_string()
-            })
-            .unwrap_or(hex)
-    }
-
-    /// The keyed hash of a code issued to sign-in `login_id`.
-    pub fn code_hash(&self, login_id: &str, code: &str) -> String {
-        self.hex(&["code", login_id, code])
-    }
-}
-
-fn hex_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use events::identity::PhoneKeys;
 
 /// Compares two hashes in constant time.
 fn same(a: &str, b: &str) -> bool {
@@ -580,14 +518,20 @@ mod tests {
     fn keyed_ids_are_stable_and_reveal_nothing() {
         let keys = PhoneKeys::new("secret");
         let phone = PhoneNumber::parse("+33612345678").expect("valid");
-        assert_eq!(keys.login_id("t1", &phone), keys.login_id("t1", &phone));
-        assert_ne!(keys.login_id("t1", &phone), keys.login_id("t2", &phone));
-        assert!(!keys.login_id("t1", &phone).contains("612345678"));
-        assert_ne!(
-            PhoneKeys::new("other").login_id("t1", &phone),
-            keys.login_id("t1", &phone)
+        assert_eq!(
+            keys.login_id("t1", phone.as_str()),
+            keys.login_id("t1", phone.as_str())
         );
-        assert!(uuid::Uuid::parse_str(&keys.user_id("t1", &phone)).is_ok());
+        assert_ne!(
+            keys.login_id("t1", phone.as_str()),
+            keys.login_id("t2", phone.as_str())
+        );
+        assert!(!keys.login_id("t1", phone.as_str()).contains("612345678"));
+        assert_ne!(
+            PhoneKeys::new("other").login_id("t1", phone.as_str()),
+            keys.login_id("t1", phone.as_str())
+        );
+        assert!(uuid::Uuid::parse_str(&keys.user_id("t1", phone.as_str())).is_ok());
         assert_ne!(keys.code_hash("l", "123456"), keys.code_hash("l", "123457"));
     }
 }

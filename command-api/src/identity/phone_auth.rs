@@ -146,7 +146,11 @@ async fn request_code(
         return Err(too_many(retry_after));
     }
     let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
+    let login_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .login_id(&tenant, phone.as_str());
     let code = six_digits();
     let command = PhoneLoginCommand::RequestCode {
         code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
@@ -256,8 +260,16 @@ async fn verify(
     Json(body): Json<Verify>,
 ) -> Result<Response, Problem> {
     let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
-    let user_id = state.ctx.identity.phone_keys.user_id(&tenant, &phone);
+    let login_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .login_id(&tenant, phone.as_str());
+    let user_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .user_id(&tenant, phone.as_str());
     let command = PhoneLoginCommand::Verify {
         code_hash: state
             .ctx
@@ -460,7 +472,11 @@ async fn update_profile(
         locale: change.locale,
     };
     phone_users::update(&state, &user_id, update).await?;
-    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
+    let login_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .login_id(&tenant, phone.as_str());
     let command = PhoneLoginCommand::RecordProfileChange { fields };
     state
         .ctx
@@ -564,7 +580,11 @@ async fn sync(
     Json(body): Json<Sync>,
 ) -> Result<Response, Problem> {
     let (user_id, tenant, phone) = signed_in(&state, &who).await?;
-    let login_id = state.ctx.identity.phone_keys.login_id(&tenant, &phone);
+    let login_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .login_id(&tenant, phone.as_str());
     // Only anonymous sessions the platform issued, and that the caller proves it held, are
     // linked: a bare id proves nothing (two customers could both claim one). The platform
     // issues none yet — anonymous chatbot visitors come with their tokens as proof — so

@@ -1,5 +1,9 @@
 //! Read models of admin users: `admin_users` (who, role, department, active, last login) and
-//! `admin_logins` (every login attempt, lock and session end, for audits).
+//! `admin_logins` (every login attempt, lock and session end, for audits); and of phone users:
+//! `phone_user_directory` ([`phone_users`]).
+
+/// Which phone users each tenant has.
+pub mod phone_users;
 
 use async_trait::async_trait;
 use events::identity::{AdminUserEvent, LoginFailure, SessionEnd, ADMIN_USER};
@@ -161,7 +165,7 @@ async fn record_login(
 /// The context has no settings of its own.
 pub use crate::context::NoSettings as Settings;
 
-/// The identity context: admin users and their logins.
+/// The identity context: admin users and their logins, and the tenants' phone users.
 pub struct Context;
 
 impl crate::context::BoundedContext for Context {
@@ -171,6 +175,9 @@ impl crate::context::BoundedContext for Context {
         _setup: &crate::context::Setup<'_>,
         _settings: &Settings,
     ) -> Vec<std::sync::Arc<dyn crate::projection::Projection>> {
-        vec![std::sync::Arc::new(AdminUsersProjection)]
+        vec![
+            std::sync::Arc::new(AdminUsersProjection),
+            std::sync::Arc::new(phone_users::PhoneUsersProjection),
+        ]
     }
 }

@@ -117,7 +117,7 @@ impl Eviction {
         .await
         .map_err(ProjectionError::from)?;
         let phones: Vec<String> =
-            sqlx::query_scalar("SELECT user_id FROM phone_users WHERE tenant_id = $1")
+            sqlx::query_scalar("SELECT user_id FROM phone_user_directory WHERE tenant_id = $1")
                 .bind(tenant_id)
                 .fetch_all(&self.pool)
                 .await

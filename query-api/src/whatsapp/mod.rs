@@ -577,11 +577,10 @@ async fn contacts(
             "limit is from 1 to 200.",
         ));
     }
-    let rows: Vec<ContactView> = sqlx::query_as(
-        "SELECT c.tenant_id, c.wa_id, c.phone, c.profile_name, p.user_id AS phone_user_id,
+    let mut rows: Vec<ContactView> = sqlx::query_as(
+        "SELECT c.tenant_id, c.wa_id, c.phone, c.profile_name, NULL::text AS phone_user_id,
                 c.first_seen_at, c.last_inbound_at
            FROM whatsapp_contacts c
-           LEFT JOIN phone_users p ON p.tenant_id = c.tenant_id AND p.phone = c.phone
           WHERE ($1::text IS NULL OR c.tenant_id = $1)
           ORDER BY c.last_inbound_at DESC NULLS LAST, c.wa_id LIMIT $2",
     )
@@ -590,7 +589,31 @@ async fn contacts(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
+    link_phone_users(&state, &mut rows).await?;
     Ok(Json(ContactList { items: rows }).into_response())
+}
+
+/// Names the chatbot user each contact is: the phone user the contact's number would sign in
+/// as at its tenant (the same keyed id command-api derives), if that user has signed in.
+async fn link_phone_users(state: &AppState, rows: &mut [ContactView]) -> Result<(), Problem> {
+    let candidates: Vec<String> = rows
+        .iter()
+        .map(|c| state.phone_keys.user_id(&c.tenant_id, &c.phone))
+        .collect();
+    let known: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT user_id FROM phone_user_directory WHERE user_id = ANY($1)")
+            .bind(&candidates)
+            .fetch_all(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+            .into_iter()
+            .collect();
+    for (row, candidate) in rows.iter_mut().zip(candidates) {
+        if known.contains(&candidate) {
+            row.phone_user_id = Some(candidate);
+        }
+    }
+    Ok(())
 }
 
 /// How long a signed file URL works.

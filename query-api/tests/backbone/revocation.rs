@@ -1132,6 +1132,82 @@ async fn soketi_stand_in(env: &TestEnv) -> (wiremock::MockServer, projector::Con
     (soketi, config)
 }
 
+/// A tenant's suspension disconnects its chatbot users too: the projector finds them in the
+/// projected directory of phone users (it reads no command-side table), from their first
+/// verified sign-in.
+#[tokio::test]
+async fn a_suspended_tenants_chatbot_users_are_disconnected() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (soketi, config) = soketi_stand_in(&env).await;
+    let projector = env.spawn_projector(config);
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = tenant_admin(&env, &api, &root, "ivy@revocations.example").await;
+    let phone = "+33611223344";
+    assert_eq!(
+        crate::identity::request_code(&env, &api, &tenant, phone)
+            .await
+            .status(),
+        202
+    );
+    let code = crate::identity::code_from_inbox(&env, &query, phone).await;
+    let signed_in: Value = env
+        .http
+        .post(api.url("/auth/phone/verify"))
+        .json(&json!({"tenant_id": tenant, "phone": phone, "code": code}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let user = signed_in["user"]["id"]
+        .as_str()
+        .expect("user id")
+        .to_owned();
+    // Listed once the projector has the sign-in.
+    eventually(Duration::from_secs(20), "the phone user listed", || async {
+        let listed: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM phone_user_directory WHERE user_id = $1")
+                .bind(&user)
+                .fetch_optional(&env.pool)
+                .await
+                .ok()?;
+        (listed.as_deref() == Some(tenant.as_str())).then_some(())
+    })
+    .await;
+    assert_eq!(
+        as_root(
+            &env,
+            &api,
+            &root,
+            &format!("/v1/tenants/{tenant}/suspend"),
+            json!({"reason": "unpaid invoices"})
+        )
+        .await,
+        200
+    );
+    let wanted = format!("/users/phone-{user}/terminate_connections");
+    eventually(
+        Duration::from_secs(20),
+        "the chatbot user disconnected",
+        || async {
+            let paths: Vec<String> = soketi
+                .received_requests()
+                .await?
+                .iter()
+                .map(|r| r.url.path().to_owned())
+                .collect();
+            paths.iter().any(|p| p.ends_with(&wanted)).then_some(())
+        },
+    )
+    .await;
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
 #[tokio::test]
 async fn eviction_ends_only_sessions_that_may_still_hold_a_token() {
     let env = TestEnv::new().await;

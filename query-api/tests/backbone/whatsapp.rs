@@ -557,10 +557,15 @@ async fn inbound_messages_land_once_in_the_contacts_thread_and_forgeries_append_
         .json()
         .await
         .expect("json");
-    let contacts = wa
-        .env
-        .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
-        .await;
+    // Once the projector has the sign-in.
+    let contacts = eventually(Duration::from_secs(20), "the contact linked", || async {
+        let c = wa
+            .env
+            .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
+            .await;
+        (!c["items"][0]["phone_user_id"].is_null()).then_some(c)
+    })
+    .await;
     assert_eq!(
         contacts["items"][0]["phone_user_id"],
         signed_in["user"]["id"]
