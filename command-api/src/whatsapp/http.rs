@@ -25,7 +25,6 @@ use super::aggregate::{
     ConversationCommand, ConversationError, Parties, ReplyChange, SendResult, SendState, Session,
     SessionCommand, SessionError,
 };
-use super::cloud;
 use super::service::{self, check_template, history, refusal, upload_for_attempt};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::services::Directory;
@@ -196,50 +195,14 @@ async fn connect(
         app_secret: secret(&body.app_secret, "app_secret", 256)?,
     };
     let verify_token = secret(&body.verify_token, "verify_token", 256)?;
-    let id = session_id(&phone_number_id);
-    // Refused before the provider is asked when another tenant has the number.
-    let current = state.ctx.whatsapp.sessions.load(&id).await?;
-    if current.connected() && current.tenant_id() != Some(tenant.as_str()) {
-        return Err(SessionError::Taken.problem());
-    }
-    let info = cloud::check_number(
-        &state.ctx.whatsapp.settings,
-        &phone_number_id,
-        &credentials.access_token,
-        &credentials.app_secret,
-    )
-    .await
-    .map_err(|e| match e {
-        cloud::CheckError::Refused(_) => {
-            Problem::unprocessable("credentials_rejected", e.to_string())
-        }
-        cloud::CheckError::Unreachable(_) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "provider_unavailable",
-            e.to_string(),
-        ),
-    })?;
-    let sealed = state
-        .sealing
-        .seal(&serde_json::to_string(&credentials).unwrap_or_default());
-    let command = SessionCommand::Connect {
-        tenant_id: tenant.clone(),
-        transport: Transport::Cloud,
+    let connect = service::CloudConnection {
+        tenant,
         phone_number_id,
         business_account_id,
-        display_phone_number: info.display_phone_number,
-        verified_name: info.verified_name,
-        credentials: sealed,
-        verify_token_sha256: verify::hex_sha256(verify_token.as_bytes()),
-        at: state.clock.now(),
+        credentials,
+        verify_token,
     };
-    let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());
-    let c = state
-        .ctx
-        .whatsapp
-        .sessions
-        .execute(&id, None, command, &metadata)
-        .await?;
+    let c = service::connect_cloud(&state, &who, &ids, connect).await?;
     Ok(accepted(
         StatusCode::CREATED,
         WHATSAPP_SESSION,

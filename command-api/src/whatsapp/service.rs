@@ -18,12 +18,15 @@ use super::aggregate::{
     Conversation, ConversationCommand, ConversationError, ConversationServices, Inbound,
     MediaResult, Parties, SendResult, Session, StatusReport,
 };
+use super::aggregate::{SessionCommand, SessionError};
 use super::{cloud, inbound};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::commands::{Action, Actor, ThreadCommand};
+use crate::http::error::DomainProblem;
 use crate::store::CommandError;
 use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
+use axum::http::StatusCode;
 
 /// The conversation's events, for messages its state no longer holds.
 pub(crate) fn history(state: &AppState) -> ConversationServices {
@@ -916,4 +919,73 @@ pub(crate) async fn conversation_of_thread(
     .fetch_optional(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))
+}
+
+/// A Cloud API number to connect, its fields checked.
+pub(crate) struct CloudConnection {
+    /// The tenant.
+    pub tenant: String,
+    /// Meta's id of the number.
+    pub phone_number_id: String,
+    /// Meta's id of the business account, when given.
+    pub business_account_id: Option<String>,
+    /// Access token and app secret (sealed before they are recorded).
+    pub credentials: Credentials,
+    /// The webhook handshake's token (only its hash is recorded).
+    pub verify_token: String,
+}
+
+/// Connects a Cloud API number to its tenant: refused when another tenant holds it, then
+/// checked with the provider (one call proves token, app secret and access to the number),
+/// then recorded with the credentials sealed.
+pub(crate) async fn connect_cloud(
+    state: &AppState,
+    who: &events::access::Principal,
+    ids: &events::http::RequestIds,
+    c: CloudConnection,
+) -> Result<crate::store::Committed, Problem> {
+    let id = session_id(&c.phone_number_id);
+    // Refused before the provider is asked when another tenant has the number.
+    let current = state.ctx.whatsapp.sessions.load(&id).await?;
+    if current.connected() && current.tenant_id() != Some(c.tenant.as_str()) {
+        return Err(SessionError::Taken.problem());
+    }
+    let info = cloud::check_number(
+        &state.ctx.whatsapp.settings,
+        &c.phone_number_id,
+        &c.credentials.access_token,
+        &c.credentials.app_secret,
+    )
+    .await
+    .map_err(|e| match e {
+        cloud::CheckError::Refused(_) => {
+            Problem::unprocessable("credentials_rejected", e.to_string())
+        }
+        cloud::CheckError::Unreachable(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_unavailable",
+            e.to_string(),
+        ),
+    })?;
+    let sealed = state
+        .sealing
+        .seal(&serde_json::to_string(&c.credentials).unwrap_or_default());
+    let command = SessionCommand::Connect {
+        tenant_id: c.tenant.clone(),
+        transport: Transport::Cloud,
+        phone_number_id: c.phone_number_id,
+        business_account_id: c.business_account_id,
+        display_phone_number: info.display_phone_number,
+        verified_name: info.verified_name,
+        credentials: sealed,
+        verify_token_sha256: crate::webhooks::verify::hex_sha256(c.verify_token.as_bytes()),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&c.tenant, who.user_id(), who.actor_kind());
+    Ok(state
+        .ctx
+        .whatsapp
+        .sessions
+        .execute(&id, None, command, &metadata)
+        .await?)
 }
