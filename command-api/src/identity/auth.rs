@@ -15,17 +15,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use chrono::Utc;
-use events::access::{Claims, Principal, Role};
+use events::access::{Principal, Role};
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::identity::{AdminUserEvent, LoginFailure, SessionEnd, PLATFORM_TENANT};
+use events::identity::{AdminUserEvent, SessionEnd, PLATFORM_TENANT};
 use events::Metadata;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
-use super::service::admin_of_email;
 use super::sessions::Refresh;
+use super::signin;
 use crate::http::error::DomainProblem;
 use crate::AppState;
 
@@ -39,38 +38,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(complete_password_reset))
         .routes(routes!(introspect))
-}
-
-fn invalid_credentials() -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "The e-mail or password is wrong, or the account cannot sign in now.",
-    )
-}
-
-/// Counts a refused login. `/metrics` answers anyone, so the count says nothing of why
-/// (unknown address, wrong password, locked, deactivated): a reason per attempt would tell
-/// an outsider which addresses have accounts. Why is in the account's events and the logs.
-fn failed_login(state: &AppState) {
-    state.metrics.count(
-        "auth_login_failures_total",
-        "Refused admin logins (every reason).",
-        &[],
-        1.0,
-    );
-}
-
-/// Spends the time of a real password check on a login that is refused without one (no
-/// such account, locked, deactivated), so that neither the answer's timing nor the count
-/// of checks tells an outsider which it was.
-async fn decoy_check(state: &AppState, password: &str) {
-    let _ = super::services::verify_password(&state.ctx.identity.dummy_hash, password).await;
-    super::services::count_password_check(&state.metrics);
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    crate::values::hex(&bytes[..bytes.len().min(8)])
 }
 
 /// Metadata for events about admin user `user_id` of `tenant`.
@@ -128,30 +95,6 @@ fn profile_of(id: &str, user: &AdminUser) -> Profile {
         department: user.department.clone(),
         active: user.active,
     }
-}
-
-/// Signs an access token for `user` in session `session_id`.
-fn access_token(state: &AppState, id: &str, user: &AdminUser, session_id: &str) -> (String, u64) {
-    let now = Utc::now().timestamp();
-    let ttl = state.ctx.identity.token_ttl.as_secs();
-    let claims = Claims {
-        sub: id.to_owned(),
-        tenant_id: user.tenant_id.clone(),
-        role: user.role,
-        kind: None,
-        iat: now,
-        exp: now + ttl as i64,
-        jti: Some(uuid::Uuid::new_v4().to_string()),
-        sid: Some(session_id.to_owned()),
-    };
-    (state.tokens.sign(&claims), ttl)
-}
-
-/// The answer to a suspended tenant's staff signing in or refreshing.
-fn tenant_suspended() -> Problem {
-    events::http::extract::refused(events::http::access::AccessError::Refused(
-        events::revocation::Refusal::TenantSuspended,
-    ))
 }
 
 /// The hourly count of a client's refused logins.
@@ -229,8 +172,15 @@ async fn login(
             problem
         }
     };
-    match login_once(&state, &ids, body).await {
-        Ok(answer) => Ok(answer),
+    match signin::login(&state, &ids, &body.email, body.password).await {
+        Ok(signed_in) => Ok(Json(TokenAnswer {
+            access_token: signed_in.access_token,
+            token_type: "Bearer".into(),
+            expires_in: signed_in.expires_in,
+            refresh_token: signed_in.refresh_token,
+            user: profile_of(&signed_in.user_id, &signed_in.user),
+        })
+        .into_response()),
         Err(problem)
             if problem.status == StatusCode::UNAUTHORIZED
                 || problem.status == StatusCode::FORBIDDEN =>
@@ -239,155 +189,6 @@ async fn login(
         }
         Err(problem) => Err(problem),
     }
-}
-
-async fn login_once(state: &AppState, ids: &RequestIds, body: Login) -> Result<Response, Problem> {
-    let state = state.clone();
-    let email = crate::values::Email::lookup_form(&body.email);
-    let found = admin_of_email(&state, &email).await?;
-    let Some((user_id, tenant)) = found else {
-        decoy_check(&state, &body.password).await;
-        // No account, so no stream to record it on: operators see such attempts (credential
-        // stuffing) in metrics and logs, the address only as a hash.
-        failed_login(&state);
-        let digest = sha2::Sha256::digest(email.as_bytes());
-        tracing::warn!(email_sha256 = %hex_prefix(&digest), "login for an unknown e-mail");
-        return Err(invalid_credentials());
-    };
-    let session_id = uuid::Uuid::now_v7().to_string();
-    let password = body.password;
-    let command = AdminUserCommand::Login {
-        user_id: user_id.clone(),
-        password: password.clone(),
-        session_id: session_id.clone(),
-        at: Utc::now(),
-        tenant_suspended: tenant
-            .as_deref()
-            .is_some_and(|t| state.access.is_suspended(t)),
-    };
-    let metadata = user_metadata(tenant.as_deref(), (&user_id, ActorKind::Admin), ids);
-    let refresh_token = state
-        .ctx
-        .identity
-        .sessions
-        .stage(&user_id, &session_id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    let outcome = state
-        .ctx
-        .identity
-        .password_attempts
-        .one_at_a_time(
-            &user_id,
-            state
-                .ctx
-                .identity
-                .admins
-                .execute_with_events(&user_id, None, command, &metadata),
-        )
-        .await;
-    let opened = matches!(&outcome, Ok(Ok((_, events))) if events
-        .iter()
-        .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. })));
-    if !opened {
-        if let Err(e) = state.ctx.identity.sessions.discard(&session_id).await {
-            tracing::warn!(error = %e, "could not discard a staged session");
-        }
-    }
-    let outcome = outcome.map_err(|e| Problem::unavailable(&e))?;
-    let (_, events) = match outcome {
-        Ok(outcome) => outcome,
-        // An e-mail reserved for a user whose creation never completed.
-        Err(crate::store::CommandError::Rejected(super::aggregate::AdminUserError::NotFound)) => {
-            return Err(invalid_credentials())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    refuse_unless_opened(&state, &events, &password).await?;
-    let user = state.ctx.identity.admins.load(&user_id).await?;
-    end_sessions_over_the_limit(&state, &user_id, &metadata).await?;
-    let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
-    Ok(Json(TokenAnswer {
-        access_token,
-        token_type: "Bearer".into(),
-        expires_in,
-        refresh_token,
-        user: profile_of(&user_id, &user),
-    })
-    .into_response())
-}
-
-/// Refuses a login whose events opened no session: 403 when the tenant is suspended,
-/// otherwise 401 `invalid_credentials`, as for a wrong password (a password the aggregate
-/// did not check is checked against a decoy, so every refusal takes as long).
-async fn refuse_unless_opened(
-    state: &AppState,
-    events: &[AdminUserEvent],
-    password: &str,
-) -> Result<(), Problem> {
-    if events.iter().any(|e| {
-        matches!(
-            e,
-            AdminUserEvent::LoginFailed {
-                reason: LoginFailure::TenantSuspended,
-                ..
-            }
-        )
-    }) {
-        return Err(tenant_suspended());
-    }
-    if !events
-        .iter()
-        .any(|e| matches!(e, AdminUserEvent::LoginSucceeded { .. }))
-    {
-        let checked = events.iter().any(|e| {
-            matches!(
-                e,
-                AdminUserEvent::LoginFailed {
-                    reason: LoginFailure::WrongPassword,
-                    ..
-                }
-            )
-        });
-        if !checked {
-            decoy_check(state, password).await;
-        }
-        failed_login(state);
-        return Err(invalid_credentials());
-    }
-    Ok(())
-}
-
-/// Ends the user's sessions beyond the limit (those used least recently), each recorded, so the
-/// audit trail shows it and the session's realtime connections close.
-async fn end_sessions_over_the_limit(
-    state: &AppState,
-    user_id: &str,
-    metadata: &Metadata,
-) -> Result<(), Problem> {
-    let ended = state
-        .ctx
-        .identity
-        .sessions
-        .opened(user_id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    for session_id in ended {
-        let revoke = AdminUserCommand::RevokeSession {
-            session_id,
-            reason: SessionEnd::SessionLimit,
-        };
-        if let Err(e) = state
-            .ctx
-            .identity
-            .admins
-            .execute(user_id, None, revoke, metadata)
-            .await
-        {
-            tracing::warn!(error = ?e, "could not record a session ended by the limit");
-        }
-    }
-    Ok(())
 }
 
 /// Refresh or logout body.
@@ -433,7 +234,7 @@ async fn refresh(
         .flatten()
         .is_some_and(|t| state.access.is_suspended(&t))
     {
-        return Err(tenant_suspended());
+        return Err(signin::tenant_suspended());
     }
     let outcome = state
         .ctx
@@ -451,7 +252,7 @@ async fn refresh(
         Refresh::Reused {
             user_id,
             session_id,
-        } => Err(revoke_reused(&state, &ids, &user_id, session_id).await?),
+        } => Err(signin::revoke_reused(&state, &ids, &user_id, session_id).await?),
         Refresh::Rotated {
             user_id,
             session_id,
@@ -466,10 +267,11 @@ async fn refresh(
                     .revoke(&session_id)
                     .await
                     .map_err(|e| Problem::unavailable(&e))?;
-                return Err(invalid_credentials());
+                return Err(signin::invalid_credentials());
             }
 
-            let (access_token, expires_in) = access_token(&state, &user_id, &user, &session_id);
+            let (access_token, expires_in) =
+                signin::access_token(&state, &user_id, &user, &session_id);
             Ok(Json(TokenAnswer {
                 access_token,
                 token_type: "Bearer".into(),
@@ -480,33 +282,6 @@ async fn refresh(
             .into_response())
         }
     }
-}
-
-/// A refresh token used twice: someone else may hold it, so its session ends (recorded by
-/// the session guard). The refusal to answer.
-async fn revoke_reused(
-    state: &AppState,
-    ids: &RequestIds,
-    user_id: &str,
-    session_id: String,
-) -> Result<Problem, Problem> {
-    let user = state.ctx.identity.admins.load(user_id).await?;
-    let metadata = user_metadata(
-        user.tenant_id.as_deref(),
-        ("session-guard", ActorKind::System),
-        ids,
-    );
-    let revoke = AdminUserCommand::RevokeSession {
-        session_id,
-        reason: SessionEnd::RefreshReuse,
-    };
-    let admins = &state.ctx.identity.admins;
-    admins.execute(user_id, None, revoke, &metadata).await?;
-    Ok(Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "refresh_token_reused",
-        "This refresh token was already used; the session has been revoked. Sign in again.",
-    ))
 }
 
 /// End the bearer token's session.
@@ -668,7 +443,7 @@ async fn change_password(
         .iter()
         .any(|e| matches!(e, AdminUserEvent::LoginFailed { .. }))
     {
-        failed_login(&state);
+        signin::failed_login(&state);
         return Err(AdminUserError::WrongPassword.problem());
     }
     // The event's own transaction made the new password current, ended the other sessions

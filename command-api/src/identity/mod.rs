@@ -24,6 +24,8 @@ pub mod services;
 pub mod sessions;
 /// The context's settings.
 pub mod settings;
+/// Signing admins in: logins, refusals, session limits, tokens.
+pub mod signin;
 
 pub use settings::Settings;
 
