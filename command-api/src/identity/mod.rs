@@ -14,6 +14,8 @@ pub mod http;
 pub mod phone;
 /// `/auth/phone/*`.
 pub mod phone_auth;
+/// Phone sign-in's application layer: codes issued and verified.
+pub mod phone_signin;
 /// The command side's record of phone users: numbers and profiles, out of events.
 pub mod phone_users;
 /// The application layer for admin users: who manages whom, placements, password resets.

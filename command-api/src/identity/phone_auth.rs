@@ -9,21 +9,19 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use events::access::{Claims, Principal};
+use events::access::Principal;
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::identity::{PhoneLoginEvent, PHONE_LOGIN};
+use events::identity::PhoneLoginEvent;
 use events::Metadata;
-use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use super::phone::{PhoneLoginCommand, PhoneLoginError, PhoneNumber, CODE_TTL, COOLDOWN};
+use super::phone::{PhoneLoginCommand, PhoneNumber, CODE_TTL, COOLDOWN};
+use super::phone_signin::{self, too_many};
 use super::phone_users::{self, Profile, ProfileUpdate};
 use crate::http::limits;
-use crate::store::CommandError;
 use crate::AppState;
 
 /// The routes.
@@ -34,30 +32,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(session))
         .routes(routes!(profile, update_profile))
         .routes(routes!(sync))
-}
-
-fn too_many(retry_after: i64) -> Problem {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("Too many codes requested; retry in {retry_after} s."),
-    )
-    .with_header(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&retry_after.to_string()).unwrap_or(HeaderValue::from_static("60")),
-    )
-}
-
-fn invalid_code() -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_code",
-        "The code is wrong or has expired.",
-    )
-}
-
-fn anonymous(tenant: &str, ids: &RequestIds) -> Metadata {
-    ids.metadata(tenant, "anonymous", ActorKind::Anonymous)
 }
 
 /// Body of a code request.
@@ -79,31 +53,6 @@ pub struct CodeSent {
     pub expires_in: i64,
     /// Seconds before another code may be requested.
     pub resend_after: i64,
-}
-
-/// Checks the phone and the tenant: 422 for a number that is not one, 404 for an unknown
-/// tenant, 403 for a tenant whose chatbot users may not sign in.
-async fn gate(
-    state: &AppState,
-    tenant: &str,
-    phone: &str,
-) -> Result<(String, PhoneNumber), Problem> {
-    let phone = PhoneNumber::parse(phone).ok_or_else(|| {
-        Problem::unprocessable(
-            "invalid_phone",
-            "The phone number must be international, e.g. +33612345678.",
-        )
-    })?;
-    let tenant = uuid::Uuid::parse_str(tenant)
-        .map_err(|_| Problem::not_found("tenant not found"))?
-        .to_string();
-    let t = state.ctx.tenants.bus.load(&tenant).await?;
-    if !t.accepts_phone_logins() {
-        return Err(Problem::forbidden(
-            "This tenant's chatbot does not accept sign-ins.",
-        ));
-    }
-    Ok((tenant, phone))
 }
 
 /// Send a sign-in code by SMS.
@@ -145,41 +94,7 @@ async fn request_code(
     {
         return Err(too_many(retry_after));
     }
-    let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state
-        .ctx
-        .identity
-        .phone_keys
-        .login_id(&tenant, phone.as_str());
-    let code = six_digits();
-    let command = PhoneLoginCommand::RequestCode {
-        code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
-        at: Utc::now(),
-    };
-    let committed = match state
-        .ctx
-        .identity
-        .phone_logins
-        .execute(&login_id, None, command, &anonymous(&tenant, &ids))
-        .await
-    {
-        Ok(c) => c,
-        Err(CommandError::Rejected(PhoneLoginError::TooManyCodes { retry_after })) => {
-            return Err(too_many(retry_after))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Keyed by the event that issued the code: a retry of this step cannot send it twice.
-    let causation = events::subject::message_id(PHONE_LOGIN, &login_id, committed.version);
-    crate::comms::capture_sms(
-        &state.pool,
-        &tenant,
-        phone.as_str(),
-        &format!("Your sign-in code is {code}. It works for 5 minutes."),
-        &causation,
-    )
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
+    let phone = phone_signin::issue_code(&state, &ids, &body.tenant_id, &body.phone).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(CodeSent {
@@ -189,17 +104,6 @@ async fn request_code(
         }),
     )
         .into_response())
-}
-
-/// Six uniformly random digits.
-fn six_digits() -> String {
-    // Rejection sampling: no modulo bias.
-    loop {
-        let n = OsRng.next_u32();
-        if n < u32::MAX - u32::MAX % 1_000_000 {
-            return format!("{:06}", n % 1_000_000);
-        }
-    }
 }
 
 /// Body of a verification.
@@ -259,64 +163,16 @@ async fn verify(
     ids: RequestIds,
     Json(body): Json<Verify>,
 ) -> Result<Response, Problem> {
-    let (tenant, phone) = gate(&state, &body.tenant_id, &body.phone).await?;
-    let login_id = state
-        .ctx
-        .identity
-        .phone_keys
-        .login_id(&tenant, phone.as_str());
-    let user_id = state
-        .ctx
-        .identity
-        .phone_keys
-        .user_id(&tenant, phone.as_str());
-    let command = PhoneLoginCommand::Verify {
-        code_hash: state
-            .ctx
-            .identity
-            .phone_keys
-            .code_hash(&login_id, body.code.trim()),
-        user_id: user_id.clone(),
-        at: Utc::now(),
-    };
-    let events = match state
-        .ctx
-        .identity
-        .phone_logins
-        .execute_with_events(&login_id, None, command, &anonymous(&tenant, &ids))
-        .await
-    {
-        Ok((_, events)) => events,
-        Err(CommandError::Rejected(PhoneLoginError::NoCode)) => return Err(invalid_code()),
-        Err(e) => return Err(e.into()),
-    };
-    if !events
-        .iter()
-        .any(|e| matches!(e, PhoneLoginEvent::CodeVerified { .. }))
-    {
-        return Err(invalid_code());
-    }
-    phone_users::record(&state, &user_id, &tenant, phone.as_str()).await?;
-    let now = Utc::now().timestamp();
-    let ttl = state.ctx.identity.token_ttl.as_secs();
-    let token = state.tokens.sign(&Claims {
-        sub: user_id.clone(),
-        tenant_id: Some(tenant.clone()),
-        role: None,
-        kind: Some("phone".into()),
-        iat: now,
-        exp: now + ttl as i64,
-        jti: Some(uuid::Uuid::new_v4().to_string()),
-        sid: None,
-    });
+    let signed_in =
+        phone_signin::verify(&state, &ids, &body.tenant_id, &body.phone, &body.code).await?;
     Ok(Json(PhoneSession {
-        access_token: token,
+        access_token: signed_in.token,
         token_type: "Bearer".into(),
-        expires_in: ttl,
+        expires_in: signed_in.ttl,
         user: PhoneUser {
-            id: user_id,
-            tenant_id: tenant,
-            phone: phone.as_str().to_owned(),
+            id: signed_in.user_id,
+            tenant_id: signed_in.tenant,
+            phone: signed_in.phone.as_str().to_owned(),
         },
     })
     .into_response())
