@@ -14,18 +14,15 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
-use chrono::Utc;
 use events::access::{Principal, Role};
 use events::envelope::ActorKind;
 use events::http::{AuthUser, Json, Problem, RequestIds};
-use events::identity::{AdminUserEvent, SessionEnd, PLATFORM_TENANT};
+use events::identity::{SessionEnd, PLATFORM_TENANT};
 use events::Metadata;
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
-use super::sessions::Refresh;
+use super::aggregate::{AdminUser, AdminUserCommand};
 use super::signin;
-use crate::http::error::DomainProblem;
 use crate::AppState;
 
 /// The routes.
@@ -220,68 +217,15 @@ async fn refresh(
     ids: RequestIds,
     Json(body): Json<RefreshBody>,
 ) -> Result<Response, Problem> {
-    // The session outlives a suspension of its tenant (which may be reactivated) but issues
-    // no access token while it lasts; asked before the token is spent, so it still works
-    // afterwards.
-    let tenant = state
-        .ctx
-        .identity
-        .sessions
-        .tenant_of(&body.refresh_token)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    if tenant
-        .flatten()
-        .is_some_and(|t| state.access.is_suspended(&t))
-    {
-        return Err(signin::tenant_suspended());
-    }
-    let outcome = state
-        .ctx
-        .identity
-        .sessions
-        .refresh(&body.refresh_token)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    match outcome {
-        Refresh::Invalid => Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_refresh_token",
-            "The refresh token is unknown, expired or revoked.",
-        )),
-        Refresh::Reused {
-            user_id,
-            session_id,
-        } => Err(signin::revoke_reused(&state, &ids, &user_id, session_id).await?),
-        Refresh::Rotated {
-            user_id,
-            session_id,
-            token,
-        } => {
-            let user = state.ctx.identity.admins.load(&user_id).await?;
-            if !user.active {
-                state
-                    .ctx
-                    .identity
-                    .sessions
-                    .revoke(&session_id)
-                    .await
-                    .map_err(|e| Problem::unavailable(&e))?;
-                return Err(signin::invalid_credentials());
-            }
-
-            let (access_token, expires_in) =
-                signin::access_token(&state, &user_id, &user, &session_id);
-            Ok(Json(TokenAnswer {
-                access_token,
-                token_type: "Bearer".into(),
-                expires_in,
-                refresh_token: token,
-                user: profile_of(&user_id, &user),
-            })
-            .into_response())
-        }
-    }
+    let signed_in = signin::refresh(&state, &ids, &body.refresh_token).await?;
+    Ok(Json(TokenAnswer {
+        access_token: signed_in.access_token,
+        token_type: "Bearer".into(),
+        expires_in: signed_in.expires_in,
+        refresh_token: signed_in.refresh_token,
+        user: profile_of(&signed_in.user_id, &signed_in.user),
+    })
+    .into_response())
 }
 
 /// End the bearer token's session.
@@ -416,38 +360,12 @@ async fn change_password(
     else {
         return Err(Problem::forbidden("Only admins have a password here."));
     };
-    let command = AdminUserCommand::ChangePassword {
-        user_id: user_id.clone(),
+    let change = signin::PasswordChange {
         current: body.current_password,
         new: body.new_password,
         kept_session: own_session,
-        at: Utc::now(),
     };
-    let metadata = user_metadata(tenant_id.as_deref(), (user_id, ActorKind::Admin), &ids);
-    let (_, events) = state
-        .ctx
-        .identity
-        .password_attempts
-        .one_at_a_time(
-            user_id,
-            state
-                .ctx
-                .identity
-                .admins
-                .execute_with_events(user_id, None, command, &metadata),
-        )
-        .await
-        .map_err(|e| Problem::unavailable(&e))??;
-    // A wrong current password is recorded (it counts toward the lockout) and refused.
-    if events
-        .iter()
-        .any(|e| matches!(e, AdminUserEvent::LoginFailed { .. }))
-    {
-        signin::failed_login(&state);
-        return Err(AdminUserError::WrongPassword.problem());
-    }
-    // The event's own transaction made the new password current, ended the other sessions
-    // and spent outstanding reset e-mails (migration 0024).
+    signin::change_password(&state, &ids, user_id, tenant_id.as_deref(), change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -606,44 +524,6 @@ async fn complete_password_reset(
     ids: RequestIds,
     Json(body): Json<CompleteReset>,
 ) -> Result<Response, Problem> {
-    // Check the policy before spending the token, so a weak password does not burn it.
-    if crate::values::Password::parse(&body.new_password).is_none() {
-        return Err(Problem::unprocessable(
-            "weak_password",
-            "the password must be 10 to 128 characters, not a well-known one, with at least 4 different characters",
-        ));
-    }
-    // Spending one token spends every other outstanding token of the user.
-    let user_id = state
-        .ctx
-        .identity
-        .sessions
-        .spend_reset(&body.token)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    let Some(user_id) = user_id else {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_reset_token",
-            "The reset token is unknown, used or expired.",
-        ));
-    };
-    let user = state.ctx.identity.admins.load(&user_id).await?;
-    let metadata = user_metadata(
-        user.tenant_id.as_deref(),
-        (&user_id, ActorKind::Admin),
-        &ids,
-    );
-    let command = AdminUserCommand::ResetPassword {
-        user_id: user_id.clone(),
-        new: body.new_password,
-    };
-    // Appending `PasswordReset` sets the password and ends every session (migration 0024).
-    state
-        .ctx
-        .identity
-        .admins
-        .execute(&user_id, None, command, &metadata)
-        .await?;
+    signin::complete_password_reset(&state, &ids, &body.token, body.new_password).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -26,7 +26,7 @@ pub mod services;
 pub mod sessions;
 /// The context's settings.
 pub mod settings;
-/// Signing admins in: logins, refusals, session limits, tokens.
+/// Admins' credentials: logins, refresh, password changes and resets.
 pub mod signin;
 
 pub use settings::Settings;

@@ -1,8 +1,9 @@
-//! Signing admins in: the application layer of `/auth/admin/*`. A login stages its session,
+//! Admins' credentials: the application layer of `/auth/admin/*`. A login stages its session,
 //! runs the password check one at a time per user, records the outcome on the user's stream,
 //! ends sessions beyond the limit and signs the tokens; every refusal of a login answers
 //! alike, in similar time (an unknown e-mail still runs one argon2 check, against a hash made
-//! at start-up). The routes of `auth.rs` extract, call these, and answer.
+//! at start-up). Also: refresh-token rotation (a reused token revokes its session), password
+//! changes and password resets. The routes of `auth.rs` extract, call these, and answer.
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -13,9 +14,11 @@ use events::identity::{AdminUserEvent, LoginFailure, SessionEnd};
 use events::Metadata;
 use sha2::Digest;
 
-use super::aggregate::{AdminUser, AdminUserCommand};
+use super::aggregate::{AdminUser, AdminUserCommand, AdminUserError};
 use super::auth::user_metadata;
 use super::service::admin_of_email;
+use super::sessions::Refresh;
+use crate::http::error::DomainProblem;
 use crate::AppState;
 
 /// A signed-in session: its user and tokens.
@@ -274,4 +277,170 @@ pub async fn revoke_reused(
         "refresh_token_reused",
         "This refresh token was already used; the session has been revoked. Sign in again.",
     ))
+}
+
+/// Rotates the refresh token `token`: the session's new tokens. 403 while the user's tenant is
+/// suspended (nothing spent), 401 `invalid_refresh_token`, or 401 `refresh_token_reused` (the
+/// session revoked) for a token used before.
+pub async fn refresh(state: &AppState, ids: &RequestIds, token: &str) -> Result<SignedIn, Problem> {
+    // The session outlives a suspension of its tenant (which may be reactivated) but issues
+    // no access token while it lasts; asked before the token is spent, so it still works
+    // afterwards.
+    let tenant = state
+        .ctx
+        .identity
+        .sessions
+        .tenant_of(token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if tenant
+        .flatten()
+        .is_some_and(|t| state.access.is_suspended(&t))
+    {
+        return Err(tenant_suspended());
+    }
+    let outcome = state
+        .ctx
+        .identity
+        .sessions
+        .refresh(token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    match outcome {
+        Refresh::Invalid => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+            "The refresh token is unknown, expired or revoked.",
+        )),
+        Refresh::Reused {
+            user_id,
+            session_id,
+        } => Err(revoke_reused(state, ids, &user_id, session_id).await?),
+        Refresh::Rotated {
+            user_id,
+            session_id,
+            token,
+        } => {
+            let user = state.ctx.identity.admins.load(&user_id).await?;
+            if !user.active {
+                state
+                    .ctx
+                    .identity
+                    .sessions
+                    .revoke(&session_id)
+                    .await
+                    .map_err(|e| Problem::unavailable(&e))?;
+                return Err(invalid_credentials());
+            }
+
+            let (access_token, expires_in) = access_token(state, &user_id, &user, &session_id);
+            Ok(SignedIn {
+                user_id,
+                user,
+                access_token,
+                expires_in,
+                refresh_token: token,
+            })
+        }
+    }
+}
+
+/// A password change asked by its user.
+pub struct PasswordChange {
+    /// The password now.
+    pub current: String,
+    /// The new one.
+    pub new: String,
+    /// The session the request comes from, which stays signed in.
+    pub kept_session: Option<String>,
+}
+
+/// Changes the password of `user_id` (of `tenant_id`), one check at a time per user: a wrong
+/// current password is recorded (it counts toward the lock) and refused with 403.
+pub async fn change_password(
+    state: &AppState,
+    ids: &RequestIds,
+    user_id: &str,
+    tenant_id: Option<&str>,
+    change: PasswordChange,
+) -> Result<(), Problem> {
+    let command = AdminUserCommand::ChangePassword {
+        user_id: user_id.to_owned(),
+        current: change.current,
+        new: change.new,
+        kept_session: change.kept_session,
+        at: Utc::now(),
+    };
+    let metadata = user_metadata(tenant_id, (user_id, ActorKind::Admin), ids);
+    let (_, events) = state
+        .ctx
+        .identity
+        .password_attempts
+        .one_at_a_time(
+            user_id,
+            state
+                .ctx
+                .identity
+                .admins
+                .execute_with_events(user_id, None, command, &metadata),
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&e))??;
+    // A wrong current password is recorded (it counts toward the lockout) and refused.
+    if events
+        .iter()
+        .any(|e| matches!(e, AdminUserEvent::LoginFailed { .. }))
+    {
+        failed_login(state);
+        return Err(AdminUserError::WrongPassword.problem());
+    }
+    // The event's own transaction made the new password current, ended the other sessions
+    // and spent outstanding reset e-mails (migration 0024).
+    Ok(())
+}
+
+/// Sets `new_password` with the reset token `token`: 422 `weak_password` (the token not
+/// spent), 401 `invalid_reset_token`.
+pub async fn complete_password_reset(
+    state: &AppState,
+    ids: &RequestIds,
+    token: &str,
+    new_password: String,
+) -> Result<(), Problem> {
+    // Check the policy before spending the token, so a weak password does not burn it.
+    if crate::values::Password::parse(&new_password).is_none() {
+        return Err(Problem::unprocessable(
+            "weak_password",
+            "the password must be 10 to 128 characters, not a well-known one, with at least 4 different characters",
+        ));
+    }
+    // Spending one token spends every other outstanding token of the user.
+    let user_id = state
+        .ctx
+        .identity
+        .sessions
+        .spend_reset(token)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let Some(user_id) = user_id else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_reset_token",
+            "The reset token is unknown, used or expired.",
+        ));
+    };
+    let user = state.ctx.identity.admins.load(&user_id).await?;
+    let metadata = user_metadata(user.tenant_id.as_deref(), (&user_id, ActorKind::Admin), ids);
+    let command = AdminUserCommand::ResetPassword {
+        user_id: user_id.clone(),
+        new: new_password,
+    };
+    // Appending `PasswordReset` sets the password and ends every session (migration 0024).
+    state
+        .ctx
+        .identity
+        .admins
+        .execute(&user_id, None, command, &metadata)
+        .await?;
+    Ok(())
 }
