@@ -1,4 +1,5 @@
-//! Events of the identity bounded context: admin users (aggregate type `admin_user`).
+//! Events of the identity bounded context: admin users (aggregate type `admin_user`) and phone
+//! sign-ins (`phone_login`), and the keyed hashes that name phone sign-ins and users.
 //!
 //! No secret ever enters these events: password hashes and refresh tokens live in
 //! command-side tables; events say only that something happened. Login failures and

@@ -343,7 +343,7 @@ struct Stored {
 impl Stored {
     /// The key, if this attempt may take it; if not, why: a different request under the
     /// same key, an answer to replay, or an earlier attempt still at work.
-    fn takeable(self, hash: &[u8]) -> Result<Stored, Box<Taken>> {
+    fn available(self, hash: &[u8]) -> Result<Stored, Box<Taken>> {
         if self.request_hash != hash {
             return Err(Box::new(Taken::Refused(Problem::unprocessable(
                 "idempotency_key_reused",
@@ -416,7 +416,7 @@ impl Claim {
             drop(tx);
             return Box::pin(self.take(state, hash)).await;
         };
-        let stored = match stored.takeable(hash) {
+        let stored = match stored.available(hash) {
             Ok(stored) => stored,
             Err(untakeable) => return Ok(*untakeable),
         };

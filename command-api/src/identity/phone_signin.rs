@@ -1,6 +1,6 @@
-//! Phone sign-in's application layer: a code requested (checked against the tenant, the
-//! number's and the client's limits, recorded as a keyed hash, the SMS captured once per
-//! issuing event) and a code verified (the phone user recorded, the chatbot token signed).
+//! Phone sign-in's application layer: a code requested (checked against the tenant and the
+//! number's limits, recorded as a keyed hash, the SMS captured once per issuing event; the
+//! route checks the client address's limit first) and a code verified (the phone user recorded, the chatbot token signed).
 //! The routes of `phone_auth.rs` extract, call these, and answer.
 
 use axum::http::{header, HeaderValue, StatusCode};

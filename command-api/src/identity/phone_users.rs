@@ -1,7 +1,8 @@
 //! `phone_users`: the command side's record of chatbot users (migration 0007). Their numbers
 //! and profiles are personal data kept out of events; the events name the user and, for a
 //! profile change, the fields only. Written after the sign-in or the change is decided, read
-//! by the phone routes and by the id check of new admin users.
+//! by the phone routes and by the id check of new admin users (and, through
+//! `events::chat::lookups`, by chat's check that a customer is a phone user of the tenant).
 
 use events::http::Problem;
 use serde::{Deserialize, Serialize};

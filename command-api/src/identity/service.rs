@@ -15,12 +15,12 @@ use crate::store::Committed;
 use crate::AppState;
 
 /// The actor an admin's command is recorded under.
-pub fn actor(who: &Principal) -> (&str, ActorKind) {
+fn actor(who: &Principal) -> (&str, ActorKind) {
     (who.user_id(), ActorKind::Admin)
 }
 
 /// May `who` manage users of `tenant`, giving them `role`?
-pub fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> bool {
+fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> bool {
     if who.is_super_admin() {
         return true;
     }
@@ -31,7 +31,7 @@ pub fn may_manage(who: &Principal, tenant: Option<&str>, role: Option<Role>) -> 
 }
 
 /// 409 `already_exists`: the id names an admin user (or a chatbot user) already.
-pub fn already_exists() -> Problem {
+fn already_exists() -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
         "already_exists",
@@ -42,7 +42,7 @@ pub fn already_exists() -> Problem {
 /// An admin who used up their refusals of taken addresses this hour creates nobody until
 /// it ends: were only taken addresses refused then, the 429 itself would tell them. Super
 /// admins are not limited.
-pub async fn admit_creation(state: &AppState, who: &Principal) -> Result<(), Problem> {
+async fn admit_creation(state: &AppState, who: &Principal) -> Result<(), Problem> {
     if who.is_super_admin() {
         return Ok(());
     }
@@ -63,7 +63,7 @@ pub async fn admit_creation(state: &AppState, who: &Principal) -> Result<(), Pro
 
 /// Admin and chatbot users share one id space where it matters (`private-user-{id}`
 /// channels, streams): an id a client chooses may not be a chatbot user's.
-pub async fn chosen_id_is_free(state: &AppState, id: &str) -> Result<(), Problem> {
+async fn chosen_id_is_free(state: &AppState, id: &str) -> Result<(), Problem> {
     if super::phone_users::exists(state, id).await? {
         return Err(already_exists());
     }
@@ -72,7 +72,7 @@ pub async fn chosen_id_is_free(state: &AppState, id: &str) -> Result<(), Problem
 
 /// Refused attempts to give an address that is taken, per admin and hour, before they are
 /// answered 429: an admin cannot probe the platform's addresses at speed.
-pub const EMAIL_REFUSALS_PER_HOUR: i64 = 20;
+const EMAIL_REFUSALS_PER_HOUR: i64 = 20;
 
 /// The answer to creating a user whose e-mail another user holds. Login e-mails are unique
 /// across the platform, so the address cannot be given; but only a super admin, or an admin
@@ -80,7 +80,7 @@ pub const EMAIL_REFUSALS_PER_HOUR: i64 = 20;
 /// `email_taken`. A tenant admin asking for another tenant's (or the platform's) address is
 /// told only that it cannot be used (`email_unavailable`) — never whose or where — and such
 /// refusals are counted and limited per admin.
-pub async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Problem {
+async fn email_not_given(state: &AppState, who: &Principal, email: &str) -> Problem {
     let taken = || {
         Problem::new(
             StatusCode::CONFLICT,
@@ -128,13 +128,13 @@ pub enum Placement {
 }
 
 /// The hourly count of an admin's refusals of taken addresses.
-pub fn email_refusals(who: &Principal) -> String {
+fn email_refusals(who: &Principal) -> String {
     format!("email-refusals:{}", who.user_id())
 }
 
 /// The answer once an admin has used up their refusals of taken addresses: to every user
 /// they create, whatever its address, until the hour ends.
-pub fn probing_limited(retry_after: i64) -> Problem {
+fn probing_limited(retry_after: i64) -> Problem {
     Problem::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

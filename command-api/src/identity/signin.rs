@@ -36,7 +36,7 @@ pub struct SignedIn {
 }
 
 /// 401 `invalid_credentials`: the one answer to every refused login.
-pub fn invalid_credentials() -> Problem {
+fn invalid_credentials() -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
         "invalid_credentials",
@@ -47,7 +47,7 @@ pub fn invalid_credentials() -> Problem {
 /// Counts a refused login. `/metrics` answers anyone, so the count says nothing of why
 /// (unknown address, wrong password, locked, deactivated): a reason per attempt would tell
 /// an outsider which addresses have accounts. Why is in the account's events and the logs.
-pub fn failed_login(state: &AppState) {
+fn failed_login(state: &AppState) {
     state.metrics.count(
         "auth_login_failures_total",
         "Refused admin logins (every reason).",
@@ -59,22 +59,18 @@ pub fn failed_login(state: &AppState) {
 /// Spends the time of a real password check on a login that is refused without one (no
 /// such account, locked, deactivated), so that neither the answer's timing nor the count
 /// of checks tells an outsider which it was.
-pub async fn decoy_check(state: &AppState, password: &str) {
+async fn decoy_check(state: &AppState, password: &str) {
     let _ = super::services::verify_password(&state.ctx.identity.dummy_hash, password).await;
     super::services::count_password_check(&state.metrics);
 }
 
-pub fn hex_prefix(bytes: &[u8]) -> String {
+/// The first bytes of a digest, in hex: enough to tell attempts apart in logs.
+fn hex_prefix(bytes: &[u8]) -> String {
     crate::values::hex(&bytes[..bytes.len().min(8)])
 }
 
 /// Signs an access token for `user` in session `session_id`.
-pub fn access_token(
-    state: &AppState,
-    id: &str,
-    user: &AdminUser,
-    session_id: &str,
-) -> (String, u64) {
+fn access_token(state: &AppState, id: &str, user: &AdminUser, session_id: &str) -> (String, u64) {
     let now = Utc::now().timestamp();
     let ttl = state.ctx.identity.token_ttl.as_secs();
     let claims = Claims {
@@ -91,7 +87,7 @@ pub fn access_token(
 }
 
 /// The answer to a suspended tenant's staff signing in or refreshing.
-pub fn tenant_suspended() -> Problem {
+fn tenant_suspended() -> Problem {
     events::http::extract::refused(events::http::access::AccessError::Refused(
         events::revocation::Refusal::TenantSuspended,
     ))
@@ -254,7 +250,7 @@ async fn end_sessions_over_the_limit(
 
 /// A refresh token used twice: someone else may hold it, so its session ends (recorded by
 /// the session guard). The refusal to answer.
-pub async fn revoke_reused(
+async fn revoke_reused(
     state: &AppState,
     ids: &RequestIds,
     user_id: &str,

@@ -27,7 +27,7 @@ pub struct PaymentLink {
 
 impl PaymentLink {
     /// A link as answers show it.
-    pub fn new(order: &str, url: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+    fn new(order: &str, url: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
         Self {
             url: url.to_owned(),
             provider_order_id: order.to_owned(),

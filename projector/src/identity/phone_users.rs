@@ -1,7 +1,6 @@
 //! `phone_user_directory`: which chatbot (phone) users each tenant has, from their first
 //! verified sign-in. Pseudonymous ids only: numbers and profiles stay in the command side's
-//! `phone_users`, out of events. Read by query-api (the phone user a WhatsApp contact is) and
-//! by realtime eviction (a suspended tenant's chatbot users).
+//! `phone_users`, out of events. Read by query-api: the phone user a WhatsApp contact is.
 
 use async_trait::async_trait;
 use events::identity::{PhoneLoginEvent, PHONE_LOGIN};

@@ -34,7 +34,8 @@ pub struct Eviction {
     app: SoketiApp,
     /// HTTP client (timeouts set).
     http: reqwest::Client,
-    /// The command side's sessions and users: which sessions a user or a tenant has.
+    /// The command side's sessions and users (which sessions a user or a tenant has) and the
+    /// event store (a tenant's chatbot users).
     pool: PgPool,
 }
 
@@ -103,7 +104,7 @@ impl Eviction {
     }
 
     /// Every connection of a tenant: its admins' sessions that may still hold a token, and
-    /// its chatbot users.
+    /// its chatbot users (every phone user with a verified sign-in there).
     async fn connections_of_tenant(
         &self,
         tenant_id: &str,
@@ -116,12 +117,17 @@ impl Eviction {
         .fetch_all(&self.pool)
         .await
         .map_err(ProjectionError::from)?;
-        let phones: Vec<String> =
-            sqlx::query_scalar("SELECT user_id FROM phone_user_directory WHERE tenant_id = $1")
-                .bind(tenant_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(ProjectionError::from)?;
+        // From the store, not a read model: a user who signed in a moment before the
+        // suspension is in it whatever any projection's lag (migration 0051 indexes this).
+        let phones: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT payload->'CodeVerified'->>'user_id' FROM events
+              WHERE aggregate_type = 'phone_login' AND event_type = 'CodeVerified'
+                AND metadata->>'tenant_id' = $1",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ProjectionError::from)?;
         Ok(sessions
             .into_iter()
             .map(ConnectionUser::Session)

@@ -2028,3 +2028,84 @@ async fn refused_logins_cannot_grow_an_accounts_history_without_end() {
     assert_eq!(events().await, after_lock);
     api.stop().await;
 }
+
+/// The directory of phone users (what links WhatsApp contacts) is the same whether the
+/// projector builds it live, a rebuild makes it from the store, or migration 0050's fill
+/// (for sign-ins older than the stream) makes it from the store.
+#[tokio::test]
+async fn the_phone_user_directory_is_the_same_live_rebuilt_and_filled_by_its_migration() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let (north, _) = crate::support::create_tenant(&env, &api, "north").await;
+    let (south, _) = crate::support::create_tenant(&env, &api, "south").await;
+    for (tenant, phone) in [
+        (&north, "+33600000001"),
+        (&north, "+33600000002"),
+        (&south, "+33600000001"),
+    ] {
+        phone_token(&env, &api, &query, tenant, phone).await;
+    }
+    let rows = || async {
+        sqlx::query_scalar::<_, Value>(
+            "SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY user_id), '[]')
+               FROM phone_user_directory d",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("rows")
+    };
+    let live = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the directory",
+        || async {
+            let rows = rows().await;
+            (rows.as_array().map(Vec::len) == Some(3)).then_some(rows)
+        },
+    )
+    .await;
+    let tenants: Vec<&str> = live
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["tenant_id"].as_str())
+        .collect();
+    assert_eq!(tenants.iter().filter(|t| **t == north).count(), 2);
+    assert_eq!(tenants.iter().filter(|t| **t == south).count(), 1);
+    projector.abort();
+    let report = projector::rebuild::rebuild(
+        &env.pool,
+        &projector::identity::phone_users::PhoneUsersProjection,
+    )
+    .await
+    .expect("rebuild");
+    assert_eq!(
+        report.events,
+        3 * 2,
+        "each sign-in's code issued and verified"
+    );
+    assert_eq!(rows().await, live, "a rebuild gives the same rows");
+    let migration = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations/0050_phone_user_directory.sql"),
+    )
+    .expect("the migration");
+    let fill = migration
+        .split_once("INSERT INTO phone_user_directory")
+        .and_then(|(_, rest)| rest.split_once(";\n"))
+        .map(|(fill, _)| format!("INSERT INTO phone_user_directory{fill}"))
+        .expect("the migration fills the directory");
+    sqlx::query("DELETE FROM phone_user_directory")
+        .execute(&env.pool)
+        .await
+        .expect("emptied");
+    sqlx::query(&fill).execute(&env.pool).await.expect("filled");
+    assert_eq!(
+        rows().await,
+        live,
+        "the migration's fill gives the same rows"
+    );
+    query.stop().await;
+    api.stop().await;
+}
