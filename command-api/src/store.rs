@@ -118,6 +118,19 @@ fn aggregate_failure<E: std::error::Error>(e: &AggregateError<E>) -> Failure {
     }
 }
 
+/// Whether a commit failed on a serialization failure or a deadlock (SQLSTATE 40001, 40P01):
+/// its transaction rolled back, and the command is decided again rather than answered 503.
+fn must_decide_again<E: std::error::Error>(e: &AggregateError<E>) -> bool {
+    let AggregateError::UnexpectedError(inner) = e else {
+        return false;
+    };
+    inner
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "40001" || code == "40P01")
+}
+
 /// Executes commands of one aggregate type.
 pub struct CommandBus<A: Aggregate> {
     /// The event store's pool, to tell a real conflict from a committed write.
@@ -391,23 +404,26 @@ where
             Ok(envelopes) => Ok(Some(
                 self.after_commit(id, plan, scratch, base, envelopes).await,
             )),
-            Err(AggregateError::AggregateConflict) => {
-                // postgres-es commits the events before it checks the snapshot row, so a
-                // "conflict" may come back for a write that landed. The request id in the
-                // metadata tells: if our events are there, the command is done.
+            // A conflict, or a race the store's triggers refused (two creations taking one
+            // e-mail: a serialization failure, rolled back). postgres-es commits the events
+            // before it checks the snapshot row, so either may come back for a write that
+            // landed: the request id in the metadata tells. Otherwise the command is decided
+            // again, on what won.
+            Err(e) if matches!(e, AggregateError::AggregateConflict) || must_decide_again(&e) => {
                 if let Some(committed) = self.landed(id, current, metadata).await? {
                     self.committed.notify_one();
                     // What landed is what this attempt tried to commit.
                     return Ok(Some((committed, attempted)));
                 }
-                if let Some(expected) = expected {
+                let conflict = matches!(e, AggregateError::AggregateConflict);
+                if let Some(expected) = expected.filter(|_| conflict) {
                     return Err(CommandError::VersionConflict {
                         expected,
                         actual: None,
                     });
                 }
-                tracing::debug!(aggregate_id = id, "concurrent append; retrying");
-                if attempt >= 2 {
+                tracing::debug!(aggregate_id = id, error = %e, "concurrent append; retrying");
+                if conflict && attempt >= 2 {
                     self.drop_snapshot(id).await?;
                 }
                 Ok(None)

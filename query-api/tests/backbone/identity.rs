@@ -2109,3 +2109,42 @@ async fn the_phone_user_directory_is_the_same_live_rebuilt_and_filled_by_its_mig
     query.stop().await;
     api.stop().await;
 }
+
+/// Ten creations of one e-mail at once: one user is made and the others are told the address
+/// is taken (409), as one at a time; none is told the service is unavailable.
+#[tokio::test]
+async fn creations_racing_for_one_email_make_one_user_and_tell_the_others_it_is_taken() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "racing").await;
+    let answers = futures::future::join_all((0..10).map(|n| {
+        env.http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&json!({
+                "email": "same@racing.example",
+                "password": format!("a long enough password {n}"),
+                "tenant_id": &tenant,
+                "role": "agent"
+            }))
+            .send()
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    for answer in answers {
+        let answer = answer.expect("sent");
+        let status = answer.status().as_u16();
+        if status != 201 {
+            let body: Value = answer.json().await.expect("problem");
+            assert_eq!((status, body["code"].as_str()), (409, Some("email_taken")));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    api.stop().await;
+}
