@@ -195,6 +195,10 @@ pub enum AdminUserError {
     /// 422: a tenant admin or agent needs a tenant.
     #[error("a tenant admin or agent must belong to a tenant")]
     TenantRequired,
+    /// 422: a new super admin belongs to the platform, not to a tenant (whose suspension
+    /// would lock them out).
+    #[error("a new super admin belongs to no tenant; leave tenant_id out")]
+    TenantNotAllowed,
     /// 422: the user is deactivated.
     #[error("the admin user is deactivated")]
     Inactive,
@@ -346,6 +350,9 @@ impl AdminUser {
         let department = parse_department(department)?;
         if role != Role::SuperAdmin && tenant_id.is_none() {
             return Err(AdminUserError::TenantRequired);
+        }
+        if role == Role::SuperAdmin && tenant_id.is_some() {
+            return Err(AdminUserError::TenantNotAllowed);
         }
         let unavailable = AdminUserError::Unavailable;
         if !identity
@@ -730,6 +737,16 @@ mod tests {
             vec![created()],
             create("bob@acme.io", PASSWORD, Some("t1"), Role::Agent),
             AdminUserError::AlreadyExists,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn create_of_a_super_admin_in_a_tenant_is_refused() {
+        expect_error(
+            vec![],
+            create("root2@acme.io", PASSWORD, Some("t1"), Role::SuperAdmin),
+            AdminUserError::TenantNotAllowed,
         )
         .await;
     }

@@ -55,7 +55,8 @@ pub struct CreateUser {
 /// `email_unavailable` (to a tenant admin, for an address held outside their tenant — never
 /// whose or where; after 20 such refusals in an hour every creation by that admin answers 429
 /// `rate_limited` until the hour ends), 422 `weak_password`, `invalid_email`,
-/// `tenant_required`, `unknown_tenant` (no such tenant), `tenant_rejected` (its signup was
+/// `tenant_required`, `tenant_not_allowed` (a super admin belongs to no tenant),
+/// `unknown_tenant` (no such tenant), `tenant_rejected` (its signup was
 /// turned down: it gets no users; a pending tenant's users can sign in once it is approved),
 /// `unknown_department` (the tenant has no such department). Event: Created (the password is
 /// hashed with argon2id and never in an event).
@@ -309,6 +310,7 @@ impl crate::http::error::DomainProblem for crate::identity::aggregate::AdminUser
             E::WeakPassword => Problem::unprocessable("weak_password", detail),
             E::InvalidDepartment => Problem::unprocessable("invalid_department", detail),
             E::TenantRequired => Problem::unprocessable("tenant_required", detail),
+            E::TenantNotAllowed => Problem::unprocessable("tenant_not_allowed", detail),
             E::Inactive => Problem::unprocessable("user_inactive", detail),
             E::SelfDeactivation => Problem::unprocessable("cannot_deactivate_self", detail),
             E::LastSuperAdmin => Problem::unprocessable("last_super_admin", detail),

@@ -2148,3 +2148,33 @@ async fn creations_racing_for_one_email_make_one_user_and_tell_the_others_it_is_
     );
     api.stop().await;
 }
+
+/// A super admin belongs to the platform: one made inside a tenant would be locked out by
+/// its suspension, so naming a tenant for a new super admin is refused.
+#[tokio::test]
+async fn a_new_super_admin_names_no_tenant() {
+    let env = TestEnv::new().await;
+    let api = with_root(&env).await;
+    let root = root_token(&env, &api).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "bound").await;
+    let create = |body: Value| {
+        env.http
+            .post(api.url("/v1/admin-users"))
+            .bearer_auth(&root)
+            .json(&body)
+            .send()
+    };
+    expect_problem(
+        create(json!({"email": "bound@platform.example", "password": "a long enough password", "tenant_id": tenant, "role": "super_admin"}))
+            .await
+            .expect("sent"),
+        422,
+        "tenant_not_allowed",
+    )
+    .await;
+    let made = create(json!({"email": "bound@platform.example", "password": "a long enough password", "role": "super_admin"}))
+        .await
+        .expect("sent");
+    assert_eq!(made.status(), 201);
+    api.stop().await;
+}
