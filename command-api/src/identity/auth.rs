@@ -118,6 +118,7 @@ fn login_failures(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> St
     responses(
         (status = 200, description = "Signed in.", body = TokenAnswer),
         (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 403, response = events::http::openapi::ProblemAnswer),
         (status = 429, response = events::http::openapi::ProblemAnswer)
     )
 )]
@@ -209,7 +210,8 @@ pub struct RefreshBody {
     request_body = RefreshBody,
     responses(
         (status = 200, description = "Signed in.", body = TokenAnswer),
-        (status = 401, response = events::http::openapi::ProblemAnswer)
+        (status = 401, response = events::http::openapi::ProblemAnswer),
+        (status = 403, response = events::http::openapi::ProblemAnswer)
     )
 )]
 async fn refresh(

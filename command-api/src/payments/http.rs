@@ -105,7 +105,8 @@ pub struct RequestPayment {
     path = "/v1/payments",
     request_body = RequestPayment,
     responses(
-        (status = 201, description = "Created: the payment and its version (also in `ETag`, `Location`); for Lyra, the link or why there is none.", body = PaymentAnswer)
+        (status = 201, description = "Created: the payment and its version (also in `ETag`, `Location`); for Lyra, the link or why there is none.", body = PaymentAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -307,7 +308,8 @@ pub struct SaveTax {
     request_body = SaveTax,
     responses(
         (status = 200, description = "Accepted: `id` is the catalog's (the tenant id: one catalog per tenant) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
-        (status = 409, response = events::http::openapi::ProblemAnswer)
+        (status = 409, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -369,7 +371,8 @@ pub struct SaveProduct {
     request_body = SaveProduct,
     responses(
         (status = 200, description = "Accepted: `id` is the catalog's (the tenant id: one catalog per tenant) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
-        (status = 409, response = events::http::openapi::ProblemAnswer)
+        (status = 409, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]

@@ -53,7 +53,8 @@ fn number(raw: &str) -> Result<String, Problem> {
     request_body = ForTenant,
     responses(
         (status = 200, description = "Accepted: `id` is the number (E.164, as normalized) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
-        (status = 409, response = events::http::openapi::ProblemAnswer)
+        (status = 409, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -99,7 +100,8 @@ async fn assign(
     params(("number" = String, Path, description = "The number, in E.164 (as assigned; the same normalization applies).", example = "+33612345678")),
     request_body = ForTenant,
     responses(
-        (status = 200, description = "Accepted: `id` is the number (E.164) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 200, description = "Accepted: `id` is the number (E.164) and `version` its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]

@@ -28,7 +28,7 @@ use events::tenants::AGGREGATE_TYPE;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct LogoUpload {
-    /// The image: PNG, JPEG, WebP or GIF.
+    /// The image: PNG, JPEG or WebP (told by its bytes), at most 2 MiB.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }

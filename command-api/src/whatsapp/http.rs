@@ -173,7 +173,8 @@ pub struct ConnectBody {
     path = "/v1/whatsapp/sessions",
     request_body = ConnectBody,
     responses(
-        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -255,7 +256,8 @@ pub fn bridge_number_id(digits: &str) -> String {
     path = "/v1/whatsapp/sessions/bridge",
     request_body = BridgeBody,
     responses(
-        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 201, description = "Connected: the session and its new version (also in `ETag`). Pass the version to query-api's `GET /v1/whatsapp/sessions/{id}` as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -333,7 +335,8 @@ async fn connect_bridge(
     params(("id" = Uuid, Path, description = "The session.")),
     request_body = ForTenant,
     responses(
-        (status = 200, description = "Accepted: the session and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 200, description = "Accepted: the session and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
