@@ -26,7 +26,7 @@ pub mod workloads;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use report::{Report, RunInfo};
+use report::{Failure, Overload, Report, RunInfo};
 use stack::{Service, Stack, StackConfig};
 use workloads::Api;
 
@@ -48,6 +48,8 @@ pub struct Parts {
     pub baseline: bool,
     /// One thread through a long life.
     pub long_thread: bool,
+    /// The hot command offered at twice the closed-loop maximum.
+    pub overload: bool,
 }
 
 impl Parts {
@@ -59,6 +61,7 @@ impl Parts {
         rebuild: true,
         baseline: true,
         long_thread: true,
+        overload: true,
     };
     /// None (set the ones wanted).
     pub const NONE: Parts = Parts {
@@ -68,6 +71,7 @@ impl Parts {
         rebuild: false,
         baseline: false,
         long_thread: false,
+        overload: false,
     };
 }
 
@@ -126,13 +130,22 @@ pub async fn perf(options: &PerfOptions, parts: Parts) -> Result<Report, Error> 
             api
         }
     };
-    let result = run_parts(options, parts, &api, stack.as_mut(), &mut report, duration).await;
+    run_parts(options, parts, &api, stack.as_mut(), &mut report, duration).await;
     if let Some(s) = stack {
         s.teardown().await?;
     }
-    result?;
     report.judge();
     Ok(report)
+}
+
+/// Records that `workload` failed, and why: the run goes on, and the figures of the other
+/// workloads stand.
+fn failed(report: &mut Report, workload: &str, error: impl std::fmt::Display) {
+    eprintln!("bench: {workload} failed: {error}");
+    report.failures.push(Failure {
+        workload: workload.to_owned(),
+        error: error.to_string(),
+    });
 }
 
 async fn run_parts(
@@ -142,52 +155,27 @@ async fn run_parts(
     stack: Option<&mut Stack>,
     report: &mut Report,
     duration: Duration,
-) -> Result<(), Error> {
+) {
     let clients = options.clients.max(1);
-    if parts.commands || parts.lag || parts.queries || parts.rebuild {
+    if parts.commands || parts.overload || parts.lag || parts.queries || parts.rebuild {
         eprintln!("bench: seeding");
-        let seed = workloads::seed(api, clients * 2, 256.max(clients * 2), 100, clients).await?;
-        if parts.commands {
-            eprintln!("bench: commands at full speed");
-            let before = api.snapshots_written().await;
-            let reads_before = api.relay_reads().await;
-            let full = workloads::commands_full_speed(api, &seed, clients, duration).await;
-            eprintln!("bench:   {full:?}");
-            if let (Some(b), Some(a)) = (reads_before, api.relay_reads().await) {
-                report.relay_reads_per_command = Some((a - b) / full.ok.max(1) as f64);
+        match workloads::seed(api, clients * 2, 256.max(clients * 2), 100, clients).await {
+            Ok(seed) => seeded_parts(options, parts, api, &seed, report, duration).await,
+            Err(e) => {
+                let seeded = [
+                    ("commands", parts.commands),
+                    ("overload", parts.overload),
+                    ("lag", parts.lag),
+                    ("queries", parts.queries),
+                ];
+                for (workload, _) in seeded.iter().filter(|(_, wanted)| *wanted) {
+                    failed(report, workload, format!("not run: seeding failed: {e}"));
+                }
             }
-            report.commands_full_speed = Some(full);
-            count_snapshots(api, report, "commands full speed", before).await;
-            eprintln!("bench: commands at {}/s", options.rate);
-            let before = api.snapshots_written().await;
-            report.commands_at_rate = Some(
-                workloads::commands_at_rate(api, &seed, options.rate, duration, None)
-                    .await
-                    .0,
-            );
-            count_snapshots(api, report, "commands at rate", before).await;
-        }
-        if parts.lag {
-            eprintln!("bench: lag at {}/s", options.rate);
-            let before = api.snapshots_written().await;
-            report.lag = workloads::commands_at_rate(
-                api,
-                &seed,
-                options.rate,
-                duration,
-                Some(options.lag_every.max(1)),
-            )
-            .await
-            .1;
-            count_snapshots(api, report, "lag", before).await;
-        }
-        if parts.queries {
-            eprintln!("bench: queries");
-            report.queries = Some(workloads::queries(api, &seed, clients, duration).await?);
         }
     }
     let Some(stack) = stack else {
-        return Ok(());
+        return;
     };
     for service in Service::ALL {
         if let Some(bytes) = stack.rss_bytes(service) {
@@ -197,51 +185,23 @@ async fn run_parts(
         }
     }
     if parts.long_thread {
-        eprintln!(
-            "bench: one thread of {} messages",
-            options.long_thread_messages
-        );
-        let database_url = stack.database_url.clone();
-        let services: &mut Stack = &mut *stack;
-        let restart = move || async move {
-            services.kill(Service::CommandApi);
-            services.spawn(Service::CommandApi)?;
-            services
-                .wait_ready(Service::CommandApi, Duration::from_secs(30))
-                .await
-        };
-        let long =
-            workloads::long_thread(api, &database_url, options.long_thread_messages, restart)
-                .await?;
-        eprintln!("bench:   {long:?}");
-        report.long_thread = Some(long);
+        long_thread(options, api, stack, report).await;
     }
     if parts.baseline {
         eprintln!("bench: baseline (pgbench)");
-        let (baseline, cost) = workloads::baseline(&stack.database_url, clients, duration).await?;
-        eprintln!("bench:   {cost:?}");
-        report.baseline = Some(baseline);
-        report.writer_cost = Some(cost);
+        match workloads::baseline(&stack.database_url, clients, duration).await {
+            Ok((baseline, cost)) => {
+                eprintln!("bench:   {cost:?}");
+                report.baseline = Some(baseline);
+                report.writer_cost = Some(cost);
+            }
+            Err(e) => failed(report, "baseline", e),
+        }
     }
     if parts.rebuild {
-        // The live services stop: the relay would otherwise publish the seeded million.
-        for service in Service::ALL {
-            stack.kill(service);
+        if let Err(e) = rebuild(options, stack, report).await {
+            failed(report, "rebuild", e);
         }
-        let per_tenant = 100;
-        eprintln!(
-            "bench: writing {} events for the rebuild",
-            options.rebuild_events
-        );
-        workloads::seed_events(
-            &stack.database_url,
-            options.rebuild_events / per_tenant,
-            per_tenant,
-        )
-        .await?;
-        eprintln!("bench: rebuild");
-        report.rebuild =
-            Some(workloads::rebuild(&options.stack.bin_dir, &stack.database_url).await?);
     }
     if let (Some(c), Some(b)) = (&report.commands_full_speed, &report.baseline) {
         report.baseline_ratio = Some(c.per_sec / b.inserts_per_sec.max(1e-9));
@@ -249,6 +209,120 @@ async fn run_parts(
     if let (Some(c), Some(r)) = (&report.writer_cost, report.relay_reads_per_command) {
         report.horizon_cost_per_command_us = Some(c.announce_us + c.horizon_us * r);
     }
+}
+
+/// The workloads on the seeded tenants and threads: commands (full speed, at the rate),
+/// overload, lag and queries.
+async fn seeded_parts(
+    options: &PerfOptions,
+    parts: Parts,
+    api: &Api,
+    seed: &workloads::Seed,
+    report: &mut Report,
+    duration: Duration,
+) {
+    let clients = options.clients.max(1);
+    if parts.commands || parts.overload {
+        eprintln!("bench: commands at full speed");
+        let before = api.snapshots_written().await;
+        let reads_before = api.relay_reads().await;
+        let full = workloads::commands_full_speed(api, seed, clients, duration).await;
+        eprintln!("bench:   {full:?}");
+        if let (Some(b), Some(a)) = (reads_before, api.relay_reads().await) {
+            report.relay_reads_per_command = Some((a - b) / full.ok.max(1) as f64);
+        }
+        report.commands_full_speed = Some(full);
+        count_snapshots(api, report, "commands full speed", before).await;
+    }
+    if parts.commands {
+        eprintln!("bench: commands at {}/s", options.rate);
+        let before = api.snapshots_written().await;
+        let (at_rate, _) =
+            workloads::commands_at_rate(api, seed, options.rate, duration, None).await;
+        report.commands_at_rate = Some(at_rate);
+        count_snapshots(api, report, "commands at rate", before).await;
+    }
+    if let (true, Some(full)) = (parts.overload, report.commands_full_speed) {
+        let offered = 2.0 * full.per_sec.max(1.0);
+        eprintln!("bench: overload, {offered:.0}/s offered");
+        let (admitted, _) = workloads::commands_at_rate(api, seed, offered, duration, None).await;
+        eprintln!("bench:   {admitted:?}");
+        report.overload = Some(Overload {
+            closed_loop_per_sec: full.per_sec,
+            offered_per_sec: offered,
+            admitted,
+        });
+    }
+    if parts.lag {
+        eprintln!("bench: lag at {}/s", options.rate);
+        let before = api.snapshots_written().await;
+        report.lag = workloads::commands_at_rate(
+            api,
+            seed,
+            options.rate,
+            duration,
+            Some(options.lag_every.max(1)),
+        )
+        .await
+        .1;
+        count_snapshots(api, report, "lag", before).await;
+    }
+    if parts.queries {
+        eprintln!("bench: queries");
+        match workloads::queries(api, seed, clients, duration).await {
+            Ok(queries) => report.queries = Some(queries),
+            Err(e) => failed(report, "queries", e),
+        }
+    }
+}
+
+/// One thread through a long life, with a restart of command-api.
+async fn long_thread(options: &PerfOptions, api: &Api, stack: &mut Stack, report: &mut Report) {
+    eprintln!(
+        "bench: one thread of {} messages",
+        options.long_thread_messages
+    );
+    let database_url = stack.database_url.clone();
+    let services: &mut Stack = &mut *stack;
+    let restart = move || async move {
+        services.kill(Service::CommandApi);
+        services.spawn(Service::CommandApi)?;
+        services
+            .wait_ready(Service::CommandApi, Duration::from_secs(30))
+            .await
+    };
+    match workloads::long_thread(api, &database_url, options.long_thread_messages, restart).await {
+        Ok(long) => {
+            eprintln!("bench:   {long:?}");
+            report.long_thread = Some(long);
+        }
+        Err(e) => failed(report, "long thread", e),
+    }
+}
+
+/// `projector rebuild` over a seeded store: the live services stop first (the relay would
+/// otherwise publish the seeded million).
+async fn rebuild(
+    options: &PerfOptions,
+    stack: &mut Stack,
+    report: &mut Report,
+) -> Result<(), Error> {
+    for service in Service::ALL {
+        stack.kill(service);
+    }
+    let per_tenant = 100;
+    eprintln!(
+        "bench: writing {} events for the rebuild",
+        options.rebuild_events
+    );
+    workloads::seed_events(
+        &stack.database_url,
+        options.rebuild_events / per_tenant,
+        per_tenant,
+    )
+    .await?;
+    eprintln!("bench: rebuild");
+    report.rebuild = Some(workloads::rebuild(&options.stack.bin_dir, &stack.database_url).await?);
     Ok(())
 }
 

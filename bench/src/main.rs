@@ -86,6 +86,8 @@ enum Run {
     Perf,
     /// The hot command at full speed (C clients) and at the fixed rate.
     Commands,
+    /// The hot command offered, open loop, at twice what the closed loop reached.
+    Overload,
     /// Time from a command's 2xx to the change being visible through the query API.
     Lag,
     /// A tenant's inbox page (chat threads) and a thread's detail under C clients.
@@ -130,7 +132,16 @@ async fn main() {
     }
 }
 
-/// Runs the command; false when a fault or fuzz check failed.
+/// The report a previous run wrote to `out`, if there is one to read.
+fn previous_report(out: &str) -> Option<serde_json::Value> {
+    if out == "-" {
+        return None;
+    }
+    let text = std::fs::read_to_string(out).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Runs the command; false when a workload, a fault or a fuzz check failed.
 async fn go(cli: Cli) -> Result<bool, Error> {
     let bin_dir = cli.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let work_dir = bench::default_work_dir(&bin_dir);
@@ -167,6 +178,10 @@ async fn go(cli: Cli) -> Result<bool, Error> {
             commands: true,
             ..Parts::NONE
         }),
+        Run::Overload => Some(Parts {
+            overload: true,
+            ..Parts::NONE
+        }),
         Run::Lag => Some(Parts {
             lag: true,
             ..Parts::NONE
@@ -198,6 +213,10 @@ async fn go(cli: Cli) -> Result<bool, Error> {
     if let Some(parts) = parts {
         let report = bench::perf(&perf_options, parts).await?;
         println!("{}", report.table());
+        if let Some(previous) = previous_report(&cli.out) {
+            print!("{}", bench::report::compare(&report, &previous));
+        }
+        passed &= report.failures.is_empty();
         output.perf = Some(report);
     }
     if matches!(cli.command, Run::All | Run::Chaos) {

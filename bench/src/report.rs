@@ -16,6 +16,8 @@ pub struct Report {
     pub commands_full_speed: Option<Summary>,
     /// The hot command at the fixed rate.
     pub commands_at_rate: Option<Summary>,
+    /// The hot command offered at twice the closed-loop maximum, open loop.
+    pub overload: Option<Overload>,
     /// From a command's 2xx to the change being visible through the query API, at the rate.
     pub lag: Option<Summary>,
     /// The dashboard reads.
@@ -42,6 +44,29 @@ pub struct Report {
     pub snapshots_written: BTreeMap<String, f64>,
     /// Each target and whether this run met it.
     pub targets: Vec<Target>,
+    /// The workloads that failed, and why; the figures of the others stand.
+    pub failures: Vec<Failure>,
+}
+
+/// A workload that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// Which.
+    pub workload: String,
+    /// Why, as the error said.
+    pub error: String,
+}
+
+/// The hot command offered at twice what the closed loop reached.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Overload {
+    /// The closed-loop maximum it was offered twice of, commands/s.
+    pub closed_loop_per_sec: f64,
+    /// Commands offered per second.
+    pub offered_per_sec: f64,
+    /// What got through (`per_sec`), the latency of the admitted commands, and the refused
+    /// or failed ones (`failed`).
+    pub admitted: Summary,
 }
 
 /// The conditions of a run.
@@ -97,9 +122,9 @@ impl Report {
         if let Some(r) = self.baseline_ratio {
             push(
                 "commands/s ÷ baseline inserts/s, %",
-                ">= 30",
+                ">= 60",
                 r * 100.0,
-                r >= 0.30,
+                r >= 0.60,
             );
         }
         if let Some(c) = &self.commands_at_rate {
@@ -108,6 +133,21 @@ impl Report {
                 "<= 25",
                 c.p99_ms,
                 c.p99_ms <= 25.0,
+            );
+        }
+        if let Some(o) = &self.overload {
+            let kept = o.admitted.per_sec / o.closed_loop_per_sec.max(1e-9);
+            push(
+                "overload: throughput ÷ closed-loop max, %",
+                ">= 90",
+                kept * 100.0,
+                kept >= 0.90,
+            );
+            push(
+                "overload: admitted p99, ms",
+                "<= 100",
+                o.admitted.p99_ms,
+                o.admitted.p99_ms <= 100.0,
             );
         }
         if let Some(l) = &self.lag {
@@ -126,9 +166,9 @@ impl Report {
         if let Some(r) = &self.rebuild {
             push(
                 "rebuild events/s",
-                ">= 30000",
+                ">= 100000",
                 r.per_sec,
-                r.per_sec >= 30_000.0,
+                r.per_sec >= 100_000.0,
             );
         }
         if self.commands_full_speed.is_some() {
@@ -175,6 +215,13 @@ impl Report {
         }
         if let Some(s) = &self.commands_at_rate {
             line(&mut out, &format!("commands at {}/s", self.run.rate), s);
+        }
+        if let Some(o) = &self.overload {
+            line(
+                &mut out,
+                &format!("overload, {:.0}/s offered", o.offered_per_sec),
+                &o.admitted,
+            );
         }
         if let Some(s) = &self.lag {
             line(&mut out, "lag (2xx → visible)", s);
@@ -258,6 +305,12 @@ impl Report {
                 mib
             ));
         }
+        if !self.failures.is_empty() {
+            out.push_str("\nfailed workloads (the figures above stand)\n");
+            for f in &self.failures {
+                out.push_str(&format!("{:<28} {}\n", f.workload, f.error));
+            }
+        }
         if !self.targets.is_empty() {
             out.push_str("\ntarget                                    bound     measured  met\n");
             for t in &self.targets {
@@ -272,6 +325,43 @@ impl Report {
         }
         out
     }
+}
+
+/// This run's targets beside a previous run's (its JSON report, as written to `--out`): each
+/// figure both measured, before and now, and the change. Empty when the previous report has
+/// no targets to compare with.
+pub fn compare(report: &Report, previous: &serde_json::Value) -> String {
+    let before: BTreeMap<&str, f64> = previous["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t["what"].as_str()?, t["measured"].as_f64()?)))
+        .collect();
+    let mut out = String::new();
+    for t in &report.targets {
+        let Some(was) = before.get(t.what) else {
+            continue;
+        };
+        let change = if *was == 0.0 {
+            String::from("—")
+        } else {
+            format!("{:+.1}%", (t.measured - was) / was.abs() * 100.0)
+        };
+        out.push_str(&format!(
+            "{:<40} {:>12.2} {:>12.2} {:>9}\n",
+            t.what, was, t.measured, change
+        ));
+    }
+    if out.is_empty() {
+        return out;
+    }
+    let when = previous["run"]["started_at"]
+        .as_str()
+        .unwrap_or("an earlier run");
+    format!(
+        "\ncompared with the previous run ({when})\n{:<40} {:>12} {:>12} {:>9}\n{out}",
+        "target", "before", "now", "change"
+    )
 }
 
 #[cfg(test)]
@@ -304,5 +394,66 @@ mod tests {
             ]
         );
         assert!(report.table().contains("NO"));
+    }
+
+    #[test]
+    fn a_run_is_compared_with_the_previous_one_figure_by_figure() {
+        let mut report = Report {
+            commands_full_speed: Some(Summary {
+                per_sec: 3300.0,
+                ..Summary::default()
+            }),
+            ..Report::default()
+        };
+        report.judge();
+        let previous = serde_json::json!({
+            "run": {"started_at": "2026-12-06T10:00:00Z"},
+            "targets": [
+                {"what": "commands/s, full speed", "measured": 3000.0},
+                {"what": "rebuild events/s", "measured": 50000.0}
+            ]
+        });
+        let compared = compare(&report, &previous);
+        assert!(compared.contains("2026-12-06T10:00:00Z"), "{compared}");
+        assert!(compared.contains("+10.0%"), "{compared}");
+        assert!(
+            !compared.contains("rebuild"),
+            "only figures both runs have: {compared}"
+        );
+        assert_eq!(compare(&report, &serde_json::json!({})), "");
+    }
+
+    #[test]
+    fn overload_is_judged_against_the_closed_loop_maximum() {
+        let mut report = Report {
+            overload: Some(Overload {
+                closed_loop_per_sec: 1000.0,
+                offered_per_sec: 2000.0,
+                admitted: Summary {
+                    per_sec: 850.0,
+                    p99_ms: 40.0,
+                    ..Summary::default()
+                },
+            }),
+            ..Report::default()
+        };
+        report.failures.push(Failure {
+            workload: "queries".into(),
+            error: "connection refused".into(),
+        });
+        report.judge();
+        let met: Vec<(&str, bool)> = report.targets.iter().map(|t| (t.what, t.met)).collect();
+        assert_eq!(
+            met,
+            vec![
+                ("overload: throughput ÷ closed-loop max, %", false),
+                ("overload: admitted p99, ms", true),
+            ]
+        );
+        let table = report.table();
+        assert!(
+            table.contains("queries") && table.contains("connection refused"),
+            "{table}"
+        );
     }
 }

@@ -711,6 +711,17 @@ pub async fn baseline(
     duration: Duration,
 ) -> Result<(Baseline, WriterCost), Error> {
     let mut conn = PgConnection::connect(database_url).await?;
+    // As many clients as the server has connections to spare beside the services' pools
+    // (and whatever else runs on it), so pgbench is not refused "too many clients".
+    let (max, reserved, used): (i64, i64, i64) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::int8,
+                current_setting('superuser_reserved_connections')::int8,
+                (SELECT count(*) FROM pg_stat_activity)::int8",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let spare = usize::try_from(max - reserved - used - 4).unwrap_or(0);
+    let clients = clients.min(spare).max(1);
     sqlx::query("DROP TABLE IF EXISTS baseline_events")
         .execute(&mut conn)
         .await?;
