@@ -36,6 +36,12 @@ pub struct Config {
     /// `route_busy` with `Retry-After`.
     #[arg(long, env = "ROUTE_CONCURRENCY")]
     pub route_concurrency: Option<usize>,
+    /// Commands (requests other than `GET`, `HEAD`, `OPTIONS`) this process takes at once
+    /// (default: four times `DB_MAX_CONNECTIONS`); beyond, 503 `overloaded` with
+    /// `Retry-After` at once, so an overload costs the refused their answer, not everyone
+    /// their latency.
+    #[arg(long, env = "COMMANDS_IN_FLIGHT")]
+    pub commands_in_flight: Option<usize>,
     /// NATS server URL.
     /// NATS server URL, with this service's user (`nats://command-api:password@host:4222`).
     #[arg(

@@ -350,6 +350,7 @@ fn relay_of(
 fn served_router(config: &Config, state: AppState) -> Result<axum::Router, StartError> {
     let access_for_limits = state.access.clone();
     let proxy_hops = state.proxy_hops;
+    let state_metrics = state.metrics.clone();
     Ok(http::router(
         state,
         config.max_body_bytes,
@@ -362,6 +363,12 @@ fn served_router(config: &Config, state: AppState) -> Result<axum::Router, Start
             }),
             std::time::Duration::from_secs(10),
         )),
+        http::concurrency::Admission::new(
+            config
+                .commands_in_flight
+                .unwrap_or(config.db_max_connections as usize * 4),
+            state_metrics,
+        ),
     )
     .layer(axum::middleware::from_fn_with_state(
         config.http.in_flight(

@@ -2,13 +2,18 @@
 //! locked table) cannot take every database connection from the others. Each route has
 //! its own budget ([`RouteLimits`]); a request beyond it waits for a turn, and after
 //! [`RouteLimits::wait`] is answered 503 `route_busy` with `Retry-After`.
+//!
+//! Commands in flight per process ([`Admission`]): past the bound a command is answered 503
+//! `overloaded` with `Retry-After` at once, instead of joining a queue that only grows. Offered
+//! more than it can take, the process keeps taking what it can at the latency it can, and
+//! the rest learn it at once (reads are not counted: they are cheap and bounded elsewhere).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use events::http::Problem;
@@ -63,6 +68,51 @@ pub async fn limit(State(limits): State<Arc<RouteLimits>>, req: Request, next: N
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
         .into_response(),
     }
+}
+
+/// The bound on commands in flight in this process.
+#[derive(Clone)]
+pub struct Admission {
+    /// One permit per command in flight.
+    slots: Arc<Semaphore>,
+    /// Where refusals are counted.
+    metrics: Arc<events::http::Metrics>,
+}
+
+impl Admission {
+    /// At most `commands` (at least one) in flight at once.
+    pub fn new(commands: usize, metrics: Arc<events::http::Metrics>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(commands.max(1))),
+            metrics,
+        }
+    }
+}
+
+/// The middleware: a command (any method but `GET`, `HEAD`, `OPTIONS`) holds a slot until
+/// its answer is produced; with none free it is answered 503 `overloaded` at once.
+pub async fn admit(State(admission): State<Admission>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let Ok(slot) = admission.slots.clone().try_acquire_owned() else {
+        admission.metrics.count(
+            "commands_refused_overloaded_total",
+            "Commands refused at once because the process had as many in flight as it takes.",
+            &[],
+            1.0,
+        );
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "The service is taking as many commands as it can; try again shortly.",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .into_response();
+    };
+    let response = next.run(req).await;
+    drop(slot);
+    response
 }
 
 #[cfg(test)]
@@ -122,5 +172,56 @@ mod tests {
         );
         let other = limits.semaphore("/v1/chat/threads");
         assert!(other.try_acquire_owned().is_ok(), "another route is not");
+    }
+
+    #[tokio::test]
+    async fn a_command_beyond_the_bound_is_refused_at_once_and_reads_are_not_counted() {
+        let admission = Admission::new(1, Arc::new(events::http::Metrics::default()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = release.clone();
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(move || {
+                    let held = held.clone();
+                    async move { held.notified().await }
+                }),
+            )
+            .route("/other", axum::routing::post(|| async {}))
+            .route("/read", get(|| async {}))
+            .layer(axum::middleware::from_fn_with_state(admission, admit));
+        let call = |method: &str, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let slow = tokio::spawn(router.clone().oneshot(call("POST", "/slow")));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = router
+            .clone()
+            .oneshot(call("POST", "/other"))
+            .await
+            .expect("answer");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        let read = router
+            .clone()
+            .oneshot(call("GET", "/read"))
+            .await
+            .expect("answer");
+        assert_eq!(read.status(), StatusCode::OK, "reads are not counted");
+        release.notify_one();
+        assert_eq!(
+            slow.await.expect("joined").expect("answer").status(),
+            StatusCode::OK
+        );
+        let after = router
+            .oneshot(call("POST", "/other"))
+            .await
+            .expect("answer");
+        assert_eq!(after.status(), StatusCode::OK, "the slot came back");
     }
 }

@@ -192,6 +192,7 @@ pub fn router(
     state: AppState,
     max_body_bytes: usize,
     route_limits: std::sync::Arc<concurrency::RouteLimits>,
+    admission: concurrency::Admission,
 ) -> Router {
     let (routes, sign_in, document) = openapi::routes();
     let routed = routes
@@ -211,6 +212,10 @@ pub fn router(
         .layer(middleware::from_fn_with_state(
             route_limits,
             concurrency::limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            admission,
+            concurrency::admit,
         ));
     routed
         .merge(document)

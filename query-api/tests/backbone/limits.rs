@@ -452,3 +452,79 @@ async fn a_command_waiting_on_a_lock_gives_up_and_says_when_to_retry() {
     assert_eq!(create().await.expect("sent").status(), 201);
     api.stop().await;
 }
+
+/// Admission control: a process takes `COMMANDS_IN_FLIGHT` commands at once. With them all
+/// waiting (here on a locked table), the next command is answered 503 `overloaded` with
+/// `Retry-After` at once, whatever its route, while reads still answer; once the waiting
+/// commands finish, commands are taken again.
+#[tokio::test]
+async fn commands_beyond_the_process_bound_are_refused_at_once_and_reads_still_answer() {
+    let env = TestEnv::new().await;
+    let mut config = env.command_config();
+    config.commands_in_flight = Some(3);
+    // The creations wait on the lock for as long as the test holds it.
+    config.db_lock_timeout_ms = 60_000;
+    config.db_statement_timeout_ms = 60_000;
+    let api = env.spawn_command_api(config).await;
+    let (tenant, _) = create_tenant(&env, &api, "admitted").await;
+    let customer = env.phone_user(&tenant, "phone-admitted");
+    let mut holder = env.pool.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE tenant_slugs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("locked");
+    let creations: Vec<_> = (0..3)
+        .map(|i| {
+            let request = env
+                .http
+                .post(api.url("/v1/tenants"))
+                .bearer_auth(env.super_admin())
+                .json(&crate::support::tenant_body(&format!("admitted-{i}")));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "the three creations to wait on the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .expect("activity");
+            (waiting >= 3).then_some(())
+        },
+    )
+    .await;
+    let open = || {
+        env.http
+            .post(api.url("/v1/chat/threads"))
+            .bearer_auth(&customer)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let started = std::time::Instant::now();
+    let refused = open().await.expect("sent");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    expect_problem(refused, 503, "overloaded").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the route's 10 s wait"
+    );
+    let live = env
+        .http
+        .get(api.url("/health/live"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(live.status(), 200, "reads are not counted");
+    holder.rollback().await.expect("released");
+    for creation in creations {
+        let answer = creation.await.expect("joined").expect("answered");
+        assert_eq!(answer.status(), 201);
+    }
+    assert_eq!(open().await.expect("sent").status(), 201, "taken again");
+    api.stop().await;
+}
