@@ -37,7 +37,7 @@ pub struct Config {
     #[arg(long, env = "ROUTE_CONCURRENCY")]
     pub route_concurrency: Option<usize>,
     /// Commands (requests other than `GET`, `HEAD`, `OPTIONS`) this process takes at once
-    /// (default: four times `DB_MAX_CONNECTIONS`); beyond, 503 `overloaded` with
+    /// (default: twice `DB_MAX_CONNECTIONS`); beyond, 503 `overloaded` with
     /// `Retry-After` at once, so an overload costs the refused their answer, not everyone
     /// their latency.
     #[arg(long, env = "COMMANDS_IN_FLIGHT")]

@@ -366,7 +366,7 @@ fn served_router(config: &Config, state: AppState) -> Result<axum::Router, Start
         http::concurrency::Admission::new(
             config
                 .commands_in_flight
-                .unwrap_or(config.db_max_connections as usize * 4),
+                .unwrap_or(config.db_max_connections as usize * 2),
             state_metrics,
         ),
     )

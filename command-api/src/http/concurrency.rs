@@ -3,10 +3,11 @@
 //! its own budget ([`RouteLimits`]); a request beyond it waits for a turn, and after
 //! [`RouteLimits::wait`] is answered 503 `route_busy` with `Retry-After`.
 //!
-//! Commands in flight per process ([`Admission`]): past the bound a command is answered 503
-//! `overloaded` with `Retry-After` at once, instead of joining a queue that only grows. Offered
-//! more than it can take, the process keeps taking what it can at the latency it can, and
-//! the rest learn it at once (reads are not counted: they are cheap and bounded elsewhere).
+//! Commands running in the process ([`Admission`]; counted inside the route's turn, so the
+//! requests waiting for a stuck route hold none): past the bound a command is answered 503
+//! `overloaded` with `Retry-After` at once, instead of joining a queue that only grows (reads
+//! are not counted: they are cheap and bounded elsewhere). A burst on one route still waits
+//! in that route's queue, up to [`RouteLimits::wait`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -209,13 +209,15 @@ pub fn router(
                 .layer(DefaultBodyLimit::max(max_body_bytes))
                 .layer(middleware::map_response(no_store)),
         )
-        .layer(middleware::from_fn_with_state(
-            route_limits,
-            concurrency::limit,
-        ))
+        // Admission inside the route's turn: a request waiting for a stuck route holds no
+        // slot of the process.
         .layer(middleware::from_fn_with_state(
             admission,
             concurrency::admit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            route_limits,
+            concurrency::limit,
         ));
     routed
         .merge(document)
