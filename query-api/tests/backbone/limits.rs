@@ -345,6 +345,52 @@ async fn a_key_without_a_token_is_honoured_only_on_sign_up_and_with_a_small_body
     api.stop().await;
 }
 
+/// `count` tenant creations sent while `tenant_slugs` is locked (a creation reserves its slug
+/// there first), once at least `waiting` of them wait on the lock: the transaction holding
+/// the lock, and the creations' answers to come.
+async fn creations_held_on_a_lock(
+    env: &TestEnv,
+    api: &Service,
+    prefix: &str,
+    count: usize,
+    waiting: i64,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>>,
+) {
+    let mut holder = env.pool.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE tenant_slugs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("locked");
+    let creations: Vec<_> = (0..count)
+        .map(|i| {
+            let request = env
+                .http
+                .post(api.url("/v1/tenants"))
+                .bearer_auth(env.super_admin())
+                .json(&crate::support::tenant_body(&format!("{prefix}-{i}")));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "creations to wait on the lock",
+        || async {
+            let waiting_now: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .expect("activity");
+            (waiting_now >= waiting).then_some(())
+        },
+    )
+    .await;
+    (holder, creations)
+}
+
 /// A table locked elsewhere (a long migration, an operator's transaction) once made every
 /// command of the process wait: two dozen sign-ups queued on it filled the pool, and an
 /// unrelated command got 503 half a minute later. Now one route cannot take every
@@ -362,37 +408,7 @@ async fn one_locked_table_does_not_starve_the_other_commands() {
     let api = env.spawn_command_api(config).await;
     let (tenant, _) = create_tenant(&env, &api, "unrelated").await;
     let customer = env.phone_user(&tenant, "phone-unrelated");
-    // Tenant creation reserves its slug in this table first.
-    let mut holder = env.pool.begin().await.expect("tx");
-    sqlx::query("LOCK TABLE tenant_slugs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .expect("locked");
-    let creations: Vec<_> = (0..24)
-        .map(|i| {
-            let request = env
-                .http
-                .post(api.url("/v1/tenants"))
-                .bearer_auth(env.super_admin())
-                .json(&crate::support::tenant_body(&format!("queued-{i}")));
-            tokio::spawn(async move { request.send().await })
-        })
-        .collect();
-    eventually(
-        Duration::from_secs(10),
-        "creations to wait on the lock",
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .expect("activity");
-            (waiting >= 2).then_some(())
-        },
-    )
-    .await;
+    let (holder, creations) = creations_held_on_a_lock(&env, &api, "queued", 24, 2).await;
     // Longer than the revocation follower's one second of grace: its heartbeats too still
     // find a connection.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -468,36 +484,7 @@ async fn commands_beyond_the_process_bound_are_refused_at_once_and_reads_still_a
     let api = env.spawn_command_api(config).await;
     let (tenant, _) = create_tenant(&env, &api, "admitted").await;
     let customer = env.phone_user(&tenant, "phone-admitted");
-    let mut holder = env.pool.begin().await.expect("tx");
-    sqlx::query("LOCK TABLE tenant_slugs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .expect("locked");
-    let creations: Vec<_> = (0..3)
-        .map(|i| {
-            let request = env
-                .http
-                .post(api.url("/v1/tenants"))
-                .bearer_auth(env.super_admin())
-                .json(&crate::support::tenant_body(&format!("admitted-{i}")));
-            tokio::spawn(async move { request.send().await })
-        })
-        .collect();
-    eventually(
-        Duration::from_secs(10),
-        "the three creations to wait on the lock",
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&env.pool)
-            .await
-            .expect("activity");
-            (waiting >= 3).then_some(())
-        },
-    )
-    .await;
+    let (holder, creations) = creations_held_on_a_lock(&env, &api, "admitted", 3, 3).await;
     let open = || {
         env.http
             .post(api.url("/v1/chat/threads"))
