@@ -1,7 +1,8 @@
 //! Phone sign-in's application layer: a code requested (checked against the tenant and the
 //! number's limits, recorded as a keyed hash, the SMS captured once per issuing event; the
-//! route checks the client address's limit first) and a code verified (the phone user recorded, the chatbot token signed).
-//! The routes of `phone_auth.rs` extract, call these, and answer.
+//! route checks the client address's limit first) and a code verified (the phone user
+//! recorded, the chatbot token signed). The routes of `phone_auth.rs` extract, call these,
+//! and answer.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use chrono::Utc;
@@ -69,6 +70,21 @@ async fn gate(
     Ok((tenant, phone))
 }
 
+/// The tenant and number a request names, checked ([`gate`]), and the id of their sign-in.
+async fn sign_in_of(
+    state: &AppState,
+    tenant: &str,
+    phone: &str,
+) -> Result<(String, PhoneNumber, String), Problem> {
+    let (tenant, phone) = gate(state, tenant, phone).await?;
+    let login_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .login_id(&tenant, phone.as_str());
+    Ok((tenant, phone, login_id))
+}
+
 /// Issues a sign-in code for `phone` at `tenant` and sends it by SMS (captured until an SMS
 /// provider is wired): the number, normalised.
 pub async fn issue_code(
@@ -77,12 +93,7 @@ pub async fn issue_code(
     tenant: &str,
     phone: &str,
 ) -> Result<PhoneNumber, Problem> {
-    let (tenant, phone) = gate(state, tenant, phone).await?;
-    let login_id = state
-        .ctx
-        .identity
-        .phone_keys
-        .login_id(&tenant, phone.as_str());
+    let (tenant, phone, login_id) = sign_in_of(state, tenant, phone).await?;
     let code = six_digits();
     let command = PhoneLoginCommand::RequestCode {
         code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
@@ -126,8 +137,8 @@ fn six_digits() -> String {
     }
 }
 
-/// Verifies `code` for `phone` at `tenant` and signs the phone user in. 401 `invalid_code` for a wrong, expired, used or
-/// exhausted code.
+/// Verifies `code` for `phone` at `tenant` and signs the phone user in. 401 `invalid_code`
+/// for a wrong, expired, used or exhausted code.
 pub async fn verify(
     state: &AppState,
     ids: &RequestIds,
@@ -135,12 +146,7 @@ pub async fn verify(
     phone: &str,
     code: &str,
 ) -> Result<PhoneSignedIn, Problem> {
-    let (tenant, phone) = gate(state, tenant, phone).await?;
-    let login_id = state
-        .ctx
-        .identity
-        .phone_keys
-        .login_id(&tenant, phone.as_str());
+    let (tenant, phone, login_id) = sign_in_of(state, tenant, phone).await?;
     let user_id = state
         .ctx
         .identity
