@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::group_commit::GroupCommit;
 use crate::store::CommandBus;
 use crate::webhooks::provider::WebhookProvider;
 use crate::{AppState, StartError};
@@ -26,6 +27,8 @@ pub struct Setup<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// Woken after every commit (the relay).
     pub(crate) committed: &'a Arc<Notify>,
+    /// The process's event-store writers (group commit), shared by every bus.
+    pub(crate) appends: &'a GroupCommit,
 }
 
 impl Setup<'_> {
@@ -36,7 +39,8 @@ impl Setup<'_> {
         A::Command: Clone,
     {
         Arc::new(
-            CommandBus::new(
+            CommandBus::sharing(
+                self.appends.clone(),
                 self.pool.clone(),
                 services,
                 self.config.snapshot_every,

@@ -4,6 +4,7 @@
 //! - [`config`]: every setting (flags and environment).
 //! - [`http`]: the router, health, metrics, OpenAPI, error mapping, `Idempotency-Key`.
 //! - [`store`]: runs a command on an aggregate and commits its events (`If-Match`, retries).
+//! - [`group_commit`]: appends the events of commands decided together in one transaction.
 //! - [`snapshots`]: checks every snapshot against a replay of its events.
 //! - [`relay`]: publishes committed events to NATS JetStream, none lost or skipped.
 //! - [`tenants`]: the tenants bounded context (aggregate, commands, values, routes).
@@ -23,6 +24,8 @@ pub mod comms;
 pub mod config;
 /// What a bounded context contributes, and the list that names them all.
 pub mod context;
+/// Group commit: one transaction, one insert and one flush for many commands' events.
+pub mod group_commit;
 /// HTTP surface.
 pub mod http;
 /// Files fetched from providers into the blob store.
@@ -203,11 +206,13 @@ impl Application {
         );
         let metrics = Arc::new(Metrics::default());
         let committed = Arc::new(Notify::new());
+        let appends = group_commit::GroupCommit::start(&pool, metrics.clone());
         let ctx = Contexts::build(&context::Setup {
             config: &config,
             pool: &pool,
             metrics: &metrics,
             committed: &committed,
+            appends: &appends,
         })
         .await?;
         let relaxed_pool = PgPoolOptions::new()

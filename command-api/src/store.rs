@@ -2,7 +2,8 @@
 //!
 //! `CqrsFramework::execute_with_metadata` answers `()` and cannot check an expected version,
 //! so this drives `PersistedEventStore` directly: load → (check `If-Match`) → handle →
-//! commit, which returns the committed envelopes and so the new version.
+//! commit, which returns the committed envelopes and so the new version. The commit goes
+//! through [`GroupCommit`]: commands decided together share one transaction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,10 @@ use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use events::http::Metrics;
 use events::Metadata;
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use crate::group_commit::GroupCommit;
 
 /// How often a command is tried when other writers keep appending to the same aggregate
 /// first (only when the client did not pin a version with `If-Match`). Between tries it
@@ -135,11 +137,14 @@ fn must_decide_again<E: std::error::Error>(e: &AggregateError<E>) -> bool {
 pub struct CommandBus<A: Aggregate> {
     /// The event store's pool, to tell a real conflict from a committed write.
     pool: PgPool,
-    /// postgres-es store with snapshots.
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    /// The event store with snapshots.
+    store: PersistedEventStore<GroupCommit, A>,
     /// The same store without snapshots: commits whose snapshot the store could not keep
     /// go through it, so a snapshot (a cache) never stops an aggregate taking commands.
-    plain: PersistedEventStore<PostgresEventRepository, A>,
+    plain: PersistedEventStore<GroupCommit, A>,
+    /// Whose turn it is on each aggregate: one command at a time per aggregate in this
+    /// process, so commands on one aggregate queue instead of colliding.
+    turns: Turns,
     /// What the aggregate's `handle` may call.
     services: A::Services,
     /// Woken after every commit so the relay publishes at once.
@@ -167,19 +172,31 @@ where
     A: Aggregate + Clone + 'static,
     A::Command: Clone,
 {
-    /// A bus over `pool`, snapshotting every `snapshot_every` events.
+    /// A bus over `pool` with writers of its own, snapshotting every `snapshot_every` events.
     pub fn new(
         pool: PgPool,
         services: A::Services,
         snapshot_every: usize,
         committed: Arc<Notify>,
     ) -> Self {
-        let repo = PostgresEventRepository::new(pool.clone());
-        let plain = PostgresEventRepository::new(pool.clone());
+        let appends = GroupCommit::start(&pool, Arc::new(Metrics::default()));
+        Self::sharing(appends, pool, services, snapshot_every, committed)
+    }
+
+    /// A bus whose commits go through `appends`, the writers it shares with the process's
+    /// other buses (so commands of every aggregate type share batches).
+    pub fn sharing(
+        appends: GroupCommit,
+        pool: PgPool,
+        services: A::Services,
+        snapshot_every: usize,
+        committed: Arc<Notify>,
+    ) -> Self {
         Self {
             pool,
-            store: PersistedEventStore::new_snapshot_store(repo, snapshot_every.max(1)),
-            plain: PersistedEventStore::new_event_store(plain),
+            store: PersistedEventStore::new_snapshot_store(appends.clone(), snapshot_every.max(1)),
+            plain: PersistedEventStore::new_event_store(appends),
+            turns: Turns::default(),
             services,
             committed,
             snapshot_every: snapshot_every.max(1),
@@ -337,6 +354,7 @@ where
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<(Committed, Vec<A::Event>), CommandError<A::Error>> {
+        let _turn = self.turns.take(id).await;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -550,6 +568,57 @@ where
             &[("aggregate_type", A::TYPE)],
             1.0,
         );
+    }
+}
+
+/// One command at a time per aggregate: a command takes its aggregate's turn before it
+/// loads it and gives it back once its events are committed. Commands on one aggregate then
+/// queue in this process instead of deciding on the same version, colliding at the commit and
+/// retrying with back-off, and never meet in one group-commit batch. (Other processes'
+/// commands can still collide: the events' key settles those.)
+#[derive(Default)]
+struct Turns {
+    /// The aggregates with a command running or waiting, each with its lock.
+    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A command's turn on an aggregate, given back when dropped.
+struct Turn<'a> {
+    /// Where the turn was taken.
+    turns: &'a Turns,
+    /// The aggregate.
+    id: String,
+    /// The lock (`None` once given back).
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Turns {
+    /// Waits for the turn on aggregate `id`.
+    async fn take(&self, id: &str) -> Turn<'_> {
+        let lock = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.entry(id.to_owned()).or_default().clone()
+        };
+        Turn {
+            turns: self,
+            id: id.to_owned(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let lock = tokio::sync::OwnedMutexGuard::mutex(&guard).clone();
+        drop(guard);
+        let mut held = self.turns.held.lock().unwrap_or_else(|e| e.into_inner());
+        // Forgotten once nobody else holds or waits for it: the map's copy and this one.
+        if Arc::strong_count(&lock) == 2 {
+            held.remove(&self.id);
+        }
     }
 }
 

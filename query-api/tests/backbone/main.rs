@@ -9,6 +9,7 @@ mod bus_down;
 mod chat;
 mod commands;
 mod e2e;
+mod group_commit;
 mod horizon;
 mod identity;
 mod isolation;
