@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use events::http::Metrics;
 use events::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener};
@@ -78,7 +78,48 @@ pub enum RelayError {
 
 /// One entry of a batch in publishing order: the event to publish, or `None` for one that
 /// was quarantined ([`Relay::quarantine`]) and is passed over.
-pub type Entry = (Checkpoint, Option<Envelope>);
+pub type Entry = (Checkpoint, Option<Outgoing>);
+
+/// A stored event ready for the bus: its envelope as the store built it (published as these
+/// bytes, never decoded into Rust values and encoded again), and what its subject, message
+/// id and headers name.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Where it stands in the store.
+    global_position: i64,
+    /// Its aggregate type.
+    aggregate_type: String,
+    /// Its aggregate.
+    aggregate_id: String,
+    /// Its sequence in the aggregate.
+    sequence: i64,
+    /// Its event type.
+    event_type: String,
+    /// Its tenant (empty if none).
+    tenant_id: String,
+    /// Its correlation id (empty if none).
+    correlation_id: String,
+    /// When it was stored.
+    recorded_at: DateTime<Utc>,
+    /// The envelope, JSON.
+    body: Bytes,
+}
+
+impl Outgoing {
+    /// `Nats-Msg-Id`: `{aggregate_type}:{aggregate_id}:{sequence}`.
+    pub fn message_id(&self) -> String {
+        events::subject::message_id(
+            &self.aggregate_type,
+            &self.aggregate_id,
+            self.sequence as u64,
+        )
+    }
+
+    /// The envelope as published.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
 
 /// A stored event that cannot be published, as it is quarantined.
 struct Unpublishable<'a> {
@@ -303,11 +344,12 @@ impl Relay {
             .await?;
         // The text form is named apart: `ORDER BY transaction_id` would otherwise sort by the
         // output column of that name, the text, and `'10…'` sorts before `'9…'`. The envelope
-        // comes as text and is decoded here, row by row, so one that does not decode is found
+        // comes as text, checked here row by row, so one that no reader could decode is found
         // and set aside rather than failing the whole read.
         let rows: Vec<StoredRow> = sqlx::query_as(&format!(
             "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id,
                     sequence, event_type, coalesce(metadata->>'tenant_id', '') AS tenant_id,
+                    coalesce(metadata->>'correlation_id', '') AS correlation_id, recorded_at,
                     ({})::text AS envelope
                FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
@@ -323,25 +365,32 @@ impl Relay {
         .fetch_all(&mut leader.conn)
         .await?;
         let mut batch = Vec::with_capacity(rows.len());
+        let mut shape_checked = false;
         for row in rows {
             let checkpoint = Checkpoint {
                 transaction_id: parse_xid(&row.txid)?,
                 global_position: row.global_position,
             };
-            match serde_json::from_str::<Envelope>(&row.envelope) {
-                Ok(envelope) => batch.push((checkpoint, Some(envelope))),
-                // Nested past what any JSON reader decodes: that event will never be read,
-                // and it must not hold back the others.
-                Err(e) if too_deep(&e) => {
-                    self.quarantine(&mut leader.conn, row.unpublishable("unreadable", e))
-                        .await?;
-                    batch.push((checkpoint, None));
-                }
-                // Anything else that does not decode says the envelope and this code disagree
-                // (a release that changed one without the other): every event would fail alike,
-                // so the relay stops and says so rather than pass over the whole stream.
-                Err(e) => return Err(RelayError::Corrupt(row.txid.clone(), e.to_string())),
+            // Nested past what any JSON reader decodes: that event will never be read, and
+            // it must not hold back the others. Found by a scan of the bytes (no values built).
+            if events::jsonb::nesting_exceeds(row.envelope.as_bytes(), READABLE_DEPTH) {
+                let detail = format!("nested deeper than {READABLE_DEPTH} levels");
+                self.quarantine(&mut leader.conn, row.unpublishable("unreadable", detail))
+                    .await?;
+                batch.push((checkpoint, None));
+                continue;
             }
+            // One envelope per read is decoded in full: one that does not decode says the
+            // envelope SQL and this code disagree (a release that changed one without the
+            // other). Every event would fail alike, so the relay stops and says so rather than
+            // pass over the whole stream. The others go out as the bytes they are.
+            if !shape_checked {
+                if let Err(e) = serde_json::from_str::<Envelope>(&row.envelope) {
+                    return Err(RelayError::Corrupt(row.txid.clone(), e.to_string()));
+                }
+                shape_checked = true;
+            }
+            batch.push((checkpoint, Some(row.outgoing())));
         }
         Ok(batch)
     }
@@ -466,16 +515,16 @@ impl Relay {
     /// Quarantines `envelope` as larger than the bus or the stream accepts.
     async fn quarantine_too_large(
         &self,
-        envelope: &Envelope,
+        envelope: &Outgoing,
         detail: String,
     ) -> Result<(), RelayError> {
         let event = Unpublishable {
             global_position: envelope.global_position,
             aggregate_type: &envelope.aggregate_type,
             aggregate_id: &envelope.aggregate_id,
-            sequence: envelope.sequence as i64,
+            sequence: envelope.sequence,
             event_type: &envelope.event_type,
-            tenant_id: envelope.tenant_id(),
+            tenant_id: &envelope.tenant_id,
             reason: "too_large",
             detail,
         };
@@ -485,27 +534,22 @@ impl Relay {
 
     async fn send(
         &self,
-        envelope: &Envelope,
+        envelope: &Outgoing,
     ) -> Result<jetstream::context::PublishAckFuture, Unsent> {
         let subject = events::subject::event_subject(
             &self.prefix,
-            envelope.tenant_id(),
+            &envelope.tenant_id,
             &envelope.aggregate_type,
             &envelope.event_type,
         );
-        let body = serde_json::to_vec(envelope)
-            .map_err(|e| Unsent::Failed(RelayError::Publish(e.to_string())))?;
         let mut headers = HeaderMap::new();
-        let meta = |k: &str| envelope.metadata.get(k).cloned().unwrap_or_default();
-        headers.insert(
-            "Correlation-Id",
-            meta(events::envelope::keys::CORRELATION_ID).as_str(),
-        );
-        headers.insert("Tenant-Id", envelope.tenant_id());
+        headers.insert("Correlation-Id", envelope.correlation_id.as_str());
+        headers.insert("Tenant-Id", envelope.tenant_id.as_str());
+        // `headers` replaces the map, so the message id is set after it.
         let message = PublishMessage::build()
-            .payload(Bytes::from(body))
+            .payload(envelope.body.clone())
             .headers(headers)
-            .message_id(envelope.event_id());
+            .message_id(envelope.message_id());
         self.js
             .send_publish(subject, message)
             .await
@@ -712,11 +756,10 @@ pub async fn forward_commits(pool: PgPool, wake: &Notify) -> Result<(), RelayErr
     }
 }
 
-/// Whether a decoding error is the JSON reader's depth limit (the one way a stored event can
-/// be unreadable on its own: `events::jsonb`).
-fn too_deep(e: &serde_json::Error) -> bool {
-    e.to_string().starts_with("recursion limit exceeded")
-}
+/// The deepest nesting of arrays and objects `serde_json` decodes (it refuses the 128th
+/// level): an envelope nested deeper is unreadable by every consumer, the one way a stored
+/// event can be unreadable on its own (`events::jsonb`).
+const READABLE_DEPTH: usize = 127;
 
 /// Whether a publish was refused by the stream as larger than its `max_msg_size`
 /// (JetStream error 10054), which only the acknowledgement says.
@@ -750,12 +793,31 @@ struct StoredRow {
     event_type: String,
     /// Tenant from the metadata (empty if none).
     tenant_id: String,
+    /// Correlation id from the metadata (empty if none).
+    correlation_id: String,
+    /// When it was stored.
+    recorded_at: DateTime<Utc>,
     /// The envelope as JSON text.
     envelope: String,
 }
 
 impl StoredRow {
-    fn unpublishable(&self, reason: &'static str, error: serde_json::Error) -> Unpublishable<'_> {
+    /// The row as it goes to the bus.
+    fn outgoing(self) -> Outgoing {
+        Outgoing {
+            global_position: self.global_position,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            tenant_id: self.tenant_id,
+            correlation_id: self.correlation_id,
+            recorded_at: self.recorded_at,
+            body: Bytes::from(self.envelope),
+        }
+    }
+
+    fn unpublishable(&self, reason: &'static str, detail: String) -> Unpublishable<'_> {
         Unpublishable {
             global_position: self.global_position,
             aggregate_type: &self.aggregate_type,
@@ -764,7 +826,7 @@ impl StoredRow {
             event_type: &self.event_type,
             tenant_id: &self.tenant_id,
             reason,
-            detail: error.to_string(),
+            detail,
         }
     }
 }
@@ -777,6 +839,33 @@ fn parse_xid(text: &str) -> Result<u64, RelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readable_depth_is_where_serde_json_stops_decoding() {
+        let nested = |levels: usize| {
+            let mut text = String::from(r#"{"s": "[[{\"]]"}"#);
+            for level in 1..levels {
+                text = if level % 2 == 0 {
+                    format!("[{text}]")
+                } else {
+                    format!(r#"{{"k": {text}}}"#)
+                };
+            }
+            text
+        };
+        let readable = nested(READABLE_DEPTH);
+        let unreadable = nested(READABLE_DEPTH + 1);
+        assert!(serde_json::from_str::<serde_json::Value>(&readable).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&unreadable).is_err());
+        assert!(!events::jsonb::nesting_exceeds(
+            readable.as_bytes(),
+            READABLE_DEPTH
+        ));
+        assert!(events::jsonb::nesting_exceeds(
+            unreadable.as_bytes(),
+            READABLE_DEPTH
+        ));
+    }
 
     #[test]
     fn health_says_how_long_the_relay_has_been_failing_until_it_publishes_again() {
