@@ -334,6 +334,25 @@ where
         Ok((aggregate, sequence as u64))
     }
 
+    /// What `read` finds in aggregate `id`, for a fact that never changes once the aggregate
+    /// holds it (the tenant a thread belongs to): from this process's copy without asking the
+    /// store when it has one, else from a [`CommandBus::load`].
+    pub async fn read_settled<T>(
+        &self,
+        id: &str,
+        read: impl Fn(&A) -> Option<T>,
+    ) -> Result<Option<T>, CommandError<A::Error>> {
+        let known = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(id).and_then(|c| read(&c.aggregate)));
+        match known {
+            Some(found) => Ok(Some(found)),
+            None => Ok(read(&self.load(id).await?)),
+        }
+    }
+
     /// The aggregate as postgres-es loads it: its snapshot, then the events after it.
     async fn load_context(
         &self,

@@ -44,13 +44,14 @@ pub async fn tenant_of(state: &AppState, who: &Principal, id: &str) -> Result<St
             tenant_id: Some(home),
             ..
         } if !who.is_super_admin() => Ok(home.clone()),
-        _ => {
-            let thread = state.ctx.chat.threads.load(id).await?;
-            thread
-                .tenant_id()
-                .map(str::to_owned)
-                .ok_or_else(|| ThreadError::NotFound.problem())
-        }
+        // A thread's tenant never changes: the bus's copy answers without a statement.
+        _ => state
+            .ctx
+            .chat
+            .threads
+            .read_settled(id, |thread| thread.tenant_id().map(str::to_owned))
+            .await?
+            .ok_or_else(|| ThreadError::NotFound.problem()),
     }
 }
 

@@ -8,7 +8,12 @@
 //! send it in between), and an edit followed by another change is left to that change.
 //! A side-effect worker: its checkpoint moves only once command-api answered, so no reply
 //! is skipped, and a repeat (after a crash) names the same message and appends nothing.
-//! Threads the chat read model already knows as not WhatsApp are not asked about.
+//! Threads the chat read model already knows as not WhatsApp are not asked about, and a
+//! thread's channel (fixed when it opens) is remembered, so a web thread's replies cost the
+//! outbox no statement after the first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use events::chat::{PartyKind, ThreadEvent, THREAD};
@@ -26,12 +31,54 @@ pub struct WhatsAppOutbox {
     pool: Option<PgPool>,
     /// command-api, as a platform service.
     client: CommandClient,
+    /// Channels of the threads seen lately, as the chat read model gave them.
+    channels: Mutex<HashMap<String, String>>,
 }
+
+/// Thread channels remembered at most; past it, an arbitrary one is forgotten.
+const REMEMBERED_CHANNELS: usize = 10_000;
 
 impl WhatsAppOutbox {
     /// An outbox forwarding through `client`.
     pub fn new(pool: Option<PgPool>, client: CommandClient) -> Self {
-        Self { pool, client }
+        Self {
+            pool,
+            client,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The channel of `thread` as the chat read model knows it (`None`: not yet, or no read
+    /// models to ask).
+    async fn channel_of(&self, thread: &str) -> Result<Option<String>, ProjectionError> {
+        let Some(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let remembered = |channels: &Mutex<HashMap<String, String>>| {
+            channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(thread)
+                .cloned()
+        };
+        if let Some(channel) = remembered(&self.channels) {
+            return Ok(Some(channel));
+        }
+        let channel: Option<String> =
+            sqlx::query_scalar("SELECT channel FROM chat_threads WHERE id = $1::uuid")
+                .bind(thread)
+                .fetch_optional(pool)
+                .await?;
+        if let Some(channel) = &channel {
+            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            if channels.len() >= REMEMBERED_CHANNELS {
+                if let Some(victim) = channels.keys().next().cloned() {
+                    channels.remove(&victim);
+                }
+            }
+            channels.insert(thread.to_owned(), channel.clone());
+        }
+        Ok(channel)
     }
 
     /// The latest change of message `message` of `thread` committed after `sequence`: its
@@ -186,23 +233,19 @@ impl Projection for WhatsAppOutbox {
 #[async_trait]
 impl Effect for WhatsAppOutbox {
     async fn perform(&self, events: &[Envelope]) -> Result<(), ProjectionError> {
-        for envelope in events.iter().filter(|e| e.aggregate_type == THREAD) {
+        let changes = ["MessageSent", "MessageEdited", "MessageDeleted"];
+        for envelope in events
+            .iter()
+            .filter(|e| e.aggregate_type == THREAD && changes.contains(&e.event_type.as_str()))
+        {
             let thread = envelope.aggregate_id.as_str();
-            let Some((message_id, path, body)) = self.request_of(envelope).await? else {
-                continue;
-            };
-            let channel: Option<String> = match &self.pool {
-                Some(pool) => {
-                    sqlx::query_scalar("SELECT channel FROM chat_threads WHERE id = $1::uuid")
-                        .bind(thread)
-                        .fetch_optional(pool)
-                        .await?
-                }
-                None => None,
-            };
+            let channel = self.channel_of(thread).await?;
             if channel.as_deref().is_some_and(|c| c != "whatsapp") {
                 continue;
             }
+            let Some((message_id, path, body)) = self.request_of(envelope).await? else {
+                continue;
+            };
             self.post(thread, &message_id, &path, &body).await?;
         }
         Ok(())
