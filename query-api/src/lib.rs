@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
     http::openapi::routes()
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(middleware::from_fn(http::conditional::respond))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             request::track,

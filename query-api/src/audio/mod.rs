@@ -124,7 +124,7 @@ fn may_read(who: &Principal, file: &AudioView) -> bool {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The audio file.", body = AudioView, headers(
-            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

@@ -394,7 +394,7 @@ async fn visible(
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The thread.", body = ThreadDetail, headers(
-            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the thread reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),
@@ -524,7 +524,7 @@ pub struct MessagePage {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), MessageParams),
     responses(
         (status = 200, description = "A page.", body = MessagePage, headers(
-            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the thread reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),
@@ -627,7 +627,7 @@ pub struct ScheduledView {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The scheduled messages.", body = ScheduledList, headers(
-            ("X-Read-Version" = i64, description = "The version the thread reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the thread reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

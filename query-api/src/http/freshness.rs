@@ -56,14 +56,13 @@ where
     }
 }
 
-/// Adds `X-Read-Version`, `ETag` and, when stale, `X-Read-Stale` to an answer.
+/// Adds `X-Read-Version` and, when stale, `X-Read-Stale` to an answer. (Its `ETag` is a tag
+/// of its bytes, added by [`super::conditional`]: an answer can change while the version it
+/// reflects does not.)
 pub fn version_headers(headers: &mut HeaderMap, version: Option<i64>, stale: bool) {
     if let Some(version) = version {
         if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
             headers.insert(READ_VERSION.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
-            headers.insert(axum::http::header::ETAG, v);
         }
     }
     if stale {

@@ -14,7 +14,7 @@ pub const ABOUT: About = About {
     description: "The read side: read models built by the projector, and the event store for \
 audits. Errors are application/problem+json with a stable `code`. A read that names \
 `min_version` (or `X-Min-Version`) waits, bounded, until the read model reflects that version \
-of the aggregate a command answered with.",
+of the aggregate a command answered with (`X-Read-Version` says which it reflects). Every 200 JSON answer to a GET carries a strong `ETag` of its bytes; a GET whose `If-None-Match` names it is answered 304 without a body.",
     server: "http://localhost:3002",
 };
 

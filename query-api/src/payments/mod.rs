@@ -395,7 +395,7 @@ fn payment_uuid(raw: &str) -> Result<Uuid, Problem> {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The payment.", body = PaymentDetail, headers(
-            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

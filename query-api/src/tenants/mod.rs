@@ -194,7 +194,7 @@ pub struct DetailParams {
 ///
 /// Read-your-writes: with `min_version` (or header `X-Min-Version`) the read waits, at most
 /// READ_WAIT_MS (default 2 s), until the row reflects that version; if it gives up it answers
-/// what it has with `X-Read-Stale: true`. `X-Read-Version` and `ETag` carry the row's version.
+/// what it has with `X-Read-Stale: true`. `X-Read-Version` carries the row's version.
 /// Other tenants' staff get 404.
 #[utoipa::path(
     get,
@@ -203,7 +203,7 @@ pub struct DetailParams {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The tenant.", body = TenantView, headers(
-            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

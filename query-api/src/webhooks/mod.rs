@@ -261,7 +261,7 @@ fn provider_body(history: &[HistoryEvent]) -> serde_json::Value {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The webhook.", body = WebhookDetail, headers(
-            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

@@ -276,7 +276,7 @@ pub struct DetailParams {
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The session.", body = SessionView, headers(
-            ("X-Read-Version" = i64, description = "The version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),
@@ -474,7 +474,7 @@ async fn messages(
     params(("id" = Uuid, Path), ("X-Min-Version" = Option<i64>, Header), DetailParams),
     responses(
         (status = 200, description = "The message.", body = MessageView, headers(
-            ("X-Read-Version" = i64, description = "The conversation's version the row reflects (also in `ETag`)."),
+            ("X-Read-Version" = i64, description = "The conversation's version the row reflects."),
             ("X-Read-Stale" = String, description = "`true` when the read gave up waiting for `min_version`.")
         ))
     ),

@@ -546,3 +546,75 @@ fn query_api_refuses_a_published_or_short_secret_outside_development() {
     let allowed = start("dev-secret-change-me", "true");
     assert!(!allowed.contains("published default"), "{allowed}");
 }
+
+#[tokio::test]
+async fn an_unchanged_answer_is_not_sent_again_and_a_changed_one_is() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let (id, version) = create_tenant(&env, &api, "tagged").await;
+    let token = env.super_admin();
+    let get = |path: String, tag: Option<String>| {
+        let mut request = env.http.get(query.url(&path)).bearer_auth(&token);
+        if let Some(tag) = tag {
+            request = request.header("if-none-match", tag);
+        }
+        request.send()
+    };
+    let detail = format!("/v1/tenants/{id}?min_version={version}");
+    let first = get(detail.clone(), None).await.expect("sent");
+    assert_eq!(first.status(), 200);
+    let tag = first.headers()["etag"].to_str().expect("ascii").to_owned();
+    assert!(
+        tag.starts_with('"') && tag.ends_with('"'),
+        "a strong tag: {tag}"
+    );
+    let again = get(detail.clone(), Some(tag.clone())).await.expect("sent");
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], tag.as_str());
+    assert!(again.bytes().await.expect("body").is_empty());
+    let listed = get("/v1/tenants".into(), Some(format!("\"nope\", W/{tag}")))
+        .await
+        .expect("sent");
+    assert_eq!(
+        listed.status(),
+        200,
+        "the list is another answer, with its own tag"
+    );
+    let list_tag = listed.headers()["etag"].to_str().expect("ascii").to_owned();
+    let list_again = get("/v1/tenants".into(), Some(list_tag))
+        .await
+        .expect("sent");
+    assert_eq!(list_again.status(), 304);
+    // The tenant changes: the old tag no longer matches, and the new answer says so.
+    let rename = env
+        .http
+        .post(api.url(&format!("/v1/tenants/{id}/rename")))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Tagged again"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(rename.status(), 200);
+    let changed = get(
+        format!("/v1/tenants/{id}?min_version={}", version + 1),
+        Some(tag.clone()),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"], tag.as_str());
+    assert_eq!(
+        changed.json::<Value>().await.expect("json")["name"],
+        "Tagged again"
+    );
+    let missing = get(format!("/v1/tenants/{}", Uuid::new_v4()), Some("*".into()))
+        .await
+        .expect("sent");
+    assert_eq!(missing.status(), 404, "a refusal is never a 304");
+    assert!(missing.headers().get("etag").is_none());
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
