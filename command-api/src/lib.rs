@@ -367,6 +367,7 @@ fn served_router(config: &Config, state: AppState) -> Result<axum::Router, Start
                 (pool * 3 / 4).min(pool.saturating_sub(4)).max(1)
             }),
             std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(config.route_queue_target_ms.max(1)),
         )),
         http::concurrency::Admission::new(
             config

@@ -3,6 +3,14 @@
 //! its own budget ([`RouteLimits`]); a request beyond it waits for a turn, and after
 //! [`RouteLimits::wait`] is answered 503 `route_busy` with `Retry-After`.
 //!
+//! The wait is bounded by time in the manner of CoDel (Nichols and Jacobson's controlled
+//! delay): a burst that drains quickly is served whole, but once every request that got its
+//! turn for a whole *interval* had waited longer than the *target*, the route has a standing
+//! queue — waiting no longer buys throughput, only latency — and new arrivals are answered
+//! 503 `overloaded` with `Retry-After` at once, until a request again gets its turn within
+//! the target. Offered more than it can take, a route keeps serving at full speed with a
+//! queue of about the target, and refuses the excess cheaply.
+//!
 //! Commands running in the process ([`Admission`]; counted inside the route's turn, so the
 //! requests waiting for a stuck route hold none): past the bound a command is answered 503
 //! `overloaded` with `Retry-After` at once, instead of joining a queue that only grows (reads
@@ -11,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -26,41 +34,94 @@ pub struct RouteLimits {
     per_route: usize,
     /// Longest wait for a turn.
     wait: Duration,
-    /// One semaphore per route pattern, made on first use.
-    routes: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The queue delay a route may keep standing ([`Route`]).
+    target: Duration,
+    /// How long the delay must stay above the target before arrivals are refused.
+    interval: Duration,
+    /// One route state per route pattern, made on first use.
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+}
+
+/// One route's turns and how long its requests lately waited for them.
+struct Route {
+    /// One permit per request in flight.
+    turns: Arc<Semaphore>,
+    /// Since when every request that got its turn had waited longer than the target (`None`
+    /// once one got it within the target).
+    above_since: Mutex<Option<Instant>>,
+}
+
+impl Route {
+    /// Notes that a request waited `waited` for the turn it just got.
+    fn served(&self, waited: Duration, target: Duration) {
+        let mut above_since = self.above_since.lock().unwrap_or_else(|e| e.into_inner());
+        if waited < target {
+            *above_since = None;
+        } else if above_since.is_none() {
+            *above_since = Some(Instant::now());
+        }
+    }
+
+    /// Whether the route has had a standing queue for at least `interval`.
+    fn standing(&self, interval: Duration) -> bool {
+        self.above_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|since| since.elapsed() >= interval)
+    }
 }
 
 impl RouteLimits {
-    /// `per_route` requests in flight on each route (at least one), waiting at most `wait`.
-    pub fn new(per_route: usize, wait: Duration) -> Self {
+    /// `per_route` requests in flight on each route (at least one), waiting at most `wait`;
+    /// new arrivals refused once the requests served for `4 × target` all waited longer
+    /// than `target`.
+    pub fn new(per_route: usize, wait: Duration, target: Duration) -> Self {
         Self {
             per_route: per_route.max(1),
             wait,
+            target,
+            interval: target * 4,
             routes: Mutex::new(HashMap::new()),
         }
     }
 
-    fn semaphore(&self, route: &str) -> Arc<Semaphore> {
+    fn route(&self, route: &str) -> Arc<Route> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes
             .entry(route.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_route)))
+            .or_insert_with(|| {
+                Arc::new(Route {
+                    turns: Arc::new(Semaphore::new(self.per_route)),
+                    above_since: Mutex::new(None),
+                })
+            })
             .clone()
     }
 }
 
 /// The middleware (the route is known: it is added with the routes).
 pub async fn limit(State(limits): State<Arc<RouteLimits>>, req: Request, next: Next) -> Response {
-    let Some(route) = req
+    let Some(pattern) = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
     else {
         return next.run(req).await;
     };
-    let semaphore = limits.semaphore(&route);
-    match tokio::time::timeout(limits.wait, semaphore.acquire_owned()).await {
-        Ok(Ok(_turn)) => next.run(req).await,
+    let route = limits.route(&pattern);
+    if let Ok(_turn) = route.turns.clone().try_acquire_owned() {
+        route.served(Duration::ZERO, limits.target);
+        return next.run(req).await;
+    }
+    if route.standing(limits.interval) {
+        return overloaded();
+    }
+    let arrived = Instant::now();
+    match tokio::time::timeout(limits.wait, route.turns.clone().acquire_owned()).await {
+        Ok(Ok(_turn)) => {
+            route.served(arrived.elapsed(), limits.target);
+            next.run(req).await
+        }
         _ => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "route_busy",
@@ -69,6 +130,17 @@ pub async fn limit(State(limits): State<Arc<RouteLimits>>, req: Request, next: N
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
         .into_response(),
     }
+}
+
+/// 503 `overloaded` with `Retry-After`: refused at once, before any work.
+fn overloaded() -> Response {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "The service is taking as many commands as it can; try again shortly.",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    .into_response()
 }
 
 /// The bound on commands in flight in this process.
@@ -103,13 +175,7 @@ pub async fn admit(State(admission): State<Admission>, req: Request, next: Next)
             &[],
             1.0,
         );
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "The service is taking as many commands as it can; try again shortly.",
-        )
-        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-        .into_response();
+        return overloaded();
     };
     let response = next.run(req).await;
     drop(slot);
@@ -126,7 +192,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_beyond_the_routes_budget_waits_then_is_told_to_retry() {
-        let limits = Arc::new(RouteLimits::new(1, Duration::from_millis(50)));
+        let limits = Arc::new(RouteLimits::new(
+            1,
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        ));
         let release = Arc::new(tokio::sync::Notify::new());
         let held = release.clone();
         let router = axum::Router::new()
@@ -163,16 +233,80 @@ mod tests {
 
     #[tokio::test]
     async fn each_route_has_its_own_budget() {
-        let limits = RouteLimits::new(2, Duration::from_millis(10));
-        let hot = limits.semaphore("/v1/tenants");
+        let limits = RouteLimits::new(2, Duration::from_millis(10), Duration::from_secs(1));
+        let hot = limits.route("/v1/tenants").turns.clone();
         let _a = hot.clone().try_acquire_owned().expect("first");
         let _b = hot.clone().try_acquire_owned().expect("second");
         assert!(
             hot.clone().try_acquire_owned().is_err(),
             "the hot route is full"
         );
-        let other = limits.semaphore("/v1/chat/threads");
+        let other = limits.route("/v1/chat/threads").turns.clone();
         assert!(other.try_acquire_owned().is_ok(), "another route is not");
+    }
+
+    /// A burst is served whole however long its last request waits; a queue that stands
+    /// above the target for an interval turns new arrivals away at once; a request served
+    /// within the target again lets them in.
+    #[tokio::test]
+    async fn a_standing_queue_refuses_new_arrivals_at_once_and_a_burst_is_served() {
+        let target = Duration::from_millis(20);
+        let limits = Arc::new(RouteLimits::new(1, Duration::from_secs(5), target));
+        let gate = Arc::new(Semaphore::new(0));
+        let held = gate.clone();
+        let router = axum::Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let held = held.clone();
+                    async move {
+                        if let Ok(permit) = held.acquire().await {
+                            permit.forget();
+                        }
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(limits.clone(), limit));
+        let call = || {
+            let router = router.clone();
+            tokio::spawn(async move {
+                router
+                    .oneshot(Request::get("/slow").body(Body::empty()).expect("request"))
+                    .await
+                    .expect("answered")
+                    .status()
+            })
+        };
+        // A burst of five on a route that takes one at a time: each waits past the target.
+        let burst: Vec<_> = (0..5).map(|_| call()).collect();
+        for _ in 0..4 {
+            tokio::time::sleep(target * 2).await;
+            gate.add_permits(1);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Every turn since the second's came after more than the target, for more than an
+        // interval (4 × target): a new arrival meeting the busy route is turned away at once.
+        let started = Instant::now();
+        let refused = call().await.expect("joined");
+        assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused without waiting (a turn would take the 5 s wait)"
+        );
+        gate.add_permits(1);
+        for request in burst {
+            assert_eq!(
+                request.await.expect("joined"),
+                StatusCode::OK,
+                "the burst is served"
+            );
+        }
+        // A request that gets its turn at once ends the standing queue.
+        let served = call();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        gate.add_permits(1);
+        assert_eq!(served.await.expect("joined"), StatusCode::OK);
+        assert!(!limits.route("/slow").standing(limits.interval));
     }
 
     #[tokio::test]

@@ -142,6 +142,7 @@ impl TestEnv {
             db_statement_timeout_ms: 10_000,
             db_lock_timeout_ms: 5_000,
             route_concurrency: None,
+            route_queue_target_ms: 100,
             commands_in_flight: None,
             nats_url: nats_url(),
             http: test_http_limits(),
