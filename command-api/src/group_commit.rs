@@ -84,8 +84,12 @@ impl GroupCommit {
     /// Starts the writers over connections to `pool`'s database; they stop when the last
     /// clone of the returned repository is dropped.
     pub fn start(pool: &PgPool, metrics: Arc<Metrics>) -> Self {
+        // No ping before each use (a round trip per batch), and a short wait for a
+        // connection: while the database is away, queued commands hear so in seconds.
         let writes = PgPoolOptions::new()
             .max_connections(WRITERS)
+            .test_before_acquire(false)
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy_with((*pool.connect_options()).clone());
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
@@ -123,11 +127,27 @@ async fn write_batches(
             batch.len() as f64,
         );
         if batch.len() > 1 {
-            if let Ok(true) = insert(&pool, &batch).await {
-                for append in batch {
-                    let _ = append.done.send(Ok(()));
+            match insert(&pool, &batch).await {
+                Ok(true) => {
+                    for append in batch {
+                        let _ = append.done.send(Ok(()));
+                    }
+                    continue;
                 }
-                continue;
+                // The database is away: writing each command alone would only make every one
+                // of them wait for it again. Each hears so now (the bus then looks for its
+                // events, in case the commit landed before the connection went).
+                Err(e) if unreachable(&e) => {
+                    tracing::warn!(error = %e, commands = batch.len(), "event store unreachable");
+                    for append in batch {
+                        let _ = append
+                            .done
+                            .send(Err(PersistenceError::ConnectionError(e.to_string().into())));
+                    }
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "batch refused; writing its commands alone"),
             }
             metrics.count(
                 "event_store_batches_split_total",
@@ -175,8 +195,8 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
  ORDER BY n
 ON CONFLICT DO NOTHING";
 
-/// Writes `batch` in one transaction. `Ok(false)`: one of its events or snapshots conflicted
-/// with what another writer committed, and nothing was written.
+/// Writes `batch` in one transaction. `Ok(false)`: one of its events conflicted with what
+/// another writer committed, and nothing was written.
 async fn insert(pool: &PgPool, batch: &[Append]) -> Result<bool, sqlx::Error> {
     let rows = batch.iter().map(|a| a.events.len()).sum::<usize>();
     let mut columns = Columns::with_capacity(rows);
@@ -200,52 +220,42 @@ async fn insert(pool: &PgPool, batch: &[Append]) -> Result<bool, sqlx::Error> {
     }
     for append in batch {
         if let Some(snapshot) = &append.snapshot {
-            if !write_snapshot(&mut tx, append, snapshot).await? {
-                return Ok(false);
-            }
+            write_snapshot(&mut tx, append, snapshot).await?;
         }
     }
     tx.commit().await?;
     Ok(true)
 }
 
-/// Writes a snapshot as postgres-es does, except that a lost race rolls the events back
-/// with it (postgres-es commits them and then reports the conflict). `false`: another writer
-/// moved the snapshot first.
+/// Writes a snapshot as postgres-es does, except when another writer moved the snapshot
+/// first (another process crossed a boundary, and this one's snapshot counter is stale, or
+/// the stored snapshot no longer decodes): postgres-es then committed the events and
+/// reported a conflict, which failed a command pinned by `If-Match` for nothing. The events'
+/// key already proved that this command's events are the next ones, so its state is the
+/// newest: it replaces whatever snapshot is there.
 async fn write_snapshot(
     tx: &mut Transaction<'_, Postgres>,
     append: &Append,
     snapshot: &Snapshot,
-) -> Result<bool, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let last_sequence = append.events.last().map_or(0, |e| e.sequence) as i64;
-    let number = snapshot.current_snapshot as i64;
-    let written = if snapshot.current_snapshot <= 1 {
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(append.aggregate_type)
-        .bind(&snapshot.aggregate_id)
-        .bind(last_sequence)
-        .bind(number)
-        .bind(&snapshot.payload)
-        .execute(&mut **tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE snapshots SET last_sequence = $3, payload = $5, current_snapshot = $4
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1",
-        )
-        .bind(append.aggregate_type)
-        .bind(&snapshot.aggregate_id)
-        .bind(last_sequence)
-        .bind(number)
-        .bind(&snapshot.payload)
-        .execute(&mut **tx)
-        .await?
-    };
-    Ok(written.rows_affected() == 1)
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = EXCLUDED.last_sequence,
+                current_snapshot = EXCLUDED.current_snapshot,
+                payload = EXCLUDED.payload
+          WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
+    )
+    .bind(append.aggregate_type)
+    .bind(&snapshot.aggregate_id)
+    .bind(last_sequence)
+    .bind(snapshot.current_snapshot as i64)
+    .bind(&snapshot.payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// A batch's events, column by column, as the insert binds them.
@@ -285,6 +295,21 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Whether `e` says the database could not be reached (rather than refusing the batch).
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}
+
 /// A failed write as postgres-es reports it: a unique violation is a conflict (a trigger's
 /// table refused a second claim, as the events' key would), a lost connection is one, and
 /// anything else is unexpected (the bus reads its SQLSTATE: a serialization failure or a
@@ -294,7 +319,7 @@ fn persistence_error(e: sqlx::Error) -> PersistenceError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
             PersistenceError::OptimisticLockError
         }
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => PersistenceError::ConnectionError(Box::new(e)),
+        _ if unreachable(&e) => PersistenceError::ConnectionError(Box::new(e)),
         _ => PersistenceError::UnknownError(Box::new(e)),
     }
 }

@@ -350,6 +350,9 @@ impl Relay {
             "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id,
                     sequence, event_type, coalesce(metadata->>'tenant_id', '') AS tenant_id,
                     coalesce(metadata->>'correlation_id', '') AS correlation_id, recorded_at,
+                    (jsonb_typeof(metadata) <> 'object'
+                     OR jsonb_path_exists(metadata, '$.* ? (@.type() != \"string\")'))
+                      AS odd_metadata,
                     ({})::text AS envelope
                FROM events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
@@ -380,15 +383,24 @@ impl Relay {
                 batch.push((checkpoint, None));
                 continue;
             }
-            // One envelope per read is decoded in full: one that does not decode says the
-            // envelope SQL and this code disagree (a release that changed one without the
-            // other). Every event would fail alike, so the relay stops and says so rather than
-            // pass over the whole stream. The others go out as the bytes they are.
-            if !shape_checked {
-                if let Err(e) = serde_json::from_str::<Envelope>(&row.envelope) {
-                    return Err(RelayError::Corrupt(row.txid.clone(), e.to_string()));
-                }
+            // The first envelope of a read is decoded in full, and so is any whose metadata is
+            // not text by name (only a write past the command bus makes one): one that does
+            // not decode says the store and this code disagree, every consumer would refuse
+            // it, and the relay stops and says so rather than pass over it. A large one is
+            // decoded and written compactly: PostgreSQL's text of `jsonb` has spaces after
+            // separators and spells numbers out, and the event size limit is measured
+            // compact. The others go out as the bytes they are.
+            let large = row.envelope.len() > COMPACT_ABOVE;
+            if !shape_checked || row.odd_metadata || large {
+                let envelope = serde_json::from_str::<Envelope>(&row.envelope)
+                    .map_err(|e| RelayError::Corrupt(row.txid.clone(), e.to_string()))?;
                 shape_checked = true;
+                if large {
+                    let compact = serde_json::to_vec(&envelope)
+                        .map_err(|e| RelayError::Corrupt(row.txid.clone(), e.to_string()))?;
+                    batch.push((checkpoint, Some(row.outgoing_as(compact.into()))));
+                    continue;
+                }
             }
             batch.push((checkpoint, Some(row.outgoing())));
         }
@@ -761,6 +773,9 @@ pub async fn forward_commits(pool: PgPool, wake: &Notify) -> Result<(), RelayErr
 /// event can be unreadable on its own (`events::jsonb`).
 const READABLE_DEPTH: usize = 127;
 
+/// Envelopes longer than this (as PostgreSQL writes them) are published compact.
+const COMPACT_ABOVE: usize = 64 * 1024;
+
 /// Whether a publish was refused by the stream as larger than its `max_msg_size`
 /// (JetStream error 10054), which only the acknowledgement says.
 fn refused_as_too_large(e: &async_nats::jetstream::context::PublishError) -> bool {
@@ -797,13 +812,21 @@ struct StoredRow {
     correlation_id: String,
     /// When it was stored.
     recorded_at: DateTime<Utc>,
+    /// Whether its metadata is anything but an object of strings.
+    odd_metadata: bool,
     /// The envelope as JSON text.
     envelope: String,
 }
 
 impl StoredRow {
     /// The row as it goes to the bus.
-    fn outgoing(self) -> Outgoing {
+    fn outgoing(mut self) -> Outgoing {
+        let body = Bytes::from(std::mem::take(&mut self.envelope));
+        self.outgoing_as(body)
+    }
+
+    /// The row as it goes to the bus, with `body` for its envelope.
+    fn outgoing_as(self, body: Bytes) -> Outgoing {
         Outgoing {
             global_position: self.global_position,
             aggregate_type: self.aggregate_type,
@@ -813,7 +836,7 @@ impl StoredRow {
             tenant_id: self.tenant_id,
             correlation_id: self.correlation_id,
             recorded_at: self.recorded_at,
-            body: Bytes::from(self.envelope),
+            body,
         }
     }
 

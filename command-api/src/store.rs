@@ -466,6 +466,14 @@ where
                 Ok(None)
             }
             Err(AggregateError::UserError(e)) => Err(CommandError::Rejected(e)),
+            // The connection went during the commit: it may have landed. Where the store
+            // answers, its events say so; otherwise 503, and the client retries.
+            Err(e @ AggregateError::DatabaseConnectionError(_)) => {
+                match self.landed(id, current, metadata).await {
+                    Ok(Some(committed)) => Ok(Some((committed, attempted))),
+                    _ => Err(self.store_error(id, e)),
+                }
+            }
             Err(e) => Err(self.store_error(id, e)),
         }
     }

@@ -153,44 +153,48 @@ async fn a_command_the_store_refuses_fails_alone_and_appends_nothing() {
 }
 
 #[tokio::test]
-async fn a_snapshot_written_with_its_events_moves_on_from_the_one_before() {
+async fn a_snapshot_moved_by_another_writer_is_replaced_and_the_events_commit() {
     let env = TestEnv::new().await;
     let appends = GroupCommit::start(&env.pool, Arc::new(Metrics::default()));
-    let first = appends
-        .persist::<Counter>(
-            &[added("s", 1, 1)],
-            Some(("s".into(), json!({ "total": 1 }), 1)),
+    let snapshot =
+        |total: u64, number: usize| Some(("s".into(), json!({ "total": total }), number));
+    appends
+        .persist::<Counter>(&[added("s", 1, 1)], snapshot(1, 1))
+        .await
+        .expect("snapshot 1 inserted with event 1");
+    let row = || async {
+        sqlx::query_as::<_, (i64, i64, serde_json::Value)>(
+            "SELECT last_sequence, current_snapshot, payload FROM snapshots WHERE aggregate_id = 's'",
         )
-        .await;
-    first.expect("snapshot 1 inserted with event 1");
-    // A writer that read snapshot 1 too late: it would move it from 2, not 1.
-    let stale = appends
-        .persist::<Counter>(
-            &[added("s", 2, 1)],
-            Some(("s".into(), json!({ "total": 9 }), 3)),
-        )
+        .fetch_optional(&env.pool)
+        .await
+        .expect("snapshot")
+    };
+    assert_eq!(row().await, Some((1, 1, json!({ "total": 1 }))));
+    appends
+        .persist::<Counter>(&[added("s", 2, 1)], snapshot(2, 2))
+        .await
+        .expect("snapshot 2 moves on from 1");
+    assert_eq!(row().await, Some((2, 2, json!({ "total": 2 }))));
+    // A writer whose counter is stale (it read snapshot 1, another moved it to 2 since): its
+    // events are the next ones, so they commit, and its state replaces the snapshot.
+    appends
+        .persist::<Counter>(&[added("s", 3, 1)], snapshot(3, 2))
+        .await
+        .expect("the events commit");
+    assert_eq!(row().await, Some((3, 2, json!({ "total": 3 }))));
+    assert_eq!(stored(&env).await.len(), 3);
+    // Events whose sequence was taken still conflict, snapshot or not.
+    let taken = appends
+        .persist::<Counter>(&[added("s", 3, 5)], snapshot(9, 1))
         .await;
     assert!(
-        matches!(stale, Err(PersistenceError::OptimisticLockError)),
-        "{stale:?}"
+        matches!(taken, Err(PersistenceError::OptimisticLockError)),
+        "{taken:?}"
     );
-    let moved = appends
-        .persist::<Counter>(
-            &[added("s", 2, 1)],
-            Some(("s".into(), json!({ "total": 2 }), 2)),
-        )
-        .await;
-    moved.expect("snapshot 2 with event 2");
-    let snapshot: (i64, i64, serde_json::Value) = sqlx::query_as(
-        "SELECT last_sequence, current_snapshot, payload FROM snapshots WHERE aggregate_id = 's'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .expect("snapshot");
-    assert_eq!(snapshot, (2, 2, json!({ "total": 2 })));
     assert_eq!(
-        stored(&env).await.len(),
-        2,
-        "the stale commit rolled its event back"
+        row().await,
+        Some((3, 2, json!({ "total": 3 }))),
+        "nothing of the loser is written"
     );
 }

@@ -529,3 +529,95 @@ async fn an_event_that_cannot_be_read_or_published_is_quarantined_and_the_others
     publish_all(&relay, &mut leader, 1).await;
     assert_eq!(message_ids(&env).await.len(), 4);
 }
+
+/// The bodies of every message in the test's stream, in stream order.
+async fn stream_bodies(env: &TestEnv) -> Vec<Vec<u8>> {
+    let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(pending.max(1))
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::new();
+    while let Some(m) = messages.next().await {
+        out.push(m.expect("message").payload.to_vec());
+    }
+    out
+}
+
+/// The relay publishes the envelope PostgreSQL writes as it is, except a large one, which it
+/// writes compactly: PostgreSQL's text of `jsonb` spells numbers out in full, so an event
+/// the store took (its size is measured compact) would otherwise be too large for the bus.
+#[tokio::test]
+async fn envelopes_go_out_as_stored_and_a_large_one_compact() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "tenant-small", 1).await;
+    // 4,000 × 1e300: 24 KB written compactly, 1.2 MB as PostgreSQL spells it out.
+    let numbers = vec!["1e300"; 4_000].join(",");
+    let large = format!("{{\"Renamed\": {{\"name\": \"n\", \"scores\": [{numbers}]}}}}");
+    append_payload(&mut conn, "tenant-large", 1, &large).await;
+    drop(conn);
+    let relay = relay(&env);
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+    publish_all(&relay, &mut leader, 2).await;
+    let bodies = stream_bodies(&env).await;
+    assert_eq!(bodies.len(), 2, "both went out, none quarantined");
+    let small: events::Envelope = serde_json::from_slice(&bodies[0]).expect("an envelope");
+    assert_eq!(small.aggregate_id, "tenant-small");
+    assert!(bodies[1].len() < 64 * 1024, "compact: {} bytes", bodies[1].len());
+    let large: events::Envelope = serde_json::from_slice(&bodies[1]).expect("an envelope");
+    let scores = large.payload["Renamed"]["scores"].as_array().expect("scores");
+    assert_eq!(scores.len(), 4_000);
+    assert_eq!(scores[0].as_f64(), Some(1e300));
+}
+
+/// A stored event whose metadata is not text by name (written past the command bus) is one
+/// no consumer decodes: the relay stops and says so, wherever it falls in a read, rather
+/// than publish what every projector would refuse.
+#[tokio::test]
+async fn an_envelope_no_consumer_decodes_stops_the_relay_wherever_it_falls() {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    append(&mut conn, "tenant-a", 1).await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('tenant', 'tenant-odd', 1, 'Renamed', '1.0', '{\"Renamed\": {\"name\": \"x\"}}',
+                 '{\"tenant_id\": \"tenant-odd\", \"attempt\": 2}')",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("append");
+    drop(conn);
+    let relay = relay(&env);
+    let mut leader = relay.try_lead().await.expect("db").expect("leads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcome = loop {
+        match relay.read_batch(&mut leader).await {
+            Ok(batch) if batch.len() < 2 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(outcome, Err(command_api::relay::RelayError::Corrupt(..))),
+        "{outcome:?}"
+    );
+}

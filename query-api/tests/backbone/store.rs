@@ -100,7 +100,7 @@ async fn snapshots_hold_each_event_applied_once() {
 }
 
 #[tokio::test]
-async fn a_snapshot_moved_mid_command_rolls_the_commit_back_and_the_command_lands_once() {
+async fn a_snapshot_moved_mid_command_is_replaced_and_the_command_lands_once() {
     let env = TestEnv::new().await;
     let calm = CommandBus::<Counter>::new(env.pool.clone(), None, 1, Arc::new(Notify::new()));
     calm.execute("c2", None, 1, &metadata("first"))
@@ -108,8 +108,8 @@ async fn a_snapshot_moved_mid_command_rolls_the_commit_back_and_the_command_land
         .expect("added");
     // The snapshot moves on between the aggregate's load and its commit, as another
     // process's commit crossing a snapshot boundary would. (postgres-es committed the events
-    // and only then reported the conflict; group commit rolls both back.) The command is
-    // decided again and lands once.
+    // and only then reported a conflict.) The command's state replaces the stale snapshot in
+    // the commit, and the command lands once.
     let racing = CommandBus::<Counter>::new(
         env.pool.clone(),
         Some(env.pool.clone()),
