@@ -441,40 +441,63 @@ where
             Ok(envelopes) => Ok(Some(
                 self.after_commit(id, plan, scratch, base, envelopes).await,
             )),
-            // A conflict, or a race the store's triggers refused (two creations taking one
-            // e-mail: a serialization failure, rolled back). postgres-es commits the events
-            // before it checks the snapshot row, so either may come back for a write that
-            // landed: the request id in the metadata tells. Otherwise the command is decided
-            // again, on what won.
-            Err(e) if matches!(e, AggregateError::AggregateConflict) || must_decide_again(&e) => {
-                if let Some(committed) = self.landed(id, current, metadata).await? {
+            Err(e) => {
+                let tried = Tried {
+                    expected,
+                    current,
+                    attempt,
+                    events: attempted,
+                };
+                self.failed_commit(id, e, metadata, tried).await
+            }
+        }
+    }
+
+    /// A commit that failed: a conflict or a race the store's triggers refused (two creations
+    /// taking one e-mail: a serialization failure, rolled back) is decided again (`None`),
+    /// unless its events are there after all (the request id in the metadata tells) or
+    /// `If-Match` pinned the version; a lost connection is looked for the same way; anything
+    /// else is the store's failure.
+    async fn failed_commit(
+        &self,
+        id: &str,
+        e: AggregateError<A::Error>,
+        metadata: &Metadata,
+        tried: Tried<A::Event>,
+    ) -> Result<Option<(Committed, Vec<A::Event>)>, CommandError<A::Error>> {
+        match e {
+            e if matches!(e, AggregateError::AggregateConflict) || must_decide_again(&e) => {
+                if let Some(committed) = self.landed(id, tried.current, metadata).await? {
                     self.committed.notify_one();
                     // What landed is what this attempt tried to commit.
-                    return Ok(Some((committed, attempted)));
+                    return Ok(Some((committed, tried.events)));
                 }
                 let conflict = matches!(e, AggregateError::AggregateConflict);
-                if let Some(expected) = expected.filter(|_| conflict) {
+                if let Some(expected) = tried.expected.filter(|_| conflict) {
                     return Err(CommandError::VersionConflict {
                         expected,
                         actual: None,
                     });
                 }
                 tracing::debug!(aggregate_id = id, error = %e, "concurrent append; retrying");
-                if conflict && attempt >= 2 {
+                if conflict && tried.attempt >= 2 {
                     self.drop_snapshot(id).await?;
                 }
                 Ok(None)
             }
-            Err(AggregateError::UserError(e)) => Err(CommandError::Rejected(e)),
+            AggregateError::UserError(e) => Err(CommandError::Rejected(e)),
             // The connection went during the commit: it may have landed. Where the store
             // answers, its events say so; otherwise 503, and the client retries.
-            Err(e @ AggregateError::DatabaseConnectionError(_)) => {
-                match self.landed(id, current, metadata).await {
-                    Ok(Some(committed)) => Ok(Some((committed, attempted))),
+            e @ AggregateError::DatabaseConnectionError(_) => {
+                match self.landed(id, tried.current, metadata).await {
+                    Ok(Some(committed)) => {
+                        self.committed.notify_one();
+                        Ok(Some((committed, tried.events)))
+                    }
                     _ => Err(self.store_error(id, e)),
                 }
             }
-            Err(e) => Err(self.store_error(id, e)),
+            e => Err(self.store_error(id, e)),
         }
     }
 
@@ -647,6 +670,18 @@ impl Drop for Turn<'_> {
             held.remove(&self.id);
         }
     }
+}
+
+/// What a failed commit had tried (see [`CommandBus::failed_commit`]).
+struct Tried<E> {
+    /// The version `If-Match` pinned.
+    expected: Option<u64>,
+    /// The version the command was decided on.
+    current: u64,
+    /// Which attempt it was (from 0).
+    attempt: u32,
+    /// The events it tried to append.
+    events: Vec<E>,
 }
 
 /// How a commit's snapshot is written (see [`CommandBus::snapshot_plan`]).

@@ -85,7 +85,7 @@ impl RouteLimits {
         }
     }
 
-    fn route(&self, route: &str) -> Arc<Route> {
+    fn state_of(&self, route: &str) -> Arc<Route> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes
             .entry(route.to_owned())
@@ -108,7 +108,7 @@ pub async fn limit(State(limits): State<Arc<RouteLimits>>, req: Request, next: N
     else {
         return next.run(req).await;
     };
-    let route = limits.route(&pattern);
+    let route = limits.state_of(&pattern);
     if let Ok(_turn) = route.turns.clone().try_acquire_owned() {
         route.served(Duration::ZERO, limits.target);
         return next.run(req).await;
@@ -234,14 +234,14 @@ mod tests {
     #[tokio::test]
     async fn each_route_has_its_own_budget() {
         let limits = RouteLimits::new(2, Duration::from_millis(10), Duration::from_secs(1));
-        let hot = limits.route("/v1/tenants").turns.clone();
+        let hot = limits.state_of("/v1/tenants").turns.clone();
         let _a = hot.clone().try_acquire_owned().expect("first");
         let _b = hot.clone().try_acquire_owned().expect("second");
         assert!(
             hot.clone().try_acquire_owned().is_err(),
             "the hot route is full"
         );
-        let other = limits.route("/v1/chat/threads").turns.clone();
+        let other = limits.state_of("/v1/chat/threads").turns.clone();
         assert!(other.try_acquire_owned().is_ok(), "another route is not");
     }
 
@@ -306,7 +306,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         gate.add_permits(1);
         assert_eq!(served.await.expect("joined"), StatusCode::OK);
-        assert!(!limits.route("/slow").standing(limits.interval));
+        assert!(!limits.state_of("/slow").standing(limits.interval));
     }
 
     #[tokio::test]

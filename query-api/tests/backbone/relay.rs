@@ -578,9 +578,15 @@ async fn envelopes_go_out_as_stored_and_a_large_one_compact() {
     assert_eq!(bodies.len(), 2, "both went out, none quarantined");
     let small: events::Envelope = serde_json::from_slice(&bodies[0]).expect("an envelope");
     assert_eq!(small.aggregate_id, "tenant-small");
-    assert!(bodies[1].len() < 64 * 1024, "compact: {} bytes", bodies[1].len());
+    assert!(
+        bodies[1].len() < 64 * 1024,
+        "compact: {} bytes",
+        bodies[1].len()
+    );
     let large: events::Envelope = serde_json::from_slice(&bodies[1]).expect("an envelope");
-    let scores = large.payload["Renamed"]["scores"].as_array().expect("scores");
+    let scores = large.payload["Renamed"]["scores"]
+        .as_array()
+        .expect("scores");
     assert_eq!(scores.len(), 4_000);
     assert_eq!(scores[0].as_f64(), Some(1e300));
 }
