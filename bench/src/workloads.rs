@@ -557,6 +557,11 @@ pub struct Rebuild {
 /// transaction would hold back the commit horizon of the whole cluster.
 pub async fn seed_events(database_url: &str, tenants: u64, per_tenant: u64) -> Result<(), Error> {
     let mut conn = PgConnection::connect(database_url).await?;
+    // A bulk import: each transaction of 100,000 events may outlast the 5 s an event writer
+    // is given by default (migration 0020) on a slow day.
+    sqlx::query("SET events.writer_timeout = '5min'")
+        .execute(&mut conn)
+        .await?;
     let batch = (100_000 / per_tenant.max(1)).max(1);
     let mut from = 1;
     while from <= tenants {
