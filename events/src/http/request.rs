@@ -119,7 +119,16 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut req: Request, next: 
     let status = response.status().as_u16();
     metrics.observe_http(method.as_str(), &route, status, elapsed);
     span.in_scope(|| {
-        if status >= 500 {
+        // A 503 is a refusal for now (overload, a busy route, a dependency away, each logged
+        // or counted where it is decided): logged at error it would let any flood write the
+        // log and page whoever watches errors.
+        if status == 503 {
+            tracing::debug!(
+                status,
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "request refused for now"
+            );
+        } else if status >= 500 {
             tracing::error!(
                 status,
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,

@@ -7,40 +7,57 @@
 //! links that expire, an inbox page shows many threads. A version-based tag would answer 304
 //! for an answer that changed; a tag of the bytes cannot. The version an answer reflects is
 //! in `X-Read-Version`. FNV-1a (64 bits) with the length: a few microseconds for a page, and
-//! two different answers of one URL share a tag with odds of about 2⁻⁶⁴.
+//! two different answers of one URL share a tag with odds of about 2⁻⁶⁴. An answer that
+//! carries the time it was made (the inbox's `as_of`) is never the same twice, so it never
+//! gets a 304; answers over 8 MiB go untagged.
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use events::http::Problem;
 
-/// Answers larger than this are passed through without a tag (none is near it).
-const TAGGED_AT_MOST: usize = 8 * 1024 * 1024;
+/// Answers larger than this, or of no known length, are passed through untagged (an audit
+/// page of a thousand large events can pass it).
+const TAGGED_AT_MOST: u64 = 8 * 1024 * 1024;
 
 /// The middleware.
 pub async fn respond(request: Request, next: Next) -> Response {
     if request.method() != Method::GET {
         return next.run(request).await;
     }
-    let wanted = request.headers().get(IF_NONE_MATCH).cloned();
+    let wanted: Vec<HeaderValue> = request
+        .headers()
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .cloned()
+        .collect();
     let response = next.run(request).await;
-    if response.status() != StatusCode::OK || !is_json(response.headers()) {
+    let small = response
+        .body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= TAGGED_AT_MOST);
+    if response.status() != StatusCode::OK || !is_json(response.headers()) || !small {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let bytes = match axum::body::to_bytes(body, TAGGED_AT_MOST).await {
+    let bytes = match axum::body::to_bytes(body, TAGGED_AT_MOST as usize).await {
         Ok(bytes) => bytes,
-        // Only a body past the bound or one that failed mid-way gets here: the answer is
-        // gone, and the client is told to retry.
-        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        // An answer of known, bounded length that failed while being read.
+        Err(e) => return Problem::unavailable(&e).into_response(),
     };
     let tag = entity_tag(&bytes);
     if let Ok(value) = HeaderValue::from_str(&tag) {
         parts.headers.insert(ETAG, value);
     }
-    if wanted.as_ref().is_some_and(|w| matches_any(w, &tag)) {
+    // The answer depends on who asks: a shared cache must not give one caller's to another.
+    parts
+        .headers
+        .append(VARY, HeaderValue::from_static("authorization"));
+    if wanted.iter().any(|w| matches_any(w, &tag)) {
         parts.status = StatusCode::NOT_MODIFIED;
         parts.headers.remove(CONTENT_TYPE);
         parts.headers.remove(CONTENT_LENGTH);
@@ -88,6 +105,48 @@ mod tests {
         // FNV-1a 64 of "a", as published with the algorithm.
         assert_eq!(entity_tag(b"a"), "\"1-af63dc4c8601ec8c\"");
         assert_ne!(entity_tag(b"{\"a\":1}"), entity_tag(b"{\"a\":2}"));
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_goes_untagged_and_tags_on_several_lines_are_all_read() {
+        use tower::ServiceExt;
+        let router = axum::Router::new()
+            .route(
+                "/big",
+                axum::routing::get(|| async {
+                    axum::Json(serde_json::json!({ "s": "x".repeat(9 * 1024 * 1024) }))
+                }),
+            )
+            .route(
+                "/small",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({ "s": "x" })) }),
+            )
+            .layer(axum::middleware::from_fn(respond));
+        let get = |path: &str, tags: &[&str]| {
+            let mut request = Request::get(path);
+            for tag in tags {
+                request = request.header(IF_NONE_MATCH, *tag);
+            }
+            router
+                .clone()
+                .oneshot(request.body(Body::empty()).expect("request"))
+        };
+        let big = get("/big", &["*"]).await.expect("answered");
+        assert_eq!(
+            big.status(),
+            StatusCode::OK,
+            "answered in full, never refused"
+        );
+        assert!(big.headers().get(ETAG).is_none());
+        let body = axum::body::to_bytes(big.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert!(body.len() > 9 * 1024 * 1024);
+        let small = get("/small", &[]).await.expect("answered");
+        let tag = small.headers()[ETAG].to_str().expect("ascii").to_owned();
+        assert_eq!(small.headers()[VARY], "authorization");
+        let again = get("/small", &["\"other\"", &tag]).await.expect("answered");
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
     }
 
     #[test]

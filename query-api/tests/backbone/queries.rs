@@ -570,6 +570,7 @@ async fn an_unchanged_answer_is_not_sent_again_and_a_changed_one_is() {
         tag.starts_with('"') && tag.ends_with('"'),
         "a strong tag: {tag}"
     );
+    assert_eq!(first.headers()["vary"], "authorization");
     let again = get(detail.clone(), Some(tag.clone())).await.expect("sent");
     assert_eq!(again.status(), 304);
     assert_eq!(again.headers()["etag"], tag.as_str());

@@ -49,6 +49,23 @@ pub(crate) async fn message_ids(env: &TestEnv) -> Vec<String> {
 
 /// Every message in the test's stream, in stream order: `(subject, Nats-Msg-Id)`.
 pub(crate) async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
+    stream_contents(env)
+        .await
+        .into_iter()
+        .map(|m| {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            (m.subject.to_string(), id)
+        })
+        .collect()
+}
+
+/// Every message in the test's stream, in stream order.
+async fn stream_contents(env: &TestEnv) -> Vec<async_nats::jetstream::Message> {
     let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
     let consumer = stream
         .create_consumer(pull::Config {
@@ -70,14 +87,7 @@ pub(crate) async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
         .expect("fetch");
     let mut out = Vec::new();
     while let Some(m) = messages.next().await {
-        let m = m.expect("message");
-        let id = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        out.push((m.subject.to_string(), id));
+        out.push(m.expect("message"));
     }
     out
 }
@@ -530,31 +540,6 @@ async fn an_event_that_cannot_be_read_or_published_is_quarantined_and_the_others
     assert_eq!(message_ids(&env).await.len(), 4);
 }
 
-/// The bodies of every message in the test's stream, in stream order.
-async fn stream_bodies(env: &TestEnv) -> Vec<Vec<u8>> {
-    let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
-    let consumer = stream
-        .create_consumer(pull::Config {
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let pending = consumer.cached_info().num_pending as usize;
-    let mut messages = consumer
-        .fetch()
-        .max_messages(pending.max(1))
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut out = Vec::new();
-    while let Some(m) = messages.next().await {
-        out.push(m.expect("message").payload.to_vec());
-    }
-    out
-}
-
 /// The relay publishes the envelope PostgreSQL writes as it is, except a large one, which it
 /// writes compactly: PostgreSQL's text of `jsonb` spells numbers out in full, so an event
 /// the store took (its size is measured compact) would otherwise be too large for the bus.
@@ -574,7 +559,11 @@ async fn envelopes_go_out_as_stored_and_a_large_one_compact() {
     let relay = relay(&env);
     let mut leader = relay.try_lead().await.expect("db").expect("leads");
     publish_all(&relay, &mut leader, 2).await;
-    let bodies = stream_bodies(&env).await;
+    let bodies: Vec<_> = stream_contents(&env)
+        .await
+        .into_iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
     assert_eq!(bodies.len(), 2, "both went out, none quarantined");
     let small: events::Envelope = serde_json::from_slice(&bodies[0]).expect("an envelope");
     assert_eq!(small.aggregate_id, "tenant-small");
