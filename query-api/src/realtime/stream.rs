@@ -395,12 +395,26 @@ impl Open {
 /// query-api's own NATS connection dropped. One user (staff member or customer) holds at most
 /// `STREAMS_PER_USER` open streams per query-api process (default 5); another answers 429
 /// `too_many_streams` until one closes.
+/// One event of the stream as a server-sent-events parser reads it (the schema of each
+/// event, not of the stream's bytes).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StreamEvent {
+    /// The event's name (`thread.message`, `reset`, …).
+    event: Option<String>,
+    /// Its fields, as JSON text.
+    data: String,
+    /// Its id, to send back as `Last-Event-ID`.
+    id: Option<String>,
+    /// How long to wait before reconnecting, in milliseconds.
+    retry: Option<u64>,
+}
+
 #[utoipa::path(
     get,
     path = "/v1/stream",
     params(("Last-Event-ID" = Option<String>, Header)),
     responses(
-        (status = 200, description = "The stream: `event: {name}`, `id: {event_id}`, `data: {JSON}` (docs/realtime.md lists each event's fields; `reset` carries `reason`).", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "The stream: `event: {name}`, `id: {event_id}`, `data: {JSON}` (docs/realtime.md lists each event's fields; `reset` carries `reason`).", body = StreamEvent, content_type = "text/event-stream"),
         (status = 429, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
