@@ -382,19 +382,6 @@ impl Open {
     }
 }
 
-/// Realtime events (Server-Sent Events).
-///
-/// The same events as the Pusher channels (docs/realtime.md), those the token may see: staff
-/// every event of their tenant, a customer those of the threads they take part in and of their
-/// user channel. Each is `event: {name}`, `id: {event_id}`, `data: {JSON}`; a comment every 15
-/// s keeps the connection open. With `Last-Event-ID` the stream first replays what followed
-/// that id, if it is still in the window (5 minutes, 10,000 events); otherwise, or when the
-/// client falls too far behind, it sends `event: reset` (reload through the query API). Send
-/// the token in `Authorization` (read the stream with fetch). The stream ends when the token
-/// expires (reconnect with a new token and `Last-Event-ID`); it also sends `reset` when
-/// query-api's own NATS connection dropped. One user (staff member or customer) holds at most
-/// `STREAMS_PER_USER` open streams per query-api process (default 5); another answers 429
-/// `too_many_streams` until one closes.
 /// One event of the stream as a server-sent-events parser reads it (the schema of each
 /// event, not of the stream's bytes).
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -409,6 +396,19 @@ pub struct StreamEvent {
     retry: Option<u64>,
 }
 
+/// Realtime events (Server-Sent Events).
+///
+/// The same events as the Pusher channels (docs/realtime.md), those the token may see: staff
+/// every event of their tenant, a customer those of the threads they take part in and of their
+/// user channel. Each is `event: {name}`, `id: {event_id}`, `data: {JSON}`; a comment every 15
+/// s keeps the connection open. With `Last-Event-ID` the stream first replays what followed
+/// that id, if it is still in the window (5 minutes, 10,000 events); otherwise, or when the
+/// client falls too far behind, it sends `event: reset` (reload through the query API). Send
+/// the token in `Authorization` (read the stream with fetch). The stream ends when the token
+/// expires (reconnect with a new token and `Last-Event-ID`); it also sends `reset` when
+/// query-api's own NATS connection dropped. One user (staff member or customer) holds at most
+/// `STREAMS_PER_USER` open streams per query-api process (default 5); another answers 429
+/// `too_many_streams` until one closes.
 #[utoipa::path(
     get,
     path = "/v1/stream",
