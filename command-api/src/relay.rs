@@ -85,6 +85,15 @@ pub type Entry = (Checkpoint, Option<Outgoing>);
 /// id and headers name.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// Which event it is.
+    event: StoredEvent,
+    /// The envelope, JSON.
+    body: Bytes,
+}
+
+/// What names a stored event and addresses it on the bus, read beside its envelope.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct StoredEvent {
     /// Where it stands in the store.
     global_position: i64,
     /// Its aggregate type.
@@ -95,23 +104,21 @@ pub struct Outgoing {
     sequence: i64,
     /// Its event type.
     event_type: String,
-    /// Its tenant (empty if none).
+    /// Its tenant from the metadata (empty if none).
     tenant_id: String,
-    /// Its correlation id (empty if none).
+    /// Its correlation id from the metadata (empty if none).
     correlation_id: String,
     /// When it was stored.
     recorded_at: DateTime<Utc>,
-    /// The envelope, JSON.
-    body: Bytes,
 }
 
 impl Outgoing {
     /// `Nats-Msg-Id`: `{aggregate_type}:{aggregate_id}:{sequence}`.
     pub fn message_id(&self) -> String {
         events::subject::message_id(
-            &self.aggregate_type,
-            &self.aggregate_id,
-            self.sequence as u64,
+            &self.event.aggregate_type,
+            &self.event.aggregate_id,
+            self.event.sequence as u64,
         )
     }
 
@@ -123,18 +130,8 @@ impl Outgoing {
 
 /// A stored event that cannot be published, as it is quarantined.
 struct Unpublishable<'a> {
-    /// Where it stands in the store.
-    global_position: i64,
-    /// Its aggregate type.
-    aggregate_type: &'a str,
-    /// Its aggregate.
-    aggregate_id: &'a str,
-    /// Its sequence in the aggregate.
-    sequence: i64,
-    /// Its event type.
-    event_type: &'a str,
-    /// Its tenant.
-    tenant_id: &'a str,
+    /// Which event it is.
+    event: &'a StoredEvent,
     /// `unreadable` or `too_large`.
     reason: &'static str,
     /// What the reader or the bus said.
@@ -372,14 +369,18 @@ impl Relay {
         for row in rows {
             let checkpoint = Checkpoint {
                 transaction_id: parse_xid(&row.txid)?,
-                global_position: row.global_position,
+                global_position: row.event.global_position,
             };
             // Nested past what any JSON reader decodes: that event will never be read, and
             // it must not hold back the others. Found by a scan of the bytes (no values built).
             if events::jsonb::nesting_exceeds(row.envelope.as_bytes(), READABLE_DEPTH) {
                 let detail = format!("nested deeper than {READABLE_DEPTH} levels");
-                self.quarantine(&mut leader.conn, row.unpublishable("unreadable", detail))
-                    .await?;
+                let event = Unpublishable {
+                    event: &row.event,
+                    reason: "unreadable",
+                    detail,
+                };
+                self.quarantine(&mut leader.conn, event).await?;
                 batch.push((checkpoint, None));
                 continue;
             }
@@ -398,7 +399,11 @@ impl Relay {
                 if large {
                     let compact = serde_json::to_vec(&envelope)
                         .map_err(|e| RelayError::Corrupt(row.txid.clone(), e.to_string()))?;
-                    batch.push((checkpoint, Some(row.outgoing_as(compact.into()))));
+                    let outgoing = Outgoing {
+                        event: row.event,
+                        body: compact.into(),
+                    };
+                    batch.push((checkpoint, Some(outgoing)));
                     continue;
                 }
             }
@@ -423,12 +428,12 @@ impl Relay {
              ON CONFLICT (stream, global_position) DO NOTHING",
         )
         .bind(&self.stream)
-        .bind(event.global_position)
-        .bind(event.aggregate_type)
-        .bind(event.aggregate_id)
-        .bind(event.sequence)
-        .bind(event.event_type)
-        .bind(event.tenant_id)
+        .bind(event.event.global_position)
+        .bind(&event.event.aggregate_type)
+        .bind(&event.event.aggregate_id)
+        .bind(event.event.sequence)
+        .bind(&event.event.event_type)
+        .bind(&event.event.tenant_id)
         .bind(event.reason)
         .bind(&event.detail)
         .execute(&mut *conn)
@@ -437,12 +442,12 @@ impl Relay {
         if inserted > 0 {
             tracing::error!(
                 stream = %self.stream,
-                global_position = event.global_position,
-                aggregate_type = event.aggregate_type,
-                aggregate_id = event.aggregate_id,
-                sequence = event.sequence,
-                event_type = event.event_type,
-                tenant_id = event.tenant_id,
+                global_position = event.event.global_position,
+                aggregate_type = event.event.aggregate_type,
+                aggregate_id = event.event.aggregate_id,
+                sequence = event.event.sequence,
+                event_type = event.event.event_type,
+                tenant_id = event.event.tenant_id,
                 reason = event.reason,
                 detail = %event.detail,
                 "a stored event cannot be published: quarantined, and passed over"
@@ -531,12 +536,7 @@ impl Relay {
         detail: String,
     ) -> Result<(), RelayError> {
         let event = Unpublishable {
-            global_position: envelope.global_position,
-            aggregate_type: &envelope.aggregate_type,
-            aggregate_id: &envelope.aggregate_id,
-            sequence: envelope.sequence,
-            event_type: &envelope.event_type,
-            tenant_id: &envelope.tenant_id,
+            event: &envelope.event,
             reason: "too_large",
             detail,
         };
@@ -550,13 +550,13 @@ impl Relay {
     ) -> Result<jetstream::context::PublishAckFuture, Unsent> {
         let subject = events::subject::event_subject(
             &self.prefix,
-            &envelope.tenant_id,
-            &envelope.aggregate_type,
-            &envelope.event_type,
+            &envelope.event.tenant_id,
+            &envelope.event.aggregate_type,
+            &envelope.event.event_type,
         );
         let mut headers = HeaderMap::new();
-        headers.insert("Correlation-Id", envelope.correlation_id.as_str());
-        headers.insert("Tenant-Id", envelope.tenant_id.as_str());
+        headers.insert("Correlation-Id", envelope.event.correlation_id.as_str());
+        headers.insert("Tenant-Id", envelope.event.tenant_id.as_str());
         // `headers` replaces the map, so the message id is set after it.
         let message = PublishMessage::build()
             .payload(envelope.body.clone())
@@ -628,7 +628,10 @@ impl Relay {
             self.save_checkpoint(leader, checkpoint).await?;
             let passed = batch.iter().take_while(|(c, _)| *c <= checkpoint);
             if let Some(last) = passed.filter_map(|(_, e)| e.as_ref()).last() {
-                let lag = (Utc::now() - last.recorded_at).num_milliseconds().max(0) as f64 / 1e3;
+                let lag = (Utc::now() - last.event.recorded_at)
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1e3;
                 self.metrics.gauge(
                     "relay_lag_seconds",
                     "Age of the last event published when it was acknowledged.",
@@ -796,22 +799,9 @@ enum Unsent {
 struct StoredRow {
     /// Writing transaction, as text.
     txid: String,
-    /// Position in the store.
-    global_position: i64,
-    /// Aggregate type.
-    aggregate_type: String,
-    /// Aggregate id.
-    aggregate_id: String,
-    /// Sequence in the aggregate.
-    sequence: i64,
-    /// Event type.
-    event_type: String,
-    /// Tenant from the metadata (empty if none).
-    tenant_id: String,
-    /// Correlation id from the metadata (empty if none).
-    correlation_id: String,
-    /// When it was stored.
-    recorded_at: DateTime<Utc>,
+    /// Which event it is.
+    #[sqlx(flatten)]
+    event: StoredEvent,
     /// Whether its metadata is anything but an object of strings.
     odd_metadata: bool,
     /// The envelope as JSON text.
@@ -820,36 +810,10 @@ struct StoredRow {
 
 impl StoredRow {
     /// The row as it goes to the bus.
-    fn outgoing(mut self) -> Outgoing {
-        let body = Bytes::from(std::mem::take(&mut self.envelope));
-        self.outgoing_as(body)
-    }
-
-    /// The row as it goes to the bus, with `body` for its envelope.
-    fn outgoing_as(self, body: Bytes) -> Outgoing {
+    fn outgoing(self) -> Outgoing {
         Outgoing {
-            global_position: self.global_position,
-            aggregate_type: self.aggregate_type,
-            aggregate_id: self.aggregate_id,
-            sequence: self.sequence,
-            event_type: self.event_type,
-            tenant_id: self.tenant_id,
-            correlation_id: self.correlation_id,
-            recorded_at: self.recorded_at,
-            body,
-        }
-    }
-
-    fn unpublishable(&self, reason: &'static str, detail: String) -> Unpublishable<'_> {
-        Unpublishable {
-            global_position: self.global_position,
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            sequence: self.sequence,
-            event_type: &self.event_type,
-            tenant_id: &self.tenant_id,
-            reason,
-            detail,
+            event: self.event,
+            body: Bytes::from(self.envelope),
         }
     }
 }

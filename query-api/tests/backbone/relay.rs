@@ -107,6 +107,24 @@ async fn publish_all(relay: &Relay, leader: &mut command_api::relay::Leader, exp
     assert_eq!(published, expected, "published exactly the expected events");
 }
 
+/// Reads until a read holds at least `events` entries or fails (a commit is visible to the
+/// relay's next statement, not always to the one running), for at most 10 s.
+async fn read_at_least(
+    relay: &Relay,
+    leader: &mut command_api::relay::Leader,
+    events: usize,
+) -> Result<Vec<command_api::relay::Entry>, command_api::relay::RelayError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match relay.read_batch(leader).await {
+            Ok(batch) if batch.len() < events && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Leads as soon as the previous leader's session (and so its lock) is gone.
 async fn take_over(relay: &Relay) -> command_api::relay::Leader {
     eventually(
@@ -220,14 +238,7 @@ async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates()
     {
         let first = relay(&env);
         let mut leader = first.try_lead().await.expect("db").expect("leads");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let batch = loop {
-            let batch = first.read_batch(&mut leader).await.expect("read");
-            if !batch.is_empty() || std::time::Instant::now() > deadline {
-                break batch;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let batch = read_at_least(&first, &mut leader, 1).await.expect("read");
         assert_eq!(batch.len(), 1, "the event passed the horizon");
         let (acked, _, outcome) = first.publish(&batch).await;
         outcome.expect("published");
@@ -602,15 +613,7 @@ async fn an_envelope_no_consumer_decodes_stops_the_relay_wherever_it_falls() {
     drop(conn);
     let relay = relay(&env);
     let mut leader = relay.try_lead().await.expect("db").expect("leads");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let outcome = loop {
-        match relay.read_batch(&mut leader).await {
-            Ok(batch) if batch.len() < 2 && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => break other,
-        }
-    };
+    let outcome = read_at_least(&relay, &mut leader, 2).await;
     assert!(
         matches!(outcome, Err(command_api::relay::RelayError::Corrupt(..))),
         "{outcome:?}"
