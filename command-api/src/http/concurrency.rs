@@ -8,8 +8,12 @@
 //! turn for a whole *interval* had waited longer than the *target*, the route has a standing
 //! queue — waiting no longer buys throughput, only latency — and new arrivals are answered
 //! 503 `overloaded` with `Retry-After` at once, until a request again gets its turn within
-//! the target. Offered more than it can take, a route keeps serving at full speed with a
-//! queue of about the target, and refuses the excess cheaply.
+//! the target. Offered more than it can take, a route keeps serving at full speed and
+//! refuses the excess cheaply. It does not shed the requests already waiting, and the first
+//! request to find the route free ends the standing state: under a flood of clients that
+//! retry at once, a wave joins the queue each time it drains, and admitted requests can
+//! still wait seconds (docs/performance.md, run 9). Shedding at the head of the queue is the
+//! step still to take.
 //!
 //! Commands running in the process ([`Admission`]; counted inside the route's turn, so the
 //! requests waiting for a stuck route hold none): past the bound a command is answered 503
