@@ -384,30 +384,9 @@ impl Relay {
                 batch.push((checkpoint, None));
                 continue;
             }
-            // The first envelope of a read is decoded in full, and so is any whose metadata is
-            // not text by name (only a write past the command bus makes one): one that does
-            // not decode says the store and this code disagree, every consumer would refuse
-            // it, and the relay stops and says so rather than pass over it. A large one is
-            // decoded and written compactly: PostgreSQL's text of `jsonb` has spaces after
-            // separators and spells numbers out, and the event size limit is measured
-            // compact. The others go out as the bytes they are.
-            let large = row.envelope.len() > COMPACT_ABOVE;
-            if !shape_checked || row.odd_metadata || large {
-                let envelope = serde_json::from_str::<Envelope>(&row.envelope)
-                    .map_err(|e| RelayError::Corrupt(row.txid.clone(), e.to_string()))?;
-                shape_checked = true;
-                if large {
-                    let compact = serde_json::to_vec(&envelope)
-                        .map_err(|e| RelayError::Corrupt(row.txid.clone(), e.to_string()))?;
-                    let outgoing = Outgoing {
-                        event: row.event,
-                        body: compact.into(),
-                    };
-                    batch.push((checkpoint, Some(outgoing)));
-                    continue;
-                }
-            }
-            batch.push((checkpoint, Some(row.outgoing())));
+            let outgoing = row.outgoing(!shape_checked)?;
+            shape_checked = true;
+            batch.push((checkpoint, Some(outgoing)));
         }
         Ok(batch)
     }
@@ -809,12 +788,32 @@ struct StoredRow {
 }
 
 impl StoredRow {
-    /// The row as it goes to the bus.
-    fn outgoing(self) -> Outgoing {
-        Outgoing {
-            event: self.event,
-            body: Bytes::from(self.envelope),
+    /// The row as it goes to the bus. With `check_shape` (the first of a read), and for any
+    /// whose metadata is not text by name (only a write past the command bus makes one), the
+    /// envelope is decoded in full: one that does not decode says the store and this code
+    /// disagree, every consumer would refuse it, and the relay stops and says so rather than
+    /// pass over it. A large one is decoded and written compactly: PostgreSQL's text of
+    /// `jsonb` has spaces after separators and spells numbers out, and the event size limit
+    /// is measured compact. The others go out as the bytes they are.
+    fn outgoing(self, check_shape: bool) -> Result<Outgoing, RelayError> {
+        let large = self.envelope.len() > COMPACT_ABOVE;
+        if !(check_shape || self.odd_metadata || large) {
+            return Ok(Outgoing {
+                event: self.event,
+                body: Bytes::from(self.envelope),
+            });
         }
+        let corrupt = |e: serde_json::Error| RelayError::Corrupt(self.txid.clone(), e.to_string());
+        let envelope = serde_json::from_str::<Envelope>(&self.envelope).map_err(corrupt)?;
+        let body = if large {
+            Bytes::from(serde_json::to_vec(&envelope).map_err(corrupt)?)
+        } else {
+            Bytes::from(self.envelope)
+        };
+        Ok(Outgoing {
+            event: self.event,
+            body,
+        })
     }
 }
 
