@@ -36,11 +36,10 @@ pub struct Config {
     /// `route_busy` with `Retry-After`.
     #[arg(long, env = "ROUTE_CONCURRENCY")]
     pub route_concurrency: Option<usize>,
-    /// The queue delay, in milliseconds, a route may keep standing: once every request that
-    /// got its turn for four times this long had waited longer, new requests meeting a
-    /// route that is full are answered 503 `overloaded` with `Retry-After` at once (a burst
-    /// that drains is still served whole).
-    #[arg(long, env = "ROUTE_QUEUE_TARGET_MS", default_value_t = 100)]
+    /// The longest a request waits for its route's turn, in milliseconds, once the route's
+    /// queue stands (has not been empty for five times this long): past it, 503 `overloaded`
+    /// with `Retry-After`, oldest first (a burst whose queue empties sooner is served whole).
+    #[arg(long, env = "ROUTE_QUEUE_TARGET_MS", default_value_t = 20)]
     pub route_queue_target_ms: u64,
     /// Commands (requests other than `GET`, `HEAD`, `OPTIONS`) this process takes at once
     /// (default: twice `DB_MAX_CONNECTIONS`); beyond, 503 `overloaded` with
