@@ -85,20 +85,6 @@ pub struct ThreadView {
     participant: bool,
 }
 
-impl ThreadView {
-    /// What a customer sees of a thread: not the staff's own notes (tags) nor who on the
-    /// staff side handles it.
-    fn seen_by(mut self, who: &Principal) -> Self {
-        if matches!(who, Principal::Phone { .. }) {
-            self.tags.clear();
-            self.agent_id = None;
-            self.department = None;
-            self.assignment_reason = None;
-        }
-        self
-    }
-}
-
 /// The caller's unread count of thread `t` read up to `r.last_read`: the messages after it,
 /// less those deleted (one expression for the inbox, its filter and the badge totals).
 macro_rules! unread {
@@ -122,6 +108,27 @@ const THREAD_COLUMNS: &str = concat!(
 /// The thread table joined with the caller's (`$1`) read position.
 const THREAD_FROM: &str =
     "chat_threads t LEFT JOIN chat_reads r ON r.thread_id = t.id AND r.reader_id = $1";
+
+/// A thread as `json_build_object` arguments, in the shape and field order of
+/// [`ThreadView`] (times as chrono writes them), with the caller (`$1`) as reader. A customer
+/// does not see the staff's own notes (tags) nor who on the staff side handles the thread.
+fn thread_json_fields(customer: bool) -> String {
+    let staff = |column: &'static str, hidden: &'static str| if customer { hidden } else { column };
+    format!(
+        "'id', t.id, 'tenant_id', t.tenant_id, 'channel', t.channel, 'status', t.status, \
+         'subject', t.subject, 'customer_id', t.customer_id, 'opened_by', t.opened_by, \
+         'agent_id', {}, 'department', {}, 'assignment_reason', {}, \
+         'bot_enabled', t.bot_enabled, 'tags', {}, 'message_count', t.message_count, \
+         'last_message', t.last_message, 'last_activity_at', api_time(t.last_activity_at), \
+         'created_at', api_time(t.created_at), 'updated_at', api_time(t.updated_at), \
+         'version', t.version, 'unread', {}",
+        staff("t.agent_id", "NULL::text"),
+        staff("t.department", "NULL::text"),
+        staff("t.assignment_reason", "NULL::text"),
+        staff("t.tags", "'{}'::text[]"),
+        unread!(),
+    )
+}
 
 /// Which threads a caller may see.
 enum Scope {
@@ -162,11 +169,11 @@ impl Scope {
     }
 }
 
-/// True when `who` may read thread `view`.
-fn may_read(who: &Principal, view: &ThreadView) -> bool {
+/// True when `who` may read a thread of `tenant` in which they take part or not.
+fn may_read(who: &Principal, tenant: &str, participant: bool) -> bool {
     match who {
-        Principal::Phone { tenant_id, .. } => tenant_id == &view.tenant_id && view.participant,
-        _ => who.is_staff_of(&view.tenant_id),
+        Principal::Phone { tenant_id, .. } => tenant_id == tenant && participant,
+        _ => who.is_staff_of(tenant),
     }
 }
 
@@ -277,13 +284,15 @@ async fn list(
     w.keyset("t.last_activity_at, t.id", cursor);
     let limit_at = w.next_placeholder();
     let sql = format!(
-        "SELECT {THREAD_COLUMNS} FROM {THREAD_FROM}{} ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
+        "SELECT t.last_activity_at, t.id, json_build_object({})::text AS json \
+           FROM {THREAD_FROM}{} ORDER BY t.last_activity_at DESC, t.id DESC LIMIT {}",
+        thread_json_fields(matches!(who, Principal::Phone { .. })),
         w.sql(),
         limit_at
     );
-    let query = w.bind(sqlx::query_as::<_, ThreadView>(&sql).bind(who.user_id()));
+    let query = w.bind(sqlx::query_as::<_, ListedThread>(&sql).bind(who.user_id()));
     let as_of = Utc::now() - AS_OF_MARGIN;
-    let mut items: Vec<ThreadView> = query
+    let mut items: Vec<ListedThread> = query
         .bind(limit + 1)
         .fetch_all(&state.pool)
         .await
@@ -291,13 +300,32 @@ async fn list(
     let next_cursor = page::finish(&mut items, limit, |t| {
         page::encode_cursor(t.last_activity_at, t.id)
     });
-    let items = items.into_iter().map(|t| t.seen_by(&who)).collect();
-    Ok(Json(ThreadPage {
-        items,
-        next_cursor,
-        as_of,
-    })
-    .into_response())
+    // `ThreadPage`, field for field, around the threads PostgreSQL wrote.
+    let mut body =
+        String::with_capacity(items.iter().map(|t| t.json.len() + 1).sum::<usize>() + 128);
+    body.push_str("{\"items\":[");
+    for (n, thread) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&thread.json);
+    }
+    let as_of = as_of.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    body.push_str(&format!(
+        "],\"next_cursor\":{},\"as_of\":{}}}",
+        serde_json::Value::from(next_cursor),
+        serde_json::Value::from(as_of)
+    ));
+    Ok(crate::http::prepared_json(body))
+}
+
+/// An inbox row: its keyset position and its JSON.
+#[derive(FromRow)]
+struct ListedThread {
+    last_activity_at: DateTime<Utc>,
+    id: Uuid,
+    /// The thread as [`ThreadView`] writes it.
+    json: String,
 }
 
 /// Read-your-writes on a thread.
@@ -374,7 +402,7 @@ async fn visible(
     )
     .await?;
     match row {
-        Some(view) if may_read(who, &view) => Ok((view, stale)),
+        Some(view) if may_read(who, &view.tenant_id, view.participant) => Ok((view, stale)),
         _ => Err(Problem::not_found("thread not found")),
     }
 }
@@ -409,57 +437,86 @@ async fn detail(
 ) -> Result<Response, Problem> {
     let id = thread_uuid(&id)?;
     let min_version = freshness::min_version(&headers, params.min_version)?;
-    let (thread, stale) = visible(&state, &who, id, min_version).await?;
-    let participants: Vec<ParticipantView> = sqlx::query_as(
-        "SELECT p.user_id, p.kind, p.joined_at, coalesce(r.last_read, 0) AS last_read,
-                greatest($2 - coalesce(r.last_read, 0)
-                         - (SELECT count(*) FROM chat_threads t, unnest(t.deleted_numbers) d
-                             WHERE t.id = p.thread_id AND d > coalesce(r.last_read, 0)), 0)
-                  AS unread
-           FROM chat_participants p
-           LEFT JOIN chat_reads r ON r.thread_id = p.thread_id AND r.reader_id = p.user_id
-          WHERE p.thread_id = $1
-          ORDER BY p.joined_at, p.user_id",
+    let sql = detail_sql(matches!(who, Principal::Phone { .. }));
+    let (row, stale) = freshness::read_at_least(
+        state.read_wait,
+        min_version,
+        |t: &DetailRow| t.version,
+        || {
+            sqlx::query_as(&sql)
+                .bind(who.user_id())
+                .bind(id)
+                .fetch_optional(&state.pool)
+        },
     )
-    .bind(id)
-    .bind(thread.message_count)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    let readers: Vec<ReaderView> = sqlx::query_as(
-        "SELECT r.reader_id, r.reader_kind, r.last_read,
-                greatest($2 - r.last_read
-                         - (SELECT count(*) FROM chat_threads t, unnest(t.deleted_numbers) d
-                             WHERE t.id = r.thread_id AND d > r.last_read), 0) AS unread,
-                r.read_at
-           FROM chat_reads r
-          WHERE r.thread_id = $1
-            AND NOT EXISTS (SELECT 1 FROM chat_participants p
-                             WHERE p.thread_id = r.thread_id AND p.user_id = r.reader_id)
-          ORDER BY r.read_at DESC, r.reader_id",
-    )
-    .bind(id)
-    .bind(thread.message_count)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| Problem::unavailable(&e))?;
-    let version = thread.version;
-    let customer = matches!(who, Principal::Phone { .. });
-    let mut participants = participants;
-    if customer {
-        // Which staff take part, and what they read, is the staff's business (the same
-        // rule as the live events: docs/realtime.md, "What customers see").
-        participants.retain(|p| p.kind == "phone");
-    }
-    let mut response = Json(ThreadDetail {
-        thread: thread.seen_by(&who),
-        participants,
-        // Which staff read the thread, and when, is the staff's business.
-        readers: if customer { Vec::new() } else { readers },
-    })
-    .into_response();
-    freshness::version_headers(response.headers_mut(), Some(version), stale);
+    .await?;
+    let Some(row) = row.filter(|t| may_read(&who, &t.tenant_id, t.participant)) else {
+        return Err(Problem::not_found("thread not found"));
+    };
+    let mut response = crate::http::prepared_json(row.json);
+    freshness::version_headers(response.headers_mut(), Some(row.version), stale);
     Ok(response)
+}
+
+/// A thread's detail as one row: who may read it, and its JSON.
+#[derive(FromRow)]
+struct DetailRow {
+    version: i64,
+    tenant_id: String,
+    participant: bool,
+    /// The thread as [`ThreadDetail`] writes it.
+    json: String,
+}
+
+/// One statement for thread `$2` read by `$1`, with its participants and readers, in the
+/// shape of [`ThreadDetail`]. A customer's view lists only the customers among the
+/// participants and no readers: which staff take part, and what they read, is the staff's
+/// business (the same rule as the live events: docs/realtime.md, "What customers see").
+fn detail_sql(customer: bool) -> String {
+    let unread_after = |last_read: &str| {
+        format!(
+            "greatest(t.message_count - {last_read} \
+             - (SELECT count(*) FROM unnest(t.deleted_numbers) d WHERE d > {last_read}), 0)"
+        )
+    };
+    let participants = format!(
+        "coalesce((SELECT json_agg(json_build_object('user_id', p.user_id, 'kind', p.kind, \
+                   'joined_at', api_time(p.joined_at), 'last_read', coalesce(pr.last_read, 0), \
+                   'unread', {}) ORDER BY p.joined_at, p.user_id) \
+           FROM chat_participants p \
+           LEFT JOIN chat_reads pr ON pr.thread_id = p.thread_id AND pr.reader_id = p.user_id \
+          WHERE p.thread_id = t.id{}), '[]'::json)",
+        unread_after("coalesce(pr.last_read, 0)"),
+        if customer {
+            " AND p.kind = 'phone'"
+        } else {
+            ""
+        },
+    );
+    let readers = if customer {
+        "'[]'::json".to_owned()
+    } else {
+        format!(
+            "coalesce((SELECT json_agg(json_build_object('reader_id', sr.reader_id, \
+                       'reader_kind', sr.reader_kind, 'last_read', sr.last_read, \
+                       'unread', {}, 'read_at', api_time(sr.read_at)) \
+                       ORDER BY sr.read_at DESC, sr.reader_id) \
+               FROM chat_reads sr \
+              WHERE sr.thread_id = t.id \
+                AND NOT EXISTS (SELECT 1 FROM chat_participants p \
+                                 WHERE p.thread_id = sr.thread_id AND p.user_id = sr.reader_id)), \
+             '[]'::json)",
+            unread_after("sr.last_read")
+        )
+    };
+    format!(
+        "SELECT t.version, t.tenant_id, \
+                EXISTS (SELECT 1 FROM chat_participants p WHERE p.thread_id = t.id AND p.user_id = $1) \
+                  AS participant, \
+                json_build_object({}, 'participants', {participants}, 'readers', {readers})::text AS json \
+           FROM {THREAD_FROM} WHERE t.id = $2",
+        thread_json_fields(customer)
+    )
 }
 
 /// A page of history.

@@ -37,6 +37,79 @@ async fn get(env: &TestEnv, query: &Service, token: &str, path: &str) -> (u16, V
     (status, response.json().await.unwrap_or_default())
 }
 
+/// Schema `schema` of OpenAPI document `doc`, following a `$ref`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(to) => &doc["components"]["schemas"][to.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    }
+}
+
+/// The properties of object schema `schema`, through `$ref` and `allOf`.
+fn properties(doc: &Value, schema: &Value, into: &mut serde_json::Map<String, Value>) {
+    let schema = resolve(doc, schema);
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        properties(doc, part, into);
+    }
+    if let Some(own) = schema["properties"].as_object() {
+        into.extend(own.clone());
+    }
+}
+
+/// Holds `value` to `schema` of the served document `doc` as the answers PostgreSQL builds
+/// must be held: every object has exactly the documented fields, and every `date-time` is
+/// written as the services write one (chrono's RFC 3339, `Z`, 0, 3 or 6 fraction digits).
+fn assert_documented(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let mut fields = serde_json::Map::new();
+    properties(doc, schema, &mut fields);
+    let schema = resolve(doc, schema);
+    if let (false, Some(object)) = (fields.is_empty(), value.as_object()) {
+        let documented: Vec<&String> = fields.keys().collect();
+        let answered: Vec<&String> = object.keys().collect();
+        let mut sorted = documented.clone();
+        sorted.sort();
+        let mut got = answered.clone();
+        got.sort();
+        assert_eq!(
+            got, sorted,
+            "{at}: the documented fields, no more, no fewer"
+        );
+        for (name, field) in &fields {
+            assert_documented(doc, field, &object[name], &format!("{at}.{name}"));
+        }
+    } else if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (n, item) in array.iter().enumerate() {
+            assert_documented(doc, items, item, &format!("{at}[{n}]"));
+        }
+    } else if let (Some("date-time"), Some(text)) = (schema["format"].as_str(), value.as_str()) {
+        let parsed: chrono::DateTime<chrono::Utc> = text.parse().expect("an instant");
+        assert_eq!(
+            serde_json::to_value(parsed).expect("json"),
+            *value,
+            "{at}: written as chrono writes it"
+        );
+    }
+}
+
+/// Holds `answer` to the served document's schema `name`.
+async fn assert_answer_documented(env: &TestEnv, query: &Service, name: &str, answer: &Value) {
+    let doc: Value = env
+        .http
+        .get(query.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
+    assert!(
+        doc["components"]["schemas"][name].is_object(),
+        "{name} is documented"
+    );
+    assert_documented(&doc, &schema, answer, name);
+}
+
 /// Opens a thread as `token` and answers its id and version.
 async fn open_thread(env: &TestEnv, api: &Service, token: &str, body: Value) -> (String, u64) {
     let opened = post(env, api, token, "/v1/chat/threads", body).await;
@@ -186,6 +259,23 @@ async fn a_customer_and_an_agent_talk_and_the_inbox_and_history_follow() {
         detail["readers"][0]["unread"], 0,
         "an author has read their own message"
     );
+    // PostgreSQL writes these answers: they keep the documented shape, for staff and for
+    // the customer, whose view leaves the staff's fields empty.
+    assert_answer_documented(&env, &query, "ThreadDetail", &detail).await;
+    let (_, seen_by_customer) = get(
+        &env,
+        &query,
+        &customer,
+        &format!("/v1/chat/threads/{thread}"),
+    )
+    .await;
+    assert_answer_documented(&env, &query, "ThreadDetail", &seen_by_customer).await;
+    assert_eq!(seen_by_customer["readers"], json!([]));
+    assert_eq!(seen_by_customer["agent_id"], Value::Null);
+    assert_eq!(seen_by_customer["tags"], json!([]));
+    let (_, staff_inbox) = get(&env, &query, &agent, "/v1/chat/threads?limit=1").await;
+    assert_answer_documented(&env, &query, "ThreadPage", &staff_inbox).await;
+    assert_eq!(staff_inbox["items"][0]["id"], thread.as_str());
 
     // The customer sees only their own threads.
     let (_, mine) = get(&env, &query, &customer, "/v1/chat/threads").await;

@@ -619,3 +619,36 @@ async fn an_unchanged_answer_is_not_sent_again_and_a_changed_one_is() {
     query.stop().await;
     api.stop().await;
 }
+
+/// JSON that PostgreSQL builds writes an instant with the same bytes as chrono does
+/// (migration 0052), whatever the session's time zone and however many fraction digits.
+#[tokio::test]
+async fn api_time_writes_an_instant_as_chrono_does() {
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.expect("connection");
+    sqlx::query("SET TIME ZONE 'America/St_Johns'")
+        .execute(&mut *conn)
+        .await
+        .expect("time zone");
+    let base = chrono::DateTime::parse_from_rfc3339("2026-12-07T23:59:59Z")
+        .expect("instant")
+        .with_timezone(&chrono::Utc);
+    let fractions = [
+        0, 100_000, 120_000, 123_000, 1_000, 456, 999_999, 100, 500_000,
+    ];
+    for micros in fractions {
+        for days in [0, 1, 60, -700_000, 2_900_000] {
+            let at = base + chrono::Duration::days(days) + chrono::Duration::microseconds(micros);
+            let written: String = sqlx::query_scalar("SELECT api_time($1)")
+                .bind(at)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("api_time");
+            assert_eq!(
+                serde_json::to_value(at).expect("json"),
+                serde_json::Value::from(written),
+                "{at:?}"
+            );
+        }
+    }
+}
