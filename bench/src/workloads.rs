@@ -271,13 +271,27 @@ pub async fn seed(
         tasks.push(tokio::spawn(async move {
             let mut made = Vec::new();
             for i in (client..count).step_by(step) {
-                let id = api.open_thread(&tenant).await.map_err(|e| e.to_string())?;
+                let mut refusals = 0;
+                let id = loop {
+                    match api.open_thread(&tenant).await {
+                        Err(e) if e.to_string().ends_with("503 Service Unavailable") => {
+                            admitted_later(&mut refusals).await?;
+                        }
+                        other => break other.map_err(|e| e.to_string())?,
+                    }
+                };
                 if i < hot {
                     let short = 1 + i as u64 % 48;
                     for n in 1..events_per_hot.saturating_sub(short) {
-                        match api.send_message(&id, &format!("seed {n}")).await {
-                            Outcome::Accepted(_) => {}
-                            other => return Err(format!("seeding: {other:?}")),
+                        let mut refusals = 0;
+                        loop {
+                            match api.send_message(&id, &format!("seed {n}")).await {
+                                Outcome::Accepted(_) => break,
+                                Outcome::Refused(StatusCode::SERVICE_UNAVAILABLE) => {
+                                    admitted_later(&mut refusals).await?;
+                                }
+                                other => return Err(format!("seeding: {other:?}")),
+                            }
                         }
                     }
                 }
@@ -549,6 +563,20 @@ pub struct Rebuild {
     pub seconds: f64,
     /// Events per second.
     pub per_sec: f64,
+}
+
+/// Seeding is set-up, not a measurement: its clients outnumber a route's budget, and the
+/// service sheds what waits too long (503 `overloaded`). A refused command is sent again after
+/// a pause, as a client honouring `Retry-After` would, only sooner (the route's queue drains
+/// in milliseconds); the 1,000th refusal of one command is a failure. Nothing of a command
+/// refused this way was done, so sending it again appends it once.
+async fn admitted_later(refusals: &mut u32) -> Result<(), String> {
+    *refusals += 1;
+    if *refusals > 1_000 {
+        return Err("seeding: refused (503) a thousand times".into());
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
 }
 
 /// Tenant events copied from real ones: each of `tenants` new tenants gets the `Created` event
