@@ -311,7 +311,7 @@ async fn message_sent(
                 last_message = jsonb_build_object(
                     'message_id', $3, 'number', $2, 'author_id', $5, 'author_kind', $6,
                     'text', left($7, {PREVIEW_CHARS}), 'has_attachment', $8::jsonb IS NOT NULL,
-                    'sent_at', $11),
+                    'sent_at', api_time($11)),
                 updated_at = $12, version = $13
           WHERE id = $1::uuid",
         messages = t.messages,
@@ -403,7 +403,8 @@ async fn message_deleted(
                           'message_id', m.message_id, 'number', m.number,
                           'author_id', m.author_id, 'author_kind', m.author_kind,
                           'text', left(m.text, {PREVIEW_CHARS}),
-                          'has_attachment', m.attachment IS NOT NULL, 'sent_at', m.sent_at)
+                          'has_attachment', m.attachment IS NOT NULL,
+                          'sent_at', api_time(m.sent_at))
                          FROM {messages} m
                         WHERE m.thread_id = $1::uuid AND m.deleted_at IS NULL
                         ORDER BY m.number DESC LIMIT 1)

@@ -386,21 +386,26 @@ async fn visible(
     min_version: Option<i64>,
 ) -> Result<(ThreadView, bool), Problem> {
     let sql = format!("SELECT {THREAD_COLUMNS} FROM {THREAD_FROM} WHERE t.id = $2");
+    // A thread the caller may not read is one that does not exist, waited for as long: an
+    // answer that came sooner would tell another tenant it exists, and its version (outside
+    // probe: `min_version` as a timing oracle).
     let (row, stale) = freshness::read_at_least(
         state.read_wait,
         min_version,
         |t: &ThreadView| t.version,
-        || {
-            sqlx::query_as(&sql)
+        || async {
+            let row: Option<ThreadView> = sqlx::query_as(&sql)
                 .bind(who.user_id())
                 .bind(id)
                 .fetch_optional(&state.pool)
+                .await?;
+            Ok(row.filter(|t| may_read(who, &t.tenant_id, t.participant)))
         },
     )
     .await?;
     match row {
-        Some(view) if may_read(who, &view.tenant_id, view.participant) => Ok((view, stale)),
-        _ => Err(Problem::not_found("thread not found")),
+        Some(view) => Ok((view, stale)),
+        None => Err(Problem::not_found("thread not found")),
     }
 }
 
@@ -439,15 +444,18 @@ async fn detail(
         state.read_wait,
         min_version,
         |t: &DetailRow| t.version,
-        || {
-            sqlx::query_as(&sql)
+        // Unreadable is not found, waited for as long (see `visible`).
+        || async {
+            let row: Option<DetailRow> = sqlx::query_as(&sql)
                 .bind(who.user_id())
                 .bind(id)
                 .fetch_optional(&state.pool)
+                .await?;
+            Ok(row.filter(|t| may_read(&who, &t.tenant_id, t.participant)))
         },
     )
     .await?;
-    let Some(row) = row.filter(|t| may_read(&who, &t.tenant_id, t.participant)) else {
+    let Some(row) = row else {
         return Err(Problem::not_found("thread not found"));
     };
     let mut response = crate::http::prepared_json(row.json);

@@ -184,6 +184,11 @@ async fn a_customer_and_an_agent_talk_and_the_inbox_and_history_follow() {
     assert_eq!(inbox["unread"], 1);
     assert_eq!(inbox["subject"], "Where is my order?");
     assert_eq!(inbox["last_message"]["text"], "Hello, order 42 is late");
+    // The preview's instant is written as every other instant (outside probe: `+00:00`).
+    let sent_at = &inbox["last_message"]["sent_at"];
+    let parsed: chrono::DateTime<chrono::Utc> =
+        sent_at.as_str().expect("sent_at").parse().expect("instant");
+    assert_eq!(serde_json::to_value(parsed).expect("json"), *sent_at);
 
     let reply = post(
         &env,
@@ -365,6 +370,25 @@ async fn outsiders_see_nothing_and_bad_input_appends_nothing() {
         )
         .await;
         assert_eq!(status, 404);
+        // Asked to wait for a version, the outsider waits the whole read wait, as for a
+        // thread that does not exist: an earlier 404 would say the thread is there and how
+        // far it is (outside probe).
+        for read in ["", "/messages"] {
+            let started = std::time::Instant::now();
+            let (status, _) = get(
+                &env,
+                &query,
+                &outsider,
+                &format!("/v1/chat/threads/{thread}{read}?min_version=1"),
+            )
+            .await;
+            assert_eq!(status, 404);
+            assert!(
+                started.elapsed() >= Duration::from_millis(1_900),
+                "answered after {:?}, before the read wait",
+                started.elapsed()
+            );
+        }
         let (_, list) = get(&env, &query, &outsider, "/v1/chat/threads").await;
         assert_eq!(list["items"], json!([]));
         let refused = post(
