@@ -18,8 +18,6 @@
 //! [`Application::build`] binds from config, so tests run on port 0 with their own
 //! database and stream.
 
-/// One statement for many requests' small writes (idempotency claims and answers).
-pub mod batched;
 /// Outbound messages (capture sink).
 pub mod comms;
 /// Settings.
@@ -100,8 +98,6 @@ pub struct AppState {
     /// flush (`synchronous_commit = off`): for writes whose loss in a crash is harmless
     /// (the `Idempotency-Key` records; see [`http::idempotency`]).
     pub relaxed_pool: PgPool,
-    /// `Idempotency-Key` claims and answers, written in batches through `relaxed_pool`.
-    pub idempotency: Arc<http::idempotency::Records>,
     /// NATS connection (readiness).
     pub nats: async_nats::Client,
     /// Whether this process's relay gets events out (readiness).
@@ -235,7 +231,6 @@ impl Application {
         let relay_health = Arc::new(relay::Health::default());
         let state = AppState {
             pool: pool.clone(),
-            idempotency: Arc::new(http::idempotency::Records::start(&relaxed_pool)),
             relaxed_pool,
             nats,
             relay_health: relay_health.clone(),

@@ -46,7 +46,6 @@ use events::http::{Problem, RequestIds};
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
 
-use crate::batched::Batched;
 use crate::AppState;
 
 /// The request header.
@@ -377,32 +376,24 @@ impl Claim {
     async fn take(&self, state: &AppState, hash: &[u8]) -> Result<Taken, sqlx::Error> {
         // A new key, or one whose lifetime is over (replaced whole: as if never seen).
         let nonce = uuid::Uuid::new_v4();
-        let claim = NewClaim {
-            scope: self.scope.clone(),
-            key: self.key.clone(),
-            hash: hash.to_vec(),
-            attempt: self.attempt.clone(),
-            nonce,
-        };
-        let inserted = match state.idempotency.claims.submit(claim).await {
-            Some(inserted) => inserted,
-            None => {
-                sqlx::query(&format!(
-                    "{CLAIM} VALUES ($1, $2, $3, $4, $5) {}",
-                    claim_conflict()
-                ))
-                .bind(&self.scope)
-                .bind(&self.key)
-                .bind(hash)
-                .bind(&self.attempt)
-                .bind(nonce)
-                .execute(&state.relaxed_pool)
-                .await?
-                .rows_affected()
-                    == 1
-            }
-        };
-        if inserted {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO idempotency_keys AS k (scope, key, request_hash, request_id, nonce)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scope, key) DO UPDATE
+                SET request_hash = EXCLUDED.request_hash, request_id = EXCLUDED.request_id,
+                    nonce = EXCLUDED.nonce, status = NULL, headers = NULL, body = NULL,
+                    released = false, created_at = now()
+              WHERE k.created_at < now() - interval '{KEY_LIFETIME}'"
+        ))
+        .bind(&self.scope)
+        .bind(&self.key)
+        .bind(hash)
+        .bind(&self.attempt)
+        .bind(nonce)
+        .execute(&state.relaxed_pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
             return Ok(Taken::Claimed(Some(nonce)));
         }
         // Taking over and looking for the earlier attempt's events is one transaction, so
@@ -522,8 +513,20 @@ impl Claim {
             .await
             .map(|_| ())
         } else {
-            self.record(&state, parts.status, kept_headers(&parts.headers), &body)
+            match state.relaxed_pool.acquire().await {
+                Ok(mut conn) => store_answer(
+                    &mut conn,
+                    &self.scope,
+                    &self.key,
+                    Some(&self.attempt),
+                    parts.status,
+                    &kept_headers(&parts.headers),
+                    &body,
+                )
                 .await
+                .map(|_| ()),
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = outcome {
             // The command ran; only its replay record is missing (a retry will rebuild it
@@ -532,176 +535,6 @@ impl Claim {
         }
         Response::from_parts(parts, Body::from(body))
     }
-}
-
-impl Claim {
-    /// Records this attempt's answer, if the attempt still holds the claim: with the answers
-    /// of other requests when some are waiting, else (or if their batch failed) alone.
-    async fn record(
-        &self,
-        state: &AppState,
-        status: StatusCode,
-        headers: serde_json::Value,
-        body: &[u8],
-    ) -> Result<(), sqlx::Error> {
-        let answer = NewAnswer {
-            scope: self.scope.clone(),
-            key: self.key.clone(),
-            attempt: self.attempt.clone(),
-            status: status.as_u16() as i16,
-            headers: headers.clone(),
-            body: body.to_vec(),
-        };
-        if state.idempotency.answers.submit(answer).await.is_some() {
-            return Ok(());
-        }
-        let mut conn = state.relaxed_pool.acquire().await?;
-        store_answer(
-            &mut conn,
-            &self.scope,
-            &self.key,
-            Some(&self.attempt),
-            status,
-            &headers,
-            body,
-        )
-        .await
-        .map(|_| ())
-    }
-}
-
-/// The start of a claim's insert (values follow) ...
-const CLAIM: &str =
-    "INSERT INTO idempotency_keys AS k (scope, key, request_hash, request_id, nonce)";
-
-/// ... and what it does to a key already there: takes it only if its lifetime is over
-/// (replaced whole: as if never seen).
-fn claim_conflict() -> String {
-    format!(
-        "ON CONFLICT (scope, key) DO UPDATE
-            SET request_hash = EXCLUDED.request_hash, request_id = EXCLUDED.request_id,
-                nonce = EXCLUDED.nonce, status = NULL, headers = NULL, body = NULL,
-                released = false, created_at = now()
-          WHERE k.created_at < now() - interval '{KEY_LIFETIME}'"
-    )
-}
-
-/// A claim to insert.
-pub struct NewClaim {
-    scope: String,
-    key: String,
-    hash: Vec<u8>,
-    attempt: String,
-    nonce: uuid::Uuid,
-}
-
-/// An answer to record, fenced by its attempt.
-pub struct NewAnswer {
-    scope: String,
-    key: String,
-    attempt: String,
-    status: i16,
-    headers: serde_json::Value,
-    body: Vec<u8>,
-}
-
-/// Claims and answers written for many requests at once: one statement per batch instead
-/// of one per request (two statements of the ten or so each command costs the database;
-/// docs/performance.md). Claims and answers are written through the relaxed pool, as alone.
-pub struct Records {
-    /// Claims: whether each took its key.
-    claims: Batched<NewClaim, bool>,
-    /// Answers.
-    answers: Batched<NewAnswer, ()>,
-}
-
-/// Writer tasks per kind of record.
-const RECORD_WRITERS: usize = 2;
-
-/// Records per statement at most.
-const RECORDS_PER_BATCH: usize = 256;
-
-impl Records {
-    /// Starts the writers over `relaxed_pool`.
-    pub fn start(relaxed_pool: &sqlx::PgPool) -> Self {
-        let pool = relaxed_pool.clone();
-        let claims = Batched::start(RECORD_WRITERS, RECORDS_PER_BATCH, move |batch| {
-            let pool = pool.clone();
-            async move { insert_claims(&pool, batch).await }
-        });
-        let pool = relaxed_pool.clone();
-        let answers = Batched::start(RECORD_WRITERS, RECORDS_PER_BATCH, move |batch| {
-            let pool = pool.clone();
-            async move { store_answers(&pool, batch).await }
-        });
-        Self { claims, answers }
-    }
-}
-
-/// Inserts a batch of claims with one statement: whether each took its key. Of two claims
-/// of one key in a batch only the first is tried (one statement cannot insert a row and
-/// then update it); the second is answered as if it came after, and meets the first's claim.
-async fn insert_claims(pool: &sqlx::PgPool, batch: Vec<NewClaim>) -> Option<Vec<bool>> {
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<bool> = batch
-        .iter()
-        .map(|c| seen.insert((c.scope.as_str(), c.key.as_str())))
-        .collect();
-    let tried = || {
-        batch
-            .iter()
-            .zip(&first)
-            .filter(|(_, f)| **f)
-            .map(|(c, _)| c)
-    };
-    let taken: Vec<(String, String)> = sqlx::query_as(&format!(
-        "{CLAIM} SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::uuid[])
-         {} RETURNING k.scope, k.key",
-        claim_conflict()
-    ))
-    .bind(tried().map(|c| c.scope.clone()).collect::<Vec<_>>())
-    .bind(tried().map(|c| c.key.clone()).collect::<Vec<_>>())
-    .bind(tried().map(|c| c.hash.clone()).collect::<Vec<_>>())
-    .bind(tried().map(|c| c.attempt.clone()).collect::<Vec<_>>())
-    .bind(tried().map(|c| c.nonce).collect::<Vec<_>>())
-    .fetch_all(pool)
-    .await
-    .inspect_err(|e| tracing::debug!(error = %e, "a batch of idempotency claims failed"))
-    .ok()?;
-    let taken: std::collections::HashSet<(&str, &str)> = taken
-        .iter()
-        .map(|(scope, key)| (scope.as_str(), key.as_str()))
-        .collect();
-    Some(
-        batch
-            .iter()
-            .zip(first)
-            .map(|(c, first)| first && taken.contains(&(c.scope.as_str(), c.key.as_str())))
-            .collect(),
-    )
-}
-
-/// Records a batch of answers with one statement, each only where its attempt still holds
-/// the claim.
-async fn store_answers(pool: &sqlx::PgPool, batch: Vec<NewAnswer>) -> Option<Vec<()>> {
-    sqlx::query(
-        "UPDATE idempotency_keys k
-            SET status = a.status, headers = a.headers, body = a.body, released = false
-           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int2[], $5::jsonb[], $6::bytea[])
-                AS a(scope, key, attempt, status, headers, body)
-          WHERE k.scope = a.scope AND k.key = a.key AND k.request_id = a.attempt",
-    )
-    .bind(batch.iter().map(|a| a.scope.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|a| a.key.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|a| a.attempt.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|a| a.status).collect::<Vec<_>>())
-    .bind(batch.iter().map(|a| a.headers.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|a| a.body.clone()).collect::<Vec<_>>())
-    .execute(pool)
-    .await
-    .inspect_err(|e| tracing::debug!(error = %e, "a batch of idempotency answers failed"))
-    .ok()?;
-    Some(batch.iter().map(|_| ()).collect())
 }
 
 /// Keeps a claim fresh while its attempt runs, so it is not taken over as abandoned.
