@@ -1160,3 +1160,51 @@ async fn a_super_admin_cannot_put_work_in_a_tenant_that_is_not_there_or_not_appr
     assert_eq!(env.event_count().await, before, "nothing appended");
     api.stop().await;
 }
+
+/// Keyed commands sent together: each key opens one tenant, a duplicate sent at the same
+/// moment is told the key is in progress or gets the first answer, and every key replays its
+/// own answer afterwards.
+#[tokio::test]
+async fn keyed_commands_sent_together_each_keep_their_own_key_and_answer() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let send = |n: usize| {
+        env.http
+            .post(api.url("/v1/tenants"))
+            .bearer_auth(env.super_admin())
+            .header("idempotency-key", format!("together-{n}"))
+            .json(&tenant_body(&format!("together{n}")))
+            .send()
+    };
+    // Thirty keys, each sent twice at once.
+    let first = futures::future::join_all((0..60).map(|i| send(i % 30))).await;
+    let mut created = std::collections::BTreeMap::new();
+    for (i, answer) in first.into_iter().enumerate() {
+        let answer = answer.expect("sent");
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.expect("json");
+        match status {
+            201 => {
+                let id = body["id"].as_str().expect("id").to_owned();
+                let earlier = created.insert(i % 30, id.clone());
+                assert!(
+                    earlier.is_none_or(|e| e == id),
+                    "a key answered with two tenants"
+                );
+            }
+            409 => assert_eq!(body["code"], "idempotency_in_progress"),
+            other => panic!("key {}: {other} {body}", i % 30),
+        }
+    }
+    assert_eq!(env.event_count().await, 30, "one tenant per key");
+    for n in 0..30 {
+        let again = send(n).await.expect("sent");
+        assert_eq!(again.status(), 201, "key {n}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let body: Value = again.json().await.expect("json");
+        if let Some(id) = created.get(&n) {
+            assert_eq!(body["id"], id.as_str(), "key {n} replays its own answer");
+        }
+    }
+    api.stop().await;
+}
