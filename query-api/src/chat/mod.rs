@@ -386,25 +386,65 @@ async fn visible(
     min_version: Option<i64>,
 ) -> Result<(ThreadView, bool), Problem> {
     let sql = format!("SELECT {THREAD_COLUMNS} FROM {THREAD_FROM} WHERE t.id = $2");
-    // A thread the caller may not read is one that does not exist, waited for as long: an
-    // answer that came sooner would tell another tenant it exists, and its version (outside
-    // probe: `min_version` as a timing oracle).
-    let (row, stale) = freshness::read_at_least(
-        state.read_wait,
-        min_version,
-        |t: &ThreadView| t.version,
-        || async {
-            let row: Option<ThreadView> = sqlx::query_as(&sql)
+    visible_row(state, who, &sql, id, min_version).await
+}
+
+/// A row of one thread (`sql`, with the caller as `$1` and the thread as `$2`) that says
+/// whose it is.
+trait ThreadRow: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
+    fn version(&self) -> i64;
+    fn tenant_id(&self) -> &str;
+    fn participant(&self) -> bool;
+}
+
+impl ThreadRow for ThreadView {
+    fn version(&self) -> i64 {
+        self.version
+    }
+    fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+    fn participant(&self) -> bool {
+        self.participant
+    }
+}
+
+impl ThreadRow for DetailRow {
+    fn version(&self) -> i64 {
+        self.version
+    }
+    fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+    fn participant(&self) -> bool {
+        self.participant
+    }
+}
+
+/// Thread row `sql` as `who` may see it, waiting (bounded) for `min_version`, and whether it
+/// gave up waiting; 404 when the thread does not exist or `who` may not read it. A thread the
+/// caller may not read is one that does not exist, waited for as long: an answer that came
+/// sooner would tell another tenant it exists, and its version (outside probe:
+/// `min_version` as a timing oracle).
+async fn visible_row<T: ThreadRow>(
+    state: &AppState,
+    who: &Principal,
+    sql: &str,
+    id: Uuid,
+    min_version: Option<i64>,
+) -> Result<(T, bool), Problem> {
+    let (row, stale) =
+        freshness::read_at_least(state.read_wait, min_version, T::version, || async {
+            let row: Option<T> = sqlx::query_as(sql)
                 .bind(who.user_id())
                 .bind(id)
                 .fetch_optional(&state.pool)
                 .await?;
-            Ok(row.filter(|t| may_read(who, &t.tenant_id, t.participant)))
-        },
-    )
-    .await?;
+            Ok(row.filter(|t| may_read(who, t.tenant_id(), t.participant())))
+        })
+        .await?;
     match row {
-        Some(view) => Ok((view, stale)),
+        Some(row) => Ok((row, stale)),
         None => Err(Problem::not_found("thread not found")),
     }
 }
@@ -440,24 +480,7 @@ async fn detail(
     let id = thread_uuid(&id)?;
     let min_version = freshness::min_version(&headers, params.min_version)?;
     let sql = detail_sql(matches!(who, Principal::Phone { .. }));
-    let (row, stale) = freshness::read_at_least(
-        state.read_wait,
-        min_version,
-        |t: &DetailRow| t.version,
-        // Unreadable is not found, waited for as long (see `visible`).
-        || async {
-            let row: Option<DetailRow> = sqlx::query_as(&sql)
-                .bind(who.user_id())
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
-            Ok(row.filter(|t| may_read(&who, &t.tenant_id, t.participant)))
-        },
-    )
-    .await?;
-    let Some(row) = row else {
-        return Err(Problem::not_found("thread not found"));
-    };
+    let (row, stale) = visible_row::<DetailRow>(&state, &who, &sql, id, min_version).await?;
     let mut response = crate::http::prepared_json(row.json);
     freshness::version_headers(response.headers_mut(), Some(row.version), stale);
     Ok(response)

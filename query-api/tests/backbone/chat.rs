@@ -93,15 +93,9 @@ fn assert_documented(doc: &Value, schema: &Value, value: &Value, at: &str) {
 
 /// Holds `answer` to the served document's schema `name`.
 async fn assert_answer_documented(env: &TestEnv, query: &Service, name: &str, answer: &Value) {
-    let doc: Value = env
-        .http
-        .get(query.url("/openapi.json"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let doc = env
+        .get_json(&query.url("/openapi.json"), &env.super_admin())
+        .await;
     let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
     assert!(
         doc["components"]["schemas"][name].is_object(),
