@@ -397,29 +397,24 @@ trait ThreadRow: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
     fn participant(&self) -> bool;
 }
 
-impl ThreadRow for ThreadView {
-    fn version(&self) -> i64 {
-        self.version
-    }
-    fn tenant_id(&self) -> &str {
-        &self.tenant_id
-    }
-    fn participant(&self) -> bool {
-        self.participant
-    }
+/// Both rows carry the fields under the same names.
+macro_rules! thread_row {
+    ($($row:ty),*) => {$(
+        impl ThreadRow for $row {
+            fn version(&self) -> i64 {
+                self.version
+            }
+            fn tenant_id(&self) -> &str {
+                &self.tenant_id
+            }
+            fn participant(&self) -> bool {
+                self.participant
+            }
+        }
+    )*};
 }
 
-impl ThreadRow for DetailRow {
-    fn version(&self) -> i64 {
-        self.version
-    }
-    fn tenant_id(&self) -> &str {
-        &self.tenant_id
-    }
-    fn participant(&self) -> bool {
-        self.participant
-    }
-}
+thread_row!(ThreadView, DetailRow);
 
 /// Thread row `sql` as `who` may see it, waiting (bounded) for `min_version`, and whether it
 /// gave up waiting; 404 when the thread does not exist or `who` may not read it. A thread the
