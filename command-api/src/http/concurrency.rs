@@ -11,13 +11,15 @@
 //! `overloaded` with `Retry-After`, whenever it arrived: the oldest go first, so the head of
 //! the queue is shed, the queue stays short and what gets a turn has waited at most the
 //! target. Offered more than it can take, a route keeps a turn always claimed (the queue is
-//! never empty) and refuses the excess cheaply, before any work.
+//! never empty) and refuses the excess cheaply, before any work. What it bounds is the wait
+//! for the route's turn: requests admitted together on one aggregate then take turns on it
+//! (`store::Turns`), and that wait is not bounded by the target (docs/performance.md, run 10).
 //!
 //! Commands running in the process ([`Admission`]; counted inside the route's turn, so the
 //! requests waiting for a stuck route hold none): past the bound a command is answered 503
 //! `overloaded` with `Retry-After` at once, instead of joining a queue that only grows (reads
-//! are not counted: they are cheap and bounded elsewhere). A burst on one route still waits
-//! in that route's queue, up to [`RouteLimits::wait`].
+//! are not counted: they are cheap and bounded elsewhere). A burst on one route waits in
+//! that route's queue, as above.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -361,7 +361,8 @@ pub struct ReaderView {
     read_at: DateTime<Utc>,
 }
 
-/// A thread with its participants and readers.
+/// A thread with its participants and readers. PostgreSQL writes this answer
+/// ([`detail_sql`]); the type documents it (OpenAPI), and a test holds the answer to it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ThreadDetail {
     /// The thread.

@@ -17,8 +17,9 @@ pub mod scope;
 
 /// An answer whose JSON PostgreSQL built (`json_build_object`, times through `api_time`,
 /// migration 0052), passed through as it came: no Rust value is built from the rows and
-/// nothing is serialised again. Its shape is the documented type's; a test holds each such
-/// answer to the bytes serde writes for that type.
+/// nothing is serialised again. Its shape is the documented type's (only the spacing differs
+/// from serde's); a test holds each such answer to its
+/// documented schema, field for field, and its instants to chrono's format.
 pub fn prepared_json(body: String) -> axum::response::Response {
     (
         [(
