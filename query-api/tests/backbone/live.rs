@@ -568,16 +568,25 @@ async fn sse_streams_what_the_token_may_see_and_resumes_after_last_event_id() {
 
     // The first message that reaches the staff stream (query-api follows NATS from its
     // start; a message sent before it subscribed is not replayed).
+    // Each try has its own text: on a busy box a try's event can come after the next try
+    // was sent, and the one that came is the one the stream resumes after.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut tries = 0;
     let first = loop {
         assert!(Instant::now() < deadline, "no message reached the stream");
-        send(&env, &api, &customer, &thread, "first").await;
+        tries += 1;
+        send(&env, &api, &customer, &thread, &format!("first {tries}")).await;
         if let Some(e) = staff.next(Duration::from_secs(1)).await {
             if e.event == "message.created" {
                 break e;
             }
         }
     };
+    let first_try: u32 = first.data["message"]["text"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("first "))
+        .and_then(|n| n.parse().ok())
+        .expect("a first try");
     assert_eq!(first.data["thread_id"], thread.as_str());
     assert_eq!(
         first.id,
@@ -613,7 +622,13 @@ async fn sse_streams_what_the_token_may_see_and_resumes_after_last_event_id() {
         .iter()
         .filter_map(|e| e.data["message"]["text"].as_str())
         .collect();
-    assert_eq!(texts, ["second", "third"]);
+    // Later tries (sent before the first one came) are after it too, in order.
+    let later_tries: Vec<String> = (first_try + 1..=tries)
+        .map(|n| format!("first {n}"))
+        .collect();
+    let mut expected: Vec<&str> = later_tries.iter().map(String::as_str).collect();
+    expected.extend(["second", "third"]);
+    assert_eq!(texts, expected);
     // An id the window does not hold: reset, reload through the query API.
     let mut lost = Stream::open(&env, &query, &agent, Some("thread:gone:1")).await;
     let first_event = lost.next(Duration::from_secs(5)).await.expect("an event");
