@@ -3,6 +3,8 @@
 //! scheduled messages. Only the tenant's staff and the thread's participants can read a
 //! thread; anyone else gets 404, as if it did not exist.
 
+use std::sync::LazyLock;
+
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -475,8 +477,8 @@ async fn detail(
 ) -> Result<Response, Problem> {
     let id = thread_uuid(&id)?;
     let min_version = freshness::min_version(&headers, params.min_version)?;
-    let sql = detail_sql(matches!(who, Principal::Phone { .. }));
-    let (row, stale) = visible_row::<DetailRow>(&state, &who, &sql, id, min_version).await?;
+    let sql = &DETAIL_SQL[usize::from(matches!(who, Principal::Phone { .. }))];
+    let (row, stale) = visible_row::<DetailRow>(&state, &who, sql, id, min_version).await?;
     let mut response = crate::http::prepared_json(row.json);
     freshness::version_headers(response.headers_mut(), Some(row.version), stale);
     Ok(response)
@@ -491,6 +493,10 @@ struct DetailRow {
     /// The thread as [`ThreadDetail`] writes it.
     json: String,
 }
+
+/// The detail's statement for staff (`[0]`) and for a customer (`[1]`), written once rather
+/// than on every read.
+static DETAIL_SQL: LazyLock<[String; 2]> = LazyLock::new(|| [detail_sql(false), detail_sql(true)]);
 
 /// One statement for thread `$2` read by `$1`, with its participants and readers, in the
 /// shape of [`ThreadDetail`]. A customer's view lists only the customers among the

@@ -135,6 +135,15 @@ async fn take_over(relay: &Relay) -> command_api::relay::Leader {
     .await
 }
 
+/// A test environment whose stream exists.
+async fn env_with_stream() -> TestEnv {
+    let env = TestEnv::new().await;
+    ensure_stream(&env.js, &env.stream, &env.prefix)
+        .await
+        .expect("stream");
+    env
+}
+
 /// Appends one tenant event the way postgres-es does, inside `tx`.
 pub(crate) async fn append(tx: &mut sqlx::PgConnection, tenant: &str, sequence: i64) {
     sqlx::query(
@@ -150,10 +159,7 @@ pub(crate) async fn append(tx: &mut sqlx::PgConnection, tenant: &str, sequence: 
 
 #[tokio::test]
 async fn published_events_carry_subject_and_message_id() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let relay = relay(&env);
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "tenant-a", 1).await;
@@ -184,10 +190,7 @@ async fn published_events_carry_subject_and_message_id() {
 
 #[tokio::test]
 async fn a_slower_transaction_with_a_lower_position_is_not_skipped() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let relay = relay(&env);
     let mut leader = relay.try_lead().await.expect("db").expect("leads");
 
@@ -228,10 +231,7 @@ async fn a_slower_transaction_with_a_lower_position_is_not_skipped() {
 
 #[tokio::test]
 async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "crashy", 1).await;
     drop(conn);
@@ -257,10 +257,7 @@ async fn a_crash_between_publish_and_checkpoint_republishes_without_duplicates()
 
 #[tokio::test]
 async fn only_one_relay_is_active_and_its_checkpoint_never_goes_back() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let one = relay(&env);
     let two = relay(&env);
     let mut leader = one.try_lead().await.expect("db").expect("first leads");
@@ -355,10 +352,7 @@ async fn an_absent_stream_is_created_with_the_relays_settings() {
 
 #[tokio::test]
 async fn a_transaction_holding_the_horizon_shows_as_relay_lag() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let (metrics, task) = start_relay(&env, Duration::from_millis(20));
     // An open event-writing transaction older than the event holds the horizon.
     let mut holder = sqlx::PgConnection::connect(&env.database_url)
@@ -395,10 +389,7 @@ async fn a_transaction_holding_the_horizon_shows_as_relay_lag() {
 
 #[tokio::test]
 async fn a_commit_in_a_standby_process_wakes_the_idle_leader() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     // Polling once an hour: only a wake-up can publish within the test's patience.
     let (metrics, task) = start_relay(&env, Duration::from_secs(3600));
     eventually(
@@ -441,10 +432,7 @@ async fn a_commit_in_a_standby_process_wakes_the_idle_leader() {
 
 #[tokio::test]
 async fn transaction_ids_crossing_a_power_of_ten_are_published_in_numeric_order() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     // A store whose transaction ids cross 10 and 100, as a real one crosses 10⁶ and 10⁷:
     // explicit ids stand for them. One event per read, as when a backlog exceeds a batch.
     sqlx::query(
@@ -483,10 +471,7 @@ async fn append_payload(conn: &mut sqlx::PgConnection, tenant: &str, sequence: i
 
 #[tokio::test]
 async fn an_event_that_cannot_be_read_or_published_is_quarantined_and_the_others_still_go_out() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "tenant-a", 1).await;
     // Stored as the probe found it: nested past what a JSON reader decodes.
@@ -556,10 +541,7 @@ async fn an_event_that_cannot_be_read_or_published_is_quarantined_and_the_others
 /// the store took (its size is measured compact) would otherwise be too large for the bus.
 #[tokio::test]
 async fn envelopes_go_out_as_stored_and_a_large_one_compact() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "tenant-small", 1).await;
     // 4,000 × 1e300: 24 KB written compactly, 1.2 MB as PostgreSQL spells it out.
@@ -596,10 +578,7 @@ async fn envelopes_go_out_as_stored_and_a_large_one_compact() {
 /// than publish what every projector would refuse.
 #[tokio::test]
 async fn an_envelope_no_consumer_decodes_stops_the_relay_wherever_it_falls() {
-    let env = TestEnv::new().await;
-    ensure_stream(&env.js, &env.stream, &env.prefix)
-        .await
-        .expect("stream");
+    let env = env_with_stream().await;
     let mut conn = env.pool.acquire().await.expect("conn");
     append(&mut conn, "tenant-a", 1).await;
     sqlx::query(
