@@ -95,6 +95,15 @@ pub struct Config {
     /// Derived from the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// Master keys the data keys of personal data are sealed with (docs/privacy.md):
+    /// `id=secret` pairs, comma-separated, the first sealing and every one opening. Unset:
+    /// one key, `default`, derived from `CREDENTIALS_KEY` (or the token secret).
+    #[arg(long, env = "PRIVACY_MASTER_KEYS", hide_env_values = true)]
+    pub privacy_master_keys: Option<String>,
+    /// Days raw provider data with personal data in it is kept: refused webhooks (their
+    /// shapes and digests) and captured outbound messages (the dev inbox).
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub retention_days: u32,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -191,6 +200,9 @@ pub enum ConfigError {
     /// allowed).
     #[error("{0}")]
     WeakSecret(String),
+    /// `PRIVACY_MASTER_KEYS` does not parse.
+    #[error("{0}")]
+    MasterKeys(String),
 }
 
 impl Config {
@@ -239,20 +251,44 @@ impl Config {
 
     /// Refuses weak secrets outside development ([`events::access::check_secrets`]).
     pub fn check_secrets(&self) -> Result<(), ConfigError> {
-        events::access::check_secrets(
-            &[
-                (
-                    "NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
-                    Some(self.auth_secret()?),
-                ),
-                ("CREDENTIALS_KEY", self.credentials_key.as_deref()),
-            ],
-            self.allow_dev_secrets,
-        )
-        .map_err(ConfigError::WeakSecret)?;
+        // Each master key's secret, named by its id (a malformed setting is refused when the
+        // keys are built).
+        let masters: Vec<(String, &str)> = self
+            .privacy_master_keys
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(id, secret)| (format!("PRIVACY_MASTER_KEYS ({})", id.trim()), secret))
+            .collect();
+        let mut secrets = vec![
+            (
+                "NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
+                Some(self.auth_secret()?),
+            ),
+            ("CREDENTIALS_KEY", self.credentials_key.as_deref()),
+        ];
+        secrets.extend(
+            masters
+                .iter()
+                .map(|(name, secret)| (name.as_str(), Some(*secret))),
+        );
+        events::access::check_secrets(&secrets, self.allow_dev_secrets)
+            .map_err(ConfigError::WeakSecret)?;
         events::bus::NatsUrl::parse(&self.nats_url)
             .check(self.allow_dev_secrets)
             .map_err(ConfigError::WeakSecret)
+    }
+
+    /// The master keys of personal data: `PRIVACY_MASTER_KEYS`, or one derived from
+    /// `CREDENTIALS_KEY` (or the token secret).
+    pub fn master_keys(&self) -> Result<events::personal::MasterKeys, ConfigError> {
+        let fallback = match present(&self.credentials_key) {
+            Some(key) => key,
+            None => self.auth_secret()?.to_owned(),
+        };
+        events::personal::MasterKeys::parse(self.privacy_master_keys.as_deref(), &fallback)
+            .map_err(ConfigError::MasterKeys)
     }
 
     /// The key credentials are sealed with: `CREDENTIALS_KEY`, or one derived from the token

@@ -118,6 +118,8 @@ pub struct AppState {
     pub backend_url: Option<String>,
     /// Seals and opens provider credentials.
     pub sealing: events::sealed::SealingKey,
+    /// The data keys of personal data: seals, opens and erases (docs/privacy.md).
+    pub keyring: events::keyring::Keyring,
     /// Every bounded context's state (command buses, clients, limits).
     pub ctx: Arc<Contexts>,
 }
@@ -228,6 +230,7 @@ impl Application {
             Some(config.token_ttl()? + std::time::Duration::from_secs(86_400)),
         )
         .await?;
+        let keyring = events::keyring::Keyring::new(pool.clone(), config.master_keys()?);
         let relay_health = Arc::new(relay::Health::default());
         let state = AppState {
             pool: pool.clone(),
@@ -242,10 +245,12 @@ impl Application {
             clock,
             backend_url: config.public_base().map(str::to_owned),
             sealing: config.sealing_key()?,
+            keyring: keyring.clone(),
             ctx: Arc::new(ctx),
         };
         let relay = relay_of(&config, &pool, js, metrics, relay_health, committed);
-        tokio::spawn(expire_old_records(pool));
+        tokio::spawn(reseal_data_keys(keyring));
+        tokio::spawn(expire_old_records(pool, config.retention_days));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;
         Ok(Self {
             listener,
@@ -423,8 +428,32 @@ pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, Start
     Ok(snapshots::audit(&pool).await?)
 }
 
-/// Replay records are kept a day, like the providers whose retries they absorb.
-async fn expire_old_records(pool: PgPool) {
+/// Re-seals, under the current master key, every data key sealed under an older one (a
+/// master-key rotation, docs/privacy.md), a few hundred at a time; done once none is left.
+async fn reseal_data_keys(keyring: events::keyring::Keyring) {
+    let mut total = 0;
+    loop {
+        match keyring.reseal(500).await {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-seal data keys under the current master key");
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            keys = total,
+            master_key = keyring.masters().current(),
+            "data keys re-sealed under the current master key"
+        );
+    }
+}
+
+/// Replay records are kept a day, like the providers whose retries they absorb; raw
+/// provider data with personal data in it, `retention_days`.
+async fn expire_old_records(pool: PgPool, retention_days: u32) {
     /// Rows deleted per statement: each statement stays well inside the statement timeout
     /// however much piled up.
     const CHUNK: u64 = 5_000;
@@ -454,6 +483,19 @@ async fn expire_old_records(pool: PgPool) {
                 "staged sessions",
                 "admin_sessions",
                 "status = 'pending' AND created_at < now() - interval '24 hours'".to_owned(),
+            ),
+            (
+                "refused webhooks",
+                "webhook_rejections",
+                format!("received_at < now() - interval '{retention_days} days'"),
+            ),
+            // A queued message is still to be sent: it stays until it was.
+            (
+                "captured outbound messages",
+                "outbound_messages",
+                format!(
+                    "status <> 'queued' AND created_at < now() - interval '{retention_days} days'"
+                ),
             ),
         ] {
             let statement = format!(

@@ -15,6 +15,8 @@
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
 //! - [`whatsapp`]: WhatsApp sessions and their conversations with contacts.
 //! - [`sealed`]: secrets sealed for storage (provider credentials).
+//! - [`personal`]: personal data sealed per data subject (crypto-shredding), and `keyring`
+//!   (feature `privacy`): the data keys in PostgreSQL, cached per process.
 //! - [`hex`]: lowercase hex (digests, signatures).
 //! - [`jsonb`]: what PostgreSQL's `jsonb` can store (no NUL in any key or string).
 //! - [`access`]: bearer-token claims and roles (verification is pure CPU, no I/O).
@@ -46,8 +48,13 @@ pub mod http;
 pub mod identity;
 /// What PostgreSQL's `jsonb` columns can store.
 pub mod jsonb;
+/// The data keys in PostgreSQL, cached: sealing, opening and erasing personal data.
+#[cfg(feature = "privacy")]
+pub mod keyring;
 /// Catalogs and payments.
 pub mod payments;
+/// Personal data sealed per data subject: the format, data and master keys.
+pub mod personal;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
 /// What makes a verified token stop working before it expires.

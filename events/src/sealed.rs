@@ -37,8 +37,15 @@ impl SealingKey {
     /// The key derived from `secret` (any length; SHA-256 under a label, so the same
     /// string used as the token secret gives an unrelated key).
     pub fn derive(secret: &str) -> Self {
+        Self::derive_for("credentials-sealing-key", secret)
+    }
+
+    /// The key derived from `secret` for one use, named by `label`: the same secret under
+    /// two labels gives two unrelated keys.
+    pub fn derive_for(label: &str, secret: &str) -> Self {
         let mut digest = Sha256::new();
-        digest.update(b"credentials-sealing-key\0");
+        digest.update(label.as_bytes());
+        digest.update(b"\0");
         digest.update(secret.as_bytes());
         let key = digest.finalize();
         Self(XChaCha20Poly1305::new(&key))

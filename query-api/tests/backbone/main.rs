@@ -19,6 +19,7 @@ mod nats_auth;
 mod openapi;
 mod ownership;
 mod payments;
+mod privacy;
 mod projector;
 mod queries;
 mod realtime;

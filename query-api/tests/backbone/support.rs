@@ -167,6 +167,8 @@ impl TestEnv {
             trust_forwarded_for: false,
             backend_url: None,
             credentials_key: None,
+            privacy_master_keys: None,
+            retention_days: 30,
             allow_dev_secrets: true,
             ctx: Self::context_settings(),
             command: None,

@@ -1,0 +1,281 @@
+//! The data keys of personal data in PostgreSQL (events::keyring): sealing per subject,
+//! opening through a fresh process's cache, erasure, and master-key rotation.
+
+use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
+use events::personal::{MasterKeys, ERASED};
+use uuid::Uuid;
+
+use crate::support::TestEnv;
+
+fn phone_user(id: Uuid, tenant: &str) -> Subject<'_> {
+    Subject {
+        id,
+        kind: SubjectKind::PhoneUser,
+        tenant_id: tenant,
+    }
+}
+
+fn keyring(env: &TestEnv, masters: &str) -> Keyring {
+    Keyring::new(
+        env.pool.clone(),
+        MasterKeys::parse(Some(masters), "unused").expect("valid master keys"),
+    )
+}
+
+/// What `subject_keys` and `data_subjects` hold, as text, for searching.
+async fn key_tables(env: &TestEnv) -> String {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT row_to_json(k)::text FROM subject_keys k
+          UNION ALL SELECT row_to_json(s)::text FROM data_subjects s",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("key tables");
+    rows.into_iter()
+        .map(|(r,)| r)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_sealed_field_opens_in_another_process_until_its_subject_is_erased() {
+    let env = TestEnv::new().await;
+    let writer = keyring(&env, "m1=first master secret");
+    let (ana, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let phone = writer
+        .seal(phone_user(ana, "acme"), "+34600111222")
+        .await
+        .expect("sealed");
+    let text = writer
+        .seal(phone_user(ana, "acme"), "hola, soy Ana")
+        .await
+        .expect("sealed");
+    let other = writer
+        .seal(phone_user(bob, "acme"), "soy Bob")
+        .await
+        .expect("sealed");
+    assert!(!phone.contains("600111222") && phone.starts_with(&format!("pii1.{ana}.")));
+    assert!(
+        !key_tables(&env).await.contains("600111222"),
+        "the key table holds no personal data"
+    );
+
+    // Another process, with nothing cached, opens a whole payload with one look-up.
+    let reader = keyring(&env, "m1=first master secret");
+    let mut payload =
+        serde_json::json!({"MessageSent": {"text": text, "phone": phone, "other": other, "n": 1}});
+    reader.open_value(&mut payload).await.expect("opened");
+    assert_eq!(
+        payload,
+        serde_json::json!({"MessageSent": {"text": "hola, soy Ana", "phone": "+34600111222", "other": "soy Bob", "n": 1}})
+    );
+    assert_eq!(
+        reader.open("plain text").await.expect("plain"),
+        "plain text"
+    );
+
+    assert!(writer.erase(ana).await.expect("erased"), "erased now");
+    assert!(
+        !writer.erase(ana).await.expect("erased"),
+        "erasing twice changes nothing"
+    );
+    assert_eq!(writer.open(&text).await.expect("opened"), ERASED);
+    // The reader cached Ana's key: it forgets it when it hears of the erasure.
+    reader.forget(ana);
+    assert_eq!(reader.open(&phone).await.expect("opened"), ERASED);
+    let fresh = keyring(&env, "m1=first master secret");
+    assert_eq!(fresh.open(&text).await.expect("opened"), ERASED);
+    assert_eq!(fresh.open(&other).await.expect("opened"), "soy Bob");
+    assert!(matches!(
+        writer.seal(phone_user(ana, "acme"), "again").await,
+        Err(KeyError::Erased)
+    ));
+    assert!(matches!(
+        fresh.seal(phone_user(ana, "acme"), "again").await,
+        Err(KeyError::Erased)
+    ));
+    assert_eq!(
+        fresh.subject(ana).await.expect("subject"),
+        Some(("acme".to_owned(), true))
+    );
+    assert_eq!(fresh.subject(Uuid::new_v4()).await.expect("subject"), None);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM subject_keys WHERE subject_id = $1")
+        .bind(ana)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "no key of the erased subject is left");
+}
+
+#[tokio::test]
+async fn a_subject_belongs_to_one_tenant() {
+    let env = TestEnv::new().await;
+    let keys = keyring(&env, "m1=first master secret");
+    let id = Uuid::new_v4();
+    keys.seal(phone_user(id, "acme"), "x")
+        .await
+        .expect("sealed");
+    let other = keyring(&env, "m1=first master secret");
+    assert!(matches!(
+        other.seal(phone_user(id, "globex"), "y").await,
+        Err(KeyError::OtherTenant)
+    ));
+}
+
+#[tokio::test]
+async fn processes_making_a_subjects_first_key_at_once_all_keep_readable_fields_and_erasure_takes_every_key(
+) {
+    let env = TestEnv::new().await;
+    let subject = Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let keys = keyring(&env, "m1=first master secret");
+        tasks.push(tokio::spawn(async move {
+            keys.seal(phone_user(subject, "acme"), &format!("message {n}"))
+                .await
+                .expect("sealed")
+        }));
+    }
+    let mut sealed = Vec::new();
+    for task in tasks {
+        sealed.push(task.await.expect("task"));
+    }
+    let reader = keyring(&env, "m1=first master secret");
+    for (n, text) in sealed.iter().enumerate() {
+        assert_eq!(
+            reader.open(text).await.expect("opened"),
+            format!("message {n}")
+        );
+    }
+    reader.erase(subject).await.expect("erased");
+    let fresh = keyring(&env, "m1=first master secret");
+    for text in &sealed {
+        assert_eq!(fresh.open(text).await.expect("opened"), ERASED);
+    }
+}
+
+#[tokio::test]
+async fn a_master_key_rotation_reseals_every_data_key_and_the_old_master_can_go() {
+    let env = TestEnv::new().await;
+    let before = keyring(&env, "m1=first master secret");
+    let mut sealed = Vec::new();
+    for n in 0..5 {
+        let subject = phone_user(Uuid::new_v4(), "acme");
+        sealed.push((
+            before
+                .seal(subject, &format!("n{n}"))
+                .await
+                .expect("sealed"),
+            n,
+        ));
+    }
+    // The new master key is listed first; the old one stays until the keys are re-sealed.
+    let during = keyring(&env, "m2=second master secret,m1=first master secret");
+    let fresh = keyring(&env, "m1=first master secret");
+    let later = fresh
+        .seal(phone_user(Uuid::new_v4(), "acme"), "later")
+        .await
+        .expect("sealed");
+    assert_eq!(during.reseal(2).await.expect("resealed"), 2);
+    assert_eq!(during.reseal(100).await.expect("resealed"), 4);
+    assert_eq!(during.reseal(100).await.expect("resealed"), 0);
+    let after = keyring(&env, "m2=second master secret");
+    for (text, n) in &sealed {
+        assert_eq!(after.open(text).await.expect("opened"), format!("n{n}"));
+    }
+    assert_eq!(after.open(&later).await.expect("opened"), "later");
+    // A process that lost the master key a data key is sealed under says so, not "erased".
+    let lost = keyring(&env, "m3=third master secret");
+    assert!(matches!(
+        lost.open(&sealed[0].0).await,
+        Err(KeyError::NoMasterKey(_))
+    ));
+}
+
+#[tokio::test]
+async fn refused_webhooks_and_captured_messages_are_purged_after_the_retention_days() {
+    let env = TestEnv::new().await;
+    for (age, provider) in [("31 days", "old"), ("29 days", "recent")] {
+        sqlx::query(&format!(
+            "INSERT INTO webhook_rejections (provider, reason, body_excerpt, body_bytes, received_at)
+             VALUES ($1, 'bad_signature', '{{}}', 2, now() - interval '{age}')"
+        ))
+        .bind(provider)
+        .execute(&env.pool)
+        .await
+        .expect("rejection");
+    }
+    for (age, status, recipient) in [
+        ("31 days", "captured", "+34600000001"),
+        ("31 days", "sent", "+34600000002"),
+        ("31 days", "queued", "+34600000003"),
+        ("29 days", "captured", "+34600000004"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO outbound_messages (id, tenant_id, channel, recipient, body, causation_id, status, created_at)
+             VALUES (gen_random_uuid(), 'acme', 'sms', $1, 'Your code is 123456', $1, $2, now() - interval '{age}')"
+        ))
+        .bind(recipient)
+        .bind(status)
+        .execute(&env.pool)
+        .await
+        .expect("outbound message");
+    }
+    let api = env.spawn_command_api(env.command_config()).await;
+    let left = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the purge at start-up",
+        || async {
+            let rejections: Vec<String> =
+                sqlx::query_scalar("SELECT provider FROM webhook_rejections ORDER BY 1")
+                    .fetch_all(&env.pool)
+                    .await
+                    .ok()?;
+            let messages: Vec<String> =
+                sqlx::query_scalar("SELECT recipient FROM outbound_messages ORDER BY 1")
+                    .fetch_all(&env.pool)
+                    .await
+                    .ok()?;
+            (rejections.len() == 1 && messages.len() == 2).then_some((rejections, messages))
+        },
+    )
+    .await;
+    assert_eq!(
+        left,
+        (
+            vec!["recent".to_owned()],
+            vec!["+34600000003".to_owned(), "+34600000004".to_owned()]
+        ),
+        "older than 30 days is gone, but for a message still queued to be sent"
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn command_api_reseals_the_data_keys_under_the_master_key_it_is_given_first() {
+    let env = TestEnv::new().await;
+    let before = keyring(&env, "m1=first master secret");
+    let text = before
+        .seal(phone_user(Uuid::new_v4(), "acme"), "hola")
+        .await
+        .expect("sealed");
+    let mut config = env.command_config();
+    config.privacy_master_keys = Some("m2=second master secret, m1=first master secret".into());
+    let api = env.spawn_command_api(config).await;
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "every key under m2",
+        || async {
+            let masters: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT master_key_id FROM subject_keys")
+                    .fetch_all(&env.pool)
+                    .await
+                    .ok()?;
+            (masters == ["m2"]).then_some(())
+        },
+    )
+    .await;
+    let after = keyring(&env, "m2=second master secret");
+    assert_eq!(after.open(&text).await.expect("opened"), "hola");
+    api.stop().await;
+}
