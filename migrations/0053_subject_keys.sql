@@ -7,7 +7,7 @@
 CREATE TABLE data_subjects (
     subject_id uuid PRIMARY KEY,
     tenant_id text NOT NULL,
-    -- phone_user, whatsapp_contact, admin_user, customer
+    -- phone_user, contact, admin_user, customer
     kind text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     -- Set once, when the subject's keys were destroyed; no key is made for them again.

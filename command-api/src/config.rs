@@ -251,16 +251,7 @@ impl Config {
 
     /// Refuses weak secrets outside development ([`events::access::check_secrets`]).
     pub fn check_secrets(&self) -> Result<(), ConfigError> {
-        // Each master key's secret, named by its id (a malformed setting is refused when the
-        // keys are built).
-        let masters: Vec<(String, &str)> = self
-            .privacy_master_keys
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|entry| entry.split_once('='))
-            .map(|(id, secret)| (format!("PRIVACY_MASTER_KEYS ({})", id.trim()), secret))
-            .collect();
+        let masters = events::personal::master_secrets(self.privacy_master_keys.as_deref());
         let mut secrets = vec![
             (
                 "NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
@@ -283,12 +274,12 @@ impl Config {
     /// The master keys of personal data: `PRIVACY_MASTER_KEYS`, or one derived from
     /// `CREDENTIALS_KEY` (or the token secret).
     pub fn master_keys(&self) -> Result<events::personal::MasterKeys, ConfigError> {
-        let fallback = match present(&self.credentials_key) {
-            Some(key) => key,
-            None => self.auth_secret()?.to_owned(),
-        };
-        events::personal::MasterKeys::parse(self.privacy_master_keys.as_deref(), &fallback)
-            .map_err(ConfigError::MasterKeys)
+        events::personal::MasterKeys::from_settings(
+            self.privacy_master_keys.as_deref(),
+            self.credentials_key.as_deref(),
+            Some(self.auth_secret()?),
+        )
+        .map_err(ConfigError::MasterKeys)
     }
 
     /// The key credentials are sealed with: `CREDENTIALS_KEY`, or one derived from the token

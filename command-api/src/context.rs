@@ -29,6 +29,8 @@ pub struct Setup<'a> {
     pub(crate) committed: &'a Arc<Notify>,
     /// The process's event-store writers (group commit), shared by every bus.
     pub(crate) appends: &'a GroupCommit,
+    /// The data keys personal data is sealed with (docs/privacy.md).
+    pub keyring: &'a events::keyring::Keyring,
 }
 
 impl Setup<'_> {

@@ -209,12 +209,14 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let committed = Arc::new(Notify::new());
         let appends = group_commit::GroupCommit::start(&pool, metrics.clone());
+        let keyring = events::keyring::Keyring::new(pool.clone(), config.master_keys()?);
         let ctx = Contexts::build(&context::Setup {
             config: &config,
             pool: &pool,
             metrics: &metrics,
             committed: &committed,
             appends: &appends,
+            keyring: &keyring,
         })
         .await?;
         let relaxed_pool = PgPoolOptions::new()
@@ -230,7 +232,6 @@ impl Application {
             Some(config.token_ttl()? + std::time::Duration::from_secs(86_400)),
         )
         .await?;
-        let keyring = events::keyring::Keyring::new(pool.clone(), config.master_keys()?);
         let relay_health = Arc::new(relay::Health::default());
         let state = AppState {
             pool: pool.clone(),

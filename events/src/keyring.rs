@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::personal::{is_sealed, open_in_place, DataKey, MasterKeys, ERASED};
@@ -32,8 +32,8 @@ const CACHE_LIMIT: usize = 100_000;
 pub enum SubjectKind {
     /// A customer who signs in by phone code.
     PhoneUser,
-    /// A WhatsApp contact of a tenant.
-    WhatsappContact,
+    /// Someone a tenant reaches on WhatsApp or by SMS, known by their number.
+    Contact,
     /// A tenant's staff member (admin user).
     AdminUser,
     /// A CRM customer.
@@ -45,7 +45,7 @@ impl SubjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PhoneUser => "phone_user",
-            Self::WhatsappContact => "whatsapp_contact",
+            Self::Contact => "contact",
             Self::AdminUser => "admin_user",
             Self::Customer => "customer",
         }
@@ -289,22 +289,27 @@ impl Keyring {
         Ok(self.sealing_key(subject).await?.seal(plain))
     }
 
-    /// Finds every key the sealed fields of `value` name that this process lacks, in one
-    /// statement (a key not found was destroyed: remembered as gone).
-    async fn load_keys(&self, value: &serde_json::Value) -> Result<(), KeyError> {
-        let missing: Vec<Uuid> = crate::personal::keys_named(value)
+    /// The keys the sealed fields of `values` name that this process lacks.
+    fn missing_keys(&self, values: &[&mut serde_json::Value]) -> Vec<Uuid> {
+        let mut named = std::collections::BTreeSet::new();
+        for value in values {
+            named.extend(crate::personal::keys_named(value));
+        }
+        named
             .into_iter()
             .filter(|key| self.cached(*key).is_none())
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
+            .collect()
+    }
+
+    /// Finds the keys `missing` in one statement on `conn` (a key not found was destroyed:
+    /// remembered as gone).
+    async fn load_keys(&self, conn: &mut PgConnection, missing: Vec<Uuid>) -> Result<(), KeyError> {
         let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT key_id, subject_id, master_key_id, sealed_key
                FROM subject_keys WHERE key_id = ANY($1)",
         )
         .bind(&missing)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         let mut found: HashMap<Uuid, KeyRow> =
             rows.into_iter().map(|row| (row.key_id, row)).collect();
@@ -321,8 +326,39 @@ impl Keyring {
     /// Opens every sealed field anywhere in `value` in place; a field whose key was
     /// destroyed reads as [`ERASED`]. Plain text is left as it is.
     pub async fn open_value(&self, value: &mut serde_json::Value) -> Result<(), KeyError> {
-        self.load_keys(value).await?;
-        open_in_place(value, &|key| self.cached(key).flatten());
+        self.open_values(vec![value]).await
+    }
+
+    /// [`Keyring::open_value`] for many values (a batch of events' payloads), with one look-up
+    /// for the keys of them all.
+    pub async fn open_values(&self, values: Vec<&mut serde_json::Value>) -> Result<(), KeyError> {
+        let missing = self.missing_keys(&values);
+        if !missing.is_empty() {
+            let mut conn = self.pool.acquire().await?;
+            self.load_keys(&mut conn, missing).await?;
+        }
+        for value in values {
+            open_in_place(value, &|key| self.cached(key).flatten());
+        }
+        Ok(())
+    }
+
+    /// [`Keyring::open_values`] with the keys looked up on `conn` (a caller that holds a
+    /// connection, in a transaction, must not wait for a second one from a pool its peers
+    /// may have exhausted the same way).
+    pub async fn open_values_on(
+        &self,
+        conn: &mut PgConnection,
+        values: Vec<&mut serde_json::Value>,
+    ) -> Result<(), KeyError> {
+        let missing = self.missing_keys(&values);
+        if !missing.is_empty() {
+            self.load_keys(conn, missing).await?;
+        }
+
+        for value in values {
+            open_in_place(value, &|key| self.cached(key).flatten());
+        }
         Ok(())
     }
 

@@ -238,6 +238,30 @@ impl MasterKeys {
         Ok(Self { current, keys })
     }
 
+    /// The master keys of a service's settings, the same in every service:
+    /// `PRIVACY_MASTER_KEYS`, or one key derived from `CREDENTIALS_KEY`, or without it from
+    /// the token secret.
+    pub fn from_settings(
+        master_keys: Option<&str>,
+        credentials_key: Option<&str>,
+        token_secret: Option<&str>,
+    ) -> Result<Self, String> {
+        let fallback = credentials_key
+            .filter(|k| !k.is_empty())
+            .or(token_secret)
+            .filter(|k| !k.is_empty());
+        match fallback {
+            Some(fallback) => Self::parse(master_keys, fallback),
+            None if master_keys.is_some_and(|m| !m.trim().is_empty()) => {
+                Self::parse(master_keys, "")
+            }
+            None => Err(
+                "set PRIVACY_MASTER_KEYS (or CREDENTIALS_KEY, or the token secret it is derived from)"
+                    .to_owned(),
+            ),
+        }
+    }
+
     /// One master key `id` derived from `secret`.
     pub fn single(id: &str, secret: &str) -> Self {
         Self {
@@ -266,6 +290,17 @@ impl MasterKeys {
         let text = master.open(sealed)?;
         URL_SAFE_NO_PAD.decode(text).map_err(|_| Unsealable)
     }
+}
+
+/// Each secret a `PRIVACY_MASTER_KEYS` setting lists, named for a weak-secret check
+/// (`PRIVACY_MASTER_KEYS ({id})`); a malformed entry is refused when the keys are built.
+pub fn master_secrets(setting: Option<&str>) -> Vec<(String, &str)> {
+    setting
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(id, secret)| (format!("PRIVACY_MASTER_KEYS ({})", id.trim()), secret))
+        .collect()
 }
 
 /// The data keys the sealed fields anywhere in `value` name.

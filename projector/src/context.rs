@@ -22,6 +22,13 @@ pub struct Setup<'a> {
 }
 
 impl Setup<'_> {
+    /// The data keys of personal data, for a projection that reads events from the store
+    /// itself (those it is given are opened already); `None` without a database, or without
+    /// master keys to open them with.
+    pub fn keyring(&self) -> Option<events::keyring::Keyring> {
+        self.config.keyring(self.pool.as_ref()?).ok()
+    }
+
     /// A client of command-api acting as the platform component `component`, when a service
     /// token can be signed (the token secret is set).
     pub fn command_client(&self, component: &'static str) -> Option<CommandClient> {

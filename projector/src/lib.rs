@@ -136,6 +136,15 @@ pub struct Config {
     /// the token secret when unset.
     #[arg(long, env = "CREDENTIALS_KEY", global = true, hide_env_values = true)]
     pub credentials_key: Option<String>,
+    /// Master keys of personal data's data keys, as command-api's (docs/privacy.md): the
+    /// projector opens personal fields before it applies events.
+    #[arg(
+        long,
+        env = "PRIVACY_MASTER_KEYS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub privacy_master_keys: Option<String>,
     /// Port of the projector's health endpoints (`/health/live`, `/health/ready`: PostgreSQL
     /// answers and NATS is connected), on `HOST`; none without it.
     #[arg(long, env = "PROJECTOR_PORT", global = true)]
@@ -206,6 +215,19 @@ impl Config {
         }
     }
 
+    /// The data keys of personal data in `pool`'s database, under `PRIVACY_MASTER_KEYS` or
+    /// the one master key derived from `CREDENTIALS_KEY` (or the token secret), as
+    /// command-api derives it.
+    pub fn keyring(&self, pool: &PgPool) -> Result<events::keyring::Keyring, Error> {
+        let masters = events::personal::MasterKeys::from_settings(
+            self.privacy_master_keys.as_deref(),
+            self.credentials_key.as_deref(),
+            self.auth_secret(),
+        )
+        .map_err(Error::Config)?;
+        Ok(events::keyring::Keyring::new(pool.clone(), masters))
+    }
+
     /// The token secret, from `NEST_AUTH_SECRET` or its fallback.
     pub fn auth_secret(&self) -> Option<&str> {
         self.nest_auth_secret
@@ -237,6 +259,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
+    let masters = events::personal::master_secrets(config.privacy_master_keys.as_deref());
     events::access::check_secrets(
         &[
             (
@@ -247,6 +270,11 @@ pub async fn run(
         ]
         .into_iter()
         .chain(context_secrets(&config.ctx))
+        .chain(
+            masters
+                .iter()
+                .map(|(name, secret)| (name.as_str(), Some(*secret))),
+        )
         .collect::<Vec<_>>(),
         config.allow_dev_secrets,
     )
@@ -256,6 +284,7 @@ pub async fn run(
         .check(config.allow_dev_secrets)
         .map_err(Error::Config)?;
     let pool = config.pool().await?;
+    let keys = config.keyring(&pool)?;
     // The bus may be down: every worker waits for it (reconnecting with back-off), and
     // readiness says so until it is up.
     let client = nats_url
@@ -271,8 +300,8 @@ pub async fn run(
         tasks.spawn(health::serve(listener, pool.clone(), client.clone()));
     }
     for projection in projections(&config, Some(client), Some(pool.clone())) {
-        let (pool, js, config) = (pool.clone(), js.clone(), config.clone());
-        tasks.spawn(async move { supervise(pool, js, config, projection).await });
+        let (pool, js, config, keys) = (pool.clone(), js.clone(), config.clone(), keys.clone());
+        tasks.spawn(async move { supervise(pool, js, config, projection, keys).await });
     }
     match config.auth_secret() {
         Some(secret) => context_workers(
@@ -304,6 +333,7 @@ async fn supervise(
     js: async_nats::jetstream::Context,
     config: Config,
     projection: Arc<dyn Projection>,
+    keys: events::keyring::Keyring,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -322,6 +352,7 @@ async fn supervise(
                 consumer,
                 config.max_deliver,
                 config.batch,
+                keys.clone(),
             )
             .run()
             .await

@@ -46,7 +46,8 @@ async fn rebuild(config: &Config, name: &str) -> Result<(), projector::Error> {
     }
     let pool = config.pool().await?;
     let started = std::time::Instant::now();
-    let report = projector::rebuild::rebuild(&pool, projection.as_ref()).await?;
+    let keys = config.keyring(&pool)?;
+    let report = projector::rebuild::rebuild(&pool, projection.as_ref(), &keys).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "rebuilt {name}: {} events in {secs:.2} s ({:.0} events/s)",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use events::keyring::{KeyError, Keyring};
 use events::Envelope;
 use sqlx::{PgConnection, Row};
 
@@ -38,6 +39,17 @@ pub enum ProjectionError {
         /// Last missing sequence.
         to: u64,
     },
+}
+
+impl From<KeyError> for ProjectionError {
+    /// A key could not be read: the database failed, or a data key is sealed under a master
+    /// key this process lacks (its settings must change; retried until then).
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Database(e) => ProjectionError::Database(e),
+            other => ProjectionError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl ProjectionError {
@@ -219,8 +231,16 @@ pub async fn apply_in_order(
     projection: &dyn Projection,
     target: &Target,
     event: &Envelope,
+    keyring: &Keyring,
 ) -> Result<Applied, ProjectionError> {
-    let applied = apply_all_in_order(conn, projection, target, std::slice::from_ref(event)).await?;
+    let applied = apply_all_in_order(
+        conn,
+        projection,
+        target,
+        std::slice::from_ref(event),
+        keyring,
+    )
+    .await?;
     Ok(applied.first().copied().unwrap_or(Applied::Duplicate))
 }
 
@@ -237,6 +257,7 @@ pub async fn apply_all_in_order(
     projection: &dyn Projection,
     target: &Target,
     events: &[Envelope],
+    keyring: &Keyring,
 ) -> Result<Vec<Applied>, ProjectionError> {
     let checkpoint = target.checkpoint(projection.name());
     let mut keys: Vec<(&str, &str)> = events
@@ -269,7 +290,7 @@ pub async fn apply_all_in_order(
         accepted,
         outcomes,
         last,
-    } = plan(conn, &before, events).await?;
+    } = plan(conn, &before, events, keyring).await?;
     if accepted.is_empty() {
         return Ok(outcomes);
     }
@@ -307,11 +328,14 @@ struct Plan {
 }
 
 /// Decides, from each aggregate's checkpoint in `before`, which of `events` are duplicates
-/// and which apply, filling a gap from the event store.
+/// and which apply, filling a gap from the event store; the events to apply have their
+/// personal fields opened (docs/privacy.md), so every projection and effect reads them in
+/// clear, or as `[erased]`.
 async fn plan(
     conn: &mut PgConnection,
     before: &HashMap<(String, String), u64>,
     events: &[Envelope],
+    keyring: &Keyring,
 ) -> Result<Plan, ProjectionError> {
     let mut last = before.clone();
     let mut accepted = Vec::with_capacity(events.len());
@@ -356,6 +380,11 @@ async fn plan(
         last.insert(key, event.sequence);
         outcomes.push(Applied::Applied { filled });
     }
+    // On the caller's connection: a worker holding one in its transaction must not wait
+    // for a second from a pool its peers may hold the same way.
+    keyring
+        .open_values_on(conn, accepted.iter_mut().map(|e| &mut e.payload).collect())
+        .await?;
     Ok(Plan {
         accepted,
         outcomes,
@@ -373,6 +402,7 @@ pub async fn pending_in_order(
     projection: &dyn Projection,
     target: &Target,
     events: &[Envelope],
+    keyring: &Keyring,
 ) -> Result<Vec<Envelope>, ProjectionError> {
     // An aggregate the effect has never seen starts where the effect first meets it (a side
     // effect added to a running system does not replay each aggregate's past: a dashboard
@@ -420,7 +450,7 @@ pub async fn pending_in_order(
         .into_iter()
         .map(|(t, i, s)| ((t, i), s as u64))
         .collect();
-    Ok(plan(conn, &before, events).await?.accepted)
+    Ok(plan(conn, &before, events, keyring).await?.accepted)
 }
 
 /// Decodes the `envelope` column of a row selected as `({ENVELOPE_SQL})::text`

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use events::envelope::Envelope;
+use events::keyring::Keyring;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::projection::{
@@ -41,6 +42,7 @@ pub struct RebuildReport {
 pub async fn rebuild(
     pool: &PgPool,
     projection: &dyn Projection,
+    keys: &Keyring,
 ) -> Result<RebuildReport, ProjectionError> {
     let mut conn = pool.acquire().await?;
     // Fresh statistics first: after a bulk load (a restore, an import) stale ones make the
@@ -58,7 +60,7 @@ pub async fn rebuild(
     let mut report = RebuildReport::default();
     loop {
         let mut tx = conn.begin_with(BEGIN_READ_COMMITTED).await?;
-        let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::Bulk).await?;
+        let n = apply_batch(&mut tx, projection, &types, &mut after, Phase::Bulk, keys).await?;
         tx.commit().await?;
         report.events += n;
         if n == 0 {
@@ -67,7 +69,7 @@ pub async fn rebuild(
         tracing::info!(projection = name, events = report.events, "rebuilding");
     }
 
-    swap(&mut conn, projection, &types, &mut after, &mut report).await?;
+    swap(&mut conn, projection, &types, &mut after, &mut report, keys).await?;
     tracing::info!(
         projection = name,
         events = report.events,
@@ -120,6 +122,7 @@ async fn swap(
     types: &[String],
     after: &mut (String, i64),
     report: &mut RebuildReport,
+    keys: &Keyring,
 ) -> Result<(), ProjectionError> {
     let name = projection.name();
     let mut tx = conn.begin_with(BEGIN_READ_COMMITTED).await?;
@@ -134,7 +137,7 @@ async fn swap(
             .await?;
     }
     loop {
-        let n = apply_batch(&mut tx, projection, types, after, Phase::CatchUp).await?;
+        let n = apply_batch(&mut tx, projection, types, after, Phase::CatchUp, keys).await?;
         report.caught_up += n;
         if n == 0 {
             break;
@@ -189,11 +192,15 @@ async fn apply_batch(
     types: &[String],
     after: &mut (String, i64),
     phase: Phase,
+    keys: &Keyring,
 ) -> Result<usize, ProjectionError> {
-    let (envelopes, read) = read_batch(conn, projection, types, after).await?;
+    let (mut envelopes, read) = read_batch(conn, projection, types, after).await?;
     let mut reached: HashMap<(String, String), i64> = HashMap::new();
     match phase {
         Phase::Bulk => {
+            // Personal fields opened as the live projector opens them (docs/privacy.md).
+            keys.open_values_on(conn, envelopes.iter_mut().map(|e| &mut e.payload).collect())
+                .await?;
             projection
                 .apply_all(conn, &Target::REBUILD, &envelopes)
                 .await?;
@@ -205,7 +212,7 @@ async fn apply_batch(
             }
         }
         Phase::CatchUp => {
-            apply_all_in_order(conn, projection, &Target::REBUILD, &envelopes).await?;
+            apply_all_in_order(conn, projection, &Target::REBUILD, &envelopes, keys).await?;
         }
     }
     write_checkpoints(conn, projection, reached).await?;

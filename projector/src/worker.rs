@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind, Message};
+use events::keyring::Keyring;
 use events::Envelope;
 use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
@@ -57,6 +58,8 @@ pub struct Worker {
     max_deliver: i64,
     /// Most messages applied in one transaction.
     batch: usize,
+    /// Opens the personal fields of the events before they are applied.
+    keys: Keyring,
 }
 
 /// Creates (or finds) the projection's durable consumer: explicit acks, every subject of its
@@ -112,6 +115,7 @@ impl Worker {
         consumer: PullConsumer,
         max_deliver: i64,
         batch: usize,
+        keys: Keyring,
     ) -> Self {
         Self {
             pool,
@@ -119,6 +123,7 @@ impl Worker {
             consumer,
             max_deliver: max_deliver.max(1),
             batch: batch.max(1),
+            keys,
         }
     }
 
@@ -205,8 +210,14 @@ impl Worker {
         let envelopes: Vec<Envelope> = decoded.iter().map(|(_, e)| e.clone()).collect();
         self.perform(&envelopes).await?;
         let mut tx = self.pool.begin().await?;
-        let out = apply_all_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, &envelopes)
-            .await?;
+        let out = apply_all_in_order(
+            &mut tx,
+            self.projection.as_ref(),
+            &Target::LIVE,
+            &envelopes,
+            &self.keys,
+        )
+        .await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -224,6 +235,7 @@ impl Worker {
                 self.projection.as_ref(),
                 &Target::LIVE,
                 envelopes,
+                &self.keys,
             )
             .await?
         };
@@ -243,8 +255,14 @@ impl Worker {
         let outcome = async {
             self.perform(std::slice::from_ref(envelope)).await?;
             let mut tx = self.pool.begin().await?;
-            let applied =
-                apply_in_order(&mut tx, self.projection.as_ref(), &Target::LIVE, envelope).await?;
+            let applied = apply_in_order(
+                &mut tx,
+                self.projection.as_ref(),
+                &Target::LIVE,
+                envelope,
+                &self.keys,
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, ProjectionError>(applied)
         }

@@ -27,6 +27,14 @@ pub struct Config {
     /// Fallback name for the token secret.
     #[arg(long, env = "NEXTAUTH_SECRET", hide_env_values = true)]
     pub nextauth_secret: Option<String>,
+    /// As command-api's: the master key of personal data is derived from it when
+    /// `PRIVACY_MASTER_KEYS` is unset.
+    #[arg(long, env = "CREDENTIALS_KEY", hide_env_values = true)]
+    pub credentials_key: Option<String>,
+    /// Master keys of personal data's data keys, as command-api's (docs/privacy.md): the
+    /// audit trail shows personal fields opened.
+    #[arg(long, env = "PRIVACY_MASTER_KEYS", hide_env_values = true)]
+    pub privacy_master_keys: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,

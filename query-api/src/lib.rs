@@ -78,6 +78,8 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations")
 pub struct AppState {
     /// Read models and the event store.
     pub pool: PgPool,
+    /// Opens the personal fields of events read from the store (docs/privacy.md).
+    pub keyring: events::keyring::Keyring,
     /// Bearer-token verification.
     pub tokens: TokenKeys,
     /// Revoked sessions, deactivated users, changed roles, suspended tenants.
@@ -124,6 +126,37 @@ pub enum StartError {
     /// A secret is empty, short or a published default.
     #[error("{0}")]
     WeakSecret(String),
+    /// `PRIVACY_MASTER_KEYS` does not parse.
+    #[error("{0}")]
+    MasterKeys(String),
+}
+
+/// The token secret, once every secret and the NATS URL passed the checks for weak ones.
+fn checked_secret(config: &Config) -> Result<&str, StartError> {
+    let secret = config.auth_secret().ok_or(StartError::Config(
+        "set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
+    ))?;
+    let masters = events::personal::master_secrets(config.privacy_master_keys.as_deref());
+    events::access::check_secrets(
+        &[
+            ("NEST_AUTH_SECRET (or NEXTAUTH_SECRET)", Some(secret)),
+            ("CREDENTIALS_KEY", config.credentials_key.as_deref()),
+        ]
+        .into_iter()
+        .chain(Contexts::secrets(&config.ctx))
+        .chain(
+            masters
+                .iter()
+                .map(|(name, secret)| (name.as_str(), Some(*secret))),
+        )
+        .collect::<Vec<_>>(),
+        config.allow_dev_secrets,
+    )
+    .map_err(StartError::WeakSecret)?;
+    events::bus::NatsUrl::parse(&config.nats_url)
+        .check(config.allow_dev_secrets)
+        .map_err(StartError::WeakSecret)?;
+    Ok(secret)
 }
 
 /// Every route, with the shared middleware.
@@ -157,20 +190,7 @@ impl Application {
         let url = config
             .database_url()
             .ok_or(StartError::Config("set DATABASE_URL (or NEON_PG_CONN)"))?;
-        let secret = config.auth_secret().ok_or(StartError::Config(
-            "set NEST_AUTH_SECRET (or NEXTAUTH_SECRET)",
-        ))?;
-        events::access::check_secrets(
-            &[("NEST_AUTH_SECRET (or NEXTAUTH_SECRET)", Some(secret))]
-                .into_iter()
-                .chain(Contexts::secrets(&config.ctx))
-                .collect::<Vec<_>>(),
-            config.allow_dev_secrets,
-        )
-        .map_err(StartError::WeakSecret)?;
-        events::bus::NatsUrl::parse(&config.nats_url)
-            .check(config.allow_dev_secrets)
-            .map_err(StartError::WeakSecret)?;
+        let secret = checked_secret(&config)?;
         // query-api does not migrate: it waits for command-api (or the projector) to bring
         // the schema to the migrations it was built with, rather than fail on a missing table.
         events::schema::wait_for(url, &MIGRATIONS, std::time::Duration::from_secs(120)).await?;
@@ -182,6 +202,15 @@ impl Application {
         let blobs: Arc<dyn object_store::ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&config.blob_dir)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let keyring = events::keyring::Keyring::new(
+            pool.clone(),
+            events::personal::MasterKeys::from_settings(
+                config.privacy_master_keys.as_deref(),
+                config.credentials_key.as_deref(),
+                Some(secret),
+            )
+            .map_err(StartError::MasterKeys)?,
         );
         let access = events::http::Access::follow(pool.clone(), None).await?;
         let ctx = Arc::new(
@@ -196,6 +225,7 @@ impl Application {
             blobs,
             file_urls: whatsapp::FileUrls::new(secret),
             phone_keys: events::identity::PhoneKeys::new(secret),
+            keyring,
             pool,
             tokens: TokenKeys::new(secret),
             metrics: Arc::new(Metrics::default()),

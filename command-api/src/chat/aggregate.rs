@@ -14,7 +14,7 @@ use events::chat::{AssignmentReason, Attachment, Channel, Party, PartyKind, Thre
 use serde::{Deserialize, Serialize};
 
 use super::commands::{Action, Actor, Release, ThreadCommand};
-use super::services::{ChatServices, PastMessage};
+use super::services::{ChatServices, PastMessage, SealError};
 use super::values::{self, MessageText};
 
 /// How long an author may edit a message after sending it.
@@ -218,6 +218,10 @@ pub enum ThreadError {
     /// 409: the scheduled message is not due yet (it was rescheduled).
     #[error("the scheduled message is not due yet")]
     NotDue,
+    /// 410: the thread's customer was erased (docs/privacy.md): nothing new is kept about
+    /// them.
+    #[error("the customer of this thread was erased")]
+    SubjectErased,
     /// 503: a look-up in another context failed.
     #[error("directory unavailable: {0}")]
     Unavailable(String),
@@ -893,7 +897,7 @@ impl Thread {
         let attachment = attachment(raw_attachment, tenant)?;
         // What a contact sent arrives as sent, even blank (an SMS of spaces): the
         // provider delivered it, and staff should see that it came.
-        let text = text(&raw, true)?;
+        let text = self.sealed(d, &author, text(&raw, true)?).await?;
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
             message_id,
@@ -906,6 +910,38 @@ impl Thread {
             at,
         });
         Ok(events)
+    }
+
+    /// `text` sealed for the person it is about (docs/privacy.md): the thread's customer (the
+    /// conversation is theirs, whoever writes in it), or, in a thread without one, a staff
+    /// author (their own words, under their own tenant). The bot's and the platform's words
+    /// in such a thread, and an empty text, stay as they are.
+    async fn sealed(
+        &self,
+        d: &Decision<'_>,
+        author: &Party,
+        text: String,
+    ) -> Result<String, ThreadError> {
+        if text.is_empty() {
+            return Ok(text);
+        }
+        let (person, tenant) = match (&self.customer, d.actor) {
+            (Some(customer), _) => (customer, d.tenant),
+            (None, Actor::Staff { tenant_id, .. }) if author.kind == PartyKind::Agent => (
+                author,
+                tenant_id
+                    .as_deref()
+                    .unwrap_or(events::identity::PLATFORM_TENANT),
+            ),
+            _ => return Ok(text),
+        };
+        d.services
+            .seal(tenant, person, &text)
+            .await
+            .map_err(|e| match e {
+                SealError::Erased => ThreadError::SubjectErased,
+                SealError::Unavailable(cause) => ThreadError::Unavailable(cause),
+            })
     }
 
     /// Records a message a participant or staff member sent.
@@ -941,7 +977,9 @@ impl Thread {
             return Ok(vec![]);
         }
         let attachment = attachment(raw_attachment, tenant)?;
-        let text = text(&raw, attachment.is_some())?;
+        let text = self
+            .sealed(d, &author, text(&raw, attachment.is_some())?)
+            .await?;
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
             message_id,
@@ -980,7 +1018,9 @@ impl Thread {
         if at - message.at > EDIT_WINDOW {
             return Err(ThreadError::EditWindowClosed);
         }
-        let text = text(&raw, message.has_attachment)?;
+        let text = self
+            .sealed(d, &message.author, text(&raw, message.has_attachment)?)
+            .await?;
         Ok(vec![ThreadEvent::MessageEdited {
             message_id,
             text,
@@ -1035,10 +1075,13 @@ impl Thread {
         }
         due(at, due_at)?;
         let attachment = attachment(raw_attachment, tenant)?;
-        let text = text(&raw, attachment.is_some())?;
+        let author = party(actor);
+        let text = self
+            .sealed(d, &author, text(&raw, attachment.is_some())?)
+            .await?;
         Ok(vec![ThreadEvent::MessageScheduled {
             scheduled_id,
-            author: party(actor),
+            author,
             text,
             attachment,
             due_at,
@@ -1373,10 +1416,34 @@ mod tests {
     #[derive(Default)]
     struct Fixed {
         history: Vec<ThreadEvent>,
+        /// Texts are sealed as `sealed[{tenant}/{kind}:{id}]{text}`; without it, left as
+        /// they are (what the other rules' tests compare).
+        sealing: bool,
+        /// Persons (ids) who were erased.
+        erased: Vec<String>,
     }
 
     #[async_trait]
     impl Directory for Fixed {
+        async fn seal(
+            &self,
+            tenant: &str,
+            person: &Party,
+            text: &str,
+        ) -> Result<String, SealError> {
+            if self.erased.contains(&person.id) {
+                return Err(SealError::Erased);
+            }
+            Ok(if self.sealing {
+                format!(
+                    "sealed[{tenant}/{}:{}]{text}",
+                    person.kind.as_str(),
+                    person.id
+                )
+            } else {
+                text.to_owned()
+            })
+        }
         async fn is_staff(&self, tenant: &str, user: &str) -> Result<bool, String> {
             Ok(tenant == TENANT && user.starts_with("agent-"))
         }
@@ -1560,6 +1627,7 @@ mod tests {
     fn framework_over(given: &[ThreadEvent]) -> TestFramework<Thread> {
         TestFramework::with(Arc::new(Fixed {
             history: given.to_vec(),
+            ..Fixed::default()
         }) as ChatServices)
     }
 
@@ -1577,6 +1645,146 @@ mod tests {
             .when_async(when)
             .await
             .then_expect_error(error);
+    }
+
+    /// The framework over `given`, sealing texts as [`Fixed`] marks them, with `erased`
+    /// erased.
+    fn sealing_over(given: &[ThreadEvent], erased: &[&str]) -> TestFramework<Thread> {
+        TestFramework::with(Arc::new(Fixed {
+            history: given.to_vec(),
+            sealing: true,
+            erased: erased.iter().map(|e| (*e).to_owned()).collect(),
+        }) as ChatServices)
+    }
+
+    #[tokio::test]
+    async fn texts_in_a_customers_thread_are_sealed_for_the_customer_whoever_writes_them() {
+        let given = vec![opened(), sent("m1", 1, agent_party(), minutes(1))];
+        let for_customer = |text: &str| format!("sealed[{TENANT}/phone:phone-1]{text}");
+        let events = |when: ThreadCommand| {
+            let given = given.clone();
+            async move {
+                sealing_over(&given, &[])
+                    .given(given)
+                    .when_async(when)
+                    .await
+                    .inspect_result()
+                    .expect("accepted")
+            }
+        };
+        let by_customer = events(cmd(customer(), minutes(2), send("m2", "hola"))).await;
+        assert!(
+            matches!(&by_customer[..], [ThreadEvent::MessageSent { text, .. }] if *text == for_customer("hola"))
+        );
+        let by_agent = events(cmd(agent(), minutes(2), send("m2", "hi"))).await;
+        assert!(
+            matches!(&by_agent[..], [ThreadEvent::MessageSent { text, .. }] if *text == for_customer("hi"))
+        );
+        let edited = events(cmd(
+            agent(),
+            minutes(3),
+            Action::Edit {
+                message_id: "m1".into(),
+                text: "fixed".into(),
+            },
+        ))
+        .await;
+        assert!(
+            matches!(&edited[..], [ThreadEvent::MessageEdited { text, .. }] if *text == for_customer("fixed"))
+        );
+        let later = events(cmd(
+            agent(),
+            minutes(3),
+            Action::Schedule {
+                scheduled_id: "s1".into(),
+                text: "reminder".into(),
+                attachment: None,
+                due_at: minutes(60),
+            },
+        ))
+        .await;
+        assert!(
+            matches!(&later[..], [ThreadEvent::MessageScheduled { text, .. }] if *text == for_customer("reminder"))
+        );
+    }
+
+    #[tokio::test]
+    async fn in_a_thread_without_a_customer_staff_texts_are_sealed_for_their_author_and_the_platforms_are_not(
+    ) {
+        let given = vec![ThreadEvent::Opened {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            opened_by: agent_party(),
+            customer: None,
+            subject: None,
+            bot_enabled: false,
+            tags: vec![],
+            at: t0(),
+        }];
+        let texts = |when: ThreadCommand| {
+            let given = given.clone();
+            async move {
+                sealing_over(&given, &[])
+                    .given(given)
+                    .when_async(when)
+                    .await
+                    .inspect_result()
+                    .expect("accepted")
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        ThreadEvent::MessageSent { text, .. } => Some(text),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            texts(cmd(agent(), minutes(1), send("m1", "note"))).await,
+            [format!("sealed[{TENANT}/agent:agent-1]note")]
+        );
+        assert_eq!(
+            texts(cmd(super_admin(), minutes(1), send("m1", "note"))).await,
+            ["sealed[platform/agent:root]note".to_owned()],
+            "a super admin's words are sealed under the platform, whose admin they are"
+        );
+        assert_eq!(
+            texts(cmd(scheduler(), minutes(1), send("m1", "reminder"))).await,
+            ["reminder".to_owned()]
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_new_is_written_about_an_erased_customer() {
+        let given = vec![opened()];
+        for actor in [customer(), agent()] {
+            sealing_over(&given, &["phone-1"])
+                .given(given.clone())
+                .when_async(cmd(actor, minutes(1), send("m1", "hola")))
+                .await
+                .then_expect_error(ThreadError::SubjectErased);
+        }
+        // An attachment without a text needs no key.
+        let attachment = Attachment {
+            object_key: format!("tenants/{TENANT}/media/photo.png"),
+            content_type: "image/png".into(),
+            name: None,
+            size_bytes: 10,
+        };
+        let accepted = sealing_over(&given, &["phone-1"])
+            .given(given.clone())
+            .when_async(cmd(
+                customer(),
+                minutes(1),
+                Action::Send {
+                    message_id: "m1".into(),
+                    client_message_id: None,
+                    text: String::new(),
+                    attachment: Some(attachment),
+                },
+            ))
+            .await
+            .inspect_result();
+        assert!(accepted.is_ok(), "{accepted:?}");
     }
 
     #[tokio::test]

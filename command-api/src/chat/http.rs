@@ -914,6 +914,7 @@ impl crate::http::error::DomainProblem for crate::chat::aggregate::ThreadError {
             }
             E::ScheduleNotPending => unprocessable("schedule_not_pending"),
             E::NotDue => Problem::new(StatusCode::CONFLICT, "not_due", detail),
+            E::SubjectErased => Problem::new(StatusCode::GONE, "subject_erased", detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
         }
     }

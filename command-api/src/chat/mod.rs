@@ -34,6 +34,7 @@ impl BoundedContext for Context {
         Ok(Self {
             threads: setup.bus(Arc::new(services::PgDirectory {
                 pool: setup.pool.clone(),
+                keyring: setup.keyring.clone(),
             }) as services::ChatServices),
         })
     }

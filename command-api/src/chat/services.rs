@@ -5,7 +5,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use events::chat::lookups::{ACTIVE_STAFF, AVAILABLE_AGENT, DEPARTMENT_NAME};
-use events::chat::{Party, ThreadEvent};
+use events::chat::{Party, PartyKind, ThreadEvent};
+use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
 use sqlx::PgPool;
 
 /// The message id a thread's `MessageSent` or `MessageDeleted` event is about, as SQL: the
@@ -89,6 +90,17 @@ pub trait Directory: Send + Sync {
         thread_id: &str,
         message_id: &str,
     ) -> Result<Option<PastMessage>, String>;
+    /// `text` sealed for `person`, a data subject of `tenant_id` (docs/privacy.md).
+    async fn seal(&self, tenant_id: &str, person: &Party, text: &str) -> Result<String, SealError>;
+}
+
+/// Why a text could not be sealed for its person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealError {
+    /// The person was erased: nothing new is kept about them.
+    Erased,
+    /// The key table could not be read or written.
+    Unavailable(String),
 }
 
 /// The services of the thread aggregate.
@@ -101,6 +113,8 @@ pub type ChatServices = std::sync::Arc<dyn Directory>;
 pub struct PgDirectory {
     /// The command-side pool.
     pub pool: PgPool,
+    /// The data keys personal data is sealed with.
+    pub keyring: Keyring,
 }
 
 #[async_trait]
@@ -185,6 +199,25 @@ impl Directory for PgDirectory {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         Ok(PastMessage::from_events(events))
+    }
+
+    async fn seal(&self, tenant_id: &str, person: &Party, text: &str) -> Result<String, SealError> {
+        let kind = match person.kind {
+            PartyKind::Phone => SubjectKind::PhoneUser,
+            PartyKind::Contact => SubjectKind::Contact,
+            PartyKind::Agent => SubjectKind::AdminUser,
+            // The bot and the platform are no one.
+            PartyKind::Bot | PartyKind::System => return Ok(text.to_owned()),
+        };
+        let subject = Subject {
+            id: events::personal::subject_id(kind.as_str(), tenant_id, &person.id),
+            kind,
+            tenant_id,
+        };
+        self.keyring.seal(subject, text).await.map_err(|e| match e {
+            KeyError::Erased => SealError::Erased,
+            other => SealError::Unavailable(other.to_string()),
+        })
     }
 }
 

@@ -1157,6 +1157,7 @@ async fn forward(
         // A reply older than those the thread keeps (a long backlog): its events tell.
         None => crate::chat::services::PgDirectory {
             pool: state.pool.clone(),
+            keyring: state.keyring.clone(),
         }
         .past_message(&thread, &message)
         .await

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use events::chat::{PartyKind, ThreadEvent, THREAD};
+use events::keyring::Keyring;
 use events::Envelope;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -26,9 +27,10 @@ use crate::projection::{Effect, Projection, ProjectionError, Target};
 
 /// The outbox.
 pub struct WhatsAppOutbox {
-    /// The read models (the chat read model says which threads are WhatsApp's); without
-    /// them every reply is asked about.
-    pool: Option<PgPool>,
+    /// The read models (the chat read model says which threads are WhatsApp's; a reply's
+    /// later changes are read from the store), and the keys that open the texts read there;
+    /// without them every reply is asked about.
+    pool: Option<(PgPool, Keyring)>,
     /// command-api, as a platform service.
     client: CommandClient,
     /// Channels of the threads seen lately, as the chat read model gave them.
@@ -40,7 +42,7 @@ const REMEMBERED_CHANNELS: usize = 10_000;
 
 impl WhatsAppOutbox {
     /// An outbox forwarding through `client`.
-    pub fn new(pool: Option<PgPool>, client: CommandClient) -> Self {
+    pub fn new(pool: Option<(PgPool, Keyring)>, client: CommandClient) -> Self {
         Self {
             pool,
             client,
@@ -51,7 +53,7 @@ impl WhatsAppOutbox {
     /// The channel of `thread` as the chat read model knows it (`None`: not yet, or no read
     /// models to ask).
     async fn channel_of(&self, thread: &str) -> Result<Option<String>, ProjectionError> {
-        let Some(pool) = &self.pool else {
+        let Some((pool, _)) = &self.pool else {
             return Ok(None);
         };
         let remembered = |channels: &Mutex<HashMap<String, String>>| {
@@ -89,10 +91,10 @@ impl WhatsAppOutbox {
         sequence: u64,
         message: &str,
     ) -> Result<Option<(String, Option<String>)>, ProjectionError> {
-        let Some(pool) = &self.pool else {
+        let Some((pool, keyring)) = &self.pool else {
             return Ok(None);
         };
-        Ok(sqlx::query_as(
+        let change: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT event_type, payload->'MessageEdited'->>'text' FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
                 AND event_type IN ('MessageEdited', 'MessageDeleted')
@@ -104,7 +106,11 @@ impl WhatsAppOutbox {
         .bind(sequence as i64)
         .bind(message)
         .fetch_optional(pool)
-        .await?)
+        .await?;
+        Ok(match change {
+            Some((kind, Some(text))) => Some((kind, Some(keyring.open(&text).await?))),
+            other => other,
+        })
     }
 
     /// What a thread event asks of the WhatsApp context: the message, the path to post to

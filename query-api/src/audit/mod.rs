@@ -153,6 +153,12 @@ async fn history(
     for event in &mut events {
         events::sealed::redact(&aggregate_type, &event.event_type, &mut event.payload);
     }
+    // Personal fields read in clear, or "[erased]" once their subject was erased.
+    state
+        .keyring
+        .open_values(events.iter_mut().map(|e| &mut e.payload).collect())
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let next_after = if events.len() as i64 > limit {
         events.truncate(limit as usize);
         events.last().map(|e| e.sequence)

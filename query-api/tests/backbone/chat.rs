@@ -105,7 +105,12 @@ async fn assert_answer_documented(env: &TestEnv, query: &Service, name: &str, an
 }
 
 /// Opens a thread as `token` and answers its id and version.
-async fn open_thread(env: &TestEnv, api: &Service, token: &str, body: Value) -> (String, u64) {
+pub(crate) async fn open_thread(
+    env: &TestEnv,
+    api: &Service,
+    token: &str,
+    body: Value,
+) -> (String, u64) {
     let opened = post(env, api, token, "/v1/chat/threads", body).await;
     assert_eq!(opened.status(), 201, "open thread");
     let opened: Value = opened.json().await.expect("json");
@@ -766,9 +771,10 @@ async fn a_rebuild_of_chat_gives_the_rows_of_the_live_projection() {
     .await;
     assert_eq!(live["messages"].as_array().map(Vec::len), Some(6));
     projector.abort();
-    let report = projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection)
-        .await
-        .expect("rebuild");
+    let report =
+        projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection, &env.keyring())
+            .await
+            .expect("rebuild");
     assert_eq!(report.events, 3 * 8 + 1, "every thread event");
     assert_eq!(snapshot().await, live, "the same rows");
     query.stop().await;

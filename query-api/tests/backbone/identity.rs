@@ -2077,6 +2077,7 @@ async fn the_phone_user_directory_is_the_same_live_rebuilt_and_filled_by_its_mig
     let report = projector::rebuild::rebuild(
         &env.pool,
         &projector::identity::phone_users::PhoneUsersProjection,
+        &env.keyring(),
     )
     .await
     .expect("rebuild");

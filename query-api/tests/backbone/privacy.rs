@@ -279,3 +279,167 @@ async fn command_api_reseals_the_data_keys_under_the_master_key_it_is_given_firs
     assert_eq!(after.open(&text).await.expect("opened"), "hola");
     api.stop().await;
 }
+
+/// Everything the event store holds, as text.
+async fn store_text(env: &TestEnv) -> String {
+    sqlx::query_scalar("SELECT coalesce(string_agg(payload::text, E'\\n'), '') FROM events")
+        .fetch_one(&env.pool)
+        .await
+        .expect("events")
+}
+
+#[tokio::test]
+async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erased_once_their_customer_is(
+) {
+    use crate::chat::{open_thread, post};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "sealed").await;
+    let agent = env.agent_of(&tenant);
+    let ana = env.phone_user(&tenant, "phone-ana");
+    let bob = env.phone_user(&tenant, "phone-bob");
+    let (ana_thread, _) = open_thread(&env, &api, &ana, json!({})).await;
+    let (bob_thread, _) = open_thread(&env, &api, &bob, json!({})).await;
+    let messages = |thread: &str| format!("/v1/chat/threads/{thread}/messages");
+    for (token, thread, text) in [
+        (&ana, &ana_thread, "Mi número es +34 600 111 222"),
+        (&agent, &ana_thread, "Gracias Ana, le llamamos"),
+        (&bob, &bob_thread, "Soy Bob, de Bilbao"),
+    ] {
+        let sent = post(&env, &api, token, &messages(thread), json!({"text": text})).await;
+        assert_eq!(sent.status(), 201);
+    }
+
+    // The store and the bus hold ciphertext naming each customer.
+    let store = store_text(&env).await;
+    let bus: String = crate::relay::stream_contents(&env)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    for (place, text) in [("store", &store), ("bus", &bus)] {
+        for plain in ["600 111 222", "Gracias Ana", "Soy Bob"] {
+            assert!(
+                !text.contains(plain),
+                "{plain:?} is in clear in the {place}"
+            );
+        }
+        assert_eq!(
+            text.matches("\"pii1.").count(),
+            3,
+            "three sealed texts in the {place}"
+        );
+    }
+
+    // The read models, the history and the audit trail read them in clear.
+    let read = |token: String, thread: String| {
+        let (env, query) = (&env, &query);
+        async move {
+            let page: Value = env
+                .get_json(
+                    &query.url(&format!("/v1/chat/threads/{thread}/messages")),
+                    &token,
+                )
+                .await;
+            page["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let in_clear = crate::support::eventually(Duration::from_secs(20), "both messages", || async {
+        let texts = read(agent.clone(), ana_thread.clone()).await;
+        (texts.len() == 2).then_some(texts)
+    })
+    .await;
+    assert_eq!(
+        in_clear,
+        ["Gracias Ana, le llamamos", "Mi número es +34 600 111 222"],
+        "newest first"
+    );
+    let audit = env
+        .get_json(
+            &query.url(&format!("/v1/audit/thread/{ana_thread}")),
+            &env.admin_of(&tenant),
+        )
+        .await;
+    assert!(
+        audit.to_string().contains("Gracias Ana, le llamamos"),
+        "{audit}"
+    );
+
+    // Ana is erased (her keys destroyed; the endpoint is still to come): a rebuild reads her
+    // conversation as erased, Bob's as it was.
+    let subject = events::personal::subject_id("phone_user", &tenant, "phone-ana");
+    assert!(env.keyring().erase(subject).await.expect("erased"));
+    projector.abort();
+    let fresh = env.keyring();
+    projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection, &fresh)
+        .await
+        .expect("rebuild");
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT thread_id::text, text FROM chat_messages ORDER BY thread_id, number",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("messages");
+    for (thread, text) in rows {
+        if thread == ana_thread {
+            assert_eq!(text, events::personal::ERASED);
+        } else {
+            assert_eq!(text, "Soy Bob, de Bilbao");
+        }
+    }
+    // A process that never held her key reads the audit trail as erased too.
+    let later = env.spawn_query_api(env.query_config()).await;
+    let audit = env
+        .get_json(
+            &later.url(&format!("/v1/audit/thread/{ana_thread}")),
+            &env.admin_of(&tenant),
+        )
+        .await;
+    assert!(!audit.to_string().contains("Gracias"), "{audit}");
+    assert!(
+        audit.to_string().contains(events::personal::ERASED),
+        "{audit}"
+    );
+    // Nothing new is written about her: her thread refuses new texts, whoever writes (in a
+    // process that does not hold her key from before; one that does holds it at most
+    // `CACHE_FOR`, and what it seals with it can never be read).
+    let api = env.spawn_command_api(env.command_config()).await;
+    for token in [&ana, &agent] {
+        let refused = post(
+            &env,
+            &api,
+            token,
+            &messages(&ana_thread),
+            json!({"text": "¿hola?"}),
+        )
+        .await;
+        assert_eq!(refused.status(), 410);
+        let problem: Value = refused.json().await.expect("problem");
+        assert_eq!(problem["code"], "subject_erased");
+    }
+    let sent = post(
+        &env,
+        &api,
+        &bob,
+        &messages(&bob_thread),
+        json!({"text": "sigo aquí"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+    later.stop().await;
+    query.stop().await;
+    api.stop().await;
+}

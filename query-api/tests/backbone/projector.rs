@@ -54,9 +54,15 @@ fn cqrs_event_type(event: &TenantEvent) -> String {
 
 async fn apply(env: &TestEnv, envelope: &Envelope) -> Applied {
     let mut tx = env.pool.begin().await.expect("begin");
-    let applied = apply_in_order(&mut tx, &TenantsProjection, &Target::LIVE, envelope)
-        .await
-        .expect("applies");
+    let applied = apply_in_order(
+        &mut tx,
+        &TenantsProjection,
+        &Target::LIVE,
+        envelope,
+        &env.keyring(),
+    )
+    .await
+    .expect("applies");
     tx.commit().await.expect("commit");
     applied
 }
@@ -178,9 +184,15 @@ async fn a_batch_applies_each_event_once_in_order_across_aggregates() {
         ea[4].clone(),
     ];
     let mut tx = env.pool.begin().await.expect("begin");
-    let applied = apply_all_in_order(&mut tx, &TenantsProjection, &Target::LIVE, &batch)
-        .await
-        .expect("applies");
+    let applied = apply_all_in_order(
+        &mut tx,
+        &TenantsProjection,
+        &Target::LIVE,
+        &batch,
+        &env.keyring(),
+    )
+    .await
+    .expect("applies");
     tx.commit().await.expect("commit");
     use Applied::{Applied as Done, Duplicate};
     assert_eq!(
@@ -214,9 +226,15 @@ async fn a_batch_applies_each_event_once_in_order_across_aggregates() {
     );
     // The checkpoints moved with the rows: the same batch again changes nothing.
     let mut tx = env.pool.begin().await.expect("begin");
-    let again = apply_all_in_order(&mut tx, &TenantsProjection, &Target::LIVE, &batch)
-        .await
-        .expect("applies");
+    let again = apply_all_in_order(
+        &mut tx,
+        &TenantsProjection,
+        &Target::LIVE,
+        &batch,
+        &env.keyring(),
+    )
+    .await
+    .expect("applies");
     tx.commit().await.expect("commit");
     assert!(again.iter().all(|x| *x == Duplicate));
     assert_eq!(row(&env, &a).await, ra);
@@ -331,7 +349,7 @@ async fn rebuild_from_the_store_gives_the_rows_of_live_projection() {
     )
     .await;
     projector.abort();
-    let report = projector::rebuild::rebuild(&env.pool, &TenantsProjection)
+    let report = projector::rebuild::rebuild(&env.pool, &TenantsProjection, &env.keyring())
         .await
         .expect("rebuild");
     assert_eq!(report.events, 16);
@@ -422,7 +440,7 @@ async fn a_rebuild_during_writes_and_live_projection_loses_and_repeats_nothing()
     let rebuilds = async {
         let mut events = 0;
         for _ in 0..3 {
-            events += projector::rebuild::rebuild(&env.pool, &TenantsProjection)
+            events += projector::rebuild::rebuild(&env.pool, &TenantsProjection, &env.keyring())
                 .await
                 .expect("rebuild")
                 .events;
@@ -488,7 +506,7 @@ async fn a_rebuild_reads_each_batch_read_committed_whatever_the_default_isolatio
         .await
         .expect("show");
     assert_eq!(default, "repeatable read");
-    let report = projector::rebuild::rebuild(&pool, &TenantsProjection)
+    let report = projector::rebuild::rebuild(&pool, &TenantsProjection, &env.keyring())
         .await
         .expect("rebuilt in read committed batches");
     assert_eq!(report.events, 3);

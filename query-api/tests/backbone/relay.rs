@@ -65,7 +65,7 @@ pub(crate) async fn stream_messages(env: &TestEnv) -> Vec<(String, String)> {
 }
 
 /// Every message in the test's stream, in stream order.
-async fn stream_contents(env: &TestEnv) -> Vec<async_nats::jetstream::Message> {
+pub(crate) async fn stream_contents(env: &TestEnv) -> Vec<async_nats::jetstream::Message> {
     let stream = env.js.get_stream(&env.stream).await.expect("stream exists");
     let consumer = stream
         .create_consumer(pull::Config {

@@ -96,6 +96,16 @@ impl TestEnv {
         }
     }
 
+    /// The data keys of personal data, as the services of this environment open them (their
+    /// master key derived from the token secret).
+    pub fn keyring(&self) -> events::keyring::Keyring {
+        events::keyring::Keyring::new(
+            self.pool.clone(),
+            events::personal::MasterKeys::from_settings(None, None, Some(SECRET))
+                .expect("the default master key"),
+        )
+    }
+
     pub fn super_admin(&self) -> String {
         self.keys
             .admin_token("root-admin", None, Role::SuperAdmin, 600)
@@ -200,6 +210,8 @@ impl TestEnv {
             nats_url: nats_url(),
             http: test_http_limits(),
             allow_dev_secrets: true,
+            credentials_key: None,
+            privacy_master_keys: None,
             ctx: query_api::ContextSettings {
                 realtime: query_api::realtime::Settings {
                     soketi_app_key: Some(SOKETI_KEY.to_owned()),
@@ -229,6 +241,9 @@ impl TestEnv {
             nest_auth_secret: None,
             nextauth_secret: None,
             credentials_key: None,
+            // The master key command-api and query-api derive from the token secret, which
+            // this projector is not given.
+            privacy_master_keys: Some(format!("default={SECRET}")),
             allow_dev_secrets: true,
             port: None,
             host: std::net::Ipv4Addr::LOCALHOST.into(),

@@ -1780,9 +1780,15 @@ impl Wa {
 /// What the projector's WhatsApp outbox does with a thread's events so far.
 async fn outbox_pass(wa: &Wa, thread: &str) {
     use projector::projection::Effect;
-    let envelopes = wa.env.envelopes("thread", thread).await;
+    let mut envelopes = wa.env.envelopes("thread", thread).await;
+    // The projector opens the personal fields of the events it hands an effect.
+    wa.env
+        .keyring()
+        .open_values(envelopes.iter_mut().map(|e| &mut e.payload).collect())
+        .await
+        .expect("opened");
     let outbox = projector::whatsapp::outbox::WhatsAppOutbox::new(
-        Some(wa.env.pool.clone()),
+        Some((wa.env.pool.clone(), wa.env.keyring())),
         projector::command_client::CommandClient::new(
             &wa.api.url(""),
             TokenKeys::new(SECRET),
