@@ -47,6 +47,8 @@ pub mod chat;
 pub mod identity;
 /// Payments: catalogs and payments.
 pub mod payments;
+/// Privacy: data subjects and their erasure.
+pub mod privacy;
 /// Telephony: numbers, SMS, calls.
 pub mod telephony;
 /// Tenants: signup, approval, lifecycle, preferences, logo, departments.
@@ -67,6 +69,7 @@ context::contexts! {
     telephony,
     audio,
     whatsapp,
+    privacy,
 }
 
 use std::net::SocketAddr;
@@ -250,6 +253,7 @@ impl Application {
             ctx: Arc::new(ctx),
         };
         let relay = relay_of(&config, &pool, js, metrics, relay_health, committed);
+        keyring.follow_erasures();
         tokio::spawn(reseal_data_keys(keyring));
         tokio::spawn(expire_old_records(pool, config.retention_days));
         let listener = tokio::net::TcpListener::bind((config.host, config.port)).await?;

@@ -6,10 +6,11 @@
 //!   before any event that uses it, so a reader always finds a key that is still there).
 //! - Opening finds each key a payload names — every key it lacks in one statement — and
 //!   writes a field whose key is gone as [`ERASED`].
-//! - Erasing destroys every key of the subject, marks it erased (no key is made for it
-//!   again), and drops it from this process's cache. Other processes drop it when they see
-//!   the erasure's event ([`Keyring::forget`]); whatever they missed, a cached key lives at
-//!   most [`CACHE_FOR`].
+//! - Erasing is the `Erased` event of the subject: its transaction destroys every key of the
+//!   subject and marks it erased (migration 0054; no key is made for it again). Every
+//!   process that follows erasures ([`Keyring::follow_erasures`]) forgets the subject's keys
+//!   when that transaction commits; whatever it missed, a cached key lives at most
+//!   [`CACHE_FOR`].
 //! - A destroyed key is remembered as gone (it never comes back), so reading an erased
 //!   subject's history costs no query per event.
 
@@ -110,6 +111,17 @@ impl std::fmt::Debug for Keyring {
             .field("masters", &self.masters)
             .finish_non_exhaustive()
     }
+}
+
+/// What the key table knows of a subject.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KnownSubject {
+    /// The tenant whose subject it is.
+    pub tenant_id: String,
+    /// Its kind, as stored (`phone_user`, `contact`, `admin_user`, `customer`).
+    pub kind: String,
+    /// Whether it was erased.
+    pub erased: bool,
 }
 
 /// A stored key row.
@@ -376,37 +388,58 @@ impl Keyring {
         })
     }
 
-    /// Whose subject `id` is, and whether it was erased; `None` for a subject the key table
-    /// never knew.
-    pub async fn subject(&self, id: Uuid) -> Result<Option<(String, bool)>, sqlx::Error> {
+    /// What the key table knows of subject `id`; `None` for a subject it never knew.
+    pub async fn subject(&self, id: Uuid) -> Result<Option<KnownSubject>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT tenant_id, erased_at IS NOT NULL FROM data_subjects WHERE subject_id = $1",
+            "SELECT tenant_id, kind, erased_at IS NOT NULL AS erased
+               FROM data_subjects WHERE subject_id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// Destroys every key of `subject` and marks it erased (in one transaction, which waits
-    /// for a key being made at the same time). True when it was erased now; false when it
-    /// already was, or was never known.
-    pub async fn erase(&self, subject: Uuid) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let marked = sqlx::query(
-            "UPDATE data_subjects SET erased_at = now()
-              WHERE subject_id = $1 AND erased_at IS NULL",
-        )
-        .bind(subject)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM subject_keys WHERE subject_id = $1")
-            .bind(subject)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.forget(subject);
-        Ok(marked == 1)
+    /// Follows erasures made anywhere (the `subject_erased` notifications of migration 0054)
+    /// and forgets the erased subjects' keys, until the process ends. After a lost
+    /// connection, when notifications may have been missed, it forgets every cached key.
+    pub fn follow_erasures(&self) -> tokio::task::JoinHandle<()> {
+        let keyring = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = keyring.listen().await {
+                    tracing::warn!(error = %e, "following erasures failed; again in 5 s");
+                }
+                keyring.forget_all();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    }
+
+    async fn listen(&self) -> Result<(), sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen("subject_erased").await?;
+        // Whatever was erased before the listener started is not in this cache for longer
+        // than it was cached; start clean.
+        self.forget_all();
+        loop {
+            match listener.try_recv().await? {
+                Some(notification) => {
+                    if let Ok(subject) = Uuid::try_parse(notification.payload()) {
+                        self.forget(subject);
+                    }
+                }
+                // The connection was lost (and is made again on the next call): anything
+                // may have been missed.
+                None => self.forget_all(),
+            }
+        }
+    }
+
+    /// Forgets every cached key.
+    fn forget_all(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = Cache::default();
+        }
     }
 
     /// Re-seals under the current master key up to `limit` data keys sealed under another

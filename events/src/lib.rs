@@ -15,6 +15,7 @@
 //! - [`telephony`]: tenants' phone numbers, and the SMS and calls the provider reports.
 //! - [`whatsapp`]: WhatsApp sessions and their conversations with contacts.
 //! - [`sealed`]: secrets sealed for storage (provider credentials).
+//! - [`privacy`]: the events of data subjects (erasure).
 //! - [`personal`]: personal data sealed per data subject (crypto-shredding), and `keyring`
 //!   (feature `privacy`): the data keys in PostgreSQL, cached per process.
 //! - [`hex`]: lowercase hex (digests, signatures).
@@ -55,6 +56,8 @@ pub mod keyring;
 pub mod payments;
 /// Personal data sealed per data subject: the format, data and master keys.
 pub mod personal;
+/// Events of data subjects (erasure).
+pub mod privacy;
 /// Realtime channels, events and the Pusher protocol's signatures.
 pub mod realtime;
 /// What makes a verified token stop working before it expires.

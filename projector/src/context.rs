@@ -19,16 +19,12 @@ pub struct Setup<'a> {
     pub nats: Option<async_nats::Client>,
     /// The read models' database, when running or listing consumers.
     pub pool: Option<PgPool>,
+    /// The process's data keys (following erasures), when running: for a projection that
+    /// reads events from the store itself (those it is given are opened already).
+    pub keyring: Option<events::keyring::Keyring>,
 }
 
 impl Setup<'_> {
-    /// The data keys of personal data, for a projection that reads events from the store
-    /// itself (those it is given are opened already); `None` without a database, or without
-    /// master keys to open them with.
-    pub fn keyring(&self) -> Option<events::keyring::Keyring> {
-        self.config.keyring(self.pool.as_ref()?).ok()
-    }
-
     /// A client of command-api acting as the platform component `component`, when a service
     /// token can be signed (the token secret is set).
     pub fn command_client(&self, component: &'static str) -> Option<CommandClient> {

@@ -181,8 +181,14 @@ pub fn projections(
     config: &Config,
     nats: Option<async_nats::Client>,
     pool: Option<PgPool>,
+    keyring: Option<events::keyring::Keyring>,
 ) -> Vec<Arc<dyn Projection>> {
-    context_projections(&context::Setup { config, nats, pool })
+    context_projections(&context::Setup {
+        config,
+        nats,
+        pool,
+        keyring,
+    })
 }
 
 /// Why the projector stopped.
@@ -299,7 +305,13 @@ pub async fn run(
             .map_err(|e| Error::Config(format!("cannot listen on port {port}: {e}")))?;
         tasks.spawn(health::serve(listener, pool.clone(), client.clone()));
     }
-    for projection in projections(&config, Some(client), Some(pool.clone())) {
+    keys.follow_erasures();
+    for projection in projections(
+        &config,
+        Some(client),
+        Some(pool.clone()),
+        Some(keys.clone()),
+    ) {
         let (pool, js, config, keys) = (pool.clone(), js.clone(), config.clone(), keys.clone());
         tasks.spawn(async move { supervise(pool, js, config, projection, keys).await });
     }
@@ -397,7 +409,7 @@ mod consumer_files {
             .expect("lazy pool");
         let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/consumers");
         let mut expected = std::collections::BTreeMap::new();
-        for projection in projections(&config, None, Some(pool)) {
+        for projection in projections(&config, None, Some(pool), None) {
             let c = crate::worker::consumer_config(
                 events::subject::DEFAULT_PREFIX,
                 projection.as_ref(),

@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
     let outcome = match config.command.clone().unwrap_or(Command::Run) {
         Command::Run => projector::run(config, shutdown_signal()).await,
         Command::List => {
-            for p in projector::projections(&config, None, None) {
+            for p in projector::projections(&config, None, None, None) {
                 println!("{}", p.name());
             }
             Ok(())
@@ -31,7 +31,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn rebuild(config: &Config, name: &str) -> Result<(), projector::Error> {
-    let projection = projector::projections(config, None, None)
+    let projection = projector::projections(config, None, None, None)
         .into_iter()
         .find(|p| p.name() == name)
         .ok_or_else(|| {

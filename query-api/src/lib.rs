@@ -212,6 +212,7 @@ impl Application {
             )
             .map_err(StartError::MasterKeys)?,
         );
+        keyring.follow_erasures();
         let access = events::http::Access::follow(pool.clone(), None).await?;
         let ctx = Arc::new(
             Contexts::build(&context::Setup {

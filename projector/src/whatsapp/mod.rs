@@ -589,7 +589,7 @@ impl crate::context::BoundedContext for Context {
         }
         if let Some(client) = setup.command_client("whatsapp-outbox") {
             all.push(std::sync::Arc::new(outbox::WhatsAppOutbox::new(
-                setup.pool.clone().zip(setup.keyring()),
+                setup.pool.clone().zip(setup.keyring.clone()),
                 client,
             )));
         }

@@ -1,0 +1,41 @@
+//! The privacy bounded context (docs/privacy.md): what the platform does about a data
+//! subject — today, erasing them.
+
+/// The data-subject aggregate.
+pub mod aggregate;
+/// HTTP: extract, call the service, answer.
+pub mod http;
+/// The application layer: who may erase whom.
+pub mod service;
+
+use std::sync::Arc;
+
+pub use crate::context::NoSettings as Settings;
+
+use crate::context::{BoundedContext, Setup};
+use crate::store::CommandBus;
+
+/// What the privacy context holds.
+pub struct Context {
+    /// Data-subject commands.
+    pub subjects: Arc<CommandBus<aggregate::DataSubject>>,
+}
+
+impl BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(setup: &Setup<'_>, _: &Self::Settings) -> Result<Self, crate::StartError> {
+        Ok(Self {
+            subjects: setup.bus(()),
+        })
+    }
+
+    fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
+        http::router()
+    }
+
+    /// None: a subject's stream is one `Erased` event, and never reaches a snapshot.
+    fn aggregates() -> &'static [crate::snapshots::Checked] {
+        &[]
+    }
+}

@@ -1,0 +1,73 @@
+//! Who may erase whom, and the erasure itself (docs/privacy.md).
+
+use events::access::{Principal, Role};
+use events::http::{Problem, RequestIds};
+use uuid::Uuid;
+
+use super::aggregate::SubjectCommand;
+use crate::http::error::DomainProblem;
+use crate::store::Committed;
+use crate::AppState;
+
+/// 403 unless `who` is a super admin or a tenant admin (whose tenant is checked against the
+/// subject's).
+pub fn may_erase(who: &Principal) -> Result<(), Problem> {
+    let admin = matches!(
+        who,
+        Principal::Admin {
+            role: Role::SuperAdmin | Role::TenantAdmin,
+            ..
+        }
+    );
+    if admin {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(
+            "Only a super admin or the tenant's admin may erase a data subject.",
+        ))
+    }
+}
+
+/// Erases data subject `id` as `who` asks. Allowed: a super admin, or the admin of the
+/// subject's tenant; other roles 403. A subject the key table never knew, or another
+/// tenant's, is not found (404) — the same answer, so an admin learns nothing of other
+/// tenants' subjects. Erasing an erased subject appends nothing and answers the same.
+pub async fn erase(
+    state: &AppState,
+    who: &Principal,
+    id: Uuid,
+    ids: &RequestIds,
+) -> Result<Committed, Problem> {
+    may_erase(who)?;
+    let not_found = || Problem::not_found("data subject not found");
+    let known = state
+        .keyring
+        .subject(id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(not_found)?;
+    if !who.administers(&known.tenant_id) {
+        return Err(not_found());
+    }
+    let command = SubjectCommand::Erase {
+        tenant_id: known.tenant_id.clone(),
+        kind: known.kind,
+        by: who.user_id().to_owned(),
+        at: state.clock.now(),
+    };
+    let metadata = ids.metadata(&known.tenant_id, who.user_id(), who.actor_kind());
+    Ok(state
+        .ctx
+        .privacy
+        .subjects
+        .execute(&id.to_string(), None, command, &metadata)
+        .await?)
+}
+
+impl DomainProblem for super::aggregate::SubjectError {
+    fn problem(&self) -> Problem {
+        match self {
+            Self::NotFound => Problem::not_found(self.to_string()),
+        }
+    }
+}
