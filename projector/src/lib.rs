@@ -18,6 +18,8 @@ pub mod context;
 pub mod due;
 /// `/health/live` and `/health/ready` (on `PROJECTOR_PORT`).
 pub mod health;
+/// Privacy: redaction of erased subjects' read models.
+pub mod privacy;
 /// Projection contract and exactly-once application.
 pub mod projection;
 /// Rebuild from the event store.
@@ -56,6 +58,7 @@ context::contexts! {
     telephony,
     whatsapp,
     realtime,
+    privacy,
 }
 
 use std::sync::Arc;

@@ -218,9 +218,10 @@ pub enum ThreadError {
     /// 409: the scheduled message is not due yet (it was rescheduled).
     #[error("the scheduled message is not due yet")]
     NotDue,
-    /// 410: the thread's customer was erased (docs/privacy.md): nothing new is kept about
-    /// them.
-    #[error("the customer of this thread was erased")]
+    /// 410: the person the text would be sealed for (the thread's customer, or the staff
+    /// author of a note in a thread without one) was erased (docs/privacy.md): nothing new
+    /// is kept about them.
+    #[error("the person this text is about was erased: nothing new is kept about them")]
     SubjectErased,
     /// 503: a look-up in another context failed.
     #[error("directory unavailable: {0}")]

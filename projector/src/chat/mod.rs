@@ -649,6 +649,76 @@ async fn schedule_change(
     Ok(())
 }
 
+/// Overwrites with `[erased]` what the chat read models hold of erased subject `subject` of
+/// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text of the threads whose
+/// customer they were (the conversation was sealed for them, whoever wrote in it), and, for
+/// a staff member, the texts they wrote in threads without a customer. The live tables, in
+/// the caller's transaction. Their events already read `[erased]` (the keys are gone), so a
+/// rebuild gives the same.
+pub async fn redact_subject(
+    conn: &mut PgConnection,
+    subject: uuid::Uuid,
+    tenant: &str,
+    kind: &str,
+) -> Result<(), ProjectionError> {
+    let is_subject = |id: &String| events::personal::subject_id(kind, tenant, id) == subject;
+    let customers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT customer_id FROM chat_threads
+          WHERE tenant_id = $1 AND customer_id IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let customers: Vec<String> = customers.into_iter().filter(is_subject).collect();
+    let authors: Vec<String> = if kind == "admin_user" {
+        let authors: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT m.author_id FROM chat_messages m
+               JOIN chat_threads t ON t.id = m.thread_id
+              WHERE t.customer_id IS NULL AND m.author_kind = 'agent'",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        authors.into_iter().filter(is_subject).collect()
+    } else {
+        Vec::new()
+    };
+    if customers.is_empty() && authors.is_empty() {
+        return Ok(());
+    }
+    let erased = events::personal::ERASED;
+    sqlx::query(
+        "WITH theirs AS (
+             SELECT id FROM chat_threads WHERE tenant_id = $1 AND customer_id = ANY($2)),
+         messages AS (
+             UPDATE chat_messages m SET text = $4
+               FROM chat_threads t
+              WHERE t.id = m.thread_id AND m.text <> ''
+                AND (t.id IN (SELECT id FROM theirs)
+                     OR (t.customer_id IS NULL AND m.author_kind = 'agent'
+                         AND m.author_id = ANY($3)))
+             RETURNING m.thread_id),
+         scheduled AS (
+             UPDATE chat_scheduled s SET text = $4
+               FROM chat_threads t
+              WHERE t.id = s.thread_id AND s.text <> ''
+                AND (t.id IN (SELECT id FROM theirs)
+                     OR (t.customer_id IS NULL AND s.author_id = ANY($3)))
+             RETURNING s.thread_id)
+         UPDATE chat_threads SET last_message = jsonb_set(last_message, '{text}', to_jsonb($4::text))
+          WHERE last_message->>'text' <> ''
+            AND (id IN (SELECT id FROM theirs)
+                 OR (customer_id IS NULL AND last_message->>'author_kind' = 'agent'
+                     AND last_message->>'author_id' = ANY($3)))",
+    )
+    .bind(tenant)
+    .bind(&customers)
+    .bind(&authors)
+    .bind(erased)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The context has no settings of its own.
 pub use crate::context::NoSettings as Settings;
 

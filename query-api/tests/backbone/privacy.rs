@@ -461,7 +461,39 @@ async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erase
         (!audit.contains("Gracias") && audit.contains(events::personal::ERASED)).then_some(())
     })
     .await;
-    // A rebuild reads her conversation as erased, Bob's as it was.
+    // The live read models are redacted in place: her thread's texts and preview, not Bob's.
+    let texts = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT thread_id::text, text FROM chat_messages ORDER BY thread_id, number",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .expect("messages")
+    };
+    crate::support::eventually(Duration::from_secs(20), "her texts redacted", || async {
+        texts()
+            .await
+            .iter()
+            .filter(|(thread, _)| *thread == ana_thread)
+            .all(|(_, text)| text == events::personal::ERASED)
+            .then_some(())
+    })
+    .await;
+    let previews: Vec<(String, Value)> =
+        sqlx::query_as("SELECT id::text, last_message FROM chat_threads ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .expect("threads");
+    for (thread, preview) in previews {
+        let expected = if thread == ana_thread {
+            events::personal::ERASED
+        } else {
+            "Soy Bob, de Bilbao"
+        };
+        assert_eq!(preview["text"], expected, "{thread}");
+    }
+    let live = texts().await;
+    // A rebuild reads her conversation as erased, Bob's as it was: the same rows.
     projector.abort();
     projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection, &env.keyring())
         .await
@@ -473,6 +505,7 @@ async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erase
     .await
     .expect("messages");
     assert_eq!(rows.len(), 3);
+    assert_eq!(rows, live);
     for (thread, text) in rows {
         if thread == ana_thread {
             assert_eq!(text, events::personal::ERASED);
@@ -505,5 +538,80 @@ async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erase
     .await;
     assert_eq!(sent.status(), 201);
     query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_erased_staff_members_own_notes_are_redacted_and_a_customers_thread_is_not() {
+    use crate::chat::{open_thread, post};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let _projector = env.spawn_projector(env.projector_config());
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "staffnotes").await;
+    let agent = env.agent_of(&tenant);
+    let customer = env.phone_user(&tenant, "phone-cus");
+    // A thread without a customer: the agent's note is sealed for the agent.
+    let (notes, _) = open_thread(&env, &api, &agent, json!({})).await;
+    let (talk, _) = open_thread(&env, &api, &customer, json!({})).await;
+    for (thread, text) in [
+        (&notes, "nota interna de Marta"),
+        (&talk, "respuesta de Marta"),
+    ] {
+        let sent = post(
+            &env,
+            &api,
+            &agent,
+            &format!("/v1/chat/threads/{thread}/messages"),
+            json!({"text": text}),
+        )
+        .await;
+        assert_eq!(sent.status(), 201);
+    }
+    assert!(!store_text(&env).await.contains("Marta"));
+    let staff = events::personal::subject_id("admin_user", &tenant, &format!("agent-of-{tenant}"));
+    let erased = post(
+        &env,
+        &api,
+        &env.admin_of(&tenant),
+        &format!("/v1/privacy/subjects/{staff}/erase"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    let texts =
+        crate::support::eventually(Duration::from_secs(20), "the note redacted", || async {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT thread_id::text, text FROM chat_messages ORDER BY thread_id, number",
+            )
+            .fetch_all(&env.pool)
+            .await
+            .ok()?;
+            rows.iter()
+                .any(|(t, text)| *t == notes && text == events::personal::ERASED)
+                .then_some(rows)
+        })
+        .await;
+    for (thread, text) in texts {
+        if thread == talk {
+            assert_eq!(
+                text, "respuesta de Marta",
+                "the customer's conversation is theirs"
+            );
+        }
+    }
+    let refused = post(
+        &env,
+        &api,
+        &agent,
+        &format!("/v1/chat/threads/{notes}/messages"),
+        json!({"text": "otra nota"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 410);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["code"], "subject_erased");
     api.stop().await;
 }
