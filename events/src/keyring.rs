@@ -355,19 +355,55 @@ impl Keyring {
         Ok(())
     }
 
-    /// [`Keyring::open_values`] with the keys looked up on `conn` (a caller that holds a
-    /// connection, in a transaction, must not wait for a second one from a pool its peers
-    /// may have exhausted the same way).
+    /// [`Keyring::open_values`] inside the caller's transaction on `conn`, for a writer that
+    /// stores what it opens (a projection): it first holds each named subject's erasure lock
+    /// shared (migration 0054), then reads every key the values name — cached or not — so an
+    /// erasure either waits until this transaction commits (and its redaction sees what was
+    /// written) or has committed, and its subjects' fields open as [`ERASED`]. The cache
+    /// saves unsealing the keys, not the look-up. Holding a connection, it never waits for a
+    /// second one from a pool its peers may have exhausted the same way.
     pub async fn open_values_on(
         &self,
         conn: &mut PgConnection,
         values: Vec<&mut serde_json::Value>,
     ) -> Result<(), KeyError> {
-        let missing = self.missing_keys(&values);
+        let mut keys = std::collections::BTreeSet::new();
+        let mut subjects = std::collections::BTreeSet::new();
+        for value in &values {
+            keys.extend(crate::personal::keys_named(value));
+            subjects.extend(crate::personal::subjects_named(value));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let subjects: Vec<Uuid> = subjects.into_iter().collect();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock_shared(1885956401, hashtext(s::text))
+               FROM unnest($1::uuid[]) WITH ORDINALITY AS u(s, n) ORDER BY n",
+        )
+        .bind(&subjects)
+        .execute(&mut *conn)
+        .await?;
+        // A statement of its own, after the locks: its snapshot sees an erasure that
+        // committed while this transaction waited for them.
+        let keys: Vec<Uuid> = keys.into_iter().collect();
+        let present: Vec<Uuid> =
+            sqlx::query_scalar("SELECT key_id FROM subject_keys WHERE key_id = ANY($1)")
+                .bind(&keys)
+                .fetch_all(&mut *conn)
+                .await?;
+        let (present, gone): (Vec<Uuid>, Vec<Uuid>) =
+            keys.into_iter().partition(|k| present.contains(k));
+        for key in gone {
+            self.remember(key, None, false);
+        }
+        let missing: Vec<Uuid> = present
+            .into_iter()
+            .filter(|key| !matches!(self.cached(*key), Some(Some(_))))
+            .collect();
         if !missing.is_empty() {
             self.load_keys(conn, missing).await?;
         }
-
         for value in values {
             open_in_place(value, &|key| self.cached(key).flatten());
         }

@@ -14,7 +14,7 @@ use events::chat::{AssignmentReason, Attachment, Channel, Party, PartyKind, Thre
 use serde::{Deserialize, Serialize};
 
 use super::commands::{Action, Actor, Release, ThreadCommand};
-use super::services::{ChatServices, PastMessage, SealError};
+use super::services::{subject_of, ChatServices, PastMessage, SealError};
 use super::values::{self, MessageText};
 
 /// How long an author may edit a message after sending it.
@@ -315,6 +315,34 @@ fn attachment(raw: Option<Attachment>, tenant: &str) -> Result<Option<Attachment
     .transpose()
 }
 
+/// Refuses a thread with an erased person: nothing new is kept about them, not even that.
+async fn not_erased(
+    tenant_id: &str,
+    customer: Option<&Party>,
+    services: &ChatServices,
+) -> Result<(), ThreadError> {
+    let Some((subject, _)) = customer.and_then(|c| subject_of(tenant_id, c)) else {
+        return Ok(());
+    };
+    match services.is_erased(subject).await {
+        Ok(true) => Err(ThreadError::SubjectErased),
+        Ok(false) => Ok(()),
+        Err(e) => Err(ThreadError::Unavailable(e)),
+    }
+}
+
+/// True when `text` is sealed for a data subject who was erased since (the text names its
+/// subject: docs/privacy.md).
+async fn sealed_for_erased(text: &str, services: &ChatServices) -> Result<bool, ThreadError> {
+    match events::personal::SealedField::parse(text) {
+        Some(field) => services
+            .is_erased(field.subject)
+            .await
+            .map_err(ThreadError::Unavailable),
+        None => Ok(false),
+    }
+}
+
 /// A due time: after `now`, at most 90 days ahead.
 fn due(now: DateTime<Utc>, due_at: DateTime<Utc>) -> Result<(), ThreadError> {
     if due_at <= now {
@@ -518,6 +546,7 @@ impl Thread {
         if channel != Channel::Web && !matches!(actor, Actor::System { .. }) {
             return Err(ThreadError::ChannelNotAllowed);
         }
+        not_erased(&tenant_id, customer.as_ref(), services).await?;
         let subject = subject
             .map(|s| {
                 values::label(&s, values::MAX_SUBJECT_CHARS).ok_or(ThreadError::InvalidSubject)
@@ -1110,6 +1139,9 @@ impl Thread {
             return Ok(vec![]);
         }
         due(at, due_at)?;
+        if sealed_for_erased(&scheduled.text, d.services).await? {
+            return Err(ThreadError::SubjectErased);
+        }
         Ok(vec![ThreadEvent::MessageRescheduled {
             scheduled_id,
             due_at,
@@ -1156,6 +1188,14 @@ impl Thread {
             reason: "Its author can no longer write in this thread (deactivated, or no longer the tenant's staff).".into(),
             at,
         }]);
+        }
+        if sealed_for_erased(&scheduled.text, services).await? {
+            return Ok(vec![ThreadEvent::ScheduleFailed {
+                scheduled_id,
+                code: "subject_erased".into(),
+                reason: "The person this message is about was erased: it is never sent.".into(),
+                at,
+            }]);
         }
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
@@ -1426,6 +1466,23 @@ mod tests {
 
     #[async_trait]
     impl Directory for Fixed {
+        async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String> {
+            Ok(self.erased.iter().any(|id| {
+                [PartyKind::Phone, PartyKind::Agent]
+                    .into_iter()
+                    .any(|kind| {
+                        subject_of(
+                            TENANT,
+                            &Party {
+                                id: id.clone(),
+                                kind,
+                            },
+                        )
+                        .map(|(s, _)| s)
+                            == Some(subject)
+                    })
+            }))
+        }
         async fn seal(
             &self,
             tenant: &str,
@@ -1786,6 +1843,73 @@ mod tests {
             .await
             .inspect_result();
         assert!(accepted.is_ok(), "{accepted:?}");
+    }
+
+    #[tokio::test]
+    async fn open_a_thread_with_an_erased_customer_is_refused_whoever_opens_it() {
+        let with_them = Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer: Some(customer_party()),
+            subject: Some("again".into()),
+            tags: vec![],
+            bot_enabled: None,
+        };
+        for (actor, action) in [(customer(), open_action()), (agent(), with_them)] {
+            sealing_over(&[], &["phone-1"])
+                .given_no_previous_events()
+                .when_async(cmd(actor, t0(), action))
+                .await
+                .then_expect_error(ThreadError::SubjectErased);
+        }
+    }
+
+    /// A scheduled text sealed for the thread's customer, as a real key seals it.
+    fn scheduled_sealed(id: &str, due_at: DateTime<Utc>) -> ThreadEvent {
+        let (subject, _) = subject_of(TENANT, &customer_party()).expect("a person");
+        ThreadEvent::MessageScheduled {
+            scheduled_id: id.into(),
+            author: agent_party(),
+            text: format!("pii1.{subject}.{}.c2VhbGVk", uuid::Uuid::nil()),
+            attachment: None,
+            due_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_a_message_sealed_for_an_erased_customer_records_it_failed_and_never_sends_it()
+    {
+        let given = vec![opened(), scheduled_sealed("s1", minutes(60))];
+        sealing_over(&given, &["phone-1"])
+            .given(given.clone())
+            .when_async(cmd(scheduler(), minutes(61), deliver("s1")))
+            .await
+            .then_expect_events(vec![ThreadEvent::ScheduleFailed {
+                scheduled_id: "s1".into(),
+                code: "subject_erased".into(),
+                reason: "The person this message is about was erased: it is never sent.".into(),
+                at: minutes(61),
+            }]);
+        sealing_over(&given, &["phone-1"])
+            .given(given.clone())
+            .when_async(cmd(
+                agent(),
+                minutes(1),
+                Action::Reschedule {
+                    scheduled_id: "s1".into(),
+                    due_at: minutes(30),
+                },
+            ))
+            .await
+            .then_expect_error(ThreadError::SubjectErased);
+        // While they are not erased, it goes out as sealed.
+        let delivered = sealing_over(&given, &[])
+            .given(given.clone())
+            .when_async(cmd(scheduler(), minutes(61), deliver("s1")))
+            .await
+            .inspect_result()
+            .expect("delivered");
+        assert!(matches!(&delivered[..], [ThreadEvent::MessageSent { .. }]));
     }
 
     #[tokio::test]

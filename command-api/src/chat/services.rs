@@ -92,6 +92,23 @@ pub trait Directory: Send + Sync {
     ) -> Result<Option<PastMessage>, String>;
     /// `text` sealed for `person`, a data subject of `tenant_id` (docs/privacy.md).
     async fn seal(&self, tenant_id: &str, person: &Party, text: &str) -> Result<String, SealError>;
+    /// True when data subject `subject` was erased.
+    async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String>;
+}
+
+/// The data subject `person` of `tenant_id` is: `None` for the bot and the platform, who are
+/// no one.
+pub fn subject_of(tenant_id: &str, person: &Party) -> Option<(uuid::Uuid, SubjectKind)> {
+    let kind = match person.kind {
+        PartyKind::Phone => SubjectKind::PhoneUser,
+        PartyKind::Contact => SubjectKind::Contact,
+        PartyKind::Agent => SubjectKind::AdminUser,
+        PartyKind::Bot | PartyKind::System => return None,
+    };
+    Some((
+        events::personal::subject_id(kind.as_str(), tenant_id, &person.id),
+        kind,
+    ))
 }
 
 /// Why a text could not be sealed for its person.
@@ -202,15 +219,11 @@ impl Directory for PgDirectory {
     }
 
     async fn seal(&self, tenant_id: &str, person: &Party, text: &str) -> Result<String, SealError> {
-        let kind = match person.kind {
-            PartyKind::Phone => SubjectKind::PhoneUser,
-            PartyKind::Contact => SubjectKind::Contact,
-            PartyKind::Agent => SubjectKind::AdminUser,
-            // The bot and the platform are no one.
-            PartyKind::Bot | PartyKind::System => return Ok(text.to_owned()),
+        let Some((id, kind)) = subject_of(tenant_id, person) else {
+            return Ok(text.to_owned());
         };
         let subject = Subject {
-            id: events::personal::subject_id(kind.as_str(), tenant_id, &person.id),
+            id,
             kind,
             tenant_id,
         };
@@ -218,6 +231,15 @@ impl Directory for PgDirectory {
             KeyError::Erased => SealError::Erased,
             other => SealError::Unavailable(other.to_string()),
         })
+    }
+
+    async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String> {
+        Ok(self
+            .keyring
+            .subject(subject)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some_and(|known| known.erased))
     }
 }
 

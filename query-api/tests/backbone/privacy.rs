@@ -615,3 +615,54 @@ async fn an_erased_staff_members_own_notes_are_redacted_and_a_customers_thread_i
     assert_eq!(problem["code"], "subject_erased");
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_erasure_waits_for_a_projector_transaction_that_opened_the_subjects_fields_and_one_after_it_reads_them_erased(
+) {
+    let env = TestEnv::new().await;
+    let keys = env.keyring();
+    let ana = Uuid::new_v4();
+    let text = keys
+        .seal(phone_user(ana, "acme"), "hola")
+        .await
+        .expect("sealed");
+    let payload = || serde_json::json!({"MessageSent": {"text": text}});
+
+    // A projector's transaction opens Ana's text (and would write it in clear).
+    let mut writing = env.pool.begin().await.expect("begin");
+    let mut first = payload();
+    keys.open_values_on(&mut writing, vec![&mut first])
+        .await
+        .expect("opened");
+    assert_eq!(first["MessageSent"]["text"], "hola");
+    // The erasure waits for it: the redaction that follows will see what it wrote.
+    let erasing = tokio::spawn({
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 VALUES ('data_subject', $1, 1, 'Erased', '1.0',
+                         jsonb_build_object('Erased', jsonb_build_object('tenant_id', 'acme', 'kind', 'phone_user', 'by', 'test', 'at', now())),
+                         '{\"tenant_id\": \"acme\"}')",
+            )
+            .bind(ana.to_string())
+            .execute(&pool)
+            .await
+            .expect("erased")
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!erasing.is_finished(), "the erasure passed an open writer");
+    writing.commit().await.expect("commit");
+    erasing
+        .await
+        .expect("the erasure commits once the writer has");
+
+    // The next transaction reads it erased, though this process still caches her key.
+    let mut after = env.pool.begin().await.expect("begin");
+    let mut second = payload();
+    keys.open_values_on(&mut after, vec![&mut second])
+        .await
+        .expect("opened");
+    assert_eq!(second["MessageSent"]["text"], ERASED);
+}
