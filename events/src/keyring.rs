@@ -279,6 +279,9 @@ impl Keyring {
         .execute(&self.pool)
         .await?;
         let (key, raw) = DataKey::generate(subject.id);
+        let Some(sealed) = self.masters.seal_key(&raw) else {
+            return Err(KeyError::NoMasterKey(key.id));
+        };
         let made = sqlx::query(
             "INSERT INTO subject_keys (key_id, subject_id, master_key_id, sealed_key)
              SELECT $1, subject_id, $2, $3 FROM data_subjects
@@ -287,7 +290,7 @@ impl Keyring {
         )
         .bind(key.id)
         .bind(self.masters.current())
-        .bind(self.masters.seal_key(&raw))
+        .bind(sealed)
         .bind(subject.id)
         .bind(subject.tenant_id)
         .execute(&self.pool)
@@ -492,7 +495,12 @@ impl Keyring {
         .await?;
         let mut resealed = 0;
         for row in rows {
-            let Ok(raw) = self.masters.open_key(&row.master_key_id, &row.sealed_key) else {
+            let resealed_key = self
+                .masters
+                .open_key(&row.master_key_id, &row.sealed_key)
+                .ok()
+                .and_then(|raw| self.masters.seal_key(&raw));
+            let Some(resealed_key) = resealed_key else {
                 return Err(KeyError::NoMasterKey(row.key_id));
             };
             resealed += sqlx::query(
@@ -501,7 +509,7 @@ impl Keyring {
             )
             .bind(row.key_id)
             .bind(self.masters.current())
-            .bind(self.masters.seal_key(&raw))
+            .bind(resealed_key)
             .bind(&row.master_key_id)
             .execute(&self.pool)
             .await?

@@ -262,6 +262,16 @@ impl MasterKeys {
         }
     }
 
+    /// No master key: opens no data key (a sealed field fails to open, never reads as
+    /// erased) and seals none. For a process that may meet no personal data, such as
+    /// `projector rebuild` of a projection without any, run without the settings.
+    pub fn none() -> Self {
+        Self {
+            current: String::new(),
+            keys: HashMap::new(),
+        }
+    }
+
     /// One master key `id` derived from `secret`.
     pub fn single(id: &str, secret: &str) -> Self {
         Self {
@@ -275,13 +285,12 @@ impl MasterKeys {
         &self.current
     }
 
-    /// `raw` (a data key) sealed under the current master key.
-    pub fn seal_key(&self, raw: &[u8]) -> String {
-        // The current id is always one of the keys (both constructors put it there).
-        match self.keys.get(&self.current) {
-            Some(master) => master.seal(&URL_SAFE_NO_PAD.encode(raw)),
-            None => String::new(),
-        }
+    /// `raw` (a data key) sealed under the current master key; `None` with no master key
+    /// ([`MasterKeys::none`]).
+    pub fn seal_key(&self, raw: &[u8]) -> Option<String> {
+        self.keys
+            .get(&self.current)
+            .map(|master| master.seal(&URL_SAFE_NO_PAD.encode(raw)))
     }
 
     /// The data key sealed as `sealed` under master key `master_id`.
@@ -431,17 +440,26 @@ mod tests {
     fn master_keys_seal_with_the_first_and_open_with_any() {
         let (_, raw) = DataKey::generate(subject());
         let old = MasterKeys::parse(Some("k1=first secret"), "fallback").expect("valid");
-        let sealed = old.seal_key(&raw);
+        let sealed = old.seal_key(&raw).expect("a master key");
         let rotated =
             MasterKeys::parse(Some("k2=second secret, k1=first secret"), "x").expect("valid");
         assert_eq!(rotated.current(), "k2");
         assert_eq!(rotated.open_key("k1", &sealed), Ok(raw.clone()));
-        let resealed = rotated.seal_key(&raw);
+        let resealed = rotated.seal_key(&raw).expect("a master key");
         assert_eq!(rotated.open_key("k2", &resealed), Ok(raw.clone()));
         assert_eq!(old.open_key("k2", &resealed), Err(Unsealable));
         assert_eq!(rotated.open_key("k2", &sealed), Err(Unsealable));
         let default = MasterKeys::parse(None, "fallback").expect("valid");
         assert_eq!(default.current(), DEFAULT_MASTER_ID);
+        assert_eq!(
+            MasterKeys::none().seal_key(&raw),
+            None,
+            "no master key seals nothing"
+        );
+        assert_eq!(
+            MasterKeys::none().open_key("default", &sealed),
+            Err(Unsealable)
+        );
         assert_eq!(
             MasterKeys::parse(Some(" "), "fallback").map(|k| k.current().to_owned()),
             Ok(DEFAULT_MASTER_ID.to_owned())
