@@ -373,8 +373,7 @@ impl Keyring {
         let mut keys = std::collections::BTreeSet::new();
         let mut subjects = std::collections::BTreeSet::new();
         for value in &values {
-            keys.extend(crate::personal::keys_named(value));
-            subjects.extend(crate::personal::subjects_named(value));
+            crate::personal::name_into(value, &mut keys, &mut subjects);
         }
         if keys.is_empty() {
             return Ok(());

@@ -315,23 +315,23 @@ pub fn master_secrets(setting: Option<&str>) -> Vec<(String, &str)> {
 /// The data keys the sealed fields anywhere in `value` name.
 pub fn keys_named(value: &serde_json::Value) -> BTreeSet<Uuid> {
     let mut keys = BTreeSet::new();
-    visit(value, &mut |text| {
-        if let Some(field) = SealedField::parse(text) {
-            keys.insert(field.key);
-        }
-    });
+    name_into(value, &mut keys, &mut BTreeSet::new());
     keys
 }
 
-/// The subjects the sealed fields anywhere in `value` belong to.
-pub fn subjects_named(value: &serde_json::Value) -> BTreeSet<Uuid> {
-    let mut subjects = BTreeSet::new();
+/// Adds the data keys and the subjects the sealed fields anywhere in `value` name to `keys`
+/// and `subjects` (one walk of the value for both).
+pub fn name_into(
+    value: &serde_json::Value,
+    keys: &mut BTreeSet<Uuid>,
+    subjects: &mut BTreeSet<Uuid>,
+) {
     visit(value, &mut |text| {
         if let Some(field) = SealedField::parse(text) {
+            keys.insert(field.key);
             subjects.insert(field.subject);
         }
     });
-    subjects
 }
 
 fn visit(value: &serde_json::Value, f: &mut impl FnMut(&str)) {
@@ -489,11 +489,11 @@ mod tests {
             "tags": [ana.seal("vip"), "plain"],
             "number": 3
         }});
-        assert_eq!(keys_named(&payload), BTreeSet::from([ana.id, bob.id]));
-        assert_eq!(
-            subjects_named(&payload),
-            BTreeSet::from([ana.subject, bob.subject])
-        );
+        let (mut keys, mut subjects) = (BTreeSet::new(), BTreeSet::new());
+        name_into(&payload, &mut keys, &mut subjects);
+        assert_eq!(keys, BTreeSet::from([ana.id, bob.id]));
+        assert_eq!(keys_named(&payload), keys);
+        assert_eq!(subjects, BTreeSet::from([ana.subject, bob.subject]));
         let only_ana = ana.clone();
         open_in_place(&mut payload, &|id| {
             (id == only_ana.id).then(|| only_ana.clone())

@@ -1715,21 +1715,21 @@ mod tests {
         }) as ChatServices)
     }
 
+    /// The events `when` appends over `given`, texts sealed as [`Fixed`] marks them.
+    async fn sealed_events(given: &[ThreadEvent], when: ThreadCommand) -> Vec<ThreadEvent> {
+        sealing_over(given, &[])
+            .given(given.to_vec())
+            .when_async(when)
+            .await
+            .inspect_result()
+            .expect("accepted")
+    }
+
     #[tokio::test]
     async fn texts_in_a_customers_thread_are_sealed_for_the_customer_whoever_writes_them() {
         let given = vec![opened(), sent("m1", 1, agent_party(), minutes(1))];
         let for_customer = |text: &str| format!("sealed[{TENANT}/phone:phone-1]{text}");
-        let events = |when: ThreadCommand| {
-            let given = given.clone();
-            async move {
-                sealing_over(&given, &[])
-                    .given(given)
-                    .when_async(when)
-                    .await
-                    .inspect_result()
-                    .expect("accepted")
-            }
-        };
+        let events = |when| sealed_events(&given, when);
         let by_customer = events(cmd(customer(), minutes(2), send("m2", "hola"))).await;
         assert!(
             matches!(&by_customer[..], [ThreadEvent::MessageSent { text, .. }] if *text == for_customer("hola"))
@@ -1779,22 +1779,16 @@ mod tests {
             tags: vec![],
             at: t0(),
         }];
-        let texts = |when: ThreadCommand| {
-            let given = given.clone();
-            async move {
-                sealing_over(&given, &[])
-                    .given(given)
-                    .when_async(when)
-                    .await
-                    .inspect_result()
-                    .expect("accepted")
-                    .into_iter()
-                    .filter_map(|e| match e {
-                        ThreadEvent::MessageSent { text, .. } => Some(text),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            }
+        let given = &given;
+        let texts = |when| async move {
+            sealed_events(given, when)
+                .await
+                .into_iter()
+                .filter_map(|e| match e {
+                    ThreadEvent::MessageSent { text, .. } => Some(text),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             texts(cmd(agent(), minutes(1), send("m1", "note"))).await,
