@@ -301,6 +301,22 @@ async fn command_api_reseals_the_data_keys_under_the_master_key_it_is_given_firs
     api.stop().await;
 }
 
+/// Waits until `api` has heard of an erasure (its `NOTIFY` arrives a moment after the
+/// commit; until then a process may still seal with the key it cached, which nobody can
+/// open): a text `token` sends to `path` is refused.
+async fn heard(env: &TestEnv, api: &crate::support::Service, token: &str, path: &str) {
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "command-api hears of the erasure",
+        || async {
+            let sent =
+                crate::chat::post(env, api, token, path, serde_json::json!({"text": "?"})).await;
+            (sent.status() == 410).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Everything the event store holds, as text.
 async fn store_text(env: &TestEnv) -> String {
     sqlx::query_scalar("SELECT coalesce(string_agg(payload::text, E'\\n'), '') FROM events")
@@ -338,11 +354,16 @@ async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erase
 
     // The store and the bus hold ciphertext naming each customer.
     let store = store_text(&env).await;
-    let bus: String = crate::relay::stream_contents(&env)
-        .await
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect();
+    // The relay publishes after the commit: wait until the bus has all three.
+    let bus = crate::support::eventually(Duration::from_secs(20), "the bus", || async {
+        let bus: String = crate::relay::stream_contents(&env)
+            .await
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        (bus.matches("\"pii1.").count() >= 3).then_some(bus)
+    })
+    .await;
     for (place, text) in [("store", &store), ("bus", &bus)] {
         for plain in ["600 111 222", "Gracias Ana", "Soy Bob"] {
             assert!(
@@ -515,6 +536,7 @@ async fn chat_texts_are_ciphertext_in_the_store_and_on_the_bus_and_read_as_erase
     }
     // Nothing new is written about her: the running command-api forgot her key, and her
     // thread refuses new texts, whoever writes.
+    heard(&env, &api, &ana, &messages(&ana_thread)).await;
     for token in [&ana, &agent] {
         let refused = post(
             &env,
@@ -602,11 +624,13 @@ async fn an_erased_staff_members_own_notes_are_redacted_and_a_customers_thread_i
             );
         }
     }
+    let notes_path = format!("/v1/chat/threads/{notes}/messages");
+    heard(&env, &api, &agent, &notes_path).await;
     let refused = post(
         &env,
         &api,
         &agent,
-        &format!("/v1/chat/threads/{notes}/messages"),
+        &notes_path,
         json!({"text": "otra nota"}),
     )
     .await;
