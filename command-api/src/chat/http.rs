@@ -164,6 +164,7 @@ pub struct OpenThread {
     request_body = OpenThread,
     responses(
         (status = 201, description = "Created: the thread and its version (also in `ETag`, `Location`).", body = crate::http::Accepted),
+        (status = 410, response = events::http::openapi::ProblemAnswer),
         (status = 404, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
@@ -284,14 +285,17 @@ pub struct MessageCreated {
 /// (> 4,096 characters), `empty_message`, `invalid_text` (control characters),
 /// `invalid_attachment`, `invalid_client_message_id`; 404 when the caller may not see the
 /// thread. An attachment must be a blob of the thread's tenant (`object_key` under
-/// `tenants/{tenant_id}/`).
+/// `tenants/{tenant_id}/`). The text is stored sealed for the thread's customer (or, in a
+/// thread without one, for the staff author); once that person was erased, 410
+/// `subject_erased` (docs/privacy.md).
 #[utoipa::path(
     post,
     path = "/v1/chat/threads/{id}/messages",
     params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
     request_body = SendMessage,
     responses(
-        (status = 201, description = "Created: the thread, its new version and the message's id.", body = MessageCreated)
+        (status = 201, description = "Created: the thread, its new version and the message's id.", body = MessageCreated),
+        (status = 410, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -338,7 +342,8 @@ pub struct EditMessage {
     params(("id" = Uuid, Path, description = "The thread."), ("message" = String, Path, description = "The message id."), crate::http::IfMatch),
     request_body = EditMessage,
     responses(
-        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 410, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -700,7 +705,8 @@ pub struct ScheduledCreated {
     params(("id" = Uuid, Path, description = "The thread."), crate::http::IfMatch),
     request_body = ScheduleMessage,
     responses(
-        (status = 201, description = "Created: the thread, its new version and the scheduled message's id.", body = ScheduledCreated)
+        (status = 201, description = "Created: the thread, its new version and the scheduled message's id.", body = ScheduledCreated),
+        (status = 410, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
@@ -760,7 +766,8 @@ pub struct Reschedule {
     params(("id" = Uuid, Path, description = "The thread."), ("scheduled" = String, Path, description = "The scheduled message id."), crate::http::IfMatch),
     request_body = Reschedule,
     responses(
-        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted)
+        (status = 200, description = "Accepted: the thread and its new version (also in `ETag`). Pass the version to query-api as `min_version` to read your write.", body = crate::http::Accepted),
+        (status = 410, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]
