@@ -437,6 +437,37 @@ impl Keyring {
         .await
     }
 
+    /// Makes `subject` known before anything is sealed for them (a phone user at their
+    /// first sign-in), so they can be erased and exported from then on. Knowing them again
+    /// changes nothing; an erased subject is refused ([`KeyError::Erased`]), and so is an id
+    /// another tenant's subject has ([`KeyError::OtherTenant`]).
+    pub async fn register(&self, subject: Subject<'_>) -> Result<(), KeyError> {
+        // The insert's row, or (when it was known) the stored one: the outer read does not
+        // see the insert, so exactly one of the two answers.
+        let (tenant_id, erased): (String, bool) = sqlx::query_as(
+            "WITH made AS (
+                 INSERT INTO data_subjects (subject_id, tenant_id, kind) VALUES ($1, $2, $3)
+                 ON CONFLICT (subject_id) DO NOTHING
+                 RETURNING tenant_id, false AS erased)
+             SELECT tenant_id, erased FROM made
+             UNION ALL
+             SELECT tenant_id, erased_at IS NOT NULL FROM data_subjects WHERE subject_id = $1
+             LIMIT 1",
+        )
+        .bind(subject.id)
+        .bind(subject.tenant_id)
+        .bind(subject.kind.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        if erased {
+            Err(KeyError::Erased)
+        } else if tenant_id != subject.tenant_id {
+            Err(KeyError::OtherTenant)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Follows erasures made anywhere (the `subject_erased` notifications of migration 0054)
     /// and forgets the erased subjects' keys, until the process ends. After a lost
     /// connection, when notifications may have been missed, it forgets every cached key.

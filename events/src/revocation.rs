@@ -29,6 +29,9 @@ pub enum Refusal {
     /// Its tenant is not active: suspended, turned down, or still awaiting approval.
     #[error("the tenant is not active (suspended, rejected or awaiting approval)")]
     TenantSuspended,
+    /// Its user was erased as a data subject.
+    #[error("the user's data was erased")]
+    Erased,
     /// It is a chatbot user's, and the tenant switched its chatbot off.
     #[error("the tenant's chatbot is switched off")]
     ChatbotDisabled,
@@ -52,6 +55,8 @@ struct UserState {
     active: Option<bool>,
     /// The role since the last change.
     role: Option<Role>,
+    /// Erased as a data subject (docs/privacy.md): for good.
+    erased: bool,
     /// Sequence of the change this reflects.
     version: i64,
 }
@@ -97,6 +102,7 @@ impl Revocations {
                     return;
                 }
                 user.version = change.version;
+                user.erased = change.state.get("erased").and_then(|v| v.as_bool()) == Some(true);
                 if let Some(active) = change.state.get("active").and_then(|v| v.as_bool()) {
                     user.active = Some(active);
                 }
@@ -140,8 +146,12 @@ impl Revocations {
                 return Err(Refusal::SessionEnded);
             }
         }
-        if claims.role.is_some() {
-            if let Some(user) = self.users.get(&claims.sub) {
+        if let Some(user) = self.users.get(&claims.sub) {
+            // An erased person's tokens stop, a phone user's as an admin's.
+            if user.erased {
+                return Err(Refusal::Erased);
+            }
+            if claims.role.is_some() {
                 if user.active == Some(false) {
                     return Err(Refusal::UserDeactivated);
                 }
@@ -252,6 +262,26 @@ mod tests {
         assert_eq!(r.check(&claims), Err(Refusal::UserDeactivated));
         r.apply(&change("user:u1", serde_json::json!({"active": true}), 4));
         assert_eq!(r.check(&claims), Ok(()));
+    }
+
+    #[test]
+    fn an_erased_persons_tokens_are_refused_for_good_phone_users_and_admins_alike() {
+        let mut r = Revocations::default();
+        let erased = serde_json::json!({"active": false, "erased": true});
+        r.apply(&change("user:p1", erased.clone(), i64::MAX));
+        r.apply(&change("user:u1", erased, i64::MAX));
+        assert_eq!(r.check(&phone("p1", "t1")), Err(Refusal::Erased));
+        assert_eq!(
+            r.check(&admin("u1", Some("t1"), Role::TenantAdmin, None)),
+            Err(Refusal::Erased)
+        );
+        assert_eq!(r.check(&phone("p2", "t1")), Ok(()), "another phone user");
+        // A reactivation recorded later (an older stream version) brings nothing back.
+        r.apply(&change("user:u1", serde_json::json!({"active": true}), 9));
+        assert_eq!(
+            r.check(&admin("u1", Some("t1"), Role::TenantAdmin, None)),
+            Err(Refusal::Erased)
+        );
     }
 
     #[test]

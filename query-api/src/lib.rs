@@ -28,6 +28,8 @@ pub mod dev;
 pub mod identity;
 /// Payments, the revenue report, tenants' catalogs.
 pub mod payments;
+/// A data subject's export (docs/privacy.md).
+pub mod privacy;
 /// The Pusher channel authorizer, client configuration and `/v1/stream`.
 pub mod realtime;
 /// The calls of tenants' numbers.
@@ -52,6 +54,7 @@ context::contexts! {
     whatsapp,
     realtime,
     audit,
+    privacy,
     dev,
 }
 

@@ -315,6 +315,15 @@ fn attachment(raw: Option<Attachment>, tenant: &str) -> Result<Option<Attachment
     .transpose()
 }
 
+impl From<SealError> for ThreadError {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::Erased => ThreadError::SubjectErased,
+            SealError::Unavailable(cause) => ThreadError::Unavailable(cause),
+        }
+    }
+}
+
 /// Refuses a thread with an erased person: nothing new is kept about them, not even that.
 async fn not_erased(
     tenant_id: &str,
@@ -552,6 +561,16 @@ impl Thread {
                 values::label(&s, values::MAX_SUBJECT_CHARS).ok_or(ThreadError::InvalidSubject)
             })
             .transpose()?;
+        // A subject line is the customer's, as the conversation is (docs/privacy.md).
+        let subject = match (subject, &customer) {
+            (Some(line), Some(person)) => Some(
+                services
+                    .seal(&tenant_id, person, &line)
+                    .await
+                    .map_err(ThreadError::from)?,
+            ),
+            (subject, _) => subject,
+        };
         let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
         Ok(vec![ThreadEvent::Opened {
             tenant_id,
@@ -968,10 +987,7 @@ impl Thread {
         d.services
             .seal(tenant, person, &text)
             .await
-            .map_err(|e| match e {
-                SealError::Erased => ThreadError::SubjectErased,
-                SealError::Unavailable(cause) => ThreadError::Unavailable(cause),
-            })
+            .map_err(ThreadError::from)
     }
 
     /// Records a message a participant or staff member sent.
@@ -1763,6 +1779,29 @@ mod tests {
         .await;
         assert!(
             matches!(&later[..], [ThreadEvent::MessageScheduled { text, .. }] if *text == for_customer("reminder"))
+        );
+    }
+
+    #[tokio::test]
+    async fn open_with_a_subject_line_seals_it_for_the_customer_and_without_one_keeps_it() {
+        let open = |customer: Option<Party>| Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Web,
+            customer,
+            subject: Some("Refund".into()),
+            tags: vec![],
+            bot_enabled: None,
+        };
+        let with = sealed_events(&[], cmd(agent(), t0(), open(Some(customer_party())))).await;
+        assert!(
+            matches!(&with[..], [ThreadEvent::Opened { subject: Some(line), .. }]
+                if *line == format!("sealed[{TENANT}/phone:phone-1]Refund")),
+            "{with:?}"
+        );
+        let without = sealed_events(&[], cmd(agent(), t0(), open(None))).await;
+        assert!(
+            matches!(&without[..], [ThreadEvent::Opened { subject: Some(line), .. }] if line == "Refund"),
+            "{without:?}"
         );
     }
 

@@ -10,6 +10,7 @@ use events::access::Claims;
 use events::envelope::ActorKind;
 use events::http::{Problem, RequestIds};
 use events::identity::{PhoneLoginEvent, PHONE_LOGIN};
+use events::keyring::{KeyError, Subject, SubjectKind};
 use events::Metadata;
 use rand_core::{OsRng, RngCore};
 
@@ -97,7 +98,7 @@ pub async fn issue_code(
     let code = six_digits();
     let command = PhoneLoginCommand::RequestCode {
         code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
-        at: Utc::now(),
+        at: state.clock.now(),
     };
     let committed = match state
         .ctx
@@ -126,6 +127,24 @@ pub async fn issue_code(
     Ok(phone)
 }
 
+/// The data subject phone user `user_id` of `tenant` is (their id is a UUID).
+fn subject_of<'a>(tenant: &'a str, user_id: &str) -> Subject<'a> {
+    Subject {
+        id: events::personal::subject_id(SubjectKind::PhoneUser.as_str(), tenant, user_id),
+        kind: SubjectKind::PhoneUser,
+        tenant_id: tenant,
+    }
+}
+
+/// 410 `subject_erased`: the number's phone user at this tenant was erased.
+fn erased() -> Problem {
+    Problem::new(
+        StatusCode::GONE,
+        "subject_erased",
+        "This phone user's data was erased at this tenant; the number cannot sign in here again.",
+    )
+}
+
 /// Six uniformly random digits.
 fn six_digits() -> String {
     // Rejection sampling: no modulo bias.
@@ -152,6 +171,17 @@ pub async fn verify(
         .identity
         .phone_keys
         .user_id(&tenant, phone.as_str());
+    let subject = subject_of(&tenant, &user_id);
+    // A person whose data was erased is not signed in (and recorded) again: nothing new is
+    // kept about them (docs/privacy.md).
+    let known = state
+        .keyring
+        .subject(subject.id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if known.is_some_and(|k| k.erased) {
+        return Err(erased());
+    }
     let command = PhoneLoginCommand::Verify {
         code_hash: state
             .ctx
@@ -159,7 +189,7 @@ pub async fn verify(
             .phone_keys
             .code_hash(&login_id, code.trim()),
         user_id: user_id.clone(),
-        at: Utc::now(),
+        at: state.clock.now(),
     };
     let events = match state
         .ctx
@@ -177,6 +207,12 @@ pub async fn verify(
         .any(|e| matches!(e, PhoneLoginEvent::CodeVerified { .. }))
     {
         return Err(invalid_code());
+    }
+    // A data subject from the first sign-in: erasable and exportable before they write.
+    match state.keyring.register(subject).await {
+        Ok(()) => {}
+        Err(KeyError::Erased) => return Err(erased()),
+        Err(e) => return Err(Problem::unavailable(&e)),
     }
     phone_users::record(state, &user_id, &tenant, phone.as_str()).await?;
     let now = Utc::now().timestamp();

@@ -650,8 +650,8 @@ async fn schedule_change(
 }
 
 /// Overwrites with `[erased]` what the chat read models hold of erased subject `subject` of
-/// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text of the threads whose
-/// customer they were (the conversation was sealed for them, whoever wrote in it), and, for
+/// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text and the subject line
+/// of the threads whose customer they were (sealed for them, whoever wrote in it), and, for
 /// a staff member, the texts they wrote in threads without a customer. The live tables, in
 /// the caller's transaction. Their events already read `[erased]` (the keys are gone), so a
 /// rebuild gives the same.
@@ -704,11 +704,17 @@ pub async fn redact_subject(
                 AND (t.id IN (SELECT id FROM theirs)
                      OR (t.customer_id IS NULL AND s.author_id = ANY($3)))
              RETURNING s.thread_id)
-         UPDATE chat_threads SET last_message = jsonb_set(last_message, '{text}', to_jsonb($4::text))
-          WHERE last_message->>'text' <> ''
-            AND (id IN (SELECT id FROM theirs)
-                 OR (customer_id IS NULL AND last_message->>'author_kind' = 'agent'
-                     AND last_message->>'author_id' = ANY($3)))",
+         UPDATE chat_threads SET
+                last_message = CASE WHEN last_message->>'text' <> ''
+                                    THEN jsonb_set(last_message, '{text}', to_jsonb($4::text))
+                                    ELSE last_message END,
+                -- The subject line is the customer's too.
+                subject = CASE WHEN id IN (SELECT id FROM theirs) AND subject IS NOT NULL
+                               THEN $4 ELSE subject END
+          WHERE id IN (SELECT id FROM theirs)
+             OR (customer_id IS NULL AND last_message->>'author_kind' = 'agent'
+                 AND last_message->>'author_id' = ANY($3)
+                 AND last_message->>'text' <> '')",
     )
     .bind(tenant)
     .bind(&customers)

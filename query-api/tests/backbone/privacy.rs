@@ -690,3 +690,225 @@ async fn an_erasure_waits_for_a_projector_transaction_that_opened_the_subjects_f
         .expect("opened");
     assert_eq!(second["MessageSent"]["text"], ERASED);
 }
+
+/// Signs `phone` in at `tenant` with the code from the dev inbox: the phone user's id and
+/// token, or the refusal.
+async fn sign_in(
+    env: &TestEnv,
+    api: &crate::support::Service,
+    query: &crate::support::Service,
+    tenant: &str,
+    phone: &str,
+) -> reqwest::Response {
+    let requested = crate::identity::request_code(env, api, tenant, phone).await;
+    assert_eq!(requested.status(), 202);
+    let code = crate::identity::code_from_inbox(env, query, phone).await;
+    env.http
+        .post(api.url("/auth/phone/verify"))
+        .json(&serde_json::json!({"tenant_id": tenant, "phone": phone, "code": code}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// A signed-in phone user: id and token.
+async fn signed_in(
+    env: &TestEnv,
+    api: &crate::support::Service,
+    query: &crate::support::Service,
+    tenant: &str,
+    phone: &str,
+) -> (String, String) {
+    let answer = sign_in(env, api, query, tenant, phone).await;
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.expect("json");
+    (
+        answer["user"]["id"].as_str().expect("id").to_owned(),
+        answer["access_token"].as_str().expect("token").to_owned(),
+    )
+}
+
+/// `GET` `url` with `token`: the status and the body.
+async fn fetch(env: &TestEnv, url: &str, token: &str) -> (u16, serde_json::Value) {
+    let answer = env
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_phone_user_is_a_subject_from_sign_in_whose_export_holds_everything_until_the_erasure_leaves_nothing(
+) {
+    use crate::chat::{open_thread, post};
+    use serde_json::json;
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    // The clock moves past the minute between two codes to one number.
+    let clock = std::sync::Arc::new(events::clock::ManualClock::new(chrono::Utc::now()));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "exported").await;
+    let (other_tenant, _) = crate::support::create_tenant(&env, &api, "elsewhere").await;
+    let (ana_phone, bob_phone) = ("+34600111222", "+34600333444");
+    let (ana, ana_token) = signed_in(&env, &api, &query, &tenant, ana_phone).await;
+    let (bob, bob_token) = signed_in(&env, &api, &query, &tenant, bob_phone).await;
+    let admin = env.admin_of(&tenant);
+    let export_of = |id: &str| query.url(&format!("/v1/privacy/subjects/{id}/export"));
+
+    // Known from the sign-in, before writing anything.
+    let (status, export) = fetch(&env, &export_of(&ana), &admin).await;
+    assert_eq!(status, 200, "{export}");
+    assert_eq!(export["subject"]["kind"], "phone_user");
+    assert_eq!(export["subject"]["erased"], false);
+    assert_eq!(export["phone_user"]["phone"], ana_phone);
+    assert_eq!(export["threads"], json!([]));
+
+    // Who may ask: her tenant's admin, a super admin, and she herself.
+    for (token, status) in [
+        (env.agent_of(&tenant), 403),
+        (env.admin_of(&other_tenant), 404),
+        (bob_token.clone(), 404),
+        (ana_token.clone(), 200),
+        (env.super_admin(), 200),
+    ] {
+        assert_eq!(fetch(&env, &export_of(&ana), &token).await.0, status);
+    }
+    for unknown in [Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
+        let (status, problem) = fetch(&env, &export_of(&unknown), &admin).await;
+        assert_eq!((status, problem["code"].clone()), (404, json!("not_found")));
+    }
+
+    // Her conversation, with its subject line, the agent's reply and a scheduled message.
+    let profile = env
+        .http
+        .put(api.url("/auth/phone/profile"))
+        .bearer_auth(&ana_token)
+        .json(&json!({"display_name": "Ana Pérez", "email": "ana.perez@example.test"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(profile.status(), 200);
+    let (thread, _) = open_thread(
+        &env,
+        &api,
+        &ana_token,
+        json!({"subject": "Factura de marzo"}),
+    )
+    .await;
+    let (bob_thread, _) = open_thread(&env, &api, &bob_token, json!({})).await;
+    let messages = format!("/v1/chat/threads/{thread}/messages");
+    for (token, path, text) in [
+        (&ana_token, &messages, "Mi pedido es el 4471"),
+        (&env.agent_of(&tenant), &messages, "Lo miramos, Ana"),
+        (
+            &bob_token,
+            &format!("/v1/chat/threads/{bob_thread}/messages"),
+            "Soy Bob",
+        ),
+    ] {
+        let sent = post(&env, &api, token, path, json!({"text": text})).await;
+        assert_eq!(sent.status(), 201);
+    }
+    let export = crate::support::eventually(Duration::from_secs(20), "her export", || async {
+        let (_, export) = fetch(&env, &export_of(&ana), &admin).await;
+        (export["threads"][0]["messages"].as_array().map(Vec::len) == Some(2)).then_some(export)
+    })
+    .await;
+    assert_eq!(export["phone_user"]["display_name"], "Ana Pérez");
+    assert_eq!(export["phone_user"]["email"], "ana.perez@example.test");
+    assert_eq!(
+        export["threads"].as_array().map(Vec::len),
+        Some(1),
+        "not Bob's"
+    );
+    assert_eq!(export["threads"][0]["subject"], "Factura de marzo");
+    let texts: Vec<&str> = export["threads"][0]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["Mi pedido es el 4471", "Lo miramos, Ana"]);
+    // The subject line is sealed in the store, as her texts are.
+    let store = store_text(&env).await;
+    for plain in ["Factura de marzo", "Mi pedido", ana_phone, "Ana Pérez"] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+    }
+
+    // Erased: her record, her captured codes and her tokens go with her keys.
+    let erased = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/privacy/subjects/{ana}/erase"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM phone_users WHERE phone = $1)
+              + (SELECT count(*) FROM outbound_messages WHERE recipient = $1)",
+    )
+    .bind(ana_phone)
+    .fetch_one(&env.pool)
+    .await
+    .expect("counted");
+    assert_eq!(left, 0, "her number is nowhere on the command side");
+    crate::support::eventually(Duration::from_secs(10), "her token refused", || async {
+        let (status, _) = fetch(&env, &query.url("/v1/chat/threads"), &ana_token).await;
+        (status == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fetch(&env, &api.url("/auth/phone/profile"), &ana_token)
+            .await
+            .0,
+        401
+    );
+    // Her number cannot sign in at the tenant again: nothing new is kept about her.
+    clock.set(chrono::Utc::now() + chrono::Duration::minutes(2));
+    let again = sign_in(&env, &api, &query, &tenant, ana_phone).await;
+    crate::support::expect_problem(again, 410, "subject_erased").await;
+    // Her export says she was erased and holds nothing personal.
+    let export =
+        crate::support::eventually(Duration::from_secs(20), "her export erased", || async {
+            let (_, export) = fetch(&env, &export_of(&ana), &admin).await;
+            (export["threads"][0]["subject"] == ERASED).then_some(export)
+        })
+        .await;
+    assert_eq!(export["subject"]["erased"], true);
+    assert_eq!(export["phone_user"], serde_json::Value::Null);
+    let text = export.to_string();
+    for plain in [
+        "Factura",
+        "4471",
+        "Lo miramos",
+        ana_phone,
+        "Ana Pérez",
+        "ana.perez",
+    ] {
+        assert!(!text.contains(plain), "{plain:?} left in {export}");
+    }
+    // Bob's is untouched.
+    let (_, bobs) = fetch(&env, &export_of(&bob), &admin).await;
+    assert_eq!(bobs["phone_user"]["phone"], bob_phone);
+    assert_eq!(bobs["threads"][0]["messages"][0]["text"], "Soy Bob");
+    // A rebuild of the chat read models shows the same redaction.
+    projector.abort();
+    projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection, &env.keyring())
+        .await
+        .expect("rebuild");
+    let (_, rebuilt) = fetch(&env, &export_of(&ana), &admin).await;
+    assert_eq!(rebuilt["threads"], export["threads"]);
+    query.stop().await;
+    api.stop().await;
+}

@@ -1,0 +1,349 @@
+//! `GET /v1/privacy/subjects/{id}/export`: everything the platform holds about a data subject,
+//! in clear, as one JSON document (the right of access and to portability; docs/privacy.md).
+//!
+//! Read from the read models, which hold what they show in clear (the projector opened it),
+//! and from the command side's record of phone users (`phone_users`, whose comment names
+//! this read): no key is needed here, and after an erasure the same reads give what is left
+//! — ids, times and `[erased]` in place of every personal field.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use events::access::{Principal, Role};
+use events::http::{AuthUser, Json, Problem};
+use serde::Serialize;
+use sqlx::FromRow;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// The context has no settings of its own.
+pub use crate::context::NoSettings as Settings;
+
+/// The privacy context (its routes).
+pub struct Context;
+
+impl crate::context::BoundedContext for Context {
+    type Settings = Settings;
+
+    async fn build(
+        _setup: &crate::context::Setup<'_>,
+        _settings: &Settings,
+    ) -> Result<Self, crate::StartError> {
+        Ok(Self)
+    }
+
+    fn routes() -> OpenApiRouter<AppState> {
+        OpenApiRouter::new().routes(routes!(export))
+    }
+}
+
+/// Who the export is about.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct SubjectView {
+    id: Uuid,
+    /// `phone_user`, `contact`, `admin_user` or `customer`.
+    kind: String,
+    tenant_id: String,
+    /// Whether the subject was erased: then nothing personal is left to export.
+    erased: bool,
+    /// When.
+    erased_at: Option<DateTime<Utc>>,
+    /// When the platform first held data about them.
+    known_since: DateTime<Utc>,
+}
+
+/// A phone user's profile, as they gave it.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct PhoneProfile {
+    /// E.164 number.
+    phone: String,
+    display_name: Option<String>,
+    email: Option<String>,
+    /// BCP 47 language tag.
+    locale: Option<String>,
+    /// First sign-in.
+    created_at: DateTime<Utc>,
+}
+
+/// A staff member's account.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct StaffProfile {
+    email: String,
+    role: String,
+    department: Option<String>,
+    active: bool,
+    last_login_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+/// A thread of the subject: one they are the customer of (all of it), or, for a staff
+/// member, one without a customer they wrote in (their own messages).
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct ThreadExport {
+    id: Uuid,
+    /// `web`, `whatsapp` or `sms`.
+    channel: String,
+    /// `open` or `closed`.
+    status: String,
+    subject: Option<String>,
+    tags: Vec<String>,
+    opened_at: DateTime<Utc>,
+    /// The messages, in order.
+    #[sqlx(skip)]
+    messages: Vec<MessageExport>,
+    /// Messages scheduled in it.
+    #[sqlx(skip)]
+    scheduled: Vec<ScheduledExport>,
+}
+
+/// A message.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct MessageExport {
+    #[serde(skip)]
+    thread_id: Uuid,
+    message_id: String,
+    /// Its number in the thread (1-based).
+    number: i64,
+    author_id: String,
+    /// `phone`, `agent`, `bot`, `system` or `contact`.
+    author_kind: String,
+    /// Null once deleted.
+    text: Option<String>,
+    /// A file sent with it (`{object_key, content_type, name, size_bytes}`).
+    attachment: Option<serde_json::Value>,
+    sent_at: DateTime<Utc>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
+    /// A file the contact sent over WhatsApp: `{content_type, size_bytes, url}`, `url`
+    /// serving it for 5 minutes without a token.
+    media: Option<serde_json::Value>,
+}
+
+/// A scheduled message.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct ScheduledExport {
+    #[serde(skip)]
+    thread_id: Uuid,
+    id: String,
+    author_id: String,
+    text: String,
+    due_at: DateTime<Utc>,
+    /// `pending`, `delivered`, `cancelled` or `failed`.
+    status: String,
+}
+
+/// Everything held about a data subject.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Export {
+    subject: SubjectView,
+    exported_at: DateTime<Utc>,
+    /// A phone user's profile (null for other kinds, and once erased).
+    phone_user: Option<PhoneProfile>,
+    /// A staff member's account (null for other kinds).
+    admin_user: Option<StaffProfile>,
+    /// Their conversations, oldest first.
+    threads: Vec<ThreadExport>,
+}
+
+/// Export a data subject's data.
+///
+/// Everything the platform holds about the person, in clear, as one JSON document: who they
+/// are (a phone user's number and profile, a staff member's account), and their
+/// conversations — every thread they are the customer of with its messages (text, files,
+/// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages, and,
+/// for a staff member, the messages they wrote in threads without a customer. Allowed: a
+/// super admin, the admin of the subject's tenant, and a phone user for themselves; other
+/// roles 403. An unknown subject, an id that is not a UUID, or another tenant's subject: 404.
+/// After an erasure the answer says so (`subject.erased`) and holds no personal data: the
+/// profile is gone and every text reads `[erased]`. Answered with `Cache-Control: no-store`.
+#[utoipa::path(
+    get,
+    path = "/v1/privacy/subjects/{id}/export",
+    params(("id" = Uuid, Path, description = "The subject's id (a phone user's id, …).")),
+    responses(
+        (status = 200, description = "The subject's data.", body = Export),
+        (status = 403, response = events::http::openapi::ProblemAnswer),
+        (status = 404, response = events::http::openapi::ProblemAnswer)
+    ),
+    security(("bearer" = []))
+)]
+async fn export(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("data subject not found");
+    let admin = matches!(
+        who,
+        Principal::Admin {
+            role: Role::SuperAdmin | Role::TenantAdmin,
+            ..
+        }
+    );
+    if !admin && !matches!(who, Principal::Phone { .. }) {
+        return Err(Problem::forbidden(
+            "Only a super admin, the tenant's admin or the person themselves may export a data \
+             subject's data.",
+        ));
+    }
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let subject: SubjectView = sqlx::query_as(
+        "SELECT subject_id AS id, kind, tenant_id, erased_at IS NOT NULL AS erased, erased_at,
+                created_at AS known_since
+           FROM data_subjects WHERE subject_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?
+    .ok_or_else(not_found)?;
+    let allowed = match &who {
+        Principal::Phone { user_id, tenant_id } => {
+            subject.kind == "phone_user"
+                && *user_id == id.to_string()
+                && *tenant_id == subject.tenant_id
+        }
+        _ => who.administers(&subject.tenant_id),
+    };
+    if !allowed {
+        return Err(not_found());
+    }
+    let export = gather(&state, subject)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let mut response = Json(export).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Reads everything held about `subject`.
+async fn gather(state: &AppState, subject: SubjectView) -> Result<Export, sqlx::Error> {
+    let id = subject.id.to_string();
+    let phone_user: Option<PhoneProfile> = if subject.kind == "phone_user" {
+        sqlx::query_as(
+            "SELECT phone, display_name, email, locale, created_at
+               FROM phone_users WHERE user_id = $1 AND tenant_id = $2",
+        )
+        .bind(&id)
+        .bind(&subject.tenant_id)
+        .fetch_optional(&state.pool)
+        .await?
+    } else {
+        None
+    };
+    let admin_user: Option<StaffProfile> = if subject.kind == "admin_user" {
+        sqlx::query_as(
+            "SELECT email, role, department, active, last_login_at, created_at
+               FROM admin_users WHERE id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&state.pool)
+        .await?
+    } else {
+        None
+    };
+    let threads = threads(state, &subject).await?;
+    Ok(Export {
+        subject,
+        exported_at: Utc::now(),
+        phone_user,
+        admin_user,
+        threads,
+    })
+}
+
+/// The subject's threads with their messages: those whose customer they are (found as the
+/// redaction finds them: the tenant's customers whose subject id is theirs), and for a staff
+/// member, those without a customer they wrote in (their own messages only).
+async fn threads(
+    state: &AppState,
+    subject: &SubjectView,
+) -> Result<Vec<ThreadExport>, sqlx::Error> {
+    let is_subject = |id: &String| {
+        events::personal::subject_id(&subject.kind, &subject.tenant_id, id) == subject.id
+    };
+    let customers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT customer_id FROM chat_threads
+          WHERE tenant_id = $1 AND customer_id IS NOT NULL",
+    )
+    .bind(&subject.tenant_id)
+    .fetch_all(&state.pool)
+    .await?;
+    let customers: Vec<String> = customers.into_iter().filter(is_subject).collect();
+    let author = (subject.kind == "admin_user").then(|| subject.id.to_string());
+    let mut threads: Vec<ThreadExport> = sqlx::query_as(
+        "SELECT t.id, t.channel, t.status, t.subject, t.tags, t.created_at AS opened_at
+           FROM chat_threads t
+          WHERE t.tenant_id = $1
+            AND (t.customer_id = ANY($2)
+                 OR (t.customer_id IS NULL AND $3::text IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM chat_messages m
+                                  WHERE m.thread_id = t.id AND m.author_kind = 'agent'
+                                    AND m.author_id = $3)))
+          ORDER BY t.created_at, t.id",
+    )
+    .bind(&subject.tenant_id)
+    .bind(&customers)
+    .bind(&author)
+    .fetch_all(&state.pool)
+    .await?;
+    let ids: Vec<Uuid> = threads.iter().map(|t| t.id).collect();
+    let messages: Vec<MessageExport> = sqlx::query_as(
+        "SELECT m.thread_id, m.message_id, m.number, m.author_id, m.author_kind, m.text,
+                m.attachment, m.sent_at, m.edited_at, m.deleted_at,
+                CASE WHEN w.media_status = 'stored' THEN
+                     jsonb_build_object('content_type', w.media_type, 'size_bytes', w.media_size)
+                END AS media
+           FROM chat_messages m
+           JOIN chat_threads t ON t.id = m.thread_id
+           LEFT JOIN whatsapp_messages w
+                  ON w.direction = 'in'
+                 AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
+                                 THEN m.message_id::uuid END
+          WHERE m.thread_id = ANY($1)
+            AND (t.customer_id IS NOT NULL OR (m.author_kind = 'agent' AND m.author_id = $2))
+          ORDER BY m.thread_id, m.number",
+    )
+    .bind(&ids)
+    .bind(&author)
+    .fetch_all(&state.pool)
+    .await?;
+    let scheduled: Vec<ScheduledExport> = sqlx::query_as(
+        "SELECT s.thread_id, s.id, s.author_id, s.text, s.due_at, s.status
+           FROM chat_scheduled s
+           JOIN chat_threads t ON t.id = s.thread_id
+          WHERE s.thread_id = ANY($1)
+            AND (t.customer_id IS NOT NULL OR s.author_id = $2)
+          ORDER BY s.thread_id, s.due_at, s.id",
+    )
+    .bind(&ids)
+    .bind(&author)
+    .fetch_all(&state.pool)
+    .await?;
+    let at: std::collections::HashMap<Uuid, usize> =
+        ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let now = Utc::now();
+    for mut message in messages {
+        if let (Some(media), Ok(id)) = (
+            message.media.as_mut().and_then(|m| m.as_object_mut()),
+            Uuid::parse_str(&message.message_id),
+        ) {
+            media.insert("url".into(), state.file_urls.url(id, now).into());
+        }
+        if let Some(&i) = at.get(&message.thread_id) {
+            threads[i].messages.push(message);
+        }
+    }
+    for s in scheduled {
+        if let Some(&i) = at.get(&s.thread_id) {
+            threads[i].scheduled.push(s);
+        }
+    }
+    Ok(threads)
+}
