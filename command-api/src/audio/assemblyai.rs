@@ -136,7 +136,7 @@ impl AssemblyAi {
         let text = response
             .text()
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
         if status.is_success() {
             return serde_json::from_str(&text)
                 .map_err(|e| ServiceError::Unavailable(format!("unreadable answer: {e}")));
@@ -169,7 +169,7 @@ impl AssemblyAi {
             .body(body)
             .send()
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
         let answer = Self::json(response).await?;
         answer["upload_url"]
             .as_str()
@@ -198,7 +198,7 @@ impl AssemblyAi {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
         let answer = Self::json(response).await?;
         answer["id"]
             .as_str()
@@ -218,7 +218,7 @@ impl AssemblyAi {
             .timeout(CALL_TIMEOUT)
             .send()
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
         let page = Self::json(response).await?;
         Ok(page["transcripts"].as_array().and_then(|items| {
             items
@@ -238,7 +238,7 @@ impl AssemblyAi {
             .timeout(CALL_TIMEOUT)
             .send()
             .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
         let raw: RawTranscript = serde_json::from_value(Self::json(response).await?)
             .map_err(|e| ServiceError::Unavailable(format!("unreadable transcript: {e}")))?;
         Ok(Transcript {

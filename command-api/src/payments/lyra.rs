@@ -117,7 +117,7 @@ impl Lyra {
             .json(&body)
             .send()
             .await
-            .map_err(|e| LinkError::Unavailable(e.to_string()))?;
+            .map_err(|e| LinkError::Unavailable(e.without_url().to_string()))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK && status != reqwest::StatusCode::UNAUTHORIZED {
             return Err(LinkError::Unavailable(format!("HTTP {status}")));

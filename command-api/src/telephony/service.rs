@@ -328,7 +328,7 @@ pub(crate) async fn fetch_media(
         let mut stored = Vec::new();
         for (n, (url, declared)) in urls.iter().enumerate() {
             if !reqwest::Url::parse(url).is_ok_and(|u| crate::media::fetchable(&u)) {
-                tracing::warn!(stream, n, "an MMS file's URL is not HTTPS: left out");
+                tracing::warn!(sms = %folder, n, "an MMS file's URL is not HTTPS: left out");
                 continue;
             }
             let key = format!("tenants/{tenant}/sms/{folder}/{n}");
@@ -345,12 +345,12 @@ pub(crate) async fn fetch_media(
                     name: None,
                     size_bytes,
                 }),
-                Ok(_) => tracing::warn!(stream, n, "an MMS file is empty: left out"),
+                Ok(_) => tracing::warn!(sms = %folder, n, "an MMS file is empty: left out"),
                 Err(MediaError::Permanent(reason) | MediaError::Unauthorized(reason)) => {
-                    tracing::warn!(stream, n, %reason, "an MMS file could not be had: left out")
+                    tracing::warn!(sms = %folder, n, %reason, "an MMS file could not be had: left out")
                 }
                 Err(e) => {
-                    tracing::warn!(stream, n, error = %e, "an MMS file could not be fetched");
+                    tracing::warn!(sms = %folder, n, error = %e, "an MMS file could not be fetched");
                     return Err(Processing::Retry(format!("MMS file not fetched: {e}")));
                 }
             }

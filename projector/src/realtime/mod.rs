@@ -144,7 +144,8 @@ impl SoketiApp {
             .body(body)
             .send()
             .await
-            .map_err(|e| ProjectionError::Unavailable(format!("soketi: {e}")))?;
+            // Without its URL: the signed query names the app key and a signature.
+            .map_err(|e| ProjectionError::Unavailable(format!("soketi: {}", e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             Ok(())

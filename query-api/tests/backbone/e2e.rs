@@ -40,6 +40,27 @@ impl Drop for Process {
     }
 }
 
+/// Where a spawned service's logs go: a file of `TEST_LOG_DIR` (searched by the test
+/// command, as the in-process services' are), the test's stderr with `TEST_LOG`, else
+/// nowhere.
+fn log_sink(name: &str) -> Stdio {
+    if let Some(dir) = std::env::var_os("TEST_LOG_DIR") {
+        let path = std::path::Path::new(&dir).join(format!(
+            "{name}-{}-{}.log",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        return std::fs::File::create(&path)
+            .map(Stdio::from)
+            .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
+    }
+    if std::env::var_os("TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> Process {
     let mut command = Command::new(binary(name));
     command
@@ -52,13 +73,12 @@ fn spawn(env: &TestEnv, name: &str, extra: &[(&str, String)]) -> Process {
         .env("ALLOW_DEV_SECRETS", "true")
         .env("HOST", "127.0.0.1")
         .env("BLOB_DIR", &env.blob_dir)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
+        .stderr(log_sink(name));
     for (k, v) in extra {
         command.env(k, v);
     }
