@@ -153,6 +153,25 @@ pub enum Command {
         #[command(subcommand)]
         action: SnapshotAction,
     },
+    /// Personal data (docs/privacy.md).
+    Privacy {
+        /// What to do.
+        #[command(subcommand)]
+        action: PrivacyAction,
+    },
+}
+
+/// Privacy subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PrivacyAction {
+    /// Seal the personal fields that events written before sealing hold in clear, in
+    /// place, batch by batch (the one-time transform of the existing store; running it
+    /// again finds nothing to do). Uses the master keys of the settings.
+    SealStore {
+        /// Events per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 /// Snapshot subcommands.

@@ -163,6 +163,9 @@ pub enum StartError {
     /// The bootstrap super admin could not be created.
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
+    /// The store's transform stopped (`privacy seal-store`).
+    #[error("sealing the store: {0}")]
+    Transform(#[from] privacy::store::TransformError),
 }
 
 /// A built, bound, not yet serving command-api.
@@ -431,6 +434,22 @@ pub async fn verify_snapshots(config: &Config) -> Result<snapshots::Audit, Start
         .connect(config.database_url()?)
         .await?;
     Ok(snapshots::audit(&pool).await?)
+}
+
+/// Runs the one-time transform that seals the personal fields the store holds in clear
+/// (`command-api privacy seal-store`, docs/privacy.md), `batch` events per transaction.
+pub async fn seal_store(
+    config: &Config,
+    batch: i64,
+) -> Result<privacy::store::Transformed, StartError> {
+    // The transform needs migration 0056 (the trigger's one exception).
+    events::schema::migrate(config.database_url()?, &MIGRATOR).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(config.database_url()?)
+        .await?;
+    let keyring = events::keyring::Keyring::new(pool.clone(), config.master_keys()?);
+    Ok(privacy::store::seal_store(&pool, &keyring, batch.max(1)).await?)
 }
 
 /// Re-seals, under the current master key, every data key sealed under an older one (a

@@ -1,7 +1,7 @@
 use std::io::BufRead;
 
 use clap::Parser;
-use command_api::config::{AdminAction, Command, Config, SnapshotAction};
+use command_api::config::{AdminAction, Command, Config, PrivacyAction, SnapshotAction};
 use command_api::identity::bootstrap::Bootstrapped;
 use command_api::Application;
 
@@ -22,6 +22,25 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Snapshots {
             action: SnapshotAction::Verify,
         }) => verify_snapshots(&config).await,
+        Some(Command::Privacy {
+            action: PrivacyAction::SealStore { batch },
+        }) => seal_store(&config, batch).await,
+    }
+}
+
+async fn seal_store(config: &Config, batch: i64) -> std::process::ExitCode {
+    match command_api::seal_store(config, batch).await {
+        Ok(done) => {
+            println!(
+                "sealed {} events and {} snapshots; {} fields of erased subjects written as [erased]; {} left in clear (subject id of another tenant)",
+                done.events, done.snapshots, done.erased, done.refused
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("command-api: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

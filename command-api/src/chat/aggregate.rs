@@ -324,6 +324,25 @@ impl From<SealError> for ThreadError {
     }
 }
 
+/// A thread's subject line, checked, and sealed for its customer: it is theirs, as the
+/// conversation is (docs/privacy.md). Without a customer it stays as it is.
+async fn subject_line(
+    subject: Option<String>,
+    tenant_id: &str,
+    customer: Option<&Party>,
+    services: &ChatServices,
+) -> Result<Option<String>, ThreadError> {
+    let Some(line) = subject else {
+        return Ok(None);
+    };
+    let line =
+        values::label(&line, values::MAX_SUBJECT_CHARS).ok_or(ThreadError::InvalidSubject)?;
+    match customer {
+        Some(person) => Ok(Some(services.seal(tenant_id, person, &line).await?)),
+        None => Ok(Some(line)),
+    }
+}
+
 /// Refuses a thread with an erased person: nothing new is kept about them, not even that.
 async fn not_erased(
     tenant_id: &str,
@@ -556,21 +575,7 @@ impl Thread {
             return Err(ThreadError::ChannelNotAllowed);
         }
         not_erased(&tenant_id, customer.as_ref(), services).await?;
-        let subject = subject
-            .map(|s| {
-                values::label(&s, values::MAX_SUBJECT_CHARS).ok_or(ThreadError::InvalidSubject)
-            })
-            .transpose()?;
-        // A subject line is the customer's, as the conversation is (docs/privacy.md).
-        let subject = match (subject, &customer) {
-            (Some(line), Some(person)) => Some(
-                services
-                    .seal(&tenant_id, person, &line)
-                    .await
-                    .map_err(ThreadError::from)?,
-            ),
-            (subject, _) => subject,
-        };
+        let subject = subject_line(subject, &tenant_id, customer.as_ref(), services).await?;
         let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
         Ok(vec![ThreadEvent::Opened {
             tenant_id,

@@ -1,5 +1,5 @@
 //! The privacy bounded context (docs/privacy.md): what the platform does about a data
-//! subject — today, erasing them.
+//! subject: erasing them, and sealing what the store held in clear before sealing.
 
 /// The data-subject aggregate.
 pub mod aggregate;
@@ -7,6 +7,8 @@ pub mod aggregate;
 pub mod http;
 /// The application layer: who may erase whom.
 pub mod service;
+/// The one-time transform that seals what the store holds in clear.
+pub mod store;
 
 use std::sync::Arc;
 

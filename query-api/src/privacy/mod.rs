@@ -294,38 +294,7 @@ async fn threads(
     .fetch_all(&state.pool)
     .await?;
     let ids: Vec<Uuid> = threads.iter().map(|t| t.id).collect();
-    let messages: Vec<MessageExport> = sqlx::query_as(
-        "SELECT m.thread_id, m.message_id, m.number, m.author_id, m.author_kind, m.text,
-                m.attachment, m.sent_at, m.edited_at, m.deleted_at,
-                CASE WHEN w.media_status = 'stored' THEN
-                     jsonb_build_object('content_type', w.media_type, 'size_bytes', w.media_size)
-                END AS media
-           FROM chat_messages m
-           JOIN chat_threads t ON t.id = m.thread_id
-           LEFT JOIN whatsapp_messages w
-                  ON w.direction = 'in'
-                 AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
-                                 THEN m.message_id::uuid END
-          WHERE m.thread_id = ANY($1)
-            AND (t.customer_id IS NOT NULL OR (m.author_kind = 'agent' AND m.author_id = $2))
-          ORDER BY m.thread_id, m.number",
-    )
-    .bind(&ids)
-    .bind(&author)
-    .fetch_all(&state.pool)
-    .await?;
-    let scheduled: Vec<ScheduledExport> = sqlx::query_as(
-        "SELECT s.thread_id, s.id, s.author_id, s.text, s.due_at, s.status
-           FROM chat_scheduled s
-           JOIN chat_threads t ON t.id = s.thread_id
-          WHERE s.thread_id = ANY($1)
-            AND (t.customer_id IS NOT NULL OR s.author_id = $2)
-          ORDER BY s.thread_id, s.due_at, s.id",
-    )
-    .bind(&ids)
-    .bind(&author)
-    .fetch_all(&state.pool)
-    .await?;
+    let (messages, scheduled) = contents(state, &ids, author.as_deref()).await?;
     let at: std::collections::HashMap<Uuid, usize> =
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let now = Utc::now();
@@ -346,4 +315,46 @@ async fn threads(
         }
     }
     Ok(threads)
+}
+
+/// The messages and scheduled messages of threads `ids` the export holds: all of a
+/// customer's thread, and in a thread without a customer those of staff member `author`.
+async fn contents(
+    state: &AppState,
+    ids: &[Uuid],
+    author: Option<&str>,
+) -> Result<(Vec<MessageExport>, Vec<ScheduledExport>), sqlx::Error> {
+    let messages: Vec<MessageExport> = sqlx::query_as(
+        "SELECT m.thread_id, m.message_id, m.number, m.author_id, m.author_kind, m.text,
+                m.attachment, m.sent_at, m.edited_at, m.deleted_at,
+                CASE WHEN w.media_status = 'stored' THEN
+                     jsonb_build_object('content_type', w.media_type, 'size_bytes', w.media_size)
+                END AS media
+           FROM chat_messages m
+           JOIN chat_threads t ON t.id = m.thread_id
+           LEFT JOIN whatsapp_messages w
+                  ON w.direction = 'in'
+                 AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
+                                 THEN m.message_id::uuid END
+          WHERE m.thread_id = ANY($1)
+            AND (t.customer_id IS NOT NULL OR (m.author_kind = 'agent' AND m.author_id = $2))
+          ORDER BY m.thread_id, m.number",
+    )
+    .bind(ids)
+    .bind(author)
+    .fetch_all(&state.pool)
+    .await?;
+    let scheduled: Vec<ScheduledExport> = sqlx::query_as(
+        "SELECT s.thread_id, s.id, s.author_id, s.text, s.due_at, s.status
+           FROM chat_scheduled s
+           JOIN chat_threads t ON t.id = s.thread_id
+          WHERE s.thread_id = ANY($1)
+            AND (t.customer_id IS NOT NULL OR s.author_id = $2)
+          ORDER BY s.thread_id, s.due_at, s.id",
+    )
+    .bind(ids)
+    .bind(author)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok((messages, scheduled))
 }

@@ -912,3 +912,260 @@ async fn a_phone_user_is_a_subject_from_sign_in_whose_export_holds_everything_un
     query.stop().await;
     api.stop().await;
 }
+
+/// Each event's position, stream, sequence, transaction, time and metadata: what the
+/// store's transform must leave as it was.
+async fn event_rows(env: &TestEnv) -> Vec<(i64, String, String, i64, String, String, String)> {
+    sqlx::query_as(
+        "SELECT global_position, aggregate_type, aggregate_id, sequence, transaction_id::text,
+                recorded_at::text, metadata::text
+           FROM events ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events")
+}
+
+#[tokio::test]
+async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_every_position() {
+    use crate::chat::post;
+    use serde_json::{json, Value};
+
+    let env = TestEnv::new().await;
+    let tenant = "t-before";
+    let at = chrono::Utc::now();
+    let phone = |id: &str| json!({"id": id, "kind": "phone"});
+    let opened = |customer: Value, opener: Value, subject: &str| {
+        json!({"Opened": {"tenant_id": tenant, "channel": "web", "opened_by": opener,
+                          "customer": customer, "subject": subject, "bot_enabled": true,
+                          "tags": [], "at": at}})
+    };
+    let sent = |id: &str, number: u64, author: Value, text: &str| {
+        json!({"MessageSent": {"message_id": id, "number": number, "author": author,
+                               "client_message_id": null, "text": text, "attachment": null,
+                               "scheduled_id": null, "at": at}})
+    };
+    // As a release before sealing wrote them: Ana's thread, a staff thread, Carl's thread.
+    let (ana, carl) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let (ana_thread, staff_thread, carl_thread) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    let agent = json!({"id": "agent-old", "kind": "agent"});
+    let bot = json!({"id": "bot", "kind": "bot"});
+    let history = [
+        (
+            &ana_thread,
+            opened(phone(&ana), phone(&ana), "Pedido antiguo"),
+        ),
+        (
+            &ana_thread,
+            sent("m1", 1, phone(&ana), "Texto antiguo de Ana"),
+        ),
+        (
+            &ana_thread,
+            sent("m2", 2, agent.clone(), "Respuesta antigua"),
+        ),
+        (
+            &ana_thread,
+            json!({"MessageEdited": {"message_id": "m1", "text": "Texto corregido", "at": at}}),
+        ),
+        (
+            &ana_thread,
+            json!({"MessageScheduled": {"scheduled_id": "s1", "author": agent.clone(),
+                                        "text": "Recordatorio antiguo", "attachment": null,
+                                        "due_at": at + chrono::Duration::days(30)}}),
+        ),
+        (
+            &staff_thread,
+            opened(Value::Null, agent.clone(), "Asunto interno"),
+        ),
+        (
+            &staff_thread,
+            sent("n1", 1, agent.clone(), "Nota interna antigua"),
+        ),
+        (&staff_thread, sent("n2", 2, bot, "Bienvenido")),
+        (
+            &carl_thread,
+            opened(phone(&carl), phone(&carl), "Carl pregunta"),
+        ),
+        (
+            &carl_thread,
+            sent("c1", 1, phone(&carl), "Carl escribió esto"),
+        ),
+    ];
+    for (thread, event) in &history {
+        env.append_raw("thread", thread, tenant, event.clone())
+            .await
+            .expect("appended");
+    }
+    // A snapshot taken before sealing keeps Ana's scheduled text in clear: command-api,
+    // snapshotting every 6 events, takes one at the next message (the 6th).
+    let mut config = env.command_config();
+    config.snapshot_every = 6;
+    let api = env.spawn_command_api(config).await;
+    let customer = env.phone_user(tenant, &ana);
+    let written = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{ana_thread}/messages"),
+        json!({"text": "Mensaje nuevo"}),
+    )
+    .await;
+    assert_eq!(written.status(), 201);
+    let snapshot: String = sqlx::query_scalar(
+        "SELECT payload::text FROM snapshots WHERE aggregate_type = 'thread' AND aggregate_id = $1",
+    )
+    .bind(&ana_thread)
+    .fetch_one(&env.pool)
+    .await
+    .expect("a snapshot");
+    assert!(snapshot.contains("Recordatorio antiguo"), "{snapshot}");
+    // Carl was erased before the transform: his old texts were still readable in events.
+    let keyring = env.keyring();
+    let carl_id = Uuid::parse_str(&carl).expect("uuid");
+    keyring
+        .register(phone_user(carl_id, tenant))
+        .await
+        .expect("known");
+    erase(&env, carl_id, tenant).await;
+
+    let before = event_rows(&env).await;
+    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(
+        (done.events, done.erased, done.snapshots, done.refused),
+        (8, 2, 1, 0),
+        "Ana's 5, the staff note, Carl's 2 as [erased]"
+    );
+    assert_eq!(
+        event_rows(&env).await,
+        before,
+        "positions, sequences, times kept"
+    );
+
+    // Nothing of it is left in clear in the store or the snapshots; the bot's text and the
+    // subject line of a thread without a customer stay, as sealing leaves them.
+    let store = store_text(&env).await;
+    let snapshot: String = sqlx::query_scalar(
+        "SELECT payload::text FROM snapshots WHERE aggregate_type = 'thread' AND aggregate_id = $1",
+    )
+    .bind(&ana_thread)
+    .fetch_one(&env.pool)
+    .await
+    .expect("the snapshot");
+    for plain in [
+        "Pedido antiguo",
+        "Texto antiguo",
+        "Respuesta antigua",
+        "Texto corregido",
+        "Recordatorio antiguo",
+        "Nota interna",
+        "Carl",
+        "Mensaje nuevo",
+    ] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshot.contains(plain),
+            "{plain:?} in clear in the snapshot"
+        );
+    }
+    assert!(store.contains("Bienvenido") && store.contains("Asunto interno"));
+    // Each opens to what it was, for the right person; Carl's read [erased].
+    let texts: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT aggregate_id, event_type, payload FROM events
+          WHERE aggregate_type = 'thread' ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    let mut opened_texts = Vec::new();
+    for (thread, event_type, mut payload) in texts {
+        let field = if event_type == "Opened" {
+            "subject"
+        } else {
+            "text"
+        };
+        let sealed = payload[&event_type][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        keyring.open_value(&mut payload).await.expect("opened");
+        let subject = events::personal::SealedField::parse(&sealed).map(|f| f.subject);
+        opened_texts.push((
+            thread,
+            payload[&event_type][field]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            subject,
+        ));
+    }
+    let ana_subject = Some(Uuid::parse_str(&ana).expect("uuid"));
+    let agent_subject = Some(events::personal::subject_id(
+        "admin_user",
+        tenant,
+        "agent-old",
+    ));
+    assert_eq!(
+        opened_texts,
+        [
+            (ana_thread.clone(), "Pedido antiguo".to_owned(), ana_subject),
+            (
+                ana_thread.clone(),
+                "Texto antiguo de Ana".to_owned(),
+                ana_subject
+            ),
+            (
+                ana_thread.clone(),
+                "Respuesta antigua".to_owned(),
+                ana_subject
+            ),
+            (
+                ana_thread.clone(),
+                "Texto corregido".to_owned(),
+                ana_subject
+            ),
+            (
+                ana_thread.clone(),
+                "Recordatorio antiguo".to_owned(),
+                ana_subject
+            ),
+            (staff_thread.clone(), "Asunto interno".to_owned(), None),
+            (
+                staff_thread.clone(),
+                "Nota interna antigua".to_owned(),
+                agent_subject
+            ),
+            (staff_thread.clone(), "Bienvenido".to_owned(), None),
+            (carl_thread.clone(), ERASED.to_owned(), None),
+            (carl_thread.clone(), ERASED.to_owned(), None),
+            (ana_thread.clone(), "Mensaje nuevo".to_owned(), ana_subject),
+        ]
+    );
+    // Once is enough: a second run finds nothing, and an update outside the transform is
+    // refused as ever.
+    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(again, Default::default());
+    let refused = sqlx::query("UPDATE events SET payload = '{}' WHERE aggregate_id = $1")
+        .bind(&ana_thread)
+        .execute(&env.pool)
+        .await;
+    assert!(refused.is_err(), "events stay append-only");
+    // The thread goes on from the transformed history (and the snapshot the drop audits).
+    let more = post(
+        &env,
+        &api,
+        &customer,
+        &format!("/v1/chat/threads/{ana_thread}/messages"),
+        json!({"text": "Otro"}),
+    )
+    .await;
+    assert_eq!(more.status(), 201);
+    api.stop().await;
+}

@@ -1,0 +1,375 @@
+//! The one-time transform of the existing store (docs/privacy.md, "The existing store"):
+//! events written before personal fields were sealed hold them in clear; this seals each
+//! such field as the running version seals it when it decides the event, so the store holds
+//! no personal field in clear and an erasure reaches the old events as well as the new.
+//!
+//! Fields sealed: a thread's subject line (`Opened.subject`) and its texts (`text` of
+//! `MessageSent`, `MessageEdited` and `MessageScheduled`), for the thread's customer, or in
+//! a thread without one for the staff author (under their own tenant); and the scheduled
+//! texts that thread snapshots keep (each as its event now holds it). A field of a subject
+//! erased before the transform is
+//! written as `[erased]`: the person was erased, and nothing is sealed for them again.
+//!
+//! The events are rewritten in place, a batch per transaction, in `global_position` order:
+//! only `payload` changes (the append-only trigger allows that one change, and only in a
+//! transaction that declares the transform; migration 0056), so ids, sequences, positions,
+//! transaction ids, times and order stay what they were. Running it again finds nothing to
+//! do; it may run while the services serve (what they append is already sealed).
+
+use std::collections::HashMap;
+
+use events::chat::{Party, PartyKind};
+use events::identity::PLATFORM_TENANT;
+use events::keyring::{KeyError, Keyring, Subject};
+use events::personal::{is_sealed, ERASED};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::chat::services::subject_of;
+
+/// What a run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transformed {
+    /// Events whose personal fields it sealed.
+    pub events: u64,
+    /// Fields written as `[erased]` (their subject was erased before).
+    pub erased: u64,
+    /// Thread snapshots whose scheduled texts it sealed.
+    pub snapshots: u64,
+    /// Fields left in clear because their subject id is another tenant's (never seen; a
+    /// sign of a damaged store, reported).
+    pub refused: u64,
+}
+
+/// Why the transform stopped (a batch either committed whole or not at all; running it
+/// again carries on).
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A key could not be made or read.
+    #[error(transparent)]
+    Key(KeyError),
+}
+
+/// A stored event the transform reads.
+#[derive(sqlx::FromRow)]
+struct Row {
+    global_position: i64,
+    aggregate_id: String,
+    event_type: String,
+    payload: Value,
+    tenant_id: String,
+}
+
+/// Whose each thread's texts are, as the thread aggregate decides it, read from the store
+/// once per thread and staff member.
+struct Owners<'a> {
+    pool: &'a PgPool,
+    /// Thread id → its customer.
+    customers: HashMap<String, Option<Party>>,
+    /// Admin user id → their home tenant (`platform` for a super admin).
+    homes: HashMap<String, String>,
+}
+
+impl Owners<'_> {
+    /// The customer of thread `id` (its `Opened` event's).
+    async fn customer(&mut self, id: &str) -> Result<Option<Party>, sqlx::Error> {
+        if let Some(known) = self.customers.get(id) {
+            return Ok(known.clone());
+        }
+        let customer: Option<Value> = sqlx::query_scalar(
+            "SELECT payload->'Opened'->'customer' FROM events
+              WHERE aggregate_type = 'thread' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await?;
+        let customer = customer.and_then(|c| serde_json::from_value(c).ok());
+        self.customers.insert(id.to_owned(), customer.clone());
+        Ok(customer)
+    }
+
+    /// The home tenant of admin user `id`: their `Created` event's tenant, `platform` for a
+    /// super admin, and `fallback` (the thread's tenant) for one the store does not know.
+    async fn home(&mut self, id: &str, fallback: &str) -> Result<String, sqlx::Error> {
+        if let Some(home) = self.homes.get(id) {
+            return Ok(home.clone());
+        }
+        let created: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT payload->'Created'->>'tenant_id' FROM events
+              WHERE aggregate_type = 'admin_user' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await?;
+        let home = match created {
+            Some(Some(tenant)) => tenant,
+            Some(None) => PLATFORM_TENANT.to_owned(),
+            None => fallback.to_owned(),
+        };
+        self.homes.insert(id.to_owned(), home.clone());
+        Ok(home)
+    }
+
+    /// The author of message `message_id` of thread `thread`.
+    async fn author_of(
+        &self,
+        thread: &str,
+        message_id: &str,
+    ) -> Result<Option<Party>, sqlx::Error> {
+        let author: Option<Value> = sqlx::query_scalar(
+            "SELECT payload->'MessageSent'->'author' FROM events
+              WHERE aggregate_type = 'thread' AND aggregate_id = $1 AND event_type = 'MessageSent'
+                AND payload->'MessageSent'->>'message_id' = $2
+              LIMIT 1",
+        )
+        .bind(thread)
+        .bind(message_id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(author.and_then(|a| serde_json::from_value(a).ok()))
+    }
+
+    /// The person a field of `row` is sealed for, and the tenant they belong to: the
+    /// thread's customer, else a staff author under their home tenant; `None` when the
+    /// field stays in clear (the bot's or the platform's text in a thread without a
+    /// customer, or a subject line there).
+    async fn owner(
+        &mut self,
+        row: &Row,
+        body: &Value,
+    ) -> Result<Option<(Party, String)>, sqlx::Error> {
+        let customer = if row.event_type == "Opened" {
+            body.get("customer")
+                .cloned()
+                .and_then(|c| serde_json::from_value(c).ok())
+        } else {
+            self.customer(&row.aggregate_id).await?
+        };
+        if let Some(customer) = customer {
+            return Ok(Some((customer, row.tenant_id.clone())));
+        }
+        let author: Option<Party> = match row.event_type.as_str() {
+            "MessageSent" | "MessageScheduled" => body
+                .get("author")
+                .cloned()
+                .and_then(|a| serde_json::from_value(a).ok()),
+            "MessageEdited" => match body.get("message_id").and_then(Value::as_str) {
+                Some(id) => self.author_of(&row.aggregate_id, id).await?,
+                None => None,
+            },
+            _ => None,
+        };
+        match author {
+            Some(author) if author.kind == PartyKind::Agent => {
+                let home = self.home(&author.id, &row.tenant_id).await?;
+                Ok(Some((author, home)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How a field came out.
+enum Outcome {
+    /// Sealed for its subject.
+    Sealed(String),
+    /// Its subject was erased: `[erased]`.
+    Erased,
+    /// Its subject id is another tenant's: left as it is.
+    Refused,
+}
+
+/// Seals `text` for `person` of `tenant`.
+async fn seal(
+    keyring: &Keyring,
+    tenant: &str,
+    person: &Party,
+    text: &str,
+) -> Result<Outcome, TransformError> {
+    let Some((id, kind)) = subject_of(tenant, person) else {
+        return Ok(Outcome::Refused);
+    };
+    let subject = Subject {
+        id,
+        kind,
+        tenant_id: tenant,
+    };
+    match keyring.seal(subject, text).await {
+        Ok(sealed) => Ok(Outcome::Sealed(sealed)),
+        Err(KeyError::Erased) => Ok(Outcome::Erased),
+        Err(KeyError::OtherTenant) => Ok(Outcome::Refused),
+        Err(e) => Err(TransformError::Key(e)),
+    }
+}
+
+/// A text still in clear: not empty, not sealed, not already `[erased]`.
+fn in_clear(text: Option<&str>) -> Option<&str> {
+    text.filter(|t| !t.is_empty() && !is_sealed(t) && *t != ERASED)
+}
+
+/// Runs the transform, `batch` events per transaction; returns what it did.
+pub async fn seal_store(
+    pool: &PgPool,
+    keyring: &Keyring,
+    batch: i64,
+) -> Result<Transformed, TransformError> {
+    let mut done = Transformed::default();
+    let mut owners = Owners {
+        pool,
+        customers: HashMap::new(),
+        homes: HashMap::new(),
+    };
+    let mut after = 0_i64;
+    loop {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT global_position, aggregate_id, event_type, payload,
+                    metadata->>'tenant_id' AS tenant_id
+               FROM events
+              WHERE aggregate_type = 'thread'
+                AND event_type IN ('Opened', 'MessageSent', 'MessageEdited', 'MessageScheduled')
+                AND global_position > $1
+              ORDER BY global_position
+              LIMIT $2",
+        )
+        .bind(after)
+        .bind(batch)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.global_position;
+        let (positions, payloads) = seal_batch(rows, keyring, &mut owners, &mut done).await?;
+        if positions.is_empty() {
+            continue;
+        }
+        done.events += write_batch(pool, &positions, &payloads).await?;
+        tracing::info!(
+            events = done.events,
+            position = after,
+            "sealing the store's personal fields"
+        );
+    }
+    done.snapshots = seal_snapshots(pool).await?;
+    Ok(done)
+}
+
+/// The rows of `rows` with a field to seal, sealed: their positions and new payloads.
+async fn seal_batch(
+    rows: Vec<Row>,
+    keyring: &Keyring,
+    owners: &mut Owners<'_>,
+    done: &mut Transformed,
+) -> Result<(Vec<i64>, Vec<Value>), TransformError> {
+    let mut positions = Vec::new();
+    let mut payloads = Vec::new();
+    for mut row in rows {
+        let field = if row.event_type == "Opened" {
+            "subject"
+        } else {
+            "text"
+        };
+        let body = &row.payload[&row.event_type];
+        let Some(text) = in_clear(body.get(field).and_then(Value::as_str)).map(str::to_owned)
+        else {
+            continue;
+        };
+        let Some((person, tenant)) = owners.owner(&row, body).await? else {
+            continue;
+        };
+        let value = match seal(keyring, &tenant, &person, &text).await? {
+            Outcome::Sealed(sealed) => sealed,
+            Outcome::Erased => {
+                done.erased += 1;
+                ERASED.to_owned()
+            }
+            Outcome::Refused => {
+                done.refused += 1;
+                continue;
+            }
+        };
+        row.payload[&row.event_type][field] = Value::String(value);
+        positions.push(row.global_position);
+        payloads.push(row.payload);
+    }
+    Ok((positions, payloads))
+}
+
+/// Writes the new `payloads` of the events at `positions` in one transaction that declares
+/// the transform (the only update the append-only trigger lets through); returns how many.
+async fn write_batch(
+    pool: &PgPool,
+    positions: &[i64],
+    payloads: &[Value],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
+        .execute(&mut *tx)
+        .await?;
+    let changed = sqlx::query(
+        "UPDATE events e SET payload = c.payload
+           FROM unnest($1::bigint[], $2::jsonb[]) AS c(position, payload)
+          WHERE e.global_position = c.position",
+    )
+    .bind(positions)
+    .bind(payloads)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Seals the scheduled texts thread snapshots keep in clear; returns how many snapshots
+/// changed. Each takes the text its `MessageScheduled` event holds now (sealed, or
+/// `[erased]`), so the snapshot is exactly the state a replay of the sealed events gives. A
+/// snapshot rewritten by a commit meanwhile is left for the next run.
+async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
+    let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
+        "SELECT aggregate_id, current_snapshot, payload FROM snapshots
+          WHERE aggregate_type = 'thread' AND jsonb_typeof(payload->'scheduled') = 'object'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut changed = 0;
+    for (id, version, mut payload) in snapshots {
+        let Some(scheduled) = payload.get_mut("scheduled").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let mut touched = false;
+        for (scheduled_id, entry) in scheduled.iter_mut() {
+            if in_clear(entry["text"].as_str()).is_none() {
+                continue;
+            }
+            let recorded: Option<String> = sqlx::query_scalar(
+                "SELECT payload->'MessageScheduled'->>'text' FROM events
+                  WHERE aggregate_type = 'thread' AND aggregate_id = $1
+                    AND event_type = 'MessageScheduled'
+                    AND payload->'MessageScheduled'->>'scheduled_id' = $2
+                  ORDER BY sequence DESC LIMIT 1",
+            )
+            .bind(&id)
+            .bind(scheduled_id)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(text) = recorded.filter(|t| is_sealed(t) || t == ERASED) {
+                entry["text"] = Value::String(text);
+                touched = true;
+            }
+        }
+        if touched {
+            changed += sqlx::query(
+                "UPDATE snapshots SET payload = $3
+                  WHERE aggregate_type = 'thread' AND aggregate_id = $1 AND current_snapshot = $2",
+            )
+            .bind(&id)
+            .bind(version)
+            .bind(&payload)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        }
+    }
+    Ok(changed)
+}
