@@ -24,6 +24,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// backups — reads `[erased]` from then on, and nothing new is kept about them (a message in
 /// their thread is refused 410 `subject_erased`). The event carries no personal data. Event:
 /// Erased (aggregate `data_subject`). Erasing again appends nothing and answers the same.
+/// The same transaction deletes a phone user's number and profile and ends the person's
+/// tokens; after it, the files of their threads are deleted from the blob store (503 when
+/// the blob store fails: the erasure is recorded, and asking again deletes what is left).
 /// Allowed: a super admin, or the admin of the subject's tenant; agents, phone users and
 /// service tokens: 403. An unknown subject, an id that is not a UUID, or another tenant's
 /// subject: 404.
@@ -33,7 +36,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("id" = String, Path, description = "The subject's id (a phone user's id, or as docs/privacy.md derives it).")),
     responses(
         (status = 200, description = "Erased: `id` is the subject and `version` the version of its stream.", body = crate::http::Accepted),
-        (status = 404, response = events::http::openapi::ProblemAnswer)
+        (status = 404, response = events::http::openapi::ProblemAnswer),
+        (status = 503, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))
 )]

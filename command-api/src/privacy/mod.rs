@@ -3,6 +3,8 @@
 
 /// The data-subject aggregate.
 pub mod aggregate;
+/// Deleting an erased subject's files.
+pub mod files;
 /// HTTP: extract, call the service, answer.
 pub mod http;
 /// The application layer: who may erase whom.

@@ -51,17 +51,33 @@ pub async fn erase(
     }
     let command = SubjectCommand::Erase {
         tenant_id: known.tenant_id.clone(),
-        kind: known.kind,
+        kind: known.kind.clone(),
         by: who.user_id().to_owned(),
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&known.tenant_id, who.user_id(), who.actor_kind());
-    Ok(state
+    let committed = state
         .ctx
         .privacy
         .subjects
         .execute(&id.to_string(), None, command, &metadata)
-        .await?)
+        .await?;
+    // After the record: the files go on every call, so asking again finishes what an
+    // interrupted deletion left.
+    let deleted = super::files::delete_subject_files(
+        &state.pool,
+        state.blobs.as_ref(),
+        &known.tenant_id,
+        id,
+        &known.kind,
+    )
+    .await
+    // 503: the erasure is recorded, and asking again deletes what is left.
+    .map_err(|e| Problem::unavailable(&e))?;
+    if deleted > 0 {
+        tracing::info!(subject = %id, files = deleted, "an erased subject's files deleted");
+    }
+    Ok(committed)
 }
 
 impl DomainProblem for super::aggregate::SubjectError {

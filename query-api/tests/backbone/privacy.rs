@@ -1169,3 +1169,129 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
     assert_eq!(more.status(), 201);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn an_erasure_deletes_the_subjects_files_and_leaves_everyone_elses() {
+    use crate::chat::post;
+    use serde_json::{json, Value};
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "filed").await;
+    let at = chrono::Utc::now();
+    let file = |key: &str| env.blob_dir.join(key);
+    let store_file = |key: &str| {
+        let path = file(key);
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("folder");
+        std::fs::write(&path, b"their file").expect("written");
+    };
+    let attachment = |key: &str| json!({"object_key": key, "content_type": "image/png", "name": "foto.png", "size_bytes": 10});
+    // Ana (a phone user), a contact who wrote by SMS and WhatsApp, and Bob, each with a thread
+    // and files in it.
+    let (ana, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let contact = "+34600999888";
+    let whatsapp_message = Uuid::new_v4().to_string();
+    let keys = [
+        format!("tenants/{tenant}/chat/ana.png"),
+        format!("tenants/{tenant}/chat/ana-later.png"),
+        format!("tenants/{tenant}/sms/contact/0"),
+        format!("tenants/{tenant}/whatsapp/{whatsapp_message}"),
+        format!("tenants/{tenant}/chat/bob.png"),
+    ];
+    for key in &keys {
+        store_file(key);
+    }
+    let party = |id: &str, kind: &str| json!({"id": id, "kind": kind});
+    let opened = |customer: Value| {
+        json!({"Opened": {"tenant_id": tenant, "channel": "web", "opened_by": customer.clone(),
+                          "customer": customer, "subject": null, "bot_enabled": false,
+                          "tags": [], "at": at}})
+    };
+    let sent = |id: &str, number: u64, author: Value, attachment: Value| {
+        json!({"MessageSent": {"message_id": id, "number": number, "author": author,
+                               "client_message_id": null, "text": "", "attachment": attachment,
+                               "scheduled_id": null, "at": at}})
+    };
+    let threads = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()].map(|t| t.to_string());
+    let ana_party = party(&ana.to_string(), "phone");
+    let contact_party = party(contact, "contact");
+    let bob_party = party(&bob.to_string(), "phone");
+    let history = [
+        (0, opened(ana_party.clone())),
+        (0, sent("a1", 1, ana_party.clone(), attachment(&keys[0]))),
+        (
+            0,
+            json!({"MessageScheduled": {"scheduled_id": "s1", "author": party("agent-1", "agent"),
+                                        "text": "", "attachment": attachment(&keys[1]),
+                                        "due_at": at + chrono::Duration::days(1)}}),
+        ),
+        (1, opened(contact_party.clone())),
+        (
+            1,
+            sent("c1", 1, contact_party.clone(), attachment(&keys[2])),
+        ),
+        (1, sent(&whatsapp_message, 2, contact_party, Value::Null)),
+        (2, opened(bob_party.clone())),
+        (2, sent("b1", 1, bob_party, attachment(&keys[4]))),
+    ];
+    for (thread, event) in history {
+        env.append_raw("thread", &threads[thread], &tenant, event)
+            .await
+            .expect("appended");
+    }
+    let keyring = env.keyring();
+    let contact_subject = events::personal::subject_id("contact", &tenant, contact);
+    for (id, kind) in [
+        (ana, SubjectKind::PhoneUser),
+        (bob, SubjectKind::PhoneUser),
+        (contact_subject, SubjectKind::Contact),
+    ] {
+        keyring
+            .register(Subject {
+                id,
+                kind,
+                tenant_id: &tenant,
+            })
+            .await
+            .expect("known");
+    }
+
+    let admin = env.admin_of(&tenant);
+    let erase = |id: Uuid| {
+        let (env, api, admin) = (&env, &api, &admin);
+        async move {
+            post(
+                env,
+                api,
+                admin,
+                &format!("/v1/privacy/subjects/{id}/erase"),
+                json!({}),
+            )
+            .await
+            .status()
+        }
+    };
+    let present = || keys.iter().map(|k| file(k).exists()).collect::<Vec<_>>();
+    assert_eq!(erase(ana).await, 200);
+    assert_eq!(
+        present(),
+        [false, false, true, true, true],
+        "Ana's two files"
+    );
+    assert_eq!(erase(contact_subject).await, 200);
+    assert_eq!(
+        present(),
+        [false, false, false, false, true],
+        "the contact's MMS file and WhatsApp file"
+    );
+    // Asked again, it answers the same and finishes what an interrupted one would have
+    // left.
+    store_file(&keys[0]);
+    assert_eq!(erase(ana).await, 200);
+    assert_eq!(
+        present(),
+        [false, false, false, false, true],
+        "Bob's file stays"
+    );
+    api.stop().await;
+}

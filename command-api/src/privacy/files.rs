@@ -1,0 +1,103 @@
+//! Deleting an erased subject's files (docs/privacy.md, "Erasure"): the files of the
+//! threads whose customer they were — attachments of messages and scheduled messages (chat
+//! uploads, MMS files) and the files contacts sent on WhatsApp, each stored under the
+//! message's id. Found in the event store, which names every one of them: the blob store
+//! is command-api's, and so is the store that says which file is whose.
+//!
+//! Deleting is idempotent (a file already gone counts as deleted), so an erasure asked again
+//! deletes what an interrupted one left.
+
+use events::personal::subject_id;
+use object_store::{path::Path, ObjectStore};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Why files could not all be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// The event store could not be read.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The blob store refused a deletion.
+    #[error(transparent)]
+    Blobs(#[from] object_store::Error),
+}
+
+/// The ids of the threads of `tenant` whose customer is subject `subject` (of `kind`).
+async fn threads_of(
+    pool: &PgPool,
+    tenant: &str,
+    subject: Uuid,
+    kind: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let customers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, payload->'Opened'->'customer'->>'id' FROM events
+          WHERE aggregate_type = 'thread' AND sequence = 1
+            AND metadata->>'tenant_id' = $1
+            AND jsonb_typeof(payload->'Opened'->'customer') = 'object'",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    Ok(customers
+        .into_iter()
+        .filter(|(_, customer)| subject_id(kind, tenant, customer) == subject)
+        .map(|(thread, _)| thread)
+        .collect())
+}
+
+/// The blob keys of the files of `threads` of `tenant`: every attachment their messages and
+/// scheduled messages name, and the key a contact's WhatsApp file is stored at
+/// (`tenants/{tenant}/whatsapp/{message id}`, absent when the message had none). Only keys
+/// under the tenant's own folder.
+async fn files_of(
+    pool: &PgPool,
+    tenant: &str,
+    threads: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT key FROM (
+             SELECT payload->event_type->'attachment'->>'object_key' AS key FROM events
+              WHERE aggregate_type = 'thread' AND aggregate_id = ANY($1)
+                AND event_type IN ('MessageSent', 'MessageScheduled')
+             UNION ALL
+             SELECT 'tenants/' || $2 || '/whatsapp/' || (payload->'MessageSent'->>'message_id')
+               FROM events
+              WHERE aggregate_type = 'thread' AND aggregate_id = ANY($1)
+                AND event_type = 'MessageSent'
+                AND payload->'MessageSent'->'author'->>'kind' = 'contact') files
+          WHERE key IS NOT NULL",
+    )
+    .bind(threads)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    let folder = format!("tenants/{tenant}/");
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.starts_with(&folder))
+        .collect())
+}
+
+/// Deletes the files of subject `subject` (of `kind`) of `tenant`; returns how many keys it
+/// deleted or found gone.
+pub async fn delete_subject_files(
+    pool: &PgPool,
+    blobs: &dyn ObjectStore,
+    tenant: &str,
+    subject: Uuid,
+    kind: &str,
+) -> Result<usize, FilesError> {
+    let threads = threads_of(pool, tenant, subject, kind).await?;
+    if threads.is_empty() {
+        return Ok(0);
+    }
+    let keys = files_of(pool, tenant, &threads).await?;
+    for key in &keys {
+        match blobs.delete(&Path::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(keys.len())
+}
