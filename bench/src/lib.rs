@@ -323,6 +323,15 @@ async fn rebuild(
     .await?;
     eprintln!("bench: rebuild");
     report.rebuild = Some(workloads::rebuild(&options.stack.bin_dir, &stack.database_url).await?);
+    eprintln!("bench: chat rebuild, texts in clear and sealed");
+    let chat = workloads::chat_rebuild(
+        &options.stack.bin_dir,
+        &stack.database_url,
+        options.rebuild_events / 10,
+    )
+    .await?;
+    eprintln!("bench:   {chat:?}");
+    report.chat_rebuild = Some(chat);
     Ok(())
 }
 

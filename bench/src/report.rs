@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::load::Summary;
-use crate::workloads::{Baseline, LongThread, Queries, Rebuild, WriterCost};
+use crate::workloads::{Baseline, ChatRebuild, LongThread, Queries, Rebuild, WriterCost};
 
 /// Everything one run measured; absent parts were not run.
 #[derive(Debug, Default, Serialize)]
@@ -24,6 +24,8 @@ pub struct Report {
     pub queries: Option<Queries>,
     /// `projector rebuild` over the seeded store.
     pub rebuild: Option<Rebuild>,
+    /// `projector rebuild chat`: the cost of opening sealed texts.
+    pub chat_rebuild: Option<ChatRebuild>,
     /// One thread through a long life (snapshot size, sends early and late, a cold load).
     pub long_thread: Option<LongThread>,
     /// pgbench's durable single-row appends on the same server.
@@ -251,6 +253,19 @@ impl Report {
             out.push_str(&format!(
                 "{:<28} {:>10.0}   ({} events in {:.1} s)\n",
                 "rebuild (events)", r.per_sec, r.events, r.seconds
+            ));
+        }
+        if let Some(c) = &self.chat_rebuild {
+            out.push_str(&format!(
+                "{:<28} {:>10.0}   ({} thread events, texts in clear)\n",
+                "chat rebuild, clear", c.plain_per_sec, c.added_events
+            ));
+            out.push_str(&format!(
+                "{:<28} {:>10.0}   ({} thread events, texts sealed: {:.0}% of clear)\n",
+                "chat rebuild, sealed",
+                c.sealed_per_sec,
+                c.added_events,
+                100.0 * c.sealed_per_sec / c.plain_per_sec.max(1e-9)
             ));
         }
         if let Some(b) = &self.baseline {

@@ -669,6 +669,152 @@ pub async fn rebuild(bin_dir: &std::path::Path, database_url: &str) -> Result<Re
     })
 }
 
+/// The cost of opening sealed texts in a rebuild: `projector rebuild chat` over the store
+/// as seeded, then again with copies of a thread whose texts are in clear (as events written
+/// before sealing hold them), then again with as many copies of a thread whose texts are
+/// sealed. Each added set's events per second are its events over the time it added.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChatRebuild {
+    /// Thread events in the store before the copies, and the first rebuild's time.
+    pub seeded_events: u64,
+    /// Wall time of the first rebuild.
+    pub seeded_seconds: f64,
+    /// Events of each added set (clear, then sealed).
+    pub added_events: u64,
+    /// Events per second of the copies in clear.
+    pub plain_per_sec: f64,
+    /// Events per second of the sealed copies.
+    pub sealed_per_sec: f64,
+}
+
+/// Copies thread `source` (its `Opened` and one of its messages) into `threads` new threads
+/// of `per_thread` events, named by `variant`; with `plain`, each copied text in clear.
+/// Batches of their own transactions, as [`seed_events`].
+async fn seed_thread_copies(
+    conn: &mut PgConnection,
+    source: &str,
+    variant: &str,
+    threads: u64,
+    per_thread: u64,
+    plain: bool,
+) -> Result<(), Error> {
+    let batch = (100_000 / per_thread.max(1)).max(1);
+    let mut from = 1;
+    while from <= threads {
+        let to = (from + batch - 1).min(threads);
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT 'thread', md5('bench-chat-' || $4 || a.n)::uuid::text, s.s,
+                    e.event_type, e.event_version,
+                    CASE WHEN s.s = 1 THEN e.payload
+                         ELSE jsonb_set(jsonb_set(jsonb_set(e.payload,
+                                '{MessageSent,message_id}', to_jsonb('m' || s.s)),
+                                '{MessageSent,number}', to_jsonb(s.s - 1)),
+                                '{MessageSent,text}',
+                                CASE WHEN $5 THEN to_jsonb('seed text ' || s.s)
+                                     ELSE e.payload->'MessageSent'->'text' END) END,
+                    e.metadata
+               FROM generate_series($1::bigint, $2::bigint) AS a(n),
+                    generate_series(1, $3::bigint) AS s(s)
+               JOIN LATERAL (
+                    SELECT event_type, event_version, payload, metadata FROM events
+                     WHERE aggregate_type = 'thread' AND aggregate_id = $6
+                       AND event_type = CASE WHEN s.s = 1 THEN 'Opened' ELSE 'MessageSent' END
+                     ORDER BY sequence LIMIT 1) e ON true
+              ORDER BY a.n, s.s",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(per_thread as i64)
+        .bind(variant)
+        .bind(plain)
+        .bind(source)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        from = to + 1;
+    }
+    Ok(())
+}
+
+/// Runs `projector rebuild chat` (with the services' token secret, from which the master
+/// key derives) and times it; checks that every message of the store was rebuilt.
+async fn rebuild_chat(
+    bin_dir: &std::path::Path,
+    database_url: &str,
+    conn: &mut PgConnection,
+) -> Result<(u64, f64), Error> {
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'thread'")
+            .fetch_one(&mut *conn)
+            .await?;
+    let started = Instant::now();
+    let status = tokio::process::Command::new(bin_dir.join("projector"))
+        .args(["rebuild", "chat"])
+        .env("DATABASE_URL", database_url)
+        .env("NEST_AUTH_SECRET", crate::stack::SECRET)
+        .env("ALLOW_DEV_SECRETS", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("projector rebuild chat: {status}").into());
+    }
+    let (messages, sent): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM chat_messages),
+                (SELECT count(*) FROM events
+                  WHERE aggregate_type = 'thread' AND event_type = 'MessageSent')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if messages != sent {
+        return Err(format!("the rebuilt chat holds {messages} of {sent} messages").into());
+    }
+    Ok((events as u64, seconds))
+}
+
+/// The chat rebuild with `added` events in clear and `added` sealed (see [`ChatRebuild`]).
+pub async fn chat_rebuild(
+    bin_dir: &std::path::Path,
+    database_url: &str,
+    added: u64,
+) -> Result<ChatRebuild, Error> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    sqlx::query("SET events.writer_timeout = '5min'")
+        .execute(&mut conn)
+        .await?;
+    // A seeded thread with a sealed text: the copies' source.
+    let source: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events
+          WHERE aggregate_type = 'thread' AND event_type = 'MessageSent'
+            AND payload->'MessageSent'->>'text' LIKE 'pii1.%'
+          LIMIT 1",
+    )
+    .fetch_optional(&mut conn)
+    .await?
+    .ok_or("no sealed message in the seeded store")?;
+    let (seeded_events, seeded_seconds) = rebuild_chat(bin_dir, database_url, &mut conn).await?;
+    let per_thread = 100;
+    let threads = (added / per_thread).max(1);
+    seed_thread_copies(&mut conn, &source, "plain", threads, per_thread, true).await?;
+    let (_, plain_seconds) = rebuild_chat(bin_dir, database_url, &mut conn).await?;
+    seed_thread_copies(&mut conn, &source, "sealed", threads, per_thread, false).await?;
+    let (_, sealed_seconds) = rebuild_chat(bin_dir, database_url, &mut conn).await?;
+    let added = threads * per_thread;
+    let rate = |seconds: f64| added as f64 / seconds.max(1e-3);
+    Ok(ChatRebuild {
+        seeded_events,
+        seeded_seconds,
+        added_events: added,
+        plain_per_sec: rate(plain_seconds - seeded_seconds),
+        sealed_per_sec: rate(sealed_seconds - plain_seconds),
+    })
+}
+
 /// What PostgreSQL itself does with the same durable single-row append.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Baseline {

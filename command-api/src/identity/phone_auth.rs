@@ -143,10 +143,11 @@ pub struct PhoneSession {
 
 /// Sign in with the code.
 ///
-/// 401 `invalid_code` for a wrong, expired, used or exhausted code; 410 `subject_erased`
-/// when the number's phone user at this tenant was erased (docs/privacy.md). Answers a
-/// chatbot JWT (`kind = phone`, `sub` = the phone user, `tenant_id`); the phone user is a
-/// data subject from then on. Events: CodeVerified or CodeRejected.
+/// 401 `invalid_code` for a wrong, expired, used or exhausted code, and for every code of a
+/// number whose phone user at this tenant was erased (no code is issued to it; the answer
+/// does not tell of the erasure; docs/privacy.md). Answers a chatbot JWT (`kind = phone`,
+/// `sub` = the phone user, `tenant_id`); the phone user is a data subject from then on.
+/// Events: CodeVerified or CodeRejected.
 /// Answered with `Cache-Control: no-store`; `Idempotency-Key` is ignored on sign-in routes
 /// (token answers are never stored or replayed).
 #[utoipa::path(
@@ -157,8 +158,7 @@ pub struct PhoneSession {
         (status = 200, description = "Signed in.", body = PhoneSession),
         (status = 401, response = events::http::openapi::ProblemAnswer),
         (status = 403, response = events::http::openapi::ProblemAnswer),
-        (status = 404, response = events::http::openapi::ProblemAnswer),
-        (status = 410, response = events::http::openapi::ProblemAnswer)
+        (status = 404, response = events::http::openapi::ProblemAnswer)
     )
 )]
 async fn verify(

@@ -95,6 +95,16 @@ pub async fn issue_code(
     phone: &str,
 ) -> Result<PhoneNumber, Problem> {
     let (tenant, phone, login_id) = sign_in_of(state, tenant, phone).await?;
+    // An erased person's number gets the usual answer, so no one learns of the erasure from
+    // it, but no code: nothing is recorded or sent to them (docs/privacy.md).
+    let user_id = state
+        .ctx
+        .identity
+        .phone_keys
+        .user_id(&tenant, phone.as_str());
+    if is_erased(state, &tenant, &user_id).await? {
+        return Ok(phone);
+    }
     let code = six_digits();
     let command = PhoneLoginCommand::RequestCode {
         code_hash: state.ctx.identity.phone_keys.code_hash(&login_id, &code),
@@ -136,13 +146,14 @@ fn subject_of<'a>(tenant: &'a str, user_id: &str) -> Subject<'a> {
     }
 }
 
-/// 410 `subject_erased`: the number's phone user at this tenant was erased.
-fn erased() -> Problem {
-    Problem::new(
-        StatusCode::GONE,
-        "subject_erased",
-        "This phone user's data was erased at this tenant; the number cannot sign in here again.",
-    )
+/// Whether phone user `user_id` of `tenant` was erased.
+async fn is_erased(state: &AppState, tenant: &str, user_id: &str) -> Result<bool, Problem> {
+    let known = state
+        .keyring
+        .subject(subject_of(tenant, user_id).id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(known.is_some_and(|k| k.erased))
 }
 
 /// Six uniformly random digits.
@@ -171,16 +182,11 @@ pub async fn verify(
         .identity
         .phone_keys
         .user_id(&tenant, phone.as_str());
-    let subject = subject_of(&tenant, &user_id);
-    // A person whose data was erased is not signed in (and recorded) again: nothing new is
-    // kept about them (docs/privacy.md).
-    let known = state
-        .keyring
-        .subject(subject.id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    if known.is_some_and(|k| k.erased) {
-        return Err(erased());
+    // A person whose data was erased is not signed in (and recorded) again: their number
+    // fails as a wrong code does, so the answer does not tell of the erasure (no code was
+    // issued to it since; docs/privacy.md).
+    if is_erased(state, &tenant, &user_id).await? {
+        return Err(invalid_code());
     }
     let command = PhoneLoginCommand::Verify {
         code_hash: state
@@ -209,12 +215,16 @@ pub async fn verify(
         return Err(invalid_code());
     }
     // A data subject from the first sign-in: erasable and exportable before they write.
-    match state.keyring.register(subject).await {
+    // The record of their number holds the subject's row, so an erasure in the meantime
+    // either comes first (and nothing is recorded) or deletes it.
+    match state.keyring.register(subject_of(&tenant, &user_id)).await {
         Ok(()) => {}
-        Err(KeyError::Erased) => return Err(erased()),
+        Err(KeyError::Erased) => return Err(invalid_code()),
         Err(e) => return Err(Problem::unavailable(&e)),
     }
-    phone_users::record(state, &user_id, &tenant, phone.as_str()).await?;
+    if !phone_users::record(state, &user_id, &tenant, phone.as_str()).await? {
+        return Err(invalid_code());
+    }
     let now = Utc::now().timestamp();
     let ttl = state.ctx.identity.token_ttl.as_secs();
     let token = state.tokens.sign(&Claims {

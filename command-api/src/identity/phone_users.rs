@@ -38,24 +38,37 @@ pub struct ProfileUpdate {
 }
 
 /// Records the user `user_id` of `tenant` with its number, once (a later sign-in keeps the
-/// row and its profile).
+/// row and its profile); false when the user is not a data subject of the tenant, or was
+/// erased. The insert holds the subject's row (`data_subjects`, migration 0053) shared: an
+/// erasure, which updates that row and then deletes the user's record (migration 0055),
+/// either commits first — and nothing is recorded — or waits for this and deletes it.
 pub async fn record(
     state: &AppState,
     user_id: &str,
     tenant: &str,
     phone: &str,
-) -> Result<(), Problem> {
-    sqlx::query(
-        "INSERT INTO phone_users (user_id, tenant_id, phone) VALUES ($1, $2, $3)
-         ON CONFLICT (user_id) DO NOTHING",
+) -> Result<bool, Problem> {
+    let subject = events::personal::subject_id("phone_user", tenant, user_id);
+    let (recorded, known): (bool, bool) = sqlx::query_as(
+        "WITH subject AS (
+             SELECT subject_id FROM data_subjects
+              WHERE subject_id = $4 AND tenant_id = $2 AND erased_at IS NULL
+                FOR SHARE),
+         made AS (
+             INSERT INTO phone_users (user_id, tenant_id, phone)
+             SELECT $1, $2, $3 FROM subject
+             ON CONFLICT (user_id) DO NOTHING
+             RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM made), EXISTS (SELECT 1 FROM subject)",
     )
     .bind(user_id)
     .bind(tenant)
     .bind(phone)
-    .execute(&state.pool)
+    .bind(subject)
+    .fetch_one(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
-    Ok(())
+    Ok(recorded || known)
 }
 
 /// The number of the user `user_id` of `tenant`, if there is such a user.

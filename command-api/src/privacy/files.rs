@@ -1,8 +1,7 @@
-//! Deleting an erased subject's files (docs/privacy.md, "Erasure"): the files of the
-//! threads whose customer they were — attachments of messages and scheduled messages (chat
-//! uploads, MMS files) and the files contacts sent on WhatsApp, each stored under the
-//! message's id. Found in the event store, which names every one of them: the blob store
-//! is command-api's, and so is the store that says which file is whose.
+//! Deleting an erased subject's files (docs/privacy.md, "Erasure"): the files the platform
+//! stored for them as the contact of their threads — the MMS files of their SMS and the
+//! files they sent on WhatsApp. Found in the event store, which names every one of them: the
+//! blob store is command-api's, and so is the store that says which file is whose.
 //!
 //! Deleting is idempotent (a file already gone counts as deleted), so an erasure asked again
 //! deletes what an interrupted one left.
@@ -46,37 +45,37 @@ async fn threads_of(
         .collect())
 }
 
-/// The blob keys of the files of `threads` of `tenant`: every attachment their messages and
-/// scheduled messages name, and the key a contact's WhatsApp file is stored at
-/// (`tenants/{tenant}/whatsapp/{message id}`, absent when the message had none). Only keys
-/// under the tenant's own folder.
+/// The blob keys of the files of `threads` of `tenant` that the platform stored for the
+/// contact who wrote: the MMS files of their SMS (attachments under
+/// `tenants/{tenant}/sms/`) and the files they sent on WhatsApp
+/// (`tenants/{tenant}/whatsapp/{message id}`, absent when the message had none). Only
+/// those: an attachment a person or an agent names may be any file of the tenant (its logo,
+/// another customer's upload), so naming one makes it nobody's to delete.
 async fn files_of(
     pool: &PgPool,
     tenant: &str,
     threads: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let keys: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT key FROM (
-             SELECT payload->event_type->'attachment'->>'object_key' AS key FROM events
-              WHERE aggregate_type = 'thread' AND aggregate_id = ANY($1)
-                AND event_type IN ('MessageSent', 'MessageScheduled')
-             UNION ALL
-             SELECT 'tenants/' || $2 || '/whatsapp/' || (payload->'MessageSent'->>'message_id')
-               FROM events
-              WHERE aggregate_type = 'thread' AND aggregate_id = ANY($1)
-                AND event_type = 'MessageSent'
-                AND payload->'MessageSent'->'author'->>'kind' = 'contact') files
-          WHERE key IS NOT NULL",
+    let keys: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT payload->'MessageSent'->'attachment'->>'object_key',
+                payload->'MessageSent'->>'message_id'
+           FROM events
+          WHERE aggregate_type = 'thread' AND aggregate_id = ANY($1)
+            AND event_type = 'MessageSent'
+            AND payload->'MessageSent'->'author'->>'kind' = 'contact'",
     )
     .bind(threads)
-    .bind(tenant)
     .fetch_all(pool)
     .await?;
-    let folder = format!("tenants/{tenant}/");
-    Ok(keys
-        .into_iter()
-        .filter(|k| k.starts_with(&folder))
-        .collect())
+    let sms = format!("tenants/{tenant}/sms/");
+    let mut files: Vec<String> = Vec::new();
+    for (attachment, message_id) in keys {
+        files.extend(attachment.filter(|k| k.starts_with(&sms)));
+        files.push(format!("tenants/{tenant}/whatsapp/{message_id}"));
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 /// Deletes the files of subject `subject` (of `kind`) of `tenant`; returns how many keys it

@@ -21,6 +21,25 @@ enum Value {
 /// Admin users and their login history.
 pub struct AdminUsersProjection;
 
+/// Overwrites with `[erased]` the login e-mail of erased staff member `subject`
+/// (docs/privacy.md): the live `admin_users`, in the caller's transaction. Their `Created`
+/// event still holds it in clear (sealing staff e-mails is to come), so a rebuild shows it
+/// again.
+pub async fn redact_subject(
+    conn: &mut PgConnection,
+    subject: uuid::Uuid,
+    kind: &str,
+) -> Result<(), ProjectionError> {
+    if kind == "admin_user" {
+        sqlx::query("UPDATE admin_users SET email = $2 WHERE id = $1")
+            .bind(subject.to_string())
+            .bind(events::personal::ERASED)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn snake<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()

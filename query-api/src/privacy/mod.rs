@@ -95,7 +95,7 @@ pub struct ThreadExport {
     /// The messages, in order.
     #[sqlx(skip)]
     messages: Vec<MessageExport>,
-    /// Messages scheduled in it.
+    /// Messages scheduled in it (the staff's: not in a phone user's own export).
     #[sqlx(skip)]
     scheduled: Vec<ScheduledExport>,
 }
@@ -154,8 +154,9 @@ pub struct Export {
 /// Everything the platform holds about the person, in clear, as one JSON document: who they
 /// are (a phone user's number and profile, a staff member's account), and their
 /// conversations — every thread they are the customer of with its messages (text, files,
-/// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages, and,
-/// for a staff member, the messages they wrote in threads without a customer. Allowed: a
+/// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages (the
+/// staff's: left out of a phone user's own export), and, for a staff member, the messages
+/// they wrote in threads without a customer, in any tenant. Allowed: a
 /// super admin, the admin of the subject's tenant, and a phone user for themselves; other
 /// roles 403. An unknown subject, an id that is not a UUID, or another tenant's subject: 404.
 /// After an erasure the answer says so (`subject.erased`) and holds no personal data: the
@@ -212,7 +213,10 @@ async fn export(
     if !allowed {
         return Err(not_found());
     }
-    let export = gather(&state, subject)
+    // Scheduled messages are the staff's: a phone user's own export leaves them out, as the
+    // thread does.
+    let staff = !matches!(who, Principal::Phone { .. });
+    let export = gather(&state, subject, staff)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     let mut response = Json(export).into_response();
@@ -223,7 +227,11 @@ async fn export(
 }
 
 /// Reads everything held about `subject`.
-async fn gather(state: &AppState, subject: SubjectView) -> Result<Export, sqlx::Error> {
+async fn gather(
+    state: &AppState,
+    subject: SubjectView,
+    staff: bool,
+) -> Result<Export, sqlx::Error> {
     let id = subject.id.to_string();
     let phone_user: Option<PhoneProfile> = if subject.kind == "phone_user" {
         sqlx::query_as(
@@ -248,7 +256,7 @@ async fn gather(state: &AppState, subject: SubjectView) -> Result<Export, sqlx::
     } else {
         None
     };
-    let threads = threads(state, &subject).await?;
+    let threads = threads(state, &subject, staff).await?;
     Ok(Export {
         subject,
         exported_at: Utc::now(),
@@ -264,6 +272,7 @@ async fn gather(state: &AppState, subject: SubjectView) -> Result<Export, sqlx::
 async fn threads(
     state: &AppState,
     subject: &SubjectView,
+    staff: bool,
 ) -> Result<Vec<ThreadExport>, sqlx::Error> {
     let is_subject = |id: &String| {
         events::personal::subject_id(&subject.kind, &subject.tenant_id, id) == subject.id
@@ -276,25 +285,38 @@ async fn threads(
     .fetch_all(&state.pool)
     .await?;
     let customers: Vec<String> = customers.into_iter().filter(is_subject).collect();
-    let author = (subject.kind == "admin_user").then(|| subject.id.to_string());
+    // A staff member's notes, in any tenant (a super admin's subject tenant is `platform`,
+    // and they write in every tenant), by the ids that are theirs (found as the redaction
+    // finds them).
+    let authors: Vec<String> = if subject.kind == "admin_user" {
+        let authors: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT m.author_id FROM chat_messages m
+               JOIN chat_threads t ON t.id = m.thread_id
+              WHERE t.customer_id IS NULL AND m.author_kind = 'agent'",
+        )
+        .fetch_all(&state.pool)
+        .await?;
+        authors.into_iter().filter(is_subject).collect()
+    } else {
+        Vec::new()
+    };
     let mut threads: Vec<ThreadExport> = sqlx::query_as(
         "SELECT t.id, t.channel, t.status, t.subject, t.tags, t.created_at AS opened_at
            FROM chat_threads t
-          WHERE t.tenant_id = $1
-            AND (t.customer_id = ANY($2)
-                 OR (t.customer_id IS NULL AND $3::text IS NOT NULL
-                     AND EXISTS (SELECT 1 FROM chat_messages m
-                                  WHERE m.thread_id = t.id AND m.author_kind = 'agent'
-                                    AND m.author_id = $3)))
+          WHERE (t.tenant_id = $1 AND t.customer_id = ANY($2))
+             OR (t.customer_id IS NULL
+                 AND EXISTS (SELECT 1 FROM chat_messages m
+                              WHERE m.thread_id = t.id AND m.author_kind = 'agent'
+                                AND m.author_id = ANY($3)))
           ORDER BY t.created_at, t.id",
     )
     .bind(&subject.tenant_id)
     .bind(&customers)
-    .bind(&author)
+    .bind(&authors)
     .fetch_all(&state.pool)
     .await?;
     let ids: Vec<Uuid> = threads.iter().map(|t| t.id).collect();
-    let (messages, scheduled) = contents(state, &ids, author.as_deref()).await?;
+    let (messages, scheduled) = contents(state, &ids, &authors, staff).await?;
     let at: std::collections::HashMap<Uuid, usize> =
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let now = Utc::now();
@@ -318,11 +340,12 @@ async fn threads(
 }
 
 /// The messages and scheduled messages of threads `ids` the export holds: all of a
-/// customer's thread, and in a thread without a customer those of staff member `author`.
+/// customer's thread, and in a thread without a customer those of staff member `authors` (their ids).
 async fn contents(
     state: &AppState,
     ids: &[Uuid],
-    author: Option<&str>,
+    authors: &[String],
+    staff: bool,
 ) -> Result<(Vec<MessageExport>, Vec<ScheduledExport>), sqlx::Error> {
     let messages: Vec<MessageExport> = sqlx::query_as(
         "SELECT m.thread_id, m.message_id, m.number, m.author_id, m.author_kind, m.text,
@@ -337,23 +360,25 @@ async fn contents(
                  AND w.id = CASE WHEN m.message_id ~ '^[0-9a-fA-F-]{36}$'
                                  THEN m.message_id::uuid END
           WHERE m.thread_id = ANY($1)
-            AND (t.customer_id IS NOT NULL OR (m.author_kind = 'agent' AND m.author_id = $2))
+            AND (t.customer_id IS NOT NULL
+                 OR (m.author_kind = 'agent' AND m.author_id = ANY($2)))
           ORDER BY m.thread_id, m.number",
     )
     .bind(ids)
-    .bind(author)
+    .bind(authors)
     .fetch_all(&state.pool)
     .await?;
     let scheduled: Vec<ScheduledExport> = sqlx::query_as(
         "SELECT s.thread_id, s.id, s.author_id, s.text, s.due_at, s.status
            FROM chat_scheduled s
            JOIN chat_threads t ON t.id = s.thread_id
-          WHERE s.thread_id = ANY($1)
-            AND (t.customer_id IS NOT NULL OR s.author_id = $2)
+          WHERE $3 AND s.thread_id = ANY($1)
+            AND (t.customer_id IS NOT NULL OR s.author_id = ANY($2))
           ORDER BY s.thread_id, s.due_at, s.id",
     )
     .bind(ids)
-    .bind(author)
+    .bind(authors)
+    .bind(staff)
     .fetch_all(&state.pool)
     .await?;
     Ok((messages, scheduled))

@@ -818,11 +818,31 @@ async fn a_phone_user_is_a_subject_from_sign_in_whose_export_holds_everything_un
         let sent = post(&env, &api, token, path, json!({"text": text})).await;
         assert_eq!(sent.status(), 201);
     }
+    let scheduled = post(
+        &env,
+        &api,
+        &env.agent_of(&tenant),
+        &format!("/v1/chat/threads/{thread}/scheduled"),
+        json!({"text": "Recordatorio para Ana",
+               "due_at": chrono::Utc::now() + chrono::Duration::days(3)}),
+    )
+    .await;
+    assert_eq!(scheduled.status(), 201);
     let export = crate::support::eventually(Duration::from_secs(20), "her export", || async {
         let (_, export) = fetch(&env, &export_of(&ana), &admin).await;
-        (export["threads"][0]["messages"].as_array().map(Vec::len) == Some(2)).then_some(export)
+        let thread = &export["threads"][0];
+        (thread["messages"].as_array().map(Vec::len) == Some(2)
+            && thread["scheduled"].as_array().map(Vec::len) == Some(1))
+        .then_some(export)
     })
     .await;
+    // Her own export leaves out what only the staff see (scheduled messages).
+    let (_, own) = fetch(&env, &export_of(&ana), &ana_token).await;
+    assert_eq!(
+        own["threads"][0]["messages"],
+        export["threads"][0]["messages"]
+    );
+    assert_eq!(own["threads"][0]["scheduled"], json!([]));
     assert_eq!(export["phone_user"]["display_name"], "Ana Pérez");
     assert_eq!(export["phone_user"]["email"], "ana.perez@example.test");
     assert_eq!(
@@ -874,10 +894,31 @@ async fn a_phone_user_is_a_subject_from_sign_in_whose_export_holds_everything_un
             .0,
         401
     );
-    // Her number cannot sign in at the tenant again: nothing new is kept about her.
+    // Her number cannot sign in at the tenant again, and nothing new is kept about her: a
+    // request answers as ever (no one learns of the erasure) but issues and sends no code,
+    // and any code fails as a wrong one.
     clock.set(chrono::Utc::now() + chrono::Duration::minutes(2));
-    let again = sign_in(&env, &api, &query, &tenant, ana_phone).await;
-    crate::support::expect_problem(again, 410, "subject_erased").await;
+    let events_before = env.event_count().await;
+    let requested = crate::identity::request_code(&env, &api, &tenant, ana_phone).await;
+    assert_eq!(requested.status(), 202);
+    let inbox = env
+        .get_json(
+            &query.url("/v1/dev/inbox?recipient=%2B34600111222"),
+            &env.super_admin(),
+        )
+        .await;
+    assert_eq!(inbox["items"], json!([]), "no code sent to her");
+    for code in ["123456", "000000"] {
+        let verified = env
+            .http
+            .post(api.url("/auth/phone/verify"))
+            .json(&json!({"tenant_id": tenant, "phone": ana_phone, "code": code}))
+            .send()
+            .await
+            .expect("sent");
+        crate::support::expect_problem(verified, 401, "invalid_code").await;
+    }
+    assert_eq!(env.event_count().await, events_before, "nothing recorded");
     // Her export says she was erased and holds nothing personal.
     let export =
         crate::support::eventually(Duration::from_secs(20), "her export erased", || async {
@@ -892,6 +933,7 @@ async fn a_phone_user_is_a_subject_from_sign_in_whose_export_holds_everything_un
         "Factura",
         "4471",
         "Lo miramos",
+        "Recordatorio",
         ana_phone,
         "Ana Pérez",
         "ana.perez",
@@ -1171,7 +1213,7 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
 }
 
 #[tokio::test]
-async fn an_erasure_deletes_the_subjects_files_and_leaves_everyone_elses() {
+async fn an_erasure_deletes_the_files_stored_for_the_subject_and_no_file_they_merely_named() {
     use crate::chat::post;
     use serde_json::{json, Value};
 
@@ -1197,6 +1239,7 @@ async fn an_erasure_deletes_the_subjects_files_and_leaves_everyone_elses() {
         format!("tenants/{tenant}/sms/contact/0"),
         format!("tenants/{tenant}/whatsapp/{whatsapp_message}"),
         format!("tenants/{tenant}/chat/bob.png"),
+        format!("tenants/{tenant}/logo/logo.png"),
     ];
     for key in &keys {
         store_file(key);
@@ -1219,6 +1262,7 @@ async fn an_erasure_deletes_the_subjects_files_and_leaves_everyone_elses() {
     let history = [
         (0, opened(ana_party.clone())),
         (0, sent("a1", 1, ana_party.clone(), attachment(&keys[0]))),
+        (0, sent("a2", 2, ana_party.clone(), attachment(&keys[5]))),
         (
             0,
             json!({"MessageScheduled": {"scheduled_id": "s1", "author": party("agent-1", "agent"),
@@ -1272,26 +1316,187 @@ async fn an_erasure_deletes_the_subjects_files_and_leaves_everyone_elses() {
         }
     };
     let present = || keys.iter().map(|k| file(k).exists()).collect::<Vec<_>>();
+    // What a person attaches may be any file of the tenant (here the tenant's logo):
+    // naming it does not make it theirs to delete.
     assert_eq!(erase(ana).await, 200);
-    assert_eq!(
-        present(),
-        [false, false, true, true, true],
-        "Ana's two files"
-    );
+    assert_eq!(present(), [true, true, true, true, true, true]);
+    // The files the platform stored for the contact go: their MMS file and WhatsApp file.
+    assert_eq!(erase(contact_subject).await, 200);
+    assert_eq!(present(), [true, true, false, false, true, true]);
+    // Asked again, it answers the same and finishes what an interrupted one would have
+    // left.
+    store_file(&keys[2]);
     assert_eq!(erase(contact_subject).await, 200);
     assert_eq!(
         present(),
-        [false, false, false, false, true],
-        "the contact's MMS file and WhatsApp file"
+        [true, true, false, false, true, true],
+        "everyone else's stay"
     );
-    // Asked again, it answers the same and finishes what an interrupted one would have
-    // left.
-    store_file(&keys[0]);
-    assert_eq!(erase(ana).await, 200);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_erased_staff_member_is_a_subject_from_creation_and_can_sign_in_no_more() {
+    use serde_json::json;
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "staffed").await;
+    let email = format!("{}@staff.example", Uuid::new_v4().simple());
+    let password = "an erased agent's long password";
+    let made = env
+        .http
+        .post(api.url("/v1/admin-users"))
+        .bearer_auth(env.super_admin())
+        .json(&json!({"email": email, "password": password, "tenant_id": tenant, "role": "agent"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(made.status(), 201);
+    let agent = made.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let login = || {
+        env.http
+            .post(api.url("/auth/admin/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    let signed_in: serde_json::Value = login().await.expect("sent").json().await.expect("json");
+    let refresh = signed_in["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    // A subject from creation: exported before they ever wrote.
+    let admin = env.admin_of(&tenant);
+    let export = query.url(&format!("/v1/privacy/subjects/{agent}/export"));
+    let before = crate::support::eventually(Duration::from_secs(20), "the export", || async {
+        let (status, body) = fetch(&env, &export, &admin).await;
+        (status == 200 && body["admin_user"]["email"] == email.as_str()).then_some(body)
+    })
+    .await;
+    assert_eq!(before["subject"]["kind"], "admin_user");
+    // A super admin's notes are theirs in any tenant: their export holds them.
+    let root = env.super_admin();
+    let (note_thread, _) =
+        crate::chat::open_thread(&env, &api, &root, json!({"tenant_id": tenant})).await;
+    let noted = crate::chat::post(
+        &env,
+        &api,
+        &root,
+        &format!("/v1/chat/threads/{note_thread}/messages"),
+        json!({"text": "nota de la plataforma"}),
+    )
+    .await;
+    assert_eq!(noted.status(), 201);
+    let root_subject = events::personal::subject_id("admin_user", "platform", "root-admin");
+    let root_export = query.url(&format!("/v1/privacy/subjects/{root_subject}/export"));
+    crate::support::eventually(
+        Duration::from_secs(20),
+        "the super admin's note",
+        || async {
+            let (_, body) = fetch(&env, &root_export, &root).await;
+            (body["threads"][0]["messages"][0]["text"] == "nota de la plataforma").then_some(())
+        },
+    )
+    .await;
+
+    let erased = crate::chat::post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/privacy/subjects/{agent}/erase"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    // No sign-in, no refresh, and nothing recorded for the attempts.
+    let events = env.event_count().await;
+    assert_eq!(login().await.expect("sent").status(), 401);
+    let refreshed = env
+        .http
+        .post(api.url("/auth/admin/refresh"))
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refreshed.status(), 401);
+    assert_eq!(env.event_count().await, events, "nothing recorded");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM admin_emails WHERE user_id = $1)
+              + (SELECT count(*) FROM admin_credentials WHERE user_id = $1)
+              + (SELECT count(*) FROM admin_sessions WHERE user_id = $1 AND status = 'active')",
+    )
+    .bind(&agent)
+    .fetch_one(&env.pool)
+    .await
+    .expect("counted");
     assert_eq!(
-        present(),
-        [false, false, false, false, true],
-        "Bob's file stays"
+        left, 0,
+        "no login, password or live session of theirs is kept"
     );
+    // The staff list and the export show the e-mail erased.
+    crate::support::eventually(Duration::from_secs(20), "the e-mail erased", || async {
+        let (_, body) = fetch(&env, &export, &admin).await;
+        (body["admin_user"]["email"] == ERASED && body["subject"]["erased"] == true).then_some(())
+    })
+    .await;
+    projector.abort();
+    query.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_sign_in_racing_its_erasure_never_records_the_number_again() {
+    use serde_json::json;
+
+    let env = TestEnv::new().await;
+    let clock = std::sync::Arc::new(events::clock::ManualClock::new(chrono::Utc::now()));
+    let api = env
+        .spawn_command_api_with_clock(env.command_config(), clock.clone())
+        .await;
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "racing").await;
+    // Two codes each, within the 20 an hour one client address may request.
+    let phones: Vec<String> = (0..9).map(|n| format!("+3461000{n:04}")).collect();
+    let mut users = Vec::new();
+    for phone in &phones {
+        users.push(signed_in(&env, &api, &query, &tenant, phone).await.0);
+    }
+    // A second code for each (a minute later), verified while its phone user is erased.
+    clock.set(chrono::Utc::now() + chrono::Duration::minutes(2));
+    let mut codes = Vec::new();
+    for phone in &phones {
+        let requested = crate::identity::request_code(&env, &api, &tenant, phone).await;
+        assert_eq!(requested.status(), 202);
+        codes.push(crate::identity::code_from_inbox(&env, &query, phone).await);
+    }
+    let admin = env.admin_of(&tenant);
+    for ((phone, user), code) in phones.iter().zip(&users).zip(&codes) {
+        let verify = env
+            .http
+            .post(api.url("/auth/phone/verify"))
+            .json(&json!({"tenant_id": tenant, "phone": phone, "code": code}))
+            .send();
+        let path = format!("/v1/privacy/subjects/{user}/erase");
+        let erase = crate::chat::post(&env, &api, &admin, &path, json!({}));
+        let (verified, erased) = tokio::join!(verify, erase);
+        assert_eq!(erased.status(), 200);
+        assert!(
+            [200, 401].contains(&verified.expect("sent").status().as_u16()),
+            "signed in before the erasure, or refused after it"
+        );
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM phone_users WHERE phone = ANY($1)")
+        .bind(&phones)
+        .fetch_one(&env.pool)
+        .await
+        .expect("counted");
+    assert_eq!(kept, 0, "no erased number is recorded again");
+    query.stop().await;
     api.stop().await;
 }
