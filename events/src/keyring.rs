@@ -444,7 +444,7 @@ impl Keyring {
     pub async fn register(&self, subject: Subject<'_>) -> Result<(), KeyError> {
         // The insert's row, or (when it was known) the stored one: the outer read does not
         // see the insert, so exactly one of the two answers.
-        let (tenant_id, erased): (String, bool) = sqlx::query_as(
+        let made: Option<(String, bool)> = sqlx::query_as(
             "WITH made AS (
                  INSERT INTO data_subjects (subject_id, tenant_id, kind) VALUES ($1, $2, $3)
                  ON CONFLICT (subject_id) DO NOTHING
@@ -457,8 +457,19 @@ impl Keyring {
         .bind(subject.id)
         .bind(subject.tenant_id)
         .bind(subject.kind.as_str())
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        // None: another process registered them in the same moment, after this statement's
+        // snapshot; a second look sees their row.
+        let (tenant_id, erased) = match made {
+            Some(found) => found,
+            None => sqlx::query_as(
+                "SELECT tenant_id, erased_at IS NOT NULL FROM data_subjects WHERE subject_id = $1",
+            )
+            .bind(subject.id)
+            .fetch_one(&self.pool)
+            .await?,
+        };
         if erased {
             Err(KeyError::Erased)
         } else if tenant_id != subject.tenant_id {

@@ -1210,7 +1210,19 @@ impl Thread {
             at,
         }]);
         }
-        if sealed_for_erased(&scheduled.text, services).await? {
+        // The person it is about (the customer, else its staff author) erased, or its text
+        // sealed for someone erased since: never sent. Asked of the person too, so a text
+        // scheduled before sealing (in clear, or `[erased]` after the store's transform)
+        // is not sent to someone erased either.
+        let person = self.customer.as_ref().unwrap_or(&scheduled.author);
+        let person_erased = match subject_of(tenant, person) {
+            Some((subject, _)) => services
+                .is_erased(subject)
+                .await
+                .map_err(ThreadError::Unavailable)?,
+            None => false,
+        };
+        if person_erased || sealed_for_erased(&scheduled.text, services).await? {
             return Ok(vec![ThreadEvent::ScheduleFailed {
                 scheduled_id,
                 code: "subject_erased".into(),
@@ -1218,13 +1230,18 @@ impl Thread {
                 at,
             }]);
         }
+        // A text scheduled before sealing is sealed as it is sent, as any text is.
+        let text = match &scheduled.text {
+            text if text.is_empty() || events::personal::is_sealed(text) => text.clone(),
+            text => self.sealed(d, &scheduled.author, text.clone()).await?,
+        };
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
             message_id,
             number: self.message_count + 1,
             author: scheduled.author.clone(),
             client_message_id: None,
-            text: scheduled.text.clone(),
+            text,
             attachment: scheduled.attachment.clone(),
             scheduled_id: Some(scheduled_id),
             at,
@@ -1948,6 +1965,28 @@ mod tests {
             .inspect_result()
             .expect("delivered");
         assert!(matches!(&delivered[..], [ThreadEvent::MessageSent { .. }]));
+    }
+
+    #[tokio::test]
+    async fn deliver_a_text_scheduled_before_sealing_seals_it_and_never_sends_it_to_an_erased_customer(
+    ) {
+        let given = vec![opened(), scheduled("s1", minutes(60))];
+        let delivered = sealed_events(&given, cmd(scheduler(), minutes(61), deliver("s1"))).await;
+        assert!(
+            matches!(&delivered[..], [ThreadEvent::MessageSent { text, .. }]
+                if *text == format!("sealed[{TENANT}/phone:phone-1]reminder")),
+            "{delivered:?}"
+        );
+        sealing_over(&given, &["phone-1"])
+            .given(given.clone())
+            .when_async(cmd(scheduler(), minutes(61), deliver("s1")))
+            .await
+            .then_expect_events(vec![ThreadEvent::ScheduleFailed {
+                scheduled_id: "s1".into(),
+                code: "subject_erased".into(),
+                reason: "The person this message is about was erased: it is never sent.".into(),
+                at: minutes(61),
+            }]);
     }
 
     #[tokio::test]

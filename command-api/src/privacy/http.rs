@@ -29,7 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// the blob store fails: the erasure is recorded, and asking again deletes what is left).
 /// Allowed: a super admin, or the admin of the subject's tenant; agents, phone users and
 /// service tokens: 403. An unknown subject, an id that is not a UUID, or another tenant's
-/// subject: 404.
+/// subject: 404 (and a super admin, to anyone but a super admin). Erasing oneself: 422
+/// `cannot_erase_self`.
 #[utoipa::path(
     post,
     path = "/v1/privacy/subjects/{id}/erase",
@@ -37,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "Erased: `id` is the subject and `version` the version of its stream.", body = crate::http::Accepted),
         (status = 404, response = events::http::openapi::ProblemAnswer),
+        (status = 422, response = events::http::openapi::ProblemAnswer),
         (status = 503, response = events::http::openapi::ProblemAnswer)
     ),
     security(("bearer" = []))

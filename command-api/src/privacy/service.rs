@@ -49,6 +49,9 @@ pub async fn erase(
     if !who.administers(&known.tenant_id) {
         return Err(not_found());
     }
+    if known.kind == "admin_user" {
+        staff_erasable(state, who, id).await?;
+    }
     let command = SubjectCommand::Erase {
         tenant_id: known.tenant_id.clone(),
         kind: known.kind.clone(),
@@ -78,6 +81,25 @@ pub async fn erase(
         tracing::info!(subject = %id, files = deleted, "an erased subject's files deleted");
     }
     Ok(committed)
+}
+
+/// The guards of deactivation hold for a staff member's erasure, which locks them out for
+/// good: nobody erases themselves (the platform would lose its last super admin that way),
+/// and only a super admin erases a super admin — whatever tenant the subject was registered
+/// under before a promotion (404 otherwise, as for another tenant's subject).
+async fn staff_erasable(state: &AppState, who: &Principal, id: Uuid) -> Result<(), Problem> {
+    if who.user_id() == id.to_string() {
+        return Err(Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot_erase_self",
+            "You cannot erase yourself: another administrator must.",
+        ));
+    }
+    let user = state.ctx.identity.admins.load(&id.to_string()).await?;
+    if user.role == Some(Role::SuperAdmin) && !who.is_super_admin() {
+        return Err(Problem::not_found("data subject not found"));
+    }
+    Ok(())
 }
 
 impl DomainProblem for super::aggregate::SubjectError {

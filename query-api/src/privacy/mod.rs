@@ -90,6 +90,7 @@ pub struct ThreadExport {
     /// `open` or `closed`.
     status: String,
     subject: Option<String>,
+    /// The staff's tags (empty in a phone user's own export, as the thread shows them).
     tags: Vec<String>,
     opened_at: DateTime<Utc>,
     /// The messages, in order.
@@ -301,7 +302,9 @@ async fn threads(
         Vec::new()
     };
     let mut threads: Vec<ThreadExport> = sqlx::query_as(
-        "SELECT t.id, t.channel, t.status, t.subject, t.tags, t.created_at AS opened_at
+        "SELECT t.id, t.channel, t.status, t.subject,
+                CASE WHEN $4 THEN t.tags ELSE '{}'::text[] END AS tags,
+                t.created_at AS opened_at
            FROM chat_threads t
           WHERE (t.tenant_id = $1 AND t.customer_id = ANY($2))
              OR (t.customer_id IS NULL
@@ -313,6 +316,7 @@ async fn threads(
     .bind(&subject.tenant_id)
     .bind(&customers)
     .bind(&authors)
+    .bind(staff)
     .fetch_all(&state.pool)
     .await?;
     let ids: Vec<Uuid> = threads.iter().map(|t| t.id).collect();

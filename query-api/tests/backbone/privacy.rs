@@ -1199,6 +1199,37 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
         .execute(&env.pool)
         .await;
     assert!(refused.is_err(), "events stay append-only");
+    // Even declaring the transform, only a text may change, and only into ciphertext or
+    // the redaction marker.
+    for change in [
+        "jsonb_set(payload, '{MessageSent,text}', '\"hola\"')",
+        "jsonb_set(payload, '{MessageSent,number}', '7')",
+    ] {
+        let mut tx = env.pool.begin().await.expect("tx");
+        sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
+            .execute(&mut *tx)
+            .await
+            .expect("set");
+        let changed = sqlx::query(&format!(
+            "UPDATE events SET payload = {change}
+              WHERE aggregate_id = $1 AND event_type = 'MessageSent'"
+        ))
+        .bind(&ana_thread)
+        .execute(&mut *tx)
+        .await;
+        assert!(changed.is_err(), "{change} is refused");
+    }
+    let mut tx = env.pool.begin().await.expect("tx");
+    sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    let other =
+        sqlx::query("UPDATE events SET payload = payload WHERE aggregate_type = 'data_subject'")
+            .execute(&mut *tx)
+            .await;
+    assert!(other.is_err(), "no other kind of event may change");
+    drop(tx);
     // The thread goes on from the transformed history (and the snapshot the drop audits).
     let more = post(
         &env,
@@ -1405,10 +1436,23 @@ async fn an_erased_staff_member_is_a_subject_from_creation_and_can_sign_in_no_mo
     )
     .await;
 
+    // Nobody erases themselves (the guards of deactivation hold), and a tenant admin does
+    // not erase a super admin.
+    let (boss, boss_token) =
+        crate::support::staff_session(&env, &api, &tenant, "tenant_admin").await;
+    let own = crate::chat::post(
+        &env,
+        &api,
+        &boss_token,
+        &format!("/v1/privacy/subjects/{boss}/erase"),
+        json!({}),
+    )
+    .await;
+    crate::support::expect_problem(own, 422, "cannot_erase_self").await;
     let erased = crate::chat::post(
         &env,
         &api,
-        &admin,
+        &boss_token,
         &format!("/v1/privacy/subjects/{agent}/erase"),
         json!({}),
     )
