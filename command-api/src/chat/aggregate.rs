@@ -1931,6 +1931,16 @@ mod tests {
         }
     }
 
+    /// What delivering scheduled message `id` records when its person was erased.
+    fn failed_as_erased(id: &str, at: DateTime<Utc>) -> ThreadEvent {
+        ThreadEvent::ScheduleFailed {
+            scheduled_id: id.into(),
+            code: "subject_erased".into(),
+            reason: "The person this message is about was erased: it is never sent.".into(),
+            at,
+        }
+    }
+
     #[tokio::test]
     async fn deliver_a_message_sealed_for_an_erased_customer_records_it_failed_and_never_sends_it()
     {
@@ -1939,12 +1949,7 @@ mod tests {
             .given(given.clone())
             .when_async(cmd(scheduler(), minutes(61), deliver("s1")))
             .await
-            .then_expect_events(vec![ThreadEvent::ScheduleFailed {
-                scheduled_id: "s1".into(),
-                code: "subject_erased".into(),
-                reason: "The person this message is about was erased: it is never sent.".into(),
-                at: minutes(61),
-            }]);
+            .then_expect_events(vec![failed_as_erased("s1", minutes(61))]);
         sealing_over(&given, &["phone-1"])
             .given(given.clone())
             .when_async(cmd(
@@ -1981,12 +1986,7 @@ mod tests {
             .given(given.clone())
             .when_async(cmd(scheduler(), minutes(61), deliver("s1")))
             .await
-            .then_expect_events(vec![ThreadEvent::ScheduleFailed {
-                scheduled_id: "s1".into(),
-                code: "subject_erased".into(),
-                reason: "The person this message is about was erased: it is never sent.".into(),
-                at: minutes(61),
-            }]);
+            .then_expect_events(vec![failed_as_erased("s1", minutes(61))]);
     }
 
     #[tokio::test]
