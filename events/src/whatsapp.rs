@@ -60,6 +60,29 @@ pub fn inbound_message_id(session_id: &str, wamid: &str) -> String {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
+/// The contact of tenant `tenant_id` with WhatsApp id `wa_id`, as a data subject: the
+/// subject of their number (`+{wa_id}`, the same as a thread's contact customer), or the one
+/// a sealed id names. `None` once the id reads `[erased]`: nothing is kept about them.
+pub fn contact_subject(tenant_id: &str, wa_id: &str) -> Option<Uuid> {
+    if let Some(field) = crate::personal::SealedField::parse(wa_id) {
+        return Some(field.subject);
+    }
+    (!wa_id.is_empty() && wa_id != crate::personal::ERASED)
+        .then(|| crate::personal::subject_id("contact", tenant_id, &format!("+{wa_id}")))
+}
+
+/// A received message's content as it was before sealing: the provider's object, from the
+/// JSON text it was sealed as (opened); `[erased]` (a string) once the contact's keys are
+/// gone; an object as it is (written before sealing).
+pub fn received_content(content: serde_json::Value) -> serde_json::Value {
+    match content {
+        serde_json::Value::String(json) => {
+            serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json))
+        }
+        other => other,
+    }
+}
+
 /// How a session reaches WhatsApp.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
@@ -461,8 +484,13 @@ pub enum ConversationEvent {
         tenant_id: String,
         /// The session.
         session_id: String,
-        /// The contact's WhatsApp id (their number's digits).
+        /// The contact's WhatsApp id (their number's digits), sealed for the contact.
         wa_id: String,
+        /// The conversation's id ([`conversation_id`] of tenant, session and the id in clear),
+        /// so the sealed id is never needed to name it. Absent in conversations started
+        /// before the id was sealed (their id is then derived from `wa_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
     /// A message from the contact arrived.
     MessageReceived {
@@ -472,14 +500,15 @@ pub enum ConversationEvent {
         wamid: String,
         /// The webhook it came in.
         webhook_id: String,
-        /// The contact's profile name, as WhatsApp reported it with the message.
+        /// The contact's profile name, as WhatsApp reported it with the message (sealed).
         #[serde(default)]
         profile_name: Option<String>,
         /// The provider's message type (`text`, `image`, `location`, `reaction` …).
         kind: String,
-        /// The message as the provider described it (its type's object).
+        /// The message as the provider described it (its type's object), sealed whole as its
+        /// JSON text: read it through [`received_content`].
         content: serde_json::Value,
-        /// What the thread shows of it.
+        /// What the thread shows of it (sealed).
         text: String,
         /// The message it replies or reacts to, if any.
         #[serde(default)]
@@ -497,7 +526,7 @@ pub enum ConversationEvent {
         message_id: String,
         /// Who wrote it.
         author: Party,
-        /// What it says.
+        /// What it says (its texts, links, file names and template parameters sealed).
         content: Outbound,
         /// The thread it belongs to, if any.
         #[serde(default)]
@@ -615,7 +644,7 @@ pub enum ConversationEvent {
         /// The thread it belongs to, if any.
         #[serde(default)]
         thread_id: Option<String>,
-        /// What it says now.
+        /// What it says now (sealed as in `MessageQueued`).
         content: Outbound,
         /// When.
         at: DateTime<Utc>,
@@ -690,5 +719,28 @@ mod tests {
         assert!(Delivery::Delivered < Delivery::Read);
         assert_eq!(Delivery::parse("read"), Some(Delivery::Read));
         assert_eq!(Delivery::parse("deleted"), None);
+    }
+
+    #[test]
+    fn a_contacts_subject_is_their_numbers_and_a_sealed_id_names_it() {
+        let plain = contact_subject("t1", "16505551234").expect("a subject");
+        assert_eq!(
+            plain,
+            crate::personal::subject_id("contact", "t1", "+16505551234")
+        );
+        assert_ne!(contact_subject("t2", "16505551234"), Some(plain));
+        let sealed = format!("pii1.{plain}.{}.AAAA", Uuid::nil());
+        assert_eq!(contact_subject("t2", &sealed), Some(plain));
+        assert_eq!(contact_subject("t1", crate::personal::ERASED), None);
+    }
+
+    #[test]
+    fn received_content_reads_back_the_object_it_was_sealed_from() {
+        let object = serde_json::json!({"latitude": 48.85, "name": "Home"});
+        let text = serde_json::Value::String(object.to_string());
+        assert_eq!(received_content(text), object);
+        assert_eq!(received_content(object.clone()), object);
+        let erased = serde_json::json!(crate::personal::ERASED);
+        assert_eq!(received_content(erased.clone()), erased);
     }
 }

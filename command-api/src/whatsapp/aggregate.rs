@@ -38,7 +38,8 @@ pub const MAX_TEMPLATE_PARAMETERS: usize = 20;
 /// not depend on it.
 pub const RECENT_MESSAGES: usize = 256;
 
-/// A conversation's own events, for the messages its state no longer holds.
+/// A conversation's own events, for the messages its state no longer holds, and the keys its
+/// contact's personal data is sealed with (docs/privacy.md).
 #[async_trait]
 pub trait History: Send + Sync {
     /// The events of conversation `conversation` about message `message_id` (received or
@@ -54,6 +55,16 @@ pub trait History: Send + Sync {
         conversation: &str,
         wamid: &str,
     ) -> Result<Option<String>, String>;
+    /// `text` sealed for data subject `subject`, a contact of `tenant_id`
+    /// ([`ConversationError::ContactErased`] once they were erased).
+    async fn seal(
+        &self,
+        tenant_id: &str,
+        subject: uuid::Uuid,
+        text: &str,
+    ) -> Result<String, ConversationError>;
+    /// The text `text` holds: opened when sealed (`[erased]` once its key is gone).
+    async fn open(&self, text: &str) -> Result<String, String>;
 }
 
 /// The services of the conversation aggregate.
@@ -434,9 +445,12 @@ pub enum ConversationError {
     /// 409 `message_exists`.
     #[error("a different message with this id was queued before")]
     MessageExists,
-    /// 503: the conversation's older messages could not be read.
+    /// 503: the conversation's older messages, or its contact's keys, could not be read.
     #[error("history unavailable: {0}")]
     Unavailable(String),
+    /// 410 `subject_erased`: the contact was erased, and nothing new is kept about them.
+    #[error("the contact was erased: nothing is kept about them any more")]
+    ContactErased,
 }
 
 /// Where an outbound message stands.
@@ -513,8 +527,11 @@ pub struct Conversation {
     tenant_id: String,
     /// Its session.
     session_id: String,
-    /// The contact's WhatsApp id.
+    /// The contact's WhatsApp id, sealed for them (in clear in conversations started before
+    /// it was sealed).
     wa_id: String,
+    /// Its own id (empty in conversations started before it was recorded: then derived).
+    id: String,
     /// When the contact last wrote (the provider's time).
     last_inbound_at: Option<DateTime<Utc>>,
     /// The thread the last inbound message went into.
@@ -548,9 +565,26 @@ impl Conversation {
         &self.session_id
     }
 
-    /// The contact's WhatsApp id.
+    /// The contact's WhatsApp id: sealed for them (open it before use), or in clear in a
+    /// conversation started before it was sealed.
     pub fn wa_id(&self) -> &str {
         &self.wa_id
+    }
+
+    /// Its own id: recorded when it started, or derived in a conversation started before it
+    /// was recorded (whose WhatsApp id is in clear).
+    pub fn id(&self) -> String {
+        match self.id.is_empty() {
+            true => {
+                events::whatsapp::conversation_id(&self.tenant_id, &self.session_id, &self.wa_id)
+            }
+            false => self.id.clone(),
+        }
+    }
+
+    /// The contact as a data subject (`None` once their id reads `[erased]`).
+    pub fn contact_subject(&self) -> Option<uuid::Uuid> {
+        events::whatsapp::contact_subject(&self.tenant_id, &self.wa_id)
     }
 
     /// The thread the contact's last message went into.
@@ -570,7 +604,7 @@ impl Conversation {
         if held || !self.started || self.holds_every_message() {
             return Ok(self);
         }
-        let id = events::whatsapp::conversation_id(&self.tenant_id, &self.session_id, &self.wa_id);
+        let id = self.id();
         let past = history
             .message_events(&id, message_id)
             .await
@@ -806,6 +840,7 @@ impl ConversationError {
             ConversationError::InvalidMessage(_) => "invalid_message",
             ConversationError::MessageExists => "message_exists",
             ConversationError::Unavailable(_) => "unavailable",
+            ConversationError::ContactErased => "subject_erased",
         }
     }
 }
@@ -859,7 +894,7 @@ impl Conversation {
                 Some(report.wamid.as_str()),
             ),
         };
-        let id = events::whatsapp::conversation_id(&self.tenant_id, &self.session_id, &self.wa_id);
+        let id = self.id();
         let unavailable = ConversationError::Unavailable;
         let mut view: Option<Conversation> = None;
         let held =
@@ -913,6 +948,40 @@ impl Conversation {
         }
     }
 
+    /// When `command` compares with an outbound message's content (a queue command naming it
+    /// again, an edit), a copy of the state (or of `view`) with that content opened, so the
+    /// rules compare plain text with plain text.
+    async fn opened(
+        &self,
+        view: Option<Conversation>,
+        command: &ConversationCommand,
+        services: &ConversationServices,
+    ) -> Result<Option<Conversation>, ConversationError> {
+        use ConversationCommand as C;
+        let message_id = match command {
+            C::Queue { message_id, .. }
+            | C::Change {
+                message_id,
+                change: ReplyChange::Edit { .. },
+                ..
+            } => message_id,
+            _ => return Ok(view),
+        };
+        let state = view.as_ref().unwrap_or(self);
+        let sealed = state
+            .content(message_id)
+            .filter(|c| super::personal::outbound_sealed(c));
+        let Some(content) = sealed else {
+            return Ok(view);
+        };
+        let opened = super::personal::open_outbound(content, services).await?;
+        let mut view = view.unwrap_or_else(|| self.clone());
+        if let Some(out) = view.outbound.get_mut(message_id) {
+            out.content = Some(opened);
+        }
+        Ok(Some(view))
+    }
+
     /// Why the rules refuse sending `content` now, if they do.
     fn refusal(
         &self,
@@ -938,6 +1007,11 @@ impl Conversation {
             tenant_id: parties.tenant_id.clone(),
             session_id: parties.session_id.clone(),
             wa_id: parties.wa_id.clone(),
+            conversation_id: Some(events::whatsapp::conversation_id(
+                &parties.tenant_id,
+                &parties.session_id,
+                &parties.wa_id,
+            )),
         })
     }
 
@@ -1477,10 +1551,21 @@ impl Aggregate for Conversation {
         history: &ConversationServices,
         sink: &EventSink<Self>,
     ) -> Result<(), ConversationError> {
-        let events = match self.recalled(&command, history).await? {
-            Some(view) => view.decide(command)?,
-            None => self.decide(command)?,
+        let recalled = self.recalled(&command, history).await?;
+        let view = self.opened(recalled, &command, history).await?;
+        let state = view.as_ref().unwrap_or(self);
+        let events = state.decide(command)?;
+        // The contact: the conversation's, or, for its first event, the one it starts with.
+        let (tenant, subject) = match events.first() {
+            Some(ConversationEvent::Started {
+                tenant_id, wa_id, ..
+            }) => (
+                tenant_id.clone(),
+                events::whatsapp::contact_subject(tenant_id, wa_id),
+            ),
+            _ => (self.tenant_id.clone(), self.contact_subject()),
         };
+        let events = super::personal::seal(events, &tenant, subject, history).await?;
         for event in events {
             sink.write(event, self).await;
         }
@@ -1494,11 +1579,13 @@ impl Aggregate for Conversation {
                 tenant_id,
                 session_id,
                 wa_id,
+                conversation_id,
             } => {
                 self.started = true;
                 self.tenant_id = tenant_id;
                 self.session_id = session_id;
                 self.wa_id = wa_id;
+                self.id = conversation_id.unwrap_or_default();
             }
             E::MessageReceived {
                 message_id,
@@ -1712,6 +1799,224 @@ mod tests {
                 _ => None,
             }))
         }
+
+        async fn seal(
+            &self,
+            _tenant_id: &str,
+            _subject: uuid::Uuid,
+            text: &str,
+        ) -> Result<String, ConversationError> {
+            Ok(text.to_owned())
+        }
+
+        async fn open(&self, text: &str) -> Result<String, String> {
+            Ok(text.to_owned())
+        }
+    }
+
+    /// [`PastEvents`] that seal as `pii1.{subject}.{nil}.{text}` (and open that again), and
+    /// know the contacts in `erased` as erased.
+    struct Sealing {
+        past: PastEvents,
+        erased: Vec<uuid::Uuid>,
+    }
+
+    #[async_trait]
+    impl History for Sealing {
+        async fn message_events(
+            &self,
+            conversation: &str,
+            message_id: &str,
+        ) -> Result<Vec<ConversationEvent>, String> {
+            self.past.message_events(conversation, message_id).await
+        }
+
+        async fn message_of_wamid(
+            &self,
+            conversation: &str,
+            wamid: &str,
+        ) -> Result<Option<String>, String> {
+            self.past.message_of_wamid(conversation, wamid).await
+        }
+
+        async fn seal(
+            &self,
+            _tenant_id: &str,
+            subject: uuid::Uuid,
+            text: &str,
+        ) -> Result<String, ConversationError> {
+            match self.erased.contains(&subject) {
+                true => Err(ConversationError::ContactErased),
+                false => Ok(format!("pii1.{subject}.{}.{text}", uuid::Uuid::nil())),
+            }
+        }
+
+        async fn open(&self, text: &str) -> Result<String, String> {
+            Ok(match events::personal::is_sealed(text) {
+                true => text.splitn(4, '.').nth(3).unwrap_or_default().to_owned(),
+                false => text.to_owned(),
+            })
+        }
+    }
+
+    /// The contact of [`parties`], as a data subject.
+    fn contact() -> uuid::Uuid {
+        events::personal::subject_id("contact", "t1", "+16505551234")
+    }
+
+    /// `text` sealed for [`contact`] as [`Sealing`] seals.
+    fn sealed(text: &str) -> String {
+        format!("pii1.{}.{}.{text}", contact(), uuid::Uuid::nil())
+    }
+
+    /// The framework over `given`, sealing as [`Sealing`] does, with `erased` contacts.
+    fn sealing_over(
+        given: &[ConversationEvent],
+        erased: Vec<uuid::Uuid>,
+    ) -> TestFramework<Conversation> {
+        let past = PastEvents(given.to_vec());
+        TestFramework::<Conversation>::with(Arc::new(Sealing { past, erased }))
+    }
+
+    #[test]
+    fn receive_seals_the_contacts_number_name_text_and_message_for_them() {
+        let events = sealing_over(&[], vec![])
+            .given_no_previous_events()
+            .when(receive("in1"))
+            .inspect_result()
+            .expect("recorded");
+        let [ConversationEvent::Started {
+            wa_id,
+            conversation_id,
+            ..
+        }, ConversationEvent::MessageReceived {
+            profile_name,
+            content,
+            text,
+            wamid,
+            ..
+        }] = events.as_slice()
+        else {
+            panic!("started and received: {events:?}");
+        };
+        assert_eq!(wa_id, &sealed("16505551234"));
+        assert_eq!(
+            conversation_id.as_deref(),
+            Some(events::whatsapp::conversation_id("t1", "s1", "16505551234").as_str())
+        );
+        assert_eq!(profile_name.as_deref(), Some(sealed("Kerry").as_str()));
+        assert_eq!(text, &sealed("Hi"));
+        assert_eq!(content, &serde_json::json!(sealed(r#"{"body":"Hi"}"#)));
+        assert_eq!(wamid, "wamid.in1", "the provider's ids stay in clear");
+    }
+
+    #[test]
+    fn queue_seals_every_text_of_the_message_for_the_contact_and_not_the_templates_name() {
+        let given = [started_sealed(), received("in1", t0())];
+        let queued_content = |content: Outbound| {
+            let events = sealing_over(&given, vec![])
+                .given(given.to_vec())
+                .when(queue(content, t0()))
+                .inspect_result()
+                .expect("queued");
+            match events.as_slice() {
+                [ConversationEvent::MessageQueued { content, .. }] => content.clone(),
+                other => panic!("queued: {other:?}"),
+            }
+        };
+        assert_eq!(
+            queued_content(text("Your order")),
+            text(&sealed("Your order"))
+        );
+        assert_eq!(
+            queued_content(template(&["Kerry", "42"])),
+            Outbound::Template {
+                name: "order_update".into(),
+                language: "en_US".into(),
+                parameters: vec![sealed("Kerry"), sealed("42")],
+            }
+        );
+    }
+
+    #[test]
+    fn queue_again_of_a_sealed_message_compares_what_it_says() {
+        let given = [started_sealed(), queued(text(&sealed("See you")), t0())];
+        sealing_over(&given, vec![])
+            .given(given.to_vec())
+            .when(queue(text("See you"), t0()))
+            .then_expect_events(vec![]);
+        sealing_over(&given, vec![])
+            .given(given.to_vec())
+            .when(queue(text("Something else"), t0()))
+            .then_expect_error(ConversationError::MessageExists);
+    }
+
+    #[test]
+    fn an_edit_of_a_sealed_reply_to_the_same_text_records_nothing_and_another_is_sealed() {
+        let given = [started_sealed(), queued(text(&sealed("See you")), t0())];
+        let edit = |text: &str| ConversationCommand::Change {
+            message_id: "out1".into(),
+            change: ReplyChange::Edit { text: text.into() },
+            at: t0(),
+        };
+        sealing_over(&given, vec![])
+            .given(given.to_vec())
+            .when(edit("See you"))
+            .then_expect_events(vec![]);
+        sealing_over(&given, vec![])
+            .given(given.to_vec())
+            .when(edit("See you at 5"))
+            .then_expect_events(vec![ConversationEvent::MessageRevised {
+                message_id: "out1".into(),
+                thread_id: Some("th1".into()),
+                content: text(&sealed("See you at 5")),
+                at: t0(),
+            }]);
+    }
+
+    #[test]
+    fn nothing_new_is_recorded_about_an_erased_contact() {
+        sealing_over(&[], vec![contact()])
+            .given_no_previous_events()
+            .when(receive("in1"))
+            .then_expect_error(ConversationError::ContactErased);
+        let given = [started_sealed()];
+        sealing_over(&given, vec![contact()])
+            .given(given.to_vec())
+            .when(queue(template(&["42"]), t0()))
+            .then_expect_error(ConversationError::ContactErased);
+        // What carries nothing of theirs is still recorded: a report on a message sent.
+        let given = [started_sealed(), queued(text(&sealed("Hi")), t0())];
+        sealing_over(&given, vec![contact()])
+            .given(given.to_vec())
+            .when(claim(t0()))
+            .then_expect_events(vec![attempted(1, t0())]);
+    }
+
+    /// [`started`] as recorded since the contact's id is sealed.
+    fn started_sealed() -> ConversationEvent {
+        ConversationEvent::Started {
+            tenant_id: "t1".into(),
+            session_id: "s1".into(),
+            wa_id: sealed("16505551234"),
+            conversation_id: Some(events::whatsapp::conversation_id("t1", "s1", "16505551234")),
+        }
+    }
+
+    #[test]
+    fn a_conversation_started_before_sealing_derives_its_id_and_contact_from_the_number() {
+        let mut old = Conversation::default();
+        old.apply(ConversationEvent::Started {
+            tenant_id: "t1".into(),
+            session_id: "s1".into(),
+            wa_id: "16505551234".into(),
+            conversation_id: None,
+        });
+        let mut new = Conversation::default();
+        new.apply(started_sealed());
+        assert_eq!(old.id(), new.id());
+        assert_eq!(old.contact_subject(), Some(contact()));
+        assert_eq!(new.contact_subject(), Some(contact()));
     }
 
     fn no_history() -> ConversationServices {
@@ -1890,6 +2195,7 @@ mod tests {
             tenant_id: "t1".into(),
             session_id: "s1".into(),
             wa_id: "16505551234".into(),
+            conversation_id: Some(events::whatsapp::conversation_id("t1", "s1", "16505551234")),
         }
     }
 

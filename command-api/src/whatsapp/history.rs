@@ -1,11 +1,13 @@
-//! A conversation's own events, read back for the messages its state no longer holds
-//! ([`History`]): the command side's own store, not a read model.
+//! A conversation's own events, read back for the messages its state no longer holds, and
+//! its contact's data keys ([`History`]): the command side's own store, not a read model.
 
 use async_trait::async_trait;
 use events::whatsapp::ConversationEvent;
 use sqlx::PgPool;
 
-use super::aggregate::History;
+use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
+
+use super::aggregate::{ConversationError, History};
 
 /// The platform's message id an event of a conversation is about, as SQL: every event but
 /// `Started` names one, under its variant's key (`MessageFailed`'s event type differs from
@@ -23,10 +25,12 @@ const MESSAGE_ID: &str = "coalesce(payload->'MessageReceived'->>'message_id',
                                    payload->'MessageRevised'->>'message_id',
                                    payload->'ChangeNotDelivered'->>'message_id')";
 
-/// Look-ups in the event store.
+/// Look-ups in the event store, and the key table.
 pub struct PgHistory {
     /// The command-side pool.
     pub pool: PgPool,
+    /// The data keys contacts' personal data is sealed with.
+    pub keyring: Keyring,
 }
 
 #[async_trait]
@@ -70,6 +74,27 @@ impl History for PgHistory {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| e.to_string())
+    }
+
+    async fn seal(
+        &self,
+        tenant_id: &str,
+        subject: uuid::Uuid,
+        text: &str,
+    ) -> Result<String, ConversationError> {
+        let contact = Subject {
+            id: subject,
+            kind: SubjectKind::Contact,
+            tenant_id,
+        };
+        self.keyring.seal(contact, text).await.map_err(|e| match e {
+            KeyError::Erased => ConversationError::ContactErased,
+            other => ConversationError::Unavailable(other.to_string()),
+        })
+    }
+
+    async fn open(&self, text: &str) -> Result<String, String> {
+        self.keyring.open(text).await.map_err(|e| e.to_string())
     }
 }
 

@@ -87,6 +87,7 @@ impl DomainProblem for ConversationError {
             E::InvalidMessage(_) => Problem::unprocessable("invalid_message", detail),
             E::MessageExists => Problem::new(StatusCode::CONFLICT, self.code(), detail),
             E::Unavailable(cause) => Problem::unavailable(cause),
+            E::ContactErased => Problem::new(StatusCode::GONE, self.code(), detail),
         }
     }
 }
@@ -743,21 +744,25 @@ async fn claim(
     };
     let is_file = matches!(current.content(&message), Some(Outbound::File { .. }));
     let (media_id, refused) = refusal(usable, upload, is_file);
-    if let Some(result) = refused {
-        let report = Refused {
-            conversation: &conversation,
-            message,
-            attempt,
-            at,
-        };
-        let answer = report.record(&state, result, &metadata).await?;
-        return Ok(Json(answer).into_response());
-    }
-    let content = current
-        .content(&message)
-        .ok_or_else(|| ConversationError::NotFound.problem())?;
-    let mut request = cloud_message(current.wa_id(), content, &message);
-    if let (Outbound::File { kind, .. }, Some(media_id)) = (content, media_id) {
+    let opened = match refused {
+        Some(result) => Err(result),
+        None => service::opened_message(&state, &current, &message).await?,
+    };
+    let (to, content) = match opened {
+        Ok(opened) => opened,
+        Err(result) => {
+            let report = Refused {
+                conversation: &conversation,
+                message,
+                attempt,
+                at,
+            };
+            let answer = report.record(&state, result, &metadata).await?;
+            return Ok(Json(answer).into_response());
+        }
+    };
+    let mut request = cloud_message(&to, &content, &message);
+    if let (Outbound::File { kind, .. }, Some(media_id)) = (&content, media_id) {
         request[kind.as_str()]["id"] = json!(media_id);
     }
     Ok(Json(ClaimAnswer::Send {

@@ -14,6 +14,8 @@ pub mod history;
 pub mod http;
 /// What a webhook delivery says.
 pub mod inbound;
+/// The contact's personal data in a conversation's events, sealed for them.
+pub mod personal;
 /// The application layer: processing deliveries, credentials, provider calls.
 pub mod service;
 /// The context's settings.
@@ -52,6 +54,7 @@ impl BoundedContext for Context {
             sessions: setup.bus(()),
             conversations: setup.bus(Arc::new(history::PgHistory {
                 pool: setup.pool.clone(),
+                keyring: setup.keyring.clone(),
             }) as aggregate::ConversationServices),
             settings: Arc::new(settings.cloud()),
         })

@@ -32,6 +32,7 @@ use axum::http::StatusCode;
 pub(crate) fn history(state: &AppState) -> ConversationServices {
     std::sync::Arc::new(super::history::PgHistory {
         pool: state.pool.clone(),
+        keyring: state.keyring.clone(),
     })
 }
 
@@ -347,10 +348,22 @@ pub(crate) async fn receive_message(
         thread_id: thread.clone(),
         at,
     };
-    conversations
+    match conversations
         .execute(&conversation, None, command, metadata)
         .await
-        .map_err(|e| retry(&e))?;
+    {
+        Ok(_) => {}
+        // Nothing new is kept about an erased contact: neither the message nor its file.
+        Err(CommandError::Rejected(ConversationError::ContactErased)) => {
+            let attributed = Attributed {
+                payment_id: None,
+                tenant_id: tenant.to_owned(),
+            };
+            let why = "a message from an erased contact: not recorded".to_owned();
+            return Err(Processing::Done(Outcome::Ignored, Some(attributed), why));
+        }
+        Err(e) => return Err(retry(&e)),
+    }
     let actor = Actor::System {
         component: "whatsapp".into(),
     };
@@ -827,6 +840,20 @@ pub(crate) async fn upload_for_attempt(
     else {
         return None;
     };
+    let filename = match filename {
+        Some(name) => match state.keyring.open(name).await {
+            Ok(name) => Some(name),
+            Err(e) => {
+                return Some(Err(SendResult::Refused {
+                    code: Some("unavailable".into()),
+                    reason: format!("The file's name could not be opened: {e}"),
+                    retryable: true,
+                    retry_after: None,
+                }))
+            }
+        },
+        None => None,
+    };
     Some(match session.transport() {
         Transport::Bridge => Err(SendResult::Refused {
             code: Some("unsupported_on_bridge".into()),
@@ -847,6 +874,37 @@ pub(crate) async fn upload_for_attempt(
             .await
         }
     })
+}
+
+/// Outbound message `message` of `conversation` as it is sent: to the contact's number,
+/// with its texts, opened (docs/privacy.md). A contact erased since it was queued is not
+/// written to: the attempt is refused for good (`subject_erased`).
+pub(crate) async fn opened_message(
+    state: &AppState,
+    conversation: &Conversation,
+    message: &str,
+) -> Result<Result<(String, Outbound), SendResult>, Problem> {
+    let content = conversation
+        .content(message)
+        .ok_or_else(|| ConversationError::NotFound.problem())?;
+    let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
+    let to = state
+        .keyring
+        .open(conversation.wa_id())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let content = super::personal::open_outbound(content, &history(state))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if to == events::personal::ERASED {
+        return Ok(Err(SendResult::Refused {
+            code: Some("subject_erased".into()),
+            reason: "The contact was erased: nothing is sent to them.".into(),
+            retryable: false,
+            retry_after: None,
+        }));
+    }
+    Ok(Ok((to, content)))
 }
 
 /// What an attempt just claimed cannot carry, if anything, with the file's media id: a

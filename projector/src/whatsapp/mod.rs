@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod sender;
 
 use async_trait::async_trait;
+use events::personal::ERASED;
 use events::whatsapp::{
     attempt_lease, ConversationEvent, Outbound, SessionEvent, WHATSAPP_CONVERSATION,
     WHATSAPP_SESSION,
@@ -187,6 +188,7 @@ async fn conversation(
             tenant_id,
             session_id,
             wa_id,
+            ..
         } => row.started(conn, &tenant_id, &session_id, &wa_id).await,
         received @ ConversationEvent::MessageReceived { .. } => row.received(conn, received).await,
         queued @ ConversationEvent::MessageQueued { .. } => row.queued(conn, queued).await,
@@ -297,7 +299,7 @@ impl Row<'_> {
         .bind(&message_id)
         .bind(kind)
         .bind(text)
-        .bind(content)
+        .bind(events::whatsapp::received_content(content))
         .bind(wamid)
         .bind(&thread_id)
         .bind(sent_at)
@@ -310,7 +312,9 @@ impl Row<'_> {
             "INSERT INTO {contacts} (tenant_id, wa_id, phone, profile_name, first_seen_at,
                                      last_inbound_at, updated_at)
              SELECT c.tenant_id, c.wa_id, '+' || c.wa_id, $2, $3, $3, $4
-               FROM {conversations} c WHERE c.id = $1::uuid
+               FROM {conversations} c
+              -- An erased contact is no one's contact (their id reads `[erased]`).
+              WHERE c.id = $1::uuid AND c.wa_id <> '{ERASED}'
              ON CONFLICT (tenant_id, wa_id) DO UPDATE SET
                 -- The newest message's name wins, whatever order sessions are replayed in.
                 profile_name = CASE
@@ -636,4 +640,50 @@ impl crate::context::BoundedContext for Context {
         });
         tasks.spawn(async move { sender.run().await });
     }
+}
+
+/// Redacts what the WhatsApp read models hold of data subject `subject` of `tenant`, of kind
+/// `kind`, in place (docs/privacy.md): a contact's conversations and messages keep their ids,
+/// states and times, and their number, texts and messages read `[erased]`; their contact row
+/// (number, profile name) goes. A rebuild gives the same by itself (the sealed fields open as
+/// `[erased]`).
+pub async fn redact_subject(
+    conn: &mut PgConnection,
+    subject: uuid::Uuid,
+    tenant: &str,
+    kind: &str,
+) -> Result<(), ProjectionError> {
+    if kind != "contact" {
+        return Ok(());
+    }
+    let numbers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT wa_id FROM whatsapp_conversations WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let theirs: Vec<String> = numbers
+        .into_iter()
+        .filter(|n| events::whatsapp::contact_subject(tenant, n) == Some(subject))
+        .collect();
+    if theirs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH messages AS (
+             -- A template's name (an outbound template's text) is the tenant's.
+             UPDATE whatsapp_messages SET wa_id = $3, content = to_jsonb($3::text),
+                    text = CASE WHEN text IS NULL OR kind = 'template' THEN text ELSE $3 END
+              WHERE tenant_id = $1 AND wa_id = ANY($2)),
+         contacts AS (
+             DELETE FROM whatsapp_contacts WHERE tenant_id = $1 AND wa_id = ANY($2))
+         UPDATE whatsapp_conversations SET wa_id = $3
+          WHERE tenant_id = $1 AND wa_id = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(&theirs)
+    .bind(ERASED)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

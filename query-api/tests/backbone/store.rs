@@ -361,6 +361,7 @@ async fn a_long_whatsapp_conversation_decides_old_messages_from_the_store() {
     let env = TestEnv::new().await;
     let history: ConversationServices = Arc::new(PgHistory {
         pool: env.pool.clone(),
+        keyring: env.keyring(),
     });
     let bus =
         CommandBus::<Conversation>::new(env.pool.clone(), history, 100, Arc::new(Notify::new()));
@@ -461,6 +462,7 @@ async fn a_long_whatsapp_conversation_decides_old_messages_from_the_store() {
         env.pool.clone(),
         Arc::new(PgHistory {
             pool: env.pool.clone(),
+            keyring: env.keyring(),
         }) as ConversationServices,
         100,
         Arc::new(Notify::new()),

@@ -2002,9 +2002,14 @@ async fn a_reply_changed_before_the_outbox_reached_it_never_goes_out_as_first_wr
     .fetch_one(&wa.env.pool)
     .await
     .expect("queued");
+    let written = first_written.expect("a body");
+    assert!(
+        events::personal::is_sealed(&written),
+        "sealed for the contact"
+    );
+    let first_written = wa.env.keyring().open(&written).await.expect("opened");
     assert_eq!(
-        first_written.as_deref(),
-        Some("See you tomorrow at 9"),
+        first_written, "See you tomorrow at 9",
         "queued as it stands, never as first written"
     );
 }
@@ -2111,4 +2116,168 @@ async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_r
         },
     )
     .await;
+}
+
+/// The events of the test's conversations whose payload holds `needle` in clear.
+async fn clear_in_conversations(wa: &Wa, needle: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE aggregate_type = 'whatsapp_conversation'
+            AND metadata->>'tenant_id' = $1 AND strpos(payload::text, $2) > 0",
+    )
+    .bind(&wa.tenant)
+    .bind(needle)
+    .fetch_one(&wa.env.pool)
+    .await
+    .expect("count")
+}
+
+#[tokio::test]
+async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_anothers_stays() {
+    let wa = Wa::start().await;
+    let session = wa.connected().await;
+    const OTHER: &str = "4915112345678";
+    let now = Utc::now().timestamp();
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([
+            text("wamid.S1", "I live at 12 Quai Branly", now),
+            {"from": CONTACT, "id": "wamid.S2", "timestamp": now.to_string(), "type": "location",
+             "location": {"latitude": 48.8583701, "longitude": 2.2944813, "name": "Eiffel"}},
+            {"from": OTHER, "id": "wamid.O1", "timestamp": now.to_string(), "type": "text",
+             "text": {"body": "Gunther keeps this"}}
+        ]),
+        json!([]),
+    ))
+    .await;
+    let theirs = events::whatsapp::inbound_message_id(&session, "wamid.S1");
+    let other = events::whatsapp::inbound_message_id(&session, "wamid.O1");
+    wa.message_when(&theirs, "their message", |m| {
+        m["text"] == "I live at 12 Quai Branly"
+    })
+    .await;
+    // The agent answers; the provider gets the number and text in clear.
+    let reply = wa
+        .send(
+            &session,
+            json!({"type": "text", "body": "Noted, Sheena"}),
+            Some("r-1"),
+        )
+        .await;
+    assert_eq!(reply.status(), 202);
+    let reply: Value = reply.json().await.expect("json");
+    let reply = reply["id"].as_str().expect("id").to_owned();
+    Mock::given(method("POST"))
+        .and(path(format!("/v21.0/{NUMBER_ID}/messages")))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": CONTACT,
+            "biz_opaque_callback_data": reply, "type": "text",
+            "text": {"preview_url": false, "body": "Noted, Sheena"}})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "messages": [{"id": "wamid.R1", "message_status": "accepted"}]})))
+        .expect(1)
+        .mount(&wa.cloud)
+        .await;
+    assert_eq!(wa.send_step().await.sent, 1);
+    wa.message_when(&reply, "the reply sent", |m| m["status"] == "sent")
+        .await;
+
+    // In the store: ciphertext only (ids and the provider's ids stay in clear).
+    for clear in [CONTACT, OTHER, "Sheena", "Quai Branly", "48.858", "Gunther"] {
+        assert_eq!(
+            clear_in_conversations(&wa, clear).await,
+            0,
+            "{clear} in clear"
+        );
+    }
+    let location = events::whatsapp::inbound_message_id(&session, "wamid.S2");
+    let m = wa
+        .message_when(&location, "the location", |m| m["kind"] == "location")
+        .await;
+    assert_eq!(m["content"]["latitude"], 48.8583701, "{m}");
+
+    // Erased: the read models forget them; the other contact stays.
+    let subject = events::whatsapp::contact_subject(&wa.tenant, CONTACT).expect("a subject");
+    let erase = wa
+        .env
+        .http
+        .post(wa.api.url(&format!("/v1/privacy/subjects/{subject}/erase")))
+        .bearer_auth(&wa.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(erase.status(), 200);
+    let m = wa
+        .message_when(&theirs, "their message redacted", |m| {
+            m["text"] == "[erased]"
+        })
+        .await;
+    assert_eq!(m["wa_id"], "[erased]");
+    assert_eq!(m["content"], "[erased]");
+    let contacts_now = || async {
+        wa.env
+            .get_json(&wa.query.url("/v1/whatsapp/contacts"), &wa.admin)
+            .await["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|c| c["wa_id"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(contacts_now().await, vec![OTHER.to_owned()]);
+    let kept = wa
+        .message_when(&other, "the other's message", |m| {
+            m["text"] == "Gunther keeps this"
+        })
+        .await;
+    assert_eq!(kept["wa_id"], OTHER);
+
+    // A rebuild from the store shows the same.
+    wa._projector.abort();
+    projector::rebuild::rebuild(
+        &wa.env.pool,
+        &projector::whatsapp::WhatsAppProjection,
+        &wa.env.keyring(),
+    )
+    .await
+    .expect("rebuild");
+    for id in [&theirs, &location, &reply] {
+        let m = wa.message_when(id, "rebuilt", |_| true).await;
+        assert_eq!(m["wa_id"], "[erased]", "{m}");
+        assert_ne!(m["text"], "I live at 12 Quai Branly");
+    }
+    let m = wa.message_when(&location, "rebuilt", |_| true).await;
+    assert_eq!(m["content"], "[erased]");
+    assert_eq!(contacts_now().await, vec![OTHER.to_owned()]);
+    let kept = wa.message_when(&other, "rebuilt", |_| true).await;
+    assert_eq!(kept["text"], "Gunther keeps this");
+
+    // They write again: nothing is recorded; nothing is sent to them either.
+    let _projector = wa.env.spawn_projector(wa.env.projector_config());
+    let before = wa
+        .count("SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation'")
+        .await;
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([text("wamid.S3", "Me again", now + 5)]),
+        json!([]),
+    ))
+    .await;
+    expect_problem(
+        wa.send(
+            &session,
+            json!({"type": "text", "body": "Still there?"}),
+            None,
+        )
+        .await,
+        410,
+        "subject_erased",
+    )
+    .await;
+    let after = wa
+        .count("SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation'")
+        .await;
+    assert_eq!(after, before, "nothing appended about them");
 }
