@@ -3,6 +3,8 @@
 
 /// The data-subject aggregate.
 pub mod aggregate;
+/// The store's transform of WhatsApp conversations.
+pub mod conversations;
 /// Deleting an erased subject's files.
 pub mod files;
 /// HTTP: extract, call the service, answer.

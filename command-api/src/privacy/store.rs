@@ -6,13 +6,15 @@
 //! Fields sealed: a thread's subject line (`Opened.subject`) and its texts (`text` of
 //! `MessageSent`, `MessageEdited` and `MessageScheduled`), for the thread's customer, or in
 //! a thread without one for the staff author (under their own tenant); and the scheduled
-//! texts that thread snapshots keep (each as its event now holds it). A field of a subject
-//! erased before the transform is
-//! written as `[erased]`: the person was erased, and nothing is sealed for them again.
+//! texts that thread snapshots keep (each as its event now holds it); and WhatsApp
+//! conversations' personal fields, for their contact ([`super::conversations`]). A field of
+//! a subject erased before the transform is written as `[erased]`: the person was erased,
+//! and nothing is sealed for them again.
 //!
 //! The events are rewritten in place, a batch per transaction, in `global_position` order:
-//! only `payload` changes (the append-only trigger allows that one change, and only in a
-//! transaction that declares the transform; migration 0056), so ids, sequences, positions,
+//! only `payload` changes (the append-only trigger allows that one change, only turning
+//! values into ciphertext or `[erased]`, and only in a transaction that declares the
+//! transform; migrations 0056, 0058, 0059), so ids, sequences, positions,
 //! transaction ids, times and order stay what they were. Running it again finds nothing to
 //! do; it may run while the services serve (what they append is already sealed).
 
@@ -206,7 +208,7 @@ async fn seal(
 }
 
 /// A text still in clear: not empty, not sealed, not already `[erased]`.
-fn in_clear(text: Option<&str>) -> Option<&str> {
+pub(super) fn in_clear(text: Option<&str>) -> Option<&str> {
     text.filter(|t| !t.is_empty() && !is_sealed(t) && *t != ERASED)
 }
 
@@ -252,6 +254,7 @@ pub async fn seal_store(
         );
     }
     done.snapshots = seal_snapshots(pool).await?;
+    super::conversations::seal_conversations(pool, keyring, batch, &mut done).await?;
     Ok(done)
 }
 
@@ -298,7 +301,7 @@ async fn seal_batch(
 
 /// Writes the new `payloads` of the events at `positions` in one transaction that declares
 /// the transform (the only update the append-only trigger lets through); returns how many.
-async fn write_batch(
+pub(super) async fn write_batch(
     pool: &PgPool,
     positions: &[i64],
     payloads: &[Value],

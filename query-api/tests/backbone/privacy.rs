@@ -1544,3 +1544,216 @@ async fn a_sign_in_racing_its_erasure_never_records_the_number_again() {
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and_their_snapshots() {
+    use command_api::store::CommandBus;
+    use command_api::whatsapp::aggregate::{Conversation, ConversationServices};
+    use cqrs_es::Aggregate;
+    use events::whatsapp::{conversation_id, received_content, ConversationEvent};
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    let env = TestEnv::new().await;
+    let tenant = "wa-old";
+    let (sheena, erased_number) = ("16505551234", "4915112345678");
+    let session = Uuid::new_v4().to_string();
+    let (theirs, gone) = (
+        conversation_id(tenant, &session, sheena),
+        conversation_id(tenant, &session, erased_number),
+    );
+    let at = chrono::Utc::now();
+    let started = |wa_id: &str| json!({"Started": {"tenant_id": tenant, "session_id": session, "wa_id": wa_id}});
+    let received = |id: &str, name: Value, content: Value, text: &str| {
+        json!({"MessageReceived": {"message_id": id, "wamid": format!("wamid.{id}"),
+            "webhook_id": "w1", "profile_name": name, "kind": "location", "content": content,
+            "text": text, "context_wamid": null, "sent_at": at, "thread_id": "th1", "at": at}})
+    };
+    let agent = json!({"id": "agent-1", "kind": "agent"});
+    // As a release before sealing wrote them: Sheena's conversation, and one of a contact
+    // erased before the transform.
+    let history = [
+        (&theirs, started(sheena)),
+        (
+            &theirs,
+            received(
+                "in1",
+                json!("Sheena Nelson"),
+                json!({"latitude": 48.8583701, "name": "Maison"}),
+                "[location] Maison",
+            ),
+        ),
+        (
+            &theirs,
+            json!({"MessageQueued": {"message_id": "out1", "author": agent,
+                "content": {"type": "text", "body": "Bonjour Sheena", "preview_url": false},
+                "thread_id": "th1", "at": at}}),
+        ),
+        (
+            &theirs,
+            json!({"MessageRevised": {"message_id": "out1", "thread_id": "th1",
+                "content": {"type": "text", "body": "Bonjour Sheena !", "preview_url": false},
+                "at": at}}),
+        ),
+        (
+            &theirs,
+            json!({"MessageQueued": {"message_id": "out2", "author": agent,
+                "content": {"type": "template", "name": "order_update", "language": "fr_FR",
+                            "parameters": ["Sheena", "42"]},
+                "thread_id": null, "at": at}}),
+        ),
+        (&gone, started(erased_number)),
+        (
+            &gone,
+            received(
+                "in9",
+                Value::Null,
+                json!({"body": "Erased text"}),
+                "Erased text",
+            ),
+        ),
+    ];
+    for (conversation, event) in &history {
+        env.append_raw("whatsapp_conversation", conversation, tenant, event.clone())
+            .await
+            .expect("appended");
+    }
+    // A snapshot taken before sealing keeps the number and the replies in clear.
+    let mut state = Conversation::default();
+    for (_, event) in history.iter().filter(|(c, _)| *c == &theirs) {
+        state.apply(serde_json::from_value::<ConversationEvent>(event.clone()).expect("event"));
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ('whatsapp_conversation', $1, 5, 1, $2)",
+    )
+    .bind(&theirs)
+    .bind(serde_json::to_value(&state).expect("json"))
+    .execute(&env.pool)
+    .await
+    .expect("snapshot");
+    let keyring = env.keyring();
+    let gone_contact = events::whatsapp::contact_subject(tenant, erased_number).expect("a subject");
+    keyring
+        .register(Subject {
+            id: gone_contact,
+            kind: SubjectKind::Contact,
+            tenant_id: tenant,
+        })
+        .await
+        .expect("known");
+    erase(&env, gone_contact, tenant).await;
+
+    let before = event_rows(&env).await;
+    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
+        .await
+        .expect("transformed");
+    assert_eq!(
+        (done.events, done.erased, done.snapshots, done.refused),
+        (7, 3, 1, 0),
+        "Sheena's 5; the erased contact's number, text and message as [erased]"
+    );
+    assert_eq!(event_rows(&env).await, before, "positions and times kept");
+    let store = store_text(&env).await;
+    let snapshot: String =
+        sqlx::query_scalar("SELECT payload::text FROM snapshots WHERE aggregate_id = $1")
+            .bind(&theirs)
+            .fetch_one(&env.pool)
+            .await
+            .expect("the snapshot");
+    for plain in [
+        sheena,
+        erased_number,
+        "Sheena",
+        "Maison",
+        "48.858",
+        "Bonjour",
+        "Erased text",
+    ] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshot.contains(plain),
+            "{plain:?} in clear in the snapshot"
+        );
+    }
+    assert!(
+        store.contains("order_update"),
+        "the template's name is the tenant's"
+    );
+    let audit = command_api::snapshots::audit(&env.pool)
+        .await
+        .expect("audit");
+    assert!(audit.is_sound(), "{:?}", audit.findings);
+
+    // Each opens to what it was; the conversation names itself without its number.
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT aggregate_id, payload FROM events
+          WHERE aggregate_type = 'whatsapp_conversation' ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    let mut opened = Vec::new();
+    for (conversation, mut payload) in rows {
+        keyring.open_value(&mut payload).await.expect("opened");
+        opened.push((conversation, payload));
+    }
+    assert_eq!(opened[0].1["Started"]["wa_id"], sheena);
+    assert_eq!(opened[0].1["Started"]["conversation_id"], theirs.as_str());
+    let body = &opened[1].1["MessageReceived"];
+    assert_eq!(body["profile_name"], "Sheena Nelson");
+    assert_eq!(
+        received_content(body["content"].clone()),
+        json!({"latitude": 48.8583701, "name": "Maison"})
+    );
+    assert_eq!(
+        opened[3].1["MessageRevised"]["content"]["body"],
+        "Bonjour Sheena !"
+    );
+    assert_eq!(
+        opened[4].1["MessageQueued"]["content"]["parameters"],
+        json!(["Sheena", "42"])
+    );
+    assert_eq!(opened[5].1["Started"]["wa_id"], ERASED);
+    assert_eq!(opened[6].1["MessageReceived"]["content"], ERASED);
+
+    // The conversation goes on from its transformed snapshot; a second run finds nothing.
+    let history: ConversationServices = Arc::new(command_api::whatsapp::history::PgHistory {
+        pool: env.pool.clone(),
+        keyring: keyring.clone(),
+    });
+    let bus = CommandBus::<Conversation>::new(
+        env.pool.clone(),
+        history,
+        100,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let loaded = bus.load(&theirs).await.expect("loaded");
+    assert_eq!(loaded.id(), theirs);
+    assert_eq!(keyring.open(loaded.wa_id()).await.expect("opened"), sheena);
+    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
+        .await
+        .expect("transformed");
+    assert_eq!(again, Default::default());
+    // Declaring the transform lets nothing but sealing through: not a changed fact, not an
+    // added key, not a conversation id that is not the event's own.
+    for change in [
+        "jsonb_set(payload, '{MessageQueued,author,id}', '\"agent-2\"')",
+        "jsonb_set(payload, '{MessageQueued,extra}', '\"pii1.x\"')",
+    ] {
+        let mut tx = env.pool.begin().await.expect("tx");
+        sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
+            .execute(&mut *tx)
+            .await
+            .expect("set");
+        let changed = sqlx::query(&format!(
+            "UPDATE events SET payload = {change}
+              WHERE aggregate_id = $1 AND event_type = 'MessageQueued'"
+        ))
+        .bind(&theirs)
+        .execute(&mut *tx)
+        .await;
+        assert!(changed.is_err(), "{change} is refused");
+    }
+}
