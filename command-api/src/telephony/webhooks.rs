@@ -91,6 +91,36 @@ impl WebhookProvider for SignalwireWebhooks {
         interpret::identify(body)
     }
 
+    /// The other party: who texted or called the tenant's number, or whom it texted or
+    /// called (a recording callback and a RELAY event name no one).
+    fn data_subject(&self, tenant: &str, payload: &Value) -> Option<uuid::Uuid> {
+        use super::aggregate::SmsReport;
+        use events::telephony::Direction;
+        use interpret::Callback;
+        let number = match interpret::read(payload) {
+            Callback::Sms {
+                report: SmsReport::Received { from, .. },
+                ..
+            }
+            | Callback::Call {
+                direction: Direction::Inbound,
+                from,
+                ..
+            } => from,
+            Callback::Sms {
+                report: SmsReport::Status { to, .. },
+                ..
+            }
+            | Callback::Call {
+                direction: Direction::Outbound,
+                to,
+                ..
+            } => to,
+            Callback::Other => return None,
+        };
+        (!number.is_empty()).then(|| events::personal::subject_id("contact", tenant, &number))
+    }
+
     async fn owner(
         &self,
         state: &AppState,

@@ -118,21 +118,30 @@ async fn process(
     let tenant = stream_tenant(&state.pool, WEBHOOK, &id)
         .await?
         .unwrap_or_else(|| PLATFORM_TENANT.to_owned());
-    let pending = Pending {
-        id: &id,
-        event_type: &received.event_type,
-        payload: &received.payload,
-        received_by: (tenant != PLATFORM_TENANT).then_some(tenant.as_str()),
-        ids: &ids,
-    };
-    let processing = match crate::Contexts::webhook_providers()
+    let opened = super::service::opened_payload(&state, &received.payload).await?;
+    let provider = crate::Contexts::webhook_providers()
         .iter()
-        .find(|p| p.provider() == received.provider)
-    {
-        Some(provider) => provider.process(&state, &pending).await,
+        .find(|p| p.provider() == received.provider);
+    let processing = match (provider, &opened) {
+        (Some(provider), Some(payload)) => {
+            let pending = Pending {
+                id: &id,
+                event_type: &received.event_type,
+                payload,
+                received_by: (tenant != PLATFORM_TENANT).then_some(tenant.as_str()),
+                ids: &ids,
+            };
+            provider.process(&state, &pending).await
+        }
+        // Nothing is done any more for someone erased (docs/privacy.md).
+        (Some(_), None) => Processing::Done(
+            events::webhooks::Outcome::Ignored,
+            None,
+            "the person it is about was erased".into(),
+        ),
         // Kept until a process that knows the provider takes it (retried, then dead-lettered
         // where an operator sees it).
-        None => Processing::Retry("no provider is registered for it".into()),
+        (None, _) => Processing::Retry("no provider is registered for it".into()),
     };
     let command = command_for(&processing, state.clock.now());
     let (c, recorded) = state

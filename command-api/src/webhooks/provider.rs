@@ -143,6 +143,14 @@ pub(crate) trait WebhookProvider: Send + Sync + 'static {
         body.clone()
     }
 
+    /// The person a kept payload is about, a data subject of `tenant` (the webhook's owner,
+    /// `platform` for nobody's): the payload is kept sealed for them (docs/privacy.md), and
+    /// reads `[erased]` once they are erased. `None` (the default): it is about nobody (a
+    /// payment's status, a transcript's id) and is kept in clear.
+    fn data_subject(&self, _tenant: &str, _payload: &Value) -> Option<uuid::Uuid> {
+        None
+    }
+
     /// The tenant owning what the webhook concerns when it arrives, if anybody does.
     async fn owner(
         &self,

@@ -299,12 +299,16 @@ pub(crate) async fn receive_item(
         &format!("webhook:{}", kind.as_str()),
         ActorKind::Anonymous,
     );
+    let mut kept = provider.retained(&payload);
+    if let Some(subject) = provider.data_subject(&tenant, &kept) {
+        kept = sealed_payload(state, &tenant, subject, &kept).await?;
+    }
     let command = WebhookCommand::Receive {
         provider: kind,
         provider_event_id: identity.provider_event_id,
         event_type: identity.event_type,
         payment_id: identity.payment_id,
-        payload: provider.retained(&payload),
+        payload: kept,
         body_sha256: Some(verify::hex_sha256(body)),
         at: state.clock.now(),
     };
@@ -315,6 +319,46 @@ pub(crate) async fn receive_item(
         .execute(&id, None, command, &metadata)
         .await?;
     Ok((id, c.appended == 0))
+}
+
+/// `payload` sealed whole, as its JSON text, for contact `subject` of `tenant`
+/// (docs/privacy.md); `[erased]` when they were erased (nothing of theirs is kept again).
+async fn sealed_payload(
+    state: &AppState,
+    tenant: &str,
+    subject: uuid::Uuid,
+    payload: &serde_json::Value,
+) -> Result<serde_json::Value, Problem> {
+    let contact = events::keyring::Subject {
+        id: subject,
+        kind: events::keyring::SubjectKind::Contact,
+        tenant_id: tenant,
+    };
+    match state.keyring.seal(contact, &payload.to_string()).await {
+        Ok(sealed) => Ok(serde_json::Value::String(sealed)),
+        Err(events::keyring::KeyError::Erased) => Ok(events::personal::ERASED.into()),
+        Err(e) => Err(Problem::unavailable(&e)),
+    }
+}
+
+/// A kept payload as processing reads it: opened from its sealed JSON text, or as it is when
+/// kept in clear; `None` once the person it is about was erased.
+pub(crate) async fn opened_payload(
+    state: &AppState,
+    payload: &serde_json::Value,
+) -> Result<Option<serde_json::Value>, Problem> {
+    let serde_json::Value::String(text) = payload else {
+        return Ok(Some(payload.clone()));
+    };
+    let opened = state
+        .keyring
+        .open(text)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(match opened.as_str() {
+        events::personal::ERASED => None,
+        json => Some(serde_json::from_str(json).unwrap_or(serde_json::Value::String(opened))),
+    })
 }
 
 /// The metadata of a command caused by webhook `id`: the tenant of its stream, the platform

@@ -98,6 +98,15 @@ impl WebhookProvider for WhatsappWebhooks {
         })
     }
 
+    /// The contact: a message's sender, a status's recipient.
+    fn data_subject(&self, tenant: &str, payload: &Value) -> Option<Uuid> {
+        let contact = payload
+            .pointer("/message/from")
+            .or(payload.pointer("/status/recipient_id"))
+            .and_then(Value::as_str)?;
+        events::whatsapp::contact_subject(tenant, contact)
+    }
+
     async fn owner(
         &self,
         state: &AppState,

@@ -232,20 +232,31 @@ pub struct WebhookDetail {
     #[serde(flatten)]
     webhook: WebhookView,
     /// The provider's body, parsed (from the `Received` event); `null` if the store has none.
+    /// What it keeps about a person is stored sealed for them and shown opened here, or as
+    /// the string `[erased]` once they were erased.
     payload: serde_json::Value,
+
     /// Every event of the webhook, in order.
     history: Vec<HistoryEvent>,
 }
 
-/// The provider's body of a webhook's history: the `Received` event's `payload`.
+/// The provider's body of a webhook's history (opened): the `Received` event's `payload`,
+/// parsed from the JSON text it was sealed as (`[erased]` once the person it is about was
+/// erased), or as it is when kept in clear.
 fn provider_body(history: &[HistoryEvent]) -> serde_json::Value {
-    history
+    let kept = history
         .iter()
         .find(|e| e.sequence == 1)
         .and_then(|e| e.payload.get("Received"))
         .and_then(|r| r.get("payload"))
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match kept {
+        serde_json::Value::String(json) => {
+            serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json))
+        }
+        other => other,
+    }
 }
 
 /// A webhook.
@@ -291,7 +302,7 @@ async fn detail(
     let webhook = row
         .filter(|w| who.administers(&w.tenant_id))
         .ok_or_else(not_found)?;
-    let history: Vec<HistoryEvent> = sqlx::query_as(
+    let mut history: Vec<HistoryEvent> = sqlx::query_as(
         "SELECT sequence, event_type, payload, recorded_at FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2
           ORDER BY sequence",
@@ -301,6 +312,12 @@ async fn detail(
     .fetch_all(&state.pool)
     .await
     .map_err(|e| Problem::unavailable(&e))?;
+    // A payload kept sealed for the person it is about is shown opened (docs/privacy.md).
+    state
+        .keyring
+        .open_values(history.iter_mut().map(|e| &mut e.payload).collect())
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let version = webhook.version;
     let mut response = Json(WebhookDetail {
         webhook,

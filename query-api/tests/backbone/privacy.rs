@@ -1618,6 +1618,54 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
             .await
             .expect("appended");
     }
+    // And the webhooks that brought them, a SignalWire SMS, and a payment's (about nobody).
+    let webhook = |provider: &str, payload: Value| {
+        json!({"Received": {"provider": provider, "provider_event_id": Uuid::new_v4(),
+            "event_type": "x", "payment_id": null, "payload": payload,
+            "body_sha256": null, "received_at": at}})
+    };
+    let webhooks = [
+        webhook(
+            "whatsapp",
+            json!({"phone_number_id": "1065", "contact": {"wa_id": sheena, "name": "Sheena Nelson"},
+                   "message": {"from": sheena, "id": "wamid.in1", "type": "text",
+                               "text": {"body": "Bonjour"}}}),
+        ),
+        webhook(
+            "whatsapp",
+            json!({"phone_number_id": "1065",
+                   "status": {"id": "wamid.x", "status": "read", "recipient_id": erased_number}}),
+        ),
+        webhook(
+            "signalwire",
+            json!({"MessageSid": "SM1", "SmsStatus": "received", "From": "+33612345678",
+                   "To": "+15557650002", "Body": "Texto de Sheena"}),
+        ),
+        webhook(
+            "stripe",
+            json!({"id": "evt_1", "type": "payment_intent.succeeded"}),
+        ),
+    ];
+    let mut webhook_ids = Vec::new();
+    for event in &webhooks {
+        let id = Uuid::new_v4().to_string();
+        env.append_raw("webhook", &id, tenant, event.clone())
+            .await
+            .expect("appended");
+        webhook_ids.push(id);
+    }
+    // A webhook snapshot keeps its payload as the state does.
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ('webhook', $1, 1, 1, jsonb_build_object('received', $2::jsonb->'Received',
+                                                           'status', 'pending'))",
+    )
+    .bind(&webhook_ids[0])
+    .bind(&webhooks[0])
+    .execute(&env.pool)
+    .await
+    .expect("snapshot");
     // A snapshot taken before sealing keeps the number and the replies in clear.
     let mut state = Conversation::default();
     for (_, event) in history.iter().filter(|(c, _)| *c == &theirs) {
@@ -1651,8 +1699,9 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
         .expect("transformed");
     assert_eq!(
         (done.events, done.erased, done.snapshots, done.refused),
-        (7, 3, 1, 0),
-        "Sheena's 5; the erased contact's number, text and message as [erased]"
+        (10, 4, 2, 0),
+        "Sheena's 5 and 2 webhooks; the erased contact's number, text, message and status \
+         as [erased]; the payment's webhook as it was"
     );
     assert_eq!(event_rows(&env).await, before, "positions and times kept");
     let store = store_text(&env).await;
@@ -1670,6 +1719,8 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
         "48.858",
         "Bonjour",
         "Erased text",
+        "33612345678",
+        "Texto",
     ] {
         assert!(!store.contains(plain), "{plain:?} in clear in the store");
         assert!(
@@ -1681,6 +1732,42 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
         store.contains("order_update"),
         "the template's name is the tenant's"
     );
+    assert!(
+        store.contains("payment_intent.succeeded"),
+        "a payment's webhook is nobody's"
+    );
+    let kept: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload->'Received'->'payload' FROM events
+          WHERE aggregate_type = 'webhook' ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("webhooks");
+    let mut opened_kept = Vec::new();
+    for mut payload in kept {
+        keyring.open_value(&mut payload).await.expect("opened");
+        opened_kept.push(payload);
+    }
+    let sheenas: Value =
+        serde_json::from_str(opened_kept[0].as_str().expect("sealed JSON")).expect("JSON");
+    assert_eq!(sheenas["message"]["text"]["body"], "Bonjour");
+    assert_eq!(opened_kept[1], ERASED);
+    let sms: Value =
+        serde_json::from_str(opened_kept[2].as_str().expect("sealed JSON")).expect("JSON");
+    assert_eq!(sms["From"], "+33612345678");
+    assert_eq!(opened_kept[3]["id"], "evt_1");
+    let snapshot: Value = sqlx::query_scalar(
+        "SELECT payload->'received'->'payload' FROM snapshots WHERE aggregate_id = $1",
+    )
+    .bind(&webhook_ids[0])
+    .fetch_one(&env.pool)
+    .await
+    .expect("the webhook's snapshot");
+    assert!(
+        snapshot.as_str().is_some_and(events::personal::is_sealed),
+        "{snapshot}"
+    );
+
     let audit = command_api::snapshots::audit(&env.pool)
         .await
         .expect("audit");

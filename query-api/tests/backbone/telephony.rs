@@ -373,6 +373,20 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     .await;
     assert_eq!(messages["items"][0]["text"], "Hello, is the shop open?");
     assert!(!w["payload"].to_string().contains("SPRINGFIELD"), "{w}");
+    // What the webhook kept is sealed for the sender in the store, and shown opened to the
+    // tenant's admin.
+    assert_eq!(w["payload"]["From"], "+15551230001", "{w}");
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload::text FROM events
+          WHERE aggregate_type = 'webhook' AND aggregate_id = $1 AND event_type = 'Received'",
+    )
+    .bind(&webhook)
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("the Received event");
+    for clear in ["15551230001", "shop open"] {
+        assert!(!stored.contains(clear), "{clear} in clear: {stored}");
+    }
     let body: String = sqlx::query_scalar(
         "SELECT payload->'SmsReceived'->>'body' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1@+15557650002'",
     )

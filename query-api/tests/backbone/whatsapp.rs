@@ -2118,11 +2118,12 @@ async fn a_file_refused_for_an_expired_token_is_fetched_again_when_the_session_r
     .await;
 }
 
-/// The events of the test's conversations whose payload holds `needle` in clear.
+/// The events of the test's conversations and webhooks whose payload holds `needle` in
+/// clear.
 async fn clear_in_conversations(wa: &Wa, needle: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM events
-          WHERE aggregate_type = 'whatsapp_conversation'
+          WHERE aggregate_type IN ('whatsapp_conversation', 'webhook')
             AND metadata->>'tenant_id' = $1 AND strpos(payload::text, $2) > 0",
     )
     .bind(&wa.tenant)
@@ -2138,7 +2139,7 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
     let session = wa.connected().await;
     const OTHER: &str = "4915112345678";
     let now = Utc::now().timestamp();
-    wa.deliver(&delivery(
+    let delivered = wa.deliver(&delivery(
         NUMBER_ID,
         json!([
             text("wamid.S1", "I live at 12 Quai Branly", now),
@@ -2233,6 +2234,21 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
         })
         .await;
     assert_eq!(kept["wa_id"], OTHER);
+    // What the webhooks kept reads the same: theirs erased, the other's in clear.
+    let wa_ref = &wa;
+    let webhook = |i: usize| {
+        let id = delivered["ids"][i]
+            .as_str()
+            .expect("a webhook id")
+            .to_owned();
+        let url = wa_ref.query.url(&format!("/v1/webhooks/{id}"));
+        async move { wa_ref.env.get_json(&url, &wa_ref.admin).await["payload"].clone() }
+    };
+    assert_eq!(webhook(0).await, "[erased]");
+    assert_eq!(
+        webhook(2).await["message"]["text"]["body"],
+        "Gunther keeps this"
+    );
 
     // A rebuild from the store shows the same.
     wa._projector.abort();
