@@ -1,5 +1,5 @@
 -- The store's transform (docs/privacy.md, "The existing store") now also seals WhatsApp
--- conversations and what webhooks kept about a person. Its exception to append-only (0056, narrowed in 0058) becomes one rule
+-- conversations, what webhooks kept about a person, and SMS and calls. Its exception to append-only (0056, narrowed in 0058) becomes one rule
 -- for every kind of event it rewrites: in a transaction that declares the transform, an
 -- update of an event of a listed kind may change only `payload`, and in it only turn values
 -- into ciphertext (`pii1.…`) or the redaction marker `[erased]` — every key, every array
@@ -62,7 +62,11 @@ BEGIN
             OR (OLD.aggregate_type = 'whatsapp_conversation'
                 AND OLD.event_type IN ('Started', 'MessageReceived', 'MessageQueued',
                                        'MessageRevised'))
-            OR (OLD.aggregate_type = 'webhook' AND OLD.event_type = 'Received')) THEN
+            OR (OLD.aggregate_type = 'webhook' AND OLD.event_type = 'Received')
+            OR (OLD.aggregate_type = 'sms'
+                AND OLD.event_type IN ('SmsReceived', 'DeliveryStatusChanged'))
+            OR (OLD.aggregate_type = 'call'
+                AND OLD.event_type IN ('CallStatusChanged', 'CallRecorded'))) THEN
         compared := NEW.payload;
         IF OLD.aggregate_type = 'whatsapp_conversation' AND OLD.event_type = 'Started'
            AND NOT (OLD.payload -> 'Started' ? 'conversation_id')

@@ -13,6 +13,8 @@ pub mod http;
 pub mod service;
 /// The one-time transform that seals what the store holds in clear.
 pub mod store;
+/// The store's transform of SMS and calls.
+pub mod telephony;
 /// The store's transform of webhooks' kept payloads.
 pub mod webhooks;
 

@@ -47,7 +47,7 @@ pub(super) async fn seal_webhooks(
         let mut payloads = Vec::new();
         for mut row in rows {
             let kept = &mut row.payload["Received"];
-            let Some(sealed) = sealed(kept, &row.tenant_id, keyring, done).await? else {
+            let Some(sealed) = sealed(pool, kept, &row.tenant_id, keyring, done).await? else {
                 continue;
             };
             kept["payload"] = Value::String(sealed);
@@ -71,6 +71,7 @@ pub(super) async fn seal_webhooks(
 /// about at `tenant`, or `[erased]`; `None` when it is about nobody (or its provider is not
 /// one this version knows).
 async fn sealed(
+    pool: &PgPool,
     received: &Value,
     tenant: &str,
     keyring: &Keyring,
@@ -84,7 +85,7 @@ async fn sealed(
         return Ok(None);
     };
     let payload = &received["payload"];
-    let Some(subject) = provider.data_subject(tenant, payload) else {
+    let Some(subject) = provider.data_subject(pool, tenant, payload).await? else {
         return Ok(None);
     };
     let contact = Subject {

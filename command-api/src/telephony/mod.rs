@@ -7,6 +7,8 @@ pub mod aggregate;
 pub mod http;
 /// Reading SignalWire's callbacks.
 pub mod interpret;
+/// The other party's data in SMS and call events, sealed for them.
+pub mod personal;
 /// The application layer: processing SignalWire's callbacks.
 pub mod service;
 /// The context's settings.

@@ -421,6 +421,15 @@ pub(crate) async fn process_callback(
     }
 }
 
+/// The outcome of a callback about someone erased: nothing of it is recorded.
+fn erased() -> Processing {
+    Processing::Done(
+        Outcome::Ignored,
+        None,
+        "the person it is about was erased".into(),
+    )
+}
+
 /// One callback of SignalWire, for the tenant that owns what it concerns.
 struct Item<'a> {
     state: &'a AppState,
@@ -460,7 +469,13 @@ impl Item<'_> {
                     SmsReport::Received { from, .. } => from.clone(),
                     SmsReport::Status { .. } => String::new(),
                 };
-                Some((from, body.to_owned(), media.to_vec()))
+                // Recorded sealed for the sender (docs/privacy.md).
+                let body = match state.keyring.open(body).await {
+                    Ok(body) if body == events::personal::ERASED => return erased(),
+                    Ok(body) => body,
+                    Err(_) => return Processing::Retry("data keys unavailable".into()),
+                };
+                Some((from, body, media.to_vec()))
             }
             SmsReport::Received {
                 from, body, media, ..
@@ -472,6 +487,11 @@ impl Item<'_> {
                 Some((from.clone(), body.clone(), stored))
             }
             SmsReport::Status { .. } => None,
+        };
+        let report = match super::personal::sealed_report(&state.keyring, tenant, report).await {
+            Ok(report) => report,
+            Err(events::keyring::KeyError::Erased) => return erased(),
+            Err(_) => return Processing::Retry("data keys unavailable".into()),
         };
         let command = SmsCommand {
             webhook_id: webhook_id.to_owned(),
@@ -535,6 +555,23 @@ impl Item<'_> {
             recording_url,
             at: self.at,
         };
+        // A recording callback names no one: its link is the call's counterpart's.
+        let earlier = match command.status {
+            Some(_) => None,
+            None => {
+                match super::personal::call_counterpart(&self.state.pool, self.tenant, &sid).await {
+                    Ok(earlier) => earlier,
+                    Err(_) => return Processing::Retry("event store unavailable".into()),
+                }
+            }
+        };
+        let keyring = &self.state.keyring;
+        let command =
+            match super::personal::sealed_call(keyring, self.tenant, command, earlier).await {
+                Ok(command) => command,
+                Err(events::keyring::KeyError::Erased) => return erased(),
+                Err(_) => return Processing::Retry("data keys unavailable".into()),
+            };
         let recorded = self
             .state
             .ctx

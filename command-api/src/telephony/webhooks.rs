@@ -92,8 +92,14 @@ impl WebhookProvider for SignalwireWebhooks {
     }
 
     /// The other party: who texted or called the tenant's number, or whom it texted or
-    /// called (a recording callback and a RELAY event name no one).
-    fn data_subject(&self, tenant: &str, payload: &Value) -> Option<uuid::Uuid> {
+    /// called; for a recording callback, which names no one, the call's recorded other
+    /// party (a RELAY event names no one).
+    async fn data_subject(
+        &self,
+        pool: &sqlx::PgPool,
+        tenant: &str,
+        payload: &Value,
+    ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
         use super::aggregate::SmsReport;
         use events::telephony::Direction;
         use interpret::Callback;
@@ -116,9 +122,17 @@ impl WebhookProvider for SignalwireWebhooks {
                 to,
                 ..
             } => to,
-            Callback::Other => return None,
+            Callback::Other => return Ok(None),
         };
-        (!number.is_empty()).then(|| events::personal::subject_id("contact", tenant, &number))
+        match super::personal::contact(tenant, &number) {
+            Some(contact) => Ok(Some(contact)),
+            None => match interpret::read(payload) {
+                Callback::Call { sid, .. } => {
+                    super::personal::call_counterpart(pool, tenant, &sid).await
+                }
+                _ => Ok(None),
+            },
+        }
     }
 
     async fn owner(

@@ -147,8 +147,13 @@ pub(crate) trait WebhookProvider: Send + Sync + 'static {
     /// `platform` for nobody's): the payload is kept sealed for them (docs/privacy.md), and
     /// reads `[erased]` once they are erased. `None` (the default): it is about nobody (a
     /// payment's status, a transcript's id) and is kept in clear.
-    fn data_subject(&self, _tenant: &str, _payload: &Value) -> Option<uuid::Uuid> {
-        None
+    async fn data_subject(
+        &self,
+        _pool: &sqlx::PgPool,
+        _tenant: &str,
+        _payload: &Value,
+    ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+        Ok(None)
     }
 
     /// The tenant owning what the webhook concerns when it arrives, if anybody does.

@@ -300,9 +300,14 @@ pub(crate) async fn receive_item(
         ActorKind::Anonymous,
     );
     let mut kept = provider.retained(&payload);
-    if let Some(subject) = provider.data_subject(&tenant, &kept) {
+    let subject = provider
+        .data_subject(&state.pool, &tenant, &kept)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if let Some(subject) = subject {
         kept = sealed_payload(state, &tenant, subject, &kept).await?;
     }
+
     let command = WebhookCommand::Receive {
         provider: kind,
         provider_event_id: identity.provider_event_id,

@@ -99,12 +99,17 @@ impl WebhookProvider for WhatsappWebhooks {
     }
 
     /// The contact: a message's sender, a status's recipient.
-    fn data_subject(&self, tenant: &str, payload: &Value) -> Option<Uuid> {
+    async fn data_subject(
+        &self,
+        _pool: &sqlx::PgPool,
+        tenant: &str,
+        payload: &Value,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
         let contact = payload
             .pointer("/message/from")
             .or(payload.pointer("/status/recipient_id"))
-            .and_then(Value::as_str)?;
-        events::whatsapp::contact_subject(tenant, contact)
+            .and_then(Value::as_str);
+        Ok(contact.and_then(|c| events::whatsapp::contact_subject(tenant, c)))
     }
 
     async fn owner(

@@ -163,3 +163,47 @@ impl crate::context::BoundedContext for Context {
         vec![std::sync::Arc::new(CallsProjection)]
     }
 }
+
+/// Redacts what the calls read model holds of data subject `subject` of `tenant`, of kind
+/// `kind`, in place (docs/privacy.md): in a contact's calls, their number (the caller of an
+/// inbound call, the callee of an outbound one) and the recording link read `[erased]`; ids,
+/// states, times and durations stay. A rebuild gives the same by itself (the sealed fields
+/// open as `[erased]`).
+pub async fn redact_subject(
+    conn: &mut PgConnection,
+    subject: Uuid,
+    tenant: &str,
+    kind: &str,
+) -> Result<(), ProjectionError> {
+    if kind != "contact" {
+        return Ok(());
+    }
+    let parties: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT CASE direction WHEN 'outbound' THEN to_number ELSE from_number END
+           FROM calls WHERE tenant_id = $1 AND direction IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let theirs: Vec<String> = parties
+        .into_iter()
+        .filter(|n| events::personal::subject_id(kind, tenant, n) == subject)
+        .collect();
+    if theirs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE calls SET
+                from_number = CASE WHEN direction = 'inbound' THEN $3 ELSE from_number END,
+                to_number = CASE WHEN direction = 'outbound' THEN $3 ELSE to_number END,
+                recording_url = CASE WHEN recording_url IS NULL THEN NULL ELSE $3 END
+          WHERE tenant_id = $1
+            AND CASE direction WHEN 'outbound' THEN to_number ELSE from_number END = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(&theirs)
+    .bind(events::personal::ERASED)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

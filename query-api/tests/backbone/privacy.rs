@@ -1844,3 +1844,122 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
         assert!(changed.is_err(), "{change} is refused");
     }
 }
+
+#[tokio::test]
+async fn the_stores_transform_seals_sms_and_calls_for_their_other_party() {
+    use serde_json::{json, Value};
+
+    let env = TestEnv::new().await;
+    let tenant = "tel-old";
+    let (caller, texted, ours) = ("+15551230001", "+15551230002", "+15557650002");
+    let at = chrono::Utc::now();
+    // As a release before sealing wrote them.
+    let history = [
+        (
+            "sms",
+            "SM1@+15557650002",
+            json!({"SmsReceived": {"from": caller, "to": ours, "body": "Is the shop open?",
+                                   "media_count": 0, "webhook_id": "w1", "at": at}}),
+        ),
+        (
+            "sms",
+            "SM2@+15557650002",
+            json!({"DeliveryStatusChanged": {"status": "delivered", "error_code": null,
+                                             "from": ours, "to": texted, "webhook_id": "w2",
+                                             "at": at}}),
+        ),
+        (
+            "call",
+            "CA1",
+            json!({"CallStatusChanged": {"status": "completed", "direction": "inbound",
+                                         "from": caller, "to": ours, "duration_secs": 30,
+                                         "recording_url": null, "webhook_id": "w3", "at": at}}),
+        ),
+        (
+            "call",
+            "CA1",
+            json!({"CallRecorded": {"recording_sid": "RE1",
+                                    "recording_url": "https://space.example/recordings/RE1",
+                                    "duration_secs": 30, "webhook_id": "w4", "at": at}}),
+        ),
+    ];
+    for (aggregate_type, id, event) in &history {
+        env.append_raw(aggregate_type, id, tenant, event.clone())
+            .await
+            .expect("appended");
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ('sms', 'SM1@+15557650002', 1, 1,
+                 '{\"received\": true, \"rank\": 3, \"body\": \"Is the shop open?\", \"media\": []}')",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("snapshot");
+    // The one they texted was erased before the transform.
+    let keyring = env.keyring();
+    let erased_one = events::personal::subject_id("contact", tenant, texted);
+    keyring
+        .register(Subject {
+            id: erased_one,
+            kind: SubjectKind::Contact,
+            tenant_id: tenant,
+        })
+        .await
+        .expect("known");
+    erase(&env, erased_one, tenant).await;
+
+    let before = event_rows(&env).await;
+    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(
+        (done.events, done.erased, done.snapshots, done.refused),
+        (4, 1, 1, 0),
+        "every event; the erased recipient's number as [erased]"
+    );
+    assert_eq!(event_rows(&env).await, before, "positions and times kept");
+    let store = store_text(&env).await;
+    let snapshot: String =
+        sqlx::query_scalar("SELECT payload::text FROM snapshots WHERE aggregate_type = 'sms'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("the snapshot");
+    for plain in ["15551230001", "15551230002", "shop open", "recordings/RE1"] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshot.contains(plain),
+            "{plain:?} in clear in the snapshot"
+        );
+    }
+    assert!(store.contains(ours), "the tenant's own number is nobody's");
+    let audit = command_api::snapshots::audit(&env.pool)
+        .await
+        .expect("audit");
+    assert!(audit.is_sound(), "{:?}", audit.findings);
+    let mut rows: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type IN ('sms', 'call')
+          ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    keyring
+        .open_values(rows.iter_mut().collect())
+        .await
+        .expect("opened");
+    assert_eq!(rows[0]["SmsReceived"]["from"], caller);
+    assert_eq!(rows[0]["SmsReceived"]["body"], "Is the shop open?");
+    assert_eq!(rows[1]["DeliveryStatusChanged"]["to"], ERASED);
+    assert_eq!(rows[1]["DeliveryStatusChanged"]["from"], ours);
+    assert_eq!(rows[2]["CallStatusChanged"]["from"], caller);
+    assert_eq!(
+        rows[3]["CallRecorded"]["recording_url"],
+        "https://space.example/recordings/RE1"
+    );
+    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(again, Default::default());
+}

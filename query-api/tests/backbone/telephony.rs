@@ -393,7 +393,10 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     .fetch_one(&phone.env.pool)
     .await
     .expect("received");
+    assert!(events::personal::is_sealed(&body), "sealed for the sender");
+    let body = phone.env.keyring().open(&body).await.expect("opened");
     assert_eq!(body, "Hello, is the shop open?");
+
     let tenant: String = sqlx::query_scalar(
         "SELECT metadata->>'tenant_id' FROM events WHERE aggregate_type = 'sms' AND aggregate_id = 'SMin1@+15557650002'",
     )
@@ -422,7 +425,9 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     .fetch_one(&phone.env.pool)
     .await
     .expect("received");
+    let stored = phone.env.keyring().open(&stored).await.expect("opened");
     assert_eq!(stored, long);
+
     eventually(
         Duration::from_secs(20),
         "the long message in the thread",
@@ -487,9 +492,15 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     .fetch_one(&phone.env.pool)
     .await
     .expect("call");
+    let recording = phone
+        .env
+        .keyring()
+        .open(&recording.unwrap_or_default())
+        .await
+        .expect("opened");
     assert_eq!(
-        (duration.as_deref(), recording.as_deref()),
-        (Some("42"), Some("https://files.example.com/RE1.mp3"))
+        (duration.as_deref(), recording.as_str()),
+        (Some("42"), "https://files.example.com/RE1.mp3")
     );
 
     // A number nobody owns: recorded as the platform's, not dropped, not applied.
@@ -1232,4 +1243,129 @@ async fn a_callback_stays_with_the_tenant_it_arrived_for_after_the_number_moves(
         .await;
     assert_eq!(w["tenant_id"], phone.tenant.as_str(), "{w}");
     assert_eq!(w["outcome"], "applied", "{w}");
+}
+
+#[tokio::test]
+async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_anothers_stay() {
+    let phone = Phone::start().await;
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    const CALLER: &str = "+15551230001";
+    const OTHER: &str = "+15551239999";
+    let call = |sid: &'static str, from: &'static str| {
+        vec![
+            ("AccountSid", "AC1"),
+            ("CallSid", sid),
+            ("CallStatus", "completed"),
+            ("CallDuration", "30"),
+            ("Direction", "inbound"),
+            ("From", from),
+            ("To", OURS),
+        ]
+    };
+    let mut webhooks = vec![
+        id_of(phone.signed(&inbound("SMseal", OURS)).await).await,
+        id_of(phone.signed(&call("CAseal", CALLER)).await).await,
+        id_of(phone.signed(&call("CAkept", OTHER)).await).await,
+    ];
+    for id in &webhooks {
+        phone.webhook_when(id, |w| w["status"] == "processed").await;
+    }
+    // The recording comes on its own, naming no one: it is the caller's.
+    let recording = [
+        ("AccountSid", "AC1"),
+        ("CallSid", "CAseal"),
+        ("RecordingSid", "REseal"),
+        ("RecordingUrl", "https://space.example/recordings/REseal"),
+        ("RecordingStatus", "completed"),
+    ];
+    webhooks.push(id_of(phone.signed(&recording).await).await);
+    let w = phone
+        .webhook_when(&webhooks[3], |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "applied", "{w}");
+    let call_of = |sid: &'static str| {
+        let url = phone.query.url(&format!("/v1/telephony/calls/{sid}"));
+        let phone = &phone;
+        async move { phone.env.get_json(&url, &phone.admin).await }
+    };
+    let seal = eventually(Duration::from_secs(20), "the recording", || async {
+        let c = call_of("CAseal").await;
+        (c["recording_sid"] == "REseal").then_some(c)
+    })
+    .await;
+    assert_eq!(seal["from_number"], CALLER);
+    // The store holds the caller's number, text and recording only sealed.
+    let stored: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(payload::text, ' '), '') FROM events
+          WHERE aggregate_type IN ('sms', 'call', 'webhook')",
+    )
+    .fetch_one(&phone.env.pool)
+    .await
+    .expect("events");
+    for clear in [
+        "15551230001",
+        "15551239999",
+        "shop open",
+        "recordings/REseal",
+    ] {
+        assert!(!stored.contains(clear), "{clear} in clear");
+    }
+
+    // Erased: their calls, SMS thread and webhooks read [erased]; the other's stay.
+    let subject = events::personal::subject_id("contact", &phone.tenant, CALLER);
+    let erase = phone
+        .env
+        .http
+        .post(
+            phone
+                .api
+                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
+        )
+        .bearer_auth(&phone.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(erase.status(), 200);
+    let redacted = eventually(Duration::from_secs(20), "the call redacted", || async {
+        let c = call_of("CAseal").await;
+        (c["from_number"] == "[erased]").then_some(c)
+    })
+    .await;
+    assert_eq!(redacted["recording_url"], "[erased]");
+    assert_eq!(redacted["duration_secs"], 30);
+    assert_eq!(call_of("CAkept").await["from_number"], OTHER);
+    let root = phone.env.super_admin();
+    for id in &webhooks[..2] {
+        let url = phone.query.url(&format!("/v1/webhooks/{id}"));
+        assert_eq!(phone.env.get_json(&url, &root).await["payload"], "[erased]");
+    }
+    // A rebuild of the calls from the store shows the same.
+    phone._projector.abort();
+    projector::rebuild::rebuild(
+        &phone.env.pool,
+        &projector::telephony::CallsProjection,
+        &phone.env.keyring(),
+    )
+    .await
+    .expect("rebuild");
+    let rebuilt = call_of("CAseal").await;
+    assert_eq!(
+        (&rebuilt["from_number"], &rebuilt["recording_url"]),
+        (&json!("[erased]"), &json!("[erased]"))
+    );
+    assert_eq!(call_of("CAkept").await["from_number"], OTHER);
+    // They text again: nothing of it is recorded.
+    let _projector = phone.env.spawn_projector({
+        let mut config = phone.env.projector_config();
+        config.nest_auth_secret = Some(SECRET.into());
+        config.command_api_url = phone.api.url("");
+        config
+    });
+    let again = id_of(phone.signed(&inbound("SMagain", OURS)).await).await;
+    let w = phone
+        .webhook_when(&again, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["outcome"], "ignored", "{w}");
+    assert_eq!(phone.events("sms", "SmsReceived").await, 1);
 }

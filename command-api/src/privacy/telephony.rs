@@ -1,0 +1,173 @@
+//! The store's transform of SMS and calls (docs/privacy.md, "The existing store"): the
+//! other party's number, an SMS's text and a call's recording link, sealed for that person
+//! as the telephony context now seals them ([`crate::telephony::personal`]); and the SMS
+//! snapshots that keep a received text take it as their event now holds it.
+
+use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
+use events::personal::{SealedField, ERASED};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::store::{in_clear, write_batch, TransformError, Transformed};
+use crate::telephony::personal::{call_counterpart, contact};
+
+/// A stored SMS or call event.
+#[derive(sqlx::FromRow)]
+struct Row {
+    global_position: i64,
+    aggregate_id: String,
+    event_type: String,
+    payload: Value,
+    tenant_id: String,
+}
+
+/// The person a party's number names: the one it is sealed for, or the contact of the
+/// number in clear; `None` when it is empty or already `[erased]`.
+fn party(tenant: &str, number: &str) -> Option<Uuid> {
+    match SealedField::parse(number) {
+        Some(sealed) => Some(sealed.subject),
+        None if number == ERASED => None,
+        None => contact(tenant, number),
+    }
+}
+
+/// The other party of event `row` and the pointers (in its body) of what is theirs.
+async fn personal(
+    pool: &PgPool,
+    row: &Row,
+) -> Result<Option<(Uuid, Vec<&'static str>)>, sqlx::Error> {
+    let body = &row.payload[&row.event_type];
+    let text = |field: &str| body[field].as_str().unwrap_or_default().to_owned();
+    let found = match row.event_type.as_str() {
+        "SmsReceived" => party(&row.tenant_id, &text("from")).map(|p| (p, vec!["/from", "/body"])),
+        "DeliveryStatusChanged" => party(&row.tenant_id, &text("to")).map(|p| (p, vec!["/to"])),
+        "CallStatusChanged" => {
+            let field = match body["direction"].as_str() {
+                Some("outbound") => "to",
+                _ => "from",
+            };
+            let pointers = match field {
+                "to" => vec!["/to", "/recording_url"],
+                _ => vec!["/from", "/recording_url"],
+            };
+            party(&row.tenant_id, &text(field)).map(|p| (p, pointers))
+        }
+        "CallRecorded" => call_counterpart(pool, &row.tenant_id, &row.aggregate_id)
+            .await?
+            .map(|p| (p, vec!["/recording_url"])),
+        _ => None,
+    };
+    Ok(found)
+}
+
+/// Seals what SMS and call events hold of their other party in clear, `batch` events per
+/// transaction.
+pub(super) async fn seal_telephony(
+    pool: &PgPool,
+    keyring: &Keyring,
+    batch: i64,
+    done: &mut Transformed,
+) -> Result<(), TransformError> {
+    let mut after = 0_i64;
+    loop {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT global_position, aggregate_id, event_type, payload,
+                    metadata->>'tenant_id' AS tenant_id
+               FROM events
+              WHERE ((aggregate_type = 'sms'
+                      AND event_type IN ('SmsReceived', 'DeliveryStatusChanged'))
+                     OR (aggregate_type = 'call'
+                         AND event_type IN ('CallStatusChanged', 'CallRecorded')))
+                AND global_position > $1
+              ORDER BY global_position
+              LIMIT $2",
+        )
+        .bind(after)
+        .bind(batch)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.global_position;
+        let mut positions = Vec::new();
+        let mut payloads = Vec::new();
+        for mut row in rows {
+            if seal_row(pool, &mut row, keyring, done).await? {
+                positions.push(row.global_position);
+                payloads.push(row.payload);
+            }
+        }
+        if !positions.is_empty() {
+            done.events += write_batch(pool, &positions, &payloads).await?;
+            tracing::info!(
+                events = done.events,
+                position = after,
+                "sealing SMS and calls' personal fields"
+            );
+        }
+    }
+    done.snapshots += seal_snapshots(pool).await?;
+    Ok(())
+}
+
+/// Seals the personal values of `row` still in clear (`[erased]` for someone erased); true
+/// when it changed.
+async fn seal_row(
+    pool: &PgPool,
+    row: &mut Row,
+    keyring: &Keyring,
+    done: &mut Transformed,
+) -> Result<bool, TransformError> {
+    let Some((subject, pointers)) = personal(pool, row).await? else {
+        return Ok(false);
+    };
+    let contact = Subject {
+        id: subject,
+        kind: SubjectKind::Contact,
+        tenant_id: &row.tenant_id,
+    };
+    let body = &mut row.payload[&row.event_type];
+    let mut changed = false;
+    for pointer in pointers {
+        let Some(value) = body.pointer_mut(pointer) else {
+            continue;
+        };
+        let Some(text) = value.as_str().and_then(|t| in_clear(Some(t))) else {
+            continue;
+        };
+        let sealed = match keyring.seal(contact, text).await {
+            Ok(sealed) => sealed,
+            Err(KeyError::Erased) => {
+                done.erased += 1;
+                ERASED.to_owned()
+            }
+            Err(KeyError::OtherTenant) => {
+                done.refused += 1;
+                continue;
+            }
+            Err(e) => return Err(TransformError::Key(e)),
+        };
+        *value = Value::String(sealed);
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Gives the SMS snapshots that keep a received text in clear the text their event now
+/// holds; returns how many changed.
+async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
+    Ok(sqlx::query(
+        "UPDATE snapshots s SET payload = jsonb_set(s.payload, '{body}',
+                                                    e.payload->'SmsReceived'->'body')
+           FROM events e
+          WHERE s.aggregate_type = 'sms' AND coalesce(s.payload->>'body', '') <> ''
+            AND s.payload->>'body' NOT LIKE 'pii1.%' AND s.payload->>'body' <> '[erased]'
+            AND e.aggregate_type = 'sms' AND e.aggregate_id = s.aggregate_id
+            AND e.event_type = 'SmsReceived'
+            AND (e.payload->'SmsReceived'->>'body' LIKE 'pii1.%'
+                 OR e.payload->'SmsReceived'->>'body' = '[erased]')",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
