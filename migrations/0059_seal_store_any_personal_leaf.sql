@@ -1,6 +1,7 @@
 -- The store's transform (docs/privacy.md, "The existing store") now also seals WhatsApp
--- conversations, what webhooks kept about a person, and SMS and calls. Its exception to append-only (0056, narrowed in 0058) becomes one rule
--- for every kind of event it rewrites: in a transaction that declares the transform, an
+-- conversations, what webhooks kept about a person, SMS and calls, and staff e-mails. Its
+-- exception to append-only (0056, narrowed in 0058) becomes one rule for every kind of
+-- event it rewrites: in a transaction that declares the transform, an
 -- update of an event of a listed kind may change only `payload`, and in it only turn values
 -- into ciphertext (`pii1.…`) or the redaction marker `[erased]` — every key, every array
 -- element and every other value stays as it was. So the transform can hide facts, never
@@ -66,7 +67,8 @@ BEGIN
             OR (OLD.aggregate_type = 'sms'
                 AND OLD.event_type IN ('SmsReceived', 'DeliveryStatusChanged'))
             OR (OLD.aggregate_type = 'call'
-                AND OLD.event_type IN ('CallStatusChanged', 'CallRecorded'))) THEN
+                AND OLD.event_type IN ('CallStatusChanged', 'CallRecorded'))
+            OR (OLD.aggregate_type = 'admin_user' AND OLD.event_type = 'Created')) THEN
         compared := NEW.payload;
         IF OLD.aggregate_type = 'whatsapp_conversation' AND OLD.event_type = 'Started'
            AND NOT (OLD.payload -> 'Started' ? 'conversation_id')

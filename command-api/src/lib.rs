@@ -417,6 +417,7 @@ pub async fn create_super_admin(
         pool.clone(),
         Arc::new(PgIdentity {
             pool: pool.clone(),
+            keyring: events::keyring::Keyring::new(pool.clone(), config.master_keys()?),
             metrics: Arc::new(Metrics::default()),
         }),
         config.snapshot_every,
@@ -482,7 +483,7 @@ async fn expire_old_records(pool: PgPool, retention_days: u32) {
     /// however much piled up.
     const CHUNK: u64 = 5_000;
     loop {
-        // Keys are kept a day; so are staged passwords and sessions whose command never
+        // Keys are kept a day; so are staged passwords, e-mails and sessions whose command never
         // committed (migration 0024: a committed one is taken by its event). An expired key
         // is already a new key when claimed (`http::idempotency`): the purge only keeps the
         // table small.
@@ -501,6 +502,11 @@ async fn expire_old_records(pool: PgPool, retention_days: u32) {
             (
                 "staged passwords",
                 "admin_credential_changes",
+                "staged_at < now() - interval '24 hours'".to_owned(),
+            ),
+            (
+                "staged staff e-mails",
+                "admin_email_staging",
                 "staged_at < now() - interval '24 hours'".to_owned(),
             ),
             (

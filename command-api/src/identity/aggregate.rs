@@ -366,6 +366,10 @@ impl AdminUser {
             .stage_password(&user_id, password.expose())
             .await
             .map_err(unavailable)?;
+        let email = identity
+            .stage_email(&user_id, tenant_id.as_deref(), &email)
+            .await
+            .map_err(unavailable)?;
         Ok(vec![AdminUserEvent::Created {
             email,
             tenant_id,

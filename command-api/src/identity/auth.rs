@@ -83,15 +83,17 @@ pub struct Profile {
     pub active: bool,
 }
 
-fn profile_of(id: &str, user: &AdminUser) -> Profile {
-    Profile {
+/// The profile of admin user `id`, their e-mail opened (it is sealed for them in their
+/// `Created` event, docs/privacy.md).
+async fn profile_of(state: &AppState, id: &str, user: &AdminUser) -> Result<Profile, Problem> {
+    Ok(Profile {
         id: id.to_owned(),
-        email: user.email.clone(),
+        email: super::service::email_of(state, user).await?,
         tenant_id: user.tenant_id.clone(),
         role: user.role,
         department: user.department.clone(),
         active: user.active,
-    }
+    })
 }
 
 /// The hourly count of a client's refused logins.
@@ -176,7 +178,7 @@ async fn login(
             token_type: "Bearer".into(),
             expires_in: signed_in.expires_in,
             refresh_token: signed_in.refresh_token,
-            user: profile_of(&signed_in.user_id, &signed_in.user),
+            user: profile_of(&state, &signed_in.user_id, &signed_in.user).await?,
         })
         .into_response()),
         Err(problem)
@@ -225,7 +227,7 @@ async fn refresh(
         token_type: "Bearer".into(),
         expires_in: signed_in.expires_in,
         refresh_token: signed_in.refresh_token,
-        user: profile_of(&signed_in.user_id, &signed_in.user),
+        user: profile_of(&state, &signed_in.user_id, &signed_in.user).await?,
     })
     .into_response())
 }
@@ -312,7 +314,7 @@ async fn profile(
     if !user.exists() {
         return Err(Problem::not_found("admin user not found"));
     }
-    Ok(Json(profile_of(user_id, &user)).into_response())
+    Ok(Json(profile_of(&state, user_id, &user).await?).into_response())
 }
 
 /// Body of a password change.

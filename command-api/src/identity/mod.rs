@@ -68,6 +68,7 @@ impl BoundedContext for Context {
         let (config, pool) = (setup.config, setup.pool);
         let admins = setup.bus(Arc::new(services::PgIdentity {
             pool: pool.clone(),
+            keyring: setup.keyring.clone(),
             metrics: setup.metrics.clone(),
         }) as services::Identity);
         if let Some((email, password)) = settings.bootstrap_admin()? {

@@ -22,6 +22,15 @@ pub trait IdentityServices: Send + Sync {
     /// appends the event naming that id (migration 0024), so a command that does not commit
     /// changes nothing.
     async fn stage_password(&self, user_id: &str, password: &str) -> Result<String, String>;
+    /// Stages login e-mail `email` (lower-cased) of new user `user_id` of home tenant
+    /// `tenant` (none: a super admin) for the `Created` event that reserves it (migration
+    /// 0060), and answers it sealed for the user, as the event holds it (docs/privacy.md).
+    async fn stage_email(
+        &self,
+        user_id: &str,
+        tenant: Option<&str>,
+        email: &str,
+    ) -> Result<String, String>;
     /// True if `password` is `user_id`'s password.
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String>;
     /// How many active super admins there are besides `user_id` (`admin_roles`, kept in the
@@ -67,10 +76,12 @@ pub fn count_password_check(metrics: &events::http::Metrics) {
     );
 }
 
-/// The tables of migration 0006.
+/// The tables of migration 0006, and the keys staff e-mails are sealed with.
 pub struct PgIdentity {
     /// Command-side pool.
     pub pool: PgPool,
+    /// The data keys of personal data.
+    pub keyring: events::keyring::Keyring,
     /// Where password checks are counted (`auth_password_checks_total`).
     pub metrics: Arc<events::http::Metrics>,
 }
@@ -119,6 +130,33 @@ impl IdentityServices for PgIdentity {
         .await
         .map_err(|e| e.to_string())?;
         Ok(credential)
+    }
+
+    async fn stage_email(
+        &self,
+        user_id: &str,
+        tenant: Option<&str>,
+        email: &str,
+    ) -> Result<String, String> {
+        let id = uuid::Uuid::try_parse(user_id).map_err(|e| e.to_string())?;
+        sqlx::query(
+            "INSERT INTO admin_email_staging (user_id, email) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, staged_at = now()",
+        )
+        .bind(user_id)
+        .bind(email)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let subject = events::keyring::Subject {
+            id,
+            kind: events::keyring::SubjectKind::AdminUser,
+            tenant_id: tenant.unwrap_or(events::identity::PLATFORM_TENANT),
+        };
+        self.keyring
+            .seal(subject, email)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {
@@ -181,6 +219,16 @@ impl IdentityServices for MemoryIdentity {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         Ok(format!("credential-{n}"))
+    }
+
+    /// The address as it is: tests see what the event would name.
+    async fn stage_email(
+        &self,
+        _user_id: &str,
+        _tenant: Option<&str>,
+        email: &str,
+    ) -> Result<String, String> {
+        Ok(email.to_owned())
     }
 
     async fn check_password(&self, user_id: &str, password: &str) -> Result<bool, String> {

@@ -11,6 +11,8 @@ pub mod files;
 pub mod http;
 /// The application layer: who may erase whom.
 pub mod service;
+/// The store's transform of staff e-mails.
+pub mod staff;
 /// The one-time transform that seals what the store holds in clear.
 pub mod store;
 /// The store's transform of SMS and calls.

@@ -9,7 +9,8 @@
 //! texts that thread snapshots keep (each as its event now holds it); and WhatsApp
 //! conversations' personal fields, for their contact ([`super::conversations`]), and what
 //! webhooks kept of a provider's body about a person ([`super::webhooks`]), and the other
-//! party's number, text and recording link in SMS and calls ([`super::telephony`]). A field of
+//! party's number, text and recording link in SMS and calls ([`super::telephony`]), and
+//! staff members' login e-mails ([`super::staff`]). A field of
 //! a subject erased before the transform is written as `[erased]`: the person was erased,
 //! and nothing is sealed for them again.
 //!
@@ -259,6 +260,7 @@ pub async fn seal_store(
     super::conversations::seal_conversations(pool, keyring, batch, &mut done).await?;
     super::webhooks::seal_webhooks(pool, keyring, batch, &mut done).await?;
     super::telephony::seal_telephony(pool, keyring, batch, &mut done).await?;
+    super::staff::seal_staff(pool, keyring, batch, &mut done).await?;
     Ok(done)
 }
 

@@ -1489,7 +1489,25 @@ async fn an_erased_staff_member_is_a_subject_from_creation_and_can_sign_in_no_mo
         (body["admin_user"]["email"] == ERASED && body["subject"]["erased"] == true).then_some(())
     })
     .await;
+    // Their e-mail was sealed for them in their `Created` event: a rebuild keeps it erased,
+    // and the store holds it nowhere in clear.
     projector.abort();
+    projector::rebuild::rebuild(
+        &env.pool,
+        &projector::identity::AdminUsersProjection,
+        &env.keyring(),
+    )
+    .await
+    .expect("rebuild");
+    let (_, body) = fetch(&env, &export, &admin).await;
+    assert_eq!(body["admin_user"]["email"], ERASED, "{body}");
+    let in_clear: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE strpos(payload::text, $1) > 0")
+            .bind(&email)
+            .fetch_one(&env.pool)
+            .await
+            .expect("counted");
+    assert_eq!(in_clear, 0, "{email} in clear in the store");
     query.stop().await;
     api.stop().await;
 }
@@ -1959,6 +1977,116 @@ async fn the_stores_transform_seals_sms_and_calls_for_their_other_party() {
         "https://space.example/recordings/RE1"
     );
     let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn the_stores_transform_seals_staff_emails_for_each_member_and_their_snapshots() {
+    use command_api::identity::aggregate::AdminUser;
+    use cqrs_es::Aggregate;
+    use serde_json::{json, Value};
+
+    let env = TestEnv::new().await;
+    let (agent, root, gone) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let created = |email: &str, tenant: Value, role: &str| {
+        json!({"Created": {"email": email, "tenant_id": tenant, "role": role,
+                           "department": null}})
+    };
+    // As a release before sealing wrote them: an agent, a super admin, an erased agent.
+    let history = [
+        (
+            agent,
+            "acme",
+            created("ann@acme.example", json!("acme"), "agent"),
+        ),
+        (
+            root,
+            "platform",
+            created("root@platform.example", Value::Null, "super_admin"),
+        ),
+        (
+            gone,
+            "acme",
+            created("gone@acme.example", json!("acme"), "agent"),
+        ),
+    ];
+    for (id, tenant, event) in &history {
+        env.append_raw("admin_user", &id.to_string(), tenant, event.clone())
+            .await
+            .expect("appended");
+    }
+    let mut state = AdminUser::default();
+    state.apply(serde_json::from_value(history[0].2.clone()).expect("event"));
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ('admin_user', $1, 1, 1, $2)",
+    )
+    .bind(agent.to_string())
+    .bind(serde_json::to_value(&state).expect("json"))
+    .execute(&env.pool)
+    .await
+    .expect("snapshot");
+    erase(&env, gone, "acme").await;
+
+    let keyring = env.keyring();
+    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
+        .await
+        .expect("transformed");
+    assert_eq!(
+        (done.events, done.erased, done.snapshots, done.refused),
+        (3, 1, 1, 0),
+        "three e-mails, the erased one as [erased]; the agent's snapshot"
+    );
+    let store = store_text(&env).await;
+    let snapshot: String = sqlx::query_scalar(
+        "SELECT payload::text FROM snapshots WHERE aggregate_type = 'admin_user'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("the snapshot");
+    for plain in ["ann@acme", "root@platform", "gone@acme"] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshot.contains(plain),
+            "{plain:?} in clear in the snapshot"
+        );
+    }
+    let audit = command_api::snapshots::audit(&env.pool)
+        .await
+        .expect("audit");
+    assert!(audit.is_sound(), "{:?}", audit.findings);
+    let emails: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, payload->'Created'->>'email' FROM events
+          WHERE aggregate_type = 'admin_user' ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("e-mails");
+    let subject = |sealed: &str| events::personal::SealedField::parse(sealed).map(|f| f.subject);
+    assert_eq!(subject(&emails[0].1), Some(agent), "sealed for the agent");
+    assert_eq!(
+        subject(&emails[1].1),
+        Some(root),
+        "sealed for the super admin"
+    );
+    assert_eq!(
+        keyring.open(&emails[0].1).await.expect("opened"),
+        "ann@acme.example"
+    );
+    assert_eq!(
+        keyring.open(&emails[1].1).await.expect("opened"),
+        "root@platform.example"
+    );
+    assert_eq!(emails[2].1, ERASED);
+    let known = keyring.subject(root).await.expect("read").expect("known");
+    assert_eq!(
+        known.tenant_id, "platform",
+        "a super admin's home is the platform"
+    );
+    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
         .await
         .expect("transformed");
     assert_eq!(again, Default::default());
