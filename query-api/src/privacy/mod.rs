@@ -137,6 +137,49 @@ pub struct ScheduledExport {
     status: String,
 }
 
+/// A contact as WhatsApp knows them at the tenant.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct WhatsAppContactExport {
+    /// Their WhatsApp id (their number's digits).
+    wa_id: String,
+    /// Their number (E.164).
+    phone: String,
+    /// The profile name they last wrote with.
+    profile_name: Option<String>,
+    first_seen_at: DateTime<Utc>,
+    last_inbound_at: Option<DateTime<Utc>>,
+}
+
+/// A WhatsApp message to or from the contact.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct WhatsAppMessageExport {
+    id: Uuid,
+    conversation_id: Uuid,
+    /// `in` (from them) or `out` (to them).
+    direction: String,
+    /// The provider's type (`text`, `image`, `location`, `template` …).
+    kind: String,
+    text: Option<String>,
+    /// The message as the provider described it (inbound), or what was sent (outbound).
+    content: serde_json::Value,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+/// A call with the contact.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct CallExport {
+    call_sid: String,
+    /// `inbound` or `outbound` (null until the provider said).
+    direction: Option<String>,
+    from_number: Option<String>,
+    to_number: Option<String>,
+    status: Option<String>,
+    duration_secs: Option<i32>,
+    recording_url: Option<String>,
+    started_at: DateTime<Utc>,
+}
+
 /// Everything held about a data subject.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Export {
@@ -148,6 +191,12 @@ pub struct Export {
     admin_user: Option<StaffProfile>,
     /// Their conversations, oldest first.
     threads: Vec<ThreadExport>,
+    /// A contact's WhatsApp profile at the tenant (empty for other kinds).
+    whatsapp_contacts: Vec<WhatsAppContactExport>,
+    /// A contact's WhatsApp messages either way, oldest first (empty for other kinds).
+    whatsapp_messages: Vec<WhatsAppMessageExport>,
+    /// A contact's calls with the tenant's numbers, oldest first (empty for other kinds).
+    calls: Vec<CallExport>,
 }
 
 /// Export a data subject's data.
@@ -157,7 +206,8 @@ pub struct Export {
 /// conversations — every thread they are the customer of with its messages (text, files,
 /// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages (the
 /// staff's: left out of a phone user's own export), and, for a staff member, the messages
-/// they wrote in threads without a customer, in any tenant. Allowed: a
+/// they wrote in threads without a customer, in any tenant; for a contact, also their
+/// WhatsApp profile and messages either way and their calls. Allowed: a
 /// super admin, the admin of the subject's tenant, and a phone user for themselves; other
 /// roles 403. An unknown subject, an id that is not a UUID, or another tenant's subject: 404.
 /// After an erasure the answer says so (`subject.erased`) and holds no personal data: the
@@ -258,13 +308,87 @@ async fn gather(
         None
     };
     let threads = threads(state, &subject, staff).await?;
+    let (whatsapp_contacts, whatsapp_messages, calls) = match subject.kind.as_str() {
+        "contact" => contact_channels(state, &subject).await?,
+        _ => Default::default(),
+    };
     Ok(Export {
         subject,
         exported_at: Utc::now(),
         phone_user,
         admin_user,
         threads,
+        whatsapp_contacts,
+        whatsapp_messages,
+        calls,
     })
+}
+
+/// What WhatsApp and the calls read models hold of contact `subject`: found as their
+/// redactions find them (the tenant's distinct numbers whose subject is theirs).
+async fn contact_channels(
+    state: &AppState,
+    subject: &SubjectView,
+) -> Result<
+    (
+        Vec<WhatsAppContactExport>,
+        Vec<WhatsAppMessageExport>,
+        Vec<CallExport>,
+    ),
+    sqlx::Error,
+> {
+    let tenant = &subject.tenant_id;
+    let numbers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT wa_id FROM whatsapp_conversations WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&state.pool)
+    .await?;
+    let wa_ids: Vec<String> = numbers
+        .into_iter()
+        .filter(|n| events::whatsapp::contact_subject(tenant, n) == Some(subject.id))
+        .collect();
+    let contacts = sqlx::query_as(
+        "SELECT wa_id, phone, profile_name, first_seen_at, last_inbound_at
+           FROM whatsapp_contacts WHERE tenant_id = $1 AND wa_id = ANY($2) ORDER BY wa_id",
+    )
+    .bind(tenant)
+    .bind(&wa_ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let messages = sqlx::query_as(
+        "SELECT id, conversation_id, direction, kind, text, content, status, created_at
+           FROM whatsapp_messages WHERE tenant_id = $1 AND wa_id = ANY($2)
+          ORDER BY created_at, id",
+    )
+    .bind(tenant)
+    .bind(&wa_ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let parties: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT CASE direction WHEN 'outbound' THEN to_number ELSE from_number END
+           FROM calls WHERE tenant_id = $1 AND direction IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(&state.pool)
+    .await?;
+    let parties: Vec<String> = parties
+        .into_iter()
+        .filter(|n| events::personal::subject_id("contact", tenant, n) == subject.id)
+        .collect();
+    let calls = sqlx::query_as(
+        "SELECT call_sid, direction, from_number, to_number, status, duration_secs,
+                recording_url, started_at
+           FROM calls
+          WHERE tenant_id = $1
+            AND CASE direction WHEN 'outbound' THEN to_number ELSE from_number END = ANY($2)
+          ORDER BY started_at, id",
+    )
+    .bind(tenant)
+    .bind(&parties)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok((contacts, messages, calls))
 }
 
 /// The subject's threads with their messages: those whose customer they are (found as the

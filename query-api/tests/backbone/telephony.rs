@@ -1311,8 +1311,21 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
         assert!(!stored.contains(clear), "{clear} in clear");
     }
 
-    // Erased: their calls, SMS thread and webhooks read [erased]; the other's stay.
+    // Their export holds their calls and SMS thread.
     let subject = events::personal::subject_id("contact", &phone.tenant, CALLER);
+    let export_url = phone
+        .query
+        .url(&format!("/v1/privacy/subjects/{subject}/export"));
+    let export = phone.env.get_json(&export_url, &phone.admin).await;
+    let calls = export["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(calls.len(), 1, "{export}");
+    assert_eq!(calls[0]["from_number"], CALLER);
+    assert_eq!(
+        export["threads"][0]["messages"][0]["text"],
+        "Hello, is the shop open?"
+    );
+
+    // Erased: their calls, SMS thread and webhooks read [erased]; the other's stay.
     let erase = phone
         .env
         .http
@@ -1335,6 +1348,10 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(redacted["recording_url"], "[erased]");
     assert_eq!(redacted["duration_secs"], 30);
     assert_eq!(call_of("CAkept").await["from_number"], OTHER);
+    let export = phone.env.get_json(&export_url, &phone.admin).await;
+    // Their number is gone: nothing leads to their calls any more.
+    assert_eq!(export["calls"], json!([]), "{export}");
+    assert_eq!(export["threads"][0]["messages"][0]["text"], "[erased]");
     let root = phone.env.super_admin();
     for id in &webhooks[..2] {
         let url = phone.query.url(&format!("/v1/webhooks/{id}"));

@@ -2198,8 +2198,27 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
         .await;
     assert_eq!(m["content"]["latitude"], 48.8583701, "{m}");
 
-    // Erased: the read models forget them; the other contact stays.
+    // Their export holds their WhatsApp profile and messages, in clear.
     let subject = events::whatsapp::contact_subject(&wa.tenant, CONTACT).expect("a subject");
+    let export_url = wa
+        .query
+        .url(&format!("/v1/privacy/subjects/{subject}/export"));
+    let export = wa.env.get_json(&export_url, &wa.admin).await;
+    assert_eq!(
+        export["whatsapp_contacts"][0]["profile_name"], "Sheena Nelson",
+        "{export}"
+    );
+    let texts = |export: &Value| -> Vec<Value> {
+        export["whatsapp_messages"]
+            .as_array()
+            .map(|m| m.iter().map(|m| m["text"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert!(texts(&export).contains(&json!("I live at 12 Quai Branly")));
+    assert!(texts(&export).contains(&json!("Noted, Sheena")));
+    assert!(!texts(&export).contains(&json!("Gunther keeps this")));
+
+    // Erased: the read models forget them; the other contact stays.
     let erase = wa
         .env
         .http
@@ -2234,6 +2253,9 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
         })
         .await;
     assert_eq!(kept["wa_id"], OTHER);
+    let export = wa.env.get_json(&export_url, &wa.admin).await;
+    assert_eq!(export["whatsapp_contacts"], json!([]), "{export}");
+    assert!(texts(&export).iter().all(|t| t == "[erased]"), "{export}");
     // What the webhooks kept reads the same: theirs erased, the other's in clear.
     let wa_ref = &wa;
     let webhook = |i: usize| {
