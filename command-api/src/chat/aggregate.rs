@@ -949,6 +949,9 @@ impl Thread {
             return Ok(vec![]);
         }
         let attachment = attachment(raw_attachment, tenant)?;
+        let attachment = self
+            .sealed_attachment(d, &author, attachment, false)
+            .await?;
         // What a contact sent arrives as sent, even blank (an SMS of spaces): the
         // provider delivered it, and staff should see that it came.
         let text = self.sealed(d, &author, text(&raw, true)?).await?;
@@ -995,6 +998,28 @@ impl Thread {
             .map_err(ThreadError::from)
     }
 
+    /// `attachment` with its file name sealed as a text is ([`Thread::sealed`]): a file's
+    /// name says something about the person too. With `keep_sealed`, a name sealed already
+    /// (a scheduled message's, as it is delivered) stays; a name a caller gives is always
+    /// sealed, whatever it looks like.
+    async fn sealed_attachment(
+        &self,
+        d: &Decision<'_>,
+        author: &Party,
+        attachment: Option<Attachment>,
+        keep_sealed: bool,
+    ) -> Result<Option<Attachment>, ThreadError> {
+        let Some(mut attachment) = attachment else {
+            return Ok(None);
+        };
+        attachment.name = match attachment.name.take() {
+            Some(name) if keep_sealed && events::personal::is_sealed(&name) => Some(name),
+            Some(name) => Some(self.sealed(d, author, name).await?),
+            None => None,
+        };
+        Ok(Some(attachment))
+    }
+
     /// Records a message a participant or staff member sent.
     async fn send(
         &self,
@@ -1030,6 +1055,9 @@ impl Thread {
         let attachment = attachment(raw_attachment, tenant)?;
         let text = self
             .sealed(d, &author, text(&raw, attachment.is_some())?)
+            .await?;
+        let attachment = self
+            .sealed_attachment(d, &author, attachment, false)
             .await?;
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
@@ -1129,6 +1157,9 @@ impl Thread {
         let author = party(actor);
         let text = self
             .sealed(d, &author, text(&raw, attachment.is_some())?)
+            .await?;
+        let attachment = self
+            .sealed_attachment(d, &author, attachment, false)
             .await?;
         Ok(vec![ThreadEvent::MessageScheduled {
             scheduled_id,
@@ -1235,6 +1266,9 @@ impl Thread {
             text if text.is_empty() || events::personal::is_sealed(text) => text.clone(),
             text => self.sealed(d, &scheduled.author, text.clone()).await?,
         };
+        let attachment = self
+            .sealed_attachment(d, &scheduled.author, scheduled.attachment.clone(), true)
+            .await?;
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
             message_id,
@@ -1242,7 +1276,7 @@ impl Thread {
             author: scheduled.author.clone(),
             client_message_id: None,
             text,
-            attachment: scheduled.attachment.clone(),
+            attachment,
             scheduled_id: Some(scheduled_id),
             at,
         });
@@ -1801,6 +1835,67 @@ mod tests {
         .await;
         assert!(
             matches!(&later[..], [ThreadEvent::MessageScheduled { text, .. }] if *text == for_customer("reminder"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_attachments_file_name_is_sealed_as_its_text_is_whatever_it_looks_like() {
+        let given = vec![opened()];
+        let for_customer = |text: &str| format!("sealed[{TENANT}/phone:phone-1]{text}");
+        let file = |name: &str| Attachment {
+            object_key: format!("tenants/{TENANT}/media/scan.pdf"),
+            content_type: "application/pdf".into(),
+            name: Some(name.into()),
+            size_bytes: 10,
+        };
+        // A name that looks sealed is a name like any other: sealed too.
+        let lookalike = format!("pii1.{}.{}.AAAA", uuid::Uuid::nil(), uuid::Uuid::nil());
+        for name in ["passport-ana.pdf", lookalike.as_str()] {
+            let events = sealed_events(
+                &given,
+                cmd(
+                    customer(),
+                    minutes(1),
+                    Action::Send {
+                        message_id: "m1".into(),
+                        client_message_id: None,
+                        text: String::new(),
+                        attachment: Some(file(name)),
+                    },
+                ),
+            )
+            .await;
+            let [ThreadEvent::MessageSent {
+                attachment: Some(sent),
+                ..
+            }] = &events[..]
+            else {
+                panic!("sent: {events:?}");
+            };
+            assert_eq!(sent.name, Some(for_customer(name)));
+            assert_eq!(
+                sent.object_key,
+                file(name).object_key,
+                "the key stays in clear"
+            );
+        }
+        let later = sealed_events(
+            &given,
+            cmd(
+                agent(),
+                minutes(1),
+                Action::Schedule {
+                    scheduled_id: "s1".into(),
+                    text: "see attached".into(),
+                    attachment: Some(file("invoice.pdf")),
+                    due_at: minutes(60),
+                },
+            ),
+        )
+        .await;
+        assert!(
+            matches!(&later[..], [ThreadEvent::MessageScheduled { attachment: Some(a), .. }]
+            if a.name == Some(for_customer("invoice.pdf")))
         );
     }
 

@@ -274,33 +274,48 @@ async fn seal_batch(
     let mut positions = Vec::new();
     let mut payloads = Vec::new();
     for mut row in rows {
-        let field = if row.event_type == "Opened" {
-            "subject"
-        } else {
-            "text"
+        // The subject line, a text, and a file's name (sealed as the text is).
+        let pointers: &[&str] = match row.event_type.as_str() {
+            "Opened" => &["/subject"],
+            "MessageSent" | "MessageScheduled" => &["/text", "/attachment/name"],
+            _ => &["/text"],
         };
         let body = &row.payload[&row.event_type];
-        let Some(text) = in_clear(body.get(field).and_then(Value::as_str)).map(str::to_owned)
-        else {
+        let clear: Vec<(&str, String)> = pointers
+            .iter()
+            .filter_map(|p| {
+                let text = in_clear(body.pointer(p).and_then(Value::as_str))?;
+                Some((*p, text.to_owned()))
+            })
+            .collect();
+        if clear.is_empty() {
             continue;
-        };
+        }
         let Some((person, tenant)) = owners.owner(&row, body).await? else {
             continue;
         };
-        let value = match seal(keyring, &tenant, &person, &text).await? {
-            Outcome::Sealed(sealed) => sealed,
-            Outcome::Erased => {
-                done.erased += 1;
-                ERASED.to_owned()
+        let mut changed = false;
+        for (pointer, text) in clear {
+            let value = match seal(keyring, &tenant, &person, &text).await? {
+                Outcome::Sealed(sealed) => sealed,
+                Outcome::Erased => {
+                    done.erased += 1;
+                    ERASED.to_owned()
+                }
+                Outcome::Refused => {
+                    done.refused += 1;
+                    continue;
+                }
+            };
+            if let Some(slot) = row.payload[&row.event_type].pointer_mut(pointer) {
+                *slot = Value::String(value);
+                changed = true;
             }
-            Outcome::Refused => {
-                done.refused += 1;
-                continue;
-            }
-        };
-        row.payload[&row.event_type][field] = Value::String(value);
-        positions.push(row.global_position);
-        payloads.push(row.payload);
+        }
+        if changed {
+            positions.push(row.global_position);
+            payloads.push(row.payload);
+        }
     }
     Ok((positions, payloads))
 }
@@ -348,11 +363,15 @@ async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
         };
         let mut touched = false;
         for (scheduled_id, entry) in scheduled.iter_mut() {
-            if in_clear(entry["text"].as_str()).is_none() {
+            let pointers = ["/text", "/attachment/name"];
+            let clear = |entry: &Value, p: &str| {
+                in_clear(entry.pointer(p).and_then(Value::as_str)).is_some()
+            };
+            if !pointers.iter().any(|p| clear(entry, p)) {
                 continue;
             }
-            let recorded: Option<String> = sqlx::query_scalar(
-                "SELECT payload->'MessageScheduled'->>'text' FROM events
+            let recorded: Option<Value> = sqlx::query_scalar(
+                "SELECT payload->'MessageScheduled' FROM events
                   WHERE aggregate_type = 'thread' AND aggregate_id = $1
                     AND event_type = 'MessageScheduled'
                     AND payload->'MessageScheduled'->>'scheduled_id' = $2
@@ -362,9 +381,18 @@ async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
             .bind(scheduled_id)
             .fetch_optional(pool)
             .await?;
-            if let Some(text) = recorded.filter(|t| is_sealed(t) || t == ERASED) {
-                entry["text"] = Value::String(text);
-                touched = true;
+            let Some(recorded) = recorded else { continue };
+            for pointer in pointers {
+                let sealed = recorded
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .filter(|t| is_sealed(t) || *t == ERASED);
+                if let (Some(sealed), true) = (sealed, clear(entry, pointer)) {
+                    if let Some(slot) = entry.pointer_mut(pointer) {
+                        *slot = Value::String(sealed.to_owned());
+                        touched = true;
+                    }
+                }
             }
         }
         if touched {

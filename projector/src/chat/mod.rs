@@ -690,17 +690,26 @@ pub async fn redact_subject(
         "WITH theirs AS (
              SELECT id FROM chat_threads WHERE tenant_id = $1 AND customer_id = ANY($2)),
          messages AS (
-             UPDATE chat_messages m SET text = $4
+             -- A file's name is theirs too (sealed as the text is).
+             UPDATE chat_messages m
+                SET text = CASE WHEN m.text <> '' THEN $4 ELSE m.text END,
+                    attachment = CASE WHEN m.attachment->>'name' IS NOT NULL
+                                      THEN jsonb_set(m.attachment, '{name}', to_jsonb($4::text))
+                                      ELSE m.attachment END
                FROM chat_threads t
-              WHERE t.id = m.thread_id AND m.text <> ''
+              WHERE t.id = m.thread_id AND (m.text <> '' OR m.attachment->>'name' IS NOT NULL)
                 AND (t.id IN (SELECT id FROM theirs)
                      OR (t.customer_id IS NULL AND m.author_kind = 'agent'
                          AND m.author_id = ANY($3)))
              RETURNING m.thread_id),
          scheduled AS (
-             UPDATE chat_scheduled s SET text = $4
+             UPDATE chat_scheduled s
+                SET text = CASE WHEN s.text <> '' THEN $4 ELSE s.text END,
+                    attachment = CASE WHEN s.attachment->>'name' IS NOT NULL
+                                      THEN jsonb_set(s.attachment, '{name}', to_jsonb($4::text))
+                                      ELSE s.attachment END
                FROM chat_threads t
-              WHERE t.id = s.thread_id AND s.text <> ''
+              WHERE t.id = s.thread_id AND (s.text <> '' OR s.attachment->>'name' IS NOT NULL)
                 AND (t.id IN (SELECT id FROM theirs)
                      OR (t.customer_id IS NULL AND s.author_id = ANY($3)))
              RETURNING s.thread_id)

@@ -1036,6 +1036,15 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
             &carl_thread,
             sent("c1", 1, phone(&carl), "Carl escribió esto"),
         ),
+        (
+            &ana_thread,
+            json!({"MessageSent": {"message_id": "m3", "number": 3, "author": phone(&ana),
+                "client_message_id": null, "text": "",
+                "attachment": {"object_key": "tenants/t/uploads/a.pdf",
+                               "content_type": "application/pdf",
+                               "name": "pasaporte-ana.pdf", "size_bytes": 10},
+                "scheduled_id": null, "at": at}}),
+        ),
     ];
     for (thread, event) in &history {
         env.append_raw("thread", thread, tenant, event.clone())
@@ -1043,9 +1052,9 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
             .expect("appended");
     }
     // A snapshot taken before sealing keeps Ana's scheduled text in clear: command-api,
-    // snapshotting every 6 events, takes one at the next message (the 6th).
+    // snapshotting every 7 events, takes one at the next message (the 7th).
     let mut config = env.command_config();
-    config.snapshot_every = 6;
+    config.snapshot_every = 7;
     let api = env.spawn_command_api(config).await;
     let customer = env.phone_user(tenant, &ana);
     let written = post(
@@ -1080,8 +1089,8 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
         .expect("transformed");
     assert_eq!(
         (done.events, done.erased, done.snapshots, done.refused),
-        (8, 2, 1, 0),
-        "Ana's 5, the staff note, Carl's 2 as [erased]"
+        (9, 2, 1, 0),
+        "Ana's 6 (one a file's name), the staff note, Carl's 2 as [erased]"
     );
     assert_eq!(
         event_rows(&env).await,
@@ -1108,6 +1117,7 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
         "Nota interna",
         "Carl",
         "Mensaje nuevo",
+        "pasaporte-ana",
     ] {
         assert!(!store.contains(plain), "{plain:?} in clear in the store");
         assert!(
@@ -1185,8 +1195,26 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
             (staff_thread.clone(), "Bienvenido".to_owned(), None),
             (carl_thread.clone(), ERASED.to_owned(), None),
             (carl_thread.clone(), ERASED.to_owned(), None),
+            (ana_thread.clone(), String::new(), None),
             (ana_thread.clone(), "Mensaje nuevo".to_owned(), ana_subject),
         ]
+    );
+    let named: Value = sqlx::query_scalar(
+        "SELECT payload->'MessageSent'->'attachment'->'name' FROM events
+          WHERE aggregate_id = $1 AND payload->'MessageSent'->>'message_id' = 'm3'",
+    )
+    .bind(&ana_thread)
+    .fetch_one(&env.pool)
+    .await
+    .expect("the file's name");
+    let name = named.as_str().unwrap_or_default();
+    assert_eq!(
+        events::personal::SealedField::parse(name).map(|f| f.subject),
+        ana_subject
+    );
+    assert_eq!(
+        keyring.open(name).await.expect("opened"),
+        "pasaporte-ana.pdf"
     );
     // Once is enough: a second run finds nothing, and an update outside the transform is
     // refused as ever.
@@ -2090,4 +2118,66 @@ async fn the_stores_transform_seals_staff_emails_for_each_member_and_their_snaps
         .await
         .expect("transformed");
     assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn an_attachments_file_name_is_sealed_for_the_customer_and_erased_with_them() {
+    use crate::chat::{open_thread, post};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "named").await;
+    let ana = env.phone_user(&tenant, "phone-ana");
+    let (thread, _) = open_thread(&env, &api, &ana, json!({})).await;
+    let file = json!({"object_key": format!("tenants/{tenant}/uploads/scan.pdf"),
+                      "content_type": "application/pdf", "name": "passport-ana-garcia.pdf",
+                      "size_bytes": 2048});
+    let sent = post(
+        &env,
+        &api,
+        &ana,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "", "attachment": file}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+    assert!(
+        !store_text(&env).await.contains("passport-ana"),
+        "the name is sealed in the store"
+    );
+    let admin = env.admin_of(&tenant);
+    let url = query.url(&format!("/v1/chat/threads/{thread}/messages"));
+    let name_is = |expected: &'static str| {
+        let (env, url, admin) = (&env, &url, &admin);
+        async move {
+            crate::support::eventually(Duration::from_secs(20), expected, || async {
+                let page: Value = env.get_json(url, admin).await;
+                (page["items"][0]["attachment"]["name"] == expected).then_some(())
+            })
+            .await
+        }
+    };
+    name_is("passport-ana-garcia.pdf").await;
+    let subject = events::personal::subject_id("phone_user", &tenant, "phone-ana");
+    let erased = post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/privacy/subjects/{subject}/erase"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    name_is("[erased]").await;
+    projector.abort();
+    projector::rebuild::rebuild(&env.pool, &projector::chat::ChatProjection, &env.keyring())
+        .await
+        .expect("rebuild");
+    name_is("[erased]").await;
+    query.stop().await;
+    api.stop().await;
 }
