@@ -25,6 +25,24 @@ pub fn sms_id(sid: &str, number: &str) -> String {
     format!("{sid}@{number}")
 }
 
+/// The other party of an SMS or a call as the platform names them — the SMS inbox's sender,
+/// a thread's contact, the data subject their personal data is sealed for: a number with
+/// `tel:`, spaces and the usual separators (`-`, `.`, `(`, `)`) dropped, so every spelling
+/// of one number is one person; anything else (an alphanumeric sender id) trimmed.
+pub fn party_address(raw: &str) -> String {
+    let trimmed = raw.trim();
+    let compact: String = trimmed
+        .trim_start_matches("tel:")
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if !compact.is_empty() && compact.bytes().all(|b| b == b'+' || b.is_ascii_digit()) {
+        compact
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// Something that happened to a phone number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,4 +224,24 @@ pub fn call_status_rank(status: &str) -> Option<u8> {
         "completed" | "busy" | "failed" | "no-answer" | "canceled" => 3,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_number_is_one_party() {
+        for raw in [
+            "+33622222222",
+            "tel:+33622222222",
+            " +33 6 22 22 22 22 ",
+            "+33-622-222-222",
+            "+33 (6) 22.22.22.22",
+        ] {
+            assert_eq!(party_address(raw), "+33622222222", "{raw}");
+        }
+        assert_eq!(party_address(" ACME Bank "), "ACME Bank");
+        assert_eq!(party_address("72345"), "72345");
+    }
 }

@@ -1261,14 +1261,7 @@ impl Thread {
                 at,
             }]);
         }
-        // A text scheduled before sealing is sealed as it is sent, as any text is.
-        let text = match &scheduled.text {
-            text if text.is_empty() || events::personal::is_sealed(text) => text.clone(),
-            text => self.sealed(d, &scheduled.author, text.clone()).await?,
-        };
-        let attachment = self
-            .sealed_attachment(d, &scheduled.author, scheduled.attachment.clone(), true)
-            .await?;
+        let (text, attachment) = self.sealed_scheduled(d, scheduled).await?;
         let mut events = self.reopening(at);
         events.push(ThreadEvent::MessageSent {
             message_id,
@@ -1281,6 +1274,23 @@ impl Thread {
             at,
         });
         Ok(events)
+    }
+
+    /// The text and file of `scheduled` as it is delivered: sealed as any message is (one
+    /// scheduled before sealing is sealed now; one sealed then stays as it is).
+    async fn sealed_scheduled(
+        &self,
+        d: &Decision<'_>,
+        scheduled: &Scheduled,
+    ) -> Result<(String, Option<Attachment>), ThreadError> {
+        let text = match &scheduled.text {
+            text if text.is_empty() || events::personal::is_sealed(text) => text.clone(),
+            text => self.sealed(d, &scheduled.author, text.clone()).await?,
+        };
+        let attachment = self
+            .sealed_attachment(d, &scheduled.author, scheduled.attachment.clone(), true)
+            .await?;
+        Ok((text, attachment))
     }
 
     /// Records that a scheduled message could not be delivered (the scheduler only).

@@ -12,13 +12,15 @@
 
 use std::collections::HashMap;
 
-use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
+use events::keyring::{Keyring, Subject, SubjectKind};
 use events::personal::{is_sealed, ERASED};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::store::{in_clear, write_batch, TransformError, Transformed};
+use super::store::{
+    in_clear, seal_text, write_changed, Pages, Stored, TransformError, Transformed,
+};
 
 /// The kinds of conversation event with personal fields.
 const PERSONAL_EVENTS: &[&str] = &[
@@ -27,15 +29,6 @@ const PERSONAL_EVENTS: &[&str] = &[
     "MessageQueued",
     "MessageRevised",
 ];
-
-/// A stored conversation event.
-#[derive(sqlx::FromRow)]
-struct Row {
-    global_position: i64,
-    aggregate_id: String,
-    event_type: String,
-    payload: Value,
-}
 
 /// The JSON pointers (within an event's body) of the personal values of an event of type
 /// `event_type`: what the conversation aggregate seals.
@@ -111,39 +104,22 @@ pub(super) async fn seal_conversations(
         pool,
         known: HashMap::new(),
     };
-    let mut after = 0_i64;
-    loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT global_position, aggregate_id, event_type, payload FROM events
-              WHERE aggregate_type = 'whatsapp_conversation' AND event_type = ANY($3)
-                AND global_position > $1
-              ORDER BY global_position
-              LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .bind(PERSONAL_EVENTS)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.global_position;
-        let mut positions = Vec::new();
-        let mut payloads = Vec::new();
+    let mut pages = Pages::new(pool, &["whatsapp_conversation"], PERSONAL_EVENTS, batch);
+    while let Some(rows) = pages.next().await? {
+        let mut changed = Vec::new();
         for mut row in rows {
             let contact = contacts.of(&row.aggregate_id).await?;
             if seal_row(&mut row, contact, keyring, done).await? {
-                positions.push(row.global_position);
-                payloads.push(row.payload);
+                changed.push(row);
             }
         }
-        if !positions.is_empty() {
-            done.events += write_batch(pool, &positions, &payloads).await?;
-            tracing::info!(
-                events = done.events,
-                position = after,
-                "sealing WhatsApp conversations' personal fields"
-            );
-        }
+        write_changed(
+            pool,
+            changed,
+            done,
+            "WhatsApp conversations' personal fields",
+        )
+        .await?;
     }
     done.snapshots += seal_snapshots(pool).await?;
     Ok(())
@@ -152,7 +128,7 @@ pub(super) async fn seal_conversations(
 /// Seals the personal values of `row` in clear for `contact` (`[erased]` when they were
 /// erased); true when it changed.
 async fn seal_row(
-    row: &mut Row,
+    row: &mut Stored,
     contact: Option<(String, Uuid)>,
     keyring: &Keyring,
     done: &mut Transformed,
@@ -177,18 +153,10 @@ async fn seal_row(
                     kind: SubjectKind::Contact,
                     tenant_id: tenant,
                 };
-                match keyring.seal(subject, &text).await {
-                    Ok(sealed) => sealed,
-                    Err(KeyError::Erased) => {
-                        done.erased += 1;
-                        ERASED.to_owned()
-                    }
-                    Err(KeyError::OtherTenant) => {
-                        done.refused += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(TransformError::Key(e)),
-                }
+                let Some(sealed) = seal_text(keyring, subject, &text, done).await? else {
+                    continue;
+                };
+                sealed
             }
             None => {
                 done.erased += 1;

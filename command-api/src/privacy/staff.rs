@@ -4,20 +4,11 @@
 //! snapshots that keep it take it as their event now holds it.
 
 use events::identity::PLATFORM_TENANT;
-use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
-use events::personal::ERASED;
+use events::keyring::{Keyring, Subject, SubjectKind};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::store::{in_clear, write_batch, TransformError, Transformed};
-
-/// A stored `Created` event of an admin user.
-#[derive(sqlx::FromRow)]
-struct Row {
-    global_position: i64,
-    aggregate_id: String,
-    payload: Value,
-}
+use super::store::{in_clear, seal_text, write_changed, Pages, TransformError, Transformed};
 
 /// Seals the staff e-mails still in clear, `batch` events per transaction.
 pub(super) async fn seal_staff(
@@ -26,23 +17,9 @@ pub(super) async fn seal_staff(
     batch: i64,
     done: &mut Transformed,
 ) -> Result<(), TransformError> {
-    let mut after = 0_i64;
-    loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT global_position, aggregate_id, payload FROM events
-              WHERE aggregate_type = 'admin_user' AND event_type = 'Created'
-                AND global_position > $1
-              ORDER BY global_position
-              LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.global_position;
-        let mut positions = Vec::new();
-        let mut payloads = Vec::new();
+    let mut pages = Pages::new(pool, &["admin_user"], &["Created"], batch);
+    while let Some(rows) = pages.next().await? {
+        let mut changed = Vec::new();
         for mut row in rows {
             let created = &row.payload["Created"];
             let Some(email) = created["email"].as_str().and_then(|e| in_clear(Some(e))) else {
@@ -51,36 +28,17 @@ pub(super) async fn seal_staff(
             let Ok(id) = uuid::Uuid::try_parse(&row.aggregate_id) else {
                 continue;
             };
-            let tenant = created["tenant_id"].as_str().unwrap_or(PLATFORM_TENANT);
             let subject = Subject {
                 id,
                 kind: SubjectKind::AdminUser,
-                tenant_id: tenant,
+                tenant_id: created["tenant_id"].as_str().unwrap_or(PLATFORM_TENANT),
             };
-            let sealed = match keyring.seal(subject, email).await {
-                Ok(sealed) => sealed,
-                Err(KeyError::Erased) => {
-                    done.erased += 1;
-                    ERASED.to_owned()
-                }
-                Err(KeyError::OtherTenant) => {
-                    done.refused += 1;
-                    continue;
-                }
-                Err(e) => return Err(TransformError::Key(e)),
-            };
-            row.payload["Created"]["email"] = Value::String(sealed);
-            positions.push(row.global_position);
-            payloads.push(row.payload);
+            if let Some(sealed) = seal_text(keyring, subject, email, done).await? {
+                row.payload["Created"]["email"] = Value::String(sealed);
+                changed.push(row);
+            }
         }
-        if !positions.is_empty() {
-            done.events += write_batch(pool, &positions, &payloads).await?;
-            tracing::info!(
-                events = done.events,
-                position = after,
-                "sealing staff e-mails"
-            );
-        }
+        write_changed(pool, changed, done, "staff e-mails").await?;
     }
     done.snapshots += sqlx::query(
         "UPDATE snapshots s SET payload = jsonb_set(s.payload, '{email}',

@@ -60,12 +60,115 @@ pub enum TransformError {
 
 /// A stored event the transform reads.
 #[derive(sqlx::FromRow)]
-struct Row {
-    global_position: i64,
-    aggregate_id: String,
-    event_type: String,
-    payload: Value,
-    tenant_id: String,
+pub(super) struct Stored {
+    /// Where it is in the store.
+    pub(super) global_position: i64,
+    /// Its stream.
+    pub(super) aggregate_id: String,
+    /// Its type (the key of its payload).
+    pub(super) event_type: String,
+    /// Its payload, rewritten in place.
+    pub(super) payload: Value,
+    /// Its tenant (metadata).
+    pub(super) tenant_id: String,
+}
+
+/// The stored events of some kinds, page by page in position order: what each part of the
+/// transform walks.
+pub(super) struct Pages<'a> {
+    pool: &'a PgPool,
+    /// Their aggregate types.
+    aggregate_types: &'a [&'a str],
+    /// Their event types.
+    event_types: &'a [&'a str],
+    /// The last position read.
+    after: i64,
+    /// Events per page.
+    batch: i64,
+}
+
+impl<'a> Pages<'a> {
+    /// The events of `aggregate_types` whose type is one of `event_types`, `batch` a page.
+    pub(super) fn new(
+        pool: &'a PgPool,
+        aggregate_types: &'a [&'a str],
+        event_types: &'a [&'a str],
+        batch: i64,
+    ) -> Self {
+        Self {
+            pool,
+            aggregate_types,
+            event_types,
+            after: 0,
+            batch,
+        }
+    }
+
+    /// The next page; `None` once every event was read.
+    pub(super) async fn next(&mut self) -> Result<Option<Vec<Stored>>, sqlx::Error> {
+        let rows: Vec<Stored> = sqlx::query_as(
+            "SELECT global_position, aggregate_id, event_type, payload,
+                    coalesce(metadata->>'tenant_id', '') AS tenant_id
+               FROM events
+              WHERE aggregate_type = ANY($3) AND event_type = ANY($4)
+                AND global_position > $1
+              ORDER BY global_position
+              LIMIT $2",
+        )
+        .bind(self.after)
+        .bind(self.batch)
+        .bind(self.aggregate_types)
+        .bind(self.event_types)
+        .fetch_all(self.pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(None);
+        };
+        self.after = last.global_position;
+        Ok(Some(rows))
+    }
+}
+
+/// `text` sealed for `subject` as the transform writes it: sealed, or `[erased]` when the
+/// subject was erased before (counted); `None` when the subject id is another tenant's
+/// (left as it is, counted as refused).
+pub(super) async fn seal_text(
+    keyring: &Keyring,
+    subject: Subject<'_>,
+    text: &str,
+    done: &mut Transformed,
+) -> Result<Option<String>, TransformError> {
+    match keyring.seal(subject, text).await {
+        Ok(sealed) => Ok(Some(sealed)),
+        Err(KeyError::Erased) => {
+            done.erased += 1;
+            Ok(Some(ERASED.to_owned()))
+        }
+        Err(KeyError::OtherTenant) => {
+            done.refused += 1;
+            Ok(None)
+        }
+        Err(e) => Err(TransformError::Key(e)),
+    }
+}
+
+/// Writes the rewritten events `changed` (one transaction), counts them, and says so.
+pub(super) async fn write_changed(
+    pool: &PgPool,
+    changed: Vec<Stored>,
+    done: &mut Transformed,
+    what: &'static str,
+) -> Result<(), TransformError> {
+    let Some(last) = changed.last().map(|e| e.global_position) else {
+        return Ok(());
+    };
+    let (positions, payloads): (Vec<i64>, Vec<Value>) = changed
+        .into_iter()
+        .map(|e| (e.global_position, e.payload))
+        .unzip();
+    done.events += write_batch(pool, &positions, &payloads).await?;
+    tracing::info!(events = done.events, position = last, "sealing {what}");
+    Ok(())
 }
 
 /// Whose each thread's texts are, as the thread aggregate decides it, read from the store
@@ -143,7 +246,7 @@ impl Owners<'_> {
     /// customer, or a subject line there).
     async fn owner(
         &mut self,
-        row: &Row,
+        row: &Stored,
         body: &Value,
     ) -> Result<Option<(Party, String)>, sqlx::Error> {
         let customer = if row.event_type == "Opened" {
@@ -177,39 +280,6 @@ impl Owners<'_> {
     }
 }
 
-/// How a field came out.
-enum Outcome {
-    /// Sealed for its subject.
-    Sealed(String),
-    /// Its subject was erased: `[erased]`.
-    Erased,
-    /// Its subject id is another tenant's: left as it is.
-    Refused,
-}
-
-/// Seals `text` for `person` of `tenant`.
-async fn seal(
-    keyring: &Keyring,
-    tenant: &str,
-    person: &Party,
-    text: &str,
-) -> Result<Outcome, TransformError> {
-    let Some((id, kind)) = subject_of(tenant, person) else {
-        return Ok(Outcome::Refused);
-    };
-    let subject = Subject {
-        id,
-        kind,
-        tenant_id: tenant,
-    };
-    match keyring.seal(subject, text).await {
-        Ok(sealed) => Ok(Outcome::Sealed(sealed)),
-        Err(KeyError::Erased) => Ok(Outcome::Erased),
-        Err(KeyError::OtherTenant) => Ok(Outcome::Refused),
-        Err(e) => Err(TransformError::Key(e)),
-    }
-}
-
 /// A text still in clear: not empty, not sealed, not already `[erased]`.
 pub(super) fn in_clear(text: Option<&str>) -> Option<&str> {
     text.filter(|t| !t.is_empty() && !is_sealed(t) && *t != ERASED)
@@ -227,34 +297,11 @@ pub async fn seal_store(
         customers: HashMap::new(),
         homes: HashMap::new(),
     };
-    let mut after = 0_i64;
-    loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT global_position, aggregate_id, event_type, payload,
-                    metadata->>'tenant_id' AS tenant_id
-               FROM events
-              WHERE aggregate_type = 'thread'
-                AND event_type IN ('Opened', 'MessageSent', 'MessageEdited', 'MessageScheduled')
-                AND global_position > $1
-              ORDER BY global_position
-              LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.global_position;
-        let (positions, payloads) = seal_batch(rows, keyring, &mut owners, &mut done).await?;
-        if positions.is_empty() {
-            continue;
-        }
-        done.events += write_batch(pool, &positions, &payloads).await?;
-        tracing::info!(
-            events = done.events,
-            position = after,
-            "sealing the store's personal fields"
-        );
+    let kinds = ["Opened", "MessageSent", "MessageEdited", "MessageScheduled"];
+    let mut pages = Pages::new(pool, &["thread"], &kinds, batch);
+    while let Some(rows) = pages.next().await? {
+        let changed = seal_batch(rows, keyring, &mut owners, &mut done).await?;
+        write_changed(pool, changed, &mut done, "threads' texts").await?;
     }
     done.snapshots = seal_snapshots(pool).await?;
     super::conversations::seal_conversations(pool, keyring, batch, &mut done).await?;
@@ -264,15 +311,14 @@ pub async fn seal_store(
     Ok(done)
 }
 
-/// The rows of `rows` with a field to seal, sealed: their positions and new payloads.
+/// The rows of `rows` with a field to seal, sealed.
 async fn seal_batch(
-    rows: Vec<Row>,
+    rows: Vec<Stored>,
     keyring: &Keyring,
     owners: &mut Owners<'_>,
     done: &mut Transformed,
-) -> Result<(Vec<i64>, Vec<Value>), TransformError> {
-    let mut positions = Vec::new();
-    let mut payloads = Vec::new();
+) -> Result<Vec<Stored>, TransformError> {
+    let mut changed = Vec::new();
     for mut row in rows {
         // The subject line, a text, and a file's name (sealed as the text is).
         let pointers: &[&str] = match row.event_type.as_str() {
@@ -294,35 +340,35 @@ async fn seal_batch(
         let Some((person, tenant)) = owners.owner(&row, body).await? else {
             continue;
         };
-        let mut changed = false;
+        let Some((id, kind)) = subject_of(&tenant, &person) else {
+            done.refused += 1;
+            continue;
+        };
+        let mut touched = false;
         for (pointer, text) in clear {
-            let value = match seal(keyring, &tenant, &person, &text).await? {
-                Outcome::Sealed(sealed) => sealed,
-                Outcome::Erased => {
-                    done.erased += 1;
-                    ERASED.to_owned()
-                }
-                Outcome::Refused => {
-                    done.refused += 1;
-                    continue;
-                }
+            let subject = Subject {
+                id,
+                kind,
+                tenant_id: &tenant,
+            };
+            let Some(value) = seal_text(keyring, subject, &text, done).await? else {
+                continue;
             };
             if let Some(slot) = row.payload[&row.event_type].pointer_mut(pointer) {
                 *slot = Value::String(value);
-                changed = true;
+                touched = true;
             }
         }
-        if changed {
-            positions.push(row.global_position);
-            payloads.push(row.payload);
+        if touched {
+            changed.push(row);
         }
     }
-    Ok((positions, payloads))
+    Ok(changed)
 }
 
 /// Writes the new `payloads` of the events at `positions` in one transaction that declares
 /// the transform (the only update the append-only trigger lets through); returns how many.
-pub(super) async fn write_batch(
+async fn write_batch(
     pool: &PgPool,
     positions: &[i64],
     payloads: &[Value],

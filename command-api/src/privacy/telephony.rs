@@ -3,24 +3,16 @@
 //! as the telephony context now seals them ([`crate::telephony::personal`]); and the SMS
 //! snapshots that keep a received text take it as their event now holds it.
 
-use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
+use events::keyring::{Keyring, Subject, SubjectKind};
 use events::personal::{SealedField, ERASED};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::store::{in_clear, write_batch, TransformError, Transformed};
+use super::store::{
+    in_clear, seal_text, write_changed, Pages, Stored, TransformError, Transformed,
+};
 use crate::telephony::personal::{call_counterpart, contact};
-
-/// A stored SMS or call event.
-#[derive(sqlx::FromRow)]
-struct Row {
-    global_position: i64,
-    aggregate_id: String,
-    event_type: String,
-    payload: Value,
-    tenant_id: String,
-}
 
 /// The person a party's number names: the one it is sealed for, or the contact of the
 /// number in clear; `None` when it is empty or already `[erased]`.
@@ -35,13 +27,17 @@ fn party(tenant: &str, number: &str) -> Option<Uuid> {
 /// The other party of event `row` and the pointers (in its body) of what is theirs.
 async fn personal(
     pool: &PgPool,
-    row: &Row,
+    row: &Stored,
 ) -> Result<Option<(Uuid, Vec<&'static str>)>, sqlx::Error> {
     let body = &row.payload[&row.event_type];
     let text = |field: &str| body[field].as_str().unwrap_or_default().to_owned();
     let found = match row.event_type.as_str() {
         "SmsReceived" => party(&row.tenant_id, &text("from")).map(|p| (p, vec!["/from", "/body"])),
-        "DeliveryStatusChanged" => party(&row.tenant_id, &text("to")).map(|p| (p, vec!["/to"])),
+        // A status of one the tenant's number is receiving names its sender.
+        "DeliveryStatusChanged" => match body["status"].as_str() {
+            Some("receiving") => party(&row.tenant_id, &text("from")).map(|p| (p, vec!["/from"])),
+            _ => party(&row.tenant_id, &text("to")).map(|p| (p, vec!["/to"])),
+        },
         "CallStatusChanged" => {
             let field = match body["direction"].as_str() {
                 Some("outbound") => "to",
@@ -69,42 +65,21 @@ pub(super) async fn seal_telephony(
     batch: i64,
     done: &mut Transformed,
 ) -> Result<(), TransformError> {
-    let mut after = 0_i64;
-    loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT global_position, aggregate_id, event_type, payload,
-                    metadata->>'tenant_id' AS tenant_id
-               FROM events
-              WHERE ((aggregate_type = 'sms'
-                      AND event_type IN ('SmsReceived', 'DeliveryStatusChanged'))
-                     OR (aggregate_type = 'call'
-                         AND event_type IN ('CallStatusChanged', 'CallRecorded')))
-                AND global_position > $1
-              ORDER BY global_position
-              LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.global_position;
-        let mut positions = Vec::new();
-        let mut payloads = Vec::new();
+    let kinds = [
+        "SmsReceived",
+        "DeliveryStatusChanged",
+        "CallStatusChanged",
+        "CallRecorded",
+    ];
+    let mut pages = Pages::new(pool, &["sms", "call"], &kinds, batch);
+    while let Some(rows) = pages.next().await? {
+        let mut changed = Vec::new();
         for mut row in rows {
             if seal_row(pool, &mut row, keyring, done).await? {
-                positions.push(row.global_position);
-                payloads.push(row.payload);
+                changed.push(row);
             }
         }
-        if !positions.is_empty() {
-            done.events += write_batch(pool, &positions, &payloads).await?;
-            tracing::info!(
-                events = done.events,
-                position = after,
-                "sealing SMS and calls' personal fields"
-            );
-        }
+        write_changed(pool, changed, done, "SMS and calls' personal fields").await?;
     }
     done.snapshots += seal_snapshots(pool).await?;
     Ok(())
@@ -114,7 +89,7 @@ pub(super) async fn seal_telephony(
 /// when it changed.
 async fn seal_row(
     pool: &PgPool,
-    row: &mut Row,
+    row: &mut Stored,
     keyring: &Keyring,
     done: &mut Transformed,
 ) -> Result<bool, TransformError> {
@@ -135,17 +110,8 @@ async fn seal_row(
         let Some(text) = value.as_str().and_then(|t| in_clear(Some(t))) else {
             continue;
         };
-        let sealed = match keyring.seal(contact, text).await {
-            Ok(sealed) => sealed,
-            Err(KeyError::Erased) => {
-                done.erased += 1;
-                ERASED.to_owned()
-            }
-            Err(KeyError::OtherTenant) => {
-                done.refused += 1;
-                continue;
-            }
-            Err(e) => return Err(TransformError::Key(e)),
+        let Some(sealed) = seal_text(keyring, contact, text, done).await? else {
+            continue;
         };
         *value = Value::String(sealed);
         changed = true;

@@ -4,21 +4,12 @@
 //! ([`crate::webhooks::provider::WebhookProvider::data_subject`]); and the webhook
 //! snapshots that keep it take the value their event now holds.
 
-use events::keyring::{KeyError, Keyring, Subject, SubjectKind};
-use events::personal::ERASED;
+use events::keyring::{Keyring, Subject, SubjectKind};
 use events::webhooks::Provider;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::store::{write_batch, TransformError, Transformed};
-
-/// A stored `Received` event kept in clear.
-#[derive(sqlx::FromRow)]
-struct Row {
-    global_position: i64,
-    payload: Value,
-    tenant_id: String,
-}
+use super::store::{in_clear, seal_text, write_changed, Pages, TransformError, Transformed};
 
 /// Seals the kept payloads about a person still in clear, `batch` events per transaction.
 pub(super) async fn seal_webhooks(
@@ -27,56 +18,43 @@ pub(super) async fn seal_webhooks(
     batch: i64,
     done: &mut Transformed,
 ) -> Result<(), TransformError> {
-    let mut after = 0_i64;
-    loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT global_position, payload, metadata->>'tenant_id' AS tenant_id FROM events
-              WHERE aggregate_type = 'webhook' AND event_type = 'Received'
-                AND jsonb_typeof(payload->'Received'->'payload') = 'object'
-                AND global_position > $1
-              ORDER BY global_position
-              LIMIT $2",
-        )
-        .bind(after)
-        .bind(batch)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.global_position;
-        let mut positions = Vec::new();
-        let mut payloads = Vec::new();
+    let mut pages = Pages::new(pool, &["webhook"], &["Received"], batch);
+    while let Some(rows) = pages.next().await? {
+        let mut changed = Vec::new();
         for mut row in rows {
-            let kept = &mut row.payload["Received"];
-            let Some(sealed) = sealed(pool, kept, &row.tenant_id, keyring, done).await? else {
+            let received = &row.payload["Received"];
+            // Sealed whole, a kept payload is a string; in clear, an object.
+            if !received["payload"].is_object() {
+                continue;
+            }
+            let Some((sealed, digest)) =
+                sealed(pool, received, &row.tenant_id, keyring, done).await?
+            else {
                 continue;
             };
-            kept["payload"] = Value::String(sealed);
-            positions.push(row.global_position);
-            payloads.push(row.payload);
+            row.payload["Received"]["payload"] = Value::String(sealed);
+            if let Some(digest) = digest {
+                row.payload["Received"]["body_sha256"] = Value::String(digest);
+            }
+            changed.push(row);
         }
-        if !positions.is_empty() {
-            done.events += write_batch(pool, &positions, &payloads).await?;
-            tracing::info!(
-                events = done.events,
-                position = after,
-                "sealing webhooks' personal payloads"
-            );
-        }
+        write_changed(pool, changed, done, "webhooks' personal payloads").await?;
     }
     done.snapshots += seal_snapshots(pool).await?;
     Ok(())
 }
 
 /// The kept payload of `received` (a `Received` event's body) sealed for the person it is
-/// about at `tenant`, or `[erased]`; `None` when it is about nobody (or its provider is not
-/// one this version knows).
+/// about at `tenant`, or `[erased]`, with the body's digest sealed likewise (a guess of the
+/// body's personal values could be checked against it); `None` when it is about nobody (or
+/// its provider is not one this version knows).
 async fn sealed(
     pool: &PgPool,
     received: &Value,
     tenant: &str,
     keyring: &Keyring,
     done: &mut Transformed,
-) -> Result<Option<String>, TransformError> {
+) -> Result<Option<(String, Option<String>)>, TransformError> {
     let provider: Option<Provider> = serde_json::from_value(received["provider"].clone()).ok();
     let Some(provider) = crate::Contexts::webhook_providers()
         .iter()
@@ -93,18 +71,17 @@ async fn sealed(
         kind: SubjectKind::Contact,
         tenant_id: tenant,
     };
-    match keyring.seal(contact, &payload.to_string()).await {
-        Ok(sealed) => Ok(Some(sealed)),
-        Err(KeyError::Erased) => {
-            done.erased += 1;
-            Ok(Some(ERASED.to_owned()))
-        }
-        Err(KeyError::OtherTenant) => {
-            done.refused += 1;
-            Ok(None)
-        }
-        Err(e) => Err(TransformError::Key(e)),
-    }
+    let Some(sealed) = seal_text(keyring, contact, &payload.to_string(), done).await? else {
+        return Ok(None);
+    };
+    let digest = match received["body_sha256"]
+        .as_str()
+        .and_then(|d| in_clear(Some(d)))
+    {
+        Some(digest) => seal_text(keyring, contact, digest, done).await?,
+        None => None,
+    };
+    Ok(Some((sealed, digest)))
 }
 
 /// Gives the webhook snapshots that keep a payload in clear which their `Received` event

@@ -128,6 +128,24 @@ pub enum SmsReport {
     },
 }
 
+impl SmsReport {
+    /// Whether a status is of a message the tenant's number is receiving (`receiving`):
+    /// its sender is the other party, not its recipient.
+    pub fn inbound_status(status: &str) -> bool {
+        status == "receiving"
+    }
+
+    /// The other party: the sender of a message the tenant's number receives, the
+    /// recipient of one it sent.
+    pub fn other_party(&self) -> &str {
+        match self {
+            SmsReport::Received { from, .. } => from,
+            SmsReport::Status { status, from, .. } if Self::inbound_status(status) => from,
+            SmsReport::Status { to, .. } => to,
+        }
+    }
+}
+
 /// A callback about an SMS, from webhook `webhook_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmsCommand {

@@ -171,7 +171,7 @@ pub fn identify(payload: &Value) -> Result<Identity, NotProviderShaped> {
             .or(field(payload, "MessageStatus"))
             .ok_or(NotProviderShaped("an SMS callback has a status"))?;
         // Per number: a message id reused for another number is another message.
-        let number = if status == "received" {
+        let number = if status == "received" || SmsReport::inbound_status(status) {
             field(payload, "To")
         } else {
             field(payload, "From")
@@ -267,9 +267,14 @@ pub fn read(payload: &Value) -> Callback {
                 },
             };
         }
+        // The tenant's number: the recipient of one it is receiving, else the sender.
+        let number = match SmsReport::inbound_status(&status) {
+            true => to.clone(),
+            false => from.clone(),
+        };
         return Callback::Sms {
             sid,
-            number: from.clone(),
+            number,
             report: SmsReport::Status {
                 status,
                 error_code: text("ErrorCode"),
@@ -374,10 +379,25 @@ mod tests {
             ("From", "+15550002"),
             ("To", "+15550001"),
         ]));
-        let Callback::Sms { number, .. } = read(&payload) else {
+        let Callback::Sms { number, report, .. } = read(&payload) else {
             panic!("an sms")
         };
         assert_eq!(number, "+15550002");
+        assert_eq!(report.other_party(), "+15550001", "whom it was sent to");
+        // A message the tenant's number is receiving: its sender is the other party.
+        let payload = form_payload(&params(&[
+            ("MessageSid", "SM3"),
+            ("SmsStatus", "receiving"),
+            ("From", "+15550009"),
+            ("To", "+15550001"),
+        ]));
+        let Callback::Sms { number, report, .. } = read(&payload) else {
+            panic!("an sms")
+        };
+        assert_eq!(number, "+15550001");
+        assert_eq!(report.other_party(), "+15550009");
+        let identity = identify(&payload).expect("an sms");
+        assert_eq!(identity.provider_event_id, "sms:SM3:receiving:+15550001");
     }
 
     #[test]

@@ -12,9 +12,12 @@ use uuid::Uuid;
 
 use super::aggregate::{CallCommand, SmsReport};
 
-/// The contact of `tenant` with number `number` (none for an empty number).
+/// The contact of `tenant` with number `number`, however it is spelled
+/// ([`events::telephony::party_address`]: the inbox's sender, their thread's customer);
+/// none for an empty number.
 pub fn contact(tenant: &str, number: &str) -> Option<Uuid> {
-    (!number.is_empty()).then(|| events::personal::subject_id("contact", tenant, number))
+    let address = events::telephony::party_address(number);
+    (!address.is_empty()).then(|| events::personal::subject_id("contact", tenant, &address))
 }
 
 /// Seals texts for one contact.
@@ -46,63 +49,32 @@ impl Sealer<'_> {
 pub async fn sealed_report(
     keyring: &Keyring,
     tenant: &str,
-    report: SmsReport,
+    mut report: SmsReport,
 ) -> Result<SmsReport, KeyError> {
-    Ok(match report {
-        SmsReport::Received {
-            from,
-            to,
-            body,
-            media_count,
-            media,
-        } => {
-            let Some(subject) = contact(tenant, &from) else {
-                return Ok(SmsReport::Received {
-                    from,
-                    to,
-                    body,
-                    media_count,
-                    media,
-                });
-            };
-            let sealer = Sealer {
-                keyring,
-                tenant,
-                subject,
-            };
-            SmsReport::Received {
-                from: sealer.seal(from).await?,
-                to,
-                body: sealer.seal(body).await?,
-                media_count,
-                media,
-            }
+    let Some(subject) = contact(tenant, report.other_party()) else {
+        return Ok(report);
+    };
+    let sealer = Sealer {
+        keyring,
+        tenant,
+        subject,
+    };
+    match &mut report {
+        SmsReport::Received { from, body, .. } => {
+            *from = sealer.seal(std::mem::take(from)).await?;
+            *body = sealer.seal(std::mem::take(body)).await?;
         }
         SmsReport::Status {
-            status,
-            error_code,
-            from,
-            to,
+            status, from, to, ..
         } => {
-            let to = match contact(tenant, &to) {
-                Some(subject) => {
-                    let sealer = Sealer {
-                        keyring,
-                        tenant,
-                        subject,
-                    };
-                    sealer.seal(to).await?
-                }
-                None => to,
+            let party = match SmsReport::inbound_status(status) {
+                true => from,
+                false => to,
             };
-            SmsReport::Status {
-                status,
-                error_code,
-                from,
-                to,
-            }
+            *party = sealer.seal(std::mem::take(party)).await?;
         }
-    })
+    }
+    Ok(report)
 }
 
 /// `command` with the other party's number and the recording link sealed for them: the

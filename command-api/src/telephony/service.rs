@@ -62,19 +62,8 @@ pub(crate) fn sms_thread_id(tenant: &str, from: &str, n: u32) -> String {
 /// to 11 letters, digits, spaces and `.-&_`, at least one letter), as carriers allow; none
 /// for anything else (empty, far too long, other characters).
 pub fn sender(raw: &str) -> Option<String> {
-    let compact: String = raw
-        .trim()
-        .trim_start_matches("tel:")
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        .collect();
-    if crate::chat::values::contact(&compact, Channel::Sms)
-        && compact.bytes().all(|b| b == b'+' || b.is_ascii_digit())
-    {
-        return Some(compact);
-    }
-    let name = raw.trim();
-    crate::chat::values::contact(name, Channel::Sms).then(|| name.to_owned())
+    let address = events::telephony::party_address(raw);
+    crate::chat::values::contact(&address, Channel::Sms).then_some(address)
 }
 
 /// Delivers an inbound SMS into the contact's SMS thread of `tenant` (one per sender, opened
@@ -460,33 +449,9 @@ impl Item<'_> {
             Ok(sms) => sms,
             Err(_) => return Processing::Retry("event store unavailable".into()),
         };
-        // What the thread gets: the message as recorded, or as it arrives now (its files
-        // fetched first, so the event names them).
-        let inbound = match &report {
-            SmsReport::Received { .. } if sms.received() => {
-                let (body, media) = sms.content();
-                let from = match &report {
-                    SmsReport::Received { from, .. } => from.clone(),
-                    SmsReport::Status { .. } => String::new(),
-                };
-                // Recorded sealed for the sender (docs/privacy.md).
-                let body = match state.keyring.open(body).await {
-                    Ok(body) if body == events::personal::ERASED => return erased(),
-                    Ok(body) => body,
-                    Err(_) => return Processing::Retry("data keys unavailable".into()),
-                };
-                Some((from, body, media.to_vec()))
-            }
-            SmsReport::Received {
-                from, body, media, ..
-            } => {
-                let stored = match fetch_media(state, tenant, &stream, media).await {
-                    Ok(stored) => stored,
-                    Err(retry) => return retry,
-                };
-                Some((from.clone(), body.clone(), stored))
-            }
-            SmsReport::Status { .. } => None,
+        let inbound = match self.inbound(&sms, &stream, &report).await {
+            Ok(inbound) => inbound,
+            Err(processing) => return processing,
         };
         let report = match super::personal::sealed_report(&state.keyring, tenant, report).await {
             Ok(report) => report,
@@ -526,6 +491,34 @@ impl Item<'_> {
             (recorded, _) => recorded,
         };
         self.verdict(outcome)
+    }
+
+    /// What the thread gets of a received SMS: the message as recorded (its text opened:
+    /// sealed for the sender, docs/privacy.md), or as it arrives now (its files fetched
+    /// first, so the event names them); none for a status.
+    async fn inbound(
+        &self,
+        sms: &super::aggregate::Sms,
+        stream: &str,
+        report: &SmsReport,
+    ) -> Result<Option<(String, String, Vec<Attachment>)>, Processing> {
+        let SmsReport::Received {
+            from, body, media, ..
+        } = report
+        else {
+            return Ok(None);
+        };
+        if sms.received() {
+            let (recorded, media) = sms.content();
+            let body = match self.state.keyring.open(recorded).await {
+                Ok(body) if body == events::personal::ERASED => return Err(erased()),
+                Ok(body) => body,
+                Err(_) => return Err(Processing::Retry("data keys unavailable".into())),
+            };
+            return Ok(Some((from.clone(), body, media.to_vec())));
+        }
+        let stored = fetch_media(self.state, self.tenant, stream, media).await?;
+        Ok(Some((from.clone(), body.clone(), stored)))
     }
 
     /// A call's status or recording: recorded on the call.

@@ -100,24 +100,16 @@ impl WebhookProvider for SignalwireWebhooks {
         tenant: &str,
         payload: &Value,
     ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
-        use super::aggregate::SmsReport;
         use events::telephony::Direction;
         use interpret::Callback;
         let number = match interpret::read(payload) {
-            Callback::Sms {
-                report: SmsReport::Received { from, .. },
-                ..
-            }
-            | Callback::Call {
+            Callback::Sms { report, .. } => report.other_party().to_owned(),
+            Callback::Call {
                 direction: Direction::Inbound,
                 from,
                 ..
             } => from,
-            Callback::Sms {
-                report: SmsReport::Status { to, .. },
-                ..
-            }
-            | Callback::Call {
+            Callback::Call {
                 direction: Direction::Outbound,
                 to,
                 ..

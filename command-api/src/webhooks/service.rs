@@ -300,21 +300,26 @@ pub(crate) async fn receive_item(
         ActorKind::Anonymous,
     );
     let mut kept = provider.retained(&payload);
+    let mut digest = verify::hex_sha256(body);
     let subject = provider
         .data_subject(&state.pool, &tenant, &kept)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
+    // About a person: the kept payload, and the body's digest (which a guess of the body's
+    // personal values could be checked against), sealed for them.
     if let Some(subject) = subject {
-        kept = sealed_payload(state, &tenant, subject, &kept).await?;
+        kept = sealed_text(state, &tenant, subject, &kept.to_string())
+            .await?
+            .into();
+        digest = sealed_text(state, &tenant, subject, &digest).await?;
     }
-
     let command = WebhookCommand::Receive {
         provider: kind,
         provider_event_id: identity.provider_event_id,
         event_type: identity.event_type,
         payment_id: identity.payment_id,
         payload: kept,
-        body_sha256: Some(verify::hex_sha256(body)),
+        body_sha256: Some(digest),
         at: state.clock.now(),
     };
     let c = state
@@ -326,21 +331,21 @@ pub(crate) async fn receive_item(
     Ok((id, c.appended == 0))
 }
 
-/// `payload` sealed whole, as its JSON text, for contact `subject` of `tenant`
+/// `text` (a kept payload's JSON text, a digest) sealed for contact `subject` of `tenant`
 /// (docs/privacy.md); `[erased]` when they were erased (nothing of theirs is kept again).
-async fn sealed_payload(
+async fn sealed_text(
     state: &AppState,
     tenant: &str,
     subject: uuid::Uuid,
-    payload: &serde_json::Value,
-) -> Result<serde_json::Value, Problem> {
+    text: &str,
+) -> Result<String, Problem> {
     let contact = events::keyring::Subject {
         id: subject,
         kind: events::keyring::SubjectKind::Contact,
         tenant_id: tenant,
     };
-    match state.keyring.seal(contact, &payload.to_string()).await {
-        Ok(sealed) => Ok(serde_json::Value::String(sealed)),
+    match state.keyring.seal(contact, text).await {
+        Ok(sealed) => Ok(sealed),
         Err(events::keyring::KeyError::Erased) => Ok(events::personal::ERASED.into()),
         Err(e) => Err(Problem::unavailable(&e)),
     }

@@ -65,6 +65,8 @@ pub trait History: Send + Sync {
     ) -> Result<String, ConversationError>;
     /// The text `text` holds: opened when sealed (`[erased]` once its key is gone).
     async fn open(&self, text: &str) -> Result<String, String>;
+    /// True when data subject `subject` was erased.
+    async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String>;
 }
 
 /// The services of the conversation aggregate.
@@ -644,6 +646,41 @@ impl Conversation {
     }
 }
 
+/// The events of a thread reply whose contact was erased since it was written: queued with
+/// its texts `[erased]` and failed at once (`subject_erased`), so its agent sees it will not
+/// go out. Nothing of the contact is in them.
+fn withheld_reply(events: Vec<ConversationEvent>, at: DateTime<Utc>) -> Vec<ConversationEvent> {
+    let Some(ConversationEvent::MessageQueued {
+        message_id,
+        author,
+        content,
+        thread_id,
+        at: queued_at,
+    }) = events
+        .into_iter()
+        .find(|e| matches!(e, ConversationEvent::MessageQueued { .. }))
+    else {
+        return Vec::new();
+    };
+    let refused = ConversationError::ContactErased;
+    vec![
+        ConversationEvent::MessageQueued {
+            message_id: message_id.clone(),
+            author,
+            content: super::personal::withheld(&content),
+            thread_id: thread_id.clone(),
+            at: queued_at,
+        },
+        ConversationEvent::MessageFailed {
+            message_id,
+            thread_id,
+            code: refused.code().to_owned(),
+            reason: refused.to_string(),
+            at,
+        },
+    ]
+}
+
 /// The platform's id a status command names, if any.
 fn command_callback(command: &ConversationCommand) -> Option<&str> {
     match command {
@@ -968,18 +1005,44 @@ impl Conversation {
             _ => return Ok(view),
         };
         let state = view.as_ref().unwrap_or(self);
-        let sealed = state
-            .content(message_id)
-            .filter(|c| super::personal::outbound_sealed(c));
-        let Some(content) = sealed else {
+        let Some(content) = state.content(message_id) else {
             return Ok(view);
         };
+        // Its contact was erased: nothing about them is decided any more.
+        if !super::personal::outbound_sealed(content) {
+            return match self.erased_in(content, services).await? {
+                true => Err(ConversationError::ContactErased),
+                false => Ok(view),
+            };
+        }
         let opened = super::personal::open_outbound(content, services).await?;
+        if self.erased_in(&opened, services).await? {
+            return Err(ConversationError::ContactErased);
+        }
         let mut view = view.unwrap_or_else(|| self.clone());
         if let Some(out) = view.outbound.get_mut(message_id) {
             out.content = Some(opened);
         }
         Ok(Some(view))
+    }
+
+    /// Whether `content` (opened) reads `[erased]` because its contact was erased (a reply
+    /// recorded as never sent, a text whose key is gone), not because someone wrote that.
+    async fn erased_in(
+        &self,
+        content: &Outbound,
+        services: &ConversationServices,
+    ) -> Result<bool, ConversationError> {
+        if !super::personal::outbound_erased(content) {
+            return Ok(false);
+        }
+        match self.contact_subject() {
+            Some(contact) => services
+                .is_erased(contact)
+                .await
+                .map_err(ConversationError::Unavailable),
+            None => Ok(true),
+        }
     }
 
     /// Why the rules refuse sending `content` now, if they do.
@@ -1554,6 +1617,16 @@ impl Aggregate for Conversation {
         let recalled = self.recalled(&command, history).await?;
         let view = self.opened(recalled, &command, history).await?;
         let state = view.as_ref().unwrap_or(self);
+        // A thread reply (recorded even when refused) whose contact was erased since it was
+        // written is recorded as never sent, its texts `[erased]`, so its agent sees why.
+        let reply = match &command {
+            ConversationCommand::Queue {
+                record_refusal: true,
+                at,
+                ..
+            } => Some(*at),
+            _ => None,
+        };
         let events = state.decide(command)?;
         // The contact: the conversation's, or, for its first event, the one it starts with.
         let (tenant, subject) = match events.first() {
@@ -1565,7 +1638,12 @@ impl Aggregate for Conversation {
             ),
             _ => (self.tenant_id.clone(), self.contact_subject()),
         };
-        let events = super::personal::seal(events, &tenant, subject, history).await?;
+        let events = match super::personal::seal(events.clone(), &tenant, subject, history).await {
+            Err(ConversationError::ContactErased) if self.started && reply.is_some() => {
+                withheld_reply(events, reply.unwrap_or_default())
+            }
+            sealed => sealed?,
+        };
         for event in events {
             sink.write(event, self).await;
         }
@@ -1652,6 +1730,7 @@ mod tests {
     use chrono::TimeZone;
     use cqrs_es::test::TestFramework;
     use events::chat::PartyKind;
+    use events::personal::ERASED;
 
     use super::*;
 
@@ -1812,6 +1891,10 @@ mod tests {
         async fn open(&self, text: &str) -> Result<String, String> {
             Ok(text.to_owned())
         }
+
+        async fn is_erased(&self, _subject: uuid::Uuid) -> Result<bool, String> {
+            Ok(false)
+        }
     }
 
     /// [`PastEvents`] that seal as `pii1.{subject}.{nil}.{text}` (and open that again), and
@@ -1851,11 +1934,17 @@ mod tests {
             }
         }
 
+        /// A field of an erased contact reads `[erased]`, as once their keys are gone.
         async fn open(&self, text: &str) -> Result<String, String> {
-            Ok(match events::personal::is_sealed(text) {
-                true => text.splitn(4, '.').nth(3).unwrap_or_default().to_owned(),
-                false => text.to_owned(),
+            Ok(match events::personal::SealedField::parse(text) {
+                Some(f) if self.erased.contains(&f.subject) => ERASED.to_owned(),
+                Some(_) => text.splitn(4, '.').nth(3).unwrap_or_default().to_owned(),
+                None => text.to_owned(),
             })
+        }
+
+        async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String> {
+            Ok(self.erased.contains(&subject))
         }
     }
 
@@ -1991,6 +2080,44 @@ mod tests {
             .given(given.to_vec())
             .when(claim(t0()))
             .then_expect_events(vec![attempted(1, t0())]);
+        // The same message again: refused as erased, not as another message.
+        sealing_over(&given, vec![contact()])
+            .given(given.to_vec())
+            .when(queue(text("Hi"), t0()))
+            .then_expect_error(ConversationError::ContactErased);
+    }
+
+    #[test]
+    fn a_thread_reply_forwarded_after_its_contact_was_erased_is_recorded_as_never_sent() {
+        let given = [started_sealed(), received("in1", t0())];
+        let mut reply = queue(text("See you, Kerry"), t0());
+        if let ConversationCommand::Queue { record_refusal, .. } = &mut reply {
+            *record_refusal = true;
+        }
+        let refused = ConversationError::ContactErased;
+        sealing_over(&given, vec![contact()])
+            .given(given.to_vec())
+            .when(reply.clone())
+            .then_expect_events(vec![
+                queued(text(ERASED), t0()),
+                ConversationEvent::MessageFailed {
+                    message_id: "out1".into(),
+                    thread_id: Some("th1".into()),
+                    code: "subject_erased".into(),
+                    reason: refused.to_string(),
+                    at: t0(),
+                },
+            ]);
+        // Forwarded again: refused, nothing more recorded.
+        let given = [
+            started_sealed(),
+            received("in1", t0()),
+            queued(text(ERASED), t0()),
+        ];
+        sealing_over(&given, vec![contact()])
+            .given(given.to_vec())
+            .when(reply)
+            .then_expect_error(ConversationError::ContactErased);
     }
 
     /// [`started`] as recorded since the contact's id is sealed.

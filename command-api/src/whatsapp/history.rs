@@ -96,6 +96,15 @@ impl History for PgHistory {
     async fn open(&self, text: &str) -> Result<String, String> {
         self.keyring.open(text).await.map_err(|e| e.to_string())
     }
+
+    async fn is_erased(&self, subject: uuid::Uuid) -> Result<bool, String> {
+        Ok(self
+            .keyring
+            .subject(subject)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some_and(|known| known.erased))
+    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,10 @@ use events::chat::{Channel, Party, PartyKind};
 use events::http::{AuthUser, Json, Problem, RequestIds};
 use events::whatsapp::MediaKind;
 use events::whatsapp::{
-    cloud_message, conversation_id, session_id, ConversationEvent, Credentials, Outbound,
-    Transport, WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
+    conversation_id, session_id, ConversationEvent, Credentials, Outbound, Transport,
+    WHATSAPP_CONVERSATION, WHATSAPP_SESSION,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -25,7 +24,7 @@ use super::aggregate::{
     ConversationCommand, ConversationError, Parties, ReplyChange, SendResult, SendState, Session,
     SessionCommand, SessionError,
 };
-use super::service::{self, check_template, history, refusal, upload_for_attempt};
+use super::service::{self, check_template, history, upload_for_attempt};
 use crate::chat::aggregate::ThreadError;
 use crate::chat::services::Directory;
 use crate::http::error::DomainProblem;
@@ -742,14 +741,9 @@ async fn claim(
         let stands = where_it_stands(&state, &conversation, &message).await?;
         return Ok(Json(ClaimAnswer::wait(c.version, stands)).into_response());
     };
-    let is_file = matches!(current.content(&message), Some(Outbound::File { .. }));
-    let (media_id, refused) = refusal(usable, upload, is_file);
-    let opened = match refused {
-        Some(result) => Err(result),
-        None => service::opened_message(&state, &current, &message).await?,
-    };
-    let (to, content) = match opened {
-        Ok(opened) => opened,
+    let request = service::provider_request(&state, &current, &message, usable, upload).await?;
+    let request = match request {
+        Ok(request) => request,
         Err(result) => {
             let report = Refused {
                 conversation: &conversation,
@@ -761,10 +755,6 @@ async fn claim(
             return Ok(Json(answer).into_response());
         }
     };
-    let mut request = cloud_message(&to, &content, &message);
-    if let (Outbound::File { kind, .. }, Some(media_id)) = (&content, media_id) {
-        request[kind.as_str()]["id"] = json!(media_id);
-    }
     Ok(Json(ClaimAnswer::Send {
         send: true,
         version: c.version,

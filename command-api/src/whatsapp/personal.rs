@@ -4,7 +4,7 @@
 //! way to the store ([`seal`]), and the few decisions that compare with a past message's
 //! content open it first ([`open_outbound`]).
 
-use events::personal::is_sealed;
+use events::personal::{is_sealed, ERASED};
 use events::whatsapp::{ConversationEvent, Outbound};
 use uuid::Uuid;
 
@@ -36,6 +36,23 @@ pub fn outbound_sealed(content: &Outbound) -> bool {
     texts_mut(&mut content.clone())
         .into_iter()
         .any(|t| is_sealed(t))
+}
+
+/// Whether `content` (opened) reads `[erased]`: its contact was erased.
+pub fn outbound_erased(content: &Outbound) -> bool {
+    texts_mut(&mut content.clone())
+        .into_iter()
+        .any(|t| t == ERASED)
+}
+
+/// `content` with every personal text `[erased]` (its kind, file and template name kept):
+/// what is recorded of a reply that was never sent because its contact was erased.
+pub fn withheld(content: &Outbound) -> Outbound {
+    let mut withheld = content.clone();
+    for text in texts_mut(&mut withheld) {
+        *text = ERASED.to_owned();
+    }
+    withheld
 }
 
 /// `content` with its personal texts opened (`[erased]` once the contact's keys are gone).
@@ -96,7 +113,7 @@ pub async fn seal(
                 sealer.text(text).await?;
                 // The provider's object, sealed whole as its JSON text: every value in it
                 // (a location's coordinates as much as a caption) is the contact's.
-                if !content.is_null() && !content.as_str().is_some_and(is_sealed) {
+                if !content.is_null() {
                     let mut json = content.to_string();
                     sealer.text(&mut json).await?;
                     if is_sealed(&json) {
@@ -127,9 +144,10 @@ struct Sealer<'a> {
 }
 
 impl Sealer<'_> {
-    /// Seals `text` in place (not when empty or sealed already).
+    /// Seals `text` in place (an empty text says nothing: it stays). Whatever it looks
+    /// like: the events it is in were decided from plain text.
     async fn text(&self, text: &mut String) -> Result<(), ConversationError> {
-        if text.is_empty() || is_sealed(text) {
+        if text.is_empty() {
             return Ok(());
         }
         *text = self

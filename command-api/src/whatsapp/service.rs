@@ -311,10 +311,7 @@ pub(crate) async fn receive_message(
     profile_name: Option<String>,
     metadata: &Metadata,
 ) -> Result<String, Processing> {
-    let retry = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, webhook_id, "could not record a WhatsApp message");
-        Processing::Retry("event store unavailable".into())
-    };
+    let retry = |e: &dyn std::fmt::Display| not_recorded(webhook_id, e);
     let conversation = conversation_id(tenant, session, &m.from);
     let message_id = inbound_message_id(session, &m.wamid);
     let conversations = &state.ctx.whatsapp.conversations;
@@ -364,33 +361,83 @@ pub(crate) async fn receive_message(
         }
         Err(e) => return Err(retry(&e)),
     }
-    let actor = Actor::System {
-        component: "whatsapp".into(),
-    };
-    match open_whatsapp_thread(state, &thread, tenant, &contact, &actor, at, metadata).await {
-        Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
-        Err(e) => return Err(retry(&e)),
-    }
-    let receive = ThreadCommand {
-        thread_id: thread.clone(),
-        actor,
+    let delivery = IntoThread {
+        state,
+        tenant,
+        thread,
+        contact,
+        message_id,
+        text,
         at,
-        action: Action::Receive {
-            from: contact,
-            channel: Channel::Whatsapp,
-            message_id: message_id.clone(),
-            text,
-            attachment: None,
-        },
+        metadata,
     };
-    let threads = &state.ctx.chat.threads;
-    match threads.execute(&thread, None, receive, metadata).await {
-        Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
-        Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(retry(&e)),
-        Err(CommandError::Rejected(e)) => Ok(format!(
-            "MessageReceived; not shown in thread {thread}: {e}"
-        )),
-        Err(e) => Err(retry(&e)),
+    delivery.deliver(webhook_id).await
+}
+
+/// A WhatsApp message that could not be recorded for now: retried.
+fn not_recorded(webhook_id: &str, e: &dyn std::fmt::Display) -> Processing {
+    tracing::warn!(error = %e, webhook_id, "could not record a WhatsApp message");
+    Processing::Retry("event store unavailable".into())
+}
+
+/// A contact's message, recorded in its conversation, on its way into their thread.
+struct IntoThread<'a> {
+    state: &'a AppState,
+    tenant: &'a str,
+    /// The thread (opened if new).
+    thread: String,
+    /// The contact, its customer.
+    contact: Party,
+    message_id: String,
+    /// What the thread shows.
+    text: String,
+    at: chrono::DateTime<chrono::Utc>,
+    metadata: &'a Metadata,
+}
+
+impl IntoThread<'_> {
+    /// Opens the thread if new and delivers the message into it (a repeat names the same).
+    async fn deliver(self, webhook_id: &str) -> Result<String, Processing> {
+        let retry = |e: &dyn std::fmt::Display| not_recorded(webhook_id, e);
+        let (state, thread, at) = (self.state, self.thread, self.at);
+        let actor = Actor::System {
+            component: "whatsapp".into(),
+        };
+        let opened = open_whatsapp_thread(
+            state,
+            &thread,
+            self.tenant,
+            &self.contact,
+            &actor,
+            at,
+            self.metadata,
+        )
+        .await;
+        match opened {
+            Ok(_) | Err(CommandError::Rejected(ThreadError::AlreadyExists)) => {}
+            Err(e) => return Err(retry(&e)),
+        }
+        let receive = ThreadCommand {
+            thread_id: thread.clone(),
+            actor,
+            at,
+            action: Action::Receive {
+                from: self.contact,
+                channel: Channel::Whatsapp,
+                message_id: self.message_id,
+                text: self.text,
+                attachment: None,
+            },
+        };
+        let threads = &state.ctx.chat.threads;
+        match threads.execute(&thread, None, receive, self.metadata).await {
+            Ok(_) => Ok(format!("MessageReceived in thread {thread}")),
+            Err(CommandError::Rejected(e @ ThreadError::Unavailable(_))) => Err(retry(&e)),
+            Err(CommandError::Rejected(e)) => Ok(format!(
+                "MessageReceived; not shown in thread {thread}: {e}"
+            )),
+            Err(e) => Err(retry(&e)),
+        }
     }
 }
 
@@ -874,6 +921,33 @@ pub(crate) async fn upload_for_attempt(
             .await
         }
     })
+}
+
+/// The Cloud API request that sends outbound message `message` of `conversation` just
+/// claimed (to the contact's number, its texts opened, a file by the media id `upload`
+/// gave), or what the attempt is refused with: a session no longer `usable`, an upload
+/// refused or missing, a contact erased since.
+pub(crate) async fn provider_request(
+    state: &AppState,
+    conversation: &Conversation,
+    message: &str,
+    usable: bool,
+    upload: Option<Result<String, SendResult>>,
+) -> Result<Result<Value, SendResult>, Problem> {
+    let is_file = matches!(conversation.content(message), Some(Outbound::File { .. }));
+    let (media_id, refused) = refusal(usable, upload, is_file);
+    if let Some(result) = refused {
+        return Ok(Err(result));
+    }
+    let (to, content) = match opened_message(state, conversation, message).await? {
+        Ok(opened) => opened,
+        Err(result) => return Ok(Err(result)),
+    };
+    let mut request = events::whatsapp::cloud_message(&to, &content, message);
+    if let (Outbound::File { kind, .. }, Some(media_id)) = (&content, media_id) {
+        request[kind.as_str()]["id"] = serde_json::json!(media_id);
+    }
+    Ok(Ok(request))
 }
 
 /// Outbound message `message` of `conversation` as it is sent: to the contact's number,

@@ -101,10 +101,20 @@ impl WebhookProvider for WhatsappWebhooks {
     /// The contact: a message's sender, a status's recipient.
     async fn data_subject(
         &self,
-        _pool: &sqlx::PgPool,
+        pool: &sqlx::PgPool,
         tenant: &str,
         payload: &Value,
     ) -> Result<Option<Uuid>, sqlx::Error> {
+        // A status of a message the platform sent is about that message's contact, whatever
+        // id WhatsApp reports the recipient under.
+        let callback = payload
+            .pointer("/status/biz_opaque_callback_data")
+            .and_then(Value::as_str);
+        if let Some(message) = callback {
+            if let Some(contact) = contact_of_message(pool, tenant, message).await? {
+                return Ok(Some(contact));
+            }
+        }
         let contact = payload
             .pointer("/message/from")
             .or(payload.pointer("/status/recipient_id"))
@@ -394,4 +404,28 @@ async fn bridge_ingestion(
     request: WebhookRequest,
 ) -> Result<Response, Problem> {
     WHATSAPP.deliver(&state, request).await
+}
+
+/// The contact of the conversation of `tenant` that queued outbound message `message_id`,
+/// if there is one: named by its `Started` event (their sealed id names them).
+async fn contact_of_message(
+    pool: &sqlx::PgPool,
+    tenant: &str,
+    message_id: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let started: Option<(String, String)> = sqlx::query_as(
+        "SELECT s.payload->'Started'->>'tenant_id', s.payload->'Started'->>'wa_id'
+           FROM events q
+           JOIN events s ON s.aggregate_type = q.aggregate_type
+                        AND s.aggregate_id = q.aggregate_id AND s.sequence = 1
+          WHERE q.aggregate_type = 'whatsapp_conversation' AND q.event_type = 'MessageQueued'
+            AND q.payload->'MessageQueued'->>'message_id' = $1
+          LIMIT 1",
+    )
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(started
+        .filter(|(owner, _)| owner == tenant)
+        .and_then(|(_, wa_id)| events::whatsapp::contact_subject(tenant, &wa_id)))
 }

@@ -187,7 +187,10 @@ pub async fn redact_subject(
     .await?;
     let theirs: Vec<String> = parties
         .into_iter()
-        .filter(|n| events::personal::subject_id(kind, tenant, n) == subject)
+        .filter(|n| {
+            let address = events::telephony::party_address(n);
+            events::personal::subject_id(kind, tenant, &address) == subject
+        })
         .collect();
     if theirs.is_empty() {
         return Ok(());

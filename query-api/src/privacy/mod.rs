@@ -374,7 +374,10 @@ async fn contact_channels(
     .await?;
     let parties: Vec<String> = parties
         .into_iter()
-        .filter(|n| events::personal::subject_id("contact", tenant, n) == subject.id)
+        .filter(|n| {
+            let address = events::telephony::party_address(n);
+            events::personal::subject_id("contact", tenant, &address) == subject.id
+        })
         .collect();
     let calls = sqlx::query_as(
         "SELECT call_sid, direction, from_number, to_number, status, duration_secs,

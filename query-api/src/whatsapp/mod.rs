@@ -526,6 +526,12 @@ pub struct ContactView {
     profile_name: Option<String>,
     /// The chatbot user with the same number, if any.
     phone_user_id: Option<String>,
+    /// The contact as a data subject: what their export and erasure name
+    /// (`/v1/privacy/subjects/{id}/…`, docs/privacy.md); the same person as the SMS sender
+    /// with this number.
+    #[sqlx(skip)]
+    #[schema(value_type = Uuid)]
+    subject_id: Option<Uuid>,
     first_seen_at: DateTime<Utc>,
     last_inbound_at: Option<DateTime<Utc>>,
 }
@@ -590,6 +596,9 @@ async fn contacts(
     .await
     .map_err(|e| Problem::unavailable(&e))?;
     link_phone_users(&state, &mut rows).await?;
+    for row in &mut rows {
+        row.subject_id = events::whatsapp::contact_subject(&row.tenant_id, &row.wa_id);
+    }
     Ok(Json(ContactList { items: rows }).into_response())
 }
 

@@ -1379,10 +1379,17 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
         config.command_api_url = phone.api.url("");
         config
     });
-    let again = id_of(phone.signed(&inbound("SMagain", OURS)).await).await;
-    let w = phone
-        .webhook_when(&again, |w| w["status"] == "processed")
-        .await;
-    assert_eq!(w["outcome"], "ignored", "{w}");
+    // However their number is spelled.
+    let mut spelled = inbound("SMagain2", OURS);
+    spelled.retain(|(k, _)| *k != "From");
+    spelled.push(("From", "tel:+1 555-123-0001"));
+    for params in [inbound("SMagain", OURS), spelled] {
+        let again = id_of(phone.signed(&params).await).await;
+        let w = phone
+            .webhook_when(&again, |w| w["status"] == "processed")
+            .await;
+        assert_eq!(w["outcome"], "ignored", "{w}");
+        assert_eq!(w["payload"], "[erased]", "{w}");
+    }
     assert_eq!(phone.events("sms", "SmsReceived").await, 1);
 }

@@ -2183,6 +2183,30 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(wa.send_step().await.sent, 1);
     wa.message_when(&reply, "the reply sent", |m| m["status"] == "sent")
         .await;
+    // A status WhatsApp reports under another id for the contact is still about them: it
+    // names the message, whose conversation is theirs.
+    let subject = events::whatsapp::contact_subject(&wa.tenant, CONTACT).expect("a subject");
+    let mut read = status("wamid.R1", "read", Some(&reply));
+    read["recipient_id"] = json!("5511987654321");
+    let statused = wa
+        .deliver(&delivery(NUMBER_ID, json!([]), json!([read])))
+        .await;
+    let kept: Value = sqlx::query_scalar(
+        "SELECT payload->'Received' FROM events
+          WHERE aggregate_type = 'webhook' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(statused["ids"][0].as_str().expect("a webhook"))
+    .fetch_one(&wa.env.pool)
+    .await
+    .expect("the Received event");
+    for field in ["payload", "body_sha256"] {
+        let sealed = kept[field].as_str().unwrap_or_default();
+        assert_eq!(
+            events::personal::SealedField::parse(sealed).map(|f| f.subject),
+            Some(subject),
+            "{field} sealed for the contact: {kept}"
+        );
+    }
 
     // In the store: ciphertext only (ids and the provider's ids stay in clear).
     for clear in [CONTACT, OTHER, "Sheena", "Quai Branly", "48.858", "Gunther"] {
@@ -2199,7 +2223,6 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(m["content"]["latitude"], 48.8583701, "{m}");
 
     // Their export holds their WhatsApp profile and messages, in clear.
-    let subject = events::whatsapp::contact_subject(&wa.tenant, CONTACT).expect("a subject");
     let export_url = wa
         .query
         .url(&format!("/v1/privacy/subjects/{subject}/export"));
@@ -2308,6 +2331,18 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
             &session,
             json!({"type": "text", "body": "Still there?"}),
             None,
+        )
+        .await,
+        410,
+        "subject_erased",
+    )
+    .await;
+    // The reply sent before, asked for again with its client id: gone with them.
+    expect_problem(
+        wa.send(
+            &session,
+            json!({"type": "text", "body": "Noted, Sheena"}),
+            Some("r-1"),
         )
         .await,
         410,
