@@ -65,6 +65,9 @@ pub async fn erase(
         .subjects
         .execute(&id.to_string(), None, command, &metadata)
         .await?;
+    if known.kind == "contact" {
+        erase_pending_calls(state, who, ids, &known.tenant_id, id).await?;
+    }
     // After the record: the files go on every call, so asking again finishes what an
     // interrupted deletion left.
     let deleted = super::files::delete_subject_files(
@@ -81,6 +84,48 @@ pub async fn erase(
         tracing::info!(subject = %id, files = deleted, "an erased subject's files deleted");
     }
     Ok(committed)
+}
+
+/// Erases, with contact `id` of `tenant`, what was sealed for their calls before the calls'
+/// other party was known (a recording callback that came first, under the call's own
+/// subject, at the tenant or, for a number nobody owned then, the platform). Each is an
+/// erasure of its own, recorded as any is; erasing again appends nothing.
+async fn erase_pending_calls(
+    state: &AppState,
+    who: &Principal,
+    ids: &RequestIds,
+    tenant: &str,
+    id: Uuid,
+) -> Result<(), Problem> {
+    let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
+    let calls = crate::telephony::personal::calls_of(&state.pool, tenant, id)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    for sid in calls {
+        for owner in [tenant, events::identity::PLATFORM_TENANT] {
+            let pending = crate::telephony::personal::pending_call(owner, &sid);
+            let known = state
+                .keyring
+                .subject(pending)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let Some(known) = known.filter(|k| !k.erased) else {
+                continue;
+            };
+            let command = SubjectCommand::Erase {
+                tenant_id: known.tenant_id.clone(),
+                kind: known.kind.clone(),
+                by: who.user_id().to_owned(),
+                at: state.clock.now(),
+            };
+            let metadata = ids.metadata(&known.tenant_id, who.user_id(), who.actor_kind());
+            let subjects = &state.ctx.privacy.subjects;
+            subjects
+                .execute(&pending.to_string(), None, command, &metadata)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The guards of deactivation hold for a staff member's erasure, which locks them out for

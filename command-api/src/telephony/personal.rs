@@ -20,6 +20,52 @@ pub fn contact(tenant: &str, number: &str) -> Option<Uuid> {
     (!address.is_empty()).then(|| events::personal::subject_id("contact", tenant, &address))
 }
 
+/// Whom a callback about call `sid` of `tenant` is sealed for while the call's other party
+/// is not known yet (a recording callback that arrives before any status of its call): a
+/// subject of the call itself, erased with the party once they are known and erased
+/// ([`calls_of`]).
+pub fn pending_call(tenant: &str, sid: &str) -> Uuid {
+    events::personal::subject_id("call", tenant, sid)
+}
+
+/// The calls of `tenant` whose other party is data subject `subject`, as their first
+/// recorded status names them (sealed for them, or in clear before sealing).
+pub async fn calls_of(
+    pool: &sqlx::PgPool,
+    tenant: &str,
+    subject: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    let firsts: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT DISTINCT ON (aggregate_id) aggregate_id, payload->'CallStatusChanged'
+           FROM events
+          WHERE aggregate_type = 'call' AND event_type = 'CallStatusChanged'
+            AND metadata->>'tenant_id' = $1
+          ORDER BY aggregate_id, sequence",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    Ok(firsts
+        .into_iter()
+        .filter(|(_, first)| party_of(tenant, first) == Some(subject))
+        .map(|(sid, _)| sid)
+        .collect())
+}
+
+/// The other party a `CallStatusChanged` body names: the subject its sealed number names,
+/// or the contact of its number in clear.
+fn party_of(tenant: &str, first: &serde_json::Value) -> Option<Uuid> {
+    let field = match first["direction"].as_str() {
+        Some("outbound") => "to",
+        _ => "from",
+    };
+    let party = first[field].as_str().unwrap_or_default();
+    match SealedField::parse(party) {
+        Some(sealed) => Some(sealed.subject),
+        None => contact(tenant, party).filter(|_| party != events::personal::ERASED),
+    }
+}
+
 /// Seals texts for one contact.
 pub struct Sealer<'a> {
     /// The keys.
@@ -124,16 +170,5 @@ pub async fn call_counterpart(
     .bind(sid)
     .fetch_optional(pool)
     .await?;
-    let Some(first) = first else {
-        return Ok(None);
-    };
-    let field = match first["direction"].as_str() {
-        Some("outbound") => "to",
-        _ => "from",
-    };
-    let party = first[field].as_str().unwrap_or_default();
-    Ok(match SealedField::parse(party) {
-        Some(sealed) => Some(sealed.subject),
-        None => contact(tenant, party).filter(|_| party != events::personal::ERASED),
-    })
+    Ok(first.and_then(|first| party_of(tenant, &first)))
 }

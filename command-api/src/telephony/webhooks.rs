@@ -118,9 +118,14 @@ impl WebhookProvider for SignalwireWebhooks {
         };
         match super::personal::contact(tenant, &number) {
             Some(contact) => Ok(Some(contact)),
+            // A recording callback names no one: the call's other party, or, before any
+            // status of the call came, the call itself (erased with the party).
             None => match interpret::read(payload) {
                 Callback::Call { sid, .. } => {
-                    super::personal::call_counterpart(pool, tenant, &sid).await
+                    let party = super::personal::call_counterpart(pool, tenant, &sid).await?;
+                    Ok(Some(party.unwrap_or_else(|| {
+                        super::personal::pending_call(tenant, &sid)
+                    })))
                 }
                 _ => Ok(None),
             },

@@ -1262,11 +1262,24 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
             ("To", OURS),
         ]
     };
+    // A recording that comes before any status of its call: nobody is known yet.
+    let early = [
+        ("AccountSid", "AC1"),
+        ("CallSid", "CAearly"),
+        ("RecordingSid", "REearly"),
+        ("RecordingUrl", "https://space.example/recordings/REearly"),
+        ("RecordingStatus", "completed"),
+    ];
+    let early = id_of(phone.signed(&early).await).await;
     let mut webhooks = vec![
         id_of(phone.signed(&inbound("SMseal", OURS)).await).await,
         id_of(phone.signed(&call("CAseal", CALLER)).await).await,
         id_of(phone.signed(&call("CAkept", OTHER)).await).await,
     ];
+    let early_status = id_of(phone.signed(&call("CAearly", CALLER)).await).await;
+    for id in [&early_status, &early] {
+        phone.webhook_when(id, |w| w["status"] == "processed").await;
+    }
     for id in &webhooks {
         phone.webhook_when(id, |w| w["status"] == "processed").await;
     }
@@ -1307,6 +1320,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
         "15551239999",
         "shop open",
         "recordings/REseal",
+        "recordings/REearly",
     ] {
         assert!(!stored.contains(clear), "{clear} in clear");
     }
@@ -1318,7 +1332,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
         .url(&format!("/v1/privacy/subjects/{subject}/export"));
     let export = phone.env.get_json(&export_url, &phone.admin).await;
     let calls = export["calls"].as_array().cloned().unwrap_or_default();
-    assert_eq!(calls.len(), 1, "{export}");
+    assert_eq!(calls.len(), 2, "{export}");
     assert_eq!(calls[0]["from_number"], CALLER);
     assert_eq!(
         export["threads"][0]["messages"][0]["text"],
@@ -1353,7 +1367,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(export["calls"], json!([]), "{export}");
     assert_eq!(export["threads"][0]["messages"][0]["text"], "[erased]");
     let root = phone.env.super_admin();
-    for id in &webhooks[..2] {
+    for id in webhooks[..2].iter().chain([&early, &early_status]) {
         let url = phone.query.url(&format!("/v1/webhooks/{id}"));
         assert_eq!(phone.env.get_json(&url, &root).await["payload"], "[erased]");
     }
