@@ -8,7 +8,9 @@ use events::keyring::{Keyring, Subject, SubjectKind};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::store::{in_clear, seal_text, write_changed, Pages, TransformError, Transformed};
+use super::store::{
+    adopt_sealed, in_clear, seal_text, write_changed, Pages, TransformError, Transformed,
+};
 
 /// Seals the staff e-mails still in clear, `batch` events per transaction.
 pub(super) async fn seal_staff(
@@ -40,19 +42,14 @@ pub(super) async fn seal_staff(
         }
         write_changed(pool, changed, done, "staff e-mails").await?;
     }
-    done.snapshots += sqlx::query(
-        "UPDATE snapshots s SET payload = jsonb_set(s.payload, '{email}',
-                                                    e.payload->'Created'->'email')
-           FROM events e
-          WHERE s.aggregate_type = 'admin_user' AND coalesce(s.payload->>'email', '') <> ''
-            AND s.payload->>'email' NOT LIKE 'pii1.%' AND s.payload->>'email' <> '[erased]'
-            AND e.aggregate_type = 'admin_user' AND e.aggregate_id = s.aggregate_id
-            AND e.event_type = 'Created'
-            AND (e.payload->'Created'->>'email' LIKE 'pii1.%'
-                 OR e.payload->'Created'->>'email' = '[erased]')",
+    // An admin user's snapshot keeps their e-mail (their profile).
+    done.snapshots += adopt_sealed(
+        pool,
+        "admin_user",
+        &["email"],
+        "Created",
+        &["Created", "email"],
     )
-    .execute(pool)
-    .await?
-    .rows_affected();
+    .await?;
     Ok(())
 }

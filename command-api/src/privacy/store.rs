@@ -152,6 +152,41 @@ pub(super) async fn seal_text(
     }
 }
 
+/// Gives the snapshots of `aggregate_type` that keep the value at `snapshot_path` in clear
+/// what their `event_type` event holds now at `event_path` (sealed, or `[erased]`), so each
+/// snapshot is exactly the state a replay of the sealed events gives; returns how many
+/// changed. For aggregates whose one event of that type is all their state keeps of it (a
+/// webhook's payload, an SMS's text, a staff member's e-mail).
+pub(super) async fn adopt_sealed(
+    pool: &PgPool,
+    aggregate_type: &str,
+    snapshot_path: &[&str],
+    event_type: &str,
+    event_path: &[&str],
+) -> Result<u64, TransformError> {
+    Ok(sqlx::query(
+        "UPDATE snapshots s SET payload = jsonb_set(s.payload, $2, e.payload #> $4)
+           FROM events e
+          WHERE s.aggregate_type = $1 AND e.aggregate_type = $1
+            AND e.aggregate_id = s.aggregate_id AND e.event_type = $3
+            -- The snapshot's value is in clear: an object, or text neither sealed nor erased.
+            AND CASE jsonb_typeof(s.payload #> $2)
+                  WHEN 'string' THEN (s.payload #>> $2) NOT IN ('', '[erased]')
+                                     AND (s.payload #>> $2) NOT LIKE 'pii1.%'
+                  WHEN 'null' THEN false
+                  ELSE s.payload #> $2 IS NOT NULL END
+            -- The event's is sealed, or erased, now.
+            AND ((e.payload #>> $4) LIKE 'pii1.%' OR (e.payload #>> $4) = '[erased]')",
+    )
+    .bind(aggregate_type)
+    .bind(snapshot_path)
+    .bind(event_type)
+    .bind(event_path)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Writes the rewritten events `changed` (one transaction), counts them, and says so.
 pub(super) async fn write_changed(
     pool: &PgPool,

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::store::{
-    in_clear, seal_text, write_changed, Pages, Stored, TransformError, Transformed,
+    adopt_sealed, in_clear, seal_text, write_changed, Pages, Stored, TransformError, Transformed,
 };
 use crate::telephony::personal::{call_counterpart, contact};
 
@@ -81,7 +81,15 @@ pub(super) async fn seal_telephony(
         }
         write_changed(pool, changed, done, "SMS and calls' personal fields").await?;
     }
-    done.snapshots += seal_snapshots(pool).await?;
+    // An SMS's snapshot keeps a received text (what its thread is given).
+    done.snapshots += adopt_sealed(
+        pool,
+        "sms",
+        &["body"],
+        "SmsReceived",
+        &["SmsReceived", "body"],
+    )
+    .await?;
     Ok(())
 }
 
@@ -117,23 +125,4 @@ async fn seal_row(
         changed = true;
     }
     Ok(changed)
-}
-
-/// Gives the SMS snapshots that keep a received text in clear the text their event now
-/// holds; returns how many changed.
-async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
-    Ok(sqlx::query(
-        "UPDATE snapshots s SET payload = jsonb_set(s.payload, '{body}',
-                                                    e.payload->'SmsReceived'->'body')
-           FROM events e
-          WHERE s.aggregate_type = 'sms' AND coalesce(s.payload->>'body', '') <> ''
-            AND s.payload->>'body' NOT LIKE 'pii1.%' AND s.payload->>'body' <> '[erased]'
-            AND e.aggregate_type = 'sms' AND e.aggregate_id = s.aggregate_id
-            AND e.event_type = 'SmsReceived'
-            AND (e.payload->'SmsReceived'->>'body' LIKE 'pii1.%'
-                 OR e.payload->'SmsReceived'->>'body' = '[erased]')",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
 }

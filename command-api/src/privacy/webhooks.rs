@@ -9,7 +9,9 @@ use events::webhooks::Provider;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::store::{in_clear, seal_text, write_changed, Pages, TransformError, Transformed};
+use super::store::{
+    adopt_sealed, in_clear, seal_text, write_changed, Pages, TransformError, Transformed,
+};
 
 /// Seals the kept payloads about a person still in clear, `batch` events per transaction.
 pub(super) async fn seal_webhooks(
@@ -40,7 +42,15 @@ pub(super) async fn seal_webhooks(
         }
         write_changed(pool, changed, done, "webhooks' personal payloads").await?;
     }
-    done.snapshots += seal_snapshots(pool).await?;
+    // A webhook's snapshot keeps its payload as the state does.
+    done.snapshots += adopt_sealed(
+        pool,
+        "webhook",
+        &["received", "payload"],
+        "Received",
+        &["Received", "payload"],
+    )
+    .await?;
     Ok(())
 }
 
@@ -82,22 +92,4 @@ async fn sealed(
         None => None,
     };
     Ok(Some((sealed, digest)))
-}
-
-/// Gives the webhook snapshots that keep a payload in clear which their `Received` event
-/// no longer holds in clear the value it holds now; returns how many changed.
-async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
-    Ok(sqlx::query(
-        "UPDATE snapshots s SET payload = jsonb_set(s.payload, '{received,payload}',
-                                                    e.payload->'Received'->'payload')
-           FROM events e
-          WHERE s.aggregate_type = 'webhook'
-            AND jsonb_typeof(s.payload->'received'->'payload') = 'object'
-            AND e.aggregate_type = 'webhook' AND e.aggregate_id = s.aggregate_id
-            AND e.sequence = 1
-            AND jsonb_typeof(e.payload->'Received'->'payload') = 'string'",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
 }

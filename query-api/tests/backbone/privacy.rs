@@ -35,6 +35,30 @@ async fn erase(env: &TestEnv, id: Uuid, tenant: &str) {
     .expect("erased");
 }
 
+/// Whether the append-only trigger refuses `change` (an SQL expression of `payload`) to the
+/// `event_type` events of stream `aggregate_id`, even in a transaction that declares the
+/// store's transform.
+async fn transform_refuses(
+    env: &TestEnv,
+    aggregate_id: &str,
+    event_type: &str,
+    change: &str,
+) -> bool {
+    let mut tx = env.pool.begin().await.expect("tx");
+    sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    sqlx::query(&format!(
+        "UPDATE events SET payload = {change} WHERE aggregate_id = $1 AND event_type = $2"
+    ))
+    .bind(aggregate_id)
+    .bind(event_type)
+    .execute(&mut *tx)
+    .await
+    .is_err()
+}
+
 /// What `subject_keys` and `data_subjects` hold, as text, for searching.
 async fn key_tables(env: &TestEnv) -> String {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -1233,19 +1257,10 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
         "jsonb_set(payload, '{MessageSent,text}', '\"hola\"')",
         "jsonb_set(payload, '{MessageSent,number}', '7')",
     ] {
-        let mut tx = env.pool.begin().await.expect("tx");
-        sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
-            .execute(&mut *tx)
-            .await
-            .expect("set");
-        let changed = sqlx::query(&format!(
-            "UPDATE events SET payload = {change}
-              WHERE aggregate_id = $1 AND event_type = 'MessageSent'"
-        ))
-        .bind(&ana_thread)
-        .execute(&mut *tx)
-        .await;
-        assert!(changed.is_err(), "{change} is refused");
+        assert!(
+            transform_refuses(&env, &ana_thread, "MessageSent", change).await,
+            "{change} is refused"
+        );
     }
     let mut tx = env.pool.begin().await.expect("tx");
     sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
@@ -1871,23 +1886,24 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
     assert_eq!(again, Default::default());
     // Declaring the transform lets nothing but sealing through: not a changed fact, not an
     // added key, not a conversation id that is not the event's own.
-    for change in [
-        "jsonb_set(payload, '{MessageQueued,author,id}', '\"agent-2\"')",
-        "jsonb_set(payload, '{MessageQueued,extra}', '\"pii1.x\"')",
+    for (event_type, change) in [
+        (
+            "MessageQueued",
+            "jsonb_set(payload, '{MessageQueued,author,id}', '\"agent-2\"')",
+        ),
+        (
+            "MessageQueued",
+            "jsonb_set(payload, '{MessageQueued,extra}', '\"pii1.x\"')",
+        ),
+        (
+            "Started",
+            "jsonb_set(payload, '{Started,conversation_id}', '\"another\"')",
+        ),
     ] {
-        let mut tx = env.pool.begin().await.expect("tx");
-        sqlx::query("SET LOCAL events.transform = 'seal-personal-data'")
-            .execute(&mut *tx)
-            .await
-            .expect("set");
-        let changed = sqlx::query(&format!(
-            "UPDATE events SET payload = {change}
-              WHERE aggregate_id = $1 AND event_type = 'MessageQueued'"
-        ))
-        .bind(&theirs)
-        .execute(&mut *tx)
-        .await;
-        assert!(changed.is_err(), "{change} is refused");
+        assert!(
+            transform_refuses(&env, &theirs, event_type, change).await,
+            "{change} is refused"
+        );
     }
 }
 
