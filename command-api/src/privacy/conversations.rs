@@ -19,7 +19,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::store::{
-    in_clear, seal_text, write_changed, Pages, Stored, TransformError, Transformed,
+    in_clear, rewrite_snapshot, seal_text, write_changed, Pages, Stored, TransformError,
+    Transformed,
 };
 
 /// The kinds of conversation event with personal fields.
@@ -212,17 +213,8 @@ async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
         }
         touched |= seal_snapshot_contents(pool, &id, &mut payload).await?;
         if touched {
-            changed += sqlx::query(
-                "UPDATE snapshots SET payload = $3
-                  WHERE aggregate_type = 'whatsapp_conversation' AND aggregate_id = $1
-                    AND current_snapshot = $2",
-            )
-            .bind(&id)
-            .bind(version)
-            .bind(&payload)
-            .execute(pool)
-            .await?
-            .rows_affected();
+            changed +=
+                rewrite_snapshot(pool, "whatsapp_conversation", &id, version, &payload).await?;
         }
     }
     Ok(changed)

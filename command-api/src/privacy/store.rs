@@ -187,6 +187,28 @@ pub(super) async fn adopt_sealed(
     .rows_affected())
 }
 
+/// Writes `payload` as snapshot `version` of aggregate `id` of `aggregate_type`, unless a
+/// commit rewrote the snapshot since it was read (left for the next run); 1 if written.
+pub(super) async fn rewrite_snapshot(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+    version: i64,
+    payload: &Value,
+) -> Result<u64, TransformError> {
+    Ok(sqlx::query(
+        "UPDATE snapshots SET payload = $4
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $3",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .bind(version)
+    .bind(payload)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Writes the rewritten events `changed` (one transaction), counts them, and says so.
 pub(super) async fn write_changed(
     pool: &PgPool,
@@ -477,16 +499,7 @@ async fn seal_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
             }
         }
         if touched {
-            changed += sqlx::query(
-                "UPDATE snapshots SET payload = $3
-                  WHERE aggregate_type = 'thread' AND aggregate_id = $1 AND current_snapshot = $2",
-            )
-            .bind(&id)
-            .bind(version)
-            .bind(&payload)
-            .execute(pool)
-            .await?
-            .rows_affected();
+            changed += rewrite_snapshot(pool, "thread", &id, version, &payload).await?;
         }
     }
     Ok(changed)

@@ -59,6 +59,14 @@ async fn transform_refuses(
     .is_err()
 }
 
+/// The store's transform run once more finds nothing left to do.
+async fn nothing_left_to_seal(env: &TestEnv, keyring: &Keyring, batch: i64) {
+    let again = command_api::privacy::store::seal_store(&env.pool, keyring, batch)
+        .await
+        .expect("transformed");
+    assert_eq!(again, Default::default(), "a second run does nothing");
+}
+
 /// What `subject_keys` and `data_subjects` hold, as text, for searching.
 async fn key_tables(env: &TestEnv) -> String {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -1242,10 +1250,7 @@ async fn the_stores_transform_seals_the_texts_written_before_sealing_and_keeps_e
     );
     // Once is enough: a second run finds nothing, and an update outside the transform is
     // refused as ever.
-    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
-        .await
-        .expect("transformed");
-    assert_eq!(again, Default::default());
+    nothing_left_to_seal(&env, &keyring, 3).await;
     let refused = sqlx::query("UPDATE events SET payload = '{}' WHERE aggregate_id = $1")
         .bind(&ana_thread)
         .execute(&env.pool)
@@ -1880,10 +1885,7 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
     let loaded = bus.load(&theirs).await.expect("loaded");
     assert_eq!(loaded.id(), theirs);
     assert_eq!(keyring.open(loaded.wa_id()).await.expect("opened"), sheena);
-    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
-        .await
-        .expect("transformed");
-    assert_eq!(again, Default::default());
+    nothing_left_to_seal(&env, &keyring, 2).await;
     // Declaring the transform lets nothing but sealing through: not a changed fact, not an
     // added key, not a conversation id that is not the event's own.
     for (event_type, change) in [
@@ -2020,10 +2022,7 @@ async fn the_stores_transform_seals_sms_and_calls_for_their_other_party() {
         rows[3]["CallRecorded"]["recording_url"],
         "https://space.example/recordings/RE1"
     );
-    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
-        .await
-        .expect("transformed");
-    assert_eq!(again, Default::default());
+    nothing_left_to_seal(&env, &keyring, 3).await;
 }
 
 #[tokio::test]
@@ -2130,10 +2129,7 @@ async fn the_stores_transform_seals_staff_emails_for_each_member_and_their_snaps
         known.tenant_id, "platform",
         "a super admin's home is the platform"
     );
-    let again = command_api::privacy::store::seal_store(&env.pool, &keyring, 2)
-        .await
-        .expect("transformed");
-    assert_eq!(again, Default::default());
+    nothing_left_to_seal(&env, &keyring, 2).await;
 }
 
 #[tokio::test]
