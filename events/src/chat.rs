@@ -50,8 +50,10 @@ pub enum PartyKind {
     Bot,
     /// The platform itself (a scheduler, a process manager).
     System,
-    /// Someone reached through a channel (SMS, WhatsApp) by their number (E.164), without an
-    /// account: the customer of such a thread.
+    /// Someone reached through a channel (SMS, WhatsApp) by their number, without an
+    /// account: the customer of such a thread. Their id is their data subject's id (see
+    /// [`Party::contact`]); threads opened before it was kept name them by their number
+    /// (E.164).
     Contact,
 }
 
@@ -92,10 +94,24 @@ impl AssignmentReason {
 /// Someone taking part in a thread, or writing in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Party {
-    /// The user id (a phone user's id, an admin user's id, `bot`, a component name).
+    /// The user id (a phone user's id, an admin user's id, a contact's subject id, `bot`, a
+    /// component name).
     pub id: String,
     /// What kind of party.
     pub kind: PartyKind,
+}
+
+impl Party {
+    /// The contact `address` (a number) is at `tenant`, named by their data subject's id, so
+    /// the number itself never names them in an event or a read model; it travels sealed
+    /// beside it (`Opened.customer_address`, docs/privacy.md).
+    pub fn contact(tenant: &str, address: &str) -> Self {
+        Party {
+            id: crate::personal::subject_id(PartyKind::Contact.as_str(), tenant, address)
+                .to_string(),
+            kind: PartyKind::Contact,
+        }
+    }
 }
 
 /// A file a message refers to, already stored in the blob store.
@@ -133,6 +149,11 @@ pub enum ThreadEvent {
         /// The customer, when the thread has one yet.
         #[serde(default)]
         customer: Option<Party>,
+        /// The number of a customer of kind `contact`, sealed for them (personal): what
+        /// staff reach them at. Absent for other customers, and in threads opened before it
+        /// was kept (whose contact's id is the number).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customer_address: Option<String>,
         /// A short subject line, if any.
         #[serde(default)]
         subject: Option<String>,

@@ -574,14 +574,28 @@ impl Thread {
         if channel != Channel::Web && !matches!(actor, Actor::System { .. }) {
             return Err(ThreadError::ChannelNotAllowed);
         }
+        // A contact is named by their subject id; their number travels sealed for them.
+        let (customer, address) = match customer {
+            Some(c) if c.kind == PartyKind::Contact => {
+                (Some(Party::contact(&tenant_id, &c.id)), Some(c.id))
+            }
+            other => (other, None),
+        };
         not_erased(&tenant_id, customer.as_ref(), services).await?;
         let subject = subject_line(subject, &tenant_id, customer.as_ref(), services).await?;
+        let customer_address = match (&customer, address) {
+            (Some(person), Some(address)) => {
+                Some(services.seal(&tenant_id, person, &address).await?)
+            }
+            _ => None,
+        };
         let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
         Ok(vec![ThreadEvent::Opened {
             tenant_id,
             channel,
             opened_by: party(actor),
             customer,
+            customer_address,
             subject,
             bot_enabled: bot_enabled.unwrap_or(true),
             tags,
@@ -936,12 +950,21 @@ impl Thread {
             ));
         }
         // Only into the sender's own conversation on that channel: never credited to
-        // another customer, nor appended to a thread of another channel.
-        if self.channel.unwrap_or(Channel::Web) != channel || self.customer.as_ref() != Some(&from)
-        {
+        // another customer, nor appended to a thread of another channel. The sender comes
+        // by number; the thread names its contact by subject id (or, opened before it did,
+        // by the number too): the same person when both are the same subject.
+        let customer = match &self.customer {
+            Some(c)
+                if c.kind == from.kind && subject_of(tenant, c) == subject_of(tenant, &from) =>
+            {
+                c
+            }
+            _ => return Err(ThreadError::NotTheSendersThread),
+        };
+        if self.channel.unwrap_or(Channel::Web) != channel {
             return Err(ThreadError::NotTheSendersThread);
         }
-        let author = from;
+        let author = customer.clone();
         if self
             .seen(thread_id, &message_id, &author.id, None, services)
             .await?
@@ -1720,6 +1743,7 @@ mod tests {
             channel: Channel::Web,
             opened_by: customer_party(),
             customer: Some(customer_party()),
+            customer_address: None,
             subject: None,
             bot_enabled: true,
             tags: vec![],
@@ -1940,6 +1964,7 @@ mod tests {
             channel: Channel::Web,
             opened_by: agent_party(),
             customer: None,
+            customer_address: None,
             subject: None,
             bot_enabled: false,
             tags: vec![],
@@ -2117,6 +2142,7 @@ mod tests {
                 channel: Channel::Web,
                 opened_by: agent_party(),
                 customer: Some(customer_party()),
+                customer_address: None,
                 subject: Some("Refund".into()),
                 bot_enabled: false,
                 tags: vec!["billing".into(), "vip".into()],
@@ -3553,6 +3579,11 @@ mod tests {
         }
     }
 
+    /// The contact as a thread names them: by their subject id.
+    fn contact_party() -> Party {
+        Party::contact(TENANT, "+15551230001")
+    }
+
     fn sms_thread() -> ThreadEvent {
         ThreadEvent::Opened {
             tenant_id: TENANT.into(),
@@ -3561,7 +3592,8 @@ mod tests {
                 id: "webhooks".into(),
                 kind: PartyKind::System,
             },
-            customer: Some(contact()),
+            customer: Some(contact_party()),
+            customer_address: Some("+15551230001".into()),
             subject: None,
             bot_enabled: true,
             tags: vec![],
@@ -3644,7 +3676,7 @@ mod tests {
         let sent = ThreadEvent::MessageSent {
             message_id: "m-sms".into(),
             number: 1,
-            author: contact(),
+            author: contact_party(),
             client_message_id: None,
             text: "Is the shop open?".into(),
             attachment: None,
@@ -3661,6 +3693,68 @@ mod tests {
             vec![sms_thread(), sent],
             cmd(telephony(), t0(), receive()),
             vec![],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn open_for_a_contact_names_them_by_subject_id_with_their_number_sealed_for_them() {
+        let when = Action::Open {
+            tenant_id: TENANT.into(),
+            channel: Channel::Whatsapp,
+            customer: Some(contact()),
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        };
+        let opened = sealed_events(&[], cmd(telephony(), t0(), when)).await;
+        let person = contact_party();
+        assert!(uuid::Uuid::try_parse(&person.id).is_ok(), "{person:?}");
+        let sealed = format!("sealed[{TENANT}/contact:{}]+15551230001", person.id);
+        assert!(
+            matches!(&opened[..], [ThreadEvent::Opened { customer: Some(c), customer_address: Some(a), .. }]
+                if *c == person && *a == sealed),
+            "{opened:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn receive_in_a_thread_that_names_its_contact_by_number_credits_them_as_it_names_them() {
+        // Opened before contacts were named by subject id: the number is the id.
+        let old = ThreadEvent::Opened {
+            tenant_id: TENANT.into(),
+            channel: Channel::Sms,
+            opened_by: Party {
+                id: "webhooks".into(),
+                kind: PartyKind::System,
+            },
+            customer: Some(contact()),
+            customer_address: None,
+            subject: None,
+            bot_enabled: true,
+            tags: vec![],
+            at: t0(),
+        };
+        let receive = Action::Receive {
+            message_id: "m-sms".into(),
+            text: "Still open?".into(),
+            from: contact(),
+            channel: Channel::Sms,
+            attachment: None,
+        };
+        expect_events(
+            vec![old],
+            cmd(telephony(), t0(), receive),
+            vec![ThreadEvent::MessageSent {
+                message_id: "m-sms".into(),
+                number: 1,
+                author: contact(),
+                client_message_id: None,
+                text: "Still open?".into(),
+                attachment: None,
+                scheduled_id: None,
+                at: t0(),
+            }],
         )
         .await;
     }
@@ -3736,7 +3830,7 @@ mod tests {
                 ThreadEvent::MessageSent {
                     message_id: "m-sms".into(),
                     number: 1,
-                    author: contact(),
+                    author: contact_party(),
                     client_message_id: None,
                     text: "Hello again".into(),
                     attachment: None,

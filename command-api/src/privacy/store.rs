@@ -10,14 +10,17 @@
 //! conversations' personal fields, for their contact ([`super::conversations`]), and what
 //! webhooks kept of a provider's body about a person ([`super::webhooks`]), and the other
 //! party's number, text and recording link in SMS and calls ([`super::telephony`]), and
-//! staff members' login e-mails ([`super::staff`]). A field of
+//! staff members' login e-mails ([`super::staff`]). A thread's contact named by number
+//! (`Opened.customer`, their messages' `author`, and in thread snapshots) is named by their
+//! subject id, the number sealed into `Opened.customer_address`. A field of
 //! a subject erased before the transform is written as `[erased]`: the person was erased,
 //! and nothing is sealed for them again.
 //!
 //! The events are rewritten in place, a batch per transaction, in `global_position` order:
 //! only `payload` changes (the append-only trigger allows that one change, only turning
-//! values into ciphertext or `[erased]`, and only in a transaction that declares the
-//! transform; migrations 0056, 0058, 0059), so ids, sequences, positions,
+//! values into ciphertext or `[erased]`, and a contact's number into a subject id, and only
+//! in a transaction that declares the transform; migrations 0056, 0058, 0059, 0061), so
+//! ids, sequences, positions,
 //! transaction ids, times and order stay what they were. Running it again finds nothing to
 //! do; it may run while the services serve (what they append is already sealed).
 
@@ -360,7 +363,7 @@ pub async fn seal_store(
         let changed = seal_batch(rows, keyring, &mut owners, &mut done).await?;
         write_changed(pool, changed, &mut done, "threads' texts").await?;
     }
-    done.snapshots = seal_snapshots(pool).await?;
+    done.snapshots = seal_snapshots(pool).await? + name_contacts_in_snapshots(pool).await?;
     super::conversations::seal_conversations(pool, keyring, batch, &mut done).await?;
     super::webhooks::seal_webhooks(pool, keyring, batch, &mut done).await?;
     super::telephony::seal_telephony(pool, keyring, batch, &mut done).await?;
@@ -377,6 +380,7 @@ async fn seal_batch(
 ) -> Result<Vec<Stored>, TransformError> {
     let mut changed = Vec::new();
     for mut row in rows {
+        let renamed = name_contact(&mut row, keyring, done).await?;
         // The subject line, a text, and a file's name (sealed as the text is).
         let pointers: &[&str] = match row.event_type.as_str() {
             "Opened" => &["/subject"],
@@ -392,6 +396,9 @@ async fn seal_batch(
             })
             .collect();
         if clear.is_empty() {
+            if renamed {
+                changed.push(row);
+            }
             continue;
         }
         let Some((person, tenant)) = owners.owner(&row, body).await? else {
@@ -401,7 +408,7 @@ async fn seal_batch(
             done.refused += 1;
             continue;
         };
-        let mut touched = false;
+        let mut touched = renamed;
         for (pointer, text) in clear {
             let subject = Subject {
                 id,
@@ -418,6 +425,101 @@ async fn seal_batch(
         }
         if touched {
             changed.push(row);
+        }
+    }
+    Ok(changed)
+}
+
+/// True for the id of a contact named by number (a thread opened before contacts were
+/// named by their subject id).
+fn named_by_number(party: &Value) -> Option<&str> {
+    let id = party.get("id").and_then(Value::as_str)?;
+    (party.get("kind").and_then(Value::as_str) == Some(PartyKind::Contact.as_str())
+        && uuid::Uuid::try_parse(id).is_err())
+    .then_some(id)
+}
+
+/// Names the contact of `row` (an `Opened` customer, a `MessageSent` author) by subject id
+/// instead of by number, as the running version does (events::chat::Party::contact), the
+/// number going sealed into `Opened.customer_address` (`[erased]` for a contact erased
+/// before); true if it changed the event. A number whose subject is another tenant's stays.
+async fn name_contact(
+    row: &mut Stored,
+    keyring: &Keyring,
+    done: &mut Transformed,
+) -> Result<bool, TransformError> {
+    let (slot, opened) = match row.event_type.as_str() {
+        "Opened" => ("customer", true),
+        "MessageSent" => ("author", false),
+        _ => return Ok(false),
+    };
+    let body = &row.payload[&row.event_type];
+    let Some(number) = body.get(slot).and_then(named_by_number).map(str::to_owned) else {
+        return Ok(false);
+    };
+    let party = Party::contact(&row.tenant_id, &number);
+    if opened {
+        let Some((id, kind)) = subject_of(&row.tenant_id, &party) else {
+            return Ok(false);
+        };
+        let subject = Subject {
+            id,
+            kind,
+            tenant_id: &row.tenant_id,
+        };
+        let Some(address) = seal_text(keyring, subject, &number, done).await? else {
+            return Ok(false);
+        };
+        row.payload[&row.event_type]["customer_address"] = Value::String(address);
+    }
+    row.payload[&row.event_type][slot]["id"] = Value::String(party.id);
+    Ok(true)
+}
+
+/// Names the contacts thread snapshots keep by number (their customer, the authors of their
+/// recent messages, the reader their messages count as read by) by subject id, as their
+/// events now do; returns how many snapshots changed. A snapshot rewritten by a commit
+/// meanwhile is left for the next run.
+async fn name_contacts_in_snapshots(pool: &PgPool) -> Result<u64, TransformError> {
+    let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
+        "SELECT aggregate_id, current_snapshot, payload FROM snapshots
+          WHERE aggregate_type = 'thread' AND payload->'customer'->>'kind' = 'contact'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut changed = 0;
+    for (id, version, mut payload) in snapshots {
+        let tenant = payload["tenant_id"].as_str().unwrap_or_default().to_owned();
+        let number = named_by_number(&payload["customer"]).map(str::to_owned);
+        let read = number.as_ref().and_then(|n| {
+            let reads = payload.get_mut("reads")?.as_object_mut()?;
+            reads.remove(n).map(|at| (n.clone(), at))
+        });
+        if let Some((number, at)) = read {
+            payload["reads"][Party::contact(&tenant, &number).id] = at;
+        }
+        let mut parties: Vec<&mut Value> = vec![];
+        let Value::Object(state) = &mut payload else {
+            continue;
+        };
+        for (field, value) in state.iter_mut() {
+            match (field.as_str(), value) {
+                ("customer", party) => parties.push(party),
+                ("recent", Value::Array(recent)) => {
+                    parties.extend(recent.iter_mut().filter_map(|m| m.get_mut("author")))
+                }
+                _ => {}
+            }
+        }
+        let mut touched = number.is_some();
+        for party in parties {
+            if let Some(number) = named_by_number(party).map(str::to_owned) {
+                party["id"] = Value::String(Party::contact(&tenant, &number).id);
+                touched = true;
+            }
+        }
+        if touched {
+            changed += rewrite_snapshot(pool, "thread", &id, version, &payload).await?;
         }
     }
     Ok(changed)

@@ -221,6 +221,7 @@ async fn opened(
         channel,
         opened_by,
         customer,
+        customer_address,
         subject,
         bot_enabled,
         tags,
@@ -239,8 +240,9 @@ async fn opened(
     } = *r;
     sqlx::query(&format!(
         "INSERT INTO {} (id, tenant_id, channel, status, subject, customer_id, opened_by,
-                             bot_enabled, tags, last_activity_at, created_at, updated_at, version)
-             VALUES ($1::uuid, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $9, $10, $11)",
+                             bot_enabled, tags, last_activity_at, created_at, updated_at, version,
+                             customer_address)
+             VALUES ($1::uuid, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $9, $10, $11, $12)",
         t.threads
     ))
     .bind(id)
@@ -254,6 +256,7 @@ async fn opened(
     .bind(at)
     .bind(recorded)
     .bind(version)
+    .bind(customer_address)
     .execute(&mut *conn)
     .await?;
     for party in [Some(opened_by), customer].into_iter().flatten() {
@@ -650,8 +653,9 @@ async fn schedule_change(
 }
 
 /// Overwrites with `[erased]` what the chat read models hold of erased subject `subject` of
-/// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text and the subject line
-/// of the threads whose customer they were (sealed for them, whoever wrote in it), and, for
+/// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text, the subject line and
+/// a contact's number of the threads whose customer they were (sealed for them, whoever
+/// wrote in it), and, for
 /// a staff member, the texts they wrote in threads without a customer. The live tables, in
 /// the caller's transaction. Their events already read `[erased]` (the keys are gone), so a
 /// rebuild gives the same.
@@ -717,9 +721,12 @@ pub async fn redact_subject(
                 last_message = CASE WHEN last_message->>'text' <> ''
                                     THEN jsonb_set(last_message, '{text}', to_jsonb($4::text))
                                     ELSE last_message END,
-                -- The subject line is the customer's too.
+                -- The subject line and a contact's number are the customer's too.
                 subject = CASE WHEN id IN (SELECT id FROM theirs) AND subject IS NOT NULL
-                               THEN $4 ELSE subject END
+                               THEN $4 ELSE subject END,
+                customer_address = CASE WHEN id IN (SELECT id FROM theirs)
+                                             AND customer_address IS NOT NULL
+                                        THEN $4 ELSE customer_address END
           WHERE id IN (SELECT id FROM theirs)
              OR (customer_id IS NULL AND last_message->>'author_kind' = 'agent'
                  AND last_message->>'author_id' = ANY($3)

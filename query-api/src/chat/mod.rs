@@ -63,7 +63,12 @@ pub struct ThreadView {
     /// `open` or `closed`.
     status: String,
     subject: Option<String>,
+    /// The customer's id: a phone user's id, or a contact's data subject id (docs/privacy.md;
+    /// a contact's number in threads opened before those were kept).
     customer_id: Option<String>,
+    /// The number a customer of kind contact (an SMS sender, a WhatsApp contact) is reached
+    /// at; `[erased]` once they are erased; null for other customers.
+    customer_address: Option<String>,
     opened_by: String,
     agent_id: Option<String>,
     department: Option<String>,
@@ -112,7 +117,7 @@ macro_rules! unread {
 
 /// The thread columns, with the caller (`$1`) as reader and participant.
 const THREAD_COLUMNS: &str = concat!(
-    "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, \
+    "t.id, t.tenant_id, t.channel, t.status, t.subject, t.customer_id, t.customer_address, \
      t.opened_by, t.agent_id, t.department, t.assignment_reason, t.bot_enabled, t.tags, \
      t.message_count, t.last_message, t.last_activity_at, t.created_at, t.updated_at, \
      t.version, ",
@@ -132,7 +137,8 @@ fn thread_json_fields(customer: bool) -> String {
     let staff = |column: &'static str, hidden: &'static str| if customer { hidden } else { column };
     format!(
         "'id', t.id, 'tenant_id', t.tenant_id, 'channel', t.channel, 'status', t.status, \
-         'subject', t.subject, 'customer_id', t.customer_id, 'opened_by', t.opened_by, \
+         'subject', t.subject, 'customer_id', t.customer_id, \
+         'customer_address', t.customer_address, 'opened_by', t.opened_by, \
          'agent_id', {}, 'department', {}, 'assignment_reason', {}, \
          'bot_enabled', t.bot_enabled, 'tags', {}, 'message_count', t.message_count, \
          'last_message', t.last_message, 'last_activity_at', api_time(t.last_activity_at), \

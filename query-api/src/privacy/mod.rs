@@ -90,6 +90,8 @@ pub struct ThreadExport {
     /// `open` or `closed`.
     status: String,
     subject: Option<String>,
+    /// The number the thread's contact was reached at (null for other customers).
+    customer_address: Option<String>,
     /// The staff's tags (empty in a phone user's own export, as the thread shows them).
     tags: Vec<String>,
     opened_at: DateTime<Utc>,
@@ -429,7 +431,7 @@ async fn threads(
         Vec::new()
     };
     let mut threads: Vec<ThreadExport> = sqlx::query_as(
-        "SELECT t.id, t.channel, t.status, t.subject,
+        "SELECT t.id, t.channel, t.status, t.subject, t.customer_address,
                 CASE WHEN $4 THEN t.tags ELSE '{}'::text[] END AS tags,
                 t.created_at AS opened_at
            FROM chat_threads t

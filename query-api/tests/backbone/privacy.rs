@@ -2193,3 +2193,141 @@ async fn an_attachments_file_name_is_sealed_for_the_customer_and_erased_with_the
     query.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_their_number() {
+    use command_api::chat::aggregate::Thread;
+    use cqrs_es::Aggregate;
+    use events::chat::Party;
+    use serde_json::{json, Value};
+
+    let env = TestEnv::new().await;
+    let tenant = "contacts-old";
+    let (texter, gone) = ("+15551230001", "+15551230002");
+    let (kept, erased_thread) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let at = chrono::Utc::now();
+    let contact = |number: &str| json!({"id": number, "kind": "contact"});
+    let opened = |number: &str| {
+        json!({"Opened": {"tenant_id": tenant, "channel": "sms",
+                          "opened_by": {"id": "webhooks", "kind": "system"},
+                          "customer": contact(number), "subject": null,
+                          "bot_enabled": true, "tags": [], "at": at}})
+    };
+    let sent = |number: &str, id: &str, text: &str| {
+        json!({"MessageSent": {"message_id": id, "number": 1, "author": contact(number),
+                               "client_message_id": null, "text": text, "attachment": null,
+                               "scheduled_id": null, "at": at}})
+    };
+    // As a release before contacts were named by subject id wrote them.
+    let history = [
+        (&kept, opened(texter)),
+        (&kept, sent(texter, "m1", "Is the shop open?")),
+        (&erased_thread, opened(gone)),
+        (&erased_thread, sent(gone, "m2", "Call me back")),
+    ];
+    for (id, event) in &history {
+        env.append_raw("thread", id, tenant, event.clone())
+            .await
+            .expect("appended");
+    }
+    let mut state = Thread::default();
+    for (_, event) in &history[..2] {
+        state.apply(serde_json::from_value(event.clone()).expect("event"));
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ('thread', $1, 2, 2, $2)",
+    )
+    .bind(&kept)
+    .bind(serde_json::to_value(&state).expect("json"))
+    .execute(&env.pool)
+    .await
+    .expect("snapshot");
+    // The second contact was erased before the transform.
+    let keyring = env.keyring();
+    let gone_subject = events::personal::subject_id("contact", tenant, gone);
+    keyring
+        .register(Subject {
+            id: gone_subject,
+            kind: SubjectKind::Contact,
+            tenant_id: tenant,
+        })
+        .await
+        .expect("known");
+    erase(&env, gone_subject, tenant).await;
+
+    let before = event_rows(&env).await;
+    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
+        .await
+        .expect("transformed");
+    assert_eq!(
+        (done.events, done.erased, done.snapshots, done.refused),
+        (4, 2, 1, 0),
+        "both threads' openings and messages; the erased contact's number and text as [erased]"
+    );
+    assert_eq!(event_rows(&env).await, before, "positions and times kept");
+    let store = store_text(&env).await;
+    let snapshot: String =
+        sqlx::query_scalar("SELECT payload::text FROM snapshots WHERE aggregate_type = 'thread'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("the snapshot");
+    for plain in ["15551230001", "15551230002", "shop open", "Call me back"] {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshot.contains(plain),
+            "{plain:?} in clear in the snapshot"
+        );
+    }
+    let audit = command_api::snapshots::audit(&env.pool)
+        .await
+        .expect("audit");
+    assert!(audit.is_sound(), "{:?}", audit.findings);
+    let mut rows: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'thread' ORDER BY global_position",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("events");
+    keyring
+        .open_values(rows.iter_mut().collect())
+        .await
+        .expect("opened");
+    let named = Party::contact(tenant, texter);
+    assert_eq!(rows[0]["Opened"]["customer"]["id"], named.id.as_str());
+    assert_eq!(rows[0]["Opened"]["customer_address"], texter);
+    assert_eq!(rows[1]["MessageSent"]["author"]["id"], named.id.as_str());
+    assert_eq!(rows[1]["MessageSent"]["text"], "Is the shop open?");
+    assert_eq!(
+        rows[2]["Opened"]["customer"]["id"],
+        gone_subject.to_string().as_str()
+    );
+    assert_eq!(rows[2]["Opened"]["customer_address"], ERASED);
+    assert_eq!(rows[3]["MessageSent"]["text"], ERASED);
+    // The thread still takes its contact's messages, credited to them as it names them now.
+    let thread: Thread = serde_json::from_str(&snapshot).expect("a thread");
+    assert_eq!(thread.customer(), Some(&named));
+    nothing_left_to_seal(&env, &keyring, 3).await;
+    // The trigger lets a contact's number become a subject id only with their number
+    // sealed beside it, and no other party's id change.
+    let (contact_thread, phone_thread) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let mut phone_opened = opened(texter);
+    phone_opened["Opened"]["customer"]["kind"] = json!("phone");
+    for (id, event) in [
+        (&contact_thread, opened(texter)),
+        (&phone_thread, phone_opened),
+    ] {
+        env.append_raw("thread", id, tenant, event)
+            .await
+            .expect("appended");
+    }
+    let to_uuid = format!(
+        "jsonb_set(payload, '{{Opened,customer,id}}', '\"{}\"')",
+        Uuid::new_v4()
+    );
+    let with_address = format!("jsonb_set({to_uuid}, '{{Opened,customer_address}}', '\"pii1.x\"')");
+    assert!(transform_refuses(&env, &contact_thread, "Opened", &to_uuid).await);
+    assert!(transform_refuses(&env, &phone_thread, "Opened", &with_address).await);
+    assert!(!transform_refuses(&env, &contact_thread, "Opened", &with_address).await);
+}

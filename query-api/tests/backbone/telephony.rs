@@ -356,7 +356,16 @@ async fn sms_and_calls_reach_the_tenant_owning_the_number_once_and_only_forward(
     // It reached the tenant's inbox: a thread of channel sms with the sender, holding the
     // text as the sender's message.
     let inbox = phone.sms_inbox(1).await;
-    assert_eq!(inbox["items"][0]["customer_id"], "+15551230001", "{inbox}");
+    assert_eq!(
+        inbox["items"][0]["customer_address"], "+15551230001",
+        "{inbox}"
+    );
+    // The number names no one in the store: the contact's id is their subject id.
+    assert_eq!(
+        inbox["items"][0]["customer_id"],
+        events::personal::subject_id("contact", &phone.tenant, "+15551230001").to_string(),
+        "{inbox}"
+    );
     let thread = inbox["items"][0]["id"].as_str().expect("id").to_owned();
     let messages = eventually(Duration::from_secs(20), "the message", || async {
         let page = phone
@@ -725,6 +734,7 @@ async fn no_customer_can_take_the_thread_an_sms_sender_will_get() {
         channel: Channel::Web,
         opened_by: me.clone(),
         customer: Some(me),
+        customer_address: None,
         subject: None,
         bot_enabled: true,
         tags: vec![],
@@ -747,7 +757,10 @@ async fn no_customer_can_take_the_thread_an_sms_sender_will_get() {
     assert_eq!(w["outcome"], "applied", "{w}");
     // The sender's message is in an SMS thread of theirs, in the staff's SMS inbox...
     let inbox = phone.sms_inbox(1).await;
-    assert_eq!(inbox["items"][0]["customer_id"], "+15551230001", "{inbox}");
+    assert_eq!(
+        inbox["items"][0]["customer_address"], "+15551230001",
+        "{inbox}"
+    );
     assert_ne!(inbox["items"][0]["id"], derived.as_str());
     // ...and never in the customer's thread, nor credited to them.
     let in_taken: i64 = sqlx::query_scalar(
@@ -777,14 +790,14 @@ async fn an_sms_sender_is_read_as_a_phone_number_or_said_to_be_none() {
         .await;
     assert_eq!(w["outcome"], "applied", "{w}");
     let inbox = phone.sms_inbox(1).await;
-    assert_eq!(inbox["items"][0]["customer_id"], "+15551230009");
+    assert_eq!(inbox["items"][0]["customer_address"], "+15551230009");
     // Nor are the spaces and dashes a number is written with.
     let webhook = id_of(phone.signed(&from("SMspaced", "+1 555 123-0010")).await).await;
     phone
         .webhook_when(&webhook, |w| w["outcome"] == "applied")
         .await;
     let inbox = phone.sms_inbox(2).await;
-    assert_eq!(inbox["items"][0]["customer_id"], "+15551230010");
+    assert_eq!(inbox["items"][0]["customer_address"], "+15551230010");
     // A sender that is no number, short code or sender id has no thread, and the webhook
     // says why.
     let webhook = id_of(phone.signed(&from("SMnone", "who? <script>")).await).await;
@@ -822,7 +835,7 @@ async fn thread_of(phone: &Phone, customer: &str) -> String {
         page["items"].as_array().and_then(|items| {
             items
                 .iter()
-                .find(|t| t["customer_id"] == customer)
+                .find(|t| t["customer_address"] == customer)
                 .and_then(|t| t["id"].as_str().map(str::to_owned))
         })
     })
@@ -1310,7 +1323,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     // The store holds the caller's number, text and recording only sealed.
     let stored: String = sqlx::query_scalar(
         "SELECT coalesce(string_agg(payload::text, ' '), '') FROM events
-          WHERE aggregate_type IN ('sms', 'call', 'webhook')",
+          WHERE aggregate_type IN ('sms', 'call', 'webhook', 'thread')",
     )
     .fetch_one(&phone.env.pool)
     .await
@@ -1338,6 +1351,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
         export["threads"][0]["messages"][0]["text"],
         "Hello, is the shop open?"
     );
+    assert_eq!(export["threads"][0]["customer_address"], CALLER);
 
     // Erased: their calls, SMS thread and webhooks read [erased]; the other's stay.
     let erase = phone
@@ -1366,6 +1380,10 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     // Their number is gone: nothing leads to their calls any more.
     assert_eq!(export["calls"], json!([]), "{export}");
     assert_eq!(export["threads"][0]["messages"][0]["text"], "[erased]");
+    // The inbox no longer says whom the thread was with.
+    assert_eq!(export["threads"][0]["customer_address"], "[erased]");
+    let inbox = phone.sms_inbox(1).await;
+    assert_eq!(inbox["items"][0]["customer_address"], "[erased]", "{inbox}");
     let root = phone.env.super_admin();
     for id in webhooks[..2].iter().chain([&early, &early_status]) {
         let url = phone.query.url(&format!("/v1/webhooks/{id}"));
