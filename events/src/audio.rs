@@ -44,6 +44,25 @@ pub struct StoredTranscript {
     pub text_chars: u64,
 }
 
+/// The person a recording is about: a data subject of its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSubject {
+    /// The subject's id.
+    pub id: uuid::Uuid,
+    /// Their kind (`phone_user`, `contact`).
+    pub kind: String,
+}
+
+/// The words of a completed transcript: `words`, or, for a recording about a person, those
+/// `words_sealed` holds once opened (none once they are erased: `[erased]` is no list).
+pub fn words_of(words: Vec<Word>, words_sealed: Option<&str>) -> Vec<Word> {
+    match words_sealed {
+        Some(text) => serde_json::from_str(text).unwrap_or_default(),
+        None => words,
+    }
+}
+
 /// One word of a transcript, with its timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +95,12 @@ pub enum AudioEvent {
         size_bytes: u64,
         /// Hex SHA-256 of its bytes.
         sha256: String,
+        /// The person the recording is about, if any (the customer of the thread it was
+        /// uploaded for, or the chatbot user who uploaded it): its transcript is sealed for
+        /// them, and the file and transcript are deleted with them (docs/privacy.md).
+        /// Absent: the tenant's own recording.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<AudioSubject>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -155,10 +180,16 @@ pub enum AudioEvent {
     TranscriptCompleted {
         /// The service's transcript id.
         transcript_id: String,
-        /// The text; when `stored`, its first [`PREVIEW_CHARS`] characters.
+        /// The text; when `stored`, its first [`PREVIEW_CHARS`] characters. Sealed for the
+        /// recording's subject, if it has one.
         text: String,
-        /// Every word with its timing; when `stored`, none (they are in the stored file).
+        /// Every word with its timing; when `stored`, or sealed in `words_sealed`, none (they
+        /// are in the stored file).
         words: Vec<Word>,
+        /// For a recording about a person: the words, sealed for them whole as their JSON
+        /// text (read them with [`words_of`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        words_sealed: Option<String>,
         /// Where the whole transcript is, when it was too large for the event.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stored: Option<StoredTranscript>,

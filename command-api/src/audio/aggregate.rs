@@ -14,7 +14,9 @@
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use events::audio::{AudioEvent, StoredTranscript, Word, AUDIO, FIRST_CHECK, MAX_REQUEST_ATTEMPTS};
+use events::audio::{
+    AudioEvent, AudioSubject, StoredTranscript, Word, AUDIO, FIRST_CHECK, MAX_REQUEST_ATTEMPTS,
+};
 use serde::{Deserialize, Serialize};
 
 /// How long a started request holds its claim: an upload of the largest file (10 minutes
@@ -42,6 +44,8 @@ pub enum AudioCommand {
         size_bytes: u64,
         /// Hex SHA-256.
         sha256: String,
+        /// The person the recording is about, if any.
+        subject: Option<AudioSubject>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -98,10 +102,12 @@ pub enum AudioCommand {
     Complete {
         /// The service's id.
         transcript_id: String,
-        /// The text (a preview when `stored`).
+        /// The text (a preview when `stored`), sealed for the recording's subject if any.
         text: String,
-        /// The words (none when `stored`).
+        /// The words (none when `stored` or sealed).
         words: Vec<Word>,
+        /// The words sealed whole for the recording's subject.
+        words_sealed: Option<String>,
         /// Where the whole transcript is, when too large for an event.
         stored: Option<StoredTranscript>,
         /// The language.
@@ -202,6 +208,8 @@ pub struct Audio {
     text: Option<String>,
     /// Where the whole transcript is, when it was too large for its event.
     stored: Option<StoredTranscript>,
+    /// The person the recording is about, if any.
+    subject: Option<AudioSubject>,
 }
 
 /// The pause before request attempt `attempt + 1`: 2, 4, 8 … seconds, at most 5 minutes.
@@ -244,6 +252,11 @@ impl Audio {
     /// The transcript's text (its preview when [`Audio::stored`]), once completed.
     pub fn text(&self) -> Option<&str> {
         self.text.as_deref()
+    }
+
+    /// The person the recording is about, if any: its transcript is sealed for them.
+    pub fn subject(&self) -> Option<&AudioSubject> {
+        self.subject.as_ref()
     }
 
     /// The service's URL of a file whose transcript request went unanswered.
@@ -291,6 +304,7 @@ impl Audio {
             content_type,
             size_bytes,
             sha256,
+            subject,
             at,
         } = command
         else {
@@ -306,6 +320,7 @@ impl Audio {
             content_type,
             size_bytes,
             sha256,
+            subject,
             at,
         }))
     }
@@ -390,6 +405,7 @@ impl Audio {
                 transcript_id,
                 text,
                 words,
+                words_sealed,
                 stored,
                 language,
                 confidence,
@@ -401,6 +417,7 @@ impl Audio {
                     transcript_id,
                     text,
                     words,
+                    words_sealed,
                     stored,
                     language,
                     confidence,
@@ -495,9 +512,11 @@ impl Aggregate for Audio {
                 object_key,
                 content_type,
                 size_bytes,
+                subject,
                 ..
             } => {
                 self.tenant_id = Some(tenant_id);
+                self.subject = subject;
                 self.uploaded_by = uploaded_by;
                 self.object_key = object_key;
                 self.content_type = content_type;
@@ -588,6 +607,7 @@ mod tests {
             content_type: "audio/mpeg".into(),
             size_bytes: 10,
             sha256: "ab".into(),
+            subject: None,
             at: t0(),
         }
     }
@@ -604,6 +624,7 @@ mod tests {
             transcript_id: transcript.into(),
             text: "hello".into(),
             words: vec![],
+            words_sealed: None,
             stored: None,
             language: Some("en".into()),
             confidence: Some(0.9),
@@ -617,6 +638,7 @@ mod tests {
             transcript_id: "tr-1".into(),
             text: "hello".into(),
             words: vec![],
+            words_sealed: None,
             stored: None,
             language: Some("en".into()),
             confidence: Some(0.9),
@@ -964,6 +986,24 @@ mod tests {
     }
 
     #[test]
+    fn upload_about_a_person_keeps_them_as_the_recordings_subject() {
+        let person = AudioSubject {
+            id: uuid::Uuid::from_u128(7),
+            kind: "contact".into(),
+        };
+        let mut event = uploaded();
+        if let AudioEvent::AudioUploaded { subject, .. } = &mut event {
+            *subject = Some(person.clone());
+        }
+        let mut audio = Audio::default();
+        audio.apply(event);
+        assert_eq!(audio.subject(), Some(&person));
+        let mut tenants_own = Audio::default();
+        tenants_own.apply(uploaded());
+        assert_eq!(tenants_own.subject(), None);
+    }
+
+    #[test]
     fn commands_on_an_unknown_file_are_not_found_and_upload_twice_is_refused() {
         framework()
             .given_no_previous_events()
@@ -978,6 +1018,7 @@ mod tests {
                 content_type: "audio/mpeg".into(),
                 size_bytes: 1,
                 sha256: "s".into(),
+                subject: None,
                 at: t0(),
             })
             .then_expect_error(AudioError::AlreadyExists);

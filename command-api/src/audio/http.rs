@@ -62,6 +62,10 @@ pub struct UploadParams {
     /// The tenant (super admins name it; others may only name their own).
     #[serde(default)]
     pub tenant_id: Option<Uuid>,
+    /// The thread the recording is about: its customer is the recording's data subject
+    /// (docs/privacy.md).
+    #[serde(default)]
+    pub thread_id: Option<Uuid>,
 }
 
 /// The form of an audio upload.
@@ -114,7 +118,11 @@ fn upload_tenant(who: &Principal, asked: Option<Uuid>) -> Result<String, Problem
 /// `GET /v1/audio/{id}`, and post it in a thread with `POST /v1/audio/{id}/attach`. Allowed: a
 /// tenant's staff and its chatbot (phone) users, in their own tenant (naming another: 403); a
 /// super admin names the tenant (`tenant_id`; without it: 422 `tenant_required`); anyone else:
-/// 403. Answer 201 with `Location: /v1/audio/{id}`. The file must begin as its declared type
+/// 403. With `thread_id`, the recording is about the thread's customer (the caller must see
+/// the thread: 404 otherwise; a thread without a customer: 422 `no_customer`); a chatbot
+/// user's own upload is about them: its transcript is sealed for that person and the file
+/// and transcript are deleted with them (an erased person: 410 `subject_erased`, nothing
+/// stored; docs/privacy.md). Answer 201 with `Location: /v1/audio/{id}`. The file must begin as its declared type
 /// does (MP3: an ID3 tag or an MPEG frame; WAV: RIFF…WAVE; Ogg: OggS; WebM: an EBML header;
 /// MP4: an ftyp box), else 415 `audio_content_mismatch` and nothing is stored. Each user
 /// uploads at most `AUDIO_UPLOADS_PER_USER_PER_HOUR` files an hour (default 30; 429
@@ -145,6 +153,8 @@ async fn upload(
     if who.is_super_admin() {
         crate::http::named_tenant(&state, &tenant).await?;
     }
+    let subject =
+        super::service::recording_subject(&state, &who, &tenant, params.thread_id).await?;
     let mut multipart = multipart.map_err(not_multipart)?;
     let field = loop {
         match multipart
@@ -186,6 +196,7 @@ async fn upload(
         content_type,
         size_bytes: size,
         sha256,
+        subject,
         at: state.clock.now(),
     };
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());

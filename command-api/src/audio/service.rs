@@ -2,8 +2,11 @@
 //! in the background, checks of transcripts no webhook finished, the transcript completed
 //! from the service or the blob store) and what AssemblyAI's webhooks do when processed.
 use axum::http::{header, HeaderValue, StatusCode};
-use events::audio::{StoredTranscript, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
+use events::access::Principal;
+use events::audio::{AudioSubject, StoredTranscript, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
+use events::chat::{Party, PartyKind};
 use events::http::Problem;
+use events::keyring::{KeyError, Subject, SubjectKind};
 use events::webhooks::Outcome;
 use events::Metadata;
 use futures::TryStreamExt;
@@ -12,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::aggregate::{Audio, AudioCommand, Status};
 use super::assemblyai::{ServiceError, Transcript};
+use crate::http::error::DomainProblem;
 use crate::store::CommandError;
 use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
@@ -149,9 +153,46 @@ pub(crate) async fn check(
         .version)
 }
 
+/// Why a finished transcript could not be recorded (yet).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unfinished {
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] object_store::Error),
+    /// The recording's subject's key could not be read or made.
+    #[error(transparent)]
+    Key(KeyError),
+}
+
+/// `text` sealed for the person recording `audio` is about (docs/privacy.md); as it is for
+/// the tenant's own recording.
+async fn sealed_for_subject(
+    state: &AppState,
+    audio: &Audio,
+    text: String,
+) -> Result<String, KeyError> {
+    let (Some(person), Some(tenant)) = (audio.subject(), audio.tenant_id()) else {
+        return Ok(text);
+    };
+    let kind = match person.kind.as_str() {
+        "contact" => SubjectKind::Contact,
+        "admin_user" => SubjectKind::AdminUser,
+        "customer" => SubjectKind::Customer,
+        _ => SubjectKind::PhoneUser,
+    };
+    let subject = Subject {
+        id: person.id,
+        kind,
+        tenant_id: tenant,
+    };
+    state.keyring.seal(subject, &text).await
+}
+
 /// The command that finishes transcript `transcript_id` as the service reported it
 /// (`completed` or `error`). A transcript too large for an event is written to the blob
-/// store first, and the event names it and carries a preview.
+/// store first, and the event names it and carries a preview. A recording about a person
+/// has its text, words and stored file sealed for them; once they are erased, nothing of
+/// it is kept (the transcript is recorded failed).
 pub(crate) async fn finishing(
     state: &AppState,
     id: &str,
@@ -160,7 +201,7 @@ pub(crate) async fn finishing(
     transcript: Transcript,
     webhook_id: Option<String>,
     at: chrono::DateTime<chrono::Utc>,
-) -> Result<AudioCommand, object_store::Error> {
+) -> Result<AudioCommand, Unfinished> {
     // What the service says is stored as events: no NUL (PostgreSQL cannot store it), and
     // the error and language bounded.
     let clean = |s: String| s.replace('\0', "\u{fffd}");
@@ -191,42 +232,141 @@ pub(crate) async fn finishing(
         .collect();
     let text = clean(transcript.text.unwrap_or_default());
     let whole = serde_json::to_vec(&json!({"text": text, "words": words})).unwrap_or_default();
+    let erased = || AudioCommand::Fail {
+        transcript_id: transcript_id.to_owned(),
+        error: "the person the recording is about was erased: the transcript is not kept".into(),
+        webhook_id: webhook_id.clone(),
+        at,
+    };
     let (text, words, stored) = if whole.len() <= MAX_INLINE_TRANSCRIPT_BYTES {
         (text, words, None)
     } else {
-        // Named by the transcript, so a repeated finish writes the same file again.
-        let name: String = transcript_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-            .take(100)
-            .collect();
-        let object_key = format!(
-            "tenants/{}/audio/{id}/transcript-{name}.json",
-            audio.tenant_id().unwrap_or_default()
-        );
-        let stored = StoredTranscript {
-            object_key: object_key.clone(),
-            size_bytes: whole.len() as u64,
-            sha256: crate::values::hex(&Sha256::digest(&whole)),
-            text_chars: text.chars().count() as u64,
+        let stored = match store_whole(state, id, audio, transcript_id, whole, &text).await {
+            Err(Unfinished::Key(KeyError::Erased)) => return Ok(erased()),
+            stored => stored?,
         };
-        state
-            .blobs
-            .put(&object_store::path::Path::from(object_key), whole.into())
-            .await?;
         let preview = text.chars().take(PREVIEW_CHARS).collect();
         (preview, Vec::new(), Some(stored))
+    };
+    let (text, words, words_sealed) = match seal_transcript(state, audio, text, words).await {
+        Ok(sealed) => sealed,
+        Err(KeyError::Erased) => return Ok(erased()),
+        Err(e) => return Err(Unfinished::Key(e)),
     };
     Ok(AudioCommand::Complete {
         transcript_id: transcript_id.to_owned(),
         text,
         words,
+        words_sealed,
         stored,
         language,
         confidence: transcript.confidence,
         webhook_id,
         at,
     })
+}
+
+/// Writes transcript `whole` (its JSON) of audio file `id` to the blob store, named by the
+/// transcript so a repeated finish writes the same file again; for a recording about a
+/// person, the file holds the JSON text sealed for them.
+async fn store_whole(
+    state: &AppState,
+    id: &str,
+    audio: &Audio,
+    transcript_id: &str,
+    whole: Vec<u8>,
+    text: &str,
+) -> Result<StoredTranscript, Unfinished> {
+    let name: String = transcript_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(100)
+        .collect();
+    let object_key = format!(
+        "tenants/{}/audio/{id}/transcript-{name}.json",
+        audio.tenant_id().unwrap_or_default()
+    );
+    let whole = sealed_for_subject(state, audio, String::from_utf8_lossy(&whole).into_owned())
+        .await
+        .map_err(Unfinished::Key)?
+        .into_bytes();
+    let stored = StoredTranscript {
+        object_key: object_key.clone(),
+        size_bytes: whole.len() as u64,
+        sha256: crate::values::hex(&Sha256::digest(&whole)),
+        text_chars: text.chars().count() as u64,
+    };
+    state
+        .blobs
+        .put(&object_store::path::Path::from(object_key), whole.into())
+        .await?;
+    Ok(stored)
+}
+
+/// The person a recording uploaded by `who` to `tenant` is about: the customer of thread
+/// `thread` (which `who` must see: 404; without a customer: 422), else a chatbot user
+/// themselves, else no one (the tenant's own). 410 when that person was erased: nothing new
+/// is kept about them.
+pub(crate) async fn recording_subject(
+    state: &AppState,
+    who: &Principal,
+    tenant: &str,
+    thread: Option<uuid::Uuid>,
+) -> Result<Option<AudioSubject>, Problem> {
+    let person = match (thread, who) {
+        (Some(thread), _) => {
+            let loaded = state.ctx.chat.threads.load(&thread.to_string()).await?;
+            let customer = loaded
+                .customer_seen_by(&crate::chat::service::actor(who))
+                .ok()
+                .filter(|_| loaded.tenant_id() == Some(tenant))
+                .ok_or_else(|| crate::chat::aggregate::ThreadError::NotFound.problem())?;
+            customer.cloned().ok_or_else(|| {
+                Problem::unprocessable("no_customer", "The thread has no customer to be about.")
+            })?
+        }
+        (None, Principal::Phone { user_id, .. }) => Party {
+            id: user_id.clone(),
+            kind: PartyKind::Phone,
+        },
+        (None, _) => return Ok(None),
+    };
+    let Some((id, kind)) = crate::chat::services::subject_of(tenant, &person) else {
+        return Ok(None);
+    };
+    let known = state
+        .keyring
+        .subject(id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if known.is_some_and(|k| k.erased) {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "subject_erased",
+            "The person the recording is about was erased: nothing new is kept about them.",
+        ));
+    }
+    Ok(Some(AudioSubject {
+        id,
+        kind: kind.as_str().to_owned(),
+    }))
+}
+
+/// A transcript's text and words as its event holds them: for a recording about a person,
+/// the text sealed for them and the words sealed whole (none left in clear).
+async fn seal_transcript(
+    state: &AppState,
+    audio: &Audio,
+    text: String,
+    words: Vec<events::audio::Word>,
+) -> Result<(String, Vec<events::audio::Word>, Option<String>), KeyError> {
+    if audio.subject().is_none() {
+        return Ok((text, words, None));
+    }
+    let text = sealed_for_subject(state, audio, text).await?;
+    let words = serde_json::to_string(&words).unwrap_or_else(|_| "[]".into());
+    let words = sealed_for_subject(state, audio, words).await?;
+    Ok((text, Vec::new(), Some(words)))
 }
 
 /// Why a request failed, and the file's URL at the service when it was uploaded but the
@@ -330,9 +470,21 @@ pub(crate) async fn whole_text(state: &AppState, audio: &Audio) -> Result<Option
     let Some(text) = audio.text() else {
         return Ok(None);
     };
-    let Some(stored) = audio.stored() else {
-        return Ok(Some(text.to_owned()));
+    // Sealed for the recording's subject: `[erased]` once they are.
+    let opened = |text: String| async move {
+        state
+            .keyring
+            .open(&text)
+            .await
+            .map_err(|e| Problem::unavailable(&e))
     };
+    let text = opened(text.to_owned()).await?;
+    let Some(stored) = audio.stored() else {
+        return Ok(Some(text));
+    };
+    if text == events::personal::ERASED {
+        return Ok(Some(text));
+    }
     let bytes = state
         .blobs
         .get(&object_store::path::Path::from(stored.object_key.as_str()))
@@ -341,9 +493,10 @@ pub(crate) async fn whole_text(state: &AppState, audio: &Audio) -> Result<Option
         .bytes()
         .await
         .map_err(|e| Problem::unavailable(&e))?;
+    let bytes = opened(String::from_utf8_lossy(&bytes).into_owned()).await?;
     let whole: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| Problem::unavailable(&e))?;
-    Ok(Some(whole["text"].as_str().unwrap_or(text).to_owned()))
+        serde_json::from_str(&bytes).map_err(|e| Problem::unavailable(&e))?;
+    Ok(Some(whole["text"].as_str().unwrap_or(&text).to_owned()))
 }
 
 /// `text` cut into messages of at most [`MAX_PART_CHARS`] characters, at a space or line

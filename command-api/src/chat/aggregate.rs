@@ -343,6 +343,28 @@ async fn subject_line(
     }
 }
 
+/// A new thread's customer as its `Opened` records them, with a contact's number sealed
+/// for them: a contact is named by their subject id, and their number travels sealed beside
+/// it (docs/privacy.md). Refused for an erased person.
+async fn on_record(
+    tenant_id: &str,
+    customer: Option<Party>,
+    services: &ChatServices,
+) -> Result<(Option<Party>, Option<String>), ThreadError> {
+    let (customer, address) = match customer {
+        Some(c) if c.kind == PartyKind::Contact => {
+            (Some(Party::contact(tenant_id, &c.id)), Some(c.id))
+        }
+        other => (other, None),
+    };
+    not_erased(tenant_id, customer.as_ref(), services).await?;
+    let address = match (&customer, address) {
+        (Some(person), Some(address)) => Some(services.seal(tenant_id, person, &address).await?),
+        _ => None,
+    };
+    Ok((customer, address))
+}
+
 /// Refuses a thread with an erased person: nothing new is kept about them, not even that.
 async fn not_erased(
     tenant_id: &str,
@@ -414,6 +436,12 @@ impl Thread {
 
     fn recent_message(&self, id: &str) -> Option<&MessageState> {
         self.recent.iter().rev().find(|m| m.id == id)
+    }
+
+    /// The customer, for an `actor` who may see the thread (`NotFound` otherwise).
+    pub fn customer_seen_by(&self, actor: &Actor) -> Result<Option<&Party>, ThreadError> {
+        self.access(actor)?;
+        Ok(self.customer.as_ref())
     }
 
     /// What `actor` is to this thread; `NotFound` when it may not see it.
@@ -574,21 +602,8 @@ impl Thread {
         if channel != Channel::Web && !matches!(actor, Actor::System { .. }) {
             return Err(ThreadError::ChannelNotAllowed);
         }
-        // A contact is named by their subject id; their number travels sealed for them.
-        let (customer, address) = match customer {
-            Some(c) if c.kind == PartyKind::Contact => {
-                (Some(Party::contact(&tenant_id, &c.id)), Some(c.id))
-            }
-            other => (other, None),
-        };
-        not_erased(&tenant_id, customer.as_ref(), services).await?;
+        let (customer, customer_address) = on_record(&tenant_id, customer, services).await?;
         let subject = subject_line(subject, &tenant_id, customer.as_ref(), services).await?;
-        let customer_address = match (&customer, address) {
-            (Some(person), Some(address)) => {
-                Some(services.seal(&tenant_id, person, &address).await?)
-            }
-            _ => None,
-        };
         let tags = values::tags(&tags).ok_or(ThreadError::InvalidTags)?;
         Ok(vec![ThreadEvent::Opened {
             tenant_id,

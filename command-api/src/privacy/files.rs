@@ -1,6 +1,7 @@
 //! Deleting an erased subject's files (docs/privacy.md, "Erasure"): the files the platform
 //! stored for them as the contact of their threads — the MMS files of their SMS and the
-//! files they sent on WhatsApp. Found in the event store, which names every one of them: the
+//! files they sent on WhatsApp — and the recordings about them with their stored
+//! transcripts. Found in the event store, which names every one of them: the
 //! blob store is command-api's, and so is the store that says which file is whose.
 //!
 //! Deleting is idempotent (a file already gone counts as deleted), so an erasure asked again
@@ -78,6 +79,32 @@ async fn files_of(
     Ok(files)
 }
 
+/// The blob keys of the recordings of `tenant` about subject `subject`
+/// (`AudioUploaded.subject`) and of their transcripts stored in the blob store.
+async fn recordings_of(
+    pool: &PgPool,
+    tenant: &str,
+    subject: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH theirs AS (
+             SELECT aggregate_id, payload->'AudioUploaded'->>'object_key' AS file FROM events
+              WHERE aggregate_type = 'audio' AND event_type = 'AudioUploaded'
+                AND metadata->>'tenant_id' = $1
+                AND payload->'AudioUploaded'->'subject'->>'id' = $2)
+         SELECT file FROM theirs
+         UNION
+         SELECT e.payload->'TranscriptCompleted'->'stored'->>'object_key' FROM events e
+          WHERE e.aggregate_type = 'audio' AND e.event_type = 'TranscriptCompleted'
+            AND e.aggregate_id IN (SELECT aggregate_id FROM theirs)
+            AND e.payload->'TranscriptCompleted'->'stored'->>'object_key' IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(subject.to_string())
+    .fetch_all(pool)
+    .await
+}
+
 /// Deletes the files of subject `subject` (of `kind`) of `tenant`; returns how many keys it
 /// deleted or found gone.
 pub async fn delete_subject_files(
@@ -88,10 +115,11 @@ pub async fn delete_subject_files(
     kind: &str,
 ) -> Result<usize, FilesError> {
     let threads = threads_of(pool, tenant, subject, kind).await?;
-    if threads.is_empty() {
-        return Ok(0);
-    }
-    let keys = files_of(pool, tenant, &threads).await?;
+    let mut keys = match threads.is_empty() {
+        true => Vec::new(),
+        false => files_of(pool, tenant, &threads).await?,
+    };
+    keys.extend(recordings_of(pool, tenant, subject).await?);
     for key in &keys {
         match blobs.delete(&Path::from(key.as_str())).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

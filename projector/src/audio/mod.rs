@@ -148,6 +148,7 @@ async fn insert_uploaded(
         object_key,
         content_type,
         size_bytes,
+        subject,
         at,
         ..
     } = event
@@ -157,8 +158,8 @@ async fn insert_uploaded(
     sqlx::query(&format!(
         "INSERT INTO {table} (id, tenant_id, uploaded_by, object_key, content_type,
                               size_bytes, status, next_attempt_at, created_at,
-                              updated_at, version)
-         VALUES ($1::uuid, $2, $3, $4, $5, $6, 'uploaded', $7, $7, $8, $9)"
+                              updated_at, version, subject_id)
+         VALUES ($1::uuid, $2, $3, $4, $5, $6, 'uploaded', $7, $7, $8, $9, $10)"
     ))
     .bind(&e.aggregate_id)
     .bind(tenant_id)
@@ -169,6 +170,27 @@ async fn insert_uploaded(
     .bind(at)
     .bind(e.recorded_at)
     .bind(e.sequence as i64)
+    .bind(subject.map(|s| s.id))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Overwrites with `[erased]` the transcripts of recordings about erased subject `subject`
+/// (docs/privacy.md): their text, and their words (none left). The live table, in the
+/// caller's transaction; a rebuild gives the same (the events read `[erased]`).
+pub async fn redact_subject(
+    conn: &mut PgConnection,
+    subject: uuid::Uuid,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "UPDATE audio_files
+            SET text = CASE WHEN text IS NOT NULL THEN $2 END,
+                words = CASE WHEN words IS NOT NULL THEN '[]'::jsonb END
+          WHERE subject_id = $1",
+    )
+    .bind(subject)
+    .bind(events::personal::ERASED)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -184,6 +206,7 @@ async fn completed_transcript(
     let AudioEvent::TranscriptCompleted {
         text,
         words,
+        words_sealed,
         stored,
         language,
         confidence,
@@ -192,6 +215,8 @@ async fn completed_transcript(
     else {
         return Ok(());
     };
+    // Opened with the rest of the event: `[erased]`, no list, once its subject is erased.
+    let words = events::audio::words_of(words, words_sealed.as_deref());
     let chars = stored
         .as_ref()
         .map_or(text.chars().count() as u64, |s| s.text_chars);

@@ -652,6 +652,38 @@ async fn schedule_change(
     Ok(())
 }
 
+/// The ids subject `subject` of `tenant` (`kind` as `Erased` names it) has in the chat read
+/// models: as the customer of threads (a contact by subject id, or by number in threads
+/// opened before), and, for a staff member, as the author of messages in threads without a
+/// customer.
+async fn ids_of(
+    conn: &mut PgConnection,
+    subject: uuid::Uuid,
+    tenant: &str,
+    kind: &str,
+) -> Result<(Vec<String>, Vec<String>), ProjectionError> {
+    let is_subject = |id: &String| events::personal::subject_id(kind, tenant, id) == subject;
+    let customers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT customer_id FROM chat_threads
+          WHERE tenant_id = $1 AND customer_id IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await?;
+    let customers: Vec<String> = customers.into_iter().filter(is_subject).collect();
+    if kind != "admin_user" {
+        return Ok((customers, Vec::new()));
+    }
+    let authors: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT m.author_id FROM chat_messages m
+           JOIN chat_threads t ON t.id = m.thread_id
+          WHERE t.customer_id IS NULL AND m.author_kind = 'agent'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((customers, authors.into_iter().filter(is_subject).collect()))
+}
+
 /// Overwrites with `[erased]` what the chat read models hold of erased subject `subject` of
 /// `tenant` (`kind` as `Erased` names it; docs/privacy.md): every text, the subject line and
 /// a contact's number of the threads whose customer they were (sealed for them, whoever
@@ -665,27 +697,7 @@ pub async fn redact_subject(
     tenant: &str,
     kind: &str,
 ) -> Result<(), ProjectionError> {
-    let is_subject = |id: &String| events::personal::subject_id(kind, tenant, id) == subject;
-    let customers: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT customer_id FROM chat_threads
-          WHERE tenant_id = $1 AND customer_id IS NOT NULL",
-    )
-    .bind(tenant)
-    .fetch_all(&mut *conn)
-    .await?;
-    let customers: Vec<String> = customers.into_iter().filter(is_subject).collect();
-    let authors: Vec<String> = if kind == "admin_user" {
-        let authors: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT m.author_id FROM chat_messages m
-               JOIN chat_threads t ON t.id = m.thread_id
-              WHERE t.customer_id IS NULL AND m.author_kind = 'agent'",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        authors.into_iter().filter(is_subject).collect()
-    } else {
-        Vec::new()
-    };
+    let (customers, authors) = ids_of(conn, subject, tenant, kind).await?;
     if customers.is_empty() && authors.is_empty() {
         return Ok(());
     }

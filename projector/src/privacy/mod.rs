@@ -5,7 +5,7 @@
 //! reads `[erased]` from then on — a rebuild gives redacted read models by itself. What the
 //! read models wrote in clear before the erasure is overwritten here, by each context's own
 //! redaction (`chat::redact_subject`, `whatsapp::redact_subject`, `telephony::redact_subject`,
-//! `identity::redact_subject`), in the checkpoint's
+//! `audio::redact_subject`, `identity::redact_subject`), in the checkpoint's
 //! transaction. It always writes the
 //! live tables: it owns none, and a rebuild of another projection redacts by itself.
 
@@ -60,6 +60,7 @@ impl Projection for RedactionProjection {
         crate::chat::redact_subject(conn, subject, &tenant_id, &kind).await?;
         crate::whatsapp::redact_subject(conn, subject, &tenant_id, &kind).await?;
         crate::telephony::redact_subject(conn, subject, &tenant_id, &kind).await?;
+        crate::audio::redact_subject(conn, subject).await?;
         crate::identity::redact_subject(conn, subject, &kind).await
     }
 }

@@ -159,7 +159,8 @@ async fn detail(
     .await?;
     match row {
         Some(mut file) if may_read(&who, &file) => {
-            if let Some(key) = file.transcript_object_key.take() {
+            let erased = file.text.as_deref() == Some(events::personal::ERASED);
+            if let Some(key) = file.transcript_object_key.take().filter(|_| !erased) {
                 // The file and its status still show when the stored transcript cannot be
                 // read (the blob store down, the file lost): its preview, and a flag.
                 match stored_transcript(&state, &key).await {
@@ -182,8 +183,12 @@ async fn detail(
     }
 }
 
-/// A transcript kept in the blob store (`{"text": …, "words": [...]}`).
-async fn stored_transcript(state: &AppState, key: &str) -> Result<serde_json::Value, String> {
+/// A transcript kept in the blob store (`{"text": …, "words": [...]}`; sealed whole for
+/// the person a recording is about, docs/privacy.md).
+pub(crate) async fn stored_transcript(
+    state: &AppState,
+    key: &str,
+) -> Result<serde_json::Value, String> {
     let bytes = state
         .blobs
         .get(&object_store::path::Path::from(key))
@@ -192,5 +197,10 @@ async fn stored_transcript(state: &AppState, key: &str) -> Result<serde_json::Va
         .bytes()
         .await
         .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    let text = String::from_utf8_lossy(&bytes);
+    let opened = state.keyring.open(&text).await.map_err(|e| e.to_string())?;
+    if opened == events::personal::ERASED {
+        return Ok(serde_json::json!({"text": opened, "words": []}));
+    }
+    serde_json::from_str(&opened).map_err(|e| e.to_string())
 }

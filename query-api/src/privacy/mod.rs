@@ -182,6 +182,25 @@ pub struct CallExport {
     started_at: DateTime<Utc>,
 }
 
+/// A recording about the subject (uploaded for their thread, or by them), with its
+/// transcript.
+#[derive(Debug, Serialize, FromRow, utoipa::ToSchema)]
+pub struct RecordingExport {
+    id: Uuid,
+    content_type: String,
+    size_bytes: i64,
+    /// `uploaded`, `requesting`, `retrying`, `requested`, `completed` or `failed`.
+    status: String,
+    /// The whole transcript, once completed.
+    text: Option<String>,
+    /// Its words with their timings (`[{text, start_ms, end_ms, confidence}]`).
+    words: Option<serde_json::Value>,
+    language: Option<String>,
+    #[serde(skip)]
+    transcript_object_key: Option<String>,
+    uploaded_at: DateTime<Utc>,
+}
+
 /// Everything held about a data subject.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Export {
@@ -199,6 +218,8 @@ pub struct Export {
     whatsapp_messages: Vec<WhatsAppMessageExport>,
     /// A contact's calls with the tenant's numbers, oldest first (empty for other kinds).
     calls: Vec<CallExport>,
+    /// Recordings about them with their transcripts, oldest first.
+    recordings: Vec<RecordingExport>,
 }
 
 /// Export a data subject's data.
@@ -209,7 +230,8 @@ pub struct Export {
 /// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages (the
 /// staff's: left out of a phone user's own export), and, for a staff member, the messages
 /// they wrote in threads without a customer, in any tenant; for a contact, also their
-/// WhatsApp profile and messages either way and their calls. Allowed: a
+/// WhatsApp profile and messages either way and their calls; and the recordings about them
+/// with their transcripts. Allowed: a
 /// super admin, the admin of the subject's tenant, and a phone user for themselves; other
 /// roles 403. An unknown subject, an id that is not a UUID, or another tenant's subject: 404.
 /// After an erasure the answer says so (`subject.erased`) and holds no personal data: the
@@ -314,6 +336,7 @@ async fn gather(
         "contact" => contact_channels(state, &subject).await?,
         _ => Default::default(),
     };
+    let recordings = recordings(state, subject.id).await?;
     Ok(Export {
         subject,
         exported_at: Utc::now(),
@@ -323,7 +346,31 @@ async fn gather(
         whatsapp_contacts,
         whatsapp_messages,
         calls,
+        recordings,
     })
+}
+
+/// The recordings about `subject`, each with its whole transcript (a stored one read from
+/// the blob store; its preview when that cannot be read now).
+async fn recordings(state: &AppState, subject: Uuid) -> Result<Vec<RecordingExport>, sqlx::Error> {
+    let mut recordings: Vec<RecordingExport> = sqlx::query_as(
+        "SELECT id, content_type, size_bytes, status, text, words, language,
+                transcript_object_key, created_at AS uploaded_at
+           FROM audio_files WHERE subject_id = $1 ORDER BY created_at, id",
+    )
+    .bind(subject)
+    .fetch_all(&state.pool)
+    .await?;
+    for r in &mut recordings {
+        let erased = r.text.as_deref() == Some(events::personal::ERASED);
+        if let Some(key) = r.transcript_object_key.take().filter(|_| !erased) {
+            if let Ok(whole) = crate::audio::stored_transcript(state, &key).await {
+                r.text = whole["text"].as_str().map(str::to_owned).or(r.text.take());
+                r.words = Some(whole["words"].clone());
+            }
+        }
+    }
+    Ok(recordings)
 }
 
 /// What WhatsApp and the calls read models hold of contact `subject`: found as their

@@ -1462,3 +1462,266 @@ async fn a_request_whose_process_died_after_the_upload_is_found_not_made_twice()
     assert_eq!(requests_to(&assemblyai, "POST", "/v2/upload").await, 0);
     assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 0);
 }
+
+/// Every file under `dir`, as text, for searching.
+fn files_text(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return all;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.push_str(&files_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            all.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_them() {
+    let assemblyai = MockServer::start().await;
+    accepts_requests(&assemblyai).await;
+    // 1,500 words: more than an event keeps, so the transcript goes to the blob store.
+    let transcript = long_transcript(1_500);
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript.clone()))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock).await;
+    let thread = studio.customer_thread("phone-recorded").await;
+    let upload_for = |thread: &str| {
+        let part = reqwest::multipart::Part::bytes(audio_file("audio/wav", 64, 7))
+            .mime_str("audio/wav")
+            .expect("mime");
+        studio
+            .env
+            .http
+            .post(studio.api.url(&format!("/v1/audio?thread_id={thread}")))
+            .bearer_auth(&studio.admin)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    // A thread one cannot see, and one without a customer, name no one.
+    expect_problem(
+        upload_for(&uuid::Uuid::new_v4().to_string())
+            .await
+            .expect("sent"),
+        404,
+        "not_found",
+    )
+    .await;
+    let staff_thread: Value = studio
+        .env
+        .http
+        .post(studio.api.url("/v1/chat/threads"))
+        .bearer_auth(&studio.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let staff_thread = staff_thread["id"].as_str().expect("id").to_owned();
+    expect_problem(
+        upload_for(&staff_thread).await.expect("sent"),
+        422,
+        "no_customer",
+    )
+    .await;
+
+    let r = upload_for(&thread).await.expect("sent");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
+    studio.step_once(&studio.webhooks).await;
+    let text = transcript["text"].as_str().expect("text");
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    assert_eq!(done["text"], text, "opened for the tenant's staff");
+    assert_eq!(done["words"].as_array().map(Vec::len), Some(1_500));
+    // Neither the store nor the blob store holds it in clear.
+    let stored: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(payload::text, ' '), '') FROM events
+          WHERE aggregate_type = 'audio'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("events");
+    assert!(
+        !stored.contains("word1 "),
+        "the transcript in clear in the store"
+    );
+    assert!(
+        !stored.contains("word1499"),
+        "the words in clear in the store"
+    );
+    let blobs = files_text(&studio.env.blob_dir);
+    assert!(
+        !blobs.contains("word1499"),
+        "the transcript in clear in the blob store"
+    );
+
+    // Their export holds it; the subject is the thread's customer, the chatbot user.
+    let subject = events::personal::subject_id("phone_user", &studio.tenant, "phone-recorded");
+    let export_url = studio
+        .query
+        .url(&format!("/v1/privacy/subjects/{subject}/export"));
+    let export = studio.env.get_json(&export_url, &studio.admin).await;
+    assert_eq!(
+        export["recordings"][0]["text"], text,
+        "{}",
+        export["recordings"]
+    );
+    assert_eq!(
+        export["recordings"][0]["words"].as_array().map(Vec::len),
+        Some(1_500)
+    );
+
+    // Erased: the transcript reads [erased], the recording and its transcript file are gone.
+    let erase = studio
+        .env
+        .http
+        .post(
+            studio
+                .api
+                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
+        )
+        .bearer_auth(&studio.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(erase.status(), 200);
+    let erased = studio
+        .audio_when(&id, "redacted", |a| a["text"] == "[erased]")
+        .await;
+    let no_words = |a: &Value| a["words"].as_array().is_none_or(Vec::is_empty);
+    assert!(no_words(&erased), "{erased}");
+    let audio_dir = studio
+        .env
+        .blob_dir
+        .join(format!("tenants/{}/audio/{id}", studio.tenant));
+    assert_eq!(files_text(&audio_dir), "", "the recording's files deleted");
+    let export = studio.env.get_json(&export_url, &studio.admin).await;
+    assert_eq!(export["recordings"][0]["text"], "[erased]");
+    // A rebuild from the store shows the same.
+    studio._projector.abort();
+    projector::rebuild::rebuild(
+        &studio.env.pool,
+        &projector::audio::AudioProjection,
+        &studio.env.keyring(),
+    )
+    .await
+    .expect("rebuild");
+    let rebuilt = studio
+        .env
+        .get_json(&studio.query.url(&format!("/v1/audio/{id}")), &studio.admin)
+        .await;
+    assert_eq!(rebuilt["text"], "[erased]");
+    assert!(no_words(&rebuilt), "{rebuilt}");
+    // Nothing new is kept about them.
+    expect_problem(
+        upload_for(&thread).await.expect("sent"),
+        410,
+        "subject_erased",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chatbot_users_own_recording_is_about_them_and_its_words_are_sealed_in_the_event() {
+    let assemblyai = MockServer::start().await;
+    accepts_requests(&assemblyai).await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript_json("completed")))
+        .mount(&assemblyai)
+        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let studio = Studio::start(&assemblyai, clock).await;
+    let user = "phone-self-recorded";
+    let customer = studio.env.phone_user(&studio.tenant, user);
+    let r = studio
+        .upload(&customer, audio_file("audio/ogg", 64, 3), "audio/ogg")
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio
+        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(&id, "requested", |a| a["status"] == "requested")
+        .await;
+    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
+    studio.step_once(&studio.webhooks).await;
+    let done = studio
+        .audio_when(&id, "completed", |a| a["status"] == "completed")
+        .await;
+    assert_eq!(done["text"], "Hello, the shop opens at nine.");
+    assert_eq!(done["words"][0]["text"], "Hello,");
+    let (subject, words, sealed): (Option<String>, Value, Option<String>) = sqlx::query_as(
+        "SELECT u.payload->'AudioUploaded'->'subject'->>'id',
+                c.payload->'TranscriptCompleted'->'words',
+                c.payload->'TranscriptCompleted'->>'words_sealed'
+           FROM events u JOIN events c ON c.aggregate_id = u.aggregate_id
+          WHERE u.event_type = 'AudioUploaded' AND c.event_type = 'TranscriptCompleted'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("events");
+    let me = events::personal::subject_id("phone_user", &studio.tenant, user);
+    assert_eq!(
+        subject,
+        Some(me.to_string()),
+        "about the one who recorded it"
+    );
+    assert_eq!(words, json!([]), "no word in clear");
+    let sealed = sealed.expect("the words sealed");
+    assert_eq!(
+        events::personal::SealedField::parse(&sealed).map(|f| f.subject),
+        Some(me)
+    );
+    let stored: String = sqlx::query_scalar(
+        "SELECT string_agg(payload::text, ' ') FROM events WHERE aggregate_type = 'audio'",
+    )
+    .fetch_one(&studio.env.pool)
+    .await
+    .expect("events");
+    assert!(!stored.contains("shop opens"), "{stored}");
+    // Their export holds it.
+    let export = studio
+        .env
+        .get_json(
+            &studio
+                .query
+                .url(&format!("/v1/privacy/subjects/{me}/export")),
+            &studio.admin,
+        )
+        .await;
+    assert_eq!(
+        export["recordings"][0]["text"],
+        "Hello, the shop opens at nine."
+    );
+    assert_eq!(export["recordings"][0]["words"][1]["text"], "the");
+}
