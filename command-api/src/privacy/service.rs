@@ -4,6 +4,8 @@ use events::access::{Principal, Role};
 use events::http::{Problem, RequestIds};
 use uuid::Uuid;
 
+use events::keyring::KnownSubject;
+
 use super::aggregate::SubjectCommand;
 use crate::http::error::DomainProblem;
 use crate::store::Committed;
@@ -52,6 +54,24 @@ pub async fn erase(
     if known.kind == "admin_user" {
         staff_erasable(state, who, id).await?;
     }
+    // Read first: a phone user's number goes with their erasure.
+    let linked = same_person(state, id, &known).await?;
+    let committed = erase_known(state, who, ids, id, &known).await?;
+    for (other, other_known) in linked {
+        erase_known(state, who, ids, other, &other_known).await?;
+    }
+    Ok(committed)
+}
+
+/// Records the erasure of subject `id` (`known` to the key table), with what was sealed for
+/// a contact's calls before they were known, then deletes the subject's files.
+async fn erase_known(
+    state: &AppState,
+    who: &Principal,
+    ids: &RequestIds,
+    id: Uuid,
+    known: &KnownSubject,
+) -> Result<Committed, Problem> {
     let command = SubjectCommand::Erase {
         tenant_id: known.tenant_id.clone(),
         kind: known.kind.clone(),
@@ -84,6 +104,51 @@ pub async fn erase(
         tracing::info!(subject = %id, files = deleted, "an erased subject's files deleted");
     }
     Ok(committed)
+}
+
+/// The other subject the same person is at the tenant, not erased yet: for a phone user,
+/// the contact of their number (their WhatsApp and SMS); for a contact, the phone user
+/// their number signed in as (their chatbot). One person, one erasure (docs/privacy.md).
+async fn same_person(
+    state: &AppState,
+    id: Uuid,
+    known: &KnownSubject,
+) -> Result<Vec<(Uuid, KnownSubject)>, Problem> {
+    let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
+    let tenant = known.tenant_id.as_str();
+    let numbers: Vec<(String, String)> = match known.kind.as_str() {
+        "phone_user" | "contact" => sqlx::query_as(
+            "SELECT user_id, phone FROM phone_users
+              WHERE tenant_id = $1 AND ($2::text IS NULL OR user_id = $2)",
+        )
+        .bind(tenant)
+        .bind((known.kind == "phone_user").then(|| id.to_string()))
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| unavailable(&e))?,
+        _ => return Ok(Vec::new()),
+    };
+    let others = numbers.into_iter().filter_map(|(user, phone)| {
+        let contact = crate::telephony::personal::contact(tenant, &phone)?;
+        match known.kind.as_str() {
+            "phone_user" => Some(contact),
+            _ => (contact == id)
+                .then(|| Uuid::parse_str(&user).ok())
+                .flatten(),
+        }
+    });
+    let mut linked = Vec::new();
+    for other in others {
+        let found = state
+            .keyring
+            .subject(other)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Some(k) = found.filter(|k| !k.erased && k.tenant_id == tenant) {
+            linked.push((other, k));
+        }
+    }
+    Ok(linked)
 }
 
 /// Erases, with contact `id` of `tenant`, what was sealed for their calls before the calls'

@@ -2331,3 +2331,61 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
     assert!(transform_refuses(&env, &phone_thread, "Opened", &with_address).await);
     assert!(!transform_refuses(&env, &contact_thread, "Opened", &with_address).await);
 }
+
+#[tokio::test]
+async fn erasing_a_contact_erases_the_phone_user_their_number_signed_in_as() {
+    use crate::chat::post;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let _projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "one-person").await;
+    let (number, other) = ("+34600555666", "+34600777888");
+    let (user, _) = signed_in(&env, &api, &query, &tenant, number).await;
+    let (kept, _) = signed_in(&env, &api, &query, &tenant, other).await;
+    // The contact their number is (known once something was sealed for them).
+    let contact = events::personal::subject_id("contact", &tenant, number);
+    env.keyring()
+        .register(Subject {
+            id: contact,
+            kind: SubjectKind::Contact,
+            tenant_id: &tenant,
+        })
+        .await
+        .expect("known");
+    let erased = post(
+        &env,
+        &api,
+        &env.admin_of(&tenant),
+        &format!("/v1/privacy/subjects/{contact}/erase"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    let states: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT subject_id::text, erased_at IS NOT NULL FROM data_subjects
+          WHERE tenant_id = $1 ORDER BY 1",
+    )
+    .bind(&tenant)
+    .fetch_all(&env.pool)
+    .await
+    .expect("subjects");
+    let erased_of = |id: &str| states.iter().find(|(s, _)| s == id).map(|(_, e)| *e);
+    assert_eq!(erased_of(&contact.to_string()), Some(true));
+    assert_eq!(erased_of(&user), Some(true), "the same person's sign-in");
+    assert_eq!(erased_of(&kept), Some(false), "another number's");
+    let numbers: Vec<String> =
+        sqlx::query_scalar("SELECT phone FROM phone_users WHERE tenant_id = $1")
+            .bind(&tenant)
+            .fetch_all(&env.pool)
+            .await
+            .expect("numbers");
+    assert_eq!(numbers, [other]);
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'data_subject'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(recorded, 2, "two erasures, each recorded");
+}

@@ -87,12 +87,18 @@ struct Wa {
 impl Wa {
     /// The services on a manual clock; the test drives the webhook processor and the sender.
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Wa::start`], with command-api's settings changed by `configure` too.
+    async fn start_with(configure: impl FnOnce(&mut command_api::config::Config)) -> Self {
         let env = TestEnv::new().await;
         let cloud = MockServer::start().await;
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let mut config = env.command_config();
         config.ctx.whatsapp.whatsapp_api_url = cloud.uri();
         config.ctx.whatsapp.whatsapp_app_secret = vec!["platform-app-secret".into()];
+        configure(&mut config);
         let api = env
             .spawn_command_api_with_clock(config, clock.clone())
             .await;
@@ -2354,4 +2360,360 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
         .count("SELECT count(*) FROM events WHERE aggregate_type = 'whatsapp_conversation'")
         .await;
     assert_eq!(after, before, "nothing appended about them");
+}
+
+/// Everything under `dir`, as text.
+fn blob_text(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.push_str(&blob_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            all.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    all
+}
+
+/// Every row of every table of the test's database, as text, one table after another.
+async fn database_text(env: &TestEnv) -> Vec<(String, String)> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("tables");
+    let mut all = Vec::new();
+    for table in tables {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM \"{table}\" t"
+        ))
+        .fetch_one(&env.pool)
+        .await
+        .expect("rows");
+        all.push((table, rows));
+    }
+    all
+}
+
+/// Where each of `needles` is still in clear: tables, the stream, the blob store.
+async fn left_in_clear(env: &TestEnv, needles: &[&str]) -> Vec<String> {
+    let mut places = database_text(env).await;
+    let bus: String = crate::relay::stream_contents(env)
+        .await
+        .iter()
+        .map(|m| {
+            let headers = m
+                .headers
+                .as_ref()
+                .map(|h| format!("{h:?}"))
+                .unwrap_or_default();
+            format!(
+                "{} {headers} {}",
+                m.subject,
+                String::from_utf8_lossy(&m.payload)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    places.push(("the stream".into(), bus));
+    places.push(("the blob store".into(), blob_text(&env.blob_dir)));
+    let mut found = Vec::new();
+    for (place, text) in &places {
+        for needle in needles {
+            if text.to_lowercase().contains(&needle.to_lowercase()) {
+                found.push(format!("{needle:?} in {place}"));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_person_erased_leaves_nothing_of_them_in_clear_in_any_table_the_stream_or_the_blob_store()
+{
+    use crate::chat::{open_thread, post};
+
+    const BACKEND: &str = "https://hooks.example.com";
+    const HOOK_SECRET: &str = "hook-secret-of-the-erasure-test";
+    let assemblyai = MockServer::start().await;
+    let wa = Wa::start_with(|config| {
+        config.ctx.audio.assemblyai_api_url = assemblyai.uri();
+        config.ctx.audio.assemblyai_api_key = Some("aai-test-key".into());
+        config.ctx.audio.assemblyai_webhook_secret = vec![HOOK_SECRET.into()];
+        config.backend_url = Some(BACKEND.into());
+    })
+    .await;
+    let session = wa.connected().await;
+    let number = format!("+{CONTACT}");
+    // What the person is: their number, name, e-mail, and what they said, wrote and sent.
+    let needles = [
+        CONTACT,
+        "Sheena",
+        "Nelson",
+        "sheena.n@example",
+        "order 88213",
+        "gate code 4417",
+        "selfie caption",
+        "SELFIE-PIXELS",
+        "Rosewood Lane",
+    ];
+
+    // They sign in by phone and name themselves.
+    let requested = crate::identity::request_code(&wa.env, &wa.api, &wa.tenant, &number).await;
+    assert_eq!(requested.status(), 202);
+    let code = crate::identity::code_from_inbox(&wa.env, &wa.query, &number).await;
+    let verified: Value = wa
+        .env
+        .http
+        .post(wa.api.url("/auth/phone/verify"))
+        .json(&json!({"tenant_id": wa.tenant, "phone": number, "code": code}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let user = verified["user"]["id"].as_str().expect("id").to_owned();
+    let token = verified["access_token"].as_str().expect("token").to_owned();
+    let profile = wa
+        .env
+        .http
+        .put(wa.api.url("/auth/phone/profile"))
+        .bearer_auth(&token)
+        .json(&json!({"display_name": "Sheena Nelson", "email": "sheena.n@example.test"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(profile.status(), 200);
+
+    // They chat on the web.
+    let (thread, _) = open_thread(&wa.env, &wa.api, &token, json!({})).await;
+    let sent = post(
+        &wa.env,
+        &wa.api,
+        &token,
+        &format!("/v1/chat/threads/{thread}/messages"),
+        json!({"text": "Where is my order 88213?"}),
+    )
+    .await;
+    assert_eq!(sent.status(), 201);
+
+    // They write on WhatsApp, with a picture.
+    let picture = b"\xff\xd8\xff\xe0 SELFIE-PIXELS".to_vec();
+    Mock::given(method("GET"))
+        .and(path("/v21.0/777"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "url": format!("{}/lookaside/777", wa.cloud.uri()),
+            "mime_type": "image/jpeg", "sha256": "x", "file_size": picture.len().to_string(),
+            "id": "777"})))
+        .mount(&wa.cloud)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/lookaside/777"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/jpeg")
+                .set_body_bytes(picture.clone()),
+        )
+        .mount(&wa.cloud)
+        .await;
+    let now = Utc::now().timestamp();
+    wa.deliver(&delivery(
+        NUMBER_ID,
+        json!([
+            text("wamid.GATE", "The gate code 4417 opens it", now),
+            {"from": CONTACT, "id": "wamid.SELFIE", "timestamp": now.to_string(), "type": "image",
+             "image": {"caption": "My selfie caption", "mime_type": "image/jpeg", "sha256": "x",
+                       "id": "777"}}
+        ]),
+        json!([]),
+    ))
+    .await;
+    let selfie = events::whatsapp::inbound_message_id(&session, "wamid.SELFIE");
+    wa.message_when(&selfie, "the picture stored", |m| {
+        m["media_status"] == "stored"
+    })
+    .await;
+
+    // A recording about them is transcribed.
+    Mock::given(method("POST"))
+        .and(path("/v2/upload"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"upload_url": "https://cdn.assemblyai.com/upload/abc"})),
+        )
+        .mount(&assemblyai)
+        .await;
+    let transcript = json!({"id": "tr_1", "status": "completed", "language_code": "en",
+        "confidence": 0.9, "text": "Sheena Nelson lives at 12 Rosewood Lane",
+        "words": [{"text": "Sheena", "start": 0, "end": 300, "confidence": 0.9},
+                  {"text": "Rosewood Lane", "start": 300, "end": 900, "confidence": 0.9}]});
+    let mut queued = transcript.clone();
+    queued["status"] = json!("queued");
+    Mock::given(method("POST"))
+        .and(path("/v2/transcript"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(queued))
+        .mount(&assemblyai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/transcript/tr_1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(transcript))
+        .mount(&assemblyai)
+        .await;
+    let part = reqwest::multipart::Part::bytes(b"OggS\x00\x02\x00\x00 voice".to_vec())
+        .mime_str("audio/ogg")
+        .expect("mime");
+    let uploaded: Value = wa
+        .env
+        .http
+        .post(wa.api.url(&format!("/v1/audio?thread_id={thread}")))
+        .bearer_auth(&wa.admin)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let audio = uploaded["id"].as_str().expect("id").to_owned();
+    let transcriptions = DueProcessor::transcriptions(
+        wa.env.pool.clone(),
+        &wa.api.url(""),
+        TokenKeys::new(SECRET),
+        wa.clock.clone(),
+    );
+    let audio_url = wa.query.url(&format!("/v1/audio/{audio}"));
+    eventually(
+        Duration::from_secs(20),
+        "the transcript requested",
+        || async {
+            let _ = transcriptions.step().await;
+            let a = wa.env.get_json(&audio_url, &wa.admin).await;
+            (a["status"] == "requested").then_some(())
+        },
+    )
+    .await;
+    let hook = wa
+        .env
+        .http
+        .post(
+            wa.api
+                .url(&format!("/api/webhooks/assemblyai?audio_id={audio}")),
+        )
+        .header("x-webhook-secret", HOOK_SECRET)
+        .json(&json!({"transcript_id": "tr_1", "status": "completed"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(hook.status(), 200);
+    eventually(Duration::from_secs(20), "the transcript", || async {
+        let _ = wa.webhooks.step().await;
+        let a = wa.env.get_json(&audio_url, &wa.admin).await;
+        (a["text"] == "Sheena Nelson lives at 12 Rosewood Lane").then_some(())
+    })
+    .await;
+
+    // Everything is held about them, and shown to the tenant's staff.
+    let export_url = wa.query.url(&format!("/v1/privacy/subjects/{user}/export"));
+    let export = wa.env.get_json(&export_url, &wa.admin).await;
+    assert_eq!(export["phone_user"]["display_name"], "Sheena Nelson");
+    assert_eq!(
+        export["recordings"][0]["text"],
+        "Sheena Nelson lives at 12 Rosewood Lane"
+    );
+    assert_eq!(
+        export["threads"][0]["messages"][0]["text"],
+        "Where is my order 88213?"
+    );
+
+    // The search finds them where they are in clear before: the read models, the command
+    // side's profile, the blob store.
+    let before = left_in_clear(&wa.env, &needles).await;
+    for place in [
+        "\"order 88213\" in chat_messages",
+        "\"Sheena\" in whatsapp_contacts",
+        &format!("{CONTACT:?} in phone_users"),
+        "\"SELFIE-PIXELS\" in the blob store",
+        "\"Rosewood Lane\" in audio_files",
+    ] {
+        assert!(
+            before.iter().any(|p| p == place),
+            "{place} not found in {before:#?}"
+        );
+    }
+
+    // Erased: one erasure of the person (their chatbot sign-in, and the contact their
+    // number is on WhatsApp).
+    let erase = wa
+        .env
+        .http
+        .post(wa.api.url(&format!("/v1/privacy/subjects/{user}/erase")))
+        .bearer_auth(&wa.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(erase.status(), 200);
+    let contact = events::personal::subject_id("contact", &wa.tenant, &number);
+    let contact_export = wa
+        .query
+        .url(&format!("/v1/privacy/subjects/{contact}/export"));
+    eventually(
+        Duration::from_secs(20),
+        "every read model redacted",
+        || async {
+            let mine = wa.env.get_json(&export_url, &wa.admin).await;
+            let theirs = wa.env.get_json(&contact_export, &wa.admin).await;
+            let a = wa.env.get_json(&audio_url, &wa.admin).await;
+            (mine["threads"][0]["messages"][0]["text"] == "[erased]"
+                && theirs["subject"]["erased"] == true
+                && theirs["threads"][0]["messages"][0]["text"] == "[erased]"
+                && a["text"] == "[erased]")
+                .then_some(())
+        },
+    )
+    .await;
+    // The stream holds everything, the erasures too.
+    eventually(
+        Duration::from_secs(20),
+        "the erasures on the stream",
+        || async {
+            let erasures = crate::relay::stream_contents(&wa.env)
+                .await
+                .iter()
+                .filter(|m| m.subject.ends_with(".data_subject.Erased"))
+                .count();
+            (erasures == 2).then_some(())
+        },
+    )
+    .await;
+    let left = left_in_clear(&wa.env, &needles).await;
+    assert!(left.is_empty(), "left in clear: {left:#?}");
+
+    // Read models rebuilt from the store show the same.
+    wa._projector.abort();
+    let keyring = wa.env.keyring();
+    let projections: [&dyn projector::projection::Projection; 5] = [
+        &projector::chat::ChatProjection,
+        &projector::whatsapp::WhatsAppProjection,
+        &projector::audio::AudioProjection,
+        &projector::identity::phone_users::PhoneUsersProjection,
+        &projector::webhooks::WebhooksProjection,
+    ];
+    for projection in projections {
+        projector::rebuild::rebuild(&wa.env.pool, projection, &keyring)
+            .await
+            .expect("rebuild");
+    }
+    let left = left_in_clear(&wa.env, &needles).await;
+    assert!(left.is_empty(), "left in clear after a rebuild: {left:#?}");
+    let rebuilt = wa.env.get_json(&contact_export, &wa.admin).await;
+    assert_eq!(rebuilt["threads"][0]["messages"][0]["text"], "[erased]");
+    assert_eq!(
+        wa.env.get_json(&audio_url, &wa.admin).await["text"],
+        "[erased]"
+    );
 }
