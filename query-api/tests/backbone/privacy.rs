@@ -1484,6 +1484,25 @@ async fn an_erased_staff_member_is_a_subject_from_creation_and_can_sign_in_no_mo
     )
     .await;
 
+    // A password reset mailed to them is in the capture sink (the dev inbox).
+    let reset = crate::chat::post(
+        &env,
+        &api,
+        &admin,
+        &format!("/v1/admin-users/{agent}/password-reset"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(reset.status(), 202);
+    let captured = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbound_messages WHERE recipient = $1")
+            .bind(&email)
+            .fetch_one(&env.pool)
+            .await
+            .expect("counted")
+    };
+    assert_eq!(captured().await, 1);
+
     // Nobody erases themselves (the guards of deactivation hold), and a tenant admin does
     // not erase a super admin.
     let (boss, boss_token) =
@@ -1506,6 +1525,7 @@ async fn an_erased_staff_member_is_a_subject_from_creation_and_can_sign_in_no_mo
     )
     .await;
     assert_eq!(erased.status(), 200);
+    assert_eq!(captured().await, 0, "the mail to them went with them");
     // No sign-in, no refresh, and nothing recorded for the attempts.
     let events = env.event_count().await;
     assert_eq!(login().await.expect("sent").status(), 401);
