@@ -106,9 +106,10 @@ async fn erase_known(
     Ok(committed)
 }
 
-/// The other subject the same person is at the tenant, not erased yet: for a phone user,
-/// the contact of their number (their WhatsApp and SMS); for a contact, the phone user
-/// their number signed in as (their chatbot). One person, one erasure (docs/privacy.md).
+/// The other subjects the same person is, not erased yet: the person behind a number is
+/// the phone user it signed in as at the tenant, the contact it is there (their WhatsApp and
+/// SMS), and the contact it was at the platform while the number was nobody's (webhooks
+/// that came for it then). One person, one erasure (docs/privacy.md).
 async fn same_person(
     state: &AppState,
     id: Uuid,
@@ -116,39 +117,107 @@ async fn same_person(
 ) -> Result<Vec<(Uuid, KnownSubject)>, Problem> {
     let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
     let tenant = known.tenant_id.as_str();
-    let numbers: Vec<(String, String)> = match known.kind.as_str() {
-        "phone_user" | "contact" => sqlx::query_as(
-            "SELECT user_id, phone FROM phone_users
-              WHERE tenant_id = $1 AND ($2::text IS NULL OR user_id = $2)",
+    let number = match known.kind.as_str() {
+        "phone_user" => sqlx::query_scalar(
+            "SELECT phone FROM phone_users WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant)
-        .bind((known.kind == "phone_user").then(|| id.to_string()))
-        .fetch_all(&state.pool)
+        .bind(id.to_string())
+        .fetch_optional(&state.pool)
         .await
         .map_err(|e| unavailable(&e))?,
-        _ => return Ok(Vec::new()),
+        "contact" => match number_of_contact(state, id).await? {
+            Some(number) => Some(number),
+            None => signed_in_number(state, tenant, id).await?,
+        },
+        _ => None,
     };
-    let others = numbers.into_iter().filter_map(|(user, phone)| {
-        let contact = crate::telephony::personal::contact(tenant, &phone)?;
-        match known.kind.as_str() {
-            "phone_user" => Some(contact),
-            _ => (contact == id)
-                .then(|| Uuid::parse_str(&user).ok())
-                .flatten(),
-        }
-    });
+    let Some(number) = number else {
+        return Ok(Vec::new());
+    };
+    let phone_user = state.ctx.identity.phone_keys.user_id(tenant, &number);
+    let candidates = [
+        Uuid::parse_str(&phone_user).ok(),
+        crate::telephony::personal::contact(tenant, &number),
+        crate::telephony::personal::contact(events::identity::PLATFORM_TENANT, &number),
+    ];
     let mut linked = Vec::new();
-    for other in others {
+    for other in candidates
+        .into_iter()
+        .flatten()
+        .filter(|other| *other != id)
+    {
         let found = state
             .keyring
             .subject(other)
             .await
             .map_err(|e| unavailable(&e))?;
-        if let Some(k) = found.filter(|k| !k.erased && k.tenant_id == tenant) {
+        let ours = |k: &KnownSubject| {
+            k.tenant_id == tenant || k.tenant_id == events::identity::PLATFORM_TENANT
+        };
+        if let Some(k) = found.filter(|k| !k.erased && ours(k)) {
             linked.push((other, k));
         }
     }
     Ok(linked)
+}
+
+/// The number of `tenant`'s phone users that is contact `id` (a contact nothing in the
+/// store names by number yet).
+async fn signed_in_number(
+    state: &AppState,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<String>, Problem> {
+    let numbers: Vec<String> =
+        sqlx::query_scalar("SELECT phone FROM phone_users WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    Ok(numbers
+        .into_iter()
+        .find(|n| crate::telephony::personal::contact(tenant, n) == Some(id)))
+}
+
+/// The number contact `id` is reached at, opened from what the store sealed for them: the
+/// address of a thread they are the customer of, their WhatsApp id, the sender of an SMS
+/// or the other party of a call; `None` when nothing holds it (or it reads `[erased]`).
+async fn number_of_contact(state: &AppState, id: Uuid) -> Result<Option<String>, Problem> {
+    let sealed: Option<(String, String)> = sqlx::query_as(
+        "(SELECT 'address', payload->'Opened'->>'customer_address' FROM events
+           WHERE aggregate_type = 'thread' AND event_type = 'Opened'
+             AND payload->'Opened'->'customer'->>'id' = $1
+             AND payload->'Opened'->>'customer_address' IS NOT NULL LIMIT 1)
+         UNION ALL
+         (SELECT 'wa_id', payload->'Started'->>'wa_id' FROM events
+           WHERE aggregate_type = 'whatsapp_conversation' AND event_type = 'Started'
+             AND payload->'Started'->>'wa_id' LIKE 'pii1.' || $1 || '.%' LIMIT 1)
+         UNION ALL
+         (SELECT 'address', payload->'SmsReceived'->>'from' FROM events
+           WHERE aggregate_type = 'sms' AND event_type = 'SmsReceived'
+             AND payload->'SmsReceived'->>'from' LIKE 'pii1.' || $1 || '.%' LIMIT 1)
+         LIMIT 1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| Problem::unavailable(&e))?;
+    let Some((what, sealed)) = sealed else {
+        return Ok(None);
+    };
+    let opened = state
+        .keyring
+        .open(&sealed)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if opened == events::personal::ERASED || opened.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match what.as_str() {
+        "wa_id" => format!("+{opened}"),
+        _ => events::telephony::party_address(&opened),
+    }))
 }
 
 /// Erases, with contact `id` of `tenant`, what was sealed for their calls before the calls'

@@ -1425,3 +1425,53 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     }
     assert_eq!(phone.events("sms", "SmsReceived").await, 1);
 }
+
+#[tokio::test]
+async fn a_contacts_erasure_reaches_what_came_for_their_number_while_nobody_owned_it() {
+    let phone = Phone::start().await;
+    const SENDER: &str = "+15551230001";
+    // Before the number is the tenant's: the platform's, sealed for the sender there.
+    let early = id_of(phone.signed(&inbound("SMearly", OURS)).await).await;
+    let w = phone
+        .webhook_when(&early, |w| w["status"] == "processed")
+        .await;
+    assert_eq!(w["tenant_id"], "platform", "{w}");
+    let keyring = phone.env.keyring();
+    let at_platform = events::personal::subject_id("contact", "platform", SENDER);
+    let known = keyring.subject(at_platform).await.expect("read");
+    assert_eq!(
+        known.map(|k| k.erased),
+        Some(false),
+        "sealed for them at the platform"
+    );
+    // Then the tenant's: their SMS is in its inbox.
+    assert_eq!(phone.assign(OURS, &phone.admin).await.status(), 200);
+    let later = id_of(phone.signed(&inbound("SMlater", OURS)).await).await;
+    phone
+        .webhook_when(&later, |w| w["status"] == "processed")
+        .await;
+    phone.sms_inbox(1).await;
+    // The tenant erases them: what came for their number before is erased with them.
+    let subject = events::personal::subject_id("contact", &phone.tenant, SENDER);
+    let erase = phone
+        .env
+        .http
+        .post(
+            phone
+                .api
+                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
+        )
+        .bearer_auth(&phone.admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(erase.status(), 200);
+    let known = keyring.subject(at_platform).await.expect("read");
+    assert_eq!(known.map(|k| k.erased), Some(true));
+    let root = phone.env.super_admin();
+    for id in [&early, &later] {
+        let url = phone.query.url(&format!("/v1/webhooks/{id}"));
+        assert_eq!(phone.env.get_json(&url, &root).await["payload"], "[erased]");
+    }
+}
