@@ -27,19 +27,33 @@ pub fn sms_id(sid: &str, number: &str) -> String {
 
 /// The other party of an SMS or a call as the platform names them — the SMS inbox's sender,
 /// a thread's contact, the data subject their personal data is sealed for: a number with
-/// `tel:`, spaces and the usual separators (`-`, `.`, `(`, `)`) dropped, so every spelling
-/// of one number is one person; anything else (an alphanumeric sender id) trimmed.
+/// `tel:` (or a `sip:` address's user part), spaces and the usual separators (`-`, `.`,
+/// `(`, `)`) dropped, and the international prefix `00` written `+`, so every spelling of
+/// one number is one person; anything else (an alphanumeric sender id) trimmed. A number
+/// without a country code stays as it is: which country it is in is not known.
 pub fn party_address(raw: &str) -> String {
     let trimmed = raw.trim();
-    let compact: String = trimmed
-        .trim_start_matches("tel:")
+    let lower = trimmed.to_ascii_lowercase();
+    let number = if lower.starts_with("sip:") || lower.starts_with("sips:") {
+        let user = &trimmed[trimmed.find(':').map_or(0, |i| i + 1)..];
+        user.split(['@', ';']).next().unwrap_or_default()
+    } else if lower.starts_with("tel:") {
+        &trimmed[4..]
+    } else {
+        trimmed
+    };
+    let compact: String = number
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
         .collect();
-    if !compact.is_empty() && compact.bytes().all(|b| b == b'+' || b.is_ascii_digit()) {
-        compact
-    } else {
-        trimmed.to_owned()
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match compact.strip_prefix('+') {
+        Some(rest) if digits(rest) => compact,
+        None if digits(&compact) => match compact.strip_prefix("00") {
+            Some(rest) if rest.len() >= 7 && !rest.starts_with('0') => format!("+{rest}"),
+            _ => compact,
+        },
+        _ => trimmed.to_owned(),
     }
 }
 
@@ -238,10 +252,18 @@ mod tests {
             " +33 6 22 22 22 22 ",
             "+33-622-222-222",
             "+33 (6) 22.22.22.22",
+            "0033622222222",
+            "TEL:+33622222222",
+            "sip:+33622222222@sip.example.com",
+            "sip:0033622222222@sip.example.com;transport=udp",
         ] {
             assert_eq!(party_address(raw), "+33622222222", "{raw}");
         }
         assert_eq!(party_address(" ACME Bank "), "ACME Bank");
         assert_eq!(party_address("72345"), "72345");
+        // A national number's country is not known; `00` alone is no number.
+        assert_eq!(party_address("0622222222"), "0622222222");
+        assert_eq!(party_address("00"), "00");
+        assert_eq!(party_address("sip:alice@example.com"), "sip:alice@example.com");
     }
 }

@@ -167,9 +167,13 @@ pub fn identify(payload: &Value) -> Result<Identity, NotProviderShaped> {
         });
     }
     if let Some(sid) = field(payload, "MessageSid").or(field(payload, "SmsSid")) {
+        // Statuses are read in lower case wherever they are compared: a status spelled
+        // otherwise is the same status (never a sent message's, with its sender in clear).
         let status = field(payload, "SmsStatus")
             .or(field(payload, "MessageStatus"))
-            .ok_or(NotProviderShaped("an SMS callback has a status"))?;
+            .ok_or(NotProviderShaped("an SMS callback has a status"))?
+            .to_ascii_lowercase();
+        let status = status.as_str();
         // Per number: a message id reused for another number is another message.
         let number = if status == "received" || SmsReport::inbound_status(status) {
             field(payload, "To")
@@ -253,7 +257,8 @@ pub fn read(payload: &Value) -> Callback {
     if let Some(sid) = text("MessageSid").or(text("SmsSid")) {
         let status = text("SmsStatus")
             .or(text("MessageStatus"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if status == "received" {
             return Callback::Sms {
                 sid,
@@ -398,6 +403,22 @@ mod tests {
         assert_eq!(report.other_party(), "+15550009");
         let identity = identify(&payload).expect("an sms");
         assert_eq!(identity.provider_event_id, "sms:SM3:receiving:+15550001");
+        // However the status is spelled.
+        for (status, received) in [("RECEIVING", false), ("Received", true)] {
+            let payload = form_payload(&params(&[
+                ("MessageSid", "SM4"),
+                ("SmsStatus", status),
+                ("From", "+15550009"),
+                ("To", "+15550001"),
+                ("Body", "hi"),
+            ]));
+            let Callback::Sms { number, report, .. } = read(&payload) else {
+                panic!("an sms")
+            };
+            assert_eq!(number, "+15550001", "{status}");
+            assert_eq!(report.other_party(), "+15550009", "{status}");
+            assert_eq!(matches!(report, SmsReport::Received { .. }), received);
+        }
     }
 
     #[test]
