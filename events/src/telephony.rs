@@ -264,6 +264,9 @@ mod tests {
         // A national number's country is not known; `00` alone is no number.
         assert_eq!(party_address("0622222222"), "0622222222");
         assert_eq!(party_address("00"), "00");
-        assert_eq!(party_address("sip:alice@example.com"), "sip:alice@example.com");
+        assert_eq!(
+            party_address("sip:alice@example.com"),
+            "sip:alice@example.com"
+        );
     }
 }
