@@ -1463,21 +1463,18 @@ async fn a_request_whose_process_died_after_the_upload_is_found_not_made_twice()
     assert_eq!(requests_to(&assemblyai, "POST", "/v2/transcript").await, 0);
 }
 
-/// Every file under `dir`, as text, for searching.
-fn files_text(dir: &std::path::Path) -> String {
-    let mut all = String::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return all;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            all.push_str(&files_text(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            all.push_str(&String::from_utf8_lossy(&bytes));
-        }
-    }
-    all
+/// Has uploaded file `id` transcribed as `tr_1`: requested by the process manager, then
+/// completed by AssemblyAI's webhook (whose transcript the mock serves).
+async fn transcribed(studio: &Studio, id: &str) {
+    studio
+        .audio_when(id, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+    studio.step_once(&studio.transcriptions).await;
+    studio
+        .audio_when(id, "requested", |a| a["status"] == "requested")
+        .await;
+    studio.webhook(id, "tr_1", "completed", HOOK_SECRET).await;
+    studio.step_once(&studio.webhooks).await;
 }
 
 #[tokio::test]
@@ -1541,15 +1538,7 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         .as_str()
         .expect("id")
         .to_owned();
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
-    studio.step_once(&studio.transcriptions).await;
-    studio
-        .audio_when(&id, "requested", |a| a["status"] == "requested")
-        .await;
-    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
-    studio.step_once(&studio.webhooks).await;
+    transcribed(&studio, &id).await;
     let text = transcript["text"].as_str().expect("text");
     let done = studio
         .audio_when(&id, "completed", |a| a["status"] == "completed")
@@ -1572,7 +1561,7 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         !stored.contains("word1499"),
         "the words in clear in the store"
     );
-    let blobs = files_text(&studio.env.blob_dir);
+    let blobs = crate::support::blob_text(&studio.env.blob_dir);
     assert!(
         !blobs.contains("word1499"),
         "the transcript in clear in the blob store"
@@ -1595,19 +1584,8 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
     );
 
     // Erased: the transcript reads [erased], the recording and its transcript file are gone.
-    let erase = studio
-        .env
-        .http
-        .post(
-            studio
-                .api
-                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
-        )
-        .bearer_auth(&studio.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
+    let erase =
+        crate::support::erase_subject(&studio.env, &studio.api, &studio.admin, &subject).await;
     assert_eq!(erase.status(), 200);
     let erased = studio
         .audio_when(&id, "redacted", |a| a["text"] == "[erased]")
@@ -1618,7 +1596,11 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         .env
         .blob_dir
         .join(format!("tenants/{}/audio/{id}", studio.tenant));
-    assert_eq!(files_text(&audio_dir), "", "the recording's files deleted");
+    assert_eq!(
+        crate::support::blob_text(&audio_dir),
+        "",
+        "the recording's files deleted"
+    );
     let export = studio.env.get_json(&export_url, &studio.admin).await;
     assert_eq!(export["recordings"][0]["text"], "[erased]");
     // A rebuild from the store shows the same.
@@ -1666,15 +1648,7 @@ async fn a_chatbot_users_own_recording_is_about_them_and_its_words_are_sealed_in
         .as_str()
         .expect("id")
         .to_owned();
-    studio
-        .audio_when(&id, "uploaded", |a| a["status"] == "uploaded")
-        .await;
-    studio.step_once(&studio.transcriptions).await;
-    studio
-        .audio_when(&id, "requested", |a| a["status"] == "requested")
-        .await;
-    studio.webhook(&id, "tr_1", "completed", HOOK_SECRET).await;
-    studio.step_once(&studio.webhooks).await;
+    transcribed(&studio, &id).await;
     let done = studio
         .audio_when(&id, "completed", |a| a["status"] == "completed")
         .await;

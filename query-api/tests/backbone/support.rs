@@ -743,3 +743,33 @@ pub fn py(script: &str, input: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// `POST /v1/privacy/subjects/{subject}/erase` on command-api `api`, as `token`.
+pub async fn erase_subject(
+    env: &TestEnv,
+    api: &Service,
+    token: &str,
+    subject: impl std::fmt::Display,
+) -> reqwest::Response {
+    env.http
+        .post(api.url(&format!("/v1/privacy/subjects/{subject}/erase")))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Every file under `dir` (the blob store), as text, for searching.
+pub fn blob_text(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.push_str(&blob_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            all.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    all
+}

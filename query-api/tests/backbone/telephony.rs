@@ -1354,19 +1354,7 @@ async fn a_callers_sms_and_calls_are_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(export["threads"][0]["customer_address"], CALLER);
 
     // Erased: their calls, SMS thread and webhooks read [erased]; the other's stay.
-    let erase = phone
-        .env
-        .http
-        .post(
-            phone
-                .api
-                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
-        )
-        .bearer_auth(&phone.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
+    let erase = crate::support::erase_subject(&phone.env, &phone.api, &phone.admin, &subject).await;
     assert_eq!(erase.status(), 200);
     let redacted = eventually(Duration::from_secs(20), "the call redacted", || async {
         let c = call_of("CAseal").await;
@@ -1453,19 +1441,7 @@ async fn a_contacts_erasure_reaches_what_came_for_their_number_while_nobody_owne
     phone.sms_inbox(1).await;
     // The tenant erases them: what came for their number before is erased with them.
     let subject = events::personal::subject_id("contact", &phone.tenant, SENDER);
-    let erase = phone
-        .env
-        .http
-        .post(
-            phone
-                .api
-                .url(&format!("/v1/privacy/subjects/{subject}/erase")),
-        )
-        .bearer_auth(&phone.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
+    let erase = crate::support::erase_subject(&phone.env, &phone.api, &phone.admin, &subject).await;
     assert_eq!(erase.status(), 200);
     let known = keyring.subject(at_platform).await.expect("read");
     assert_eq!(known.map(|k| k.erased), Some(true));

@@ -2249,15 +2249,7 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
     assert!(!texts(&export).contains(&json!("Gunther keeps this")));
 
     // Erased: the read models forget them; the other contact stays.
-    let erase = wa
-        .env
-        .http
-        .post(wa.api.url(&format!("/v1/privacy/subjects/{subject}/erase")))
-        .bearer_auth(&wa.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
+    let erase = crate::support::erase_subject(&wa.env, &wa.api, &wa.admin, &subject).await;
     assert_eq!(erase.status(), 200);
     let m = wa
         .message_when(&theirs, "their message redacted", |m| {
@@ -2362,20 +2354,6 @@ async fn a_contacts_whatsapp_data_is_sealed_for_them_and_gone_with_them_while_an
     assert_eq!(after, before, "nothing appended about them");
 }
 
-/// Everything under `dir`, as text.
-fn blob_text(dir: &std::path::Path) -> String {
-    let mut all = String::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            all.push_str(&blob_text(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            all.push_str(&String::from_utf8_lossy(&bytes));
-        }
-    }
-    all
-}
-
 /// Every row of every table of the test's database, as text, one table after another.
 async fn database_text(env: &TestEnv) -> Vec<(String, String)> {
     let tables: Vec<String> = sqlx::query_scalar(
@@ -2419,7 +2397,10 @@ async fn left_in_clear(env: &TestEnv, needles: &[&str]) -> Vec<String> {
         .collect::<Vec<_>>()
         .join("\n");
     places.push(("the stream".into(), bus));
-    places.push(("the blob store".into(), blob_text(&env.blob_dir)));
+    places.push((
+        "the blob store".into(),
+        crate::support::blob_text(&env.blob_dir),
+    ));
     let mut found = Vec::new();
     for (place, text) in &places {
         for needle in needles {
@@ -2647,15 +2628,7 @@ async fn a_person_erased_leaves_nothing_of_them_in_clear_in_any_table_the_stream
 
     // Erased: one erasure of the person (their chatbot sign-in, and the contact their
     // number is on WhatsApp).
-    let erase = wa
-        .env
-        .http
-        .post(wa.api.url(&format!("/v1/privacy/subjects/{user}/erase")))
-        .bearer_auth(&wa.admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("sent");
+    let erase = crate::support::erase_subject(&wa.env, &wa.api, &wa.admin, &user).await;
     assert_eq!(erase.status(), 200);
     let contact = events::personal::subject_id("contact", &wa.tenant, &number);
     let contact_export = wa
