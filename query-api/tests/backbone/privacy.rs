@@ -1943,6 +1943,65 @@ async fn the_stores_transform_seals_whatsapp_conversations_for_their_contact_and
     }
 }
 
+/// Contact `number` of `tenant`, known to the key table and erased before the transform.
+async fn contact_erased_before(
+    env: &TestEnv,
+    keyring: &Keyring,
+    tenant: &str,
+    number: &str,
+) -> Uuid {
+    let id = events::personal::subject_id("contact", tenant, number);
+    keyring
+        .register(Subject {
+            id,
+            kind: SubjectKind::Contact,
+            tenant_id: tenant,
+        })
+        .await
+        .expect("known");
+    erase(env, id, tenant).await;
+    id
+}
+
+/// Runs the store's transform (`batch` events a transaction) and checks what every run
+/// must leave: each event's position, stream, time and metadata as they were, none of
+/// `plains` in clear in the store or in the snapshots of `snapshot_type`, and the snapshots
+/// still the state a replay gives. What it did, for the caller to check.
+async fn transformed(
+    env: &TestEnv,
+    keyring: &Keyring,
+    batch: i64,
+    snapshot_type: &str,
+    plains: &[&str],
+) -> command_api::privacy::store::Transformed {
+    let before = event_rows(env).await;
+    let done = command_api::privacy::store::seal_store(&env.pool, keyring, batch)
+        .await
+        .expect("transformed");
+    assert_eq!(event_rows(env).await, before, "positions and times kept");
+    let store = store_text(env).await;
+    let snapshots: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(payload::text, ' '), '') FROM snapshots
+          WHERE aggregate_type = $1",
+    )
+    .bind(snapshot_type)
+    .fetch_one(&env.pool)
+    .await
+    .expect("the snapshots");
+    for plain in plains {
+        assert!(!store.contains(plain), "{plain:?} in clear in the store");
+        assert!(
+            !snapshots.contains(plain),
+            "{plain:?} in clear in a snapshot"
+        );
+    }
+    let audit = command_api::snapshots::audit(&env.pool)
+        .await
+        .expect("audit");
+    assert!(audit.is_sound(), "{:?}", audit.findings);
+    done
+}
+
 #[tokio::test]
 async fn the_stores_transform_seals_sms_and_calls_for_their_other_party() {
     use serde_json::{json, Value};
@@ -1997,45 +2056,16 @@ async fn the_stores_transform_seals_sms_and_calls_for_their_other_party() {
     .expect("snapshot");
     // The one they texted was erased before the transform.
     let keyring = env.keyring();
-    let erased_one = events::personal::subject_id("contact", tenant, texted);
-    keyring
-        .register(Subject {
-            id: erased_one,
-            kind: SubjectKind::Contact,
-            tenant_id: tenant,
-        })
-        .await
-        .expect("known");
-    erase(&env, erased_one, tenant).await;
-
-    let before = event_rows(&env).await;
-    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
-        .await
-        .expect("transformed");
+    contact_erased_before(&env, &keyring, tenant, texted).await;
+    let plains = ["15551230001", "15551230002", "shop open", "recordings/RE1"];
+    let done = transformed(&env, &keyring, 3, "sms", &plains).await;
     assert_eq!(
         (done.events, done.erased, done.snapshots, done.refused),
         (4, 1, 1, 0),
         "every event; the erased recipient's number as [erased]"
     );
-    assert_eq!(event_rows(&env).await, before, "positions and times kept");
     let store = store_text(&env).await;
-    let snapshot: String =
-        sqlx::query_scalar("SELECT payload::text FROM snapshots WHERE aggregate_type = 'sms'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("the snapshot");
-    for plain in ["15551230001", "15551230002", "shop open", "recordings/RE1"] {
-        assert!(!store.contains(plain), "{plain:?} in clear in the store");
-        assert!(
-            !snapshot.contains(plain),
-            "{plain:?} in clear in the snapshot"
-        );
-    }
     assert!(store.contains(ours), "the tenant's own number is nobody's");
-    let audit = command_api::snapshots::audit(&env.pool)
-        .await
-        .expect("audit");
-    assert!(audit.is_sound(), "{:?}", audit.findings);
     let mut rows: Vec<Value> = sqlx::query_scalar(
         "SELECT payload FROM events WHERE aggregate_type IN ('sms', 'call')
           ORDER BY global_position",
@@ -2280,44 +2310,19 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
     .expect("snapshot");
     // The second contact was erased before the transform.
     let keyring = env.keyring();
-    let gone_subject = events::personal::subject_id("contact", tenant, gone);
-    keyring
-        .register(Subject {
-            id: gone_subject,
-            kind: SubjectKind::Contact,
-            tenant_id: tenant,
-        })
-        .await
-        .expect("known");
-    erase(&env, gone_subject, tenant).await;
-
-    let before = event_rows(&env).await;
-    let done = command_api::privacy::store::seal_store(&env.pool, &keyring, 3)
-        .await
-        .expect("transformed");
+    let gone_subject = contact_erased_before(&env, &keyring, tenant, gone).await;
+    let plains = ["15551230001", "15551230002", "shop open", "Call me back"];
+    let done = transformed(&env, &keyring, 3, "thread", &plains).await;
     assert_eq!(
         (done.events, done.erased, done.snapshots, done.refused),
         (4, 2, 1, 0),
         "both threads' openings and messages; the erased contact's number and text as [erased]"
     );
-    assert_eq!(event_rows(&env).await, before, "positions and times kept");
-    let store = store_text(&env).await;
     let snapshot: String =
         sqlx::query_scalar("SELECT payload::text FROM snapshots WHERE aggregate_type = 'thread'")
             .fetch_one(&env.pool)
             .await
             .expect("the snapshot");
-    for plain in ["15551230001", "15551230002", "shop open", "Call me back"] {
-        assert!(!store.contains(plain), "{plain:?} in clear in the store");
-        assert!(
-            !snapshot.contains(plain),
-            "{plain:?} in clear in the snapshot"
-        );
-    }
-    let audit = command_api::snapshots::audit(&env.pool)
-        .await
-        .expect("audit");
-    assert!(audit.is_sound(), "{:?}", audit.findings);
     let mut rows: Vec<Value> = sqlx::query_scalar(
         "SELECT payload FROM events WHERE aggregate_type = 'thread' ORDER BY global_position",
     )
