@@ -463,6 +463,9 @@ fn not_ready() -> Problem {
 /// characters), `invalid_attachment` (a thread of another tenant than the file's). Allowed: the
 /// file's tenant staff (and super admins), the chatbot user who uploaded it — who must also
 /// take part in the thread — and the platform; anyone else gets 404, as for an unknown file.
+/// A recording about a person is posted only in a thread whose customer they are (422
+/// `not_their_thread`): posted elsewhere, it would be sealed for someone else and outlive
+/// their erasure (docs/privacy.md).
 ///
 /// Posts the transcript in a thread, as messages of the caller: the first carries the audio
 /// file, and a transcript longer than a message continues in the next ones. Retries name
@@ -494,6 +497,7 @@ async fn attach(
         parts.push("(no speech in the transcript)".to_owned());
     }
     let thread = body.thread_id.to_string();
+    super::service::postable_in(&state, &who, &audio, &thread).await?;
     let tenant = crate::chat::service::tenant_of(&state, &who, &thread).await?;
     let (object_key, content_type, size_bytes) = audio.file();
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());

@@ -63,24 +63,7 @@ pub(crate) async fn start(
         metadata.clone(),
     );
     tokio::spawn(async move {
-        let command = match request(&state, &id, &audio, &metadata).await {
-            Ok(transcript_id) => AudioCommand::RecordRequest {
-                transcript_id,
-                at: state.clock.now(),
-            },
-            Err(RequestFailure {
-                error,
-                unanswered_upload,
-            }) => {
-                tracing::warn!(audio_id = %id, %error, "transcript request failed");
-                AudioCommand::RecordRequestFailure {
-                    permanent: matches!(error, ServiceError::Refused(_)),
-                    error: error.to_string(),
-                    unanswered_upload,
-                    at: state.clock.now(),
-                }
-            }
-        };
+        let command = attempt(&state, &id, &audio, &metadata).await;
         // The outcome is recorded however long the call took; should the store be
         // unreachable now, the claim lapses and the request is made again.
         if let Err(e) = state
@@ -95,6 +78,55 @@ pub(crate) async fn start(
         drop(slot);
     });
     Ok(Some(claim.version))
+}
+
+/// One request of the transcript of audio file `id`, as the command recording its outcome.
+/// Nothing about an erased person goes to the service (an upload that spanned their
+/// erasure): its request fails for good.
+async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata) -> AudioCommand {
+    let failed = |error: String, permanent: bool, unanswered_upload: Option<String>| {
+        AudioCommand::RecordRequestFailure {
+            permanent,
+            error,
+            unanswered_upload,
+            at: state.clock.now(),
+        }
+    };
+    match about_erased(state, audio).await {
+        Ok(true) => return failed(ERASED_SUBJECT.into(), true, None),
+        Err(e) => return failed(format!("the key table is unavailable: {e}"), false, None),
+        Ok(false) => {}
+    }
+    match request(state, id, audio, metadata).await {
+        Ok(transcript_id) => AudioCommand::RecordRequest {
+            transcript_id,
+            at: state.clock.now(),
+        },
+        Err(RequestFailure {
+            error,
+            unanswered_upload,
+        }) => {
+            tracing::warn!(audio_id = %id, %error, "transcript request failed");
+            let permanent = matches!(error, ServiceError::Refused(_));
+            failed(error.to_string(), permanent, unanswered_upload)
+        }
+    }
+}
+
+/// Why nothing of a recording about an erased person is sent or kept.
+const ERASED_SUBJECT: &str = "the person the recording is about was erased";
+
+/// Whether recording `audio` is about a person who was erased.
+pub(crate) async fn about_erased(state: &AppState, audio: &Audio) -> Result<bool, String> {
+    let Some(person) = audio.subject() else {
+        return Ok(false);
+    };
+    let known = state
+        .keyring
+        .subject(person.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(known.is_some_and(|k| k.erased))
 }
 
 /// Asks the service about a requested transcript no webhook has finished (`forced`: an
@@ -334,22 +366,65 @@ pub(crate) async fn recording_subject(
     let Some((id, kind)) = crate::chat::services::subject_of(tenant, &person) else {
         return Ok(None);
     };
-    let known = state
-        .keyring
-        .subject(id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    if known.is_some_and(|k| k.erased) {
-        return Err(Problem::new(
-            StatusCode::GONE,
-            "subject_erased",
-            "The person the recording is about was erased: nothing new is kept about them.",
-        ));
+    if erased_now(state, Some(id)).await? {
+        return Err(erased_problem());
     }
     Ok(Some(AudioSubject {
         id,
         kind: kind.as_str().to_owned(),
     }))
+}
+
+/// Refuses to post recording `audio` in thread `thread` when it is about a person and the
+/// thread is not theirs (422 `not_their_thread`): posted, the transcript is sealed for the
+/// thread's customer, and another person's erasure would not reach it (docs/privacy.md).
+/// A thread `who` may not see answers 404 as the post itself would.
+pub(crate) async fn postable_in(
+    state: &AppState,
+    who: &Principal,
+    audio: &Audio,
+    thread: &str,
+) -> Result<(), Problem> {
+    let (Some(person), Some(tenant)) = (audio.subject(), audio.tenant_id()) else {
+        return Ok(());
+    };
+    let loaded = state.ctx.chat.threads.load(thread).await?;
+    let customer = loaded
+        .customer_seen_by(&crate::chat::service::actor(who))
+        .map_err(|e| e.problem())?;
+    let theirs = customer
+        .and_then(|c| crate::chat::services::subject_of(tenant, c))
+        .is_some_and(|(id, _)| id == person.id);
+    if theirs {
+        Ok(())
+    } else {
+        Err(Problem::unprocessable(
+            "not_their_thread",
+            "A recording about a person is posted only in a thread of theirs.",
+        ))
+    }
+}
+
+/// Whether data subject `subject` (if any) is erased now.
+async fn erased_now(state: &AppState, subject: Option<uuid::Uuid>) -> Result<bool, Problem> {
+    let Some(id) = subject else {
+        return Ok(false);
+    };
+    let known = state
+        .keyring
+        .subject(id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(known.is_some_and(|k| k.erased))
+}
+
+/// 410 `subject_erased`: nothing new is kept about an erased person.
+fn erased_problem() -> Problem {
+    Problem::new(
+        StatusCode::GONE,
+        "subject_erased",
+        "The person the recording is about was erased: nothing new is kept about them.",
+    )
 }
 
 /// A transcript's text and words as its event holds them: for a recording about a person,
@@ -756,6 +831,17 @@ pub(crate) async fn record_upload(
     metadata: &Metadata,
     path: &object_store::path::Path,
 ) -> Result<crate::store::Committed, Problem> {
+    // The person it is about may have been erased while it streamed: nothing is kept. An
+    // erasure that lands between this check and the record lists its files before this
+    // one is named, so the check after the record deletes it then.
+    let about = match &command {
+        AudioCommand::Upload { subject, .. } => subject.as_ref().map(|s| s.id),
+        _ => None,
+    };
+    if erased_now(state, about).await? {
+        let _ = state.blobs.delete(path).await;
+        return Err(erased_problem());
+    }
     match state
         .ctx
         .audio
@@ -763,7 +849,12 @@ pub(crate) async fn record_upload(
         .execute(id, None, command, metadata)
         .await
     {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            if erased_now(state, about).await? {
+                let _ = state.blobs.delete(path).await;
+            }
+            Ok(c)
+        }
         Err(e) => {
             if !matches!(e, CommandError::Unavailable(_)) {
                 let _ = state.blobs.delete(path).await;

@@ -2,13 +2,13 @@
 
 use events::access::{Principal, Role};
 use events::http::{Problem, RequestIds};
+use events::keyring::{KeyError, KnownSubject, Subject, SubjectKind};
 use uuid::Uuid;
-
-use events::keyring::KnownSubject;
 
 use super::aggregate::SubjectCommand;
 use crate::http::error::DomainProblem;
 use crate::store::Committed;
+use crate::telephony::personal::contact;
 use crate::AppState;
 
 /// 403 unless `who` is a super admin or a tenant admin (whose tenant is checked against the
@@ -54,13 +54,13 @@ pub async fn erase(
     if known.kind == "admin_user" {
         staff_erasable(state, who, id).await?;
     }
-    // Read first: a phone user's number goes with their erasure.
-    let linked = same_person(state, id, &known).await?;
-    let committed = erase_known(state, who, ids, id, &known).await?;
-    for (other, other_known) in linked {
+    // The same person's other subjects first, found while what names their number can
+    // still be read (a phone user's number goes with their erasure). Every step is
+    // idempotent, so asking again after a failure (a 503, a crash) finishes each of them.
+    for (other, other_known) in same_person(state, id, &known).await? {
         erase_known(state, who, ids, other, &other_known).await?;
     }
-    Ok(committed)
+    erase_known(state, who, ids, id, &known).await
 }
 
 /// Records the erasure of subject `id` (`known` to the key table), with what was sealed for
@@ -106,10 +106,12 @@ async fn erase_known(
     Ok(committed)
 }
 
-/// The other subjects the same person is, not erased yet: the person behind a number is
-/// the phone user it signed in as at the tenant, the contact it is there (their WhatsApp and
-/// SMS), and the contact it was at the platform while the number was nobody's (webhooks
-/// that came for it then). One person, one erasure (docs/privacy.md).
+/// The other subjects the same person is: the person behind a number is the phone user it
+/// signs in as at the tenant, the contact it is there (their WhatsApp and SMS), and the
+/// contact it was at the platform while the number was nobody's (webhooks that came for
+/// it then). The first two are made known if they are not yet, so that nothing is kept
+/// about the person on the other side either (a first SMS, a first sign-in); the third
+/// only where it exists. One person, one erasure (docs/privacy.md).
 async fn same_person(
     state: &AppState,
     id: Uuid,
@@ -135,29 +137,50 @@ async fn same_person(
     let Some(number) = number else {
         return Ok(Vec::new());
     };
-    let phone_user = state.ctx.identity.phone_keys.user_id(tenant, &number);
+    let platform = events::identity::PLATFORM_TENANT;
+    let phone_user = Uuid::parse_str(&state.ctx.identity.phone_keys.user_id(tenant, &number)).ok();
     let candidates = [
-        Uuid::parse_str(&phone_user).ok(),
-        crate::telephony::personal::contact(tenant, &number),
-        crate::telephony::personal::contact(events::identity::PLATFORM_TENANT, &number),
+        (phone_user, SubjectKind::PhoneUser, tenant, true),
+        (contact(tenant, &number), SubjectKind::Contact, tenant, true),
+        (
+            contact(platform, &number),
+            SubjectKind::Contact,
+            platform,
+            false,
+        ),
     ];
     let mut linked = Vec::new();
-    for other in candidates
-        .into_iter()
-        .flatten()
-        .filter(|other| *other != id)
-    {
+    for (other, kind, owner, make) in candidates {
+        let Some(other) = other.filter(|other| *other != id) else {
+            continue;
+        };
         let found = state
             .keyring
             .subject(other)
             .await
             .map_err(|e| unavailable(&e))?;
-        let ours = |k: &KnownSubject| {
-            k.tenant_id == tenant || k.tenant_id == events::identity::PLATFORM_TENANT
+        let subject = match found {
+            Some(k) if k.tenant_id == owner => k,
+            Some(_) => continue,
+            None if make => {
+                let made = Subject {
+                    id: other,
+                    kind,
+                    tenant_id: owner,
+                };
+                match state.keyring.register(made).await {
+                    Ok(()) | Err(KeyError::Erased) => {}
+                    Err(e) => return Err(unavailable(&e)),
+                }
+                KnownSubject {
+                    tenant_id: owner.to_owned(),
+                    kind: kind.as_str().to_owned(),
+                    erased: false,
+                }
+            }
+            None => continue,
         };
-        if let Some(k) = found.filter(|k| !k.erased && ours(k)) {
-            linked.push((other, k));
-        }
+        linked.push((other, subject));
     }
     Ok(linked)
 }
@@ -175,9 +198,7 @@ async fn signed_in_number(
             .fetch_all(&state.pool)
             .await
             .map_err(|e| Problem::unavailable(&e))?;
-    Ok(numbers
-        .into_iter()
-        .find(|n| crate::telephony::personal::contact(tenant, n) == Some(id)))
+    Ok(numbers.into_iter().find(|n| contact(tenant, n) == Some(id)))
 }
 
 /// The number contact `id` is reached at, opened from what the store sealed for them: the

@@ -652,6 +652,56 @@ async fn schedule_change(
     Ok(())
 }
 
+/// Names a contact the read models still name by number (threads opened before contacts
+/// were named by subject id, whose events the store's transform has renamed since, or not
+/// yet) by their subject id, as a rebuild from the renamed events would: their number is
+/// not left as an id once they are erased. `ids` are the subject's ids as customer.
+async fn rename_numbers(
+    conn: &mut PgConnection,
+    tenant: &str,
+    ids: &[String],
+    subject: uuid::Uuid,
+) -> Result<(), ProjectionError> {
+    let numbers: Vec<&String> = ids
+        .iter()
+        .filter(|id| uuid::Uuid::try_parse(id).is_err())
+        .collect();
+    if numbers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH theirs AS (
+             SELECT id FROM chat_threads WHERE tenant_id = $1 AND customer_id = ANY($2)),
+         messages AS (
+             UPDATE chat_messages SET author_id = $3
+              WHERE thread_id IN (SELECT id FROM theirs) AND author_id = ANY($2)
+             RETURNING thread_id),
+         reads AS (
+             DELETE FROM chat_reads
+              WHERE thread_id IN (SELECT id FROM theirs) AND reader_id = ANY($2)
+             RETURNING thread_id, reader_kind, last_read, read_at, tenant_id),
+         moved AS (
+             INSERT INTO chat_reads (thread_id, reader_id, tenant_id, reader_kind, last_read,
+                                     read_at)
+             SELECT thread_id, $3, tenant_id, reader_kind, last_read, read_at FROM reads
+             ON CONFLICT (thread_id, reader_id) DO UPDATE
+                SET last_read = greatest(chat_reads.last_read, EXCLUDED.last_read)
+             RETURNING thread_id)
+         UPDATE chat_threads SET
+                customer_id = $3,
+                last_message = CASE WHEN last_message->>'author_id' = ANY($2)
+                                    THEN jsonb_set(last_message, '{author_id}', to_jsonb($3::text))
+                                    ELSE last_message END
+          WHERE id IN (SELECT id FROM theirs)",
+    )
+    .bind(tenant)
+    .bind(&numbers)
+    .bind(subject.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The ids subject `subject` of `tenant` (`kind` as `Erased` names it) has in the chat read
 /// models: as the customer of threads (a contact by subject id, or by number in threads
 /// opened before), and, for a staff member, as the author of messages in threads without a
@@ -750,7 +800,7 @@ pub async fn redact_subject(
     .bind(erased)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    rename_numbers(conn, tenant, &customers, subject).await
 }
 
 /// The context has no settings of its own.

@@ -1583,10 +1583,55 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         Some(1_500)
     );
 
+    // Posted only in a thread of theirs: elsewhere it would be sealed for someone else and
+    // outlive their erasure.
+    let attach = |to: &str| {
+        studio
+            .env
+            .http
+            .post(studio.api.url(&format!("/v1/audio/{id}/attach")))
+            .bearer_auth(&studio.admin)
+            .json(&json!({"thread_id": to}))
+            .send()
+    };
+    expect_problem(
+        attach(&staff_thread).await.expect("sent"),
+        422,
+        "not_their_thread",
+    )
+    .await;
+    assert_eq!(attach(&thread).await.expect("sent").status(), 201);
+    // A second recording about them, not transcribed yet when they are erased.
+    let second = upload_for(&thread).await.expect("sent");
+    assert_eq!(second.status(), 201);
+    let second = second.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    studio
+        .audio_when(&second, "uploaded", |a| a["status"] == "uploaded")
+        .await;
+
     // Erased: the transcript reads [erased], the recording and its transcript file are gone.
     let erase =
         crate::support::erase_subject(&studio.env, &studio.api, &studio.admin, &subject).await;
     assert_eq!(erase.status(), 200);
+    // The second is never sent to the service: its request fails for good.
+    let uploads = requests_to(&assemblyai, "POST", "/v2/upload").await;
+    studio.step_once(&studio.transcriptions).await;
+    let failed = studio
+        .audio_when(&second, "failed", |a| a["status"] == "failed")
+        .await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("erased")),
+        "{failed}"
+    );
+    assert_eq!(
+        requests_to(&assemblyai, "POST", "/v2/upload").await,
+        uploads
+    );
     let erased = studio
         .audio_when(&id, "redacted", |a| a["text"] == "[erased]")
         .await;

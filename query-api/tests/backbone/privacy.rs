@@ -2427,4 +2427,186 @@ async fn erasing_a_contact_erases_the_phone_user_their_number_signed_in_as() {
             .await
             .expect("count");
     assert_eq!(recorded, 2, "two erasures, each recorded");
+
+    // A contact whose number never signed in (their SMS thread names them as the platform
+    // does): erased, their number cannot sign in later.
+    let stranger = "+34600999000";
+    let contact = events::personal::subject_id("contact", &tenant, stranger);
+    let address = env
+        .keyring()
+        .seal(
+            Subject {
+                id: contact,
+                kind: SubjectKind::Contact,
+                tenant_id: &tenant,
+            },
+            stranger,
+        )
+        .await
+        .expect("sealed");
+    let opened = serde_json::json!({"Opened": {"tenant_id": tenant, "channel": "sms",
+        "opened_by": {"id": "webhooks", "kind": "system"},
+        "customer": {"id": contact.to_string(), "kind": "contact"},
+        "customer_address": address, "subject": null, "bot_enabled": true, "tags": [],
+        "at": chrono::Utc::now()}});
+    env.append_raw("thread", &Uuid::new_v4().to_string(), &tenant, opened)
+        .await
+        .expect("appended");
+    let erased = post(
+        &env,
+        &api,
+        &env.admin_of(&tenant),
+        &format!("/v1/privacy/subjects/{contact}/erase"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    let requested = crate::identity::request_code(&env, &api, &tenant, stranger).await;
+    assert_eq!(requested.status(), 202, "answered as for any number");
+    let inbox = env
+        .get_json(
+            &query.url("/v1/dev/inbox?recipient=%2B34600999000"),
+            &env.super_admin(),
+        )
+        .await;
+    assert_eq!(
+        inbox["items"],
+        serde_json::json!([]),
+        "no code sent to them"
+    );
+}
+
+#[tokio::test]
+async fn an_erased_contact_a_thread_still_names_by_number_is_named_by_subject_id_in_the_read_models(
+) {
+    use serde_json::json;
+    use std::time::Duration;
+
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let _projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "by-number").await;
+    let admin = env.admin_of(&tenant);
+    let number = "+15551239876";
+    let thread = Uuid::new_v4().to_string();
+    let at = chrono::Utc::now();
+    let contact = json!({"id": number, "kind": "contact"});
+    // As a release before contacts were named by subject id wrote it (no transform yet).
+    for event in [
+        json!({"Opened": {"tenant_id": tenant, "channel": "sms",
+                          "opened_by": {"id": "webhooks", "kind": "system"},
+                          "customer": contact, "subject": null, "bot_enabled": true,
+                          "tags": [], "at": at}}),
+        json!({"MessageSent": {"message_id": "m1", "number": 1, "author": contact,
+                               "client_message_id": null, "text": "Call me on this one",
+                               "attachment": null, "scheduled_id": null, "at": at}}),
+    ] {
+        env.append_raw("thread", &thread, &tenant, event)
+            .await
+            .expect("appended");
+    }
+    let detail = query.url(&format!("/v1/chat/threads/{thread}"));
+    crate::support::eventually(Duration::from_secs(20), "the old thread", || async {
+        let t = env.get_json(&detail, &admin).await;
+        (t["customer_id"] == number && t["message_count"] == 1).then_some(())
+    })
+    .await;
+    let subject = events::personal::subject_id("contact", &tenant, number);
+    env.keyring()
+        .register(Subject {
+            id: subject,
+            kind: SubjectKind::Contact,
+            tenant_id: &tenant,
+        })
+        .await
+        .expect("known");
+    let erased = crate::support::erase_subject(&env, &api, &admin, subject).await;
+    assert_eq!(erased.status(), 200);
+    let messages = query.url(&format!("/v1/chat/threads/{thread}/messages"));
+    let page = crate::support::eventually(Duration::from_secs(20), "renamed", || async {
+        let t = env.get_json(&detail, &admin).await;
+        let page = env.get_json(&messages, &admin).await;
+        (t["customer_id"] == subject.to_string().as_str()).then_some(page)
+    })
+    .await;
+    assert_eq!(page["items"][0]["author_id"], subject.to_string().as_str());
+    assert_eq!(page["items"][0]["text"], ERASED);
+    let left: String = sqlx::query_scalar(
+        "SELECT concat_ws(' ',
+                (SELECT string_agg(t::text, ' ') FROM chat_threads t),
+                (SELECT string_agg(m::text, ' ') FROM chat_messages m),
+                (SELECT string_agg(r::text, ' ') FROM chat_reads r))",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("read models");
+    assert!(!left.contains("15551239876"), "{left}");
+}
+
+#[tokio::test]
+async fn an_erasure_asked_again_after_it_failed_halfway_finishes_for_every_subject_of_the_person() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let _projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "halfway").await;
+    let number = "+34611222333";
+    let (user, token) = signed_in(&env, &api, &query, &tenant, number).await;
+    // They record themselves.
+    let part = reqwest::multipart::Part::bytes(b"OggS\x00\x02\x00\x00 a voice".to_vec())
+        .mime_str("audio/ogg")
+        .expect("mime");
+    let uploaded = env
+        .http
+        .post(api.url("/v1/audio"))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(uploaded.status(), 201);
+    let audio: serde_json::Value = uploaded.json().await.expect("json");
+    let dir = env.blob_dir.join(format!(
+        "tenants/{tenant}/audio/{}",
+        audio["id"].as_str().expect("id")
+    ));
+    let file = std::fs::read_dir(&dir)
+        .expect("stored")
+        .flatten()
+        .next()
+        .expect("a file")
+        .path();
+    // The blob store fails to delete it (a folder in its place).
+    std::fs::remove_file(&file).expect("removed");
+    std::fs::create_dir_all(file.join("blocker")).expect("blocked");
+    let admin = env.admin_of(&tenant);
+    let first = crate::support::erase_subject(&env, &api, &admin, &user).await;
+    assert_eq!(first.status(), 503);
+    // The other subject of the person was erased before theirs, so nothing is lost when
+    // asking again cannot find their number any more.
+    let contact = events::personal::subject_id("contact", &tenant, number);
+    let erased: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT subject_id::text, erased_at IS NOT NULL FROM data_subjects
+          WHERE subject_id = ANY($1) ORDER BY 1",
+    )
+    .bind(vec![Uuid::parse_str(&user).expect("uuid"), contact])
+    .fetch_all(&env.pool)
+    .await
+    .expect("subjects");
+    assert!(
+        erased.iter().all(|(_, e)| *e) && erased.len() == 2,
+        "{erased:?}"
+    );
+    std::fs::remove_dir_all(&file).expect("unblocked");
+    std::fs::write(&file, b"OggS a voice").expect("back");
+    let again = crate::support::erase_subject(&env, &api, &admin, &user).await;
+    assert_eq!(again.status(), 200);
+    assert!(!file.exists(), "deleted when asked again");
+    assert_eq!(
+        crate::support::erase_subject(&env, &api, &admin, contact)
+            .await
+            .status(),
+        200
+    );
 }
