@@ -230,8 +230,9 @@ pub struct Export {
 /// times; a WhatsApp file with a link that works for 5 minutes) and scheduled messages (the
 /// staff's: left out of a phone user's own export), and, for a staff member, the messages
 /// they wrote in threads without a customer, in any tenant; for a contact, also their
-/// WhatsApp profile and messages either way and their calls; and the recordings about them
-/// with their transcripts. Allowed: a
+/// WhatsApp profile and messages either way and their calls (a phone user's export holds
+/// those of the contact their number is, too: the same person); and the recordings about
+/// them with their transcripts. Allowed: a
 /// super admin, the admin of the subject's tenant, and a phone user for themselves; other
 /// roles 403. An unknown subject, an id that is not a UUID, or another tenant's subject: 404.
 /// After an erasure the answer says so (`subject.erased`) and holds no personal data: the
@@ -331,12 +332,30 @@ async fn gather(
     } else {
         None
     };
-    let threads = threads(state, &subject, staff).await?;
-    let (whatsapp_contacts, whatsapp_messages, calls) = match subject.kind.as_str() {
+    let mut threads = self::threads(state, &subject, staff).await?;
+    let (mut whatsapp_contacts, mut whatsapp_messages, mut calls) = match subject.kind.as_str() {
         "contact" => contact_channels(state, &subject).await?,
         _ => Default::default(),
     };
-    let recordings = recordings(state, subject.id).await?;
+    let mut held = recordings(state, subject.id).await?;
+    // A phone user is also the contact of their number at the tenant (their SMS and
+    // WhatsApp): the same person, whose export holds both (docs/privacy.md).
+    if let Some(profile) = &phone_user {
+        let contact = SubjectView {
+            id: events::personal::subject_id("contact", &subject.tenant_id, &profile.phone),
+            kind: "contact".into(),
+            tenant_id: subject.tenant_id.clone(),
+            erased: subject.erased,
+            erased_at: subject.erased_at,
+            known_since: subject.known_since,
+        };
+        threads.extend(self::threads(state, &contact, staff).await?);
+        let (c, m, k) = contact_channels(state, &contact).await?;
+        whatsapp_contacts.extend(c);
+        whatsapp_messages.extend(m);
+        calls.extend(k);
+        held.extend(recordings(state, contact.id).await?);
+    }
     Ok(Export {
         subject,
         exported_at: Utc::now(),
@@ -346,7 +365,7 @@ async fn gather(
         whatsapp_contacts,
         whatsapp_messages,
         calls,
-        recordings,
+        recordings: held,
     })
 }
 

@@ -2609,6 +2609,15 @@ async fn a_person_erased_leaves_nothing_of_them_in_clear_in_any_table_the_stream
         export["threads"][0]["messages"][0]["text"],
         "Where is my order 88213?"
     );
+    // Their number's WhatsApp is theirs too: their own export holds it.
+    let own = wa.env.get_json(&export_url, &token).await;
+    assert_eq!(own["threads"].as_array().map(Vec::len), Some(2), "{own}");
+    assert!(
+        own["whatsapp_messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["text"] == "The gate code 4417 opens it")),
+        "{own}"
+    );
 
     // The search finds them where they are in clear before: the read models, the command
     // side's profile, the blob store.
