@@ -102,12 +102,14 @@ pub struct Party {
 }
 
 impl Party {
-    /// The contact `address` (a number) is at `tenant`, named by their data subject's id, so
-    /// the number itself never names them in an event or a read model; it travels sealed
-    /// beside it (`Opened.customer_address`, docs/privacy.md).
+    /// The contact `address` (a number, however it is spelled:
+    /// [`crate::telephony::party_address`]) is at `tenant`, named by their data subject's
+    /// id, so the number itself never names them in an event or a read model; it travels
+    /// sealed beside it (`Opened.customer_address`, docs/privacy.md).
     pub fn contact(tenant: &str, address: &str) -> Self {
+        let address = crate::telephony::party_address(address);
         Party {
-            id: crate::personal::subject_id(PartyKind::Contact.as_str(), tenant, address)
+            id: crate::personal::subject_id(PartyKind::Contact.as_str(), tenant, &address)
                 .to_string(),
             kind: PartyKind::Contact,
         }

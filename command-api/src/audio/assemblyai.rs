@@ -229,6 +229,23 @@ impl AssemblyAi {
         }))
     }
 
+    /// `DELETE /v2/transcript/{id}`: the service forgets the transcript and the file it was
+    /// made from (a transcript it no longer has counts as forgotten).
+    pub async fn delete_transcript(&self, id: &str) -> Result<(), ServiceError> {
+        let response = self
+            .http
+            .delete(self.url(&format!("/v2/transcript/{id}")))
+            .header(reqwest::header::AUTHORIZATION, &self.account.api_key)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.without_url().to_string()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Self::json(response).await.map(|_| ())
+    }
+
     /// `GET /v2/transcript/{id}`.
     pub async fn transcript(&self, id: &str) -> Result<Transcript, ServiceError> {
         let response = self

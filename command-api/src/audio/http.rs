@@ -316,7 +316,8 @@ pub struct Transcription {
 /// (`GET /v2/transcript/{id}`): completed → TranscriptCompleted, error → TranscriptFailed, not
 /// final or not reachable → TranscriptChecked (next check 20, 40 … at most 60 minutes later);
 /// 24 hours after the request, TranscriptFailed. Nothing due: answers `{id, status}` and
-/// appends nothing. 404 for an unknown id.
+/// appends nothing. 404 for an unknown id. A recording about a person who was erased is
+/// never sent (its request fails for good; an admin asking again gets 410 `subject_erased`).
 ///
 /// Where the transcript is: the platform's process manager sends files whose request or
 /// check is due; a tenant's admin asks again (after a failure, or at once while retries
@@ -358,6 +359,7 @@ async fn transcribe(
             }
             _ => {}
         }
+        super::service::not_about_erased(&state, &audio).await?;
         // Each retry may send a file of up to 100 MiB for paid transcription again: a
         // tenant asks so many times an hour.
         let bucket = format!("audio-retries:{tenant}");

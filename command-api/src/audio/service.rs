@@ -102,6 +102,10 @@ async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata)
             transcript_id,
             at: state.clock.now(),
         },
+        // Erased while the file went up (the request stopped before asking).
+        Err(_) if about_erased(state, audio).await == Ok(true) => {
+            failed(ERASED_SUBJECT.into(), true, None)
+        }
         Err(RequestFailure {
             error,
             unanswered_upload,
@@ -113,8 +117,60 @@ async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata)
     }
 }
 
+/// Has the transcription service forget every transcript it made of the recordings of
+/// `tenant` about subject `subject` (an erasure: the service holds the files it transcribed
+/// and their text); returns how many it asked for. Without a configured service, none.
+pub(crate) async fn forget_at_service(
+    state: &AppState,
+    tenant: &str,
+    subject: uuid::Uuid,
+) -> Result<usize, String> {
+    let Some(client) = &state.ctx.audio.assemblyai else {
+        return Ok(0);
+    };
+    let transcripts: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT t.payload->'TranscriptRequested'->>'transcript_id'
+           FROM events u JOIN events t
+             ON t.aggregate_type = 'audio' AND t.aggregate_id = u.aggregate_id
+            AND t.event_type = 'TranscriptRequested'
+          WHERE u.aggregate_type = 'audio' AND u.event_type = 'AudioUploaded'
+            AND u.metadata->>'tenant_id' = $1
+            AND u.payload->'AudioUploaded'->'subject'->>'id' = $2",
+    )
+    .bind(tenant)
+    .bind(subject.to_string())
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    for id in &transcripts {
+        client
+            .delete_transcript(id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(transcripts.len())
+}
+
 /// Why nothing of a recording about an erased person is sent or kept.
 const ERASED_SUBJECT: &str = "the person the recording is about was erased";
+
+/// Refused (for good) when recording `audio` is about a person who was erased.
+async fn not_erased_yet(state: &AppState, audio: &Audio) -> Result<(), ServiceError> {
+    match about_erased(state, audio).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(ServiceError::Refused(ERASED_SUBJECT.into())),
+        Err(e) => Err(ServiceError::Unavailable(e)),
+    }
+}
+
+/// 410 `subject_erased` when recording `audio` is about a person who was erased.
+pub(crate) async fn not_about_erased(state: &AppState, audio: &Audio) -> Result<(), Problem> {
+    match about_erased(state, audio).await {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(erased_problem()),
+        Err(e) => Err(Problem::unavailable(&e)),
+    }
+}
 
 /// Whether recording `audio` is about a person who was erased.
 pub(crate) async fn about_erased(state: &AppState, audio: &Audio) -> Result<bool, String> {
@@ -264,17 +320,12 @@ pub(crate) async fn finishing(
         .collect();
     let text = clean(transcript.text.unwrap_or_default());
     let whole = serde_json::to_vec(&json!({"text": text, "words": words})).unwrap_or_default();
-    let erased = || AudioCommand::Fail {
-        transcript_id: transcript_id.to_owned(),
-        error: "the person the recording is about was erased: the transcript is not kept".into(),
-        webhook_id: webhook_id.clone(),
-        at,
-    };
+    let erased = || not_kept(state, transcript_id, webhook_id.clone(), at);
     let (text, words, stored) = if whole.len() <= MAX_INLINE_TRANSCRIPT_BYTES {
         (text, words, None)
     } else {
         let stored = match store_whole(state, id, audio, transcript_id, whole, &text).await {
-            Err(Unfinished::Key(KeyError::Erased)) => return Ok(erased()),
+            Err(Unfinished::Key(KeyError::Erased)) => return Ok(erased().await),
             stored => stored?,
         };
         let preview = text.chars().take(PREVIEW_CHARS).collect();
@@ -282,7 +333,7 @@ pub(crate) async fn finishing(
     };
     let (text, words, words_sealed) = match seal_transcript(state, audio, text, words).await {
         Ok(sealed) => sealed,
-        Err(KeyError::Erased) => return Ok(erased()),
+        Err(KeyError::Erased) => return Ok(erased().await),
         Err(e) => return Err(Unfinished::Key(e)),
     };
     Ok(AudioCommand::Complete {
@@ -296,6 +347,28 @@ pub(crate) async fn finishing(
         webhook_id,
         at,
     })
+}
+
+/// What is recorded of transcript `transcript_id` of a recording whose person was erased:
+/// a failure, its text never kept; the service forgets it too (it came after the erasure
+/// asked it to forget the rest).
+async fn not_kept(
+    state: &AppState,
+    transcript_id: &str,
+    webhook_id: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> AudioCommand {
+    if let Some(client) = &state.ctx.audio.assemblyai {
+        if let Err(e) = client.delete_transcript(transcript_id).await {
+            tracing::warn!(error = %e, "an erased person's transcript not forgotten at the service");
+        }
+    }
+    AudioCommand::Fail {
+        transcript_id: transcript_id.to_owned(),
+        error: "the person the recording is about was erased: the transcript is not kept".into(),
+        webhook_id,
+        at,
+    }
 }
 
 /// Writes transcript `whole` (its JSON) of audio file `id` to the blob store, named by the
@@ -419,7 +492,7 @@ async fn erased_now(state: &AppState, subject: Option<uuid::Uuid>) -> Result<boo
 }
 
 /// 410 `subject_erased`: nothing new is kept about an erased person.
-fn erased_problem() -> Problem {
+pub(crate) fn erased_problem() -> Problem {
     Problem::new(
         StatusCode::GONE,
         "subject_erased",
@@ -520,6 +593,8 @@ pub(crate) async fn request(
             url
         }
     };
+    // The person may have been erased while the file went up: no transcript is asked for.
+    not_erased_yet(state, audio).await?;
     let reused = audio.unanswered_upload().is_some();
     client
         .request_transcript(&upload_url, id)

@@ -352,9 +352,10 @@ async fn on_record(
     services: &ChatServices,
 ) -> Result<(Option<Party>, Option<String>), ThreadError> {
     let (customer, address) = match customer {
-        Some(c) if c.kind == PartyKind::Contact => {
-            (Some(Party::contact(tenant_id, &c.id)), Some(c.id))
-        }
+        Some(c) if c.kind == PartyKind::Contact => (
+            Some(Party::contact(tenant_id, &c.id)),
+            Some(events::telephony::party_address(&c.id)),
+        ),
         other => (other, None),
     };
     not_erased(tenant_id, customer.as_ref(), services).await?;

@@ -27,9 +27,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The same transaction deletes a phone user's number and profile and ends the person's
 /// tokens; after it, the files of their threads and the recordings about them are deleted
 /// from the blob store (503 when the blob store fails: the erasure is recorded, and asking
-/// again deletes what is left). One person, one erasure: a phone user's number as a contact
-/// (their WhatsApp and SMS) and a contact's number as a phone user are erased with them, each
-/// recorded as an erasure of its own.
+/// again deletes what is left), and AssemblyAI is asked to forget the transcripts of
+/// recordings about them (503 likewise). One person, one erasure: a phone user's number as
+/// a contact (their WhatsApp and SMS) and a contact's number as a phone user are erased
+/// with them, each recorded as an erasure of its own, and what was captured for the number
+/// (an unused sign-in code) is deleted.
 /// Allowed: a super admin, or the admin of the subject's tenant; agents, phone users and
 /// service tokens: 403. An unknown subject, an id that is not a UUID, or another tenant's
 /// subject: 404 (and a super admin, to anyone but a super admin). Erasing oneself: 422

@@ -54,13 +54,31 @@ pub async fn erase(
     if known.kind == "admin_user" {
         staff_erasable(state, who, id).await?;
     }
-    // The same person's other subjects first, found while what names their number can
-    // still be read (a phone user's number goes with their erasure). Every step is
-    // idempotent, so asking again after a failure (a 503, a crash) finishes each of them.
-    for (other, other_known) in same_person(state, id, &known).await? {
-        erase_known(state, who, ids, other, &other_known).await?;
+    let (number, mut all) = same_person(state, id, &known).await?;
+    linked_before(state, id, &mut all).await?;
+    if let Some(number) = &number {
+        // What was captured for the number (a sign-in code never verified) goes too.
+        sqlx::query("DELETE FROM outbound_messages WHERE tenant_id = $1 AND recipient = $2")
+            .bind(&known.tenant_id)
+            .bind(number)
+            .execute(&state.pool)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
     }
-    erase_known(state, who, ids, id, &known).await
+    // Every subject of the person, the phone user last: their number is read from
+    // `phone_users`, which their erasure empties, so while anything of the person is left
+    // asking again from either side finds it. Every step is idempotent, so asking again
+    // after a failure (a 503, a crash) finishes each erasure.
+    all.push((id, known));
+    all.sort_by_key(|(_, k)| k.kind == "phone_user");
+    let mut asked = None;
+    for (other, other_known) in all {
+        let committed = erase_known(state, who, ids, other, &other_known).await?;
+        if other == id {
+            asked = Some(committed);
+        }
+    }
+    asked.ok_or_else(|| Problem::unavailable(&"the erasure was not recorded"))
 }
 
 /// Records the erasure of subject `id` (`known` to the key table), with what was sealed for
@@ -103,10 +121,67 @@ async fn erase_known(
     if deleted > 0 {
         tracing::info!(subject = %id, files = deleted, "an erased subject's files deleted");
     }
+    // And what the transcription service keeps of recordings about them (503 likewise).
+    crate::audio::service::forget_at_service(state, &known.tenant_id, id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     Ok(committed)
 }
 
-/// The other subjects the same person is: the person behind a number is the phone user it
+/// Adds to `all` (subject `id`'s other subjects, as found now) those an earlier erasure of
+/// the person found, and records every link both ways, so that an erasure asked again from
+/// any side, once the number that links them is gone, reaches each of them.
+async fn linked_before(
+    state: &AppState,
+    id: Uuid,
+    all: &mut Vec<(Uuid, KnownSubject)>,
+) -> Result<(), Problem> {
+    let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
+    let earlier: Vec<Uuid> =
+        sqlx::query_scalar("SELECT linked_id FROM subject_links WHERE subject_id = $1")
+            .bind(id)
+            .fetch_all(&state.pool)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    for other in earlier {
+        if all.iter().any(|(known, _)| *known == other) {
+            continue;
+        }
+        let found = state
+            .keyring
+            .subject(other)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Some(k) = found {
+            all.push((other, k));
+        }
+    }
+    let people: Vec<Uuid> = std::iter::once(id)
+        .chain(all.iter().map(|(other, _)| *other))
+        .collect();
+    let (from, to): (Vec<Uuid>, Vec<Uuid>) = people
+        .iter()
+        .flat_map(|a| {
+            people
+                .iter()
+                .filter(move |b| *b != a)
+                .map(move |b| (*a, *b))
+        })
+        .unzip();
+    sqlx::query(
+        "INSERT INTO subject_links (subject_id, linked_id)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&from)
+    .bind(&to)
+    .execute(&state.pool)
+    .await
+    .map_err(|e| unavailable(&e))?;
+    Ok(())
+}
+
+/// The number of the person subject `id` is, and the other subjects they are: the person
+/// behind a number is the phone user it
 /// signs in as at the tenant, the contact it is there (their WhatsApp and SMS), and the
 /// contact it was at the platform while the number was nobody's (webhooks that came for
 /// it then). The first two are made known if they are not yet, so that nothing is kept
@@ -116,7 +191,7 @@ async fn same_person(
     state: &AppState,
     id: Uuid,
     known: &KnownSubject,
-) -> Result<Vec<(Uuid, KnownSubject)>, Problem> {
+) -> Result<(Option<String>, Vec<(Uuid, KnownSubject)>), Problem> {
     let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e);
     let tenant = known.tenant_id.as_str();
     let number = match known.kind.as_str() {
@@ -135,7 +210,7 @@ async fn same_person(
         _ => None,
     };
     let Some(number) = number else {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     };
     let platform = events::identity::PLATFORM_TENANT;
     let phone_user = Uuid::parse_str(&state.ctx.identity.phone_keys.user_id(tenant, &number)).ok();
@@ -182,7 +257,7 @@ async fn same_person(
         };
         linked.push((other, subject));
     }
-    Ok(linked)
+    Ok((Some(number), linked))
 }
 
 /// The number of `tenant`'s phone users that is contact `id` (a contact nothing in the
@@ -202,8 +277,8 @@ async fn signed_in_number(
 }
 
 /// The number contact `id` is reached at, opened from what the store sealed for them: the
-/// address of a thread they are the customer of, their WhatsApp id, the sender of an SMS
-/// or the other party of a call; `None` when nothing holds it (or it reads `[erased]`).
+/// address of a thread they are the customer of, their WhatsApp id, the sender or the
+/// recipient of an SMS, or the other party of a call; `None` when nothing holds it (or it reads `[erased]`).
 async fn number_of_contact(state: &AppState, id: Uuid) -> Result<Option<String>, Problem> {
     let sealed: Option<(String, String)> = sqlx::query_as(
         "(SELECT 'address', payload->'Opened'->>'customer_address' FROM events
@@ -218,6 +293,16 @@ async fn number_of_contact(state: &AppState, id: Uuid) -> Result<Option<String>,
          (SELECT 'address', payload->'SmsReceived'->>'from' FROM events
            WHERE aggregate_type = 'sms' AND event_type = 'SmsReceived'
              AND payload->'SmsReceived'->>'from' LIKE 'pii1.' || $1 || '.%' LIMIT 1)
+         UNION ALL
+         (SELECT 'address', payload->'DeliveryStatusChanged'->>'to' FROM events
+           WHERE aggregate_type = 'sms' AND event_type = 'DeliveryStatusChanged'
+             AND payload->'DeliveryStatusChanged'->>'to' LIKE 'pii1.' || $1 || '.%' LIMIT 1)
+         UNION ALL
+         (SELECT 'address', party FROM events,
+                 LATERAL (VALUES (payload->'CallStatusChanged'->>'from'),
+                                 (payload->'CallStatusChanged'->>'to')) AS p(party)
+           WHERE aggregate_type = 'call' AND event_type = 'CallStatusChanged'
+             AND party LIKE 'pii1.' || $1 || '.%' LIMIT 1)
          LIMIT 1",
     )
     .bind(id.to_string())

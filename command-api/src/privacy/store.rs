@@ -454,7 +454,12 @@ async fn name_contact(
         _ => return Ok(false),
     };
     let body = &row.payload[&row.event_type];
-    let Some(number) = body.get(slot).and_then(named_by_number).map(str::to_owned) else {
+    // However an earlier release spelled it: one number, one person.
+    let Some(number) = body
+        .get(slot)
+        .and_then(named_by_number)
+        .map(events::telephony::party_address)
+    else {
         return Ok(false);
     };
     let party = Party::contact(&row.tenant_id, &number);

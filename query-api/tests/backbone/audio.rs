@@ -1612,10 +1612,36 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         .audio_when(&second, "uploaded", |a| a["status"] == "uploaded")
         .await;
 
-    // Erased: the transcript reads [erased], the recording and its transcript file are gone.
+    // Erased: the transcript reads [erased], the recording and its transcript file are gone,
+    // and the service is asked to forget what it made of it.
+    Mock::given(method("DELETE"))
+        .and(path("/v2/transcript/tr_1"))
+        .and(header("authorization", KEY))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"id": "tr_1", "status": "completed"})),
+        )
+        .mount(&assemblyai)
+        .await;
     let erase =
         crate::support::erase_subject(&studio.env, &studio.api, &studio.admin, &subject).await;
     assert_eq!(erase.status(), 200);
+    let deletes: Vec<_> = assemblyai
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1, "forgotten at the service");
+    assert_eq!(deletes[0].url.path(), "/v2/transcript/tr_1");
+    assert_eq!(
+        deletes[0]
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+        Some(KEY.as_bytes()),
+        "with the API key"
+    );
     // The second is never sent to the service: its request fails for good.
     let uploads = requests_to(&assemblyai, "POST", "/v2/upload").await;
     studio.step_once(&studio.transcriptions).await;

@@ -2269,6 +2269,7 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
     let tenant = "contacts-old";
     let (texter, gone) = ("+15551230001", "+15551230002");
     let (kept, erased_thread) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let spelled = Uuid::new_v4().to_string();
     let at = chrono::Utc::now();
     let contact = |number: &str| json!({"id": number, "kind": "contact"});
     let opened = |number: &str| {
@@ -2288,6 +2289,8 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
         (&kept, sent(texter, "m1", "Is the shop open?")),
         (&erased_thread, opened(gone)),
         (&erased_thread, sent(gone, "m2", "Call me back")),
+        // The first one again, as an earlier release could spell their number.
+        (&spelled, opened("tel:+1 555-123-0001")),
     ];
     for (id, event) in &history {
         env.append_raw("thread", id, tenant, event.clone())
@@ -2311,11 +2314,17 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
     // The second contact was erased before the transform.
     let keyring = env.keyring();
     let gone_subject = contact_erased_before(&env, &keyring, tenant, gone).await;
-    let plains = ["15551230001", "15551230002", "shop open", "Call me back"];
+    let plains = [
+        "15551230001",
+        "15551230002",
+        "555-123-0001",
+        "shop open",
+        "Call me back",
+    ];
     let done = transformed(&env, &keyring, 3, "thread", &plains).await;
     assert_eq!(
         (done.events, done.erased, done.snapshots, done.refused),
-        (4, 2, 1, 0),
+        (5, 2, 1, 0),
         "both threads' openings and messages; the erased contact's number and text as [erased]"
     );
     let snapshot: String =
@@ -2344,6 +2353,9 @@ async fn the_stores_transform_names_a_threads_contact_by_subject_id_and_seals_th
     );
     assert_eq!(rows[2]["Opened"]["customer_address"], ERASED);
     assert_eq!(rows[3]["MessageSent"]["text"], ERASED);
+    // One person however their number was spelled.
+    assert_eq!(rows[4]["Opened"]["customer"]["id"], named.id.as_str());
+    assert_eq!(rows[4]["Opened"]["customer_address"], texter);
     // The thread still takes its contact's messages, credited to them as it names them now.
     let thread: Thread = serde_json::from_str(&snapshot).expect("a thread");
     assert_eq!(thread.customer(), Some(&named));
@@ -2428,22 +2440,27 @@ async fn erasing_a_contact_erases_the_phone_user_their_number_signed_in_as() {
             .expect("count");
     assert_eq!(recorded, 2, "two erasures, each recorded");
 
-    // A contact whose number never signed in (their SMS thread names them as the platform
-    // does): erased, their number cannot sign in later.
-    let stranger = "+34600999000";
-    let contact = events::personal::subject_id("contact", &tenant, stranger);
-    let address = env
-        .keyring()
-        .seal(
-            Subject {
-                id: contact,
+    // A contact whose number never signed in, known from their SMS thread, and one known
+    // only from a call (each as the platform records them): erased, their numbers cannot
+    // sign in later, and a code one of them asked for and never used goes with them.
+    let (stranger, caller) = ("+34600999000", "+34600999111");
+    let sealed_for = |number: &'static str| {
+        let (tenant, env) = (tenant.clone(), &env);
+        async move {
+            let id = events::personal::subject_id("contact", &tenant, number);
+            let subject = Subject {
+                id,
                 kind: SubjectKind::Contact,
                 tenant_id: &tenant,
-            },
-            stranger,
-        )
-        .await
-        .expect("sealed");
+            };
+            (
+                id,
+                env.keyring().seal(subject, number).await.expect("sealed"),
+            )
+        }
+    };
+    let (contact, address) = sealed_for(stranger).await;
+    let (call_contact, from) = sealed_for(caller).await;
     let opened = serde_json::json!({"Opened": {"tenant_id": tenant, "channel": "sms",
         "opened_by": {"id": "webhooks", "kind": "system"},
         "customer": {"id": contact.to_string(), "kind": "contact"},
@@ -2452,6 +2469,43 @@ async fn erasing_a_contact_erases_the_phone_user_their_number_signed_in_as() {
     env.append_raw("thread", &Uuid::new_v4().to_string(), &tenant, opened)
         .await
         .expect("appended");
+    let call = serde_json::json!({"CallStatusChanged": {"status": "completed",
+        "direction": "inbound", "from": from, "to": "+34900000000", "duration_secs": 30,
+        "recording_url": null, "webhook_id": "w1", "at": chrono::Utc::now()}});
+    env.append_raw("call", "CAonly", &tenant, call)
+        .await
+        .expect("appended");
+    let asked = crate::identity::request_code(&env, &api, &tenant, caller).await;
+    assert_eq!(asked.status(), 202);
+    let erased = post(
+        &env,
+        &api,
+        &env.admin_of(&tenant),
+        &format!("/v1/privacy/subjects/{call_contact}/erase"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(erased.status(), 200);
+    let captured: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbound_messages WHERE recipient = $1")
+            .bind(caller)
+            .fetch_one(&env.pool)
+            .await
+            .expect("counted");
+    assert_eq!(captured, 0, "the unused code went with them");
+    let requested = crate::identity::request_code(&env, &api, &tenant, caller).await;
+    assert_eq!(requested.status(), 202, "answered as for any number");
+    let inbox = env
+        .get_json(
+            &query.url("/v1/dev/inbox?recipient=%2B34600999111"),
+            &env.super_admin(),
+        )
+        .await;
+    assert_eq!(
+        inbox["items"],
+        serde_json::json!([]),
+        "no code sent to the caller"
+    );
     let erased = post(
         &env,
         &api,
@@ -2544,16 +2598,33 @@ async fn an_erased_contact_a_thread_still_names_by_number_is_named_by_subject_id
     assert!(!left.contains("15551239876"), "{left}");
 }
 
-#[tokio::test]
-async fn an_erasure_asked_again_after_it_failed_halfway_finishes_for_every_subject_of_the_person() {
-    let env = TestEnv::new().await;
-    let api = env.spawn_command_api(env.command_config()).await;
-    let _projector = env.spawn_projector(env.projector_config());
-    let query = env.spawn_query_api(env.query_config()).await;
-    let (tenant, _) = crate::support::create_tenant(&env, &api, "halfway").await;
-    let number = "+34611222333";
-    let (user, token) = signed_in(&env, &api, &query, &tenant, number).await;
-    // They record themselves.
+/// A chatbot user of `tenant` with `number` who recorded themselves, and known as the
+/// contact of their number (an SMS thread, as the platform names them), whose recording
+/// the blob store cannot delete (a folder in its place): their id, their contact's id and
+/// the recording's path.
+async fn blocked_person(
+    env: &TestEnv,
+    api: &crate::support::Service,
+    query: &crate::support::Service,
+    tenant: &str,
+    number: &str,
+) -> (String, Uuid, std::path::PathBuf) {
+    let (user, token) = signed_in(env, api, query, tenant, number).await;
+    let contact = events::personal::subject_id("contact", tenant, number);
+    let subject = Subject {
+        id: contact,
+        kind: SubjectKind::Contact,
+        tenant_id: tenant,
+    };
+    let address = env.keyring().seal(subject, number).await.expect("sealed");
+    let opened = serde_json::json!({"Opened": {"tenant_id": tenant, "channel": "sms",
+        "opened_by": {"id": "webhooks", "kind": "system"},
+        "customer": {"id": contact.to_string(), "kind": "contact"},
+        "customer_address": address, "subject": null, "bot_enabled": true, "tags": [],
+        "at": chrono::Utc::now()}});
+    env.append_raw("thread", &Uuid::new_v4().to_string(), tenant, opened)
+        .await
+        .expect("appended");
     let part = reqwest::multipart::Part::bytes(b"OggS\x00\x02\x00\x00 a voice".to_vec())
         .mime_str("audio/ogg")
         .expect("mime");
@@ -2577,36 +2648,50 @@ async fn an_erasure_asked_again_after_it_failed_halfway_finishes_for_every_subje
         .next()
         .expect("a file")
         .path();
-    // The blob store fails to delete it (a folder in its place).
     std::fs::remove_file(&file).expect("removed");
     std::fs::create_dir_all(file.join("blocker")).expect("blocked");
-    let admin = env.admin_of(&tenant);
-    let first = crate::support::erase_subject(&env, &api, &admin, &user).await;
-    assert_eq!(first.status(), 503);
-    // The other subject of the person was erased before theirs, so nothing is lost when
-    // asking again cannot find their number any more.
-    let contact = events::personal::subject_id("contact", &tenant, number);
-    let erased: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT subject_id::text, erased_at IS NOT NULL FROM data_subjects
-          WHERE subject_id = ANY($1) ORDER BY 1",
+    (user, contact, file)
+}
+
+/// Whether each of `ids` is erased.
+async fn all_erased(env: &TestEnv, ids: &[Uuid]) -> bool {
+    let erased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM data_subjects WHERE subject_id = ANY($1) AND erased_at IS NOT NULL",
     )
-    .bind(vec![Uuid::parse_str(&user).expect("uuid"), contact])
-    .fetch_all(&env.pool)
+    .bind(ids)
+    .fetch_one(&env.pool)
     .await
     .expect("subjects");
-    assert!(
-        erased.iter().all(|(_, e)| *e) && erased.len() == 2,
-        "{erased:?}"
-    );
-    std::fs::remove_dir_all(&file).expect("unblocked");
-    std::fs::write(&file, b"OggS a voice").expect("back");
-    let again = crate::support::erase_subject(&env, &api, &admin, &user).await;
-    assert_eq!(again.status(), 200);
-    assert!(!file.exists(), "deleted when asked again");
-    assert_eq!(
-        crate::support::erase_subject(&env, &api, &admin, contact)
-            .await
-            .status(),
-        200
-    );
+    erased == ids.len() as i64
+}
+
+#[tokio::test]
+async fn an_erasure_asked_again_after_it_failed_halfway_finishes_for_every_subject_of_the_person() {
+    let env = TestEnv::new().await;
+    let api = env.spawn_command_api(env.command_config()).await;
+    let _projector = env.spawn_projector(env.projector_config());
+    let query = env.spawn_query_api(env.query_config()).await;
+    let (tenant, _) = crate::support::create_tenant(&env, &api, "halfway").await;
+    let admin = env.admin_of(&tenant);
+    // Asked for from either side, then again from the same side or the other: every
+    // subject of the person ends erased, and the file deleted.
+    for (number, first_side_contact, again_side_contact) in [
+        ("+34611222333", false, false),
+        ("+34611222444", true, false),
+        ("+34611222555", false, true),
+    ] {
+        let (user, contact, file) = blocked_person(&env, &api, &query, &tenant, number).await;
+        let user_id = Uuid::parse_str(&user).expect("uuid");
+        let side = |contact_side: bool| if contact_side { contact } else { user_id };
+        let first =
+            crate::support::erase_subject(&env, &api, &admin, side(first_side_contact)).await;
+        assert_eq!(first.status(), 503, "{number}");
+        assert!(all_erased(&env, &[user_id, contact]).await, "{number}");
+        std::fs::remove_dir_all(&file).expect("unblocked");
+        std::fs::write(&file, b"OggS a voice").expect("back");
+        let again =
+            crate::support::erase_subject(&env, &api, &admin, side(again_side_contact)).await;
+        assert_eq!(again.status(), 200, "{number}");
+        assert!(!file.exists(), "{number}: deleted when asked again");
+    }
 }
