@@ -99,11 +99,22 @@ pub fn with_database(url: &str, database: &str) -> String {
     format!("{root}/{database}{query}")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, drawn at random below the kernel's ephemeral range
+/// (32768 and up): a port `bind(0)` hands out and takes back is often handed out again next,
+/// so the three ports of one stack, or the stacks of two tests started together, could be
+/// given the same one.
 pub fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let mut last = None;
+    for _ in 0..200 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .map(Error::from)
+        .unwrap_or_else(|| std::io::Error::other("no free port").into()))
 }
 
 /// The folder of the running executable's sibling binaries: `target/<profile>` for `bench`

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
-use crate::support::{eventually, nats_url, tenant_body, TestEnv, SECRET};
+use crate::support::{eventually, free_port, nats_url, tenant_body, TestEnv, SECRET};
 
 /// The workspace's built binaries sit beside this test's own directory.
 fn binary(name: &str) -> PathBuf {
@@ -21,13 +21,6 @@ fn binary(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target dir");
     dir.join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A child process killed when dropped.

@@ -625,11 +625,18 @@ pub async fn staff_session(
 }
 
 /// A port nobody listens on right now.
+/// A port free now for a process this test starts, drawn at random below the kernel's
+/// ephemeral range (32768 and up): a port the kernel hands to `bind(0)` and takes back is
+/// often the next one it hands out, so two tests asking at the same moment would be given
+/// the same one (seen: one test's requests answered by the other's command-api).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..200 {
+        let port = 20_000 + (Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// `scripts/realtime`, with its npm packages installed (scripts/test installs them).
