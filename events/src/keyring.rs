@@ -42,6 +42,18 @@ pub enum SubjectKind {
 }
 
 impl SubjectKind {
+    /// The kind stored as `kind`, if it is one.
+    pub fn parse(kind: &str) -> Option<Self> {
+        [
+            Self::PhoneUser,
+            Self::Contact,
+            Self::AdminUser,
+            Self::Customer,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+    }
+
     /// The kind as stored.
     pub fn as_str(self) -> &'static str {
         match self {

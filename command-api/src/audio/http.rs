@@ -154,7 +154,7 @@ async fn upload(
         crate::http::named_tenant(&state, &tenant).await?;
     }
     let subject =
-        super::service::recording_subject(&state, &who, &tenant, params.thread_id).await?;
+        super::personal::recording_subject(&state, &who, &tenant, params.thread_id).await?;
     let mut multipart = multipart.map_err(not_multipart)?;
     let field = loop {
         match multipart
@@ -359,7 +359,7 @@ async fn transcribe(
             }
             _ => {}
         }
-        super::service::not_about_erased(&state, &audio).await?;
+        super::personal::not_about_erased(&state, &audio).await?;
         // Each retry may send a file of up to 100 MiB for paid transcription again: a
         // tenant asks so many times an hour.
         let bucket = format!("audio-retries:{tenant}");
@@ -499,7 +499,7 @@ async fn attach(
         parts.push("(no speech in the transcript)".to_owned());
     }
     let thread = body.thread_id.to_string();
-    super::service::postable_in(&state, &who, &audio, &thread).await?;
+    super::personal::postable_in(&state, &who, &audio, &thread).await?;
     let tenant = crate::chat::service::tenant_of(&state, &who, &thread).await?;
     let (object_key, content_type, size_bytes) = audio.file();
     let metadata = ids.metadata(&tenant, who.user_id(), who.actor_kind());

@@ -6,6 +6,8 @@ pub mod aggregate;
 pub mod assemblyai;
 /// HTTP: extract, call the service, answer.
 pub mod http;
+/// What a recording holds of the person it is about.
+pub mod personal;
 /// The application layer: transcription requests, checks, webhooks.
 pub mod service;
 /// The context's settings.

@@ -2,11 +2,9 @@
 //! in the background, checks of transcripts no webhook finished, the transcript completed
 //! from the service or the blob store) and what AssemblyAI's webhooks do when processed.
 use axum::http::{header, HeaderValue, StatusCode};
-use events::access::Principal;
-use events::audio::{AudioSubject, StoredTranscript, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
-use events::chat::{Party, PartyKind};
+use events::audio::{StoredTranscript, MAX_INLINE_TRANSCRIPT_BYTES, PREVIEW_CHARS};
 use events::http::Problem;
-use events::keyring::{KeyError, Subject, SubjectKind};
+use events::keyring::KeyError;
 use events::webhooks::Outcome;
 use events::Metadata;
 use futures::TryStreamExt;
@@ -15,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::aggregate::{Audio, AudioCommand, Status};
 use super::assemblyai::{ServiceError, Transcript};
-use crate::http::error::DomainProblem;
+use super::personal;
 use crate::store::CommandError;
 use crate::webhooks::service::{Attributed, Processing};
 use crate::AppState;
@@ -92,8 +90,8 @@ async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata)
             at: state.clock.now(),
         }
     };
-    match about_erased(state, audio).await {
-        Ok(true) => return failed(ERASED_SUBJECT.into(), true, None),
+    match personal::about_erased(state, audio).await {
+        Ok(true) => return failed(personal::ERASED_SUBJECT.into(), true, None),
         Err(e) => return failed(format!("the key table is unavailable: {e}"), false, None),
         Ok(false) => {}
     }
@@ -103,8 +101,8 @@ async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata)
             at: state.clock.now(),
         },
         // Erased while the file went up (the request stopped before asking).
-        Err(_) if about_erased(state, audio).await == Ok(true) => {
-            failed(ERASED_SUBJECT.into(), true, None)
+        Err(_) if personal::about_erased(state, audio).await == Ok(true) => {
+            failed(personal::ERASED_SUBJECT.into(), true, None)
         }
         Err(RequestFailure {
             error,
@@ -115,74 +113,6 @@ async fn attempt(state: &AppState, id: &str, audio: &Audio, metadata: &Metadata)
             failed(error.to_string(), permanent, unanswered_upload)
         }
     }
-}
-
-/// Has the transcription service forget every transcript it made of the recordings of
-/// `tenant` about subject `subject` (an erasure: the service holds the files it transcribed
-/// and their text); returns how many it asked for. Without a configured service, none.
-pub(crate) async fn forget_at_service(
-    state: &AppState,
-    tenant: &str,
-    subject: uuid::Uuid,
-) -> Result<usize, String> {
-    let Some(client) = &state.ctx.audio.assemblyai else {
-        return Ok(0);
-    };
-    let transcripts: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT t.payload->'TranscriptRequested'->>'transcript_id'
-           FROM events u JOIN events t
-             ON t.aggregate_type = 'audio' AND t.aggregate_id = u.aggregate_id
-            AND t.event_type = 'TranscriptRequested'
-          WHERE u.aggregate_type = 'audio' AND u.event_type = 'AudioUploaded'
-            AND u.metadata->>'tenant_id' = $1
-            AND u.payload->'AudioUploaded'->'subject'->>'id' = $2",
-    )
-    .bind(tenant)
-    .bind(subject.to_string())
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| e.to_string())?;
-    for id in &transcripts {
-        client
-            .delete_transcript(id)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(transcripts.len())
-}
-
-/// Why nothing of a recording about an erased person is sent or kept.
-const ERASED_SUBJECT: &str = "the person the recording is about was erased";
-
-/// Refused (for good) when recording `audio` is about a person who was erased.
-async fn not_erased_yet(state: &AppState, audio: &Audio) -> Result<(), ServiceError> {
-    match about_erased(state, audio).await {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(ServiceError::Refused(ERASED_SUBJECT.into())),
-        Err(e) => Err(ServiceError::Unavailable(e)),
-    }
-}
-
-/// 410 `subject_erased` when recording `audio` is about a person who was erased.
-pub(crate) async fn not_about_erased(state: &AppState, audio: &Audio) -> Result<(), Problem> {
-    match about_erased(state, audio).await {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(erased_problem()),
-        Err(e) => Err(Problem::unavailable(&e)),
-    }
-}
-
-/// Whether recording `audio` is about a person who was erased.
-pub(crate) async fn about_erased(state: &AppState, audio: &Audio) -> Result<bool, String> {
-    let Some(person) = audio.subject() else {
-        return Ok(false);
-    };
-    let known = state
-        .keyring
-        .subject(person.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(known.is_some_and(|k| k.erased))
 }
 
 /// Asks the service about a requested transcript no webhook has finished (`forced`: an
@@ -252,30 +182,6 @@ pub(crate) enum Unfinished {
     Key(KeyError),
 }
 
-/// `text` sealed for the person recording `audio` is about (docs/privacy.md); as it is for
-/// the tenant's own recording.
-async fn sealed_for_subject(
-    state: &AppState,
-    audio: &Audio,
-    text: String,
-) -> Result<String, KeyError> {
-    let (Some(person), Some(tenant)) = (audio.subject(), audio.tenant_id()) else {
-        return Ok(text);
-    };
-    let kind = match person.kind.as_str() {
-        "contact" => SubjectKind::Contact,
-        "admin_user" => SubjectKind::AdminUser,
-        "customer" => SubjectKind::Customer,
-        _ => SubjectKind::PhoneUser,
-    };
-    let subject = Subject {
-        id: person.id,
-        kind,
-        tenant_id: tenant,
-    };
-    state.keyring.seal(subject, &text).await
-}
-
 /// The command that finishes transcript `transcript_id` as the service reported it
 /// (`completed` or `error`). A transcript too large for an event is written to the blob
 /// store first, and the event names it and carries a preview. A recording about a person
@@ -320,7 +226,7 @@ pub(crate) async fn finishing(
         .collect();
     let text = clean(transcript.text.unwrap_or_default());
     let whole = serde_json::to_vec(&json!({"text": text, "words": words})).unwrap_or_default();
-    let erased = || not_kept(state, transcript_id, webhook_id.clone(), at);
+    let erased = || personal::not_kept(state, transcript_id, webhook_id.clone(), at);
     let (text, words, stored) = if whole.len() <= MAX_INLINE_TRANSCRIPT_BYTES {
         (text, words, None)
     } else {
@@ -331,11 +237,12 @@ pub(crate) async fn finishing(
         let preview = text.chars().take(PREVIEW_CHARS).collect();
         (preview, Vec::new(), Some(stored))
     };
-    let (text, words, words_sealed) = match seal_transcript(state, audio, text, words).await {
-        Ok(sealed) => sealed,
-        Err(KeyError::Erased) => return Ok(erased().await),
-        Err(e) => return Err(Unfinished::Key(e)),
-    };
+    let (text, words, words_sealed) =
+        match personal::seal_transcript(state, audio, text, words).await {
+            Ok(sealed) => sealed,
+            Err(KeyError::Erased) => return Ok(erased().await),
+            Err(e) => return Err(Unfinished::Key(e)),
+        };
     Ok(AudioCommand::Complete {
         transcript_id: transcript_id.to_owned(),
         text,
@@ -347,28 +254,6 @@ pub(crate) async fn finishing(
         webhook_id,
         at,
     })
-}
-
-/// What is recorded of transcript `transcript_id` of a recording whose person was erased:
-/// a failure, its text never kept; the service forgets it too (it came after the erasure
-/// asked it to forget the rest).
-async fn not_kept(
-    state: &AppState,
-    transcript_id: &str,
-    webhook_id: Option<String>,
-    at: chrono::DateTime<chrono::Utc>,
-) -> AudioCommand {
-    if let Some(client) = &state.ctx.audio.assemblyai {
-        if let Err(e) = client.delete_transcript(transcript_id).await {
-            tracing::warn!(error = %e, "an erased person's transcript not forgotten at the service");
-        }
-    }
-    AudioCommand::Fail {
-        transcript_id: transcript_id.to_owned(),
-        error: "the person the recording is about was erased: the transcript is not kept".into(),
-        webhook_id,
-        at,
-    }
 }
 
 /// Writes transcript `whole` (its JSON) of audio file `id` to the blob store, named by the
@@ -391,10 +276,11 @@ async fn store_whole(
         "tenants/{}/audio/{id}/transcript-{name}.json",
         audio.tenant_id().unwrap_or_default()
     );
-    let whole = sealed_for_subject(state, audio, String::from_utf8_lossy(&whole).into_owned())
-        .await
-        .map_err(Unfinished::Key)?
-        .into_bytes();
+    let whole =
+        personal::sealed_for_subject(state, audio, String::from_utf8_lossy(&whole).into_owned())
+            .await
+            .map_err(Unfinished::Key)?
+            .into_bytes();
     let stored = StoredTranscript {
         object_key: object_key.clone(),
         size_bytes: whole.len() as u64,
@@ -406,115 +292,6 @@ async fn store_whole(
         .put(&object_store::path::Path::from(object_key), whole.into())
         .await?;
     Ok(stored)
-}
-
-/// The person a recording uploaded by `who` to `tenant` is about: the customer of thread
-/// `thread` (which `who` must see: 404; without a customer: 422), else a chatbot user
-/// themselves, else no one (the tenant's own). 410 when that person was erased: nothing new
-/// is kept about them.
-pub(crate) async fn recording_subject(
-    state: &AppState,
-    who: &Principal,
-    tenant: &str,
-    thread: Option<uuid::Uuid>,
-) -> Result<Option<AudioSubject>, Problem> {
-    let person = match (thread, who) {
-        (Some(thread), _) => {
-            let loaded = state.ctx.chat.threads.load(&thread.to_string()).await?;
-            let customer = loaded
-                .customer_seen_by(&crate::chat::service::actor(who))
-                .ok()
-                .filter(|_| loaded.tenant_id() == Some(tenant))
-                .ok_or_else(|| crate::chat::aggregate::ThreadError::NotFound.problem())?;
-            customer.cloned().ok_or_else(|| {
-                Problem::unprocessable("no_customer", "The thread has no customer to be about.")
-            })?
-        }
-        (None, Principal::Phone { user_id, .. }) => Party {
-            id: user_id.clone(),
-            kind: PartyKind::Phone,
-        },
-        (None, _) => return Ok(None),
-    };
-    let Some((id, kind)) = crate::chat::services::subject_of(tenant, &person) else {
-        return Ok(None);
-    };
-    if erased_now(state, Some(id)).await? {
-        return Err(erased_problem());
-    }
-    Ok(Some(AudioSubject {
-        id,
-        kind: kind.as_str().to_owned(),
-    }))
-}
-
-/// Refuses to post recording `audio` in thread `thread` when it is about a person and the
-/// thread is not theirs (422 `not_their_thread`): posted, the transcript is sealed for the
-/// thread's customer, and another person's erasure would not reach it (docs/privacy.md).
-/// A thread `who` may not see answers 404 as the post itself would.
-pub(crate) async fn postable_in(
-    state: &AppState,
-    who: &Principal,
-    audio: &Audio,
-    thread: &str,
-) -> Result<(), Problem> {
-    let (Some(person), Some(tenant)) = (audio.subject(), audio.tenant_id()) else {
-        return Ok(());
-    };
-    let loaded = state.ctx.chat.threads.load(thread).await?;
-    let customer = loaded
-        .customer_seen_by(&crate::chat::service::actor(who))
-        .map_err(|e| e.problem())?;
-    let theirs = customer
-        .and_then(|c| crate::chat::services::subject_of(tenant, c))
-        .is_some_and(|(id, _)| id == person.id);
-    if theirs {
-        Ok(())
-    } else {
-        Err(Problem::unprocessable(
-            "not_their_thread",
-            "A recording about a person is posted only in a thread of theirs.",
-        ))
-    }
-}
-
-/// Whether data subject `subject` (if any) is erased now.
-async fn erased_now(state: &AppState, subject: Option<uuid::Uuid>) -> Result<bool, Problem> {
-    let Some(id) = subject else {
-        return Ok(false);
-    };
-    let known = state
-        .keyring
-        .subject(id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?;
-    Ok(known.is_some_and(|k| k.erased))
-}
-
-/// 410 `subject_erased`: nothing new is kept about an erased person.
-pub(crate) fn erased_problem() -> Problem {
-    Problem::new(
-        StatusCode::GONE,
-        "subject_erased",
-        "The person the recording is about was erased: nothing new is kept about them.",
-    )
-}
-
-/// A transcript's text and words as its event holds them: for a recording about a person,
-/// the text sealed for them and the words sealed whole (none left in clear).
-async fn seal_transcript(
-    state: &AppState,
-    audio: &Audio,
-    text: String,
-    words: Vec<events::audio::Word>,
-) -> Result<(String, Vec<events::audio::Word>, Option<String>), KeyError> {
-    if audio.subject().is_none() {
-        return Ok((text, words, None));
-    }
-    let text = sealed_for_subject(state, audio, text).await?;
-    let words = serde_json::to_string(&words).unwrap_or_else(|_| "[]".into());
-    let words = sealed_for_subject(state, audio, words).await?;
-    Ok((text, Vec::new(), Some(words)))
 }
 
 /// Why a request failed, and the file's URL at the service when it was uploaded but the
@@ -594,7 +371,7 @@ pub(crate) async fn request(
         }
     };
     // The person may have been erased while the file went up: no transcript is asked for.
-    not_erased_yet(state, audio).await?;
+    personal::not_erased_yet(state, audio).await?;
     let reused = audio.unanswered_upload().is_some();
     client
         .request_transcript(&upload_url, id)
@@ -913,9 +690,9 @@ pub(crate) async fn record_upload(
         AudioCommand::Upload { subject, .. } => subject.as_ref().map(|s| s.id),
         _ => None,
     };
-    if erased_now(state, about).await? {
+    if personal::erased_now(state, about).await? {
         let _ = state.blobs.delete(path).await;
-        return Err(erased_problem());
+        return Err(personal::erased_problem());
     }
     match state
         .ctx
@@ -925,7 +702,7 @@ pub(crate) async fn record_upload(
         .await
     {
         Ok(c) => {
-            if erased_now(state, about).await? {
+            if personal::erased_now(state, about).await? {
                 let _ = state.blobs.delete(path).await;
             }
             Ok(c)

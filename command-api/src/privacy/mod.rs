@@ -9,6 +9,8 @@ pub mod conversations;
 pub mod files;
 /// HTTP: extract, call the service, answer.
 pub mod http;
+/// The subjects one person is, linked for their erasure.
+pub mod person;
 /// The application layer: who may erase whom.
 pub mod service;
 /// The store's transform of staff e-mails.
