@@ -3595,6 +3595,18 @@ mod tests {
         }
     }
 
+    /// The platform opening a thread on `channel` for the contact.
+    fn open_for_contact(channel: Channel) -> Action {
+        Action::Open {
+            tenant_id: TENANT.into(),
+            channel,
+            customer: Some(contact()),
+            subject: None,
+            tags: vec![],
+            bot_enabled: None,
+        }
+    }
+
     /// The contact as a thread names them: by their subject id.
     fn contact_party() -> Party {
         Party::contact(TENANT, "+15551230001")
@@ -3619,14 +3631,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_for_a_contact_by_the_platform_on_sms_records_the_contact() {
-        let when = Action::Open {
-            tenant_id: TENANT.into(),
-            channel: Channel::Sms,
-            customer: Some(contact()),
-            subject: None,
-            tags: vec![],
-            bot_enabled: None,
-        };
+        let when = open_for_contact(Channel::Sms);
         expect_events(vec![], cmd(telephony(), t0(), when), vec![sms_thread()]).await;
     }
 
@@ -3658,14 +3663,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_for_a_contact_by_staff_or_on_the_web_is_refused() {
-        let on = |channel| Action::Open {
-            tenant_id: TENANT.into(),
-            channel,
-            customer: Some(contact()),
-            subject: None,
-            tags: vec![],
-            bot_enabled: None,
-        };
+        let on = open_for_contact;
         expect_error(
             vec![],
             cmd(agent(), t0(), on(Channel::Web)),
@@ -3715,14 +3713,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_for_a_contact_names_them_by_subject_id_with_their_number_sealed_for_them() {
-        let when = Action::Open {
-            tenant_id: TENANT.into(),
-            channel: Channel::Whatsapp,
-            customer: Some(contact()),
-            subject: None,
-            tags: vec![],
-            bot_enabled: None,
-        };
+        let when = open_for_contact(Channel::Whatsapp);
         let opened = sealed_events(&[], cmd(telephony(), t0(), when)).await;
         let person = contact_party();
         assert!(uuid::Uuid::try_parse(&person.id).is_ok(), "{person:?}");
@@ -3737,20 +3728,16 @@ mod tests {
     #[tokio::test]
     async fn receive_in_a_thread_that_names_its_contact_by_number_credits_them_as_it_names_them() {
         // Opened before contacts were named by subject id: the number is the id.
-        let old = ThreadEvent::Opened {
-            tenant_id: TENANT.into(),
-            channel: Channel::Sms,
-            opened_by: Party {
-                id: "webhooks".into(),
-                kind: PartyKind::System,
-            },
-            customer: Some(contact()),
-            customer_address: None,
-            subject: None,
-            bot_enabled: true,
-            tags: vec![],
-            at: t0(),
-        };
+        let mut old = sms_thread();
+        if let ThreadEvent::Opened {
+            customer,
+            customer_address,
+            ..
+        } = &mut old
+        {
+            *customer = Some(contact());
+            *customer_address = None;
+        }
         let receive = Action::Receive {
             message_id: "m-sms".into(),
             text: "Still open?".into(),
