@@ -1544,6 +1544,9 @@ async fn a_recording_about_a_customer_is_sealed_for_them_exported_and_gone_with_
         .audio_when(&id, "completed", |a| a["status"] == "completed")
         .await;
     assert_eq!(done["text"], text, "opened for the tenant's staff");
+    // The transcript was sealed by an aggregate past two snapshot intervals: its subject
+    // lives on in the snapshot.
+    studio.env.assert_snapshots_crossed("audio").await;
     assert_eq!(done["words"].as_array().map(Vec::len), Some(1_500));
     // Neither the store nor the blob store holds it in clear.
     let stored: String = sqlx::query_scalar(
